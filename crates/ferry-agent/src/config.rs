@@ -1,0 +1,257 @@
+//! The agent's configuration: what the `ferry agent` command line gives, overlaid with an optional TOML file.
+//!
+//! This module must never touch the machine (no detection, no files but the one it is asked to read): what is left
+//! unset here is detected when the agent starts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use ferry_api::units::parse_memory;
+use serde::Deserialize;
+
+use crate::AgentError;
+
+/// The pool a node joins unless told otherwise.
+pub const DEFAULT_POOL: &str = "local";
+/// The largest CPU count a configuration may declare; more is surely a typo.
+const CPUS_MAX: f64 = 1_000_000.0;
+
+/// Everything the agent needs to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// The server's base URL, such as `http://127.0.0.1:7750`.
+    pub server: String,
+    /// The bearer token the agent presents to the server.
+    pub token: String,
+    /// The node's name; the hostname unless configured.
+    pub name: String,
+    pub pool: String,
+    /// The agent's state: one directory per run under `runs/`, and the lock that keeps a second agent out.
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// GPUs declared in configuration (like Slurm's gres.conf) for devices NVML does not see.
+    pub declared_gpus: Vec<DeclaredGpu>,
+    /// Where `libnvidia-ml.so` is; `None` searches the default places.
+    pub nvml_library: Option<PathBuf>,
+    /// The node's CPU capacity in thousandths of a CPU; `None` detects it.
+    pub cpu_millis: Option<u64>,
+    /// The node's memory capacity; `None` detects it.
+    pub memory_bytes: Option<u64>,
+    /// The `ferry` binary, which the agent runs as `ferry __shim <run-dir>` to supervise each run.
+    pub self_exe: PathBuf,
+}
+
+/// A GPU declared in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredGpu {
+    /// The device index, as `CUDA_VISIBLE_DEVICES` numbers it.
+    pub index: u32,
+    pub model: String,
+    pub memory_bytes: u64,
+}
+
+/// The agent configuration file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    pool: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    cpus: Option<f64>,
+    memory: Option<toml::Value>,
+    gpus: Option<Vec<FileGpu>>,
+    nvml_library: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGpu {
+    index: u32,
+    model: String,
+    memory: toml::Value,
+}
+
+impl AgentConfig {
+    /// A configuration with every optional setting at its default: named after this host, in the `local` pool,
+    /// with resources detected.
+    pub fn new(server: &str, token: &str, data_dir: PathBuf, self_exe: PathBuf) -> AgentConfig {
+        AgentConfig {
+            server: server.to_string(),
+            token: token.to_string(),
+            name: default_name(),
+            pool: DEFAULT_POOL.to_string(),
+            data_dir,
+            labels: BTreeMap::new(),
+            declared_gpus: Vec::new(),
+            nvml_library: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            self_exe,
+        }
+    }
+
+    /// Overlays the TOML file at `path` on `base`: every setting the file has replaces the one in `base`.
+    pub fn from_toml_file(path: &Path, base: AgentConfig) -> Result<AgentConfig, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read the agent configuration: {e}"),
+        })?;
+        overlay(&text, base).map_err(|message| AgentError::Config { path: path.to_path_buf(), message })
+    }
+}
+
+/// The hostname, or `localhost` where the system does not say.
+pub fn default_name() -> String {
+    sysinfo::System::host_name().filter(|n| !n.is_empty()).unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Applies a configuration file's text to `base`; the error names the field at fault.
+fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
+    // toml's own messages carry the line, the column and the offending text; they are kept whole.
+    let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    if let Some(name) = file.name {
+        config.name = non_empty("name", name)?;
+    }
+    if let Some(pool) = file.pool {
+        config.pool = non_empty("pool", pool)?;
+    }
+    if let Some(labels) = file.labels {
+        config.labels = labels;
+    }
+    if let Some(cpus) = file.cpus {
+        if !(cpus.is_finite() && cpus > 0.0 && cpus <= CPUS_MAX) {
+            return Err(format!("`cpus`: {cpus} is not a CPU count; write a positive number such as 16 or 7.5"));
+        }
+        config.cpu_millis = Some((cpus * 1000.0).round() as u64);
+    }
+    if let Some(memory) = file.memory {
+        config.memory_bytes = Some(memory_value("memory", &memory)?);
+    }
+    if let Some(gpus) = file.gpus {
+        config.declared_gpus = declared_gpus(gpus)?;
+    }
+    if let Some(library) = file.nvml_library {
+        config.nvml_library = Some(library);
+    }
+    Ok(config)
+}
+
+fn declared_gpus(gpus: Vec<FileGpu>) -> Result<Vec<DeclaredGpu>, String> {
+    let mut seen = BTreeSet::new();
+    let mut declared = Vec::with_capacity(gpus.len());
+    for (i, gpu) in gpus.into_iter().enumerate() {
+        if !seen.insert(gpu.index) {
+            return Err(format!("`gpus[{i}].index`: GPU {} is declared twice", gpu.index));
+        }
+        let model = non_empty(&format!("gpus[{i}].model"), gpu.model)?;
+        let memory_bytes = memory_value(&format!("gpus[{i}].memory"), &gpu.memory)?;
+        declared.push(DeclaredGpu { index: gpu.index, model, memory_bytes });
+    }
+    Ok(declared)
+}
+
+/// A memory size written as a string with a unit (`"64GiB"`) or as a plain byte count.
+fn memory_value(field: &str, value: &toml::Value) -> Result<u64, String> {
+    match value {
+        toml::Value::String(text) => parse_memory(text).map_err(|e| format!("`{field}`: {e}")),
+        toml::Value::Integer(bytes) if *bytes > 0 => Ok(*bytes as u64),
+        other => Err(format!("`{field}`: expected a size such as \"64GiB\", found {other}")),
+    }
+}
+
+fn non_empty(field: &str, value: String) -> Result<String, String> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(format!("`{field}` is empty; give it a value or leave it out"));
+    }
+    Ok(trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> AgentConfig {
+        let mut base = AgentConfig::new("http://127.0.0.1:7750", "t", "/var/lib/ferry".into(), "/usr/bin/ferry".into());
+        base.name = "host".into();
+        base
+    }
+
+    fn check_error(text: &str, expected: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let error = AgentConfig::from_toml_file(&path, base()).unwrap_err().to_string();
+        assert_eq!(error, format!("{}: {expected}", path.display()));
+    }
+
+    #[test]
+    fn a_full_file_overlays_every_setting() {
+        let text = r#"
+            name = "gpu-07"
+            pool = "dgx"
+            cpus = 7.5
+            memory = "64GiB"
+            nvml_library = "/opt/nvidia/libnvidia-ml.so.1"
+            [labels]
+            rack = "b2"
+            [[gpus]]
+            index = 0
+            model = "NVIDIA H100 80GB HBM3"
+            memory = "80GiB"
+            [[gpus]]
+            index = 1
+            model = "Tenstorrent n300"
+            memory = 25769803776
+        "#;
+        let config = overlay(text, base()).unwrap();
+        let expected = AgentConfig {
+            name: "gpu-07".into(),
+            pool: "dgx".into(),
+            labels: BTreeMap::from([("rack".into(), "b2".into())]),
+            declared_gpus: vec![
+                DeclaredGpu { index: 0, model: "NVIDIA H100 80GB HBM3".into(), memory_bytes: 80 << 30 },
+                DeclaredGpu { index: 1, model: "Tenstorrent n300".into(), memory_bytes: 24 << 30 },
+            ],
+            nvml_library: Some("/opt/nvidia/libnvidia-ml.so.1".into()),
+            cpu_millis: Some(7500),
+            memory_bytes: Some(64 << 30),
+            ..base()
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn an_empty_file_changes_nothing() {
+        assert_eq!(overlay("", base()).unwrap(), base());
+        assert_eq!(overlay("cpus = 16", base()).unwrap().cpu_millis, Some(16_000));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        check_error("memory = \"64XB\"", "`memory`: `64XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB");
+        check_error("cpus = -2", "`cpus`: -2 is not a CPU count; write a positive number such as 16 or 7.5");
+        check_error("pool = \"  \"", "`pool` is empty; give it a value or leave it out");
+        check_error(
+            "[[gpus]]\nindex = 0\nmodel = \"A100\"\nmemory = \"40GiB\"\n[[gpus]]\nindex = 0\nmodel = \"A100\"\nmemory = true",
+            "`gpus[1].index`: GPU 0 is declared twice",
+        );
+        check_error(
+            "[[gpus]]\nindex = 0\nmodel = \"A100\"\nmemory = true",
+            "`gpus[0].memory`: expected a size such as \"64GiB\", found true",
+        );
+    }
+
+    #[test]
+    fn toml_errors_keep_their_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "name = \"a\"\ncpu = 4\n").unwrap();
+        let error = AgentConfig::from_toml_file(&path, base()).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("{}: TOML parse error at line 2, column 1", path.display())), "{error}");
+        assert!(error.contains("unknown field `cpu`, expected one of"), "{error}");
+
+        let missing = AgentConfig::from_toml_file(&dir.path().join("nope.toml"), base()).unwrap_err().to_string();
+        assert!(missing.contains("nope.toml: cannot read the agent configuration"), "{missing}");
+    }
+}

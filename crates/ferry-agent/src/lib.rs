@@ -1,0 +1,81 @@
+//! Ferry's node agent: it tells the server what this machine has, runs the jobs the server assigns to it under a
+//! small supervisor each, ships their output and reports how they end.
+//!
+//! The `ferry` binary calls [`run`] for `ferry agent` and [`shim_main`] for the hidden `ferry __shim <run-dir>`
+//! that supervises one run. Runs outlive the agent: their state lives in files under the data directory, so an
+//! agent that restarts adopts them. This crate must never schedule (the server decides what runs where), never
+//! run a job through a shell, and never hold a job's output in memory beyond one upload chunk.
+
+mod agent;
+mod backoff;
+mod cgroup;
+mod config;
+mod lock;
+mod resources;
+mod rundir;
+mod runs;
+mod shim;
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use config::{default_name, AgentConfig, DeclaredGpu, DEFAULT_POOL};
+
+/// Everything that stops the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration file is unreadable or wrong; the message names the field.
+    #[error("{}: {message}", .path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    /// Another agent holds the data directory.
+    #[error(
+        "another agent{} is using {}; stop it, or give this agent its own data directory",
+        .pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        .data_dir.display()
+    )]
+    Locked { pid: Option<u32>, data_dir: PathBuf },
+    /// The server refused the agent's token.
+    #[error("the server at {server} refused the agent: {message}; check the token the agent was given")]
+    Unauthorized { server: String, message: String },
+    /// The server refused the node's registration for a reason a retry cannot change.
+    #[error("the server at {server} refused to register this node: {message}")]
+    Rejected { server: String, message: String },
+}
+
+/// Runs the agent until `shutdown` completes or the server refuses it. Runs that are going when it returns go on
+/// under their supervisors; the next agent on the same data directory adopts them.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+    let runs_dir = config.data_dir.join(rundir::RUNS_DIR);
+    std::fs::create_dir_all(&runs_dir)
+        .map_err(|source| AgentError::Io { what: format!("cannot create {}", runs_dir.display()), source })?;
+    let _lock = lock::DataDirLock::acquire(&config.data_dir)?;
+    let detection = cgroup::detect();
+    if let Some(why) = &detection.why_none {
+        tracing::warn!("limits not enforced: {why}, measuring only");
+    }
+    let (capacity, sampler) = resources::start_sampler(&config).await;
+    tracing::info!(
+        node = %config.name,
+        pool = %config.pool,
+        cpu_millis = capacity.cpu_millis,
+        memory_bytes = capacity.memory_bytes,
+        gpus = capacity.gpus.len(),
+        limits = detection.mode.name(),
+        data_dir = %config.data_dir.display(),
+        "agent starting"
+    );
+    let usage = sampler.usage.clone();
+    let result = agent::Agent::new(config, capacity, detection.mode.name(), usage).run(shutdown).await;
+    drop(sampler);
+    result
+}
+
+/// The supervisor of one run, for `ferry __shim <run-dir>`: starts the run described by `<run-dir>/spec.json`,
+/// waits for it and records its end. Synchronous; call it before starting any async runtime. Returns the process
+/// exit code.
+pub fn shim_main(run_dir: &Path) -> i32 {
+    shim::main(run_dir)
+}

@@ -1,0 +1,416 @@
+//! The per-run supervisor (`ferry __shim <run-dir>`): one small process per run that puts the job in its control
+//! group, starts it with its output going straight to a file, enforces its maximum runtime, stops it when asked
+//! (SIGTERM to the shim), and writes down how it ended.
+//!
+//! The shim runs in a session of its own, so the job outlives the agent: an agent that crashes, upgrades or is
+//! stopped with Ctrl-C takes no job with it, and the next agent learns everything from the run directory. The shim
+//! is synchronous on purpose (a few threads, no runtime) so it costs next to nothing while the job runs. It must
+//! never read the job's output (the job writes to the file directly and never blocks on us), never talk to the
+//! server, and never exit before the job's whole process group is gone.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ferry_api::agent::{Assignment, RunEnd};
+use ferry_api::units::format_bytes;
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::cgroup::{self, JobCgroup, Limits};
+use crate::rundir::{self, Exit, ProcessIdentity, RunDir, Started};
+
+/// Variables of the agent's own environment that start with this are the agent's settings (its token among them)
+/// and are not passed on to jobs.
+const AGENT_ENV_PREFIX: &str = "FERRY_";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ShimError {
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: io::Error },
+    #[error("cannot handle signals: {0}")]
+    Signals(io::Error),
+    #[error("cannot wait for the job: {0}")]
+    Wait(Errno),
+}
+
+/// What the supervisor's helper threads tell the thread that enforces stops and deadlines.
+enum Control {
+    /// SIGTERM or SIGINT reached the shim: the agent (or a person) wants the run stopped.
+    Stop,
+    /// The job's main process has exited.
+    ChildExited,
+}
+
+/// How the controller ended the run, if it did.
+#[derive(Default)]
+struct Verdict {
+    end: Option<RunEnd>,
+    /// Whether the grace period ran out and the group got SIGKILL.
+    killed: bool,
+}
+
+/// The shim's entry point: returns the process exit code (0 when the run's end was recorded, whatever it was).
+pub(crate) fn main(run_dir: &Path) -> i32 {
+    let dir = RunDir::new(run_dir);
+    match supervise(&dir) {
+        Ok(exit) => {
+            note(&format!("the run ended: {:?}, exit code {:?}, signal {:?}", exit.end, exit.exit_code, exit.signal));
+            0
+        }
+        Err(e) => {
+            note(&e.to_string());
+            1
+        }
+    }
+}
+
+/// Supervises one run from start to end and returns what it wrote to `exit.json`.
+pub(crate) fn supervise(dir: &RunDir) -> Result<Exit, ShimError> {
+    if let Some(identity) = ProcessIdentity::of(std::process::id()) {
+        write(dir, rundir::SHIM_FILE, &identity)?;
+    }
+    // The handler goes in before anything starts, so a stop that arrives early is queued, not lost.
+    let (control_tx, control_rx) = mpsc::channel();
+    listen_for_stop(control_tx.clone())?;
+
+    let spec = match dir.read_spec() {
+        Ok(spec) => spec,
+        Err(e) => {
+            let message = format!("cannot read the run's specification {}: {e}", dir.file(rundir::SPEC_FILE).display());
+            return fail_to_start(dir, None, None, message);
+        }
+    };
+    let cgroup = enter_cgroup(&spec);
+    let output_path = dir.file(rundir::OUTPUT_FILE);
+    let output = match OpenOptions::new().create(true).append(true).open(&output_path) {
+        Ok(file) => file,
+        Err(e) => return fail_to_start(dir, None, cgroup, format!("cannot open {}: {e}", output_path.display())),
+    };
+    let child = match spawn(&spec, &output) {
+        Ok(child) => child,
+        Err(message) => return fail_to_start(dir, Some(&output), cgroup, message),
+    };
+    let pid = child.id();
+    let limits = cgroup.as_ref().map_or(cgroup::Mode::None, JobCgroup::mode).name().to_string();
+    let started = Started { pid, started_at_us: rundir::now_us(), limits };
+    if let Err(e) = write(dir, rundir::STARTED_FILE, &started) {
+        // The run goes on: its end is still recorded, and the agent reports it then.
+        note(&e.to_string());
+    }
+
+    let group = Pid::from_raw(pid as i32);
+    let deadline = spec.max_runtime_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let grace = Duration::from_secs(spec.grace_s);
+    let controller = thread::spawn(move || control(control_rx, group, deadline, grace));
+    let (status, finished_at_us) = wait_for_group(child, group)?;
+    let _ = control_tx.send(Control::ChildExited);
+    let verdict = controller.join().unwrap_or_default();
+
+    let oom_kills = cgroup.as_ref().map_or(0, JobCgroup::oom_kills);
+    if let Some(cgroup) = cgroup {
+        if let Err(e) = cgroup.remove() {
+            note(&format!("cannot remove the run's control group: {e}"));
+        }
+    }
+    let exit = Exit {
+        end: verdict.end.unwrap_or(RunEnd::Exited),
+        exit_code: status.code(),
+        signal: status.signal(),
+        finished_at_us,
+        message: end_message(&spec, &verdict, status.signal(), oom_kills),
+    };
+    write(dir, rundir::EXIT_FILE, &exit)?;
+    Ok(exit)
+}
+
+/// Waits until the job's main process has exited, kills whatever it left in its process group, then reaps it.
+/// The main process stays a zombie until the sweep is done, so its pid (the group's id) cannot be reused meanwhile.
+fn wait_for_group(mut child: Child, group: Pid) -> Result<(std::process::ExitStatus, i64), ShimError> {
+    loop {
+        match waitid(Id::Pid(group), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(ShimError::Wait(e)),
+        }
+    }
+    let finished_at_us = rundir::now_us();
+    let _ = killpg(group, Signal::SIGKILL);
+    let status = child.wait().map_err(|e| ShimError::Wait(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    Ok((status, finished_at_us))
+}
+
+/// Enforces the deadline and stop requests: SIGTERM to the whole group, then SIGKILL once the grace period is over.
+fn control(rx: Receiver<Control>, group: Pid, deadline: Option<Instant>, grace: Duration) -> Verdict {
+    let end = loop {
+        let message = match deadline {
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match message {
+            Ok(Control::ChildExited) | Err(RecvTimeoutError::Disconnected) => return Verdict::default(),
+            Ok(Control::Stop) => break RunEnd::Stopped,
+            Err(RecvTimeoutError::Timeout) => break RunEnd::TimedOut,
+        }
+    };
+    note(&format!("stopping the run ({end:?}): SIGTERM to its process group, SIGKILL after {}s", grace.as_secs()));
+    let _ = killpg(group, Signal::SIGTERM);
+    let grace_end = Instant::now() + grace;
+    loop {
+        match rx.recv_timeout(grace_end.saturating_duration_since(Instant::now())) {
+            Ok(Control::ChildExited) | Err(RecvTimeoutError::Disconnected) => return Verdict { end: Some(end), killed: false },
+            // A second request changes nothing: the grace period already runs.
+            Ok(Control::Stop) => continue,
+            Err(RecvTimeoutError::Timeout) => break,
+        }
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    Verdict { end: Some(end), killed: true }
+}
+
+/// Turns SIGTERM and SIGINT into stop requests. A process-wide handler (rather than a blocked signal mask) works
+/// whatever other threads the calling binary has started.
+fn listen_for_stop(tx: Sender<Control>) -> Result<(), ShimError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ShimError::Signals)?;
+    thread::spawn(move || {
+        for _ in signals.forever() {
+            if tx.send(Control::Stop).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Puts the shim in the run's control group, so the job is born in it. Where that fails the run goes on, measured
+/// but not limited, as the node's `limits` already told the server.
+fn enter_cgroup(spec: &Assignment) -> Option<JobCgroup> {
+    let detection = cgroup::detect();
+    if detection.mode == cgroup::Mode::None {
+        return None;
+    }
+    let name = format!("job-{}", rundir::dir_name(spec.run));
+    let limits = Limits { memory_bytes: spec.memory_bytes, cpu_millis: spec.cpu_millis };
+    let root = Path::new(cgroup::CGROUP_ROOT);
+    let entered = JobCgroup::create(root, detection.mode, &name, limits)
+        .and_then(|group| group.add_process(std::process::id()).map(|()| group));
+    match entered {
+        Ok(group) => Some(group),
+        Err(e) => {
+            note(&format!("limits not enforced for this run, measuring only: {e}"));
+            None
+        }
+    }
+}
+
+/// Starts the job: argv as given (no shell), output and errors both appended to the one file, in a process group
+/// of its own so that stopping it reaches every process it started.
+fn spawn(spec: &Assignment, output: &File) -> Result<Child, String> {
+    let Some((program, args)) = spec.command.split_first() else {
+        return Err("cannot start the run: it has no command".to_string());
+    };
+    if !Path::new(&spec.workdir).is_dir() {
+        return Err(format!(
+            "cannot start `{program}`: the working directory `{}` does not exist on this node",
+            spec.workdir
+        ));
+    }
+    let (stdout, stderr) = match (output.try_clone(), output.try_clone()) {
+        (Ok(out), Ok(err)) => (out, err),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("cannot start `{program}`: cannot share the output file: {e}")),
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&spec.workdir)
+        .env_clear()
+        .envs(job_env(std::env::vars_os(), spec))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    command.spawn().map_err(|e| describe_spawn_error(program, &e))
+}
+
+/// The job's environment: the agent's own (less its settings), the job's variables, and the variables that tell
+/// the job what it was given, which the job cannot override.
+pub(crate) fn job_env(
+    inherited: impl Iterator<Item = (OsString, OsString)>,
+    spec: &Assignment,
+) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> =
+        inherited.filter(|(key, _)| !key.to_string_lossy().starts_with(AGENT_ENV_PREFIX)).collect();
+    // CUDA numbers devices fastest first unless told otherwise, while NVML (and so Ferry) numbers them by PCI bus:
+    // without this, `CUDA_VISIBLE_DEVICES=1` could name another job's GPU.
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
+    env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    let gpus: Vec<String> = spec.gpu_ids.iter().map(u32::to_string).collect();
+    env.insert("CUDA_VISIBLE_DEVICES".into(), gpus.join(",").into());
+    env.insert("FERRY_JOB_ID".into(), spec.run.job_id.to_string().into());
+    env.insert("FERRY_ATTEMPT".into(), spec.run.attempt.to_string().into());
+    env
+}
+
+/// Says why a program could not be started, in words a user can act on.
+pub(crate) fn describe_spawn_error(program: &str, e: &io::Error) -> String {
+    const ENOEXEC: i32 = Errno::ENOEXEC as i32;
+    let has_path = Path::new(program).components().count() > 1;
+    let detail = match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) if has_path => "no such file or directory".to_string(),
+        (io::ErrorKind::NotFound, _) => "no such file or directory (is it on PATH?)".to_string(),
+        (io::ErrorKind::PermissionDenied, _) => "permission denied (is it executable?)".to_string(),
+        (_, Some(ENOEXEC)) => "not a program this machine can run (does a script lack its #! line?)".to_string(),
+        _ => e.to_string(),
+    };
+    format!("cannot start `{program}`: {detail}")
+}
+
+/// Records a run that never started: the reason goes to the job's output (where `ferry logs` shows it) and to
+/// `exit.json`.
+fn fail_to_start(
+    dir: &RunDir,
+    output: Option<&File>,
+    cgroup: Option<JobCgroup>,
+    message: String,
+) -> Result<Exit, ShimError> {
+    note(&message);
+    let output = match output {
+        Some(file) => file.try_clone().ok(),
+        None => OpenOptions::new().create(true).append(true).open(dir.file(rundir::OUTPUT_FILE)).ok(),
+    };
+    if let Some(mut file) = output {
+        let _ = file.write_all(format!("ferry: {message}\n").as_bytes());
+    }
+    if let Some(cgroup) = cgroup {
+        let _ = cgroup.remove();
+    }
+    let exit = Exit {
+        end: RunEnd::FailedToStart,
+        exit_code: None,
+        signal: None,
+        finished_at_us: rundir::now_us(),
+        message: Some(message),
+    };
+    write(dir, rundir::EXIT_FILE, &exit)?;
+    Ok(exit)
+}
+
+/// The human account of how a run ended, where there is more to say than the exit code.
+fn end_message(spec: &Assignment, verdict: &Verdict, signal: Option<i32>, oom_kills: u64) -> Option<String> {
+    let after_grace = if verdict.killed {
+        format!(", and killed because it was still running {}s after SIGTERM", spec.grace_s)
+    } else {
+        String::new()
+    };
+    match verdict.end {
+        Some(RunEnd::TimedOut) => {
+            let limit_s = spec.max_runtime_s.unwrap_or_default();
+            return Some(format!("stopped after reaching its maximum runtime of {limit_s}s{after_grace}"));
+        }
+        Some(RunEnd::Stopped) => return Some(format!("stopped on request{after_grace}")),
+        _ => {}
+    }
+    let signal = signal?;
+    if signal == Signal::SIGKILL as i32 && oom_kills > 0 {
+        return Some(format!(
+            "killed by the kernel for using more than its memory limit of {}",
+            format_bytes(spec.memory_bytes)
+        ));
+    }
+    let name = Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("an unknown signal");
+    Some(format!("killed by signal {signal} ({name})"))
+}
+
+fn write<T: serde::Serialize>(dir: &RunDir, name: &str, value: &T) -> Result<(), ShimError> {
+    let path = dir.file(name);
+    rundir::write_json_atomic(&path, value).map_err(|source| ShimError::Write { path: path.display().to_string(), source })
+}
+
+/// One line in `shim.log`. The shim writes to its stderr directly rather than through `tracing`, because that
+/// file is its only record and must be written whether or not the caller installed a subscriber.
+fn note(message: &str) {
+    let now_us = rundir::now_us();
+    eprintln!("{}.{:06} ferry-shim[{}]: {message}", now_us / 1_000_000, now_us % 1_000_000, std::process::id());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::agent::RunRef;
+
+    fn spec() -> Assignment {
+        Assignment {
+            run: RunRef { job_id: 7, attempt: 2 },
+            command: vec!["true".into()],
+            workdir: "/".into(),
+            env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".into(), "9".into()), ("X".into(), "y".into())]),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            gpu_ids: vec![0, 3],
+            max_runtime_s: Some(60),
+            grace_s: 10,
+        }
+    }
+
+    #[test]
+    fn the_job_env_drops_agent_settings_and_cannot_lie_about_its_gpus() {
+        let inherited = [("PATH", "/bin"), ("FERRY_TOKEN", "secret"), ("CUDA_DEVICE_ORDER", "FASTEST_FIRST")]
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = job_env(inherited.into_iter(), &spec());
+        let shown: Vec<String> =
+            env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
+        assert_eq!(
+            shown,
+            [
+                "CUDA_DEVICE_ORDER=PCI_BUS_ID",
+                "CUDA_VISIBLE_DEVICES=0,3",
+                "FERRY_ATTEMPT=2",
+                "FERRY_JOB_ID=7",
+                "PATH=/bin",
+                "X=y"
+            ]
+        );
+    }
+
+    #[test]
+    fn spawn_errors_say_what_to_check() {
+        let not_found = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(
+            describe_spawn_error("trian.py", &not_found),
+            "cannot start `trian.py`: no such file or directory (is it on PATH?)"
+        );
+        assert_eq!(describe_spawn_error("./x", &not_found), "cannot start `./x`: no such file or directory");
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(describe_spawn_error("/tmp/x", &denied), "cannot start `/tmp/x`: permission denied (is it executable?)");
+        let noexec = io::Error::from_raw_os_error(Errno::ENOEXEC as i32);
+        assert!(describe_spawn_error("./s", &noexec).contains("#! line"));
+    }
+
+    #[test]
+    fn end_messages_explain_stops_and_signals() {
+        let spec = spec();
+        let stopped = Verdict { end: Some(RunEnd::Stopped), killed: true };
+        assert_eq!(
+            end_message(&spec, &stopped, Some(9), 0).unwrap(),
+            "stopped on request, and killed because it was still running 10s after SIGTERM"
+        );
+        let timed_out = Verdict { end: Some(RunEnd::TimedOut), killed: false };
+        assert_eq!(end_message(&spec, &timed_out, Some(15), 0).unwrap(), "stopped after reaching its maximum runtime of 60s");
+        assert_eq!(end_message(&spec, &Verdict::default(), None, 0), None);
+        assert_eq!(end_message(&spec, &Verdict::default(), Some(11), 0).unwrap(), "killed by signal 11 (SIGSEGV)");
+        assert_eq!(
+            end_message(&spec, &Verdict::default(), Some(9), 1).unwrap(),
+            "killed by the kernel for using more than its memory limit of 1GiB"
+        );
+    }
+}

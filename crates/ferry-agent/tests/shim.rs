@@ -1,0 +1,312 @@
+//! The run supervisor, tested as the agent uses it: a real `__shim` process per run, real jobs, and the files they
+//! leave in the run directory. Nothing here sleeps to wait: every wait polls with a bound.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_api::agent::{Assignment, RunRef};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_ferry-agent-shim-test");
+/// The longest any wait here may take before the test fails; far above what the runs need.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(10);
+/// Job ids far above any a test server hands out, so these runs' control groups never meet an agent's.
+const JOB_ID_BASE: u64 = 990_000;
+
+struct Run {
+    dir: tempfile::TempDir,
+    spec: Assignment,
+}
+
+impl Run {
+    fn new(job: u64, command: &[&str]) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Assignment {
+            run: RunRef { job_id: JOB_ID_BASE + job, attempt: 1 },
+            command: command.iter().map(|s| s.to_string()).collect(),
+            workdir: dir.path().display().to_string(),
+            env: BTreeMap::new(),
+            cpu_millis: 1500,
+            memory_bytes: 256 << 20,
+            gpu_ids: Vec::new(),
+            max_runtime_s: None,
+            grace_s: 1,
+        };
+        Run { dir, spec }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the spec and starts the supervisor, with the extra environment given (and limits off unless the
+    /// test is about them).
+    fn start(&self, env: &[(&str, &str)]) -> Child {
+        fs::write(self.path().join("spec.json"), serde_json::to_vec(&self.spec).unwrap()).unwrap();
+        let log = fs::File::create(self.path().join("shim.log")).unwrap();
+        let mut command = Command::new(SHIM);
+        command.arg("__shim").arg(self.path()).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.spawn().unwrap()
+    }
+
+    /// Runs to the end without limits and returns `exit.json`.
+    fn run(&self) -> Value {
+        self.run_with(&[("FERRY_CGROUP", "none")])
+    }
+
+    fn run_with(&self, env: &[(&str, &str)]) -> Value {
+        let status = self.start(env).wait().unwrap();
+        assert_eq!(status.code(), Some(0), "the shim failed; shim.log:\n{}", self.shim_log());
+        self.json("exit.json").expect("the shim records the end before it exits")
+    }
+
+    fn json(&self, name: &str) -> Option<Value> {
+        let bytes = fs::read(self.path().join(name)).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn output(&self) -> Vec<u8> {
+        fs::read(self.path().join("output.log")).unwrap()
+    }
+
+    fn output_text(&self) -> String {
+        String::from_utf8(self.output()).unwrap()
+    }
+
+    fn shim_log(&self) -> String {
+        fs::read_to_string(self.path().join("shim.log")).unwrap_or_default()
+    }
+}
+
+/// Polls `probe` until it gives a value, failing the test after `WAIT_MAX`.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Whether a process is gone for good (a zombie counts: it will never run again).
+fn process_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().unwrap().split_whitespace().next() == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+/// The exit record without its timestamp, which no test can know.
+fn end_of(exit: &Value) -> Value {
+    let mut exit = exit.clone();
+    assert!(exit["finished_at_us"].as_i64().unwrap() > 0);
+    exit.as_object_mut().unwrap().remove("finished_at_us");
+    exit
+}
+
+#[test]
+fn output_keeps_every_byte_in_order_from_both_streams() {
+    let script = r"printf 'line one\n\377\376 not utf-8\n'; printf 'to stderr, no newline' >&2";
+    let run = Run::new(1, &["/bin/sh", "-c", script]);
+    let exit = run.run();
+    assert_eq!(end_of(&exit), json!({"end": "exited", "exit_code": 0, "signal": null, "message": null}));
+    assert_eq!(run.output(), b"line one\n\xff\xfe not utf-8\nto stderr, no newline");
+    let started = run.json("started.json").unwrap();
+    assert!(started["pid"].as_u64().unwrap() > 0 && started["started_at_us"].as_i64().unwrap() > 0);
+    assert_eq!(started["limits"], "none");
+    assert_eq!(run.json("shim.json").unwrap()["pid"].as_u64().is_some(), true);
+}
+
+#[test]
+fn exit_codes_and_signals_are_recorded() {
+    let run = Run::new(2, &["/bin/sh", "-c", "exit 3"]);
+    assert_eq!(end_of(&run.run()), json!({"end": "exited", "exit_code": 3, "signal": null, "message": null}));
+
+    let run = Run::new(3, &["/bin/sh", "-c", "kill -SEGV $$"]);
+    assert_eq!(
+        end_of(&run.run()),
+        json!({"end": "exited", "exit_code": null, "signal": 11, "message": "killed by signal 11 (SIGSEGV)"})
+    );
+}
+
+#[test]
+fn the_job_sees_its_gpus_ids_env_and_workdir_but_not_the_agents_settings() {
+    let script = r#"printf '%s|%s|%s|%s|%s|%s|%s' "$CUDA_VISIBLE_DEVICES" "$FERRY_JOB_ID" "$FERRY_ATTEMPT" "$GREETING" "${FERRY_TOKEN-unset}" "$CUDA_DEVICE_ORDER" "$(pwd)""#;
+    let mut run = Run::new(4, &["/bin/sh", "-c", script]);
+    run.spec.gpu_ids = vec![0, 2];
+    run.spec.env.insert("GREETING".into(), "hi there".into());
+    run.run_with(&[("FERRY_CGROUP", "none"), ("FERRY_TOKEN", "secret")]);
+    let workdir = fs::canonicalize(run.path()).unwrap();
+    let expected = format!("0,2|{}|1|hi there|unset|PCI_BUS_ID|{}", JOB_ID_BASE + 4, workdir.display());
+    assert_eq!(run.output_text(), expected);
+
+    let run = Run::new(5, &["/bin/sh", "-c", r#"printf '%s:%s' "${CUDA_VISIBLE_DEVICES+set}" "$CUDA_VISIBLE_DEVICES""#]);
+    run.run();
+    assert_eq!(run.output_text(), "set:", "a run without GPUs must see none, not all");
+}
+
+#[test]
+fn a_run_past_its_maximum_runtime_is_stopped() {
+    let mut run = Run::new(6, &["sleep", "30"]);
+    run.spec.max_runtime_s = Some(1);
+    run.spec.grace_s = 1;
+    assert_eq!(
+        end_of(&run.run()),
+        json!({
+            "end": "timed_out", "exit_code": null, "signal": 15,
+            "message": "stopped after reaching its maximum runtime of 1s",
+        })
+    );
+}
+
+#[test]
+fn a_program_that_cannot_start_says_why_in_its_output() {
+    let run = Run::new(7, &["definitely-not-a-program-ferry"]);
+    let message = "cannot start `definitely-not-a-program-ferry`: no such file or directory (is it on PATH?)";
+    assert_eq!(
+        end_of(&run.run()),
+        json!({"end": "failed_to_start", "exit_code": null, "signal": null, "message": message})
+    );
+    assert_eq!(run.output_text(), format!("ferry: {message}\n"));
+    assert!(run.json("started.json").is_none(), "a run that never started has no start");
+
+    let mut run = Run::new(8, &["true"]);
+    run.spec.workdir = "/nonexistent/ferry-workdir".into();
+    let exit = run.run();
+    assert_eq!(exit["end"], "failed_to_start");
+    assert_eq!(
+        exit["message"],
+        "cannot start `true`: the working directory `/nonexistent/ferry-workdir` does not exist on this node"
+    );
+}
+
+#[test]
+fn sigterm_to_the_shim_stops_the_whole_process_group() {
+    // The shell and its background child both ignore SIGTERM, so only the SIGKILL after the grace period ends them.
+    let script = r#"trap "" TERM; sleep 300 & echo $! > grandchild.pid; wait"#;
+    let run = Run::new(9, &["/bin/sh", "-c", script]);
+    let mut shim = run.start(&[("FERRY_CGROUP", "none")]);
+    let grandchild: i32 = wait_for("the job's background process", || {
+        fs::read_to_string(run.path().join("grandchild.pid")).ok()?.trim().parse().ok()
+    });
+    let job = run.json("started.json").unwrap()["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(shim.id() as i32), Signal::SIGTERM).unwrap();
+
+    assert_eq!(shim.wait().unwrap().code(), Some(0), "shim.log:\n{}", run.shim_log());
+    assert_eq!(
+        end_of(&run.json("exit.json").unwrap()),
+        json!({
+            "end": "stopped", "exit_code": null, "signal": 9,
+            "message": "stopped on request, and killed because it was still running 1s after SIGTERM",
+        })
+    );
+    assert!(process_gone(job));
+    wait_for("the background process to be killed too", || process_gone(grandchild).then_some(()));
+}
+
+#[test]
+fn a_job_that_honours_sigterm_ends_within_its_grace_period() {
+    let mut run = Run::new(10, &["/bin/sh", "-c", "echo ready; exec sleep 300"]);
+    run.spec.grace_s = 300;
+    let mut shim = run.start(&[("FERRY_CGROUP", "none")]);
+    wait_for("the job to start", || run.json("started.json"));
+    kill(Pid::from_raw(shim.id() as i32), Signal::SIGTERM).unwrap();
+    // The grace period is five minutes, so ending within the wait bound shows SIGTERM itself ended the job.
+    assert_eq!(shim.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        end_of(&run.json("exit.json").unwrap()),
+        json!({"end": "stopped", "exit_code": null, "signal": 15, "message": "stopped on request"})
+    );
+}
+
+/// The job reports the control groups it is in and the limit files of the group Ferry made for it; what it must
+/// see depends on the mode the shim found on this machine, which it records in `started.json`.
+#[test]
+fn the_job_runs_inside_its_limits_where_the_machine_allows() {
+    let job = JOB_ID_BASE + 11;
+    let group = format!("job-{job}-1");
+    let files: Vec<PathBuf> = [
+        format!("memory/ferry/{group}/memory.limit_in_bytes"),
+        format!("cpu/ferry/{group}/cpu.cfs_period_us"),
+        format!("cpu/ferry/{group}/cpu.cfs_quota_us"),
+        format!("ferry/{group}/memory.max"),
+        format!("ferry/{group}/cpu.max"),
+    ]
+    .iter()
+    .map(|f| Path::new("/sys/fs/cgroup").join(f))
+    .collect();
+    let mut script = String::from("cat /proc/self/cgroup; echo ---; ");
+    for file in &files {
+        script.push_str(&format!("echo \"$(cat {} 2>/dev/null)\"; ", file.display()));
+    }
+    let run = Run::new(11, &["/bin/sh", "-c", &script]);
+    let exit = run.run_with(&[]);
+    assert_eq!(exit["end"], "exited", "shim.log:\n{}", run.shim_log());
+
+    let output = run.output_text();
+    let (membership, values) = output.split_once("---\n").unwrap();
+    let values: Vec<&str> = values.lines().collect();
+    let in_group = |controller: &str| {
+        membership.lines().any(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+            let named = if controller.is_empty() { controllers.is_empty() } else { controllers.split(',').any(|c| c == controller) };
+            named && path.ends_with(&format!("/ferry/{group}"))
+        })
+    };
+    let limits = run.json("started.json").unwrap()["limits"].as_str().unwrap().to_string();
+    match limits.as_str() {
+        "cgroup-v1" => {
+            assert!(in_group("memory") && in_group("cpu"), "{membership}");
+            assert_eq!(values[..3], ["268435456", "100000", "150000"]);
+        }
+        "cgroup-v2" => {
+            assert!(in_group(""), "{membership}");
+            assert_eq!(values[3..], ["268435456", "150000 100000"]);
+        }
+        "none" => {
+            assert!(!membership.contains("/ferry/job-"), "{membership}");
+            assert!(values.iter().all(|v| v.is_empty()), "{values:?}");
+        }
+        other => panic!("unknown limits mode {other}"),
+    }
+    // Whatever the mode, nothing of the run's group is left once the run has ended.
+    for file in &files {
+        assert!(!file.parent().unwrap().exists(), "{} is left behind", file.parent().unwrap().display());
+    }
+
+    // A job that grows past its memory limit is killed by the kernel where the limit is enforced, and the record
+    // says so; where it is not, the job simply finishes.
+    let greedy = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
+    let mut run = Run::new(13, &["/bin/sh", "-c", greedy]);
+    run.spec.memory_bytes = 32 << 20;
+    let exit = run.run_with(&[]);
+    if limits == "none" {
+        assert_eq!(end_of(&exit), json!({"end": "exited", "exit_code": 0, "signal": null, "message": null}));
+    } else {
+        assert_eq!(
+            end_of(&exit),
+            json!({
+                "end": "exited", "exit_code": null, "signal": 9,
+                "message": "killed by the kernel for using more than its memory limit of 32MiB",
+            })
+        );
+    }
+
+    let forced = Run::new(12, &["cat", "/proc/self/cgroup"]);
+    forced.run();
+    assert_eq!(forced.json("started.json").unwrap()["limits"], "none");
+    assert!(!forced.output_text().contains("/ferry/job-"));
+}

@@ -1,0 +1,138 @@
+//! The protocol between the server and its node agents. An agent on another machine speaks exactly this.
+//!
+//! The agent registers (and re-registers after any restart of either side) with the state of every job it still
+//! knows, long-polls for work, and reports job state changes and node usage. Assignments carry a per-node sequence
+//! number and the server's epoch, so an agent that polls after a server restart is sent everything outstanding again;
+//! agents drop assignments they already run.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::nodes::{Gpu, NodeUsage};
+
+/// The longest a work poll is held open by the server.
+pub const WORK_WAIT_MS_MAX: u64 = 30_000;
+/// The most bytes of output one log upload may carry.
+pub const LOG_CHUNK_BYTES_MAX: usize = 4 << 20;
+
+/// A job run, as the agent knows it: the job id and which attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+pub struct RunRef {
+    pub job_id: u64,
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterNode {
+    pub name: String,
+    pub pool: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: Vec<Gpu>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+    pub limits: String,
+    /// Every job run the agent still knows of, with its current state.
+    pub runs: Vec<RunReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    /// How often the agent must report, at least.
+    pub heartbeat_ms: u64,
+    /// Runs the server no longer wants (cancelled, lost or retried elsewhere): the agent stops them.
+    pub stop: Vec<RunRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkRequest {
+    pub node: String,
+    /// The epoch and sequence number of the last work the agent received; 0 and "" at first.
+    #[serde(default)]
+    pub epoch: String,
+    #[serde(default)]
+    pub after_seq: u64,
+    pub wait_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Work {
+    pub epoch: String,
+    pub seq: u64,
+    pub start: Vec<Assignment>,
+    pub stop: Vec<RunRef>,
+}
+
+/// Everything an agent needs to start one run of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub run: RunRef,
+    pub command: Vec<String>,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpu_ids: Vec<u32>,
+    pub max_runtime_s: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when the run is stopped.
+    pub grace_s: u64,
+}
+
+/// How a run ended, as its supervisor saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEnd {
+    Exited,
+    /// Stopped because it reached its maximum runtime.
+    TimedOut,
+    /// Stopped because the server asked.
+    Stopped,
+    /// The program could not be started at all (no such file, no permission, bad working directory).
+    FailedToStart,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunStatus {
+    Running {
+        pid: u32,
+        started_at_us: i64,
+    },
+    Finished {
+        end: RunEnd,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        finished_at_us: i64,
+        /// Total bytes of output the run wrote; the server has them all before it records the end.
+        log_bytes: u64,
+        message: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunReport {
+    pub run: RunRef,
+    pub status: RunStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Reports {
+    pub node: String,
+    pub runs: Vec<RunReport>,
+    pub usage: Option<NodeUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReportsAck {
+    /// Runs the server no longer wants: the agent stops them.
+    pub stop: Vec<RunRef>,
+}
+
+/// The answer to a log upload: how many bytes of the run's output the server now holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogAck {
+    pub stored: u64,
+}

@@ -1,0 +1,50 @@
+//! The one error shape of the API: a stable machine-readable code and a human message that says what to do.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a value is out of range (HTTP 400).
+    InvalidRequest,
+    /// No token, or a token the server does not know (HTTP 401).
+    Unauthenticated,
+    /// The token is valid but may not do this (HTTP 403).
+    Forbidden,
+    /// The job, node or path does not exist (HTTP 404).
+    NotFound,
+    /// The request conflicts with the current state, e.g. cancelling a finished job (HTTP 409).
+    Conflict,
+    /// The request is well formed but cannot be satisfied, e.g. more GPUs than any node has (HTTP 422).
+    Unsatisfiable,
+    /// The body is larger than the server accepts (HTTP 413).
+    PayloadTooLarge,
+    /// The server is shutting down or overloaded; retry later (HTTP 503).
+    Unavailable,
+    /// A fault inside the server; the message says where to look (HTTP 500, never expected).
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unsatisfiable => 422,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}

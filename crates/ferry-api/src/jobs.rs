@@ -1,0 +1,204 @@
+//! Jobs on the wire: what a user submits and what the API shows back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The longest command line, in bytes of all arguments together, that a job may have.
+pub const COMMAND_BYTES_MAX: usize = 128 * 1024;
+/// The most environment variables one job may set.
+pub const ENV_VARS_MAX: usize = 1024;
+/// The most retries a job may ask for.
+pub const RETRIES_MAX: u32 = 100;
+/// The longest job name.
+pub const NAME_CHARS_MAX: usize = 128;
+
+/// A job's priority class. Higher classes start first; within a class, jobs start in submission order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorityClass {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Urgent,
+}
+
+impl PriorityClass {
+    pub const ALL: [PriorityClass; 4] =
+        [PriorityClass::Low, PriorityClass::Normal, PriorityClass::High, PriorityClass::Urgent];
+
+    /// The number the scheduler orders by.
+    pub fn value(self) -> i32 {
+        match self {
+            PriorityClass::Low => -100,
+            PriorityClass::Normal => 0,
+            PriorityClass::High => 100,
+            PriorityClass::Urgent => 200,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PriorityClass::Low => "low",
+            PriorityClass::Normal => "normal",
+            PriorityClass::High => "high",
+            PriorityClass::Urgent => "urgent",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PriorityClass> {
+        PriorityClass::ALL.into_iter().find(|c| c.name() == text)
+    }
+}
+
+/// A request to run a job.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// The program and its arguments, run without a shell.
+    pub command: Vec<String>,
+    /// The absolute directory the job runs in, on the node that runs it.
+    pub workdir: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Thousandths of a CPU; default 1000 (one CPU).
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes; default 1 GiB.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<PriorityClass>,
+    /// How many times the job is run again after it fails or its node is lost.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// The job is stopped after running this long.
+    #[serde(default)]
+    pub max_runtime_s: Option<u64>,
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Submitted {
+    pub id: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting in the queue.
+    Queued,
+    /// Placed on a node; the node has not yet confirmed that it started.
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Stopped after its maximum runtime.
+    TimedOut,
+    /// Its node stopped reporting and the job was not retried.
+    Lost,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 8] = [
+        JobState::Queued,
+        JobState::Starting,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::TimedOut,
+        JobState::Lost,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Starting | JobState::Running)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::TimedOut => "timed_out",
+            JobState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+/// Why a queued job waits: a sentence, and the same reason as structured data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Waiting {
+    pub message: String,
+    /// The scheduler's reason, tagged by `kind` (`insufficient`, `reserved_for`, `infeasible`, ...).
+    #[schema(value_type = Object)]
+    pub reason: serde_json::Value,
+}
+
+/// One entry of a job's state timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobEvent {
+    pub at_us: i64,
+    pub state: JobState,
+    pub message: String,
+}
+
+/// A job as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: u64,
+    pub name: Option<String>,
+    pub project: Option<String>,
+    pub owner: String,
+    pub state: JobState,
+    pub command: Vec<String>,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    pub priority: PriorityClass,
+    pub retries: u32,
+    /// Which run this is: 0 for the first, 1 after the first retry.
+    pub attempt: u32,
+    pub max_runtime_s: Option<u64>,
+    pub node: Option<String>,
+    /// The device indices of the GPUs assigned to the job on its node.
+    pub gpu_ids: Vec<u32>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why the job is in its state, for a finished job (e.g. "stopped after its maximum runtime of 2h").
+    pub message: Option<String>,
+    pub submitted_at_us: i64,
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+    /// Bytes of output the server holds for the job.
+    pub log_bytes: u64,
+    /// For a queued job, why it waits.
+    pub waiting: Option<Waiting>,
+    /// The state timeline; filled by `GET /jobs/{id}`, empty in listings.
+    #[serde(default)]
+    pub timeline: Vec<JobEvent>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}

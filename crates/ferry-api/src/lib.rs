@@ -1,0 +1,19 @@
+//! Ferry's wire types: every value that crosses the HTTP/JSON API, for users, the CLI and agents alike.
+//!
+//! The types here are converted by hand from the domain types of the core and the store, so that the wire format
+//! changes only when someone means it to. This crate must never depend on the server, the store or any I/O.
+
+pub mod agent;
+pub mod error;
+pub mod jobs;
+pub mod nodes;
+pub mod units;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use ferry_core::Resources;
+
+/// The version of the HTTP API, part of every path (`/api/v1/...`).
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The port `ferry up` listens on unless `--listen` says otherwise.
+pub const DEFAULT_PORT: u16 = 7750;

@@ -1,0 +1,71 @@
+//! Nodes on the wire: capacity, allocation and measured utilisation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// One GPU as the node's agent found or was told about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Gpu {
+    /// The device index, as `CUDA_VISIBLE_DEVICES` numbers it.
+    pub index: u32,
+    pub model: String,
+    pub memory_bytes: u64,
+    pub uuid: Option<String>,
+    /// `nvml` when the driver reported it, `config` when declared in the agent's configuration.
+    pub source: String,
+}
+
+/// What a node measured of itself at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeUsage {
+    pub sampled_at_us: i64,
+    /// CPU use across all cores, in thousandths of a CPU (1500 = one and a half cores busy).
+    pub cpu_millis_used: u64,
+    pub memory_used_bytes: u64,
+    pub gpus: Vec<GpuUsage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GpuUsage {
+    pub index: u32,
+    pub utilization_percent: u32,
+    pub memory_used_bytes: u64,
+    pub temperature_c: Option<u32>,
+    pub power_mw: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Ready,
+    /// The agent has not reported within the node timeout.
+    NotReady,
+}
+
+/// A node as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub name: String,
+    pub pool: String,
+    pub state: NodeState,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: Vec<Gpu>,
+    pub labels: BTreeMap<String, String>,
+    pub allocated_cpu_millis: u64,
+    pub allocated_memory_bytes: u64,
+    pub allocated_gpus: u32,
+    pub usage: Option<NodeUsage>,
+    pub last_seen_us: i64,
+    pub agent_version: String,
+    /// How the agent enforces limits: `cgroup-v1`, `cgroup-v2`, or `none` (measuring only).
+    pub limits: String,
+    pub running_jobs: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}

@@ -1,0 +1,120 @@
+//! Parsing the quantities people type: memory sizes, CPU counts and durations. Every error says what was wrong
+//! and shows a value that would be accepted.
+
+pub use ferry_core::resources_fmt::{format_bytes, format_cpus};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct UnitError(pub String);
+
+/// Parses a memory size such as `8GiB`, `512MiB`, `1.5G`, `800M` or a plain byte count. Decimal (`GB`) and binary
+/// (`GiB`) units are both accepted; `G`, `M`, `K` alone are taken as binary, as Slurm and Kubernetes users expect.
+pub fn parse_memory(text: &str) -> Result<u64, UnitError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || UnitError(format!("`{text}` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"));
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "ki" => 1 << 10,
+        "m" | "mib" | "mi" => 1 << 20,
+        "g" | "gib" | "gi" => 1 << 30,
+        "t" | "tib" | "ti" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(UnitError(format!("`{text}` is larger than any machine's memory")));
+    }
+    if bytes < 1.0 {
+        return Err(UnitError(format!("`{text}` is zero; ask for a positive amount of memory, such as 512MiB")));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a CPU count such as `2`, `0.5` or `250m` (thousandths, as Kubernetes writes them) into thousandths.
+pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
+    let t = text.trim();
+    let bad = || UnitError(format!("`{text}` is not a CPU count; write a positive number such as 2, 0.5 or 250m"));
+    let millis = if let Some(m) = t.strip_suffix('m') {
+        m.parse::<u64>().map_err(|_| bad())?
+    } else {
+        let v: f64 = t.parse().map_err(|_| bad())?;
+        if !v.is_finite() || v < 0.0 || v > 1e9 {
+            return Err(bad());
+        }
+        (v * 1000.0).round() as u64
+    };
+    if millis == 0 {
+        return Err(UnitError(format!("`{text}` is zero CPUs; every job needs some CPU, such as 0.1 or 1")));
+    }
+    Ok(millis)
+}
+
+/// Parses a duration such as `90s`, `30m`, `2h`, `1h30m` or `1d`.
+pub fn parse_duration_s(text: &str) -> Result<u64, UnitError> {
+    let t = text.trim();
+    let bad = || UnitError(format!("`{text}` is not a duration; write a number and a unit, such as 90s, 30m, 2h or 1h30m"));
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "s" | "sec" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = value.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+    }
+    if total == 0 {
+        return Err(UnitError(format!("`{text}` is zero; give a positive duration such as 30m")));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_what_people_write() {
+        assert_eq!(parse_memory("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_memory("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_memory("1024"), Ok(1024));
+        assert_eq!(parse_cpus("0.5"), Ok(500));
+        assert_eq!(parse_cpus("250m"), Ok(250));
+        assert_eq!(parse_duration_s("1h30m"), Ok(5400));
+        assert_eq!(parse_duration_s("2h"), Ok(7200));
+    }
+
+    #[test]
+    fn rejects_bad_units_with_a_hint() {
+        let e = parse_memory("8XB").unwrap_err().to_string();
+        assert_eq!(e, "`8XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB");
+        assert!(parse_memory("0GiB").unwrap_err().to_string().contains("is zero"));
+        assert!(parse_memory("-1G").is_err());
+        assert!(parse_cpus("-2").is_err());
+        assert!(parse_cpus("0").unwrap_err().to_string().contains("zero CPUs"));
+        assert!(parse_cpus("two").is_err());
+        assert!(parse_duration_s("2 hours").is_err());
+        assert!(parse_duration_s("h").is_err());
+    }
+}

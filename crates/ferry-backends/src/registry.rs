@@ -1,0 +1,24 @@
+//! The explicit list of compute backends this build contains. Adding a backend means one line here, behind its
+//! feature, and nothing in the core or the server.
+
+use std::sync::Arc;
+
+use crate::ComputeBackend;
+
+/// Every backend kind this build knows, for messages that list the choices.
+pub fn kinds() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut kinds = Vec::new();
+    #[cfg(feature = "agent")]
+    kinds.push("agent");
+    kinds
+}
+
+/// Builds the backend of the given kind, or `None` when this build does not include it.
+pub fn build(kind: &str) -> Option<Arc<dyn ComputeBackend>> {
+    match kind {
+        #[cfg(feature = "agent")]
+        "agent" => Some(Arc::new(crate::agent::AgentBackend::new(crate::agent::new_epoch()))),
+        _ => None,
+    }
+}

@@ -1,0 +1,178 @@
+//! A typed client for Ferry's HTTP API. The CLI, the node agent and the benchmarks all talk to the server through
+//! it, so every caller gets the same error mapping.
+//!
+//! It must never decide policy (retries, backoff) for its callers: it does one request per call.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_api::agent::{LogAck, Registered, RegisterNode, Reports, ReportsAck, RunRef, Work, WorkRequest};
+use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
+use ferry_api::nodes::NodeList;
+use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How long to wait for the TCP connection, so a dead address fails fast.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the server's address.
+    #[error("no Ferry server at {server}; start one with `ferry up`")]
+    Unreachable { server: String },
+    /// The server answered with an error.
+    #[error("{}", .body.message)]
+    Api { status: u16, body: ErrorBody },
+    /// The connection broke or the answer was not what the API promises.
+    #[error("talking to the Ferry server at {server} failed: {detail}")]
+    Transport { server: String, detail: String },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } => Some(body.code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Filters for listing jobs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Include finished jobs.
+    pub all: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl Client {
+    /// `server` is the base URL, such as `http://127.0.0.1:7750`.
+    pub fn new(server: &str, token: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .build()
+            .expect("a client with only timeouts set always builds");
+        Client { base: server.trim_end_matches('/').to_string(), token, http }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable { server: self.base.clone() }
+        } else {
+            ClientError::Transport { server: self.base.clone(), detail: e.to_string() }
+        }
+    }
+
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = builder.send().await.map_err(|e| self.transport(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| self.transport(e))?;
+        let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| ErrorBody {
+            code: if status == 404 { ErrorCode::NotFound } else { ErrorCode::Internal },
+            message: format!("the server at {} answered HTTP {status}: {}", self.base, text.trim()),
+        });
+        Err(ClientError::Api { status, body })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(builder).await?;
+        response.json::<T>().await.map_err(|e| self.transport(e))
+    }
+
+    pub async fn submit(&self, job: &SubmitJob) -> Result<Submitted, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/jobs").json(job)).await
+    }
+
+    pub async fn jobs(&self, query: &JobQuery) -> Result<JobList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/jobs").query(query)).await
+    }
+
+    pub async fn job(&self, id: u64) -> Result<Job, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/jobs/{id}"))).await
+    }
+
+    /// Waits up to `wait` for the job to reach a final state, then returns it as it is.
+    pub async fn wait_job(&self, id: u64, wait: Duration) -> Result<Job, ClientError> {
+        let path = format!("/jobs/{id}/wait");
+        let wait_ms = wait.as_millis() as u64;
+        self.json(self.request(reqwest::Method::GET, &path).query(&[("timeout_ms", wait_ms)])).await
+    }
+
+    pub async fn cancel(&self, id: u64) -> Result<Job, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/jobs/{id}/cancel"))).await
+    }
+
+    /// The job's output from byte `offset`; with `follow`, the stream stays open until the job ends.
+    pub async fn logs(
+        &self,
+        id: u64,
+        offset: u64,
+        follow: bool,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, ClientError> {
+        let query = [("offset", offset.to_string()), ("follow", follow.to_string())];
+        let response = self.send(self.request(reqwest::Method::GET, &format!("/jobs/{id}/logs")).query(&query)).await?;
+        Ok(response.bytes_stream())
+    }
+
+    pub async fn nodes(&self) -> Result<NodeList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/nodes")).await
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/health")).await
+    }
+
+    pub async fn register_node(&self, node: &RegisterNode) -> Result<Registered, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/agent/register").json(node)).await
+    }
+
+    /// Long-polls for work; the server holds the request up to `request.wait_ms`.
+    pub async fn work(&self, request: &WorkRequest) -> Result<Work, ClientError> {
+        let timeout = Duration::from_millis(request.wait_ms) + Duration::from_secs(10);
+        self.json(self.request(reqwest::Method::POST, "/agent/work").json(request).timeout(timeout)).await
+    }
+
+    pub async fn report(&self, reports: &Reports) -> Result<ReportsAck, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/agent/reports").json(reports)).await
+    }
+
+    /// Appends `bytes` at byte `offset` of a run's output; the answer says how much the server holds. An upload that
+    /// overlaps what the server has is trimmed by the server, so resending after a failure is safe.
+    pub async fn upload_log(&self, node: &str, run: RunRef, offset: u64, bytes: Bytes) -> Result<LogAck, ClientError> {
+        let path = format!("/agent/runs/{}/{}/logs", run.job_id, run.attempt);
+        let query = [("offset", offset.to_string()), ("node", node.to_string())];
+        self.json(self.request(reqwest::Method::POST, &path).query(&query).body(bytes)).await
+    }
+}

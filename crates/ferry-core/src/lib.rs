@@ -1,0 +1,22 @@
+//! The scheduler core: a pure, deterministic state machine.
+//!
+//! Events go in (a node joined or went away, a job was submitted or ended), decisions come out (start this job on
+//! that node with these GPUs, this job was lost), and every decision or wait carries its reason as data.
+//!
+//! This crate must never do I/O, read a clock, spawn a task or draw a random number: the server and the simulator
+//! drive the same core, so everything it needs is passed in. It knows nothing of SQL, HTTP or processes.
+
+mod reason;
+mod resources;
+pub mod resources_fmt {
+    //! Human formatting of resource amounts, shared with the wire and the CLI.
+    pub use crate::resources::{format_bytes, format_cpus};
+}
+mod scheduler;
+
+pub use reason::{NodeShortfall, Placement, ResourceKind, WaitReason};
+pub use resources::Resources;
+pub use scheduler::{Allocation, CoreError, Decision, Event, JobRequest, NodeInfo, Scheduler};
+
+/// A job's identifier, assigned by the store when the job is accepted.
+pub type JobId = u64;

@@ -1,0 +1,143 @@
+//! Why a job starts where it does, and why a job waits: structured data first, text second.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::{format_bytes, format_cpus};
+use crate::JobId;
+
+/// How many nodes a wait reason names before it summarises the rest, so that a message stays readable on a large
+/// cluster.
+pub const SHORTFALL_NODES_MAX: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    Gpus,
+    Cpus,
+    Memory,
+}
+
+impl ResourceKind {
+    /// Renders an amount of this resource the way a person writes it: "4 GPUs", "1.5 CPUs", "8GiB of memory".
+    pub fn amount(self, value: u64) -> String {
+        match self {
+            ResourceKind::Gpus if value == 1 => "1 GPU".to_string(),
+            ResourceKind::Gpus => format!("{value} GPUs"),
+            ResourceKind::Cpus if value == 1000 => "1 CPU".to_string(),
+            ResourceKind::Cpus => format!("{} CPUs", format_cpus(value)),
+            ResourceKind::Memory => format!("{} of memory", format_bytes(value)),
+        }
+    }
+
+    fn free_amount(self, value: u64) -> String {
+        match self {
+            ResourceKind::Gpus => value.to_string(),
+            ResourceKind::Cpus => format!("{} CPUs", format_cpus(value)),
+            ResourceKind::Memory => format_bytes(value),
+        }
+    }
+}
+
+/// How one node falls short of what a waiting job needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeShortfall {
+    pub node: String,
+    pub resource: ResourceKind,
+    pub free: u64,
+    /// The amount of that resource held by running jobs on the node.
+    pub held: u64,
+    /// The running jobs that hold some of it, lowest id first.
+    pub held_by: Vec<JobId>,
+}
+
+/// Why a queued job has not started. Every variant is data the API returns as is; `Display` is the sentence the CLI
+/// prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WaitReason {
+    /// No node has ever registered with the server.
+    NoNodes,
+    /// Nodes exist, but none is ready (their agents stopped reporting).
+    NoReadyNodes { nodes: u32 },
+    /// No node, even empty, is large enough for the job.
+    Infeasible { resource: ResourceKind, needed: u64, largest: u64 },
+    /// Some node could hold the job, but none has enough free right now.
+    Insufficient { resource: ResourceKind, needed: u64, shortfalls: Vec<NodeShortfall>, more_nodes: u32 },
+    /// The job would fit, but the free resources are held back for a job ahead of it in the queue.
+    ReservedFor { job: JobId, node: String },
+    /// The job fits now and starts in the next scheduling cycle.
+    Starting,
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::NoNodes => write!(f, "no node has registered yet; start an agent (`ferry up` starts one)"),
+            WaitReason::NoReadyNodes { nodes } => {
+                write!(f, "none of the {nodes} known nodes is ready; their agents have stopped reporting")
+            }
+            WaitReason::Infeasible { resource, needed, largest } => write!(
+                f,
+                "no node in any pool has {}; the largest has {}",
+                resource.amount(*needed),
+                resource.free_amount(*largest)
+            ),
+            WaitReason::Insufficient { resource, needed, shortfalls, more_nodes } => {
+                write!(f, "needs {}; ", resource.amount(*needed))?;
+                for (i, s) in shortfalls.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "node {} has {} free", s.node, s.resource.free_amount(s.free))?;
+                    if !s.held_by.is_empty() {
+                        write!(f, " ({} held by {})", s.resource.free_amount(s.held), jobs_phrase(&s.held_by))?;
+                    }
+                }
+                if *more_nodes > 0 {
+                    write!(f, ", and {more_nodes} more nodes are short too")?;
+                }
+                Ok(())
+            }
+            WaitReason::ReservedFor { job, node } => {
+                write!(f, "the free resources on node {node} are held for job {job}, which is ahead in the queue")
+            }
+            WaitReason::Starting => write!(f, "resources are free; it starts in the next scheduling cycle"),
+        }
+    }
+}
+
+/// "job 3", "jobs 12 and 15", "jobs 1, 2 and 3".
+fn jobs_phrase(jobs: &[JobId]) -> String {
+    match jobs {
+        [one] => format!("job {one}"),
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(|j| j.to_string()).collect();
+            format!("jobs {} and {last}", init.join(", "))
+        }
+        [] => "no job".to_string(),
+    }
+}
+
+/// Why a job was started on the node it was: how many ready nodes could hold it and what the chosen one keeps free.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub candidates: u32,
+    pub gpus_free_after: u32,
+    pub cpu_millis_free_after: u64,
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "best fit of {} candidate node{}: leaves {} GPU{} and {} CPUs free",
+            self.candidates,
+            if self.candidates == 1 { "" } else { "s" },
+            self.gpus_free_after,
+            if self.gpus_free_after == 1 { "" } else { "s" },
+            format_cpus(self.cpu_millis_free_after)
+        )
+    }
+}

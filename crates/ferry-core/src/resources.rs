@@ -1,0 +1,104 @@
+//! Resource vectors: what a node has and what a job asks for.
+
+use serde::{Deserialize, Serialize};
+
+/// An amount of each schedulable resource. CPUs are in thousandths of a core so that fractional requests
+/// (`--cpus 0.5`) stay exact integers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+impl Resources {
+    pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0, gpus: 0 };
+
+    pub fn new(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Resources {
+        Resources { cpu_millis, memory_bytes, gpus }
+    }
+
+    /// Whether every dimension of `self` is at most the same dimension of `available`.
+    pub fn fits_in(&self, available: &Resources) -> bool {
+        self.cpu_millis <= available.cpu_millis
+            && self.memory_bytes <= available.memory_bytes
+            && self.gpus <= available.gpus
+    }
+
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            gpus: self.gpus.saturating_sub(other.gpus),
+        }
+    }
+
+    pub fn checked_add(&self, other: &Resources) -> Option<Resources> {
+        Some(Resources {
+            cpu_millis: self.cpu_millis.checked_add(other.cpu_millis)?,
+            memory_bytes: self.memory_bytes.checked_add(other.memory_bytes)?,
+            gpus: self.gpus.checked_add(other.gpus)?,
+        })
+    }
+
+    /// The component-wise maximum, used to describe the largest node of a set.
+    pub fn max(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.max(other.cpu_millis),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+            gpus: self.gpus.max(other.gpus),
+        }
+    }
+}
+
+/// Formats a byte count with a binary unit, as people write memory sizes: `512MiB`, `8GiB`, `1.5TiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 || unit == 0 {
+        format!("{}{}", value as u64, UNITS[unit])
+    } else {
+        format!("{:.1}{}", value, UNITS[unit])
+    }
+}
+
+/// Formats thousandths of a CPU as a decimal core count: `2`, `0.5`, `1.25`.
+pub fn format_cpus(cpu_millis: u64) -> String {
+    let whole = cpu_millis / 1000;
+    let frac = cpu_millis % 1000;
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        let digits = format!("{frac:03}");
+        format!("{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_units_as_people_write_them() {
+        assert_eq!(format_bytes(0), "0B");
+        assert_eq!(format_bytes(512 * 1024 * 1024), "512MiB");
+        assert_eq!(format_bytes(8 << 30), "8GiB");
+        assert_eq!(format_bytes(3 << 29), "1.5GiB");
+        assert_eq!(format_cpus(2000), "2");
+        assert_eq!(format_cpus(500), "0.5");
+        assert_eq!(format_cpus(1250), "1.25");
+    }
+
+    #[test]
+    fn fits_and_subtracts_per_dimension() {
+        let node = Resources::new(2000, 8 << 30, 2);
+        assert!(Resources::new(2000, 8 << 30, 2).fits_in(&node));
+        assert!(!Resources::new(1000, 1, 3).fits_in(&node));
+        assert_eq!(node.saturating_sub(&Resources::new(3000, 1 << 30, 1)), Resources::new(0, 7 << 30, 1));
+    }
+}

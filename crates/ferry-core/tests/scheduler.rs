@@ -1,0 +1,138 @@
+//! Behaviour of the scheduler core, through its public events and decisions only.
+
+use expect_test::{expect, Expect};
+use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Resources, Scheduler};
+
+const GIB: u64 = 1 << 30;
+
+fn node(name: &str, cpus: u64, gpus: u32) -> Event {
+    Event::NodeUp(NodeInfo {
+        name: name.to_string(),
+        pool: "local".to_string(),
+        capacity: Resources::new(cpus * 1000, 16 * GIB, gpus),
+        gpu_indices: (0..gpus).collect(),
+    })
+}
+
+fn job(id: u64, cpus: u64, gpus: u32, priority: i32) -> Event {
+    Event::JobSubmitted(JobRequest { id, resources: Resources::new(cpus * 1000, GIB, gpus), priority })
+}
+
+/// Applies the events, runs one cycle, and renders the starts and every queued job's wait reason.
+fn check(events: Vec<Event>, expected: Expect) {
+    let mut s = Scheduler::new();
+    let mut ids = Vec::new();
+    for e in events {
+        if let Event::JobSubmitted(r) = &e {
+            ids.push(r.id);
+        }
+        s.apply(e).unwrap();
+    }
+    let mut out = String::new();
+    for d in s.schedule() {
+        if let Decision::Start { job, allocation, reason } = d {
+            out += &format!("start {job} on {} gpus {:?}: {reason}\n", allocation.node, allocation.gpus);
+        }
+    }
+    for id in ids {
+        if let Some(why) = s.explain(id) {
+            out += &format!("wait {id}: {why}\n");
+        }
+    }
+    s.check_invariants().unwrap();
+    expected.assert_eq(&out);
+}
+
+#[test]
+fn starts_in_priority_then_submission_order_without_overcommitting() {
+    check(
+        vec![node("local", 2, 2), job(1, 1, 1, 0), job(2, 1, 1, 0), job(3, 1, 1, 10)],
+        expect![[r#"
+            start 3 on local gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 1 CPUs free
+            start 1 on local gpus [1]: best fit of 1 candidate node: leaves 0 GPUs and 0 CPUs free
+            wait 2: needs 1 GPU; node local has 0 free (2 held by jobs 1 and 3)
+        "#]],
+    );
+}
+
+#[test]
+fn names_the_jobs_that_hold_the_gpus_a_waiting_job_needs() {
+    check(
+        vec![node("local", 8, 4), job(12, 1, 1, 0), job(15, 1, 1, 0), job(20, 1, 4, 0)],
+        expect![[r#"
+            start 12 on local gpus [0]: best fit of 1 candidate node: leaves 3 GPUs and 7 CPUs free
+            start 15 on local gpus [1]: best fit of 1 candidate node: leaves 2 GPUs and 6 CPUs free
+            wait 20: needs 4 GPUs; node local has 2 free (2 held by jobs 12 and 15)
+        "#]],
+    );
+}
+
+#[test]
+fn a_blocked_job_reserves_what_it_needs_so_later_jobs_cannot_starve_it() {
+    // Job 2 needs both GPUs; job 3 (one GPU) must not take the GPU job 1 leaves free, but job 4 (CPU only) may run.
+    check(
+        vec![node("local", 4, 2), job(1, 1, 1, 0), job(2, 1, 2, 0), job(3, 1, 1, 0), job(4, 1, 0, 0)],
+        expect![[r#"
+            start 1 on local gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 3 CPUs free
+            start 4 on local gpus []: best fit of 1 candidate node: leaves 0 GPUs and 0 CPUs free
+            wait 2: needs 2 GPUs; node local has 1 free (1 held by job 1)
+            wait 3: the free resources on node local are held for job 2, which is ahead in the queue
+        "#]],
+    );
+}
+
+#[test]
+fn best_fit_keeps_whole_nodes_free_and_explains_infeasible_and_empty_clusters() {
+    check(
+        vec![node("big", 8, 8), node("small", 8, 2), job(1, 1, 2, 0), job(2, 1, 16, 0)],
+        expect![[r#"
+            start 1 on small gpus [0, 1]: best fit of 2 candidate nodes: leaves 0 GPUs and 7 CPUs free
+            wait 2: no node in any pool has 16 GPUs; the largest has 8
+        "#]],
+    );
+    check(
+        vec![job(1, 1, 0, 0)],
+        expect![[r#"
+            wait 1: no node has registered yet; start an agent (`ferry up` starts one)
+        "#]],
+    );
+}
+
+#[test]
+fn a_node_going_down_loses_its_jobs_and_frees_nothing_twice() {
+    let mut s = Scheduler::new();
+    s.apply(node("a", 2, 2)).unwrap();
+    s.apply(job(1, 1, 2, 0)).unwrap();
+    assert_eq!(s.schedule().len(), 1);
+    let lost = s.apply(Event::NodeDown { node: "a".into() }).unwrap();
+    assert_eq!(lost, vec![Decision::Lost { job: 1, node: "a".into() }]);
+    s.apply(job(2, 1, 1, 0)).unwrap();
+    assert!(s.schedule().is_empty(), "nothing may start on a node that is down");
+    assert_eq!(s.explain(2).unwrap().to_string(), "none of the 1 known nodes is ready; their agents have stopped reporting");
+    s.apply(node("a", 2, 2)).unwrap();
+    assert_eq!(s.schedule().len(), 1);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn adoption_restores_running_jobs_and_refuses_a_gpu_held_twice() {
+    let mut s = Scheduler::new();
+    s.apply(node("a", 4, 2)).unwrap();
+    let alloc = |gpus: Vec<u32>| Allocation { node: "a".into(), resources: Resources::new(1000, GIB, gpus.len() as u32), gpus };
+    s.apply(Event::JobAdopted { id: 7, allocation: alloc(vec![1]) }).unwrap();
+    let err = s.apply(Event::JobAdopted { id: 8, allocation: alloc(vec![1]) }).unwrap_err();
+    assert_eq!(err.to_string(), "job 8 cannot be adopted on node a: GPU 1 is held by job 7");
+    s.apply(job(9, 1, 1, 0)).unwrap();
+    let starts = s.schedule();
+    assert!(matches!(&starts[..], [Decision::Start { job: 9, allocation, .. }] if allocation.gpus == vec![0]));
+    s.apply(Event::JobEnded { id: 7 }).unwrap();
+    s.apply(Event::JobEnded { id: 9 }).unwrap();
+    assert_eq!(s.node_usage("a").unwrap().0, Resources::ZERO);
+}
+
+#[test]
+fn a_duplicate_submission_is_refused() {
+    let mut s = Scheduler::new();
+    s.apply(job(1, 1, 0, 0)).unwrap();
+    assert_eq!(s.apply(job(1, 1, 0, 0)).unwrap_err().to_string(), "job 1 is already known to the scheduler");
+}

@@ -1,0 +1,79 @@
+//! API tokens: generation, hashing and the extractor that authenticates each request.
+//!
+//! Tokens are 256 random bits, so a single SHA-256 is a sound way to store them: there is nothing to brute-force.
+//! A plain token is never logged or stored; it is shown once, when created.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use ferry_api::ErrorCode;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const TOKEN_PREFIX: &str = "ferry_";
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Agent,
+}
+
+impl Role {
+    fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// Who is calling: every handler that takes a `Caller` is authenticated.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Agents may only use the agent protocol.
+    pub fn require_user(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Agent => Err(ApiError::new(ErrorCode::Forbidden, "an agent token may only be used by agents")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let missing = || {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "no API token; pass one with --token or FERRY_TOKEN (`ferry up` writes the admin token to admin.token in its data directory)",
+            )
+        };
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(missing)?;
+        let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(missing)?;
+        let record = state.store.token_by_hash(&hash_token(token.trim())).await?.ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthenticated, "the API token is not valid; check --token or FERRY_TOKEN")
+        })?;
+        let role = Role::parse(&record.role)
+            .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, format!("token role `{}` is not known", record.role)))?;
+        Ok(Caller { name: record.name, role })
+    }
+}

@@ -1,0 +1,126 @@
+//! Ferry's control-plane server: the HTTP/JSON API, authentication, and the driver that feeds the scheduler core
+//! and applies its decisions.
+//!
+//! Handlers stay thin; the driver (`driver.rs`) is the only place that changes jobs and nodes. This crate must never
+//! run a job itself: work reaches machines only through a compute backend.
+
+mod auth;
+mod datadir;
+mod driver;
+mod error;
+mod logs;
+mod routes;
+mod signals;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use ferry_api::agent::LOG_CHUNK_BYTES_MAX;
+use ferry_backends::agent::{new_epoch, AgentBackend};
+
+pub use auth::{hash_token, new_token};
+pub use datadir::{DataDir, ADMIN_TOKEN_FILE};
+pub use error::ApiError;
+pub use routes::jobs::validate;
+pub use routes::openapi::ApiDoc;
+
+use crate::driver::Driver;
+use crate::logs::LogStore;
+use crate::signals::Signals;
+use crate::state::AppState;
+
+/// How long the server waits for open requests (long polls, followed logs) when it stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// The largest request body: one log chunk plus room for its framing.
+const BODY_BYTES_MAX: usize = LOG_CHUNK_BYTES_MAX + 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// After this long without a report, a node is not ready and its jobs are lost or requeued.
+    pub node_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    DataDir(String),
+    #[error(transparent)]
+    Store(#[from] ferry_store::StoreError),
+    #[error("cannot listen on {addr}: {source}; is another server running there? choose another with --listen")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the server failed while serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the server until `shutdown` completes. `ready` is called with the bound address once it accepts requests.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let data = DataDir::prepare(&config.data_dir)?;
+    let store = ferry_store::Store::open(&data.database()).await?;
+    data.ensure_admin_token(&store).await?;
+    let agents = Arc::new(AgentBackend::new(new_epoch()));
+    let signals = Arc::new(Signals::default());
+    let (driver, handle, commands) = Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout).await?;
+    let driver_task = tokio::spawn(driver.run(commands));
+    let state = AppState { store: store.clone(), driver: handle, agents, logs: Arc::new(LogStore::new(data.logs())), signals };
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let bound = listener.local_addr().map_err(ServerError::Serve)?;
+    tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), "Ferry server listening");
+    ready(bound);
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let trigger = stopping.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.notify_one();
+    });
+    let stopped = stopping.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move { stopped.notified().await });
+    let server = tokio::spawn(async move { server.await });
+    // Open long polls and followed logs would hold a graceful shutdown forever; give them a bounded grace.
+    stopping.notified().await;
+    stopping.notify_one();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Err(e))) => return Err(ServerError::Serve(e)),
+        Ok(_) => {}
+        Err(_) => tracing::info!("closing requests still open after the shutdown grace"),
+    }
+    driver_task.abort();
+    store.close().await;
+    tracing::info!("Ferry server stopped");
+    Ok(())
+}
+
+/// The whole HTTP API as a router, so tests can call it without a socket.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(routes::health))
+        .route("/api/v1/openapi.json", get(routes::openapi::document))
+        .route("/api/v1/jobs", post(routes::jobs::submit).get(routes::jobs::list))
+        .route("/api/v1/jobs/{id}", get(routes::jobs::show))
+        .route("/api/v1/jobs/{id}/wait", get(routes::jobs::wait))
+        .route("/api/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/api/v1/jobs/{id}/logs", get(routes::jobs::logs))
+        .route("/api/v1/nodes", get(routes::nodes::list))
+        .route("/api/v1/agent/register", post(routes::agent::register))
+        .route("/api/v1/agent/work", post(routes::agent::work))
+        .route("/api/v1/agent/reports", post(routes::agent::reports))
+        .route("/api/v1/agent/runs/{job}/{attempt}/logs", post(routes::agent::upload_log))
+        .fallback(|| async { ApiError::not_found("no such API path; see /api/v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ferry_api::ErrorCode::InvalidRequest, "this path does not accept that method; see /api/v1/openapi.json")
+        })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}

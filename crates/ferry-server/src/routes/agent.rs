@@ -1,0 +1,92 @@
+//! The agent protocol: register, long-poll for work, report, upload output.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use bytes::Bytes;
+use ferry_api::agent::{LogAck, Registered, RegisterNode, Reports, ReportsAck, Work, WorkRequest, WORK_WAIT_MS_MAX};
+use ferry_api::ErrorBody;
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::driver::Command;
+use crate::error::{rejection, ApiError};
+use crate::state::AppState;
+
+/// The longest node name accepted.
+const NODE_NAME_CHARS_MAX: usize = 253;
+
+#[utoipa::path(post, path = "/api/v1/agent/register", request_body = RegisterNode,
+    responses((status = 200, body = Registered), (status = 400, body = ErrorBody)))]
+pub async fn register(
+    State(state): State<AppState>,
+    _caller: Caller,
+    body: Result<Json<RegisterNode>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Registered>, ApiError> {
+    let Json(node) = body.map_err(rejection)?;
+    if node.name.is_empty() || node.name.len() > NODE_NAME_CHARS_MAX || node.name.contains(char::is_whitespace) {
+        return Err(ApiError::invalid(format!("`{}` is not a valid node name; use a host name", node.name)));
+    }
+    if node.cpu_millis == 0 || node.memory_bytes == 0 {
+        return Err(ApiError::invalid("a node must offer some CPU and memory"));
+    }
+    let mut indices: Vec<u32> = node.gpus.iter().map(|g| g.index).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    if indices.len() != node.gpus.len() {
+        return Err(ApiError::invalid("two GPUs of the node share one index; each GPU needs its own index"));
+    }
+    Ok(Json(state.driver.call(|reply| Command::Register { node, reply }).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/agent/work", request_body = WorkRequest, responses((status = 200, body = Work)))]
+pub async fn work(
+    State(state): State<AppState>,
+    _caller: Caller,
+    body: Result<Json<WorkRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Work>, ApiError> {
+    let Json(request) = body.map_err(rejection)?;
+    let wait = Duration::from_millis(request.wait_ms.min(WORK_WAIT_MS_MAX));
+    Ok(Json(state.agents.poll(&request.node, &request.epoch, request.after_seq, wait).await))
+}
+
+#[utoipa::path(post, path = "/api/v1/agent/reports", request_body = Reports,
+    responses((status = 200, body = ReportsAck), (status = 404, body = ErrorBody)))]
+pub async fn reports(
+    State(state): State<AppState>,
+    _caller: Caller,
+    body: Result<Json<Reports>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<ReportsAck>, ApiError> {
+    let Json(reports) = body.map_err(rejection)?;
+    Ok(Json(state.driver.call(|reply| Command::Reports { reports, reply }).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    offset: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/agent/runs/{job}/{attempt}/logs",
+    params(("job" = u64, Path), ("attempt" = u32, Path), ("offset" = u64, Query)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = LogAck), (status = 404, body = ErrorBody)))]
+pub async fn upload_log(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path((job, attempt)): Path<(u64, u32)>,
+    query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<LogAck>, ApiError> {
+    let Query(query) = query.map_err(rejection)?;
+    let record = state.store.job(job).await?.ok_or_else(|| ApiError::not_found(format!("no job {job}")))?;
+    if attempt > record.attempt {
+        return Err(ApiError::not_found(format!("job {job} has no attempt {attempt}")));
+    }
+    let stored = state.logs.append(job, attempt, query.offset, &body).await.map_err(|e| {
+        tracing::error!(job, attempt, error = %e, "cannot write job output");
+        ApiError::new(ferry_api::ErrorCode::Unavailable, "the server cannot write job output to its disk; retry later")
+    })?;
+    state.signals.signal(job);
+    Ok(Json(LogAck { stored }))
+}

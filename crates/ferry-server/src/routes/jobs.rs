@@ -1,0 +1,352 @@
+//! Jobs: submit, list, show, wait, cancel, and read their output.
+
+use std::path::Path as FsPath;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Json;
+use bytes::Bytes;
+use ferry_api::jobs::{
+    Job, JobList, JobState, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX, NAME_CHARS_MAX, RETRIES_MAX,
+};
+use ferry_api::ErrorBody;
+use ferry_core::Resources;
+use ferry_store::{JobFilter, JobRecord, NewJob};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::auth::Caller;
+use crate::driver::Command;
+use crate::error::{rejection, ApiError};
+use crate::state::AppState;
+
+/// Default CPU request: one core.
+const DEFAULT_CPU_MILLIS: u64 = 1000;
+/// Default memory request: 1 GiB.
+const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
+/// The most jobs one listing returns.
+const LIST_LIMIT_MAX: u32 = 10_000;
+/// The default size of a listing.
+const LIST_LIMIT_DEFAULT: u32 = 500;
+/// The longest a wait request is held.
+const WAIT_MS_MAX: u64 = 60_000;
+/// Bytes read from a log file per chunk of a streamed response.
+const LOG_READ_CHUNK_BYTES: usize = 256 * 1024;
+/// While following a log, how long to wait for a wake-up before looking again anyway.
+const FOLLOW_RECHECK: Duration = Duration::from_millis(500);
+
+/// Checks a submission and turns it into a job to store. Pure, so every rule is testable without a server.
+pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
+    if spec.command.is_empty() || spec.command[0].trim().is_empty() {
+        return Err(ApiError::invalid("the command is empty; give one after `--`, as in `ferry run -- python train.py`"));
+    }
+    let command_bytes: usize = spec.command.iter().map(|a| a.len()).sum();
+    if command_bytes > COMMAND_BYTES_MAX {
+        return Err(ApiError::invalid(format!(
+            "the command is {command_bytes} bytes long; the limit is {COMMAND_BYTES_MAX}: put long arguments in a file"
+        )));
+    }
+    if spec.command.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::invalid("the command contains a NUL byte, which no program can receive"));
+    }
+    if !FsPath::new(&spec.workdir).is_absolute() {
+        return Err(ApiError::invalid(format!("the working directory `{}` must be an absolute path", spec.workdir)));
+    }
+    if spec.env.len() > ENV_VARS_MAX {
+        return Err(ApiError::invalid(format!("{} environment variables given; the limit is {ENV_VARS_MAX}", spec.env.len())));
+    }
+    if let Some(key) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return Err(ApiError::invalid(format!("`{key}` is not a valid environment variable name; write --env NAME=VALUE")));
+    }
+    if let Some(name) = &spec.name {
+        if name.chars().count() > NAME_CHARS_MAX || name.chars().any(char::is_control) {
+            return Err(ApiError::invalid(format!("job names are at most {NAME_CHARS_MAX} printable characters")));
+        }
+    }
+    let cpu_millis = spec.cpu_millis.unwrap_or(DEFAULT_CPU_MILLIS);
+    let memory_bytes = spec.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES);
+    if cpu_millis == 0 {
+        return Err(ApiError::invalid("cpu_millis is 0; every job needs some CPU, such as --cpus 0.1"));
+    }
+    if memory_bytes == 0 {
+        return Err(ApiError::invalid("memory_bytes is 0; ask for some memory, such as --memory 512MiB"));
+    }
+    let retries = spec.retries.unwrap_or(0);
+    if retries > RETRIES_MAX {
+        return Err(ApiError::invalid(format!("{retries} retries asked; the limit is {RETRIES_MAX}")));
+    }
+    if spec.max_runtime_s == Some(0) {
+        return Err(ApiError::invalid("max_runtime_s is 0; give a positive limit such as --max-runtime 2h"));
+    }
+    Ok(NewJob {
+        name: spec.name,
+        project: spec.project,
+        owner: owner.to_string(),
+        command: spec.command,
+        workdir: spec.workdir,
+        env: spec.env,
+        resources: Resources::new(cpu_millis, memory_bytes, spec.gpus.unwrap_or(0)),
+        priority: spec.priority.unwrap_or_default(),
+        retries,
+        max_runtime_s: spec.max_runtime_s,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = SubmitJob,
+    responses((status = 201, body = Submitted), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<SubmitJob>, axum::extract::rejection::JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<Submitted>), ApiError> {
+    caller.require_user()?;
+    let Json(spec) = body.map_err(rejection)?;
+    let job = validate(spec, &caller.name)?;
+    let id = state.driver.call(|reply| Command::Submit { job, reply }).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+    #[serde(default)]
+    all: bool,
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", params(("state" = Option<String>, Query), ("all" = Option<bool>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = JobList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    caller.require_user()?;
+    let Query(query) = query.map_err(rejection)?;
+    let states = match (&query.state, query.all) {
+        (Some(text), _) => vec![JobState::parse(text).ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.name()).collect();
+            ApiError::invalid(format!("`{text}` is not a job state; use one of {}", names.join(", ")))
+        })?],
+        (None, true) => Vec::new(),
+        (None, false) => vec![JobState::Queued, JobState::Starting, JobState::Running],
+    };
+    let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT).min(LIST_LIMIT_MAX);
+    let records = state.store.jobs(&JobFilter { states, limit }).await?;
+    let mut jobs = Vec::with_capacity(records.len());
+    for record in records {
+        jobs.push(to_wire(&state, record, None).await);
+    }
+    Ok(Json(JobList { jobs }))
+}
+
+async fn load(state: &AppState, id: u64) -> Result<JobRecord, ApiError> {
+    state.store.job(id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}; `ferry ps --all` lists jobs")))
+}
+
+/// A job with its timeline and, when queued, the scheduler's reason for the wait.
+async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
+    let waiting = if record.state == JobState::Queued {
+        let reason = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
+        reason.map(|r| Waiting {
+            message: r.to_string(),
+            reason: serde_json::to_value(&r).expect("reasons serialize"),
+        })
+    } else {
+        None
+    };
+    let timeline = state.store.job_events(record.id).await?;
+    let mut job = to_wire(state, record, waiting).await;
+    job.timeline = timeline;
+    Ok(job)
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = u64, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    caller.require_user()?;
+    let record = load(&state, parse_id(&id)?).await?;
+    Ok(Json(full(&state, record).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+/// Holds the request until the job reaches a final state or the timeout passes, then returns the job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/wait", params(("id" = u64, Path), ("timeout_ms" = Option<u64>, Query)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn wait(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require_user()?;
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(rejection)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.timeout_ms.unwrap_or(WAIT_MS_MAX).min(WAIT_MS_MAX));
+    loop {
+        let notify = state.signals.for_job(id);
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let record = load(&state, id).await?;
+        if record.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(full(&state, record).await?));
+        }
+        let _ = tokio::time::timeout_at(deadline, woken).await;
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = u64, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    caller.require_user()?;
+    let id = parse_id(&id)?;
+    state.driver.call(|reply| Command::Cancel { id, reply }).await?;
+    let record = load(&state, id).await?;
+    Ok(Json(full(&state, record).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    follow: bool,
+    attempt: Option<u32>,
+}
+
+/// The job's output as raw bytes, from `offset`; with `follow`, the response stays open until the job ends and
+/// every byte it wrote has been sent.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs",
+    params(("id" = u64, Path), ("offset" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("attempt" = Option<u32>, Query)),
+    responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_user()?;
+    let id = parse_id(&id)?;
+    let Query(query) = query.map_err(rejection)?;
+    let record = load(&state, id).await?;
+    let attempt = query.attempt.unwrap_or(record.attempt);
+    if attempt > record.attempt {
+        return Err(ApiError::not_found(format!("job {id} has no attempt {attempt}; its latest is {}", record.attempt)));
+    }
+    let follower = Follower { state, id, attempt, offset: query.offset, follow: query.follow, done: false };
+    let stream = futures_util::stream::unfold(follower, |mut f| async move {
+        match f.next_chunk().await {
+            Some(chunk) => Some((Ok::<Bytes, std::io::Error>(chunk), f)),
+            None => None,
+        }
+    });
+    Ok(Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from_stream(stream))
+        .expect("static headers are valid"))
+}
+
+struct Follower {
+    state: AppState,
+    id: u64,
+    attempt: u32,
+    offset: u64,
+    follow: bool,
+    done: bool,
+}
+
+impl Follower {
+    /// The next piece of output, waiting for more while following; `None` at the end.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let notify = self.state.signals.for_job(self.id);
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let chunk = self.read().await;
+            if !chunk.is_empty() {
+                self.offset += chunk.len() as u64;
+                return Some(chunk);
+            }
+            if !self.follow {
+                self.done = true;
+                return None;
+            }
+            // Agents upload every byte before they report the end, so once the state is final one more read
+            // drains the file.
+            let finished = match self.state.store.job(self.id).await {
+                Ok(Some(r)) => r.state.is_terminal() || r.attempt != self.attempt,
+                _ => true,
+            };
+            if finished {
+                self.follow = false;
+                continue;
+            }
+            let _ = tokio::time::timeout(FOLLOW_RECHECK, woken).await;
+        }
+    }
+
+    async fn read(&self) -> Bytes {
+        let path = self.state.logs.path(self.id, self.attempt);
+        let Ok(mut file) = tokio::fs::File::open(&path).await else { return Bytes::new() };
+        if file.seek(std::io::SeekFrom::Start(self.offset)).await.is_err() {
+            return Bytes::new();
+        }
+        let mut buf = vec![0u8; LOG_READ_CHUNK_BYTES];
+        match file.read(&mut buf).await {
+            Ok(n) => {
+                buf.truncate(n);
+                Bytes::from(buf)
+            }
+            Err(_) => Bytes::new(),
+        }
+    }
+}
+
+pub fn parse_id(text: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>()
+        .map_err(|_| ApiError::invalid(format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them")))
+}
+
+/// Converts a stored job into its wire form.
+async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Job {
+    let log_bytes = state.logs.size(r.id, r.attempt).await;
+    Job {
+        id: r.id,
+        name: r.spec.name,
+        project: r.spec.project,
+        owner: r.spec.owner,
+        state: r.state,
+        command: r.spec.command,
+        workdir: r.spec.workdir,
+        env: r.spec.env,
+        cpu_millis: r.spec.resources.cpu_millis,
+        memory_bytes: r.spec.resources.memory_bytes,
+        gpus: r.spec.resources.gpus,
+        priority: r.spec.priority,
+        retries: r.spec.retries,
+        attempt: r.attempt,
+        max_runtime_s: r.spec.max_runtime_s,
+        node: r.node,
+        gpu_ids: r.gpu_ids,
+        exit_code: r.exit_code,
+        signal: r.signal,
+        message: r.message,
+        submitted_at_us: r.submitted_at_us,
+        started_at_us: r.started_at_us,
+        finished_at_us: r.finished_at_us,
+        log_bytes,
+        waiting,
+        timeline: Vec::new(),
+    }
+}

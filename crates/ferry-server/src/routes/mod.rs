@@ -1,0 +1,16 @@
+//! HTTP handlers: thin by rule. Each validates its input, calls the driver or the store, and maps errors through
+//! `ApiError`.
+
+pub mod agent;
+pub mod jobs;
+pub mod nodes;
+pub mod openapi;
+
+use axum::Json;
+use serde_json::json;
+
+/// Liveness of the server itself; needs no token, so scripts can wait for it.
+#[utoipa::path(get, path = "/api/v1/health", responses((status = 200, description = "The server is up")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}

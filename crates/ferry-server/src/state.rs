@@ -1,0 +1,19 @@
+//! What every handler can reach: the store, the driver's mailbox, the agent backend, logs and wake-ups.
+
+use std::sync::Arc;
+
+use ferry_backends::agent::AgentBackend;
+use ferry_store::Store;
+
+use crate::driver::DriverHandle;
+use crate::logs::LogStore;
+use crate::signals::Signals;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub driver: DriverHandle,
+    pub agents: Arc<AgentBackend>,
+    pub logs: Arc<LogStore>,
+    pub signals: Arc<Signals>,
+}

@@ -1,0 +1,263 @@
+//! Jobs and their state timelines.
+//!
+//! Writes go through `Tx`, so the server's driver commits one batch of decisions in one transaction.
+
+use std::collections::BTreeMap;
+
+use ferry_api::jobs::{JobEvent, JobState, PriorityClass};
+use ferry_core::Resources;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{from_json, to_json, Store, StoreError};
+
+/// A job as accepted from a user, before it has an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    pub name: Option<String>,
+    pub project: Option<String>,
+    pub owner: String,
+    pub command: Vec<String>,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub priority: PriorityClass,
+    pub retries: u32,
+    pub max_runtime_s: Option<u64>,
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: u64,
+    pub spec: NewJob,
+    pub state: JobState,
+    pub attempt: u32,
+    pub node: Option<String>,
+    pub gpu_ids: Vec<u32>,
+    pub cancel_requested: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: Option<String>,
+    pub submitted_at_us: i64,
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub states: Vec<JobState>,
+    pub limit: u32,
+}
+
+const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
+     priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
+     submitted_at_us, started_at_us, finished_at_us";
+
+fn state_from(text: &str) -> Result<JobState, StoreError> {
+    JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+    let priority: String = row.get("priority");
+    let spec = NewJob {
+        name: row.get("name"),
+        project: row.get("project"),
+        owner: row.get("owner"),
+        command: from_json("command", row.get("command"))?,
+        workdir: row.get("workdir"),
+        env: from_json("env", row.get("env"))?,
+        resources: Resources::new(
+            row.get::<i64, _>("cpu_millis") as u64,
+            row.get::<i64, _>("memory_bytes") as u64,
+            row.get::<i64, _>("gpus") as u32,
+        ),
+        priority: PriorityClass::parse(&priority)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown priority `{priority}`")))?,
+        retries: row.get::<i64, _>("retries") as u32,
+        max_runtime_s: row.get::<Option<i64>, _>("max_runtime_s").map(|v| v as u64),
+    };
+    Ok(JobRecord {
+        id: row.get::<i64, _>("id") as u64,
+        spec,
+        state: state_from(row.get("state"))?,
+        attempt: row.get::<i64, _>("attempt") as u32,
+        node: row.get("node"),
+        gpu_ids: from_json("gpu_ids", row.get("gpu_ids"))?,
+        cancel_requested: row.get::<i64, _>("cancel_requested") != 0,
+        exit_code: row.get::<Option<i64>, _>("exit_code").map(|v| v as i32),
+        signal: row.get::<Option<i64>, _>("signal").map(|v| v as i32),
+        message: row.get("message"),
+        submitted_at_us: row.get("submitted_at_us"),
+        started_at_us: row.get("started_at_us"),
+        finished_at_us: row.get("finished_at_us"),
+    })
+}
+
+impl Store {
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx(self.pool.begin().await?))
+    }
+
+    pub async fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id as i64).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Jobs matching the filter, newest first.
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        if !filter.states.is_empty() {
+            let marks = vec!["?"; filter.states.len()].join(", ");
+            sql += &format!(" WHERE state IN ({marks})");
+        }
+        sql += " ORDER BY id DESC LIMIT ?";
+        let mut query = sqlx::query(&sql);
+        for state in &filter.states {
+            query = query.bind(state.name());
+        }
+        let rows = query.bind(filter.limit as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Every job that has not reached a final state, oldest first: what the server reloads at start.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'starting', 'running') ORDER BY id ASC"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn job_events(&self, id: u64) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query("SELECT at_us, state, message FROM job_events WHERE job_id = ? ORDER BY id")
+            .bind(id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent { at_us: r.get("at_us"), state: state_from(r.get("state"))?, message: r.get("message") })
+            })
+            .collect()
+    }
+}
+
+/// One transaction of job writes. Dropping it without `commit` rolls everything back.
+pub struct Tx(Transaction<'static, Sqlite>);
+
+impl Tx {
+    pub(crate) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.0
+    }
+
+    /// Reads a job inside the transaction, so jobs inserted earlier in it are visible.
+    pub async fn job(&mut self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id as i64).fetch_optional(&mut *self.0).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
+
+    pub async fn insert_job(&mut self, job: &NewJob, now_us: i64) -> Result<u64, StoreError> {
+        let id = sqlx::query(
+            "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
+             priority, retries, max_runtime_s, submitted_at_us) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&job.name)
+        .bind(&job.project)
+        .bind(&job.owner)
+        .bind(to_json(&job.command))
+        .bind(&job.workdir)
+        .bind(to_json(&job.env))
+        .bind(job.resources.cpu_millis as i64)
+        .bind(job.resources.memory_bytes as i64)
+        .bind(job.resources.gpus as i64)
+        .bind(job.priority.name())
+        .bind(job.retries as i64)
+        .bind(job.max_runtime_s.map(|v| v as i64))
+        .bind(now_us)
+        .execute(&mut *self.0)
+        .await?
+        .last_insert_rowid() as u64;
+        self.event(id, now_us, JobState::Queued, "submitted").await?;
+        Ok(id)
+    }
+
+    pub async fn event(&mut self, id: u64, at_us: i64, state: JobState, message: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO job_events (job_id, at_us, state, message) VALUES (?, ?, ?, ?)")
+            .bind(id as i64)
+            .bind(at_us)
+            .bind(state.name())
+            .bind(message)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that a job was placed on a node; it is `starting` until the node confirms.
+    pub async fn placed(&mut self, id: u64, node: &str, gpu_ids: &[u32], at_us: i64, why: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'starting', node = ?, gpu_ids = ? WHERE id = ?")
+            .bind(node)
+            .bind(to_json(&gpu_ids))
+            .bind(id as i64)
+            .execute(&mut *self.0)
+            .await?;
+        self.event(id, at_us, JobState::Starting, why).await
+    }
+
+    pub async fn running(&mut self, id: u64, started_at_us: i64, message: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'running', started_at_us = ? WHERE id = ?")
+            .bind(started_at_us)
+            .bind(id as i64)
+            .execute(&mut *self.0)
+            .await?;
+        self.event(id, started_at_us, JobState::Running, message).await
+    }
+
+    /// Records a final state.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finished(
+        &mut self,
+        id: u64,
+        state: JobState,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: &str,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = ?, exit_code = ?, signal = ?, message = ?, finished_at_us = ? WHERE id = ?",
+        )
+        .bind(state.name())
+        .bind(exit_code)
+        .bind(signal)
+        .bind(message)
+        .bind(at_us)
+        .bind(id as i64)
+        .execute(&mut *self.0)
+        .await?;
+        self.event(id, at_us, state, message).await
+    }
+
+    /// Puts a job back in the queue for its next attempt.
+    pub async fn requeued(&mut self, id: u64, attempt: u32, at_us: i64, why: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempt = ?, node = NULL, gpu_ids = '[]', started_at_us = NULL, \
+             exit_code = NULL, signal = NULL WHERE id = ?",
+        )
+        .bind(attempt as i64)
+        .bind(id as i64)
+        .execute(&mut *self.0)
+        .await?;
+        self.event(id, at_us, JobState::Queued, why).await
+    }
+
+    pub async fn cancel_requested(&mut self, id: u64, at_us: i64, state: JobState) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id as i64).execute(&mut *self.0).await?;
+        self.event(id, at_us, state, "cancel requested; stopping").await
+    }
+}

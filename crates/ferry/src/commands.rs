@@ -1,0 +1,367 @@
+//! The client commands: each parses its flags, calls the API through `ferry-client`, and prints for people or,
+//! with `--json`, for programs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use ferry_api::jobs::{Job, JobState, PriorityClass, SubmitJob};
+use ferry_api::nodes::NodeState;
+use ferry_api::units::{parse_cpus, parse_duration_s, parse_memory};
+use ferry_client::JobQuery;
+use futures_util::StreamExt;
+
+use crate::exit::{self, CliError};
+use crate::format;
+use crate::Global;
+
+/// Environment variables a job inherits from the shell that submits it, so that `ferry run python ...` finds the
+/// same interpreter (a virtualenv or conda env) as the user's own shell. Everything else must be passed with --env,
+/// so that secrets in the shell never reach the server by accident.
+const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV", "PYTHONPATH", "LD_LIBRARY_PATH",
+];
+/// How long one wait request is held; a follow loops on it.
+const WAIT_SLICE: Duration = Duration::from_secs(30);
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// GPUs for the job; it sees exactly these through CUDA_VISIBLE_DEVICES.
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// CPUs, such as 2, 0.5 or 250m (default 1).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Memory, such as 8GiB or 512MiB (default 1GiB).
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    project: Option<String>,
+    /// low, normal, high or urgent.
+    #[arg(long, default_value = "normal")]
+    priority: String,
+    /// Extra environment variables, NAME=VALUE; repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Run again this many times after a failure or a lost node.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Stop the job after this long, such as 30m or 2h.
+    #[arg(long)]
+    max_runtime: Option<String>,
+    /// Stream the job's output and exit with its exit code.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
+    let invalid = |e: ferry_api::units::UnitError| CliError::new(exit::INVALID, e.0);
+    let spec = SubmitJob {
+        command: args.command,
+        workdir: std::env::current_dir()
+            .map_err(|e| CliError::new(exit::INVALID, format!("cannot read the current directory: {e}")))?
+            .display()
+            .to_string(),
+        name: args.name,
+        project: args.project,
+        env: job_env(&args.env)?,
+        cpu_millis: args.cpus.as_deref().map(parse_cpus).transpose().map_err(invalid)?,
+        memory_bytes: args.memory.as_deref().map(parse_memory).transpose().map_err(invalid)?,
+        gpus: Some(args.gpus),
+        priority: Some(PriorityClass::parse(&args.priority).ok_or_else(|| {
+            CliError::new(exit::INVALID, format!("`{}` is not a priority; use low, normal, high or urgent", args.priority))
+        })?),
+        retries: Some(args.retries),
+        max_runtime_s: args.max_runtime.as_deref().map(parse_duration_s).transpose().map_err(invalid)?,
+    };
+    if spec.command.is_empty() {
+        return Err(CliError::new(exit::INVALID, "no command given; put it after `--`, as in `ferry run -- python train.py`"));
+    }
+    let client = g.client()?;
+    let id = client.submit(&spec).await?.id;
+    if !args.follow {
+        println!("{id}");
+        return Ok(0);
+    }
+    eprintln!("job {id} submitted");
+    follow(&client, id).await
+}
+
+fn job_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut env: BTreeMap<String, String> =
+        INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
+    for pair in pairs {
+        let (k, v) = pair.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| {
+            CliError::new(exit::INVALID, format!("`{pair}` is not NAME=VALUE; write --env NAME=VALUE"))
+        })?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+/// Streams a job's output until it ends, then returns the exit code `ferry run --follow` exits with.
+async fn follow(client: &ferry_client::Client, id: u64) -> Result<i32, CliError> {
+    let job = client.job(id).await?;
+    if let Some(waiting) = &job.waiting {
+        eprintln!("job {id} is waiting: {}", waiting.message);
+    }
+    stream_logs(client, id, true).await?;
+    let mut job = client.wait_job(id, WAIT_SLICE).await?;
+    while !job.state.is_terminal() {
+        job = client.wait_job(id, WAIT_SLICE).await?;
+    }
+    Ok(job_exit_code(&job))
+}
+
+/// The exit code that stands for a finished job: its own, 128 + signal, or Ferry's codes for jobs without one.
+fn job_exit_code(job: &Job) -> i32 {
+    match (job.state, job.exit_code, job.signal) {
+        (JobState::TimedOut, _, _) => exit::TIMED_OUT,
+        (_, Some(code), _) => code,
+        (_, None, Some(signal)) => 128 + signal,
+        (JobState::Succeeded, None, None) => 0,
+        _ => exit::JOB_DID_NOT_FINISH,
+    }
+}
+
+async fn stream_logs(client: &ferry_client::Client, id: u64, follow: bool) -> Result<(), CliError> {
+    let mut offset = 0u64;
+    // A followed stream may break when the server restarts; pick up at the same byte.
+    loop {
+        let mut stream = client.logs(id, offset, follow).await?;
+        let mut stdout = std::io::stdout().lock();
+        let mut broke = false;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    offset += bytes.len() as u64;
+                    if stdout.write_all(&bytes).and_then(|()| stdout.flush()).is_err() {
+                        // The reader went away (a closed pipe): nothing more to do.
+                        return Ok(());
+                    }
+                }
+                Err(_) => {
+                    broke = true;
+                    break;
+                }
+            }
+        }
+        if !broke || !follow {
+            return Ok(());
+        }
+        drop(stdout);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Include finished jobs.
+    #[arg(long, short = 'a')]
+    all: bool,
+    /// Only jobs in this state (queued, starting, running, succeeded, failed, cancelled, timed_out, lost).
+    #[arg(long)]
+    state: Option<String>,
+    /// The most jobs to list, newest first.
+    #[arg(long, default_value_t = 500)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn ps(g: &Global, args: PsArgs) -> Result<i32, CliError> {
+    if let Some(state) = &args.state {
+        if JobState::parse(state).is_none() {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.name()).collect();
+            return Err(CliError::new(exit::INVALID, format!("`{state}` is not a job state; use one of {}", names.join(", "))));
+        }
+    }
+    let query = JobQuery { state: args.state, all: args.all, limit: Some(args.limit) };
+    let list = g.client()?.jobs(&query).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("wire types serialize"));
+        return Ok(0);
+    }
+    let now = format::now_us();
+    let rows: Vec<Vec<String>> = list
+        .jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.name.clone().unwrap_or_else(|| "-".into()),
+                j.state.name().to_string(),
+                j.node.clone().unwrap_or_else(|| "-".into()),
+                j.gpus.to_string(),
+                format::cpus(j.cpu_millis),
+                format::bytes(j.memory_bytes),
+                format::span(now - j.submitted_at_us),
+                format::command(&j.command, 48),
+            ]
+        })
+        .collect();
+    print!("{}", format::table(&["ID", "NAME", "STATE", "NODE", "GPUS", "CPUS", "MEMORY", "AGE", "COMMAND"], &rows));
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    id: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_id(text: &str) -> Result<u64, CliError> {
+    text.parse()
+        .map_err(|_| CliError::new(exit::INVALID, format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them")))
+}
+
+pub async fn show(g: &Global, args: ShowArgs) -> Result<i32, CliError> {
+    let job = g.client()?.job(parse_id(&args.id)?).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&job).expect("wire types serialize"));
+        return Ok(0);
+    }
+    print!("{}", describe(&job));
+    Ok(0)
+}
+
+fn describe(j: &Job) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
+    line("Job:", format!("{}{}", j.id, j.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()));
+    line("State:", j.state.name().to_string());
+    if let Some(w) = &j.waiting {
+        line("Waiting:", w.message.clone());
+    }
+    if let Some(m) = &j.message {
+        line("Reason:", m.clone());
+    }
+    line("Command:", format::command(&j.command, 200));
+    line("Directory:", j.workdir.clone());
+    line("Owner:", j.owner.clone());
+    if let Some(p) = &j.project {
+        line("Project:", p.clone());
+    }
+    line("Priority:", j.priority.name().to_string());
+    line("Requests:", format!("{} GPUs, {} CPUs, {} memory", j.gpus, format::cpus(j.cpu_millis), format::bytes(j.memory_bytes)));
+    if let Some(s) = j.max_runtime_s {
+        line("Max runtime:", format::span(s as i64 * 1_000_000));
+    }
+    line("Attempt:", format!("{} of {}", j.attempt + 1, j.retries + 1));
+    if let Some(node) = &j.node {
+        let gpus = if j.gpu_ids.is_empty() {
+            "none".to_string()
+        } else {
+            j.gpu_ids.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+        };
+        line("Node:", format!("{node} (GPUs: {gpus})"));
+    }
+    match (j.exit_code, j.signal) {
+        (Some(code), _) => line("Exit code:", code.to_string()),
+        (None, Some(sig)) => line("Signal:", sig.to_string()),
+        _ => {}
+    }
+    line("Output:", format!("{} bytes (`ferry logs {}`)", j.log_bytes, j.id));
+    out.push_str("Timeline:\n");
+    for e in &j.timeline {
+        let since = format::precise(e.at_us - j.submitted_at_us);
+        out.push_str(&format!("  {}  +{since:<7} {:<10} {}\n", format::timestamp(e.at_us), e.state.name(), e.message));
+    }
+    out
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    id: String,
+    /// Keep printing new output until the job ends.
+    #[arg(long, short = 'f')]
+    follow: bool,
+}
+
+pub async fn logs(g: &Global, args: LogsArgs) -> Result<i32, CliError> {
+    stream_logs(&g.client()?, parse_id(&args.id)?, args.follow).await?;
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+pub async fn cancel(g: &Global, args: CancelArgs) -> Result<i32, CliError> {
+    let client = g.client()?;
+    let mut worst: Option<CliError> = None;
+    for text in &args.ids {
+        let result = match parse_id(text) {
+            Ok(id) => client.cancel(id).await.map_err(CliError::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(job) if job.state.is_terminal() => println!("job {} {}", job.id, job.state.name()),
+            Ok(job) => println!("job {} is stopping (SIGTERM now, SIGKILL after the grace period)", job.id),
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                worst = Some(e);
+            }
+        }
+    }
+    match worst {
+        Some(e) => Err(CliError::new(e.code, "some jobs were not cancelled (see above)")),
+        None => Ok(0),
+    }
+}
+
+#[derive(Args)]
+pub struct NodesArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn nodes(g: &Global, args: NodesArgs) -> Result<i32, CliError> {
+    let list = g.client()?.nodes().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("wire types serialize"));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list
+        .nodes
+        .iter()
+        .map(|n| {
+            let usage = n.usage.as_ref();
+            let gpu_util = usage
+                .filter(|u| !u.gpus.is_empty())
+                .map(|u| {
+                    let sum: u32 = u.gpus.iter().map(|g| g.utilization_percent).sum();
+                    format!("{}%", sum / u.gpus.len() as u32)
+                })
+                .unwrap_or_else(|| "-".into());
+            vec![
+                n.name.clone(),
+                n.pool.clone(),
+                match n.state {
+                    NodeState::Ready => "ready".into(),
+                    NodeState::NotReady => "not_ready".into(),
+                },
+                format!("{}/{}", format::cpus(n.allocated_cpu_millis), format::cpus(n.cpu_millis)),
+                usage.map(|u| format::cpus(u.cpu_millis_used)).unwrap_or_else(|| "-".into()),
+                format!("{}/{}", format::bytes(n.allocated_memory_bytes), format::bytes(n.memory_bytes)),
+                usage.map(|u| format::bytes(u.memory_used_bytes)).unwrap_or_else(|| "-".into()),
+                format!("{}/{}", n.allocated_gpus, n.gpus.len()),
+                gpu_util,
+                n.running_jobs.len().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "POOL", "STATE", "CPUS ALLOC", "CPU USED", "MEMORY ALLOC", "MEM USED", "GPUS ALLOC", "GPU UTIL", "JOBS"];
+    print!("{}", format::table(&header, &rows));
+    Ok(0)
+}

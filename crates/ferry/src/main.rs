@@ -1,0 +1,147 @@
+//! The `ferry` binary: server, node agent and command line in one. It parses flags and calls the libraries; the
+//! logic lives in the crates under `crates/`.
+
+mod commands;
+mod exit;
+mod format;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use exit::CliError;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Run ML jobs on any compute: this machine, GPU servers, clusters and clouds.")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the server is and who we are; every client command takes these.
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// The Ferry server's URL.
+    #[arg(long, global = true, env = "FERRY_SERVER")]
+    server: Option<String>,
+    /// An API token; by default the admin token that `ferry up` wrote to its data directory.
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Ferry's data directory (database, job output, admin token).
+    #[arg(long, global = true, env = "FERRY_HOME")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Ferry on this machine: the server and a local agent, with embedded defaults.
+    Up(up::UpArgs),
+    /// Run only the server.
+    Server(up::ServerArgs),
+    /// Run a node agent that registers this machine with a server and runs the jobs it is given.
+    Agent(up::AgentArgs),
+    /// Queue a job: `ferry run --gpus 1 -- python train.py`.
+    Run(commands::RunArgs),
+    /// List jobs (unfinished ones unless --all).
+    Ps(commands::PsArgs),
+    /// Show one job: its specification, timeline, placement, exit status, and why it waits.
+    Show(commands::ShowArgs),
+    /// Print a job's output; -f follows it until the job ends.
+    Logs(commands::LogsArgs),
+    /// Cancel jobs: queued ones are removed, running ones get SIGTERM, a grace period, then SIGKILL.
+    Cancel(commands::CancelArgs),
+    /// List nodes with their capacity, allocation and measured utilisation.
+    Nodes(commands::NodesArgs),
+    /// The per-run supervisor the agent starts; not for direct use.
+    #[command(name = "__shim", hide = true)]
+    Shim { run_dir: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::Shim { run_dir } = &cli.command {
+        std::process::exit(ferry_agent::shim_main(run_dir));
+    }
+    let daemon = matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
+    init_tracing(daemon);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::INTERNAL);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // Open long polls or streams must not hold the process after the command is done.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            std::process::exit(e.code);
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, CliError> {
+    let g = cli.global;
+    match cli.command {
+        Command::Up(args) => up::up(&g, args).await,
+        Command::Server(args) => up::server(&g, args).await,
+        Command::Agent(args) => up::agent(&g, args).await,
+        Command::Run(args) => commands::run(&g, args).await,
+        Command::Ps(args) => commands::ps(&g, args).await,
+        Command::Show(args) => commands::show(&g, args).await,
+        Command::Logs(args) => commands::logs(&g, args).await,
+        Command::Cancel(args) => commands::cancel(&g, args).await,
+        Command::Nodes(args) => commands::nodes(&g, args).await,
+        Command::Shim { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+impl Global {
+    /// The data directory: --data-dir, FERRY_HOME, or `ferry` under the user's data directory.
+    pub fn data_dir(&self) -> Result<PathBuf, CliError> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        dirs::data_dir().map(|d| d.join("ferry")).ok_or_else(|| {
+            CliError::new(exit::CONFIG, "cannot find a home for Ferry's data; set FERRY_HOME or pass --data-dir")
+        })
+    }
+
+    pub fn server_url(&self) -> String {
+        self.server.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", ferry_api::DEFAULT_PORT))
+    }
+
+    /// The token: --token, FERRY_TOKEN, or the admin token file in the data directory.
+    pub fn token(&self) -> Result<String, CliError> {
+        if let Some(token) = &self.token {
+            return Ok(token.trim().to_string());
+        }
+        let path = self.data_dir()?.join(ferry_server::ADMIN_TOKEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
+            _ => Err(CliError::new(
+                exit::AUTH,
+                format!(
+                    "no API token: pass --token or set FERRY_TOKEN, or start the server with `ferry up`, which writes {}",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
+    pub fn client(&self) -> Result<ferry_client::Client, CliError> {
+        Ok(ferry_client::Client::new(&self.server_url(), Some(self.token()?)))
+    }
+}

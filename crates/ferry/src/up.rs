@@ -1,0 +1,235 @@
+//! The long-running commands: `ferry up` (server and a supervised local agent), `ferry server` and `ferry agent`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::Args;
+use ferry_agent::AgentConfig;
+use ferry_server::ServerConfig;
+
+use crate::exit::{self, CliError};
+use crate::Global;
+
+/// How long a stopped agent gets to exit before it is killed.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// The wait before restarting an agent that exited, so a crash loop cannot spin.
+const AGENT_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// The address to listen on; loopback by default, so nothing outside this machine can reach it.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], ferry_api::DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// How long a node may go without reporting before it is marked not ready and its jobs are lost or requeued.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    node_timeout: Duration,
+}
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A TOML file for the local agent (node name, pool, labels, declared GPUs, capacity overrides).
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct AgentArgs {
+    /// A file holding the token (instead of --token), such as the admin.token that `ferry up` writes.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The node's name (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// The pool the node joins.
+    #[arg(long)]
+    pool: Option<String>,
+    /// A TOML configuration file; command-line flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    ferry_api::units::parse_duration_s(text).map(Duration::from_secs).or_else(|e| {
+        humantime::parse_duration(text).map_err(|_| e.0)
+    })
+}
+
+async fn ctrl_c() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+fn server_config(g: &Global, args: &ServerArgs) -> Result<ServerConfig, CliError> {
+    Ok(ServerConfig { listen: args.listen, data_dir: g.data_dir()?, node_timeout: args.node_timeout })
+}
+
+fn server_error(e: ferry_server::ServerError) -> CliError {
+    let code = match &e {
+        ferry_server::ServerError::DataDir(_) | ferry_server::ServerError::Store(_) => exit::CONFIG,
+        ferry_server::ServerError::Bind { .. } => exit::UNAVAILABLE,
+        ferry_server::ServerError::Serve(_) => exit::INTERNAL,
+    };
+    CliError::new(code, e.to_string())
+}
+
+pub async fn server(g: &Global, args: ServerArgs) -> Result<i32, CliError> {
+    let config = server_config(g, &args)?;
+    ferry_server::serve(config, ctrl_c(), |_| {}).await.map_err(server_error)?;
+    Ok(0)
+}
+
+pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
+    let config = server_config(g, &args.server)?;
+    let data_dir = config.data_dir.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_server = stop_rx.clone();
+    let server = tokio::spawn(ferry_server::serve(
+        config,
+        async move {
+            let _ = stop_server.wait_for(|s| *s).await;
+        },
+        move |addr| {
+            let _ = ready_tx.send(addr);
+        },
+    ));
+    let addr = match ready_rx.await {
+        Ok(addr) => addr,
+        Err(_) => {
+            return match server.await {
+                Ok(Err(e)) => Err(server_error(e)),
+                _ => Err(CliError::new(exit::INTERNAL, "the server stopped before it was ready")),
+            }
+        }
+    };
+    let url = format!("http://{addr}");
+    eprintln!("Ferry is running at {url}");
+    eprintln!("  data:   {}", data_dir.display());
+    eprintln!("  token:  {}", data_dir.join(ferry_server::ADMIN_TOKEN_FILE).display());
+    eprintln!("  try:    ferry run -- echo hello   (Ctrl-C stops Ferry; running jobs keep running)");
+    let agent = tokio::spawn(supervise_agent(url, data_dir, args.agent_config, stop_rx));
+    ctrl_c().await;
+    eprintln!("stopping Ferry");
+    let _ = stop_tx.send(true);
+    let _ = agent.await;
+    match server.await {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(server_error(e)),
+        Err(e) => Err(CliError::new(exit::INTERNAL, format!("the server task failed: {e}"))),
+    }
+}
+
+/// Keeps one local agent running as a separate process, restarting it if it dies. An agent left from an earlier
+/// `ferry up` (still holding the agent directory) is left in charge until it exits.
+async fn supervise_agent(url: String, data_dir: PathBuf, config: Option<PathBuf>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let agent_dir = data_dir.join("agent");
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find the ferry binary to start the agent");
+            return;
+        }
+    };
+    let mut announced_survivor = false;
+    while !*stop.borrow() {
+        if agent_dir_in_use(&agent_dir) {
+            if !announced_survivor {
+                tracing::info!(dir = %agent_dir.display(), "an agent from an earlier start is still running; it stays in charge");
+                announced_survivor = true;
+            }
+            let _ = tokio::time::timeout(AGENT_RESTART_DELAY, stop.wait_for(|s| *s)).await;
+            continue;
+        }
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("agent")
+            .arg("--server")
+            .arg(&url)
+            .arg("--token-file")
+            .arg(data_dir.join(ferry_server::ADMIN_TOKEN_FILE))
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .stdin(Stdio::null())
+            // Its own process group: Ctrl-C reaches only `ferry up`, which stops the agent in order.
+            .process_group(0);
+        if let Some(config) = &config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the local agent; retrying");
+                let _ = tokio::time::timeout(AGENT_RESTART_DELAY, stop.wait_for(|s| *s)).await;
+                continue;
+            }
+        };
+        let exited = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        match exited {
+            Some(status) => {
+                tracing::warn!(status = ?status.ok(), "the local agent exited; restarting it");
+                let _ = tokio::time::timeout(AGENT_RESTART_DELAY, stop.wait_for(|s| *s)).await;
+            }
+            None => {
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                }
+                if tokio::time::timeout(AGENT_STOP_GRACE, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Whether another process holds the agent lock of `dir`.
+fn agent_dir_in_use(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join("agent.lock")) else { return false };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_released_on_drop) => false,
+        Err(_) => true,
+    }
+}
+
+pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
+    let token = match (&args.token_file, &g.token) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| CliError::new(exit::CONFIG, format!("cannot read the token file {}: {e}", path.display())))?,
+        (None, Some(token)) => token.clone(),
+        (None, None) => g.token()?,
+    };
+    let data_dir = g.data_dir.clone().unwrap_or(g.data_dir()?.join("agent"));
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot find the ferry binary: {e}")))?;
+    let mut config = AgentConfig::new(&g.server_url(), &token, data_dir, exe);
+    if let Some(path) = &args.config {
+        config = AgentConfig::from_toml_file(path, config).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))?;
+    }
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let Some(pool) = args.pool {
+        config.pool = pool;
+    }
+    ferry_agent::run(config, ctrl_c()).await.map_err(|e| {
+        let code = match &e {
+            ferry_agent::AgentError::Config { .. } => exit::CONFIG,
+            ferry_agent::AgentError::Unauthorized { .. } => exit::AUTH,
+            ferry_agent::AgentError::Locked { .. } => exit::CONFIG,
+            _ => exit::INTERNAL,
+        };
+        CliError::new(code, e.to_string())
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Stops what scripts/slurm/start.sh RUN_DIR started: slurmd, slurmctld (by their pid files in RUN_DIR) and munged if
+# start.sh started it. Safe to run more than once, and on a RUN_DIR where nothing runs.
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 RUN_DIR" >&2
+    exit 2
+fi
+RUN=$1
+[[ -d $RUN ]] || exit 0
+
+# The process exists and is not a zombie (PID 1 here may be slow to reap what daemons leave behind).
+running() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null || true)
+    [[ -n $state && $state != Z* ]]
+}
+
+# Stops the process named by a pid file if it is still the given command; SIGKILL after 10 s.
+stop_pidfile() {
+    local pidfile=$1 comm=$2 pid
+    [[ -s $pidfile ]] || return 0
+    pid=$(<"$pidfile")
+    if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null || true) == "$comm" ]]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do
+            running "$pid" || break
+            sleep 0.1
+        done
+        if running "$pid"; then
+            echo "slurm/stop: $comm (pid $pid) ignored SIGTERM for 10 s; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$pidfile"
+}
+
+stop_pidfile "$RUN/slurmd.pid" slurmd
+stop_pidfile "$RUN/slurmctld.pid" slurmctld
+# Only a munged this RUN_DIR started (start.sh copies its pid file here); a munged that was already running stays.
+stop_pidfile "$RUN/munged.pid" munged
