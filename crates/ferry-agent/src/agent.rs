@@ -17,7 +17,7 @@ use ferry_api::nodes::NodeUsage;
 use ferry_api::ErrorCode;
 use ferry_client::{Client, ClientError};
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::{interval, sleep, Interval, MissedTickBehavior};
 
 use crate::backoff::Backoff;
@@ -38,6 +38,10 @@ const EVENT_QUEUE_LEN: usize = 1024;
 /// How many finished run directories are kept (as `.done-*`) for a person to look at.
 const DONE_RUNS_KEPT: usize = 100;
 
+/// How long a registration, report or log upload may take before it counts as failed. Without a bound, a server
+/// that stops answering mid-request would leave it in flight for ever, and with it every later report.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Everything the agent's loop reacts to.
 pub(crate) enum Event {
     /// Registration is over: the server accepted the node (with the runs it was told of), or refused it for good.
@@ -50,8 +54,6 @@ pub(crate) enum Event {
     Reported { sent: Vec<RunReport>, result: Result<ReportsAck, ClientError> },
     /// A request of a run's task was refused for the agent's credentials.
     Refused(ClientError),
-    /// A task panicked.
-    TaskFailed(JoinError),
     ReportTick,
     Shutdown,
 }
@@ -65,6 +67,20 @@ pub(crate) enum Failure {
     Refused,
     /// The server is down, slow or briefly failing: try again.
     Transient,
+}
+
+/// Runs one request of `client` with the agent's time limit.
+pub(crate) async fn bounded<T>(
+    client: &Client,
+    request: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Transport {
+            server: client.server().to_string(),
+            detail: format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()),
+        }),
+    }
 }
 
 pub(crate) fn classify(error: &ClientError) -> Failure {
@@ -165,14 +181,16 @@ impl Agent {
         self.adopt_runs()?;
         self.begin_registration();
         loop {
+            // The tick comes before other events so that a busy agent still sends its heartbeat.
             let event = tokio::select! {
                 biased;
                 _ = &mut shutdown => Event::Shutdown,
-                Some(event) = self.events_rx.recv() => event,
-                Some(Err(e)) = self.tasks.join_next(), if !self.tasks.is_empty() => Event::TaskFailed(e),
                 _ = self.report_tick.tick() => Event::ReportTick,
+                Some(event) = self.events_rx.recv() => event,
             };
-            if let Flow::Stop = self.handle(event)? {
+            let flow = self.handle(event)?;
+            self.reap_tasks();
+            if let Flow::Stop = flow {
                 tracing::info!("agent stopping; runs go on and the next agent adopts them");
                 return Ok(());
             }
@@ -191,11 +209,19 @@ impl Agent {
             }
             Event::Reported { sent, result } => self.on_reported(sent, result)?,
             Event::Refused(error) => return Err(self.refused(&error)),
-            Event::TaskFailed(error) => tracing::error!(error = %error, "an agent task failed"),
             Event::ReportTick => self.send_report(true),
             Event::Shutdown => return Ok(Flow::Stop),
         }
         Ok(Flow::Continue)
+    }
+
+    /// Collects the tasks that have ended, so they do not pile up, and logs any that panicked.
+    fn reap_tasks(&mut self) {
+        while let Some(ended) = self.tasks.try_join_next() {
+            if let Err(error) = ended {
+                tracing::error!(error = %error, "an agent task failed");
+            }
+        }
     }
 
     /// Finds the runs a previous agent left in the data directory, going or ended but not yet acknowledged.
@@ -207,6 +233,10 @@ impl Agent {
             let Some(run) = name.to_str().and_then(rundir::parse_dir_name) else { continue };
             if entry.path().join(rundir::SPEC_FILE).exists() {
                 self.runs.insert(run, RunEntry::new());
+            } else {
+                // The previous agent died between making the directory and writing the spec, so the run never
+                // started; removing it lets the server's next copy of the assignment start it.
+                let _ = fs::remove_dir_all(entry.path());
             }
         }
         if !self.runs.is_empty() {
@@ -404,7 +434,7 @@ impl Agent {
         let client = self.client.clone();
         let events = self.events_tx.clone();
         self.tasks.spawn(async move {
-            let result = client.report(&reports).await;
+            let result = bounded(&client, client.report(&reports)).await;
             let _ = events.send(Event::Reported { sent: reports.runs, result }).await;
         });
     }
@@ -508,7 +538,7 @@ async fn register(client: &Client, node: &RegisterNode) -> Result<Registered, Ag
     let mut backoff = Backoff::new();
     let mut logged = false;
     loop {
-        let error = match client.register_node(node).await {
+        let error = match bounded(client, client.register_node(node)).await {
             Ok(registered) => return Ok(registered),
             Err(error) => error,
         };

@@ -175,15 +175,14 @@ fn read_json_if_exists<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>
 }
 
 /// Writes JSON to a temporary file and renames it into place, so a reader sees the whole file or none of it, even
-/// if the writer dies halfway. The data is synced first so a power cut cannot leave an empty file behind the name.
+/// if the writer dies halfway. It does not fsync: a power cut ends every run anyway, a file it leaves unreadable
+/// reads as a supervisor that died, and a sync per file would cost more than starting the job.
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
+    fs::File::create(&tmp)?.write_all(&bytes)?;
     fs::rename(&tmp, path)
 }
 

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, Instant};
 
-use crate::agent::{classify, Event, Failure};
+use crate::agent::{bounded, classify, Event, Failure};
 use crate::backoff::Backoff;
 use crate::rundir::{self, Exit, ProcessIdentity, RunDir};
 
@@ -89,6 +89,7 @@ pub(crate) async fn track(ctx: RunContext, run: RunRef, dir: RunDir, supervisor:
         stop,
         stop_open: true,
         stop_sent: false,
+        shipped_at: None,
     };
     if let Some(exit) = tracker.follow(supervisor).await {
         tracker.finish(exit).await;
@@ -104,6 +105,8 @@ struct Tracker {
     /// Whether the agent can still send a stop request.
     stop_open: bool,
     stop_sent: bool,
+    /// When output was last shipped.
+    shipped_at: Option<Instant>,
 }
 
 impl Tracker {
@@ -220,6 +223,11 @@ impl Tracker {
     /// Ships what output there is while the run goes on. Failures wait for the next round, except a refused
     /// token, which ends the agent. Returns `None` when the agent is going away.
     async fn ship_round(&mut self) -> Option<()> {
+        // The loop turns faster while it waits for the start; output still goes out at the ordinary pace.
+        if self.shipped_at.is_some_and(|at| at.elapsed() < LOG_SHIP_INTERVAL) {
+            return Some(());
+        }
+        self.shipped_at = Some(Instant::now());
         match self.shipper.ship(&self.ctx, self.run, LOG_CHUNKS_PER_ROUND_MAX).await {
             Ok(_) => Some(()),
             Err(e) => match classify(&e) {
@@ -323,7 +331,7 @@ impl LogShipper {
     }
 
     async fn upload(&mut self, ctx: &RunContext, run: RunRef, offset: u64, chunk: Bytes) -> Result<u64, ClientError> {
-        let ack = ctx.client.upload_log(&ctx.node, run, offset, chunk).await?;
+        let ack = bounded(&ctx.client, ctx.client.upload_log(&ctx.node, run, offset, chunk)).await?;
         self.offset = Some(ack.stored);
         Ok(ack.stored)
     }

@@ -76,12 +76,14 @@ pub(crate) fn main(run_dir: &Path) -> i32 {
 
 /// Supervises one run from start to end and returns what it wrote to `exit.json`.
 pub(crate) fn supervise(dir: &RunDir) -> Result<Exit, ShimError> {
-    if let Some(identity) = ProcessIdentity::of(std::process::id()) {
-        write(dir, rundir::SHIM_FILE, &identity)?;
-    }
     // The handler goes in before anything starts, so a stop that arrives early is queued, not lost.
     let (control_tx, control_rx) = mpsc::channel();
     listen_for_stop(control_tx.clone())?;
+    // The agent sends SIGTERM only once this record exists, so it must come after the handler: before it, SIGTERM
+    // would kill the shim outright and the run's end would go unrecorded.
+    if let Some(identity) = ProcessIdentity::of(std::process::id()) {
+        write(dir, rundir::SHIM_FILE, &identity)?;
+    }
 
     let spec = match dir.read_spec() {
         Ok(spec) => spec,
@@ -151,16 +153,14 @@ fn wait_for_group(mut child: Child, group: Pid) -> Result<(std::process::ExitSta
 
 /// Enforces the deadline and stop requests: SIGTERM to the whole group, then SIGKILL once the grace period is over.
 fn control(rx: Receiver<Control>, group: Pid, deadline: Option<Instant>, grace: Duration) -> Verdict {
-    let end = loop {
-        let message = match deadline {
-            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match message {
-            Ok(Control::ChildExited) | Err(RecvTimeoutError::Disconnected) => return Verdict::default(),
-            Ok(Control::Stop) => break RunEnd::Stopped,
-            Err(RecvTimeoutError::Timeout) => break RunEnd::TimedOut,
-        }
+    let first = match deadline {
+        Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    };
+    let end = match first {
+        Ok(Control::ChildExited) | Err(RecvTimeoutError::Disconnected) => return Verdict::default(),
+        Ok(Control::Stop) => RunEnd::Stopped,
+        Err(RecvTimeoutError::Timeout) => RunEnd::TimedOut,
     };
     note(&format!("stopping the run ({end:?}): SIGTERM to its process group, SIGKILL after {}s", grace.as_secs()));
     let _ = killpg(group, Signal::SIGTERM);

@@ -126,7 +126,7 @@ fn output_keeps_every_byte_in_order_from_both_streams() {
     let started = run.json("started.json").unwrap();
     assert!(started["pid"].as_u64().unwrap() > 0 && started["started_at_us"].as_i64().unwrap() > 0);
     assert_eq!(started["limits"], "none");
-    assert_eq!(run.json("shim.json").unwrap()["pid"].as_u64().is_some(), true);
+    assert!(run.json("shim.json").unwrap()["pid"].as_u64().is_some());
 }
 
 #[test]

@@ -32,10 +32,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     gpus: u32,
     /// CPUs, such as 2, 0.5 or 250m (default 1).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
     /// Memory, such as 8GiB or 512MiB (default 1GiB).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     memory: Option<String>,
     #[arg(long)]
     name: Option<String>,

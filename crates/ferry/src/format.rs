@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn renders_times_and_tables() {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00.000");
-        assert_eq!(timestamp(1_795_887_548_123_000), "2026-11-29 17:39:08.123");
+        assert_eq!(timestamp(1_795_973_948_123_000), "2026-11-29 17:39:08.123");
         assert_eq!(span(3_725_000_000), "1h02m");
         assert_eq!(precise(12_345), "12ms");
         assert_eq!(table(&["ID", "STATE"], &[vec!["1".into(), "running".into()]]), "ID  STATE\n1   running\n");

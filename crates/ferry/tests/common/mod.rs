@@ -1,0 +1,241 @@
+//! A test harness that runs the real `ferry` binary: a server and an agent as separate processes on loopback, each
+//! test in its own temporary data directories, and the CLI as a user would call it.
+//!
+//! Waiting is done by polling a condition with a deadline, never by sleeping a fixed time.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest any condition in these tests is waited for; generous for a loaded 2-core CI machine.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+pub struct Ferry {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    pub node_timeout: String,
+    server: Option<Child>,
+    agent: Option<Child>,
+}
+
+/// How the node of a test looks.
+pub struct NodeSpec {
+    pub gpus: u32,
+    pub cpus: u32,
+    pub memory: &'static str,
+}
+
+impl Default for NodeSpec {
+    fn default() -> NodeSpec {
+        NodeSpec { gpus: 2, cpus: 4, memory: "8GiB" }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Ferry {
+    /// A server and one agent with the given node shape, ready to take jobs.
+    pub fn start(node: NodeSpec) -> Ferry {
+        Ferry::start_with_timeout(node, "30s")
+    }
+
+    pub fn start_with_timeout(node: NodeSpec, node_timeout: &str) -> Ferry {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("work")).unwrap();
+        let gpus: Vec<String> = (0..node.gpus)
+            .map(|i| format!("[[gpus]]\nindex = {i}\nmodel = \"Test GPU\"\nmemory = \"16GiB\"\n"))
+            .collect();
+        let config = format!("name = \"node-a\"\ncpus = {}\nmemory = \"{}\"\n{}", node.cpus, node.memory, gpus.join("\n"));
+        std::fs::write(root.path().join("agent.toml"), config).unwrap();
+        let mut ferry =
+            Ferry { root, port: free_port(), node_timeout: node_timeout.to_string(), server: None, agent: None };
+        ferry.start_server();
+        ferry.start_agent();
+        ferry.wait_for("the node to be ready", |f| {
+            f.json(&["nodes", "--json"])["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["state"] == "ready"))
+        });
+        ferry
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
+    pub fn agent_dir(&self) -> PathBuf {
+        self.root.path().join("agent")
+    }
+
+    pub fn workdir(&self) -> PathBuf {
+        self.root.path().join("work")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join(name)).unwrap()
+    }
+
+    pub fn start_server(&mut self) {
+        let child = Command::new(ferry_bin())
+            .args(["server", "--listen", &format!("127.0.0.1:{}", self.port), "--node-timeout", &self.node_timeout])
+            .env("FERRY_HOME", self.home())
+            .stdout(self.log("server.log"))
+            .stderr(self.log("server.log"))
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        self.wait_for("the server to answer", |f| {
+            f.home().join("admin.token").exists()
+                && f.cli(&["ps"]).status.success()
+        });
+    }
+
+    pub fn start_agent(&mut self) {
+        let child = Command::new(ferry_bin())
+            .args(["agent", "--server", &self.url(), "--data-dir"])
+            .arg(self.agent_dir())
+            .arg("--token-file")
+            .arg(self.home().join("admin.token"))
+            .arg("--config")
+            .arg(self.root.path().join("agent.toml"))
+            .stdout(self.log("agent.log"))
+            .stderr(self.log("agent.log"))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// Kills the server with SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill_server(&mut self) {
+        let mut child = self.server.take().expect("server running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn kill_agent(&mut self) {
+        let mut child = self.agent.take().expect("agent running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Runs the CLI in the test's work directory against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_in(&self.workdir(), args)
+    }
+
+    pub fn cli_in(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(ferry_bin())
+            .args(args)
+            .current_dir(dir)
+            .env("FERRY_HOME", self.home())
+            .env("FERRY_SERVER", self.url())
+            .env_remove("FERRY_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and returns its stdout, failing the test with both streams if it did not succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "ferry {args:?} failed: {}\n{}", stderr(&out), self.logs_for_failure());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Submits a job and returns its id.
+    pub fn submit(&self, args: &[&str]) -> u64 {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        self.ok(&all).trim().parse().unwrap()
+    }
+
+    pub fn job(&self, id: u64) -> Value {
+        self.json(&["show", &id.to_string(), "--json"])
+    }
+
+    pub fn state(&self, id: u64) -> String {
+        self.job(id)["state"].as_str().unwrap_or("?").to_string()
+    }
+
+    pub fn wait_state(&self, id: u64, state: &str) -> Value {
+        self.wait_for(&format!("job {id} to be {state}"), |f| f.state(id) == state);
+        self.job(id)
+    }
+
+    pub fn wait_for(&self, what: &str, mut condition: impl FnMut(&Ferry) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}\n{}", self.logs_for_failure());
+    }
+
+    pub fn logs_for_failure(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.root.path().join(n)).unwrap_or_default();
+        format!("--- server.log\n{}\n--- agent.log\n{}", tail(&read("server.log")), tail(&read("agent.log")))
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        // Stop every run this test started, so no process outlives it: cancel through the API while the server is
+        // up, then kill whatever supervisor is left.
+        if self.server.is_some() {
+            let running = self.json(&["ps", "--json"]);
+            for job in running["jobs"].as_array().into_iter().flatten() {
+                let _ = self.cli(&["cancel", &job["id"].to_string()]);
+            }
+        }
+        for child in [self.agent.take(), self.server.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_runs(&self.agent_dir());
+    }
+}
+
+/// Kills the process group of every run under an agent directory.
+fn kill_runs(agent_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(agent_dir.join("runs")) else { return };
+    for entry in entries.flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path().join("started.json")) {
+            if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}

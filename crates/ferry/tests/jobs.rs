@@ -1,0 +1,209 @@
+//! Running jobs on one machine, end to end: the real binary, real processes, real output.
+
+mod common;
+
+use common::{stderr, Ferry, NodeSpec};
+
+#[test]
+fn follow_streams_output_and_exits_with_the_job_exit_code() {
+    let f = Ferry::start(NodeSpec::default());
+    let out = f.cli(&["run", "--follow", "--", "sh", "-c", "echo out; echo err >&2; pwd; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let expected = format!("out\nerr\n{}\n", f.workdir().canonicalize().unwrap().display());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    let job = f.job(1);
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["exit_code"], 7);
+    let states: Vec<&str> = job["timeline"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["queued", "starting", "running", "failed"]);
+}
+
+#[test]
+fn each_job_sees_exactly_its_gpus_and_a_waiting_job_says_who_holds_them() {
+    let f = Ferry::start(NodeSpec { gpus: 2, ..NodeSpec::default() });
+    let script = "echo \"gpus=$CUDA_VISIBLE_DEVICES job=$FERRY_JOB_ID\"; sleep 30";
+    let a = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "sh", "-c", script]);
+    let b = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "sh", "-c", script]);
+    let c = f.submit(&["--gpus", "2", "--cpus", "0.1", "--", "true"]);
+    let cpu_only = f.submit(&["--cpus", "0.1", "--", "sh", "-c", "echo gpus=[$CUDA_VISIBLE_DEVICES]"]);
+    f.wait_state(a, "running");
+    f.wait_state(b, "running");
+    f.wait_state(cpu_only, "succeeded");
+    f.wait_for("both GPU jobs to print", |f| {
+        f.ok(&["logs", &a.to_string()]).contains("gpus=") && f.ok(&["logs", &b.to_string()]).contains("gpus=")
+    });
+    let mut seen = vec![f.ok(&["logs", &a.to_string()]), f.ok(&["logs", &b.to_string()])];
+    seen.sort();
+    assert_eq!(seen, [format!("gpus=0 job={a}\n"), format!("gpus=1 job={b}\n")]);
+    assert_eq!(f.ok(&["logs", &cpu_only.to_string()]), "gpus=[]\n");
+    let waiting = f.job(c);
+    assert_eq!(waiting["state"], "queued");
+    assert_eq!(
+        waiting["waiting"]["message"],
+        format!("needs 2 GPUs; node node-a has 0 free (2 held by jobs {a} and {b})")
+    );
+    assert_eq!(waiting["waiting"]["reason"]["kind"], "insufficient");
+    let shown = f.ok(&["show", &c.to_string()]);
+    assert!(shown.contains(&format!("Waiting:      needs 2 GPUs; node node-a has 0 free (2 held by jobs {a} and {b})")), "{shown}");
+    f.ok(&["cancel", &a.to_string(), &b.to_string()]);
+    f.wait_state(c, "succeeded");
+}
+
+#[test]
+fn jobs_start_by_priority_then_submission_order_without_overcommitting() {
+    let f = Ferry::start(NodeSpec { cpus: 1, ..NodeSpec::default() });
+    let blocker = f.submit(&["--cpus", "1", "--", "sleep", "30"]);
+    f.wait_state(blocker, "running");
+    let low = f.submit(&["--cpus", "1", "--priority", "low", "--", "true"]);
+    let normal1 = f.submit(&["--cpus", "1", "--", "true"]);
+    let normal2 = f.submit(&["--cpus", "1", "--", "true"]);
+    let high = f.submit(&["--cpus", "1", "--priority", "high", "--", "true"]);
+    assert_eq!(f.state(low), "queued");
+    f.ok(&["cancel", &blocker.to_string()]);
+    for id in [low, normal1, normal2, high] {
+        f.wait_state(id, "succeeded");
+    }
+    let started = |id: u64| f.job(id)["started_at_us"].as_i64().unwrap();
+    let finished = |id: u64| f.job(id)["finished_at_us"].as_i64().unwrap();
+    let order = [high, normal1, normal2, low];
+    for pair in order.windows(2) {
+        assert!(finished(pair[0]) <= started(pair[1]), "job {} must finish before {} starts on one CPU", pair[0], pair[1]);
+    }
+}
+
+#[test]
+fn logs_keep_every_byte_of_large_binary_and_unterminated_output() {
+    let f = Ferry::start(NodeSpec::default());
+    // 100 MB as fast as the job can write it, then bytes that are not UTF-8 and no final newline.
+    let script = "head -c 100000000 /dev/zero | tr '\\0' 'x'; printf '\\377\\376 no newline'";
+    let id = f.submit(&["--cpus", "0.5", "--", "sh", "-c", script]);
+    f.wait_state(id, "succeeded");
+    let out = f.cli(&["logs", &id.to_string()]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 100_000_000 + 13);
+    assert!(out.stdout[..100_000_000].iter().all(|&b| b == b'x'));
+    assert_eq!(&out.stdout[100_000_000..], b"\xff\xfe no newline");
+    assert_eq!(f.job(id)["log_bytes"], 100_000_013);
+}
+
+#[test]
+fn logs_follow_prints_output_while_the_job_runs() {
+    let f = Ferry::start(NodeSpec::default());
+    let marker = f.workdir().join("go");
+    let script = format!("echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second", marker.display());
+    let id = f.submit(&["--cpus", "0.1", "--", "sh", "-c", &script]);
+    let mut follower = std::process::Command::new(common::ferry_bin())
+        .args(["logs", "-f", &id.to_string()])
+        .env("FERRY_HOME", f.home())
+        .env("FERRY_SERVER", f.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follower.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"first\n", "the follower printed output while the job was still running");
+    std::fs::write(&marker, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "second\n");
+    assert!(follower.wait().unwrap().success());
+}
+
+#[test]
+fn cancel_stops_the_whole_process_group() {
+    let f = Ferry::start(NodeSpec::default());
+    let pidfile = f.workdir().join("child.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let id = f.submit(&["--cpus", "0.1", "--", "sh", "-c", &script]);
+    f.wait_for("the child to start", |_| std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty()));
+    let child: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let out = f.ok(&["cancel", &id.to_string()]);
+    assert!(out.contains("stopping"), "{out}");
+    let job = f.wait_state(id, "cancelled");
+    assert!(job["message"].as_str().unwrap().starts_with("cancelled by request"), "{job}");
+    f.wait_for("the grandchild to be gone", |_| !std::path::Path::new(&format!("/proc/{child}")).exists());
+    // Cancelling again is a clear conflict, not a crash.
+    let again = f.cli(&["cancel", &id.to_string()]);
+    assert_eq!(again.status.code(), Some(65));
+    assert!(stderr(&again).contains(&format!("job {id} already cancelled; there is nothing to cancel")), "{}", stderr(&again));
+}
+
+#[test]
+fn a_queued_job_is_cancelled_at_once() {
+    let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
+    let holder = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "sleep", "30"]);
+    let queued = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    f.wait_state(holder, "running");
+    assert_eq!(f.ok(&["cancel", &queued.to_string()]), format!("job {queued} cancelled\n"));
+    assert_eq!(f.job(queued)["message"], "cancelled before it started");
+}
+
+#[test]
+fn max_runtime_is_enforced_and_reported() {
+    let f = Ferry::start(NodeSpec::default());
+    let out = f.cli(&["run", "--follow", "--max-runtime", "1s", "--cpus", "0.1", "--", "sleep", "60"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    let job = f.job(1);
+    assert_eq!(job["state"], "timed_out");
+    assert!(job["message"].as_str().unwrap().contains("maximum runtime"), "{job}");
+}
+
+#[test]
+fn a_failing_job_is_retried_then_recorded_failed() {
+    let f = Ferry::start(NodeSpec::default());
+    let out = f.cli(&["run", "--follow", "--retries", "2", "--cpus", "0.1", "--", "sh", "-c", "echo attempt $FERRY_ATTEMPT; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let job = f.job(1);
+    assert_eq!(job["attempt"], 2);
+    assert_eq!(job["state"], "failed");
+    let retries = job["timeline"].as_array().unwrap().iter().filter(|e| e["message"].as_str().unwrap().contains("retrying")).count();
+    assert_eq!(retries, 2);
+    assert_eq!(f.ok(&["logs", "1"]), "attempt 2\n");
+}
+
+#[test]
+fn environment_and_names_reach_the_job() {
+    let f = Ferry::start(NodeSpec::default());
+    let out = f.cli(&["run", "--follow", "--name", "train", "--project", "vision", "--env", "ALPHA=1=2", "--cpus", "0.1", "--", "sh", "-c", "echo $ALPHA"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1=2\n");
+    let ps = f.ok(&["ps", "--all"]);
+    assert!(ps.lines().next().unwrap().starts_with("ID  NAME   STATE"), "{ps}");
+    assert!(ps.contains("train") && ps.contains("succeeded"), "{ps}");
+    let listed = f.json(&["ps", "--state", "succeeded", "--json"]);
+    assert_eq!(listed["jobs"][0]["project"], "vision");
+}
+
+#[test]
+fn nodes_show_capacity_allocation_and_measured_use() {
+    let f = Ferry::start(NodeSpec { gpus: 2, cpus: 4, memory: "8GiB" });
+    let id = f.submit(&["--gpus", "1", "--cpus", "1.5", "--memory", "1GiB", "--", "sleep", "30"]);
+    f.wait_state(id, "running");
+    f.wait_for("usage to be reported", |f| !f.json(&["nodes", "--json"])["nodes"][0]["usage"].is_null());
+    let node = &f.json(&["nodes", "--json"])["nodes"][0];
+    assert_eq!(node["cpu_millis"], 4000);
+    assert_eq!(node["allocated_cpu_millis"], 1500);
+    assert_eq!(node["allocated_gpus"], 1);
+    assert_eq!(node["running_jobs"], serde_json::json!([id]));
+    assert!(node["usage"]["memory_used_bytes"].as_u64().unwrap() > 0);
+    let table = f.ok(&["nodes"]);
+    assert!(table.contains("node-a") && table.contains("1.5/4") && table.contains("1/2"), "{table}");
+}
+
+#[test]
+fn memory_limits_are_enforced_where_cgroups_allow() {
+    let f = Ferry::start(NodeSpec::default());
+    let limits = f.json(&["nodes", "--json"])["nodes"][0]["limits"].as_str().unwrap().to_string();
+    let script = "x=$(head -c 200000000 /dev/zero | tr '\\0' 'y'); echo ${#x}";
+    let out = f.cli(&["run", "--follow", "--memory", "64MiB", "--cpus", "0.5", "--", "sh", "-c", script]);
+    if limits == "none" {
+        // Measuring only: the job may use what it likes and completes.
+        assert_eq!(out.status.code(), Some(0));
+    } else {
+        let job = f.job(1);
+        assert_eq!(job["state"], "failed", "a job over its memory limit is killed ({limits}): {job}");
+        assert_eq!(job["signal"], 9, "{job}");
+        assert_eq!(out.status.code(), Some(137));
+    }
+}
