@@ -51,7 +51,10 @@ pub(crate) enum Event {
     /// A run started or ended.
     RunChanged(RunRef, RunStatus),
     /// A report came back; `sent` is what it carried.
-    Reported { sent: Vec<RunReport>, result: Result<ReportsAck, ClientError> },
+    Reported {
+        sent: Vec<RunReport>,
+        result: Result<ReportsAck, ClientError>,
+    },
     /// A request of a run's task was refused for the agent's credentials.
     Refused(ClientError),
     ReportTick,
@@ -457,7 +460,11 @@ impl Agent {
             .map_err(|e| format!("cannot prepare the run directory {}: {e}", path.display()));
         let spawned = prepared.and_then(|()| {
             runs::spawn_supervisor(&self.config.self_exe, &dir).map_err(|e| {
-                format!("cannot start the run's supervisor `{} {}`: {e}", self.config.self_exe.display(), runs::SHIM_SUBCOMMAND)
+                format!(
+                    "cannot start the run's supervisor `{} {}`: {e}",
+                    self.config.self_exe.display(),
+                    runs::SHIM_SUBCOMMAND
+                )
             })
         });
         match spawned {
@@ -489,7 +496,8 @@ impl Agent {
         let dir = RunDir::new(self.run_dir(run));
         let Some(entry) = self.runs.get_mut(&run) else { return };
         entry.tracked = true;
-        let ctx = RunContext { client: self.client.clone(), node: self.config.name.clone(), events: self.events_tx.clone() };
+        let ctx =
+            RunContext { client: self.client.clone(), node: self.config.name.clone(), events: self.events_tx.clone() };
         self.tasks.spawn(runs::track(ctx, run, dir, supervisor, entry.stop.subscribe()));
     }
 
@@ -544,7 +552,10 @@ async fn register(client: &Client, node: &RegisterNode) -> Result<Registered, Ag
         };
         match &error {
             ClientError::Api { status: 401 | 403, .. } => {
-                return Err(AgentError::Unauthorized { server: client.server().to_string(), message: error.to_string() });
+                return Err(AgentError::Unauthorized {
+                    server: client.server().to_string(),
+                    message: error.to_string(),
+                });
             }
             ClientError::Api { status, .. } if *status < 500 && *status != 429 => {
                 return Err(AgentError::Rejected { server: client.server().to_string(), message: error.to_string() });
@@ -570,6 +581,7 @@ fn status_on_disk(path: &Path) -> Option<RunStatus> {
             finished_at_us: exit.finished_at_us,
             log_bytes: dir.output_bytes(),
             message: exit.message,
+            started_at_us: dir.read_started().ok().flatten().map(|s| s.started_at_us),
         });
     }
     let started = dir.read_started().ok()??;

@@ -87,8 +87,8 @@ pub(crate) fn detect_at(root: &Path) -> Detection {
 
 fn try_v2(root: &Path) -> Result<(), String> {
     let controllers_file = root.join("cgroup.controllers");
-    let controllers = fs::read_to_string(&controllers_file)
-        .map_err(|_| format!("no cgroup v2 hierarchy at {}", root.display()))?;
+    let controllers =
+        fs::read_to_string(&controllers_file).map_err(|_| format!("no cgroup v2 hierarchy at {}", root.display()))?;
     let has = |name: &str| controllers.split_whitespace().any(|c| c == name);
     if !(has("memory") && has("cpu")) {
         return Err(format!("cgroup v2 at {} lacks the memory or cpu controller", root.display()));
@@ -101,7 +101,8 @@ fn try_v2(root: &Path) -> Result<(), String> {
         let enabled = fs::read_to_string(&file).unwrap_or_default();
         let has_both = ["memory", "cpu"].iter().all(|c| enabled.split_whitespace().any(|e| e == *c));
         if !has_both {
-            fs::write(&file, "+memory +cpu").map_err(|e| format!("cannot enable memory and cpu in {}: {e}", file.display()))?;
+            fs::write(&file, "+memory +cpu")
+                .map_err(|e| format!("cannot enable memory and cpu in {}: {e}", file.display()))?;
         }
     }
     Ok(())
@@ -169,7 +170,9 @@ impl JobCgroup {
     /// supervisor that died is reused.
     pub fn create(root: &Path, mode: Mode, name: &str, limits: Limits) -> io::Result<JobCgroup> {
         let dirs: Vec<(Option<&'static str>, PathBuf)> = match mode {
-            Mode::V1 => ["memory", "cpu"].into_iter().map(|c| (Some(c), root.join(c).join(FERRY_GROUP).join(name))).collect(),
+            Mode::V1 => {
+                ["memory", "cpu"].into_iter().map(|c| (Some(c), root.join(c).join(FERRY_GROUP).join(name))).collect()
+            }
             Mode::V2 => vec![(None, root.join(FERRY_GROUP).join(name))],
             Mode::None => return Err(io::Error::other("limits are not enforced on this machine")),
         };
@@ -268,6 +271,19 @@ impl JobCgroup {
         }
         Ok(())
     }
+}
+
+/// Removes what is left of the run group `name` in any hierarchy (after its supervisor died), killing whatever
+/// still runs in it. A group that does not exist is not an error.
+pub(crate) fn remove_leftover(name: &str) -> io::Result<()> {
+    let root = Path::new(CGROUP_ROOT);
+    let candidates = [root.join("memory"), root.join("cpu"), root.to_path_buf()];
+    let dirs = candidates
+        .iter()
+        .map(|mount| (None, mount.join(FERRY_GROUP).join(name)))
+        .filter(|(_, dir)| dir.is_dir())
+        .collect();
+    JobCgroup { mode: Mode::None, dirs, origins: Vec::new() }.remove_dirs(Duration::from_millis(REMOVE_WAIT_MS_MAX))
 }
 
 /// The top of the hierarchy a run's group `<mount>/ferry/<name>` lives in.

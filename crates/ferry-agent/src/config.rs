@@ -229,7 +229,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_the_field() {
-        check_error("memory = \"64XB\"", "`memory`: `64XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB");
+        check_error(
+            "memory = \"64XB\"",
+            "`memory`: `64XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB",
+        );
         check_error("cpus = -2", "`cpus`: -2 is not a CPU count; write a positive number such as 16 or 7.5");
         check_error("pool = \"  \"", "`pool` is empty; give it a value or leave it out");
         check_error(

@@ -43,10 +43,8 @@ impl DataDirLock {
             }
             Err((_, errno)) => return Err(io_error("cannot lock", std::io::Error::from(errno))),
         };
-        let written = lock
-            .set_len(0)
-            .and_then(|()| lock.rewind())
-            .and_then(|()| writeln!(lock, "{}", std::process::id()));
+        let written =
+            lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id()));
         written.map_err(|e| io_error("cannot write", e))?;
         Ok(DataDirLock { _lock: lock })
     }

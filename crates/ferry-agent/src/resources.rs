@@ -195,7 +195,8 @@ mod tests {
             DeclaredGpu { index: 0, model: "ignored: NVML has it".into(), memory_bytes: 1 },
         ];
         let merged = merge_gpus(vec![nvml_gpu(1), nvml_gpu(0)], &declared);
-        let shown: Vec<(u32, &str, &str)> = merged.iter().map(|g| (g.index, g.model.as_str(), g.source.as_str())).collect();
+        let shown: Vec<(u32, &str, &str)> =
+            merged.iter().map(|g| (g.index, g.model.as_str(), g.source.as_str())).collect();
         assert_eq!(shown, [(0, "NVIDIA H100", "nvml"), (1, "NVIDIA H100", "nvml"), (2, "Gaudi 2", "config")]);
         assert_eq!(merged[2].uuid, None);
     }

@@ -21,7 +21,7 @@ use tokio::time::{sleep, Instant};
 
 use crate::agent::{bounded, classify, Event, Failure};
 use crate::backoff::Backoff;
-use crate::rundir::{self, Exit, ProcessIdentity, RunDir};
+use crate::rundir::{self, Exit, RunDir};
 
 /// The most output one upload carries: well under the server's limit, and small enough to hold in memory.
 const LOG_CHUNK_BYTES: usize = 1 << 20;
@@ -79,7 +79,13 @@ pub(crate) fn spawn_supervisor(self_exe: &Path, dir: &RunDir) -> io::Result<toki
 
 /// Follows one run until its end is shipped and reported. `fresh` runs were just started, so the server holds
 /// none of their output yet; adopted ones first ask the server how much it has.
-pub(crate) async fn track(ctx: RunContext, run: RunRef, dir: RunDir, supervisor: Supervisor, stop: watch::Receiver<bool>) {
+pub(crate) async fn track(
+    ctx: RunContext,
+    run: RunRef,
+    dir: RunDir,
+    supervisor: Supervisor,
+    stop: watch::Receiver<bool>,
+) {
     let fresh = matches!(supervisor, Supervisor::Child(_));
     let mut tracker = Tracker {
         shipper: LogShipper::new(dir.file(rundir::OUTPUT_FILE), fresh),
@@ -142,7 +148,7 @@ impl Tracker {
                 }
             };
             if ended {
-                return Some(self.recorded_exit());
+                return Some(self.recorded_exit().await);
             }
         }
     }
@@ -171,13 +177,20 @@ impl Tracker {
 
     /// The run's end as its supervisor wrote it, or, if the supervisor died without writing it, an end that says
     /// so (recorded, so a later agent reports the same).
-    fn recorded_exit(&self) -> Exit {
+    async fn recorded_exit(&self) -> Exit {
         if let Ok(Some(exit)) = self.dir.read_exit() {
             return exit;
         }
         tracing::warn!(job = self.run.job_id, attempt = self.run.attempt, dir = %self.dir.path().display(),
             "the run's supervisor died without recording the end; see shim.log in the run directory");
         self.kill_orphaned_job();
+        // The dead supervisor could not remove the run's control group; removing it may wait a moment for the
+        // killed processes to leave, so it runs off the async threads.
+        let group = crate::shim::cgroup_name(self.run, self.dir.path());
+        let removed = tokio::task::spawn_blocking(move || crate::cgroup::remove_leftover(&group)).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(error = %e, "cannot remove the run's control group");
+        }
         let exit = Exit {
             end: RunEnd::Exited,
             exit_code: None,
@@ -192,14 +205,13 @@ impl Tracker {
     }
 
     /// Kills the job's process group when its supervisor died, so the job does not hold its GPUs unseen. The group
-    /// is only killed if its leader provably is the job: a group leader started after the supervisor, in this boot.
+    /// is only killed if its leader provably is this run's job: a group leader whose environment names this run.
     fn kill_orphaned_job(&self) {
-        let (Ok(Some(started)), Ok(Some(shim))) = (self.dir.read_started(), self.dir.read_shim()) else { return };
-        let Some(job) = ProcessIdentity::of(started.pid) else { return };
-        let leads_its_group = nix::unistd::getpgid(Some(Pid::from_raw(started.pid as i32)))
-            .is_ok_and(|group| group.as_raw() as u32 == started.pid);
-        if leads_its_group && job.boot_id == shim.boot_id && job.start_ticks >= shim.start_ticks {
-            let _ = killpg(Pid::from_raw(started.pid as i32), Signal::SIGKILL);
+        let Ok(Some(started)) = self.dir.read_started() else { return };
+        let leader = Pid::from_raw(started.pid as i32);
+        let leads_its_group = nix::unistd::getpgid(Some(leader)).is_ok_and(|group| group == leader);
+        if leads_its_group && environment_names_run(started.pid, self.run) {
+            let _ = killpg(leader, Signal::SIGKILL);
         }
     }
 
@@ -276,6 +288,7 @@ impl Tracker {
             finished_at_us: exit.finished_at_us,
             log_bytes: self.dir.output_bytes(),
             message: exit.message,
+            started_at_us: self.dir.read_started().ok().flatten().map(|s| s.started_at_us),
         };
         let _ = self.tell(Event::RunChanged(self.run, status)).await;
     }
@@ -335,6 +348,16 @@ impl LogShipper {
         self.offset = Some(ack.stored);
         Ok(ack.stored)
     }
+}
+
+/// Whether a process's environment carries the variables the shim gives this run's job, which a process that
+/// merely reuses the pid would not have.
+fn environment_names_run(pid: u32, run: RunRef) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    let job = format!("FERRY_JOB_ID={}", run.job_id);
+    let attempt = format!("FERRY_ATTEMPT={}", run.attempt);
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    vars.contains(&job.as_bytes()) && vars.contains(&attempt.as_bytes())
 }
 
 /// Reads up to one chunk of the file from `offset`.

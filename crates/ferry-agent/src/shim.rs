@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ferry_api::agent::{Assignment, RunEnd};
+use ferry_api::agent::{Assignment, RunEnd, RunRef};
 use ferry_api::units::format_bytes;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -92,7 +92,7 @@ pub(crate) fn supervise(dir: &RunDir) -> Result<Exit, ShimError> {
             return fail_to_start(dir, None, None, message);
         }
     };
-    let cgroup = enter_cgroup(&spec);
+    let cgroup = enter_cgroup(&spec, dir.path());
     let output_path = dir.file(rundir::OUTPUT_FILE);
     let output = match OpenOptions::new().create(true).append(true).open(&output_path) {
         Ok(file) => file,
@@ -167,7 +167,9 @@ fn control(rx: Receiver<Control>, group: Pid, deadline: Option<Instant>, grace: 
     let grace_end = Instant::now() + grace;
     loop {
         match rx.recv_timeout(grace_end.saturating_duration_since(Instant::now())) {
-            Ok(Control::ChildExited) | Err(RecvTimeoutError::Disconnected) => return Verdict { end: Some(end), killed: false },
+            Ok(Control::ChildExited) | Err(RecvTimeoutError::Disconnected) => {
+                return Verdict { end: Some(end), killed: false }
+            }
             // A second request changes nothing: the grace period already runs.
             Ok(Control::Stop) => continue,
             Err(RecvTimeoutError::Timeout) => break,
@@ -194,12 +196,12 @@ fn listen_for_stop(tx: Sender<Control>) -> Result<(), ShimError> {
 
 /// Puts the shim in the run's control group, so the job is born in it. Where that fails the run goes on, measured
 /// but not limited, as the node's `limits` already told the server.
-fn enter_cgroup(spec: &Assignment) -> Option<JobCgroup> {
+fn enter_cgroup(spec: &Assignment, run_dir: &Path) -> Option<JobCgroup> {
     let detection = cgroup::detect();
     if detection.mode == cgroup::Mode::None {
         return None;
     }
-    let name = format!("job-{}", rundir::dir_name(spec.run));
+    let name = cgroup_name(spec.run, run_dir);
     let limits = Limits { memory_bytes: spec.memory_bytes, cpu_millis: spec.cpu_millis };
     let root = Path::new(cgroup::CGROUP_ROOT);
     let entered = JobCgroup::create(root, detection.mode, &name, limits)
@@ -211,6 +213,18 @@ fn enter_cgroup(spec: &Assignment) -> Option<JobCgroup> {
             None
         }
     }
+}
+
+/// The name of a run's control group. Job ids are only unique per server, and several agents (of several servers)
+/// may share one machine, so the name also carries a hash of the run directory, which is unique on the machine.
+pub(crate) fn cgroup_name(run: RunRef, run_dir: &Path) -> String {
+    // FNV-1a: stable across builds and platforms, which the standard library's hasher does not promise.
+    let hash = run_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("job-{}-{:08x}", rundir::dir_name(run), hash as u32)
 }
 
 /// Starts the job: argv as given (no shell), output and errors both appended to the one file, in a process group
@@ -227,7 +241,9 @@ fn spawn(spec: &Assignment, output: &File) -> Result<Child, String> {
     }
     let (stdout, stderr) = match (output.try_clone(), output.try_clone()) {
         (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => return Err(format!("cannot start `{program}`: cannot share the output file: {e}")),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(format!("cannot start `{program}`: cannot share the output file: {e}"))
+        }
     };
     let mut command = Command::new(program);
     command
@@ -333,7 +349,8 @@ fn end_message(spec: &Assignment, verdict: &Verdict, signal: Option<i32>, oom_ki
 
 fn write<T: serde::Serialize>(dir: &RunDir, name: &str, value: &T) -> Result<(), ShimError> {
     let path = dir.file(name);
-    rundir::write_json_atomic(&path, value).map_err(|source| ShimError::Write { path: path.display().to_string(), source })
+    rundir::write_json_atomic(&path, value)
+        .map_err(|source| ShimError::Write { path: path.display().to_string(), source })
 }
 
 /// One line in `shim.log`. The shim writes to its stderr directly rather than through `tracing`, because that
@@ -346,7 +363,6 @@ fn note(message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_api::agent::RunRef;
 
     fn spec() -> Assignment {
         Assignment {
@@ -391,7 +407,10 @@ mod tests {
         );
         assert_eq!(describe_spawn_error("./x", &not_found), "cannot start `./x`: no such file or directory");
         let denied = io::Error::from(io::ErrorKind::PermissionDenied);
-        assert_eq!(describe_spawn_error("/tmp/x", &denied), "cannot start `/tmp/x`: permission denied (is it executable?)");
+        assert_eq!(
+            describe_spawn_error("/tmp/x", &denied),
+            "cannot start `/tmp/x`: permission denied (is it executable?)"
+        );
         let noexec = io::Error::from_raw_os_error(Errno::ENOEXEC as i32);
         assert!(describe_spawn_error("./s", &noexec).contains("#! line"));
     }
@@ -405,7 +424,10 @@ mod tests {
             "stopped on request, and killed because it was still running 10s after SIGTERM"
         );
         let timed_out = Verdict { end: Some(RunEnd::TimedOut), killed: false };
-        assert_eq!(end_message(&spec, &timed_out, Some(15), 0).unwrap(), "stopped after reaching its maximum runtime of 60s");
+        assert_eq!(
+            end_message(&spec, &timed_out, Some(15), 0).unwrap(),
+            "stopped after reaching its maximum runtime of 60s"
+        );
         assert_eq!(end_message(&spec, &Verdict::default(), None, 0), None);
         assert_eq!(end_message(&spec, &Verdict::default(), Some(11), 0).unwrap(), "killed by signal 11 (SIGSEGV)");
         assert_eq!(

@@ -71,7 +71,11 @@ impl Fake {
     }
 
     /// Checks the token, and that the node is registered where that matters.
-    fn admit(&self, headers: &HeaderMap, need_known: bool) -> Result<MutexGuard<'_, Server>, (StatusCode, Json<ErrorBody>)> {
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        need_known: bool,
+    ) -> Result<MutexGuard<'_, Server>, (StatusCode, Json<ErrorBody>)> {
         let state = self.lock();
         let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
         if state.refuse || bearer != Some(&format!("Bearer {TOKEN}")) {
@@ -147,7 +151,8 @@ async fn reports(State(fake): State<Fake>, headers: HeaderMap, Json(reports): Js
         if let RunStatus::Finished { log_bytes, .. } = &report.status {
             let held = state.logs.get(&report.run).map_or(0, Vec::len) as u64;
             if held != *log_bytes {
-                let violation = format!("{:?} ended with {log_bytes} bytes of output but the server has {held}", report.run);
+                let violation =
+                    format!("{:?} ended with {log_bytes} bytes of output but the server has {held}", report.run);
                 state.violations.push(violation);
             }
         }
@@ -287,7 +292,8 @@ async fn runs_jobs_ships_their_output_then_reports_their_end() {
     let by_work = assignment(880_002, work.path(), &["sleep", "300"]);
     let by_report = assignment(880_003, work.path(), &["sleep", "300"]);
     fake.push_work(vec![by_work.clone(), by_report.clone()], vec![]);
-    eventually("both long jobs to run", || (fake.running(by_work.run) && fake.running(by_report.run)).then_some(())).await;
+    eventually("both long jobs to run", || (fake.running(by_work.run) && fake.running(by_report.run)).then_some(()))
+        .await;
     fake.lock().stop_at_next_report.push(by_report.run);
     fake.push_work(vec![], vec![by_work.run]);
     for run in [by_work.run, by_report.run] {
@@ -328,7 +334,8 @@ async fn a_restarted_agent_adopts_its_runs_and_ships_the_rest_of_their_output() 
     let gated = assignment(880_011, work.path(), &["/bin/sh", "-c", gated_script]);
     let doomed = assignment(880_012, work.path(), &["sleep", "300"]);
     fake.push_work(vec![gated.clone(), doomed.clone()], vec![]);
-    eventually("the output so far", || (fake.log(gated.run) == b"before" && fake.running(doomed.run)).then_some(())).await;
+    eventually("the output so far", || (fake.log(gated.run) == b"before" && fake.running(doomed.run)).then_some(()))
+        .await;
     first.shut_down().await;
 
     // The runs outlive the agent; the next one finds them, tells the server, and obeys its answer.
@@ -365,10 +372,51 @@ async fn a_forgetful_server_gets_the_node_again_and_a_refusing_one_stops_the_age
     eventually("registration", || (!fake.lock().registrations.is_empty()).then_some(())).await;
 
     fake.lock().known = false;
-    eventually("registration after the server forgot the node", || (fake.lock().registrations.len() == 2).then_some(())).await;
+    eventually("registration after the server forgot the node", || {
+        (fake.lock().registrations.len() == 2).then_some(())
+    })
+    .await;
 
     fake.lock().refuse = true;
     let result = tokio::time::timeout(WAIT_MAX, agent.task).await.expect("a refused agent stops").unwrap();
     let message = result.unwrap_err().to_string();
     assert!(message.starts_with(&format!("the server at {server} refused the agent: unknown token")), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_that_dies_is_reported_and_its_job_does_not_outlive_it() {
+    let fake = Fake::default();
+    let server = serve(fake.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let agent = Agent::start(config(&server, data.path()));
+    eventually("registration", || (!fake.lock().registrations.is_empty()).then_some(())).await;
+
+    let job = assignment(880_021, work.path(), &["sleep", "300"]);
+    fake.push_work(vec![job.clone()], vec![]);
+    let pid = eventually("the job to run", || {
+        fake.reports_of(job.run).into_iter().find_map(|s| match s {
+            RunStatus::Running { pid, .. } => Some(pid as i32),
+            _ => None,
+        })
+    })
+    .await;
+    let shim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.path().join("runs/880021-1/shim.json")).unwrap()).unwrap();
+    let shim_pid = shim["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+
+    let end = eventually("the end of the orphaned run", || fake.finished(job.run)).await;
+    let RunStatus::Finished { end, exit_code, message, .. } = end else { unreachable!() };
+    assert_eq!((end, exit_code), (RunEnd::Exited, None));
+    assert_eq!(message.as_deref(), Some("the run's supervisor died; its exit status is unknown"));
+    let gone = |pid: i32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().unwrap().split_whitespace().next() == Some("Z"),
+        Err(_) => true,
+    };
+    eventually("the orphaned job to be killed", || gone(pid).then_some(())).await;
+    for group in ["memory/ferry/job-880021-1", "cpu/ferry/job-880021-1", "ferry/job-880021-1"] {
+        assert!(!Path::new("/sys/fs/cgroup").join(group).exists(), "{group} is left behind");
+    }
+    agent.shut_down().await;
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -152,7 +152,8 @@ fn the_job_sees_its_gpus_ids_env_and_workdir_but_not_the_agents_settings() {
     let expected = format!("0,2|{}|1|hi there|unset|PCI_BUS_ID|{}", JOB_ID_BASE + 4, workdir.display());
     assert_eq!(run.output_text(), expected);
 
-    let run = Run::new(5, &["/bin/sh", "-c", r#"printf '%s:%s' "${CUDA_VISIBLE_DEVICES+set}" "$CUDA_VISIBLE_DEVICES""#]);
+    let run =
+        Run::new(5, &["/bin/sh", "-c", r#"printf '%s:%s' "${CUDA_VISIBLE_DEVICES+set}" "$CUDA_VISIBLE_DEVICES""#]);
     run.run();
     assert_eq!(run.output_text(), "set:", "a run without GPUs must see none, not all");
 }
@@ -236,21 +237,19 @@ fn a_job_that_honours_sigterm_ends_within_its_grace_period() {
 #[test]
 fn the_job_runs_inside_its_limits_where_the_machine_allows() {
     let job = JOB_ID_BASE + 11;
-    let group = format!("job-{job}-1");
-    let files: Vec<PathBuf> = [
-        format!("memory/ferry/{group}/memory.limit_in_bytes"),
-        format!("cpu/ferry/{group}/cpu.cfs_period_us"),
-        format!("cpu/ferry/{group}/cpu.cfs_quota_us"),
-        format!("ferry/{group}/memory.max"),
-        format!("ferry/{group}/cpu.max"),
-    ]
-    .iter()
-    .map(|f| Path::new("/sys/fs/cgroup").join(f))
-    .collect();
-    let mut script = String::from("cat /proc/self/cgroup; echo ---; ");
-    for file in &files {
-        script.push_str(&format!("echo \"$(cat {} 2>/dev/null)\"; ", file.display()));
-    }
+    // The group's name carries a hash of the run directory, so the job reads where it is from /proc/self/cgroup.
+    let group = format!("job-{job}-1-");
+    let script = String::from(
+        "cat /proc/self/cgroup; echo ---; \
+         m=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup); \
+         c=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ {print $3}' /proc/self/cgroup); \
+         u=$(awk -F: '$1 == 0 {print $3}' /proc/self/cgroup); \
+         echo \"$(cat /sys/fs/cgroup/memory$m/memory.limit_in_bytes 2>/dev/null)\"; \
+         echo \"$(cat /sys/fs/cgroup/cpu$c/cpu.cfs_period_us 2>/dev/null)\"; \
+         echo \"$(cat /sys/fs/cgroup/cpu$c/cpu.cfs_quota_us 2>/dev/null)\"; \
+         echo \"$(cat /sys/fs/cgroup$u/memory.max 2>/dev/null)\"; \
+         echo \"$(cat /sys/fs/cgroup$u/cpu.max 2>/dev/null)\"; ",
+    );
     let run = Run::new(11, &["/bin/sh", "-c", &script]);
     let exit = run.run_with(&[]);
     assert_eq!(exit["end"], "exited", "shim.log:\n{}", run.shim_log());
@@ -262,8 +261,12 @@ fn the_job_runs_inside_its_limits_where_the_machine_allows() {
         membership.lines().any(|line| {
             let mut parts = line.splitn(3, ':');
             let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
-            let named = if controller.is_empty() { controllers.is_empty() } else { controllers.split(',').any(|c| c == controller) };
-            named && path.ends_with(&format!("/ferry/{group}"))
+            let named = if controller.is_empty() {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == controller)
+            };
+            named && path.contains(&format!("/ferry/{group}"))
         })
     };
     let limits = run.json("started.json").unwrap()["limits"].as_str().unwrap().to_string();
@@ -283,8 +286,16 @@ fn the_job_runs_inside_its_limits_where_the_machine_allows() {
         other => panic!("unknown limits mode {other}"),
     }
     // Whatever the mode, nothing of the run's group is left once the run has ended.
-    for file in &files {
-        assert!(!file.parent().unwrap().exists(), "{} is left behind", file.parent().unwrap().display());
+    for line in membership.lines().filter(|l| l.contains("/ferry/job-")) {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let controller = controllers.split(',').next().unwrap_or("");
+        let dir = if controller.is_empty() {
+            format!("/sys/fs/cgroup{path}")
+        } else {
+            format!("/sys/fs/cgroup/{controller}{path}")
+        };
+        assert!(!Path::new(&dir).exists(), "{dir} is left behind");
     }
 
     // A job that grows past its memory limit is killed by the kernel where the limit is enforced, and the record

@@ -109,6 +109,9 @@ pub enum RunStatus {
         /// Total bytes of output the run wrote; the server has them all before it records the end.
         log_bytes: u64,
         message: Option<String>,
+        /// When the run started, if it did; a run that ends before its start was reported still has one.
+        #[serde(default)]
+        started_at_us: Option<i64>,
     },
 }
 

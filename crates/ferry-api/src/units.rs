@@ -13,7 +13,9 @@ pub fn parse_memory(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let bad = || UnitError(format!("`{text}` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"));
+    let bad = || {
+        UnitError(format!("`{text}` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"))
+    };
     let value: f64 = number.parse().map_err(|_| bad())?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -45,7 +47,7 @@ pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
         m.parse::<u64>().map_err(|_| bad())?
     } else {
         let v: f64 = t.parse().map_err(|_| bad())?;
-        if !v.is_finite() || v < 0.0 || v > 1e9 {
+        if !v.is_finite() || !(0.0..=1e9).contains(&v) {
             return Err(bad());
         }
         (v * 1000.0).round() as u64
@@ -59,7 +61,8 @@ pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
 /// Parses a duration such as `90s`, `30m`, `2h`, `1h30m` or `1d`.
 pub fn parse_duration_s(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
-    let bad = || UnitError(format!("`{text}` is not a duration; write a number and a unit, such as 90s, 30m, 2h or 1h30m"));
+    let bad =
+        || UnitError(format!("`{text}` is not a duration; write a number and a unit, such as 90s, 30m, 2h or 1h30m"));
     if t.is_empty() {
         return Err(bad());
     }

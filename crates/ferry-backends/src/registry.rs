@@ -7,11 +7,8 @@ use crate::ComputeBackend;
 
 /// Every backend kind this build knows, for messages that list the choices.
 pub fn kinds() -> Vec<&'static str> {
-    #[allow(unused_mut)]
-    let mut kinds = Vec::new();
-    #[cfg(feature = "agent")]
-    kinds.push("agent");
-    kinds
+    let built = [("agent", cfg!(feature = "agent"))];
+    built.into_iter().filter(|(_, on)| *on).map(|(kind, _)| kind).collect()
 }
 
 /// Builds the backend of the given kind, or `None` when this build does not include it.

@@ -54,9 +54,9 @@ struct Common {
     #[arg(long, env = "FERRY_SERVER", default_value = "http://127.0.0.1:7750")]
     server: String,
     /// An API token.
-    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A file holding the API token (such as the server's DATA_DIR/admin.token).
+    /// A file holding the API token (such as the server's DATA_DIR/admin.token); wins over --token and FERRY_TOKEN.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// The directory the jobs run in, on the node.
@@ -148,12 +148,12 @@ async fn main() -> ExitCode {
 
 impl Common {
     fn client(&self) -> Result<Client> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading the token file {}", path.display()))?
                 .trim()
                 .to_string(),
+            (None, Some(token)) => token.clone(),
             (None, None) => bail!("give an API token with --token, --token-file or FERRY_TOKEN"),
         };
         Ok(Client::new(&self.server, Some(token)))
@@ -290,7 +290,7 @@ async fn latency(args: LatencyArgs) -> Result<usize> {
 
 /// What submitting many jobs at once gave.
 struct Submitted {
-    /// In submission order of completion; `None` for a submission that failed.
+    /// The ids of the jobs that were accepted, in ascending order.
     ids: Vec<u64>,
     failed: usize,
     retries: u64,

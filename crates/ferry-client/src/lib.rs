@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_api::agent::{LogAck, Registered, RegisterNode, Reports, ReportsAck, RunRef, Work, WorkRequest};
+use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, RunRef, Work, WorkRequest};
 use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
 use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};

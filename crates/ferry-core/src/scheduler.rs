@@ -266,13 +266,9 @@ impl Scheduler {
                     self.queue.remove(&key);
                     let slot = free.get_mut(&node).expect("candidate is a ready node");
                     *slot = slot.saturating_sub(&request.resources);
-                    let gpus: Vec<u32> =
-                        self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect();
-                    let reason = Placement {
-                        candidates,
-                        gpus_free_after: slot.gpus,
-                        cpu_millis_free_after: slot.cpu_millis,
-                    };
+                    let gpus: Vec<u32> = self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect();
+                    let reason =
+                        Placement { candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
                     let allocation = Allocation { node, resources: request.resources, gpus };
                     self.allocate(request.id, allocation.clone());
                     starts.push(Decision::Start { job: request.id, allocation, reason });
@@ -357,7 +353,9 @@ impl Scheduler {
             .filter_map(|node| {
                 let (resource, _, free) = first_short(needs, &node.free())?;
                 let held_by: Vec<JobId> = match resource {
-                    ResourceKind::Gpus => node.gpu_owner.values().copied().collect::<BTreeSet<_>>().into_iter().collect(),
+                    ResourceKind::Gpus => {
+                        node.gpu_owner.values().copied().collect::<BTreeSet<_>>().into_iter().collect()
+                    }
                     ResourceKind::Cpus | ResourceKind::Memory => node.jobs.iter().copied().collect(),
                 };
                 let held = match resource {
@@ -399,10 +397,18 @@ impl Scheduler {
                 .map(|j| self.running[j].resources)
                 .fold(Resources::ZERO, |acc, r| acc.checked_add(&r).unwrap_or(acc));
             if sum != node.allocated {
-                return Err(format!("node {} records {:?} allocated but its jobs hold {:?}", node.info.name, node.allocated, sum));
+                return Err(format!(
+                    "node {} records {:?} allocated but its jobs hold {:?}",
+                    node.info.name, node.allocated, sum
+                ));
             }
             if node.gpu_owner.len() as u32 != node.allocated.gpus {
-                return Err(format!("node {} has {} GPU owners for {} allocated GPUs", node.info.name, node.gpu_owner.len(), node.allocated.gpus));
+                return Err(format!(
+                    "node {} has {} GPU owners for {} allocated GPUs",
+                    node.info.name,
+                    node.gpu_owner.len(),
+                    node.allocated.gpus
+                ));
             }
         }
         if self.queue.len() != self.pending.len() {

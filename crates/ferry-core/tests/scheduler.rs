@@ -108,7 +108,10 @@ fn a_node_going_down_loses_its_jobs_and_frees_nothing_twice() {
     assert_eq!(lost, vec![Decision::Lost { job: 1, node: "a".into() }]);
     s.apply(job(2, 1, 1, 0)).unwrap();
     assert!(s.schedule().is_empty(), "nothing may start on a node that is down");
-    assert_eq!(s.explain(2).unwrap().to_string(), "none of the 1 known nodes is ready; their agents have stopped reporting");
+    assert_eq!(
+        s.explain(2).unwrap().to_string(),
+        "none of the 1 known nodes is ready; their agents have stopped reporting"
+    );
     s.apply(node("a", 2, 2)).unwrap();
     assert_eq!(s.schedule().len(), 1);
     s.check_invariants().unwrap();
@@ -118,7 +121,8 @@ fn a_node_going_down_loses_its_jobs_and_frees_nothing_twice() {
 fn adoption_restores_running_jobs_and_refuses_a_gpu_held_twice() {
     let mut s = Scheduler::new();
     s.apply(node("a", 4, 2)).unwrap();
-    let alloc = |gpus: Vec<u32>| Allocation { node: "a".into(), resources: Resources::new(1000, GIB, gpus.len() as u32), gpus };
+    let alloc =
+        |gpus: Vec<u32>| Allocation { node: "a".into(), resources: Resources::new(1000, GIB, gpus.len() as u32), gpus };
     s.apply(Event::JobAdopted { id: 7, allocation: alloc(vec![1]) }).unwrap();
     let err = s.apply(Event::JobAdopted { id: 8, allocation: alloc(vec![1]) }).unwrap_err();
     assert_eq!(err.to_string(), "job 8 cannot be adopted on node a: GPU 1 is held by job 7");

@@ -30,7 +30,8 @@ pub struct DataDir {
 impl DataDir {
     pub fn prepare(root: &Path) -> Result<DataDir, ServerError> {
         let err = |what: String| ServerError::DataDir(what);
-        std::fs::create_dir_all(root).map_err(|e| err(format!("cannot create the data directory {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| err(format!("cannot create the data directory {}: {e}", root.display())))?;
         let marker = root.join(MARKER_FILE);
         match std::fs::read_to_string(&marker) {
             Ok(content) if content == MARKER_CONTENT => {}
@@ -51,7 +52,8 @@ impl DataDir {
                         root.display()
                     )));
                 }
-                std::fs::write(&marker, MARKER_CONTENT).map_err(|e| err(format!("cannot write {}: {e}", marker.display())))?;
+                std::fs::write(&marker, MARKER_CONTENT)
+                    .map_err(|e| err(format!("cannot write {}: {e}", marker.display())))?;
                 let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
             }
         }
@@ -77,7 +79,8 @@ impl DataDir {
         let mut lock = lock;
         let _ = lock.set_len(0);
         let _ = write!(*lock, "{}", std::process::id());
-        std::fs::create_dir_all(root.join("logs")).map_err(|e| err(format!("cannot create the logs directory: {e}")))?;
+        std::fs::create_dir_all(root.join("logs"))
+            .map_err(|e| err(format!("cannot create the logs directory: {e}")))?;
         Ok(DataDir { root: root.to_path_buf(), _lock: lock })
     }
 
@@ -106,7 +109,10 @@ impl DataDir {
             .map_err(|e| ServerError::DataDir(format!("cannot write {}: {e}", path.display())))?;
         file.write_all(format!("{token}\n").as_bytes())
             .map_err(|e| ServerError::DataDir(format!("cannot write {}: {e}", path.display())))?;
-        let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
         store.insert_token("admin", "admin", &hash_token(&token), now_us).await?;
         tracing::info!(path = %path.display(), "created the admin API token");
         Ok(())

@@ -181,8 +181,11 @@ impl Driver {
             let adopted = match (&record.state, &record.node) {
                 (JobState::Queued, _) => self.sched.apply(Event::JobSubmitted(active.request(record.id))),
                 (_, Some(node)) => {
-                    let allocation =
-                        Allocation { node: node.clone(), resources: record.spec.resources, gpus: record.gpu_ids.clone() };
+                    let allocation = Allocation {
+                        node: node.clone(),
+                        resources: record.spec.resources,
+                        gpus: record.gpu_ids.clone(),
+                    };
                     self.sched.apply(Event::JobAdopted { id: record.id, allocation })
                 }
                 (_, None) => Err(ferry_core::CoreError::UnknownNode(String::new())),
@@ -424,7 +427,12 @@ impl Driver {
         Ok(Registered { heartbeat_ms: HEARTBEAT_MS, stop })
     }
 
-    async fn reports(&mut self, reports: Reports, tx: &mut Tx, fx: &mut Effects) -> Result<Result<ReportsAck, ApiError>, StoreError> {
+    async fn reports(
+        &mut self,
+        reports: Reports,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<Result<ReportsAck, ApiError>, StoreError> {
         let Some(live) = self.nodes.get_mut(&reports.node) else {
             return Ok(Err(ApiError::not_found(format!("node {} is not registered; register first", reports.node))));
         };
@@ -444,13 +452,16 @@ impl Driver {
     }
 
     /// Applies one run's state; returns the run if the server does not want it to run.
-    async fn report(&mut self, node: &str, report: &RunReport, tx: &mut Tx, fx: &mut Effects) -> Result<Option<RunRef>, StoreError> {
+    async fn report(
+        &mut self,
+        node: &str,
+        report: &RunReport,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<Option<RunRef>, StoreError> {
         let run = report.run;
-        let current = self
-            .jobs
-            .get(&run.job_id)
-            .filter(|j| j.attempt == run.attempt && j.node.as_deref() == Some(node))
-            .cloned();
+        let current =
+            self.jobs.get(&run.job_id).filter(|j| j.attempt == run.attempt && j.node.as_deref() == Some(node)).cloned();
         match (&report.status, current) {
             (RunStatus::Running { .. }, None) => {
                 fx.ended.push((node.to_string(), run));
@@ -469,8 +480,12 @@ impl Driver {
                 fx.ended.push((node.to_string(), run));
                 Ok(None)
             }
-            (RunStatus::Finished { end, exit_code, signal, finished_at_us, message, .. }, Some(job)) => {
+            (RunStatus::Finished { end, exit_code, signal, finished_at_us, message, started_at_us, .. }, Some(job)) => {
                 fx.ended.push((node.to_string(), run));
+                // A run can end before its start was reported; the timeline still shows that it ran.
+                if let (JobState::Starting, Some(started)) = (job.state, started_at_us) {
+                    tx.running(run.job_id, *started, &format!("running on node {node}")).await?;
+                }
                 let (state, text) = outcome(&job, *end, *exit_code, *signal, message.as_deref());
                 let retry = state == JobState::Failed && *end != RunEnd::FailedToStart && job.attempt < job.retries;
                 if retry {
@@ -485,7 +500,14 @@ impl Driver {
         }
     }
 
-    async fn requeue(&mut self, id: u64, job: &Active, why: &str, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
+    async fn requeue(
+        &mut self,
+        id: u64,
+        job: &Active,
+        why: &str,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
         let attempt = job.attempt + 1;
         tx.requeued(id, attempt, now_us(), why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
@@ -497,7 +519,14 @@ impl Driver {
     }
 
     /// A run is gone without an exit status: requeue it if retries allow, else record it lost.
-    async fn lose(&mut self, id: u64, attempt: u32, why: &str, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
+    async fn lose(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        why: &str,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
         let Some(job) = self.jobs.get(&id).filter(|j| j.attempt == attempt).cloned() else { return Ok(()) };
         if let Some(node) = &job.node {
             fx.ended.push((node.clone(), RunRef { job_id: id, attempt }));
@@ -570,7 +599,13 @@ impl Driver {
 }
 
 /// The final state of a run and the sentence that says why.
-fn outcome(job: &Active, end: RunEnd, exit_code: Option<i32>, signal: Option<i32>, message: Option<&str>) -> (JobState, String) {
+fn outcome(
+    job: &Active,
+    end: RunEnd,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    message: Option<&str>,
+) -> (JobState, String) {
     let status = match (exit_code, signal) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
@@ -581,15 +616,16 @@ fn outcome(job: &Active, end: RunEnd, exit_code: Option<i32>, signal: Option<i32
     }
     match end {
         RunEnd::TimedOut => (JobState::TimedOut, format!("stopped after reaching its maximum runtime ({status})")),
-        RunEnd::FailedToStart => {
-            (JobState::Failed, message.unwrap_or("the command could not be started").to_string())
-        }
+        RunEnd::FailedToStart => (JobState::Failed, message.unwrap_or("the command could not be started").to_string()),
         RunEnd::Stopped => (JobState::Cancelled, format!("stopped by the server ({status})")),
         RunEnd::Exited if exit_code == Some(0) => (JobState::Succeeded, "exited with code 0".to_string()),
-        RunEnd::Exited => (JobState::Failed, match message {
-            Some(m) => format!("{status}: {m}"),
-            None => status,
-        }),
+        RunEnd::Exited => (
+            JobState::Failed,
+            match message {
+                Some(m) => format!("{status}: {m}"),
+                None => status,
+            },
+        ),
     }
 }
 

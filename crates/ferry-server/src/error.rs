@@ -33,7 +33,10 @@ impl From<ferry_store::StoreError> for ApiError {
     fn from(e: ferry_store::StoreError) -> ApiError {
         // The detail goes to the server's log; the caller learns only that the store failed and what to do.
         tracing::error!(error = %e, "store failure");
-        ApiError::new(ErrorCode::Unavailable, "the server could not reach its database; retry, and see the server log if it persists")
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the server could not reach its database; retry, and see the server log if it persists",
+        )
     }
 }
 

@@ -71,11 +71,14 @@ pub async fn serve(
     data.ensure_admin_token(&store).await?;
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
-    let (driver, handle, commands) = Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout).await?;
+    let (driver, handle, commands) =
+        Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout).await?;
     let driver_task = tokio::spawn(driver.run(commands));
-    let state = AppState { store: store.clone(), driver: handle, agents, logs: Arc::new(LogStore::new(data.logs())), signals };
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let state =
+        AppState { store: store.clone(), driver: handle, agents, logs: Arc::new(LogStore::new(data.logs())), signals };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
     let bound = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), "Ferry server listening");
     ready(bound);
@@ -119,7 +122,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/agent/runs/{job}/{attempt}/logs", post(routes::agent::upload_log))
         .fallback(|| async { ApiError::not_found("no such API path; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(ferry_api::ErrorCode::InvalidRequest, "this path does not accept that method; see /api/v1/openapi.json")
+            ApiError::new(
+                ferry_api::ErrorCode::InvalidRequest,
+                "this path does not accept that method; see /api/v1/openapi.json",
+            )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)

@@ -123,9 +123,8 @@ impl Store {
 
     /// Every job that has not reached a final state, oldest first: what the server reloads at start.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'starting', 'running') ORDER BY id ASC"
-        );
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'starting', 'running') ORDER BY id ASC");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(job_from_row).collect()
     }
@@ -199,7 +198,14 @@ impl Tx {
     }
 
     /// Records that a job was placed on a node; it is `starting` until the node confirms.
-    pub async fn placed(&mut self, id: u64, node: &str, gpu_ids: &[u32], at_us: i64, why: &str) -> Result<(), StoreError> {
+    pub async fn placed(
+        &mut self,
+        id: u64,
+        node: &str,
+        gpu_ids: &[u32],
+        at_us: i64,
+        why: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET state = 'starting', node = ?, gpu_ids = ? WHERE id = ?")
             .bind(node)
             .bind(to_json(&gpu_ids))

@@ -28,7 +28,9 @@ const POOL_CONNECTIONS_MAX: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path} is not a Ferry database ({detail}); point --data-dir at an empty directory or a Ferry data directory")]
+    #[error(
+        "{path} is not a Ferry database ({detail}); point --data-dir at an empty directory or a Ferry data directory"
+    )]
     Foreign { path: String, detail: String },
     #[error("the database {path} is damaged or unreadable ({detail}); restore it from a backup, or move it aside to start afresh")]
     Corrupt { path: String, detail: String },

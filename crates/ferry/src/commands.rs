@@ -20,8 +20,19 @@ use crate::Global;
 /// same interpreter (a virtualenv or conda env) as the user's own shell. Everything else must be passed with --env,
 /// so that secrets in the shell never reach the server by accident.
 const INHERITED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV", "PYTHONPATH", "LD_LIBRARY_PATH",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "PYTHONPATH",
+    "LD_LIBRARY_PATH",
 ];
 /// How long one wait request is held; a follow loops on it.
 const WAIT_SLICE: Duration = Duration::from_secs(30);
@@ -76,13 +87,19 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         memory_bytes: args.memory.as_deref().map(parse_memory).transpose().map_err(invalid)?,
         gpus: Some(args.gpus),
         priority: Some(PriorityClass::parse(&args.priority).ok_or_else(|| {
-            CliError::new(exit::INVALID, format!("`{}` is not a priority; use low, normal, high or urgent", args.priority))
+            CliError::new(
+                exit::INVALID,
+                format!("`{}` is not a priority; use low, normal, high or urgent", args.priority),
+            )
         })?),
         retries: Some(args.retries),
         max_runtime_s: args.max_runtime.as_deref().map(parse_duration_s).transpose().map_err(invalid)?,
     };
     if spec.command.is_empty() {
-        return Err(CliError::new(exit::INVALID, "no command given; put it after `--`, as in `ferry run -- python train.py`"));
+        return Err(CliError::new(
+            exit::INVALID,
+            "no command given; put it after `--`, as in `ferry run -- python train.py`",
+        ));
     }
     let client = g.client()?;
     let id = client.submit(&spec).await?.id;
@@ -180,7 +197,10 @@ pub async fn ps(g: &Global, args: PsArgs) -> Result<i32, CliError> {
     if let Some(state) = &args.state {
         if JobState::parse(state).is_none() {
             let names: Vec<&str> = JobState::ALL.iter().map(|s| s.name()).collect();
-            return Err(CliError::new(exit::INVALID, format!("`{state}` is not a job state; use one of {}", names.join(", "))));
+            return Err(CliError::new(
+                exit::INVALID,
+                format!("`{state}` is not a job state; use one of {}", names.join(", ")),
+            ));
         }
     }
     let query = JobQuery { state: args.state, all: args.all, limit: Some(args.limit) };
@@ -219,8 +239,9 @@ pub struct ShowArgs {
 }
 
 fn parse_id(text: &str) -> Result<u64, CliError> {
-    text.parse()
-        .map_err(|_| CliError::new(exit::INVALID, format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them")))
+    text.parse().map_err(|_| {
+        CliError::new(exit::INVALID, format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them"))
+    })
 }
 
 pub async fn show(g: &Global, args: ShowArgs) -> Result<i32, CliError> {
@@ -251,7 +272,10 @@ fn describe(j: &Job) -> String {
         line("Project:", p.clone());
     }
     line("Priority:", j.priority.name().to_string());
-    line("Requests:", format!("{} GPUs, {} CPUs, {} memory", j.gpus, format::cpus(j.cpu_millis), format::bytes(j.memory_bytes)));
+    line(
+        "Requests:",
+        format!("{} GPUs, {} CPUs, {} memory", j.gpus, format::cpus(j.cpu_millis), format::bytes(j.memory_bytes)),
+    );
     if let Some(s) = j.max_runtime_s {
         line("Max runtime:", format::span(s as i64 * 1_000_000));
     }
@@ -361,7 +385,18 @@ pub async fn nodes(g: &Global, args: NodesArgs) -> Result<i32, CliError> {
             ]
         })
         .collect();
-    let header = ["NAME", "POOL", "STATE", "CPUS ALLOC", "CPU USED", "MEMORY ALLOC", "MEM USED", "GPUS ALLOC", "GPU UTIL", "JOBS"];
+    let header = [
+        "NAME",
+        "POOL",
+        "STATE",
+        "CPUS ALLOC",
+        "CPU USED",
+        "MEMORY ALLOC",
+        "MEM USED",
+        "GPUS ALLOC",
+        "GPU UTIL",
+        "JOBS",
+    ];
     print!("{}", format::table(&header, &rows));
     Ok(0)
 }

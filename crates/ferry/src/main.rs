@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use exit::CliError;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Run ML jobs on any compute: this machine, GPU servers, clusters and clouds.")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Run ML jobs on any compute: this machine, GPU servers, clusters and clouds."
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,

@@ -53,9 +53,9 @@ pub struct AgentArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    ferry_api::units::parse_duration_s(text).map(Duration::from_secs).or_else(|e| {
-        humantime::parse_duration(text).map_err(|_| e.0)
-    })
+    ferry_api::units::parse_duration_s(text)
+        .map(Duration::from_secs)
+        .or_else(|e| humantime::parse_duration(text).map_err(|_| e.0))
 }
 
 async fn ctrl_c() {
@@ -128,7 +128,12 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
 
 /// Keeps one local agent running as a separate process, restarting it if it dies. An agent left from an earlier
 /// `ferry up` (still holding the agent directory) is left in charge until it exits.
-async fn supervise_agent(url: String, data_dir: PathBuf, config: Option<PathBuf>, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn supervise_agent(
+    url: String,
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let agent_dir = data_dir.join("agent");
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -181,7 +186,10 @@ async fn supervise_agent(url: String, data_dir: PathBuf, config: Option<PathBuf>
             }
             None => {
                 if let Some(pid) = child.id() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
                 }
                 if tokio::time::timeout(AGENT_STOP_GRACE, child.wait()).await.is_err() {
                     let _ = child.kill().await;

@@ -15,23 +15,57 @@ fn check(f: &Ferry, args: &[&str], code: i32, message: &str) {
 #[test]
 fn bad_job_requests_are_refused_with_a_reason() {
     let f = Ferry::start(NodeSpec { gpus: 2, ..NodeSpec::default() });
-    check(&f, &["run", "--memory", "8XB", "--", "true"],
-        64, "error: `8XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB");
-    check(&f, &["run", "--cpus", "0", "--", "true"],
-        64, "error: `0` is zero CPUs; every job needs some CPU, such as 0.1 or 1");
-    check(&f, &["run", "--cpus", "-1", "--", "true"],
-        64, "error: `-1` is not a CPU count; write a positive number such as 2, 0.5 or 250m");
-    check(&f, &["run", "--memory", "0", "--", "true"],
-        64, "error: `0` is zero; ask for a positive amount of memory, such as 512MiB");
+    check(
+        &f,
+        &["run", "--memory", "8XB", "--", "true"],
+        64,
+        "error: `8XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB",
+    );
+    check(
+        &f,
+        &["run", "--cpus", "0", "--", "true"],
+        64,
+        "error: `0` is zero CPUs; every job needs some CPU, such as 0.1 or 1",
+    );
+    check(
+        &f,
+        &["run", "--cpus", "-1", "--", "true"],
+        64,
+        "error: `-1` is not a CPU count; write a positive number such as 2, 0.5 or 250m",
+    );
+    check(
+        &f,
+        &["run", "--memory", "0", "--", "true"],
+        64,
+        "error: `0` is zero; ask for a positive amount of memory, such as 512MiB",
+    );
     check(&f, &["run", "--"], 64, "error: no command given; put it after `--`, as in `ferry run -- python train.py`");
-    check(&f, &["run", "--gpus", "16", "--", "true"],
-        64, "error: no node in any pool has 16 GPUs; the largest has 2; ask for less with --gpus, --cpus or --memory");
+    check(
+        &f,
+        &["run", "--gpus", "16", "--", "true"],
+        64,
+        "error: no node in any pool has 16 GPUs; the largest has 2; ask for less with --gpus, --cpus or --memory",
+    );
     check(&f, &["run", "--memory", "1TiB", "--", "true"],
         64, "error: no node in any pool has 1TiB of memory; the largest has 8GiB; ask for less with --gpus, --cpus or --memory");
-    check(&f, &["run", "--max-runtime", "2 hours", "--", "true"],
-        64, "error: `2 hours` is not a duration; write a number and a unit, such as 90s, 30m, 2h or 1h30m");
-    check(&f, &["run", "--priority", "vip", "--", "true"], 64, "error: `vip` is not a priority; use low, normal, high or urgent");
-    check(&f, &["run", "--env", "NOEQUALS", "--", "true"], 64, "error: `NOEQUALS` is not NAME=VALUE; write --env NAME=VALUE");
+    check(
+        &f,
+        &["run", "--max-runtime", "2 hours", "--", "true"],
+        64,
+        "error: `2 hours` is not a duration; write a number and a unit, such as 90s, 30m, 2h or 1h30m",
+    );
+    check(
+        &f,
+        &["run", "--priority", "vip", "--", "true"],
+        64,
+        "error: `vip` is not a priority; use low, normal, high or urgent",
+    );
+    check(
+        &f,
+        &["run", "--env", "NOEQUALS", "--", "true"],
+        64,
+        "error: `NOEQUALS` is not NAME=VALUE; write --env NAME=VALUE",
+    );
     let out = f.cli(&["run", "--gpus", "-1", "--", "true"]);
     assert_eq!(out.status.code(), Some(2), "clap rejects a negative GPU count: {}", stderr(&out));
     // Nothing above was accepted.
@@ -43,7 +77,12 @@ fn unknown_jobs_and_states_are_named() {
     let f = Ferry::start(NodeSpec::default());
     check(&f, &["show", "42"], 66, "error: no job 42; `ferry ps --all` lists jobs");
     check(&f, &["logs", "42"], 66, "error: no job 42; `ferry ps --all` lists jobs");
-    check(&f, &["cancel", "42"], 66, "error: no job 42; `ferry ps --all` lists jobs\nerror: some jobs were not cancelled (see above)");
+    check(
+        &f,
+        &["cancel", "42"],
+        66,
+        "error: no job 42; `ferry ps --all` lists jobs\nerror: some jobs were not cancelled (see above)",
+    );
     check(&f, &["show", "abc"], 64, "error: `abc` is not a job id; job ids are numbers, as `ferry ps` shows them");
     check(&f, &["ps", "--state", "done"], 64,
         "error: `done` is not a job state; use one of queued, starting, running, succeeded, failed, cancelled, timed_out, lost");
@@ -52,11 +91,22 @@ fn unknown_jobs_and_states_are_named() {
 #[test]
 fn tokens_are_required_and_checked() {
     let f = Ferry::start(NodeSpec::default());
-    let out = Command::new(ferry_bin()).args(["ps"]).env("FERRY_SERVER", f.url()).env("FERRY_TOKEN", "ferry_wrong").output().unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["ps"])
+        .env("FERRY_SERVER", f.url())
+        .env("FERRY_TOKEN", "ferry_wrong")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(77));
     assert_eq!(stderr(&out).trim(), "error: the API token is not valid; check --token or FERRY_TOKEN");
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(ferry_bin()).args(["ps"]).env("FERRY_SERVER", f.url()).env("FERRY_HOME", empty.path()).env_remove("FERRY_TOKEN").output().unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["ps"])
+        .env("FERRY_SERVER", f.url())
+        .env("FERRY_HOME", empty.path())
+        .env_remove("FERRY_TOKEN")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(77));
     assert!(stderr(&out).starts_with("error: no API token: pass --token or set FERRY_TOKEN"), "{}", stderr(&out));
 }
@@ -64,9 +114,17 @@ fn tokens_are_required_and_checked() {
 #[test]
 fn a_server_that_is_not_running_is_reported_with_the_fix() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = Command::new(ferry_bin()).args(["ps"]).env("FERRY_SERVER", format!("http://127.0.0.1:{port}")).env("FERRY_TOKEN", "x").output().unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["ps"])
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_TOKEN", "x")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(69));
-    assert_eq!(stderr(&out).trim(), format!("error: no Ferry server at http://127.0.0.1:{port}; start one with `ferry up`"));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: no Ferry server at http://127.0.0.1:{port}; start one with `ferry up`")
+    );
 }
 
 fn server_in(dir: &std::path::Path) -> std::process::Output {
@@ -79,7 +137,11 @@ fn a_foreign_or_corrupt_data_directory_is_refused() {
     std::fs::write(foreign.path().join("thesis.tex"), "precious").unwrap();
     let out = server_in(foreign.path());
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr(&out).contains("is not a Ferry data directory (it holds other files and no FERRY_DATA_DIR)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a Ferry data directory (it holds other files and no FERRY_DATA_DIR)"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read_dir(foreign.path()).unwrap().count(), 1, "nothing was written into it");
 
     let corrupt = tempfile::tempdir().unwrap();
@@ -115,11 +177,38 @@ fn the_api_answers_bad_requests_with_json_errors() {
     let url = |p: &str| format!("{}/api/v1{p}", f.url());
     let (code, body) = curl(&["-X", "POST", "-H", "content-type: application/json", "-d", "{not json", &url("/jobs")]);
     assert_eq!((code, body["code"].as_str()), (400, Some("invalid_request")), "{body}");
-    let (code, body) = curl(&["-X", "POST", "-H", "content-type: application/json", "-d", r#"{"command":["true"],"workdir":"/","cpu_millis":-5}"#, &url("/jobs")]);
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"command":["true"],"workdir":"/","cpu_millis":-5}"#,
+        &url("/jobs"),
+    ]);
     assert_eq!(code, 400, "{body}");
-    let (code, body) = curl(&["-X", "POST", "-H", "content-type: application/json", "-d", r#"{"command":["true"],"workdir":"relative"}"#, &url("/jobs")]);
-    assert_eq!((code, body["message"].as_str()), (400, Some("the working directory `relative` must be an absolute path")));
-    let (code, body) = curl(&["-X", "POST", "-H", "content-type: application/json", "-d", r#"{"command":[],"workdir":"/"}"#, &url("/jobs")]);
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"command":["true"],"workdir":"relative"}"#,
+        &url("/jobs"),
+    ]);
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (400, Some("the working directory `relative` must be an absolute path"))
+    );
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"command":[],"workdir":"/"}"#,
+        &url("/jobs"),
+    ]);
     assert_eq!((code, body["code"].as_str()), (400, Some("invalid_request")));
     let (code, body) = curl(&[&url("/jobs/99999999999999999999999")]);
     assert_eq!((code, body["code"].as_str()), (400, Some("invalid_request")));

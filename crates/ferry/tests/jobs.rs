@@ -44,7 +44,10 @@ fn each_job_sees_exactly_its_gpus_and_a_waiting_job_says_who_holds_them() {
     );
     assert_eq!(waiting["waiting"]["reason"]["kind"], "insufficient");
     let shown = f.ok(&["show", &c.to_string()]);
-    assert!(shown.contains(&format!("Waiting:      needs 2 GPUs; node node-a has 0 free (2 held by jobs {a} and {b})")), "{shown}");
+    assert!(
+        shown.contains(&format!("Waiting:      needs 2 GPUs; node node-a has 0 free (2 held by jobs {a} and {b})")),
+        "{shown}"
+    );
     f.ok(&["cancel", &a.to_string(), &b.to_string()]);
     f.wait_state(c, "succeeded");
 }
@@ -67,7 +70,12 @@ fn jobs_start_by_priority_then_submission_order_without_overcommitting() {
     let finished = |id: u64| f.job(id)["finished_at_us"].as_i64().unwrap();
     let order = [high, normal1, normal2, low];
     for pair in order.windows(2) {
-        assert!(finished(pair[0]) <= started(pair[1]), "job {} must finish before {} starts on one CPU", pair[0], pair[1]);
+        assert!(
+            finished(pair[0]) <= started(pair[1]),
+            "job {} must finish before {} starts on one CPU",
+            pair[0],
+            pair[1]
+        );
     }
 }
 
@@ -126,7 +134,11 @@ fn cancel_stops_the_whole_process_group() {
     // Cancelling again is a clear conflict, not a crash.
     let again = f.cli(&["cancel", &id.to_string()]);
     assert_eq!(again.status.code(), Some(65));
-    assert!(stderr(&again).contains(&format!("job {id} already cancelled; there is nothing to cancel")), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(&format!("job {id} already cancelled; there is nothing to cancel")),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -152,12 +164,28 @@ fn max_runtime_is_enforced_and_reported() {
 #[test]
 fn a_failing_job_is_retried_then_recorded_failed() {
     let f = Ferry::start(NodeSpec::default());
-    let out = f.cli(&["run", "--follow", "--retries", "2", "--cpus", "0.1", "--", "sh", "-c", "echo attempt $FERRY_ATTEMPT; exit 3"]);
+    let out = f.cli(&[
+        "run",
+        "--follow",
+        "--retries",
+        "2",
+        "--cpus",
+        "0.1",
+        "--",
+        "sh",
+        "-c",
+        "echo attempt $FERRY_ATTEMPT; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     let job = f.job(1);
     assert_eq!(job["attempt"], 2);
     assert_eq!(job["state"], "failed");
-    let retries = job["timeline"].as_array().unwrap().iter().filter(|e| e["message"].as_str().unwrap().contains("retrying")).count();
+    let retries = job["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().contains("retrying"))
+        .count();
     assert_eq!(retries, 2);
     assert_eq!(f.ok(&["logs", "1"]), "attempt 2\n");
 }
@@ -165,7 +193,22 @@ fn a_failing_job_is_retried_then_recorded_failed() {
 #[test]
 fn environment_and_names_reach_the_job() {
     let f = Ferry::start(NodeSpec::default());
-    let out = f.cli(&["run", "--follow", "--name", "train", "--project", "vision", "--env", "ALPHA=1=2", "--cpus", "0.1", "--", "sh", "-c", "echo $ALPHA"]);
+    let out = f.cli(&[
+        "run",
+        "--follow",
+        "--name",
+        "train",
+        "--project",
+        "vision",
+        "--env",
+        "ALPHA=1=2",
+        "--cpus",
+        "0.1",
+        "--",
+        "sh",
+        "-c",
+        "echo $ALPHA",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1=2\n");
     let ps = f.ok(&["ps", "--all"]);

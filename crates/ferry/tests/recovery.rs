@@ -47,8 +47,10 @@ fn an_agent_killed_and_restarted_adopts_its_running_jobs() {
 fn jobs_of_a_dead_agent_are_lost_or_requeued_and_a_returning_agent_stops_stale_runs() {
     let mut f = Ferry::start_with_timeout(NodeSpec::default(), "2s");
     let pidfile = f.workdir().join("lost.pid");
-    let lost = f.submit(&["--cpus", "0.1", "--", "sh", "-c", &format!("echo $$ > {}; exec sleep 300", pidfile.display())]);
-    let retried = f.submit(&["--cpus", "0.1", "--retries", "1", "--", "sh", "-c", "echo attempt $FERRY_ATTEMPT; sleep 300"]);
+    let lost =
+        f.submit(&["--cpus", "0.1", "--", "sh", "-c", &format!("echo $$ > {}; exec sleep 300", pidfile.display())]);
+    let retried =
+        f.submit(&["--cpus", "0.1", "--retries", "1", "--", "sh", "-c", "echo attempt $FERRY_ATTEMPT; sleep 300"]);
     f.wait_state(lost, "running");
     f.wait_state(retried, "running");
     f.kill_agent();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use bytes::Bytes;
-use ferry_api::agent::{LogAck, Registered, RegisterNode, Reports, ReportsAck, Work, WorkRequest, WORK_WAIT_MS_MAX};
+use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, Work, WorkRequest, WORK_WAIT_MS_MAX};
 use ferry_api::ErrorBody;
 use serde::Deserialize;
 

@@ -40,7 +40,9 @@ const FOLLOW_RECHECK: Duration = Duration::from_millis(500);
 /// Checks a submission and turns it into a job to store. Pure, so every rule is testable without a server.
 pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     if spec.command.is_empty() || spec.command[0].trim().is_empty() {
-        return Err(ApiError::invalid("the command is empty; give one after `--`, as in `ferry run -- python train.py`"));
+        return Err(ApiError::invalid(
+            "the command is empty; give one after `--`, as in `ferry run -- python train.py`",
+        ));
     }
     let command_bytes: usize = spec.command.iter().map(|a| a.len()).sum();
     if command_bytes > COMMAND_BYTES_MAX {
@@ -55,10 +57,15 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         return Err(ApiError::invalid(format!("the working directory `{}` must be an absolute path", spec.workdir)));
     }
     if spec.env.len() > ENV_VARS_MAX {
-        return Err(ApiError::invalid(format!("{} environment variables given; the limit is {ENV_VARS_MAX}", spec.env.len())));
+        return Err(ApiError::invalid(format!(
+            "{} environment variables given; the limit is {ENV_VARS_MAX}",
+            spec.env.len()
+        )));
     }
     if let Some(key) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-        return Err(ApiError::invalid(format!("`{key}` is not a valid environment variable name; write --env NAME=VALUE")));
+        return Err(ApiError::invalid(format!(
+            "`{key}` is not a valid environment variable name; write --env NAME=VALUE"
+        )));
     }
     if let Some(name) = &spec.name {
         if name.chars().count() > NAME_CHARS_MAX || name.chars().any(char::is_control) {
@@ -150,10 +157,7 @@ async fn load(state: &AppState, id: u64) -> Result<JobRecord, ApiError> {
 async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
     let waiting = if record.state == JobState::Queued {
         let reason = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
-        reason.map(|r| Waiting {
-            message: r.to_string(),
-            reason: serde_json::to_value(&r).expect("reasons serialize"),
-        })
+        reason.map(|r| Waiting { message: r.to_string(), reason: serde_json::to_value(&r).expect("reasons serialize") })
     } else {
         None
     };
@@ -165,7 +169,11 @@ async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     caller.require_user()?;
     let record = load(&state, parse_id(&id)?).await?;
     Ok(Json(full(&state, record).await?))
@@ -188,7 +196,8 @@ pub async fn wait(
     caller.require_user()?;
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(rejection)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.timeout_ms.unwrap_or(WAIT_MS_MAX).min(WAIT_MS_MAX));
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(query.timeout_ms.unwrap_or(WAIT_MS_MAX).min(WAIT_MS_MAX));
     loop {
         let notify = state.signals.for_job(id);
         let woken = notify.notified();
@@ -204,7 +213,11 @@ pub async fn wait(
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(("id" = u64, Path)),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     caller.require_user()?;
     let id = parse_id(&id)?;
     state.driver.call(|reply| Command::Cancel { id, reply }).await?;
@@ -238,14 +251,14 @@ pub async fn logs(
     let record = load(&state, id).await?;
     let attempt = query.attempt.unwrap_or(record.attempt);
     if attempt > record.attempt {
-        return Err(ApiError::not_found(format!("job {id} has no attempt {attempt}; its latest is {}", record.attempt)));
+        return Err(ApiError::not_found(format!(
+            "job {id} has no attempt {attempt}; its latest is {}",
+            record.attempt
+        )));
     }
     let follower = Follower { state, id, attempt, offset: query.offset, follow: query.follow, done: false };
     let stream = futures_util::stream::unfold(follower, |mut f| async move {
-        match f.next_chunk().await {
-            Some(chunk) => Some((Ok::<Bytes, std::io::Error>(chunk), f)),
-            None => None,
-        }
+        f.next_chunk().await.map(|chunk| (Ok::<Bytes, std::io::Error>(chunk), f))
     });
     Ok(Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
@@ -314,8 +327,9 @@ impl Follower {
 }
 
 pub fn parse_id(text: &str) -> Result<u64, ApiError> {
-    text.parse::<u64>()
-        .map_err(|_| ApiError::invalid(format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them")))
+    text.parse::<u64>().map_err(|_| {
+        ApiError::invalid(format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them"))
+    })
 }
 
 /// Converts a stored job into its wire form.

@@ -56,7 +56,8 @@ impl Ferry {
         let gpus: Vec<String> = (0..node.gpus)
             .map(|i| format!("[[gpus]]\nindex = {i}\nmodel = \"Test GPU\"\nmemory = \"16GiB\"\n"))
             .collect();
-        let config = format!("name = \"node-a\"\ncpus = {}\nmemory = \"{}\"\n{}", node.cpus, node.memory, gpus.join("\n"));
+        let config =
+            format!("name = \"node-a\"\ncpus = {}\nmemory = \"{}\"\n{}", node.cpus, node.memory, gpus.join("\n"));
         std::fs::write(root.path().join("agent.toml"), config).unwrap();
         let mut ferry =
             Ferry { root, port: free_port(), node_timeout: node_timeout.to_string(), server: None, agent: None };
@@ -98,8 +99,7 @@ impl Ferry {
             .unwrap();
         self.server = Some(child);
         self.wait_for("the server to answer", |f| {
-            f.home().join("admin.token").exists()
-                && f.cli(&["ps"]).status.success()
+            f.home().join("admin.token").exists() && f.cli(&["ps"]).status.success()
         });
     }
 
@@ -234,7 +234,8 @@ fn kill_runs(agent_dir: &Path) {
     for entry in entries.flatten() {
         if let Ok(text) = std::fs::read_to_string(entry.path().join("started.json")) {
             if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
