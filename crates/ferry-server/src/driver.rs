@@ -406,6 +406,11 @@ impl Driver {
         tracing::info!(node = %node.name, runs = node.runs.len(), "node registered");
         let mut stop = Vec::new();
         for report in &node.runs {
+            // An end listed at registration may precede the upload of the run's last output; the agent reports it
+            // again once everything is shipped, and only that report may close the job.
+            if matches!(report.status, RunStatus::Finished { .. }) {
+                continue;
+            }
             stop.extend(self.report(&node.name, report, tx, fx).await?);
         }
         // A job the server believes runs here, which the agent no longer knows, is gone: its record vanished with the

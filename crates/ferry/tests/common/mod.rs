@@ -51,13 +51,23 @@ impl Ferry {
     }
 
     pub fn start_with_timeout(node: NodeSpec, node_timeout: &str) -> Ferry {
+        Ferry::start_with_agent_config(node, "", node_timeout)
+    }
+
+    /// As `start_with_timeout`, with `extra` added to the agent's TOML configuration (top-level keys such as
+    /// `nvml_library = "/path"`); `node.gpus` GPUs are declared in the configuration, so 0 declares none.
+    pub fn start_with_agent_config(node: NodeSpec, extra: &str, node_timeout: &str) -> Ferry {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("work")).unwrap();
         let gpus: Vec<String> = (0..node.gpus)
             .map(|i| format!("[[gpus]]\nindex = {i}\nmodel = \"Test GPU\"\nmemory = \"16GiB\"\n"))
             .collect();
-        let config =
-            format!("name = \"node-a\"\ncpus = {}\nmemory = \"{}\"\n{}", node.cpus, node.memory, gpus.join("\n"));
+        let config = format!(
+            "name = \"node-a\"\ncpus = {}\nmemory = \"{}\"\n{extra}\n{}",
+            node.cpus,
+            node.memory,
+            gpus.join("\n")
+        );
         std::fs::write(root.path().join("agent.toml"), config).unwrap();
         let mut ferry =
             Ferry { root, port: free_port(), node_timeout: node_timeout.to_string(), server: None, agent: None };
