@@ -456,7 +456,8 @@ impl Agent {
         let dir = RunDir::new(&path);
         self.runs.insert(run, RunEntry::new());
         let prepared = fs::create_dir(&path)
-            .and_then(|()| rundir::write_json_atomic(&dir.file(rundir::SPEC_FILE), &assignment))
+            // Written in place: the supervisor that reads it starts only after this write is complete.
+            .and_then(|()| rundir::write_json(&dir.file(rundir::SPEC_FILE), &assignment))
             .map_err(|e| format!("cannot prepare the run directory {}: {e}", path.display()));
         let spawned = prepared.and_then(|()| {
             runs::spawn_supervisor(&self.config.self_exe, &dir).map_err(|e| {

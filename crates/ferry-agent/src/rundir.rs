@@ -174,6 +174,12 @@ fn read_json_if_exists<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>
     }
 }
 
+/// Writes a JSON file in place, for files nobody reads until the write is done.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    fs::write(path, bytes)
+}
+
 /// Writes JSON to a temporary file and renames it into place, so a reader sees the whole file or none of it, even
 /// if the writer dies halfway. It does not fsync: a power cut ends every run anyway, a file it leaves unreadable
 /// reads as a supervisor that died, and a sync per file would cost more than starting the job.

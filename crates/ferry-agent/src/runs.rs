@@ -63,17 +63,19 @@ pub(crate) enum Supervisor {
     Adopted,
 }
 
-/// Starts `ferry __shim <run-dir>` in a session of its own, so that neither the agent's death nor a Ctrl-C in the
-/// agent's terminal reaches the run. Its own notes go to `shim.log`.
+/// Starts `ferry __shim <run-dir>` in a process group of its own, so that neither the agent's death nor a Ctrl-C
+/// in the agent's terminal (which signals only the terminal's foreground group) reaches the run. It writes its own
+/// notes to `shim.log` when it has any. No `pre_exec` hook is used, so the standard library can start it with `posix_spawn` instead of
+/// copying the agent's address space with `fork`, which matters when hundreds of runs start each second.
 pub(crate) fn spawn_supervisor(self_exe: &Path, dir: &RunDir) -> io::Result<tokio::process::Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.file(rundir::SHIM_LOG_FILE))?;
     let mut command = tokio::process::Command::new(self_exe);
-    command.arg(SHIM_SUBCOMMAND).arg(dir.path()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2), which is
-    // async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
-    }
+    command
+        .arg(SHIM_SUBCOMMAND)
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
     command.spawn()
 }
 
@@ -318,6 +320,11 @@ impl LogShipper {
             // An empty upload asks the server how much it already has, without sending anything twice.
             None => self.upload(ctx, run, 0, Bytes::new()).await?,
         };
+        // A plain stat answers the common case, nothing new, without a trip through the blocking thread pool.
+        if std::fs::metadata(&self.path).map(|m| m.len() <= offset).unwrap_or(true) {
+            self.offset = Some(offset);
+            return Ok(true);
+        }
         let mut file = match tokio::fs::File::open(&self.path).await {
             Ok(file) => file,
             // The supervisor creates the file as the job starts; until then there is nothing to ship.

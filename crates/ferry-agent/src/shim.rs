@@ -62,11 +62,11 @@ struct Verdict {
 /// The shim's entry point: returns the process exit code (0 when the run's end was recorded, whatever it was).
 pub(crate) fn main(run_dir: &Path) -> i32 {
     let dir = RunDir::new(run_dir);
+    let _ = NOTES_FILE.set(dir.file(rundir::SHIM_LOG_FILE));
+    std::panic::set_hook(Box::new(|info| note(&format!("the supervisor panicked: {info}"))));
     match supervise(&dir) {
-        Ok(exit) => {
-            note(&format!("the run ended: {:?}, exit code {:?}, signal {:?}", exit.end, exit.exit_code, exit.signal));
-            0
-        }
+        // How the run ended is in exit.json; a run that went as planned leaves no notes, and so no file to create.
+        Ok(_) => 0,
         Err(e) => {
             note(&e.to_string());
             1
@@ -353,11 +353,23 @@ fn write<T: serde::Serialize>(dir: &RunDir, name: &str, value: &T) -> Result<(),
         .map_err(|source| ShimError::Write { path: path.display().to_string(), source })
 }
 
-/// One line in `shim.log`. The shim writes to its stderr directly rather than through `tracing`, because that
-/// file is its only record and must be written whether or not the caller installed a subscriber.
+/// Where the notes of this supervisor go: `shim.log` in its run directory, set once at start.
+static NOTES_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// One line in `shim.log`, which is created only when there is something to say: creating files is a large part of
+/// what starting a run costs. The shim writes the file directly rather than through `tracing`, because it is its only
+/// record and must be written whether or not the caller installed a subscriber; with no run directory known yet,
+/// the line goes to stderr.
 fn note(message: &str) {
+    use std::io::Write as _;
     let now_us = rundir::now_us();
-    eprintln!("{}.{:06} ferry-shim[{}]: {message}", now_us / 1_000_000, now_us % 1_000_000, std::process::id());
+    let line =
+        format!("{}.{:06} ferry-shim[{}]: {message}\n", now_us / 1_000_000, now_us % 1_000_000, std::process::id());
+    let file = NOTES_FILE.get().and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    let _ = match file {
+        Some(mut file) => file.write_all(line.as_bytes()),
+        None => std::io::stderr().write_all(line.as_bytes()),
+    };
 }
 
 #[cfg(test)]

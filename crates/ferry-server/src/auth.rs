@@ -3,6 +3,10 @@
 //! Tokens are 256 random bits, so a single SHA-256 is a sound way to store them: there is nothing to brute-force.
 //! A plain token is never logged or stored; it is shown once, when created.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use ferry_api::ErrorCode;
@@ -69,11 +73,47 @@ impl FromRequestParts<AppState> for Caller {
         };
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(missing)?;
         let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(missing)?;
-        let record = state.store.token_by_hash(&hash_token(token.trim())).await?.ok_or_else(|| {
+        let hash = hash_token(token.trim());
+        if let Some(caller) = state.tokens.get(&hash) {
+            return Ok(caller);
+        }
+        let record = state.store.token_by_hash(&hash).await?.ok_or_else(|| {
             ApiError::new(ErrorCode::Unauthenticated, "the API token is not valid; check --token or FERRY_TOKEN")
         })?;
         let role = Role::parse(&record.role)
             .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, format!("token role `{}` is not known", record.role)))?;
-        Ok(Caller { name: record.name, role })
+        let caller = Caller { name: record.name, role };
+        state.tokens.put(hash, caller.clone());
+        Ok(caller)
+    }
+}
+
+/// How long a token, once checked against the store, is trusted without asking the store again; a revoked token
+/// stops working within this time.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+/// The most tokens remembered at once.
+const TOKEN_CACHE_ENTRIES_MAX: usize = 1024;
+
+/// Recently checked tokens, by hash, so that busy clients and agents do not cost a database read per request.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, (Caller, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<Caller> {
+        let entries = self.entries.lock().expect("token cache lock is never poisoned");
+        entries.get(hash).filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL).map(|(caller, _)| caller.clone())
+    }
+
+    fn put(&self, hash: String, caller: Caller) {
+        let mut entries = self.entries.lock().expect("token cache lock is never poisoned");
+        if entries.len() >= TOKEN_CACHE_ENTRIES_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+            if entries.len() >= TOKEN_CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (caller, Instant::now()));
     }
 }

@@ -74,8 +74,9 @@ pub async fn serve(
     let (driver, handle, commands) =
         Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout).await?;
     let driver_task = tokio::spawn(driver.run(commands));
-    let state =
-        AppState { store: store.clone(), driver: handle, agents, logs: Arc::new(LogStore::new(data.logs())), signals };
+    let logs = Arc::new(LogStore::new(data.logs()));
+    let tokens = Arc::new(auth::TokenCache::default());
+    let state = AppState { store: store.clone(), driver: handle, agents, logs, signals, tokens };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ferry_backends::agent::AgentBackend;
 use ferry_store::Store;
 
+use crate::auth::TokenCache;
 use crate::driver::DriverHandle;
 use crate::logs::LogStore;
 use crate::signals::Signals;
@@ -16,4 +17,5 @@ pub struct AppState {
     pub agents: Arc<AgentBackend>,
     pub logs: Arc<LogStore>,
     pub signals: Arc<Signals>,
+    pub tokens: Arc<TokenCache>,
 }
