@@ -347,10 +347,18 @@ fn end_message(spec: &Assignment, verdict: &Verdict, signal: Option<i32>, oom_ki
     Some(format!("killed by signal {signal} ({name})"))
 }
 
+/// Writes one of the run's records. `exit.json` is the final word on the run and is renamed into place whole; the
+/// records written while the run starts are written in place, because their readers take a file they cannot parse
+/// as not written yet, and every file avoided is an inode the file system need not find, which is much of what
+/// starting a run costs.
 fn write<T: serde::Serialize>(dir: &RunDir, name: &str, value: &T) -> Result<(), ShimError> {
     let path = dir.file(name);
-    rundir::write_json_atomic(&path, value)
-        .map_err(|source| ShimError::Write { path: path.display().to_string(), source })
+    let written = if name == rundir::EXIT_FILE {
+        rundir::write_json_atomic(&path, value)
+    } else {
+        rundir::write_json(&path, value)
+    };
+    written.map_err(|source| ShimError::Write { path: path.display().to_string(), source })
 }
 
 /// Where the notes of this supervisor go: `shim.log` in its run directory, set once at start.
