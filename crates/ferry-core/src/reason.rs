@@ -61,6 +61,8 @@ pub enum WaitReason {
     NoNodes,
     /// Nodes exist, but none is ready (their agents stopped reporting).
     NoReadyNodes { nodes: u32 },
+    /// No node allows the job: none has the GPU model it asks for, or the labels its selector names.
+    NoMatchingNode { gpu_models: Vec<String>, selector: Vec<String>, models_known: Vec<String> },
     /// No node, even empty, is large enough for the job.
     Infeasible { resource: ResourceKind, needed: u64, largest: u64 },
     /// Some node could hold the job, but none has enough free right now.
@@ -77,6 +79,23 @@ impl fmt::Display for WaitReason {
             WaitReason::NoNodes => write!(f, "no node has registered yet; start an agent (`ferry up` starts one)"),
             WaitReason::NoReadyNodes { nodes } => {
                 write!(f, "none of the {nodes} known nodes is ready; their agents have stopped reporting")
+            }
+            WaitReason::NoMatchingNode { gpu_models, selector, models_known } => {
+                let mut wants = Vec::new();
+                if !gpu_models.is_empty() {
+                    wants.push(format!("GPU model {}", gpu_models.join(" or ")));
+                }
+                if !selector.is_empty() {
+                    wants.push(format!("labels {}", selector.join(", ")));
+                }
+                write!(f, "no node in any pool has {}", wants.join(" and "))?;
+                if !gpu_models.is_empty() {
+                    match models_known.as_slice() {
+                        [] => write!(f, "; no node reports a GPU model")?,
+                        known => write!(f, "; the GPU models known are {}", known.join(", "))?,
+                    }
+                }
+                Ok(())
             }
             WaitReason::Infeasible { resource, needed, largest } => write!(
                 f,

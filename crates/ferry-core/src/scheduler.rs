@@ -15,7 +15,7 @@ use crate::resources::Resources;
 use crate::JobId;
 
 /// A node as its backend describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub name: String,
     pub pool: String,
@@ -23,22 +23,62 @@ pub struct NodeInfo {
     pub capacity: Resources,
     /// The device indices of the node's GPUs, as the node's driver numbers them.
     pub gpu_indices: Vec<u32>,
+    /// The model of the node's GPUs (such as `A100`), when known; GPU-model constraints match against it.
+    pub gpu_model: Option<String>,
+    /// Labels such as `rack=a`, which job selectors match.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What the scheduler needs to know of a queued job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
     pub id: JobId,
+    /// CPUs, memory and whole GPUs.
     pub resources: Resources,
     pub priority: i32,
+    /// A share of one GPU in thousandths (1 to 999), for work that needs less than a whole device; 0 otherwise. A
+    /// job asks for whole GPUs or for a share, never both.
+    pub gpu_share_milli: u32,
+    /// The GPU models the job may run on; empty means any.
+    pub gpu_models: Vec<String>,
+    /// Labels a node must carry, with these values, to run the job.
+    pub selector: BTreeMap<String, String>,
+}
+
+impl JobRequest {
+    pub fn new(id: JobId, resources: Resources, priority: i32) -> JobRequest {
+        JobRequest { id, resources, priority, ..JobRequest::default() }
+    }
+
+    fn wants_gpu(&self) -> bool {
+        self.resources.gpus > 0 || self.gpu_share_milli > 0
+    }
+
+    /// Whether the node's model and labels allow the job, whatever is free there.
+    fn allowed_on(&self, node: &NodeInfo) -> bool {
+        let model_ok = !self.wants_gpu()
+            || self.gpu_models.is_empty()
+            || node.gpu_model.as_ref().is_some_and(|m| self.gpu_models.iter().any(|w| w.eq_ignore_ascii_case(m)));
+        model_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+    }
+
+    /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what the node must have in capacity.
+    fn footprint(&self) -> Resources {
+        let gpus = self.resources.gpus + u32::from(self.gpu_share_milli > 0);
+        Resources { gpus, ..self.resources }
+    }
 }
 
 /// Where a job runs and what it holds there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub node: String,
+    /// CPUs, memory and whole GPUs held.
     pub resources: Resources,
+    /// The GPUs the job sees: the whole ones it holds, or the one it has a share of.
     pub gpus: Vec<u32>,
+    /// The share of `gpus[0]` held, in thousandths; 0 for whole GPUs.
+    pub gpu_share_milli: u32,
 }
 
 /// Everything that changes the scheduler's state.
@@ -79,19 +119,48 @@ pub enum CoreError {
 struct Node {
     info: NodeInfo,
     ready: bool,
+    /// CPUs, memory and whole GPUs held by running jobs (shared GPUs are counted in `shared`).
     allocated: Resources,
-    /// Which job holds each allocated GPU; a GPU absent from this map is free.
+    /// Which job holds each wholly allocated GPU.
     gpu_owner: BTreeMap<u32, JobId>,
+    /// For each GPU that jobs share, the thousandths in use and the jobs using them. A GPU in neither map is free.
+    shared: BTreeMap<u32, (u32, BTreeSet<JobId>)>,
     jobs: BTreeSet<JobId>,
 }
 
 impl Node {
+    fn new(info: NodeInfo) -> Node {
+        Node {
+            info,
+            ready: true,
+            allocated: Resources::ZERO,
+            gpu_owner: BTreeMap::new(),
+            shared: BTreeMap::new(),
+            jobs: BTreeSet::new(),
+        }
+    }
+
+    /// Free CPUs, memory and whole GPUs (a GPU with any share taken is not whole).
     fn free(&self) -> Resources {
-        self.info.capacity.saturating_sub(&self.allocated)
+        let cpu_mem = self.info.capacity.saturating_sub(&self.allocated);
+        Resources { gpus: self.free_gpus().count() as u32, ..cpu_mem }
     }
 
     fn free_gpus(&self) -> impl Iterator<Item = u32> + '_ {
-        self.info.gpu_indices.iter().copied().filter(|g| !self.gpu_owner.contains_key(g))
+        self.info
+            .gpu_indices
+            .iter()
+            .copied()
+            .filter(|g| !self.gpu_owner.contains_key(g) && !self.shared.contains_key(g))
+    }
+
+    /// The shared GPU with the least room that still has `milli` free, so shares pack onto as few GPUs as possible.
+    fn shared_gpu_with_room(&self, milli: u32) -> Option<u32> {
+        self.shared
+            .iter()
+            .filter(|(_, (used, _))| used + milli <= 1000)
+            .max_by_key(|(_, (used, _))| *used)
+            .map(|(g, _)| *g)
     }
 }
 
@@ -158,14 +227,7 @@ impl Scheduler {
                 node.ready = true;
             }
             None => {
-                let node = Node {
-                    info: info.clone(),
-                    ready: true,
-                    allocated: Resources::ZERO,
-                    gpu_owner: BTreeMap::new(),
-                    jobs: BTreeSet::new(),
-                };
-                self.nodes.insert(info.name, node);
+                self.nodes.insert(info.name.clone(), Node::new(info));
             }
         }
         Ok(())
@@ -203,6 +265,15 @@ impl Scheduler {
             if let Some(owner) = node.gpu_owner.get(gpu) {
                 return Err(conflict(format!("GPU {gpu} is held by job {owner}")));
             }
+            match (allocation.gpu_share_milli, node.shared.get(gpu)) {
+                (0, Some((_, users))) => {
+                    return Err(conflict(format!("GPU {gpu} is shared by job {}", users.first().copied().unwrap_or(0))))
+                }
+                (share, Some((used, _))) if used + share > 1000 => {
+                    return Err(conflict(format!("GPU {gpu} has only {} thousandths free", 1000 - used)))
+                }
+                _ => {}
+            }
         }
         // Adoption records what already runs, so it may exceed capacity if the node shrank; it never double-books a
         // GPU, which the checks above guarantee.
@@ -213,9 +284,19 @@ impl Scheduler {
     fn allocate(&mut self, id: JobId, allocation: Allocation) {
         let node = self.nodes.get_mut(&allocation.node).expect("allocation on a known node");
         node.allocated = node.allocated.checked_add(&allocation.resources).unwrap_or(node.allocated);
-        for &gpu in &allocation.gpus {
-            let previous = node.gpu_owner.insert(gpu, id);
-            assert!(previous.is_none(), "GPU {gpu} of node {} allocated twice", allocation.node);
+        if allocation.gpu_share_milli > 0 {
+            let gpu = allocation.gpus[0];
+            assert!(!node.gpu_owner.contains_key(&gpu), "GPU {gpu} of node {} is whole and shared", allocation.node);
+            let (used, users) = node.shared.entry(gpu).or_default();
+            *used += allocation.gpu_share_milli;
+            assert!(*used <= 1000, "GPU {gpu} of node {} shared beyond its capacity", allocation.node);
+            users.insert(id);
+        } else {
+            for &gpu in &allocation.gpus {
+                let previous = node.gpu_owner.insert(gpu, id);
+                assert!(previous.is_none(), "GPU {gpu} of node {} allocated twice", allocation.node);
+                assert!(!node.shared.contains_key(&gpu), "GPU {gpu} of node {} is whole and shared", allocation.node);
+            }
         }
         node.jobs.insert(id);
         self.running.insert(id, allocation);
@@ -229,8 +310,19 @@ impl Scheduler {
         let Some(allocation) = self.running.remove(&id) else { return };
         let Some(node) = self.nodes.get_mut(&allocation.node) else { return };
         node.allocated = node.allocated.saturating_sub(&allocation.resources);
-        for gpu in &allocation.gpus {
-            node.gpu_owner.remove(gpu);
+        if allocation.gpu_share_milli > 0 {
+            let gpu = allocation.gpus[0];
+            if let Some((used, users)) = node.shared.get_mut(&gpu) {
+                *used = used.saturating_sub(allocation.gpu_share_milli);
+                users.remove(&id);
+                if users.is_empty() {
+                    node.shared.remove(&gpu);
+                }
+            }
+        } else {
+            for gpu in &allocation.gpus {
+                node.gpu_owner.remove(gpu);
+            }
         }
         node.jobs.remove(&id);
     }
@@ -249,30 +341,23 @@ impl Scheduler {
             if free.values().all(|r| r.cpu_millis == 0) {
                 break;
             }
+            // Step 2: feasibility (constraints, then free resources), then ranking by best fit: fewest whole GPUs,
+            // then CPUs, then memory left over, the node name breaking ties.
             let request = &self.pending[&key.1];
-            // Step 2: feasibility, then ranking by best fit (fewest GPUs, then CPUs left over; name breaks ties).
-            let fitting = free.iter().filter(|(_, f)| request.resources.fits_in(f));
-            let candidates = fitting.clone().count() as u32;
-            let best = fitting
-                .map(|(name, f)| {
-                    let left = f.saturating_sub(&request.resources);
-                    ((left.gpus, left.cpu_millis, left.memory_bytes), name)
-                })
-                .min()
-                .map(|(_, name)| name.clone());
-            match best {
-                Some(node) => {
-                    let request = self.pending.remove(&key.1).expect("queued job is pending");
-                    self.queue.remove(&key);
-                    let slot = free.get_mut(&node).expect("candidate is a ready node");
-                    *slot = slot.saturating_sub(&request.resources);
-                    let gpus: Vec<u32> = self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect();
-                    let reason =
-                        Placement { candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
-                    let allocation = Allocation { node, resources: request.resources, gpus };
-                    self.allocate(request.id, allocation.clone());
-                    starts.push(Decision::Start { job: request.id, allocation, reason });
+            let mut candidates = 0u32;
+            let mut best: Option<((u32, u64, u64), &String, Option<u32>)> = None;
+            for (name, f) in &free {
+                let Some(shared_gpu) = self.fit(request, &self.nodes[name], f) else { continue };
+                candidates += 1;
+                let after = f.saturating_sub(&request.resources);
+                let whole_left = after.gpus - u32::from(shared_gpu == Some(u32::MAX));
+                let score = (whole_left, after.cpu_millis, after.memory_bytes);
+                if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+                    best = Some((score, name, shared_gpu));
                 }
+            }
+            match best.map(|(_, name, shared)| (name.clone(), shared)) {
+                Some((node, shared)) => starts.push(self.start(key, node, shared, candidates, &mut free)),
                 None => self.reserve(key.1, &mut free),
             }
         }
@@ -280,17 +365,65 @@ impl Scheduler {
         starts
     }
 
-    /// Holds back, on the node closest to fitting a blocked job, what that job needs.
+    /// Whether `request` can start on `node` with `free` left there. For a GPU share, the inner value says which
+    /// GPU: a shared one with room, or `u32::MAX` for "a whole free GPU, to be shared from now on".
+    fn fit(&self, request: &JobRequest, node: &Node, free: &Resources) -> Option<Option<u32>> {
+        if !request.allowed_on(&node.info) || !request.resources.fits_in(free) {
+            return None;
+        }
+        if request.gpu_share_milli == 0 {
+            return Some(None);
+        }
+        match node.shared_gpu_with_room(request.gpu_share_milli) {
+            Some(gpu) => Some(Some(gpu)),
+            None if free.gpus > request.resources.gpus => Some(Some(u32::MAX)),
+            None => None,
+        }
+    }
+
+    /// Starts a queued job on a node chosen by the cycle and records the decision.
+    fn start(
+        &mut self,
+        key: QueueKey,
+        node: String,
+        shared: Option<u32>,
+        candidates: u32,
+        free: &mut BTreeMap<String, Resources>,
+    ) -> Decision {
+        let request = self.pending.remove(&key.1).expect("queued job is pending");
+        self.queue.remove(&key);
+        let slot = free.get_mut(&node).expect("candidate is a ready node");
+        *slot = slot.saturating_sub(&request.resources);
+        let (gpus, gpu_share_milli) = match shared {
+            None => (self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect(), 0),
+            Some(u32::MAX) => {
+                slot.gpus -= 1;
+                let gpu = self.nodes[&node].free_gpus().next().expect("the fit found a free GPU");
+                (vec![gpu], request.gpu_share_milli)
+            }
+            Some(gpu) => (vec![gpu], request.gpu_share_milli),
+        };
+        let reason = Placement { candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
+        let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli };
+        self.allocate(request.id, allocation.clone());
+        Decision::Start { job: request.id, allocation, reason }
+    }
+
+    /// Holds back, on the allowed node closest to fitting a blocked job, what that job needs.
     fn reserve(&mut self, job: JobId, free: &mut BTreeMap<String, Resources>) {
-        let needs = self.pending[&job].resources;
+        let request = &self.pending[&job];
+        let needs = request.footprint();
         let nearest = free
             .iter()
-            .filter(|(name, _)| needs.fits_in(&self.nodes[*name].info.capacity))
+            .filter(|(name, _)| {
+                let info = &self.nodes[*name].info;
+                request.allowed_on(info) && needs.fits_in(&info.capacity)
+            })
             .max_by_key(|(name, f)| (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis), Reverse(*name)))
             .map(|(name, _)| name.clone());
         if let Some(node) = nearest {
             let slot = free.get_mut(&node).expect("nearest is a ready node");
-            *slot = slot.saturating_sub(&needs);
+            *slot = slot.saturating_sub(&request.resources);
             self.reservations.insert(job, node);
         }
     }
@@ -298,18 +431,17 @@ impl Scheduler {
     /// Why a queued job waits, computed from the current state. `None` for a job that is not queued.
     pub fn explain(&self, job: JobId) -> Option<WaitReason> {
         let request = self.pending.get(&job)?;
-        let needs = request.resources;
         if self.nodes.is_empty() {
             return Some(WaitReason::NoNodes);
         }
-        if let Some(reason) = self.infeasible(&needs) {
+        if let Err(reason) = self.check_feasible(request) {
             return Some(reason);
         }
-        let ready: Vec<&Node> = self.nodes.values().filter(|n| n.ready).collect();
+        let ready: Vec<&Node> = self.nodes.values().filter(|n| n.ready && request.allowed_on(&n.info)).collect();
         if ready.is_empty() {
             return Some(WaitReason::NoReadyNodes { nodes: self.nodes.len() as u32 });
         }
-        if ready.iter().any(|n| needs.fits_in(&n.free())) {
+        if ready.iter().any(|n| self.fit(request, n, &n.free()).is_some()) {
             let my_key = (Reverse(request.priority), job);
             let blocker = self
                 .reservations
@@ -321,16 +453,7 @@ impl Scheduler {
                 None => WaitReason::Starting,
             });
         }
-        Some(self.shortfall(&needs, &ready))
-    }
-
-    fn infeasible(&self, needs: &Resources) -> Option<WaitReason> {
-        if self.nodes.values().any(|n| needs.fits_in(&n.info.capacity)) {
-            return None;
-        }
-        let largest = self.nodes.values().fold(Resources::ZERO, |acc, n| acc.max(&n.info.capacity));
-        let (resource, needed, largest) = first_short(needs, &largest)?;
-        Some(WaitReason::Infeasible { resource, needed, largest })
+        Some(self.shortfall(&request.footprint(), &ready))
     }
 
     /// The largest capacity of any known node, per dimension; `None` before any node registered.
@@ -338,12 +461,33 @@ impl Scheduler {
         self.nodes.values().map(|n| n.info.capacity).reduce(|a, b| a.max(&b))
     }
 
-    /// Why `needs` cannot be placed at all, if no known node is large enough even when empty.
-    pub fn check_feasible(&self, needs: &Resources) -> Result<(), WaitReason> {
-        match self.infeasible(needs) {
-            Some(reason) if !self.nodes.is_empty() => Err(reason),
-            _ => Ok(()),
+    /// Why `request` can never be placed on the known nodes, even empty ones: no node allows it (model, labels), or
+    /// none is large enough. Before any node registered, everything is feasible.
+    pub fn check_feasible(&self, request: &JobRequest) -> Result<(), WaitReason> {
+        if self.nodes.is_empty() {
+            return Ok(());
         }
+        let allowed: Vec<&Node> = self.nodes.values().filter(|n| request.allowed_on(&n.info)).collect();
+        if allowed.is_empty() {
+            return Err(self.no_matching_node(request));
+        }
+        let needs = request.footprint();
+        if allowed.iter().any(|n| needs.fits_in(&n.info.capacity)) {
+            return Ok(());
+        }
+        let largest = allowed.iter().fold(Resources::ZERO, |acc, n| acc.max(&n.info.capacity));
+        match first_short(&needs, &largest) {
+            Some((resource, needed, largest)) => Err(WaitReason::Infeasible { resource, needed, largest }),
+            None => Ok(()),
+        }
+    }
+
+    fn no_matching_node(&self, request: &JobRequest) -> WaitReason {
+        let mut models: Vec<String> = self.nodes.values().filter_map(|n| n.info.gpu_model.clone()).collect();
+        models.sort();
+        models.dedup();
+        let selector: Vec<String> = request.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        WaitReason::NoMatchingNode { gpu_models: request.gpu_models.clone(), selector, models_known: models }
     }
 
     fn shortfall(&self, needs: &Resources, ready: &[&Node]) -> WaitReason {
@@ -354,12 +498,13 @@ impl Scheduler {
                 let (resource, _, free) = first_short(needs, &node.free())?;
                 let held_by: Vec<JobId> = match resource {
                     ResourceKind::Gpus => {
-                        node.gpu_owner.values().copied().collect::<BTreeSet<_>>().into_iter().collect()
+                        let sharing = node.shared.values().flat_map(|(_, users)| users.iter().copied());
+                        node.gpu_owner.values().copied().chain(sharing).collect::<BTreeSet<_>>().into_iter().collect()
                     }
                     ResourceKind::Cpus | ResourceKind::Memory => node.jobs.iter().copied().collect(),
                 };
                 let held = match resource {
-                    ResourceKind::Gpus => node.allocated.gpus as u64,
+                    ResourceKind::Gpus => (node.info.gpu_indices.len() as u32 - node.free().gpus) as u64,
                     ResourceKind::Cpus => node.allocated.cpu_millis,
                     ResourceKind::Memory => node.allocated.memory_bytes,
                 };
@@ -385,7 +530,12 @@ impl Scheduler {
             }
             let node = &self.nodes[&allocation.node];
             for gpu in &allocation.gpus {
-                if node.gpu_owner.get(gpu) != Some(job) {
+                let recorded = if allocation.gpu_share_milli > 0 {
+                    node.shared.get(gpu).is_some_and(|(_, users)| users.contains(job))
+                } else {
+                    node.gpu_owner.get(gpu) == Some(job)
+                };
+                if !recorded {
                     return Err(format!("GPU {gpu} of node {} is not recorded as job {job}'s", node.info.name));
                 }
             }
@@ -409,6 +559,15 @@ impl Scheduler {
                     node.gpu_owner.len(),
                     node.allocated.gpus
                 ));
+            }
+            for (gpu, (used, users)) in &node.shared {
+                let sum: u32 = users.iter().map(|j| self.running[j].gpu_share_milli).sum();
+                if *used != sum || *used > 1000 || node.gpu_owner.contains_key(gpu) {
+                    return Err(format!(
+                        "GPU {gpu} of node {} is shared inconsistently ({used} used, {sum} held)",
+                        node.info.name
+                    ));
+                }
             }
         }
         if self.queue.len() != self.pending.len() {

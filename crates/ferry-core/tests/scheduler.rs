@@ -11,11 +11,12 @@ fn node(name: &str, cpus: u64, gpus: u32) -> Event {
         pool: "local".to_string(),
         capacity: Resources::new(cpus * 1000, 16 * GIB, gpus),
         gpu_indices: (0..gpus).collect(),
+        ..NodeInfo::default()
     })
 }
 
 fn job(id: u64, cpus: u64, gpus: u32, priority: i32) -> Event {
-    Event::JobSubmitted(JobRequest { id, resources: Resources::new(cpus * 1000, GIB, gpus), priority })
+    Event::JobSubmitted(JobRequest::new(id, Resources::new(cpus * 1000, GIB, gpus), priority))
 }
 
 /// Applies the events, runs one cycle, and renders the starts and every queued job's wait reason.
@@ -121,8 +122,12 @@ fn a_node_going_down_loses_its_jobs_and_frees_nothing_twice() {
 fn adoption_restores_running_jobs_and_refuses_a_gpu_held_twice() {
     let mut s = Scheduler::new();
     s.apply(node("a", 4, 2)).unwrap();
-    let alloc =
-        |gpus: Vec<u32>| Allocation { node: "a".into(), resources: Resources::new(1000, GIB, gpus.len() as u32), gpus };
+    let alloc = |gpus: Vec<u32>| Allocation {
+        node: "a".into(),
+        resources: Resources::new(1000, GIB, gpus.len() as u32),
+        gpus,
+        gpu_share_milli: 0,
+    };
     s.apply(Event::JobAdopted { id: 7, allocation: alloc(vec![1]) }).unwrap();
     let err = s.apply(Event::JobAdopted { id: 8, allocation: alloc(vec![1]) }).unwrap_err();
     assert_eq!(err.to_string(), "job 8 cannot be adopted on node a: GPU 1 is held by job 7");
@@ -139,4 +144,68 @@ fn a_duplicate_submission_is_refused() {
     let mut s = Scheduler::new();
     s.apply(job(1, 1, 0, 0)).unwrap();
     assert_eq!(s.apply(job(1, 1, 0, 0)).unwrap_err().to_string(), "job 1 is already known to the scheduler");
+}
+
+fn gpu_node(name: &str, gpus: u32, model: &str, labels: &[(&str, &str)]) -> Event {
+    Event::NodeUp(NodeInfo {
+        name: name.to_string(),
+        pool: "local".to_string(),
+        capacity: Resources::new(16_000, 64 * GIB, gpus),
+        gpu_indices: (0..gpus).collect(),
+        gpu_model: Some(model.to_string()),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    })
+}
+
+fn share(id: u64, milli: u32) -> Event {
+    Event::JobSubmitted(JobRequest { gpu_share_milli: milli, ..JobRequest::new(id, Resources::new(1000, GIB, 0), 0) })
+}
+
+#[test]
+fn gpu_shares_pack_onto_as_few_gpus_as_possible_and_never_exceed_one() {
+    check(
+        vec![gpu_node("n", 2, "T4", &[]), share(1, 500), share(2, 300), share(3, 200), share(4, 600), job(5, 1, 1, 0)],
+        expect![[r#"
+            start 1 on n gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 15 CPUs free
+            start 2 on n gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 14 CPUs free
+            start 3 on n gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 13 CPUs free
+            start 4 on n gpus [1]: best fit of 1 candidate node: leaves 0 GPUs and 12 CPUs free
+            wait 5: needs 1 GPU; node n has 0 free (2 held by jobs 1, 2, 3 and 4)
+        "#]],
+    );
+}
+
+#[test]
+fn gpu_models_and_labels_restrict_where_a_job_may_run() {
+    let mut s = Scheduler::new();
+    s.apply(gpu_node("small-t4", 1, "T4", &[("rack", "a")])).unwrap();
+    s.apply(gpu_node("big-a100", 8, "A100", &[("rack", "b")])).unwrap();
+    let wants = |id, models: &[&str], selector: &[(&str, &str)]| JobRequest {
+        gpu_models: models.iter().map(|m| m.to_string()).collect(),
+        selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..JobRequest::new(id, Resources::new(1000, GIB, 1), 0)
+    };
+    s.apply(Event::JobSubmitted(wants(1, &["a100"], &[]))).unwrap();
+    s.apply(Event::JobSubmitted(wants(2, &[], &[("rack", "a")]))).unwrap();
+    let placed: Vec<(u64, String)> = s
+        .schedule()
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Start { job, allocation, .. } => Some((job, allocation.node)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed, vec![(1, "big-a100".to_string()), (2, "small-t4".to_string())]);
+    let nowhere = s.check_feasible(&wants(3, &["V100"], &[])).unwrap_err();
+    assert_eq!(nowhere.to_string(), "no node in any pool has GPU model V100; the GPU models known are A100, T4");
+    let unlabelled = s.check_feasible(&wants(4, &[], &[("rack", "c")])).unwrap_err();
+    assert_eq!(unlabelled.to_string(), "no node in any pool has labels rack=c");
+    assert_eq!(s.check_feasible(&wants(5, &["T4"], &[])), Ok(()));
+    assert_eq!(s.check_feasible(&JobRequest::new(6, Resources::new(1000, GIB, 2), 0)), Ok(()), "the A100 has 8 GPUs");
+    let t4_pair = JobRequest { gpu_models: vec!["T4".into()], ..JobRequest::new(7, Resources::new(1000, GIB, 2), 0) };
+    assert_eq!(
+        s.check_feasible(&t4_pair).unwrap_err().to_string(),
+        "no node in any pool has 2 GPUs; the largest has 1"
+    );
+    s.check_invariants().unwrap();
 }

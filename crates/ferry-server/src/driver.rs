@@ -91,7 +91,7 @@ impl Active {
     }
 
     fn request(&self, id: u64) -> JobRequest {
-        JobRequest { id, resources: self.resources, priority: self.priority }
+        JobRequest::new(id, self.resources, self.priority)
     }
 }
 
@@ -185,6 +185,7 @@ impl Driver {
                         node: node.clone(),
                         resources: record.spec.resources,
                         gpus: record.gpu_ids.clone(),
+                        gpu_share_milli: 0,
                     };
                     self.sched.apply(Event::JobAdopted { id: record.id, allocation })
                 }
@@ -328,7 +329,7 @@ impl Driver {
     }
 
     async fn submit(&mut self, job: NewJob, tx: &mut Tx) -> Result<Result<u64, ApiError>, StoreError> {
-        if let Err(reason) = self.sched.check_feasible(&job.resources) {
+        if let Err(reason) = self.sched.check_feasible(&JobRequest::new(0, job.resources, 0)) {
             return Ok(Err(ApiError::new(
                 ErrorCode::Unsatisfiable,
                 format!("{reason}; ask for less with --gpus, --cpus or --memory"),
@@ -635,11 +636,16 @@ fn outcome(
 }
 
 fn node_info(record: &NodeRecord) -> NodeInfo {
+    // A node whose GPUs are all of one model is that model's; a mixed node matches no model constraint.
+    let first = record.gpus.first().map(|g| g.model.clone());
+    let gpu_model = first.filter(|m| record.gpus.iter().all(|g| &g.model == m));
     NodeInfo {
         name: record.name.clone(),
         pool: record.pool.clone(),
         capacity: Resources::new(record.cpu_millis, record.memory_bytes, record.gpus.len() as u32),
         gpu_indices: record.gpus.iter().map(|g| g.index).collect(),
+        gpu_model,
+        labels: record.labels.clone(),
     }
 }
 
