@@ -165,6 +165,8 @@ impl Node {
 }
 
 type QueueKey = (Reverse<i32>, JobId);
+/// What a node keeps free after a placement: whole GPUs, CPUs, memory; lower is a tighter fit.
+type FitScore = (u32, u64, u64);
 
 /// The scheduler's whole state. Cloning it is how the simulator or a what-if query forks it.
 #[derive(Clone, Debug, Default)]
@@ -345,7 +347,7 @@ impl Scheduler {
             // then CPUs, then memory left over, the node name breaking ties.
             let request = &self.pending[&key.1];
             let mut candidates = 0u32;
-            let mut best: Option<((u32, u64, u64), &String, Option<u32>)> = None;
+            let mut best: Option<(FitScore, &String, Option<u32>)> = None;
             for (name, f) in &free {
                 let Some(shared_gpu) = self.fit(request, &self.nodes[name], f) else { continue };
                 candidates += 1;
