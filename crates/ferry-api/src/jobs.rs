@@ -75,6 +75,16 @@ pub struct SubmitJob {
     pub memory_bytes: Option<u64>,
     #[serde(default)]
     pub gpus: Option<u32>,
+    /// A share of one GPU in thousandths (1 to 999), instead of whole GPUs: several jobs then use one device.
+    /// Ferry divides allocation, not the device: jobs sharing a GPU are not isolated from each other's use of it.
+    #[serde(default)]
+    pub gpu_share_milli: Option<u32>,
+    /// GPU models the job may run on, such as `A100`; empty means any.
+    #[serde(default)]
+    pub gpu_types: Vec<String>,
+    /// Node labels the job requires, such as `rack=a`.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
     #[serde(default)]
     pub priority: Option<PriorityClass>,
     /// How many times the job is run again after it fails or its node is lost.
@@ -173,6 +183,10 @@ pub struct Job {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub gpus: u32,
+    /// A share of one GPU in thousandths; 0 for whole GPUs.
+    pub gpu_share_milli: u32,
+    pub gpu_types: Vec<String>,
+    pub selector: BTreeMap<String, String>,
     pub priority: PriorityClass,
     pub retries: u32,
     /// Which run this is: 0 for the first, 1 after the first retry.

@@ -58,6 +58,31 @@ pub fn parse_cpus(text: &str) -> Result<u64, UnitError> {
     Ok(millis)
 }
 
+/// Parses a GPU request: a whole number of GPUs (`2`), or a share of one GPU below 1 (`0.5`, `0.25`), returned as
+/// (whole GPUs, share in thousandths).
+pub fn parse_gpus(text: &str) -> Result<(u32, u32), UnitError> {
+    let t = text.trim();
+    let bad = || {
+        UnitError(format!(
+            "`{text}` is not a GPU count; write a whole number such as 2, or a share of one GPU such as 0.5"
+        ))
+    };
+    if let Ok(whole) = t.parse::<u32>() {
+        return Ok((whole, 0));
+    }
+    let share: f64 = t.parse().map_err(|_| bad())?;
+    if !(share > 0.0 && share < 1.0) {
+        return Err(UnitError(format!(
+            "`{text}` GPUs: ask for whole GPUs (1, 2, ...) or a share of one GPU between 0 and 1, such as 0.5"
+        )));
+    }
+    let milli = (share * 1000.0).round() as u32;
+    if milli == 0 || milli >= 1000 {
+        return Err(bad());
+    }
+    Ok((0, milli))
+}
+
 /// Parses a duration such as `90s`, `30m`, `2h`, `1h30m` or `1d`.
 pub fn parse_duration_s(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
@@ -106,6 +131,10 @@ mod tests {
         assert_eq!(parse_cpus("250m"), Ok(250));
         assert_eq!(parse_duration_s("1h30m"), Ok(5400));
         assert_eq!(parse_duration_s("2h"), Ok(7200));
+        assert_eq!(parse_gpus("2"), Ok((2, 0)));
+        assert_eq!(parse_gpus("0.25"), Ok((0, 250)));
+        assert!(parse_gpus("1.5").unwrap_err().to_string().contains("share of one GPU between 0 and 1"));
+        assert!(parse_gpus("two").is_err());
     }
 
     #[test]

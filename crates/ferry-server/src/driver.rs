@@ -73,6 +73,9 @@ struct Active {
     retries: u32,
     priority: i32,
     resources: Resources,
+    gpu_share_milli: u32,
+    gpu_types: Vec<String>,
+    selector: BTreeMap<String, String>,
     node: Option<String>,
     cancel_requested: bool,
 }
@@ -85,13 +88,36 @@ impl Active {
             retries: r.spec.retries,
             priority: r.spec.priority.value(),
             resources: r.spec.resources,
+            gpu_share_milli: r.spec.gpu_share_milli,
+            gpu_types: r.spec.gpu_types.clone(),
+            selector: r.spec.selector.clone(),
             node: r.node.clone(),
             cancel_requested: r.cancel_requested,
         }
     }
 
+    fn from_new(job: &NewJob) -> Active {
+        Active {
+            state: JobState::Queued,
+            attempt: 0,
+            retries: job.retries,
+            priority: job.priority.value(),
+            resources: job.resources,
+            gpu_share_milli: job.gpu_share_milli,
+            gpu_types: job.gpu_types.clone(),
+            selector: job.selector.clone(),
+            node: None,
+            cancel_requested: false,
+        }
+    }
+
     fn request(&self, id: u64) -> JobRequest {
-        JobRequest::new(id, self.resources, self.priority)
+        JobRequest {
+            gpu_share_milli: self.gpu_share_milli,
+            gpu_models: self.gpu_types.clone(),
+            selector: self.selector.clone(),
+            ..JobRequest::new(id, self.resources, self.priority)
+        }
     }
 }
 
@@ -185,7 +211,7 @@ impl Driver {
                         node: node.clone(),
                         resources: record.spec.resources,
                         gpus: record.gpu_ids.clone(),
-                        gpu_share_milli: 0,
+                        gpu_share_milli: record.spec.gpu_share_milli,
                     };
                     self.sched.apply(Event::JobAdopted { id: record.id, allocation })
                 }
@@ -329,22 +355,11 @@ impl Driver {
     }
 
     async fn submit(&mut self, job: NewJob, tx: &mut Tx) -> Result<Result<u64, ApiError>, StoreError> {
-        if let Err(reason) = self.sched.check_feasible(&JobRequest::new(0, job.resources, 0)) {
-            return Ok(Err(ApiError::new(
-                ErrorCode::Unsatisfiable,
-                format!("{reason}; ask for less with --gpus, --cpus or --memory"),
-            )));
+        let active = Active::from_new(&job);
+        if let Err(reason) = self.sched.check_feasible(&active.request(0)) {
+            return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
         let id = tx.insert_job(&job, now_us()).await?;
-        let active = Active {
-            state: JobState::Queued,
-            attempt: 0,
-            retries: job.retries,
-            priority: job.priority.value(),
-            resources: job.resources,
-            node: None,
-            cancel_requested: false,
-        };
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("a fresh id is unknown to the core");
         self.jobs.insert(id, active);
         Ok(Ok(id))
@@ -601,6 +616,14 @@ impl Driver {
             fx.changed.push(job);
         }
         Ok(())
+    }
+}
+
+/// What a user can change about a job that no node can run.
+fn fix_for(reason: &WaitReason) -> &'static str {
+    match reason {
+        WaitReason::NoMatchingNode { .. } => "change --gpu-type or --selector",
+        _ => "ask for less with --gpus, --cpus or --memory",
     }
 }
 

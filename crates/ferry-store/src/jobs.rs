@@ -24,6 +24,12 @@ pub struct NewJob {
     pub priority: PriorityClass,
     pub retries: u32,
     pub max_runtime_s: Option<u64>,
+    /// A share of one GPU in thousandths; 0 when the job takes whole GPUs or none.
+    pub gpu_share_milli: u32,
+    /// GPU models the job may run on; empty means any.
+    pub gpu_types: Vec<String>,
+    /// Node labels the job requires.
+    pub selector: BTreeMap<String, String>,
 }
 
 /// A job as stored.
@@ -52,7 +58,7 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
-     submitted_at_us, started_at_us, finished_at_us";
+     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -76,6 +82,9 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             .ok_or_else(|| StoreError::Invalid(format!("unknown priority `{priority}`")))?,
         retries: row.get::<i64, _>("retries") as u32,
         max_runtime_s: row.get::<Option<i64>, _>("max_runtime_s").map(|v| v as u64),
+        gpu_share_milli: row.get::<i64, _>("gpu_share_milli") as u32,
+        gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
+        selector: from_json("selector", row.get("selector"))?,
     };
     Ok(JobRecord {
         id: row.get::<i64, _>("id") as u64,
@@ -164,7 +173,8 @@ impl Tx {
     pub async fn insert_job(&mut self, job: &NewJob, now_us: i64) -> Result<u64, StoreError> {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
-             priority, retries, max_runtime_s, submitted_at_us) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -179,6 +189,9 @@ impl Tx {
         .bind(job.retries as i64)
         .bind(job.max_runtime_s.map(|v| v as i64))
         .bind(now_us)
+        .bind(job.gpu_share_milli as i64)
+        .bind(to_json(&job.gpu_types))
+        .bind(to_json(&job.selector))
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use ferry_api::jobs::{Job, JobState, PriorityClass, SubmitJob};
 use ferry_api::nodes::NodeState;
-use ferry_api::units::{parse_cpus, parse_duration_s, parse_memory};
+use ferry_api::units::{parse_cpus, parse_duration_s, parse_gpus, parse_memory};
 use ferry_client::JobQuery;
 use futures_util::StreamExt;
 
@@ -39,9 +39,16 @@ const WAIT_SLICE: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// GPUs for the job; it sees exactly these through CUDA_VISIBLE_DEVICES.
-    #[arg(long, default_value_t = 0)]
-    gpus: u32,
+    /// GPUs for the job, such as 2; or a share of one GPU, such as 0.5. It sees exactly its GPUs through
+    /// CUDA_VISIBLE_DEVICES.
+    #[arg(long, default_value = "0")]
+    gpus: String,
+    /// Only on these GPU models (such as A100); repeat or separate with commas.
+    #[arg(long = "gpu-type", value_delimiter = ',')]
+    gpu_types: Vec<String>,
+    /// Only on nodes with this label, NAME=VALUE; repeatable.
+    #[arg(long = "selector", value_name = "NAME=VALUE")]
+    selector: Vec<String>,
     /// CPUs, such as 2, 0.5 or 250m (default 1).
     #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
@@ -74,6 +81,8 @@ pub struct RunArgs {
 
 pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
     let invalid = |e: ferry_api::units::UnitError| CliError::new(exit::INVALID, e.0);
+    let (gpus, gpu_share_milli) = parse_gpus(&args.gpus).map_err(invalid)?;
+    let selector = pairs(&args.selector, "--selector")?;
     let spec = SubmitJob {
         command: args.command,
         workdir: std::env::current_dir()
@@ -83,9 +92,12 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         name: args.name,
         project: args.project,
         env: job_env(&args.env)?,
+        gpu_share_milli: (gpu_share_milli > 0).then_some(gpu_share_milli),
+        gpu_types: args.gpu_types,
+        selector,
         cpu_millis: args.cpus.as_deref().map(parse_cpus).transpose().map_err(invalid)?,
         memory_bytes: args.memory.as_deref().map(parse_memory).transpose().map_err(invalid)?,
-        gpus: Some(args.gpus),
+        gpus: Some(gpus),
         priority: Some(PriorityClass::parse(&args.priority).ok_or_else(|| {
             CliError::new(
                 exit::INVALID,
@@ -111,16 +123,24 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
     follow(&client, id).await
 }
 
-fn job_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+fn job_env(given: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     let mut env: BTreeMap<String, String> =
         INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
-    for pair in pairs {
-        let (k, v) = pair.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| {
-            CliError::new(exit::INVALID, format!("`{pair}` is not NAME=VALUE; write --env NAME=VALUE"))
-        })?;
-        env.insert(k.to_string(), v.to_string());
-    }
+    env.extend(pairs(given, "--env")?);
     Ok(env)
+}
+
+/// Parses repeated NAME=VALUE flags.
+fn pairs(given: &[String], flag: &str) -> Result<BTreeMap<String, String>, CliError> {
+    given
+        .iter()
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| {
+                CliError::new(exit::INVALID, format!("`{pair}` is not NAME=VALUE; write {flag} NAME=VALUE"))
+            })?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// Streams a job's output until it ends, then returns the exit code `ferry run --follow` exits with.
@@ -272,10 +292,17 @@ fn describe(j: &Job) -> String {
         line("Project:", p.clone());
     }
     line("Priority:", j.priority.name().to_string());
-    line(
-        "Requests:",
-        format!("{} GPUs, {} CPUs, {} memory", j.gpus, format::cpus(j.cpu_millis), format::bytes(j.memory_bytes)),
-    );
+    let gpus = if j.gpu_share_milli > 0 {
+        format!("{} of a GPU", format::cpus(j.gpu_share_milli as u64))
+    } else {
+        format!("{} GPUs", j.gpus)
+    };
+    line("Requests:", format!("{gpus}, {} CPUs, {} memory", format::cpus(j.cpu_millis), format::bytes(j.memory_bytes)));
+    if !j.gpu_types.is_empty() || !j.selector.is_empty() {
+        let mut only = j.gpu_types.clone();
+        only.extend(j.selector.iter().map(|(k, v)| format!("{k}={v}")));
+        line("Only on:", only.join(", "));
+    }
     if let Some(s) = j.max_runtime_s {
         line("Max runtime:", format::span(s as i64 * 1_000_000));
     }

@@ -250,3 +250,45 @@ fn memory_limits_are_enforced_where_cgroups_allow() {
         assert_eq!(out.status.code(), Some(137));
     }
 }
+
+#[test]
+fn gpu_shares_models_and_selectors_decide_where_jobs_run() {
+    let f =
+        Ferry::start_with_agent_config(NodeSpec { gpus: 2, ..NodeSpec::default() }, "labels = { rack = \"a\" }", "30s");
+    let script = "echo gpus=$CUDA_VISIBLE_DEVICES; sleep 30";
+    let half_a = f.submit(&["--gpus", "0.5", "--cpus", "0.1", "--", "sh", "-c", script]);
+    let half_b = f.submit(&["--gpus", "0.5", "--cpus", "0.1", "--selector", "rack=a", "--", "sh", "-c", script]);
+    let whole = f.submit(&["--gpus", "1", "--cpus", "0.1", "--gpu-type", "test gpu", "--", "sh", "-c", script]);
+    for id in [half_a, half_b, whole] {
+        f.wait_for("its output", |f| f.ok(&["logs", &id.to_string()]).starts_with("gpus="));
+    }
+    assert_eq!(f.ok(&["logs", &half_a.to_string()]), "gpus=0\n", "two halves share one GPU");
+    assert_eq!(f.ok(&["logs", &half_b.to_string()]), "gpus=0\n");
+    assert_eq!(f.ok(&["logs", &whole.to_string()]), "gpus=1\n", "the whole GPU is the other one");
+    assert_eq!(f.job(half_a)["gpu_share_milli"], 500);
+    let shown = f.ok(&["show", &whole.to_string()]);
+    assert!(shown.contains("Only on:      test gpu"), "{shown}");
+    // A third half cannot start: one GPU is shared full, the other is held whole; it says by whom.
+    let third = f.submit(&["--gpus", "0.5", "--cpus", "0.1", "--", "true"]);
+    assert_eq!(
+        f.job(third)["waiting"]["message"],
+        format!("needs 1 GPU; node node-a has 0 free (2 held by jobs {half_a}, {half_b} and {whole})")
+    );
+    let refused = |args: &[&str], message: &str| {
+        let out = f.cli(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim_end(), message);
+    };
+    refused(
+        &["run", "--gpu-type", "A100", "--gpus", "1", "--", "true"],
+        "error: no node in any pool has GPU model A100; the GPU models known are Test GPU; change --gpu-type or --selector",
+    );
+    refused(
+        &["run", "--selector", "rack=b", "--", "true"],
+        "error: no node in any pool has labels rack=b; change --gpu-type or --selector",
+    );
+    refused(
+        &["run", "--gpus", "1.5", "--", "true"],
+        "error: `1.5` GPUs: ask for whole GPUs (1, 2, ...) or a share of one GPU between 0 and 1, such as 0.5",
+    );
+}

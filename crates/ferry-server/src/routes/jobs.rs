@@ -80,6 +80,22 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     if memory_bytes == 0 {
         return Err(ApiError::invalid("memory_bytes is 0; ask for some memory, such as --memory 512MiB"));
     }
+    let gpus = spec.gpus.unwrap_or(0);
+    let gpu_share_milli = spec.gpu_share_milli.unwrap_or(0);
+    if gpu_share_milli >= 1000 {
+        return Err(ApiError::invalid(format!(
+            "gpu_share_milli is {gpu_share_milli}; a share is less than one GPU (1 to 999), ask for whole GPUs instead"
+        )));
+    }
+    if gpu_share_milli > 0 && gpus > 0 {
+        return Err(ApiError::invalid("ask for whole GPUs or a share of one GPU, not both"));
+    }
+    if let Some(bad) = spec.gpu_types.iter().find(|t| t.trim().is_empty() || t.len() > NAME_CHARS_MAX) {
+        return Err(ApiError::invalid(format!("`{bad}` is not a GPU model; write one such as A100 or T4")));
+    }
+    if let Some((k, v)) = spec.selector.iter().find(|(k, v)| k.is_empty() || k.contains('=') || v.contains('=')) {
+        return Err(ApiError::invalid(format!("`{k}={v}` is not a label selector; write --selector NAME=VALUE")));
+    }
     let retries = spec.retries.unwrap_or(0);
     if retries > RETRIES_MAX {
         return Err(ApiError::invalid(format!("{retries} retries asked; the limit is {RETRIES_MAX}")));
@@ -94,10 +110,13 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         command: spec.command,
         workdir: spec.workdir,
         env: spec.env,
-        resources: Resources::new(cpu_millis, memory_bytes, spec.gpus.unwrap_or(0)),
+        resources: Resources::new(cpu_millis, memory_bytes, gpus),
         priority: spec.priority.unwrap_or_default(),
         retries,
         max_runtime_s: spec.max_runtime_s,
+        gpu_share_milli,
+        gpu_types: spec.gpu_types,
+        selector: spec.selector,
     })
 }
 
@@ -351,6 +370,9 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         cpu_millis: r.spec.resources.cpu_millis,
         memory_bytes: r.spec.resources.memory_bytes,
         gpus: r.spec.resources.gpus,
+        gpu_share_milli: r.spec.gpu_share_milli,
+        gpu_types: r.spec.gpu_types,
+        selector: r.spec.selector,
         priority: r.spec.priority,
         retries: r.spec.retries,
         attempt: r.attempt,
