@@ -14,9 +14,9 @@ pub mod resources_fmt {
 }
 mod scheduler;
 
-pub use reason::{NodeShortfall, Placement, ResourceKind, WaitReason};
+pub use reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason};
 pub use resources::Resources;
-pub use scheduler::{Allocation, CoreError, Decision, Event, JobRequest, NodeInfo, Scheduler};
+pub use scheduler::{Allocation, CoreError, Decision, Event, JobRequest, NodeInfo, PoolInfo, Scheduler};
 
 /// A job's identifier, assigned by the store when the job is accepted.
 pub type JobId = u64;

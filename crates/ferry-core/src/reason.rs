@@ -69,6 +69,9 @@ pub enum WaitReason {
     Insufficient { resource: ResourceKind, needed: u64, shortfalls: Vec<NodeShortfall>, more_nodes: u32 },
     /// The job would fit, but the free resources are held back for a job ahead of it in the queue.
     ReservedFor { job: JobId, node: String },
+    /// Only a burst pool could run it now, and bursting is not yet allowed: earlier pools have room for it in
+    /// total (it waits for them) and it has not waited `after_s`.
+    BurstNotYet { pool: String, after_s: Option<u64>, waited_s: u64 },
     /// The job fits now and starts in the next scheduling cycle.
     Starting,
 }
@@ -122,6 +125,18 @@ impl fmt::Display for WaitReason {
             WaitReason::ReservedFor { job, node } => {
                 write!(f, "the free resources on node {node} are held for job {job}, which is ahead in the queue")
             }
+            WaitReason::BurstNotYet { pool, after_s, waited_s } => {
+                write!(f, "owned pools have room for it but not on one node yet; ")?;
+                match after_s {
+                    Some(after) => write!(
+                        f,
+                        "it may burst to pool {pool} after waiting {} (waited {} so far)",
+                        duration(*after),
+                        duration(*waited_s)
+                    ),
+                    None => write!(f, "pool {pool} takes jobs only when the pools before it are full"),
+                }
+            }
             WaitReason::Starting => write!(f, "resources are free; it starts in the next scheduling cycle"),
         }
     }
@@ -139,9 +154,31 @@ fn jobs_phrase(jobs: &[JobId]) -> String {
     }
 }
 
-/// Why a job was started on the node it was: how many ready nodes could hold it and what the chosen one keeps free.
+/// "90s", "5m", "2h", "1h30m".
+fn duration(s: u64) -> String {
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 if s.is_multiple_of(60) => format!("{}m", s / 60),
+        120..7200 => format!("{}m{}s", s / 60, s % 60),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Why a job went to a burst pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BurstReason {
+    /// How long it had waited when it burst.
+    pub waited_s: u64,
+}
+
+/// Why a job was started on the node it was: its pool, how many ready nodes could hold it and what the chosen one
+/// keeps free.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
+    pub pool: String,
+    /// Set when the pool is a burst pool.
+    pub burst: Option<BurstReason>,
     pub candidates: u32,
     pub gpus_free_after: u32,
     pub cpu_millis_free_after: u64,
@@ -149,11 +186,15 @@ pub struct Placement {
 
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(burst) = &self.burst {
+            write!(f, "burst to pool {} after waiting {}; ", self.pool, duration(burst.waited_s))?;
+        }
         write!(
             f,
-            "best fit of {} candidate node{}: leaves {} GPU{} and {} CPUs free",
+            "best fit of {} candidate node{} in pool {}: leaves {} GPU{} and {} CPUs free",
             self.candidates,
             if self.candidates == 1 { "" } else { "s" },
+            self.pool,
             self.gpus_free_after,
             if self.gpus_free_after == 1 { "" } else { "s" },
             format_cpus(self.cpu_millis_free_after)

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reason::{NodeShortfall, Placement, ResourceKind, WaitReason, SHORTFALL_NODES_MAX};
+use crate::reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason, SHORTFALL_NODES_MAX};
 use crate::resources::Resources;
 use crate::JobId;
 
@@ -29,6 +29,17 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A pool: nodes behind one backend, with a place in the order an admin sets (owned capacity first). A `burst` pool
+/// (cloud capacity, say) takes a job only when every pool before it is fully allocated for what the job needs, or
+/// when the job has waited longer than `burst_after_s`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub name: String,
+    pub order: i32,
+    pub burst: bool,
+    pub burst_after_s: Option<u64>,
+}
+
 /// What the scheduler needs to know of a queued job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
@@ -43,6 +54,8 @@ pub struct JobRequest {
     pub gpu_models: Vec<String>,
     /// Labels a node must carry, with these values, to run the job.
     pub selector: BTreeMap<String, String>,
+    /// When the job entered the queue, for how long it has waited (bursting, estimates).
+    pub submitted_at_us: i64,
 }
 
 impl JobRequest {
@@ -94,6 +107,11 @@ pub enum Event {
     JobAdopted { id: JobId, allocation: Allocation },
     /// A job left the system (finished, cancelled or lost), wherever it was; its resources are free again.
     JobEnded { id: JobId },
+    /// The pools and their order, replacing any earlier configuration. Nodes of a pool not listed here are owned
+    /// capacity, after the listed pools.
+    PoolsConfigured(Vec<PoolInfo>),
+    /// The time is now `now_us`; the next cycles measure waiting against it.
+    Tick { now_us: i64 },
 }
 
 /// What the driver must do. Every decision carries its reason.
@@ -167,6 +185,8 @@ impl Node {
 type QueueKey = (Reverse<i32>, JobId);
 /// What a node keeps free after a placement: whole GPUs, CPUs, memory; lower is a tighter fit.
 type FitScore = (u32, u64, u64);
+/// A pool's place in the order: its configured order (unlisted pools after all listed ones), then its name.
+type PoolRank = (i32, String);
 
 /// The scheduler's whole state. Cloning it is how the simulator or a what-if query forks it.
 #[derive(Clone, Debug, Default)]
@@ -177,6 +197,8 @@ pub struct Scheduler {
     running: HashMap<JobId, Allocation>,
     /// What the last cycle held back for blocked jobs: job id to the node it reserved.
     reservations: HashMap<JobId, String>,
+    pools: BTreeMap<String, PoolInfo>,
+    now_us: i64,
 }
 
 impl Scheduler {
@@ -210,6 +232,14 @@ impl Scheduler {
             Event::JobAdopted { id, allocation } => self.adopt(id, allocation).map(|()| Vec::new()),
             Event::JobEnded { id } => {
                 self.end(id);
+                Ok(Vec::new())
+            }
+            Event::PoolsConfigured(pools) => {
+                self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+                Ok(Vec::new())
+            }
+            Event::Tick { now_us } => {
+                self.now_us = self.now_us.max(now_us);
                 Ok(Vec::new())
             }
         }
@@ -347,13 +377,17 @@ impl Scheduler {
             // then CPUs, then memory left over, the node name breaking ties.
             let request = &self.pending[&key.1];
             let mut candidates = 0u32;
-            let mut best: Option<(FitScore, &String, Option<u32>)> = None;
+            let mut best: Option<((PoolRank, FitScore), &String, Option<u32>)> = None;
             for (name, f) in &free {
-                let Some(shared_gpu) = self.fit(request, &self.nodes[name], f) else { continue };
+                let node = &self.nodes[name];
+                let Some(shared_gpu) = self.fit(request, node, f) else { continue };
+                if self.burst_refused(request, &node.info.pool, &free).is_some() {
+                    continue;
+                }
                 candidates += 1;
                 let after = f.saturating_sub(&request.resources);
                 let whole_left = after.gpus - u32::from(shared_gpu == Some(u32::MAX));
-                let score = (whole_left, after.cpu_millis, after.memory_bytes);
+                let score = (self.pool_rank(&node.info.pool), (whole_left, after.cpu_millis, after.memory_bytes));
                 if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
                     best = Some((score, name, shared_gpu));
                 }
@@ -405,10 +439,59 @@ impl Scheduler {
             }
             Some(gpu) => (vec![gpu], request.gpu_share_milli),
         };
-        let reason = Placement { candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
+        let pool = self.nodes[&node].info.pool.clone();
+        let burst = self.pool(&pool).burst.then(|| self.burst_reason(&request));
+        let reason =
+            Placement { pool, burst, candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
         let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli };
         self.allocate(request.id, allocation.clone());
         Decision::Start { job: request.id, allocation, reason }
+    }
+
+    /// A pool's settings; a pool nobody configured is owned capacity.
+    fn pool(&self, name: &str) -> PoolInfo {
+        self.pools.get(name).cloned().unwrap_or_else(|| PoolInfo { name: name.to_string(), ..PoolInfo::default() })
+    }
+
+    fn pool_rank(&self, name: &str) -> PoolRank {
+        (self.pools.get(name).map_or(i32::MAX, |p| p.order), name.to_string())
+    }
+
+    /// Why a job may not burst into `pool` yet, or `None` when it may (or the pool is not a burst pool).
+    fn burst_refused(
+        &self,
+        request: &JobRequest,
+        pool: &str,
+        free: &BTreeMap<String, Resources>,
+    ) -> Option<WaitReason> {
+        let info = self.pool(pool);
+        if !info.burst {
+            return None;
+        }
+        let waited_s = ((self.now_us - request.submitted_at_us).max(0) / 1_000_000) as u64;
+        if info.burst_after_s.is_some_and(|after| waited_s >= after) {
+            return None;
+        }
+        // Earlier pools are fully allocated for what the job needs when, together, they have less free of some
+        // resource it asks for than it asks for.
+        let rank = self.pool_rank(pool);
+        let needs = request.footprint();
+        let earlier_free = free
+            .iter()
+            .filter(|(name, _)| {
+                let node = &self.nodes[*name];
+                self.pool_rank(&node.info.pool) < rank && request.allowed_on(&node.info)
+            })
+            .fold(Resources::ZERO, |acc, (_, f)| acc.checked_add(f).unwrap_or(acc));
+        if !needs.fits_in(&earlier_free) {
+            return None;
+        }
+        Some(WaitReason::BurstNotYet { pool: info.name, after_s: info.burst_after_s, waited_s })
+    }
+
+    fn burst_reason(&self, request: &JobRequest) -> BurstReason {
+        let waited_s = ((self.now_us - request.submitted_at_us).max(0) / 1_000_000) as u64;
+        BurstReason { waited_s }
     }
 
     /// Holds back, on the allowed node closest to fitting a blocked job, what that job needs.
@@ -443,7 +526,15 @@ impl Scheduler {
         if ready.is_empty() {
             return Some(WaitReason::NoReadyNodes { nodes: self.nodes.len() as u32 });
         }
-        if ready.iter().any(|n| self.fit(request, n, &n.free()).is_some()) {
+        let free_now: BTreeMap<String, Resources> =
+            self.nodes.iter().filter(|(_, n)| n.ready).map(|(name, n)| (name.clone(), n.free())).collect();
+        let fitting: Vec<&&Node> = ready.iter().filter(|n| self.fit(request, n, &n.free()).is_some()).collect();
+        let refusals: Vec<WaitReason> =
+            fitting.iter().filter_map(|n| self.burst_refused(request, &n.info.pool, &free_now)).collect();
+        if !fitting.is_empty() && refusals.len() == fitting.len() {
+            return refusals.into_iter().next();
+        }
+        if !fitting.is_empty() {
             let my_key = (Reverse(request.priority), job);
             let blocker = self
                 .reservations

@@ -1,7 +1,7 @@
 //! Behaviour of the scheduler core, through its public events and decisions only.
 
 use expect_test::{expect, Expect};
-use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Resources, Scheduler};
+use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, PoolInfo, Resources, Scheduler};
 
 const GIB: u64 = 1 << 30;
 
@@ -49,8 +49,8 @@ fn starts_in_priority_then_submission_order_without_overcommitting() {
     check(
         vec![node("local", 2, 2), job(1, 1, 1, 0), job(2, 1, 1, 0), job(3, 1, 1, 10)],
         expect![[r#"
-            start 3 on local gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 1 CPUs free
-            start 1 on local gpus [1]: best fit of 1 candidate node: leaves 0 GPUs and 0 CPUs free
+            start 3 on local gpus [0]: best fit of 1 candidate node in pool local: leaves 1 GPU and 1 CPUs free
+            start 1 on local gpus [1]: best fit of 1 candidate node in pool local: leaves 0 GPUs and 0 CPUs free
             wait 2: needs 1 GPU; node local has 0 free (2 held by jobs 1 and 3)
         "#]],
     );
@@ -61,8 +61,8 @@ fn names_the_jobs_that_hold_the_gpus_a_waiting_job_needs() {
     check(
         vec![node("local", 8, 4), job(12, 1, 1, 0), job(15, 1, 1, 0), job(20, 1, 4, 0)],
         expect![[r#"
-            start 12 on local gpus [0]: best fit of 1 candidate node: leaves 3 GPUs and 7 CPUs free
-            start 15 on local gpus [1]: best fit of 1 candidate node: leaves 2 GPUs and 6 CPUs free
+            start 12 on local gpus [0]: best fit of 1 candidate node in pool local: leaves 3 GPUs and 7 CPUs free
+            start 15 on local gpus [1]: best fit of 1 candidate node in pool local: leaves 2 GPUs and 6 CPUs free
             wait 20: needs 4 GPUs; node local has 2 free (2 held by jobs 12 and 15)
         "#]],
     );
@@ -74,8 +74,8 @@ fn a_blocked_job_reserves_what_it_needs_so_later_jobs_cannot_starve_it() {
     check(
         vec![node("local", 4, 2), job(1, 1, 1, 0), job(2, 1, 2, 0), job(3, 1, 1, 0), job(4, 1, 0, 0)],
         expect![[r#"
-            start 1 on local gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 3 CPUs free
-            start 4 on local gpus []: best fit of 1 candidate node: leaves 0 GPUs and 0 CPUs free
+            start 1 on local gpus [0]: best fit of 1 candidate node in pool local: leaves 1 GPU and 3 CPUs free
+            start 4 on local gpus []: best fit of 1 candidate node in pool local: leaves 0 GPUs and 0 CPUs free
             wait 2: needs 2 GPUs; node local has 1 free (1 held by job 1)
             wait 3: the free resources on node local are held for job 2, which is ahead in the queue
         "#]],
@@ -87,7 +87,7 @@ fn best_fit_keeps_whole_nodes_free_and_explains_infeasible_and_empty_clusters() 
     check(
         vec![node("big", 8, 8), node("small", 8, 2), job(1, 1, 2, 0), job(2, 1, 16, 0)],
         expect![[r#"
-            start 1 on small gpus [0, 1]: best fit of 2 candidate nodes: leaves 0 GPUs and 7 CPUs free
+            start 1 on small gpus [0, 1]: best fit of 2 candidate nodes in pool local: leaves 0 GPUs and 7 CPUs free
             wait 2: no node in any pool has 16 GPUs; the largest has 8
         "#]],
     );
@@ -166,10 +166,10 @@ fn gpu_shares_pack_onto_as_few_gpus_as_possible_and_never_exceed_one() {
     check(
         vec![gpu_node("n", 2, "T4", &[]), share(1, 500), share(2, 300), share(3, 200), share(4, 600), job(5, 1, 1, 0)],
         expect![[r#"
-            start 1 on n gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 15 CPUs free
-            start 2 on n gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 14 CPUs free
-            start 3 on n gpus [0]: best fit of 1 candidate node: leaves 1 GPU and 13 CPUs free
-            start 4 on n gpus [1]: best fit of 1 candidate node: leaves 0 GPUs and 12 CPUs free
+            start 1 on n gpus [0]: best fit of 1 candidate node in pool local: leaves 1 GPU and 15 CPUs free
+            start 2 on n gpus [0]: best fit of 1 candidate node in pool local: leaves 1 GPU and 14 CPUs free
+            start 3 on n gpus [0]: best fit of 1 candidate node in pool local: leaves 1 GPU and 13 CPUs free
+            start 4 on n gpus [1]: best fit of 1 candidate node in pool local: leaves 0 GPUs and 12 CPUs free
             wait 5: needs 1 GPU; node n has 0 free (2 held by jobs 1, 2, 3 and 4)
         "#]],
     );
@@ -207,5 +207,70 @@ fn gpu_models_and_labels_restrict_where_a_job_may_run() {
         s.check_feasible(&t4_pair).unwrap_err().to_string(),
         "no node in any pool has 2 GPUs; the largest has 1"
     );
+    s.check_invariants().unwrap();
+}
+
+fn pooled_node(name: &str, pool: &str, gpus: u32) -> Event {
+    Event::NodeUp(NodeInfo {
+        name: name.to_string(),
+        pool: pool.to_string(),
+        capacity: Resources::new(16_000, 64 * GIB, gpus),
+        gpu_indices: (0..gpus).collect(),
+        ..NodeInfo::default()
+    })
+}
+
+fn pools() -> Event {
+    let pool = |name: &str, order, burst, burst_after_s| PoolInfo { name: name.into(), order, burst, burst_after_s };
+    Event::PoolsConfigured(vec![pool("owned", 0, false, None), pool("cloud", 10, true, Some(600))])
+}
+
+#[test]
+fn owned_pools_fill_first_and_burst_pools_take_what_they_cannot_hold() {
+    check(
+        vec![
+            pools(),
+            pooled_node("cloud-1", "cloud", 8),
+            pooled_node("own-1", "owned", 2),
+            job(1, 1, 2, 0),
+            job(2, 1, 1, 0),
+        ],
+        expect![[r#"
+            start 1 on own-1 gpus [0, 1]: best fit of 1 candidate node in pool owned: leaves 0 GPUs and 15 CPUs free
+            start 2 on cloud-1 gpus [0]: burst to pool cloud after waiting 0s; best fit of 1 candidate node in pool cloud: leaves 7 GPUs and 15 CPUs free
+        "#]],
+    );
+}
+
+#[test]
+fn a_job_that_owned_pools_could_hold_later_bursts_only_after_its_wait_limit() {
+    let mut s = Scheduler::new();
+    for e in [
+        pools(),
+        pooled_node("own-a", "owned", 2),
+        pooled_node("own-b", "owned", 2),
+        pooled_node("cloud-1", "cloud", 8),
+    ] {
+        s.apply(e).unwrap();
+    }
+    // Nine CPUs each keep the two jobs on different nodes.
+    s.apply(job(1, 9, 1, 0)).unwrap();
+    s.apply(job(2, 9, 1, 0)).unwrap();
+    assert_eq!(s.schedule().len(), 2);
+    // One GPU is free on each owned node: together they could hold a 2-GPU job, so it waits rather than burst.
+    let mut big = JobRequest::new(3, Resources::new(1000, GIB, 2), 0);
+    big.submitted_at_us = 1_000_000;
+    s.apply(Event::JobSubmitted(big)).unwrap();
+    s.apply(Event::Tick { now_us: 61_000_000 }).unwrap();
+    assert!(s.schedule().is_empty());
+    assert_eq!(
+        s.explain(3).unwrap().to_string(),
+        "owned pools have room for it but not on one node yet; it may burst to pool cloud after waiting 10m (waited 60s so far)"
+    );
+    s.apply(Event::Tick { now_us: 601_000_000 }).unwrap();
+    let starts = s.schedule();
+    let [Decision::Start { job: 3, allocation, reason }] = &starts[..] else { panic!("{starts:?}") };
+    assert_eq!(allocation.node, "cloud-1");
+    assert_eq!(reason.burst.as_ref().map(|b| b.waited_s), Some(600));
     s.check_invariants().unwrap();
 }

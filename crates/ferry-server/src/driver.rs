@@ -17,7 +17,7 @@ use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
 use ferry_core::resources_fmt::format_cpus;
-use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Resources, Scheduler, WaitReason};
+use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, PoolInfo, Resources, Scheduler, WaitReason};
 use ferry_store::{JobRecord, NewJob, NodeRecord, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot};
 
@@ -76,6 +76,7 @@ struct Active {
     gpu_share_milli: u32,
     gpu_types: Vec<String>,
     selector: BTreeMap<String, String>,
+    submitted_at_us: i64,
     node: Option<String>,
     cancel_requested: bool,
 }
@@ -91,12 +92,13 @@ impl Active {
             gpu_share_milli: r.spec.gpu_share_milli,
             gpu_types: r.spec.gpu_types.clone(),
             selector: r.spec.selector.clone(),
+            submitted_at_us: r.submitted_at_us,
             node: r.node.clone(),
             cancel_requested: r.cancel_requested,
         }
     }
 
-    fn from_new(job: &NewJob) -> Active {
+    fn from_new(job: &NewJob, submitted_at_us: i64) -> Active {
         Active {
             state: JobState::Queued,
             attempt: 0,
@@ -106,6 +108,7 @@ impl Active {
             gpu_share_milli: job.gpu_share_milli,
             gpu_types: job.gpu_types.clone(),
             selector: job.selector.clone(),
+            submitted_at_us,
             node: None,
             cancel_requested: false,
         }
@@ -116,6 +119,7 @@ impl Active {
             gpu_share_milli: self.gpu_share_milli,
             gpu_models: self.gpu_types.clone(),
             selector: self.selector.clone(),
+            submitted_at_us: self.submitted_at_us,
             ..JobRequest::new(id, self.resources, self.priority)
         }
     }
@@ -158,6 +162,7 @@ pub struct Driver {
     jobs: HashMap<u64, Active>,
     nodes: HashMap<String, Liveness>,
     node_timeout: Duration,
+    pools: Vec<PoolInfo>,
 }
 
 fn now_us() -> i64 {
@@ -171,6 +176,7 @@ impl Driver {
         agents: Arc<AgentBackend>,
         signals: Arc<Signals>,
         node_timeout: Duration,
+        pools: Vec<PoolInfo>,
     ) -> Result<(Driver, DriverHandle, mpsc::Receiver<Command>), StoreError> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let mut driver = Driver {
@@ -181,6 +187,7 @@ impl Driver {
             jobs: HashMap::new(),
             nodes: HashMap::new(),
             node_timeout,
+            pools,
         };
         driver.reload().await?;
         Ok((driver, DriverHandle { tx }, rx))
@@ -190,6 +197,7 @@ impl Driver {
     /// run, jobs placed but unconfirmed are sent to their node again.
     async fn reload(&mut self) -> Result<(), StoreError> {
         self.sched = Scheduler::new();
+        self.sched.apply(Event::PoolsConfigured(self.pools.clone())).expect("configuring pools never fails");
         self.jobs.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {
@@ -355,11 +363,12 @@ impl Driver {
     }
 
     async fn submit(&mut self, job: NewJob, tx: &mut Tx) -> Result<Result<u64, ApiError>, StoreError> {
-        let active = Active::from_new(&job);
+        let now = now_us();
+        let active = Active::from_new(&job, now);
         if let Err(reason) = self.sched.check_feasible(&active.request(0)) {
             return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
-        let id = tx.insert_job(&job, now_us()).await?;
+        let id = tx.insert_job(&job, now).await?;
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("a fresh id is unknown to the core");
         self.jobs.insert(id, active);
         Ok(Ok(id))
@@ -594,6 +603,7 @@ impl Driver {
 
     /// Runs one scheduling cycle and records each start.
     async fn place(&mut self, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
+        self.sched.apply(Event::Tick { now_us: now_us() }).expect("a tick never fails");
         for decision in self.sched.schedule() {
             let Decision::Start { job, allocation, reason } = decision else { continue };
             let Some(record) = tx.job(job).await? else {

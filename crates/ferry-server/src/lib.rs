@@ -5,6 +5,7 @@
 //! run a job itself: work reaches machines only through a compute backend.
 
 mod auth;
+mod config;
 mod datadir;
 mod driver;
 mod error;
@@ -25,6 +26,7 @@ use ferry_api::agent::LOG_CHUNK_BYTES_MAX;
 use ferry_backends::agent::{new_epoch, AgentBackend};
 
 pub use auth::{hash_token, new_token};
+pub use config::{FileConfig, PoolConfig};
 pub use datadir::{DataDir, ADMIN_TOKEN_FILE};
 pub use error::ApiError;
 pub use routes::jobs::validate;
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// After this long without a report, a node is not ready and its jobs are lost or requeued.
     pub node_timeout: Duration,
+    /// What the configuration file (`--config`) says; empty without one.
+    pub file: FileConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +75,14 @@ pub async fn serve(
     data.ensure_admin_token(&store).await?;
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
-    let (driver, handle, commands) =
-        Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout).await?;
+    let (driver, handle, commands) = Driver::start(
+        store.clone(),
+        agents.clone(),
+        signals.clone(),
+        config.node_timeout,
+        config.file.pools.iter().map(|p| p.info.clone()).collect(),
+    )
+    .await?;
     let driver_task = tokio::spawn(driver.run(commands));
     let logs = Arc::new(LogStore::new(data.logs()));
     let tokens = Arc::new(auth::TokenCache::default());

@@ -25,6 +25,9 @@ pub struct ServerArgs {
     /// How long a node may go without reporting before it is marked not ready and its jobs are lost or requeued.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     node_timeout: Duration,
+    /// A TOML file with the pools, their order and burst settings (see README: Pools).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -67,7 +70,11 @@ async fn ctrl_c() {
 }
 
 fn server_config(g: &Global, args: &ServerArgs) -> Result<ServerConfig, CliError> {
-    Ok(ServerConfig { listen: args.listen, data_dir: g.data_dir()?, node_timeout: args.node_timeout })
+    let file = match &args.config {
+        Some(path) => ferry_server::FileConfig::load(path).map_err(|e| CliError::new(exit::CONFIG, e))?,
+        None => ferry_server::FileConfig::default(),
+    };
+    Ok(ServerConfig { listen: args.listen, data_dir: g.data_dir()?, node_timeout: args.node_timeout, file })
 }
 
 fn server_error(e: ferry_server::ServerError) -> CliError {

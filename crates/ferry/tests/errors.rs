@@ -222,3 +222,23 @@ fn the_api_answers_bad_requests_with_json_errors() {
     // Nothing accepted so far, and the server is still healthy.
     assert_eq!(f.json(&["ps", "--all", "--json"])["jobs"], serde_json::json!([]));
 }
+
+#[test]
+fn a_bad_configuration_file_is_named_with_its_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[[pool]]\nname = \"local\"\nordr = 0\n").unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("FERRY_HOME", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let message = stderr(&out);
+    assert!(
+        message.starts_with(&format!("error: {}: TOML parse error at line 3, column 1", config.display())),
+        "{message}"
+    );
+    assert!(message.contains("unknown field `ordr`"), "{message}");
+}

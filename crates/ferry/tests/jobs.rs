@@ -292,3 +292,19 @@ fn gpu_shares_models_and_selectors_decide_where_jobs_run() {
         "error: `1.5` GPUs: ask for whole GPUs (1, 2, ...) or a share of one GPU between 0 and 1, such as 0.5",
     );
 }
+
+#[test]
+fn owned_pools_fill_first_then_jobs_burst_in_the_configured_order() {
+    let pools = "[[pool]]\nname = \"local\"\norder = 0\n\n[[pool]]\nname = \"cloud\"\norder = 10\nburst = true\n";
+    let mut f = Ferry::start_with_server_config(NodeSpec { gpus: 1, ..NodeSpec::default() }, "pool = \"local\"", pools);
+    f.start_extra_agent("cloud-1", "cloud", 4);
+    let owned = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "sleep", "30"]);
+    f.wait_state(owned, "running");
+    assert_eq!(f.job(owned)["node"], "node-a", "owned capacity fills first although the cloud node is larger");
+    let burst = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    let job = f.wait_state(burst, "succeeded");
+    assert_eq!(job["node"], "cloud-1");
+    let placed =
+        job["timeline"].as_array().unwrap().iter().find(|e| e["state"] == "starting").unwrap()["message"].clone();
+    assert!(placed.as_str().unwrap().contains("burst to pool cloud"), "{placed}");
+}

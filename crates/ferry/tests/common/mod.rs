@@ -25,6 +25,10 @@ pub struct Ferry {
     pub node_timeout: String,
     server: Option<Child>,
     agent: Option<Child>,
+    /// More agents, each a node of its own, started with `start_extra_agent`.
+    extra_agents: Vec<(Child, PathBuf)>,
+    /// Extra arguments for `ferry server`, such as `--config FILE`.
+    pub server_args: Vec<String>,
 }
 
 /// How the node of a test looks.
@@ -57,6 +61,15 @@ impl Ferry {
     /// As `start_with_timeout`, with `extra` added to the agent's TOML configuration (top-level keys such as
     /// `nvml_library = "/path"`); `node.gpus` GPUs are declared in the configuration, so 0 declares none.
     pub fn start_with_agent_config(node: NodeSpec, extra: &str, node_timeout: &str) -> Ferry {
+        Ferry::start_full(node, extra, node_timeout, None)
+    }
+
+    /// A server started with `--config` holding `server_config`, and one agent.
+    pub fn start_with_server_config(node: NodeSpec, agent_extra: &str, server_config: &str) -> Ferry {
+        Ferry::start_full(node, agent_extra, "30s", Some(server_config))
+    }
+
+    fn start_full(node: NodeSpec, extra: &str, node_timeout: &str, server_config: Option<&str>) -> Ferry {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("work")).unwrap();
         let gpus: Vec<String> = (0..node.gpus)
@@ -69,8 +82,20 @@ impl Ferry {
             gpus.join("\n")
         );
         std::fs::write(root.path().join("agent.toml"), config).unwrap();
-        let mut ferry =
-            Ferry { root, port: free_port(), node_timeout: node_timeout.to_string(), server: None, agent: None };
+        let mut ferry = Ferry {
+            root,
+            port: free_port(),
+            node_timeout: node_timeout.to_string(),
+            server: None,
+            agent: None,
+            extra_agents: Vec::new(),
+            server_args: Vec::new(),
+        };
+        if let Some(text) = server_config {
+            let path = ferry.root.path().join("ferry.toml");
+            std::fs::write(&path, text).unwrap();
+            ferry.server_args = vec!["--config".to_string(), path.display().to_string()];
+        }
         ferry.start_server();
         ferry.start_agent();
         ferry.wait_for("the node to be ready", |f| {
@@ -102,6 +127,7 @@ impl Ferry {
     pub fn start_server(&mut self) {
         let child = Command::new(ferry_bin())
             .args(["server", "--listen", &format!("127.0.0.1:{}", self.port), "--node-timeout", &self.node_timeout])
+            .args(&self.server_args)
             .env("FERRY_HOME", self.home())
             .stdout(self.log("server.log"))
             .stderr(self.log("server.log"))
@@ -126,6 +152,34 @@ impl Ferry {
             .spawn()
             .unwrap();
         self.agent = Some(child);
+    }
+
+    /// Starts one more agent: a node named `name` in `pool` with `gpus` declared GPUs.
+    pub fn start_extra_agent(&mut self, name: &str, pool: &str, gpus: u32) {
+        let dir = self.root.path().join(format!("agent-{name}"));
+        let gpu_tables: Vec<String> =
+            (0..gpus).map(|i| format!("[[gpus]]\nindex = {i}\nmodel = \"Test GPU\"\nmemory = \"16GiB\"\n")).collect();
+        let config =
+            format!("name = \"{name}\"\npool = \"{pool}\"\ncpus = 4\nmemory = \"8GiB\"\n{}", gpu_tables.join("\n"));
+        let config_path = self.root.path().join(format!("agent-{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(ferry_bin())
+            .args(["agent", "--server", &self.url(), "--data-dir"])
+            .arg(&dir)
+            .arg("--token-file")
+            .arg(self.home().join("admin.token"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(self.log("agent.log"))
+            .stderr(self.log("agent.log"))
+            .spawn()
+            .unwrap();
+        self.extra_agents.push((child, dir));
+        self.wait_for(&format!("node {name} to be ready"), |f| {
+            f.json(&["nodes", "--json"])["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["name"] == name && n["state"] == "ready"))
+        });
     }
 
     /// Kills the server with SIGKILL: no chance to clean up, as in a crash.
@@ -228,6 +282,11 @@ impl Drop for Ferry {
             for job in running["jobs"].as_array().into_iter().flatten() {
                 let _ = self.cli(&["cancel", &job["id"].to_string()]);
             }
+        }
+        for (mut child, dir) in self.extra_agents.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+            kill_runs(&dir);
         }
         for child in [self.agent.take(), self.server.take()].into_iter().flatten() {
             let mut child = child;

@@ -1,0 +1,150 @@
+//! The server's configuration file (TOML): pools, their order and burst settings, and their prices.
+//!
+//! ```toml
+//! [[pool]]
+//! name = "local"        # owned capacity: filled first
+//! order = 0
+//!
+//! [[pool]]
+//! name = "aws-spot"
+//! order = 10
+//! burst = true          # used only when the pools before it are full for what a job needs,
+//! burst_after = "30m"   # or once the job has waited this long
+//! price_gpu_hour = 1.20
+//! price_cpu_hour = 0.02
+//! ```
+//!
+//! This module parses and checks; it must never touch the store or the scheduler.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use ferry_core::PoolInfo;
+use serde::Deserialize;
+
+/// The most pools one installation may define.
+const POOLS_MAX: usize = 256;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileConfig {
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    pub info: PoolInfo,
+    pub price_gpu_hour: Option<f64>,
+    pub price_cpu_hour: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    pool: Vec<RawPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: String,
+    order: i32,
+    #[serde(default)]
+    burst: bool,
+    burst_after: Option<String>,
+    price_gpu_hour: Option<f64>,
+    price_cpu_hour: Option<f64>,
+}
+
+impl FileConfig {
+    /// Reads and checks the file; the error names the file and, from toml, the line, column and field.
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+        FileConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        if raw.pool.len() > POOLS_MAX {
+            return Err(format!("{} pools defined; the limit is {POOLS_MAX}", raw.pool.len()));
+        }
+        let mut seen = BTreeSet::new();
+        let mut pools = Vec::with_capacity(raw.pool.len());
+        for (i, p) in raw.pool.into_iter().enumerate() {
+            let at = format!("pool[{i}] ({})", p.name);
+            if p.name.trim().is_empty() || p.name.contains(char::is_whitespace) {
+                return Err(format!("pool[{i}]: `name` must be a non-empty word, such as local or aws-spot"));
+            }
+            if !seen.insert(p.name.clone()) {
+                return Err(format!("{at}: the pool `{}` is defined twice", p.name));
+            }
+            let burst_after_s = p
+                .burst_after
+                .as_deref()
+                .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("{at}: `burst_after`: {e}")))
+                .transpose()?;
+            if burst_after_s.is_some() && !p.burst {
+                return Err(format!("{at}: `burst_after` applies only to a pool with `burst = true`"));
+            }
+            for (field, price) in [("price_gpu_hour", p.price_gpu_hour), ("price_cpu_hour", p.price_cpu_hour)] {
+                if price.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                    return Err(format!("{at}: `{field}` must be a price of zero or more, such as 1.20"));
+                }
+            }
+            pools.push(PoolConfig {
+                info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s },
+                price_gpu_hour: p.price_gpu_hour,
+                price_cpu_hour: p.price_cpu_hour,
+            });
+        }
+        Ok(FileConfig { pools })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        FileConfig::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn reads_pools_in_order_with_burst_settings() {
+        let config = FileConfig::parse(
+            "[[pool]]\nname = \"local\"\norder = 0\n\n[[pool]]\nname = \"cloud\"\norder = 10\nburst = true\n\
+             burst_after = \"30m\"\nprice_gpu_hour = 1.2\n",
+        )
+        .unwrap();
+        assert_eq!(config.pools.len(), 2);
+        assert_eq!(
+            config.pools[1].info,
+            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(1800) }
+        );
+        assert_eq!(config.pools[1].price_gpu_hour, Some(1.2));
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        assert!(
+            error("[[pool]]\nname = \"a\"\nordr = 1\n").contains("unknown field `ordr`"),
+            "{}",
+            error("[[pool]]\nname = \"a\"\nordr = 1\n")
+        );
+        assert!(error("[[pool]]\nname = \"a\"\n").contains("missing field `order`"));
+        assert_eq!(
+            error("[[pool]]\nname = \"a\"\norder = 1\n[[pool]]\nname = \"a\"\norder = 2\n"),
+            "pool[1] (a): the pool `a` is defined twice"
+        );
+        assert_eq!(
+            error("[[pool]]\nname = \"a\"\norder = 1\nburst_after = \"5m\"\n"),
+            "pool[0] (a): `burst_after` applies only to a pool with `burst = true`"
+        );
+        assert!(error("[[pool]]\nname = \"a\"\norder = 1\nburst = true\nburst_after = \"soon\"\n")
+            .starts_with("pool[0] (a): `burst_after`: `soon` is not a duration"));
+        assert_eq!(
+            error("[[pool]]\nname = \"a\"\norder = 1\nprice_gpu_hour = -1.0\n"),
+            "pool[0] (a): `price_gpu_hour` must be a price of zero or more, such as 1.20"
+        );
+    }
+}
