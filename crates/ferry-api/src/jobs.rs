@@ -65,6 +65,9 @@ pub struct SubmitJob {
     pub name: Option<String>,
     #[serde(default)]
     pub project: Option<String>,
+    /// The team whose quota the job counts against.
+    #[serde(default)]
+    pub team: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Thousandths of a CPU; default 1000 (one CPU).
@@ -175,6 +178,7 @@ pub struct Job {
     pub id: u64,
     pub name: Option<String>,
     pub project: Option<String>,
+    pub team: Option<String>,
     pub owner: String,
     pub state: JobState,
     pub command: Vec<String>,

@@ -140,8 +140,12 @@ impl Client {
         id: u64,
         offset: u64,
         follow: bool,
+        attempt: Option<u32>,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, ClientError> {
-        let query = [("offset", offset.to_string()), ("follow", follow.to_string())];
+        let mut query = vec![("offset", offset.to_string()), ("follow", follow.to_string())];
+        if let Some(attempt) = attempt {
+            query.push(("attempt", attempt.to_string()));
+        }
         let response = self.send(self.request(reqwest::Method::GET, &format!("/jobs/{id}/logs")).query(&query)).await?;
         Ok(response.bytes_stream())
     }

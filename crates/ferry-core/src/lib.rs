@@ -6,6 +6,9 @@
 //! This crate must never do I/O, read a clock, spawn a task or draw a random number: the server and the simulator
 //! drive the same core, so everything it needs is passed in. It knows nothing of SQL, HTTP or processes.
 
+mod fairshare;
+mod node;
+mod preempt;
 mod reason;
 mod resources;
 pub mod resources_fmt {
@@ -14,9 +17,11 @@ pub mod resources_fmt {
 }
 mod scheduler;
 
+pub use fairshare::HALF_LIFE_S_DEFAULT;
+pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason};
 pub use resources::Resources;
-pub use scheduler::{Allocation, CoreError, Decision, Event, JobRequest, NodeInfo, PoolInfo, Scheduler};
+pub use scheduler::{Allocation, CoreError, Decision, Event, JobRequest, NodeInfo, PoolInfo, Scheduler, TeamInfo};
 
 /// A job's identifier, assigned by the store when the job is accepted.
 pub type JobId = u64;

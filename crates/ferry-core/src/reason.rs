@@ -63,6 +63,10 @@ pub enum WaitReason {
     NoReadyNodes { nodes: u32 },
     /// No node allows the job: none has the GPU model it asks for, or the labels its selector names.
     NoMatchingNode { gpu_models: Vec<String>, selector: Vec<String>, models_known: Vec<String> },
+    /// Running jobs are being preempted to make room for it; it starts when they have stopped.
+    Preempting { jobs: Vec<JobId> },
+    /// Starting the job would take its team past its quota plus what it may borrow.
+    OverTeamLimit { team: String, resource: ResourceKind, would_hold: u64, limit: u64 },
     /// No node, even empty, is large enough for the job.
     Infeasible { resource: ResourceKind, needed: u64, largest: u64 },
     /// Some node could hold the job, but none has enough free right now.
@@ -100,6 +104,15 @@ impl fmt::Display for WaitReason {
                 }
                 Ok(())
             }
+            WaitReason::Preempting { jobs } => {
+                write!(f, "{} preempted to make room for it; it starts when they have stopped", jobs_phrase(jobs))
+            }
+            WaitReason::OverTeamLimit { team, resource, would_hold, limit } => write!(
+                f,
+                "team {team} would hold {}, over its limit of {} (quota plus what it may borrow); it starts when the team's other jobs end",
+                resource.free_amount(*would_hold),
+                resource.free_amount(*limit)
+            ),
             WaitReason::Infeasible { resource, needed, largest } => write!(
                 f,
                 "no node in any pool has {}; the largest has {}",

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fairshare::{self, Usage};
+use crate::node::Node;
+use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 use crate::reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason, SHORTFALL_NODES_MAX};
 use crate::resources::Resources;
 use crate::JobId;
@@ -40,6 +43,23 @@ pub struct PoolInfo {
     pub burst_after_s: Option<u64>,
 }
 
+/// A team's quota: what it is guaranteed, and how much more it may borrow from other teams' idle quota. Borrowed
+/// resources are taken back by preemption when their owner needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamInfo {
+    pub name: String,
+    pub quota: Resources,
+    /// How much beyond its quota the team may use; `None` means as much as is idle.
+    pub borrow_limit: Option<Resources>,
+}
+
+impl TeamInfo {
+    /// The most the team may hold at once.
+    fn ceiling(&self) -> Option<Resources> {
+        self.borrow_limit.map(|b| self.quota.checked_add(&b).unwrap_or(self.quota))
+    }
+}
+
 /// What the scheduler needs to know of a queued job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
@@ -56,6 +76,10 @@ pub struct JobRequest {
     pub selector: BTreeMap<String, String>,
     /// When the job entered the queue, for how long it has waited (bursting, estimates).
     pub submitted_at_us: i64,
+    /// The team whose quota the job counts against; empty for none.
+    pub team: String,
+    /// The user whose fair share the job counts against.
+    pub user: String,
 }
 
 impl JobRequest {
@@ -104,21 +128,36 @@ pub enum Event {
     /// A job entered the queue.
     JobSubmitted(JobRequest),
     /// A job already running somewhere is re-entered after a restart of the server.
-    JobAdopted { id: JobId, allocation: Allocation },
+    JobAdopted { request: JobRequest, allocation: Allocation },
     /// A job left the system (finished, cancelled or lost), wherever it was; its resources are free again.
     JobEnded { id: JobId },
     /// The pools and their order, replacing any earlier configuration. Nodes of a pool not listed here are owned
     /// capacity, after the listed pools.
     PoolsConfigured(Vec<PoolInfo>),
-    /// The time is now `now_us`; the next cycles measure waiting against it.
+    /// The teams and their quotas, and the half-life of the usage fair share weighs, replacing earlier settings.
+    TeamsConfigured { teams: Vec<TeamInfo>, fair_share_half_life_s: u64 },
+    /// The time is now `now_us`; usage accrues and waiting is measured against it.
     Tick { now_us: i64 },
 }
 
 /// What the driver must do. Every decision carries its reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Start { job: JobId, allocation: Allocation, reason: Placement },
-    Lost { job: JobId, node: String },
+    Start {
+        job: JobId,
+        allocation: Allocation,
+        reason: Placement,
+    },
+    Lost {
+        job: JobId,
+        node: String,
+    },
+    /// Stop a running job (with a grace period) so that `by` can start; the driver requeues it when it has ended.
+    Preempt {
+        job: JobId,
+        by: JobId,
+        reason: PreemptReason,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -133,55 +172,6 @@ pub enum CoreError {
     GpuCountMismatch { node: String, gpus: u32, indices: usize },
 }
 
-#[derive(Clone, Debug)]
-struct Node {
-    info: NodeInfo,
-    ready: bool,
-    /// CPUs, memory and whole GPUs held by running jobs (shared GPUs are counted in `shared`).
-    allocated: Resources,
-    /// Which job holds each wholly allocated GPU.
-    gpu_owner: BTreeMap<u32, JobId>,
-    /// For each GPU that jobs share, the thousandths in use and the jobs using them. A GPU in neither map is free.
-    shared: BTreeMap<u32, (u32, BTreeSet<JobId>)>,
-    jobs: BTreeSet<JobId>,
-}
-
-impl Node {
-    fn new(info: NodeInfo) -> Node {
-        Node {
-            info,
-            ready: true,
-            allocated: Resources::ZERO,
-            gpu_owner: BTreeMap::new(),
-            shared: BTreeMap::new(),
-            jobs: BTreeSet::new(),
-        }
-    }
-
-    /// Free CPUs, memory and whole GPUs (a GPU with any share taken is not whole).
-    fn free(&self) -> Resources {
-        let cpu_mem = self.info.capacity.saturating_sub(&self.allocated);
-        Resources { gpus: self.free_gpus().count() as u32, ..cpu_mem }
-    }
-
-    fn free_gpus(&self) -> impl Iterator<Item = u32> + '_ {
-        self.info
-            .gpu_indices
-            .iter()
-            .copied()
-            .filter(|g| !self.gpu_owner.contains_key(g) && !self.shared.contains_key(g))
-    }
-
-    /// The shared GPU with the least room that still has `milli` free, so shares pack onto as few GPUs as possible.
-    fn shared_gpu_with_room(&self, milli: u32) -> Option<u32> {
-        self.shared
-            .iter()
-            .filter(|(_, (used, _))| used + milli <= 1000)
-            .max_by_key(|(_, (used, _))| *used)
-            .map(|(g, _)| *g)
-    }
-}
-
 type QueueKey = (Reverse<i32>, JobId);
 /// What a node keeps free after a placement: whole GPUs, CPUs, memory; lower is a tighter fit.
 type FitScore = (u32, u64, u64);
@@ -194,11 +184,24 @@ pub struct Scheduler {
     nodes: BTreeMap<String, Node>,
     queue: BTreeSet<QueueKey>,
     pending: HashMap<JobId, JobRequest>,
-    running: HashMap<JobId, Allocation>,
+    running: HashMap<JobId, Running>,
     /// What the last cycle held back for blocked jobs: job id to the node it reserved.
     reservations: HashMap<JobId, String>,
     pools: BTreeMap<String, PoolInfo>,
+    teams: BTreeMap<String, TeamInfo>,
+    /// What each team and each user holds now.
+    team_held: HashMap<String, Resources>,
+    user_held: HashMap<String, Resources>,
+    usage: Usage,
     now_us: i64,
+}
+
+/// A running job: where it runs, what it asked for, and whether it is being preempted (and for whom).
+#[derive(Clone, Debug)]
+struct Running {
+    allocation: Allocation,
+    request: JobRequest,
+    preempted_by: Option<JobId>,
 }
 
 impl Scheduler {
@@ -215,7 +218,12 @@ impl Scheduler {
     }
 
     pub fn allocation(&self, job: JobId) -> Option<&Allocation> {
-        self.running.get(&job)
+        self.running.get(&job).map(|r| &r.allocation)
+    }
+
+    /// What a team holds now.
+    pub fn team_held(&self, team: &str) -> Resources {
+        self.team_held.get(team).copied().unwrap_or_default()
     }
 
     /// Allocated resources and capacity of a node, for reports.
@@ -229,7 +237,7 @@ impl Scheduler {
             Event::NodeUp(info) => self.node_up(info).map(|()| Vec::new()),
             Event::NodeDown { node } => self.node_down(&node),
             Event::JobSubmitted(request) => self.submit(request).map(|()| Vec::new()),
-            Event::JobAdopted { id, allocation } => self.adopt(id, allocation).map(|()| Vec::new()),
+            Event::JobAdopted { request, allocation } => self.adopt(request, allocation).map(|()| Vec::new()),
             Event::JobEnded { id } => {
                 self.end(id);
                 Ok(Vec::new())
@@ -238,8 +246,13 @@ impl Scheduler {
                 self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
                 Ok(Vec::new())
             }
+            Event::TeamsConfigured { teams, fair_share_half_life_s } => {
+                self.teams = teams.into_iter().map(|t| (t.name.clone(), t)).collect();
+                self.usage.half_life_s = fair_share_half_life_s;
+                Ok(Vec::new())
+            }
             Event::Tick { now_us } => {
-                self.now_us = self.now_us.max(now_us);
+                self.tick(now_us);
                 Ok(Vec::new())
             }
         }
@@ -275,6 +288,21 @@ impl Scheduler {
         Ok(lost.into_iter().map(|job| Decision::Lost { job, node: name.to_string() }).collect())
     }
 
+    /// Moves time forward: each user's usage accrues what its jobs held since the last tick, then decays.
+    fn tick(&mut self, now_us: i64) {
+        if now_us <= self.now_us {
+            return;
+        }
+        let dt_s = (now_us - self.now_us) as f64 / 1e6;
+        let first = self.now_us == 0;
+        self.now_us = now_us;
+        if first {
+            return;
+        }
+        let held: Vec<(&str, Resources)> = self.user_held.iter().map(|(u, r)| (u.as_str(), *r)).collect();
+        self.usage.advance(dt_s, &held);
+    }
+
     fn submit(&mut self, request: JobRequest) -> Result<(), CoreError> {
         if self.pending.contains_key(&request.id) || self.running.contains_key(&request.id) {
             return Err(CoreError::DuplicateJob(request.id));
@@ -284,7 +312,8 @@ impl Scheduler {
         Ok(())
     }
 
-    fn adopt(&mut self, id: JobId, allocation: Allocation) -> Result<(), CoreError> {
+    fn adopt(&mut self, request: JobRequest, allocation: Allocation) -> Result<(), CoreError> {
+        let id = request.id;
         if self.pending.contains_key(&id) || self.running.contains_key(&id) {
             return Err(CoreError::DuplicateJob(id));
         }
@@ -309,11 +338,17 @@ impl Scheduler {
         }
         // Adoption records what already runs, so it may exceed capacity if the node shrank; it never double-books a
         // GPU, which the checks above guarantee.
-        self.allocate(id, allocation);
+        self.allocate(request, allocation);
         Ok(())
     }
 
-    fn allocate(&mut self, id: JobId, allocation: Allocation) {
+    fn allocate(&mut self, request: JobRequest, allocation: Allocation) {
+        let id = request.id;
+        let held = request.footprint();
+        for (map, key) in [(&mut self.team_held, &request.team), (&mut self.user_held, &request.user)] {
+            let entry = map.entry(key.clone()).or_default();
+            *entry = entry.checked_add(&held).unwrap_or(*entry);
+        }
         let node = self.nodes.get_mut(&allocation.node).expect("allocation on a known node");
         node.allocated = node.allocated.checked_add(&allocation.resources).unwrap_or(node.allocated);
         if allocation.gpu_share_milli > 0 {
@@ -331,7 +366,7 @@ impl Scheduler {
             }
         }
         node.jobs.insert(id);
-        self.running.insert(id, allocation);
+        self.running.insert(id, Running { allocation, request, preempted_by: None });
     }
 
     fn end(&mut self, id: JobId) {
@@ -339,7 +374,16 @@ impl Scheduler {
             self.queue.remove(&(Reverse(request.priority), id));
         }
         self.reservations.remove(&id);
-        let Some(allocation) = self.running.remove(&id) else { return };
+        let Some(Running { allocation, request, .. }) = self.running.remove(&id) else { return };
+        let held = request.footprint();
+        for (map, key) in [(&mut self.team_held, &request.team), (&mut self.user_held, &request.user)] {
+            if let Some(entry) = map.get_mut(key) {
+                *entry = entry.saturating_sub(&held);
+                if *entry == Resources::ZERO {
+                    map.remove(key);
+                }
+            }
+        }
         let Some(node) = self.nodes.get_mut(&allocation.node) else { return };
         node.allocated = node.allocated.saturating_sub(&allocation.resources);
         if allocation.gpu_share_milli > 0 {
@@ -359,23 +403,27 @@ impl Scheduler {
         node.jobs.remove(&id);
     }
 
-    /// One scheduling cycle: starts every queued job that fits, in queue order, honouring the reservations of the
-    /// blocked jobs ahead of it.
+    /// One scheduling cycle, in numbered steps:
+    /// 1. take what each ready node has free;
+    /// 2. order the queue: priority, then fair share between users, then submission;
+    /// 3. for each job within its team's limit, find the nodes that allow and fit it and start it on the best;
+    /// 4. a job that does not fit either preempts lower-priority or borrowed work, or reserves what it needs on the
+    ///    node closest to holding it, so the jobs behind it cannot starve it.
     pub fn schedule(&mut self) -> Vec<Decision> {
-        // Step 1: what each ready node has free; reservations shrink it as the walk goes on.
         let mut free: BTreeMap<String, Resources> =
             self.nodes.iter().filter(|(_, n)| n.ready).map(|(name, n)| (name.clone(), n.free())).collect();
         self.reservations.clear();
-        let mut starts = Vec::new();
-        let order: Vec<QueueKey> = self.queue.iter().copied().collect();
-        for key in order {
+        let mut decisions = Vec::new();
+        let mut preemptions = 0usize;
+        for id in self.cycle_order() {
             // Every job needs some CPU, so once no CPU is left unreserved nothing further can start.
-            if free.values().all(|r| r.cpu_millis == 0) {
+            if free.values().all(|r| r.cpu_millis == 0) && preemptions >= PREEMPTIONS_PER_CYCLE_MAX {
                 break;
             }
-            // Step 2: feasibility (constraints, then free resources), then ranking by best fit: fewest whole GPUs,
-            // then CPUs, then memory left over, the node name breaking ties.
-            let request = &self.pending[&key.1];
+            let request = &self.pending[&id];
+            if self.over_team_limit(request).is_some() {
+                continue;
+            }
             let mut candidates = 0u32;
             let mut best: Option<((PoolRank, FitScore), &String, Option<u32>)> = None;
             for (name, f) in &free {
@@ -393,12 +441,131 @@ impl Scheduler {
                 }
             }
             match best.map(|(_, name, shared)| (name.clone(), shared)) {
-                Some((node, shared)) => starts.push(self.start(key, node, shared, candidates, &mut free)),
-                None => self.reserve(key.1, &mut free),
+                Some((node, shared)) => decisions.push(self.start(id, node, shared, candidates, &mut free)),
+                None => {
+                    let awaited = self.running.values().any(|r| r.preempted_by == Some(id));
+                    let preempted = if awaited || preemptions >= PREEMPTIONS_PER_CYCLE_MAX {
+                        Vec::new()
+                    } else {
+                        self.preempt_for(id, &free)
+                    };
+                    preemptions += preempted.len();
+                    decisions.extend(preempted);
+                    self.reserve(id, &mut free);
+                }
             }
         }
         debug_assert_eq!(self.check_invariants(), Ok(()));
-        starts
+        decisions
+    }
+
+    /// The queue in the order this cycle considers it (see `fairshare`).
+    fn cycle_order(&self) -> Vec<JobId> {
+        let capacity = self
+            .nodes
+            .values()
+            .filter(|n| n.ready)
+            .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc));
+        let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
+        let user_of = |id: JobId| {
+            let r = &self.pending[&id];
+            (r.user.clone(), r.footprint())
+        };
+        fairshare::order(queue, user_of, &self.user_held, &self.usage, &capacity)
+    }
+
+    /// Why the job's team may not take it on now, if it may not: the team would hold more than its quota plus
+    /// what it may borrow.
+    fn over_team_limit(&self, request: &JobRequest) -> Option<WaitReason> {
+        let team = self.teams.get(&request.team)?;
+        let ceiling = team.ceiling()?;
+        let after = self.team_held(&request.team).checked_add(&request.footprint())?;
+        let (resource, would_hold, limit) = first_short(&after, &ceiling)?;
+        Some(WaitReason::OverTeamLimit { team: team.name.clone(), resource, would_hold, limit })
+    }
+
+    /// Picks the victims that make room for a blocked job on one node, marks them, and returns the decisions.
+    fn preempt_for(&mut self, id: JobId, free: &BTreeMap<String, Resources>) -> Vec<Decision> {
+        let request = &self.pending[&id];
+        if request.gpu_share_milli > 0 {
+            // Shares are small and pack into what frees up; they never stop other work.
+            return Vec::new();
+        }
+        let mut best: Option<((usize, i32, String), Vec<preempt::Candidate>)> = None;
+        for (name, f) in free {
+            let node = &self.nodes[name];
+            if !request.allowed_on(&node.info) || self.burst_refused(request, &node.info.pool, free).is_some() {
+                continue;
+            }
+            let candidates: Vec<preempt::Candidate> = node
+                .jobs
+                .iter()
+                .filter_map(|victim| {
+                    let running = &self.running[victim];
+                    if running.preempted_by.is_some() || running.allocation.gpu_share_milli > 0 {
+                        return None;
+                    }
+                    let reason = self.may_preempt(request, &running.request)?;
+                    Some(preempt::Candidate {
+                        job: *victim,
+                        priority: running.request.priority,
+                        resources: running.allocation.resources,
+                        gpus: running.allocation.resources.gpus,
+                        reason,
+                    })
+                })
+                .collect();
+            let Some(chosen) = preempt::victims(candidates, *f, &request.resources) else { continue };
+            if chosen.is_empty() {
+                continue;
+            }
+            let worst = chosen.iter().map(|c| c.priority).max().unwrap_or(i32::MIN);
+            let key = (chosen.len(), worst, name.clone());
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, chosen));
+            }
+        }
+        let Some((_, chosen)) = best else { return Vec::new() };
+        chosen
+            .into_iter()
+            .map(|c| {
+                self.running.get_mut(&c.job).expect("a victim runs").preempted_by = Some(id);
+                Decision::Preempt { job: c.job, by: id, reason: c.reason }
+            })
+            .collect()
+    }
+
+    /// Whether `request` may stop `victim`, and why: a strictly higher priority, or a team within its guaranteed
+    /// quota taking back what the victim's team borrowed.
+    fn may_preempt(&self, request: &JobRequest, victim: &JobRequest) -> Option<PreemptReason> {
+        if victim.priority < request.priority {
+            return Some(PreemptReason::Priority {
+                victim_priority: victim.priority,
+                preemptor_priority: request.priority,
+            });
+        }
+        let mine = self.teams.get(&request.team)?;
+        let theirs = self.teams.get(&victim.team)?;
+        // Count what preemptions already under way will move: the jobs they make room for belong to their teams
+        // already, and their victims no longer to theirs.
+        let (mut claimed, mut leaving) = (self.team_held(&mine.name), self.team_held(&theirs.name));
+        let mut preemptors = BTreeSet::new();
+        for running in self.running.values() {
+            let Some(by) = running.preempted_by else { continue };
+            if running.request.team == theirs.name {
+                leaving = leaving.saturating_sub(&running.request.footprint());
+            }
+            preemptors.insert(by);
+        }
+        for waiting in preemptors.iter().filter_map(|by| self.pending.get(by)) {
+            if waiting.team == mine.name && waiting.id != request.id {
+                claimed = claimed.checked_add(&waiting.footprint()).unwrap_or(claimed);
+            }
+        }
+        let within_quota = claimed.checked_add(&request.footprint())?.fits_in(&mine.quota);
+        let borrowing = !leaving.fits_in(&theirs.quota);
+        (mine.name != theirs.name && within_quota && borrowing)
+            .then(|| PreemptReason::Reclaim { victim_team: theirs.name.clone(), preemptor_team: mine.name.clone() })
     }
 
     /// Whether `request` can start on `node` with `free` left there. For a GPU share, the inner value says which
@@ -420,14 +587,14 @@ impl Scheduler {
     /// Starts a queued job on a node chosen by the cycle and records the decision.
     fn start(
         &mut self,
-        key: QueueKey,
+        id: JobId,
         node: String,
         shared: Option<u32>,
         candidates: u32,
         free: &mut BTreeMap<String, Resources>,
     ) -> Decision {
-        let request = self.pending.remove(&key.1).expect("queued job is pending");
-        self.queue.remove(&key);
+        let request = self.pending.remove(&id).expect("queued job is pending");
+        self.queue.remove(&(Reverse(request.priority), id));
         let slot = free.get_mut(&node).expect("candidate is a ready node");
         *slot = slot.saturating_sub(&request.resources);
         let (gpus, gpu_share_milli) = match shared {
@@ -444,7 +611,7 @@ impl Scheduler {
         let reason =
             Placement { pool, burst, candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
         let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli };
-        self.allocate(request.id, allocation.clone());
+        self.allocate(request.clone(), allocation.clone());
         Decision::Start { job: request.id, allocation, reason }
     }
 
@@ -521,6 +688,15 @@ impl Scheduler {
         }
         if let Err(reason) = self.check_feasible(request) {
             return Some(reason);
+        }
+        if let Some(reason) = self.over_team_limit(request) {
+            return Some(reason);
+        }
+        let mut victims: Vec<JobId> =
+            self.running.iter().filter(|(_, r)| r.preempted_by == Some(job)).map(|(id, _)| *id).collect();
+        if !victims.is_empty() {
+            victims.sort_unstable();
+            return Some(WaitReason::Preempting { jobs: victims });
         }
         let ready: Vec<&Node> = self.nodes.values().filter(|n| n.ready && request.allowed_on(&n.info)).collect();
         if ready.is_empty() {
@@ -617,7 +793,8 @@ impl Scheduler {
     /// Checks, from the outside, what the cycle promises: no GPU held twice, no node over capacity, each job in
     /// exactly one place. The simulator calls this after every step.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (job, allocation) in &self.running {
+        for (job, running) in &self.running {
+            let allocation = &running.allocation;
             if self.pending.contains_key(job) {
                 return Err(format!("job {job} is both queued and running"));
             }
@@ -637,7 +814,7 @@ impl Scheduler {
             let sum = node
                 .jobs
                 .iter()
-                .map(|j| self.running[j].resources)
+                .map(|j| self.running[j].allocation.resources)
                 .fold(Resources::ZERO, |acc, r| acc.checked_add(&r).unwrap_or(acc));
             if sum != node.allocated {
                 return Err(format!(
@@ -654,7 +831,7 @@ impl Scheduler {
                 ));
             }
             for (gpu, (used, users)) in &node.shared {
-                let sum: u32 = users.iter().map(|j| self.running[j].gpu_share_milli).sum();
+                let sum: u32 = users.iter().map(|j| self.running[j].allocation.gpu_share_milli).sum();
                 if *used != sum || *used > 1000 || node.gpu_owner.contains_key(gpu) {
                     return Err(format!(
                         "GPU {gpu} of node {} is shared inconsistently ({used} used, {sum} held)",

@@ -128,8 +128,17 @@ fn adoption_restores_running_jobs_and_refuses_a_gpu_held_twice() {
         gpus,
         gpu_share_milli: 0,
     };
-    s.apply(Event::JobAdopted { id: 7, allocation: alloc(vec![1]) }).unwrap();
-    let err = s.apply(Event::JobAdopted { id: 8, allocation: alloc(vec![1]) }).unwrap_err();
+    s.apply(Event::JobAdopted {
+        request: JobRequest::new(7, Resources::new(1000, GIB, 1), 0),
+        allocation: alloc(vec![1]),
+    })
+    .unwrap();
+    let err = s
+        .apply(Event::JobAdopted {
+            request: JobRequest::new(8, Resources::new(1000, GIB, 1), 0),
+            allocation: alloc(vec![1]),
+        })
+        .unwrap_err();
     assert_eq!(err.to_string(), "job 8 cannot be adopted on node a: GPU 1 is held by job 7");
     s.apply(job(9, 1, 1, 0)).unwrap();
     let starts = s.schedule();

@@ -12,6 +12,13 @@
 //! burst_after = "30m"   # or once the job has waited this long
 //! price_gpu_hour = 1.20
 //! price_cpu_hour = 0.02
+//!
+//! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
+//!
+//! [[team]]
+//! name = "vision"
+//! quota = { gpus = 8, cpus = 128, memory = "1TiB" }   # guaranteed
+//! borrow_limit = { gpus = 8 }                          # at most this much more of others' idle quota
 //! ```
 //!
 //! This module parses and checks; it must never touch the store or the scheduler.
@@ -19,7 +26,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry_core::PoolInfo;
+use ferry_core::{PoolInfo, Resources, TeamInfo};
 use serde::Deserialize;
 
 /// The most pools one installation may define.
@@ -28,6 +35,9 @@ const POOLS_MAX: usize = 256;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FileConfig {
     pub pools: Vec<PoolConfig>,
+    pub teams: Vec<TeamInfo>,
+    /// 0 means the core's default.
+    pub fair_share_half_life_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +52,41 @@ pub struct PoolConfig {
 struct RawFile {
     #[serde(default)]
     pool: Vec<RawPool>,
+    #[serde(default)]
+    team: Vec<RawTeam>,
+    fair_share_half_life: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: String,
+    quota: RawAmount,
+    borrow_limit: Option<RawAmount>,
+}
+
+/// An amount of resources; what is left out is zero in a quota and unlimited in a borrowing limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmount {
+    gpus: Option<u32>,
+    cpus: Option<f64>,
+    memory: Option<String>,
+}
+
+impl RawAmount {
+    fn resources(&self, at: &str, missing: Resources) -> Result<Resources, String> {
+        let cpu_millis = match self.cpus {
+            Some(c) if c.is_finite() && c >= 0.0 => (c * 1000.0).round() as u64,
+            Some(c) => return Err(format!("{at}: `cpus` is {c}; write a CPU count of zero or more")),
+            None => missing.cpu_millis,
+        };
+        let memory_bytes = match &self.memory {
+            Some(m) => ferry_api::units::parse_memory(m).map_err(|e| format!("{at}: `memory`: {e}"))?,
+            None => missing.memory_bytes,
+        };
+        Ok(Resources { cpu_millis, memory_bytes, gpus: self.gpus.unwrap_or(missing.gpus) })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,7 +142,29 @@ impl FileConfig {
                 price_cpu_hour: p.price_cpu_hour,
             });
         }
-        Ok(FileConfig { pools })
+        let mut teams = Vec::with_capacity(raw.team.len());
+        let mut names = BTreeSet::new();
+        for (i, t) in raw.team.into_iter().enumerate() {
+            let at = format!("team[{i}] ({})", t.name);
+            if t.name.trim().is_empty() {
+                return Err(format!("team[{i}]: `name` must not be empty"));
+            }
+            if !names.insert(t.name.clone()) {
+                return Err(format!("{at}: the team `{}` is defined twice", t.name));
+            }
+            let quota = t.quota.resources(&format!("{at} quota"), Resources::ZERO)?;
+            let unlimited = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
+            let borrow_limit =
+                t.borrow_limit.as_ref().map(|b| b.resources(&format!("{at} borrow_limit"), unlimited)).transpose()?;
+            teams.push(TeamInfo { name: t.name, quota, borrow_limit });
+        }
+        let fair_share_half_life_s = raw
+            .fair_share_half_life
+            .as_deref()
+            .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(FileConfig { pools, teams, fair_share_half_life_s })
     }
 }
 
@@ -122,6 +189,24 @@ mod tests {
             PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(1800) }
         );
         assert_eq!(config.pools[1].price_gpu_hour, Some(1.2));
+    }
+
+    #[test]
+    fn reads_teams_with_quotas_and_borrowing_limits() {
+        let config = FileConfig::parse(
+            "fair_share_half_life = \"12h\"\n[[team]]\nname = \"vision\"\nquota = { gpus = 8, cpus = 64, memory = \"512GiB\" }\n\
+             borrow_limit = { gpus = 4 }\n",
+        )
+        .unwrap();
+        assert_eq!(config.fair_share_half_life_s, 12 * 3600);
+        let team = &config.teams[0];
+        assert_eq!(team.quota, Resources::new(64_000, 512 << 30, 8));
+        assert_eq!(team.borrow_limit.unwrap().gpus, 4);
+        assert!(team.borrow_limit.unwrap().cpu_millis > 1 << 40, "what a limit leaves out is unlimited");
+        assert_eq!(
+            error("[[team]]\nname = \"v\"\nquota = { gpus = 1, memory = \"lots\" }\n"),
+            "team[0] (v) quota: `memory`: `lots` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"
+        );
     }
 
     #[test]

@@ -17,10 +17,11 @@ use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
 use ferry_core::resources_fmt::format_cpus;
-use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, PoolInfo, Resources, Scheduler, WaitReason};
+use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Resources, Scheduler, WaitReason};
 use ferry_store::{JobRecord, NewJob, NodeRecord, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::FileConfig;
 use crate::error::ApiError;
 use crate::signals::Signals;
 
@@ -68,60 +69,69 @@ impl DriverHandle {
 /// What the driver knows of an unfinished job; the full specification stays in the store.
 #[derive(Clone, Debug)]
 struct Active {
+    /// What the scheduler core knows of the job.
+    request: JobRequest,
     state: JobState,
     attempt: u32,
     retries: u32,
-    priority: i32,
-    resources: Resources,
-    gpu_share_milli: u32,
-    gpu_types: Vec<String>,
-    selector: BTreeMap<String, String>,
-    submitted_at_us: i64,
     node: Option<String>,
     cancel_requested: bool,
+    /// Set, with the reason, while the job is stopped to make room for another; its end requeues it.
+    preempted: Option<String>,
+    /// Attempts that preemption used; they do not count against the job's retries.
+    preemptions: u32,
+    started_at_us: Option<i64>,
+}
+
+/// The core's view of a stored job.
+fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
+    JobRequest {
+        gpu_share_milli: job.gpu_share_milli,
+        gpu_models: job.gpu_types.clone(),
+        selector: job.selector.clone(),
+        submitted_at_us,
+        team: job.team.clone().unwrap_or_default(),
+        user: job.owner.clone(),
+        ..JobRequest::new(id, job.resources, job.priority.value())
+    }
 }
 
 impl Active {
     fn from_record(r: &JobRecord) -> Active {
         Active {
+            request: core_request(r.id, &r.spec, r.submitted_at_us),
             state: r.state,
             attempt: r.attempt,
             retries: r.spec.retries,
-            priority: r.spec.priority.value(),
-            resources: r.spec.resources,
-            gpu_share_milli: r.spec.gpu_share_milli,
-            gpu_types: r.spec.gpu_types.clone(),
-            selector: r.spec.selector.clone(),
-            submitted_at_us: r.submitted_at_us,
             node: r.node.clone(),
             cancel_requested: r.cancel_requested,
+            preempted: None,
+            preemptions: 0,
+            started_at_us: r.started_at_us,
         }
     }
 
-    fn from_new(job: &NewJob, submitted_at_us: i64) -> Active {
+    fn from_new(id: u64, job: &NewJob, submitted_at_us: i64) -> Active {
         Active {
+            request: core_request(id, job, submitted_at_us),
             state: JobState::Queued,
             attempt: 0,
             retries: job.retries,
-            priority: job.priority.value(),
-            resources: job.resources,
-            gpu_share_milli: job.gpu_share_milli,
-            gpu_types: job.gpu_types.clone(),
-            selector: job.selector.clone(),
-            submitted_at_us,
             node: None,
             cancel_requested: false,
+            preempted: None,
+            preemptions: 0,
+            started_at_us: None,
         }
     }
 
     fn request(&self, id: u64) -> JobRequest {
-        JobRequest {
-            gpu_share_milli: self.gpu_share_milli,
-            gpu_models: self.gpu_types.clone(),
-            selector: self.selector.clone(),
-            submitted_at_us: self.submitted_at_us,
-            ..JobRequest::new(id, self.resources, self.priority)
-        }
+        JobRequest { id, ..self.request.clone() }
+    }
+
+    /// Whether a failure may be retried: preemptions do not use up retries.
+    fn may_retry(&self) -> bool {
+        self.attempt - self.preemptions.min(self.attempt) < self.retries
     }
 }
 
@@ -162,7 +172,7 @@ pub struct Driver {
     jobs: HashMap<u64, Active>,
     nodes: HashMap<String, Liveness>,
     node_timeout: Duration,
-    pools: Vec<PoolInfo>,
+    config: FileConfig,
 }
 
 fn now_us() -> i64 {
@@ -176,7 +186,7 @@ impl Driver {
         agents: Arc<AgentBackend>,
         signals: Arc<Signals>,
         node_timeout: Duration,
-        pools: Vec<PoolInfo>,
+        config: FileConfig,
     ) -> Result<(Driver, DriverHandle, mpsc::Receiver<Command>), StoreError> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let mut driver = Driver {
@@ -187,7 +197,7 @@ impl Driver {
             jobs: HashMap::new(),
             nodes: HashMap::new(),
             node_timeout,
-            pools,
+            config,
         };
         driver.reload().await?;
         Ok((driver, DriverHandle { tx }, rx))
@@ -197,7 +207,13 @@ impl Driver {
     /// run, jobs placed but unconfirmed are sent to their node again.
     async fn reload(&mut self) -> Result<(), StoreError> {
         self.sched = Scheduler::new();
-        self.sched.apply(Event::PoolsConfigured(self.pools.clone())).expect("configuring pools never fails");
+        let pools = self.config.pools.iter().map(|p| p.info.clone()).collect();
+        self.sched.apply(Event::PoolsConfigured(pools)).expect("configuring pools never fails");
+        let teams = Event::TeamsConfigured {
+            teams: self.config.teams.clone(),
+            fair_share_half_life_s: self.config.fair_share_half_life_s,
+        };
+        self.sched.apply(teams).expect("configuring teams never fails");
         self.jobs.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {
@@ -221,7 +237,7 @@ impl Driver {
                         gpus: record.gpu_ids.clone(),
                         gpu_share_milli: record.spec.gpu_share_milli,
                     };
-                    self.sched.apply(Event::JobAdopted { id: record.id, allocation })
+                    self.sched.apply(Event::JobAdopted { request: active.request(record.id), allocation })
                 }
                 (_, None) => Err(ferry_core::CoreError::UnknownNode(String::new())),
             };
@@ -349,7 +365,7 @@ impl Driver {
                 for (id, job) in &self.jobs {
                     if let (Some(node), JobState::Starting | JobState::Running) = (&job.node, job.state) {
                         let entry = by_node.entry(node.clone()).or_insert((Resources::ZERO, Vec::new()));
-                        entry.0 = entry.0.checked_add(&job.resources).unwrap_or(entry.0);
+                        entry.0 = entry.0.checked_add(&job.request.resources).unwrap_or(entry.0);
                         entry.1.push(*id);
                     }
                 }
@@ -364,11 +380,12 @@ impl Driver {
 
     async fn submit(&mut self, job: NewJob, tx: &mut Tx) -> Result<Result<u64, ApiError>, StoreError> {
         let now = now_us();
-        let active = Active::from_new(&job, now);
-        if let Err(reason) = self.sched.check_feasible(&active.request(0)) {
+        let mut active = Active::from_new(0, &job, now);
+        if let Err(reason) = self.sched.check_feasible(&active.request) {
             return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
         let id = tx.insert_job(&job, now).await?;
+        active.request.id = id;
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("a fresh id is unknown to the core");
         self.jobs.insert(id, active);
         Ok(Ok(id))
@@ -501,7 +518,9 @@ impl Driver {
                 fx.started.push((node.to_string(), run));
                 if job.state == JobState::Starting {
                     tx.running(run.job_id, *started_at_us, &format!("running on node {node} as pid {pid}")).await?;
-                    self.jobs.get_mut(&run.job_id).expect("current job is active").state = JobState::Running;
+                    let active = self.jobs.get_mut(&run.job_id).expect("current job is active");
+                    active.state = JobState::Running;
+                    active.started_at_us = Some(*started_at_us);
                     fx.changed.push(run.job_id);
                 }
                 Ok(None)
@@ -516,8 +535,16 @@ impl Driver {
                 if let (JobState::Starting, Some(started)) = (job.state, started_at_us) {
                     tx.running(run.job_id, *started, &format!("running on node {node}")).await?;
                 }
+                if let (Some(why), false) = (&job.preempted, job.cancel_requested) {
+                    let ran_s =
+                        started_at_us.or(job.started_at_us).map_or(0, |s| (finished_at_us - s).max(0) / 1_000_000);
+                    let why = format!("{why}; {ran_s}s of work lost; requeued");
+                    let preempted = Active { preemptions: job.preemptions + 1, preempted: None, ..job.clone() };
+                    self.requeue(run.job_id, &preempted, &why, tx, fx).await?;
+                    return Ok(None);
+                }
                 let (state, text) = outcome(&job, *end, *exit_code, *signal, message.as_deref());
-                let retry = state == JobState::Failed && *end != RunEnd::FailedToStart && job.attempt < job.retries;
+                let retry = state == JobState::Failed && *end != RunEnd::FailedToStart && job.may_retry();
                 if retry {
                     let why = format!("{text}; retrying (attempt {} of {})", job.attempt + 2, job.retries + 1);
                     self.requeue(run.job_id, &job, &why, tx, fx).await?;
@@ -541,7 +568,7 @@ impl Driver {
         let attempt = job.attempt + 1;
         tx.requeued(id, attempt, now_us(), why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
-        let active = Active { state: JobState::Queued, attempt, node: None, ..job.clone() };
+        let active = Active { state: JobState::Queued, attempt, node: None, started_at_us: None, ..job.clone() };
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("an ended job may be queued again");
         self.jobs.insert(id, active);
         fx.changed.push(id);
@@ -564,7 +591,7 @@ impl Driver {
         if job.cancel_requested {
             tx.finished(id, JobState::Cancelled, None, None, &format!("cancelled; {why}"), now_us()).await?;
             self.end_job(id, fx);
-        } else if job.attempt < job.retries {
+        } else if job.may_retry() {
             let why = format!("{why}; retrying (attempt {} of {})", job.attempt + 2, job.retries + 1);
             self.requeue(id, &job, &why, tx, fx).await?;
         } else {
@@ -601,30 +628,64 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs one scheduling cycle and records each start.
+    /// Runs one scheduling cycle and records each start and preemption.
     async fn place(&mut self, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
         self.sched.apply(Event::Tick { now_us: now_us() }).expect("a tick never fails");
         for decision in self.sched.schedule() {
-            let Decision::Start { job, allocation, reason } = decision else { continue };
-            let Some(record) = tx.job(job).await? else {
-                tracing::error!(job, "the core started a job the store does not have");
-                continue;
-            };
-            let why = format!(
-                "placed on node {} with GPUs [{}] and {} CPUs: {reason}",
-                allocation.node,
-                allocation.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),
-                format_cpus(allocation.resources.cpu_millis)
-            );
-            tx.placed(job, &allocation.node, &allocation.gpus, now_us(), &why).await?;
-            let active = self.jobs.get_mut(&job).expect("a started job is active");
-            active.state = JobState::Starting;
-            active.node = Some(allocation.node.clone());
-            let mut assignment = assignment(&record, &allocation.gpus);
-            assignment.run.attempt = active.attempt;
-            fx.launches.push((allocation.node, assignment));
-            fx.changed.push(job);
+            match decision {
+                Decision::Start { job, allocation, reason } => self.start_job(job, allocation, reason, tx, fx).await?,
+                Decision::Preempt { job, by, reason } => self.preempt(job, by, reason, tx, fx).await?,
+                Decision::Lost { .. } => {}
+            }
         }
+        Ok(())
+    }
+
+    async fn start_job(
+        &mut self,
+        job: u64,
+        allocation: Allocation,
+        reason: ferry_core::Placement,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let Some(record) = tx.job(job).await? else {
+            tracing::error!(job, "the core started a job the store does not have");
+            return Ok(());
+        };
+        let why = format!(
+            "placed on node {} with GPUs [{}] and {} CPUs: {reason}",
+            allocation.node,
+            allocation.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),
+            format_cpus(allocation.resources.cpu_millis)
+        );
+        tx.placed(job, &allocation.node, &allocation.gpus, now_us(), &why).await?;
+        let active = self.jobs.get_mut(&job).expect("a started job is active");
+        active.state = JobState::Starting;
+        active.node = Some(allocation.node.clone());
+        let mut assignment = assignment(&record, &allocation.gpus);
+        assignment.run.attempt = active.attempt;
+        fx.launches.push((allocation.node, assignment));
+        fx.changed.push(job);
+        Ok(())
+    }
+
+    /// Stops a running job, with its grace period, so that `by` can start; its end requeues it.
+    async fn preempt(
+        &mut self,
+        job: u64,
+        by: u64,
+        reason: ferry_core::PreemptReason,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let Some(active) = self.jobs.get_mut(&job) else { return Ok(()) };
+        let Some(node) = active.node.clone() else { return Ok(()) };
+        let why = format!("preempted for job {by}: {reason}");
+        tx.event(job, now_us(), active.state, &format!("{why}; stopping it with a grace of {STOP_GRACE_S}s")).await?;
+        active.preempted = Some(why);
+        fx.stops.push((node, RunRef { job_id: job, attempt: active.attempt }));
+        fx.changed.push(job);
         Ok(())
     }
 }

@@ -75,14 +75,8 @@ pub async fn serve(
     data.ensure_admin_token(&store).await?;
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
-    let (driver, handle, commands) = Driver::start(
-        store.clone(),
-        agents.clone(),
-        signals.clone(),
-        config.node_timeout,
-        config.file.pools.iter().map(|p| p.info.clone()).collect(),
-    )
-    .await?;
+    let (driver, handle, commands) =
+        Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout, config.file.clone()).await?;
     let driver_task = tokio::spawn(driver.run(commands));
     let logs = Arc::new(LogStore::new(data.logs()));
     let tokens = Arc::new(auth::TokenCache::default());

@@ -16,6 +16,8 @@ use crate::{from_json, to_json, Store, StoreError};
 pub struct NewJob {
     pub name: Option<String>,
     pub project: Option<String>,
+    /// The team whose quota the job counts against.
+    pub team: Option<String>,
     pub owner: String,
     pub command: Vec<String>,
     pub workdir: String,
@@ -58,7 +60,7 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
-     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector";
+     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -69,6 +71,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let spec = NewJob {
         name: row.get("name"),
         project: row.get("project"),
+        team: row.get("team"),
         owner: row.get("owner"),
         command: from_json("command", row.get("command"))?,
         workdir: row.get("workdir"),
@@ -173,8 +176,8 @@ impl Tx {
     pub async fn insert_job(&mut self, job: &NewJob, now_us: i64) -> Result<u64, StoreError> {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
-             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -192,6 +195,7 @@ impl Tx {
         .bind(job.gpu_share_milli as i64)
         .bind(to_json(&job.gpu_types))
         .bind(to_json(&job.selector))
+        .bind(&job.team)
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

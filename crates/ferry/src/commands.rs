@@ -59,6 +59,9 @@ pub struct RunArgs {
     name: Option<String>,
     #[arg(long)]
     project: Option<String>,
+    /// The team whose quota the job counts against.
+    #[arg(long)]
+    team: Option<String>,
     /// low, normal, high or urgent.
     #[arg(long, default_value = "normal")]
     priority: String,
@@ -91,6 +94,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
             .to_string(),
         name: args.name,
         project: args.project,
+        team: args.team,
         env: job_env(&args.env)?,
         gpu_share_milli: (gpu_share_milli > 0).then_some(gpu_share_milli),
         gpu_types: args.gpu_types,
@@ -149,7 +153,7 @@ async fn follow(client: &ferry_client::Client, id: u64) -> Result<i32, CliError>
     if let Some(waiting) = &job.waiting {
         eprintln!("job {id} is waiting: {}", waiting.message);
     }
-    stream_logs(client, id, true).await?;
+    stream_logs(client, id, true, None).await?;
     let mut job = client.wait_job(id, WAIT_SLICE).await?;
     while !job.state.is_terminal() {
         job = client.wait_job(id, WAIT_SLICE).await?;
@@ -168,11 +172,16 @@ fn job_exit_code(job: &Job) -> i32 {
     }
 }
 
-async fn stream_logs(client: &ferry_client::Client, id: u64, follow: bool) -> Result<(), CliError> {
+async fn stream_logs(
+    client: &ferry_client::Client,
+    id: u64,
+    follow: bool,
+    attempt: Option<u32>,
+) -> Result<(), CliError> {
     let mut offset = 0u64;
     // A followed stream may break when the server restarts; pick up at the same byte.
     loop {
-        let mut stream = client.logs(id, offset, follow).await?;
+        let mut stream = client.logs(id, offset, follow, attempt).await?;
         let mut stdout = std::io::stdout().lock();
         let mut broke = false;
         while let Some(chunk) = stream.next().await {
@@ -291,6 +300,9 @@ fn describe(j: &Job) -> String {
     if let Some(p) = &j.project {
         line("Project:", p.clone());
     }
+    if let Some(t) = &j.team {
+        line("Team:", t.clone());
+    }
     line("Priority:", j.priority.name().to_string());
     let gpus = if j.gpu_share_milli > 0 {
         format!("{} of a GPU", format::cpus(j.gpu_share_milli as u64))
@@ -335,10 +347,13 @@ pub struct LogsArgs {
     /// Keep printing new output until the job ends.
     #[arg(long, short = 'f')]
     follow: bool,
+    /// The output of an earlier attempt (0 is the first run); by default the latest.
+    #[arg(long)]
+    attempt: Option<u32>,
 }
 
 pub async fn logs(g: &Global, args: LogsArgs) -> Result<i32, CliError> {
-    stream_logs(&g.client()?, parse_id(&args.id)?, args.follow).await?;
+    stream_logs(&g.client()?, parse_id(&args.id)?, args.follow, args.attempt).await?;
     Ok(0)
 }
 

@@ -308,3 +308,28 @@ fn owned_pools_fill_first_then_jobs_burst_in_the_configured_order() {
         job["timeline"].as_array().unwrap().iter().find(|e| e["state"] == "starting").unwrap()["message"].clone();
     assert!(placed.as_str().unwrap().contains("burst to pool cloud"), "{placed}");
 }
+
+#[test]
+fn a_higher_priority_job_preempts_with_a_grace_period_and_the_victim_is_requeued() {
+    let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
+    let script =
+        "trap 'echo checkpoint saved; exit 0' TERM; echo attempt $FERRY_ATTEMPT; while true; do sleep 0.05; done";
+    let low = f.submit(&["--gpus", "1", "--cpus", "0.1", "--priority", "low", "--", "sh", "-c", script]);
+    f.wait_for("the low job to run", |f| f.ok(&["logs", &low.to_string()]) == "attempt 0\n");
+    let high = f.submit(&["--gpus", "1", "--cpus", "0.1", "--priority", "high", "--", "echo", "urgent work"]);
+    f.wait_state(high, "succeeded");
+    let job = f.job(low);
+    let timeline: Vec<String> =
+        job["timeline"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().to_string()).collect();
+    assert!(
+        timeline.iter().any(|m| m.starts_with(&format!("preempted for job {high}: a job of higher priority"))),
+        "{timeline:?}"
+    );
+    assert!(timeline.iter().any(|m| m.contains("of work lost; requeued")), "{timeline:?}");
+    // The victim checkpointed on SIGTERM, and runs again once the GPU is free.
+    // SIGTERM reaches the whole process group: the shell's `sleep` dies of it too, which the shell reports.
+    let first = f.ok(&["logs", &low.to_string(), "--attempt", "0"]);
+    assert!(first.starts_with("attempt 0\n") && first.ends_with("checkpoint saved\n"), "{first}");
+    f.wait_for("the requeued run", |f| f.ok(&["logs", &low.to_string()]) == "attempt 1\n");
+    assert_eq!(f.job(low)["retries"], 0, "a preemption does not use up retries");
+}

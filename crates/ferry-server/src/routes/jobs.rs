@@ -106,6 +106,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     Ok(NewJob {
         name: spec.name,
         project: spec.project,
+        team: spec.team,
         owner: owner.to_string(),
         command: spec.command,
         workdir: spec.workdir,
@@ -362,6 +363,7 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         id: r.id,
         name: r.spec.name,
         project: r.spec.project,
+        team: r.spec.team,
         owner: r.spec.owner,
         state: r.state,
         command: r.spec.command,

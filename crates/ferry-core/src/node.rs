@@ -1,0 +1,56 @@
+//! One node's bookkeeping: what it has, what is allocated, and which job holds each GPU or share of one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::resources::Resources;
+use crate::scheduler::NodeInfo;
+use crate::JobId;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub(crate) info: NodeInfo,
+    pub(crate) ready: bool,
+    /// CPUs, memory and whole GPUs held by running jobs (shared GPUs are counted in `shared`).
+    pub(crate) allocated: Resources,
+    /// Which job holds each wholly allocated GPU.
+    pub(crate) gpu_owner: BTreeMap<u32, JobId>,
+    /// For each GPU that jobs share, the thousandths in use and the jobs using them. A GPU in neither map is free.
+    pub(crate) shared: BTreeMap<u32, (u32, BTreeSet<JobId>)>,
+    pub(crate) jobs: BTreeSet<JobId>,
+}
+
+impl Node {
+    pub(crate) fn new(info: NodeInfo) -> Node {
+        Node {
+            info,
+            ready: true,
+            allocated: Resources::ZERO,
+            gpu_owner: BTreeMap::new(),
+            shared: BTreeMap::new(),
+            jobs: BTreeSet::new(),
+        }
+    }
+
+    /// Free CPUs, memory and whole GPUs (a GPU with any share taken is not whole).
+    pub(crate) fn free(&self) -> Resources {
+        let cpu_mem = self.info.capacity.saturating_sub(&self.allocated);
+        Resources { gpus: self.free_gpus().count() as u32, ..cpu_mem }
+    }
+
+    pub(crate) fn free_gpus(&self) -> impl Iterator<Item = u32> + '_ {
+        self.info
+            .gpu_indices
+            .iter()
+            .copied()
+            .filter(|g| !self.gpu_owner.contains_key(g) && !self.shared.contains_key(g))
+    }
+
+    /// The shared GPU with the least room that still has `milli` free, so shares pack onto as few GPUs as possible.
+    pub(crate) fn shared_gpu_with_room(&self, milli: u32) -> Option<u32> {
+        self.shared
+            .iter()
+            .filter(|(_, (used, _))| used + milli <= 1000)
+            .max_by_key(|(_, (used, _))| *used)
+            .map(|(g, _)| *g)
+    }
+}

@@ -1,0 +1,65 @@
+//! Preemption: which running jobs to stop so that a blocked job can start.
+//!
+//! A job may preempt running jobs of lower priority, and a team within its guaranteed quota may take back what other
+//! teams borrow beyond theirs. On each allowed node the fewest, least important, most recently started victims that
+//! free enough are chosen; the node needing the fewest victims wins. Victims are stopped with a grace period and
+//! requeued by the driver; nothing here runs or stops anything.
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Resources;
+use crate::JobId;
+
+/// The most jobs one cycle may preempt, so a burst of high-priority work stops the cluster gradually.
+pub const PREEMPTIONS_PER_CYCLE_MAX: usize = 64;
+
+/// Why a running job is preempted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PreemptReason {
+    /// A job of higher priority needs its resources.
+    Priority { victim_priority: i32, preemptor_priority: i32 },
+    /// Its team borrowed beyond its quota, and the lending team needs its guaranteed share back.
+    Reclaim { victim_team: String, preemptor_team: String },
+}
+
+impl std::fmt::Display for PreemptReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PreemptReason::Priority { victim_priority, preemptor_priority } => write!(
+                f,
+                "a job of higher priority ({preemptor_priority}) needs its resources (its priority is {victim_priority})"
+            ),
+            PreemptReason::Reclaim { victim_team, preemptor_team } => write!(
+                f,
+                "team {victim_team} borrowed beyond its quota and team {preemptor_team} needs its guaranteed share back"
+            ),
+        }
+    }
+}
+
+/// A running job that could be stopped, as preemption sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    pub(crate) job: JobId,
+    pub(crate) priority: i32,
+    pub(crate) resources: Resources,
+    pub(crate) gpus: u32,
+    pub(crate) reason: PreemptReason,
+}
+
+/// The fewest victims, lowest priority first and newest first within a priority, whose resources added to `free`
+/// make room for `needs`; `None` if even all of them would not.
+pub(crate) fn victims(mut candidates: Vec<Candidate>, free: Resources, needs: &Resources) -> Option<Vec<Candidate>> {
+    candidates.sort_by_key(|c| (c.priority, std::cmp::Reverse(c.job)));
+    let mut room = free;
+    let mut chosen = Vec::new();
+    for c in candidates {
+        if needs.fits_in(&room) {
+            break;
+        }
+        room = room.checked_add(&Resources { gpus: c.gpus, ..c.resources }).unwrap_or(room);
+        chosen.push(c);
+    }
+    needs.fits_in(&room).then_some(chosen)
+}

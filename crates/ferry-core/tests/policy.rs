@@ -1,0 +1,137 @@
+//! Quotas, fair share and preemption, through the core's events and decisions.
+
+use ferry_core::{Decision, Event, JobRequest, NodeInfo, Resources, Scheduler, TeamInfo};
+
+const GIB: u64 = 1 << 30;
+
+fn node(gpus: u32) -> Event {
+    Event::NodeUp(NodeInfo {
+        name: "n".into(),
+        pool: "local".into(),
+        capacity: Resources::new(64_000, 256 * GIB, gpus),
+        gpu_indices: (0..gpus).collect(),
+        ..NodeInfo::default()
+    })
+}
+
+fn gpu_job(id: u64, user: &str, team: &str, priority: i32) -> Event {
+    Event::JobSubmitted(JobRequest {
+        user: user.into(),
+        team: team.into(),
+        ..JobRequest::new(id, Resources::new(1000, GIB, 1), priority)
+    })
+}
+
+fn teams(list: &[(&str, u32, Option<u32>)]) -> Event {
+    let teams = list
+        .iter()
+        .map(|(name, quota, borrow)| TeamInfo {
+            name: name.to_string(),
+            quota: Resources::new(64_000, 256 * GIB, *quota),
+            borrow_limit: borrow.map(|b| Resources::new(64_000, 256 * GIB, b)),
+        })
+        .collect();
+    Event::TeamsConfigured { teams, fair_share_half_life_s: 3600 }
+}
+
+/// One cycle's decisions as short lines.
+fn cycle(s: &mut Scheduler) -> Vec<String> {
+    let out = s
+        .schedule()
+        .into_iter()
+        .map(|d| match d {
+            Decision::Start { job, .. } => format!("start {job}"),
+            Decision::Preempt { job, by, reason } => format!("preempt {job} for {by}: {reason}"),
+            Decision::Lost { job, .. } => format!("lost {job}"),
+        })
+        .collect();
+    s.check_invariants().unwrap();
+    out
+}
+
+fn scheduler(events: Vec<Event>) -> Scheduler {
+    let mut s = Scheduler::new();
+    s.apply(Event::Tick { now_us: 1_000_000 }).unwrap();
+    for e in events {
+        s.apply(e).unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_sweep_does_not_starve_a_colleagues_single_run() {
+    let mut events = vec![node(4)];
+    events.extend((1..=10).map(|id| gpu_job(id, "ann", "", 0)));
+    events.push(gpu_job(11, "bob", "", 0));
+    let mut s = scheduler(events);
+    assert_eq!(cycle(&mut s), ["start 1", "start 11", "start 2", "start 3"]);
+}
+
+#[test]
+fn recent_usage_weighs_until_it_decays() {
+    let mut s = scheduler(vec![node(1), gpu_job(1, "ann", "", 0)]);
+    assert_eq!(cycle(&mut s), ["start 1"]);
+    // Ann holds the GPU for an hour; then both queue a job, Ann first.
+    s.apply(Event::Tick { now_us: 3_601_000_000 }).unwrap();
+    s.apply(Event::JobEnded { id: 1 }).unwrap();
+    s.apply(gpu_job(2, "ann", "", 0)).unwrap();
+    s.apply(gpu_job(3, "bob", "", 0)).unwrap();
+    assert_eq!(cycle(&mut s), ["start 3"], "Bob has used nothing lately, so his job goes first");
+}
+
+#[test]
+fn higher_priority_preempts_the_newest_lower_priority_job_and_then_starts() {
+    let mut s = scheduler(vec![node(2), gpu_job(1, "ann", "", 0), gpu_job(2, "ann", "", 0)]);
+    assert_eq!(cycle(&mut s), ["start 1", "start 2"]);
+    s.apply(gpu_job(3, "bob", "", 100)).unwrap();
+    assert_eq!(
+        cycle(&mut s),
+        ["preempt 2 for 3: a job of higher priority (100) needs its resources (its priority is 0)"]
+    );
+    assert_eq!(
+        s.explain(3).unwrap().to_string(),
+        "job 2 preempted to make room for it; it starts when they have stopped"
+    );
+    assert!(cycle(&mut s).is_empty(), "no second victim while the first is stopping");
+    s.apply(Event::JobEnded { id: 2 }).unwrap();
+    assert_eq!(cycle(&mut s), ["start 3"]);
+}
+
+#[test]
+fn a_team_takes_back_its_guaranteed_quota_from_a_borrower() {
+    let mut events = vec![node(4), teams(&[("vision", 2, None), ("nlp", 2, None)])];
+    events.extend((1..=4).map(|id| gpu_job(id, "nina", "nlp", 0)));
+    let mut s = scheduler(events);
+    assert_eq!(cycle(&mut s), ["start 1", "start 2", "start 3", "start 4"], "nlp borrows vision's idle quota");
+    s.apply(gpu_job(5, "vic", "vision", 0)).unwrap();
+    assert_eq!(
+        cycle(&mut s),
+        ["preempt 4 for 5: team nlp borrowed beyond its quota and team vision needs its guaranteed share back"]
+    );
+    s.apply(Event::JobEnded { id: 4 }).unwrap();
+    assert_eq!(cycle(&mut s), ["start 5"]);
+    // Within its own quota, nlp is safe from vision: a third vision job beyond vision's quota only waits.
+    s.apply(gpu_job(6, "vic", "vision", 0)).unwrap();
+    s.apply(gpu_job(7, "vic", "vision", 0)).unwrap();
+    let decisions = cycle(&mut s);
+    assert_eq!(
+        decisions,
+        ["preempt 3 for 6: team nlp borrowed beyond its quota and team vision needs its guaranteed share back"]
+    );
+    s.apply(Event::JobEnded { id: 3 }).unwrap();
+    assert_eq!(cycle(&mut s), ["start 6"]);
+    assert!(cycle(&mut s).is_empty(), "job 7 would take vision past its quota, and nlp is within its own");
+}
+
+#[test]
+fn a_team_never_holds_more_than_its_quota_plus_its_borrowing_limit() {
+    let mut s = scheduler(vec![node(8), teams(&[("small", 1, Some(1))]), gpu_job(1, "sam", "small", 0)]);
+    s.apply(gpu_job(2, "sam", "small", 0)).unwrap();
+    s.apply(gpu_job(3, "sam", "small", 0)).unwrap();
+    assert_eq!(cycle(&mut s), ["start 1", "start 2"]);
+    assert_eq!(
+        s.explain(3).unwrap().to_string(),
+        "team small would hold 3, over its limit of 2 (quota plus what it may borrow); it starts when the team's other jobs end"
+    );
+    assert_eq!(s.team_held("small").gpus, 2);
+}
