@@ -22,6 +22,7 @@ use ferry_api::nodes::NodeState;
 use ferry_api::ErrorCode;
 use ferry_client::{Client, ClientError};
 use serde_json::json;
+mod cycle;
 use stats::{bytes, latency_row, round3, summary_json, Samples};
 use tokio::task::JoinSet;
 
@@ -46,6 +47,8 @@ enum Command {
     Throughput(ThroughputArgs),
     /// Fills the queue with jobs that cannot start yet and reports the server's resident memory.
     QueueMemory(QueueMemoryArgs),
+    /// Times one cycle of the scheduler core alone on a large cluster with a deep queue.
+    Cycle(cycle::CycleArgs),
 }
 
 #[derive(Args, Clone)]
@@ -132,6 +135,7 @@ async fn main() -> ExitCode {
         Command::Latency(args) => latency(args).await,
         Command::Throughput(args) => throughput(args).await,
         Command::QueueMemory(args) => queue_memory(args).await,
+        Command::Cycle(args) => cycle::run(args),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

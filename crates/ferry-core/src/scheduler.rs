@@ -6,7 +6,7 @@
 //! behind it may only use what it does not need and can never starve it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -176,7 +176,71 @@ type QueueKey = (Reverse<i32>, JobId);
 /// What a node keeps free after a placement: whole GPUs, CPUs, memory; lower is a tighter fit.
 type FitScore = (u32, u64, u64);
 /// A pool's place in the order: its configured order (unlisted pools after all listed ones), then its name.
-type PoolRank = (i32, String);
+type PoolRank<'a> = (i32, &'a str);
+
+/// How many blocked jobs, in queue order, a cycle tries to make room for (preemption) and reserves resources for.
+/// Jobs behind them wait for a later cycle; like Slurm's `bf_max_job_test`, this bounds a cycle on a deep queue.
+pub const BLOCKED_JOBS_CONSIDERED_MAX: usize = 256;
+
+/// What one cycle learns as it walks the queue.
+#[derive(Default)]
+struct Cycle {
+    /// Node names, in the order of `Scheduler::nodes` and of the cycle's free list.
+    names: Vec<String>,
+    /// Ready nodes with unreserved CPU left; at zero nothing more can start.
+    nodes_with_cpu: usize,
+    /// How many nodes have each count of whole GPUs free, so a job asking for more than any node has is turned
+    /// away without a scan.
+    gpu_histogram: BTreeMap<u32, usize>,
+    /// Shapes of jobs that found no node (see `shape_of`).
+    failed_shapes: HashSet<u64>,
+    /// Blocked jobs considered for preemption and reservations so far.
+    blocked: usize,
+    preemptions: usize,
+    /// Jobs that running victims are already being stopped for.
+    awaiting_victims: HashSet<JobId>,
+}
+
+impl Cycle {
+    /// The most whole GPUs free on any one node.
+    fn most_free_gpus(&self) -> u32 {
+        self.gpu_histogram.iter().rev().find(|(_, count)| **count > 0).map_or(0, |(gpus, _)| *gpus)
+    }
+
+    /// Takes `amount` out of one node's free resources, keeping the cycle's summaries true.
+    fn take(&mut self, slot: &mut Resources, amount: &Resources) {
+        let before = *slot;
+        *slot = slot.saturating_sub(amount);
+        if before.cpu_millis > 0 && slot.cpu_millis == 0 {
+            self.nodes_with_cpu -= 1;
+        }
+        if before.gpus != slot.gpus {
+            if let Some(count) = self.gpu_histogram.get_mut(&before.gpus) {
+                *count -= 1;
+            }
+            *self.gpu_histogram.entry(slot.gpus).or_default() += 1;
+        }
+    }
+}
+
+/// What each node has free in a cycle, in the order of `Scheduler::nodes`.
+type Free = Vec<Resources>;
+
+/// A hash of everything that decides where a job can go, so identical jobs are judged once per cycle. The hasher is
+/// deterministic (SipHash with fixed keys).
+fn shape_of(request: &JobRequest, age_matters: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    request.resources.hash(&mut h);
+    request.gpu_share_milli.hash(&mut h);
+    request.gpu_models.hash(&mut h);
+    request.selector.hash(&mut h);
+    request.team.hash(&mut h);
+    if age_matters {
+        request.submitted_at_us.hash(&mut h);
+    }
+    h.finish()
+}
 
 /// The scheduler's whole state. Cloning it is how the simulator or a what-if query forks it.
 #[derive(Clone, Debug, Default)]
@@ -410,53 +474,93 @@ impl Scheduler {
     /// 4. a job that does not fit either preempts lower-priority or borrowed work, or reserves what it needs on the
     ///    node closest to holding it, so the jobs behind it cannot starve it.
     pub fn schedule(&mut self) -> Vec<Decision> {
-        let mut free: BTreeMap<String, Resources> =
-            self.nodes.iter().filter(|(_, n)| n.ready).map(|(name, n)| (name.clone(), n.free())).collect();
+        let mut free = self.free_now();
         self.reservations.clear();
+        let mut cycle = Cycle {
+            names: self.nodes.keys().cloned().collect(),
+            nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
+            awaiting_victims: self.running.values().filter_map(|r| r.preempted_by).collect(),
+            ..Cycle::default()
+        };
+        for f in &free {
+            *cycle.gpu_histogram.entry(f.gpus).or_default() += 1;
+        }
         let mut decisions = Vec::new();
-        let mut preemptions = 0usize;
         for id in self.cycle_order() {
-            // Every job needs some CPU, so once no CPU is left unreserved nothing further can start.
-            if free.values().all(|r| r.cpu_millis == 0) && preemptions >= PREEMPTIONS_PER_CYCLE_MAX {
+            let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
+            // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
+            // first blocked jobs.
+            if cycle.nodes_with_cpu == 0 && !blocked_budget_left {
                 break;
             }
             let request = &self.pending[&id];
             if self.over_team_limit(request).is_some() {
                 continue;
             }
-            let mut candidates = 0u32;
-            let mut best: Option<((PoolRank, FitScore), &String, Option<u32>)> = None;
-            for (name, f) in &free {
-                let node = &self.nodes[name];
-                let Some(shared_gpu) = self.fit(request, node, f) else { continue };
-                if self.burst_refused(request, &node.info.pool, &free).is_some() {
-                    continue;
-                }
-                candidates += 1;
-                let after = f.saturating_sub(&request.resources);
-                let whole_left = after.gpus - u32::from(shared_gpu == Some(u32::MAX));
-                let score = (self.pool_rank(&node.info.pool), (whole_left, after.cpu_millis, after.memory_bytes));
-                if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
-                    best = Some((score, name, shared_gpu));
-                }
+            // A job shaped like one that already found no place this cycle finds none either: free resources only
+            // shrink within a cycle.
+            let shape = shape_of(request, self.has_timed_bursting());
+            if cycle.failed_shapes.contains(&shape) && !blocked_budget_left {
+                continue;
             }
-            match best.map(|(_, name, shared)| (name.clone(), shared)) {
-                Some((node, shared)) => decisions.push(self.start(id, node, shared, candidates, &mut free)),
+            let found =
+                if request.resources.gpus > cycle.most_free_gpus() { None } else { self.best_node(request, &free) };
+            match found {
+                Some((node, shared, candidates)) => {
+                    let decision = self.start(id, node, shared, candidates, &mut free, &mut cycle);
+                    decisions.push(decision);
+                }
                 None => {
-                    let awaited = self.running.values().any(|r| r.preempted_by == Some(id));
-                    let preempted = if awaited || preemptions >= PREEMPTIONS_PER_CYCLE_MAX {
-                        Vec::new()
-                    } else {
-                        self.preempt_for(id, &free)
-                    };
-                    preemptions += preempted.len();
-                    decisions.extend(preempted);
-                    self.reserve(id, &mut free);
+                    cycle.failed_shapes.insert(shape);
+                    if !blocked_budget_left {
+                        continue;
+                    }
+                    cycle.blocked += 1;
+                    if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
+                        let preempted = self.preempt_for(id, &free);
+                        cycle.preemptions += preempted.len();
+                        decisions.extend(preempted);
+                    }
+                    self.reserve(id, &mut free, &mut cycle);
                 }
             }
         }
         debug_assert_eq!(self.check_invariants(), Ok(()));
         decisions
+    }
+
+    /// Whether some burst pool lets jobs in after a wait, which makes a job's age part of where it may go.
+    fn has_timed_bursting(&self) -> bool {
+        self.pools.values().any(|p| p.burst && p.burst_after_s.is_some())
+    }
+
+    /// What each node has free now, in the order of `self.nodes`; a node that is not ready has nothing.
+    fn free_now(&self) -> Free {
+        self.nodes.values().map(|n| if n.ready { n.free() } else { Resources::ZERO }).collect()
+    }
+
+    /// The ready node that fits the job best: the first pool in order, then the tightest fit. Returns the node's
+    /// index, the shared GPU choice (see `fit`), and how many nodes could hold the job.
+    fn best_node(&self, request: &JobRequest, free: &[Resources]) -> Option<(usize, Option<u32>, u32)> {
+        let mut candidates = 0u32;
+        let mut best: Option<((PoolRank<'_>, FitScore), usize, Option<u32>)> = None;
+        for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
+            if !node.ready {
+                continue;
+            }
+            let Some(shared_gpu) = self.fit(request, node, f) else { continue };
+            if self.burst_refused(request, &node.info.pool, free).is_some() {
+                continue;
+            }
+            candidates += 1;
+            let after = f.saturating_sub(&request.resources);
+            let whole_left = after.gpus - u32::from(shared_gpu == Some(u32::MAX));
+            let score = (self.pool_rank(&node.info.pool), (whole_left, after.cpu_millis, after.memory_bytes));
+            if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+                best = Some((score, i, shared_gpu));
+            }
+        }
+        best.map(|(_, i, shared)| (i, shared, candidates))
     }
 
     /// The queue in the order this cycle considers it (see `fairshare`).
@@ -485,16 +589,18 @@ impl Scheduler {
     }
 
     /// Picks the victims that make room for a blocked job on one node, marks them, and returns the decisions.
-    fn preempt_for(&mut self, id: JobId, free: &BTreeMap<String, Resources>) -> Vec<Decision> {
+    fn preempt_for(&mut self, id: JobId, free: &[Resources]) -> Vec<Decision> {
         let request = &self.pending[&id];
         if request.gpu_share_milli > 0 {
             // Shares are small and pack into what frees up; they never stop other work.
             return Vec::new();
         }
-        let mut best: Option<((usize, i32, String), Vec<preempt::Candidate>)> = None;
-        for (name, f) in free {
-            let node = &self.nodes[name];
-            if !request.allowed_on(&node.info) || self.burst_refused(request, &node.info.pool, free).is_some() {
+        let mut best: Option<((usize, i32, &str), Vec<preempt::Candidate>)> = None;
+        for (node, f) in self.nodes.values().zip(free) {
+            if !node.ready
+                || !request.allowed_on(&node.info)
+                || self.burst_refused(request, &node.info.pool, free).is_some()
+            {
                 continue;
             }
             let candidates: Vec<preempt::Candidate> = node
@@ -520,12 +626,13 @@ impl Scheduler {
                 continue;
             }
             let worst = chosen.iter().map(|c| c.priority).max().unwrap_or(i32::MIN);
-            let key = (chosen.len(), worst, name.clone());
+            let key = (chosen.len(), worst, node.info.name.as_str());
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, chosen));
             }
         }
         let Some((_, chosen)) = best else { return Vec::new() };
+        let chosen: Vec<preempt::Candidate> = chosen;
         chosen
             .into_iter()
             .map(|c| {
@@ -588,26 +695,32 @@ impl Scheduler {
     fn start(
         &mut self,
         id: JobId,
-        node: String,
+        index: usize,
         shared: Option<u32>,
         candidates: u32,
-        free: &mut BTreeMap<String, Resources>,
+        free: &mut [Resources],
+        cycle: &mut Cycle,
     ) -> Decision {
+        let node = cycle.names[index].clone();
         let request = self.pending.remove(&id).expect("queued job is pending");
         self.queue.remove(&(Reverse(request.priority), id));
-        let slot = free.get_mut(&node).expect("candidate is a ready node");
-        *slot = slot.saturating_sub(&request.resources);
+        let mut taken = request.resources;
+        if shared == Some(u32::MAX) {
+            // A whole free GPU becomes a shared one: it is no longer free as a whole.
+            taken.gpus += 1;
+        }
+        cycle.take(&mut free[index], &taken);
+        let slot = free[index];
         let (gpus, gpu_share_milli) = match shared {
             None => (self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect(), 0),
             Some(u32::MAX) => {
-                slot.gpus -= 1;
                 let gpu = self.nodes[&node].free_gpus().next().expect("the fit found a free GPU");
                 (vec![gpu], request.gpu_share_milli)
             }
             Some(gpu) => (vec![gpu], request.gpu_share_milli),
         };
         let pool = self.nodes[&node].info.pool.clone();
-        let burst = self.pool(&pool).burst.then(|| self.burst_reason(&request));
+        let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
         let reason =
             Placement { pool, burst, candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
         let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli };
@@ -615,26 +728,13 @@ impl Scheduler {
         Decision::Start { job: request.id, allocation, reason }
     }
 
-    /// A pool's settings; a pool nobody configured is owned capacity.
-    fn pool(&self, name: &str) -> PoolInfo {
-        self.pools.get(name).cloned().unwrap_or_else(|| PoolInfo { name: name.to_string(), ..PoolInfo::default() })
-    }
-
-    fn pool_rank(&self, name: &str) -> PoolRank {
-        (self.pools.get(name).map_or(i32::MAX, |p| p.order), name.to_string())
+    fn pool_rank<'a>(&self, name: &'a str) -> PoolRank<'a> {
+        (self.pools.get(name).map_or(i32::MAX, |p| p.order), name)
     }
 
     /// Why a job may not burst into `pool` yet, or `None` when it may (or the pool is not a burst pool).
-    fn burst_refused(
-        &self,
-        request: &JobRequest,
-        pool: &str,
-        free: &BTreeMap<String, Resources>,
-    ) -> Option<WaitReason> {
-        let info = self.pool(pool);
-        if !info.burst {
-            return None;
-        }
+    fn burst_refused(&self, request: &JobRequest, pool: &str, free: &[Resources]) -> Option<WaitReason> {
+        let info = self.pools.get(pool).filter(|p| p.burst)?;
         let waited_s = ((self.now_us - request.submitted_at_us).max(0) / 1_000_000) as u64;
         if info.burst_after_s.is_some_and(|after| waited_s >= after) {
             return None;
@@ -643,17 +743,16 @@ impl Scheduler {
         // resource it asks for than it asks for.
         let rank = self.pool_rank(pool);
         let needs = request.footprint();
-        let earlier_free = free
-            .iter()
-            .filter(|(name, _)| {
-                let node = &self.nodes[*name];
-                self.pool_rank(&node.info.pool) < rank && request.allowed_on(&node.info)
-            })
+        let earlier_free = self
+            .nodes
+            .values()
+            .zip(free)
+            .filter(|(node, _)| self.pool_rank(&node.info.pool) < rank && request.allowed_on(&node.info))
             .fold(Resources::ZERO, |acc, (_, f)| acc.checked_add(f).unwrap_or(acc));
         if !needs.fits_in(&earlier_free) {
             return None;
         }
-        Some(WaitReason::BurstNotYet { pool: info.name, after_s: info.burst_after_s, waited_s })
+        Some(WaitReason::BurstNotYet { pool: info.name.clone(), after_s: info.burst_after_s, waited_s })
     }
 
     fn burst_reason(&self, request: &JobRequest) -> BurstReason {
@@ -662,21 +761,21 @@ impl Scheduler {
     }
 
     /// Holds back, on the allowed node closest to fitting a blocked job, what that job needs.
-    fn reserve(&mut self, job: JobId, free: &mut BTreeMap<String, Resources>) {
+    fn reserve(&mut self, job: JobId, free: &mut [Resources], cycle: &mut Cycle) {
         let request = &self.pending[&job];
         let needs = request.footprint();
-        let nearest = free
-            .iter()
-            .filter(|(name, _)| {
-                let info = &self.nodes[*name].info;
-                request.allowed_on(info) && needs.fits_in(&info.capacity)
-            })
-            .max_by_key(|(name, f)| (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis), Reverse(*name)))
-            .map(|(name, _)| name.clone());
-        if let Some(node) = nearest {
-            let slot = free.get_mut(&node).expect("nearest is a ready node");
-            *slot = slot.saturating_sub(&request.resources);
-            self.reservations.insert(job, node);
+        let nearest = self
+            .nodes
+            .values()
+            .zip(free.iter())
+            .enumerate()
+            .filter(|(_, (node, _))| node.ready && request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity))
+            .max_by_key(|(i, (_, f))| (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis), Reverse(*i)))
+            .map(|(i, _)| i);
+        if let Some(i) = nearest {
+            let resources = request.resources;
+            cycle.take(&mut free[i], &resources);
+            self.reservations.insert(job, cycle.names[i].clone());
         }
     }
 
@@ -702,8 +801,7 @@ impl Scheduler {
         if ready.is_empty() {
             return Some(WaitReason::NoReadyNodes { nodes: self.nodes.len() as u32 });
         }
-        let free_now: BTreeMap<String, Resources> =
-            self.nodes.iter().filter(|(_, n)| n.ready).map(|(name, n)| (name.clone(), n.free())).collect();
+        let free_now = self.free_now();
         let fitting: Vec<&&Node> = ready.iter().filter(|n| self.fit(request, n, &n.free()).is_some()).collect();
         let refusals: Vec<WaitReason> =
             fitting.iter().filter_map(|n| self.burst_refused(request, &n.info.pool, &free_now)).collect();
