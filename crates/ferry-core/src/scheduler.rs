@@ -177,6 +177,8 @@ type QueueKey = (Reverse<i32>, JobId);
 type FitScore = (u32, u64, u64);
 /// A pool's place in the order: its configured order (unlisted pools after all listed ones), then its name.
 type PoolRank<'a> = (i32, &'a str);
+/// How costly a preemption on one node is: victims, the highest victim priority, the node's name.
+type VictimScore<'a> = (usize, i32, &'a str);
 
 /// How many blocked jobs, in queue order, a cycle tries to make room for (preemption) and reserves resources for.
 /// Jobs behind them wait for a later cycle; like Slurm's `bf_max_job_test`, this bounds a cycle on a deep queue.
@@ -595,7 +597,8 @@ impl Scheduler {
             // Shares are small and pack into what frees up; they never stop other work.
             return Vec::new();
         }
-        let mut best: Option<((usize, i32, &str), Vec<preempt::Candidate>)> = None;
+        // Fewest victims, then the least important worst victim, then the node name.
+        let mut best: Option<(VictimScore<'_>, Vec<preempt::Candidate>)> = None;
         for (node, f) in self.nodes.values().zip(free) {
             if !node.ready
                 || !request.allowed_on(&node.info)
