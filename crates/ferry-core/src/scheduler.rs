@@ -191,9 +191,14 @@ struct Cycle {
     names: Vec<String>,
     /// Ready nodes with unreserved CPU left; at zero nothing more can start.
     nodes_with_cpu: usize,
-    /// How many nodes have each count of whole GPUs free, so a job asking for more than any node has is turned
-    /// away without a scan.
-    gpu_histogram: BTreeMap<u32, usize>,
+    /// At least as much as any one node has free, per resource.
+    bound: Resources,
+    /// The pools in the order jobs fill them, and each node's position in that list.
+    pool_order: Vec<String>,
+    pool_of: Vec<usize>,
+    /// For each pool, its ready nodes by how many whole GPUs they have free: a whole-GPU job looks at the nodes with
+    /// the fewest free GPUs that are enough, instead of at every node.
+    by_free_gpus: Vec<BTreeMap<u32, BTreeSet<usize>>>,
     /// Shapes of jobs that found no node (see `shape_of`).
     failed_shapes: HashSet<u64>,
     /// Blocked jobs considered for preemption and reservations so far.
@@ -206,21 +211,26 @@ struct Cycle {
 impl Cycle {
     /// The most whole GPUs free on any one node.
     fn most_free_gpus(&self) -> u32 {
-        self.gpu_histogram.iter().rev().find(|(_, count)| **count > 0).map_or(0, |(gpus, _)| *gpus)
+        self.by_free_gpus.iter().filter_map(|index| index.keys().next_back().copied()).max().unwrap_or(0)
     }
 
-    /// Takes `amount` out of one node's free resources, keeping the cycle's summaries true.
-    fn take(&mut self, slot: &mut Resources, amount: &Resources) {
-        let before = *slot;
-        *slot = slot.saturating_sub(amount);
-        if before.cpu_millis > 0 && slot.cpu_millis == 0 {
+    /// Takes `amount` out of node `i`'s free resources, keeping the cycle's summaries true.
+    fn take(&mut self, i: usize, free: &mut [Resources], amount: &Resources) {
+        let before = free[i];
+        free[i] = before.saturating_sub(amount);
+        let after = free[i];
+        if before.cpu_millis > 0 && after.cpu_millis == 0 {
             self.nodes_with_cpu -= 1;
         }
-        if before.gpus != slot.gpus {
-            if let Some(count) = self.gpu_histogram.get_mut(&before.gpus) {
-                *count -= 1;
+        if before.gpus != after.gpus {
+            let index = &mut self.by_free_gpus[self.pool_of[i]];
+            if let Some(nodes) = index.get_mut(&before.gpus) {
+                nodes.remove(&i);
+                if nodes.is_empty() {
+                    index.remove(&before.gpus);
+                }
             }
-            *self.gpu_histogram.entry(slot.gpus).or_default() += 1;
+            index.entry(after.gpus).or_default().insert(i);
         }
     }
 }
@@ -484,9 +494,8 @@ impl Scheduler {
             awaiting_victims: self.running.values().filter_map(|r| r.preempted_by).collect(),
             ..Cycle::default()
         };
-        for f in &free {
-            *cycle.gpu_histogram.entry(f.gpus).or_default() += 1;
-        }
+        self.index_nodes(&free, &mut cycle);
+        cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
         let mut decisions = Vec::new();
         for id in self.cycle_order() {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
@@ -505,8 +514,18 @@ impl Scheduler {
             if cycle.failed_shapes.contains(&shape) && !blocked_budget_left {
                 continue;
             }
-            let found =
-                if request.resources.gpus > cycle.most_free_gpus() { None } else { self.best_node(request, &free) };
+            // Free resources only shrink within a cycle, so the largest free amounts seen at the last failed search
+            // bound what any node can offer now.
+            let found = if request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound) {
+                None
+            } else if request.gpu_share_milli == 0 {
+                self.best_node_indexed(request, &free, &cycle).map(|(i, candidates)| (i, None, candidates))
+            } else {
+                self.best_node(request, &free)
+            };
+            if found.is_none() {
+                cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
+            }
             match found {
                 Some((node, shared, candidates)) => {
                     let decision = self.start(id, node, shared, candidates, &mut free, &mut cycle);
@@ -534,6 +553,40 @@ impl Scheduler {
     /// Whether some burst pool lets jobs in after a wait, which makes a job's age part of where it may go.
     fn has_timed_bursting(&self) -> bool {
         self.pools.values().any(|p| p.burst && p.burst_after_s.is_some())
+    }
+
+    /// Sorts the pools into fill order and files each ready node by its free whole GPUs.
+    fn index_nodes(&self, free: &[Resources], cycle: &mut Cycle) {
+        let mut pools: Vec<&str> = self.nodes.values().map(|n| n.info.pool.as_str()).collect();
+        pools.sort_by_key(|p| self.pool_rank(p));
+        pools.dedup();
+        cycle.pool_order = pools.iter().map(|p| p.to_string()).collect();
+        cycle.by_free_gpus = vec![BTreeMap::new(); pools.len()];
+        for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
+            let position = pools.binary_search_by_key(&self.pool_rank(&node.info.pool), |p| self.pool_rank(p));
+            let position = position.expect("every node's pool is listed");
+            cycle.pool_of.push(position);
+            if node.ready {
+                cycle.by_free_gpus[position].entry(f.gpus).or_default().insert(i);
+            }
+        }
+    }
+
+    /// For a job of whole GPUs: the first pool in order that can hold it, and in it the first node (by name) among
+    /// those with the fewest free GPUs that are enough. Returns the node's index and how many nodes had that many.
+    fn best_node_indexed(&self, request: &JobRequest, free: &[Resources], cycle: &Cycle) -> Option<(usize, u32)> {
+        for (position, pool) in cycle.pool_order.iter().enumerate() {
+            if self.burst_refused(request, pool, free).is_some() {
+                continue;
+            }
+            for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
+                let fits = |i: &&usize| self.fit(request, &self.nodes[&cycle.names[**i]], &free[**i]).is_some();
+                if let Some(&i) = nodes.iter().find(fits) {
+                    return Some((i, nodes.len() as u32));
+                }
+            }
+        }
+        None
     }
 
     /// What each node has free now, in the order of `self.nodes`; a node that is not ready has nothing.
@@ -595,6 +648,11 @@ impl Scheduler {
         let request = &self.pending[&id];
         if request.gpu_share_milli > 0 {
             // Shares are small and pack into what frees up; they never stop other work.
+            return Vec::new();
+        }
+        // Most blocked jobs can stop nothing: nothing running has a lower priority, and their team reclaims nothing.
+        let lowest = self.running.values().filter(|r| r.preempted_by.is_none()).map(|r| r.request.priority).min();
+        if lowest.is_none_or(|p| p >= request.priority) && !self.teams.contains_key(&request.team) {
             return Vec::new();
         }
         // Fewest victims, then the least important worst victim, then the node name.
@@ -712,7 +770,7 @@ impl Scheduler {
             // A whole free GPU becomes a shared one: it is no longer free as a whole.
             taken.gpus += 1;
         }
-        cycle.take(&mut free[index], &taken);
+        cycle.take(index, free, &taken);
         let slot = free[index];
         let (gpus, gpu_share_milli) = match shared {
             None => (self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect(), 0),
@@ -777,7 +835,7 @@ impl Scheduler {
             .map(|(i, _)| i);
         if let Some(i) = nearest {
             let resources = request.resources;
-            cycle.take(&mut free[i], &resources);
+            cycle.take(i, free, &resources);
             self.reservations.insert(job, cycle.names[i].clone());
         }
     }

@@ -87,7 +87,7 @@ fn best_fit_keeps_whole_nodes_free_and_explains_infeasible_and_empty_clusters() 
     check(
         vec![node("big", 8, 8), node("small", 8, 2), job(1, 1, 2, 0), job(2, 1, 16, 0)],
         expect![[r#"
-            start 1 on small gpus [0, 1]: best fit of 2 candidate nodes in pool local: leaves 0 GPUs and 7 CPUs free
+            start 1 on small gpus [0, 1]: best fit of 1 candidate node in pool local: leaves 0 GPUs and 7 CPUs free
             wait 2: no node in any pool has 16 GPUs; the largest has 8
         "#]],
     );
