@@ -192,6 +192,9 @@ pub struct Placement {
     pub pool: String,
     /// Set when the pool is a burst pool.
     pub burst: Option<BurstReason>,
+    /// Set when the job used resources held for this blocked job, ending (by its runtime limit) before that job's
+    /// expected start.
+    pub backfilled_before: Option<JobId>,
     pub candidates: u32,
     pub gpus_free_after: u32,
     pub cpu_millis_free_after: u64,
@@ -199,6 +202,9 @@ pub struct Placement {
 
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(job) = self.backfilled_before {
+            write!(f, "backfilled: it ends by its runtime limit before job {job} can start; ")?;
+        }
         if let Some(burst) = &self.burst {
             write!(f, "burst to pool {} after waiting {}; ", self.pool, duration(burst.waited_s))?;
         }

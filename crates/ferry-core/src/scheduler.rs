@@ -80,6 +80,8 @@ pub struct JobRequest {
     pub team: String,
     /// The user whose fair share the job counts against.
     pub user: String,
+    /// The job is stopped after this long; estimates and backfill rely on it. `None` for no limit.
+    pub max_runtime_s: Option<u64>,
 }
 
 impl JobRequest {
@@ -206,6 +208,16 @@ struct Cycle {
     preemptions: usize,
     /// Jobs that running victims are already being stopped for.
     awaiting_victims: HashSet<JobId>,
+    /// Reserved nodes: what is held back there, for which job, and when that job is expected to start (its shadow
+    /// time). A job whose runtime limit ends before the shadow time may use what is held back: backfill.
+    shadows: BTreeMap<usize, Shadow>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Shadow {
+    held: Resources,
+    for_job: JobId,
+    starts_at_us: Option<i64>,
 }
 
 impl Cycle {
@@ -278,6 +290,14 @@ struct Running {
     allocation: Allocation,
     request: JobRequest,
     preempted_by: Option<JobId>,
+    started_at_us: i64,
+}
+
+impl Running {
+    /// When the job must have ended, by its runtime limit.
+    fn ends_by_us(&self) -> Option<i64> {
+        self.request.max_runtime_s.map(|s| self.started_at_us.saturating_add(s as i64 * 1_000_000))
+    }
 }
 
 impl Scheduler {
@@ -442,7 +462,7 @@ impl Scheduler {
             }
         }
         node.jobs.insert(id);
-        self.running.insert(id, Running { allocation, request, preempted_by: None });
+        self.running.insert(id, Running { allocation, request, preempted_by: None, started_at_us: self.now_us });
     }
 
     fn end(&mut self, id: JobId) {
@@ -525,6 +545,11 @@ impl Scheduler {
             };
             if found.is_none() {
                 cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
+                if let Some((i, before)) = self.backfill_node(request, &free, &cycle) {
+                    let decision = self.backfill(id, i, before, &mut free, &mut cycle);
+                    decisions.push(decision);
+                    continue;
+                }
             }
             match found {
                 Some((node, shared, candidates)) => {
@@ -553,6 +578,28 @@ impl Scheduler {
     /// Whether some burst pool lets jobs in after a wait, which makes a job's age part of where it may go.
     fn has_timed_bursting(&self) -> bool {
         self.pools.values().any(|p| p.burst && p.burst_after_s.is_some())
+    }
+
+    /// Starts a job on held-back resources of node `i` (see `backfill_node`); what it does not use stays held.
+    fn backfill(&mut self, id: JobId, i: usize, before: JobId, free: &mut [Resources], cycle: &mut Cycle) -> Decision {
+        let shadow = cycle.shadows.get_mut(&i).expect("backfill on a reserved node");
+        let held = shadow.held;
+        let used = self.pending[&id].resources;
+        // Lend the held resources back for this start, then hold again what the job leaves of them.
+        free[i] = free[i].checked_add(&held).unwrap_or(free[i]);
+        let after = free[i].saturating_sub(&used);
+        let still_held = Resources {
+            cpu_millis: held.cpu_millis.min(after.cpu_millis),
+            memory_bytes: held.memory_bytes.min(after.memory_bytes),
+            gpus: held.gpus.min(after.gpus),
+        };
+        shadow.held = still_held;
+        let mut decision = self.start(id, i, None, 1, free, cycle);
+        free[i] = free[i].saturating_sub(&still_held);
+        if let Decision::Start { reason, .. } = &mut decision {
+            reason.backfilled_before = Some(before);
+        }
+        decision
     }
 
     /// Sorts the pools into fill order and files each ready node by its free whole GPUs.
@@ -782,8 +829,14 @@ impl Scheduler {
         };
         let pool = self.nodes[&node].info.pool.clone();
         let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
-        let reason =
-            Placement { pool, burst, candidates, gpus_free_after: slot.gpus, cpu_millis_free_after: slot.cpu_millis };
+        let reason = Placement {
+            pool,
+            burst,
+            backfilled_before: None,
+            candidates,
+            gpus_free_after: slot.gpus,
+            cpu_millis_free_after: slot.cpu_millis,
+        };
         let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli };
         self.allocate(request.clone(), allocation.clone());
         Decision::Start { job: request.id, allocation, reason }
@@ -835,9 +888,70 @@ impl Scheduler {
             .map(|(i, _)| i);
         if let Some(i) = nearest {
             let resources = request.resources;
+            let node = &self.nodes[&cycle.names[i]];
+            let starts_at_us = self.node_start_estimate(node, free[i], &needs);
+            let held = free[i].saturating_sub(&free[i].saturating_sub(&resources));
             cycle.take(i, free, &resources);
+            let shadow = cycle.shadows.entry(i).or_insert(Shadow { held: Resources::ZERO, for_job: job, starts_at_us });
+            shadow.held = shadow.held.checked_add(&held).unwrap_or(shadow.held);
+            shadow.starts_at_us = match (shadow.starts_at_us, starts_at_us) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
             self.reservations.insert(job, cycle.names[i].clone());
         }
+    }
+
+    /// When `needs` fits on `node`, which has `free` now, if its running jobs end by their runtime limits: now if it
+    /// fits already; `None` when it only would after a job that has no limit.
+    fn node_start_estimate(&self, node: &Node, free: Resources, needs: &Resources) -> Option<i64> {
+        if needs.fits_in(&free) {
+            return Some(self.now_us);
+        }
+        let mut ends: Vec<(i64, Resources)> = node
+            .jobs
+            .iter()
+            .filter_map(|j| {
+                let running = &self.running[j];
+                running.ends_by_us().map(|end| (end, running.allocation.resources))
+            })
+            .collect();
+        ends.sort_by_key(|(end, _)| *end);
+        let mut room = free;
+        for (end, freed) in ends {
+            room = room.checked_add(&freed).unwrap_or(room);
+            if needs.fits_in(&room) {
+                return Some(end.max(self.now_us));
+            }
+        }
+        None
+    }
+
+    /// When a queued job can be expected to start, from the runtime limits of the jobs holding what it needs: the
+    /// earliest time some allowed node would have room if those jobs ran to their limits. It does not count the jobs
+    /// ahead of it in the queue, so it is a lower bound; `None` when the jobs it waits for have no limit.
+    pub fn estimate_start(&self, job: JobId) -> Option<i64> {
+        let request = self.pending.get(&job)?;
+        let needs = request.footprint();
+        self.nodes
+            .values()
+            .filter(|n| n.ready && request.allowed_on(&n.info) && needs.fits_in(&n.info.capacity))
+            .filter_map(|n| self.node_start_estimate(n, n.free(), &needs))
+            .min()
+    }
+
+    /// A node held back for a blocked job that `request` can use without delaying it: the request fits in what is
+    /// free there plus what is held back, and its runtime limit ends before the blocked job's expected start.
+    fn backfill_node(&self, request: &JobRequest, free: &[Resources], cycle: &Cycle) -> Option<(usize, JobId)> {
+        let limit_s = request.max_runtime_s?;
+        let ends_us = self.now_us.saturating_add(limit_s as i64 * 1_000_000);
+        cycle.shadows.iter().find_map(|(&i, shadow)| {
+            let starts = shadow.starts_at_us?;
+            let room = free[i].checked_add(&shadow.held)?;
+            let node = &self.nodes[&cycle.names[i]];
+            let fits = ends_us <= starts && request.gpu_share_milli == 0 && self.fit(request, node, &room).is_some();
+            fits.then_some((i, shadow.for_job))
+        })
     }
 
     /// Why a queued job waits, computed from the current state. `None` for a job that is not queued.

@@ -135,3 +135,21 @@ fn a_team_never_holds_more_than_its_quota_plus_its_borrowing_limit() {
     );
     assert_eq!(s.team_held("small").gpus, 2);
 }
+
+fn limited(id: u64, gpus: u32, max_runtime_s: Option<u64>) -> Event {
+    Event::JobSubmitted(JobRequest { max_runtime_s, ..JobRequest::new(id, Resources::new(1000, GIB, gpus), 0) })
+}
+
+#[test]
+fn short_jobs_backfill_around_a_blocked_job_only_when_they_end_before_its_start() {
+    let mut s = scheduler(vec![node(4), limited(1, 2, Some(3600)), limited(2, 1, Some(7200))]);
+    assert_eq!(cycle(&mut s), ["start 1", "start 2"]);
+    s.apply(limited(3, 4, None)).unwrap();
+    s.apply(limited(4, 1, Some(1800))).unwrap();
+    s.apply(limited(5, 1, Some(3 * 3600))).unwrap();
+    s.apply(limited(6, 1, None)).unwrap();
+    assert_eq!(cycle(&mut s), ["start 4"], "only the half-hour job ends before job 3 can start, in two hours");
+    assert_eq!(s.estimate_start(3), Some(1_000_000 + 7200 * 1_000_000), "job 2's limit decides when 4 GPUs are free");
+    assert_eq!(s.estimate_start(6), Some(1_000_000 + 1800 * 1_000_000), "a GPU frees when job 4 reaches its limit");
+    assert_eq!(s.explain(5).unwrap().to_string(), "needs 1 GPU; node n has 0 free (4 held by jobs 1, 2 and 4)");
+}

@@ -39,12 +39,30 @@ pub const STOP_GRACE_S: u64 = 10;
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 pub enum Command {
-    Submit { job: NewJob, reply: Reply<u64> },
-    Cancel { id: u64, reply: Reply<()> },
-    Register { node: RegisterNode, reply: Reply<Registered> },
-    Reports { reports: Reports, reply: Reply<ReportsAck> },
-    Explain { id: u64, reply: oneshot::Sender<Option<WaitReason>> },
-    Allocations { reply: oneshot::Sender<BTreeMap<String, (Resources, Vec<u64>)>> },
+    Submit {
+        job: NewJob,
+        reply: Reply<u64>,
+    },
+    Cancel {
+        id: u64,
+        reply: Reply<()>,
+    },
+    Register {
+        node: RegisterNode,
+        reply: Reply<Registered>,
+    },
+    Reports {
+        reports: Reports,
+        reply: Reply<ReportsAck>,
+    },
+    /// Why a queued job waits, and when it can be expected to start.
+    Explain {
+        id: u64,
+        reply: oneshot::Sender<(Option<WaitReason>, Option<i64>)>,
+    },
+    Allocations {
+        reply: oneshot::Sender<BTreeMap<String, (Resources, Vec<u64>)>>,
+    },
 }
 
 #[derive(Clone)]
@@ -92,6 +110,7 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
         submitted_at_us,
         team: job.team.clone().unwrap_or_default(),
         user: job.owner.clone(),
+        max_runtime_s: job.max_runtime_s,
         ..JobRequest::new(id, job.resources, job.priority.value())
     }
 }
@@ -358,7 +377,7 @@ impl Driver {
                 fx.reply(reply, result);
             }
             Command::Explain { id, reply } => {
-                let _ = reply.send(self.sched.explain(id));
+                let _ = reply.send((self.sched.explain(id), self.sched.estimate_start(id)));
             }
             Command::Allocations { reply } => {
                 let mut by_node: BTreeMap<String, (Resources, Vec<u64>)> = BTreeMap::new();

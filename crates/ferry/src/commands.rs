@@ -290,6 +290,12 @@ fn describe(j: &Job) -> String {
     line("State:", j.state.name().to_string());
     if let Some(w) = &j.waiting {
         line("Waiting:", w.message.clone());
+        let estimate = match w.estimated_start_us {
+            Some(at) if at <= format::now_us() => "now".to_string(),
+            Some(at) => format!("in about {} ({} UTC)", format::span(at - format::now_us()), format::timestamp(at)),
+            None => "unknown: the jobs holding what it needs have no --max-runtime".to_string(),
+        };
+        line("Starts:", estimate);
     }
     if let Some(m) = &j.message {
         line("Reason:", m.clone());

@@ -333,3 +333,24 @@ fn a_higher_priority_job_preempts_with_a_grace_period_and_the_victim_is_requeued
     f.wait_for("the requeued run", |f| f.ok(&["logs", &low.to_string()]) == "attempt 1\n");
     assert_eq!(f.job(low)["retries"], 0, "a preemption does not use up retries");
 }
+
+#[test]
+fn a_waiting_job_is_told_when_it_can_expect_to_start() {
+    let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
+    let holder = f.submit(&["--gpus", "1", "--cpus", "0.1", "--max-runtime", "1h", "--", "sleep", "30"]);
+    f.wait_state(holder, "running");
+    let waiting = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    let estimate = f.job(waiting)["waiting"]["estimated_start_us"].as_i64().expect("an estimate");
+    let started = f.job(holder)["started_at_us"].as_i64().unwrap();
+    assert!((estimate - (started + 3_600_000_000)).abs() < 5_000_000, "the holder's limit ends in an hour");
+    let shown = f.ok(&["show", &waiting.to_string()]);
+    assert!(shown.contains("Starts:       in about 59m") || shown.contains("Starts:       in about 1h00m"), "{shown}");
+    // Without a limit on the holder, Ferry says it cannot tell.
+    let f2 = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
+    let unlimited = f2.submit(&["--gpus", "1", "--cpus", "0.1", "--", "sleep", "30"]);
+    f2.wait_state(unlimited, "running");
+    let blind = f2.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    assert!(f2
+        .ok(&["show", &blind.to_string()])
+        .contains("Starts:       unknown: the jobs holding what it needs have no --max-runtime"));
+}

@@ -176,8 +176,12 @@ async fn load(state: &AppState, id: u64) -> Result<JobRecord, ApiError> {
 /// A job with its timeline and, when queued, the scheduler's reason for the wait.
 async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
     let waiting = if record.state == JobState::Queued {
-        let reason = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
-        reason.map(|r| Waiting { message: r.to_string(), reason: serde_json::to_value(&r).expect("reasons serialize") })
+        let (reason, estimated_start_us) = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
+        reason.map(|r| Waiting {
+            message: r.to_string(),
+            reason: serde_json::to_value(&r).expect("reasons serialize"),
+            estimated_start_us,
+        })
     } else {
         None
     };
