@@ -7,6 +7,7 @@
 //! drive the same core, so everything it needs is passed in. It knows nothing of SQL, HTTP or processes.
 
 mod fairshare;
+mod fgd;
 mod node;
 mod preempt;
 mod reason;
@@ -21,7 +22,9 @@ pub use fairshare::HALF_LIFE_S_DEFAULT;
 pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason};
 pub use resources::Resources;
-pub use scheduler::{Allocation, CoreError, Decision, Event, JobRequest, NodeInfo, PoolInfo, Scheduler, TeamInfo};
+pub use scheduler::{
+    Allocation, CoreError, Decision, Event, GpuPlacement, JobRequest, NodeInfo, PoolInfo, Scheduler, TeamInfo,
+};
 
 /// A job's identifier, assigned by the store when the job is accepted.
 pub type JobId = u64;

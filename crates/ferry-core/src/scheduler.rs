@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::fairshare::{self, Usage};
+use crate::fgd::{self, GpuDemand, Mix};
 use crate::node::Node;
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 use crate::reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason, SHORTFALL_NODES_MAX};
@@ -93,6 +94,14 @@ impl JobRequest {
         self.resources.gpus > 0 || self.gpu_share_milli > 0
     }
 
+    fn gpu_demand(&self) -> Option<GpuDemand> {
+        match (self.gpu_share_milli, self.resources.gpus) {
+            (0, 0) => None,
+            (0, k) => Some(GpuDemand::Whole(k)),
+            (share, _) => Some(GpuDemand::Share(share)),
+        }
+    }
+
     /// Whether the node's model and labels allow the job, whatever is free there.
     fn allowed_on(&self, node: &NodeInfo) -> bool {
         let model_ok = !self.wants_gpu()
@@ -138,8 +147,21 @@ pub enum Event {
     PoolsConfigured(Vec<PoolInfo>),
     /// The teams and their quotas, and the half-life of the usage fair share weighs, replacing earlier settings.
     TeamsConfigured { teams: Vec<TeamInfo>, fair_share_half_life_s: u64 },
+    /// How GPU jobs choose among the nodes that can hold them.
+    PlacementConfigured(GpuPlacement),
     /// The time is now `now_us`; usage accrues and waiting is measured against it.
     Tick { now_us: i64 },
+}
+
+/// How a GPU job chooses among the nodes of a pool that can hold it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuPlacement {
+    /// The node left with the fewest free GPUs (then CPUs, then memory): fast, and keeps whole nodes free.
+    #[default]
+    BestFit,
+    /// The node and GPU whose expected fragmentation, for the recent mix of GPU jobs, grows least (see `fgd`).
+    Fgd,
 }
 
 /// What the driver must do. Every decision carries its reason.
@@ -179,6 +201,8 @@ type QueueKey = (Reverse<i32>, JobId);
 type FitScore = (u32, u64, u64);
 /// A pool's place in the order: its configured order (unlisted pools after all listed ones), then its name.
 type PoolRank<'a> = (i32, &'a str);
+/// How good an FGD placement is: pool first, then the growth of expected fragmentation, then the fit.
+type FgdScore<'a> = (PoolRank<'a>, f64, FitScore);
 /// How costly a preemption on one node is: victims, the highest victim priority, the node's name.
 type VictimScore<'a> = (usize, i32, &'a str);
 
@@ -281,6 +305,8 @@ pub struct Scheduler {
     team_held: HashMap<String, Resources>,
     user_held: HashMap<String, Resources>,
     usage: Usage,
+    placement: GpuPlacement,
+    mix: Mix,
     now_us: i64,
 }
 
@@ -347,6 +373,10 @@ impl Scheduler {
                 self.usage.half_life_s = fair_share_half_life_s;
                 Ok(Vec::new())
             }
+            Event::PlacementConfigured(placement) => {
+                self.placement = placement;
+                Ok(Vec::new())
+            }
             Event::Tick { now_us } => {
                 self.tick(now_us);
                 Ok(Vec::new())
@@ -402,6 +432,9 @@ impl Scheduler {
     fn submit(&mut self, request: JobRequest) -> Result<(), CoreError> {
         if self.pending.contains_key(&request.id) || self.running.contains_key(&request.id) {
             return Err(CoreError::DuplicateJob(request.id));
+        }
+        if let Some(demand) = request.gpu_demand() {
+            self.mix.observe(demand, &request.resources);
         }
         self.queue.insert((Reverse(request.priority), request.id));
         self.pending.insert(request.id, request);
@@ -538,6 +571,8 @@ impl Scheduler {
             // bound what any node can offer now.
             let found = if request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound) {
                 None
+            } else if self.placement == GpuPlacement::Fgd && request.wants_gpu() && !self.mix.is_empty() {
+                self.best_node_fgd(request, &free)
             } else if request.gpu_share_milli == 0 {
                 self.best_node_indexed(request, &free, &cycle).map(|(i, candidates)| (i, None, candidates))
             } else {
@@ -600,6 +635,40 @@ impl Scheduler {
             reason.backfilled_before = Some(before);
         }
         decision
+    }
+
+    /// The node, in the first pool that can hold the job, where the job's GPUs grow expected fragmentation least;
+    /// ties go to the tighter fit. For a share, also which GPU (`u32::MAX` for any wholly free one).
+    fn best_node_fgd(&self, request: &JobRequest, free: &[Resources]) -> Option<(usize, Option<u32>, u32)> {
+        let demand = request.gpu_demand()?;
+        let mut candidates = 0u32;
+        let mut best: Option<(FgdScore<'_>, usize, Option<u32>)> = None;
+        for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
+            if !node.ready || self.fit(request, node, f).is_none() {
+                continue;
+            }
+            if self.burst_refused(request, &node.info.pool, free).is_some() {
+                continue;
+            }
+            let Some((delta, gpu)) = fgd::best_on_node(&self.mix, node, f, demand, &request.resources) else {
+                continue;
+            };
+            candidates += 1;
+            let shared = match gpu {
+                Some(g) if node.shared.contains_key(&g) => Some(g),
+                Some(_) => Some(u32::MAX),
+                None => None,
+            };
+            let after = f.saturating_sub(&request.resources);
+            let key = (self.pool_rank(&node.info.pool), delta, (after.gpus, after.cpu_millis, after.memory_bytes));
+            let better = best.as_ref().is_none_or(|(b, _, _)| {
+                key.0.cmp(&b.0).then(key.1.total_cmp(&b.1)).then(key.2.cmp(&b.2)) == std::cmp::Ordering::Less
+            });
+            if better {
+                best = Some((key, i, shared));
+            }
+        }
+        best.map(|(_, i, shared)| (i, shared, candidates))
     }
 
     /// Sorts the pools into fill order and files each ready node by its free whole GPUs.

@@ -283,3 +283,27 @@ fn a_job_that_owned_pools_could_hold_later_bursts_only_after_its_wait_limit() {
     assert_eq!(reason.burst.as_ref().map(|b| b.waited_s), Some(600));
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn fgd_keeps_whole_gpus_whole_for_the_jobs_that_need_them() {
+    // Two nodes: one already holds a 0.6 share on GPU 0. The mix is mostly whole-GPU jobs, so a new 0.3 share
+    // belongs next to the existing share (filling that GPU), not on an untouched GPU.
+    let mut s = Scheduler::new();
+    s.apply(Event::PlacementConfigured(ferry_core::GpuPlacement::Fgd)).unwrap();
+    s.apply(gpu_node("a", 2, "T4", &[])).unwrap();
+    s.apply(gpu_node("b", 2, "T4", &[])).unwrap();
+    s.apply(share(1, 600)).unwrap();
+    assert!(matches!(&s.schedule()[..], [Decision::Start { allocation, .. }] if allocation.node == "a"));
+    for id in 10..20 {
+        s.apply(job(id, 1, 1, -1)).unwrap();
+    }
+    s.apply(share(2, 300)).unwrap();
+    let starts = s.schedule();
+    let share_start = starts.iter().find_map(|d| match d {
+        Decision::Start { job: 2, allocation, .. } => Some(allocation.clone()),
+        _ => None,
+    });
+    let share_start = share_start.expect("the share starts");
+    assert_eq!((share_start.node.as_str(), share_start.gpus.as_slice()), ("a", &[0u32][..]), "{starts:?}");
+    s.check_invariants().unwrap();
+}

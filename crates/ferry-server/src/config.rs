@@ -14,6 +14,7 @@
 //! price_cpu_hour = 0.02
 //!
 //! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
+//! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
 //!
 //! [[team]]
 //! name = "vision"
@@ -26,7 +27,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry_core::{PoolInfo, Resources, TeamInfo};
+use ferry_core::{GpuPlacement, PoolInfo, Resources, TeamInfo};
 use serde::Deserialize;
 
 /// The most pools one installation may define.
@@ -38,6 +39,7 @@ pub struct FileConfig {
     pub teams: Vec<TeamInfo>,
     /// 0 means the core's default.
     pub fair_share_half_life_s: u64,
+    pub gpu_placement: GpuPlacement,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +57,9 @@ struct RawFile {
     #[serde(default)]
     team: Vec<RawTeam>,
     fair_share_half_life: Option<String>,
+    /// `best-fit` (the default) or `fgd`.
+    #[serde(default)]
+    gpu_placement: GpuPlacement,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,7 +169,7 @@ impl FileConfig {
             .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
             .transpose()?
             .unwrap_or(0);
-        Ok(FileConfig { pools, teams, fair_share_half_life_s })
+        Ok(FileConfig { pools, teams, fair_share_half_life_s, gpu_placement: raw.gpu_placement })
     }
 }
 
@@ -199,6 +204,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.fair_share_half_life_s, 12 * 3600);
+        assert_eq!(config.gpu_placement, GpuPlacement::BestFit);
+        assert_eq!(FileConfig::parse("gpu_placement = \"fgd\"").unwrap().gpu_placement, GpuPlacement::Fgd);
+        assert!(error("gpu_placement = \"random\"").contains("unknown variant `random`"));
         let team = &config.teams[0];
         assert_eq!(team.quota, Resources::new(64_000, 512 << 30, 8));
         assert_eq!(team.borrow_limit.unwrap().gpus, 4);

@@ -233,6 +233,7 @@ impl Driver {
             fair_share_half_life_s: self.config.fair_share_half_life_s,
         };
         self.sched.apply(teams).expect("configuring teams never fails");
+        self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
         self.jobs.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {
