@@ -67,6 +67,7 @@ pub fn run(args: CycleArgs) -> anyhow::Result<usize> {
     let again = s.schedule().len();
     let full_ms = second.elapsed().as_secs_f64() * 1e3;
     s.check_invariants().map_err(anyhow::Error::msg)?;
+    let peak_bytes = peak_rss_bytes();
     if !args.json {
         println!("scheduling cycle: {} nodes, {} queued jobs", args.nodes, args.jobs);
         println!("  set-up (events in)        {setup_s:>9.3} s");
@@ -76,11 +77,23 @@ pub fn run(args: CycleArgs) -> anyhow::Result<usize> {
         );
         println!("  cycle on a full cluster   {full_ms:>9.1} ms   ({again} decisions)");
         println!("  still queued              {:>9}", s.queued());
+        println!("  peak memory (VmHWM)       {:>9.1} MiB", peak_bytes as f64 / (1 << 20) as f64);
     }
     println!(
         "{}",
         json!({"bench": "cycle", "nodes": args.nodes, "jobs": args.jobs, "first_cycle_ms": first_ms, "placed": started,
-               "placements_per_s": started as f64 / (first_ms / 1e3), "full_cycle_ms": full_ms, "queued": s.queued()})
+               "placements_per_s": started as f64 / (first_ms / 1e3), "full_cycle_ms": full_ms, "queued": s.queued(),
+               "peak_rss_bytes": peak_bytes})
     );
     Ok(0)
+}
+
+/// This process's peak resident memory, from /proc (0 where there is none).
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
 }
