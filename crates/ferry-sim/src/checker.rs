@@ -1,0 +1,401 @@
+//! The checks run after every step of a simulation: the core's own `check_invariants`, and the simulator's checks
+//! from the outside, against its own ledger of the decisions the core made.
+//!
+//! The outside checks are:
+//! - no GPU index is held by two jobs at once (whole, or whole and shared), and only GPUs the node has are held;
+//! - the shares of one GPU never add up to more than 1000 thousandths;
+//! - no node's CPUs or memory are booked beyond its capacity;
+//! - a started job got what it asked for, on a node whose GPU model and labels allow it;
+//! - the core and the ledger agree on what each touched node holds and how many jobs wait and run;
+//! - starvation: no job waits longer than the starvation bound while some node that allows it is completely idle
+//!   and large enough to hold it, unless the core says a policy holds it back on purpose (its team's limit, a burst
+//!   pool's delay, or preemptions under way for it). A node with nothing running on it can take any job that fits
+//!   its capacity, so such a wait is never explained by reservations for jobs ahead. A job still waiting after the
+//!   last event would wait forever, and is reported too.
+//!
+//! The core's `check_invariants` walks every running job, so calling it after every step makes a long run
+//! quadratic; `core_check_every` can space it out (1, every step, is the default everywhere but one test).
+//!
+//! This module must never change the state it checks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ferry_core::{JobId, JobRequest, NodeInfo, Scheduler, WaitReason};
+
+use crate::error::fmt_ms;
+use crate::ledger::{Ledger, NodeBook};
+
+/// What one step changed: the nodes touched and the jobs started.
+#[derive(Debug, Default)]
+pub struct StepChanges {
+    pub nodes: BTreeSet<String>,
+    pub started: Vec<JobId>,
+}
+
+/// The outside checker, which remembers since when each waiting job could have run on an idle node.
+#[derive(Debug)]
+pub struct Checker {
+    starvation_bound_ms: u64,
+    /// Every how many steps the core's own invariants are checked; 0 never.
+    core_check_every: u64,
+    runnable_since: BTreeMap<JobId, u64>,
+}
+
+impl Checker {
+    pub fn new(starvation_bound_ms: u64, core_check_every: u64) -> Checker {
+        Checker { starvation_bound_ms, core_check_every, runnable_since: BTreeMap::new() }
+    }
+
+    /// Checks the state after step `step` at virtual time `now_ms`. The message says what is wrong.
+    pub fn check_step(
+        &mut self,
+        core: &Scheduler,
+        ledger: &Ledger,
+        changes: &StepChanges,
+        step: u64,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if self.core_check_every > 0 && step % self.core_check_every == 0 {
+            core.check_invariants().map_err(|e| format!("the core's own invariants fail: {e}"))?;
+        }
+        for node in &changes.nodes {
+            let book = ledger.nodes.get(node).ok_or_else(|| format!("node {node} is not in the cluster"))?;
+            check_node(book)?;
+            check_agreement(core, book)?;
+        }
+        for job in &changes.started {
+            check_placement(ledger, *job)?;
+        }
+        if core.running() != ledger.running.len() || core.queued() != ledger.waiting.len() {
+            return Err(format!(
+                "the core counts {} running and {} queued jobs, the decisions {} running and {} waiting",
+                core.running(),
+                core.queued(),
+                ledger.running.len(),
+                ledger.waiting.len()
+            ));
+        }
+        self.check_starvation(core, ledger, now_ms)
+    }
+
+    fn check_starvation(&mut self, core: &Scheduler, ledger: &Ledger, now_ms: u64) -> Result<(), String> {
+        // The condition held from `since` until now, since nothing changes between steps.
+        for (job, since) in &self.runnable_since {
+            if now_ms - since > self.starvation_bound_ms {
+                return Err(format!(
+                    "job {job} waited {}s, beyond the starvation bound of {}s, while node {} sat idle and could hold it",
+                    fmt_ms(now_ms - since),
+                    fmt_ms(self.starvation_bound_ms),
+                    idle_node_for(ledger, &ledger.waiting[job]).map(|n| n.name.as_str()).unwrap_or("?")
+                ));
+            }
+        }
+        if ledger.idle.is_empty() {
+            self.runnable_since.clear();
+            return Ok(());
+        }
+        let runnable: BTreeSet<JobId> = ledger
+            .waiting
+            .values()
+            .filter(|r| idle_node_for(ledger, r).is_some() && !held_by_policy(core, r.id))
+            .map(|r| r.id)
+            .collect();
+        self.runnable_since.retain(|job, _| runnable.contains(job));
+        for job in runnable {
+            self.runnable_since.entry(job).or_insert(now_ms);
+        }
+        Ok(())
+    }
+
+    /// Checks the state once no event is left: a job still waiting then would wait forever.
+    pub fn check_end(&self, ledger: &Ledger) -> Result<(), String> {
+        match ledger.waiting.values().next() {
+            None => Ok(()),
+            Some(request) => Err(format!(
+                "job {} (and {} more) still waits after the last event, so it would never start{}",
+                request.id,
+                ledger.waiting.len() - 1,
+                match idle_node_for(ledger, request) {
+                    Some(node) => format!(", although node {} is idle and could hold it", node.name),
+                    None => String::new(),
+                }
+            )),
+        }
+    }
+}
+
+/// Whether the core says a policy keeps the job waiting on purpose.
+fn held_by_policy(core: &Scheduler, job: JobId) -> bool {
+    matches!(
+        core.explain(job),
+        Some(WaitReason::OverTeamLimit { .. } | WaitReason::BurstNotYet { .. } | WaitReason::Preempting { .. })
+    )
+}
+
+/// An idle node that allows the job and whose capacity holds it.
+fn idle_node_for<'a>(ledger: &'a Ledger, request: &JobRequest) -> Option<&'a NodeInfo> {
+    let gpus = request.resources.gpus + u32::from(request.gpu_share_milli > 0);
+    let needs = ferry_core::Resources { gpus, ..request.resources };
+    ledger
+        .idle
+        .iter()
+        .map(|name| &ledger.nodes[name].info)
+        .find(|info| allows(info, request) && needs.fits_in(&info.capacity))
+}
+
+/// Whether a node's GPU model and labels allow a job, whatever is free there. Written here again rather than taken
+/// from the core, so that a mistake in the core's version is caught.
+pub fn allows(info: &NodeInfo, request: &JobRequest) -> bool {
+    let wants_gpu = request.resources.gpus > 0 || request.gpu_share_milli > 0;
+    let model_ok = !wants_gpu
+        || request.gpu_models.is_empty()
+        || info.gpu_model.as_ref().is_some_and(|m| request.gpu_models.iter().any(|w| w.eq_ignore_ascii_case(m)));
+    model_ok && request.selector.iter().all(|(k, v)| info.labels.get(k) == Some(v))
+}
+
+/// Checks one node's bookings: GPUs held once, shares within a GPU, CPUs and memory within capacity.
+pub fn check_node(book: &NodeBook) -> Result<(), String> {
+    let name = &book.info.name;
+    for (gpu, jobs) in &book.whole {
+        if !book.info.gpu_indices.contains(gpu) {
+            return Err(format!("job {} holds GPU {gpu} of node {name}, which has no such GPU", jobs[0]));
+        }
+        if jobs.len() > 1 {
+            return Err(format!("GPU {gpu} of node {name} is allocated to jobs {jobs:?} at once"));
+        }
+        if let Some(sharers) = book.shared.get(gpu) {
+            return Err(format!(
+                "GPU {gpu} of node {name} is held whole by job {} and shared by job {}",
+                jobs[0], sharers[0].0
+            ));
+        }
+    }
+    for (gpu, sharers) in &book.shared {
+        if !book.info.gpu_indices.contains(gpu) {
+            return Err(format!("job {} shares GPU {gpu} of node {name}, which has no such GPU", sharers[0].0));
+        }
+        let used: u64 = sharers.iter().map(|(_, milli)| u64::from(*milli)).sum();
+        if used > 1000 {
+            return Err(format!("GPU {gpu} of node {name} is shared {used}/1000 by jobs {:?}", job_ids(sharers)));
+        }
+    }
+    let capacity = &book.info.capacity;
+    if book.cpu_millis > capacity.cpu_millis {
+        return Err(format!("node {name} has {} CPU millis booked of {}", book.cpu_millis, capacity.cpu_millis));
+    }
+    if book.memory_bytes > capacity.memory_bytes {
+        return Err(format!(
+            "node {name} has {} bytes of memory booked of {}",
+            book.memory_bytes, capacity.memory_bytes
+        ));
+    }
+    Ok(())
+}
+
+fn job_ids(sharers: &[(JobId, u32)]) -> Vec<JobId> {
+    sharers.iter().map(|(j, _)| *j).collect()
+}
+
+/// Checks that the core's record of a node matches the decisions it handed out.
+fn check_agreement(core: &Scheduler, book: &NodeBook) -> Result<(), String> {
+    let name = &book.info.name;
+    let (allocated, _) = core.node_usage(name).ok_or_else(|| format!("the core does not know node {name}"))?;
+    let ours = (book.cpu_millis, book.memory_bytes, book.whole_gpus());
+    if (allocated.cpu_millis, allocated.memory_bytes, allocated.gpus) != ours {
+        return Err(format!(
+            "the core says node {name} holds {allocated:?}, but its decisions add up to {} CPU millis, {} bytes and {} whole GPUs",
+            ours.0, ours.1, ours.2
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a started job got what it asked for on a node that allows it.
+pub fn check_placement(ledger: &Ledger, job: JobId) -> Result<(), String> {
+    let Some((request, allocation)) = ledger.running.get(&job) else { return Ok(()) };
+    let info = &ledger.nodes[&allocation.node].info;
+    if !allows(info, request) {
+        return Err(format!(
+            "job {job} was started on node {}, whose GPU model {:?} or labels {:?} it does not allow (it asks for models {:?} and labels {:?})",
+            info.name, info.gpu_model, info.labels, request.gpu_models, request.selector
+        ));
+    }
+    let gpus_expected = match request.gpu_share_milli {
+        0 => request.resources.gpus as usize,
+        _ => 1,
+    };
+    if allocation.resources != request.resources
+        || allocation.gpu_share_milli != request.gpu_share_milli
+        || allocation.gpus.len() != gpus_expected
+    {
+        return Err(format!(
+            "job {job} asked for {:?} and a share of {}, but was given {allocation:?}",
+            request.resources, request.gpu_share_milli
+        ));
+    }
+    let mut distinct = allocation.gpus.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != allocation.gpus.len() {
+        return Err(format!("job {job} was given the same GPU twice: {:?}", allocation.gpus));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::{expect, Expect};
+    use ferry_core::{Allocation, Resources};
+
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn ledger() -> Ledger {
+        let node = NodeInfo {
+            name: "n1".to_string(),
+            pool: "p".to_string(),
+            capacity: Resources::new(8000, 32 * GIB, 2),
+            gpu_indices: vec![0, 1],
+            gpu_model: Some("A100".to_string()),
+            ..NodeInfo::default()
+        };
+        Ledger::new(&[node])
+    }
+
+    /// Fabricates a start in the ledger, bypassing the core, and renders what the node and placement checks say.
+    fn check(starts: &[(JobRequest, Allocation)], expected: Expect) {
+        let mut ledger = ledger();
+        for (request, allocation) in starts {
+            ledger.submit(request.clone());
+            ledger.start(request.id, allocation.clone()).unwrap();
+        }
+        let mut out = String::new();
+        for book in ledger.nodes.values() {
+            out += &format!("node: {:?}\n", check_node(book));
+        }
+        for (request, _) in starts {
+            out += &format!("job {}: {:?}\n", request.id, check_placement(&ledger, request.id));
+        }
+        expected.assert_eq(&out);
+    }
+
+    fn whole(id: JobId, cpus: u64, gpus: &[u32]) -> (JobRequest, Allocation) {
+        let resources = Resources::new(cpus * 1000, GIB, gpus.len() as u32);
+        let allocation = Allocation { node: "n1".to_string(), resources, gpus: gpus.to_vec(), gpu_share_milli: 0 };
+        (JobRequest::new(id, resources, 0), allocation)
+    }
+
+    fn share(id: JobId, gpu: u32, milli: u32) -> (JobRequest, Allocation) {
+        let resources = Resources::new(1000, GIB, 0);
+        let allocation = Allocation { node: "n1".to_string(), resources, gpus: vec![gpu], gpu_share_milli: milli };
+        (JobRequest { gpu_share_milli: milli, ..JobRequest::new(id, resources, 0) }, allocation)
+    }
+
+    #[test]
+    fn a_consistent_state_passes() {
+        check(
+            &[whole(1, 2, &[0]), share(2, 1, 600), share(3, 1, 400)],
+            expect![[r#"
+                node: Ok(())
+                job 1: Ok(())
+                job 2: Ok(())
+                job 3: Ok(())
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_a_gpu_given_to_two_jobs() {
+        check(
+            &[whole(1, 1, &[0]), whole(2, 1, &[0, 1])],
+            expect![[r#"
+                node: Err("GPU 0 of node n1 is allocated to jobs [1, 2] at once")
+                job 1: Ok(())
+                job 2: Ok(())
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_an_overfull_shared_gpu_and_a_whole_gpu_also_shared() {
+        check(
+            &[share(1, 1, 600), share(2, 1, 500)],
+            expect![[r#"
+                node: Err("GPU 1 of node n1 is shared 1100/1000 by jobs [1, 2]")
+                job 1: Ok(())
+                job 2: Ok(())
+            "#]],
+        );
+        check(
+            &[whole(1, 1, &[1]), share(2, 1, 500)],
+            expect![[r#"
+                node: Err("GPU 1 of node n1 is held whole by job 1 and shared by job 2")
+                job 1: Ok(())
+                job 2: Ok(())
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_overbooked_cpus_and_gpus_the_node_lacks() {
+        check(
+            &[whole(1, 6, &[]), whole(2, 3, &[])],
+            expect![[r#"
+                node: Err("node n1 has 9000 CPU millis booked of 8000")
+                job 1: Ok(())
+                job 2: Ok(())
+            "#]],
+        );
+        check(
+            &[whole(1, 1, &[7])],
+            expect![[r#"
+                node: Err("job 1 holds GPU 7 of node n1, which has no such GPU")
+                job 1: Ok(())
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_a_placement_the_node_does_not_allow_or_the_job_did_not_ask_for() {
+        let (request, allocation) = whole(1, 1, &[0]);
+        let v100 = (JobRequest { gpu_models: vec!["V100".to_string()], ..request.clone() }, allocation.clone());
+        let wrong = (request.clone(), Allocation { gpus: vec![0, 1], ..allocation });
+        check(
+            &[v100],
+            expect![[r#"
+                node: Ok(())
+                job 1: Err("job 1 was started on node n1, whose GPU model Some(\"A100\") or labels {} it does not allow (it asks for models [\"V100\"] and labels {})")
+            "#]],
+        );
+        check(
+            &[wrong],
+            expect![[r#"
+                node: Ok(())
+                job 1: Err("job 1 asked for Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 } and a share of 0, but was given Allocation { node: \"n1\", resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpus: [0, 1], gpu_share_milli: 0 }")
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_a_job_that_waits_past_the_bound_while_a_node_idles() {
+        let mut ledger = ledger();
+        ledger.submit(JobRequest::new(1, Resources::new(1000, GIB, 1), 0));
+        let core = Scheduler::new();
+        let mut checker = Checker::new(60_000, 1);
+        assert_eq!(checker.check_starvation(&core, &ledger, 0), Ok(()));
+        assert_eq!(checker.check_starvation(&core, &ledger, 60_000), Ok(()));
+        expect![[r#"
+            Err(
+                "job 1 waited 60.001s, beyond the starvation bound of 60s, while node n1 sat idle and could hold it",
+            )
+        "#]]
+        .assert_debug_eq(&checker.check_starvation(&core, &ledger, 60_001));
+        expect![[r#"
+            Err(
+                "job 1 (and 0 more) still waits after the last event, so it would never start, although node n1 is idle and could hold it",
+            )
+        "#]]
+        .assert_debug_eq(&checker.check_end(&ledger));
+    }
+}

@@ -1,0 +1,281 @@
+//! The `ferry sim` command: flags, reading the input files, running the simulation and printing its report. The
+//! binary only forwards to `run`; exit codes are 0 (done), 64 (bad input, named by file, line and field) and 70 (the
+//! checker found a broken promise; the message gives the seed and a command that replays it).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::{Args, ValueEnum};
+use ferry_core::GpuPlacement;
+
+use crate::cluster::{self, Cluster};
+use crate::engine::{self, CheckConfig, Fault, ReplayConfig};
+use crate::error::{InputError, SimError};
+use crate::fgd;
+use crate::report::{self, FgdReport, Inputs, Report};
+use crate::workload::{self, Workload};
+
+/// The run finished and its report was printed.
+pub const EXIT_OK: i32 = 0;
+/// An input file or flag is wrong; the message names the file, line and field.
+pub const EXIT_INPUT: i32 = 64;
+/// The checker found a violation; the message gives the seed and step, and the command that replays them.
+pub const EXIT_CHECKER: i32 = 70;
+
+/// The largest input file read, so that a wrong path (a disk image, say) fails at once.
+pub const INPUT_BYTES_MAX: u64 = 1 << 30;
+/// The most seeds one command runs.
+pub const SEEDS_MAX: u64 = 100_000;
+/// How many seeds the FGD experiment runs when `--seeds` is not given: as many as the published results used.
+pub const FGD_SEEDS_DEFAULT: u64 = 10;
+
+/// How GPU jobs choose among the nodes that can hold them (the core's `GpuPlacement`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Placement {
+    BestFit,
+    Fgd,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
+#[derive(Args, Clone, Debug)]
+pub struct SimArgs {
+    /// The cluster: pools, teams and nodes, in TOML (see crates/ferry-sim/README.md).
+    #[arg(long, value_name = "FILE", required_unless_present = "trace_nodes", conflicts_with = "trace_nodes")]
+    pub cluster: Option<PathBuf>,
+    /// The cluster from a node list of the Alibaba GPU trace (sn,cpu_milli,memory_mib,gpu,model).
+    #[arg(long, value_name = "FILE")]
+    pub trace_nodes: Option<PathBuf>,
+    /// The workload, in the simple CSV format
+    /// (arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority]).
+    #[arg(long, value_name = "FILE", required_unless_present = "trace_pods", conflicts_with = "trace_pods")]
+    pub workload: Option<PathBuf>,
+    /// The workload from a pod list of the Alibaba GPU trace.
+    #[arg(long, value_name = "FILE")]
+    pub trace_pods: Option<PathBuf>,
+    /// Run the FGD experiment instead of a replay: tasks sampled from the workload arrive and never depart until
+    /// they ask for all the cluster's GPUs; report the share of GPUs allocated.
+    #[arg(long)]
+    pub fgd: bool,
+    /// The seed of the first run; every random choice comes from it, and the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How many runs, with seeds SEED, SEED+1, ... [default: 10 with --fgd, else 1]
+    #[arg(long, value_name = "K")]
+    pub seeds: Option<u64>,
+    /// How GPU jobs choose among nodes, overriding the cluster file's gpu_placement [default: best-fit].
+    #[arg(long, value_enum, value_name = "PLACEMENT")]
+    pub gpu_placement: Option<Placement>,
+    /// The report's format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The interval of the GPU allocation series, such as 10m [default: one that gives at most 40 samples].
+    #[arg(long, value_name = "DURATION", value_parser = duration_ms)]
+    pub sample_every: Option<u64>,
+    /// How long a job may wait while a node that could hold it sits idle before the checker calls it starved.
+    #[arg(long, value_name = "DURATION", value_parser = duration_ms, default_value = "1h")]
+    pub starvation_bound: u64,
+    /// How long a preempted job keeps running (to save a checkpoint) before it stops and is queued again.
+    #[arg(long, value_name = "DURATION", value_parser = duration_ms, default_value = "30s")]
+    pub preempt_grace: u64,
+    /// Every how many steps the core's own invariant check runs (it walks every running job, so every step makes
+    /// long runs quadratic); 0 never. The simulator's outside checks run after every step regardless.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub core_check_every: u64,
+    /// Plants a fault in the simulator's ledger at this step, to show the checker at work.
+    #[arg(long, value_name = "STEP", hide = true)]
+    pub fault_at_step: Option<u64>,
+}
+
+fn duration_ms(text: &str) -> Result<u64, String> {
+    ferry_api::units::parse_duration_s(text).map(|s| s.saturating_mul(1000)).map_err(|e| e.0)
+}
+
+/// Runs `ferry sim`, printing to stdout and stderr; returns the exit code.
+pub fn run(args: &SimArgs) -> i32 {
+    run_with(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
+}
+
+/// Runs `ferry sim`, printing the report to `out` and errors to `err`; returns the exit code.
+pub fn run_with(args: &SimArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let report = match simulate(args) {
+        Ok(report) => report,
+        Err(SimError::Checker(v)) => {
+            let _ = writeln!(err, "error: {v}");
+            let _ = writeln!(err, "replay it with: {}", command_line(args, v.seed));
+            return EXIT_CHECKER;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_INPUT;
+        }
+    };
+    let text = match args.format {
+        Format::Table => report::table(&report),
+        Format::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        Format::Csv => report::csv(&report),
+    };
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => EXIT_OK,
+        // A closed pipe (`ferry sim ... | head`) is not the simulation's failure.
+        Err(_) => EXIT_OK,
+    }
+}
+
+/// Reads the inputs, runs every seed and builds the report.
+pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
+    let (mut cluster, cluster_name) = load_cluster(args)?;
+    match args.gpu_placement {
+        Some(Placement::BestFit) => cluster.gpu_placement = GpuPlacement::BestFit,
+        Some(Placement::Fgd) => cluster.gpu_placement = GpuPlacement::Fgd,
+        None => {}
+    }
+    let workload = load_workload(args)?;
+    let count = args.seeds.unwrap_or(if args.fgd { FGD_SEEDS_DEFAULT } else { 1 });
+    if count == 0 || count > SEEDS_MAX {
+        return Err(SimError::Usage(format!("--seeds {count}: run 1 to {SEEDS_MAX} seeds")));
+    }
+    let seeds: Vec<u64> = (0..count).map(|k| args.seed.wrapping_add(k)).collect();
+    let inputs = Inputs {
+        cluster: cluster_name,
+        workload: workload.file.clone(),
+        nodes: cluster.nodes.len() as u64,
+        gpus: cluster.gpus(),
+        gpu_placement: cluster.gpu_placement,
+    };
+    let check = CheckConfig {
+        starvation_bound_ms: args.starvation_bound,
+        core_check_every: args.core_check_every,
+        fault: args.fault_at_step.map(|at_step| Fault::OverbookCpu { at_step }),
+    };
+    if args.fgd {
+        fgd::check_inputs(&cluster, &workload.jobs)?;
+        let runs = for_seeds(&seeds, |seed| Ok(fgd::run(&cluster, &workload.jobs, seed, &check)?))?;
+        return Ok(Report::Fgd(FgdReport::new(inputs, workload.jobs.len() as u64, runs)));
+    }
+    workload::check_fits(&workload, &cluster)?;
+    let runs = for_seeds(&seeds, |seed| {
+        let config = ReplayConfig { seed, preempt_grace_ms: args.preempt_grace, check };
+        let run = engine::replay(&cluster, &workload, &config)?;
+        report::replay_report(&run, &cluster, args.sample_every)
+    })?;
+    Ok(Report::Replay { inputs, runs })
+}
+
+/// Runs one simulation per seed, on as many threads as there are cores; seeds are independent, so the results are
+/// the same as one after another. They come back in seed order, and the error of the first failing seed wins.
+fn for_seeds<T: Send>(seeds: &[u64], run: impl Fn(u64) -> Result<T, SimError> + Sync) -> Result<Vec<T>, SimError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, seeds.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<(usize, Result<T, SimError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else { break done };
+                        done.push((i, run(seed)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+fn load_cluster(args: &SimArgs) -> Result<(Cluster, String), SimError> {
+    match (&args.cluster, &args.trace_nodes) {
+        (Some(path), _) => {
+            let (name, text) = read(path)?;
+            Ok((cluster::parse_cluster_toml(&name, &text)?, name))
+        }
+        (None, Some(path)) => {
+            let (name, text) = read(path)?;
+            Ok((cluster::parse_trace_nodes(&name, &text)?, name))
+        }
+        (None, None) => Err(SimError::Usage("give the cluster with --cluster FILE or --trace-nodes FILE".to_string())),
+    }
+}
+
+fn load_workload(args: &SimArgs) -> Result<Workload, SimError> {
+    match (&args.workload, &args.trace_pods) {
+        (Some(path), _) => {
+            let (name, text) = read(path)?;
+            Ok(workload::parse_workload_csv(&name, &text)?)
+        }
+        (None, Some(path)) => {
+            let (name, text) = read(path)?;
+            Ok(workload::parse_trace_pods(&name, &text)?)
+        }
+        (None, None) => Err(SimError::Usage("give the workload with --workload FILE or --trace-pods FILE".to_string())),
+    }
+}
+
+/// Reads a whole input file as text; the name is the path as the user gave it.
+fn read(path: &Path) -> Result<(String, String), SimError> {
+    let name = path.display().to_string();
+    let io = |source| SimError::Read { path: name.clone(), source };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > INPUT_BYTES_MAX {
+        return Err(SimError::Usage(format!(
+            "{name} is {size} bytes, more than the {INPUT_BYTES_MAX} an input may have"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            Err(InputError::new(&name, line, None, "not valid UTF-8 text").into())
+        }
+    }
+}
+
+/// The command that replays one seed of this run.
+pub fn command_line(args: &SimArgs, seed: u64) -> String {
+    let mut words = vec!["ferry".to_string(), "sim".to_string()];
+    let mut path = |flag: &str, value: &Option<PathBuf>| {
+        if let Some(p) = value {
+            words.push(flag.to_string());
+            words.push(shell_quote(&p.display().to_string()));
+        }
+    };
+    path("--cluster", &args.cluster);
+    path("--trace-nodes", &args.trace_nodes);
+    path("--workload", &args.workload);
+    path("--trace-pods", &args.trace_pods);
+    if args.fgd {
+        words.push("--fgd".to_string());
+    }
+    if let Some(placement) = args.gpu_placement {
+        let name = placement.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+        words.extend(["--gpu-placement".to_string(), name]);
+    }
+    words.extend(["--seed".to_string(), seed.to_string(), "--seeds".to_string(), "1".to_string()]);
+    words.extend(["--starvation-bound".to_string(), format!("{}s", args.starvation_bound / 1000)]);
+    words.extend(["--preempt-grace".to_string(), format!("{}s", args.preempt_grace / 1000)]);
+    words.extend(["--core-check-every".to_string(), args.core_check_every.to_string()]);
+    if let Some(step) = args.fault_at_step {
+        words.extend(["--fault-at-step".to_string(), step.to_string()]);
+    }
+    words.join(" ")
+}
+
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,405 @@
+//! The simulated cluster: pools in an admin-set order, with burst settings and optional prices, teams with quotas,
+//! and nodes. Read from a TOML file (documented in the README; its pools and teams are written as in the server's
+//! configuration file) or from the node list of the Alibaba GPU trace.
+
+// The core's structs are built with `..Default::default()` even where every field is named today, so that fields it
+// adds later take their defaults instead of breaking the simulator.
+#![allow(clippy::needless_update)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use ferry_core::{GpuPlacement, NodeInfo, PoolInfo, Resources, TeamInfo};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::csvin::{self, Columns};
+use crate::error::InputError;
+
+/// The most nodes a cluster may have; ten times the largest cluster the scheduler is built for.
+pub const NODES_MAX: usize = 100_000;
+/// The most GPUs one node may have.
+pub const GPUS_PER_NODE_MAX: u64 = 64;
+/// The most CPUs one node may have.
+pub const CPUS_PER_NODE_MAX: f64 = 100_000.0;
+/// The pool that the nodes of a trace's node list belong to.
+pub const TRACE_POOL: &str = "trace";
+/// The most pools or teams a cluster may define.
+pub const POOLS_MAX: usize = 256;
+pub const TEAMS_MAX: usize = 10_000;
+
+/// A set of nodes with a place in the burst order and optional prices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// Lower comes first: owned capacity before burst capacity.
+    pub order: i32,
+    /// Whether the pool is (elastic, paid) burst capacity, used only when the pools before it are full for what a
+    /// job needs, or once the job has waited `burst_after_s`.
+    pub burst: bool,
+    pub burst_after_s: Option<u64>,
+    pub price_gpu_hour: f64,
+    pub price_cpu_hour: f64,
+}
+
+impl Pool {
+    /// What the scheduler core is told of the pool.
+    pub fn info(&self) -> PoolInfo {
+        PoolInfo {
+            name: self.name.clone(),
+            order: self.order,
+            burst: self.burst,
+            burst_after_s: self.burst_after_s,
+            ..PoolInfo::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// Sorted by `order`, then name.
+    pub pools: Vec<Pool>,
+    pub teams: Vec<TeamInfo>,
+    /// How long past usage weighs in fair share between users; 0 leaves the core's default.
+    pub fair_share_half_life_s: u64,
+    /// How GPU jobs choose among the nodes that can hold them.
+    pub gpu_placement: GpuPlacement,
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl Cluster {
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn gpus(&self) -> u64 {
+        self.nodes.iter().map(|n| u64::from(n.capacity.gpus)).sum()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    #[serde(default)]
+    pool: Vec<PoolSpec>,
+    #[serde(default)]
+    team: Vec<TeamSpec>,
+    fair_share_half_life: Option<Spanned<String>>,
+    #[serde(default)]
+    gpu_placement: GpuPlacement,
+    #[serde(default)]
+    node: Vec<Spanned<NodeSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolSpec {
+    name: Spanned<String>,
+    order: i32,
+    #[serde(default)]
+    burst: bool,
+    burst_after: Option<Spanned<String>>,
+    price_gpu_hour: Option<Spanned<f64>>,
+    price_cpu_hour: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamSpec {
+    name: Spanned<String>,
+    quota: Spanned<AmountSpec>,
+    borrow_limit: Option<Spanned<AmountSpec>>,
+}
+
+/// An amount of resources; what is left out is zero in a quota and unlimited in a borrowing limit.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmountSpec {
+    gpus: Option<u32>,
+    cpus: Option<f64>,
+    memory: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSpec {
+    name: Option<Spanned<String>>,
+    name_prefix: Option<Spanned<String>>,
+    count: Option<Spanned<i64>>,
+    pool: Spanned<String>,
+    cpus: Spanned<f64>,
+    memory: Spanned<String>,
+    gpus: Option<Spanned<i64>>,
+    gpu_model: Option<Spanned<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// Locates byte offsets of one TOML file as lines.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, span: &Range<usize>) -> u64 {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() as u64 + 1
+    }
+
+    fn error<T>(&self, field: &str, value: &Spanned<T>, message: impl Into<String>) -> InputError {
+        InputError::new(self.file, self.line(&value.span()), Some(format!("field {field}")), message)
+    }
+
+    /// Turns a TOML syntax or shape error into a located message, naming the key when the error is about a value.
+    fn toml_error(&self, e: &toml::de::Error) -> InputError {
+        let span = e.span().unwrap_or(0..0);
+        let line = self.line(&span);
+        let message = e.message().trim().to_string();
+        let text_line = self.text.lines().nth(line as usize - 1).unwrap_or("");
+        let key = text_line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+        let names_field = message.contains("field `");
+        let field = key.filter(|k| !k.is_empty() && !k.starts_with('[') && !names_field).map(|k| format!("field {k}"));
+        InputError::new(self.file, line, field, message)
+    }
+}
+
+/// Parses a cluster file. `file` is the name errors use.
+pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError> {
+    let src = Source { file, text };
+    let spec: ClusterFile = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let pools = pools(&src, spec.pool)?;
+    let teams = teams(&src, spec.team)?;
+    let fair_share_half_life_s = match &spec.fair_share_half_life {
+        Some(t) => duration_s(&src, "fair_share_half_life", t)?,
+        None => 0,
+    };
+    let mut nodes = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for node in &spec.node {
+        let line = src.line(&node.span());
+        for info in expand_node(&src, node.get_ref(), &pools)? {
+            if let Some(first) = seen.insert(info.name.clone(), line) {
+                let message = format!("node \"{}\" is already declared on line {first}", info.name);
+                return Err(InputError::new(file, line, Some("field name".to_string()), message));
+            }
+            nodes.push(info);
+            if nodes.len() > NODES_MAX {
+                return Err(InputError::new(file, line, None, format!("more than {NODES_MAX} nodes")));
+            }
+        }
+    }
+    if nodes.is_empty() {
+        let message = "no [[node]] is declared; a cluster needs at least one node";
+        return Err(InputError::new(file, 1, None, message));
+    }
+    Ok(Cluster { pools, teams, fair_share_half_life_s, gpu_placement: spec.gpu_placement, nodes })
+}
+
+fn duration_s(src: &Source<'_>, field: &str, text: &Spanned<String>) -> Result<u64, InputError> {
+    ferry_api::units::parse_duration_s(text.get_ref()).map_err(|e| src.error(field, text, e.0))
+}
+
+fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<Vec<TeamInfo>, InputError> {
+    let mut teams = Vec::new();
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    for spec in specs {
+        let name = spec.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(src.error("name", &spec.name, "a team needs a name"));
+        }
+        if let Some(first) = lines.insert(name.clone(), src.line(&spec.name.span())) {
+            return Err(src.error("name", &spec.name, format!("team \"{name}\" is already declared on line {first}")));
+        }
+        if teams.len() == TEAMS_MAX {
+            return Err(src.error("name", &spec.name, format!("more than {TEAMS_MAX} teams")));
+        }
+        let quota = amount(src, "quota", &spec.quota, Resources::ZERO)?;
+        // What a borrowing limit leaves out is unlimited; a quarter of the range keeps the core's sums from overflowing.
+        let unlimited = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
+        let borrow_limit = spec.borrow_limit.as_ref().map(|b| amount(src, "borrow_limit", b, unlimited)).transpose()?;
+        teams.push(TeamInfo { name, quota, borrow_limit, ..TeamInfo::default() });
+    }
+    Ok(teams)
+}
+
+fn amount(
+    src: &Source<'_>,
+    field: &str,
+    spec: &Spanned<AmountSpec>,
+    missing: Resources,
+) -> Result<Resources, InputError> {
+    let a = spec.get_ref();
+    let cpu_millis = match a.cpus {
+        Some(c) if c.is_finite() && (0.0..=CPUS_PER_NODE_MAX * NODES_MAX as f64).contains(&c) => {
+            (c * 1000.0).round() as u64
+        }
+        Some(c) => return Err(src.error(field, spec, format!("cpus {c} is not a CPU count; write zero or more"))),
+        None => missing.cpu_millis,
+    };
+    let memory_bytes = match &a.memory {
+        Some(m) => ferry_api::units::parse_memory(m).map_err(|e| src.error(field, spec, format!("memory: {}", e.0)))?,
+        None => missing.memory_bytes,
+    };
+    Ok(Resources { cpu_millis, memory_bytes, gpus: a.gpus.unwrap_or(missing.gpus) })
+}
+
+fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError> {
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    for spec in specs {
+        let name = spec.name.get_ref().trim().to_string();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(src.error(
+                "name",
+                &spec.name,
+                "a pool's name must be a non-empty word, such as local or aws-spot",
+            ));
+        }
+        if pools.len() == POOLS_MAX {
+            return Err(src.error("name", &spec.name, format!("more than {POOLS_MAX} pools")));
+        }
+        if let Some(first) = lines.insert(name.clone(), src.line(&spec.name.span())) {
+            return Err(src.error("name", &spec.name, format!("pool \"{name}\" is already declared on line {first}")));
+        }
+        let price = |field: &str, value: &Option<Spanned<f64>>| match value {
+            None => Ok(0.0),
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => Ok(*v.get_ref()),
+            Some(v) => {
+                Err(src.error(field, v, format!("{} is not a price; write zero or more, such as 2.5", v.get_ref())))
+            }
+        };
+        let price_gpu_hour = price("price_gpu_hour", &spec.price_gpu_hour)?;
+        let price_cpu_hour = price("price_cpu_hour", &spec.price_cpu_hour)?;
+        let burst_after_s = match &spec.burst_after {
+            Some(t) if !spec.burst => {
+                return Err(src.error("burst_after", t, "burst_after applies only to a pool with burst = true"));
+            }
+            Some(t) => Some(duration_s(src, "burst_after", t)?),
+            None => None,
+        };
+        let (order, burst) = (spec.order, spec.burst);
+        pools.push(Pool { name, order, burst, burst_after_s, price_gpu_hour, price_cpu_hour });
+    }
+    pools.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+    Ok(pools)
+}
+
+/// The nodes one `[[node]]` table declares: one named node, or `count` identical ones named `name_prefix` and an
+/// index padded to the same width (`gpu-00` to `gpu-11`), so that they sort in order.
+fn expand_node(src: &Source<'_>, spec: &NodeSpec, pools: &[Pool]) -> Result<Vec<NodeInfo>, InputError> {
+    let pool = spec.pool.get_ref().trim();
+    if !pools.iter().any(|p| p.name == pool) {
+        let declared: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        let message = match declared.as_slice() {
+            [] => format!("pool \"{pool}\" is not declared; add a [[pool]] table with name = \"{pool}\""),
+            _ => format!("pool \"{pool}\" is not declared; the pools are {}", declared.join(", ")),
+        };
+        return Err(src.error("pool", &spec.pool, message));
+    }
+    let cpus = *spec.cpus.get_ref();
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > CPUS_PER_NODE_MAX {
+        let message = format!("{cpus} is not a CPU count; write a positive number up to {CPUS_PER_NODE_MAX}");
+        return Err(src.error("cpus", &spec.cpus, message));
+    }
+    let memory_bytes =
+        ferry_api::units::parse_memory(spec.memory.get_ref()).map_err(|e| src.error("memory", &spec.memory, e.0))?;
+    let gpus = match &spec.gpus {
+        None => 0,
+        Some(g) if (0..=GPUS_PER_NODE_MAX as i64).contains(g.get_ref()) => *g.get_ref() as u32,
+        Some(g) => {
+            let message = format!("{} is not a GPU count; write 0 to {GPUS_PER_NODE_MAX}", g.get_ref());
+            return Err(src.error("gpus", g, message));
+        }
+    };
+    let gpu_model = match &spec.gpu_model {
+        Some(m) if m.get_ref().trim().is_empty() => {
+            return Err(src.error("gpu_model", m, "an empty GPU model; leave the field out instead"));
+        }
+        Some(m) => Some(m.get_ref().trim().to_string()),
+        None => None,
+    };
+    let template = NodeInfo {
+        name: String::new(),
+        pool: pool.to_string(),
+        capacity: Resources::new((cpus * 1000.0).round() as u64, memory_bytes, gpus),
+        gpu_indices: (0..gpus).collect(),
+        gpu_model,
+        labels: spec.labels.clone(),
+        ..NodeInfo::default()
+    };
+    let names = node_names(src, spec)?;
+    Ok(names.into_iter().map(|name| NodeInfo { name, ..template.clone() }).collect())
+}
+
+fn node_names(src: &Source<'_>, spec: &NodeSpec) -> Result<Vec<String>, InputError> {
+    match (&spec.name, &spec.name_prefix, &spec.count) {
+        (Some(name), None, None) if !name.get_ref().trim().is_empty() => Ok(vec![name.get_ref().trim().to_string()]),
+        (Some(name), None, None) => Err(src.error("name", name, "a node needs a name")),
+        (None, Some(prefix), Some(count)) => {
+            let n = *count.get_ref();
+            if !(1..=NODES_MAX as i64).contains(&n) {
+                return Err(src.error("count", count, format!("{n} is not a node count; write 1 to {NODES_MAX}")));
+            }
+            let width = (n - 1).to_string().len();
+            Ok((0..n).map(|i| format!("{}{i:0width$}", prefix.get_ref().trim())).collect())
+        }
+        (Some(name), _, _) => Err(src.error("name", name, "give either name, or name_prefix and count, not both")),
+        (None, Some(prefix), None) => Err(src.error("name_prefix", prefix, "name_prefix needs a count")),
+        (None, None, Some(count)) => Err(src.error("count", count, "count needs a name_prefix")),
+        (None, None, None) => Err(src.error("pool", &spec.pool, "a node needs a name, or a name_prefix and a count")),
+    }
+}
+
+/// Parses the node list of the Alibaba GPU trace (`sn,cpu_milli,memory_mib,gpu,model`) into one pool named
+/// `trace`. Extra columns are ignored.
+pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> {
+    let columns =
+        Columns { required: &["sn", "cpu_milli", "memory_mib", "gpu"], optional: &["model"], allow_unknown: true };
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let nodes = csvin::read_rows(file, text, &columns, |row| {
+        let name = row.req("sn").to_string();
+        if name.is_empty() {
+            return Err(row.error("sn", "a node needs a name"));
+        }
+        if let Some(first) = seen.insert(name.clone(), row.line) {
+            return Err(row.error("sn", format!("node \"{name}\" is already listed on line {first}")));
+        }
+        let cpu_millis = row.parse("cpu_milli", |t| positive(t, (CPUS_PER_NODE_MAX * 1000.0) as u64, "CPU"))?;
+        let memory_mib = row.parse("memory_mib", |t| positive(t, 1 << 40, "memory"))?;
+        let gpus = row.parse("gpu", |t| csvin::whole(t, GPUS_PER_NODE_MAX, "GPUs"))? as u32;
+        let model = row.get("model").filter(|m| !m.is_empty()).map(str::to_string);
+        if seen.len() > NODES_MAX {
+            return Err(InputError::new(file, row.line, None, format!("more than {NODES_MAX} nodes")));
+        }
+        Ok(NodeInfo {
+            name,
+            pool: TRACE_POOL.to_string(),
+            capacity: Resources::new(cpu_millis, memory_mib << 20, gpus),
+            gpu_indices: (0..gpus).collect(),
+            gpu_model: model,
+            ..NodeInfo::default()
+        })
+    })?;
+    if nodes.is_empty() {
+        return Err(InputError::new(file, 1, None, "no nodes are listed after the header"));
+    }
+    let pool = Pool {
+        name: TRACE_POOL.to_string(),
+        order: 0,
+        burst: false,
+        burst_after_s: None,
+        price_gpu_hour: 0.0,
+        price_cpu_hour: 0.0,
+    };
+    let gpu_placement = GpuPlacement::default();
+    Ok(Cluster { pools: vec![pool], teams: Vec::new(), fair_share_half_life_s: 0, gpu_placement, nodes })
+}
+
+/// A whole number from 1 to `max`.
+pub(crate) fn positive(text: &str, max: u64, what: &str) -> Result<u64, String> {
+    match csvin::whole(text, max, what)? {
+        0 => Err(format!("0 is not allowed; a node or job needs some {what}")),
+        v => Ok(v),
+    }
+}

@@ -1,0 +1,396 @@
+//! The discrete-event loop that drives the scheduler core in virtual time, and the replay mode built on it.
+//!
+//! Time is an integer count of virtual milliseconds. Events wait in a binary heap ordered by time and then by a
+//! sequence number, so that events at the same time are handled in the order they were created; a step is one batch
+//! of same-time events, a tick telling the core the time, and one scheduling cycle, and the checker runs after every
+//! step. All randomness comes from one generator seeded with the run's seed: the same seed replays the same run.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use ferry_core::{Allocation, Decision, Event, JobId, JobRequest, Scheduler};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checker::{Checker, StepChanges};
+use crate::cluster::Cluster;
+use crate::error::Violation;
+use crate::ledger::Ledger;
+use crate::workload::Workload;
+
+/// The random number generator of a run: ChaCha8, documented as reproducible across platforms and versions.
+pub type SimRng = ChaCha8Rng;
+
+pub fn rng(seed: u64) -> SimRng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// A fault the simulator plants in its own ledger, to show that the checker catches it and reports the seed and
+/// step. For tests of the checker's reporting only.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// After the scheduling cycle of this step, book more CPU than the first node has.
+    OverbookCpu { at_step: u64 },
+}
+
+/// How a run is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub starvation_bound_ms: u64,
+    /// Every how many steps the core's own `check_invariants` runs; 1 is every step, 0 never (the outside checks
+    /// run every step regardless).
+    pub core_check_every: u64,
+    #[doc(hidden)]
+    pub fault: Option<Fault>,
+}
+
+impl Default for CheckConfig {
+    fn default() -> CheckConfig {
+        CheckConfig { starvation_bound_ms: 3_600_000, core_check_every: 1, fault: None }
+    }
+}
+
+/// What one scheduling cycle asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start(JobId, Allocation),
+    /// Stop this running job, after the grace period, so that another can start.
+    Preempt(JobId),
+}
+
+/// The core, the ledger and the checker of one run, and where the run is.
+pub struct Sim {
+    pub core: Scheduler,
+    pub ledger: Ledger,
+    checker: Checker,
+    seed: u64,
+    /// Steps completed.
+    step: u64,
+    changes: StepChanges,
+    fault: Option<Fault>,
+}
+
+impl Sim {
+    /// A core that knows the cluster's pools, teams and nodes.
+    pub fn new(cluster: &Cluster, seed: u64, check: &CheckConfig) -> Result<Sim, Violation> {
+        let mut sim = Sim {
+            core: Scheduler::new(),
+            ledger: Ledger::new(&cluster.nodes),
+            checker: Checker::new(check.starvation_bound_ms, check.core_check_every),
+            seed,
+            step: 0,
+            changes: StepChanges::default(),
+            fault: check.fault,
+        };
+        let mut setup = vec![
+            Event::PoolsConfigured(cluster.pools.iter().map(|p| p.info()).collect()),
+            Event::PlacementConfigured(cluster.gpu_placement),
+        ];
+        if !cluster.teams.is_empty() || cluster.fair_share_half_life_s > 0 {
+            let half_life = cluster.fair_share_half_life_s;
+            setup.push(Event::TeamsConfigured { teams: cluster.teams.clone(), fair_share_half_life_s: half_life });
+        }
+        setup.extend(cluster.nodes.iter().map(|n| Event::NodeUp(n.clone())));
+        for event in setup {
+            if let Err(e) = sim.core.apply(event) {
+                return Err(sim.violation(0, format!("the core refused the cluster: {e}")));
+            }
+        }
+        Ok(sim)
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// A violation found in the step now running.
+    pub fn violation(&self, now_ms: u64, message: String) -> Violation {
+        Violation { seed: self.seed, step: self.step + 1, time_ms: now_ms, message }
+    }
+
+    /// Applies an event to the core, turning a refusal or a panic into a violation that says `what` it was.
+    fn apply(&mut self, event: Event, now_ms: u64, what: impl FnOnce() -> String) -> Result<(), Violation> {
+        match catch_unwind(AssertUnwindSafe(|| self.core.apply(event))) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.violation(now_ms, format!("the core refused {}: {e}", what()))),
+            Err(panic) => {
+                Err(self.violation(now_ms, format!("the core panicked on {}: {}", what(), panic_text(&panic))))
+            }
+        }
+    }
+
+    pub fn submit(&mut self, request: JobRequest, now_ms: u64) -> Result<(), Violation> {
+        let id = request.id;
+        self.ledger.submit(request.clone());
+        self.apply(Event::JobSubmitted(request), now_ms, || format!("the submission of job {id}"))
+    }
+
+    /// Ends a job, waiting or running, in the core and the ledger.
+    pub fn end(&mut self, job: JobId, now_ms: u64) -> Result<(), Violation> {
+        if let Some((_, allocation)) = self.ledger.running.get(&job) {
+            self.changes.nodes.insert(allocation.node.clone());
+        }
+        self.ledger.end(job);
+        self.apply(Event::JobEnded { id: job }, now_ms, || format!("the end of job {job}"))
+    }
+
+    /// Tells the core the time, runs one scheduling cycle and records its starts in the ledger.
+    pub fn schedule(&mut self, now_ms: u64) -> Result<Vec<Action>, Violation> {
+        let now_us = (now_ms as i64).saturating_mul(1000);
+        self.apply(Event::Tick { now_us }, now_ms, || format!("a tick at {now_us}us"))?;
+        let decisions = match catch_unwind(AssertUnwindSafe(|| self.core.schedule())) {
+            Ok(decisions) => decisions,
+            Err(panic) => {
+                return Err(self.violation(now_ms, format!("the core panicked in a cycle: {}", panic_text(&panic))))
+            }
+        };
+        let mut actions = Vec::new();
+        for decision in decisions {
+            #[allow(unreachable_patterns)]
+            match decision {
+                Decision::Start { job, allocation, .. } => {
+                    self.changes.nodes.insert(allocation.node.clone());
+                    self.changes.started.push(job);
+                    self.ledger.start(job, allocation.clone()).map_err(|m| self.violation(now_ms, m))?;
+                    actions.push(Action::Start(job, allocation));
+                }
+                Decision::Preempt { job, .. } => {
+                    if !self.ledger.running.contains_key(&job) {
+                        let message = format!("the core preempted job {job}, which is not running");
+                        return Err(self.violation(now_ms, message));
+                    }
+                    actions.push(Action::Preempt(job));
+                }
+                Decision::Lost { job, node } => {
+                    let message = format!("the core reported job {job} lost on node {node}, but no node went down");
+                    return Err(self.violation(now_ms, message));
+                }
+                other => {
+                    let message = format!("the simulator does not know the core's decision {other:?}");
+                    return Err(self.violation(now_ms, message));
+                }
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Closes the step: plants the fault if one is due, then runs every check.
+    pub fn finish_step(&mut self, now_ms: u64) -> Result<(), Violation> {
+        if self.fault == Some(Fault::OverbookCpu { at_step: self.step + 1 }) {
+            if let Some(book) = self.ledger.nodes.values_mut().next() {
+                book.cpu_millis += book.info.capacity.cpu_millis + 1;
+                self.changes.nodes.insert(book.info.name.clone());
+            }
+        }
+        let changes = std::mem::take(&mut self.changes);
+        let step = self.step + 1;
+        let checked = self.checker.check_step(&self.core, &self.ledger, &changes, step, now_ms);
+        checked.map_err(|m| self.violation(now_ms, m))?;
+        self.step = step;
+        Ok(())
+    }
+
+    /// Checks the state once nothing is left to happen.
+    pub fn finish(&self, now_ms: u64) -> Result<(), Violation> {
+        self.checker.check_end(&self.ledger).map_err(|m| Violation { step: self.step, ..self.violation(now_ms, m) })
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// What happens at a point of virtual time. Completions and stops name the attempt they belong to, so that those
+/// of an attempt cut short by preemption are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SimEvent {
+    /// The job at this position of the submission order arrives.
+    Arrival(usize),
+    /// A running job finishes its work.
+    Completion { job: JobId, attempt: u32 },
+    /// A preempted job's grace period is over: it stops and goes back to the queue.
+    Stop { job: JobId, attempt: u32 },
+}
+
+/// The event queue: earliest time first, then creation order.
+#[derive(Default)]
+struct Timeline {
+    heap: BinaryHeap<Reverse<(u64, u64, SimEvent)>>,
+    seq: u64,
+}
+
+impl Timeline {
+    fn push(&mut self, time_ms: u64, event: SimEvent) {
+        self.heap.push(Reverse((time_ms, self.seq, event)));
+        self.seq += 1;
+    }
+
+    /// Every event of the earliest time, in creation order.
+    fn pop_batch(&mut self) -> Option<(u64, Vec<SimEvent>)> {
+        let Reverse((time_ms, _, first)) = self.heap.pop()?;
+        let mut batch = vec![first];
+        while let Some(Reverse((t, _, _))) = self.heap.peek() {
+            if *t != time_ms {
+                break;
+            }
+            let Reverse((_, _, event)) = self.heap.pop().expect("peeked");
+            batch.push(event);
+        }
+        Some((time_ms, batch))
+    }
+}
+
+/// One run of a job on a node: from its start to its end, which is a completion unless it was preempted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub start_ms: u64,
+    pub end_ms: Option<u64>,
+    pub pool: String,
+    pub preempted: bool,
+}
+
+/// How one job of a replay went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// The index of the job in the workload.
+    pub job: usize,
+    pub arrival_ms: u64,
+    /// GPUs held while running, in thousandths.
+    pub gpu_milli: u64,
+    pub cpu_millis: u64,
+    pub team: String,
+    pub attempts: Vec<Attempt>,
+    /// Whether the job has been told to stop and its grace period is running.
+    pub stopping: bool,
+}
+
+impl JobOutcome {
+    /// The end of the job's work: the end of its last attempt, if that one completed.
+    pub fn completed_ms(&self) -> Option<u64> {
+        self.attempts.last().filter(|a| !a.preempted).and_then(|a| a.end_ms)
+    }
+}
+
+/// Everything a replay produced, before it is summarised into a report.
+#[derive(Clone, Debug)]
+pub struct ReplayRun {
+    pub seed: u64,
+    pub steps: u64,
+    /// In submission order: the job with id `i + 1` is `outcomes[i]`.
+    pub outcomes: Vec<JobOutcome>,
+    /// GPUs allocated in thousandths after each step that changed it: (virtual time, thousandths).
+    pub gpu_milli_steps: Vec<(u64, u64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    pub seed: u64,
+    /// How long a preempted job keeps running (to checkpoint, say) before it stops.
+    pub preempt_grace_ms: u64,
+    pub check: CheckConfig,
+}
+
+/// Replays a workload: each job arrives at its arrival time and, once started, runs for its duration. Jobs that
+/// arrive at the same time are submitted in an order shuffled by the seed; that order also decides their ids, and so
+/// their places in the queue. A preempted job stops after the grace period, loses its work (it has no checkpoint to
+/// resume from) and is queued again.
+pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> Result<ReplayRun, Violation> {
+    let mut rng = rng(config.seed);
+    let order = submission_order(workload, &mut rng);
+    let mut sim = Sim::new(cluster, config.seed, &config.check)?;
+    let mut timeline = Timeline::default();
+    let mut outcomes: Vec<JobOutcome> = order
+        .iter()
+        .map(|&i| {
+            let job = &workload.jobs[i];
+            JobOutcome {
+                job: i,
+                arrival_ms: job.arrival_ms,
+                gpu_milli: job.gpu_milli(),
+                cpu_millis: job.resources.cpu_millis,
+                team: job.team.clone(),
+                attempts: Vec::new(),
+                stopping: false,
+            }
+        })
+        .collect();
+    for (k, &i) in order.iter().enumerate() {
+        timeline.push(workload.jobs[i].arrival_ms, SimEvent::Arrival(k));
+    }
+    let pool_of: HashMap<&str, &str> = cluster.nodes.iter().map(|n| (n.name.as_str(), n.pool.as_str())).collect();
+    let mut gpu_milli_steps = Vec::new();
+    let mut now_ms = 0;
+    while let Some((time_ms, batch)) = timeline.pop_batch() {
+        now_ms = time_ms;
+        for event in batch {
+            match event {
+                SimEvent::Arrival(k) => sim.submit(workload.jobs[order[k]].request(k as JobId + 1, now_ms), now_ms)?,
+                SimEvent::Completion { job, attempt } => {
+                    let outcome = &mut outcomes[job as usize - 1];
+                    if outcome.attempts.len() as u32 == attempt + 1
+                        && outcome.attempts[attempt as usize].end_ms.is_none()
+                    {
+                        outcome.attempts[attempt as usize].end_ms = Some(now_ms);
+                        outcome.stopping = false;
+                        sim.end(job, now_ms)?;
+                    }
+                }
+                SimEvent::Stop { job, attempt } => {
+                    let outcome = &mut outcomes[job as usize - 1];
+                    if outcome.attempts.len() as u32 == attempt + 1
+                        && outcome.attempts[attempt as usize].end_ms.is_none()
+                    {
+                        let last = &mut outcome.attempts[attempt as usize];
+                        (last.end_ms, last.preempted) = (Some(now_ms), true);
+                        outcome.stopping = false;
+                        sim.end(job, now_ms)?;
+                        sim.submit(workload.jobs[outcome.job].request(job, now_ms), now_ms)?;
+                    }
+                }
+            }
+        }
+        for action in sim.schedule(now_ms)? {
+            match action {
+                Action::Start(id, allocation) => {
+                    let outcome = &mut outcomes[id as usize - 1];
+                    let pool = pool_of.get(allocation.node.as_str()).map(|p| p.to_string()).unwrap_or_default();
+                    let attempt = outcome.attempts.len() as u32;
+                    outcome.attempts.push(Attempt { start_ms: now_ms, end_ms: None, pool, preempted: false });
+                    let end_ms = now_ms + workload.jobs[outcome.job].duration_ms;
+                    timeline.push(end_ms, SimEvent::Completion { job: id, attempt });
+                }
+                Action::Preempt(id) => {
+                    let outcome = &mut outcomes[id as usize - 1];
+                    if !outcome.stopping {
+                        outcome.stopping = true;
+                        let attempt = outcome.attempts.len() as u32 - 1;
+                        timeline.push(now_ms + config.preempt_grace_ms, SimEvent::Stop { job: id, attempt });
+                    }
+                }
+            }
+        }
+        sim.finish_step(now_ms)?;
+        if gpu_milli_steps.last().map(|(_, g)| *g) != Some(sim.ledger.gpu_milli) {
+            gpu_milli_steps.push((now_ms, sim.ledger.gpu_milli));
+        }
+    }
+    sim.finish(now_ms)?;
+    Ok(ReplayRun { seed: config.seed, steps: sim.steps(), outcomes, gpu_milli_steps })
+}
+
+/// The workload's indices by arrival time, jobs arriving together in an order shuffled by the seed.
+fn submission_order(workload: &Workload, rng: &mut SimRng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..workload.jobs.len()).collect();
+    order.sort_by_key(|&i| workload.jobs[i].arrival_ms);
+    for group in order.chunk_by_mut(|&a, &b| workload.jobs[a].arrival_ms == workload.jobs[b].arrival_ms) {
+        group.shuffle(rng);
+    }
+    order
+}

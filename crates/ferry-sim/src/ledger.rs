@@ -1,0 +1,126 @@
+//! The simulator's own record of the cluster, kept from the decisions the core hands out and independent of the
+//! core's internal state, so that the checker can compare the two. It records whatever it is told, double bookings
+//! included: judging is the checker's job.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ferry_core::{Allocation, JobId, JobRequest, NodeInfo};
+
+/// What one node holds, as the decisions say.
+#[derive(Clone, Debug)]
+pub struct NodeBook {
+    pub info: NodeInfo,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// For each wholly allocated GPU, every job the decisions gave it to (more than one is a violation).
+    pub whole: BTreeMap<u32, Vec<JobId>>,
+    /// For each shared GPU, the jobs sharing it and their thousandths.
+    pub shared: BTreeMap<u32, Vec<(JobId, u32)>>,
+    pub jobs: BTreeSet<JobId>,
+}
+
+impl NodeBook {
+    fn new(info: NodeInfo) -> NodeBook {
+        NodeBook {
+            info,
+            cpu_millis: 0,
+            memory_bytes: 0,
+            whole: BTreeMap::new(),
+            shared: BTreeMap::new(),
+            jobs: BTreeSet::new(),
+        }
+    }
+
+    /// Whole GPUs held, counting a GPU once per job that holds it.
+    pub fn whole_gpus(&self) -> u32 {
+        self.whole.values().map(|jobs| jobs.len() as u32).sum()
+    }
+}
+
+/// The simulator's view: every node's bookings, the waiting jobs and the running ones.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    pub nodes: BTreeMap<String, NodeBook>,
+    pub waiting: BTreeMap<JobId, JobRequest>,
+    pub running: HashMap<JobId, (JobRequest, Allocation)>,
+    /// Nodes with nothing running on them.
+    pub idle: BTreeSet<String>,
+    /// GPUs allocated across the cluster, in thousandths (whole GPUs count 1000).
+    pub gpu_milli: u64,
+}
+
+impl Ledger {
+    pub fn new(nodes: &[NodeInfo]) -> Ledger {
+        Ledger {
+            nodes: nodes.iter().map(|n| (n.name.clone(), NodeBook::new(n.clone()))).collect(),
+            idle: nodes.iter().map(|n| n.name.clone()).collect(),
+            ..Ledger::default()
+        }
+    }
+
+    pub fn submit(&mut self, request: JobRequest) {
+        self.waiting.insert(request.id, request);
+    }
+
+    /// Records a start. Errors only when the start cannot even be recorded: an unknown job or node.
+    pub fn start(&mut self, job: JobId, allocation: Allocation) -> Result<(), String> {
+        let Some(request) = self.waiting.remove(&job) else {
+            return Err(format!("the core started job {job}, which is not waiting"));
+        };
+        let Some(book) = self.nodes.get_mut(&allocation.node) else {
+            return Err(format!("the core started job {job} on node {}, which does not exist", allocation.node));
+        };
+        book.cpu_millis += allocation.resources.cpu_millis;
+        book.memory_bytes += allocation.resources.memory_bytes;
+        if allocation.gpu_share_milli > 0 {
+            for &gpu in &allocation.gpus {
+                book.shared.entry(gpu).or_default().push((job, allocation.gpu_share_milli));
+            }
+        } else {
+            for &gpu in &allocation.gpus {
+                book.whole.entry(gpu).or_default().push(job);
+            }
+        }
+        book.jobs.insert(job);
+        self.idle.remove(&allocation.node);
+        self.gpu_milli += held_gpu_milli(&allocation);
+        self.running.insert(job, (request, allocation));
+        Ok(())
+    }
+
+    /// Records that a job left, waiting or running; its bookings are released.
+    pub fn end(&mut self, job: JobId) {
+        self.waiting.remove(&job);
+        let Some((_, allocation)) = self.running.remove(&job) else { return };
+        self.gpu_milli -= held_gpu_milli(&allocation);
+        let Some(book) = self.nodes.get_mut(&allocation.node) else { return };
+        book.cpu_millis -= allocation.resources.cpu_millis;
+        book.memory_bytes -= allocation.resources.memory_bytes;
+        for gpu in &allocation.gpus {
+            if let Some(jobs) = book.whole.get_mut(gpu) {
+                jobs.retain(|j| *j != job);
+                if jobs.is_empty() {
+                    book.whole.remove(gpu);
+                }
+            }
+            if let Some(jobs) = book.shared.get_mut(gpu) {
+                jobs.retain(|(j, _)| *j != job);
+                if jobs.is_empty() {
+                    book.shared.remove(gpu);
+                }
+            }
+        }
+        book.jobs.remove(&job);
+        if book.jobs.is_empty() {
+            self.idle.insert(allocation.node.clone());
+        }
+    }
+}
+
+/// The GPUs an allocation holds in thousandths: 1000 per whole GPU, or its share.
+pub fn held_gpu_milli(allocation: &Allocation) -> u64 {
+    match allocation.gpu_share_milli {
+        0 => allocation.gpus.len() as u64 * 1000,
+        share => u64::from(share),
+    }
+}

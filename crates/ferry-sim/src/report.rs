@@ -1,0 +1,432 @@
+//! Reports: the numbers a run produced, as data (serialized to JSON), a human table, or CSV rows. Building a report
+//! is pure arithmetic over a run's outcomes; nothing here changes or reruns a simulation.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::cluster::Cluster;
+use crate::engine::ReplayRun;
+use crate::error::{fmt_ms, SimError};
+use crate::fgd::{FgdRun, PUBLISHED};
+
+/// How many samples the GPU allocation series has at most when the interval is chosen automatically: few enough for
+/// the table to stay readable; `--sample-every` gives a finer series.
+pub const SAMPLES_AUTO_MAX: u64 = 40;
+/// How many samples the series may have at most when the interval is given, so that a tiny interval over a long
+/// trace fails with a message instead of filling memory.
+pub const SAMPLES_MAX: u64 = 1_000_000;
+/// The intervals the automatic choice picks from, in seconds: the smallest that keeps the series short wins.
+const NICE_INTERVALS_S: [u64; 22] = [
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800,
+    2_592_000, 31_536_000,
+];
+
+/// What the report says about its inputs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Inputs {
+    pub cluster: String,
+    pub workload: String,
+    pub nodes: u64,
+    pub gpus: u64,
+    /// How GPU jobs chose among nodes: `best-fit` or `fgd`.
+    pub gpu_placement: ferry_core::GpuPlacement,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Report {
+    Replay { inputs: Inputs, runs: Vec<RunReport> },
+    Fgd(FgdReport),
+}
+
+/// An average and a 95th percentile (nearest rank), in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Stat {
+    pub avg_s: f64,
+    pub p95_s: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    /// GPUs allocated: whole GPUs plus shares in thousandths over 1000.
+    pub gpus: f64,
+    /// `gpus` over the cluster's GPUs.
+    pub share: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TeamShare {
+    pub team: String,
+    pub gpu_hours: f64,
+    pub share: f64,
+}
+
+/// The report of one replay run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub jobs: u64,
+    pub completed: u64,
+    /// From arrival to end, over completed jobs.
+    pub job_completion: Stat,
+    /// From arrival to start, over started jobs.
+    pub queueing_delay: Stat,
+    /// From the first arrival to the last end.
+    pub makespan_s: f64,
+    pub gpu_hours: f64,
+    /// GPUs allocated, sampled every `gpu_allocation_every_s` from time 0 to the last event.
+    pub gpu_allocation_every_s: f64,
+    pub gpu_allocation: Vec<Sample>,
+    /// GPU-hours per team, largest first.
+    pub teams: Vec<TeamShare>,
+    /// GPU-hours and CPU-hours times the prices of the pool each job ran in.
+    pub cost: f64,
+    /// The part of `cost` spent in burst pools.
+    pub burst_cost: f64,
+    /// Attempts cut short by preemption.
+    pub preemptions: u64,
+    /// GPU-hours of those attempts, lost because a preempted job starts over.
+    pub lost_work_gpu_hours: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Published {
+    pub policy: String,
+    pub allocation_share: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FgdReport {
+    pub inputs: Inputs,
+    /// The pod list's size, which the sample is drawn from.
+    pub tasks_in_workload: u64,
+    pub runs: Vec<FgdRun>,
+    /// The mean of the runs' allocation shares: Ferry's result.
+    pub allocation_share: f64,
+    /// The paper's results on the same trace, for comparison.
+    pub published: Vec<Published>,
+}
+
+impl FgdReport {
+    pub fn new(inputs: Inputs, tasks_in_workload: u64, runs: Vec<FgdRun>) -> FgdReport {
+        let mean = runs.iter().map(|r| r.allocation_share).sum::<f64>() / runs.len().max(1) as f64;
+        let published =
+            PUBLISHED.iter().map(|(p, s)| Published { policy: p.to_string(), allocation_share: *s }).collect();
+        FgdReport { inputs, tasks_in_workload, runs, allocation_share: mean, published }
+    }
+}
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The nearest-rank percentile of sorted values: the smallest value with at least `p`% of values at or below it.
+fn percentile(sorted: &[u64], p: u64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (sorted.len() as u64 * p).div_ceil(100).max(1);
+    sorted[rank as usize - 1]
+}
+
+fn stat(mut values: Vec<u64>) -> Stat {
+    values.sort_unstable();
+    let avg_ms = values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
+    Stat { avg_s: (avg_ms.round()) / 1000.0, p95_s: secs(percentile(&values, 95)) }
+}
+
+/// Rounds to six decimals, so that reports read well and compare exactly.
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// Summarises a replay. `sample_every_ms` fixes the allocation series' interval; `None` picks one.
+pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option<u64>) -> Result<RunReport, SimError> {
+    let outcomes = &run.outcomes;
+    let completion: Vec<u64> = outcomes.iter().filter_map(|o| o.completed_ms().map(|e| e - o.arrival_ms)).collect();
+    // Waiting is the time not spent running: before the first start, and between a preemption and the next start.
+    let delay: Vec<u64> = outcomes
+        .iter()
+        .filter(|o| !o.attempts.is_empty())
+        .map(|o| {
+            let last = o.attempts.last().map_or(o.arrival_ms, |a| a.start_ms);
+            let ran: u64 =
+                o.attempts[..o.attempts.len() - 1].iter().map(|a| a.end_ms.unwrap_or(a.start_ms) - a.start_ms).sum();
+            (last - o.arrival_ms).saturating_sub(ran)
+        })
+        .collect();
+    let first_arrival = outcomes.iter().map(|o| o.arrival_ms).min().unwrap_or(0);
+    let last_end = outcomes.iter().filter_map(|o| o.completed_ms()).max().unwrap_or(first_arrival);
+    let (mut gpu_hours, mut cost, mut burst_cost, mut lost_gpu_hours) = (0.0, 0.0, 0.0, 0.0);
+    let mut preemptions = 0;
+    let mut teams: BTreeMap<&str, f64> = BTreeMap::new();
+    for o in outcomes {
+        for attempt in &o.attempts {
+            let hours =
+                (attempt.end_ms.unwrap_or(last_end).max(attempt.start_ms) - attempt.start_ms) as f64 / 3_600_000.0;
+            let attempt_gpu_hours = o.gpu_milli as f64 / 1000.0 * hours;
+            gpu_hours += attempt_gpu_hours;
+            *teams.entry(&o.team).or_default() += attempt_gpu_hours;
+            if attempt.preempted {
+                preemptions += 1;
+                lost_gpu_hours += attempt_gpu_hours;
+            }
+            if let Some(pool) = cluster.pool(&attempt.pool) {
+                let cpu_hours = o.cpu_millis as f64 / 1000.0 * hours;
+                let attempt_cost = attempt_gpu_hours * pool.price_gpu_hour + cpu_hours * pool.price_cpu_hour;
+                cost += attempt_cost;
+                if pool.burst {
+                    burst_cost += attempt_cost;
+                }
+            }
+        }
+    }
+    let mut teams: Vec<TeamShare> = teams
+        .into_iter()
+        .map(|(team, h)| TeamShare {
+            team: team.to_string(),
+            gpu_hours: round6(h),
+            share: if gpu_hours > 0.0 { round6(h / gpu_hours) } else { 0.0 },
+        })
+        .collect();
+    teams.sort_by(|a, b| b.gpu_hours.total_cmp(&a.gpu_hours).then_with(|| a.team.cmp(&b.team)));
+    let end_ms = run.gpu_milli_steps.last().map_or(0, |(t, _)| *t).max(last_end);
+    let every_ms = match sample_every_ms {
+        Some(every) => {
+            let every = every.max(1);
+            if end_ms.div_ceil(every) + 1 > SAMPLES_MAX {
+                return Err(SimError::Usage(format!(
+                    "--sample-every {}s gives more than {SAMPLES_MAX} samples over {}s; choose a longer interval",
+                    fmt_ms(every),
+                    fmt_ms(end_ms)
+                )));
+            }
+            every
+        }
+        None => auto_interval_ms(end_ms),
+    };
+    Ok(RunReport {
+        seed: run.seed,
+        steps: run.steps,
+        jobs: outcomes.len() as u64,
+        completed: completion.len() as u64,
+        job_completion: stat(completion),
+        queueing_delay: stat(delay),
+        makespan_s: secs(last_end - first_arrival),
+        gpu_hours: round6(gpu_hours),
+        gpu_allocation_every_s: secs(every_ms),
+        gpu_allocation: samples(&run.gpu_milli_steps, end_ms, every_ms, cluster.gpus()),
+        teams,
+        cost: round6(cost),
+        burst_cost: round6(burst_cost),
+        preemptions,
+        lost_work_gpu_hours: round6(lost_gpu_hours),
+    })
+}
+
+/// The smallest interval from the nice list that keeps the series within `SAMPLES_AUTO_MAX` samples.
+fn auto_interval_ms(end_ms: u64) -> u64 {
+    NICE_INTERVALS_S
+        .iter()
+        .map(|s| s * 1000)
+        .find(|every| end_ms.div_ceil(*every) < SAMPLES_AUTO_MAX)
+        .unwrap_or_else(|| end_ms.div_ceil(SAMPLES_AUTO_MAX - 1).max(1))
+}
+
+/// Samples a step function at 0, every, 2·every, ... up to the first sample at or after `end_ms`: each sample is the
+/// value after every step at or before its time.
+fn samples(steps: &[(u64, u64)], end_ms: u64, every_ms: u64, gpus: u64) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut value = 0;
+    for k in 0..=end_ms.div_ceil(every_ms) {
+        let t = k * every_ms;
+        while let Some((at, v)) = steps.get(next) {
+            if *at > t {
+                break;
+            }
+            value = *v;
+            next += 1;
+        }
+        let g = value as f64 / 1000.0;
+        out.push(Sample { t_s: secs(t), gpus: g, share: if gpus > 0 { round6(g / gpus as f64) } else { 0.0 } });
+    }
+    out
+}
+
+/// A duration the way people read it: `45s`, `2m30s`, `3h`, `2d4h`; below a minute, with milliseconds.
+pub fn human(ms: u64) -> String {
+    if ms < 60_000 {
+        return format!("{}s", fmt_ms(ms));
+    }
+    let s = (ms + 500) / 1000;
+    let parts = [(s / 86400, "d"), (s / 3600 % 24, "h"), (s / 60 % 60, "m"), (s % 60, "s")];
+    parts.iter().filter(|(v, _)| *v > 0).map(|(v, u)| format!("{v}{u}")).collect()
+}
+
+fn human_s(s: f64) -> String {
+    human((s * 1000.0).round() as u64)
+}
+
+/// The placement's name as the cluster file and the flag write it: `best-fit`, `fgd`.
+fn placement_name(placement: ferry_core::GpuPlacement) -> String {
+    serde_json::to_string(&placement).unwrap_or_default().trim_matches('"').to_string()
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+/// The human table.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    match report {
+        Report::Replay { inputs, runs } => {
+            for run in runs {
+                replay_table(&mut out, inputs, run);
+            }
+        }
+        Report::Fgd(fgd) => fgd_table(&mut out, fgd),
+    }
+    out
+}
+
+fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
+    let w = |out: &mut String, k: &str, v: String| {
+        let _ = writeln!(out, "{k:<22}{v}");
+    };
+    let _ = writeln!(
+        out,
+        "replay of {} on {} ({} nodes, {} GPUs), {} placement, seed {}",
+        inputs.workload,
+        inputs.cluster,
+        inputs.nodes,
+        inputs.gpus,
+        placement_name(inputs.gpu_placement),
+        r.seed
+    );
+    w(out, "jobs", format!("{} ({} completed, {} steps)", r.jobs, r.completed, r.steps));
+    let stat = |s: &Stat| format!("avg {}, p95 {}", human_s(s.avg_s), human_s(s.p95_s));
+    w(out, "job completion time", stat(&r.job_completion));
+    w(out, "queueing delay", stat(&r.queueing_delay));
+    w(out, "makespan", human_s(r.makespan_s));
+    w(out, "GPU-hours", format!("{:.3}", r.gpu_hours));
+    w(out, "cost", format!("{:.2} (burst {:.2})", r.cost, r.burst_cost));
+    w(out, "preemptions", format!("{} (lost work {:.3} GPU-hours)", r.preemptions, r.lost_work_gpu_hours));
+    let _ = writeln!(out, "\nGPU-hours by team");
+    let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "team", "GPU-hours", "share");
+    for t in &r.teams {
+        let _ = writeln!(out, "  {:<16}{:>12.3}{:>8}", t.team, t.gpu_hours, percent(t.share));
+    }
+    let _ = writeln!(out, "\nGPUs allocated over time (every {})", human_s(r.gpu_allocation_every_s));
+    let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "time", "GPUs", "share");
+    for s in &r.gpu_allocation {
+        let _ = writeln!(out, "  {:<16}{:>12.3}{:>8}", human_s(s.t_s), s.gpus, percent(s.share));
+    }
+    out.push('\n');
+}
+
+fn fgd_table(out: &mut String, r: &FgdReport) {
+    let i = &r.inputs;
+    let _ = writeln!(
+        out,
+        "FGD experiment: tasks from {} ({} in the list) on {} ({} nodes, {} GPUs), {} seed{}",
+        i.workload,
+        r.tasks_in_workload,
+        i.cluster,
+        i.nodes,
+        i.gpus,
+        r.runs.len(),
+        if r.runs.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(out, "tasks arrive and never depart until the GPUs they ask for reach 100% of capacity\n");
+    let _ = writeln!(
+        out,
+        "  {:<8}{:>10}{:>10}{:>10}{:>14}{:>14}{:>10}",
+        "seed", "arrived", "placed", "failed", "GPUs asked", "GPUs alloc", "share"
+    );
+    for run in &r.runs {
+        let _ = writeln!(
+            out,
+            "  {:<8}{:>10}{:>10}{:>10}{:>14.3}{:>14.3}{:>10}",
+            run.seed,
+            run.tasks_arrived,
+            run.tasks_placed,
+            run.tasks_failed,
+            run.gpu_milli_requested as f64 / 1000.0,
+            run.gpu_milli_allocated as f64 / 1000.0,
+            percent(run.allocation_share)
+        );
+    }
+    let _ = writeln!(out, "\nshare of GPUs allocated");
+    let ferry = format!("Ferry ({})", placement_name(i.gpu_placement));
+    let _ = writeln!(out, "  {:<24}{:>8}", ferry, format!("{:.2}%", r.allocation_share * 100.0));
+    for p in &r.published {
+        let _ = writeln!(out, "  {:<24}{:>8}", format!("{} (published)", p.policy), percent(p.allocation_share));
+    }
+}
+
+/// CSV rows `seed,metric,label,value`: one per number, the label naming a team, a sample's time in seconds or a
+/// published policy, and `seed` empty for numbers about all seeds.
+pub fn csv(report: &Report) -> String {
+    let mut out = String::from("seed,metric,label,value\n");
+    let mut row = |seed: Option<u64>, metric: &str, label: &str, value: String| {
+        let seed = seed.map(|s| s.to_string()).unwrap_or_default();
+        let _ = writeln!(out, "{seed},{metric},{},{value}", csv_field(label));
+    };
+    match report {
+        Report::Replay { runs, .. } => {
+            for r in runs {
+                let s = Some(r.seed);
+                row(s, "jobs", "", r.jobs.to_string());
+                row(s, "completed", "", r.completed.to_string());
+                row(s, "steps", "", r.steps.to_string());
+                row(s, "job_completion_avg_s", "", r.job_completion.avg_s.to_string());
+                row(s, "job_completion_p95_s", "", r.job_completion.p95_s.to_string());
+                row(s, "queueing_delay_avg_s", "", r.queueing_delay.avg_s.to_string());
+                row(s, "queueing_delay_p95_s", "", r.queueing_delay.p95_s.to_string());
+                row(s, "makespan_s", "", r.makespan_s.to_string());
+                row(s, "gpu_hours", "", r.gpu_hours.to_string());
+                row(s, "cost", "", r.cost.to_string());
+                row(s, "burst_cost", "", r.burst_cost.to_string());
+                row(s, "preemptions", "", r.preemptions.to_string());
+                row(s, "lost_work_gpu_hours", "", r.lost_work_gpu_hours.to_string());
+                for t in &r.teams {
+                    row(s, "team_gpu_hours", &t.team, t.gpu_hours.to_string());
+                    row(s, "team_share", &t.team, t.share.to_string());
+                }
+                for sample in &r.gpu_allocation {
+                    row(s, "gpus_allocated", &sample.t_s.to_string(), sample.gpus.to_string());
+                }
+            }
+        }
+        Report::Fgd(r) => {
+            for run in &r.runs {
+                let s = Some(run.seed);
+                row(s, "tasks_arrived", "", run.tasks_arrived.to_string());
+                row(s, "tasks_failed", "", run.tasks_failed.to_string());
+                row(s, "gpus_requested", "", (run.gpu_milli_requested as f64 / 1000.0).to_string());
+                row(s, "gpus_allocated", "", (run.gpu_milli_allocated as f64 / 1000.0).to_string());
+                row(s, "allocation_share", "", run.allocation_share.to_string());
+            }
+            row(None, "allocation_share", "ferry", r.allocation_share.to_string());
+            for p in &r.published {
+                row(None, "allocation_share_published", &p.policy, p.allocation_share.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Quotes a field that holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}

@@ -1,0 +1,210 @@
+//! The simulated workload: jobs with an arrival time, a duration, what they ask for, and who they belong to. Read
+//! from the simple CSV format documented in the README or from the pod list of the Alibaba GPU trace.
+
+use ferry_core::{JobRequest, ResourceKind, Resources, Scheduler, WaitReason};
+
+use crate::cluster::{positive, Cluster};
+use crate::csvin::{self, Columns};
+use crate::error::InputError;
+
+/// The most GPUs one job may ask for; no node has more.
+pub const GPUS_PER_JOB_MAX: u64 = 64;
+
+/// One job of a workload, as the file described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The line of the file that described the job, for error messages.
+    pub line: u64,
+    pub arrival_ms: u64,
+    /// How long the job runs once started.
+    pub duration_ms: u64,
+    /// CPUs, memory and whole GPUs.
+    pub resources: Resources,
+    /// A share of one GPU in thousandths, for a job that needs less than a whole one; 0 otherwise.
+    pub gpu_share_milli: u32,
+    /// The GPU models the job may run on; empty means any.
+    pub gpu_models: Vec<String>,
+    /// Higher runs first, and may preempt lower.
+    pub priority: i32,
+    pub user: String,
+    pub team: String,
+}
+
+impl JobSpec {
+    /// What the scheduler core is told of the job when it is submitted at `now_ms`.
+    pub fn request(&self, id: u64, now_ms: u64) -> JobRequest {
+        JobRequest {
+            gpu_share_milli: self.gpu_share_milli,
+            gpu_models: self.gpu_models.clone(),
+            submitted_at_us: (now_ms as i64).saturating_mul(1000),
+            team: self.team.clone(),
+            user: self.user.clone(),
+            ..JobRequest::new(id, self.resources, self.priority)
+        }
+    }
+
+    /// The GPUs the job asks for in thousandths: whole GPUs count 1000 each, a share counts its thousandths.
+    pub fn gpu_milli(&self) -> u64 {
+        u64::from(self.resources.gpus) * 1000 + u64::from(self.gpu_share_milli)
+    }
+}
+
+/// A workload and the file it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub file: String,
+    pub format: WorkloadFormat,
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Which format a workload file is in, which decides the column names errors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadFormat {
+    Csv,
+    TracePods,
+}
+
+impl WorkloadFormat {
+    /// The columns of whole GPUs, GPU share, CPUs, memory and GPU models.
+    fn columns(self) -> [&'static str; 5] {
+        match self {
+            WorkloadFormat::Csv => ["gpus", "gpu_share", "cpus", "memory", "gpu_type"],
+            WorkloadFormat::TracePods => ["num_gpu", "gpu_milli", "cpu_milli", "memory_mib", "gpu_spec"],
+        }
+    }
+}
+
+const CSV_REQUIRED: &[&str] = &["arrival_s", "duration_s", "gpus", "cpus", "memory", "user", "team"];
+const CSV_OPTIONAL: &[&str] = &["gpu_type", "gpu_share", "priority"];
+/// The largest priority, either way: far more classes than anyone configures.
+pub const PRIORITY_MAX: i64 = 1_000_000;
+
+/// Parses the simple workload CSV format:
+/// `arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority]`.
+pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError> {
+    let columns = Columns { required: CSV_REQUIRED, optional: CSV_OPTIONAL, allow_unknown: false };
+    let jobs = csvin::read_rows(file, text, &columns, |row| {
+        let arrival_ms = row.parse("arrival_s", csvin::seconds_ms)?;
+        let duration_ms = row.parse("duration_s", csvin::seconds_ms)?;
+        if duration_ms == 0 {
+            return Err(row.error("duration_s", "a job must run for some time; write a duration above 0"));
+        }
+        let gpus = row.parse("gpus", |t| csvin::whole(t, GPUS_PER_JOB_MAX, "GPUs"))? as u32;
+        let cpu_millis = row.parse("cpus", |t| ferry_api::units::parse_cpus(t).map_err(|e| e.0))?;
+        let memory_bytes = row.parse("memory", |t| ferry_api::units::parse_memory(t).map_err(|e| e.0))?;
+        let user = row.parse("user", |t| non_empty(t, "user"))?;
+        let team = row.parse("team", |t| non_empty(t, "team"))?;
+        let gpu_models = models(row.get("gpu_type").unwrap_or(""));
+        let gpu_share_milli = match row.get("gpu_share").unwrap_or("") {
+            "" => 0,
+            t => row.parse("gpu_share", |_| csvin::whole(t, 999, "thousandths of a GPU"))? as u32,
+        };
+        if gpu_share_milli > 0 && gpus > 0 {
+            let message = "a job asks for whole GPUs or a share of one, never both; set gpus to 0 for a share";
+            return Err(row.error("gpu_share", message));
+        }
+        let priority = match row.get("priority").unwrap_or("") {
+            "" => 0,
+            t => row.parse("priority", |_| priority(t))?,
+        };
+        let resources = Resources::new(cpu_millis, memory_bytes, gpus);
+        let line = row.line;
+        Ok(JobSpec { line, arrival_ms, duration_ms, resources, gpu_share_milli, gpu_models, priority, user, team })
+    })?;
+    Ok(Workload { file: file.to_string(), format: WorkloadFormat::Csv, jobs })
+}
+
+fn priority(text: &str) -> Result<i32, String> {
+    match text.parse::<i64>() {
+        Ok(p) if (-PRIORITY_MAX..=PRIORITY_MAX).contains(&p) => Ok(p as i32),
+        Ok(_) => Err(format!("{text} is out of range; write a whole number from -{PRIORITY_MAX} to {PRIORITY_MAX}")),
+        Err(_) => Err(format!("\"{text}\" is not a whole number")),
+    }
+}
+
+fn non_empty(text: &str, what: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err(format!("empty; every job needs a {what}"));
+    }
+    Ok(text.to_string())
+}
+
+/// GPU models separated by `|`, as the trace writes them; empty means any.
+fn models(text: &str) -> Vec<String> {
+    text.split('|').map(str::trim).filter(|m| !m.is_empty()).map(str::to_string).collect()
+}
+
+const POD_REQUIRED: &[&str] =
+    &["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "creation_time", "deletion_time"];
+const POD_OPTIONAL: &[&str] = &["gpu_spec", "qos", "scheduled_time"];
+
+/// Parses the pod list of the Alibaba GPU trace. A pod arrives at `creation_time` and runs for `deletion_time`
+/// minus `scheduled_time`, or minus `creation_time` where `scheduled_time` is empty (pods that never ran in the
+/// original cluster); a pod deleted before it started is an error. A pod with `num_gpu` 1 and `gpu_milli` under
+/// 1000 asks for a share of one GPU. The trace has no users or teams: both are the pod's `qos` class (a user per pod
+/// would make fair share track thousands of one-job users).
+pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> {
+    let columns = Columns { required: POD_REQUIRED, optional: POD_OPTIONAL, allow_unknown: true };
+    let jobs = csvin::read_rows(file, text, &columns, |row| {
+        row.parse("name", |t| non_empty(t, "name"))?;
+        let qos = row.get("qos").filter(|q| !q.is_empty()).unwrap_or("none").to_string();
+        let cpu_millis = row.parse("cpu_milli", |t| positive(t, 100_000_000, "CPU"))?;
+        let memory_mib = row.parse("memory_mib", |t| csvin::whole(t, 1 << 40, "memory"))?;
+        let num_gpu = row.parse("num_gpu", |t| csvin::whole(t, GPUS_PER_JOB_MAX, "GPUs"))? as u32;
+        let gpu_milli = row.parse("gpu_milli", |t| csvin::whole(t, 1000, "thousandths of a GPU"))? as u32;
+        let (gpus, gpu_share_milli) = match (num_gpu, gpu_milli) {
+            (1, m) if m > 0 && m < 1000 => (0, m),
+            (n, _) => (n, 0),
+        };
+        let arrival_ms = row.parse("creation_time", csvin::seconds_ms)?;
+        let end_ms = row.parse("deletion_time", csvin::seconds_ms)?;
+        let (start_ms, start_column) = match row.get("scheduled_time").unwrap_or("") {
+            "" => (arrival_ms, "creation_time"),
+            t => (row.parse("scheduled_time", |_| csvin::seconds_ms(t))?, "scheduled_time"),
+        };
+        if end_ms < start_ms {
+            let message = format!("{} is before {start_column} {}", row.req("deletion_time"), row.req(start_column));
+            return Err(row.error("deletion_time", message));
+        }
+        Ok(JobSpec {
+            line: row.line,
+            arrival_ms,
+            // A pod deleted the second it was scheduled still ran for a moment.
+            duration_ms: (end_ms - start_ms).max(1),
+            resources: Resources::new(cpu_millis, memory_mib << 20, gpus),
+            gpu_share_milli,
+            gpu_models: models(row.get("gpu_spec").unwrap_or("")),
+            priority: 0,
+            user: qos.clone(),
+            team: qos,
+        })
+    })?;
+    Ok(Workload { file: file.to_string(), format: WorkloadFormat::TracePods, jobs })
+}
+
+/// Checks that every job could run on the cluster when it is empty: a job no node could ever hold is a mistake in
+/// the input, named by its line and the column that asks too much.
+pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputError> {
+    let mut scheduler = Scheduler::new();
+    for node in &cluster.nodes {
+        // Nodes were validated when parsed, so the core accepts them; a refusal would be reported below as no fit.
+        let _ = scheduler.apply(ferry_core::Event::NodeUp(node.clone()));
+    }
+    for job in &workload.jobs {
+        if let Err(reason) = scheduler.check_feasible(&job.request(0, 0)) {
+            let [gpus, share, cpus, memory, models] = workload.format.columns();
+            let column = match &reason {
+                WaitReason::Infeasible { resource, .. } => match resource {
+                    ResourceKind::Gpus if job.gpu_share_milli > 0 => share,
+                    ResourceKind::Gpus => gpus,
+                    ResourceKind::Cpus => cpus,
+                    ResourceKind::Memory => memory,
+                },
+                _ => models,
+            };
+            let message = format!("this job fits no node of the cluster: {reason}");
+            return Err(InputError::new(&workload.file, job.line, Some(format!("column {column}")), message));
+        }
+    }
+    Ok(())
+}

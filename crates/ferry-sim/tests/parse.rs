@@ -1,0 +1,369 @@
+//! Every parser, through its public function: what a good file becomes, and the exact message for each kind of
+//! mistake (typo, missing column, impossible value, unknown field), naming the file, the line and the field.
+
+use expect_test::{expect, Expect};
+use ferry_sim::{parse_cluster_toml, parse_trace_nodes, parse_trace_pods, parse_workload_csv};
+
+fn check_cluster(text: &str, expected: Expect) {
+    let out = match parse_cluster_toml("cluster.toml", text) {
+        Ok(c) => {
+            let pools: Vec<String> = c
+                .pools
+                .iter()
+                .map(|p| {
+                    format!(
+                        "pool {} order {} burst {} after {:?} prices {}/{}",
+                        p.name, p.order, p.burst, p.burst_after_s, p.price_gpu_hour, p.price_cpu_hour
+                    )
+                })
+                .collect();
+            let teams: Vec<String> = c
+                .teams
+                .iter()
+                .map(|t| format!("team {} quota {:?} borrow {:?}", t.name, t.quota, t.borrow_limit.map(|b| b.gpus)))
+                .collect();
+            let nodes: Vec<String> = c
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "node {} pool {} {:?} gpus {:?} model {:?} labels {:?}",
+                        n.name, n.pool, n.capacity, n.gpu_indices, n.gpu_model, n.labels
+                    )
+                })
+                .collect();
+            [pools, teams, nodes].concat().join("\n")
+        }
+        Err(e) => e.to_string(),
+    };
+    expected.assert_eq(&out);
+}
+
+fn check_workload(text: &str, expected: Expect) {
+    let out = match parse_workload_csv("workload.csv", text) {
+        Ok(w) => w.jobs.iter().map(|j| format!("{j:?}")).collect::<Vec<_>>().join("\n"),
+        Err(e) => e.to_string(),
+    };
+    expected.assert_eq(&out);
+}
+
+const HEADER: &str = "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share\n";
+
+#[test]
+fn reads_a_cluster_with_pools_teams_and_node_groups() {
+    check_cluster(
+        r#"
+fair_share_half_life = "12h"
+
+[[pool]]
+name = "cloud"
+order = 10
+burst = true
+burst_after = "30m"
+price_gpu_hour = 2.5
+
+[[pool]]
+name = "onprem"
+order = 0
+
+[[team]]
+name = "vision"
+quota = { gpus = 4, cpus = 32, memory = "256GiB" }
+borrow_limit = { gpus = 2 }
+
+[[node]]
+name_prefix = "dgx-"
+count = 11
+pool = "onprem"
+cpus = 128
+memory = "1TiB"
+gpus = 8
+gpu_model = "A100"
+labels = { rack = "r1" }
+
+[[node]]
+name = "spot-1"
+pool = "cloud"
+cpus = 0.5
+memory = "512MiB"
+"#,
+        expect![[r#"
+            pool onprem order 0 burst false after None prices 0/0
+            pool cloud order 10 burst true after Some(1800) prices 2.5/0
+            team vision quota Resources { cpu_millis: 32000, memory_bytes: 274877906944, gpus: 4 } borrow Some(2)
+            node dgx-00 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-01 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-02 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-03 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-04 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-05 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-06 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-07 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-08 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-09 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node dgx-10 pool onprem Resources { cpu_millis: 128000, memory_bytes: 1099511627776, gpus: 8 } gpus [0, 1, 2, 3, 4, 5, 6, 7] model Some("A100") labels {"rack": "r1"}
+            node spot-1 pool cloud Resources { cpu_millis: 500, memory_bytes: 536870912, gpus: 0 } gpus [] model None labels {}"#]],
+    );
+}
+
+const POOL: &str = "[[pool]]\nname = \"p\"\norder = 0\n\n";
+
+#[test]
+fn names_the_line_and_field_of_every_cluster_mistake() {
+    // A typo in a field name.
+    check_cluster(
+        &format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\ngpu = 2\n"),
+        expect!["cluster.toml:10: unknown field `gpu`, expected one of `name`, `name_prefix`, `count`, `pool`, `cpus`, `memory`, `gpus`, `gpu_model`, `labels`"],
+    );
+    // A field left out.
+    check_cluster(
+        &format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = 4\n"),
+        expect!["cluster.toml:5: missing field `memory`"],
+    );
+    // A value of the wrong type.
+    check_cluster(
+        &format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = \"four\"\nmemory = \"8GiB\"\n"),
+        expect![[r#"cluster.toml:8: field cpus: invalid type: string "four", expected f64"#]],
+    );
+    // Impossible values.
+    check_cluster(
+        &format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = -4\nmemory = \"8GiB\"\n"),
+        expect!["cluster.toml:8: field cpus: -4 is not a CPU count; write a positive number up to 100000"],
+    );
+    check_cluster(&format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = 4\nmemory = \"lots\"\n"), expect!["cluster.toml:9: field memory: `lots` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"]);
+    check_cluster(
+        &format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\ngpus = 1000\n"),
+        expect!["cluster.toml:10: field gpus: 1000 is not a GPU count; write 0 to 64"],
+    );
+    check_cluster(
+        &format!("{POOL}[[node]]\nname_prefix = \"n\"\ncount = 0\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\n"),
+        expect!["cluster.toml:7: field count: 0 is not a node count; write 1 to 100000"],
+    );
+    // References and repeats.
+    check_cluster(
+        "[[node]]\nname = \"n\"\npool = \"gpu\"\ncpus = 4\nmemory = \"8GiB\"\n",
+        expect![[r#"cluster.toml:3: field pool: pool "gpu" is not declared; add a [[pool]] table with name = "gpu""#]],
+    );
+    check_cluster(
+        &format!("{POOL}[[node]]\nname = \"n\"\npool = \"q\"\ncpus = 4\nmemory = \"8GiB\"\n"),
+        expect![[r#"cluster.toml:7: field pool: pool "q" is not declared; the pools are p"#]],
+    );
+    check_cluster(&format!("{POOL}[[node]]\nname = \"n\"\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\n[[node]]\nname = \"n\"\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\n"), expect![[r#"cluster.toml:10: field name: node "n" is already declared on line 5"#]]);
+    check_cluster(
+        &format!("{POOL}{POOL}"),
+        expect![[r#"cluster.toml:6: field name: pool "p" is already declared on line 2"#]],
+    );
+    check_cluster(
+        &format!(
+            "{POOL}[[node]]\nname = \"n\"\nname_prefix = \"m\"\ncount = 2\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\n"
+        ),
+        expect!["cluster.toml:6: field name: give either name, or name_prefix and count, not both"],
+    );
+    check_cluster(
+        "[[pool]]\nname = \"p\"\norder = 0\nburst_after = \"30m\"\n",
+        expect!["cluster.toml:4: field burst_after: burst_after applies only to a pool with burst = true"],
+    );
+    check_cluster(
+        "[[pool]]\nname = \"p\"\norder = 0\nprice_gpu_hour = -1.0\n",
+        expect!["cluster.toml:4: field price_gpu_hour: -1 is not a price; write zero or more, such as 2.5"],
+    );
+    check_cluster("[[team]]\nname = \"v\"\nquota = { gpus = 1, memory = \"lots\" }\n", expect!["cluster.toml:3: field quota: memory: `lots` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"]);
+    check_cluster(POOL, expect!["cluster.toml:1: no [[node]] is declared; a cluster needs at least one node"]);
+    check_cluster(
+        &format!("gpu_placement = \"fdg\"\n{POOL}"),
+        expect!["cluster.toml:1: field gpu_placement: unknown variant `fdg`, expected `best-fit` or `fgd`"],
+    );
+    // Not TOML at all.
+    check_cluster("this is not toml", expect!["cluster.toml:1: key with no value, expected `=`"]);
+}
+
+#[test]
+fn reads_the_simple_workload_format() {
+    check_workload(
+        "# a comment line\narrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority\n\
+         0,3600,2,8,64GiB,alice,vision,A100|H100,,10\n\
+         1.5,90.25,0,0.5,512MiB,bob,nlp,,250,\n",
+        expect![[r#"
+            JobSpec { line: 3, arrival_ms: 0, duration_ms: 3600000, resources: Resources { cpu_millis: 8000, memory_bytes: 68719476736, gpus: 2 }, gpu_share_milli: 0, gpu_models: ["A100", "H100"], priority: 10, user: "alice", team: "vision" }
+            JobSpec { line: 4, arrival_ms: 1500, duration_ms: 90250, resources: Resources { cpu_millis: 500, memory_bytes: 536870912, gpus: 0 }, gpu_share_milli: 250, gpu_models: [], priority: 0, user: "bob", team: "nlp" }"#]],
+    );
+    // Optional columns may be left out of the header entirely, and columns may come in any order.
+    check_workload(
+        "team,user,memory,cpus,gpus,duration_s,arrival_s\nml,carol,1GiB,1,0,60,5\n",
+        expect![[
+            r#"JobSpec { line: 2, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "carol", team: "ml" }"#
+        ]],
+    );
+}
+
+#[test]
+fn names_the_line_and_column_of_every_workload_mistake() {
+    check_workload(
+        &format!("{HEADER}0,60,1,1,1GiB,a,t,,\n0,60,two,1,1GiB,a,t,,\n"),
+        expect![[r#"workload.csv:3: column gpus: "two" is not a whole number"#]],
+    );
+    check_workload(
+        "arrival_s,duration_s,gpus,cpus,memory,user\n0,60,1,1,1GiB,a\n",
+        expect![
+            "workload.csv:1: missing column team; the header must name arrival_s,duration_s,gpus,cpus,memory,user,team"
+        ],
+    );
+    check_workload(
+        "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_typ\n",
+        expect![[
+            r#"workload.csv:1: unknown column "gpu_typ"; the columns are arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority"#
+        ]],
+    );
+    check_workload(
+        &format!("{HEADER}0,60,1,1,1GiB,a,t\n"),
+        expect!["workload.csv:2: 7 fields, but the header names 9 columns"],
+    );
+    check_workload(
+        &format!("{HEADER}-5,60,1,1,1GiB,a,t,,\n"),
+        expect!["workload.csv:2: column arrival_s: -5 is negative; times and durations are seconds from 0 upwards"],
+    );
+    check_workload(
+        &format!("{HEADER}0,0,1,1,1GiB,a,t,,\n"),
+        expect!["workload.csv:2: column duration_s: a job must run for some time; write a duration above 0"],
+    );
+    check_workload(
+        &format!("{HEADER}0,inf,1,1,1GiB,a,t,,\n"),
+        expect![[
+            r#"workload.csv:2: column duration_s: "inf" is not a number of seconds; write a decimal such as 90 or 1.5"#
+        ]],
+    );
+    check_workload(
+        &format!("{HEADER}0,60,1,0,1GiB,a,t,,\n"),
+        expect!["workload.csv:2: column cpus: `0` is zero CPUs; every job needs some CPU, such as 0.1 or 1"],
+    );
+    check_workload(&format!("{HEADER}0,60,1,1,1GB?,a,t,,\n"), expect!["workload.csv:2: column memory: `1GB?` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"]);
+    check_workload(
+        &format!("{HEADER}0,60,1,1,1GiB,,t,,\n"),
+        expect!["workload.csv:2: column user: empty; every job needs a user"],
+    );
+    check_workload(&format!("{HEADER}0,60,1,1,1GiB,a,t,,500\n"), expect!["workload.csv:2: column gpu_share: a job asks for whole GPUs or a share of one, never both; set gpus to 0 for a share"]);
+    check_workload(
+        &format!("{HEADER}0,60,0,1,1GiB,a,t,,1000\n"),
+        expect!["workload.csv:2: column gpu_share: 1000 is more thousandths of a GPU than allowed (at most 999)"],
+    );
+    check_workload(
+        &format!("{HEADER}0,60,100,1,1GiB,a,t,,\n"),
+        expect!["workload.csv:2: column gpus: 100 is more GPUs than allowed (at most 64)"],
+    );
+    check_workload("", expect!["workload.csv:1: no header; the first line must name the columns: arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority"]);
+    check_workload("arrival_s,arrival_s\n", expect![[r#"workload.csv:1: column "arrival_s" appears twice"#]]);
+}
+
+#[test]
+fn reads_the_alibaba_trace_and_names_its_mistakes() {
+    let nodes = "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\nn1,32000,131072,0,\n";
+    let cluster = parse_trace_nodes("nodes.csv", nodes).unwrap();
+    expect![[r#"
+        [
+            NodeInfo {
+                name: "n0",
+                pool: "trace",
+                capacity: Resources {
+                    cpu_millis: 64000,
+                    memory_bytes: 274877906944,
+                    gpus: 2,
+                },
+                gpu_indices: [
+                    0,
+                    1,
+                ],
+                gpu_model: Some(
+                    "P100",
+                ),
+                labels: {},
+            },
+            NodeInfo {
+                name: "n1",
+                pool: "trace",
+                capacity: Resources {
+                    cpu_millis: 32000,
+                    memory_bytes: 137438953472,
+                    gpus: 0,
+                },
+                gpu_indices: [],
+                gpu_model: None,
+                labels: {},
+            },
+        ]
+    "#]]
+    .assert_debug_eq(&cluster.nodes);
+    let bad = |text: &str| parse_trace_nodes("nodes.csv", text).unwrap_err().to_string();
+    expect![[r#"nodes.csv:3: column sn: node "n0" is already listed on line 2"#]]
+        .assert_eq(&bad("sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\nn0,64000,262144,2,P100\n"));
+    expect!["nodes.csv:1: missing column gpu; the header must name sn,cpu_milli,memory_mib,gpu"]
+        .assert_eq(&bad("sn,cpu_milli,memory_mib,model\nn0,64000,262144,P100\n"));
+    expect!["nodes.csv:2: column cpu_milli: 0 is not allowed; a node or job needs some CPU"]
+        .assert_eq(&bad("sn,cpu_milli,memory_mib,gpu,model\nn0,0,262144,2,P100\n"));
+
+    let header = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n";
+    let pods = format!(
+        "{header}p0,12000,16384,1,1000,,LS,Running,0,100,10\np1,6000,12288,1,460,V100M16|V100M32,BE,Pending,5,50,\n\
+         p2,8000,30517,0,0,,BE,Running,7,7,7\n"
+    );
+    let workload = parse_trace_pods("pods.csv", &pods).unwrap();
+    expect![[r#"
+        [
+            JobSpec {
+                line: 2,
+                arrival_ms: 0,
+                duration_ms: 90000,
+                resources: Resources {
+                    cpu_millis: 12000,
+                    memory_bytes: 17179869184,
+                    gpus: 1,
+                },
+                gpu_share_milli: 0,
+                gpu_models: [],
+                priority: 0,
+                user: "LS",
+                team: "LS",
+            },
+            JobSpec {
+                line: 3,
+                arrival_ms: 5000,
+                duration_ms: 45000,
+                resources: Resources {
+                    cpu_millis: 6000,
+                    memory_bytes: 12884901888,
+                    gpus: 0,
+                },
+                gpu_share_milli: 460,
+                gpu_models: [
+                    "V100M16",
+                    "V100M32",
+                ],
+                priority: 0,
+                user: "BE",
+                team: "BE",
+            },
+            JobSpec {
+                line: 4,
+                arrival_ms: 7000,
+                duration_ms: 1,
+                resources: Resources {
+                    cpu_millis: 8000,
+                    memory_bytes: 31999393792,
+                    gpus: 0,
+                },
+                gpu_share_milli: 0,
+                gpu_models: [],
+                priority: 0,
+                user: "BE",
+                team: "BE",
+            },
+        ]
+    "#]]
+    .assert_debug_eq(&workload.jobs);
+    let bad = |text: String| parse_trace_pods("pods.csv", &text).unwrap_err().to_string();
+    expect!["pods.csv:2: column deletion_time: 50 is before creation_time 100"]
+        .assert_eq(&bad(format!("{header}p0,12000,16384,1,1000,,LS,Running,100,50,\n")));
+    expect!["pods.csv:2: column deletion_time: empty; write a number of seconds such as 90 or 1.5"]
+        .assert_eq(&bad(format!("{header}p0,12000,16384,1,1000,,LS,Running,0,,0\n")));
+    expect![[r#"pods.csv:2: column num_gpu: "-1" is not a whole number"#]]
+        .assert_eq(&bad(format!("{header}p0,12000,16384,-1,1000,,LS,Running,0,5,0\n")));
+}

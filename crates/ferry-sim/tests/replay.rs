@@ -1,0 +1,335 @@
+//! Replays through the `ferry sim` command as a user runs it, and through the library: report numbers worked out by
+//! hand, determinism, the checker's report of a planted fault, and exit codes for bad input.
+
+use clap::Parser;
+use expect_test::{expect, Expect};
+use ferry_sim::cli::{self, SimArgs};
+use ferry_sim::engine::{self, CheckConfig, ReplayConfig};
+use ferry_sim::{parse_cluster_toml, parse_workload_csv, report};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: SimArgs,
+}
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+
+/// Runs `ferry sim` with these flags (`DATA` standing for the test data folder); returns the exit code, stdout and
+/// stderr, with the folder's path shortened back to `DATA`.
+fn sim(flags: &str) -> (i32, String, String) {
+    let words = flags.replace("DATA", DATA);
+    let cli = Cli::try_parse_from(std::iter::once("sim").chain(words.split_whitespace())).expect("flags parse");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = cli::run_with(&cli.args, &mut out, &mut err);
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap().replace(DATA, "DATA");
+    (code, text(out), text(err))
+}
+
+fn check(flags: &str, expected: Expect) {
+    let (code, out, err) = sim(flags);
+    expected.assert_eq(&format!("exit {code}\n{out}{err}"));
+}
+
+#[test]
+fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
+    // By hand (testdata/workload.csv on testdata/cluster.toml, node a: 2 A100s on-prem; node b: 1 T4, burst):
+    // job 1 (2 GPUs) runs on a 0-100; job 2 (T4) on b 10-60; job 3 (A100) waits for a until 100 and runs 100-130;
+    // job 4 (CPU only) runs 30-70 on a, owned capacity first; job 5 (half a GPU) waits for b's GPU, runs 60-120.
+    // Completion times 100, 50, 110, 40, 80: average 76, p95 (nearest rank) 110. Delays 0, 0, 80, 0, 20: average 20,
+    // p95 80. Makespan 130. GPU-seconds: 200 + 50 + 30 + 30 = 310, so 0.086111 GPU-hours; ml holds 280 of them
+    // (90.3%), vision 30. Cost: on a, 230 GPU-seconds at 2.0 an hour = 0.127778; on b (burst), job 2 is 50
+    // GPU-seconds at 3.6 and 50 CPU-seconds at 0.36 an hour = 0.055, job 5 is 30 GPU-seconds and 60 CPU-seconds =
+    // 0.036; total 0.218778, burst 0.091. GPUs allocated: 2 from 0, 3 from 10, 2.5 from 60, 1.5 from 100, 1 from 120,
+    // 0 from 130.
+    check(
+        "--cluster DATA/cluster.toml --workload DATA/workload.csv --sample-every 30s",
+        expect![[r#"
+            exit 0
+            replay of DATA/workload.csv on DATA/cluster.toml (2 nodes, 3 GPUs), best-fit placement, seed 1
+            jobs                  5 (5 completed, 10 steps)
+            job completion time   avg 1m16s, p95 1m50s
+            queueing delay        avg 20s, p95 1m20s
+            makespan              2m10s
+            GPU-hours             0.086
+            cost                  0.22 (burst 0.09)
+            preemptions           0 (lost work 0.000 GPU-hours)
+
+            GPU-hours by team
+              team               GPU-hours   share
+              ml                     0.078   90.3%
+              vision                 0.008    9.7%
+
+            GPUs allocated over time (every 30s)
+              time                    GPUs   share
+              0s                     2.000   66.7%
+              30s                    3.000  100.0%
+              1m                     2.500   83.3%
+              1m30s                  2.500   83.3%
+              2m                     1.000   33.3%
+              2m30s                  0.000    0.0%
+
+        "#]],
+    );
+    check(
+        "--cluster DATA/cluster.toml --workload DATA/workload.csv --sample-every 1m --format csv",
+        expect![[r#"
+            exit 0
+            seed,metric,label,value
+            1,jobs,,5
+            1,completed,,5
+            1,steps,,10
+            1,job_completion_avg_s,,76
+            1,job_completion_p95_s,,110
+            1,queueing_delay_avg_s,,20
+            1,queueing_delay_p95_s,,80
+            1,makespan_s,,130
+            1,gpu_hours,,0.086111
+            1,cost,,0.218778
+            1,burst_cost,,0.091
+            1,preemptions,,0
+            1,lost_work_gpu_hours,,0
+            1,team_gpu_hours,ml,0.077778
+            1,team_share,ml,0.903226
+            1,team_gpu_hours,vision,0.008333
+            1,team_share,vision,0.096774
+            1,gpus_allocated,0,2
+            1,gpus_allocated,60,2.5
+            1,gpus_allocated,120,1
+            1,gpus_allocated,180,0
+        "#]],
+    );
+}
+
+#[test]
+fn a_preempted_job_loses_its_work_and_starts_over() {
+    // Job 1 (priority 0) runs from 0; job 2 (priority 10) arrives at 10 and preempts it; after the 30s grace job 1
+    // stops at 40 and is queued again, job 2 runs 40-90, job 1 runs again 90-190. Completion: 190 and 80 (average
+    // 135). Waiting: job 1 waited 90 - 40 = 50 in all, job 2 30 (average 40). Lost work: 40 GPU-seconds.
+    check(
+        "--cluster DATA/one-gpu.toml --workload DATA/preempt.csv --preempt-grace 30s --format json --sample-every 100s",
+        expect![[r#"
+            exit 0
+            {
+              "mode": "replay",
+              "inputs": {
+                "cluster": "DATA/one-gpu.toml",
+                "workload": "DATA/preempt.csv",
+                "nodes": 1,
+                "gpus": 1,
+                "gpu_placement": "best-fit"
+              },
+              "runs": [
+                {
+                  "seed": 1,
+                  "steps": 6,
+                  "jobs": 2,
+                  "completed": 2,
+                  "job_completion": {
+                    "avg_s": 135.0,
+                    "p95_s": 190.0
+                  },
+                  "queueing_delay": {
+                    "avg_s": 40.0,
+                    "p95_s": 50.0
+                  },
+                  "makespan_s": 190.0,
+                  "gpu_hours": 0.052778,
+                  "gpu_allocation_every_s": 100.0,
+                  "gpu_allocation": [
+                    {
+                      "t_s": 0.0,
+                      "gpus": 1.0,
+                      "share": 1.0
+                    },
+                    {
+                      "t_s": 100.0,
+                      "gpus": 1.0,
+                      "share": 1.0
+                    },
+                    {
+                      "t_s": 200.0,
+                      "gpus": 0.0,
+                      "share": 0.0
+                    }
+                  ],
+                  "teams": [
+                    {
+                      "team": "research",
+                      "gpu_hours": 0.038889,
+                      "share": 0.736842
+                    },
+                    {
+                      "team": "prod",
+                      "gpu_hours": 0.013889,
+                      "share": 0.263158
+                    }
+                  ],
+                  "cost": 0.0,
+                  "burst_cost": 0.0,
+                  "preemptions": 1,
+                  "lost_work_gpu_hours": 0.011111
+                }
+              ]
+            }
+        "#]],
+    );
+}
+
+/// A workload whose jobs arrive in bursts at the same times, so that the seed decides their order.
+fn bursty_workload() -> String {
+    let mut text = String::from("arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_share\n");
+    for i in 0..60u32 {
+        let (gpus, share) = if i % 5 == 0 { (0, 250 + i * 7 % 500) } else { (i % 3 + 1, 0) };
+        let share = if share == 0 { String::new() } else { share.to_string() };
+        text += &format!(
+            "{},{},{gpus},{},{}GiB,u{},t{},{share}\n",
+            i / 10 * 60,
+            30 + i * 37 % 400,
+            1 + i % 4,
+            1 + i % 8,
+            i % 7,
+            i % 3
+        );
+    }
+    text
+}
+
+const CLUSTER: &str = "[[pool]]\nname = \"p\"\norder = 0\n[[node]]\nname_prefix = \"g\"\ncount = 3\npool = \"p\"\ncpus = 16\nmemory = \"64GiB\"\ngpus = 4\n";
+
+fn replay_json(seed: u64) -> String {
+    let cluster = parse_cluster_toml("cluster.toml", CLUSTER).unwrap();
+    let workload = parse_workload_csv("bursty.csv", &bursty_workload()).unwrap();
+    let config = ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+    let run = engine::replay(&cluster, &workload, &config).unwrap();
+    serde_json::to_string(&report::replay_report(&run, &cluster, None).unwrap()).unwrap()
+}
+
+#[test]
+fn the_same_seed_replays_the_same_report() {
+    assert_eq!(replay_json(7), replay_json(7));
+    assert_eq!(replay_json(8), replay_json(8));
+}
+
+#[test]
+fn a_planted_fault_is_caught_with_its_seed_and_step_and_the_command_replays_it() {
+    let flags = "--cluster DATA/cluster.toml --workload DATA/workload.csv --seed 42 --fault-at-step 3";
+    let (code, _, err) = sim(flags);
+    expect![[r#"
+        exit 70
+        error: checker failed at step 3 (virtual time 20s) of the run with seed 42: node a has 10001 CPU millis booked of 8000
+        replay it with: ferry sim --cluster DATA/cluster.toml --workload DATA/workload.csv --seed 42 --seeds 1 --starvation-bound 3600s --preempt-grace 30s --core-check-every 1 --fault-at-step 3
+    "#]].assert_eq(&format!("exit {code}\n{err}"));
+    // The printed command fails the same way.
+    let replay = err.lines().nth(1).unwrap().strip_prefix("replay it with: ferry sim ").unwrap().to_string();
+    assert_eq!(sim(&replay).2, err);
+}
+
+#[test]
+fn bad_input_exits_64_naming_the_file_line_and_field() {
+    check(
+        "--cluster DATA/cluster.toml --workload DATA/missing.csv",
+        expect![[r#"
+        exit 64
+        error: cannot read DATA/missing.csv: No such file or directory (os error 2)
+    "#]],
+    );
+    check(
+        "--cluster DATA/workload.csv --workload DATA/workload.csv",
+        expect![[r#"
+        exit 64
+        error: DATA/workload.csv:2: key with no value, expected `=`
+    "#]],
+    );
+    check(
+        "--cluster DATA/one-gpu.toml --workload DATA/workload.csv",
+        expect![[r#"
+        exit 64
+        error: DATA/workload.csv:3: column gpus: this job fits no node of the cluster: no node in any pool has 2 GPUs; the largest has 1
+    "#]],
+    );
+    check(
+        "--cluster DATA/cluster.toml --workload DATA/workload.csv --seeds 0",
+        expect![[r#"
+        exit 64
+        error: --seeds 0: run 1 to 100000 seeds
+    "#]],
+    );
+}
+
+mod random {
+    //! Random clusters and workloads, replayed with every check on: the core must start every job in the end and
+    //! never break a promise the checker watches. A failure names the generated files, which replay it.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Two fixed nodes large enough for any generated job, up to four random ones, and either GPU placement.
+    fn cluster() -> impl Strategy<Value = String> {
+        let node = (1u32..=4, 0u32..=4, 1u32..=4, prop::sample::select(vec!["A100", "T4"]), any::<bool>());
+        (prop::collection::vec(node, 0..=4), any::<bool>()).prop_map(|(nodes, fgd)| {
+            let mut text = String::from(
+                "[[pool]]\nname = \"own\"\norder = 0\n[[pool]]\nname = \"cloud\"\norder = 1\nburst = true\nburst_after = \"5m\"\n\
+                 [[team]]\nname = \"t0\"\nquota = { gpus = 2 }\n\
+                 [[node]]\nname = \"base-a\"\npool = \"own\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"A100\"\n\
+                 [[node]]\nname = \"base-t\"\npool = \"cloud\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"T4\"\n",
+            );
+            if fgd {
+                text.insert_str(0, "gpu_placement = \"fgd\"\n");
+            }
+            for (i, (cpus, gpus, mem, model, burst)) in nodes.into_iter().enumerate() {
+                let pool = if burst { "cloud" } else { "own" };
+                text += &format!(
+                    "[[node]]\nname = \"n{i}\"\npool = \"{pool}\"\ncpus = {}\nmemory = \"{}GiB\"\ngpus = {gpus}\ngpu_model = \"{model}\"\n",
+                    cpus * 4,
+                    mem * 8
+                );
+            }
+            text
+        })
+    }
+
+    fn workload() -> impl Strategy<Value = String> {
+        let job = (
+            0u32..6,
+            1u32..600,
+            0u32..=2,
+            0u32..3,
+            1u32..=4,
+            1u32..=8,
+            0u32..3,
+            0u32..3,
+            prop::sample::select(vec!["", "A100", "T4"]),
+            -1i32..=1,
+        );
+        prop::collection::vec(job, 1..40).prop_map(|jobs| {
+            let mut text =
+                String::from("arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority\n");
+            for (arrive, duration, gpus, share, cpus, mem, user, team, model, priority) in jobs {
+                let (gpus, share) =
+                    if share == 0 && gpus == 0 { (0, String::from("300")) } else { (gpus, String::new()) };
+                text += &format!(
+                    "{},{duration},{gpus},{cpus},{mem}GiB,u{user},t{team},{model},{share},{priority}\n",
+                    arrive * 60
+                );
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_job_finishes_and_every_check_holds(cluster in cluster(), workload in workload(), seed in 0u64..1000) {
+            let cluster = parse_cluster_toml("cluster.toml", &cluster).unwrap();
+            let workload = parse_workload_csv("workload.csv", &workload).unwrap();
+            prop_assume!(ferry_sim::workload::check_fits(&workload, &cluster).is_ok());
+            let config = ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+            let run = engine::replay(&cluster, &workload, &config).map_err(|v| TestCaseError::fail(v.to_string()))?;
+            let report = report::replay_report(&run, &cluster, None).unwrap();
+            prop_assert_eq!(report.completed, report.jobs);
+        }
+    }
+}
