@@ -307,6 +307,8 @@ pub struct Scheduler {
     usage: Usage,
     placement: GpuPlacement,
     mix: Mix,
+    /// Nodes where running jobs were preempted for a queued job: what frees there is that job's first.
+    claims: BTreeMap<JobId, String>,
     now_us: i64,
 }
 
@@ -499,6 +501,7 @@ impl Scheduler {
     }
 
     fn end(&mut self, id: JobId) {
+        self.claims.remove(&id);
         if let Some(request) = self.pending.remove(&id) {
             self.queue.remove(&(Reverse(request.priority), id));
         }
@@ -550,12 +553,17 @@ impl Scheduler {
         self.index_nodes(&free, &mut cycle);
         cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
         let mut decisions = Vec::new();
+        self.honour_claims(&mut free, &mut cycle, &mut decisions);
         for id in self.cycle_order() {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
             // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
             // first blocked jobs.
             if cycle.nodes_with_cpu == 0 && !blocked_budget_left {
                 break;
+            }
+            // A job with a claim was dealt with first; it waits for its victims where it claimed.
+            if self.claims.contains_key(&id) {
+                continue;
             }
             let request = &self.pending[&id];
             if self.over_team_limit(request).is_some() {
@@ -608,6 +616,32 @@ impl Scheduler {
         }
         debug_assert_eq!(self.check_invariants(), Ok(()));
         decisions
+    }
+
+    /// Gives jobs that preempted others the node they claimed: they start there as soon as they fit, and until then
+    /// what is free there is held for them, so no job ahead of them in the queue takes what their victims freed.
+    fn honour_claims(&mut self, free: &mut [Resources], cycle: &mut Cycle, decisions: &mut Vec<Decision>) {
+        let claims: Vec<(JobId, String)> = self.claims.iter().map(|(j, n)| (*j, n.clone())).collect();
+        for (id, node) in claims {
+            let Some(i) = cycle.names.iter().position(|n| *n == node) else {
+                self.claims.remove(&id);
+                continue;
+            };
+            let Some(request) = self.pending.get(&id) else {
+                self.claims.remove(&id);
+                continue;
+            };
+            let here = &self.nodes[&node];
+            if here.ready && self.fit(request, here, &free[i]).is_some() {
+                self.claims.remove(&id);
+                decisions.push(self.start(id, i, None, 1, free, cycle));
+            } else if !cycle.awaiting_victims.contains(&id) {
+                // Its victims are gone but it still does not fit (the node shrank): it competes again.
+                self.claims.remove(&id);
+            } else {
+                self.reserve_on(id, i, free, cycle);
+            }
+        }
     }
 
     /// Whether some burst pool lets jobs in after a wait, which makes a job's age part of where it may go.
@@ -808,7 +842,8 @@ impl Scheduler {
                 best = Some((key, chosen));
             }
         }
-        let Some((_, chosen)) = best else { return Vec::new() };
+        let Some(((_, _, node), chosen)) = best else { return Vec::new() };
+        self.claims.insert(id, node.to_string());
         let chosen: Vec<preempt::Candidate> = chosen;
         chosen
             .into_iter()
@@ -956,19 +991,26 @@ impl Scheduler {
             .max_by_key(|(i, (_, f))| (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis), Reverse(*i)))
             .map(|(i, _)| i);
         if let Some(i) = nearest {
-            let resources = request.resources;
-            let node = &self.nodes[&cycle.names[i]];
-            let starts_at_us = self.node_start_estimate(node, free[i], &needs);
-            let held = free[i].saturating_sub(&free[i].saturating_sub(&resources));
-            cycle.take(i, free, &resources);
-            let shadow = cycle.shadows.entry(i).or_insert(Shadow { held: Resources::ZERO, for_job: job, starts_at_us });
-            shadow.held = shadow.held.checked_add(&held).unwrap_or(shadow.held);
-            shadow.starts_at_us = match (shadow.starts_at_us, starts_at_us) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                _ => None,
-            };
-            self.reservations.insert(job, cycle.names[i].clone());
+            self.reserve_on(job, i, free, cycle);
         }
+    }
+
+    /// Holds back on node `i` what a blocked job needs, noting when the job can be expected to start there.
+    fn reserve_on(&mut self, job: JobId, i: usize, free: &mut [Resources], cycle: &mut Cycle) {
+        let request = &self.pending[&job];
+        let needs = request.footprint();
+        let resources = request.resources;
+        let node = &self.nodes[&cycle.names[i]];
+        let starts_at_us = self.node_start_estimate(node, free[i], &needs);
+        let held = free[i].saturating_sub(&free[i].saturating_sub(&resources));
+        cycle.take(i, free, &resources);
+        let shadow = cycle.shadows.entry(i).or_insert(Shadow { held: Resources::ZERO, for_job: job, starts_at_us });
+        shadow.held = shadow.held.checked_add(&held).unwrap_or(shadow.held);
+        shadow.starts_at_us = match (shadow.starts_at_us, starts_at_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        self.reservations.insert(job, cycle.names[i].clone());
     }
 
     /// When `needs` fits on `node`, which has `free` now, if its running jobs end by their runtime limits: now if it

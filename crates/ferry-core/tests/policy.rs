@@ -153,3 +153,72 @@ fn short_jobs_backfill_around_a_blocked_job_only_when_they_end_before_its_start(
     assert_eq!(s.estimate_start(6), Some(1_000_000 + 1800 * 1_000_000), "a GPU frees when job 4 reaches its limit");
     assert_eq!(s.explain(5).unwrap().to_string(), "needs 1 GPU; node n has 0 free (4 held by jobs 1, 2 and 4)");
 }
+
+#[test]
+fn what_a_preemption_frees_goes_to_the_job_it_was_for() {
+    // nlp borrows all 8 GPUs; ben (nlp, no usage yet) queues a run; vision takes back 3 GPUs. The GPUs the victims
+    // free must go to vision's jobs, not to ben's run, which fair share would otherwise put first (and which vision
+    // would then preempt again, and again).
+    let mut s = Scheduler::new();
+    s.apply(Event::Tick { now_us: 1 }).unwrap();
+    s.apply(Event::NodeUp(NodeInfo {
+        name: "n".into(),
+        pool: "p".into(),
+        capacity: Resources::new(64_000, 512 * GIB, 8),
+        gpu_indices: (0..8).collect(),
+        ..NodeInfo::default()
+    }))
+    .unwrap();
+    let unl = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
+    let t = |n: &str| TeamInfo { name: n.into(), quota: Resources { gpus: 4, ..unl }, borrow_limit: None };
+    s.apply(Event::TeamsConfigured { teams: vec![t("nlp"), t("vision")], fair_share_half_life_s: 3600 }).unwrap();
+    let job = |id: u64, user: &str, team: &str| {
+        Event::JobSubmitted(JobRequest {
+            user: user.into(),
+            team: team.into(),
+            ..JobRequest::new(id, Resources::new(4000, 32 * GIB, 1), 0)
+        })
+    };
+    for id in 1..=10 {
+        s.apply(job(id, "ana", "nlp")).unwrap();
+    }
+    let mut log = vec![];
+    let mut ending: Vec<u64> = vec![];
+    for step in 0..12 {
+        if step == 1 {
+            s.apply(job(11, "ben", "nlp")).unwrap();
+        }
+        if step == 2 {
+            for id in 12..=14 {
+                s.apply(job(id, "vic", "vision")).unwrap();
+            }
+        }
+        for id in ending.drain(..) {
+            s.apply(Event::JobEnded { id }).unwrap();
+            s.apply(job(id, if id == 11 { "ben" } else { "ana" }, "nlp")).unwrap();
+        }
+        s.apply(Event::Tick { now_us: 1 + (step + 1) * 30_000_000 }).unwrap();
+        for d in s.schedule() {
+            match d {
+                Decision::Start { job, .. } => log.push(format!("{step}: start {job}")),
+                Decision::Preempt { job, by, .. } => {
+                    log.push(format!("{step}: preempt {job} for {by}"));
+                    ending.push(job);
+                }
+                _ => {}
+            }
+        }
+    }
+    let tail: Vec<&str> = log.iter().skip(8).map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        [
+            "2: preempt 8 for 12",
+            "2: preempt 7 for 13",
+            "2: preempt 6 for 14",
+            "3: start 12",
+            "3: start 13",
+            "3: start 14"
+        ]
+    );
+}

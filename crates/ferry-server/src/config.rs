@@ -70,7 +70,8 @@ struct RawTeam {
     borrow_limit: Option<RawAmount>,
 }
 
-/// An amount of resources; what is left out is zero in a quota and unlimited in a borrowing limit.
+/// An amount of resources; what is left out is unlimited, in a quota and in a borrowing limit (a quota of GPUs alone
+/// leaves CPUs and memory to everyone).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAmount {
@@ -157,8 +158,8 @@ impl FileConfig {
             if !names.insert(t.name.clone()) {
                 return Err(format!("{at}: the team `{}` is defined twice", t.name));
             }
-            let quota = t.quota.resources(&format!("{at} quota"), Resources::ZERO)?;
             let unlimited = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
+            let quota = t.quota.resources(&format!("{at} quota"), unlimited)?;
             let borrow_limit =
                 t.borrow_limit.as_ref().map(|b| b.resources(&format!("{at} borrow_limit"), unlimited)).transpose()?;
             teams.push(TeamInfo { name: t.name, quota, borrow_limit });

@@ -111,7 +111,7 @@ struct TeamSpec {
     borrow_limit: Option<Spanned<AmountSpec>>,
 }
 
-/// An amount of resources; what is left out is zero in a quota and unlimited in a borrowing limit.
+/// An amount of resources; what is left out is unlimited, in a quota and in a borrowing limit.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AmountSpec {
@@ -214,9 +214,10 @@ fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<Vec<TeamInfo>, InputE
         if teams.len() == TEAMS_MAX {
             return Err(src.error("name", &spec.name, format!("more than {TEAMS_MAX} teams")));
         }
-        let quota = amount(src, "quota", &spec.quota, Resources::ZERO)?;
-        // What a borrowing limit leaves out is unlimited; a quarter of the range keeps the core's sums from overflowing.
+        // What a quota or a borrowing limit leaves out is not limited (a quota of GPUs alone leaves CPUs and memory
+        // free for all); a quarter of the range keeps the core's sums from overflowing.
         let unlimited = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
+        let quota = amount(src, "quota", &spec.quota, unlimited)?;
         let borrow_limit = spec.borrow_limit.as_ref().map(|b| amount(src, "borrow_limit", b, unlimited)).transpose()?;
         teams.push(TeamInfo { name, quota, borrow_limit, ..TeamInfo::default() });
     }
