@@ -13,6 +13,10 @@ pub struct Resources {
 
 impl Resources {
     pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0, gpus: 0 };
+    /// More than any cluster has, for limits that leave a resource out; a quarter of each range, so sums of a few
+    /// of them cannot overflow.
+    pub const UNLIMITED: Resources =
+        Resources { cpu_millis: u64::MAX / 4, memory_bytes: u64::MAX / 4, gpus: u32::MAX / 4 };
 
     pub fn new(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Resources {
         Resources { cpu_millis, memory_bytes, gpus }

@@ -232,6 +232,9 @@ struct Cycle {
     preemptions: usize,
     /// Jobs that running victims are already being stopped for.
     awaiting_victims: HashSet<JobId>,
+    /// The lowest priority among running jobs not being preempted, as the cycle began; preemptions during the cycle
+    /// can only raise it, so it stays a safe bound for skipping jobs that could stop nothing.
+    lowest_running_priority: Option<i32>,
     /// Reserved nodes: what is held back there, for which job, and when that job is expected to start (its shadow
     /// time). A job whose runtime limit ends before the shadow time may use what is held back: backfill.
     shadows: BTreeMap<usize, Shadow>,
@@ -548,6 +551,12 @@ impl Scheduler {
             names: self.nodes.keys().cloned().collect(),
             nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
             awaiting_victims: self.running.values().filter_map(|r| r.preempted_by).collect(),
+            lowest_running_priority: self
+                .running
+                .values()
+                .filter(|r| r.preempted_by.is_none())
+                .map(|r| r.request.priority)
+                .min(),
             ..Cycle::default()
         };
         self.index_nodes(&free, &mut cycle);
@@ -606,7 +615,7 @@ impl Scheduler {
                     }
                     cycle.blocked += 1;
                     if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
-                        let preempted = self.preempt_for(id, &free);
+                        let preempted = self.preempt_for(id, &free, &cycle);
                         cycle.preemptions += preempted.len();
                         decisions.extend(preempted);
                     }
@@ -794,14 +803,14 @@ impl Scheduler {
     }
 
     /// Picks the victims that make room for a blocked job on one node, marks them, and returns the decisions.
-    fn preempt_for(&mut self, id: JobId, free: &[Resources]) -> Vec<Decision> {
+    fn preempt_for(&mut self, id: JobId, free: &[Resources], cycle: &Cycle) -> Vec<Decision> {
         let request = &self.pending[&id];
         if request.gpu_share_milli > 0 {
             // Shares are small and pack into what frees up; they never stop other work.
             return Vec::new();
         }
         // Most blocked jobs can stop nothing: nothing running has a lower priority, and their team reclaims nothing.
-        let lowest = self.running.values().filter(|r| r.preempted_by.is_none()).map(|r| r.request.priority).min();
+        let lowest = cycle.lowest_running_priority;
         if lowest.is_none_or(|p| p >= request.priority) && !self.teams.contains_key(&request.team) {
             return Vec::new();
         }

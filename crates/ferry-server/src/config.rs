@@ -158,10 +158,12 @@ impl FileConfig {
             if !names.insert(t.name.clone()) {
                 return Err(format!("{at}: the team `{}` is defined twice", t.name));
             }
-            let unlimited = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
-            let quota = t.quota.resources(&format!("{at} quota"), unlimited)?;
-            let borrow_limit =
-                t.borrow_limit.as_ref().map(|b| b.resources(&format!("{at} borrow_limit"), unlimited)).transpose()?;
+            let quota = t.quota.resources(&format!("{at} quota"), Resources::UNLIMITED)?;
+            let borrow_limit = t
+                .borrow_limit
+                .as_ref()
+                .map(|b| b.resources(&format!("{at} borrow_limit"), Resources::UNLIMITED))
+                .transpose()?;
             teams.push(TeamInfo { name: t.name, quota, borrow_limit });
         }
         let fair_share_half_life_s = raw

@@ -215,8 +215,8 @@ fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<Vec<TeamInfo>, InputE
             return Err(src.error("name", &spec.name, format!("more than {TEAMS_MAX} teams")));
         }
         // What a quota or a borrowing limit leaves out is not limited (a quota of GPUs alone leaves CPUs and memory
-        // free for all); a quarter of the range keeps the core's sums from overflowing.
-        let unlimited = Resources::new(u64::MAX / 4, u64::MAX / 4, u32::MAX / 4);
+        // free for all).
+        let unlimited = Resources::UNLIMITED;
         let quota = amount(src, "quota", &spec.quota, unlimited)?;
         let borrow_limit = spec.borrow_limit.as_ref().map(|b| amount(src, "borrow_limit", b, unlimited)).transpose()?;
         teams.push(TeamInfo { name, quota, borrow_limit, ..TeamInfo::default() });
