@@ -1,10 +1,12 @@
-//! Fair share between users: dominant resource fairness over recent usage.
+//! Fair share between projects and users: dominant resource fairness over recent usage.
 //!
-//! Each user's usage is a decayed integral of what its running jobs hold (CPU-, memory- and GPU-seconds, halved every
-//! half-life). A user's share is the dominant share of that usage, measured against what the cluster could have
-//! given in one half-life, plus the dominant share of what it holds now. Among queued jobs of one priority, the
-//! cycle offers the next place to the user with the lowest share, adding each placed job's dominant share as it goes
-//! (progressive filling), so one user's 500-trial sweep cannot starve a colleague's single run.
+//! Each project's and each user's usage is a decayed integral of what its running jobs hold (CPU-, memory- and
+//! GPU-seconds, halved every half-life). A share is the dominant share of that usage, measured against what the
+//! cluster could have given in one half-life, plus the dominant share of what is held now. Among queued jobs of one
+//! priority, the cycle offers the next place to the project with the lowest share, and within it to the user with
+//! the lowest share, adding each placed job's dominant share to both as it goes (progressive filling). So one user's
+//! 500-trial sweep cannot starve a colleague's single run, and one project's flood cannot starve another project.
+//! Projects are named within their team (`team/project`); jobs without a project form one group of their own.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -17,7 +19,7 @@ pub const HALF_LIFE_S_DEFAULT: u64 = 24 * 3600;
 /// Shares are compared as integers in these units, so ordering stays exact and deterministic.
 const SHARE_SCALE: f64 = 1e9;
 
-/// Decayed usage per user, as resource-seconds.
+/// Decayed usage per user or per project, as resource-seconds.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Usage {
     by_user: HashMap<String, [f64; 3]>,
@@ -72,41 +74,97 @@ pub(crate) fn dominant_of(r: &Resources, capacity: &Resources) -> f64 {
     dominant(&[r.cpu_millis as f64, r.memory_bytes as f64, r.gpus as f64], capacity)
 }
 
-/// One user's queued jobs of one priority, oldest first, with what each would hold.
+/// One user's queued jobs of one priority within one project, oldest first, with what each would hold.
 type UserQueue = VecDeque<(JobId, Resources)>;
 
+/// Who a queued job's fair share is counted for.
+pub(crate) struct Owner {
+    pub(crate) project: String,
+    pub(crate) user: String,
+    pub(crate) footprint: Resources,
+}
+
+/// What projects and users hold now and have used recently.
+pub(crate) struct Standing<'a> {
+    pub(crate) project_held: &'a HashMap<String, Resources>,
+    pub(crate) user_held: &'a HashMap<String, Resources>,
+    pub(crate) project_usage: &'a Usage,
+    pub(crate) user_usage: &'a Usage,
+}
+
+type ShareKey = Reverse<(u64, JobId, usize)>;
+
+/// One project's users, lowest share first, and their queues.
+struct ProjectQueue {
+    heap: BinaryHeap<ShareKey>,
+    users: Vec<UserQueue>,
+    user_shares: Vec<u64>,
+}
+
 /// The order in which a cycle considers queued jobs: priority first; within a priority, progressive filling across
-/// users by share; within a user, submission order. `queue` is in (priority, id) order.
+/// projects by share, then across the project's users by share; within a user, submission order. `queue` is in
+/// (priority, id) order.
 pub(crate) fn order(
     queue: impl Iterator<Item = (i32, JobId)>,
-    user_of: impl Fn(JobId) -> (String, Resources),
-    held_now: &HashMap<String, Resources>,
-    usage: &Usage,
+    owner_of: impl Fn(JobId) -> Owner,
+    standing: &Standing<'_>,
     capacity: &Resources,
 ) -> Vec<JobId> {
-    let mut levels: BTreeMap<Reverse<i32>, BTreeMap<String, UserQueue>> = BTreeMap::new();
+    type Projects = BTreeMap<String, BTreeMap<String, UserQueue>>;
+    let mut levels: BTreeMap<Reverse<i32>, Projects> = BTreeMap::new();
     for (priority, id) in queue {
-        let (user, footprint) = user_of(id);
-        levels.entry(Reverse(priority)).or_default().entry(user).or_default().push_back((id, footprint));
+        let Owner { project, user, footprint } = owner_of(id);
+        let users = levels.entry(Reverse(priority)).or_default().entry(project).or_default();
+        users.entry(user).or_default().push_back((id, footprint));
     }
+    let share = |held: &HashMap<String, Resources>, usage: &Usage, key: &str| {
+        let now = held.get(key).map(|r| dominant_of(r, capacity)).unwrap_or(0.0);
+        ((now + usage.recent_share(key, capacity)) * SHARE_SCALE) as u64
+    };
+    // A user's share counts all its projects, and stays one number across them within a cycle.
+    let mut user_share: HashMap<String, u64> = HashMap::new();
     let mut out = Vec::new();
-    for users in levels.into_values() {
+    for projects in levels.into_values() {
         let mut heap = BinaryHeap::new();
-        let mut queues: Vec<UserQueue> = Vec::with_capacity(users.len());
-        for (i, (user, jobs)) in users.into_iter().enumerate() {
-            let now = held_now.get(&user).map(|r| dominant_of(r, capacity)).unwrap_or(0.0);
-            let share = now + usage.recent_share(&user, capacity);
-            // Ties go to the user whose first job came first.
-            let first = jobs.front().map(|(id, _)| *id).unwrap_or(0);
-            heap.push(Reverse(((share * SHARE_SCALE) as u64, first, i)));
-            queues.push(jobs);
+        let mut queues: Vec<ProjectQueue> = Vec::with_capacity(projects.len());
+        let mut user_names: Vec<Vec<String>> = Vec::with_capacity(projects.len());
+        for (p, (project, users)) in projects.into_iter().enumerate() {
+            let mut q = ProjectQueue { heap: BinaryHeap::new(), users: Vec::new(), user_shares: Vec::new() };
+            let mut names = Vec::new();
+            let mut first_of_project = JobId::MAX;
+            for (u, (user, jobs)) in users.into_iter().enumerate() {
+                let s = *user_share
+                    .entry(user.clone())
+                    .or_insert_with(|| share(standing.user_held, standing.user_usage, &user));
+                // Ties go to the user whose first job came first.
+                let first = jobs.front().map(|(id, _)| *id).unwrap_or(0);
+                first_of_project = first_of_project.min(first);
+                q.heap.push(Reverse((s, first, u)));
+                q.users.push(jobs);
+                q.user_shares.push(s);
+                names.push(user);
+            }
+            let s = share(standing.project_held, standing.project_usage, &project);
+            heap.push(Reverse((s, first_of_project, p)));
+            queues.push(q);
+            user_names.push(names);
         }
-        while let Some(Reverse((share, _, i))) = heap.pop() {
-            let Some((id, footprint)) = queues[i].pop_front() else { continue };
+        while let Some(Reverse((project_share, _, p))) = heap.pop() {
+            let q = &mut queues[p];
+            let Some(Reverse((_, _, u))) = q.heap.pop() else { continue };
+            let Some((id, footprint)) = q.users[u].pop_front() else { continue };
             out.push(id);
-            if let Some((next, _)) = queues[i].front() {
-                let added = (dominant_of(&footprint, capacity) * SHARE_SCALE) as u64;
-                heap.push(Reverse((share.saturating_add(added), *next, i)));
+            let added = (dominant_of(&footprint, capacity) * SHARE_SCALE) as u64;
+            // The user's share grows wherever it queues; its other projects see the new value when they next pick.
+            let name = &user_names[p][u];
+            let grown = user_share.get(name).copied().unwrap_or(q.user_shares[u]).saturating_add(added);
+            user_share.insert(name.clone(), grown);
+            q.user_shares[u] = grown;
+            if let Some((next, _)) = q.users[u].front() {
+                q.heap.push(Reverse((grown, *next, u)));
+            }
+            if let Some(Reverse((_, next, _))) = q.heap.peek() {
+                heap.push(Reverse((project_share.saturating_add(added), *next, p)));
             }
         }
     }

@@ -76,6 +76,10 @@ pub enum WaitReason {
     /// Only a burst pool could run it now, and bursting is not yet allowed: earlier pools have room for it in
     /// total (it waits for them) and it has not waited `after_s`.
     BurstNotYet { pool: String, after_s: Option<u64>, waited_s: u64 },
+    /// A gang (a multi-node job) needs more nodes in one pool than could ever each hold one of its workers.
+    GangInfeasible { workers: u32, nodes_able: u32 },
+    /// A gang waits until enough nodes of one pool can each hold a worker at the same time; nothing partial starts.
+    GangWaiting { workers: u32, nodes_free: u32, pool: String, nodes: Vec<String> },
     /// The job fits now and starts in the next scheduling cycle.
     Starting,
 }
@@ -150,6 +154,24 @@ impl fmt::Display for WaitReason {
                     None => write!(f, "pool {pool} takes jobs only when the pools before it are full"),
                 }
             }
+            WaitReason::GangInfeasible { workers, nodes_able } => write!(
+                f,
+                "a gang of {workers} workers needs {workers} nodes in one pool that can each hold a worker; at most {nodes_able} can"
+            ),
+            WaitReason::GangWaiting { workers, nodes_free, pool, nodes } => {
+                write!(f, "a gang of {workers} workers starts only when {workers} nodes in one pool have room at once; ")?;
+                match nodes.as_slice() {
+                    [] => write!(f, "no node has room for a worker now"),
+                    _ => write!(
+                        f,
+                        "{nodes_free} node{} in pool {pool} {} room now ({}{})",
+                        if *nodes_free == 1 { "" } else { "s" },
+                        if *nodes_free == 1 { "has" } else { "have" },
+                        nodes.join(", "),
+                        if (*nodes_free as usize) > nodes.len() { ", ..." } else { "" }
+                    ),
+                }
+            }
             WaitReason::Starting => write!(f, "resources are free; it starts in the next scheduling cycle"),
         }
     }
@@ -198,6 +220,9 @@ pub struct Placement {
     pub candidates: u32,
     pub gpus_free_after: u32,
     pub cpu_millis_free_after: u64,
+    /// For a gang, every worker's node, rank 0 first; empty for a single-node job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gang_nodes: Vec<String>,
 }
 
 impl fmt::Display for Placement {
@@ -207,6 +232,18 @@ impl fmt::Display for Placement {
         }
         if let Some(burst) = &self.burst {
             write!(f, "burst to pool {} after waiting {}; ", self.pool, duration(burst.waited_s))?;
+        }
+        if !self.gang_nodes.is_empty() {
+            return write!(
+                f,
+                "gang of {} workers started together on nodes {} in pool {} (best fit); rank 0's node leaves {} GPU{} and {} CPUs free",
+                self.gang_nodes.len(),
+                self.gang_nodes.join(", "),
+                self.pool,
+                self.gpus_free_after,
+                if self.gpus_free_after == 1 { "" } else { "s" },
+                format_cpus(self.cpu_millis_free_after)
+            );
         }
         write!(
             f,

@@ -83,11 +83,41 @@ pub struct JobRequest {
     pub user: String,
     /// The job is stopped after this long; estimates and backfill rely on it. `None` for no limit.
     pub max_runtime_s: Option<u64>,
+    /// How many workers a gang (a multi-node job) has, each holding `resources` on a node of its own; they start
+    /// all together or not at all. 0 and 1 both mean a single-node job.
+    pub nodes: u32,
+    /// The project within the team; fair share is balanced between projects first, then between users.
+    pub project: String,
 }
 
 impl JobRequest {
     pub fn new(id: JobId, resources: Resources, priority: i32) -> JobRequest {
         JobRequest { id, resources, priority, ..JobRequest::default() }
+    }
+
+    /// How many nodes the job runs on: 1 unless it is a gang.
+    pub fn workers(&self) -> u32 {
+        self.nodes.max(1)
+    }
+
+    /// The key fair share counts the job's project under: projects are named within their team.
+    fn project_key(&self) -> String {
+        format!("{}/{}", self.team, self.project)
+    }
+
+    fn is_gang(&self) -> bool {
+        self.nodes > 1
+    }
+
+    /// What the whole job holds, all workers together: what its team's quota and its user's fair share count.
+    fn total(&self) -> Resources {
+        let one = self.footprint();
+        let n = u64::from(self.workers());
+        Resources {
+            cpu_millis: one.cpu_millis.saturating_mul(n),
+            memory_bytes: one.memory_bytes.saturating_mul(n),
+            gpus: one.gpus.saturating_mul(self.workers()),
+        }
     }
 
     fn wants_gpu(&self) -> bool {
@@ -110,7 +140,8 @@ impl JobRequest {
         model_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
     }
 
-    /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what the node must have in capacity.
+    /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what a node must have in capacity (for a
+    /// gang, each of its nodes).
     fn footprint(&self) -> Resources {
         let gpus = self.resources.gpus + u32::from(self.gpu_share_milli > 0);
         Resources { gpus, ..self.resources }
@@ -127,6 +158,24 @@ pub struct Allocation {
     pub gpus: Vec<u32>,
     /// The share of `gpus[0]` held, in thousandths; 0 for whole GPUs.
     pub gpu_share_milli: u32,
+    /// The other workers of a gang, ranks 1 and up, each on a node of its own holding `resources` there; empty for
+    /// a single-node job. `node` and `gpus` above are rank 0's.
+    pub peers: Vec<Peer>,
+}
+
+/// One worker of a gang beyond rank 0: its node and the GPUs it holds there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node: String,
+    pub gpus: Vec<u32>,
+}
+
+impl Allocation {
+    /// Every worker's node and GPUs, rank 0 first.
+    pub fn workers(&self) -> impl Iterator<Item = (&str, &[u32])> {
+        std::iter::once((self.node.as_str(), self.gpus.as_slice()))
+            .chain(self.peers.iter().map(|p| (p.node.as_str(), p.gpus.as_slice())))
+    }
 }
 
 /// Everything that changes the scheduler's state.
@@ -287,6 +336,7 @@ fn shape_of(request: &JobRequest, age_matters: bool) -> u64 {
     request.gpu_models.hash(&mut h);
     request.selector.hash(&mut h);
     request.team.hash(&mut h);
+    request.nodes.hash(&mut h);
     if age_matters {
         request.submitted_at_us.hash(&mut h);
     }
@@ -307,11 +357,15 @@ pub struct Scheduler {
     /// What each team and each user holds now.
     team_held: HashMap<String, Resources>,
     user_held: HashMap<String, Resources>,
+    /// What each project (keyed `team/project`) holds now.
+    project_held: HashMap<String, Resources>,
     usage: Usage,
+    project_usage: Usage,
     placement: GpuPlacement,
     mix: Mix,
-    /// Nodes where running jobs were preempted for a queued job: what frees there is that job's first.
-    claims: BTreeMap<JobId, String>,
+    /// Nodes where running jobs were preempted for a queued job (one per worker of a gang): what frees there is that
+    /// job's first.
+    claims: BTreeMap<JobId, Vec<String>>,
     now_us: i64,
 }
 
@@ -376,6 +430,7 @@ impl Scheduler {
             Event::TeamsConfigured { teams, fair_share_half_life_s } => {
                 self.teams = teams.into_iter().map(|t| (t.name.clone(), t)).collect();
                 self.usage.half_life_s = fair_share_half_life_s;
+                self.project_usage.half_life_s = fair_share_half_life_s;
                 Ok(Vec::new())
             }
             Event::PlacementConfigured(placement) => {
@@ -432,6 +487,8 @@ impl Scheduler {
         }
         let held: Vec<(&str, Resources)> = self.user_held.iter().map(|(u, r)| (u.as_str(), *r)).collect();
         self.usage.advance(dt_s, &held);
+        let held: Vec<(&str, Resources)> = self.project_held.iter().map(|(p, r)| (p.as_str(), *r)).collect();
+        self.project_usage.advance(dt_s, &held);
     }
 
     fn submit(&mut self, request: JobRequest) -> Result<(), CoreError> {
@@ -451,23 +508,30 @@ impl Scheduler {
         if self.pending.contains_key(&id) || self.running.contains_key(&id) {
             return Err(CoreError::DuplicateJob(id));
         }
-        let conflict = |why: String| CoreError::AdoptionConflict { job: id, node: allocation.node.clone(), why };
-        let node = self.nodes.get(&allocation.node).ok_or_else(|| CoreError::UnknownNode(allocation.node.clone()))?;
-        for gpu in &allocation.gpus {
-            if !node.info.gpu_indices.contains(gpu) {
-                return Err(conflict(format!("the node has no GPU {gpu}")));
+        let mut seen = BTreeSet::new();
+        for (name, gpus) in allocation.workers() {
+            let conflict = |why: String| CoreError::AdoptionConflict { job: id, node: name.to_string(), why };
+            if !seen.insert(name) {
+                return Err(conflict("two workers of the gang are on this node".to_string()));
             }
-            if let Some(owner) = node.gpu_owner.get(gpu) {
-                return Err(conflict(format!("GPU {gpu} is held by job {owner}")));
-            }
-            match (allocation.gpu_share_milli, node.shared.get(gpu)) {
-                (0, Some((_, users))) => {
-                    return Err(conflict(format!("GPU {gpu} is shared by job {}", users.first().copied().unwrap_or(0))))
+            let node = self.nodes.get(name).ok_or_else(|| CoreError::UnknownNode(name.to_string()))?;
+            for gpu in gpus {
+                if !node.info.gpu_indices.contains(gpu) {
+                    return Err(conflict(format!("the node has no GPU {gpu}")));
                 }
-                (share, Some((used, _))) if used + share > 1000 => {
-                    return Err(conflict(format!("GPU {gpu} has only {} thousandths free", 1000 - used)))
+                if let Some(owner) = node.gpu_owner.get(gpu) {
+                    return Err(conflict(format!("GPU {gpu} is held by job {owner}")));
                 }
-                _ => {}
+                match (allocation.gpu_share_milli, node.shared.get(gpu)) {
+                    (0, Some((_, users))) => {
+                        let user = users.first().copied().unwrap_or(0);
+                        return Err(conflict(format!("GPU {gpu} is shared by job {user}")));
+                    }
+                    (share, Some((used, _))) if used + share > 1000 => {
+                        return Err(conflict(format!("GPU {gpu} has only {} thousandths free", 1000 - used)))
+                    }
+                    _ => {}
+                }
             }
         }
         // Adoption records what already runs, so it may exceed capacity if the node shrank; it never double-books a
@@ -478,28 +542,35 @@ impl Scheduler {
 
     fn allocate(&mut self, request: JobRequest, allocation: Allocation) {
         let id = request.id;
-        let held = request.footprint();
-        for (map, key) in [(&mut self.team_held, &request.team), (&mut self.user_held, &request.user)] {
+        let held = request.total();
+        let project = request.project_key();
+        for (map, key) in [
+            (&mut self.team_held, &request.team),
+            (&mut self.user_held, &request.user),
+            (&mut self.project_held, &project),
+        ] {
             let entry = map.entry(key.clone()).or_default();
             *entry = entry.checked_add(&held).unwrap_or(*entry);
         }
-        let node = self.nodes.get_mut(&allocation.node).expect("allocation on a known node");
-        node.allocated = node.allocated.checked_add(&allocation.resources).unwrap_or(node.allocated);
-        if allocation.gpu_share_milli > 0 {
-            let gpu = allocation.gpus[0];
-            assert!(!node.gpu_owner.contains_key(&gpu), "GPU {gpu} of node {} is whole and shared", allocation.node);
-            let (used, users) = node.shared.entry(gpu).or_default();
-            *used += allocation.gpu_share_milli;
-            assert!(*used <= 1000, "GPU {gpu} of node {} shared beyond its capacity", allocation.node);
-            users.insert(id);
-        } else {
-            for &gpu in &allocation.gpus {
-                let previous = node.gpu_owner.insert(gpu, id);
-                assert!(previous.is_none(), "GPU {gpu} of node {} allocated twice", allocation.node);
-                assert!(!node.shared.contains_key(&gpu), "GPU {gpu} of node {} is whole and shared", allocation.node);
+        for (name, gpus) in allocation.workers() {
+            let node = self.nodes.get_mut(name).expect("allocation on a known node");
+            node.allocated = node.allocated.checked_add(&allocation.resources).unwrap_or(node.allocated);
+            if allocation.gpu_share_milli > 0 {
+                let gpu = gpus[0];
+                assert!(!node.gpu_owner.contains_key(&gpu), "GPU {gpu} of node {name} is whole and shared");
+                let (used, users) = node.shared.entry(gpu).or_default();
+                *used += allocation.gpu_share_milli;
+                assert!(*used <= 1000, "GPU {gpu} of node {name} shared beyond its capacity");
+                users.insert(id);
+            } else {
+                for &gpu in gpus {
+                    let previous = node.gpu_owner.insert(gpu, id);
+                    assert!(previous.is_none(), "GPU {gpu} of node {name} allocated twice");
+                    assert!(!node.shared.contains_key(&gpu), "GPU {gpu} of node {name} is whole and shared");
+                }
             }
+            node.jobs.insert(id);
         }
-        node.jobs.insert(id);
         self.running.insert(id, Running { allocation, request, preempted_by: None, started_at_us: self.now_us });
     }
 
@@ -510,8 +581,13 @@ impl Scheduler {
         }
         self.reservations.remove(&id);
         let Some(Running { allocation, request, .. }) = self.running.remove(&id) else { return };
-        let held = request.footprint();
-        for (map, key) in [(&mut self.team_held, &request.team), (&mut self.user_held, &request.user)] {
+        let held = request.total();
+        let project = request.project_key();
+        for (map, key) in [
+            (&mut self.team_held, &request.team),
+            (&mut self.user_held, &request.user),
+            (&mut self.project_held, &project),
+        ] {
             if let Some(entry) = map.get_mut(key) {
                 *entry = entry.saturating_sub(&held);
                 if *entry == Resources::ZERO {
@@ -519,23 +595,25 @@ impl Scheduler {
                 }
             }
         }
-        let Some(node) = self.nodes.get_mut(&allocation.node) else { return };
-        node.allocated = node.allocated.saturating_sub(&allocation.resources);
-        if allocation.gpu_share_milli > 0 {
-            let gpu = allocation.gpus[0];
-            if let Some((used, users)) = node.shared.get_mut(&gpu) {
-                *used = used.saturating_sub(allocation.gpu_share_milli);
-                users.remove(&id);
-                if users.is_empty() {
-                    node.shared.remove(&gpu);
+        for (name, gpus) in allocation.workers() {
+            let Some(node) = self.nodes.get_mut(name) else { continue };
+            node.allocated = node.allocated.saturating_sub(&allocation.resources);
+            if allocation.gpu_share_milli > 0 {
+                let gpu = gpus[0];
+                if let Some((used, users)) = node.shared.get_mut(&gpu) {
+                    *used = used.saturating_sub(allocation.gpu_share_milli);
+                    users.remove(&id);
+                    if users.is_empty() {
+                        node.shared.remove(&gpu);
+                    }
+                }
+            } else {
+                for gpu in gpus {
+                    node.gpu_owner.remove(gpu);
                 }
             }
-        } else {
-            for gpu in &allocation.gpus {
-                node.gpu_owner.remove(gpu);
-            }
+            node.jobs.remove(&id);
         }
-        node.jobs.remove(&id);
     }
 
     /// One scheduling cycle, in numbered steps:
@@ -586,7 +664,27 @@ impl Scheduler {
             }
             // Free resources only shrink within a cycle, so the largest free amounts seen at the last failed search
             // bound what any node can offer now.
-            let found = if request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound) {
+            let too_big = request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound);
+            if request.is_gang() {
+                match (too_big, self.gang_nodes(request, &free, &cycle)) {
+                    (false, Some(nodes)) => decisions.push(self.start_gang(id, nodes, &mut free, &mut cycle)),
+                    _ => {
+                        cycle.failed_shapes.insert(shape);
+                        if !blocked_budget_left {
+                            continue;
+                        }
+                        cycle.blocked += 1;
+                        if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
+                            let preempted = self.preempt_for(id, &free, &cycle);
+                            cycle.preemptions += preempted.len();
+                            decisions.extend(preempted);
+                        }
+                        self.reserve(id, &mut free, &mut cycle);
+                    }
+                }
+                continue;
+            }
+            let found = if too_big {
                 None
             } else if self.placement == GpuPlacement::Fgd && request.wants_gpu() && !self.mix.is_empty() {
                 self.best_node_fgd(request, &free)
@@ -627,28 +725,35 @@ impl Scheduler {
         decisions
     }
 
-    /// Gives jobs that preempted others the node they claimed: they start there as soon as they fit, and until then
+    /// Gives jobs that preempted others the nodes they claimed: they start there as soon as they fit, and until then
     /// what is free there is held for them, so no job ahead of them in the queue takes what their victims freed.
     fn honour_claims(&mut self, free: &mut [Resources], cycle: &mut Cycle, decisions: &mut Vec<Decision>) {
-        let claims: Vec<(JobId, String)> = self.claims.iter().map(|(j, n)| (*j, n.clone())).collect();
-        for (id, node) in claims {
-            let Some(i) = cycle.names.iter().position(|n| *n == node) else {
+        let claims: Vec<(JobId, Vec<String>)> = self.claims.iter().map(|(j, n)| (*j, n.clone())).collect();
+        for (id, nodes) in claims {
+            let indices: Option<Vec<usize>> = nodes.iter().map(|n| cycle.names.binary_search(n).ok()).collect();
+            let (Some(indices), Some(request)) = (indices, self.pending.get(&id)) else {
                 self.claims.remove(&id);
                 continue;
             };
-            let Some(request) = self.pending.get(&id) else {
-                self.claims.remove(&id);
-                continue;
+            let fits = |i: &usize| {
+                let here = &self.nodes[&cycle.names[*i]];
+                here.ready && self.fit(request, here, &free[*i]).is_some()
             };
-            let here = &self.nodes[&node];
-            if here.ready && self.fit(request, here, &free[i]).is_some() {
+            if indices.iter().all(fits) {
                 self.claims.remove(&id);
-                decisions.push(self.start(id, i, None, 1, free, cycle));
+                let decision = match indices.as_slice() {
+                    [one] => self.start(id, *one, None, 1, free, cycle),
+                    _ => self.start_gang(id, indices, free, cycle),
+                };
+                decisions.push(decision);
             } else if !cycle.awaiting_victims.contains(&id) {
-                // Its victims are gone but it still does not fit (the node shrank): it competes again.
+                // Its victims are gone but it still does not fit (a node shrank): it competes again.
                 self.claims.remove(&id);
             } else {
-                self.reserve_on(id, i, free, cycle);
+                for i in indices {
+                    let starts_at_us = self.worker_start_estimate(id, i, free, cycle);
+                    self.reserve_on(id, i, starts_at_us, free, cycle);
+                }
             }
         }
     }
@@ -785,11 +890,17 @@ impl Scheduler {
             .filter(|n| n.ready)
             .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc));
         let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
-        let user_of = |id: JobId| {
+        let owner_of = |id: JobId| {
             let r = &self.pending[&id];
-            (r.user.clone(), r.footprint())
+            fairshare::Owner { project: r.project_key(), user: r.user.clone(), footprint: r.total() }
         };
-        fairshare::order(queue, user_of, &self.user_held, &self.usage, &capacity)
+        let standing = fairshare::Standing {
+            project_held: &self.project_held,
+            user_held: &self.user_held,
+            project_usage: &self.project_usage,
+            user_usage: &self.usage,
+        };
+        fairshare::order(queue, owner_of, &standing, &capacity)
     }
 
     /// Why the job's team may not take it on now, if it may not: the team would hold more than its quota plus
@@ -797,12 +908,13 @@ impl Scheduler {
     fn over_team_limit(&self, request: &JobRequest) -> Option<WaitReason> {
         let team = self.teams.get(&request.team)?;
         let ceiling = team.ceiling()?;
-        let after = self.team_held(&request.team).checked_add(&request.footprint())?;
+        let after = self.team_held(&request.team).checked_add(&request.total())?;
         let (resource, would_hold, limit) = first_short(&after, &ceiling)?;
         Some(WaitReason::OverTeamLimit { team: team.name.clone(), resource, would_hold, limit })
     }
 
-    /// Picks the victims that make room for a blocked job on one node, marks them, and returns the decisions.
+    /// Picks the victims that make room for a blocked job (on one node, or on as many nodes as a gang has workers,
+    /// all in one pool), marks them, and returns the decisions.
     fn preempt_for(&mut self, id: JobId, free: &[Resources], cycle: &Cycle) -> Vec<Decision> {
         let request = &self.pending[&id];
         if request.gpu_share_milli > 0 {
@@ -814,9 +926,12 @@ impl Scheduler {
         if lowest.is_none_or(|p| p >= request.priority) && !self.teams.contains_key(&request.team) {
             return Vec::new();
         }
-        // Fewest victims, then the least important worst victim, then the node name.
-        let mut best: Option<(VictimScore<'_>, Vec<preempt::Candidate>)> = None;
-        for (node, f) in self.nodes.values().zip(free) {
+        // For each pool in order: each allowed node's cheapest victims (fewest, then the least important worst
+        // victim, then the node name); a node that fits without victims costs nothing.
+        let workers = request.workers() as usize;
+        let mut by_pool: Vec<Vec<(VictimScore<'_>, Vec<preempt::Candidate>)>> =
+            vec![Vec::new(); cycle.pool_order.len()];
+        for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
             if !node.ready
                 || !request.allowed_on(&node.info)
                 || self.burst_refused(request, &node.info.pool, free).is_some()
@@ -842,25 +957,38 @@ impl Scheduler {
                 })
                 .collect();
             let Some(chosen) = preempt::victims(candidates, *f, &request.resources) else { continue };
-            if chosen.is_empty() {
+            if chosen.is_empty() && workers == 1 {
                 continue;
             }
             let worst = chosen.iter().map(|c| c.priority).max().unwrap_or(i32::MIN);
-            let key = (chosen.len(), worst, node.info.name.as_str());
-            if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, chosen));
+            by_pool[cycle.pool_of[i]].push(((chosen.len(), worst, node.info.name.as_str()), chosen));
+        }
+        // A single job takes the cheapest node of all; a gang the cheapest nodes of the first pool with enough.
+        let best: Option<Vec<(VictimScore<'_>, Vec<preempt::Candidate>)>> = if workers == 1 {
+            by_pool.into_iter().flatten().min_by(|a, b| a.0.cmp(&b.0)).map(|one| vec![one])
+        } else {
+            by_pool.into_iter().find(|nodes| nodes.len() >= workers).map(|mut nodes| {
+                nodes.sort_by(|a, b| a.0.cmp(&b.0));
+                nodes.truncate(workers);
+                nodes
+            })
+        };
+        let Some(best) = best.filter(|nodes| nodes.iter().any(|(_, chosen)| !chosen.is_empty())) else {
+            return Vec::new();
+        };
+        let names: Vec<String> = best.iter().map(|((_, _, node), _)| node.to_string()).collect();
+        let chosen: Vec<preempt::Candidate> = best.into_iter().flat_map(|(_, chosen)| chosen).collect();
+        self.claims.insert(id, names);
+        let mut decisions = Vec::new();
+        for c in chosen {
+            let running = self.running.get_mut(&c.job).expect("a victim runs");
+            // A gang victim may be chosen on several of its nodes; it is stopped once.
+            if running.preempted_by.is_none() {
+                running.preempted_by = Some(id);
+                decisions.push(Decision::Preempt { job: c.job, by: id, reason: c.reason });
             }
         }
-        let Some(((_, _, node), chosen)) = best else { return Vec::new() };
-        self.claims.insert(id, node.to_string());
-        let chosen: Vec<preempt::Candidate> = chosen;
-        chosen
-            .into_iter()
-            .map(|c| {
-                self.running.get_mut(&c.job).expect("a victim runs").preempted_by = Some(id);
-                Decision::Preempt { job: c.job, by: id, reason: c.reason }
-            })
-            .collect()
+        decisions
     }
 
     /// Whether `request` may stop `victim`, and why: a strictly higher priority, or a team within its guaranteed
@@ -881,16 +1009,16 @@ impl Scheduler {
         for running in self.running.values() {
             let Some(by) = running.preempted_by else { continue };
             if running.request.team == theirs.name {
-                leaving = leaving.saturating_sub(&running.request.footprint());
+                leaving = leaving.saturating_sub(&running.request.total());
             }
             preemptors.insert(by);
         }
         for waiting in preemptors.iter().filter_map(|by| self.pending.get(by)) {
             if waiting.team == mine.name && waiting.id != request.id {
-                claimed = claimed.checked_add(&waiting.footprint()).unwrap_or(claimed);
+                claimed = claimed.checked_add(&waiting.total()).unwrap_or(claimed);
             }
         }
-        let within_quota = claimed.checked_add(&request.footprint())?.fits_in(&mine.quota);
+        let within_quota = claimed.checked_add(&request.total())?.fits_in(&mine.quota);
         let borrowing = !leaving.fits_in(&theirs.quota);
         (mine.name != theirs.name && within_quota && borrowing)
             .then(|| PreemptReason::Reclaim { victim_team: theirs.name.clone(), preemptor_team: mine.name.clone() })
@@ -949,10 +1077,72 @@ impl Scheduler {
             candidates,
             gpus_free_after: slot.gpus,
             cpu_millis_free_after: slot.cpu_millis,
+            gang_nodes: Vec::new(),
         };
-        let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli };
+        let allocation = Allocation { node, resources: request.resources, gpus, gpu_share_milli, peers: Vec::new() };
         self.allocate(request.clone(), allocation.clone());
         Decision::Start { job: request.id, allocation, reason }
+    }
+
+    /// For a gang: the first pool in order with as many ready nodes that can each hold a worker now as the gang has
+    /// workers, and in it those with the fewest free GPUs that are enough (then by name), so whole nodes stay free.
+    fn gang_nodes(&self, request: &JobRequest, free: &[Resources], cycle: &Cycle) -> Option<Vec<usize>> {
+        if request.gpu_share_milli > 0 {
+            return None;
+        }
+        let workers = request.workers() as usize;
+        for (position, pool) in cycle.pool_order.iter().enumerate() {
+            if self.burst_refused(request, pool, free).is_some() {
+                continue;
+            }
+            let mut chosen = Vec::with_capacity(workers);
+            for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
+                for &i in nodes {
+                    if self.fit(request, &self.nodes[&cycle.names[i]], &free[i]).is_some() {
+                        chosen.push(i);
+                        if chosen.len() == workers {
+                            return Some(chosen);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts every worker of a gang at once, rank 0 on the first of `nodes`.
+    fn start_gang(&mut self, id: JobId, nodes: Vec<usize>, free: &mut [Resources], cycle: &mut Cycle) -> Decision {
+        let request = self.pending.remove(&id).expect("queued job is pending");
+        self.queue.remove(&(Reverse(request.priority), id));
+        let mut workers = Vec::with_capacity(nodes.len());
+        for &i in &nodes {
+            cycle.take(i, free, &request.resources);
+            let name = cycle.names[i].clone();
+            let gpus: Vec<u32> = self.nodes[&name].free_gpus().take(request.resources.gpus as usize).collect();
+            workers.push(Peer { node: name, gpus });
+        }
+        let first = workers.remove(0);
+        let pool = self.nodes[&first.node].info.pool.clone();
+        let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
+        let slot = free[nodes[0]];
+        let reason = Placement {
+            pool,
+            burst,
+            backfilled_before: None,
+            candidates: nodes.len() as u32,
+            gpus_free_after: slot.gpus,
+            cpu_millis_free_after: slot.cpu_millis,
+            gang_nodes: std::iter::once(&first).chain(&workers).map(|w| w.node.clone()).collect(),
+        };
+        let allocation = Allocation {
+            node: first.node,
+            resources: request.resources,
+            gpus: first.gpus,
+            gpu_share_milli: 0,
+            peers: workers,
+        };
+        self.allocate(request, allocation.clone());
+        Decision::Start { job: id, allocation, reason }
     }
 
     fn pool_rank<'a>(&self, name: &'a str) -> PoolRank<'a> {
@@ -987,30 +1177,52 @@ impl Scheduler {
         BurstReason { waited_s }
     }
 
-    /// Holds back, on the allowed node closest to fitting a blocked job, what that job needs.
+    /// Holds back, on the allowed node closest to fitting a blocked job (for a gang, on as many such nodes of one
+    /// pool as it has workers), what that job needs.
     fn reserve(&mut self, job: JobId, free: &mut [Resources], cycle: &mut Cycle) {
         let request = &self.pending[&job];
         let needs = request.footprint();
-        let nearest = self
-            .nodes
-            .values()
-            .zip(free.iter())
-            .enumerate()
-            .filter(|(_, (node, _))| node.ready && request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity))
-            .max_by_key(|(i, (_, f))| (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis), Reverse(*i)))
-            .map(|(i, _)| i);
-        if let Some(i) = nearest {
-            self.reserve_on(job, i, free, cycle);
+        let workers = request.workers() as usize;
+        // Closest first: most of the GPUs, then of the CPUs, it needs already free; then the first by name.
+        let mut by_pool: Vec<Vec<(usize, (u32, u64))>> = vec![Vec::new(); cycle.pool_order.len()];
+        for (i, (node, f)) in self.nodes.values().zip(free.iter()).enumerate() {
+            if node.ready && request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity) {
+                by_pool[cycle.pool_of[i]].push((i, (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis))));
+            }
+        }
+        let chosen: Vec<usize> = if workers == 1 {
+            let nearest = by_pool.into_iter().flatten().max_by_key(|(i, key)| (*key, Reverse(*i)));
+            nearest.map(|(i, _)| i).into_iter().collect()
+        } else {
+            let Some(mut nodes) = by_pool.into_iter().find(|nodes| nodes.len() >= workers) else { return };
+            nodes.sort_by_key(|(i, key)| (Reverse(*key), *i));
+            nodes.into_iter().take(workers).map(|(i, _)| i).collect()
+        };
+        // A gang starts when its last node has room.
+        let estimates: Vec<Option<i64>> =
+            chosen.iter().map(|&i| self.worker_start_estimate(job, i, free, cycle)).collect();
+        let starts_at_us = estimates.into_iter().try_fold(i64::MIN, |acc, e| e.map(|e| acc.max(e)));
+        for i in chosen {
+            self.reserve_on(job, i, starts_at_us, free, cycle);
         }
     }
 
+    /// When one worker of a queued job could start on node `i`, by the runtime limits of the jobs running there.
+    fn worker_start_estimate(&self, job: JobId, i: usize, free: &[Resources], cycle: &Cycle) -> Option<i64> {
+        let needs = self.pending[&job].footprint();
+        self.node_start_estimate(&self.nodes[&cycle.names[i]], free[i], &needs)
+    }
+
     /// Holds back on node `i` what a blocked job needs, noting when the job can be expected to start there.
-    fn reserve_on(&mut self, job: JobId, i: usize, free: &mut [Resources], cycle: &mut Cycle) {
-        let request = &self.pending[&job];
-        let needs = request.footprint();
-        let resources = request.resources;
-        let node = &self.nodes[&cycle.names[i]];
-        let starts_at_us = self.node_start_estimate(node, free[i], &needs);
+    fn reserve_on(
+        &mut self,
+        job: JobId,
+        i: usize,
+        starts_at_us: Option<i64>,
+        free: &mut [Resources],
+        cycle: &mut Cycle,
+    ) {
+        let resources = self.pending[&job].resources;
         let held = free[i].saturating_sub(&free[i].saturating_sub(&resources));
         cycle.take(i, free, &resources);
         let shadow = cycle.shadows.entry(i).or_insert(Shadow { held: Resources::ZERO, for_job: job, starts_at_us });
@@ -1019,7 +1231,7 @@ impl Scheduler {
             (Some(a), Some(b)) => Some(a.min(b)),
             _ => None,
         };
-        self.reservations.insert(job, cycle.names[i].clone());
+        self.reservations.entry(job).or_insert_with(|| cycle.names[i].clone());
     }
 
     /// When `needs` fits on `node`, which has `free` now, if its running jobs end by their runtime limits: now if it
@@ -1048,21 +1260,38 @@ impl Scheduler {
     }
 
     /// When a queued job can be expected to start, from the runtime limits of the jobs holding what it needs: the
-    /// earliest time some allowed node would have room if those jobs ran to their limits. It does not count the jobs
-    /// ahead of it in the queue, so it is a lower bound; `None` when the jobs it waits for have no limit.
+    /// earliest time some allowed node (for a gang, enough nodes of one pool) would have room if those jobs ran to
+    /// their limits. It does not count the jobs ahead of it in the queue, so it is a lower bound; `None` when the jobs
+    /// it waits for have no limit.
     pub fn estimate_start(&self, job: JobId) -> Option<i64> {
         let request = self.pending.get(&job)?;
         let needs = request.footprint();
-        self.nodes
-            .values()
-            .filter(|n| n.ready && request.allowed_on(&n.info) && needs.fits_in(&n.info.capacity))
-            .filter_map(|n| self.node_start_estimate(n, n.free(), &needs))
+        let mut by_pool: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for node in self.nodes.values() {
+            if node.ready && request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity) {
+                if let Some(at) = self.node_start_estimate(node, node.free(), &needs) {
+                    by_pool.entry(&node.info.pool).or_default().push(at);
+                }
+            }
+        }
+        let workers = request.workers() as usize;
+        by_pool
+            .into_values()
+            .filter(|times| times.len() >= workers)
+            .map(|mut times| {
+                times.sort_unstable();
+                times[workers - 1]
+            })
             .min()
     }
 
     /// A node held back for a blocked job that `request` can use without delaying it: the request fits in what is
     /// free there plus what is held back, and its runtime limit ends before the blocked job's expected start.
     fn backfill_node(&self, request: &JobRequest, free: &[Resources], cycle: &Cycle) -> Option<(usize, JobId)> {
+        if request.is_gang() {
+            // A gang would need held-back room on several nodes at once; it waits for its own turn.
+            return None;
+        }
         let limit_s = request.max_runtime_s?;
         let ends_us = self.now_us.saturating_add(limit_s as i64 * 1_000_000);
         cycle.shadows.iter().find_map(|(&i, shadow)| {
@@ -1098,6 +1327,24 @@ impl Scheduler {
         }
         let free_now = self.free_now();
         let fitting: Vec<&&Node> = ready.iter().filter(|n| self.fit(request, n, &n.free()).is_some()).collect();
+        if request.is_gang() {
+            let mut by_pool: BTreeMap<PoolRank<'_>, Vec<&str>> = BTreeMap::new();
+            for node in &fitting {
+                by_pool.entry(self.pool_rank(&node.info.pool)).or_default().push(&node.info.name);
+            }
+            let workers = request.workers();
+            if by_pool.values().all(|nodes| nodes.len() < workers as usize) {
+                let most = by_pool.iter().max_by_key(|(rank, nodes)| (nodes.len(), Reverse(*rank)));
+                let (pool, nodes) =
+                    most.map(|((_, pool), nodes)| (pool.to_string(), nodes.clone())).unwrap_or_default();
+                return Some(WaitReason::GangWaiting {
+                    workers,
+                    nodes_free: nodes.len() as u32,
+                    pool,
+                    nodes: nodes.iter().take(SHORTFALL_NODES_MAX).map(|n| n.to_string()).collect(),
+                });
+            }
+        }
         let refusals: Vec<WaitReason> =
             fitting.iter().filter_map(|n| self.burst_refused(request, &n.info.pool, &free_now)).collect();
         if !fitting.is_empty() && refusals.len() == fitting.len() {
@@ -1134,6 +1381,17 @@ impl Scheduler {
             return Err(self.no_matching_node(request));
         }
         let needs = request.footprint();
+        if request.is_gang() {
+            let mut able: BTreeMap<&str, u32> = BTreeMap::new();
+            for node in allowed.iter().filter(|n| needs.fits_in(&n.info.capacity)) {
+                *able.entry(node.info.pool.as_str()).or_default() += 1;
+            }
+            let nodes_able = able.values().copied().max().unwrap_or(0);
+            if nodes_able > 0 && (nodes_able < request.workers() || request.gpu_share_milli > 0) {
+                let nodes_able = if request.gpu_share_milli > 0 { 0 } else { nodes_able };
+                return Err(WaitReason::GangInfeasible { workers: request.workers(), nodes_able });
+            }
+        }
         if allowed.iter().any(|n| needs.fits_in(&n.info.capacity)) {
             return Ok(());
         }
@@ -1191,15 +1449,35 @@ impl Scheduler {
             if self.pending.contains_key(job) {
                 return Err(format!("job {job} is both queued and running"));
             }
-            let node = &self.nodes[&allocation.node];
-            for gpu in &allocation.gpus {
-                let recorded = if allocation.gpu_share_milli > 0 {
-                    node.shared.get(gpu).is_some_and(|(_, users)| users.contains(job))
-                } else {
-                    node.gpu_owner.get(gpu) == Some(job)
-                };
-                if !recorded {
-                    return Err(format!("GPU {gpu} of node {} is not recorded as job {job}'s", node.info.name));
+            let nodes: BTreeSet<&str> = allocation.workers().map(|(node, _)| node).collect();
+            if nodes.len() != allocation.peers.len() + 1 || nodes.len() != running.request.workers() as usize {
+                return Err(format!(
+                    "job {job} asks for {} workers on distinct nodes but runs on {:?}",
+                    running.request.workers(),
+                    allocation.workers().map(|(node, _)| node).collect::<Vec<_>>()
+                ));
+            }
+            for (name, gpus) in allocation.workers() {
+                let node = &self.nodes[name];
+                if allocation.gpu_share_milli == 0 && gpus.len() as u32 != allocation.resources.gpus {
+                    return Err(format!(
+                        "job {job} holds {} GPUs on node {name}, not {}",
+                        gpus.len(),
+                        allocation.resources.gpus
+                    ));
+                }
+                if !node.jobs.contains(job) {
+                    return Err(format!("node {name} does not record job {job}, which runs there"));
+                }
+                for gpu in gpus {
+                    let recorded = if allocation.gpu_share_milli > 0 {
+                        node.shared.get(gpu).is_some_and(|(_, users)| users.contains(job))
+                    } else {
+                        node.gpu_owner.get(gpu) == Some(job)
+                    };
+                    if !recorded {
+                        return Err(format!("GPU {gpu} of node {name} is not recorded as job {job}'s"));
+                    }
                 }
             }
         }

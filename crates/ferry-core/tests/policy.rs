@@ -68,6 +68,26 @@ fn a_sweep_does_not_starve_a_colleagues_single_run() {
 }
 
 #[test]
+fn projects_share_fairly_before_their_users_do() {
+    // Project vision has two users with five jobs each, project nlp one user with five: the four GPUs go two to
+    // each project, not three to vision because it has more users.
+    let job = |id: u64, user: &str, project: &str| {
+        Event::JobSubmitted(JobRequest {
+            user: user.into(),
+            team: "research".into(),
+            project: project.into(),
+            ..JobRequest::new(id, Resources::new(1000, GIB, 1), 0)
+        })
+    };
+    let mut events = vec![node(4)];
+    events.extend((1..=5).map(|id| job(id, "ann", "vision")));
+    events.extend((6..=10).map(|id| job(id, "carl", "vision")));
+    events.extend((11..=15).map(|id| job(id, "bob", "nlp")));
+    let mut s = scheduler(events);
+    assert_eq!(cycle(&mut s), ["start 1", "start 11", "start 6", "start 12"]);
+}
+
+#[test]
 fn recent_usage_weighs_until_it_decays() {
     let mut s = scheduler(vec![node(1), gpu_job(1, "ann", "", 0)]);
     assert_eq!(cycle(&mut s), ["start 1"]);

@@ -127,6 +127,7 @@ fn adoption_restores_running_jobs_and_refuses_a_gpu_held_twice() {
         resources: Resources::new(1000, GIB, gpus.len() as u32),
         gpus,
         gpu_share_milli: 0,
+        peers: Vec::new(),
     };
     s.apply(Event::JobAdopted {
         request: JobRequest::new(7, Resources::new(1000, GIB, 1), 0),

@@ -256,6 +256,7 @@ impl Driver {
                         resources: record.spec.resources,
                         gpus: record.gpu_ids.clone(),
                         gpu_share_milli: record.spec.gpu_share_milli,
+                        peers: Vec::new(),
                     };
                     self.sched.apply(Event::JobAdopted { request: active.request(record.id), allocation })
                 }

@@ -282,13 +282,25 @@ mod tests {
 
     fn whole(id: JobId, cpus: u64, gpus: &[u32]) -> (JobRequest, Allocation) {
         let resources = Resources::new(cpus * 1000, GIB, gpus.len() as u32);
-        let allocation = Allocation { node: "n1".to_string(), resources, gpus: gpus.to_vec(), gpu_share_milli: 0 };
+        let allocation = Allocation {
+            node: "n1".to_string(),
+            resources,
+            gpus: gpus.to_vec(),
+            gpu_share_milli: 0,
+            peers: Vec::new(),
+        };
         (JobRequest::new(id, resources, 0), allocation)
     }
 
     fn share(id: JobId, gpu: u32, milli: u32) -> (JobRequest, Allocation) {
         let resources = Resources::new(1000, GIB, 0);
-        let allocation = Allocation { node: "n1".to_string(), resources, gpus: vec![gpu], gpu_share_milli: milli };
+        let allocation = Allocation {
+            node: "n1".to_string(),
+            resources,
+            gpus: vec![gpu],
+            gpu_share_milli: milli,
+            peers: Vec::new(),
+        };
         (JobRequest { gpu_share_milli: milli, ..JobRequest::new(id, resources, 0) }, allocation)
     }
 
@@ -372,7 +384,7 @@ mod tests {
             &[wrong],
             expect![[r#"
                 node: Ok(())
-                job 1: Err("job 1 asked for Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 } and a share of 0, but was given Allocation { node: \"n1\", resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpus: [0, 1], gpu_share_milli: 0 }")
+                job 1: Err("job 1 asked for Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 } and a share of 0, but was given Allocation { node: \"n1\", resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpus: [0, 1], gpu_share_milli: 0, peers: [] }")
             "#]],
         );
     }
