@@ -6,6 +6,9 @@
 //! - the shares of one GPU never add up to more than 1000 thousandths;
 //! - no node's CPUs or memory are booked beyond its capacity;
 //! - a started job got what it asked for, on a node whose GPU model and labels allow it;
+//! - gangs whole: a started gang has exactly as many workers as it asked for, on distinct nodes of one pool, each
+//!   holding what it asked for; the core records all of them from the step it started the gang, and none of them
+//!   once the gang has ended;
 //! - the core and the ledger agree on what each touched node holds and how many jobs wait and run;
 //! - starvation: no job waits longer than the starvation bound while some node that allows it is completely idle
 //!   and large enough to hold it, unless the core says a policy holds it back on purpose (its team's limit, a burst
@@ -20,16 +23,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_core::{JobId, JobRequest, NodeInfo, Scheduler, WaitReason};
+use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, Scheduler, WaitReason};
 
 use crate::error::fmt_ms;
 use crate::ledger::{Ledger, NodeBook};
 
-/// What one step changed: the nodes touched and the jobs started.
+/// What one step changed: the nodes touched and the jobs started and ended.
 #[derive(Debug, Default)]
 pub struct StepChanges {
     pub nodes: BTreeSet<String>,
     pub started: Vec<JobId>,
+    pub ended: Vec<JobId>,
 }
 
 /// The outside checker, which remembers since when each waiting job could have run on an idle node.
@@ -65,6 +69,10 @@ impl Checker {
         }
         for job in &changes.started {
             check_placement(ledger, *job)?;
+            check_recorded(core, ledger, *job)?;
+        }
+        for job in &changes.ended {
+            check_released(core, ledger, *job)?;
         }
         if core.running() != ledger.running.len() || core.queued() != ledger.waiting.len() {
             return Err(format!(
@@ -132,15 +140,29 @@ fn held_by_policy(core: &Scheduler, job: JobId) -> bool {
     )
 }
 
-/// An idle node that allows the job and whose capacity holds it.
+/// An idle node that allows the job and whose capacity holds it; for a gang, the first of as many such nodes in one
+/// pool as it has workers.
 fn idle_node_for<'a>(ledger: &'a Ledger, request: &JobRequest) -> Option<&'a NodeInfo> {
     let gpus = request.resources.gpus + u32::from(request.gpu_share_milli > 0);
     let needs = ferry_core::Resources { gpus, ..request.resources };
-    ledger
+    let mut fitting = ledger
         .idle
         .iter()
         .map(|name| &ledger.nodes[name].info)
-        .find(|info| allows(info, request) && needs.fits_in(&info.capacity))
+        .filter(|info| allows(info, request) && needs.fits_in(&info.capacity));
+    let workers = request.workers() as usize;
+    if workers == 1 {
+        return fitting.next();
+    }
+    let mut by_pool: BTreeMap<&str, Vec<&NodeInfo>> = BTreeMap::new();
+    for info in fitting {
+        let nodes = by_pool.entry(info.pool.as_str()).or_default();
+        nodes.push(info);
+        if nodes.len() == workers {
+            return Some(nodes[0]);
+        }
+    }
+    None
 }
 
 /// Whether a node's GPU model and labels allow a job, whatever is free there. Written here again rather than taken
@@ -210,36 +232,87 @@ fn check_agreement(core: &Scheduler, book: &NodeBook) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that a started job got what it asked for on a node that allows it.
+/// Checks that a started job got what it asked for, on nodes that allow it; for a gang, that it is whole: as many
+/// workers as it asked for, on distinct nodes of one pool.
 pub fn check_placement(ledger: &Ledger, job: JobId) -> Result<(), String> {
     let Some((request, allocation)) = ledger.running.get(&job) else { return Ok(()) };
-    let info = &ledger.nodes[&allocation.node].info;
-    if !allows(info, request) {
-        return Err(format!(
-            "job {job} was started on node {}, whose GPU model {:?} or labels {:?} it does not allow (it asks for models {:?} and labels {:?})",
-            info.name, info.gpu_model, info.labels, request.gpu_models, request.selector
-        ));
-    }
     let gpus_expected = match request.gpu_share_milli {
         0 => request.resources.gpus as usize,
         _ => 1,
     };
-    if allocation.resources != request.resources
-        || allocation.gpu_share_milli != request.gpu_share_milli
-        || allocation.gpus.len() != gpus_expected
-    {
-        return Err(format!(
+    let asked_for = || {
+        format!(
             "job {job} asked for {:?} and a share of {}, but was given {allocation:?}",
             request.resources, request.gpu_share_milli
-        ));
+        )
+    };
+    if allocation.resources != request.resources || allocation.gpu_share_milli != request.gpu_share_milli {
+        return Err(asked_for());
     }
-    let mut distinct = allocation.gpus.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if distinct.len() != allocation.gpus.len() {
-        return Err(format!("job {job} was given the same GPU twice: {:?}", allocation.gpus));
+    check_gang_whole(ledger, request, allocation)?;
+    for (node, gpus) in allocation.workers() {
+        let info =
+            &ledger.nodes.get(node).ok_or_else(|| format!("job {job} runs on node {node}, which is unknown"))?.info;
+        if !allows(info, request) {
+            return Err(format!(
+                "job {job} was started on node {}, whose GPU model {:?} or labels {:?} it does not allow (it asks for models {:?} and labels {:?})",
+                info.name, info.gpu_model, info.labels, request.gpu_models, request.selector
+            ));
+        }
+        if gpus.len() != gpus_expected {
+            return Err(asked_for());
+        }
+        let mut distinct = gpus.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != gpus.len() {
+            return Err(format!("job {job} was given the same GPU twice on node {node}: {gpus:?}"));
+        }
     }
     Ok(())
+}
+
+/// Gangs whole: exactly `nodes` workers, each on a node of its own, all in one pool.
+fn check_gang_whole(ledger: &Ledger, request: &JobRequest, allocation: &Allocation) -> Result<(), String> {
+    let job = request.id;
+    let nodes: Vec<&str> = allocation.workers().map(|(node, _)| node).collect();
+    if nodes.len() != request.workers() as usize {
+        return Err(format!(
+            "gang job {job} asks for {} workers but was started with {} (on {nodes:?})",
+            request.workers(),
+            nodes.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(twice) = nodes.iter().find(|node| !seen.insert(**node)) {
+        return Err(format!("gang job {job} has two workers on node {twice}; each worker needs a node of its own"));
+    }
+    let pools: BTreeSet<&str> =
+        nodes.iter().filter_map(|node| ledger.nodes.get(*node)).map(|book| book.info.pool.as_str()).collect();
+    if pools.len() > 1 {
+        return Err(format!("gang job {job} has workers in pools {pools:?}; a gang runs within one pool"));
+    }
+    Ok(())
+}
+
+/// Checks that the core records a job it just started exactly as its decision said: every worker of a gang from the
+/// step it started.
+fn check_recorded(core: &Scheduler, ledger: &Ledger, job: JobId) -> Result<(), String> {
+    let Some((_, allocation)) = ledger.running.get(&job) else { return Ok(()) };
+    match core.allocation(job) {
+        Some(recorded) if recorded == allocation => Ok(()),
+        recorded => Err(format!("the core records job {job} as {recorded:?}, but its decision gave {allocation:?}")),
+    }
+}
+
+/// Checks that the core released every worker of a job that ended (unless it started again in the same step).
+fn check_released(core: &Scheduler, ledger: &Ledger, job: JobId) -> Result<(), String> {
+    match core.allocation(job) {
+        Some(held) if !ledger.running.contains_key(&job) => {
+            Err(format!("job {job} ended, but the core still records it on {:?}", held.workers().collect::<Vec<_>>()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -251,21 +324,25 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
-    fn ledger() -> Ledger {
-        let node = NodeInfo {
-            name: "n1".to_string(),
-            pool: "p".to_string(),
-            capacity: Resources::new(8000, 32 * GIB, 2),
-            gpu_indices: vec![0, 1],
-            gpu_model: Some("A100".to_string()),
-            ..NodeInfo::default()
-        };
-        Ledger::new(&[node])
+    /// Nodes with two A100s each, in pools: `n1` of pool p, and so on.
+    fn ledger(nodes: &[(&str, &str)]) -> Ledger {
+        let nodes: Vec<NodeInfo> = nodes
+            .iter()
+            .map(|(name, pool)| NodeInfo {
+                name: name.to_string(),
+                pool: pool.to_string(),
+                capacity: Resources::new(8000, 32 * GIB, 2),
+                gpu_indices: vec![0, 1],
+                gpu_model: Some("A100".to_string()),
+                ..NodeInfo::default()
+            })
+            .collect();
+        Ledger::new(&nodes)
     }
 
     /// Fabricates a start in the ledger, bypassing the core, and renders what the node and placement checks say.
     fn check(starts: &[(JobRequest, Allocation)], expected: Expect) {
-        let mut ledger = ledger();
+        let mut ledger = ledger(&[("n1", "p")]);
         for (request, allocation) in starts {
             ledger.submit(request.clone());
             ledger.start(request.id, allocation.clone()).unwrap();
@@ -389,9 +466,93 @@ mod tests {
         );
     }
 
+    /// A gang of `workers` workers of one GPU each, started on these nodes (rank 0 first) with GPU 0 on each.
+    fn gang(id: JobId, workers: u32, nodes: &[&str]) -> (JobRequest, Allocation) {
+        let resources = Resources::new(1000, GIB, 1);
+        let peers = nodes[1..].iter().map(|n| ferry_core::Peer { node: n.to_string(), gpus: vec![0] }).collect();
+        let allocation = Allocation { node: nodes[0].to_string(), resources, gpus: vec![0], gpu_share_milli: 0, peers };
+        (JobRequest { nodes: workers, ..JobRequest::new(id, resources, 0) }, allocation)
+    }
+
+    /// Fabricates gang starts on nodes n1 and n2 of pool p and n3 of pool q, and renders what the checks say.
+    fn check_gangs(starts: &[(JobRequest, Allocation)], expected: Expect) {
+        let mut ledger = ledger(&[("n1", "p"), ("n2", "p"), ("n3", "q")]);
+        let mut out = String::new();
+        for (request, allocation) in starts {
+            ledger.submit(request.clone());
+            ledger.start(request.id, allocation.clone()).unwrap();
+            out += &format!("job {}: {:?}\n", request.id, check_placement(&ledger, request.id));
+        }
+        for book in ledger.nodes.values() {
+            out += &format!("{}: {:?} {:?}\n", book.info.name, book.jobs, check_node(book));
+        }
+        expected.assert_eq(&out);
+    }
+
+    #[test]
+    fn a_whole_gang_passes_and_books_every_worker() {
+        check_gangs(
+            &[gang(1, 2, &["n1", "n2"])],
+            expect![[r#"
+                job 1: Ok(())
+                n1: {1} Ok(())
+                n2: {1} Ok(())
+                n3: {} Ok(())
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_a_broken_gang() {
+        check_gangs(
+            &[gang(1, 3, &["n1", "n2"]), gang(2, 2, &["n1", "n1"]), gang(3, 2, &["n2", "n3"])],
+            expect![[r#"
+                job 1: Err("gang job 1 asks for 3 workers but was started with 2 (on [\"n1\", \"n2\"])")
+                job 2: Err("gang job 2 has two workers on node n1; each worker needs a node of its own")
+                job 3: Err("gang job 3 has workers in pools {\"p\", \"q\"}; a gang runs within one pool")
+                n1: {1, 2} Err("GPU 0 of node n1 is allocated to jobs [1, 2, 2] at once")
+                n2: {1, 3} Err("GPU 0 of node n2 is allocated to jobs [1, 3] at once")
+                n3: {3} Ok(())
+            "#]],
+        );
+    }
+
+    #[test]
+    fn catches_a_gang_the_core_records_partly_or_keeps_after_its_end() {
+        let mut ledger = ledger(&[("n1", "p"), ("n2", "p"), ("n3", "q")]);
+        let mut core = Scheduler::new();
+        for book in ledger.nodes.values() {
+            core.apply(ferry_core::Event::NodeUp(book.info.clone())).unwrap();
+        }
+        let (request, _) = gang(1, 2, &["n1", "n2"]);
+        ledger.submit(request.clone());
+        core.apply(ferry_core::Event::JobSubmitted(request)).unwrap();
+        let Some(ferry_core::Decision::Start { allocation, .. }) = core.schedule().into_iter().next() else {
+            panic!("the gang starts")
+        };
+        // The decision names both workers; a ledger that lost one disagrees with what the core records.
+        ledger.start(1, Allocation { peers: Vec::new(), ..allocation.clone() }).unwrap();
+        expect![[r#"
+            Err(
+                "the core records job 1 as Some(Allocation { node: \"n1\", resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpus: [0], gpu_share_milli: 0, peers: [Peer { node: \"n2\", gpus: [0] }] }), but its decision gave Allocation { node: \"n1\", resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpus: [0], gpu_share_milli: 0, peers: [] }",
+            )
+        "#]]
+        .assert_debug_eq(&check_recorded(&core, &ledger, 1));
+        // The gang ended in the ledger but not in the core: the core still holds its workers.
+        ledger.end(1);
+        expect![[r#"
+            Err(
+                "job 1 ended, but the core still records it on [(\"n1\", [0]), (\"n2\", [0])]",
+            )
+        "#]]
+        .assert_debug_eq(&check_released(&core, &ledger, 1));
+        core.apply(ferry_core::Event::JobEnded { id: 1 }).unwrap();
+        assert_eq!(check_released(&core, &ledger, 1), Ok(()));
+    }
+
     #[test]
     fn catches_a_job_that_waits_past_the_bound_while_a_node_idles() {
-        let mut ledger = ledger();
+        let mut ledger = ledger(&[("n1", "p")]);
         ledger.submit(JobRequest::new(1, Resources::new(1000, GIB, 1), 0));
         let core = Scheduler::new();
         let mut checker = Checker::new(60_000, 1);

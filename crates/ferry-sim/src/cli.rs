@@ -54,7 +54,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "FILE")]
     pub trace_nodes: Option<PathBuf>,
     /// The workload, in the simple CSV format
-    /// (arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority]).
+    /// (arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority][,nodes][,project]).
     #[arg(long, value_name = "FILE", required_unless_present = "trace_pods", conflicts_with = "trace_pods")]
     pub workload: Option<PathBuf>,
     /// The workload from a pod list of the Alibaba GPU trace.

@@ -131,7 +131,8 @@ impl Sim {
     /// Ends a job, waiting or running, in the core and the ledger.
     pub fn end(&mut self, job: JobId, now_ms: u64) -> Result<(), Violation> {
         if let Some((_, allocation)) = self.ledger.running.get(&job) {
-            self.changes.nodes.insert(allocation.node.clone());
+            self.changes.nodes.extend(allocation.workers().map(|(node, _)| node.to_string()));
+            self.changes.ended.push(job);
         }
         self.ledger.end(job);
         self.apply(Event::JobEnded { id: job }, now_ms, || format!("the end of job {job}"))
@@ -152,7 +153,7 @@ impl Sim {
             #[allow(unreachable_patterns)]
             match decision {
                 Decision::Start { job, allocation, .. } => {
-                    self.changes.nodes.insert(allocation.node.clone());
+                    self.changes.nodes.extend(allocation.workers().map(|(node, _)| node.to_string()));
                     self.changes.started.push(job);
                     self.ledger.start(job, allocation.clone()).map_err(|m| self.violation(now_ms, m))?;
                     actions.push(Action::Start(job, allocation));
@@ -262,8 +263,9 @@ pub struct JobOutcome {
     /// The index of the job in the workload.
     pub job: usize,
     pub arrival_ms: u64,
-    /// GPUs held while running, in thousandths.
+    /// GPUs held while running, in thousandths, every worker of a gang counted.
     pub gpu_milli: u64,
+    /// CPUs held while running, in thousandths, every worker of a gang counted.
     pub cpu_millis: u64,
     pub team: String,
     pub attempts: Vec<Attempt>,
@@ -314,7 +316,7 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
                 job: i,
                 arrival_ms: job.arrival_ms,
                 gpu_milli: job.gpu_milli(),
-                cpu_millis: job.resources.cpu_millis,
+                cpu_millis: job.cpu_millis(),
                 team: job.team.clone(),
                 attempts: Vec::new(),
                 stopping: false,

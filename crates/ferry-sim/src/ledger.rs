@@ -62,65 +62,75 @@ impl Ledger {
         self.waiting.insert(request.id, request);
     }
 
-    /// Records a start. Errors only when the start cannot even be recorded: an unknown job or node.
+    /// Records a start, on every worker's node for a gang. Errors only when the start cannot even be recorded: an
+    /// unknown job or node.
     pub fn start(&mut self, job: JobId, allocation: Allocation) -> Result<(), String> {
-        let Some(request) = self.waiting.remove(&job) else {
+        if !self.waiting.contains_key(&job) {
             return Err(format!("the core started job {job}, which is not waiting"));
-        };
-        let Some(book) = self.nodes.get_mut(&allocation.node) else {
-            return Err(format!("the core started job {job} on node {}, which does not exist", allocation.node));
-        };
-        book.cpu_millis += allocation.resources.cpu_millis;
-        book.memory_bytes += allocation.resources.memory_bytes;
-        if allocation.gpu_share_milli > 0 {
-            for &gpu in &allocation.gpus {
-                book.shared.entry(gpu).or_default().push((job, allocation.gpu_share_milli));
-            }
-        } else {
-            for &gpu in &allocation.gpus {
-                book.whole.entry(gpu).or_default().push(job);
-            }
         }
-        book.jobs.insert(job);
-        self.idle.remove(&allocation.node);
+        if let Some((node, _)) = allocation.workers().find(|(node, _)| !self.nodes.contains_key(*node)) {
+            return Err(format!("the core started job {job} on node {node}, which does not exist"));
+        }
+        let request = self.waiting.remove(&job).expect("checked above");
+        for (node, gpus) in allocation.workers() {
+            let book = self.nodes.get_mut(node).expect("checked above");
+            book.cpu_millis += allocation.resources.cpu_millis;
+            book.memory_bytes += allocation.resources.memory_bytes;
+            if allocation.gpu_share_milli > 0 {
+                for &gpu in gpus {
+                    book.shared.entry(gpu).or_default().push((job, allocation.gpu_share_milli));
+                }
+            } else {
+                for &gpu in gpus {
+                    book.whole.entry(gpu).or_default().push(job);
+                }
+            }
+            book.jobs.insert(job);
+            self.idle.remove(node);
+        }
         self.gpu_milli += held_gpu_milli(&allocation);
         self.running.insert(job, (request, allocation));
         Ok(())
     }
 
-    /// Records that a job left, waiting or running; its bookings are released.
+    /// Records that a job left, waiting or running; its bookings are released on every worker's node at once.
     pub fn end(&mut self, job: JobId) {
         self.waiting.remove(&job);
         let Some((_, allocation)) = self.running.remove(&job) else { return };
         self.gpu_milli -= held_gpu_milli(&allocation);
-        let Some(book) = self.nodes.get_mut(&allocation.node) else { return };
-        book.cpu_millis -= allocation.resources.cpu_millis;
-        book.memory_bytes -= allocation.resources.memory_bytes;
-        for gpu in &allocation.gpus {
-            if let Some(jobs) = book.whole.get_mut(gpu) {
-                jobs.retain(|j| *j != job);
-                if jobs.is_empty() {
-                    book.whole.remove(gpu);
+        for (node, gpus) in allocation.workers() {
+            let Some(book) = self.nodes.get_mut(node) else { continue };
+            book.cpu_millis -= allocation.resources.cpu_millis;
+            book.memory_bytes -= allocation.resources.memory_bytes;
+            for gpu in gpus {
+                if let Some(jobs) = book.whole.get_mut(gpu) {
+                    jobs.retain(|j| *j != job);
+                    if jobs.is_empty() {
+                        book.whole.remove(gpu);
+                    }
+                }
+                if let Some(jobs) = book.shared.get_mut(gpu) {
+                    jobs.retain(|(j, _)| *j != job);
+                    if jobs.is_empty() {
+                        book.shared.remove(gpu);
+                    }
                 }
             }
-            if let Some(jobs) = book.shared.get_mut(gpu) {
-                jobs.retain(|(j, _)| *j != job);
-                if jobs.is_empty() {
-                    book.shared.remove(gpu);
-                }
+            book.jobs.remove(&job);
+            if book.jobs.is_empty() {
+                self.idle.insert(node.to_string());
             }
-        }
-        book.jobs.remove(&job);
-        if book.jobs.is_empty() {
-            self.idle.insert(allocation.node.clone());
         }
     }
 }
 
-/// The GPUs an allocation holds in thousandths: 1000 per whole GPU, or its share.
+/// The GPUs an allocation holds in thousandths, every worker of a gang counted: 1000 per whole GPU, or its share.
 pub fn held_gpu_milli(allocation: &Allocation) -> u64 {
-    match allocation.gpu_share_milli {
-        0 => allocation.gpus.len() as u64 * 1000,
-        share => u64::from(share),
-    }
+    allocation
+        .workers()
+        .map(|(_, gpus)| match allocation.gpu_share_milli {
+            0 => gpus.len() as u64 * 1000,
+            share => u64::from(share),
+        })
+        .sum()
 }

@@ -7,8 +7,11 @@ use crate::cluster::{positive, Cluster};
 use crate::csvin::{self, Columns};
 use crate::error::InputError;
 
-/// The most GPUs one job may ask for; no node has more.
+/// The most GPUs one job (for a gang, one worker) may ask for; no node has more.
 pub const GPUS_PER_JOB_MAX: u64 = 64;
+/// The most workers one gang may have: more nodes than any training run we know of spans, and few enough that a typo
+/// (an extra zero) is caught.
+pub const WORKERS_MAX: u64 = 1024;
 
 /// One job of a workload, as the file described it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +21,7 @@ pub struct JobSpec {
     pub arrival_ms: u64,
     /// How long the job runs once started.
     pub duration_ms: u64,
-    /// CPUs, memory and whole GPUs.
+    /// CPUs, memory and whole GPUs; for a gang, of each worker.
     pub resources: Resources,
     /// A share of one GPU in thousandths, for a job that needs less than a whole one; 0 otherwise.
     pub gpu_share_milli: u32,
@@ -28,6 +31,10 @@ pub struct JobSpec {
     pub priority: i32,
     pub user: String,
     pub team: String,
+    /// The project within the team, for fair share between projects; empty for none.
+    pub project: String,
+    /// How many workers the job has, each on a node of its own: 1 for a single-node job, more for a gang.
+    pub nodes: u32,
 }
 
 impl JobSpec {
@@ -39,13 +46,21 @@ impl JobSpec {
             submitted_at_us: (now_ms as i64).saturating_mul(1000),
             team: self.team.clone(),
             user: self.user.clone(),
+            project: self.project.clone(),
+            nodes: self.nodes,
             ..JobRequest::new(id, self.resources, self.priority)
         }
     }
 
-    /// The GPUs the job asks for in thousandths: whole GPUs count 1000 each, a share counts its thousandths.
+    /// The GPUs the job asks for in thousandths, all workers together: whole GPUs count 1000 each, a share counts
+    /// its thousandths.
     pub fn gpu_milli(&self) -> u64 {
-        u64::from(self.resources.gpus) * 1000 + u64::from(self.gpu_share_milli)
+        (u64::from(self.resources.gpus) * 1000 + u64::from(self.gpu_share_milli)) * u64::from(self.nodes)
+    }
+
+    /// The CPUs the job asks for in thousandths, all workers together.
+    pub fn cpu_millis(&self) -> u64 {
+        self.resources.cpu_millis * u64::from(self.nodes)
     }
 }
 
@@ -75,12 +90,12 @@ impl WorkloadFormat {
 }
 
 const CSV_REQUIRED: &[&str] = &["arrival_s", "duration_s", "gpus", "cpus", "memory", "user", "team"];
-const CSV_OPTIONAL: &[&str] = &["gpu_type", "gpu_share", "priority"];
+const CSV_OPTIONAL: &[&str] = &["gpu_type", "gpu_share", "priority", "nodes", "project"];
 /// The largest priority, either way: far more classes than anyone configures.
 pub const PRIORITY_MAX: i64 = 1_000_000;
 
 /// Parses the simple workload CSV format:
-/// `arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority]`.
+/// `arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority][,nodes][,project]`.
 pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError> {
     let columns = Columns { required: CSV_REQUIRED, optional: CSV_OPTIONAL, allow_unknown: false };
     let jobs = csvin::read_rows(file, text, &columns, |row| {
@@ -107,9 +122,28 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             "" => 0,
             t => row.parse("priority", |_| priority(t))?,
         };
-        let resources = Resources::new(cpu_millis, memory_bytes, gpus);
-        let line = row.line;
-        Ok(JobSpec { line, arrival_ms, duration_ms, resources, gpu_share_milli, gpu_models, priority, user, team })
+        let nodes = match row.get("nodes").unwrap_or("") {
+            "" => 1,
+            t => row.parse("nodes", |_| workers(t))?,
+        };
+        if nodes > 1 && gpu_share_milli > 0 {
+            let message = "a gang's workers hold whole GPUs; a share of one GPU is for a single-node job (nodes 1)";
+            return Err(row.error("gpu_share", message));
+        }
+        let project = row.get("project").unwrap_or("").to_string();
+        Ok(JobSpec {
+            line: row.line,
+            arrival_ms,
+            duration_ms,
+            resources: Resources::new(cpu_millis, memory_bytes, gpus),
+            gpu_share_milli,
+            gpu_models,
+            priority,
+            user,
+            team,
+            project,
+            nodes,
+        })
     })?;
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::Csv, jobs })
 }
@@ -119,6 +153,14 @@ fn priority(text: &str) -> Result<i32, String> {
         Ok(p) if (-PRIORITY_MAX..=PRIORITY_MAX).contains(&p) => Ok(p as i32),
         Ok(_) => Err(format!("{text} is out of range; write a whole number from -{PRIORITY_MAX} to {PRIORITY_MAX}")),
         Err(_) => Err(format!("\"{text}\" is not a whole number")),
+    }
+}
+
+/// A gang's worker count, 1 to `WORKERS_MAX`.
+fn workers(text: &str) -> Result<u32, String> {
+    match csvin::whole(text, WORKERS_MAX, "workers")? {
+        0 => Err(format!("0 is not a worker count; write 1 for a single-node job, up to {WORKERS_MAX} for a gang")),
+        n => Ok(n as u32),
     }
 }
 
@@ -177,6 +219,8 @@ pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> 
             priority: 0,
             user: qos.clone(),
             team: qos,
+            project: String::new(),
+            nodes: 1,
         })
     })?;
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::TracePods, jobs })
@@ -200,6 +244,8 @@ pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputErr
                     ResourceKind::Cpus => cpus,
                     ResourceKind::Memory => memory,
                 },
+                // Only the simple CSV format has gangs.
+                WaitReason::GangInfeasible { .. } => "nodes",
                 _ => models,
             };
             let message = format!("this job fits no node of the cluster: {reason}");

@@ -15,6 +15,7 @@ fn all_parsers(text: &str) {
 fn near_miss() -> impl Strategy<Value = String> {
     let pieces = prop::sample::select(vec![
         "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority\n",
+        "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_share,nodes,project\n",
         "sn,cpu_milli,memory_mib,gpu,model\n",
         "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,creation_time,deletion_time,scheduled_time\n",
         "[[pool]]\n",
@@ -45,6 +46,8 @@ fn near_miss() -> impl Strategy<Value = String> {
         "18446744073709551616",
         "9223372036854775808",
         "-9223372036854775808",
+        "1024",
+        "1025",
         "8GiB",
         "0.5",
         "250m",

@@ -176,6 +176,73 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
     );
 }
 
+#[test]
+fn gangs_start_whole_and_count_every_worker_in_the_report() {
+    // By hand (testdata/gangs.csv on testdata/gangs.toml, four nodes of 4 GPUs): at 0, job 1 (2 GPUs) and gang 2 (3
+    // workers of 4 GPUs) start, on four distinct nodes. Gang 3 (2 workers of 4 GPUs) arrives at 10: no two nodes are
+    // free, so it waits, starting nothing, and holds the two free GPUs of job 1's node, so job 4 (2 GPUs) waits too
+    // when it arrives at 20. Gang 2 ends at 60: gang 3 starts on two of its nodes, job 4 on job 1's node (60-90).
+    // Job 1 ends at 100, gang 3 at 110. Completion times 100, 60, 100, 70: average 82.5, p95 100. Delays 0, 0, 50,
+    // 40: average 22.5, p95 50. GPU-seconds: 200 + 3 x 4 x 60 + 2 x 4 x 50 + 60 = 1380 (0.383333 GPU-hours); ml holds
+    // 920 of them (66.7%), vision 460. GPUs allocated: 14 from 0, 12 from 60, 10 from 90, 8 from 100, 0 from 110.
+    check(
+        "--cluster DATA/gangs.toml --workload DATA/gangs.csv --sample-every 30s",
+        expect![[r#"
+            exit 0
+            replay of DATA/gangs.csv on DATA/gangs.toml (4 nodes, 16 GPUs), best-fit placement, seed 1
+            jobs                  4 (4 completed, 7 steps)
+            job completion time   avg 1m23s, p95 1m40s
+            queueing delay        avg 22.5s, p95 50s
+            makespan              1m50s
+            GPU-hours             0.383
+            cost                  0.00 (burst 0.00)
+            preemptions           0 (lost work 0.000 GPU-hours)
+
+            GPU-hours by team
+              team               GPU-hours   share
+              ml                     0.256   66.7%
+              vision                 0.128   33.3%
+
+            GPUs allocated over time (every 30s)
+              time                    GPUs   share
+              0s                    14.000   87.5%
+              30s                   14.000   87.5%
+              1m                    12.000   75.0%
+              1m30s                 10.000   62.5%
+              2m                     0.000    0.0%
+
+        "#]],
+    );
+    // The core's first decisions start every worker of a gang at once, on nodes of their own.
+    let cluster = parse_cluster_toml("gangs.toml", &std::fs::read_to_string(format!("{DATA}/gangs.toml")).unwrap());
+    let workload = parse_workload_csv("gangs.csv", &std::fs::read_to_string(format!("{DATA}/gangs.csv")).unwrap());
+    let (cluster, workload) = (cluster.unwrap(), workload.unwrap());
+    let mut sim = engine::Sim::new(&cluster, 1, &CheckConfig::default()).unwrap();
+    for (id, job) in (1..).zip(workload.jobs.iter().filter(|j| j.arrival_ms == 0)) {
+        sim.submit(job.request(id, 0), 0).unwrap();
+    }
+    let starts: Vec<String> = sim
+        .schedule(0)
+        .unwrap()
+        .into_iter()
+        .map(|action| match action {
+            engine::Action::Start(job, allocation) => {
+                let workers: Vec<String> = allocation.workers().map(|(n, g)| format!("{n}{g:?}")).collect();
+                format!("start {job} on {}", workers.join(" "))
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    sim.finish_step(0).unwrap();
+    expect![[r#"
+        [
+            "start 1 on g0[0, 1]",
+            "start 2 on g1[0, 1, 2, 3] g2[0, 1, 2, 3] g3[0, 1, 2, 3]",
+        ]
+    "#]]
+    .assert_debug_eq(&starts);
+}
+
 /// A workload whose jobs arrive in bursts at the same times, so that the seed decides their order.
 fn bursty_workload() -> String {
     let mut text = String::from("arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_share\n");
@@ -265,7 +332,8 @@ mod random {
 
     use super::*;
 
-    /// Two fixed nodes large enough for any generated job, up to four random ones, and either GPU placement.
+    /// Two fixed nodes in each pool, large enough for any generated job (a gang's workers among them), up to four
+    /// random ones, and either GPU placement.
     fn cluster() -> impl Strategy<Value = String> {
         let node = (1u32..=4, 0u32..=4, 1u32..=4, prop::sample::select(vec!["A100", "T4"]), any::<bool>());
         (prop::collection::vec(node, 0..=4), any::<bool>()).prop_map(|(nodes, fgd)| {
@@ -273,7 +341,9 @@ mod random {
                 "[[pool]]\nname = \"own\"\norder = 0\n[[pool]]\nname = \"cloud\"\norder = 1\nburst = true\nburst_after = \"5m\"\n\
                  [[team]]\nname = \"t0\"\nquota = { gpus = 2 }\n\
                  [[node]]\nname = \"base-a\"\npool = \"own\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"A100\"\n\
-                 [[node]]\nname = \"base-t\"\npool = \"cloud\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"T4\"\n",
+                 [[node]]\nname = \"base-a2\"\npool = \"own\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"A100\"\n\
+                 [[node]]\nname = \"base-t\"\npool = \"cloud\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"T4\"\n\
+                 [[node]]\nname = \"base-t2\"\npool = \"cloud\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"T4\"\n",
             );
             if fgd {
                 text.insert_str(0, "gpu_placement = \"fgd\"\n");
@@ -302,15 +372,18 @@ mod random {
             0u32..3,
             prop::sample::select(vec!["", "A100", "T4"]),
             -1i32..=1,
+            (1u32..=2, 0u32..2),
         );
         prop::collection::vec(job, 1..40).prop_map(|jobs| {
-            let mut text =
-                String::from("arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority\n");
-            for (arrive, duration, gpus, share, cpus, mem, user, team, model, priority) in jobs {
-                let (gpus, share) =
-                    if share == 0 && gpus == 0 { (0, String::from("300")) } else { (gpus, String::new()) };
+            let mut text = String::from(
+                "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project\n",
+            );
+            for (arrive, duration, gpus, share, cpus, mem, user, team, model, priority, (nodes, project)) in jobs {
+                // A share of a GPU is for single-node jobs only.
+                let (gpus, share, nodes) =
+                    if share == 0 && gpus == 0 { (0, String::from("300"), 1) } else { (gpus, String::new(), nodes) };
                 text += &format!(
-                    "{},{duration},{gpus},{cpus},{mem}GiB,u{user},t{team},{model},{share},{priority}\n",
+                    "{},{duration},{gpus},{cpus},{mem}GiB,u{user},t{team},{model},{share},{priority},{nodes},p{project}\n",
                     arrive * 60
                 );
             }
