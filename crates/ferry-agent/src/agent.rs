@@ -269,6 +269,7 @@ impl Agent {
             labels: self.config.labels.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             limits: self.limits.to_string(),
+            address: self.config.address.clone(),
             runs,
         };
         let client = self.client.clone();

@@ -26,6 +26,9 @@ pub struct AgentConfig {
     /// The node's name; the hostname unless configured.
     pub name: String,
     pub pool: String,
+    /// The address other nodes reach this one at (the workers of a multi-node job connect to rank 0's); the node's
+    /// name when unset.
+    pub address: Option<String>,
     /// The agent's state: one directory per run under `runs/`, and the lock that keeps a second agent out.
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -56,6 +59,7 @@ pub struct DeclaredGpu {
 struct FileConfig {
     name: Option<String>,
     pool: Option<String>,
+    address: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     cpus: Option<f64>,
     memory: Option<toml::Value>,
@@ -80,6 +84,7 @@ impl AgentConfig {
             token: token.to_string(),
             name: default_name(),
             pool: DEFAULT_POOL.to_string(),
+            address: None,
             data_dir,
             labels: BTreeMap::new(),
             declared_gpus: Vec::new(),
@@ -114,6 +119,12 @@ fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
     }
     if let Some(pool) = file.pool {
         config.pool = non_empty("pool", pool)?;
+    }
+    if let Some(address) = file.address {
+        if address.trim().is_empty() || address.contains(char::is_whitespace) || address.contains('/') {
+            return Err(format!("`address`: `{address}` is not a host name or IP address; write one such as 10.0.0.5"));
+        }
+        config.address = Some(address);
     }
     if let Some(labels) = file.labels {
         config.labels = labels;

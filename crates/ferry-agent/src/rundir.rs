@@ -102,21 +102,25 @@ pub(crate) fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
-/// The directory name of a run: `<job>-<attempt>`.
+/// The directory name of a run: `<job>-<attempt>`, and `<job>-<attempt>-r<rank>` for a gang's other workers.
 pub(crate) fn dir_name(run: RunRef) -> String {
-    format!("{}-{}", run.job_id, run.attempt)
+    match run.rank {
+        0 => format!("{}-{}", run.job_id, run.attempt),
+        rank => format!("{}-{}-r{rank}", run.job_id, run.attempt),
+    }
 }
 
 /// Reads a run back from its directory name; `None` for anything else found in the runs folder.
 pub(crate) fn parse_dir_name(name: &str) -> Option<RunRef> {
-    let (job, attempt) = name.split_once('-')?;
-    if job.is_empty() || attempt.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    fn number(text: &str) -> Option<&str> {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
     }
-    if !attempt.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(RunRef { job_id: job.parse().ok()?, attempt: attempt.parse().ok()? })
+    let (job, rest) = name.split_once('-')?;
+    let (attempt, rank) = match rest.split_once("-r") {
+        Some((attempt, rank)) => (attempt, number(rank)?.parse().ok()?),
+        None => (rest, 0),
+    };
+    Some(RunRef { job_id: number(job)?.parse().ok()?, attempt: number(attempt)?.parse().ok()?, rank })
 }
 
 /// One run's directory.
@@ -198,10 +202,15 @@ mod tests {
 
     #[test]
     fn run_dir_names_round_trip_and_reject_strangers() {
-        let run = RunRef { job_id: 42, attempt: 3 };
+        let run = RunRef::new(42, 3);
         assert_eq!(dir_name(run), "42-3");
         assert_eq!(parse_dir_name("42-3"), Some(run));
-        for name in [".done-42-3", "42", "42-", "-3", "a-3", "42-3.tmp", "42-+3", "+42-3"] {
+        let worker = RunRef { rank: 2, ..run };
+        assert_eq!(dir_name(worker), "42-3-r2");
+        assert_eq!(parse_dir_name("42-3-r2"), Some(worker));
+        for name in
+            [".done-42-3", "42", "42-", "-3", "a-3", "42-3.tmp", "42-+3", "+42-3", "42-3-r", "42-3-rx", "42-3-r-1"]
+        {
             assert_eq!(parse_dir_name(name), None, "{name}");
         }
     }

@@ -386,7 +386,7 @@ mod tests {
 
     fn spec() -> Assignment {
         Assignment {
-            run: RunRef { job_id: 7, attempt: 2 },
+            run: RunRef::new(7, 2),
             command: vec!["true".into()],
             workdir: "/".into(),
             env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".into(), "9".into()), ("X".into(), "y".into())]),

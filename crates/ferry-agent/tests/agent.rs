@@ -177,7 +177,7 @@ async fn upload(
 ) -> Reply<LogAck> {
     let mut state = fake.admit(&headers, false)?;
     assert_eq!(query.node, "test-node");
-    let run = RunRef { job_id, attempt };
+    let run = RunRef::new(job_id, attempt);
     let held = state.logs.get(&run).map_or(0, Vec::len) as u64;
     if query.offset > held {
         // A gap: take nothing and say how much is here.
@@ -232,7 +232,7 @@ fn config(server: &str, data_dir: &Path) -> AgentConfig {
 
 fn assignment(job_id: u64, workdir: &Path, command: &[&str]) -> Assignment {
     Assignment {
-        run: RunRef { job_id, attempt: 1 },
+        run: RunRef::new(job_id, 1),
         command: command.iter().map(|s| s.to_string()).collect(),
         workdir: workdir.display().to_string(),
         env: BTreeMap::new(),

@@ -29,7 +29,7 @@ impl Run {
     fn new(job: u64, command: &[&str]) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let spec = Assignment {
-            run: RunRef { job_id: JOB_ID_BASE + job, attempt: 1 },
+            run: RunRef::new(JOB_ID_BASE + job, 1),
             command: command.iter().map(|s| s.to_string()).collect(),
             workdir: dir.path().display().to_string(),
             env: BTreeMap::new(),

@@ -17,11 +17,25 @@ pub const WORK_WAIT_MS_MAX: u64 = 30_000;
 /// The most bytes of output one log upload may carry.
 pub const LOG_CHUNK_BYTES_MAX: usize = 4 << 20;
 
-/// A job run, as the agent knows it: the job id and which attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+/// A job run, as the agent knows it: the job id, which attempt, and which worker of a gang.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 pub struct RunRef {
     pub job_id: u64,
     pub attempt: u32,
+    /// The worker's rank in a gang (a multi-node job); 0 for a single-node job. Each worker of a gang runs on a node
+    /// of its own, so a node never holds two runs that differ only in rank.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rank: u32,
+}
+
+impl RunRef {
+    pub fn new(job_id: u64, attempt: u32) -> RunRef {
+        RunRef { job_id, attempt, rank: 0 }
+    }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -35,6 +49,10 @@ pub struct RegisterNode {
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
     pub limits: String,
+    /// The address other nodes reach this one at (the workers of a gang connect to rank 0's); the node's host name
+    /// when the agent does not say.
+    #[serde(default)]
+    pub address: Option<String>,
     /// Every job run the agent still knows of, with its current state.
     pub runs: Vec<RunReport>,
 }

@@ -13,6 +13,8 @@ pub const ENV_VARS_MAX: usize = 1024;
 pub const RETRIES_MAX: u32 = 100;
 /// The longest job name.
 pub const NAME_CHARS_MAX: usize = 128;
+/// The most workers a gang (a multi-node job) may have.
+pub const NODES_MAX: u32 = 1024;
 
 /// A job's priority class. Higher classes start first; within a class, jobs start in submission order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -96,6 +98,10 @@ pub struct SubmitJob {
     /// The job is stopped after running this long.
     #[serde(default)]
     pub max_runtime_s: Option<u64>,
+    /// How many nodes the job runs on: a gang of this many workers, each with the CPUs, memory and GPUs above on a
+    /// node of its own, started all together or not at all. Default 1.
+    #[serde(default)]
+    pub nodes: Option<u32>,
 }
 
 /// The answer to a submission.
@@ -168,6 +174,31 @@ pub struct Waiting {
     pub estimated_start_us: Option<i64>,
 }
 
+/// One worker of a gang: where it runs and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobWorker {
+    pub rank: u32,
+    pub node: String,
+    pub gpu_ids: Vec<u32>,
+    /// When its process started; unset until its node confirms.
+    #[serde(default)]
+    pub started_at_us: Option<i64>,
+    /// How it ended; unset while it runs.
+    #[serde(default)]
+    pub end: Option<WorkerEnd>,
+}
+
+/// How one worker of a gang ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerEnd {
+    /// What the worker's end alone would make of the job.
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: String,
+    pub finished_at_us: i64,
+}
+
 /// One entry of a job's state timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobEvent {
@@ -200,9 +231,15 @@ pub struct Job {
     /// Which run this is: 0 for the first, 1 after the first retry.
     pub attempt: u32,
     pub max_runtime_s: Option<u64>,
+    /// The node the job runs on (for a gang, rank 0's).
     pub node: Option<String>,
     /// The device indices of the GPUs assigned to the job on its node.
     pub gpu_ids: Vec<u32>,
+    /// How many nodes the job asked for: more than 1 for a gang.
+    pub nodes: u32,
+    /// Every worker of a gang, rank 0 first, once it is placed; empty for a single-node job.
+    #[serde(default)]
+    pub workers: Vec<JobWorker>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     /// Why the job is in its state, for a finished job (e.g. "stopped after its maximum runtime of 2h").

@@ -141,8 +141,10 @@ impl Client {
         offset: u64,
         follow: bool,
         attempt: Option<u32>,
+        rank: u32,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, ClientError> {
-        let mut query = vec![("offset", offset.to_string()), ("follow", follow.to_string())];
+        let mut query =
+            vec![("offset", offset.to_string()), ("follow", follow.to_string()), ("rank", rank.to_string())];
         if let Some(attempt) = attempt {
             query.push(("attempt", attempt.to_string()));
         }
@@ -176,7 +178,7 @@ impl Client {
     /// overlaps what the server has is trimmed by the server, so resending after a failure is safe.
     pub async fn upload_log(&self, node: &str, run: RunRef, offset: u64, bytes: Bytes) -> Result<LogAck, ClientError> {
         let path = format!("/agent/runs/{}/{}/logs", run.job_id, run.attempt);
-        let query = [("offset", offset.to_string()), ("node", node.to_string())];
+        let query = [("offset", offset.to_string()), ("node", node.to_string()), ("rank", run.rank.to_string())];
         self.json(self.request(reqwest::Method::POST, &path).query(&query).body(bytes)).await
     }
 }

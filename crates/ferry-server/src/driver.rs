@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use ferry_api::agent::{
     Assignment, RegisterNode, Registered, Reports, ReportsAck, RunEnd, RunRef, RunReport, RunStatus,
 };
-use ferry_api::jobs::JobState;
+use ferry_api::jobs::{JobState, JobWorker, WorkerEnd};
 use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
 use ferry_core::resources_fmt::format_cpus;
-use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Resources, Scheduler, WaitReason};
+use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Peer, Resources, Scheduler, WaitReason};
 use ferry_store::{JobRecord, NewJob, NodeRecord, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,7 +92,10 @@ struct Active {
     state: JobState,
     attempt: u32,
     retries: u32,
+    /// The node it runs on (for a gang, rank 0's).
     node: Option<String>,
+    /// A gang's workers, rank 0 first, once placed; empty for a single-node job.
+    workers: Vec<JobWorker>,
     cancel_requested: bool,
     /// Set, with the reason, while the job is stopped to make room for another; its end requeues it.
     preempted: Option<String>,
@@ -111,6 +114,8 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
         team: job.team.clone().unwrap_or_default(),
         user: job.owner.clone(),
         max_runtime_s: job.max_runtime_s,
+        nodes: job.nodes,
+        project: job.project.clone().unwrap_or_default(),
         ..JobRequest::new(id, job.resources, job.priority.value())
     }
 }
@@ -123,6 +128,7 @@ impl Active {
             attempt: r.attempt,
             retries: r.spec.retries,
             node: r.node.clone(),
+            workers: r.workers.clone(),
             cancel_requested: r.cancel_requested,
             preempted: None,
             preemptions: 0,
@@ -137,6 +143,7 @@ impl Active {
             attempt: 0,
             retries: job.retries,
             node: None,
+            workers: Vec::new(),
             cancel_requested: false,
             preempted: None,
             preemptions: 0,
@@ -148,6 +155,31 @@ impl Active {
         JobRequest { id, ..self.request.clone() }
     }
 
+    /// Every run of the job's current attempt with its node: one, or one per worker of a gang.
+    fn runs(&self, id: u64) -> Vec<(String, RunRef)> {
+        if self.workers.is_empty() {
+            self.node.iter().map(|n| (n.clone(), RunRef::new(id, self.attempt))).collect()
+        } else {
+            let run = |w: &JobWorker| RunRef { job_id: id, attempt: self.attempt, rank: w.rank };
+            self.workers.iter().map(|w| (w.node.clone(), run(w))).collect()
+        }
+    }
+
+    /// The runs of a gang's workers that have not ended, and of a single-node job its run.
+    fn live_runs(&self, id: u64) -> Vec<(String, RunRef)> {
+        let ended = |run: &RunRef| self.workers.get(run.rank as usize).is_some_and(|w| w.end.is_some());
+        self.runs(id).into_iter().filter(|(_, run)| !ended(run)).collect()
+    }
+
+    /// The node worker `rank` runs on.
+    fn node_of(&self, rank: u32) -> Option<&str> {
+        if self.workers.is_empty() {
+            self.node.as_deref().filter(|_| rank == 0)
+        } else {
+            self.workers.get(rank as usize).map(|w| w.node.as_str())
+        }
+    }
+
     /// Whether a failure may be retried: preemptions do not use up retries.
     fn may_retry(&self) -> bool {
         self.attempt - self.preemptions.min(self.attempt) < self.retries
@@ -156,6 +188,8 @@ impl Active {
 
 struct Liveness {
     info: NodeInfo,
+    /// Where other nodes reach this one; its name when its agent did not say.
+    address: String,
     last_seen: Instant,
     ready: bool,
 }
@@ -242,7 +276,8 @@ impl Driver {
                 tracing::error!(node = %record.name, error = %e, "stored node is inconsistent; ignoring it");
                 continue;
             }
-            self.nodes.insert(record.name.clone(), Liveness { info, last_seen: Instant::now(), ready: true });
+            let address = record.address.clone().unwrap_or_else(|| record.name.clone());
+            self.nodes.insert(record.name.clone(), Liveness { info, address, last_seen: Instant::now(), ready: true });
         }
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
@@ -256,7 +291,12 @@ impl Driver {
                         resources: record.spec.resources,
                         gpus: record.gpu_ids.clone(),
                         gpu_share_milli: record.spec.gpu_share_milli,
-                        peers: Vec::new(),
+                        peers: record
+                            .workers
+                            .iter()
+                            .skip(1)
+                            .map(|w| Peer { node: w.node.clone(), gpus: w.gpu_ids.clone() })
+                            .collect(),
                     };
                     self.sched.apply(Event::JobAdopted { request: active.request(record.id), allocation })
                 }
@@ -267,13 +307,13 @@ impl Driver {
                 tx.finished(record.id, JobState::Lost, None, None, &message, now_us()).await?;
                 continue;
             }
-            let run = RunRef { job_id: record.id, attempt: record.attempt };
-            if let Some(node) = &record.node {
-                if record.cancel_requested {
-                    fx.stops.push((node.clone(), run));
-                } else if record.state == JobState::Starting {
-                    fx.launches.push((node.clone(), assignment(&record, &record.gpu_ids)));
-                }
+            // A gang with a failed worker stops the rest, as it did before the restart.
+            let failed = active.workers.iter().any(|w| w.end.as_ref().is_some_and(|e| e.state != JobState::Succeeded));
+            if record.cancel_requested || failed || active.preempted.is_some() {
+                fx.stops.extend(active.live_runs(record.id));
+            } else if record.state == JobState::Starting {
+                // The agents drop what they already run.
+                fx.launches.extend(self.assignments(&record, &active));
             }
             self.jobs.insert(record.id, active);
         }
@@ -384,8 +424,11 @@ impl Driver {
             Command::Allocations { reply } => {
                 let mut by_node: BTreeMap<String, (Resources, Vec<u64>)> = BTreeMap::new();
                 for (id, job) in &self.jobs {
-                    if let (Some(node), JobState::Starting | JobState::Running) = (&job.node, job.state) {
-                        let entry = by_node.entry(node.clone()).or_insert((Resources::ZERO, Vec::new()));
+                    if !matches!(job.state, JobState::Starting | JobState::Running) {
+                        continue;
+                    }
+                    for (node, _) in job.runs(*id) {
+                        let entry = by_node.entry(node).or_insert((Resources::ZERO, Vec::new()));
                         entry.0 = entry.0.checked_add(&job.request.resources).unwrap_or(entry.0);
                         entry.1.push(*id);
                     }
@@ -427,11 +470,11 @@ impl Driver {
                 tx.finished(id, JobState::Cancelled, None, None, "cancelled before it started", now_us()).await?;
                 self.end_job(id, fx);
             }
-            (_, Some(node)) => {
+            (_, Some(_)) => {
                 if !active.cancel_requested {
                     active.cancel_requested = true;
                     tx.cancel_requested(id, now_us(), active.state).await?;
-                    fx.stops.push((node, RunRef { job_id: id, attempt: active.attempt }));
+                    fx.stops.extend(active.live_runs(id));
                     fx.changed.push(id);
                 }
             }
@@ -456,6 +499,7 @@ impl Driver {
             labels: node.labels.clone(),
             agent_version: node.agent_version.clone(),
             limits: node.limits.clone(),
+            address: node.address.clone(),
             ready: true,
             usage: None,
             last_seen_us: now,
@@ -465,7 +509,8 @@ impl Driver {
         if let Err(e) = self.sched.apply(Event::NodeUp(info.clone())) {
             tracing::warn!(node = %node.name, error = %e, "node registration is inconsistent");
         }
-        self.nodes.insert(node.name.clone(), Liveness { info, last_seen: Instant::now(), ready: true });
+        let address = node.address.clone().unwrap_or_else(|| node.name.clone());
+        self.nodes.insert(node.name.clone(), Liveness { info, address, last_seen: Instant::now(), ready: true });
         tracing::info!(node = %node.name, runs = node.runs.len(), "node registered");
         let mut stop = Vec::new();
         for report in &node.runs {
@@ -483,9 +528,11 @@ impl Driver {
             .jobs
             .iter()
             .filter(|(id, j)| {
-                j.node.as_deref() == Some(&node.name)
-                    && j.state == JobState::Running
-                    && !known.contains(&RunRef { job_id: **id, attempt: j.attempt })
+                let started = |rank: u32| match j.workers.get(rank as usize) {
+                    Some(worker) => worker.started_at_us.is_some() && worker.end.is_none(),
+                    None => j.state == JobState::Running,
+                };
+                j.live_runs(**id).iter().any(|(n, run)| *n == node.name && started(run.rank) && !known.contains(run))
             })
             .map(|(id, j)| (*id, j.attempt))
             .collect();
@@ -528,12 +575,20 @@ impl Driver {
         fx: &mut Effects,
     ) -> Result<Option<RunRef>, StoreError> {
         let run = report.run;
-        let current =
-            self.jobs.get(&run.job_id).filter(|j| j.attempt == run.attempt && j.node.as_deref() == Some(node)).cloned();
+        let current = self
+            .jobs
+            .get(&run.job_id)
+            .filter(|j| j.attempt == run.attempt && j.node_of(run.rank) == Some(node))
+            .cloned();
         match (&report.status, current) {
             (RunStatus::Running { .. }, None) => {
                 fx.ended.push((node.to_string(), run));
                 Ok(Some(run))
+            }
+            (RunStatus::Running { pid, started_at_us }, Some(job)) if !job.workers.is_empty() => {
+                fx.started.push((node.to_string(), run));
+                self.worker_started(run, *started_at_us, &format!("on node {node} as pid {pid}"), tx, fx).await?;
+                Ok(None)
             }
             (RunStatus::Running { pid, started_at_us }, Some(job)) => {
                 fx.started.push((node.to_string(), run));
@@ -552,29 +607,143 @@ impl Driver {
             }
             (RunStatus::Finished { end, exit_code, signal, finished_at_us, message, started_at_us, .. }, Some(job)) => {
                 fx.ended.push((node.to_string(), run));
+                let (state, text) = outcome(&job, *end, *exit_code, *signal, message.as_deref());
+                if !job.workers.is_empty() {
+                    if let Some(started) = started_at_us {
+                        self.worker_started(run, *started, &format!("on node {node}"), tx, fx).await?;
+                    }
+                    let ended = WorkerEnd {
+                        state,
+                        exit_code: *exit_code,
+                        signal: *signal,
+                        message: text,
+                        finished_at_us: *finished_at_us,
+                    };
+                    return self.worker_ended(run, node, ended, *end, tx, fx).await.map(|()| None);
+                }
                 // A run can end before its start was reported; the timeline still shows that it ran.
                 if let (JobState::Starting, Some(started)) = (job.state, started_at_us) {
                     tx.running(run.job_id, *started, &format!("running on node {node}")).await?;
                 }
-                if let (Some(why), false) = (&job.preempted, job.cancel_requested) {
-                    let ran_s =
-                        started_at_us.or(job.started_at_us).map_or(0, |s| (finished_at_us - s).max(0) / 1_000_000);
-                    let why = format!("{why}; {ran_s}s of work lost; requeued");
-                    let preempted = Active { preemptions: job.preemptions + 1, preempted: None, ..job.clone() };
-                    self.requeue(run.job_id, &preempted, &why, tx, fx).await?;
-                    return Ok(None);
-                }
-                let (state, text) = outcome(&job, *end, *exit_code, *signal, message.as_deref());
-                let retry = state == JobState::Failed && *end != RunEnd::FailedToStart && job.may_retry();
-                if retry {
-                    let why = format!("{text}; retrying (attempt {} of {})", job.attempt + 2, job.retries + 1);
-                    self.requeue(run.job_id, &job, &why, tx, fx).await?;
-                } else {
-                    tx.finished(run.job_id, state, *exit_code, *signal, &text, *finished_at_us).await?;
-                    self.end_job(run.job_id, fx);
-                }
-                Ok(None)
+                let started = started_at_us.or(job.started_at_us);
+                let end =
+                    Ended { state, text, end: *end, exit_code: *exit_code, signal: *signal, at_us: *finished_at_us };
+                self.job_ended(run.job_id, &job, started, end, tx, fx).await.map(|()| None)
             }
+        }
+    }
+
+    /// Records that a gang's worker started; the job is running once every worker is.
+    async fn worker_started(
+        &mut self,
+        run: RunRef,
+        started_at_us: i64,
+        how: &str,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let active = self.jobs.get_mut(&run.job_id).expect("current job is active");
+        let Some(worker) = active.workers.get_mut(run.rank as usize) else { return Ok(()) };
+        if worker.started_at_us.is_some() {
+            return Ok(());
+        }
+        worker.started_at_us = Some(started_at_us);
+        tx.set_workers(run.job_id, &active.workers).await?;
+        let all_started = active.workers.iter().all(|w| w.started_at_us.is_some());
+        if all_started && active.state == JobState::Starting {
+            let first = active.workers.iter().filter_map(|w| w.started_at_us).min().unwrap_or(started_at_us);
+            let nodes: Vec<&str> = active.workers.iter().map(|w| w.node.as_str()).collect();
+            let message = format!("all {} workers running, on nodes {}", nodes.len(), nodes.join(", "));
+            tx.running(run.job_id, first, &message).await?;
+            active.state = JobState::Running;
+            active.started_at_us = Some(first);
+        } else {
+            let message = format!("worker {} running {how}", run.rank);
+            tx.event(run.job_id, started_at_us, active.state, &message).await?;
+        }
+        fx.changed.push(run.job_id);
+        Ok(())
+    }
+
+    /// Records how a gang's worker ended. The first worker to fail stops the others; once every worker has ended,
+    /// the job ends as its first failure did (or succeeds when none failed).
+    async fn worker_ended(
+        &mut self,
+        run: RunRef,
+        node: &str,
+        ended: WorkerEnd,
+        end: RunEnd,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        let id = run.job_id;
+        let active = self.jobs.get_mut(&id).expect("current job is active");
+        let Some(worker) = active.workers.get_mut(run.rank as usize) else { return Ok(()) };
+        if worker.end.is_some() {
+            return Ok(());
+        }
+        let failed = ended.state != JobState::Succeeded;
+        let first_failure =
+            failed && !active.workers.iter().any(|w| w.end.as_ref().is_some_and(|e| e.state != JobState::Succeeded));
+        let message = format!("worker {} on node {node} ended: {}", run.rank, ended.message);
+        let at_us = ended.finished_at_us;
+        active.workers[run.rank as usize].end = Some(ended);
+        tx.set_workers(id, &active.workers).await?;
+        tx.event(id, at_us, active.state, &message).await?;
+        fx.changed.push(id);
+        let job = active.clone();
+        if first_failure && job.preempted.is_none() && !job.cancel_requested {
+            // A gang cannot go on without one of its workers: stop the others, keeping their output.
+            fx.stops.extend(job.live_runs(id));
+        }
+        if job.workers.iter().any(|w| w.end.is_none()) {
+            return Ok(());
+        }
+        // Every worker has ended: the job ends as its first failure did, or as rank 0 did.
+        let root = job
+            .workers
+            .iter()
+            .filter_map(|w| w.end.as_ref().map(|e| (w.rank, e)))
+            .filter(|(_, e)| e.state != JobState::Succeeded)
+            .min_by_key(|(rank, e)| (e.finished_at_us, *rank));
+        let (rank, e) = root.unwrap_or((0, job.workers[0].end.as_ref().expect("every worker ended")));
+        let text = if root.is_some() && job.workers.len() > 1 {
+            format!("worker {rank} failed: {}; the other workers were stopped", e.message)
+        } else {
+            e.message.clone()
+        };
+        // The end that decides about retrying is the first failure's; the others were stopped for it.
+        let end = if rank == run.rank { end } else { RunEnd::Exited };
+        let started = job.started_at_us.or(job.workers.iter().filter_map(|w| w.started_at_us).min());
+        let at_us = job.workers.iter().filter_map(|w| w.end.as_ref().map(|e| e.finished_at_us)).max().unwrap_or(at_us);
+        let ended = Ended { state: e.state, text, end, exit_code: e.exit_code, signal: e.signal, at_us };
+        self.job_ended(id, &job, started, ended, tx, fx).await
+    }
+
+    /// Ends a job whose every run has ended: requeued after a preemption, retried after a failure, or finished.
+    async fn job_ended(
+        &mut self,
+        id: u64,
+        job: &Active,
+        started_at_us: Option<i64>,
+        ended: Ended,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        if let (Some(why), false) = (&job.preempted, job.cancel_requested) {
+            let ran_s = started_at_us.map_or(0, |s| (ended.at_us - s).max(0) / 1_000_000);
+            let why = format!("{why}; {ran_s}s of work lost; requeued");
+            let preempted = Active { preemptions: job.preemptions + 1, preempted: None, ..job.clone() };
+            return self.requeue(id, &preempted, &why, tx, fx).await;
+        }
+        let retry = ended.state == JobState::Failed && ended.end != RunEnd::FailedToStart && job.may_retry();
+        if retry {
+            let why = format!("{}; retrying (attempt {} of {})", ended.text, job.attempt + 2, job.retries + 1);
+            self.requeue(id, job, &why, tx, fx).await
+        } else {
+            tx.finished(id, ended.state, ended.exit_code, ended.signal, &ended.text, ended.at_us).await?;
+            self.end_job(id, fx);
+            Ok(())
         }
     }
 
@@ -589,7 +758,14 @@ impl Driver {
         let attempt = job.attempt + 1;
         tx.requeued(id, attempt, now_us(), why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
-        let active = Active { state: JobState::Queued, attempt, node: None, started_at_us: None, ..job.clone() };
+        let active = Active {
+            state: JobState::Queued,
+            attempt,
+            node: None,
+            workers: Vec::new(),
+            started_at_us: None,
+            ..job.clone()
+        };
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("an ended job may be queued again");
         self.jobs.insert(id, active);
         fx.changed.push(id);
@@ -606,8 +782,10 @@ impl Driver {
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let Some(job) = self.jobs.get(&id).filter(|j| j.attempt == attempt).cloned() else { return Ok(()) };
-        if let Some(node) = &job.node {
-            fx.ended.push((node.clone(), RunRef { job_id: id, attempt }));
+        fx.ended.extend(job.runs(id));
+        if !job.workers.is_empty() {
+            // The gang's other workers still run on nodes that are fine: stop them.
+            fx.stops.extend(job.live_runs(id));
         }
         if job.cancel_requested {
             tx.finished(id, JobState::Cancelled, None, None, &format!("cancelled; {why}"), now_us()).await?;
@@ -670,25 +848,77 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        let Some(record) = tx.job(job).await? else {
+        let Some(mut record) = tx.job(job).await? else {
             tracing::error!(job, "the core started a job the store does not have");
             return Ok(());
         };
-        let why = format!(
-            "placed on node {} with GPUs [{}] and {} CPUs: {reason}",
-            allocation.node,
-            allocation.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),
-            format_cpus(allocation.resources.cpu_millis)
-        );
+        let gpus = |g: &[u32]| g.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+        let cpus = format_cpus(allocation.resources.cpu_millis);
+        let why = if allocation.peers.is_empty() {
+            format!(
+                "placed on node {} with GPUs [{}] and {cpus} CPUs: {reason}",
+                allocation.node,
+                gpus(&allocation.gpus)
+            )
+        } else {
+            let workers: Vec<String> = allocation
+                .workers()
+                .enumerate()
+                .map(|(rank, (node, g))| format!("rank {rank} on node {node} with GPUs [{}]", gpus(g)))
+                .collect();
+            format!("placed as a gang: {}; {cpus} CPUs each: {reason}", workers.join(", "))
+        };
         tx.placed(job, &allocation.node, &allocation.gpus, now_us(), &why).await?;
         let active = self.jobs.get_mut(&job).expect("a started job is active");
         active.state = JobState::Starting;
         active.node = Some(allocation.node.clone());
-        let mut assignment = assignment(&record, &allocation.gpus);
-        assignment.run.attempt = active.attempt;
-        fx.launches.push((allocation.node, assignment));
+        if !allocation.peers.is_empty() {
+            active.workers = allocation
+                .workers()
+                .enumerate()
+                .map(|(rank, (node, gpu_ids))| JobWorker {
+                    rank: rank as u32,
+                    node: node.to_string(),
+                    gpu_ids: gpu_ids.to_vec(),
+                    started_at_us: None,
+                    end: None,
+                })
+                .collect();
+            tx.set_workers(job, &active.workers).await?;
+        }
+        let active = active.clone();
+        record.attempt = active.attempt;
+        record.gpu_ids = allocation.gpus;
+        fx.launches.extend(self.assignments(&record, &active));
         fx.changed.push(job);
         Ok(())
+    }
+
+    /// What each node of a placed job must start: one assignment, or one per worker of a gang with the variables
+    /// that let the workers find each other (`torchrun` and TensorFlow read them without further flags).
+    fn assignments(&self, record: &JobRecord, active: &Active) -> Vec<(String, Assignment)> {
+        if active.workers.is_empty() {
+            return active.node.iter().map(|node| (node.clone(), assignment(record, &record.gpu_ids))).collect();
+        }
+        let addresses: Vec<String> = active
+            .workers
+            .iter()
+            .map(|w| self.nodes.get(&w.node).map_or_else(|| w.node.clone(), |l| l.address.clone()))
+            .collect();
+        let port = (GANG_PORT_BASE + record.id % GANG_PORT_SPAN).to_string();
+        active
+            .workers
+            .iter()
+            .map(|w| {
+                let mut a = assignment(record, &w.gpu_ids);
+                a.run.rank = w.rank;
+                for (key, value) in gang_env(w.rank, &addresses, &port) {
+                    // What the user set explicitly wins.
+                    a.env.entry(key).or_insert(value);
+                }
+                (w.node.clone(), a)
+            })
+            .collect()
     }
 
     /// Stops a running job, with its grace period, so that `by` can start; its end requeues it.
@@ -701,20 +931,33 @@ impl Driver {
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let Some(active) = self.jobs.get_mut(&job) else { return Ok(()) };
-        let Some(node) = active.node.clone() else { return Ok(()) };
+        if active.node.is_none() {
+            return Ok(());
+        }
         let why = format!("preempted for job {by}: {reason}");
         tx.event(job, now_us(), active.state, &format!("{why}; stopping it with a grace of {STOP_GRACE_S}s")).await?;
         active.preempted = Some(why);
-        fx.stops.push((node, RunRef { job_id: job, attempt: active.attempt }));
+        fx.stops.extend(active.live_runs(job));
         fx.changed.push(job);
         Ok(())
     }
+}
+
+/// How a job's last run ended, as `job_ended` needs it.
+struct Ended {
+    state: JobState,
+    text: String,
+    end: RunEnd,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    at_us: i64,
 }
 
 /// What a user can change about a job that no node can run.
 fn fix_for(reason: &WaitReason) -> &'static str {
     match reason {
         WaitReason::NoMatchingNode { .. } => "change --gpu-type or --selector",
+        WaitReason::GangInfeasible { .. } => "ask for fewer --nodes, or fewer resources per node",
         _ => "ask for less with --gpus, --cpus or --memory",
     }
 }
@@ -764,9 +1007,43 @@ fn node_info(record: &NodeRecord) -> NodeInfo {
     }
 }
 
+/// The first port a gang's rank 0 listens on for its peers; a job's port is this plus its id modulo the span, unless
+/// the job sets `MASTER_PORT` itself.
+const GANG_PORT_BASE: u64 = 29_500;
+const GANG_PORT_SPAN: u64 = 1000;
+
+/// The variables one worker of a gang gets: Ferry's own, the ones PyTorch's `torchrun` reads (`PET_*`, and
+/// `MASTER_ADDR`/`MASTER_PORT` for `torch.distributed`), and TensorFlow's `TF_CONFIG`.
+fn gang_env(rank: u32, addresses: &[String], port: &str) -> Vec<(String, String)> {
+    let n = addresses.len().to_string();
+    let master = addresses.first().cloned().unwrap_or_default();
+    let workers: Vec<String> = addresses.iter().map(|a| format!("{a}:{port}")).collect();
+    let tf_config = serde_json::json!({
+        "cluster": { "worker": workers },
+        "task": { "type": "worker", "index": rank },
+    });
+    [
+        ("FERRY_NODE_RANK", rank.to_string()),
+        ("FERRY_NUM_NODES", n.clone()),
+        ("FERRY_NODES", addresses.join(",")),
+        ("MASTER_ADDR", master.clone()),
+        ("MASTER_PORT", port.to_string()),
+        ("NODE_RANK", rank.to_string()),
+        ("NNODES", n.clone()),
+        ("PET_NNODES", n),
+        ("PET_NODE_RANK", rank.to_string()),
+        ("PET_MASTER_ADDR", master),
+        ("PET_MASTER_PORT", port.to_string()),
+        ("TF_CONFIG", tf_config.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn assignment(record: &JobRecord, gpus: &[u32]) -> Assignment {
     Assignment {
-        run: RunRef { job_id: record.id, attempt: record.attempt },
+        run: RunRef::new(record.id, record.attempt),
         command: record.spec.command.clone(),
         workdir: record.spec.workdir.clone(),
         env: record.spec.env.clone(),

@@ -19,20 +19,26 @@ impl LogStore {
         LogStore { dir, append: Mutex::new(()) }
     }
 
-    pub fn path(&self, job: u64, attempt: u32) -> PathBuf {
-        self.dir.join(job.to_string()).join(format!("{attempt}.log"))
+    /// The file of one run's output: `<job>/<attempt>.log`, and `<job>/<attempt>.rank<r>.log` for the other workers
+    /// of a gang.
+    pub fn path(&self, job: u64, attempt: u32, rank: u32) -> PathBuf {
+        let name = match rank {
+            0 => format!("{attempt}.log"),
+            r => format!("{attempt}.rank{r}.log"),
+        };
+        self.dir.join(job.to_string()).join(name)
     }
 
     /// How many bytes of the run's output the server holds.
-    pub async fn size(&self, job: u64, attempt: u32) -> u64 {
-        file_size(&self.path(job, attempt)).await
+    pub async fn size(&self, job: u64, attempt: u32, rank: u32) -> u64 {
+        file_size(&self.path(job, attempt, rank)).await
     }
 
     /// Writes `bytes`, which start at byte `offset` of the run's output, and returns how many bytes are held after.
     /// An upload past the end (a gap) writes nothing: the answer tells the agent where to resume.
-    pub async fn append(&self, job: u64, attempt: u32, offset: u64, bytes: &[u8]) -> std::io::Result<u64> {
+    pub async fn append(&self, job: u64, attempt: u32, rank: u32, offset: u64, bytes: &[u8]) -> std::io::Result<u64> {
         let _guard = self.append.lock().await;
-        let path = self.path(job, attempt);
+        let path = self.path(job, attempt, rank);
         let held = file_size(&path).await;
         if offset > held || offset + bytes.len() as u64 <= held {
             return Ok(held);

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_api::jobs::{JobEvent, JobState, PriorityClass};
+use ferry_api::jobs::{JobEvent, JobState, JobWorker, PriorityClass};
 use ferry_core::Resources;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -32,6 +32,8 @@ pub struct NewJob {
     pub gpu_types: Vec<String>,
     /// Node labels the job requires.
     pub selector: BTreeMap<String, String>,
+    /// Workers of a gang, each on a node of its own with `resources`; 1 for a single-node job.
+    pub nodes: u32,
 }
 
 /// A job as stored.
@@ -43,6 +45,8 @@ pub struct JobRecord {
     pub attempt: u32,
     pub node: Option<String>,
     pub gpu_ids: Vec<u32>,
+    /// A gang's workers in the current attempt, rank 0 first; empty for a single-node job or before placement.
+    pub workers: Vec<JobWorker>,
     pub cancel_requested: bool,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -60,7 +64,7 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
-     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team";
+     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -88,6 +92,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         gpu_share_milli: row.get::<i64, _>("gpu_share_milli") as u32,
         gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
         selector: from_json("selector", row.get("selector"))?,
+        nodes: row.get::<i64, _>("nodes") as u32,
     };
     Ok(JobRecord {
         id: row.get::<i64, _>("id") as u64,
@@ -96,6 +101,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         attempt: row.get::<i64, _>("attempt") as u32,
         node: row.get("node"),
         gpu_ids: from_json("gpu_ids", row.get("gpu_ids"))?,
+        workers: from_json("workers", row.get("workers"))?,
         cancel_requested: row.get::<i64, _>("cancel_requested") != 0,
         exit_code: row.get::<Option<i64>, _>("exit_code").map(|v| v as i32),
         signal: row.get::<Option<i64>, _>("signal").map(|v| v as i32),
@@ -176,8 +182,8 @@ impl Tx {
     pub async fn insert_job(&mut self, job: &NewJob, now_us: i64) -> Result<u64, StoreError> {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
-             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -196,6 +202,7 @@ impl Tx {
         .bind(to_json(&job.gpu_types))
         .bind(to_json(&job.selector))
         .bind(&job.team)
+        .bind(job.nodes as i64)
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;
@@ -230,6 +237,16 @@ impl Tx {
             .execute(&mut *self.0)
             .await?;
         self.event(id, at_us, JobState::Starting, why).await
+    }
+
+    /// Records a gang's workers as they are placed, start and end.
+    pub async fn set_workers(&mut self, id: u64, workers: &[JobWorker]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET workers = ? WHERE id = ?")
+            .bind(to_json(&workers))
+            .bind(id as i64)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
     }
 
     pub async fn running(&mut self, id: u64, started_at_us: i64, message: &str) -> Result<(), StoreError> {
@@ -269,8 +286,8 @@ impl Tx {
     /// Puts a job back in the queue for its next attempt.
     pub async fn requeued(&mut self, id: u64, attempt: u32, at_us: i64, why: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempt = ?, node = NULL, gpu_ids = '[]', started_at_us = NULL, \
-             exit_code = NULL, signal = NULL WHERE id = ?",
+            "UPDATE jobs SET state = 'queued', attempt = ?, node = NULL, gpu_ids = '[]', workers = '[]', \
+             started_at_us = NULL, exit_code = NULL, signal = NULL WHERE id = ?",
         )
         .bind(attempt as i64)
         .bind(id as i64)

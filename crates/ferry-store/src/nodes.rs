@@ -18,6 +18,8 @@ pub struct NodeRecord {
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
     pub limits: String,
+    /// Where other nodes reach this one, as its agent says; `None` when it did not.
+    pub address: Option<String>,
     pub ready: bool,
     pub usage: Option<NodeUsage>,
     pub last_seen_us: i64,
@@ -29,11 +31,12 @@ impl Tx {
     pub async fn upsert_node(&mut self, node: &NodeRecord, now_us: i64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO nodes (name, pool, cpu_millis, memory_bytes, gpus, labels, agent_version, limits, ready, \
-             usage, registered_at_us, last_seen_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             usage, registered_at_us, last_seen_us, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET pool = excluded.pool, cpu_millis = excluded.cpu_millis, \
              memory_bytes = excluded.memory_bytes, gpus = excluded.gpus, labels = excluded.labels, \
              agent_version = excluded.agent_version, limits = excluded.limits, ready = excluded.ready, \
-             registered_at_us = excluded.registered_at_us, last_seen_us = excluded.last_seen_us",
+             registered_at_us = excluded.registered_at_us, last_seen_us = excluded.last_seen_us, \
+             address = excluded.address",
         )
         .bind(&node.name)
         .bind(&node.pool)
@@ -47,6 +50,7 @@ impl Tx {
         .bind(node.usage.as_ref().map(to_json))
         .bind(now_us)
         .bind(node.last_seen_us)
+        .bind(&node.address)
         .execute(self.conn())
         .await?;
         Ok(())
@@ -72,7 +76,7 @@ impl Store {
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT name, pool, cpu_millis, memory_bytes, gpus, labels, agent_version, limits, ready, usage, \
-             last_seen_us FROM nodes ORDER BY name",
+             last_seen_us, address FROM nodes ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -88,6 +92,7 @@ impl Store {
                     labels: from_json("labels", r.get("labels"))?,
                     agent_version: r.get("agent_version"),
                     limits: r.get("limits"),
+                    address: r.get("address"),
                     ready: r.get::<bool, _>("ready"),
                     usage: usage.as_deref().map(|u| from_json("usage", u)).transpose()?,
                     last_seen_us: r.get("last_seen_us"),

@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// Only on nodes with this label, NAME=VALUE; repeatable.
     #[arg(long = "selector", value_name = "NAME=VALUE")]
     selector: Vec<String>,
+    /// Run on this many nodes at once: a gang of workers, each with the GPUs, CPUs and memory asked for, started all
+    /// together or not at all. Each worker gets FERRY_NODE_RANK, FERRY_NUM_NODES, MASTER_ADDR, MASTER_PORT, the
+    /// variables `torchrun` reads (PET_*) and TF_CONFIG.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
     /// CPUs, such as 2, 0.5 or 250m (default 1).
     #[arg(long, allow_hyphen_values = true)]
     cpus: Option<String>,
@@ -110,6 +115,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         })?),
         retries: Some(args.retries),
         max_runtime_s: args.max_runtime.as_deref().map(parse_duration_s).transpose().map_err(invalid)?,
+        nodes: (args.nodes != 1).then_some(args.nodes),
     };
     if spec.command.is_empty() {
         return Err(CliError::new(
@@ -153,7 +159,7 @@ async fn follow(client: &ferry_client::Client, id: u64) -> Result<i32, CliError>
     if let Some(waiting) = &job.waiting {
         eprintln!("job {id} is waiting: {}", waiting.message);
     }
-    stream_logs(client, id, true, None).await?;
+    stream_logs(client, id, true, None, 0).await?;
     let mut job = client.wait_job(id, WAIT_SLICE).await?;
     while !job.state.is_terminal() {
         job = client.wait_job(id, WAIT_SLICE).await?;
@@ -177,11 +183,12 @@ async fn stream_logs(
     id: u64,
     follow: bool,
     attempt: Option<u32>,
+    rank: u32,
 ) -> Result<(), CliError> {
     let mut offset = 0u64;
     // A followed stream may break when the server restarts; pick up at the same byte.
     loop {
-        let mut stream = client.logs(id, offset, follow, attempt).await?;
+        let mut stream = client.logs(id, offset, follow, attempt, rank).await?;
         let mut stdout = std::io::stdout().lock();
         let mut broke = false;
         while let Some(chunk) = stream.next().await {
@@ -325,20 +332,35 @@ fn describe(j: &Job) -> String {
         line("Max runtime:", format::span(s as i64 * 1_000_000));
     }
     line("Attempt:", format!("{} of {}", j.attempt + 1, j.retries + 1));
-    if let Some(node) = &j.node {
-        let gpus = if j.gpu_ids.is_empty() {
-            "none".to_string()
-        } else {
-            j.gpu_ids.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+    let gpu_list = |ids: &[u32]| match ids {
+        [] => "none".to_string(),
+        ids => ids.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),
+    };
+    if j.nodes > 1 {
+        line("Nodes:", format!("{} workers, each with the requests above", j.nodes));
+    }
+    if j.workers.is_empty() {
+        if let Some(node) = &j.node {
+            line("Node:", format!("{node} (GPUs: {})", gpu_list(&j.gpu_ids)));
+        }
+    }
+    for w in &j.workers {
+        let state = match (&w.end, w.started_at_us) {
+            (Some(end), _) => format!("ended: {}", end.message),
+            (None, Some(_)) => "running".to_string(),
+            (None, None) => "starting".to_string(),
         };
-        line("Node:", format!("{node} (GPUs: {gpus})"));
+        line(&format!("Worker {}:", w.rank), format!("{} (GPUs: {}), {state}", w.node, gpu_list(&w.gpu_ids)));
     }
     match (j.exit_code, j.signal) {
         (Some(code), _) => line("Exit code:", code.to_string()),
         (None, Some(sig)) => line("Signal:", sig.to_string()),
         _ => {}
     }
-    line("Output:", format!("{} bytes (`ferry logs {}`)", j.log_bytes, j.id));
+    match j.nodes {
+        1 => line("Output:", format!("{} bytes (`ferry logs {}`)", j.log_bytes, j.id)),
+        n => line("Output:", format!("rank 0: {} bytes (`ferry logs {} --rank 0..{}`)", j.log_bytes, j.id, n - 1)),
+    }
     out.push_str("Timeline:\n");
     for e in &j.timeline {
         let since = format::precise(e.at_us - j.submitted_at_us);
@@ -356,10 +378,13 @@ pub struct LogsArgs {
     /// The output of an earlier attempt (0 is the first run); by default the latest.
     #[arg(long)]
     attempt: Option<u32>,
+    /// For a multi-node job, the output of this worker (0 is the first); by default rank 0's.
+    #[arg(long, default_value_t = 0)]
+    rank: u32,
 }
 
 pub async fn logs(g: &Global, args: LogsArgs) -> Result<i32, CliError> {
-    stream_logs(&g.client()?, parse_id(&args.id)?, args.follow, args.attempt).await?;
+    stream_logs(&g.client()?, parse_id(&args.id)?, args.follow, args.attempt, args.rank).await?;
     Ok(0)
 }
 

@@ -137,7 +137,7 @@ mod tests {
 
     fn assignment(job_id: u64) -> Assignment {
         Assignment {
-            run: RunRef { job_id, attempt: 0 },
+            run: RunRef::new(job_id, 0),
             command: vec!["true".into()],
             workdir: "/".into(),
             env: Default::default(),
@@ -159,10 +159,10 @@ mod tests {
         assert!(again.start.is_empty(), "nothing new after seq 1");
         // An agent that restarted (or a server with a new epoch) gets the unconfirmed start again.
         assert_eq!(backend.poll("n", "old", 1, Duration::ZERO).await.start.len(), 1);
-        backend.confirm_started("n", RunRef { job_id: 1, attempt: 0 });
-        backend.stop("n", RunRef { job_id: 1, attempt: 0 }).await.unwrap();
+        backend.confirm_started("n", RunRef::new(1, 0));
+        backend.stop("n", RunRef::new(1, 0)).await.unwrap();
         let stop = backend.poll("n", "e1", 1, Duration::ZERO).await;
-        assert_eq!(stop.stop, vec![RunRef { job_id: 1, attempt: 0 }]);
+        assert_eq!(stop.stop, vec![RunRef::new(1, 0)]);
     }
 
     #[tokio::test]

@@ -65,10 +65,13 @@ pub async fn reports(
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
     offset: u64,
+    /// The worker of a gang whose output this is; 0 by default.
+    #[serde(default)]
+    rank: u32,
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/runs/{job}/{attempt}/logs",
-    params(("job" = u64, Path), ("attempt" = u32, Path), ("offset" = u64, Query)),
+    params(("job" = u64, Path), ("attempt" = u32, Path), ("offset" = u64, Query), ("rank" = Option<u32>, Query)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = LogAck), (status = 404, body = ErrorBody)))]
 pub async fn upload_log(
@@ -83,7 +86,10 @@ pub async fn upload_log(
     if attempt > record.attempt {
         return Err(ApiError::not_found(format!("job {job} has no attempt {attempt}")));
     }
-    let stored = state.logs.append(job, attempt, query.offset, &body).await.map_err(|e| {
+    if query.rank >= record.spec.nodes {
+        return Err(ApiError::not_found(format!("job {job} has no worker of rank {}", query.rank)));
+    }
+    let stored = state.logs.append(job, attempt, query.rank, query.offset, &body).await.map_err(|e| {
         tracing::error!(job, attempt, error = %e, "cannot write job output");
         ApiError::new(ferry_api::ErrorCode::Unavailable, "the server cannot write job output to its disk; retry later")
     })?;

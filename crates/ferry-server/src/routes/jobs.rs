@@ -9,7 +9,8 @@ use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
 use ferry_api::jobs::{
-    Job, JobList, JobState, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX, NAME_CHARS_MAX, RETRIES_MAX,
+    Job, JobList, JobState, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX, NAME_CHARS_MAX, NODES_MAX,
+    RETRIES_MAX,
 };
 use ferry_api::ErrorBody;
 use ferry_core::Resources;
@@ -103,6 +104,17 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     if spec.max_runtime_s == Some(0) {
         return Err(ApiError::invalid("max_runtime_s is 0; give a positive limit such as --max-runtime 2h"));
     }
+    let nodes = spec.nodes.unwrap_or(1);
+    if nodes == 0 || nodes > NODES_MAX {
+        return Err(ApiError::invalid(format!(
+            "nodes is {nodes}; a job runs on 1 to {NODES_MAX} nodes, such as --nodes 4 for a gang of four workers"
+        )));
+    }
+    if nodes > 1 && gpu_share_milli > 0 {
+        return Err(ApiError::invalid(
+            "a multi-node job takes whole GPUs on each node; use --gpus 1 or more with --nodes, not a share",
+        ));
+    }
     Ok(NewJob {
         name: spec.name,
         project: spec.project,
@@ -118,6 +130,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         gpu_share_milli,
         gpu_types: spec.gpu_types,
         selector: spec.selector,
+        nodes,
     })
 }
 
@@ -260,12 +273,15 @@ pub struct LogQuery {
     #[serde(default)]
     follow: bool,
     attempt: Option<u32>,
+    /// Which worker of a gang; 0 (rank 0) by default.
+    #[serde(default)]
+    rank: u32,
 }
 
 /// The job's output as raw bytes, from `offset`; with `follow`, the response stays open until the job ends and
 /// every byte it wrote has been sent.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/logs",
-    params(("id" = u64, Path), ("offset" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("attempt" = Option<u32>, Query)),
+    params(("id" = u64, Path), ("offset" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("attempt" = Option<u32>, Query), ("rank" = Option<u32>, Query)),
     responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -284,7 +300,14 @@ pub async fn logs(
             record.attempt
         )));
     }
-    let follower = Follower { state, id, attempt, offset: query.offset, follow: query.follow, done: false };
+    let rank = query.rank;
+    if rank >= record.spec.nodes {
+        return Err(ApiError::not_found(match record.spec.nodes {
+            1 => format!("job {id} runs on one node; it has no worker of rank {rank}"),
+            n => format!("job {id} has {n} workers, ranks 0 to {}; there is no rank {rank}", n - 1),
+        }));
+    }
+    let follower = Follower { state, id, attempt, rank, offset: query.offset, follow: query.follow, done: false };
     let stream = futures_util::stream::unfold(follower, |mut f| async move {
         f.next_chunk().await.map(|chunk| (Ok::<Bytes, std::io::Error>(chunk), f))
     });
@@ -298,6 +321,7 @@ struct Follower {
     state: AppState,
     id: u64,
     attempt: u32,
+    rank: u32,
     offset: u64,
     follow: bool,
     done: bool,
@@ -338,7 +362,7 @@ impl Follower {
     }
 
     async fn read(&self) -> Bytes {
-        let path = self.state.logs.path(self.id, self.attempt);
+        let path = self.state.logs.path(self.id, self.attempt, self.rank);
         let Ok(mut file) = tokio::fs::File::open(&path).await else { return Bytes::new() };
         if file.seek(std::io::SeekFrom::Start(self.offset)).await.is_err() {
             return Bytes::new();
@@ -362,7 +386,7 @@ pub fn parse_id(text: &str) -> Result<u64, ApiError> {
 
 /// Converts a stored job into its wire form.
 async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Job {
-    let log_bytes = state.logs.size(r.id, r.attempt).await;
+    let log_bytes = state.logs.size(r.id, r.attempt, 0).await;
     Job {
         id: r.id,
         name: r.spec.name,
@@ -385,6 +409,8 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         max_runtime_s: r.spec.max_runtime_s,
         node: r.node,
         gpu_ids: r.gpu_ids,
+        nodes: r.spec.nodes,
+        workers: r.workers,
         exit_code: r.exit_code,
         signal: r.signal,
         message: r.message,
