@@ -168,8 +168,8 @@ pub struct Waiting {
     /// The scheduler's reason, tagged by `kind` (`insufficient`, `reserved_for`, `infeasible`, ...).
     #[schema(value_type = Object)]
     pub reason: serde_json::Value,
-    /// When the job can be expected to start, if the jobs holding what it needs have runtime limits: the earliest
-    /// time a node would have room for it. Jobs ahead of it in the queue may take that room first.
+    /// When the job can be expected to start if every job running and every job ahead of it in the queue runs to
+    /// its runtime limit (the scheduler run forward in virtual time); unset when one of them has no limit.
     #[serde(default)]
     pub estimated_start_us: Option<i64>,
 }

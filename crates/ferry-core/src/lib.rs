@@ -8,6 +8,7 @@
 
 mod fairshare;
 mod fgd;
+mod forecast;
 mod node;
 mod preempt;
 mod reason;
@@ -19,6 +20,7 @@ pub mod resources_fmt {
 mod scheduler;
 
 pub use fairshare::HALF_LIFE_S_DEFAULT;
+pub use forecast::{StartForecast, FORECAST_CYCLES_MAX};
 pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason};
 pub use resources::Resources;

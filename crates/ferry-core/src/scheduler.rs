@@ -402,6 +402,32 @@ impl Scheduler {
         self.running.get(&job).map(|r| &r.allocation)
     }
 
+    /// The time of the last tick.
+    pub fn now_us(&self) -> i64 {
+        self.now_us
+    }
+
+    /// When a running job's runtime limit stops it; `None` for a job without a limit or not running.
+    pub fn ends_by(&self, job: JobId) -> Option<i64> {
+        self.running.get(&job).and_then(Running::ends_by_us)
+    }
+
+    /// Each running job with the time its runtime limit stops it (`None` for a job without a limit).
+    pub fn running_ends(&self) -> Vec<(JobId, Option<i64>)> {
+        self.running.iter().map(|(id, r)| (*id, r.ends_by_us())).collect()
+    }
+
+    /// Queued jobs of a lower priority than `priority`: they can only start ahead of a job of that priority where
+    /// they do not delay it (backfill), so a forecast for it may leave them out.
+    pub fn queued_below(&self, priority: i32) -> Vec<JobId> {
+        self.queue.range((Reverse(priority.saturating_sub(1)), 0)..).map(|(_, id)| *id).collect()
+    }
+
+    /// The priority of a queued job.
+    pub fn queued_priority(&self, job: JobId) -> Option<i32> {
+        self.pending.get(&job).map(|r| r.priority)
+    }
+
     /// What a team holds now.
     pub fn team_held(&self, team: &str) -> Resources {
         self.team_held.get(team).copied().unwrap_or_default()

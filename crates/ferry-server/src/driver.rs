@@ -55,10 +55,10 @@ pub enum Command {
         reports: Reports,
         reply: Reply<ReportsAck>,
     },
-    /// Why a queued job waits, and when it can be expected to start.
+    /// Why a queued job waits, and a fork of the scheduler to forecast its start with, away from the driver.
     Explain {
         id: u64,
-        reply: oneshot::Sender<(Option<WaitReason>, Option<i64>)>,
+        reply: oneshot::Sender<(Option<WaitReason>, Option<Box<Scheduler>>)>,
     },
     Allocations {
         reply: oneshot::Sender<BTreeMap<String, (Resources, Vec<u64>)>>,
@@ -419,7 +419,9 @@ impl Driver {
                 fx.reply(reply, result);
             }
             Command::Explain { id, reply } => {
-                let _ = reply.send((self.sched.explain(id), self.sched.estimate_start(id)));
+                let reason = self.sched.explain(id);
+                let fork = reason.is_some().then(|| Box::new(self.sched.clone()));
+                let _ = reply.send((reason, fork));
             }
             Command::Allocations { reply } => {
                 let mut by_node: BTreeMap<String, (Resources, Vec<u64>)> = BTreeMap::new();

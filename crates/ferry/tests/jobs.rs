@@ -339,10 +339,14 @@ fn a_waiting_job_is_told_when_it_can_expect_to_start() {
     let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
     let holder = f.submit(&["--gpus", "1", "--cpus", "0.1", "--max-runtime", "1h", "--", "sleep", "30"]);
     f.wait_state(holder, "running");
-    let waiting = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    let waiting = f.submit(&["--gpus", "1", "--cpus", "0.1", "--max-runtime", "30m", "--", "true"]);
     let estimate = f.job(waiting)["waiting"]["estimated_start_us"].as_i64().expect("an estimate");
     let started = f.job(holder)["started_at_us"].as_i64().unwrap();
     assert!((estimate - (started + 3_600_000_000)).abs() < 5_000_000, "the holder's limit ends in an hour");
+    // The job behind it waits for the holder and then for it: the queue ahead counts.
+    let behind = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    let estimate = f.job(behind)["waiting"]["estimated_start_us"].as_i64().expect("an estimate");
+    assert!((estimate - (started + 5_400_000_000)).abs() < 5_000_000, "an hour and a half: {estimate}");
     let shown = f.ok(&["show", &waiting.to_string()]);
     assert!(shown.contains("Starts:       in about 59m") || shown.contains("Starts:       in about 1h00m"), "{shown}");
     // Without a limit on the holder, Ferry says it cannot tell.
@@ -352,5 +356,5 @@ fn a_waiting_job_is_told_when_it_can_expect_to_start() {
     let blind = f2.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
     assert!(f2
         .ok(&["show", &blind.to_string()])
-        .contains("Starts:       unknown: the jobs holding what it needs have no --max-runtime"));
+        .contains("Starts:       unknown: a job it waits for (running, or ahead in the queue) has no --max-runtime"));
 }

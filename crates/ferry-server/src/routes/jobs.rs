@@ -13,7 +13,7 @@ use ferry_api::jobs::{
     RETRIES_MAX,
 };
 use ferry_api::ErrorBody;
-use ferry_core::Resources;
+use ferry_core::{Resources, StartForecast};
 use ferry_store::{JobFilter, JobRecord, NewJob};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -189,7 +189,17 @@ async fn load(state: &AppState, id: u64) -> Result<JobRecord, ApiError> {
 /// A job with its timeline and, when queued, the scheduler's reason for the wait.
 async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
     let waiting = if record.state == JobState::Queued {
-        let (reason, estimated_start_us) = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
+        let (reason, fork) = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
+        // The forecast runs the scheduler forward in virtual time: on a blocking thread, never in the driver.
+        let id = record.id;
+        let forecast = match fork {
+            Some(fork) => tokio::task::spawn_blocking(move || fork.forecast_start(id)).await.ok().flatten(),
+            None => None,
+        };
+        let estimated_start_us = match forecast {
+            Some(StartForecast::At(at)) => Some(at),
+            _ => None,
+        };
         reason.map(|r| Waiting {
             message: r.to_string(),
             reason: serde_json::to_value(&r).expect("reasons serialize"),

@@ -1,0 +1,76 @@
+//! Start forecasts: the queue ahead of a job counts, not only what runs now.
+
+use ferry_core::{Event, JobRequest, NodeInfo, Resources, Scheduler, StartForecast};
+
+const GIB: u64 = 1 << 30;
+const S: i64 = 1_000_000;
+
+fn node(name: &str, gpus: u32) -> Event {
+    Event::NodeUp(NodeInfo {
+        name: name.into(),
+        pool: "local".into(),
+        capacity: Resources::new(16_000, 64 * GIB, gpus),
+        gpu_indices: (0..gpus).collect(),
+        ..NodeInfo::default()
+    })
+}
+
+fn job(id: u64, gpus: u32, priority: i32, limit_s: Option<u64>) -> Event {
+    Event::JobSubmitted(JobRequest {
+        max_runtime_s: limit_s,
+        user: format!("user{id}"),
+        ..JobRequest::new(id, Resources::new(1000, GIB, gpus), priority)
+    })
+}
+
+fn scheduler(events: Vec<Event>) -> Scheduler {
+    let mut s = Scheduler::new();
+    s.apply(Event::Tick { now_us: 10 * S }).unwrap();
+    for e in events {
+        s.apply(e).unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_forecast_counts_the_jobs_ahead_in_the_queue() {
+    let mut s = scheduler(vec![node("a", 2), job(1, 2, 0, Some(100))]);
+    s.schedule();
+    s.apply(job(2, 2, 0, Some(50))).unwrap();
+    s.apply(job(3, 2, 0, None)).unwrap();
+    s.schedule();
+    // Job 2 waits for job 1 (100 s); job 3 waits for job 1 and then job 2 (50 s more).
+    assert_eq!(s.forecast_start(2), Some(StartForecast::At(110 * S)));
+    assert_eq!(s.forecast_start(3), Some(StartForecast::At(160 * S)));
+    // The lower bound looks only at what runs now.
+    assert_eq!(s.estimate_start(3), Some(110 * S));
+    // A job that does not wait has no forecast; the fork leaves the real state alone.
+    assert_eq!(s.forecast_start(1), None);
+    assert_eq!(s.queued(), 2);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn lower_priorities_do_not_delay_a_forecast_and_unlimited_work_makes_it_unknown() {
+    let mut s = scheduler(vec![node("a", 2), job(1, 2, 0, Some(100))]);
+    s.schedule();
+    s.apply(job(2, 2, -100, None)).unwrap();
+    s.apply(job(3, 2, 0, Some(10))).unwrap();
+    s.schedule();
+    assert_eq!(s.forecast_start(3), Some(StartForecast::At(110 * S)));
+    // Job 2 waits for job 3, and job 1; nothing it waits for is unlimited, so it has a time too.
+    assert_eq!(s.forecast_start(2), Some(StartForecast::At(120 * S)));
+    s.apply(job(4, 2, -100, Some(5))).unwrap();
+    // Job 4 comes after job 2, which has no limit: nobody can say when job 4 starts.
+    assert_eq!(s.forecast_start(4), Some(StartForecast::Unknown));
+}
+
+#[test]
+fn a_gang_forecast_waits_for_enough_nodes_at_once() {
+    let mut s = scheduler(vec![node("a", 2), node("b", 2), job(1, 2, 0, Some(30)), job(2, 2, 0, Some(60))]);
+    s.schedule();
+    s.apply(Event::JobSubmitted(JobRequest { nodes: 2, ..JobRequest::new(3, Resources::new(1000, GIB, 2), 0) }))
+        .unwrap();
+    s.schedule();
+    assert_eq!(s.forecast_start(3), Some(StartForecast::At(70 * S)));
+}
