@@ -25,7 +25,8 @@ pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason};
 pub use resources::Resources;
 pub use scheduler::{
-    Allocation, CoreError, Decision, Event, GpuPlacement, JobRequest, NodeInfo, Peer, PoolInfo, Scheduler, TeamInfo,
+    Allocation, CoreError, Decision, Event, GpuPlacement, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo, Scheduler,
+    TeamInfo,
 };
 
 /// A job's identifier, assigned by the store when the job is accepted.

@@ -21,6 +21,8 @@ pub enum PreemptReason {
     Priority { victim_priority: i32, preemptor_priority: i32 },
     /// Its team borrowed beyond its quota, and the lending team needs its guaranteed share back.
     Reclaim { victim_team: String, preemptor_team: String },
+    /// Its project borrowed beyond its quota within the team, and a sibling project needs its guaranteed share back.
+    ReclaimProject { team: String, victim_project: String, preemptor_project: String },
 }
 
 impl std::fmt::Display for PreemptReason {
@@ -33,6 +35,10 @@ impl std::fmt::Display for PreemptReason {
             PreemptReason::Reclaim { victim_team, preemptor_team } => write!(
                 f,
                 "team {victim_team} borrowed beyond its quota and team {preemptor_team} needs its guaranteed share back"
+            ),
+            PreemptReason::ReclaimProject { team, victim_project, preemptor_project } => write!(
+                f,
+                "project {victim_project} of team {team} borrowed beyond its quota and project {preemptor_project} needs its guaranteed share back"
             ),
         }
     }

@@ -67,6 +67,8 @@ pub enum WaitReason {
     Preempting { jobs: Vec<JobId> },
     /// Starting the job would take its team past its quota plus what it may borrow.
     OverTeamLimit { team: String, resource: ResourceKind, would_hold: u64, limit: u64 },
+    /// Starting the job would take its project past the project's quota plus what it may borrow within the team.
+    OverProjectLimit { team: String, project: String, resource: ResourceKind, would_hold: u64, limit: u64 },
     /// No node, even empty, is large enough for the job.
     Infeasible { resource: ResourceKind, needed: u64, largest: u64 },
     /// Some node could hold the job, but none has enough free right now.
@@ -114,6 +116,12 @@ impl fmt::Display for WaitReason {
             WaitReason::OverTeamLimit { team, resource, would_hold, limit } => write!(
                 f,
                 "team {team} would hold {}, over its limit of {} (quota plus what it may borrow); it starts when the team's other jobs end",
+                resource.free_amount(*would_hold),
+                resource.free_amount(*limit)
+            ),
+            WaitReason::OverProjectLimit { team, project, resource, would_hold, limit } => write!(
+                f,
+                "project {project} of team {team} would hold {}, over its limit of {} (quota plus what it may borrow); it starts when the project's other jobs end",
                 resource.free_amount(*would_hold),
                 resource.free_amount(*limit)
             ),

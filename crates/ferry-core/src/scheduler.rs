@@ -61,6 +61,28 @@ impl TeamInfo {
     }
 }
 
+/// A project's quota within its team: a guaranteed share of what the team may hold, and how much more it may borrow
+/// from its sibling projects' idle quota; borrowed resources are taken back by preemption when a sibling needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectInfo {
+    pub team: String,
+    pub name: String,
+    pub quota: Resources,
+    /// How much beyond its quota the project may use; `None` means as much as is idle.
+    pub borrow_limit: Option<Resources>,
+}
+
+impl ProjectInfo {
+    /// The key the scheduler files the project under, as `JobRequest::project_key` makes it.
+    fn key(&self) -> String {
+        format!("{}/{}", self.team, self.name)
+    }
+
+    fn ceiling(&self) -> Option<Resources> {
+        self.borrow_limit.map(|b| self.quota.checked_add(&b).unwrap_or(self.quota))
+    }
+}
+
 /// What the scheduler needs to know of a queued job.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRequest {
@@ -196,6 +218,8 @@ pub enum Event {
     PoolsConfigured(Vec<PoolInfo>),
     /// The teams and their quotas, and the half-life of the usage fair share weighs, replacing earlier settings.
     TeamsConfigured { teams: Vec<TeamInfo>, fair_share_half_life_s: u64 },
+    /// The projects with quotas of their own within their teams, replacing earlier settings.
+    ProjectsConfigured(Vec<ProjectInfo>),
     /// How GPU jobs choose among the nodes that can hold them.
     PlacementConfigured(GpuPlacement),
     /// The time is now `now_us`; usage accrues and waiting is measured against it.
@@ -354,6 +378,8 @@ pub struct Scheduler {
     reservations: HashMap<JobId, String>,
     pools: BTreeMap<String, PoolInfo>,
     teams: BTreeMap<String, TeamInfo>,
+    /// Projects with quotas, keyed `team/project`.
+    projects: BTreeMap<String, ProjectInfo>,
     /// What each team and each user holds now.
     team_held: HashMap<String, Resources>,
     user_held: HashMap<String, Resources>,
@@ -451,6 +477,10 @@ impl Scheduler {
             }
             Event::PoolsConfigured(pools) => {
                 self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+                Ok(Vec::new())
+            }
+            Event::ProjectsConfigured(projects) => {
+                self.projects = projects.into_iter().map(|p| (p.key(), p)).collect();
                 Ok(Vec::new())
             }
             Event::TeamsConfigured { teams, fair_share_half_life_s } => {
@@ -929,14 +959,21 @@ impl Scheduler {
         fairshare::order(queue, owner_of, &standing, &capacity)
     }
 
-    /// Why the job's team may not take it on now, if it may not: the team would hold more than its quota plus
+    /// Why the job's team or project may not take it on now, if it may not: it would hold more than its quota plus
     /// what it may borrow.
     fn over_team_limit(&self, request: &JobRequest) -> Option<WaitReason> {
-        let team = self.teams.get(&request.team)?;
-        let ceiling = team.ceiling()?;
-        let after = self.team_held(&request.team).checked_add(&request.total())?;
-        let (resource, would_hold, limit) = first_short(&after, &ceiling)?;
-        Some(WaitReason::OverTeamLimit { team: team.name.clone(), resource, would_hold, limit })
+        if let Some(ceiling) = self.teams.get(&request.team).and_then(TeamInfo::ceiling) {
+            let after = self.team_held(&request.team).checked_add(&request.total())?;
+            if let Some((resource, would_hold, limit)) = first_short(&after, &ceiling) {
+                return Some(WaitReason::OverTeamLimit { team: request.team.clone(), resource, would_hold, limit });
+            }
+        }
+        let key = request.project_key();
+        let project = self.projects.get(&key)?;
+        let held = self.project_held.get(&key).copied().unwrap_or_default();
+        let (resource, would_hold, limit) = first_short(&held.checked_add(&request.total())?, &project.ceiling()?)?;
+        let (team, project) = (project.team.clone(), project.name.clone());
+        Some(WaitReason::OverProjectLimit { team, project, resource, would_hold, limit })
     }
 
     /// Picks the victims that make room for a blocked job (on one node, or on as many nodes as a gang has workers,
@@ -949,7 +986,8 @@ impl Scheduler {
         }
         // Most blocked jobs can stop nothing: nothing running has a lower priority, and their team reclaims nothing.
         let lowest = cycle.lowest_running_priority;
-        if lowest.is_none_or(|p| p >= request.priority) && !self.teams.contains_key(&request.team) {
+        let reclaims = self.teams.contains_key(&request.team) || self.projects.contains_key(&request.project_key());
+        if lowest.is_none_or(|p| p >= request.priority) && !reclaims {
             return Vec::new();
         }
         // For each pool in order: each allowed node's cheapest victims (fewest, then the least important worst
@@ -1017,8 +1055,8 @@ impl Scheduler {
         decisions
     }
 
-    /// Whether `request` may stop `victim`, and why: a strictly higher priority, or a team within its guaranteed
-    /// quota taking back what the victim's team borrowed.
+    /// Whether `request` may stop `victim`, and why: a strictly higher priority, a team within its guaranteed
+    /// quota taking back what the victim's team borrowed, or the same between two projects of one team.
     fn may_preempt(&self, request: &JobRequest, victim: &JobRequest) -> Option<PreemptReason> {
         if victim.priority < request.priority {
             return Some(PreemptReason::Priority {
@@ -1026,28 +1064,58 @@ impl Scheduler {
                 preemptor_priority: request.priority,
             });
         }
-        let mine = self.teams.get(&request.team)?;
-        let theirs = self.teams.get(&victim.team)?;
-        // Count what preemptions already under way will move: the jobs they make room for belong to their teams
-        // already, and their victims no longer to theirs.
-        let (mut claimed, mut leaving) = (self.team_held(&mine.name), self.team_held(&theirs.name));
+        if let (Some(mine), Some(theirs)) = (self.teams.get(&request.team), self.teams.get(&victim.team)) {
+            let team = |r: &JobRequest| r.team.clone();
+            if self.reclaims(request, (&mine.name, &mine.quota), (&theirs.name, &theirs.quota), &self.team_held, team) {
+                let (victim_team, preemptor_team) = (theirs.name.clone(), mine.name.clone());
+                return Some(PreemptReason::Reclaim { victim_team, preemptor_team });
+            }
+        }
+        if request.team != victim.team {
+            return None;
+        }
+        let (mine_key, theirs_key) = (request.project_key(), victim.project_key());
+        let (mine, theirs) = (self.projects.get(&mine_key)?, self.projects.get(&theirs_key)?);
+        let project = |r: &JobRequest| r.project_key();
+        self.reclaims(request, (&mine_key, &mine.quota), (&theirs_key, &theirs.quota), &self.project_held, project)
+            .then(|| PreemptReason::ReclaimProject {
+                team: request.team.clone(),
+                victim_project: theirs.name.clone(),
+                preemptor_project: mine.name.clone(),
+            })
+    }
+
+    /// Whether a group (a team, or a project within a team) within its guaranteed quota may take back from another
+    /// group what that one borrows beyond its own quota. Preemptions already under way count as done: the jobs they
+    /// make room for belong to their groups already, and their victims no longer to theirs.
+    fn reclaims(
+        &self,
+        request: &JobRequest,
+        (mine, my_quota): (&str, &Resources),
+        (theirs, their_quota): (&str, &Resources),
+        held: &HashMap<String, Resources>,
+        group_of: impl Fn(&JobRequest) -> String,
+    ) -> bool {
+        if mine == theirs {
+            return false;
+        }
+        let held_by = |group: &str| held.get(group).copied().unwrap_or_default();
+        let (mut claimed, mut leaving) = (held_by(mine), held_by(theirs));
         let mut preemptors = BTreeSet::new();
         for running in self.running.values() {
             let Some(by) = running.preempted_by else { continue };
-            if running.request.team == theirs.name {
+            if group_of(&running.request) == theirs {
                 leaving = leaving.saturating_sub(&running.request.total());
             }
             preemptors.insert(by);
         }
         for waiting in preemptors.iter().filter_map(|by| self.pending.get(by)) {
-            if waiting.team == mine.name && waiting.id != request.id {
+            if group_of(waiting) == mine && waiting.id != request.id {
                 claimed = claimed.checked_add(&waiting.total()).unwrap_or(claimed);
             }
         }
-        let within_quota = claimed.checked_add(&request.total())?.fits_in(&mine.quota);
-        let borrowing = !leaving.fits_in(&theirs.quota);
-        (mine.name != theirs.name && within_quota && borrowing)
-            .then(|| PreemptReason::Reclaim { victim_team: theirs.name.clone(), preemptor_team: mine.name.clone() })
+        let within_quota = claimed.checked_add(&request.total()).is_some_and(|c| c.fits_in(my_quota));
+        within_quota && !leaving.fits_in(their_quota)
     }
 
     /// Whether `request` can start on `node` with `free` left there. For a GPU share, the inner value says which

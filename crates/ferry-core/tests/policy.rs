@@ -1,6 +1,6 @@
 //! Quotas, fair share and preemption, through the core's events and decisions.
 
-use ferry_core::{Decision, Event, JobRequest, NodeInfo, Resources, Scheduler, TeamInfo};
+use ferry_core::{Decision, Event, JobRequest, NodeInfo, ProjectInfo, Resources, Scheduler, TeamInfo};
 
 const GIB: u64 = 1 << 30;
 
@@ -240,5 +240,51 @@ fn what_a_preemption_frees_goes_to_the_job_it_was_for() {
             "3: start 13",
             "3: start 14"
         ]
+    );
+}
+
+#[test]
+fn a_project_takes_back_its_quota_from_a_sibling_project_and_a_capped_project_waits() {
+    let project = |name: &str, gpus: u32, borrow: Option<u32>| ProjectInfo {
+        team: "research".into(),
+        name: name.into(),
+        quota: Resources::new(u64::MAX, u64::MAX, gpus),
+        borrow_limit: borrow.map(|b| Resources::new(0, 0, b)),
+    };
+    let projects = Event::ProjectsConfigured(vec![
+        project("vision", 2, None),
+        project("nlp", 2, None),
+        project("audio", 1, Some(0)),
+    ]);
+    let job = |id: u64, user: &str, project: &str| {
+        Event::JobSubmitted(JobRequest {
+            user: user.into(),
+            team: "research".into(),
+            project: project.into(),
+            ..JobRequest::new(id, Resources::new(1000, GIB, 1), 0)
+        })
+    };
+    let mut s = scheduler(vec![node(4), projects]);
+    for id in 1..=4 {
+        s.apply(job(id, "ann", "vision")).unwrap();
+    }
+    // Vision borrows nlp's idle quota.
+    assert_eq!(cycle(&mut s), ["start 1", "start 2", "start 3", "start 4"]);
+    s.apply(job(5, "bob", "nlp")).unwrap();
+    assert_eq!(
+        cycle(&mut s),
+        ["preempt 4 for 5: project vision of team research borrowed beyond its quota and project nlp needs its guaranteed share back"]
+    );
+    s.apply(Event::JobEnded { id: 4 }).unwrap();
+    assert_eq!(cycle(&mut s), ["start 5"]);
+    // Audio may hold one GPU and borrow none.
+    s.apply(Event::JobEnded { id: 3 }).unwrap();
+    s.apply(Event::JobEnded { id: 2 }).unwrap();
+    s.apply(job(6, "cat", "audio")).unwrap();
+    s.apply(job(7, "cat", "audio")).unwrap();
+    assert_eq!(cycle(&mut s), ["start 6"]);
+    assert_eq!(
+        s.explain(7).unwrap().to_string(),
+        "project audio of team research would hold 2, over its limit of 1 (quota plus what it may borrow); it starts when the project's other jobs end"
     );
 }

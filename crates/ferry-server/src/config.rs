@@ -20,6 +20,11 @@
 //! name = "vision"
 //! quota = { gpus = 8, cpus = 128, memory = "1TiB" }   # guaranteed
 //! borrow_limit = { gpus = 8 }                          # at most this much more of others' idle quota
+//!
+//! [[team.project]]                                     # a project's share of its team's quota
+//! name = "detection"
+//! quota = { gpus = 4 }
+//! borrow_limit = { gpus = 2 }                          # from sibling projects' idle quota
 //! ```
 //!
 //! This module parses and checks; it must never touch the store or the scheduler.
@@ -27,7 +32,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry_core::{GpuPlacement, PoolInfo, Resources, TeamInfo};
+use ferry_core::{GpuPlacement, PoolInfo, ProjectInfo, Resources, TeamInfo};
 use serde::Deserialize;
 
 /// The most pools one installation may define.
@@ -37,6 +42,8 @@ const POOLS_MAX: usize = 256;
 pub struct FileConfig {
     pub pools: Vec<PoolConfig>,
     pub teams: Vec<TeamInfo>,
+    /// Projects with quotas of their own within their teams.
+    pub projects: Vec<ProjectInfo>,
     /// 0 means the core's default.
     pub fair_share_half_life_s: u64,
     pub gpu_placement: GpuPlacement,
@@ -65,6 +72,16 @@ struct RawFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTeam {
+    name: String,
+    quota: RawAmount,
+    borrow_limit: Option<RawAmount>,
+    #[serde(default)]
+    project: Vec<RawProject>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
     name: String,
     quota: RawAmount,
     borrow_limit: Option<RawAmount>,
@@ -149,6 +166,7 @@ impl FileConfig {
             });
         }
         let mut teams = Vec::with_capacity(raw.team.len());
+        let mut projects = Vec::new();
         let mut names = BTreeSet::new();
         for (i, t) in raw.team.into_iter().enumerate() {
             let at = format!("team[{i}] ({})", t.name);
@@ -164,6 +182,28 @@ impl FileConfig {
                 .as_ref()
                 .map(|b| b.resources(&format!("{at} borrow_limit"), Resources::UNLIMITED))
                 .transpose()?;
+            let mut project_names = BTreeSet::new();
+            for (j, p) in t.project.into_iter().enumerate() {
+                let at = format!("{at} project[{j}] ({})", p.name);
+                if p.name.trim().is_empty() {
+                    return Err(format!("{at}: `name` must not be empty"));
+                }
+                if !project_names.insert(p.name.clone()) {
+                    return Err(format!("{at}: the project `{}` is defined twice in team {}", p.name, t.name));
+                }
+                let project_quota = p.quota.resources(&format!("{at} quota"), quota)?;
+                if !project_quota.fits_in(&quota) {
+                    return Err(format!(
+                        "{at}: the project's quota is larger than its team's; a project's quota is its share of the team's"
+                    ));
+                }
+                let borrow_limit = p
+                    .borrow_limit
+                    .as_ref()
+                    .map(|b| b.resources(&format!("{at} borrow_limit"), Resources::UNLIMITED))
+                    .transpose()?;
+                projects.push(ProjectInfo { team: t.name.clone(), name: p.name, quota: project_quota, borrow_limit });
+            }
             teams.push(TeamInfo { name: t.name, quota, borrow_limit });
         }
         let fair_share_half_life_s = raw
@@ -172,7 +212,7 @@ impl FileConfig {
             .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
             .transpose()?
             .unwrap_or(0);
-        Ok(FileConfig { pools, teams, fair_share_half_life_s, gpu_placement: raw.gpu_placement })
+        Ok(FileConfig { pools, teams, projects, fair_share_half_life_s, gpu_placement: raw.gpu_placement })
     }
 }
 
@@ -214,6 +254,17 @@ mod tests {
         assert_eq!(team.quota, Resources::new(64_000, 512 << 30, 8));
         assert_eq!(team.borrow_limit.unwrap().gpus, 4);
         assert!(team.borrow_limit.unwrap().cpu_millis > 1 << 40, "what a limit leaves out is unlimited");
+        let config = FileConfig::parse(
+            "[[team]]\nname = \"v\"\nquota = { gpus = 8 }\n[[team.project]]\nname = \"det\"\nquota = { gpus = 4 }\n",
+        )
+        .unwrap();
+        assert_eq!(config.projects[0].team, "v");
+        assert_eq!(config.projects[0].quota.gpus, 4);
+        assert_eq!(config.projects[0].borrow_limit, None);
+        assert_eq!(
+            error("[[team]]\nname = \"v\"\nquota = { gpus = 8 }\n[[team.project]]\nname = \"det\"\nquota = { gpus = 9 }\n"),
+            "team[0] (v) project[0] (det): the project's quota is larger than its team's; a project's quota is its share of the team's"
+        );
         assert_eq!(
             error("[[team]]\nname = \"v\"\nquota = { gpus = 1, memory = \"lots\" }\n"),
             "team[0] (v) quota: `memory`: `lots` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"

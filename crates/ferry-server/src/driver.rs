@@ -267,6 +267,8 @@ impl Driver {
             fair_share_half_life_s: self.config.fair_share_half_life_s,
         };
         self.sched.apply(teams).expect("configuring teams never fails");
+        let projects = Event::ProjectsConfigured(self.config.projects.clone());
+        self.sched.apply(projects).expect("configuring projects never fails");
         self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
         self.jobs.clear();
         self.nodes.clear();
