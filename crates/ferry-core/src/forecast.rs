@@ -4,11 +4,12 @@
 //! own limit; the queue ahead of the job (priority, fair share, reservations, gangs, quotas) decides in the same
 //! order the real cycle would. Jobs of a lower priority are left out: they can start ahead of it only where they do
 //! not delay it. Preempted jobs are taken to stop at once and not to come back. A job waiting on work without a
-//! runtime limit has no forecast.
+//! runtime limit has no forecast. Nodes asked of an elastic pool come up `startup_s` after they are asked for; those
+//! asked for before the forecast are taken to have been asked for just now, so what waits on them starts by then.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::scheduler::{Decision, Event, Scheduler};
+use crate::scheduler::{Decision, Event, NodeInfo, Scheduler};
 use crate::JobId;
 
 /// The most scheduling cycles one forecast runs; past it the forecast gives up and says so.
@@ -34,6 +35,11 @@ impl Scheduler {
         let mut now = fork.now_us();
         let mut ends: BTreeSet<(i64, JobId)> =
             fork.running_ends().into_iter().filter_map(|(id, end)| end.map(|e| (e.max(now), id))).collect();
+        let mut starting = Starting::default();
+        let requested: Vec<(String, u32)> = fork.provisioning().map(|(pool, n)| (pool.to_string(), n)).collect();
+        for (pool, nodes) in requested {
+            starting.add(&fork, &pool, nodes, now);
+        }
         for _ in 0..FORECAST_CYCLES_MAX {
             for decision in fork.schedule() {
                 match decision {
@@ -47,10 +53,14 @@ impl Scheduler {
                         ends.retain(|(_, id)| *id != victim);
                         ends.insert((now, victim));
                     }
-                    Decision::Lost { .. } => {}
+                    Decision::Provision { pool, nodes, .. } => starting.add(&fork, &pool, nodes, now),
+                    // A released node takes no more jobs, which is all a forecast needs of it.
+                    Decision::Lost { .. } | Decision::Release { .. } => {}
                 }
             }
-            let Some(&(next, _)) = ends.first() else { return Some(StartForecast::Unknown) };
+            let next_end = ends.first().map(|(at, _)| *at);
+            let next_up = starting.nodes.first_key_value().map(|((at, _), _)| *at);
+            let Some(next) = next_end.into_iter().chain(next_up).min() else { return Some(StartForecast::Unknown) };
             now = now.max(next);
             while let Some(&(at, id)) = ends.first() {
                 if at > now {
@@ -59,8 +69,39 @@ impl Scheduler {
                 ends.pop_first();
                 fork.apply(Event::JobEnded { id }).expect("ending a job never fails");
             }
+            while starting.nodes.first_key_value().is_some_and(|((at, _), _)| *at <= now) {
+                let (_, info) = starting.nodes.pop_first().expect("a first node was seen");
+                fork.apply(Event::NodeUp(info)).expect("a node made from a template is valid");
+            }
             fork.apply(Event::Tick { now_us: now }).expect("a tick never fails");
         }
         Some(StartForecast::Unknown)
+    }
+}
+
+/// Nodes of elastic pools starting in a forecast: when each comes up, and the node.
+#[derive(Default)]
+struct Starting {
+    nodes: BTreeMap<(i64, String), NodeInfo>,
+    /// The number in the next node's name, so that names never repeat.
+    next: u64,
+}
+
+impl Starting {
+    /// Adds `nodes` nodes of elastic pool `pool`, asked for at `now`, named so that no known node has the name.
+    fn add(&mut self, fork: &Scheduler, pool: &str, nodes: u32, now: i64) {
+        let Some(elastic) = fork.elastic_pool(pool) else { return };
+        let startup_us = i64::try_from(elastic.startup_s.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let due = now.saturating_add(startup_us);
+        for _ in 0..nodes {
+            let name = loop {
+                self.next += 1;
+                let name = format!("{pool}-forecast-{}", self.next);
+                if fork.node_usage(&name).is_none() {
+                    break name;
+                }
+            };
+            self.nodes.insert((due, name.clone()), elastic.node.node(&name, pool));
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! The scheduler core: a pure, deterministic state machine.
 //!
-//! Events go in (a node joined or went away, a job was submitted or ended), decisions come out (start this job on
-//! that node with these GPUs, this job was lost), and every decision or wait carries its reason as data.
+//! Events go in (a node joined, went away or was removed, a job was submitted or ended), decisions come out (start
+//! this job on that node with these GPUs, this job was lost, start or release nodes of an elastic pool), and every
+//! decision or wait carries its reason as data.
 //!
 //! This crate must never do I/O, read a clock, spawn a task or draw a random number: the server and the simulator
 //! drive the same core, so everything it needs is passed in. It knows nothing of SQL, HTTP or processes.
 
+mod elastic;
 mod fairshare;
 mod fgd;
 mod forecast;
@@ -19,10 +21,14 @@ pub mod resources_fmt {
 }
 mod scheduler;
 
+pub use elastic::{ElasticPool, NodeTemplate};
 pub use fairshare::HALF_LIFE_S_DEFAULT;
 pub use forecast::{StartForecast, FORECAST_CYCLES_MAX};
 pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
-pub use reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason};
+pub use reason::{
+    BurstReason, NodeShortfall, NodesNeeded, Placement, ProvisionReason, ReleaseReason, ResourceKind, WaitReason,
+    PROVISION_JOBS_NAMED_MAX,
+};
 pub use resources::Resources;
 pub use scheduler::{
     Allocation, CoreError, Decision, Event, GpuPlacement, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo, Scheduler,

@@ -17,6 +17,11 @@ pub(crate) struct Node {
     /// For each GPU that jobs share, the thousandths in use and the jobs using them. A GPU in neither map is free.
     pub(crate) shared: BTreeMap<u32, (u32, BTreeSet<JobId>)>,
     pub(crate) jobs: BTreeSet<JobId>,
+    /// Since when (a tick's time) the node has held no job; `None` while it holds one, and until the first tick after
+    /// its last job left. Nodes of elastic pools are released when they have idled long enough.
+    pub(crate) idle_since_us: Option<i64>,
+    /// Whether the core asked for the node to be released; it takes no more jobs, and waits for `NodeRemoved`.
+    pub(crate) releasing: bool,
 }
 
 impl Node {
@@ -28,6 +33,8 @@ impl Node {
             gpu_owner: BTreeMap::new(),
             shared: BTreeMap::new(),
             jobs: BTreeSet::new(),
+            idle_since_us: None,
+            releasing: false,
         }
     }
 

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{format_bytes, format_cpus};
+use crate::resources::{format_bytes, format_cpus, Resources};
 use crate::JobId;
 
 /// How many nodes a wait reason names before it summarises the rest, so that a message stays readable on a large
@@ -82,6 +82,9 @@ pub enum WaitReason {
     GangInfeasible { workers: u32, nodes_able: u32 },
     /// A gang waits until enough nodes of one pool can each hold a worker at the same time; nothing partial starts.
     GangWaiting { workers: u32, nodes_free: u32, pool: String, nodes: Vec<String> },
+    /// No node can hold the job now, and new nodes of an elastic pool that can have been requested for it; it
+    /// starts when they are up. `nodes_starting` counts all of the pool's requested nodes not yet up.
+    Provisioning { pool: String, nodes_starting: u32 },
     /// The job fits now and starts in the next scheduling cycle.
     Starting,
 }
@@ -180,6 +183,10 @@ impl fmt::Display for WaitReason {
                     ),
                 }
             }
+            WaitReason::Provisioning { pool, nodes_starting } => write!(
+                f,
+                "no node can hold it now; it waits for new nodes of elastic pool {pool} ({nodes_starting} starting)"
+            ),
             WaitReason::Starting => write!(f, "resources are free; it starts in the next scheduling cycle"),
         }
     }
@@ -262,6 +269,98 @@ impl fmt::Display for Placement {
             self.gpus_free_after,
             if self.gpus_free_after == 1 { "" } else { "s" },
             format_cpus(self.cpu_millis_free_after)
+        )
+    }
+}
+
+/// How many jobs a provisioning reason names before it summarises the rest.
+pub const PROVISION_JOBS_NAMED_MAX: usize = 3;
+
+/// A blocked job that new nodes are requested for, and how many of them it needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesNeeded {
+    pub job: JobId,
+    /// Its workers: 1, or more for a gang.
+    pub workers: u32,
+    /// How many of the new nodes it needs (jobs smaller than a node share them).
+    pub nodes: u32,
+    /// What each worker needs of a node; a share of a GPU counts as one GPU.
+    pub needs: Resources,
+}
+
+impl fmt::Display for NodesNeeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match (self.needs.gpus, self.needs.cpu_millis) {
+            (0, cpus) => ResourceKind::Cpus.amount(cpus),
+            (gpus, _) => ResourceKind::Gpus.amount(u64::from(gpus)),
+        };
+        match self.workers {
+            0 | 1 => write!(f, "job {} needs {what}", self.job),
+            workers => write!(
+                f,
+                "job {}, a gang of {workers} workers of {what}, needs {} new node{}",
+                self.job,
+                self.nodes,
+                if self.nodes == 1 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
+/// Why new nodes of an elastic pool are requested: the blocked jobs that no node up or starting can hold, which
+/// the burst rules let into the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionReason {
+    pub pool: String,
+    /// The first jobs the new nodes are for, in queue order (at most `PROVISION_JOBS_NAMED_MAX`).
+    pub jobs: Vec<NodesNeeded>,
+    /// How many more jobs the new nodes are for.
+    pub more_jobs: u32,
+    /// How many nodes the pool had, up or starting, before this request.
+    pub nodes_before: u32,
+    pub max_nodes: u32,
+}
+
+impl fmt::Display for ProvisionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, job) in self.jobs.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{job}")?;
+        }
+        if self.more_jobs > 0 {
+            write!(f, ", and {} more job{}", self.more_jobs, if self.more_jobs == 1 { "" } else { "s" })?;
+        }
+        let room = self.max_nodes.saturating_sub(self.nodes_before);
+        write!(
+            f,
+            "; no node up or starting can hold {}; pool {} has room for {room} more node{} (at most {})",
+            if self.jobs.len() + self.more_jobs as usize == 1 { "it" } else { "them" },
+            self.pool,
+            if room == 1 { "" } else { "s" },
+            self.max_nodes
+        )
+    }
+}
+
+/// Why a node of an elastic pool is given back: it has held no job for the pool's `idle_release_s`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseReason {
+    pub pool: String,
+    /// How long it has held no job.
+    pub idle_s: u64,
+    pub idle_release_s: u64,
+}
+
+impl fmt::Display for ReleaseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "it has held no job for {}; elastic pool {} releases nodes idle for {}",
+            duration(self.idle_s),
+            self.pool,
+            duration(self.idle_release_s)
         )
     }
 }

@@ -10,11 +10,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::elastic::{self, ElasticPool, Supply, Want};
 use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
 use crate::node::Node;
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
-use crate::reason::{BurstReason, NodeShortfall, Placement, ResourceKind, WaitReason, SHORTFALL_NODES_MAX};
+use crate::reason::{
+    BurstReason, NodeShortfall, Placement, ProvisionReason, ReleaseReason, ResourceKind, WaitReason,
+    PROVISION_JOBS_NAMED_MAX, SHORTFALL_NODES_MAX,
+};
 use crate::resources::Resources;
 use crate::JobId;
 
@@ -42,6 +46,11 @@ pub struct PoolInfo {
     pub order: i32,
     pub burst: bool,
     pub burst_after_s: Option<u64>,
+    /// Set for a pool whose provider starts nodes on request: cycles ask for new nodes (`Decision::Provision`) when
+    /// blocked jobs that the burst rules let in could run on them, and give back nodes that idle
+    /// (`Decision::Release`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic: Option<ElasticPool>,
 }
 
 /// A team's quota: what it is guaranteed, and how much more it may borrow from other teams' idle quota. Borrowed
@@ -207,6 +216,9 @@ pub enum Event {
     NodeUp(NodeInfo),
     /// A node stopped reporting. Its jobs are lost: each yields a `Decision::Lost`.
     NodeDown { node: String },
+    /// A node is gone for good (an elastic pool's node given back after `Decision::Release`, say). It must hold no
+    /// job: a node with jobs goes `NodeDown` first.
+    NodeRemoved { node: String },
     /// A job entered the queue.
     JobSubmitted(JobRequest),
     /// A job already running somewhere is re-entered after a restart of the server.
@@ -255,6 +267,19 @@ pub enum Decision {
         by: JobId,
         reason: PreemptReason,
     },
+    /// Ask the provider of an elastic pool for `nodes` more nodes like the pool's template; each joins with
+    /// `Event::NodeUp` (which counts against this request) once it has started.
+    Provision {
+        pool: String,
+        nodes: u32,
+        reason: ProvisionReason,
+    },
+    /// Give a node of an elastic pool back to its provider: it has idled long enough. It takes no more jobs; the
+    /// driver confirms with `Event::NodeRemoved`.
+    Release {
+        node: String,
+        reason: ReleaseReason,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -267,6 +292,8 @@ pub enum CoreError {
     AdoptionConflict { job: JobId, node: String, why: String },
     #[error("node {node} declares {gpus} GPUs but lists {indices} device indices")]
     GpuCountMismatch { node: String, gpus: u32, indices: usize },
+    #[error("node {node} cannot be removed while it runs jobs {jobs:?}; report it down first")]
+    NodeBusy { node: String, jobs: Vec<JobId> },
 }
 
 type QueueKey = (Reverse<i32>, JobId);
@@ -311,6 +338,25 @@ struct Cycle {
     /// Reserved nodes: what is held back there, for which job, and when that job is expected to start (its shadow
     /// time). A job whose runtime limit ends before the shadow time may use what is held back: backfill.
     shadows: BTreeMap<usize, Shadow>,
+    /// How many nodes each pool of `pool_order` has, ready or not.
+    nodes_in_pool: Vec<u32>,
+    /// The elastic pools, in the order jobs fill them.
+    elastic: Vec<ElasticCandidate>,
+    /// Blocked jobs that new nodes of elastic pools could hold, in queue order.
+    wants: Vec<Want>,
+}
+
+/// An elastic pool as one cycle sees it.
+struct ElasticCandidate {
+    name: String,
+    /// A node made from the pool's template, to match jobs against.
+    template: NodeInfo,
+    /// The pool's position in the cycle's `pool_order`, once it has nodes.
+    position: Option<usize>,
+    /// Its nodes, up, down or starting.
+    nodes: u32,
+    max_nodes: u32,
+    supply: Supply,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -392,6 +438,12 @@ pub struct Scheduler {
     /// Nodes where running jobs were preempted for a queued job (one per worker of a gang): what frees there is that
     /// job's first.
     claims: BTreeMap<JobId, Vec<String>>,
+    /// For each elastic pool, how many nodes were requested and are not up yet.
+    provisioning: BTreeMap<String, u32>,
+    /// What the last cycle found: blocked jobs that wait for new nodes of an elastic pool, and that pool.
+    waiting_for_nodes: HashMap<JobId, String>,
+    /// Nodes whose last job left (or that joined) since the last tick; the next tick stamps them idle since its time.
+    newly_idle: BTreeSet<String>,
     now_us: i64,
 }
 
@@ -459,6 +511,16 @@ impl Scheduler {
         self.team_held.get(team).copied().unwrap_or_default()
     }
 
+    /// For each elastic pool with nodes requested and not yet up, how many.
+    pub fn provisioning(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.provisioning.iter().filter(|(_, n)| **n > 0).map(|(pool, n)| (pool.as_str(), *n))
+    }
+
+    /// The elastic capacity of a pool, if it has any.
+    pub(crate) fn elastic_pool(&self, pool: &str) -> Option<&ElasticPool> {
+        self.pools.get(pool).and_then(|p| p.elastic.as_ref())
+    }
+
     /// Allocated resources and capacity of a node, for reports.
     pub fn node_usage(&self, node: &str) -> Option<(Resources, Resources)> {
         self.nodes.get(node).map(|n| (n.allocated, n.info.capacity))
@@ -469,6 +531,7 @@ impl Scheduler {
         match event {
             Event::NodeUp(info) => self.node_up(info).map(|()| Vec::new()),
             Event::NodeDown { node } => self.node_down(&node),
+            Event::NodeRemoved { node } => self.node_removed(&node).map(|()| Vec::new()),
             Event::JobSubmitted(request) => self.submit(request).map(|()| Vec::new()),
             Event::JobAdopted { request, allocation } => self.adopt(request, allocation).map(|()| Vec::new()),
             Event::JobEnded { id } => {
@@ -477,6 +540,9 @@ impl Scheduler {
             }
             Event::PoolsConfigured(pools) => {
                 self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+                // Nodes requested of a pool that is no longer elastic are not waited for.
+                let pools = &self.pools;
+                self.provisioning.retain(|pool, _| pools.get(pool).is_some_and(|p| p.elastic.is_some()));
                 Ok(Vec::new())
             }
             Event::ProjectsConfigured(projects) => {
@@ -512,11 +578,28 @@ impl Scheduler {
             Some(node) => {
                 node.info = info;
                 node.ready = true;
+                node.releasing = false;
             }
             None => {
+                // A new node of an elastic pool is one of those requested of it.
+                if let Some(starting) = self.provisioning.get_mut(&info.pool) {
+                    *starting = starting.saturating_sub(1);
+                }
+                self.newly_idle.insert(info.name.clone());
                 self.nodes.insert(info.name.clone(), Node::new(info));
             }
         }
+        Ok(())
+    }
+
+    fn node_removed(&mut self, name: &str) -> Result<(), CoreError> {
+        let node = self.nodes.get(name).ok_or_else(|| CoreError::UnknownNode(name.to_string()))?;
+        if !node.jobs.is_empty() {
+            return Err(CoreError::NodeBusy { node: name.to_string(), jobs: node.jobs.iter().copied().collect() });
+        }
+        self.nodes.remove(name);
+        self.newly_idle.remove(name);
+        self.reservations.retain(|_, reserved| reserved != name);
         Ok(())
     }
 
@@ -530,8 +613,18 @@ impl Scheduler {
         Ok(lost.into_iter().map(|job| Decision::Lost { job, node: name.to_string() }).collect())
     }
 
-    /// Moves time forward: each user's usage accrues what its jobs held since the last tick, then decays.
+    /// Moves time forward, and stamps the nodes that became idle since the last tick as idle since now.
     fn tick(&mut self, now_us: i64) {
+        self.advance_usage(now_us);
+        for name in std::mem::take(&mut self.newly_idle) {
+            if let Some(node) = self.nodes.get_mut(&name).filter(|n| n.jobs.is_empty()) {
+                node.idle_since_us.get_or_insert(self.now_us);
+            }
+        }
+    }
+
+    /// Each user's and project's usage accrues what its jobs held since the last tick, then decays.
+    fn advance_usage(&mut self, now_us: i64) {
         if now_us <= self.now_us {
             return;
         }
@@ -626,7 +719,9 @@ impl Scheduler {
                 }
             }
             node.jobs.insert(id);
+            node.idle_since_us = None;
         }
+        self.waiting_for_nodes.remove(&id);
         self.running.insert(id, Running { allocation, request, preempted_by: None, started_at_us: self.now_us });
     }
 
@@ -636,6 +731,7 @@ impl Scheduler {
             self.queue.remove(&(Reverse(request.priority), id));
         }
         self.reservations.remove(&id);
+        self.waiting_for_nodes.remove(&id);
         let Some(Running { allocation, request, .. }) = self.running.remove(&id) else { return };
         let held = request.total();
         let project = request.project_key();
@@ -669,6 +765,9 @@ impl Scheduler {
                 }
             }
             node.jobs.remove(&id);
+            if node.jobs.is_empty() {
+                self.newly_idle.insert(name.to_string());
+            }
         }
     }
 
@@ -677,10 +776,12 @@ impl Scheduler {
     /// 2. order the queue: priority, then fair share between users, then submission;
     /// 3. for each job within its team's limit, find the nodes that allow and fit it and start it on the best;
     /// 4. a job that does not fit either preempts lower-priority or borrowed work, or reserves what it needs on the
-    ///    node closest to holding it, so the jobs behind it cannot starve it.
+    ///    node closest to holding it, so the jobs behind it cannot starve it;
+    /// 5. ask elastic pools for the new nodes that blocked jobs could run on, and give back their nodes that idled.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut free = self.free_now();
         self.reservations.clear();
+        self.waiting_for_nodes.clear();
         let mut cycle = Cycle {
             names: self.nodes.keys().cloned().collect(),
             nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
@@ -694,6 +795,7 @@ impl Scheduler {
             ..Cycle::default()
         };
         self.index_nodes(&free, &mut cycle);
+        self.index_elastic(&mut cycle);
         cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
         let mut decisions = Vec::new();
         self.honour_claims(&mut free, &mut cycle, &mut decisions);
@@ -726,16 +828,9 @@ impl Scheduler {
                     (false, Some(nodes)) => decisions.push(self.start_gang(id, nodes, &mut free, &mut cycle)),
                     _ => {
                         cycle.failed_shapes.insert(shape);
-                        if !blocked_budget_left {
-                            continue;
+                        if blocked_budget_left {
+                            self.blocked(id, &mut free, &mut cycle, &mut decisions);
                         }
-                        cycle.blocked += 1;
-                        if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
-                            let preempted = self.preempt_for(id, &free, &cycle);
-                            cycle.preemptions += preempted.len();
-                            decisions.extend(preempted);
-                        }
-                        self.reserve(id, &mut free, &mut cycle);
                     }
                 }
                 continue;
@@ -764,20 +859,122 @@ impl Scheduler {
                 }
                 None => {
                     cycle.failed_shapes.insert(shape);
-                    if !blocked_budget_left {
-                        continue;
+                    if blocked_budget_left {
+                        self.blocked(id, &mut free, &mut cycle, &mut decisions);
                     }
-                    cycle.blocked += 1;
-                    if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
-                        let preempted = self.preempt_for(id, &free, &cycle);
-                        cycle.preemptions += preempted.len();
-                        decisions.extend(preempted);
-                    }
-                    self.reserve(id, &mut free, &mut cycle);
                 }
             }
         }
+        if !cycle.elastic.is_empty() {
+            decisions.extend(self.provision(&cycle));
+            decisions.extend(self.release_idle());
+        }
         debug_assert_eq!(self.check_invariants(), Ok(()));
+        decisions
+    }
+
+    /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
+    /// are being stopped for it, it is noted for new nodes of elastic pools; and it holds back what it needs where it
+    /// comes closest to fitting.
+    fn blocked(&mut self, id: JobId, free: &mut [Resources], cycle: &mut Cycle, decisions: &mut Vec<Decision>) {
+        cycle.blocked += 1;
+        if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
+            let preempted = self.preempt_for(id, free, cycle);
+            cycle.preemptions += preempted.len();
+            decisions.extend(preempted);
+        }
+        if !cycle.elastic.is_empty() && !cycle.awaiting_victims.contains(&id) && !self.claims.contains_key(&id) {
+            self.want_nodes(id, free, cycle);
+        }
+        self.reserve(id, free, cycle);
+    }
+
+    /// Notes the elastic pools whose new nodes could hold a blocked job: those whose template allows and fits it and
+    /// that the burst rules let it into now (measured before it holds anything back, so that what it holds does not
+    /// count as the earlier pools being full). A gang needs new nodes only for the workers that no node of the pool
+    /// up now could hold.
+    fn want_nodes(&self, id: JobId, free: &[Resources], cycle: &mut Cycle) {
+        let request = &self.pending[&id];
+        if request.is_gang() && request.gpu_share_milli > 0 {
+            return;
+        }
+        let needs = request.footprint();
+        let mut pools = Vec::new();
+        for (k, pool) in cycle.elastic.iter().enumerate() {
+            if !request.allowed_on(&pool.template)
+                || !needs.fits_in(&pool.template.capacity)
+                || self.burst_refused(request, &pool.name, free).is_some()
+            {
+                continue;
+            }
+            let up_now = match pool.position {
+                Some(position) if request.is_gang() => self.nodes_fitting(request, position, free, cycle),
+                _ => 0,
+            };
+            let new_nodes = request.workers().saturating_sub(up_now);
+            if new_nodes > 0 {
+                pools.push((k, new_nodes));
+            }
+        }
+        if !pools.is_empty() {
+            cycle.wants.push(Want { job: id, needs, workers: request.workers(), pools });
+        }
+    }
+
+    /// How many ready nodes of the pool at `position` could each hold one worker of the job now.
+    fn nodes_fitting(&self, request: &JobRequest, position: usize, free: &[Resources], cycle: &Cycle) -> u32 {
+        let by_free = cycle.by_free_gpus[position].range(request.resources.gpus..);
+        let fits = |i: &&usize| self.fit(request, &self.nodes[&cycle.names[**i]], &free[**i]).is_some();
+        by_free.map(|(_, nodes)| nodes.iter().filter(fits).count() as u32).sum()
+    }
+
+    /// Asks each elastic pool for the new nodes its wanting jobs need beyond those already starting (see
+    /// `elastic::plan`), and remembers which jobs wait for which pool's nodes.
+    fn provision(&mut self, cycle: &Cycle) -> Vec<Decision> {
+        let supplies: Vec<Supply> = cycle.elastic.iter().map(|p| p.supply).collect();
+        let (requests, waits) = elastic::plan(&supplies, &cycle.wants);
+        self.waiting_for_nodes = waits.into_iter().map(|(job, k)| (job, cycle.elastic[k].name.clone())).collect();
+        let mut decisions = Vec::new();
+        for (pool, mut request) in cycle.elastic.iter().zip(requests) {
+            if request.nodes == 0 {
+                continue;
+            }
+            *self.provisioning.entry(pool.name.clone()).or_default() += request.nodes;
+            let more_jobs = request.jobs.len().saturating_sub(PROVISION_JOBS_NAMED_MAX) as u32;
+            request.jobs.truncate(PROVISION_JOBS_NAMED_MAX);
+            let reason = ProvisionReason {
+                pool: pool.name.clone(),
+                jobs: request.jobs,
+                more_jobs,
+                nodes_before: pool.nodes,
+                max_nodes: pool.max_nodes,
+            };
+            decisions.push(Decision::Provision { pool: pool.name.clone(), nodes: request.nodes, reason });
+        }
+        decisions
+    }
+
+    /// Gives back every node of an elastic pool that has held no job for the pool's `idle_release_s`; it takes no
+    /// more jobs from now on.
+    fn release_idle(&mut self) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for node in self.nodes.values_mut() {
+            let Some(elastic) = self.pools.get(&node.info.pool).and_then(|p| p.elastic.as_ref()) else { continue };
+            let Some(since) = node.idle_since_us.filter(|_| !node.releasing && node.jobs.is_empty()) else { continue };
+            let idle_us = self.now_us.saturating_sub(since);
+            let release_us = i64::try_from(elastic.idle_release_s.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+            if idle_us < release_us {
+                continue;
+            }
+            node.releasing = true;
+            node.ready = false;
+            let reason = ReleaseReason {
+                pool: node.info.pool.clone(),
+                idle_s: (idle_us / 1_000_000) as u64,
+                idle_release_s: elastic.idle_release_s,
+            };
+            decisions.push(Decision::Release { node: node.info.name.clone(), reason });
+        }
         decisions
     }
 
@@ -882,13 +1079,36 @@ impl Scheduler {
         pools.dedup();
         cycle.pool_order = pools.iter().map(|p| p.to_string()).collect();
         cycle.by_free_gpus = vec![BTreeMap::new(); pools.len()];
+        cycle.nodes_in_pool = vec![0; pools.len()];
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
             let position = pools.binary_search_by_key(&self.pool_rank(&node.info.pool), |p| self.pool_rank(p));
             let position = position.expect("every node's pool is listed");
             cycle.pool_of.push(position);
+            cycle.nodes_in_pool[position] += 1;
             if node.ready {
                 cycle.by_free_gpus[position].entry(f.gpus).or_default().insert(i);
             }
+        }
+    }
+
+    /// Lists the elastic pools in fill order, each with how many nodes it has and may still ask for.
+    fn index_elastic(&self, cycle: &mut Cycle) {
+        let mut pools: Vec<(&PoolInfo, &ElasticPool)> =
+            self.pools.values().filter_map(|p| p.elastic.as_ref().map(|e| (p, e))).collect();
+        pools.sort_by_key(|(p, _)| self.pool_rank(&p.name));
+        for (pool, elastic) in pools {
+            let position = cycle.pool_order.iter().position(|p| *p == pool.name);
+            let starting = self.provisioning.get(&pool.name).copied().unwrap_or(0);
+            let nodes = position.map_or(0, |k| cycle.nodes_in_pool[k]).saturating_add(starting);
+            let room = elastic.max_nodes.saturating_sub(nodes);
+            cycle.elastic.push(ElasticCandidate {
+                name: pool.name.clone(),
+                template: elastic.node.node("", &pool.name),
+                position,
+                nodes,
+                max_nodes: elastic.max_nodes,
+                supply: Supply { capacity: elastic.node.capacity, starting, room },
+            });
         }
     }
 
@@ -1251,9 +1471,9 @@ impl Scheduler {
             return None;
         }
         // Earlier pools are fully allocated for what the job needs when, together, they have less free of some
-        // resource it asks for than it asks for.
+        // resource it asks for than it asks for (all workers together, for a gang).
         let rank = self.pool_rank(pool);
-        let needs = request.footprint();
+        let needs = request.total();
         let earlier_free = self
             .nodes
             .values()
@@ -1400,6 +1620,10 @@ impl Scheduler {
     /// Why a queued job waits, computed from the current state. `None` for a job that is not queued.
     pub fn explain(&self, job: JobId) -> Option<WaitReason> {
         let request = self.pending.get(&job)?;
+        if let Some(pool) = self.waiting_for_nodes.get(&job) {
+            let nodes_starting = self.provisioning.get(pool).copied().unwrap_or(0);
+            return Some(WaitReason::Provisioning { pool: pool.clone(), nodes_starting });
+        }
         if self.nodes.is_empty() {
             return Some(WaitReason::NoNodes);
         }
@@ -1456,7 +1680,17 @@ impl Scheduler {
                 None => WaitReason::Starting,
             });
         }
-        Some(self.shortfall(&request.footprint(), &ready))
+        // No node up can hold it now; new nodes of elastic pools could, but the burst rules keep it out of them.
+        let needs = request.footprint();
+        let templates = self.elastic_templates();
+        let able: Vec<&NodeInfo> =
+            templates.iter().map(|(t, _)| t).filter(|t| request.allowed_on(t) && needs.fits_in(&t.capacity)).collect();
+        let refusals: Vec<WaitReason> =
+            able.iter().filter_map(|t| self.burst_refused(request, &t.pool, &free_now)).collect();
+        if !able.is_empty() && refusals.len() == able.len() {
+            return refusals.into_iter().next();
+        }
+        Some(self.shortfall(&needs, &ready))
     }
 
     /// The largest capacity of any known node, per dimension; `None` before any node registered.
@@ -1464,21 +1698,27 @@ impl Scheduler {
         self.nodes.values().map(|n| n.info.capacity).reduce(|a, b| a.max(&b))
     }
 
-    /// Why `request` can never be placed on the known nodes, even empty ones: no node allows it (model, labels), or
-    /// none is large enough. Before any node registered, everything is feasible.
+    /// Why `request` can never be placed on the known nodes, even empty ones, nor on the nodes elastic pools may
+    /// still start: no node allows it (model, labels), or none is large enough. Before any node registered, and with
+    /// no elastic pool, everything is feasible.
     pub fn check_feasible(&self, request: &JobRequest) -> Result<(), WaitReason> {
-        if self.nodes.is_empty() {
+        let templates = self.elastic_templates();
+        if self.nodes.is_empty() && templates.is_empty() {
             return Ok(());
         }
-        let allowed: Vec<&Node> = self.nodes.values().filter(|n| request.allowed_on(&n.info)).collect();
+        // Each possible node's pool and capacity, and how many such nodes there can be.
+        let known = self.nodes.values().map(|n| (&n.info, 1));
+        let possible = templates.iter().map(|(template, room)| (template, *room));
+        let allowed: Vec<(&NodeInfo, u32)> = known.chain(possible).filter(|(n, _)| request.allowed_on(n)).collect();
         if allowed.is_empty() {
-            return Err(self.no_matching_node(request));
+            return Err(self.no_matching_node(request, &templates));
         }
         let needs = request.footprint();
         if request.is_gang() {
             let mut able: BTreeMap<&str, u32> = BTreeMap::new();
-            for node in allowed.iter().filter(|n| needs.fits_in(&n.info.capacity)) {
-                *able.entry(node.info.pool.as_str()).or_default() += 1;
+            for (node, count) in allowed.iter().filter(|(n, _)| needs.fits_in(&n.capacity)) {
+                let nodes = able.entry(node.pool.as_str()).or_default();
+                *nodes = nodes.saturating_add(*count);
             }
             let nodes_able = able.values().copied().max().unwrap_or(0);
             if nodes_able > 0 && (nodes_able < request.workers() || request.gpu_share_milli > 0) {
@@ -1486,18 +1726,38 @@ impl Scheduler {
                 return Err(WaitReason::GangInfeasible { workers: request.workers(), nodes_able });
             }
         }
-        if allowed.iter().any(|n| needs.fits_in(&n.info.capacity)) {
+        if allowed.iter().any(|(n, _)| needs.fits_in(&n.capacity)) {
             return Ok(());
         }
-        let largest = allowed.iter().fold(Resources::ZERO, |acc, n| acc.max(&n.info.capacity));
+        let largest = allowed.iter().fold(Resources::ZERO, |acc, (n, _)| acc.max(&n.capacity));
         match first_short(&needs, &largest) {
             Some((resource, needed, largest)) => Err(WaitReason::Infeasible { resource, needed, largest }),
             None => Ok(()),
         }
     }
 
-    fn no_matching_node(&self, request: &JobRequest) -> WaitReason {
-        let mut models: Vec<String> = self.nodes.values().filter_map(|n| n.info.gpu_model.clone()).collect();
+    /// For each elastic pool with room for more nodes, a node made from its template and how many more it may have.
+    fn elastic_templates(&self) -> Vec<(NodeInfo, u32)> {
+        let mut templates: Vec<(NodeInfo, u32)> = self
+            .pools
+            .values()
+            .filter_map(|p| p.elastic.as_ref().map(|e| (e.node.node("", &p.name), e.max_nodes)))
+            .collect();
+        if templates.is_empty() {
+            return templates;
+        }
+        for node in self.nodes.values() {
+            if let Some((_, room)) = templates.iter_mut().find(|(t, _)| t.pool == node.info.pool) {
+                *room = room.saturating_sub(1);
+            }
+        }
+        templates.retain(|(_, room)| *room > 0);
+        templates
+    }
+
+    fn no_matching_node(&self, request: &JobRequest, templates: &[(NodeInfo, u32)]) -> WaitReason {
+        let known = self.nodes.values().map(|n| &n.info).chain(templates.iter().map(|(t, _)| t));
+        let mut models: Vec<String> = known.filter_map(|n| n.gpu_model.clone()).collect();
         models.sort();
         models.dedup();
         let selector: Vec<String> = request.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -38,6 +38,8 @@ fn cycle(s: &mut Scheduler) -> Vec<String> {
             }
             Decision::Preempt { job, by, .. } => format!("preempt {job} for {by}"),
             Decision::Lost { job, node } => format!("lost {job} on {node}"),
+            Decision::Provision { pool, nodes, .. } => format!("provision {nodes} in {pool}"),
+            Decision::Release { node, .. } => format!("release {node}"),
         })
         .collect();
     s.check_invariants().unwrap();

@@ -43,6 +43,8 @@ fn cycle(s: &mut Scheduler) -> Vec<String> {
             Decision::Start { job, .. } => format!("start {job}"),
             Decision::Preempt { job, by, reason } => format!("preempt {job} for {by}: {reason}"),
             Decision::Lost { job, .. } => format!("lost {job}"),
+            Decision::Provision { pool, nodes, .. } => format!("provision {nodes} in {pool}"),
+            Decision::Release { node, .. } => format!("release {node}"),
         })
         .collect();
     s.check_invariants().unwrap();

@@ -231,7 +231,13 @@ fn pooled_node(name: &str, pool: &str, gpus: u32) -> Event {
 }
 
 fn pools() -> Event {
-    let pool = |name: &str, order, burst, burst_after_s| PoolInfo { name: name.into(), order, burst, burst_after_s };
+    let pool = |name: &str, order, burst, burst_after_s| PoolInfo {
+        name: name.into(),
+        order,
+        burst,
+        burst_after_s,
+        ..PoolInfo::default()
+    };
     Event::PoolsConfigured(vec![pool("owned", 0, false, None), pool("cloud", 10, true, Some(600))])
 }
 

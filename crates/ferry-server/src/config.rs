@@ -160,7 +160,7 @@ impl FileConfig {
                 }
             }
             pools.push(PoolConfig {
-                info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s },
+                info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s, elastic: None },
                 price_gpu_hour: p.price_gpu_hour,
                 price_cpu_hour: p.price_cpu_hour,
             });
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(config.pools.len(), 2);
         assert_eq!(
             config.pools[1].info,
-            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(1800) }
+            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(1800), elastic: None }
         );
         assert_eq!(config.pools[1].price_gpu_hour, Some(1.2));
     }

@@ -839,6 +839,11 @@ impl Driver {
                 Decision::Start { job, allocation, reason } => self.start_job(job, allocation, reason, tx, fx).await?,
                 Decision::Preempt { job, by, reason } => self.preempt(job, by, reason, tx, fx).await?,
                 Decision::Lost { .. } => {}
+                // Cloud provisioning is a later issue: the server's config never makes a pool elastic yet, so the core
+                // does not ask for nodes or releases; if it ever does, say so rather than act.
+                Decision::Provision { .. } | Decision::Release { .. } => {
+                    tracing::warn!(?decision, "elastic pools are not supported by the server yet; decision ignored")
+                }
             }
         }
         Ok(())
