@@ -1473,14 +1473,29 @@ impl Scheduler {
         // Earlier pools are fully allocated for what the job needs when, together, they have less free of some
         // resource it asks for than it asks for (all workers together, for a gang).
         let rank = self.pool_rank(pool);
-        let needs = request.total();
-        let earlier_free = self
+        let earlier = self
             .nodes
             .values()
             .zip(free)
-            .filter(|(node, _)| self.pool_rank(&node.info.pool) < rank && request.allowed_on(&node.info))
-            .fold(Resources::ZERO, |acc, (_, f)| acc.checked_add(f).unwrap_or(acc));
-        if !needs.fits_in(&earlier_free) {
+            .filter(|(node, _)| self.pool_rank(&node.info.pool) < rank && request.allowed_on(&node.info));
+        let earlier_free = if request.is_gang() {
+            // A gang only counts what is free in pools with enough nodes large enough for a worker each: one that
+            // could never hold it has no room for it, however much it has free.
+            let worker = request.footprint();
+            let mut by_pool: BTreeMap<&str, (u32, Resources)> = BTreeMap::new();
+            for (node, f) in earlier.filter(|(node, _)| worker.fits_in(&node.info.capacity)) {
+                let (nodes, sum) = by_pool.entry(node.info.pool.as_str()).or_default();
+                *nodes += 1;
+                *sum = sum.checked_add(f).unwrap_or(*sum);
+            }
+            by_pool
+                .into_values()
+                .filter(|(nodes, _)| *nodes >= request.workers())
+                .fold(Resources::ZERO, |acc, (_, sum)| acc.checked_add(&sum).unwrap_or(acc))
+        } else {
+            earlier.fold(Resources::ZERO, |acc, (_, f)| acc.checked_add(f).unwrap_or(acc))
+        };
+        if !request.total().fits_in(&earlier_free) {
             return None;
         }
         Some(WaitReason::BurstNotYet { pool: info.name.clone(), after_s: info.burst_after_s, waited_s })

@@ -175,3 +175,29 @@ fn a_gangs_estimated_start_waits_for_its_last_node() {
     // The first two nodes to free are a (after 100 s) and c (after 200 s): it can start when c frees.
     assert_eq!(s.estimate_start(4), Some(1_000_000 + 200_000_000));
 }
+
+#[test]
+fn a_gang_bursts_at_once_where_no_earlier_pool_could_ever_hold_it() {
+    let pools = Event::PoolsConfigured(vec![
+        PoolInfo { name: "own".into(), order: 0, ..PoolInfo::default() },
+        PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(3600), ..PoolInfo::default() },
+    ]);
+    let mut s = scheduler(vec![pools, node("own-a", "own", 4), node("c1", "cloud", 4), node("c2", "cloud", 4)]);
+    // The owned pool has the 4 GPUs free that the gang asks for in all, but one node: it could never hold two
+    // workers, so the gang does not wait an hour for it.
+    submit(&mut s, gang(1, 2, 2, 0));
+    assert_eq!(cycle(&mut s), ["start 1 on c1[0, 1] c2[0, 1]"]);
+    // With three owned nodes, each with 3 GPUs free, the owned pool could hold a gang of two 4-GPU workers once
+    // jobs end there: it waits rather than burst.
+    s.apply(node("own-b", "own", 4)).unwrap();
+    s.apply(node("own-c", "own", 4)).unwrap();
+    s.apply(Event::JobEnded { id: 1 }).unwrap();
+    // Seventeen CPUs each keep these three jobs on different nodes.
+    for id in 2..=4 {
+        submit(&mut s, JobRequest { resources: Resources::new(17_000, GIB, 1), ..job(id, 1, 0) });
+    }
+    assert_eq!(cycle(&mut s).len(), 3);
+    submit(&mut s, gang(5, 2, 4, 0));
+    assert!(cycle(&mut s).is_empty());
+    assert!(matches!(s.explain(5), Some(WaitReason::BurstNotYet { .. })), "{:?}", s.explain(5));
+}
