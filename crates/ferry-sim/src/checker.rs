@@ -10,6 +10,9 @@
 //!   holding what it asked for; the core records all of them from the step it started the gang, and none of them
 //!   once the gang has ended;
 //! - the core and the ledger agree on what each touched node holds and how many jobs wait and run;
+//! - elastic pools: a pool never has more nodes, up or starting, than its `max_nodes`; a node is released only once
+//!   it has held no job for the pool's `idle_release`, and never holds none for longer without being released; no
+//!   elastic node is left up, nor asked for and not started, after the last event;
 //! - starvation: no job waits longer than the starvation bound while some node that allows it is completely idle
 //!   and large enough to hold it, unless the core says a policy holds it back on purpose (its team's limit, a burst
 //!   pool's delay, or preemptions under way for it). A node with nothing running on it can take any job that fits
@@ -28,12 +31,28 @@ use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, Scheduler, WaitReason}
 use crate::error::fmt_ms;
 use crate::ledger::{Ledger, NodeBook};
 
-/// What one step changed: the nodes touched and the jobs started and ended.
+/// What one step changed: the nodes touched, the jobs started and ended, and the nodes released.
 #[derive(Debug, Default)]
 pub struct StepChanges {
     pub nodes: BTreeSet<String>,
     pub started: Vec<JobId>,
     pub ended: Vec<JobId>,
+    pub released: Vec<Released>,
+}
+
+/// A node of an elastic pool that the core released, and since when it had held no job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub node: String,
+    pub pool: String,
+    pub idle_since_ms: u64,
+}
+
+/// What the checker holds an elastic pool to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElasticLimits {
+    pub max_nodes: u32,
+    pub idle_release_ms: u64,
 }
 
 /// The outside checker, which remembers since when each waiting job could have run on an idle node.
@@ -43,11 +62,13 @@ pub struct Checker {
     /// Every how many steps the core's own invariants are checked; 0 never.
     core_check_every: u64,
     runnable_since: BTreeMap<JobId, u64>,
+    /// The elastic pools, by name.
+    elastic: BTreeMap<String, ElasticLimits>,
 }
 
 impl Checker {
-    pub fn new(starvation_bound_ms: u64, core_check_every: u64) -> Checker {
-        Checker { starvation_bound_ms, core_check_every, runnable_since: BTreeMap::new() }
+    pub fn new(starvation_bound_ms: u64, core_check_every: u64, elastic: BTreeMap<String, ElasticLimits>) -> Checker {
+        Checker { starvation_bound_ms, core_check_every, runnable_since: BTreeMap::new(), elastic }
     }
 
     /// Checks the state after step `step` at virtual time `now_ms`. The message says what is wrong.
@@ -73,6 +94,9 @@ impl Checker {
         }
         for job in &changes.ended {
             check_released(core, ledger, *job)?;
+        }
+        if !self.elastic.is_empty() {
+            self.check_elastic(ledger, &changes.released, now_ms)?;
         }
         if core.running() != ledger.running.len() || core.queued() != ledger.waiting.len() {
             return Err(format!(
@@ -115,8 +139,60 @@ impl Checker {
         Ok(())
     }
 
-    /// Checks the state once no event is left: a job still waiting then would wait forever.
+    /// Checks the elastic pools: within `max_nodes`, nodes released only once idle long enough, and none idle
+    /// longer than that.
+    fn check_elastic(&self, ledger: &Ledger, released: &[Released], now_ms: u64) -> Result<(), String> {
+        for (pool, limits) in &self.elastic {
+            let up = ledger.pool_nodes.get(pool).copied().unwrap_or(0);
+            let starting = ledger.starting.get(pool).copied().unwrap_or(0);
+            if up + starting > limits.max_nodes {
+                return Err(format!(
+                    "elastic pool {pool} has {up} nodes and {starting} starting, more than its max_nodes of {}",
+                    limits.max_nodes
+                ));
+            }
+        }
+        for r in released {
+            // The simulator refuses a release from a pool that is not elastic before it gets here.
+            let Some(limits) = self.elastic.get(&r.pool) else { continue };
+            let idle_ms = now_ms.saturating_sub(r.idle_since_ms);
+            if idle_ms < limits.idle_release_ms {
+                return Err(format!(
+                    "node {} of elastic pool {} was released after {}s without a job, before its idle_release of {}s",
+                    r.node,
+                    r.pool,
+                    fmt_ms(idle_ms),
+                    fmt_ms(limits.idle_release_ms)
+                ));
+            }
+        }
+        for (node, since) in &ledger.idle {
+            let pool = &ledger.nodes[node].info.pool;
+            let Some(limits) = self.elastic.get(pool) else { continue };
+            let idle_ms = now_ms.saturating_sub(*since);
+            if idle_ms > limits.idle_release_ms {
+                return Err(format!(
+                    "node {node} of elastic pool {pool} has held no job for {}s, past its idle_release of {}s, and was not released",
+                    fmt_ms(idle_ms),
+                    fmt_ms(limits.idle_release_ms)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the state once no event is left: a job still waiting then would wait forever, and an elastic node still
+    /// up or starting would never be released.
     pub fn check_end(&self, ledger: &Ledger) -> Result<(), String> {
+        if let Some((pool, n)) = ledger.starting.iter().find(|(_, n)| **n > 0) {
+            return Err(format!("{n} nodes of elastic pool {pool} were asked for and never started"));
+        }
+        if let Some(book) = ledger.nodes.values().find(|b| self.elastic.contains_key(&b.info.pool)) {
+            return Err(format!(
+                "node {} of elastic pool {} is still up after the last event, so it would never be released",
+                book.info.name, book.info.pool
+            ));
+        }
         match ledger.waiting.values().next() {
             None => Ok(()),
             Some(request) => Err(format!(
@@ -147,7 +223,7 @@ fn idle_node_for<'a>(ledger: &'a Ledger, request: &JobRequest) -> Option<&'a Nod
     let needs = ferry_core::Resources { gpus, ..request.resources };
     let mut fitting = ledger
         .idle
-        .iter()
+        .keys()
         .map(|name| &ledger.nodes[name].info)
         .filter(|info| allows(info, request) && needs.fits_in(&info.capacity));
     let workers = request.workers() as usize;
@@ -539,7 +615,7 @@ mod tests {
         "#]]
         .assert_debug_eq(&check_recorded(&core, &ledger, 1));
         // The gang ended in the ledger but not in the core: the core still holds its workers.
-        ledger.end(1);
+        ledger.end(1, 0);
         expect![[r#"
             Err(
                 "job 1 ended, but the core still records it on [(\"n1\", [0]), (\"n2\", [0])]",
@@ -551,11 +627,54 @@ mod tests {
     }
 
     #[test]
+    fn catches_elastic_pools_past_their_bounds() {
+        let limits = ElasticLimits { max_nodes: 1, idle_release_ms: 600_000 };
+        let checker = Checker::new(60_000, 1, BTreeMap::from([("p".to_string(), limits)]));
+        // Node n1 of elastic pool p has idled since 0.
+        let mut ledger = ledger(&[("n1", "p")]);
+        assert_eq!(checker.check_elastic(&ledger, &[], 600_000), Ok(()));
+        expect![[r#"
+            Err(
+                "node n1 of elastic pool p has held no job for 600.001s, past its idle_release of 600s, and was not released",
+            )
+        "#]].assert_debug_eq(&checker.check_elastic(&ledger, &[], 600_001));
+        expect![[r#"
+            Err(
+                "node n1 of elastic pool p is still up after the last event, so it would never be released",
+            )
+        "#]]
+        .assert_debug_eq(&checker.check_end(&ledger));
+        // Released a millisecond early.
+        ledger.remove_node("n1").unwrap();
+        let early = Released { node: "n1".to_string(), pool: "p".to_string(), idle_since_ms: 0 };
+        expect![[r#"
+            Err(
+                "node n1 of elastic pool p was released after 599.999s without a job, before its idle_release of 600s",
+            )
+        "#]]
+        .assert_debug_eq(&checker.check_elastic(&ledger, &[early], 599_999));
+        // Two nodes asked for where the pool may have one.
+        ledger.provision("p", 2);
+        expect![[r#"
+            Err(
+                "elastic pool p has 0 nodes and 2 starting, more than its max_nodes of 1",
+            )
+        "#]]
+        .assert_debug_eq(&checker.check_elastic(&ledger, &[], 0));
+        expect![[r#"
+            Err(
+                "2 nodes of elastic pool p were asked for and never started",
+            )
+        "#]]
+        .assert_debug_eq(&checker.check_end(&ledger));
+    }
+
+    #[test]
     fn catches_a_job_that_waits_past_the_bound_while_a_node_idles() {
         let mut ledger = ledger(&[("n1", "p")]);
         ledger.submit(JobRequest::new(1, Resources::new(1000, GIB, 1), 0));
         let core = Scheduler::new();
-        let mut checker = Checker::new(60_000, 1);
+        let mut checker = Checker::new(60_000, 1, BTreeMap::new());
         assert_eq!(checker.check_starvation(&core, &ledger, 0), Ok(()));
         assert_eq!(checker.check_starvation(&core, &ledger, 60_000), Ok(()));
         expect![[r#"

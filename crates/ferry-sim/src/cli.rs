@@ -148,6 +148,7 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         workload: workload.file.clone(),
         nodes: cluster.nodes.len() as u64,
         gpus: cluster.gpus(),
+        elastic_nodes_max: cluster.elastic_nodes_max(),
         gpu_placement: cluster.gpu_placement,
     };
     let check = CheckConfig {

@@ -1,6 +1,7 @@
-//! The simulated cluster: pools in an admin-set order, with burst settings and optional prices, teams with quotas,
-//! and nodes. Read from a TOML file (documented in the README; its pools and teams are written as in the server's
-//! configuration file) or from the node list of the Alibaba GPU trace.
+//! The simulated cluster: pools in an admin-set order, with burst settings, optional prices and optional elastic
+//! capacity (nodes started on demand from a template), teams with quotas, and nodes. Read from a TOML file
+//! (documented in the README; its pools and teams are written as in the server's configuration file) or from the
+//! node list of the Alibaba GPU trace.
 
 // The core's structs are built with `..Default::default()` even where every field is named today, so that fields it
 // adds later take their defaults instead of breaking the simulator.
@@ -9,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use ferry_core::{GpuPlacement, NodeInfo, PoolInfo, Resources, TeamInfo};
+use ferry_core::{ElasticPool, GpuPlacement, NodeInfo, NodeTemplate, PoolInfo, Resources, TeamInfo};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -26,6 +27,8 @@ pub const CPUS_PER_NODE_MAX: f64 = 100_000.0;
 pub const TRACE_POOL: &str = "trace";
 /// The most pools or teams a cluster may define.
 pub const POOLS_MAX: usize = 256;
+/// The longest start-up delay or idle time before release of an elastic pool: a week is already far beyond any cloud.
+pub const ELASTIC_DELAY_S_MAX: u64 = 7 * 86_400;
 pub const TEAMS_MAX: usize = 10_000;
 
 /// A set of nodes with a place in the burst order and optional prices.
@@ -40,6 +43,8 @@ pub struct Pool {
     pub burst_after_s: Option<u64>,
     pub price_gpu_hour: f64,
     pub price_cpu_hour: f64,
+    /// Set for a burst pool whose nodes start on demand from a template; it has no nodes of its own.
+    pub elastic: Option<ElasticPool>,
 }
 
 impl Pool {
@@ -50,8 +55,19 @@ impl Pool {
             order: self.order,
             burst: self.burst,
             burst_after_s: self.burst_after_s,
+            elastic: self.elastic.clone(),
             ..PoolInfo::default()
         }
+    }
+
+    /// What one node of the pool costs an hour: its GPUs and CPUs at the pool's prices.
+    pub fn node_price_hour(&self, capacity: &Resources) -> f64 {
+        f64::from(capacity.gpus) * self.price_gpu_hour + capacity.cpu_millis as f64 / 1000.0 * self.price_cpu_hour
+    }
+
+    /// The name of the `n`th node elastic pool `pool` starts (from 1): the pool's name, a dash and the number.
+    pub fn elastic_node_name(pool: &str, n: u64) -> String {
+        format!("{pool}-{n}")
     }
 }
 
@@ -70,6 +86,11 @@ pub struct Cluster {
 impl Cluster {
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The most nodes the elastic pools may start, all together.
+    pub fn elastic_nodes_max(&self) -> u64 {
+        self.pools.iter().filter_map(|p| p.elastic.as_ref()).map(|e| u64::from(e.max_nodes)).sum()
     }
 
     pub fn gpus(&self) -> u64 {
@@ -101,6 +122,22 @@ struct PoolSpec {
     burst_after: Option<Spanned<String>>,
     price_gpu_hour: Option<Spanned<f64>>,
     price_cpu_hour: Option<Spanned<f64>>,
+    max_nodes: Option<Spanned<i64>>,
+    startup: Option<Spanned<String>>,
+    idle_release: Option<Spanned<String>>,
+    node: Option<Spanned<TemplateSpec>>,
+}
+
+/// The node an elastic pool starts, as `node = { ... }` in its `[[pool]]` table: a `[[node]]` without a name or pool.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateSpec {
+    cpus: Spanned<f64>,
+    memory: Spanned<String>,
+    gpus: Option<Spanned<i64>>,
+    gpu_model: Option<Spanned<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -176,21 +213,35 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
     };
     let mut nodes = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
+    let elastic_max: usize = pools.iter().filter_map(|p| p.elastic.as_ref()).map(|e| e.max_nodes as usize).sum();
     for node in &spec.node {
         let line = src.line(&node.span());
         for info in expand_node(&src, node.get_ref(), &pools)? {
+            let field = || Some("field name".to_string());
             if let Some(first) = seen.insert(info.name.clone(), line) {
                 let message = format!("node \"{}\" is already declared on line {first}", info.name);
-                return Err(InputError::new(file, line, Some("field name".to_string()), message));
+                return Err(InputError::new(file, line, field(), message));
+            }
+            if let Some(pool) = pools.iter().find(|p| p.elastic.is_some() && is_elastic_name(p, &info.name)) {
+                let message = format!(
+                    "node name \"{}\" is kept for the nodes elastic pool {} starts; choose another",
+                    info.name, pool.name
+                );
+                return Err(InputError::new(file, line, field(), message));
             }
             nodes.push(info);
-            if nodes.len() > NODES_MAX {
-                return Err(InputError::new(file, line, None, format!("more than {NODES_MAX} nodes")));
+            if nodes.len() + elastic_max > NODES_MAX {
+                let message = match elastic_max {
+                    0 => format!("more than {NODES_MAX} nodes"),
+                    n => format!("more than {NODES_MAX} nodes, counting the {n} the elastic pools may start"),
+                };
+                return Err(InputError::new(file, line, None, message));
             }
         }
     }
-    if nodes.is_empty() {
-        let message = "no [[node]] is declared; a cluster needs at least one node";
+    if nodes.is_empty() && elastic_max == 0 {
+        let message =
+            "no [[node]] is declared; a cluster needs at least one node, or an elastic pool that starts nodes";
         return Err(InputError::new(file, 1, None, message));
     }
     Ok(Cluster { pools, teams, fair_share_half_life_s, gpu_placement: spec.gpu_placement, nodes })
@@ -198,6 +249,13 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
 
 fn duration_s(src: &Source<'_>, field: &str, text: &Spanned<String>) -> Result<u64, InputError> {
     ferry_api::units::parse_duration_s(text.get_ref()).map_err(|e| src.error(field, text, e.0))
+}
+
+/// Whether `name` is one that elastic pool `pool` gives the nodes it starts (see `Pool::elastic_node_name`).
+fn is_elastic_name(pool: &Pool, name: &str) -> bool {
+    name.strip_prefix(pool.name.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<Vec<TeamInfo>, InputError> {
@@ -247,6 +305,8 @@ fn amount(
 
 fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError> {
     let mut pools: Vec<Pool> = Vec::new();
+    // How many nodes the elastic pools so far may start together.
+    let mut elastic_total = 0;
     let mut lines: HashMap<String, u64> = HashMap::new();
     for spec in specs {
         let name = spec.name.get_ref().trim().to_string();
@@ -279,11 +339,106 @@ fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError
             Some(t) => Some(duration_s(src, "burst_after", t)?),
             None => None,
         };
+        let elastic = elastic(src, &spec, &mut elastic_total)?;
         let (order, burst) = (spec.order, spec.burst);
-        pools.push(Pool { name, order, burst, burst_after_s, price_gpu_hour, price_cpu_hour });
+        pools.push(Pool { name, order, burst, burst_after_s, price_gpu_hour, price_cpu_hour, elastic });
     }
     pools.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
     Ok(pools)
+}
+
+/// The elastic capacity of a pool: `max_nodes` makes a burst pool elastic, and then `startup`, `idle_release` and
+/// the template `node` are required; without it, none of them may be given. `elastic_total` adds up the pools'
+/// `max_nodes`, which may not exceed `NODES_MAX` together.
+fn elastic(src: &Source<'_>, spec: &PoolSpec, elastic_total: &mut usize) -> Result<Option<ElasticPool>, InputError> {
+    let Some(max_nodes) = &spec.max_nodes else {
+        let stray = [
+            ("startup", spec.startup.as_ref().map(|v| v.span())),
+            ("idle_release", spec.idle_release.as_ref().map(|v| v.span())),
+            ("node", spec.node.as_ref().map(|v| v.span())),
+        ];
+        if let Some((field, Some(span))) = stray.into_iter().find(|(_, span)| span.is_some()) {
+            let message = format!("{field} applies only to an elastic pool; set max_nodes too");
+            return Err(InputError::new(src.file, src.line(&span), Some(format!("field {field}")), message));
+        }
+        return Ok(None);
+    };
+    if !spec.burst {
+        return Err(src.error("max_nodes", max_nodes, "an elastic pool is burst capacity; set burst = true"));
+    }
+    let n = *max_nodes.get_ref();
+    if !(1..=NODES_MAX as i64).contains(&n) {
+        return Err(src.error("max_nodes", max_nodes, format!("{n} is not a node count; write 1 to {NODES_MAX}")));
+    }
+    *elastic_total += n as usize;
+    if *elastic_total > NODES_MAX {
+        let message = format!("the elastic pools may start more than {NODES_MAX} nodes together");
+        return Err(src.error("max_nodes", max_nodes, message));
+    }
+    let needs = |what: &str| src.error("max_nodes", max_nodes, format!("an elastic pool needs {what}"));
+    let startup = spec
+        .startup
+        .as_ref()
+        .ok_or_else(|| needs("startup, how long a new node takes to start, such as startup = \"3m\""))?;
+    let idle_release = spec.idle_release.as_ref().ok_or_else(|| {
+        needs("idle_release, how long a node may hold no job before it is given back, such as idle_release = \"10m\"")
+    })?;
+    let node = spec
+        .node
+        .as_ref()
+        .ok_or_else(|| needs("node, the node it starts, such as node = { cpus = 96, memory = \"768GiB\", gpus = 8 }"))?
+        .get_ref();
+    let delay = |field: &str, text: &Spanned<String>| {
+        let s = duration_s(src, field, text)?;
+        if s > ELASTIC_DELAY_S_MAX {
+            return Err(src.error(
+                field,
+                text,
+                format!("{} is longer than a week; is the unit right?", text.get_ref()),
+            ));
+        }
+        Ok(s)
+    };
+    let (startup_s, idle_release_s) = (delay("startup", startup)?, delay("idle_release", idle_release)?);
+    let (capacity, gpu_model) =
+        capacity(src, "node.", &node.cpus, &node.memory, node.gpus.as_ref(), node.gpu_model.as_ref())?;
+    let node = NodeTemplate { capacity, gpu_model, labels: node.labels.clone() };
+    Ok(Some(ElasticPool { node, max_nodes: n as u32, startup_s, idle_release_s }))
+}
+
+/// A node's capacity and GPU model, checked; `prefix` goes before the field names in errors.
+fn capacity(
+    src: &Source<'_>,
+    prefix: &str,
+    cpus: &Spanned<f64>,
+    memory: &Spanned<String>,
+    gpus: Option<&Spanned<i64>>,
+    gpu_model: Option<&Spanned<String>>,
+) -> Result<(Resources, Option<String>), InputError> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let cpu_count = *cpus.get_ref();
+    if !cpu_count.is_finite() || cpu_count <= 0.0 || cpu_count > CPUS_PER_NODE_MAX {
+        let message = format!("{cpu_count} is not a CPU count; write a positive number up to {CPUS_PER_NODE_MAX}");
+        return Err(src.error(&field("cpus"), cpus, message));
+    }
+    let memory_bytes =
+        ferry_api::units::parse_memory(memory.get_ref()).map_err(|e| src.error(&field("memory"), memory, e.0))?;
+    let gpu_count = match gpus {
+        None => 0,
+        Some(g) if (0..=GPUS_PER_NODE_MAX as i64).contains(g.get_ref()) => *g.get_ref() as u32,
+        Some(g) => {
+            let message = format!("{} is not a GPU count; write 0 to {GPUS_PER_NODE_MAX}", g.get_ref());
+            return Err(src.error(&field("gpus"), g, message));
+        }
+    };
+    let model = match gpu_model {
+        Some(m) if m.get_ref().trim().is_empty() => {
+            return Err(src.error(&field("gpu_model"), m, "an empty GPU model; leave the field out instead"));
+        }
+        Some(m) => Some(m.get_ref().trim().to_string()),
+        None => None,
+    };
+    Ok((Resources::new((cpu_count * 1000.0).round() as u64, memory_bytes, gpu_count), model))
 }
 
 /// The nodes one `[[node]]` table declares: one named node, or `count` identical ones named `name_prefix` and an
@@ -298,33 +453,19 @@ fn expand_node(src: &Source<'_>, spec: &NodeSpec, pools: &[Pool]) -> Result<Vec<
         };
         return Err(src.error("pool", &spec.pool, message));
     }
-    let cpus = *spec.cpus.get_ref();
-    if !cpus.is_finite() || cpus <= 0.0 || cpus > CPUS_PER_NODE_MAX {
-        let message = format!("{cpus} is not a CPU count; write a positive number up to {CPUS_PER_NODE_MAX}");
-        return Err(src.error("cpus", &spec.cpus, message));
+    if pools.iter().any(|p| p.name == pool && p.elastic.is_some()) {
+        let message = format!(
+            "pool \"{pool}\" is elastic: it starts its nodes on demand from its node template; declare fixed nodes in another pool"
+        );
+        return Err(src.error("pool", &spec.pool, message));
     }
-    let memory_bytes =
-        ferry_api::units::parse_memory(spec.memory.get_ref()).map_err(|e| src.error("memory", &spec.memory, e.0))?;
-    let gpus = match &spec.gpus {
-        None => 0,
-        Some(g) if (0..=GPUS_PER_NODE_MAX as i64).contains(g.get_ref()) => *g.get_ref() as u32,
-        Some(g) => {
-            let message = format!("{} is not a GPU count; write 0 to {GPUS_PER_NODE_MAX}", g.get_ref());
-            return Err(src.error("gpus", g, message));
-        }
-    };
-    let gpu_model = match &spec.gpu_model {
-        Some(m) if m.get_ref().trim().is_empty() => {
-            return Err(src.error("gpu_model", m, "an empty GPU model; leave the field out instead"));
-        }
-        Some(m) => Some(m.get_ref().trim().to_string()),
-        None => None,
-    };
+    let (capacity, gpu_model) =
+        capacity(src, "", &spec.cpus, &spec.memory, spec.gpus.as_ref(), spec.gpu_model.as_ref())?;
     let template = NodeInfo {
         name: String::new(),
         pool: pool.to_string(),
-        capacity: Resources::new((cpus * 1000.0).round() as u64, memory_bytes, gpus),
-        gpu_indices: (0..gpus).collect(),
+        capacity,
+        gpu_indices: (0..capacity.gpus).collect(),
         gpu_model,
         labels: spec.labels.clone(),
         ..NodeInfo::default()
@@ -392,6 +533,7 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         burst_after_s: None,
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
+        elastic: None,
     };
     let gpu_placement = GpuPlacement::default();
     Ok(Cluster { pools: vec![pool], teams: Vec::new(), fair_share_half_life_s: 0, gpu_placement, nodes })

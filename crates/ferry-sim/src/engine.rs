@@ -4,18 +4,23 @@
 //! sequence number, so that events at the same time are handled in the order they were created; a step is one batch
 //! of same-time events, a tick telling the core the time, and one scheduling cycle, and the checker runs after every
 //! step. All randomness comes from one generator seeded with the run's seed: the same seed replays the same run.
+//!
+//! Elastic pools: when the core asks for nodes, each joins after the pool's start-up delay, named `<pool>-<n>`; when
+//! it releases one, the node is removed at once. Steps also happen when nothing in the workload does: when a job has
+//! waited a burst pool's `burst_after`, and when a node of an elastic pool has idled for the pool's `idle_release`,
+//! so that the core can burst or release then, however quiet the workload is.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use ferry_core::{Allocation, Decision, Event, JobId, JobRequest, Scheduler};
+use ferry_core::{Allocation, Decision, ElasticPool, Event, JobId, JobRequest, NodeInfo, Scheduler};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::checker::{Checker, StepChanges};
-use crate::cluster::Cluster;
+use crate::checker::{Checker, ElasticLimits, Released, StepChanges};
+use crate::cluster::{Cluster, Pool};
 use crate::error::Violation;
 use crate::ledger::Ledger;
 use crate::workload::Workload;
@@ -59,6 +64,13 @@ pub enum Action {
     Start(JobId, Allocation),
     /// Stop this running job, after the grace period, so that another can start.
     Preempt(JobId),
+    /// Start this many new nodes of this elastic pool.
+    Provision {
+        pool: String,
+        nodes: u32,
+    },
+    /// This node of an elastic pool was given back; it is already gone from the core and the ledger.
+    Released(String),
 }
 
 /// The core, the ledger and the checker of one run, and where the run is.
@@ -71,19 +83,38 @@ pub struct Sim {
     step: u64,
     changes: StepChanges,
     fault: Option<Fault>,
+    /// The elastic pools, by name.
+    elastic: BTreeMap<String, ElasticPool>,
+    /// The distinct `burst_after` of the burst pools, in milliseconds.
+    burst_after_ms: Vec<u64>,
+    /// When steps must happen however quiet the workload is: for waiting jobs to burst once they have waited
+    /// `burst_after`, and for idle nodes of elastic pools to be released on time.
+    wakes: Vec<u64>,
 }
 
 impl Sim {
     /// A core that knows the cluster's pools, teams and nodes.
     pub fn new(cluster: &Cluster, seed: u64, check: &CheckConfig) -> Result<Sim, Violation> {
+        let elastic: BTreeMap<String, ElasticPool> =
+            cluster.pools.iter().filter_map(|p| Some((p.name.clone(), p.elastic.clone()?))).collect();
+        let limits = elastic
+            .iter()
+            .map(|(pool, e)| {
+                let limits = ElasticLimits { max_nodes: e.max_nodes, idle_release_ms: e.idle_release_s * 1000 };
+                (pool.clone(), limits)
+            })
+            .collect();
         let mut sim = Sim {
             core: Scheduler::new(),
             ledger: Ledger::new(&cluster.nodes),
-            checker: Checker::new(check.starvation_bound_ms, check.core_check_every),
+            checker: Checker::new(check.starvation_bound_ms, check.core_check_every, limits),
             seed,
             step: 0,
             changes: StepChanges::default(),
             fault: check.fault,
+            elastic,
+            burst_after_ms: burst_after_ms(cluster),
+            wakes: Vec::new(),
         };
         let mut setup = vec![
             Event::PoolsConfigured(cluster.pools.iter().map(|p| p.info()).collect()),
@@ -122,20 +153,57 @@ impl Sim {
         }
     }
 
+    /// Queues a job, asking for the steps at which it may burst.
     pub fn submit(&mut self, request: JobRequest, now_ms: u64) -> Result<(), Violation> {
         let id = request.id;
+        self.wakes.extend(self.burst_after_ms.iter().map(|after| now_ms + after));
         self.ledger.submit(request.clone());
         self.apply(Event::JobSubmitted(request), now_ms, || format!("the submission of job {id}"))
     }
 
     /// Ends a job, waiting or running, in the core and the ledger.
     pub fn end(&mut self, job: JobId, now_ms: u64) -> Result<(), Violation> {
-        if let Some((_, allocation)) = self.ledger.running.get(&job) {
-            self.changes.nodes.extend(allocation.workers().map(|(node, _)| node.to_string()));
+        let nodes: Vec<String> = match self.ledger.running.get(&job) {
+            Some((_, allocation)) => allocation.workers().map(|(node, _)| node.to_string()).collect(),
+            None => Vec::new(),
+        };
+        if !nodes.is_empty() {
             self.changes.ended.push(job);
         }
-        self.ledger.end(job);
+        self.ledger.end(job, now_ms);
+        for node in nodes {
+            self.wake_when_idle(&node, now_ms);
+            self.changes.nodes.insert(node);
+        }
         self.apply(Event::JobEnded { id: job }, now_ms, || format!("the end of job {job}"))
+    }
+
+    /// A node of an elastic pool joins, idle.
+    pub fn node_up(&mut self, info: NodeInfo, now_ms: u64) -> Result<(), Violation> {
+        let name = info.name.clone();
+        self.ledger.add_node(info.clone(), now_ms);
+        self.wake_when_idle(&name, now_ms);
+        self.changes.nodes.insert(name.clone());
+        self.apply(Event::NodeUp(info), now_ms, || format!("node {name} joining"))
+    }
+
+    /// If `node` belongs to an elastic pool and is idle, asks for a step when it will have idled long enough to be
+    /// released.
+    fn wake_when_idle(&mut self, node: &str, now_ms: u64) {
+        let Some(book) = self.ledger.nodes.get(node).filter(|_| self.ledger.idle.contains_key(node)) else { return };
+        if let Some(elastic) = self.elastic.get(&book.info.pool) {
+            self.wakes.push(now_ms + elastic.idle_release_s * 1000);
+        }
+    }
+
+    /// The times at which steps were asked for since the last call.
+    pub fn take_wakes(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.wakes)
+    }
+
+    /// The elastic capacity of a pool, if it has any.
+    pub fn elastic(&self, pool: &str) -> Option<&ElasticPool> {
+        self.elastic.get(pool)
     }
 
     /// Tells the core the time, runs one scheduling cycle and records its starts in the ledger.
@@ -150,7 +218,6 @@ impl Sim {
         };
         let mut actions = Vec::new();
         for decision in decisions {
-            #[allow(unreachable_patterns)]
             match decision {
                 Decision::Start { job, allocation, .. } => {
                     self.changes.nodes.extend(allocation.workers().map(|(node, _)| node.to_string()));
@@ -169,13 +236,34 @@ impl Sim {
                     let message = format!("the core reported job {job} lost on node {node}, but no node went down");
                     return Err(self.violation(now_ms, message));
                 }
-                other => {
-                    let message = format!("the simulator does not know the core's decision {other:?}");
-                    return Err(self.violation(now_ms, message));
+                Decision::Provision { pool, nodes, .. } => {
+                    if !self.elastic.contains_key(&pool) {
+                        let message = format!("the core asked pool {pool}, which is not elastic, for {nodes} nodes");
+                        return Err(self.violation(now_ms, message));
+                    }
+                    self.ledger.provision(&pool, nodes);
+                    actions.push(Action::Provision { pool, nodes });
+                }
+                Decision::Release { node, .. } => {
+                    self.release(&node, now_ms)?;
+                    actions.push(Action::Released(node));
                 }
             }
         }
         Ok(actions)
+    }
+
+    /// Removes a node the core released from the ledger and the core, noting how long it had idled.
+    fn release(&mut self, node: &str, now_ms: u64) -> Result<(), Violation> {
+        let idle_since_ms = self.ledger.idle.get(node).copied().unwrap_or(now_ms);
+        let removed = self.ledger.remove_node(node);
+        let book = removed.map_err(|m| self.violation(now_ms, format!("the core released node {node}, but {m}")))?;
+        if !self.elastic.contains_key(&book.info.pool) {
+            let message = format!("the core released node {node} of pool {}, which is not elastic", book.info.pool);
+            return Err(self.violation(now_ms, message));
+        }
+        self.changes.released.push(Released { node: node.to_string(), pool: book.info.pool, idle_since_ms });
+        self.apply(Event::NodeRemoved { node: node.to_string() }, now_ms, || format!("the removal of node {node}"))
     }
 
     /// Closes the step: plants the fault if one is due, then runs every check.
@@ -200,6 +288,15 @@ impl Sim {
     }
 }
 
+/// The distinct waits after which burst pools take jobs, in milliseconds.
+fn burst_after_ms(cluster: &Cluster) -> Vec<u64> {
+    let mut after: Vec<u64> =
+        cluster.pools.iter().filter(|p| p.burst).filter_map(|p| p.burst_after_s).map(|s| s * 1000).collect();
+    after.sort_unstable();
+    after.dedup();
+    after
+}
+
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
@@ -218,6 +315,11 @@ enum SimEvent {
     Completion { job: JobId, attempt: u32 },
     /// A preempted job's grace period is over: it stops and goes back to the queue.
     Stop { job: JobId, attempt: u32 },
+    /// The elastic node at this position of the replay's list has started and joins.
+    NodeUp(usize),
+    /// Nothing but a step: a waiting job may have waited long enough to burst, or a node of an elastic pool may have
+    /// idled long enough to be released.
+    Wake,
 }
 
 /// The event queue: earliest time first, then creation order.
@@ -287,8 +389,65 @@ pub struct ReplayRun {
     pub steps: u64,
     /// In submission order: the job with id `i + 1` is `outcomes[i]`.
     pub outcomes: Vec<JobOutcome>,
-    /// GPUs allocated in thousandths after each step that changed it: (virtual time, thousandths).
-    pub gpu_milli_steps: Vec<(u64, u64)>,
+    /// GPUs allocated, and the GPUs there are, after each step that changed either.
+    pub gpu_steps: Vec<GpuStep>,
+    /// The nodes elastic pools started, in the order they were asked for.
+    pub elastic_nodes: Vec<ElasticNode>,
+    /// The time of the last step.
+    pub end_ms: u64,
+}
+
+/// GPUs allocated and GPUs there are, from a point of virtual time on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuStep {
+    pub t_ms: u64,
+    /// Whole GPUs count 1000 each, shares their thousandths.
+    pub allocated_milli: u64,
+    /// The GPUs of the nodes there are, elastic nodes up included.
+    pub gpus: u64,
+}
+
+/// One node an elastic pool started: when it was asked for, when it joined and when it was given back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElasticNode {
+    pub name: String,
+    pub pool: String,
+    pub requested_ms: u64,
+    pub up_ms: Option<u64>,
+    pub released_ms: Option<u64>,
+}
+
+/// The nodes elastic pools started in one replay, and how to find them by name.
+#[derive(Default)]
+struct ElasticNodes {
+    nodes: Vec<ElasticNode>,
+    by_name: HashMap<String, usize>,
+    /// How many nodes each pool has started so far, which numbers the next one.
+    started: HashMap<String, u64>,
+}
+
+impl ElasticNodes {
+    /// Names `count` new nodes of `pool`, asked for at `now_ms`; returns their positions in the list.
+    fn request(&mut self, pool: &str, count: u32, now_ms: u64) -> Vec<usize> {
+        (0..count)
+            .map(|_| {
+                let n = self.started.entry(pool.to_string()).or_default();
+                *n += 1;
+                let name = Pool::elastic_node_name(pool, *n);
+                self.by_name.insert(name.clone(), self.nodes.len());
+                let node =
+                    ElasticNode { name, pool: pool.to_string(), requested_ms: now_ms, up_ms: None, released_ms: None };
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            })
+            .collect()
+    }
+
+    fn released(&mut self, name: &str, now_ms: u64) {
+        if let Some(&i) = self.by_name.get(name) {
+            self.nodes[i].released_ms = Some(now_ms);
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -326,8 +485,8 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
     for (k, &i) in order.iter().enumerate() {
         timeline.push(workload.jobs[i].arrival_ms, SimEvent::Arrival(k));
     }
-    let pool_of: HashMap<&str, &str> = cluster.nodes.iter().map(|n| (n.name.as_str(), n.pool.as_str())).collect();
-    let mut gpu_milli_steps = Vec::new();
+    let mut elastic = ElasticNodes::default();
+    let mut gpu_steps: Vec<GpuStep> = Vec::new();
     let mut now_ms = 0;
     while let Some((time_ms, batch)) = timeline.pop_batch() {
         now_ms = time_ms;
@@ -356,13 +515,24 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
                         sim.submit(workload.jobs[outcome.job].request(job, now_ms), now_ms)?;
                     }
                 }
+                SimEvent::NodeUp(i) => {
+                    let node = &mut elastic.nodes[i];
+                    node.up_ms = Some(now_ms);
+                    let Some(info) = sim.elastic(&node.pool).map(|e| e.node.node(&node.name, &node.pool)) else {
+                        let message =
+                            format!("node {} was started for pool {}, which is not elastic", node.name, node.pool);
+                        return Err(sim.violation(now_ms, message));
+                    };
+                    sim.node_up(info, now_ms)?;
+                }
+                SimEvent::Wake => {}
             }
         }
         for action in sim.schedule(now_ms)? {
             match action {
                 Action::Start(id, allocation) => {
                     let outcome = &mut outcomes[id as usize - 1];
-                    let pool = pool_of.get(allocation.node.as_str()).map(|p| p.to_string()).unwrap_or_default();
+                    let pool = sim.ledger.nodes.get(&allocation.node).map(|b| b.info.pool.clone()).unwrap_or_default();
                     let attempt = outcome.attempts.len() as u32;
                     outcome.attempts.push(Attempt { start_ms: now_ms, end_ms: None, pool, preempted: false });
                     let end_ms = now_ms + workload.jobs[outcome.job].duration_ms;
@@ -376,15 +546,27 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
                         timeline.push(now_ms + config.preempt_grace_ms, SimEvent::Stop { job: id, attempt });
                     }
                 }
+                Action::Provision { pool, nodes } => {
+                    let startup_ms = sim.elastic(&pool).map_or(0, |e| e.startup_s * 1000);
+                    for i in elastic.request(&pool, nodes, now_ms) {
+                        timeline.push(now_ms + startup_ms, SimEvent::NodeUp(i));
+                    }
+                }
+                Action::Released(node) => elastic.released(&node, now_ms),
             }
         }
+        for at_ms in sim.take_wakes() {
+            timeline.push(at_ms, SimEvent::Wake);
+        }
         sim.finish_step(now_ms)?;
-        if gpu_milli_steps.last().map(|(_, g)| *g) != Some(sim.ledger.gpu_milli) {
-            gpu_milli_steps.push((now_ms, sim.ledger.gpu_milli));
+        let step = GpuStep { t_ms: now_ms, allocated_milli: sim.ledger.gpu_milli, gpus: sim.ledger.gpus };
+        if gpu_steps.last().is_none_or(|last| (last.allocated_milli, last.gpus) != (step.allocated_milli, step.gpus)) {
+            gpu_steps.push(step);
         }
     }
     sim.finish(now_ms)?;
-    Ok(ReplayRun { seed: config.seed, steps: sim.steps(), outcomes, gpu_milli_steps })
+    let elastic_nodes = elastic.nodes;
+    Ok(ReplayRun { seed: config.seed, steps: sim.steps(), outcomes, gpu_steps, elastic_nodes, end_ms: now_ms })
 }
 
 /// The workload's indices by arrival time, jobs arriving together in an order shuffled by the seed.

@@ -44,6 +44,11 @@ pub struct FgdRun {
 
 /// Checks that the experiment can run: the cluster has GPUs and some task asks for some.
 pub fn check_inputs(cluster: &Cluster, tasks: &[JobSpec]) -> Result<(), SimError> {
+    if cluster.elastic_nodes_max() > 0 {
+        return Err(SimError::Usage(
+            "the FGD experiment runs on a fixed cluster; this one has elastic pools (max_nodes)".to_string(),
+        ));
+    }
     if cluster.gpus() == 0 {
         return Err(SimError::Usage("the FGD experiment needs a cluster with GPUs; this one has none".to_string()));
     }
@@ -88,6 +93,8 @@ pub fn run(cluster: &Cluster, tasks: &[JobSpec], seed: u64, check: &CheckConfig)
                 return Err(sim.violation(now_ms, message));
             }
         }
+        // Tasks that do not fit fail at once, so no step is ever needed for one to burst later.
+        sim.take_wakes();
         sim.finish_step(now_ms)?;
     }
     sim.finish(arrived * 1000)?;

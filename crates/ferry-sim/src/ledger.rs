@@ -37,25 +37,65 @@ impl NodeBook {
     }
 }
 
-/// The simulator's view: every node's bookings, the waiting jobs and the running ones.
+/// The simulator's view: every node's bookings, the waiting jobs and the running ones, and the nodes elastic pools
+/// are starting.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     pub nodes: BTreeMap<String, NodeBook>,
     pub waiting: BTreeMap<JobId, JobRequest>,
     pub running: HashMap<JobId, (JobRequest, Allocation)>,
-    /// Nodes with nothing running on them.
-    pub idle: BTreeSet<String>,
+    /// Nodes with nothing running on them, and since when (virtual milliseconds).
+    pub idle: BTreeMap<String, u64>,
     /// GPUs allocated across the cluster, in thousandths (whole GPUs count 1000).
     pub gpu_milli: u64,
+    /// The GPUs of all nodes there are now.
+    pub gpus: u64,
+    /// How many nodes each pool has now.
+    pub pool_nodes: BTreeMap<String, u32>,
+    /// For each elastic pool, how many nodes were asked for and are not up yet.
+    pub starting: BTreeMap<String, u32>,
 }
 
 impl Ledger {
     pub fn new(nodes: &[NodeInfo]) -> Ledger {
-        Ledger {
-            nodes: nodes.iter().map(|n| (n.name.clone(), NodeBook::new(n.clone()))).collect(),
-            idle: nodes.iter().map(|n| n.name.clone()).collect(),
-            ..Ledger::default()
+        let mut ledger = Ledger::default();
+        for node in nodes {
+            ledger.add_node(node.clone(), 0);
         }
+        ledger
+    }
+
+    /// Records a node that joined at `now_ms`, idle; a node of an elastic pool is one of those it was asked for.
+    pub fn add_node(&mut self, info: NodeInfo, now_ms: u64) {
+        if let Some(starting) = self.starting.get_mut(&info.pool) {
+            *starting = starting.saturating_sub(1);
+        }
+        *self.pool_nodes.entry(info.pool.clone()).or_default() += 1;
+        self.gpus += u64::from(info.capacity.gpus);
+        self.idle.insert(info.name.clone(), now_ms);
+        self.nodes.insert(info.name.clone(), NodeBook::new(info));
+    }
+
+    /// Records that a node is gone; it must exist and hold no job (the error says which is not so). Returns its book.
+    pub fn remove_node(&mut self, name: &str) -> Result<NodeBook, String> {
+        let Some(book) = self.nodes.get(name) else {
+            return Err("it is not in the cluster".to_string());
+        };
+        if !book.jobs.is_empty() {
+            return Err(format!("it holds jobs {:?}", book.jobs));
+        }
+        let book = self.nodes.remove(name).expect("checked above");
+        if let Some(nodes) = self.pool_nodes.get_mut(&book.info.pool) {
+            *nodes = nodes.saturating_sub(1);
+        }
+        self.gpus -= u64::from(book.info.capacity.gpus);
+        self.idle.remove(name);
+        Ok(book)
+    }
+
+    /// Records that `nodes` more nodes of an elastic pool were asked for.
+    pub fn provision(&mut self, pool: &str, nodes: u32) {
+        *self.starting.entry(pool.to_string()).or_default() += nodes;
     }
 
     pub fn submit(&mut self, request: JobRequest) {
@@ -93,8 +133,9 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records that a job left, waiting or running; its bookings are released on every worker's node at once.
-    pub fn end(&mut self, job: JobId) {
+    /// Records that a job left at `now_ms`, waiting or running; its bookings are released on every worker's node at
+    /// once.
+    pub fn end(&mut self, job: JobId, now_ms: u64) {
         self.waiting.remove(&job);
         let Some((_, allocation)) = self.running.remove(&job) else { return };
         self.gpu_milli -= held_gpu_milli(&allocation);
@@ -118,7 +159,7 @@ impl Ledger {
             }
             book.jobs.remove(&job);
             if book.jobs.is_empty() {
-                self.idle.insert(node.to_string());
+                self.idle.insert(node.to_string(), now_ms);
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Ferry's simulator: drives the same scheduler core as the server, in virtual time, over a cluster and a workload
 //! read from files, and checks the core from the outside after every step.
 //!
-//! Inputs are a cluster (TOML, or the Alibaba trace's node list) and a workload (a simple CSV, or the trace's pod
-//! list); every parser error names the file, the line and the field, and no input makes a parser panic. Two modes:
+//! Inputs are a cluster (TOML, with elastic burst pools if wanted, or the Alibaba trace's node list) and a workload (a
+//! simple CSV, with gangs if wanted, or the trace's pod list); every parser error names the file, the line and the
+//! field, and no input makes a parser panic. Two modes:
 //! a replay, where jobs arrive at their times and run for their durations, and the FGD experiment, where sampled
 //! tasks arrive and never depart until they ask for every GPU. All randomness comes from a seeded generator; a
 //! checker failure reports the seed and step that replay it.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::engine::ReplayRun;
+use crate::engine::{ElasticNode, GpuStep, ReplayRun};
 use crate::error::{fmt_ms, SimError};
 use crate::fgd::{FgdRun, PUBLISHED};
 
@@ -30,6 +30,8 @@ pub struct Inputs {
     pub workload: String,
     pub nodes: u64,
     pub gpus: u64,
+    /// The most nodes the elastic pools may start, all together; 0 for a fixed cluster.
+    pub elastic_nodes_max: u64,
     /// How GPU jobs chose among nodes: `best-fit` or `fgd`.
     pub gpu_placement: ferry_core::GpuPlacement,
 }
@@ -53,7 +55,9 @@ pub struct Sample {
     pub t_s: f64,
     /// GPUs allocated: whole GPUs plus shares in thousandths over 1000.
     pub gpus: f64,
-    /// `gpus` over the cluster's GPUs.
+    /// The GPUs of the nodes there are: the cluster's, and those of elastic nodes up.
+    pub capacity: u64,
+    /// `gpus` over `capacity`.
     pub share: f64,
 }
 
@@ -83,14 +87,33 @@ pub struct RunReport {
     pub gpu_allocation: Vec<Sample>,
     /// GPU-hours per team, largest first.
     pub teams: Vec<TeamShare>,
-    /// GPU-hours and CPU-hours times the prices of the pool each job ran in.
+    /// GPU-hours and CPU-hours times the prices of the pool each job ran in; for an elastic pool, the hours each of
+    /// its nodes existed, from the request to the release, times the node's GPUs and CPUs at the pool's prices.
     pub cost: f64,
     /// The part of `cost` spent in burst pools.
     pub burst_cost: f64,
+    /// GPU-hours allocated in burst pools (elastic or not).
+    pub burst_gpu_hours: f64,
+    /// The nodes elastic pools started; absent for a fixed cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elastic: Option<ElasticReport>,
     /// Attempts cut short by preemption.
     pub preemptions: u64,
     /// GPU-hours of those attempts, lost because a preempted job starts over.
     pub lost_work_gpu_hours: f64,
+}
+
+/// What the elastic pools of a replay did, all together.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ElasticReport {
+    pub nodes_provisioned: u64,
+    pub nodes_released: u64,
+    /// The most nodes asked for and not yet released at any one time.
+    pub nodes_peak: u64,
+    /// Hours from each node's request to its release (clouds bill start-up time too).
+    pub node_hours: f64,
+    /// `node_hours` times each node's GPUs and CPUs at its pool's prices.
+    pub cost: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -161,7 +184,7 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
         .collect();
     let first_arrival = outcomes.iter().map(|o| o.arrival_ms).min().unwrap_or(0);
     let last_end = outcomes.iter().filter_map(|o| o.completed_ms()).max().unwrap_or(first_arrival);
-    let (mut gpu_hours, mut cost, mut burst_cost, mut lost_gpu_hours) = (0.0, 0.0, 0.0, 0.0);
+    let (mut gpu_hours, mut cost, mut burst_cost, mut burst_gpu_hours, mut lost_gpu_hours) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut preemptions = 0;
     let mut teams: BTreeMap<&str, f64> = BTreeMap::new();
     for o in outcomes {
@@ -175,7 +198,12 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
                 preemptions += 1;
                 lost_gpu_hours += attempt_gpu_hours;
             }
-            if let Some(pool) = cluster.pool(&attempt.pool) {
+            let Some(pool) = cluster.pool(&attempt.pool) else { continue };
+            if pool.burst {
+                burst_gpu_hours += attempt_gpu_hours;
+            }
+            // An elastic pool's nodes are paid for by the hour whether jobs use them or not: see below.
+            if pool.elastic.is_none() {
                 let cpu_hours = o.cpu_millis as f64 / 1000.0 * hours;
                 let attempt_cost = attempt_gpu_hours * pool.price_gpu_hour + cpu_hours * pool.price_cpu_hour;
                 cost += attempt_cost;
@@ -184,6 +212,11 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
                 }
             }
         }
+    }
+    let elastic = (cluster.elastic_nodes_max() > 0).then(|| elastic_report(&run.elastic_nodes, cluster, run.end_ms));
+    if let Some(elastic) = &elastic {
+        cost += elastic.cost;
+        burst_cost += elastic.cost;
     }
     let mut teams: Vec<TeamShare> = teams
         .into_iter()
@@ -194,7 +227,7 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
         })
         .collect();
     teams.sort_by(|a, b| b.gpu_hours.total_cmp(&a.gpu_hours).then_with(|| a.team.cmp(&b.team)));
-    let end_ms = run.gpu_milli_steps.last().map_or(0, |(t, _)| *t).max(last_end);
+    let end_ms = run.gpu_steps.last().map_or(0, |step| step.t_ms).max(last_end);
     let every_ms = match sample_every_ms {
         Some(every) => {
             let every = every.max(1);
@@ -219,13 +252,48 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
         makespan_s: secs(last_end - first_arrival),
         gpu_hours: round6(gpu_hours),
         gpu_allocation_every_s: secs(every_ms),
-        gpu_allocation: samples(&run.gpu_milli_steps, end_ms, every_ms, cluster.gpus()),
+        gpu_allocation: samples(&run.gpu_steps, end_ms, every_ms, cluster.gpus()),
         teams,
         cost: round6(cost),
         burst_cost: round6(burst_cost),
+        burst_gpu_hours: round6(burst_gpu_hours),
+        elastic,
         preemptions,
         lost_work_gpu_hours: round6(lost_gpu_hours),
     })
+}
+
+/// Counts the nodes elastic pools started and what they cost: each from its request to its release (or to the end of
+/// the run, for one never released).
+fn elastic_report(nodes: &[ElasticNode], cluster: &Cluster, end_ms: u64) -> ElasticReport {
+    let (mut node_hours, mut cost) = (0.0, 0.0);
+    // +1 when a node is asked for, -1 when it is released; releases first at the same time.
+    let mut changes: Vec<(u64, i64)> = Vec::with_capacity(nodes.len() * 2);
+    for node in nodes {
+        let until_ms = node.released_ms.unwrap_or(end_ms).max(node.requested_ms);
+        let hours = (until_ms - node.requested_ms) as f64 / 3_600_000.0;
+        node_hours += hours;
+        if let Some((pool, elastic)) = cluster.pool(&node.pool).and_then(|p| Some((p, p.elastic.as_ref()?))) {
+            cost += hours * pool.node_price_hour(&elastic.node.capacity);
+        }
+        changes.push((node.requested_ms, 1));
+        if let Some(released_ms) = node.released_ms {
+            changes.push((released_ms, -1));
+        }
+    }
+    changes.sort_unstable();
+    let (mut now, mut peak) = (0i64, 0i64);
+    for (_, change) in changes {
+        now += change;
+        peak = peak.max(now);
+    }
+    ElasticReport {
+        nodes_provisioned: nodes.len() as u64,
+        nodes_released: nodes.iter().filter(|n| n.released_ms.is_some()).count() as u64,
+        nodes_peak: peak as u64,
+        node_hours: round6(node_hours),
+        cost: round6(cost),
+    }
 }
 
 /// The smallest interval from the nice list that keeps the series within `SAMPLES_AUTO_MAX` samples.
@@ -238,22 +306,23 @@ fn auto_interval_ms(end_ms: u64) -> u64 {
 }
 
 /// Samples a step function at 0, every, 2·every, ... up to the first sample at or after `end_ms`: each sample is the
-/// value after every step at or before its time.
-fn samples(steps: &[(u64, u64)], end_ms: u64, every_ms: u64, gpus: u64) -> Vec<Sample> {
+/// value after every step at or before its time; before the first step, nothing is allocated of the cluster's `gpus`.
+fn samples(steps: &[GpuStep], end_ms: u64, every_ms: u64, gpus: u64) -> Vec<Sample> {
     let mut out = Vec::new();
     let mut next = 0;
-    let mut value = 0;
+    let mut value = GpuStep { t_ms: 0, allocated_milli: 0, gpus };
     for k in 0..=end_ms.div_ceil(every_ms) {
         let t = k * every_ms;
-        while let Some((at, v)) = steps.get(next) {
-            if *at > t {
+        while let Some(step) = steps.get(next) {
+            if step.t_ms > t {
                 break;
             }
-            value = *v;
+            value = *step;
             next += 1;
         }
-        let g = value as f64 / 1000.0;
-        out.push(Sample { t_s: secs(t), gpus: g, share: if gpus > 0 { round6(g / gpus as f64) } else { 0.0 } });
+        let g = value.allocated_milli as f64 / 1000.0;
+        let share = if value.gpus > 0 { round6(g / value.gpus as f64) } else { 0.0 };
+        out.push(Sample { t_s: secs(t), gpus: g, capacity: value.gpus, share });
     }
     out
 }
@@ -299,9 +368,13 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     let w = |out: &mut String, k: &str, v: String| {
         let _ = writeln!(out, "{k:<22}{v}");
     };
+    let elastic = match inputs.elastic_nodes_max {
+        0 => String::new(),
+        n => format!(", up to {n} elastic nodes"),
+    };
     let _ = writeln!(
         out,
-        "replay of {} on {} ({} nodes, {} GPUs), {} placement, seed {}",
+        "replay of {} on {} ({} nodes, {} GPUs{elastic}), {} placement, seed {}",
         inputs.workload,
         inputs.cluster,
         inputs.nodes,
@@ -316,6 +389,14 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     w(out, "makespan", human_s(r.makespan_s));
     w(out, "GPU-hours", format!("{:.3}", r.gpu_hours));
     w(out, "cost", format!("{:.2} (burst {:.2})", r.cost, r.burst_cost));
+    w(out, "burst GPU-hours", format!("{:.3}", r.burst_gpu_hours));
+    if let Some(e) = &r.elastic {
+        let line = format!(
+            "{} provisioned, {} released, peak {}; {:.3} node-hours, cost {:.2}",
+            e.nodes_provisioned, e.nodes_released, e.nodes_peak, e.node_hours, e.cost
+        );
+        w(out, "elastic nodes", line);
+    }
     w(out, "preemptions", format!("{} (lost work {:.3} GPU-hours)", r.preemptions, r.lost_work_gpu_hours));
     let _ = writeln!(out, "\nGPU-hours by team");
     let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "team", "GPU-hours", "share");
@@ -323,9 +404,17 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
         let _ = writeln!(out, "  {:<16}{:>12.3}{:>8}", t.team, t.gpu_hours, percent(t.share));
     }
     let _ = writeln!(out, "\nGPUs allocated over time (every {})", human_s(r.gpu_allocation_every_s));
-    let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "time", "GPUs", "share");
-    for s in &r.gpu_allocation {
-        let _ = writeln!(out, "  {:<16}{:>12.3}{:>8}", human_s(s.t_s), s.gpus, percent(s.share));
+    if r.elastic.is_some() {
+        // Elastic nodes come and go, so the GPUs there are change too.
+        let _ = writeln!(out, "  {:<16}{:>12}{:>8}{:>8}", "time", "GPUs", "of", "share");
+        for s in &r.gpu_allocation {
+            let _ = writeln!(out, "  {:<16}{:>12.3}{:>8}{:>8}", human_s(s.t_s), s.gpus, s.capacity, percent(s.share));
+        }
+    } else {
+        let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "time", "GPUs", "share");
+        for s in &r.gpu_allocation {
+            let _ = writeln!(out, "  {:<16}{:>12.3}{:>8}", human_s(s.t_s), s.gpus, percent(s.share));
+        }
     }
     out.push('\n');
 }
@@ -393,6 +482,14 @@ pub fn csv(report: &Report) -> String {
                 row(s, "gpu_hours", "", r.gpu_hours.to_string());
                 row(s, "cost", "", r.cost.to_string());
                 row(s, "burst_cost", "", r.burst_cost.to_string());
+                row(s, "burst_gpu_hours", "", r.burst_gpu_hours.to_string());
+                if let Some(e) = &r.elastic {
+                    row(s, "elastic_nodes_provisioned", "", e.nodes_provisioned.to_string());
+                    row(s, "elastic_nodes_released", "", e.nodes_released.to_string());
+                    row(s, "elastic_nodes_peak", "", e.nodes_peak.to_string());
+                    row(s, "elastic_node_hours", "", e.node_hours.to_string());
+                    row(s, "elastic_cost", "", e.cost.to_string());
+                }
                 row(s, "preemptions", "", r.preemptions.to_string());
                 row(s, "lost_work_gpu_hours", "", r.lost_work_gpu_hours.to_string());
                 for t in &r.teams {
@@ -401,6 +498,9 @@ pub fn csv(report: &Report) -> String {
                 }
                 for sample in &r.gpu_allocation {
                     row(s, "gpus_allocated", &sample.t_s.to_string(), sample.gpus.to_string());
+                    if r.elastic.is_some() {
+                        row(s, "gpus_present", &sample.t_s.to_string(), sample.capacity.to_string());
+                    }
                 }
             }
         }

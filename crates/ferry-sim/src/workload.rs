@@ -226,10 +226,13 @@ pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> 
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::TracePods, jobs })
 }
 
-/// Checks that every job could run on the cluster when it is empty: a job no node could ever hold is a mistake in
-/// the input, named by its line and the column that asks too much.
+/// Checks that every job could run on the cluster when it is empty, its elastic pools grown to their most nodes: a
+/// job no node could ever hold is a mistake in the input, named by its line and the column that asks too much.
 pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputError> {
     let mut scheduler = Scheduler::new();
+    let pools = cluster.pools.iter().map(|p| p.info()).collect();
+    // The pools were validated when parsed, and configuring pools never fails.
+    let _ = scheduler.apply(ferry_core::Event::PoolsConfigured(pools));
     for node in &cluster.nodes {
         // Nodes were validated when parsed, so the core accepts them; a refusal would be reported below as no fit.
         let _ = scheduler.apply(ferry_core::Event::NodeUp(node.clone()));

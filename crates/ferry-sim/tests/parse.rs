@@ -7,16 +7,23 @@ use ferry_sim::{parse_cluster_toml, parse_trace_nodes, parse_trace_pods, parse_w
 fn check_cluster(text: &str, expected: Expect) {
     let out = match parse_cluster_toml("cluster.toml", text) {
         Ok(c) => {
-            let pools: Vec<String> = c
-                .pools
-                .iter()
-                .map(|p| {
-                    format!(
-                        "pool {} order {} burst {} after {:?} prices {}/{}",
-                        p.name, p.order, p.burst, p.burst_after_s, p.price_gpu_hour, p.price_cpu_hour
-                    )
-                })
-                .collect();
+            let pools: Vec<String> =
+                c.pools
+                    .iter()
+                    .map(|p| {
+                        let mut line = format!(
+                            "pool {} order {} burst {} after {:?} prices {}/{}",
+                            p.name, p.order, p.burst, p.burst_after_s, p.price_gpu_hour, p.price_cpu_hour
+                        );
+                        if let Some(e) = &p.elastic {
+                            line += &format!(
+                            " elastic up to {} nodes, startup {}s, idle release {}s, node {:?} model {:?} labels {:?}",
+                            e.max_nodes, e.startup_s, e.idle_release_s, e.node.capacity, e.node.gpu_model, e.node.labels
+                        );
+                        }
+                        line
+                    })
+                    .collect();
             let teams: Vec<String> = c
                 .teams
                 .iter()
@@ -168,13 +175,90 @@ fn names_the_line_and_field_of_every_cluster_mistake() {
         expect!["cluster.toml:4: field price_gpu_hour: -1 is not a price; write zero or more, such as 2.5"],
     );
     check_cluster("[[team]]\nname = \"v\"\nquota = { gpus = 1, memory = \"lots\" }\n", expect!["cluster.toml:3: field quota: memory: `lots` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"]);
-    check_cluster(POOL, expect!["cluster.toml:1: no [[node]] is declared; a cluster needs at least one node"]);
+    check_cluster(POOL, expect!["cluster.toml:1: no [[node]] is declared; a cluster needs at least one node, or an elastic pool that starts nodes"]);
     check_cluster(
         &format!("gpu_placement = \"fdg\"\n{POOL}"),
         expect!["cluster.toml:1: field gpu_placement: unknown variant `fdg`, expected `best-fit` or `fgd`"],
     );
     // Not TOML at all.
     check_cluster("this is not toml", expect!["cluster.toml:1: key with no value, expected `=`"]);
+}
+
+const ELASTIC: &str = "[[pool]]\nname = \"cloud\"\norder = 10\nburst = true\nmax_nodes = 4\nstartup = \"3m\"\n\
+                       idle_release = \"10m\"\n";
+
+#[test]
+fn reads_an_elastic_pool_and_names_its_mistakes() {
+    // An elastic pool alone makes a cluster: its nodes start on demand.
+    check_cluster(
+        &format!(
+            "{ELASTIC}price_gpu_hour = 3.5\nnode = {{ cpus = 96, memory = \"768GiB\", gpus = 8, gpu_model = \"A100\", labels = {{ zone = \"b\" }} }}\n"
+        ),
+        expect![[r#"pool cloud order 10 burst true after None prices 3.5/0 elastic up to 4 nodes, startup 180s, idle release 600s, node Resources { cpu_millis: 96000, memory_bytes: 824633720832, gpus: 8 } model Some("A100") labels {"zone": "b"}"#]],
+    );
+    let template = "node = { cpus = 8, memory = \"64GiB\", gpus = 1 }\n";
+    // Every elastic setting is needed, and none means anything without max_nodes.
+    check_cluster(
+        ELASTIC,
+        expect![[
+            r#"cluster.toml:5: field max_nodes: an elastic pool needs node, the node it starts, such as node = { cpus = 96, memory = "768GiB", gpus = 8 }"#
+        ]],
+    );
+    check_cluster(
+        &format!("{}{template}", ELASTIC.replace("startup = \"3m\"\n", "")),
+        expect![[
+            r#"cluster.toml:5: field max_nodes: an elastic pool needs startup, how long a new node takes to start, such as startup = "3m""#
+        ]],
+    );
+    check_cluster(
+        &format!("{}{template}", ELASTIC.replace("max_nodes = 4\n", "")),
+        expect!["cluster.toml:5: field startup: startup applies only to an elastic pool; set max_nodes too"],
+    );
+    check_cluster(
+        &format!("{}{template}", ELASTIC.replace("burst = true\n", "")),
+        expect!["cluster.toml:4: field max_nodes: an elastic pool is burst capacity; set burst = true"],
+    );
+    // Impossible values, in the template too.
+    check_cluster(
+        &format!("{}{template}", ELASTIC.replace("max_nodes = 4", "max_nodes = 0")),
+        expect!["cluster.toml:5: field max_nodes: 0 is not a node count; write 1 to 100000"],
+    );
+    check_cluster(
+        &format!("{}{template}", ELASTIC.replace("\"3m\"", "\"0s\"")),
+        expect!["cluster.toml:6: field startup: `0s` is zero; give a positive duration such as 30m"],
+    );
+    check_cluster(
+        &format!("{}{template}", ELASTIC.replace("\"10m\"", "\"30d\"")),
+        expect!["cluster.toml:7: field idle_release: 30d is longer than a week; is the unit right?"],
+    );
+    check_cluster(
+        &format!("{ELASTIC}node = {{ cpus = 8, memory = \"64GiB\", gpus = 99 }}\n"),
+        expect!["cluster.toml:8: field node.gpus: 99 is not a GPU count; write 0 to 64"],
+    );
+    check_cluster(
+        &format!("{ELASTIC}node = {{ cpus = 8, memory = \"64GiB\", gpu = 1 }}\n"),
+        expect!["cluster.toml:8: unknown field `gpu`, expected one of `cpus`, `memory`, `gpus`, `gpu_model`, `labels`"],
+    );
+    let huge = ELASTIC.replace("max_nodes = 4", "max_nodes = 99999");
+    check_cluster(
+        &format!("{huge}{template}[[pool]]\nname = \"b\"\norder = 11\nburst = true\nmax_nodes = 99999\n"),
+        expect!["cluster.toml:13: field max_nodes: the elastic pools may start more than 100000 nodes together"],
+    );
+    // Its nodes are its own to start and to name.
+    let node = "[[node]]\nname = \"n\"\npool = \"cloud\"\ncpus = 4\nmemory = \"8GiB\"\n";
+    check_cluster(
+        &format!("{ELASTIC}{template}{node}"),
+        expect![[
+            r#"cluster.toml:11: field pool: pool "cloud" is elastic: it starts its nodes on demand from its node template; declare fixed nodes in another pool"#
+        ]],
+    );
+    let node = "[[node]]\nname = \"cloud-7\"\npool = \"p\"\ncpus = 4\nmemory = \"8GiB\"\n";
+    check_cluster(
+        &format!("{POOL}{ELASTIC}{template}{node}"),
+        expect![[
+            r#"cluster.toml:13: field name: node name "cloud-7" is kept for the nodes elastic pool cloud starts; choose another"#
+        ]],
+    );
 }
 
 #[test]
@@ -341,6 +425,8 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 priority: 0,
                 user: "LS",
                 team: "LS",
+                project: "",
+                nodes: 1,
             },
             JobSpec {
                 line: 3,
@@ -359,6 +445,8 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 priority: 0,
                 user: "BE",
                 team: "BE",
+                project: "",
+                nodes: 1,
             },
             JobSpec {
                 line: 4,
@@ -374,6 +462,8 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 priority: 0,
                 user: "BE",
                 team: "BE",
+                project: "",
+                nodes: 1,
             },
         ]
     "#]]

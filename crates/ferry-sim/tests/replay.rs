@@ -40,7 +40,7 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
     // p95 80. Makespan 130. GPU-seconds: 200 + 50 + 30 + 30 = 310, so 0.086111 GPU-hours; ml holds 280 of them
     // (90.3%), vision 30. Cost: on a, 230 GPU-seconds at 2.0 an hour = 0.127778; on b (burst), job 2 is 50
     // GPU-seconds at 3.6 and 50 CPU-seconds at 0.36 an hour = 0.055, job 5 is 30 GPU-seconds and 60 CPU-seconds =
-    // 0.036; total 0.218778, burst 0.091. GPUs allocated: 2 from 0, 3 from 10, 2.5 from 60, 1.5 from 100, 1 from 120,
+    // 0.036; total 0.218778, burst 0.091; 80 GPU-seconds (0.022222 GPU-hours) in the burst pool. GPUs allocated: 2 from 0, 3 from 10, 2.5 from 60, 1.5 from 100, 1 from 120,
     // 0 from 130.
     check(
         "--cluster DATA/cluster.toml --workload DATA/workload.csv --sample-every 30s",
@@ -53,6 +53,7 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
             makespan              2m10s
             GPU-hours             0.086
             cost                  0.22 (burst 0.09)
+            burst GPU-hours       0.022
             preemptions           0 (lost work 0.000 GPU-hours)
 
             GPU-hours by team
@@ -87,6 +88,7 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
             1,gpu_hours,,0.086111
             1,cost,,0.218778
             1,burst_cost,,0.091
+            1,burst_gpu_hours,,0.022222
             1,preemptions,,0
             1,lost_work_gpu_hours,,0
             1,team_gpu_hours,ml,0.077778
@@ -117,6 +119,7 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
                 "workload": "DATA/preempt.csv",
                 "nodes": 1,
                 "gpus": 1,
+                "elastic_nodes_max": 0,
                 "gpu_placement": "best-fit"
               },
               "runs": [
@@ -140,16 +143,19 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
                     {
                       "t_s": 0.0,
                       "gpus": 1.0,
+                      "capacity": 1,
                       "share": 1.0
                     },
                     {
                       "t_s": 100.0,
                       "gpus": 1.0,
+                      "capacity": 1,
                       "share": 1.0
                     },
                     {
                       "t_s": 200.0,
                       "gpus": 0.0,
+                      "capacity": 1,
                       "share": 0.0
                     }
                   ],
@@ -167,6 +173,7 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
                   ],
                   "cost": 0.0,
                   "burst_cost": 0.0,
+                  "burst_gpu_hours": 0.0,
                   "preemptions": 1,
                   "lost_work_gpu_hours": 0.011111
                 }
@@ -196,6 +203,7 @@ fn gangs_start_whole_and_count_every_worker_in_the_report() {
             makespan              1m50s
             GPU-hours             0.383
             cost                  0.00 (burst 0.00)
+            burst GPU-hours       0.000
             preemptions           0 (lost work 0.000 GPU-hours)
 
             GPU-hours by team
@@ -241,6 +249,83 @@ fn gangs_start_whole_and_count_every_worker_in_the_report() {
         ]
     "#]]
     .assert_debug_eq(&starts);
+}
+
+#[test]
+fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_until_they_are_released() {
+    // By hand (testdata/elastic.csv on testdata/elastic.toml: node own with 4 GPUs; pool cloud of up to 3 nodes of
+    // 4 GPUs that start in 3 minutes, are released after 10 idle minutes, and cost 4 x 4.0 + 32 x 0.05 = 17.6 an
+    // hour). Jobs 1 and 2 (2 GPUs each) fill own at 0 and 10: no node is asked for. Job 3 (4 GPUs) arrives at 60 with
+    // own full: cloud-1 is asked for and joins at 240, when job 3 starts (240-1140). The gang (2 workers of 4 GPUs)
+    // arrives at 120: own has one node and no room, cloud-1 is taken by job 3, so cloud-2 and cloud-3 are asked for;
+    // they join at 300 and the gang runs 300-900. Jobs 1 and 2 end at 600 and 610; job 5 (1 GPU) arrives at 700 and
+    // runs on own (owned capacity first) until 760. cloud-2 and cloud-3 idle from 900 and are released at 1500,
+    // cloud-1 idles from 1140 and is released at 1740. Node-hours: (1680 + 1380 + 1380) s = 1.233333, costing
+    // 21.706667; own's 2460 GPU-seconds cost 0.683333; total 22.39. Burst GPU-hours: 3600 + 4800 GPU-seconds =
+    // 2.333333, of 3.016667 in all. Completion times 600, 600, 1080, 780, 60: average 624, p95 1080; delays 0, 0,
+    // 180, 180, 0: average 72, p95 180. Peak: 3 elastic nodes at once.
+    check(
+        "--cluster DATA/elastic.toml --workload DATA/elastic.csv --sample-every 5m",
+        expect![[r#"
+            exit 0
+            replay of DATA/elastic.csv on DATA/elastic.toml (1 nodes, 4 GPUs, up to 3 elastic nodes), best-fit placement, seed 1
+            jobs                  5 (5 completed, 15 steps)
+            job completion time   avg 10m24s, p95 18m
+            queueing delay        avg 1m12s, p95 3m
+            makespan              19m
+            GPU-hours             3.017
+            cost                  22.39 (burst 21.71)
+            burst GPU-hours       2.333
+            elastic nodes         3 provisioned, 3 released, peak 3; 1.233 node-hours, cost 21.71
+            preemptions           0 (lost work 0.000 GPU-hours)
+
+            GPU-hours by team
+              team               GPU-hours   share
+              vision                 2.333   77.3%
+              ml                     0.683   22.7%
+
+            GPUs allocated over time (every 5m)
+              time                    GPUs      of   share
+              0s                     2.000       4   50.0%
+              5m                    16.000      16  100.0%
+              10m                   14.000      16   87.5%
+              15m                    4.000      16   25.0%
+              20m                    0.000      16    0.0%
+              25m                    0.000       8    0.0%
+              30m                    0.000       4    0.0%
+
+        "#]],
+    );
+    // Each node joined exactly the start-up delay after it was asked for, and every one was released.
+    let cluster = parse_cluster_toml("elastic.toml", &std::fs::read_to_string(format!("{DATA}/elastic.toml")).unwrap());
+    let workload = parse_workload_csv("elastic.csv", &std::fs::read_to_string(format!("{DATA}/elastic.csv")).unwrap());
+    let config = ReplayConfig { seed: 1, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+    let run = engine::replay(&cluster.unwrap(), &workload.unwrap(), &config).unwrap();
+    let nodes: Vec<String> = run
+        .elastic_nodes
+        .iter()
+        .map(|n| format!("{} asked {} up {:?} released {:?}", n.name, n.requested_ms, n.up_ms, n.released_ms))
+        .collect();
+    expect![[r#"
+        [
+            "cloud-1 asked 60000 up Some(240000) released Some(1740000)",
+            "cloud-2 asked 120000 up Some(300000) released Some(1500000)",
+            "cloud-3 asked 120000 up Some(300000) released Some(1500000)",
+        ]
+    "#]]
+    .assert_debug_eq(&nodes);
+}
+
+#[test]
+fn the_elastic_burst_example_prints_what_its_readme_shows() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/elastic-burst");
+    let readme = std::fs::read_to_string(format!("{example}/README.md")).unwrap();
+    let (command, shown) = readme.split_once("```\n$ ferry sim ").unwrap().1.split_once('\n').unwrap();
+    let shown = shown.split_once("```").unwrap().0;
+    let (code, out, err) = sim(&command.replace("examples/elastic-burst", example));
+    assert_eq!((code, err.as_str()), (0, ""));
+    // The table ends with an empty line, which the README leaves out.
+    assert_eq!(out.replace(example, "examples/elastic-burst").trim_end(), shown.trim_end());
 }
 
 /// A workload whose jobs arrive in bursts at the same times, so that the seed decides their order.
@@ -333,10 +418,11 @@ mod random {
     use super::*;
 
     /// Two fixed nodes in each pool, large enough for any generated job (a gang's workers among them), up to four
-    /// random ones, and either GPU placement.
+    /// random ones, maybe an elastic pool last, and either GPU placement.
     fn cluster() -> impl Strategy<Value = String> {
         let node = (1u32..=4, 0u32..=4, 1u32..=4, prop::sample::select(vec!["A100", "T4"]), any::<bool>());
-        (prop::collection::vec(node, 0..=4), any::<bool>()).prop_map(|(nodes, fgd)| {
+        let elastic = prop::option::of((1u32..=3, 1u32..=5, 1u32..=10, prop::sample::select(vec!["A100", "T4"])));
+        (prop::collection::vec(node, 0..=4), any::<bool>(), elastic).prop_map(|(nodes, fgd, elastic)| {
             let mut text = String::from(
                 "[[pool]]\nname = \"own\"\norder = 0\n[[pool]]\nname = \"cloud\"\norder = 1\nburst = true\nburst_after = \"5m\"\n\
                  [[team]]\nname = \"t0\"\nquota = { gpus = 2 }\n\
@@ -354,6 +440,12 @@ mod random {
                     "[[node]]\nname = \"n{i}\"\npool = \"{pool}\"\ncpus = {}\nmemory = \"{}GiB\"\ngpus = {gpus}\ngpu_model = \"{model}\"\n",
                     cpus * 4,
                     mem * 8
+                );
+            }
+            if let Some((max_nodes, startup_m, idle_m, model)) = elastic {
+                text += &format!(
+                    "[[pool]]\nname = \"spot\"\norder = 2\nburst = true\nmax_nodes = {max_nodes}\nstartup = \"{startup_m}m\"\n\
+                     idle_release = \"{idle_m}m\"\nnode = {{ cpus = 8, memory = \"16GiB\", gpus = 2, gpu_model = \"{model}\" }}\n"
                 );
             }
             text
