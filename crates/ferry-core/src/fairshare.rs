@@ -77,10 +77,11 @@ pub(crate) fn dominant_of(r: &Resources, capacity: &Resources) -> f64 {
 /// One user's queued jobs of one priority within one project, oldest first, with what each would hold.
 type UserQueue = VecDeque<(JobId, Resources)>;
 
-/// Who a queued job's fair share is counted for.
-pub(crate) struct Owner {
-    pub(crate) project: String,
-    pub(crate) user: String,
+/// Who a queued job's fair share is counted for: its project (named within its team) and its user.
+pub(crate) struct Owner<'a> {
+    pub(crate) team: &'a str,
+    pub(crate) project: &'a str,
+    pub(crate) user: &'a str,
     pub(crate) footprint: Resources,
 }
 
@@ -104,17 +105,17 @@ struct ProjectQueue {
 /// The order in which a cycle considers queued jobs: priority first; within a priority, progressive filling across
 /// projects by share, then across the project's users by share; within a user, submission order. `queue` is in
 /// (priority, id) order.
-pub(crate) fn order(
+pub(crate) fn order<'a>(
     queue: impl Iterator<Item = (i32, JobId)>,
-    owner_of: impl Fn(JobId) -> Owner,
+    owner_of: impl Fn(JobId) -> Owner<'a>,
     standing: &Standing<'_>,
     capacity: &Resources,
 ) -> Vec<JobId> {
-    type Projects = BTreeMap<String, BTreeMap<String, UserQueue>>;
-    let mut levels: BTreeMap<Reverse<i32>, Projects> = BTreeMap::new();
+    type Projects<'a> = BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, UserQueue>>;
+    let mut levels: BTreeMap<Reverse<i32>, Projects<'a>> = BTreeMap::new();
     for (priority, id) in queue {
-        let Owner { project, user, footprint } = owner_of(id);
-        let users = levels.entry(Reverse(priority)).or_default().entry(project).or_default();
+        let Owner { team, project, user, footprint } = owner_of(id);
+        let users = levels.entry(Reverse(priority)).or_default().entry((team, project)).or_default();
         users.entry(user).or_default().push_back((id, footprint));
     }
     let share = |held: &HashMap<String, Resources>, usage: &Usage, key: &str| {
@@ -122,20 +123,18 @@ pub(crate) fn order(
         ((now + usage.recent_share(key, capacity)) * SHARE_SCALE) as u64
     };
     // A user's share counts all its projects, and stays one number across them within a cycle.
-    let mut user_share: HashMap<String, u64> = HashMap::new();
+    let mut user_share: HashMap<&str, u64> = HashMap::new();
     let mut out = Vec::new();
     for projects in levels.into_values() {
         let mut heap = BinaryHeap::new();
         let mut queues: Vec<ProjectQueue> = Vec::with_capacity(projects.len());
-        let mut user_names: Vec<Vec<String>> = Vec::with_capacity(projects.len());
-        for (p, (project, users)) in projects.into_iter().enumerate() {
+        let mut user_names: Vec<Vec<&str>> = Vec::with_capacity(projects.len());
+        for (p, ((team, project), users)) in projects.into_iter().enumerate() {
             let mut q = ProjectQueue { heap: BinaryHeap::new(), users: Vec::new(), user_shares: Vec::new() };
             let mut names = Vec::new();
             let mut first_of_project = JobId::MAX;
             for (u, (user, jobs)) in users.into_iter().enumerate() {
-                let s = *user_share
-                    .entry(user.clone())
-                    .or_insert_with(|| share(standing.user_held, standing.user_usage, &user));
+                let s = *user_share.entry(user).or_insert_with(|| share(standing.user_held, standing.user_usage, user));
                 // Ties go to the user whose first job came first.
                 let first = jobs.front().map(|(id, _)| *id).unwrap_or(0);
                 first_of_project = first_of_project.min(first);
@@ -144,7 +143,7 @@ pub(crate) fn order(
                 q.user_shares.push(s);
                 names.push(user);
             }
-            let s = share(standing.project_held, standing.project_usage, &project);
+            let s = share(standing.project_held, standing.project_usage, &format!("{team}/{project}"));
             heap.push(Reverse((s, first_of_project, p)));
             queues.push(q);
             user_names.push(names);
@@ -156,9 +155,9 @@ pub(crate) fn order(
             out.push(id);
             let added = (dominant_of(&footprint, capacity) * SHARE_SCALE) as u64;
             // The user's share grows wherever it queues; its other projects see the new value when they next pick.
-            let name = &user_names[p][u];
+            let name = user_names[p][u];
             let grown = user_share.get(name).copied().unwrap_or(q.user_shares[u]).saturating_add(added);
-            user_share.insert(name.clone(), grown);
+            user_share.insert(name, grown);
             q.user_shares[u] = grown;
             if let Some((next, _)) = q.users[u].front() {
                 q.heap.push(Reverse((grown, *next, u)));

@@ -1168,7 +1168,7 @@ impl Scheduler {
         let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
         let owner_of = |id: JobId| {
             let r = &self.pending[&id];
-            fairshare::Owner { project: r.project_key(), user: r.user.clone(), footprint: r.total() }
+            fairshare::Owner { team: &r.team, project: &r.project, user: &r.user, footprint: r.total() }
         };
         let standing = fairshare::Standing {
             project_held: &self.project_held,
@@ -1512,6 +1512,13 @@ impl Scheduler {
         let request = &self.pending[&job];
         let needs = request.footprint();
         let workers = request.workers() as usize;
+        if workers == 1 {
+            if let Some(i) = self.nearest_node(request, &needs, free, cycle) {
+                let starts_at_us = self.worker_start_estimate(job, i, free, cycle);
+                self.reserve_on(job, i, starts_at_us, free, cycle);
+            }
+            return;
+        }
         // Closest first: most of the GPUs, then of the CPUs, it needs already free; then the first by name.
         let mut by_pool: Vec<Vec<(usize, (u32, u64))>> = vec![Vec::new(); cycle.pool_order.len()];
         for (i, (node, f)) in self.nodes.values().zip(free.iter()).enumerate() {
@@ -1519,14 +1526,9 @@ impl Scheduler {
                 by_pool[cycle.pool_of[i]].push((i, (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis))));
             }
         }
-        let chosen: Vec<usize> = if workers == 1 {
-            let nearest = by_pool.into_iter().flatten().max_by_key(|(i, key)| (*key, Reverse(*i)));
-            nearest.map(|(i, _)| i).into_iter().collect()
-        } else {
-            let Some(mut nodes) = by_pool.into_iter().find(|nodes| nodes.len() >= workers) else { return };
-            nodes.sort_by_key(|(i, key)| (Reverse(*key), *i));
-            nodes.into_iter().take(workers).map(|(i, _)| i).collect()
-        };
+        let Some(mut nodes) = by_pool.into_iter().find(|nodes| nodes.len() >= workers) else { return };
+        nodes.sort_by_key(|(i, key)| (Reverse(*key), *i));
+        let chosen: Vec<usize> = nodes.into_iter().take(workers).map(|(i, _)| i).collect();
         // A gang starts when its last node has room.
         let estimates: Vec<Option<i64>> =
             chosen.iter().map(|&i| self.worker_start_estimate(job, i, free, cycle)).collect();
@@ -1534,6 +1536,41 @@ impl Scheduler {
         for i in chosen {
             self.reserve_on(job, i, starts_at_us, free, cycle);
         }
+    }
+
+    /// The ready node closest to holding a blocked single-node job: the most of the GPUs, then of the CPUs, it needs
+    /// already free; then the first in the walk. The walk goes through each pool's nodes from the most free GPUs
+    /// down and stops at the first node that has all the GPUs and CPUs the job needs, since none can be closer.
+    fn nearest_node(
+        &self,
+        request: &JobRequest,
+        needs: &Resources,
+        free: &[Resources],
+        cycle: &Cycle,
+    ) -> Option<usize> {
+        let closest_possible = (needs.gpus, needs.cpu_millis);
+        let mut best: Option<((u32, u64), usize)> = None;
+        for index in &cycle.by_free_gpus {
+            for (&gpus_free, nodes) in index.iter().rev() {
+                if best.is_some_and(|(key, _)| key.0 > gpus_free.min(needs.gpus)) {
+                    break;
+                }
+                for &i in nodes {
+                    let key = (gpus_free.min(needs.gpus), free[i].cpu_millis.min(needs.cpu_millis));
+                    if best.is_some_and(|(b, j)| (b, Reverse(j)) >= (key, Reverse(i))) {
+                        continue;
+                    }
+                    let node = &self.nodes[&cycle.names[i]];
+                    if request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity) {
+                        best = Some((key, i));
+                        if key == closest_possible {
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+        }
+        best.map(|(_, i)| i)
     }
 
     /// When one worker of a queued job could start on node `i`, by the runtime limits of the jobs running there.
