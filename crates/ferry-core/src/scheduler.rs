@@ -82,11 +82,6 @@ pub struct ProjectInfo {
 }
 
 impl ProjectInfo {
-    /// The key the scheduler files the project under, as `JobRequest::project_key` makes it.
-    fn key(&self) -> String {
-        format!("{}/{}", self.team, self.name)
-    }
-
     fn ceiling(&self) -> Option<Resources> {
         self.borrow_limit.map(|b| self.quota.checked_add(&b).unwrap_or(self.quota))
     }
@@ -424,8 +419,8 @@ pub struct Scheduler {
     reservations: HashMap<JobId, String>,
     pools: BTreeMap<String, PoolInfo>,
     teams: BTreeMap<String, TeamInfo>,
-    /// Projects with quotas, keyed `team/project`.
-    projects: BTreeMap<String, ProjectInfo>,
+    /// Projects with quotas, by team and then by name (found without building a key for every queued job).
+    projects: BTreeMap<String, BTreeMap<String, ProjectInfo>>,
     /// What each team and each user holds now.
     team_held: HashMap<String, Resources>,
     user_held: HashMap<String, Resources>,
@@ -546,7 +541,10 @@ impl Scheduler {
                 Ok(Vec::new())
             }
             Event::ProjectsConfigured(projects) => {
-                self.projects = projects.into_iter().map(|p| (p.key(), p)).collect();
+                self.projects.clear();
+                for p in projects {
+                    self.projects.entry(p.team.clone()).or_default().insert(p.name.clone(), p);
+                }
                 Ok(Vec::new())
             }
             Event::TeamsConfigured { teams, fair_share_half_life_s } => {
@@ -811,6 +809,13 @@ impl Scheduler {
                 continue;
             }
             let request = &self.pending[&id];
+            // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
+            // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue.
+            let may_backfill = request.max_runtime_s.is_some() && !cycle.shadows.is_empty();
+            let too_big = request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound);
+            if !blocked_budget_left && too_big && !may_backfill {
+                continue;
+            }
             if self.over_team_limit(request).is_some() {
                 continue;
             }
@@ -821,8 +826,7 @@ impl Scheduler {
                 continue;
             }
             // Free resources only shrink within a cycle, so the largest free amounts seen at the last failed search
-            // bound what any node can offer now.
-            let too_big = request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound);
+            // bound what any node can offer now (`too_big` above).
             if request.is_gang() {
                 match (too_big, self.gang_nodes(request, &free, &cycle)) {
                     (false, Some(nodes)) => decisions.push(self.start_gang(id, nodes, &mut free, &mut cycle)),
@@ -1179,6 +1183,11 @@ impl Scheduler {
         fairshare::order(queue, owner_of, &standing, &capacity)
     }
 
+    /// The quota of the job's project, if it has one.
+    fn project(&self, request: &JobRequest) -> Option<&ProjectInfo> {
+        self.projects.get(&request.team)?.get(&request.project)
+    }
+
     /// Why the job's team or project may not take it on now, if it may not: it would hold more than its quota plus
     /// what it may borrow.
     fn over_team_limit(&self, request: &JobRequest) -> Option<WaitReason> {
@@ -1188,9 +1197,8 @@ impl Scheduler {
                 return Some(WaitReason::OverTeamLimit { team: request.team.clone(), resource, would_hold, limit });
             }
         }
-        let key = request.project_key();
-        let project = self.projects.get(&key)?;
-        let held = self.project_held.get(&key).copied().unwrap_or_default();
+        let project = self.project(request)?;
+        let held = self.project_held.get(&request.project_key()).copied().unwrap_or_default();
         let (resource, would_hold, limit) = first_short(&held.checked_add(&request.total())?, &project.ceiling()?)?;
         let (team, project) = (project.team.clone(), project.name.clone());
         Some(WaitReason::OverProjectLimit { team, project, resource, would_hold, limit })
@@ -1206,7 +1214,7 @@ impl Scheduler {
         }
         // Most blocked jobs can stop nothing: nothing running has a lower priority, and their team reclaims nothing.
         let lowest = cycle.lowest_running_priority;
-        let reclaims = self.teams.contains_key(&request.team) || self.projects.contains_key(&request.project_key());
+        let reclaims = self.teams.contains_key(&request.team) || self.project(request).is_some();
         if lowest.is_none_or(|p| p >= request.priority) && !reclaims {
             return Vec::new();
         }
@@ -1294,8 +1302,8 @@ impl Scheduler {
         if request.team != victim.team {
             return None;
         }
+        let (mine, theirs) = (self.project(request)?, self.project(victim)?);
         let (mine_key, theirs_key) = (request.project_key(), victim.project_key());
-        let (mine, theirs) = (self.projects.get(&mine_key)?, self.projects.get(&theirs_key)?);
         let project = |r: &JobRequest| r.project_key();
         self.reclaims(request, (&mine_key, &mine.quota), (&theirs_key, &theirs.quota), &self.project_held, project)
             .then(|| PreemptReason::ReclaimProject {
