@@ -7,6 +7,7 @@ pub mod agent;
 pub mod error;
 pub mod jobs;
 pub mod nodes;
+pub mod tokens;
 pub mod units;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, RunRef, Work, WorkRequest};
 use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
+use ferry_api::tokens::{CreateToken, CreatedToken, TokenInfo, TokenList};
 use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
@@ -154,6 +155,18 @@ impl Client {
 
     pub async fn nodes(&self) -> Result<NodeList, ClientError> {
         self.json(self.request(reqwest::Method::GET, "/nodes")).await
+    }
+
+    pub async fn create_token(&self, spec: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/tokens").json(spec)).await
+    }
+
+    pub async fn tokens(&self) -> Result<TokenList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/tokens")).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/tokens/{id}/revoke"))).await
     }
 
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {

@@ -59,6 +59,14 @@ impl Caller {
             Role::Agent => Err(ApiError::new(ErrorCode::Forbidden, "an agent token may only be used by agents")),
         }
     }
+
+    /// Managing tokens takes an admin token.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Agent => Err(ApiError::new(ErrorCode::Forbidden, "only an admin token may manage tokens")),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -104,6 +112,11 @@ impl TokenCache {
     fn get(&self, hash: &str) -> Option<Caller> {
         let entries = self.entries.lock().expect("token cache lock is never poisoned");
         entries.get(hash).filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL).map(|(caller, _)| caller.clone())
+    }
+
+    /// Forgets every remembered token, so a revocation takes effect on the next request.
+    pub fn clear(&self) {
+        self.entries.lock().expect("token cache lock is never poisoned").clear();
     }
 
     fn put(&self, hash: String, caller: Caller) {

@@ -121,6 +121,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/api/v1/jobs/{id}/logs", get(routes::jobs::logs))
         .route("/api/v1/nodes", get(routes::nodes::list))
+        .route("/api/v1/tokens", post(routes::tokens::create).get(routes::tokens::list))
+        .route("/api/v1/tokens/{id}/revoke", post(routes::tokens::revoke))
         .route("/api/v1/agent/register", post(routes::agent::register))
         .route("/api/v1/agent/work", post(routes::agent::work))
         .route("/api/v1/agent/reports", post(routes::agent::reports))

@@ -17,7 +17,7 @@ use sqlx::SqlitePool;
 
 pub use jobs::{JobFilter, JobRecord, NewJob, Tx};
 pub use nodes::NodeRecord;
-pub use tokens::TokenRecord;
+pub use tokens::{TokenListing, TokenRecord};
 
 /// The value of `meta.owner` in every Ferry database; anything else is a foreign database.
 const OWNER: &str = "ferry";

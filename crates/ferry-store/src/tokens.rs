@@ -11,6 +11,16 @@ pub struct TokenRecord {
     pub role: String,
 }
 
+/// A token as listed: never its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenListing {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub created_at_us: i64,
+    pub revoked_at_us: Option<i64>,
+}
+
 impl Store {
     pub async fn insert_token(&self, name: &str, role: &str, hash: &str, now_us: i64) -> Result<i64, StoreError> {
         let id = sqlx::query("INSERT INTO tokens (name, role, hash, created_at_us) VALUES (?, ?, ?, ?)")
@@ -31,6 +41,39 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| TokenRecord { id: r.get("id"), name: r.get("name"), role: r.get("role") }))
+    }
+
+    /// Every token, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenListing>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, role, created_at_us, revoked_at_us FROM tokens ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TokenListing {
+                id: r.get("id"),
+                name: r.get("name"),
+                role: r.get("role"),
+                created_at_us: r.get("created_at_us"),
+                revoked_at_us: r.get("revoked_at_us"),
+            })
+            .collect())
+    }
+
+    /// Revokes a token; `None` when there is no such token, else whether it was live until now.
+    pub async fn revoke_token(&self, id: i64, now_us: i64) -> Result<Option<bool>, StoreError> {
+        let revoked = sqlx::query("UPDATE tokens SET revoked_at_us = ? WHERE id = ? AND revoked_at_us IS NULL")
+            .bind(now_us)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if revoked > 0 {
+            return Ok(Some(true));
+        }
+        let exists: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE id = ?").bind(id).fetch_one(&self.pool).await?;
+        Ok((exists > 0).then_some(false))
     }
 
     pub async fn token_count(&self) -> Result<i64, StoreError> {

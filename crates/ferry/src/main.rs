@@ -58,6 +58,8 @@ enum Command {
     Cancel(commands::CancelArgs),
     /// List nodes with their capacity, allocation and measured utilisation.
     Nodes(commands::NodesArgs),
+    /// Create, list and revoke API tokens, among them join tokens for agents.
+    Token(commands::TokenArgs),
     /// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
     Sim(ferry_sim::cli::SimArgs),
     /// The per-run supervisor the agent starts; not for direct use.
@@ -108,6 +110,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Logs(args) => commands::logs(&g, args).await,
         Command::Cancel(args) => commands::cancel(&g, args).await,
         Command::Nodes(args) => commands::nodes(&g, args).await,
+        Command::Token(args) => commands::token(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),
     }

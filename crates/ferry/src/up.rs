@@ -41,7 +41,10 @@ pub struct UpArgs {
 
 #[derive(Args, Clone)]
 pub struct AgentArgs {
-    /// A file holding the token (instead of --token), such as the admin.token that `ferry up` writes.
+    /// The join token an admin created with `ferry token create --agent` (or FERRY_JOIN_TOKEN).
+    #[arg(long, env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// A file holding the token (instead of --join-token), such as the admin.token that `ferry up` writes.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// The node's name (default: the hostname).
@@ -217,12 +220,13 @@ fn agent_dir_in_use(dir: &Path) -> bool {
 }
 
 pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
-    let token = match (&args.token_file, &g.token) {
-        (Some(path), _) => std::fs::read_to_string(path)
+    let token = match (&args.join_token, &args.token_file, &g.token) {
+        (Some(token), _, _) => token.trim().to_string(),
+        (None, Some(path), _) => std::fs::read_to_string(path)
             .map(|t| t.trim().to_string())
             .map_err(|e| CliError::new(exit::CONFIG, format!("cannot read the token file {}: {e}", path.display())))?,
-        (None, Some(token)) => token.clone(),
-        (None, None) => g.token()?,
+        (None, None, Some(token)) => token.clone(),
+        (None, None, None) => g.token()?,
     };
     let data_dir = g.data_dir.clone().unwrap_or(g.data_dir()?.join("agent"));
     let exe = std::env::current_exe()

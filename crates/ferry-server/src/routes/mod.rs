@@ -5,6 +5,7 @@ pub mod agent;
 pub mod jobs;
 pub mod nodes;
 pub mod openapi;
+pub mod tokens;
 
 use axum::Json;
 use serde_json::json;

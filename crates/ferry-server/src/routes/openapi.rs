@@ -6,11 +6,12 @@ use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ferry API", description = "Ferry's control-plane API: jobs, nodes and the agent protocol."),
+    info(title = "Ferry API", description = "Ferry's control-plane API: jobs, nodes, tokens and the agent protocol."),
     paths(
         super::health,
         super::jobs::submit, super::jobs::list, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs,
         super::nodes::list,
+        super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::agent::register, super::agent::work, super::agent::reports, super::agent::upload_log,
     ),
     modifiers(&BearerAuth),
