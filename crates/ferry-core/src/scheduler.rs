@@ -322,6 +322,10 @@ struct Cycle {
     by_free_gpus: Vec<BTreeMap<u32, BTreeSet<usize>>>,
     /// Shapes of jobs that found no node (see `shape_of`).
     failed_shapes: HashSet<u64>,
+    /// Shapes and priorities of blocked jobs that found nothing to preempt: victims only become fewer and free
+    /// resources only shrink within a cycle, so a job of the same shape and priority would find nothing either, and
+    /// the search (which looks at every running job) is not repeated.
+    unpreemptable: HashSet<(u64, i32)>,
     /// Blocked jobs considered for preemption and reservations so far.
     blocked: usize,
     preemptions: usize,
@@ -833,7 +837,7 @@ impl Scheduler {
                     _ => {
                         cycle.failed_shapes.insert(shape);
                         if blocked_budget_left {
-                            self.blocked(id, &mut free, &mut cycle, &mut decisions);
+                            self.blocked(id, shape, &mut free, &mut cycle, &mut decisions);
                         }
                     }
                 }
@@ -864,7 +868,7 @@ impl Scheduler {
                 None => {
                     cycle.failed_shapes.insert(shape);
                     if blocked_budget_left {
-                        self.blocked(id, &mut free, &mut cycle, &mut decisions);
+                        self.blocked(id, shape, &mut free, &mut cycle, &mut decisions);
                     }
                 }
             }
@@ -880,10 +884,24 @@ impl Scheduler {
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
     /// are being stopped for it, it is noted for new nodes of elastic pools; and it holds back what it needs where it
     /// comes closest to fitting.
-    fn blocked(&mut self, id: JobId, free: &mut [Resources], cycle: &mut Cycle, decisions: &mut Vec<Decision>) {
+    fn blocked(
+        &mut self,
+        id: JobId,
+        shape: u64,
+        free: &mut [Resources],
+        cycle: &mut Cycle,
+        decisions: &mut Vec<Decision>,
+    ) {
         cycle.blocked += 1;
-        if !cycle.awaiting_victims.contains(&id) && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX {
+        let kind = (shape, self.pending[&id].priority);
+        if !cycle.awaiting_victims.contains(&id)
+            && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX
+            && !cycle.unpreemptable.contains(&kind)
+        {
             let preempted = self.preempt_for(id, free, cycle);
+            if preempted.is_empty() {
+                cycle.unpreemptable.insert(kind);
+            }
             cycle.preemptions += preempted.len();
             decisions.extend(preempted);
         }
