@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::{interval, sleep, Interval, MissedTickBehavior};
 
 use crate::backoff::Backoff;
+use crate::code;
 use crate::config::AgentConfig;
 use crate::resources::{Capacity, SAMPLE_INTERVAL};
 use crate::rundir::{self, RunDir};
@@ -41,6 +42,11 @@ const DONE_RUNS_KEPT: usize = 100;
 /// How long a registration, report or log upload may take before it counts as failed. Without a bound, a server
 /// that stops answering mid-request would leave it in flight for ever, and with it every later report.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one download of a job's code may take (the archive is at most 100 MiB).
+const CODE_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// How many times a job's code is asked for before its run fails to start: with the backoff's 2 s cap, about half
+/// a minute of a server that is down or failing.
+const CODE_FETCH_TRIES_MAX: u32 = 20;
 
 /// Everything the agent's loop reacts to.
 pub(crate) enum Event {
@@ -456,50 +462,60 @@ impl Agent {
         tracing::info!(job = run.job_id, attempt = run.attempt, command = ?assignment.command, "starting run");
         let dir = RunDir::new(&path);
         self.runs.insert(run, RunEntry::new());
+        if let Some(sha256) = assignment.code.clone() {
+            // Fetching and unpacking take a while: a task of its own does them, then starts and follows the run.
+            // The spec is written only once the code is in place, so an agent that dies meanwhile leaves a
+            // directory without one, which the next agent removes and the server's next copy starts afresh.
+            let Some(entry) = self.runs.get_mut(&run) else { return };
+            entry.tracked = true;
+            let stop = entry.stop.subscribe();
+            let ctx = self.run_context();
+            let cache = self.config.data_dir.join(code::CODE_DIR);
+            let self_exe = self.config.self_exe.clone();
+            self.tasks.spawn(async move {
+                let supervisor = match prepare_code(&ctx, &cache, &sha256, &dir, assignment).await {
+                    Some(Ok(())) => start_supervisor(&self_exe, &dir),
+                    Some(Err(message)) => Err(message),
+                    // The token was refused; the agent is stopping.
+                    None => return,
+                };
+                let supervisor = supervisor.unwrap_or_else(|message| {
+                    tracing::error!(job = run.job_id, attempt = run.attempt, %message, "cannot start run");
+                    record_failed_start(&dir, message);
+                    Supervisor::Adopted
+                });
+                runs::track(ctx, run, dir, supervisor, stop).await;
+            });
+            return;
+        }
         let prepared = fs::create_dir(&path)
-            // Written in place: the supervisor that reads it starts only after this write is complete.
-            .and_then(|()| rundir::write_json(&dir.file(rundir::SPEC_FILE), &assignment))
-            .map_err(|e| format!("cannot prepare the run directory {}: {e}", path.display()));
-        let spawned = prepared.and_then(|()| {
-            runs::spawn_supervisor(&self.config.self_exe, &dir).map_err(|e| {
-                format!(
-                    "cannot start the run's supervisor `{} {}`: {e}",
-                    self.config.self_exe.display(),
-                    runs::SHIM_SUBCOMMAND
-                )
+            .and_then(|()| match assignment.workdir.is_empty() {
+                // Without code or a working directory, the run gets an empty folder of its own.
+                true => fs::create_dir(path.join(code::WORK_DIR)),
+                false => Ok(()),
             })
-        });
-        match spawned {
-            Ok(child) => self.track(run, Supervisor::Child(child)),
+            // Written in place: the supervisor that reads it starts only after this write is complete.
+            .and_then(|()| rundir::write_json(&dir.file(rundir::SPEC_FILE), &with_workdir(assignment, &path)))
+            .map_err(|e| format!("cannot prepare the run directory {}: {e}", path.display()));
+        match prepared.and_then(|()| start_supervisor(&self.config.self_exe, &dir)) {
+            Ok(supervisor) => self.track(run, supervisor),
             Err(message) => {
                 tracing::error!(job = run.job_id, attempt = run.attempt, %message, "cannot start run");
-                self.record_failed_start(&dir, message);
+                record_failed_start(&dir, message);
                 self.track(run, Supervisor::Adopted);
             }
         }
     }
 
-    /// Writes the end of a run that never got a supervisor, so its task reports it like any other end.
-    fn record_failed_start(&self, dir: &RunDir, message: String) {
-        let exit = rundir::Exit {
-            end: ferry_api::agent::RunEnd::FailedToStart,
-            exit_code: None,
-            signal: None,
-            finished_at_us: rundir::now_us(),
-            message: Some(message),
-        };
-        let _ = fs::create_dir_all(dir.path());
-        if let Err(e) = rundir::write_json_atomic(&dir.file(rundir::EXIT_FILE), &exit) {
-            tracing::error!(error = %e, "cannot record the failed start");
-        }
+    fn run_context(&self) -> RunContext {
+        RunContext { client: self.client.clone(), node: self.config.name.clone(), events: self.events_tx.clone() }
     }
 
     fn track(&mut self, run: RunRef, supervisor: Supervisor) {
         let dir = RunDir::new(self.run_dir(run));
+        let ctx = self.run_context();
         let Some(entry) = self.runs.get_mut(&run) else { return };
         entry.tracked = true;
-        let ctx =
-            RunContext { client: self.client.clone(), node: self.config.name.clone(), events: self.events_tx.clone() };
         self.tasks.spawn(runs::track(ctx, run, dir, supervisor, entry.stop.subscribe()));
     }
 
@@ -529,6 +545,93 @@ impl Agent {
     fn run_dir(&self, run: RunRef) -> PathBuf {
         self.runs_dir.join(rundir::dir_name(run))
     }
+}
+
+/// The assignment as the supervisor reads it: a run without a working directory of its own runs in the `work`
+/// folder of its run directory.
+fn with_workdir(mut assignment: Assignment, run_dir: &Path) -> Assignment {
+    if assignment.workdir.is_empty() {
+        assignment.workdir = run_dir.join(code::WORK_DIR).display().to_string();
+    }
+    assignment
+}
+
+fn start_supervisor(self_exe: &Path, dir: &RunDir) -> Result<Supervisor, String> {
+    runs::spawn_supervisor(self_exe, dir).map(Supervisor::Child).map_err(|e| {
+        format!("cannot start the run's supervisor `{} {}`: {e}", self_exe.display(), runs::SHIM_SUBCOMMAND)
+    })
+}
+
+/// Writes the end of a run that never got a supervisor, so its task reports it like any other end.
+fn record_failed_start(dir: &RunDir, message: String) {
+    let exit = rundir::Exit {
+        end: ferry_api::agent::RunEnd::FailedToStart,
+        exit_code: None,
+        signal: None,
+        finished_at_us: rundir::now_us(),
+        message: Some(message),
+    };
+    let _ = fs::create_dir_all(dir.path());
+    if let Err(e) = rundir::write_json_atomic(&dir.file(rundir::EXIT_FILE), &exit) {
+        tracing::error!(error = %e, "cannot record the failed start");
+    }
+}
+
+/// Fetches the run's code (retrying transient failures a bounded number of times), unpacks it into the run's
+/// `work` folder and writes the spec. `Some(Err)` says why the run cannot start; `None` means the server refused
+/// the agent's token, which the agent's loop has been told.
+async fn prepare_code(
+    ctx: &RunContext,
+    cache: &Path,
+    sha256: &str,
+    dir: &RunDir,
+    assignment: Assignment,
+) -> Option<Result<(), String>> {
+    if let Err(e) = fs::create_dir(dir.path()) {
+        return Some(Err(format!("cannot prepare the run directory {}: {e}", dir.path().display())));
+    }
+    let mut backoff = Backoff::new();
+    let mut tries = 0;
+    let archive = loop {
+        tries += 1;
+        let fetched = tokio::time::timeout(CODE_FETCH_TIMEOUT, code::fetch(&ctx.client, cache, sha256)).await;
+        let error = match fetched {
+            Ok(Ok(archive)) => break archive,
+            Ok(Err(ref e)) => e.to_string(),
+            Err(_) => format!("no complete download within {}s", CODE_FETCH_TIMEOUT.as_secs()),
+        };
+        let transient = match fetched {
+            Ok(Err(code::FetchError::Client(e))) if classify(&e) == Failure::Refused => {
+                let _ = ctx.events.send(Event::Refused(e)).await;
+                return None;
+            }
+            Ok(Err(code::FetchError::Client(e))) => classify(&e) == Failure::Transient,
+            Ok(Err(code::FetchError::TooLarge)) => false,
+            _ => true,
+        };
+        if !transient || tries >= CODE_FETCH_TRIES_MAX {
+            return Some(Err(format!("cannot fetch the job's code (sha256 {sha256}): {error}")));
+        }
+        tracing::warn!(sha256, error = %error, "cannot fetch the job's code yet; trying again");
+        sleep(backoff.next_delay()).await;
+    };
+    let work = dir.path().join(code::WORK_DIR);
+    let unpacked = tokio::task::spawn_blocking(move || code::unpack(&archive, &work)).await;
+    match unpacked {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => {
+            return Some(Err(format!(
+                "cannot unpack the job's code (sha256 {sha256}): {message}; nothing was written outside the run's \
+                 folder"
+            )))
+        }
+        Err(e) => return Some(Err(format!("unpacking the job's code failed: {e}"))),
+    }
+    let spec = with_workdir(assignment, dir.path());
+    Some(
+        rundir::write_json(&dir.file(rundir::SPEC_FILE), &spec)
+            .map_err(|e| format!("cannot write the run's spec in {}: {e}", dir.path().display())),
+    )
 }
 
 enum Flow {

@@ -9,6 +9,7 @@
 mod agent;
 mod backoff;
 mod cgroup;
+mod code;
 mod config;
 mod lock;
 mod resources;

@@ -389,6 +389,7 @@ mod tests {
             run: RunRef::new(7, 2),
             command: vec!["true".into()],
             workdir: "/".into(),
+            code: None,
             env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".into(), "9".into()), ("X".into(), "y".into())]),
             cpu_millis: 1000,
             memory_bytes: 1 << 30,

@@ -235,6 +235,7 @@ fn assignment(job_id: u64, workdir: &Path, command: &[&str]) -> Assignment {
         run: RunRef::new(job_id, 1),
         command: command.iter().map(|s| s.to_string()).collect(),
         workdir: workdir.display().to_string(),
+        code: None,
         env: BTreeMap::new(),
         cpu_millis: 500,
         memory_bytes: 256 << 20,

@@ -32,6 +32,7 @@ impl Run {
             run: RunRef::new(JOB_ID_BASE + job, 1),
             command: command.iter().map(|s| s.to_string()).collect(),
             workdir: dir.path().display().to_string(),
+            code: None,
             env: BTreeMap::new(),
             cpu_millis: 1500,
             memory_bytes: 256 << 20,

@@ -89,7 +89,12 @@ pub struct Work {
 pub struct Assignment {
     pub run: RunRef,
     pub command: Vec<String>,
+    /// Where the run starts. Empty: in a directory of its own under the agent's data directory, holding the unpacked
+    /// `code` when there is some.
     pub workdir: String,
+    /// The SHA-256 of the code archive to unpack into the run's directory before it starts.
+    #[serde(default)]
+    pub code: Option<String>,
     pub env: BTreeMap<String, String>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,

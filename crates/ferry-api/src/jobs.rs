@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::code::{CodeSpec, JobCode};
+
 /// The longest command line, in bytes of all arguments together, that a job may have.
 pub const COMMAND_BYTES_MAX: usize = 128 * 1024;
 /// The most environment variables one job may set.
@@ -61,8 +63,13 @@ impl PriorityClass {
 pub struct SubmitJob {
     /// The program and its arguments, run without a shell.
     pub command: Vec<String>,
-    /// The absolute directory the job runs in, on the node that runs it.
+    /// The absolute directory the job runs in, on the node that runs it. Empty (the default) when the job runs in a
+    /// fresh directory of its own on the node: the unpacked `code` when there is some, else an empty one.
+    #[serde(default)]
     pub workdir: String,
+    /// The shipped folder, already uploaded to `/api/v1/code/{sha256}`; only without `workdir`.
+    #[serde(default)]
+    pub code: Option<CodeSpec>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -217,7 +224,12 @@ pub struct Job {
     pub owner: String,
     pub state: JobState,
     pub command: Vec<String>,
+    /// Where the job runs on its node; empty when it runs in a directory of its own there (the unpacked code, or an
+    /// empty directory).
     pub workdir: String,
+    /// The shipped folder the job runs in, if any.
+    #[serde(default)]
+    pub code: Option<JobCode>,
     pub env: BTreeMap<String, String>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, RunRef, Work, WorkRequest};
+use ferry_api::code::CodeStored;
 use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
 use ferry_api::tokens::{CreateToken, CreatedToken, TokenInfo, TokenList};
@@ -150,6 +151,39 @@ impl Client {
             query.push(("attempt", attempt.to_string()));
         }
         let response = self.send(self.request(reqwest::Method::GET, &format!("/jobs/{id}/logs")).query(&query)).await?;
+        Ok(response.bytes_stream())
+    }
+
+    /// The uncommitted changes a job was submitted with; empty when there were none.
+    pub async fn job_diff(&self, id: u64) -> Result<String, ClientError> {
+        let response = self.send(self.request(reqwest::Method::GET, &format!("/jobs/{id}/diff"))).await?;
+        response.text().await.map_err(|e| self.transport(e))
+    }
+
+    /// Whether the server holds the code archive with this SHA-256.
+    pub async fn has_code(&self, sha256: &str) -> Result<bool, ClientError> {
+        match self.send(self.request(reqwest::Method::HEAD, &format!("/code/{sha256}"))).await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads a code archive under its SHA-256; the server checks the digest.
+    pub async fn upload_code(&self, sha256: &str, archive: Vec<u8>) -> Result<CodeStored, ClientError> {
+        let builder = self
+            .request(reqwest::Method::PUT, &format!("/code/{sha256}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(archive);
+        self.json(builder).await
+    }
+
+    /// Downloads a code archive as a stream of chunks.
+    pub async fn download_code(
+        &self,
+        sha256: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, ClientError> {
+        let response = self.send(self.request(reqwest::Method::GET, &format!("/code/{sha256}"))).await?;
         Ok(response.bytes_stream())
     }
 

@@ -81,6 +81,8 @@ impl DataDir {
         let _ = write!(*lock, "{}", std::process::id());
         std::fs::create_dir_all(root.join("logs"))
             .map_err(|e| err(format!("cannot create the logs directory: {e}")))?;
+        std::fs::create_dir_all(root.join("code"))
+            .map_err(|e| err(format!("cannot create the code directory: {e}")))?;
         Ok(DataDir { root: root.to_path_buf(), _lock: lock })
     }
 
@@ -90,6 +92,11 @@ impl DataDir {
 
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+
+    /// Shipped code archives, one file per SHA-256.
+    pub fn code(&self) -> PathBuf {
+        self.root.join("code")
     }
 
     /// On the first start, creates the admin token: its hash goes to the store, the token itself to a file only

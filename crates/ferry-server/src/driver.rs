@@ -1055,6 +1055,7 @@ fn assignment(record: &JobRecord, gpus: &[u32]) -> Assignment {
         run: RunRef::new(record.id, record.attempt),
         command: record.spec.command.clone(),
         workdir: record.spec.workdir.clone(),
+        code: record.spec.code.as_ref().map(|c| c.sha256.clone()),
         env: record.spec.env.clone(),
         cpu_millis: record.spec.resources.cpu_millis,
         memory_bytes: record.spec.resources.memory_bytes,

@@ -5,6 +5,7 @@
 //! run a job itself: work reaches machines only through a compute backend.
 
 mod auth;
+mod code;
 mod config;
 mod datadir;
 mod driver;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, head, post};
 use axum::Router;
 use ferry_api::agent::LOG_CHUNK_BYTES_MAX;
 use ferry_backends::agent::{new_epoch, AgentBackend};
@@ -32,6 +33,7 @@ pub use error::ApiError;
 pub use routes::jobs::validate;
 pub use routes::openapi::ApiDoc;
 
+use crate::code::CodeStore;
 use crate::driver::Driver;
 use crate::logs::LogStore;
 use crate::signals::Signals;
@@ -80,7 +82,8 @@ pub async fn serve(
     let driver_task = tokio::spawn(driver.run(commands));
     let logs = Arc::new(LogStore::new(data.logs()));
     let tokens = Arc::new(auth::TokenCache::default());
-    let state = AppState { store: store.clone(), driver: handle, agents, logs, signals, tokens };
+    let code = Arc::new(CodeStore::new(data.code()));
+    let state = AppState { store: store.clone(), driver: handle, agents, logs, code, signals, tokens };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
@@ -120,6 +123,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/wait", get(routes::jobs::wait))
         .route("/api/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/api/v1/jobs/{id}/logs", get(routes::jobs::logs))
+        .route("/api/v1/jobs/{id}/diff", get(routes::jobs::diff))
+        .route(
+            "/api/v1/code/{sha256}",
+            head(routes::code::head).put(routes::code::put).get(routes::code::get).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/nodes", get(routes::nodes::list))
         .route("/api/v1/tokens", post(routes::tokens::create).get(routes::tokens::list))
         .route("/api/v1/tokens/{id}/revoke", post(routes::tokens::revoke))

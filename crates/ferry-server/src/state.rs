@@ -1,4 +1,5 @@
-//! What every handler can reach: the store, the driver's mailbox, the agent backend, logs and wake-ups.
+//! What every handler can reach: the store, the driver's mailbox, the agent backend, logs, code archives and
+//! wake-ups.
 
 use std::sync::Arc;
 
@@ -6,6 +7,7 @@ use ferry_backends::agent::AgentBackend;
 use ferry_store::Store;
 
 use crate::auth::TokenCache;
+use crate::code::CodeStore;
 use crate::driver::DriverHandle;
 use crate::logs::LogStore;
 use crate::signals::Signals;
@@ -16,6 +18,7 @@ pub struct AppState {
     pub driver: DriverHandle,
     pub agents: Arc<AgentBackend>,
     pub logs: Arc<LogStore>,
+    pub code: Arc<CodeStore>,
     pub signals: Arc<Signals>,
     pub tokens: Arc<TokenCache>,
 }

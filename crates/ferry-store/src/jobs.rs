@@ -34,6 +34,18 @@ pub struct NewJob {
     pub selector: BTreeMap<String, String>,
     /// Workers of a gang, each on a node of its own with `resources`; 1 for a single-node job.
     pub nodes: u32,
+    /// The shipped folder the job runs in; `None` when it ships nothing.
+    pub code: Option<JobCode>,
+}
+
+/// The code archive a job runs in, and the git state of the folder it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobCode {
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub git_commit: Option<String>,
+    /// The uncommitted changes at submission (`git diff HEAD`), already capped by the server.
+    pub git_diff: Option<String>,
 }
 
 /// A job as stored.
@@ -64,7 +76,8 @@ pub struct JobFilter {
 
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
-     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers";
+     submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
+     code_sha256, code_bytes, git_commit, git_diff";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -93,6 +106,12 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
         selector: from_json("selector", row.get("selector"))?,
         nodes: row.get::<i64, _>("nodes") as u32,
+        code: row.get::<Option<String>, _>("code_sha256").map(|sha256| JobCode {
+            sha256,
+            size_bytes: row.get::<Option<i64>, _>("code_bytes").unwrap_or(0) as u64,
+            git_commit: row.get("git_commit"),
+            git_diff: row.get("git_diff"),
+        }),
     };
     Ok(JobRecord {
         id: row.get::<i64, _>("id") as u64,
@@ -182,8 +201,9 @@ impl Tx {
     pub async fn insert_job(&mut self, job: &NewJob, now_us: i64) -> Result<u64, StoreError> {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
-             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes, \
+             code_sha256, code_bytes, git_commit, git_diff) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -203,6 +223,10 @@ impl Tx {
         .bind(to_json(&job.selector))
         .bind(&job.team)
         .bind(job.nodes as i64)
+        .bind(job.code.as_ref().map(|c| c.sha256.clone()))
+        .bind(job.code.as_ref().map(|c| c.size_bytes as i64))
+        .bind(job.code.as_ref().and_then(|c| c.git_commit.clone()))
+        .bind(job.code.as_ref().and_then(|c| c.git_diff.clone()))
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use ferry_api::code::CodeSpec;
 use ferry_api::jobs::{Job, JobState, PriorityClass, SubmitJob};
 use ferry_api::nodes::NodeState;
 use ferry_api::tokens::{CreateToken, TokenRole};
@@ -15,6 +16,7 @@ use futures_util::StreamExt;
 
 use crate::exit::{self, CliError};
 use crate::format;
+use crate::pack;
 use crate::Global;
 
 /// Environment variables a job inherits from the shell that submits it, so that `ferry run python ...` finds the
@@ -83,6 +85,12 @@ pub struct RunArgs {
     /// Stream the job's output and exit with its exit code.
     #[arg(long, short = 'f')]
     follow: bool,
+    /// Ship nothing: run in this folder, which must exist on the node (an absolute path).
+    #[arg(long, conflicts_with = "no_code")]
+    workdir: Option<String>,
+    /// Ship nothing: run in an empty folder of the job's own on the node.
+    #[arg(long)]
+    no_code: bool,
     /// The program and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -92,12 +100,10 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
     let invalid = |e: ferry_api::units::UnitError| CliError::new(exit::INVALID, e.0);
     let (gpus, gpu_share_milli) = parse_gpus(&args.gpus).map_err(invalid)?;
     let selector = pairs(&args.selector, "--selector")?;
-    let spec = SubmitJob {
+    let mut spec = SubmitJob {
         command: args.command,
-        workdir: std::env::current_dir()
-            .map_err(|e| CliError::new(exit::INVALID, format!("cannot read the current directory: {e}")))?
-            .display()
-            .to_string(),
+        workdir: String::new(),
+        code: None,
         name: args.name,
         project: args.project,
         team: args.team,
@@ -125,6 +131,19 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         ));
     }
     let client = g.client()?;
+    match (args.workdir, args.no_code) {
+        (Some(workdir), _) => {
+            if !std::path::Path::new(&workdir).is_absolute() {
+                return Err(CliError::new(
+                    exit::INVALID,
+                    format!("--workdir `{workdir}` must be an absolute path that exists on the node"),
+                ));
+            }
+            spec.workdir = workdir;
+        }
+        (None, true) => {}
+        (None, false) => spec.code = Some(ship(&client).await?),
+    }
     let id = client.submit(&spec).await?.id;
     if !args.follow {
         println!("{id}");
@@ -132,6 +151,43 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
     }
     eprintln!("job {id} submitted");
     follow(&client, id).await
+}
+
+/// Packs the current folder, uploads it unless the server already holds the same bytes, and says on stderr what
+/// was shipped.
+async fn ship(client: &ferry_client::Client) -> Result<CodeSpec, CliError> {
+    let root = std::env::current_dir()
+        .map_err(|e| CliError::new(exit::INVALID, format!("cannot read the current directory: {e}")))?;
+    let packing = tokio::task::spawn_blocking(move || pack::pack(&root).map(|packed| (packed, pack::git_state(&root))));
+    let (packed, git) = packing
+        .await
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("packing the folder failed: {e}")))?
+        .map_err(|e| CliError::new(exit::INVALID, e.to_string()))?;
+    if !packed.skipped_links.is_empty() {
+        eprintln!("{}", pack::skipped_links_warning(&packed.skipped_links));
+    }
+    let size = packed.archive.len() as u64;
+    let uploaded = if client.has_code(&packed.sha256).await? {
+        false
+    } else {
+        client.upload_code(&packed.sha256, packed.archive).await?.created
+    };
+    let git_note = match &git {
+        Some(git) if git.diff.is_some() => format!("git {} + uncommitted changes", short(&git.commit)),
+        Some(git) => format!("git {}", short(&git.commit)),
+        None => "not a git checkout".to_string(),
+    };
+    let stored = if uploaded { "" } else { "; already on the server" };
+    eprintln!("shipped {} (sha256 {}, {git_note}{stored})", pack::human(size), short(&packed.sha256));
+    Ok(CodeSpec {
+        sha256: packed.sha256,
+        git_commit: git.as_ref().map(|g| g.commit.clone()),
+        git_diff: git.and_then(|g| g.diff),
+    })
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
 }
 
 fn job_env(given: &[String]) -> Result<BTreeMap<String, String>, CliError> {
@@ -309,7 +365,19 @@ fn describe(j: &Job) -> String {
         line("Reason:", m.clone());
     }
     line("Command:", format::command(&j.command, 200));
-    line("Directory:", j.workdir.clone());
+    let directory = match &j.code {
+        Some(code) => {
+            let git = match &code.git_commit {
+                Some(commit) if code.git_dirty => format!(", git {} + uncommitted changes", short(commit)),
+                Some(commit) => format!(", git {}", short(commit)),
+                None => String::new(),
+            };
+            format!("shipped code, {} (sha256 {}{git})", pack::human(code.size_bytes), short(&code.sha256))
+        }
+        None if j.workdir.is_empty() => "an empty folder of its own on the node (--no-code)".to_string(),
+        None => j.workdir.clone(),
+    };
+    line("Directory:", directory);
     line("Owner:", j.owner.clone());
     if let Some(p) = &j.project {
         line("Project:", p.clone());

@@ -4,6 +4,7 @@
 mod commands;
 mod exit;
 mod format;
+mod pack;
 mod up;
 
 use std::path::PathBuf;

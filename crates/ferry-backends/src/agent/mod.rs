@@ -140,6 +140,7 @@ mod tests {
             run: RunRef::new(job_id, 0),
             command: vec!["true".into()],
             workdir: "/".into(),
+            code: None,
             env: Default::default(),
             cpu_millis: 1000,
             memory_bytes: 1 << 30,

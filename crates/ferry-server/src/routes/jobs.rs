@@ -8,13 +8,14 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
+use ferry_api::code::{is_sha256, JobCode as WireCode, GIT_DIFF_BYTES_MAX};
 use ferry_api::jobs::{
     Job, JobList, JobState, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX, NAME_CHARS_MAX, NODES_MAX,
     RETRIES_MAX,
 };
 use ferry_api::ErrorBody;
 use ferry_core::{Resources, StartForecast};
-use ferry_store::{JobFilter, JobRecord, NewJob};
+use ferry_store::{JobCode, JobFilter, JobRecord, NewJob};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -54,9 +55,30 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     if spec.command.iter().any(|a| a.contains('\0')) {
         return Err(ApiError::invalid("the command contains a NUL byte, which no program can receive"));
     }
-    if !FsPath::new(&spec.workdir).is_absolute() {
+    if !spec.workdir.is_empty() && !FsPath::new(&spec.workdir).is_absolute() {
         return Err(ApiError::invalid(format!("the working directory `{}` must be an absolute path", spec.workdir)));
     }
+    let code = match spec.code {
+        Some(_) if !spec.workdir.is_empty() => {
+            return Err(ApiError::invalid(
+                "a job runs either in its shipped code or in a working directory on the node, not both",
+            ))
+        }
+        Some(code) if !is_sha256(&code.sha256) => {
+            return Err(ApiError::invalid(format!(
+                "`{}` is not a SHA-256 digest; code archives are named by 64 lowercase hex digits",
+                code.sha256
+            )))
+        }
+        Some(code) => Some(JobCode {
+            sha256: code.sha256,
+            // Filled in by the handler, which asks the code store.
+            size_bytes: 0,
+            git_commit: code.git_commit.filter(|c| !c.is_empty()).map(|c| cap(c, NAME_CHARS_MAX)),
+            git_diff: code.git_diff.filter(|d| !d.is_empty()).map(|d| cap(d, GIT_DIFF_BYTES_MAX)),
+        }),
+        None => None,
+    };
     if spec.env.len() > ENV_VARS_MAX {
         return Err(ApiError::invalid(format!(
             "{} environment variables given; the limit is {ENV_VARS_MAX}",
@@ -131,7 +153,21 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         gpu_types: spec.gpu_types,
         selector: spec.selector,
         nodes,
+        code,
     })
+}
+
+/// Cuts `text` to at most `bytes_max` bytes, on a character boundary, saying so at the end.
+fn cap(mut text: String, bytes_max: usize) -> String {
+    if text.len() > bytes_max {
+        let mut end = bytes_max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("\n[cut by Ferry]\n");
+    }
+    text
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs", request_body = SubmitJob,
@@ -143,7 +179,15 @@ pub async fn submit(
 ) -> Result<(axum::http::StatusCode, Json<Submitted>), ApiError> {
     caller.require_user()?;
     let Json(spec) = body.map_err(rejection)?;
-    let job = validate(spec, &caller.name)?;
+    let mut job = validate(spec, &caller.name)?;
+    if let Some(code) = &mut job.code {
+        code.size_bytes = state.code.size(&code.sha256).await.ok_or_else(|| {
+            ApiError::invalid(format!(
+                "the server holds no code archive {}; upload it with PUT /api/v1/code/{{sha256}} first",
+                code.sha256
+            ))
+        })?;
+    }
     let id = state.driver.call(|reply| Command::Submit { job, reply }).await?;
     Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
 }
@@ -388,6 +432,18 @@ impl Follower {
     }
 }
 
+/// The uncommitted changes the job was submitted with (`git diff HEAD`), as plain text; empty when there were none.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/diff", responses((status = 200, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+pub async fn diff(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    caller.require_user()?;
+    let record = load(&state, parse_id(&id)?).await?;
+    let text = record.spec.code.and_then(|c| c.git_diff).unwrap_or_default();
+    Ok(Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(text))
+        .unwrap_or_default())
+}
+
 pub fn parse_id(text: &str) -> Result<u64, ApiError> {
     text.parse::<u64>().map_err(|_| {
         ApiError::invalid(format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them"))
@@ -406,6 +462,12 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         state: r.state,
         command: r.spec.command,
         workdir: r.spec.workdir,
+        code: r.spec.code.map(|c| WireCode {
+            sha256: c.sha256,
+            size_bytes: c.size_bytes,
+            git_commit: c.git_commit,
+            git_dirty: c.git_diff.is_some(),
+        }),
         env: r.spec.env,
         cpu_millis: r.spec.resources.cpu_millis,
         memory_bytes: r.spec.resources.memory_bytes,

@@ -2,6 +2,7 @@
 //! `ApiError`.
 
 pub mod agent;
+pub mod code;
 pub mod jobs;
 pub mod nodes;
 pub mod openapi;

@@ -9,7 +9,8 @@ use utoipa::{Modify, OpenApi};
     info(title = "Ferry API", description = "Ferry's control-plane API: jobs, nodes, tokens and the agent protocol."),
     paths(
         super::health,
-        super::jobs::submit, super::jobs::list, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs,
+        super::jobs::submit, super::jobs::list, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff,
+        super::code::head, super::code::put, super::code::get,
         super::nodes::list,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::agent::register, super::agent::work, super::agent::reports, super::agent::upload_log,

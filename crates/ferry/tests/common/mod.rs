@@ -200,7 +200,23 @@ impl Ferry {
         self.cli_in(&self.workdir(), args)
     }
 
+    /// Runs the CLI in `dir`. Most tests' jobs read and write files in the test's own folder, so `ferry run` is given
+    /// `--workdir` that folder unless the test says itself where the job runs; tests of code shipping use
+    /// `cli_shipping_in`, which adds nothing.
     pub fn cli_in(&self, dir: &Path, args: &[&str]) -> Output {
+        let flags = args.iter().take_while(|a| **a != "--");
+        let chooses = flags.into_iter().any(|a| *a == "--workdir" || *a == "--no-code");
+        if args.first() == Some(&"run") && !chooses {
+            let workdir = dir.canonicalize().unwrap().display().to_string();
+            let mut all = vec!["run", "--workdir", workdir.as_str()];
+            all.extend_from_slice(&args[1..]);
+            return self.cli_shipping_in(dir, &all);
+        }
+        self.cli_shipping_in(dir, args)
+    }
+
+    /// Runs the CLI in `dir` with exactly these arguments: `ferry run` ships `dir`.
+    pub fn cli_shipping_in(&self, dir: &Path, args: &[&str]) -> Output {
         Command::new(ferry_bin())
             .args(args)
             .current_dir(dir)
