@@ -10,26 +10,31 @@
 //!   holding what it asked for; the core records all of them from the step it started the gang, and none of them
 //!   once the gang has ended;
 //! - the core and the ledger agree on what each touched node holds and how many jobs wait and run;
+//! - quotas respected: no team holds more than its quota plus its `borrow_limit`, and no project more than its quota
+//!   plus its own `borrow_limit`, counting every running job in the ledger with all its workers (a share of a GPU as
+//!   one GPU). Only teams and projects with a `borrow_limit` have such a ceiling; a group's holdings grow only when
+//!   one of its jobs starts, so the groups of the jobs started in a step are the ones checked;
 //! - elastic pools: a pool never has more nodes, up or starting, than its `max_nodes`; a node is released only once
 //!   it has held no job for the pool's `idle_release`, and never holds none for longer without being released; no
 //!   elastic node is left up, nor asked for and not started, after the last event;
 //! - starvation: no job waits longer than the starvation bound while some node that allows it is completely idle
-//!   and large enough to hold it, unless the core says a policy holds it back on purpose (its team's limit, a burst
-//!   pool's delay, or preemptions under way for it). A node with nothing running on it can take any job that fits
-//!   its capacity, so such a wait is never explained by reservations for jobs ahead. A job still waiting after the
-//!   last event would wait forever, and is reported too.
+//!   and large enough to hold it, unless the core says a policy holds it back on purpose (its team's or its
+//!   project's limit, a burst pool's delay, or preemptions under way for it). A node with nothing running on it can
+//!   take any job that fits its capacity, so such a wait is never explained by reservations for jobs ahead. A job
+//!   still waiting after the last event would wait forever, and is reported too.
 //!
 //! The core's `check_invariants` walks every running job, so calling it after every step makes a long run
 //! quadratic; `core_check_every` can space it out (1, every step, is the default everywhere but one test).
 //!
 //! This module must never change the state it checks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, Scheduler, WaitReason};
+use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, ProjectInfo, Resources, Scheduler, TeamInfo, WaitReason};
 
+use crate::cluster::first_over;
 use crate::error::fmt_ms;
-use crate::ledger::{Ledger, NodeBook};
+use crate::ledger::{saturating_add, Ledger, NodeBook};
 
 /// What one step changed: the nodes touched, the jobs started and ended, and the nodes released.
 #[derive(Debug, Default)]
@@ -55,6 +60,43 @@ pub struct ElasticLimits {
     pub idle_release_ms: u64,
 }
 
+/// The most each team and each project may hold at once: its quota plus its `borrow_limit`, for those with one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ceilings {
+    teams: HashMap<String, Resources>,
+    /// By team, then project.
+    projects: HashMap<String, HashMap<String, Resources>>,
+}
+
+impl Ceilings {
+    /// The ceilings of the teams and projects that have a `borrow_limit`.
+    pub fn new(teams: &[TeamInfo], projects: &[ProjectInfo]) -> Ceilings {
+        let mut ceilings = Ceilings::default();
+        for team in teams {
+            if let Some(borrow) = &team.borrow_limit {
+                ceilings.teams.insert(team.name.clone(), saturating_add(&team.quota, borrow));
+            }
+        }
+        for project in projects {
+            if let Some(borrow) = &project.borrow_limit {
+                let team = ceilings.projects.entry(project.team.clone()).or_default();
+                team.insert(project.name.clone(), saturating_add(&project.quota, borrow));
+            }
+        }
+        ceilings
+    }
+
+    /// The most team `team` may hold, if it has a ceiling.
+    pub fn team(&self, team: &str) -> Option<&Resources> {
+        self.teams.get(team)
+    }
+
+    /// The most project `project` of team `team` may hold, if it has a ceiling.
+    pub fn project(&self, team: &str, project: &str) -> Option<&Resources> {
+        self.projects.get(team)?.get(project)
+    }
+}
+
 /// The outside checker, which remembers since when each waiting job could have run on an idle node.
 #[derive(Debug)]
 pub struct Checker {
@@ -64,11 +106,17 @@ pub struct Checker {
     runnable_since: BTreeMap<JobId, u64>,
     /// The elastic pools, by name.
     elastic: BTreeMap<String, ElasticLimits>,
+    ceilings: Ceilings,
 }
 
 impl Checker {
-    pub fn new(starvation_bound_ms: u64, core_check_every: u64, elastic: BTreeMap<String, ElasticLimits>) -> Checker {
-        Checker { starvation_bound_ms, core_check_every, runnable_since: BTreeMap::new(), elastic }
+    pub fn new(
+        starvation_bound_ms: u64,
+        core_check_every: u64,
+        elastic: BTreeMap<String, ElasticLimits>,
+        ceilings: Ceilings,
+    ) -> Checker {
+        Checker { starvation_bound_ms, core_check_every, runnable_since: BTreeMap::new(), elastic, ceilings }
     }
 
     /// Checks the state after step `step` at virtual time `now_ms`. The message says what is wrong.
@@ -95,6 +143,7 @@ impl Checker {
         for job in &changes.ended {
             check_released(core, ledger, *job)?;
         }
+        self.check_quotas(ledger, &changes.started)?;
         if !self.elastic.is_empty() {
             self.check_elastic(ledger, &changes.released, now_ms)?;
         }
@@ -135,6 +184,34 @@ impl Checker {
         self.runnable_since.retain(|job, _| runnable.contains(job));
         for job in runnable {
             self.runnable_since.entry(job).or_insert(now_ms);
+        }
+        Ok(())
+    }
+
+    /// Checks that the teams and projects of the jobs started in the step hold no more than their ceilings.
+    fn check_quotas(&self, ledger: &Ledger, started: &[JobId]) -> Result<(), String> {
+        for job in started {
+            let Some((request, _)) = ledger.running.get(job) else { continue };
+            let team = &request.team;
+            if let Some(ceiling) = self.ceilings.team(team) {
+                if let Some((kind, held, most)) = first_over(&ledger.team_held(team), ceiling) {
+                    return Err(format!(
+                        "team {team} holds {} once job {job} started, more than its quota plus its borrow_limit ({})",
+                        kind.amount(held),
+                        kind.amount(most)
+                    ));
+                }
+            }
+            let project = &request.project;
+            if let Some(ceiling) = self.ceilings.project(team, project) {
+                if let Some((kind, held, most)) = first_over(&ledger.project_held(team, project), ceiling) {
+                    return Err(format!(
+                        "project {project} of team {team} holds {} once job {job} started, more than its quota plus its borrow_limit ({})",
+                        kind.amount(held),
+                        kind.amount(most)
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -212,7 +289,12 @@ impl Checker {
 fn held_by_policy(core: &Scheduler, job: JobId) -> bool {
     matches!(
         core.explain(job),
-        Some(WaitReason::OverTeamLimit { .. } | WaitReason::BurstNotYet { .. } | WaitReason::Preempting { .. })
+        Some(
+            WaitReason::OverTeamLimit { .. }
+                | WaitReason::OverProjectLimit { .. }
+                | WaitReason::BurstNotYet { .. }
+                | WaitReason::Preempting { .. }
+        )
     )
 }
 
@@ -627,9 +709,63 @@ mod tests {
     }
 
     #[test]
+    fn catches_a_team_or_a_project_past_its_quota_plus_borrow_limit() {
+        // Team t may hold 3 + 1 GPUs; its project a 1 + 1, its project b has no ceiling of its own.
+        let gpus = |n: u32| Resources { gpus: n, ..Resources::UNLIMITED };
+        let team = TeamInfo { name: "t".to_string(), quota: gpus(3), borrow_limit: Some(gpus(1)) };
+        let project = |name: &str, borrow_limit| ProjectInfo {
+            team: "t".to_string(),
+            name: name.to_string(),
+            quota: gpus(1),
+            borrow_limit,
+        };
+        let ceilings = Ceilings::new(&[team], &[project("a", Some(gpus(1))), project("b", None)]);
+        let checker = Checker::new(60_000, 1, BTreeMap::new(), ceilings);
+        let mut ledger = ledger(&[("n1", "p"), ("n2", "p"), ("n3", "p")]);
+        let mut out = String::new();
+        // Job 4 is a gang with workers on n2 and n3; job 2 holds a share of a GPU, which counts as one GPU.
+        let starts = [
+            (1, "a", 0, "n1", 0),
+            (2, "a", 500, "n1", 1),
+            (3, "a", 0, "n2", 0),
+            (4, "b", 0, "n2", 0),
+            (5, "", 0, "n3", 1),
+        ];
+        for (id, project, share, node, gpu) in starts {
+            let resources = Resources::new(1000, GIB, u32::from(share == 0));
+            let peers: Vec<ferry_core::Peer> =
+                (id == 4).then(|| ferry_core::Peer { node: "n3".to_string(), gpus: vec![0] }).into_iter().collect();
+            let request = JobRequest {
+                team: "t".to_string(),
+                project: project.to_string(),
+                gpu_share_milli: share,
+                nodes: peers.len() as u32 + 1,
+                ..JobRequest::new(id, resources, 0)
+            };
+            let allocation =
+                Allocation { node: node.to_string(), resources, gpus: vec![gpu], gpu_share_milli: share, peers };
+            ledger.submit(request);
+            ledger.start(id, allocation).unwrap();
+            out += &format!("job {id}: {:?}\n", checker.check_quotas(&ledger, &[id]));
+            // Project a's third GPU was caught; taking it back leaves room for the gang.
+            if id == 3 {
+                ledger.end(3, 0);
+            }
+        }
+        out += &format!("team t holds {:?}, project a {:?}", ledger.team_held("t"), ledger.project_held("t", "a").gpus);
+        expect![[r#"
+            job 1: Ok(())
+            job 2: Ok(())
+            job 3: Err("project a of team t holds 3 GPUs once job 3 started, more than its quota plus its borrow_limit (2 GPUs)")
+            job 4: Ok(())
+            job 5: Err("team t holds 5 GPUs once job 5 started, more than its quota plus its borrow_limit (4 GPUs)")
+            team t holds Resources { cpu_millis: 5000, memory_bytes: 5368709120, gpus: 5 }, project a 2"#]].assert_eq(&out);
+    }
+
+    #[test]
     fn catches_elastic_pools_past_their_bounds() {
         let limits = ElasticLimits { max_nodes: 1, idle_release_ms: 600_000 };
-        let checker = Checker::new(60_000, 1, BTreeMap::from([("p".to_string(), limits)]));
+        let checker = Checker::new(60_000, 1, BTreeMap::from([("p".to_string(), limits)]), Ceilings::default());
         // Node n1 of elastic pool p has idled since 0.
         let mut ledger = ledger(&[("n1", "p")]);
         assert_eq!(checker.check_elastic(&ledger, &[], 600_000), Ok(()));
@@ -674,7 +810,7 @@ mod tests {
         let mut ledger = ledger(&[("n1", "p")]);
         ledger.submit(JobRequest::new(1, Resources::new(1000, GIB, 1), 0));
         let core = Scheduler::new();
-        let mut checker = Checker::new(60_000, 1, BTreeMap::new());
+        let mut checker = Checker::new(60_000, 1, BTreeMap::new(), Ceilings::default());
         assert_eq!(checker.check_starvation(&core, &ledger, 0), Ok(()));
         assert_eq!(checker.check_starvation(&core, &ledger, 60_000), Ok(()));
         expect![[r#"

@@ -47,7 +47,7 @@ pub enum Format {
 /// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
 #[derive(Args, Clone, Debug)]
 pub struct SimArgs {
-    /// The cluster: pools, teams and nodes, in TOML (see crates/ferry-sim/README.md).
+    /// The cluster: pools, teams with their projects, and nodes, in TOML (see crates/ferry-sim/README.md).
     #[arg(long, value_name = "FILE", required_unless_present = "trace_nodes", conflicts_with = "trace_nodes")]
     pub cluster: Option<PathBuf>,
     /// The cluster from a node list of the Alibaba GPU trace (sn,cpu_milli,memory_mib,gpu,model).

@@ -1,7 +1,7 @@
 //! The simulated cluster: pools in an admin-set order, with burst settings, optional prices and optional elastic
-//! capacity (nodes started on demand from a template), teams with quotas, and nodes. Read from a TOML file
-//! (documented in the README; its pools and teams are written as in the server's configuration file) or from the
-//! node list of the Alibaba GPU trace.
+//! capacity (nodes started on demand from a template), teams with quotas and projects with quotas within them, and
+//! nodes. Read from a TOML file (documented in the README; its pools, teams and projects are written as in the
+//! server's configuration file) or from the node list of the Alibaba GPU trace.
 
 // The core's structs are built with `..Default::default()` even where every field is named today, so that fields it
 // adds later take their defaults instead of breaking the simulator.
@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use ferry_core::{ElasticPool, GpuPlacement, NodeInfo, NodeTemplate, PoolInfo, Resources, TeamInfo};
+use ferry_core::{
+    ElasticPool, GpuPlacement, NodeInfo, NodeTemplate, PoolInfo, ProjectInfo, ResourceKind, Resources, TeamInfo,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -29,7 +31,10 @@ pub const TRACE_POOL: &str = "trace";
 pub const POOLS_MAX: usize = 256;
 /// The longest start-up delay or idle time before release of an elastic pool: a week is already far beyond any cloud.
 pub const ELASTIC_DELAY_S_MAX: u64 = 7 * 86_400;
+/// The most teams a cluster may define.
 pub const TEAMS_MAX: usize = 10_000;
+/// The most projects a cluster may define, all teams together.
+pub const PROJECTS_MAX: usize = 10_000;
 
 /// A set of nodes with a place in the burst order and optional prices.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +81,8 @@ pub struct Cluster {
     /// Sorted by `order`, then name.
     pub pools: Vec<Pool>,
     pub teams: Vec<TeamInfo>,
+    /// Projects with quotas of their own within their teams, in the order they are declared.
+    pub projects: Vec<ProjectInfo>,
     /// How long past usage weighs in fair share between users; 0 leaves the core's default.
     pub fair_share_half_life_s: u64,
     /// How GPU jobs choose among the nodes that can hold them.
@@ -146,6 +153,19 @@ struct TeamSpec {
     name: Spanned<String>,
     quota: Spanned<AmountSpec>,
     borrow_limit: Option<Spanned<AmountSpec>>,
+    /// The `[[team.project]]` tables that follow the team's.
+    #[serde(default)]
+    project: Vec<ProjectSpec>,
+}
+
+/// A project within a team, as a `[[team.project]]` table: its share of the team's quota, and how much of its sibling
+/// projects' idle quota it may borrow.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectSpec {
+    name: Spanned<String>,
+    quota: Spanned<AmountSpec>,
+    borrow_limit: Option<Spanned<AmountSpec>>,
 }
 
 /// An amount of resources; what is left out is unlimited, in a quota and in a borrowing limit.
@@ -197,8 +217,25 @@ impl Source<'_> {
         let key = text_line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
         let names_field = message.contains("field `");
         let field = key.filter(|k| !k.is_empty() && !k.starts_with('[') && !names_field).map(|k| format!("field {k}"));
+        let message = match table_hint(text_line) {
+            Some(hint) if message.starts_with("invalid type: map, expected a sequence") => format!("{message}; {hint}"),
+            _ => message,
+        };
         InputError::new(self.file, line, field, message)
     }
+}
+
+/// What to do about a table header found where a list of tables is expected: `[team]` written for `[[team]]`, or a
+/// `[[team.project]]` with no `[[team]]` before it.
+fn table_hint(text_line: &str) -> Option<String> {
+    let header = text_line.trim();
+    if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+        let name = name.trim();
+        let (parent, _) = name.rsplit_once('.')?;
+        return Some(format!("a [[{name}]] table belongs to the [[{parent}]] table before it; declare that first"));
+    }
+    let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
+    Some(format!("write [[{name}]], with double brackets, as each table of a list is written"))
 }
 
 /// Parses a cluster file. `file` is the name errors use.
@@ -206,7 +243,7 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
     let src = Source { file, text };
     let spec: ClusterFile = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let pools = pools(&src, spec.pool)?;
-    let teams = teams(&src, spec.team)?;
+    let (teams, projects) = teams(&src, spec.team)?;
     let fair_share_half_life_s = match &spec.fair_share_half_life {
         Some(t) => duration_s(&src, "fair_share_half_life", t)?,
         None => 0,
@@ -244,7 +281,7 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
             "no [[node]] is declared; a cluster needs at least one node, or an elastic pool that starts nodes";
         return Err(InputError::new(file, 1, None, message));
     }
-    Ok(Cluster { pools, teams, fair_share_half_life_s, gpu_placement: spec.gpu_placement, nodes })
+    Ok(Cluster { pools, teams, projects, fair_share_half_life_s, gpu_placement: spec.gpu_placement, nodes })
 }
 
 fn duration_s(src: &Source<'_>, field: &str, text: &Spanned<String>) -> Result<u64, InputError> {
@@ -258,8 +295,10 @@ fn is_elastic_name(pool: &Pool, name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<Vec<TeamInfo>, InputError> {
+/// The teams and, in the order they are declared, their projects.
+fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<(Vec<TeamInfo>, Vec<ProjectInfo>), InputError> {
     let mut teams = Vec::new();
+    let mut projects = Vec::new();
     let mut lines: HashMap<String, u64> = HashMap::new();
     for spec in specs {
         let name = spec.name.get_ref().trim().to_string();
@@ -277,9 +316,63 @@ fn teams(src: &Source<'_>, specs: Vec<TeamSpec>) -> Result<Vec<TeamInfo>, InputE
         let unlimited = Resources::UNLIMITED;
         let quota = amount(src, "quota", &spec.quota, unlimited)?;
         let borrow_limit = spec.borrow_limit.as_ref().map(|b| amount(src, "borrow_limit", b, unlimited)).transpose()?;
+        team_projects(src, &name, &quota, spec.project, &mut projects)?;
         teams.push(TeamInfo { name, quota, borrow_limit, ..TeamInfo::default() });
     }
-    Ok(teams)
+    Ok((teams, projects))
+}
+
+/// Reads the projects of team `team`, whose quota is `team_quota`, onto `projects`: names unique within the team, a
+/// quota where what is left out is the team's and which may not exceed the team's, and a borrowing limit where what
+/// is left out is unlimited.
+fn team_projects(
+    src: &Source<'_>,
+    team: &str,
+    team_quota: &Resources,
+    specs: Vec<ProjectSpec>,
+    projects: &mut Vec<ProjectInfo>,
+) -> Result<(), InputError> {
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    for spec in specs {
+        let name = spec.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(src.error("name", &spec.name, format!("a project of team \"{team}\" needs a name")));
+        }
+        if let Some(first) = lines.insert(name.clone(), src.line(&spec.name.span())) {
+            let message = format!("project \"{name}\" of team \"{team}\" is already declared on line {first}");
+            return Err(src.error("name", &spec.name, message));
+        }
+        if projects.len() == PROJECTS_MAX {
+            return Err(src.error("name", &spec.name, format!("more than {PROJECTS_MAX} projects")));
+        }
+        let quota = amount(src, "quota", &spec.quota, *team_quota)?;
+        if let Some((kind, asked, team_has)) = first_over(&quota, team_quota) {
+            let message = format!(
+                "the project's quota is larger than its team's: {} where team \"{team}\" has {}; a project's quota is its share of the team's",
+                kind.amount(asked),
+                kind.amount(team_has)
+            );
+            return Err(src.error("quota", &spec.quota, message));
+        }
+        let unlimited = Resources::UNLIMITED;
+        let borrow_limit = spec.borrow_limit.as_ref().map(|b| amount(src, "borrow_limit", b, unlimited)).transpose()?;
+        projects.push(ProjectInfo { team: team.to_string(), name, quota, borrow_limit, ..ProjectInfo::default() });
+    }
+    Ok(())
+}
+
+/// The first resource, GPUs then CPUs then memory, of which `amount` holds more than `limit`: which one, and both
+/// amounts of it.
+pub(crate) fn first_over(amount: &Resources, limit: &Resources) -> Option<(ResourceKind, u64, u64)> {
+    let of = |r: &Resources, kind| match kind {
+        ResourceKind::Gpus => u64::from(r.gpus),
+        ResourceKind::Cpus => r.cpu_millis,
+        ResourceKind::Memory => r.memory_bytes,
+    };
+    [ResourceKind::Gpus, ResourceKind::Cpus, ResourceKind::Memory]
+        .into_iter()
+        .find(|&kind| of(amount, kind) > of(limit, kind))
+        .map(|kind| (kind, of(amount, kind), of(limit, kind)))
 }
 
 fn amount(
@@ -536,7 +629,14 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         elastic: None,
     };
     let gpu_placement = GpuPlacement::default();
-    Ok(Cluster { pools: vec![pool], teams: Vec::new(), fair_share_half_life_s: 0, gpu_placement, nodes })
+    Ok(Cluster {
+        pools: vec![pool],
+        teams: Vec::new(),
+        projects: Vec::new(),
+        fair_share_half_life_s: 0,
+        gpu_placement,
+        nodes,
+    })
 }
 
 /// A whole number from 1 to `max`.

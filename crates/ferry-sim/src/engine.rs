@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::checker::{Checker, ElasticLimits, Released, StepChanges};
+use crate::checker::{Ceilings, Checker, ElasticLimits, Released, StepChanges};
 use crate::cluster::{Cluster, Pool};
 use crate::error::Violation;
 use crate::ledger::Ledger;
@@ -93,7 +93,7 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// A core that knows the cluster's pools, teams and nodes.
+    /// A core that knows the cluster's pools, teams, projects and nodes.
     pub fn new(cluster: &Cluster, seed: u64, check: &CheckConfig) -> Result<Sim, Violation> {
         let elastic: BTreeMap<String, ElasticPool> =
             cluster.pools.iter().filter_map(|p| Some((p.name.clone(), p.elastic.clone()?))).collect();
@@ -107,7 +107,12 @@ impl Sim {
         let mut sim = Sim {
             core: Scheduler::new(),
             ledger: Ledger::new(&cluster.nodes),
-            checker: Checker::new(check.starvation_bound_ms, check.core_check_every, limits),
+            checker: Checker::new(
+                check.starvation_bound_ms,
+                check.core_check_every,
+                limits,
+                Ceilings::new(&cluster.teams, &cluster.projects),
+            ),
             seed,
             step: 0,
             changes: StepChanges::default(),
@@ -123,6 +128,9 @@ impl Sim {
         if !cluster.teams.is_empty() || cluster.fair_share_half_life_s > 0 {
             let half_life = cluster.fair_share_half_life_s;
             setup.push(Event::TeamsConfigured { teams: cluster.teams.clone(), fair_share_half_life_s: half_life });
+        }
+        if !cluster.projects.is_empty() {
+            setup.push(Event::ProjectsConfigured(cluster.projects.clone()));
         }
         setup.extend(cluster.nodes.iter().map(|n| Event::NodeUp(n.clone())));
         for event in setup {

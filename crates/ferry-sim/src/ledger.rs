@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ferry_core::{Allocation, JobId, JobRequest, NodeInfo};
+use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, Resources};
 
 /// What one node holds, as the decisions say.
 #[derive(Clone, Debug)]
@@ -54,6 +54,11 @@ pub struct Ledger {
     pub pool_nodes: BTreeMap<String, u32>,
     /// For each elastic pool, how many nodes were asked for and are not up yet.
     pub starting: BTreeMap<String, u32>,
+    /// What the running jobs of each team hold, as quotas count it (see `quota_amount`), every worker the decisions
+    /// name counted; teams holding nothing are left out.
+    team_held: HashMap<String, Resources>,
+    /// The same for each project, by team and then project.
+    project_held: HashMap<String, HashMap<String, Resources>>,
 }
 
 impl Ledger {
@@ -129,16 +134,54 @@ impl Ledger {
             self.idle.remove(node);
         }
         self.gpu_milli += held_gpu_milli(&allocation);
+        let amount = allocation_quota_amount(&allocation);
+        let team = self.team_held.entry(request.team.clone()).or_default();
+        *team = saturating_add(team, &amount);
+        let projects = self.project_held.entry(request.team.clone()).or_default();
+        let project = projects.entry(request.project.clone()).or_default();
+        *project = saturating_add(project, &amount);
         self.running.insert(job, (request, allocation));
         Ok(())
+    }
+
+    /// What team `team` holds now.
+    pub fn team_held(&self, team: &str) -> Resources {
+        self.team_held.get(team).copied().unwrap_or_default()
+    }
+
+    /// What project `project` of team `team` holds now.
+    pub fn project_held(&self, team: &str, project: &str) -> Resources {
+        self.project_held.get(team).and_then(|p| p.get(project)).copied().unwrap_or_default()
+    }
+
+    /// Takes what a job that ended held off its team's and its project's sums, dropping sums that reach nothing.
+    fn release_quota(&mut self, request: &JobRequest, amount: &Resources) {
+        if let Some(held) = self.team_held.get_mut(&request.team) {
+            *held = held.saturating_sub(amount);
+            if *held == Resources::ZERO {
+                self.team_held.remove(&request.team);
+            }
+        }
+        if let Some(projects) = self.project_held.get_mut(&request.team) {
+            if let Some(held) = projects.get_mut(&request.project) {
+                *held = held.saturating_sub(amount);
+                if *held == Resources::ZERO {
+                    projects.remove(&request.project);
+                }
+            }
+            if projects.is_empty() {
+                self.project_held.remove(&request.team);
+            }
+        }
     }
 
     /// Records that a job left at `now_ms`, waiting or running; its bookings are released on every worker's node at
     /// once.
     pub fn end(&mut self, job: JobId, now_ms: u64) {
         self.waiting.remove(&job);
-        let Some((_, allocation)) = self.running.remove(&job) else { return };
+        let Some((request, allocation)) = self.running.remove(&job) else { return };
         self.gpu_milli -= held_gpu_milli(&allocation);
+        self.release_quota(&request, &allocation_quota_amount(&allocation));
         for (node, gpus) in allocation.workers() {
             let Some(book) = self.nodes.get_mut(node) else { continue };
             book.cpu_millis -= allocation.resources.cpu_millis;
@@ -162,6 +205,34 @@ impl Ledger {
                 self.idle.insert(node.to_string(), now_ms);
             }
         }
+    }
+}
+
+/// What a job counts against its team's and its project's quotas: what each of its `workers` holds, a share of a
+/// GPU counting as one GPU, times `workers`. Worked out here rather than taken from the core, so that a mistake in
+/// the core's sums is caught.
+pub fn quota_amount(resources: &Resources, gpu_share_milli: u32, workers: u32) -> Resources {
+    let gpus = resources.gpus.saturating_add(u32::from(gpu_share_milli > 0));
+    let n = u64::from(workers);
+    Resources {
+        cpu_millis: resources.cpu_millis.saturating_mul(n),
+        memory_bytes: resources.memory_bytes.saturating_mul(n),
+        gpus: gpus.saturating_mul(workers),
+    }
+}
+
+/// What a started job counts against its quotas, as its decision says: every worker it was given.
+fn allocation_quota_amount(allocation: &Allocation) -> Resources {
+    let workers = u32::try_from(allocation.workers().count()).unwrap_or(u32::MAX);
+    quota_amount(&allocation.resources, allocation.gpu_share_milli, workers)
+}
+
+/// `a` plus `b`, each resource saturating at its largest value.
+pub(crate) fn saturating_add(a: &Resources, b: &Resources) -> Resources {
+    Resources {
+        cpu_millis: a.cpu_millis.saturating_add(b.cpu_millis),
+        memory_bytes: a.memory_bytes.saturating_add(b.memory_bytes),
+        gpus: a.gpus.saturating_add(b.gpus),
     }
 }
 

@@ -3,9 +3,11 @@
 
 use ferry_core::{JobRequest, ResourceKind, Resources, Scheduler, WaitReason};
 
-use crate::cluster::{positive, Cluster};
+use crate::checker::Ceilings;
+use crate::cluster::{first_over, positive, Cluster};
 use crate::csvin::{self, Columns};
 use crate::error::InputError;
+use crate::ledger::quota_amount;
 
 /// The most GPUs one job (for a gang, one worker) may ask for; no node has more.
 pub const GPUS_PER_JOB_MAX: u64 = 64;
@@ -226,9 +228,11 @@ pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> 
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::TracePods, jobs })
 }
 
-/// Checks that every job could run on the cluster when it is empty, its elastic pools grown to their most nodes: a
-/// job no node could ever hold is a mistake in the input, named by its line and the column that asks too much.
+/// Checks that every job could run on the cluster when it is empty, its elastic pools grown to their most nodes, and
+/// within its team's and its project's ceilings (quota plus `borrow_limit`): a job that could never start is a
+/// mistake in the input, named by its line and the column that asks too much.
 pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputError> {
+    let ceilings = Ceilings::new(&cluster.teams, &cluster.projects);
     let mut scheduler = Scheduler::new();
     let pools = cluster.pools.iter().map(|p| p.info()).collect();
     // The pools were validated when parsed, and configuring pools never fails.
@@ -254,6 +258,34 @@ pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputErr
             let message = format!("this job fits no node of the cluster: {reason}");
             return Err(InputError::new(&workload.file, job.line, Some(format!("column {column}")), message));
         }
+        check_ceilings(workload, job, &ceilings)?;
+    }
+    Ok(())
+}
+
+/// Checks that a job asks for no more than its team and its project may ever hold.
+fn check_ceilings(workload: &Workload, job: &JobSpec, ceilings: &Ceilings) -> Result<(), InputError> {
+    let team = ceilings.team(&job.team).map(|c| (format!("team {}", job.team), c));
+    let project =
+        ceilings.project(&job.team, &job.project).map(|c| (format!("project {} of team {}", job.project, job.team), c));
+    let total = quota_amount(&job.resources, job.gpu_share_milli, job.nodes);
+    for (group, ceiling) in team.into_iter().chain(project) {
+        let Some((kind, asked, most)) = first_over(&total, ceiling) else { continue };
+        let [gpus, share, cpus, memory, _] = workload.format.columns();
+        let one_worker = quota_amount(&job.resources, job.gpu_share_milli, 1);
+        let column = match kind {
+            _ if job.nodes > 1 && first_over(&one_worker, ceiling).is_none() => "nodes",
+            ResourceKind::Gpus if job.gpu_share_milli > 0 => share,
+            ResourceKind::Gpus => gpus,
+            ResourceKind::Cpus => cpus,
+            ResourceKind::Memory => memory,
+        };
+        let message = format!(
+            "this job asks for {} in all, more than {group} may ever hold: {} (its quota plus its borrow_limit)",
+            kind.amount(asked),
+            kind.amount(most)
+        );
+        return Err(InputError::new(&workload.file, job.line, Some(format!("column {column}")), message));
     }
     Ok(())
 }

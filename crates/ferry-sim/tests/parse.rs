@@ -29,6 +29,11 @@ fn check_cluster(text: &str, expected: Expect) {
                 .iter()
                 .map(|t| format!("team {} quota {:?} borrow {:?}", t.name, t.quota, t.borrow_limit.map(|b| b.gpus)))
                 .collect();
+            let projects: Vec<String> = c
+                .projects
+                .iter()
+                .map(|p| format!("project {} of {} quota {:?} borrow {:?}", p.name, p.team, p.quota, p.borrow_limit))
+                .collect();
             let nodes: Vec<String> = c
                 .nodes
                 .iter()
@@ -39,7 +44,7 @@ fn check_cluster(text: &str, expected: Expect) {
                     )
                 })
                 .collect();
-            [pools, teams, nodes].concat().join("\n")
+            [pools, teams, projects, nodes].concat().join("\n")
         }
         Err(e) => e.to_string(),
     };
@@ -182,6 +187,96 @@ fn names_the_line_and_field_of_every_cluster_mistake() {
     );
     // Not TOML at all.
     check_cluster("this is not toml", expect!["cluster.toml:1: key with no value, expected `=`"]);
+}
+
+#[test]
+fn reads_projects_within_teams_and_names_their_mistakes() {
+    // What a project's quota leaves out is its team's; what its borrowing limit leaves out is unlimited. Projects are
+    // named within their team.
+    check_cluster(
+        &format!(
+            r#"{POOL}[[node]]
+name = "n"
+pool = "p"
+cpus = 4
+memory = "8GiB"
+
+[[team]]
+name = "vision"
+quota = {{ gpus = 8, cpus = 64 }}
+borrow_limit = {{ gpus = 4 }}
+
+[[team.project]]
+name = "detect"
+quota = {{ gpus = 4 }}
+borrow_limit = {{ gpus = 2, memory = "1TiB" }}
+
+[[team.project]]
+name = " segment "
+quota = {{ gpus = 4, cpus = 32, memory = "512GiB" }}
+
+[[team]]
+name = "nlp"
+quota = {{ gpus = 2 }}
+
+[[team.project]]
+name = "detect"
+quota = {{}}
+"#
+        ),
+        expect![[r#"
+            pool p order 0 burst false after None prices 0/0
+            team vision quota Resources { cpu_millis: 64000, memory_bytes: 4611686018427387903, gpus: 8 } borrow Some(4)
+            team nlp quota Resources { cpu_millis: 4611686018427387903, memory_bytes: 4611686018427387903, gpus: 2 } borrow None
+            project detect of vision quota Resources { cpu_millis: 64000, memory_bytes: 4611686018427387903, gpus: 4 } borrow Some(Resources { cpu_millis: 4611686018427387903, memory_bytes: 1099511627776, gpus: 2 })
+            project segment of vision quota Resources { cpu_millis: 32000, memory_bytes: 549755813888, gpus: 4 } borrow None
+            project detect of nlp quota Resources { cpu_millis: 4611686018427387903, memory_bytes: 4611686018427387903, gpus: 2 } borrow None
+            node n pool p Resources { cpu_millis: 4000, memory_bytes: 8589934592, gpus: 0 } gpus [] model None labels {}"#]],
+    );
+    let team = "[[team]]\nname = \"v\"\nquota = { gpus = 8, cpus = 16 }\n";
+    // A project's quota is a share of its team's.
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \"det\"\nquota = {{ gpus = 9 }}\n"),
+        expect![[
+            r#"cluster.toml:6: field quota: the project's quota is larger than its team's: 9 GPUs where team "v" has 8 GPUs; a project's quota is its share of the team's"#
+        ]],
+    );
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \"det\"\nquota = {{ cpus = 16.5 }}\n"),
+        expect![[
+            r#"cluster.toml:6: field quota: the project's quota is larger than its team's: 16.5 CPUs where team "v" has 16 CPUs; a project's quota is its share of the team's"#
+        ]],
+    );
+    // Names, repeats and the fields of a project.
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \" \"\nquota = {{ gpus = 1 }}\n"),
+        expect![[r#"cluster.toml:5: field name: a project of team "v" needs a name"#]],
+    );
+    check_cluster(
+        &format!(
+            "{team}[[team.project]]\nname = \"det\"\nquota = {{}}\n[[team.project]]\nname = \"det\"\nquota = {{}}\n"
+        ),
+        expect![[r#"cluster.toml:8: field name: project "det" of team "v" is already declared on line 5"#]],
+    );
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \"det\"\n"),
+        expect!["cluster.toml:4: missing field `quota`"],
+    );
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \"det\"\nquota = {{}}\nborrow = {{ gpus = 1 }}\n"),
+        expect!["cluster.toml:7: unknown field `borrow`, expected one of `name`, `quota`, `borrow_limit`"],
+    );
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \"det\"\nquota = {{}}\nborrow_limit = {{ memory = \"lots\" }}\n"),
+        expect!["cluster.toml:7: field borrow_limit: memory: `lots` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB"],
+    );
+    check_cluster(
+        &format!("{team}[[team.project]]\nname = \"det\"\nquota = {{ cpus = -1 }}\n"),
+        expect!["cluster.toml:6: field quota: cpus -1 is not a CPU count; write zero or more"],
+    );
+    // A project table before any team, and one written with single brackets.
+    check_cluster("[[team.project]]\nname = \"det\"\nquota = {}\n", expect!["cluster.toml:1: invalid type: map, expected a sequence; a [[team.project]] table belongs to the [[team]] table before it; declare that first"]);
+    check_cluster(&format!("{team}[team.project]\nname = \"det\"\nquota = {{}}\n"), expect!["cluster.toml:4: invalid type: map, expected a sequence; write [[team.project]], with double brackets, as each table of a list is written"]);
 }
 
 const ELASTIC: &str = "[[pool]]\nname = \"cloud\"\norder = 10\nburst = true\nmax_nodes = 4\nstartup = \"3m\"\n\

@@ -252,6 +252,80 @@ fn gangs_start_whole_and_count_every_worker_in_the_report() {
 }
 
 #[test]
+fn a_project_borrows_its_siblings_idle_quota_and_the_sibling_takes_it_back() {
+    // By hand (testdata/projects.csv on testdata/projects.toml: three nodes of 2 GPUs; team research with projects
+    // llm, quota 2 GPUs and 2 more it may borrow, and vision, quota 4). Jobs 1 and 2 of llm (2 GPUs, 100s) start at
+    // 0: llm holds 4 GPUs, 2 of them vision's idle quota. Job 3 of llm (2 GPUs) arrives at 5 and waits, past its
+    // project's limit, though node g2 idles (the starvation bound of 10s lets no other reason pass). Job 4 of vision
+    // starts on g2 at 20 (20-70). Job 5 of vision arrives at 30 with no GPU free: vision, within its quota, takes its
+    // GPUs back from llm, which borrows them: job 1 is preempted, stops after the 30s grace at 60 and is queued
+    // again; job 5 runs 60-110. g2 frees at 70: job 1 runs again, 70-170 (llm holds 4 again); job 2 ends at 100 and
+    // job 3 runs 100-160. Completion times 170, 100, 155, 50, 80: average 111, p95 170. Delays 10, 0, 95, 0, 30:
+    // average 27, p95 95. GPU-seconds: 2 x (60 + 100) + 200 + 120 + 100 + 100 = 840 (0.233333 GPU-hours), of which
+    // the preempted attempt's 120 are lost (0.033333). GPUs allocated: 4 from 0, 6 from 20, 4 from 110, 2 from 160,
+    // 0 from 170.
+    check(
+        "--cluster DATA/projects.toml --workload DATA/projects.csv --starvation-bound 10s --sample-every 1m",
+        expect![[r#"
+            exit 0
+            replay of DATA/projects.csv on DATA/projects.toml (3 nodes, 6 GPUs), best-fit placement, seed 1
+            jobs                  5 (5 completed, 10 steps)
+            job completion time   avg 1m51s, p95 2m50s
+            queueing delay        avg 27s, p95 1m35s
+            makespan              2m50s
+            GPU-hours             0.233
+            cost                  0.00 (burst 0.00)
+            burst GPU-hours       0.000
+            preemptions           1 (lost work 0.033 GPU-hours)
+
+            GPU-hours by team
+              team               GPU-hours   share
+              research               0.233  100.0%
+
+            GPUs allocated over time (every 1m)
+              time                    GPUs   share
+              0s                     4.000   66.7%
+              1m                     6.000  100.0%
+              2m                     4.000   66.7%
+              3m                     0.000    0.0%
+
+        "#]],
+    );
+    // Step by step through the library: why job 3 waits, and why job 5 does once it has asked for llm's borrowed
+    // GPUs back (the jobs have one priority and one team, so the preemption is vision reclaiming its quota).
+    let read = |file: &str| std::fs::read_to_string(format!("{DATA}/{file}")).unwrap();
+    let cluster = parse_cluster_toml("projects.toml", &read("projects.toml")).unwrap();
+    let workload = parse_workload_csv("projects.csv", &read("projects.csv")).unwrap();
+    let mut sim = engine::Sim::new(&cluster, 1, &CheckConfig::default()).unwrap();
+    let mut steps = Vec::new();
+    for (id, job) in (1..).zip(&workload.jobs) {
+        let now_ms = job.arrival_ms;
+        sim.submit(job.request(id, now_ms), now_ms).unwrap();
+        let actions: Vec<String> = sim
+            .schedule(now_ms)
+            .unwrap()
+            .into_iter()
+            .map(|action| match action {
+                engine::Action::Start(job, allocation) => format!("start {job} on {}", allocation.node),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        sim.finish_step(now_ms).unwrap();
+        let waits = sim.core.explain(id).map(|reason| format!("; job {id} waits: {reason}")).unwrap_or_default();
+        steps.push(format!("{}s: {actions:?}{waits}", now_ms / 1000));
+    }
+    expect![[r#"
+        [
+            "0s: [\"start 1 on g0\"]",
+            "0s: [\"start 2 on g1\"]",
+            "5s: []; job 3 waits: project llm of team research would hold 6, over its limit of 4 (quota plus what it may borrow); it starts when the project's other jobs end",
+            "20s: [\"start 4 on g2\"]",
+            "30s: [\"Preempt(1)\"]; job 5 waits: job 1 preempted to make room for it; it starts when they have stopped",
+        ]
+    "#]].assert_debug_eq(&steps);
+}
+
+#[test]
 fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_until_they_are_released() {
     // By hand (testdata/elastic.csv on testdata/elastic.toml: node own with 4 GPUs; pool cloud of up to 3 nodes of
     // 4 GPUs that start in 3 minutes, are released after 10 idle minutes, and cost 4 x 4.0 + 32 x 0.05 = 17.6 an
@@ -407,6 +481,32 @@ fn bad_input_exits_64_naming_the_file_line_and_field() {
         error: --seeds 0: run 1 to 100000 seeds
     "#]],
     );
+}
+
+#[test]
+fn a_job_its_team_or_project_could_never_hold_is_bad_input() {
+    // Team t may hold 2 + 1 GPUs, its project a 1 + 1; nodes have 4.
+    let cluster = format!(
+        "{CLUSTER}[[team]]\nname = \"t\"\nquota = {{ gpus = 2 }}\nborrow_limit = {{ gpus = 1 }}\n\
+         [[team.project]]\nname = \"a\"\nquota = {{ gpus = 1 }}\nborrow_limit = {{ gpus = 1 }}\n"
+    );
+    let cluster = parse_cluster_toml("cluster.toml", &cluster).unwrap();
+    let fits = |job: &str| {
+        let text =
+            format!("arrival_s,duration_s,gpus,cpus,memory,user,team,nodes,project\n0,60,1,1,1GiB,u,t,,a\n{job}\n");
+        let workload = parse_workload_csv("workload.csv", &text).unwrap();
+        match ferry_sim::workload::check_fits(&workload, &cluster) {
+            Ok(()) => "fits".to_string(),
+            Err(e) => e.to_string(),
+        }
+    };
+    expect!["fits"].assert_eq(&fits("0,60,3,1,1GiB,u,t,,"));
+    expect!["workload.csv:3: column gpus: this job asks for 4 GPUs in all, more than team t may ever hold: 3 GPUs (its quota plus its borrow_limit)"].assert_eq(&fits("0,60,4,1,1GiB,u,t,,"));
+    expect!["workload.csv:3: column nodes: this job asks for 4 GPUs in all, more than team t may ever hold: 3 GPUs (its quota plus its borrow_limit)"].assert_eq(&fits("0,60,2,1,1GiB,u,t,2,"));
+    expect!["workload.csv:3: column gpus: this job asks for 3 GPUs in all, more than project a of team t may ever hold: 2 GPUs (its quota plus its borrow_limit)"].assert_eq(&fits("0,60,3,1,1GiB,u,t,,a"));
+    // Another team, and another project of t, have no ceiling.
+    expect!["fits"].assert_eq(&fits("0,60,4,1,1GiB,u,other,2,a"));
+    expect!["fits"].assert_eq(&fits("0,60,3,1,1GiB,u,t,,b"));
 }
 
 mod random {
