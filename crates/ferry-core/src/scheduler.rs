@@ -943,10 +943,17 @@ impl Scheduler {
         }
     }
 
+    /// Whether the job fits on node `i` of the cycle. What is free there is checked first: it is an array read,
+    /// while finding the node by name to check its model and labels is not, and on a busy cluster most nodes a
+    /// search looks at lack the CPUs or memory.
+    fn fits_indexed(&self, request: &JobRequest, i: usize, free: &[Resources], cycle: &Cycle) -> bool {
+        request.resources.fits_in(&free[i]) && self.fit(request, &self.nodes[&cycle.names[i]], &free[i]).is_some()
+    }
+
     /// How many ready nodes of the pool at `position` could each hold one worker of the job now.
     fn nodes_fitting(&self, request: &JobRequest, position: usize, free: &[Resources], cycle: &Cycle) -> u32 {
         let by_free = cycle.by_free_gpus[position].range(request.resources.gpus..);
-        let fits = |i: &&usize| self.fit(request, &self.nodes[&cycle.names[**i]], &free[**i]).is_some();
+        let fits = |i: &&usize| self.fits_indexed(request, **i, free, cycle);
         by_free.map(|(_, nodes)| nodes.iter().filter(fits).count() as u32).sum()
     }
 
@@ -1142,7 +1149,7 @@ impl Scheduler {
                 continue;
             }
             for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
-                let fits = |i: &&usize| self.fit(request, &self.nodes[&cycle.names[**i]], &free[**i]).is_some();
+                let fits = |i: &&usize| self.fits_indexed(request, **i, free, cycle);
                 if let Some(&i) = nodes.iter().find(fits) {
                     return Some((i, nodes.len() as u32));
                 }
@@ -1438,7 +1445,7 @@ impl Scheduler {
             let mut chosen = Vec::with_capacity(workers);
             for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
                 for &i in nodes {
-                    if self.fit(request, &self.nodes[&cycle.names[i]], &free[i]).is_some() {
+                    if self.fits_indexed(request, i, free, cycle) {
                         chosen.push(i);
                         if chosen.len() == workers {
                             return Some(chosen);
