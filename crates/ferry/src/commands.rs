@@ -329,6 +329,9 @@ pub struct ShowArgs {
     id: String,
     #[arg(long)]
     json: bool,
+    /// Print only the uncommitted changes (`git diff HEAD`) the job's code was shipped with.
+    #[arg(long, conflicts_with = "json")]
+    diff: bool,
 }
 
 fn parse_id(text: &str) -> Result<u64, CliError> {
@@ -338,7 +341,12 @@ fn parse_id(text: &str) -> Result<u64, CliError> {
 }
 
 pub async fn show(g: &Global, args: ShowArgs) -> Result<i32, CliError> {
-    let job = g.client()?.job(parse_id(&args.id)?).await?;
+    let id = parse_id(&args.id)?;
+    if args.diff {
+        print!("{}", g.client()?.job_diff(id).await?);
+        return Ok(0);
+    }
+    let job = g.client()?.job(id).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&job).expect("wire types serialize"));
         return Ok(0);

@@ -125,6 +125,7 @@ fn a_git_checkout_records_its_commit_and_uncommitted_diff() {
     let (code, diff) = curl(&f, &[&api(&f, &format!("/jobs/{id}/diff"))]);
     assert_eq!(code, 200);
     assert!(diff.contains("-print('one')") && diff.contains("+print('two')"), "{diff}");
+    assert_eq!(f.ok(&["show", &id.to_string(), "--diff"]), diff);
 }
 
 #[test]
@@ -283,4 +284,22 @@ fn the_code_api_answers_bad_digests_and_paths_with_json_errors() {
         assert_eq!((code, json(&body)["code"].as_str()), (400, Some("invalid_request")), "{spec}: {body}");
     }
     assert_eq!(f.json(&["ps", "--all", "--json"])["jobs"], serde_json::json!([]));
+}
+
+#[test]
+fn a_run_whose_code_cannot_be_fetched_fails_to_start_with_the_reason() {
+    let mut f = Ferry::start(NodeSpec::default());
+    let dir = project(&f, "gone");
+    write(&dir, "train.py", b"print(1)\n");
+    f.kill_agent();
+    let (id, _) = ship(&f, &dir, &["cat", "train.py"]);
+    let sha256 = f.job(id)["code"]["sha256"].as_str().unwrap().to_string();
+    // The archive disappears from the server before any node has fetched it.
+    std::fs::remove_file(f.home().join("code").join(format!("{sha256}.tar.gz"))).unwrap();
+    f.start_agent();
+    let job = finished(&f, id);
+    assert_eq!(job["state"], "failed", "{job}");
+    let message = job["message"].as_str().unwrap();
+    assert!(message.contains(&format!("cannot fetch the job's code (sha256 {sha256})")), "{message}");
+    assert!(message.contains("the server holds no code archive"), "{message}");
 }
