@@ -1021,7 +1021,9 @@ impl Scheduler {
                 let here = &self.nodes[&cycle.names[*i]];
                 here.ready && self.fit(request, here, &free[*i]).is_some()
             };
-            if indices.iter().all(fits) {
+            // A claim counts against its team's and project's limits from the start (see `claimed_alongside`), so
+            // this holds unless the limits were lowered meanwhile.
+            if indices.iter().all(fits) && self.over_team_limit(request).is_none() {
                 self.claims.remove(&id);
                 let decision = match indices.as_slice() {
                     [one] => self.start(id, *one, None, 1, free, cycle),
@@ -1216,17 +1218,39 @@ impl Scheduler {
     /// Why the job's team or project may not take it on now, if it may not: it would hold more than its quota plus
     /// what it may borrow.
     fn over_team_limit(&self, request: &JobRequest) -> Option<WaitReason> {
-        if let Some(ceiling) = self.teams.get(&request.team).and_then(TeamInfo::ceiling) {
-            let after = self.team_held(&request.team).checked_add(&request.total())?;
+        let team_ceiling = self.teams.get(&request.team).and_then(TeamInfo::ceiling);
+        let project = self.project(request);
+        if team_ceiling.is_none() && project.is_none() {
+            return None;
+        }
+        let (claimed_team, claimed_project) = self.claimed_alongside(request);
+        if let Some(ceiling) = team_ceiling {
+            let after = self.team_held(&request.team).checked_add(&claimed_team)?.checked_add(&request.total())?;
             if let Some((resource, would_hold, limit)) = first_short(&after, &ceiling) {
                 return Some(WaitReason::OverTeamLimit { team: request.team.clone(), resource, would_hold, limit });
             }
         }
-        let project = self.project(request)?;
+        let project = project?;
         let held = self.project_held.get(&request.project_key()).copied().unwrap_or_default();
-        let (resource, would_hold, limit) = first_short(&held.checked_add(&request.total())?, &project.ceiling()?)?;
+        let after = held.checked_add(&claimed_project)?.checked_add(&request.total())?;
+        let (resource, would_hold, limit) = first_short(&after, &project.ceiling()?)?;
         let (team, project) = (project.team.clone(), project.name.clone());
         Some(WaitReason::OverProjectLimit { team, project, resource, would_hold, limit })
+    }
+
+    /// What the other jobs of the request's team, and of its project, hold claims for: they preempted others and
+    /// start as soon as their victims have stopped, so they count against the team's and the project's limits
+    /// already, and no job of the same group may take that room meanwhile.
+    fn claimed_alongside(&self, request: &JobRequest) -> (Resources, Resources) {
+        let (mut team, mut project) = (Resources::ZERO, Resources::ZERO);
+        for id in self.claims.keys().filter(|id| **id != request.id) {
+            let Some(other) = self.pending.get(id).filter(|o| o.team == request.team) else { continue };
+            team = team.checked_add(&other.total()).unwrap_or(team);
+            if other.project == request.project {
+                project = project.checked_add(&other.total()).unwrap_or(project);
+            }
+        }
+        (team, project)
     }
 
     /// Picks the victims that make room for a blocked job (on one node, or on as many nodes as a gang has workers,

@@ -290,3 +290,51 @@ fn a_project_takes_back_its_quota_from_a_sibling_project_and_a_capped_project_wa
         "project audio of team research would hold 2, over its limit of 1 (quota plus what it may borrow); it starts when the project's other jobs end"
     );
 }
+
+#[test]
+fn a_job_waiting_for_its_victims_counts_against_its_team_so_no_sibling_takes_its_room() {
+    // Team t may hold 2 GPUs. Job 2 (2 GPUs) preempts job 1 of another team; while job 1 stops, job 3 of team t
+    // must not start, or team t would hold 3 GPUs once job 2 starts.
+    let nodes = vec![
+        Event::NodeUp(NodeInfo {
+            name: "a".into(),
+            pool: "p".into(),
+            capacity: Resources::new(8000, 32 * GIB, 2),
+            gpu_indices: vec![0, 1],
+            ..NodeInfo::default()
+        }),
+        Event::NodeUp(NodeInfo {
+            name: "c".into(),
+            pool: "p".into(),
+            capacity: Resources::new(8000, 32 * GIB, 1),
+            gpu_indices: vec![0],
+            ..NodeInfo::default()
+        }),
+    ];
+    let job = |id: u64, team: &str, gpus: u32, priority: i32| {
+        Event::JobSubmitted(JobRequest {
+            user: format!("u{id}"),
+            team: team.into(),
+            ..JobRequest::new(id, Resources::new(1000, GIB, gpus), priority)
+        })
+    };
+    let mut events = nodes;
+    events.push(teams(&[("t", 1, Some(1))]));
+    events.push(job(1, "other", 2, 0));
+    let mut s = scheduler(events);
+    assert_eq!(cycle(&mut s), ["start 1"]);
+    s.apply(job(2, "t", 2, 1)).unwrap();
+    assert_eq!(
+        cycle(&mut s),
+        ["preempt 1 for 2: a job of higher priority (1) needs its resources (its priority is 0)"]
+    );
+    s.apply(job(3, "t", 1, 0)).unwrap();
+    assert!(cycle(&mut s).is_empty(), "job 3 would take team t past its limit once job 2 starts");
+    assert_eq!(
+        s.explain(3).unwrap().to_string(),
+        "team t would hold 3, over its limit of 2 (quota plus what it may borrow); it starts when the team's other jobs end"
+    );
+    s.apply(Event::JobEnded { id: 1 }).unwrap();
+    assert_eq!(cycle(&mut s), ["start 2"]);
+    assert_eq!(s.team_held("t").gpus, 2);
+}

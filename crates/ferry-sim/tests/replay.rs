@@ -525,7 +525,8 @@ mod random {
         (prop::collection::vec(node, 0..=4), any::<bool>(), elastic).prop_map(|(nodes, fgd, elastic)| {
             let mut text = String::from(
                 "[[pool]]\nname = \"own\"\norder = 0\n[[pool]]\nname = \"cloud\"\norder = 1\nburst = true\nburst_after = \"5m\"\n\
-                 [[team]]\nname = \"t0\"\nquota = { gpus = 2 }\n\
+                 [[team]]\nname = \"t0\"\nquota = { gpus = 2 }\nborrow_limit = { gpus = 2 }\n\
+                 [[team.project]]\nname = \"p0\"\nquota = { gpus = 1 }\nborrow_limit = { gpus = 1 }\n\
                  [[node]]\nname = \"base-a\"\npool = \"own\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"A100\"\n\
                  [[node]]\nname = \"base-a2\"\npool = \"own\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"A100\"\n\
                  [[node]]\nname = \"base-t\"\npool = \"cloud\"\ncpus = 8\nmemory = \"16GiB\"\ngpus = 2\ngpu_model = \"T4\"\n\
