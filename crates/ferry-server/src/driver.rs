@@ -63,6 +63,40 @@ pub enum Command {
     Allocations {
         reply: oneshot::Sender<BTreeMap<String, (Resources, Vec<u64>)>>,
     },
+    /// What `/metrics` exports of the driver's own state.
+    Metrics {
+        reply: oneshot::Sender<DriverMetrics>,
+    },
+}
+
+/// The driver's part of a `/metrics` scrape: unfinished jobs and scheduling cycle times, copied out at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct DriverMetrics {
+    /// One entry per run of every starting or running job: one for a single-node job, one per worker of a gang.
+    pub runs: Vec<RunMetrics>,
+    /// Every queued job.
+    pub queued: Vec<QueuedMetrics>,
+    /// Scheduling cycles run since the server started, and the seconds they took in all.
+    pub cycles: u64,
+    pub cycle_seconds_sum: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunMetrics {
+    pub job_id: u64,
+    pub user: String,
+    pub team: String,
+    pub project: String,
+    pub node: String,
+    pub resources: Resources,
+    /// A share of one GPU in thousandths; 0 for whole GPUs.
+    pub gpu_share_milli: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueuedMetrics {
+    pub team: String,
+    pub submitted_at_us: i64,
 }
 
 #[derive(Clone)]
@@ -226,6 +260,9 @@ pub struct Driver {
     nodes: HashMap<String, Liveness>,
     node_timeout: Duration,
     config: FileConfig,
+    /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
+    cycles: u64,
+    cycle_seconds_sum: f64,
 }
 
 pub(crate) fn now_us() -> i64 {
@@ -251,6 +288,8 @@ impl Driver {
             nodes: HashMap::new(),
             node_timeout,
             config,
+            cycles: 0,
+            cycle_seconds_sum: 0.0,
         };
         driver.reload().await?;
         Ok((driver, DriverHandle { tx }, rx))
@@ -354,7 +393,10 @@ impl Driver {
                 self.handle(command, &mut tx, &mut fx).await?;
             }
             self.check_liveness(&mut tx, &mut fx).await?;
+            let cycle = Instant::now();
             self.place(&mut tx, &mut fx).await?;
+            self.cycles += 1;
+            self.cycle_seconds_sum += cycle.elapsed().as_secs_f64();
             tx.commit().await
         }
         .await;
@@ -442,8 +484,40 @@ impl Driver {
                 }
                 let _ = reply.send(by_node);
             }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
         }
         Ok(())
+    }
+
+    fn metrics(&self) -> DriverMetrics {
+        let mut metrics =
+            DriverMetrics { cycles: self.cycles, cycle_seconds_sum: self.cycle_seconds_sum, ..Default::default() };
+        for (id, job) in &self.jobs {
+            let r = &job.request;
+            match job.state {
+                JobState::Queued => {
+                    metrics.queued.push(QueuedMetrics { team: r.team.clone(), submitted_at_us: r.submitted_at_us })
+                }
+                JobState::Starting | JobState::Running => {
+                    for (node, _) in job.runs(*id) {
+                        metrics.runs.push(RunMetrics {
+                            job_id: *id,
+                            user: r.user.clone(),
+                            team: r.team.clone(),
+                            project: r.project.clone(),
+                            node,
+                            resources: r.resources,
+                            gpu_share_milli: r.gpu_share_milli,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        metrics.runs.sort_by(|a, b| (a.job_id, &a.node).cmp(&(b.job_id, &b.node)));
+        metrics
     }
 
     async fn submit(&mut self, job: NewJob, tx: &mut Tx) -> Result<Result<u64, ApiError>, StoreError> {

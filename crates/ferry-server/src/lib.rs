@@ -11,6 +11,7 @@ mod datadir;
 mod driver;
 mod error;
 mod logs;
+mod metrics;
 mod routes;
 mod signals;
 mod state;
@@ -117,6 +118,7 @@ pub async fn serve(
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/health", get(routes::health))
+        .route("/metrics", get(routes::metrics::metrics))
         .route("/api/v1/openapi.json", get(routes::openapi::document))
         .route("/api/v1/jobs", post(routes::jobs::submit).get(routes::jobs::list))
         .route("/api/v1/jobs/{id}", get(routes::jobs::show))

@@ -166,6 +166,12 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// How many jobs are in each state, over the whole history; states without jobs are left out.
+    pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((state_from(r.get("state"))?, r.get::<i64, _>("n") as u64))).collect()
+    }
+
     pub async fn job_events(&self, id: u64) -> Result<Vec<JobEvent>, StoreError> {
         let rows = sqlx::query("SELECT at_us, state, message FROM job_events WHERE job_id = ? ORDER BY id")
             .bind(id as i64)

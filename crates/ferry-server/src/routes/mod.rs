@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod code;
 pub mod jobs;
+pub mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod tokens;
