@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use ferry_api::code::{CODE_ARCHIVE_BYTES_MAX, CODE_ENTRIES_MAX, CODE_UNPACKED_BYTES_MAX};
+use ferry_api::code::{link_stays_inside, CODE_ARCHIVE_BYTES_MAX, CODE_ENTRIES_MAX, CODE_UNPACKED_BYTES_MAX};
 use ferry_client::{Client, ClientError};
 use flate2::read::GzDecoder;
 use futures_util::StreamExt;
@@ -130,7 +130,7 @@ pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<(), String> {
                     .map_err(|e| format!("entry `{}`: {e}", raw.display()))?
                     .ok_or_else(|| format!("symlink `{}` has no target", raw.display()))?
                     .into_owned();
-                if !stays_inside(&relative, &link) {
+                if !link_stays_inside(&relative, &link) {
                     return Err(format!(
                         "symlink `{}` points outside the folder (to `{}`)",
                         raw.display(),
@@ -166,24 +166,6 @@ fn checked_path(raw: &Path) -> Result<PathBuf, String> {
         }
     }
     Ok(relative)
-}
-
-/// Whether a symlink at `link` (relative to the folder) pointing at `target` resolves inside the folder, judged by
-/// its path alone; absolute targets never do.
-fn stays_inside(link: &Path, target: &Path) -> bool {
-    let mut depth: i64 = link.parent().map(|p| p.components().count() as i64).unwrap_or(0);
-    for component in target.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => depth -= 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
 }
 
 /// Makes every folder of `relative` under `dest`, refusing to pass through anything that is not a real folder (a
@@ -225,8 +207,8 @@ mod tests {
         assert_eq!(checked_path(Path::new("./a/b")).unwrap(), PathBuf::from("a/b"));
         assert!(checked_path(Path::new("a/../../b")).unwrap_err().contains("`..`"));
         assert!(checked_path(Path::new("/etc/passwd")).unwrap_err().contains("absolute"));
-        assert!(stays_inside(Path::new("sub/a"), Path::new("../b")));
-        assert!(!stays_inside(Path::new("a"), Path::new("../b")));
-        assert!(!stays_inside(Path::new("a"), Path::new("/etc")));
+        assert!(link_stays_inside(Path::new("sub/a"), Path::new("../b")));
+        assert!(!link_stays_inside(Path::new("a"), Path::new("../b")));
+        assert!(!link_stays_inside(Path::new("a"), Path::new("/etc")));
     }
 }

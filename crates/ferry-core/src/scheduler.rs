@@ -66,8 +66,13 @@ pub struct TeamInfo {
 impl TeamInfo {
     /// The most the team may hold at once.
     fn ceiling(&self) -> Option<Resources> {
-        self.borrow_limit.map(|b| self.quota.checked_add(&b).unwrap_or(self.quota))
+        ceiling(&self.quota, self.borrow_limit.as_ref())
     }
+}
+
+/// Quota plus borrowing limit: the most a team or project may hold; `None` when it may borrow whatever is idle.
+fn ceiling(quota: &Resources, borrow_limit: Option<&Resources>) -> Option<Resources> {
+    borrow_limit.map(|b| quota.checked_add(b).unwrap_or(*quota))
 }
 
 /// A project's quota within its team: a guaranteed share of what the team may hold, and how much more it may borrow
@@ -83,7 +88,7 @@ pub struct ProjectInfo {
 
 impl ProjectInfo {
     fn ceiling(&self) -> Option<Resources> {
-        self.borrow_limit.map(|b| self.quota.checked_add(&b).unwrap_or(self.quota))
+        ceiling(&self.quota, self.borrow_limit.as_ref())
     }
 }
 

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ferry_api::code::{CODE_ARCHIVE_BYTES_MAX, GIT_DIFF_BYTES_MAX};
+use ferry_api::code::{link_stays_inside, CODE_ARCHIVE_BYTES_MAX, GIT_DIFF_BYTES_MAX};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
@@ -139,7 +139,7 @@ fn walk(root: &Path) -> Result<(Vec<Entry>, Vec<String>), PackError> {
             Kind::Dir
         } else if meta.file_type().is_symlink() {
             let target = std::fs::read_link(item.path()).map_err(io_err)?;
-            if !stays_inside(relative, &target) {
+            if !link_stays_inside(relative, &target) {
                 skipped.push(format!("{path} -> {}", target.display()));
                 continue;
             }
@@ -154,27 +154,6 @@ fn walk(root: &Path) -> Result<(Vec<Entry>, Vec<String>), PackError> {
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((entries, skipped))
-}
-
-/// Whether a symlink at `link` (relative to the folder) pointing at `target` resolves inside the folder, judged by
-/// its path alone.
-pub fn stays_inside(link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = link.parent().map(|p| p.components().count() as i64).unwrap_or(0);
-    for component in target.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => depth -= 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
 }
 
 /// The error for an oversized folder, naming the biggest files and top-level folders by size before compression.
@@ -274,7 +253,7 @@ mod tests {
 
     #[test]
     fn symlinks_are_judged_by_where_they_lead() {
-        let check = |link: &str, target: &str| stays_inside(Path::new(link), Path::new(target));
+        let check = |link: &str, target: &str| link_stays_inside(Path::new(link), Path::new(target));
         assert!(check("a", "b"));
         assert!(check("sub/a", "../b"));
         assert!(!check("a", "../b"));
