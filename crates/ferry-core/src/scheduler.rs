@@ -806,6 +806,7 @@ impl Scheduler {
         cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
         let mut decisions = Vec::new();
         self.honour_claims(&mut free, &mut cycle, &mut decisions);
+        let age_matters = self.has_timed_bursting();
         for id in self.cycle_order() {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
             // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
@@ -830,7 +831,7 @@ impl Scheduler {
             }
             // A job shaped like one that already found no place this cycle finds none either: free resources only
             // shrink within a cycle.
-            let shape = shape_of(request, self.has_timed_bursting());
+            let shape = shape_of(request, age_matters);
             if cycle.failed_shapes.contains(&shape) && !blocked_budget_left {
                 continue;
             }
