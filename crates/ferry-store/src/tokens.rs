@@ -1,5 +1,6 @@
 //! API tokens. Only a hash of each token is stored; the plain token is shown once, when it is created.
 
+use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use crate::{Store, StoreError};
@@ -48,35 +49,36 @@ impl Store {
         let rows = sqlx::query("SELECT id, name, role, created_at_us, revoked_at_us FROM tokens ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| TokenListing {
-                id: r.get("id"),
-                name: r.get("name"),
-                role: r.get("role"),
-                created_at_us: r.get("created_at_us"),
-                revoked_at_us: r.get("revoked_at_us"),
-            })
-            .collect())
+        Ok(rows.iter().map(listing).collect())
     }
 
-    /// Revokes a token; `None` when there is no such token, else whether it was live until now.
-    pub async fn revoke_token(&self, id: i64, now_us: i64) -> Result<Option<bool>, StoreError> {
+    /// Revokes a token. Returns the token as it is now and whether this call revoked it (`false`: it already was);
+    /// `None` when there is no such token.
+    pub async fn revoke_token(&self, id: i64, now_us: i64) -> Result<Option<(TokenListing, bool)>, StoreError> {
         let revoked = sqlx::query("UPDATE tokens SET revoked_at_us = ? WHERE id = ? AND revoked_at_us IS NULL")
             .bind(now_us)
             .bind(id)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        if revoked > 0 {
-            return Ok(Some(true));
-        }
-        let exists: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE id = ?").bind(id).fetch_one(&self.pool).await?;
-        Ok((exists > 0).then_some(false))
+        let row = sqlx::query("SELECT id, name, role, created_at_us, revoked_at_us FROM tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (listing(&r), revoked > 0)))
     }
 
     pub async fn token_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await?)
+    }
+}
+
+fn listing(r: &SqliteRow) -> TokenListing {
+    TokenListing {
+        id: r.get("id"),
+        name: r.get("name"),
+        role: r.get("role"),
+        created_at_us: r.get("created_at_us"),
+        revoked_at_us: r.get("revoked_at_us"),
     }
 }

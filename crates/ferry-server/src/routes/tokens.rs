@@ -52,18 +52,17 @@ pub async fn revoke(
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::invalid(format!("`{id}` is not a token id; `ferry token list` shows the ids")))?;
-    match state.store.revoke_token(id, now_us()).await? {
+    let listing = match state.store.revoke_token(id, now_us()).await? {
         None => return Err(ApiError::not_found(format!("no token {id}; `ferry token list` shows the tokens"))),
-        Some(false) => {
+        Some((_, false)) => {
             return Err(ApiError::new(ferry_api::ErrorCode::Conflict, format!("token {id} is already revoked")))
         }
-        Some(true) => {}
-    }
+        Some((listing, true)) => listing,
+    };
     // Remembered tokens would keep working for a while: forget them all, so the revocation holds at once.
     state.tokens.clear();
     tracing::info!(id, by = %caller.name, "token revoked");
-    let listing = state.store.tokens().await?.into_iter().find(|t| t.id == id);
-    listing.and_then(to_wire).map(Json).ok_or_else(|| ApiError::not_found(format!("no token {id}")))
+    to_wire(listing).map(Json).ok_or_else(|| ApiError::not_found(format!("no token {id}")))
 }
 
 fn to_wire(t: TokenListing) -> Option<TokenInfo> {
