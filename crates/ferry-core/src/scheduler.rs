@@ -1276,6 +1276,9 @@ impl Scheduler {
         // For each pool in order: each allowed node's cheapest victims (fewest, then the least important worst
         // victim, then the node name); a node that fits without victims costs nothing.
         let workers = request.workers() as usize;
+        // What preemptions under way will move, counted once for all the candidates below.
+        let moves =
+            reclaims.then(|| (self.moves_under_way(|r| r.team.clone()), self.moves_under_way(JobRequest::project_key)));
         let mut by_pool: Vec<Vec<(VictimScore<'_>, Vec<preempt::Candidate>)>> =
             vec![Vec::new(); cycle.pool_order.len()];
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
@@ -1293,7 +1296,7 @@ impl Scheduler {
                     if running.preempted_by.is_some() || running.allocation.gpu_share_milli > 0 {
                         return None;
                     }
-                    let reason = self.may_preempt(request, &running.request)?;
+                    let reason = self.may_preempt(request, &running.request, moves.as_ref())?;
                     Some(preempt::Candidate {
                         job: *victim,
                         priority: running.request.priority,
@@ -1339,17 +1342,24 @@ impl Scheduler {
     }
 
     /// Whether `request` may stop `victim`, and why: a strictly higher priority, a team within its guaranteed
-    /// quota taking back what the victim's team borrowed, or the same between two projects of one team.
-    fn may_preempt(&self, request: &JobRequest, victim: &JobRequest) -> Option<PreemptReason> {
+    /// quota taking back what the victim's team borrowed, or the same between two projects of one team. `moves` is
+    /// what preemptions under way move between teams and between projects; `None` when the request reclaims nothing.
+    fn may_preempt(
+        &self,
+        request: &JobRequest,
+        victim: &JobRequest,
+        moves: Option<&(Moves, Moves)>,
+    ) -> Option<PreemptReason> {
         if victim.priority < request.priority {
             return Some(PreemptReason::Priority {
                 victim_priority: victim.priority,
                 preemptor_priority: request.priority,
             });
         }
+        let (team_moves, project_moves) = moves?;
         if let (Some(mine), Some(theirs)) = (self.teams.get(&request.team), self.teams.get(&victim.team)) {
-            let team = |r: &JobRequest| r.team.clone();
-            if self.reclaims(request, (&mine.name, &mine.quota), (&theirs.name, &theirs.quota), &self.team_held, team) {
+            let (mine_group, theirs_group) = ((mine.name.as_str(), &mine.quota), (theirs.name.as_str(), &theirs.quota));
+            if reclaims(request, mine_group, theirs_group, &self.team_held, team_moves) {
                 let (victim_team, preemptor_team) = (theirs.name.clone(), mine.name.clone());
                 return Some(PreemptReason::Reclaim { victim_team, preemptor_team });
             }
@@ -1359,46 +1369,29 @@ impl Scheduler {
         }
         let (mine, theirs) = (self.project(request)?, self.project(victim)?);
         let (mine_key, theirs_key) = (request.project_key(), victim.project_key());
-        let project = |r: &JobRequest| r.project_key();
-        self.reclaims(request, (&mine_key, &mine.quota), (&theirs_key, &theirs.quota), &self.project_held, project)
-            .then(|| PreemptReason::ReclaimProject {
+        let (mine_group, theirs_group) = ((mine_key.as_str(), &mine.quota), (theirs_key.as_str(), &theirs.quota));
+        reclaims(request, mine_group, theirs_group, &self.project_held, project_moves).then(|| {
+            PreemptReason::ReclaimProject {
                 team: request.team.clone(),
                 victim_project: theirs.name.clone(),
                 preemptor_project: mine.name.clone(),
-            })
+            }
+        })
     }
 
-    /// Whether a group (a team, or a project within a team) within its guaranteed quota may take back from another
-    /// group what that one borrows beyond its own quota. Preemptions already under way count as done: the jobs they
-    /// make room for belong to their groups already, and their victims no longer to theirs.
-    fn reclaims(
-        &self,
-        request: &JobRequest,
-        (mine, my_quota): (&str, &Resources),
-        (theirs, their_quota): (&str, &Resources),
-        held: &HashMap<String, Resources>,
-        group_of: impl Fn(&JobRequest) -> String,
-    ) -> bool {
-        if mine == theirs {
-            return false;
-        }
-        let held_by = |group: &str| held.get(group).copied().unwrap_or_default();
-        let (mut claimed, mut leaving) = (held_by(mine), held_by(theirs));
-        let mut preemptors = BTreeSet::new();
+    /// What the preemptions under way move, by group (`group_of` names a job's team or its project): what their
+    /// victims hold, and what the jobs they make room for will hold.
+    fn moves_under_way(&self, group_of: impl Fn(&JobRequest) -> String) -> Moves {
+        let mut moves = Moves::default();
         for running in self.running.values() {
             let Some(by) = running.preempted_by else { continue };
-            if group_of(&running.request) == theirs {
-                leaving = leaving.saturating_sub(&running.request.total());
-            }
-            preemptors.insert(by);
+            add_to(&mut moves.leaving, group_of(&running.request), &running.request.total());
+            moves.preemptors.insert(by);
         }
-        for waiting in preemptors.iter().filter_map(|by| self.pending.get(by)) {
-            if group_of(waiting) == mine && waiting.id != request.id {
-                claimed = claimed.checked_add(&waiting.total()).unwrap_or(claimed);
-            }
+        for waiting in moves.preemptors.iter().filter_map(|by| self.pending.get(by)) {
+            add_to(&mut moves.claimed, group_of(waiting), &waiting.total());
         }
-        let within_quota = claimed.checked_add(&request.total()).is_some_and(|c| c.fits_in(my_quota));
-        within_quota && !leaving.fits_in(their_quota)
+        moves
     }
 
     /// Whether `request` can start on `node` with `free` left there. For a GPU share, the inner value says which
@@ -1993,6 +1986,44 @@ fn amount(r: &Resources, kind: ResourceKind) -> u64 {
         ResourceKind::Cpus => r.cpu_millis,
         ResourceKind::Memory => r.memory_bytes,
     }
+}
+
+/// What preemptions under way move between groups (teams, or projects): see `Scheduler::moves_under_way`.
+#[derive(Default)]
+struct Moves {
+    /// What the victims being stopped hold, by their group.
+    leaving: HashMap<String, Resources>,
+    /// What the jobs they are stopped for will hold, by their group.
+    claimed: HashMap<String, Resources>,
+    preemptors: BTreeSet<JobId>,
+}
+
+fn add_to(sums: &mut HashMap<String, Resources>, group: String, amount: &Resources) {
+    let sum = sums.entry(group).or_default();
+    *sum = sum.checked_add(amount).unwrap_or(*sum);
+}
+
+/// Whether a group (a team, or a project within a team) within its guaranteed quota may take back from another group
+/// what that one borrows beyond its own quota. Preemptions already under way count as done: the jobs they make room
+/// for belong to their groups already (the request itself aside), and their victims no longer to theirs.
+fn reclaims(
+    request: &JobRequest,
+    (mine, my_quota): (&str, &Resources),
+    (theirs, their_quota): (&str, &Resources),
+    held: &HashMap<String, Resources>,
+    moves: &Moves,
+) -> bool {
+    if mine == theirs {
+        return false;
+    }
+    let sum = |sums: &HashMap<String, Resources>, group: &str| sums.get(group).copied().unwrap_or_default();
+    let mut claimed = sum(held, mine).checked_add(&sum(&moves.claimed, mine)).unwrap_or_else(|| sum(held, mine));
+    if moves.preemptors.contains(&request.id) {
+        claimed = claimed.saturating_sub(&request.total());
+    }
+    let leaving = sum(held, theirs).saturating_sub(&sum(&moves.leaving, theirs));
+    let within_quota = claimed.checked_add(&request.total()).is_some_and(|c| c.fits_in(my_quota));
+    within_quota && !leaving.fits_in(their_quota)
 }
 
 /// The first dimension, GPUs then CPUs then memory, in which `needs` exceeds `available`: (kind, needed, available).
