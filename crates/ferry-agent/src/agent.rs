@@ -277,6 +277,7 @@ impl Agent {
             limits: self.limits.to_string(),
             address: self.config.address.clone(),
             runs,
+            now_us: 0,
         };
         let client = self.client.clone();
         let events = self.events_tx.clone();
@@ -650,8 +651,10 @@ fn report_interval(period: Duration) -> Interval {
 async fn register(client: &Client, node: &RegisterNode) -> Result<Registered, AgentError> {
     let mut backoff = Backoff::new();
     let mut logged = false;
+    let mut node = node.clone();
     loop {
-        let error = match bounded(client, client.register_node(node)).await {
+        node.now_us = rundir::now_us();
+        let error = match bounded(client, client.register_node(&node)).await {
             Ok(registered) => return Ok(registered),
             Err(error) => error,
         };

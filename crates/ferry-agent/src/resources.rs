@@ -117,8 +117,8 @@ impl Probe {
                 let device = nvml.device_by_index(index).ok()?;
                 Some(GpuUsage {
                     index,
-                    utilization_percent: device.utilization_rates().map(|u| u.gpu).unwrap_or(0),
-                    memory_used_bytes: device.memory_info().map(|m| m.used).unwrap_or(0),
+                    utilization_percent: device.utilization_rates().map(|u| u.gpu).ok(),
+                    memory_used_bytes: device.memory_info().map(|m| m.used).ok(),
                     temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
                     power_mw: device.power_usage().ok(),
                 })

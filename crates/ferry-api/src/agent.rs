@@ -55,6 +55,9 @@ pub struct RegisterNode {
     pub address: Option<String>,
     /// Every job run the agent still knows of, with its current state.
     pub runs: Vec<RunReport>,
+    /// The agent's clock when it sent the registration (microseconds since the Unix epoch); the server refuses an
+    /// agent whose clock is more than `telemetry::CLOCK_SKEW_MAX_US` off its own.
+    pub now_us: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -8,6 +8,7 @@ pub mod code;
 pub mod error;
 pub mod jobs;
 pub mod nodes;
+pub mod telemetry;
 pub mod tokens;
 pub mod units;
 

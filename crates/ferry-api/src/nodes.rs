@@ -30,8 +30,9 @@ pub struct NodeUsage {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GpuUsage {
     pub index: u32,
-    pub utilization_percent: u32,
-    pub memory_used_bytes: u64,
+    /// Absent when the driver would not say: a GPU without telemetry shows as "no data", never as 0%.
+    pub utilization_percent: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
     pub temperature_c: Option<u32>,
     pub power_mw: Option<u32>,
 }

@@ -10,6 +10,7 @@ use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, Ru
 use ferry_api::code::CodeStored;
 use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
+use ferry_api::telemetry::{SeriesAnswer, SeriesQuery, TelemetryAck, TelemetryBatch};
 use ferry_api::tokens::{CreateToken, CreatedToken, TokenInfo, TokenList};
 use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};
 use futures_util::Stream;
@@ -219,6 +220,16 @@ impl Client {
 
     pub async fn report(&self, reports: &Reports) -> Result<ReportsAck, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/agent/reports").json(reports)).await
+    }
+
+    /// Sends a batch of telemetry samples; the answer says how many were stored and how many were too old to keep.
+    pub async fn send_telemetry(&self, batch: &TelemetryBatch) -> Result<TelemetryAck, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/agent/telemetry").json(batch)).await
+    }
+
+    /// Reads time series: a metric for every node, GPU, job, user, project, team or pool over a time range.
+    pub async fn series(&self, query: &SeriesQuery) -> Result<SeriesAnswer, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/series").query(query)).await
     }
 
     /// Appends `bytes` at byte `offset` of a run's output; the answer says how much the server holds. An upload that

@@ -15,6 +15,7 @@ mod metrics;
 mod routes;
 mod signals;
 mod state;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,7 +85,8 @@ pub async fn serve(
     let logs = Arc::new(LogStore::new(data.logs()));
     let tokens = Arc::new(auth::TokenCache::default());
     let code = Arc::new(CodeStore::new(data.code()));
-    let state = AppState { store: store.clone(), driver: handle, agents, logs, code, signals, tokens };
+    let telemetry = Arc::new(telemetry::Telemetry::default());
+    let state = AppState { store: store.clone(), driver: handle, agents, logs, code, signals, tokens, telemetry };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
@@ -136,6 +138,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/agent/register", post(routes::agent::register))
         .route("/api/v1/agent/work", post(routes::agent::work))
         .route("/api/v1/agent/reports", post(routes::agent::reports))
+        .route("/api/v1/agent/telemetry", post(routes::agent::telemetry))
         .route("/api/v1/agent/runs/{job}/{attempt}/logs", post(routes::agent::upload_log))
         .fallback(|| async { ApiError::not_found("no such API path; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {

@@ -169,12 +169,12 @@ fn gpus(out: &mut Out, s: &Snapshot) {
     out.gauges(
         "ferry_gpu_utilization_percent",
         "GPU utilisation as the driver measured it (NVML), 0 to 100",
-        measured.iter().map(|(n, g)| (labels(n, g.index), g.utilization_percent.into())),
+        measured.iter().filter_map(|(n, g)| Some((labels(n, g.index), g.utilization_percent?.into()))),
     );
     out.gauges(
         "ferry_gpu_memory_used_bytes",
         "GPU memory in use as the driver measured it (NVML)",
-        measured.iter().map(|(n, g)| (labels(n, g.index), g.memory_used_bytes as f64)),
+        measured.iter().filter_map(|(n, g)| Some((labels(n, g.index), g.memory_used_bytes? as f64))),
     );
     out.gauges(
         "ferry_gpu_temperature_celsius",
@@ -318,8 +318,8 @@ mod tests {
             memory_used_bytes: 4 << 30,
             gpus: vec![GpuUsage {
                 index: 0,
-                utilization_percent: 87,
-                memory_used_bytes: 10 << 30,
+                utilization_percent: Some(87),
+                memory_used_bytes: Some(10 << 30),
                 temperature_c: Some(61),
                 power_mw: None,
             }],

@@ -11,6 +11,7 @@ use crate::code::CodeStore;
 use crate::driver::DriverHandle;
 use crate::logs::LogStore;
 use crate::signals::Signals;
+use crate::telemetry::Telemetry;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,4 +22,5 @@ pub struct AppState {
     pub code: Arc<CodeStore>,
     pub signals: Arc<Signals>,
     pub tokens: Arc<TokenCache>,
+    pub telemetry: Arc<Telemetry>,
 }

@@ -73,6 +73,11 @@ impl Tx {
 }
 
 impl Store {
+    pub async fn node_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM nodes WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.is_some())
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT name, pool, cpu_millis, memory_bytes, gpus, labels, agent_version, limits, ready, usage, \

@@ -511,12 +511,11 @@ pub async fn nodes(g: &Global, args: NodesArgs) -> Result<i32, CliError> {
         .iter()
         .map(|n| {
             let usage = n.usage.as_ref();
+            // The mean over the GPUs that were measured; "-" when none was ("no data", never 0%).
             let gpu_util = usage
-                .filter(|u| !u.gpus.is_empty())
-                .map(|u| {
-                    let sum: u32 = u.gpus.iter().map(|g| g.utilization_percent).sum();
-                    format!("{}%", sum / u.gpus.len() as u32)
-                })
+                .map(|u| u.gpus.iter().filter_map(|g| g.utilization_percent).collect::<Vec<u32>>())
+                .filter(|measured| !measured.is_empty())
+                .map(|measured| format!("{}%", measured.iter().sum::<u32>() / measured.len() as u32))
                 .unwrap_or_else(|| "-".into());
             vec![
                 n.name.clone(),

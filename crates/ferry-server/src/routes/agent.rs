@@ -6,11 +6,12 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use bytes::Bytes;
 use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, Work, WorkRequest, WORK_WAIT_MS_MAX};
+use ferry_api::telemetry::{TelemetryAck, TelemetryBatch};
 use ferry_api::ErrorBody;
 use serde::Deserialize;
 
 use crate::auth::Caller;
-use crate::driver::Command;
+use crate::driver::{now_us, Command};
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
 
@@ -30,6 +31,10 @@ pub async fn register(
     }
     if node.cpu_millis == 0 || node.memory_bytes == 0 {
         return Err(ApiError::invalid("a node must offer some CPU and memory"));
+    }
+    if let Err(message) = crate::telemetry::check_clock(node.now_us, now_us()) {
+        tracing::warn!(node = %node.name, agent_now_us = node.now_us, "refused an agent whose clock is off");
+        return Err(ApiError::invalid(message));
     }
     let mut indices: Vec<u32> = node.gpus.iter().map(|g| g.index).collect();
     indices.sort_unstable();
@@ -60,6 +65,25 @@ pub async fn reports(
 ) -> Result<Json<ReportsAck>, ApiError> {
     let Json(reports) = body.map_err(rejection)?;
     Ok(Json(state.driver.call(|reply| Command::Reports { reports, reply }).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/agent/telemetry", request_body = TelemetryBatch,
+    responses((status = 200, body = TelemetryAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn telemetry(
+    State(state): State<AppState>,
+    _caller: Caller,
+    body: Result<Json<TelemetryBatch>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TelemetryAck>, ApiError> {
+    let Json(batch) = body.map_err(rejection)?;
+    let now = now_us();
+    if let Err(message) = crate::telemetry::validate(&batch, now) {
+        tracing::warn!(node = %batch.node, reason = %message, "refused a telemetry batch");
+        return Err(ApiError::invalid(message));
+    }
+    if !state.store.node_exists(&batch.node).await? {
+        return Err(ApiError::not_found(format!("no node `{}` is registered; the agent registers first", batch.node)));
+    }
+    Ok(Json(state.telemetry.ingest(&batch, now)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
         super::code::head, super::code::put, super::code::get,
         super::nodes::list,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
-        super::agent::register, super::agent::work, super::agent::reports, super::agent::upload_log,
+        super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,
     ),
     modifiers(&BearerAuth),
     security(("token" = []))
