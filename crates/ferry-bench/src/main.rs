@@ -3,6 +3,9 @@
 //! - `latency`: jobs one after another on an idle node; submit-to-start percentiles.
 //! - `throughput`: many trivial jobs at once; the time until all have finished.
 //! - `queue-memory`: the server's resident memory with many jobs queued.
+//! - `cycle`: one cycle of the scheduler core alone, in memory.
+//! - `tsdb`: the embedded time-series store alone: history ingest, query latency, sustained live ingest.
+//! - `ingest`: simulated agents (8 GPUs each) sending telemetry every second to a running server.
 //!
 //! Each prints a human table, then one JSON line (only the JSON line with `--json`). `scripts/bench` runs them all
 //! and compares with a local Slurm; see this crate's README.
@@ -23,6 +26,8 @@ use ferry_api::ErrorCode;
 use ferry_client::{Client, ClientError};
 use serde_json::json;
 mod cycle;
+mod ingest;
+mod tsdb;
 use stats::{bytes, latency_row, round3, summary_json, Samples};
 use tokio::task::JoinSet;
 
@@ -49,6 +54,10 @@ enum Command {
     QueueMemory(QueueMemoryArgs),
     /// Times one cycle of the scheduler core alone on a large cluster with a deep queue.
     Cycle(cycle::CycleArgs),
+    /// Times the embedded time-series store: 90 days of 1,000 GPUs, the UI's queries, live ingest headroom.
+    Tsdb(tsdb::TsdbArgs),
+    /// Simulated agents sending telemetry each second to a running server: the most it sustains, its CPU and memory.
+    Ingest(ingest::IngestArgs),
 }
 
 #[derive(Args, Clone)]
@@ -136,6 +145,8 @@ async fn main() -> ExitCode {
         Command::Throughput(args) => throughput(args).await,
         Command::QueueMemory(args) => queue_memory(args).await,
         Command::Cycle(args) => cycle::run(args),
+        Command::Tsdb(args) => tsdb::run(args),
+        Command::Ingest(args) => ingest::run(args).await,
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,
