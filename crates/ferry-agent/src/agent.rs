@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::agent::{
@@ -26,6 +27,9 @@ use crate::config::AgentConfig;
 use crate::resources::{Capacity, SAMPLE_INTERVAL};
 use crate::rundir::{self, RunDir};
 use crate::runs::{self, RunContext, Supervisor};
+use crate::runusage::RunProbe;
+use crate::shipper::{self, ShipperContext};
+use crate::spool::Spool;
 use crate::AgentError;
 
 /// How long the server may hold a work poll. Short enough that a dead connection is noticed within seconds.
@@ -129,6 +133,13 @@ impl RunEntry {
     }
 }
 
+/// What the agent shares with the sampler and the telemetry shipper.
+pub(crate) struct Telemetry {
+    /// The runs the sampler measures, set whenever a run starts or ends.
+    pub runs: watch::Sender<Vec<RunProbe>>,
+    pub spool: Arc<Mutex<Spool>>,
+}
+
 pub(crate) struct Agent {
     config: AgentConfig,
     client: Client,
@@ -150,6 +161,11 @@ pub(crate) struct Agent {
     report_tick: Interval,
     /// Whether the server is currently failing requests, so an outage is logged once, not once per retry.
     outage: bool,
+    telemetry: Telemetry,
+    /// `Some(n)` while registered (the `n`th registration), `None` while registering; the shipper ships only while
+    /// it is `Some`.
+    link_tx: watch::Sender<Option<u64>>,
+    registrations: u64,
 }
 
 impl Agent {
@@ -158,6 +174,7 @@ impl Agent {
         capacity: Capacity,
         limits: &'static str,
         usage: watch::Receiver<Option<NodeUsage>>,
+        telemetry: Telemetry,
     ) -> Agent {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
         let client = Client::new(&config.server, Some(config.token.clone()));
@@ -181,6 +198,9 @@ impl Agent {
             report_in_flight: false,
             report_tick: report_interval(REPORT_INTERVAL),
             outage: false,
+            telemetry,
+            link_tx: watch::channel(None).0,
+            registrations: 0,
         }
     }
 
@@ -189,6 +209,13 @@ impl Agent {
         tokio::pin!(shutdown);
         self.adopt_runs()?;
         self.begin_registration();
+        self.tasks.spawn(shipper::ship(ShipperContext {
+            client: self.client.clone(),
+            node: self.config.name.clone(),
+            spool: self.telemetry.spool.clone(),
+            link: self.link_tx.subscribe(),
+            events: self.events_tx.clone(),
+        }));
         loop {
             // The tick comes before other events so that a busy agent still sends its heartbeat.
             let event = tokio::select! {
@@ -214,6 +241,7 @@ impl Agent {
                 if let Some(entry) = self.runs.get_mut(&run) {
                     entry.status = Some(status);
                 }
+                self.publish_runs();
                 self.send_report(false);
             }
             Event::Reported { sent, result } => self.on_reported(sent, result)?,
@@ -258,6 +286,7 @@ impl Agent {
     /// is asked for and nothing is reported.
     fn begin_registration(&mut self) {
         self.link = Link::Registering;
+        self.link_tx.send_replace(None);
         let runs: Vec<RunReport> = self
             .runs
             .iter()
@@ -291,6 +320,8 @@ impl Agent {
         tracing::info!(server = %self.config.server, node = %self.config.name, runs = told.len(), "registered");
         self.link = Link::Registered;
         self.outage = false;
+        self.registrations += 1;
+        self.link_tx.send_replace(Some(self.registrations));
         let heartbeat = Duration::from_millis(registered.heartbeat_ms / 2);
         self.report_tick = report_interval(heartbeat.clamp(REPORT_INTERVAL_MIN, REPORT_INTERVAL));
         // A running state the server was just told counts as reported; an end does not, because only a report
@@ -506,6 +537,25 @@ impl Agent {
                 self.track(run, Supervisor::Adopted);
             }
         }
+    }
+
+    /// Tells the sampler which runs are going: those whose job process is running.
+    fn publish_runs(&self) {
+        let probes: Vec<RunProbe> = self
+            .runs
+            .iter()
+            .filter_map(|(run, entry)| match entry.status {
+                Some(RunStatus::Running { pid, .. }) => Some(RunProbe { run: *run, pid, dir: self.run_dir(*run) }),
+                _ => None,
+            })
+            .collect();
+        self.telemetry.runs.send_if_modified(|current| {
+            let changed = *current != probes;
+            if changed {
+                *current = probes;
+            }
+            changed
+        });
     }
 
     fn run_context(&self) -> RunContext {

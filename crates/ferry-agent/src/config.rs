@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use ferry_api::units::parse_memory;
 use serde::Deserialize;
 
+use crate::spool::{SPOOL_BYTES_DEFAULT, SPOOL_BYTES_MIN};
 use crate::AgentError;
 
 /// The pool a node joins unless told otherwise.
@@ -42,6 +43,9 @@ pub struct AgentConfig {
     pub memory_bytes: Option<u64>,
     /// The `ferry` binary, which the agent runs as `ferry __shim <run-dir>` to supervise each run.
     pub self_exe: PathBuf,
+    /// The most disk the telemetry spool (`<data_dir>/telemetry/`) may take; past it, the oldest samples the server
+    /// has not acknowledged are dropped and counted. 64 MiB unless configured (`telemetry_spool_bytes`).
+    pub telemetry_spool_bytes: u64,
 }
 
 /// A GPU declared in the configuration.
@@ -65,6 +69,7 @@ struct FileConfig {
     memory: Option<toml::Value>,
     gpus: Option<Vec<FileGpu>>,
     nvml_library: Option<PathBuf>,
+    telemetry_spool_bytes: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +97,7 @@ impl AgentConfig {
             cpu_millis: None,
             memory_bytes: None,
             self_exe,
+            telemetry_spool_bytes: SPOOL_BYTES_DEFAULT,
         }
     }
 
@@ -143,6 +149,15 @@ fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
     }
     if let Some(library) = file.nvml_library {
         config.nvml_library = Some(library);
+    }
+    if let Some(spool) = file.telemetry_spool_bytes {
+        let bytes = memory_value("telemetry_spool_bytes", &spool)?;
+        if bytes < SPOOL_BYTES_MIN {
+            return Err(format!(
+                "`telemetry_spool_bytes`: {bytes} bytes is too small for the telemetry spool; give at least 1MiB"
+            ));
+        }
+        config.telemetry_spool_bytes = bytes;
     }
     Ok(config)
 }
@@ -204,6 +219,7 @@ mod tests {
             cpus = 7.5
             memory = "64GiB"
             nvml_library = "/opt/nvidia/libnvidia-ml.so.1"
+            telemetry_spool_bytes = "256MiB"
             [labels]
             rack = "b2"
             [[gpus]]
@@ -227,6 +243,7 @@ mod tests {
             nvml_library: Some("/opt/nvidia/libnvidia-ml.so.1".into()),
             cpu_millis: Some(7500),
             memory_bytes: Some(64 << 30),
+            telemetry_spool_bytes: 256 << 20,
             ..base()
         };
         assert_eq!(config, expected);
@@ -243,6 +260,10 @@ mod tests {
         check_error(
             "memory = \"64XB\"",
             "`memory`: `64XB` is not a memory size; write a number and a unit, such as 8GiB, 512MiB or 1.5GB",
+        );
+        check_error(
+            "telemetry_spool_bytes = \"64KiB\"",
+            "`telemetry_spool_bytes`: 65536 bytes is too small for the telemetry spool; give at least 1MiB",
         );
         check_error("cpus = -2", "`cpus`: -2 is not a CPU count; write a positive number such as 16 or 7.5");
         check_error("pool = \"  \"", "`pool` is empty; give it a value or leave it out");

@@ -1,5 +1,7 @@
 //! Ferry's node agent: it tells the server what this machine has, runs the jobs the server assigns to it under a
-//! small supervisor each, ships their output and reports how they end.
+//! small supervisor each, ships their output and reports how they end. It also measures the node and every run once
+//! a second and ships those samples through a bounded spool on its disk (`<data_dir>/telemetry/`), so a partition
+//! delays them instead of losing them.
 //!
 //! The `ferry` binary calls [`run`] for `ferry agent` and [`shim_main`] for the hidden `ferry __shim <run-dir>`
 //! that supervises one run. Runs outlive the agent: their state lives in files under the data directory, so an
@@ -15,7 +17,10 @@ mod lock;
 mod resources;
 mod rundir;
 mod runs;
+mod runusage;
 mod shim;
+mod shipper;
+mod spool;
 
 use std::future::Future;
 use std::io;
@@ -57,7 +62,19 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     if let Some(why) = &detection.why_none {
         tracing::warn!("limits not enforced: {why}, measuring only");
     }
-    let (capacity, sampler) = resources::start_sampler(&config).await;
+    let spool_dir = config.data_dir.join(spool::SPOOL_DIR);
+    let spool = spool::Spool::open(&spool_dir, config.telemetry_spool_bytes).map_err(|source| AgentError::Io {
+        what: format!("cannot open the telemetry spool {}", spool_dir.display()),
+        source,
+    })?;
+    if spool.pending() > 0 {
+        tracing::info!(
+            samples = spool.pending(),
+            "found telemetry samples the server has not acknowledged; sending them"
+        );
+    }
+    let spool = std::sync::Arc::new(std::sync::Mutex::new(spool));
+    let (capacity, sampler) = resources::start_sampler(&config, spool.clone()).await;
     tracing::info!(
         node = %config.name,
         pool = %config.pool,
@@ -69,7 +86,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         "agent starting"
     );
     let usage = sampler.usage.clone();
-    let result = agent::Agent::new(config, capacity, detection.mode.name(), usage).run(shutdown).await;
+    let telemetry = agent::Telemetry { runs: sampler.runs.clone(), spool };
+    let result = agent::Agent::new(config, capacity, detection.mode.name(), usage, telemetry).run(shutdown).await;
     drop(sampler);
     result
 }

@@ -2,21 +2,31 @@
 //! a driver is installed) plus the GPUs the configuration declares.
 //!
 //! Sampling runs on a thread of its own, once a second, so that slow driver calls never hold up the agent's loop.
-//! This module must never report allocation as use: every number it gives was measured.
+//! Each sample covers the node and every run the agent supervises (see `runusage`), goes to the heartbeat as the
+//! node's latest usage, and is appended to the telemetry spool for the shipper. This module must never report
+//! allocation as use: every number it gives was measured.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use ferry_api::nodes::{Gpu, GpuUsage, NodeUsage};
+use ferry_api::telemetry::TelemetrySample;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 use sysinfo::System;
 use tokio::sync::{oneshot, watch};
 
+use crate::cgroup::CGROUP_ROOT;
 use crate::config::{AgentConfig, DeclaredGpu};
 use crate::rundir::now_us;
+use crate::runusage::{self, DeviceReading, RunMeter, RunProbe};
+use crate::spool::Spool;
 
 /// How often usage is measured. It is also the pace of the heartbeat, and slower than `sysinfo`'s minimum CPU
 /// update interval, which CPU use needs between two readings.
@@ -32,10 +42,19 @@ pub(crate) struct Capacity {
     pub gpus: Vec<Gpu>,
 }
 
+/// Where the kernel's per-process files are.
+const PROC_ROOT: &str = "/proc";
+/// How far back the first per-process GPU utilisation reading of a device looks.
+const GPU_PROCESS_WINDOW_US: u64 = 1_000_000;
+
 /// The measuring instruments: `sysinfo` for the host, NVML where it loaded.
 struct Probe {
     system: System,
     nvml: Option<Nvml>,
+    /// When each device's per-process utilisation was last read, so the next read gets only newer samples.
+    gpu_process_seen_us: BTreeMap<u32, u64>,
+    /// Whether it was logged that the driver gives no per-process figures.
+    per_process_logged: bool,
 }
 
 impl Probe {
@@ -55,7 +74,7 @@ impl Probe {
         let mut system = System::new();
         system.refresh_memory();
         system.refresh_cpu_usage();
-        Probe { system, nvml }
+        Probe { system, nvml, gpu_process_seen_us: BTreeMap::new(), per_process_logged: false }
     }
 
     fn capacity(&self, config: &AgentConfig) -> Capacity {
@@ -127,6 +146,55 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// What NVML says about each GPU in `indices`, process by process where the driver tells, with the device's
+    /// own figures from the node's sample `node_gpus`. Nothing without a driver.
+    fn device_readings(&mut self, indices: &BTreeSet<u32>, node_gpus: &[GpuUsage]) -> Vec<DeviceReading> {
+        let Some(nvml) = &self.nvml else { return Vec::new() };
+        let mut readings = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let Ok(device) = nvml.device_by_index(index) else { continue };
+            let processes = device.running_compute_processes().map(|list| {
+                let memory = |used| match used {
+                    UsedGpuMemory::Used(bytes) => Some(bytes),
+                    UsedGpuMemory::Unavailable => None,
+                };
+                list.into_iter().map(|p| (p.pid, memory(p.used_gpu_memory))).collect()
+            });
+            let now = now_us().max(0) as u64;
+            let since =
+                self.gpu_process_seen_us.get(&index).copied().unwrap_or(now.saturating_sub(GPU_PROCESS_WINDOW_US));
+            let utilization = match device.process_utilization_stats(since) {
+                Ok(samples) => Ok(samples.into_iter().map(|s| (s.pid, s.sm_util)).collect()),
+                // The driver's way of saying that no process used the device since `since`.
+                Err(NvmlError::NotFound) => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+            self.gpu_process_seen_us.insert(index, now);
+            if !self.per_process_logged {
+                if let Some(reason) = processes.as_ref().err().or(utilization.as_ref().err()) {
+                    tracing::info!(
+                        index,
+                        %reason,
+                        "NVML gives no per-process GPU figures; a run's GPU figures are the device's where the run \
+                         holds the device alone"
+                    );
+                    self.per_process_logged = true;
+                }
+            }
+            let node = node_gpus.iter().find(|g| g.index == index);
+            readings.push(DeviceReading {
+                index,
+                processes: processes.ok(),
+                process_utilization: utilization.ok(),
+                utilization_percent: node.and_then(|g| g.utilization_percent),
+                memory_used_bytes: node.and_then(|g| g.memory_used_bytes),
+            });
+        }
+        readings
+    }
+}
+
 /// The node's GPUs: those NVML found, plus each declared GPU whose index NVML did not report.
 pub(crate) fn merge_gpus(found: Vec<Gpu>, declared: &[DeclaredGpu]) -> Vec<Gpu> {
     let mut gpus = found;
@@ -145,16 +213,21 @@ pub(crate) fn merge_gpus(found: Vec<Gpu>, declared: &[DeclaredGpu]) -> Vec<Gpu> 
     gpus
 }
 
-/// The latest usage sample, refreshed by the sampler thread; the thread ends when this is dropped.
+/// The latest usage sample, refreshed by the sampler thread, and the runs it measures; the thread ends when this
+/// is dropped.
 pub(crate) struct Sampler {
     pub usage: watch::Receiver<Option<NodeUsage>>,
+    /// The runs to measure; the agent's loop sets it whenever a run starts or ends.
+    pub runs: watch::Sender<Vec<RunProbe>>,
     _stop: mpsc::Sender<()>,
 }
 
-/// Starts the sampler thread and returns the node's capacity once it has been measured.
-pub(crate) async fn start_sampler(config: &AgentConfig) -> (Capacity, Sampler) {
+/// Starts the sampler thread and returns the node's capacity once it has been measured. Every sample is appended
+/// to `spool`.
+pub(crate) async fn start_sampler(config: &AgentConfig, spool: Arc<Mutex<Spool>>) -> (Capacity, Sampler) {
     let (capacity_tx, capacity_rx) = oneshot::channel();
     let (usage_tx, usage_rx) = watch::channel(None);
+    let (runs_tx, runs_rx) = watch::channel(Vec::new());
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let config = config.clone();
     thread::Builder::new()
@@ -162,16 +235,51 @@ pub(crate) async fn start_sampler(config: &AgentConfig) -> (Capacity, Sampler) {
         .spawn(move || {
             let mut probe = Probe::open(config.nvml_library.as_deref());
             let _ = capacity_tx.send(probe.capacity(&config));
+            let mut meter = RunMeter::new(Path::new(CGROUP_ROOT), Path::new(PROC_ROOT));
+            let mut spool_failing = false;
             // Waiting on the stop channel doubles as the sampling clock; it ends when the agent drops its end.
             while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(SAMPLE_INTERVAL) {
-                if usage_tx.send(Some(probe.sample())).is_err() {
+                // A copy, so that the agent's loop never waits for a sample to set the runs.
+                let runs = runs_rx.borrow().clone();
+                let sample = sample_all(&mut probe, &mut meter, &runs);
+                // Spooled first, so that whoever sees the usage finds the sample in the spool.
+                let mut spool = spool.lock().expect("no spool user panics");
+                match spool.append(&sample) {
+                    Ok(()) if spool_failing => {
+                        tracing::info!("the telemetry spool takes samples again");
+                        spool_failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !spool_failing {
+                            tracing::warn!(
+                                error = %e,
+                                "cannot write to the telemetry spool; samples are dropped until it can"
+                            );
+                            spool_failing = true;
+                        }
+                        spool.count_dropped(1);
+                    }
+                }
+                drop(spool);
+                if usage_tx.send(Some(sample.node)).is_err() {
                     break;
                 }
             }
         })
         .expect("the OS can start one more thread");
     let capacity = capacity_rx.await.expect("the sampler measures the capacity before anything else");
-    (capacity, Sampler { usage: usage_rx, _stop: stop_tx })
+    (capacity, Sampler { usage: usage_rx, runs: runs_tx, _stop: stop_tx })
+}
+
+/// One sample of the node and of every run in `runs`.
+fn sample_all(probe: &mut Probe, meter: &mut RunMeter, runs: &[RunProbe]) -> TelemetrySample {
+    let node = probe.sample();
+    meter.set_runs(runs);
+    let mut measured = meter.measure();
+    let devices = probe.device_readings(&runusage::held_gpus(&measured), &node.gpus);
+    runusage::add_gpus(&mut measured, &devices);
+    TelemetrySample { node, runs: measured.into_iter().map(|m| m.sample).collect() }
 }
 
 #[cfg(test)]
@@ -204,7 +312,9 @@ mod tests {
     #[tokio::test]
     async fn this_machine_has_cpus_and_memory_and_configuration_overrides_them() {
         let mut config = AgentConfig::new("http://x", "t", "/tmp".into(), "/bin/false".into());
-        let (detected, sampler) = start_sampler(&config).await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Mutex::new(Spool::open(dir.path(), 1 << 20).unwrap()));
+        let (detected, sampler) = start_sampler(&config, spool.clone()).await;
         assert!(detected.cpu_millis >= 1000 && detected.cpu_millis % 1000 == 0, "{detected:?}");
         assert!(detected.memory_bytes > 0);
         drop(sampler);
@@ -212,11 +322,77 @@ mod tests {
         config.cpu_millis = Some(1500);
         config.memory_bytes = Some(1 << 30);
         config.declared_gpus = vec![DeclaredGpu { index: 0, model: "Declared".into(), memory_bytes: 1 << 30 }];
-        let (capacity, mut sampler) = start_sampler(&config).await;
+        let (capacity, mut sampler) = start_sampler(&config, spool.clone()).await;
         assert_eq!((capacity.cpu_millis, capacity.memory_bytes), (1500, 1 << 30));
         assert!(capacity.gpus.iter().any(|g| g.model == "Declared" || g.source == GPU_SOURCE_NVML));
         let first = tokio::time::timeout(Duration::from_secs(30), sampler.usage.wait_for(Option::is_some));
         let usage = first.await.expect("a sample comes within seconds").unwrap().clone().unwrap();
         assert!(usage.memory_used_bytes > 0 && usage.sampled_at_us > 0, "{usage:?}");
+        let spooled = spool.lock().unwrap().read(600, u64::MAX).unwrap();
+        assert!(spooled.samples.iter().any(|s| s.node == usage), "the sample went to the spool too");
+    }
+
+    /// Builds the stand-in for NVIDIA's libnvidia-ml.so (`crates/ferry/tests/fake_nvml/fakenvml.c`, not a real
+    /// driver) into `dir` with `cc`.
+    fn build_stand_in_nvml(dir: &Path) -> std::path::PathBuf {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ferry/tests/fake_nvml/fakenvml.c");
+        let library = dir.join("libnvidia-ml.so.1");
+        let out = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&library)
+            .arg(&source)
+            .output()
+            .expect("a C compiler named `cc` (scripts/test installs one)");
+        assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+        library
+    }
+
+    /// Through the stand-in NVML library and the real nvml-wrapper: the driver's per-process figures for a GPU are
+    /// given to the run that owns the process (here this test process, a run without a control group), and a
+    /// process of someone else on the same GPU counts for nobody.
+    #[test]
+    fn stand_in_nvml_per_process_figures_go_to_the_run_owning_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = build_stand_in_nvml(dir.path());
+        let me = std::process::id();
+        let processes = format!("1 {me} {} 42\n1 {} {} 50\n", 3u64 << 30, u32::MAX - 1, 8u64 << 30);
+        std::fs::write(dir.path().join("fake_nvml_processes"), processes).unwrap();
+
+        let run = ferry_api::agent::RunRef::new(7, 1);
+        let run_dir = dir.path().join("7-1");
+        std::fs::create_dir(&run_dir).unwrap();
+        let spec = ferry_api::agent::Assignment {
+            run,
+            command: vec!["sleep".into()],
+            workdir: "/".into(),
+            code: None,
+            env: Default::default(),
+            cpu_millis: 0,
+            memory_bytes: 0,
+            gpu_ids: vec![1],
+            max_runtime_s: None,
+            grace_s: 1,
+        };
+        crate::rundir::write_json(&run_dir.join(crate::rundir::SPEC_FILE), &spec).unwrap();
+        let started = crate::rundir::Started { pid: me, started_at_us: 1, limits: "none".into() };
+        crate::rundir::write_json(&run_dir.join(crate::rundir::STARTED_FILE), &started).unwrap();
+
+        let mut probe = Probe::open(Some(&library));
+        let node = probe.sample();
+        let cgroups = tempfile::tempdir().unwrap();
+        let mut meter = RunMeter::new(cgroups.path(), Path::new(PROC_ROOT));
+        let sample = sample_all(&mut probe, &mut meter, &[RunProbe { run, pid: me, dir: run_dir }]);
+        assert_eq!(node.gpus.len(), 2, "{node:?}");
+        assert_eq!(sample.runs.len(), 1);
+        let measured = &sample.runs[0];
+        assert_eq!(measured.source, "proc");
+        assert!(measured.memory_used_bytes.is_some_and(|b| b > 0), "{measured:?}");
+        assert_eq!(measured.cpu_millis_used, None, "a first sample has no CPU figure");
+        let expected = ferry_api::telemetry::RunGpuSample {
+            index: 1,
+            utilization_percent: Some(42),
+            memory_used_bytes: Some(3 << 30),
+        };
+        assert_eq!(measured.gpus, [expected]);
     }
 }

@@ -1,26 +1,28 @@
 //! The per-run supervisor (`ferry __shim <run-dir>`): one small process per run that puts the job in its control
-//! group, starts it with its output going straight to a file, enforces its maximum runtime, stops it when asked
-//! (SIGTERM to the shim), and writes down how it ended.
+//! group, starts it with its output going through a pipe into a file of bounded size, enforces its maximum runtime,
+//! stops it when asked (SIGTERM to the shim), and writes down how it ended.
 //!
 //! The shim runs in a session of its own, so the job outlives the agent: an agent that crashes, upgrades or is
 //! stopped with Ctrl-C takes no job with it, and the next agent learns everything from the run directory. The shim
-//! is synchronous on purpose (a few threads, no runtime) so it costs next to nothing while the job runs. It must
-//! never read the job's output (the job writes to the file directly and never blocks on us), never talk to the
-//! server, and never exit before the job's whole process group is gone.
+//! is synchronous on purpose (a few threads, no runtime) so it costs next to nothing while the job runs. It copies
+//! the job's output to the file and never looks into it; it must never stop reading the pipe while the job runs (a
+//! job blocked on a full pipe would hang), never talk to the server, and never exit before the job's whole process
+//! group is gone.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, PipeReader, PipeWriter, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ferry_api::agent::{Assignment, RunEnd, RunRef};
-use ferry_api::units::format_bytes;
+use ferry_api::units::{format_bytes, parse_memory};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -32,6 +34,21 @@ use crate::rundir::{self, Exit, ProcessIdentity, RunDir, Started};
 /// Variables of the agent's own environment that start with this are the agent's settings (its token among them)
 /// and are not passed on to jobs.
 const AGENT_ENV_PREFIX: &str = "FERRY_";
+
+/// The most of a run's output the node keeps on its disk (in the run's output file) unless told otherwise. The
+/// agent ships the file to the server as it grows, but while the server is out of reach (a network partition, a
+/// server restart) the output stays here, so a job that prints without end must not fill the node's disk. Past the
+/// limit one line says where the output was cut, the rest is discarded, and the job keeps running.
+pub(crate) const RUN_OUTPUT_BYTES_MAX_DEFAULT: u64 = 8 << 30;
+/// The variable of the agent's environment (which the shim inherits) that overrides the limit: a byte count or a
+/// size such as `512MiB`.
+pub(crate) const RUN_OUTPUT_BYTES_MAX_ENV: &str = "FERRY_RUN_OUTPUT_BYTES_MAX";
+/// How much of the job's output is copied at once: the pipe's own default capacity on Linux.
+const OUTPUT_COPY_CHUNK_BYTES: usize = 64 << 10;
+/// How long the shim waits, once the job's process group is gone, for the rest of the output in the pipe. Only a
+/// process that left the group (a daemon it started) can keep the pipe open longer; its later output is discarded,
+/// so that the run's end is recorded after all the output that will ever be in the file.
+const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ShimError {
@@ -64,7 +81,8 @@ pub(crate) fn main(run_dir: &Path) -> i32 {
     let dir = RunDir::new(run_dir);
     let _ = NOTES_FILE.set(dir.file(rundir::SHIM_LOG_FILE));
     std::panic::set_hook(Box::new(|info| note(&format!("the supervisor panicked: {info}"))));
-    match supervise(&dir) {
+    let output_bytes_max = output_bytes_max(std::env::var(RUN_OUTPUT_BYTES_MAX_ENV).ok().as_deref());
+    match supervise(&dir, output_bytes_max) {
         // How the run ended is in exit.json; a run that went as planned leaves no notes, and so no file to create.
         Ok(_) => 0,
         Err(e) => {
@@ -74,8 +92,19 @@ pub(crate) fn main(run_dir: &Path) -> i32 {
     }
 }
 
-/// Supervises one run from start to end and returns what it wrote to `exit.json`.
-pub(crate) fn supervise(dir: &RunDir) -> Result<Exit, ShimError> {
+/// The output limit `FERRY_RUN_OUTPUT_BYTES_MAX` sets, or the default where it is unset or unreadable (noted).
+fn output_bytes_max(setting: Option<&str>) -> u64 {
+    let Some(text) = setting else { return RUN_OUTPUT_BYTES_MAX_DEFAULT };
+    parse_memory(text).unwrap_or_else(|e| {
+        let default = format_bytes(RUN_OUTPUT_BYTES_MAX_DEFAULT);
+        note(&format!("{RUN_OUTPUT_BYTES_MAX_ENV} is ignored, keeping at most {default} of output: {e}"));
+        RUN_OUTPUT_BYTES_MAX_DEFAULT
+    })
+}
+
+/// Supervises one run from start to end, keeping at most `output_bytes_max` of its output, and returns what it
+/// wrote to `exit.json`.
+pub(crate) fn supervise(dir: &RunDir, output_bytes_max: u64) -> Result<Exit, ShimError> {
     // The handler goes in before anything starts, so a stop that arrives early is queued, not lost.
     let (control_tx, control_rx) = mpsc::channel();
     listen_for_stop(control_tx.clone())?;
@@ -98,9 +127,20 @@ pub(crate) fn supervise(dir: &RunDir) -> Result<Exit, ShimError> {
         Ok(file) => file,
         Err(e) => return fail_to_start(dir, None, cgroup, format!("cannot open {}: {e}", output_path.display())),
     };
-    let child = match spawn(&spec, &output) {
+    let (copier, pipe) = match OutputCopier::start(&output, output_bytes_max) {
+        Ok(started) => started,
+        Err(e) => {
+            let message = format!("cannot start the run: cannot set up the pipe for its output: {e}");
+            return fail_to_start(dir, Some(&output), cgroup, message);
+        }
+    };
+    let child = match spawn(&spec, pipe) {
         Ok(child) => child,
-        Err(message) => return fail_to_start(dir, Some(&output), cgroup, message),
+        Err(message) => {
+            // The pipe's write ends went with the command, so the copier has nothing more to read.
+            copier.finish(OUTPUT_DRAIN_WAIT);
+            return fail_to_start(dir, Some(&output), cgroup, message);
+        }
     };
     let pid = child.id();
     let limits = cgroup.as_ref().map_or(cgroup::Mode::None, JobCgroup::mode).name().to_string();
@@ -117,6 +157,7 @@ pub(crate) fn supervise(dir: &RunDir) -> Result<Exit, ShimError> {
     let (status, finished_at_us) = wait_for_group(child, group)?;
     let _ = control_tx.send(Control::ChildExited);
     let verdict = controller.join().unwrap_or_default();
+    copier.finish(OUTPUT_DRAIN_WAIT);
 
     let oom_kills = cgroup.as_ref().map_or(0, JobCgroup::oom_kills);
     if let Some(cgroup) = cgroup {
@@ -227,9 +268,9 @@ pub(crate) fn cgroup_name(run: RunRef, run_dir: &Path) -> String {
     format!("job-{}-{:08x}", rundir::dir_name(run), hash as u32)
 }
 
-/// Starts the job: argv as given (no shell), output and errors both appended to the one file, in a process group
-/// of its own so that stopping it reaches every process it started.
-fn spawn(spec: &Assignment, output: &File) -> Result<Child, String> {
+/// Starts the job: argv as given (no shell), output and errors both written to the one pipe (so they interleave as
+/// the job wrote them), in a process group of its own so that stopping it reaches every process it started.
+fn spawn(spec: &Assignment, pipe: PipeWriter) -> Result<Child, String> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err("cannot start the run: it has no command".to_string());
     };
@@ -239,11 +280,9 @@ fn spawn(spec: &Assignment, output: &File) -> Result<Child, String> {
             spec.workdir
         ));
     }
-    let (stdout, stderr) = match (output.try_clone(), output.try_clone()) {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(format!("cannot start `{program}`: cannot share the output file: {e}"))
-        }
+    let stderr = match pipe.try_clone() {
+        Ok(err) => err,
+        Err(e) => return Err(format!("cannot start `{program}`: cannot share the output pipe: {e}")),
     };
     let mut command = Command::new(program);
     command
@@ -252,10 +291,121 @@ fn spawn(spec: &Assignment, output: &File) -> Result<Child, String> {
         .env_clear()
         .envs(job_env(std::env::vars_os(), spec))
         .stdin(Stdio::null())
-        .stdout(stdout)
+        .stdout(pipe)
         .stderr(stderr)
         .process_group(0);
+    // The command, and with it the shim's copies of the pipe's write end, is dropped on return: from then on only
+    // the job holds the pipe open, so the copier sees its end when the job's processes are gone.
     command.spawn().map_err(|e| describe_spawn_error(program, &e))
+}
+
+/// Copies the job's output from its pipe to the run's output file on a thread of its own, up to the output limit.
+struct OutputCopier {
+    /// Whether the copier may still write to the file; cleared when the shim stops waiting for it.
+    open: Arc<Mutex<bool>>,
+    done: Receiver<()>,
+}
+
+impl OutputCopier {
+    /// Starts copying into `output` (counting what it already holds against `limit_bytes`); returns the write end
+    /// of the pipe for the job.
+    fn start(output: &File, limit_bytes: u64) -> io::Result<(OutputCopier, PipeWriter)> {
+        let (reader, writer) = io::pipe()?;
+        let file = output.try_clone()?;
+        let held_bytes = file.metadata()?.len();
+        let open = Arc::new(Mutex::new(true));
+        let (done_tx, done) = mpsc::channel();
+        let copier_open = Arc::clone(&open);
+        thread::Builder::new().name("output".into()).spawn(move || {
+            copy_output(reader, file, OutputCap::new(limit_bytes, held_bytes), &copier_open);
+            let _ = done_tx.send(());
+        })?;
+        Ok((OutputCopier { open, done }, writer))
+    }
+
+    /// Waits up to `wait` for the copier to reach the end of the pipe, then closes the file to it, so that nothing
+    /// is written after the run's end is recorded.
+    fn finish(self, wait: Duration) {
+        if let Err(RecvTimeoutError::Timeout) = self.done.recv_timeout(wait) {
+            note(&format!(
+                "a process outside the job's process group still holds its output open {}s after the job ended; \
+                 its further output is discarded",
+                wait.as_secs()
+            ));
+        }
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
+/// Reads the pipe until every writer has closed it, writing what `cap` admits while `open` allows. It keeps reading
+/// whatever happens to the file (full disk, limit reached), so the job never blocks on its output.
+fn copy_output(mut from: PipeReader, mut to: File, mut cap: OutputCap, open: &Mutex<bool>) {
+    let mut buffer = vec![0u8; OUTPUT_COPY_CHUNK_BYTES];
+    let mut failed = false;
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                note(&format!("cannot read the job's output: {e}"));
+                return;
+            }
+        };
+        let (kept, notice) = cap.admit(&buffer[..read]);
+        if failed || (kept.is_empty() && notice.is_none()) {
+            continue;
+        }
+        let open = open.lock().unwrap_or_else(|e| e.into_inner());
+        if !*open {
+            continue;
+        }
+        let written = to.write_all(kept).and_then(|()| to.write_all(notice.unwrap_or_default().as_bytes()));
+        if let Err(e) = written {
+            note(&format!("cannot write the job's output, discarding the rest of it: {e}"));
+            failed = true;
+        }
+    }
+}
+
+/// The output limit's bookkeeping: how much of the job's output has been kept, and whether it was cut.
+struct OutputCap {
+    limit_bytes: u64,
+    kept_bytes: u64,
+    /// Whether the last byte kept ends a line (or nothing was kept), so the notice starts on a line of its own.
+    at_line_start: bool,
+    cut: bool,
+}
+
+impl OutputCap {
+    fn new(limit_bytes: u64, held_bytes: u64) -> OutputCap {
+        OutputCap { limit_bytes, kept_bytes: held_bytes, at_line_start: true, cut: false }
+    }
+
+    /// What of `chunk` goes to the file, and the notice to write after it when this chunk reaches the limit.
+    fn admit<'a>(&mut self, chunk: &'a [u8]) -> (&'a [u8], Option<String>) {
+        if self.cut {
+            return (&[], None);
+        }
+        let room = self.limit_bytes.saturating_sub(self.kept_bytes);
+        let kept = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+        self.kept_bytes += kept.len() as u64;
+        if let Some(last) = kept.last() {
+            self.at_line_start = *last == b'\n';
+        }
+        if kept.len() == chunk.len() {
+            return (kept, None);
+        }
+        self.cut = true;
+        let notice = format!(
+            "{}ferry: output cut at {} bytes ({}): the rest of this run's output is discarded while it keeps \
+             running; set {RUN_OUTPUT_BYTES_MAX_ENV} in the agent's environment to keep more\n",
+            if self.at_line_start { "" } else { "\n" },
+            self.limit_bytes,
+            format_bytes(self.limit_bytes),
+        );
+        (kept, Some(notice))
+    }
 }
 
 /// The job's environment: the agent's own (less its settings), the job's variables, and the variables that tell
@@ -417,6 +567,68 @@ mod tests {
                 "X=y"
             ]
         );
+    }
+
+    #[test]
+    fn the_output_cap_keeps_up_to_the_limit_then_says_where_it_cut() {
+        let mut cap = OutputCap::new(10, 4);
+        assert_eq!(cap.admit(b"abc\n"), (&b"abc\n"[..], None));
+        let (kept, notice) = cap.admit(b"defgh");
+        assert_eq!(kept, b"de");
+        let notice = notice.unwrap();
+        assert!(notice.starts_with("\nferry: output cut at 10 bytes (10B): the rest"), "{notice}");
+        assert!(notice.ends_with("set FERRY_RUN_OUTPUT_BYTES_MAX in the agent's environment to keep more\n"));
+        assert_eq!(cap.admit(b"more"), (&b""[..], None), "nothing more once cut");
+        // A cut at the end of a line needs no extra line break, and reaching the limit exactly is not a cut.
+        let mut cap = OutputCap::new(4, 0);
+        assert_eq!(cap.admit(b"abc\n"), (&b"abc\n"[..], None));
+        assert!(cap.admit(b"x").1.unwrap().starts_with("ferry: output cut at 4 bytes"));
+    }
+
+    #[test]
+    fn the_output_limit_is_read_from_the_environment_with_units() {
+        assert_eq!(output_bytes_max(None), RUN_OUTPUT_BYTES_MAX_DEFAULT);
+        assert_eq!(output_bytes_max(Some("4096")), 4096);
+        assert_eq!(output_bytes_max(Some("2MiB")), 2 << 20);
+        assert_eq!(output_bytes_max(Some("lots")), RUN_OUTPUT_BYTES_MAX_DEFAULT);
+    }
+
+    /// A real job through a real pipe: both streams interleave in order, the job is never blocked by output past
+    /// the limit, and its exit status is its own.
+    #[test]
+    fn a_job_printing_past_the_cap_runs_to_its_end_with_its_output_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = OpenOptions::new().create(true).append(true).open(dir.path().join("output.log")).unwrap();
+        let (copier, pipe) = OutputCopier::start(&output, 1000).unwrap();
+        // Four megabytes past a limit of a thousand bytes: far more than a pipe holds, so a copier that stopped
+        // reading would block the job for ever.
+        let script = "echo first; echo second >&2; head -c 4000000 /dev/zero | tr '\\0' x; echo; echo done >&2; exit 5";
+        let stderr = pipe.try_clone().unwrap();
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(pipe)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the job blocked on its output");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(5));
+        copier.finish(OUTPUT_DRAIN_WAIT);
+        let text = std::fs::read_to_string(dir.path().join("output.log")).unwrap();
+        let (kept, notice) = text.split_at(1000);
+        assert_eq!(kept, format!("first\nsecond\n{}", "x".repeat(1000 - 13)));
+        assert!(notice.starts_with("\nferry: output cut at 1000 bytes (1000B): "), "{notice}");
+        assert_eq!(notice.lines().count(), 2, "one line says where it was cut, and nothing follows: {notice}");
     }
 
     #[test]

@@ -7,8 +7,15 @@
  * resources.rs) and nothing more; any other NVML call fails in nvml-wrapper with FailedToLoadSymbol, not a crash.
  *
  * It reports two "Fake H100 80GB" GPUs with 80 GiB each, 20 GiB of it in use, busy 87% and 13%, at 55 C and
- * 312000 mW. The signatures and the nvmlMemory_v2_t layout follow nvml.h.
+ * 312000 mW. The signatures and the nvmlMemory_v2_t and nvmlProcessUtilizationSample_t layouts follow nvml.h.
+ *
+ * Per-process figures (nvmlDeviceGetComputeRunningProcesses_v3, nvmlDeviceGetProcessUtilization) come from the
+ * file `fake_nvml_processes` next to the library itself, read at every call, one process a line:
+ * `<device index> <pid> <used memory bytes> <sm utilisation %>`. Without the file no process uses a GPU. Keeping
+ * the file beside the library (found with dladdr) lets tests that run at once each have their own.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +27,7 @@ enum {
     NVML_ERROR_INVALID_ARGUMENT = 2,
     NVML_ERROR_NOT_SUPPORTED = 3,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25,
 };
 
@@ -41,11 +49,29 @@ typedef struct {
     unsigned long long used;
 } nvmlMemory_v2_t;
 
+/* nvmlProcessInfo_v2_t, which nvmlDeviceGetComputeRunningProcesses_v3 fills. */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp;
+    unsigned int smUtil;
+    unsigned int memUtil;
+    unsigned int encUtil;
+    unsigned int decUtil;
+} nvmlProcessUtilizationSample_t;
+
 /* NVML_STRUCT_VERSION(Memory, 2) from nvml.h; nvml-wrapper 0.12 sets the same value before the call. */
 #define NVML_MEMORY_V2 ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2u << 24)))
 #define NVML_TEMPERATURE_GPU 0
 #define GIB (1024ULL * 1024ULL * 1024ULL)
 #define DEVICE_COUNT 2u
+#define PROCESSES_MAX 64u
 
 static struct fake_device devices[DEVICE_COUNT] = {{0, 87}, {1, 13}};
 static int initialized = 0;
@@ -78,6 +104,7 @@ const char *nvmlErrorString(nvmlReturn_t result) {
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
     case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
     case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument Version Mismatch";
     default: return "Unknown Error";
@@ -144,5 +171,80 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned 
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *milliwatts) {
     if (!valid(device) || milliwatts == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     *milliwatts = 312000;
+    return NVML_SUCCESS;
+}
+
+/* One process of the FAKE_NVML_PROCESSES file. */
+struct fake_process {
+    unsigned int pid;
+    unsigned long long memory;
+    unsigned int sm;
+};
+
+/* Reads the processes on `device` from the file beside this library into `out`; returns how many. */
+static unsigned int read_processes(nvmlDevice_t device, struct fake_process *out) {
+    char path[4096];
+    const char *slash;
+    Dl_info self;
+    unsigned int count = 0, index, pid, sm;
+    unsigned long long memory;
+    FILE *file;
+    if (dladdr((void *)read_processes, &self) == 0 || self.dli_fname == NULL) return 0;
+    slash = strrchr(self.dli_fname, '/');
+    if (slash == NULL) return 0;
+    snprintf(path, sizeof path, "%.*s/fake_nvml_processes", (int)(slash - self.dli_fname), self.dli_fname);
+    if ((file = fopen(path, "r")) == NULL) return 0;
+    while (count < PROCESSES_MAX && fscanf(file, "%u %u %llu %u", &index, &pid, &memory, &sm) == 4) {
+        if (index != device->index) continue;
+        out[count].pid = pid;
+        out[count].memory = memory;
+        out[count].sm = sm;
+        count++;
+    }
+    fclose(file);
+    return count;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos) {
+    struct fake_process processes[PROCESSES_MAX];
+    unsigned int found, i;
+    if (!valid(device) || count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    found = read_processes(device, processes);
+    /* As the real library does: a buffer too small (or none) gets the count and INSUFFICIENT_SIZE. */
+    if (infos == NULL || *count < found) {
+        *count = found;
+        return found == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (i = 0; i < found; i++) {
+        infos[i].pid = processes[i].pid;
+        infos[i].usedGpuMemory = processes[i].memory;
+        infos[i].gpuInstanceId = 0xFFFFFFFFu;
+        infos[i].computeInstanceId = 0xFFFFFFFFu;
+    }
+    *count = found;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *samples,
+                                             unsigned int *count, unsigned long long last_seen) {
+    struct fake_process processes[PROCESSES_MAX];
+    unsigned int found, i;
+    (void)last_seen;
+    if (!valid(device) || count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    found = read_processes(device, processes);
+    /* The real library says NOT_FOUND when no process was sampled since `last_seen`. */
+    if (found == 0) return NVML_ERROR_NOT_FOUND;
+    if (samples == NULL || *count < found) {
+        *count = found;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (i = 0; i < found; i++) {
+        memset(&samples[i], 0, sizeof samples[i]);
+        samples[i].pid = processes[i].pid;
+        samples[i].timeStamp = last_seen + 1;
+        samples[i].smUtil = processes[i].sm;
+    }
+    *count = found;
     return NVML_SUCCESS;
 }
