@@ -266,6 +266,24 @@ pub struct Job {
     /// The state timeline; filled by `GET /jobs/{id}`, empty in listings.
     #[serde(default)]
     pub timeline: Vec<JobEvent>,
+    /// What the running job used at its latest sample, summed over its workers; absent before the first sample
+    /// arrives and once the job is over (its history is in the time series).
+    #[serde(default)]
+    pub usage: Option<JobUsage>,
+}
+
+/// A running job's measured use at one moment, against which its allocation can be read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobUsage {
+    /// When the oldest of the workers' latest samples was taken.
+    pub sampled_at_us: i64,
+    /// Workers that have reported a sample.
+    pub workers: u32,
+    pub cpu_millis_used: Option<u64>,
+    pub memory_used_bytes: Option<u64>,
+    /// The mean utilisation over the job's GPUs that were measured.
+    pub gpu_utilization_percent: Option<f64>,
+    pub gpu_memory_used_bytes: Option<u64>,
 }
 
 /// A page of jobs, newest first.

@@ -101,20 +101,14 @@ pub struct SeriesQuery {
     pub step: Option<String>,
 }
 
-/// One point: the mean and the maximum over the step starting at `t_us`; both absent where nothing was measured in
-/// that step ("no data", never 0).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SeriesPoint {
-    /// The start of the step, microseconds since the Unix epoch.
-    pub t_us: i64,
-    pub mean: Option<f64>,
-    pub max: Option<f64>,
-}
-
+/// One series, in columns: point `i` covers the step starting at `start_us + i * step_s` seconds of the answer, and
+/// holds the mean and the maximum of the samples in it, or `null` for both where nothing was measured ("no data",
+/// never 0).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Series {
     pub id: String,
-    pub points: Vec<SeriesPoint>,
+    pub mean: Vec<Option<f64>>,
+    pub max: Vec<Option<f64>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -122,11 +116,13 @@ pub struct SeriesAnswer {
     pub metric: String,
     pub by: String,
     pub unit: String,
+    /// The start of the first step, microseconds since the Unix epoch.
     pub start_us: i64,
     pub end_us: i64,
     pub step_s: u64,
     /// The storage tier the points came from: `raw` (10 s), `1m` or `1h`.
     pub tier: String,
+    /// Every series of the kind asked for (or the one named), in id order.
     pub series: Vec<Series>,
 }
 

@@ -1844,6 +1844,19 @@ impl Scheduler {
         }
     }
 
+    /// The pools a job could ever run in: those with a node (or an elastic pool's node template) that allows it and is
+    /// big enough for it, whatever is free now. A queued job waits in each of them.
+    pub fn pools_able(&self, request: &JobRequest) -> BTreeSet<String> {
+        let needs = request.footprint();
+        let templates = self.elastic_templates();
+        let known = self.nodes.values().map(|n| &n.info);
+        known
+            .chain(templates.iter().map(|(template, _)| template))
+            .filter(|n| request.allowed_on(n) && needs.fits_in(&n.capacity))
+            .map(|n| n.pool.clone())
+            .collect()
+    }
+
     /// For each elastic pool with room for more nodes, a node made from its template and how many more it may have.
     fn elastic_templates(&self) -> Vec<(NodeInfo, u32)> {
         let mut templates: Vec<(NodeInfo, u32)> = self

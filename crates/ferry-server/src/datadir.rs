@@ -95,6 +95,11 @@ impl DataDir {
     }
 
     /// Shipped code archives, one file per SHA-256.
+    /// The time series of capacity, allocation and measured use (`ferry-tsdb`'s directory).
+    pub fn series(&self) -> PathBuf {
+        self.root.join("series")
+    }
+
     pub fn code(&self) -> PathBuf {
         self.root.join("code")
     }

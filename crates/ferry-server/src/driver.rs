@@ -91,12 +91,16 @@ pub struct RunMetrics {
     pub resources: Resources,
     /// A share of one GPU in thousandths; 0 for whole GPUs.
     pub gpu_share_milli: u32,
+    /// The device indices of the GPUs the run holds on its node (the one it has a share of, for a share).
+    pub gpu_ids: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
 pub struct QueuedMetrics {
     pub team: String,
     pub submitted_at_us: i64,
+    /// The pools the job could run in; it waits in each.
+    pub pools: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -221,7 +225,6 @@ impl Active {
 }
 
 struct Liveness {
-    info: NodeInfo,
     /// Where other nodes reach this one; its name when its agent did not say.
     address: String,
     last_seen: Instant,
@@ -312,13 +315,12 @@ impl Driver {
         self.jobs.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {
-            let info = node_info(&record);
-            if let Err(e) = self.sched.apply(Event::NodeUp(info.clone())) {
+            if let Err(e) = self.sched.apply(Event::NodeUp(node_info(&record))) {
                 tracing::error!(node = %record.name, error = %e, "stored node is inconsistent; ignoring it");
                 continue;
             }
             let address = record.address.clone().unwrap_or_else(|| record.name.clone());
-            self.nodes.insert(record.name.clone(), Liveness { info, address, last_seen: Instant::now(), ready: true });
+            self.nodes.insert(record.name.clone(), Liveness { address, last_seen: Instant::now(), ready: true });
         }
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
@@ -494,15 +496,29 @@ impl Driver {
     fn metrics(&self) -> DriverMetrics {
         let mut metrics =
             DriverMetrics { cycles: self.cycles, cycle_seconds_sum: self.cycle_seconds_sum, ..Default::default() };
+        // Jobs of one shape and constraints can run in the same pools: each shape is looked up once.
+        let mut pools_of: HashMap<String, Vec<String>> = HashMap::new();
         for (id, job) in &self.jobs {
             let r = &job.request;
             match job.state {
                 JobState::Queued => {
-                    metrics.queued.push(QueuedMetrics { team: r.team.clone(), submitted_at_us: r.submitted_at_us })
+                    let shape = format!("{:?}/{}/{:?}/{:?}", r.resources, r.gpu_share_milli, r.gpu_models, r.selector);
+                    let pools =
+                        pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
+                    metrics.queued.push(QueuedMetrics {
+                        team: r.team.clone(),
+                        submitted_at_us: r.submitted_at_us,
+                        pools,
+                    })
                 }
                 JobState::Starting | JobState::Running => {
-                    for (node, _) in job.runs(*id) {
+                    for (node, run) in job.runs(*id) {
+                        let gpu_ids = match job.workers.get(run.rank as usize) {
+                            Some(worker) => worker.gpu_ids.clone(),
+                            None => self.sched.allocation(*id).map(|a| a.gpus.clone()).unwrap_or_default(),
+                        };
                         metrics.runs.push(RunMetrics {
+                            gpu_ids,
                             job_id: *id,
                             user: r.user.clone(),
                             team: r.team.clone(),
@@ -583,12 +599,11 @@ impl Driver {
             last_seen_us: now,
         };
         tx.upsert_node(&record, now).await?;
-        let info = node_info(&record);
-        if let Err(e) = self.sched.apply(Event::NodeUp(info.clone())) {
+        if let Err(e) = self.sched.apply(Event::NodeUp(node_info(&record))) {
             tracing::warn!(node = %node.name, error = %e, "node registration is inconsistent");
         }
         let address = node.address.clone().unwrap_or_else(|| node.name.clone());
-        self.nodes.insert(node.name.clone(), Liveness { info, address, last_seen: Instant::now(), ready: true });
+        self.nodes.insert(node.name.clone(), Liveness { address, last_seen: Instant::now(), ready: true });
         tracing::info!(node = %node.name, runs = node.runs.len(), "node registered");
         let mut stop = Vec::new();
         for report in &node.runs {
@@ -629,13 +644,12 @@ impl Driver {
         let Some(live) = self.nodes.get_mut(&reports.node) else {
             return Ok(Err(ApiError::not_found(format!("node {} is not registered; register first", reports.node))));
         };
-        live.last_seen = Instant::now();
         if !live.ready {
-            live.ready = true;
-            let info = live.info.clone();
-            tracing::info!(node = %reports.node, "node is reporting again");
-            let _ = self.sched.apply(Event::NodeUp(info));
+            // A node given up on must register again, listing its runs, so that the copies of jobs that were
+            // requeued or lost meanwhile are stopped.
+            return Ok(Err(ApiError::not_found(format!("node {} was marked not ready; register again", reports.node))));
         }
+        live.last_seen = Instant::now();
         tx.node_seen(&reports.node, reports.usage.as_ref(), now_us()).await?;
         let mut stop = Vec::new();
         for report in &reports.runs {

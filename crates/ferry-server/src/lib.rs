@@ -13,6 +13,7 @@ mod error;
 mod logs;
 mod metrics;
 mod routes;
+mod series;
 mod signals;
 mod state;
 mod telemetry;
@@ -64,6 +65,8 @@ pub enum ServerError {
     Store(#[from] ferry_store::StoreError),
     #[error("cannot listen on {addr}: {source}; is another server running there? choose another with --listen")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the time-series store: {0}")]
+    Series(String),
     #[error("the server failed while serving: {0}")]
     Serve(std::io::Error),
 }
@@ -86,7 +89,22 @@ pub async fn serve(
     let tokens = Arc::new(auth::TokenCache::default());
     let code = Arc::new(CodeStore::new(data.code()));
     let telemetry = Arc::new(telemetry::Telemetry::default());
-    let state = AppState { store: store.clone(), driver: handle, agents, logs, code, signals, tokens, telemetry };
+    let series = Arc::new(
+        ferry_tsdb::Tsdb::open(ferry_tsdb::Config::new(data.series()))
+            .map_err(|e| ServerError::Series(e.to_string()))?,
+    );
+    let recorder = tokio::spawn(series::record(series.clone(), store.clone(), handle.clone(), telemetry.clone()));
+    let state = AppState {
+        store: store.clone(),
+        driver: handle,
+        agents,
+        logs,
+        code,
+        signals,
+        tokens,
+        telemetry,
+        series: series.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
@@ -111,6 +129,10 @@ pub async fn serve(
         Err(_) => tracing::info!("closing requests still open after the shutdown grace"),
     }
     driver_task.abort();
+    recorder.abort();
+    if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
+        tracing::error!(error = %e, "could not write the last time-series samples to disk");
+    }
     store.close().await;
     tracing::info!("Ferry server stopped");
     Ok(())
@@ -133,6 +155,8 @@ pub fn app(state: AppState) -> Router {
             head(routes::code::head).put(routes::code::put).get(routes::code::get).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/nodes", get(routes::nodes::list))
+        .route("/api/v1/series", get(routes::series::query))
+        .route("/api/v1/series/metrics", get(routes::series::metrics))
         .route("/api/v1/tokens", post(routes::tokens::create).get(routes::tokens::list))
         .route("/api/v1/tokens/{id}/revoke", post(routes::tokens::revoke))
         .route("/api/v1/agent/register", post(routes::agent::register))

@@ -158,6 +158,25 @@ fn gpus(out: &mut Out, s: &Snapshot) {
         "Memory of each GPU",
         s.nodes.iter().flat_map(|n| n.gpus.iter().map(move |g| (labels(n, g.index), g.memory_bytes as f64))),
     );
+    // Allocation is what the scheduler holds, not a measurement: a free GPU is a 0.
+    let mut held: BTreeMap<(&str, u32), f64> = BTreeMap::new();
+    for run in &s.driver.runs {
+        let each = if run.gpu_share_milli > 0 { f64::from(run.gpu_share_milli) / 1000.0 } else { 1.0 };
+        for index in &run.gpu_ids {
+            *held.entry((run.node.as_str(), *index)).or_default() += each;
+        }
+    }
+    out.gauges(
+        "ferry_gpu_allocated",
+        "How much of each GPU starting and running jobs hold: 1 for a whole GPU, a fraction for shares, 0 when free",
+        s.nodes.iter().flat_map(|n| {
+            let held = &held;
+            n.gpus.iter().map(move |g| {
+                (labels(n, g.index), held.get(&(n.name.as_str(), g.index)).copied().unwrap_or(0.0).min(1.0))
+            })
+        }),
+    );
+    pools(out, s, &held);
     // A GPU appears below only when its agent measured it: no telemetry means no sample, never a 0.
     let measured: Vec<_> = s
         .nodes
@@ -185,6 +204,41 @@ fn gpus(out: &mut Out, s: &Snapshot) {
         "ferry_gpu_power_watts",
         "GPU power draw as the driver measured it (NVML)",
         measured.iter().filter_map(|(n, g)| Some((labels(n, g.index), f64::from(g.power_mw?) / 1000.0))),
+    );
+}
+
+/// Capacity, allocation and measured utilisation of each pool's GPUs.
+fn pools(out: &mut Out, s: &Snapshot, held: &BTreeMap<(&str, u32), f64>) {
+    #[derive(Default)]
+    struct Pool {
+        gpus: f64,
+        allocated: f64,
+        measured: Vec<f64>,
+    }
+    let mut pools: BTreeMap<&str, Pool> = BTreeMap::new();
+    for n in &s.nodes {
+        let pool = pools.entry(n.pool.as_str()).or_default();
+        pool.gpus += n.gpus.len() as f64;
+        pool.allocated +=
+            n.gpus.iter().map(|g| held.get(&(n.name.as_str(), g.index)).copied().unwrap_or(0.0)).sum::<f64>();
+        if let Some(usage) = n.usage.as_ref().filter(|_| n.ready) {
+            pool.measured.extend(usage.gpus.iter().filter_map(|g| g.utilization_percent).map(f64::from));
+        }
+    }
+    let label = |pool: &str| vec![("pool", pool.to_string())];
+    out.gauges("ferry_pool_gpus", "GPUs in the pool's nodes", pools.iter().map(|(p, v)| (label(p), v.gpus)));
+    out.gauges(
+        "ferry_pool_allocated_gpus",
+        "GPUs of the pool that starting and running jobs hold (shares count as their fraction)",
+        pools.iter().map(|(p, v)| (label(p), v.allocated)),
+    );
+    out.gauges(
+        "ferry_pool_gpu_utilization_percent",
+        "Mean measured utilisation of the pool's GPUs that have telemetry; absent when none has",
+        pools
+            .iter()
+            .filter(|(_, v)| !v.measured.is_empty())
+            .map(|(p, v)| (label(p), v.measured.iter().sum::<f64>() / v.measured.len() as f64)),
     );
 }
 
@@ -222,6 +276,27 @@ fn jobs(out: &mut Out, s: &Snapshot) {
         "How long the oldest queued job of each team has waited",
         queues.iter().map(|(team, (_, oldest))| {
             (vec![("team", team.to_string())], s.now_us.saturating_sub(*oldest).max(0) as f64 / 1e6)
+        }),
+    );
+
+    let mut pool_queues: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+    for q in &s.driver.queued {
+        for pool in &q.pools {
+            let entry = pool_queues.entry(pool.as_str()).or_insert((0, i64::MAX));
+            entry.0 += 1;
+            entry.1 = entry.1.min(q.submitted_at_us);
+        }
+    }
+    out.gauges(
+        "ferry_pool_queue_jobs",
+        "Queued jobs that could run in the pool (a job that fits several pools waits in each)",
+        pool_queues.iter().map(|(pool, (n, _))| (vec![("pool", pool.to_string())], *n as f64)),
+    );
+    out.gauges(
+        "ferry_pool_queue_wait_seconds_max",
+        "How long the oldest queued job that could run in the pool has waited",
+        pool_queues.iter().map(|(pool, (_, oldest))| {
+            (vec![("pool", pool.to_string())], s.now_us.saturating_sub(*oldest).max(0) as f64 / 1e6)
         }),
     );
 
@@ -332,13 +407,18 @@ mod tests {
             node: "a".to_string(),
             resources: Resources::new(2000, 8 << 30, 1),
             gpu_share_milli: 0,
+            gpu_ids: vec![1],
         };
         let snapshot = Snapshot {
             now_us: 3_500_000,
             nodes: vec![node("a", true, 2, Some(measured.clone())), node("b", false, 1, Some(measured))],
             driver: DriverMetrics {
                 runs: vec![run],
-                queued: vec![QueuedMetrics { team: String::new(), submitted_at_us: 500_000 }],
+                queued: vec![QueuedMetrics {
+                    team: String::new(),
+                    submitted_at_us: 500_000,
+                    pools: vec!["local".to_string(), "cloud".to_string()],
+                }],
                 cycles: 4,
                 cycle_seconds_sum: 0.25,
             },
@@ -347,93 +427,115 @@ mod tests {
         check(
             snapshot,
             expect![[r##"
-            # HELP ferry_node_ready 1 while the node's agent reports within the node timeout, else 0.
-            # TYPE ferry_node_ready gauge
-            ferry_node_ready{node="a",pool="local"} 1.0
-            ferry_node_ready{node="b",pool="local"} 0.0
-            # HELP ferry_node_heartbeat_age_seconds Seconds since the node's agent last reported.
-            # TYPE ferry_node_heartbeat_age_seconds gauge
-            ferry_node_heartbeat_age_seconds{node="a",pool="local"} 2.5
-            ferry_node_heartbeat_age_seconds{node="b",pool="local"} 2.5
-            # HELP ferry_node_cpu_millis CPU capacity, in thousandths of a CPU.
-            # TYPE ferry_node_cpu_millis gauge
-            ferry_node_cpu_millis{node="a",pool="local"} 8000.0
-            ferry_node_cpu_millis{node="b",pool="local"} 8000.0
-            # HELP ferry_node_memory_bytes Memory capacity.
-            # TYPE ferry_node_memory_bytes gauge
-            ferry_node_memory_bytes{node="a",pool="local"} 68719476736.0
-            ferry_node_memory_bytes{node="b",pool="local"} 68719476736.0
-            # HELP ferry_node_gpus GPUs the node has, per model.
-            # TYPE ferry_node_gpus gauge
-            ferry_node_gpus{node="a",pool="local",model="A100"} 2.0
-            ferry_node_gpus{node="b",pool="local",model="A100"} 1.0
-            # HELP ferry_node_allocated_gpus GPUs allocated to starting and running jobs (a share of a GPU counts as its fraction).
-            # TYPE ferry_node_allocated_gpus gauge
-            ferry_node_allocated_gpus{node="a",pool="local"} 1.0
-            ferry_node_allocated_gpus{node="b",pool="local"} 0.0
-            # HELP ferry_node_allocated_cpu_millis CPU allocated to starting and running jobs.
-            # TYPE ferry_node_allocated_cpu_millis gauge
-            ferry_node_allocated_cpu_millis{node="a",pool="local"} 2000.0
-            ferry_node_allocated_cpu_millis{node="b",pool="local"} 0.0
-            # HELP ferry_node_allocated_memory_bytes Memory allocated to starting and running jobs.
-            # TYPE ferry_node_allocated_memory_bytes gauge
-            ferry_node_allocated_memory_bytes{node="a",pool="local"} 8589934592.0
-            ferry_node_allocated_memory_bytes{node="b",pool="local"} 0.0
-            # HELP ferry_node_cpu_used_millis CPU in use on the node as its agent measured it, in thousandths of a CPU.
-            # TYPE ferry_node_cpu_used_millis gauge
-            ferry_node_cpu_used_millis{node="a",pool="local"} 1500.0
-            # HELP ferry_node_memory_used_bytes Memory in use on the node as its agent measured it.
-            # TYPE ferry_node_memory_used_bytes gauge
-            ferry_node_memory_used_bytes{node="a",pool="local"} 4294967296.0
-            # HELP ferry_gpu_memory_bytes Memory of each GPU.
-            # TYPE ferry_gpu_memory_bytes gauge
-            ferry_gpu_memory_bytes{node="a",pool="local",gpu="0",model="A100"} 85899345920.0
-            ferry_gpu_memory_bytes{node="a",pool="local",gpu="1",model="A100"} 85899345920.0
-            ferry_gpu_memory_bytes{node="b",pool="local",gpu="0",model="A100"} 85899345920.0
-            # HELP ferry_gpu_utilization_percent GPU utilisation as the driver measured it (NVML), 0 to 100.
-            # TYPE ferry_gpu_utilization_percent gauge
-            ferry_gpu_utilization_percent{node="a",pool="local",gpu="0",model="A100"} 87.0
-            # HELP ferry_gpu_memory_used_bytes GPU memory in use as the driver measured it (NVML).
-            # TYPE ferry_gpu_memory_used_bytes gauge
-            ferry_gpu_memory_used_bytes{node="a",pool="local",gpu="0",model="A100"} 10737418240.0
-            # HELP ferry_gpu_temperature_celsius GPU temperature as the driver measured it (NVML).
-            # TYPE ferry_gpu_temperature_celsius gauge
-            ferry_gpu_temperature_celsius{node="a",pool="local",gpu="0",model="A100"} 61.0
-            # HELP ferry_jobs Unfinished jobs, by state (queued, starting, running).
-            # TYPE ferry_jobs gauge
-            ferry_jobs{state="queued"} 1.0
-            ferry_jobs{state="running"} 1.0
-            ferry_jobs{state="starting"} 0.0
-            # HELP ferry_jobs_finished Jobs that ended, by final state, over the server's whole history.
-            # TYPE ferry_jobs_finished counter
-            ferry_jobs_finished_total{state="cancelled"} 0.0
-            ferry_jobs_finished_total{state="failed"} 0.0
-            ferry_jobs_finished_total{state="lost"} 0.0
-            ferry_jobs_finished_total{state="succeeded"} 3.0
-            ferry_jobs_finished_total{state="timed_out"} 0.0
-            # HELP ferry_queue_jobs Queued jobs, by team (empty for jobs of no team).
-            # TYPE ferry_queue_jobs gauge
-            ferry_queue_jobs{team=""} 1.0
-            # HELP ferry_queue_wait_seconds_max How long the oldest queued job of each team has waited.
-            # TYPE ferry_queue_wait_seconds_max gauge
-            ferry_queue_wait_seconds_max{team=""} 3.0
-            # HELP ferry_job_allocated_gpus GPUs a starting or running job holds on a node (a gang has one series per worker).
-            # TYPE ferry_job_allocated_gpus gauge
-            ferry_job_allocated_gpus{job_id="7",user="alice",team="vision",project="detection",node="a"} 1.0
-            # HELP ferry_job_allocated_cpu_millis CPU a starting or running job holds on a node.
-            # TYPE ferry_job_allocated_cpu_millis gauge
-            ferry_job_allocated_cpu_millis{job_id="7",user="alice",team="vision",project="detection",node="a"} 2000.0
-            # HELP ferry_job_allocated_memory_bytes Memory a starting or running job holds on a node.
-            # TYPE ferry_job_allocated_memory_bytes gauge
-            ferry_job_allocated_memory_bytes{job_id="7",user="alice",team="vision",project="detection",node="a"} 8589934592.0
-            # HELP ferry_scheduler_cycles Scheduling cycles run since the server started.
-            # TYPE ferry_scheduler_cycles counter
-            ferry_scheduler_cycles_total 4.0
-            # HELP ferry_scheduler_cycle_seconds Seconds spent in scheduling cycles since the server started; divide its rate by the cycles' rate for the mean.
-            # TYPE ferry_scheduler_cycle_seconds counter
-            ferry_scheduler_cycle_seconds_total 0.25
-            # EOF
-        "##]],
+                # HELP ferry_node_ready 1 while the node's agent reports within the node timeout, else 0.
+                # TYPE ferry_node_ready gauge
+                ferry_node_ready{node="a",pool="local"} 1.0
+                ferry_node_ready{node="b",pool="local"} 0.0
+                # HELP ferry_node_heartbeat_age_seconds Seconds since the node's agent last reported.
+                # TYPE ferry_node_heartbeat_age_seconds gauge
+                ferry_node_heartbeat_age_seconds{node="a",pool="local"} 2.5
+                ferry_node_heartbeat_age_seconds{node="b",pool="local"} 2.5
+                # HELP ferry_node_cpu_millis CPU capacity, in thousandths of a CPU.
+                # TYPE ferry_node_cpu_millis gauge
+                ferry_node_cpu_millis{node="a",pool="local"} 8000.0
+                ferry_node_cpu_millis{node="b",pool="local"} 8000.0
+                # HELP ferry_node_memory_bytes Memory capacity.
+                # TYPE ferry_node_memory_bytes gauge
+                ferry_node_memory_bytes{node="a",pool="local"} 68719476736.0
+                ferry_node_memory_bytes{node="b",pool="local"} 68719476736.0
+                # HELP ferry_node_gpus GPUs the node has, per model.
+                # TYPE ferry_node_gpus gauge
+                ferry_node_gpus{node="a",pool="local",model="A100"} 2.0
+                ferry_node_gpus{node="b",pool="local",model="A100"} 1.0
+                # HELP ferry_node_allocated_gpus GPUs allocated to starting and running jobs (a share of a GPU counts as its fraction).
+                # TYPE ferry_node_allocated_gpus gauge
+                ferry_node_allocated_gpus{node="a",pool="local"} 1.0
+                ferry_node_allocated_gpus{node="b",pool="local"} 0.0
+                # HELP ferry_node_allocated_cpu_millis CPU allocated to starting and running jobs.
+                # TYPE ferry_node_allocated_cpu_millis gauge
+                ferry_node_allocated_cpu_millis{node="a",pool="local"} 2000.0
+                ferry_node_allocated_cpu_millis{node="b",pool="local"} 0.0
+                # HELP ferry_node_allocated_memory_bytes Memory allocated to starting and running jobs.
+                # TYPE ferry_node_allocated_memory_bytes gauge
+                ferry_node_allocated_memory_bytes{node="a",pool="local"} 8589934592.0
+                ferry_node_allocated_memory_bytes{node="b",pool="local"} 0.0
+                # HELP ferry_node_cpu_used_millis CPU in use on the node as its agent measured it, in thousandths of a CPU.
+                # TYPE ferry_node_cpu_used_millis gauge
+                ferry_node_cpu_used_millis{node="a",pool="local"} 1500.0
+                # HELP ferry_node_memory_used_bytes Memory in use on the node as its agent measured it.
+                # TYPE ferry_node_memory_used_bytes gauge
+                ferry_node_memory_used_bytes{node="a",pool="local"} 4294967296.0
+                # HELP ferry_gpu_memory_bytes Memory of each GPU.
+                # TYPE ferry_gpu_memory_bytes gauge
+                ferry_gpu_memory_bytes{node="a",pool="local",gpu="0",model="A100"} 85899345920.0
+                ferry_gpu_memory_bytes{node="a",pool="local",gpu="1",model="A100"} 85899345920.0
+                ferry_gpu_memory_bytes{node="b",pool="local",gpu="0",model="A100"} 85899345920.0
+                # HELP ferry_gpu_allocated How much of each GPU starting and running jobs hold: 1 for a whole GPU, a fraction for shares, 0 when free.
+                # TYPE ferry_gpu_allocated gauge
+                ferry_gpu_allocated{node="a",pool="local",gpu="0",model="A100"} 0.0
+                ferry_gpu_allocated{node="a",pool="local",gpu="1",model="A100"} 1.0
+                ferry_gpu_allocated{node="b",pool="local",gpu="0",model="A100"} 0.0
+                # HELP ferry_pool_gpus GPUs in the pool's nodes.
+                # TYPE ferry_pool_gpus gauge
+                ferry_pool_gpus{pool="local"} 3.0
+                # HELP ferry_pool_allocated_gpus GPUs of the pool that starting and running jobs hold (shares count as their fraction).
+                # TYPE ferry_pool_allocated_gpus gauge
+                ferry_pool_allocated_gpus{pool="local"} 1.0
+                # HELP ferry_pool_gpu_utilization_percent Mean measured utilisation of the pool's GPUs that have telemetry; absent when none has.
+                # TYPE ferry_pool_gpu_utilization_percent gauge
+                ferry_pool_gpu_utilization_percent{pool="local"} 87.0
+                # HELP ferry_gpu_utilization_percent GPU utilisation as the driver measured it (NVML), 0 to 100.
+                # TYPE ferry_gpu_utilization_percent gauge
+                ferry_gpu_utilization_percent{node="a",pool="local",gpu="0",model="A100"} 87.0
+                # HELP ferry_gpu_memory_used_bytes GPU memory in use as the driver measured it (NVML).
+                # TYPE ferry_gpu_memory_used_bytes gauge
+                ferry_gpu_memory_used_bytes{node="a",pool="local",gpu="0",model="A100"} 10737418240.0
+                # HELP ferry_gpu_temperature_celsius GPU temperature as the driver measured it (NVML).
+                # TYPE ferry_gpu_temperature_celsius gauge
+                ferry_gpu_temperature_celsius{node="a",pool="local",gpu="0",model="A100"} 61.0
+                # HELP ferry_jobs Unfinished jobs, by state (queued, starting, running).
+                # TYPE ferry_jobs gauge
+                ferry_jobs{state="queued"} 1.0
+                ferry_jobs{state="running"} 1.0
+                ferry_jobs{state="starting"} 0.0
+                # HELP ferry_jobs_finished Jobs that ended, by final state, over the server's whole history.
+                # TYPE ferry_jobs_finished counter
+                ferry_jobs_finished_total{state="cancelled"} 0.0
+                ferry_jobs_finished_total{state="failed"} 0.0
+                ferry_jobs_finished_total{state="lost"} 0.0
+                ferry_jobs_finished_total{state="succeeded"} 3.0
+                ferry_jobs_finished_total{state="timed_out"} 0.0
+                # HELP ferry_queue_jobs Queued jobs, by team (empty for jobs of no team).
+                # TYPE ferry_queue_jobs gauge
+                ferry_queue_jobs{team=""} 1.0
+                # HELP ferry_queue_wait_seconds_max How long the oldest queued job of each team has waited.
+                # TYPE ferry_queue_wait_seconds_max gauge
+                ferry_queue_wait_seconds_max{team=""} 3.0
+                # HELP ferry_pool_queue_jobs Queued jobs that could run in the pool (a job that fits several pools waits in each).
+                # TYPE ferry_pool_queue_jobs gauge
+                ferry_pool_queue_jobs{pool="cloud"} 1.0
+                ferry_pool_queue_jobs{pool="local"} 1.0
+                # HELP ferry_pool_queue_wait_seconds_max How long the oldest queued job that could run in the pool has waited.
+                # TYPE ferry_pool_queue_wait_seconds_max gauge
+                ferry_pool_queue_wait_seconds_max{pool="cloud"} 3.0
+                ferry_pool_queue_wait_seconds_max{pool="local"} 3.0
+                # HELP ferry_job_allocated_gpus GPUs a starting or running job holds on a node (a gang has one series per worker).
+                # TYPE ferry_job_allocated_gpus gauge
+                ferry_job_allocated_gpus{job_id="7",user="alice",team="vision",project="detection",node="a"} 1.0
+                # HELP ferry_job_allocated_cpu_millis CPU a starting or running job holds on a node.
+                # TYPE ferry_job_allocated_cpu_millis gauge
+                ferry_job_allocated_cpu_millis{job_id="7",user="alice",team="vision",project="detection",node="a"} 2000.0
+                # HELP ferry_job_allocated_memory_bytes Memory a starting or running job holds on a node.
+                # TYPE ferry_job_allocated_memory_bytes gauge
+                ferry_job_allocated_memory_bytes{job_id="7",user="alice",team="vision",project="detection",node="a"} 8589934592.0
+                # HELP ferry_scheduler_cycles Scheduling cycles run since the server started.
+                # TYPE ferry_scheduler_cycles counter
+                ferry_scheduler_cycles_total 4.0
+                # HELP ferry_scheduler_cycle_seconds Seconds spent in scheduling cycles since the server started; divide its rate by the cycles' rate for the mean.
+                # TYPE ferry_scheduler_cycle_seconds counter
+                ferry_scheduler_cycle_seconds_total 0.25
+                # EOF
+            "##]],
         );
     }
 }

@@ -23,4 +23,5 @@ pub struct AppState {
     pub signals: Arc<Signals>,
     pub tokens: Arc<TokenCache>,
     pub telemetry: Arc<Telemetry>,
+    pub series: Arc<ferry_tsdb::Tsdb>,
 }

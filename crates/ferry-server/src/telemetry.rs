@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use ferry_api::agent::RunRef;
+use ferry_api::jobs::JobUsage;
 use ferry_api::telemetry::{
     RunSample, TelemetryAck, TelemetryBatch, TelemetrySample, CLOCK_SKEW_MAX_US, SAMPLE_AGE_MAX_US, SAMPLE_RUNS_MAX,
     TELEMETRY_SAMPLES_MAX,
@@ -156,6 +157,13 @@ impl Telemetry {
         latest.runs.range(from..=to).map(|(_, l)| l.clone()).collect()
     }
 
+    /// The latest use of a job's current attempt, summed over its workers; `None` before any sample.
+    pub fn job_usage(&self, job_id: u64, attempt: u32) -> Option<JobUsage> {
+        let runs: Vec<LatestRun> =
+            self.latest_runs(job_id).into_iter().filter(|l| l.sample.run.attempt == attempt).collect();
+        sum_runs(&runs)
+    }
+
     /// Forgets the runs of jobs that are over, so the map holds only what runs.
     pub fn forget_job(&self, job_id: u64) {
         let mut latest = self.latest.lock().expect("telemetry lock");
@@ -166,6 +174,24 @@ impl Telemetry {
     pub fn dropped(&self) -> BTreeMap<String, u64> {
         self.latest.lock().expect("telemetry lock").dropped.clone()
     }
+}
+
+/// Adds up the workers' samples; a figure is present when at least one worker measured it.
+fn sum_runs(runs: &[LatestRun]) -> Option<JobUsage> {
+    let oldest = runs.iter().map(|l| l.sampled_at_us).min()?;
+    let total = |values: Vec<u64>| (!values.is_empty()).then(|| values.iter().sum());
+    let samples = runs.iter().map(|l| &l.sample);
+    let gpus: Vec<_> = samples.clone().flat_map(|s| s.gpus.iter()).collect();
+    let utilization: Vec<f64> = gpus.iter().filter_map(|g| g.utilization_percent).map(f64::from).collect();
+    Some(JobUsage {
+        sampled_at_us: oldest,
+        workers: runs.len() as u32,
+        cpu_millis_used: total(samples.clone().filter_map(|s| s.cpu_millis_used).collect()),
+        memory_used_bytes: total(samples.filter_map(|s| s.memory_used_bytes).collect()),
+        gpu_utilization_percent: (!utilization.is_empty())
+            .then(|| utilization.iter().sum::<f64>() / utilization.len() as f64),
+        gpu_memory_used_bytes: total(gpus.iter().filter_map(|g| g.memory_used_bytes).collect()),
+    })
 }
 
 #[cfg(test)]
@@ -232,11 +258,15 @@ mod tests {
         let telemetry = Telemetry::default();
         let mut newer = sample(NOW - 1_000_000);
         newer.runs[0].cpu_millis_used = Some(900);
-        let ack = telemetry.ingest(&batch(vec![newer, sample(NOW - 5_000_000), sample(NOW - 2 * SAMPLE_AGE_MAX_US)]), NOW);
+        let ack =
+            telemetry.ingest(&batch(vec![newer, sample(NOW - 5_000_000), sample(NOW - 2 * SAMPLE_AGE_MAX_US)]), NOW);
         assert_eq!(ack, TelemetryAck { accepted: 2, too_old: 1 });
         let latest = telemetry.latest_runs(7);
         assert_eq!(latest.len(), 1);
         assert_eq!((latest[0].sampled_at_us, latest[0].sample.cpu_millis_used), (NOW - 1_000_000, Some(900)));
+        let usage = telemetry.job_usage(7, 1).unwrap();
+        assert_eq!((usage.workers, usage.cpu_millis_used, usage.gpu_utilization_percent), (1, Some(900), Some(40.0)));
+        assert_eq!(telemetry.job_usage(7, 2), None);
         telemetry.forget_job(7);
         assert!(telemetry.latest_runs(7).is_empty());
     }

@@ -5,6 +5,7 @@ mod commands;
 mod exit;
 mod format;
 mod pack;
+mod top;
 mod up;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     Cancel(commands::CancelArgs),
     /// List nodes with their capacity, allocation and measured utilisation.
     Nodes(commands::NodesArgs),
+    /// A live view of the cluster, like htop: nodes, every GPU's allocation and measured use, the running jobs.
+    Top(top::TopArgs),
     /// Create, list and revoke API tokens, among them join tokens for agents.
     Token(commands::TokenArgs),
     /// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
@@ -111,6 +114,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Logs(args) => commands::logs(&g, args).await,
         Command::Cancel(args) => commands::cancel(&g, args).await,
         Command::Nodes(args) => commands::nodes(&g, args).await,
+        Command::Top(args) => top::top(&g, args).await,
         Command::Token(args) => commands::token(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),

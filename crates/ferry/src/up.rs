@@ -82,7 +82,9 @@ fn server_config(g: &Global, args: &ServerArgs) -> Result<ServerConfig, CliError
 
 fn server_error(e: ferry_server::ServerError) -> CliError {
     let code = match &e {
-        ferry_server::ServerError::DataDir(_) | ferry_server::ServerError::Store(_) => exit::CONFIG,
+        ferry_server::ServerError::DataDir(_)
+        | ferry_server::ServerError::Store(_)
+        | ferry_server::ServerError::Series(_) => exit::CONFIG,
         ferry_server::ServerError::Bind { .. } => exit::UNAVAILABLE,
         ferry_server::ServerError::Serve(_) => exit::INTERNAL,
     };

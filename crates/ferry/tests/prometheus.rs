@@ -161,6 +161,13 @@ fn prometheus_scrapes_what_the_api_says_and_every_dashboard_query_runs() {
     prom.value_becomes("ferry_jobs{state=\"running\"}", 1.0);
     prom.value_becomes("ferry_jobs{state=\"queued\"}", 1.0);
     prom.value_becomes("sum(ferry_queue_jobs)", 1.0);
+    // The queued job fits the local pool, so it waits there; the running job holds exactly its GPU.
+    prom.value_becomes("ferry_pool_queue_jobs{pool=\"local\"}", 1.0);
+    prom.value_becomes("ferry_pool_gpus{pool=\"local\"}", 2.0);
+    prom.value_becomes("ferry_pool_allocated_gpus{pool=\"local\"}", 1.0);
+    let held = job["gpu_ids"][0].as_u64().unwrap();
+    prom.value_becomes(&format!("ferry_gpu_allocated{{node=\"{name}\",gpu=\"{held}\"}}"), 1.0);
+    prom.value_becomes(&format!("sum(ferry_gpu_allocated{{node=\"{name}\"}})"), 1.0);
     prom.value_becomes("ferry_jobs_finished_total{state=\"succeeded\"}", 1.0);
     let cpu = node["cpu_millis"].as_u64().unwrap() as f64;
     prom.value_becomes(&format!("ferry_node_cpu_millis{{node=\"{name}\"}}"), cpu);

@@ -6,8 +6,8 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use bytes::Bytes;
 use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, Work, WorkRequest, WORK_WAIT_MS_MAX};
-use ferry_api::telemetry::{TelemetryAck, TelemetryBatch};
-use ferry_api::ErrorBody;
+use ferry_api::telemetry::{TelemetryAck, TelemetryBatch, SAMPLE_AGE_MAX_US};
+use ferry_api::{ErrorBody, ErrorCode};
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -83,7 +83,13 @@ pub async fn telemetry(
     if !state.store.node_exists(&batch.node).await? {
         return Err(ApiError::not_found(format!("no node `{}` is registered; the agent registers first", batch.node)));
     }
-    Ok(Json(state.telemetry.ingest(&batch, now)))
+    let ack = state.telemetry.ingest(&batch, now);
+    let points = crate::series::record_batch(&batch, &state.telemetry, now - SAMPLE_AGE_MAX_US);
+    if let Err(e) = state.series.ingest(&crate::series::borrowed(&points)) {
+        tracing::error!(error = %e, node = %batch.node, "cannot store telemetry");
+        return Err(ApiError::new(ErrorCode::Unavailable, "the server cannot store telemetry now; the agent retries"));
+    }
+    Ok(Json(ack))
 }
 
 #[derive(Debug, Deserialize)]

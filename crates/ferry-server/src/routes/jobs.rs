@@ -453,6 +453,7 @@ pub fn parse_id(text: &str) -> Result<u64, ApiError> {
 /// Converts a stored job into its wire form.
 async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Job {
     let log_bytes = state.logs.size(r.id, r.attempt, 0).await;
+    let usage = (r.state == JobState::Running).then(|| state.telemetry.job_usage(r.id, r.attempt)).flatten();
     Job {
         id: r.id,
         name: r.spec.name,
@@ -492,5 +493,6 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         log_bytes,
         waiting,
         timeline: Vec::new(),
+        usage,
     }
 }

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod nodes;
 pub mod openapi;
+pub mod series;
 pub mod tokens;
 
 use axum::Json;

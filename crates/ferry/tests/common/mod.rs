@@ -325,3 +325,21 @@ fn kill_runs(agent_dir: &Path) {
         }
     }
 }
+
+/// Samples in the agent's spool that the server has not acknowledged: the end of the newest segment (its first
+/// sample's number, from its name, plus its lines) less the cursor. `None` before the spool has any segment.
+pub fn spool_pending(agent_dir: &Path) -> Option<u64> {
+    let dir = agent_dir.join("telemetry");
+    let end = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let first: u64 = entry.file_name().to_str()?.strip_suffix(".jsonl")?.parse().ok()?;
+            let lines = std::fs::read(entry.path()).ok()?.iter().filter(|b| **b == b'\n').count() as u64;
+            Some(first + lines)
+        })
+        .max()?;
+    let cursor = std::fs::read_to_string(dir.join("cursor")).unwrap_or_default();
+    let acknowledged: u64 = cursor.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    Some(end.saturating_sub(acknowledged))
+}
