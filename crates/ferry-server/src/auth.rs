@@ -69,6 +69,10 @@ impl Caller {
     }
 }
 
+/// The cookie the web dashboard signs in with: the API token itself, HTTP-only and `SameSite=Strict`, so page scripts
+/// cannot read it and other sites cannot send it.
+pub const SESSION_COOKIE: &str = "ferry_token";
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -79,21 +83,61 @@ impl FromRequestParts<AppState> for Caller {
                 "no API token; pass one with --token or FERRY_TOKEN (`ferry up` writes the admin token to admin.token in its data directory)",
             )
         };
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(missing)?;
-        let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(missing)?;
-        let hash = hash_token(token.trim());
-        if let Some(caller) = state.tokens.get(&hash) {
-            return Ok(caller);
+        let bearer = parts.headers.get(axum::http::header::AUTHORIZATION);
+        if let Some(header) = bearer {
+            let token = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")).ok_or_else(missing)?;
+            return authenticate(state, token).await;
         }
-        let record = state.store.token_by_hash(&hash).await?.ok_or_else(|| {
-            ApiError::new(ErrorCode::Unauthenticated, "the API token is not valid; check --token or FERRY_TOKEN")
-        })?;
-        let role = Role::parse(&record.role)
-            .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, format!("token role `{}` is not known", record.role)))?;
-        let caller = Caller { name: record.name, role };
-        state.tokens.put(hash, caller.clone());
-        Ok(caller)
+        let token = session_cookie(&parts.headers).ok_or_else(missing)?;
+        if !parts.method.is_safe() && !same_origin(&parts.headers) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "a request signed in by the dashboard's cookie must come from the dashboard's own origin",
+            ));
+        }
+        authenticate(state, &token).await
     }
+}
+
+/// The token in the dashboard's cookie, if the request carries one.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether a browser says the request comes from a page of this server (`Origin` names the `Host` it was sent to).
+/// A state-changing request signed in by cookie must, so no other site can make a browser act for its user.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    match (text(axum::http::header::ORIGIN), text(axum::http::header::HOST)) {
+        (Some(origin), Some(host)) => {
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
+        }
+        _ => false,
+    }
+}
+
+/// Who holds `token`: from the cache, else the store (then cached).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let hash = hash_token(token.trim());
+    if let Some(caller) = state.tokens.get(&hash) {
+        return Ok(caller);
+    }
+    let record = state.store.token_by_hash(&hash).await?.ok_or_else(|| {
+        ApiError::new(ErrorCode::Unauthenticated, "the API token is not valid; check --token or FERRY_TOKEN")
+    })?;
+    let role = Role::parse(&record.role)
+        .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, format!("token role `{}` is not known", record.role)))?;
+    let caller = Caller { name: record.name, role };
+    state.tokens.put(hash, caller.clone());
+    Ok(caller)
 }
 
 /// How long a token, once checked against the store, is trusted without asking the store again; a revoked token
@@ -128,5 +172,40 @@ impl TokenCache {
             }
         }
         entries.insert(hash, (caller, Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_empty_is_none() {
+        let h = headers(&[(header::COOKIE, "theme=dark; ferry_token=ferry_abc ; other=1")]);
+        assert_eq!(session_cookie(&h).as_deref(), Some("ferry_abc"));
+        let h = headers(&[(header::COOKIE, "a=1"), (header::COOKIE, "ferry_token=ferry_x")]);
+        assert_eq!(session_cookie(&h).as_deref(), Some("ferry_x"));
+        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "ferry_token=")])), None);
+        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "xferry_token=ferry_x")])), None);
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_a_page_of_this_server_is_same_origin() {
+        let ok = headers(&[(header::ORIGIN, "http://127.0.0.1:7750"), (header::HOST, "127.0.0.1:7750")]);
+        assert!(same_origin(&ok));
+        let other = headers(&[(header::ORIGIN, "http://evil.example"), (header::HOST, "127.0.0.1:7750")]);
+        assert!(!same_origin(&other));
+        assert!(!same_origin(&headers(&[(header::HOST, "127.0.0.1:7750")])), "no Origin: not known to be ours");
     }
 }
