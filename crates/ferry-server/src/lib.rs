@@ -157,6 +157,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/nodes", get(routes::nodes::list))
         .route("/api/v1/series", get(routes::series::query))
         .route("/api/v1/series/metrics", get(routes::series::metrics))
+        .route("/api/v1/usage", get(routes::usage::usage))
         .route("/api/v1/tokens", post(routes::tokens::create).get(routes::tokens::list))
         .route("/api/v1/tokens/{id}/revoke", post(routes::tokens::revoke))
         .route("/api/v1/agent/register", post(routes::agent::register))

@@ -276,7 +276,16 @@ impl Sums {
 
 /// The points of one tick at `now_us`: capacity and allocation of every GPU, node, job, owner and pool, and the
 /// measured use of owners, pools and the installation from the freshest samples.
-pub fn record_tick(now_us: i64, nodes: &[NodeRecord], runs: &[RunMetrics], telemetry: &Telemetry) -> Vec<Owned> {
+///
+/// `known` are the users, projects and teams the store has series for: those that hold nothing now get zeros, so
+/// that a mean over any period is a mean over time, and usage hours add up.
+pub fn record_tick(
+    now_us: i64,
+    nodes: &[NodeRecord],
+    runs: &[RunMetrics],
+    telemetry: &Telemetry,
+    known: &[(&'static str, String)],
+) -> Vec<Owned> {
     let mut points = Vec::new();
     let fresh = |at: i64| now_us.saturating_sub(at) <= FRESH_US;
     let ready: Vec<&NodeRecord> = nodes.iter().filter(|n| n.ready).collect();
@@ -369,6 +378,12 @@ pub fn record_tick(now_us: i64, nodes: &[NodeRecord], runs: &[RunMetrics], telem
         debug_assert!(OWNERS.contains(kind));
         sums.points(&mut points, kind, id, now_us, false);
     }
+    // Known owners that hold nothing now: they have nothing allocated and use nothing.
+    for (kind, id) in known.iter().filter(|(kind, id)| !owners.contains_key(&(*kind, id.clone()))) {
+        for metric in ["gpu_allocated", "cpu_allocated", "memory_allocated", "gpu_used", "cpu_used", "memory_used"] {
+            points.push(Owned::new(metric, kind, id.clone(), now_us, 0.0));
+        }
+    }
     for (pool, sums) in &pools {
         if !pool.is_empty() {
             sums.points(&mut points, KIND_POOL, pool, now_us, true);
@@ -412,7 +427,11 @@ pub async fn record(
                     }
                 };
                 let now = crate::driver::now_us();
-                let points = record_tick(now, &nodes, &runs.runs, &telemetry);
+                let known: Vec<(&'static str, String)> = OWNERS
+                    .iter()
+                    .flat_map(|kind| series.kinds_and_ids("gpu_allocated", kind).into_iter().map(move |id| (*kind, id)))
+                    .collect();
+                let points = record_tick(now, &nodes, &runs.runs, &telemetry, &known);
                 let series = series.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     series.ingest(&borrowed(&points))?;
@@ -504,7 +523,12 @@ mod tests {
             dropped: 0,
         };
         telemetry.ingest(&batch, NOW);
-        let points = record_tick(NOW, &nodes, &[run(7, "a", vec![0]), run(8, "b", vec![1, 2])], &telemetry);
+        let known = [(KIND_USER, "bob".to_string()), (KIND_USER, "alice".to_string())];
+        let points = record_tick(NOW, &nodes, &[run(7, "a", vec![0]), run(8, "b", vec![1, 2])], &telemetry, &known);
+        // Bob holds nothing now: zeros, not gaps, so his usage over any period adds up.
+        assert_eq!(value(&points, "gpu_allocated", "user", "bob"), Some(0.0));
+        assert_eq!(value(&points, "gpu_used", "user", "bob"), Some(0.0));
+        assert_eq!(value(&points, "gpu_utilization", "user", "bob"), None);
 
         assert_eq!(value(&points, "gpu_capacity", "all", "all"), Some(6.0));
         assert_eq!(value(&points, "gpu_capacity", "pool", "cloud"), Some(4.0));
@@ -522,7 +546,7 @@ mod tests {
         assert_eq!(value(&points, "cpu_used", "user", "alice"), Some(1.5));
 
         // A stale sample counts as no data.
-        let later = record_tick(NOW + 2 * FRESH_US, &nodes, &[run(7, "a", vec![0])], &telemetry);
+        let later = record_tick(NOW + 2 * FRESH_US, &nodes, &[run(7, "a", vec![0])], &telemetry, &[]);
         assert_eq!(value(&later, "gpu_utilization", "user", "alice"), None);
         assert_eq!(value(&later, "gpu_utilization", "all", "all"), None);
         assert_eq!(value(&later, "gpu_allocated", "user", "alice"), Some(1.0));

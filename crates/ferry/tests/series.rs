@@ -182,3 +182,50 @@ fn agent_samples_become_series_and_bad_input_harms_nothing() {
     assert_eq!(again["series"], gpu["series"], "{again:#}");
     f.ok(&["cancel", &id.to_string()]);
 }
+
+#[test]
+fn usage_reports_allocated_and_measured_hours_per_owner_as_json_and_csv() {
+    let f = Ferry::start(NodeSpec::default());
+    let id = f.submit(&["--gpus", "1", "--cpus", "0.5", "--", "sleep", "120"]);
+    f.wait_state(id, "running");
+    let owner = f.job(id)["owner"].as_str().unwrap().to_string();
+    let row = |f: &Ferry| {
+        let (code, body) = curl(f, "GET", "/usage?by=user&start=1h", None);
+        assert_eq!(code, 200, "{body:#}");
+        body["rows"].as_array().unwrap().iter().find(|r| r["id"] == owner.as_str()).cloned()
+    };
+    f.wait_for("a tick to record the owner's allocation", |f| {
+        row(f).is_some_and(|r| r["gpu_hours_allocated"].as_f64().is_some_and(|h| h > 0.0))
+    });
+    let r = row(&f).unwrap();
+    // One GPU and half a CPU for a few 10 s steps: the hours are in that proportion.
+    let (gpu, cpu) = (r["gpu_hours_allocated"].as_f64().unwrap(), r["cpu_hours_allocated"].as_f64().unwrap());
+    assert!((cpu - gpu / 2.0).abs() < 1e-9 && gpu < 0.1, "{r:#}");
+    // The node's GPUs are declared, not measured: their use is unknown, not 0.
+    assert_eq!(r["gpu_hours_used"], Value::Null, "{r:#}");
+
+    let token = std::fs::read_to_string(f.home().join("admin.token")).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-H", &format!("Authorization: Bearer {}", token.trim())])
+        .arg(format!("{}/api/v1/usage?by=user&start=1h&format=csv", f.url()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("content-type: text/csv"), "{text}");
+    assert!(
+        text.contains("\r\n\r\nuser,gpu_hours_allocated,gpu_hours_used,cpu_hours_allocated,cpu_hours_used\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("\n{owner},")), "{text}");
+
+    for (what, expected) in [
+        ("by=galaxy", "`by=galaxy` is not known"),
+        ("by=user&format=xml", "`format=xml` is not known"),
+        ("by=user&start=soon", "`start=soon` is neither a time"),
+    ] {
+        let (code, body) = curl(&f, "GET", &format!("/usage?{what}"), None);
+        assert_eq!(code, 400, "{what}: {body:#}");
+        assert!(body["message"].as_str().unwrap_or_default().contains(expected), "{what}: {body:#}");
+    }
+    f.ok(&["cancel", &id.to_string()]);
+}

@@ -9,6 +9,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod series;
 pub mod tokens;
+pub mod usage;
 
 use axum::Json;
 use serde_json::json;

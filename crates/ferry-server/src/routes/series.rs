@@ -105,7 +105,7 @@ fn short(duration: Duration) -> String {
     }
 }
 
-fn query_error(e: TsdbError) -> ApiError {
+pub(crate) fn query_error(e: TsdbError) -> ApiError {
     match e {
         TsdbError::TooManyPoints { .. } | TsdbError::BadQuery { .. } => ApiError::invalid(e.to_string()),
         other => {
@@ -119,7 +119,7 @@ fn query_error(e: TsdbError) -> ApiError {
 }
 
 /// An RFC 3339 time (`2026-11-29T10:00:00Z`) or a duration back from now (`90d`, `1h`).
-fn parse_time(text: &str, now_us: i64, what: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(text: &str, now_us: i64, what: &str) -> Result<i64, ApiError> {
     if let Ok(at) = humantime::parse_rfc3339_weak(text) {
         let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         return Ok(i64::try_from(since.as_micros()).unwrap_or(i64::MAX));
