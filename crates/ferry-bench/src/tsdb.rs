@@ -264,7 +264,9 @@ fn answer_alloc_ms(series: usize, points: usize) -> f64 {
             let answer: Vec<SeriesData> = (0..series)
                 .map(|i| SeriesData {
                     id: i.to_string(),
-                    points: (0..points).map(|k| Bucket { t_us: k as i64, mean: Some(1.0), max: Some(1.0) }).collect(),
+                    points: (0..points)
+                        .map(|k| Bucket { t_us: k as i64, mean: Some(1.0), max: Some(1.0), count: 1 })
+                        .collect(),
                 })
                 .collect();
             std::hint::black_box(&answer);

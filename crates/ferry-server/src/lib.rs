@@ -165,6 +165,14 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/agent/reports", post(routes::agent::reports))
         .route("/api/v1/agent/telemetry", post(routes::agent::telemetry))
         .route("/api/v1/agent/runs/{job}/{attempt}/logs", post(routes::agent::upload_log))
+        .route("/", get(routes::ui::page))
+        .route("/nodes", get(routes::ui::page))
+        .route("/jobs", get(routes::ui::page))
+        .route("/jobs/{id}", get(routes::ui::page))
+        .route("/usage", get(routes::ui::page))
+        .route("/login", get(routes::ui::login_form).post(routes::ui::login))
+        .route("/logout", post(routes::ui::logout))
+        .route("/ui/{name}", get(routes::ui::asset))
         .fallback(|| async { ApiError::not_found("no such API path; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

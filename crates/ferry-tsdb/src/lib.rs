@@ -178,6 +178,9 @@ pub struct Bucket {
     pub t_us: i64,
     pub mean: Option<f64>,
     pub max: Option<f64>,
+    /// How many samples the step holds (0 where it has no data): with `mean`, their sum, for a caller that knows
+    /// how much time each sample stands for.
+    pub count: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -455,6 +458,7 @@ fn to_buckets(row: &[Cell], start_us: i64, step_us: i64) -> impl Iterator<Item =
             t_us: start_us + k as i64 * step_us,
             mean: has.then(|| c.sum / f64::from(c.count)),
             max: has.then_some(c.max),
+            count: c.count,
         }
     })
 }

@@ -201,6 +201,9 @@ fn usage_reports_allocated_and_measured_hours_per_owner_as_json_and_csv() {
     // One GPU and half a CPU for a few 10 s steps: the hours are in that proportion.
     let (gpu, cpu) = (r["gpu_hours_allocated"].as_f64().unwrap(), r["cpu_hours_allocated"].as_f64().unwrap());
     assert!((cpu - gpu / 2.0).abs() < 1e-9 && gpu < 0.1, "{r:#}");
+    // Each tick stands for 10 s: one GPU held for whole ticks is a whole number of 1/360 hours.
+    let ticks = gpu * 360.0;
+    assert!((ticks - ticks.round()).abs() < 1e-6 && ticks >= 1.0, "{r:#}");
     // The node's GPUs are declared, not measured: their use is unknown, not 0.
     assert_eq!(r["gpu_hours_used"], Value::Null, "{r:#}");
 

@@ -9,6 +9,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod series;
 pub mod tokens;
+pub mod ui;
 pub mod usage;
 
 use axum::Json;

@@ -177,9 +177,9 @@ mod tests {
     #[test]
     fn a_written_series_reads_back_as_the_wire_type_with_gaps_as_null() {
         let buckets = [
-            Bucket { t_us: 0, mean: Some(37.5), max: Some(90.0) },
-            Bucket { t_us: 10, mean: None, max: None },
-            Bucket { t_us: 20, mean: Some(0.1 + 0.2), max: Some(f64::NAN) },
+            Bucket { t_us: 0, mean: Some(37.5), max: Some(90.0), count: 2 },
+            Bucket { t_us: 10, mean: None, max: None, count: 0 },
+            Bucket { t_us: 20, mean: Some(0.1 + 0.2), max: Some(f64::NAN), count: 1 },
         ];
         let mut out = Vec::new();
         write_series(&mut out, "node-\"a\"/0", &buckets);

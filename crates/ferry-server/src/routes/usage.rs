@@ -1,9 +1,10 @@
 //! `GET /api/v1/usage`: GPU-hours and CPU-hours allocated against those measured in use, per user, project, team
 //! or pool over a period, as JSON or CSV (chargeback's raw material).
 //!
-//! Hours come from the time series: the sum over the period's steps of each step's mean times its length. Owners
-//! that hold nothing get zeros every tick, so a step without data means nothing was recorded (the server was down,
-//! or nothing was measured), and it adds nothing; `*_used` is `null` for an id nothing was ever measured for.
+//! Hours come from the time series that the server's tick records every `series::TICK` (10 s): each sample stands
+//! for one tick of time, so the hours are the sum of the samples in the period times the tick, exact whatever the
+//! step the store reads at. Owners that hold nothing get zeros every tick; a time without samples (the server was
+//! down, or nothing was measured) adds nothing, and `*_used` is `null` for an id nothing was measured for.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ use crate::auth::Caller;
 use crate::driver::now_us;
 use crate::error::{rejection, ApiError};
 use crate::routes::series::{parse_time, query_error};
+use crate::series::TICK;
 use crate::state::AppState;
 
 const HOUR_US: i64 = 3600 * 1_000_000;
@@ -107,14 +109,16 @@ pub async fn usage(
                 step_us,
             };
             let shape = store.query_each(&query, |id, buckets| {
-                let hours = |step_us: i64| {
-                    let means: Vec<f64> = buckets.iter().filter_map(|b| b.mean).collect();
-                    (!means.is_empty()).then(|| means.iter().sum::<f64>() * step_us as f64 / HOUR_US as f64)
+                // Each sample of these series is one tick: it stands for `TICK` of time.
+                let hours = || {
+                    let measured = buckets.iter().filter_map(|b| Some(b.mean? * f64::from(b.count)));
+                    let samples: Vec<f64> = measured.collect();
+                    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() * TICK.as_secs_f64() / 3600.0)
                 };
                 let row = rows
                     .entry(id.to_string())
                     .or_insert_with(|| UsageRow { id: id.to_string(), ..UsageRow::default() });
-                let value = hours(step_us);
+                let value = hours();
                 match metric {
                     "gpu_allocated" => row.gpu_hours_allocated = value.unwrap_or(0.0),
                     "gpu_used" => row.gpu_hours_used = value,

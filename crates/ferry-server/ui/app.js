@@ -1,0 +1,658 @@
+// Ferry's web dashboard: one script for every page. The server sends the same shell for each page; this script
+// reads the path, builds the page and fills it from the JSON API (signed in by the HTTP-only session cookie), polling
+// for live updates. Everything is built with DOM calls and textContent: no HTML is ever made from data.
+"use strict";
+
+// Errors are recorded where tests (and a curious engineer in the console) can read them.
+window.__ferryErrors = [];
+(function recordErrors() {
+  const push = (what) => window.__ferryErrors.push(String(what).slice(0, 2000));
+  window.addEventListener("error", (e) => push(`error: ${e.message} at ${e.filename}:${e.lineno}`));
+  window.addEventListener("unhandledrejection", (e) => push(`unhandled rejection: ${e.reason && (e.reason.stack || e.reason)}`));
+  const original = console.error;
+  console.error = (...args) => { push(`console.error: ${args.join(" ")}`); original.apply(console, args); };
+})();
+
+const POLL_MS = 5000;
+const LOG_POLL_MS = 2000;
+// The most jobs one listing asks for (the API's own maximum is 10,000).
+const JOBS_LIMIT = 2000;
+// The most log text kept in the page; older output is dropped from the view (the download has all of it).
+const LOG_CHARS_MAX = 512 * 1024;
+// A GPU measured below this while allocated is idle: allocated but wasted.
+const IDLE_PERCENT = 10;
+
+// ---- small helpers ------------------------------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c);
+  return el;
+}
+
+class Unauthenticated extends Error {}
+
+async function api(path) {
+  const res = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  if (res.status === 401) {
+    location.assign("/login");
+    throw new Unauthenticated("signed out");
+  }
+  if (!res.ok) {
+    let message = `${res.status} ${res.statusText}`;
+    try { message = (await res.json()).message || message; } catch (_) { /* not JSON */ }
+    const err = new Error(message);
+    err.status = res.status;
+    throw err;
+  }
+  return res.json();
+}
+
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
+const clock = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
+const fmtTime = (us) => (us ? dateTime.format(new Date(us / 1000)) : "–");
+
+function fmtDuration(ms) {
+  if (!(ms >= 0)) return "–";
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+function fmtBytes(b) {
+  if (b === null || b === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+  return `${b >= 10 || i === 0 ? Math.round(b) : b.toFixed(1)} ${units[i]}`;
+}
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const num = (v, digits = 1) => (Math.round(v * 10 ** digits) / 10 ** digits).toLocaleString();
+const cores = (millis) => num(millis / 1000, 2);
+
+function stateBadge(state) {
+  return h("span", { class: `state state-${state}`, text: state.replace("_", " ") });
+}
+
+function noData() {
+  return h("span", { class: "nodata", text: "no data" });
+}
+
+// A utilisation figure: a bar and a number, "no data" when nothing was measured (never 0%), "idle" marked in words.
+function utilisation(percent, allocated) {
+  if (percent === null || percent === undefined) return h("span", {}, h("span", { class: "meter nodata-meter", "aria-hidden": "true" }), noData());
+  const bar = h("span", {});
+  bar.style.width = `${Math.min(100, percent)}%`;
+  const idle = allocated && percent < IDLE_PERCENT;
+  return h("span", {}, h("span", { class: "meter", "aria-hidden": "true" }, bar), `${num(percent, 0)}%`,
+    idle ? h("span", { class: "idle", text: " idle" }) : null);
+}
+
+function setStatus(text, bad) {
+  const el = document.getElementById("status");
+  el.textContent = text;
+  el.className = bad ? "status bad" : "status";
+}
+
+// Runs `update` now and every `ms` after the previous run finished, reporting failures in the header.
+function poll(update, ms = POLL_MS) {
+  let timer = null;
+  const run = async () => {
+    clearTimeout(timer);
+    try {
+      await update();
+      setStatus(`Updated ${clock.format(new Date())}`, false);
+    } catch (e) {
+      if (e instanceof Unauthenticated) return;
+      setStatus(`Update failed: ${e.message}`, true);
+    }
+    timer = setTimeout(run, ms);
+  };
+  run();
+  return run;
+}
+
+function table(columns, rows, empty) {
+  const head = h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : null, scope: "col", text: c.label })));
+  const body = rows.length
+    ? rows.map((r) => h("tr", {}, r.map((cell, i) => h("td", { class: columns[i].num ? "num" : null }, cell))))
+    : [h("tr", {}, h("td", { colspan: columns.length, class: "muted", text: empty }))];
+  return h("table", {}, h("thead", {}, head), h("tbody", {}, body));
+}
+
+function card(label, value, detail, extraClass) {
+  return h("div", { class: `card ${extraClass || ""}` }, h("div", { class: "label", text: label }),
+    h("div", { class: "value", text: value }), detail ? h("div", { class: "detail" }, detail) : null);
+}
+
+// A group of toggle buttons; `onpick(value)` is called with the chosen option's value.
+function toggles(label, options, current, onpick) {
+  const group = h("div", { class: "row", role: "group", "aria-label": label });
+  group.append(h("span", { class: "muted small", text: `${label}:` }));
+  for (const [value, text] of options) {
+    const button = h("button", { type: "button", "aria-pressed": String(value === current), "data-value": value, text,
+      onclick: () => {
+        for (const b of group.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b === button));
+        onpick(value);
+      } });
+    group.append(button);
+  }
+  return group;
+}
+
+// Where each GPU is held: "node/index" -> job, from the running jobs (every worker of a gang).
+function gpuHolders(jobs) {
+  const held = new Map();
+  for (const job of jobs) {
+    if (job.state !== "running" && job.state !== "starting") continue;
+    const places = job.workers && job.workers.length ? job.workers : [{ node: job.node, gpu_ids: job.gpu_ids }];
+    for (const p of places) for (const g of p.gpu_ids || []) held.set(`${p.node}/${g}`, job);
+  }
+  return held;
+}
+
+// Every GPU of every node with its holder and measured utilisation.
+function gpuList(nodes, holders) {
+  const list = [];
+  for (const node of nodes) {
+    const usage = new Map(((node.usage && node.usage.gpus) || []).map((g) => [g.index, g]));
+    for (const gpu of node.gpus) {
+      const id = `${node.name}/${gpu.index}`;
+      const u = usage.get(gpu.index) || {};
+      list.push({ id, node, gpu, job: holders.get(id) || null, util: u.utilization_percent ?? null, usage: u });
+    }
+  }
+  return list;
+}
+
+const jobGpus = (job) => (job.gpu_share_milli ? job.gpu_share_milli / 1000 : job.gpus) * (job.nodes || 1);
+const jobLink = (job) => h("a", { href: `/jobs/${job.id}`, text: String(job.id) });
+
+// The means of series `id` (or the first series) of a /series answer; all "no data" when the series has no points.
+function column(answer, id) {
+  const s = answer.series.find((x) => id === undefined || x.id === id);
+  const n = Math.round((answer.end_us - answer.start_us) / 1e6 / answer.step_s);
+  return s ? s.mean : new Array(n).fill(null);
+}
+
+function seriesUrl(params) {
+  return "/api/v1/series?" + new URLSearchParams(params).toString();
+}
+
+// ---- Overview -----------------------------------------------------------------------------------------------------
+
+const RANGES = { "1h": { start: "1h", step: "30s" }, "24h": { start: "24h", step: "10m" }, "30d": { start: "30d", step: "6h" } };
+
+function overview(main) {
+  let range = "1h";
+  const cards = h("div", { class: "cards", id: "cards" });
+  const pools = h("div", { id: "pools" });
+  const idle = h("div", { id: "idle" });
+  const byUser = h("div", { id: "by-user" }), byTeam = h("div", { id: "by-team" });
+  const chartsAll = h("div", { id: "charts-all" }), chartsPool = h("div", { id: "charts-pool", class: "charts" });
+  let refresh;
+  main.replaceChildren(
+    h("h1", { text: "Overview" }), cards,
+    h("h2", { text: "Allocated GPUs that are idle (measured below 10%)" }), idle,
+    h("h2", { text: "Pools" }), pools,
+    h("div", { class: "grid2" }, h("section", {}, h("h2", { text: "Running jobs by user" }), byUser),
+      h("section", {}, h("h2", { text: "Running jobs by team" }), byTeam)),
+    h("div", { class: "row" }, h("h2", { text: "GPUs over time" }),
+      toggles("Range", [["1h", "Last hour"], ["24h", "Last day"], ["30d", "Last 30 days"]], range, (r) => { range = r; refresh(); })),
+    chartsAll, h("h2", { text: "Per pool" }), chartsPool);
+
+  async function update() {
+    const [nodeList, jobList] = await Promise.all([api("/api/v1/nodes"), api(`/api/v1/jobs?limit=${JOBS_LIMIT}`)]);
+    const nodes = nodeList.nodes, jobs = jobList.jobs;
+    const holders = gpuHolders(jobs);
+    const gpus = gpuList(nodes, holders);
+    const allocated = nodes.reduce((a, n) => a + n.allocated_gpus, 0);
+    const measured = gpus.filter((g) => g.util !== null);
+    const idleGpus = gpus.filter((g) => g.job && g.util !== null && g.util < IDLE_PERCENT);
+    const queued = jobs.filter((j) => j.state === "queued");
+    const running = jobs.filter((j) => j.state === "running" || j.state === "starting");
+    const oldest = queued.reduce((m, j) => Math.min(m, j.submitted_at_us), Infinity);
+    const ready = nodes.filter((n) => n.state === "ready").length;
+    const cpuCap = nodes.reduce((a, n) => a + n.cpu_millis, 0), cpuAlloc = nodes.reduce((a, n) => a + n.allocated_cpu_millis, 0);
+    const memCap = nodes.reduce((a, n) => a + n.memory_bytes, 0), memAlloc = nodes.reduce((a, n) => a + n.allocated_memory_bytes, 0);
+    const meanUtil = measured.length ? measured.reduce((a, g) => a + g.util, 0) / measured.length : null;
+    const more = jobs.length >= JOBS_LIMIT ? " (at least)" : "";
+    cards.replaceChildren(
+      card("GPUs", `${allocated} of ${gpus.length} GPUs allocated`, `${ready} of ${nodes.length} nodes ready`),
+      card("GPU utilisation (measured)", meanUtil === null ? "no data" : `${num(meanUtil, 0)}%`,
+        `measured on ${measured.length} of ${gpus.length} GPUs`),
+      card("Idle allocated GPUs", `${idleGpus.length} idle`, `allocated, measured below ${IDLE_PERCENT}%`, idleGpus.length ? "waste" : ""),
+      card("Queue", `${queued.length}${more} queued`, queued.length ? `oldest waiting ${fmtDuration(Date.now() - oldest / 1000)}` : "nothing waiting"),
+      card("Running jobs", `${running.length} running`, plural(new Set(running.map((j) => j.owner)).size, "user")),
+      card("CPUs", `${cores(cpuAlloc)} of ${cores(cpuCap)} cores`, "allocated"),
+      card("Memory", `${fmtBytes(memAlloc)} of ${fmtBytes(memCap)}`, "allocated"));
+    idle.replaceChildren(idleGpus.length
+      ? table([{ label: "GPU" }, { label: "Job" }, { label: "User" }, { label: "Utilisation" }],
+        idleGpus.map((g) => [g.id, jobLink(g.job), g.job.owner, utilisation(g.util, true)]), "")
+      : h("p", { class: "muted", text: measured.length ? "None: every allocated GPU that reports telemetry is busy." : "None measured: no GPU reports telemetry." }));
+    pools.replaceChildren(poolTable(nodes, gpus));
+    byUser.replaceChildren(groupTable(running, (j) => j.owner, "User"));
+    byTeam.replaceChildren(groupTable(running, (j) => j.team || "(no team)", "Team"));
+  }
+
+  async function charts() {
+    const r = RANGES[range];
+    const metrics = ["gpu_capacity", "gpu_allocated", "gpu_used"];
+    const labels = { gpu_capacity: "capacity", gpu_allocated: "allocated", gpu_used: "used (busy-GPU equivalents, measured)" };
+    const [all, perPool] = await Promise.all([
+      Promise.all(metrics.map((m) => api(seriesUrl({ metric: m, by: "all", start: r.start, step: r.step })))),
+      Promise.all(metrics.map((m) => api(seriesUrl({ metric: m, by: "pool", start: r.start, step: r.step })))),
+    ]);
+    const chart = (answers, id, title) => FerryCharts.lineChart({
+      title, start_us: answers[0].start_us, step_s: answers[0].step_s, unit: "GPUs",
+      series: metrics.map((m, i) => ({ label: labels[m], values: column(answers[i], id) })),
+    });
+    chartsAll.replaceChildren(chart(all, undefined, "All pools: GPU capacity, allocation and measured use (GPUs)"));
+    const poolIds = [...new Set(perPool.flatMap((a) => a.series.map((s) => s.id)))].sort();
+    chartsPool.replaceChildren(...(poolIds.length ? poolIds.map((p) => chart(perPool, p, `Pool ${p} (GPUs)`))
+      : [h("p", { class: "muted", text: "No pool has recorded data in this range yet." })]));
+  }
+
+  refresh = poll(async () => { await update(); await charts(); });
+}
+
+function poolTable(nodes, gpus) {
+  const pools = [...new Set(nodes.map((n) => n.pool))].sort();
+  const rows = pools.map((pool) => {
+    const ns = nodes.filter((n) => n.pool === pool), gs = gpus.filter((g) => g.node.pool === pool);
+    const measured = gs.filter((g) => g.util !== null);
+    const mean = measured.length ? measured.reduce((a, g) => a + g.util, 0) / measured.length : null;
+    const idle = gs.filter((g) => g.job && g.util !== null && g.util < IDLE_PERCENT).length;
+    return [pool, `${ns.filter((n) => n.state === "ready").length} of ${ns.length}`,
+      `${ns.reduce((a, n) => a + n.allocated_gpus, 0)} of ${gs.length}`, utilisation(mean, false),
+      idle ? h("span", { class: "idle", text: `${idle} idle` }) : "0",
+      `${cores(ns.reduce((a, n) => a + n.allocated_cpu_millis, 0))} of ${cores(ns.reduce((a, n) => a + n.cpu_millis, 0))}`];
+  });
+  return table([{ label: "Pool" }, { label: "Nodes ready" }, { label: "GPUs allocated" }, { label: "GPU utilisation (measured)" },
+    { label: "Idle allocated GPUs" }, { label: "CPU cores allocated" }], rows, "No nodes.");
+}
+
+function groupTable(jobs, key, label) {
+  const groups = new Map();
+  for (const j of jobs) {
+    const g = groups.get(key(j)) || { jobs: 0, gpus: 0, cpu: 0, mem: 0, util: [] };
+    g.jobs++; g.gpus += jobGpus(j); g.cpu += j.cpu_millis * (j.nodes || 1); g.mem += j.memory_bytes * (j.nodes || 1);
+    if (j.usage && j.usage.gpu_utilization_percent !== null && j.usage.gpu_utilization_percent !== undefined) g.util.push(j.usage.gpu_utilization_percent);
+    groups.set(key(j), g);
+  }
+  const rows = [...groups.entries()].sort((a, b) => b[1].gpus - a[1].gpus || a[0].localeCompare(b[0])).map(([k, g]) => [
+    k, String(g.jobs), num(g.gpus, 2), cores(g.cpu), fmtBytes(g.mem),
+    utilisation(g.util.length ? g.util.reduce((a, b) => a + b, 0) / g.util.length : null, g.gpus > 0)]);
+  return table([{ label }, { label: "Jobs", num: true }, { label: "GPUs", num: true }, { label: "CPU cores", num: true },
+    { label: "Memory", num: true }, { label: "GPU utilisation (measured)" }], rows, "No running jobs.");
+}
+
+// ---- Nodes --------------------------------------------------------------------------------------------------------
+
+const HEAT_RANGES = { "6h": { start: "6h", step: "10m", label: "10-minute steps" }, "24h": { start: "24h", step: "30m", label: "30-minute steps" },
+  "7d": { start: "7d", step: "4h", label: "4-hour steps" } };
+
+function nodesPage(main) {
+  let range = "24h";
+  const list = h("div", { id: "nodes" }), heat = h("div", { id: "heatmap" });
+  let refresh;
+  main.replaceChildren(h("h1", { text: "Nodes" }), list,
+    h("div", { class: "row" }, h("h2", { text: "GPU utilisation over time (measured)" }),
+      toggles("Range", [["6h", "Last 6 hours"], ["24h", "Last day"], ["7d", "Last 7 days"]], range, (r) => { range = r; refresh(); })),
+    heat);
+  refresh = poll(async () => {
+    const r = HEAT_RANGES[range];
+    const [nodeList, jobList, answer] = await Promise.all([api("/api/v1/nodes"), api(`/api/v1/jobs?limit=${JOBS_LIMIT}`),
+      api(seriesUrl({ metric: "gpu_utilization", by: "gpu", start: r.start, step: r.step }))]);
+    const gpus = gpuList(nodeList.nodes, gpuHolders(jobList.jobs));
+    list.replaceChildren(...(nodeList.nodes.length ? nodeList.nodes.map((n) => nodeCard(n, gpus.filter((g) => g.node === n)))
+      : [h("p", { class: "muted", text: "No nodes have joined yet; start one with `ferry agent`." })]));
+    const cols = Math.round((answer.end_us - answer.start_us) / 1e6 / answer.step_s);
+    const byId = new Map(answer.series.map((s) => [s.id, s.mean]));
+    const ids = [...new Set([...gpus.map((g) => g.id), ...byId.keys()])];
+    heat.replaceChildren(ids.length ? FerryCharts.heatmap({
+      title: "GPU utilisation per GPU over time", start_us: answer.start_us, step_s: answer.step_s, step_label: r.label,
+      rows: ids.map((id) => ({ label: id, values: byId.get(id) || new Array(cols).fill(null) })),
+    }) : h("p", { class: "muted", text: "No GPUs." }));
+  });
+}
+
+function nodeCard(node, gpus) {
+  const usage = node.usage;
+  const rows = gpus.map((g) => [
+    String(g.gpu.index), g.gpu.model, fmtBytes(g.gpu.memory_bytes),
+    g.job ? h("span", {}, "job ", jobLink(g.job), ` (${g.job.owner})`) : h("span", { class: "muted", text: "free" }),
+    utilisation(g.util, !!g.job),
+    g.usage.memory_used_bytes !== undefined && g.usage.memory_used_bytes !== null ? fmtBytes(g.usage.memory_used_bytes) : noData(),
+    g.usage.temperature_c !== undefined && g.usage.temperature_c !== null ? `${g.usage.temperature_c} °C` : noData(),
+  ]);
+  const measuredCpu = usage ? `${cores(usage.cpu_millis_used)} cores used (measured)` : "CPU use: no data";
+  const measuredMem = usage ? `${fmtBytes(usage.memory_used_bytes)} used (measured)` : "memory use: no data";
+  return h("section", { class: "node", "aria-label": `Node ${node.name}` },
+    h("h2", {}, `${node.name} `, h("span", { class: `state state-${node.state === "ready" ? "running" : "failed"}`, text: node.state.replace("_", " ") })),
+    h("p", { class: "small" }, `Pool ${node.pool} · GPUs ${node.allocated_gpus} of ${node.gpus.length} allocated · CPU ${cores(node.allocated_cpu_millis)} of ${cores(node.cpu_millis)} cores allocated, ${measuredCpu} · memory ${fmtBytes(node.allocated_memory_bytes)} of ${fmtBytes(node.memory_bytes)} allocated, ${measuredMem} · last report ${fmtTime(node.last_seen_us)}`),
+    node.gpus.length ? table([{ label: "GPU" }, { label: "Model" }, { label: "Memory" }, { label: "Allocated to" },
+      { label: "Utilisation (measured)" }, { label: "GPU memory used" }, { label: "Temperature" }], rows, "") : h("p", { class: "muted", text: "No GPUs." }));
+}
+
+// ---- Jobs ---------------------------------------------------------------------------------------------------------
+
+const STATES = ["queued", "starting", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"];
+const WITHIN = { any: null, "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+
+const JOB_COLUMNS = [
+  { key: "id", label: "ID", num: true, value: (j) => j.id, cell: jobLink },
+  { key: "name", label: "Name", value: (j) => j.name || "" },
+  { key: "state", label: "State", value: (j) => j.state, cell: (j) => stateBadge(j.state) },
+  { key: "owner", label: "User", value: (j) => j.owner },
+  { key: "team", label: "Team", value: (j) => j.team || "" },
+  { key: "project", label: "Project", value: (j) => j.project || "" },
+  { key: "pool", label: "Pool", value: (j) => j.pool || "" },
+  { key: "node", label: "Node:GPUs", value: (j) => j.node || "", cell: (j) => (j.node ? `${j.node}${j.gpu_ids.length ? ":" + j.gpu_ids.join(",") : ""}` : "–") },
+  { key: "gpus", label: "GPUs", num: true, value: jobGpus, cell: (j) => num(jobGpus(j), 3) },
+  { key: "cpu", label: "CPUs", num: true, value: (j) => j.cpu_millis, cell: (j) => cores(j.cpu_millis) },
+  { key: "memory", label: "Memory", num: true, value: (j) => j.memory_bytes, cell: (j) => fmtBytes(j.memory_bytes) },
+  { key: "submitted", label: "Submitted", value: (j) => j.submitted_at_us, cell: (j) => fmtTime(j.submitted_at_us) },
+  { key: "duration", label: "Waited / ran", num: true, value: jobDuration, cell: (j) => fmtDuration(jobDuration(j)) },
+  { key: "util", label: "GPU util. (measured)", value: (j) => (j.usage ? j.usage.gpu_utilization_percent ?? -1 : -1),
+    cell: (j) => (j.state === "running" && jobGpus(j) > 0 ? utilisation(j.usage ? j.usage.gpu_utilization_percent : null, true) : "–") },
+];
+
+function jobDuration(j) {
+  const now = Date.now() * 1000;
+  if (j.state === "queued") return (now - j.submitted_at_us) / 1000;
+  if (j.started_at_us) return ((j.finished_at_us || now) - j.started_at_us) / 1000;
+  return ((j.finished_at_us || now) - j.submitted_at_us) / 1000;
+}
+
+function jobsPage(main) {
+  const params = new URLSearchParams(location.search);
+  const f = { state: params.get("state") || "active", user: params.get("user") || "", project: params.get("project") || "",
+    team: params.get("team") || "", pool: params.get("pool") || "", within: params.get("within") || "any" };
+  let sort = { key: params.get("sort") || "id", desc: params.get("dir") !== "asc" };
+  let jobs = [], refresh;
+  const lists = {};
+  const text = (key, label) => {
+    lists[key] = h("datalist", { id: `list-${key}` });
+    return h("label", {}, label, h("input", { type: "search", name: key, value: f[key], list: `list-${key}`,
+      oninput: (e) => { f[key] = e.target.value.trim(); render(); } }), lists[key]);
+  };
+  const select = (key, label, options) => h("label", {}, label, h("select", { name: key,
+    onchange: (e) => { f[key] = e.target.value; key === "state" ? refresh() : render(); } },
+  options.map(([v, t]) => h("option", { value: v, selected: v === f[key], text: t }))));
+  const count = h("p", { class: "muted small", id: "jobs-count", "aria-live": "polite" });
+  const holder = h("div", { id: "jobs-table" });
+  main.replaceChildren(h("h1", { text: "Jobs" }),
+    h("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
+      select("state", "State", [["active", "queued, starting or running"], ["all", "any state"], ...STATES.map((s) => [s, s.replace("_", " ")])]),
+      text("user", "User"), text("project", "Project"), text("team", "Team"), text("pool", "Pool"),
+      select("within", "Submitted", [["any", "any time"], ["1h", "last hour"], ["24h", "last day"], ["7d", "last 7 days"], ["30d", "last 30 days"]])),
+    count, holder);
+
+  function matches(j) {
+    const has = (value, want) => !want || (value || "").toLowerCase().includes(want.toLowerCase());
+    const within = WITHIN[f.within];
+    return has(j.owner, f.user) && has(j.project, f.project) && has(j.team, f.team) && has(j.pool, f.pool)
+      && (!within || j.submitted_at_us / 1000 >= Date.now() - within);
+  }
+
+  function render() {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(f)) if (v && v !== "any" && !(k === "state" && v === "active")) q.set(k, v);
+    if (sort.key !== "id") q.set("sort", sort.key);
+    if (!sort.desc) q.set("dir", "asc");
+    history.replaceState(null, "", `/jobs${q.toString() ? "?" + q : ""}`);
+    const col = JOB_COLUMNS.find((c) => c.key === sort.key) || JOB_COLUMNS[0];
+    const shown = jobs.filter(matches).sort((a, b) => {
+      const x = col.value(a), y = col.value(b);
+      const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+      return (sort.desc ? -c : c) || b.id - a.id;
+    });
+    count.textContent = `${shown.length} of ${jobs.length} jobs shown`;
+    const head = h("tr", {}, JOB_COLUMNS.map((c) => h("th", { scope: "col", class: c.num ? "num" : null,
+      "aria-sort": c.key === sort.key ? (sort.desc ? "descending" : "ascending") : null },
+    h("button", { type: "button", class: "sort", "data-sort": c.key,
+      onclick: () => { sort = { key: c.key, desc: sort.key === c.key ? !sort.desc : false }; render(); focusSort(c.key); } },
+    c.label + (c.key === sort.key ? (sort.desc ? " ▼" : " ▲") : "")))));
+    const body = shown.map((j) => h("tr", { "data-job": j.id }, JOB_COLUMNS.map((c) => h("td", { class: c.num ? "num" : null },
+      c.cell ? c.cell(j) : c.value(j) || "–"))));
+    if (!shown.length) body.push(h("tr", {}, h("td", { colspan: JOB_COLUMNS.length, class: "muted", text: "No jobs match." })));
+    holder.replaceChildren(h("table", { id: "jobs" }, h("thead", {}, head), h("tbody", {}, body)));
+    for (const key of ["user", "project", "team", "pool"]) {
+      const values = [...new Set(jobs.map((j) => (key === "user" ? j.owner : j[key])).filter(Boolean))].sort();
+      lists[key].replaceChildren(...values.map((v) => h("option", { value: v })));
+    }
+  }
+  const focusSort = (key) => holder.querySelector(`button[data-sort="${key}"]`).focus();
+
+  refresh = poll(async () => {
+    const query = f.state === "active" ? `limit=${JOBS_LIMIT}` : f.state === "all" ? `all=true&limit=${JOBS_LIMIT}`
+      : `state=${encodeURIComponent(f.state)}&limit=${JOBS_LIMIT}`;
+    const [jobList, nodeList] = await Promise.all([api(`/api/v1/jobs?${query}`), api("/api/v1/nodes")]);
+    const poolOf = new Map(nodeList.nodes.map((n) => [n.name, n.pool]));
+    jobs = jobList.jobs.map((j) => ({ ...j, pool: j.node ? poolOf.get(j.node) || "" : "" }));
+    const focused = document.activeElement && document.activeElement.dataset && document.activeElement.dataset.sort;
+    render();
+    if (focused) focusSort(focused);
+  });
+}
+
+// ---- One job ------------------------------------------------------------------------------------------------------
+
+function jobPage(main, id) {
+  const title = h("h1", { text: `Job ${id}` });
+  const spec = h("dl", { class: "spec", id: "job-spec" }), place = h("dl", { class: "spec", id: "job-placement" });
+  const waiting = h("div", { id: "job-waiting" }), timeline = h("div", { id: "job-timeline" });
+  const charts = h("div", { class: "charts", id: "job-charts" });
+  const search = h("input", { type: "search", id: "log-search", placeholder: "Search the log", "aria-label": "Search the log" });
+  const logView = h("pre", { class: "log", id: "log", tabindex: "0", "aria-label": "Log output" });
+  const logInfo = h("span", { class: "muted small", id: "log-info" });
+  const download = h("a", { href: `/api/v1/jobs/${id}/logs`, download: `ferry-job-${id}.log`, text: "Download the whole log" });
+  main.replaceChildren(title, h("div", { class: "grid2" },
+    h("section", {}, h("h2", { text: "Spec" }), spec),
+    h("section", {}, h("h2", { text: "Placement and result" }), place, waiting)),
+  h("h2", { text: "Use against what it asked for" }), charts,
+  h("h2", { text: "Timeline" }), timeline,
+  h("h2", { text: "Log" }), h("div", { class: "row" }, search, download, logInfo), logView);
+
+  let job = null, logText = "", logOffset = null, decoder = new TextDecoder(), lastChartsAt = 0;
+  search.addEventListener("input", () => renderLog());
+
+  function renderLog() {
+    const want = search.value;
+    const atBottom = logView.scrollTop + logView.clientHeight >= logView.scrollHeight - 20;
+    if (!want) {
+      logView.textContent = logText || (job && job.log_bytes === 0 ? "(no output yet)" : "");
+      logInfo.textContent = job ? `${fmtBytes(job.log_bytes)} of output` : "";
+    } else {
+      const lines = logText.split("\n").filter((l) => l.toLowerCase().includes(want.toLowerCase()));
+      logView.replaceChildren(...lines.flatMap((line) => [...highlight(line, want), "\n"]));
+      logInfo.textContent = plural(lines.length, "matching line");
+    }
+    if (atBottom) logView.scrollTop = logView.scrollHeight;
+  }
+
+  async function readLog() {
+    if (!job) return;
+    if (logOffset === null) logOffset = Math.max(0, job.log_bytes - LOG_CHARS_MAX / 2);
+    if (logOffset >= job.log_bytes && logText) return;
+    const res = await fetch(`/api/v1/jobs/${id}/logs?offset=${logOffset}`, { credentials: "same-origin" });
+    if (!res.ok) throw new Error(`log: ${res.status}`);
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    logOffset += bytes.length;
+    logText = (logText + decoder.decode(bytes, { stream: true })).slice(-LOG_CHARS_MAX);
+    renderLog();
+  }
+
+  async function update() {
+    job = await api(`/api/v1/jobs/${id}`);
+    document.title = `Job ${id} · Ferry`;
+    title.replaceChildren(`Job ${id}${job.name ? " · " + job.name : ""} `, stateBadge(job.state));
+    const dl = (el, pairs) => el.replaceChildren(...pairs.filter(Boolean).flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
+    const env = Object.entries(job.env || {});
+    dl(spec, [
+      ["Command", h("code", { text: job.command.map(shellQuote).join(" ") })],
+      ["Owner", job.owner], ["Team", job.team || "–"], ["Project", job.project || "–"],
+      ["Asked for", `${job.nodes > 1 ? job.nodes + " nodes × " : ""}${job.gpu_share_milli ? num(job.gpu_share_milli / 1000, 3) + " of a GPU" : job.gpus + " GPUs"}, ${cores(job.cpu_millis)} CPU cores, ${fmtBytes(job.memory_bytes)} memory`],
+      ["Priority", job.priority], ["Retries", `${job.retries} (this is attempt ${job.attempt})`],
+      ["Max runtime", job.max_runtime_s ? fmtDuration(job.max_runtime_s * 1000) : "none"],
+      ["Code", job.code ? h("span", {}, h("code", { text: job.code.git_commit || "(not a git repository)" }), job.code.git_dirty ? " with uncommitted changes" : "") : job.workdir || "–"],
+      ["Environment", env.length ? h("code", { class: "env", text: env.map(([k, v]) => `${k}=${v}`).join("\n") }) : "none"],
+    ]);
+    const workers = job.workers && job.workers.length ? job.workers.map((w) => `rank ${w.rank}: ${w.node} GPUs ${w.gpu_ids.join(",") || "none"}`).join("; ") : null;
+    dl(place, [
+      ["Node", job.node || "–"], ["GPUs", job.gpu_ids.length ? job.gpu_ids.join(", ") : "–"], workers && ["Workers", workers],
+      ["Submitted", fmtTime(job.submitted_at_us)], ["Started", fmtTime(job.started_at_us)], ["Finished", fmtTime(job.finished_at_us)],
+      ["Exit code", job.exit_code ?? (job.signal ? `signal ${job.signal}` : "–")],
+      job.message && ["Message", job.message],
+      ["Measured now", job.usage ? `${job.usage.cpu_millis_used != null ? cores(job.usage.cpu_millis_used) + " cores" : "CPU no data"}, ${job.usage.memory_used_bytes != null ? fmtBytes(job.usage.memory_used_bytes) : "memory no data"}, GPU ${job.usage.gpu_utilization_percent != null ? num(job.usage.gpu_utilization_percent, 0) + "%" : "no data"}` : "no data"],
+    ]);
+    waiting.replaceChildren(...(job.waiting ? [h("h2", { text: "Why it waits" }), h("p", { id: "waiting-message", text: job.waiting.message }),
+      job.waiting.estimated_start_us ? h("p", { class: "muted", text: `Expected to start by ${fmtTime(job.waiting.estimated_start_us)} if every job ahead runs to its limit.` }) : null] : []));
+    timeline.replaceChildren(table([{ label: "Time" }, { label: "State" }, { label: "What happened" }],
+      job.timeline.map((e) => [fmtTime(e.at_us), stateBadge(e.state), e.message]), "No events yet."));
+    // Charts change slowly; redraw them every 15 seconds, not on every poll.
+    if (Date.now() - lastChartsAt > 15000) {
+      lastChartsAt = Date.now();
+      await drawCharts();
+    }
+    await readLog();
+  }
+
+  async function drawCharts() {
+    if (!job.started_at_us) {
+      charts.replaceChildren(h("p", { class: "muted", text: "The job has not started; there is nothing measured yet." }));
+      return;
+    }
+    // From just before the start to the end (or now), at least five minutes, in about 120 steps of 10 s or more.
+    const endUs = job.finished_at_us || Date.now() * 1000;
+    const startUs = Math.min(job.started_at_us - 30e6, endUs - 300e6);
+    const stepS = Math.max(10, Math.ceil((endUs - startUs) / 1e6 / 120 / 10) * 10);
+    const iso = (us) => new Date(us / 1000).toISOString();
+    const range = { by: "job", id: String(id), start: iso(startUs), end: iso(endUs), step: `${stepS}s` };
+    const get = (metric) => api(seriesUrl({ metric, ...range }));
+    const [cu, ca, mu, ma, gu] = await Promise.all(["cpu_used", "cpu_allocated", "memory_used", "memory_allocated", "gpu_utilization"].map(get));
+    const col = (a) => column(a, undefined);
+    const gib = (v) => (v === null ? null : v / 2 ** 30);
+    const parts = [
+      FerryCharts.lineChart({ title: "CPU: used (measured) against allocated", start_us: cu.start_us, step_s: cu.step_s, unit: "cores",
+        series: [{ label: "used", values: col(cu) }, { label: "allocated", values: col(ca) }] }),
+      FerryCharts.lineChart({ title: "Memory: used (measured) against allocated", start_us: mu.start_us, step_s: mu.step_s, unit: "GiB",
+        series: [{ label: "used", values: col(mu).map(gib) }, { label: "allocated", values: col(ma).map(gib) }] }),
+    ];
+    if (job.gpus > 0 || job.gpu_share_milli > 0) {
+      parts.push(FerryCharts.lineChart({ title: "GPU utilisation (measured, mean over the job's GPUs)", start_us: gu.start_us, step_s: gu.step_s,
+        unit: "percent", yMax: 100, format: (v) => `${v}%`, series: [{ label: "utilisation", values: col(gu) }] }));
+    }
+    charts.replaceChildren(...parts);
+  }
+
+  poll(update, LOG_POLL_MS);
+}
+
+function highlight(line, want) {
+  const out = [], lower = line.toLowerCase(), w = want.toLowerCase();
+  let i = 0;
+  for (let j = lower.indexOf(w); j >= 0; j = lower.indexOf(w, i)) {
+    out.push(line.slice(i, j), h("mark", { text: line.slice(j, j + w.length) }));
+    i = j + w.length;
+  }
+  out.push(line.slice(i));
+  return out;
+}
+
+function shellQuote(arg) {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, "'\\''")}'`;
+}
+
+// ---- Usage --------------------------------------------------------------------------------------------------------
+
+function usagePage(main) {
+  const params = new URLSearchParams(location.search);
+  const f = { by: params.get("by") || "user", period: params.get("period") || "30d", from: params.get("from") || "", to: params.get("to") || "" };
+  const result = h("div", { id: "usage" }), csv = h("a", { id: "usage-csv", text: "Download as CSV" }), note = h("p", { class: "muted small" });
+  let refresh;
+  const periodSelect = h("select", { name: "period", onchange: (e) => { f.period = e.target.value; refresh(); } },
+    [["24h", "last day"], ["7d", "last 7 days"], ["30d", "last 30 days"], ["90d", "last 90 days"], ["365d", "last year"], ["custom", "dates below"]]
+      .map(([v, t]) => h("option", { value: v, selected: v === f.period, text: t })));
+  const date = (key, label) => h("label", {}, label, h("input", { type: "date", name: key, value: f[key],
+    onchange: (e) => { f[key] = e.target.value; if (f.from && f.to) { f.period = "custom"; periodSelect.value = "custom"; } refresh(); } }));
+  main.replaceChildren(h("h1", { text: "Usage" }),
+    h("p", { class: "muted", text: "GPU-hours and CPU-hours allocated to jobs against what they measured using, for a period." }),
+    h("form", { class: "filters", onsubmit: (e) => e.preventDefault() },
+      h("label", {}, "By", h("select", { name: "by", onchange: (e) => { f.by = e.target.value; refresh(); } },
+        ["user", "project", "team", "pool"].map((v) => h("option", { value: v, selected: v === f.by, text: v })))),
+      h("label", {}, "Period", periodSelect), date("from", "From (your time zone)"), date("to", "To, inclusive"), csv),
+    note, result);
+
+  refresh = poll(async () => {
+    const q = new URLSearchParams({ by: f.by });
+    if (f.period === "custom" && f.from && f.to) {
+      const end = new Date(`${f.to}T00:00`);
+      end.setDate(end.getDate() + 1);
+      q.set("start", new Date(`${f.from}T00:00`).toISOString());
+      q.set("end", end.toISOString());
+    } else {
+      // No `end`: the API's default is now.
+      q.set("start", f.period === "custom" ? "30d" : f.period);
+    }
+    const page = new URLSearchParams({ by: f.by, period: f.period });
+    if (f.from) page.set("from", f.from);
+    if (f.to) page.set("to", f.to);
+    history.replaceState(null, "", `/usage?${page}`);
+    csv.href = `/api/v1/usage?${q}&format=csv`;
+    csv.setAttribute("download", `ferry-usage-by-${f.by}.csv`);
+    let answer;
+    try {
+      answer = await api(`/api/v1/usage?${q}`);
+    } catch (e) {
+      if (e instanceof Unauthenticated) throw e;
+      note.textContent = "";
+      result.replaceChildren(h("p", { class: "error", id: "usage-error", role: "alert",
+        text: `The usage report is not available: ${e.message}` }));
+      return;
+    }
+    note.textContent = `From ${fmtTime(answer.start_us)} to ${fmtTime(answer.end_us)}. "Used" is measured; "no data" means nothing was measured, not zero use.`;
+    const hours = (v) => (v === null || v === undefined ? noData() : num(v, v < 10 ? 2 : 1));
+    const share = (used, alloc) => (used === null || used === undefined || !alloc ? noData() : utilisation((100 * used) / alloc, true));
+    const rows = answer.rows.map((r) => [r.id, hours(r.gpu_hours_allocated), hours(r.gpu_hours_used), share(r.gpu_hours_used, r.gpu_hours_allocated),
+      hours(r.cpu_hours_allocated), hours(r.cpu_hours_used), share(r.cpu_hours_used, r.cpu_hours_allocated)]);
+    const sum = (k) => answer.rows.reduce((a, r) => a + (r[k] || 0), 0);
+    const anyUsed = (k) => answer.rows.some((r) => r[k] !== null && r[k] !== undefined);
+    if (answer.rows.length > 1) {
+      rows.push([h("strong", { text: "total" }), num(sum("gpu_hours_allocated"), 1), anyUsed("gpu_hours_used") ? num(sum("gpu_hours_used"), 1) : noData(), "",
+        num(sum("cpu_hours_allocated"), 1), anyUsed("cpu_hours_used") ? num(sum("cpu_hours_used"), 1) : noData(), ""]);
+    }
+    result.replaceChildren(table([{ label: f.by }, { label: "GPU-hours allocated", num: true }, { label: "GPU-hours used", num: true },
+      { label: "GPU used / allocated" }, { label: "CPU-hours allocated", num: true }, { label: "CPU-hours used", num: true },
+      { label: "CPU used / allocated" }], rows, "Nothing was allocated in this period."));
+  }, 30000);
+}
+
+// ---- Routing ------------------------------------------------------------------------------------------------------
+
+(function start() {
+  const main = document.getElementById("main");
+  const path = location.pathname.replace(/\/+$/, "") || "/";
+  const job = path.match(/^\/jobs\/(\d+)$/);
+  const page = job ? "jobs" : { "/": "overview", "/nodes": "nodes", "/jobs": "jobs", "/usage": "usage" }[path];
+  for (const a of document.querySelectorAll("nav a")) if (a.dataset.page === page) a.setAttribute("aria-current", "page");
+  const titles = { overview: "Overview", nodes: "Nodes", jobs: "Jobs", usage: "Usage" };
+  document.title = `${job ? "Job " + job[1] : titles[page] || "Not found"} · Ferry`;
+  if (job) jobPage(main, Number(job[1]));
+  else if (page === "overview") overview(main);
+  else if (page === "nodes") nodesPage(main);
+  else if (page === "jobs") jobsPage(main);
+  else if (page === "usage") usagePage(main);
+  else main.replaceChildren(h("p", { text: "No such page." }));
+})();

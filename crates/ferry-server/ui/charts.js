@@ -1,0 +1,177 @@
+// Ferry dashboard charts: SVG line charts and heatmaps drawn from /api/v1/series answers. No library: a few
+// functions that build SVG elements. Times are shown in the viewer's time zone; every axis names its unit; colours
+// come from the Okabe-Ito palette and each line also has its own dash pattern, so no meaning rests on colour alone.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone;
+const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000"];
+const DASHES = ["", "6 3", "2 2", "8 3 2 3", "1 3", "4 4", ""];
+
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== undefined && v !== null) el.setAttribute(k, v);
+  for (const c of children) if (c !== null && c !== undefined) el.append(c);
+  return el;
+}
+
+// Round numbers for an axis from 0 to at least `max`.
+function niceTicks(max, count) {
+  if (!(max > 0)) max = 1;
+  const raw = max / count;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+  const ticks = [];
+  for (let v = 0; v <= max + step * 0.001; v += step) ticks.push(v);
+  if (ticks[ticks.length - 1] < max) ticks.push(ticks[ticks.length - 1] + step);
+  return ticks;
+}
+
+// Time labels for a range: clock times within a day, dates and times over longer ranges.
+function timeFormatter(spanMs) {
+  const opts = spanMs > 2 * 86400e3 ? { month: "short", day: "numeric" }
+    : spanMs > 86400e3 / 2 ? { weekday: "short", hour: "2-digit", minute: "2-digit" }
+    : { hour: "2-digit", minute: "2-digit" };
+  return new Intl.DateTimeFormat(undefined, opts);
+}
+
+function timeTicks(startMs, endMs, count) {
+  const span = endMs - startMs;
+  const steps = [60e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 7200e3, 4 * 3600e3, 6 * 3600e3, 12 * 3600e3, 86400e3,
+    2 * 86400e3, 7 * 86400e3];
+  const step = steps.find((s) => span / s <= count) || 7 * 86400e3;
+  // Align to the step in local time, so hour ticks fall on the hour where the viewer is.
+  const offset = new Date(startMs).getTimezoneOffset() * 60e3;
+  let t = Math.ceil((startMs - offset) / step) * step + offset;
+  const ticks = [];
+  for (; t <= endMs; t += step) ticks.push(t);
+  return ticks;
+}
+
+// A line chart. opts: { start_us, step_s, series: [{label, values, color?, dash?}], unit, format?(v), yMax?,
+// width?, height?, title }. Returns a figure with the chart and its legend.
+function lineChart(opts) {
+  const W = opts.width || 640, H = opts.height || 220;
+  const m = { l: 58, r: 30, t: 10, b: 40 };
+  const n = Math.max(0, ...opts.series.map((s) => s.values.length));
+  const startMs = opts.start_us / 1000, stepMs = opts.step_s * 1000;
+  const endMs = startMs + Math.max(1, n - 1) * stepMs;
+  let max = opts.yMax || 0;
+  for (const s of opts.series) for (const v of s.values) if (v !== null && v > max) max = v;
+  const ticks = niceTicks(max, 4);
+  const top = ticks[ticks.length - 1];
+  const x = (ms) => m.l + ((ms - startMs) / Math.max(1, endMs - startMs)) * (W - m.l - m.r);
+  const y = (v) => H - m.b - (v / top) * (H - m.t - m.b);
+  const fmt = opts.format || ((v) => String(Math.round(v * 100) / 100));
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": opts.title });
+  chart.append(svg("title", {}, opts.title));
+  const grid = svg("g", { class: "grid" }), axis = svg("g", { class: "axis" });
+  for (const t of ticks) {
+    grid.append(svg("line", { x1: m.l, x2: W - m.r, y1: y(t), y2: y(t) }));
+    axis.append(svg("text", { x: m.l - 6, y: y(t) + 4, "text-anchor": "end" }, fmt(t)));
+  }
+  const tf = timeFormatter(endMs - startMs);
+  for (const t of timeTicks(startMs, endMs, 6)) {
+    axis.append(svg("line", { x1: x(t), x2: x(t), y1: H - m.b, y2: H - m.b + 4 }));
+    axis.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, tf.format(new Date(t))));
+  }
+  axis.append(svg("line", { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
+  axis.append(svg("line", { x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
+  axis.append(svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, `time (${ZONE})`));
+  axis.append(svg("text", { x: 12, y: (m.t + H - m.b) / 2, "text-anchor": "middle",
+    transform: `rotate(-90 12 ${(m.t + H - m.b) / 2})` }, opts.unit));
+  chart.append(grid, axis);
+  const legend = document.createElement("div");
+  legend.className = "legend";
+  opts.series.forEach((s, i) => {
+    const color = s.color || PALETTE[i % PALETTE.length], dash = s.dash ?? DASHES[i % DASHES.length];
+    let d = "", pen = false;
+    s.values.forEach((v, j) => {
+      if (v === null || v === undefined) { pen = false; return; }
+      const px = x(startMs + j * stepMs).toFixed(1), py = y(v).toFixed(1);
+      d += `${pen ? "L" : "M"}${px} ${py}`;
+      const alone = !pen && (s.values[j + 1] === null || s.values[j + 1] === undefined);
+      if (alone) chart.append(svg("circle", { cx: px, cy: py, r: 2.5, fill: color }));
+      pen = true;
+    });
+    if (d) chart.append(svg("path", { d, fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": dash || null }));
+    const swatch = svg("svg", { width: 26, height: 10, "aria-hidden": "true" },
+      svg("line", { x1: 0, x2: 26, y1: 5, y2: 5, stroke: color, "stroke-width": 2, "stroke-dasharray": dash || null }));
+    const item = document.createElement("span");
+    const measured = s.values.some((v) => v !== null && v !== undefined);
+    item.append(swatch, s.label + (measured ? "" : " (no data)"));
+    legend.append(item);
+  });
+  const figure = document.createElement("figure");
+  figure.className = "chart-figure";
+  figure.style.margin = "0";
+  const caption = document.createElement("figcaption");
+  caption.textContent = opts.title;
+  caption.className = "small muted";
+  figure.append(caption, chart, legend);
+  return figure;
+}
+
+// Sequential colours from viridis (colour-blind-safe, readable in greyscale) for 0-100%.
+const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+function viridis(percent) {
+  const t = Math.max(0, Math.min(1, percent / 100)) * (VIRIDIS.length - 1);
+  const i = Math.min(VIRIDIS.length - 2, Math.floor(t)), f = t - i;
+  const c = VIRIDIS[i].map((a, k) => Math.round(a + (VIRIDIS[i + 1][k] - a) * f));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+function hatchPattern(id) {
+  return svg("pattern", { id, width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" },
+    svg("rect", { width: 6, height: 6, fill: "#ffffff" }), svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#9aa3ad", "stroke-width": 3 }));
+}
+
+// A heatmap: rows = opts.rows [{label, values}], columns = time steps from start_us every step_s; values are
+// percent or null (no data: hatched, never coloured as 0%).
+function heatmap(opts) {
+  const cols = Math.max(1, ...opts.rows.map((r) => r.values.length));
+  const cw = Math.max(8, Math.min(24, Math.floor(880 / cols))), ch = 18;
+  const m = { l: 110, r: 44, t: 8, b: 36 };
+  const W = m.l + cols * cw + m.r, H = m.t + opts.rows.length * ch + m.b;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "heatmap", role: "img",
+    "aria-label": opts.title });
+  root.append(svg("title", {}, opts.title), svg("defs", {}, hatchPattern("nodata-hatch")));
+  const startMs = opts.start_us / 1000, stepMs = opts.step_s * 1000;
+  const full = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  opts.rows.forEach((row, r) => {
+    const y = m.t + r * ch;
+    root.append(svg("text", { x: m.l - 6, y: y + ch - 5, "text-anchor": "end" }, row.label));
+    for (let c = 0; c < cols; c++) {
+      const v = row.values[c];
+      const fill = v === null || v === undefined ? "url(#nodata-hatch)" : viridis(v);
+      const when = full.format(new Date(startMs + c * stepMs));
+      const text = v === null || v === undefined ? "no data" : `${Math.round(v)}%`;
+      root.append(svg("rect", { x: m.l + c * cw, y, width: cw - 1, height: ch - 1, fill },
+        svg("title", {}, `${row.label} at ${when}: ${text}`)));
+    }
+  });
+  const tf = timeFormatter(cols * stepMs);
+  const endMs = startMs + cols * stepMs;
+  for (const t of timeTicks(startMs, endMs, 8)) {
+    const x = m.l + ((t - startMs) / stepMs) * cw;
+    root.append(svg("line", { x1: x, x2: x, y1: H - m.b, y2: H - m.b + 4, stroke: "#8a939e" }));
+    root.append(svg("text", { x, y: H - m.b + 15, "text-anchor": "middle" }, tf.format(new Date(t))));
+  }
+  root.append(svg("text", { x: m.l + (cols * cw) / 2, y: H - 4, "text-anchor": "middle" }, `time (${ZONE}), ${opts.step_label}`));
+  const legend = svg("svg", { viewBox: "0 0 480 30", width: 480, height: 30, role: "img",
+    "aria-label": "Legend: GPU utilisation from 0% to 100%; hatched cells have no data" });
+  legend.append(svg("defs", {}, hatchPattern("nodata-hatch-legend")));
+  legend.append(svg("text", { x: 0, y: 19 }, "GPU utilisation (%):"));
+  [0, 25, 50, 75, 100].forEach((p, i) => {
+    legend.append(svg("rect", { x: 150 + i * 48, y: 4, width: 20, height: 20, fill: viridis(p), stroke: "#8a939e" }));
+    legend.append(svg("text", { x: 173 + i * 48, y: 19 }, `${p}`));
+  });
+  legend.append(svg("rect", { x: 400, y: 4, width: 20, height: 20, fill: "url(#nodata-hatch-legend)", stroke: "#8a939e" }));
+  legend.append(svg("text", { x: 424, y: 19 }, "no data"));
+  const figure = document.createElement("figure");
+  figure.style.margin = "0";
+  figure.append(root, legend);
+  return figure;
+}
+
+window.FerryCharts = { lineChart, heatmap };

@@ -1,0 +1,496 @@
+//! The web dashboard, end to end: the real `ferry` server and agent, and real headless Chromium driven through
+//! chromedriver over the W3C WebDriver protocol (plain JSON over HTTP, with reqwest). A scenario of a running, a
+//! queued and a finished job is made with the CLI; the tests sign in, open every page, check what it shows, watch a
+//! live update arrive without a reload, and save a screenshot of each page under `target/dashboard-screenshots/`.
+//! A plain HTTP test checks the sign-in rules, the security headers and the size of the assets.
+//!
+//! Chromium and chromedriver come from Debian's `chromium` and `chromium-driver` packages (scripts/test installs
+//! them); without them the browser test fails and says so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Ferry, NodeSpec, WAIT};
+use reqwest::blocking::Client;
+use reqwest::redirect::Policy;
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// W3C WebDriver's key for an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// How long a live update may take to show: the pages poll every 5 seconds.
+const LIVE_WAIT: Duration = Duration::from_secs(15);
+/// The most the dashboard's files may weigh together, uncompressed.
+const ASSETS_BYTES_MAX: usize = 300 * 1024;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn screenshots_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A chromedriver on a port of its own, with one browser session; both end when this is dropped.
+struct Browser {
+    driver: Child,
+    http: Client,
+    /// `http://127.0.0.1:PORT/session/ID`.
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} is missing: the dashboard tests need headless Chromium and chromedriver; install them with \
+                 `apt-get install -y chromium chromium-driver` (scripts/test does), then rerun (package {package})"
+            );
+        }
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let http = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = http.get(format!("{base}/status")).send().ok().and_then(|r| r.json::<Value>().ok());
+            if ready.is_some_and(|v| v["value"]["ready"] == true) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not become ready on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,800",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+            "goog:loggingPrefs": { "browser": "ALL" },
+        }}});
+        let mut browser = Browser { driver, http, session: String::new(), _profile: profile };
+        let answer = browser.call(reqwest::Method::POST, &format!("{base}/session"), Some(capabilities));
+        let id = answer["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {answer}"));
+        browser.session = format!("{base}/session/{id}");
+        browser
+    }
+
+    fn call(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method.clone(), url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("WebDriver {method} {url}: {e}"));
+        let status = response.status();
+        let value: Value = response.json().unwrap_or(Value::Null);
+        assert!(status.is_success(), "WebDriver {method} {url} answered {status}: {value}");
+        value["value"].clone()
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        self.call(reqwest::Method::POST, &format!("{}{path}", self.session), Some(body))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("{}{path}", self.session), None)
+    }
+
+    fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url }));
+    }
+
+    fn url(&self) -> String {
+        self.get("/url").as_str().unwrap().to_string()
+    }
+
+    fn find(&self, css: &str) -> String {
+        let found = self.post("/element", json!({ "using": "css selector", "value": css }));
+        found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {found}")).to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css);
+        self.post(&format!("/element/{element}/clear"), json!({}));
+        self.post(&format!("/element/{element}/value"), json!({ "text": text }));
+    }
+
+    fn click(&self, css: &str) {
+        let element = self.find(css);
+        self.post(&format!("/element/{element}/click"), json!({}));
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": [] }))
+    }
+
+    /// The visible text of the page's main part.
+    fn text(&self) -> String {
+        self.script("const m = document.getElementById('main'); return m ? m.innerText : document.body.innerText;")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until `condition` holds for the page, failing with the page's text.
+    fn wait_for(&self, what: &str, within: Duration, condition: impl Fn(&Browser) -> bool) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; the page at {} shows:\n{}", self.url(), self.text());
+    }
+
+    fn wait_text(&self, what: &str, needle: &str) {
+        self.wait_for(what, WAIT, |b| b.text().contains(needle));
+    }
+
+    /// Fails if the page's scripts recorded an error, or the browser logged a severe entry other than `allowed`.
+    fn assert_no_errors(&self, page: &str, allowed: &[&str]) {
+        let errors = self.script("return window.__ferryErrors === undefined ? null : window.__ferryErrors;");
+        assert!(errors.is_array(), "{page}: the dashboard's script did not run (no window.__ferryErrors)");
+        assert_eq!(errors, json!([]), "{page}: the page's scripts recorded errors");
+        self.assert_no_errors_in_log(page, allowed);
+    }
+
+    fn assert_no_errors_in_log(&self, page: &str, allowed: &[&str]) {
+        for entry in self.browser_log() {
+            let message = entry["message"].as_str().unwrap_or_default();
+            let severe = entry["level"] == "SEVERE";
+            assert!(!severe || allowed.iter().any(|a| message.contains(a)), "{page}: the browser logged {entry}");
+        }
+    }
+
+    /// The browser's console and network log since the last call, from chromedriver's log endpoint.
+    fn browser_log(&self) -> Vec<Value> {
+        let url = format!("{}/se/log", self.session);
+        let answer = self.http.post(&url).json(&json!({ "type": "browser" })).send();
+        let value = answer.ok().and_then(|r| r.json::<Value>().ok()).unwrap_or(Value::Null);
+        value["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Saves a PNG of the whole page: the window is made as tall as the page for the picture, then set back.
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let height =
+            self.script("return document.documentElement.scrollHeight").as_u64().unwrap_or(800).clamp(800, 4000);
+        self.post("/window/rect", json!({ "width": 1280, "height": height + 90 }));
+        let encoded = self.get("/screenshot");
+        self.post("/window/rect", json!({ "width": 1280, "height": 800 }));
+        let png = base64_decode(encoded.as_str().expect("a base64 screenshot"));
+        assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+        let path = screenshots_dir().join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.http.delete(&self.session).send();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+fn admin_token(f: &Ferry) -> String {
+    std::fs::read_to_string(f.home().join("admin.token")).unwrap().trim().to_string()
+}
+
+/// A running job holding one of the two GPUs, a queued job that needs both, and a finished job.
+struct Scenario {
+    running: u64,
+    queued: u64,
+    finished: u64,
+    owner: String,
+}
+
+fn scenario(f: &Ferry) -> Scenario {
+    let finished = f.submit(&["--cpus", "0.5", "--memory", "256MiB", "--name", "quick", "--", "echo", "done"]);
+    f.wait_state(finished, "succeeded");
+    let script = "echo hello-from-trainer; echo step 1 loss 0.5; sleep 300";
+    let running = f.submit(&[
+        "--gpus",
+        "1",
+        "--cpus",
+        "0.5",
+        "--memory",
+        "512MiB",
+        "--name",
+        "trainer",
+        "--team",
+        "vision",
+        "--project",
+        "detector",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let job = f.wait_state(running, "running");
+    let queued = f.submit(&["--gpus", "2", "--cpus", "0.5", "--memory", "256MiB", "--name", "waiter", "--", "true"]);
+    f.wait_state(queued, "queued");
+    f.wait_for("the running job's output", |f| f.job(running)["log_bytes"].as_u64().unwrap_or(0) > 0);
+    Scenario { running, queued, finished, owner: job["owner"].as_str().unwrap().to_string() }
+}
+
+#[test]
+fn every_page_signs_in_shows_the_scenario_and_updates_live() {
+    let f = Ferry::start(NodeSpec { gpus: 2, ..NodeSpec::default() });
+    let s = scenario(&f);
+    let b = Browser::start();
+    let base = f.url();
+
+    // A page without a session goes to sign-in; a wrong token is refused there with a message.
+    b.goto(&format!("{base}/jobs"));
+    assert_eq!(b.url(), format!("{base}/login"));
+    b.type_into("#token", "ferry_not_a_real_token");
+    b.click("button[type=submit]");
+    b.wait_text("the wrong token's message", "That token is not valid");
+    assert_eq!(b.url(), format!("{base}/login"));
+    b.screenshot("login-refused");
+    // The refused sign-in's 401 is in the browser's log, as it should be; nothing after it may be.
+    b.assert_no_errors_in_log(
+        "login",
+        &["/login - Failed to load resource: the server responded with a status of 401"],
+    );
+    b.type_into("#token", &admin_token(&f));
+    b.click("button[type=submit]");
+    b.wait_for("the overview after signing in", WAIT, |b| b.url() == format!("{base}/"));
+
+    // Overview: allocation, the queue, the idle GPUs (none measured: no telemetry) and who runs what.
+    b.wait_text("the overview's allocation", "1 of 2 GPUs allocated");
+    b.wait_text("the pool's chart", "Pool local");
+    let text = b.text();
+    assert!(text.contains("1 queued") && text.contains("oldest waiting"), "{text}");
+    assert!(text.contains("1 running"), "{text}");
+    assert!(text.contains("measured on 0 of 2 GPUs") && text.contains("0 idle"), "{text}");
+    assert!(text.contains(&s.owner) && text.contains("vision"), "the running job's user and team:\n{text}");
+    assert!(b.script("return document.querySelectorAll('#charts-all svg.chart path').length").as_u64() > Some(0));
+    b.assert_no_errors("overview", &[]);
+    b.screenshot("overview");
+
+    // Nodes: each GPU, who holds it, and "no data" (never 0%) without telemetry; the heatmap has a row per GPU.
+    b.goto(&format!("{base}/nodes"));
+    b.wait_text("the node", "GPUs 1 of 2 allocated");
+    b.wait_for("the heatmap", WAIT, |b| b.script("return document.querySelector('#heatmap svg') !== null") == true);
+    let text = b.text();
+    assert!(text.contains(&format!("job {} ({})", s.running, s.owner)), "{text}");
+    assert!(text.contains("no data") && !text.contains("0%"), "no telemetry is no data, never 0%:\n{text}");
+    let heat_rows = b.script("return [...document.querySelectorAll('#heatmap svg text')].map(t => t.textContent)");
+    let heat_rows: Vec<&str> = heat_rows.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(heat_rows.contains(&"node-a/0") && heat_rows.contains(&"node-a/1"), "{heat_rows:?}");
+    b.assert_no_errors("nodes", &[]);
+    b.screenshot("nodes");
+
+    // Jobs: the running and queued jobs by default, every job with "any state", and a new job without a reload.
+    b.goto(&format!("{base}/jobs"));
+    let row = |id: u64| format!("return document.querySelector('tr[data-job=\"{id}\"]') !== null");
+    b.wait_for("the running job's row", WAIT, |b| b.script(&row(s.running)) == true);
+    assert_eq!(b.script(&row(s.queued)), true);
+    assert_eq!(b.script(&row(s.finished)), false, "a finished job is not active");
+    let running_row = b.script(&format!("return document.querySelector('tr[data-job=\"{}\"]').innerText", s.running));
+    let running_row = running_row.as_str().unwrap();
+    assert!(running_row.contains("trainer") && running_row.contains("running"), "{running_row}");
+    b.script("window.__loadedOnce = true; return null;");
+    let late = f.submit(&["--cpus", "0.5", "--memory", "256MiB", "--name", "latecomer", "--", "sleep", "300"]);
+    b.wait_for("the new job to appear without a reload", LIVE_WAIT, |b| b.script(&row(late)) == true);
+    assert_eq!(b.script("return window.__loadedOnce === true"), true, "the page was not reloaded");
+    b.click("button[data-sort=owner]");
+    assert!(b.url().contains("sort=owner"), "sorting shows in the address: {}", b.url());
+    b.assert_no_errors("jobs", &[]);
+    b.screenshot("jobs");
+    // Filtering by state: the finished job is there among "succeeded".
+    b.goto(&format!("{base}/jobs?state=succeeded"));
+    b.wait_for("the finished job's row", WAIT, |b| b.script(&row(s.finished)) == true);
+    assert_eq!(b.script(&row(s.running)), false);
+
+    // One job: its spec, placement, charts and the live tail of its log, searchable.
+    b.goto(&format!("{base}/jobs/{}", s.running));
+    b.wait_for("the job's log tail", WAIT, |b| {
+        b.script("return document.getElementById('log').textContent")
+            .as_str()
+            .unwrap_or("")
+            .contains("hello-from-trainer")
+    });
+    let text = b.text();
+    assert!(text.contains("sh -c 'echo hello-from-trainer; echo step 1 loss 0.5; sleep 300'"), "{text}");
+    assert!(text.contains("0.5 CPU cores") && text.contains("512 MiB memory"), "{text}");
+    assert!(text.contains("node-a") && text.contains("vision") && text.contains("detector"), "{text}");
+    b.wait_for("the job's charts", WAIT, |b| {
+        b.script("return document.querySelectorAll('#job-charts svg.chart').length").as_u64() == Some(3)
+    });
+    b.type_into("#log-search", "loss");
+    let log = b.script("return document.getElementById('log').innerText");
+    assert_eq!(log.as_str().map(str::trim), Some("step 1 loss 0.5"), "the search keeps only matching lines");
+    assert!(b.script("return document.querySelector('#log mark').textContent") == "loss");
+    let download = b.script("return document.querySelector('a[download]').getAttribute('href')");
+    assert_eq!(download, json!(format!("/api/v1/jobs/{}/logs", s.running)));
+    b.assert_no_errors("job", &[]);
+    b.screenshot("job");
+    // A queued job says why it waits.
+    b.goto(&format!("{base}/jobs/{}", s.queued));
+    b.wait_text("the queued job's reason", "Why it waits");
+    b.assert_no_errors("queued job", &[]);
+
+    // Usage: hours allocated and used per user, with a CSV link to the API.
+    b.goto(&format!("{base}/usage"));
+    b.wait_for("the usage report", WAIT, |b| {
+        b.script("return document.querySelector('#usage table, #usage-error') !== null") == true
+    });
+    let error = b.script("const e = document.getElementById('usage-error'); return e && e.textContent");
+    assert_eq!(error, Value::Null, "the usage report failed");
+    b.wait_text("the owner's usage row", &s.owner);
+    let csv = b.script("return document.getElementById('usage-csv').getAttribute('href')");
+    assert_eq!(csv, json!("/api/v1/usage?by=user&start=30d&format=csv"));
+    b.assert_no_errors("usage", &[]);
+    b.screenshot("usage");
+
+    // Signing out forgets the session: pages go back to sign-in.
+    b.click("form.logout button");
+    b.wait_for("the sign-in page", WAIT, |b| b.url() == format!("{base}/login"));
+    b.goto(&format!("{base}/"));
+    assert_eq!(b.url(), format!("{base}/login"));
+}
+
+fn plain_client() -> Client {
+    Client::builder().redirect(Policy::none()).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+#[test]
+fn pages_need_a_session_cookie_and_assets_are_small_and_safe() {
+    let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
+    let http = plain_client();
+    let base = f.url();
+    for page in ["/", "/nodes", "/jobs", "/jobs/1", "/usage"] {
+        let response = http.get(format!("{base}{page}")).send().unwrap();
+        assert_eq!(response.status(), 303, "{page} without a session");
+        assert_eq!(response.headers()["location"], "/login", "{page}");
+    }
+    let login = http.get(format!("{base}/login")).send().unwrap();
+    assert_eq!(login.status(), 200);
+    assert_eq!(login.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(login.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
+    assert_eq!(login.headers()["x-content-type-options"], "nosniff");
+    let login_page = login.text().unwrap();
+    assert!(login_page.contains("type=\"password\""));
+
+    let sign_in = |token: &str| {
+        http.post(format!("{base}/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .unwrap()
+    };
+    let wrong = sign_in("ferry_0000");
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    assert!(wrong.text().unwrap().contains("That token is not valid"));
+    assert_eq!(sign_in("").status(), 401, "an empty token is refused, not an error");
+    assert_eq!(sign_in("%zz;%20").status(), 401, "a malformed token is refused, not an error");
+    let agent = f.ok(&["token", "create", "--agent", "--name", "rack-b"]);
+    let refused = sign_in(agent.trim());
+    assert_eq!(refused.status(), 401, "an agent token does not sign in to the dashboard");
+    assert!(refused.text().unwrap().contains("agent token"));
+
+    let signed = sign_in(&admin_token(&f));
+    assert_eq!(signed.status(), 303);
+    assert_eq!(signed.headers()["location"], "/");
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert_eq!(cookie, format!("ferry_token={}; HttpOnly; SameSite=Strict; Path=/", admin_token(&f)));
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = http.get(format!("{base}/jobs/1")).header("cookie", &session).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert!(page.text().unwrap().contains("<script src=\"/ui/app.js\""));
+    let nodes = http.get(format!("{base}/api/v1/nodes")).header("cookie", &session).send().unwrap();
+    assert_eq!(nodes.status(), 200, "the API takes the session cookie");
+
+    // Signing out must come from the dashboard's own page.
+    let logout = |origin: Option<&str>| {
+        let mut request = http.post(format!("{base}/logout")).header("cookie", &session);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send().unwrap()
+    };
+    assert_eq!(logout(None).status(), 403, "no Origin");
+    assert_eq!(logout(Some("http://evil.example")).status(), 403, "another site");
+    let out = logout(Some(&base));
+    assert_eq!(out.status(), 303);
+    assert_eq!(out.headers()["location"], "/login");
+    assert!(out.headers()["set-cookie"].to_str().unwrap().starts_with("ferry_token=; "));
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+
+    // The assets: proper types, security headers, revalidated by their hash; all of them together under 300 KB.
+    let mut served = login_page.len();
+    for (name, kind) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("charts.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+        ("logo.svg", "image/svg+xml"),
+    ] {
+        let response = http.get(format!("{base}/ui/{name}")).send().unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(response.headers()["content-type"], kind, "{name}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff", "{name}");
+        assert_eq!(response.headers()["cache-control"], "no-cache", "{name}");
+        let etag = response.headers()["etag"].clone();
+        served += response.bytes().unwrap().len();
+        let again = http.get(format!("{base}/ui/{name}")).header("if-none-match", etag).send().unwrap();
+        assert_eq!(again.status(), 304, "{name} unchanged");
+    }
+    assert_eq!(http.get(format!("{base}/ui/nothing.js")).send().unwrap().status(), 404);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ferry-server/ui");
+    let on_disk: u64 = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(served < ASSETS_BYTES_MAX, "the served assets weigh {served} bytes");
+    assert!((on_disk as usize) < ASSETS_BYTES_MAX, "{} holds {on_disk} bytes", dir.display());
+}
