@@ -72,6 +72,16 @@ pub struct JobRecord {
 pub struct JobFilter {
     pub states: Vec<JobState>,
     pub limit: u32,
+    pub owner: Option<String>,
+    pub team: Option<String>,
+    pub project: Option<String>,
+    /// Jobs placed on a node of this pool (for a gang, its rank 0's node).
+    pub pool: Option<String>,
+    pub node: Option<String>,
+    /// Only jobs submitted at or after this time.
+    pub submitted_after_us: Option<i64>,
+    /// Only jobs with a smaller id: the next page after a page that ended at this id.
+    pub before_id: Option<u64>,
 }
 
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
@@ -144,15 +154,42 @@ impl Store {
 
     /// Jobs matching the filter, newest first.
     pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
-        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        let mut conditions: Vec<String> = Vec::new();
         if !filter.states.is_empty() {
-            let marks = vec!["?"; filter.states.len()].join(", ");
-            sql += &format!(" WHERE state IN ({marks})");
+            conditions.push(format!("state IN ({})", vec!["?"; filter.states.len()].join(", ")));
+        }
+        let text_filters = [
+            ("owner = ?", &filter.owner),
+            ("team = ?", &filter.team),
+            ("project = ?", &filter.project),
+            ("node IN (SELECT name FROM nodes WHERE pool = ?)", &filter.pool),
+            ("node = ?", &filter.node),
+        ];
+        conditions.extend(text_filters.iter().filter(|(_, v)| v.is_some()).map(|(c, _)| c.to_string()));
+        if filter.submitted_after_us.is_some() {
+            conditions.push("submitted_at_us >= ?".into());
+        }
+        if filter.before_id.is_some() {
+            conditions.push("id < ?".into());
+        }
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
+        if !conditions.is_empty() {
+            sql += &format!(" WHERE {}", conditions.join(" AND "));
         }
         sql += " ORDER BY id DESC LIMIT ?";
+        // Bound in the order the conditions were written.
         let mut query = sqlx::query(&sql);
         for state in &filter.states {
             query = query.bind(state.name());
+        }
+        for value in text_filters.iter().filter_map(|(_, v)| v.as_deref()) {
+            query = query.bind(value);
+        }
+        if let Some(after) = filter.submitted_after_us {
+            query = query.bind(after);
+        }
+        if let Some(before) = filter.before_id {
+            query = query.bind(before as i64);
         }
         let rows = query.bind(filter.limit as i64).fetch_all(&self.pool).await?;
         rows.iter().map(job_from_row).collect()

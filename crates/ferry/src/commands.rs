@@ -282,6 +282,24 @@ pub struct PsArgs {
     /// The most jobs to list, newest first.
     #[arg(long, default_value_t = 500)]
     limit: u32,
+    /// Only jobs of this user.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Only jobs of this team.
+    #[arg(long)]
+    team: Option<String>,
+    /// Only jobs of this project.
+    #[arg(long)]
+    project: Option<String>,
+    /// Only jobs placed in this pool.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Only jobs submitted within this long (`2h`, `7d`) or since this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only jobs older than this job id: the next page after a listing that ended at it.
+    #[arg(long, value_name = "ID")]
+    before: Option<u64>,
     #[arg(long)]
     json: bool,
 }
@@ -296,7 +314,17 @@ pub async fn ps(g: &Global, args: PsArgs) -> Result<i32, CliError> {
             ));
         }
     }
-    let query = JobQuery { state: args.state, all: args.all, limit: Some(args.limit) };
+    let query = JobQuery {
+        state: args.state,
+        all: args.all,
+        limit: Some(args.limit),
+        owner: args.owner,
+        team: args.team,
+        project: args.project,
+        pool: args.pool,
+        since: args.since,
+        before: args.before,
+    };
     let list = g.client()?.jobs(&query).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list).expect("wire types serialize"));

@@ -161,6 +161,7 @@ async fn fetch(client: &Client) -> Result<Cluster, ClientError> {
         state: Some(state.name().to_string()),
         all: false,
         limit: Some(JOBS_PER_STATE_MAX),
+        ..JobQuery::default()
     };
     let (running, starting, queued) = (query(JobState::Running), query(JobState::Starting), query(JobState::Queued));
     let (nodes, running, starting, queued) =

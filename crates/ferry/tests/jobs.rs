@@ -358,3 +358,38 @@ fn a_waiting_job_is_told_when_it_can_expect_to_start() {
         .ok(&["show", &blind.to_string()])
         .contains("Starts:       unknown: a job it waits for (running, or ahead in the queue) has no --max-runtime"));
 }
+
+#[test]
+fn jobs_are_listed_by_owner_team_project_pool_and_time_and_bad_filters_are_named() {
+    let f = Ferry::start(NodeSpec::default());
+    let submit = |team: &str, project: &str| {
+        let id = f.submit(&["--team", team, "--project", project, "--cpus", "0.1", "--", "true"]);
+        f.wait_state(id, "succeeded");
+        id
+    };
+    let (a, b, c) = (submit("vision", "detector"), submit("vision", "segmenter"), submit("nlp", "parser"));
+    let ids = |args: &[&str]| -> Vec<u64> {
+        let mut all = vec!["ps", "--all", "--json"];
+        all.extend_from_slice(args);
+        let list = f.json(&all);
+        list["jobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{args:?}: {list}"))
+            .iter()
+            .map(|j| j["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&["--team", "vision"]), [b, a]);
+    assert_eq!(ids(&["--project", "parser"]), [c]);
+    assert_eq!(ids(&["--team", "vision", "--project", "parser"]), Vec::<u64>::new());
+    assert_eq!(ids(&["--pool", "local", "--since", "1h"]), [c, b, a]);
+    assert_eq!(ids(&["--pool", "elsewhere"]), Vec::<u64>::new());
+    let owner = f.job(a)["owner"].as_str().unwrap().to_string();
+    assert_eq!(ids(&["--owner", &owner, "--limit", "2"]), [c, b]);
+    assert_eq!(ids(&["--owner", &owner, "--limit", "2", "--before", &b.to_string()]), [a], "the next page");
+    assert_eq!(ids(&["--owner", "nobody"]), Vec::<u64>::new());
+
+    let out = f.cli(&["ps", "--since", "last tuesday"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`since=last tuesday` is neither a time"), "{}", stderr(&out));
+}

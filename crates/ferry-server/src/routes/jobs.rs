@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::auth::Caller;
-use crate::driver::Command;
+use crate::driver::{now_us, Command};
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
 
@@ -198,9 +198,21 @@ pub struct ListQuery {
     #[serde(default)]
     all: bool,
     limit: Option<u32>,
+    owner: Option<String>,
+    team: Option<String>,
+    project: Option<String>,
+    pool: Option<String>,
+    node: Option<String>,
+    /// Submitted within this long back from now (`1d`), or since this RFC 3339 time.
+    since: Option<String>,
+    /// The next page: jobs with ids below this one.
+    before: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", params(("state" = Option<String>, Query), ("all" = Option<bool>, Query), ("limit" = Option<u32>, Query)),
+#[utoipa::path(get, path = "/api/v1/jobs", params(("state" = Option<String>, Query), ("all" = Option<bool>, Query), ("limit" = Option<u32>, Query),
+    ("owner" = Option<String>, Query), ("team" = Option<String>, Query), ("project" = Option<String>, Query),
+    ("pool" = Option<String>, Query), ("node" = Option<String>, Query), ("since" = Option<String>, Query),
+    ("before" = Option<u64>, Query)),
     responses((status = 200, body = JobList)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -218,7 +230,21 @@ pub async fn list(
         (None, false) => vec![JobState::Queued, JobState::Starting, JobState::Running],
     };
     let limit = query.limit.unwrap_or(LIST_LIMIT_DEFAULT).min(LIST_LIMIT_MAX);
-    let records = state.store.jobs(&JobFilter { states, limit }).await?;
+    let submitted_after_us =
+        query.since.as_deref().map(|text| crate::routes::series::parse_time(text, now_us(), "since")).transpose()?;
+    let nonempty = |value: Option<String>| value.filter(|v| !v.is_empty());
+    let filter = JobFilter {
+        states,
+        limit,
+        owner: nonempty(query.owner),
+        team: nonempty(query.team),
+        project: nonempty(query.project),
+        pool: nonempty(query.pool),
+        node: nonempty(query.node),
+        submitted_after_us,
+        before_id: query.before,
+    };
+    let records = state.store.jobs(&filter).await?;
     let mut jobs = Vec::with_capacity(records.len());
     for record in records {
         jobs.push(to_wire(&state, record, None).await);
