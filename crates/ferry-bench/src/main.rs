@@ -6,6 +6,8 @@
 //! - `cycle`: one cycle of the scheduler core alone, in memory.
 //! - `tsdb`: the embedded time-series store alone: history ingest, query latency, sustained live ingest.
 //! - `ingest`: simulated agents (8 GPUs each) sending telemetry every second to a running server.
+//! - `dashboard`: the requests behind each page of the web dashboard, on a server with 100,000 jobs and 30 days of
+//!   series for 1,000 GPUs.
 //!
 //! Each prints a human table, then one JSON line (only the JSON line with `--json`). `scripts/bench` runs them all
 //! and compares with a local Slurm; see this crate's README.
@@ -26,6 +28,7 @@ use ferry_api::ErrorCode;
 use ferry_client::{Client, ClientError};
 use serde_json::json;
 mod cycle;
+mod dashboard;
 mod ingest;
 mod tsdb;
 use stats::{bytes, latency_row, round3, summary_json, Samples};
@@ -58,6 +61,8 @@ enum Command {
     Tsdb(tsdb::TsdbArgs),
     /// Simulated agents sending telemetry each second to a running server: the most it sustains, its CPU and memory.
     Ingest(ingest::IngestArgs),
+    /// The data behind each dashboard page, timed with 30 days of history for 1,000 GPUs and 100,000 jobs.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[derive(Args, Clone)]
@@ -147,6 +152,7 @@ async fn main() -> ExitCode {
         Command::Cycle(args) => cycle::run(args),
         Command::Tsdb(args) => tsdb::run(args),
         Command::Ingest(args) => ingest::run(args).await,
+        Command::Dashboard(args) => dashboard::run(args).await,
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,
