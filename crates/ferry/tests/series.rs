@@ -232,3 +232,43 @@ fn usage_reports_allocated_and_measured_hours_per_owner_as_json_and_csv() {
     }
     f.ok(&["cancel", &id.to_string()]);
 }
+
+#[test]
+fn malformed_registrations_are_refused_with_the_reason_and_logged_and_harm_no_node() {
+    let f = Ferry::start(NodeSpec::default());
+    let good = || {
+        json!({
+            "name": "node-y", "pool": "lab", "cpu_millis": 8000, "memory_bytes": 1073741824u64, "gpus": [],
+            "agent_version": "test", "limits": "none", "runs": [], "now_us": now_us()
+        })
+    };
+    let with = |key: &str, value: Value| {
+        let mut node = good();
+        node[key] = value;
+        node
+    };
+    let gpu = |index: u32| json!({"index": index, "model": "X", "memory_bytes": 1, "uuid": null, "source": "config"});
+    for (body, expected) in [
+        (with("name", json!("two words")), "`two words` is not a valid node name"),
+        (with("name", json!("")), "is not a valid node name"),
+        (with("cpu_millis", json!(0)), "a node must offer some CPU and memory"),
+        (with("gpus", json!([gpu(0), gpu(0)])), "two GPUs of the node share one index"),
+        (with("now_us", json!(now_us() + 600_000_000)), "s ahead of the server's"),
+        (with("cpu_millis", json!("lots")), "the request could not be read"),
+        (json!({"name": "node-y"}), "the request could not be read"),
+    ] {
+        let (code, answer) = curl(&f, "POST", "/agent/register", Some(&body));
+        assert_eq!(code, 400, "{body}: {answer:#}");
+        assert!(answer["message"].as_str().unwrap_or_default().contains(expected), "{body}: {answer:#}");
+    }
+    let log = std::fs::read_to_string(f.root.path().join("server.log")).unwrap();
+    assert_eq!(log.matches("refused a registration").count(), 5, "{log}");
+    assert_eq!(log.matches("refused an unreadable registration").count(), 2, "{log}");
+    // Nothing refused was registered, and the node that was is untouched.
+    let nodes = f.json(&["nodes", "--json"]);
+    let names: Vec<&str> = nodes["nodes"].as_array().unwrap().iter().filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(names, ["node-a"], "{nodes:#}");
+    assert_eq!(nodes["nodes"][0]["state"], "ready");
+    let (code, _) = curl(&f, "POST", "/agent/register", Some(&good()));
+    assert_eq!(code, 200, "a well-formed registration still works");
+}

@@ -25,24 +25,34 @@ pub async fn register(
     _caller: Caller,
     body: Result<Json<RegisterNode>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Registered>, ApiError> {
-    let Json(node) = body.map_err(rejection)?;
-    if node.name.is_empty() || node.name.len() > NODE_NAME_CHARS_MAX || node.name.contains(char::is_whitespace) {
-        return Err(ApiError::invalid(format!("`{}` is not a valid node name; use a host name", node.name)));
-    }
-    if node.cpu_millis == 0 || node.memory_bytes == 0 {
-        return Err(ApiError::invalid("a node must offer some CPU and memory"));
-    }
-    if let Err(message) = crate::telemetry::check_clock(node.now_us, now_us()) {
-        tracing::warn!(node = %node.name, agent_now_us = node.now_us, "refused an agent whose clock is off");
+    let Json(node) = body.map_err(|e| {
+        tracing::warn!(reason = %e, "refused an unreadable registration");
+        rejection(e)
+    })?;
+    if let Err(message) = check_registration(&node, now_us()) {
+        tracing::warn!(node = %node.name, reason = %message, "refused a registration");
         return Err(ApiError::invalid(message));
     }
+    Ok(Json(state.driver.call(|reply| Command::Register { node, reply }).await?))
+}
+
+/// What makes a registration unusable: a name that is no host name, a node without CPU or memory, a clock too far
+/// off, or two GPUs with one index.
+fn check_registration(node: &RegisterNode, server_now_us: i64) -> Result<(), String> {
+    if node.name.is_empty() || node.name.len() > NODE_NAME_CHARS_MAX || node.name.contains(char::is_whitespace) {
+        return Err(format!("`{}` is not a valid node name; use a host name", node.name));
+    }
+    if node.cpu_millis == 0 || node.memory_bytes == 0 {
+        return Err("a node must offer some CPU and memory".into());
+    }
+    crate::telemetry::check_clock(node.now_us, server_now_us)?;
     let mut indices: Vec<u32> = node.gpus.iter().map(|g| g.index).collect();
     indices.sort_unstable();
     indices.dedup();
     if indices.len() != node.gpus.len() {
-        return Err(ApiError::invalid("two GPUs of the node share one index; each GPU needs its own index"));
+        return Err("two GPUs of the node share one index; each GPU needs its own index".into());
     }
-    Ok(Json(state.driver.call(|reply| Command::Register { node, reply }).await?))
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/work", request_body = WorkRequest, responses((status = 200, body = Work)))]
