@@ -347,52 +347,66 @@ mod tests {
         library
     }
 
-    /// Through the stand-in NVML library and the real nvml-wrapper: the driver's per-process figures for a GPU are
-    /// given to the run that owns the process (here this test process, a run without a control group), and a
-    /// process of someone else on the same GPU counts for nobody.
+    /// Through the stand-in NVML library and the real nvml-wrapper: on a GPU two runs share, the driver's per-process
+    /// figures go to the run that owns each process; a GPU a run holds alone is measured whole, whatever processes the
+    /// driver lists (its own may sit in a container, under process ids the agent cannot see).
     #[test]
-    fn stand_in_nvml_per_process_figures_go_to_the_run_owning_the_process() {
+    fn stand_in_nvml_figures_go_per_process_on_a_shared_gpu_and_whole_on_a_gpu_held_alone() {
         let dir = tempfile::tempdir().unwrap();
         let library = build_stand_in_nvml(dir.path());
         let me = std::process::id();
-        let processes = format!("1 {me} {} 42\n1 {} {} 50\n", 3u64 << 30, u32::MAX - 1, 8u64 << 30);
+        // Another run's process: not a child of this one (whose process tree is run 7's), so started through a shell
+        // that leaves it behind.
+        let out = std::process::Command::new("sh").args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let other: u32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+        let processes = format!("1 {me} {} 42\n1 {other} {} 50\n", 3u64 << 30, 8u64 << 30);
         std::fs::write(dir.path().join("fake_nvml_processes"), processes).unwrap();
 
-        let run = ferry_api::agent::RunRef::new(7, 1);
-        let run_dir = dir.path().join("7-1");
-        std::fs::create_dir(&run_dir).unwrap();
-        let spec = ferry_api::agent::Assignment {
-            run,
-            command: vec!["sleep".into()],
-            workdir: "/".into(),
-            code: None,
-            env: Default::default(),
-            cpu_millis: 0,
-            memory_bytes: 0,
-            gpu_ids: vec![1],
-            max_runtime_s: None,
-            grace_s: 1,
+        let probe_for = |job_id: u64, pid: u32, gpu_ids: Vec<u32>| {
+            let run = ferry_api::agent::RunRef::new(job_id, 1);
+            let run_dir = dir.path().join(format!("{job_id}-1"));
+            std::fs::create_dir_all(&run_dir).unwrap();
+            let spec = ferry_api::agent::Assignment {
+                run,
+                command: vec!["sleep".into()],
+                workdir: "/".into(),
+                code: None,
+                env: Default::default(),
+                cpu_millis: 0,
+                memory_bytes: 0,
+                gpu_ids,
+                max_runtime_s: None,
+                grace_s: 1,
+            };
+            crate::rundir::write_json(&run_dir.join(crate::rundir::SPEC_FILE), &spec).unwrap();
+            let started = crate::rundir::Started { pid, started_at_us: 1, limits: "none".into() };
+            crate::rundir::write_json(&run_dir.join(crate::rundir::STARTED_FILE), &started).unwrap();
+            RunProbe { run, pid, dir: run_dir }
         };
-        crate::rundir::write_json(&run_dir.join(crate::rundir::SPEC_FILE), &spec).unwrap();
-        let started = crate::rundir::Started { pid: me, started_at_us: 1, limits: "none".into() };
-        crate::rundir::write_json(&run_dir.join(crate::rundir::STARTED_FILE), &started).unwrap();
+        let gpu = |index, percent, gib: u64| ferry_api::telemetry::RunGpuSample {
+            index,
+            utilization_percent: Some(percent),
+            memory_used_bytes: Some(gib << 30),
+        };
 
         let mut probe = Probe::open(Some(&library));
         let node = probe.sample();
+        assert_eq!(node.gpus.len(), 2, "{node:?}");
         let cgroups = tempfile::tempdir().unwrap();
         let mut meter = RunMeter::new(cgroups.path(), Path::new(PROC_ROOT));
-        let sample = sample_all(&mut probe, &mut meter, &[RunProbe { run, pid: me, dir: run_dir }]);
-        assert_eq!(node.gpus.len(), 2, "{node:?}");
-        assert_eq!(sample.runs.len(), 1);
+        let shared = [probe_for(7, me, vec![1]), probe_for(8, other, vec![1])];
+        let sample = sample_all(&mut probe, &mut meter, &shared);
+        assert_eq!(sample.runs.len(), 2);
         let measured = &sample.runs[0];
         assert_eq!(measured.source, "proc");
         assert!(measured.memory_used_bytes.is_some_and(|b| b > 0), "{measured:?}");
         assert_eq!(measured.cpu_millis_used, None, "a first sample has no CPU figure");
-        let expected = ferry_api::telemetry::RunGpuSample {
-            index: 1,
-            utilization_percent: Some(42),
-            memory_used_bytes: Some(3 << 30),
-        };
-        assert_eq!(measured.gpus, [expected]);
+        assert_eq!(sample.runs[0].gpus, [gpu(1, 42, 3)]);
+        assert_eq!(sample.runs[1].gpus, [gpu(1, 50, 8)]);
+
+        // Alone on GPU 1, run 7 gets the device's own figures (13%, 20 GiB), not just its process's.
+        let alone = sample_all(&mut probe, &mut meter, &[probe_for(7, me, vec![1])]);
+        assert_eq!(alone.runs[0].gpus, [gpu(1, 13, 20)]);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(other as i32), nix::sys::signal::Signal::SIGKILL);
     }
 }

@@ -291,22 +291,23 @@ pub(crate) struct DeviceReading {
     pub memory_used_bytes: Option<u64>,
 }
 
-/// A run's use of one GPU: the sum over its processes where the driver gives per-process figures; otherwise the
-/// device's own figures when the run holds the device `alone`, and nothing when it shares it.
+/// A run's use of one GPU. A device the run holds `alone` is the run's: its own figures are the run's, whatever
+/// processes the driver lists (a job's processes in a container have process ids the agent cannot match, and a
+/// device nobody else may use cannot be busy for anyone else). A device the run shares with others: the sum over the
+/// run's processes where the driver gives per-process figures, else nothing.
 pub(crate) fn attribute(device: &DeviceReading, pids: &HashSet<u32>, alone: bool) -> RunGpuSample {
-    let memory_used_bytes = match &device.processes {
-        Some(processes) => {
-            processes.iter().filter(|(pid, _)| pids.contains(pid)).map(|(_, bytes)| *bytes).sum::<Option<u64>>()
-        }
-        None => device.memory_used_bytes.filter(|_| alone),
-    };
-    let utilization_percent = match &device.process_utilization {
-        Some(samples) => {
-            // The driver may return several samples of one process; its latest is last.
-            let latest: BTreeMap<u32, u32> = samples.iter().filter(|(pid, _)| pids.contains(pid)).copied().collect();
-            Some(latest.values().sum::<u32>().min(100))
-        }
-        None => device.utilization_percent.filter(|_| alone),
+    let own_memory = device.processes.as_ref().map(|processes| {
+        processes.iter().filter(|(pid, _)| pids.contains(pid)).map(|(_, bytes)| *bytes).sum::<Option<u64>>()
+    });
+    let own_utilization = device.process_utilization.as_ref().map(|samples| {
+        // The driver may return several samples of one process; its latest is last.
+        let latest: BTreeMap<u32, u32> = samples.iter().filter(|(pid, _)| pids.contains(pid)).copied().collect();
+        latest.values().sum::<u32>().min(100)
+    });
+    let (utilization_percent, memory_used_bytes) = if alone {
+        (device.utilization_percent.or(own_utilization), device.memory_used_bytes.or(own_memory.flatten()))
+    } else {
+        (own_utilization, own_memory.flatten())
     };
     RunGpuSample { index: device.index, utilization_percent, memory_used_bytes }
 }
@@ -435,9 +436,12 @@ mod tests {
         };
         let expected = RunGpuSample { index: 1, utilization_percent: Some(65), memory_used_bytes: Some(4 << 30) };
         assert_eq!(attribute(&per_process, &pids, false), expected);
-        // A run with no process on the device was measured using none of it.
+        // Sharing the device, a run with no process on it was measured using none of it.
         let idle = RunGpuSample { index: 1, utilization_percent: Some(0), memory_used_bytes: Some(0) };
-        assert_eq!(attribute(&per_process, &HashSet::from([5]), true), idle);
+        assert_eq!(attribute(&per_process, &HashSet::from([5]), false), idle);
+        // Holding it alone, the device's figures are the run's, even when none of its process ids show (a container).
+        let held = RunGpuSample { index: 1, utilization_percent: Some(100), memory_used_bytes: Some(12 << 30) };
+        assert_eq!(attribute(&per_process, &HashSet::from([5]), true), held);
 
         let device_only = DeviceReading { process_utilization: None, processes: None, ..per_process };
         let whole = RunGpuSample { index: 1, utilization_percent: Some(100), memory_used_bytes: Some(12 << 30) };

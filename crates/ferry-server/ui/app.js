@@ -15,8 +15,14 @@ window.__ferryErrors = [];
 
 const POLL_MS = 5000;
 const LOG_POLL_MS = 2000;
-// The most jobs one listing asks for (the API's own maximum is 10,000).
+// The most jobs one listing asks for (the API's own maximum is 10,000): the overview and nodes pages list the active
+// jobs (queued, starting, running) to count them and to see who holds each GPU.
 const JOBS_LIMIT = 2000;
+// The jobs page: the server filters and pages, newest first; a page is this many jobs (`per_page` in the address
+// changes it, up to JOBS_PAGE_MAX), and the newest jobs loaded, up to JOBS_LIVE_MAX, are polled for live updates.
+const JOBS_PAGE = 200;
+const JOBS_PAGE_MAX = 1000;
+const JOBS_LIVE_MAX = 1000;
 // The most log text kept in the page; older output is dropped from the view (the download has all of it).
 const LOG_CHARS_MAX = 512 * 1024;
 // A GPU measured below this while allocated is idle: allocated but wasted.
@@ -79,6 +85,7 @@ function fmtBytes(b) {
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const num = (v, digits = 1) => (Math.round(v * 10 ** digits) / 10 ** digits).toLocaleString();
 const cores = (millis) => num(millis / 1000, 2);
+const coresText = (millis) => `${cores(millis)} CPU ${millis === 1000 ? "core" : "cores"}`;
 
 function stateBadge(state) {
   return h("span", { class: `state state-${state}`, text: state.replace("_", " ") });
@@ -104,19 +111,43 @@ function setStatus(text, bad) {
   el.className = bad ? "status bad" : "status";
 }
 
+// What has the keyboard's focus in the page's main part, as a selector that finds it again after a redraw (tables
+// are rebuilt on every update), or null.
+function focusKey(el) {
+  const main = document.getElementById("main");
+  if (!el || el === main || !main.contains(el)) return null;
+  if (el.id) return `#${CSS.escape(el.id)}`;
+  if (el.dataset.sort) return `button[data-sort="${CSS.escape(el.dataset.sort)}"]`;
+  const href = el.getAttribute("href");
+  return href ? `a[href="${CSS.escape(href)}"]` : null;
+}
+
+// Puts the focus back where it was if a redraw took the focused element away.
+function refocus(key) {
+  const active = document.activeElement;
+  if (!key || (active && active !== document.body && active.isConnected)) return;
+  const again = document.querySelector(`#main ${key}`);
+  if (again) again.focus();
+}
+
 // Runs `update` now and every `ms` after the previous run finished, reporting failures in the header.
 function poll(update, ms = POLL_MS) {
-  let timer = null;
+  // A run started while another is in flight (a filter changed) supersedes it: only the latest run sets the timer,
+  // so there is never more than one loop.
+  let timer = null, latest = 0;
   const run = async () => {
     clearTimeout(timer);
+    const me = ++latest;
     try {
+      const focus = focusKey(document.activeElement);
       await update();
-      setStatus(`Updated ${clock.format(new Date())}`, false);
+      refocus(focus);
+      if (me === latest) setStatus(`Updated ${clock.format(new Date())}`, false);
     } catch (e) {
       if (e instanceof Unauthenticated) return;
-      setStatus(`Update failed: ${e.message}`, true);
+      if (me === latest) setStatus(`Update failed: ${e.message}`, true);
     }
-    timer = setTimeout(run, ms);
+    if (me === latest) timer = setTimeout(run, ms);
   };
   run();
   return run;
@@ -191,7 +222,8 @@ function seriesUrl(params) {
 
 // ---- Overview -----------------------------------------------------------------------------------------------------
 
-const RANGES = { "1h": { start: "1h", step: "30s" }, "24h": { start: "24h", step: "10m" }, "30d": { start: "30d", step: "6h" } };
+// Steps are multiples of the store's tiers (10 s, 1 min, 1 h), so each bucket is whole buckets of one tier.
+const RANGES = { "1h": { start: "1h", step: "10s" }, "24h": { start: "24h", step: "5m" }, "30d": { start: "30d", step: "1h" } };
 
 function overview(main) {
   let range = "1h";
@@ -228,9 +260,9 @@ function overview(main) {
     const meanUtil = measured.length ? measured.reduce((a, g) => a + g.util, 0) / measured.length : null;
     const more = jobs.length >= JOBS_LIMIT ? " (at least)" : "";
     cards.replaceChildren(
-      card("GPUs", `${allocated} of ${gpus.length} GPUs allocated`, `${ready} of ${nodes.length} nodes ready`),
+      card("GPUs", `${allocated} of ${plural(gpus.length, "GPU")} allocated`, `${ready} of ${plural(nodes.length, "node")} ready`),
       card("GPU utilisation (measured)", meanUtil === null ? "no data" : `${num(meanUtil, 0)}%`,
-        `measured on ${measured.length} of ${gpus.length} GPUs`),
+        `measured on ${measured.length} of ${plural(gpus.length, "GPU")}`),
       card("Idle allocated GPUs", `${idleGpus.length} idle`, `allocated, measured below ${IDLE_PERCENT}%`, idleGpus.length ? "waste" : ""),
       card("Queue", `${queued.length}${more} queued`, queued.length ? `oldest waiting ${fmtDuration(Date.now() - oldest / 1000)}` : "nothing waiting"),
       card("Running jobs", `${running.length} running`, plural(new Set(running.map((j) => j.owner)).size, "user")),
@@ -348,7 +380,6 @@ function nodeCard(node, gpus) {
 // ---- Jobs ---------------------------------------------------------------------------------------------------------
 
 const STATES = ["queued", "starting", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"];
-const WITHIN = { any: null, "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
 
 const JOB_COLUMNS = [
   { key: "id", label: "ID", num: true, value: (j) => j.id, cell: jobLink },
@@ -378,47 +409,77 @@ function jobDuration(j) {
 function jobsPage(main) {
   const params = new URLSearchParams(location.search);
   const f = { state: params.get("state") || "active", user: params.get("user") || "", project: params.get("project") || "",
-    team: params.get("team") || "", pool: params.get("pool") || "", within: params.get("within") || "any" };
+    team: params.get("team") || "", pool: params.get("pool") || "", node: params.get("node") || "", within: params.get("within") || "any" };
   let sort = { key: params.get("sort") || "id", desc: params.get("dir") !== "asc" };
-  let jobs = [], refresh;
+  const perPage = Math.max(1, Math.min(JOBS_PAGE_MAX, Number(params.get("per_page")) || JOBS_PAGE));
+  // `jobs` holds what the server returned for the filters, newest (highest id) first: the live window, polled, and
+  // any older pages loaded with "Load more", kept as they were loaded. `generation` changes with the filters, so an
+  // answer to an older question is dropped.
+  let jobs = [], more = false, generation = 0, loaded = false, poolOf = new Map(), refresh, typing = null;
   const lists = {};
+  const filtersChanged = () => {
+    generation++;
+    jobs = []; more = false; loaded = false;
+    render();
+    refresh();
+  };
   const text = (key, label) => {
     lists[key] = h("datalist", { id: `list-${key}` });
     return h("label", {}, label, h("input", { type: "search", name: key, value: f[key], list: `list-${key}`,
-      oninput: (e) => { f[key] = e.target.value.trim(); render(); } }), lists[key]);
+      oninput: (e) => {
+        clearTimeout(typing);
+        typing = setTimeout(() => { if (f[key] !== e.target.value.trim()) { f[key] = e.target.value.trim(); filtersChanged(); } }, 400);
+      },
+      onchange: (e) => { clearTimeout(typing); if (f[key] !== e.target.value.trim()) { f[key] = e.target.value.trim(); filtersChanged(); } } }),
+    lists[key]);
   };
   const select = (key, label, options) => h("label", {}, label, h("select", { name: key,
-    onchange: (e) => { f[key] = e.target.value; key === "state" ? refresh() : render(); } },
+    onchange: (e) => { f[key] = e.target.value; filtersChanged(); } },
   options.map(([v, t]) => h("option", { value: v, selected: v === f[key], text: t }))));
   const count = h("p", { class: "muted small", id: "jobs-count", "aria-live": "polite" });
   const holder = h("div", { id: "jobs-table" });
+  const moreButton = h("button", { type: "button", id: "jobs-more", hidden: true, onclick: () => loadMore() });
+  const moreNote = h("span", { class: "muted small", id: "jobs-more-note" });
   main.replaceChildren(h("h1", { text: "Jobs" }),
-    h("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
+    h("form", { class: "filters", role: "search", "aria-label": "Filter jobs", onsubmit: (e) => e.preventDefault() },
       select("state", "State", [["active", "queued, starting or running"], ["all", "any state"], ...STATES.map((s) => [s, s.replace("_", " ")])]),
-      text("user", "User"), text("project", "Project"), text("team", "Team"), text("pool", "Pool"),
+      text("user", "User"), text("project", "Project"), text("team", "Team"), text("pool", "Pool"), text("node", "Node"),
       select("within", "Submitted", [["any", "any time"], ["1h", "last hour"], ["24h", "last day"], ["7d", "last 7 days"], ["30d", "last 30 days"]])),
-    count, holder);
+    count, holder, h("div", { class: "row pager" }, moreButton, moreNote));
 
-  function matches(j) {
-    const has = (value, want) => !want || (value || "").toLowerCase().includes(want.toLowerCase());
-    const within = WITHIN[f.within];
-    return has(j.owner, f.user) && has(j.project, f.project) && has(j.team, f.team) && has(j.pool, f.pool)
-      && (!within || j.submitted_at_us / 1000 >= Date.now() - within);
+  // The API's query for the filters: the server filters (exact names) and pages, newest first.
+  function apiQuery(extra) {
+    const q = new URLSearchParams();
+    if (f.state === "all") q.set("all", "true");
+    else if (f.state !== "active") q.set("state", f.state);
+    for (const [key, name] of [["user", "owner"], ["project", "project"], ["team", "team"], ["pool", "pool"], ["node", "node"]]) {
+      if (f[key]) q.set(name, f[key]);
+    }
+    if (f.within !== "any") q.set("since", f.within);
+    for (const [k, v] of Object.entries(extra)) q.set(k, String(v));
+    return q;
   }
+  const withPool = (j) => ({ ...j, pool: j.node ? poolOf.get(j.node) || "" : "" });
 
   function render() {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(f)) if (v && v !== "any" && !(k === "state" && v === "active")) q.set(k, v);
     if (sort.key !== "id") q.set("sort", sort.key);
     if (!sort.desc) q.set("dir", "asc");
+    if (perPage !== JOBS_PAGE) q.set("per_page", perPage);
     history.replaceState(null, "", `/jobs${q.toString() ? "?" + q : ""}`);
     const col = JOB_COLUMNS.find((c) => c.key === sort.key) || JOB_COLUMNS[0];
-    const shown = jobs.filter(matches).sort((a, b) => {
+    // Sorting is of the jobs loaded; the server always pages newest first.
+    const shown = jobs.slice().sort((a, b) => {
       const x = col.value(a), y = col.value(b);
       const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
       return (sort.desc ? -c : c) || b.id - a.id;
     });
-    count.textContent = `${shown.length} of ${jobs.length} jobs shown`;
+    count.textContent = !loaded ? "Loading…" : `${plural(shown.length, "job")} loaded, newest first${more ? "; older jobs match too" : ""}`
+      + (sort.key !== "id" ? ` (sorted by ${col.label.toLowerCase()} among those loaded)` : "");
+    moreButton.hidden = !more;
+    moreButton.textContent = `Load ${perPage} more`;
+    moreNote.textContent = more && jobs.length ? `older than job ${jobs[jobs.length - 1].id}` : "";
     const head = h("tr", {}, JOB_COLUMNS.map((c) => h("th", { scope: "col", class: c.num ? "num" : null,
       "aria-sort": c.key === sort.key ? (sort.desc ? "descending" : "ascending") : null },
     h("button", { type: "button", class: "sort", "data-sort": c.key,
@@ -426,25 +487,58 @@ function jobsPage(main) {
     c.label + (c.key === sort.key ? (sort.desc ? " ▼" : " ▲") : "")))));
     const body = shown.map((j) => h("tr", { "data-job": j.id }, JOB_COLUMNS.map((c) => h("td", { class: c.num ? "num" : null },
       c.cell ? c.cell(j) : c.value(j) || "–"))));
-    if (!shown.length) body.push(h("tr", {}, h("td", { colspan: JOB_COLUMNS.length, class: "muted", text: "No jobs match." })));
+    if (!shown.length) body.push(h("tr", {}, h("td", { colspan: JOB_COLUMNS.length, class: "muted", text: loaded ? "No jobs match." : "Loading…" })));
     holder.replaceChildren(h("table", { id: "jobs" }, h("thead", {}, head), h("tbody", {}, body)));
-    for (const key of ["user", "project", "team", "pool"]) {
+    for (const key of ["user", "project", "team", "pool", "node"]) {
       const values = [...new Set(jobs.map((j) => (key === "user" ? j.owner : j[key])).filter(Boolean))].sort();
       lists[key].replaceChildren(...values.map((v) => h("option", { value: v })));
     }
   }
   const focusSort = (key) => holder.querySelector(`button[data-sort="${key}"]`).focus();
-
-  refresh = poll(async () => {
-    const query = f.state === "active" ? `limit=${JOBS_LIMIT}` : f.state === "all" ? `all=true&limit=${JOBS_LIMIT}`
-      : `state=${encodeURIComponent(f.state)}&limit=${JOBS_LIMIT}`;
-    const [jobList, nodeList] = await Promise.all([api(`/api/v1/jobs?${query}`), api("/api/v1/nodes")]);
-    const poolOf = new Map(nodeList.nodes.map((n) => [n.name, n.pool]));
-    jobs = jobList.jobs.map((j) => ({ ...j, pool: j.node ? poolOf.get(j.node) || "" : "" }));
-    const focused = document.activeElement && document.activeElement.dataset && document.activeElement.dataset.sort;
+  const renderKeepingFocus = () => {
+    const active = document.activeElement;
+    const focused = active && holder.contains(active) && active.dataset ? active.dataset.sort : null;
     render();
     if (focused) focusSort(focused);
+  };
+
+  // The live window: the newest jobs (as many as are loaded, up to JOBS_LIVE_MAX), polled; older pages stay as loaded.
+  refresh = poll(async () => {
+    const asked = generation;
+    const limit = Math.min(JOBS_LIVE_MAX, Math.max(perPage, jobs.length));
+    const [jobList, nodeList] = await Promise.all([api(`/api/v1/jobs?${apiQuery({ limit })}`), api("/api/v1/nodes")]);
+    if (asked !== generation) return;
+    poolOf = new Map(nodeList.nodes.map((n) => [n.name, n.pool]));
+    const fresh = jobList.jobs.map(withPool);
+    const full = fresh.length === limit;
+    const lowest = fresh.length ? fresh[fresh.length - 1].id : 0;
+    // A short answer is everything that matches; a full one says more match only the first time (after that, "more"
+    // is what the last "Load more" found, and jobs that are new push the oldest loaded out of the live window).
+    const older = full ? jobs.filter((j) => j.id < lowest) : [];
+    if (!full) more = false;
+    else if (!loaded) more = true;
+    jobs = fresh.concat(older);
+    loaded = true;
+    renderKeepingFocus();
   });
+
+  async function loadMore() {
+    if (!jobs.length) return;
+    const asked = generation;
+    moreButton.disabled = true;
+    try {
+      const page = await api(`/api/v1/jobs?${apiQuery({ limit: perPage, before: jobs[jobs.length - 1].id })}`);
+      if (asked !== generation) return;
+      jobs = jobs.concat(page.jobs.map(withPool));
+      more = page.jobs.length === perPage;
+      render();
+      if (more) moreButton.focus();
+    } catch (e) {
+      if (!(e instanceof Unauthenticated)) setStatus(`Loading more failed: ${e.message}`, true);
+    } finally {
+      moreButton.disabled = false;
+    }
+  }
 }
 
 // ---- One job ------------------------------------------------------------------------------------------------------
@@ -458,7 +552,56 @@ function jobPage(main, id) {
   const logView = h("pre", { class: "log", id: "log", tabindex: "0", "aria-label": "Log output" });
   const logInfo = h("span", { class: "muted small", id: "log-info" });
   const download = h("a", { href: `/api/v1/jobs/${id}/logs`, download: `ferry-job-${id}.log`, text: "Download the whole log" });
-  main.replaceChildren(title, h("div", { class: "grid2" },
+  // Cancelling takes two steps: "Cancel job", then an inline confirmation (no modal dialog).
+  const actions = h("div", { class: "row actions", id: "job-actions" });
+  const cancelResult = h("p", { id: "cancel-result", role: "status", "aria-live": "polite" });
+  let confirming = false, cancelling = false;
+  const cancelButton = h("button", { type: "button", id: "cancel-job", class: "danger", text: "Cancel job",
+    onclick: () => { confirming = true; renderActions(); confirmButton.focus(); } });
+  const confirmButton = h("button", { type: "button", id: "cancel-confirm", class: "danger-strong", text: `Yes, cancel job ${id}`,
+    onclick: () => cancelJob() });
+  const keepButton = h("button", { type: "button", id: "cancel-keep", text: "No, keep it",
+    onclick: () => { confirming = false; renderActions(); cancelButton.focus(); } });
+  const cancellable = () => job && ["queued", "starting", "running"].includes(job.state);
+  let shownActions = "";
+  function renderActions() {
+    if (!cancellable() && !cancelling) confirming = false;
+    // Rebuilt only when it changes: moving a focused button would drop the keyboard's focus.
+    const want = confirming ? "confirm" : cancellable() ? "cancel" : "none";
+    if (want === shownActions) return;
+    shownActions = want;
+    actions.replaceChildren(...(confirming
+      ? [h("span", { id: "cancel-question", text: `Cancel job ${id}? ${job && job.state === "queued" ? "It will not start." : "Its processes are stopped."}` }),
+        confirmButton, keepButton]
+      : cancellable() ? [cancelButton] : []));
+  }
+  async function cancelJob() {
+    cancelling = true;
+    confirmButton.disabled = keepButton.disabled = true;
+    cancelResult.className = "";
+    cancelResult.textContent = `Cancelling job ${id}…`;
+    try {
+      // The session cookie signs the request; the browser adds this page's Origin, which the server requires.
+      const res = await fetch(`/api/v1/jobs/${id}/cancel`, { method: "POST", credentials: "same-origin",
+        headers: { Accept: "application/json" } });
+      if (res.status === 401) { location.assign("/login"); return; }
+      let body = null;
+      try { body = await res.json(); } catch (_) { /* not JSON */ }
+      if (!res.ok) throw new Error((body && body.message) || `${res.status} ${res.statusText}`);
+      cancelResult.textContent = `Cancel requested: job ${id} is ${body.state.replace("_", " ")}${body.message ? ` (${body.message})` : ""}.`;
+      job = body;
+    } catch (e) {
+      cancelResult.className = "error";
+      cancelResult.textContent = `Job ${id} was not cancelled: ${e.message}`;
+    } finally {
+      cancelling = false; confirming = false;
+      confirmButton.disabled = keepButton.disabled = false;
+      renderActions();
+      if (refresh) refresh();
+    }
+  }
+
+  main.replaceChildren(title, actions, cancelResult, h("div", { class: "grid2" },
     h("section", {}, h("h2", { text: "Spec" }), spec),
     h("section", {}, h("h2", { text: "Placement and result" }), place, waiting)),
   h("h2", { text: "Use against what it asked for" }), charts,
@@ -498,12 +641,13 @@ function jobPage(main, id) {
     job = await api(`/api/v1/jobs/${id}`);
     document.title = `Job ${id} · Ferry`;
     title.replaceChildren(`Job ${id}${job.name ? " · " + job.name : ""} `, stateBadge(job.state));
+    if (!cancelling) renderActions();
     const dl = (el, pairs) => el.replaceChildren(...pairs.filter(Boolean).flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
     const env = Object.entries(job.env || {});
     dl(spec, [
       ["Command", h("code", { text: job.command.map(shellQuote).join(" ") })],
       ["Owner", job.owner], ["Team", job.team || "–"], ["Project", job.project || "–"],
-      ["Asked for", `${job.nodes > 1 ? job.nodes + " nodes × " : ""}${job.gpu_share_milli ? num(job.gpu_share_milli / 1000, 3) + " of a GPU" : job.gpus + " GPUs"}, ${cores(job.cpu_millis)} CPU cores, ${fmtBytes(job.memory_bytes)} memory`],
+      ["Asked for", `${job.nodes > 1 ? job.nodes + " nodes × " : ""}${job.gpu_share_milli ? num(job.gpu_share_milli / 1000, 3) + " of a GPU" : plural(job.gpus, "GPU")}, ${coresText(job.cpu_millis)}, ${fmtBytes(job.memory_bytes)} memory`],
       ["Priority", job.priority], ["Retries", `${job.retries} (this is attempt ${job.attempt})`],
       ["Max runtime", job.max_runtime_s ? fmtDuration(job.max_runtime_s * 1000) : "none"],
       ["Code", job.code ? h("span", {}, h("code", { text: job.code.git_commit || "(not a git repository)" }), job.code.git_dirty ? " with uncommitted changes" : "") : job.workdir || "–"],
@@ -515,7 +659,7 @@ function jobPage(main, id) {
       ["Submitted", fmtTime(job.submitted_at_us)], ["Started", fmtTime(job.started_at_us)], ["Finished", fmtTime(job.finished_at_us)],
       ["Exit code", job.exit_code ?? (job.signal ? `signal ${job.signal}` : "–")],
       job.message && ["Message", job.message],
-      ["Measured now", job.usage ? `${job.usage.cpu_millis_used != null ? cores(job.usage.cpu_millis_used) + " cores" : "CPU no data"}, ${job.usage.memory_used_bytes != null ? fmtBytes(job.usage.memory_used_bytes) : "memory no data"}, GPU ${job.usage.gpu_utilization_percent != null ? num(job.usage.gpu_utilization_percent, 0) + "%" : "no data"}` : "no data"],
+      ["Measured now", job.usage ? `${job.usage.cpu_millis_used != null ? cores(job.usage.cpu_millis_used) + " cores" : "CPU no data"}, ${job.usage.memory_used_bytes != null ? fmtBytes(job.usage.memory_used_bytes) : "memory no data"}${job.gpus || job.gpu_share_milli ? `, GPU ${job.usage.gpu_utilization_percent != null ? num(job.usage.gpu_utilization_percent, 0) + "%" : "no data"}` : ""}` : "no data"],
     ]);
     waiting.replaceChildren(...(job.waiting ? [h("h2", { text: "Why it waits" }), h("p", { id: "waiting-message", text: job.waiting.message }),
       job.waiting.estimated_start_us ? h("p", { class: "muted", text: `Expected to start by ${fmtTime(job.waiting.estimated_start_us)} if every job ahead runs to its limit.` }) : null] : []));
@@ -557,7 +701,7 @@ function jobPage(main, id) {
     charts.replaceChildren(...parts);
   }
 
-  poll(update, LOG_POLL_MS);
+  const refresh = poll(update, LOG_POLL_MS);
 }
 
 function highlight(line, want) {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Ferry, NodeSpec, WAIT};
+use common::{build_fake_nvml, Ferry, NodeSpec, WAIT};
 use reqwest::blocking::Client;
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
@@ -24,6 +24,9 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// How long a live update may take to show: the pages poll every 5 seconds.
 const LIVE_WAIT: Duration = Duration::from_secs(15);
+/// WebDriver's key codes for Tab and Enter.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
 /// The most the dashboard's files may weigh together, uncompressed.
 const ASSETS_BYTES_MAX: usize = 300 * 1024;
 
@@ -156,6 +159,37 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Presses and releases one key (a WebDriver key code such as [`TAB`]) on whatever has the focus.
+    fn key(&self, key: &str) {
+        let press = json!([{ "type": "keyDown", "value": key }, { "type": "keyUp", "value": key }]);
+        self.post("/actions", json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": press }] }));
+        self.call(reqwest::Method::DELETE, &format!("{}/actions", self.session), None);
+    }
+
+    /// Presses Tab until the focused element matches `css`, as a keyboard user would, and checks that it shows
+    /// where the focus is: inside the window, with a visible outline.
+    fn tab_to(&self, css: &str) {
+        let matches = format!("return document.activeElement !== null && document.activeElement.matches({css:?})");
+        for _ in 0..60 {
+            self.key(TAB);
+            if self.script(&matches) == true {
+                let ring = self.script(
+                    "const a = document.activeElement, s = getComputedStyle(a), r = a.getBoundingClientRect(); \
+                     return { outline: s.outlineStyle, width: parseFloat(s.outlineWidth), \
+                       inside: r.width > 0 && r.height > 0 && r.top >= 0 && r.left >= 0 && \
+                         r.bottom <= innerHeight && r.right <= innerWidth };",
+                );
+                assert!(
+                    ring["outline"] != "none" && ring["width"].as_f64() >= Some(2.0) && ring["inside"] == true,
+                    "{css} has the focus but does not show it: {ring}"
+                );
+                return;
+            }
+        }
+        let active = self.script("const a = document.activeElement; return a && a.outerHTML.slice(0, 200);");
+        panic!("Tab never reached {css} on {}; the focus is on {active}", self.url());
     }
 
     /// Waits until `condition` holds for the page, failing with the page's text.
@@ -352,6 +386,64 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     b.goto(&format!("{base}/jobs?state=succeeded"));
     b.wait_for("the finished job's row", WAIT, |b| b.script(&row(s.finished)) == true);
     assert_eq!(b.script(&row(s.running)), false);
+    // Filters go to the server: typing a team asks the API for that team's jobs only, and the address keeps it.
+    b.goto(&format!("{base}/jobs?state=all"));
+    b.wait_for("every job", WAIT, |b| b.script(&row(s.queued)) == true && b.script(&row(s.running)) == true);
+    b.type_into("input[name=team]", "vision");
+    b.wait_for("only the team's jobs", LIVE_WAIT, |b| b.script(&row(s.queued)) == false);
+    assert_eq!(b.script(&row(s.running)), true, "the running job is the team's");
+    assert_eq!(b.script(&row(s.finished)), false, "the finished job has no team");
+    assert!(b.url().contains("team=vision"), "the filter is in the address: {}", b.url());
+    let asked = b.script(
+        "return performance.getEntriesByType('resource').map(e => e.name)\
+           .filter(n => n.includes('/api/v1/jobs?') && n.includes('team=vision'))",
+    );
+    assert!(asked.as_array().is_some_and(|a| !a.is_empty()), "the team filter never reached the API");
+    // A shared address with an unknown owner shows no jobs (the server matches names exactly).
+    b.goto(&format!("{base}/jobs?state=all&user=nobody-at-all"));
+    b.wait_text("an empty listing", "No jobs match.");
+    // Pages: the newest first, then older ones with "Load more" (`before`), until none are left.
+    b.goto(&format!("{base}/jobs?state=all&per_page=2"));
+    let rows = "return document.querySelectorAll('tr[data-job]').length";
+    b.wait_for("the first page", WAIT, |b| b.script(rows) == 2);
+    assert_eq!(b.script(&row(late)), true, "the newest job is on the first page");
+    assert_eq!(b.script(&row(s.finished)), false, "the oldest job is not");
+    assert_eq!(b.script("return document.getElementById('jobs-more').hidden"), false);
+    b.click("#jobs-more");
+    b.wait_for("the second page", WAIT, |b| b.script(rows) == 4);
+    assert_eq!(b.script(&row(s.finished)), true);
+    b.click("#jobs-more");
+    b.wait_for("no more pages", WAIT, |b| b.script("return document.getElementById('jobs-more').hidden") == true);
+    assert_eq!(b.script(rows), 4);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(b.script(rows), 4, "a live update keeps the pages loaded");
+    assert_eq!(b.script("return document.getElementById('jobs-more').hidden"), true, "and knows none are left");
+    b.assert_no_errors("jobs pages", &[]);
+
+    // The keyboard reaches every page from the navigation (Tab, then Enter), and the focus always shows.
+    b.goto(&format!("{base}/"));
+    for (page, path) in [("nodes", "/nodes"), ("jobs", "/jobs"), ("usage", "/usage"), ("overview", "/")] {
+        b.tab_to(&format!("nav a[data-page={page}]"));
+        b.key(ENTER);
+        b.wait_for(&format!("the {page} page by keyboard"), WAIT, |b| {
+            b.url().split('?').next() == Some(&format!("{base}{path}"))
+        });
+    }
+    // The jobs table's column headers are buttons: Enter sorts, and the focus stays on the header.
+    b.goto(&format!("{base}/jobs"));
+    b.wait_for("the running job's row", WAIT, |b| b.script(&row(s.running)) == true);
+    b.tab_to("button[data-sort=team]");
+    b.key(ENTER);
+    b.wait_for("sorting by team", WAIT, |b| b.url().contains("sort=team&dir=asc"));
+    let sorted = "return document.querySelector('th[aria-sort]').innerText";
+    assert_eq!(b.script(sorted).as_str().map(str::trim), Some("Team ▲"));
+    assert_eq!(b.script("return document.activeElement.dataset.sort"), "team", "the focus stays on the header");
+    b.key(ENTER);
+    b.wait_for("sorting by team, descending", WAIT, |b| b.url().contains("sort=team") && !b.url().contains("dir=asc"));
+    // A redraw by the live update keeps the focus where it was.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(b.script("return document.activeElement.dataset.sort"), "team", "the focus survives a live update");
+    b.assert_no_errors("keyboard", &[]);
 
     // One job: its spec, placement, charts and the live tail of its log, searchable.
     b.goto(&format!("{base}/jobs/{}", s.running));
@@ -363,7 +455,7 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     });
     let text = b.text();
     assert!(text.contains("sh -c 'echo hello-from-trainer; echo step 1 loss 0.5; sleep 300'"), "{text}");
-    assert!(text.contains("0.5 CPU cores") && text.contains("512 MiB memory"), "{text}");
+    assert!(text.contains("Asked for\n1 GPU, 0.5 CPU cores, 512 MiB memory"), "one GPU, not \"1 GPUs\":\n{text}");
     assert!(text.contains("node-a") && text.contains("vision") && text.contains("detector"), "{text}");
     b.wait_for("the job's charts", WAIT, |b| {
         b.script("return document.querySelectorAll('#job-charts svg.chart').length").as_u64() == Some(3)
@@ -380,6 +472,33 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     b.goto(&format!("{base}/jobs/{}", s.queued));
     b.wait_text("the queued job's reason", "Why it waits");
     b.assert_no_errors("queued job", &[]);
+    // A finished job cannot be cancelled; a running one can, in two steps, through the API with the cookie.
+    b.goto(&format!("{base}/jobs/{}", s.finished));
+    b.wait_text("the finished job", "succeeded");
+    assert_eq!(b.script("return document.getElementById('cancel-job') === null"), true, "nothing to cancel");
+    b.goto(&format!("{base}/jobs/{late}"));
+    b.wait_for("the cancel button", WAIT, |b| {
+        b.script("return document.getElementById('cancel-job') !== null") == true
+    });
+    b.click("#cancel-job");
+    b.wait_text("the confirmation", &format!("Cancel job {late}?"));
+    assert_eq!(f.job(late)["state"], "running", "asking is not cancelling");
+    b.click("#cancel-keep");
+    assert_eq!(b.script("return document.getElementById('cancel-confirm') === null"), true);
+    b.click("#cancel-job");
+    b.screenshot("job-cancel");
+    b.click("#cancel-confirm");
+    b.wait_for("the cancel result", WAIT, |b| {
+        b.script("return document.getElementById('cancel-result').textContent")
+            .as_str()
+            .is_some_and(|t| t.starts_with("Cancel requested"))
+    });
+    f.wait_state(late, "cancelled");
+    b.wait_for("the job page to show it cancelled", LIVE_WAIT, |b| {
+        b.script("return document.querySelector('h1 .state').textContent") == "cancelled"
+    });
+    assert_eq!(b.script("return document.getElementById('cancel-job') === null"), true, "nothing left to cancel");
+    b.assert_no_errors("cancel", &[]);
 
     // Usage: hours allocated and used per user, with a CSV link to the API.
     b.goto(&format!("{base}/usage"));
@@ -399,6 +518,96 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     b.wait_for("the sign-in page", WAIT, |b| b.url() == format!("{base}/login"));
     b.goto(&format!("{base}/"));
     assert_eq!(b.url(), format!("{base}/login"));
+}
+
+/// Signs in through the sign-in page with the admin token and waits for the overview.
+fn sign_in(b: &Browser, f: &Ferry) {
+    let base = f.url();
+    b.goto(&format!("{base}/login"));
+    b.type_into("#token", &admin_token(f));
+    b.click("button[type=submit]");
+    b.wait_for("the overview after signing in", WAIT, |b| b.url() == format!("{base}/"));
+}
+
+#[test]
+fn measured_gpu_use_shows_utilisation_idle_gpus_and_a_coloured_heatmap() {
+    // Two GPUs found through NVML, one busy 87% and one 5%: below the 10% that makes an allocated GPU idle.
+    let library_dir = tempfile::tempdir().unwrap();
+    let library = build_fake_nvml(library_dir.path(), &["-DFAKE_GPU1_PERCENT=5"]);
+    let f = Ferry::start_with_agent_config(
+        NodeSpec { gpus: 0, ..NodeSpec::default() },
+        &format!("nvml_library = '{}'", library.display()),
+        "30s",
+    );
+    let job = f.submit(&["--gpus", "2", "--cpus", "0.5", "--memory", "256MiB", "--name", "both", "--", "sleep", "300"]);
+    f.wait_state(job, "running");
+    let b = Browser::start();
+    let base = f.url();
+    sign_in(&b, &f);
+
+    // Overview: the measured mean of 87% and 5%, both GPUs measured, and the 5% one counted and listed as idle.
+    b.wait_text("the measured utilisation", "measured on 2 of 2 GPUs");
+    b.wait_text("the idle GPU", "1 idle");
+    let text = b.text();
+    assert!(text.contains("2 of 2 GPUs allocated") && text.contains("1 of 1 node ready"), "{text}");
+    let card = b.script(
+        "return [...document.querySelectorAll('.card')].find(c => c.textContent.includes('GPU utilisation')).textContent",
+    );
+    assert!(card.as_str().is_some_and(|c| c.contains("46%")), "the mean of 87% and 5% is 46%: {card}");
+    let idle = b.script("return document.getElementById('idle').innerText");
+    let idle = idle.as_str().unwrap_or_default();
+    assert!(idle.contains("node-a/1") && idle.contains("5%") && idle.contains("idle"), "{idle}");
+    assert!(!idle.contains("node-a/0"), "the 87% GPU is not idle: {idle}");
+    assert_eq!(b.script("return document.querySelector('.card.waste') !== null"), true, "the idle card is marked");
+    b.assert_no_errors("overview with telemetry", &[]);
+    b.screenshot("telemetry-overview");
+
+    // Nodes: each GPU's measured figure, the idle one marked in words, and, once samples are stored, coloured cells
+    // in the heatmap for both GPUs (not the hatch of "no data").
+    b.goto(&format!("{base}/nodes"));
+    b.wait_text("the GPUs' utilisation", "87%");
+    let gpu_row = |index: u32| {
+        b.script(&format!(
+            "return [...document.querySelectorAll('#nodes tbody tr')].map(r => r.innerText)\
+               .find(t => t.startsWith('{index}\t')) || ''"
+        ))
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    };
+    let (first, second) = (gpu_row(0), gpu_row(1));
+    assert!(first.contains("87%") && !first.contains("idle"), "{first}");
+    assert!(second.contains("5%") && second.contains("idle"), "{second}");
+    assert!(first.contains(&format!("job {job}")) && second.contains(&format!("job {job}")), "{first}\n{second}");
+    let coloured = |b: &Browser, gpu: &str| {
+        b.script(&format!(
+            "const label = [...document.querySelectorAll('#heatmap svg text')].find(t => t.textContent === '{gpu}'); \
+             if (!label) return 0; const y = label.getAttribute('y'); \
+             return [...document.querySelectorAll('#heatmap svg rect')].filter(r => \
+               Number(r.getAttribute('y')) + Number(r.getAttribute('height')) - 4 === Number(y) && \
+               !r.getAttribute('fill').startsWith('url(')).length"
+        ))
+        .as_u64()
+        .unwrap_or(0)
+    };
+    b.wait_for("coloured heatmap cells for both GPUs", WAIT, |b| {
+        coloured(b, "node-a/0") > 0 && coloured(b, "node-a/1") > 0
+    });
+    let cell = b.script(
+        "return [...document.querySelectorAll('#heatmap svg rect title')].map(t => t.textContent)\
+           .filter(t => t.startsWith('node-a/0') && !t.endsWith('no data'))",
+    );
+    assert!(cell.as_array().is_some_and(|c| c.iter().all(|t| t.as_str().unwrap_or("").ends_with("87%"))), "{cell}");
+    b.assert_no_errors("nodes with telemetry", &[]);
+    b.screenshot("telemetry-nodes");
+
+    // The job's page: its three charts (per-process GPU figures need the stand-in's process file, not used here).
+    b.goto(&format!("{base}/jobs/{job}"));
+    b.wait_for("the job's charts", WAIT, |b| {
+        b.script("return document.querySelectorAll('#job-charts svg.chart').length").as_u64() == Some(3)
+    });
+    b.assert_no_errors("job with telemetry", &[]);
+    b.screenshot("telemetry-job");
 }
 
 fn plain_client() -> Client {

@@ -7,27 +7,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use common::{stderr, Ferry, NodeSpec};
+use common::{build_fake_nvml, stderr, Ferry, NodeSpec};
 use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;
-
-/// Compiles the stand-in NVML library into `dir` and returns its path.
-fn build_fake_nvml(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_nvml/fakenvml.c");
-    let library = dir.join("libnvidia-ml.so.1");
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&library)
-        .arg(&source)
-        .output()
-        .expect("a C compiler named `cc` (scripts/test installs one)");
-    assert!(out.status.success(), "cc could not build the stand-in NVML library: {}", stderr(&out));
-    library
-}
 
 /// The cell under `column` in the row of `node` in the `ferry nodes` table, whose columns are left-aligned.
 fn table_cell(table: &str, node: &str, column: &str) -> String {
@@ -43,7 +26,7 @@ fn table_cell(table: &str, node: &str, column: &str) -> String {
 #[test]
 fn gpus_found_through_nvml_are_reported_measured_and_schedulable() {
     let library_dir = tempfile::tempdir().unwrap();
-    let library = build_fake_nvml(library_dir.path());
+    let library = build_fake_nvml(library_dir.path(), &[]);
     // No GPU is declared in the configuration: every GPU the node has must come from NVML.
     let f = Ferry::start_with_agent_config(
         NodeSpec { gpus: 0, ..NodeSpec::default() },

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{ferry_bin, stderr, Ferry, NodeSpec};
+use common::{build_fake_nvml, ferry_bin, stderr, Ferry, NodeSpec};
 
 /// The line of `frame` whose first word is `first`.
 fn row<'a>(frame: &'a str, first: &str) -> &'a str {
@@ -61,24 +60,10 @@ fn one_frame_shows_each_gpu_its_holder_and_no_data_where_nothing_was_measured() 
     assert_eq!(job_row.last(), Some(&"trainer"), "{frame}");
 }
 
-/// Compiles the stand-in NVML library of `tests/nvml.rs` (two GPUs, busy 87% and 13%, 20 GiB used each).
-fn build_fake_nvml(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_nvml/fakenvml.c");
-    let library = dir.join("libnvidia-ml.so.1");
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&library)
-        .arg(&source)
-        .output()
-        .expect("a C compiler named `cc` (scripts/test installs one)");
-    assert!(out.status.success(), "cc could not build the stand-in NVML library: {}", stderr(&out));
-    library
-}
-
 #[test]
 fn measured_gpus_show_their_utilisation_on_the_node_and_on_the_job() {
     let library_dir = tempfile::tempdir().unwrap();
-    let library = build_fake_nvml(library_dir.path());
+    let library = build_fake_nvml(library_dir.path(), &[]);
     let f = Ferry::start_with_agent_config(
         NodeSpec { gpus: 0, ..NodeSpec::default() },
         &format!("nvml_library = '{}'", library.display()),

@@ -343,3 +343,21 @@ pub fn spool_pending(agent_dir: &Path) -> Option<u64> {
     let acknowledged: u64 = cursor.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
     Some(end.saturating_sub(acknowledged))
 }
+
+/// Compiles the stand-in for NVIDIA's `libnvidia-ml.so` (`tests/fake_nvml/fakenvml.c`: two "Fake H100 80GB" GPUs, busy
+/// 87% and 13%, 20 GiB used each) into `dir` with `cc`, passing `defines` (such as `-DFAKE_GPU1_PERCENT=5`), and
+/// returns the library's path, named `libnvidia-ml.so.1` as the driver's is.
+pub fn build_fake_nvml(dir: &Path, defines: &[&str]) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_nvml/fakenvml.c");
+    let library = dir.join("libnvidia-ml.so.1");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC"])
+        .args(defines)
+        .arg("-o")
+        .arg(&library)
+        .arg(&source)
+        .output()
+        .expect("a C compiler named `cc` (scripts/test installs one)");
+    assert!(out.status.success(), "cc could not build the stand-in NVML library: {}", stderr(&out));
+    library
+}

@@ -73,7 +73,12 @@ typedef struct {
 #define DEVICE_COUNT 2u
 #define PROCESSES_MAX 64u
 
-static struct fake_device devices[DEVICE_COUNT] = {{0, 87}, {1, 13}};
+/* The second GPU's utilisation; a test builds with -DFAKE_GPU1_PERCENT=5 to have an idle GPU. */
+#ifndef FAKE_GPU1_PERCENT
+#define FAKE_GPU1_PERCENT 13
+#endif
+
+static struct fake_device devices[DEVICE_COUNT] = {{0, 87}, {1, FAKE_GPU1_PERCENT}};
 static int initialized = 0;
 
 static int valid(nvmlDevice_t device) {
