@@ -229,6 +229,7 @@ function overview(main) {
   let range = "1h";
   const cards = h("div", { class: "cards", id: "cards" });
   const pools = h("div", { id: "pools" });
+  const models = h("div", { id: "models" });
   const idle = h("div", { id: "idle" });
   const byUser = h("div", { id: "by-user" }), byTeam = h("div", { id: "by-team" });
   const chartsAll = h("div", { id: "charts-all" }), chartsPool = h("div", { id: "charts-pool", class: "charts" });
@@ -236,7 +237,8 @@ function overview(main) {
   main.replaceChildren(
     h("h1", { text: "Overview" }), cards,
     h("h2", { text: "Allocated GPUs that are idle (measured below 10%)" }), idle,
-    h("h2", { text: "Pools" }), pools,
+    h("div", { class: "grid2" }, h("section", {}, h("h2", { text: "Pools" }), pools),
+      h("section", {}, h("h2", { text: "GPUs by model" }), models)),
     h("div", { class: "grid2" }, h("section", {}, h("h2", { text: "Running jobs by user" }), byUser),
       h("section", {}, h("h2", { text: "Running jobs by team" }), byTeam)),
     h("div", { class: "row" }, h("h2", { text: "GPUs over time" }),
@@ -273,6 +275,7 @@ function overview(main) {
         idleGpus.map((g) => [g.id, jobLink(g.job), g.job.owner, utilisation(g.util, true)]), "")
       : h("p", { class: "muted", text: measured.length ? "None: every allocated GPU that reports telemetry is busy." : "None measured: no GPU reports telemetry." }));
     pools.replaceChildren(poolTable(nodes, gpus));
+    models.replaceChildren(modelTable(gpus));
     byUser.replaceChildren(groupTable(running, (j) => j.owner, "User"));
     byTeam.replaceChildren(groupTable(running, (j) => j.team || "(no team)", "Team"));
   }
@@ -312,6 +315,19 @@ function poolTable(nodes, gpus) {
   });
   return table([{ label: "Pool" }, { label: "Nodes ready" }, { label: "GPUs allocated" }, { label: "GPU utilisation (measured)" },
     { label: "Idle allocated GPUs" }, { label: "CPU cores allocated" }], rows, "No nodes.");
+}
+
+// How many GPUs of each model are connected, how many are held, and how busy the measured ones are.
+function modelTable(gpus) {
+  const names = [...new Set(gpus.map((g) => g.gpu.model))].sort();
+  const rows = names.map((model) => {
+    const gs = gpus.filter((g) => g.gpu.model === model), measured = gs.filter((g) => g.util !== null);
+    const mean = measured.length ? measured.reduce((a, g) => a + g.util, 0) / measured.length : null;
+    return [model, String(gs.length), String(gs.filter((g) => g.job).length), fmtBytes(gs[0].gpu.memory_bytes),
+      utilisation(mean, false)];
+  });
+  return table([{ label: "Model" }, { label: "GPUs", num: true }, { label: "Held", num: true }, { label: "Memory each" },
+    { label: "GPU utilisation (measured)" }], rows, "No GPUs connected.");
 }
 
 function groupTable(jobs, key, label) {

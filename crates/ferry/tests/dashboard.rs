@@ -347,6 +347,10 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     assert!(text.contains("1 queued") && text.contains("oldest waiting"), "{text}");
     assert!(text.contains("1 running"), "{text}");
     assert!(text.contains("measured on 0 of 2 GPUs") && text.contains("0 idle"), "{text}");
+    // Which kinds of GPU are connected: the harness declares two "Test GPU"s, one of them held.
+    let models =
+        b.script("return document.getElementById('models').innerText").as_str().unwrap_or_default().to_string();
+    assert!(models.contains("Test GPU\t2\t1\t16"), "{models}");
     assert!(text.contains(&s.owner) && text.contains("vision"), "the running job's user and team:\n{text}");
     assert!(b.script("return document.querySelectorAll('#charts-all svg.chart path').length").as_u64() > Some(0));
     b.assert_no_errors("overview", &[]);
@@ -550,6 +554,9 @@ fn measured_gpu_use_shows_utilisation_idle_gpus_and_a_coloured_heatmap() {
     b.wait_text("the idle GPU", "1 idle");
     let text = b.text();
     assert!(text.contains("2 of 2 GPUs allocated") && text.contains("1 of 1 node ready"), "{text}");
+    let models =
+        b.script("return document.getElementById('models').innerText").as_str().unwrap_or_default().to_string();
+    assert!(models.contains("Fake H100 80GB\t2\t2") && models.contains("46%"), "{models}");
     let card = b.script(
         "return [...document.querySelectorAll('.card')].find(c => c.textContent.includes('GPU utilisation')).textContent",
     );
