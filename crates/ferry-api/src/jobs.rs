@@ -286,6 +286,28 @@ pub struct JobUsage {
     pub gpu_memory_used_bytes: Option<u64>,
 }
 
+/// The queue at a glance (`GET /api/v1/queue`): how many jobs wait and since when, overall, per team and per pool
+/// they could run in, and how many are placed. Counted by the server over every unfinished job, however many.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueSummary {
+    pub queued: u64,
+    /// Jobs starting or running.
+    pub placed: u64,
+    /// When the longest-waiting queued job was submitted.
+    pub oldest_queued_at_us: Option<i64>,
+    /// Per team (`""` for jobs of no team), by name.
+    pub teams: Vec<QueueGroup>,
+    /// Per pool a queued job could run in (a job that fits several pools counts in each), by name.
+    pub pools: Vec<QueueGroup>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueGroup {
+    pub name: String,
+    pub queued: u64,
+    pub oldest_queued_at_us: i64,
+}
+
 /// A page of jobs, newest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {

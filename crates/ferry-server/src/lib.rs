@@ -146,6 +146,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(routes::openapi::document))
         .route("/api/v1/jobs", post(routes::jobs::submit).get(routes::jobs::list))
         .route("/api/v1/jobs/{id}", get(routes::jobs::show))
+        .route("/api/v1/queue", get(routes::jobs::queue))
         .route("/api/v1/jobs/{id}/wait", get(routes::jobs::wait))
         .route("/api/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/api/v1/jobs/{id}/logs", get(routes::jobs::logs))

@@ -15,8 +15,8 @@ window.__ferryErrors = [];
 
 const POLL_MS = 5000;
 const LOG_POLL_MS = 2000;
-// The most jobs one listing asks for (the API's own maximum is 10,000): the overview and nodes pages list the active
-// jobs (queued, starting, running) to count them and to see who holds each GPU.
+// The most jobs one listing asks for (the API's own maximum is 10,000): the overview and nodes pages list the starting
+// and running jobs to see who holds each GPU; the queue is counted by the server (`/api/v1/queue`), however deep.
 const JOBS_LIMIT = 2000;
 // The jobs page: the server filters and pages, newest first; a page is this many jobs (`per_page` in the address
 // changes it, up to JOBS_PAGE_MAX), and the newest jobs loaded, up to JOBS_LIVE_MAX, are polled for live updates.
@@ -181,6 +181,14 @@ function toggles(label, options, current, onpick) {
   return group;
 }
 
+// The jobs that hold resources (starting or running): however deep the queue, they are few, bounded by the GPUs and
+// CPUs there are.
+async function placedJobs() {
+  const [running, starting] = await Promise.all([api(`/api/v1/jobs?state=running&limit=${JOBS_LIMIT}`),
+    api(`/api/v1/jobs?state=starting&limit=${JOBS_LIMIT}`)]);
+  return [...running.jobs, ...starting.jobs];
+}
+
 // Where each GPU is held: "node/index" -> job, from the running jobs (every worker of a gang).
 function gpuHolders(jobs) {
   const held = new Map();
@@ -246,27 +254,25 @@ function overview(main) {
     chartsAll, h("h2", { text: "Per pool" }), chartsPool);
 
   async function update() {
-    const [nodeList, jobList] = await Promise.all([api("/api/v1/nodes"), api(`/api/v1/jobs?limit=${JOBS_LIMIT}`)]);
-    const nodes = nodeList.nodes, jobs = jobList.jobs;
+    const [nodeList, jobs, queue] = await Promise.all([api("/api/v1/nodes"), placedJobs(), api("/api/v1/queue")]);
+    const nodes = nodeList.nodes;
     const holders = gpuHolders(jobs);
     const gpus = gpuList(nodes, holders);
     const allocated = nodes.reduce((a, n) => a + n.allocated_gpus, 0);
     const measured = gpus.filter((g) => g.util !== null);
     const idleGpus = gpus.filter((g) => g.job && g.util !== null && g.util < IDLE_PERCENT);
-    const queued = jobs.filter((j) => j.state === "queued");
-    const running = jobs.filter((j) => j.state === "running" || j.state === "starting");
-    const oldest = queued.reduce((m, j) => Math.min(m, j.submitted_at_us), Infinity);
+    const running = jobs;
+    const oldest = queue.oldest_queued_at_us;
     const ready = nodes.filter((n) => n.state === "ready").length;
     const cpuCap = nodes.reduce((a, n) => a + n.cpu_millis, 0), cpuAlloc = nodes.reduce((a, n) => a + n.allocated_cpu_millis, 0);
     const memCap = nodes.reduce((a, n) => a + n.memory_bytes, 0), memAlloc = nodes.reduce((a, n) => a + n.allocated_memory_bytes, 0);
     const meanUtil = measured.length ? measured.reduce((a, g) => a + g.util, 0) / measured.length : null;
-    const more = jobs.length >= JOBS_LIMIT ? " (at least)" : "";
     cards.replaceChildren(
       card("GPUs", `${allocated} of ${plural(gpus.length, "GPU")} allocated`, `${ready} of ${plural(nodes.length, "node")} ready`),
       card("GPU utilisation (measured)", meanUtil === null ? "no data" : `${num(meanUtil, 0)}%`,
         `measured on ${measured.length} of ${plural(gpus.length, "GPU")}`),
       card("Idle allocated GPUs", `${idleGpus.length} idle`, `allocated, measured below ${IDLE_PERCENT}%`, idleGpus.length ? "waste" : ""),
-      card("Queue", `${queued.length}${more} queued`, queued.length ? `oldest waiting ${fmtDuration(Date.now() - oldest / 1000)}` : "nothing waiting"),
+      card("Queue", `${queue.queued} queued`, queue.queued ? `oldest waiting ${fmtDuration(Date.now() - oldest / 1000)}` : "nothing waiting"),
       card("Running jobs", `${running.length} running`, plural(new Set(running.map((j) => j.owner)).size, "user")),
       card("CPUs", `${cores(cpuAlloc)} of ${cores(cpuCap)} cores`, "allocated"),
       card("Memory", `${fmtBytes(memAlloc)} of ${fmtBytes(memCap)}`, "allocated"));
@@ -360,9 +366,9 @@ function nodesPage(main) {
     heat);
   refresh = poll(async () => {
     const r = HEAT_RANGES[range];
-    const [nodeList, jobList, answer] = await Promise.all([api("/api/v1/nodes"), api(`/api/v1/jobs?limit=${JOBS_LIMIT}`),
+    const [nodeList, jobs, answer] = await Promise.all([api("/api/v1/nodes"), placedJobs(),
       api(seriesUrl({ metric: "gpu_utilization", by: "gpu", start: r.start, step: r.step }))]);
-    const gpus = gpuList(nodeList.nodes, gpuHolders(jobList.jobs));
+    const gpus = gpuList(nodeList.nodes, gpuHolders(jobs));
     list.replaceChildren(...(nodeList.nodes.length ? nodeList.nodes.map((n) => nodeCard(n, gpus.filter((g) => g.node === n)))
       : [h("p", { class: "muted", text: "No nodes have joined yet; start one with `ferry agent`." })]));
     const cols = Math.round((answer.end_us - answer.start_us) / 1e6 / answer.step_s);

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "Ferry API", description = "Ferry's control-plane API: jobs, nodes, tokens and the agent protocol."),
     paths(
         super::health, super::metrics::metrics,
-        super::jobs::submit, super::jobs::list, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff,
+        super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff,
         super::code::head, super::code::put, super::code::get,
         super::nodes::list,
         super::series::query, super::series::metrics, super::usage::usage,
