@@ -109,6 +109,9 @@ pub struct SubmitJob {
     /// node of its own, started all together or not at all. Default 1.
     #[serde(default)]
     pub nodes: Option<u32>,
+    /// The pool the job must run in; the scheduler chooses by pool order when absent.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// The answer to a submission.
@@ -238,6 +241,9 @@ pub struct Job {
     pub gpu_share_milli: u32,
     pub gpu_types: Vec<String>,
     pub selector: BTreeMap<String, String>,
+    /// The pool the job is pinned to, if it is.
+    #[serde(default)]
+    pub pool: Option<String>,
     pub priority: PriorityClass,
     pub retries: u32,
     /// Which run this is: 0 for the first, 1 after the first retry.

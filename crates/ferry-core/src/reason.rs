@@ -62,7 +62,16 @@ pub enum WaitReason {
     /// Nodes exist, but none is ready (their agents stopped reporting).
     NoReadyNodes { nodes: u32 },
     /// No node allows the job: none has the GPU model it asks for, or the labels its selector names.
-    NoMatchingNode { gpu_models: Vec<String>, selector: Vec<String>, models_known: Vec<String> },
+    NoMatchingNode {
+        gpu_models: Vec<String>,
+        selector: Vec<String>,
+        models_known: Vec<String>,
+        /// The pool the job is pinned to, if it is, and the pools there are.
+        #[serde(default)]
+        pool: Option<String>,
+        #[serde(default)]
+        pools_known: Vec<String>,
+    },
     /// Running jobs are being preempted to make room for it; it starts when they have stopped.
     Preempting { jobs: Vec<JobId> },
     /// Starting the job would take its team past its quota plus what it may borrow.
@@ -96,7 +105,7 @@ impl fmt::Display for WaitReason {
             WaitReason::NoReadyNodes { nodes } => {
                 write!(f, "none of the {nodes} known nodes is ready; their agents have stopped reporting")
             }
-            WaitReason::NoMatchingNode { gpu_models, selector, models_known } => {
+            WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known } => {
                 let mut wants = Vec::new();
                 if !gpu_models.is_empty() {
                     wants.push(format!("GPU model {}", gpu_models.join(" or ")));
@@ -104,7 +113,15 @@ impl fmt::Display for WaitReason {
                 if !selector.is_empty() {
                     wants.push(format!("labels {}", selector.join(", ")));
                 }
-                write!(f, "no node in any pool has {}", wants.join(" and "))?;
+                match pool {
+                    Some(pool) if !pools_known.contains(pool) => {
+                        write!(f, "there is no pool `{pool}`; the pools are {}", pools_known.join(", "))?;
+                        return Ok(());
+                    }
+                    Some(pool) if wants.is_empty() => write!(f, "no node of pool {pool} can run it")?,
+                    Some(pool) => write!(f, "no node of pool {pool} has {}", wants.join(" and "))?,
+                    None => write!(f, "no node in any pool has {}", wants.join(" and "))?,
+                }
                 if !gpu_models.is_empty() {
                     match models_known.as_slice() {
                         [] => write!(f, "; no node reports a GPU model")?,

@@ -119,6 +119,9 @@ pub struct JobRequest {
     pub nodes: u32,
     /// The project within the team; fair share is balanced between projects first, then between users.
     pub project: String,
+    /// The pool the job is pinned to (`ferry run --pool`); `None` lets the scheduler choose by pool order.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 impl JobRequest {
@@ -168,7 +171,8 @@ impl JobRequest {
         let model_ok = !self.wants_gpu()
             || self.gpu_models.is_empty()
             || node.gpu_model.as_ref().is_some_and(|m| self.gpu_models.iter().any(|w| w.eq_ignore_ascii_case(m)));
-        model_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+        let pool_ok = self.pool.as_ref().is_none_or(|pool| *pool == node.pool);
+        pool_ok && model_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
     }
 
     /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what a node must have in capacity (for a
@@ -1877,12 +1881,20 @@ impl Scheduler {
     }
 
     fn no_matching_node(&self, request: &JobRequest, templates: &[(NodeInfo, u32)]) -> WaitReason {
-        let known = self.nodes.values().map(|n| &n.info).chain(templates.iter().map(|(t, _)| t));
-        let mut models: Vec<String> = known.filter_map(|n| n.gpu_model.clone()).collect();
+        let known: Vec<&NodeInfo> =
+            self.nodes.values().map(|n| &n.info).chain(templates.iter().map(|(t, _)| t)).collect();
+        let mut models: Vec<String> = known.iter().filter_map(|n| n.gpu_model.clone()).collect();
         models.sort();
         models.dedup();
+        let pools_known: BTreeSet<String> = known.iter().map(|n| n.pool.clone()).collect();
         let selector: Vec<String> = request.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        WaitReason::NoMatchingNode { gpu_models: request.gpu_models.clone(), selector, models_known: models }
+        WaitReason::NoMatchingNode {
+            gpu_models: request.gpu_models.clone(),
+            selector,
+            models_known: models,
+            pool: request.pool.clone(),
+            pools_known: pools_known.into_iter().collect(),
+        }
     }
 
     fn shortfall(&self, needs: &Resources, ready: &[&Node]) -> WaitReason {

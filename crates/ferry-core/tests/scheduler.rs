@@ -314,3 +314,43 @@ fn fgd_keeps_whole_gpus_whole_for_the_jobs_that_need_them() {
     assert_eq!((share_start.node.as_str(), share_start.gpus.as_slice()), ("a", &[0u32][..]), "{starts:?}");
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn a_job_pinned_to_a_pool_runs_only_there_and_an_unknown_pool_is_named() {
+    let mut s = Scheduler::new();
+    let in_pool = |name: &str, pool: &str| {
+        Event::NodeUp(NodeInfo {
+            name: name.to_string(),
+            pool: pool.to_string(),
+            capacity: Resources::new(8000, 16 * GIB, 2),
+            gpu_indices: vec![0, 1],
+            ..NodeInfo::default()
+        })
+    };
+    s.apply(in_pool("owned", "local")).unwrap();
+    s.apply(in_pool("rented", "cloud")).unwrap();
+    let pinned = |id: u64, pool: Option<&str>, gpus: u32| JobRequest {
+        pool: pool.map(str::to_string),
+        ..JobRequest::new(id, Resources::new(1000, GIB, gpus), 0)
+    };
+    // Both nodes have room; the pinned job goes to its pool's, the free one wherever fits best (no pool order is set).
+    s.apply(Event::JobSubmitted(pinned(1, Some("cloud"), 1))).unwrap();
+    s.apply(Event::JobSubmitted(pinned(2, None, 1))).unwrap();
+    let placed: Vec<(u64, String)> = s
+        .schedule()
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Start { job, allocation, .. } => Some((job, allocation.node)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed, vec![(1, "rented".to_string()), (2, "rented".to_string())]);
+    let unknown = s.check_feasible(&pinned(3, Some("moon"), 1)).unwrap_err();
+    assert_eq!(unknown.to_string(), "there is no pool `moon`; the pools are cloud, local");
+    let too_big = s.check_feasible(&pinned(4, Some("cloud"), 4)).unwrap_err();
+    assert_eq!(too_big.to_string(), "no node in any pool has 4 GPUs; the largest has 2");
+    // Waiting for its own pool, now full: the other pool's two free GPUs are no use to it.
+    s.apply(Event::JobSubmitted(pinned(5, Some("cloud"), 2))).unwrap();
+    assert!(s.schedule().iter().all(|d| !matches!(d, Decision::Start { job: 5, .. })));
+    s.check_invariants().unwrap();
+}

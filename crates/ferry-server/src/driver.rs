@@ -154,6 +154,7 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
         max_runtime_s: job.max_runtime_s,
         nodes: job.nodes,
         project: job.project.clone().unwrap_or_default(),
+        pool: job.pool.clone(),
         ..JobRequest::new(id, job.resources, job.priority.value())
     }
 }
@@ -502,7 +503,10 @@ impl Driver {
             let r = &job.request;
             match job.state {
                 JobState::Queued => {
-                    let shape = format!("{:?}/{}/{:?}/{:?}", r.resources, r.gpu_share_milli, r.gpu_models, r.selector);
+                    let shape = format!(
+                        "{:?}/{}/{:?}/{:?}/{:?}",
+                        r.resources, r.gpu_share_milli, r.gpu_models, r.selector, r.pool
+                    );
                     let pools =
                         pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
                     metrics.queued.push(QueuedMetrics {
@@ -1053,6 +1057,7 @@ struct Ended {
 /// What a user can change about a job that no node can run.
 fn fix_for(reason: &WaitReason) -> &'static str {
     match reason {
+        WaitReason::NoMatchingNode { pool: Some(_), .. } => "change --pool, --gpu-type or --selector",
         WaitReason::NoMatchingNode { .. } => "change --gpu-type or --selector",
         WaitReason::GangInfeasible { .. } => "ask for fewer --nodes, or fewer resources per node",
         _ => "ask for less with --gpus, --cpus or --memory",

@@ -36,6 +36,8 @@ pub struct NewJob {
     pub nodes: u32,
     /// The shipped folder the job runs in; `None` when it ships nothing.
     pub code: Option<JobCode>,
+    /// The pool the job is pinned to; `None` lets the scheduler choose.
+    pub pool: Option<String>,
 }
 
 /// The code archive a job runs in, and the git state of the folder it came from.
@@ -87,7 +89,7 @@ pub struct JobFilter {
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
-     code_sha256, code_bytes, git_commit, git_diff";
+     code_sha256, code_bytes, git_commit, git_diff, pool";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -116,6 +118,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
         selector: from_json("selector", row.get("selector"))?,
         nodes: row.get::<i64, _>("nodes") as u32,
+        pool: row.get("pool"),
         code: row.get::<Option<String>, _>("code_sha256").map(|sha256| JobCode {
             sha256,
             size_bytes: row.get::<Option<i64>, _>("code_bytes").unwrap_or(0) as u64,
@@ -245,8 +248,8 @@ impl Tx {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
              priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes, \
-             code_sha256, code_bytes, git_commit, git_diff) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             code_sha256, code_bytes, git_commit, git_diff, pool) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -270,6 +273,7 @@ impl Tx {
         .bind(job.code.as_ref().map(|c| c.size_bytes as i64))
         .bind(job.code.as_ref().and_then(|c| c.git_commit.clone()))
         .bind(job.code.as_ref().and_then(|c| c.git_diff.clone()))
+        .bind(&job.pool)
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

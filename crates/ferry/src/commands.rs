@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Only on nodes with this label, NAME=VALUE; repeatable.
     #[arg(long = "selector", value_name = "NAME=VALUE")]
     selector: Vec<String>,
+    /// Run only in this pool (as `ferry nodes` lists them); by default the scheduler chooses by the pools' order.
+    #[arg(long, value_name = "NAME")]
+    pool: Option<String>,
     /// Run on this many nodes at once: a gang of workers, each with the GPUs, CPUs and memory asked for, started all
     /// together or not at all. Each worker gets FERRY_NODE_RANK, FERRY_NUM_NODES, MASTER_ADDR, MASTER_PORT, the
     /// variables `torchrun` reads (PET_*) and TF_CONFIG.
@@ -111,6 +114,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         gpu_share_milli: (gpu_share_milli > 0).then_some(gpu_share_milli),
         gpu_types: args.gpu_types,
         selector,
+        pool: args.pool,
         cpu_millis: args.cpus.as_deref().map(parse_cpus).transpose().map_err(invalid)?,
         memory_bytes: args.memory.as_deref().map(parse_memory).transpose().map_err(invalid)?,
         gpus: Some(gpus),

@@ -393,3 +393,20 @@ fn jobs_are_listed_by_owner_team_project_pool_and_time_and_bad_filters_are_named
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("`since=last tuesday` is neither a time"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_job_pinned_to_a_pool_runs_there_and_an_unknown_pool_is_refused_with_the_pools() {
+    let mut f = Ferry::start(NodeSpec::default());
+    f.start_extra_agent("node-b", "cloud", 2);
+    f.wait_for("node-b to be ready", |f| {
+        f.json(&["nodes", "--json"])["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["name"] == "node-b"))
+    });
+    let id = f.submit(&["--pool", "cloud", "--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    let job = f.wait_state(id, "succeeded");
+    assert_eq!((job["node"].as_str(), job["pool"].as_str()), (Some("node-b"), Some("cloud")), "{job}");
+
+    let out = f.cli(&["run", "--pool", "moon", "--", "true"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("there is no pool `moon`; the pools are cloud, local"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("change --pool"), "{}", stderr(&out));
+}

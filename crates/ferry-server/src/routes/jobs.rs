@@ -154,6 +154,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         selector: spec.selector,
         nodes,
         code,
+        pool: spec.pool.filter(|p| !p.is_empty()),
     })
 }
 
@@ -536,6 +537,7 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         gpu_share_milli: r.spec.gpu_share_milli,
         gpu_types: r.spec.gpu_types,
         selector: r.spec.selector,
+        pool: r.spec.pool,
         priority: r.spec.priority,
         retries: r.spec.retries,
         attempt: r.attempt,
