@@ -79,7 +79,14 @@ pub enum WaitReason {
     /// Starting the job would take its project past the project's quota plus what it may borrow within the team.
     OverProjectLimit { team: String, project: String, resource: ResourceKind, would_hold: u64, limit: u64 },
     /// No node, even empty, is large enough for the job.
-    Infeasible { resource: ResourceKind, needed: u64, largest: u64 },
+    Infeasible {
+        resource: ResourceKind,
+        needed: u64,
+        largest: u64,
+        /// The pool the job is pinned to, whose nodes were the only ones looked at.
+        #[serde(default)]
+        pool: Option<String>,
+    },
     /// Some node could hold the job, but none has enough free right now.
     Insufficient { resource: ResourceKind, needed: u64, shortfalls: Vec<NodeShortfall>, more_nodes: u32 },
     /// The job would fit, but the free resources are held back for a job ahead of it in the queue.
@@ -145,12 +152,18 @@ impl fmt::Display for WaitReason {
                 resource.free_amount(*would_hold),
                 resource.free_amount(*limit)
             ),
-            WaitReason::Infeasible { resource, needed, largest } => write!(
-                f,
-                "no node in any pool has {}; the largest has {}",
-                resource.amount(*needed),
-                resource.free_amount(*largest)
-            ),
+            WaitReason::Infeasible { resource, needed, largest, pool } => {
+                let place = match pool {
+                    Some(pool) => format!("pool {pool}"),
+                    None => "any pool".to_string(),
+                };
+                write!(
+                    f,
+                    "no node in {place} has {}; the largest has {}",
+                    resource.amount(*needed),
+                    resource.free_amount(*largest)
+                )
+            }
             WaitReason::Insufficient { resource, needed, shortfalls, more_nodes } => {
                 write!(f, "needs {}; ", resource.amount(*needed))?;
                 for (i, s) in shortfalls.iter().enumerate() {

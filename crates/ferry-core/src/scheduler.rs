@@ -1843,7 +1843,9 @@ impl Scheduler {
         }
         let largest = allowed.iter().fold(Resources::ZERO, |acc, (n, _)| acc.max(&n.capacity));
         match first_short(&needs, &largest) {
-            Some((resource, needed, largest)) => Err(WaitReason::Infeasible { resource, needed, largest }),
+            Some((resource, needed, largest)) => {
+                Err(WaitReason::Infeasible { resource, needed, largest, pool: request.pool.clone() })
+            }
             None => Ok(()),
         }
     }

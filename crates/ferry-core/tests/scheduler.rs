@@ -19,6 +19,17 @@ fn job(id: u64, cpus: u64, gpus: u32, priority: i32) -> Event {
     Event::JobSubmitted(JobRequest::new(id, Resources::new(cpus * 1000, GIB, gpus), priority))
 }
 
+/// The jobs a cycle started, with the node each went to.
+fn started(decisions: Vec<Decision>) -> Vec<(u64, String)> {
+    decisions
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Start { job, allocation, .. } => Some((job, allocation.node)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Applies the events, runs one cycle, and renders the starts and every queued job's wait reason.
 fn check(events: Vec<Event>, expected: Expect) {
     let mut s = Scheduler::new();
@@ -197,14 +208,7 @@ fn gpu_models_and_labels_restrict_where_a_job_may_run() {
     };
     s.apply(Event::JobSubmitted(wants(1, &["a100"], &[]))).unwrap();
     s.apply(Event::JobSubmitted(wants(2, &[], &[("rack", "a")]))).unwrap();
-    let placed: Vec<(u64, String)> = s
-        .schedule()
-        .into_iter()
-        .filter_map(|d| match d {
-            Decision::Start { job, allocation, .. } => Some((job, allocation.node)),
-            _ => None,
-        })
-        .collect();
+    let placed = started(s.schedule());
     assert_eq!(placed, vec![(1, "big-a100".to_string()), (2, "small-t4".to_string())]);
     let nowhere = s.check_feasible(&wants(3, &["V100"], &[])).unwrap_err();
     assert_eq!(nowhere.to_string(), "no node in any pool has GPU model V100; the GPU models known are A100, T4");
@@ -336,19 +340,12 @@ fn a_job_pinned_to_a_pool_runs_only_there_and_an_unknown_pool_is_named() {
     // Both nodes have room; the pinned job goes to its pool's, the free one wherever fits best (no pool order is set).
     s.apply(Event::JobSubmitted(pinned(1, Some("cloud"), 1))).unwrap();
     s.apply(Event::JobSubmitted(pinned(2, None, 1))).unwrap();
-    let placed: Vec<(u64, String)> = s
-        .schedule()
-        .into_iter()
-        .filter_map(|d| match d {
-            Decision::Start { job, allocation, .. } => Some((job, allocation.node)),
-            _ => None,
-        })
-        .collect();
+    let placed = started(s.schedule());
     assert_eq!(placed, vec![(1, "rented".to_string()), (2, "rented".to_string())]);
     let unknown = s.check_feasible(&pinned(3, Some("moon"), 1)).unwrap_err();
     assert_eq!(unknown.to_string(), "there is no pool `moon`; the pools are cloud, local");
     let too_big = s.check_feasible(&pinned(4, Some("cloud"), 4)).unwrap_err();
-    assert_eq!(too_big.to_string(), "no node in any pool has 4 GPUs; the largest has 2");
+    assert_eq!(too_big.to_string(), "no node in pool cloud has 4 GPUs; the largest has 2");
     // Waiting for its own pool, now full: the other pool's two free GPUs are no use to it.
     s.apply(Event::JobSubmitted(pinned(5, Some("cloud"), 2))).unwrap();
     assert!(s.schedule().iter().all(|d| !matches!(d, Decision::Start { job: 5, .. })));
