@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_api::agent::{
     Assignment, RegisterNode, Registered, Reports, ReportsAck, RunEnd, RunRef, RunReport, RunStatus,
 };
-use ferry_api::jobs::{JobState, JobWorker, WorkerEnd};
+use ferry_api::jobs::{JobState, JobWorker, QueueGroup, QueueSummary, WorkerEnd};
 use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
@@ -79,6 +79,36 @@ pub struct DriverMetrics {
     /// Scheduling cycles run since the server started, and the seconds they took in all.
     pub cycles: u64,
     pub cycle_seconds_sum: f64,
+}
+
+impl DriverMetrics {
+    /// The queue counted once, for `/metrics` and `GET /api/v1/queue` alike: queued jobs overall, per team and per
+    /// pool they fit (with the oldest submission of each), and the jobs placed.
+    pub fn queue_summary(&self) -> QueueSummary {
+        let mut teams: BTreeMap<&str, QueueGroup> = BTreeMap::new();
+        let mut pools: BTreeMap<&str, QueueGroup> = BTreeMap::new();
+        let add = |group: &mut QueueGroup, name: &str, at: i64| {
+            if group.queued == 0 {
+                *group = QueueGroup { name: name.to_string(), queued: 0, oldest_queued_at_us: at };
+            }
+            group.queued += 1;
+            group.oldest_queued_at_us = group.oldest_queued_at_us.min(at);
+        };
+        for q in &self.queued {
+            add(teams.entry(q.team.as_str()).or_default(), &q.team, q.submitted_at_us);
+            for pool in &q.pools {
+                add(pools.entry(pool.as_str()).or_default(), pool, q.submitted_at_us);
+            }
+        }
+        let placed: std::collections::BTreeSet<u64> = self.runs.iter().map(|r| r.job_id).collect();
+        QueueSummary {
+            queued: self.queued.len() as u64,
+            placed: placed.len() as u64,
+            oldest_queued_at_us: self.queued.iter().map(|q| q.submitted_at_us).min(),
+            teams: teams.into_values().collect(),
+            pools: pools.into_values().collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1155,5 +1185,49 @@ fn assignment(record: &JobRecord, gpus: &[u32]) -> Assignment {
         gpu_ids: gpus.to_vec(),
         max_runtime_s: record.spec.max_runtime_s,
         grace_s: STOP_GRACE_S,
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use ferry_api::jobs::{QueueGroup, QueueSummary};
+    use ferry_core::Resources;
+
+    use super::{DriverMetrics, QueuedMetrics, RunMetrics};
+
+    #[test]
+    fn the_queue_is_counted_per_team_and_per_pool_a_job_could_run_in() {
+        let queued = |team: &str, at: i64, pools: &[&str]| QueuedMetrics {
+            team: team.into(),
+            submitted_at_us: at,
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+        };
+        let run = |job_id: u64, node: &str| RunMetrics {
+            job_id,
+            user: "u".into(),
+            team: "t".into(),
+            project: String::new(),
+            node: node.into(),
+            resources: Resources::new(1000, 1 << 30, 1),
+            gpu_share_milli: 0,
+            gpu_ids: vec![0],
+        };
+        let metrics = DriverMetrics {
+            runs: vec![run(1, "a"), run(2, "a"), run(2, "b")],
+            queued: vec![queued("ml", 30, &["local", "cloud"]), queued("ml", 10, &["local"]), queued("", 20, &[])],
+            cycles: 0,
+            cycle_seconds_sum: 0.0,
+        };
+        let group = |name: &str, queued, oldest| QueueGroup { name: name.into(), queued, oldest_queued_at_us: oldest };
+        assert_eq!(
+            metrics.queue_summary(),
+            QueueSummary {
+                queued: 3,
+                placed: 2,
+                oldest_queued_at_us: Some(10),
+                teams: vec![group("", 1, 20), group("ml", 2, 10)],
+                pools: vec![group("cloud", 1, 30), group("local", 2, 10)],
+            }
+        );
     }
 }

@@ -260,45 +260,33 @@ fn jobs(out: &mut Out, s: &Snapshot) {
         finished.into_iter().map(count),
     );
 
-    let mut queues: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
-    for q in &s.driver.queued {
-        let entry = queues.entry(q.team.as_str()).or_insert((0, i64::MAX));
-        entry.0 += 1;
-        entry.1 = entry.1.min(q.submitted_at_us);
+    let queue = s.driver.queue_summary();
+    let waited = |oldest: i64| s.now_us.saturating_sub(oldest).max(0) as f64 / 1e6;
+    for (label, groups, jobs, wait, jobs_help, wait_help) in [
+        (
+            "team",
+            &queue.teams,
+            "ferry_queue_jobs",
+            "ferry_queue_wait_seconds_max",
+            "Queued jobs, by team (empty for jobs of no team)",
+            "How long the oldest queued job of each team has waited",
+        ),
+        (
+            "pool",
+            &queue.pools,
+            "ferry_pool_queue_jobs",
+            "ferry_pool_queue_wait_seconds_max",
+            "Queued jobs that could run in the pool (a job that fits several pools waits in each)",
+            "How long the oldest queued job that could run in the pool has waited",
+        ),
+    ] {
+        out.gauges(jobs, jobs_help, groups.iter().map(|g| (vec![(label, g.name.clone())], g.queued as f64)));
+        out.gauges(
+            wait,
+            wait_help,
+            groups.iter().map(|g| (vec![(label, g.name.clone())], waited(g.oldest_queued_at_us))),
+        );
     }
-    out.gauges(
-        "ferry_queue_jobs",
-        "Queued jobs, by team (empty for jobs of no team)",
-        queues.iter().map(|(team, (n, _))| (vec![("team", team.to_string())], *n as f64)),
-    );
-    out.gauges(
-        "ferry_queue_wait_seconds_max",
-        "How long the oldest queued job of each team has waited",
-        queues.iter().map(|(team, (_, oldest))| {
-            (vec![("team", team.to_string())], s.now_us.saturating_sub(*oldest).max(0) as f64 / 1e6)
-        }),
-    );
-
-    let mut pool_queues: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
-    for q in &s.driver.queued {
-        for pool in &q.pools {
-            let entry = pool_queues.entry(pool.as_str()).or_insert((0, i64::MAX));
-            entry.0 += 1;
-            entry.1 = entry.1.min(q.submitted_at_us);
-        }
-    }
-    out.gauges(
-        "ferry_pool_queue_jobs",
-        "Queued jobs that could run in the pool (a job that fits several pools waits in each)",
-        pool_queues.iter().map(|(pool, (n, _))| (vec![("pool", pool.to_string())], *n as f64)),
-    );
-    out.gauges(
-        "ferry_pool_queue_wait_seconds_max",
-        "How long the oldest queued job that could run in the pool has waited",
-        pool_queues.iter().map(|(pool, (_, oldest))| {
-            (vec![("pool", pool.to_string())], s.now_us.saturating_sub(*oldest).max(0) as f64 / 1e6)
-        }),
-    );
 
     let run_labels = |r: &crate::driver::RunMetrics| -> Labels {
         vec![

@@ -10,7 +10,7 @@ use axum::Json;
 use bytes::Bytes;
 use ferry_api::code::{is_sha256, JobCode as WireCode, GIT_DIFF_BYTES_MAX};
 use ferry_api::jobs::{
-    Job, JobList, JobState, QueueGroup, QueueSummary, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX,
+    Job, JobList, JobState, QueueSummary, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX,
     NAME_CHARS_MAX, NODES_MAX, RETRIES_MAX,
 };
 use ferry_api::ErrorBody;
@@ -257,34 +257,7 @@ pub async fn list(
 pub async fn queue(State(state): State<AppState>, caller: Caller) -> Result<Json<QueueSummary>, ApiError> {
     caller.require_user()?;
     let metrics = state.driver.ask(|reply| Command::Metrics { reply }).await?;
-    Ok(Json(queue_summary(&metrics)))
-}
-
-/// Counts the driver's unfinished jobs: queued ones overall, per team and per pool they fit, and placed ones.
-fn queue_summary(metrics: &crate::driver::DriverMetrics) -> QueueSummary {
-    let mut teams: std::collections::BTreeMap<&str, QueueGroup> = std::collections::BTreeMap::new();
-    let mut pools: std::collections::BTreeMap<&str, QueueGroup> = std::collections::BTreeMap::new();
-    let add = |group: &mut QueueGroup, name: &str, at: i64| {
-        if group.queued == 0 {
-            *group = QueueGroup { name: name.to_string(), queued: 0, oldest_queued_at_us: at };
-        }
-        group.queued += 1;
-        group.oldest_queued_at_us = group.oldest_queued_at_us.min(at);
-    };
-    for q in &metrics.queued {
-        add(teams.entry(q.team.as_str()).or_default(), &q.team, q.submitted_at_us);
-        for pool in &q.pools {
-            add(pools.entry(pool.as_str()).or_default(), pool, q.submitted_at_us);
-        }
-    }
-    let placed: std::collections::BTreeSet<u64> = metrics.runs.iter().map(|r| r.job_id).collect();
-    QueueSummary {
-        queued: metrics.queued.len() as u64,
-        placed: placed.len() as u64,
-        oldest_queued_at_us: metrics.queued.iter().map(|q| q.submitted_at_us).min(),
-        teams: teams.into_values().collect(),
-        pools: pools.into_values().collect(),
-    }
+    Ok(Json(metrics.queue_summary()))
 }
 
 async fn load(state: &AppState, id: u64) -> Result<JobRecord, ApiError> {
@@ -556,49 +529,5 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         waiting,
         timeline: Vec::new(),
         usage,
-    }
-}
-
-#[cfg(test)]
-mod queue_tests {
-    use ferry_core::Resources;
-
-    use super::*;
-    use crate::driver::{DriverMetrics, QueuedMetrics, RunMetrics};
-
-    #[test]
-    fn the_queue_is_counted_per_team_and_per_pool_a_job_could_run_in() {
-        let queued = |team: &str, at: i64, pools: &[&str]| QueuedMetrics {
-            team: team.into(),
-            submitted_at_us: at,
-            pools: pools.iter().map(|p| p.to_string()).collect(),
-        };
-        let run = |job_id: u64, node: &str| RunMetrics {
-            job_id,
-            user: "u".into(),
-            team: "t".into(),
-            project: String::new(),
-            node: node.into(),
-            resources: Resources::new(1000, 1 << 30, 1),
-            gpu_share_milli: 0,
-            gpu_ids: vec![0],
-        };
-        let metrics = DriverMetrics {
-            runs: vec![run(1, "a"), run(2, "a"), run(2, "b")],
-            queued: vec![queued("ml", 30, &["local", "cloud"]), queued("ml", 10, &["local"]), queued("", 20, &[])],
-            cycles: 0,
-            cycle_seconds_sum: 0.0,
-        };
-        let group = |name: &str, queued, oldest| QueueGroup { name: name.into(), queued, oldest_queued_at_us: oldest };
-        assert_eq!(
-            queue_summary(&metrics),
-            QueueSummary {
-                queued: 3,
-                placed: 2,
-                oldest_queued_at_us: Some(10),
-                teams: vec![group("", 1, 20), group("ml", 2, 10)],
-                pools: vec![group("cloud", 1, 30), group("local", 2, 10)],
-            }
-        );
     }
 }
