@@ -176,7 +176,9 @@ pub fn record_batch(batch: &TelemetryBatch, telemetry: &Telemetry, oldest_us: i6
             let workers = telemetry.latest_runs(run.run.job_id);
             let newest = workers.iter().any(|w| w.sample.run == run.run && w.sampled_at_us == t);
             let usage = if newest {
-                telemetry.job_usage(run.run.job_id, run.run.attempt)
+                let attempt: Vec<_> =
+                    workers.iter().filter(|w| w.sample.run.attempt == run.run.attempt).cloned().collect();
+                crate::telemetry::sum_runs(&attempt)
             } else if workers.iter().all(|w| w.sample.run.rank == 0) {
                 Some(usage_of_one(run, t))
             } else {

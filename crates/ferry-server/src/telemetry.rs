@@ -177,7 +177,7 @@ impl Telemetry {
 }
 
 /// Adds up the workers' samples; a figure is present when at least one worker measured it.
-fn sum_runs(runs: &[LatestRun]) -> Option<JobUsage> {
+pub fn sum_runs(runs: &[LatestRun]) -> Option<JobUsage> {
     let oldest = runs.iter().map(|l| l.sampled_at_us).min()?;
     let total = |values: Vec<u64>| (!values.is_empty()).then(|| values.iter().sum());
     let samples = runs.iter().map(|l| &l.sample);
