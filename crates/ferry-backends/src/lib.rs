@@ -12,6 +12,8 @@ use ferry_api::agent::{Assignment, RunRef};
 
 #[cfg(feature = "agent")]
 pub mod agent;
+pub mod conformance;
+pub mod engine;
 pub mod registry;
 
 /// A future a backend returns; boxed so that backends can sit behind `dyn ComputeBackend`.
