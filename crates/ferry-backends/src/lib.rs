@@ -14,7 +14,13 @@ use ferry_api::agent::{Assignment, RunRef};
 pub mod agent;
 pub mod conformance;
 pub mod engine;
+#[cfg(feature = "ray")]
+pub mod ray;
 pub mod registry;
+#[cfg(feature = "slurm")]
+pub mod slurm;
+#[cfg(feature = "spark")]
+pub mod spark;
 
 /// A future a backend returns; boxed so that backends can sit behind `dyn ComputeBackend`.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
