@@ -90,7 +90,7 @@ fn rand_suffix() -> String {
 }
 
 /// Unpacks `archive` into `dest`, which must not exist yet. Blocking: run it off the async threads.
-pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<(), String> {
+pub fn unpack(archive: &Path, dest: &Path) -> Result<(), String> {
     fs::create_dir(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     let file = File::open(archive).map_err(|e| format!("cannot open {}: {e}", archive.display()))?;
     let mut tar = tar::Archive::new(GzDecoder::new(file));

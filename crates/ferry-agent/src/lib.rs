@@ -11,7 +11,7 @@
 mod agent;
 mod backoff;
 mod cgroup;
-mod code;
+pub mod code;
 mod config;
 mod lock;
 mod resources;

@@ -276,6 +276,25 @@ pub struct Job {
     /// arrives and once the job is over (its history is in the time series).
     #[serde(default)]
     pub usage: Option<JobUsage>,
+    /// Where an engine (Slurm, Ray, Spark) runs the job: its id there and the native form Ferry generated; absent on
+    /// agent pools.
+    #[serde(default)]
+    pub native: Option<NativeJob>,
+}
+
+/// A job as its engine knows it, for the engineer who wants to look underneath.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NativeJob {
+    /// The engine kind: `slurm`, `ray`, `spark`.
+    pub kind: String,
+    /// The engine's own id (a Slurm job id, a Ray submission id, a Spark run name).
+    pub id: String,
+    /// What Ferry submitted: the batch script, the submission body, the `spark-submit` command line.
+    pub spec: String,
+    /// The run's state in the engine at the bridge's latest look (`pending: Resources`, `running`), while Ferry
+    /// follows it.
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 /// A running job's measured use at one moment, against which its allocation can be read.

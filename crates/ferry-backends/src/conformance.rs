@@ -266,7 +266,10 @@ async fn resubmission_and_find(fx: &Fixture, job: EngineJob) {
 
 async fn rejected(fx: &Fixture, job: EngineJob) {
     let Some(make) = fx.reject else {
-        eprintln!("conformance: {} accepts any well-formed job; the rejection scenario does not apply", fx.engine.kind());
+        eprintln!(
+            "conformance: {} accepts any well-formed job; the rejection scenario does not apply",
+            fx.engine.kind()
+        );
         return;
     };
     match fx.engine.submit(&make(job)).await {

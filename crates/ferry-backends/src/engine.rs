@@ -62,8 +62,12 @@ pub struct Submitted {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NativeState {
     /// Accepted, not running yet; `reason` is the engine's own word for why (e.g. Slurm's `Resources`).
-    Pending { reason: Option<String> },
-    Running { started_at_us: i64 },
+    Pending {
+        reason: Option<String>,
+    },
+    Running {
+        started_at_us: i64,
+    },
     Finished {
         end: RunEnd,
         exit_code: Option<i32>,

@@ -13,6 +13,16 @@
 //! price_gpu_hour = 1.20
 //! price_cpu_hour = 0.02
 //!
+//! [[pool]]
+//! name = "hpc"          # an engine: Ferry places jobs on its nodes and submits them there
+//! order = 5
+//! kind = "slurm"        # or ray, spark; `agent` (the default) for nodes running `ferry agent`
+//! poll_interval = "2s"  # how often Ferry asks the engine for states, output and capacity
+//! code_dir = "/shared/ferry/code"   # where shipped code is unpacked: a directory the engine's nodes can read
+//! [pool.engine]         # the engine's own settings (see each engine's `Config`)
+//! rest_url = "http://127.0.0.1:6820"
+//! work_dir = "/shared/ferry/runs"
+//!
 //! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
 //! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
 //!
@@ -54,7 +64,23 @@ pub struct PoolConfig {
     pub info: PoolInfo,
     pub price_gpu_hour: Option<f64>,
     pub price_cpu_hour: Option<f64>,
+    /// How Ferry reaches the pool's engine; `None` for a pool of Ferry agents.
+    pub engine: Option<EngineConfig>,
 }
+
+/// A pool run by an engine (Slurm, Ray, Spark): its kind, its settings and how Ferry drives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    pub kind: String,
+    /// The `[pool.engine]` table, as JSON, checked by the engine's own `Config` when the file is read.
+    pub settings: serde_json::Value,
+    pub poll_interval: std::time::Duration,
+    /// Where shipped code is unpacked for the engine's nodes; under the data directory when unset.
+    pub code_dir: Option<std::path::PathBuf>,
+}
+
+/// How often an engine is polled when the configuration does not say.
+pub const ENGINE_POLL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +148,58 @@ struct RawPool {
     burst_after: Option<String>,
     price_gpu_hour: Option<f64>,
     price_cpu_hour: Option<f64>,
+    kind: Option<String>,
+    poll_interval: Option<String>,
+    code_dir: Option<String>,
+    engine: Option<toml::Table>,
+}
+
+impl RawPool {
+    /// The engine of a pool whose kind is not `agent`, checked by the engine's own settings parser.
+    fn engine(&mut self, at: &str) -> Result<Option<EngineConfig>, String> {
+        let kind = self.kind.clone().unwrap_or_else(|| "agent".to_string());
+        if kind == "agent" {
+            for (field, set) in [
+                ("engine", self.engine.is_some()),
+                ("poll_interval", self.poll_interval.is_some()),
+                ("code_dir", self.code_dir.is_some()),
+            ] {
+                if set {
+                    return Err(format!("{at}: `{field}` applies only to an engine pool (kind = \"slurm\", ...)"));
+                }
+            }
+            return Ok(None);
+        }
+        if !ferry_backends::registry::kinds().contains(&kind.as_str()) {
+            let kinds = ferry_backends::registry::kinds().join(", ");
+            return Err(format!("{at}: there is no pool kind `{kind}`; this build has {kinds}"));
+        }
+        let table = self
+            .engine
+            .take()
+            .ok_or_else(|| format!("{at}: a {kind} pool needs a [pool.engine] table saying how to reach the engine"))?;
+        let settings = serde_json::to_value(&table).map_err(|e| format!("{at}: [pool.engine]: {e}"))?;
+        // Connecting checks the settings without contacting the engine.
+        ferry_backends::registry::build_engine(&kind, settings.clone()).map_err(|e| format!("{at}: {e}"))?;
+        let poll_interval = match self.poll_interval.as_deref() {
+            None => ENGINE_POLL_DEFAULT,
+            Some(text) => {
+                let d = humantime::parse_duration(text)
+                    .map_err(|e| format!("{at}: `poll_interval`: {e}; write a duration such as 2s or 500ms"))?;
+                if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(600) {
+                    return Err(format!("{at}: `poll_interval` must be between 100ms and 10m"));
+                }
+                d
+            }
+        };
+        let code_dir = match self.code_dir.take() {
+            Some(dir) if !std::path::Path::new(&dir).is_absolute() => {
+                return Err(format!("{at}: `code_dir` must be an absolute path; it is `{dir}`"))
+            }
+            dir => dir.map(std::path::PathBuf::from),
+        };
+        Ok(Some(EngineConfig { kind, settings, poll_interval, code_dir }))
+    }
 }
 
 impl FileConfig {
@@ -138,7 +216,7 @@ impl FileConfig {
         }
         let mut seen = BTreeSet::new();
         let mut pools = Vec::with_capacity(raw.pool.len());
-        for (i, p) in raw.pool.into_iter().enumerate() {
+        for (i, mut p) in raw.pool.into_iter().enumerate() {
             let at = format!("pool[{i}] ({})", p.name);
             if p.name.trim().is_empty() || p.name.contains(char::is_whitespace) {
                 return Err(format!("pool[{i}]: `name` must be a non-empty word, such as local or aws-spot"));
@@ -159,7 +237,12 @@ impl FileConfig {
                     return Err(format!("{at}: `{field}` must be a price of zero or more, such as 1.20"));
                 }
             }
+            let engine = p.engine(&at)?;
+            if engine.is_some() && p.name.contains('/') {
+                return Err(format!("{at}: an engine pool's name must not contain `/`"));
+            }
             pools.push(PoolConfig {
+                engine,
                 info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s, elastic: None },
                 price_gpu_hour: p.price_gpu_hour,
                 price_cpu_hour: p.price_cpu_hour,

@@ -63,6 +63,14 @@ pub enum Command {
     Allocations {
         reply: oneshot::Sender<BTreeMap<String, (Resources, Vec<u64>)>>,
     },
+    /// An engine accepted a run: record its native id and form. The answer says whether the run is still wanted
+    /// (a run cancelled or moved meanwhile is not, and the engine bridge cancels it).
+    Native {
+        node: String,
+        run: RunRef,
+        native: ferry_store::Native,
+        reply: Reply<bool>,
+    },
     /// What `/metrics` exports of the driver's own state.
     Metrics {
         reply: oneshot::Sender<DriverMetrics>,
@@ -170,6 +178,8 @@ struct Active {
     /// Attempts that preemption used; they do not count against the job's retries.
     preemptions: u32,
     started_at_us: Option<i64>,
+    /// How the engine knows the current attempt (`slurm job 42`), on engine pools once it is submitted.
+    native: Option<String>,
 }
 
 /// The core's view of a stored job.
@@ -202,6 +212,7 @@ impl Active {
             preempted: None,
             preemptions: 0,
             started_at_us: r.started_at_us,
+            native: r.native.as_ref().map(|n| format!("{} job {}", n.kind, n.id)),
         }
     }
 
@@ -217,6 +228,7 @@ impl Active {
             preempted: None,
             preemptions: 0,
             started_at_us: None,
+            native: None,
         }
     }
 
@@ -258,6 +270,7 @@ impl Active {
 struct Liveness {
     /// Where other nodes reach this one; its name when its agent did not say.
     address: String,
+    pool: String,
     last_seen: Instant,
     ready: bool,
 }
@@ -289,6 +302,8 @@ pub struct Driver {
     store: Store,
     sched: Scheduler,
     agents: Arc<AgentBackend>,
+    /// The backend of each engine pool, by pool name; nodes of other pools are agents'.
+    engines: HashMap<String, Arc<dyn ComputeBackend>>,
     signals: Arc<Signals>,
     jobs: HashMap<u64, Active>,
     nodes: HashMap<String, Liveness>,
@@ -308,6 +323,7 @@ impl Driver {
     pub async fn start(
         store: Store,
         agents: Arc<AgentBackend>,
+        engines: HashMap<String, Arc<dyn ComputeBackend>>,
         signals: Arc<Signals>,
         node_timeout: Duration,
         config: FileConfig,
@@ -317,6 +333,7 @@ impl Driver {
             store,
             sched: Scheduler::new(),
             agents,
+            engines,
             signals,
             jobs: HashMap::new(),
             nodes: HashMap::new(),
@@ -351,7 +368,8 @@ impl Driver {
                 continue;
             }
             let address = record.address.clone().unwrap_or_else(|| record.name.clone());
-            self.nodes.insert(record.name.clone(), Liveness { address, last_seen: Instant::now(), ready: true });
+            let pool = record.pool.clone();
+            self.nodes.insert(record.name.clone(), Liveness { address, pool, last_seen: Instant::now(), ready: true });
         }
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
@@ -460,12 +478,12 @@ impl Driver {
             self.agents.confirm_finished(&node, run);
         }
         for (node, assignment) in fx.launches {
-            if let Err(e) = self.agents.launch(&node, assignment).await {
+            if let Err(e) = self.backend_of(&node).launch(&node, assignment).await {
                 tracing::error!(node = %node, error = %e, "launch refused");
             }
         }
         for (node, run) in fx.stops {
-            if let Err(e) = self.agents.stop(&node, run).await {
+            if let Err(e) = self.backend_of(&node).stop(&node, run).await {
                 tracing::error!(node = %node, error = %e, "stop refused");
             }
         }
@@ -475,6 +493,35 @@ impl Driver {
         for job in fx.finished {
             self.signals.finish(job);
         }
+    }
+
+    /// The backend that runs work on a node: its engine pool's, or the agents'.
+    fn backend_of(&self, node: &str) -> Arc<dyn ComputeBackend> {
+        match self.nodes.get(node).and_then(|l| self.engines.get(&l.pool)) {
+            Some(engine) => engine.clone(),
+            None => self.agents.clone(),
+        }
+    }
+
+    /// Records what an engine made of a run, if the run is still the job's current one on that node.
+    async fn native(
+        &mut self,
+        node: &str,
+        run: RunRef,
+        native: ferry_store::Native,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<bool, StoreError> {
+        let Some(active) = self.jobs.get_mut(&run.job_id) else { return Ok(false) };
+        if active.attempt != run.attempt || active.node_of(run.rank) != Some(node) || active.cancel_requested {
+            return Ok(false);
+        }
+        if run.rank == 0 {
+            active.native = Some(format!("{} job {}", native.kind, native.id));
+            tx.native(run.job_id, &native, now_us(), active.state).await?;
+            fx.changed.push(run.job_id);
+        }
+        Ok(true)
     }
 
     async fn handle(&mut self, command: Command, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
@@ -519,6 +566,10 @@ impl Driver {
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
+            }
+            Command::Native { node, run, native, reply } => {
+                let wanted = self.native(&node, run, native, tx, fx).await?;
+                fx.reply(reply, Ok(wanted));
             }
         }
         Ok(())
@@ -637,7 +688,8 @@ impl Driver {
             tracing::warn!(node = %node.name, error = %e, "node registration is inconsistent");
         }
         let address = node.address.clone().unwrap_or_else(|| node.name.clone());
-        self.nodes.insert(node.name.clone(), Liveness { address, last_seen: Instant::now(), ready: true });
+        let pool = node.pool.clone();
+        self.nodes.insert(node.name.clone(), Liveness { address, pool, last_seen: Instant::now(), ready: true });
         tracing::info!(node = %node.name, runs = node.runs.len(), "node registered");
         let mut stop = Vec::new();
         for report in &node.runs {
@@ -719,7 +771,11 @@ impl Driver {
             (RunStatus::Running { pid, started_at_us }, Some(job)) => {
                 fx.started.push((node.to_string(), run));
                 if job.state == JobState::Starting {
-                    tx.running(run.job_id, *started_at_us, &format!("running on node {node} as pid {pid}")).await?;
+                    let how = match &job.native {
+                        Some(native) => format!("running on node {node} as {native}"),
+                        None => format!("running on node {node} as pid {pid}"),
+                    };
+                    tx.running(run.job_id, *started_at_us, &how).await?;
                     let active = self.jobs.get_mut(&run.job_id).expect("current job is active");
                     active.state = JobState::Running;
                     active.started_at_us = Some(*started_at_us);

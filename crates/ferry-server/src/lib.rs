@@ -9,6 +9,7 @@ mod code;
 mod config;
 mod datadir;
 mod driver;
+mod engines;
 mod error;
 mod logs;
 mod metrics;
@@ -18,6 +19,7 @@ mod signals;
 mod state;
 mod telemetry;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +71,16 @@ pub enum ServerError {
     Series(String),
     #[error("the server failed while serving: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// A short tag that tells this installation's runs on a shared engine from another's; stable across restarts.
+fn installation_tag(data_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
+    hex::encode(&digest[..4])
 }
 
 /// Runs the server until `shutdown` completes. `ready` is called with the bound address once it accepts requests.
@@ -82,12 +94,40 @@ pub async fn serve(
     data.ensure_admin_token(&store).await?;
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
-    let (driver, handle, commands) =
-        Driver::start(store.clone(), agents.clone(), signals.clone(), config.node_timeout, config.file.clone()).await?;
-    let driver_task = tokio::spawn(driver.run(commands));
     let logs = Arc::new(LogStore::new(data.logs()));
-    let tokens = Arc::new(auth::TokenCache::default());
     let code = Arc::new(CodeStore::new(data.code()));
+    let engine_states = Arc::new(engines::EngineStates::default());
+    let bridge_context = engines::BridgeContext {
+        store: store.clone(),
+        logs: logs.clone(),
+        code: code.clone(),
+        signals: signals.clone(),
+        states: engine_states.clone(),
+        tag: installation_tag(&config.data_dir),
+        default_code_root: config.data_dir.join("engines"),
+    };
+    let mut engine_backends: HashMap<String, Arc<dyn ferry_backends::ComputeBackend>> = HashMap::new();
+    let mut bridges = Vec::new();
+    for pool in &config.file.pools {
+        if let Some(engine) = &pool.engine {
+            let (backend, bridge) =
+                engines::engine_pool(&pool.info.name, engine, bridge_context.clone()).map_err(ServerError::Engine)?;
+            engine_backends.insert(pool.info.name.clone(), backend);
+            bridges.push(bridge);
+        }
+    }
+    let (driver, handle, commands) = Driver::start(
+        store.clone(),
+        agents.clone(),
+        engine_backends,
+        signals.clone(),
+        config.node_timeout,
+        config.file.clone(),
+    )
+    .await?;
+    let driver_task = tokio::spawn(driver.run(commands));
+    let bridge_tasks: Vec<_> = bridges.into_iter().map(|b| tokio::spawn(b.run(handle.clone()))).collect();
+    let tokens = Arc::new(auth::TokenCache::default());
     let telemetry = Arc::new(telemetry::Telemetry::default());
     let series = Arc::new(
         ferry_tsdb::Tsdb::open(ferry_tsdb::Config::new(data.series()))
@@ -104,6 +144,7 @@ pub async fn serve(
         tokens,
         telemetry,
         series: series.clone(),
+        engine_states,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -129,6 +170,9 @@ pub async fn serve(
         Err(_) => tracing::info!("closing requests still open after the shutdown grace"),
     }
     driver_task.abort();
+    for task in bridge_tasks {
+        task.abort();
+    }
     recorder.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
         tracing::error!(error = %e, "could not write the last time-series samples to disk");

@@ -24,4 +24,6 @@ pub struct AppState {
     pub tokens: Arc<TokenCache>,
     pub telemetry: Arc<Telemetry>,
     pub series: Arc<ferry_tsdb::Tsdb>,
+    /// What engine pools last said of the runs they follow, for `ferry show`.
+    pub engine_states: Arc<crate::engines::EngineStates>,
 }

@@ -68,6 +68,19 @@ pub struct JobRecord {
     pub submitted_at_us: i64,
     pub started_at_us: Option<i64>,
     pub finished_at_us: Option<i64>,
+    /// Where an engine runs (or last ran) the job; `None` on agent pools.
+    pub native: Option<Native>,
+}
+
+/// A job as an engine knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Native {
+    /// The engine kind: `slurm`, `ray`, `spark`...
+    pub kind: String,
+    /// The engine's own id (a Slurm job id, a Ray submission id).
+    pub id: String,
+    /// The native form Ferry generated: the batch script, the submission body, the command line.
+    pub spec: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -89,7 +102,7 @@ pub struct JobFilter {
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
-     code_sha256, code_bytes, git_commit, git_diff, pool";
+     code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -141,6 +154,12 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         submitted_at_us: row.get("submitted_at_us"),
         started_at_us: row.get("started_at_us"),
         finished_at_us: row.get("finished_at_us"),
+        native: match (row.get::<Option<String>, _>("native_kind"), row.get::<Option<String>, _>("native_id")) {
+            (Some(kind), Some(id)) => {
+                Some(Native { kind, id, spec: row.get::<Option<String>, _>("native_spec").unwrap_or_default() })
+            }
+            _ => None,
+        },
     })
 }
 
@@ -365,6 +384,19 @@ impl Tx {
         .execute(&mut *self.0)
         .await?;
         self.event(id, at_us, JobState::Queued, why).await
+    }
+
+    /// Records what an engine made of the job's current attempt, with a line in its timeline.
+    pub async fn native(&mut self, id: u64, native: &Native, at_us: i64, state: JobState) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET native_kind = ?, native_id = ?, native_spec = ? WHERE id = ?")
+            .bind(&native.kind)
+            .bind(&native.id)
+            .bind(&native.spec)
+            .bind(id as i64)
+            .execute(&mut *self.0)
+            .await?;
+        let message = format!("submitted to {}, where its id is {}", native.kind, native.id);
+        self.event(id, at_us, state, &message).await
     }
 
     pub async fn cancel_requested(&mut self, id: u64, at_us: i64, state: JobState) -> Result<(), StoreError> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use jobs::{JobCode, JobFilter, JobRecord, NewJob, Tx};
+pub use jobs::{JobCode, JobFilter, JobRecord, Native, NewJob, Tx};
 pub use nodes::NodeRecord;
 pub use tokens::{TokenListing, TokenRecord};
 

@@ -364,6 +364,10 @@ pub struct ShowArgs {
     /// Print only the uncommitted changes (`git diff HEAD`) the job's code was shipped with.
     #[arg(long, conflicts_with = "json")]
     diff: bool,
+    /// Print only what Ferry submitted to the job's engine: the Slurm batch script, the Ray submission, the
+    /// `spark-submit` command line.
+    #[arg(long, conflicts_with_all = ["json", "diff"])]
+    native: bool,
 }
 
 fn parse_id(text: &str) -> Result<u64, CliError> {
@@ -379,6 +383,22 @@ pub async fn show(g: &Global, args: ShowArgs) -> Result<i32, CliError> {
         return Ok(0);
     }
     let job = g.client()?.job(id).await?;
+    if args.native {
+        let Some(native) = &job.native else {
+            let place = job.node.as_deref().map(|n| format!(" (it ran on node {n})")).unwrap_or_default();
+            return Err(CliError::new(
+                exit::INVALID,
+                format!(
+                    "job {id} was not run by an engine{place}; --native applies to jobs on Slurm, Ray and Spark pools"
+                ),
+            ));
+        };
+        print!("{}", native.spec);
+        if !native.spec.ends_with('\n') {
+            println!();
+        }
+        return Ok(0);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&job).expect("wire types serialize"));
         return Ok(0);
@@ -460,6 +480,16 @@ fn describe(j: &Job) -> String {
             (None, None) => "starting".to_string(),
         };
         line(&format!("Worker {}:", w.rank), format!("{} (GPUs: {}), {state}", w.node, gpu_list(&w.gpu_ids)));
+    }
+    if let Some(native) = &j.native {
+        let state = native.state.as_deref().map(|s| format!(", {s}")).unwrap_or_default();
+        line(
+            "Engine:",
+            format!(
+                "{} job {}{state} (`ferry show {} --native` shows what was submitted)",
+                native.kind, native.id, j.id
+            ),
+        );
     }
     match (j.exit_code, j.signal) {
         (Some(code), _) => line("Exit code:", code.to_string()),

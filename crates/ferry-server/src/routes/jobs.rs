@@ -10,7 +10,7 @@ use axum::Json;
 use bytes::Bytes;
 use ferry_api::code::{is_sha256, JobCode as WireCode, GIT_DIFF_BYTES_MAX};
 use ferry_api::jobs::{
-    Job, JobList, JobState, QueueSummary, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX,
+    Job, JobList, JobState, NativeJob, QueueSummary, SubmitJob, Submitted, Waiting, COMMAND_BYTES_MAX, ENV_VARS_MAX,
     NAME_CHARS_MAX, NODES_MAX, RETRIES_MAX,
 };
 use ferry_api::ErrorBody;
@@ -85,10 +85,16 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
             spec.env.len()
         )));
     }
-    if let Some(key) = spec.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+    // Names every shell and engine accepts, so that one job runs unchanged on agents, Slurm, Ray and Spark.
+    if let Some(key) = spec.env.keys().find(|k| !ferry_backends::engine::valid_env_name(k)) {
         return Err(ApiError::invalid(format!(
-            "`{key}` is not a valid environment variable name; write --env NAME=VALUE"
+            "`{}` is not a valid environment variable name: use letters, digits and `_`, not starting with a digit; \
+             write --env NAME=VALUE",
+            key.escape_debug()
         )));
+    }
+    if let Some(key) = spec.env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+        return Err(ApiError::invalid(format!("the value of `{key}` holds a NUL byte, which no program can receive")));
     }
     if let Some(name) = &spec.name {
         if name.chars().count() > NAME_CHARS_MAX || name.chars().any(char::is_control) {
@@ -529,5 +535,11 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         waiting,
         timeline: Vec::new(),
         usage,
+        native: r.native.map(|n| NativeJob {
+            kind: n.kind,
+            id: n.id,
+            spec: n.spec,
+            state: state.engine_states.get(r.id),
+        }),
     }
 }
