@@ -82,6 +82,9 @@ struct Common {
     /// The program each job runs (without a shell).
     #[arg(long = "job-command", default_value = "true", num_args = 1.., value_delimiter = ' ')]
     job_command: Vec<String>,
+    /// Pin every job to this pool (e.g. an engine pool, to time Ferry into Slurm or Ray).
+    #[arg(long)]
+    pool: Option<String>,
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
@@ -187,6 +190,7 @@ impl Common {
             name: Some(name.to_string()),
             cpu_millis: Some(100),
             memory_bytes: Some(64 * MIB),
+            pool: self.pool.clone(),
             ..SubmitJob::default()
         }
     }

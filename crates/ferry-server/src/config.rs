@@ -377,4 +377,33 @@ mod tests {
             "pool[0] (a): `price_gpu_hour` must be a price of zero or more, such as 1.20"
         );
     }
+
+    #[test]
+    fn engine_pools_are_checked_when_the_file_is_read() {
+        let pool = |body: &str| format!("[[pool]]\nname = \"hpc\"\norder = 1\n{body}");
+        assert_eq!(
+            error(&pool("kind = \"moon\"\n")),
+            format!("pool[0] (hpc): there is no pool kind `moon`; this build has {}", ferry_backends::registry::kinds().join(", "))
+        );
+        assert_eq!(
+            error(&pool("kind = \"slurm\"\n")),
+            "pool[0] (hpc): a slurm pool needs a [pool.engine] table saying how to reach the engine"
+        );
+        assert_eq!(
+            error(&pool("poll_interval = \"1s\"\n")),
+            "pool[0] (hpc): `poll_interval` applies only to an engine pool (kind = \"slurm\", ...)"
+        );
+        // The engine's own settings are checked by the engine, which names the field.
+        let unknown = error(&pool("kind = \"ray\"\n[pool.engine]\nadress = \"http://127.0.0.1:8265\"\n"));
+        assert!(unknown.starts_with("pool[0] (hpc): the settings of a ray pool: unknown field `adress`"), "{unknown}");
+        let interval =
+            error(&pool("kind = \"ray\"\npoll_interval = \"1ms\"\n[pool.engine]\naddress = \"http://127.0.0.1:8265\"\n"));
+        assert_eq!(interval, "pool[0] (hpc): `poll_interval` must be between 100ms and 10m");
+        let ok = FileConfig::parse(&pool(
+            "kind = \"ray\"\npoll_interval = \"500ms\"\n[pool.engine]\naddress = \"http://127.0.0.1:8265\"\n",
+        ))
+        .unwrap();
+        let engine = ok.pools[0].engine.as_ref().unwrap();
+        assert_eq!((engine.kind.as_str(), engine.poll_interval), ("ray", std::time::Duration::from_millis(500)));
+    }
 }

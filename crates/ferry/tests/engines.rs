@@ -1,0 +1,190 @@
+//! Engine pools end to end: the `ferry` server with a Slurm pool beside an agent pool, against a real single-node
+//! Slurm (scripts/slurm/start.sh: slurmctld, slurmd with 4 fake GPUs, slurmrestd). The same `ferry run` lands on
+//! Slurm when pinned there or when only Slurm can hold it; logs, exit codes, cancel, shipped code, the native view,
+//! a server restart mid-run, and an engine that is down beside pools that keep working. Needs root, as Slurm does.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{stderr, Ferry, NodeSpec};
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/slurm")
+}
+
+/// A Slurm of this test, stopped when dropped (also when the test panics).
+struct Slurm {
+    run: PathBuf,
+    conf: PathBuf,
+    rest_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        let _ = Command::new(scripts().join("stop.sh")).arg(&self.run).status();
+    }
+}
+
+fn free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Starts Slurm with slurmrestd: slurmctld on P, slurmd on P+1, slurmrestd on P+2, for a P nobody uses.
+fn slurm() -> Slurm {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("slurm");
+    let seed = std::process::id() as u64 ^ std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos() as u64);
+    let mut last = String::new();
+    for attempt in 0..8u64 {
+        let base = 24000 + ((seed.wrapping_mul(31) + attempt * 701) % 3000) as u16 * 10;
+        if !(free(base) && free(base + 1) && free(base + 2)) {
+            continue;
+        }
+        let out = Command::new(scripts().join("start.sh"))
+            .arg(&run)
+            .env("FERRY_SLURM_PORT", base.to_string())
+            .env("FERRY_SLURMREST_PORT", (base + 2).to_string())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let conf = run.join("slurm.conf");
+            return Slurm { run, conf, rest_url: format!("http://127.0.0.1:{}", base + 2), _dir: dir };
+        }
+        last = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        let _ = Command::new(scripts().join("stop.sh")).arg(&run).status();
+        if !last.contains("is taken") {
+            break;
+        }
+    }
+    panic!("scripts/slurm/start.sh failed (run scripts/test, which installs Slurm):\n{last}");
+}
+
+/// A server with an agent pool `local` (2 GPUs) first and the Slurm pool `hpc` (4 fake GPUs) after it.
+fn ferry_with(slurm: &Slurm, extra_pools: &str) -> Ferry {
+    let work = slurm._dir.path().join("work");
+    let config = format!(
+        "[[pool]]\nname = \"local\"\norder = 0\n\n\
+         [[pool]]\nname = \"hpc\"\norder = 1\nkind = \"slurm\"\npoll_interval = \"200ms\"\n\
+         [pool.engine]\nrest_url = \"{}\"\nuser = \"root\"\nwork_dir = \"{}\"\nslurm_conf = \"{}\"\n{extra_pools}",
+        slurm.rest_url,
+        work.display(),
+        slurm.conf.display()
+    );
+    let ferry = Ferry::start_with_server_config(NodeSpec::default(), "pool = \"local\"\n", &config);
+    ferry.wait_for("the Slurm node to register", |f| {
+        f.json(&["nodes", "--json"])["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["pool"] == "hpc" && n["state"] == "ready"))
+    });
+    ferry
+}
+
+fn logs(ferry: &Ferry, id: u64) -> String {
+    ferry.ok(&["logs", &id.to_string()])
+}
+
+#[test]
+fn one_run_command_reaches_slurm_with_logs_exit_codes_gpus_and_the_native_view() {
+    let slurm = slurm();
+    let ferry = ferry_with(&slurm, "");
+
+    // The Slurm node is a node of pool hpc, with Slurm's capacity.
+    let nodes = ferry.json(&["nodes", "--json"]);
+    let hpc = nodes["nodes"].as_array().unwrap().iter().find(|n| n["pool"] == "hpc").unwrap().clone();
+    assert_eq!(hpc["gpus"].as_array().unwrap().len(), 4, "{hpc}");
+    assert_eq!(hpc["labels"]["ferry.engine"], "slurm");
+
+    // Pinned to the pool: runs in Slurm, output and exit code come back.
+    let ok = ferry.submit(&["--pool", "hpc", "--", "sh", "-c", "echo hello from $SLURM_JOB_NAME; exit 0"]);
+    let job = ferry.wait_state(ok, "succeeded");
+    assert!(job["node"].as_str().unwrap().starts_with("hpc/"), "{job}");
+    assert_eq!(job["native"]["kind"], "slurm");
+    assert!(logs(&ferry, ok).contains("hello from ferry-"), "{}", logs(&ferry, ok));
+    let shown = ferry.ok(&["show", &ok.to_string()]);
+    assert!(shown.contains("Engine:") && shown.contains("slurm job"), "{shown}");
+    let native = ferry.ok(&["show", &ok.to_string(), "--native"]);
+    assert!(native.starts_with("#!") && native.contains("#SBATCH"), "{native}");
+    let timeline = job["timeline"].to_string();
+    assert!(timeline.contains("submitted to slurm"), "{timeline}");
+
+    let failed = ferry.submit(&["--pool", "hpc", "--", "sh", "-c", "echo failing; exit 3"]);
+    let job = ferry.wait_state(failed, "failed");
+    assert_eq!(job["exit_code"], 3, "{job}");
+
+    // GPUs are Slurm's to hand out: the job sees the ones Slurm gave it.
+    let gpus = ferry.submit(&["--pool", "hpc", "--gpus", "2", "--", "sh", "-c", "echo gpus=$CUDA_VISIBLE_DEVICES"]);
+    ferry.wait_state(gpus, "succeeded");
+    assert!(logs(&ferry, gpus).contains("gpus=0,1"), "{}", logs(&ferry, gpus));
+
+    // Not pinned, too big for the local pool (2 GPUs): the scheduler sends it to Slurm, the next pool in order.
+    let big = ferry.submit(&["--gpus", "3", "--", "true"]);
+    let job = ferry.wait_state(big, "succeeded");
+    assert!(job["node"].as_str().unwrap().starts_with("hpc/"), "{job}");
+
+    // Metacharacters in the command and the environment arrive intact and run nothing.
+    let nasty = "$(touch /tmp/ferry-engines-pwned); `id` 'q' \"d\"\nnext";
+    let quoted = ferry.submit(&["--pool", "hpc", "--env", &format!("NASTY={nasty}"), "--", "printf", "[%s][%s]", nasty]);
+    ferry.wait_state(quoted, "succeeded");
+    let out = logs(&ferry, quoted);
+    assert!(out.contains(&format!("[{nasty}][")), "{out}");
+    assert!(!Path::new("/tmp/ferry-engines-pwned").exists());
+    let env = ferry.submit(&["--pool", "hpc", "--env", &format!("NASTY={nasty}"), "--", "printenv", "NASTY"]);
+    ferry.wait_state(env, "succeeded");
+    assert_eq!(logs(&ferry, env), format!("{nasty}\n"));
+
+    // Cancel reaches Slurm: the job ends cancelled and Slurm no longer runs it.
+    let sleeper = ferry.submit(&["--pool", "hpc", "--", "sh", "-c", "echo started; sleep 600"]);
+    ferry.wait_for("the sleeper to print", |f| logs(f, sleeper).contains("started"));
+    ferry.ok(&["cancel", &sleeper.to_string()]);
+    let job = ferry.wait_state(sleeper, "cancelled");
+    let slurm_id = job["native"]["id"].as_str().unwrap().to_string();
+    let squeue = Command::new("squeue").args(["-h", "-j", &slurm_id, "-o", "%T"]).env("SLURM_CONF", &slurm.conf).output();
+    let still = squeue.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    assert!(still.is_empty() || still == "CANCELLED" || still == "COMPLETING", "slurm still has it: {still}");
+}
+
+#[test]
+fn shipped_code_runs_on_slurm_and_a_server_restart_loses_nothing() {
+    let slurm = slurm();
+    let mut ferry = ferry_with(&slurm, "");
+    let project = ferry.root.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("train.py"), "import sys, time\nprint('epoch 1', flush=True)\ntime.sleep(3)\nprint('done', sys.argv[1])\n").unwrap();
+    let out = ferry.cli_shipping_in(&project, &["run", "--pool", "hpc", "--", "python3", "train.py", "x y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    ferry.wait_for("the job to print its first epoch", |f| logs(f, id).contains("epoch 1"));
+    ferry.kill_server();
+    ferry.start_server();
+    let job = ferry.wait_state(id, "succeeded");
+    assert_eq!(logs(&ferry, id), "epoch 1\ndone x y\n", "{job}");
+}
+
+#[test]
+fn an_engine_that_is_down_blocks_nothing_else() {
+    let slurm = slurm();
+    // A second Slurm pool whose slurmrestd nobody serves.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = slurm._dir.path().join("dead");
+    let extra = format!(
+        "\n[[pool]]\nname = \"dead\"\norder = 2\nkind = \"slurm\"\npoll_interval = \"200ms\"\n\
+         [pool.engine]\nrest_url = \"http://127.0.0.1:{dead}\"\nuser = \"root\"\ntoken = \"x\"\nwork_dir = \"{}\"\n",
+        work.display()
+    );
+    let ferry = ferry_with(&slurm, &extra);
+    let local = ferry.submit(&["--pool", "local", "--", "true"]);
+    let hpc = ferry.submit(&["--pool", "hpc", "--", "true"]);
+    ferry.wait_state(local, "succeeded");
+    ferry.wait_state(hpc, "succeeded");
+    // A job pinned to the dead pool waits, and says why.
+    let stuck = ferry.submit(&["--pool", "dead", "--", "true"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let job = ferry.job(stuck);
+    assert_eq!(job["state"], "queued", "{job}");
+    let why = job["waiting"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("dead"), "{why}");
+}
