@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Starts a single-node Slurm on loopback for benchmarks and tests: slurmctld + slurmd with a fake 4-GPU node, no
-# accounting database. Installs slurm-wlm and munge first when slurmctld is missing (Debian).
+# accounting database, and on request slurmrestd (the REST API, JWT auth). Installs what is missing first
+# (scripts/slurm/install.sh, Debian).
 #
 #   scripts/slurm/start.sh RUN_DIR        # last line printed: export SLURM_CONF=RUN_DIR/slurm.conf
+#   FERRY_SLURMREST_PORT=6820 scripts/slurm/start.sh RUN_DIR
+#                                         # last two lines: export SLURM_CONF=...  export FERRY_SLURMREST_URL=...
 #   scripts/slurm/stop.sh RUN_DIR
 #
 # Environment: FERRY_SLURM_PORT (slurmctld port, default 6817; slurmd uses the next one),
+#              FERRY_SLURMREST_PORT (opt-in: also start slurmrestd on 127.0.0.1:PORT with OpenAPI v0.0.38; clients
+#                                    authenticate with a JWT from `scontrol token username=root lifespan=3600`),
 #              FERRY_SLURM_WAIT_S (how long to wait for the node to become idle, default 30).
 # Calling it again while the daemons of RUN_DIR run starts nothing new. Each start clears the previous job state.
+# Several RUN_DIRs can run at once (tests in parallel) when their ports differ; they share one munged.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -19,6 +25,7 @@ mkdir -p "$1"
 RUN=$(cd "$1" && pwd)
 CTLD_PORT=${FERRY_SLURM_PORT:-6817}
 SLURMD_PORT=$((CTLD_PORT + 1))
+REST_PORT=${FERRY_SLURMREST_PORT:-}
 WAIT_S=${FERRY_SLURM_WAIT_S:-30}
 NODE=$(hostname -s)
 CONF=$RUN/slurm.conf
@@ -26,6 +33,7 @@ export SLURM_CONF=$CONF
 
 log() { echo "slurm/start: $*" >&2; }
 die() { echo "slurm/start: error: $*" >&2; exit 1; }
+[[ -z $REST_PORT || $REST_PORT =~ ^[1-9][0-9]*$ ]] || die "FERRY_SLURMREST_PORT is not a port number: $REST_PORT"
 
 # A pid file names a live process of the given command.
 alive() {
@@ -41,18 +49,14 @@ listening() {
     [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
 }
 
-# 1. Install what is missing.
-if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
-    [[ $(id -u) -eq 0 ]] || die "slurmctld is not installed and installing it needs root"
-    log "installing slurm-wlm and munge (log: $RUN/apt.log)"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q slurm-wlm munge >"$RUN/apt.log" 2>&1; then
-        apt-get update -q >>"$RUN/apt.log" 2>&1 || true
-        apt-get install -y -q slurm-wlm munge >>"$RUN/apt.log" 2>&1 ||
-            die "apt-get install slurm-wlm munge failed; see $RUN/apt.log"
-    fi
+# 1. Install what is missing (install.sh is quick when everything is there).
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1 ||
+    { [[ -n $REST_PORT ]] && ! command -v slurmrestd >/dev/null 2>&1; }; then
+    [[ $(id -u) -eq 0 ]] || die "Slurm is not installed and installing it needs root"
+    "$(dirname "${BASH_SOURCE[0]}")/install.sh" || die "scripts/slurm/install.sh failed"
 fi
 command -v slurmctld >/dev/null || die "slurmctld is still not on PATH after installing slurm-wlm"
+[[ -z $REST_PORT ]] || command -v slurmrestd >/dev/null || die "slurmrestd is still not on PATH after installing it"
 
 # 2. Configuration (written every time, so edits to this script take effect).
 mkdir -p "$RUN/state" "$RUN/spool" "$RUN/dev"
@@ -100,10 +104,26 @@ SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,default_queue_depth
 SlurmdParameters=config_overrides
 EOF
 echo "NodeName=$NODE Name=gpu Type=fake File=$RUN/dev/nvidia[0-3]" >"$RUN/gres.conf"
+# JWT: the key slurmctld signs and checks tokens with (`scontrol token`, slurmrestd's clients). Always configured, so
+# that slurmrestd can be added to a running Slurm; kept across starts so that tokens already issued stay valid.
+if [[ ! -s $RUN/jwt_hs256.key ]]; then
+    (umask 077 && head -c 32 /dev/urandom >"$RUN/jwt_hs256.key")
+fi
+chmod 600 "$RUN/jwt_hs256.key"
+cat >>"$CONF" <<EOF
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key=$RUN/jwt_hs256.key
+EOF
 
-# 3. munge: reuse a running munged, else start one and remember that we did.
+# 3. munge, shared by every RUN_DIR: reuse a running munged, else start one. A munged some start.sh started is
+# recorded in /run/munge/ferry.pid and in each RUN_DIR that uses it, so that the last stop.sh stops it; a munged
+# started otherwise (a system one) is never stopped. Under a lock, so that parallel starts do not race.
+exec 9>/tmp/ferry-slurm-munge.lock
+flock 9
 if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
-    :
+    if alive /run/munge/ferry.pid munged; then
+        cp /run/munge/ferry.pid "$RUN/munged.pid"
+    fi
 else
     [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key is missing (reinstall munge, or run mungekey)"
     mkdir -p /run/munge /var/lib/munge /var/log/munge
@@ -115,10 +135,13 @@ else
         sleep 0.1
     done
     [[ -s /run/munge/munged.pid ]] || die "munged wrote no pid file"
+    cp /run/munge/munged.pid /run/munge/ferry.pid
     cp /run/munge/munged.pid "$RUN/munged.pid"
     log "started munged (pid $(<"$RUN/munged.pid"))"
     munge -n </dev/null | unmunge >/dev/null || die "munged runs but does not answer"
 fi
+flock -u 9
+exec 9>&-
 
 # 4. The daemons.
 if alive "$RUN/slurmctld.pid" slurmctld; then
@@ -163,4 +186,30 @@ if [[ $state != idle ]]; then
     die "node $NODE is not idle after ${WAIT_S}s (state: '${state:-no answer}')"
 fi
 log "node $NODE idle (slurmctld on 127.0.0.1:$CTLD_PORT)"
+
+# 6. slurmrestd, on request. Pitfalls (each seen): it refuses to run as root (-u nobody); without slurmdbd only the
+# v0.0.38 plugin loads (-s openapi/v0.0.38, not the dbv0.0.38 one); without SLURM_JWT=daemon in its environment every
+# request fails with "Authentication failure". It stays in the foreground: it runs in the background, its pid kept.
+if [[ -n $REST_PORT ]]; then
+    if alive "$RUN/slurmrestd.pid" slurmrestd; then
+        log "slurmrestd already running (pid $(<"$RUN/slurmrestd.pid"))"
+    else
+        rm -f "$RUN/slurmrestd.pid"
+        listening "$REST_PORT" && die "port $REST_PORT is taken; choose another with FERRY_SLURMREST_PORT"
+        SLURM_JWT=daemon setsid slurmrestd -f "$CONF" -a rest_auth/jwt -s openapi/v0.0.38 -u nobody \
+            "127.0.0.1:$REST_PORT" </dev/null >>"$RUN/slurmrestd.log" 2>&1 &
+        echo $! >"$RUN/slurmrestd.pid"
+        deadline=$((SECONDS + WAIT_S))
+        until listening "$REST_PORT"; do
+            if ! alive "$RUN/slurmrestd.pid" slurmrestd; then
+                tail -n 20 "$RUN/slurmrestd.log" >&2 || true
+                die "slurmrestd exited; see $RUN/slurmrestd.log"
+            fi
+            ((SECONDS < deadline)) || die "slurmrestd does not listen on $REST_PORT after ${WAIT_S}s; see $RUN/slurmrestd.log"
+            sleep 0.1
+        done
+        log "slurmrestd (pid $(<"$RUN/slurmrestd.pid")) on 127.0.0.1:$REST_PORT"
+    fi
+fi
 echo "export SLURM_CONF=$CONF"
+[[ -z $REST_PORT ]] || echo "export FERRY_SLURMREST_URL=http://127.0.0.1:$REST_PORT"

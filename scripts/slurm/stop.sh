@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stops what scripts/slurm/start.sh RUN_DIR started: slurmd, slurmctld (by their pid files in RUN_DIR) and munged if
-# start.sh started it. Safe to run more than once, and on a RUN_DIR where nothing runs.
+# Stops what scripts/slurm/start.sh RUN_DIR started: slurmrestd, slurmd, slurmctld (by their pid files in RUN_DIR)
+# and munged if start.sh started it and no other Slurm daemon still needs it. Safe to run more than once, and on a RUN_DIR where nothing runs.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -36,7 +36,22 @@ stop_pidfile() {
     rm -f "$pidfile"
 }
 
+stop_pidfile "$RUN/slurmrestd.pid" slurmrestd
 stop_pidfile "$RUN/slurmd.pid" slurmd
 stop_pidfile "$RUN/slurmctld.pid" slurmctld
-# Only a munged this RUN_DIR started (start.sh copies its pid file here); a munged that was already running stays.
-stop_pidfile "$RUN/munged.pid" munged
+# munged: only one a start.sh started (its pid is then in RUN_DIR), and only when no Slurm daemon is left that may
+# use it (another RUN_DIR's); the last stop.sh stops it. Under start.sh's lock.
+if [[ -s $RUN/munged.pid ]]; then
+    exec 9>/tmp/ferry-slurm-munge.lock
+    flock 9
+    others=0
+    for pid in $(ps -C slurmctld,slurmd,slurmrestd -o pid= 2>/dev/null || true); do
+        if running "$pid"; then others=1; fi
+    done
+    if ((others)); then
+        rm -f "$RUN/munged.pid"
+    else
+        stop_pidfile "$RUN/munged.pid" munged
+        rm -f /run/munge/ferry.pid
+    fi
+fi
