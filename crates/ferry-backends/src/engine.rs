@@ -90,7 +90,7 @@ pub struct EngineNode {
     pub gpus: Vec<Gpu>,
     /// Whether the engine would run work there now (not down, drained or failed).
     pub up: bool,
-    /// The engine's own state word, for the node's labels (`idle`, `mixed`, `ALIVE`...).
+    /// The engine's own state word (`idle`, `mixed`, `ALIVE`...), for messages.
     pub state: String,
     /// Allocation the engine reports on the node, by anyone (Ferry or not), where it reports it.
     pub allocated_cpu_millis: Option<u64>,

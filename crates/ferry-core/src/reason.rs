@@ -59,8 +59,14 @@ pub struct NodeShortfall {
 pub enum WaitReason {
     /// No node has ever registered with the server.
     NoNodes,
-    /// Nodes exist, but none is ready (their agents stopped reporting).
-    NoReadyNodes { nodes: u32 },
+    /// Nodes exist, but none the job may run on is ready (their agents stopped reporting, their engine does not
+    /// answer). `nodes` counts the nodes it may run on: those of `pool` when it is pinned to one, which may have none
+    /// yet (an engine not connected, agents not joined).
+    NoReadyNodes {
+        nodes: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+    },
     /// No node allows the job: none has the GPU model it asks for, or the labels its selector names.
     NoMatchingNode {
         gpu_models: Vec<String>,
@@ -109,7 +115,15 @@ impl fmt::Display for WaitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WaitReason::NoNodes => write!(f, "no node has registered yet; start an agent (`ferry up` starts one)"),
-            WaitReason::NoReadyNodes { nodes } => {
+            WaitReason::NoReadyNodes { nodes: 0, pool: Some(pool) } => write!(
+                f,
+                "pool {pool} has no node yet: its engine has not answered, or no agent of the pool has joined"
+            ),
+            WaitReason::NoReadyNodes { nodes, pool: Some(pool) } => write!(
+                f,
+                "none of the {nodes} nodes of pool {pool} is ready; their agents or their engine stopped reporting"
+            ),
+            WaitReason::NoReadyNodes { nodes, pool: None } => {
                 write!(f, "none of the {nodes} known nodes is ready; their agents have stopped reporting")
             }
             WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known } => {

@@ -1753,7 +1753,8 @@ impl Scheduler {
         }
         let ready: Vec<&Node> = self.nodes.values().filter(|n| n.ready && request.allowed_on(&n.info)).collect();
         if ready.is_empty() {
-            return Some(WaitReason::NoReadyNodes { nodes: self.nodes.len() as u32 });
+            let nodes = self.nodes.values().filter(|n| request.allowed_on(&n.info)).count() as u32;
+            return Some(WaitReason::NoReadyNodes { nodes, pool: request.pool.clone() });
         }
         let free_now = self.free_now();
         let fitting: Vec<&&Node> = ready.iter().filter(|n| self.fit(request, n, &n.free()).is_some()).collect();
@@ -1823,6 +1824,15 @@ impl Scheduler {
         let possible = templates.iter().map(|(template, room)| (template, *room));
         let allowed: Vec<(&NodeInfo, u32)> = known.chain(possible).filter(|(n, _)| request.allowed_on(n)).collect();
         if allowed.is_empty() {
+            // A configured pool without any node yet (an engine not connected, agents not joined) takes jobs: they
+            // wait for its nodes, and say so.
+            let empty_pool = request
+                .pool
+                .as_ref()
+                .is_some_and(|p| self.pools.contains_key(p) && !self.nodes.values().any(|n| &n.info.pool == p));
+            if empty_pool {
+                return Ok(());
+            }
             return Err(self.no_matching_node(request, &templates));
         }
         let needs = request.footprint();
@@ -1888,7 +1898,8 @@ impl Scheduler {
         let mut models: Vec<String> = known.iter().filter_map(|n| n.gpu_model.clone()).collect();
         models.sort();
         models.dedup();
-        let pools_known: BTreeSet<String> = known.iter().map(|n| n.pool.clone()).collect();
+        let pools_known: BTreeSet<String> =
+            known.iter().map(|n| n.pool.clone()).chain(self.pools.keys().cloned()).collect();
         let selector: Vec<String> = request.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         WaitReason::NoMatchingNode {
             gpu_models: request.gpu_models.clone(),

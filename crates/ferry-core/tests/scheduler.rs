@@ -350,4 +350,18 @@ fn a_job_pinned_to_a_pool_runs_only_there_and_an_unknown_pool_is_named() {
     s.apply(Event::JobSubmitted(pinned(5, Some("cloud"), 2))).unwrap();
     assert!(s.schedule().iter().all(|d| !matches!(d, Decision::Start { job: 5, .. })));
     s.check_invariants().unwrap();
+
+    // A configured pool without a node yet (an engine that has not answered) takes jobs; they wait for its nodes.
+    let hpc = PoolInfo { name: "hpc".into(), order: 5, burst: false, burst_after_s: None, elastic: None };
+    s.apply(Event::PoolsConfigured(vec![hpc])).unwrap();
+    s.check_feasible(&pinned(6, Some("hpc"), 1)).expect("a configured pool's jobs wait for its nodes");
+    s.apply(Event::JobSubmitted(pinned(6, Some("hpc"), 1))).unwrap();
+    assert!(s.schedule().iter().all(|d| !matches!(d, Decision::Start { job: 6, .. })));
+    let why = s.explain(6).unwrap().to_string();
+    assert_eq!(why, "pool hpc has no node yet: its engine has not answered, or no agent of the pool has joined");
+    let unknown = s.check_feasible(&pinned(7, Some("moon"), 1)).unwrap_err();
+    assert_eq!(unknown.to_string(), "there is no pool `moon`; the pools are cloud, hpc, local");
+    s.apply(in_pool("slurm-1", "hpc")).unwrap();
+    assert!(started(s.schedule()).contains(&(6, "slurm-1".to_string())));
+    s.check_invariants().unwrap();
 }

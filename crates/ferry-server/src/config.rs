@@ -383,7 +383,10 @@ mod tests {
         let pool = |body: &str| format!("[[pool]]\nname = \"hpc\"\norder = 1\n{body}");
         assert_eq!(
             error(&pool("kind = \"moon\"\n")),
-            format!("pool[0] (hpc): there is no pool kind `moon`; this build has {}", ferry_backends::registry::kinds().join(", "))
+            format!(
+                "pool[0] (hpc): there is no pool kind `moon`; this build has {}",
+                ferry_backends::registry::kinds().join(", ")
+            )
         );
         assert_eq!(
             error(&pool("kind = \"slurm\"\n")),
@@ -396,8 +399,9 @@ mod tests {
         // The engine's own settings are checked by the engine, which names the field.
         let unknown = error(&pool("kind = \"ray\"\n[pool.engine]\nadress = \"http://127.0.0.1:8265\"\n"));
         assert!(unknown.starts_with("pool[0] (hpc): the settings of a ray pool: unknown field `adress`"), "{unknown}");
-        let interval =
-            error(&pool("kind = \"ray\"\npoll_interval = \"1ms\"\n[pool.engine]\naddress = \"http://127.0.0.1:8265\"\n"));
+        let interval = error(&pool(
+            "kind = \"ray\"\npoll_interval = \"1ms\"\n[pool.engine]\naddress = \"http://127.0.0.1:8265\"\n",
+        ));
         assert_eq!(interval, "pool[0] (hpc): `poll_interval` must be between 100ms and 10m");
         let ok = FileConfig::parse(&pool(
             "kind = \"ray\"\npoll_interval = \"500ms\"\n[pool.engine]\naddress = \"http://127.0.0.1:8265\"\n",

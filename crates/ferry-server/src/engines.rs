@@ -157,6 +157,10 @@ struct Tracked {
     ended: Option<RunStatus>,
     /// Whether all output after the end is in the log store (always, for a run the engine never had).
     output_complete: bool,
+    /// The job's maximum runtime, which the bridge enforces itself (not every engine can, and Slurm counts minutes).
+    max_runtime_s: Option<u64>,
+    /// Set when the bridge cancelled the run for its maximum runtime: its stop is then a timeout.
+    timed_out: bool,
 }
 
 pub struct Bridge {
@@ -229,6 +233,8 @@ impl Bridge {
                     started_at_us: record.started_at_us,
                     ended: None,
                     output_complete: false,
+                    max_runtime_s: record.spec.max_runtime_s,
+                    timed_out: false,
                 },
             );
         }
@@ -256,6 +262,7 @@ impl Bridge {
                     // Sent again (a restart): keep what is known of it.
                     Some(t) => t.assignment = t.assignment.take().or(Some(assignment)),
                     None => {
+                        let max_runtime_s = assignment.max_runtime_s;
                         self.runs.insert(
                             run,
                             Tracked {
@@ -269,6 +276,8 @@ impl Bridge {
                                 started_at_us: None,
                                 ended: None,
                                 output_complete: false,
+                                max_runtime_s,
+                                timed_out: false,
                             },
                         );
                     }
@@ -329,7 +338,9 @@ impl Bridge {
                 self.registered.remove(&name);
                 continue;
             }
-            if self.registered.get(&name) == Some(node) {
+            // Registration is for capacity; allocation and state change all the time and need none.
+            let capacity = |n: &EngineNode| (n.cpu_millis, n.memory_bytes, n.gpus.clone());
+            if self.registered.get(&name).is_some_and(|known| capacity(known) == capacity(node)) {
                 continue;
             }
             let registration = RegisterNode {
@@ -338,18 +349,11 @@ impl Bridge {
                 cpu_millis: node.cpu_millis,
                 memory_bytes: node.memory_bytes,
                 gpus: node.gpus.clone(),
-                labels: BTreeMap::from([
-                    ("ferry.engine".to_string(), self.engine.kind().to_string()),
-                    ("ferry.engine.state".to_string(), node.state.clone()),
-                ]),
+                labels: BTreeMap::from([("ferry.engine".to_string(), self.engine.kind().to_string())]),
                 agent_version: format!("{} engine bridge {}", self.engine.kind(), env!("CARGO_PKG_VERSION")),
                 limits: self.engine.kind().to_string(),
                 address: None,
-                runs: self
-                    .reports_for(&name)
-                    .into_iter()
-                    .filter(|r| matches!(r.status, RunStatus::Running { .. }))
-                    .collect(),
+                runs: self.reports_for(&name).into_iter().filter_map(still_running).collect(),
                 now_us: now_us(),
             };
             match driver.call(|reply| Command::Register { node: registration, reply }).await {
@@ -544,6 +548,17 @@ impl Bridge {
     }
 
     async fn cancel(&mut self) {
+        let now = now_us();
+        for t in self.runs.values_mut() {
+            let over = match (t.started_at_us, t.max_runtime_s) {
+                (Some(started), Some(max)) => now - started > (max as i64).saturating_mul(1_000_000),
+                _ => false,
+            };
+            if over && t.ended.is_none() && !t.stop {
+                t.stop = true;
+                t.timed_out = true;
+            }
+        }
         let to_cancel: Vec<(RunRef, String)> = self
             .runs
             .iter()
@@ -593,8 +608,11 @@ impl Bridge {
                 match state {
                     NativeState::Pending { .. } => {}
                     NativeState::Running { started_at_us } => t.started_at_us = Some(started_at_us),
-                    NativeState::Finished { end, exit_code, signal, started_at_us, finished_at_us, message } => {
+                    NativeState::Finished { mut end, exit_code, signal, started_at_us, finished_at_us, message } => {
                         let started = started_at_us.or(t.started_at_us);
+                        if t.timed_out && end != RunEnd::Exited {
+                            end = RunEnd::TimedOut;
+                        }
                         let message = message.map(|m| format!("{kind}: {m}"));
                         let mut status = finished(end, exit_code, finished_at_us, started, message.unwrap_or_default());
                         if let RunStatus::Finished { signal: s, .. } = &mut status {
@@ -653,6 +671,19 @@ impl Bridge {
                 *log_bytes = shipped;
             }
         }
+    }
+}
+
+/// A run as a registration lists it: an end not reported yet counts as running (the report that follows carries the
+/// end), so the driver never takes a run that ended meanwhile for one its node forgot; a run that never started is
+/// left out, as the driver does not expect it to run.
+fn still_running(report: RunReport) -> Option<RunReport> {
+    match report.status {
+        RunStatus::Finished { started_at_us: Some(started_at_us), .. } => {
+            Some(RunReport { run: report.run, status: RunStatus::Running { pid: 0, started_at_us } })
+        }
+        RunStatus::Finished { started_at_us: None, .. } => None,
+        running => Some(RunReport { run: report.run, status: running }),
     }
 }
 
