@@ -194,3 +194,95 @@ fn an_engine_that_is_down_blocks_nothing_else() {
     let why = job["waiting"]["message"].as_str().unwrap_or_default().to_string();
     assert_eq!(why, "pool dead has no node yet: its engine has not answered, or no agent of the pool has joined");
 }
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Ray head and a Spark standalone cluster from the venvs scripts/ray/install.sh and scripts/spark/install.sh make,
+/// each stopped by its script when dropped.
+struct Stopper(PathBuf, PathBuf);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.0).arg(&self.1).status();
+    }
+}
+
+fn start_engine(script: &str, run: &Path, args: &[String], env: &[(&str, String)]) -> (Stopper, String) {
+    let venv = repo().join("target/engines").join(format!("{script}-venv"));
+    assert!(venv.exists(), "{} is missing: run scripts/{script}/install.sh (scripts/test does)", venv.display());
+    let stopper = Stopper(repo().join(format!("scripts/{script}/stop.sh")), run.to_path_buf());
+    let out = Command::new(repo().join(format!("scripts/{script}/start.sh")))
+        .arg(run)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/{script}/start.sh failed:\n{}", stderr(&out));
+    (stopper, String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string())
+}
+
+/// The probe's one line of JSON in a job's output (engines add lines of their own around it).
+fn probe_line(out: &str) -> serde_json::Value {
+    let line = out.lines().find_map(|l| l.strip_prefix("PROBE ")).unwrap_or_else(|| panic!("no probe line in:\n{out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn one_job_spec_runs_unchanged_on_an_agent_slurm_ray_and_spark() {
+    let slurm = slurm();
+    let scratch = tempfile::tempdir().unwrap();
+    // Ray: its port block must lie outside Ray's worker range and below the ephemeral ports.
+    let ray_base = (20000..32000).step_by(256).find(|p| (0..9).all(|i| free(p + i))).unwrap();
+    let (_ray, ray_url) = start_engine("ray", &scratch.path().join("ray"), &[ray_base.to_string()], &[]);
+    let (master, ui) = (free_port(), (40000..41000).find(|p| free(*p) && free(p + 1)).unwrap());
+    let spark_env = [("FERRY_SPARK_PORT", master.to_string()), ("FERRY_SPARK_UI_PORT", ui.to_string())];
+    let (_spark, _) = start_engine("spark", &scratch.path().join("spark"), &[], &spark_env);
+    let spark_venv = repo().join("target/engines/spark-venv/bin");
+    let pools = format!(
+        "\n[[pool]]\nname = \"ray\"\norder = 2\nkind = \"ray\"\npoll_interval = \"200ms\"\n\
+         [pool.engine]\naddress = \"{ray_url}\"\n\n\
+         [[pool]]\nname = \"spark\"\norder = 3\nkind = \"spark\"\npoll_interval = \"200ms\"\n\
+         [pool.engine]\nmaster = \"spark://127.0.0.1:{master}\"\nmaster_ui = \"http://127.0.0.1:{ui}\"\n\
+         work_dir = \"{}\"\nspark_submit = \"{}\"\npython = \"{}\"\n",
+        scratch.path().join("spark-runs").display(),
+        spark_venv.join("spark-submit").display(),
+        spark_venv.join("python").display(),
+    );
+    let ferry = ferry_with(&slurm, &pools);
+    for pool in ["ray", "spark"] {
+        ferry.wait_for(&format!("pool {pool} to register"), |f| {
+            f.json(&["nodes", "--json"])["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["pool"] == pool && n["state"] == "ready"))
+        });
+    }
+    std::fs::write(
+        ferry.workdir().join("probe.py"),
+        "import json, os, sys\nprint('PROBE ' + json.dumps({'args': sys.argv[1:], 'env': os.environ.get('PROBE_ENV'), \
+         'cwd': os.getcwd()}), flush=True)\n",
+    )
+    .unwrap();
+    let nasty = "it's $(not run) `either` \"q\" ; |";
+    let ids: Vec<(&str, u64)> = ["local", "hpc", "ray", "spark"]
+        .into_iter()
+        .map(|pool| {
+            let env = format!("PROBE_ENV={nasty}");
+            (pool, ferry.submit(&["--pool", pool, "--env", &env, "--", "python3", "probe.py", "a b", nasty]))
+        })
+        .collect();
+    let cwd = ferry.workdir().canonicalize().unwrap().display().to_string();
+    let expected = serde_json::json!({"args": ["a b", nasty], "env": nasty, "cwd": cwd});
+    for (pool, id) in ids {
+        let job = ferry.wait_state(id, "succeeded");
+        assert_eq!(probe_line(&logs(&ferry, id)), expected, "pool {pool}: {job}");
+        if pool != "local" {
+            assert_eq!(job["native"]["kind"], pool.replace("hpc", "slurm"), "{job}");
+        }
+    }
+}
