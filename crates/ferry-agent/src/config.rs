@@ -46,6 +46,25 @@ pub struct AgentConfig {
     /// The most disk the telemetry spool (`<data_dir>/telemetry/`) may take; past it, the oldest samples the server
     /// has not acknowledged are dropped and counted. 64 MiB unless configured (`telemetry_spool_bytes`).
     pub telemetry_spool_bytes: u64,
+    /// The container engine's API socket (Podman's Docker-compatible service, or Docker's), as a path or
+    /// `unix:///path`, for jobs submitted with an image (`container_socket`). `None`: `$CONTAINER_HOST` or
+    /// `$DOCKER_HOST` of the agent's environment when set, else `/run/podman/podman.sock` when it exists, else
+    /// `/var/run/docker.sock`; decided when the agent starts.
+    pub container_socket: Option<String>,
+    /// How a container is given the job's GPUs (`container_gpus`).
+    pub container_gpus: ContainerGpus,
+}
+
+/// How the container engine is asked for GPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerGpus {
+    /// CDI device names, `nvidia.com/gpu=<index>` (Podman, and Docker 25+ with CDI enabled); needs the NVIDIA
+    /// Container Toolkit's CDI specification on the node (`nvidia-ctk cdi generate`).
+    #[default]
+    Cdi,
+    /// A device request for the `nvidia` driver, as `docker run --gpus` makes (Docker with the NVIDIA runtime).
+    Nvidia,
 }
 
 /// A GPU declared in the configuration.
@@ -70,6 +89,8 @@ struct FileConfig {
     gpus: Option<Vec<FileGpu>>,
     nvml_library: Option<PathBuf>,
     telemetry_spool_bytes: Option<toml::Value>,
+    container_socket: Option<String>,
+    container_gpus: Option<ContainerGpus>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +119,8 @@ impl AgentConfig {
             memory_bytes: None,
             self_exe,
             telemetry_spool_bytes: SPOOL_BYTES_DEFAULT,
+            container_socket: None,
+            container_gpus: ContainerGpus::default(),
         }
     }
 
@@ -158,6 +181,19 @@ fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
             ));
         }
         config.telemetry_spool_bytes = bytes;
+    }
+    if let Some(socket) = file.container_socket {
+        let path = socket.strip_prefix("unix://").unwrap_or(&socket);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "`container_socket`: `{socket}` is not a unix socket; write an absolute path such as \
+                 unix:///run/podman/podman.sock"
+            ));
+        }
+        config.container_socket = Some(socket);
+    }
+    if let Some(gpus) = file.container_gpus {
+        config.container_gpus = gpus;
     }
     Ok(config)
 }
@@ -220,6 +256,8 @@ mod tests {
             memory = "64GiB"
             nvml_library = "/opt/nvidia/libnvidia-ml.so.1"
             telemetry_spool_bytes = "256MiB"
+            container_socket = "unix:///run/user/0/podman/podman.sock"
+            container_gpus = "nvidia"
             [labels]
             rack = "b2"
             [[gpus]]
@@ -244,6 +282,8 @@ mod tests {
             cpu_millis: Some(7500),
             memory_bytes: Some(64 << 30),
             telemetry_spool_bytes: 256 << 20,
+            container_socket: Some("unix:///run/user/0/podman/podman.sock".into()),
+            container_gpus: ContainerGpus::Nvidia,
             ..base()
         };
         assert_eq!(config, expected);
@@ -264,6 +304,11 @@ mod tests {
         check_error(
             "telemetry_spool_bytes = \"64KiB\"",
             "`telemetry_spool_bytes`: 65536 bytes is too small for the telemetry spool; give at least 1MiB",
+        );
+        check_error(
+            "container_socket = \"tcp://1.2.3.4:2375\"",
+            "`container_socket`: `tcp://1.2.3.4:2375` is not a unix socket; write an absolute path such as \
+             unix:///run/podman/podman.sock",
         );
         check_error("cpus = -2", "`cpus`: -2 is not a CPU count; write a positive number such as 16 or 7.5");
         check_error("pool = \"  \"", "`pool` is empty; give it a value or leave it out");

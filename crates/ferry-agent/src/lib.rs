@@ -3,16 +3,19 @@
 //! a second and ships those samples through a bounded spool on its disk (`<data_dir>/telemetry/`), so a partition
 //! delays them instead of losing them.
 //!
-//! The `ferry` binary calls [`run`] for `ferry agent` and [`shim_main`] for the hidden `ferry __shim <run-dir>`
-//! that supervises one run. Runs outlive the agent: their state lives in files under the data directory, so an
-//! agent that restarts adopts them. This crate must never schedule (the server decides what runs where), never
-//! run a job through a shell, and never hold a job's output in memory beyond one upload chunk.
+//! The `ferry` binary calls [`run`] for `ferry agent`, [`shim_main`] for the hidden `ferry __shim <run-dir>`
+//! that supervises one run, and [`container::main`] for the hidden `ferry __container <run-dir>` that the shim
+//! starts instead of the job's command when the job runs in a container image. Runs outlive the agent: their state
+//! lives in files under the data directory, so an agent that restarts adopts them. This crate must never schedule
+//! (the server decides what runs where), never run a job through a shell, and never hold a job's output in memory
+//! beyond one upload chunk.
 
 mod agent;
 mod backoff;
 mod cgroup;
 pub mod code;
 mod config;
+pub mod container;
 mod lock;
 mod resources;
 mod rundir;
@@ -26,7 +29,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use config::{default_name, AgentConfig, DeclaredGpu, DEFAULT_POOL};
+pub use config::{default_name, AgentConfig, ContainerGpus, DeclaredGpu, DEFAULT_POOL};
 
 /// Everything that stops the agent.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     std::fs::create_dir_all(&runs_dir)
         .map_err(|source| AgentError::Io { what: format!("cannot create {}", runs_dir.display()), source })?;
     let _lock = lock::DataDirLock::acquire(&config.data_dir)?;
+    // What `ferry __container` needs to reach the container engine, for runs with an image.
+    let containers = container::Settings::of(&config);
+    containers.write(&config.data_dir).map_err(|source| AgentError::Io {
+        what: format!("cannot write {}", config.data_dir.join(container::SETTINGS_FILE).display()),
+        source,
+    })?;
     let detection = cgroup::detect();
     if let Some(why) = &detection.why_none {
         tracing::warn!("limits not enforced: {why}, measuring only");

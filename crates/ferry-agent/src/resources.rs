@@ -377,6 +377,7 @@ mod tests {
                 gpu_ids,
                 max_runtime_s: None,
                 grace_s: 1,
+                image: None,
             };
             crate::rundir::write_json(&run_dir.join(crate::rundir::SPEC_FILE), &spec).unwrap();
             let started = crate::rundir::Started { pid, started_at_us: 1, limits: "none".into() };

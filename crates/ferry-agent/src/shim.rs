@@ -31,6 +31,9 @@ use nix::unistd::Pid;
 use crate::cgroup::{self, JobCgroup, Limits};
 use crate::rundir::{self, Exit, ProcessIdentity, RunDir, Started};
 
+/// The argument that makes the `ferry` binary run a job's command in a container.
+pub(crate) const CONTAINER_SUBCOMMAND: &str = "__container";
+
 /// Variables of the agent's own environment that start with this are the agent's settings (its token among them)
 /// and are not passed on to jobs.
 const AGENT_ENV_PREFIX: &str = "FERRY_";
@@ -134,7 +137,7 @@ pub(crate) fn supervise(dir: &RunDir, output_bytes_max: u64) -> Result<Exit, Shi
             return fail_to_start(dir, Some(&output), cgroup, message);
         }
     };
-    let child = match spawn(&spec, pipe) {
+    let child = match spawn(&spec, dir.path(), pipe) {
         Ok(child) => child,
         Err(message) => {
             // The pipe's write ends went with the command, so the copier has nothing more to read.
@@ -269,8 +272,10 @@ pub(crate) fn cgroup_name(run: RunRef, run_dir: &Path) -> String {
 }
 
 /// Starts the job: argv as given (no shell), output and errors both written to the one pipe (so they interleave as
-/// the job wrote them), in a process group of its own so that stopping it reaches every process it started.
-fn spawn(spec: &Assignment, pipe: PipeWriter) -> Result<Child, String> {
+/// the job wrote them), in a process group of its own so that stopping it reaches every process it started. A job
+/// with an image is started as `ferry __container <run-dir>`, which runs its command in a container, and which the
+/// shim supervises like any job (its stop, deadline and output).
+fn spawn(spec: &Assignment, run_dir: &Path, pipe: PipeWriter) -> Result<Child, String> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err("cannot start the run: it has no command".to_string());
     };
@@ -284,9 +289,21 @@ fn spawn(spec: &Assignment, pipe: PipeWriter) -> Result<Child, String> {
         Ok(err) => err,
         Err(e) => return Err(format!("cannot start `{program}`: cannot share the output pipe: {e}")),
     };
-    let mut command = Command::new(program);
+    let mut command = match &spec.image {
+        Some(image) => {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot start `{program}` in {image}: cannot find the ferry program: {e}"))?;
+            let mut command = Command::new(exe);
+            command.arg(CONTAINER_SUBCOMMAND).arg(run_dir);
+            command
+        }
+        None => {
+            let mut command = Command::new(program);
+            command.args(args);
+            command
+        }
+    };
     command
-        .args(args)
         .current_dir(&spec.workdir)
         .env_clear()
         .envs(job_env(std::env::vars_os(), spec))
@@ -546,6 +563,7 @@ mod tests {
             gpu_ids: vec![0, 3],
             max_runtime_s: Some(60),
             grace_s: 10,
+            image: None,
         }
     }
 

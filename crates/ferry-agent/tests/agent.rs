@@ -242,6 +242,7 @@ fn assignment(job_id: u64, workdir: &Path, command: &[&str]) -> Assignment {
         gpu_ids: vec![],
         max_runtime_s: None,
         grace_s: 1,
+        image: None,
     }
 }
 

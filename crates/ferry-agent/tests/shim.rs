@@ -39,6 +39,7 @@ impl Run {
             gpu_ids: Vec::new(),
             max_runtime_s: None,
             grace_s: 1,
+            image: None,
         };
         Run { dir, spec }
     }

@@ -105,6 +105,9 @@ pub struct Assignment {
     pub max_runtime_s: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when the run is stopped.
     pub grace_s: u64,
+    /// The container image to run the command in, through the node's container engine; absent: directly.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// How a run ended, as its supervisor saw it.

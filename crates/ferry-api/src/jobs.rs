@@ -112,6 +112,11 @@ pub struct SubmitJob {
     /// The pool the job must run in; the scheduler chooses by pool order when absent.
     #[serde(default)]
     pub pool: Option<String>,
+    /// The container image the job runs in, such as `localhost/busybox:ferry` or `ghcr.io/org/train:1.2`: the
+    /// agent runs the command in a container of it through the node's container engine (Podman or Docker), with
+    /// the job's GPUs, limits and working directory. Absent: the command runs directly on the node.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// The answer to a submission.
@@ -233,6 +238,9 @@ pub struct Job {
     /// The shipped folder the job runs in, if any.
     #[serde(default)]
     pub code: Option<JobCode>,
+    /// The container image the job runs in; absent when it runs directly on the node.
+    #[serde(default)]
+    pub image: Option<String>,
     pub env: BTreeMap<String, String>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,

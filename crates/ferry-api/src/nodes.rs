@@ -70,3 +70,40 @@ pub struct Node {
 pub struct NodeList {
     pub nodes: Vec<Node>,
 }
+
+/// A pool: where its capacity comes from, its place in the order, and how much of it is there now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub name: String,
+    /// `agent` for nodes running `ferry agent`; otherwise the engine: `slurm`, `ray`, `spark`...
+    pub kind: String,
+    /// Lower fills first; absent for a pool that only its nodes name (not in the configuration).
+    pub order: Option<i32>,
+    /// Used only when the pools before it cannot hold a job.
+    pub burst: bool,
+    pub nodes: u32,
+    pub nodes_ready: u32,
+    /// Capacity of its ready nodes.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    /// For an engine pool, whether Ferry reaches the engine.
+    #[serde(default)]
+    pub engine: Option<EngineHealth>,
+}
+
+/// What the server's bridge to an engine last saw of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EngineHealth {
+    /// Whether the engine answered the bridge's last call for its nodes.
+    pub answering: bool,
+    /// Since when it has (or has not) answered; absent before the first call.
+    pub since_us: Option<i64>,
+    /// The last failure, while it does not answer.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<Pool>,
+}

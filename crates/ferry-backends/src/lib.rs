@@ -14,6 +14,8 @@ use ferry_api::agent::{Assignment, RunRef};
 pub mod agent;
 pub mod conformance;
 pub mod engine;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 #[cfg(feature = "ray")]
 pub mod ray;
 pub mod registry;

@@ -13,6 +13,7 @@ pub fn kinds() -> Vec<&'static str> {
         ("slurm", cfg!(feature = "slurm")),
         ("ray", cfg!(feature = "ray")),
         ("spark", cfg!(feature = "spark")),
+        ("kubernetes", cfg!(feature = "kubernetes")),
     ];
     built.into_iter().filter(|(_, on)| *on).map(|(kind, _)| kind).collect()
 }
@@ -39,6 +40,8 @@ pub fn build_engine(kind: &str, settings: serde_json::Value) -> Result<Box<dyn E
         "ray" => crate::ray::connect(parse(kind, settings)?),
         #[cfg(feature = "spark")]
         "spark" => crate::spark::connect(parse(kind, settings)?),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => crate::kubernetes::connect(parse(kind, settings)?),
         _ => {
             let _ = (parse::<serde_json::Value>, settings);
             let engines: Vec<&str> = kinds().into_iter().filter(|k| *k != "agent").collect();

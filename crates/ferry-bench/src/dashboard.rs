@@ -165,6 +165,7 @@ async fn seed_store(home: &Path, args: &DashboardArgs, end_us: i64) -> Result<u6
                 nodes: 1,
                 code: None,
                 pool: None,
+                image: None,
             };
             let id = tx.insert_job(&job, submitted).await?;
             tx.event(id, submitted, JobState::Queued, "submitted").await?;

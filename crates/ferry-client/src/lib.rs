@@ -206,6 +206,10 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/nodes")).await
     }
 
+    pub async fn pools(&self) -> Result<ferry_api::nodes::PoolList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/pools")).await
+    }
+
     pub async fn create_token(&self, spec: &CreateToken) -> Result<CreatedToken, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/tokens").json(spec)).await
     }

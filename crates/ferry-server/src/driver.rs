@@ -1241,6 +1241,7 @@ fn assignment(record: &JobRecord, gpus: &[u32]) -> Assignment {
         gpu_ids: gpus.to_vec(),
         max_runtime_s: record.spec.max_runtime_s,
         grace_s: STOP_GRACE_S,
+        image: record.spec.image.clone(),
     }
 }
 

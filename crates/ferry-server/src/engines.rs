@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use ferry_api::agent::{Assignment, RegisterNode, Reports, RunEnd, RunRef, RunReport, RunStatus};
 use ferry_api::jobs::JobState;
+use ferry_api::nodes::EngineHealth;
 use ferry_backends::engine::{native_name, Engine, EngineError, EngineJob, EngineNode, NativeState};
 use ferry_backends::{BackendError, BackendFuture, Capabilities, ComputeBackend};
 use ferry_store::Store;
@@ -80,21 +81,41 @@ impl ComputeBackend for EngineBackend {
     }
 }
 
-/// Each followed run's state in its engine at the latest look, in words, by job id; shared by every bridge.
+/// What the bridges last saw, for the API: each followed run's state in its engine, in words, by job id, and each
+/// engine pool's health, by pool name. Shared by every bridge.
 #[derive(Default)]
-pub struct EngineStates(std::sync::Mutex<std::collections::HashMap<u64, String>>);
+pub struct EngineStates {
+    runs: std::sync::Mutex<std::collections::HashMap<u64, String>>,
+    pools: std::sync::Mutex<std::collections::HashMap<String, EngineHealth>>,
+}
 
 impl EngineStates {
     pub fn get(&self, job: u64) -> Option<String> {
-        self.0.lock().expect("never poisoned: no panics inside").get(&job).cloned()
+        self.runs.lock().expect("never poisoned: no panics inside").get(&job).cloned()
     }
 
     fn set(&self, job: u64, state: Option<String>) {
-        let mut states = self.0.lock().expect("never poisoned: no panics inside");
+        let mut states = self.runs.lock().expect("never poisoned: no panics inside");
         match state {
             Some(state) => states.insert(job, state),
             None => states.remove(&job),
         };
+    }
+
+    /// An engine pool's health; one that no bridge has called yet is not answering, since no time.
+    pub fn health(&self, pool: &str) -> EngineHealth {
+        let pools = self.pools.lock().expect("never poisoned: no panics inside");
+        pools.get(pool).cloned().unwrap_or(EngineHealth { answering: false, since_us: None, error: None })
+    }
+
+    fn set_health(&self, pool: &str, answering: bool, error: Option<String>) {
+        let mut pools = self.pools.lock().expect("never poisoned: no panics inside");
+        let health = pools.entry(pool.to_string()).or_insert(EngineHealth { answering, since_us: None, error: None });
+        if health.answering != answering || health.since_us.is_none() {
+            health.since_us = Some(now_us());
+        }
+        health.answering = answering;
+        health.error = error;
     }
 }
 
@@ -305,12 +326,14 @@ impl Bridge {
     async fn cycle(&mut self, driver: &DriverHandle) {
         let nodes = match self.call("listing nodes", self.engine.nodes()).await {
             Ok(nodes) => {
+                self.context.states.set_health(&self.pool, true, None);
                 if let Some(since) = self.down_since.take() {
                     tracing::info!(pool = %self.pool, down_s = since.elapsed().as_secs(), "the engine answers again");
                 }
                 nodes
             }
             Err(e) => {
+                self.context.states.set_health(&self.pool, false, Some(e.to_string()));
                 if self.down_since.is_none() {
                     tracing::warn!(pool = %self.pool, error = %e, "the engine does not answer; its nodes will go not ready");
                     self.down_since = Some(Instant::now());
@@ -522,7 +545,7 @@ impl Bridge {
             gpus: a.gpu_ids.len() as u32,
             nodes: nodes.len() as u32,
             max_runtime_s: a.max_runtime_s,
-            image: None,
+            image: a.image.clone(),
         })
     }
 

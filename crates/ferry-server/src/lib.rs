@@ -145,6 +145,7 @@ pub async fn serve(
         telemetry,
         series: series.clone(),
         engine_states,
+        pools: Arc::new(config.file.pools.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -200,6 +201,7 @@ pub fn app(state: AppState) -> Router {
             head(routes::code::head).put(routes::code::put).get(routes::code::get).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/nodes", get(routes::nodes::list))
+        .route("/api/v1/pools", get(routes::nodes::pools))
         .route("/api/v1/series", get(routes::series::query))
         .route("/api/v1/series/metrics", get(routes::series::metrics))
         .route("/api/v1/usage", get(routes::usage::usage))

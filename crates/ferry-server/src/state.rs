@@ -26,4 +26,6 @@ pub struct AppState {
     pub series: Arc<ferry_tsdb::Tsdb>,
     /// What engine pools last said of the runs they follow, for `ferry show`.
     pub engine_states: Arc<crate::engines::EngineStates>,
+    /// The configured pools, in the configuration's order.
+    pub pools: Arc<Vec<crate::config::PoolConfig>>,
 }

@@ -38,6 +38,8 @@ pub struct NewJob {
     pub code: Option<JobCode>,
     /// The pool the job is pinned to; `None` lets the scheduler choose.
     pub pool: Option<String>,
+    /// The container image the job runs in; `None` runs its command directly on the node.
+    pub image: Option<String>,
 }
 
 /// The code archive a job runs in, and the git state of the folder it came from.
@@ -102,7 +104,7 @@ pub struct JobFilter {
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
-     code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec";
+     code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -132,6 +134,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         selector: from_json("selector", row.get("selector"))?,
         nodes: row.get::<i64, _>("nodes") as u32,
         pool: row.get("pool"),
+        image: row.get("image"),
         code: row.get::<Option<String>, _>("code_sha256").map(|sha256| JobCode {
             sha256,
             size_bytes: row.get::<Option<i64>, _>("code_bytes").unwrap_or(0) as u64,
@@ -267,8 +270,8 @@ impl Tx {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
              priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes, \
-             code_sha256, code_bytes, git_commit, git_diff, pool) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             code_sha256, code_bytes, git_commit, git_diff, pool, image) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -293,6 +296,7 @@ impl Tx {
         .bind(job.code.as_ref().and_then(|c| c.git_commit.clone()))
         .bind(job.code.as_ref().and_then(|c| c.git_diff.clone()))
         .bind(&job.pool)
+        .bind(&job.image)
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// Ship nothing: run in an empty folder of the job's own on the node.
     #[arg(long)]
     no_code: bool,
+    /// Run the command in a container of this image, such as localhost/busybox:ferry, through the node's container
+    /// engine (Podman or Docker). The job's GPUs, CPU and memory limits apply to the container, and its working
+    /// directory (the shipped code) is mounted at the same path. The node must have the image or be able to pull it.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
     /// The program and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -127,6 +132,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         retries: Some(args.retries),
         max_runtime_s: args.max_runtime.as_deref().map(parse_duration_s).transpose().map_err(invalid)?,
         nodes: (args.nodes != 1).then_some(args.nodes),
+        image: args.image,
     };
     if spec.command.is_empty() {
         return Err(CliError::new(
@@ -425,6 +431,9 @@ fn describe(j: &Job) -> String {
         line("Reason:", m.clone());
     }
     line("Command:", format::command(&j.command, 200));
+    if let Some(image) = &j.image {
+        line("Image:", image.clone());
+    }
     let directory = match &j.code {
         Some(code) => {
             let git = match &code.git_commit {
@@ -608,6 +617,51 @@ pub async fn nodes(g: &Global, args: NodesArgs) -> Result<i32, CliError> {
         "GPU UTIL",
         "JOBS",
     ];
+    print!("{}", format::table(&header, &rows));
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct PoolsArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+/// The pools in their order: kind, nodes ready, capacity, and whether an engine pool's engine answers.
+pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
+    let list = g.client()?.pools().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("wire types serialize"));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list
+        .pools
+        .iter()
+        .map(|p| {
+            let engine = match &p.engine {
+                None => "-".to_string(),
+                Some(h) => {
+                    let since = h.since_us.map(|at| format!(" for {}", format::span(format::now_us() - at)));
+                    match (h.answering, &h.error) {
+                        (true, _) => format!("answering{}", since.unwrap_or_default()),
+                        (false, Some(e)) => format!("not answering{}: {e}", since.unwrap_or_default()),
+                        (false, None) => "not contacted yet".to_string(),
+                    }
+                }
+            };
+            vec![
+                p.name.clone(),
+                p.kind.clone(),
+                p.order.map_or_else(|| "-".to_string(), |o| o.to_string()) + if p.burst { " (burst)" } else { "" },
+                format!("{}/{}", p.nodes_ready, p.nodes),
+                format::cpus(p.cpu_millis),
+                format::bytes(p.memory_bytes),
+                p.gpus.to_string(),
+                engine,
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "ORDER", "READY", "CPUS", "MEMORY", "GPUS", "ENGINE"];
     print!("{}", format::table(&header, &rows));
     Ok(0)
 }

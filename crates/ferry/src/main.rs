@@ -60,6 +60,9 @@ enum Command {
     Cancel(commands::CancelArgs),
     /// List nodes with their capacity, allocation and measured utilisation.
     Nodes(commands::NodesArgs),
+    /// List pools in their order: agent pools and engines (Slurm, Ray, Spark), their nodes, and whether each engine
+    /// answers.
+    Pools(commands::PoolsArgs),
     /// A live view of the cluster, like htop: nodes, every GPU's allocation and measured use, the running jobs.
     Top(top::TopArgs),
     /// Create, list and revoke API tokens, among them join tokens for agents.
@@ -69,6 +72,9 @@ enum Command {
     /// The per-run supervisor the agent starts; not for direct use.
     #[command(name = "__shim", hide = true)]
     Shim { run_dir: PathBuf },
+    /// Runs a run's command in a container of its image; started by the supervisor, not for direct use.
+    #[command(name = "__container", hide = true)]
+    Container { run_dir: PathBuf },
 }
 
 fn main() {
@@ -78,6 +84,10 @@ fn main() {
     if let [_, subcommand, run_dir] = &args[..] {
         if subcommand == "__shim" {
             std::process::exit(ferry_agent::shim_main(std::path::Path::new(run_dir)));
+        }
+        // Before any runtime or logging is set up: it starts its own runtime, and its output is the job's.
+        if subcommand == "__container" {
+            std::process::exit(ferry_agent::container::main(std::path::Path::new(run_dir)));
         }
     }
     let cli = Cli::parse();
@@ -114,10 +124,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Logs(args) => commands::logs(&g, args).await,
         Command::Cancel(args) => commands::cancel(&g, args).await,
         Command::Nodes(args) => commands::nodes(&g, args).await,
+        Command::Pools(args) => commands::pools(&g, args).await,
         Command::Top(args) => top::top(&g, args).await,
         Command::Token(args) => commands::token(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),
+        Command::Container { run_dir } => Ok(ferry_agent::container::main(&run_dir)),
     }
 }
 

@@ -147,6 +147,17 @@ fn one_run_command_reaches_slurm_with_logs_exit_codes_gpus_and_the_native_view()
         Command::new("squeue").args(["-h", "-j", &slurm_id, "-o", "%T"]).env("SLURM_CONF", &slurm.conf).output();
     let still = squeue.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     assert!(still.is_empty() || still == "CANCELLED" || still == "COMPLETING", "slurm still has it: {still}");
+
+    // The Slurm pool's capacity flows into the same time series as agent pools' (a point every 10 s).
+    let token = std::fs::read_to_string(ferry.home().join("admin.token")).unwrap();
+    ferry.wait_for("pool hpc's GPU capacity in the time series", |f| {
+        let url = format!("{}/api/v1/series?metric=gpu_capacity&by=pool&id=hpc&start=5m&step=10s", f.url());
+        let auth = format!("Authorization: Bearer {}", token.trim());
+        let out = Command::new("curl").args(["-s", "-H", &auth, &url]).output().unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let means = answer["series"][0]["mean"].as_array().cloned().unwrap_or_default();
+        means.iter().any(|v| v.as_f64() == Some(4.0))
+    });
 }
 
 #[test]
@@ -193,6 +204,17 @@ fn an_engine_that_is_down_blocks_nothing_else() {
     assert_eq!(job["state"], "queued", "{job}");
     let why = job["waiting"]["message"].as_str().unwrap_or_default().to_string();
     assert_eq!(why, "pool dead has no node yet: its engine has not answered, or no agent of the pool has joined");
+    // `ferry pools` says which engine answers and which does not, and why.
+    let pools = ferry.json(&["pools", "--json"]);
+    let pool = |name: &str| pools["pools"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!((pool("local")["kind"].as_str(), pool("local")["nodes_ready"].as_u64()), (Some("agent"), Some(1)));
+    assert_eq!(pool("hpc")["engine"]["answering"], true, "{pools}");
+    assert_eq!(pool("hpc")["gpus"], 4, "{pools}");
+    assert_eq!(pool("dead")["engine"]["answering"], false, "{pools}");
+    let error = pool("dead")["engine"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains(&format!("127.0.0.1:{dead}")), "{error}");
+    let table = ferry.ok(&["pools"]);
+    assert!(table.contains("not answering") && table.contains("slurm"), "{table}");
 }
 
 fn repo() -> PathBuf {

@@ -147,6 +147,7 @@ mod tests {
             gpu_ids: vec![],
             max_runtime_s: None,
             grace_s: 10,
+            image: None,
         }
     }
 

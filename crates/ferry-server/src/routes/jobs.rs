@@ -79,6 +79,19 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         }),
         None => None,
     };
+    let image = match spec.image {
+        Some(image) => match image_problem(&image) {
+            Some(problem) => {
+                return Err(ApiError::invalid(format!(
+                    "`{}` is not a container image reference: {problem}; write one such as localhost/busybox:ferry \
+                     or ghcr.io/org/train:1.2",
+                    image.escape_debug()
+                )))
+            }
+            None => Some(image),
+        },
+        None => None,
+    };
     if spec.env.len() > ENV_VARS_MAX {
         return Err(ApiError::invalid(format!(
             "{} environment variables given; the limit is {ENV_VARS_MAX}",
@@ -161,7 +174,84 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         nodes,
         code,
         pool: spec.pool.filter(|p| !p.is_empty()),
+        image,
     })
+}
+
+/// The longest image reference accepted, as Docker's own limit on a name.
+const IMAGE_CHARS_MAX: usize = 255;
+
+/// What is wrong with an image reference, `[registry[:port]/]name[/name...][:tag][@algorithm:digest]`, or `None`
+/// when it is plausible. Only the form is checked: whether the node has (or can pull) the image is the agent's
+/// business.
+fn image_problem(image: &str) -> Option<String> {
+    if image.is_empty() {
+        return Some("it is empty".into());
+    }
+    if image.chars().count() > IMAGE_CHARS_MAX {
+        return Some(format!("it is longer than {IMAGE_CHARS_MAX} characters"));
+    }
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("it holds whitespace or control characters".into());
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let plausible = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty()
+                && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !plausible {
+            return Some(format!("`@{digest}` is not a digest such as @sha256:<64 hex digits>"));
+        }
+    }
+    // A tag follows the last `:` after the last `/`; a `:` before that belongs to a registry's port.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            return Some(format!("the tag `{tag}` is not 1 to 128 letters, digits, `_`, `.` or `-`"));
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first part names a registry when it looks like a host (a dot, a port, or `localhost`) and more follows.
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        let registry = parts.remove(0);
+        let (host, port) = match registry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (registry, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+            && !host.starts_with(['.', '-']);
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        if !(host_ok && port_ok) {
+            return Some(format!("`{registry}` is not a registry host such as localhost or ghcr.io:443"));
+        }
+    }
+    for part in parts {
+        let bytes = part.as_bytes();
+        let valid = bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && bytes.last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
+        if !valid {
+            return Some(format!(
+                "the name part `{part}` is not lowercase letters and digits, separated by `.`, `_` or `-`"
+            ));
+        }
+    }
+    None
 }
 
 /// Cuts `text` to at most `bytes_max` bytes, on a character boundary, saying so at the end.
@@ -503,6 +593,7 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
         state: r.state,
         command: r.spec.command,
         workdir: r.spec.workdir,
+        image: r.spec.image,
         code: r.spec.code.map(|c| WireCode {
             sha256: c.sha256,
             size_bytes: c.size_bytes,
@@ -541,5 +632,44 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
             spec: n.spec,
             state: state.engine_states.get(r.id),
         }),
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::image_problem;
+
+    #[test]
+    fn plausible_image_references_pass() {
+        for image in [
+            "busybox",
+            "localhost/busybox:ferry",
+            "ghcr.io/org/train:1.2",
+            "registry.example.com:5000/team/sub_project/img-x:v1.0-rc_2",
+            "docker.io/library/ubuntu@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "nvcr.io/nvidia/pytorch:24.05-py3",
+        ] {
+            assert_eq!(image_problem(image), None, "{image}");
+        }
+    }
+
+    #[test]
+    fn implausible_image_references_say_what_is_wrong() {
+        let cases = [
+            ("", "it is empty"),
+            ("busy box", "it holds whitespace or control characters"),
+            ("busybox\n", "it holds whitespace or control characters"),
+            ("Busybox", "the name part `Busybox` is not lowercase letters and digits"),
+            ("busybox:", "the tag `` is not 1 to 128 letters"),
+            ("busybox:-x", "the tag `-x` is not"),
+            ("localhost/busybox@md5", "`@md5` is not a digest"),
+            ("a//b", "the name part `` is not"),
+            ("localhost:x/busybox", "`localhost:x` is not a registry host"),
+        ];
+        for (image, expected) in cases {
+            let problem = image_problem(image).unwrap_or_default();
+            assert!(problem.starts_with(expected), "{image:?}: {problem}");
+        }
+        assert!(image_problem(&"a".repeat(256)).unwrap().contains("longer than 255"));
     }
 }

@@ -2,7 +2,9 @@
 
 use axum::extract::State;
 use axum::Json;
-use ferry_api::nodes::{Node, NodeList, NodeState};
+use std::collections::BTreeMap;
+
+use ferry_api::nodes::{Node, NodeList, NodeState, Pool, PoolList};
 
 use crate::auth::Caller;
 use crate::driver::Command;
@@ -40,4 +42,59 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
         })
         .collect();
     Ok(Json(NodeList { nodes }))
+}
+
+/// Every pool: the configured ones in their order, then those only nodes name; with their nodes' capacity and, for
+/// engine pools, whether the engine answers.
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = PoolList)))]
+pub async fn pools(State(state): State<AppState>, caller: Caller) -> Result<Json<PoolList>, ApiError> {
+    caller.require_user()?;
+    let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
+    let mut order = Vec::new();
+    for p in state.pools.iter() {
+        let kind = p.engine.as_ref().map_or("agent", |e| e.kind.as_str()).to_string();
+        let engine = p.engine.as_ref().map(|_| state.engine_states.health(&p.info.name));
+        order.push(p.info.name.clone());
+        pools.insert(
+            p.info.name.clone(),
+            Pool {
+                name: p.info.name.clone(),
+                kind,
+                order: Some(p.info.order),
+                burst: p.info.burst,
+                nodes: 0,
+                nodes_ready: 0,
+                cpu_millis: 0,
+                memory_bytes: 0,
+                gpus: 0,
+                engine,
+            },
+        );
+    }
+    for node in state.store.nodes().await? {
+        let pool = pools.entry(node.pool.clone()).or_insert_with(|| {
+            order.push(node.pool.clone());
+            Pool {
+                name: node.pool.clone(),
+                kind: "agent".into(),
+                order: None,
+                burst: false,
+                nodes: 0,
+                nodes_ready: 0,
+                cpu_millis: 0,
+                memory_bytes: 0,
+                gpus: 0,
+                engine: None,
+            }
+        });
+        pool.nodes += 1;
+        if node.ready {
+            pool.nodes_ready += 1;
+            pool.cpu_millis += node.cpu_millis;
+            pool.memory_bytes += node.memory_bytes;
+            pool.gpus += node.gpus.len() as u32;
+        }
+    }
+    let pools = order.into_iter().filter_map(|name| pools.remove(&name)).collect();
+    Ok(Json(PoolList { pools }))
 }

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
         super::health, super::metrics::metrics,
         super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff,
         super::code::head, super::code::put, super::code::get,
-        super::nodes::list,
+        super::nodes::list, super::nodes::pools,
         super::series::query, super::series::metrics, super::usage::usage,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,

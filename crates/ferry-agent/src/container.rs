@@ -1,0 +1,600 @@
+//! Running a job in a container (`ferry __container <run-dir>`): the program the shim starts instead of the job's
+//! command when the job names an image.
+//!
+//! It talks to the node's container engine through its Docker-compatible API (Podman's `podman system service`,
+//! or Docker's daemon) over a unix socket, with `bollard`: it makes sure the image is there (one pull, never more),
+//! creates a container `ferry-<job>-<attempt>[-r<rank>]-<hash of the run directory>` with the job's command as an
+//! argument vector (no shell), its environment, its working directory bind-mounted at the same path, its CPU and
+//! memory limits, its GPUs and host networking (so a gang's workers reach each other as they do without
+//! containers), starts it, copies its output to this process's stdout and stderr (the shim's pipe, so the output
+//! cap and shipping work unchanged), waits for it, removes it and exits with its exit code. SIGTERM or SIGINT (the shim's stop, on request or at the
+//! maximum runtime) stops the container within the shim's grace period.
+//!
+//! The shim keeps doing everything else: the run's files, the output limit, the deadline, the stop with grace and
+//! adoption after an agent restart. Exit codes: the container's own; 137 when the kernel killed it for its memory
+//! (a line says so); 125 when the engine could not run it at all (unreachable socket, missing image, refused
+//! container), with a line saying why, as `docker run` does.
+//!
+//! Where the container's processes live: an engine puts a container in a control group of its own, outside the
+//! run's. On cgroup v1 with the run in its own group (`/ferry/job-...`), the container is made a child of that
+//! group (`CgroupParent`), so the run's memory limit holds it and the agent's per-run sampling counts its memory
+//! (`memory.usage_in_bytes` is hierarchical) and its CPU time where the cpu hierarchy carries cpuacct (where they are
+//! mounted apart, the sampler reads the CPU time of the group's own processes, which leaves the container's out;
+//! reading the child groups' `cgroup.procs` there would count it). On cgroup v2 a group with processes in it (the
+//! shim's) cannot have children with controllers, so there the container stays in the engine's own group and the
+//! agent's per-run usage sees only the shim and this process; the container's own limits still apply.
+//!
+//! GPUs cannot be tested on the machines Ferry is developed on (they have none); see [`ContainerGpus`].
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::errors::Error as EngineError;
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, Mount, MountType, ResourcesUlimits,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::{ClientVersion, Docker};
+use ferry_api::agent::Assignment;
+use ferry_api::units::format_bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{signal, SignalKind};
+
+pub use crate::config::ContainerGpus;
+use crate::rundir::{self, RunDir};
+use crate::AgentConfig;
+
+/// The exit code when the engine could not run the container at all, as `docker run` and `podman run` use it.
+pub const ENGINE_FAILED: i32 = 125;
+/// The exit code of a process killed with SIGKILL, which a container killed for its memory gets.
+const KILLED: i32 = 137;
+/// The socket Podman's API service listens on when run as root (`podman system service`).
+pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+/// The socket Docker's daemon listens on.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// The file under the agent's data directory that tells `ferry __container` the agent's container settings. The
+/// agent writes it when it starts, so a run started before a restart uses the settings of the agent now running.
+pub(crate) const SETTINGS_FILE: &str = "containers.json";
+/// The API version asked for: Podman 4's compatible API serves 1.41, and Docker every version since.
+const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+/// How long one request to the engine may take to answer (a pull, or waiting for the container, streams and is
+/// not limited by it).
+const REQUEST_TIMEOUT_S: u64 = 120;
+/// How long the container's last output is waited for once it has ended.
+const LOG_DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// What the stop leaves of the shim's grace period for reading the last output and removing the container: the
+/// shim kills this process when the grace period is over, and a container it leaves behind would run on.
+const STOP_MARGIN_S: u64 = 3;
+/// Rlimits a container gets when the hard limit cannot be read: root without CAP_SYS_RESOURCE (common in
+/// containers and VMs) cannot raise them, so asking for the engine's defaults (often above the hard limits) fails.
+const NOFILE_FALLBACK: u64 = 1024;
+const NPROC_FALLBACK: u64 = 4096;
+/// The most processes a container is allowed: Podman's conmon, which starts the runtime, lives under at most this
+/// many (it lowers its own limit), and a runtime cannot raise a limit above its own without CAP_SYS_RESOURCE.
+const NPROC_MAX: u64 = 32768;
+
+/// The agent's container settings, as `ferry __container` reads them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Settings {
+    /// The engine's API socket, `unix:///path` or a path.
+    pub socket: String,
+    pub gpus: ContainerGpus,
+}
+
+impl Settings {
+    /// The settings of `config`, with the socket decided from the agent's environment where not configured.
+    pub fn of(config: &AgentConfig) -> Settings {
+        let socket = config
+            .container_socket
+            .clone()
+            .unwrap_or_else(|| default_socket(|name| std::env::var(name).ok(), |path| Path::new(path).exists()));
+        Settings { socket, gpus: config.container_gpus }
+    }
+
+    /// Writes the settings under the agent's data directory.
+    pub fn write(&self, data_dir: &Path) -> io::Result<()> {
+        rundir::write_json_atomic(&data_dir.join(SETTINGS_FILE), self)
+    }
+}
+
+/// The default engine socket: `$CONTAINER_HOST` (Podman's variable) or `$DOCKER_HOST` when set, else Podman's
+/// socket when it exists, else Docker's.
+pub(crate) fn default_socket(env: impl Fn(&str) -> Option<String>, exists: impl Fn(&str) -> bool) -> String {
+    for name in ["CONTAINER_HOST", "DOCKER_HOST"] {
+        if let Some(value) = env(name).filter(|v| !v.trim().is_empty()) {
+            return value;
+        }
+    }
+    if exists(PODMAN_SOCKET) {
+        return format!("unix://{PODMAN_SOCKET}");
+    }
+    format!("unix://{DOCKER_SOCKET}")
+}
+
+/// The entry point of `ferry __container <run-dir>`: runs the job of `<run-dir>/spec.json` in a container and
+/// returns the process exit code. Starts its own (single-threaded) async runtime.
+pub fn main(run_dir: &Path) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let code = runtime.block_on(run(run_dir));
+    runtime.shutdown_background();
+    code
+}
+
+/// The exit code of a run stopped while its image was looked up or pulled: that of SIGTERM, as its job would give.
+fn stopped_early() -> i32 {
+    let _ = writeln!(io::stderr(), "ferry: stopped before the container was created");
+    128 + nix::sys::signal::Signal::SIGTERM as i32
+}
+
+/// Prints why the container could not run (into the job's output) and returns [`ENGINE_FAILED`].
+fn fail(message: &str) -> i32 {
+    let _ = writeln!(io::stderr(), "ferry: {message}");
+    ENGINE_FAILED
+}
+
+async fn run(run_dir: &Path) -> i32 {
+    // Before anything else, so that a stop that arrives while the image is pulled is not lost.
+    let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(e), _) | (_, Err(e)) => return fail(&format!("cannot handle signals: {e}")),
+    };
+    let dir = RunDir::new(run_dir);
+    let spec = match dir.read_spec() {
+        Ok(spec) => spec,
+        Err(e) => return fail(&format!("cannot read the run's specification in {}: {e}", run_dir.display())),
+    };
+    let Some(image) = spec.image.clone() else {
+        return fail("the run names no container image");
+    };
+    let settings = read_settings(run_dir);
+    let docker = match connect(&settings.socket).await {
+        Ok(docker) => docker,
+        Err(message) => return fail(&message),
+    };
+    // A pull may take long: a stop meanwhile ends the run before any container exists.
+    let ensured = tokio::select! {
+        ensured = ensure_image(&docker, &image) => ensured,
+        _ = terminate.recv() => return stopped_early(),
+        _ = interrupt.recv() => return stopped_early(),
+    };
+    if let Err(message) = ensured {
+        return fail(&message);
+    }
+    let name = container_name(&spec, run_dir);
+    let group = run_cgroup();
+    let body = container_body(&spec, &image, &settings, group.as_deref(), host_rlimits());
+    if let Err(message) = create(&docker, &name, body).await {
+        return fail(&message);
+    }
+    if let Err(e) = docker.start_container(&name, None).await {
+        remove(&docker, &name).await;
+        return fail(&format!("cannot start the container {name} of {image}: {}", engine_message(&e)));
+    }
+
+    let logs = tokio::spawn(copy_logs(docker.clone(), name.clone()));
+    // Waiting streams for as long as the job runs: no request timeout applies to it.
+    let waiter = docker.clone().with_timeout(Duration::from_secs(u32::MAX as u64));
+    let mut wait = waiter.wait_container(&name, None);
+    let mut stopping = false;
+    let waited = loop {
+        tokio::select! {
+            waited = wait.next() => break waited,
+            _ = terminate.recv(), if !stopping => stopping = true,
+            _ = interrupt.recv(), if !stopping => stopping = true,
+        }
+        // The shim kills this process at the end of its grace period, so the engine gets less than that.
+        let grace_s = spec.grace_s.saturating_sub(STOP_MARGIN_S).max(1);
+        let stop = StopContainerOptions { t: Some(grace_s.min(i32::MAX as u64) as i32), signal: None };
+        if let Err(e) = docker.stop_container(&name, Some(stop)).await {
+            let _ = writeln!(io::stderr(), "ferry: cannot stop the container {name}: {}", engine_message(&e));
+        }
+    };
+    // A non-zero exit is an error to bollard; the exit code is read back from the container below either way.
+    if let Some(Err(e)) = &waited {
+        if !matches!(e, EngineError::DockerContainerWaitError { .. }) {
+            let _ = writeln!(io::stderr(), "ferry: lost track of the container {name}: {}", engine_message(e));
+        }
+    }
+    let _ = tokio::time::timeout(LOG_DRAIN_WAIT, logs).await;
+
+    let state = docker.inspect_container(&name, None).await.ok().and_then(|c| c.state);
+    remove(&docker, &name).await;
+    remove_leftover_groups(group.as_deref());
+    let Some(state) = state else {
+        return fail(&format!("cannot learn how the container {name} ended"));
+    };
+    // Engines do not always notice (Podman with runc on cgroup v1 does not), and on v1 the kernel counts the kill in
+    // the container's own group, gone with it: a SIGKILL nobody asked for, in a run whose group reached its memory
+    // limit, is taken for the kernel's.
+    let killed_in_group = state.exit_code == Some(KILLED as i64)
+        && !stopping
+        && group.as_deref().is_some_and(|g| memory_limit_hits(g) > 0);
+    if state.oom_killed == Some(true) || killed_in_group {
+        let _ = writeln!(
+            io::stderr(),
+            "ferry: the container was OOM-killed: it reached its memory limit of {}",
+            format_bytes(spec.memory_bytes)
+        );
+        return KILLED;
+    }
+    state.exit_code.map_or(ENGINE_FAILED, |code| code.clamp(0, 255) as i32)
+}
+
+/// The settings the agent wrote (`<data_dir>/containers.json`, two levels above the run directory); without them,
+/// the default socket. The job's own environment is never consulted: it must not choose the engine.
+fn read_settings(run_dir: &Path) -> Settings {
+    let file = run_dir.parent().and_then(Path::parent).map(|data_dir| data_dir.join(SETTINGS_FILE));
+    let read = file.and_then(|file| std::fs::read(file).ok()).and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    read.unwrap_or_else(|| Settings {
+        socket: default_socket(|_| None, |path| Path::new(path).exists()),
+        gpus: ContainerGpus::default(),
+    })
+}
+
+/// Connects to the engine and checks that it answers.
+async fn connect(socket: &str) -> Result<Docker, String> {
+    let unreachable = |why: String| {
+        format!(
+            "cannot reach the container engine at {socket}: {why}; start Podman's API service with `podman system \
+             service --time=0 unix:///run/podman/podman.sock` (or Docker), or set `container_socket` in the agent's \
+             configuration"
+        )
+    };
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    if !path.starts_with('/') {
+        return Err(unreachable("only unix sockets (unix:///path) are supported".into()));
+    }
+    let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_S, &API_VERSION)
+        .map_err(|e| unreachable(engine_message(&e)))?;
+    docker.version().await.map_err(|e| unreachable(engine_message(&e)))?;
+    Ok(docker)
+}
+
+/// Makes sure the engine has `image`: never pulls one it has, and tries one pull of one it lacks.
+async fn ensure_image(docker: &Docker, image: &str) -> Result<(), String> {
+    match docker.inspect_image(image).await {
+        Ok(_) => return Ok(()),
+        Err(EngineError::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => return Err(format!("cannot look up the image {image}: {}", engine_message(&e))),
+    }
+    let not_here = |why: String| format!("image {image} is not on this node and could not be pulled: {why}");
+    let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+    let mut pull = docker.create_image(Some(options), None, None);
+    while let Some(item) = pull.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(detail) = info.error_detail {
+                    return Err(not_here(detail.message.unwrap_or_else(|| "the engine gave no reason".into())));
+                }
+            }
+            Err(e) => return Err(not_here(engine_message(&e))),
+        }
+    }
+    match docker.inspect_image(image).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(not_here(engine_message(&e))),
+    }
+}
+
+/// Creates the container; one left by an earlier try of the same run (same name) is removed first.
+async fn create(docker: &Docker, name: &str, body: ContainerCreateBody) -> Result<(), String> {
+    let options = || CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+    let created = match docker.create_container(Some(options()), body.clone()).await {
+        // Docker answers 409 for a name in use, Podman 500 with this in the message.
+        Err(EngineError::DockerResponseServerError { status_code, message })
+            if status_code == 409 || message.contains("already in use") =>
+        {
+            remove(docker, name).await;
+            docker.create_container(Some(options()), body).await
+        }
+        other => other,
+    };
+    created.map(|_| ()).map_err(|e| format!("cannot create the container {name}: {}", engine_message(&e)))
+}
+
+/// Removes the container, whatever its state; a container already gone is fine.
+async fn remove(docker: &Docker, name: &str) {
+    let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    match docker.remove_container(name, Some(options)).await {
+        Ok(()) | Err(EngineError::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "ferry: cannot remove the container {name}: {}", engine_message(&e));
+        }
+    }
+}
+
+/// Copies the container's output, both streams as the engine interleaves them, to this process's own: the shim's
+/// pipe into the run's output file.
+async fn copy_logs(docker: Docker, name: String) {
+    let waiter = docker.with_timeout(Duration::from_secs(u32::MAX as u64));
+    let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+    let mut logs = waiter.logs(&name, Some(options));
+    // Plain blocking writes: the shim drains the pipe whatever happens, so they never wait long.
+    let mut stdout = io::stdout();
+    let mut stderr = io::stderr();
+    while let Some(item) = logs.next().await {
+        let written = match item {
+            Ok(bollard::container::LogOutput::StdErr { message }) => stderr.write_all(&message).and(stderr.flush()),
+            Ok(output) => stdout.write_all(output.as_ref()).and(stdout.flush()),
+            Err(e) => {
+                let _ = writeln!(stderr, "ferry: lost the container's output: {}", engine_message(&e));
+                return;
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// The container's name: `ferry-<job>-<attempt>` (and `-r<rank>` for a gang's other workers, like the run
+/// directory) so `podman ps` shows which run a container belongs to, then a hash of the run directory: job ids are
+/// only unique per server, and several agents (of several servers) may share one machine and its engine.
+pub(crate) fn container_name(spec: &Assignment, run_dir: &Path) -> String {
+    let group = crate::shim::cgroup_name(spec.run, run_dir);
+    format!("ferry-{}", group.strip_prefix("job-").unwrap_or(&group))
+}
+
+/// The hard limits on open files and processes of this process (which the engine's runtime inherits the same of),
+/// read with getrlimit; `None` where unlimited or unreadable.
+fn host_rlimits() -> Rlimits {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    let hard = |resource| getrlimit(resource).ok().map(|(_, hard)| hard).filter(|hard| *hard != RLIM_INFINITY);
+    Rlimits { nofile: hard(Resource::RLIMIT_NOFILE), nproc: hard(Resource::RLIMIT_NPROC) }
+}
+
+/// Hard rlimits to pin a container's to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rlimits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+}
+
+/// The container's definition: what to run, with what, where, and within which limits.
+pub(crate) fn container_body(
+    spec: &Assignment,
+    image: &str,
+    settings: &Settings,
+    cgroup_parent: Option<&str>,
+    rlimits: Rlimits,
+) -> ContainerCreateBody {
+    let gpus = settings.gpus;
+    // The job's variables and those Ferry sets, but none of the node's: the image's own (PATH among them) apply.
+    let mut env = crate::shim::job_env(std::iter::empty(), spec);
+    // Inside the container its GPUs are numbered from 0, whichever they are on the node.
+    let inside: Vec<String> = (0..spec.gpu_ids.len()).map(|i| i.to_string()).collect();
+    env.insert("CUDA_VISIBLE_DEVICES".into(), inside.join(",").into());
+    env.insert("FERRY_GPU_IDS".into(), spec.gpu_ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",").into());
+    // NVIDIA's runtime hook reads this variable (CUDA images set it to `all`): it must never add GPUs the job was
+    // not given. With CDI the devices come from the device list, so the hook gets none to add.
+    let hook_devices = match gpus {
+        ContainerGpus::Nvidia if !spec.gpu_ids.is_empty() => spec.gpu_ids.iter().map(u32::to_string).collect(),
+        _ => vec!["void".to_string()],
+    };
+    env.insert("NVIDIA_VISIBLE_DEVICES".into(), hook_devices.join(",").into());
+    let env: Vec<String> =
+        env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
+
+    let pinned = |name: &str, hard: Option<u64>, fallback: u64| {
+        let value = hard.unwrap_or(fallback).min(i64::MAX as u64) as i64;
+        ResourcesUlimits { name: Some(name.to_string()), soft: Some(value), hard: Some(value) }
+    };
+    let (devices, device_requests) = match gpus {
+        // GPU passthrough is not tested here: the machines Ferry is developed on have no GPU.
+        _ if spec.gpu_ids.is_empty() => (None, None),
+        ContainerGpus::Cdi => {
+            let devices = spec
+                .gpu_ids
+                .iter()
+                .map(|id| DeviceMapping {
+                    path_on_host: Some(format!("nvidia.com/gpu={id}")),
+                    path_in_container: Some(String::new()),
+                    cgroup_permissions: Some("rwm".into()),
+                })
+                .collect();
+            (Some(devices), None)
+        }
+        ContainerGpus::Nvidia => {
+            let request = DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(spec.gpu_ids.iter().map(u32::to_string).collect()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            };
+            (None, Some(vec![request]))
+        }
+    };
+    // Nested in the run's group, the container is held by the run's memory limit, which covers the whole run (the
+    // container, its monitor and this runner) and whose kills the run's group counts, where the container's own
+    // group (removed with it) would take its count along. Elsewhere the container gets the limit itself.
+    let memory =
+        (spec.memory_bytes > 0 && cgroup_parent.is_none()).then(|| spec.memory_bytes.min(i64::MAX as u64) as i64);
+    let host_config = HostConfig {
+        nano_cpus: (spec.cpu_millis > 0)
+            .then(|| (spec.cpu_millis.saturating_mul(1_000_000)).min(i64::MAX as u64) as i64),
+        memory,
+        // The same as the memory limit: no swap on top of it.
+        memory_swap: memory,
+        network_mode: Some("host".into()),
+        mounts: Some(vec![Mount {
+            target: Some(spec.workdir.clone()),
+            source: Some(spec.workdir.clone()),
+            typ: Some(MountType::BIND),
+            ..Default::default()
+        }]),
+        ulimits: Some(vec![
+            pinned("nofile", rlimits.nofile, NOFILE_FALLBACK),
+            pinned("nproc", rlimits.nproc.map(|n| n.min(NPROC_MAX)), NPROC_FALLBACK),
+        ]),
+        devices,
+        device_requests,
+        cgroup_parent: cgroup_parent.map(str::to_string),
+        ..Default::default()
+    };
+    let labels = HashMap::from([
+        ("ferry.job".to_string(), spec.run.job_id.to_string()),
+        ("ferry.attempt".to_string(), spec.run.attempt.to_string()),
+        ("ferry.rank".to_string(), spec.run.rank.to_string()),
+        // Engines that share their storage (Podman's services on one machine) list each other's containers: this
+        // tells which service made one, so cleaning up after one service leaves the others' alone.
+        ("ferry.engine".to_string(), settings.socket.clone()),
+    ]);
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(spec.command.clone()),
+        env: Some(env),
+        working_dir: Some(spec.workdir.clone()),
+        labels: Some(labels),
+        tty: Some(false),
+        attach_stdin: Some(false),
+        open_stdin: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// The run's control group on cgroup v1, `/ferry/job-...`, which this process was born in; `None` elsewhere (see
+/// the module's documentation for why not on v2).
+fn run_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    run_cgroup_of(&text)
+}
+
+/// The run's group from the text of `/proc/self/cgroup`: the path of the v1 memory hierarchy, when it is a run's.
+pub(crate) fn run_cgroup_of(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let prefix = format!("/{}/job-", crate::cgroup::FERRY_GROUP);
+        (controllers.split(',').any(|c| c == "memory") && path.starts_with(&prefix)).then(|| path.to_string())
+    })
+}
+
+/// How many times the run's v1 memory group reached its limit (`memory.failcnt`).
+fn memory_limit_hits(group: &str) -> u64 {
+    let dir = Path::new(crate::cgroup::CGROUP_ROOT).join("memory").join(group.trim_start_matches('/'));
+    std::fs::read_to_string(dir.join("memory.failcnt")).ok().and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The engine makes the run's group in every v1 hierarchy to nest the container in it, and a `conmon` group in it
+/// for the container's monitor, which it leaves behind; the shim removes the run's groups of the hierarchies it
+/// uses itself, and this removes the rest, now empty. A group still in use is left alone (the kernel refuses to
+/// remove it).
+fn remove_leftover_groups(group: Option<&str>) {
+    let Some(group) = group else { return };
+    let Ok(entries) = std::fs::read_dir(crate::cgroup::CGROUP_ROOT) else { return };
+    for entry in entries.flatten() {
+        let path: PathBuf = entry.path().join(group.trim_start_matches('/'));
+        let _ = std::fs::remove_dir(path.join("conmon"));
+        let _ = std::fs::remove_dir(path);
+    }
+}
+
+/// An engine error in words: the engine's own message where it sent one.
+fn engine_message(e: &EngineError) -> String {
+    match e {
+        EngineError::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::agent::RunRef;
+    use std::collections::BTreeMap;
+
+    fn spec() -> Assignment {
+        Assignment {
+            run: RunRef { job_id: 7, attempt: 2, rank: 1 },
+            command: vec!["sh".into(), "-c".into(), "echo \"$X\"; exit 3".into()],
+            workdir: "/data/runs/7-2-r1/work".into(),
+            code: None,
+            env: BTreeMap::from([("X".into(), "a b\nc".into())]),
+            cpu_millis: 1500,
+            memory_bytes: 32 << 20,
+            gpu_ids: vec![1, 3],
+            max_runtime_s: None,
+            grace_s: 10,
+            image: Some("localhost/busybox:ferry".into()),
+        }
+    }
+
+    #[test]
+    fn the_default_socket_prefers_the_environment_then_podman_then_docker() {
+        let none = |_: &str| None;
+        assert_eq!(default_socket(none, |_| false), "unix:///var/run/docker.sock");
+        assert_eq!(default_socket(none, |p| p == PODMAN_SOCKET), "unix:///run/podman/podman.sock");
+        let env = |name: &str| (name == "DOCKER_HOST").then(|| "unix:///d.sock".to_string());
+        assert_eq!(default_socket(env, |_| true), "unix:///d.sock");
+        let env = |_: &str| Some("unix:///c.sock".to_string());
+        assert_eq!(default_socket(env, |_| true), "unix:///c.sock");
+    }
+
+    #[test]
+    fn the_container_gets_the_command_env_mount_limits_and_gpus() {
+        let rlimits = Rlimits { nofile: Some(20000), nproc: None };
+        let cdi = Settings { socket: "unix:///s.sock".into(), gpus: ContainerGpus::Cdi };
+        let nvidia = Settings { gpus: ContainerGpus::Nvidia, ..cdi.clone() };
+        let body = container_body(&spec(), "localhost/busybox:ferry", &cdi, Some("/ferry/job-x"), rlimits);
+        let name = container_name(&spec(), Path::new("/data/runs/7-2-r1"));
+        assert!(name.starts_with("ferry-7-2-r1-") && name.len() == "ferry-7-2-r1-".len() + 8, "{name}");
+        assert_eq!(body.cmd.as_deref(), Some(&spec().command[..]));
+        let env = body.env.clone().unwrap_or_default();
+        for expected in ["X=a b\nc", "CUDA_VISIBLE_DEVICES=0,1", "FERRY_GPU_IDS=1,3", "NVIDIA_VISIBLE_DEVICES=void"] {
+            assert!(env.iter().any(|e| e == expected), "{expected} in {env:?}");
+        }
+        assert!(!env.iter().any(|e| e.starts_with("PATH=")), "the node's environment stays out: {env:?}");
+        let host = body.host_config.clone().unwrap_or_default();
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!((host.memory, host.memory_swap), (None, None), "the run's group holds the limit");
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        assert_eq!(host.cgroup_parent.as_deref(), Some("/ferry/job-x"));
+        let mount = &host.mounts.unwrap_or_default()[0];
+        assert_eq!(
+            (mount.source.as_deref(), mount.target.as_deref()),
+            (Some(&spec().workdir[..]), Some(&spec().workdir[..]))
+        );
+        let ulimits: Vec<(String, i64)> = host
+            .ulimits
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| (u.name.unwrap_or_default(), u.hard.unwrap_or_default()))
+            .collect();
+        assert_eq!(ulimits, [("nofile".to_string(), 20000), ("nproc".to_string(), NPROC_FALLBACK as i64)]);
+        let rlimits = Rlimits { nofile: None, nproc: Some(96362) };
+        let body = container_body(&spec(), "i", &cdi, None, rlimits);
+        let ulimits = body.host_config.and_then(|h| h.ulimits).unwrap_or_default();
+        assert_eq!(ulimits[1].hard, Some(NPROC_MAX as i64));
+        let devices: Vec<String> =
+            host.devices.unwrap_or_default().into_iter().filter_map(|d| d.path_on_host).collect();
+        assert_eq!(devices, ["nvidia.com/gpu=1", "nvidia.com/gpu=3"]);
+        let labels = body.labels.unwrap_or_default();
+        assert_eq!(labels.get("ferry.rank").map(String::as_str), Some("1"));
+        assert_eq!(labels.get("ferry.engine").map(String::as_str), Some("unix:///s.sock"));
+
+        let body = container_body(&spec(), "i", &nvidia, None, rlimits);
+        let host = body.host_config.unwrap_or_default();
+        assert_eq!((host.memory, host.memory_swap), (Some(32 << 20), Some(32 << 20)));
+        assert_eq!(host.devices, None);
+        let request = &host.device_requests.unwrap_or_default()[0];
+        assert_eq!(request.device_ids.as_deref(), Some(&["1".to_string(), "3".to_string()][..]));
+        assert!(body.env.unwrap_or_default().iter().any(|e| e == "NVIDIA_VISIBLE_DEVICES=1,3"));
+    }
+
+    #[test]
+    fn the_run_group_is_found_on_cgroup_v1_only() {
+        let v1 = "12:pids:/ferry/job-7-2-abc\n4:memory:/ferry/job-7-2-abc\n0::/ferry/job-7-2-abc\n";
+        assert_eq!(run_cgroup_of(v1).as_deref(), Some("/ferry/job-7-2-abc"));
+        assert_eq!(run_cgroup_of("0::/ferry/job-7-2-abc\n"), None);
+        assert_eq!(run_cgroup_of("4:memory:/user.slice\n"), None);
+    }
+}
