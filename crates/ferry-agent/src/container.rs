@@ -19,8 +19,7 @@
 //! run's. On cgroup v1 with the run in its own group (`/ferry/job-...`), the container is made a child of that
 //! group (`CgroupParent`), so the run's memory limit holds it and the agent's per-run sampling counts its memory
 //! (`memory.usage_in_bytes` is hierarchical) and its CPU time where the cpu hierarchy carries cpuacct (where they are
-//! mounted apart, the sampler reads the CPU time of the group's own processes, which leaves the container's out;
-//! reading the child groups' `cgroup.procs` there would count it). On cgroup v2 a group with processes in it (the
+//! mounted apart, the sampler sums the processes of the group and of the groups nested in it, the container's too). On cgroup v2 a group with processes in it (the
 //! shim's) cannot have children with controllers, so there the container stays in the engine's own group and the
 //! agent's per-run usage sees only the shim and this process; the container's own limits still apply.
 //!

@@ -194,7 +194,8 @@ fn read_counters(counters: &Counters, pid: u32, proc_root: &Path, ticks_per_sec:
             pids: read_pids(&group.join("cgroup.procs")),
         },
         Counters::V1 { memory, cpuacct_usage } => {
-            let pids = read_pids(&memory.join("cgroup.procs"));
+            // Child groups too: a container run by the agent is nested in the run's group (`container.rs`).
+            let pids = pids_in_tree(memory, &read_pids);
             let cpu_ns = match cpuacct_usage {
                 Some(path) => read_u64(path),
                 None => proc_totals(proc_root, &pids, ticks_per_sec, page_bytes).0,
@@ -207,6 +208,23 @@ fn read_counters(counters: &Counters, pid: u32, proc_root: &Path, ticks_per_sec:
             Reading { cpu_ns, memory_bytes, pids }
         }
     }
+}
+
+/// The processes of a control group and of the groups nested in it, a few levels deep.
+fn pids_in_tree(group: &Path, read_pids: &dyn Fn(&Path) -> Vec<u32>) -> Vec<u32> {
+    const DEPTH_MAX: usize = 4;
+    let mut pids = Vec::new();
+    let mut groups = vec![(group.to_path_buf(), 0)];
+    while let Some((dir, depth)) = groups.pop() {
+        pids.extend(read_pids(&dir.join("cgroup.procs")));
+        if depth < DEPTH_MAX {
+            let children = fs::read_dir(&dir).into_iter().flatten().flatten();
+            groups.extend(children.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| (e.path(), depth + 1)));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// The CPU time (including that of children they waited for) and resident memory of `pids`; `None` when none of
@@ -393,6 +411,11 @@ mod tests {
         assert_eq!(without_cpuacct, Counters::V1 { memory: memory.clone(), cpuacct_usage: None });
         let reading = read_counters(&without_cpuacct, 4242, proc_root.path(), 100, 4096);
         assert_eq!(reading, Reading { cpu_ns: Some(3_100_000_000), memory_bytes: Some(4096), pids: vec![4242] });
+        // A container nested in the run's group (its own child group) counts towards the run.
+        write(&memory.join("libpod-abc/cgroup.procs"), "4343\n");
+        write(&proc_root.path().join("4343/stat"), STAT);
+        let nested = read_counters(&without_cpuacct, 4242, proc_root.path(), 100, 4096);
+        assert_eq!((nested.cpu_ns, nested.pids), (Some(6_200_000_000), vec![4242, 4343]));
 
         write(&root.path().join("cpu/ferry/g/cpuacct.usage"), "123456789\n");
         let with_cpuacct = counters_for(root.path(), "cgroup-v1", "g");
