@@ -130,6 +130,12 @@ pub trait Engine: Send + Sync {
     /// The pool kind: `slurm`, `ray`, `spark`, `kubernetes`.
     fn kind(&self) -> &'static str;
 
+    /// Whether the engine runs jobs in container images ([`EngineJob::image`]); the scheduler sends jobs with an image
+    /// only to engines that do.
+    fn runs_images(&self) -> bool {
+        false
+    }
+
     /// The engine's nodes and their capacity. An error means the engine is down.
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>>;
 

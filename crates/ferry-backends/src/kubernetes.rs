@@ -1051,6 +1051,10 @@ impl Engine for KubeEngine {
         ENGINE
     }
 
+    fn runs_images(&self) -> bool {
+        true
+    }
+
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>> {
         Box::pin(self.list_nodes())
     }

@@ -32,7 +32,7 @@ pub use reason::{
 pub use resources::Resources;
 pub use scheduler::{
     Allocation, CoreError, Decision, Event, GpuPlacement, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo, Scheduler,
-    TeamInfo,
+    TeamInfo, IMAGES_LABEL,
 };
 
 /// A job's identifier, assigned by the store when the job is accepted.

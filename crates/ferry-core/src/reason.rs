@@ -77,6 +77,9 @@ pub enum WaitReason {
         pool: Option<String>,
         #[serde(default)]
         pools_known: Vec<String>,
+        /// The job runs in a container image, and only nodes that run images take it.
+        #[serde(default)]
+        image: bool,
     },
     /// Running jobs are being preempted to make room for it; it starts when they have stopped.
     Preempting { jobs: Vec<JobId> },
@@ -126,8 +129,11 @@ impl fmt::Display for WaitReason {
             WaitReason::NoReadyNodes { nodes, pool: None } => {
                 write!(f, "none of the {nodes} known nodes is ready; their agents have stopped reporting")
             }
-            WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known } => {
+            WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image } => {
                 let mut wants = Vec::new();
+                if *image {
+                    wants.push("support for container images (the job has --image)".to_string());
+                }
                 if !gpu_models.is_empty() {
                     wants.push(format!("GPU model {}", gpu_models.join(" or ")));
                 }

@@ -122,7 +122,14 @@ pub struct JobRequest {
     /// The pool the job is pinned to (`ferry run --pool`); `None` lets the scheduler choose by pool order.
     #[serde(default)]
     pub pool: Option<String>,
+    /// The job runs in a container image: only nodes that run images take it (see [`IMAGES_LABEL`]).
+    #[serde(default)]
+    pub image: bool,
 }
+
+/// The node label that says a node cannot run container images (`ferry.images=no`): an engine such as Slurm, Ray or
+/// Spark. Nodes without it (agents, Kubernetes) run them.
+pub const IMAGES_LABEL: &str = "ferry.images";
 
 impl JobRequest {
     pub fn new(id: JobId, resources: Resources, priority: i32) -> JobRequest {
@@ -172,7 +179,8 @@ impl JobRequest {
             || self.gpu_models.is_empty()
             || node.gpu_model.as_ref().is_some_and(|m| self.gpu_models.iter().any(|w| w.eq_ignore_ascii_case(m)));
         let pool_ok = self.pool.as_ref().is_none_or(|pool| *pool == node.pool);
-        pool_ok && model_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+        let image_ok = !self.image || node.labels.get(IMAGES_LABEL).is_none_or(|v| v != "no");
+        pool_ok && model_ok && image_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
     }
 
     /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what a node must have in capacity (for a
@@ -1907,6 +1915,7 @@ impl Scheduler {
             models_known: models,
             pool: request.pool.clone(),
             pools_known: pools_known.into_iter().collect(),
+            image: request.image,
         }
     }
 

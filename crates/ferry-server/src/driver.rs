@@ -195,6 +195,7 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
         nodes: job.nodes,
         project: job.project.clone().unwrap_or_default(),
         pool: job.pool.clone(),
+        image: job.image.is_some(),
         ..JobRequest::new(id, job.resources, job.priority.value())
     }
 }
@@ -1143,6 +1144,7 @@ struct Ended {
 /// What a user can change about a job that no node can run.
 fn fix_for(reason: &WaitReason) -> &'static str {
     match reason {
+        WaitReason::NoMatchingNode { image: true, .. } => "run it without --image, or on a pool that runs images",
         WaitReason::NoMatchingNode { pool: Some(_), .. } => "change --pool, --gpu-type or --selector",
         WaitReason::NoMatchingNode { .. } => "change --gpu-type or --selector",
         WaitReason::GangInfeasible { .. } => "ask for fewer --nodes, or fewer resources per node",

@@ -29,6 +29,7 @@ use ferry_api::jobs::JobState;
 use ferry_api::nodes::EngineHealth;
 use ferry_backends::engine::{native_name, Engine, EngineError, EngineJob, EngineNode, NativeState};
 use ferry_backends::{BackendError, BackendFuture, Capabilities, ComputeBackend};
+use ferry_core::IMAGES_LABEL;
 use ferry_store::Store;
 use tokio::sync::mpsc;
 
@@ -372,7 +373,10 @@ impl Bridge {
                 cpu_millis: node.cpu_millis,
                 memory_bytes: node.memory_bytes,
                 gpus: node.gpus.clone(),
-                labels: BTreeMap::from([("ferry.engine".to_string(), self.engine.kind().to_string())]),
+                labels: BTreeMap::from([
+                    ("ferry.engine".to_string(), self.engine.kind().to_string()),
+                    (IMAGES_LABEL.to_string(), if self.engine.runs_images() { "yes" } else { "no" }.to_string()),
+                ]),
                 agent_version: format!("{} engine bridge {}", self.engine.kind(), env!("CARGO_PKG_VERSION")),
                 limits: self.engine.kind().to_string(),
                 address: None,

@@ -674,10 +674,15 @@ function jobPage(main, id) {
       ["Max runtime", job.max_runtime_s ? fmtDuration(job.max_runtime_s * 1000) : "none"],
       ["Code", job.code ? h("span", {}, h("code", { text: job.code.git_commit || "(not a git repository)" }), job.code.git_dirty ? " with uncommitted changes" : "") : job.workdir || "–"],
       ["Environment", env.length ? h("code", { class: "env", text: env.map(([k, v]) => `${k}=${v}`).join("\n") }) : "none"],
+      job.image && ["Image", h("code", { text: job.image })],
     ]);
+    // The page is redrawn on every poll: keep the native form open if the reader opened it.
+    const nativeOpen = !!place.querySelector("#native details[open]");
     const workers = job.workers && job.workers.length ? job.workers.map((w) => `rank ${w.rank}: ${w.node} GPUs ${w.gpu_ids.join(",") || "none"}`).join("; ") : null;
     dl(place, [
       ["Node", job.node || "–"], ["GPUs", job.gpu_ids.length ? job.gpu_ids.join(", ") : "–"], workers && ["Workers", workers],
+      job.native && ["Engine", h("span", { id: "native" }, `${job.native.kind} job ${job.native.id}${job.native.state ? ", " + job.native.state : ""}`,
+        h("details", { open: nativeOpen }, h("summary", { text: "what Ferry submitted" }), h("pre", { class: "native", text: job.native.spec })))],
       ["Submitted", fmtTime(job.submitted_at_us)], ["Started", fmtTime(job.started_at_us)], ["Finished", fmtTime(job.finished_at_us)],
       ["Exit code", job.exit_code ?? (job.signal ? `signal ${job.signal}` : "–")],
       job.message && ["Message", job.message],

@@ -111,6 +111,11 @@ fn one_run_command_reaches_slurm_with_logs_exit_codes_gpus_and_the_native_view()
     let timeline = job["timeline"].to_string();
     assert!(timeline.contains("submitted to slurm"), "{timeline}");
 
+    // Slurm runs no container images here: a job with one is refused with the reason before it is queued.
+    let out = ferry.cli(&["run", "--pool", "hpc", "--image", "localhost/busybox:ferry", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no node of pool hpc has support for container images"), "{}", stderr(&out));
+
     let failed = ferry.submit(&["--pool", "hpc", "--", "sh", "-c", "echo failing; exit 3"]);
     let job = ferry.wait_state(failed, "failed");
     assert_eq!(job["exit_code"], 3, "{job}");
