@@ -196,6 +196,8 @@ if [[ -n $REST_PORT ]]; then
     else
         rm -f "$RUN/slurmrestd.pid"
         listening "$REST_PORT" && die "port $REST_PORT is taken; choose another with FERRY_SLURMREST_PORT"
+        runuser -u nobody -- test -r "$CONF" ||
+            die "slurmrestd runs as nobody, who cannot read $CONF; make $RUN and the folders above it readable (chmod 755)"
         SLURM_JWT=daemon setsid slurmrestd -f "$CONF" -a rest_auth/jwt -s openapi/v0.0.38 -u nobody \
             "127.0.0.1:$REST_PORT" </dev/null >>"$RUN/slurmrestd.log" 2>&1 &
         echo $! >"$RUN/slurmrestd.pid"
