@@ -83,6 +83,7 @@ impl Fixture {
             nodes: 1,
             max_runtime_s: Some(600),
             image: None,
+            maybe_submitted: false,
         }
     }
 }
@@ -250,7 +251,9 @@ async fn cancel(fx: &Fixture, job: EngineJob) {
 
 async fn resubmission_and_find(fx: &Fixture, job: EngineJob) {
     let first = fx.engine.submit(&job).await.unwrap_or_else(|e| panic!("resubmission: {e}"));
-    let again = fx.engine.submit(&job).await.unwrap_or_else(|e| panic!("resubmission: again: {e}"));
+    // Sent again (as after a server restart): the engine must find the run, not start a second one.
+    let resent = EngineJob { maybe_submitted: true, ..job.clone() };
+    let again = fx.engine.submit(&resent).await.unwrap_or_else(|e| panic!("resubmission: again: {e}"));
     assert_eq!(first.native_id, again.native_id, "resubmission: the same name must not run twice");
     let prefix = format!("ferry-{}-", fx.tag);
     let found = fx.engine.find(&prefix).await.unwrap_or_else(|e| panic!("find: {e}"));

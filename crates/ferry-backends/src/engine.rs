@@ -48,6 +48,10 @@ pub struct EngineJob {
     pub max_runtime_s: Option<u64>,
     /// A container image, where the engine runs containers.
     pub image: Option<String>,
+    /// Whether this run may already be in the engine: a submission resent after a server restart, or retried after
+    /// an answer that never came. Only then must `submit` look for a run of the same name first, which on some
+    /// engines costs a listing of every job; a fresh run is submitted straight away.
+    pub maybe_submitted: bool,
 }
 
 /// What the engine made of a submission: its id, and the native form Ferry generated (the batch script, the
@@ -140,7 +144,7 @@ pub trait Engine: Send + Sync {
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>>;
 
     /// Submits one run. If a run of this name already exists (a resubmission after a restart), returns it instead
-    /// of submitting again.
+    /// of submitting again; an engine may skip that check when [`EngineJob::maybe_submitted`] is false.
     fn submit<'a>(&'a self, job: &'a EngineJob) -> BackendFuture<'a, Result<Submitted, EngineError>>;
 
     /// Runs of this Ferry installation the engine still knows (names starting with `prefix`), finished ones

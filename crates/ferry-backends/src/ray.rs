@@ -255,8 +255,9 @@ impl RayEngine {
         if let Some(name) = job.env.keys().find(|k| !valid_env_name(k)) {
             return Err(rejected(format!("{name:?} is not a valid environment variable name")));
         }
-        // Resubmission after a restart: the run exists already.
-        if self.job(&job.name).await?.is_some() {
+        // Resubmission after a restart: the run exists already. (A fresh run skips the lookup; Ray's "already
+        // exists" answer below still catches a duplicate.)
+        if job.maybe_submitted && self.job(&job.name).await?.is_some() {
             return Ok(Submitted { native_id: job.name.clone(), native_spec: spec(&body(job, None)) });
         }
         let nodes = self.list_nodes().await?;
@@ -608,6 +609,7 @@ mod tests {
             nodes: 1,
             max_runtime_s: None,
             image: None,
+            maybe_submitted: false,
         }
     }
 

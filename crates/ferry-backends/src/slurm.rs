@@ -646,7 +646,11 @@ impl Slurm {
             None => script.clone(),
         };
         // Submitted before (a server that restarted, a retry): the same run, not a second one.
-        if let Some(existing) = self.jobs(Some(&job.name)).await?.into_iter().max_by_key(|j| job_number(&j.id)) {
+        let existing = match job.maybe_submitted {
+            true => self.jobs(Some(&job.name)).await?.into_iter().max_by_key(|j| job_number(&j.id)),
+            false => None,
+        };
+        if let Some(existing) = existing {
             self.remember(&existing.id, run_dir.join("output.log"));
             return Ok(Submitted { native_id: existing.id, native_spec });
         }
@@ -1207,6 +1211,7 @@ mod tests {
             nodes: 1,
             max_runtime_s: Some(61),
             image: None,
+            maybe_submitted: false,
         }
     }
 

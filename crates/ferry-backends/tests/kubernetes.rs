@@ -469,6 +469,7 @@ fn job(name: &str) -> EngineJob {
         nodes: 1,
         max_runtime_s: Some(600),
         image: None,
+        maybe_submitted: false,
     }
 }
 

@@ -150,6 +150,7 @@ async fn ray_native_form_holds_the_entrypoint_and_the_environment() {
         nodes: 1,
         max_runtime_s: None,
         image: None,
+        maybe_submitted: false,
     };
 
     let gang = EngineJob { nodes: 2, name: format!("{}-gang", job.name), ..job.clone() };

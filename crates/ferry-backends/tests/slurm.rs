@@ -170,6 +170,7 @@ async fn two_gpus(engine: &dyn Engine, tag: &str, cluster: &Cluster) {
         nodes: 1,
         max_runtime_s: Some(120),
         image: None,
+        maybe_submitted: false,
     };
     let submitted = engine.submit(&job).await.expect("the GPU job is accepted");
     assert!(submitted.native_spec.contains("gpu:2"), "{}", submitted.native_spec);
@@ -223,6 +224,7 @@ fn batch_script_maps_resources() {
         nodes: 2,
         max_runtime_s: Some(3600),
         image: None,
+        maybe_submitted: false,
     };
     let cli: Config =
         serde_json::from_value(serde_json::json!({"work_dir": "/shared/ferry", "account": "ml"})).unwrap();

@@ -206,6 +206,7 @@ fn job(command: &[&str]) -> EngineJob {
         nodes: 1,
         max_runtime_s: None,
         image: None,
+        maybe_submitted: false,
     }
 }
 

@@ -156,6 +156,7 @@ pub fn engine_pool(
         runs: BTreeMap::new(),
         registered: BTreeMap::new(),
         down_since: None,
+        cycled: false,
     };
     Ok((backend, bridge))
 }
@@ -183,6 +184,9 @@ struct Tracked {
     max_runtime_s: Option<u64>,
     /// Set when the bridge cancelled the run for its maximum runtime: its stop is then a timeout.
     timed_out: bool,
+    /// The engine may have it already: it was started before this bridge's first cycle (the driver resends the
+    /// starts it has no confirmation of after a restart), or a submission of it got no answer.
+    maybe_submitted: bool,
 }
 
 pub struct Bridge {
@@ -197,6 +201,8 @@ pub struct Bridge {
     registered: BTreeMap<String, EngineNode>,
     /// Since when the engine has not answered, for one log line per outage.
     down_since: Option<Instant>,
+    /// Whether a cycle has run: starts taken before the first one were sent before this bridge existed.
+    cycled: bool,
 }
 
 impl Bridge {
@@ -257,6 +263,7 @@ impl Bridge {
                     output_complete: false,
                     max_runtime_s: record.spec.max_runtime_s,
                     timed_out: false,
+                    maybe_submitted: true,
                 },
             );
         }
@@ -300,6 +307,7 @@ impl Bridge {
                                 output_complete: false,
                                 max_runtime_s,
                                 timed_out: false,
+                                maybe_submitted: !self.cycled,
                             },
                         );
                     }
@@ -325,6 +333,7 @@ impl Bridge {
     }
 
     async fn cycle(&mut self, driver: &DriverHandle) {
+        self.cycled = true;
         let nodes = match self.call("listing nodes", self.engine.nodes()).await {
             Ok(nodes) => {
                 self.context.states.set_health(&self.pool, true, None);
@@ -510,6 +519,8 @@ impl Bridge {
                         }
                     }
                     Err(e) if e.is_transient() => {
+                        // The request may have reached the engine: look for the run before submitting it again.
+                        self.runs.get_mut(&run).expect("submitted runs are tracked").maybe_submitted = true;
                         tracing::warn!(pool = %self.pool, job = run.job_id, error = %e, "submission failed; retrying");
                     }
                     Err(e) => {
@@ -550,6 +561,7 @@ impl Bridge {
             nodes: nodes.len() as u32,
             max_runtime_s: a.max_runtime_s,
             image: a.image.clone(),
+            maybe_submitted: t.maybe_submitted,
         })
     }
 
