@@ -7,7 +7,7 @@
 #   scripts/podman/start.sh RUN_DIR      # last line printed: export CONTAINER_HOST=unix://RUN_DIR/podman.sock
 #   scripts/podman/stop.sh RUN_DIR
 #
-# Environment: FERRY_PODMAN_WAIT_S (how long to wait for the socket to answer, default 30).
+# Environment: FERRY_PODMAN_WAIT_S (how long to wait for the socket to answer, default 60; a loaded machine answers slowly).
 # Calling it again while the service of RUN_DIR runs starts nothing new. Images live in Podman's usual storage
 # (/var/lib/containers/storage for root), so they are built once per machine.
 #
@@ -26,7 +26,7 @@ PATH=$PATH:/usr/sbin:/sbin
 mkdir -p "$1"
 RUN=$(cd "$1" && pwd)
 SOCK=$RUN/podman.sock
-WAIT_S=${FERRY_PODMAN_WAIT_S:-30}
+WAIT_S=${FERRY_PODMAN_WAIT_S:-60}
 IMAGE=localhost/busybox:ferry
 
 log() { echo "podman/start: $*" >&2; }
@@ -51,14 +51,15 @@ events_logger = "file"
 CONF
 export CONTAINERS_CONF=$RUN/containers.conf
 
-answers() { curl -sf --max-time 2 --unix-socket "$SOCK" http://d/v1.41/version >/dev/null 2>&1; }
+answers() { curl -sf --max-time 10 --unix-socket "$SOCK" http://d/v1.41/version >/dev/null 2>&1; }
 
 if ! answers; then
     rm -f "$SOCK"
     # A session of its own, so the service outlives this script and a Ctrl-C in the caller's terminal.
     setsid podman --log-level=info system service --time=0 "unix://$SOCK" >"$RUN/podman.log" 2>&1 </dev/null &
     echo $! >"$RUN/podman.pid"
-    for _ in $(seq $((WAIT_S * 10))); do
+    deadline=$((SECONDS + WAIT_S))
+    while ((SECONDS < deadline)); do
         answers && break
         kill -0 "$(<"$RUN/podman.pid")" 2>/dev/null || { tail -n 20 "$RUN/podman.log" >&2; die "the service exited"; }
         sleep 0.1

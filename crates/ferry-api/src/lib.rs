@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod telemetry;
 pub mod tokens;
+pub mod tracking;
 pub mod units;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -212,6 +212,65 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/agent/reports", post(routes::agent::reports))
         .route("/api/v1/agent/telemetry", post(routes::agent::telemetry))
         .route("/api/v1/agent/runs/{job}/{attempt}/logs", post(routes::agent::upload_log))
+        .route(
+            "/api/2.0/mlflow/experiments/create",
+            post(routes::mlflow::create_experiment).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/get",
+            get(routes::mlflow::get_experiment).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/get-by-name",
+            get(routes::mlflow::get_experiment_by_name).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/search",
+            post(routes::mlflow::search_experiments).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/update",
+            post(routes::mlflow::update_experiment).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/delete",
+            post(routes::mlflow::delete_experiment).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/restore",
+            post(routes::mlflow::restore_experiment).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/experiments/set-experiment-tag",
+            post(routes::mlflow::set_experiment_tag).fallback(routes::mlflow::wrong_method),
+        )
+        .route("/api/2.0/mlflow/runs/create", post(routes::mlflow::create_run).fallback(routes::mlflow::wrong_method))
+        .route("/api/2.0/mlflow/runs/get", get(routes::mlflow::get_run).fallback(routes::mlflow::wrong_method))
+        .route("/api/2.0/mlflow/runs/update", post(routes::mlflow::update_run).fallback(routes::mlflow::wrong_method))
+        .route("/api/2.0/mlflow/runs/delete", post(routes::mlflow::delete_run).fallback(routes::mlflow::wrong_method))
+        .route("/api/2.0/mlflow/runs/restore", post(routes::mlflow::restore_run).fallback(routes::mlflow::wrong_method))
+        .route("/api/2.0/mlflow/runs/search", post(routes::mlflow::search_runs).fallback(routes::mlflow::wrong_method))
+        .route(
+            "/api/2.0/mlflow/runs/log-metric",
+            post(routes::mlflow::log_metric).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/runs/log-parameter",
+            post(routes::mlflow::log_parameter).fallback(routes::mlflow::wrong_method),
+        )
+        .route("/api/2.0/mlflow/runs/log-batch", post(routes::mlflow::log_batch).fallback(routes::mlflow::wrong_method))
+        .route("/api/2.0/mlflow/runs/set-tag", post(routes::mlflow::set_tag).fallback(routes::mlflow::wrong_method))
+        .route(
+            "/api/2.0/mlflow/runs/delete-tag",
+            post(routes::mlflow::delete_tag).fallback(routes::mlflow::wrong_method),
+        )
+        .route(
+            "/api/2.0/mlflow/metrics/get-history",
+            get(routes::mlflow::metric_history).fallback(routes::mlflow::wrong_method),
+        )
+        .route("/api/2.0/mlflow/{*rest}", axum::routing::any(routes::mlflow::not_implemented))
+        .route("/api/2.0/mlflow-artifacts/{*rest}", axum::routing::any(routes::mlflow::not_implemented))
+        .route("/api/3.0/mlflow/server-info", get(routes::mlflow::server_info))
         .route("/", get(routes::ui::page))
         .route("/nodes", get(routes::ui::page))
         .route("/jobs", get(routes::ui::page))

@@ -7,6 +7,7 @@
 mod jobs;
 mod nodes;
 mod tokens;
+mod tracking;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use sqlx::SqlitePool;
 pub use jobs::{JobCode, JobFilter, JobRecord, Native, NewJob, Tx};
 pub use nodes::NodeRecord;
 pub use tokens::{TokenListing, TokenRecord};
+pub use tracking::{ExperimentRecord, MetricPoint, ParamConflict, RunData, RunRecord};
 
 /// The value of `meta.owner` in every Ferry database; anything else is a foreign database.
 const OWNER: &str = "ferry";

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod code;
 pub mod jobs;
 pub mod metrics;
+pub mod mlflow;
 pub mod nodes;
 pub mod openapi;
 pub mod series;
