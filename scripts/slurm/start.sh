@@ -203,7 +203,9 @@ if [[ -n $REST_PORT ]]; then
         echo $! >"$RUN/slurmrestd.pid"
         deadline=$((SECONDS + WAIT_S))
         until listening "$REST_PORT"; do
-            if ! alive "$RUN/slurmrestd.pid" slurmrestd; then
+            # Right after the fork the process may not be named slurmrestd yet (setsid has not exec'd): ask only
+            # whether it lives.
+            if ! kill -0 "$(<"$RUN/slurmrestd.pid")" 2>/dev/null; then
                 tail -n 20 "$RUN/slurmrestd.log" >&2 || true
                 die "slurmrestd exited; see $RUN/slurmrestd.log"
             fi

@@ -18,12 +18,13 @@ struct Podman {
 
 impl Podman {
     fn start() -> Podman {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(script("start.sh")).arg(dir.path()).output().unwrap();
+        // The guard first: a start that fails halfway is stopped too.
+        let podman = Podman { dir: tempfile::tempdir().unwrap() };
+        let out = Command::new(script("start.sh")).arg(podman.dir.path()).output().unwrap();
         assert!(out.status.success(), "scripts/podman/start.sh failed: {}", stderr(&out));
         let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(printed.trim_end().ends_with(&format!("export CONTAINER_HOST=unix://{}", self_socket(&dir))));
-        Podman { dir }
+        assert!(printed.trim_end().ends_with(&format!("export CONTAINER_HOST=unix://{}", self_socket(&podman.dir))));
+        podman
     }
 
     fn socket(&self) -> String {
