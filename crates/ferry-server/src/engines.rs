@@ -189,6 +189,27 @@ struct Tracked {
     maybe_submitted: bool,
 }
 
+impl Tracked {
+    /// A run placed on `node`, not yet seen ending.
+    fn new(node: String, max_runtime_s: Option<u64>, maybe_submitted: bool) -> Tracked {
+        Tracked {
+            node,
+            assignment: None,
+            followers: Vec::new(),
+            native_id: None,
+            shipped: 0,
+            stop: false,
+            cancel_sent: false,
+            started_at_us: None,
+            ended: None,
+            output_complete: false,
+            max_runtime_s,
+            timed_out: false,
+            maybe_submitted,
+        }
+    }
+}
+
 pub struct Bridge {
     pool: String,
     engine: Box<dyn Engine>,
@@ -248,24 +269,15 @@ impl Bridge {
             let followers =
                 record.workers.iter().skip(1).map(|w| (w.node.clone(), RunRef { rank: w.rank, ..run })).collect();
             let shipped = self.context.logs.size(record.id, record.attempt, 0).await;
-            self.runs.insert(
-                run,
-                Tracked {
-                    node: node.clone(),
-                    assignment: None,
-                    followers,
-                    native_id: Some(native.id.clone()),
-                    shipped,
-                    stop: record.cancel_requested,
-                    cancel_sent: false,
-                    started_at_us: record.started_at_us,
-                    ended: None,
-                    output_complete: false,
-                    max_runtime_s: record.spec.max_runtime_s,
-                    timed_out: false,
-                    maybe_submitted: true,
-                },
-            );
+            let tracked = Tracked {
+                followers,
+                native_id: Some(native.id.clone()),
+                shipped,
+                stop: record.cancel_requested,
+                started_at_us: record.started_at_us,
+                ..Tracked::new(node.clone(), record.spec.max_runtime_s, true)
+            };
+            self.runs.insert(run, tracked);
         }
         if !self.runs.is_empty() {
             tracing::info!(pool = %self.pool, runs = self.runs.len(), "following the pool's runs again");
@@ -291,25 +303,8 @@ impl Bridge {
                     // Sent again (a restart): keep what is known of it.
                     Some(t) => t.assignment = t.assignment.take().or(Some(assignment)),
                     None => {
-                        let max_runtime_s = assignment.max_runtime_s;
-                        self.runs.insert(
-                            run,
-                            Tracked {
-                                node,
-                                assignment: Some(assignment),
-                                followers: Vec::new(),
-                                native_id: None,
-                                shipped: 0,
-                                stop: false,
-                                cancel_sent: false,
-                                started_at_us: None,
-                                ended: None,
-                                output_complete: false,
-                                max_runtime_s,
-                                timed_out: false,
-                                maybe_submitted: !self.cycled,
-                            },
-                        );
+                        let fresh = Tracked::new(node, assignment.max_runtime_s, !self.cycled);
+                        self.runs.insert(run, Tracked { assignment: Some(assignment), ..fresh });
                     }
                 }
             }
@@ -484,7 +479,8 @@ impl Bridge {
                 continue;
             }
             if t.stop {
-                t.ended = Some(finished(RunEnd::Stopped, None, 0, None, "stopped before the engine ran it".into()));
+                t.ended =
+                    Some(finished(RunEnd::Stopped, (None, None), 0, None, "stopped before the engine ran it".into()));
                 continue;
             }
             waiting.push(*run);
@@ -496,7 +492,7 @@ impl Bridge {
                     Ok(job) => jobs.push((*run, job)),
                     Err(message) => {
                         let t = self.runs.get_mut(run).expect("waiting runs are tracked");
-                        t.ended = Some(finished(RunEnd::FailedToStart, None, 0, None, message));
+                        t.ended = Some(finished(RunEnd::FailedToStart, (None, None), 0, None, message));
                     }
                 }
             }
@@ -525,7 +521,7 @@ impl Bridge {
                     }
                     Err(e) => {
                         let t = self.runs.get_mut(&run).expect("submitted runs are tracked");
-                        t.ended = Some(finished(RunEnd::FailedToStart, None, 0, None, e.to_string()));
+                        t.ended = Some(finished(RunEnd::FailedToStart, (None, None), 0, None, e.to_string()));
                     }
                 }
             }
@@ -652,12 +648,8 @@ impl Bridge {
                         if t.timed_out && end != RunEnd::Exited {
                             end = RunEnd::TimedOut;
                         }
-                        let message = message.map(|m| format!("{kind}: {m}"));
-                        let mut status = finished(end, exit_code, finished_at_us, started, message.unwrap_or_default());
-                        if let RunStatus::Finished { signal: s, .. } = &mut status {
-                            *s = signal;
-                        }
-                        t.ended = Some(status);
+                        let message = message.map(|m| format!("{kind}: {m}")).unwrap_or_default();
+                        t.ended = Some(finished(end, (exit_code, signal), finished_at_us, started, message));
                     }
                     NativeState::Unknown => {
                         let (end, message) = if t.stop {
@@ -665,7 +657,7 @@ impl Bridge {
                         } else {
                             (RunEnd::Exited, format!("{kind} no longer knows job {id}; how it ended is unknown"))
                         };
-                        t.ended = Some(finished(end, None, now_us(), t.started_at_us, message));
+                        t.ended = Some(finished(end, (None, None), now_us(), t.started_at_us, message));
                     }
                 }
             }
@@ -726,9 +718,10 @@ fn still_running(report: RunReport) -> Option<RunReport> {
     }
 }
 
+/// An end to report: how it ended, its exit code and signal (where the engine says), when, and why in words.
 fn finished(
     end: RunEnd,
-    exit_code: Option<i32>,
+    (exit_code, signal): (Option<i32>, Option<i32>),
     finished_at_us: i64,
     started_at_us: Option<i64>,
     message: String,
@@ -736,7 +729,7 @@ fn finished(
     RunStatus::Finished {
         end,
         exit_code,
-        signal: None,
+        signal,
         finished_at_us: if finished_at_us > 0 { finished_at_us } else { now_us() },
         log_bytes: 0,
         message: (!message.is_empty()).then_some(message),
