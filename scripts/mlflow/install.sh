@@ -2,7 +2,8 @@
 # Installs the official MLflow client for the tracking tests (crates/ferry/tests/mlflow.rs): a venv at
 # target/engines/mlflow-venv (relative to the repository root) with mlflow-skinny, MLflow's own package of the
 # tracking client without the server and the ML libraries (about 20 s and 150 MB, against about 50 s and 1 GB for
-# `mlflow`). Quick when it is already there.
+# `mlflow`). The model tests also need what `mlflow.pyfunc` imports and pickles models with, which mlflow-skinny
+# leaves out: numpy, pandas and cloudpickle (pinned below; about 15 s more). Quick when it is already there.
 #
 #   scripts/mlflow/install.sh         # last line printed: the venv's directory
 #
@@ -12,6 +13,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VERSION=${FERRY_MLFLOW_VERSION:-3.17.2}
 VENV=${FERRY_MLFLOW_VENV:-$ROOT/target/engines/mlflow-venv}
+# What `mlflow.pyfunc.log_model`/`load_model` need beside mlflow-skinny, pinned.
+EXTRAS=(numpy==2.4.6 pandas==2.3.3 cloudpickle==3.1.2)
 
 log() { echo "mlflow/install: $*" >&2; }
 die() { echo "mlflow/install: error: $*" >&2; exit 1; }
@@ -20,7 +23,9 @@ installed() {
     [[ -x $VENV/bin/python3 ]] &&
         [[ $("$VENV/bin/python3" -c 'import importlib.metadata as m; print(m.version("mlflow-skinny"))' 2>/dev/null) == \
             "$VERSION" ]] &&
-        "$VENV/bin/python3" -c 'from mlflow import MlflowClient' 2>/dev/null
+        "$VENV/bin/python3" -c 'from mlflow import MlflowClient; import mlflow.pyfunc, cloudpickle' 2>/dev/null &&
+        [[ $("$VENV/bin/python3" -c 'import importlib.metadata as m; print(" ".join(n + "==" + m.version(n) for n in ("numpy", "pandas", "cloudpickle")))' 2>/dev/null) == \
+            "${EXTRAS[*]}" ]]
 }
 
 if installed; then
@@ -35,8 +40,8 @@ if [[ ! -x $VENV/bin/python3 ]]; then
     python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
 fi
 log "installing mlflow-skinny==$VERSION into $VENV (log: $VENV/pip.log)"
-"$VENV/bin/python3" -m pip install -q "mlflow-skinny==$VERSION" >"$VENV/pip.log" 2>&1 ||
-    die "pip install mlflow-skinny==$VERSION failed; see $VENV/pip.log"
+"$VENV/bin/python3" -m pip install -q "mlflow-skinny==$VERSION" "${EXTRAS[@]}" >"$VENV/pip.log" 2>&1 ||
+    die "pip install mlflow-skinny==$VERSION ${EXTRAS[*]} failed; see $VENV/pip.log"
 installed || die "mlflow-skinny $VERSION is still not importable from $VENV after pip install; see $VENV/pip.log"
 log "mlflow-skinny $VERSION installed in $VENV"
 echo "$VENV"

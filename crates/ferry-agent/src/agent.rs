@@ -483,7 +483,13 @@ impl Agent {
 
     /// Starts a run the server assigned, unless this node already has (or had) it: after a server restart the
     /// server sends every outstanding assignment again.
-    fn start_run(&mut self, assignment: Assignment) {
+    fn start_run(&mut self, mut assignment: Assignment) {
+        // A job with an MLflow run logs to this agent's server unless the server named another address: the agent
+        // knows the address that reaches the server from this node.
+        if assignment.env.contains_key("MLFLOW_RUN_ID") {
+            let server = self.config.server.trim_end_matches('/').to_string();
+            assignment.env.entry("MLFLOW_TRACKING_URI".to_string()).or_insert(server);
+        }
         let run = assignment.run;
         let path = self.run_dir(run);
         let done = self.runs_dir.join(format!("{}{}", rundir::DONE_PREFIX, rundir::dir_name(run)));

@@ -117,6 +117,10 @@ pub struct SubmitJob {
     /// the job's GPUs, limits and working directory. Absent: the command runs directly on the node.
     #[serde(default)]
     pub image: Option<String>,
+    /// The MLflow experiment the job's tracking run belongs to, created if it does not exist; default: the
+    /// job's project, else MLflow's `Default` experiment.
+    #[serde(default)]
+    pub experiment: Option<String>,
 }
 
 /// The answer to a submission.
@@ -288,6 +292,17 @@ pub struct Job {
     /// agent pools.
     #[serde(default)]
     pub native: Option<NativeJob>,
+    /// The MLflow run created for the job, which `mlflow.start_run()` inside the job attaches to (through
+    /// `MLFLOW_RUN_ID`); its metrics, params and artifacts are served by the tracking API.
+    #[serde(default)]
+    pub tracking: Option<JobTracking>,
+}
+
+/// A job's MLflow run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobTracking {
+    pub run_id: String,
+    pub experiment_id: String,
 }
 
 /// A job as its engine knows it, for the engineer who wants to look underneath.
@@ -345,4 +360,39 @@ pub struct QueueGroup {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<Job>,
+}
+
+/// What a job logged to its MLflow run: params and a summary of each metric, and one metric's history when asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobMetrics {
+    pub job_id: u64,
+    pub run_id: String,
+    pub experiment_id: String,
+    /// The run's MLflow status: SCHEDULED, RUNNING, FINISHED, FAILED or KILLED.
+    pub status: String,
+    pub params: BTreeMap<String, String>,
+    pub metrics: Vec<MetricSummary>,
+    /// Every logged value of the metric named by `?key=`, in the order logged (at most the API's limit).
+    #[serde(default)]
+    pub history: Vec<MetricValue>,
+}
+
+/// One metric of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricSummary {
+    pub key: String,
+    /// The value at the greatest step (NaN and infinities are `null`).
+    pub last: Option<f64>,
+    pub step: i64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// How many values were logged.
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricValue {
+    pub step: i64,
+    pub value: Option<f64>,
+    pub timestamp_ms: i64,
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod jobs;
 pub mod nodes;
 pub mod telemetry;
+pub mod sweeps;
 pub mod tokens;
 pub mod tracking;
 pub mod units;

@@ -398,6 +398,168 @@ fn proto_f64<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
+/// An artifact file or folder, as MLflow lists them: a folder has no `file_size`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub is_dir: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "opt_i64")]
+    pub file_size: Option<i64>,
+}
+
+/// `GET /api/2.0/mlflow-artifacts/artifacts?path=...`: the entries of one folder, by name; `files` is left out
+/// when there are none, as protobuf's JSON does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactListing {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileInfo>,
+}
+
+/// `GET /api/2.0/mlflow/artifacts/list?run_id=...&path=...`: a run's artifacts, paths relative to its root.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListArtifactsResponse {
+    #[serde(default)]
+    pub root_uri: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// A logged model (MLflow 3): its info and data.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoggedModel {
+    pub info: LoggedModelInfo,
+    pub data: LoggedModelData,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoggedModelInfo {
+    /// `m-` and 32 hex digits.
+    pub model_id: String,
+    pub experiment_id: String,
+    pub name: String,
+    pub creation_timestamp_ms: i64,
+    pub last_updated_timestamp_ms: i64,
+    /// `mlflow-artifacts:/<experiment>/models/<model_id>/artifacts`.
+    pub artifact_uri: String,
+    /// LOGGED_MODEL_PENDING, LOGGED_MODEL_READY or LOGGED_MODEL_UPLOAD_FAILED.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_run_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LoggedModelData {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Tag>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Metric>,
+}
+
+/// The answer of create, get, finalize and set-tags: one model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoggedModelResponse {
+    pub model: LoggedModel,
+}
+
+/// `POST logged-models`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CreateLoggedModel {
+    #[serde(default, deserialize_with = "opt_id")]
+    pub experiment_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub source_run_id: Option<String>,
+    #[serde(default)]
+    pub params: Option<Vec<KeyValue>>,
+    #[serde(default)]
+    pub tags: Option<Vec<KeyValue>>,
+}
+
+/// `PATCH logged-models/{model_id}`: the status as the enum's name or number.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct FinalizeLoggedModel {
+    #[serde(default)]
+    pub model_id: Option<String>,
+    #[serde(default, deserialize_with = "opt_id")]
+    pub status: Option<String>,
+}
+
+/// `PATCH logged-models/{model_id}/tags` and `POST logged-models/{model_id}/params`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LoggedModelKeyValues {
+    #[serde(default)]
+    pub model_id: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Vec<KeyValue>>,
+    #[serde(default)]
+    pub params: Option<Vec<KeyValue>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LoggedModelOrder {
+    #[serde(default)]
+    pub field_name: Option<String>,
+    #[serde(default)]
+    pub ascending: Option<bool>,
+    #[serde(default)]
+    pub dataset_name: Option<String>,
+}
+
+/// `POST logged-models/search`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SearchLoggedModels {
+    #[serde(default, deserialize_with = "opt_ids")]
+    pub experiment_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub datasets: Option<Vec<serde_json::Value>>,
+    #[serde(default, deserialize_with = "opt_i64")]
+    pub max_results: Option<i64>,
+    #[serde(default)]
+    pub order_by: Option<Vec<LoggedModelOrder>>,
+    #[serde(default)]
+    pub page_token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchLoggedModelsResponse {
+    pub models: Vec<LoggedModel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// A model a run produced (`runs/outputs`) or used (`runs/log-inputs`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ModelRef {
+    #[serde(default)]
+    pub model_id: Option<String>,
+    #[serde(default, deserialize_with = "opt_i64")]
+    pub step: Option<i64>,
+}
+
+/// `POST runs/outputs` and `POST runs/log-inputs`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LogRunModels {
+    #[serde(default)]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub models: Option<Vec<ModelRef>>,
+    #[serde(default)]
+    pub datasets: Option<Vec<serde_json::Value>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,6 +166,8 @@ async fn seed_store(home: &Path, args: &DashboardArgs, end_us: i64) -> Result<u6
                 code: None,
                 pool: None,
                 image: None,
+                tracking: None,
+                sweep: None,
             };
             let id = tx.insert_job(&job, submitted).await?;
             tx.event(id, submitted, JobState::Queued, "submitted").await?;

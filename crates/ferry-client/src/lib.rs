@@ -252,9 +252,121 @@ impl Client {
 
     /// Appends `bytes` at byte `offset` of a run's output; the answer says how much the server holds. An upload that
     /// overlaps what the server has is trimmed by the server, so resending after a failure is safe.
+    /// What a job logged to its MLflow run; with `key`, that metric's history too.
+    pub async fn job_metrics(&self, id: u64, key: Option<&str>) -> Result<ferry_api::jobs::JobMetrics, ClientError> {
+        let mut builder = self.request(reqwest::Method::GET, &format!("/jobs/{id}/metrics"));
+        if let Some(key) = key {
+            builder = builder.query(&[("key", key)]);
+        }
+        self.json(builder).await
+    }
+
+    pub async fn submit_sweep(
+        &self,
+        sweep: &ferry_api::sweeps::SubmitSweep,
+    ) -> Result<ferry_api::sweeps::SweepSubmitted, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/sweeps").json(sweep)).await
+    }
+
+    pub async fn sweeps(&self) -> Result<ferry_api::sweeps::SweepList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/sweeps")).await
+    }
+
+    pub async fn sweep(&self, id: u64) -> Result<ferry_api::sweeps::Sweep, ClientError> {
+        self.json(self.request(reqwest::Method::GET, &format!("/sweeps/{id}"))).await
+    }
+
+    pub async fn cancel_sweep(&self, id: u64) -> Result<ferry_api::sweeps::Sweep, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/sweeps/{id}/cancel"))).await
+    }
+
     pub async fn upload_log(&self, node: &str, run: RunRef, offset: u64, bytes: Bytes) -> Result<LogAck, ClientError> {
         let path = format!("/agent/runs/{}/{}/logs", run.job_id, run.attempt);
         let query = [("offset", offset.to_string()), ("node", node.to_string()), ("rank", run.rank.to_string())];
         self.json(self.request(reqwest::Method::POST, &path).query(&query).body(bytes)).await
+    }
+}
+
+/// MLflow artifacts of tracking runs, through the MLflow-compatible API (`/api/2.0/mlflow...`), whose errors are
+/// MLflow's `{"error_code", "message"}`.
+impl Client {
+    fn mlflow_url(&self, prefix: &str, segments: &[&str]) -> Result<reqwest::Url, ClientError> {
+        let bad = |detail: String| ClientError::Transport { server: self.base.clone(), detail };
+        let mut url = reqwest::Url::parse(&format!("{}{prefix}", self.base)).map_err(|e| bad(e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|()| bad("the server's address cannot hold a path".to_string()))?
+            .pop_if_empty()
+            .extend(segments.iter().flat_map(|s| s.split('/')).filter(|s| !s.is_empty()));
+        Ok(url)
+    }
+
+    async fn mlflow_send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let builder = match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        };
+        let response = builder.send().await.map_err(|e| self.transport(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| self.transport(e))?;
+        let message = serde_json::from_str::<ferry_api::tracking::MlflowError>(&text)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| format!("the server at {} answered HTTP {status}: {}", self.base, text.trim()));
+        let code = match status {
+            401 => ErrorCode::Unauthenticated,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            413 => ErrorCode::PayloadTooLarge,
+            503 => ErrorCode::Unavailable,
+            400..=499 => ErrorCode::InvalidRequest,
+            _ => ErrorCode::Internal,
+        };
+        Err(ClientError::Api { status, body: ErrorBody { code, message } })
+    }
+
+    /// The files and folders of a run's artifacts in the folder `path` (relative to the run's artifact root; empty
+    /// for the root), with paths relative to the root.
+    pub async fn list_artifacts(
+        &self,
+        run_id: &str,
+        path: &str,
+    ) -> Result<ferry_api::tracking::ListArtifactsResponse, ClientError> {
+        let url = self.mlflow_url("/api/2.0/mlflow/artifacts/list", &[])?;
+        let mut query = vec![("run_id", run_id)];
+        if !path.is_empty() {
+            query.push(("path", path));
+        }
+        let response = self.mlflow_send(self.http.get(url).query(&query)).await?;
+        response.json().await.map_err(|e| self.transport(e))
+    }
+
+    /// Streams the artifact file `path` of a run into `out`, chunk by chunk; returns the number of bytes written.
+    pub async fn download_artifact<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        experiment_id: &str,
+        run_id: &str,
+        path: &str,
+        out: &mut W,
+    ) -> Result<u64, ClientError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let url =
+            self.mlflow_url("/api/2.0/mlflow-artifacts/artifacts", &[experiment_id, run_id, "artifacts", path])?;
+        let response = self.mlflow_send(self.http.get(url)).await?;
+        let mut stream = response.bytes_stream();
+        let mut written = 0u64;
+        let write_failed = |e: std::io::Error| ClientError::Transport {
+            server: self.base.clone(),
+            detail: format!("could not write the artifact {path}: {e}"),
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            out.write_all(&chunk).await.map_err(write_failed)?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await.map_err(write_failed)?;
+        Ok(written)
     }
 }

@@ -32,6 +32,39 @@ pub fn hash_token(token: &str) -> String {
 pub enum Role {
     Admin,
     Agent,
+    /// A running job's tracking token (`MLFLOW_TRACKING_TOKEN`): the MLflow API only.
+    Job,
+}
+
+/// The prefix of a job's tracking token: `ferry_job_<job id>_<HMAC-SHA256 of the id, hex>`.
+const JOB_TOKEN_PREFIX: &str = "ferry_job_";
+/// How long after its job has ended a job's token is still accepted, for the last writes of a client that flushes
+/// at exit (and for an end reported before the job's own last request).
+const JOB_TOKEN_AFTER_END_US: i64 = 10 * 60 * 1_000_000;
+
+fn job_mac(key: &[u8], job: u64) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(format!("ferry job token {job}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The tracking token of job `job`, given to it as `MLFLOW_TRACKING_TOKEN`. Nothing is stored: the server checks
+/// a token by computing it again, so a token is valid exactly while its job is (see `authenticate`).
+pub fn job_token(key: &[u8], job: u64) -> String {
+    format!("{JOB_TOKEN_PREFIX}{job}_{}", job_mac(key, job))
+}
+
+/// The job a well-formed, correctly signed job token belongs to.
+fn job_of_token(key: &[u8], token: &str) -> Option<u64> {
+    use hmac::Mac;
+    let (id, mac) = token.strip_prefix(JOB_TOKEN_PREFIX)?.split_once('_')?;
+    let job: u64 = id.parse().ok()?;
+    let mac = hex::decode(mac).ok()?;
+    let mut expected = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    expected.update(format!("ferry job token {job}").as_bytes());
+    // `verify_slice` compares in constant time.
+    expected.verify_slice(&mac).ok().map(|_| job)
 }
 
 impl Role {
@@ -52,10 +85,22 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Agents may only use the agent protocol.
+    /// Agents may only use the agent protocol, and jobs the tracking API.
     pub fn require_user(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
+            Role::Agent => Err(ApiError::new(ErrorCode::Forbidden, "an agent token may only be used by agents")),
+            Role::Job => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "a job's tracking token (MLFLOW_TRACKING_TOKEN) may only be used with the MLflow tracking API",
+            )),
+        }
+    }
+
+    /// The MLflow tracking API: users, and jobs with their tracking tokens.
+    pub fn require_tracking(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin | Role::Job => Ok(()),
             Role::Agent => Err(ApiError::new(ErrorCode::Forbidden, "an agent token may only be used by agents")),
         }
     }
@@ -64,7 +109,7 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Agent => Err(ApiError::new(ErrorCode::Forbidden, "only an admin token may manage tokens")),
+            Role::Agent | Role::Job => Err(ApiError::new(ErrorCode::Forbidden, "only an admin token may manage tokens")),
         }
     }
 }
@@ -99,6 +144,27 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// A job's tracking token: valid while its job is queued or running, and for a while after it ended; the caller is
+/// the job's owner, with the `Job` role.
+async fn authenticate_job(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let invalid = || ApiError::new(ErrorCode::Unauthenticated, "the job tracking token is not valid");
+    let job = job_of_token(&state.job_key, token).ok_or_else(invalid)?;
+    let record = state.store.job(job).await?.ok_or_else(invalid)?;
+    if let Some(finished) = record.finished_at_us {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(i64::MAX);
+        if now - finished > JOB_TOKEN_AFTER_END_US {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                format!("the tracking token of job {job} expired when the job ended; use an API token"),
+            ));
+        }
+    }
+    Ok(Caller { name: record.spec.owner, role: Role::Job })
+}
+
 /// The token in the dashboard's cookie, if the request carries one.
 pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
@@ -126,6 +192,9 @@ pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
 
 /// Who holds `token`: from the cache, else the store (then cached).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    if token.trim().starts_with(JOB_TOKEN_PREFIX) {
+        return authenticate_job(state, token.trim()).await;
+    }
     let hash = hash_token(token.trim());
     if let Some(caller) = state.tokens.get(&hash) {
         return Ok(caller);

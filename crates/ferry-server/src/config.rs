@@ -25,6 +25,8 @@
 //!
 //! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
 //! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
+//! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
+//!                                 # agent's job gets the agent's own server address, an engine's the listen address
 //!
 //! [[team]]
 //! name = "vision"
@@ -35,6 +37,14 @@
 //! name = "detection"
 //! quota = { gpus = 4 }
 //! borrow_limit = { gpus = 2 }                          # from sibling projects' idle quota
+//!
+//! [artifacts]           # MLflow artifacts; without this table, under <data_dir>/artifacts
+//! url = "s3://ml-artifacts/ferry"     # an S3 bucket and key prefix
+//! endpoint = "http://127.0.0.1:9000"  # an S3-compatible store (MinIO, Ceph, ...); AWS when left out
+//! region = "us-east-1"
+//! allow_http = true                   # needed for a plain-http endpoint
+//! max_file_bytes = 5368709120         # the largest artifact file (5 GiB by default)
+//! # Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, never from here.
 //! ```
 //!
 //! This module parses and checks; it must never touch the store or the scheduler.
@@ -57,6 +67,10 @@ pub struct FileConfig {
     /// 0 means the core's default.
     pub fair_share_half_life_s: u64,
     pub gpu_placement: GpuPlacement,
+    /// Where MLflow artifacts are kept; the data directory by default.
+    pub artifacts: crate::artifacts::ArtifactsConfig,
+    /// The server's address as jobs reach it, for `MLFLOW_TRACKING_URI`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +107,10 @@ struct RawFile {
     /// `best-fit` (the default) or `fgd`.
     #[serde(default)]
     gpu_placement: GpuPlacement,
+    /// Where MLflow artifacts are kept (checked by `artifacts::RawArtifacts::check`).
+    #[serde(default)]
+    artifacts: crate::artifacts::RawArtifacts,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,7 +313,24 @@ impl FileConfig {
             .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
             .transpose()?
             .unwrap_or(0);
-        Ok(FileConfig { pools, teams, projects, fair_share_half_life_s, gpu_placement: raw.gpu_placement })
+        let artifacts = raw.artifacts.check()?;
+        let public_url = match raw.public_url.map(|u| u.trim_end_matches('/').to_string()) {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) => {
+                return Err(format!(
+                    "`public_url` = `{url}` is not an http(s) address; write one such as \"http://ferry.example.org:7750\""
+                ))
+            }
+            other => other,
+        };
+        Ok(FileConfig {
+            pools,
+            teams,
+            projects,
+            fair_share_half_life_s,
+            gpu_placement: raw.gpu_placement,
+            artifacts,
+            public_url,
+        })
     }
 }
 

@@ -19,6 +19,8 @@ const MARKER_FILE: &str = "FERRY_DATA_DIR";
 const MARKER_CONTENT: &str = "ferry data directory, layout 1\n";
 /// The file, readable by its owner only, where the first start writes the admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The key that signs jobs' tracking tokens.
+const JOB_TOKEN_KEY_FILE: &str = "job-token.key";
 const LOCK_FILE: &str = "server.lock";
 
 pub struct DataDir {
@@ -104,8 +106,41 @@ impl DataDir {
         self.root.join("code")
     }
 
+    /// MLflow artifacts of runs and logged models, when no other artifact store is configured.
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+
     /// On the first start, creates the admin token: its hash goes to the store, the token itself to a file only
     /// its owner can read.
+    /// The key that signs jobs' tracking tokens (`auth::job_token`): 32 random bytes in `job-token.key`, made on
+    /// the first start and kept, so the tokens of running jobs stay valid across restarts. Readable by the server's
+    /// user alone.
+    pub fn job_token_key(&self) -> Result<Vec<u8>, ServerError> {
+        let path = self.root.join(JOB_TOKEN_KEY_FILE);
+        let failed = |e: std::io::Error| ServerError::DataDir(format!("cannot use {}: {e}", path.display()));
+        match std::fs::read(&path) {
+            Ok(key) if key.len() == 32 => return Ok(key),
+            Ok(_) => {
+                return Err(ServerError::DataDir(format!(
+                    "{} is not 32 bytes long; remove it to make a new key (the tracking tokens of running jobs \
+                     then stop working)",
+                    path.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let mut key = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+        let temporary = path.with_extension("tmp");
+        let mut file =
+            OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(failed)?;
+        file.write_all(&key).and_then(|_| file.sync_all()).map_err(failed)?;
+        std::fs::rename(&temporary, &path).map_err(failed)?;
+        Ok(key)
+    }
+
     pub async fn ensure_admin_token(&self, store: &Store) -> Result<(), ServerError> {
         if store.token_count().await? > 0 {
             return Ok(());

@@ -310,6 +310,8 @@ pub struct Driver {
     nodes: HashMap<String, Liveness>,
     node_timeout: Duration,
     config: FileConfig,
+    /// The MLflow variables every run gets.
+    tracking: crate::jobruns::TrackingEnv,
     /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
     cycles: u64,
     cycle_seconds_sum: f64,
@@ -328,6 +330,7 @@ impl Driver {
         signals: Arc<Signals>,
         node_timeout: Duration,
         config: FileConfig,
+        tracking: crate::jobruns::TrackingEnv,
     ) -> Result<(Driver, DriverHandle, mpsc::Receiver<Command>), StoreError> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let mut driver = Driver {
@@ -340,6 +343,7 @@ impl Driver {
             nodes: HashMap::new(),
             node_timeout,
             config,
+            tracking,
             cycles: 0,
             cycle_seconds_sum: 0.0,
         };
@@ -489,10 +493,10 @@ impl Driver {
             }
         }
         for job in fx.changed {
-            self.signals.signal(job);
+            self.signals.changed(job);
         }
         for job in fx.finished {
-            self.signals.finish(job);
+            self.signals.ended(job);
         }
     }
 
@@ -1086,7 +1090,7 @@ impl Driver {
     /// that let the workers find each other (`torchrun` and TensorFlow read them without further flags).
     fn assignments(&self, record: &JobRecord, active: &Active) -> Vec<(String, Assignment)> {
         if active.workers.is_empty() {
-            return active.node.iter().map(|node| (node.clone(), assignment(record, &record.gpu_ids))).collect();
+            return active.node.iter().map(|node| (node.clone(), self.assignment(record, &record.gpu_ids))).collect();
         }
         let addresses: Vec<String> = active
             .workers
@@ -1098,7 +1102,7 @@ impl Driver {
             .workers
             .iter()
             .map(|w| {
-                let mut a = assignment(record, &w.gpu_ids);
+                let mut a = self.assignment(record, &w.gpu_ids);
                 a.run.rank = w.rank;
                 for (key, value) in gang_env(w.rank, &addresses, &port) {
                     // What the user set explicitly wins.
@@ -1107,6 +1111,13 @@ impl Driver {
                 (w.node.clone(), a)
             })
             .collect()
+    }
+
+    /// One run of a job on a node, with the job's MLflow variables.
+    fn assignment(&self, record: &JobRecord, gpus: &[u32]) -> Assignment {
+        let mut a = assignment(record, gpus);
+        self.tracking.add(record, &mut a.env);
+        a
     }
 
     /// Stops a running job, with its grace period, so that `by` can start; its end requeues it.

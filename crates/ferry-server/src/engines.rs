@@ -132,6 +132,8 @@ pub struct BridgeContext {
     pub tag: String,
     /// Where code is unpacked for engine pools that do not set `code_dir`.
     pub default_code_root: PathBuf,
+    /// The server's address as jobs on engines reach it, for `MLFLOW_TRACKING_URI`.
+    pub tracking_uri: String,
 }
 
 /// Builds the backend of an engine pool and the bridge that serves it; the bridge must be started with
@@ -498,14 +500,18 @@ impl Bridge {
             }
             let submissions = jobs.iter().map(|(_, job)| self.call("submitting", self.engine.submit(job)));
             let results = futures_util::future::join_all(submissions).await;
-            for ((run, _), result) in jobs.into_iter().zip(results) {
+            for ((run, job), result) in jobs.into_iter().zip(results) {
                 match result {
                     Ok(submitted) => {
                         let node = self.runs[&run].node.clone();
                         let native = ferry_store::Native {
                             kind: self.engine.kind().to_string(),
                             id: submitted.native_id.clone(),
-                            spec: submitted.native_spec,
+                            // The job's tracking token is a secret: shown nowhere, not even in its native form.
+                            spec: match job.env.get(crate::jobruns::TOKEN_VAR).filter(|t| !t.is_empty()) {
+                                Some(token) => submitted.native_spec.replace(token.as_str(), "<redacted>"),
+                                None => submitted.native_spec,
+                            },
                         };
                         let wanted = driver.call(|reply| Command::Native { node, run, native, reply }).await;
                         let t = self.runs.get_mut(&run).expect("submitted runs are tracked");
@@ -549,7 +555,13 @@ impl Bridge {
             user,
             project,
             command: a.command.clone(),
-            env: a.env.clone(),
+            env: {
+                let mut env = a.env.clone();
+                if env.contains_key(crate::jobruns::RUN_ID_VAR) {
+                    env.entry(crate::jobruns::URI_VAR.to_string()).or_insert_with(|| self.context.tracking_uri.clone());
+                }
+                env
+            },
             workdir,
             cpu_millis: a.cpu_millis,
             memory_bytes: a.memory_bytes,

@@ -4,6 +4,7 @@
 //! Handlers stay thin; the driver (`driver.rs`) is the only place that changes jobs and nodes. This crate must never
 //! run a job itself: work reaches machines only through a compute backend.
 
+mod artifacts;
 mod auth;
 mod code;
 mod config;
@@ -11,12 +12,14 @@ mod datadir;
 mod driver;
 mod engines;
 mod error;
+mod jobruns;
 mod logs;
 mod metrics;
 mod routes;
 mod series;
 mod signals;
 mod state;
+mod sweeps;
 mod telemetry;
 
 use std::collections::HashMap;
@@ -73,6 +76,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("{0}")]
     Engine(String),
+    #[error("{0}")]
+    Artifacts(String),
 }
 
 /// A short tag that tells this installation's runs on a shared engine from another's; stable across restarts.
@@ -92,6 +97,16 @@ pub async fn serve(
     let data = DataDir::prepare(&config.data_dir)?;
     let store = ferry_store::Store::open(&data.database()).await?;
     data.ensure_admin_token(&store).await?;
+    let job_key = Arc::new(data.job_token_key()?);
+    // Bound first, so that the address jobs on engines log to is known before anything starts.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+    let bound = listener.local_addr().map_err(ServerError::Serve)?;
+    let tracking_uri = config.file.public_url.clone().unwrap_or_else(|| {
+        let host = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
+        format!("http://{}", std::net::SocketAddr::new(host, bound.port()))
+    });
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
     let logs = Arc::new(LogStore::new(data.logs()));
@@ -105,6 +120,7 @@ pub async fn serve(
         states: engine_states.clone(),
         tag: installation_tag(&config.data_dir),
         default_code_root: config.data_dir.join("engines"),
+        tracking_uri: tracking_uri.clone(),
     };
     let mut engine_backends: HashMap<String, Arc<dyn ferry_backends::ComputeBackend>> = HashMap::new();
     let mut bridges = Vec::new();
@@ -123,8 +139,11 @@ pub async fn serve(
         signals.clone(),
         config.node_timeout,
         config.file.clone(),
+        jobruns::TrackingEnv { key: job_key.clone(), uri: config.file.public_url.clone() },
     )
     .await?;
+    let run_follower = tokio::spawn(jobruns::follow(store.clone(), signals.clone()));
+    let (sweeps_handle, sweep_commands) = sweeps::SweepsHandle::channel();
     let driver_task = tokio::spawn(driver.run(commands));
     let bridge_tasks: Vec<_> = bridges.into_iter().map(|b| tokio::spawn(b.run(handle.clone()))).collect();
     let tokens = Arc::new(auth::TokenCache::default());
@@ -134,6 +153,10 @@ pub async fn serve(
             .map_err(|e| ServerError::Series(e.to_string()))?,
     );
     let recorder = tokio::spawn(series::record(series.clone(), store.clone(), handle.clone(), telemetry.clone()));
+    let artifacts = Arc::new(
+        artifacts::ArtifactStore::open(&config.file.artifacts, &data.artifacts()).map_err(ServerError::Artifacts)?,
+    );
+    tracing::info!(store = %artifacts.describe, "MLflow artifacts");
     let state = AppState {
         store: store.clone(),
         driver: handle,
@@ -146,11 +169,11 @@ pub async fn serve(
         series: series.clone(),
         engine_states,
         pools: Arc::new(config.file.pools.clone()),
+        artifacts,
+        job_key,
+        sweeps: sweeps_handle,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-    let bound = listener.local_addr().map_err(ServerError::Serve)?;
+    let sweep_controller = tokio::spawn(sweeps::run(state.clone(), sweep_commands));
     tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), "Ferry server listening");
     ready(bound);
     let stopping = Arc::new(tokio::sync::Notify::new());
@@ -175,6 +198,8 @@ pub async fn serve(
         task.abort();
     }
     recorder.abort();
+    run_follower.abort();
+    sweep_controller.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
         tracing::error!(error = %e, "could not write the last time-series samples to disk");
     }
@@ -192,6 +217,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs", post(routes::jobs::submit).get(routes::jobs::list))
         .route("/api/v1/jobs/{id}", get(routes::jobs::show))
         .route("/api/v1/queue", get(routes::jobs::queue))
+        .route("/api/v1/jobs/{id}/metrics", get(routes::jobs::metrics))
+        .route("/api/v1/sweeps", post(routes::sweeps::submit).get(routes::sweeps::list))
+        .route("/api/v1/sweeps/{id}", get(routes::sweeps::show))
+        .route("/api/v1/sweeps/{id}/cancel", post(routes::sweeps::cancel))
         .route("/api/v1/jobs/{id}/wait", get(routes::jobs::wait))
         .route("/api/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/api/v1/jobs/{id}/logs", get(routes::jobs::logs))
@@ -268,6 +297,8 @@ pub fn app(state: AppState) -> Router {
             "/api/2.0/mlflow/metrics/get-history",
             get(routes::mlflow::metric_history).fallback(routes::mlflow::wrong_method),
         )
+        .merge(routes::artifacts::router())
+        .merge(routes::mlflow_models::router())
         .route("/api/2.0/mlflow/{*rest}", axum::routing::any(routes::mlflow::not_implemented))
         .route("/api/2.0/mlflow-artifacts/{*rest}", axum::routing::any(routes::mlflow::not_implemented))
         .route("/api/3.0/mlflow/server-info", get(routes::mlflow::server_info))
@@ -276,6 +307,8 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs", get(routes::ui::page))
         .route("/jobs/{id}", get(routes::ui::page))
         .route("/usage", get(routes::ui::page))
+        .route("/sweeps", get(routes::ui::page))
+        .route("/sweeps/{id}", get(routes::ui::page))
         .route("/login", get(routes::ui::login_form).post(routes::ui::login))
         .route("/logout", post(routes::ui::logout))
         .route("/ui/{name}", get(routes::ui::asset))

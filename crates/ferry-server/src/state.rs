@@ -28,4 +28,10 @@ pub struct AppState {
     pub engine_states: Arc<crate::engines::EngineStates>,
     /// The configured pools, in the configuration's order.
     pub pools: Arc<Vec<crate::config::PoolConfig>>,
+    /// The sweep controller's mailbox.
+    pub sweeps: crate::sweeps::SweepsHandle,
+    /// The key that signs jobs' tracking tokens.
+    pub job_key: Arc<Vec<u8>>,
+    /// MLflow artifacts of runs and logged models.
+    pub artifacts: Arc<crate::artifacts::ArtifactStore>,
 }

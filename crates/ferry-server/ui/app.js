@@ -130,7 +130,8 @@ function refocus(key) {
   if (again) again.focus();
 }
 
-// Runs `update` now and every `ms` after the previous run finished, reporting failures in the header.
+// Runs `update` now and every `ms` (a number, or a function that says how long) after the previous run finished,
+// reporting failures in the header.
 function poll(update, ms = POLL_MS) {
   // A run started while another is in flight (a filter changed) supersedes it: only the latest run sets the timer,
   // so there is never more than one loop.
@@ -147,7 +148,7 @@ function poll(update, ms = POLL_MS) {
       if (e instanceof Unauthenticated) return;
       if (me === latest) setStatus(`Update failed: ${e.message}`, true);
     }
-    if (me === latest) timer = setTimeout(run, ms);
+    if (me === latest) timer = setTimeout(run, typeof ms === "function" ? ms() : ms);
   };
   run();
   return run;
@@ -570,6 +571,9 @@ function jobPage(main, id) {
   const spec = h("dl", { class: "spec", id: "job-spec" }), place = h("dl", { class: "spec", id: "job-placement" });
   const waiting = h("div", { id: "job-waiting" }), timeline = h("div", { id: "job-timeline" });
   const charts = h("div", { class: "charts", id: "job-charts" });
+  // The job's MLflow run (metrics, params, artifacts): shown only for a job that has one.
+  const trackingHolder = h("div", { id: "job-tracking" });
+  let tracking = null;
   const search = h("input", { type: "search", id: "log-search", placeholder: "Search the log", "aria-label": "Search the log" });
   const logView = h("pre", { class: "log", id: "log", tabindex: "0", "aria-label": "Log output" });
   const logInfo = h("span", { class: "muted small", id: "log-info" });
@@ -626,7 +630,7 @@ function jobPage(main, id) {
   main.replaceChildren(title, actions, cancelResult, h("div", { class: "grid2" },
     h("section", {}, h("h2", { text: "Spec" }), spec),
     h("section", {}, h("h2", { text: "Placement and result" }), place, waiting)),
-  h("h2", { text: "Use against what it asked for" }), charts,
+  h("h2", { text: "Use against what it asked for" }), charts, trackingHolder,
   h("h2", { text: "Timeline" }), timeline,
   h("h2", { text: "Log" }), h("div", { class: "row" }, search, download, logInfo), logView);
 
@@ -697,6 +701,11 @@ function jobPage(main, id) {
       lastChartsAt = Date.now();
       await drawCharts();
     }
+    if (job.tracking && !tracking) {
+      tracking = runView(job.tracking);
+      trackingHolder.replaceChildren(...tracking.sections);
+    }
+    if (tracking) await tracking.update(["queued", "starting", "running"].includes(job.state));
     await readLog();
   }
 
@@ -731,6 +740,152 @@ function jobPage(main, id) {
   const refresh = poll(update, LOG_POLL_MS);
 }
 
+// ---- A job's MLflow run: metrics, params and artifacts -------------------------------------------------------------
+
+const MLFLOW = "/api/2.0/mlflow";
+const ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts";
+// How often a live job's metrics and artifacts are read again.
+const ML_POLL_MS = 10000;
+// The most points of one metric's history loaded (the first ones logged), and how many one request asks for (the
+// server's own maximum is 25,000).
+const ML_POINTS_MAX = 25000;
+const ML_PAGE = 10000;
+// The most metrics drawn as charts; the table lists all of them.
+const ML_CHARTS_MAX = 24;
+// A longer history is drawn from the lowest and highest point of this many buckets of steps.
+const ML_DRAW_BUCKETS = 300;
+
+const inlineError = (text) => h("p", { class: "error", role: "alert", text });
+const fmtValue = (v) => (typeof v === "number" && Number.isFinite(v) ? FerryCharts.short(v) : String(v ?? "–"));
+
+// The sections of one job's MLflow run, and `update(active)`, which reads the run again when it is due: every
+// ML_POLL_MS while the job is live, and once more after it ends. Failures show in the sections, never in the header.
+function runView({ run_id: run, experiment_id: experiment }) {
+  const status = h("p", { class: "muted small", id: "ml-status" });
+  const latest = h("div", { id: "ml-latest" }), params = h("div", { id: "ml-params" });
+  const charts = h("div", { class: "charts", id: "ml-charts" });
+  const files = h("div", { id: "artifacts" });
+  const expanded = new Set();
+  const reload = h("button", { type: "button", id: "artifacts-reload", text: "Reload", onclick: () => { expanded.clear(); listRoot(); } });
+  const sections = [
+    h("section", { id: "job-ml" }, h("h2", { text: "ML metrics" }), status,
+      h("div", { class: "grid2" }, h("div", {}, h("h3", { text: "Latest values" }), latest), h("div", {}, h("h3", { text: "Params" }), params)),
+      charts),
+    h("section", { id: "job-artifacts" }, h("div", { class: "row" }, h("h2", { text: "Artifacts" }), reload), files),
+  ];
+  const histories = new Map();
+  let at = 0, wasActive = true, listed = false;
+  const caught = (e, where, what) => {
+    if (e instanceof Unauthenticated) throw e;
+    where.replaceChildren(inlineError(`${what}: ${e.message}`));
+  };
+
+  async function update(active) {
+    if (Date.now() - at < ML_POLL_MS || !(active || wasActive)) return;
+    at = Date.now();
+    const ended = wasActive && !active;
+    wasActive = active;
+    const relist = !listed || ended || (active && !expanded.size && !files.contains(document.activeElement));
+    await Promise.all([metrics(), relist ? listRoot() : null]);
+  }
+
+  async function metrics() {
+    let answer;
+    try {
+      answer = await api(`${MLFLOW}/runs/get?run_id=${encodeURIComponent(run)}`);
+    } catch (e) { caught(e, status, "The run's metrics are not available"); return; }
+    const info = answer.run.info || {}, data = answer.run.data || {};
+    status.textContent = `MLflow run ${run} in experiment ${experiment}${info.status ? ", " + info.status.toLowerCase() : ""}.`;
+    const ps = (data.params || []).slice().sort((a, b) => a.key.localeCompare(b.key));
+    params.replaceChildren(table([{ label: "Param" }, { label: "Value" }], ps.map((p) => [p.key, p.value]), "No params logged."));
+    const ms = (data.metrics || []).slice().sort((a, b) => a.key.localeCompare(b.key));
+    latest.replaceChildren(table([{ label: "Metric" }, { label: "Latest", num: true }, { label: "Step", num: true }, { label: "Logged" }],
+      ms.map((m) => [m.key, fmtValue(m.value), String(m.step ?? 0), fmtTime(Number(m.timestamp) * 1000)]), "Nothing logged yet."));
+    if (!ms.length) {
+      charts.replaceChildren(h("p", { class: "muted", id: "ml-none", text: "Nothing logged yet: metrics the job logs to its run appear here." }));
+      return;
+    }
+    const drawn = ms.slice(0, ML_CHARTS_MAX);
+    // Only a metric whose latest point changed is read again.
+    await Promise.all(drawn.map(async (m) => {
+      const seen = `${m.step}/${m.timestamp}/${m.value}`;
+      if (histories.get(m.key)?.seen === seen) return;
+      try {
+        histories.set(m.key, { seen, ...(await history(m.key)) });
+      } catch (e) {
+        if (e instanceof Unauthenticated) throw e;
+        histories.set(m.key, { seen: null, error: e.message });
+      }
+    }));
+    charts.replaceChildren(...drawn.map((m) => metricChart(m.key, histories.get(m.key))),
+      ...(ms.length > drawn.length ? [h("p", { class: "muted", text: `The first ${ML_CHARTS_MAX} of ${ms.length} metrics are drawn.` })] : []));
+  }
+
+  async function history(key) {
+    const points = [];
+    let token = "";
+    do {
+      const q = new URLSearchParams({ run_id: run, metric_key: key, max_results: String(Math.min(ML_PAGE, ML_POINTS_MAX - points.length)) });
+      if (token) q.set("page_token", token);
+      const page = await api(`${MLFLOW}/metrics/get-history?${q}`);
+      for (const p of page.metrics || []) points.push([Number(p.step || 0), Number(p.value)]);
+      token = page.next_page_token || "";
+    } while (token && points.length < ML_POINTS_MAX);
+    points.sort((a, b) => a[0] - b[0]);
+    return { points, more: !!token };
+  }
+
+  function metricChart(key, hist) {
+    if (hist.error) return inlineError(`The history of ${key} is not available: ${hist.error}`);
+    const n = hist.points.length;
+    return FerryCharts.xyChart({ title: `${key} by step (${hist.more ? `the first ${n} points` : plural(n, "point")})`,
+      xLabel: "step", yLabel: key, integerX: true, series: [{ label: key, points: FerryCharts.downsample(hist.points, ML_DRAW_BUCKETS) }] });
+  }
+
+  // A folder's entries, relative to it: MLflow answers names within the folder, but a path from the run's root is
+  // taken too.
+  async function listing(sub) {
+    const path = `${experiment}/${run}/artifacts${sub ? "/" + sub : ""}`;
+    const answer = await api(`${ARTIFACTS}?path=${encodeURIComponent(path)}`);
+    const strip = (p) => [`${path}/`, sub ? `${sub}/` : null].reduce((q, prefix) => (prefix && q.startsWith(prefix) ? q.slice(prefix.length) : q), p);
+    return (answer.files || []).map((f) => ({ ...f, name: strip(f.path) }))
+      .sort((a, b) => Number(!!b.is_dir) - Number(!!a.is_dir) || a.name.localeCompare(b.name));
+  }
+
+  const fileUrl = (rel) => `${ARTIFACTS}/${[experiment, run, "artifacts", ...rel.split("/")].map(encodeURIComponent).join("/")}`;
+
+  async function listRoot() {
+    try {
+      const entries = await listing("");
+      listed = true;
+      files.replaceChildren(tree("", entries));
+    } catch (e) { caught(e, files, "The artifacts are not available"); }
+  }
+
+  function tree(sub, entries) {
+    if (!entries.length) return h("div", { class: "muted small", text: sub ? "(an empty folder)" : "No artifacts yet." });
+    return h("ul", { class: "tree" }, entries.map((f) => {
+      const rel = sub ? `${sub}/${f.name}` : f.name;
+      if (!f.is_dir) {
+        return h("li", {}, h("a", { href: fileUrl(rel), download: rel.split("/").pop(), text: f.name }),
+          h("span", { class: "muted small", text: f.file_size != null ? ` ${fmtBytes(Number(f.file_size))}` : "" }));
+      }
+      const inside = h("div", {});
+      const folder = h("button", { type: "button", class: "folder", "aria-expanded": "false", text: `${f.name}/`, onclick: async () => {
+        const open = folder.getAttribute("aria-expanded") !== "true";
+        folder.setAttribute("aria-expanded", String(open));
+        if (!open) { expanded.delete(rel); inside.replaceChildren(); return; }
+        expanded.add(rel);
+        inside.replaceChildren(h("p", { class: "muted small", text: "Loading…" }));
+        try { inside.replaceChildren(tree(rel, await listing(rel))); } catch (e) { caught(e, inside, `The folder ${rel} is not available`); }
+      } });
+      return h("li", {}, folder, inside);
+    }));
+  }
+
+  return { sections, update };
+}
+
 function highlight(line, want) {
   const out = [], lower = line.toLowerCase(), w = want.toLowerCase();
   let i = 0;
@@ -744,6 +899,194 @@ function highlight(line, want) {
 
 function shellQuote(arg) {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, "'\\''")}'`;
+}
+
+// ---- Sweeps -------------------------------------------------------------------------------------------------------
+
+// A live sweep is read again every few seconds; an ended one rarely (it no longer changes).
+const SWEEP_POLL_MS = 3000;
+const SWEEP_ENDED_POLL_MS = 60000;
+const TRIAL_STATES = ["completed", "stopped", "failed", "running", "queued"];
+
+const sweepLink = (s) => h("a", { href: `/sweeps/${s.id}`, text: String(s.id) });
+const sweepEnded = (c) => c.completed + c.failed + c.stopped;
+const sweepGoal = (s) => `${s.goal} ${s.objective}`;
+
+// A bar of a sweep's trials by state, out of its maximum, with the same counts in words.
+function sweepProgress(s, id) {
+  const c = s.counts, bar = h("span", { class: "progress", "aria-hidden": "true" });
+  for (const state of TRIAL_STATES) {
+    if (!c[state]) continue;
+    const part = h("span", { class: `trial-${state}`, title: `${c[state]} ${state}` });
+    part.style.width = `${(100 * c[state]) / Math.max(1, s.max_trials)}%`;
+    bar.append(part);
+  }
+  const words = TRIAL_STATES.filter((k) => c[k]).map((k) => `${c[k]} ${k}`).join(", ");
+  return h("span", { id, role: "progressbar", "aria-valuemin": "0", "aria-valuemax": String(s.max_trials),
+    "aria-valuenow": String(sweepEnded(c)), "aria-valuetext": `${sweepEnded(c)} of ${s.max_trials} trials ended` },
+  bar, `${sweepEnded(c)} of ${plural(s.max_trials, "trial")} ended${words ? ` (${words})` : ""}`);
+}
+
+function sweepsPage(main) {
+  const holder = h("div", { id: "sweeps" });
+  main.replaceChildren(h("h1", { text: "Sweeps" }),
+    h("p", { class: "muted", text: "Hyperparameter sweeps, newest first; start one with `ferry sweep`." }), holder);
+  poll(async () => {
+    const list = (await api("/api/v1/sweeps")).sweeps.slice().sort((a, b) => b.id - a.id);
+    holder.replaceChildren(table([{ label: "ID", num: true }, { label: "Name" }, { label: "State" }, { label: "User" },
+      { label: "Method" }, { label: "Objective" }, { label: "Progress" }, { label: "Best", num: true }, { label: "Created" }],
+    list.map((s) => [sweepLink(s), s.name || "", stateBadge(s.state), s.owner, s.method + (s.early_stopping ? ` + ${s.early_stopping}` : ""),
+      sweepGoal(s), sweepProgress(s), s.best_value != null ? `${fmtValue(s.best_value)} (trial ${s.best_trial})` : "–", fmtTime(s.created_at_us)]),
+    "No sweeps yet."));
+  });
+}
+
+// The table's columns for a sweep's trials: the fixed ones around one per parameter.
+function trialColumns(paramKeys, best) {
+  const text = (v) => (v === null || v === undefined ? "–" : typeof v === "number" ? fmtValue(v) : String(v));
+  return [
+    { key: "index", label: "Trial", num: true, value: (t) => t.index,
+      cell: (t) => (t.index === best ? h("span", {}, String(t.index), h("strong", { class: "best-mark", text: " ★ best" })) : String(t.index)) },
+    { key: "state", label: "State", value: (t) => TRIAL_STATES.indexOf(t.state), cell: (t) => stateBadge(t.state) },
+    ...paramKeys.map((k) => ({ key: `param:${k}`, label: k, num: true, value: (t) => t.params[k] ?? null, cell: (t) => text(t.params[k]) })),
+    { key: "value", label: "Objective", num: true, value: (t) => t.value, cell: (t) => text(t.value) },
+    { key: "step", label: "Step", num: true, value: (t) => t.step, cell: (t) => text(t.step) },
+    { key: "runtime", label: "Runtime", num: true, value: (t) => t.runtime_s, cell: (t) => (t.runtime_s == null ? "–" : fmtDuration(t.runtime_s * 1000)) },
+    { key: "stop", label: "Stop reason", value: (t) => t.stop_reason || "", cell: (t) => t.stop_reason || "–" },
+    { key: "job", label: "Job", num: true, value: (t) => t.job_id, cell: (t) => (t.job_id != null ? jobLink({ id: t.job_id }) : "–") },
+  ];
+}
+
+// Compares two cell values: absent last, numbers as numbers, the rest as text.
+function compareValues(x, y) {
+  const absent = (v) => v === null || v === undefined || v === "";
+  if (absent(x) || absent(y)) return absent(x) - absent(y);
+  return typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true });
+}
+
+// The objective of every trial that logged one, by trial index, marked by how the trial stands, and the best
+// completed value so far.
+function sweepChart(s) {
+  const minimize = s.goal !== "maximize";
+  const point = (t) => [t.index, t.value, `trial ${t.index} (${t.state}): ${fmtValue(t.value)}${t.step != null ? ` at step ${t.step}` : ""}`];
+  const trials = s.trials.filter((t) => typeof t.value === "number").sort((a, b) => a.index - b.index);
+  const of = (state) => trials.filter((t) => t.state === state).map(point);
+  let best = null;
+  const bestLine = trials.filter((t) => t.state === "completed").map((t) => {
+    if (best === null || (minimize ? t.value < best : t.value > best)) best = t.value;
+    return [t.index, best];
+  });
+  return FerryCharts.xyChart({ title: `${s.objective} by trial (${s.goal})`, xLabel: "trial", yLabel: s.objective, integerX: true,
+    series: [
+      { label: "completed", points: of("completed"), line: false, marker: "circle", color: "#0072B2" },
+      { label: "stopped early", points: of("stopped"), line: false, marker: "triangle", color: "#E69F00" },
+      { label: "failed", points: of("failed"), line: false, marker: "cross", color: "#D55E00" },
+      { label: "running (so far)", points: of("running"), line: false, marker: "ring", color: "#009E73" },
+      { label: `best so far (${minimize ? "lowest" : "highest"})`, points: bestLine, stepped: true, color: "#000000", dash: "6 3" },
+    ] });
+}
+
+function sweepPage(main, id) {
+  const title = h("h1", { text: `Sweep ${id}` });
+  const summary = h("dl", { class: "spec", id: "sweep-summary" });
+  const best = h("div", { id: "sweep-best" }), progress = h("p", { id: "sweep-progress-holder" });
+  const chart = h("div", { id: "sweep-chart" }), trials = h("div", { id: "trials" }), count = h("p", { class: "muted small", id: "trials-count" });
+  const specView = h("pre", { class: "native", id: "sweep-spec" });
+  const actions = h("div", { class: "row actions", id: "sweep-actions" });
+  const cancelResult = h("p", { id: "cancel-result", role: "status", "aria-live": "polite" });
+  let sweep = null, sort = { key: "index", desc: false }, shownTrials = "", shownActions = "", confirming = false, cancelling = false, refresh;
+  const cancelButton = h("button", { type: "button", id: "cancel-sweep", class: "danger", text: "Cancel sweep",
+    onclick: () => { confirming = true; renderActions(); confirmButton.focus(); } });
+  const confirmButton = h("button", { type: "button", id: "cancel-confirm", class: "danger-strong", text: `Yes, cancel sweep ${id}`,
+    onclick: () => cancelSweep() });
+  const keepButton = h("button", { type: "button", id: "cancel-keep", text: "No, keep it",
+    onclick: () => { confirming = false; renderActions(); cancelButton.focus(); } });
+  main.replaceChildren(title, actions, cancelResult, progress, best,
+    h("div", { class: "grid2" }, h("section", {}, h("h2", { text: "Sweep" }), summary),
+      h("section", {}, h("h2", { text: "Objective by trial" }), chart)),
+    h("h2", { text: "Trials" }), count, trials,
+    h("details", {}, h("summary", { text: "The sweep file" }), specView));
+
+  function renderActions() {
+    const live = sweep && sweep.state === "running";
+    if (!live && !cancelling) confirming = false;
+    const want = confirming ? "confirm" : live ? "cancel" : "none";
+    if (want === shownActions) return;
+    shownActions = want;
+    actions.replaceChildren(...(confirming
+      ? [h("span", { id: "cancel-question", text: `Cancel sweep ${id}? Its running trials are stopped and no new ones start.` }), confirmButton, keepButton]
+      : live ? [cancelButton] : []));
+  }
+
+  async function cancelSweep() {
+    cancelling = true;
+    confirmButton.disabled = keepButton.disabled = true;
+    cancelResult.className = "";
+    cancelResult.textContent = `Cancelling sweep ${id}…`;
+    try {
+      // Signed by the session cookie; the browser adds this page's Origin, which the server requires.
+      const res = await fetch(`/api/v1/sweeps/${id}/cancel`, { method: "POST", credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (res.status === 401) { location.assign("/login"); return; }
+      let body = null;
+      try { body = await res.json(); } catch (_) { /* not JSON */ }
+      if (!res.ok) throw new Error((body && body.message) || `${res.status} ${res.statusText}`);
+      cancelResult.textContent = `Cancel requested for sweep ${id}.`;
+    } catch (e) {
+      cancelResult.className = "error";
+      cancelResult.textContent = `Sweep ${id} was not cancelled: ${e.message}`;
+    } finally {
+      cancelling = false; confirming = false;
+      confirmButton.disabled = keepButton.disabled = false;
+      renderActions();
+      refresh();
+    }
+  }
+
+  // The trials' table, rebuilt only when the trials or the order changed, in one pass (no request per row).
+  function renderTrials() {
+    const keys = [...new Set(sweep.trials.flatMap((t) => Object.keys(t.params || {})))].sort();
+    const columns = trialColumns(keys, sweep.best_trial);
+    const state = JSON.stringify([sweep.trials, sweep.best_trial, sort]);
+    if (state === shownTrials) return;
+    shownTrials = state;
+    const col = columns.find((c) => c.key === sort.key) || columns[0];
+    const rows = sweep.trials.slice().sort((a, b) => {
+      const c = compareValues(col.value(a), col.value(b));
+      return (sort.desc && c && col.value(a) != null && col.value(b) != null ? -c : c) || a.index - b.index;
+    });
+    count.textContent = `${plural(rows.length, "trial")}${sort.key !== "index" || sort.desc ? `, sorted by ${col.label.toLowerCase()}` : ""}`;
+    const head = h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null,
+      "aria-sort": c.key === sort.key ? (sort.desc ? "descending" : "ascending") : null },
+    h("button", { type: "button", class: "sort", "data-sort": c.key,
+      onclick: () => { sort = { key: c.key, desc: sort.key === c.key ? !sort.desc : false }; renderTrials();
+        trials.querySelector(`button[data-sort="${CSS.escape(c.key)}"]`).focus(); } },
+    c.label + (c.key === sort.key ? (sort.desc ? " ▼" : " ▲") : "")))));
+    const body = rows.map((t) => h("tr", { "data-trial": t.index, class: t.index === sweep.best_trial ? "best" : null },
+      columns.map((c) => h("td", { class: c.num ? "num" : null }, c.cell(t)))));
+    if (!rows.length) body.push(h("tr", {}, h("td", { colspan: columns.length, class: "muted", text: "No trials yet." })));
+    trials.replaceChildren(h("table", { id: "trials-table" }, h("thead", {}, head), h("tbody", {}, body)));
+  }
+
+  refresh = poll(async () => {
+    sweep = await api(`/api/v1/sweeps/${id}`);
+    document.title = `Sweep ${id} · Ferry`;
+    title.replaceChildren(`Sweep ${id}${sweep.name ? " · " + sweep.name : ""} `, stateBadge(sweep.state));
+    if (!cancelling) renderActions();
+    progress.replaceChildren(sweepProgress(sweep, "sweep-progress"));
+    const top = sweep.trials.find((t) => t.index === sweep.best_trial);
+    best.replaceChildren(sweep.best_trial != null
+      ? h("p", { class: "best-trial" }, h("strong", { text: "Best trial: " }), `trial ${sweep.best_trial}, ${sweep.objective} = ${fmtValue(sweep.best_value)} (${sweep.goal})`,
+        top && top.job_id != null ? h("span", {}, " · job ", jobLink({ id: top.job_id })) : null,
+        top ? h("span", { class: "muted", text: ` · ${Object.entries(top.params).map(([k, v]) => `${k}=${fmtValue(v)}`).join(", ")}` }) : null)
+      : h("p", { class: "muted", text: "No trial has completed with a value yet." }));
+    const pairs = [["Method", sweep.method], ["Early stopping", sweep.early_stopping || "none"], ["Objective", sweepGoal(sweep)],
+      ["Trials", `at most ${sweep.max_trials}, ${sweep.max_parallel} at a time`], ["Owner", sweep.owner], ["MLflow experiment", sweep.experiment_id],
+      ["Created", fmtTime(sweep.created_at_us)], ["Finished", fmtTime(sweep.finished_at_us)], sweep.message && ["Message", sweep.message]];
+    summary.replaceChildren(...pairs.filter(Boolean).flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
+    specView.textContent = sweep.spec || "";
+    chart.replaceChildren(sweepChart(sweep));
+    renderTrials();
+  }, () => (!sweep || sweep.state === "running" ? SWEEP_POLL_MS : SWEEP_ENDED_POLL_MS));
 }
 
 // ---- Usage --------------------------------------------------------------------------------------------------------
@@ -815,12 +1158,14 @@ function usagePage(main) {
 (function start() {
   const main = document.getElementById("main");
   const path = location.pathname.replace(/\/+$/, "") || "/";
-  const job = path.match(/^\/jobs\/(\d+)$/);
-  const page = job ? "jobs" : { "/": "overview", "/nodes": "nodes", "/jobs": "jobs", "/usage": "usage" }[path];
+  const job = path.match(/^\/jobs\/(\d+)$/), sweep = path.match(/^\/sweeps\/(\d+)$/);
+  const page = job ? "jobs" : sweep ? "sweeps" : { "/": "overview", "/nodes": "nodes", "/jobs": "jobs", "/sweeps": "sweeps", "/usage": "usage" }[path];
   for (const a of document.querySelectorAll("nav a")) if (a.dataset.page === page) a.setAttribute("aria-current", "page");
-  const titles = { overview: "Overview", nodes: "Nodes", jobs: "Jobs", usage: "Usage" };
-  document.title = `${job ? "Job " + job[1] : titles[page] || "Not found"} · Ferry`;
+  const titles = { overview: "Overview", nodes: "Nodes", jobs: "Jobs", sweeps: "Sweeps", usage: "Usage" };
+  document.title = `${job ? "Job " + job[1] : sweep ? "Sweep " + sweep[1] : titles[page] || "Not found"} · Ferry`;
   if (job) jobPage(main, Number(job[1]));
+  else if (sweep) sweepPage(main, Number(sweep[1]));
+  else if (page === "sweeps") sweepsPage(main);
   else if (page === "overview") overview(main);
   else if (page === "nodes") nodesPage(main);
   else if (page === "jobs") jobsPage(main);

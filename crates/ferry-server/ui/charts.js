@@ -1,6 +1,7 @@
-// Ferry dashboard charts: SVG line charts and heatmaps drawn from /api/v1/series answers. No library: a few
-// functions that build SVG elements. Times are shown in the viewer's time zone; every axis names its unit; colours
-// come from the Okabe-Ito palette and each line also has its own dash pattern, so no meaning rests on colour alone.
+// Ferry dashboard charts: SVG line charts and heatmaps drawn from /api/v1/series answers, and charts of numbers
+// against numbers (MLflow metrics by step, a sweep's objective by trial). No library: a few functions that build SVG
+// elements. Times are shown in the viewer's time zone; every axis names its unit; colours come from the Okabe-Ito
+// palette and each line also has its own dash pattern (each mark its own shape), so no meaning rests on colour alone.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -112,6 +113,126 @@ function lineChart(opts) {
   return figure;
 }
 
+// Round numbers from at most `lo` to at least `hi` (of any sign) for an axis, about `count` steps, none finer than
+// `minStep` (1 for steps and trial numbers).
+function rangeTicks(lo, hi, count, minStep) {
+  if (!(hi > lo) && minStep) hi = lo + minStep;
+  else if (!(hi > lo)) { const pad = Math.abs(lo) * 0.1 || 1; lo -= pad; hi += pad; }
+  const raw = Math.max((hi - lo) / count, minStep || 0);
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw && (!minStep || Number.isInteger(s))) || raw;
+  const first = Math.floor(lo / step + 1e-9) * step, ticks = [];
+  for (let i = 0; i <= 100; i++) {
+    const v = Number((first + i * step).toPrecision(12));
+    ticks.push(v);
+    if (v >= hi - step * 1e-9) break;
+  }
+  return ticks;
+}
+
+// A number for an axis or a table: four significant digits, exponents for the very large and the very small.
+function short(v) {
+  const a = Math.abs(v);
+  return a >= 1e6 || (a > 0 && a < 1e-3) ? v.toExponential(2) : String(Number(v.toPrecision(4)));
+}
+
+// At most about 2 × buckets of a line's points (sorted by x): each bucket's lowest and highest, so spikes survive.
+function downsample(points, buckets) {
+  if (points.length <= 2 * buckets) return points;
+  const x0 = points[0][0], span = points[points.length - 1][0] - x0 || 1, out = [];
+  let bucket = -1, lo = null, hi = null;
+  const flush = () => { if (lo) out.push(...(lo === hi ? [lo] : lo[0] <= hi[0] ? [lo, hi] : [hi, lo])); };
+  for (const p of points) {
+    const k = Math.min(buckets - 1, Math.floor(((p[0] - x0) / span) * buckets));
+    if (k !== bucket) { flush(); bucket = k; lo = hi = p; continue; }
+    if (p[1] < lo[1]) lo = p;
+    if (p[1] > hi[1]) hi = p;
+  }
+  flush();
+  return out;
+}
+
+// A point's mark: its shape, not only its colour, says which series it belongs to.
+function marker(kind, x, y, color, title) {
+  const t = title ? svg("title", {}, title) : null;
+  if (kind === "triangle") return svg("path", { d: `M${x} ${y - 5}L${x + 4.5} ${y + 3.5}L${x - 4.5} ${y + 3.5}Z`, fill: color }, t);
+  if (kind === "cross") return svg("path", { d: `M${x - 4} ${y - 4}L${x + 4} ${y + 4}M${x - 4} ${y + 4}L${x + 4} ${y - 4}`, stroke: color, "stroke-width": 2 }, t);
+  if (kind === "ring") return svg("circle", { cx: x, cy: y, r: 4, fill: "#fff", stroke: color, "stroke-width": 1.5 }, t);
+  return svg("circle", { cx: x, cy: y, r: kind === "dot" ? 2.5 : 4, fill: color }, t);
+}
+
+// A chart of numbers against numbers (a metric against its step, an objective against the trial). opts: { title,
+// xLabel, yLabel, integerX?, width?, height?, series: [{ label, points: [[x, y, title?]], color?, dash?, line?
+// (default true), stepped?, marker? ("circle", "ring", "triangle", "cross") }] }. Points whose y is not a finite
+// number are gaps. Returns a figure with the chart and its legend.
+function xyChart(opts) {
+  const W = opts.width || 640, H = opts.height || 220;
+  const m = { l: 64, r: 20, t: 10, b: 40 };
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (const s of opts.series) for (const [px, py] of s.points) {
+    if (!Number.isFinite(py) || !Number.isFinite(px)) continue;
+    x0 = Math.min(x0, px); x1 = Math.max(x1, px); y0 = Math.min(y0, py); y1 = Math.max(y1, py);
+  }
+  if (x0 > x1) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
+  const xt = rangeTicks(x0, x1, 6, opts.integerX ? 1 : 0), yt = rangeTicks(y0, y1, 4, 0);
+  const [xa, xb, ya, yb] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
+  const x = (v) => (m.l + ((v - xa) / (xb - xa)) * (W - m.l - m.r)).toFixed(1);
+  const y = (v) => (H - m.b - ((v - ya) / (yb - ya)) * (H - m.t - m.b)).toFixed(1);
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": opts.title });
+  chart.append(svg("title", {}, opts.title));
+  const grid = svg("g", { class: "grid" }), axis = svg("g", { class: "axis" });
+  for (const t of yt) {
+    grid.append(svg("line", { x1: m.l, x2: W - m.r, y1: y(t), y2: y(t) }));
+    axis.append(svg("text", { x: m.l - 6, y: Number(y(t)) + 4, "text-anchor": "end" }, short(t)));
+  }
+  for (const t of xt) {
+    axis.append(svg("line", { x1: x(t), x2: x(t), y1: H - m.b, y2: H - m.b + 4 }));
+    axis.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, short(t)));
+  }
+  axis.append(svg("line", { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
+  axis.append(svg("line", { x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
+  axis.append(svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel));
+  axis.append(svg("text", { x: 12, y: (m.t + H - m.b) / 2, "text-anchor": "middle",
+    transform: `rotate(-90 12 ${(m.t + H - m.b) / 2})` }, opts.yLabel));
+  chart.append(grid, axis);
+  const legend = document.createElement("div");
+  legend.className = "legend";
+  opts.series.forEach((s, i) => {
+    const color = s.color || PALETTE[i % PALETTE.length], dash = s.dash ?? DASHES[i % DASHES.length];
+    const line = s.line !== false, finite = s.points.filter((p) => Number.isFinite(p[1]));
+    if (line) {
+      let d = "", pen = false, lastY = null;
+      for (const [px, py] of s.points) {
+        if (!Number.isFinite(py)) { pen = false; continue; }
+        d += !pen ? `M${x(px)} ${y(py)}` : s.stepped ? `H${x(px)}V${y(py)}` : `L${x(px)} ${y(py)}`;
+        pen = true; lastY = py;
+      }
+      if (s.stepped && lastY !== null) d += `H${x(xb)}`;
+      if (d) chart.append(svg("path", { d, fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": dash || null }));
+      if (finite.length === 1 && !s.marker) chart.append(marker("dot", x(finite[0][0]), y(finite[0][1]), color));
+    }
+    if (s.marker) {
+      const g = svg("g", {});
+      for (const [px, py, title] of finite) g.append(marker(s.marker, Number(x(px)), Number(y(py)), color, title));
+      chart.append(g);
+    }
+    const swatch = svg("svg", { width: 26, height: 10, "aria-hidden": "true" },
+      line ? svg("line", { x1: 0, x2: 26, y1: 5, y2: 5, stroke: color, "stroke-width": 2, "stroke-dasharray": dash || null }) : null,
+      s.marker ? marker(s.marker, 13, 5, color) : null);
+    const item = document.createElement("span");
+    item.append(swatch, s.label + (finite.length ? "" : " (none)"));
+    legend.append(item);
+  });
+  const figure = document.createElement("figure");
+  figure.className = "chart-figure";
+  figure.style.margin = "0";
+  const caption = document.createElement("figcaption");
+  caption.textContent = opts.title;
+  caption.className = "small muted";
+  figure.append(caption, chart, legend);
+  return figure;
+}
+
 // Sequential colours from viridis (colour-blind-safe, readable in greyscale) for 0-100%.
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 function viridis(percent) {
@@ -174,4 +295,4 @@ function heatmap(opts) {
   return figure;
 }
 
-window.FerryCharts = { lineChart, heatmap };
+window.FerryCharts = { lineChart, heatmap, xyChart, downsample, short };

@@ -40,6 +40,24 @@ pub struct NewJob {
     pub pool: Option<String>,
     /// The container image the job runs in; `None` runs its command directly on the node.
     pub image: Option<String>,
+    /// The MLflow run made for the job; `None` for jobs older than tracking.
+    pub tracking: Option<JobTracking>,
+    /// The sweep the job is a trial of, and which trial.
+    pub sweep: Option<SweepLink>,
+}
+
+/// A job's MLflow run and the experiment it is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobTracking {
+    pub run_id: String,
+    pub experiment_id: i64,
+}
+
+/// Which trial of which sweep a job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepLink {
+    pub sweep_id: u64,
+    pub trial: u32,
 }
 
 /// The code archive a job runs in, and the git state of the folder it came from.
@@ -104,7 +122,8 @@ pub struct JobFilter {
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
-     code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image";
+     code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
+     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -135,6 +154,14 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         nodes: row.get::<i64, _>("nodes") as u32,
         pool: row.get("pool"),
         image: row.get("image"),
+        tracking: match (row.get::<Option<String>, _>("tracking_run_id"), row.get::<Option<i64>, _>("tracking_experiment_id")) {
+            (Some(run_id), Some(experiment_id)) => Some(JobTracking { run_id, experiment_id }),
+            _ => None,
+        },
+        sweep: match (row.get::<Option<i64>, _>("sweep_id"), row.get::<Option<i64>, _>("sweep_trial")) {
+            (Some(sweep_id), Some(trial)) => Some(SweepLink { sweep_id: sweep_id as u64, trial: trial as u32 }),
+            _ => None,
+        },
         code: row.get::<Option<String>, _>("code_sha256").map(|sha256| JobCode {
             sha256,
             size_bytes: row.get::<Option<i64>, _>("code_bytes").unwrap_or(0) as u64,
@@ -220,6 +247,20 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// Every job of a sweep, by trial.
+    pub async fn sweep_jobs(&self, sweep_id: u64) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ? ORDER BY sweep_trial");
+        let rows = sqlx::query(&sql).bind(sweep_id as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// The job an MLflow run was made for, if any.
+    pub async fn job_of_run(&self, run_id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tracking_run_id = ?");
+        let row = sqlx::query(&sql).bind(run_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
     /// Every job that has not reached a final state, oldest first: what the server reloads at start.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let sql =
@@ -270,8 +311,9 @@ impl Tx {
         let id = sqlx::query(
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
              priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes, \
-             code_sha256, code_bytes, git_commit, git_diff, pool, image) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             code_sha256, code_bytes, git_commit, git_diff, pool, image, tracking_run_id, tracking_experiment_id, \
+             sweep_id, sweep_trial) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -297,6 +339,10 @@ impl Tx {
         .bind(job.code.as_ref().and_then(|c| c.git_diff.clone()))
         .bind(&job.pool)
         .bind(&job.image)
+        .bind(job.tracking.as_ref().map(|t| t.run_id.clone()))
+        .bind(job.tracking.as_ref().map(|t| t.experiment_id))
+        .bind(job.sweep.map(|l| l.sweep_id as i64))
+        .bind(job.sweep.map(|l| l.trial as i64))
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

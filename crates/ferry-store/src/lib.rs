@@ -5,7 +5,9 @@
 //! PostgreSQL also accepts, so a PostgreSQL backend can follow with the same migrations.
 
 mod jobs;
+mod models;
 mod nodes;
+mod sweeps;
 mod tokens;
 mod tracking;
 
@@ -16,8 +18,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use jobs::{JobCode, JobFilter, JobRecord, Native, NewJob, Tx};
+pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx};
+pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
+pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
 pub use tokens::{TokenListing, TokenRecord};
 pub use tracking::{ExperimentRecord, MetricPoint, ParamConflict, RunData, RunRecord};
 

@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// directory (the shipped code) is mounted at the same path. The node must have the image or be able to pull it.
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
+    /// The MLflow experiment of the job's run (made if missing); by default the job's project, else `Default`.
+    #[arg(long, value_name = "NAME")]
+    experiment: Option<String>,
     /// The program and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -133,6 +136,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         max_runtime_s: args.max_runtime.as_deref().map(parse_duration_s).transpose().map_err(invalid)?,
         nodes: (args.nodes != 1).then_some(args.nodes),
         image: args.image,
+        experiment: args.experiment,
     };
     if spec.command.is_empty() {
         return Err(CliError::new(
@@ -165,7 +169,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
 
 /// Packs the current folder, uploads it unless the server already holds the same bytes, and says on stderr what
 /// was shipped.
-async fn ship(client: &ferry_client::Client) -> Result<CodeSpec, CliError> {
+pub(crate) async fn ship(client: &ferry_client::Client) -> Result<CodeSpec, CliError> {
     let root = std::env::current_dir()
         .map_err(|e| CliError::new(exit::INVALID, format!("cannot read the current directory: {e}")))?;
     let packing = tokio::task::spawn_blocking(move || pack::pack(&root).map(|packed| (packed, pack::git_state(&root))));
@@ -497,6 +501,17 @@ fn describe(j: &Job) -> String {
             format!(
                 "{} job {}{state} (`ferry show {} --native` shows what was submitted)",
                 native.kind, native.id, j.id
+            ),
+        );
+    }
+    if let Some(t) = &j.tracking {
+        line(
+            "MLflow run:",
+            format!(
+                "{} in experiment {} (`ferry metrics {id}`, `ferry artifacts {id}`)",
+                t.run_id,
+                t.experiment_id,
+                id = j.id
             ),
         );
     }

@@ -1,10 +1,12 @@
 //! The `ferry` binary: server, node agent and command line in one. It parses flags and calls the libraries; the
 //! logic lives in the crates under `crates/`.
 
+mod artifacts;
 mod commands;
 mod exit;
 mod format;
 mod pack;
+mod sweep;
 mod top;
 mod up;
 
@@ -56,6 +58,8 @@ enum Command {
     Show(commands::ShowArgs),
     /// Print a job's output; -f follows it until the job ends.
     Logs(commands::LogsArgs),
+    /// List a job's MLflow artifacts (`ferry artifacts JOB [PATH]`) or download them (`... JOB get PATH -o OUT`).
+    Artifacts(artifacts::ArtifactsArgs),
     /// Cancel jobs: queued ones are removed, running ones get SIGTERM, a grace period, then SIGKILL.
     Cancel(commands::CancelArgs),
     /// List nodes with their capacity, allocation and measured utilisation.
@@ -63,6 +67,10 @@ enum Command {
     /// List pools in their order: agent pools and engines (Slurm, Ray, Spark), their nodes, and whether each engine
     /// answers.
     Pools(commands::PoolsArgs),
+    /// Start a hyperparameter sweep from its file (`ferry sweep sweep.toml`), or see one (`ferry sweep status ID`).
+    Sweep(sweep::SweepArgs),
+    /// What a job logged to its MLflow run: params and metrics; `ferry metrics ID KEY` prints one metric's history.
+    Metrics(sweep::MetricsArgs),
     /// A live view of the cluster, like htop: nodes, every GPU's allocation and measured use, the running jobs.
     Top(top::TopArgs),
     /// Create, list and revoke API tokens, among them join tokens for agents.
@@ -122,10 +130,13 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Ps(args) => commands::ps(&g, args).await,
         Command::Show(args) => commands::show(&g, args).await,
         Command::Logs(args) => commands::logs(&g, args).await,
+        Command::Artifacts(args) => artifacts::artifacts(&g, args).await,
         Command::Cancel(args) => commands::cancel(&g, args).await,
         Command::Nodes(args) => commands::nodes(&g, args).await,
         Command::Pools(args) => commands::pools(&g, args).await,
         Command::Top(args) => top::top(&g, args).await,
+        Command::Sweep(args) => sweep::sweep(&g, args).await,
+        Command::Metrics(args) => sweep::metrics(&g, args).await,
         Command::Token(args) => commands::token(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),

@@ -617,6 +617,224 @@ fn measured_gpu_use_shows_utilisation_idle_gpus_and_a_coloured_heatmap() {
     b.screenshot("telemetry-job");
 }
 
+/// Posts to the MLflow tracking API with the admin token, failing the test on an error answer.
+fn mlflow_post(http: &Client, f: &Ferry, path: &str, body: Value) {
+    let response = http
+        .post(format!("{}/api/2.0/mlflow/{path}", f.url()))
+        .bearer_auth(admin_token(f))
+        .json(&body)
+        .send()
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status();
+    assert!(status.is_success(), "{path} answered {status}: {}", response.text().unwrap_or_default());
+}
+
+#[test]
+fn the_job_page_shows_the_runs_metrics_params_and_artifacts() {
+    let f = Ferry::start(NodeSpec::default());
+    // The job logs to its own run with the variables it is given, as `mlflow` inside it would: two params, an
+    // accuracy at three steps and an artifact in a folder, once the test says go (so the page is seen empty first).
+    let go = tempfile::tempdir().unwrap();
+    let go_file = go.path().join("go");
+    let script = r#"set -e
+while [ ! -e "$GO" ]; do sleep 0.1; done
+api="$MLFLOW_TRACKING_URI/api/2.0"; auth="Authorization: Bearer $MLFLOW_TRACKING_TOKEN"; now=$(date +%s)000
+point() { echo '{"key":"accuracy","value":'$1',"step":'$2',"timestamp":'$now'}'; }
+curl -sSf -H "$auth" -H 'content-type: application/json' "$api/mlflow/runs/log-batch" -d '{"run_id":"'$MLFLOW_RUN_ID'",
+  "params":[{"key":"lr","value":"0.001"},{"key":"optimizer","value":"adam"}],
+  "metrics":['"$(point 0.5 0),$(point 0.75 100),$(point 0.875 200)"']}'
+printf 'w = 1\n' | curl -sSf -H "$auth" -X PUT --data-binary @- \
+  "$api/mlflow-artifacts/artifacts/$MLFLOW_EXPERIMENT_ID/$MLFLOW_RUN_ID/artifacts/model/weights.txt"
+echo logged
+sleep 300"#;
+    let env = format!("GO={}", go_file.display());
+    let job =
+        f.submit(&["--cpus", "0.5", "--memory", "256MiB", "--name", "train", "--env", &env, "--", "sh", "-c", script]);
+    let record = f.wait_state(job, "running");
+    let run = record["tracking"]["run_id"].as_str().unwrap_or_else(|| panic!("no tracking run: {record}")).to_string();
+    let experiment = record["tracking"]["experiment_id"].as_str().unwrap().to_string();
+    let http = plain_client();
+    let base = f.url();
+    let b = Browser::start();
+    sign_in(&b, &f);
+
+    // Before anything is logged the page says so.
+    b.goto(&format!("{base}/jobs/{job}"));
+    b.wait_for("the empty run", WAIT, |b| b.script("return document.getElementById('ml-none') !== null") == true);
+
+    // The job logs; the test adds 1,200 points of a loss (more than are drawn: the chart keeps each bucket's
+    // extremes). The page picks them up while the job runs.
+    std::fs::write(&go_file, "").unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for chunk in (0..1200u64).collect::<Vec<_>>().chunks(600) {
+        let metrics: Vec<Value> = chunk
+            .iter()
+            .map(|&s| json!({ "key": "loss", "value": 1.0 / (1.0 + s as f64), "timestamp": now_ms + s, "step": s }))
+            .collect();
+        mlflow_post(&http, &f, "runs/log-batch", json!({ "run_id": run, "metrics": metrics }));
+    }
+    f.wait_for("the job to log", |f| f.ok(&["logs", &job.to_string()]).contains("logged") || f.state(job) != "running");
+    assert_eq!(f.state(job), "running", "the job could not log: {}", f.ok(&["logs", &job.to_string()]));
+
+    let charts = "return document.querySelectorAll('#ml-charts svg.chart').length";
+    b.wait_for("a chart per metric", Duration::from_secs(30), |b| b.script(charts).as_u64() == Some(2));
+    let captions = b.script("return [...document.querySelectorAll('#ml-charts figcaption')].map(c => c.textContent)");
+    assert_eq!(captions, json!(["accuracy by step (3 points)", "loss by step (1200 points)"]));
+    let drawn = b.script(
+        "const p = document.querySelectorAll('#ml-charts svg.chart path')[1]; \
+         return p.getAttribute('d').split(/[MLH]/).length - 1",
+    );
+    assert!(drawn.as_u64().is_some_and(|n| n > 100 && n <= 600), "the loss is drawn from at most 600 points: {drawn}");
+    let latest = b.script("return document.getElementById('ml-latest').innerText");
+    let latest = latest.as_str().unwrap_or_default();
+    assert!(latest.contains("loss\t8.33e-4\t1199") && latest.contains("accuracy\t0.875\t200"), "{latest}");
+    let params = b.script("return document.getElementById('ml-params').innerText");
+    let params = params.as_str().unwrap_or_default();
+    assert!(params.contains("lr\t0.001") && params.contains("optimizer\tadam"), "{params}");
+
+    // The artifacts: a folder that opens on a click, and a download link that the session cookie signs.
+    b.wait_for("the artifacts' folder", WAIT, |b| {
+        b.script("return document.querySelector('#artifacts button.folder') !== null") == true
+    });
+    b.click("#artifacts button.folder");
+    let link = "const a = document.querySelector('#artifacts a[download]'); return a && a.getAttribute('href')";
+    b.wait_for("the artifact's link", WAIT, |b| !b.script(link).is_null());
+    assert_eq!(
+        b.script(link),
+        json!(format!("/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/model/weights.txt"))
+    );
+    assert!(b.text().contains("weights.txt 6 B"), "{}", b.text());
+    let fetched = b.post(
+        "/execute/async",
+        json!({ "script": "const done = arguments[0]; \
+            fetch(document.querySelector('#artifacts a[download]').href, { credentials: 'same-origin' }) \
+              .then(r => r.text().then(t => done(r.status + ' ' + t)), e => done(String(e)));", "args": [] }),
+    );
+    assert_eq!(fetched, "200 w = 1\n", "the artifact downloads with the session cookie");
+    b.assert_no_errors("job with a run", &[]);
+    b.screenshot("job-run");
+
+    // A finished job's page reads its run once more and then stops asking.
+    f.ok(&["cancel", &job.to_string()]);
+    f.wait_state(job, "cancelled");
+    b.goto(&format!("{base}/jobs/{job}"));
+    b.wait_for("the finished job's charts", WAIT, |b| b.script(charts).as_u64() == Some(2));
+    b.assert_no_errors("finished job with a run", &[]);
+}
+
+/// A grid over `x` in 1..=4: each trial logs `score = x`; x = 3 then fails and x = 4 keeps running.
+const SWEEP: &str = r#"
+name = "ui-sweep"
+max_trials = 4
+max_parallel = 4
+seed = 7
+command = ["sh", "-c", '''
+now=$(date +%s)000
+curl -sSf -H "Authorization: Bearer $MLFLOW_TRACKING_TOKEN" -H 'content-type: application/json' \
+  "$MLFLOW_TRACKING_URI/api/2.0/mlflow/runs/log-metric" \
+  -d '{{"run_id":"'$MLFLOW_RUN_ID'","key":"score","value":{x},"step":1,"timestamp":'$now'}}'
+case {x} in 3) exit 1;; 4) sleep 300;; esac
+''']
+
+[objective]
+metric = "score"
+goal = "minimize"
+
+[method]
+name = "grid"
+
+[params.x]
+distribution = "choice"
+values = [1, 2, 3, 4]
+
+[trial]
+cpus = 0.5
+memory = "128MiB"
+"#;
+
+#[test]
+fn the_sweep_pages_show_trials_the_best_one_and_cancel() {
+    let f = Ferry::start(NodeSpec::default());
+    let http = plain_client();
+    let base = f.url();
+    let submitted = http
+        .post(format!("{base}/api/v1/sweeps"))
+        .bearer_auth(admin_token(&f))
+        .json(&json!({ "spec": SWEEP }))
+        .send()
+        .unwrap();
+    assert!(submitted.status().is_success(), "the sweep was refused: {}", submitted.text().unwrap_or_default());
+    let id = submitted.json::<Value>().unwrap()["id"].as_u64().unwrap();
+    let sweep = || -> Value {
+        let answer = http.get(format!("{base}/api/v1/sweeps/{id}")).bearer_auth(admin_token(&f)).send().unwrap();
+        answer.json().unwrap()
+    };
+    // Every trial has logged its score: two completed, one failed, one still running.
+    f.wait_for("the sweep's trials to settle", |_| {
+        let s = sweep();
+        let c = &s["counts"];
+        let trials = s["trials"].as_array().cloned().unwrap_or_default();
+        let logged = trials.iter().any(|t| t["state"] == "running" && t["value"] == 4.0);
+        c["completed"] == 2 && c["failed"] == 1 && c["running"] == 1 && logged
+    });
+    let s = sweep();
+    let best = s["best_trial"].as_u64().expect("a best trial");
+    let best_job = s["trials"].as_array().unwrap().iter().find(|t| t["index"] == best).unwrap()["job_id"].clone();
+    assert_eq!(s["best_value"], 1.0, "the lowest score is best: {s}");
+
+    let b = Browser::start();
+    sign_in(&b, &f);
+    // The list: the sweep with its progress and best value.
+    b.goto(&format!("{base}/sweeps"));
+    b.wait_text("the sweep's row", "ui-sweep");
+    let text = b.text();
+    assert!(text.contains("3 of 4 trials ended (2 completed, 1 failed, 1 running)"), "{text}");
+    assert!(text.contains(&format!("1 (trial {best})")) && text.contains("minimize score"), "{text}");
+    b.assert_no_errors("sweeps", &[]);
+    b.screenshot("sweeps");
+
+    // The sweep: its best trial linked to its job, a mark per trial with a value, and the trials' table.
+    b.click(&format!("a[href=\"/sweeps/{id}\"]"));
+    let rows = "return document.querySelectorAll('#trials-table tbody tr[data-trial]').length";
+    b.wait_for("the trials' table", WAIT, |b| b.script(rows) == 4);
+    let text = b.text();
+    assert!(text.contains(&format!("Best trial: trial {best}, score = 1 (minimize) · job {best_job} · x=1")), "{text}");
+    assert_eq!(b.script("return document.querySelector('tr.best').dataset.trial"), json!(best.to_string()));
+    let headers = b.script("return [...document.querySelectorAll('#trials-table th')].map(t => t.innerText.trim())");
+    let expected = json!(["Trial ▲", "State", "x", "Objective", "Step", "Runtime", "Stop reason", "Job"]);
+    assert_eq!(headers, expected, "a column per parameter");
+    let marks = b.script(
+        "return [...document.querySelectorAll('#sweep-chart svg.chart title')].map(t => t.textContent)\
+           .filter(t => t.startsWith('trial')).sort()",
+    );
+    let marks: Vec<&str> = marks.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(marks.len(), 4, "{marks:?}");
+    let failed = marks.iter().any(|m| m.contains("(failed): 3"));
+    assert!(failed && marks.iter().any(|m| m.contains("(running): 4")), "{marks:?}");
+    // Sorting by the objective, lowest first, then highest first; the focus stays on the header.
+    b.click("button[data-sort=value]");
+    let first = "return document.querySelector('#trials-table tbody tr').dataset.trial";
+    assert_eq!(b.script(first), json!(best.to_string()));
+    b.click("button[data-sort=value]");
+    let top = b.script("return document.querySelector('#trials-table tbody tr').innerText");
+    assert!(top.as_str().is_some_and(|t| t.contains("running")), "the highest score is the running trial's: {top}");
+    assert_eq!(b.script("return document.activeElement.dataset.sort"), "value");
+    b.assert_no_errors("sweep", &[]);
+    b.screenshot("sweep");
+
+    // Cancelling, in two steps, with the session cookie: the running trial stops and the page shows it live.
+    b.click("#cancel-sweep");
+    b.wait_text("the confirmation", &format!("Cancel sweep {id}?"));
+    b.click("#cancel-confirm");
+    b.wait_text("the cancel result", &format!("Cancel requested for sweep {id}."));
+    b.wait_for("the sweep to show it cancelled", LIVE_WAIT, |b| {
+        b.script("return document.querySelector('h1 .state').textContent") == "cancelled"
+    });
+    assert_eq!(sweep()["state"], "cancelled");
+    assert_eq!(b.script("return document.getElementById('cancel-sweep') === null"), true, "nothing left to cancel");
+    b.assert_no_errors("cancelled sweep", &[]);
+}
+
 fn plain_client() -> Client {
     Client::builder().redirect(Policy::none()).timeout(Duration::from_secs(30)).build().unwrap()
 }
@@ -626,7 +844,7 @@ fn pages_need_a_session_cookie_and_assets_are_small_and_safe() {
     let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
     let http = plain_client();
     let base = f.url();
-    for page in ["/", "/nodes", "/jobs", "/jobs/1", "/usage"] {
+    for page in ["/", "/nodes", "/jobs", "/jobs/1", "/sweeps", "/sweeps/1", "/usage"] {
         let response = http.get(format!("{base}{page}")).send().unwrap();
         assert_eq!(response.status(), 303, "{page} without a session");
         assert_eq!(response.headers()["location"], "/login", "{page}");

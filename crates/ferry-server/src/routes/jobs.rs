@@ -175,6 +175,8 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         code,
         pool: spec.pool.filter(|p| !p.is_empty()),
         image,
+        tracking: None,
+        sweep: None,
     })
 }
 
@@ -276,6 +278,7 @@ pub async fn submit(
 ) -> Result<(axum::http::StatusCode, Json<Submitted>), ApiError> {
     caller.require_user()?;
     let Json(spec) = body.map_err(rejection)?;
+    let experiment = spec.experiment.clone();
     let mut job = validate(spec, &caller.name)?;
     if let Some(code) = &mut job.code {
         code.size_bytes = state.code.size(&code.sha256).await.ok_or_else(|| {
@@ -285,8 +288,42 @@ pub async fn submit(
             ))
         })?;
     }
-    let id = state.driver.call(|reply| Command::Submit { job, reply }).await?;
+    let id = submit_tracked(&state, job, experiment.as_deref(), Vec::new(), Vec::new()).await?;
     Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
+}
+
+/// Submits a job with an MLflow run of its own: the run is made first, the job carries its id into the driver's
+/// commit, and a refused job leaves its run deleted.
+pub(crate) async fn submit_tracked(
+    state: &AppState,
+    mut job: NewJob,
+    experiment: Option<&str>,
+    params: Vec<(String, String)>,
+    tags: Vec<(String, String)>,
+) -> Result<u64, ApiError> {
+    let run = crate::jobruns::NewRun {
+        experiment,
+        project: job.project.as_deref(),
+        owner: &job.owner,
+        name: job.name.as_deref(),
+        command: &job.command,
+        params,
+        tags,
+    };
+    let tracking = crate::jobruns::create(&state.store, run).await?;
+    let run_id = tracking.run_id.clone();
+    let named = job.name.is_some();
+    job.tracking = Some(tracking);
+    match state.driver.call(|reply| Command::Submit { job, reply }).await {
+        Ok(id) => {
+            crate::jobruns::attach(&state.store, &run_id, id, named).await?;
+            Ok(id)
+        }
+        Err(e) => {
+            crate::jobruns::discard(&state.store, &run_id).await;
+            Err(e)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +611,82 @@ pub async fn diff(State(state): State<AppState>, caller: Caller, Path(id): Path<
         .unwrap_or_default())
 }
 
+/// The most values of one metric `GET /api/v1/jobs/{id}/metrics?key=` returns.
+const METRIC_HISTORY_MAX: i64 = 100_000;
+
+#[derive(Debug, Deserialize)]
+pub struct MetricsQuery {
+    key: Option<String>,
+}
+
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+/// What the job logged to its MLflow run: params, each metric's summary, and one metric's history with `?key=`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/metrics", params(("id" = u64, Path), ("key" = Option<String>, Query)),
+    responses((status = 200, body = ferry_api::jobs::JobMetrics), (status = 404, body = ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ferry_api::jobs::JobMetrics>, ApiError> {
+    caller.require_user()?;
+    let Query(query) = query.map_err(rejection)?;
+    let record = load(&state, parse_id(&id)?).await?;
+    let tracking = record.spec.tracking.ok_or_else(|| {
+        ApiError::not_found(format!("job {} has no MLflow run: it was submitted before Ferry tracked runs", record.id))
+    })?;
+    let run = state.store.run(&tracking.run_id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("the MLflow run {} of job {} no longer exists", tracking.run_id, record.id))
+    })?;
+    let data = state.store.run_data(&tracking.run_id).await?;
+    let metrics = state
+        .store
+        .metric_stats(&tracking.run_id)
+        .await?
+        .into_iter()
+        .map(|m| ferry_api::jobs::MetricSummary {
+            key: m.key,
+            last: finite(m.last),
+            step: m.step,
+            min: m.min,
+            max: m.max,
+            count: m.count,
+        })
+        .collect::<Vec<_>>();
+    let history = match query.key.filter(|k| !k.is_empty()) {
+        Some(key) => {
+            if !metrics.iter().any(|m| m.key == key) {
+                let known: Vec<&str> = metrics.iter().map(|m| m.key.as_str()).collect();
+                return Err(ApiError::not_found(format!(
+                    "job {} logged no metric `{key}`; it logged: {}",
+                    record.id,
+                    if known.is_empty() { "nothing yet".to_string() } else { known.join(", ") }
+                )));
+            }
+            state
+                .store
+                .metric_history(&tracking.run_id, &key, 0, METRIC_HISTORY_MAX)
+                .await?
+                .into_iter()
+                .map(|p| ferry_api::jobs::MetricValue { step: p.step, value: finite(p.value), timestamp_ms: p.timestamp_ms })
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(Json(ferry_api::jobs::JobMetrics {
+        job_id: record.id,
+        run_id: tracking.run_id,
+        experiment_id: tracking.experiment_id.to_string(),
+        status: run.status,
+        params: data.params.into_iter().collect(),
+        metrics,
+        history,
+    }))
+}
+
 pub fn parse_id(text: &str) -> Result<u64, ApiError> {
     text.parse::<u64>().map_err(|_| {
         ApiError::invalid(format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them"))
@@ -632,6 +745,10 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
             spec: n.spec,
             state: state.engine_states.get(r.id),
         }),
+        tracking: r
+            .spec
+            .tracking
+            .map(|t| ferry_api::jobs::JobTracking { run_id: t.run_id, experiment_id: t.experiment_id.to_string() }),
     }
 }
 

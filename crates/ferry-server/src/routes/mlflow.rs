@@ -4,8 +4,8 @@
 //!
 //! Every answer, errors included (a missing token too), is in MLflow's shape: errors are
 //! `{"error_code": "...", "message": "..."}` with the HTTP status MLflow gives that code. Handlers write tracking
-//! rows through the store directly: tracking is not scheduling, so the driver is not involved. Artifacts and models
-//! come later; their paths answer MLflow's `ENDPOINT_NOT_FOUND`.
+//! rows through the store directly: tracking is not scheduling, so the driver is not involved. Artifacts are in
+//! `artifacts.rs` and logged models in `mlflow_models.rs`; paths Ferry does not serve answer `ENDPOINT_NOT_FOUND`.
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -38,8 +38,8 @@ const HISTORY_PAGE_MAX: i64 = 25_000;
 const FILTER_CHARS_MAX: usize = 10_000;
 /// The statuses a run may have.
 const RUN_STATUSES: [&str; 5] = ["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"];
-const ACTIVE: &str = "active";
-const DELETED: &str = "deleted";
+pub(crate) const ACTIVE: &str = "active";
+pub(crate) const DELETED: &str = "deleted";
 
 /// An error in MLflow's format.
 #[derive(Debug)]
@@ -50,23 +50,23 @@ pub struct MlflowFailure {
 }
 
 impl MlflowFailure {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> MlflowFailure {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> MlflowFailure {
         MlflowFailure { status, code, message: message.into() }
     }
 
-    fn invalid(message: impl Into<String>) -> MlflowFailure {
+    pub(crate) fn invalid(message: impl Into<String>) -> MlflowFailure {
         MlflowFailure::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE", message)
     }
 
-    fn not_found(message: impl Into<String>) -> MlflowFailure {
+    pub(crate) fn not_found(message: impl Into<String>) -> MlflowFailure {
         MlflowFailure::new(StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST", message)
     }
 
-    fn exists(message: impl Into<String>) -> MlflowFailure {
+    pub(crate) fn exists(message: impl Into<String>) -> MlflowFailure {
         MlflowFailure::new(StatusCode::BAD_REQUEST, "RESOURCE_ALREADY_EXISTS", message)
     }
 
-    fn missing(field: &str) -> MlflowFailure {
+    pub(crate) fn missing(field: &str) -> MlflowFailure {
         MlflowFailure::invalid(format!("Missing value for required parameter '{field}'."))
     }
 }
@@ -102,19 +102,19 @@ impl From<ferry_store::StoreError> for MlflowFailure {
     }
 }
 
-type Answer<T> = Result<Json<T>, MlflowFailure>;
-type Auth = Result<Caller, ApiError>;
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Answer<T> = Result<Json<T>, MlflowFailure>;
+pub(crate) type Auth = Result<Caller, ApiError>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
-/// The caller, who must hold a user's (not an agent's) token.
-fn user(auth: Auth) -> Result<Caller, MlflowFailure> {
+/// The caller, who must hold a user's token or a job's tracking token (not an agent's).
+pub(crate) fn user(auth: Auth) -> Result<Caller, MlflowFailure> {
     let caller = auth?;
-    caller.require_user()?;
+    caller.require_tracking()?;
     Ok(caller)
 }
 
 /// A JSON body; an empty one reads as `{}`.
-fn body<T: DeserializeOwned>(body: Body) -> Result<T, MlflowFailure> {
+pub(crate) fn body<T: DeserializeOwned>(body: Body) -> Result<T, MlflowFailure> {
     let bytes = body.map_err(|e| {
         MlflowFailure::new(e.status(), "INVALID_PARAMETER_VALUE", format!("the request body could not be read: {e}"))
     })?;
@@ -124,22 +124,22 @@ fn body<T: DeserializeOwned>(body: Body) -> Result<T, MlflowFailure> {
 }
 
 /// The query string's fields.
-fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, MlflowFailure> {
+pub(crate) fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, MlflowFailure> {
     Query::try_from_uri(uri)
         .map(|Query(q)| q)
         .map_err(|e| MlflowFailure::invalid(format!("the query string is not valid for this endpoint: {e}")))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     crate::driver::now_us() / 1000
 }
 
-fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, MlflowFailure> {
+pub(crate) fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, MlflowFailure> {
     value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| MlflowFailure::missing(field))
 }
 
 /// A run's id from `run_id` or the older `run_uuid`.
-fn run_id<'a>(run_id: &'a Option<String>, run_uuid: &'a Option<String>) -> Result<&'a str, MlflowFailure> {
+pub(crate) fn run_id<'a>(run_id: &'a Option<String>, run_uuid: &'a Option<String>) -> Result<&'a str, MlflowFailure> {
     run_id
         .as_deref()
         .filter(|v| !v.is_empty())
@@ -147,7 +147,7 @@ fn run_id<'a>(run_id: &'a Option<String>, run_uuid: &'a Option<String>) -> Resul
         .ok_or_else(|| MlflowFailure::missing("run_id"))
 }
 
-fn experiment_id(text: &str) -> Result<i64, MlflowFailure> {
+pub(crate) fn experiment_id(text: &str) -> Result<i64, MlflowFailure> {
     text.trim()
         .parse::<i64>()
         .ok()
@@ -157,7 +157,7 @@ fn experiment_id(text: &str) -> Result<i64, MlflowFailure> {
 
 /// Checks a metric, param or tag key as MLflow does: 1 to 250 characters of letters, digits, `_-. /:`, and a
 /// normalized relative path (no `..`, no leading `/`, no empty part).
-fn check_key(kind: &str, key: &str) -> Result<(), MlflowFailure> {
+pub(crate) fn check_key(kind: &str, key: &str) -> Result<(), MlflowFailure> {
     if key.is_empty() {
         return Err(MlflowFailure::missing("key"));
     }
@@ -179,7 +179,7 @@ fn check_key(kind: &str, key: &str) -> Result<(), MlflowFailure> {
     Ok(())
 }
 
-fn check_value(kind: &str, key: &str, value: &str, max: usize) -> Result<(), MlflowFailure> {
+pub(crate) fn check_value(kind: &str, key: &str, value: &str, max: usize) -> Result<(), MlflowFailure> {
     let length = value.chars().count();
     if length > max {
         return Err(MlflowFailure::invalid(format!(
@@ -190,7 +190,7 @@ fn check_value(kind: &str, key: &str, value: &str, max: usize) -> Result<(), Mlf
 }
 
 /// A param or tag from a request, checked.
-fn key_value(kind: &str, kv: &KeyValue, max: usize) -> Result<(String, String), MlflowFailure> {
+pub(crate) fn key_value(kind: &str, kv: &KeyValue, max: usize) -> Result<(String, String), MlflowFailure> {
     let key = kv.key.as_deref().unwrap_or("");
     check_key(kind, key)?;
     let value = kv.value.as_deref().ok_or_else(|| MlflowFailure::missing("value"))?;
@@ -207,7 +207,7 @@ fn metric_point(m: &MetricIn) -> Result<MetricPoint, MlflowFailure> {
     Ok(MetricPoint { key: key.to_string(), value, timestamp_ms, step: m.step.unwrap_or(0) })
 }
 
-fn page_offset(token: &Option<String>) -> Result<i64, MlflowFailure> {
+pub(crate) fn page_offset(token: &Option<String>) -> Result<i64, MlflowFailure> {
     match token.as_deref().filter(|t| !t.is_empty()) {
         None => Ok(0),
         Some(t) => t
@@ -218,7 +218,7 @@ fn page_offset(token: &Option<String>) -> Result<i64, MlflowFailure> {
     }
 }
 
-fn page_size(given: Option<i64>, default: i64, max: i64, what: &str) -> Result<i64, MlflowFailure> {
+pub(crate) fn page_size(given: Option<i64>, default: i64, max: i64, what: &str) -> Result<i64, MlflowFailure> {
     match given {
         None => Ok(default),
         Some(n) if n >= 1 && n <= max => Ok(n),
@@ -228,7 +228,7 @@ fn page_size(given: Option<i64>, default: i64, max: i64, what: &str) -> Result<i
     }
 }
 
-fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
+pub(crate) fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
     pairs.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }).collect()
 }
 
@@ -275,7 +275,7 @@ fn wire_run(r: &RunRecord, d: &StoredData) -> Run {
     }
 }
 
-async fn find_experiment(state: &AppState, id: &str) -> Result<ExperimentRecord, MlflowFailure> {
+pub(crate) async fn find_experiment(state: &AppState, id: &str) -> Result<ExperimentRecord, MlflowFailure> {
     state
         .store
         .experiment(experiment_id(id)?)
@@ -283,12 +283,12 @@ async fn find_experiment(state: &AppState, id: &str) -> Result<ExperimentRecord,
         .ok_or_else(|| MlflowFailure::not_found(format!("No Experiment with id={id} exists")))
 }
 
-async fn find_run(state: &AppState, id: &str) -> Result<RunRecord, MlflowFailure> {
+pub(crate) async fn find_run(state: &AppState, id: &str) -> Result<RunRecord, MlflowFailure> {
     state.store.run(id).await?.ok_or_else(|| MlflowFailure::not_found(format!("Run with id={id} not found")))
 }
 
 /// A run that may be logged to: it exists and is not deleted.
-async fn active_run(state: &AppState, id: &str) -> Result<RunRecord, MlflowFailure> {
+pub(crate) async fn active_run(state: &AppState, id: &str) -> Result<RunRecord, MlflowFailure> {
     let run = find_run(state, id).await?;
     if run.lifecycle_stage != ACTIVE {
         return Err(MlflowFailure::invalid(format!(
@@ -310,8 +310,8 @@ pub async fn not_implemented(uri: Uri) -> MlflowFailure {
         StatusCode::NOT_FOUND,
         "ENDPOINT_NOT_FOUND",
         format!(
-            "{} is not implemented by Ferry's MLflow-compatible API; artifacts, logged models and the model registry \
-             come in a later version (see the README)",
+            "{} is not implemented by Ferry's MLflow-compatible API (the README lists what is); the model \
+             registry, traces and datasets are not offered",
             uri.path()
         ),
     )
@@ -492,7 +492,7 @@ fn view_stages(view: Option<&str>) -> Result<Vec<&'static str>, MlflowFailure> {
 }
 
 /// One page of `all` from `offset`, and the token of the next page when there is one.
-fn paginate<T>(all: Vec<T>, offset: i64, limit: i64) -> (Vec<T>, Option<String>) {
+pub(crate) fn paginate<T>(all: Vec<T>, offset: i64, limit: i64) -> (Vec<T>, Option<String>) {
     let total = all.len();
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
     let count = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -755,7 +755,7 @@ pub async fn search_runs(State(state): State<AppState>, auth: Auth, raw: Body) -
 
 /// What a filter clause or an order_by names.
 #[derive(Clone, Debug, PartialEq)]
-enum Field {
+pub(crate) enum Field {
     Metric(String),
     Param(String),
     Tag(String),
@@ -763,7 +763,7 @@ enum Field {
 }
 
 impl Field {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Field::Metric(k) => format!("metrics.{k}"),
             Field::Param(k) => format!("params.{k}"),
@@ -774,17 +774,17 @@ impl Field {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum Literal {
+pub(crate) enum Literal {
     Text(String),
     Number(f64),
 }
 
 /// One comparison of a filter: `metrics.loss < 0.5`, `params.lr = '0.1'`, `attributes.status = 'FINISHED'`.
 #[derive(Clone, Debug, PartialEq)]
-struct Clause {
-    field: Field,
-    op: String,
-    value: Literal,
+pub(crate) struct Clause {
+    pub(crate) field: Field,
+    pub(crate) op: String,
+    pub(crate) value: Literal,
 }
 
 /// The attributes of a run that filters compare as numbers.
@@ -829,7 +829,7 @@ impl Clause {
         }
     }
 
-    fn matches_text(&self, actual: Option<&str>) -> bool {
+    pub(crate) fn matches_text(&self, actual: Option<&str>) -> bool {
         let (Some(actual), Literal::Text(want)) = (actual, &self.value) else { return false };
         match self.op.as_str() {
             "=" => actual == want,
@@ -840,7 +840,7 @@ impl Clause {
         }
     }
 
-    fn matches_number(&self, actual: Option<f64>) -> bool {
+    pub(crate) fn matches_number(&self, actual: Option<f64>) -> bool {
         let (Some(a), Literal::Number(b)) = (actual, &self.value) else { return false };
         match self.op.as_str() {
             "=" => a == *b,
@@ -1044,7 +1044,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses a filter: comparisons joined by AND.
-fn parse_filter(text: &str) -> Result<Vec<Clause>, MlflowFailure> {
+pub(crate) fn parse_filter(text: &str) -> Result<Vec<Clause>, MlflowFailure> {
     if text.chars().count() > FILTER_CHARS_MAX {
         return Err(MlflowFailure::invalid(format!("A filter may be at most {FILTER_CHARS_MAX} characters long")));
     }

@@ -2,13 +2,16 @@
 //! `ApiError`.
 
 pub mod agent;
+pub mod artifacts;
 pub mod code;
 pub mod jobs;
 pub mod metrics;
 pub mod mlflow;
+pub mod mlflow_models;
 pub mod nodes;
 pub mod openapi;
 pub mod series;
+pub mod sweeps;
 pub mod tokens;
 pub mod ui;
 pub mod usage;

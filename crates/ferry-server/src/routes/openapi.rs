@@ -9,10 +9,11 @@ use utoipa::{Modify, OpenApi};
     info(title = "Ferry API", description = "Ferry's control-plane API: jobs, nodes, tokens and the agent protocol."),
     paths(
         super::health, super::metrics::metrics,
-        super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff,
+        super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff, super::jobs::metrics,
         super::code::head, super::code::put, super::code::get,
         super::nodes::list, super::nodes::pools,
         super::series::query, super::series::metrics, super::usage::usage,
+        super::sweeps::submit, super::sweeps::list, super::sweeps::show, super::sweeps::cancel,
         super::tokens::create, super::tokens::list, super::tokens::revoke,
         super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,
     ),

@@ -61,7 +61,8 @@ async fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
-/// `GET /`, `/nodes`, `/jobs`, `/jobs/{id}`, `/usage`: the page shell, or a redirect to sign in.
+/// `GET /`, `/nodes`, `/jobs`, `/jobs/{id}`, `/sweeps`, `/sweeps/{id}`, `/usage`: the page shell, or a redirect to
+/// sign in.
 pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !signed_in(&state, &headers).await {
         return see_other("/login");

@@ -1,0 +1,293 @@
+//! Hyperparameter sweeps: the sweep file as submitted, and each trial's parameters, MLflow run and outcome. A trial's
+//! job is linked from the job's own row (`jobs.sweep_id`, `jobs.sweep_trial`), written in the driver's transaction.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// A sweep as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepRecord {
+    pub id: u64,
+    pub name: Option<String>,
+    pub owner: String,
+    /// The sweep file (TOML).
+    pub spec: String,
+    /// The shipped folder of every trial, as JSON.
+    pub code: Option<String>,
+    pub experiment_id: i64,
+    /// `running`, `finished`, `cancelled` or `failed`.
+    pub state: String,
+    pub message: Option<String>,
+    pub created_at_us: i64,
+    pub finished_at_us: Option<i64>,
+}
+
+/// A trial as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrialRow {
+    pub sweep_id: u64,
+    pub index: u32,
+    /// The parameters, as JSON.
+    pub params: String,
+    pub run_id: String,
+    /// `None` while it runs; `completed`, `failed` or `stopped`.
+    pub outcome: Option<String>,
+    pub stop_reason: Option<String>,
+}
+
+/// One logged value of a metric, with where it came from and its place in the log (for reading on after it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedValue {
+    pub seq: i64,
+    pub run_id: String,
+    pub step: i64,
+    /// NaN when the logged value was NaN.
+    pub value: f64,
+}
+
+fn sweep(row: &SqliteRow) -> SweepRecord {
+    SweepRecord {
+        id: row.get::<i64, _>("id") as u64,
+        name: row.get("name"),
+        owner: row.get("owner"),
+        spec: row.get("spec"),
+        code: row.get("code"),
+        experiment_id: row.get("experiment_id"),
+        state: row.get("state"),
+        message: row.get("message"),
+        created_at_us: row.get("created_at_us"),
+        finished_at_us: row.get("finished_at_us"),
+    }
+}
+
+fn trial(row: &SqliteRow) -> TrialRow {
+    TrialRow {
+        sweep_id: row.get::<i64, _>("sweep_id") as u64,
+        index: row.get::<i64, _>("idx") as u32,
+        params: row.get("params"),
+        run_id: row.get("run_id"),
+        outcome: row.get("outcome"),
+        stop_reason: row.get("stop_reason"),
+    }
+}
+
+impl Store {
+    /// Records a new sweep, `running`; returns its id.
+    pub async fn insert_sweep(&self, s: &SweepRecord) -> Result<u64, StoreError> {
+        let id = sqlx::query(
+            "INSERT INTO sweeps (name, owner, spec, code, experiment_id, state, message, created_at_us) \
+             VALUES (?, ?, ?, ?, ?, 'running', NULL, ?)",
+        )
+        .bind(&s.name)
+        .bind(&s.owner)
+        .bind(&s.spec)
+        .bind(&s.code)
+        .bind(s.experiment_id)
+        .bind(s.created_at_us)
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(id as u64)
+    }
+
+    pub async fn sweep(&self, id: u64) -> Result<Option<SweepRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sweeps WHERE id = ?").bind(id as i64).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(sweep))
+    }
+
+    /// Sweeps newest first; only those in `state` when given.
+    pub async fn sweeps(&self, state: Option<&str>, limit: u32) -> Result<Vec<SweepRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sweeps WHERE (? IS NULL OR state = ?) ORDER BY id DESC LIMIT ?")
+            .bind(state)
+            .bind(state)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(sweep).collect())
+    }
+
+    /// Ends a sweep, unless it already ended; `false` when it had.
+    pub async fn end_sweep(&self, id: u64, state: &str, message: Option<&str>, at_us: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sweeps SET state = ?, message = ?, finished_at_us = ? WHERE id = ? AND state = 'running'",
+        )
+        .bind(state)
+        .bind(message)
+        .bind(at_us)
+        .bind(id as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
+    pub async fn insert_trial(&self, t: &TrialRow) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sweep_trials (sweep_id, idx, params, run_id) VALUES (?, ?, ?, ?)")
+            .bind(t.sweep_id as i64)
+            .bind(t.index as i64)
+            .bind(&t.params)
+            .bind(&t.run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every trial of a sweep, by index.
+    pub async fn trials(&self, sweep_id: u64) -> Result<Vec<TrialRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sweep_trials WHERE sweep_id = ? ORDER BY idx")
+            .bind(sweep_id as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(trial).collect())
+    }
+
+    /// Records how a trial ended (once: a later call leaves the first outcome).
+    pub async fn end_trial(
+        &self,
+        sweep_id: u64,
+        index: u32,
+        outcome: &str,
+        stop_reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sweep_trials SET outcome = ?, stop_reason = COALESCE(stop_reason, ?) \
+             WHERE sweep_id = ? AND idx = ? AND outcome IS NULL",
+        )
+        .bind(outcome)
+        .bind(stop_reason)
+        .bind(sweep_id as i64)
+        .bind(index as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Notes why a trial is being stopped, before its job is cancelled, so the reason survives a restart.
+    pub async fn stopping_trial(&self, sweep_id: u64, index: u32, reason: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sweep_trials SET stop_reason = ? WHERE sweep_id = ? AND idx = ? AND stop_reason IS NULL")
+            .bind(reason)
+            .bind(sweep_id as i64)
+            .bind(index as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Values of metric `key` logged to any of the sweep's trial runs after `after_seq`, in the order logged, at
+    /// most `limit` of them.
+    pub async fn sweep_metric_values(
+        &self,
+        sweep_id: u64,
+        key: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<LoggedValue>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.run_id, m.step, m.value FROM tracking_metrics m \
+             JOIN sweep_trials t ON t.run_id = m.run_id \
+             WHERE t.sweep_id = ? AND m.key = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+        )
+        .bind(sweep_id as i64)
+        .bind(key)
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LoggedValue {
+                seq: r.get("id"),
+                run_id: r.get("run_id"),
+                step: r.get("step"),
+                value: r.get::<Option<f64>, _>("value").unwrap_or(f64::NAN),
+            })
+            .collect())
+    }
+
+    /// The latest value (at the greatest step) of metric `key` of each trial run of a sweep, by run.
+    pub async fn sweep_latest_values(
+        &self,
+        sweep_id: u64,
+        key: &str,
+    ) -> Result<std::collections::HashMap<String, (i64, f64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.run_id, m.step, m.value FROM tracking_latest_metrics m \
+             JOIN sweep_trials t ON t.run_id = m.run_id WHERE t.sweep_id = ? AND m.key = ?",
+        )
+        .bind(sweep_id as i64)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("run_id"), (r.get("step"), r.get::<Option<f64>, _>("value").unwrap_or(f64::NAN))))
+            .collect())
+    }
+
+    /// Ends a job's MLflow run with the job, unless the job's own code already ended it.
+    pub async fn end_run_with_job(&self, run_id: &str, status: &str, end_time_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tracking_runs SET status = ?, end_time_ms = COALESCE(end_time_ms, ?) \
+             WHERE id = ? AND status IN ('RUNNING', 'SCHEDULED')",
+        )
+        .bind(status)
+        .bind(end_time_ms)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a job's MLflow run running when the job starts, unless the job's code already set its status.
+    pub async fn start_run_with_job(&self, run_id: &str, start_time_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tracking_runs SET status = 'RUNNING', start_time_ms = COALESCE(start_time_ms, ?) \
+             WHERE id = ? AND status = 'SCHEDULED'",
+        )
+        .bind(start_time_ms)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// One metric of a run, summed up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricStats {
+    pub key: String,
+    pub last: f64,
+    pub step: i64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub count: u64,
+}
+
+impl Store {
+    /// Every metric of a run with its latest value, extremes and count, by key.
+    pub async fn metric_stats(&self, run_id: &str) -> Result<Vec<MetricStats>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT l.key, l.value AS last, l.step, s.min, s.max, s.n FROM tracking_latest_metrics l \
+             JOIN (SELECT key, MIN(value) AS min, MAX(value) AS max, COUNT(*) AS n FROM tracking_metrics \
+                   WHERE run_id = ? GROUP BY key) s ON s.key = l.key \
+             WHERE l.run_id = ? ORDER BY l.key",
+        )
+        .bind(run_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| MetricStats {
+                key: r.get("key"),
+                last: r.get::<Option<f64>, _>("last").unwrap_or(f64::NAN),
+                step: r.get("step"),
+                min: r.get("min"),
+                max: r.get("max"),
+                count: r.get::<i64, _>("n") as u64,
+            })
+            .collect())
+    }
+}
