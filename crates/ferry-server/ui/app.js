@@ -976,7 +976,7 @@ function sweepChart(s) {
     if (best === null || (minimize ? t.value < best : t.value > best)) best = t.value;
     return [t.index, best];
   });
-  return FerryCharts.xyChart({ title: `${s.objective} by trial (${s.goal})`, xLabel: "trial", yLabel: s.objective, integerX: true,
+  return FerryCharts.xyChart({ title: `${s.objective} by trial (${s.goal})`, xLabel: "trial", yLabel: s.objective, integerX: true, padY: true,
     series: [
       { label: "completed", points: of("completed"), line: false, marker: "circle", color: "#0072B2" },
       { label: "stopped early", points: of("stopped"), line: false, marker: "triangle", color: "#E69F00" },

@@ -162,7 +162,7 @@ function marker(kind, x, y, color, title) {
 }
 
 // A chart of numbers against numbers (a metric against its step, an objective against the trial). opts: { title,
-// xLabel, yLabel, integerX?, width?, height?, series: [{ label, points: [[x, y, title?]], color?, dash?, line?
+// xLabel, yLabel, integerX?, padY?, width?, height?, series: [{ label, points: [[x, y, title?]], color?, dash?, line?
 // (default true), stepped?, marker? ("circle", "ring", "triangle", "cross") }] }. Points whose y is not a finite
 // number are gaps. Returns a figure with the chart and its legend.
 function xyChart(opts) {
@@ -174,6 +174,8 @@ function xyChart(opts) {
     x0 = Math.min(x0, px); x1 = Math.max(x1, px); y0 = Math.min(y0, py); y1 = Math.max(y1, py);
   }
   if (x0 > x1) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
+  // Marks on the frame's edge are hard to see: a chart of marks keeps a margin above and below them.
+  if (opts.padY && y1 > y0) { const pad = (y1 - y0) * 0.08; y0 -= pad; y1 += pad; }
   const xt = rangeTicks(x0, x1, 6, opts.integerX ? 1 : 0), yt = rangeTicks(y0, y1, 4, 0);
   const [xa, xb, ya, yb] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
   const x = (v) => (m.l + ((v - xa) / (xb - xa)) * (W - m.l - m.r)).toFixed(1);

@@ -426,7 +426,8 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
 
     // The keyboard reaches every page from the navigation (Tab, then Enter), and the focus always shows.
     b.goto(&format!("{base}/"));
-    for (page, path) in [("nodes", "/nodes"), ("jobs", "/jobs"), ("usage", "/usage"), ("overview", "/")] {
+    let pages = [("nodes", "/nodes"), ("jobs", "/jobs"), ("sweeps", "/sweeps"), ("usage", "/usage"), ("overview", "/")];
+    for (page, path) in pages {
         b.tab_to(&format!("nav a[data-page={page}]"));
         b.key(ENTER);
         b.wait_for(&format!("the {page} page by keyboard"), WAIT, |b| {
