@@ -167,19 +167,37 @@ fn run_status(state: JobState) -> Option<&'static str> {
 /// Keeps each job's run in step with its job: running when it starts, ended with it (unless the job's own code
 /// ended the run first). Runs until the server stops.
 pub async fn follow(store: Store, signals: Arc<Signals>) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     let mut changes = signals.changes();
     loop {
-        let job = match changes.recv().await {
-            Ok(job) => job,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+        let mut jobs = std::collections::BTreeSet::new();
+        match changes.recv().await {
+            Ok(job) => {
+                jobs.insert(job);
+            }
+            Err(RecvError::Lagged(missed)) => {
                 // Missed updates leave a run's status behind its job's; the job's own record stays right.
                 tracing::warn!(missed, "the tracking follower fell behind; some runs' statuses may lag");
-                continue;
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        if let Err(e) = sync(&store, job).await {
-            tracing::warn!(job, error = %e, "could not update the job's MLflow run");
+            Err(RecvError::Closed) => return,
+        }
+        // Whatever else changed meanwhile, once each: a burst of submissions costs one read per job, not per change.
+        loop {
+            match changes.try_recv() {
+                Ok(job) => {
+                    jobs.insert(job);
+                }
+                Err(TryRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the tracking follower fell behind; some runs' statuses may lag");
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return,
+            }
+        }
+        for job in jobs {
+            if let Err(e) = sync(&store, job).await {
+                tracing::warn!(job, error = %e, "could not update the job's MLflow run");
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::driver::{now_us, Command};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// How often each running sweep is looked at, at most; a job change wakes the controller sooner.
+/// How often each running sweep is looked at.
 const TICK: Duration = Duration::from_millis(500);
 /// Values of the objective read per sweep and tick, at most.
 const VALUES_PER_TICK: u32 = 20_000;
@@ -223,7 +223,6 @@ pub async fn run(state: AppState, mut commands: mpsc::Receiver<SweepCommand>) {
         }
         Err(e) => tracing::error!(error = %e, "cannot read running sweeps; none will be driven until a restart"),
     }
-    let mut changes = state.signals.changes();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -245,8 +244,6 @@ pub async fn run(state: AppState, mut commands: mpsc::Receiver<SweepCommand>) {
                     let _ = reply.send(result);
                 }
             },
-            // Any job change may be a trial's end; the tick reads what changed.
-            _ = changes.recv() => continue,
             _ = tick.tick() => {}
         }
         let ids: Vec<u64> = active.keys().copied().collect();

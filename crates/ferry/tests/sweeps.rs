@@ -216,10 +216,24 @@ fn a_sweep_whose_trials_never_log_the_objective_fails_with_the_reason() {
 #[test]
 fn a_sweep_of_500_trials_is_accepted_at_once_and_can_be_cancelled() {
     let f = Ferry::start(NodeSpec { gpus: 0, cpus: 2, memory: "4GiB" });
-    let path = sweep_file(&f, "big", "max_trials = 500\nmax_parallel = 2\n\n[method]\nname = \"random\"", "");
-    let id = start_sweep(&f, &path);
+    // Trials run in the shipped folder the sweep was started from, as `ferry run` jobs do.
+    let folder = f.workdir().join("project");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(fixtures().join("trial.py"), folder.join("trial.py")).unwrap();
+    let text = std::fs::read_to_string(sweep_file(&f, "big", "max_trials = 500\nmax_parallel = 2\n\n[method]\nname = \"random\"", ""))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("workdir"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(folder.join("sweep.toml"), text).unwrap();
+    let out = f.cli_shipping_in(&folder, &["sweep", "sweep.toml", "--detach"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), f.logs_for_failure());
+    let id: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
     let s = wait_sweep(&f, id, "the first trials to run", |s| s["counts"]["running"].as_u64() >= Some(1));
     assert_eq!(s["max_trials"], 500);
+    let job = f.job(trials(&s)[0]["job_id"].as_u64().unwrap());
+    assert!(job["code"]["sha256"].is_string(), "the trial did not get the shipped folder: {job:#}");
     assert!(trials(&s).len() <= 2 + 2, "more trials created than may run: {s:#}");
     let out = f.cli(&["sweep", "cancel", &id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
