@@ -109,7 +109,9 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Agent | Role::Job => Err(ApiError::new(ErrorCode::Forbidden, "only an admin token may manage tokens")),
+            Role::Agent | Role::Job => {
+                Err(ApiError::new(ErrorCode::Forbidden, "only an admin token may manage tokens"))
+            }
         }
     }
 }

@@ -40,7 +40,7 @@ type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 pub enum Command {
     Submit {
-        job: NewJob,
+        job: Box<NewJob>,
         reply: Reply<u64>,
     },
     Cancel {
@@ -532,7 +532,7 @@ impl Driver {
     async fn handle(&mut self, command: Command, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
         match command {
             Command::Submit { job, reply } => {
-                let result = self.submit(job, tx).await?;
+                let result = self.submit(*job, tx).await?;
                 fx.reply(reply, result);
             }
             Command::Cancel { id, reply } => {

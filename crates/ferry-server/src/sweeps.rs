@@ -114,9 +114,7 @@ fn amount_text(value: &toml::Value) -> Option<String> {
 
 impl TrialJob {
     pub fn parse(spec: &SweepSpec) -> Result<TrialJob, String> {
-        toml::Value::Table(spec.trial.clone())
-            .try_into()
-            .map_err(|e| format!("[trial]: {}", e.to_string().trim()))
+        toml::Value::Table(spec.trial.clone()).try_into().map_err(|e| format!("[trial]: {}", e.to_string().trim()))
     }
 
     pub fn experiment(&self, spec: &SweepSpec) -> String {
@@ -368,8 +366,7 @@ async fn step(state: &AppState, a: &mut Active) -> Result<bool, Stop> {
     let jobs = state.store.sweep_jobs(id).await?;
     let by_trial: HashMap<TrialIndex, &JobRecord> =
         jobs.iter().filter_map(|j| j.spec.sweep.map(|l| (l.trial, j))).collect();
-    let open: Vec<TrialIndex> =
-        a.search.trials().iter().filter(|t| t.outcome.is_none()).map(|t| t.index).collect();
+    let open: Vec<TrialIndex> = a.search.trials().iter().filter(|t| t.outcome.is_none()).map(|t| t.index).collect();
     for index in open {
         let Some(job) = by_trial.get(&index) else {
             // Written but never submitted (the server stopped in between): submit it now.
@@ -451,8 +448,7 @@ async fn submit_trial(
     run_id: Option<String>,
 ) -> Result<(), Stop> {
     let spec = a.search.spec();
-    let submission =
-        a.trial.submission(spec, params, index, a.code.clone()).map_err(Stop::Fail)?;
+    let submission = a.trial.submission(spec, params, index, a.code.clone()).map_err(Stop::Fail)?;
     let mut job = crate::routes::jobs::validate(submission, &a.record.owner).map_err(|e| Stop::Fail(e.message))?;
     if let Some(code) = &mut job.code {
         code.size_bytes = state
@@ -495,7 +491,7 @@ async fn submit_trial(
     };
     job.tracking = Some(ferry_store::JobTracking { run_id: run_id.clone(), experiment_id: a.record.experiment_id });
     job.sweep = Some(SweepLink { sweep_id: a.record.id, trial: index });
-    match state.driver.call(|reply| Command::Submit { job, reply }).await {
+    match state.driver.call(|reply| Command::Submit { job: Box::new(job), reply }).await {
         Ok(job_id) => {
             crate::jobruns::attach(&state.store, &run_id, job_id, true).await.map_err(|e| Stop::Retry(e.message))?;
             Ok(())

@@ -154,7 +154,10 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         nodes: row.get::<i64, _>("nodes") as u32,
         pool: row.get("pool"),
         image: row.get("image"),
-        tracking: match (row.get::<Option<String>, _>("tracking_run_id"), row.get::<Option<i64>, _>("tracking_experiment_id")) {
+        tracking: match (
+            row.get::<Option<String>, _>("tracking_run_id"),
+            row.get::<Option<i64>, _>("tracking_experiment_id"),
+        ) {
             (Some(run_id), Some(experiment_id)) => Some(JobTracking { run_id, experiment_id }),
             _ => None,
         },

@@ -51,7 +51,7 @@ enum Command {
     /// Run a node agent that registers this machine with a server and runs the jobs it is given.
     Agent(up::AgentArgs),
     /// Queue a job: `ferry run --gpus 1 -- python train.py`.
-    Run(commands::RunArgs),
+    Run(Box<commands::RunArgs>),
     /// List jobs (unfinished ones unless --all).
     Ps(commands::PsArgs),
     /// Show one job: its specification, timeline, placement, exit status, and why it waits.
@@ -126,7 +126,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Up(args) => up::up(&g, args).await,
         Command::Server(args) => up::server(&g, args).await,
         Command::Agent(args) => up::agent(&g, args).await,
-        Command::Run(args) => commands::run(&g, args).await,
+        Command::Run(args) => commands::run(&g, *args).await,
         Command::Ps(args) => commands::ps(&g, args).await,
         Command::Show(args) => commands::show(&g, args).await,
         Command::Logs(args) => commands::logs(&g, args).await,

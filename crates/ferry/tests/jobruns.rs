@@ -57,7 +57,10 @@ fn the_official_client_inside_a_job_attaches_to_the_jobs_run() {
     assert_eq!(m["status"], "FINISHED");
     assert_eq!(m["params"]["lr"], "0.1");
     let loss = m["metrics"].as_array().unwrap().iter().find(|s| s["key"] == "loss").unwrap().clone();
-    assert_eq!((loss["last"].as_f64(), loss["min"].as_f64(), loss["max"].as_f64()), (Some(0.125), Some(0.125), Some(1.0)));
+    assert_eq!(
+        (loss["last"].as_f64(), loss["min"].as_f64(), loss["max"].as_f64()),
+        (Some(0.125), Some(0.125), Some(1.0))
+    );
     assert_eq!(loss["count"], 4);
     let text = f.ok(&["metrics", &id.to_string(), "loss"]);
     assert!(text.contains("0.125") && text.lines().count() >= 5, "{text}");
@@ -90,7 +93,14 @@ fn the_official_client_inside_a_job_attaches_to_the_jobs_run() {
 fn a_jobs_run_follows_the_job_and_its_token_opens_the_tracking_api_alone() {
     let f = Ferry::start(NodeSpec::default());
     // A job that never touches MLflow still has a run, which ends with the job.
-    let id = f.submit(&["--project", "vision", "--", "sh", "-c", "echo token=$MLFLOW_TRACKING_TOKEN; echo uri=$MLFLOW_TRACKING_URI; sleep 30"]);
+    let id = f.submit(&[
+        "--project",
+        "vision",
+        "--",
+        "sh",
+        "-c",
+        "echo token=$MLFLOW_TRACKING_TOKEN; echo uri=$MLFLOW_TRACKING_URI; sleep 30",
+    ]);
     f.wait_state(id, "running");
     let job = f.job(id);
     let run_id = job["tracking"]["run_id"].as_str().unwrap().to_string();

@@ -220,12 +220,17 @@ fn a_sweep_of_500_trials_is_accepted_at_once_and_can_be_cancelled() {
     let folder = f.workdir().join("project");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::copy(fixtures().join("trial.py"), folder.join("trial.py")).unwrap();
-    let text = std::fs::read_to_string(sweep_file(&f, "big", "max_trials = 500\nmax_parallel = 2\n\n[method]\nname = \"random\"", ""))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("workdir"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = std::fs::read_to_string(sweep_file(
+        &f,
+        "big",
+        "max_trials = 500\nmax_parallel = 2\n\n[method]\nname = \"random\"",
+        "",
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with("workdir"))
+    .collect::<Vec<_>>()
+    .join("\n");
     std::fs::write(folder.join("sweep.toml"), text).unwrap();
     let out = f.cli_shipping_in(&folder, &["sweep", "sweep.toml", "--detach"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), f.logs_for_failure());
@@ -237,9 +242,7 @@ fn a_sweep_of_500_trials_is_accepted_at_once_and_can_be_cancelled() {
     assert!(trials(&s).len() <= 2 + 2, "more trials created than may run: {s:#}");
     let out = f.cli(&["sweep", "cancel", &id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let s = wait_sweep(&f, id, "the trials to stop", |s| {
-        s["counts"]["running"] == 0 && s["counts"]["queued"] == 0
-    });
+    let s = wait_sweep(&f, id, "the trials to stop", |s| s["counts"]["running"] == 0 && s["counts"]["queued"] == 0);
     assert_eq!(s["state"], "cancelled", "{s:#}");
     for t in trials(&s) {
         assert_eq!(t["state"], "stopped", "{t:#}");
@@ -252,12 +255,8 @@ fn a_sweep_of_500_trials_is_accepted_at_once_and_can_be_cancelled() {
 #[test]
 fn a_server_killed_mid_sweep_resumes_it_without_duplicating_trials() {
     let mut f = Ferry::start(NodeSpec { gpus: 0, cpus: 4, memory: "8GiB" });
-    let path = sweep_file(
-        &f,
-        "resume",
-        "max_trials = 6\nmax_parallel = 2\nseed = 3\n\n[method]\nname = \"random\"",
-        "",
-    );
+    let path =
+        sweep_file(&f, "resume", "max_trials = 6\nmax_parallel = 2\nseed = 3\n\n[method]\nname = \"random\"", "");
     let id = start_sweep(&f, &path);
     wait_sweep(&f, id, "two trials to run", |s| s["counts"]["running"].as_u64() >= Some(2));
     f.kill_server();

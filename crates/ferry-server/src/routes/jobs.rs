@@ -314,7 +314,7 @@ pub(crate) async fn submit_tracked(
     let run_id = tracking.run_id.clone();
     let named = job.name.is_some();
     job.tracking = Some(tracking);
-    match state.driver.call(|reply| Command::Submit { job, reply }).await {
+    match state.driver.call(|reply| Command::Submit { job: Box::new(job), reply }).await {
         Ok(id) => {
             crate::jobruns::attach(&state.store, &run_id, id, named).await?;
             Ok(id)
@@ -671,7 +671,11 @@ pub async fn metrics(
                 .metric_history(&tracking.run_id, &key, 0, METRIC_HISTORY_MAX)
                 .await?
                 .into_iter()
-                .map(|p| ferry_api::jobs::MetricValue { step: p.step, value: finite(p.value), timestamp_ms: p.timestamp_ms })
+                .map(|p| ferry_api::jobs::MetricValue {
+                    step: p.step,
+                    value: finite(p.value),
+                    timestamp_ms: p.timestamp_ms,
+                })
                 .collect()
         }
         None => Vec::new(),

@@ -189,9 +189,8 @@ async fn view(state: &AppState, record: SweepRecord) -> Result<Sweep, ApiError> 
                 best = Some((row.index, v));
             }
         }
-        let runtime_s = job.and_then(|j| {
-            j.started_at_us.map(|start| (j.finished_at_us.unwrap_or(now) - start).max(0) as f64 / 1e6)
-        });
+        let runtime_s = job
+            .and_then(|j| j.started_at_us.map(|start| (j.finished_at_us.unwrap_or(now) - start).max(0) as f64 / 1e6));
         trials.push(Trial {
             index: row.index,
             job_id: job.map(|j| j.id),
