@@ -92,6 +92,8 @@ pub struct NewRun<'a> {
     /// The job's name; the run is renamed `job-<id>` once the job has an id when it has none.
     pub name: Option<&'a str>,
     pub command: &'a [String],
+    /// The git commit of the shipped code, recorded as MLflow records it (`mlflow.source.git.commit`).
+    pub git_commit: Option<&'a str>,
     pub params: Vec<(String, String)>,
     pub tags: Vec<(String, String)>,
 }
@@ -117,6 +119,9 @@ pub async fn create_in(store: &Store, experiment_id: i64, new: NewRun<'_>) -> Re
         ("mlflow.source.name".to_string(), source),
         ("mlflow.source.type".to_string(), "JOB".to_string()),
     ];
+    if let Some(commit) = new.git_commit {
+        tags.push(("mlflow.source.git.commit".to_string(), commit.to_string()));
+    }
     tags.extend(new.tags);
     let run = RunRecord {
         id: id.clone(),

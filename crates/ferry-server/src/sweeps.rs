@@ -466,6 +466,7 @@ async fn submit_trial(
                 owner: &a.record.owner,
                 name: job.name.as_deref(),
                 command: &job.command,
+                git_commit: job.code.as_ref().and_then(|c| c.git_commit.as_deref()),
                 params: params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
                 tags: vec![
                     ("ferry.sweep_id".to_string(), a.record.id.to_string()),

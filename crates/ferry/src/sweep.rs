@@ -23,8 +23,126 @@ pub struct SweepArgs {
     /// Print the id and return instead of following the sweep's progress.
     #[arg(long, short = 'd')]
     detach: bool,
+    /// Without a file: a parameter, `NAME=uniform:LOW:HIGH`, `log_uniform:LOW:HIGH`, `int:LOW:HIGH` or
+    /// `choice:A,B,C`; the command names it as `{NAME}`.
+    #[arg(long, value_name = "NAME=SPACE", conflicts_with = "file")]
+    param: Vec<String>,
+    /// Without a file: the metric the trials log, to minimize (`--maximize` to maximize).
+    #[arg(long, value_name = "METRIC", conflicts_with = "file")]
+    objective: Option<String>,
+    #[arg(long, conflicts_with = "file")]
+    maximize: bool,
+    /// Without a file: grid, random, tpe or gp.
+    #[arg(long, default_value = "tpe", conflicts_with = "file")]
+    method: String,
+    /// Without a file: how many trials in all.
+    #[arg(long, default_value_t = 20, conflicts_with = "file")]
+    max_trials: u32,
+    /// Without a file: how many trials at a time.
+    #[arg(long, conflicts_with = "file")]
+    max_parallel: Option<u32>,
+    /// Without a file: stop poor trials early with asha, hyperband or median (needs --max-steps for asha and
+    /// hyperband: the steps a full trial logs).
+    #[arg(long, value_name = "RULE", conflicts_with = "file")]
+    early_stopping: Option<String>,
+    #[arg(long, value_name = "STEPS", conflicts_with = "file")]
+    max_steps: Option<i64>,
+    /// Without a file: each trial's GPUs, CPUs and memory, as for `ferry run`.
+    #[arg(long, conflicts_with = "file")]
+    gpus: Option<String>,
+    #[arg(long, conflicts_with = "file")]
+    cpus: Option<String>,
+    #[arg(long, conflicts_with = "file")]
+    memory: Option<String>,
+    /// Without a file: the trial's command, after `--`, with `{NAME}` for each parameter.
+    #[arg(last = true)]
+    trial_command: Vec<String>,
     #[command(subcommand)]
     command: Option<SweepCommand>,
+}
+
+/// The sweep file the flags describe, so that flags and files are checked by the same parser.
+fn file_from_flags(args: &SweepArgs) -> Result<String, CliError> {
+    let invalid = |message: String| CliError::new(exit::INVALID, message);
+    let objective = args.objective.clone().ok_or_else(|| {
+        invalid("give a sweep file, or --objective METRIC with --param and the command after `--`".into())
+    })?;
+    if args.trial_command.is_empty() {
+        return Err(invalid(
+            "no trial command; put it after `--`, as in `ferry sweep ... -- python train.py --lr {lr}`".into(),
+        ));
+    }
+    let mut params = toml::Table::new();
+    for given in &args.param {
+        let (name, space) = given
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("--param `{given}`: write NAME=SPACE, such as lr=log_uniform:1e-5:0.1")))?;
+        let (kind, rest) = space.split_once(':').unwrap_or((space, ""));
+        let number = |text: &str| -> Result<toml::Value, CliError> {
+            if let Ok(i) = text.parse::<i64>() {
+                if kind == "int" {
+                    return Ok(toml::Value::Integer(i));
+                }
+            }
+            text.parse::<f64>()
+                .map(toml::Value::Float)
+                .map_err(|_| invalid(format!("--param {name}: `{text}` is not a number")))
+        };
+        let mut table = toml::Table::new();
+        table.insert("distribution".into(), toml::Value::String(kind.to_string()));
+        if kind == "choice" {
+            let values = rest
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(|v| match (v.parse::<i64>(), v.parse::<f64>()) {
+                    (Ok(i), _) => toml::Value::Integer(i),
+                    (_, Ok(f)) => toml::Value::Float(f),
+                    _ => toml::Value::String(v.to_string()),
+                })
+                .collect();
+            table.insert("values".into(), toml::Value::Array(values));
+        } else {
+            let (low, high) = rest.split_once(':').ok_or_else(|| {
+                invalid(format!("--param {name}: write {kind}:LOW:HIGH, such as {name}=log_uniform:1e-5:0.1"))
+            })?;
+            table.insert("low".into(), number(low)?);
+            table.insert("high".into(), number(high)?);
+        }
+        params.insert(name.to_string(), toml::Value::Table(table));
+    }
+    let mut file = toml::Table::new();
+    file.insert(
+        "command".into(),
+        args.trial_command.iter().cloned().map(toml::Value::String).collect::<Vec<_>>().into(),
+    );
+    file.insert("max_trials".into(), toml::Value::Integer(args.max_trials.into()));
+    if let Some(p) = args.max_parallel {
+        file.insert("max_parallel".into(), toml::Value::Integer(p.into()));
+    }
+    let mut goal = toml::Table::new();
+    goal.insert("metric".into(), toml::Value::String(objective));
+    goal.insert("goal".into(), toml::Value::String(if args.maximize { "maximize" } else { "minimize" }.into()));
+    file.insert("objective".into(), toml::Value::Table(goal));
+    let mut method = toml::Table::new();
+    method.insert("name".into(), toml::Value::String(args.method.clone()));
+    file.insert("method".into(), toml::Value::Table(method));
+    if let Some(rule) = &args.early_stopping {
+        let mut stopping = toml::Table::new();
+        stopping.insert("rule".into(), toml::Value::String(rule.clone()));
+        if let Some(steps) = args.max_steps {
+            stopping.insert("max_steps".into(), toml::Value::Integer(steps));
+        }
+        file.insert("early_stopping".into(), toml::Value::Table(stopping));
+    }
+    file.insert("params".into(), toml::Value::Table(params));
+    let mut trial = toml::Table::new();
+    for (key, value) in [("gpus", &args.gpus), ("cpus", &args.cpus), ("memory", &args.memory)] {
+        if let Some(value) = value {
+            trial.insert(key.into(), toml::Value::String(value.clone()));
+        }
+    }
+    file.insert("trial".into(), toml::Value::Table(trial));
+    toml::to_string(&file).map_err(|e| CliError::new(exit::INTERNAL, format!("writing the sweep file: {e}")))
 }
 
 #[derive(Subcommand)]
@@ -52,24 +170,35 @@ enum SweepCommand {
 
 pub async fn sweep(g: &Global, args: SweepArgs) -> Result<i32, CliError> {
     let client = g.client()?;
-    match (args.command, args.file) {
-        (Some(SweepCommand::Status { id, follow, top, json }), _) => status(&client, id, follow, top, json).await,
-        (Some(SweepCommand::List { json }), _) => list(&client, json).await,
+    match (&args.command, args.file.clone()) {
+        (Some(SweepCommand::Status { id, follow, top, json }), _) => status(&client, *id, *follow, *top, *json).await,
+        (Some(SweepCommand::List { json }), _) => list(&client, *json).await,
         (Some(SweepCommand::Cancel { id }), _) => {
+            let id = *id;
             let s = client.cancel_sweep(id).await?;
             println!("sweep {id} cancelled; {} trials were running", s.counts.running);
             Ok(0)
         }
-        (None, None) => Err(CliError::new(
-            exit::INVALID,
-            "give a sweep file (`ferry sweep sweep.toml`) or a command (`ferry sweep status ID`, `list`, `cancel ID`)",
-        )),
-        (None, Some(file)) => {
-            let spec = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::new(exit::INVALID, format!("cannot read {}: {e}", file.display())))?;
+        (None, file) => {
+            let (spec, shown) = match &file {
+                Some(file) => (
+                    std::fs::read_to_string(file)
+                        .map_err(|e| CliError::new(exit::INVALID, format!("cannot read {}: {e}", file.display())))?,
+                    file.display().to_string(),
+                ),
+                None if args.objective.is_none() && args.param.is_empty() => {
+                    return Err(CliError::new(
+                        exit::INVALID,
+                        "give a sweep file (`ferry sweep sweep.toml`), flags (`ferry sweep --objective loss --param \
+                         lr=log_uniform:1e-5:0.1 -- python train.py --lr {lr}`) or a command (`ferry sweep status ID`, \
+                         `list`, `cancel ID`)",
+                    ))
+                }
+                None => (file_from_flags(&args)?, "the flags".to_string()),
+            };
             // The file is checked here too, so its errors come before any upload.
             let parsed = ferry_sweep::SweepSpec::parse(&spec)
-                .map_err(|e| CliError::new(exit::INVALID, format!("{}: {e}", file.display())))?;
+                .map_err(|e| CliError::new(exit::INVALID, format!("{shown}: {e}")))?;
             let in_workdir = parsed.trial.contains_key("workdir");
             let code = if args.no_code || in_workdir { None } else { Some(crate::commands::ship(&client).await?) };
             let submitted = client.submit_sweep(&SubmitSweep { spec, code }).await?;

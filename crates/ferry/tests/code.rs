@@ -126,6 +126,16 @@ fn a_git_checkout_records_its_commit_and_uncommitted_diff() {
     assert_eq!(code, 200);
     assert!(diff.contains("-print('one')") && diff.contains("+print('two')"), "{diff}");
     assert_eq!(f.ok(&["show", &id.to_string(), "--diff"]), diff);
+    // The job's MLflow run records the commit where MLflow records it.
+    let run = job["tracking"]["run_id"].as_str().unwrap();
+    let (code, body) = curl(&f, &[&format!("{}/api/2.0/mlflow/runs/get?run_id={run}", f.url())]);
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let tags = answer["run"]["data"]["tags"].as_array().unwrap();
+    assert!(
+        tags.iter().any(|t| t["key"] == "mlflow.source.git.commit" && t["value"] == head.as_str()),
+        "{answer:#}"
+    );
 }
 
 #[test]

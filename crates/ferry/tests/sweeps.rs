@@ -189,7 +189,51 @@ fn bad_sweep_files_are_refused_with_what_to_fix() {
     let out = f.cli(&["sweep", path.to_str().unwrap(), "--detach"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("colour"), "{}", stderr(&out));
+    let out = f.cli(&["sweep", "--objective", "loss", "--param", "lr=gauss:0:1", "--no-code", "--", "true", "{lr}"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("gauss"), "{}", stderr(&out));
     assert_eq!(f.json(&["sweep", "list", "--json"])["sweeps"].as_array().unwrap().len(), 0);
+
+    // The same search from flags instead of a file.
+    let out = f.cli(&[
+        "sweep",
+        "--objective",
+        "acc",
+        "--maximize",
+        "--param",
+        "lr=log_uniform:0.001:0.1",
+        "--param",
+        "w=choice:2,4,8",
+        "--method",
+        "random",
+        "--max-trials",
+        "4",
+        "--max-parallel",
+        "1",
+        "--cpus",
+        "0.5",
+        "--detach",
+        "--no-code",
+        "--",
+        "sleep",
+        "5",
+        "{lr}",
+        "{w}",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+    let s = wait_sweep(&f, id, "the first trial", |s| !trials(s).is_empty());
+    assert_eq!(
+        (s["method"].as_str(), s["goal"].as_str(), s["max_trials"].as_u64()),
+        (Some("random"), Some("maximize"), Some(4))
+    );
+    let t = &trials(&s)[0];
+    let w = t["params"]["w"].as_i64().unwrap();
+    assert!([2, 4, 8].contains(&w), "{t:#}");
+    let job = f.job(t["job_id"].as_u64().unwrap());
+    assert_eq!(job["command"][2], t["params"]["lr"].as_f64().unwrap().to_string(), "{job:#}");
+    assert_eq!(job["cpu_millis"], 500, "{job:#}");
+    f.ok(&["sweep", "cancel", &id.to_string()]);
 }
 
 #[test]

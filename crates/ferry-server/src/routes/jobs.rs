@@ -307,6 +307,7 @@ pub(crate) async fn submit_tracked(
         owner: &job.owner,
         name: job.name.as_deref(),
         command: &job.command,
+        git_commit: job.code.as_ref().and_then(|c| c.git_commit.as_deref()),
         params,
         tags,
     };
