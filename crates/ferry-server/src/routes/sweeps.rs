@@ -127,12 +127,19 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    id: SweepId,
 ) -> Result<Json<Sweep>, ApiError> {
     caller.require_user()?;
+    Ok(Json(shown(&state, id).await?))
+}
+
+type SweepId = Result<Path<u64>, axum::extract::rejection::PathRejection>;
+
+/// The sweep at a path's id, as the API shows it.
+async fn shown(state: &AppState, id: SweepId) -> Result<Sweep, ApiError> {
     let Path(id) = id.map_err(|_| ApiError::invalid("a sweep id is a number, as `ferry sweep` printed it"))?;
     let record = state.store.sweep(id).await?.ok_or_else(|| ApiError::not_found(format!("no sweep {id}")))?;
-    Ok(Json(view(&state, record).await?))
+    view(state, record).await
 }
 
 #[utoipa::path(post, path = "/api/v1/sweeps/{id}/cancel", params(("id" = u64, Path)),
@@ -140,13 +147,13 @@ pub async fn show(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    id: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+    id: SweepId,
 ) -> Result<Json<Sweep>, ApiError> {
     caller.require_user()?;
-    let Path(id) = id.map_err(|_| ApiError::invalid("a sweep id is a number, as `ferry sweep` printed it"))?;
-    state.sweeps.cancel(id).await?;
-    let record = state.store.sweep(id).await?.ok_or_else(|| ApiError::not_found(format!("no sweep {id}")))?;
-    Ok(Json(view(&state, record).await?))
+    if let Ok(Path(number)) = &id {
+        state.sweeps.cancel(*number).await?;
+    }
+    Ok(Json(shown(&state, id).await?))
 }
 
 /// A sweep as the API shows it, from the store: its trials, their jobs and each one's latest objective value.
