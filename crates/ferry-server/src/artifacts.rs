@@ -197,6 +197,8 @@ pub enum ArtifactError {
     NotFound(String),
     #[error("the artifact is larger than the limit of {limit_bytes} bytes; nothing was stored")]
     TooLarge { limit_bytes: u64 },
+    #[error("{0}")]
+    Conflict(String),
     #[error("the upload was interrupted: {0}; nothing was stored")]
     Body(String),
     #[error("the artifact store failed: {0}")]
@@ -232,6 +234,8 @@ pub struct ArtifactStore {
     /// Where it is, for logs and errors (never with credentials).
     pub describe: String,
     pub max_file_bytes: u64,
+    /// On a file system a name is a file or a folder, never both (in S3 a key and a prefix may share a name).
+    local: bool,
 }
 
 impl ArtifactStore {
@@ -248,6 +252,7 @@ impl ArtifactStore {
                 store: Arc::new(local),
                 describe: local_root.display().to_string(),
                 max_file_bytes,
+                local: true,
             });
         };
         // The standard AWS variables give the credentials (and a region when the file names none).
@@ -270,7 +275,7 @@ impl ArtifactStore {
         } else {
             Arc::new(PrefixStore::new(s3_store, StorePath::parse(&s3.prefix).unwrap_or_default()))
         };
-        Ok(ArtifactStore { store, describe, max_file_bytes })
+        Ok(ArtifactStore { store, describe, max_file_bytes, local: false })
     }
 
     /// Stores `body` at `path`, replacing what was there only once all of it has arrived within the size limit.
@@ -281,6 +286,9 @@ impl ArtifactStore {
         body: impl Stream<Item = Result<Bytes, E>>,
     ) -> Result<u64, ArtifactError> {
         let location = path.store_path();
+        if self.local {
+            self.check_file_system_names(path).await?;
+        }
         let mut body = std::pin::pin!(body);
         let mut first = Vec::new();
         let mut total: u64 = 0;
@@ -328,6 +336,29 @@ impl ArtifactStore {
         }
         writer.finish().await?;
         Ok(total)
+    }
+
+    /// On the local store, a file cannot take the name of a folder, nor sit below a file.
+    async fn check_file_system_names(&self, path: &ArtifactPath) -> Result<(), ArtifactError> {
+        let mut ancestor = String::new();
+        let segments: Vec<&str> = path.segments().collect();
+        for segment in &segments[..segments.len().saturating_sub(1)] {
+            if !ancestor.is_empty() {
+                ancestor.push('/');
+            }
+            ancestor.push_str(segment);
+            if self.store.head(&StorePath::parse(&ancestor).unwrap_or_default()).await.is_ok() {
+                return Err(ArtifactError::Conflict(format!("{ancestor} is a file; nothing can be stored below it")));
+            }
+        }
+        let listed = self.store.list_with_delimiter(Some(&path.store_path())).await?;
+        if !listed.objects.is_empty() || !listed.common_prefixes.is_empty() {
+            return Err(ArtifactError::Conflict(format!(
+                "{} is a folder of artifacts; a file cannot take its name",
+                path.as_str()
+            )));
+        }
+        Ok(())
     }
 
     fn check_size(&self, total: u64) -> Result<(), ArtifactError> {
@@ -426,6 +457,10 @@ mod tests {
             assert!(e.contains(field), "{text}: {e}");
         }
         assert!(check("secret_access_key = \"x\"").unwrap_err().contains("unknown field"));
+        // Through the whole file: the table is optional, and its errors name it.
+        assert_eq!(crate::config::FileConfig::parse("").unwrap().artifacts.s3, None);
+        let e = crate::config::FileConfig::parse("[artifacts]\nurl = \"gs://b\"").unwrap_err();
+        assert!(e.contains("[artifacts]") && e.contains("`url`"), "{e}");
     }
 
     #[tokio::test]
@@ -442,6 +477,12 @@ mod tests {
         let listed = store.list(&ArtifactPath::parse("1/r/artifacts").unwrap()).await.unwrap();
         assert_eq!(listed, vec![Entry { name: "big.bin".into(), size_bytes: Some(5) }]);
         assert_eq!(store.list(&ArtifactPath::parse("1/r/nothing").unwrap()).await.unwrap(), vec![]);
+        let below = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
+        let under_file = ArtifactPath::parse("1/r/artifacts/big.bin/x").unwrap();
+        assert!(matches!(store.put(&under_file, below).await, Err(ArtifactError::Conflict(_))));
+        let over = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
+        let folder = ArtifactPath::parse("1/r/artifacts").unwrap();
+        assert!(matches!(store.put(&folder, over).await, Err(ArtifactError::Conflict(_))));
         assert_eq!(store.delete(&ArtifactPath::parse("1/r").unwrap()).await.unwrap(), 1);
         assert!(matches!(store.get(&path).await, Err(ArtifactError::NotFound(_))));
     }

@@ -501,6 +501,12 @@ fn bad_artifact_requests_get_mlflow_errors_and_leave_nothing_behind() {
     let put = |rest: &str, body: Vec<u8>| artifact_call(&f, reqwest::Method::PUT, rest, Some(body.into()));
     assert_eq!(put(&format!("/0/{run}/artifacts/ok.txt"), b"fine".to_vec()), (200, json!({})));
 
+    // On the local store a name is a file or a folder, not both.
+    assert_eq!(put(&format!("/0/{run}/artifacts/dir/inner.txt"), b"in".to_vec()).0, 200);
+    assert_error(put(&format!("/0/{run}/artifacts/ok.txt/below"), b"x".to_vec()), 400, "INVALID_PARAMETER_VALUE");
+    assert_error(put(&format!("/0/{run}/artifacts/dir"), b"x".to_vec()), 400, "INVALID_PARAMETER_VALUE");
+    assert_eq!(artifact_call(&f, reqwest::Method::DELETE, &format!("/0/{run}/artifacts/dir"), None), (200, json!({})));
+
     // Paths that are not plain relative paths in a run's folder.
     let escapes = put(&format!("/0%2F{run}%2Fartifacts%2F..%2F..%2Fx"), b"x".to_vec());
     assert_error(escapes.clone(), 400, "INVALID_PARAMETER_VALUE");
@@ -596,4 +602,52 @@ fn bad_artifact_requests_get_mlflow_errors_and_leave_nothing_behind() {
     assert_eq!(call(&f, reqwest::Method::DELETE, &format!("logged-models/{model}"), None).0, 200);
     assert_error(get(&f, &format!("logged-models/{model}")), 404, "RESOURCE_DOES_NOT_EXIST");
     assert_error(put(&format!("/0/models/{model}/artifacts/MLmodel"), b"x".to_vec()), 400, "INVALID_PARAMETER_VALUE");
+}
+
+#[test]
+fn ferry_artifacts_lists_and_downloads_a_jobs_artifacts() {
+    let f = Ferry::start(NodeSpec::default());
+    let id = f.submit(&["--", "true"]);
+    let job = f.job(id);
+    let (experiment, run) = match (job["tracking"]["experiment_id"].as_str(), job["tracking"]["run_id"].as_str()) {
+        (Some(e), Some(r)) => (e.to_string(), r.to_string()),
+        _ => panic!("the job has no tracking run: {job}"),
+    };
+    let job_id = id.to_string();
+    let out = f.cli(&["artifacts", &job_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no artifacts"), "{}", stderr(&out));
+
+    let put = |rest: &str, body: &[u8]| {
+        let answer = artifact_call(
+            &f,
+            reqwest::Method::PUT,
+            &format!("/{experiment}/{run}/artifacts/{rest}"),
+            Some(body.to_vec().into()),
+        );
+        assert_eq!(answer.0, 200, "{}", answer.1);
+    };
+    put("report.txt", b"all good\n");
+    put("ckpt/epoch-1/weights.bin", &[7; 3000]);
+    put("ckpt/epoch-1/meta.json", b"{}");
+    put("ckpt/last.txt", b"epoch-1");
+
+    let listed = f.ok(&["artifacts", &job_id]);
+    assert!(listed.lines().any(|l| l.ends_with(" ckpt/")), "{listed}");
+    assert!(listed.lines().any(|l| l.ends_with(" report.txt") && l.contains('9')), "{listed}");
+    let nested = f.ok(&["artifacts", &job_id, "ckpt/epoch-1"]);
+    assert!(nested.contains("ckpt/epoch-1/weights.bin") && nested.contains("ckpt/epoch-1/meta.json"), "{nested}");
+
+    assert_eq!(f.ok(&["artifacts", &job_id, "get", "report.txt", "-o", "-"]), "all good\n");
+    f.ok(&["artifacts", &job_id, "get", "report.txt"]);
+    assert_eq!(std::fs::read(f.workdir().join("report.txt")).unwrap(), b"all good\n");
+    f.ok(&["artifacts", &job_id, "get", "ckpt", "-o", "out"]);
+    assert_eq!(files_under(&f.workdir().join("out")), vec!["epoch-1/meta.json", "epoch-1/weights.bin", "last.txt"]);
+    assert_eq!(std::fs::read(f.workdir().join("out/epoch-1/weights.bin")).unwrap(), vec![7; 3000]);
+
+    let missing = f.cli(&["artifacts", &job_id, "get", "nope.bin"]);
+    assert_eq!(missing.status.code(), Some(66), "{}", stderr(&missing));
+    assert!(!f.workdir().join("nope.bin").exists() && !f.workdir().join(".nope.bin.partial").exists());
+    let no_job = f.cli(&["artifacts", "999999"]);
+    assert_eq!(no_job.status.code(), Some(66), "{}", stderr(&no_job));
 }

@@ -52,7 +52,7 @@ fn failure(e: ArtifactError) -> MlflowFailure {
             "INVALID_PARAMETER_VALUE",
             format!("{e}; the server's [artifacts] max_file_bytes sets the limit"),
         ),
-        ArtifactError::Body(_) => MlflowFailure::invalid(e.to_string()),
+        ArtifactError::Body(_) | ArtifactError::Conflict(_) => MlflowFailure::invalid(e.to_string()),
         ArtifactError::Store(_) => {
             tracing::warn!(error = %e, "the artifact store failed");
             MlflowFailure::new(StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE", e.to_string())
