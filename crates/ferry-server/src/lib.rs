@@ -176,18 +176,21 @@ pub async fn serve(
     let sweep_controller = tokio::spawn(sweeps::run(state.clone(), sweep_commands));
     tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), "Ferry server listening");
     ready(bound);
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let trigger = stopping.clone();
+    // Two parties wait for the shutdown (axum's graceful stop and this task): a watch channel wakes every waiter,
+    // where a `Notify` with one permit wakes just one and left the other waiting forever.
+    let (trigger, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        trigger.notify_one();
+        let _ = trigger.send(true);
     });
-    let stopped = stopping.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move { stopped.notified().await });
+    let mut stopped = stopping.clone();
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
     let server = tokio::spawn(async move { server.await });
     // Open long polls and followed logs would hold a graceful shutdown forever; give them a bounded grace.
-    stopping.notified().await;
-    stopping.notify_one();
+    let mut stopping = stopping;
+    let _ = stopping.wait_for(|stop| *stop).await;
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(Err(e))) => return Err(ServerError::Serve(e)),
         Ok(_) => {}
