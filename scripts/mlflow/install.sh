@@ -9,15 +9,15 @@
 #
 # Environment: FERRY_MLFLOW_VERSION (default 3.17.2), FERRY_MLFLOW_VENV (default <repo>/target/engines/mlflow-venv).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/venv.sh"
 
+TAG=mlflow/install
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VERSION=${FERRY_MLFLOW_VERSION:-3.17.2}
 VENV=${FERRY_MLFLOW_VENV:-$ROOT/target/engines/mlflow-venv}
 # What `mlflow.pyfunc.log_model`/`load_model` need beside mlflow-skinny, pinned.
 EXTRAS=(numpy==2.4.6 pandas==2.3.3 cloudpickle==3.1.2)
-
-log() { echo "mlflow/install: $*" >&2; }
-die() { echo "mlflow/install: error: $*" >&2; exit 1; }
 
 installed() {
     [[ -x $VENV/bin/python3 ]] &&
@@ -28,20 +28,4 @@ installed() {
             "${EXTRAS[*]}" ]]
 }
 
-if installed; then
-    log "mlflow-skinny $VERSION is already installed in $VENV"
-    echo "$VENV"
-    exit 0
-fi
-
-command -v python3 >/dev/null || die "python3 is missing (apt-get install python3 python3-venv)"
-if [[ ! -x $VENV/bin/python3 ]]; then
-    mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
-fi
-log "installing mlflow-skinny==$VERSION into $VENV (log: $VENV/pip.log)"
-"$VENV/bin/python3" -m pip install -q "mlflow-skinny==$VERSION" "${EXTRAS[@]}" >"$VENV/pip.log" 2>&1 ||
-    die "pip install mlflow-skinny==$VERSION ${EXTRAS[*]} failed; see $VENV/pip.log"
-installed || die "mlflow-skinny $VERSION is still not importable from $VENV after pip install; see $VENV/pip.log"
-log "mlflow-skinny $VERSION installed in $VENV"
-echo "$VENV"
+venv_install "mlflow-skinny $VERSION" "mlflow-skinny==$VERSION" "${EXTRAS[@]}"

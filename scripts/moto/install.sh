@@ -7,13 +7,13 @@
 #
 # Environment: FERRY_MOTO_VERSION (default 5.2.5), FERRY_MOTO_VENV (default <repo>/target/engines/moto-venv).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/venv.sh"
 
+TAG=moto/install
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VERSION=${FERRY_MOTO_VERSION:-5.2.5}
 VENV=${FERRY_MOTO_VENV:-$ROOT/target/engines/moto-venv}
-
-log() { echo "moto/install: $*" >&2; }
-die() { echo "moto/install: error: $*" >&2; exit 1; }
 
 installed() {
     [[ -x $VENV/bin/python3 && -x $VENV/bin/moto_server ]] &&
@@ -22,20 +22,4 @@ installed() {
         "$VENV/bin/python3" -c 'import moto.server, boto3, flask' 2>/dev/null
 }
 
-if installed; then
-    log "moto $VERSION is already installed in $VENV"
-    echo "$VENV"
-    exit 0
-fi
-
-command -v python3 >/dev/null || die "python3 is missing (apt-get install python3 python3-venv)"
-if [[ ! -x $VENV/bin/python3 ]]; then
-    mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
-fi
-log "installing moto[server]==$VERSION into $VENV (log: $VENV/pip.log)"
-"$VENV/bin/python3" -m pip install -q "moto[server]==$VERSION" >"$VENV/pip.log" 2>&1 ||
-    die "pip install moto[server]==$VERSION failed; see $VENV/pip.log"
-installed || die "moto $VERSION is still not importable from $VENV after pip install; see $VENV/pip.log"
-log "moto $VERSION installed in $VENV"
-echo "$VENV"
+venv_install "moto $VERSION" "moto[server]==$VERSION"

@@ -9,6 +9,8 @@
 # Any access key works against moto; the tests use AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing.
 # Environment: FERRY_MOTO_VENV (default <repo>/target/engines/moto-venv), FERRY_MOTO_WAIT_S (default 30).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/proc.sh"
 
 if [[ $# -ne 1 ]]; then
     echo "usage: $0 RUN_DIR" >&2
@@ -31,17 +33,6 @@ import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1] + "/", timeout=2) as r:
     sys.exit(0 if r.status == 200 else 1)
 PY
-}
-
-# A process's start time (clock ticks since boot, field 22 of /proc/PID/stat): a pid and its start time name one
-# process, even after the pid is reused.
-starttime() {
-    local stat
-    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
-    stat=${stat##*) }
-    # shellcheck disable=SC2086
-    set -- $stat
-    echo "${20}"
 }
 
 # Already running for this RUN_DIR: nothing to do.

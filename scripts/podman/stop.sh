@@ -4,6 +4,8 @@
 # whose containers stay) and stops the API service (by its pid file in RUN_DIR; SIGKILL after 10 s). Images stay.
 # Safe to run more than once, and on a RUN_DIR where nothing runs.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/proc.sh"
 
 if [[ $# -ne 1 ]]; then
     echo "usage: $0 RUN_DIR" >&2
@@ -26,13 +28,7 @@ pidfile=$RUN/podman.pid
 if [[ -s $pidfile ]]; then
     pid=$(<"$pidfile")
     if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null || true) == podman ]]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do
-            state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
-            [[ -n $state && $state != Z* ]] || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
+        stop_pids 10 "$pid"
     fi
     rm -f "$pidfile"
 fi

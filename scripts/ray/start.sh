@@ -15,6 +15,8 @@
 # Every process of the head carries FERRY_RAY_RUN=RUN_DIR in its environment; stop.sh finds them by it (and by the
 # pids recorded in RUN_DIR/pids), never by process name, so other Rays on the machine are left alone.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/proc.sh"
 
 if [[ $# -lt 1 || $# -gt 2 ]]; then
     echo "usage: $0 RUN_DIR [BASE_PORT]" >&2
@@ -90,17 +92,6 @@ ours() {
             find /proc/[0-9]*/fd -maxdepth 1 -lname "$TMP/*" 2>/dev/null | sed -n 's|^/proc/\([0-9]*\)/fd/.*|\1|p'
         fi
     } | grep -vx "$$" | sort -un || true
-}
-
-# A process's start time (clock ticks since boot, field 22 of /proc/PID/stat): a pid and its start time name one
-# process, even after the pid is reused.
-starttime() {
-    local stat
-    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
-    stat=${stat##*) }
-    # shellcheck disable=SC2086
-    set -- $stat
-    echo "${20}"
 }
 
 # RUN_DIR/pids: "PID STARTTIME" per process of this head.

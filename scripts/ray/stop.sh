@@ -5,6 +5,8 @@
 # which kills every Ray on the machine by name. Safe to run more than once, and on a RUN_DIR where nothing runs.
 # Removes the head's temp dir (/tmp/fr-*) too.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/proc.sh"
 
 if [[ $# -ne 1 ]]; then
     echo "usage: $0 RUN_DIR" >&2
@@ -28,25 +30,6 @@ ours() {
     } | grep -vx "$$" | sort -un || true
 }
 
-# A process's start time (clock ticks since boot, field 22 of /proc/PID/stat): a pid and its start time name one
-# process, even after the pid is reused.
-starttime() {
-    local stat
-    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
-    stat=${stat##*) }
-    # shellcheck disable=SC2086
-    set -- $stat
-    echo "${20}"
-}
-
-# The process exists and is not a zombie (read from /proc: no fork per check).
-running() {
-    local stat
-    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
-
 TMP=
 if [[ -s $RUN/tempdir ]]; then
     TMP=$(<"$RUN/tempdir")
@@ -60,26 +43,11 @@ if [[ -s $RUN/pids ]]; then
     done <"$RUN/pids"
 fi
 if ((${#pids[@]} > 0)); then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for _ in $(seq 50); do
-        left=()
-        for pid in "${pids[@]}"; do running "$pid" && left+=("$pid"); done
-        ((${#left[@]} == 0)) && break
-        sleep 0.1
-    done
+    term_wait 5 "${pids[@]}" || true
     # Workers may have started while we waited: take the census again.
     mapfile -t late < <(ours)
-    left+=("${late[@]}")
-    if ((${#left[@]} > 0)); then
-        kill -KILL "${left[@]}" 2>/dev/null || true
-        # Gone (or a zombie) before we return, so that the ports are free.
-        for _ in $(seq 50); do
-            alive=0
-            for pid in "${left[@]}"; do running "$pid" && alive=1; done
-            ((alive == 0)) && break
-            sleep 0.1
-        done
-    fi
+    # Gone (or a zombie) before we return, so that the ports are free.
+    kill_wait 5 "${LEFT[@]}" "${late[@]}"
 fi
 rm -f "$RUN/pids" "$RUN/url" "$RUN/tempdir"
 [[ -n $TMP && -d $TMP ]] && rm -rf -- "$TMP"

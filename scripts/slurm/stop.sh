@@ -2,6 +2,8 @@
 # Stops what scripts/slurm/start.sh RUN_DIR started: slurmrestd, slurmd, slurmctld (by their pid files in RUN_DIR)
 # and munged if start.sh started it and no other Slurm daemon still needs it. Safe to run more than once, and on a RUN_DIR where nothing runs.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/proc.sh"
 
 if [[ $# -ne 1 ]]; then
     echo "usage: $0 RUN_DIR" >&2
@@ -10,28 +12,13 @@ fi
 RUN=$1
 [[ -d $RUN ]] || exit 0
 
-# The process exists and is not a zombie (PID 1 here may be slow to reap what daemons leave behind).
-running() {
-    local state
-    state=$(ps -o stat= -p "$1" 2>/dev/null || true)
-    [[ -n $state && $state != Z* ]]
-}
-
 # Stops the process named by a pid file if it is still the given command; SIGKILL after 10 s.
 stop_pidfile() {
     local pidfile=$1 comm=$2 pid
     [[ -s $pidfile ]] || return 0
     pid=$(<"$pidfile")
     if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null || true) == "$comm" ]]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do
-            running "$pid" || break
-            sleep 0.1
-        done
-        if running "$pid"; then
-            echo "slurm/stop: $comm (pid $pid) ignored SIGTERM for 10 s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+        stop_pids -m "slurm/stop: $comm (pid $pid) ignored SIGTERM for 10 s; killing it" 10 "$pid"
     fi
     rm -f "$pidfile"
 }
@@ -45,6 +32,7 @@ if [[ -s $RUN/munged.pid ]]; then
     exec 9>/tmp/ferry-slurm-munge.lock
     flock 9
     others=0
+    # running: a zombie does not count (PID 1 here may be slow to reap what daemons leave behind).
     for pid in $(ps -C slurmctld,slurmd,slurmrestd -o pid= 2>/dev/null || true); do
         if running "$pid"; then others=1; fi
     done

@@ -7,13 +7,13 @@
 # Environment: FERRY_SPARK_VENV (where the venv goes), FERRY_PYSPARK_VERSION (default 4.3.0; "any" takes what pip
 # can get). Needs python3 with venv, and Java 17 (installed with apt-get when missing and running as root).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/venv.sh"
 
+TAG=spark/install
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=${FERRY_SPARK_VENV:-$ROOT/target/engines/spark-venv}
 VERSION=${FERRY_PYSPARK_VERSION:-4.3.0}
-
-log() { echo "spark/install: $*" >&2; }
-die() { echo "spark/install: error: $*" >&2; exit 1; }
 
 if ! command -v java >/dev/null 2>&1; then
     [[ $(id -u) -eq 0 ]] || die "java is not installed and installing it needs root"
@@ -29,11 +29,7 @@ if [[ -x $VENV/bin/spark-submit && -x $VENV/bin/spark-class ]] && "$VENV/bin/pyt
     exit 0
 fi
 
-mkdir -p "$(dirname "$VENV")"
-if [[ ! -x $VENV/bin/python ]]; then
-    log "creating $VENV"
-    python3 -m venv "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
-fi
+venv_create
 if [[ $VERSION == any ]]; then
     spec=pyspark
 else

@@ -11,6 +11,8 @@
 # Calling it again while the daemons of RUN_DIR run starts nothing new. The pids are in RUN_DIR/{master,worker}.pid,
 # the logs in RUN_DIR/{master,worker}.log.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/proc.sh"
 
 if [[ $# -ne 1 ]]; then
     echo "usage: $0 RUN_DIR" >&2
@@ -41,12 +43,11 @@ export SPARK_LOG_DIR=$RUN SPARK_WORKER_DIR=$RUN/work SPARK_NO_DAEMONIZE=1
 
 # A pid file names a live java process (spark-class execs java, after a short while as bash).
 alive() {
-    local pidfile=$1 pid state
+    local pidfile=$1 pid
     [[ -s $pidfile ]] || return 1
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
-    state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
-    [[ -n $state && $state != Z* ]] || return 1
+    running "$pid" || return 1
     [[ $(cat "/proc/$pid/comm" 2>/dev/null || true) =~ ^(java|bash|spark-class)$ ]]
 }
 
