@@ -358,7 +358,7 @@ impl Agent {
                 for run in work.stop {
                     self.stop_run(run);
                 }
-                // An assignment stopped in the same batch never starts: the server has already given up on it.
+                // An assignment stopped in the same batch never starts; its stop reported it ended.
                 for assignment in work.start.into_iter().filter(|a| !stopping.contains(&a.run)) {
                     self.start_run(assignment);
                 }
@@ -577,10 +577,28 @@ impl Agent {
     }
 
     fn stop_run(&mut self, run: RunRef) {
+        let done = self.runs_dir.join(format!("{}{}", rundir::DONE_PREFIX, rundir::dir_name(run)));
         match self.runs.get(&run) {
             Some(entry) if !matches!(entry.status, Some(RunStatus::Finished { .. })) => {
                 tracing::info!(job = run.job_id, attempt = run.attempt, "stopping run");
                 entry.stop.send_replace(true);
+            }
+            // Stopped before this node ever started it (the stop replaced the start in the server's mailbox, or
+            // came in the same batch): say it ended, or the server would wait for an end forever.
+            None if !self.run_dir(run).exists() && !done.exists() => {
+                tracing::info!(job = run.job_id, attempt = run.attempt, "stopped before it started");
+                let mut entry = RunEntry::new();
+                entry.status = Some(RunStatus::Finished {
+                    end: ferry_api::agent::RunEnd::Stopped,
+                    exit_code: None,
+                    signal: None,
+                    finished_at_us: rundir::now_us(),
+                    log_bytes: 0,
+                    message: Some("stopped before it started".to_string()),
+                    started_at_us: None,
+                });
+                self.runs.insert(run, entry);
+                self.send_report(false);
             }
             _ => tracing::debug!(job = run.job_id, attempt = run.attempt, "asked to stop a run that is not going"),
         }
@@ -590,6 +608,10 @@ impl Agent {
     /// to look at.
     fn archive(&self, run: RunRef) {
         let from = self.run_dir(run);
+        if !from.exists() {
+            // A run stopped before it started has no directory.
+            return;
+        }
         let to = self.runs_dir.join(format!("{}{}", rundir::DONE_PREFIX, rundir::dir_name(run)));
         let _ = fs::remove_dir_all(&to);
         if let Err(e) = fs::rename(&from, &to) {

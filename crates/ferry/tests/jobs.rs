@@ -410,3 +410,34 @@ fn a_job_pinned_to_a_pool_runs_there_and_an_unknown_pool_is_refused_with_the_poo
     assert!(stderr(&out).contains("there is no pool `moon`; the pools are cloud, local"), "{}", stderr(&out));
     assert!(stderr(&out).contains("change --pool"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_job_cancelled_the_moment_it_is_placed_ends_cancelled() {
+    // The stop can reach the node's mailbox before the node fetched the start (it then replaces it) or in the same
+    // batch: the node never runs the job, and must still say it ended, or the job would stay `starting` for ever.
+    let f = Ferry::start(NodeSpec::default());
+    let token = std::fs::read_to_string(f.home().join("admin.token")).unwrap().trim().to_string();
+    let client = reqwest::blocking::Client::new();
+    let mut ids = Vec::new();
+    // A paused agent fetches nothing: each stop replaces its start in the mailbox.
+    let agent = f.agent_pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &agent]).status().unwrap().success());
+    for _ in 0..20 {
+        let submitted: serde_json::Value = client
+            .post(format!("{}/api/v1/jobs", f.url()))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "command": ["sleep", "100"], "cpu_millis": 100, "workdir": "/" }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let id = submitted["id"].as_u64().unwrap();
+        let cancelled = client.post(format!("{}/api/v1/jobs/{id}/cancel", f.url())).bearer_auth(&token).send().unwrap();
+        assert!(cancelled.status().is_success(), "{}", cancelled.text().unwrap());
+        ids.push(id);
+    }
+    assert!(std::process::Command::new("kill").args(["-CONT", &agent]).status().unwrap().success());
+    for id in ids {
+        f.wait_state(id, "cancelled");
+    }
+}

@@ -189,6 +189,11 @@ impl Ferry {
         child.wait().unwrap();
     }
 
+    /// The agent's process id, to pause it (SIGSTOP) and resume it.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("agent running").id()
+    }
+
     pub fn kill_agent(&mut self) {
         let mut child = self.agent.take().expect("agent running");
         child.kill().unwrap();
