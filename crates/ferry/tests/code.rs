@@ -132,10 +132,7 @@ fn a_git_checkout_records_its_commit_and_uncommitted_diff() {
     assert_eq!(code, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     let tags = answer["run"]["data"]["tags"].as_array().unwrap();
-    assert!(
-        tags.iter().any(|t| t["key"] == "mlflow.source.git.commit" && t["value"] == head.as_str()),
-        "{answer:#}"
-    );
+    assert!(tags.iter().any(|t| t["key"] == "mlflow.source.git.commit" && t["value"] == head.as_str()), "{answer:#}");
 }
 
 #[test]

@@ -124,11 +124,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/sweeps/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = Sweep), (status = 404, body = ErrorBody)))]
-pub async fn show(
-    State(state): State<AppState>,
-    caller: Caller,
-    id: SweepId,
-) -> Result<Json<Sweep>, ApiError> {
+pub async fn show(State(state): State<AppState>, caller: Caller, id: SweepId) -> Result<Json<Sweep>, ApiError> {
     caller.require_user()?;
     Ok(Json(shown(&state, id).await?))
 }
@@ -144,11 +140,7 @@ async fn shown(state: &AppState, id: SweepId) -> Result<Sweep, ApiError> {
 
 #[utoipa::path(post, path = "/api/v1/sweeps/{id}/cancel", params(("id" = u64, Path)),
     responses((status = 200, body = Sweep), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn cancel(
-    State(state): State<AppState>,
-    caller: Caller,
-    id: SweepId,
-) -> Result<Json<Sweep>, ApiError> {
+pub async fn cancel(State(state): State<AppState>, caller: Caller, id: SweepId) -> Result<Json<Sweep>, ApiError> {
     caller.require_user()?;
     if let Ok(Path(number)) = &id {
         state.sweeps.cancel(*number).await?;
