@@ -304,7 +304,8 @@ async fn runs_jobs_ships_their_output_then_reports_their_end() {
     }
 
     // An assignment sent again (as after a server restart) is not run again; one stopped in the same batch as
-    // its start never runs. Work is handled in order, so once the next job has ended both were dealt with.
+    // its start never runs, and is reported ended (stopped, never started) so the server does not wait for it.
+    // Work is handled in order, so once the next job has ended both were dealt with.
     let reports_before = fake.reports_of(quick.run).len();
     let cancelled = assignment(880_004, work.path(), &["sleep", "300"]);
     fake.push_work(vec![quick.clone(), cancelled.clone()], vec![cancelled.run]);
@@ -312,7 +313,10 @@ async fn runs_jobs_ships_their_output_then_reports_their_end() {
     fake.push_work(vec![next.clone()], vec![]);
     eventually("the next job's end", || fake.finished(next.run)).await;
     assert_eq!(fake.reports_of(quick.run).len(), reports_before);
-    assert!(fake.reports_of(cancelled.run).is_empty());
+    let reports = fake.reports_of(cancelled.run);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(end_of(&reports[0]), (RunEnd::Stopped, None, None, 0));
+    assert!(matches!(reports[0], RunStatus::Finished { started_at_us: None, .. }), "{reports:?}");
     assert!(!data.path().join("runs/880004-1").exists());
 
     eventually("a report with usage", || (fake.lock().usage_samples > 0).then_some(())).await;
