@@ -493,10 +493,10 @@ impl Driver {
             }
         }
         for job in fx.changed {
-            self.signals.changed(job);
+            self.signals.signal(job);
         }
         for job in fx.finished {
-            self.signals.ended(job);
+            self.signals.finish(job);
         }
     }
 

@@ -1,5 +1,5 @@
-//! Every job's MLflow run: made when the job is submitted, handed to the job through the environment, and ended with
-//! the job.
+//! Every job's MLflow run: made when the job is submitted and handed to the job through the environment; the store
+//! moves it along with the job's own state changes (`Tx::running`, `Tx::finished`), in the same transaction.
 //!
 //! A job gets `MLFLOW_RUN_ID`, `MLFLOW_EXPERIMENT_ID`, `MLFLOW_TRACKING_TOKEN` (a token for the tracking API alone,
 //! valid while the job is) and `MLFLOW_TRACKING_URI` (the server's address as the node reaches it: the agent's own
@@ -9,12 +9,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_api::jobs::JobState;
 use ferry_store::{JobRecord, JobTracking, RunRecord, Store};
 use rand::RngCore;
 
 use crate::error::ApiError;
-use crate::signals::Signals;
 
 /// MLflow's variables, as the client reads them.
 pub const RUN_ID_VAR: &str = "MLFLOW_RUN_ID";
@@ -155,72 +153,5 @@ pub async fn attach(store: &Store, run_id: &str, job: u64, named: bool) -> Resul
 pub async fn discard(store: &Store, run_id: &str) {
     if let Err(e) = store.set_run_stage(run_id, "deleted").await {
         tracing::warn!(run = %run_id, error = %e, "could not delete the run of a refused job");
-    }
-}
-
-/// MLflow's status of a run whose job is in `state`; `None` while it waits.
-fn run_status(state: JobState) -> Option<&'static str> {
-    match state {
-        JobState::Queued | JobState::Starting => None,
-        JobState::Running => Some("RUNNING"),
-        JobState::Succeeded => Some("FINISHED"),
-        JobState::Failed | JobState::TimedOut | JobState::Lost => Some("FAILED"),
-        JobState::Cancelled => Some("KILLED"),
-    }
-}
-
-/// Keeps each job's run in step with its job: running when it starts, ended with it (unless the job's own code
-/// ended the run first). Runs until the server stops.
-pub async fn follow(store: Store, signals: Arc<Signals>) {
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-    let mut changes = signals.changes();
-    loop {
-        let mut jobs = std::collections::BTreeSet::new();
-        match changes.recv().await {
-            Ok(job) => {
-                jobs.insert(job);
-            }
-            Err(RecvError::Lagged(missed)) => {
-                // Missed updates leave a run's status behind its job's; the job's own record stays right.
-                tracing::warn!(missed, "the tracking follower fell behind; some runs' statuses may lag");
-            }
-            Err(RecvError::Closed) => return,
-        }
-        // Whatever else changed meanwhile, once each: a burst of submissions costs one read per job, not per change.
-        loop {
-            match changes.try_recv() {
-                Ok(job) => {
-                    jobs.insert(job);
-                }
-                Err(TryRecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "the tracking follower fell behind; some runs' statuses may lag");
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => return,
-            }
-        }
-        for job in jobs {
-            if let Err(e) = sync(&store, job).await {
-                tracing::warn!(job, error = %e, "could not update the job's MLflow run");
-            }
-        }
-    }
-}
-
-async fn sync(store: &Store, job: u64) -> Result<(), ferry_store::StoreError> {
-    let Some(record) = store.job(job).await? else { return Ok(()) };
-    let Some(tracking) = &record.spec.tracking else { return Ok(()) };
-    match run_status(record.state) {
-        Some("RUNNING") => {
-            let at = record.started_at_us.unwrap_or_else(crate::driver::now_us) / 1000;
-            store.start_run_with_job(&tracking.run_id, at).await
-        }
-        Some(status) => {
-            let at = record.finished_at_us.unwrap_or_else(crate::driver::now_us) / 1000;
-            let started = record.started_at_us.map(|t| t / 1000).unwrap_or(at);
-            store.start_run_with_job(&tracking.run_id, started).await?;
-            store.end_run_with_job(&tracking.run_id, status, at).await
-        }
-        None => Ok(()),
     }
 }

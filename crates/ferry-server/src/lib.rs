@@ -142,7 +142,6 @@ pub async fn serve(
         jobruns::TrackingEnv { key: job_key.clone(), uri: config.file.public_url.clone() },
     )
     .await?;
-    let run_follower = tokio::spawn(jobruns::follow(store.clone(), signals.clone()));
     let (sweeps_handle, sweep_commands) = sweeps::SweepsHandle::channel();
     let driver_task = tokio::spawn(driver.run(commands));
     let bridge_tasks: Vec<_> = bridges.into_iter().map(|b| tokio::spawn(b.run(handle.clone()))).collect();
@@ -201,7 +200,6 @@ pub async fn serve(
         task.abort();
     }
     recorder.abort();
-    run_follower.abort();
     sweep_controller.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
         tracing::error!(error = %e, "could not write the last time-series samples to disk");

@@ -363,7 +363,7 @@ async fn step(state: &AppState, a: &mut Active) -> Result<bool, Stop> {
         }
     }
     // 2. Ended trials.
-    let jobs = state.store.sweep_jobs(id).await?;
+    let jobs = state.store.sweep_open_jobs(id).await?;
     let by_trial: HashMap<TrialIndex, &JobRecord> =
         jobs.iter().filter_map(|j| j.spec.sweep.map(|l| (l.trial, j))).collect();
     let open: Vec<TrialIndex> = a.search.trials().iter().filter(|t| t.outcome.is_none()).map(|t| t.index).collect();
@@ -449,14 +449,8 @@ async fn submit_trial(
 ) -> Result<(), Stop> {
     let spec = a.search.spec();
     let submission = a.trial.submission(spec, params, index, a.code.clone()).map_err(Stop::Fail)?;
-    let mut job = crate::routes::jobs::validate(submission, &a.record.owner).map_err(|e| Stop::Fail(e.message))?;
-    if let Some(code) = &mut job.code {
-        code.size_bytes = state
-            .code
-            .size(&code.sha256)
-            .await
-            .ok_or_else(|| Stop::Fail(format!("the server no longer holds the sweep's code {}", code.sha256)))?;
-    }
+    let mut job =
+        crate::routes::jobs::prepare(state, submission, &a.record.owner).await.map_err(|e| Stop::Fail(e.message))?;
     let run_id = match run_id {
         Some(run_id) => run_id,
         None => {
@@ -511,7 +505,7 @@ async fn cancel_job(state: &AppState, job: u64) {
 
 /// Stops every running trial of a sweep that is ending, noting why.
 async fn stop_running(state: &AppState, a: &Active, reason: &str) {
-    let Ok(jobs) = state.store.sweep_jobs(a.record.id).await else { return };
+    let Ok(jobs) = state.store.sweep_open_jobs(a.record.id).await else { return };
     for job in jobs.iter().filter(|j| !j.state.is_terminal()) {
         if let Some(link) = job.spec.sweep {
             let _ = state.store.stopping_trial(a.record.id, link.trial, reason).await;
@@ -530,7 +524,7 @@ async fn cancel(state: &AppState, active: &mut BTreeMap<u64, Active>, id: u64) -
         Some(a) => stop_running(state, &a, "the sweep was cancelled").await,
         None => {
             // Not driven (it failed to load): still stop its jobs.
-            for job in state.store.sweep_jobs(id).await?.iter().filter(|j| !j.state.is_terminal()) {
+            for job in state.store.sweep_open_jobs(id).await?.iter().filter(|j| !j.state.is_terminal()) {
                 cancel_job(state, job.id).await;
             }
         }

@@ -103,11 +103,16 @@ function lineChart(opts) {
     item.append(swatch, s.label + (measured ? "" : " (no data)"));
     legend.append(item);
   });
+  return figureOf(opts.title, chart, legend);
+}
+
+// A chart with its caption above and its legend below.
+function figureOf(title, chart, legend) {
   const figure = document.createElement("figure");
   figure.className = "chart-figure";
   figure.style.margin = "0";
   const caption = document.createElement("figcaption");
-  caption.textContent = opts.title;
+  caption.textContent = title;
   caption.className = "small muted";
   figure.append(caption, chart, legend);
   return figure;
@@ -225,14 +230,7 @@ function xyChart(opts) {
     item.append(swatch, s.label + (finite.length ? "" : " (none)"));
     legend.append(item);
   });
-  const figure = document.createElement("figure");
-  figure.className = "chart-figure";
-  figure.style.margin = "0";
-  const caption = document.createElement("figcaption");
-  caption.textContent = opts.title;
-  caption.className = "small muted";
-  figure.append(caption, chart, legend);
-  return figure;
+  return figureOf(opts.title, chart, legend);
 }
 
 // Sequential colours from viridis (colour-blind-safe, readable in greyscale) for 0-100%.

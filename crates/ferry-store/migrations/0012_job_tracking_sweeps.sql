@@ -7,7 +7,6 @@ ALTER TABLE jobs ADD COLUMN sweep_id INTEGER;
 ALTER TABLE jobs ADD COLUMN sweep_trial INTEGER;
 
 CREATE INDEX jobs_by_sweep ON jobs (sweep_id, sweep_trial) WHERE sweep_id IS NOT NULL;
-CREATE INDEX jobs_by_tracking_run ON jobs (tracking_run_id) WHERE tracking_run_id IS NOT NULL;
 
 CREATE TABLE sweeps (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -257,11 +257,15 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// The job an MLflow run was made for, if any.
-    pub async fn job_of_run(&self, run_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tracking_run_id = ?");
-        let row = sqlx::query(&sql).bind(run_id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(job_from_row).transpose()
+    /// The jobs of a sweep's trials that have not ended yet (as the sweep recorded them), by trial: what the sweep's
+    /// controller looks at each time, however many trials ended before.
+    pub async fn sweep_open_jobs(&self, sweep_id: u64) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ? AND sweep_trial IN \
+             (SELECT idx FROM sweep_trials WHERE sweep_id = ? AND outcome IS NULL) ORDER BY sweep_trial"
+        );
+        let rows = sqlx::query(&sql).bind(sweep_id as i64).bind(sweep_id as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
     }
 
     /// Every job that has not reached a final state, oldest first: what the server reloads at start.
@@ -398,6 +402,15 @@ impl Tx {
             .bind(id as i64)
             .execute(&mut *self.0)
             .await?;
+        // The job's MLflow run starts with it, unless the job's code already set the run's status.
+        sqlx::query(
+            "UPDATE tracking_runs SET status = 'RUNNING', start_time_ms = COALESCE(start_time_ms, ?) \
+             WHERE status = 'SCHEDULED' AND id = (SELECT tracking_run_id FROM jobs WHERE id = ?)",
+        )
+        .bind(started_at_us / 1000)
+        .bind(id as i64)
+        .execute(&mut *self.0)
+        .await?;
         self.event(id, started_at_us, JobState::Running, message).await
     }
 
@@ -420,6 +433,25 @@ impl Tx {
         .bind(signal)
         .bind(message)
         .bind(at_us)
+        .bind(id as i64)
+        .execute(&mut *self.0)
+        .await?;
+        // The job's MLflow run ends with it, unless the job's code ended the run first.
+        let status = match state {
+            JobState::Succeeded => "FINISHED",
+            JobState::Cancelled => "KILLED",
+            _ => "FAILED",
+        };
+        sqlx::query(
+            "UPDATE tracking_runs SET status = ?, \
+             start_time_ms = COALESCE(start_time_ms, (SELECT started_at_us / 1000 FROM jobs WHERE id = ?), ?), \
+             end_time_ms = COALESCE(end_time_ms, ?) \
+             WHERE status IN ('RUNNING', 'SCHEDULED') AND id = (SELECT tracking_run_id FROM jobs WHERE id = ?)",
+        )
+        .bind(status)
+        .bind(id as i64)
+        .bind(at_us / 1000)
+        .bind(at_us / 1000)
         .bind(id as i64)
         .execute(&mut *self.0)
         .await?;

@@ -225,33 +225,6 @@ impl Store {
             .map(|r| (r.get("run_id"), (r.get("step"), r.get::<Option<f64>, _>("value").unwrap_or(f64::NAN))))
             .collect())
     }
-
-    /// Ends a job's MLflow run with the job, unless the job's own code already ended it.
-    pub async fn end_run_with_job(&self, run_id: &str, status: &str, end_time_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tracking_runs SET status = ?, end_time_ms = COALESCE(end_time_ms, ?) \
-             WHERE id = ? AND status IN ('RUNNING', 'SCHEDULED')",
-        )
-        .bind(status)
-        .bind(end_time_ms)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Marks a job's MLflow run running when the job starts, unless the job's code already set its status.
-    pub async fn start_run_with_job(&self, run_id: &str, start_time_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tracking_runs SET status = 'RUNNING', start_time_ms = COALESCE(start_time_ms, ?) \
-             WHERE id = ? AND status = 'SCHEDULED'",
-        )
-        .bind(start_time_ms)
-        .bind(run_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
 }
 
 /// One metric of a run, summed up.

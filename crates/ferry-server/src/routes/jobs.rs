@@ -279,7 +279,14 @@ pub async fn submit(
     caller.require_user()?;
     let Json(spec) = body.map_err(rejection)?;
     let experiment = spec.experiment.clone();
-    let mut job = validate(spec, &caller.name)?;
+    let job = prepare(&state, spec, &caller.name).await?;
+    let id = submit_tracked(&state, job, experiment.as_deref(), Vec::new(), Vec::new()).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
+}
+
+/// A submission checked (`validate`) with its shipped code's size filled in from the archive the server holds.
+pub(crate) async fn prepare(state: &AppState, spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
+    let mut job = validate(spec, owner)?;
     if let Some(code) = &mut job.code {
         code.size_bytes = state.code.size(&code.sha256).await.ok_or_else(|| {
             ApiError::invalid(format!(
@@ -288,8 +295,7 @@ pub async fn submit(
             ))
         })?;
     }
-    let id = submit_tracked(&state, job, experiment.as_deref(), Vec::new(), Vec::new()).await?;
-    Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
+    Ok(job)
 }
 
 /// Submits a job with an MLflow run of its own: the run is made first, the job carries its id into the driver's

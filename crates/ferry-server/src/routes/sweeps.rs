@@ -61,15 +61,7 @@ pub async fn submit(
     let first = ferry_sweep::Sweep::new(spec.clone()).propose();
     if let Some(p) = first.first() {
         let submission = trial.submission(&spec, &p.params, 0, req.code.clone()).map_err(ApiError::invalid)?;
-        let job = crate::routes::jobs::validate(submission, &caller.name)?;
-        if let Some(code) = &job.code {
-            if state.code.size(&code.sha256).await.is_none() {
-                return Err(ApiError::invalid(format!(
-                    "the server holds no code archive {}; upload it with PUT /api/v1/code/{{sha256}} first",
-                    code.sha256
-                )));
-            }
-        }
+        crate::routes::jobs::prepare(&state, submission, &caller.name).await?;
     }
     let experiment_id = crate::jobruns::experiment_named(&state.store, &trial.experiment(&spec)).await?;
     let record = SweepRecord {
