@@ -673,7 +673,8 @@ async fn prepare_code(
     let mut tries = 0;
     let archive = loop {
         tries += 1;
-        let fetched = tokio::time::timeout(CODE_FETCH_TIMEOUT, code::fetch(&ctx.client, cache, sha256)).await;
+        let fetched =
+            tokio::time::timeout(CODE_FETCH_TIMEOUT, code::fetch(&ctx.client, &ctx.node, cache, sha256)).await;
         let error = match fetched {
             Ok(Ok(archive)) => break archive,
             Ok(Err(ref e)) => e.to_string(),

@@ -37,7 +37,8 @@ pub(crate) enum FetchError {
 }
 
 /// Returns the cached archive for `sha256`, downloading it first if this node does not have it yet.
-pub(crate) async fn fetch(client: &Client, cache: &Path, sha256: &str) -> Result<PathBuf, FetchError> {
+/// `node` is the node the run is assigned to: the server hands an archive only to a node one of whose runs needs it.
+pub(crate) async fn fetch(client: &Client, node: &str, cache: &Path, sha256: &str) -> Result<PathBuf, FetchError> {
     let path = cache.join(format!("{sha256}.tar.gz"));
     if path.is_file() {
         return Ok(path);
@@ -46,7 +47,7 @@ pub(crate) async fn fetch(client: &Client, cache: &Path, sha256: &str) -> Result
     tokio::fs::create_dir_all(cache).await.map_err(|e| io_err(cache, e))?;
     // A name of its own, so two runs fetching the same archive at once never write one file.
     let temp = cache.join(format!(".download-{sha256}-{}", rand_suffix()));
-    let result = download(client, &temp, sha256).await;
+    let result = download(client, node, &temp, sha256).await;
     match result {
         Ok(()) => tokio::fs::rename(&temp, &path).await.map_err(|e| io_err(&path, e))?,
         Err(e) => {
@@ -58,10 +59,10 @@ pub(crate) async fn fetch(client: &Client, cache: &Path, sha256: &str) -> Result
     Ok(path)
 }
 
-async fn download(client: &Client, temp: &Path, sha256: &str) -> Result<(), FetchError> {
+async fn download(client: &Client, node: &str, temp: &Path, sha256: &str) -> Result<(), FetchError> {
     let io_err = |source| FetchError::Io { path: temp.display().to_string(), source };
     let mut file = tokio::fs::File::create(temp).await.map_err(io_err)?;
-    let mut stream = Box::pin(client.download_code(sha256).await?);
+    let mut stream = Box::pin(client.download_code(sha256, node).await?);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Unsatisfiable,
     /// The body is larger than the server accepts (HTTP 413).
     PayloadTooLarge,
+    /// Too many failed sign-ins or token checks from this source; wait a minute (HTTP 429).
+    RateLimited,
     /// The server is shutting down or overloaded; retry later (HTTP 503).
     Unavailable,
     /// A fault inside the server; the message says where to look (HTTP 500, never expected).
@@ -36,6 +38,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unsatisfiable => 422,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }

@@ -11,7 +11,10 @@ use ferry_api::code::CodeStored;
 use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
 use ferry_api::telemetry::{SeriesAnswer, SeriesQuery, TelemetryAck, TelemetryBatch};
-use ferry_api::tokens::{CreateToken, CreatedToken, TokenInfo, TokenList};
+use ferry_api::tokens::{
+    CreateProject, CreateTeam, CreateToken, CreateUser, CreatedToken, SetMember, TeamInfo, TeamList, TokenInfo,
+    TokenList, UserInfo, UserList, WhoAmI,
+};
 use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
@@ -193,12 +196,14 @@ impl Client {
         self.json(builder).await
     }
 
-    /// Downloads a code archive as a stream of chunks.
+    /// Downloads, as an agent for `node`, a code archive that a run assigned to the node needs, as a stream of chunks.
     pub async fn download_code(
         &self,
         sha256: &str,
+        node: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>>, ClientError> {
-        let response = self.send(self.request(reqwest::Method::GET, &format!("/code/{sha256}"))).await?;
+        let builder = self.request(reqwest::Method::GET, &format!("/agent/code/{sha256}")).query(&[("node", node)]);
+        let response = self.send(builder).await?;
         Ok(response.bytes_stream())
     }
 
@@ -220,6 +225,46 @@ impl Client {
 
     pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, ClientError> {
         self.json(self.request(reqwest::Method::POST, &format!("/tokens/{id}/revoke"))).await
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/whoami")).await
+    }
+
+    pub async fn users(&self) -> Result<UserList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/users")).await
+    }
+
+    pub async fn create_user(&self, spec: &CreateUser) -> Result<UserInfo, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/users").json(spec)).await
+    }
+
+    /// Disables (`true`) or enables a user.
+    pub async fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<UserInfo, ClientError> {
+        let verb = if disabled { "disable" } else { "enable" };
+        self.json(self.request(reqwest::Method::POST, &format!("/users/{}/{verb}", segment(name)))).await
+    }
+
+    pub async fn teams(&self) -> Result<TeamList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/teams")).await
+    }
+
+    pub async fn create_team(&self, spec: &CreateTeam) -> Result<TeamInfo, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/teams").json(spec)).await
+    }
+
+    pub async fn set_member(&self, team: &str, user: &str, spec: &SetMember) -> Result<TeamInfo, ClientError> {
+        let path = format!("/teams/{}/members/{}", segment(team), segment(user));
+        self.json(self.request(reqwest::Method::PUT, &path).json(spec)).await
+    }
+
+    pub async fn remove_member(&self, team: &str, user: &str) -> Result<TeamInfo, ClientError> {
+        let path = format!("/teams/{}/members/{}", segment(team), segment(user));
+        self.json(self.request(reqwest::Method::DELETE, &path)).await
+    }
+
+    pub async fn create_project(&self, team: &str, spec: &CreateProject) -> Result<TeamInfo, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/teams/{}/projects", segment(team))).json(spec)).await
     }
 
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
@@ -319,6 +364,7 @@ impl Client {
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
             413 => ErrorCode::PayloadTooLarge,
+            429 => ErrorCode::RateLimited,
             503 => ErrorCode::Unavailable,
             400..=499 => ErrorCode::InvalidRequest,
             _ => ErrorCode::Internal,
@@ -369,4 +415,15 @@ impl Client {
         out.flush().await.map_err(write_failed)?;
         Ok(written)
     }
+}
+
+/// A name as one path segment: everything but unreserved characters percent-encoded, so a name can never add a
+/// segment or a query to the path.
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -334,6 +334,20 @@ impl FileConfig {
     }
 }
 
+/// Makes the teams and projects the configuration file declares exist as objects of the installation, so that
+/// their members can be added and their jobs submitted to them. Teams made at run time are left alone.
+pub async fn declare_teams(store: &ferry_store::Store, file: &FileConfig) -> Result<(), ferry_store::StoreError> {
+    let now = crate::driver::now_us();
+    for team in &file.teams {
+        store.create_team(&team.name, Some("the configuration file"), now).await?;
+    }
+    for project in &file.projects {
+        store.create_team(&project.team, Some("the configuration file"), now).await?;
+        store.create_project(&project.team, &project.name, Some("the configuration file"), now).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ferry_store::Store;
+use ferry_store::{NewToken, NewUser, Store};
 
 use crate::auth::{hash_token, new_token};
 use crate::ServerError;
@@ -19,6 +19,8 @@ const MARKER_FILE: &str = "FERRY_DATA_DIR";
 const MARKER_CONTENT: &str = "ferry data directory, layout 1\n";
 /// The file, readable by its owner only, where the first start writes the admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The file, readable by its owner only, with the agent token of `ferry up`'s local agent.
+pub const AGENT_TOKEN_FILE: &str = "agent.token";
 /// The key that signs jobs' tracking tokens.
 const JOB_TOKEN_KEY_FILE: &str = "job-token.key";
 const LOCK_FILE: &str = "server.lock";
@@ -111,8 +113,6 @@ impl DataDir {
         self.root.join("artifacts")
     }
 
-    /// On the first start, creates the admin token: its hash goes to the store, the token itself to a file only
-    /// its owner can read.
     /// The key that signs jobs' tracking tokens (`auth::job_token`): 32 random bytes in `job-token.key`, made on
     /// the first start and kept, so the tokens of running jobs stay valid across restarts. Readable by the server's
     /// user alone.
@@ -141,27 +141,111 @@ impl DataDir {
         Ok(key)
     }
 
-    pub async fn ensure_admin_token(&self, store: &Store) -> Result<(), ServerError> {
-        if store.token_count().await? > 0 {
+    /// On the first start, creates the installation admin `admin` and a personal admin token for it: the hash goes
+    /// to the store, the token itself to `admin.token`, which only the server's user can read. Later starts leave
+    /// identities alone; `ferry admin restore` (which needs this directory) mints a new admin token when every one
+    /// was lost or revoked.
+    pub async fn ensure_admin(&self, store: &Store) -> Result<(), ServerError> {
+        if !store.users().await?.is_empty() {
             return Ok(());
         }
-        let token = new_token();
-        let path = self.root.join(ADMIN_TOKEN_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| ServerError::DataDir(format!("cannot write {}: {e}", path.display())))?;
-        file.write_all(format!("{token}\n").as_bytes())
-            .map_err(|e| ServerError::DataDir(format!("cannot write {}: {e}", path.display())))?;
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        store.insert_token("admin", "admin", &hash_token(&token), now_us).await?;
-        tracing::info!(path = %path.display(), "created the admin API token");
+        let user = NewUser { name: BOOTSTRAP_ADMIN, kind: "user", admin: true, default_team: None, created_by: None };
+        store.create_user(&user, now_us()).await?;
+        mint_admin_token(&self.root, store, BOOTSTRAP_ADMIN, "admin (first start)").await?;
+        tracing::info!(path = %self.root.join(ADMIN_TOKEN_FILE).display(), "created the admin user and its token");
         Ok(())
     }
+
+    /// The local agent of `ferry up`: an agent token bound to `node` alone, written to `agent.token` (readable by
+    /// the server's user only), replacing the one of the last start, so the installation's own agent never needs
+    /// the admin token and a revoked one heals at the next start.
+    pub async fn local_agent_token(&self, store: &Store, node: &str) -> Result<(), ServerError> {
+        store.revoke_agent_tokens(LOCAL_AGENT_TOKEN_NAME, node, now_us()).await?;
+        let token = new_token();
+        let record = NewToken {
+            name: LOCAL_AGENT_TOKEN_NAME,
+            kind: "agent",
+            user_id: None,
+            scope: None,
+            node: Some(node),
+            max_nodes: Some(1),
+            expires_at_us: None,
+            created_by: Some("ferry up"),
+            hash: &hash_token(&token),
+        };
+        store.insert_token(&record, now_us()).await?;
+        write_secret(&self.root.join(AGENT_TOKEN_FILE), &token)
+    }
+}
+
+/// The name of the admin user made on the first start.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+/// The name of the local agent's token.
+const LOCAL_AGENT_TOKEN_NAME: &str = "local agent";
+
+fn now_us() -> i64 {
+    crate::driver::now_us()
+}
+
+/// Writes a secret to a file only its owner can read, whole or not at all.
+fn write_secret(path: &Path, secret: &str) -> Result<(), ServerError> {
+    let failed = |e: std::io::Error| ServerError::DataDir(format!("cannot write {}: {e}", path.display()));
+    let temporary = path.with_extension("tmp");
+    let mut file =
+        OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&temporary).map_err(failed)?;
+    file.write_all(format!("{secret}\n").as_bytes()).and_then(|_| file.sync_all()).map_err(failed)?;
+    std::fs::rename(&temporary, path).map_err(failed)
+}
+
+/// Creates a personal admin-scope token for `user` and writes it to `admin.token`.
+async fn mint_admin_token(root: &Path, store: &Store, user: &str, name: &str) -> Result<(), ServerError> {
+    let record =
+        store.user_by_name(user).await?.ok_or_else(|| ServerError::DataDir(format!("there is no user `{user}`")))?;
+    let token = new_token();
+    let new = NewToken {
+        name,
+        kind: "user",
+        user_id: Some(record.id),
+        scope: Some("admin"),
+        node: None,
+        max_nodes: None,
+        expires_at_us: None,
+        created_by: Some("the server's data directory"),
+        hash: &hash_token(&token),
+    };
+    store.insert_token(&new, now_us()).await?;
+    write_secret(&root.join(ADMIN_TOKEN_FILE), &token)
+}
+
+/// Restores admin access from the server's own machine: makes `user` an enabled installation admin (creating it if
+/// need be), mints a new admin token and writes it to `admin.token`. Whoever can read and write the data directory
+/// could rewrite the database anyway, so holding it is the proof of authority. Safe while the server runs.
+pub async fn restore_admin(root: &Path, user: &str) -> Result<PathBuf, ServerError> {
+    if let Some(problem) = ferry_api::tokens::identity_name_problem(user) {
+        return Err(ServerError::DataDir(problem));
+    }
+    let marker = root.join(MARKER_FILE);
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(MARKER_CONTENT) {
+        return Err(ServerError::DataDir(format!(
+            "{} is not a Ferry data directory; pass the server's --data-dir (or FERRY_HOME)",
+            root.display()
+        )));
+    }
+    let store = Store::open(&root.join("ferry.db")).await?;
+    let existing = store.user_by_name(user).await?;
+    let id = match existing {
+        Some(found) => found.id,
+        None => {
+            let new = NewUser { name: user, kind: "user", admin: true, default_team: None, created_by: None };
+            store
+                .create_user(&new, now_us())
+                .await?
+                .ok_or_else(|| ServerError::DataDir("the user appeared meanwhile; retry".into()))?
+        }
+    };
+    store.set_user_admin(id, true).await?;
+    store.set_user_disabled(id, None).await?;
+    mint_admin_token(root, &store, user, "admin (restored)").await?;
+    store.close().await;
+    Ok(root.join(ADMIN_TOKEN_FILE))
 }

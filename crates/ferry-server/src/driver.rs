@@ -45,6 +45,8 @@ pub enum Command {
     },
     Cancel {
         id: u64,
+        /// Who asked, for the job's timeline.
+        by: String,
         reply: Reply<()>,
     },
     Register {
@@ -535,8 +537,8 @@ impl Driver {
                 let result = self.submit(*job, tx).await?;
                 fx.reply(reply, result);
             }
-            Command::Cancel { id, reply } => {
-                let result = self.cancel(id, tx, fx).await?;
+            Command::Cancel { id, by, reply } => {
+                let result = self.cancel(id, &by, tx, fx).await?;
                 fx.reply(reply, result);
             }
             Command::Register { node, reply } => {
@@ -639,7 +641,13 @@ impl Driver {
         Ok(Ok(id))
     }
 
-    async fn cancel(&mut self, id: u64, tx: &mut Tx, fx: &mut Effects) -> Result<Result<(), ApiError>, StoreError> {
+    async fn cancel(
+        &mut self,
+        id: u64,
+        by: &str,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<Result<(), ApiError>, StoreError> {
         let Some(active) = self.jobs.get_mut(&id) else {
             return Ok(Err(match tx.job(id).await? {
                 Some(record) => ApiError::new(
@@ -651,13 +659,14 @@ impl Driver {
         };
         match (active.state, active.node.clone()) {
             (JobState::Queued, _) | (_, None) => {
-                tx.finished(id, JobState::Cancelled, None, None, "cancelled before it started", now_us()).await?;
+                let why = format!("cancelled by {by} before it started");
+                tx.finished(id, JobState::Cancelled, None, None, &why, now_us()).await?;
                 self.end_job(id, fx);
             }
             (_, Some(_)) => {
                 if !active.cancel_requested {
                     active.cancel_requested = true;
-                    tx.cancel_requested(id, now_us(), active.state).await?;
+                    tx.cancel_requested(id, now_us(), active.state, by).await?;
                     fx.stops.extend(active.live_runs(id));
                     fx.changed.push(id);
                 }

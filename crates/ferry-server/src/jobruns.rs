@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ferry_store::{JobRecord, JobTracking, RunRecord, Store};
+use ferry_store::{JobRecord, JobTracking, Ownership, RunRecord, Store};
 use rand::RngCore;
 
 use crate::error::ApiError;
@@ -54,8 +54,8 @@ fn now_ms() -> i64 {
     crate::driver::now_us() / 1000
 }
 
-/// The experiment named `name`, made if it does not exist; refused when it was deleted.
-pub async fn experiment_named(store: &Store, name: &str) -> Result<i64, ApiError> {
+/// The experiment named `name`, made if it does not exist (owned by `ownership`); refused when it was deleted.
+pub async fn experiment_named(store: &Store, name: &str, ownership: Ownership<'_>) -> Result<i64, ApiError> {
     if name.trim().is_empty() || name.chars().count() > EXPERIMENT_NAME_CHARS_MAX || name.chars().any(char::is_control)
     {
         return Err(ApiError::invalid(format!(
@@ -73,7 +73,7 @@ pub async fn experiment_named(store: &Store, name: &str) -> Result<i64, ApiError
             }
             return Ok(found.id);
         }
-        if let Some(id) = store.create_experiment(name, None, &[], now_ms()).await? {
+        if let Some(id) = store.create_experiment(name, None, &[], ownership, now_ms()).await? {
             return Ok(id);
         }
         // Made by someone else in between: read it again.
@@ -87,6 +87,8 @@ pub struct NewRun<'a> {
     pub experiment: Option<&'a str>,
     pub project: Option<&'a str>,
     pub owner: &'a str,
+    /// The job's team, which sees the run.
+    pub team: Option<&'a str>,
     /// The job's name; the run is renamed `job-<id>` once the job has an id when it has none.
     pub name: Option<&'a str>,
     pub command: &'a [String],
@@ -99,7 +101,8 @@ pub struct NewRun<'a> {
 /// Makes the run of a job about to be submitted, `SCHEDULED` until the job starts.
 pub async fn create(store: &Store, new: NewRun<'_>) -> Result<JobTracking, ApiError> {
     let experiment_name = new.experiment.or(new.project).unwrap_or(DEFAULT_EXPERIMENT);
-    let experiment_id = experiment_named(store, experiment_name).await?;
+    let ownership = Ownership { owner: Some(new.owner), team: new.team };
+    let experiment_id = experiment_named(store, experiment_name, ownership).await?;
     create_in(store, experiment_id, new).await
 }
 
@@ -131,6 +134,8 @@ pub async fn create_in(store: &Store, experiment_id: i64, new: NewRun<'_>) -> Re
         end_time_ms: None,
         artifact_uri: format!("{}/{id}/artifacts", experiment.artifact_location.trim_end_matches('/')),
         lifecycle_stage: "active".to_string(),
+        owner: Some(new.owner.to_string()),
+        team: new.team.map(str::to_string),
     };
     store.create_run(&run, &tags).await?;
     if !new.params.is_empty() {

@@ -29,14 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, head, post};
 use axum::Router;
 use ferry_api::agent::LOG_CHUNK_BYTES_MAX;
 use ferry_backends::agent::{new_epoch, AgentBackend};
 
 pub use auth::{hash_token, new_token};
 pub use config::{FileConfig, PoolConfig};
-pub use datadir::{DataDir, ADMIN_TOKEN_FILE};
+pub use datadir::{restore_admin, DataDir, ADMIN_TOKEN_FILE, AGENT_TOKEN_FILE, BOOTSTRAP_ADMIN};
 pub use error::ApiError;
 pub use routes::jobs::validate;
 pub use routes::openapi::ApiDoc;
@@ -60,6 +59,8 @@ pub struct ServerConfig {
     pub node_timeout: Duration,
     /// What the configuration file (`--config`) says; empty without one.
     pub file: FileConfig,
+    /// The node name of `ferry up`'s own agent, which gets an agent token of its own in `agent.token`.
+    pub local_agent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +97,11 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let data = DataDir::prepare(&config.data_dir)?;
     let store = ferry_store::Store::open(&data.database()).await?;
-    data.ensure_admin_token(&store).await?;
+    data.ensure_admin(&store).await?;
+    if let Some(node) = &config.local_agent {
+        data.local_agent_token(&store, node).await?;
+    }
+    config::declare_teams(&store, &config.file).await?;
     let job_key = Arc::new(data.job_token_key()?);
     // Bound first, so that the address jobs on engines log to is known before anything starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -164,6 +169,7 @@ pub async fn serve(
         code,
         signals,
         tokens,
+        failures: Arc::new(auth::FailureLimiter::from_env()),
         telemetry,
         series: series.clone(),
         engine_states,
@@ -183,7 +189,8 @@ pub async fn serve(
         let _ = trigger.send(true);
     });
     let mut stopped = stopping.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     });
     let server = tokio::spawn(async move { server.await });
@@ -209,110 +216,33 @@ pub async fn serve(
     Ok(())
 }
 
-/// The whole HTTP API as a router, so tests can call it without a socket.
+/// The whole HTTP API as a router, so tests can call it without a socket. Built from the route table alone: each
+/// route gets the guard of its access rule (`auth::guard`), and a path with MLflow routes answers a wrong method in
+/// MLflow's shape.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(routes::health))
-        .route("/metrics", get(routes::metrics::metrics))
-        .route("/api/v1/openapi.json", get(routes::openapi::document))
-        .route("/api/v1/jobs", post(routes::jobs::submit).get(routes::jobs::list))
-        .route("/api/v1/jobs/{id}", get(routes::jobs::show))
-        .route("/api/v1/queue", get(routes::jobs::queue))
-        .route("/api/v1/jobs/{id}/metrics", get(routes::jobs::metrics))
-        .route("/api/v1/sweeps", post(routes::sweeps::submit).get(routes::sweeps::list))
-        .route("/api/v1/sweeps/{id}", get(routes::sweeps::show))
-        .route("/api/v1/sweeps/{id}/cancel", post(routes::sweeps::cancel))
-        .route("/api/v1/jobs/{id}/wait", get(routes::jobs::wait))
-        .route("/api/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
-        .route("/api/v1/jobs/{id}/logs", get(routes::jobs::logs))
-        .route("/api/v1/jobs/{id}/diff", get(routes::jobs::diff))
-        .route(
-            "/api/v1/code/{sha256}",
-            head(routes::code::head).put(routes::code::put).get(routes::code::get).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/nodes", get(routes::nodes::list))
-        .route("/api/v1/pools", get(routes::nodes::pools))
-        .route("/api/v1/series", get(routes::series::query))
-        .route("/api/v1/series/metrics", get(routes::series::metrics))
-        .route("/api/v1/usage", get(routes::usage::usage))
-        .route("/api/v1/tokens", post(routes::tokens::create).get(routes::tokens::list))
-        .route("/api/v1/tokens/{id}/revoke", post(routes::tokens::revoke))
-        .route("/api/v1/agent/register", post(routes::agent::register))
-        .route("/api/v1/agent/work", post(routes::agent::work))
-        .route("/api/v1/agent/reports", post(routes::agent::reports))
-        .route("/api/v1/agent/telemetry", post(routes::agent::telemetry))
-        .route("/api/v1/agent/runs/{job}/{attempt}/logs", post(routes::agent::upload_log))
-        .route(
-            "/api/2.0/mlflow/experiments/create",
-            post(routes::mlflow::create_experiment).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/get",
-            get(routes::mlflow::get_experiment).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/get-by-name",
-            get(routes::mlflow::get_experiment_by_name).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/search",
-            post(routes::mlflow::search_experiments).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/update",
-            post(routes::mlflow::update_experiment).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/delete",
-            post(routes::mlflow::delete_experiment).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/restore",
-            post(routes::mlflow::restore_experiment).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/experiments/set-experiment-tag",
-            post(routes::mlflow::set_experiment_tag).fallback(routes::mlflow::wrong_method),
-        )
-        .route("/api/2.0/mlflow/runs/create", post(routes::mlflow::create_run).fallback(routes::mlflow::wrong_method))
-        .route("/api/2.0/mlflow/runs/get", get(routes::mlflow::get_run).fallback(routes::mlflow::wrong_method))
-        .route("/api/2.0/mlflow/runs/update", post(routes::mlflow::update_run).fallback(routes::mlflow::wrong_method))
-        .route("/api/2.0/mlflow/runs/delete", post(routes::mlflow::delete_run).fallback(routes::mlflow::wrong_method))
-        .route("/api/2.0/mlflow/runs/restore", post(routes::mlflow::restore_run).fallback(routes::mlflow::wrong_method))
-        .route("/api/2.0/mlflow/runs/search", post(routes::mlflow::search_runs).fallback(routes::mlflow::wrong_method))
-        .route(
-            "/api/2.0/mlflow/runs/log-metric",
-            post(routes::mlflow::log_metric).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/runs/log-parameter",
-            post(routes::mlflow::log_parameter).fallback(routes::mlflow::wrong_method),
-        )
-        .route("/api/2.0/mlflow/runs/log-batch", post(routes::mlflow::log_batch).fallback(routes::mlflow::wrong_method))
-        .route("/api/2.0/mlflow/runs/set-tag", post(routes::mlflow::set_tag).fallback(routes::mlflow::wrong_method))
-        .route(
-            "/api/2.0/mlflow/runs/delete-tag",
-            post(routes::mlflow::delete_tag).fallback(routes::mlflow::wrong_method),
-        )
-        .route(
-            "/api/2.0/mlflow/metrics/get-history",
-            get(routes::mlflow::metric_history).fallback(routes::mlflow::wrong_method),
-        )
-        .merge(routes::artifacts::router())
-        .merge(routes::mlflow_models::router())
-        .route("/api/2.0/mlflow/{*rest}", axum::routing::any(routes::mlflow::not_implemented))
-        .route("/api/2.0/mlflow-artifacts/{*rest}", axum::routing::any(routes::mlflow::not_implemented))
-        .route("/api/3.0/mlflow/server-info", get(routes::mlflow::server_info))
-        .route("/", get(routes::ui::page))
-        .route("/nodes", get(routes::ui::page))
-        .route("/jobs", get(routes::ui::page))
-        .route("/jobs/{id}", get(routes::ui::page))
-        .route("/usage", get(routes::ui::page))
-        .route("/sweeps", get(routes::ui::page))
-        .route("/sweeps/{id}", get(routes::ui::page))
-        .route("/login", get(routes::ui::login_form).post(routes::ui::login))
-        .route("/logout", post(routes::ui::logout))
-        .route("/ui/{name}", get(routes::ui::asset))
+    // Paths in table order, each with its methods' handlers and whether it answers every method itself.
+    let mut by_path: Vec<(&'static str, axum::routing::MethodRouter<AppState>, bool)> = Vec::new();
+    for entry in routes::table() {
+        let handler = match entry.spec.access {
+            // Nothing to check; `route_layer` would also refuse a handler for every method.
+            auth::Access::Public => entry.handler,
+            access => {
+                entry.handler.route_layer(axum::middleware::from_fn_with_state((state.clone(), access), auth::guard))
+            }
+        };
+        let every_method = entry.spec.method.is_none();
+        match by_path.iter_mut().find(|(path, _, _)| *path == entry.spec.path) {
+            Some((_, existing, _)) => *existing = std::mem::take(existing).merge(handler),
+            None => by_path.push((entry.spec.path, handler, every_method)),
+        }
+    }
+    let mut router = Router::new();
+    for (path, handler, every_method) in by_path {
+        let mlflow = path.starts_with("/api/2.0/") && !every_method;
+        let handler = if mlflow { handler.fallback(routes::mlflow::wrong_method) } else { handler };
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such API path; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -322,4 +252,9 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
+}
+
+/// Every route's method, path and access rule, for the access-matrix test and the documentation.
+pub fn route_specs() -> Vec<(Option<String>, &'static str, String)> {
+    routes::specs().into_iter().map(|s| (s.method.map(|m| m.to_string()), s.path, s.access.describe())).collect()
 }

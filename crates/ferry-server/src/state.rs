@@ -22,6 +22,8 @@ pub struct AppState {
     pub code: Arc<CodeStore>,
     pub signals: Arc<Signals>,
     pub tokens: Arc<TokenCache>,
+    /// Failed token checks per source address, for rate limiting.
+    pub failures: Arc<crate::auth::FailureLimiter>,
     pub telemetry: Arc<Telemetry>,
     pub series: Arc<ferry_tsdb::Tsdb>,
     /// What engine pools last said of the runs they follow, for `ferry show`.

@@ -35,7 +35,7 @@ pub enum SweepCommand {
     /// A sweep was stored: start driving it.
     Started(u64),
     /// Cancel a sweep: stop its running trials, create no more.
-    Cancel { id: u64, reply: oneshot::Sender<Result<(), ApiError>> },
+    Cancel { id: u64, by: String, reply: oneshot::Sender<Result<(), ApiError>> },
 }
 
 #[derive(Clone)]
@@ -53,9 +53,9 @@ impl SweepsHandle {
         let _ = self.tx.send(SweepCommand::Started(id)).await;
     }
 
-    pub async fn cancel(&self, id: u64) -> Result<(), ApiError> {
+    pub async fn cancel(&self, id: u64, by: String) -> Result<(), ApiError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(SweepCommand::Cancel { id, reply }).await.map_err(|_| ApiError::unavailable())?;
+        self.tx.send(SweepCommand::Cancel { id, by, reply }).await.map_err(|_| ApiError::unavailable())?;
         answer.await.map_err(|_| ApiError::unavailable())?
     }
 }
@@ -206,7 +206,7 @@ struct Active {
 
 pub async fn run(state: AppState, mut commands: mpsc::Receiver<SweepCommand>) {
     let mut active: BTreeMap<u64, Active> = BTreeMap::new();
-    match state.store.sweeps(Some(RUNNING), u32::MAX).await {
+    match state.store.sweeps(Some(RUNNING), u32::MAX, None).await {
         Ok(records) => {
             for record in records {
                 let id = record.id;
@@ -237,8 +237,8 @@ pub async fn run(state: AppState, mut commands: mpsc::Receiver<SweepCommand>) {
                     Ok(_) => {}
                     Err(e) => tracing::error!(sweep = id, error = %e, "cannot read a new sweep"),
                 },
-                Some(SweepCommand::Cancel { id, reply }) => {
-                    let result = cancel(&state, &mut active, id).await;
+                Some(SweepCommand::Cancel { id, by, reply }) => {
+                    let result = cancel(&state, &mut active, id, &by).await;
                     let _ = reply.send(result);
                 }
             },
@@ -255,7 +255,8 @@ pub async fn run(state: AppState, mut commands: mpsc::Receiver<SweepCommand>) {
                 Err(Stop::Retry(e)) => tracing::warn!(sweep = id, error = %e, "sweep step failed; retrying"),
                 Err(Stop::Fail(message)) => {
                     if let Some(a) = active.remove(&id) {
-                        stop_running(&state, &a, &format!("the sweep failed: {message}")).await;
+                        let by = format!("sweep {id}, which failed");
+                        stop_running(&state, &a, &format!("the sweep failed: {message}"), &by).await;
                     }
                     fail(&state, id, &message).await;
                 }
@@ -411,7 +412,7 @@ async fn step(state: &AppState, a: &mut Active) -> Result<bool, Stop> {
         state.store.stopping_trial(id, d.index, &d.reason).await?;
         a.stopping.insert(d.index, d.reason.clone());
         tracing::info!(sweep = id, trial = d.index, job = job.id, reason = %d.reason, "stopping trial early");
-        cancel_job(state, job.id).await;
+        cancel_job(state, job.id, &format!("sweep {id}'s early stopping")).await;
     }
     // 3. A sweep whose trials never log the objective would run all its trials for nothing.
     let completed = a.search.trials().iter().any(|t| !t.values.is_empty());
@@ -449,8 +450,11 @@ async fn submit_trial(
 ) -> Result<(), Stop> {
     let spec = a.search.spec();
     let submission = a.trial.submission(spec, params, index, a.code.clone()).map_err(Stop::Fail)?;
-    let mut job =
-        crate::routes::jobs::prepare(state, submission, &a.record.owner).await.map_err(|e| Stop::Fail(e.message))?;
+    let owner = crate::auth::user_named(state, &a.record.owner).await.map_err(|e| match e.code {
+        ferry_api::ErrorCode::Unavailable => Stop::Retry(e.message),
+        _ => Stop::Fail(e.message),
+    })?;
+    let mut job = crate::routes::jobs::prepare(state, submission, &owner).await.map_err(|e| Stop::Fail(e.message))?;
     let run_id = match run_id {
         Some(run_id) => run_id,
         None => {
@@ -458,6 +462,7 @@ async fn submit_trial(
                 experiment: None,
                 project: None,
                 owner: &a.record.owner,
+                team: job.team.as_deref(),
                 name: job.name.as_deref(),
                 command: &job.command,
                 git_commit: job.code.as_ref().and_then(|c| c.git_commit.as_deref()),
@@ -496,36 +501,38 @@ async fn submit_trial(
     }
 }
 
-async fn cancel_job(state: &AppState, job: u64) {
-    if let Err(e) = state.driver.call(|reply| Command::Cancel { id: job, reply }).await {
+async fn cancel_job(state: &AppState, job: u64, by: &str) {
+    let by = by.to_string();
+    if let Err(e) = state.driver.call(|reply| Command::Cancel { id: job, by, reply }).await {
         // Already ended is fine: its end is read at the next tick.
         tracing::debug!(job, error = %e.message, "cancelling a trial");
     }
 }
 
 /// Stops every running trial of a sweep that is ending, noting why.
-async fn stop_running(state: &AppState, a: &Active, reason: &str) {
+async fn stop_running(state: &AppState, a: &Active, reason: &str, by: &str) {
     let Ok(jobs) = state.store.sweep_open_jobs(a.record.id).await else { return };
     for job in jobs.iter().filter(|j| !j.state.is_terminal()) {
         if let Some(link) = job.spec.sweep {
             let _ = state.store.stopping_trial(a.record.id, link.trial, reason).await;
         }
-        cancel_job(state, job.id).await;
+        cancel_job(state, job.id, by).await;
     }
 }
 
-async fn cancel(state: &AppState, active: &mut BTreeMap<u64, Active>, id: u64) -> Result<(), ApiError> {
+async fn cancel(state: &AppState, active: &mut BTreeMap<u64, Active>, id: u64, by: &str) -> Result<(), ApiError> {
     let record = state.store.sweep(id).await?.ok_or_else(|| ApiError::not_found(format!("no sweep {id}")))?;
     if record.state != RUNNING {
         return Err(ApiError::new(ferry_api::ErrorCode::Conflict, format!("sweep {id} is already {}", record.state)));
     }
-    state.store.end_sweep(id, "cancelled", Some("cancelled by its owner"), now_us()).await?;
+    state.store.end_sweep(id, "cancelled", Some(&format!("cancelled by {by}")), now_us()).await?;
+    let by = format!("{by} (sweep {id} cancelled)");
     match active.remove(&id) {
-        Some(a) => stop_running(state, &a, "the sweep was cancelled").await,
+        Some(a) => stop_running(state, &a, "the sweep was cancelled", &by).await,
         None => {
             // Not driven (it failed to load): still stop its jobs.
             for job in state.store.sweep_open_jobs(id).await?.iter().filter(|j| !j.state.is_terminal()) {
-                cancel_job(state, job.id).await;
+                cancel_job(state, job.id, &by).await;
             }
         }
     }

@@ -117,6 +117,15 @@ pub struct JobFilter {
     pub submitted_after_us: Option<i64>,
     /// Only jobs with a smaller id: the next page after a page that ended at this id.
     pub before_id: Option<u64>,
+    /// Only jobs this caller may see: its own, and those of these teams; `None` for every job.
+    pub visible_to: Option<Visibility>,
+}
+
+/// Whose jobs a caller may see: its own and its teams'.
+#[derive(Clone, Debug, Default)]
+pub struct Visibility {
+    pub owner: String,
+    pub teams: Vec<String>,
 }
 
 const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
@@ -227,6 +236,10 @@ impl Store {
         if filter.before_id.is_some() {
             conditions.push("id < ?".into());
         }
+        if let Some(visible) = &filter.visible_to {
+            let teams = vec!["?"; visible.teams.len()].join(", ");
+            conditions.push(format!("(owner = ? OR team IN ({teams}))"));
+        }
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
         if !conditions.is_empty() {
             sql += &format!(" WHERE {}", conditions.join(" AND "));
@@ -245,6 +258,12 @@ impl Store {
         }
         if let Some(before) = filter.before_id {
             query = query.bind(before as i64);
+        }
+        if let Some(visible) = &filter.visible_to {
+            query = query.bind(&visible.owner);
+            for team in &visible.teams {
+                query = query.bind(team);
+            }
         }
         let rows = query.bind(filter.limit as i64).fetch_all(&self.pool).await?;
         rows.iter().map(job_from_row).collect()
@@ -265,6 +284,15 @@ impl Store {
              (SELECT idx FROM sweep_trials WHERE sweep_id = ? AND outcome IS NULL) ORDER BY sweep_trial"
         );
         let rows = sqlx::query(&sql).bind(sweep_id as i64).bind(sweep_id as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Jobs that run in the code archive `sha256`, newest first, at most `limit`; with `started`, only those starting
+    /// or running (what a node may fetch the archive for).
+    pub async fn jobs_with_code(&self, sha256: &str, started: bool, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let states = if started { "AND state IN ('starting', 'running')" } else { "" };
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE code_sha256 = ? {states} ORDER BY id DESC LIMIT ?");
+        let rows = sqlx::query(&sql).bind(sha256).bind(limit as i64).fetch_all(&self.pool).await?;
         rows.iter().map(job_from_row).collect()
     }
 
@@ -484,8 +512,9 @@ impl Tx {
         self.event(id, at_us, state, &message).await
     }
 
-    pub async fn cancel_requested(&mut self, id: u64, at_us: i64, state: JobState) -> Result<(), StoreError> {
+    /// Records that `by` asked to cancel a started job.
+    pub async fn cancel_requested(&mut self, id: u64, at_us: i64, state: JobState, by: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id as i64).execute(&mut *self.0).await?;
-        self.event(id, at_us, state, "cancel requested; stopping").await
+        self.event(id, at_us, state, &format!("cancel requested by {by}; stopping")).await
     }
 }

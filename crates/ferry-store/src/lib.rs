@@ -18,12 +18,12 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx};
+pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
 pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
-pub use tokens::{TokenListing, TokenRecord};
-pub use tracking::{ExperimentRecord, MetricPoint, ParamConflict, RunData, RunRecord};
+pub use tokens::{NewToken, NewUser, TeamRecord, TokenListing, TokenRecord, UserRecord};
+pub use tracking::{ExperimentRecord, MetricPoint, Ownership, ParamConflict, RunData, RunRecord};
 
 /// The value of `meta.owner` in every Ferry database; anything else is a foreign database.
 const OWNER: &str = "ferry";

@@ -12,6 +12,8 @@ pub struct SweepRecord {
     pub id: u64,
     pub name: Option<String>,
     pub owner: String,
+    /// The team its trials run in.
+    pub team: Option<String>,
     /// The sweep file (TOML).
     pub spec: String,
     /// The shipped folder of every trial, as JSON.
@@ -52,6 +54,7 @@ fn sweep(row: &SqliteRow) -> SweepRecord {
         id: row.get::<i64, _>("id") as u64,
         name: row.get("name"),
         owner: row.get("owner"),
+        team: row.get("team"),
         spec: row.get("spec"),
         code: row.get("code"),
         experiment_id: row.get("experiment_id"),
@@ -77,8 +80,8 @@ impl Store {
     /// Records a new sweep, `running`; returns its id.
     pub async fn insert_sweep(&self, s: &SweepRecord) -> Result<u64, StoreError> {
         let id = sqlx::query(
-            "INSERT INTO sweeps (name, owner, spec, code, experiment_id, state, message, created_at_us) \
-             VALUES (?, ?, ?, ?, ?, 'running', NULL, ?)",
+            "INSERT INTO sweeps (name, owner, spec, code, experiment_id, state, message, created_at_us, team) \
+             VALUES (?, ?, ?, ?, ?, 'running', NULL, ?, ?)",
         )
         .bind(&s.name)
         .bind(&s.owner)
@@ -86,6 +89,7 @@ impl Store {
         .bind(&s.code)
         .bind(s.experiment_id)
         .bind(s.created_at_us)
+        .bind(&s.team)
         .execute(&self.pool)
         .await?
         .last_insert_rowid();
@@ -97,14 +101,26 @@ impl Store {
         Ok(row.as_ref().map(sweep))
     }
 
-    /// Sweeps newest first; only those in `state` when given.
-    pub async fn sweeps(&self, state: Option<&str>, limit: u32) -> Result<Vec<SweepRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM sweeps WHERE (? IS NULL OR state = ?) ORDER BY id DESC LIMIT ?")
-            .bind(state)
-            .bind(state)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+    /// Sweeps newest first; only those in `state` when given, and only those `visible` when given.
+    pub async fn sweeps(
+        &self,
+        state: Option<&str>,
+        limit: u32,
+        visible: Option<&crate::Visibility>,
+    ) -> Result<Vec<SweepRecord>, StoreError> {
+        let seen = match visible {
+            Some(v) => format!("AND (owner = ? OR team IN ({}))", vec!["?"; v.teams.len()].join(", ")),
+            None => String::new(),
+        };
+        let sql = format!("SELECT * FROM sweeps WHERE (? IS NULL OR state = ?) {seen} ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(&sql).bind(state).bind(state);
+        if let Some(v) = visible {
+            query = query.bind(&v.owner);
+            for team in &v.teams {
+                query = query.bind(team);
+            }
+        }
+        let rows = query.bind(limit as i64).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(sweep).collect())
     }
 

@@ -22,6 +22,9 @@ pub struct ExperimentRecord {
     pub updated_at_ms: i64,
     /// Its tags, by key.
     pub tags: Vec<(String, String)>,
+    /// Who made it, and the team that sees it (`None`: the whole installation).
+    pub owner: Option<String>,
+    pub team: Option<String>,
 }
 
 /// A run as stored, without its params, tags and metrics.
@@ -39,6 +42,17 @@ pub struct RunRecord {
     pub artifact_uri: String,
     /// `active` or `deleted`.
     pub lifecycle_stage: String,
+    /// The identity that made it (a job's owner for a job's run), and the team that sees it; `None` for runs from
+    /// before identities, which only installation admins see.
+    pub owner: Option<String>,
+    pub team: Option<String>,
+}
+
+/// Who makes an experiment, and the team that sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ownership<'a> {
+    pub owner: Option<&'a str>,
+    pub team: Option<&'a str>,
 }
 
 /// One logged value of a metric. `value` may be NaN or infinite.
@@ -74,19 +88,22 @@ impl Store {
         name: &str,
         artifact_location: Option<&str>,
         tags: &[(String, String)],
+        ownership: Ownership<'_>,
         now_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
         // The transaction writes first, so it holds SQLite's write lock from its start and never has to upgrade a
         // read (which fails at once when another writer got in between).
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO tracking_experiments (id, name, artifact_location, lifecycle_stage, created_at_ms, updated_at_ms) \
-             SELECT COALESCE(MAX(id), 0) + 1, ?, '', 'active', ?, ? FROM tracking_experiments WHERE true \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO tracking_experiments (id, name, artifact_location, lifecycle_stage, created_at_ms, updated_at_ms, \
+             owner, team) SELECT COALESCE(MAX(id), 0) + 1, ?, '', 'active', ?, ?, ?, ? FROM tracking_experiments \
+             WHERE true ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(now_ms)
         .bind(now_ms)
+        .bind(ownership.owner)
+        .bind(ownership.team)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -189,7 +206,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO tracking_runs (id, experiment_id, name, user_id, status, start_time_ms, end_time_ms, \
-             artifact_uri, lifecycle_stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             artifact_uri, lifecycle_stage, owner, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&run.id)
         .bind(run.experiment_id)
@@ -200,6 +217,8 @@ impl Store {
         .bind(run.end_time_ms)
         .bind(&run.artifact_uri)
         .bind(&run.lifecycle_stage)
+        .bind(&run.owner)
+        .bind(&run.team)
         .execute(&mut *tx)
         .await?;
         for (key, value) in tags {
@@ -443,6 +462,8 @@ fn experiment(r: &SqliteRow) -> ExperimentRecord {
         created_at_ms: r.get("created_at_ms"),
         updated_at_ms: r.get("updated_at_ms"),
         tags: Vec::new(),
+        owner: r.get("owner"),
+        team: r.get("team"),
     }
 }
 
@@ -457,6 +478,8 @@ fn run(r: &SqliteRow) -> RunRecord {
         end_time_ms: r.get("end_time_ms"),
         artifact_uri: r.get("artifact_uri"),
         lifecycle_stage: r.get("lifecycle_stage"),
+        owner: r.get("owner"),
+        team: r.get("team"),
     }
 }
 
@@ -479,8 +502,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
         assert_eq!(store.experiment(0).await.unwrap().unwrap().name, "Default");
-        let id = store.create_experiment("e", None, &[], 5).await.unwrap().unwrap();
-        assert_eq!(store.create_experiment("e", None, &[], 6).await.unwrap(), None);
+        let id = store.create_experiment("e", None, &[], Ownership::default(), 5).await.unwrap().unwrap();
+        assert_eq!(store.create_experiment("e", None, &[], Ownership::default(), 6).await.unwrap(), None);
         let run = RunRecord {
             id: "ab".repeat(16),
             experiment_id: id,
@@ -491,6 +514,8 @@ mod tests {
             end_time_ms: None,
             artifact_uri: "x".into(),
             lifecycle_stage: "active".into(),
+            owner: None,
+            team: None,
         };
         store.create_run(&run, &[]).await.unwrap();
         let point = |value: f64, step| MetricPoint { key: "loss".into(), value, timestamp_ms: 10, step };

@@ -9,7 +9,6 @@ use clap::Args;
 use ferry_api::code::CodeSpec;
 use ferry_api::jobs::{Job, JobState, PriorityClass, SubmitJob};
 use ferry_api::nodes::NodeState;
-use ferry_api::tokens::{CreateToken, TokenRole};
 use ferry_api::units::{parse_cpus, parse_duration_s, parse_gpus, parse_memory};
 use ferry_client::JobQuery;
 use futures_util::StreamExt;
@@ -678,97 +677,5 @@ pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
         .collect();
     let header = ["NAME", "KIND", "ORDER", "READY", "CPUS", "MEMORY", "GPUS", "ENGINE"];
     print!("{}", format::table(&header, &rows));
-    Ok(0)
-}
-
-#[derive(Args)]
-pub struct TokenArgs {
-    #[command(subcommand)]
-    command: TokenCommand,
-}
-
-#[derive(clap::Subcommand)]
-enum TokenCommand {
-    /// Create a token and print it: the only time it is shown. `--agent` makes a join token for `ferry agent`.
-    Create {
-        /// A join token for agents: it may only register a node and run its work.
-        #[arg(long, conflicts_with = "admin")]
-        agent: bool,
-        /// A token with every right.
-        #[arg(long)]
-        admin: bool,
-        /// What the token is for, such as the machine or rack it is handed to.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List tokens (never their values).
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a token: it is refused from now on, and an agent using it stops.
-    Revoke { id: String },
-}
-
-pub async fn token(g: &Global, args: TokenArgs) -> Result<i32, CliError> {
-    let client = g.client()?;
-    match args.command {
-        TokenCommand::Create { agent, admin, name, json } => {
-            let role = match (agent, admin) {
-                (true, _) => TokenRole::Agent,
-                (_, true) => TokenRole::Admin,
-                _ => {
-                    return Err(CliError::new(
-                        exit::INVALID,
-                        "say what the token is for: --agent (a join token for `ferry agent`) or --admin",
-                    ))
-                }
-            };
-            let created = client.create_token(&CreateToken { name, role }).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&created).expect("wire types serialize"));
-            } else {
-                println!("{}", created.token);
-                eprintln!(
-                    "token {} ({}, {}) created; it is shown only now{}",
-                    created.id,
-                    created.name,
-                    created.role.name(),
-                    if role == TokenRole::Agent {
-                        ": start agents with `ferry agent --server URL --join-token TOKEN`"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-        TokenCommand::List { json } => {
-            let list = client.tokens().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list).expect("wire types serialize"));
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .tokens
-                .iter()
-                .map(|t| {
-                    vec![
-                        t.id.to_string(),
-                        t.name.clone(),
-                        t.role.name().to_string(),
-                        format::timestamp(t.created_at_us),
-                        t.revoked_at_us.map(format::timestamp).unwrap_or_else(|| "-".into()),
-                    ]
-                })
-                .collect();
-            print!("{}", format::table(&["ID", "NAME", "ROLE", "CREATED (UTC)", "REVOKED (UTC)"], &rows));
-        }
-        TokenCommand::Revoke { id } => {
-            let revoked = client.revoke_token(&id).await?;
-            eprintln!("token {} ({}) revoked", revoked.id, revoked.name);
-        }
-    }
     Ok(0)
 }

@@ -47,7 +47,7 @@ impl From<ClientError> for CliError {
                 ErrorCode::Unauthenticated | ErrorCode::Forbidden => AUTH,
                 ErrorCode::NotFound => NOT_FOUND,
                 ErrorCode::Conflict => CONFLICT,
-                ErrorCode::Unavailable => UNAVAILABLE,
+                ErrorCode::Unavailable | ErrorCode::RateLimited => UNAVAILABLE,
                 ErrorCode::Internal => INTERNAL,
             },
         };

@@ -5,6 +5,7 @@ mod artifacts;
 mod commands;
 mod exit;
 mod format;
+mod identity;
 mod pack;
 mod sweep;
 mod top;
@@ -73,8 +74,16 @@ enum Command {
     Metrics(sweep::MetricsArgs),
     /// A live view of the cluster, like htop: nodes, every GPU's allocation and measured use, the running jobs.
     Top(top::TopArgs),
-    /// Create, list and revoke API tokens, among them join tokens for agents.
-    Token(commands::TokenArgs),
+    /// Create, list and revoke API tokens: personal tokens with a scope and an expiry, and join tokens for agents.
+    Token(identity::TokenArgs),
+    /// Users and service accounts: add, list, disable, enable (installation admins).
+    User(identity::UserArgs),
+    /// Teams, their members with a role each, and their projects.
+    Team(identity::TeamArgs),
+    /// Who the token in use belongs to: user, scope, teams.
+    Whoami(identity::WhoAmIArgs),
+    /// Run on the server's machine to restore admin access: `ferry admin restore`.
+    Admin(identity::AdminArgs),
     /// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
     Sim(ferry_sim::cli::SimArgs),
     /// The per-run supervisor the agent starts; not for direct use.
@@ -137,7 +146,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Top(args) => top::top(&g, args).await,
         Command::Sweep(args) => sweep::sweep(&g, args).await,
         Command::Metrics(args) => sweep::metrics(&g, args).await,
-        Command::Token(args) => commands::token(&g, args).await,
+        Command::Token(args) => identity::token(&g, args).await,
+        Command::User(args) => identity::user(&g, args).await,
+        Command::Team(args) => identity::team(&g, args).await,
+        Command::Whoami(args) => identity::whoami(&g, args).await,
+        Command::Admin(args) => identity::admin(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),
         Command::Container { run_dir } => Ok(ferry_agent::container::main(&run_dir)),

@@ -77,7 +77,24 @@ fn server_config(g: &Global, args: &ServerArgs) -> Result<ServerConfig, CliError
         Some(path) => ferry_server::FileConfig::load(path).map_err(|e| CliError::new(exit::CONFIG, e))?,
         None => ferry_server::FileConfig::default(),
     };
-    Ok(ServerConfig { listen: args.listen, data_dir: g.data_dir()?, node_timeout: args.node_timeout, file })
+    Ok(ServerConfig {
+        listen: args.listen,
+        data_dir: g.data_dir()?,
+        node_timeout: args.node_timeout,
+        file,
+        local_agent: None,
+    })
+}
+
+/// The node name `ferry up`'s agent will register under, as the agent itself works it out.
+fn local_node_name(config: Option<&Path>) -> Result<String, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot find the ferry binary: {e}")))?;
+    let mut agent = AgentConfig::new("http://127.0.0.1", "", PathBuf::from("."), exe);
+    if let Some(path) = config {
+        agent = AgentConfig::from_toml_file(path, agent).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))?;
+    }
+    Ok(agent.name)
 }
 
 fn server_error(e: ferry_server::ServerError) -> CliError {
@@ -100,7 +117,8 @@ pub async fn server(g: &Global, args: ServerArgs) -> Result<i32, CliError> {
 }
 
 pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
-    let config = server_config(g, &args.server)?;
+    let mut config = server_config(g, &args.server)?;
+    config.local_agent = Some(local_node_name(args.agent_config.as_deref())?);
     let data_dir = config.data_dir.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -172,7 +190,7 @@ async fn supervise_agent(
             .arg("--server")
             .arg(&url)
             .arg("--token-file")
-            .arg(data_dir.join(ferry_server::ADMIN_TOKEN_FILE))
+            .arg(data_dir.join(ferry_server::AGENT_TOKEN_FILE))
             .arg("--data-dir")
             .arg(&agent_dir)
             .stdin(Stdio::null())

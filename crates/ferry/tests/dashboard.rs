@@ -288,6 +288,8 @@ struct Scenario {
 }
 
 fn scenario(f: &Ferry) -> Scenario {
+    f.ok(&["team", "add", "vision"]);
+    f.ok(&["team", "project", "vision", "detector"]);
     let finished = f.submit(&["--cpus", "0.5", "--memory", "256MiB", "--name", "quick", "--", "echo", "done"]);
     f.wait_state(finished, "succeeded");
     let script = "echo hello-from-trainer; echo step 1 loss 0.5; sleep 300";
@@ -871,7 +873,7 @@ fn pages_need_a_session_cookie_and_assets_are_small_and_safe() {
     assert!(wrong.text().unwrap().contains("That token is not valid"));
     assert_eq!(sign_in("").status(), 401, "an empty token is refused, not an error");
     assert_eq!(sign_in("%zz;%20").status(), 401, "a malformed token is refused, not an error");
-    let agent = f.ok(&["token", "create", "--agent", "--name", "rack-b"]);
+    let agent = f.ok(&["token", "create", "--agent", "--node", "node-b", "--name", "rack-b"]);
     let refused = sign_in(agent.trim());
     assert_eq!(refused.status(), 401, "an agent token does not sign in to the dashboard");
     assert!(refused.text().unwrap().contains("agent token"));

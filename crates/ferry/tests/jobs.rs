@@ -148,7 +148,7 @@ fn a_queued_job_is_cancelled_at_once() {
     let queued = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
     f.wait_state(holder, "running");
     assert_eq!(f.ok(&["cancel", &queued.to_string()]), format!("job {queued} cancelled\n"));
-    assert_eq!(f.job(queued)["message"], "cancelled before it started");
+    assert_eq!(f.job(queued)["message"], "cancelled by admin before it started");
 }
 
 #[test]
@@ -362,6 +362,10 @@ fn a_waiting_job_is_told_when_it_can_expect_to_start() {
 #[test]
 fn jobs_are_listed_by_owner_team_project_pool_and_time_and_bad_filters_are_named() {
     let f = Ferry::start(NodeSpec::default());
+    for (team, project) in [("vision", "detector"), ("vision", "segmenter"), ("nlp", "parser")] {
+        let _ = f.cli(&["team", "add", team]);
+        f.ok(&["team", "project", team, project]);
+    }
     let submit = |team: &str, project: &str| {
         let id = f.submit(&["--team", team, "--project", project, "--cpus", "0.1", "--", "true"]);
         f.wait_state(id, "succeeded");

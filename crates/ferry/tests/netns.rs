@@ -175,7 +175,8 @@ impl Cluster {
             agents.iter().zip(AGENT_HOST_FIRST..).map(|(name, byte)| net.add_host(name, byte)).collect();
         let mut cluster = Cluster { server_host, server: None, agents: Vec::new(), net, root };
         cluster.start_server(node_timeout);
-        let token = cluster.ok(&["token", "create", "--agent", "--name", "netns-test"]).trim().to_string();
+        let token =
+            cluster.ok(&["token", "create", "--agent", "--node", "host-*", "--name", "netns-test"]).trim().to_string();
         for (name, host) in agents.iter().zip(hosts) {
             cluster.start_agent(name, host, &token, agent_env);
         }

@@ -10,7 +10,7 @@ use common::{ferry_bin, stderr, Ferry, NodeSpec};
 #[test]
 fn an_agent_joins_with_a_join_token_and_stops_when_it_is_revoked() {
     let f = Ferry::start(NodeSpec::default());
-    let out = f.cli(&["token", "create", "--agent", "--name", "rack-b"]);
+    let out = f.cli(&["token", "create", "--agent", "--node", "node-b", "--name", "rack-b"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let token = String::from_utf8(out.stdout.clone()).unwrap().trim().to_string();
     assert!(token.starts_with("ferry_") && token.len() > 40, "{token}");
@@ -49,7 +49,7 @@ fn an_agent_joins_with_a_join_token_and_stops_when_it_is_revoked() {
     let out = f.cli(&["ps", "--token", &token]);
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(stderr(&out).contains("an agent token may only be used by agents"), "{}", stderr(&out));
-    let out = f.cli(&["token", "create", "--agent", "--name", "x", "--token", &token]);
+    let out = f.cli(&["token", "create", "--agent", "--node", "x", "--name", "x", "--token", &token]);
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
 
     // Revoked, it is refused at once: the agent's next report fails and the agent stops with a clear error.
@@ -81,15 +81,23 @@ fn token_commands_refuse_bad_input() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
     };
-    refused(&["token", "create", "--name", "x"], 64, "say what the token is for: --agent");
-    refused(&["token", "create", "--agent", "--name", " "], 64, "a token needs a name");
+    refused(&["token", "create", "--name", " "], 64, "a token needs a name");
+    refused(&["token", "create", "--agent", "--node", "*", "--name", "x"], 64, "a bare `*` would speak for every node");
+    refused(&["token", "create", "--agent", "--node", "a b", "--name", "x"], 64, "is not a node name or pattern");
+    refused(&["token", "create", "--name", "x", "--expires", "0s"], 2, "`0s` is zero");
+    refused(&["token", "create", "--name", "x", "--for", "nobody"], 66, "no user `nobody`");
+    refused(&["token", "create", "--name", "x", "--scope", "root"], 2, "`root` is not a scope");
     refused(&["token", "revoke", "999"], 66, "no token 999");
     refused(&["token", "revoke", "abc"], 64, "`abc` is not a token id");
-    let admin = f.json(&["token", "list", "--json"])["tokens"][0]["id"].as_i64().unwrap();
-    let second = f.ok(&["token", "create", "--admin", "--name", "ops"]);
+    let second = f.ok(&["token", "create", "--scope", "admin", "--name", "ops"]);
     assert!(second.trim().starts_with("ferry_"));
-    let ops = f.json(&["token", "list", "--json"])["tokens"][1]["id"].as_i64().unwrap();
-    assert_ne!(admin, ops);
-    f.ok(&["token", "revoke", &ops.to_string()]);
-    refused(&["token", "revoke", &ops.to_string()], 65, "is already revoked");
+    let tokens = f.json(&["token", "list", "--json"]);
+    let ops = tokens["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "ops").unwrap().clone();
+    assert_eq!(
+        (ops["user"].as_str(), ops["scope"].as_str(), ops["kind"].as_str()),
+        (Some("admin"), Some("admin"), Some("user"))
+    );
+    let id = ops["id"].as_i64().unwrap();
+    f.ok(&["token", "revoke", &id.to_string()]);
+    refused(&["token", "revoke", &id.to_string()], 65, "is already revoked");
 }

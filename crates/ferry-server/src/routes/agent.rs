@@ -10,7 +10,7 @@ use ferry_api::telemetry::{TelemetryAck, TelemetryBatch, SAMPLE_AGE_MAX_US};
 use ferry_api::{ErrorBody, ErrorCode};
 use serde::Deserialize;
 
-use crate::auth::Caller;
+use crate::auth::AgentCaller;
 use crate::driver::{now_us, Command};
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
@@ -18,11 +18,72 @@ use crate::state::AppState;
 /// The longest node name accepted.
 const NODE_NAME_CHARS_MAX: usize = 253;
 
+fn forbidden(message: String) -> ApiError {
+    ApiError::new(ErrorCode::Forbidden, message)
+}
+
+/// Whether the agent may speak for `node`: its token is bound to the node's name (or a pattern it matches), and no
+/// other live token registered the node. A registration also claims the node for the token, within the number of
+/// nodes the token may register.
+pub(crate) async fn speak_for(
+    state: &AppState,
+    agent: &AgentCaller,
+    node: &str,
+    register: bool,
+) -> Result<(), ApiError> {
+    if !agent.may_speak_for(node) {
+        tracing::warn!(node, token = agent.token_id, bound = %agent.node, "refused an agent speaking for another node");
+        return Err(forbidden(format!(
+            "this join token speaks for `{}`, not for node `{node}`; an admin creates one for it with `ferry token \
+             create --agent --node {node}`",
+            agent.node
+        )));
+    }
+    match state.store.node_token(node).await? {
+        Some(owner) if owner == agent.token_id => Ok(()),
+        Some(owner) => {
+            tracing::warn!(
+                node,
+                token = agent.token_id,
+                owner,
+                "refused an agent speaking for a node another token holds"
+            );
+            Err(forbidden(format!(
+                "node `{node}` joined with another join token ({owner}); revoke that one first (`ferry token revoke \
+                 {owner}`) to move the node to this token"
+            )))
+        }
+        // The agent answers 404 by registering again, which claims the node (an installation from before join tokens
+        // were bound, or a server that lost its database).
+        None if !register => Err(ApiError::not_found(format!(
+            "node `{node}` is not registered with this token; the agent registers first"
+        ))),
+        None => {
+            if state.store.nodes_of_token(agent.token_id).await? >= agent.max_nodes {
+                return Err(forbidden(format!(
+                    "this join token has registered its limit of {} nodes; an admin creates another for more",
+                    agent.max_nodes
+                )));
+            }
+            state.store.set_node_token(node, agent.token_id).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Whether `node` runs the gang worker `rank` of `job`'s current attempt.
+fn runs_on(record: &ferry_store::JobRecord, node: &str, rank: u32) -> bool {
+    match record.workers.get(rank as usize) {
+        Some(worker) => worker.node == node,
+        None => rank == 0 && record.node.as_deref() == Some(node),
+    }
+}
+
 #[utoipa::path(post, path = "/api/v1/agent/register", request_body = RegisterNode,
     responses((status = 200, body = Registered), (status = 400, body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
-    _caller: Caller,
+    agent: AgentCaller,
     body: Result<Json<RegisterNode>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Registered>, ApiError> {
     let Json(node) = body.map_err(|e| {
@@ -33,6 +94,7 @@ pub async fn register(
         tracing::warn!(node = %node.name, reason = %message, "refused a registration");
         return Err(ApiError::invalid(message));
     }
+    speak_for(&state, &agent, &node.name, true).await?;
     Ok(Json(state.driver.call(|reply| Command::Register { node, reply }).await?))
 }
 
@@ -58,10 +120,11 @@ fn check_registration(node: &RegisterNode, server_now_us: i64) -> Result<(), Str
 #[utoipa::path(post, path = "/api/v1/agent/work", request_body = WorkRequest, responses((status = 200, body = Work)))]
 pub async fn work(
     State(state): State<AppState>,
-    _caller: Caller,
+    agent: AgentCaller,
     body: Result<Json<WorkRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Work>, ApiError> {
     let Json(request) = body.map_err(rejection)?;
+    speak_for(&state, &agent, &request.node, false).await?;
     let wait = Duration::from_millis(request.wait_ms.min(WORK_WAIT_MS_MAX));
     Ok(Json(state.agents.poll(&request.node, &request.epoch, request.after_seq, wait).await))
 }
@@ -70,10 +133,12 @@ pub async fn work(
     responses((status = 200, body = ReportsAck), (status = 404, body = ErrorBody)))]
 pub async fn reports(
     State(state): State<AppState>,
-    _caller: Caller,
+    agent: AgentCaller,
     body: Result<Json<Reports>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ReportsAck>, ApiError> {
     let Json(reports) = body.map_err(rejection)?;
+    // The driver applies a report only to runs assigned to the reporting node; others are told to stop.
+    speak_for(&state, &agent, &reports.node, false).await?;
     Ok(Json(state.driver.call(|reply| Command::Reports { reports, reply }).await?))
 }
 
@@ -81,15 +146,17 @@ pub async fn reports(
     responses((status = 200, body = TelemetryAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn telemetry(
     State(state): State<AppState>,
-    _caller: Caller,
+    agent: AgentCaller,
     body: Result<Json<TelemetryBatch>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<TelemetryAck>, ApiError> {
-    let Json(batch) = body.map_err(rejection)?;
+    let Json(mut batch) = body.map_err(rejection)?;
+    speak_for(&state, &agent, &batch.node, false).await?;
     let now = now_us();
     if let Err(message) = crate::telemetry::validate(&batch, now) {
         tracing::warn!(node = %batch.node, reason = %message, "refused a telemetry batch");
         return Err(ApiError::invalid(message));
     }
+    drop_foreign_runs(&state, &mut batch).await?;
     if !state.store.node_exists(&batch.node).await? {
         return Err(ApiError::not_found(format!("no node `{}` is registered; the agent registers first", batch.node)));
     }
@@ -100,6 +167,46 @@ pub async fn telemetry(
         return Err(ApiError::new(ErrorCode::Unavailable, "the server cannot store telemetry now; the agent retries"));
     }
     Ok(Json(ack))
+}
+
+/// Whether an earlier attempt of `job` ran on a node this agent holds, from the job's timeline: its output may still
+/// be draining after a requeue.
+async fn earlier_attempt_node(state: &AppState, agent: &AgentCaller, job: u64) -> Result<bool, ApiError> {
+    let events = state.store.job_events(job).await?;
+    for event in events {
+        for word in event.message.split_whitespace() {
+            let node = word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "._-/".contains(c)));
+            if !node.is_empty() && agent.may_speak_for(node) && speak_for(state, agent, node, false).await.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Drops the samples of runs that are not assigned to the batch's node: a node reports on its own runs only.
+async fn drop_foreign_runs(state: &AppState, batch: &mut TelemetryBatch) -> Result<(), ApiError> {
+    let mut verdicts: std::collections::HashMap<(u64, u32), bool> = std::collections::HashMap::new();
+    for sample in &batch.samples {
+        for run in &sample.runs {
+            let key = (run.run.job_id, run.run.rank);
+            if verdicts.contains_key(&key) {
+                continue;
+            }
+            let ours = match state.store.job(run.run.job_id).await? {
+                Some(record) => record.attempt == run.run.attempt && runs_on(&record, &batch.node, run.run.rank),
+                None => false,
+            };
+            verdicts.insert(key, ours);
+        }
+    }
+    if verdicts.values().any(|ours| !ours) {
+        tracing::warn!(node = %batch.node, "dropped telemetry of runs not assigned to the node");
+    }
+    for sample in &mut batch.samples {
+        sample.runs.retain(|r| verdicts.get(&(r.run.job_id, r.run.rank)).copied().unwrap_or(false));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,7 +223,7 @@ pub struct UploadQuery {
     responses((status = 200, body = LogAck), (status = 404, body = ErrorBody)))]
 pub async fn upload_log(
     State(state): State<AppState>,
-    _caller: Caller,
+    agent: AgentCaller,
     Path((job, attempt)): Path<(u64, u32)>,
     query: Result<Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
@@ -128,6 +235,21 @@ pub async fn upload_log(
     }
     if query.rank >= record.spec.nodes {
         return Err(ApiError::not_found(format!("job {job} has no worker of rank {}", query.rank)));
+    }
+    // Output is accepted only from the node that runs the worker (the current attempt; an earlier attempt's node
+    // may still be draining its output, and was this node if it is the one uploading under the same token).
+    let node = match (attempt == record.attempt, record.workers.get(query.rank as usize)) {
+        (true, Some(worker)) => Some(worker.node.clone()),
+        (true, None) => record.node.clone(),
+        (false, _) => None,
+    };
+    let allowed = match &node {
+        Some(node) => runs_on(&record, node, query.rank) && speak_for(&state, &agent, node, false).await.is_ok(),
+        None => earlier_attempt_node(&state, &agent, job).await?,
+    };
+    if !allowed {
+        tracing::warn!(job, attempt, token = agent.token_id, "refused output from a node the run is not assigned to");
+        return Err(forbidden(format!("job {job} attempt {attempt} does not run on a node of this join token")));
     }
     let stored = state.logs.append(job, attempt, query.rank, query.offset, &body).await.map_err(|e| {
         tracing::error!(job, attempt, error = %e, "cannot write job output");

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::artifacts::{ArtifactError, ArtifactPath};
-use crate::routes::mlflow::{find_run, query, run_id, user, Answer, Auth, MlflowFailure, ACTIVE};
+use crate::auth::Tracker;
+use crate::routes::mlflow::{may_write, query, run_id, seen_run, user, Answer, Auth, MlflowFailure, ACTIVE};
 use crate::state::AppState;
 
 /// After refusing an upload, the server reads (and drops) up to this much more of its body before answering, so a
@@ -81,19 +82,19 @@ fn locate(text: &str) -> Result<Located, MlflowFailure> {
     Ok(Located { inside: !rest.is_empty(), path, owner })
 }
 
-/// Checks that the path's run or model exists (and, to write, is not deleted).
-async fn check_owner(state: &AppState, owner: &Owner, write: bool) -> Result<(), MlflowFailure> {
+/// Checks that the path's run or model exists, that the caller sees it (and, to write, may change it), and, to
+/// write, that it is not deleted.
+async fn check_owner(state: &AppState, who: &Tracker, owner: &Owner, write: bool) -> Result<(), MlflowFailure> {
     let (experiment, stage, what) = match owner {
         Owner::Run { experiment_id, run_id } => {
-            let run = find_run(state, run_id).await?;
+            let run = seen_run(state, who, run_id).await?;
+            if write {
+                may_write(who, &run)?;
+            }
             (run.experiment_id.to_string() == *experiment_id, run.lifecycle_stage, format!("run {run_id}"))
         }
         Owner::Model { experiment_id, model_id } => {
-            let model = state
-                .store
-                .logged_model(model_id)
-                .await?
-                .ok_or_else(|| MlflowFailure::not_found(format!("Logged model with ID '{model_id}' not found")))?;
+            let model = crate::routes::mlflow_models::allowed_model(state, who, model_id, true, write).await?;
             (
                 model.experiment_id.to_string() == *experiment_id,
                 model.lifecycle_stage,
@@ -140,7 +141,7 @@ pub async fn upload(
     body: RawBody,
 ) -> Response {
     let checked = async {
-        user(auth)?;
+        let who = user(auth)?;
         let located = locate(&path_param(path)?)?;
         if !located.inside {
             return Err(MlflowFailure::invalid(format!(
@@ -148,7 +149,7 @@ pub async fn upload(
                 located.path.as_str()
             )));
         }
-        check_owner(&state, &located.owner, true).await?;
+        check_owner(&state, &who, &located.owner, true).await?;
         let declared =
             headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > state.artifacts.max_file_bytes) {
@@ -198,9 +199,9 @@ pub async fn download(
     auth: Auth,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, MlflowFailure> {
-    user(auth)?;
+    let who = user(auth)?;
     let located = locate(&path_param(path)?)?;
-    check_owner(&state, &located.owner, false).await?;
+    check_owner(&state, &who, &located.owner, false).await?;
     if !located.inside {
         return Err(MlflowFailure::invalid(format!("'{}' is a folder; list it instead", located.path.as_str())));
     }
@@ -246,10 +247,10 @@ async fn entries(state: &AppState, dir: &ArtifactPath, prefix: Option<&str>) -> 
 /// `GET /api/2.0/mlflow-artifacts/artifacts?path=<folder>`: the folder's entries (none when it does not exist, as
 /// MLflow answers).
 pub async fn list(State(state): State<AppState>, auth: Auth, uri: Uri) -> Answer<ArtifactListing> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: ListQuery = query(&uri)?;
     let located = locate(req.path.as_deref().unwrap_or(""))?;
-    check_owner(&state, &located.owner, false).await?;
+    check_owner(&state, &who, &located.owner, false).await?;
     Ok(Json(ArtifactListing { files: entries(&state, &located.path, None).await? }))
 }
 
@@ -259,9 +260,9 @@ pub async fn delete(
     auth: Auth,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let located = locate(&path_param(path)?)?;
-    check_owner(&state, &located.owner, true).await?;
+    check_owner(&state, &who, &located.owner, true).await?;
     state.artifacts.delete(&located.path).await.map_err(failure)?;
     Ok(Json(json!({})))
 }
@@ -279,9 +280,9 @@ struct RunListQuery {
 /// `GET /api/2.0/mlflow/artifacts/list?run_id=...&path=...`: a run's artifacts in a folder, paths relative to the
 /// run's artifact root.
 pub async fn list_run(State(state): State<AppState>, auth: Auth, uri: Uri) -> Answer<ListArtifactsResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: RunListQuery = query(&uri)?;
-    let run = find_run(&state, run_id(&req.run_id, &req.run_uuid)?).await?;
+    let run = seen_run(&state, &who, run_id(&req.run_id, &req.run_uuid)?).await?;
     let root = run.artifact_uri.strip_prefix(SCHEME).ok_or_else(|| {
         MlflowFailure::invalid(format!("the run's artifacts are at {}, which Ferry does not serve", run.artifact_uri))
     })?;
@@ -294,24 +295,6 @@ pub async fn list_run(State(state): State<AppState>, auth: Auth, uri: Uri) -> An
         files: entries(&state, &located.path, Some(relative.as_str())).await?,
         next_page_token: None,
     }))
-}
-
-/// The artifact endpoints, for `app`.
-pub fn router() -> axum::Router<AppState> {
-    use crate::routes::mlflow::wrong_method;
-    use axum::extract::DefaultBodyLimit;
-    use axum::routing::{any, get};
-    axum::Router::new()
-        .route("/api/2.0/mlflow-artifacts/artifacts", get(list).fallback(wrong_method))
-        .route(
-            "/api/2.0/mlflow-artifacts/artifacts/{*path}",
-            get(download).put(upload).delete(delete).fallback(wrong_method).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/2.0/mlflow-artifacts/mpu/{*rest}", any(not_offered))
-        .route("/api/2.0/mlflow-artifacts/presigned/{*rest}", any(not_offered))
-        .route("/api/2.0/mlflow/artifacts/list", get(list_run).fallback(wrong_method))
-        .route("/api/2.0/mlflow/artifacts/presigned-upload-url", any(not_offered))
-        .route("/api/2.0/mlflow/artifacts/presigned-download-url", any(not_offered))
 }
 
 /// Multipart uploads and presigned URLs: not offered; the client falls back to plain uploads and downloads.

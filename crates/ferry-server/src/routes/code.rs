@@ -1,7 +1,8 @@
 //! Shipped code: ask whether the server holds an archive, upload one, download one.
 //!
 //! Archives are content-addressed: the path names the SHA-256 of the bytes, and an upload whose bytes hash to
-//! anything else is refused. Users upload; users and agents download.
+//! anything else is refused. Users upload, and download the code of jobs they may see; an agent downloads only the
+//! code of a run assigned to its node.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -12,7 +13,7 @@ use ferry_api::code::{is_sha256, CodeStored, CODE_ARCHIVE_BYTES_MAX};
 use ferry_api::{ErrorBody, ErrorCode};
 use tokio_util::io::ReaderStream;
 
-use crate::auth::Caller;
+use crate::auth::{AgentCaller, Caller};
 use crate::code::UploadError;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,9 +34,8 @@ fn missing(sha256: &str) -> ApiError {
 
 /// Whether the server holds an archive: 200 with its size in `Content-Length`, or 404.
 #[utoipa::path(head, path = "/api/v1/code/{sha256}", responses((status = 200), (status = 404)))]
-pub async fn head(State(state): State<AppState>, caller: Caller, Path(sha256): Path<String>) -> Response {
+pub async fn head(State(state): State<AppState>, _caller: Caller, Path(sha256): Path<String>) -> Response {
     let answer = async {
-        caller.require_user()?;
         let sha256 = digest(&sha256)?;
         state.code.size(sha256).await.ok_or_else(|| missing(sha256))
     };
@@ -54,7 +54,6 @@ pub async fn put(
     Path(sha256): Path<String>,
     body: Body,
 ) -> Result<(StatusCode, Json<CodeStored>), ApiError> {
-    caller.require_user()?;
     let sha256 = digest(&sha256)?.to_string();
     let (size_bytes, created) = state.code.put(&sha256, body.into_data_stream()).await.map_err(|e| match e {
         UploadError::TooLarge => ApiError::new(
@@ -71,20 +70,65 @@ pub async fn put(
         }
     })?;
     if !created {
-        tracing::info!(sha256, "code archive already stored; upload not kept");
+        tracing::info!(sha256, by = %caller.name, "code archive already stored; upload not kept");
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(CodeStored { sha256, size_bytes, created })))
 }
 
-#[utoipa::path(get, path = "/api/v1/code/{sha256}",
-    responses((status = 200, content_type = "application/gzip"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+/// How many jobs with an archive are looked at to find one the caller may see.
+const CODE_JOBS_LOOKED_AT_MAX: u32 = 1000;
+
+#[utoipa::path(get, path = "/api/v1/code/{sha256}", security(("token" = [])),
+    responses((status = 200, content_type = "application/gzip"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
     let sha256 = digest(&sha256)?;
+    let jobs = state.store.jobs_with_code(sha256, false, CODE_JOBS_LOOKED_AT_MAX).await?;
+    if !jobs.iter().any(|j| caller.sees(&j.spec.owner, j.spec.team.as_deref())) {
+        return Err(missing(sha256));
+    }
+    stream(&state, sha256).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct AgentCodeQuery {
+    node: String,
+}
+
+/// The code archive of a run assigned to the agent's node.
+#[utoipa::path(get, path = "/api/v1/agent/code/{sha256}", params(("sha256" = String, Path), ("node" = String, Query)),
+    security(("agent_token" = [])),
+    responses((status = 200, content_type = "application/gzip"), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn agent_get(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    Path(sha256): Path<String>,
+    query: Result<axum::extract::Query<AgentCodeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(crate::error::rejection)?;
+    let sha256 = digest(&sha256)?;
+    crate::routes::agent::speak_for(&state, &agent, &query.node, false).await?;
+    let jobs = state.store.jobs_with_code(sha256, true, CODE_JOBS_LOOKED_AT_MAX).await?;
+    let assigned = jobs
+        .iter()
+        .any(|j| j.node.as_deref() == Some(query.node.as_str()) || j.workers.iter().any(|w| w.node == query.node));
+    if !assigned {
+        tracing::warn!(sha256, node = %query.node, "refused code to a node none of whose runs needs it");
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("no run assigned to node {} needs code archive {sha256}", query.node),
+        ));
+    }
+    stream(&state, sha256).await
+}
+
+async fn stream(state: &AppState, sha256: &str) -> Result<Response, ApiError> {
     let file = tokio::fs::File::open(state.code.path(sha256)).await.map_err(|_| missing(sha256))?;
     let size = file.metadata().await.map(|m| m.len()).map_err(|_| missing(sha256))?;
     let body = Body::from_stream(ReaderStream::new(file));

@@ -19,7 +19,7 @@ use ferry_store::{JobCode, JobFilter, JobRecord, NewJob};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, UserCaller};
 use crate::driver::{now_us, Command};
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
@@ -276,17 +276,18 @@ pub async fn submit(
     caller: Caller,
     body: Result<Json<SubmitJob>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(axum::http::StatusCode, Json<Submitted>), ApiError> {
-    caller.require_user()?;
     let Json(spec) = body.map_err(rejection)?;
     let experiment = spec.experiment.clone();
-    let job = prepare(&state, spec, &caller.name).await?;
+    let job = prepare(&state, spec, &caller).await?;
     let id = submit_tracked(&state, job, experiment.as_deref(), Vec::new(), Vec::new()).await?;
     Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
 }
 
-/// A submission checked (`validate`) with its shipped code's size filled in from the archive the server holds.
-pub(crate) async fn prepare(state: &AppState, spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
-    let mut job = validate(spec, owner)?;
+/// A submission checked (`validate`) for its submitter, who owns it: its team and project are ones the submitter
+/// belongs to (`ownership`), and its shipped code's size is filled in from the archive the server holds.
+pub(crate) async fn prepare(state: &AppState, spec: SubmitJob, submitter: &UserCaller) -> Result<NewJob, ApiError> {
+    let mut job = validate(spec, &submitter.name)?;
+    ownership(state, submitter, &mut job).await?;
     if let Some(code) = &mut job.code {
         code.size_bytes = state.code.size(&code.sha256).await.ok_or_else(|| {
             ApiError::invalid(format!(
@@ -296,6 +297,38 @@ pub(crate) async fn prepare(state: &AppState, spec: SubmitJob, owner: &str) -> R
         })?;
     }
     Ok(job)
+}
+
+/// Settles a job's team and project for its submitter: the team must be one the submitter may submit to (by
+/// default its default or only team), and a project must be one of that team's. Quotas, fair share and usage follow
+/// from this, so nothing the request claims is taken on trust.
+async fn ownership(state: &AppState, submitter: &UserCaller, job: &mut NewJob) -> Result<(), ApiError> {
+    let forbidden = |message: String| ApiError::new(ferry_api::ErrorCode::Forbidden, message);
+    let named = job.team.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    if let Some(team) = named {
+        if !state.store.team_exists(team).await? {
+            return Err(ApiError::invalid(format!(
+                "there is no team `{team}`; `ferry team list` shows the teams you belong to"
+            )));
+        }
+    }
+    job.team = submitter.submission_team(named).map_err(forbidden)?;
+    let project = job.project.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(str::to_string);
+    job.project = match (project, job.team.as_deref()) {
+        (None, _) => None,
+        (Some(project), Some(team)) => {
+            if !state.store.project_exists(team, &project).await? {
+                return Err(ApiError::invalid(format!(
+                    "team {team} has no project `{project}`; a team admin creates it with `ferry team project {team} \
+                     {project}`"
+                )));
+            }
+            Some(project)
+        }
+        // An installation admin's job outside every team may carry any project name (no quota applies to it).
+        (Some(project), None) => Some(project),
+    };
+    Ok(())
 }
 
 /// Submits a job with an MLflow run of its own: the run is made first, the job carries its id into the driver's
@@ -311,6 +344,7 @@ pub(crate) async fn submit_tracked(
         experiment,
         project: job.project.as_deref(),
         owner: &job.owner,
+        team: job.team.as_deref(),
         name: job.name.as_deref(),
         command: &job.command,
         git_commit: job.code.as_ref().and_then(|c| c.git_commit.as_deref()),
@@ -360,7 +394,6 @@ pub async fn list(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
-    caller.require_user()?;
     let Query(query) = query.map_err(rejection)?;
     let states = match (&query.state, query.all) {
         (Some(text), _) => vec![JobState::parse(text).ok_or_else(|| {
@@ -384,28 +417,40 @@ pub async fn list(
         node: nonempty(query.node),
         submitted_after_us,
         before_id: query.before,
+        visible_to: visibility(&caller),
     };
     let records = state.store.jobs(&filter).await?;
     let mut jobs = Vec::with_capacity(records.len());
     for record in records {
-        jobs.push(to_wire(&state, record, None).await);
+        jobs.push(to_wire(&state, &caller, record, None).await);
     }
     Ok(Json(JobList { jobs }))
 }
 
 #[utoipa::path(get, path = "/api/v1/queue", responses((status = 200, body = QueueSummary)))]
-pub async fn queue(State(state): State<AppState>, caller: Caller) -> Result<Json<QueueSummary>, ApiError> {
-    caller.require_user()?;
+pub async fn queue(State(state): State<AppState>, _caller: Caller) -> Result<Json<QueueSummary>, ApiError> {
     let metrics = state.driver.ask(|reply| Command::Metrics { reply }).await?;
     Ok(Json(metrics.queue_summary()))
 }
 
-async fn load(state: &AppState, id: u64) -> Result<JobRecord, ApiError> {
-    state.store.job(id).await?.ok_or_else(|| ApiError::not_found(format!("no job {id}; `ferry ps --all` lists jobs")))
+/// Whose jobs a caller may see, for listings: everything for an installation admin.
+pub(crate) fn visibility(caller: &UserCaller) -> Option<ferry_store::Visibility> {
+    (!caller.admin)
+        .then(|| ferry_store::Visibility { owner: caller.name.clone(), teams: caller.teams.keys().cloned().collect() })
+}
+
+/// A job the caller may see. Another team's job is answered as missing, so its existence is not revealed either.
+pub(crate) async fn load(state: &AppState, caller: &UserCaller, id: u64) -> Result<JobRecord, ApiError> {
+    let missing = || ApiError::not_found(format!("no job {id}; `ferry ps --all` lists jobs"));
+    let record = state.store.job(id).await?.ok_or_else(missing)?;
+    if !caller.sees(&record.spec.owner, record.spec.team.as_deref()) {
+        return Err(missing());
+    }
+    Ok(record)
 }
 
 /// A job with its timeline and, when queued, the scheduler's reason for the wait.
-async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
+async fn full(state: &AppState, caller: &UserCaller, record: JobRecord) -> Result<Job, ApiError> {
     let waiting = if record.state == JobState::Queued {
         let (reason, fork) = state.driver.ask(|reply| Command::Explain { id: record.id, reply }).await?;
         // The forecast runs the scheduler forward in virtual time: on a blocking thread, never in the driver.
@@ -427,7 +472,7 @@ async fn full(state: &AppState, record: JobRecord) -> Result<Job, ApiError> {
         None
     };
     let timeline = state.store.job_events(record.id).await?;
-    let mut job = to_wire(state, record, waiting).await;
+    let mut job = to_wire(state, caller, record, waiting).await;
     job.timeline = timeline;
     Ok(job)
 }
@@ -439,9 +484,8 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    caller.require_user()?;
-    let record = load(&state, parse_id(&id)?).await?;
-    Ok(Json(full(&state, record).await?))
+    let record = load(&state, &caller, parse_id(&id)?).await?;
+    Ok(Json(full(&state, &caller, record).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,7 +502,6 @@ pub async fn wait(
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Job>, ApiError> {
-    caller.require_user()?;
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(rejection)?;
     let deadline =
@@ -468,13 +511,13 @@ pub async fn wait(
         let woken = notify.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let record = load(&state, id).await?;
+        let record = load(&state, &caller, id).await?;
         if record.state.is_terminal() || tokio::time::Instant::now() >= deadline {
             if record.state.is_terminal() {
                 // The job's wake-up entry may have been made by this wait after the job ended; drop it.
                 state.signals.finish(id);
             }
-            return Ok(Json(full(&state, record).await?));
+            return Ok(Json(full(&state, &caller, record).await?));
         }
         let _ = tokio::time::timeout_at(deadline, woken).await;
     }
@@ -487,11 +530,22 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    caller.require_user()?;
     let id = parse_id(&id)?;
-    state.driver.call(|reply| Command::Cancel { id, reply }).await?;
-    let record = load(&state, id).await?;
-    Ok(Json(full(&state, record).await?))
+    let record = load(&state, &caller, id).await?;
+    if !caller.changes(&record.spec.owner, record.spec.team.as_deref()) {
+        return Err(ApiError::new(
+            ferry_api::ErrorCode::Forbidden,
+            format!(
+                "job {id} is {}'s; only its owner, an admin of its team or an installation admin may cancel it",
+                record.spec.owner
+            ),
+        ));
+    }
+    let by = caller.name.clone();
+    state.driver.call(|reply| Command::Cancel { id, by, reply }).await?;
+    tracing::info!(job = id, by = %caller.name, "job cancelled");
+    let record = load(&state, &caller, id).await?;
+    Ok(Json(full(&state, &caller, record).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -517,10 +571,9 @@ pub async fn logs(
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require_user()?;
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(rejection)?;
-    let record = load(&state, id).await?;
+    let record = load(&state, &caller, id).await?;
     let attempt = query.attempt.unwrap_or(record.attempt);
     if attempt > record.attempt {
         return Err(ApiError::not_found(format!(
@@ -609,8 +662,7 @@ impl Follower {
 /// The uncommitted changes the job was submitted with (`git diff HEAD`), as plain text; empty when there were none.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/diff", responses((status = 200, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
 pub async fn diff(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
-    caller.require_user()?;
-    let record = load(&state, parse_id(&id)?).await?;
+    let record = load(&state, &caller, parse_id(&id)?).await?;
     let text = record.spec.code.and_then(|c| c.git_diff).unwrap_or_default();
     Ok(Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -639,9 +691,8 @@ pub async fn metrics(
     Path(id): Path<String>,
     query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ferry_api::jobs::JobMetrics>, ApiError> {
-    caller.require_user()?;
     let Query(query) = query.map_err(rejection)?;
-    let record = load(&state, parse_id(&id)?).await?;
+    let record = load(&state, &caller, parse_id(&id)?).await?;
     let tracking = record.spec.tracking.ok_or_else(|| {
         ApiError::not_found(format!("job {} has no MLflow run: it was submitted before Ferry tracked runs", record.id))
     })?;
@@ -704,8 +755,16 @@ pub fn parse_id(text: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// Converts a stored job into its wire form.
-async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Job {
+/// What a job's environment values read as to those who may see only their names.
+pub const HIDDEN_VALUE: &str = "(hidden)";
+
+/// Converts a stored job into its wire form, as `caller` may see it: environment values only for its owner, its
+/// team's admins and installation admins.
+async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: Option<Waiting>) -> Job {
+    let mut env = r.spec.env;
+    if !caller.sees_env(&r.spec.owner, r.spec.team.as_deref()) {
+        env.values_mut().for_each(|v| *v = HIDDEN_VALUE.to_string());
+    }
     let log_bytes = state.logs.size(r.id, r.attempt, 0).await;
     let usage = (r.state == JobState::Running).then(|| state.telemetry.job_usage(r.id, r.attempt)).flatten();
     Job {
@@ -724,7 +783,7 @@ async fn to_wire(state: &AppState, r: JobRecord, waiting: Option<Waiting>) -> Jo
             git_commit: c.git_commit,
             git_dirty: c.git_diff.is_some(),
         }),
-        env: r.spec.env,
+        env,
         cpu_millis: r.spec.resources.cpu_millis,
         memory_bytes: r.spec.resources.memory_bytes,
         gpus: r.spec.resources.gpus,

@@ -22,7 +22,7 @@ use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::auth::Caller;
+use crate::auth::Tracker;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -103,14 +103,70 @@ impl From<ferry_store::StoreError> for MlflowFailure {
 }
 
 pub(crate) type Answer<T> = Result<Json<T>, MlflowFailure>;
-pub(crate) type Auth = Result<Caller, ApiError>;
+pub(crate) type Auth = Result<Tracker, ApiError>;
 pub(crate) type Body = Result<Bytes, BytesRejection>;
 
-/// The caller, who must hold a user's token or a job's tracking token (not an agent's).
-pub(crate) fn user(auth: Auth) -> Result<Caller, MlflowFailure> {
-    let caller = auth?;
-    caller.require_tracking()?;
-    Ok(caller)
+/// The caller: a user, or a job with its tracking token (the route's guard admitted nobody else).
+pub(crate) fn user(auth: Auth) -> Result<Tracker, MlflowFailure> {
+    Ok(auth?)
+}
+
+pub(crate) fn denied(message: impl Into<String>) -> MlflowFailure {
+    MlflowFailure::new(StatusCode::FORBIDDEN, "PERMISSION_DENIED", message)
+}
+
+/// An experiment the caller may see; another team's is answered as missing.
+pub(crate) async fn seen_experiment(
+    state: &AppState,
+    who: &Tracker,
+    id: &str,
+) -> Result<ExperimentRecord, MlflowFailure> {
+    let found = find_experiment(state, id).await?;
+    if !who.sees_experiment(&found) {
+        return Err(MlflowFailure::not_found(format!("No Experiment with id={id} exists")));
+    }
+    Ok(found)
+}
+
+/// An experiment the caller may change.
+async fn written_experiment(state: &AppState, who: &Tracker, id: &str) -> Result<ExperimentRecord, MlflowFailure> {
+    let found = seen_experiment(state, who, id).await?;
+    if !who.writes_experiment(&found) {
+        return Err(denied(format!(
+            "{} may not change experiment {id}: only its creator, an admin of its team or an installation admin may",
+            who.name()
+        )));
+    }
+    Ok(found)
+}
+
+/// A run the caller may see; another's is answered as missing.
+pub(crate) async fn seen_run(state: &AppState, who: &Tracker, id: &str) -> Result<RunRecord, MlflowFailure> {
+    let found = find_run(state, id).await?;
+    if !who.sees_run(&found) {
+        return Err(MlflowFailure::not_found(format!("Run with id={id} not found")));
+    }
+    Ok(found)
+}
+
+/// Checks that the caller may write to a run it sees.
+pub(crate) fn may_write(who: &Tracker, run: &RunRecord) -> Result<(), MlflowFailure> {
+    if who.writes_run(run) {
+        Ok(())
+    } else {
+        Err(denied(format!(
+            "{} may not change run {}: only its owner, an admin of its team or an installation admin may",
+            who.name(),
+            run.id
+        )))
+    }
+}
+
+/// A run the caller may write to.
+pub(crate) async fn written_run(state: &AppState, who: &Tracker, id: &str) -> Result<RunRecord, MlflowFailure> {
+    let found = seen_run(state, who, id).await?;
+    may_write(who, &found)?;
+    Ok(found)
 }
 
 /// A JSON body; an empty one reads as `{}`.
@@ -331,7 +387,8 @@ pub async fn create_experiment(
     auth: Auth,
     raw: Body,
 ) -> Answer<CreateExperimentResponse> {
-    user(auth)?;
+    let who = user(auth)?;
+    let creator = who.user()?;
     let req: CreateExperiment = body(raw)?;
     let name = required(&req.name, "name")?.trim();
     if name.is_empty() || name.chars().count() > 500 {
@@ -342,35 +399,42 @@ pub async fn create_experiment(
         tag_pairs.push(key_value("Tag", kv, TAG_VALUE_CHARS_MAX)?);
     }
     let location = req.artifact_location.as_deref().filter(|l| !l.is_empty());
-    let id = state.store.create_experiment(name, location, &tag_pairs, now_ms()).await?.ok_or_else(|| {
-        MlflowFailure::exists(format!("Experiment(name={name}) already exists. Error: the name is taken"))
-    })?;
+    if name.chars().any(char::is_control) {
+        return Err(MlflowFailure::invalid("An experiment name may not hold control characters"));
+    }
+    let team = crate::auth::tracking_team(creator, None);
+    let ownership = ferry_store::Ownership { owner: Some(&creator.name), team: team.as_deref() };
+    let id =
+        state.store.create_experiment(name, location, &tag_pairs, ownership, now_ms()).await?.ok_or_else(|| {
+            MlflowFailure::exists(format!("Experiment(name={name}) already exists. Error: the name is taken"))
+        })?;
     Ok(Json(CreateExperimentResponse { experiment_id: id.to_string() }))
 }
 
 pub async fn get_experiment(State(state): State<AppState>, auth: Auth, uri: Uri) -> Answer<ExperimentResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: ExperimentRef = query(&uri)?;
     let id = required(&req.experiment_id, "experiment_id")?;
-    Ok(Json(ExperimentResponse { experiment: wire_experiment(find_experiment(&state, id).await?) }))
+    Ok(Json(ExperimentResponse { experiment: wire_experiment(seen_experiment(&state, &who, id).await?) }))
 }
 
 pub async fn get_experiment_by_name(State(state): State<AppState>, auth: Auth, uri: Uri) -> Answer<ExperimentResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: ExperimentByName = query(&uri)?;
     let name = required(&req.experiment_name, "experiment_name")?;
     let found = state
         .store
         .experiment_by_name(name)
         .await?
+        .filter(|e| who.sees_experiment(e))
         .ok_or_else(|| MlflowFailure::not_found(format!("Could not find experiment with name '{name}'")))?;
     Ok(Json(ExperimentResponse { experiment: wire_experiment(found) }))
 }
 
 pub async fn update_experiment(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: UpdateExperiment = body(raw)?;
-    let experiment = find_experiment(&state, required(&req.experiment_id, "experiment_id")?).await?;
+    let experiment = written_experiment(&state, &who, required(&req.experiment_id, "experiment_id")?).await?;
     let name = required(&req.new_name, "new_name")?.trim();
     if experiment.lifecycle_stage != ACTIVE {
         return Err(MlflowFailure::invalid("Cannot rename a non-active experiment."));
@@ -390,9 +454,9 @@ pub async fn restore_experiment(State(state): State<AppState>, auth: Auth, raw: 
 }
 
 async fn set_experiment_stage(state: AppState, auth: Auth, raw: Body, stage: &str) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: ExperimentRef = body(raw)?;
-    let experiment = find_experiment(&state, required(&req.experiment_id, "experiment_id")?).await?;
+    let experiment = written_experiment(&state, &who, required(&req.experiment_id, "experiment_id")?).await?;
     if experiment.id == 0 && stage == DELETED {
         return Err(MlflowFailure::invalid(
             "Cannot delete the default experiment '0'. This is an internally reserved ID.",
@@ -403,9 +467,9 @@ async fn set_experiment_stage(state: AppState, auth: Auth, raw: Body, stage: &st
 }
 
 pub async fn set_experiment_tag(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: SetExperimentTag = body(raw)?;
-    let experiment = find_experiment(&state, required(&req.experiment_id, "experiment_id")?).await?;
+    let experiment = written_experiment(&state, &who, required(&req.experiment_id, "experiment_id")?).await?;
     let (key, value) = key_value("Tag", &KeyValue { key: req.key, value: req.value }, TAG_VALUE_CHARS_MAX)?;
     state.store.set_experiment_tag(experiment.id, &key, &value).await?;
     Ok(Json(json!({})))
@@ -416,7 +480,7 @@ pub async fn search_experiments(
     auth: Auth,
     raw: Body,
 ) -> Answer<SearchExperimentsResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: SearchExperiments = body(raw)?;
     let limit = page_size(req.max_results, SEARCH_EXPERIMENTS_DEFAULT, SEARCH_EXPERIMENTS_MAX, "experiments")?;
     let offset = page_offset(&req.page_token)?;
@@ -449,6 +513,7 @@ pub async fn search_experiments(
         .experiments()
         .await?
         .into_iter()
+        .filter(|e| who.sees_experiment(e))
         .filter(|e| stages.contains(&e.lifecycle_stage.as_str()))
         .filter(|e| {
             clauses.iter().all(|c| match &c.field {
@@ -503,10 +568,11 @@ pub(crate) fn paginate<T>(all: Vec<T>, offset: i64, limit: i64) -> (Vec<T>, Opti
 }
 
 pub async fn create_run(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<RunResponse> {
-    let caller = user(auth)?;
+    let who = user(auth)?;
+    let caller = who.user()?;
     let req: CreateRun = body(raw)?;
     let experiment =
-        find_experiment(&state, req.experiment_id.as_deref().filter(|e| !e.is_empty()).unwrap_or("0")).await?;
+        seen_experiment(&state, &who, req.experiment_id.as_deref().filter(|e| !e.is_empty()).unwrap_or("0")).await?;
     if experiment.lifecycle_stage != ACTIVE {
         return Err(MlflowFailure::invalid(format!(
             "The experiment {} must be in the 'active' state. Current state is {}.",
@@ -534,12 +600,14 @@ pub async fn create_run(State(state): State<AppState>, auth: Auth, raw: Body) ->
         id: id.clone(),
         experiment_id: experiment.id,
         name,
-        user_id: req.user_id.filter(|u| !u.is_empty()).unwrap_or(caller.name),
+        user_id: req.user_id.filter(|u| !u.is_empty()).unwrap_or_else(|| caller.name.clone()),
         status: "RUNNING".to_string(),
         start_time_ms: Some(req.start_time.unwrap_or_else(now_ms)),
         end_time_ms: None,
         artifact_uri: format!("{}/{id}/artifacts", experiment.artifact_location.trim_end_matches('/')),
         lifecycle_stage: ACTIVE.to_string(),
+        owner: Some(caller.name.clone()),
+        team: crate::auth::tracking_team(caller, experiment.team.as_deref()),
     };
     state.store.create_run(&run, &tag_pairs).await?;
     let data = state.store.run_data(&id).await?;
@@ -547,16 +615,17 @@ pub async fn create_run(State(state): State<AppState>, auth: Auth, raw: Body) ->
 }
 
 pub async fn get_run(State(state): State<AppState>, auth: Auth, uri: Uri) -> Answer<RunResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: RunRef = query(&uri)?;
-    let run = find_run(&state, run_id(&req.run_id, &req.run_uuid)?).await?;
+    let run = seen_run(&state, &who, run_id(&req.run_id, &req.run_uuid)?).await?;
     let data = state.store.run_data(&run.id).await?;
     Ok(Json(RunResponse { run: wire_run(&run, &data) }))
 }
 
 pub async fn update_run(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<UpdateRunResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: UpdateRun = body(raw)?;
+    written_run(&state, &who, run_id(&req.run_id, &req.run_uuid)?).await?;
     let run = active_run(&state, run_id(&req.run_id, &req.run_uuid)?).await?;
     let status = req.status.as_deref().filter(|s| !s.is_empty());
     if let Some(status) = status {
@@ -585,9 +654,9 @@ pub async fn restore_run(State(state): State<AppState>, auth: Auth, raw: Body) -
 }
 
 async fn set_run_stage(state: AppState, auth: Auth, raw: Body, stage: &str) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: RunRef = body(raw)?;
-    let run = find_run(&state, run_id(&req.run_id, &req.run_uuid)?).await?;
+    let run = written_run(&state, &who, run_id(&req.run_id, &req.run_uuid)?).await?;
     state.store.set_run_stage(&run.id, stage).await?;
     Ok(Json(json!({})))
 }
@@ -595,11 +664,13 @@ async fn set_run_stage(state: AppState, auth: Auth, raw: Body, stage: &str) -> A
 /// Logs to a run after every check, refusing a param whose value would change.
 async fn log(
     state: &AppState,
+    who: &Tracker,
     run: &str,
     metrics: &[MetricPoint],
     params: &[(String, String)],
     tags: &[(String, String)],
 ) -> Answer<serde_json::Value> {
+    written_run(state, who, run).await?;
     let run = active_run(state, run).await?;
     if let Err(c) = state.store.log_batch(&run.id, metrics, params, tags).await? {
         return Err(MlflowFailure::invalid(format!(
@@ -612,38 +683,40 @@ async fn log(
 }
 
 pub async fn log_metric(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogMetric = body(raw)?;
     let run = run_id(&req.run_id, &req.run_uuid)?;
     let point = metric_point(&req.metric)?;
-    log(&state, run, &[point], &[], &[]).await
+    log(&state, &who, run, &[point], &[], &[]).await
 }
 
 pub async fn log_parameter(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogKeyValue = body(raw)?;
     let run = run_id(&req.run_id, &req.run_uuid)?;
     let param = key_value("Param", &KeyValue { key: req.key, value: req.value }, PARAM_VALUE_CHARS_MAX)?;
-    log(&state, run, &[], &[param], &[]).await
+    log(&state, &who, run, &[], &[param], &[]).await
 }
 
 pub async fn set_tag(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogKeyValue = body(raw)?;
     let run = run_id(&req.run_id, &req.run_uuid)?;
     let tag = key_value("Tag", &KeyValue { key: req.key, value: req.value }, TAG_VALUE_CHARS_MAX)?;
     if tag.0 == "mlflow.runName" {
+        written_run(&state, &who, run).await?;
         let found = active_run(&state, run).await?;
         check_value("Run name", "run_name", &tag.1, KEY_CHARS_MAX)?;
         state.store.update_run(&found.id, None, None, Some(&tag.1)).await?;
         return Ok(Json(json!({})));
     }
-    log(&state, run, &[], &[], &[tag]).await
+    log(&state, &who, run, &[], &[], &[tag]).await
 }
 
 pub async fn delete_tag(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogKeyValue = body(raw)?;
+    written_run(&state, &who, run_id(&req.run_id, &req.run_uuid)?).await?;
     let run = active_run(&state, run_id(&req.run_id, &req.run_uuid)?).await?;
     let key = required(&req.key, "key")?;
     if !state.store.delete_run_tag(&run.id, key).await? {
@@ -653,7 +726,7 @@ pub async fn delete_tag(State(state): State<AppState>, auth: Auth, raw: Body) ->
 }
 
 pub async fn log_batch(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogBatch = body(raw)?;
     let run = required(&req.run_id, "run_id")?;
     let (metrics, params, tags) =
@@ -697,13 +770,13 @@ pub async fn log_batch(State(state): State<AppState>, auth: Auth, raw: Body) -> 
         tag_pairs.retain(|(k, _)| *k != pair.0);
         tag_pairs.push(pair);
     }
-    log(&state, run, &points, &param_pairs, &tag_pairs).await
+    log(&state, &who, run, &points, &param_pairs, &tag_pairs).await
 }
 
 pub async fn metric_history(State(state): State<AppState>, auth: Auth, uri: Uri) -> Answer<MetricHistoryResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: MetricHistory = query(&uri)?;
-    let run = find_run(&state, run_id(&req.run_id, &req.run_uuid)?).await?;
+    let run = seen_run(&state, &who, run_id(&req.run_id, &req.run_uuid)?).await?;
     let key = required(&req.metric_key, "metric_key")?;
     let offset = page_offset(&req.page_token)?;
     let paged = req.max_results.is_some() || req.page_token.as_deref().is_some_and(|t| !t.is_empty());
@@ -719,7 +792,7 @@ pub async fn metric_history(State(state): State<AppState>, auth: Auth, uri: Uri)
 }
 
 pub async fn search_runs(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<SearchRunsResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: SearchRuns = body(raw)?;
     let limit = page_size(req.max_results, SEARCH_RUNS_DEFAULT, SEARCH_RUNS_MAX, "runs")?;
     let offset = page_offset(&req.page_token)?;
@@ -747,7 +820,9 @@ pub async fn search_runs(State(state): State<AppState>, auth: Auth, raw: Body) -
             runs.extend(state.store.runs_of_experiment(id).await?);
         }
     }
-    runs.retain(|(r, d)| stages.contains(&r.lifecycle_stage.as_str()) && clauses.iter().all(|c| c.matches_run(r, d)));
+    runs.retain(|(r, d)| {
+        who.sees_run(r) && stages.contains(&r.lifecycle_stage.as_str()) && clauses.iter().all(|c| c.matches_run(r, d))
+    });
     runs.sort_by(|a, b| compare_runs(&orders, a, b));
     let (page, next_page_token) = paginate(runs, offset, limit);
     Ok(Json(SearchRunsResponse { runs: page.iter().map(|(r, d)| wire_run(r, d)).collect(), next_page_token }))

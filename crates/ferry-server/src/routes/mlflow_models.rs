@@ -19,10 +19,11 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::Tracker;
 use crate::routes::mlflow::{
-    active_run, body, experiment_id, find_experiment, key_value, now_ms, page_offset, page_size, paginate,
-    parse_filter, query, required, tags, user, Answer, Auth, Body, Clause, Field, Literal, MlflowFailure, ACTIVE,
-    DELETED,
+    active_run, body, denied, experiment_id, key_value, now_ms, page_offset, page_size, paginate, parse_filter, query,
+    required, seen_experiment, tags, user, written_run, Answer, Auth, Body, Clause, Field, Literal, MlflowFailure,
+    ACTIVE, DELETED,
 };
 use crate::state::AppState;
 
@@ -91,6 +92,42 @@ async fn find_model(state: &AppState, id: &str, allow_deleted: bool) -> Result<L
     }
 }
 
+/// Whether the caller sees a logged model, and may change it: it sees the model's experiment and the run that
+/// logged it (a job: its own run only); it changes it where it may write to that run, or, for a model no run
+/// logged, to the experiment.
+async fn model_access(state: &AppState, who: &Tracker, m: &LoggedModelRecord) -> Result<(bool, bool), MlflowFailure> {
+    let Some(experiment) = state.store.experiment(m.experiment_id).await? else { return Ok((false, false)) };
+    if !who.sees_experiment(&experiment) {
+        return Ok((false, false));
+    }
+    match &m.source_run_id {
+        Some(run) => match state.store.run(run).await? {
+            Some(run) => Ok((who.sees_run(&run), who.writes_run(&run))),
+            None => Ok((false, false)),
+        },
+        None => Ok((matches!(who, Tracker::User(_)), who.writes_experiment(&experiment))),
+    }
+}
+
+/// A logged model the caller sees (another's is answered as missing) and, with `write`, may change.
+pub(crate) async fn allowed_model(
+    state: &AppState,
+    who: &Tracker,
+    id: &str,
+    allow_deleted: bool,
+    write: bool,
+) -> Result<LoggedModelRecord, MlflowFailure> {
+    let model = find_model(state, id, allow_deleted).await?;
+    let (sees, writes) = model_access(state, who, &model).await?;
+    if !sees {
+        return Err(MlflowFailure::not_found(format!("Logged model with ID '{id}' not found")));
+    }
+    if write && !writes {
+        return Err(denied(format!("{} may not change logged model {id}", who.name())));
+    }
+    Ok(model)
+}
+
 fn pairs(kind: &str, given: &Option<Vec<KeyValue>>) -> Result<Vec<(String, String)>, MlflowFailure> {
     let given = given.as_deref().unwrap_or_default();
     if given.len() > PAIRS_MAX {
@@ -107,9 +144,9 @@ fn pairs(kind: &str, given: &Option<Vec<KeyValue>>) -> Result<Vec<(String, Strin
 
 /// `POST /api/2.0/mlflow/logged-models`.
 pub async fn create(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<LoggedModelResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: CreateLoggedModel = body(raw)?;
-    let experiment = find_experiment(&state, required(&req.experiment_id, "experiment_id")?).await?;
+    let experiment = seen_experiment(&state, &who, required(&req.experiment_id, "experiment_id")?).await?;
     if experiment.lifecycle_stage != ACTIVE {
         return Err(MlflowFailure::invalid(format!(
             "The experiment {} must be in the 'active' state. Current state is {}.",
@@ -117,8 +154,15 @@ pub async fn create(State(state): State<AppState>, auth: Auth, raw: Body) -> Ans
         )));
     }
     let source_run_id = req.source_run_id.filter(|r| !r.is_empty());
-    if let Some(run) = &source_run_id {
-        active_run(&state, run).await?;
+    match &source_run_id {
+        Some(run) => {
+            written_run(&state, &who, run).await?;
+            active_run(&state, run).await?;
+        }
+        // A job logs models from its own run only.
+        None => {
+            who.user()?;
+        }
     }
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
@@ -162,11 +206,11 @@ pub async fn get_model(
     uri: Uri,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<LoggedModelResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let id = model_id_param(path)?;
     let q: GetQuery = query(&uri)?;
     let allow_deleted = q.allow_deleted.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let model = find_model(&state, &id, allow_deleted).await?;
+    let model = allowed_model(&state, &who, &id, allow_deleted, false).await?;
     Ok(Json(LoggedModelResponse { model: wire_model(&model) }))
 }
 
@@ -177,11 +221,11 @@ pub async fn finalize(
     path: Result<Path<String>, PathRejection>,
     raw: Body,
 ) -> Answer<LoggedModelResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let id = model_id_param(path)?;
     let req: FinalizeLoggedModel = body(raw)?;
     let status = parse_status(required(&req.status, "status")?)?;
-    find_model(&state, &id, false).await?;
+    allowed_model(&state, &who, &id, false, true).await?;
     state.store.set_logged_model_status(&id, status, now_ms()).await?;
     let model = find_model(&state, &id, false).await?;
     Ok(Json(LoggedModelResponse { model: wire_model(&model) }))
@@ -193,9 +237,13 @@ pub async fn delete(
     auth: Auth,
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let id = model_id_param(path)?;
-    find_model(&state, &id, false).await?;
+    // The right to delete is checked before whether it already is, so a refusal never depends on the order.
+    let model = allowed_model(&state, &who, &id, true, true).await?;
+    if model.lifecycle_stage != ACTIVE {
+        return Err(MlflowFailure::not_found(format!("Logged model with ID '{id}' not found")));
+    }
     state.store.set_logged_model_stage(&id, DELETED, now_ms()).await?;
     Ok(Json(json!({})))
 }
@@ -227,11 +275,11 @@ async fn set_pairs(
     raw: Body,
     params: bool,
 ) -> Answer<LoggedModelResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let id = model_id_param(path)?;
     let req: LoggedModelKeyValues = body(raw)?;
     let given = if params { pairs("Param", &req.params)? } else { pairs("Tag", &req.tags)? };
-    find_model(&state, &id, false).await?;
+    allowed_model(&state, &who, &id, false, true).await?;
     state.store.set_logged_model_pairs(&id, params, &given, now_ms()).await?;
     let model = find_model(&state, &id, false).await?;
     Ok(Json(LoggedModelResponse { model: wire_model(&model) }))
@@ -243,10 +291,10 @@ pub async fn delete_tag(
     auth: Auth,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let (id, key) =
         path.map(|Path(p)| p).map_err(|e| MlflowFailure::invalid(format!("the path could not be read: {e}")))?;
-    find_model(&state, &id, false).await?;
+    allowed_model(&state, &who, &id, false, true).await?;
     if !state.store.delete_logged_model_tag(&id, &key).await? {
         return Err(MlflowFailure::not_found(format!("No tag with key '{key}' on logged model '{id}'")));
     }
@@ -316,7 +364,7 @@ fn compare(field: &str, a: &LoggedModelRecord, b: &LoggedModelRecord) -> Orderin
 
 /// `POST /api/2.0/mlflow/logged-models/search`.
 pub async fn search(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<SearchLoggedModelsResponse> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: SearchLoggedModels = body(raw)?;
     let ids = req.experiment_ids.unwrap_or_default();
     if ids.is_empty() {
@@ -344,13 +392,12 @@ pub async fn search(State(state): State<AppState>, auth: Auth, raw: Body) -> Ans
     }
     let offset = page_offset(&req.page_token)?;
     let limit = page_size(req.max_results, SEARCH_MODELS_DEFAULT, SEARCH_MODELS_MAX, "max_results")?;
-    let mut models: Vec<LoggedModelRecord> = state
-        .store
-        .logged_models(&experiment_ids, ACTIVE)
-        .await?
-        .into_iter()
-        .filter(|m| clauses.iter().all(|c| matches(c, m)))
-        .collect();
+    let mut models: Vec<LoggedModelRecord> = Vec::new();
+    for m in state.store.logged_models(&experiment_ids, ACTIVE).await? {
+        if clauses.iter().all(|c| matches(c, &m)) && model_access(&state, &who, &m).await?.0 {
+            models.push(m);
+        }
+    }
     models.sort_by(|a, b| {
         orders
             .iter()
@@ -364,9 +411,11 @@ pub async fn search(State(state): State<AppState>, auth: Auth, raw: Body) -> Ans
 
 async fn log_run_models(
     state: &AppState,
+    who: &Tracker,
     req: LogRunModels,
     direction: RunModelDirection,
 ) -> Answer<serde_json::Value> {
+    written_run(state, who, required(&req.run_id, "run_id")?).await?;
     let run = active_run(state, required(&req.run_id, "run_id")?).await?;
     let models = req.models.unwrap_or_default();
     if models.len() > PAIRS_MAX {
@@ -375,7 +424,7 @@ async fn log_run_models(
     let mut refs = Vec::with_capacity(models.len());
     for m in &models {
         let id = required(&m.model_id, "model_id")?;
-        find_model(state, id, false).await?;
+        allowed_model(state, who, id, false, false).await?;
         refs.push((id.to_string(), m.step.unwrap_or(0)));
     }
     state.store.log_run_models(&run.id, direction, &refs).await?;
@@ -384,15 +433,15 @@ async fn log_run_models(
 
 /// `POST /api/2.0/mlflow/runs/outputs`: the models a run produced.
 pub async fn log_outputs(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogRunModels = body(raw)?;
-    log_run_models(&state, req, RunModelDirection::Output).await
+    log_run_models(&state, &who, req, RunModelDirection::Output).await
 }
 
 /// `POST /api/2.0/mlflow/runs/log-inputs`: the models a run used. Datasets are not recorded, and a request with
 /// datasets is refused rather than half done.
 pub async fn log_inputs(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogRunModels = body(raw)?;
     if req.datasets.as_ref().is_some_and(|d| !d.is_empty()) {
         return Err(MlflowFailure::new(
@@ -401,7 +450,7 @@ pub async fn log_inputs(State(state): State<AppState>, auth: Auth, raw: Body) ->
             "Ferry does not record dataset inputs of runs yet; model inputs are recorded",
         ));
     }
-    log_run_models(&state, req, RunModelDirection::Input).await
+    log_run_models(&state, &who, req, RunModelDirection::Input).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,8 +464,9 @@ struct LogModel {
 /// `POST /api/2.0/mlflow/runs/log-model`: appends the model's description to the run's
 /// `mlflow.log-model.history` tag, as MLflow's stores do.
 pub async fn log_model(State(state): State<AppState>, auth: Auth, raw: Body) -> Answer<serde_json::Value> {
-    user(auth)?;
+    let who = user(auth)?;
     let req: LogModel = body(raw)?;
+    written_run(&state, &who, required(&req.run_id, "run_id")?).await?;
     let run = active_run(&state, required(&req.run_id, "run_id")?).await?;
     let text = required(&req.model_json, "model_json")?;
     if text.len() > LOG_MODEL_JSON_BYTES_MAX {
@@ -439,28 +489,6 @@ pub async fn log_model(State(state): State<AppState>, auth: Auth, raw: Body) -> 
         .await?
         .map_err(|c| MlflowFailure::invalid(format!("could not record the model: the param {} conflicts", c.key)))?;
     Ok(Json(json!({})))
-}
-
-/// The logged-model endpoints and the run calls about models, for `app`.
-pub fn router() -> axum::Router<AppState> {
-    use crate::routes::mlflow::wrong_method;
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route("/api/2.0/mlflow/logged-models", post(create).fallback(wrong_method))
-        .route("/api/2.0/mlflow/logged-models/search", post(search).fallback(wrong_method))
-        .route(
-            "/api/2.0/mlflow/logged-models/{model_id}",
-            get(get_model).patch(finalize).delete(delete).fallback(wrong_method),
-        )
-        .route("/api/2.0/mlflow/logged-models/{model_id}/tags", axum::routing::patch(set_tags).fallback(wrong_method))
-        .route(
-            "/api/2.0/mlflow/logged-models/{model_id}/tags/{tag_key}",
-            axum::routing::delete(delete_tag).fallback(wrong_method),
-        )
-        .route("/api/2.0/mlflow/logged-models/{model_id}/params", post(log_params).fallback(wrong_method))
-        .route("/api/2.0/mlflow/runs/outputs", post(log_outputs).fallback(wrong_method))
-        .route("/api/2.0/mlflow/runs/log-inputs", post(log_inputs).fallback(wrong_method))
-        .route("/api/2.0/mlflow/runs/log-model", post(log_model).fallback(wrong_method))
 }
 
 #[cfg(test)]

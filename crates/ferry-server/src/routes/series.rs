@@ -38,11 +38,12 @@ pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Json<Met
     responses((status = 200, body = SeriesAnswer), (status = 400, body = ErrorBody)))]
 pub async fn query(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(rejection)?;
     let unit = crate::series::check(&q.metric, &q.by).map_err(ApiError::invalid)?;
+    let shown = Shown::for_query(&state, &caller, &q.by, q.id.as_deref()).await?;
     let now = now_us();
     let end_us = match &q.end {
         Some(text) => parse_time(text, now, "end")?,
@@ -76,6 +77,9 @@ pub async fn query(
         body.extend_from_slice(b"{\"series\":[");
         let mut first = true;
         let shape = store.query_each(&tsdb_query, |id, buckets| {
+            if !shown.allows(&by, id) {
+                return;
+            }
             if !std::mem::take(&mut first) {
                 body.push(b',');
             }
@@ -99,6 +103,49 @@ pub async fn query(
     .map_err(|_| ApiError::unavailable())?
     .map_err(query_error)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Which series of an owner's kind (user, team, project, job) a caller may read: an installation admin all; anyone
+/// else its own user's, its teams' and their projects', and a job's it may see when it names the job. Series of the
+/// cluster (nodes, GPUs, pools, everything) are everyone's.
+#[derive(Clone)]
+pub(crate) struct Shown {
+    caller: Option<std::sync::Arc<crate::auth::UserCaller>>,
+}
+
+impl Shown {
+    pub(crate) async fn for_query(
+        state: &AppState,
+        caller: &Caller,
+        kind: &str,
+        id: Option<&str>,
+    ) -> Result<Shown, ApiError> {
+        if caller.admin {
+            return Ok(Shown { caller: None });
+        }
+        if kind == "job" {
+            let job = id.and_then(|i| i.parse::<u64>().ok()).ok_or_else(|| {
+                ApiError::new(
+                    ferry_api::ErrorCode::Forbidden,
+                    "series by job name one job (id=JOB): only installation admins read every job's at once",
+                )
+            })?;
+            crate::routes::jobs::load(state, caller, job).await?;
+        }
+        Ok(Shown { caller: Some(caller.0.clone()) })
+    }
+
+    pub(crate) fn allows(&self, kind: &str, id: &str) -> bool {
+        let Some(caller) = &self.caller else { return true };
+        match kind {
+            "user" => id == caller.name,
+            "team" => caller.sees_team(Some(id)),
+            "project" => id.split_once('/').is_some_and(|(team, _)| caller.sees_team(Some(team))),
+            // Checked whole in `for_query`.
+            "job" => true,
+            _ => true,
+        }
+    }
 }
 
 /// One series as `{"id":...,"mean":[...],"max":[...]}`, `null` where a step has no data.

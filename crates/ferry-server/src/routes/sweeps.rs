@@ -46,7 +46,6 @@ pub async fn submit(
     caller: Caller,
     body: Result<Json<SubmitSweep>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(axum::http::StatusCode, Json<SweepSubmitted>), ApiError> {
-    caller.require_user()?;
     let Json(req) = body.map_err(rejection)?;
     if req.spec.len() > SPEC_BYTES_MAX {
         return Err(ApiError::new(
@@ -59,15 +58,18 @@ pub async fn submit(
     // The first trial's job is checked whole now (resources, env names, image, pool), so a sweep that cannot run
     // is refused at once rather than failing trial by trial.
     let first = ferry_sweep::Sweep::new(spec.clone()).propose();
+    let mut team = None;
     if let Some(p) = first.first() {
         let submission = trial.submission(&spec, &p.params, 0, req.code.clone()).map_err(ApiError::invalid)?;
-        crate::routes::jobs::prepare(&state, submission, &caller.name).await?;
+        team = crate::routes::jobs::prepare(&state, submission, &caller).await?.team;
     }
-    let experiment_id = crate::jobruns::experiment_named(&state.store, &trial.experiment(&spec)).await?;
+    let ownership = ferry_store::Ownership { owner: Some(&caller.name), team: team.as_deref() };
+    let experiment_id = crate::jobruns::experiment_named(&state.store, &trial.experiment(&spec), ownership).await?;
     let record = SweepRecord {
         id: 0,
         name: spec.name.clone(),
         owner: caller.name.clone(),
+        team,
         spec: req.spec,
         code: req.code.as_ref().map(|c| serde_json::to_string(c).expect("code serializes")),
         experiment_id,
@@ -94,7 +96,6 @@ pub async fn list(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SweepList>, ApiError> {
-    caller.require_user()?;
     let Query(query) = query.map_err(rejection)?;
     if let Some(s) = &query.state {
         if SweepState::parse(s).is_none() {
@@ -103,7 +104,9 @@ pub async fn list(
             )));
         }
     }
-    let records = state.store.sweeps(query.state.as_deref(), query.limit.unwrap_or(100).min(LIST_LIMIT_MAX)).await?;
+    let visible = crate::routes::jobs::visibility(&caller);
+    let limit = query.limit.unwrap_or(100).min(LIST_LIMIT_MAX);
+    let records = state.store.sweeps(query.state.as_deref(), limit, visible.as_ref()).await?;
     let mut sweeps = Vec::with_capacity(records.len());
     for record in records {
         let mut sweep = view(&state, record).await?;
@@ -117,27 +120,39 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/sweeps/{id}", params(("id" = u64, Path)),
     responses((status = 200, body = Sweep), (status = 404, body = ErrorBody)))]
 pub async fn show(State(state): State<AppState>, caller: Caller, id: SweepId) -> Result<Json<Sweep>, ApiError> {
-    caller.require_user()?;
-    Ok(Json(shown(&state, id).await?))
+    let record = visible(&state, &caller, id).await?;
+    Ok(Json(view(&state, record).await?))
 }
 
 type SweepId = Result<Path<u64>, axum::extract::rejection::PathRejection>;
 
-/// The sweep at a path's id, as the API shows it.
-async fn shown(state: &AppState, id: SweepId) -> Result<Sweep, ApiError> {
+/// The sweep at a path's id, if the caller may see it (another team's is answered as missing).
+async fn visible(state: &AppState, caller: &Caller, id: SweepId) -> Result<SweepRecord, ApiError> {
     let Path(id) = id.map_err(|_| ApiError::invalid("a sweep id is a number, as `ferry sweep` printed it"))?;
-    let record = state.store.sweep(id).await?.ok_or_else(|| ApiError::not_found(format!("no sweep {id}")))?;
-    view(state, record).await
+    let missing = || ApiError::not_found(format!("no sweep {id}"));
+    let record = state.store.sweep(id).await?.ok_or_else(missing)?;
+    if !caller.sees(&record.owner, record.team.as_deref()) {
+        return Err(missing());
+    }
+    Ok(record)
 }
 
 #[utoipa::path(post, path = "/api/v1/sweeps/{id}/cancel", params(("id" = u64, Path)),
     responses((status = 200, body = Sweep), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(State(state): State<AppState>, caller: Caller, id: SweepId) -> Result<Json<Sweep>, ApiError> {
-    caller.require_user()?;
-    if let Ok(Path(number)) = &id {
-        state.sweeps.cancel(*number).await?;
+    let record = visible(&state, &caller, id).await?;
+    if !caller.changes(&record.owner, record.team.as_deref()) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "sweep {} is {}'s; only its owner, an admin of its team or an installation admin may cancel it",
+                record.id, record.owner
+            ),
+        ));
     }
-    Ok(Json(shown(&state, id).await?))
+    state.sweeps.cancel(record.id, caller.name.clone()).await?;
+    let record = state.store.sweep(record.id).await?.ok_or_else(ApiError::unavailable)?;
+    Ok(Json(view(&state, record).await?))
 }
 
 /// A sweep as the API shows it, from the store: its trials, their jobs and each one's latest objective value.

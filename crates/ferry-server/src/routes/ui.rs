@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{authenticate, same_origin, session_cookie, SESSION_COOKIE};
+use crate::auth::{authenticate, same_origin, session_cookie, Principal, SESSION_COOKIE};
 use crate::state::AppState;
 
 /// Every static file of the dashboard, by the name it is served under (`/ui/{name}`), with its content type.
@@ -56,7 +56,7 @@ fn see_other(location: &'static str) -> Response {
 /// Whether the request's cookie signs in a user (not an agent).
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
     match session_cookie(headers) {
-        Some(token) => authenticate(state, &token).await.is_ok_and(|caller| caller.require_user().is_ok()),
+        Some(token) => authenticate(state, &token).await.is_ok_and(|p| matches!(p, Principal::User(_))),
         None => false,
     }
 }
@@ -105,7 +105,7 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: Byte
             Some("That token is not valid. Check it and try again; `ferry up` writes the admin token to admin.token in its data directory."),
         );
     };
-    if caller.require_user().is_err() {
+    if !matches!(caller, Principal::User(_)) {
         return login_page(
             StatusCode::UNAUTHORIZED,
             Some("That is an agent token, which only agents may use. Sign in with a user or admin token."),

@@ -71,11 +71,11 @@ pub async fn usage(
     caller: Caller,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require_user()?;
     let Query(q) = query.map_err(rejection)?;
     if !KINDS.contains(&q.by.as_str()) {
         return Err(ApiError::invalid(format!("`by={}` is not known; use one of {}", q.by, KINDS.join(", "))));
     }
+    let shown = crate::routes::series::Shown::for_query(&state, &caller, &q.by, None).await?;
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -133,7 +133,7 @@ pub async fn usage(
     .await
     .map_err(|_| ApiError::unavailable())?
     .map_err(query_error)?;
-    let mut rows: Vec<UsageRow> = rows.into_values().collect();
+    let mut rows: Vec<UsageRow> = rows.into_values().filter(|r| shown.allows(&q.by, &r.id)).collect();
     rows.sort_by(|a, b| b.gpu_hours_allocated.total_cmp(&a.gpu_hours_allocated).then_with(|| a.id.cmp(&b.id)));
     let report = UsageReport { by: q.by, start_us, end_us, step_s: (step_us / 1_000_000) as u64, rows };
     if csv {

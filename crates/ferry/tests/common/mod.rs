@@ -29,6 +29,8 @@ pub struct Ferry {
     extra_agents: Vec<(Child, PathBuf)>,
     /// Extra arguments for `ferry server`, such as `--config FILE`.
     pub server_args: Vec<String>,
+    /// Extra environment of `ferry server`.
+    pub server_env: Vec<(String, String)>,
 }
 
 /// How the node of a test looks.
@@ -61,15 +63,26 @@ impl Ferry {
     /// As `start_with_timeout`, with `extra` added to the agent's TOML configuration (top-level keys such as
     /// `nvml_library = "/path"`); `node.gpus` GPUs are declared in the configuration, so 0 declares none.
     pub fn start_with_agent_config(node: NodeSpec, extra: &str, node_timeout: &str) -> Ferry {
-        Ferry::start_full(node, extra, node_timeout, None)
+        Ferry::start_full(node, extra, node_timeout, None, &[])
+    }
+
+    /// A server with these environment variables, and one agent.
+    pub fn start_with_server_env(node: NodeSpec, env: &[(&str, &str)]) -> Ferry {
+        Ferry::start_full(node, "", "30s", None, env)
     }
 
     /// A server started with `--config` holding `server_config`, and one agent.
     pub fn start_with_server_config(node: NodeSpec, agent_extra: &str, server_config: &str) -> Ferry {
-        Ferry::start_full(node, agent_extra, "30s", Some(server_config))
+        Ferry::start_full(node, agent_extra, "30s", Some(server_config), &[])
     }
 
-    fn start_full(node: NodeSpec, extra: &str, node_timeout: &str, server_config: Option<&str>) -> Ferry {
+    fn start_full(
+        node: NodeSpec,
+        extra: &str,
+        node_timeout: &str,
+        server_config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Ferry {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("work")).unwrap();
         let gpus: Vec<String> = (0..node.gpus)
@@ -90,6 +103,7 @@ impl Ferry {
             agent: None,
             extra_agents: Vec::new(),
             server_args: Vec::new(),
+            server_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         if let Some(text) = server_config {
             let path = ferry.root.path().join("ferry.toml");
@@ -128,6 +142,7 @@ impl Ferry {
         let child = Command::new(ferry_bin())
             .args(["server", "--listen", &format!("127.0.0.1:{}", self.port), "--node-timeout", &self.node_timeout])
             .args(&self.server_args)
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .env("FERRY_HOME", self.home())
             .stdout(self.log("server.log"))
             .stderr(self.log("server.log"))
@@ -139,12 +154,25 @@ impl Ferry {
         });
     }
 
+    /// A file with a join token bound to `node`, made with the admin token the first time and kept, so that an agent
+    /// restarted by a test speaks with the token its node registered with.
+    pub fn join_token_file(&self, node: &str) -> PathBuf {
+        let path = self.root.path().join(format!("join-{node}.token"));
+        if !path.exists() {
+            let token =
+                self.ok(&["token", "create", "--agent", "--node", node, "--name", &format!("test agent {node}")]);
+            std::fs::write(&path, token.trim()).unwrap();
+        }
+        path
+    }
+
     pub fn start_agent(&mut self) {
+        let token = self.join_token_file("node-a");
         let child = Command::new(ferry_bin())
             .args(["agent", "--server", &self.url(), "--data-dir"])
             .arg(self.agent_dir())
             .arg("--token-file")
-            .arg(self.home().join("admin.token"))
+            .arg(token)
             .arg("--config")
             .arg(self.root.path().join("agent.toml"))
             .stdout(self.log("agent.log"))
@@ -163,11 +191,12 @@ impl Ferry {
             format!("name = \"{name}\"\npool = \"{pool}\"\ncpus = 4\nmemory = \"8GiB\"\n{}", gpu_tables.join("\n"));
         let config_path = self.root.path().join(format!("agent-{name}.toml"));
         std::fs::write(&config_path, config).unwrap();
+        let token = self.join_token_file(name);
         let child = Command::new(ferry_bin())
             .args(["agent", "--server", &self.url(), "--data-dir"])
             .arg(&dir)
             .arg("--token-file")
-            .arg(self.home().join("admin.token"))
+            .arg(token)
             .arg("--config")
             .arg(&config_path)
             .stdout(self.log("agent.log"))

@@ -1,0 +1,327 @@
+//! Users, service accounts and teams: installation admins create users and teams and disable users; team admins
+//! manage their team's members and projects; everyone may ask who they are and see the teams they belong to.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ferry_api::tokens::{
+    identity_name_problem, CreateProject, CreateTeam, CreateUser, SetMember, TeamInfo, TeamList, TeamRole, UserInfo,
+    UserList, WhoAmI,
+};
+use ferry_api::{ErrorBody, ErrorCode};
+use ferry_store::{NewUser, UserRecord};
+
+use crate::auth::Caller;
+use crate::driver::now_us;
+use crate::error::{rejection, ApiError};
+use crate::state::AppState;
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Forbidden, message)
+}
+
+fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(forbidden(format!("only an installation admin (with an admin-scoped token) may {what}")))
+    }
+}
+
+fn checked_name(name: &str) -> Result<&str, ApiError> {
+    let name = name.trim();
+    match identity_name_problem(name) {
+        Some(problem) => Err(ApiError::invalid(problem)),
+        None => Ok(name),
+    }
+}
+
+async fn user_info(state: &AppState, user: UserRecord) -> Result<UserInfo, ApiError> {
+    let teams = state
+        .store
+        .memberships(user.id)
+        .await?
+        .into_iter()
+        .filter_map(|(team, role)| TeamRole::parse(&role).map(|r| (team, r)))
+        .collect();
+    Ok(UserInfo {
+        name: user.name,
+        service: user.kind == "service",
+        admin: user.admin,
+        disabled: user.disabled_at_us.is_some(),
+        default_team: user.default_team,
+        teams,
+        created_at_us: user.created_at_us,
+        created_by: user.created_by,
+    })
+}
+
+async fn find_user(state: &AppState, name: &str) -> Result<UserRecord, ApiError> {
+    state
+        .store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user `{name}`; `ferry user list` shows them")))
+}
+
+/// Who the caller is: the user behind the token, the token's scope and the caller's teams.
+#[utoipa::path(get, path = "/api/v1/whoami", security(("token" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn whoami(State(state): State<AppState>, caller: Caller) -> Result<Json<WhoAmI>, ApiError> {
+    let user = state.store.user(caller.id).await?.ok_or_else(ApiError::unavailable)?;
+    Ok(Json(WhoAmI { user: user_info(&state, user).await?, scope: caller.scope, expires_at_us: caller.expires_at_us }))
+}
+
+/// Users and service accounts: all of them for an installation admin, oneself for anyone else.
+#[utoipa::path(get, path = "/api/v1/users", security(("token" = [])),
+    responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<UserList>, ApiError> {
+    let mut users = Vec::new();
+    for user in state.store.users().await? {
+        if caller.admin || user.id == caller.id {
+            users.push(user_info(&state, user).await?);
+        }
+    }
+    Ok(Json(UserList { users }))
+}
+
+#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUser, security(("token" = [])),
+    responses((status = 201, body = UserInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody<CreateUser>,
+) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
+    admin_only(&caller, "create users")?;
+    let Json(spec) = body.map_err(rejection)?;
+    let name = checked_name(&spec.name)?;
+    for team in spec.teams.keys() {
+        if !state.store.team_exists(team).await? {
+            return Err(ApiError::not_found(format!("no team `{team}`; create it with `ferry team add {team}`")));
+        }
+    }
+    let default_team = match (&spec.default_team, spec.teams.len()) {
+        (Some(team), _) if !spec.teams.contains_key(team) => {
+            return Err(ApiError::invalid(format!("the default team `{team}` must be one of the user's teams")))
+        }
+        (Some(team), _) => Some(team.clone()),
+        (None, 1) => spec.teams.keys().next().cloned(),
+        (None, _) => None,
+    };
+    let kind = if spec.service { "service" } else { "user" };
+    let new = NewUser {
+        name,
+        kind,
+        admin: spec.admin,
+        default_team: default_team.as_deref(),
+        created_by: Some(&caller.name),
+    };
+    let id = state
+        .store
+        .create_user(&new, now_us())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Conflict, format!("there is already a user `{name}`")))?;
+    for (team, role) in &spec.teams {
+        state.store.set_member(team, id, role.name()).await?;
+    }
+    tracing::info!(user = name, kind, admin = spec.admin, by = %caller.name, "user created");
+    let user = state.store.user(id).await?.ok_or_else(ApiError::unavailable)?;
+    Ok((StatusCode::CREATED, Json(user_info(&state, user).await?)))
+}
+
+/// Disables a user: every token and session of theirs is refused from now on; their jobs keep running.
+#[utoipa::path(post, path = "/api/v1/users/{name}/disable", params(("name" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn disable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<UserInfo>, ApiError> {
+    admin_only(&caller, "disable users")?;
+    let user = find_user(&state, &name).await?;
+    if user.disabled_at_us.is_some() {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("user {name} is already disabled")));
+    }
+    if user.admin && state.store.enabled_admins().await? <= 1 {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{name} is the last installation admin; make another admin first (`ferry user add NAME --admin`)"),
+        ));
+    }
+    state.store.set_user_disabled(user.id, Some(now_us())).await?;
+    state.tokens.clear();
+    tracing::info!(user = %name, by = %caller.name, "user disabled");
+    Ok(Json(user_info(&state, find_user(&state, &name).await?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{name}/enable", params(("name" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn enable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<UserInfo>, ApiError> {
+    admin_only(&caller, "enable users")?;
+    let user = find_user(&state, &name).await?;
+    if user.disabled_at_us.is_none() {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("user {name} is not disabled")));
+    }
+    state.store.set_user_disabled(user.id, None).await?;
+    state.tokens.clear();
+    tracing::info!(user = %name, by = %caller.name, "user enabled");
+    Ok(Json(user_info(&state, find_user(&state, &name).await?).await?))
+}
+
+/// Teams: all of them for an installation admin, the caller's own for anyone else.
+#[utoipa::path(get, path = "/api/v1/teams", security(("token" = [])),
+    responses((status = 200, body = TeamList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn teams(State(state): State<AppState>, caller: Caller) -> Result<Json<TeamList>, ApiError> {
+    let teams = state
+        .store
+        .teams()
+        .await?
+        .into_iter()
+        .filter(|t| caller.sees_team(Some(&t.name)))
+        .map(|t| TeamInfo {
+            members: t.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
+            name: t.name,
+            projects: t.projects,
+            created_at_us: t.created_at_us,
+        })
+        .collect();
+    Ok(Json(TeamList { teams }))
+}
+
+async fn team_info(state: &AppState, name: &str) -> Result<TeamInfo, ApiError> {
+    let team = state.store.teams().await?.into_iter().find(|t| t.name == name).ok_or_else(ApiError::unavailable)?;
+    Ok(TeamInfo {
+        members: team.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
+        name: team.name,
+        projects: team.projects,
+        created_at_us: team.created_at_us,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/teams", request_body = CreateTeam, security(("token" = [])),
+    responses((status = 201, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_team(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody<CreateTeam>,
+) -> Result<(StatusCode, Json<TeamInfo>), ApiError> {
+    admin_only(&caller, "create teams")?;
+    let Json(spec) = body.map_err(rejection)?;
+    let name = checked_name(&spec.name)?;
+    if !state.store.create_team(name, Some(&caller.name), now_us()).await? {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("there is already a team `{name}`")));
+    }
+    tracing::info!(team = name, by = %caller.name, "team created");
+    Ok((StatusCode::CREATED, Json(team_info(&state, name).await?)))
+}
+
+/// A team the caller may manage, or why not. Another team is not confirmed to exist to a non-member.
+async fn managed_team(state: &AppState, caller: &Caller, team: &str) -> Result<(), ApiError> {
+    let exists = state.store.team_exists(team).await?;
+    if !exists || !caller.sees_team(Some(team)) {
+        return Err(ApiError::not_found(format!("no team `{team}`; `ferry team list` shows your teams")));
+    }
+    if !caller.manages_team(team) {
+        return Err(forbidden(format!(
+            "only an admin of team {team} (with an admin-scoped token) or an installation admin may change it"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds a member to a team or changes their role.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/members/{user}", request_body = SetMember,
+    params(("team" = String, Path), ("user" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn set_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((team, user)): Path<(String, String)>,
+    body: JsonBody<SetMember>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    let Json(spec) = body.map_err(rejection)?;
+    managed_team(&state, &caller, &team).await?;
+    let found = find_user(&state, &user).await?;
+    let current: BTreeMap<String, String> = state.store.memberships(found.id).await?.into_iter().collect();
+    if current.get(&team).map(String::as_str) == Some("admin")
+        && spec.role != TeamRole::Admin
+        && state.store.team_admins(&team).await? <= 1
+        && !caller.is_admin()
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{user} is the last admin of team {team}; make another member admin first"),
+        ));
+    }
+    state.store.set_member(&team, found.id, spec.role.name()).await?;
+    if found.default_team.is_none() && spec.role >= TeamRole::Member {
+        state.store.set_default_team(found.id, Some(&team)).await?;
+    }
+    state.tokens.clear();
+    tracing::info!(team = %team, user = %user, role = spec.role.name(), by = %caller.name, "team member set");
+    Ok(Json(team_info(&state, &team).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/members/{user}",
+    params(("team" = String, Path), ("user" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = TeamInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((team, user)): Path<(String, String)>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    managed_team(&state, &caller, &team).await?;
+    let found = find_user(&state, &user).await?;
+    let current: BTreeMap<String, String> = state.store.memberships(found.id).await?.into_iter().collect();
+    match current.get(&team).map(String::as_str) {
+        None => return Err(ApiError::not_found(format!("{user} is not a member of team {team}"))),
+        Some("admin") if state.store.team_admins(&team).await? <= 1 && !caller.is_admin() => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{user} is the last admin of team {team}; make another member admin first"),
+            ))
+        }
+        Some(_) => {}
+    }
+    state.store.remove_member(&team, found.id).await?;
+    if found.default_team.as_deref() == Some(team.as_str()) {
+        state.store.set_default_team(found.id, None).await?;
+    }
+    state.tokens.clear();
+    tracing::info!(team = %team, user = %user, by = %caller.name, "team member removed");
+    Ok(Json(team_info(&state, &team).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/teams/{team}/projects", request_body = CreateProject,
+    params(("team" = String, Path)), security(("token" = [])),
+    responses((status = 201, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_project(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team): Path<String>,
+    body: JsonBody<CreateProject>,
+) -> Result<(StatusCode, Json<TeamInfo>), ApiError> {
+    let Json(spec) = body.map_err(rejection)?;
+    managed_team(&state, &caller, &team).await?;
+    let name = checked_name(&spec.name)?;
+    if !state.store.create_project(&team, name, Some(&caller.name), now_us()).await? {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("team {team} already has a project `{name}`")));
+    }
+    tracing::info!(team = %team, project = name, by = %caller.name, "project created");
+    Ok((StatusCode::CREATED, Json(team_info(&state, &team).await?)))
+}

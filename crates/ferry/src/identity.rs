@@ -1,0 +1,365 @@
+//! Identities from the command line: `ferry token`, `ferry user`, `ferry team`, `ferry whoami`, and `ferry admin
+//! restore`, which works on the server's data directory instead of the API.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use ferry_api::tokens::{
+    CreateProject, CreateTeam, CreateToken, CreateUser, SetMember, TeamRole, TokenInfo, TokenKind, TokenScope,
+};
+
+use crate::exit::{self, CliError};
+use crate::{format, Global};
+
+fn scope(text: &str) -> Result<TokenScope, String> {
+    TokenScope::parse(text).ok_or_else(|| format!("`{text}` is not a scope; use read, submit or admin"))
+}
+
+fn role(text: &str) -> Result<TeamRole, String> {
+    TeamRole::parse(text).ok_or_else(|| format!("`{text}` is not a team role; use viewer, member or admin"))
+}
+
+fn expiry(text: &str) -> Result<u64, String> {
+    ferry_api::units::parse_duration_s(text).map_err(|e| e.0)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("wire types serialize"));
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it: the only time it is shown. A personal token by default (`--scope`, `--expires`);
+    /// `--agent --node NAME` makes a join token for `ferry agent` on that node.
+    Create {
+        /// What the token is for, such as the laptop, CI job or machine it is handed to.
+        #[arg(long)]
+        name: String,
+        /// What a personal token may do: read, submit (the default) or admin; never more than the token in use.
+        #[arg(long, value_parser = scope)]
+        scope: Option<TokenScope>,
+        /// How long until it expires, such as 30d or 12h; without it, the token lasts until revoked.
+        #[arg(long, value_parser = expiry)]
+        expires: Option<u64>,
+        /// Whose token (installation admins only): a user or service account.
+        #[arg(long = "for")]
+        user: Option<String>,
+        /// A join token for agents: it may only register the node it is bound to and run that node's work.
+        #[arg(long, requires = "node")]
+        agent: bool,
+        /// The node name a join token is bound to, or a pattern with `*` such as `gpu-*`.
+        #[arg(long, requires = "agent")]
+        node: Option<String>,
+        /// How many nodes a join token with a pattern may register (64 by default).
+        #[arg(long, requires = "node")]
+        max_nodes: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their values): yours, or every token for an installation admin.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it is refused from now on, and an agent using it stops.
+    Revoke { id: String },
+}
+
+pub async fn token(g: &Global, args: TokenArgs) -> Result<i32, CliError> {
+    let client = g.client()?;
+    match args.command {
+        TokenCommand::Create { name, scope, expires, user, agent, node, max_nodes, json } => {
+            let spec = CreateToken {
+                name,
+                kind: if agent { TokenKind::Agent } else { TokenKind::User },
+                scope,
+                user,
+                expires_in_s: expires,
+                node,
+                max_nodes,
+            };
+            let created = client.create_token(&spec).await?;
+            if json {
+                print_json(&created);
+                return Ok(0);
+            }
+            println!("{}", created.token);
+            let info = &created.info;
+            let what = match (&info.node, &info.user, info.scope) {
+                (Some(node), _, _) => format!("join token for node {node}"),
+                (None, Some(user), Some(scope)) => format!("{} token of {user}", scope.name()),
+                _ => "token".to_string(),
+            };
+            let expires = info.expires_at_us.map(|at| format!(", expires {} UTC", format::timestamp(at)));
+            eprintln!(
+                "token {} ({}, {what}{}) created; it is shown only now{}",
+                info.id,
+                info.name,
+                expires.unwrap_or_default(),
+                if agent { ": start the agent with `ferry agent --server URL --join-token TOKEN`" } else { "" }
+            );
+        }
+        TokenCommand::List { json } => {
+            let list = client.tokens().await?;
+            if json {
+                print_json(&list);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list.tokens.iter().map(token_row).collect();
+            let header = ["ID", "NAME", "FOR", "SCOPE", "CREATED (UTC)", "EXPIRES (UTC)", "REVOKED (UTC)"];
+            print!("{}", format::table(&header, &rows));
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked = client.revoke_token(&id).await?;
+            eprintln!("token {} ({}) revoked", revoked.id, revoked.name);
+        }
+    }
+    Ok(0)
+}
+
+fn token_row(t: &TokenInfo) -> Vec<String> {
+    let time = |at: Option<i64>| at.map(format::timestamp).unwrap_or_else(|| "-".into());
+    let whom = match (&t.node, &t.user) {
+        (Some(node), _) => format!("node {node}"),
+        (None, Some(user)) => user.clone(),
+        _ => "-".into(),
+    };
+    vec![
+        t.id.to_string(),
+        t.name.clone(),
+        whom,
+        t.scope.map_or_else(|| "agent".to_string(), |s| s.name().to_string()),
+        format::timestamp(t.created_at_us),
+        time(t.expires_at_us),
+        time(t.revoked_at_us),
+    ]
+}
+
+#[derive(Args)]
+pub struct UserArgs {
+    #[command(subcommand)]
+    command: UserCommand,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user or service account (installation admins).
+    Add {
+        name: String,
+        /// A service account, for automation: it works with tokens only.
+        #[arg(long)]
+        service: bool,
+        /// An installation admin.
+        #[arg(long)]
+        admin: bool,
+        /// Teams to join, as TEAM or TEAM:ROLE (viewer, member, admin); member by default.
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// The team the user's jobs go to when they name none.
+        #[arg(long)]
+        default_team: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users: all of them for an installation admin, yourself otherwise.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user: every token of theirs is refused from now on; their jobs keep running.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+}
+
+pub async fn user(g: &Global, args: UserArgs) -> Result<i32, CliError> {
+    let client = g.client()?;
+    match args.command {
+        UserCommand::Add { name, service, admin, teams, default_team, json } => {
+            let mut joined = BTreeMap::new();
+            for text in teams {
+                let (team, role_text) = text.split_once(':').unwrap_or((&text, "member"));
+                joined.insert(team.to_string(), role(role_text).map_err(|e| CliError::new(exit::INVALID, e))?);
+            }
+            let user = client.create_user(&CreateUser { name, service, admin, teams: joined, default_team }).await?;
+            if json {
+                print_json(&user);
+            } else {
+                let kind = if user.service { "service account" } else { "user" };
+                eprintln!(
+                    "{kind} {} added; give it a token with `ferry token create --for {} --name NAME`",
+                    user.name, user.name
+                );
+            }
+        }
+        UserCommand::List { json } => {
+            let list = client.users().await?;
+            if json {
+                print_json(&list);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .users
+                .iter()
+                .map(|u| {
+                    let teams: Vec<String> = u.teams.iter().map(|(t, r)| format!("{t}:{}", r.name())).collect();
+                    let kind = match (u.service, u.admin) {
+                        (true, _) => "service",
+                        (false, true) => "admin",
+                        _ => "user",
+                    };
+                    vec![
+                        u.name.clone(),
+                        kind.to_string(),
+                        if teams.is_empty() { "-".into() } else { teams.join(", ") },
+                        u.default_team.clone().unwrap_or_else(|| "-".into()),
+                        if u.disabled { "disabled".into() } else { "enabled".into() },
+                    ]
+                })
+                .collect();
+            print!("{}", format::table(&["NAME", "KIND", "TEAMS", "DEFAULT TEAM", "STATE"], &rows));
+        }
+        UserCommand::Disable { name } => {
+            client.set_user_disabled(&name, true).await?;
+            eprintln!("user {name} disabled");
+        }
+        UserCommand::Enable { name } => {
+            client.set_user_disabled(&name, false).await?;
+            eprintln!("user {name} enabled");
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct TeamArgs {
+    #[command(subcommand)]
+    command: TeamCommand,
+}
+
+#[derive(Subcommand)]
+enum TeamCommand {
+    /// Add a team (installation admins).
+    Add { name: String },
+    /// List teams: all for an installation admin, yours otherwise, with members and projects.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a member to a team or change their role (team admins and installation admins).
+    Member {
+        team: String,
+        user: String,
+        /// viewer, member or admin.
+        #[arg(long, value_parser = role, default_value = "member")]
+        role: TeamRole,
+    },
+    /// Remove a member from a team.
+    RemoveMember { team: String, user: String },
+    /// Add a project to a team; jobs of the team may then name it with --project.
+    Project { team: String, project: String },
+}
+
+pub async fn team(g: &Global, args: TeamArgs) -> Result<i32, CliError> {
+    let client = g.client()?;
+    match args.command {
+        TeamCommand::Add { name } => {
+            let team = client.create_team(&CreateTeam { name }).await?;
+            eprintln!(
+                "team {} added; add members with `ferry team member {} USER --role member`",
+                team.name, team.name
+            );
+        }
+        TeamCommand::List { json } => {
+            let list = client.teams().await?;
+            if json {
+                print_json(&list);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .teams
+                .iter()
+                .map(|t| {
+                    let members: Vec<String> = t.members.iter().map(|(u, r)| format!("{u}:{}", r.name())).collect();
+                    let projects = if t.projects.is_empty() { "-".to_string() } else { t.projects.join(", ") };
+                    vec![t.name.clone(), members.join(", "), projects]
+                })
+                .collect();
+            print!("{}", format::table(&["TEAM", "MEMBERS", "PROJECTS"], &rows));
+        }
+        TeamCommand::Member { team, user, role } => {
+            client.set_member(&team, &user, &SetMember { role }).await?;
+            eprintln!("{user} is now {} of team {team}", role.name());
+        }
+        TeamCommand::RemoveMember { team, user } => {
+            client.remove_member(&team, &user).await?;
+            eprintln!("{user} removed from team {team}");
+        }
+        TeamCommand::Project { team, project } => {
+            client.create_project(&team, &CreateProject { name: project.clone() }).await?;
+            eprintln!("project {project} added to team {team}");
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct WhoAmIArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn whoami(g: &Global, args: WhoAmIArgs) -> Result<i32, CliError> {
+    let me = g.client()?.whoami().await?;
+    if args.json {
+        print_json(&me);
+        return Ok(0);
+    }
+    let teams: Vec<String> = me.user.teams.iter().map(|(t, r)| format!("{t} ({})", r.name())).collect();
+    println!("{}{}", me.user.name, if me.user.admin { " (installation admin)" } else { "" });
+    println!("  token scope: {}", me.scope.name());
+    if let Some(at) = me.expires_at_us {
+        println!("  expires:     {} UTC", format::timestamp(at));
+    }
+    println!("  teams:       {}", if teams.is_empty() { "none".to_string() } else { teams.join(", ") });
+    if let Some(team) = &me.user.default_team {
+        println!("  default:     {team}");
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// On the server's machine: make USER (default `admin`) an enabled installation admin, mint a new admin token
+    /// and write it to admin.token in the data directory. Holding the data directory is the proof of authority; it
+    /// works while the server runs.
+    Restore {
+        #[arg(long, default_value = ferry_server::BOOTSTRAP_ADMIN)]
+        user: String,
+    },
+}
+
+pub async fn admin(g: &Global, args: AdminArgs) -> Result<i32, CliError> {
+    match args.command {
+        AdminCommand::Restore { user } => {
+            let dir = g.data_dir()?;
+            let path = ferry_server::restore_admin(&dir, &user)
+                .await
+                .map_err(|e| CliError::new(exit::CONFIG, e.to_string()))?;
+            eprintln!("{user} is an installation admin with a new admin token in {}", path.display());
+        }
+    }
+    Ok(0)
+}
