@@ -597,13 +597,7 @@ async fn user_caller(state: &AppState, record: &ferry_store::TokenRecord) -> Res
             user.name
         )));
     }
-    let teams = state
-        .store
-        .memberships(user.id)
-        .await?
-        .into_iter()
-        .filter_map(|(team, role)| TeamRole::parse(&role).map(|r| (team, r)))
-        .collect();
+    let teams = roles(state, user.id).await?;
     Ok(UserCaller {
         id: user.id,
         name: user.name,
@@ -638,6 +632,12 @@ pub async fn user_named(state: &AppState, name: &str) -> Result<UserCaller, ApiE
     let mut caller = user_caller(state, &record).await.map_err(|e| ApiError::new(ErrorCode::Forbidden, e.message))?;
     caller.token_id = None;
     Ok(caller)
+}
+
+/// A user's teams and role in each.
+pub async fn roles(state: &AppState, user_id: i64) -> Result<BTreeMap<String, TeamRole>, ApiError> {
+    let memberships = state.store.memberships(user_id).await?;
+    Ok(memberships.into_iter().filter_map(|(team, role)| TeamRole::parse(&role).map(|r| (team, r))).collect())
 }
 
 /// How long a token, once checked against the store, is trusted without asking the store again; every change of

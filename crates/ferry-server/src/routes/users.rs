@@ -41,13 +41,7 @@ fn checked_name(name: &str) -> Result<&str, ApiError> {
 }
 
 async fn user_info(state: &AppState, user: UserRecord) -> Result<UserInfo, ApiError> {
-    let teams = state
-        .store
-        .memberships(user.id)
-        .await?
-        .into_iter()
-        .filter_map(|(team, role)| TeamRole::parse(&role).map(|r| (team, r)))
-        .collect();
+    let teams = crate::auth::roles(state, user.id).await?;
     Ok(UserInfo {
         name: user.name,
         service: user.kind == "service",
@@ -183,30 +177,23 @@ pub async fn enable(
 #[utoipa::path(get, path = "/api/v1/teams", security(("token" = [])),
     responses((status = 200, body = TeamList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn teams(State(state): State<AppState>, caller: Caller) -> Result<Json<TeamList>, ApiError> {
-    let teams = state
-        .store
-        .teams()
-        .await?
-        .into_iter()
-        .filter(|t| caller.sees_team(Some(&t.name)))
-        .map(|t| TeamInfo {
-            members: t.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
-            name: t.name,
-            projects: t.projects,
-            created_at_us: t.created_at_us,
-        })
-        .collect();
+    let teams =
+        state.store.teams().await?.into_iter().filter(|t| caller.sees_team(Some(&t.name))).map(team_wire).collect();
     Ok(Json(TeamList { teams }))
 }
 
-async fn team_info(state: &AppState, name: &str) -> Result<TeamInfo, ApiError> {
-    let team = state.store.teams().await?.into_iter().find(|t| t.name == name).ok_or_else(ApiError::unavailable)?;
-    Ok(TeamInfo {
+fn team_wire(team: ferry_store::TeamRecord) -> TeamInfo {
+    TeamInfo {
         members: team.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
         name: team.name,
         projects: team.projects,
         created_at_us: team.created_at_us,
-    })
+    }
+}
+
+async fn team_info(state: &AppState, name: &str) -> Result<TeamInfo, ApiError> {
+    let team = state.store.teams().await?.into_iter().find(|t| t.name == name).ok_or_else(ApiError::unavailable)?;
+    Ok(team_wire(team))
 }
 
 #[utoipa::path(post, path = "/api/v1/teams", request_body = CreateTeam, security(("token" = [])),
