@@ -579,18 +579,29 @@ async fn load(state: &AppState, hash: &str) -> Result<(Principal, Option<i64>), 
             node: record.node.unwrap_or_default(),
             max_nodes: record.max_nodes.unwrap_or(AGENT_NODES_DEFAULT),
         })),
-        Some(TokenKind::User) => Principal::User(Arc::new(user_caller(state, &record).await?)),
+        Some(TokenKind::User) => {
+            let user = match record.user_id {
+                Some(id) => state.store.user(id).await?,
+                None => None,
+            }
+            .ok_or_else(|| unauthenticated("the API token belongs to no user"))?;
+            let scope = record.scope.as_deref().and_then(TokenScope::parse).unwrap_or(TokenScope::Read);
+            let token = TokenUse { id: Some(record.id), scope, expires_at_us: record.expires_at_us };
+            Principal::User(Arc::new(user_caller(state, user, token).await?))
+        }
         None => return Err(unauthenticated(format!("the token's kind `{}` is not known", record.kind))),
     };
     Ok((principal, record.expires_at_us))
 }
 
-async fn user_caller(state: &AppState, record: &ferry_store::TokenRecord) -> Result<UserCaller, ApiError> {
-    let user = match record.user_id {
-        Some(id) => state.store.user(id).await?,
-        None => None,
-    }
-    .ok_or_else(|| unauthenticated("the API token belongs to no user"))?;
+/// The token a user calls with: which one (none for work the server does on the user's behalf), its scope and expiry.
+struct TokenUse {
+    id: Option<i64>,
+    scope: TokenScope,
+    expires_at_us: Option<i64>,
+}
+
+async fn user_caller(state: &AppState, user: ferry_store::UserRecord, token: TokenUse) -> Result<UserCaller, ApiError> {
     if user.disabled_at_us.is_some() {
         return Err(unauthenticated(format!(
             "user {} is disabled; an admin enables it with `ferry user enable`",
@@ -603,9 +614,9 @@ async fn user_caller(state: &AppState, record: &ferry_store::TokenRecord) -> Res
         name: user.name,
         admin: user.admin,
         service: user.kind == "service",
-        scope: record.scope.as_deref().and_then(TokenScope::parse).unwrap_or(TokenScope::Read),
-        token_id: Some(record.id),
-        expires_at_us: record.expires_at_us,
+        scope: token.scope,
+        token_id: token.id,
+        expires_at_us: token.expires_at_us,
         teams,
         default_team: user.default_team,
     })
@@ -619,19 +630,12 @@ pub async fn user_named(state: &AppState, name: &str) -> Result<UserCaller, ApiE
         .user_by_name(name)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, format!("user {name} no longer exists")))?;
-    let record = ferry_store::TokenRecord {
-        id: 0,
-        name: String::new(),
-        kind: TokenKind::User.name().to_string(),
-        user_id: Some(user.id),
-        scope: Some(TokenScope::Submit.name().to_string()),
-        node: None,
-        max_nodes: None,
-        expires_at_us: None,
-    };
-    let mut caller = user_caller(state, &record).await.map_err(|e| ApiError::new(ErrorCode::Forbidden, e.message))?;
-    caller.token_id = None;
-    Ok(caller)
+    let token = TokenUse { id: None, scope: TokenScope::Submit, expires_at_us: None };
+    // A disabled user stops the work; a store that does not answer is retried by the caller.
+    user_caller(state, user, token).await.map_err(|e| match e.code {
+        ErrorCode::Unauthenticated => ApiError::new(ErrorCode::Forbidden, e.message),
+        _ => e,
+    })
 }
 
 /// A user's teams and role in each.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use ferry_store::{NewToken, NewUser, Store};
 
 use crate::auth::{hash_token, new_token};
+use crate::driver::now_us;
 use crate::ServerError;
 
 /// The marker file every Ferry data directory holds, and its content.
@@ -182,10 +183,6 @@ impl DataDir {
 pub const BOOTSTRAP_ADMIN: &str = "admin";
 /// The name of the local agent's token.
 const LOCAL_AGENT_TOKEN_NAME: &str = "local agent";
-
-fn now_us() -> i64 {
-    crate::driver::now_us()
-}
 
 /// Writes a secret to a file only its owner can read, whole or not at all.
 fn write_secret(path: &Path, secret: &str) -> Result<(), ServerError> {

@@ -141,8 +141,7 @@ impl Shown {
             "user" => id == caller.name,
             "team" => caller.sees_team(Some(id)),
             "project" => id.split_once('/').is_some_and(|(team, _)| caller.sees_team(Some(team))),
-            // Checked whole in `for_query`.
-            "job" => true,
+            // A job's series were checked whole in `for_query`; the cluster's are everyone's.
             _ => true,
         }
     }
