@@ -4,6 +4,7 @@
 //! changes only when someone means it to. This crate must never depend on the server, the store or any I/O.
 
 pub mod agent;
+pub mod audit;
 pub mod code;
 pub mod error;
 pub mod jobs;

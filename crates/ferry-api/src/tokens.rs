@@ -241,3 +241,59 @@ pub fn identity_name_problem(name: &str) -> Option<String> {
         )
     })
 }
+
+/// An admin's rule for single sign-on: members of the provider's group `group` get `role` in `team`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupRule {
+    pub group: String,
+    pub team: String,
+    pub role: TeamRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupRuleList {
+    pub rules: Vec<GroupRule>,
+}
+
+/// `PUT /api/v1/teams/{team}/groups`: members of the provider's `group` get `role` in the team at their next sign-in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetGroupRule {
+    pub group: String,
+    pub role: TeamRole,
+}
+
+/// The longest group name a rule may hold.
+pub const GROUP_NAME_CHARS_MAX: usize = 256;
+
+/// A device sign-in under way (`ferry login`): the user confirms `user_code` at `verification_uri`; the CLI polls
+/// with `handle`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceLogin {
+    pub handle: String,
+    pub user_code: String,
+    pub verification_uri: String,
+    /// The address with the code filled in, when the provider gives one.
+    pub verification_uri_complete: Option<String>,
+    pub expires_in_s: u64,
+    /// How long to wait between polls.
+    pub interval_s: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePoll {
+    pub handle: String,
+}
+
+/// Where a device sign-in stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeviceLoginState {
+    /// Not confirmed yet: poll again after the interval.
+    Pending,
+    /// Signed in: `token` is a session for the CLI (shown once), valid until `expires_at_us`.
+    Done { token: String, user: String, expires_at_us: i64 },
+    /// The sign-in failed, for the reason given.
+    Failed { message: String },
+}

@@ -12,8 +12,9 @@ use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
 use ferry_api::telemetry::{SeriesAnswer, SeriesQuery, TelemetryAck, TelemetryBatch};
 use ferry_api::tokens::{
-    CreateProject, CreateTeam, CreateToken, CreateUser, CreatedToken, SetMember, TeamInfo, TeamList, TokenInfo,
-    TokenList, UserInfo, UserList, WhoAmI,
+    CreateProject, CreateTeam, CreateToken, CreateUser, CreatedToken, DeviceLogin, DeviceLoginState, DevicePoll,
+    GroupRule, GroupRuleList, SetGroupRule, SetMember, TeamInfo, TeamList, TokenInfo, TokenList, UserInfo, UserList,
+    WhoAmI,
 };
 use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};
 use futures_util::Stream;
@@ -50,6 +51,27 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+}
+
+/// Filters for reading the audit log (see `GET /api/v1/audit`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
 }
 
 /// Filters for listing jobs.
@@ -265,6 +287,46 @@ impl Client {
 
     pub async fn create_project(&self, team: &str, spec: &CreateProject) -> Result<TeamInfo, ClientError> {
         self.json(self.request(reqwest::Method::POST, &format!("/teams/{}/projects", segment(team))).json(spec)).await
+    }
+
+    /// The audit log, newest first: a page as JSON.
+    pub async fn audit(&self, query: &AuditQuery) -> Result<ferry_api::audit::AuditPage, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/audit").query(query)).await
+    }
+
+    /// The audit log as CSV.
+    pub async fn audit_csv(&self, query: &AuditQuery) -> Result<String, ClientError> {
+        let builder = self.request(reqwest::Method::GET, "/audit").query(query).query(&[("format", "csv")]);
+        let response = self.send(builder).await?;
+        response.text().await.map_err(|e| self.transport(e))
+    }
+
+    pub async fn group_rules(&self) -> Result<GroupRuleList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/groups")).await
+    }
+
+    pub async fn set_group_rule(&self, team: &str, spec: &SetGroupRule) -> Result<GroupRule, ClientError> {
+        self.json(self.request(reqwest::Method::PUT, &format!("/teams/{}/groups", segment(team))).json(spec)).await
+    }
+
+    pub async fn remove_group_rule(&self, team: &str, group: &str) -> Result<(), ClientError> {
+        let builder = self.request(reqwest::Method::DELETE, &format!("/teams/{}/groups", segment(team)));
+        self.send(builder.query(&[("group", group)])).await.map(|_| ())
+    }
+
+    /// Starts a single sign-on from the CLI (the device flow, run by the server).
+    pub async fn start_device_login(&self) -> Result<DeviceLogin, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/auth/device")).await
+    }
+
+    pub async fn poll_device_login(&self, handle: &str) -> Result<DeviceLoginState, ClientError> {
+        let body = DevicePoll { handle: handle.to_string() };
+        self.json(self.request(reqwest::Method::POST, "/auth/device/poll").json(&body)).await
+    }
+
+    /// Ends the sign-in session this client's token is.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::POST, "/auth/logout")).await.map(|_| ())
     }
 
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {

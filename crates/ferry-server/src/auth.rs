@@ -369,31 +369,40 @@ pub async fn guard(State((state, access)): State<(AppState, Access)>, mut reques
     // The body is not `Sync`, so the request cannot be borrowed across the awaits below: its parts are copied.
     let (headers, method) = (request.headers().clone(), request.method().clone());
     let outcome = async {
+        let anonymous = |e| (e, crate::audit::Actor::anonymous());
         if let Some(ip) = source {
-            state.failures.check(ip)?;
+            state.failures.check(ip).map_err(anonymous)?;
         }
-        let principal = authenticate_request(&state, &headers, &method).await.inspect_err(|e| {
-            // A request without any token guesses nothing; only a presented token that fails counts.
-            let presented =
-                headers.contains_key(axum::http::header::AUTHORIZATION) || session_cookie(&headers).is_some();
-            if e.code == ErrorCode::Unauthenticated && presented {
-                if let Some(ip) = source {
-                    state.failures.record(ip);
+        let principal =
+            authenticate_request(&state, &headers, &method).await.map_err(anonymous).inspect_err(|(e, _)| {
+                // A request without any token guesses nothing; only a presented token that fails counts.
+                let presented =
+                    headers.contains_key(axum::http::header::AUTHORIZATION) || session_cookie(&headers).is_some();
+                if e.code == ErrorCode::Unauthenticated && presented {
+                    if let Some(ip) = source {
+                        state.failures.record(ip);
+                    }
                 }
-            }
-        })?;
-        admit(access, &principal)?;
-        Ok::<_, ApiError>(principal)
+            })?;
+        admit(access, &principal).map_err(|e| (e, crate::audit::Actor::of(&principal)))?;
+        Ok::<_, (ApiError, crate::audit::Actor)>(principal)
     };
     match outcome.await {
         Ok(principal) => {
+            let actor = crate::audit::Actor::of(&principal);
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(actor);
+            response
         }
-        Err(e) => match access {
-            Access::Tracking(_) => crate::routes::mlflow::MlflowFailure::from(e).into_response(),
-            _ => e.into_response(),
-        },
+        Err((e, actor)) => {
+            let mut response = match access {
+                Access::Tracking(_) => crate::routes::mlflow::MlflowFailure::from(e).into_response(),
+                _ => e.into_response(),
+            };
+            response.extensions_mut().insert(actor);
+            response
+        }
     }
 }
 
@@ -463,9 +472,14 @@ fn job_of_token(key: &[u8], token: &str) -> Option<u64> {
     expected.verify_slice(&mac).ok().map(|_| job)
 }
 
-/// The cookie the web dashboard signs in with: the API token itself, HTTP-only and `SameSite=Strict`, so page scripts
-/// cannot read it and other sites cannot send it.
-pub const SESSION_COOKIE: &str = "ferry_token";
+/// The cookie the web dashboard signs in with: a session id (never an API token), HTTP-only and `SameSite=Strict`, so
+/// page scripts cannot read it and other sites cannot send it.
+pub const SESSION_COOKIE: &str = "ferry_session";
+/// The prefix of a session id: `ferry_session_<64 hex digits>`. The CLI's single sign-on uses one as its bearer
+/// token, the dashboard's cookie holds one.
+pub const SESSION_PREFIX: &str = "ferry_session_";
+/// How long a dashboard sign-in with an API token lasts (at most as long as the token).
+pub const TOKEN_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
 fn unauthenticated(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Unauthenticated, message)
@@ -490,6 +504,9 @@ pub async fn authenticate_request(
         return authenticate(state, token).await;
     }
     let token = session_cookie(headers).ok_or_else(missing)?;
+    if !token.starts_with(SESSION_PREFIX) {
+        return Err(unauthenticated("the dashboard's cookie holds no session; sign in again at /login"));
+    }
     if !method.is_safe() && !same_origin(headers) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -520,15 +537,20 @@ async fn authenticate_job(state: &AppState, token: &str) -> Result<Principal, Ap
     })))
 }
 
-/// The token in the dashboard's cookie, if the request carries one.
+/// The session id in the dashboard's cookie, if the request carries one.
 pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The value of the cookie `name`, if the request carries a non-empty one.
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim().to_string())
         .filter(|value| !value.is_empty())
 }
@@ -552,21 +574,123 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
         return authenticate_job(state, token).await;
     }
     let hash = hash_token(token);
-    let (principal, expires_at_us) = match state.tokens.get(&hash) {
+    let session = token.starts_with(SESSION_PREFIX);
+    let (principal, expires_at_us, _) = match state.tokens.get(&hash) {
         Some(found) => found,
         None => {
-            let found = load(state, &hash).await?;
+            let found = if session { load_session(state, &hash).await? } else { load(state, &hash).await? };
             state.tokens.put(hash, found.clone());
             found
         }
     };
     if expires_at_us.is_some_and(|at| at <= crate::driver::now_us()) {
-        return Err(unauthenticated("the API token has expired; create a new one with `ferry token create`"));
+        return Err(unauthenticated(if session {
+            "the sign-in has expired; sign in again (`ferry login`, or the dashboard's sign-in page)"
+        } else {
+            "the API token has expired; create a new one with `ferry token create`"
+        }));
     }
     Ok(principal)
 }
 
-async fn load(state: &AppState, hash: &str) -> Result<(Principal, Option<i64>), ApiError> {
+/// A session's user, checked again with the sign-in provider when its time has come (see `crate::oidc`).
+async fn load_session(state: &AppState, hash: &str) -> Result<Checked, ApiError> {
+    let now = crate::driver::now_us();
+    let ended =
+        || unauthenticated("the sign-in has ended; sign in again (`ferry login`, or the dashboard's sign-in page)");
+    let mut session = state.store.session(hash, now).await?.ok_or_else(ended)?;
+    if let (Some(refresh_token), Some(recheck_at)) = (session.refresh_token.clone(), session.recheck_at_us) {
+        if recheck_at <= now {
+            let oidc = state.oidc.as_ref().ok_or_else(ended)?;
+            match oidc.refresh(&refresh_token).await {
+                Ok((identity, rotated)) => {
+                    if let Some(identity) = identity {
+                        let user = crate::oidc::sign_in(state, &oidc.config, &identity).await;
+                        match user {
+                            Ok(user) if user.id == session.user_id => {}
+                            Ok(_) | Err(crate::oidc::OidcError::Refused(_)) => {
+                                state.store.end_session_by_id(session.id).await?;
+                                return Err(ended());
+                            }
+                            Err(crate::oidc::OidcError::Unreachable(m)) => {
+                                return Err(ApiError::new(ErrorCode::Unavailable, m));
+                            }
+                        }
+                    }
+                    let next = now + micros(oidc.config.recheck);
+                    state.store.renew_session(session.id, rotated.as_deref(), next).await?;
+                    session.recheck_at_us = Some(next);
+                }
+                Err(crate::oidc::OidcError::Refused(reason)) => {
+                    tracing::info!(session = session.id, %reason, "the sign-in provider ended a session");
+                    state.store.end_session_by_id(session.id).await?;
+                    return Err(unauthenticated(
+                        "the sign-in provider no longer vouches for this sign-in; sign in again (`ferry login`, or the \
+                         dashboard's sign-in page)",
+                    ));
+                }
+                // The provider is away: the session goes on until the provider answers again or the session ends,
+                // so that an outage of the provider does not sign everyone out. Asked again in a minute.
+                Err(crate::oidc::OidcError::Unreachable(reason)) => {
+                    tracing::warn!(session = session.id, %reason, "could not check a session with the sign-in provider");
+                    let next = now + 60_000_000;
+                    state.store.renew_session(session.id, None, next).await?;
+                    session.recheck_at_us = Some(next);
+                }
+            }
+        }
+    }
+    let user = state.store.user(session.user_id).await?.ok_or_else(ended)?;
+    let scope = TokenScope::parse(&session.scope).unwrap_or(TokenScope::Read);
+    let token = TokenUse { id: None, scope, expires_at_us: Some(session.expires_at_us) };
+    let caller = user_caller(state, user, token).await?;
+    Ok((Principal::User(Arc::new(caller)), Some(session.expires_at_us), session.recheck_at_us))
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+/// Starts a session for `user_id` acting with `scope`, signed in `via` (`token`, `oidc`, `oidc-device`), lasting
+/// `lifetime`; a single sign-on session keeps the provider's refresh token and is checked again after `recheck`.
+/// Returns the session id (shown once: to the browser's cookie or the CLI) and when it ends.
+pub async fn start_session(
+    state: &AppState,
+    user_id: i64,
+    scope: TokenScope,
+    via: &str,
+    expires_at_us: i64,
+    provider: Option<(Option<&str>, Duration)>,
+    source: Option<&str>,
+) -> Result<String, ApiError> {
+    let now = crate::driver::now_us();
+    let id = format!("{SESSION_PREFIX}{}", new_token().trim_start_matches(TOKEN_PREFIX));
+    let (refresh_token, recheck_at_us) = match provider {
+        Some((refresh, recheck)) => (refresh, refresh.map(|_| now + micros(recheck))),
+        None => (None, None),
+    };
+    let session = ferry_store::NewSession {
+        hash: &hash_token(&id),
+        user_id,
+        scope: scope.name(),
+        via,
+        expires_at_us,
+        refresh_token,
+        recheck_at_us,
+        source,
+    };
+    state.store.create_session(&session, now).await?;
+    Ok(id)
+}
+
+/// Ends the session `id` (sign-out).
+pub async fn end_session(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state.store.end_session(&hash_token(id)).await?;
+    state.tokens.clear();
+    Ok(())
+}
+
+async fn load(state: &AppState, hash: &str) -> Result<Checked, ApiError> {
     let record = state
         .store
         .token_by_hash(hash)
@@ -591,7 +715,7 @@ async fn load(state: &AppState, hash: &str) -> Result<(Principal, Option<i64>), 
         }
         None => return Err(unauthenticated(format!("the token's kind `{}` is not known", record.kind))),
     };
-    Ok((principal, record.expires_at_us))
+    Ok((principal, record.expires_at_us, None))
 }
 
 /// The token a user calls with: which one (none for work the server does on the user's behalf), its scope and expiry.
@@ -650,8 +774,9 @@ const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 /// The most tokens remembered at once.
 const TOKEN_CACHE_ENTRIES_MAX: usize = 1024;
 
-/// Who a token speaks for, and when it expires.
-type Checked = (Principal, Option<i64>);
+/// Who a token speaks for, when it expires, and (for a single sign-on session) when it must be checked with the
+/// provider again, which the cache does not answer past.
+type Checked = (Principal, Option<i64>, Option<i64>);
 
 /// Recently checked tokens, by hash, so that busy clients and agents do not cost database reads per request.
 #[derive(Default)]
@@ -660,9 +785,13 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    fn get(&self, hash: &str) -> Option<(Principal, Option<i64>)> {
+    fn get(&self, hash: &str) -> Option<Checked> {
         let entries = self.entries.lock().expect("token cache lock is never poisoned");
-        entries.get(hash).filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL).map(|(found, _)| found.clone())
+        let now = crate::driver::now_us();
+        entries
+            .get(hash)
+            .filter(|((_, _, recheck_at), at)| at.elapsed() < TOKEN_CACHE_TTL && recheck_at.is_none_or(|r| r > now))
+            .map(|(found, _)| found.clone())
     }
 
     /// Forgets every remembered token, so that a change of identities takes effect on the next request.
@@ -670,7 +799,7 @@ impl TokenCache {
         self.entries.lock().expect("token cache lock is never poisoned").clear();
     }
 
-    fn put(&self, hash: String, found: (Principal, Option<i64>)) {
+    fn put(&self, hash: String, found: Checked) {
         let mut entries = self.entries.lock().expect("token cache lock is never poisoned");
         if entries.len() >= TOKEN_CACHE_ENTRIES_MAX {
             entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
@@ -758,12 +887,12 @@ mod tests {
 
     #[test]
     fn the_session_cookie_is_found_among_others_and_empty_is_none() {
-        let h = headers(&[(header::COOKIE, "theme=dark; ferry_token=ferry_abc ; other=1")]);
+        let h = headers(&[(header::COOKIE, "theme=dark; ferry_session=ferry_abc ; other=1")]);
         assert_eq!(session_cookie(&h).as_deref(), Some("ferry_abc"));
-        let h = headers(&[(header::COOKIE, "a=1"), (header::COOKIE, "ferry_token=ferry_x")]);
+        let h = headers(&[(header::COOKIE, "a=1"), (header::COOKIE, "ferry_session=ferry_x")]);
         assert_eq!(session_cookie(&h).as_deref(), Some("ferry_x"));
-        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "ferry_token=")])), None);
-        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "xferry_token=ferry_x")])), None);
+        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "ferry_session=")])), None);
+        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "xferry_session=ferry_x")])), None);
         assert_eq!(session_cookie(&HeaderMap::new()), None);
     }
 

@@ -45,6 +45,20 @@
 //! allow_http = true                   # needed for a plain-http endpoint
 //! max_file_bytes = 5368709120         # the largest artifact file (5 GiB by default)
 //! # Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, never from here.
+//!
+//! [audit]
+//! retention = "365d"    # how long audit log entries are kept (the default)
+//!
+//! [oidc]                # single sign-on with an OpenID Connect provider
+//! issuer = "https://id.example.org/realms/ml"   # discovery at <issuer>/.well-known/openid-configuration
+//! client_id = "ferry"                           # the dashboard's client: authorisation code with PKCE
+//! client_secret_env = "FERRY_OIDC_SECRET"       # a confidential client's secret, from this environment variable
+//! cli_client_id = "ferry-cli"                   # the CLI's public client (device flow); client_id by default
+//! username_claim = "preferred_username"         # the claim that names the Ferry user (the default)
+//! groups_claim = "groups"                       # the claim listing the user's groups (the default)
+//! create_users = true                           # users unknown to Ferry are created at first sign-in (the default)
+//! session_lifetime = "12h"                      # how long a sign-in lasts (the default)
+//! recheck = "5m"                                # how often a session is checked again with the provider
 //! ```
 //!
 //! This module parses and checks; it must never touch the store or the scheduler.
@@ -58,7 +72,7 @@ use serde::Deserialize;
 /// The most pools one installation may define.
 const POOLS_MAX: usize = 256;
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FileConfig {
     pub pools: Vec<PoolConfig>,
     pub teams: Vec<TeamInfo>,
@@ -71,6 +85,26 @@ pub struct FileConfig {
     pub artifacts: crate::artifacts::ArtifactsConfig,
     /// The server's address as jobs reach it, for `MLFLOW_TRACKING_URI`.
     pub public_url: Option<String>,
+    /// How long audit log entries are kept.
+    pub audit_retention: std::time::Duration,
+    /// Single sign-on, when configured.
+    pub oidc: Option<crate::oidc::OidcConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> FileConfig {
+        FileConfig {
+            pools: Vec::new(),
+            teams: Vec::new(),
+            projects: Vec::new(),
+            fair_share_half_life_s: 0,
+            gpu_placement: GpuPlacement::default(),
+            artifacts: Default::default(),
+            public_url: None,
+            audit_retention: crate::audit::RETENTION_DEFAULT,
+            oidc: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +145,14 @@ struct RawFile {
     #[serde(default)]
     artifacts: crate::artifacts::RawArtifacts,
     public_url: Option<String>,
+    audit: Option<RawAudit>,
+    oidc: Option<crate::oidc::RawOidc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,7 +364,20 @@ impl FileConfig {
             }
             other => other,
         };
+        let audit_retention = match raw.audit.and_then(|a| a.retention) {
+            None => crate::audit::RETENTION_DEFAULT,
+            Some(text) => {
+                let s = ferry_api::units::parse_duration_s(&text).map_err(|e| format!("[audit] `retention`: {e}"))?;
+                if s < 86_400 {
+                    return Err(format!("[audit] `retention` = `{text}` is under a day; keep entries at least `1d`"));
+                }
+                std::time::Duration::from_secs(s)
+            }
+        };
+        let oidc = raw.oidc.map(|o| o.check()).transpose().map_err(|e| format!("[oidc] {e}"))?;
         Ok(FileConfig {
+            audit_retention,
+            oidc,
             pools,
             teams,
             projects,

@@ -243,6 +243,17 @@ pub async fn restore_admin(root: &Path, user: &str) -> Result<PathBuf, ServerErr
     store.set_user_admin(id, true).await?;
     store.set_user_disabled(id, None).await?;
     mint_admin_token(root, &store, user, "admin (restored)").await?;
+    let entry = ferry_store::NewAudit {
+        actor: std::env::var("USER").ok().map(|u| format!("local:{u}")),
+        actor_kind: "local".to_string(),
+        action: "admin restore".to_string(),
+        object: Some(format!("user {user}")),
+        detail: Some("admin access restored on the server's machine with `ferry admin restore`".to_string()),
+        status: 200,
+        result: "ok".to_string(),
+        source: None,
+    };
+    store.append_audit(&entry, now_us()).await?;
     store.close().await;
     Ok(root.join(ADMIN_TOKEN_FILE))
 }

@@ -43,7 +43,10 @@ impl From<ferry_store::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { code: self.code, message: self.message })).into_response()
+        let note = crate::audit::AuditNote(self.message.clone());
+        let mut response = (status, Json(ErrorBody { code: self.code, message: self.message })).into_response();
+        response.extensions_mut().insert(note);
+        response
     }
 }
 

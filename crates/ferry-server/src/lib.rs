@@ -5,6 +5,7 @@
 //! run a job itself: work reaches machines only through a compute backend.
 
 mod artifacts;
+mod audit;
 mod auth;
 mod code;
 mod config;
@@ -15,6 +16,7 @@ mod error;
 mod jobruns;
 mod logs;
 mod metrics;
+mod oidc;
 mod routes;
 mod series;
 mod signals;
@@ -79,6 +81,8 @@ pub enum ServerError {
     Engine(String),
     #[error("{0}")]
     Artifacts(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A short tag that tells this installation's runs on a shared engine from another's; stable across restarts.
@@ -161,6 +165,16 @@ pub async fn serve(
         artifacts::ArtifactStore::open(&config.file.artifacts, &data.artifacts()).map_err(ServerError::Artifacts)?,
     );
     tracing::info!(store = %artifacts.describe, "MLflow artifacts");
+    let oidc = match &config.file.oidc {
+        Some(settings) => {
+            let base = config.file.public_url.clone().unwrap_or_else(|| tracking_uri.clone());
+            let oidc = oidc::Oidc::new(settings.clone(), &base).map_err(ServerError::Config)?;
+            tracing::info!(issuer = %settings.issuer, redirect = %oidc.redirect_uri(), "single sign-on");
+            Some(Arc::new(oidc))
+        }
+        None => None,
+    };
+    let pruner = tokio::spawn(audit::prune(store.clone(), config.file.audit_retention));
     let state = AppState {
         store: store.clone(),
         driver: handle,
@@ -177,6 +191,7 @@ pub async fn serve(
         artifacts,
         job_key,
         sweeps: sweeps_handle,
+        oidc,
     };
     let sweep_controller = tokio::spawn(sweeps::run(state.clone(), sweep_commands));
     tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), "Ferry server listening");
@@ -208,6 +223,7 @@ pub async fn serve(
     }
     recorder.abort();
     sweep_controller.abort();
+    pruner.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
         tracing::error!(error = %e, "could not write the last time-series samples to disk");
     }
@@ -250,6 +266,7 @@ pub fn app(state: AppState) -> Router {
                 "this path does not accept that method; see /api/v1/openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }

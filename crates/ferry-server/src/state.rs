@@ -36,4 +36,6 @@ pub struct AppState {
     pub job_key: Arc<Vec<u8>>,
     /// MLflow artifacts of runs and logged models.
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
+    /// Single sign-on, when configured.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }

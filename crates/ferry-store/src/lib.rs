@@ -4,9 +4,11 @@
 //! scheduling decision, read the clock (callers pass times in) or know about HTTP. The SQL is kept to what
 //! PostgreSQL also accepts, so a PostgreSQL backend can follow with the same migrations.
 
+mod audit;
 mod jobs;
 mod models;
 mod nodes;
+mod sessions;
 mod sweeps;
 mod tokens;
 mod tracking;
@@ -18,9 +20,11 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use audit::{AuditFilter, AuditRecord, NewAudit};
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
+pub use sessions::{GroupRule, NewSession, SessionRecord};
 pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
 pub use tokens::{NewToken, NewUser, TeamRecord, TokenListing, TokenRecord, UserRecord};
 pub use tracking::{ExperimentRecord, MetricPoint, Ownership, ParamConflict, RunData, RunRecord};

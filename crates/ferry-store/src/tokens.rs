@@ -331,11 +331,12 @@ impl Store {
             .collect())
     }
 
-    /// Sets a user's role in a team, adding the membership when there is none.
+    /// Sets a user's role in a team, adding the membership when there is none; a membership an admin sets is the
+    /// admin's from then on, which sign-ins leave alone.
     pub async fn set_member(&self, team: &str, user_id: i64, role: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO team_members (team, user_id, role) VALUES (?, ?, ?) \
-             ON CONFLICT (team, user_id) DO UPDATE SET role = excluded.role",
+             ON CONFLICT (team, user_id) DO UPDATE SET role = excluded.role, granted_by = 'admin'",
         )
         .bind(team)
         .bind(user_id)

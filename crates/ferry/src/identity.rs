@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 use ferry_api::tokens::{
-    CreateProject, CreateTeam, CreateToken, CreateUser, SetMember, TeamRole, TokenInfo, TokenKind, TokenScope,
+    CreateProject, CreateTeam, CreateToken, CreateUser, SetGroupRule, SetMember, TeamRole, TokenInfo, TokenKind,
+    TokenScope,
 };
 
 use crate::exit::{self, CliError};
@@ -264,6 +265,22 @@ enum TeamCommand {
     RemoveMember { team: String, user: String },
     /// Add a project to a team; jobs of the team may then name it with --project.
     Project { team: String, project: String },
+    /// Single sign-on: members of the provider's GROUP get a role in TEAM at their next sign-in (`--remove` ends the
+    /// rule, and the memberships it gave go at each member's next sign-in).
+    Group {
+        team: String,
+        group: String,
+        /// viewer, member or admin (admin: installation admins only).
+        #[arg(long, value_parser = role, default_value = "member")]
+        role: TeamRole,
+        #[arg(long, conflicts_with = "role")]
+        remove: bool,
+    },
+    /// List the single sign-on group rules.
+    Groups {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn team(g: &Global, args: TeamArgs) -> Result<i32, CliError> {
@@ -305,6 +322,25 @@ pub async fn team(g: &Global, args: TeamArgs) -> Result<i32, CliError> {
             client.create_project(&team, &CreateProject { name: project.clone() }).await?;
             eprintln!("project {project} added to team {team}");
         }
+        TeamCommand::Group { team, group, role, remove } => {
+            if remove {
+                client.remove_group_rule(&team, &group).await?;
+                eprintln!("members of the group {group} no longer join team {team} by it");
+            } else {
+                client.set_group_rule(&team, &SetGroupRule { group: group.clone(), role }).await?;
+                eprintln!("members of the group {group} join team {team} as {} at their next sign-in", role.name());
+            }
+        }
+        TeamCommand::Groups { json } => {
+            let list = client.group_rules().await?;
+            if json {
+                print_json(&list);
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> =
+                list.rules.iter().map(|r| vec![r.group.clone(), r.team.clone(), r.role.name().to_string()]).collect();
+            print!("{}", format::table(&["GROUP", "TEAM", "ROLE"], &rows));
+        }
     }
     Ok(0)
 }
@@ -332,6 +368,87 @@ pub async fn whoami(g: &Global, args: WhoAmIArgs) -> Result<i32, CliError> {
         println!("  default:     {team}");
     }
     Ok(0)
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Entries of this actor only: a user, `agent:TOKEN-NAME` or `job:ID` (others than yourself: admins only).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Entries whose action contains this text, such as `cancel`, `tokens` or `sign-in`.
+    #[arg(long)]
+    action: Option<String>,
+    /// Entries whose object contains this text, such as `/jobs/12`.
+    #[arg(long)]
+    object: Option<String>,
+    /// ok, denied or failed.
+    #[arg(long)]
+    result: Option<String>,
+    /// Since this long ago (`24h`) or this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Until this long ago or this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many entries, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Print CSV (for spreadsheets and archives) instead of a table.
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn audit(g: &Global, args: AuditArgs) -> Result<i32, CliError> {
+    let client = g.client()?;
+    let query = ferry_client::AuditQuery {
+        actor: args.actor,
+        action: args.action,
+        object: args.object,
+        result: args.result,
+        since: args.since,
+        until: args.until,
+        before: None,
+        limit: Some(args.limit),
+    };
+    if args.csv {
+        print!("{}", client.audit_csv(&query).await?);
+        return Ok(0);
+    }
+    let page = client.audit(&query).await?;
+    if args.json {
+        print_json(&page);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = page
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                format::timestamp(e.at_us),
+                e.actor.clone().unwrap_or_else(|| "-".to_string()),
+                e.action.clone(),
+                e.object.clone().unwrap_or_else(|| "-".to_string()),
+                format!("{} {}", e.result, e.status),
+                e.source.clone().unwrap_or_else(|| "-".to_string()),
+                e.detail.as_deref().map(|d| short(&d.replace(['\n', '\r'], " "), 60)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!("{}", format::table(&["TIME (UTC)", "ACTOR", "ACTION", "OBJECT", "RESULT", "FROM", "DETAIL"], &rows));
+    if page.next_before.is_some() {
+        eprintln!("(more entries: raise --limit, narrow with --since, or export with --csv)");
+    }
+    Ok(0)
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn short(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((at, _)) if text.chars().count() > max => format!("{}…", &text[..at]),
+        _ => text.to_string(),
+    }
 }
 
 #[derive(Args)]

@@ -6,6 +6,7 @@ mod commands;
 mod exit;
 mod format;
 mod identity;
+mod login;
 mod pack;
 mod sweep;
 mod top;
@@ -35,7 +36,8 @@ pub struct Global {
     /// The Ferry server's URL.
     #[arg(long, global = true, env = "FERRY_SERVER")]
     server: Option<String>,
-    /// An API token; by default the admin token that `ferry up` wrote to its data directory.
+    /// An API token; by default the session of `ferry login`, else the admin token that `ferry up` wrote to its data
+    /// directory.
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Ferry's data directory (database, job output, admin token).
@@ -82,6 +84,12 @@ enum Command {
     Team(identity::TeamArgs),
     /// Who the token in use belongs to: user, scope, teams.
     Whoami(identity::WhoAmIArgs),
+    /// Sign in with the organisation's single sign-on: confirm a code in a browser; later commands use the session.
+    Login(login::LoginArgs),
+    /// End the session `ferry login` started.
+    Logout(login::LogoutArgs),
+    /// The audit log: who did what, to what, when, from where, with what result; `--csv` to export.
+    Audit(identity::AuditArgs),
     /// Run on the server's machine to restore admin access: `ferry admin restore`.
     Admin(identity::AdminArgs),
     /// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
@@ -150,6 +158,9 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::User(args) => identity::user(&g, args).await,
         Command::Team(args) => identity::team(&g, args).await,
         Command::Whoami(args) => identity::whoami(&g, args).await,
+        Command::Login(args) => login::login(&g, args).await,
+        Command::Logout(args) => login::logout(&g, args).await,
+        Command::Audit(args) => identity::audit(&g, args).await,
         Command::Admin(args) => identity::admin(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),
@@ -179,10 +190,21 @@ impl Global {
         self.server.clone().unwrap_or_else(|| format!("http://127.0.0.1:{}", ferry_api::DEFAULT_PORT))
     }
 
-    /// The token: --token, FERRY_TOKEN, or the admin token file in the data directory.
+    /// The token: --token, FERRY_TOKEN, the session `ferry login` kept for this server, or the admin token file in
+    /// the data directory.
     pub fn token(&self) -> Result<String, CliError> {
         if let Some(token) = &self.token {
             return Ok(token.trim().to_string());
+        }
+        let server = self.server_url();
+        if let Some(kept) = login::credential(&server) {
+            if kept.expires_at_us <= format::now_us() {
+                return Err(CliError::new(
+                    exit::AUTH,
+                    format!("the sign-in to {server} as {} has expired; run `ferry login` again", kept.user),
+                ));
+            }
+            return Ok(kept.token);
         }
         let path = self.data_dir()?.join(ferry_server::ADMIN_TOKEN_FILE);
         match std::fs::read_to_string(&path) {

@@ -103,7 +103,8 @@ fn server_error(e: ferry_server::ServerError) -> CliError {
         | ferry_server::ServerError::Store(_)
         | ferry_server::ServerError::Series(_)
         | ferry_server::ServerError::Engine(_)
-        | ferry_server::ServerError::Artifacts(_) => exit::CONFIG,
+        | ferry_server::ServerError::Artifacts(_)
+        | ferry_server::ServerError::Config(_) => exit::CONFIG,
         ferry_server::ServerError::Bind { .. } => exit::UNAVAILABLE,
         ferry_server::ServerError::Serve(_) => exit::INTERNAL,
     };

@@ -85,6 +85,11 @@ const ROWS: &[Row] = &[
     row("POST", "/login", "/login", None, "UUUUUUUUUUUUUU"),
     row("POST", "/logout", "/logout", None, "FFFFFFFFFFFFFF"),
     row("GET", "/ui/{name}", "/ui/app.js", None, EVERYONE),
+    // Single sign-on is not configured here: these answer 404 to everyone (crates/ferry/tests/sso.rs covers them).
+    row("GET", "/auth/login", "/auth/login", None, EVERYONE),
+    row("GET", "/auth/callback", "/auth/callback?code=c&state=s", None, EVERYONE),
+    row("POST", "/api/v1/auth/device", "/api/v1/auth/device", None, EVERYONE),
+    row("POST", "/api/v1/auth/device/poll", "/api/v1/auth/device/poll", Some(r#"{"handle": "h"}"#), EVERYONE),
     row("GET", "/api/3.0/mlflow/server-info", "/api/3.0/mlflow/server-info", None, EVERYONE),
     row("*", "/api/2.0/mlflow-artifacts/mpu/{*rest}", "/api/2.0/mlflow-artifacts/mpu/x", None, EVERYONE),
     row("*", "/api/2.0/mlflow-artifacts/presigned/{*rest}", "/api/2.0/mlflow-artifacts/presigned/x", None, EVERYONE),
@@ -125,6 +130,10 @@ const ROWS: &[Row] = &[
     row("GET", "/api/v1/tokens", "/api/v1/tokens", None, USERS),
     row("GET", "/api/v1/users", "/api/v1/users", None, USERS),
     row("GET", "/api/v1/teams", "/api/v1/teams", None, USERS),
+    row("GET", "/api/v1/audit", "/api/v1/audit", None, USERS),
+    row("GET", "/api/v1/groups", "/api/v1/groups", None, USERS),
+    // Ending one's sign-in session (an API token is told to revoke itself instead).
+    row("POST", "/api/v1/auth/logout", "/api/v1/auth/logout", None, USERS),
     // Users submitting.
     row("POST", "/api/v1/jobs", "/api/v1/jobs", Some("{}"), SUBMITTERS),
     row("POST", "/api/v1/sweeps", "/api/v1/sweeps", Some("{}"), SUBMITTERS),
@@ -145,6 +154,14 @@ const ROWS: &[Row] = &[
         TEAM_ADMINS,
     ),
     row("DELETE", "/api/v1/teams/{team}/members/{user}", "/api/v1/teams/vision/members/tmp", None, TEAM_ADMINS),
+    row(
+        "PUT",
+        "/api/v1/teams/{team}/groups",
+        "/api/v1/teams/vision/groups",
+        Some(r#"{"group": "ml-vision", "role": "member"}"#),
+        TEAM_ADMINS,
+    ),
+    row("DELETE", "/api/v1/teams/{team}/groups", "/api/v1/teams/vision/groups?group=ml-vision", None, TEAM_ADMINS),
     row(
         "POST",
         "/api/v1/teams/{team}/projects",

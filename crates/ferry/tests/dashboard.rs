@@ -882,8 +882,16 @@ fn pages_need_a_session_cookie_and_assets_are_small_and_safe() {
     assert_eq!(signed.status(), 303);
     assert_eq!(signed.headers()["location"], "/");
     let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert_eq!(cookie, format!("ferry_token={}; HttpOnly; SameSite=Strict; Path=/", admin_token(&f)));
+    // The cookie holds a session of its own, never the token that signed in.
+    assert!(cookie.starts_with("ferry_session=ferry_session_"), "{cookie}");
+    assert!(cookie.ends_with("; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200"), "{cookie}");
+    assert!(!cookie.contains(admin_token(&f).trim_start_matches("ferry_")), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_string();
+    let token_cookie = format!("ferry_session={}", admin_token(&f));
+    let with_token = http.get(format!("{base}/api/v1/nodes")).header("cookie", &token_cookie).send().unwrap();
+    assert_eq!(with_token.status(), 401, "an API token in the cookie is no session");
+    let page = http.get(format!("{base}/jobs")).header("cookie", &token_cookie).send().unwrap();
+    assert_eq!(page.status(), 303, "an API token in the cookie signs in no page");
     let page = http.get(format!("{base}/jobs/1")).header("cookie", &session).send().unwrap();
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["cache-control"], "no-store");
@@ -904,8 +912,31 @@ fn pages_need_a_session_cookie_and_assets_are_small_and_safe() {
     let out = logout(Some(&base));
     assert_eq!(out.status(), 303);
     assert_eq!(out.headers()["location"], "/login");
-    assert!(out.headers()["set-cookie"].to_str().unwrap().starts_with("ferry_token=; "));
+    assert!(out.headers()["set-cookie"].to_str().unwrap().starts_with("ferry_session=; "));
     assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    // Signed out is signed out: the old cookie, replayed, opens nothing.
+    let replayed = http.get(format!("{base}/api/v1/nodes")).header("cookie", &session).send().unwrap();
+    assert_eq!(replayed.status(), 401, "the session ended at sign-out");
+    assert_eq!(http.get(format!("{base}/jobs")).header("cookie", &session).send().unwrap().status(), 303);
+    // Sign-ins and sign-outs are in the audit log, refused ones too, with where they came from.
+    let audit: Value = http
+        .get(format!("{base}/api/v1/audit?action=sign-"))
+        .bearer_auth(admin_token(&f))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let entries: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["result"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(entries.iter().filter(|(a, r)| a == "sign-in" && r == "ok").count(), 1, "{entries:?}");
+    assert!(entries.iter().filter(|(a, r)| a == "sign-in" && r == "denied").count() >= 2, "{entries:?}");
+    assert_eq!(entries[0], ("sign-out".to_string(), "ok".to_string()), "{entries:?}");
+    assert_eq!(audit["entries"][0]["actor"], "admin");
+    assert_eq!(audit["entries"][0]["source"], "127.0.0.1");
 
     // The assets: proper types, security headers, revalidated by their hash; all of them together under 300 KB.
     let mut served = login_page.len();

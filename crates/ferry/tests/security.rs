@@ -329,3 +329,101 @@ fn guessing_tokens_is_rate_limited_per_source() {
     assert_eq!(status, 429, "the source is refused for a while, whatever it sends: {body}");
     assert_eq!(call(&f, "GET", "/api/v1/health", None, None).0, 200, "public routes stay open");
 }
+
+/// The audit log's entries matching `query` (as the admin), newest first: (actor, action, object, result).
+fn audit(f: &Ferry, query: &str) -> Vec<(String, String, String, String)> {
+    let (status, body) = call(f, "GET", &format!("/api/v1/audit?limit=1000&{query}"), Some(&admin(f)), None);
+    assert_eq!(status, 200, "{body}");
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (text(&e["actor"]), text(&e["action"]), text(&e["object"]), text(&e["result"])))
+        .collect()
+}
+
+#[test]
+fn every_change_and_refusal_is_in_the_audit_log_and_data_traffic_is_not() {
+    let f = Ferry::start(NodeSpec::default());
+    teams(&f);
+    let ana = token_for(&f, "ana", "submit");
+    let lead = token_for(&f, "lead", "admin");
+    let (job, job_token) = job_with_token(&f, &ana, "audit.tok");
+    let run = f.job(job)["tracking"]["run_id"].as_str().unwrap().to_string();
+    let metric = json!({"run_id": run, "key": "loss", "value": 1.0, "timestamp": 1, "step": 0});
+    assert_eq!(call(&f, "POST", "/api/2.0/mlflow/runs/log-metric", Some(&job_token), Some(metric)).0, 200);
+    // A member reaching for an admin's power, and a token that is no token.
+    assert_eq!(call(&f, "POST", "/api/v1/teams", Some(&ana), Some(json!({"name": "mine"}))).0, 403);
+    assert_eq!(call(&f, "GET", "/api/v1/nodes", Some(&format!("ferry_{:064}", 7)), None).0, 401);
+    // The team admin cancels the member's job: the cancel is the lead's.
+    f.ok(&["cancel", "--token", &lead, &job.to_string()]);
+    f.ok(&["user", "disable", "vic"]);
+
+    let submitted = audit(&f, "action=POST%20/api/v1/jobs");
+    assert!(submitted.iter().any(|(who, action, object, result)| who == "ana"
+        && action == "POST /api/v1/jobs"
+        && object == "/api/v1/jobs"
+        && result == "ok"));
+    let cancel = audit(&f, &format!("object=/api/v1/jobs/{job}/cancel"));
+    assert_eq!(cancel.len(), 1, "{cancel:?}");
+    assert_eq!(cancel[0].0, "lead");
+    assert_eq!(audit(&f, "actor=admin&action=disable")[0].2, "/api/v1/users/vic/disable");
+    let denied = audit(&f, "result=denied");
+    assert!(denied.iter().any(|(who, action, _, _)| who == "ana" && action == "POST /api/v1/teams"), "{denied:?}");
+    assert!(denied.iter().any(|(who, _, object, _)| who == "-" && object == "/api/v1/nodes"), "{denied:?}");
+    // The admin's own setup is there (users and teams made with the CLI), attributed to the admin.
+    assert!(audit(&f, "action=POST%20/api/v1/users").iter().filter(|e| e.0 == "admin").count() >= 4);
+    // Data, not actions: a job's metrics and the agent's routine traffic are not logged; the agent's registration is.
+    let everything = audit(&f, "");
+    assert!(!everything.iter().any(|e| e.1.contains("log-metric")), "{everything:?}");
+    assert!(!everything.iter().any(|e| e.1.contains("/agent/work") || e.1.contains("/agent/reports")));
+    assert!(everything.iter().any(|e| e.0 == "agent:test agent node-a" && e.1 == "POST /api/v1/agent/register"));
+    // Reads are not actions.
+    assert!(!everything.iter().any(|e| e.1.starts_with("GET ") && e.3 == "ok"), "{everything:?}");
+
+    // A member reads only their own entries, and may not ask for others'.
+    let (status, mine) = call(&f, "GET", "/api/v1/audit", Some(&ana), None);
+    assert_eq!(status, 200);
+    let actors: Vec<&str> = mine["entries"].as_array().unwrap().iter().map(|e| e["actor"].as_str().unwrap()).collect();
+    assert!(!actors.is_empty() && actors.iter().all(|a| *a == "ana"), "{actors:?}");
+    assert_eq!(call(&f, "GET", "/api/v1/audit?actor=lead", Some(&ana), None).0, 403);
+    // Bad filters are told apart from an empty answer.
+    let (status, body) = call(&f, "GET", "/api/v1/audit?result=maybe", Some(&admin(&f)), None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("use one of ok, denied, failed"), "{body}");
+    assert_eq!(call(&f, "GET", "/api/v1/audit?since=yesterday-ish", Some(&admin(&f)), None).0, 400);
+    assert_eq!(call(&f, "GET", "/api/v1/audit?limit=0", Some(&admin(&f)), None).0, 400);
+
+    // The CLI: a table, and CSV for export with one line per entry.
+    let table = f.ok(&["audit", "--actor", "lead"]);
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    assert!(table.contains(&format!("/api/v1/jobs/{job}/cancel")), "{table}");
+    let csv = f.ok(&["audit", "--csv", "--action", "cancel", "--limit", "1000"]);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("id,time,actor,actor_kind,action,object,status,result,source,detail"));
+    assert!(lines.any(|l| l.contains(",lead,user,POST /api/v1/jobs/{id}/cancel,") && l.contains(",200,ok,127.0.0.1,")));
+    // A restore on the server's machine is logged too.
+    f.ok(&["admin", "restore"]);
+    assert_eq!(audit(&f, "action=admin%20restore").len(), 1);
+}
+
+#[test]
+fn the_audit_retention_must_be_a_sensible_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        ("[audit]\nretention = \"1h\"\n", "is under a day"),
+        ("[audit]\nretention = \"forever\"\n", "[audit] `retention`"),
+        ("[audit]\nkeep = \"1d\"\n", "unknown field `keep`"),
+    ] {
+        let config = dir.path().join("ferry.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = std::process::Command::new(common::ferry_bin())
+            .args(["server", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()])
+            .env("FERRY_HOME", dir.path().join("home"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{text}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{text}: {}", stderr(&out));
+    }
+}

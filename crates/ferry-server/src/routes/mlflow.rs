@@ -73,7 +73,11 @@ impl MlflowFailure {
 
 impl IntoResponse for MlflowFailure {
     fn into_response(self) -> Response {
-        (self.status, Json(MlflowError { error_code: self.code.to_string(), message: self.message })).into_response()
+        let note = crate::audit::AuditNote(self.message.clone());
+        let body = MlflowError { error_code: self.code.to_string(), message: self.message };
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(note);
+        response
     }
 }
 

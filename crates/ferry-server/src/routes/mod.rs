@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod audit;
+pub mod auth;
 pub mod code;
 pub mod jobs;
 pub mod metrics;
@@ -34,6 +36,8 @@ pub struct RouteSpec {
     pub method: Option<Method>,
     pub path: &'static str,
     pub access: Access,
+    /// Data rather than an action: not in the audit log unless refused.
+    pub quiet: bool,
 }
 
 /// A route with its handler. The router is built from these alone (`app`), so no route exists without its rule.
@@ -48,6 +52,18 @@ impl Entry {
         self.handler = self.handler.layer(DefaultBodyLimit::disable());
         self
     }
+
+    /// Marks a route as data rather than an action: the audit log records its requests only when they are refused
+    /// (see `crate::audit`).
+    fn quiet(mut self) -> Entry {
+        self.spec.quiet = true;
+        self.handler =
+            self.handler.layer(axum::middleware::map_response(|mut response: axum::response::Response| async {
+                response.extensions_mut().insert(crate::audit::Quiet);
+                response
+            }));
+        self
+    }
 }
 
 fn at<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Entry
@@ -56,7 +72,10 @@ where
     T: 'static,
 {
     let filter = MethodFilter::try_from(method.clone()).expect("the table uses standard methods");
-    Entry { spec: RouteSpec { method: Some(method), path, access }, handler: axum::routing::on(filter, handler) }
+    Entry {
+        spec: RouteSpec { method: Some(method), path, access, quiet: false },
+        handler: axum::routing::on(filter, handler),
+    }
 }
 
 fn any<H, T>(path: &'static str, access: Access, handler: H) -> Entry
@@ -64,7 +83,7 @@ where
     H: Handler<T, AppState>,
     T: 'static,
 {
-    Entry { spec: RouteSpec { method: None, path, access }, handler: axum::routing::any(handler) }
+    Entry { spec: RouteSpec { method: None, path, access, quiet: false }, handler: axum::routing::any(handler) }
 }
 
 /// Every route of the server, grouped by who may call it. Adding a route means giving it its `Access` here, and the
@@ -88,6 +107,11 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/login", Public, ui::login_form),
         at(post.clone(), "/login", Public, ui::login),
         at(post.clone(), "/logout", Public, ui::logout),
+        at(get.clone(), "/auth/login", Public, ui::sso_start),
+        at(get.clone(), "/auth/callback", Public, ui::sso_callback),
+        // The CLI's single sign-on (the device flow, run by the server): anyone may start one and poll its handle.
+        at(post.clone(), "/api/v1/auth/device", Public, auth::device_start),
+        at(post.clone(), "/api/v1/auth/device/poll", Public, auth::device_poll),
         at(get.clone(), "/ui/{name}", Public, ui::asset),
         // Users and service accounts: reading.
         at(get.clone(), "/api/v1/jobs", User(Read), jobs::list),
@@ -110,6 +134,9 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/api/v1/tokens", User(Read), tokens::list),
         at(get.clone(), "/api/v1/users", User(Read), users::list),
         at(get.clone(), "/api/v1/teams", User(Read), users::teams),
+        at(get.clone(), "/api/v1/audit", User(Read), audit::list),
+        at(get.clone(), "/api/v1/groups", User(Read), users::group_rules),
+        at(post.clone(), "/api/v1/auth/logout", User(Read), auth::logout),
         // Users and service accounts: submitting and cancelling their work, managing their own tokens.
         at(post.clone(), "/api/v1/jobs", User(Submit), jobs::submit),
         at(post.clone(), "/api/v1/jobs/{id}/cancel", User(Submit), jobs::cancel),
@@ -126,12 +153,14 @@ pub fn table() -> Vec<Entry> {
         at(put.clone(), "/api/v1/teams/{team}/members/{user}", User(Admin), users::set_member),
         at(delete.clone(), "/api/v1/teams/{team}/members/{user}", User(Admin), users::remove_member),
         at(post.clone(), "/api/v1/teams/{team}/projects", User(Admin), users::create_project),
+        at(put.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::set_group_rule),
+        at(delete.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::remove_group_rule),
         // Agents, each for the node its join token is bound to.
         at(post.clone(), "/api/v1/agent/register", Agent, agent::register),
-        at(post.clone(), "/api/v1/agent/work", Agent, agent::work),
-        at(post.clone(), "/api/v1/agent/reports", Agent, agent::reports),
-        at(post.clone(), "/api/v1/agent/telemetry", Agent, agent::telemetry),
-        at(post.clone(), "/api/v1/agent/runs/{job}/{attempt}/logs", Agent, agent::upload_log),
+        at(post.clone(), "/api/v1/agent/work", Agent, agent::work).quiet(),
+        at(post.clone(), "/api/v1/agent/reports", Agent, agent::reports).quiet(),
+        at(post.clone(), "/api/v1/agent/telemetry", Agent, agent::telemetry).quiet(),
+        at(post.clone(), "/api/v1/agent/runs/{job}/{attempt}/logs", Agent, agent::upload_log).quiet(),
         at(get.clone(), "/api/v1/agent/code/{sha256}", Agent, code::agent_get),
         // The MLflow tracking API: users, and jobs with their tracking tokens (their own run only).
         at(get.clone(), "/api/3.0/mlflow/server-info", Public, mlflow::server_info),
@@ -154,15 +183,17 @@ pub fn table() -> Vec<Entry> {
         at(post.clone(), "/api/2.0/mlflow/runs/delete", Tracking(Submit), mlflow::delete_run),
         at(post.clone(), "/api/2.0/mlflow/runs/restore", Tracking(Submit), mlflow::restore_run),
         at(post.clone(), "/api/2.0/mlflow/runs/search", Tracking(Read), mlflow::search_runs),
-        at(post.clone(), "/api/2.0/mlflow/runs/log-metric", Tracking(Submit), mlflow::log_metric),
-        at(post.clone(), "/api/2.0/mlflow/runs/log-parameter", Tracking(Submit), mlflow::log_parameter),
-        at(post.clone(), "/api/2.0/mlflow/runs/log-batch", Tracking(Submit), mlflow::log_batch),
-        at(post.clone(), "/api/2.0/mlflow/runs/set-tag", Tracking(Submit), mlflow::set_tag),
-        at(post.clone(), "/api/2.0/mlflow/runs/delete-tag", Tracking(Submit), mlflow::delete_tag),
+        at(post.clone(), "/api/2.0/mlflow/runs/log-metric", Tracking(Submit), mlflow::log_metric).quiet(),
+        at(post.clone(), "/api/2.0/mlflow/runs/log-parameter", Tracking(Submit), mlflow::log_parameter).quiet(),
+        at(post.clone(), "/api/2.0/mlflow/runs/log-batch", Tracking(Submit), mlflow::log_batch).quiet(),
+        at(post.clone(), "/api/2.0/mlflow/runs/set-tag", Tracking(Submit), mlflow::set_tag).quiet(),
+        at(post.clone(), "/api/2.0/mlflow/runs/delete-tag", Tracking(Submit), mlflow::delete_tag).quiet(),
         at(get.clone(), "/api/2.0/mlflow/metrics/get-history", Tracking(Read), mlflow::metric_history),
         at(get.clone(), "/api/2.0/mlflow-artifacts/artifacts", Tracking(Read), artifacts::list),
         at(get.clone(), "/api/2.0/mlflow-artifacts/artifacts/{*path}", Tracking(Read), artifacts::download),
-        at(put.clone(), "/api/2.0/mlflow-artifacts/artifacts/{*path}", Tracking(Submit), artifacts::upload).unlimited(),
+        at(put.clone(), "/api/2.0/mlflow-artifacts/artifacts/{*path}", Tracking(Submit), artifacts::upload)
+            .unlimited()
+            .quiet(),
         at(delete.clone(), "/api/2.0/mlflow-artifacts/artifacts/{*path}", Tracking(Submit), artifacts::delete),
         at(get.clone(), "/api/2.0/mlflow/artifacts/list", Tracking(Read), artifacts::list_run),
         at(post.clone(), "/api/2.0/mlflow/logged-models", Tracking(Submit), mlflow_models::create),
@@ -170,21 +201,24 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/api/2.0/mlflow/logged-models/{model_id}", Tracking(Read), mlflow_models::get_model),
         at(patch.clone(), "/api/2.0/mlflow/logged-models/{model_id}", Tracking(Submit), mlflow_models::finalize),
         at(delete.clone(), "/api/2.0/mlflow/logged-models/{model_id}", Tracking(Submit), mlflow_models::delete),
-        at(patch.clone(), "/api/2.0/mlflow/logged-models/{model_id}/tags", Tracking(Submit), mlflow_models::set_tags),
+        at(patch.clone(), "/api/2.0/mlflow/logged-models/{model_id}/tags", Tracking(Submit), mlflow_models::set_tags)
+            .quiet(),
         at(
             delete.clone(),
             "/api/2.0/mlflow/logged-models/{model_id}/tags/{tag_key}",
             Tracking(Submit),
             mlflow_models::delete_tag,
-        ),
+        )
+        .quiet(),
         at(
             post.clone(),
             "/api/2.0/mlflow/logged-models/{model_id}/params",
             Tracking(Submit),
             mlflow_models::log_params,
-        ),
-        at(post.clone(), "/api/2.0/mlflow/runs/outputs", Tracking(Submit), mlflow_models::log_outputs),
-        at(post.clone(), "/api/2.0/mlflow/runs/log-inputs", Tracking(Submit), mlflow_models::log_inputs),
+        )
+        .quiet(),
+        at(post.clone(), "/api/2.0/mlflow/runs/outputs", Tracking(Submit), mlflow_models::log_outputs).quiet(),
+        at(post.clone(), "/api/2.0/mlflow/runs/log-inputs", Tracking(Submit), mlflow_models::log_inputs).quiet(),
         at(post.clone(), "/api/2.0/mlflow/runs/log-model", Tracking(Submit), mlflow_models::log_model),
         // What Ferry's MLflow API does not offer answers so, in MLflow's shape, to anyone: it reveals nothing.
         any("/api/2.0/mlflow-artifacts/mpu/{*rest}", Public, artifacts::not_offered),

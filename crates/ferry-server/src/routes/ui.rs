@@ -2,17 +2,25 @@
 //!
 //! The pages are shells: the same HTML for every page, whose script reads its data from the JSON API with the
 //! session cookie. This module never renders cluster data into HTML and never fetches anything at run time; a page
-//! holds no secret, and the cookie holds the API token itself, HTTP-only so page scripts cannot read it.
+//! holds no secret, and the cookie holds a session id (never an API token), HTTP-only so page scripts cannot read it.
+//! Sign-in is with an API token (`POST /login`) or, when configured, single sign-on (`/auth/login`, then the
+//! provider's redirect to `/auth/callback`; see `crate::oidc`).
 
 use std::sync::OnceLock;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{authenticate, same_origin, session_cookie, Principal, SESSION_COOKIE};
+use axum::extract::{ConnectInfo, Query, Request};
+use ferry_api::tokens::TokenScope;
+
+use crate::audit::{Actor, AuditAction, AuditNote};
+use crate::auth::{
+    authenticate, end_session, same_origin, session_cookie, start_session, Principal, SESSION_COOKIE, SESSION_PREFIX,
+    TOKEN_SESSION_LIFETIME,
+};
 use crate::state::AppState;
 
 /// Every static file of the dashboard, by the name it is served under (`/ui/{name}`), with its content type.
@@ -53,11 +61,13 @@ fn see_other(location: &'static str) -> Response {
     secure((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response(), "no-store")
 }
 
-/// Whether the request's cookie signs in a user (not an agent).
+/// Whether the request's cookie holds a live session.
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> bool {
     match session_cookie(headers) {
-        Some(token) => authenticate(state, &token).await.is_ok_and(|p| matches!(p, Principal::User(_))),
-        None => false,
+        Some(id) if id.starts_with(SESSION_PREFIX) => {
+            authenticate(state, &id).await.is_ok_and(|p| matches!(p, Principal::User(_)))
+        }
+        _ => false,
     }
 }
 
@@ -70,71 +80,289 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
     html(StatusCode::OK, APP_HTML.to_string())
 }
 
-fn login_page(status: StatusCode, message: Option<&str>) -> Response {
+fn login_page(state: &AppState, status: StatusCode, message: Option<&str>) -> Response {
     let paragraph = match message {
         Some(text) => format!("<p class=\"error\" id=\"login-error\" role=\"alert\">{}</p>", escape(text)),
         None => String::new(),
     };
-    html(status, LOGIN_HTML.replace("{{message}}", &paragraph))
+    let sso = match state.oidc {
+        Some(_) => "<a class=\"sso\" id=\"sso\" href=\"/auth/login\">Sign in with single sign-on</a>",
+        None => "",
+    };
+    html(status, LOGIN_HTML.replace("{{message}}", &paragraph).replace("{{sso}}", sso))
 }
 
 /// `GET /login`: the sign-in form.
-pub async fn login_form() -> Response {
-    login_page(StatusCode::OK, None)
+pub async fn login_form(State(state): State<AppState>) -> Response {
+    login_page(&state, StatusCode::OK, None)
 }
 
-/// `POST /login`: checks the token from the form; on success sets the session cookie and goes to the overview.
-pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if body.len() > LOGIN_BODY_BYTES_MAX {
-        return login_page(StatusCode::PAYLOAD_TOO_LARGE, Some("The form was too large to be a sign-in."));
+/// The client's address, for rate limits and the audit log.
+fn source_of(request: &Request) -> Option<std::net::IpAddr> {
+    request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Marks a response as a sign-in (or sign-out) by `actor` for the audit log, with what happened.
+fn audited(mut response: Response, action: &'static str, actor: Actor, note: Option<&str>) -> Response {
+    let extensions = response.extensions_mut();
+    extensions.insert(actor);
+    extensions.insert(AuditAction(action));
+    if let Some(note) = note {
+        extensions.insert(AuditNote(note.to_string()));
     }
+    response
+}
+
+/// A refused sign-in: counted against the source's failures, logged, and answered with the form and the reason.
+fn refused(state: &AppState, source: Option<std::net::IpAddr>, status: StatusCode, message: &str) -> Response {
+    if let Some(ip) = source {
+        state.failures.record(ip);
+    }
+    audited(login_page(state, status, Some(message)), "sign-in", Actor::anonymous(), Some(message))
+}
+
+/// The cookie that holds a session id, for `lifetime_s` seconds.
+fn session_cookie_header(id: &str, lifetime_s: i64, secure: bool) -> Option<HeaderValue> {
+    let secure_flag = if secure { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={lifetime_s}{secure_flag}");
+    HeaderValue::from_str(&cookie).ok()
+}
+
+/// `POST /login`: checks the token from the form; on success starts a session (the cookie holds its id, never the
+/// token) and goes to the overview. Failures count against the source's rate limit.
+pub async fn login(State(state): State<AppState>, request: Request) -> Response {
+    let source = source_of(&request);
+    if let Some(ip) = source {
+        if let Err(e) = state.failures.check(ip) {
+            return audited(
+                login_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&e.message)),
+                "sign-in",
+                Actor::anonymous(),
+                None,
+            );
+        }
+    }
+    let secure = over_https(request.headers());
+    let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_BYTES_MAX).await else {
+        return login_page(&state, StatusCode::PAYLOAD_TOO_LARGE, Some("The form was too large to be a sign-in."));
+    };
     let token = form_field(&body, "token").unwrap_or_default();
     let token = token.trim();
     if token.is_empty() {
-        return login_page(StatusCode::UNAUTHORIZED, Some("Enter an API token to sign in."));
+        return login_page(&state, StatusCode::UNAUTHORIZED, Some("Enter an API token to sign in."));
     }
-    // A token that could not be a cookie value (spaces, semicolons) is no token Ferry made.
-    let cookie_safe = token.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b',' && b != b'"');
-    let caller = match cookie_safe {
-        true => authenticate(&state, token).await,
-        false => Err(crate::error::ApiError::invalid("not a token")),
+    // Only API tokens sign in here; a session id is the dashboard's own, never typed in.
+    let caller = match token.starts_with(SESSION_PREFIX) {
+        false => authenticate(&state, token).await,
+        true => Err(crate::error::ApiError::invalid("not a token")),
     };
-    let Ok(caller) = caller else {
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            Some("That token is not valid. Check it and try again; `ferry up` writes the admin token to admin.token in its data directory."),
-        );
-    };
-    if !matches!(caller, Principal::User(_)) {
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            Some("That is an agent token, which only agents may use. Sign in with a user or admin token."),
-        );
-    }
-    let secure_flag = if over_https(&headers) { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure_flag}");
-    let mut response = see_other("/");
-    match HeaderValue::from_str(&cookie) {
-        Ok(value) => {
-            response.headers_mut().insert(header::SET_COOKIE, value);
-            response
+    let user = match caller {
+        Ok(Principal::User(user)) => user,
+        Ok(_) => {
+            let message = "That is an agent token or a job's tracking token, which only agents and jobs may use. Sign in with a user or admin token.";
+            return refused(&state, source, StatusCode::UNAUTHORIZED, message);
         }
-        Err(_) => login_page(StatusCode::UNAUTHORIZED, Some("That token is not valid.")),
+        Err(_) => {
+            let message = "That token is not valid. Check it and try again; `ferry up` writes the admin token to admin.token in its data directory.";
+            return refused(&state, source, StatusCode::UNAUTHORIZED, message);
+        }
+    };
+    let now = crate::driver::now_us();
+    let lifetime_end = now + TOKEN_SESSION_LIFETIME.as_micros() as i64;
+    let expires_at_us = user.expires_at_us.map_or(lifetime_end, |at| at.min(lifetime_end));
+    let source_text = source.map(|ip| ip.to_string());
+    let started =
+        start_session(&state, user.id, user.scope, "token", expires_at_us, None, source_text.as_deref()).await;
+    let Ok(id) = started else {
+        return login_page(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("The server could not reach its database; try again."),
+        );
+    };
+    let mut response = see_other("/");
+    match session_cookie_header(&id, (expires_at_us - now) / 1_000_000, secure) {
+        Some(value) => {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        None => return login_page(&state, StatusCode::SERVICE_UNAVAILABLE, Some("The session could not be started.")),
     }
+    let note = format!("with an API token of scope {}", user.scope.name());
+    audited(
+        response,
+        "sign-in",
+        Actor { name: Some(user.name.clone()), kind: if user.service { "service" } else { "user" } },
+        Some(&note),
+    )
 }
 
-/// `POST /logout`: forgets the session cookie. Only from the dashboard's own pages, so no other site can sign a user
-/// out.
-pub async fn logout(headers: HeaderMap) -> Response {
+/// `POST /logout`: ends the session and forgets its cookie. Only from the dashboard's own pages, so no other site can
+/// sign a user out.
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         let response = (StatusCode::FORBIDDEN, "sign out from the dashboard's own page").into_response();
         return secure(response, "no-store");
     }
+    let mut actor = Actor::anonymous();
+    if let Some(id) = session_cookie(&headers).filter(|id| id.starts_with(SESSION_PREFIX)) {
+        if let Ok(principal) = authenticate(&state, &id).await {
+            actor = Actor::of(&principal);
+        }
+        if let Err(e) = end_session(&state, &id).await {
+            tracing::warn!(error = %e.message, "could not end a session at sign-out");
+        }
+    }
     let mut response = see_other("/login");
     let cookie = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("a valid header"));
-    response
+    if actor.name.is_none() {
+        return response;
+    }
+    audited(response, "sign-out", actor, None)
 }
+
+/// The cookie that ties a single sign-on to the browser that started it: `Lax`, so that the provider's redirect back
+/// (a top-level navigation from another site) carries it, and only to `/auth`.
+const STATE_COOKIE: &str = "ferry_sso_state";
+
+#[derive(serde::Deserialize)]
+pub struct SsoStart {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// `GET /auth/login`: sends the browser to the sign-in provider (authorisation code with PKCE).
+pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>, headers: HeaderMap) -> Response {
+    let Some(oidc) = state.oidc.clone() else {
+        return login_page(
+            &state,
+            StatusCode::NOT_FOUND,
+            Some("Single sign-on is not configured on this server; sign in with an API token."),
+        );
+    };
+    // Only a path of this server: never an address elsewhere (`//host`, `/\\host`).
+    let next = q
+        .next
+        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
+        .unwrap_or_else(|| "/".to_string());
+    match oidc.start_login(&next).await {
+        Ok((url, sso_state)) => {
+            let secure_flag = if over_https(&headers) { "; Secure" } else { "" };
+            let cookie =
+                format!("{STATE_COOKIE}={sso_state}; HttpOnly; SameSite=Lax; Path=/auth; Max-Age=600{secure_flag}");
+            let mut response = secure((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response(), "no-store");
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start a single sign-on");
+            login_page(&state, StatusCode::BAD_GATEWAY, Some(&format!("Single sign-on is unavailable: {e}")))
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct SsoCallback {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// `GET /auth/callback`: where the provider sends the browser back. Checks that this browser started the sign-in,
+/// exchanges the code (with the PKCE verifier), checks the ID token, finds or creates the user, and starts a session.
+pub async fn sso_callback(State(state): State<AppState>, Query(q): Query<SsoCallback>, request: Request) -> Response {
+    let source = source_of(&request);
+    let headers = request.headers();
+    if let Some(ip) = source {
+        if let Err(e) = state.failures.check(ip) {
+            return login_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&e.message));
+        }
+    }
+    let Some(oidc) = state.oidc.clone() else {
+        return login_page(&state, StatusCode::NOT_FOUND, Some("Single sign-on is not configured on this server."));
+    };
+    if let Some(error) = q.error {
+        let detail = q.error_description.unwrap_or_default();
+        return refused(
+            &state,
+            source,
+            StatusCode::UNAUTHORIZED,
+            &format!(
+                "The sign-in provider did not sign you in ({error}{}{detail}).",
+                if detail.is_empty() { "" } else { ": " }
+            ),
+        );
+    }
+    let (Some(code), Some(sso_state)) = (q.code, q.state) else {
+        return refused(
+            &state,
+            source,
+            StatusCode::BAD_REQUEST,
+            "The sign-in provider's answer lacks its code or state; sign in again.",
+        );
+    };
+    let cookie_state = crate::auth::cookie(headers, STATE_COOKIE);
+    if cookie_state.as_deref() != Some(sso_state.as_str()) {
+        return refused(
+            &state,
+            source,
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started by this browser; sign in again.",
+        );
+    }
+    let secure_cookie = over_https(headers);
+    let signed = match oidc.finish_login(&sso_state, &code).await {
+        Ok((identity, refresh, next)) => {
+            crate::oidc::sign_in(&state, &oidc.config, &identity).await.map(|u| (u, refresh, next))
+        }
+        Err(e) => Err(e),
+    };
+    let (user, refresh, next) = match signed {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::info!(error = %e, "a single sign-on was refused");
+            return refused(&state, source, StatusCode::UNAUTHORIZED, &format!("Single sign-on failed: {e}"));
+        }
+    };
+    let now = crate::driver::now_us();
+    let lifetime = oidc.config.session_lifetime;
+    let expires_at_us = now + lifetime.as_micros() as i64;
+    let source_text = source.map(|ip| ip.to_string());
+    let provider = Some((refresh.as_deref(), oidc.config.recheck));
+    let started =
+        start_session(&state, user.id, TokenScope::Admin, "oidc", expires_at_us, provider, source_text.as_deref())
+            .await;
+    let Ok(id) = started else {
+        return login_page(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("The server could not reach its database; try again."),
+        );
+    };
+    // A page of this site moves on to `next`, so that the session's `SameSite=Strict` cookie goes with that request
+    // (a redirect would still count as the provider's cross-site navigation, and the browser would leave it out).
+    let body = CONTINUE_HTML.replace("{{next}}", &escape(&next));
+    let mut response = html(StatusCode::OK, body);
+    if let Some(value) = session_cookie_header(&id, lifetime.as_secs() as i64, secure_cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    let clear = format!("{STATE_COOKIE}=; HttpOnly; SameSite=Lax; Path=/auth; Max-Age=0");
+    response.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&clear).expect("a valid header"));
+    audited(response, "sign-in", Actor::user(&user.name), Some("with single sign-on"))
+}
+
+/// The page a single sign-on ends on: it moves on to the page the user wanted (no script: a refresh).
+const CONTINUE_HTML: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta http-equiv=\"refresh\" content=\"0;url={{next}}\"><title>Signed in · Ferry</title>\
+<link rel=\"stylesheet\" href=\"/ui/style.css\"></head><body class=\"login-body\"><main class=\"login\">\
+<p>Signed in. <a id=\"continue\" href=\"{{next}}\">Continue</a></p></main></body></html>";
 
 /// Whether the browser reached the server over https (directly, or through a proxy that says so).
 fn over_https(headers: &HeaderMap) -> bool {

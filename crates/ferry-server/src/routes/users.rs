@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ferry_api::tokens::{
-    identity_name_problem, CreateProject, CreateTeam, CreateUser, SetMember, TeamInfo, TeamList, TeamRole, UserInfo,
-    UserList, WhoAmI,
+    identity_name_problem, CreateProject, CreateTeam, CreateUser, GroupRule, GroupRuleList, SetGroupRule, SetMember,
+    TeamInfo, TeamList, TeamRole, UserInfo, UserList, WhoAmI, GROUP_NAME_CHARS_MAX,
 };
 use ferry_api::{ErrorBody, ErrorCode};
 use ferry_store::{NewUser, UserRecord};
@@ -149,6 +149,7 @@ pub async fn disable(
         ));
     }
     state.store.set_user_disabled(user.id, Some(now_us())).await?;
+    state.store.end_sessions_of(user.id).await?;
     state.tokens.clear();
     tracing::info!(user = %name, by = %caller.name, "user disabled");
     Ok(Json(user_info(&state, find_user(&state, &name).await?).await?))
@@ -311,4 +312,77 @@ pub async fn create_project(
     }
     tracing::info!(team = %team, project = name, by = %caller.name, "project created");
     Ok((StatusCode::CREATED, Json(team_info(&state, &team).await?)))
+}
+
+/// The single sign-on group rules: all of them for an installation admin, those of the caller's teams for anyone
+/// else.
+#[utoipa::path(get, path = "/api/v1/groups", security(("token" = [])),
+    responses((status = 200, body = GroupRuleList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn group_rules(State(state): State<AppState>, caller: Caller) -> Result<Json<GroupRuleList>, ApiError> {
+    let rules = state
+        .store
+        .group_rules()
+        .await?
+        .into_iter()
+        .filter(|r| caller.sees_team(Some(&r.team)))
+        .filter_map(|r| Some(GroupRule { role: TeamRole::parse(&r.role)?, group: r.group, team: r.team }))
+        .collect();
+    Ok(Json(GroupRuleList { rules }))
+}
+
+/// Members of the provider's group get a role in the team, from their next sign-in (or session check) on.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/groups", request_body = SetGroupRule,
+    params(("team" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = GroupRule), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_group_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team): Path<String>,
+    body: JsonBody<SetGroupRule>,
+) -> Result<Json<GroupRule>, ApiError> {
+    let Json(spec) = body.map_err(rejection)?;
+    managed_team(&state, &caller, &team).await?;
+    let group = spec.group.trim();
+    if group.is_empty() || group.chars().count() > GROUP_NAME_CHARS_MAX || group.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "the group must be the provider's group name, 1 to {GROUP_NAME_CHARS_MAX} characters without control \
+             characters"
+        )));
+    }
+    if spec.role == TeamRole::Admin && !caller.is_admin() {
+        return Err(forbidden("only an installation admin may let a provider's group make team admins"));
+    }
+    let rule =
+        ferry_store::GroupRule { group: group.to_string(), team: team.clone(), role: spec.role.name().to_string() };
+    state.store.set_group_rule(&rule, Some(&caller.name), now_us()).await?;
+    tracing::info!(team = %team, group, role = spec.role.name(), by = %caller.name, "group rule set");
+    Ok(Json(GroupRule { group: rule.group, team, role: spec.role }))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupQuery {
+    /// The provider's group whose rule for the team goes.
+    group: String,
+}
+
+/// Removes a group rule; the memberships it granted go at each member's next sign-in (or session check).
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/groups", params(("team" = String, Path), GroupQuery),
+    security(("token" = [])),
+    responses((status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn remove_group_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team): Path<String>,
+    query: Result<axum::extract::Query<GroupQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<StatusCode, ApiError> {
+    let axum::extract::Query(q) = query.map_err(rejection)?;
+    managed_team(&state, &caller, &team).await?;
+    if !state.store.remove_group_rule(&q.group, &team).await? {
+        return Err(ApiError::not_found(format!("team {team} has no rule for the group `{}`", q.group)));
+    }
+    tracing::info!(team = %team, group = %q.group, by = %caller.name, "group rule removed");
+    Ok(StatusCode::NO_CONTENT)
 }
