@@ -36,4 +36,6 @@ pub struct AppState {
     pub job_key: Arc<Vec<u8>>,
     /// MLflow artifacts of runs and logged models.
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
+    /// The certificate authority of `--tls auto`, which join tokens pin; `None` without one.
+    pub tls_authority: Option<Arc<crate::tls::Authority>>,
 }
