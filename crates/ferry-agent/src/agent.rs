@@ -171,13 +171,13 @@ pub(crate) struct Agent {
 impl Agent {
     pub fn new(
         config: AgentConfig,
+        client: Client,
         capacity: Capacity,
         limits: &'static str,
         usage: watch::Receiver<Option<NodeUsage>>,
         telemetry: Telemetry,
     ) -> Agent {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
-        let client = Client::new(&config.server, Some(config.token.clone()));
         Agent {
             runs_dir: config.data_dir.join(rundir::RUNS_DIR),
             config,
@@ -746,6 +746,10 @@ async fn register(client: &Client, node: &RegisterNode) -> Result<Registered, Ag
             }
             ClientError::Api { status, .. } if *status < 500 && *status != 429 => {
                 return Err(AgentError::Rejected { server: client.server().to_string(), message: error.to_string() });
+            }
+            // A certificate that does not verify will not verify on a retry: say so and stop.
+            ClientError::Untrusted { .. } | ClientError::NotTls { .. } | ClientError::PinMismatch { .. } => {
+                return Err(AgentError::Tls(error.to_string()));
             }
             _ if !logged => {
                 tracing::warn!(server = client.server(), error = %error, "cannot register with the server; retrying until it answers");

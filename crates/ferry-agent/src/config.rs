@@ -53,6 +53,11 @@ pub struct AgentConfig {
     pub container_socket: Option<String>,
     /// How a container is given the job's GPUs (`container_gpus`).
     pub container_gpus: ContainerGpus,
+    /// Whom the agent trusts for an https:// server: the system's authorities unless given one (`--ca-cert`).
+    pub trust: ferry_client::Trust,
+    /// The certificate authority the join token pins (`TOKEN#sha256:...`): the agent fetches it from the server,
+    /// accepts it only if it has this fingerprint, and then trusts it alone.
+    pub ca_pin: Option<ferry_api::tls::CaFingerprint>,
 }
 
 /// How the container engine is asked for GPUs.
@@ -121,6 +126,8 @@ impl AgentConfig {
             telemetry_spool_bytes: SPOOL_BYTES_DEFAULT,
             container_socket: None,
             container_gpus: ContainerGpus::default(),
+            trust: ferry_client::Trust::System,
+            ca_pin: None,
         }
     }
 

@@ -52,11 +52,15 @@ pub enum AgentError {
     /// The server refused the node's registration for a reason a retry cannot change.
     #[error("the server at {server} refused to register this node: {message}")]
     Rejected { server: String, message: String },
+    /// The server's certificate authority is not the pinned one, or TLS cannot be set up; a retry cannot help.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Runs the agent until `shutdown` completes or the server refuses it. Runs that are going when it returns go on
 /// under their supervisors; the next agent on the same data directory adopts them.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let runs_dir = config.data_dir.join(rundir::RUNS_DIR);
     std::fs::create_dir_all(&runs_dir)
         .map_err(|source| AgentError::Io { what: format!("cannot create {}", runs_dir.display()), source })?;
@@ -94,11 +98,58 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         data_dir = %config.data_dir.display(),
         "agent starting"
     );
+    let trust = match config.ca_pin {
+        Some(pin) => match pinned_authority(&config.server, pin, &mut shutdown).await? {
+            Some(authority) => ferry_client::Trust::Authority(authority),
+            None => return Ok(()),
+        },
+        None => config.trust.clone(),
+    };
+    let client = ferry_client::Client::with_trust(&config.server, Some(config.token.clone()), &trust)
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
     let usage = sampler.usage.clone();
     let telemetry = agent::Telemetry { runs: sampler.runs.clone(), spool };
-    let result = agent::Agent::new(config, capacity, detection.mode.name(), usage, telemetry).run(shutdown).await;
+    let result =
+        agent::Agent::new(config, client, capacity, detection.mode.name(), usage, telemetry).run(shutdown).await;
     drop(sampler);
     result
+}
+
+/// Fetches the server's certificate authority that `pin` names, waiting for a server that does not answer yet;
+/// `None` when `shutdown` comes first. Any other failure, a mismatch above all, stops the agent: it never falls
+/// back to trusting anything else.
+async fn pinned_authority(
+    server: &str,
+    pin: ferry_api::tls::CaFingerprint,
+    shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Result<Option<ferry_client::CaCert>, AgentError> {
+    use ferry_client::{Client, ClientError};
+    let mut backoff = backoff::Backoff::new();
+    let mut announced = false;
+    loop {
+        let attempt = tokio::select! {
+            attempt = Client::fetch_pinned_authority(server, pin) => attempt,
+            _ = shutdown.as_mut() => return Ok(None),
+        };
+        match attempt {
+            Ok(authority) => {
+                tracing::info!(ca = %authority.fingerprint, "trusting the server's certificate authority, as pinned by the join token");
+                return Ok(Some(authority));
+            }
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::Transport { .. })) => {
+                if !announced {
+                    tracing::warn!(error = %e, "cannot fetch the server's certificate authority yet; retrying");
+                    announced = true;
+                }
+            }
+            Err(ClientError::Api { status, .. }) if status >= 500 => {}
+            Err(e) => return Err(AgentError::Tls(e.to_string())),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.as_mut() => return Ok(None),
+        }
+    }
 }
 
 /// The supervisor of one run, for `ferry __shim <run-dir>`: starts the run described by `<run-dir>/spec.json`,

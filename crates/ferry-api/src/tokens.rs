@@ -123,6 +123,10 @@ pub struct CreatedToken {
     #[serde(flatten)]
     pub info: TokenInfo,
     pub token: String,
+    /// For a join token of a server with a certificate authority of its own (`--tls auto`): the authority's
+    /// fingerprint, `sha256:<hex>`, which the agent pins (`ferry agent --join-token TOKEN#FINGERPRINT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -3,6 +3,8 @@
 //!
 //! It must never decide policy (retries, backoff) for its callers: it does one request per call.
 
+mod tls;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use ferry_api::code::CodeStored;
 use ferry_api::jobs::{Job, JobList, SubmitJob, Submitted};
 use ferry_api::nodes::NodeList;
 use ferry_api::telemetry::{SeriesAnswer, SeriesQuery, TelemetryAck, TelemetryBatch};
+use ferry_api::tls::CaFingerprint;
 use ferry_api::tokens::{
     CreateProject, CreateTeam, CreateToken, CreateUser, CreatedToken, DeviceLogin, DeviceLoginState, DevicePoll,
     GroupRule, GroupRuleList, SetGroupRule, SetMember, TeamInfo, TeamList, TokenInfo, TokenList, UserInfo, UserList,
@@ -20,6 +23,8 @@ use ferry_api::{ErrorBody, ErrorCode, API_PREFIX};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+pub use tls::{CaCert, Trust};
 
 /// How long to wait for the TCP connection, so a dead address fails fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +37,28 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{}", .body.message)]
     Api { status: u16, body: ErrorBody },
+    /// The server's certificate does not verify against the authorities the client trusts.
+    #[error(
+        "cannot verify the TLS certificate of the Ferry server at {server}: {detail}. Pass the certificate authority \
+         that issued it with --ca-cert PATH or FERRY_CA_CERT (a server started with `--tls auto` keeps its own in \
+         tls/ca.pem of its data directory); an agent can instead join with the token `ferry token create --agent` \
+         prints, which pins it"
+    )]
+    Untrusted { server: String, detail: String },
+    /// An https:// URL for a server that does not speak TLS.
+    #[error("the Ferry server at {server} does not speak TLS ({detail}); if it serves plain HTTP, use an http:// URL")]
+    NotTls { server: String, detail: String },
+    /// The server presented another certificate authority than the one the join token pins.
+    #[error(
+        "the Ferry server at {server} presented {}, not the certificate authority {expected} that the join token \
+         pins; refusing to trust it. Check that --server names the right server; if its authority was replaced, \
+         create a new join token there with `ferry token create --agent`",
+        .found.map_or("no certificate authority".to_string(), |f| format!("the certificate authority {f}"))
+    )]
+    PinMismatch { server: String, expected: CaFingerprint, found: Option<CaFingerprint> },
+    /// The client's own TLS settings are unusable (a file that holds no certificate, a pin with an http:// URL).
+    #[error("{0}")]
+    Setup(String),
     /// The connection broke or the answer was not what the API promises.
     #[error("talking to the Ferry server at {server} failed: {detail}")]
     Transport { server: String, detail: String },
@@ -100,14 +127,51 @@ pub struct JobQuery {
 }
 
 impl Client {
-    /// `server` is the base URL, such as `http://127.0.0.1:7750`.
+    /// `server` is the base URL, such as `http://127.0.0.1:7750`; an https:// one is verified against the
+    /// system's certificate authorities.
     pub fn new(server: &str, token: Option<String>) -> Client {
-        let http = reqwest::Client::builder()
+        Client::with_trust(server, token, &Trust::System).expect("a client with the system's roots always builds")
+    }
+
+    /// A client that verifies an https:// server against `trust`.
+    pub fn with_trust(server: &str, token: Option<String>, trust: &Trust) -> Result<Client, ClientError> {
+        let builder = tls::builder(trust).map_err(ClientError::Setup)?;
+        Client::build(server, token, builder)
+    }
+
+    fn build(server: &str, token: Option<String>, builder: reqwest::ClientBuilder) -> Result<Client, ClientError> {
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
             .build()
-            .expect("a client with only timeouts set always builds");
-        Client { base: server.trim_end_matches('/').to_string(), token, http }
+            .map_err(|e| ClientError::Setup(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client { base: server.trim_end_matches('/').to_string(), token, http })
+    }
+
+    /// Fetches the server's certificate authority over a connection that only a server holding the authority
+    /// `pin` can complete, and checks the fetched certificate against the pin too. Agents joining with a pinned
+    /// token call this once, then trust the authority alone (`Trust::Authority`).
+    pub async fn fetch_pinned_authority(server: &str, pin: CaFingerprint) -> Result<CaCert, ClientError> {
+        if !server.starts_with("https://") {
+            return Err(ClientError::Setup(format!(
+                "the join token pins a certificate authority, so the server's URL must start with https:// (it is \
+                 {server})"
+            )));
+        }
+        let (builder, verifier) = tls::pinned_builder(pin).map_err(ClientError::Setup)?;
+        let client = Client::build(server, None, builder)?;
+        let mismatch = |found| ClientError::PinMismatch { server: client.base.clone(), expected: pin, found };
+        let response = match client.send(client.request(reqwest::Method::GET, ferry_api::tls::CA_PATH)).await {
+            Ok(response) => response,
+            Err(e) => return Err(verifier.mismatch().map_or(e, |found| mismatch(Some(found)))),
+        };
+        let pem = response.bytes().await.map_err(|e| client.transport(e))?;
+        let authority = CaCert::from_pem(&pem, &format!("the answer of {}", client.url(ferry_api::tls::CA_PATH)))
+            .map_err(ClientError::Setup)?;
+        if authority.fingerprint != pin {
+            return Err(mismatch(Some(authority.fingerprint)));
+        }
+        Ok(authority)
     }
 
     pub fn server(&self) -> &str {
@@ -127,6 +191,16 @@ impl Client {
     }
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
+        let server = self.base.clone();
+        match tls::tls_failure(&e) {
+            Some(rustls::Error::InvalidCertificate(why)) => {
+                return ClientError::Untrusted { server, detail: tls::certificate_problem(why) }
+            }
+            Some(rustls::Error::InvalidMessage(why)) => {
+                return ClientError::NotTls { server, detail: format!("{why:?}") }
+            }
+            _ => {}
+        }
         if e.is_connect() {
             ClientError::Unreachable { server: self.base.clone() }
         } else {

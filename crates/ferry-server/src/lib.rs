@@ -23,6 +23,7 @@ mod signals;
 mod state;
 mod sweeps;
 mod telemetry;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub use datadir::{restore_admin, DataDir, ADMIN_TOKEN_FILE, AGENT_TOKEN_FILE, BO
 pub use error::ApiError;
 pub use routes::jobs::validate;
 pub use routes::openapi::ApiDoc;
+pub use tls::{TlsSetting, CA_CERT_FILE};
 
 use crate::code::CodeStore;
 use crate::driver::Driver;
@@ -63,6 +65,10 @@ pub struct ServerConfig {
     pub file: FileConfig,
     /// The node name of `ferry up`'s own agent, which gets an agent token of its own in `agent.token`.
     pub local_agent: Option<String>,
+    /// HTTPS, and with which certificate (`tls.rs`); plain HTTP by default.
+    pub tls: TlsSetting,
+    /// Serve plain HTTP on an address other machines reach (`--insecure-http`); refused otherwise.
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,8 @@ pub enum ServerError {
     Artifacts(String),
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A short tag that tells this installation's runs on a shared engine from another's; stable across restarts.
@@ -107,6 +115,8 @@ pub async fn serve(
     }
     config::declare_teams(&store, &config.file).await?;
     let job_key = Arc::new(data.job_token_key()?);
+    let tls = tls::prepare(&config.tls, &config.data_dir, config.listen).map_err(ServerError::Tls)?;
+    tls::check_plain_http(config.listen, tls.is_some(), config.insecure_http).map_err(ServerError::Tls)?;
     // Bound first, so that the address jobs on engines log to is known before anything starts.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -114,7 +124,8 @@ pub async fn serve(
     let bound = listener.local_addr().map_err(ServerError::Serve)?;
     let tracking_uri = config.file.public_url.clone().unwrap_or_else(|| {
         let host = if bound.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { bound.ip() };
-        format!("http://{}", std::net::SocketAddr::new(host, bound.port()))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", std::net::SocketAddr::new(host, bound.port()))
     });
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
@@ -192,9 +203,12 @@ pub async fn serve(
         job_key,
         sweeps: sweeps_handle,
         oidc,
+        tls_authority: tls.as_ref().and_then(|t| t.authority.clone()).map(Arc::new),
     };
     let sweep_controller = tokio::spawn(sweeps::run(state.clone(), sweep_commands));
-    tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), "Ferry server listening");
+    let fingerprint = tls.as_ref().and_then(|t| t.authority.as_ref()).map(|a| a.fingerprint.to_string());
+    tracing::info!(addr = %bound, data_dir = %config.data_dir.display(), https = tls.is_some(),
+        ca = fingerprint.as_deref().unwrap_or("-"), "Ferry server listening");
     ready(bound);
     // Two parties wait for the shutdown (axum's graceful stop and this task): a watch channel wakes every waiter,
     // where a `Notify` with one permit wakes just one and left the other waiting forever.
@@ -205,9 +219,12 @@ pub async fn serve(
     });
     let mut stopped = stopping.clone();
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    });
+    let listener = tls::Listener::new(listener, tls.as_ref());
+    // `tap_io` is how axum gives a listener of one's own the `ConnectInfo<SocketAddr>` that rate limiting reads.
+    let server =
+        axum::serve(axum::serve::ListenerExt::tap_io(listener, |_| {}), service).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
     let server = tokio::spawn(async move { server.await });
     // Open long polls and followed logs would hold a graceful shutdown forever; give them a bounded grace.
     let mut stopping = stopping;

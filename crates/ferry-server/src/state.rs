@@ -38,4 +38,6 @@ pub struct AppState {
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
     /// Single sign-on, when configured.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// The certificate authority of `--tls auto`, which join tokens pin; `None` without one.
+    pub tls_authority: Option<Arc<crate::tls::Authority>>,
 }

@@ -42,6 +42,8 @@ impl From<ClientError> for CliError {
         let code = match &e {
             ClientError::Unreachable { .. } => UNAVAILABLE,
             ClientError::Transport { .. } => UNAVAILABLE,
+            ClientError::Untrusted { .. } | ClientError::PinMismatch { .. } => AUTH,
+            ClientError::NotTls { .. } | ClientError::Setup(_) => CONFIG,
             ClientError::Api { body, .. } => match body.code {
                 ErrorCode::InvalidRequest | ErrorCode::Unsatisfiable | ErrorCode::PayloadTooLarge => INVALID,
                 ErrorCode::Unauthenticated | ErrorCode::Forbidden => AUTH,

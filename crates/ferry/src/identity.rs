@@ -90,7 +90,12 @@ pub async fn token(g: &Global, args: TokenArgs) -> Result<i32, CliError> {
                 print_json(&created);
                 return Ok(0);
             }
-            println!("{}", created.token);
+            // A join token of a server with its own certificate authority is printed with the authority's
+            // fingerprint (`TOKEN#sha256:...`), the one string an agent needs.
+            let ca = created.ca_sha256.as_deref().map(str::parse::<ferry_api::tls::CaFingerprint>).transpose();
+            let ca =
+                ca.map_err(|e| CliError::new(exit::INTERNAL, format!("the server sent a bad fingerprint: {e}")))?;
+            println!("{}", ferry_api::tls::JoinString { token: created.token.clone(), ca });
             let info = &created.info;
             let what = match (&info.node, &info.user, info.scope) {
                 (Some(node), _, _) => format!("join token for node {node}"),
@@ -103,7 +108,13 @@ pub async fn token(g: &Global, args: TokenArgs) -> Result<i32, CliError> {
                 info.id,
                 info.name,
                 expires.unwrap_or_default(),
-                if agent { ": start the agent with `ferry agent --server URL --join-token TOKEN`" } else { "" }
+                match (agent, ca.is_some()) {
+                    (true, true) =>
+                        ": start the agent with `ferry agent --server https://HOST:PORT --join-token JOIN`, \
+                                     JOIN being the line above, which also pins the server's certificate authority",
+                    (true, false) => ": start the agent with `ferry agent --server URL --join-token TOKEN`",
+                    _ => "",
+                }
             );
         }
         TokenCommand::List { json } => {

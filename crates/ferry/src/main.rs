@@ -9,6 +9,7 @@ mod identity;
 mod login;
 mod pack;
 mod sweep;
+mod tls;
 mod top;
 mod up;
 
@@ -43,6 +44,10 @@ pub struct Global {
     /// Ferry's data directory (database, job output, admin token).
     #[arg(long, global = true, env = "FERRY_HOME")]
     data_dir: Option<PathBuf>,
+    /// The certificate authority (PEM) to verify an https:// server with, and no other; by default the one in the
+    /// data directory (tls/ca.pem) when there is one, else the system's.
+    #[arg(long, global = true, env = "FERRY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -220,6 +225,7 @@ impl Global {
     }
 
     pub fn client(&self) -> Result<ferry_client::Client, CliError> {
-        Ok(ferry_client::Client::new(&self.server_url(), Some(self.token()?)))
+        let trust = tls::trust(self)?;
+        Ok(ferry_client::Client::with_trust(&self.server_url(), Some(self.token()?), &trust)?)
     }
 }

@@ -28,6 +28,29 @@ pub struct ServerArgs {
     /// A TOML file with the pools, their order and burst settings (see README: Pools).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// `auto`: serve HTTPS with a certificate authority of Ferry's own, made in the data directory on the first
+    /// start (tls/ca.pem); join tokens then carry its fingerprint, which agents pin.
+    #[arg(long, value_enum, conflicts_with = "tls_cert")]
+    tls: Option<TlsMode>,
+    /// Another name (host name or IP address) the certificate of `--tls auto` is for; repeat for more.
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    tls_names: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first), with --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other machines reach, where tokens cross the network in the clear; without
+    /// TLS the server refuses any address but loopback unless given this.
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// A certificate authority of Ferry's own in the data directory, and a certificate it issues.
+    Auto,
 }
 
 #[derive(Args, Clone)]
@@ -83,6 +106,12 @@ fn server_config(g: &Global, args: &ServerArgs) -> Result<ServerConfig, CliError
         node_timeout: args.node_timeout,
         file,
         local_agent: None,
+        tls: match (args.tls, &args.tls_cert, &args.tls_key) {
+            (Some(TlsMode::Auto), _, _) => ferry_server::TlsSetting::Auto { names: args.tls_names.clone() },
+            (None, Some(cert), Some(key)) => ferry_server::TlsSetting::Files { cert: cert.clone(), key: key.clone() },
+            _ => ferry_server::TlsSetting::Off,
+        },
+        insecure_http: args.insecure_http,
     })
 }
 
@@ -104,7 +133,8 @@ fn server_error(e: ferry_server::ServerError) -> CliError {
         | ferry_server::ServerError::Series(_)
         | ferry_server::ServerError::Engine(_)
         | ferry_server::ServerError::Artifacts(_)
-        | ferry_server::ServerError::Config(_) => exit::CONFIG,
+        | ferry_server::ServerError::Config(_)
+        | ferry_server::ServerError::Tls(_) => exit::CONFIG,
         ferry_server::ServerError::Bind { .. } => exit::UNAVAILABLE,
         ferry_server::ServerError::Serve(_) => exit::INTERNAL,
     };
@@ -121,6 +151,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
     let mut config = server_config(g, &args.server)?;
     config.local_agent = Some(local_node_name(args.agent_config.as_deref())?);
     let data_dir = config.data_dir.clone();
+    let tls = config.tls.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_server = stop_rx.clone();
@@ -142,12 +173,27 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
             }
         }
     };
-    let url = format!("http://{addr}");
+    // The local agent reaches the server on loopback when it listens on every address.
+    let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let https = tls != ferry_server::TlsSetting::Off;
+    let url = format!("{}://{host}", if https { "https" } else { "http" });
+    // The agent trusts the data directory's authority with `--tls auto`, and what the CLI was told otherwise.
+    let agent_ca = match &tls {
+        ferry_server::TlsSetting::Auto { .. } => Some(data_dir.join(ferry_server::CA_CERT_FILE)),
+        _ => g.ca_cert.clone(),
+    };
     eprintln!("Ferry is running at {url}");
     eprintln!("  data:   {}", data_dir.display());
     eprintln!("  token:  {}", data_dir.join(ferry_server::ADMIN_TOKEN_FILE).display());
-    eprintln!("  try:    ferry run -- echo hello   (Ctrl-C stops Ferry; running jobs keep running)");
-    let agent = tokio::spawn(supervise_agent(url, data_dir, args.agent_config, stop_rx));
+    if let ferry_server::TlsSetting::Auto { .. } = tls {
+        let ca = data_dir.join(ferry_server::CA_CERT_FILE);
+        let fingerprint = crate::tls::read_authority(&ca).map(|a| a.fingerprint.to_string()).unwrap_or_default();
+        eprintln!("  ca:     {} ({fingerprint})", ca.display());
+        eprintln!("  try:    ferry --server {url} run -- echo hello   (Ctrl-C stops Ferry; running jobs keep running)");
+    } else {
+        eprintln!("  try:    ferry run -- echo hello   (Ctrl-C stops Ferry; running jobs keep running)");
+    }
+    let agent = tokio::spawn(supervise_agent(url, data_dir, agent_ca, args.agent_config, stop_rx));
     ctrl_c().await;
     eprintln!("stopping Ferry");
     let _ = stop_tx.send(true);
@@ -164,6 +210,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
 async fn supervise_agent(
     url: String,
     data_dir: PathBuf,
+    ca_cert: Option<PathBuf>,
     config: Option<PathBuf>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -199,6 +246,9 @@ async fn supervise_agent(
             .process_group(0);
         if let Some(config) = &config {
             command.arg("--config").arg(config);
+        }
+        if let Some(ca) = &ca_cert {
+            command.arg("--ca-cert").arg(ca);
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -243,7 +293,7 @@ fn agent_dir_in_use(dir: &Path) -> bool {
 }
 
 pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
-    let token = match (&args.join_token, &args.token_file, &g.token) {
+    let text = match (&args.join_token, &args.token_file, &g.token) {
         (Some(token), _, _) => token.trim().to_string(),
         (None, Some(path), _) => std::fs::read_to_string(path)
             .map(|t| t.trim().to_string())
@@ -251,6 +301,9 @@ pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
         (None, None, Some(token)) => token.clone(),
         (None, None, None) => g.token()?,
     };
+    // A join string may carry the fingerprint of the server's certificate authority, which the agent then pins.
+    let join = ferry_api::tls::JoinString::parse(&text).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))?;
+    let token = join.token;
     let data_dir = g.data_dir.clone().unwrap_or(g.data_dir()?.join("agent"));
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot find the ferry binary: {e}")))?;
@@ -264,11 +317,14 @@ pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
     if let Some(pool) = args.pool {
         config.pool = pool;
     }
+    config.trust = crate::tls::trust(g)?;
+    config.ca_pin = join.ca;
     ferry_agent::run(config, ctrl_c()).await.map_err(|e| {
         let code = match &e {
             ferry_agent::AgentError::Config { .. } => exit::CONFIG,
             ferry_agent::AgentError::Unauthorized { .. } => exit::AUTH,
             ferry_agent::AgentError::Locked { .. } => exit::CONFIG,
+            ferry_agent::AgentError::Tls(_) => exit::AUTH,
             _ => exit::INTERNAL,
         };
         CliError::new(code, e.to_string())

@@ -206,7 +206,8 @@ impl Cluster {
         let listen = format!("{}:{SERVER_PORT}", self.server_host.ip);
         let child = Command::new("ip")
             .args(["netns", "exec", &self.server_host.ns, ferry_bin()])
-            .args(["server", "--listen", &listen, "--node-timeout", node_timeout])
+            // The hosts' bridge is the test's own network: plain HTTP there is the operator's choice to make.
+            .args(["server", "--listen", &listen, "--insecure-http", "--node-timeout", node_timeout])
             .env("FERRY_HOME", self.home())
             .stdin(Stdio::null())
             .stdout(self.log("server.log"))

@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
         super::nodes::list, super::nodes::pools,
         super::series::query, super::series::metrics, super::usage::usage,
         super::sweeps::submit, super::sweeps::list, super::sweeps::show, super::sweeps::cancel,
-        super::tokens::create, super::tokens::list, super::tokens::revoke,
+        super::tokens::create, super::tokens::list, super::tokens::revoke, super::tokens::authority,
         super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,
     ),
     modifiers(&BearerAuth),

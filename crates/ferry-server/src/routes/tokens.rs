@@ -143,7 +143,26 @@ pub async fn create(
     let listing = state.store.token(record).await?.ok_or_else(ApiError::unavailable)?;
     tracing::info!(id = record, name, kind = spec.kind.name(), by = %caller.name, "token created");
     let info = to_wire(listing).ok_or_else(ApiError::unavailable)?;
-    Ok((axum::http::StatusCode::CREATED, Json(CreatedToken { info, token })))
+    // A join token carries the fingerprint of the server's own certificate authority, which the agent pins.
+    let ca_sha256 = match spec.kind {
+        TokenKind::Agent => state.tls_authority.as_ref().map(|a| a.fingerprint.to_string()),
+        TokenKind::User => None,
+    };
+    Ok((axum::http::StatusCode::CREATED, Json(CreatedToken { info, token, ca_sha256 })))
+}
+
+/// The server's certificate authority in PEM, for agents that pin it by the fingerprint in their join token.
+#[utoipa::path(get, path = "/api/v1/tls/ca",
+    responses((status = 200, description = "The certificate authority (PEM)", content_type = "application/x-pem-file",
+        body = String), (status = 404, body = ErrorBody)))]
+pub async fn authority(State(state): State<AppState>) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let authority = state.tls_authority.as_ref().ok_or_else(|| {
+        ApiError::not_found(
+            "this server has no certificate authority of its own (it was not started with `--tls auto`); ask its \
+             operator for the CA certificate and pass it with --ca-cert",
+        )
+    })?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], authority.pem.clone()))
 }
 
 /// What makes a node name or pattern unusable for a join token.

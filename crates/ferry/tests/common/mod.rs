@@ -66,6 +66,11 @@ impl Ferry {
         Ferry::start_full(node, extra, node_timeout, None, &[])
     }
 
+    /// A server started with these extra arguments (such as `--tls auto`), and one agent.
+    pub fn start_with_server_args(node: NodeSpec, args: &[&str]) -> Ferry {
+        Ferry::start_inner(node, "", "30s", None, &[], args)
+    }
+
     /// A server with these environment variables, and one agent.
     pub fn start_with_server_env(node: NodeSpec, env: &[(&str, &str)]) -> Ferry {
         Ferry::start_full(node, "", "30s", None, env)
@@ -82,6 +87,17 @@ impl Ferry {
         node_timeout: &str,
         server_config: Option<&str>,
         env: &[(&str, &str)],
+    ) -> Ferry {
+        Ferry::start_inner(node, extra, node_timeout, server_config, env, &[])
+    }
+
+    fn start_inner(
+        node: NodeSpec,
+        extra: &str,
+        node_timeout: &str,
+        server_config: Option<&str>,
+        env: &[(&str, &str)],
+        server_args: &[&str],
     ) -> Ferry {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("work")).unwrap();
@@ -110,6 +126,7 @@ impl Ferry {
             std::fs::write(&path, text).unwrap();
             ferry.server_args = vec!["--config".to_string(), path.display().to_string()];
         }
+        ferry.server_args.extend(server_args.iter().map(|a| a.to_string()));
         ferry.start_server();
         ferry.start_agent();
         ferry.wait_for("the node to be ready", |f| {
@@ -130,8 +147,10 @@ impl Ferry {
         self.root.path().join("work")
     }
 
+    /// The server's URL: https:// when it was started with TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let tls = self.server_args.iter().any(|a| a == "--tls" || a == "--tls-cert");
+        format!("{}://127.0.0.1:{}", if tls { "https" } else { "http" }, self.port)
     }
 
     fn log(&self, name: &str) -> std::fs::File {
