@@ -419,7 +419,7 @@ impl Oidc {
                 (Some(expected), Some(sent)) if expected.secret() == sent.secret() => Ok(()),
                 _ => Err("the ID token's nonce is not the one this sign-in sent".to_string()),
             };
-            token.claims(&verifier, nonce_check).map(|c| c.clone())
+            token.claims(&verifier, nonce_check).cloned()
         };
         let claims = match check(self.metadata(false).await?) {
             Ok(claims) => claims,
@@ -429,7 +429,13 @@ impl Oidc {
             Err(e) => return Err(OidcError::Refused(format!("the provider's ID token failed its checks: {e}"))),
         };
         let extra = &claims.additional_claims().claims;
-        let username = extra.get(&self.config.username_claim).and_then(|v| v.as_str()).map(str::to_string);
+        // The standard claims are read by the library (and so are not among the others).
+        let username = match self.config.username_claim.as_str() {
+            "preferred_username" => claims.preferred_username().map(|u| u.as_str().to_string()),
+            "email" => claims.email().map(|e| e.as_str().to_string()),
+            "sub" => Some(claims.subject().as_str().to_string()),
+            other => extra.get(other).and_then(|v| v.as_str()).map(str::to_string),
+        };
         let groups = match extra.get(&self.config.groups_claim) {
             Some(serde_json::Value::Array(items)) => {
                 items.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()

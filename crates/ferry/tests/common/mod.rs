@@ -46,7 +46,7 @@ impl Default for NodeSpec {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -68,7 +68,7 @@ impl Ferry {
 
     /// A server started with these extra arguments (such as `--tls auto`), and one agent.
     pub fn start_with_server_args(node: NodeSpec, args: &[&str]) -> Ferry {
-        Ferry::start_inner(node, "", "30s", None, &[], args)
+        Ferry::start_inner(free_port(), node, "", "30s", None, &[], args)
     }
 
     /// A server with these environment variables, and one agent.
@@ -81,6 +81,12 @@ impl Ferry {
         Ferry::start_full(node, agent_extra, "30s", Some(server_config), &[])
     }
 
+    /// A server on `port` (chosen beforehand, for a test that must tell another service where Ferry will be), with
+    /// `--config` holding `server_config` and these environment variables, and one agent.
+    pub fn start_on_port(port: u16, node: NodeSpec, server_config: &str, env: &[(&str, &str)]) -> Ferry {
+        Ferry::start_inner(port, node, "", "30s", Some(server_config), env, &[])
+    }
+
     fn start_full(
         node: NodeSpec,
         extra: &str,
@@ -88,10 +94,11 @@ impl Ferry {
         server_config: Option<&str>,
         env: &[(&str, &str)],
     ) -> Ferry {
-        Ferry::start_inner(node, extra, node_timeout, server_config, env, &[])
+        Ferry::start_inner(free_port(), node, extra, node_timeout, server_config, env, &[])
     }
 
     fn start_inner(
+        port: u16,
         node: NodeSpec,
         extra: &str,
         node_timeout: &str,
@@ -113,7 +120,7 @@ impl Ferry {
         std::fs::write(root.path().join("agent.toml"), config).unwrap();
         let mut ferry = Ferry {
             root,
-            port: free_port(),
+            port,
             node_timeout: node_timeout.to_string(),
             server: None,
             agent: None,
