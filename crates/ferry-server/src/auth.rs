@@ -368,24 +368,24 @@ pub async fn guard(State((state, access)): State<(AppState, Access)>, mut reques
     let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     // The body is not `Sync`, so the request cannot be borrowed across the awaits below: its parts are copied.
     let (headers, method) = (request.headers().clone(), request.method().clone());
+    // A request without any credential guesses nothing: it neither counts against the source's limit nor goes to
+    // the audit log, so that anonymous noise cannot fill either; a presented credential that fails does both.
+    let presented = headers.contains_key(axum::http::header::AUTHORIZATION) || session_cookie(&headers).is_some();
+    let anonymous = || presented.then(crate::audit::Actor::anonymous);
     let outcome = async {
-        let anonymous = |e| (e, crate::audit::Actor::anonymous());
         if let Some(ip) = source {
-            state.failures.check(ip).map_err(anonymous)?;
+            state.failures.check(ip).map_err(|e| (e, None))?;
         }
-        let principal =
-            authenticate_request(&state, &headers, &method).await.map_err(anonymous).inspect_err(|(e, _)| {
-                // A request without any token guesses nothing; only a presented token that fails counts.
-                let presented =
-                    headers.contains_key(axum::http::header::AUTHORIZATION) || session_cookie(&headers).is_some();
-                if e.code == ErrorCode::Unauthenticated && presented {
-                    if let Some(ip) = source {
-                        state.failures.record(ip);
-                    }
+        let principal = authenticate_request(&state, &headers, &method).await.map_err(|e| {
+            if e.code == ErrorCode::Unauthenticated && presented {
+                if let Some(ip) = source {
+                    state.failures.record(ip);
                 }
-            })?;
-        admit(access, &principal).map_err(|e| (e, crate::audit::Actor::of(&principal)))?;
-        Ok::<_, (ApiError, crate::audit::Actor)>(principal)
+            }
+            (e, anonymous())
+        })?;
+        admit(access, &principal).map_err(|e| (e, Some(crate::audit::Actor::of(&principal))))?;
+        Ok::<_, (ApiError, Option<crate::audit::Actor>)>(principal)
     };
     match outcome.await {
         Ok(principal) => {
@@ -400,7 +400,9 @@ pub async fn guard(State((state, access)): State<(AppState, Access)>, mut reques
                 Access::Tracking(_) => crate::routes::mlflow::MlflowFailure::from(e).into_response(),
                 _ => e.into_response(),
             };
-            response.extensions_mut().insert(actor);
+            if let Some(actor) = actor {
+                response.extensions_mut().insert(actor);
+            }
             response
         }
     }
@@ -651,33 +653,37 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
 }
 
-/// Starts a session for `user_id` acting with `scope`, signed in `via` (`token`, `oidc`, `oidc-device`), lasting
-/// `lifetime`; a single sign-on session keeps the provider's refresh token and is checked again after `recheck`.
-/// Returns the session id (shown once: to the browser's cookie or the CLI) and when it ends.
-pub async fn start_session(
-    state: &AppState,
-    user_id: i64,
-    scope: TokenScope,
-    via: &str,
-    expires_at_us: i64,
-    provider: Option<(Option<&str>, Duration)>,
-    source: Option<&str>,
-) -> Result<String, ApiError> {
+/// A session to start: whose, acting with which scope, signed in how (`token`, `oidc`, `oidc-device`; a token's id
+/// for a sign-in with an API token, whose revocation ends the session), until when, and for single sign-on the
+/// provider's refresh token with how often to check it again; from which address.
+pub struct SessionStart<'a> {
+    pub user_id: i64,
+    pub scope: TokenScope,
+    pub via: &'a str,
+    pub token_id: Option<i64>,
+    pub expires_at_us: i64,
+    pub provider: Option<(Option<&'a str>, Duration)>,
+    pub source: Option<&'a str>,
+}
+
+/// Starts a session. Returns its id (shown once: to the browser's cookie or the CLI).
+pub async fn start_session(state: &AppState, start: SessionStart<'_>) -> Result<String, ApiError> {
     let now = crate::driver::now_us();
     let id = format!("{SESSION_PREFIX}{}", new_token().trim_start_matches(TOKEN_PREFIX));
-    let (refresh_token, recheck_at_us) = match provider {
+    let (refresh_token, recheck_at_us) = match start.provider {
         Some((refresh, recheck)) => (refresh, refresh.map(|_| now + micros(recheck))),
         None => (None, None),
     };
     let session = ferry_store::NewSession {
         hash: &hash_token(&id),
-        user_id,
-        scope: scope.name(),
-        via,
-        expires_at_us,
+        user_id: start.user_id,
+        scope: start.scope.name(),
+        via: start.via,
+        token_id: start.token_id,
+        expires_at_us: start.expires_at_us,
         refresh_token,
         recheck_at_us,
-        source,
+        source: start.source,
     };
     state.store.create_session(&session, now).await?;
     Ok(id)

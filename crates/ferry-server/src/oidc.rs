@@ -560,6 +560,9 @@ pub async fn sign_in(
             user.name
         )));
     }
+    if user.kind == "service" {
+        return Err(refused(format!("`{}` is a service account, which signs in with its tokens only", user.name)));
+    }
     let rules = store.group_rules().await.map_err(unavailable)?;
     store.sync_granted_memberships(user.id, &granted(&rules, &identity.groups)).await.map_err(unavailable)?;
     state.tokens.clear();

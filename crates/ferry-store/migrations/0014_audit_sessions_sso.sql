@@ -39,6 +39,8 @@ CREATE TABLE sessions (
     user_id        INTEGER NOT NULL REFERENCES users (id),
     -- The scope the session acts with (a token sign-in keeps its token's).
     scope          TEXT NOT NULL,
+    -- The API token a dashboard sign-in was made with: revoking or expiring it ends the session too.
+    token_id       INTEGER REFERENCES tokens (id),
     via            TEXT NOT NULL,
     created_at_us  INTEGER NOT NULL,
     expires_at_us  INTEGER NOT NULL,

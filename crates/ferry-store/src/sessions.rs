@@ -11,8 +11,10 @@ pub struct SessionRecord {
     pub id: i64,
     pub user_id: i64,
     pub scope: String,
-    /// `token` or `oidc`.
+    /// `token`, `oidc` or `oidc-device`.
     pub via: String,
+    /// The API token a sign-in with a token was made with.
+    pub token_id: Option<i64>,
     pub expires_at_us: i64,
     /// The provider's refresh token of a single sign-on session.
     pub refresh_token: Option<String>,
@@ -27,6 +29,7 @@ pub struct NewSession<'a> {
     pub user_id: i64,
     pub scope: &'a str,
     pub via: &'a str,
+    pub token_id: Option<i64>,
     pub expires_at_us: i64,
     pub refresh_token: Option<&'a str>,
     pub recheck_at_us: Option<i64>,
@@ -47,7 +50,7 @@ impl Store {
         sqlx::query("DELETE FROM sessions WHERE expires_at_us < ?").bind(now_us).execute(&self.pool).await?;
         let id = sqlx::query(
             "INSERT INTO sessions (hash, user_id, scope, via, created_at_us, expires_at_us, refresh_token, \
-             recheck_at_us, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             recheck_at_us, source, token_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(session.hash)
         .bind(session.user_id)
@@ -58,17 +61,21 @@ impl Store {
         .bind(session.refresh_token)
         .bind(session.recheck_at_us)
         .bind(session.source)
+        .bind(session.token_id)
         .execute(&self.pool)
         .await?
         .last_insert_rowid();
         Ok(id)
     }
 
-    /// The session with this hash, unless it has expired.
+    /// The session with this hash, unless it has expired or the token it was signed in with was revoked or has
+    /// expired.
     pub async fn session(&self, hash: &str, now_us: i64) -> Result<Option<SessionRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, user_id, scope, via, expires_at_us, refresh_token, recheck_at_us FROM sessions \
-             WHERE hash = ? AND expires_at_us > ?",
+            "SELECT s.id, s.user_id, s.scope, s.via, s.token_id, s.expires_at_us, s.refresh_token, s.recheck_at_us \
+             FROM sessions s LEFT JOIN tokens t ON t.id = s.token_id \
+             WHERE s.hash = ?1 AND s.expires_at_us > ?2 AND (s.token_id IS NULL OR (t.revoked_at_us IS NULL \
+               AND (t.expires_at_us IS NULL OR t.expires_at_us > ?2)))",
         )
         .bind(hash)
         .bind(now_us)
@@ -79,6 +86,7 @@ impl Store {
             user_id: r.get("user_id"),
             scope: r.get("scope"),
             via: r.get("via"),
+            token_id: r.get("token_id"),
             expires_at_us: r.get("expires_at_us"),
             refresh_token: r.get("refresh_token"),
             recheck_at_us: r.get("recheck_at_us"),

@@ -356,6 +356,8 @@ fn every_change_and_refusal_is_in_the_audit_log_and_data_traffic_is_not() {
     // A member reaching for an admin's power, and a token that is no token.
     assert_eq!(call(&f, "POST", "/api/v1/teams", Some(&ana), Some(json!({"name": "mine"}))).0, 403);
     assert_eq!(call(&f, "GET", "/api/v1/nodes", Some(&format!("ferry_{:064}", 7)), None).0, 401);
+    // No credential at all guesses nothing, and is noise the log leaves out.
+    assert_eq!(call(&f, "GET", "/api/v1/queue", None, None).0, 401);
     // The team admin cancels the member's job: the cancel is the lead's.
     f.ok(&["cancel", "--token", &lead, &job.to_string()]);
     f.ok(&["user", "disable", "vic"]);
@@ -372,6 +374,7 @@ fn every_change_and_refusal_is_in_the_audit_log_and_data_traffic_is_not() {
     let denied = audit(&f, "result=denied");
     assert!(denied.iter().any(|(who, action, _, _)| who == "ana" && action == "POST /api/v1/teams"), "{denied:?}");
     assert!(denied.iter().any(|(who, _, object, _)| who == "-" && object == "/api/v1/nodes"), "{denied:?}");
+    assert!(!denied.iter().any(|(_, _, object, _)| object == "/api/v1/queue"), "{denied:?}");
     // The admin's own setup is there (users and teams made with the CLI), attributed to the admin.
     assert!(audit(&f, "action=POST%20/api/v1/users").iter().filter(|e| e.0 == "admin").count() >= 4);
     // Data, not actions: a job's metrics and the agent's routine traffic are not logged; the agent's registration is.
@@ -426,4 +429,36 @@ fn the_audit_retention_must_be_a_sensible_duration() {
         assert_eq!(out.status.code(), Some(78), "{text}: {}", stderr(&out));
         assert!(stderr(&out).contains(expected), "{text}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn a_dashboard_session_ends_with_the_token_it_was_signed_in_with_and_only_this_site_signs_in() {
+    let f = Ferry::start(NodeSpec::default());
+    teams(&f);
+    let ana = token_for(&f, "ana", "submit");
+    let browser = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let sign_in = |origin: &str| {
+        browser
+            .post(format!("{}/login", f.url()))
+            .header("origin", origin)
+            .form(&[("token", ana.as_str())])
+            .send()
+            .unwrap()
+    };
+    // Another site's form would sign the victim in as ana (login CSRF).
+    let forged = sign_in("http://evil.example");
+    assert_eq!(forged.status(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
+    let signed = sign_in(&f.url());
+    assert_eq!(signed.status(), 303);
+    let cookie = signed.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let whoami = || browser.get(format!("{}/api/v1/whoami", f.url())).header("cookie", &cookie).send().unwrap();
+    assert_eq!(whoami().status(), 200);
+    // The token leaked and is revoked: the session made with it ends too.
+    let tokens = f.json(&["token", "list", "--json"]);
+    let id = tokens["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "ana-submit").unwrap()["id"].clone();
+    f.ok(&["token", "revoke", &id.as_i64().unwrap().to_string()]);
+    let after = whoami();
+    assert_eq!(after.status(), 401);
+    assert!(after.text().unwrap().contains("sign in again"));
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use ferry_api::tokens::{DeviceLogin, DeviceLoginState, DevicePoll, TokenScope};
 use ferry_api::{ErrorBody, ErrorCode};
 
-use crate::auth::{end_session, hash_token, new_token, start_session, Caller, SESSION_PREFIX};
+use crate::auth::{end_session, hash_token, new_token, start_session, Caller, SessionStart, SESSION_PREFIX};
 use crate::error::{rejection, ApiError};
 use crate::oidc::{DeviceState, OidcError};
 use crate::state::AppState;
@@ -59,16 +59,16 @@ pub async fn device_start(State(state): State<AppState>, request: Request) -> Re
                 Ok(user) => {
                     let expires_at_us = crate::driver::now_us() + oidc.config.session_lifetime.as_micros() as i64;
                     let provider = Some((refresh.as_deref(), oidc.config.recheck));
-                    let started = start_session(
-                        &state,
-                        user.id,
-                        TokenScope::Admin,
-                        "oidc-device",
+                    let start = SessionStart {
+                        user_id: user.id,
+                        scope: TokenScope::Admin,
+                        via: "oidc-device",
+                        token_id: None,
                         expires_at_us,
                         provider,
-                        source.as_deref(),
-                    )
-                    .await;
+                        source: source.as_deref(),
+                    };
+                    let started = start_session(&state, start).await;
                     match started {
                         Ok(token) => DeviceState::Done { token, user: user.name, expires_at_us },
                         Err(e) => DeviceState::Failed(e.message),

@@ -18,8 +18,8 @@ use ferry_api::tokens::TokenScope;
 
 use crate::audit::{Actor, AuditAction, AuditNote};
 use crate::auth::{
-    authenticate, end_session, same_origin, session_cookie, start_session, Principal, SESSION_COOKIE, SESSION_PREFIX,
-    TOKEN_SESSION_LIFETIME,
+    authenticate, end_session, same_origin, session_cookie, start_session, Principal, SessionStart, SESSION_COOKIE,
+    SESSION_PREFIX, TOKEN_SESSION_LIFETIME,
 };
 use crate::state::AppState;
 
@@ -142,6 +142,10 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
             );
         }
     }
+    // A browser always says where a form came from: another site's form would sign the user in as someone else.
+    if request.headers().contains_key(header::ORIGIN) && !same_origin(request.headers()) {
+        return refused(&state, source, StatusCode::FORBIDDEN, "Sign in from this server's own sign-in page.");
+    }
     let secure = over_https(request.headers());
     let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_BYTES_MAX).await else {
         return login_page(&state, StatusCode::PAYLOAD_TOO_LARGE, Some("The form was too large to be a sign-in."));
@@ -171,8 +175,19 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
     let lifetime_end = now + TOKEN_SESSION_LIFETIME.as_micros() as i64;
     let expires_at_us = user.expires_at_us.map_or(lifetime_end, |at| at.min(lifetime_end));
     let source_text = source.map(|ip| ip.to_string());
-    let started =
-        start_session(&state, user.id, user.scope, "token", expires_at_us, None, source_text.as_deref()).await;
+    let started = start_session(
+        &state,
+        SessionStart {
+            user_id: user.id,
+            scope: user.scope,
+            via: "token",
+            token_id: user.token_id,
+            expires_at_us,
+            provider: None,
+            source: source_text.as_deref(),
+        },
+    )
+    .await;
     let Ok(id) = started else {
         return login_page(
             &state,
@@ -232,7 +247,7 @@ pub struct SsoStart {
 }
 
 /// `GET /auth/login`: sends the browser to the sign-in provider (authorisation code with PKCE).
-pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>, headers: HeaderMap) -> Response {
+pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>, request: Request) -> Response {
     let Some(oidc) = state.oidc.clone() else {
         return login_page(
             &state,
@@ -240,6 +255,15 @@ pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>,
             Some("Single sign-on is not configured on this server; sign in with an API token."),
         );
     };
+    // Each start holds a pending sign-in and may cost a request to the provider: counted like a failed sign-in, so
+    // that no one floods either.
+    if let Some(ip) = source_of(&request) {
+        if let Err(e) = state.failures.check(ip) {
+            return login_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&e.message));
+        }
+        state.failures.record(ip);
+    }
+    let headers = request.headers();
     // Only a path of this server: never an address elsewhere (`//host`, `/\\host`).
     let next = q
         .next
@@ -247,7 +271,7 @@ pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>,
         .unwrap_or_else(|| "/".to_string());
     match oidc.start_login(&next).await {
         Ok((url, sso_state)) => {
-            let secure_flag = if over_https(&headers) { "; Secure" } else { "" };
+            let secure_flag = if over_https(headers) { "; Secure" } else { "" };
             let cookie =
                 format!("{STATE_COOKIE}={sso_state}; HttpOnly; SameSite=Lax; Path=/auth; Max-Age=600{secure_flag}");
             let mut response = secure((StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response(), "no-store");
@@ -336,9 +360,19 @@ pub async fn sso_callback(State(state): State<AppState>, Query(q): Query<SsoCall
     let expires_at_us = now + lifetime.as_micros() as i64;
     let source_text = source.map(|ip| ip.to_string());
     let provider = Some((refresh.as_deref(), oidc.config.recheck));
-    let started =
-        start_session(&state, user.id, TokenScope::Admin, "oidc", expires_at_us, provider, source_text.as_deref())
-            .await;
+    let started = start_session(
+        &state,
+        SessionStart {
+            user_id: user.id,
+            scope: TokenScope::Admin,
+            via: "oidc",
+            token_id: None,
+            expires_at_us,
+            provider,
+            source: source_text.as_deref(),
+        },
+    )
+    .await;
     let Ok(id) = started else {
         return login_page(
             &state,
