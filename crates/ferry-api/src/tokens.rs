@@ -223,6 +223,12 @@ pub struct TeamInfo {
     pub members: BTreeMap<String, TeamRole>,
     pub projects: Vec<String>,
     pub created_at_us: i64,
+    /// The team's quota, from the configuration file or the API; absent: no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// The quotas of its projects that have one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub project_quotas: BTreeMap<String, Quota>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -300,4 +306,61 @@ pub enum DeviceLoginState {
     Done { token: String, user: String, expires_at_us: i64 },
     /// The sign-in failed, for the reason given.
     Failed { message: String },
+}
+
+/// An amount of resources in a quota; what is left out is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaAmount {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+impl QuotaAmount {
+    /// As the scheduler counts it: unlimited where left out.
+    pub fn resources(&self) -> crate::Resources {
+        let unlimited = crate::Resources::UNLIMITED;
+        crate::Resources {
+            cpu_millis: self.cpu_millis.unwrap_or(unlimited.cpu_millis),
+            memory_bytes: self.memory_bytes.unwrap_or(unlimited.memory_bytes),
+            gpus: self.gpus.unwrap_or(unlimited.gpus),
+        }
+    }
+
+    /// From the scheduler's amount: what is unlimited is left out.
+    pub fn from_resources(r: &crate::Resources) -> QuotaAmount {
+        let unlimited = crate::Resources::UNLIMITED;
+        QuotaAmount {
+            gpus: (r.gpus < unlimited.gpus).then_some(r.gpus),
+            cpu_millis: (r.cpu_millis < unlimited.cpu_millis).then_some(r.cpu_millis),
+            memory_bytes: (r.memory_bytes < unlimited.memory_bytes).then_some(r.memory_bytes),
+        }
+    }
+
+    /// The largest amount a quota may name in each dimension (well under the scheduler's "unlimited").
+    pub const MAX: QuotaAmount =
+        QuotaAmount { gpus: Some(1_000_000), cpu_millis: Some(1_000_000_000_000), memory_bytes: Some(1 << 60) };
+
+    /// What is wrong with this amount, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let max = QuotaAmount::MAX;
+        if self.gpus > max.gpus || self.cpu_millis > max.cpu_millis || self.memory_bytes > max.memory_bytes {
+            return Some("a quota amount is larger than any cluster; leave a resource out for no limit".to_string());
+        }
+        None
+    }
+}
+
+/// `PUT /api/v1/teams/{team}/quota` and `PUT /api/v1/teams/{team}/projects/{project}/quota`: the guaranteed amount,
+/// and how much more may be borrowed from others' idle quota (as much as is idle when absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub quota: QuotaAmount,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub borrow_limit: Option<QuotaAmount>,
 }

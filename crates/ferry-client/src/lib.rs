@@ -375,6 +375,24 @@ impl Client {
         response.text().await.map_err(|e| self.transport(e))
     }
 
+    /// Sets (`Some`) or removes the quota of a team, or of one of its projects.
+    pub async fn set_quota(
+        &self,
+        team: &str,
+        project: Option<&str>,
+        quota: Option<&ferry_api::tokens::Quota>,
+    ) -> Result<TeamInfo, ClientError> {
+        let path = match project {
+            Some(p) => format!("/teams/{}/projects/{}/quota", segment(team), segment(p)),
+            None => format!("/teams/{}/quota", segment(team)),
+        };
+        let builder = match quota {
+            Some(quota) => self.request(reqwest::Method::PUT, &path).json(quota),
+            None => self.request(reqwest::Method::DELETE, &path),
+        };
+        self.json(builder).await
+    }
+
     pub async fn group_rules(&self) -> Result<GroupRuleList, ClientError> {
         self.json(self.request(reqwest::Method::GET, "/groups")).await
     }

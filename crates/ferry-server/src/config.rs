@@ -391,6 +391,40 @@ impl FileConfig {
 
 /// Makes the teams and projects the configuration file declares exist as objects of the installation, so that
 /// their members can be added and their jobs submitted to them. Teams made at run time are left alone.
+/// The quotas the scheduler runs with: the configuration file's, and for the teams and projects it sets none for,
+/// those set through the API (`stored`). A stored quota that cannot be read is left out, with a warning.
+pub fn effective_quotas(file: &FileConfig, stored: &[ferry_store::StoredQuota]) -> (Vec<TeamInfo>, Vec<ProjectInfo>) {
+    let mut teams = file.teams.clone();
+    let mut projects = file.projects.clone();
+    for entry in stored {
+        let quota = match serde_json::from_str::<ferry_api::tokens::Quota>(&entry.json) {
+            Ok(quota) => quota,
+            Err(e) => {
+                tracing::warn!(team = %entry.team, project = ?entry.project, error = %e, "ignoring an unreadable quota");
+                continue;
+            }
+        };
+        let (amount, borrow_limit) = (quota.quota.resources(), quota.borrow_limit.map(|b| b.resources()));
+        match &entry.project {
+            None if !teams.iter().any(|t| t.name == entry.team) => {
+                teams.push(TeamInfo { name: entry.team.clone(), quota: amount, borrow_limit })
+            }
+            Some(project) if !projects.iter().any(|p| p.team == entry.team && &p.name == project) => projects
+                .push(ProjectInfo { team: entry.team.clone(), name: project.clone(), quota: amount, borrow_limit }),
+            _ => {}
+        }
+    }
+    (teams, projects)
+}
+
+/// Whether the configuration file sets the quota of `team` (or of its `project`): then it is managed there.
+pub fn quota_in_file(file: &FileConfig, team: &str, project: Option<&str>) -> bool {
+    match project {
+        None => file.teams.iter().any(|t| t.name == team),
+        Some(project) => file.projects.iter().any(|p| p.team == team && p.name == project),
+    }
+}
+
 pub async fn declare_teams(store: &ferry_store::Store, file: &FileConfig) -> Result<(), ferry_store::StoreError> {
     let now = crate::driver::now_us();
     for team in &file.teams {

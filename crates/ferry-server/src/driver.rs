@@ -65,6 +65,10 @@ pub enum Command {
     Allocations {
         reply: oneshot::Sender<BTreeMap<String, (Resources, Vec<u64>)>>,
     },
+    /// Quotas were set through the API: the core runs with the configuration file's and the store's from now on.
+    QuotasChanged {
+        reply: Reply<()>,
+    },
     /// An engine accepted a run: record its native id and form. The answer says whether the run is still wanted
     /// (a run cancelled or moved meanwhile is not, and the engine bridge cancels it).
     Native {
@@ -353,19 +357,24 @@ impl Driver {
         Ok((driver, DriverHandle { tx }, rx))
     }
 
+    /// Gives the core the teams' and projects' quotas: the configuration file's, and the store's for the teams and
+    /// projects the file does not set.
+    async fn apply_quotas(&mut self) -> Result<(), StoreError> {
+        let stored = self.store.quotas().await?;
+        let (teams, projects) = crate::config::effective_quotas(&self.config, &stored);
+        let teams = Event::TeamsConfigured { teams, fair_share_half_life_s: self.config.fair_share_half_life_s };
+        self.sched.apply(teams).expect("configuring teams never fails");
+        self.sched.apply(Event::ProjectsConfigured(projects)).expect("configuring projects never fails");
+        Ok(())
+    }
+
     /// Rebuilds the core from the store: nodes get a fresh timeout to report, running jobs are adopted where they
     /// run, jobs placed but unconfirmed are sent to their node again.
     async fn reload(&mut self) -> Result<(), StoreError> {
         self.sched = Scheduler::new();
         let pools = self.config.pools.iter().map(|p| p.info.clone()).collect();
         self.sched.apply(Event::PoolsConfigured(pools)).expect("configuring pools never fails");
-        let teams = Event::TeamsConfigured {
-            teams: self.config.teams.clone(),
-            fair_share_half_life_s: self.config.fair_share_half_life_s,
-        };
-        self.sched.apply(teams).expect("configuring teams never fails");
-        let projects = Event::ProjectsConfigured(self.config.projects.clone());
-        self.sched.apply(projects).expect("configuring projects never fails");
+        self.apply_quotas().await?;
         self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
         self.jobs.clear();
         self.nodes.clear();
@@ -553,6 +562,10 @@ impl Driver {
                 let reason = self.sched.explain(id);
                 let fork = reason.is_some().then(|| Box::new(self.sched.clone()));
                 let _ = reply.send((reason, fork));
+            }
+            Command::QuotasChanged { reply } => {
+                self.apply_quotas().await?;
+                fx.reply(reply, Ok(()));
             }
             Command::Allocations { reply } => {
                 let mut by_node: BTreeMap<String, (Resources, Vec<u64>)> = BTreeMap::new();

@@ -199,6 +199,7 @@ pub async fn serve(
         series: series.clone(),
         engine_states,
         pools: Arc::new(config.file.pools.clone()),
+        file: Arc::new(config.file.clone()),
         artifacts,
         job_key,
         sweeps: sweeps_handle,

@@ -30,6 +30,8 @@ pub struct AppState {
     pub engine_states: Arc<crate::engines::EngineStates>,
     /// The configured pools, in the configuration's order.
     pub pools: Arc<Vec<crate::config::PoolConfig>>,
+    /// The configuration file (its teams' and projects' quotas are managed there).
+    pub file: Arc<crate::config::FileConfig>,
     /// The sweep controller's mailbox.
     pub sweeps: crate::sweeps::SweepsHandle,
     /// The key that signs jobs' tracking tokens.

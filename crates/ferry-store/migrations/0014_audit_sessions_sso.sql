@@ -67,3 +67,8 @@ CREATE TABLE group_rules (
     created_by    TEXT,
     PRIMARY KEY (grp, team)
 );
+
+-- Quotas set at run time through the API (JSON: `{"quota": {...}, "borrow_limit": {...}}`), for teams and projects
+-- whose quotas the configuration file does not set; NULL: none set here.
+ALTER TABLE teams ADD COLUMN quota TEXT;
+ALTER TABLE projects ADD COLUMN quota TEXT;

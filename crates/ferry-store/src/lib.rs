@@ -24,7 +24,7 @@ pub use audit::{AuditFilter, AuditRecord, NewAudit};
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
-pub use sessions::{GroupRule, NewSession, SessionRecord};
+pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};
 pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
 pub use tokens::{NewToken, NewUser, TeamRecord, TokenListing, TokenRecord, UserRecord};
 pub use tracking::{ExperimentRecord, MetricPoint, Ownership, ParamConflict, RunData, RunRecord};

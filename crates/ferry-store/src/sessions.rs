@@ -214,3 +214,50 @@ impl Store {
         Ok(())
     }
 }
+
+/// A quota set through the API: of a team (`project` is `None`) or of one of its projects, as the JSON the server
+/// wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredQuota {
+    pub team: String,
+    pub project: Option<String>,
+    pub json: String,
+}
+
+impl Store {
+    /// Every quota set through the API.
+    pub async fn quotas(&self) -> Result<Vec<StoredQuota>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name AS team, NULL AS project, quota FROM teams WHERE quota IS NOT NULL \
+             UNION ALL SELECT team, name AS project, quota FROM projects WHERE quota IS NOT NULL ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredQuota { team: r.get("team"), project: r.get("project"), json: r.get("quota") })
+            .collect())
+    }
+
+    /// Sets (or with `None` clears) the quota of a team, or of its project; `false` when there is no such one.
+    pub async fn set_quota(&self, team: &str, project: Option<&str>, json: Option<&str>) -> Result<bool, StoreError> {
+        let done = match project {
+            None => {
+                sqlx::query("UPDATE teams SET quota = ? WHERE name = ?")
+                    .bind(json)
+                    .bind(team)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(project) => {
+                sqlx::query("UPDATE projects SET quota = ? WHERE team = ? AND name = ?")
+                    .bind(json)
+                    .bind(team)
+                    .bind(project)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 use ferry_api::tokens::{
-    CreateProject, CreateTeam, CreateToken, CreateUser, SetGroupRule, SetMember, TeamRole, TokenInfo, TokenKind,
-    TokenScope,
+    CreateProject, CreateTeam, CreateToken, CreateUser, Quota, QuotaAmount, SetGroupRule, SetMember, TeamRole,
+    TokenInfo, TokenKind, TokenScope,
 };
 
 use crate::exit::{self, CliError};
@@ -18,6 +18,40 @@ fn scope(text: &str) -> Result<TokenScope, String> {
 
 fn role(text: &str) -> Result<TeamRole, String> {
     TeamRole::parse(text).ok_or_else(|| format!("`{text}` is not a team role; use viewer, member or admin"))
+}
+
+fn cpus(text: &str) -> Result<u64, String> {
+    ferry_api::units::parse_cpus(text).map_err(|e| e.0)
+}
+
+fn memory(text: &str) -> Result<u64, String> {
+    ferry_api::units::parse_memory(text).map_err(|e| e.0)
+}
+
+/// A quota in words: `8 GPUs, 64 CPUs, 512GiB (+4 GPUs borrowed at most)`; `-` for none.
+fn quota_text(quota: Option<&Quota>) -> String {
+    let Some(quota) = quota else { return "-".to_string() };
+    let amount = |a: &QuotaAmount| {
+        let mut parts = Vec::new();
+        if let Some(g) = a.gpus {
+            parts.push(format!("{g} GPUs"));
+        }
+        if let Some(c) = a.cpu_millis {
+            parts.push(format!("{} CPUs", format::cpus(c)));
+        }
+        if let Some(m) = a.memory_bytes {
+            parts.push(format::bytes(m));
+        }
+        if parts.is_empty() {
+            "no limit".to_string()
+        } else {
+            parts.join(" ")
+        }
+    };
+    match &quota.borrow_limit {
+        Some(b) => format!("{} (+{} borrowed at most)", amount(&quota.quota), amount(b)),
+        None => amount(&quota.quota),
+    }
 }
 
 fn expiry(text: &str) -> Result<u64, String> {
@@ -287,6 +321,31 @@ enum TeamCommand {
         #[arg(long, conflicts_with = "role")]
         remove: bool,
     },
+    /// Set the quota of a team (installation admins) or, with --project, of one of its projects (team admins; within
+    /// the team's). What is left out is unlimited; `--clear` removes the quota.
+    Quota {
+        team: String,
+        #[arg(long)]
+        project: Option<String>,
+        /// Guaranteed GPUs.
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Guaranteed CPUs, such as 64 or 0.5.
+        #[arg(long, value_parser = cpus)]
+        cpus: Option<u64>,
+        /// Guaranteed memory, such as 512GiB.
+        #[arg(long, value_parser = memory)]
+        memory: Option<u64>,
+        /// At most this many more GPUs borrowed from others' idle quota (without any --borrow-*: whatever is idle).
+        #[arg(long)]
+        borrow_gpus: Option<u32>,
+        #[arg(long, value_parser = cpus)]
+        borrow_cpus: Option<u64>,
+        #[arg(long, value_parser = memory)]
+        borrow_memory: Option<u64>,
+        #[arg(long, conflicts_with_all = ["gpus", "cpus", "memory", "borrow_gpus", "borrow_cpus", "borrow_memory"])]
+        clear: bool,
+    },
     /// List the single sign-on group rules.
     Groups {
         #[arg(long)]
@@ -315,11 +374,19 @@ pub async fn team(g: &Global, args: TeamArgs) -> Result<i32, CliError> {
                 .iter()
                 .map(|t| {
                     let members: Vec<String> = t.members.iter().map(|(u, r)| format!("{u}:{}", r.name())).collect();
-                    let projects = if t.projects.is_empty() { "-".to_string() } else { t.projects.join(", ") };
-                    vec![t.name.clone(), members.join(", "), projects]
+                    let projects: Vec<String> = t
+                        .projects
+                        .iter()
+                        .map(|p| match t.project_quotas.get(p) {
+                            Some(q) => format!("{p} ({})", quota_text(Some(q))),
+                            None => p.clone(),
+                        })
+                        .collect();
+                    let projects = if projects.is_empty() { "-".to_string() } else { projects.join(", ") };
+                    vec![t.name.clone(), quota_text(t.quota.as_ref()), members.join(", "), projects]
                 })
                 .collect();
-            print!("{}", format::table(&["TEAM", "MEMBERS", "PROJECTS"], &rows));
+            print!("{}", format::table(&["TEAM", "QUOTA", "MEMBERS", "PROJECTS"], &rows));
         }
         TeamCommand::Member { team, user, role } => {
             client.set_member(&team, &user, &SetMember { role }).await?;
@@ -341,6 +408,27 @@ pub async fn team(g: &Global, args: TeamArgs) -> Result<i32, CliError> {
                 client.set_group_rule(&team, &SetGroupRule { group: group.clone(), role }).await?;
                 eprintln!("members of the group {group} join team {team} as {} at their next sign-in", role.name());
             }
+        }
+        TeamCommand::Quota { team, project, gpus, cpus, memory, borrow_gpus, borrow_cpus, borrow_memory, clear } => {
+            let quota = QuotaAmount { gpus, cpu_millis: cpus, memory_bytes: memory };
+            let borrow = QuotaAmount { gpus: borrow_gpus, cpu_millis: borrow_cpus, memory_bytes: borrow_memory };
+            let spec = Quota { quota, borrow_limit: (borrow != QuotaAmount::default()).then_some(borrow) };
+            if !clear && quota == QuotaAmount::default() {
+                return Err(CliError::new(
+                    exit::INVALID,
+                    "name at least one of --gpus, --cpus and --memory, or --clear to remove the quota",
+                ));
+            }
+            let info = client.set_quota(&team, project.as_deref(), (!clear).then_some(&spec)).await?;
+            let what = match &project {
+                Some(p) => format!("project {p} of team {team}"),
+                None => format!("team {team}"),
+            };
+            let now = match &project {
+                Some(p) => info.project_quotas.get(p).copied(),
+                None => info.quota,
+            };
+            eprintln!("the quota of {what} is now {}", quota_text(now.as_ref()));
         }
         TeamCommand::Groups { json } => {
             let list = client.group_rules().await?;

@@ -157,6 +157,28 @@ const ROWS: &[Row] = &[
     row("DELETE", "/api/v1/teams/{team}/members/{user}", "/api/v1/teams/vision/members/tmp", None, TEAM_ADMINS),
     row(
         "PUT",
+        "/api/v1/teams/{team}/quota",
+        "/api/v1/teams/vision/quota",
+        Some(r#"{"quota": {}}"#),
+        INSTALLATION_ADMIN,
+    ),
+    row("DELETE", "/api/v1/teams/{team}/quota", "/api/v1/teams/vision/quota", None, INSTALLATION_ADMIN),
+    row(
+        "PUT",
+        "/api/v1/teams/{team}/projects/{project}/quota",
+        "/api/v1/teams/vision/projects/p2/quota",
+        Some(r#"{"quota": {}}"#),
+        TEAM_ADMINS,
+    ),
+    row(
+        "DELETE",
+        "/api/v1/teams/{team}/projects/{project}/quota",
+        "/api/v1/teams/vision/projects/p2/quota",
+        None,
+        TEAM_ADMINS,
+    ),
+    row(
+        "PUT",
         "/api/v1/teams/{team}/groups",
         "/api/v1/teams/vision/groups",
         Some(r#"{"group": "ml-vision", "role": "member"}"#),

@@ -155,6 +155,10 @@ pub fn table() -> Vec<Entry> {
         at(put.clone(), "/api/v1/teams/{team}/members/{user}", User(Admin), users::set_member),
         at(delete.clone(), "/api/v1/teams/{team}/members/{user}", User(Admin), users::remove_member),
         at(post.clone(), "/api/v1/teams/{team}/projects", User(Admin), users::create_project),
+        at(put.clone(), "/api/v1/teams/{team}/quota", User(Admin), users::set_team_quota),
+        at(delete.clone(), "/api/v1/teams/{team}/quota", User(Admin), users::clear_team_quota),
+        at(put.clone(), "/api/v1/teams/{team}/projects/{project}/quota", User(Admin), users::set_project_quota),
+        at(delete.clone(), "/api/v1/teams/{team}/projects/{project}/quota", User(Admin), users::clear_project_quota),
         at(put.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::set_group_rule),
         at(delete.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::remove_group_rule),
         // Agents, each for the node its join token is bound to.

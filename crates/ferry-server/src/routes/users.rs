@@ -7,8 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ferry_api::tokens::{
-    identity_name_problem, CreateProject, CreateTeam, CreateUser, GroupRule, GroupRuleList, SetGroupRule, SetMember,
-    TeamInfo, TeamList, TeamRole, UserInfo, UserList, WhoAmI, GROUP_NAME_CHARS_MAX,
+    identity_name_problem, CreateProject, CreateTeam, CreateUser, GroupRule, GroupRuleList, Quota, QuotaAmount,
+    SetGroupRule, SetMember, TeamInfo, TeamList, TeamRole, UserInfo, UserList, WhoAmI, GROUP_NAME_CHARS_MAX,
 };
 use ferry_api::{ErrorBody, ErrorCode};
 use ferry_store::{NewUser, UserRecord};
@@ -178,23 +178,58 @@ pub async fn enable(
 #[utoipa::path(get, path = "/api/v1/teams", security(("token" = [])),
     responses((status = 200, body = TeamList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn teams(State(state): State<AppState>, caller: Caller) -> Result<Json<TeamList>, ApiError> {
-    let teams =
-        state.store.teams().await?.into_iter().filter(|t| caller.sees_team(Some(&t.name))).map(team_wire).collect();
+    let quotas = Quotas::read(&state).await?;
+    let teams = state
+        .store
+        .teams()
+        .await?
+        .into_iter()
+        .filter(|t| caller.sees_team(Some(&t.name)))
+        .map(|t| quotas.team_wire(t))
+        .collect();
     Ok(Json(TeamList { teams }))
 }
 
-fn team_wire(team: ferry_store::TeamRecord) -> TeamInfo {
-    TeamInfo {
-        members: team.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
-        name: team.name,
-        projects: team.projects,
-        created_at_us: team.created_at_us,
+/// The quotas in force, as the scheduler has them (the configuration file's, and the store's where it sets none).
+struct Quotas {
+    teams: Vec<ferry_core::TeamInfo>,
+    projects: Vec<ferry_core::ProjectInfo>,
+}
+
+impl Quotas {
+    async fn read(state: &AppState) -> Result<Quotas, ApiError> {
+        let (teams, projects) = crate::config::effective_quotas(&state.file, &state.store.quotas().await?);
+        Ok(Quotas { teams, projects })
+    }
+
+    fn team(&self, team: &str) -> Option<&ferry_core::TeamInfo> {
+        self.teams.iter().find(|t| t.name == team)
+    }
+
+    fn team_wire(&self, team: ferry_store::TeamRecord) -> TeamInfo {
+        let wire = |quota: &ferry_core::Resources, borrow: Option<&ferry_core::Resources>| Quota {
+            quota: QuotaAmount::from_resources(quota),
+            borrow_limit: borrow.map(QuotaAmount::from_resources),
+        };
+        TeamInfo {
+            members: team.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
+            quota: self.team(&team.name).map(|t| wire(&t.quota, t.borrow_limit.as_ref())),
+            project_quotas: self
+                .projects
+                .iter()
+                .filter(|p| p.team == team.name)
+                .map(|p| (p.name.clone(), wire(&p.quota, p.borrow_limit.as_ref())))
+                .collect(),
+            name: team.name,
+            projects: team.projects,
+            created_at_us: team.created_at_us,
+        }
     }
 }
 
 async fn team_info(state: &AppState, name: &str) -> Result<TeamInfo, ApiError> {
     let team = state.store.teams().await?.into_iter().find(|t| t.name == name).ok_or_else(ApiError::unavailable)?;
-    Ok(team_wire(team))
+    Ok(Quotas::read(state).await?.team_wire(team))
 }
 
 #[utoipa::path(post, path = "/api/v1/teams", request_body = CreateTeam, security(("token" = [])),
@@ -385,4 +420,166 @@ pub async fn remove_group_rule(
     }
     tracing::info!(team = %team, group = %q.group, by = %caller.name, "group rule removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn checked_quota(quota: &Quota) -> Result<(), ApiError> {
+    for amount in std::iter::once(&quota.quota).chain(quota.borrow_limit.as_ref()) {
+        if let Some(problem) = amount.problem() {
+            return Err(ApiError::invalid(problem));
+        }
+    }
+    Ok(())
+}
+
+fn in_file(state: &AppState, team: &str, project: Option<&str>) -> Result<(), ApiError> {
+    if crate::config::quota_in_file(&state.file, team, project) {
+        let what = match project {
+            Some(p) => format!("project {p} of team {team}"),
+            None => format!("team {team}"),
+        };
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("the quota of {what} is set in the server's configuration file; change it there and restart"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets a team's quota (installation admins): guaranteed resources and how much more the team may borrow.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/quota", request_body = Quota, params(("team" = String, Path)),
+    security(("token" = [])),
+    responses((status = 200, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn set_team_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team): Path<String>,
+    body: JsonBody<Quota>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    let Json(quota) = body.map_err(rejection)?;
+    admin_only(&caller, "set a team's quota")?;
+    change_quota(&state, &caller, &team, None, Some(quota)).await
+}
+
+/// Removes a team's quota set through the API: the team is then limited by nothing but fair share.
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/quota", params(("team" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = TeamInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn clear_team_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(team): Path<String>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    admin_only(&caller, "remove a team's quota")?;
+    change_quota(&state, &caller, &team, None, None).await
+}
+
+/// Sets a project's quota (the team's admins), a share of the team's quota.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/projects/{project}/quota", request_body = Quota,
+    params(("team" = String, Path), ("project" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn set_project_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((team, project)): Path<(String, String)>,
+    body: JsonBody<Quota>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    let Json(quota) = body.map_err(rejection)?;
+    managed_team(&state, &caller, &team).await?;
+    change_quota(&state, &caller, &team, Some(&project), Some(quota)).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/projects/{project}/quota",
+    params(("team" = String, Path), ("project" = String, Path)), security(("token" = [])),
+    responses((status = 200, body = TeamInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn clear_project_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((team, project)): Path<(String, String)>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    managed_team(&state, &caller, &team).await?;
+    change_quota(&state, &caller, &team, Some(&project), None).await
+}
+
+/// Sets or clears a quota after checking that it fits: a project's within its team's, a team's above each of its
+/// projects'; then the scheduler runs with it at once.
+async fn change_quota(
+    state: &AppState,
+    caller: &Caller,
+    team: &str,
+    project: Option<&str>,
+    quota: Option<Quota>,
+) -> Result<Json<TeamInfo>, ApiError> {
+    if !state.store.team_exists(team).await? {
+        return Err(ApiError::not_found(format!("no team `{team}`; `ferry team list` shows the teams")));
+    }
+    if let Some(project) = project {
+        if !state.store.project_exists(team, project).await? {
+            return Err(ApiError::not_found(format!(
+                "team {team} has no project `{project}`; add it with `ferry team project {team} {project}`"
+            )));
+        }
+    }
+    in_file(state, team, project)?;
+    let current = Quotas::read(state).await?;
+    if let Some(quota) = &quota {
+        checked_quota(quota)?;
+        let amount = quota.quota.resources();
+        match project {
+            Some(project) => {
+                if let Some(team_quota) = current.team(team).map(|t| t.quota) {
+                    if !amount.fits_in(&team_quota) {
+                        return Err(ApiError::invalid(format!(
+                            "project {project}'s quota must fit within team {team}'s ({}); ask an installation admin \
+                             to raise the team's quota",
+                            describe(&QuotaAmount::from_resources(&team_quota))
+                        )));
+                    }
+                }
+            }
+            None => {
+                let over: Vec<&str> = current
+                    .projects
+                    .iter()
+                    .filter(|p| p.team == team && !p.quota.fits_in(&amount))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if !over.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "the quotas of team {team}'s projects {} do not fit within this quota; lower them first",
+                            over.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let json = quota.map(|q| serde_json::to_string(&q).expect("quotas serialize"));
+    state.store.set_quota(team, project, json.as_deref()).await?;
+    state.driver.call(|reply| crate::driver::Command::QuotasChanged { reply }).await?;
+    tracing::info!(team, project = ?project, quota = ?json, by = %caller.name, "quota changed");
+    Ok(Json(team_info(state, team).await?))
+}
+
+/// A quota amount in words, for messages: `8 GPUs, 64 CPUs, 512 GiB`; `no limit` when it has none.
+fn describe(amount: &QuotaAmount) -> String {
+    let mut parts = Vec::new();
+    if let Some(gpus) = amount.gpus {
+        parts.push(format!("{gpus} GPUs"));
+    }
+    if let Some(millis) = amount.cpu_millis {
+        parts.push(format!("{} CPUs", millis as f64 / 1000.0));
+    }
+    if let Some(bytes) = amount.memory_bytes {
+        parts.push(format!("{} GiB memory", bytes as f64 / (1u64 << 30) as f64));
+    }
+    if parts.is_empty() {
+        "no limit".to_string()
+    } else {
+        parts.join(", ")
+    }
 }
