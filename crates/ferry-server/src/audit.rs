@@ -54,6 +54,11 @@ impl Actor {
 #[derive(Clone, Debug)]
 pub struct AuditNote(pub String);
 
+/// The note as a response part: `(StatusCode::CREATED, note(format!("job {id}")), Json(...))`.
+pub fn note(text: impl Into<String>) -> axum::Extension<AuditNote> {
+    axum::Extension(AuditNote(text.into()))
+}
+
 /// A named action recorded whatever the method (a sign-in is a `GET` of the provider's callback).
 #[derive(Clone, Copy, Debug)]
 pub struct AuditAction(pub &'static str);

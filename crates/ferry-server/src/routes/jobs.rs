@@ -275,12 +275,12 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Json<SubmitJob>, axum::extract::rejection::JsonRejection>,
-) -> Result<(axum::http::StatusCode, Json<Submitted>), ApiError> {
+) -> Result<(axum::http::StatusCode, axum::Extension<crate::audit::AuditNote>, Json<Submitted>), ApiError> {
     let Json(spec) = body.map_err(rejection)?;
     let experiment = spec.experiment.clone();
     let job = prepare(&state, spec, &caller).await?;
     let id = submit_tracked(&state, job, experiment.as_deref(), Vec::new(), Vec::new()).await?;
-    Ok((axum::http::StatusCode::CREATED, Json(Submitted { id })))
+    Ok((axum::http::StatusCode::CREATED, crate::audit::note(format!("job {id}")), Json(Submitted { id })))
 }
 
 /// A submission checked (`validate`) for its submitter, who owns it: its team and project are ones the submitter

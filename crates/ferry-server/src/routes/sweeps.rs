@@ -45,7 +45,7 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Json<SubmitSweep>, axum::extract::rejection::JsonRejection>,
-) -> Result<(axum::http::StatusCode, Json<SweepSubmitted>), ApiError> {
+) -> Result<(axum::http::StatusCode, axum::Extension<crate::audit::AuditNote>, Json<SweepSubmitted>), ApiError> {
     let Json(req) = body.map_err(rejection)?;
     if req.spec.len() > SPEC_BYTES_MAX {
         return Err(ApiError::new(
@@ -80,7 +80,8 @@ pub async fn submit(
     };
     let id = state.store.insert_sweep(&record).await?;
     state.sweeps.started(id).await;
-    Ok((axum::http::StatusCode::CREATED, Json(SweepSubmitted { id, max_trials: spec.max_trials })))
+    let note = crate::audit::note(format!("sweep {id}"));
+    Ok((axum::http::StatusCode::CREATED, note, Json(SweepSubmitted { id, max_trials: spec.max_trials })))
 }
 
 #[derive(Debug, Deserialize)]

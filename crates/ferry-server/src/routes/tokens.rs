@@ -28,7 +28,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
-) -> Result<(axum::http::StatusCode, Json<CreatedToken>), ApiError> {
+) -> Result<(axum::http::StatusCode, axum::Extension<crate::audit::AuditNote>, Json<CreatedToken>), ApiError> {
     let Json(spec) = body.map_err(rejection)?;
     let name = spec.name.trim();
     if name.is_empty() || name.chars().count() > TOKEN_NAME_CHARS_MAX || name.chars().any(char::is_control) {
@@ -148,7 +148,8 @@ pub async fn create(
         TokenKind::Agent => state.tls_authority.as_ref().map(|a| a.fingerprint.to_string()),
         TokenKind::User => None,
     };
-    Ok((axum::http::StatusCode::CREATED, Json(CreatedToken { info, token, ca_sha256 })))
+    let note = crate::audit::note(format!("token {} `{}` ({})", info.id, info.name, info.kind.name()));
+    Ok((axum::http::StatusCode::CREATED, note, Json(CreatedToken { info, token, ca_sha256 })))
 }
 
 /// The server's certificate authority in PEM, for agents that pin it by the fingerprint in their join token.

@@ -90,7 +90,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     body: JsonBody<CreateUser>,
-) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
+) -> Result<(StatusCode, axum::Extension<crate::audit::AuditNote>, Json<UserInfo>), ApiError> {
     admin_only(&caller, "create users")?;
     let Json(spec) = body.map_err(rejection)?;
     let name = checked_name(&spec.name)?;
@@ -125,7 +125,8 @@ pub async fn create(
     }
     tracing::info!(user = name, kind, admin = spec.admin, by = %caller.name, "user created");
     let user = state.store.user(id).await?.ok_or_else(ApiError::unavailable)?;
-    Ok((StatusCode::CREATED, Json(user_info(&state, user).await?)))
+    let note = crate::audit::note(format!("{kind} {name}{}", if spec.admin { " (installation admin)" } else { "" }));
+    Ok((StatusCode::CREATED, note, Json(user_info(&state, user).await?)))
 }
 
 /// Disables a user: every token and session of theirs is refused from now on; their jobs keep running.
@@ -239,7 +240,7 @@ pub async fn create_team(
     State(state): State<AppState>,
     caller: Caller,
     body: JsonBody<CreateTeam>,
-) -> Result<(StatusCode, Json<TeamInfo>), ApiError> {
+) -> Result<(StatusCode, axum::Extension<crate::audit::AuditNote>, Json<TeamInfo>), ApiError> {
     admin_only(&caller, "create teams")?;
     let Json(spec) = body.map_err(rejection)?;
     let name = checked_name(&spec.name)?;
@@ -247,7 +248,7 @@ pub async fn create_team(
         return Err(ApiError::new(ErrorCode::Conflict, format!("there is already a team `{name}`")));
     }
     tracing::info!(team = name, by = %caller.name, "team created");
-    Ok((StatusCode::CREATED, Json(team_info(&state, name).await?)))
+    Ok((StatusCode::CREATED, crate::audit::note(format!("team {name}")), Json(team_info(&state, name).await?)))
 }
 
 /// A team the caller may manage, or why not. Another team is not confirmed to exist to a non-member.
@@ -338,7 +339,7 @@ pub async fn create_project(
     caller: Caller,
     Path(team): Path<String>,
     body: JsonBody<CreateProject>,
-) -> Result<(StatusCode, Json<TeamInfo>), ApiError> {
+) -> Result<(StatusCode, axum::Extension<crate::audit::AuditNote>, Json<TeamInfo>), ApiError> {
     let Json(spec) = body.map_err(rejection)?;
     managed_team(&state, &caller, &team).await?;
     let name = checked_name(&spec.name)?;
@@ -346,7 +347,8 @@ pub async fn create_project(
         return Err(ApiError::new(ErrorCode::Conflict, format!("team {team} already has a project `{name}`")));
     }
     tracing::info!(team = %team, project = name, by = %caller.name, "project created");
-    Ok((StatusCode::CREATED, Json(team_info(&state, &team).await?)))
+    let note = crate::audit::note(format!("project {name}"));
+    Ok((StatusCode::CREATED, note, Json(team_info(&state, &team).await?)))
 }
 
 /// The single sign-on group rules: all of them for an installation admin, those of the caller's teams for anyone
