@@ -73,6 +73,7 @@ const ROWS: &[Row] = &[
     row("GET", "/api/v1/health", "/api/v1/health", None, EVERYONE),
     row("GET", "/metrics", "/metrics", None, EVERYONE),
     row("GET", "/api/v1/openapi.json", "/api/v1/openapi.json", None, EVERYONE),
+    row("GET", "/api/v1/openapi-mlflow.json", "/api/v1/openapi-mlflow.json", None, EVERYONE),
     row("GET", "/api/v1/tls/ca", "/api/v1/tls/ca", None, EVERYONE),
     row("GET", "/", "/", None, EVERYONE),
     row("GET", "/nodes", "/nodes", None, EVERYONE),

@@ -114,8 +114,9 @@ pub async fn device_poll(
 
 /// Ends the session the request is made with (`ferry logout`); an API token is left alone (revoke it instead).
 #[utoipa::path(post, path = "/api/v1/auth/logout",
-    responses((status = 204, description = "Signed out"), (status = 401, body = ErrorBody)),
-    security(("token" = [])))]
+    responses((status = 204, description = "Signed out"),
+        (status = 400, body = ErrorBody, description = "Made with an API token, not a sign-in session"),
+        (status = 401, body = ErrorBody)))]
 pub async fn logout(State(state): State<AppState>, _caller: Caller, request: Request) -> Result<StatusCode, ApiError> {
     let bearer = request
         .headers()

@@ -79,7 +79,7 @@ pub async fn put(
 /// How many jobs with an archive are looked at to find one the caller may see.
 const CODE_JOBS_LOOKED_AT_MAX: u32 = 1000;
 
-#[utoipa::path(get, path = "/api/v1/code/{sha256}", security(("token" = [])),
+#[utoipa::path(get, path = "/api/v1/code/{sha256}",
     responses((status = 200, content_type = "application/gzip"), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -102,7 +102,6 @@ pub struct AgentCodeQuery {
 
 /// The code archive of a run assigned to the agent's node.
 #[utoipa::path(get, path = "/api/v1/agent/code/{sha256}", params(("sha256" = String, Path), ("node" = String, Query)),
-    security(("agent_token" = [])),
     responses((status = 200, content_type = "application/gzip"), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn agent_get(

@@ -97,6 +97,7 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/api/v1/health", Public, health),
         at(get.clone(), "/metrics", Public, metrics::metrics),
         at(get.clone(), "/api/v1/openapi.json", Public, openapi::document),
+        at(get.clone(), "/api/v1/openapi-mlflow.json", Public, openapi::mlflow),
         // The certificate authority that join tokens pin: public, like a CA certificate anywhere.
         at(get.clone(), "/api/v1/tls/ca", Public, tokens::authority),
         at(get.clone(), "/", Public, ui::page),

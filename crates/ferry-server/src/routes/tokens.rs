@@ -21,7 +21,7 @@ fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, message)
 }
 
-#[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken, security(("token" = [])),
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn create(
@@ -181,7 +181,7 @@ fn node_pattern_problem(node: &str) -> Option<String> {
 }
 
 /// Tokens: one's own; every token for an installation admin.
-#[utoipa::path(get, path = "/api/v1/tokens", security(("token" = [])),
+#[utoipa::path(get, path = "/api/v1/tokens",
     responses((status = 200, body = TokenList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<TokenList>, ApiError> {
     let whose = if caller.admin { None } else { Some(caller.id) };
@@ -191,7 +191,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 
 /// Revokes a token: requests with it are refused from now on, and an agent using it stops. One's own personal
 /// tokens, or any token for an installation admin.
-#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = i64, Path)), security(("token" = [])),
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = i64, Path)),
     responses((status = 200, body = TokenInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn revoke(

@@ -63,7 +63,7 @@ async fn find_user(state: &AppState, name: &str) -> Result<UserRecord, ApiError>
 }
 
 /// Who the caller is: the user behind the token, the token's scope and the caller's teams.
-#[utoipa::path(get, path = "/api/v1/whoami", security(("token" = [])),
+#[utoipa::path(get, path = "/api/v1/whoami",
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn whoami(State(state): State<AppState>, caller: Caller) -> Result<Json<WhoAmI>, ApiError> {
     let user = state.store.user(caller.id).await?.ok_or_else(ApiError::unavailable)?;
@@ -71,7 +71,7 @@ pub async fn whoami(State(state): State<AppState>, caller: Caller) -> Result<Jso
 }
 
 /// Users and service accounts: all of them for an installation admin, oneself for anyone else.
-#[utoipa::path(get, path = "/api/v1/users", security(("token" = [])),
+#[utoipa::path(get, path = "/api/v1/users",
     responses((status = 200, body = UserList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<UserList>, ApiError> {
     let mut users = Vec::new();
@@ -83,7 +83,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     Ok(Json(UserList { users }))
 }
 
-#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUser, security(("token" = [])),
+#[utoipa::path(post, path = "/api/v1/users", request_body = CreateUser,
     responses((status = 201, body = UserInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
@@ -130,7 +130,7 @@ pub async fn create(
 }
 
 /// Disables a user: every token and session of theirs is refused from now on; their jobs keep running.
-#[utoipa::path(post, path = "/api/v1/users/{name}/disable", params(("name" = String, Path)), security(("token" = [])),
+#[utoipa::path(post, path = "/api/v1/users/{name}/disable", params(("name" = String, Path)),
     responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn disable(
@@ -156,7 +156,7 @@ pub async fn disable(
     Ok(Json(user_info(&state, find_user(&state, &name).await?).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/users/{name}/enable", params(("name" = String, Path)), security(("token" = [])),
+#[utoipa::path(post, path = "/api/v1/users/{name}/enable", params(("name" = String, Path)),
     responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn enable(
@@ -176,7 +176,7 @@ pub async fn enable(
 }
 
 /// Teams: all of them for an installation admin, the caller's own for anyone else.
-#[utoipa::path(get, path = "/api/v1/teams", security(("token" = [])),
+#[utoipa::path(get, path = "/api/v1/teams",
     responses((status = 200, body = TeamList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn teams(State(state): State<AppState>, caller: Caller) -> Result<Json<TeamList>, ApiError> {
     let quotas = Quotas::read(&state).await?;
@@ -233,7 +233,7 @@ async fn team_info(state: &AppState, name: &str) -> Result<TeamInfo, ApiError> {
     Ok(Quotas::read(state).await?.team_wire(team))
 }
 
-#[utoipa::path(post, path = "/api/v1/teams", request_body = CreateTeam, security(("token" = [])),
+#[utoipa::path(post, path = "/api/v1/teams", request_body = CreateTeam,
     responses((status = 201, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_team(
@@ -267,7 +267,7 @@ async fn managed_team(state: &AppState, caller: &Caller, team: &str) -> Result<(
 
 /// Adds a member to a team or changes their role.
 #[utoipa::path(put, path = "/api/v1/teams/{team}/members/{user}", request_body = SetMember,
-    params(("team" = String, Path), ("user" = String, Path)), security(("token" = [])),
+    params(("team" = String, Path), ("user" = String, Path)),
     responses((status = 200, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_member(
@@ -300,7 +300,7 @@ pub async fn set_member(
 }
 
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/members/{user}",
-    params(("team" = String, Path), ("user" = String, Path)), security(("token" = [])),
+    params(("team" = String, Path), ("user" = String, Path)),
     responses((status = 200, body = TeamInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove_member(
@@ -331,7 +331,7 @@ pub async fn remove_member(
 }
 
 #[utoipa::path(post, path = "/api/v1/teams/{team}/projects", request_body = CreateProject,
-    params(("team" = String, Path)), security(("token" = [])),
+    params(("team" = String, Path)),
     responses((status = 201, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_project(
@@ -353,7 +353,7 @@ pub async fn create_project(
 
 /// The single sign-on group rules: all of them for an installation admin, those of the caller's teams for anyone
 /// else.
-#[utoipa::path(get, path = "/api/v1/groups", security(("token" = [])),
+#[utoipa::path(get, path = "/api/v1/groups",
     responses((status = 200, body = GroupRuleList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn group_rules(State(state): State<AppState>, caller: Caller) -> Result<Json<GroupRuleList>, ApiError> {
     let rules = state
@@ -369,7 +369,7 @@ pub async fn group_rules(State(state): State<AppState>, caller: Caller) -> Resul
 
 /// Members of the provider's group get a role in the team, from their next sign-in (or session check) on.
 #[utoipa::path(put, path = "/api/v1/teams/{team}/groups", request_body = SetGroupRule,
-    params(("team" = String, Path)), security(("token" = [])),
+    params(("team" = String, Path)),
     responses((status = 200, body = GroupRule), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn set_group_rule(
@@ -406,7 +406,6 @@ pub struct GroupQuery {
 
 /// Removes a group rule; the memberships it granted go at each member's next sign-in (or session check).
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/groups", params(("team" = String, Path), GroupQuery),
-    security(("token" = [])),
     responses((status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn remove_group_rule(
@@ -449,7 +448,6 @@ fn in_file(state: &AppState, team: &str, project: Option<&str>) -> Result<(), Ap
 
 /// Sets a team's quota (installation admins): guaranteed resources and how much more the team may borrow.
 #[utoipa::path(put, path = "/api/v1/teams/{team}/quota", request_body = Quota, params(("team" = String, Path)),
-    security(("token" = [])),
     responses((status = 200, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_team_quota(
@@ -464,7 +462,7 @@ pub async fn set_team_quota(
 }
 
 /// Removes a team's quota set through the API: the team is then limited by nothing but fair share.
-#[utoipa::path(delete, path = "/api/v1/teams/{team}/quota", params(("team" = String, Path)), security(("token" = [])),
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/quota", params(("team" = String, Path)),
     responses((status = 200, body = TeamInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn clear_team_quota(
@@ -478,7 +476,7 @@ pub async fn clear_team_quota(
 
 /// Sets a project's quota (the team's admins), a share of the team's quota.
 #[utoipa::path(put, path = "/api/v1/teams/{team}/projects/{project}/quota", request_body = Quota,
-    params(("team" = String, Path), ("project" = String, Path)), security(("token" = [])),
+    params(("team" = String, Path), ("project" = String, Path)),
     responses((status = 200, body = TeamInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn set_project_quota(
@@ -493,7 +491,7 @@ pub async fn set_project_quota(
 }
 
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/projects/{project}/quota",
-    params(("team" = String, Path), ("project" = String, Path)), security(("token" = [])),
+    params(("team" = String, Path), ("project" = String, Path)),
     responses((status = 200, body = TeamInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn clear_project_quota(
