@@ -133,6 +133,9 @@ impl RunEntry {
     }
 }
 
+/// The variable MLflow's client reads the certificate authority of its tracking server from.
+pub const CA_PATH_VAR: &str = "MLFLOW_TRACKING_SERVER_CERT_PATH";
+
 /// What the agent shares with the sampler and the telemetry shipper.
 pub(crate) struct Telemetry {
     /// The runs the sampler measures, set whenever a run starts or ends.
@@ -489,6 +492,11 @@ impl Agent {
         if assignment.env.contains_key("MLFLOW_RUN_ID") {
             let server = self.config.server.trim_end_matches('/').to_string();
             assignment.env.entry("MLFLOW_TRACKING_URI".to_string()).or_insert(server);
+            // A server with a private authority: the job's MLflow client trusts the one the agent does.
+            if let Some(ca) = &self.config.server_ca_file {
+                let path = ca.display().to_string();
+                assignment.env.entry(CA_PATH_VAR.to_string()).or_insert(path);
+            }
         }
         let run = assignment.run;
         let path = self.run_dir(run);

@@ -58,6 +58,9 @@ pub struct AgentConfig {
     /// The certificate authority the join token pins (`TOKEN#sha256:...`): the agent fetches it from the server,
     /// accepts it only if it has this fingerprint, and then trusts it alone.
     pub ca_pin: Option<ferry_api::tls::CaFingerprint>,
+    /// The certificate authority the agent trusts, as a PEM file that jobs' MLflow clients are pointed at
+    /// (`MLFLOW_TRACKING_SERVER_CERT_PATH`); set when the agent starts with a private authority.
+    pub server_ca_file: Option<PathBuf>,
 }
 
 /// How the container engine is asked for GPUs.
@@ -128,6 +131,7 @@ impl AgentConfig {
             container_gpus: ContainerGpus::default(),
             trust: ferry_client::Trust::System,
             ca_pin: None,
+            server_ca_file: None,
         }
     }
 

@@ -229,6 +229,29 @@ async fn run(run_dir: &Path) -> i32 {
 
 /// The settings the agent wrote (`<data_dir>/containers.json`, two levels above the run directory); without them,
 /// the default socket. The job's own environment is never consulted: it must not choose the engine.
+/// The working directory at its own path, and the server's certificate authority the agent gave the job (read-only,
+/// at the same path, so that `MLFLOW_TRACKING_SERVER_CERT_PATH` means the same file inside).
+fn mounts(spec: &Assignment) -> Vec<Mount> {
+    let mut mounts = vec![Mount {
+        target: Some(spec.workdir.clone()),
+        source: Some(spec.workdir.clone()),
+        typ: Some(MountType::BIND),
+        ..Default::default()
+    }];
+    if let Some(ca) = spec.env.get(crate::agent::CA_PATH_VAR).filter(|p| Path::new(p).is_file()) {
+        if !Path::new(ca).starts_with(&spec.workdir) {
+            mounts.push(Mount {
+                target: Some(ca.clone()),
+                source: Some(ca.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    mounts
+}
+
 fn read_settings(run_dir: &Path) -> Settings {
     let file = run_dir.parent().and_then(Path::parent).map(|data_dir| data_dir.join(SETTINGS_FILE));
     let read = file.and_then(|file| std::fs::read(file).ok()).and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -423,12 +446,7 @@ pub(crate) fn container_body(
         // The same as the memory limit: no swap on top of it.
         memory_swap: memory,
         network_mode: Some("host".into()),
-        mounts: Some(vec![Mount {
-            target: Some(spec.workdir.clone()),
-            source: Some(spec.workdir.clone()),
-            typ: Some(MountType::BIND),
-            ..Default::default()
-        }]),
+        mounts: Some(mounts(spec)),
         ulimits: Some(vec![
             pinned("nofile", rlimits.nofile, NOFILE_FALLBACK),
             pinned("nproc", rlimits.nproc.map(|n| n.min(NPROC_MAX)), NPROC_FALLBACK),

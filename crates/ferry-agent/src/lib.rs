@@ -107,6 +107,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     };
     let client = ferry_client::Client::with_trust(&config.server, Some(config.token.clone()), &trust)
         .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let mut config = config;
+    if let ferry_client::Trust::Authority(authority) = &trust {
+        config.server_ca_file = Some(write_server_ca(&config.data_dir, authority)?);
+    }
     let usage = sampler.usage.clone();
     let telemetry = agent::Telemetry { runs: sampler.runs.clone(), spool };
     let result =
@@ -114,6 +118,22 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     drop(sampler);
     result
 }
+
+/// Writes the authority the agent trusts where jobs can read it: their MLflow clients must trust the same server.
+/// Readable by all (a certificate is public); replaced whole, so a starting job never reads half of it.
+fn write_server_ca(data_dir: &Path, authority: &ferry_client::CaCert) -> Result<PathBuf, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join(SERVER_CA_FILE);
+    let fail = |e: std::io::Error| AgentError::Tls(format!("cannot write {}: {e}", path.display()));
+    let staged = data_dir.join(format!(".{SERVER_CA_FILE}.tmp"));
+    std::fs::write(&staged, authority.pem()).map_err(fail)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644)).map_err(fail)?;
+    std::fs::rename(&staged, &path).map_err(fail)?;
+    Ok(path)
+}
+
+/// The file in the agent's data directory holding the server's certificate authority, for jobs.
+pub const SERVER_CA_FILE: &str = "server-ca.pem";
 
 /// Fetches the server's certificate authority that `pin` names, waiting for a server that does not answer yet;
 /// `None` when `shutdown` comes first. Any other failure, a mismatch above all, stops the agent: it never falls

@@ -31,6 +31,8 @@ pub enum Trust {
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaCert {
     der: CertificateDer<'static>,
+    /// The PEM text it was read from, for handing on to clients that read PEM files (a job's MLflow client).
+    pem: Vec<u8>,
     pub fingerprint: CaFingerprint,
 }
 
@@ -46,11 +48,16 @@ impl CaCert {
         let der = CertificateDer::from_pem_slice(pem).map_err(|e| {
             format!("{origin} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`): {e}; give the certificate authority's certificate")
         })?;
-        Ok(CaCert { fingerprint: fingerprint(&der), der })
+        Ok(CaCert { fingerprint: fingerprint(&der), der, pem: pem.to_vec() })
     }
 
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+
+    /// The PEM text the certificate was read from.
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
     }
 }
 

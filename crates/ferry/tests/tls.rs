@@ -63,6 +63,17 @@ fn an_agent_joins_with_a_pinned_token_and_runs_a_job_over_https() {
     let id = f.submit(&["--", "sh", "-c", "echo hello over tls"]);
     f.wait_state(id, "succeeded");
     assert!(f.ok(&["logs", &id.to_string()]).contains("hello over tls"));
+    // The job's MLflow client is pointed at the authority the agent trusts: an https client in the job (curl, as
+    // MLflow's would) reaches the tracking API with it, and verifies the server.
+    let script = "curl -sS -o /dev/null -w 'tracking %{http_code}\n' --cacert \"$MLFLOW_TRACKING_SERVER_CERT_PATH\" \
+        -H \"Authorization: Bearer $MLFLOW_TRACKING_TOKEN\" \
+        \"$MLFLOW_TRACKING_URI/api/2.0/mlflow/runs/get?run_id=$MLFLOW_RUN_ID\"";
+    let id = f.submit(&["--", "sh", "-c", script]);
+    let job = f.wait_state(id, "succeeded");
+    let logs = f.ok(&["logs", &id.to_string()]);
+    assert!(logs.contains("tracking 200"), "{logs}\n{job}");
+    let given = f.agent_dir().join("server-ca.pem");
+    assert_eq!(std::fs::read(&given).unwrap(), std::fs::read(ca_path(&f)).unwrap(), "the server's own authority");
     // The JSON answer of a join token names the fingerprint as well.
     let created = f.json(&["token", "create", "--agent", "--node", "node-b", "--name", "b", "--json"]);
     assert_eq!(created["ca_sha256"].as_str(), Some(pinned));
