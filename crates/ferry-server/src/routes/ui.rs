@@ -92,6 +92,11 @@ fn login_page(state: &AppState, status: StatusCode, message: Option<&str>) -> Re
     html(status, LOGIN_HTML.replace("{{message}}", &paragraph).replace("{{sso}}", sso))
 }
 
+/// The sign-in form again, when the store did not answer.
+fn unavailable(state: &AppState) -> Response {
+    login_page(state, StatusCode::SERVICE_UNAVAILABLE, Some("The server could not reach its database; try again."))
+}
+
 /// `GET /login`: the sign-in form.
 pub async fn login_form(State(state): State<AppState>) -> Response {
     login_page(&state, StatusCode::OK, None)
@@ -189,11 +194,7 @@ pub async fn login(State(state): State<AppState>, request: Request) -> Response 
     )
     .await;
     let Ok(id) = started else {
-        return login_page(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("The server could not reach its database; try again."),
-        );
+        return unavailable(&state);
     };
     let mut response = see_other("/");
     match session_cookie_header(&id, (expires_at_us - now) / 1_000_000, secure) {
@@ -374,11 +375,7 @@ pub async fn sso_callback(State(state): State<AppState>, Query(q): Query<SsoCall
     )
     .await;
     let Ok(id) = started else {
-        return login_page(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            Some("The server could not reach its database; try again."),
-        );
+        return unavailable(&state);
     };
     // A page of this site moves on to `next`, so that the session's `SameSite=Strict` cookie goes with that request
     // (a redirect would still count as the provider's cross-site navigation, and the browser would leave it out).
