@@ -601,9 +601,14 @@ async fn load_session(state: &AppState, hash: &str) -> Result<Checked, ApiError>
     let ended =
         || unauthenticated("the sign-in has ended; sign in again (`ferry login`, or the dashboard's sign-in page)");
     let mut session = state.store.session(hash, now).await?.ok_or_else(ended)?;
-    if let (Some(refresh_token), Some(recheck_at)) = (session.refresh_token.clone(), session.recheck_at_us) {
+    if let (Some(sealed), Some(recheck_at)) = (session.refresh_token.clone(), session.recheck_at_us) {
         if recheck_at <= now {
             let oidc = state.oidc.as_ref().ok_or_else(ended)?;
+            // A refresh token that does not open (the data directory's secret changed) cannot be checked: signed out.
+            let Some(refresh_token) = oidc.sealer.open(&sealed) else {
+                state.store.end_session_by_id(session.id).await?;
+                return Err(ended());
+            };
             match oidc.refresh(&refresh_token).await {
                 Ok((identity, rotated)) => {
                     if let Some(identity) = identity {
@@ -620,6 +625,7 @@ async fn load_session(state: &AppState, hash: &str) -> Result<Checked, ApiError>
                         }
                     }
                     let next = now + micros(oidc.config.recheck);
+                    let rotated = rotated.map(|t| oidc.sealer.seal(&t));
                     state.store.renew_session(session.id, rotated.as_deref(), next).await?;
                     session.recheck_at_us = Some(next);
                 }
@@ -670,9 +676,11 @@ pub struct SessionStart<'a> {
 pub async fn start_session(state: &AppState, start: SessionStart<'_>) -> Result<String, ApiError> {
     let now = crate::driver::now_us();
     let id = format!("{SESSION_PREFIX}{}", new_token().trim_start_matches(TOKEN_PREFIX));
-    let (refresh_token, recheck_at_us) = match start.provider {
-        Some((refresh, recheck)) => (refresh, refresh.map(|_| now + micros(recheck))),
-        None => (None, None),
+    let (refresh_token, recheck_at_us) = match (start.provider, state.oidc.as_ref()) {
+        (Some((refresh, recheck)), Some(oidc)) => {
+            (refresh.map(|t| oidc.sealer.seal(t)), refresh.map(|_| now + micros(recheck)))
+        }
+        _ => (None, None),
     };
     let session = ferry_store::NewSession {
         hash: &hash_token(&id),
@@ -681,7 +689,7 @@ pub async fn start_session(state: &AppState, start: SessionStart<'_>) -> Result<
         via: start.via,
         token_id: start.token_id,
         expires_at_us: start.expires_at_us,
-        refresh_token,
+        refresh_token: refresh_token.as_deref(),
         recheck_at_us,
         source: start.source,
     };

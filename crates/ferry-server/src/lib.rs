@@ -179,7 +179,7 @@ pub async fn serve(
     let oidc = match &config.file.oidc {
         Some(settings) => {
             let base = config.file.public_url.clone().unwrap_or_else(|| tracking_uri.clone());
-            let oidc = oidc::Oidc::new(settings.clone(), &base).map_err(ServerError::Config)?;
+            let oidc = oidc::Oidc::new(settings.clone(), &base, &job_key).map_err(ServerError::Config)?;
             tracing::info!(issuer = %settings.issuer, redirect = %oidc.redirect_uri(), "single sign-on");
             Some(Arc::new(oidc))
         }

@@ -199,6 +199,8 @@ pub enum DeviceState {
 /// The single sign-on client of this server.
 pub struct Oidc {
     pub config: OidcConfig,
+    /// Seals the refresh tokens sessions keep.
+    pub sealer: Sealer,
     secret: Option<ClientSecret>,
     redirect: RedirectUrl,
     http: reqwest::Client,
@@ -212,8 +214,8 @@ pub const CALLBACK_PATH: &str = "/auth/callback";
 
 impl Oidc {
     /// The client for `config`, with the server reachable at `base_url` (for the redirect URI); reads the client
-    /// secret from its environment variable.
-    pub fn new(config: OidcConfig, base_url: &str) -> Result<Oidc, String> {
+    /// secret from its environment variable. `data_secret` (the data directory's) keys the sealing of refresh tokens.
+    pub fn new(config: OidcConfig, base_url: &str, data_secret: &[u8]) -> Result<Oidc, String> {
         let secret = match &config.client_secret_env {
             None => None,
             Some(var) => match std::env::var(var) {
@@ -236,6 +238,7 @@ impl Oidc {
             .map_err(|e| format!("[oidc] cannot make an HTTP client: {e}"))?;
         Ok(Oidc {
             config,
+            sealer: Sealer::new(data_secret),
             secret,
             redirect,
             http,
@@ -472,6 +475,54 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Refresh tokens are sealed before they are stored (ChaCha20-Poly1305, a random nonce each, under a key derived from
+/// the data directory's secret), so a copy of the database alone does not carry the provider's credentials.
+pub struct Sealer {
+    key: ring::aead::LessSafeKey,
+}
+
+/// The prefix of a sealed value: the format's version, then hex of nonce and ciphertext.
+const SEALED_PREFIX: &str = "v1:";
+
+impl Sealer {
+    /// A sealer whose key is derived from `secret` (the data directory's job-token key) for this use alone.
+    pub fn new(secret: &[u8]) -> Sealer {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(b"ferry: sealing single sign-on refresh tokens");
+        let bytes = mac.finalize().into_bytes();
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &bytes).expect("a 32-byte key");
+        Sealer { key: ring::aead::LessSafeKey::new(key) }
+    }
+
+    pub fn seal(&self, plain: &str) -> String {
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut nonce);
+        let mut data = plain.as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut data,
+            )
+            .expect("sealing a short value never fails");
+        format!("{SEALED_PREFIX}{}{}", hex::encode(nonce), hex::encode(data))
+    }
+
+    /// The value sealed in `sealed`; `None` when it was not sealed under this key or was changed.
+    pub fn open(&self, sealed: &str) -> Option<String> {
+        let bytes = hex::decode(sealed.strip_prefix(SEALED_PREFIX)?).ok()?;
+        if bytes.len() < ring::aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, data) = bytes.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = self.key.open_in_place(nonce, ring::aead::Aad::empty(), &mut data).ok()?;
+        String::from_utf8(plain.to_vec()).ok()
+    }
+}
+
 /// The team memberships `groups` grant by the admin's rules: the highest role per team.
 pub fn granted(rules: &[ferry_store::GroupRule], groups: &[String]) -> Vec<(String, String)> {
     let mut best: std::collections::BTreeMap<String, TeamRole> = std::collections::BTreeMap::new();
@@ -591,6 +642,21 @@ mod tests {
         assert!(raw("scopes = [\"a b\"]").unwrap_err().contains("not a scope name"));
         let bad = toml::from_str::<RawOidc>("issuer = \"id.example.org\"\nclient_id = \"x\"").unwrap().check();
         assert!(bad.unwrap_err().contains("not an http(s) address"));
+    }
+
+    #[test]
+    fn sealed_refresh_tokens_open_only_under_their_key_and_unchanged() {
+        let sealer = Sealer::new(b"data directory secret");
+        let sealed = sealer.seal("refresh-token-value");
+        assert!(!sealed.contains("refresh-token-value"));
+        assert_ne!(sealed, sealer.seal("refresh-token-value"), "a fresh nonce each time");
+        assert_eq!(sealer.open(&sealed).as_deref(), Some("refresh-token-value"));
+        assert_eq!(Sealer::new(b"another secret").open(&sealed), None);
+        let mut changed = sealed.clone().into_bytes();
+        let last = changed.len() - 1;
+        changed[last] = if changed[last] == b'0' { b'1' } else { b'0' };
+        assert_eq!(sealer.open(std::str::from_utf8(&changed).unwrap()), None);
+        assert_eq!(sealer.open("refresh-token-value"), None, "an unsealed value is not taken");
     }
 
     #[test]

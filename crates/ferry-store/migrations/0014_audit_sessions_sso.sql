@@ -30,9 +30,9 @@ BEGIN
 END;
 
 -- Dashboard sessions: the browser's cookie holds a random session id, of which only the SHA-256 is stored; a session
--- is not an API token and reaches only what its user may. `via` says how it was signed in (`token` or `oidc`), and a
--- single sign-on session keeps the provider's refresh token so that it is checked again with the provider when
--- `recheck_at_us` passes.
+-- is not an API token and reaches only what its user may. `via` says how it was signed in (`token`, `oidc` or
+-- `oidc-device`), and a single sign-on session keeps the provider's refresh token (sealed by the server, never in
+-- the clear) so that it is checked again with the provider when `recheck_at_us` passes.
 CREATE TABLE sessions (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     hash           TEXT NOT NULL UNIQUE,

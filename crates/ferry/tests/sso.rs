@@ -183,6 +183,14 @@ fn single_sign_on_from_the_dashboard_and_the_cli() {
     assert_eq!(me["name"], "alice");
     assert_eq!(me["teams"], json!({"vision": "member"}), "the group ml-vision made alice a member of vision");
     assert_eq!(b.get(format!("{}/jobs", f.url())).send().unwrap().status(), 200, "the dashboard opens");
+    // The provider's refresh token is kept sealed: the database alone does not carry it.
+    let stored = Command::new("python3")
+        .args(["-c", "import sqlite3,sys; print([r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT refresh_token FROM sessions WHERE via = \"oidc\"')])"])
+        .arg(f.home().join("ferry.db"))
+        .output()
+        .unwrap();
+    let stored = String::from_utf8(stored.stdout).unwrap();
+    assert!(stored.starts_with("['v1:") && !stored.contains("None"), "{stored}");
     // The code is spent: replaying the callback signs in no one.
     let replay = b.get(&callback).send().unwrap();
     assert_eq!(replay.status(), 400);
