@@ -392,29 +392,50 @@ impl FileConfig {
 /// Makes the teams and projects the configuration file declares exist as objects of the installation, so that
 /// their members can be added and their jobs submitted to them. Teams made at run time are left alone.
 /// The quotas the scheduler runs with: the configuration file's, and for the teams and projects it sets none for,
-/// those set through the API (`stored`). A stored quota that cannot be read is left out, with a warning.
+/// those set through the API (`stored`). What a project's quota leaves out is its team's (as in the file). A stored
+/// quota that cannot be read is left out, with a warning.
 pub fn effective_quotas(file: &FileConfig, stored: &[ferry_store::StoredQuota]) -> (Vec<TeamInfo>, Vec<ProjectInfo>) {
-    let mut teams = file.teams.clone();
-    let mut projects = file.projects.clone();
-    for entry in stored {
-        let quota = match serde_json::from_str::<ferry_api::tokens::Quota>(&entry.json) {
-            Ok(quota) => quota,
+    let parsed: Vec<(&ferry_store::StoredQuota, ferry_api::tokens::Quota)> = stored
+        .iter()
+        .filter_map(|entry| match serde_json::from_str(&entry.json) {
+            Ok(quota) => Some((entry, quota)),
             Err(e) => {
                 tracing::warn!(team = %entry.team, project = ?entry.project, error = %e, "ignoring an unreadable quota");
-                continue;
+                None
             }
-        };
-        let (amount, borrow_limit) = (quota.quota.resources(), quota.borrow_limit.map(|b| b.resources()));
-        match &entry.project {
-            None if !teams.iter().any(|t| t.name == entry.team) => {
-                teams.push(TeamInfo { name: entry.team.clone(), quota: amount, borrow_limit })
-            }
-            Some(project) if !projects.iter().any(|p| p.team == entry.team && &p.name == project) => projects
-                .push(ProjectInfo { team: entry.team.clone(), name: project.clone(), quota: amount, borrow_limit }),
-            _ => {}
+        })
+        .collect();
+    let mut teams = file.teams.clone();
+    for (entry, quota) in parsed.iter().filter(|(e, _)| e.project.is_none()) {
+        if !teams.iter().any(|t| t.name == entry.team) {
+            let borrow_limit = quota.borrow_limit.map(|b| b.resources());
+            teams.push(TeamInfo { name: entry.team.clone(), quota: quota.quota.resources(), borrow_limit });
         }
     }
+    let mut projects = file.projects.clone();
+    for (entry, quota) in &parsed {
+        let Some(project) = &entry.project else { continue };
+        if projects.iter().any(|p| p.team == entry.team && &p.name == project) {
+            continue;
+        }
+        let team_quota = teams.iter().find(|t| t.name == entry.team).map_or(Resources::UNLIMITED, |t| t.quota);
+        projects.push(ProjectInfo {
+            team: entry.team.clone(),
+            name: project.clone(),
+            quota: project_amount(&quota.quota, &team_quota),
+            borrow_limit: quota.borrow_limit.map(|b| b.resources()),
+        });
+    }
     (teams, projects)
+}
+
+/// A project's quota: what it names, and its team's quota for what it leaves out.
+pub fn project_amount(amount: &ferry_api::tokens::QuotaAmount, team: &Resources) -> Resources {
+    Resources {
+        cpu_millis: amount.cpu_millis.unwrap_or(team.cpu_millis),
+        memory_bytes: amount.memory_bytes.unwrap_or(team.memory_bytes),
+        gpus: amount.gpus.unwrap_or(team.gpus),
+    }
 }
 
 /// Whether the configuration file sets the quota of `team` (or of its `project`): then it is managed there.

@@ -428,7 +428,10 @@ pub async fn team(g: &Global, args: TeamArgs) -> Result<i32, CliError> {
                 Some(p) => info.project_quotas.get(p).copied(),
                 None => info.quota,
             };
-            eprintln!("the quota of {what} is now {}", quota_text(now.as_ref()));
+            match now {
+                Some(quota) => eprintln!("the quota of {what} is now {}", quota_text(Some(&quota))),
+                None => eprintln!("{what} has no quota now"),
+            }
         }
         TeamCommand::Groups { json } => {
             let list = client.group_rules().await?;

@@ -77,6 +77,14 @@ fn admins_set_quotas_at_run_time_and_the_scheduler_follows() {
     assert_eq!(cfg["quota"]["quota"]["gpus"], 1, "the file's quota is shown too: {cfg}");
     let audit = f.ok(&["audit", "--action", "quota", "--limit", "100"]);
     assert!(audit.contains("PUT /api/v1/teams/{team}/quota") && audit.contains("lead"), "{audit}");
+    // What a project's quota leaves out is its team's (as in the configuration file): naming GPUs alone fits a team
+    // that also limits CPUs and memory, and follows the team's when it changes.
+    f.ok(&["team", "quota", "vision", "--gpus", "4", "--cpus", "8", "--memory", "16GiB"]);
+    f.ok(&["team", "quota", "vision", "--project", "det", "--gpus", "2"]);
+    f.ok(&["team", "quota", "vision", "--gpus", "4", "--cpus", "4", "--memory", "8GiB"]);
+    let teams = f.json(&["team", "list", "--json"]);
+    let vision = teams["teams"].as_array().unwrap().iter().find(|t| t["name"] == "vision").unwrap().clone();
+    assert_eq!(vision["project_quotas"]["det"]["quota"]["cpu_millis"], 4000, "{vision}");
     // Removed: the team is limited by nothing but fair share again.
     f.ok(&["team", "quota", "vision", "--project", "det", "--clear"]);
     f.ok(&["team", "quota", "vision", "--clear"]);

@@ -526,11 +526,11 @@ async fn change_quota(
     let current = Quotas::read(state).await?;
     if let Some(quota) = &quota {
         checked_quota(quota)?;
-        let amount = quota.quota.resources();
         match project {
             Some(project) => {
                 if let Some(team_quota) = current.team(team).map(|t| t.quota) {
-                    if !amount.fits_in(&team_quota) {
+                    // What the project's quota leaves out is the team's; what it names must fit within the team's.
+                    if !crate::config::project_amount(&quota.quota, &team_quota).fits_in(&team_quota) {
                         return Err(ApiError::invalid(format!(
                             "project {project}'s quota must fit within team {team}'s ({}); ask an installation admin \
                              to raise the team's quota",
@@ -540,10 +540,20 @@ async fn change_quota(
                 }
             }
             None => {
+                // A project's own amounts must fit; what it leaves out follows the team's new quota.
+                let amount = quota.quota.resources();
+                let stored = state.store.quotas().await?;
+                let named = |p: &ferry_core::ProjectInfo| -> QuotaAmount {
+                    let own = stored.iter().find(|s| s.team == team && s.project.as_deref() == Some(p.name.as_str()));
+                    match own.and_then(|s| serde_json::from_str::<Quota>(&s.json).ok()) {
+                        Some(q) => q.quota,
+                        None => QuotaAmount::from_resources(&p.quota),
+                    }
+                };
                 let over: Vec<&str> = current
                     .projects
                     .iter()
-                    .filter(|p| p.team == team && !p.quota.fits_in(&amount))
+                    .filter(|p| p.team == team && !crate::config::project_amount(&named(p), &amount).fits_in(&amount))
                     .map(|p| p.name.as_str())
                     .collect();
                 if !over.is_empty() {
