@@ -237,6 +237,15 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
     audited(response, "sign-out", actor, None)
 }
 
+/// Whether `next` is a path of this server: never an address elsewhere (`//host`, `/\\host`, or `/<TAB>/host`, which a
+/// browser reads as `//host` once it drops the tab).
+fn local_path(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && next.len() <= 2048
+        && !next.chars().any(|c| c == '\\' || c.is_control() || c.is_whitespace())
+}
+
 /// The cookie that ties a single sign-on to the browser that started it: `Lax`, so that the provider's redirect back
 /// (a top-level navigation from another site) carries it, and only to `/auth`.
 const STATE_COOKIE: &str = "ferry_sso_state";
@@ -265,11 +274,7 @@ pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>,
         state.failures.record(ip);
     }
     let headers = request.headers();
-    // Only a path of this server: never an address elsewhere (`//host`, `/\\host`).
-    let next = q
-        .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\'))
-        .unwrap_or_else(|| "/".to_string());
+    let next = q.next.filter(|n| local_path(n)).unwrap_or_else(|| "/".to_string());
     match oidc.start_login(&next).await {
         Ok((url, sso_state)) => {
             let secure_flag = if over_https(headers) { "; Secure" } else { "" };
@@ -473,6 +478,24 @@ mod tests {
         assert_eq!(form_field(b"x=1", "token"), None);
         assert_eq!(form_field(b"token=%zz", "token"), None);
         assert_eq!(form_field(b"token=%4", "token"), None);
+    }
+
+    #[test]
+    fn only_paths_of_this_server_are_gone_to_after_a_sign_in() {
+        for good in ["/", "/jobs/12", "/jobs?state=running"] {
+            assert!(local_path(good), "{good}");
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "jobs",
+            "/ /x",
+        ] {
+            assert!(!local_path(bad), "{bad:?}");
+        }
     }
 
     #[test]
