@@ -1,6 +1,7 @@
 //! The OpenAPI documents against the real server: both are served without a token, and Schemathesis (from PyPI, in
 //! the venv that `scripts/schemathesis/install.sh` makes) fuzzes Ferry's API from its document once per role: an
-//! installation admin, a team member with a `submit` token and a viewer with a `read` token. Each run must find no
+//! installation admin, a team admin with an `admin` token, a team member with a `submit` token and a viewer with a
+//! `read` token. Each run must find no
 //! server error (5xx), no status code or content type the document does not list for the operation, and no body
 //! that breaks the documented schema; afterwards the server's log must hold no panic.
 //!
@@ -83,6 +84,7 @@ fn schemathesis_finds_nothing_for_any_role() {
         &["team", "add", "vision"][..],
         &["user", "add", "ana", "--team", "vision"],
         &["user", "add", "vic", "--team", "vision:viewer"],
+        &["user", "add", "lead", "--team", "vision:admin"],
     ] {
         f.ok(args);
     }
@@ -91,6 +93,7 @@ fn schemathesis_finds_nothing_for_any_role() {
     };
     let roles = [
         ("installation admin", std::fs::read_to_string(f.home().join("admin.token")).unwrap().trim().to_string()),
+        ("team admin (admin scope)", token("lead", "admin")),
         ("member (submit scope)", token("ana", "submit")),
         ("viewer (read scope)", token("vic", "read")),
     ];
