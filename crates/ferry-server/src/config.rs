@@ -1,6 +1,12 @@
 //! The server's configuration file (TOML): pools, their order and burst settings, and their prices.
 //!
 //! ```toml
+//! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
+//! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
+//! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
+//!                                 # agent's job gets the agent's own server address, an engine's the listen address
+//! # (top-level keys come before the first table: after [[pool]] they would belong to that pool)
+//!
 //! [[pool]]
 //! name = "local"        # owned capacity: filled first
 //! order = 0
@@ -22,11 +28,6 @@
 //! [pool.engine]         # the engine's own settings (see each engine's `Config`)
 //! rest_url = "http://127.0.0.1:6820"
 //! work_dir = "/shared/ferry/runs"
-//!
-//! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
-//! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
-//! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
-//!                                 # agent's job gets the agent's own server address, an engine's the listen address
 //!
 //! [[team]]
 //! name = "vision"

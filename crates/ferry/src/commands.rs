@@ -234,7 +234,27 @@ async fn follow(client: &ferry_client::Client, id: u64) -> Result<i32, CliError>
     while !job.state.is_terminal() {
         job = client.wait_job(id, WAIT_SLICE).await?;
     }
+    if let Some(why) = ending(&job) {
+        eprintln!("job {id} {why}");
+    }
     Ok(job_exit_code(&job))
+}
+
+/// Why a followed job ended without an exit code of its own, for the line `ferry run --follow` prints before it
+/// exits with a code that says the same: a stop at its maximum runtime, a signal, a cancel, a lost node.
+fn ending(job: &Job) -> Option<String> {
+    match (job.state, job.exit_code, job.signal) {
+        (JobState::TimedOut, _, _) => Some(match job.max_runtime_s {
+            Some(s) => {
+                format!("was stopped at its maximum runtime ({}); exit code 124", format::span(s as i64 * 1_000_000))
+            }
+            None => "was stopped at its maximum runtime; exit code 124".to_string(),
+        }),
+        (_, None, Some(signal)) => Some(format!("was killed by signal {signal}; exit code {}", 128 + signal)),
+        (JobState::Cancelled, _, _) => Some(format!("was cancelled; exit code {}", exit::JOB_DID_NOT_FINISH)),
+        (JobState::Lost, _, _) => Some(format!("was lost with its node; exit code {}", exit::JOB_DID_NOT_FINISH)),
+        _ => None,
+    }
 }
 
 /// The exit code that stands for a finished job: its own, 128 + signal, or Ferry's codes for jobs without one.
@@ -574,6 +594,8 @@ pub async fn cancel(g: &Global, args: CancelArgs) -> Result<i32, CliError> {
         }
     }
     match worst {
+        // One job: its error was the whole story.
+        Some(e) if args.ids.len() == 1 => Err(CliError::new(e.code, String::new())),
         Some(e) => Err(CliError::new(e.code, "some jobs were not cancelled (see above)")),
         None => Ok(0),
     }

@@ -136,7 +136,10 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            // An empty message: the command printed the error itself.
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
             std::process::exit(e.code);
         }
     }
@@ -177,7 +180,14 @@ fn init_tracing(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // Colours only for a terminal: a log redirected to a file or a service manager's journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }
 
 impl Global {
@@ -198,8 +208,22 @@ impl Global {
     /// The token: --token, FERRY_TOKEN, the session `ferry login` kept for this server, or the admin token file in
     /// the data directory.
     pub fn token(&self) -> Result<String, CliError> {
+        self.found_token()?.ok_or_else(|| {
+            let path = self.data_dir().map(|d| d.join(ferry_server::ADMIN_TOKEN_FILE).display().to_string());
+            CliError::new(
+                exit::AUTH,
+                format!(
+                    "no API token: pass --token or set FERRY_TOKEN, or start the server with `ferry up`, which writes {}",
+                    path.unwrap_or_else(|_| ferry_server::ADMIN_TOKEN_FILE.to_string())
+                ),
+            )
+        })
+    }
+
+    /// The token, if one is given or found (see `token`).
+    fn found_token(&self) -> Result<Option<String>, CliError> {
         if let Some(token) = &self.token {
-            return Ok(token.trim().to_string());
+            return Ok(Some(token.trim().to_string()));
         }
         let server = self.server_url();
         if let Some(kept) = login::credential(&server) {
@@ -209,23 +233,16 @@ impl Global {
                     format!("the sign-in to {server} as {} has expired; run `ferry login` again", kept.user),
                 ));
             }
-            return Ok(kept.token);
+            return Ok(Some(kept.token));
         }
         let path = self.data_dir()?.join(ferry_server::ADMIN_TOKEN_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
-            _ => Err(CliError::new(
-                exit::AUTH,
-                format!(
-                    "no API token: pass --token or set FERRY_TOKEN, or start the server with `ferry up`, which writes {}",
-                    path.display()
-                ),
-            )),
-        }
+        Ok(std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
     }
 
+    /// A client of the server. Without any token it still asks: a server that is not there says so (exit 69), one
+    /// that is answers that a token is needed and where `ferry up` keeps its own (exit 77).
     pub fn client(&self) -> Result<ferry_client::Client, CliError> {
         let trust = tls::trust(self)?;
-        Ok(ferry_client::Client::with_trust(&self.server_url(), Some(self.token()?), &trust)?)
+        Ok(ferry_client::Client::with_trust(&self.server_url(), self.found_token()?, &trust)?)
     }
 }

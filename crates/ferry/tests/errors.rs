@@ -77,11 +77,13 @@ fn unknown_jobs_and_states_are_named() {
     let f = Ferry::start(NodeSpec::default());
     check(&f, &["show", "42"], 66, "error: no job 42; `ferry ps --all` lists jobs");
     check(&f, &["logs", "42"], 66, "error: no job 42; `ferry ps --all` lists jobs");
+    check(&f, &["cancel", "42"], 66, "error: no job 42; `ferry ps --all` lists jobs");
     check(
         &f,
-        &["cancel", "42"],
+        &["cancel", "42", "43"],
         66,
-        "error: no job 42; `ferry ps --all` lists jobs\nerror: some jobs were not cancelled (see above)",
+        "error: no job 42; `ferry ps --all` lists jobs\nerror: no job 43; `ferry ps --all` lists jobs\n\
+         error: some jobs were not cancelled (see above)",
     );
     check(&f, &["show", "abc"], 64, "error: `abc` is not a job id; job ids are numbers, as `ferry ps` shows them");
     check(&f, &["ps", "--state", "done"], 64,
@@ -108,7 +110,43 @@ fn tokens_are_required_and_checked() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(77));
-    assert!(stderr(&out).starts_with("error: no API token: pass --token or set FERRY_TOKEN"), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: no API token; pass one with --token or FERRY_TOKEN"), "{}", stderr(&out));
+}
+
+#[test]
+fn with_no_server_and_no_token_the_missing_server_is_named() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["ps"])
+        .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("FERRY_HOME", empty.path())
+        .env("FERRY_CREDENTIALS", empty.path().join("credentials.json"))
+        .env_remove("FERRY_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no Ferry server at"), "{}", stderr(&out));
+}
+
+#[test]
+fn followed_jobs_say_why_they_ended_and_one_failed_cancel_says_it_once() {
+    let f = Ferry::start(NodeSpec::default());
+    let out = f.cli(&["run", "--max-runtime", "2s", "--follow", "--", "sleep", "10"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stderr(&out).contains("was stopped at its maximum runtime (2s); exit code 124"), "{}", stderr(&out));
+    let out = f.cli(&["run", "--follow", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    assert!(stderr(&out).contains("was killed by signal 9; exit code 137"), "{}", stderr(&out));
+    let done = f.submit(&["--", "true"]);
+    f.wait_state(done, "succeeded");
+    let out = f.cli(&["cancel", &done.to_string()]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert_eq!(stderr(&out).matches("error:").count(), 1, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("see above"), "{}", stderr(&out));
+    // The server's log, written to a file, carries no terminal colour codes.
+    let log = std::fs::read_to_string(f.root.path().join("server.log")).unwrap();
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a redirected log");
 }
 
 #[test]
