@@ -374,10 +374,10 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     };
     let _ = writeln!(
         out,
-        "replay of {} on {} ({} nodes, {} GPUs{elastic}), {} placement, seed {}",
+        "replay of {} on {} ({}, {} GPUs{elastic}), {} placement, seed {}",
         inputs.workload,
         inputs.cluster,
-        inputs.nodes,
+        counted(inputs.nodes, "node"),
         inputs.gpus,
         placement_name(inputs.gpu_placement),
         r.seed
@@ -419,15 +419,24 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     out.push('\n');
 }
 
+/// `1 node`, `3 nodes`.
+fn counted(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 fn fgd_table(out: &mut String, r: &FgdReport) {
     let i = &r.inputs;
     let _ = writeln!(
         out,
-        "FGD experiment: tasks from {} ({} in the list) on {} ({} nodes, {} GPUs), {} seed{}",
+        "FGD experiment: tasks from {} ({} in the list) on {} ({}, {} GPUs), {} seed{}",
         i.workload,
         r.tasks_in_workload,
         i.cluster,
-        i.nodes,
+        counted(i.nodes, "node"),
         i.gpus,
         r.runs.len(),
         if r.runs.len() == 1 { "" } else { "s" }

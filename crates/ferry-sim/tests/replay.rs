@@ -342,7 +342,7 @@ fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_un
         "--cluster DATA/elastic.toml --workload DATA/elastic.csv --sample-every 5m",
         expect![[r#"
             exit 0
-            replay of DATA/elastic.csv on DATA/elastic.toml (1 nodes, 4 GPUs, up to 3 elastic nodes), best-fit placement, seed 1
+            replay of DATA/elastic.csv on DATA/elastic.toml (1 node, 4 GPUs, up to 3 elastic nodes), best-fit placement, seed 1
             jobs                  5 (5 completed, 15 steps)
             job completion time   avg 10m24s, p95 18m
             queueing delay        avg 1m12s, p95 3m

@@ -72,8 +72,8 @@ enum Command {
     Cancel(commands::CancelArgs),
     /// List nodes with their capacity, allocation and measured utilisation.
     Nodes(commands::NodesArgs),
-    /// List pools in their order: agent pools and engines (Slurm, Ray, Spark), their nodes, and whether each engine
-    /// answers.
+    /// List pools in their order: agent pools and engines (Slurm, Ray, Spark, Kubernetes), their nodes, and whether
+    /// each engine answers.
     Pools(commands::PoolsArgs),
     /// Start a hyperparameter sweep from its file (`ferry sweep sweep.toml`), or see one (`ferry sweep status ID`).
     Sweep(sweep::SweepArgs),
