@@ -84,6 +84,37 @@ pub fn cpus(millis: u64) -> String {
     format_cpus(millis)
 }
 
+/// A measured or sampled number for a table, the same way in every row: up to 6 significant digits, in scientific
+/// notation (`3.27e-6`) when it is very small or very large, without trailing zeros.
+pub fn number(v: f64) -> String {
+    if !v.is_finite() {
+        return if v.is_nan() {
+            "NaN".to_string()
+        } else if v > 0.0 {
+            "inf".to_string()
+        } else {
+            "-inf".to_string()
+        };
+    }
+    if v == 0.0 {
+        return "0".to_string();
+    }
+    let magnitude = v.abs();
+    if !(1e-3..1e6).contains(&magnitude) {
+        let text = format!("{v:.5e}");
+        let (mantissa, exponent) = text.split_once('e').expect("scientific notation has an exponent");
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exponent}");
+    }
+    let decimals = (5 - magnitude.log10().floor() as i32).clamp(0, 8) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 pub fn bytes(b: u64) -> String {
     format_bytes(b)
 }
@@ -106,6 +137,25 @@ pub fn command(argv: &[String], max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_the_same_way_in_every_row() {
+        let cases = [
+            (3.27e-6, "3.27e-6"),
+            (0.0000112563849988, "1.12564e-5"),
+            (0.5, "0.5"),
+            (0.123456789, "0.123457"),
+            (12.5, "12.5"),
+            (123456.0, "123456"),
+            (2.5e7, "2.5e7"),
+            (-0.00042, "-4.2e-4"),
+            (0.0, "0"),
+            (f64::NAN, "NaN"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(number(value), expected, "{value}");
+        }
+    }
 
     #[test]
     fn renders_times_and_tables() {

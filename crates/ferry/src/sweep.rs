@@ -246,7 +246,7 @@ fn ended(s: &Sweep) -> u32 {
 
 fn best(s: &Sweep) -> String {
     match (s.best_trial, s.best_value) {
-        (Some(t), Some(v)) => format!("{} = {v} (trial {t})", s.objective),
+        (Some(t), Some(v)) => format!("{} = {} (trial {t})", s.objective, format::number(v)),
         _ => "-".to_string(),
     }
 }
@@ -326,10 +326,11 @@ fn print_details(s: &Sweep, top: usize) {
             ];
             row.extend(keys.iter().map(|k| match t.params.get(k) {
                 Some(serde_json::Value::String(text)) => text.clone(),
+                Some(serde_json::Value::Number(n)) if n.is_f64() => n.as_f64().map(format::number).unwrap_or_default(),
                 Some(v) => v.to_string(),
                 None => String::new(),
             }));
-            row.push(t.value.map(|v| format!("{v:.6}")).unwrap_or_default());
+            row.push(t.value.map(format::number).unwrap_or_default());
             row.push(t.step.map(|v| v.to_string()).unwrap_or_default());
             row.push(t.runtime_s.map(|r| format::span((r * 1e6) as i64)).unwrap_or_default());
             row.push(t.stop_reason.clone().unwrap_or_default());
@@ -387,7 +388,7 @@ pub async fn metrics(g: &Global, args: MetricsArgs) -> Result<i32, CliError> {
         println!("{}", serde_json::to_string_pretty(&m).expect("wire types serialize"));
         return Ok(0);
     }
-    let number = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_else(|| "NaN".to_string());
+    let number = |v: Option<f64>| v.map(format::number).unwrap_or_else(|| "NaN".to_string());
     if let Some(key) = &args.key {
         let rows: Vec<Vec<String>> = m
             .history
