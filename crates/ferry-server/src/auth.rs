@@ -601,58 +601,60 @@ async fn load_session(state: &AppState, hash: &str) -> Result<Checked, ApiError>
     let ended =
         || unauthenticated("the sign-in has ended; sign in again (`ferry login`, or the dashboard's sign-in page)");
     let mut session = state.store.session(hash, now).await?.ok_or_else(ended)?;
-    if let (Some(sealed), Some(recheck_at)) = (session.refresh_token.clone(), session.recheck_at_us) {
-        if recheck_at <= now {
-            let oidc = state.oidc.as_ref().ok_or_else(ended)?;
-            // A refresh token that does not open (the data directory's secret changed) cannot be checked: signed out.
-            let Some(refresh_token) = oidc.sealer.open(&sealed) else {
-                state.store.end_session_by_id(session.id).await?;
-                return Err(ended());
-            };
-            match oidc.refresh(&refresh_token).await {
-                Ok((identity, rotated)) => {
-                    if let Some(identity) = identity {
-                        let user = crate::oidc::sign_in(state, &oidc.config, &identity).await;
-                        match user {
-                            Ok(user) if user.id == session.user_id => {}
-                            Ok(_) | Err(crate::oidc::OidcError::Refused(_)) => {
-                                state.store.end_session_by_id(session.id).await?;
-                                return Err(ended());
-                            }
-                            Err(crate::oidc::OidcError::Unreachable(m)) => {
-                                return Err(ApiError::new(ErrorCode::Unavailable, m));
-                            }
-                        }
-                    }
-                    let next = now + micros(oidc.config.recheck);
-                    let rotated = rotated.map(|t| oidc.sealer.seal(&t));
-                    state.store.renew_session(session.id, rotated.as_deref(), next).await?;
-                    session.recheck_at_us = Some(next);
-                }
-                Err(crate::oidc::OidcError::Refused(reason)) => {
-                    tracing::info!(session = session.id, %reason, "the sign-in provider ended a session");
-                    state.store.end_session_by_id(session.id).await?;
-                    return Err(unauthenticated(
-                        "the sign-in provider no longer vouches for this sign-in; sign in again (`ferry login`, or the \
-                         dashboard's sign-in page)",
-                    ));
-                }
-                // The provider is away: the session goes on until the provider answers again or the session ends,
-                // so that an outage of the provider does not sign everyone out. Asked again in a minute.
-                Err(crate::oidc::OidcError::Unreachable(reason)) => {
-                    tracing::warn!(session = session.id, %reason, "could not check a session with the sign-in provider");
-                    let next = now + 60_000_000;
-                    state.store.renew_session(session.id, None, next).await?;
-                    session.recheck_at_us = Some(next);
-                }
-            }
-        }
+    if session.refresh_token.is_some() && session.recheck_at_us.is_some_and(|at| at <= now) {
+        session.recheck_at_us = Some(recheck_session(state, &session, now).await?);
     }
     let user = state.store.user(session.user_id).await?.ok_or_else(ended)?;
     let scope = TokenScope::parse(&session.scope).unwrap_or(TokenScope::Read);
     let token = TokenUse { id: None, scope, expires_at_us: Some(session.expires_at_us) };
     let caller = user_caller(state, user, token).await?;
     Ok((Principal::User(Arc::new(caller)), Some(session.expires_at_us), session.recheck_at_us))
+}
+
+/// Checks a single sign-on session with the provider through its refresh token; returns when to check it next. A
+/// provider that no longer vouches for the user (or names another) ends the session; one that cannot be reached
+/// leaves it going, to be asked again in a minute, so that an outage of the provider does not sign everyone out.
+async fn recheck_session(state: &AppState, session: &ferry_store::SessionRecord, now: i64) -> Result<i64, ApiError> {
+    use crate::oidc::OidcError::{Refused, Unreachable};
+    let ended =
+        || unauthenticated("the sign-in has ended; sign in again (`ferry login`, or the dashboard's sign-in page)");
+    let oidc = state.oidc.as_ref().ok_or_else(ended)?;
+    // A refresh token that does not open (the data directory's secret changed) cannot be checked: signed out.
+    let Some(refresh_token) = session.refresh_token.as_deref().and_then(|sealed| oidc.sealer.open(sealed)) else {
+        state.store.end_session_by_id(session.id).await?;
+        return Err(ended());
+    };
+    let (identity, rotated) = match oidc.refresh(&refresh_token).await {
+        Ok(answer) => answer,
+        Err(Refused(reason)) => {
+            tracing::info!(session = session.id, %reason, "the sign-in provider ended a session");
+            state.store.end_session_by_id(session.id).await?;
+            return Err(unauthenticated(
+                "the sign-in provider no longer vouches for this sign-in; sign in again (`ferry login`, or the \
+                 dashboard's sign-in page)",
+            ));
+        }
+        Err(Unreachable(reason)) => {
+            tracing::warn!(session = session.id, %reason, "could not check a session with the sign-in provider");
+            let next = now + 60_000_000;
+            state.store.renew_session(session.id, None, next).await?;
+            return Ok(next);
+        }
+    };
+    if let Some(identity) = identity {
+        match crate::oidc::sign_in(state, &oidc.config, &identity).await {
+            Ok(user) if user.id == session.user_id => {}
+            Ok(_) | Err(Refused(_)) => {
+                state.store.end_session_by_id(session.id).await?;
+                return Err(ended());
+            }
+            Err(Unreachable(m)) => return Err(ApiError::new(ErrorCode::Unavailable, m)),
+        }
+    }
+    let next = now + micros(oidc.config.recheck);
+    let rotated = rotated.map(|t| oidc.sealer.seal(&t));
+    state.store.renew_session(session.id, rotated.as_deref(), next).await?;
+    Ok(next)
 }
 
 fn micros(d: Duration) -> i64 {
@@ -867,6 +869,14 @@ impl FailureLimiter {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Checks the source's budget and spends one from it: for requests that cost something whether or not they
+    /// succeed (starting a sign-in with the provider).
+    pub fn spend(&self, source: IpAddr) -> Result<(), ApiError> {
+        self.check(source)?;
+        self.record(source);
+        Ok(())
     }
 
     pub fn record(&self, source: IpAddr) {

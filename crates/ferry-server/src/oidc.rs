@@ -615,8 +615,10 @@ pub async fn sign_in(
         return Err(refused(format!("`{}` is a service account, which signs in with its tokens only", user.name)));
     }
     let rules = store.group_rules().await.map_err(unavailable)?;
-    store.sync_granted_memberships(user.id, &granted(&rules, &identity.groups)).await.map_err(unavailable)?;
-    state.tokens.clear();
+    // A recheck that changes nothing keeps every other caller's cached token.
+    if store.sync_granted_memberships(user.id, &granted(&rules, &identity.groups)).await.map_err(unavailable)? {
+        state.tokens.clear();
+    }
     Ok(user)
 }
 

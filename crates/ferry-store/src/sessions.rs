@@ -182,8 +182,13 @@ impl Store {
 
     /// Makes the memberships the provider's groups grant a user exactly `granted` (team, role): adds and updates
     /// those, removes other memberships that sign-ins granted before. Memberships an admin set by hand are left
-    /// alone (a granted role never lowers one an admin gave). One transaction.
-    pub async fn sync_granted_memberships(&self, user_id: i64, granted: &[(String, String)]) -> Result<(), StoreError> {
+    /// alone (a granted role never lowers one an admin gave). One transaction; returns whether anything changed.
+    pub async fn sync_granted_memberships(
+        &self,
+        user_id: i64,
+        granted: &[(String, String)],
+    ) -> Result<bool, StoreError> {
+        let mut changed = 0;
         let mut tx = self.pool.begin().await?;
         let current = sqlx::query("SELECT team, granted_by FROM team_members WHERE user_id = ?")
             .bind(user_id)
@@ -192,26 +197,30 @@ impl Store {
         for row in &current {
             let (team, by): (String, String) = (row.get("team"), row.get("granted_by"));
             if by == "sso" && !granted.iter().any(|(t, _)| *t == team) {
-                sqlx::query("DELETE FROM team_members WHERE team = ? AND user_id = ?")
+                changed += sqlx::query("DELETE FROM team_members WHERE team = ? AND user_id = ?")
                     .bind(&team)
                     .bind(user_id)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
             }
         }
         for (team, role) in granted {
-            sqlx::query(
+            // Only a new membership or a changed role counts as a change.
+            changed += sqlx::query(
                 "INSERT INTO team_members (team, user_id, role, granted_by) VALUES (?, ?, ?, 'sso') \
-                 ON CONFLICT (team, user_id) DO UPDATE SET role = excluded.role WHERE granted_by = 'sso'",
+                 ON CONFLICT (team, user_id) DO UPDATE SET role = excluded.role \
+                 WHERE granted_by = 'sso' AND role <> excluded.role",
             )
             .bind(team)
             .bind(user_id)
             .bind(role)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         }
         tx.commit().await?;
-        Ok(())
+        Ok(changed > 0)
     }
 }
 

@@ -37,8 +37,7 @@ pub async fn device_start(State(state): State<AppState>, request: Request) -> Re
     let source = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     // Each start costs a request to the provider: counted like a failed sign-in, so that no one floods it through us.
     if let Some(ip) = source {
-        state.failures.check(ip)?;
-        state.failures.record(ip);
+        state.failures.spend(ip)?;
     }
     let (details, client) = oidc.start_device().await.map_err(provider_error)?;
     let handle = new_token();

@@ -268,10 +268,9 @@ pub async fn sso_start(State(state): State<AppState>, Query(q): Query<SsoStart>,
     // Each start holds a pending sign-in and may cost a request to the provider: counted like a failed sign-in, so
     // that no one floods either.
     if let Some(ip) = source_of(&request) {
-        if let Err(e) = state.failures.check(ip) {
+        if let Err(e) = state.failures.spend(ip) {
             return login_page(&state, StatusCode::TOO_MANY_REQUESTS, Some(&e.message));
         }
-        state.failures.record(ip);
     }
     let headers = request.headers();
     let next = q.next.filter(|n| local_path(n)).unwrap_or_else(|| "/".to_string());

@@ -195,12 +195,15 @@ pub async fn teams(State(state): State<AppState>, caller: Caller) -> Result<Json
 struct Quotas {
     teams: Vec<ferry_core::TeamInfo>,
     projects: Vec<ferry_core::ProjectInfo>,
+    /// What was set through the API, as written (what a project's quota names, before its team fills the rest).
+    stored: Vec<ferry_store::StoredQuota>,
 }
 
 impl Quotas {
     async fn read(state: &AppState) -> Result<Quotas, ApiError> {
-        let (teams, projects) = crate::config::effective_quotas(&state.file, &state.store.quotas().await?);
-        Ok(Quotas { teams, projects })
+        let stored = state.store.quotas().await?;
+        let (teams, projects) = crate::config::effective_quotas(&state.file, &stored);
+        Ok(Quotas { teams, projects, stored })
     }
 
     fn team(&self, team: &str) -> Option<&ferry_core::TeamInfo> {
@@ -542,9 +545,9 @@ async fn change_quota(
             None => {
                 // A project's own amounts must fit; what it leaves out follows the team's new quota.
                 let amount = quota.quota.resources();
-                let stored = state.store.quotas().await?;
                 let named = |p: &ferry_core::ProjectInfo| -> QuotaAmount {
-                    let own = stored.iter().find(|s| s.team == team && s.project.as_deref() == Some(p.name.as_str()));
+                    let own =
+                        current.stored.iter().find(|s| s.team == team && s.project.as_deref() == Some(p.name.as_str()));
                     match own.and_then(|s| serde_json::from_str::<Quota>(&s.json).ok()) {
                         Some(q) => q.quota,
                         None => QuotaAmount::from_resources(&p.quota),
