@@ -40,6 +40,8 @@ const REPORT_INTERVAL: Duration = SAMPLE_INTERVAL;
 const REPORT_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// How many events may wait for the loop; senders wait when it is full.
 const EVENT_QUEUE_LEN: usize = 1024;
+/// The most runs one report carries: with end messages bounded at `RUN_MESSAGE_CHARS_MAX`, well under the body limit.
+const REPORT_RUNS_MAX: usize = 100;
 /// How many finished run directories are kept (as `.done-*`) for a person to look at.
 const DONE_RUNS_KEPT: usize = 100;
 
@@ -466,6 +468,9 @@ impl Agent {
             .runs
             .iter()
             .filter_map(|(run, entry)| entry.unreported().map(|status| RunReport { run: *run, status: status.clone() }))
+            // A bounded batch (each end message is bounded too), so a report always fits the server's body limit;
+            // the rest go out with the next one, sent as soon as this one is acknowledged.
+            .take(REPORT_RUNS_MAX)
             .collect();
         let usage = self.usage.borrow().clone().filter(|u| u.sampled_at_us != self.usage_sent_at_us);
         if runs.is_empty() && !heartbeat {
@@ -656,7 +661,7 @@ fn record_failed_start(dir: &RunDir, message: String) {
         exit_code: None,
         signal: None,
         finished_at_us: rundir::now_us(),
-        message: Some(message),
+        message: Some(ferry_api::text::cut(&message, ferry_api::agent::RUN_MESSAGE_CHARS_MAX)),
     };
     let _ = fs::create_dir_all(dir.path());
     if let Err(e) = rundir::write_json_atomic(&dir.file(rundir::EXIT_FILE), &exit) {
@@ -704,7 +709,7 @@ async fn prepare_code(
         sleep(backoff.next_delay()).await;
     };
     let work = dir.path().join(code::WORK_DIR);
-    let unpacked = tokio::task::spawn_blocking(move || code::unpack(&archive, &work)).await;
+    let unpacked = tokio::task::spawn_blocking(move || ferry_archive::unpack(&archive, &work)).await;
     match unpacked {
         Ok(Ok(())) => {}
         Ok(Err(message)) => {

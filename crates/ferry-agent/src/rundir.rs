@@ -151,8 +151,13 @@ impl RunDir {
         read_json_if_exists(&self.file(STARTED_FILE))
     }
 
+    /// The run's end, its message cut at the wire's limit (a failure can say more than a report may carry).
     pub fn read_exit(&self) -> io::Result<Option<Exit>> {
-        read_json_if_exists(&self.file(EXIT_FILE))
+        let mut exit: Option<Exit> = read_json_if_exists(&self.file(EXIT_FILE))?;
+        if let Some(Exit { message: Some(message), .. }) = &mut exit {
+            *message = ferry_api::text::cut(message, ferry_api::agent::RUN_MESSAGE_CHARS_MAX);
+        }
+        Ok(exit)
     }
 
     pub fn read_shim(&self) -> io::Result<Option<ProcessIdentity>> {

@@ -144,6 +144,19 @@ pub enum RunStatus {
     },
 }
 
+/// The longest end message of a run, in characters: agents cut longer ones before they report, and the server cuts
+/// what an older agent sends, so a report never grows past the body limit whatever the job or its code did.
+pub const RUN_MESSAGE_CHARS_MAX: usize = 4000;
+
+impl RunStatus {
+    /// Cuts the end message at `RUN_MESSAGE_CHARS_MAX`.
+    pub fn bound_message(&mut self) {
+        if let RunStatus::Finished { message: Some(message), .. } = self {
+            *message = crate::text::cut(message, RUN_MESSAGE_CHARS_MAX);
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunReport {
     pub run: RunRef,

@@ -2,40 +2,16 @@
 //!
 //! An archive is a gzip-compressed tar named by the SHA-256 of its bytes. The CLI asks whether the server has a
 //! digest (`HEAD /api/v1/code/{sha256}`) and uploads it only when not (`PUT`); agents download it (`GET`) before
-//! they start a run that has code. This module holds only the names, the limits and the wire types.
-
-use std::path::{Component, Path};
+//! they start a run that has code. This module holds only the names, the limits and the wire types; the unpacker and its limits are in
+//! `ferry-archive`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The largest archive, compressed, that the CLI sends and the server stores.
 pub const CODE_ARCHIVE_BYTES_MAX: u64 = 100 << 20;
-/// The most bytes an archive may unpack to on a node, so a small archive cannot fill a disk.
-pub const CODE_UNPACKED_BYTES_MAX: u64 = 1 << 30;
-/// The most entries an archive may unpack to on a node.
-pub const CODE_ENTRIES_MAX: u64 = 200_000;
 /// The longest uncommitted diff recorded with a job; a longer one is cut and marked so.
 pub const GIT_DIFF_BYTES_MAX: usize = 1 << 20;
-
-/// Whether a symlink at `link` (a path relative to the archive's root) pointing at `target` resolves inside the
-/// root, judged by its path alone; absolute targets never do. The CLI keeps only such links when it packs, and agents
-/// refuse any other when they unpack.
-pub fn link_stays_inside(link: &Path, target: &Path) -> bool {
-    let mut depth: i64 = link.parent().map(|p| p.components().count() as i64).unwrap_or(0);
-    for component in target.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => depth -= 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
-}
 
 /// What a job was shipped with, as submitted by the CLI.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod sweeps;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod tokens;
 pub mod tracking;

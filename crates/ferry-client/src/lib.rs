@@ -28,6 +28,8 @@ pub use tls::{CaCert, Trust};
 
 /// How long to wait for the TCP connection, so a dead address fails fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an unused pooled connection is kept; under the server's 30 s header-read timeout.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -142,6 +144,9 @@ impl Client {
     fn build(server: &str, token: Option<String>, builder: reqwest::ClientBuilder) -> Result<Client, ClientError> {
         let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
+            // Sooner than the server closes an idle connection (its header-read timeout, 30 s), so a request never
+            // goes out on a connection the server is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .no_proxy()
             .build()
             .map_err(|e| ClientError::Setup(format!("cannot set up the HTTP client: {e}")))?;

@@ -503,11 +503,8 @@ impl Driver {
                 tracing::error!(node = %node, error = %e, "stop refused");
             }
         }
-        for job in fx.changed {
+        for job in fx.changed.into_iter().chain(fx.finished) {
             self.signals.signal(job);
-        }
-        for job in fx.finished {
-            self.signals.finish(job);
         }
     }
 

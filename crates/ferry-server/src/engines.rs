@@ -586,7 +586,7 @@ impl Bridge {
             std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
             let partial = root.join(format!(".{}.partial", dest.file_name().unwrap_or_default().to_string_lossy()));
             let _ = std::fs::remove_dir_all(&partial);
-            ferry_agent::code::unpack(&archive, &partial).map_err(|e| format!("unpacking the job's code: {e}"))?;
+            ferry_archive::unpack(&archive, &partial).map_err(|e| format!("unpacking the job's code: {e}"))?;
             std::fs::rename(&partial, &dest).map_err(|e| format!("cannot move the code into {}: {e}", dest.display()))
         })
         .await

@@ -13,6 +13,7 @@ mod datadir;
 mod driver;
 mod engines;
 mod error;
+mod http;
 mod jobruns;
 mod logs;
 mod metrics;
@@ -218,23 +219,9 @@ pub async fn serve(
         shutdown.await;
         let _ = trigger.send(true);
     });
-    let mut stopped = stopping.clone();
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
     let listener = tls::Listener::new(listener, tls.as_ref());
-    // `tap_io` is how axum gives a listener of one's own the `ConnectInfo<SocketAddr>` that rate limiting reads.
-    let server =
-        axum::serve(axum::serve::ListenerExt::tap_io(listener, |_| {}), service).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        });
-    let server = tokio::spawn(async move { server.await });
-    // Open long polls and followed logs would hold a graceful shutdown forever; give them a bounded grace.
-    let mut stopping = stopping;
-    let _ = stopping.wait_for(|stop| *stop).await;
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Err(e))) => return Err(ServerError::Serve(e)),
-        Ok(_) => {}
-        Err(_) => tracing::info!("closing requests still open after the shutdown grace"),
-    }
+    // Open long polls and followed logs would hold a graceful shutdown forever; they get a bounded grace.
+    http::serve(listener, app(state), stopping, SHUTDOWN_GRACE).await;
     driver_task.abort();
     for task in bridge_tasks {
         task.abort();

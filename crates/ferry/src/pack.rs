@@ -12,7 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ferry_api::code::{link_stays_inside, CODE_ARCHIVE_BYTES_MAX, GIT_DIFF_BYTES_MAX};
+use ferry_api::code::{CODE_ARCHIVE_BYTES_MAX, GIT_DIFF_BYTES_MAX};
+use ferry_archive::link_stays_inside;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};

@@ -222,6 +222,12 @@ fn a_malicious_archive_makes_its_run_fail_to_start_and_writes_nothing_outside() 
     let outside = f.root.path().join("outside");
     let escape = outside.join("escaped.txt");
     let ok = || raw_entry("fine.txt", tar::EntryType::Regular, "", b"fine\n");
+    // A GNU long name declaring 2 GiB, sent with 4 KiB of it: refused at its header, nothing allocated.
+    let mut huge_name = raw_entry("././@LongLink", tar::EntryType::GNULongName, "", &[b'a'; 4096]);
+    let mut header = tar::Header::from_byte_slice(&huge_name[..512]).clone();
+    header.set_size(2 << 30);
+    header.set_cksum();
+    huge_name[..512].copy_from_slice(header.as_bytes());
     let cases = [
         (
             raw_entry("../../../../outside/escaped.txt", tar::EntryType::Regular, "", b"x"),
@@ -229,6 +235,16 @@ fn a_malicious_archive_makes_its_run_fail_to_start_and_writes_nothing_outside() 
         ),
         (raw_entry(&escape.display().to_string(), tar::EntryType::Regular, "", b"x"), "is an absolute path"),
         (raw_entry("link", tar::EntryType::Symlink, "../../../../outside", b""), "points outside the folder"),
+        // Each link passes a check by its text alone; the second leads four folders above the root through the first.
+        (
+            [
+                raw_entry("a/b/c/d", tar::EntryType::Symlink, "../../..", b""),
+                raw_entry("a/b/c/up", tar::EntryType::Symlink, "d/../../../..", b""),
+            ]
+            .concat(),
+            "symlink `a/b/c/up` points outside the folder",
+        ),
+        (huge_name, "long name of 2147483648 bytes"),
     ];
     std::fs::create_dir_all(&outside).unwrap();
     for (bad, expected) in cases {
@@ -253,8 +269,13 @@ fn a_malicious_archive_makes_its_run_fail_to_start_and_writes_nothing_outside() 
         let message = job["message"].as_str().unwrap();
         assert!(message.contains("cannot unpack the job's code") && message.contains(expected), "{message}");
         assert!(message.contains("nothing was written outside"), "{message}");
+        assert!(message.len() < 2000, "a bounded report: {message}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside");
     }
+    // The node stayed ready through all of it and runs the next job.
+    let id = f.submit(&["--", "true"]);
+    assert_eq!(finished(&f, id)["state"], "succeeded");
+    assert_eq!(f.json(&["nodes", "--json"])["nodes"][0]["state"], "ready");
 }
 
 #[test]

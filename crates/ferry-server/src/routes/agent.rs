@@ -136,7 +136,10 @@ pub async fn reports(
     agent: AgentCaller,
     body: Result<Json<Reports>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ReportsAck>, ApiError> {
-    let Json(reports) = body.map_err(rejection)?;
+    let Json(mut reports) = body.map_err(rejection)?;
+    for report in &mut reports.runs {
+        report.status.bound_message();
+    }
     // The driver applies a report only to runs assigned to the reporting node; others are told to stop.
     speak_for(&state, &agent, &reports.node, false).await?;
     Ok(Json(state.driver.call(|reply| Command::Reports { reports, reply }).await?))

@@ -513,10 +513,6 @@ pub async fn wait(
         woken.as_mut().enable();
         let record = load(&state, &caller, id).await?;
         if record.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-            if record.state.is_terminal() {
-                // The job's wake-up entry may have been made by this wait after the job ended; drop it.
-                state.signals.finish(id);
-            }
             return Ok(Json(full(&state, &caller, record).await?));
         }
         let _ = tokio::time::timeout_at(deadline, woken).await;
