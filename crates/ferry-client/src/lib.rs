@@ -28,6 +28,18 @@ pub use tls::{CaCert, Trust};
 
 /// How long to wait for the TCP connection, so a dead address fails fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pauses between the tries of a submission whose answer was lost: about half a minute in all.
+const SUBMIT_RETRY_DELAYS: [Duration; 7] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(8),
+];
+/// The header that carries a submission's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// How long an unused pooled connection is kept; under the server's 30 s header-read timeout.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -232,8 +244,32 @@ impl Client {
         response.json::<T>().await.map_err(|e| self.transport(e))
     }
 
+    /// Submits a job under an idempotency key of its own, retrying for a while when the answer is lost (the
+    /// connection broke, the server is restarting or overloaded): the server answers a retry of a submission that
+    /// got through with the job it made, so a retry never makes a second job.
     pub async fn submit(&self, job: &SubmitJob) -> Result<Submitted, ClientError> {
-        self.json(self.request(reqwest::Method::POST, "/jobs").json(job)).await
+        let key = format!("{:032x}", rand::random::<u128>());
+        let mut reached = false;
+        let mut delays = SUBMIT_RETRY_DELAYS.iter();
+        loop {
+            let request = self.request(reqwest::Method::POST, "/jobs").header(IDEMPOTENCY_KEY, &key).json(job);
+            let error = match self.json(request).await {
+                Ok(submitted) => return Ok(submitted),
+                Err(error) => error,
+            };
+            let retry = match &error {
+                // Nothing was sent: no server here. Say so at once, unless one answered before (it is restarting).
+                ClientError::Unreachable { .. } => reached,
+                ClientError::Transport { .. } => true,
+                ClientError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+                _ => false,
+            };
+            reached = true;
+            match delays.next() {
+                Some(delay) if retry => tokio::time::sleep(*delay).await,
+                _ => return Err(error),
+            }
+        }
     }
 
     pub async fn jobs(&self, query: &JobQuery) -> Result<JobList, ClientError> {

@@ -18,7 +18,7 @@ use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
 use ferry_core::resources_fmt::format_cpus;
 use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Peer, Resources, Scheduler, WaitReason};
-use ferry_store::{JobRecord, NewJob, NodeRecord, Store, StoreError, Tx};
+use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Store, StoreError, SubmissionKey, Tx};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FileConfig;
@@ -39,9 +39,11 @@ pub const STOP_GRACE_S: u64 = 10;
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 pub enum Command {
+    /// A new job; with an idempotency key, the job that key already made is answered instead (`Submitted::again`).
     Submit {
         job: Box<NewJob>,
-        reply: Reply<u64>,
+        key: Option<SubmissionKey>,
+        reply: Reply<Submitted>,
     },
     Cancel {
         id: u64,
@@ -163,6 +165,29 @@ impl DriverHandle {
         let (reply, answer) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| ApiError::unavailable())?;
         answer.await.map_err(|_| ApiError::unavailable())
+    }
+}
+
+/// The answer to a submission: the job, and whether an idempotency key had already made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    pub id: u64,
+    pub again: bool,
+}
+
+/// The answer to a key that already made a job: that job for the same request, a refusal for a different one.
+pub fn keyed_answer(key: &SubmissionKey, keyed: &KeyedJob) -> Result<Submitted, ApiError> {
+    if keyed.request_sha256 == key.request_sha256 {
+        Ok(Submitted { id: keyed.job_id, again: true })
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the idempotency key `{}` was used for job {} with a different request; use a new key for a new \
+                 submission",
+                key.key, keyed.job_id
+            ),
+        ))
     }
 }
 
@@ -539,8 +564,8 @@ impl Driver {
 
     async fn handle(&mut self, command: Command, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
         match command {
-            Command::Submit { job, reply } => {
-                let result = self.submit(*job, tx).await?;
+            Command::Submit { job, key, reply } => {
+                let result = self.submit(*job, key, tx).await?;
                 fx.reply(reply, result);
             }
             Command::Cancel { id, by, reply } => {
@@ -638,17 +663,32 @@ impl Driver {
         metrics
     }
 
-    async fn submit(&mut self, job: NewJob, tx: &mut Tx) -> Result<Result<u64, ApiError>, StoreError> {
+    async fn submit(
+        &mut self,
+        job: NewJob,
+        key: Option<SubmissionKey>,
+        tx: &mut Tx,
+    ) -> Result<Result<Submitted, ApiError>, StoreError> {
         let now = now_us();
+        // Checked here too, inside the transaction that records the key: two retries racing past the handler's
+        // check still make one job.
+        if let Some(key) = &key {
+            if let Some(keyed) = tx.keyed_job(key).await? {
+                return Ok(keyed_answer(key, &keyed));
+            }
+        }
         let mut active = Active::from_new(0, &job, now);
         if let Err(reason) = self.sched.check_feasible(&active.request) {
             return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
         let id = tx.insert_job(&job, now).await?;
+        if let Some(key) = &key {
+            tx.record_submission_key(key, id, now).await?;
+        }
         active.request.id = id;
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("a fresh id is unknown to the core");
         self.jobs.insert(id, active);
-        Ok(Ok(id))
+        Ok(Ok(Submitted { id, again: false }))
     }
 
     async fn cancel(

@@ -18,6 +18,7 @@ mod jobruns;
 mod logs;
 mod metrics;
 mod oidc;
+mod retention;
 mod routes;
 mod series;
 mod signals;
@@ -187,6 +188,7 @@ pub async fn serve(
         None => None,
     };
     let pruner = tokio::spawn(audit::prune(store.clone(), config.file.audit_retention));
+    let retention = tokio::spawn(retention::run(store.clone()));
     let state = AppState {
         store: store.clone(),
         driver: handle,
@@ -229,6 +231,7 @@ pub async fn serve(
     recorder.abort();
     sweep_controller.abort();
     pruner.abort();
+    retention.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
         tracing::error!(error = %e, "could not write the last time-series samples to disk");
     }

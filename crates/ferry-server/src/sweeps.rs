@@ -491,8 +491,8 @@ async fn submit_trial(
     };
     job.tracking = Some(ferry_store::JobTracking { run_id: run_id.clone(), experiment_id: a.record.experiment_id });
     job.sweep = Some(SweepLink { sweep_id: a.record.id, trial: index });
-    match state.driver.call(|reply| Command::Submit { job: Box::new(job), reply }).await {
-        Ok(job_id) => {
+    match state.driver.call(|reply| Command::Submit { job: Box::new(job), key: None, reply }).await {
+        Ok(crate::driver::Submitted { id: job_id, .. }) => {
             crate::jobruns::attach(&state.store, &run_id, job_id, true).await.map_err(|e| Stop::Retry(e.message))?;
             Ok(())
         }

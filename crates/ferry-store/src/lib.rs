@@ -6,6 +6,7 @@
 
 mod audit;
 mod jobs;
+mod keys;
 mod models;
 mod nodes;
 mod sessions;
@@ -22,6 +23,7 @@ use sqlx::SqlitePool;
 
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
+pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};

@@ -74,3 +74,45 @@ fn waits_on_jobs_that_do_not_exist_answer_at_once() {
         assert!(matches!(response.status().as_u16(), 400 | 404), "job {id}: {}", response.status());
     }
 }
+
+#[test]
+fn a_retried_submission_returns_the_first_job() {
+    let f = Ferry::start(NodeSpec::default());
+    f.ok(&["team", "add", "vision"]);
+    f.ok(&["user", "add", "ana", "--team", "vision"]);
+    let ana = f.ok(&["token", "create", "--for", "ana", "--name", "ana"]).trim().to_string();
+    let admin = std::fs::read_to_string(f.home().join("admin.token")).unwrap().trim().to_string();
+    let client = reqwest::blocking::Client::new();
+    let post = |token: &str, key: Option<&str>, body: serde_json::Value| {
+        let mut request = client.post(format!("{}/api/v1/jobs", f.url())).bearer_auth(token).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().unwrap();
+        (response.status().as_u16(), response.json::<serde_json::Value>().unwrap())
+    };
+    let job = serde_json::json!({"command": ["true"], "workdir": "/tmp"});
+    let (status, first) = post(&admin, Some("key-1"), job.clone());
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = post(&admin, Some("key-1"), job.clone());
+    assert_eq!((status, &again["id"]), (200, &first["id"]), "a retry answers the first job");
+    // The same key for a different request is refused: it would answer with a job the client did not ask for.
+    let (status, body) = post(&admin, Some("key-1"), serde_json::json!({"command": ["false"], "workdir": "/tmp"}));
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("with a different request"), "{body}");
+    // Another user's key of the same text is a key of its own.
+    let (status, other) = post(&ana, Some("key-1"), job.clone());
+    assert_eq!(status, 201, "{other}");
+    assert_ne!(other["id"], first["id"]);
+    // Keys must be printable, without spaces, and short.
+    for bad in ["has space", &"k".repeat(129)] {
+        let (status, body) = post(&admin, Some(bad), job.clone());
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+    }
+    // Without a key, each submission is a job of its own.
+    let (_, a) = post(&admin, None, job.clone());
+    let (_, b) = post(&admin, None, job);
+    assert_ne!(a["id"], b["id"]);
+    assert_eq!(f.json(&["ps", "--all", "--json"])["jobs"].as_array().unwrap().len(), 4);
+}

@@ -17,6 +17,7 @@ use ferry_api::ErrorBody;
 use ferry_core::{Resources, StartForecast};
 use ferry_store::{JobCode, JobFilter, JobRecord, NewJob};
 use serde::Deserialize;
+use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::auth::{Caller, UserCaller};
@@ -270,17 +271,74 @@ fn cap(mut text: String, bytes_max: usize) -> String {
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs", request_body = SubmitJob,
-    responses((status = 201, body = Submitted), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "A key of the client's choosing (1 to 128 printable ASCII characters): a retry with the same key \
+            and request answers 200 with the job the first try made; with a different request, 409. Kept a day.")),
+    responses((status = 201, body = Submitted), (status = 200, body = Submitted), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: Result<Json<SubmitJob>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(axum::http::StatusCode, axum::Extension<crate::audit::AuditNote>, Json<Submitted>), ApiError> {
     let Json(spec) = body.map_err(rejection)?;
+    let key = submission_key(&headers, &caller.name, &spec)?;
+    // A retry whose first try got through: the first job, made nothing new. The driver checks again when it
+    // records the key, for retries that race each other.
+    if let Some(key) = &key {
+        if let Some(keyed) = state.store.keyed_job(key).await? {
+            let again = crate::driver::keyed_answer(key, &keyed)?;
+            return Ok(submitted(again));
+        }
+    }
     let experiment = spec.experiment.clone();
     let job = prepare(&state, spec, &caller).await?;
-    let id = submit_tracked(&state, job, experiment.as_deref(), Vec::new(), Vec::new()).await?;
-    Ok((axum::http::StatusCode::CREATED, crate::audit::note(format!("job {id}")), Json(Submitted { id })))
+    let answer = submit_tracked(&state, job, key, experiment.as_deref(), Vec::new(), Vec::new()).await?;
+    Ok(submitted(answer))
+}
+
+/// The name of the header that carries a submission's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest idempotency key.
+const IDEMPOTENCY_KEY_CHARS_MAX: usize = 128;
+
+/// The submission's idempotency key, if it sent one, bound to the submitter and the request's digest.
+fn submission_key(
+    headers: &axum::http::HeaderMap,
+    owner: &str,
+    spec: &SubmitJob,
+) -> Result<Option<ferry_store::SubmissionKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_CHARS_MAX && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "the Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters \
+                 without spaces (a UUID, for example)"
+            ))
+        })?;
+    let request = serde_json::to_vec(spec).map_err(|e| ApiError::invalid(format!("the job cannot be read: {e}")))?;
+    let request_sha256 = hex::encode(sha2::Sha256::digest(&request));
+    Ok(Some(ferry_store::SubmissionKey { owner: owner.to_string(), key: key.to_string(), request_sha256 }))
+}
+
+/// The answer to a submission: 201 for a new job, 200 for a retry answered with the job its key made.
+fn submitted(
+    answer: crate::driver::Submitted,
+) -> (axum::http::StatusCode, axum::Extension<crate::audit::AuditNote>, Json<Submitted>) {
+    let id = answer.id;
+    if answer.again {
+        (
+            axum::http::StatusCode::OK,
+            crate::audit::note(format!("job {id} (a retry; nothing new)")),
+            Json(Submitted { id }),
+        )
+    } else {
+        (axum::http::StatusCode::CREATED, crate::audit::note(format!("job {id}")), Json(Submitted { id }))
+    }
 }
 
 /// A submission checked (`validate`) for its submitter, who owns it: its team and project are ones the submitter
@@ -336,10 +394,11 @@ async fn ownership(state: &AppState, submitter: &UserCaller, job: &mut NewJob) -
 pub(crate) async fn submit_tracked(
     state: &AppState,
     mut job: NewJob,
+    key: Option<ferry_store::SubmissionKey>,
     experiment: Option<&str>,
     params: Vec<(String, String)>,
     tags: Vec<(String, String)>,
-) -> Result<u64, ApiError> {
+) -> Result<crate::driver::Submitted, ApiError> {
     let run = crate::jobruns::NewRun {
         experiment,
         project: job.project.as_deref(),
@@ -355,10 +414,15 @@ pub(crate) async fn submit_tracked(
     let run_id = tracking.run_id.clone();
     let named = job.name.is_some();
     job.tracking = Some(tracking);
-    match state.driver.call(|reply| Command::Submit { job: Box::new(job), reply }).await {
-        Ok(id) => {
-            crate::jobruns::attach(&state.store, &run_id, id, named).await?;
-            Ok(id)
+    match state.driver.call(|reply| Command::Submit { job: Box::new(job), key, reply }).await {
+        Ok(answer) if answer.again => {
+            // A racing retry made the job first; this try's run is not wanted.
+            crate::jobruns::discard(&state.store, &run_id).await;
+            Ok(answer)
+        }
+        Ok(answer) => {
+            crate::jobruns::attach(&state.store, &run_id, answer.id, named).await?;
+            Ok(answer)
         }
         Err(e) => {
             crate::jobruns::discard(&state.store, &run_id).await;
