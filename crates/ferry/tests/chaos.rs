@@ -68,12 +68,15 @@ fn acknowledged_submissions_exist_once_and_run_once_through_server_crashes() {
                 scope.spawn(move || {
                     let mut made = Vec::new();
                     for i in 0.. {
-                        if chaos_over.load(Ordering::SeqCst) && i >= 3 {
-                            break;
-                        }
+                        let over = chaos_over.load(Ordering::SeqCst);
                         let marker = format!("chaos-{s}-{i}");
                         let id = submit(&marker);
+                        // Once the server stays up, every submission gets through.
+                        assert!(!over || id.is_some(), "{marker} failed after the last restart");
                         made.push((marker, id));
+                        if over {
+                            break;
+                        }
                     }
                     made
                 })
@@ -91,7 +94,6 @@ fn acknowledged_submissions_exist_once_and_run_once_through_server_crashes() {
     });
     let acked = acknowledged.values().filter(|id| id.is_some()).count();
     println!("{acked} of {} submissions acknowledged", acknowledged.len());
-    assert!(acked * 2 >= acknowledged.len(), "most submissions get through a restart by retrying");
 
     // Every job ends; then each name appears once among the jobs, and each acknowledged one ran once.
     let deadline = Instant::now() + WAIT * 2;
