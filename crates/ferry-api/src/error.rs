@@ -24,6 +24,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The server is shutting down or overloaded; retry later (HTTP 503).
     Unavailable,
+    /// The server's disk is full; nothing of the request was kept. It works again once an admin frees space, with
+    /// no restart (HTTP 507).
+    StorageFull,
     /// A fault inside the server; the message says where to look (HTTP 500, never expected).
     Internal,
 }
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::Unsatisfiable => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::StorageFull => 507,
             ErrorCode::Internal => 500,
         }
     }

@@ -561,6 +561,7 @@ impl Client {
             413 => ErrorCode::PayloadTooLarge,
             429 => ErrorCode::RateLimited,
             503 => ErrorCode::Unavailable,
+            507 => ErrorCode::StorageFull,
             400..=499 => ErrorCode::InvalidRequest,
             _ => ErrorCode::Internal,
         };

@@ -158,14 +158,20 @@ impl DriverHandle {
     pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| ApiError::unavailable())?;
-        answer.await.map_err(|_| ApiError::unavailable())?
+        answer.await.map_err(|_| unfinished())?
     }
 
     pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| ApiError::unavailable())?;
-        answer.await.map_err(|_| ApiError::unavailable())
+        answer.await.map_err(|_| unfinished())
     }
+}
+
+/// A command the driver dropped unanswered: its batch failed (the store's error is in the server's log) or the
+/// driver is stopping.
+fn unfinished() -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "the server could not complete this request (its log says why); retry")
 }
 
 /// The answer to a submission: the job, and whether an idempotency key had already made it.

@@ -33,6 +33,13 @@ impl From<ferry_store::StoreError> for ApiError {
     fn from(e: ferry_store::StoreError) -> ApiError {
         // The detail goes to the server's log; the caller learns only that the store failed and what to do.
         tracing::error!(error = %e, "store failure");
+        if e.is_disk_full() {
+            return ApiError::new(
+                ErrorCode::StorageFull,
+                "the server's disk is full, so nothing of this request was kept; an admin frees space in its data \
+                 directory, and it works again without a restart",
+            );
+        }
         ApiError::new(
             ErrorCode::Unavailable,
             "the server could not reach its database; retry, and see the server log if it persists",

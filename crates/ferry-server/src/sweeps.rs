@@ -451,7 +451,7 @@ async fn submit_trial(
     let spec = a.search.spec();
     let submission = a.trial.submission(spec, params, index, a.code.clone()).map_err(Stop::Fail)?;
     let owner = crate::auth::user_named(state, &a.record.owner).await.map_err(|e| match e.code {
-        ferry_api::ErrorCode::Unavailable => Stop::Retry(e.message),
+        ferry_api::ErrorCode::Unavailable | ferry_api::ErrorCode::StorageFull => Stop::Retry(e.message),
         _ => Stop::Fail(e.message),
     })?;
     let mut job = crate::routes::jobs::prepare(state, submission, &owner).await.map_err(|e| Stop::Fail(e.message))?;
@@ -496,7 +496,9 @@ async fn submit_trial(
             crate::jobruns::attach(&state.store, &run_id, job_id, true).await.map_err(|e| Stop::Retry(e.message))?;
             Ok(())
         }
-        Err(e) if e.code == ferry_api::ErrorCode::Unavailable => Err(Stop::Retry(e.message)),
+        Err(e) if matches!(e.code, ferry_api::ErrorCode::Unavailable | ferry_api::ErrorCode::StorageFull) => {
+            Err(Stop::Retry(e.message))
+        }
         Err(e) => Err(Stop::Fail(format!("trial {index} was refused: {}", e.message))),
     }
 }

@@ -44,6 +44,11 @@ pub enum StoreError {
         "{path} is not a Ferry database ({detail}); point --data-dir at an empty directory or a Ferry data directory"
     )]
     Foreign { path: String, detail: String },
+    #[error(
+        "the database {path} is empty, but a Ferry database never is: it was truncated or replaced. Restore it from a \
+         backup (`ferry admin restore`), or, to start a new installation there, remove the file"
+    )]
+    Empty { path: String },
     #[error("the database {path} is damaged or unreadable ({detail}); restore it from a backup, or move it aside to start afresh")]
     Corrupt { path: String, detail: String },
     #[error("the database {path} was written by a newer Ferry (schema {found}); upgrade this ferry binary")]
@@ -52,6 +57,17 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("stored value is invalid: {0}")]
     Invalid(String),
+}
+
+impl StoreError {
+    /// Whether the database could not write because its disk is full (SQLite's `SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sql(sqlx::Error::Database(e)) => e.code().as_deref() == Some("13"),
+            StoreError::Sql(sqlx::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +79,20 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         let shown = path.display().to_string();
+        // A new installation has no database file yet. One that is there was written by Ferry and is never empty (its
+        // writes may all still be in the write-ahead log beside it after a crash), so an empty one was truncated or
+        // replaced: starting afresh on it would silently lose the installation.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let existed = match std::fs::metadata(path) {
+            Ok(meta) if meta.len() == 0 && wal_bytes == 0 => {
+                return Err(StoreError::Empty { path: shown });
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::Corrupt { path: shown, detail: e.to_string() }),
+        };
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{shown}"))
             .map_err(|e| StoreError::Foreign { path: shown.clone(), detail: e.to_string() })?
             .create_if_missing(true)
@@ -74,11 +104,15 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_CONNECTIONS_MAX)
+            // A write that failed on a full disk can leave its connection inside a transaction, holding an old
+            // snapshot: every later write on it fails ("database is locked") even once there is room again. Such a
+            // connection is closed when it comes back to the pool instead of being handed out again.
+            .after_release(|conn, _| Box::pin(async move { Ok(healthy(conn).await) }))
             .connect_with(options)
             .await
             .map_err(|e| classify(&shown, e))?;
         let store = Store { pool };
-        store.check_owner(&shown).await?;
+        store.check_owner(&shown, existed).await?;
         sqlx::migrate!("./migrations").run(&store.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::VersionMissing(v) => {
                 StoreError::TooNew { path: shown.clone(), found: v.to_string() }
@@ -92,12 +126,15 @@ impl Store {
         Ok(store)
     }
 
-    /// Refuses a database that holds tables but is not Ferry's.
-    async fn check_owner(&self, shown: &str) -> Result<(), StoreError> {
+    /// Refuses a database that is not Ferry's: one with tables of others, or a file that was there with no tables.
+    async fn check_owner(&self, shown: &str, existed: bool) -> Result<(), StoreError> {
         let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
             .fetch_all(&self.pool)
             .await
             .map_err(|e| classify(shown, e))?;
+        if tables.is_empty() && existed {
+            return Err(StoreError::Empty { path: shown.to_string() });
+        }
         if tables.is_empty() {
             return Ok(());
         }
@@ -120,6 +157,32 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Whether a connection coming back to the pool is idle as a pooled connection must be: outside any transaction and
+/// with no statement still stepping (which would hold a read snapshot open).
+async fn healthy(conn: &mut sqlx::SqliteConnection) -> bool {
+    let Ok(mut handle) = conn.lock_handle().await else { return false };
+    let raw = handle.as_raw_handle().as_ptr();
+    // SAFETY: `raw` is the live connection handle, locked for this call; both functions only read its state.
+    let (autocommit, busy) = unsafe {
+        let autocommit = libsqlite3_sys::sqlite3_get_autocommit(raw) != 0;
+        let mut busy = false;
+        let mut statement = libsqlite3_sys::sqlite3_next_stmt(raw, std::ptr::null_mut());
+        while !statement.is_null() {
+            busy |= libsqlite3_sys::sqlite3_stmt_busy(statement) != 0;
+            statement = libsqlite3_sys::sqlite3_next_stmt(raw, statement);
+        }
+        (autocommit, busy)
+    };
+    if !autocommit || busy {
+        tracing::warn!(
+            in_transaction = !autocommit,
+            statement_open = busy,
+            "closing a database connection left busy by a failed write"
+        );
+    }
+    autocommit && !busy
 }
 
 fn classify(path: &str, e: sqlx::Error) -> StoreError {

@@ -49,7 +49,7 @@ impl From<ClientError> for CliError {
                 ErrorCode::Unauthenticated | ErrorCode::Forbidden => AUTH,
                 ErrorCode::NotFound => NOT_FOUND,
                 ErrorCode::Conflict => CONFLICT,
-                ErrorCode::Unavailable | ErrorCode::RateLimited => UNAVAILABLE,
+                ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::StorageFull => UNAVAILABLE,
                 ErrorCode::Internal => INTERNAL,
             },
         };

@@ -116,3 +116,173 @@ fn a_retried_submission_returns_the_first_job() {
     assert_ne!(a["id"], b["id"]);
     assert_eq!(f.json(&["ps", "--all", "--json"])["jobs"].as_array().unwrap().len(), 4);
 }
+
+/// Starts `ferry server` on `home` and returns its exit code and output, or `None` when it kept running.
+fn server_start_fails(home: &std::path::Path) -> (i32, String) {
+    let port = common::free_port().to_string();
+    let out = std::process::Command::new(common::ferry_bin())
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FERRY_HOME", home)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), common::stderr(&out)))
+}
+
+#[test]
+fn an_empty_or_foreign_database_is_refused() {
+    let mut f = Ferry::start(NodeSpec::default());
+    f.submit(&["--", "true"]);
+    f.kill_server();
+    let db = f.home().join("ferry.db");
+    // After a crash, the writes may all be in the write-ahead log: keep both files, then leave only the database.
+    let files = ["ferry.db", "ferry.db-wal"];
+    for name in files {
+        let _ = std::fs::copy(f.home().join(name), f.root.path().join(name));
+    }
+    for extra in ["ferry.db-wal", "ferry.db-shm"] {
+        let _ = std::fs::remove_file(f.home().join(extra));
+    }
+    // Truncated to nothing: a fresh, empty installation must not start in its place.
+    std::fs::write(&db, b"").unwrap();
+    let (code, output) = server_start_fails(&f.home());
+    assert_eq!(code, 78, "{output}");
+    assert!(
+        output.contains("is empty, but a Ferry database never is") && output.contains("ferry admin restore"),
+        "{output}"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "the file is left as it was");
+    // Another program's SQLite database.
+    std::fs::remove_file(&db).unwrap();
+    let made = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import sqlite3; c = sqlite3.connect('{}'); c.execute('CREATE TABLE users (name TEXT)'); c.commit()",
+                db.display()
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, output) = server_start_fails(&f.home());
+    assert_eq!(code, 78, "{output}");
+    assert!(output.contains("is not a Ferry database") && output.contains("users"), "{output}");
+    // Not a database at all.
+    std::fs::write(&db, "hello, I am a text file and not a database at all, as anyone can see").unwrap();
+    let (code, output) = server_start_fails(&f.home());
+    assert_eq!(code, 78, "{output}");
+    assert!(output.contains("damaged or unreadable"), "{output}");
+    // The real one back: everything is there.
+    for name in files {
+        let _ = std::fs::copy(f.root.path().join(name), f.home().join(name));
+    }
+    f.start_server();
+    assert_eq!(f.json(&["ps", "--all", "--json"])["jobs"].as_array().unwrap().len(), 1);
+}
+
+/// A server whose data directory is on a tmpfs of `size` in a mount namespace of its own, so the test can fill its
+/// disk; the file system goes away with the process.
+struct SmallDisk {
+    server: std::process::Child,
+    home: std::path::PathBuf,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn start(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("disk");
+        std::fs::create_dir(&mount).unwrap();
+        let home = mount.join("home");
+        let port = common::free_port();
+        let script = format!(
+            "mount -t tmpfs -o size={size} ferry-test-disk {mount} && exec {ferry} server --listen 127.0.0.1:{port}",
+            mount = mount.display(),
+            ferry = common::ferry_bin()
+        );
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let server = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("FERRY_HOME", &home)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("this test needs root and util-linux's `unshare` to make a small file system");
+        let disk = SmallDisk { server, home, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let deadline = Instant::now() + common::WAIT;
+        while disk.cli(&["ps"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "the server did not start:\n{}", disk.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        disk
+    }
+
+    /// A path inside the server's mount namespace, as this process reaches it.
+    fn inside(&self, path: &std::path::Path) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root{}", self.server.id(), path.display()))
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let token = std::fs::read_to_string(self.inside(&self.home.join("admin.token"))).unwrap_or_default();
+        std::process::Command::new(common::ferry_bin())
+            .args(args)
+            .env("FERRY_SERVER", &self.url)
+            .env("FERRY_TOKEN", token.trim())
+            .env("FERRY_HOME", "/nonexistent")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn the_store_recovers_by_itself_when_the_disk_has_room_again() {
+    let disk = SmallDisk::start("24m");
+    let submit = |name: &str| disk.cli(&["run", "--no-code", "--name", name, "--", "true"]);
+    assert!(submit("before").status.success(), "{}", disk.log());
+    // Fill the disk to the last byte.
+    let filler = disk.inside(&disk.home.join("filler"));
+    {
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let mut refused = 0;
+    for i in 0..5 {
+        let out = submit(&format!("full-{i}"));
+        if !out.status.success() {
+            refused += 1;
+            let text = common::stderr(&out);
+            assert!(text.contains("disk is full") && text.contains("without a restart"), "{text}");
+        }
+    }
+    assert!(refused > 0, "writes on a full disk failed");
+    // Room again: the next submission goes through without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = submit("after");
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still failing with room again: {}\n{}", common::stderr(&out), disk.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let jobs = String::from_utf8(disk.cli(&["ps", "--all"]).stdout).unwrap();
+    assert!(jobs.contains("before") && jobs.contains("after"), "{jobs}");
+}

@@ -89,6 +89,7 @@ impl From<ApiError> for MlflowFailure {
             ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             ErrorCode::NotFound => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
+            ErrorCode::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "TEMPORARILY_UNAVAILABLE"),
             _ => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
         };
         let message = if e.code == ErrorCode::Unauthenticated {
