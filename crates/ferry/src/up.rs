@@ -206,7 +206,8 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
 }
 
 /// Keeps one local agent running as a separate process, restarting it if it dies. An agent left from an earlier
-/// `ferry up` (still holding the agent directory) is left in charge until it exits.
+/// `ferry up` that was killed (still holding the agent directory, talking to a server that is gone) is stopped
+/// first; its runs go on under their own supervisors and the new agent adopts them.
 async fn supervise_agent(
     url: String,
     data_dir: PathBuf,
@@ -225,9 +226,13 @@ async fn supervise_agent(
     let mut announced_survivor = false;
     while !*stop.borrow() {
         if agent_dir_in_use(&agent_dir) {
-            if !announced_survivor {
-                tracing::info!(dir = %agent_dir.display(), "an agent from an earlier start is still running; it stays in charge");
-                announced_survivor = true;
+            match leftover_agent(&agent_dir, &exe) {
+                Some(pid) => stop_leftover_agent(pid, &agent_dir).await,
+                None if !announced_survivor => {
+                    tracing::warn!(dir = %agent_dir.display(), "another process holds the agent directory; waiting for it to let go");
+                    announced_survivor = true;
+                }
+                None => {}
             }
             let _ = tokio::time::timeout(AGENT_RESTART_DELAY, stop.wait_for(|s| *s)).await;
             continue;
@@ -244,6 +249,13 @@ async fn supervise_agent(
             .stdin(Stdio::null())
             // Its own process group: Ctrl-C reaches only `ferry up`, which stops the agent in order.
             .process_group(0);
+        // SAFETY: between fork and exec the closure only makes one async-signal-safe system call.
+        unsafe {
+            // Should `ferry up` be killed outright, the kernel tells the agent (SIGTERM), which then stops.
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
         if let Some(config) = &config {
             command.arg("--config").arg(config);
         }
@@ -280,6 +292,52 @@ async fn supervise_agent(
                 return;
             }
         }
+    }
+}
+
+/// The pid of the agent holding `dir` when it is one `ferry up` started: this binary running `agent` with
+/// `--data-dir dir`, as its lock file and command line say. Anything else holding the directory is left alone.
+fn leftover_agent(dir: &Path, exe: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("agent.lock")).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| same_file(&e, exe));
+    let is_agent = args.get(1) == Some(&&b"agent"[..]);
+    // Its `--data-dir`, resolved from its own working directory, must be this very directory.
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let wanted = std::fs::canonicalize(dir).ok()?;
+    let same_dir = args.windows(2).any(|w| {
+        w[0] == b"--data-dir"
+            && std::str::from_utf8(w[1])
+                .ok()
+                .and_then(|arg| std::fs::canonicalize(cwd.join(arg)).ok())
+                .is_some_and(|d| d == wanted)
+    });
+    (ours && is_agent && same_dir).then_some(pid)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        // A rebuilt binary replaces the file the old agent runs: `/proc` then says `(deleted)` after its path.
+        _ => a.to_string_lossy().trim_end_matches(" (deleted)") == b.to_string_lossy(),
+    }
+}
+
+/// Stops an agent a killed `ferry up` left behind: SIGTERM, and SIGKILL if it has not let go of the directory
+/// after the grace.
+async fn stop_leftover_agent(pid: i32, dir: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    tracing::warn!(pid = pid.as_raw(), dir = %dir.display(), "stopping the agent an earlier ferry up left running; its jobs carry on and the new agent adopts them");
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + AGENT_STOP_GRACE;
+    while agent_dir_in_use(dir) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if agent_dir_in_use(dir) {
+        let _ = kill(pid, Signal::SIGKILL);
     }
 }
 

@@ -79,3 +79,75 @@ fn up_runs_jobs_restarts_a_dead_agent_and_stops_on_ctrl_c() {
     let out = cli(&["ps"]);
     assert_eq!(out.status.code(), Some(69), "no server answers after Ctrl-C");
 }
+
+fn gone(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+fn lock_holder(data: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(data.join("agent/agent.lock")).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn a_killed_up_leaves_no_agent_behind_and_a_leftover_one_is_stopped() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = format!("http://127.0.0.1:{port}");
+    let up = || {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(home.path().join("up.log")).unwrap();
+        Command::new(ferry_bin())
+            .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+            .env("FERRY_HOME", &data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let cli = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .args(args)
+            .env("FERRY_HOME", &data)
+            .env("FERRY_SERVER", &server)
+            .env_remove("FERRY_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ready = || {
+        serde_json::from_slice::<serde_json::Value>(&cli(&["nodes", "--json"]).stdout).unwrap_or_default()["nodes"][0]
+            ["state"]
+            == "ready"
+    };
+    let mut first = up();
+    wait_until("the local node", || lock_holder(&data).is_some() && ready());
+    let agent = lock_holder(&data).unwrap();
+    // `ferry up` killed outright: its agent learns of it from the kernel and stops.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    wait_until("the agent of the killed ferry up to stop", || gone(agent));
+
+    // An agent left running by some earlier start (as one from before this change would be), holding the directory.
+    let log = std::fs::File::create(home.path().join("leftover.log")).unwrap();
+    let mut leftover = Command::new(ferry_bin())
+        .args(["agent", "--server", &server, "--token-file"])
+        .arg(data.join("agent.token"))
+        .arg("--data-dir")
+        .arg(data.join("agent"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let leftover_pid = leftover.id() as i32;
+    wait_until("the leftover agent to hold its directory", || lock_holder(&data) == Some(leftover_pid));
+    let mut second = up();
+    wait_until("the leftover agent to be stopped", || leftover.try_wait().unwrap().is_some());
+    wait_until("a new agent", || lock_holder(&data).is_some_and(|p| p != leftover_pid) && ready());
+    let out = cli(&["run", "--follow", "--cpus", "0.1", "--", "echo", "after the leftover"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after the leftover\n");
+    let log = std::fs::read_to_string(home.path().join("up.log")).unwrap();
+    assert!(log.contains("stopping the agent an earlier ferry up left running"), "{log}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(second.wait().unwrap().success());
+}
