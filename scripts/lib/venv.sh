@@ -10,8 +10,8 @@
 #
 # log MSG...            "TAG: MSG" on stderr.
 # die MSG...            "TAG: error: MSG" on stderr, then exit 1.
-# venv_create           Makes $VENV with python3 -m venv unless $VENV/bin/python3 is there (dies if python3 is
-#                       missing or venv fails).
+# venv_create           Makes $VENV with $VENV_PYTHON (default python3) -m venv unless $VENV/bin/python3 is there
+#                       (dies if the interpreter is missing or venv fails).
 # venv_install WHAT SPEC...
 #                       The whole install: if `installed`, says "WHAT is already installed in $VENV", prints $VENV
 #                       and exits 0. Otherwise venv_create, `pip install -q SPEC...` (its output in $VENV/pip.log),
@@ -27,11 +27,12 @@ log() { echo "$TAG: $*" >&2; }
 die() { echo "$TAG: error: $*" >&2; exit 1; }
 
 venv_create() {
-    command -v python3 >/dev/null || die "python3 is missing (apt-get install python3 python3-venv)"
+    local python=${VENV_PYTHON:-python3}
+    command -v "$python" >/dev/null || die "$python is missing (apt-get install python3 python3-venv)"
     if [[ ! -x $VENV/bin/python3 ]]; then
-        log "creating $VENV"
+        log "creating $VENV with $python"
         mkdir -p "$(dirname "$VENV")"
-        python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
+        "$python" -m venv "$VENV" || die "$python -m venv failed (apt-get install python3-venv?)"
     fi
 }
 

@@ -16,6 +16,15 @@ TAG=mlflow/install
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VERSION=${FERRY_MLFLOW_VERSION:-3.17.2}
 VENV=${FERRY_MLFLOW_VENV:-$ROOT/target/engines/mlflow-venv}
+# Jobs run the client too, and an agent running as root runs jobs as the unprivileged `ferry-job`: the venv is built
+# from the system's Python, which every account can run (a pyenv Python under /root is out of its reach).
+if [[ -x /usr/bin/python3 ]]; then
+    VENV_PYTHON=/usr/bin/python3
+    if [[ -x $VENV/bin/python3 && $(readlink -f "$VENV/bin/python3") != $(readlink -f /usr/bin/python3) ]]; then
+        log "rebuilding $VENV from /usr/bin/python3 (it was made from $(readlink -f "$VENV/bin/python3"))"
+        rm -rf "$VENV"
+    fi
+fi
 # What `mlflow.pyfunc.log_model`/`load_model` need beside mlflow-skinny, pinned.
 EXTRAS=(numpy==2.4.6 pandas==2.3.3 cloudpickle==3.1.2)
 

@@ -61,6 +61,11 @@ pub struct AgentConfig {
     /// The certificate authority the agent trusts, as a PEM file that jobs' MLflow clients are pointed at
     /// (`MLFLOW_TRACKING_SERVER_CERT_PATH`); set when the agent starts with a private authority.
     pub server_ca_file: Option<PathBuf>,
+    /// Folders no job may see besides the agent's data directory (`hide_from_jobs`): the server's data directory
+    /// when both run on this machine. `ferry up` adds its own.
+    pub hide_from_jobs: Vec<PathBuf>,
+    /// The unprivileged account jobs run as when the agent runs as root (`job_user`, default `ferry-job`).
+    pub job_user: String,
 }
 
 /// How the container engine is asked for GPUs.
@@ -84,6 +89,9 @@ pub struct DeclaredGpu {
     pub memory_bytes: u64,
 }
 
+/// The account jobs run as under an agent running as root.
+pub const DEFAULT_JOB_USER: &str = "ferry-job";
+
 /// The agent configuration file, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +107,8 @@ struct FileConfig {
     telemetry_spool_bytes: Option<toml::Value>,
     container_socket: Option<String>,
     container_gpus: Option<ContainerGpus>,
+    hide_from_jobs: Option<Vec<PathBuf>>,
+    job_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +142,8 @@ impl AgentConfig {
             trust: ferry_client::Trust::System,
             ca_pin: None,
             server_ca_file: None,
+            hide_from_jobs: Vec::new(),
+            job_user: DEFAULT_JOB_USER.to_string(),
         }
     }
 
@@ -180,6 +192,18 @@ fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
     }
     if let Some(gpus) = file.gpus {
         config.declared_gpus = declared_gpus(gpus)?;
+    }
+    if let Some(user) = file.job_user {
+        config.job_user = non_empty("job_user", user)?;
+    }
+    if let Some(paths) = file.hide_from_jobs {
+        if let Some(bad) = paths.iter().find(|p| !p.is_absolute()) {
+            return Err(format!(
+                "`hide_from_jobs`: `{}` is not an absolute path; write folders such as \"/var/lib/ferry\"",
+                bad.display()
+            ));
+        }
+        config.hide_from_jobs = paths;
     }
     if let Some(library) = file.nvml_library {
         config.nvml_library = Some(library);

@@ -16,6 +16,7 @@ mod cgroup;
 pub mod code;
 mod config;
 pub mod container;
+pub mod isolate;
 mod lock;
 mod resources;
 mod rundir;
@@ -39,6 +40,9 @@ pub enum AgentError {
     Config { path: PathBuf, message: String },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    /// The agent runs as root and the account jobs run as is missing or is root.
+    #[error("{0}")]
+    JobUser(String),
     /// Another agent holds the data directory.
     #[error(
         "another agent{} is using {}; stop it, or give this agent its own data directory",
@@ -71,6 +75,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         what: format!("cannot write {}", config.data_dir.join(container::SETTINGS_FILE).display()),
         source,
     })?;
+    // What `ferry __isolate` hides from each job: this directory and the configured paths.
+    let job_user = if nix::unistd::geteuid().is_root() {
+        Some(isolate::JobUser::look_up(&config.job_user).map_err(AgentError::JobUser)?)
+    } else {
+        None
+    };
     let detection = cgroup::detect();
     if let Some(why) = &detection.why_none {
         tracing::warn!("limits not enforced: {why}, measuring only");
@@ -111,6 +121,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     if let ferry_client::Trust::Authority(authority) = &trust {
         config.server_ca_file = Some(write_server_ca(&config.data_dir, authority)?);
     }
+    // What `ferry __isolate` hides from each job (this directory and the configured paths), what stays in view
+    // (the server's authority, for the job's MLflow client) and whom jobs run as.
+    let expose: Vec<std::path::PathBuf> = config.server_ca_file.iter().cloned().collect();
+    let isolation = isolate::Settings::of(&config.data_dir, &config.hide_from_jobs, &expose, job_user);
+    isolation.write(&config.data_dir).map_err(|source| AgentError::Io {
+        what: format!("cannot write {}", config.data_dir.join(isolate::SETTINGS_FILE).display()),
+        source,
+    })?;
     let usage = sampler.usage.clone();
     let telemetry = agent::Telemetry { runs: sampler.runs.clone(), spool };
     let result =

@@ -35,8 +35,14 @@ use crate::rundir::{self, Exit, ProcessIdentity, RunDir, Started};
 pub(crate) const CONTAINER_SUBCOMMAND: &str = "__container";
 
 /// Variables of the agent's own environment that start with this are the agent's settings (its token among them)
-/// and are not passed on to jobs.
+/// and are never passed on to jobs.
 const AGENT_ENV_PREFIX: &str = "FERRY_";
+/// The variable of the agent's environment naming, comma-separated, the variables of the node's own environment
+/// that jobs get (`LD_LIBRARY_PATH`, a proxy, `NCCL_SOCKET_IFNAME`): node settings an admin chooses. Nothing else
+/// of the agent's (or, under `ferry up`, the server's) environment reaches a job.
+pub(crate) const JOB_ENV_FROM_NODE_ENV: &str = "FERRY_JOB_ENV_FROM_NODE";
+/// The `PATH` of a job that declared none (a submission through the API rather than `ferry run`).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The most of a run's output the node keeps on its disk (in the run's output file) unless told otherwise. The
 /// agent ships the file to the server as it grows, but while the server is out of reach (a network partition, a
@@ -298,22 +304,57 @@ fn spawn(spec: &Assignment, run_dir: &Path, pipe: PipeWriter) -> Result<Child, S
             command
         }
         None => {
-            let mut command = Command::new(program);
-            command.args(args);
+            // The job starts through `ferry __isolate`, which gives it a private view of the node and then execs
+            // its command; if that fails, it says why on the pipe at fd 3 (closed unread when the exec succeeds).
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot start `{program}`: cannot find the ferry program: {e}"))?;
+            let mut command = Command::new(exe);
+            command.arg(crate::isolate::ISOLATE_SUBCOMMAND).arg(run_dir);
+            let _ = args;
             command
         }
     };
+    let (mut start_errors, start_error_writer) =
+        io::pipe().map_err(|e| format!("cannot start `{program}`: cannot make a pipe: {e}"))?;
+    if spec.image.is_none() {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&start_error_writer);
+        // SAFETY: between fork and exec the closure makes one async-signal-safe system call.
+        unsafe {
+            command.pre_exec(move || {
+                // `dup2` clears close-on-exec on the copy, so the helper inherits it as fd 3.
+                if nix::libc::dup2(fd, crate::isolate::START_ERROR_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut env = job_env(std::env::vars_os(), spec);
+    if spec.image.is_none() {
+        // A job started without a shell still needs a PATH and a HOME; a container has the image's own.
+        env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+        env.entry("HOME".into()).or_insert_with(|| spec.workdir.clone().into());
+    }
     command
         .current_dir(&spec.workdir)
         .env_clear()
-        .envs(job_env(std::env::vars_os(), spec))
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(pipe)
         .stderr(stderr)
         .process_group(0);
     // The command, and with it the shim's copies of the pipe's write end, is dropped on return: from then on only
     // the job holds the pipe open, so the copier sees its end when the job's processes are gone.
-    command.spawn().map_err(|e| describe_spawn_error(program, &e))
+    let mut child = command.spawn().map_err(|e| describe_spawn_error(program, &e))?;
+    drop(command);
+    drop(start_error_writer);
+    let mut why = String::new();
+    let _ = io::Read::read_to_string(&mut start_errors, &mut why);
+    if !why.trim().is_empty() {
+        let _ = child.wait();
+        return Err(why.trim().to_string());
+    }
+    Ok(child)
 }
 
 /// Copies the job's output from its pipe to the run's output file on a thread of its own, up to the output limit.
@@ -425,14 +466,23 @@ impl OutputCap {
     }
 }
 
-/// The job's environment: the agent's own (less its settings), the job's variables, and the variables that tell
-/// the job what it was given, which the job cannot override.
+/// The job's environment: exactly the variables it was submitted with (`ferry run` sends a documented few of the
+/// submitting shell's and the `--env` ones), the node variables the admin named in `FERRY_JOB_ENV_FROM_NODE`, and
+/// the variables that tell the job what it was given, which the job cannot override. `inherited` is the agent's
+/// environment, which holds the agent's token and, under `ferry up`, the server's secrets: only the named variables
+/// are taken from it.
 pub(crate) fn job_env(
     inherited: impl Iterator<Item = (OsString, OsString)>,
     spec: &Assignment,
 ) -> BTreeMap<OsString, OsString> {
-    let mut env: BTreeMap<OsString, OsString> =
-        inherited.filter(|(key, _)| !key.to_string_lossy().starts_with(AGENT_ENV_PREFIX)).collect();
+    let inherited: BTreeMap<OsString, OsString> = inherited.collect();
+    let named = inherited.get(std::ffi::OsStr::new(JOB_ENV_FROM_NODE_ENV)).map(|v| v.to_string_lossy().into_owned());
+    let mut env: BTreeMap<OsString, OsString> = named
+        .iter()
+        .flat_map(|list| list.split(',').map(str::trim).filter(|n| !n.is_empty()))
+        .filter(|name| !name.starts_with(AGENT_ENV_PREFIX))
+        .filter_map(|name| inherited.get(std::ffi::OsStr::new(name)).map(|v| (OsString::from(name), v.clone())))
+        .collect();
     // CUDA numbers devices fastest first unless told otherwise, while NVML (and so Ferry) numbers them by PCI bus:
     // without this, `CUDA_VISIBLE_DEVICES=1` could name another job's GPU.
     env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
@@ -568,9 +618,16 @@ mod tests {
     }
 
     #[test]
-    fn the_job_env_drops_agent_settings_and_cannot_lie_about_its_gpus() {
-        let inherited = [("PATH", "/bin"), ("FERRY_TOKEN", "secret"), ("CUDA_DEVICE_ORDER", "FASTEST_FIRST")]
-            .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    fn the_job_env_is_what_was_declared_and_named_and_cannot_lie_about_its_gpus() {
+        let inherited = [
+            ("PATH", "/bin"),
+            ("FERRY_TOKEN", "secret"),
+            ("AWS_SECRET_ACCESS_KEY", "server secret"),
+            ("LD_LIBRARY_PATH", "/usr/local/cuda/lib64"),
+            ("CUDA_DEVICE_ORDER", "FASTEST_FIRST"),
+            (JOB_ENV_FROM_NODE_ENV, "LD_LIBRARY_PATH, FERRY_TOKEN,NOT_SET"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let env = job_env(inherited.into_iter(), &spec());
         let shown: Vec<String> =
             env.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
@@ -581,7 +638,7 @@ mod tests {
                 "CUDA_VISIBLE_DEVICES=0,3",
                 "FERRY_ATTEMPT=2",
                 "FERRY_JOB_ID=7",
-                "PATH=/bin",
+                "LD_LIBRARY_PATH=/usr/local/cuda/lib64",
                 "X=y"
             ]
         );

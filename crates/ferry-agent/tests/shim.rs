@@ -20,18 +20,32 @@ const POLL: Duration = Duration::from_millis(10);
 /// Job ids far above any a test server hands out, so these runs' control groups never meet an agent's.
 const JOB_ID_BASE: u64 = 990_000;
 
+/// A run laid out as the agent lays it out: `<agent dir>/runs/<run>/` with the job working in its `work/` folder,
+/// and the agent directory holding the isolation settings the agent writes at start (nothing hidden here; under
+/// root, jobs run as the unprivileged `ferry-job`, which `scripts/test` creates).
 struct Run {
-    dir: tempfile::TempDir,
+    agent_dir: tempfile::TempDir,
     spec: Assignment,
 }
 
 impl Run {
     fn new(job: u64, command: &[&str]) -> Run {
-        let dir = tempfile::tempdir().unwrap();
+        let agent_dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(agent_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let run_dir = agent_dir.path().join("runs").join("run");
+        fs::create_dir_all(run_dir.join("work")).unwrap();
+        let job_user = nix::unistd::geteuid().is_root().then(|| {
+            let user = nix::unistd::User::from_name("ferry-job")
+                .unwrap()
+                .expect("tests run as root need the account ferry-job (scripts/test creates it)");
+            json!({"name": "ferry-job", "uid": user.uid.as_raw(), "gid": user.gid.as_raw()})
+        });
+        let settings = json!({"hide": [], "expose": [], "job_user": job_user});
+        fs::write(agent_dir.path().join("isolation.json"), settings.to_string()).unwrap();
         let spec = Assignment {
             run: RunRef::new(JOB_ID_BASE + job, 1),
             command: command.iter().map(|s| s.to_string()).collect(),
-            workdir: dir.path().display().to_string(),
+            workdir: run_dir.join("work").display().to_string(),
             code: None,
             env: BTreeMap::new(),
             cpu_millis: 1500,
@@ -41,11 +55,17 @@ impl Run {
             grace_s: 1,
             image: None,
         };
-        Run { dir, spec }
+        Run { agent_dir, spec }
     }
 
-    fn path(&self) -> &Path {
-        self.dir.path()
+    /// The run directory.
+    fn path(&self) -> std::path::PathBuf {
+        self.agent_dir.path().join("runs").join("run")
+    }
+
+    /// The job's working folder.
+    fn work(&self) -> std::path::PathBuf {
+        self.path().join("work")
     }
 
     /// Writes the spec and starts the supervisor, with the extra environment given (and limits off unless the
@@ -150,7 +170,7 @@ fn the_job_sees_its_gpus_ids_env_and_workdir_but_not_the_agents_settings() {
     run.spec.gpu_ids = vec![0, 2];
     run.spec.env.insert("GREETING".into(), "hi there".into());
     run.run_with(&[("FERRY_CGROUP", "none"), ("FERRY_TOKEN", "secret")]);
-    let workdir = fs::canonicalize(run.path()).unwrap();
+    let workdir = fs::canonicalize(run.work()).unwrap();
     let expected = format!("0,2|{}|1|hi there|unset|PCI_BUS_ID|{}", JOB_ID_BASE + 4, workdir.display());
     assert_eq!(run.output_text(), expected);
 
@@ -198,12 +218,11 @@ fn a_program_that_cannot_start_says_why_in_its_output() {
 #[test]
 fn sigterm_to_the_shim_stops_the_whole_process_group() {
     // The shell and its background child both ignore SIGTERM, so only the SIGKILL after the grace period ends them.
-    let script = r#"trap "" TERM; sleep 300 & echo $! > grandchild.pid; wait"#;
+    // The background process is found by its argument: ids inside the job's process namespace differ.
+    let script = r#"trap "" TERM; sleep 301.75 & wait"#;
     let run = Run::new(9, &["/bin/sh", "-c", script]);
     let mut shim = run.start(&[("FERRY_CGROUP", "none")]);
-    let grandchild: i32 = wait_for("the job's background process", || {
-        fs::read_to_string(run.path().join("grandchild.pid")).ok()?.trim().parse().ok()
-    });
+    let grandchild: i32 = wait_for("the job's background process", || process_with_arg("301.75"));
     let job = run.json("started.json").unwrap()["pid"].as_i64().unwrap() as i32;
     kill(Pid::from_raw(shim.id() as i32), Signal::SIGTERM).unwrap();
 
@@ -322,4 +341,16 @@ fn the_job_runs_inside_its_limits_where_the_machine_allows() {
     forced.run();
     assert_eq!(forced.json("started.json").unwrap()["limits"], "none");
     assert!(!forced.output_text().contains("/ferry/job-"));
+}
+
+/// The host's id of a live process one of whose arguments is exactly `arg`.
+fn process_with_arg(arg: &str) -> Option<i32> {
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        if !process_gone(pid) && cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
 }

@@ -256,10 +256,12 @@ fn added_env(config: &Config, job: &EngineJob) -> BTreeMap<String, String> {
 }
 
 /// The command line as a reader would rerun it: the directory, the environment and spark-submit, quoted.
+/// The submission as `ferry show --native` shows it. The environment's values (tokens, the job's secrets) are not
+/// shown: anyone who may see the job sees this text.
 fn native_spec(workdir: &Path, env: &BTreeMap<String, String>, line: &[String]) -> String {
     let mut spec = format!("cd {} && ", shell_quote(&workdir.to_string_lossy()));
     if !env.is_empty() {
-        let assignments: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
+        let assignments: Vec<String> = env.keys().map(|k| format!("{k}=(hidden)")).collect();
         spec.push_str(&format!("env {} ", assignments.join(" ")));
     }
     spec.push_str(&shell_join(line));
@@ -551,7 +553,11 @@ impl Spark {
         let spec = native_spec(&workdir, &env, &line);
 
         // The directory's creation is the claim on the name: exactly one submission creates it.
-        match std::fs::create_dir(&dir) {
+        let created = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        };
+        match created {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(self.existing(&job.name).await),
             Err(e) => return Err(unavailable(format!("the run directory {}: {e}", dir.display()))),
@@ -593,8 +599,9 @@ impl Spark {
             "spark_submit": line,
             "submitted_at_us": now_us(),
         });
-        std::fs::write(dir.join("spec.json"), record.to_string()).map_err(|e| io("spec.json", e))?;
-        std::fs::write(dir.join("spark-submit"), spec).map_err(|e| io("spark-submit", e))?;
+        // The record holds the job's environment: readable by the server's user only.
+        write_private(&dir.join("spec.json"), record.to_string().as_bytes()).map_err(|e| io("spec.json", e))?;
+        write_private(&dir.join("spark-submit"), spec.as_bytes()).map_err(|e| io("spark-submit", e))?;
         let log = std::fs::File::create(dir.join("output.log")).map_err(|e| io("output.log", e))?;
         let log_err = log.try_clone().map_err(|e| io("output.log", e))?;
 
@@ -610,10 +617,12 @@ impl Spark {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .process_group(0);
-        // The server's own FERRY_* settings (tokens, addresses) are not the job's business.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("FERRY_") {
-                command.env_remove(key);
+        // The driver runs on the server's host: of the server's environment (which holds its secrets and tokens) it
+        // gets only what spark-submit needs to find Java, Spark and the cluster, then the job's own variables.
+        command.env_clear();
+        for name in SPARK_ENV_FROM_SERVER {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
             }
         }
         command.envs(env);
@@ -813,6 +822,32 @@ impl Spark {
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)
     }
+}
+
+/// The variables of the server's environment a Spark driver gets: what spark-submit needs to find Java, Spark,
+/// Python and the cluster's configuration. Nothing else of the server's environment reaches a job.
+const SPARK_ENV_FROM_SERVER: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "JAVA_HOME",
+    "SPARK_HOME",
+    "SPARK_CONF_DIR",
+    "HADOOP_CONF_DIR",
+    "YARN_CONF_DIR",
+    "PYSPARK_PYTHON",
+    "PYSPARK_DRIVER_PYTHON",
+];
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(data)
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -105,6 +105,17 @@ enum Command {
     /// Runs a run's command in a container of its image; started by the supervisor, not for direct use.
     #[command(name = "__container", hide = true)]
     Container { run_dir: PathBuf },
+    /// Runs a run's command in a private view of the node; started by the supervisor, not for direct use.
+    #[command(name = "__isolate", hide = true)]
+    Isolate { run_dir: PathBuf },
+}
+
+/// Keeps jobs running as this process's own user (a personal `ferry up`, each in a user namespace of its own) from
+/// reading its memory, environment and open files through `/proc`: the server's and agent's tokens and secrets.
+fn not_dumpable() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("warning: cannot keep jobs out of this process's memory (prctl PR_SET_DUMPABLE): {e}");
+    }
 }
 
 fn main() {
@@ -113,15 +124,23 @@ fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let [_, subcommand, run_dir] = &args[..] {
         if subcommand == "__shim" {
+            not_dumpable();
             std::process::exit(ferry_agent::shim_main(std::path::Path::new(run_dir)));
         }
         // Before any runtime or logging is set up: it starts its own runtime, and its output is the job's.
         if subcommand == "__container" {
             std::process::exit(ferry_agent::container::main(std::path::Path::new(run_dir)));
         }
+        // Single-threaded, as making a user namespace requires; it execs the job's command.
+        if subcommand == "__isolate" {
+            std::process::exit(ferry_agent::isolate::main(std::path::Path::new(run_dir)));
+        }
     }
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
+    if daemon {
+        not_dumpable();
+    }
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -173,6 +192,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),
         Command::Container { run_dir } => Ok(ferry_agent::container::main(&run_dir)),
+        Command::Isolate { run_dir } => Ok(ferry_agent::isolate::main(&run_dir)),
     }
 }
 

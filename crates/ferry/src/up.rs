@@ -1,6 +1,8 @@
 //! The long-running commands: `ferry up` (server and a supervised local agent), `ferry server` and `ferry agent`.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -79,6 +81,10 @@ pub struct AgentArgs {
     /// A TOML configuration file; command-line flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A folder no job may see, besides the agent's data directory (such as the server's data directory when the
+    /// server runs on this machine); repeatable, added to the configuration's `hide_from_jobs`.
+    #[arg(long, value_name = "DIR")]
+    hide_from_jobs: Vec<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -115,15 +121,48 @@ fn server_config(g: &Global, args: &ServerArgs) -> Result<ServerConfig, CliError
     })
 }
 
-/// The node name `ferry up`'s agent will register under, as the agent itself works it out.
-fn local_node_name(config: Option<&Path>) -> Result<String, CliError> {
+/// The configuration `ferry up`'s agent will run with, as the agent itself works it out.
+fn local_agent_config(config: Option<&Path>) -> Result<AgentConfig, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(exit::INTERNAL, format!("cannot find the ferry binary: {e}")))?;
     let mut agent = AgentConfig::new("http://127.0.0.1", "", PathBuf::from("."), exe);
     if let Some(path) = config {
         agent = AgentConfig::from_toml_file(path, agent).map_err(|e| CliError::new(exit::CONFIG, e.to_string()))?;
     }
-    Ok(agent.name)
+    Ok(agent)
+}
+
+/// `ferry up` run as root installs Ferry on this one machine: like a package's installer, it makes the unprivileged
+/// account its jobs run as when the machine does not have it yet (a shared node's `ferry agent` leaves that to the
+/// admin and says how).
+fn ensure_job_user(name: &str) -> Result<(), CliError> {
+    if !nix::unistd::geteuid().is_root() || nix::unistd::User::from_name(name).ok().flatten().is_some() {
+        return Ok(());
+    }
+    let made = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        .stdin(Stdio::null())
+        .output();
+    match made {
+        Ok(out) if out.status.success() => {
+            tracing::info!(account = name, "made the unprivileged account jobs run as");
+            Ok(())
+        }
+        Ok(out) => Err(CliError::new(
+            exit::CONFIG,
+            format!(
+                "jobs run as the unprivileged account `{name}`, and `useradd` could not make it: {}; make it by hand \
+                 or name another with `job_user` in --agent-config",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )),
+        Err(e) => Err(CliError::new(
+            exit::CONFIG,
+            format!(
+                "jobs run as the unprivileged account `{name}`, and `useradd` could not run ({e}); make it by hand"
+            ),
+        )),
+    }
 }
 
 fn server_error(e: ferry_server::ServerError) -> CliError {
@@ -149,7 +188,9 @@ pub async fn server(g: &Global, args: ServerArgs) -> Result<i32, CliError> {
 
 pub async fn up(g: &Global, args: UpArgs) -> Result<i32, CliError> {
     let mut config = server_config(g, &args.server)?;
-    config.local_agent = Some(local_node_name(args.agent_config.as_deref())?);
+    let agent = local_agent_config(args.agent_config.as_deref())?;
+    ensure_job_user(&agent.job_user)?;
+    config.local_agent = Some(agent.name);
     let data_dir = config.data_dir.clone();
     let tls = config.tls.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -246,6 +287,9 @@ async fn supervise_agent(
             .arg(data_dir.join(ferry_server::AGENT_TOKEN_FILE))
             .arg("--data-dir")
             .arg(&agent_dir)
+            // The server's data directory (admin token, job-token key, database) is out of every job's view.
+            .arg("--hide-from-jobs")
+            .arg(&data_dir)
             .stdin(Stdio::null())
             // Its own process group: Ctrl-C reaches only `ferry up`, which stops the agent in order.
             .process_group(0);
@@ -301,10 +345,15 @@ fn leftover_agent(dir: &Path, exe: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join("agent.lock")).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| same_file(&e, exe));
+    // Agents keep other processes out of their `/proc` entries (not dumpable), so as an ordinary user only the
+    // command line can be read: its program path then stands for the executable.
+    let ours = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(running) => same_file(&running, exe),
+        Err(_) => args.first().is_some_and(|a| same_file(Path::new(OsStr::from_bytes(a)), exe)),
+    };
     let is_agent = args.get(1) == Some(&&b"agent"[..]);
     // Its `--data-dir`, resolved from its own working directory, must be this very directory.
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
     let wanted = std::fs::canonicalize(dir).ok()?;
     let same_dir = args.windows(2).any(|w| {
         w[0] == b"--data-dir"
@@ -375,13 +424,18 @@ pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
     if let Some(pool) = args.pool {
         config.pool = pool;
     }
+    for path in args.hide_from_jobs {
+        let path = std::path::absolute(&path)
+            .map_err(|e| CliError::new(exit::CONFIG, format!("--hide-from-jobs {}: {e}", path.display())))?;
+        config.hide_from_jobs.push(path);
+    }
     config.trust = crate::tls::trust(g)?;
     config.ca_pin = join.ca;
     ferry_agent::run(config, ctrl_c()).await.map_err(|e| {
         let code = match &e {
             ferry_agent::AgentError::Config { .. } => exit::CONFIG,
             ferry_agent::AgentError::Unauthorized { .. } => exit::AUTH,
-            ferry_agent::AgentError::Locked { .. } => exit::CONFIG,
+            ferry_agent::AgentError::Locked { .. } | ferry_agent::AgentError::JobUser(_) => exit::CONFIG,
             ferry_agent::AgentError::Tls(_) => exit::AUTH,
             _ => exit::INTERNAL,
         };

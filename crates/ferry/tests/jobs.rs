@@ -121,16 +121,14 @@ fn logs_follow_prints_output_while_the_job_runs() {
 #[test]
 fn cancel_stops_the_whole_process_group() {
     let f = Ferry::start(NodeSpec::default());
-    let pidfile = f.workdir().join("child.pid");
-    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-    let id = f.submit(&["--cpus", "0.1", "--", "sh", "-c", &script]);
-    f.wait_for("the child to start", |_| std::fs::read_to_string(&pidfile).is_ok_and(|p| !p.trim().is_empty()));
-    let child: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // A grandchild found on the host by its argument (ids inside the job's process namespace differ).
+    let id = f.submit(&["--cpus", "0.1", "--", "sh", "-c", "sleep 313.25 & wait"]);
+    f.wait_for("the child to start", |_| common::process_with_arg("313.25").is_some());
     let out = f.ok(&["cancel", &id.to_string()]);
     assert!(out.contains("stopping"), "{out}");
     let job = f.wait_state(id, "cancelled");
     assert!(job["message"].as_str().unwrap().starts_with("cancelled by request"), "{job}");
-    f.wait_for("the grandchild to be gone", |_| !std::path::Path::new(&format!("/proc/{child}")).exists());
+    f.wait_for("the grandchild to be gone", |_| common::process_with_arg("313.25").is_none());
     // Cancelling again is a clear conflict, not a crash.
     let again = f.cli(&["cancel", &id.to_string()]);
     assert_eq!(again.status.code(), Some(65));

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -372,10 +372,6 @@ fn process_gone(pid: i32) -> bool {
     }
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 fn timeline(job: &Value) -> Vec<String> {
     job["timeline"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().to_string()).collect()
 }
@@ -516,14 +512,15 @@ fn a_partition_past_the_node_timeout_requeues_and_the_returning_agent_stops_its_
     let c = Cluster::start("5s", &["a", "b"], &[]);
     // Each attempt records its process id, says where it runs, and waits for a gate of its own, so the first copy
     // can only end by being stopped.
-    let script = "echo $$ > attempt-$FERRY_ATTEMPT.pid; echo attempt $FERRY_ATTEMPT on $(hostname); \
-                  while [ ! -e gate-$FERRY_ATTEMPT ]; do sleep 0.05; done";
+    let script = "echo attempt $FERRY_ATTEMPT on $(hostname); \
+                  exec sh -c 'while [ ! -e gate-$FERRY_ATTEMPT ]; do sleep 0.05; done' attempt-marker-$FERRY_ATTEMPT";
     let id = c.submit(&["--retries", "1", "--gpus", "2", "--cpus", "0.1", "--", "sh", "-c", script]);
     let job = c.wait_state(id, "running");
     let first = c.agent(job["node"].as_str().unwrap());
     let other = c.agents.iter().find(|a| a.name != first.name).unwrap();
-    c.wait_for("attempt 0 to record its pid", |c| read_pid(&c.workdir().join("attempt-0.pid")).is_some());
-    let first_pid = read_pid(&c.workdir().join("attempt-0.pid")).unwrap();
+    // Found on the host by its argument: ids inside the job's process namespace differ.
+    c.wait_for("attempt 0 to start", |_| common::process_with_arg("attempt-marker-0").is_some());
+    let first_pid = common::process_with_arg("attempt-marker-0").unwrap();
 
     c.net.cut(&first.host);
     c.wait_for("the cut-off node to be marked not ready", |c| c.node_state(&first.name) == "not_ready");

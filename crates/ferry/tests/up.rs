@@ -151,3 +151,45 @@ fn a_killed_up_leaves_no_agent_behind_and_a_leftover_one_is_stopped() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(second.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(second.wait().unwrap().success());
 }
+
+#[test]
+fn up_as_root_makes_the_account_jobs_run_as_and_jobs_never_run_as_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test makes a system account: it needs root");
+    let account = format!("ferrytest{}", std::process::id() % 100_000);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = home.path().join("agent.toml");
+    std::fs::write(&config, format!("job_user = \"{account}\"\n")).unwrap();
+    let data = home.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(home.path().join("up.log")).unwrap();
+    let mut up = Command::new(ferry_bin())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--agent-config"])
+        .arg(&config)
+        .env("FERRY_HOME", &data)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .args(args)
+            .current_dir(home.path())
+            .env("FERRY_HOME", &data)
+            .env("FERRY_SERVER", format!("http://127.0.0.1:{port}"))
+            .env_remove("FERRY_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    wait_until("the local node", || {
+        serde_json::from_slice::<serde_json::Value>(&cli(&["nodes", "--json"]).stdout).unwrap_or_default()["nodes"][0]
+            ["state"]
+            == "ready"
+    });
+    let out = cli(&["run", "--no-code", "--follow", "--", "id", "-un"]);
+    let _ = Command::new("userdel").arg(&account).status();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    up.wait().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{account}\n"), "{}", common::stderr(&out));
+}

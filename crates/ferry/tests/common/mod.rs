@@ -108,6 +108,11 @@ impl Ferry {
     ) -> Ferry {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("work")).unwrap();
+        // Jobs of an agent running as root run as the unprivileged `ferry-job`: the test's folders are open to it,
+        // as a shared scratch folder would be (sticky, like /tmp).
+        for dir in [root.path().to_path_buf(), root.path().join("work")] {
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        }
         let gpus: Vec<String> = (0..node.gpus)
             .map(|i| format!("[[gpus]]\nindex = {i}\nmodel = \"Test GPU\"\nmemory = \"16GiB\"\n"))
             .collect();
@@ -420,4 +425,19 @@ pub fn build_fake_nvml(dir: &Path, defines: &[&str]) -> PathBuf {
         .expect("a C compiler named `cc` (scripts/test installs one)");
     assert!(out.status.success(), "cc could not build the stand-in NVML library: {}", stderr(&out));
     library
+}
+
+/// The host's id of a live process one of whose arguments is exactly `arg`. Jobs run in a process namespace of
+/// their own, so the ids they see of themselves (`$$`) mean nothing on the host: tests find them by an argument.
+pub fn process_with_arg(arg: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) == Some("Z"));
+        if !zombie && cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
 }
