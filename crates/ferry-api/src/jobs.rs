@@ -191,6 +191,9 @@ pub struct Waiting {
     /// its runtime limit (the scheduler run forward in virtual time); unset when one of them has no limit.
     #[serde(default)]
     pub estimated_start_us: Option<i64>,
+    /// Why there is no estimate, when there is none.
+    #[serde(default)]
+    pub no_estimate: Option<String>,
 }
 
 /// One worker of a gang: where it runs and how it ended.

@@ -20,8 +20,32 @@ pub const FORECAST_CYCLES_MAX: usize = 2000;
 pub enum StartForecast {
     /// The job starts at this time if every job ahead of it runs to its runtime limit.
     At(i64),
-    /// Some job it waits for has no runtime limit, or the forecast ran out of cycles: no time can be given.
-    Unknown,
+    /// No time can be given, and why.
+    Unknown(NoForecast),
+}
+
+/// Why a forecast gives no time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoForecast {
+    /// A job it waits for (running, or ahead in the queue) has no runtime limit.
+    Unlimited,
+    /// Nothing running will end and no node is coming: no node it may use can ever take it as things stand (an
+    /// empty pool, for example).
+    NothingFrees,
+    /// The forecast ran `FORECAST_CYCLES_MAX` cycles without the job starting.
+    TooFar,
+}
+
+impl std::fmt::Display for NoForecast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoForecast::Unlimited => "a job it waits for (running, or ahead in the queue) has no --max-runtime",
+            NoForecast::NothingFrees => {
+                "nothing running will free room for it and no node is on its way: no node it may use can take it now"
+            }
+            NoForecast::TooFar => "too far ahead to forecast",
+        })
+    }
 }
 
 impl Scheduler {
@@ -60,7 +84,12 @@ impl Scheduler {
             }
             let next_end = ends.first().map(|(at, _)| *at);
             let next_up = starting.nodes.first_key_value().map(|((at, _), _)| *at);
-            let Some(next) = next_end.into_iter().chain(next_up).min() else { return Some(StartForecast::Unknown) };
+            let Some(next) = next_end.into_iter().chain(next_up).min() else {
+                // Nothing will end on its own: either something runs without a limit, or nothing runs for it.
+                let unlimited = fork.running_ends().iter().any(|(_, end)| end.is_none());
+                let why = if unlimited { NoForecast::Unlimited } else { NoForecast::NothingFrees };
+                return Some(StartForecast::Unknown(why));
+            };
             now = now.max(next);
             while let Some(&(at, id)) = ends.first() {
                 if at > now {
@@ -75,7 +104,7 @@ impl Scheduler {
             }
             fork.apply(Event::Tick { now_us: now }).expect("a tick never fails");
         }
-        Some(StartForecast::Unknown)
+        Some(StartForecast::Unknown(NoForecast::TooFar))
     }
 }
 

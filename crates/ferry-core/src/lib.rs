@@ -23,7 +23,7 @@ mod scheduler;
 
 pub use elastic::{ElasticPool, NodeTemplate};
 pub use fairshare::HALF_LIFE_S_DEFAULT;
-pub use forecast::{StartForecast, FORECAST_CYCLES_MAX};
+pub use forecast::{NoForecast, StartForecast, FORECAST_CYCLES_MAX};
 pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{
     BurstReason, NodeShortfall, NodesNeeded, Placement, ProvisionReason, ReleaseReason, ResourceKind, WaitReason,

@@ -1,6 +1,6 @@
 //! Start forecasts: the queue ahead of a job counts, not only what runs now.
 
-use ferry_core::{Event, JobRequest, NodeInfo, Resources, Scheduler, StartForecast};
+use ferry_core::{Event, JobRequest, NoForecast, NodeInfo, Resources, Scheduler, StartForecast};
 
 const GIB: u64 = 1 << 30;
 const S: i64 = 1_000_000;
@@ -62,7 +62,7 @@ fn lower_priorities_do_not_delay_a_forecast_and_unlimited_work_makes_it_unknown(
     assert_eq!(s.forecast_start(2), Some(StartForecast::At(120 * S)));
     s.apply(job(4, 2, -100, Some(5))).unwrap();
     // Job 4 comes after job 2, which has no limit: nobody can say when job 4 starts.
-    assert_eq!(s.forecast_start(4), Some(StartForecast::Unknown));
+    assert_eq!(s.forecast_start(4), Some(StartForecast::Unknown(NoForecast::Unlimited)));
 }
 
 #[test]
@@ -73,4 +73,18 @@ fn a_gang_forecast_waits_for_enough_nodes_at_once() {
         .unwrap();
     s.schedule();
     assert_eq!(s.forecast_start(3), Some(StartForecast::At(70 * S)));
+}
+
+#[test]
+fn a_job_for_a_pool_with_no_node_has_no_forecast_and_says_why() {
+    // Nothing runs and nothing is coming for the pool it is pinned to: no runtime limit is to blame.
+    let mut s = scheduler(vec![node("a", 2)]);
+    s.apply(Event::JobSubmitted(JobRequest {
+        max_runtime_s: Some(60),
+        pool: Some("cloud".into()),
+        ..JobRequest::new(1, Resources::new(1000, GIB, 1), 0)
+    }))
+    .unwrap();
+    s.schedule();
+    assert_eq!(s.forecast_start(1), Some(StartForecast::Unknown(NoForecast::NothingFrees)));
 }

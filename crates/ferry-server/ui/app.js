@@ -670,6 +670,8 @@ function jobPage(main, id) {
     if (!cancelling) renderActions();
     const dl = (el, pairs) => el.replaceChildren(...pairs.filter(Boolean).flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
     const env = Object.entries(job.env || {});
+    // The page is redrawn on every poll: keep the values shown if the reader opened them.
+    const envOpen = !!spec.querySelector("details[open]");
     dl(spec, [
       ["Command", h("code", { text: job.command.map(shellQuote).join(" ") })],
       ["Owner", job.owner], ["Team", job.team || "–"], ["Project", job.project || "–"],
@@ -677,7 +679,10 @@ function jobPage(main, id) {
       ["Priority", job.priority], ["Retries", `${job.retries} (this is attempt ${job.attempt})`],
       ["Max runtime", job.max_runtime_s ? fmtDuration(job.max_runtime_s * 1000) : "none"],
       ["Code", job.code ? h("span", {}, h("code", { text: job.code.git_commit || "(not a git repository)" }), job.code.git_dirty ? " with uncommitted changes" : "") : job.workdir || "–"],
-      ["Environment", env.length ? h("code", { class: "env", text: env.map(([k, v]) => `${k}=${v}`).join("\n") }) : "none"],
+      // Names at a glance; the values (a whole PATH, tokens) only for a reader who opens them.
+      ["Environment", env.length ? h("details", { open: envOpen },
+        h("summary", { text: env.map(([k]) => k).join(", ") }),
+        h("code", { class: "env", text: env.map(([k, v]) => `${k}=${v}`).join("\n") })) : "none"],
       job.image && ["Image", h("code", { text: job.image })],
     ]);
     // The page is redrawn on every poll: keep the native form open if the reader opened it.
@@ -723,12 +728,15 @@ function jobPage(main, id) {
     const get = (metric) => api(seriesUrl({ metric, ...range }));
     const [cu, ca, mu, ma, gu] = await Promise.all(["cpu_used", "cpu_allocated", "memory_used", "memory_allocated", "gpu_utilization"].map(get));
     const col = (a) => column(a, undefined);
-    const gib = (v) => (v === null ? null : v / 2 ** 30);
+    // Memory in GiB, or MiB when it all stays under 1 GiB, so the axis reads 256, 512 rather than 0, 0.
+    const memMax = Math.max(0, ...col(mu).concat(col(ma)).filter((v) => v !== null));
+    const [memUnit, memDiv] = memMax < 2 ** 30 ? ["MiB", 2 ** 20] : ["GiB", 2 ** 30];
+    const inUnit = (v) => (v === null ? null : v / memDiv);
     const parts = [
       FerryCharts.lineChart({ title: "CPU: used (measured) against allocated", start_us: cu.start_us, step_s: cu.step_s, unit: "cores",
         series: [{ label: "used", values: col(cu) }, { label: "allocated", values: col(ca) }] }),
-      FerryCharts.lineChart({ title: "Memory: used (measured) against allocated", start_us: mu.start_us, step_s: mu.step_s, unit: "GiB",
-        series: [{ label: "used", values: col(mu).map(gib) }, { label: "allocated", values: col(ma).map(gib) }] }),
+      FerryCharts.lineChart({ title: "Memory: used (measured) against allocated", start_us: mu.start_us, step_s: mu.step_s, unit: memUnit,
+        series: [{ label: "used", values: col(mu).map(inUnit) }, { label: "allocated", values: col(ma).map(inUnit) }] }),
     ];
     if (job.gpus > 0 || job.gpu_share_milli > 0) {
       parts.push(FerryCharts.lineChart({ title: "GPU utilisation (measured, mean over the job's GPUs)", start_us: gu.start_us, step_s: gu.step_s,

@@ -63,7 +63,8 @@ function lineChart(opts) {
   const top = ticks[ticks.length - 1];
   const x = (ms) => m.l + ((ms - startMs) / Math.max(1, endMs - startMs)) * (W - m.l - m.r);
   const y = (v) => H - m.b - (v / top) * (H - m.t - m.b);
-  const fmt = opts.format || ((v) => String(Math.round(v * 100) / 100));
+  // Three significant digits, so small ranges (0.25, 0.0012) keep distinct labels instead of all reading "0".
+  const fmt = opts.format || ((v) => String(Number(v.toPrecision(3))));
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": opts.title });
   chart.append(svg("title", {}, opts.title));
   const grid = svg("g", { class: "grid" }), axis = svg("g", { class: "axis" });

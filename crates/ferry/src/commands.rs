@@ -446,7 +446,7 @@ fn describe(j: &Job) -> String {
         let estimate = match w.estimated_start_us {
             Some(at) if at <= format::now_us() => "now".to_string(),
             Some(at) => format!("in about {} ({} UTC)", format::span(at - format::now_us()), format::timestamp(at)),
-            None => "unknown: a job it waits for (running, or ahead in the queue) has no --max-runtime".to_string(),
+            None => format!("unknown: {}", w.no_estimate.as_deref().unwrap_or("no forecast could be made")),
         };
         line("Starts:", estimate);
     }

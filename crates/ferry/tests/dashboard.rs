@@ -467,6 +467,15 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     b.wait_for("the job's charts", WAIT, |b| {
         b.script("return document.querySelectorAll('#job-charts svg.chart').length").as_u64() == Some(3)
     });
+    // The environment shows its names; the values (a whole PATH) only when opened.
+    assert!(text.contains("PATH") && !text.contains("PATH="), "{text}");
+    // Memory under 1 GiB is charted in MiB, its axis labels distinct rather than all "0".
+    let memory_axis = b.script(
+        "return Array.from(document.querySelectorAll('#job-charts svg.chart')[1].querySelectorAll('.axis text')).map((t) => t.textContent)",
+    );
+    let labels: Vec<&str> = memory_axis.as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert!(labels.contains(&"MiB"), "{labels:?}");
+    assert!(labels.iter().filter(|l| **l == "0").count() <= 1, "{labels:?}");
     b.type_into("#log-search", "loss");
     let log = b.script("return document.getElementById('log').innerText");
     assert_eq!(log.as_str().map(str::trim), Some("step 1 loss 0.5"), "the search keeps only matching lines");

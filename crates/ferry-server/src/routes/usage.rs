@@ -133,7 +133,8 @@ pub async fn usage(
     .await
     .map_err(|_| ApiError::unavailable())?
     .map_err(query_error)?;
-    let mut rows: Vec<UsageRow> = rows.into_values().filter(|r| shown.allows(&q.by, &r.id)).collect();
+    let mut rows: Vec<UsageRow> =
+        rows.into_values().filter(|r| shown.allows(&q.by, &r.id)).map(no_gpus_no_use).collect();
     rows.sort_by(|a, b| b.gpu_hours_allocated.total_cmp(&a.gpu_hours_allocated).then_with(|| a.id.cmp(&b.id)));
     let report = UsageReport { by: q.by, start_us, end_us, step_s: (step_us / 1_000_000) as u64, rows };
     if csv {
@@ -145,6 +146,14 @@ pub async fn usage(
         return Ok((headers, to_csv(&report)).into_response());
     }
     Ok(Json(report).into_response())
+}
+
+/// An owner that held no GPU in the period has no GPU use to show: "no data", not a measured 0 of nothing.
+fn no_gpus_no_use(mut row: UsageRow) -> UsageRow {
+    if row.gpu_hours_allocated == 0.0 {
+        row.gpu_hours_used = None;
+    }
+    row
 }
 
 /// The report as CSV: one header line, one line per row, hours with three decimals, empty where not measured.
@@ -202,5 +211,15 @@ mod tests {
              alice,2.000,1.250,0.000,\n\
              \"'=cmd,\"\"x\"\"\",0.000,,0.000,\n"
         );
+    }
+
+    #[test]
+    fn an_owner_without_gpus_has_no_gpu_use_rather_than_zero() {
+        let cpu_only =
+            UsageRow { id: "bo".into(), gpu_hours_used: Some(0.0), cpu_hours_allocated: 1.0, ..UsageRow::default() };
+        assert_eq!(no_gpus_no_use(cpu_only).gpu_hours_used, None);
+        let idle =
+            UsageRow { id: "al".into(), gpu_hours_allocated: 2.0, gpu_hours_used: Some(0.0), ..UsageRow::default() };
+        assert_eq!(no_gpus_no_use(idle).gpu_hours_used, Some(0.0), "a held, idle GPU is a measured 0");
     }
 }
