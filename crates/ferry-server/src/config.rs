@@ -88,6 +88,9 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     /// How long audit log entries are kept.
     pub audit_retention: std::time::Duration,
+    /// The most output the server keeps of one run (`[logs] max_bytes_per_run`); past it one line says where it was
+    /// cut.
+    pub log_bytes_per_run: u64,
     /// Single sign-on, when configured.
     pub oidc: Option<crate::oidc::OidcConfig>,
 }
@@ -103,6 +106,7 @@ impl Default for FileConfig {
             artifacts: Default::default(),
             public_url: None,
             audit_retention: crate::audit::RETENTION_DEFAULT,
+            log_bytes_per_run: crate::logs::RUN_BYTES_MAX_DEFAULT,
             oidc: None,
         }
     }
@@ -148,6 +152,14 @@ struct RawFile {
     public_url: Option<String>,
     audit: Option<RawAudit>,
     oidc: Option<crate::oidc::RawOidc>,
+    logs: Option<RawLogs>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    /// The most output the server keeps of one run (`"1GiB"`).
+    max_bytes_per_run: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,8 +388,29 @@ impl FileConfig {
             }
         };
         let oidc = raw.oidc.map(|o| o.check()).transpose().map_err(|e| format!("[oidc] {e}"))?;
+        let log_bytes_per_run = match raw.logs.and_then(|l| l.max_bytes_per_run) {
+            None => crate::logs::RUN_BYTES_MAX_DEFAULT,
+            Some(value) => {
+                let bytes = match &value {
+                    toml::Value::Integer(n) if *n > 0 => *n as u64,
+                    toml::Value::String(text) => ferry_api::units::parse_memory(text)
+                        .map_err(|e| format!("[logs] `max_bytes_per_run` = `{text}`: {e}"))?,
+                    other => {
+                        return Err(format!(
+                            "[logs] `max_bytes_per_run` = {other} is not a size; write one such as \"1GiB\""
+                        ))
+                    }
+                };
+                if bytes < 1 << 20 {
+                    return Err("[logs] `max_bytes_per_run` is under 1 MiB; keep at least \"1MiB\" of a run's output"
+                        .to_string());
+                }
+                bytes
+            }
+        };
         Ok(FileConfig {
             audit_retention,
+            log_bytes_per_run,
             oidc,
             pools,
             teams,

@@ -131,7 +131,7 @@ pub async fn serve(
     });
     let agents = Arc::new(AgentBackend::new(new_epoch()));
     let signals = Arc::new(Signals::default());
-    let logs = Arc::new(LogStore::new(data.logs()));
+    let logs = Arc::new(LogStore::new(data.logs(), config.file.log_bytes_per_run));
     let code = Arc::new(CodeStore::new(data.code()));
     let engine_states = Arc::new(engines::EngineStates::default());
     let bridge_context = engines::BridgeContext {

@@ -286,3 +286,28 @@ fn the_store_recovers_by_itself_when_the_disk_has_room_again() {
     let jobs = String::from_utf8(disk.cli(&["ps", "--all"]).stdout).unwrap();
     assert!(jobs.contains("before") && jobs.contains("after"), "{jobs}");
 }
+
+#[test]
+fn a_runs_output_is_capped_on_the_server_with_a_line_saying_where() {
+    let f = Ferry::start_with_server_config(NodeSpec::default(), "", "[logs]\nmax_bytes_per_run = \"1MiB\"\n");
+    // Three MiB of output: the server keeps one, says where it cut, and the job ends as it would have.
+    let id = f.submit(&["--", "sh", "-c", "head -c 3145728 /dev/zero | tr '\\0' 'x'; echo; echo done"]);
+    f.wait_for("the job to finish", |f| f.state(id) == "succeeded");
+    let out = f.cli(&["logs", &id.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.len() < (1 << 20) + 1000, "{} bytes kept", text.len());
+    assert!(text.starts_with("xxxx"), "{}", &text[..40]);
+    assert!(text.trim_end().ends_with("the rest was discarded while the job ran on"), "{}", &text[text.len() - 300..]);
+    // A bad limit is refused at start with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[logs]\nmax_bytes_per_run = \"10KiB\"\n").unwrap();
+    let out = std::process::Command::new(common::ferry_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("FERRY_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(common::stderr(&out).contains("`max_bytes_per_run` is under 1 MiB"), "{}", common::stderr(&out));
+}

@@ -827,7 +827,7 @@ async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: O
     if !caller.sees_env(&r.spec.owner, r.spec.team.as_deref()) {
         env.values_mut().for_each(|v| *v = HIDDEN_VALUE.to_string());
     }
-    let log_bytes = state.logs.size(r.id, r.attempt, 0).await;
+    let log_bytes = state.logs.stored_size(r.id, r.attempt, 0).await;
     let usage = (r.state == JobState::Running).then(|| state.telemetry.job_usage(r.id, r.attempt)).flatten();
     Job {
         id: r.id,
