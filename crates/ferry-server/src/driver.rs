@@ -352,6 +352,9 @@ pub struct Driver {
     /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
     cycles: u64,
     cycle_seconds_sum: f64,
+    /// The core could not be rebuilt from the store after a failed commit: every batch tries again first, and
+    /// none is applied to a core that disagrees with the store.
+    stale: bool,
 }
 
 pub(crate) fn now_us() -> i64 {
@@ -382,6 +385,7 @@ impl Driver {
             config,
             tracking,
             cycles: 0,
+            stale: false,
             cycle_seconds_sum: 0.0,
         };
         driver.reload().await?;
@@ -484,6 +488,16 @@ impl Driver {
     }
 
     async fn apply_batch(&mut self, batch: Vec<Command>) {
+        if self.stale {
+            if let Err(e) = self.reload().await {
+                // Dropped unanswered, each command's caller hears that it could not be completed and retries.
+                tracing::error!(error = %e, "the store still cannot be read; commands fail until it can");
+                drop(batch);
+                return;
+            }
+            tracing::info!("rebuilt the scheduler from the store");
+            self.stale = false;
+        }
         let mut fx = Effects::default();
         let outcome = async {
             let mut tx = self.store.begin().await?;
@@ -508,6 +522,7 @@ impl Driver {
                 }
                 if let Err(e) = self.reload().await {
                     tracing::error!(error = %e, "rebuilding from the store failed; commands will fail until it recovers");
+                    self.stale = true;
                 }
             }
         }
