@@ -311,3 +311,44 @@ fn a_runs_output_is_capped_on_the_server_with_a_line_saying_where() {
     assert_eq!(out.status.code(), Some(78));
     assert!(common::stderr(&out).contains("`max_bytes_per_run` is under 1 MiB"), "{}", common::stderr(&out));
 }
+
+#[test]
+fn control_characters_are_refused_wherever_a_name_or_key_goes() {
+    let f = Ferry::start(NodeSpec::default());
+    f.ok(&["team", "add", "vision"]);
+    let admin = std::fs::read_to_string(f.home().join("admin.token")).unwrap().trim().to_string();
+    let client = reqwest::blocking::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        let response = client.post(format!("{}{path}", f.url())).bearer_auth(&admin).json(&body).send().unwrap();
+        (response.status().as_u16(), response.text().unwrap_or_default())
+    };
+    let experiment = post("/api/2.0/mlflow/experiments/create", serde_json::json!({"name": "fine"}));
+    assert_eq!(experiment.0, 200, "{}", experiment.1);
+    let experiment_id = serde_json::from_str::<serde_json::Value>(&experiment.1).unwrap()["experiment_id"].clone();
+    let run = post("/api/2.0/mlflow/runs/create", serde_json::json!({"experiment_id": experiment_id}));
+    let run_id = serde_json::from_str::<serde_json::Value>(&run.1).unwrap()["run"]["info"]["run_id"].clone();
+    for bad in ["a\u{0}b", "a\nb", "a\u{1b}[31mb"] {
+        let cases = [
+            ("/api/v1/users", serde_json::json!({"name": bad})),
+            ("/api/v1/teams", serde_json::json!({"name": bad})),
+            ("/api/v1/teams/vision/projects", serde_json::json!({"name": bad})),
+            ("/api/v1/tokens", serde_json::json!({"name": bad})),
+            ("/api/v1/jobs", serde_json::json!({"command": ["true"], "workdir": "/tmp", "name": bad})),
+            ("/api/v1/jobs", serde_json::json!({"command": ["true"], "workdir": "/tmp", "project": bad})),
+            ("/api/v1/jobs", serde_json::json!({"command": ["true"], "workdir": format!("/tmp/{bad}")})),
+            ("/api/v1/jobs", serde_json::json!({"command": ["true"], "workdir": "/tmp", "env": {"X": "a\u{0}b"}})),
+            ("/api/v1/jobs", serde_json::json!({"command": ["true"], "workdir": "/tmp", "selector": {bad: "x"}})),
+            ("/api/2.0/mlflow/experiments/create", serde_json::json!({"name": bad})),
+            ("/api/2.0/mlflow/runs/log-parameter", serde_json::json!({"run_id": run_id, "key": bad, "value": "1"})),
+            ("/api/2.0/mlflow/runs/set-tag", serde_json::json!({"run_id": run_id, "key": bad, "value": "1"})),
+            (
+                "/api/2.0/mlflow/runs/log-metric",
+                serde_json::json!({"run_id": run_id, "key": bad, "value": 1.0, "timestamp": 1, "step": 0}),
+            ),
+        ];
+        for (path, body) in cases {
+            let (status, answer) = post(path, body.clone());
+            assert!((400..500).contains(&status), "{path} {body} was taken ({status}): {answer}");
+        }
+    }
+}

@@ -56,6 +56,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     if spec.command.iter().any(|a| a.contains('\0')) {
         return Err(ApiError::invalid("the command contains a NUL byte, which no program can receive"));
     }
+    ferry_api::text::check_plain("the working directory", &spec.workdir).map_err(ApiError::invalid)?;
     if !spec.workdir.is_empty() && !FsPath::new(&spec.workdir).is_absolute() {
         return Err(ApiError::invalid(format!("the working directory `{}` must be an absolute path", spec.workdir)));
     }
