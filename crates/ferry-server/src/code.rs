@@ -6,8 +6,10 @@
 //! upload leaves nothing behind. This module never looks inside an archive; agents check the entries as they
 //! unpack.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use ferry_api::code::CODE_ARCHIVE_BYTES_MAX;
@@ -42,9 +44,29 @@ impl CodeStore {
         self.dir.join(format!("{sha256}.tar.gz"))
     }
 
-    /// The size of the stored archive, or `None` when the server does not hold it.
+    /// The size of the stored archive, or `None` when the server does not hold it. Asking marks it used (its
+    /// modification time), as the CLI asks before each submission: the retention sweep keeps what was used lately.
     pub async fn size(&self, sha256: &str) -> Option<u64> {
-        tokio::fs::metadata(self.path(sha256)).await.ok().filter(|m| m.is_file()).map(|m| m.len())
+        let path = self.path(sha256);
+        let size = tokio::fs::metadata(&path).await.ok().filter(|m| m.is_file()).map(|m| m.len())?;
+        let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        Some(size)
+    }
+
+    /// Deletes the archives not used since `before` and not in `keep` (those of unfinished jobs); returns how many.
+    pub fn sweep(&self, before: SystemTime, keep: &HashSet<String>) -> io::Result<u64> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(sha256) = name.strip_suffix(".tar.gz") else { continue };
+            if keep.contains(sha256) || entry.metadata()?.modified()? >= before {
+                continue;
+            }
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Streams an upload into place. Returns the stored size and whether it was new.
@@ -96,4 +118,26 @@ where
         file.write_all(&chunk).await?;
     }
     Ok((size, hex::encode(hasher.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_keeps_what_was_used_lately_and_what_unfinished_jobs_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().to_path_buf());
+        let old = SystemTime::now() - std::time::Duration::from_secs(40 * 86_400);
+        for name in ["a", "b", "c"] {
+            let file = std::fs::File::create(store.path(name)).unwrap();
+            file.set_modified(if name == "c" { SystemTime::now() } else { old }).unwrap();
+        }
+        std::fs::write(dir.path().join(".upload-x"), "partial").unwrap();
+        let keep = HashSet::from(["b".to_string()]);
+        let before = SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        assert_eq!(store.sweep(before, &keep).unwrap(), 1);
+        assert!(!store.path("a").exists(), "old and unused: gone");
+        assert!(store.path("b").exists() && store.path("c").exists() && dir.path().join(".upload-x").exists());
+    }
 }

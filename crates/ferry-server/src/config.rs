@@ -91,6 +91,8 @@ pub struct FileConfig {
     /// The most output the server keeps of one run (`[logs] max_bytes_per_run`); past it one line says where it was
     /// cut.
     pub log_bytes_per_run: u64,
+    /// How long a shipped code archive nobody submits or fetches is kept (`[retention] code`).
+    pub code_retention: std::time::Duration,
     /// Single sign-on, when configured.
     pub oidc: Option<crate::oidc::OidcConfig>,
 }
@@ -107,6 +109,7 @@ impl Default for FileConfig {
             public_url: None,
             audit_retention: crate::audit::RETENTION_DEFAULT,
             log_bytes_per_run: crate::logs::RUN_BYTES_MAX_DEFAULT,
+            code_retention: crate::retention::CODE_RETENTION_DEFAULT,
             oidc: None,
         }
     }
@@ -153,6 +156,14 @@ struct RawFile {
     audit: Option<RawAudit>,
     oidc: Option<crate::oidc::RawOidc>,
     logs: Option<RawLogs>,
+    retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    /// How long a shipped code archive nobody uses is kept (`"30d"`).
+    code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -408,9 +419,20 @@ impl FileConfig {
                 bytes
             }
         };
+        let code_retention = match raw.retention.and_then(|r| r.code) {
+            None => crate::retention::CODE_RETENTION_DEFAULT,
+            Some(text) => {
+                let s = ferry_api::units::parse_duration_s(&text).map_err(|e| format!("[retention] `code`: {e}"))?;
+                if s < 86_400 {
+                    return Err(format!("[retention] `code` = `{text}` is under a day; keep archives at least `1d`"));
+                }
+                std::time::Duration::from_secs(s)
+            }
+        };
         Ok(FileConfig {
             audit_retention,
             log_bytes_per_run,
+            code_retention,
             oidc,
             pools,
             teams,

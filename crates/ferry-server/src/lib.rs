@@ -188,7 +188,7 @@ pub async fn serve(
         None => None,
     };
     let pruner = tokio::spawn(audit::prune(store.clone(), config.file.audit_retention));
-    let retention = tokio::spawn(retention::run(store.clone()));
+    let retention = tokio::spawn(retention::run(store.clone(), code.clone(), config.file.code_retention));
     let state = AppState {
         store: store.clone(),
         driver: handle,

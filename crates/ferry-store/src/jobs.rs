@@ -304,6 +304,16 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// The code archives that unfinished jobs (which may yet start, or start again) need.
+    pub async fn unfinished_code_digests(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT code_sha256 FROM jobs WHERE state IN ('queued', 'starting', 'running') \
+             AND code_sha256 IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// How many jobs are in each state, over the whole history; states without jobs are left out.
     pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(&self.pool).await?;
