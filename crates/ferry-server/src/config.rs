@@ -390,13 +390,7 @@ impl FileConfig {
         };
         let audit_retention = match raw.audit.and_then(|a| a.retention) {
             None => crate::audit::RETENTION_DEFAULT,
-            Some(text) => {
-                let s = ferry_api::units::parse_duration_s(&text).map_err(|e| format!("[audit] `retention`: {e}"))?;
-                if s < 86_400 {
-                    return Err(format!("[audit] `retention` = `{text}` is under a day; keep entries at least `1d`"));
-                }
-                std::time::Duration::from_secs(s)
-            }
+            Some(text) => at_least_a_day("[audit] `retention`", &text, "entries")?,
         };
         let oidc = raw.oidc.map(|o| o.check()).transpose().map_err(|e| format!("[oidc] {e}"))?;
         let log_bytes_per_run = match raw.logs.and_then(|l| l.max_bytes_per_run) {
@@ -421,13 +415,7 @@ impl FileConfig {
         };
         let code_retention = match raw.retention.and_then(|r| r.code) {
             None => crate::retention::CODE_RETENTION_DEFAULT,
-            Some(text) => {
-                let s = ferry_api::units::parse_duration_s(&text).map_err(|e| format!("[retention] `code`: {e}"))?;
-                if s < 86_400 {
-                    return Err(format!("[retention] `code` = `{text}` is under a day; keep archives at least `1d`"));
-                }
-                std::time::Duration::from_secs(s)
-            }
+            Some(text) => at_least_a_day("[retention] `code`", &text, "archives")?,
         };
         Ok(FileConfig {
             audit_retention,
@@ -443,6 +431,16 @@ impl FileConfig {
             public_url,
         })
     }
+}
+
+/// A retention period of the configuration file (`field`, such as "[audit] `retention`"): a duration of a day or
+/// more, for keeping `what`.
+fn at_least_a_day(field: &str, text: &str, what: &str) -> Result<std::time::Duration, String> {
+    let s = ferry_api::units::parse_duration_s(text).map_err(|e| format!("{field}: {e}"))?;
+    if s < 86_400 {
+        return Err(format!("{field} = `{text}` is under a day; keep {what} at least `1d`"));
+    }
+    Ok(std::time::Duration::from_secs(s))
 }
 
 /// Makes the teams and projects the configuration file declares exist as objects of the installation, so that

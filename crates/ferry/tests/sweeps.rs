@@ -222,7 +222,8 @@ fn bad_sweep_files_are_refused_with_what_to_fix() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
-    let s = wait_sweep(&f, id, "the first trial", |s| !trials(s).is_empty());
+    // A trial is recorded a moment before its job is submitted: wait for the job too.
+    let s = wait_sweep(&f, id, "the first trial's job", |s| trials(s).first().is_some_and(|t| t["job_id"].is_u64()));
     assert_eq!(
         (s["method"].as_str(), s["goal"].as_str(), s["max_trials"].as_u64()),
         (Some("random"), Some("maximize"), Some(4))
