@@ -34,9 +34,15 @@ impl LogStore {
         PathBuf::from(name)
     }
 
-    /// How far the agent's output went once it was cut, if it was.
-    async fn cut_at(path: &Path) -> Option<u64> {
-        tokio::fs::read_to_string(Self::cut_path(path)).await.ok()?.trim().parse().ok()
+    /// How many bytes the file holds, and how far the agent's output went if it was cut. Only a file past the limit
+    /// (its kept output and the notice) can have been cut, so the usual upload costs one `stat`, no second file.
+    async fn held(&self, path: &Path) -> (u64, Option<u64>) {
+        let held = file_size(path).await;
+        if held <= self.max_bytes {
+            return (held, None);
+        }
+        let cut = tokio::fs::read_to_string(Self::cut_path(path)).await.ok().and_then(|t| t.trim().parse().ok());
+        (held, cut)
     }
 
     /// The file of one run's output: `<job>/<attempt>.log`, and `<job>/<attempt>.rank<r>.log` for the other workers
@@ -52,11 +58,8 @@ impl LogStore {
     /// How many bytes of the run's output the server has taken: those it holds, or, once the output was cut, how far
     /// the agent's output went (the agent resumes from here).
     pub async fn size(&self, job: u64, attempt: u32, rank: u32) -> u64 {
-        let path = self.path(job, attempt, rank);
-        match Self::cut_at(&path).await {
-            Some(at) => at,
-            None => file_size(&path).await,
-        }
+        let (held, cut) = self.held(&self.path(job, attempt, rank)).await;
+        cut.unwrap_or(held)
     }
 
     /// How many bytes of the run's output are in its file (the cut notice included), for readers.
@@ -70,7 +73,8 @@ impl LogStore {
         let _guard = self.append.lock().await;
         let path = self.path(job, attempt, rank);
         let end = offset + bytes.len() as u64;
-        if let Some(taken) = Self::cut_at(&path).await {
+        let (held, cut) = self.held(&path).await;
+        if let Some(taken) = cut {
             // Cut already: take what follows on from where the agent was, write nothing.
             if offset > taken || end <= taken {
                 return Ok(taken);
@@ -78,7 +82,6 @@ impl LogStore {
             tokio::fs::write(Self::cut_path(&path), end.to_string()).await?;
             return Ok(end);
         }
-        let held = file_size(&path).await;
         if offset > held || end <= held {
             return Ok(held);
         }

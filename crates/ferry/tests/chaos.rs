@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,5 +126,4 @@ fn acknowledged_submissions_exist_once_and_run_once_through_server_crashes() {
         let times = ran_count.get(marker.as_str()).copied().unwrap_or(0);
         assert!(times == made.len(), "{marker} ran {times} times for {} jobs", made.len());
     }
-    let _: PathBuf = runs;
 }
