@@ -282,7 +282,8 @@ pub(crate) fn cgroup_name(run: RunRef, run_dir: &Path) -> String {
 /// with an image is started as `ferry __container <run-dir>`, which runs its command in a container, and which the
 /// shim supervises like any job (its stop, deadline and output).
 fn spawn(spec: &Assignment, run_dir: &Path, pipe: PipeWriter) -> Result<Child, String> {
-    let Some((program, args)) = spec.command.split_first() else {
+    // The command's arguments reach it through `ferry __isolate` (or the container), which reads the spec itself.
+    let Some(program) = spec.command.first() else {
         return Err("cannot start the run: it has no command".to_string());
     };
     if !Path::new(&spec.workdir).is_dir() {
@@ -310,7 +311,6 @@ fn spawn(spec: &Assignment, run_dir: &Path, pipe: PipeWriter) -> Result<Child, S
                 .map_err(|e| format!("cannot start `{program}`: cannot find the ferry program: {e}"))?;
             let mut command = Command::new(exe);
             command.arg(crate::isolate::ISOLATE_SUBCOMMAND).arg(run_dir);
-            let _ = args;
             command
         }
     };
