@@ -536,6 +536,7 @@ mod tests {
             workdir: "/data/runs/7-2-r1/work".into(),
             code: None,
             env: BTreeMap::from([("X".into(), "a b\nc".into())]),
+            secrets: Default::default(),
             cpu_millis: 1500,
             memory_bytes: 32 << 20,
             gpu_ids: vec![1, 3],

@@ -372,6 +372,7 @@ mod tests {
                 workdir: "/".into(),
                 code: None,
                 env: Default::default(),
+                secrets: Default::default(),
                 cpu_millis: 0,
                 memory_bytes: 0,
                 gpu_ids,

@@ -487,6 +487,7 @@ pub(crate) fn job_env(
     // without this, `CUDA_VISIBLE_DEVICES=1` could name another job's GPU.
     env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
     env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    env.extend(spec.secrets.0.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
     let gpus: Vec<String> = spec.gpu_ids.iter().map(u32::to_string).collect();
     env.insert("CUDA_VISIBLE_DEVICES".into(), gpus.join(",").into());
     env.insert("FERRY_JOB_ID".into(), spec.run.job_id.to_string().into());
@@ -599,6 +600,8 @@ fn note(message: &str) {
 
 #[cfg(test)]
 mod tests {
+    use ferry_api::agent::SecretEnv;
+
     use super::*;
 
     fn spec() -> Assignment {
@@ -608,6 +611,7 @@ mod tests {
             workdir: "/".into(),
             code: None,
             env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".into(), "9".into()), ("X".into(), "y".into())]),
+            secrets: SecretEnv(BTreeMap::from([("HF_TOKEN".into(), "hf_x".into())])),
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             gpu_ids: vec![0, 3],
@@ -638,6 +642,7 @@ mod tests {
                 "CUDA_VISIBLE_DEVICES=0,3",
                 "FERRY_ATTEMPT=2",
                 "FERRY_JOB_ID=7",
+                "HF_TOKEN=hf_x",
                 "LD_LIBRARY_PATH=/usr/local/cuda/lib64",
                 "X=y"
             ]

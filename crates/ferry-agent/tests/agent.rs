@@ -237,6 +237,7 @@ fn assignment(job_id: u64, workdir: &Path, command: &[&str]) -> Assignment {
         workdir: workdir.display().to_string(),
         code: None,
         env: BTreeMap::new(),
+        secrets: Default::default(),
         cpu_millis: 500,
         memory_bytes: 256 << 20,
         gpu_ids: vec![],

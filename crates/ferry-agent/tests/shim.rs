@@ -48,6 +48,7 @@ impl Run {
             workdir: run_dir.join("work").display().to_string(),
             code: None,
             env: BTreeMap::new(),
+            secrets: Default::default(),
             cpu_millis: 1500,
             memory_bytes: 256 << 20,
             gpu_ids: Vec::new(),

@@ -99,6 +99,11 @@ pub struct Assignment {
     #[serde(default)]
     pub code: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// The values of the job's secrets (its `--secret`s and its tracking token), by variable name: set in the run's
+    /// environment like `env`, but kept apart so that engines hand them over through their own secret mechanisms
+    /// and nothing shows them.
+    #[serde(default, skip_serializing_if = "SecretEnv::is_empty")]
+    pub secrets: SecretEnv,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub gpu_ids: Vec<u32>,
@@ -108,6 +113,24 @@ pub struct Assignment {
     /// The container image to run the command in, through the node's container engine; absent: directly.
     #[serde(default)]
     pub image: Option<String>,
+}
+
+/// Secret values by environment variable name. Its `Debug` form names the variables only, so that a value never
+/// reaches a log line through an assignment printed whole.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct SecretEnv(pub BTreeMap<String, String>);
+
+impl SecretEnv {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|k| (k, "(hidden)"))).finish()
+    }
 }
 
 /// How a run ended, as its supervisor saw it.

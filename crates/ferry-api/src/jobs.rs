@@ -79,6 +79,10 @@ pub struct SubmitJob {
     pub team: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secrets the job reads from its environment: variable name to secret name (the same, for `--secret NAME`).
+    /// Each is the submitter's own secret of that name, else its project's; the value never appears in the job.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     /// Thousandths of a CPU; default 1000 (one CPU).
     #[serde(default)]
     pub cpu_millis: Option<u64>,
@@ -249,6 +253,9 @@ pub struct Job {
     #[serde(default)]
     pub image: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// The secrets the job reads: variable name to secret name. Their values are never shown.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub gpus: u32,

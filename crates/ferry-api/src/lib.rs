@@ -9,6 +9,7 @@ pub mod code;
 pub mod error;
 pub mod jobs;
 pub mod nodes;
+pub mod secrets;
 pub mod sweeps;
 pub mod telemetry;
 pub mod text;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_api::agent::RunEnd;
+use ferry_api::agent::{RunEnd, SecretEnv};
 
 use crate::engine::{Engine, EngineError, EngineJob, NativeState};
 
@@ -76,6 +76,7 @@ impl Fixture {
             project: "default".into(),
             command,
             env: BTreeMap::from([("FERRY_PROBE".to_string(), "plain".to_string())]),
+            secrets: Default::default(),
             workdir: self.dir.to_string_lossy().into_owned(),
             cpu_millis: 1000,
             memory_bytes: 128 << 20,
@@ -102,6 +103,7 @@ pub async fn run(fx: &Fixture) {
     exit_codes(fx, with_node(fx.job("exit3", &["--exit", "3"]))).await;
     failing_program(fx, with_node(fx.job("missing", &[]))).await;
     metacharacters(fx, with_node(fx.job("nasty", NASTY))).await;
+    secrets(fx, with_node(fx.job("secret", &[]))).await;
     cancel(fx, with_node(fx.job("cancel", &["--sleep", "600"]))).await;
     resubmission_and_find(fx, with_node(fx.job("twice", &[]))).await;
     rejected(fx, with_node(fx.job("rejected", &[]))).await;
@@ -224,6 +226,30 @@ async fn metacharacters(fx: &Fixture, mut job: EngineJob) {
     }
     assert_eq!(probe["cwd"], job.workdir, "metacharacters: working directory");
     assert!(!Path::new(PWNED).exists(), "metacharacters: a field ran a command");
+}
+
+/// A secret arrives in the run's environment intact and appears nowhere in the native form Ferry shows; an engine
+/// that cannot hide it (Ray) refuses it as unsupported rather than showing it.
+async fn secrets(fx: &Fixture, mut job: EngineJob) {
+    let value = format!("s3cr3t-{} {}", fx.tag, NASTY[0]);
+    job.secrets = SecretEnv(BTreeMap::from([("FERRY_PROBE_SECRET".to_string(), value.clone())]));
+    let submitted = match fx.engine.submit(&job).await {
+        Ok(submitted) => submitted,
+        Err(EngineError::Unsupported(why)) if fx.engine.kind() == "ray" => {
+            assert!(why.contains("FERRY_PROBE_SECRET"), "secrets: the refusal names the secret: {why}");
+            return;
+        }
+        Err(e) => panic!("secrets: {e}"),
+    };
+    assert!(
+        !submitted.native_spec.contains("s3cr3t-"),
+        "secrets: the native form shows the value:\n{}",
+        submitted.native_spec
+    );
+    let (state, output) = finish(fx, "secrets", &submitted.native_id).await;
+    assert!(matches!(state, NativeState::Finished { exit_code: Some(0), .. }), "secrets: ended as {state:?}: {output}");
+    let probe = probe_line("secrets", &output);
+    assert_eq!(probe["env"]["FERRY_PROBE_SECRET"], value.as_str(), "secrets: the value changed on the way");
 }
 
 async fn cancel(fx: &Fixture, job: EngineJob) {

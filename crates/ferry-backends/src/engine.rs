@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_api::agent::RunEnd;
+use ferry_api::agent::{RunEnd, SecretEnv};
 use ferry_api::nodes::Gpu;
 
 use crate::BackendFuture;
@@ -38,6 +38,9 @@ pub struct EngineJob {
     /// The program and its arguments, exactly as the user gave them (no shell in between).
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Secret values (the job's `--secret`s, its tracking token) by variable name: set in the run's environment like
+    /// `env`, but through the engine's own secret mechanism where it has one, and never in a native form Ferry shows.
+    pub secrets: SecretEnv,
     /// Where the run starts; a directory the engine's nodes can reach. Empty: the engine's default.
     pub workdir: String,
     pub cpu_millis: u64,

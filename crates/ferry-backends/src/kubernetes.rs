@@ -86,7 +86,8 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EnvVar, EnvVarSource, HostPathVolumeSource, LocalObjectReference, Namespace, Node,
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, Pod, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Service, ServiceSpec, Toleration, Volume, VolumeMount,
+    PodTemplateSpec, ResourceRequirements, Secret, SecretKeySelector, Service, ServiceSpec, Toleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -279,6 +280,19 @@ fn api_code(error: &kube::Error) -> Option<u16> {
     }
 }
 
+/// An owner reference to the Job a run made, for the objects that must go with it.
+fn owned_by(job: &EngineJob, created: &Job) -> Option<Vec<OwnerReference>> {
+    created.metadata.uid.clone().map(|uid| {
+        vec![OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: job.name.clone(),
+            uid,
+            ..OwnerReference::default()
+        }]
+    })
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -469,6 +483,21 @@ impl KubeEngine {
             Err(e) => return Err(self.refused("creating the job", e)),
         };
         let mut native_spec = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+        if !job.secrets.is_empty() {
+            // After the Job, so the Job owns it; its pods wait (CreateContainerConfigError, retried by the kubelet)
+            // the moment it takes to arrive. A resubmission finds it made.
+            let secret = self.secret_object(job, &namespace, &created);
+            match Api::<Secret>::namespaced(client.clone(), &namespace).create(&PostParams::default(), &secret).await {
+                Ok(_) => {}
+                Err(e) if api_code(&e) == Some(409) => {}
+                Err(e) => return Err(self.refused("creating the job's Secret", e)),
+            }
+            let mut shown = secret.clone();
+            shown.data = None;
+            shown.string_data = Some(job.secrets.0.keys().map(|k| (k.clone(), "(hidden)".to_string())).collect());
+            native_spec.push_str("\n---\n");
+            native_spec.push_str(&serde_json::to_string_pretty(&shown).unwrap_or_default());
+        }
         if job.nodes > 1 {
             let service = self.gang_service(job, &namespace, &created);
             match Api::<Service>::namespaced(client, &namespace).create(&PostParams::default(), &service).await {
@@ -514,6 +543,18 @@ impl KubeEngine {
             env.retain(|v| !job.env.contains_key(&v.name));
         }
         env.extend(job.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), value_from: None }));
+        env.extend(job.secrets.0.keys().map(|k| EnvVar {
+            name: k.clone(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: job.name.clone(),
+                    key: k.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        }));
 
         let mut requests = BTreeMap::new();
         if job.cpu_millis > 0 {
@@ -621,17 +662,29 @@ impl KubeEngine {
         }
     }
 
+    /// The Secret holding a run's secret values, named like its Job and owned by it (deleting the Job, by a cancel
+    /// or its TTL, deletes the Secret). The pod template reads each value with `secretKeyRef`, so the Job's
+    /// manifest holds no value.
+    fn secret_object(&self, job: &EngineJob, namespace: &str, created: &Job) -> Secret {
+        let data = job.secrets.0.iter().map(|(k, v)| (k.clone(), k8s_openapi::ByteString(v.as_bytes().to_vec())));
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(job.name.clone()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(BTreeMap::from([(LABEL_MANAGED.to_string(), "true".to_string())])),
+                owner_references: owned_by(job, created),
+                ..ObjectMeta::default()
+            },
+            data: Some(data.collect()),
+            type_: Some("Opaque".into()),
+            immutable: Some(true),
+            ..Secret::default()
+        }
+    }
+
     /// The headless Service a gang's pods resolve each other by, owned by the Job.
     fn gang_service(&self, job: &EngineJob, namespace: &str, created: &Job) -> Service {
-        let owner = created.metadata.uid.clone().map(|uid| {
-            vec![OwnerReference {
-                api_version: "batch/v1".into(),
-                kind: "Job".into(),
-                name: job.name.clone(),
-                uid,
-                ..OwnerReference::default()
-            }]
-        });
+        let owner = owned_by(job, created);
         Service {
             metadata: ObjectMeta {
                 name: Some(job.name.clone()),

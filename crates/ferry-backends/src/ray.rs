@@ -255,6 +255,13 @@ impl RayEngine {
         if let Some(name) = job.env.keys().find(|k| !valid_env_name(k)) {
             return Err(rejected(format!("{name:?} is not a valid environment variable name")));
         }
+        if let Some(name) = job.secrets.0.keys().find(|k| *k != TRACKING_TOKEN_VAR) {
+            return Err(EngineError::Unsupported(format!(
+                "the ray engine cannot hand the secret ${name} to a job without showing it on Ray's dashboard (Ray \
+                 has no secret store, and a job's entrypoint and runtime environment are public there); run the job \
+                 on another pool"
+            )));
+        }
         // Resubmission after a restart: the run exists already. (A fresh run skips the lookup; Ray's "already
         // exists" answer below still catches a duplicate.)
         if job.maybe_submitted && self.job(&job.name).await?.is_some() {
@@ -319,13 +326,19 @@ fn entrypoint(job: &EngineJob) -> String {
     if !job.workdir.is_empty() {
         steps.push(format!("cd -- {}", shell_quote(&job.workdir)));
     }
-    if !job.env.is_empty() {
-        let vars: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
+    // The tracking token is the one secret a Ray job gets, in the entrypoint like the rest (see `submit`): Ferry's own
+    // view of the submission shows it redacted, Ray's dashboard does not.
+    let token = job.secrets.0.get_key_value(TRACKING_TOKEN_VAR);
+    if !job.env.is_empty() || token.is_some() {
+        let vars: Vec<String> = job.env.iter().chain(token).map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
         steps.push(format!("export {}", vars.join(" ")));
     }
     steps.push(format!("exec {}", shell_join(&job.command)));
     steps.join(" && ")
 }
+
+/// MLflow's variable for the job's tracking token.
+const TRACKING_TOKEN_VAR: &str = "MLFLOW_TRACKING_TOKEN";
 
 fn spec(body: &Value) -> String {
     serde_json::to_string_pretty(body).unwrap_or_else(|_| body.to_string())
@@ -602,6 +615,7 @@ mod tests {
             project: "p".into(),
             command: vec!["python3".into(), "it's $(x)".into()],
             env: BTreeMap::from([("A".to_string(), "$B `c`".to_string())]),
+            secrets: Default::default(),
             workdir: "/tmp/a b".into(),
             cpu_millis: 1500,
             memory_bytes: 1 << 20,

@@ -455,6 +455,7 @@ impl Slurm {
     fn rest_fields(&self, job: &EngineJob, run_dir: &Path) -> Value {
         let output = run_dir.join("output.log").to_string_lossy().into_owned();
         let mut env: BTreeMap<String, String> = job.env.clone();
+        env.extend(job.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
         let workdir = if job.workdir.is_empty() { run_dir.to_string_lossy().into_owned() } else { job.workdir.clone() };
         let r = Resources::of(job);
@@ -624,7 +625,7 @@ impl Slurm {
         if !job.node.is_empty() && !plain(&job.node, b"") {
             return Err(EngineError::Unsupported(format!("slurm: not a Slurm node name: {:?}", job.node)));
         }
-        if let Some(bad) = job.env.keys().find(|k| !valid_env_name(k)) {
+        if let Some(bad) = job.env.keys().chain(job.secrets.0.keys()).find(|k| !valid_env_name(k)) {
             return Err(EngineError::Unsupported(format!("slurm: not an environment variable name: {bad:?}")));
         }
         if job.image.is_some() {
@@ -639,10 +640,19 @@ impl Slurm {
         let script = self.script(job, &run_dir);
         let body = self.rest.as_ref().map(|_| json!({ "script": script, "job": self.rest_fields(job, &run_dir) }));
         let native_spec = match &body {
-            Some(b) => format!(
-                "{script}\n# slurmrestd job fields:\n{}\n",
-                serde_json::to_string_pretty(&b["job"]).unwrap_or_default()
-            ),
+            Some(b) => {
+                // The secrets travel in the request's environment; the form Ferry shows names them only.
+                let mut fields = b["job"].clone();
+                for name in job.secrets.0.keys() {
+                    if let Some(value) = fields["environment"].get_mut(name) {
+                        *value = json!("(hidden)");
+                    }
+                }
+                format!(
+                    "{script}\n# slurmrestd job fields:\n{}\n",
+                    serde_json::to_string_pretty(&fields).unwrap_or_default()
+                )
+            }
             None => script.clone(),
         };
         // Submitted before (a server that restarted, a retry): the same run, not a second one.
@@ -666,8 +676,12 @@ impl Slurm {
                 self.rest_submit(job, b).await?
             }
             None => {
-                let env: String =
-                    job.env.iter().map(|(k, v)| format!("export {k}={}\n", shell_quote(v))).collect::<String>();
+                let env: String = job
+                    .env
+                    .iter()
+                    .chain(job.secrets.0.iter())
+                    .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+                    .collect::<String>();
                 write_file(&run_dir.join("env.sh"), env.as_bytes(), 0o600).await?;
                 self.cli_submit(job, &run_dir, &script).await?
             }
@@ -1204,6 +1218,7 @@ mod tests {
             project: "line\n#SBATCH --wrap=x".into(),
             command: vec!["python3".into(), "it's $(x)".into()],
             env: BTreeMap::from([("A".into(), "x\ny".into())]),
+            secrets: Default::default(),
             workdir: "/tmp/a b".into(),
             cpu_millis: 1500,
             memory_bytes: 100 * MIB + 1,

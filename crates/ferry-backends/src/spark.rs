@@ -252,6 +252,9 @@ fn added_env(config: &Config, job: &EngineJob) -> BTreeMap<String, String> {
         env.insert("PYSPARK_PYTHON".into(), p.clone());
     }
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Secrets reach the driver alone, through its environment: on the executors they would have to travel as
+    // `spark.executorEnv.*` settings, which spark-submit's command line and Spark's UI show.
+    env.extend(job.secrets.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
 }
 

@@ -40,6 +40,10 @@ struct State {
     /// (namespace, name) → the Job as stored.
     jobs: BTreeMap<(String, String), Value>,
     services: BTreeMap<(String, String), Value>,
+    /// (namespace, name) → the Secret as stored.
+    secrets: BTreeMap<(String, String), Value>,
+    /// (namespace, Secret name) → a Job whose pod waits for that Secret (the real kubelet retries until it exists).
+    waiting: HashMap<(String, String), (String, Value)>,
     /// Job name → the `status` the API server reports for it.
     status: HashMap<String, Value>,
     /// Job name → the pods of the Job (a PodList).
@@ -120,6 +124,19 @@ fn kubelet(state: Shared, st: &mut State, namespace: &str, name: &str, container
     for var in container["env"].as_array().into_iter().flatten() {
         if let (Some(k), Some(v)) = (var["name"].as_str(), var["value"].as_str()) {
             command.env(k, v);
+        }
+        let reference = &var["valueFrom"]["secretKeyRef"];
+        if let (Some(k), Some(secret), Some(key)) =
+            (var["name"].as_str(), reference["name"].as_str(), reference["key"].as_str())
+        {
+            let Some(stored) = st.secrets.get(&(namespace.to_string(), secret.to_string())) else {
+                // CreateContainerConfigError: the kubelet tries again once the Secret exists.
+                st.waiting.insert((namespace.to_string(), secret.to_string()), (name.to_string(), container.clone()));
+                return;
+            };
+            let bytes: k8s_openapi::ByteString =
+                serde_json::from_value(stored["data"][key].clone()).expect("Secret data is base64");
+            command.env(k, String::from_utf8(bytes.0).expect("the test's secrets are UTF-8"));
         }
     }
     if let Some(dir) = container["workingDir"].as_str() {
@@ -328,6 +345,26 @@ async fn serve(state: Shared, method: Method, uri: Uri, body: Bytes) -> Response
             st.services.insert(key, service.clone());
             status(201, service)
         }
+        ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => {
+            let name = body_json["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let key = (ns.to_string(), name.clone());
+            if st.secrets.contains_key(&key) {
+                return status(
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": format!("secrets \"{name}\" already exists"), "reason": "AlreadyExists",
+                           "details": {"name": name, "kind": "secrets"}, "code": 409}),
+                );
+            }
+            let mut secret = body_json;
+            secret["apiVersion"] = json!("v1");
+            secret["kind"] = json!("Secret");
+            st.secrets.insert(key.clone(), secret.clone());
+            if let Some((job, container)) = st.waiting.remove(&key) {
+                kubelet(state.clone(), st, ns, &job, &container);
+            }
+            status(201, secret)
+        }
         ("GET", ["api", "v1", "namespaces", _, "pods"]) => {
             let job = query.get("labelSelector").and_then(|s| s.strip_prefix("job-name=")).unwrap_or_default();
             status(200, st.pods.get(job).cloned().unwrap_or_else(|| list("PodList", vec![])))
@@ -462,6 +499,7 @@ fn job(name: &str) -> EngineJob {
         project: "ml".into(),
         command: vec!["python3".into(), "train.py".into()],
         env: BTreeMap::from([("FERRY_PROBE".to_string(), "plain".to_string())]),
+        secrets: Default::default(),
         workdir: "/workspace".into(),
         cpu_millis: 1500,
         memory_bytes: 2 << 30,

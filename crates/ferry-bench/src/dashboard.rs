@@ -155,6 +155,7 @@ async fn seed_store(home: &Path, args: &DashboardArgs, end_us: i64) -> Result<u6
                 command: vec!["python".into(), "train.py".into(), format!("--seed={i}")],
                 workdir: String::new(),
                 env: BTreeMap::new(),
+                secrets: BTreeMap::new(),
                 resources: Resources::new(4000, 32 << 30, if queued { 16 } else { gpus }),
                 priority: PriorityClass::Normal,
                 retries: 0,

@@ -364,6 +364,29 @@ impl Client {
         self.json(self.request(reqwest::Method::POST, &format!("/tokens/{id}/revoke"))).await
     }
 
+    pub async fn secrets(&self) -> Result<ferry_api::secrets::SecretList, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/secrets")).await
+    }
+
+    /// Sets a secret: the caller's own, or with `project` (`TEAM/PROJECT`) a project's.
+    pub async fn set_secret(
+        &self,
+        project: Option<(&str, &str)>,
+        name: &str,
+        value: String,
+    ) -> Result<ferry_api::secrets::SecretSet, ClientError> {
+        let body = ferry_api::secrets::SetSecret { value };
+        self.json(self.request(reqwest::Method::PUT, &secret_path(project, name)).json(&body)).await
+    }
+
+    pub async fn remove_secret(
+        &self,
+        project: Option<(&str, &str)>,
+        name: &str,
+    ) -> Result<ferry_api::secrets::SecretInfo, ClientError> {
+        self.json(self.request(reqwest::Method::DELETE, &secret_path(project, name))).await
+    }
+
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
         self.json(self.request(reqwest::Method::GET, "/whoami")).await
     }
@@ -610,6 +633,13 @@ impl Client {
         }
         out.flush().await.map_err(write_failed)?;
         Ok(written)
+    }
+}
+
+fn secret_path(project: Option<(&str, &str)>, name: &str) -> String {
+    match project {
+        Some((team, project)) => format!("/secrets/projects/{}/{}/{}", segment(team), segment(project), segment(name)),
+        None => format!("/secrets/user/{}", segment(name)),
     }
 }
 

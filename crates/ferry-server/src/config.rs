@@ -50,6 +50,9 @@
 //! [audit]
 //! retention = "365d"    # how long audit log entries are kept (the default)
 //!
+//! [secrets]
+//! key_file = "/etc/ferry/secrets.key"   # the key sealing stored secrets; <data_dir>/secrets.key by default
+//!
 //! [oidc]                # single sign-on with an OpenID Connect provider
 //! issuer = "https://id.example.org/realms/ml"   # discovery at <issuer>/.well-known/openid-configuration
 //! client_id = "ferry"                           # the dashboard's client: authorisation code with PKCE
@@ -95,6 +98,8 @@ pub struct FileConfig {
     pub code_retention: std::time::Duration,
     /// Single sign-on, when configured.
     pub oidc: Option<crate::oidc::OidcConfig>,
+    /// The file holding the key that seals stored secrets (`[secrets] key_file`); `None`: the data directory's.
+    pub secrets_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for FileConfig {
@@ -111,6 +116,7 @@ impl Default for FileConfig {
             log_bytes_per_run: crate::logs::RUN_BYTES_MAX_DEFAULT,
             code_retention: crate::retention::CODE_RETENTION_DEFAULT,
             oidc: None,
+            secrets_key_file: None,
         }
     }
 }
@@ -157,6 +163,14 @@ struct RawFile {
     oidc: Option<crate::oidc::RawOidc>,
     logs: Option<RawLogs>,
     retention: Option<RawRetention>,
+    secrets: Option<RawSecrets>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    /// The key sealing stored secrets: 32 bytes or 64 hex digits, mode 0600.
+    key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -417,7 +431,19 @@ impl FileConfig {
             None => crate::retention::CODE_RETENTION_DEFAULT,
             Some(text) => at_least_a_day("[retention] `code`", &text, "archives")?,
         };
+        let secrets_key_file = match raw.secrets.and_then(|s| s.key_file) {
+            None => None,
+            Some(path) if Path::new(&path).is_absolute() => Some(path.into()),
+            Some(path) => {
+                return Err(format!(
+                    "[secrets] `key_file` = \"{}\" is not an absolute path; name the file from the root, such as \
+                     \"/etc/ferry/secrets.key\"",
+                    path.escape_debug()
+                ))
+            }
+        };
         Ok(FileConfig {
+            secrets_key_file,
             audit_retention,
             log_bytes_per_run,
             code_retention,

@@ -118,14 +118,23 @@ impl DataDir {
     /// the first start and kept, so the tokens of running jobs stay valid across restarts. Readable by the server's
     /// user alone.
     pub fn job_token_key(&self) -> Result<Vec<u8>, ServerError> {
-        let path = self.root.join(JOB_TOKEN_KEY_FILE);
+        self.key(JOB_TOKEN_KEY_FILE, "the tracking tokens of running jobs then stop working")
+    }
+
+    /// The key that seals stored secrets (`secrets.rs`), made on the first start like the tracking token key.
+    pub fn secrets_key(&self) -> Result<Vec<u8>, ServerError> {
+        self.key(crate::secrets::KEY_FILE, "every stored secret is then lost and must be set again")
+    }
+
+    /// 32 random bytes kept in `name`, made when it does not exist; `loss` says what removing it costs.
+    fn key(&self, name: &str, loss: &str) -> Result<Vec<u8>, ServerError> {
+        let path = self.root.join(name);
         let failed = |e: std::io::Error| ServerError::DataDir(format!("cannot use {}: {e}", path.display()));
         match std::fs::read(&path) {
             Ok(key) if key.len() == 32 => return Ok(key),
             Ok(_) => {
                 return Err(ServerError::DataDir(format!(
-                    "{} is not 32 bytes long; remove it to make a new key (the tracking tokens of running jobs \
-                     then stop working)",
+                    "{} is not 32 bytes long; remove it to make a new key ({loss})",
                     path.display()
                 )))
             }

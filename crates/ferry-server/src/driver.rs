@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_api::agent::{
-    Assignment, RegisterNode, Registered, Reports, ReportsAck, RunEnd, RunRef, RunReport, RunStatus,
+    Assignment, RegisterNode, Registered, Reports, ReportsAck, RunEnd, RunRef, RunReport, RunStatus, SecretEnv,
 };
 use ferry_api::jobs::{JobState, JobWorker, QueueGroup, QueueSummary, WorkerEnd};
 use ferry_api::ErrorCode;
@@ -336,6 +336,12 @@ impl Effects {
     }
 }
 
+/// What the driver adds to each run besides the job's own specification: its MLflow variables and its secrets.
+pub struct RunSources {
+    pub tracking: crate::jobruns::TrackingEnv,
+    pub secrets: Arc<crate::secrets::SecretBox>,
+}
+
 pub struct Driver {
     store: Store,
     sched: Scheduler,
@@ -349,6 +355,8 @@ pub struct Driver {
     config: FileConfig,
     /// The MLflow variables every run gets.
     tracking: crate::jobruns::TrackingEnv,
+    /// Opens the secrets a job needs when it starts.
+    secrets: Arc<crate::secrets::SecretBox>,
     /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
     cycles: u64,
     cycle_seconds_sum: f64,
@@ -370,7 +378,7 @@ impl Driver {
         signals: Arc<Signals>,
         node_timeout: Duration,
         config: FileConfig,
-        tracking: crate::jobruns::TrackingEnv,
+        RunSources { tracking, secrets }: RunSources,
     ) -> Result<(Driver, DriverHandle, mpsc::Receiver<Command>), StoreError> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let mut driver = Driver {
@@ -384,6 +392,7 @@ impl Driver {
             node_timeout,
             config,
             tracking,
+            secrets,
             cycles: 0,
             stale: false,
             cycle_seconds_sum: 0.0,
@@ -455,8 +464,15 @@ impl Driver {
             if record.cancel_requested || failed || active.preempted.is_some() {
                 fx.stops.extend(active.live_runs(record.id));
             } else if record.state == JobState::Starting {
-                // The agents drop what they already run.
-                fx.launches.extend(self.assignments(&record, &active));
+                match self.secrets.resolve(&mut tx, &record.spec).await? {
+                    // The agents drop what they already run.
+                    Ok(secrets) => fx.launches.extend(self.assignments(&record, &active, &secrets)),
+                    Err(why) => {
+                        tx.finished(record.id, JobState::Failed, None, None, &why, now_us()).await?;
+                        self.sched.apply(Event::JobEnded { id: record.id }).expect("ending a job never fails");
+                        continue;
+                    }
+                }
             }
             self.jobs.insert(record.id, active);
         }
@@ -1124,6 +1140,16 @@ impl Driver {
             tracing::error!(job, "the core started a job the store does not have");
             return Ok(());
         };
+        let secrets = match self.secrets.resolve(tx, &record.spec).await? {
+            Ok(secrets) => secrets,
+            Err(why) => {
+                // Nothing can start it as asked: it fails at once rather than waiting for a secret that may never
+                // come back.
+                tx.finished(job, JobState::Failed, None, None, &why, now_us()).await?;
+                self.end_job(job, fx);
+                return Ok(());
+            }
+        };
         let gpus = |g: &[u32]| g.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
         let cpus = format_cpus(allocation.resources.cpu_millis);
         let why = if allocation.peers.is_empty() {
@@ -1161,16 +1187,17 @@ impl Driver {
         let active = active.clone();
         record.attempt = active.attempt;
         record.gpu_ids = allocation.gpus;
-        fx.launches.extend(self.assignments(&record, &active));
+        fx.launches.extend(self.assignments(&record, &active, &secrets));
         fx.changed.push(job);
         Ok(())
     }
 
     /// What each node of a placed job must start: one assignment, or one per worker of a gang with the variables
     /// that let the workers find each other (`torchrun` and TensorFlow read them without further flags).
-    fn assignments(&self, record: &JobRecord, active: &Active) -> Vec<(String, Assignment)> {
+    fn assignments(&self, record: &JobRecord, active: &Active, secrets: &SecretEnv) -> Vec<(String, Assignment)> {
         if active.workers.is_empty() {
-            return active.node.iter().map(|node| (node.clone(), self.assignment(record, &record.gpu_ids))).collect();
+            let assignment = |node: &String| (node.clone(), self.assignment(record, &record.gpu_ids, secrets));
+            return active.node.iter().map(assignment).collect();
         }
         let addresses: Vec<String> = active
             .workers
@@ -1182,7 +1209,7 @@ impl Driver {
             .workers
             .iter()
             .map(|w| {
-                let mut a = self.assignment(record, &w.gpu_ids);
+                let mut a = self.assignment(record, &w.gpu_ids, secrets);
                 a.run.rank = w.rank;
                 for (key, value) in gang_env(w.rank, &addresses, &port) {
                     // What the user set explicitly wins.
@@ -1193,10 +1220,11 @@ impl Driver {
             .collect()
     }
 
-    /// One run of a job on a node, with the job's MLflow variables.
-    fn assignment(&self, record: &JobRecord, gpus: &[u32]) -> Assignment {
+    /// One run of a job on a node, with the job's MLflow variables and its secrets.
+    fn assignment(&self, record: &JobRecord, gpus: &[u32], secrets: &SecretEnv) -> Assignment {
         let mut a = assignment(record, gpus);
-        self.tracking.add(record, &mut a.env);
+        a.secrets = secrets.clone();
+        self.tracking.add(record, &mut a.env, &mut a.secrets);
         a
     }
 
@@ -1329,6 +1357,7 @@ fn assignment(record: &JobRecord, gpus: &[u32]) -> Assignment {
         workdir: record.spec.workdir.clone(),
         code: record.spec.code.as_ref().map(|c| c.sha256.clone()),
         env: record.spec.env.clone(),
+        secrets: SecretEnv::default(),
         cpu_millis: record.spec.resources.cpu_millis,
         memory_bytes: record.spec.resources.memory_bytes,
         gpu_ids: gpus.to_vec(),

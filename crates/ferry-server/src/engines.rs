@@ -507,11 +507,9 @@ impl Bridge {
                         let native = ferry_store::Native {
                             kind: self.engine.kind().to_string(),
                             id: submitted.native_id.clone(),
-                            // The job's tracking token is a secret: shown nowhere, not even in its native form.
-                            spec: match job.env.get(crate::jobruns::TOKEN_VAR).filter(|t| !t.is_empty()) {
-                                Some(token) => submitted.native_spec.replace(token.as_str(), "<redacted>"),
-                                None => submitted.native_spec,
-                            },
+                            // The job's secrets (its tracking token among them) are shown nowhere, not even in
+                            // its native form, whatever the engine put there.
+                            spec: redacted(submitted.native_spec, &job.secrets),
                         };
                         let wanted = driver.call(|reply| Command::Native { node, run, native, reply }).await;
                         let t = self.runs.get_mut(&run).expect("submitted runs are tracked");
@@ -562,6 +560,7 @@ impl Bridge {
                 }
                 env
             },
+            secrets: a.secrets.clone(),
             workdir,
             cpu_millis: a.cpu_millis,
             memory_bytes: a.memory_bytes,
@@ -746,5 +745,36 @@ fn finished(
         log_bytes: 0,
         message: (!message.is_empty()).then_some(message),
         started_at_us,
+    }
+}
+
+/// `text` with every secret value in it replaced by `<redacted>`: the last line of defence for an engine's native
+/// form, which each engine already builds without values. Values of fewer than 4 characters are left alone (they
+/// would blank out ordinary text and reveal little).
+fn redacted(mut text: String, secrets: &ferry_api::agent::SecretEnv) -> String {
+    let mut values: Vec<&String> = secrets.0.values().filter(|v| v.chars().count() >= 4).collect();
+    // Longest first, so that a value containing another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for value in values {
+        text = text.replace(value.as_str(), "<redacted>");
+    }
+    text
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use std::collections::BTreeMap;
+
+    use ferry_api::agent::SecretEnv;
+
+    #[test]
+    fn secret_values_never_reach_a_native_form() {
+        let secrets = SecretEnv(BTreeMap::from([
+            ("A".to_string(), "hf_abcdef".to_string()),
+            ("B".to_string(), "hf_abc".to_string()),
+            ("C".to_string(), "x".to_string()),
+        ]));
+        let text = super::redacted("export A=hf_abcdef B=hf_abc C=x".into(), &secrets);
+        assert_eq!(text, "export A=<redacted> B=<redacted> C=x");
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ferry_api::agent::SecretEnv;
 use ferry_store::{JobRecord, JobTracking, Ownership, RunRecord, Store};
 use rand::RngCore;
 
@@ -35,17 +36,19 @@ pub struct TrackingEnv {
 }
 
 impl TrackingEnv {
-    /// Adds the job's tracking variables to `env`, keeping what the user set.
-    pub fn add(&self, record: &JobRecord, env: &mut BTreeMap<String, String>) {
+    /// Adds the job's tracking variables to `env`, and its token to `secrets`, keeping what the user set.
+    pub fn add(&self, record: &JobRecord, env: &mut BTreeMap<String, String>, secrets: &mut SecretEnv) {
         let Some(tracking) = &record.spec.tracking else { return };
         let mut put = |key: &str, value: String| {
             env.entry(key.to_string()).or_insert(value);
         };
         put(RUN_ID_VAR, tracking.run_id.clone());
         put(EXPERIMENT_ID_VAR, tracking.experiment_id.to_string());
-        put(TOKEN_VAR, crate::auth::job_token(&self.key, record.id));
         if let Some(uri) = &self.uri {
             put(URI_VAR, uri.clone());
+        }
+        if !env.contains_key(TOKEN_VAR) {
+            secrets.0.entry(TOKEN_VAR.to_string()).or_insert_with(|| crate::auth::job_token(&self.key, record.id));
         }
     }
 }

@@ -20,6 +20,7 @@ mod metrics;
 mod oidc;
 mod retention;
 mod routes;
+mod secrets;
 mod series;
 mod signals;
 mod state;
@@ -117,6 +118,10 @@ pub async fn serve(
     }
     config::declare_teams(&store, &config.file).await?;
     let job_key = Arc::new(data.job_token_key()?);
+    let secret_box = Arc::new(match &config.file.secrets_key_file {
+        Some(file) => secrets::SecretBox::from_key_file(file).map_err(ServerError::Config)?,
+        None => secrets::SecretBox::new(&data.secrets_key()?).map_err(ServerError::Config)?,
+    });
     let tls = tls::prepare(&config.tls, &config.data_dir, config.listen).map_err(ServerError::Tls)?;
     tls::check_plain_http(config.listen, tls.is_some(), config.insecure_http).map_err(ServerError::Tls)?;
     // Bound first, so that the address jobs on engines log to is known before anything starts.
@@ -161,7 +166,10 @@ pub async fn serve(
         signals.clone(),
         config.node_timeout,
         config.file.clone(),
-        jobruns::TrackingEnv { key: job_key.clone(), uri: config.file.public_url.clone() },
+        driver::RunSources {
+            tracking: jobruns::TrackingEnv { key: job_key.clone(), uri: config.file.public_url.clone() },
+            secrets: secret_box.clone(),
+        },
     )
     .await?;
     let (sweeps_handle, sweep_commands) = sweeps::SweepsHandle::channel();
@@ -204,6 +212,7 @@ pub async fn serve(
         pools: Arc::new(config.file.pools.clone()),
         file: Arc::new(config.file.clone()),
         artifacts,
+        secrets: secret_box,
         job_key,
         sweeps: sweeps_handle,
         oidc,

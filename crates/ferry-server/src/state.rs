@@ -34,6 +34,8 @@ pub struct AppState {
     pub file: Arc<crate::config::FileConfig>,
     /// The sweep controller's mailbox.
     pub sweeps: crate::sweeps::SweepsHandle,
+    /// Seals and opens stored secrets.
+    pub secrets: Arc<crate::secrets::SecretBox>,
     /// The key that signs jobs' tracking tokens.
     pub job_key: Arc<Vec<u8>>,
     /// MLflow artifacts of runs and logged models.

@@ -90,6 +90,9 @@ pub struct TrialJob {
     max_runtime: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Secrets every trial reads, by name (`secrets = ["HF_TOKEN"]`), as `ferry run --secret` gives them.
+    #[serde(default)]
+    secrets: Vec<String>,
     #[serde(default)]
     selector: BTreeMap<String, String>,
     #[serde(default)]
@@ -161,6 +164,7 @@ impl TrialJob {
             project: self.project.clone(),
             team: self.team.clone(),
             env,
+            secrets: self.secrets.iter().map(|n| (n.clone(), n.clone())).collect(),
             cpu_millis: cpus,
             memory_bytes: self
                 .memory

@@ -22,6 +22,8 @@ pub struct NewJob {
     pub command: Vec<String>,
     pub workdir: String,
     pub env: BTreeMap<String, String>,
+    /// The secrets the job reads: environment variable name to secret name.
+    pub secrets: BTreeMap<String, String>,
     pub resources: Resources,
     pub priority: PriorityClass,
     pub retries: u32,
@@ -132,7 +134,7 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
      code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
-     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial";
+     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -148,6 +150,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         command: from_json("command", row.get("command"))?,
         workdir: row.get("workdir"),
         env: from_json("env", row.get("env"))?,
+        secrets: from_json("secrets", row.get("secrets"))?,
         resources: Resources::new(
             row.get::<i64, _>("cpu_millis") as u64,
             row.get::<i64, _>("memory_bytes") as u64,
@@ -357,8 +360,8 @@ impl Tx {
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
              priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes, \
              code_sha256, code_bytes, git_commit, git_diff, pool, image, tracking_run_id, tracking_experiment_id, \
-             sweep_id, sweep_trial) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             sweep_id, sweep_trial, secrets) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -388,6 +391,7 @@ impl Tx {
         .bind(job.tracking.as_ref().map(|t| t.experiment_id))
         .bind(job.sweep.map(|l| l.sweep_id as i64))
         .bind(job.sweep.map(|l| l.trial as i64))
+        .bind(to_json(&job.secrets))
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

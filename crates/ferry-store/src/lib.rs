@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 mod models;
 mod nodes;
+mod secrets;
 mod sessions;
 mod sweeps;
 mod tokens;
@@ -26,6 +27,7 @@ pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, Sweep
 pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
+pub use secrets::{Sealed, SecretOwner, SecretRecord};
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};
 pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
 pub use tokens::{NewToken, NewUser, TeamRecord, TokenListing, TokenRecord, UserRecord};

@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// Extra environment variables, NAME=VALUE; repeatable.
     #[arg(long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
+    /// A stored secret the job reads from its environment (`ferry secret set NAME` first): `--secret HF_TOKEN`, or
+    /// `--secret VAR=NAME` to read secret NAME as $VAR; repeatable. Yours first, else the project's; the value is
+    /// never shown.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
     /// Run again this many times after a failure or a lost node.
     #[arg(long, default_value_t = 0)]
     retries: u32,
@@ -118,6 +123,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         project: args.project,
         team: args.team,
         env: job_env(&args.env)?,
+        secrets: job_secrets(&args.secrets)?,
         gpu_share_milli: (gpu_share_milli > 0).then_some(gpu_share_milli),
         gpu_types: args.gpu_types,
         selector,
@@ -700,4 +706,19 @@ pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
     let header = ["NAME", "KIND", "ORDER", "READY", "CPUS", "MEMORY", "GPUS", "ENGINE"];
     print!("{}", format::table(&header, &rows));
     Ok(0)
+}
+
+/// `--secret NAME` or `--secret VAR=NAME`, as the variable each secret is read into.
+fn job_secrets(given: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut secrets = BTreeMap::new();
+    for item in given {
+        let (var, name) = item.split_once('=').unwrap_or((item.as_str(), item.as_str()));
+        if let Some(problem) = ferry_api::secrets::check_name(name) {
+            return Err(CliError::new(exit::INVALID, format!("--secret {item}: {problem}")));
+        }
+        if secrets.insert(var.to_string(), name.to_string()).is_some() {
+            return Err(CliError::new(exit::INVALID, format!("--secret: ${var} is given twice")));
+        }
+    }
+    Ok(secrets)
 }

@@ -8,6 +8,7 @@ mod format;
 mod identity;
 mod login;
 mod pack;
+mod secret;
 mod sweep;
 mod tls;
 mod top;
@@ -83,6 +84,9 @@ enum Command {
     Top(top::TopArgs),
     /// Create, list and revoke API tokens: personal tokens with a scope and an expiry, and join tokens for agents.
     Token(identity::TokenArgs),
+    /// Secrets jobs read from their environment (`ferry run --secret NAME`): set, list, remove. Stored sealed; a
+    /// value is never shown again.
+    Secret(secret::SecretArgs),
     /// Users and service accounts: add, list, disable, enable (installation admins).
     User(identity::UserArgs),
     /// Teams, their members with a role each, and their projects.
@@ -182,6 +186,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Sweep(args) => sweep::sweep(&g, args).await,
         Command::Metrics(args) => sweep::metrics(&g, args).await,
         Command::Token(args) => identity::token(&g, args).await,
+        Command::Secret(args) => secret::secret(&g, args).await,
         Command::User(args) => identity::user(&g, args).await,
         Command::Team(args) => identity::team(&g, args).await,
         Command::Whoami(args) => identity::whoami(&g, args).await,

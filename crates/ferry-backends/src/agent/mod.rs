@@ -16,7 +16,7 @@ use crate::{BackendError, BackendFuture, Capabilities, ComputeBackend};
 
 #[derive(Clone, Debug)]
 enum Item {
-    Start(Assignment),
+    Start(Box<Assignment>),
     Stop,
 }
 
@@ -45,7 +45,7 @@ impl Mailbox {
                 continue;
             }
             match item {
-                Item::Start(assignment) => work.start.push(assignment.clone()),
+                Item::Start(assignment) => work.start.push((**assignment).clone()),
                 Item::Stop => work.stop.push(*run),
             }
         }
@@ -118,7 +118,7 @@ impl ComputeBackend for AgentBackend {
 
     fn launch<'a>(&'a self, node: &'a str, assignment: Assignment) -> BackendFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            self.with_mailbox(node, |m| m.post(assignment.run, Item::Start(assignment)));
+            self.with_mailbox(node, |m| m.post(assignment.run, Item::Start(Box::new(assignment))));
             Ok(())
         })
     }
@@ -142,6 +142,7 @@ mod tests {
             workdir: "/".into(),
             code: None,
             env: Default::default(),
+            secrets: Default::default(),
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             gpu_ids: vec![],

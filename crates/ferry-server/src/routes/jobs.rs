@@ -1,5 +1,6 @@
 //! Jobs: submit, list, show, wait, cancel, and read their output.
 
+use std::collections::BTreeMap;
 use std::path::Path as FsPath;
 use std::time::Duration;
 
@@ -111,6 +112,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
     if let Some(key) = spec.env.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
         return Err(ApiError::invalid(format!("the value of `{key}` holds a NUL byte, which no program can receive")));
     }
+    check_secrets(&spec.secrets, &spec.env)?;
     if let Some(name) = &spec.name {
         if name.chars().count() > NAME_CHARS_MAX || name.chars().any(char::is_control) {
             return Err(ApiError::invalid(format!("job names are at most {NAME_CHARS_MAX} printable characters")));
@@ -166,6 +168,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         command: spec.command,
         workdir: spec.workdir,
         env: spec.env,
+        secrets: spec.secrets,
         resources: Resources::new(cpu_millis, memory_bytes, gpus),
         priority: spec.priority.unwrap_or_default(),
         retries,
@@ -180,6 +183,63 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         tracking: None,
         sweep: None,
     })
+}
+
+/// The form of a job's secrets: how many, valid variable and secret names, none that Ferry sets itself or that the
+/// job's plain environment sets too.
+fn check_secrets(secrets: &BTreeMap<String, String>, env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    use ferry_api::secrets::{check_job_var, check_name, SECRETS_PER_JOB_MAX};
+    if secrets.len() > SECRETS_PER_JOB_MAX {
+        return Err(ApiError::invalid(format!(
+            "{} secrets given; a job may use at most {SECRETS_PER_JOB_MAX}",
+            secrets.len()
+        )));
+    }
+    for (var, name) in secrets {
+        if !ferry_backends::engine::valid_env_name(var) {
+            return Err(ApiError::invalid(format!(
+                "`{}` is not a valid environment variable name for a secret: use letters, digits and `_`, not \
+                 starting with a digit; write --secret NAME or --secret VAR=NAME",
+                var.escape_debug()
+            )));
+        }
+        if let Some(problem) = check_name(name).or_else(|| check_job_var(var)) {
+            return Err(ApiError::invalid(problem));
+        }
+        if env.contains_key(var) {
+            return Err(ApiError::invalid(format!("`{var}` is set both by --env and from a secret; keep one of them")));
+        }
+    }
+    Ok(())
+}
+
+/// Every secret a job names exists for its owner or its project, so that a typo is caught at submission rather
+/// than when the job starts.
+async fn secrets_exist(state: &AppState, job: &NewJob) -> Result<(), ApiError> {
+    use ferry_store::SecretOwner;
+    let user = SecretOwner::user(&job.owner);
+    let project = job.team.as_deref().zip(job.project.as_deref()).map(|(t, p)| SecretOwner::project(t, p));
+    for name in job.secrets.values() {
+        if state.store.secret(&user, name).await?.is_some() {
+            continue;
+        }
+        if let Some(project) = &project {
+            if state.store.secret(project, name).await?.is_some() {
+                continue;
+            }
+        }
+        let whose = match project.as_ref().and_then(|p| p.team_project()) {
+            Some((team, project)) => {
+                format!("{} has no secret `{name}`, nor has project {project} of team {team}", job.owner)
+            }
+            None => format!("{} has no secret `{name}` (and the job names no project)", job.owner),
+        };
+        return Err(ApiError::invalid(format!(
+            "{whose}; set it with `ferry secret set {name}` (yours) or `ferry secret set {name} --project PROJECT` \
+             (a team admin), then submit again"
+        )));
+    }
+    Ok(())
 }
 
 /// The longest image reference accepted, as Docker's own limit on a name.
@@ -347,6 +407,7 @@ fn submitted(
 pub(crate) async fn prepare(state: &AppState, spec: SubmitJob, submitter: &UserCaller) -> Result<NewJob, ApiError> {
     let mut job = validate(spec, &submitter.name)?;
     ownership(state, submitter, &mut job).await?;
+    secrets_exist(state, &job).await?;
     if let Some(code) = &mut job.code {
         code.size_bytes = state.code.size(&code.sha256).await.ok_or_else(|| {
             ApiError::invalid(format!(
@@ -847,6 +908,7 @@ async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: O
             git_dirty: c.git_diff.is_some(),
         }),
         env,
+        secrets: r.spec.secrets,
         cpu_millis: r.spec.resources.cpu_millis,
         memory_bytes: r.spec.resources.memory_bytes,
         gpus: r.spec.resources.gpus,

@@ -12,6 +12,7 @@ pub mod mlflow;
 pub mod mlflow_models;
 pub mod nodes;
 pub mod openapi;
+pub mod secrets;
 pub mod series;
 pub mod sweeps;
 pub mod tokens;
@@ -135,6 +136,7 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/api/v1/usage", User(Read), usage::usage),
         at(get.clone(), "/api/v1/whoami", User(Read), users::whoami),
         at(get.clone(), "/api/v1/tokens", User(Read), tokens::list),
+        at(get.clone(), "/api/v1/secrets", User(Read), secrets::list),
         at(get.clone(), "/api/v1/users", User(Read), users::list),
         at(get.clone(), "/api/v1/teams", User(Read), users::teams),
         at(get.clone(), "/api/v1/audit", User(Read), audit::list),
@@ -148,6 +150,8 @@ pub fn table() -> Vec<Entry> {
         at(put.clone(), "/api/v1/code/{sha256}", User(Submit), code::put).unlimited(),
         at(post.clone(), "/api/v1/tokens", User(Submit), tokens::create),
         at(post.clone(), "/api/v1/tokens/{id}/revoke", User(Submit), tokens::revoke),
+        at(put.clone(), "/api/v1/secrets/user/{name}", User(Submit), secrets::set_user),
+        at(delete.clone(), "/api/v1/secrets/user/{name}", User(Submit), secrets::remove_user),
         // Administration: installation admins, and team admins for their teams.
         at(post.clone(), "/api/v1/users", User(Admin), users::create),
         at(post.clone(), "/api/v1/users/{name}/disable", User(Admin), users::disable),
@@ -160,6 +164,8 @@ pub fn table() -> Vec<Entry> {
         at(delete.clone(), "/api/v1/teams/{team}/quota", User(Admin), users::clear_team_quota),
         at(put.clone(), "/api/v1/teams/{team}/projects/{project}/quota", User(Admin), users::set_project_quota),
         at(delete.clone(), "/api/v1/teams/{team}/projects/{project}/quota", User(Admin), users::clear_project_quota),
+        at(put.clone(), "/api/v1/secrets/projects/{team}/{project}/{name}", User(Admin), secrets::set_project),
+        at(delete.clone(), "/api/v1/secrets/projects/{team}/{project}/{name}", User(Admin), secrets::remove_project),
         at(put.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::set_group_rule),
         at(delete.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::remove_group_rule),
         // Agents, each for the node its join token is bound to.

@@ -255,7 +255,7 @@ pub async fn create_team(
 }
 
 /// A team the caller may manage, or why not. Another team is not confirmed to exist to a non-member.
-async fn managed_team(state: &AppState, caller: &Caller, team: &str) -> Result<(), ApiError> {
+pub(crate) async fn managed_team(state: &AppState, caller: &Caller, team: &str) -> Result<(), ApiError> {
     let exists = state.store.team_exists(team).await?;
     if !exists || !caller.sees_team(Some(team)) {
         return Err(ApiError::not_found(format!("no team `{team}`; `ferry team list` shows your teams")));
