@@ -53,6 +53,16 @@ pub struct AgentConfig {
     pub container_socket: Option<String>,
     /// How a container is given the job's GPUs (`container_gpus`).
     pub container_gpus: ContainerGpus,
+    /// Host path prefixes a container's working directory may be under besides the run's own folder
+    /// (`container_mounts`); none by default, so a job with an image can mount no other host path.
+    pub container_mounts: Vec<PathBuf>,
+    /// Whom a container runs as (`container_user`).
+    pub container_user: ContainerUser,
+    /// Capabilities given back to containers, which otherwise have none (`container_capabilities`), written
+    /// `CAP_NAME`.
+    pub container_capabilities: Vec<String>,
+    /// The network a container joins (`container_network`).
+    pub container_network: ContainerNetwork,
     /// Whom the agent trusts for an https:// server: the system's authorities unless given one (`--ca-cert`).
     pub trust: ferry_client::Trust,
     /// The certificate authority the join token pins (`TOKEN#sha256:...`): the agent fetches it from the server,
@@ -78,6 +88,48 @@ pub enum ContainerGpus {
     Cdi,
     /// A device request for the `nvidia` driver, as `docker run --gpus` makes (Docker with the NVIDIA runtime).
     Nvidia,
+}
+
+/// Whom a container's processes run as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerUser {
+    /// An unprivileged account whatever the image says: `job_user` under an agent running as root, else the
+    /// agent's own user.
+    #[default]
+    Unprivileged,
+    /// The image's own user (often root): weaker, for images that need it. Capabilities stay dropped and
+    /// `no-new-privileges` still applies.
+    Image,
+}
+
+/// The network a container joins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ContainerNetwork {
+    /// The node's own network, as jobs without an image have it: a gang's workers reach each other and the job
+    /// reaches a server on the node's loopback (`ferry up`).
+    #[default]
+    Host,
+    /// No network but the container's own loopback.
+    None,
+    /// The engine's default bridge network: its own address and outbound connections, nothing of the node's
+    /// loopback.
+    Private,
+    /// A network of the engine by name.
+    Named(String),
+}
+
+impl ContainerNetwork {
+    /// The network mode the engine's Docker-compatible API takes.
+    pub fn engine_mode(&self) -> &str {
+        match self {
+            ContainerNetwork::Host => "host",
+            ContainerNetwork::None => "none",
+            // Docker's default network, and Podman's compatible API's name for its own default one.
+            ContainerNetwork::Private => "bridge",
+            ContainerNetwork::Named(name) => name,
+        }
+    }
 }
 
 /// A GPU declared in the configuration.
@@ -107,6 +159,10 @@ struct FileConfig {
     telemetry_spool_bytes: Option<toml::Value>,
     container_socket: Option<String>,
     container_gpus: Option<ContainerGpus>,
+    container_mounts: Option<Vec<PathBuf>>,
+    container_user: Option<ContainerUser>,
+    container_capabilities: Option<Vec<String>>,
+    container_network: Option<String>,
     hide_from_jobs: Option<Vec<PathBuf>>,
     job_user: Option<String>,
 }
@@ -139,6 +195,10 @@ impl AgentConfig {
             telemetry_spool_bytes: SPOOL_BYTES_DEFAULT,
             container_socket: None,
             container_gpus: ContainerGpus::default(),
+            container_mounts: Vec::new(),
+            container_user: ContainerUser::default(),
+            container_capabilities: Vec::new(),
+            container_network: ContainerNetwork::default(),
             trust: ferry_client::Trust::System,
             ca_pin: None,
             server_ca_file: None,
@@ -230,7 +290,61 @@ fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
     if let Some(gpus) = file.container_gpus {
         config.container_gpus = gpus;
     }
+    if let Some(paths) = file.container_mounts {
+        config.container_mounts = container_mounts(paths)?;
+    }
+    if let Some(user) = file.container_user {
+        config.container_user = user;
+    }
+    if let Some(names) = file.container_capabilities {
+        config.container_capabilities = names.iter().map(|n| capability(n)).collect::<Result<_, _>>()?;
+    }
+    if let Some(network) = file.container_network {
+        config.container_network = container_network(&network)?;
+    }
     Ok(config)
+}
+
+/// Host path prefixes containers may mount: absolute, and never the whole file system by accident of a typo.
+fn container_mounts(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+    for path in &paths {
+        if !path.is_absolute() {
+            return Err(format!(
+                "`container_mounts`: `{}` is not an absolute path; write folders such as \"/data/shared\"",
+                path.display()
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+/// A capability name as the engine takes it, `CAP_NAME`, from `NAME` or `CAP_NAME` in any case.
+fn capability(name: &str) -> Result<String, String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if bare.is_empty() || bare == "ALL" || !bare.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        return Err(format!(
+            "`container_capabilities`: `{name}` is not a capability; name each one to give back, such as \"NET_BIND_SERVICE\""
+        ));
+    }
+    Ok(format!("CAP_{bare}"))
+}
+
+fn container_network(name: &str) -> Result<ContainerNetwork, String> {
+    Ok(match name.trim() {
+        "host" => ContainerNetwork::Host,
+        "none" => ContainerNetwork::None,
+        "private" => ContainerNetwork::Private,
+        other if !other.is_empty() && other.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+            ContainerNetwork::Named(other.to_string())
+        }
+        _ => {
+            return Err(format!(
+                "`container_network`: `{name}` is not a network; write \"host\", \"none\", \"private\" or the name of \
+                 one of the engine's networks"
+            ))
+        }
+    })
 }
 
 fn declared_gpus(gpus: Vec<FileGpu>) -> Result<Vec<DeclaredGpu>, String> {
@@ -293,6 +407,10 @@ mod tests {
             telemetry_spool_bytes = "256MiB"
             container_socket = "unix:///run/user/0/podman/podman.sock"
             container_gpus = "nvidia"
+            container_mounts = ["/data/shared", "/scratch"]
+            container_user = "image"
+            container_capabilities = ["net_bind_service", "CAP_SYS_PTRACE"]
+            container_network = "none"
             [labels]
             rack = "b2"
             [[gpus]]
@@ -319,6 +437,10 @@ mod tests {
             telemetry_spool_bytes: 256 << 20,
             container_socket: Some("unix:///run/user/0/podman/podman.sock".into()),
             container_gpus: ContainerGpus::Nvidia,
+            container_mounts: vec!["/data/shared".into(), "/scratch".into()],
+            container_user: ContainerUser::Image,
+            container_capabilities: vec!["CAP_NET_BIND_SERVICE".into(), "CAP_SYS_PTRACE".into()],
+            container_network: ContainerNetwork::None,
             ..base()
         };
         assert_eq!(config, expected);
@@ -345,6 +467,20 @@ mod tests {
             "`container_socket`: `tcp://1.2.3.4:2375` is not a unix socket; write an absolute path such as \
              unix:///run/podman/podman.sock",
         );
+        check_error(
+            "container_mounts = [\"data\"]",
+            "`container_mounts`: `data` is not an absolute path; write folders such as \"/data/shared\"",
+        );
+        check_error(
+            "container_capabilities = [\"ALL\"]",
+            "`container_capabilities`: `ALL` is not a capability; name each one to give back, such as \
+             \"NET_BIND_SERVICE\"",
+        );
+        check_error(
+            "container_network = \"my net\"",
+            "`container_network`: `my net` is not a network; write \"host\", \"none\", \"private\" or the name of one \
+             of the engine's networks",
+        );
         check_error("cpus = -2", "`cpus`: -2 is not a CPU count; write a positive number such as 16 or 7.5");
         check_error("pool = \"  \"", "`pool` is empty; give it a value or leave it out");
         check_error(
@@ -365,6 +501,10 @@ mod tests {
         let error = AgentConfig::from_toml_file(&path, base()).unwrap_err().to_string();
         assert!(error.starts_with(&format!("{}: TOML parse error at line 2, column 1", path.display())), "{error}");
         assert!(error.contains("unknown field `cpu`, expected one of"), "{error}");
+
+        std::fs::write(&path, "container_user = \"root\"\n").unwrap();
+        let error = AgentConfig::from_toml_file(&path, base()).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `root`, expected `unprivileged` or `image`"), "{error}");
 
         let missing = AgentConfig::from_toml_file(&dir.path().join("nope.toml"), base()).unwrap_err().to_string();
         assert!(missing.contains("nope.toml: cannot read the agent configuration"), "{missing}");

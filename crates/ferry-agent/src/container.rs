@@ -4,11 +4,20 @@
 //! It talks to the node's container engine through its Docker-compatible API (Podman's `podman system service`,
 //! or Docker's daemon) over a unix socket, with `bollard`: it makes sure the image is there (one pull, never more),
 //! creates a container `ferry-<job>-<attempt>[-r<rank>]-<hash of the run directory>` with the job's command as an
-//! argument vector (no shell), its environment, its working directory bind-mounted at the same path, its CPU and
-//! memory limits, its GPUs and host networking (so a gang's workers reach each other as they do without
-//! containers), starts it, copies its output to this process's stdout and stderr (the shim's pipe, so the output
-//! cap and shipping work unchanged), waits for it, removes it and exits with its exit code. SIGTERM or SIGINT (the shim's stop, on request or at the
+//! argument vector (no shell), its environment, its working directory bind-mounted at its resolved path, its CPU and
+//! memory limits, its GPUs and the network the admin chose (the node's by default, so a gang's workers reach each
+//! other and a job reaches a server on the node's loopback as they do without containers), starts it, copies its
+//! output to this process's stdout and stderr (the shim's pipe, so the output cap and shipping work unchanged),
+//! waits for it, removes it and exits with its exit code. SIGTERM or SIGINT (the shim's stop, on request or at the
 //! maximum runtime) stops the container within the shim's grace period.
+//!
+//! What a container may do on the node, decided by the agent's configuration and never by the job: it mounts no
+//! host path but its working directory, which must resolve (symlinks and `..` followed) to the run's own folder or
+//! under a prefix of `container_mounts`, and must neither be nor hold a folder hidden from jobs (the agent's data
+//! directory, the server's); a refused one is said on the shim's start-error pipe, so the run ends as failed to
+//! start. It runs as an unprivileged account (`job_user` under a root agent, else the agent's own user) unless
+//! `container_user = "image"`, with every capability dropped but those of `container_capabilities` and with
+//! `no-new-privileges`. It must never mount a path it was not allowed, nor take the engine's socket from the job.
 //!
 //! The shim keeps doing everything else: the run's files, the output limit, the deadline, the stop with grace and
 //! adoption after an agent restart. Exit codes: the container's own; 137 when the kernel killed it for its memory
@@ -45,6 +54,8 @@ use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};
 
 pub use crate::config::ContainerGpus;
+use crate::config::ContainerUser;
+use crate::isolate::JobUser;
 use crate::rundir::{self, RunDir};
 use crate::AgentConfig;
 
@@ -83,16 +94,54 @@ pub(crate) struct Settings {
     /// The engine's API socket, `unix:///path` or a path.
     pub socket: String,
     pub gpus: ContainerGpus,
+    /// The ids containers run as; `None`: the image's own user (`container_user = "image"`).
+    pub user: Option<Ids>,
+    /// The network mode, as the engine's API takes it (`host`, `none`, `bridge` or a network's name).
+    pub network: String,
+    /// Capabilities given back after all are dropped, `CAP_NAME`.
+    pub capabilities: Vec<String>,
+    /// Host path prefixes a working directory may be under besides the run's own folder, as configured.
+    pub mounts: Vec<PathBuf>,
+    /// Folders no container may mount, nor a folder holding one: the agent's data directory first (but for the
+    /// run's own folder in it), then those hidden from jobs; resolved.
+    pub hide: Vec<PathBuf>,
+    /// The server's certificate authority the agent gives jobs, mounted read-only for their MLflow clients.
+    pub server_ca: Option<PathBuf>,
+}
+
+/// A user and group id, as a container runs under them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ids {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Settings {
-    /// The settings of `config`, with the socket decided from the agent's environment where not configured.
-    pub fn of(config: &AgentConfig) -> Settings {
+    /// The settings of `config`, with the socket decided from the agent's environment where not configured;
+    /// containers run as `job_user` (the account of an agent running as root) or else as the agent's own user, and
+    /// may mount none of `hide`.
+    pub fn of(config: &AgentConfig, job_user: Option<&JobUser>, hide: &[PathBuf]) -> Settings {
         let socket = config
             .container_socket
             .clone()
             .unwrap_or_else(|| default_socket(|name| std::env::var(name).ok(), |path| Path::new(path).exists()));
-        Settings { socket, gpus: config.container_gpus }
+        let user = match config.container_user {
+            ContainerUser::Image => None,
+            ContainerUser::Unprivileged => Some(match job_user {
+                Some(user) => Ids { uid: user.uid, gid: user.gid },
+                None => Ids { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() },
+            }),
+        };
+        Settings {
+            socket,
+            gpus: config.container_gpus,
+            user,
+            network: config.container_network.engine_mode().to_string(),
+            capabilities: config.container_capabilities.clone(),
+            mounts: config.container_mounts.clone(),
+            hide: hide.to_vec(),
+            server_ca: config.server_ca_file.clone(),
+        }
     }
 
     /// Writes the settings under the agent's data directory.
@@ -118,11 +167,17 @@ pub(crate) fn default_socket(env: impl Fn(&str) -> Option<String>, exists: impl 
 /// The entry point of `ferry __container <run-dir>`: runs the job of `<run-dir>/spec.json` in a container and
 /// returns the process exit code. Starts its own (single-threaded) async runtime.
 pub fn main(run_dir: &Path) -> i32 {
+    // A run that may not start (its working directory is not one containers may mount) says so on the shim's pipe,
+    // so that it ends as failed to start, like a job whose command is missing.
+    let reporting = crate::isolate::claim_start_pipe();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        Err(e) => {
+            crate::isolate::report(reporting, &format!("cannot start the async runtime: {e}"));
+            return ENGINE_FAILED;
+        }
     };
-    let code = runtime.block_on(run(run_dir));
+    let code = runtime.block_on(run(run_dir, reporting));
     runtime.shutdown_background();
     code
 }
@@ -139,21 +194,56 @@ fn fail(message: &str) -> i32 {
     ENGINE_FAILED
 }
 
-async fn run(run_dir: &Path) -> i32 {
+/// What a run needs before it talks to the engine, all checked.
+struct Prepared {
+    spec: Assignment,
+    image: String,
+    settings: Settings,
+    /// The job's working directory, resolved and allowed: the host folder mounted into the container.
+    workdir: PathBuf,
+}
+
+/// Reads the run's specification and the agent's settings and checks that the job's working directory is one
+/// containers may mount; the run's own folder is handed to the account the container runs as. A refusal here
+/// means the run never starts.
+fn prepare(run_dir: &Path) -> Result<Prepared, String> {
+    let spec = RunDir::new(run_dir)
+        .read_spec()
+        .map_err(|e| format!("cannot read the run's specification in {}: {e}", run_dir.display()))?;
+    let image = spec.image.clone().ok_or("the run names no container image")?;
+    let settings = read_settings(run_dir)?;
+    let own = std::fs::canonicalize(run_dir).map_err(|e| format!("cannot resolve {}: {e}", run_dir.display()))?;
+    let workdir = mount_source(&spec.workdir, &own, &settings)?;
+    if let Some(ids) = settings.user.filter(|_| workdir.starts_with(&own) && nix::unistd::geteuid().is_root()) {
+        // A shipped run's folder was unpacked by the root agent; the container's account must be able to write it.
+        crate::isolate::hand_over(&workdir, ids.uid, ids.gid)
+            .map_err(|e| format!("cannot give the run's folder {} to uid {}: {e}", workdir.display(), ids.uid))?;
+    }
+    Ok(Prepared { spec, image, settings, workdir })
+}
+
+async fn run(run_dir: &Path, reporting: bool) -> i32 {
     // Before anything else, so that a stop that arrives while the image is pulled is not lost.
     let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
-        (Err(e), _) | (_, Err(e)) => return fail(&format!("cannot handle signals: {e}")),
+        (Err(e), _) | (_, Err(e)) => {
+            crate::isolate::report(reporting, &format!("cannot handle signals: {e}"));
+            return ENGINE_FAILED;
+        }
     };
-    let dir = RunDir::new(run_dir);
-    let spec = match dir.read_spec() {
-        Ok(spec) => spec,
-        Err(e) => return fail(&format!("cannot read the run's specification in {}: {e}", run_dir.display())),
+    let Prepared { spec, image, settings, workdir } = match prepare(run_dir) {
+        Ok(prepared) => prepared,
+        Err(message) => {
+            crate::isolate::report(reporting, &message);
+            return ENGINE_FAILED;
+        }
     };
-    let Some(image) = spec.image.clone() else {
-        return fail("the run names no container image");
-    };
-    let settings = read_settings(run_dir);
+    // Started, as far as the shim is concerned: what goes wrong from here (the engine, the image) is the run's
+    // failure, with exit code 125, and a stop during a long pull must reach this process. (Without the pipe, fd 3
+    // may be the runtime's own.)
+    if reporting {
+        crate::isolate::close_start_pipe();
+    }
     let docker = match connect(&settings.socket).await {
         Ok(docker) => docker,
         Err(message) => return fail(&message),
@@ -167,9 +257,17 @@ async fn run(run_dir: &Path) -> i32 {
     if let Err(message) = ensured {
         return fail(&message);
     }
+    // The resolved folder is what the engine mounts; one of its folders swapped for a symlink while the image was
+    // pulled would redirect the mount, so it is resolved once more right before the container is made.
+    if std::fs::canonicalize(&workdir).ok().as_deref() != Some(workdir.as_path()) {
+        return fail(&format!(
+            "the working directory {} changed while the image was pulled; not mounting it",
+            workdir.display()
+        ));
+    }
     let name = container_name(&spec, run_dir);
     let group = run_cgroup();
-    let body = container_body(&spec, &image, &settings, group.as_deref(), host_rlimits());
+    let body = container_body(&spec, &image, &workdir, &settings, group.as_deref(), host_rlimits());
     if let Err(message) = create(&docker, &name, body).await {
         return fail(&message);
     }
@@ -227,38 +325,106 @@ async fn run(run_dir: &Path) -> i32 {
     state.exit_code.map_or(ENGINE_FAILED, |code| code.clamp(0, 255) as i32)
 }
 
-/// The settings the agent wrote (`<data_dir>/containers.json`, two levels above the run directory); without them,
-/// the default socket. The job's own environment is never consulted: it must not choose the engine.
-/// The working directory at its own path, and the server's certificate authority the agent gave the job (read-only,
-/// at the same path, so that `MLFLOW_TRACKING_SERVER_CERT_PATH` means the same file inside).
-fn mounts(spec: &Assignment) -> Vec<Mount> {
-    let mut mounts = vec![Mount {
-        target: Some(spec.workdir.clone()),
-        source: Some(spec.workdir.clone()),
+/// The host folders mounted into the container: the working directory (`workdir`, resolved) at its own path, and the
+/// server's certificate authority the agent gave the job (read-only, at the same path, so that
+/// `MLFLOW_TRACKING_SERVER_CERT_PATH` means the same file inside). The variable alone mounts nothing: a job may set
+/// it to any path, and only the agent's own authority file is mounted.
+fn mounts(spec: &Assignment, workdir: &Path, settings: &Settings) -> Vec<Mount> {
+    let bind = |path: &Path, read_only: bool| Mount {
+        target: Some(path.display().to_string()),
+        source: Some(path.display().to_string()),
         typ: Some(MountType::BIND),
+        read_only: read_only.then_some(true),
         ..Default::default()
-    }];
-    if let Some(ca) = spec.env.get(crate::agent::CA_PATH_VAR).filter(|p| Path::new(p).is_file()) {
-        if !Path::new(ca).starts_with(&spec.workdir) {
-            mounts.push(Mount {
-                target: Some(ca.clone()),
-                source: Some(ca.clone()),
-                typ: Some(MountType::BIND),
-                read_only: Some(true),
-                ..Default::default()
-            });
+    };
+    let mut mounts = vec![bind(workdir, false)];
+    let named = spec.env.get(crate::agent::CA_PATH_VAR).map(Path::new);
+    if let Some(ca) = settings.server_ca.as_deref().filter(|ca| named == Some(*ca) && ca.is_file()) {
+        if !ca.starts_with(workdir) {
+            mounts.push(bind(ca, true));
         }
     }
     mounts
 }
 
-fn read_settings(run_dir: &Path) -> Settings {
-    let file = run_dir.parent().and_then(Path::parent).map(|data_dir| data_dir.join(SETTINGS_FILE));
-    let read = file.and_then(|file| std::fs::read(file).ok()).and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    read.unwrap_or_else(|| Settings {
-        socket: default_socket(|_| None, |path| Path::new(path).exists()),
-        gpus: ContainerGpus::default(),
+/// The settings the agent wrote (`<data_dir>/containers.json`, two levels above the run directory). The job's own
+/// environment is never consulted: it must not choose the engine. Without them nothing runs: guessed defaults
+/// could be laxer than what the admin set.
+fn read_settings(run_dir: &Path) -> Result<Settings, String> {
+    let data_dir = run_dir.parent().and_then(Path::parent).ok_or("the run directory has no agent directory")?;
+    let file = data_dir.join(SETTINGS_FILE);
+    let read = std::fs::read(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()));
+    read.map_err(|e| {
+        format!(
+            "cannot read the agent's container settings {}: {e}; restart the agent, which writes them",
+            file.display()
+        )
     })
+}
+
+/// The host folder to mount as the job's working directory: `workdir` with every symlink and `..` resolved, which
+/// must be inside the run's own folder (`own_folder`, resolved) or under a prefix of `container_mounts`, and must
+/// neither be inside nor hold a folder of `settings.hide`. The message of a refusal names the path and the setting.
+pub(crate) fn mount_source(workdir: &str, own_folder: &Path, settings: &Settings) -> Result<PathBuf, String> {
+    let resolved = std::fs::canonicalize(workdir)
+        .map_err(|e| format!("the working directory {workdir} cannot be mounted into the container: {e}"))?;
+    // A prefix that does not exist (yet) allows nothing; one reached through a symlink is compared resolved.
+    let allowed: Vec<PathBuf> = settings.mounts.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    judge_mount(&resolved, own_folder, &allowed, &settings.hide).map_err(|refusal| {
+        let shown = match Path::new(workdir) == resolved {
+            true => workdir.to_string(),
+            false => format!("{workdir} (which is {})", resolved.display()),
+        };
+        refusal.message(&shown)
+    })?;
+    Ok(resolved)
+}
+
+/// Why a resolved working directory may not be mounted into a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MountRefusal {
+    /// It is inside, or holds, a folder no job may see.
+    Hidden(PathBuf),
+    /// It is under no prefix the admin allowed.
+    NotAllowed,
+}
+
+impl MountRefusal {
+    fn message(&self, shown: &str) -> String {
+        match self {
+            MountRefusal::Hidden(hidden) => format!(
+                "the working directory {shown} is or holds {}, which jobs must not see; choose another with --workdir",
+                hidden.display()
+            ),
+            MountRefusal::NotAllowed => format!(
+                "the working directory {shown} is not under a host path the agent lets containers mount; an admin can \
+                 allow its prefix with `container_mounts` in the agent's configuration, or leave out --workdir to run \
+                 the job in a folder of its own"
+            ),
+        }
+    }
+}
+
+/// The rule, on resolved paths: the run's own folder always; else not inside or holding a hidden folder, and under
+/// an allowed prefix, component by component (`/data/sharedx` is not under `/data/shared`).
+pub(crate) fn judge_mount(
+    resolved: &Path,
+    own_folder: &Path,
+    allowed: &[PathBuf],
+    hide: &[PathBuf],
+) -> Result<(), MountRefusal> {
+    if resolved.starts_with(own_folder) {
+        return Ok(());
+    }
+    if let Some(hidden) = hide.iter().find(|h| resolved.starts_with(h) || h.starts_with(resolved)) {
+        return Err(MountRefusal::Hidden(hidden.clone()));
+    }
+    if allowed.iter().any(|prefix| resolved.starts_with(prefix)) {
+        return Ok(());
+    }
+    Err(MountRefusal::NotAllowed)
 }
 
 /// Connects to the engine and checks that it answers.
@@ -384,6 +550,7 @@ pub(crate) struct Rlimits {
 pub(crate) fn container_body(
     spec: &Assignment,
     image: &str,
+    workdir: &Path,
     settings: &Settings,
     cgroup_parent: Option<&str>,
     rlimits: Rlimits,
@@ -445,8 +612,13 @@ pub(crate) fn container_body(
         memory,
         // The same as the memory limit: no swap on top of it.
         memory_swap: memory,
-        network_mode: Some("host".into()),
-        mounts: Some(mounts(spec)),
+        network_mode: Some(settings.network.clone()),
+        mounts: Some(mounts(spec, workdir, settings)),
+        // No capability but those the admin gives back, and no way to gain privileges (setuid programs of the
+        // image do not raise the job's).
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: (!settings.capabilities.is_empty()).then(|| settings.capabilities.clone()),
+        security_opt: Some(vec!["no-new-privileges".into()]),
         ulimits: Some(vec![
             pinned("nofile", rlimits.nofile, NOFILE_FALLBACK),
             pinned("nproc", rlimits.nproc.map(|n| n.min(NPROC_MAX)), NPROC_FALLBACK),
@@ -468,7 +640,8 @@ pub(crate) fn container_body(
         image: Some(image.to_string()),
         cmd: Some(spec.command.clone()),
         env: Some(env),
-        working_dir: Some(spec.workdir.clone()),
+        user: settings.user.map(|ids| format!("{}:{}", ids.uid, ids.gid)),
+        working_dir: Some(workdir.display().to_string()),
         labels: Some(labels),
         tty: Some(false),
         attach_stdin: Some(false),
@@ -546,6 +719,19 @@ mod tests {
         }
     }
 
+    fn settings() -> Settings {
+        Settings {
+            socket: "unix:///s.sock".into(),
+            gpus: ContainerGpus::Cdi,
+            user: Some(Ids { uid: 999, gid: 995 }),
+            network: "host".into(),
+            capabilities: Vec::new(),
+            mounts: Vec::new(),
+            hide: vec!["/data".into()],
+            server_ca: None,
+        }
+    }
+
     #[test]
     fn the_default_socket_prefers_the_environment_then_podman_then_docker() {
         let none = |_: &str| None;
@@ -560,9 +746,10 @@ mod tests {
     #[test]
     fn the_container_gets_the_command_env_mount_limits_and_gpus() {
         let rlimits = Rlimits { nofile: Some(20000), nproc: None };
-        let cdi = Settings { socket: "unix:///s.sock".into(), gpus: ContainerGpus::Cdi };
+        let cdi = settings();
         let nvidia = Settings { gpus: ContainerGpus::Nvidia, ..cdi.clone() };
-        let body = container_body(&spec(), "localhost/busybox:ferry", &cdi, Some("/ferry/job-x"), rlimits);
+        let workdir = Path::new("/data/runs/7-2-r1/work");
+        let body = container_body(&spec(), "localhost/busybox:ferry", workdir, &cdi, Some("/ferry/job-x"), rlimits);
         let name = container_name(&spec(), Path::new("/data/runs/7-2-r1"));
         assert!(name.starts_with("ferry-7-2-r1-") && name.len() == "ferry-7-2-r1-".len() + 8, "{name}");
         assert_eq!(body.cmd.as_deref(), Some(&spec().command[..]));
@@ -589,7 +776,7 @@ mod tests {
             .collect();
         assert_eq!(ulimits, [("nofile".to_string(), 20000), ("nproc".to_string(), NPROC_FALLBACK as i64)]);
         let rlimits = Rlimits { nofile: None, nproc: Some(96362) };
-        let body = container_body(&spec(), "i", &cdi, None, rlimits);
+        let body = container_body(&spec(), "i", workdir, &cdi, None, rlimits);
         let ulimits = body.host_config.and_then(|h| h.ulimits).unwrap_or_default();
         assert_eq!(ulimits[1].hard, Some(NPROC_MAX as i64));
         let devices: Vec<String> =
@@ -599,13 +786,132 @@ mod tests {
         assert_eq!(labels.get("ferry.rank").map(String::as_str), Some("1"));
         assert_eq!(labels.get("ferry.engine").map(String::as_str), Some("unix:///s.sock"));
 
-        let body = container_body(&spec(), "i", &nvidia, None, rlimits);
+        let body = container_body(&spec(), "i", workdir, &nvidia, None, rlimits);
         let host = body.host_config.unwrap_or_default();
         assert_eq!((host.memory, host.memory_swap), (Some(32 << 20), Some(32 << 20)));
         assert_eq!(host.devices, None);
         let request = &host.device_requests.unwrap_or_default()[0];
         assert_eq!(request.device_ids.as_deref(), Some(&["1".to_string(), "3".to_string()][..]));
         assert!(body.env.unwrap_or_default().iter().any(|e| e == "NVIDIA_VISIBLE_DEVICES=1,3"));
+    }
+
+    #[test]
+    fn the_container_runs_unprivileged_without_capabilities_on_the_configured_network() {
+        let rlimits = Rlimits { nofile: None, nproc: None };
+        let workdir = Path::new("/data/runs/7-2-r1/work");
+        let body = container_body(&spec(), "i", workdir, &settings(), None, rlimits);
+        let host = body.host_config.unwrap_or_default();
+        assert_eq!(body.user.as_deref(), Some("999:995"));
+        assert_eq!(body.working_dir.as_deref(), Some("/data/runs/7-2-r1/work"));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_add, None);
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_string()]));
+
+        let weaker = Settings {
+            user: None,
+            network: "none".into(),
+            capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            ..settings()
+        };
+        let body = container_body(&spec(), "i", workdir, &weaker, None, rlimits);
+        let host = body.host_config.unwrap_or_default();
+        assert_eq!(body.user, None, "the image's own user");
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_add, Some(vec!["CAP_NET_BIND_SERVICE".to_string()]));
+        assert_eq!(host.security_opt, Some(vec!["no-new-privileges".to_string()]));
+    }
+
+    #[test]
+    fn only_the_agents_own_authority_is_mounted_besides_the_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        let workdir = dir.path().join("work");
+        let sources = |env_ca: &str, server_ca: Option<&Path>| {
+            let mut spec = spec();
+            spec.env.insert(crate::agent::CA_PATH_VAR.into(), env_ca.into());
+            let settings = Settings { server_ca: server_ca.map(Path::to_path_buf), ..settings() };
+            let mounts = mounts(&spec, &workdir, &settings);
+            mounts.into_iter().map(|m| (m.source.unwrap_or_default(), m.read_only == Some(true))).collect::<Vec<_>>()
+        };
+        let work = (workdir.display().to_string(), false);
+        let ca_mount = (ca.display().to_string(), true);
+        assert_eq!(sources(ca.to_str().unwrap(), Some(&ca)), [work.clone(), ca_mount]);
+        // A job naming another file in the variable gets nothing mounted for it.
+        assert_eq!(sources("/etc/shadow", Some(&ca)), std::slice::from_ref(&work));
+        assert_eq!(sources(ca.to_str().unwrap(), None), [work]);
+    }
+
+    #[test]
+    fn a_working_directory_is_mounted_only_in_the_runs_folder_or_under_an_allowed_prefix() {
+        let check = |resolved: &str, expected: Result<(), MountRefusal>| {
+            let allowed = [PathBuf::from("/data/shared"), PathBuf::from("/scratch")];
+            let hide = [PathBuf::from("/var/lib/ferry"), PathBuf::from("/data/shared/server")];
+            let own = Path::new("/var/lib/ferry/runs/7-2");
+            assert_eq!(judge_mount(Path::new(resolved), own, &allowed, &hide), expected, "{resolved}");
+        };
+        let hidden = |path: &str| Err(MountRefusal::Hidden(PathBuf::from(path)));
+        let not_allowed = Err(MountRefusal::NotAllowed);
+        check("/var/lib/ferry/runs/7-2/work", Ok(()));
+        check("/var/lib/ferry/runs/7-2", Ok(()));
+        check("/data/shared/team/a", Ok(()));
+        check("/scratch", Ok(()));
+        check("/scratch/x", Ok(()));
+        // Prefixes are whole components, not strings.
+        check("/data/sharedx", not_allowed.clone());
+        check("/scratch-2/x", not_allowed.clone());
+        check("/etc", not_allowed.clone());
+        check("/", hidden("/var/lib/ferry"));
+        check("/data", hidden("/data/shared/server"));
+        check("/opt", not_allowed.clone());
+        // Another run's folder, the agent's own files, and a hidden folder under an allowed prefix.
+        check("/var/lib/ferry/runs/7-3/work", hidden("/var/lib/ferry"));
+        check("/var/lib/ferry/runs", hidden("/var/lib/ferry"));
+        check("/data/shared/server/db", hidden("/data/shared/server"));
+        check("/data/shared", hidden("/data/shared/server"));
+        check("/var/lib", hidden("/var/lib/ferry"));
+    }
+
+    #[test]
+    fn symlinks_and_dot_dots_are_resolved_before_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let shared = root.join("shared");
+        let own = root.join("agent/runs/7-2");
+        for folder in [shared.join("team"), root.join("sharedx"), own.join("work"), root.join("agent/runs/7-3")] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", shared.join("etc")).unwrap();
+        std::os::unix::fs::symlink(shared.join("team"), root.join("team-link")).unwrap();
+        std::os::unix::fs::symlink(&shared, root.join("shared-link")).unwrap();
+        let settings = Settings {
+            mounts: vec![root.join("shared-link"), root.join("missing")],
+            hide: vec![root.join("agent")],
+            ..settings()
+        };
+        let check = |workdir: &Path| mount_source(workdir.to_str().unwrap(), &own, &settings);
+
+        assert_eq!(check(&own.join("work")), Ok(own.join("work")));
+        assert_eq!(check(&shared.join("team")), Ok(shared.join("team")));
+        // Reached through a symlink from outside, the folder is still under the prefix.
+        assert_eq!(check(&root.join("team-link")), Ok(shared.join("team")));
+        let shown = format!("{} (which is /etc)", shared.join("etc").display());
+        let refusal = format!(
+            "the working directory {shown} is not under a host path the agent lets containers mount; an admin can \
+             allow its prefix with `container_mounts` in the agent's configuration, or leave out --workdir to run \
+             the job in a folder of its own"
+        );
+        assert_eq!(check(&shared.join("etc")), Err(refusal));
+        let up = shared.join("team/../../sharedx");
+        let error = check(&up).unwrap_err();
+        assert!(error.starts_with(&format!("the working directory {} (which is ", up.display())), "{error}");
+        assert!(error.contains("is not under a host path"), "{error}");
+        let other_run = root.join("agent/runs/7-3");
+        let error = check(&other_run).unwrap_err();
+        assert!(error.contains("which jobs must not see"), "{error}");
+        let error = check(&root.join("nowhere")).unwrap_err();
+        assert!(error.contains("cannot be mounted into the container: No such file or directory"), "{error}");
     }
 
     #[test]

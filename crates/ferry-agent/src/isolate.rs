@@ -98,9 +98,7 @@ impl Settings {
 /// `/proc`, starts the job, reaps what the job leaves, and ends with it; this process waits and ends as the job
 /// did (by the same signal, or with the same code), so the shim sees the job's own end.
 pub fn main(run_dir: &Path) -> i32 {
-    // The error pipe must not reach the job: close-on-exec, so a successful exec closes it with nothing said.
-    // SAFETY: plain fcntl calls on a descriptor number; one that is not open fails harmlessly.
-    let reporting = unsafe { nix::libc::fcntl(START_ERROR_FD, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) } == 0;
+    let reporting = claim_start_pipe();
     let prepared = match prepare(run_dir) {
         Ok(prepared) => prepared,
         Err(message) => {
@@ -129,8 +127,7 @@ pub fn main(run_dir: &Path) -> i32 {
         Ok(ForkResult::Parent { child }) => {
             drop(status_write);
             // The first process reports start errors itself; this one says nothing on the pipe.
-            // SAFETY: closes this process's copy of fd 3 (a number it owns, or not open at all).
-            let _ = unsafe { nix::libc::close(START_ERROR_FD) };
+            close_start_pipe();
             mirror_end(child, status_read)
         }
         Err(e) => report(reporting, &format!("cannot start the run's first process: {e}")),
@@ -139,8 +136,22 @@ pub fn main(run_dir: &Path) -> i32 {
 
 extern "C" fn ignore(_: nix::libc::c_int) {}
 
+/// Makes the shim's start-error pipe (fd 3) close-on-exec, so that it never reaches the job and a successful exec
+/// closes it with nothing said; whether this process has the pipe at all (`ferry __isolate` or `ferry __container`
+/// started by hand has none).
+pub(crate) fn claim_start_pipe() -> bool {
+    // SAFETY: plain fcntl calls on a descriptor number; one that is not open fails harmlessly.
+    unsafe { nix::libc::fcntl(START_ERROR_FD, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) == 0 }
+}
+
+/// Tells the shim the run started: closes this process's copy of the start-error pipe with nothing said.
+pub(crate) fn close_start_pipe() {
+    // SAFETY: closes fd 3, a number this process owns (or not open at all, which fails harmlessly).
+    let _ = unsafe { nix::libc::close(START_ERROR_FD) };
+}
+
 /// Says why the run did not start, on the shim's pipe (or the output when there is none), and gives the code.
-fn report(reporting: bool, message: &str) -> i32 {
+pub(crate) fn report(reporting: bool, message: &str) -> i32 {
     if reporting {
         // SAFETY: fd 3 is the pipe's write end, open (checked at start); the file takes it over and closes it.
         let mut pipe = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(START_ERROR_FD) };
@@ -160,7 +171,7 @@ fn first_process(prepared: &Prepared, reporting: bool, status: std::os::fd::Owne
         return report(reporting, &format!("cannot give the run a private view of the node: cannot mount /proc: {e}"));
     }
     if let (Some(user), Some(folder)) = (&prepared.user, &prepared.own_folder) {
-        if let Err(e) = hand_over(folder, user) {
+        if let Err(e) = hand_over(folder, user.uid, user.gid) {
             return report(reporting, &format!("cannot give the run's folder to `{}`: {e}", user.name));
         }
     }
@@ -201,8 +212,7 @@ fn first_process(prepared: &Prepared, reporting: bool, status: std::os::fd::Owne
     }
     if reporting {
         // Started: the shim hears nothing more on its pipe.
-        // SAFETY: closes this process's copy of fd 3.
-        let _ = unsafe { nix::libc::close(START_ERROR_FD) };
+        close_start_pipe();
     }
     let mut end = String::from("exit 0");
     loop {
@@ -228,8 +238,8 @@ fn become_user(user: &JobUser) -> Result<(), String> {
 }
 
 /// Gives the run's own folder (unpacked by the root agent) to the job's account, never following a symlink.
-fn hand_over(folder: &Path, user: &JobUser) -> std::io::Result<()> {
-    let (uid, gid) = (Some(user.uid), Some(user.gid));
+pub(crate) fn hand_over(folder: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let (uid, gid) = (Some(uid), Some(gid));
     std::os::unix::fs::lchown(folder, uid, gid)?;
     let mut pending = vec![folder.to_path_buf()];
     while let Some(dir) = pending.pop() {

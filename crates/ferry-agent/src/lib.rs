@@ -30,7 +30,9 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use config::{default_name, AgentConfig, ContainerGpus, DeclaredGpu, DEFAULT_POOL};
+pub use config::{
+    default_name, AgentConfig, ContainerGpus, ContainerNetwork, ContainerUser, DeclaredGpu, DEFAULT_POOL,
+};
 
 /// Everything that stops the agent.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +71,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     std::fs::create_dir_all(&runs_dir)
         .map_err(|source| AgentError::Io { what: format!("cannot create {}", runs_dir.display()), source })?;
     let _lock = lock::DataDirLock::acquire(&config.data_dir)?;
-    // What `ferry __container` needs to reach the container engine, for runs with an image.
-    let containers = container::Settings::of(&config);
-    containers.write(&config.data_dir).map_err(|source| AgentError::Io {
-        what: format!("cannot write {}", config.data_dir.join(container::SETTINGS_FILE).display()),
-        source,
-    })?;
     // What `ferry __isolate` hides from each job: this directory and the configured paths.
     let job_user = if nix::unistd::geteuid().is_root() {
         Some(isolate::JobUser::look_up(&config.job_user).map_err(AgentError::JobUser)?)
@@ -127,6 +123,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     let isolation = isolate::Settings::of(&config.data_dir, &config.hide_from_jobs, &expose, job_user);
     isolation.write(&config.data_dir).map_err(|source| AgentError::Io {
         what: format!("cannot write {}", config.data_dir.join(isolate::SETTINGS_FILE).display()),
+        source,
+    })?;
+    // What `ferry __container` needs for runs with an image: the engine, whom containers run as, what they may
+    // mount (never what is hidden from jobs), their network and capabilities.
+    let containers = container::Settings::of(&config, isolation.job_user.as_ref(), &isolation.hide);
+    containers.write(&config.data_dir).map_err(|source| AgentError::Io {
+        what: format!("cannot write {}", config.data_dir.join(container::SETTINGS_FILE).display()),
         source,
     })?;
     let usage = sampler.usage.clone();

@@ -314,20 +314,19 @@ fn spawn(spec: &Assignment, run_dir: &Path, pipe: PipeWriter) -> Result<Child, S
             command
         }
     };
+    // `ferry __isolate` and `ferry __container` both say on this pipe why a run could not start.
     let (mut start_errors, start_error_writer) =
         io::pipe().map_err(|e| format!("cannot start `{program}`: cannot make a pipe: {e}"))?;
-    if spec.image.is_none() {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&start_error_writer);
-        // SAFETY: between fork and exec the closure makes one async-signal-safe system call.
-        unsafe {
-            command.pre_exec(move || {
-                // `dup2` clears close-on-exec on the copy, so the helper inherits it as fd 3.
-                if nix::libc::dup2(fd, crate::isolate::START_ERROR_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&start_error_writer);
+    // SAFETY: between fork and exec the closure makes one async-signal-safe system call.
+    unsafe {
+        command.pre_exec(move || {
+            // `dup2` clears close-on-exec on the copy, so the helper inherits it as fd 3.
+            if nix::libc::dup2(fd, crate::isolate::START_ERROR_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let mut env = job_env(std::env::vars_os(), spec);
     if spec.image.is_none() {

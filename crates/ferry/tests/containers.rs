@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,9 +32,10 @@ impl Podman {
         self_socket(&self.dir)
     }
 
-    /// The agent configuration line that points it at this service.
+    /// The agent configuration that points it at this service and lets containers mount the test's `work` folder,
+    /// where most tests' jobs run.
     fn agent_config(&self) -> String {
-        format!("container_socket = \"unix://{}\"", self.socket())
+        format!("container_socket = \"unix://{}\"\ncontainer_mounts = [\"{{root}}/work\"]", self.socket())
     }
 
     /// The names of the containers the engine has, running or not, that mount `dir` (the engine's storage is the
@@ -113,7 +115,8 @@ fn a_job_runs_in_its_image_with_its_arguments_environment_directory_and_exit_cod
 
     // Shipped code is the working directory, mounted at the same path.
     let code = tempfile::tempdir().unwrap();
-    std::fs::write(code.path().join("job.sh"), "echo \"shipped $(cat data.txt)\"\n").unwrap();
+    // The run's own folder is handed to the unprivileged account the container runs as, which may write in it.
+    std::fs::write(code.path().join("job.sh"), "echo \"shipped $(cat data.txt)\" | tee out.txt\n").unwrap();
     std::fs::write(code.path().join("data.txt"), "data").unwrap();
     let out =
         f.cli_shipping_in(code.path(), &["run", "--follow", "--image", IMAGE, "--cpus", "0.5", "--", "sh", "job.sh"]);
@@ -180,7 +183,7 @@ fn a_missing_image_or_an_unreachable_engine_fails_the_job_with_a_clear_message()
     drop(f);
 
     let nowhere = podman.dir.path().join("nowhere.sock");
-    let config = format!("container_socket = \"unix://{}\"", nowhere.display());
+    let config = format!("container_socket = \"unix://{}\"\ncontainer_mounts = [\"{{root}}/work\"]", nowhere.display());
     let f = Ferry::start_with_agent_config(NodeSpec::default(), &config, "30s");
     let (code, out, err) = follow(&f, IMAGE, &[], &["true"]);
     assert_eq!(code, Some(125), "{err}\n{out}");
@@ -188,4 +191,124 @@ fn a_missing_image_or_an_unreachable_engine_fails_the_job_with_a_clear_message()
     assert!(out.starts_with(&expected), "{out}");
     assert!(out.contains("podman system service --time=0 unix:///run/podman/podman.sock"), "{out}");
     assert_eq!(f.job(1)["state"], "failed");
+}
+
+/// The ids the agent's containers run as: `ferry-job`'s under an agent running as root, else the agent's own.
+fn unprivileged_ids() -> (u32, u32) {
+    let id = |flag: &str| {
+        let mut command = Command::new("id");
+        command.arg(flag);
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if root {
+            command.arg("ferry-job");
+        }
+        String::from_utf8(command.output().unwrap().stdout).unwrap().trim().parse::<u32>().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// What a job prints of its identity, capabilities and privileges, then whether it reaches `port` on the node's
+/// loopback (busybox's `nc` connects and ends at once with nothing to send).
+fn probe(port: u16) -> String {
+    format!(
+        "id -u; id -g; grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status; \
+         if nc -w 3 127.0.0.1 {port} </dev/null 2>/dev/null; then echo reached; else echo unreachable; fi; \
+         echo written > probe.txt"
+    )
+}
+
+/// The job `id` ended without starting, with a message that has `expected`; no container was ever made for it.
+fn assert_refused(f: &Ferry, podman: &Podman, id: u64, expected: &str) {
+    let job = f.wait_state(id, "failed");
+    let message = job["message"].as_str().unwrap_or_default();
+    assert!(message.contains(expected), "{message}\n{job}");
+    assert_eq!(job["exit_code"], serde_json::Value::Null, "{job}");
+    let logs = f.ok(&["logs", &id.to_string()]);
+    assert!(logs.starts_with("ferry: the working directory ") && logs.contains(expected), "{logs}");
+    let prefix = format!("ferry-{id}-0-");
+    let made = podman.containers(Path::new("/etc"));
+    assert!(!made.iter().any(|c| c.starts_with(&prefix)), "{made:?}");
+}
+
+#[test]
+fn a_container_mounts_no_host_path_outside_the_run_and_the_allowed_prefixes() {
+    let podman = Podman::start();
+    let f = Ferry::start_with_agent_config(NodeSpec::default(), &podman.agent_config(), "30s");
+    let work = f.workdir().canonicalize().unwrap();
+    let allowed = work.join("team");
+    std::fs::create_dir(&allowed).unwrap();
+    std::fs::set_permissions(&allowed, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::symlink("/etc", work.join("etc-link")).unwrap();
+    let refusal = "is not under a host path the agent lets containers mount; an admin can allow its prefix with \
+                   `container_mounts` in the agent's configuration";
+    let submit = |workdir: &str| f.submit(&["--image", IMAGE, "--cpus", "0.5", "--workdir", workdir, "--", "true"]);
+
+    // Any host folder, as the attacker's `--workdir /etc` asked for.
+    assert_refused(&f, &podman, submit("/etc"), &format!("the working directory /etc {refusal}"));
+    // A symlink inside the allowed prefix that leads out of it.
+    let link = work.join("etc-link").display().to_string();
+    assert_refused(&f, &podman, submit(&link), &format!("the working directory {link} (which is /etc) {refusal}"));
+    // `..` past the prefix.
+    let up = format!("{}/{}etc", work.display(), "../".repeat(work.components().count()));
+    assert_refused(&f, &podman, submit(&up), &format!("the working directory {up} (which is /etc) {refusal}"));
+    // The agent's own folder (its token, every run's files), even under an allowed prefix.
+    let agent = f.agent_dir().canonicalize().unwrap().display().to_string();
+    assert_refused(&f, &podman, submit(&agent), "which jobs must not see; choose another with --workdir");
+
+    // Inside the allowed prefix the job runs, and writes there as its unprivileged account.
+    let allowed_dir = allowed.display().to_string();
+    let (code, out, err) = follow(&f, IMAGE, &["--workdir", &allowed_dir], &["sh", "-c", "pwd; echo ok > out.txt"]);
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    assert_eq!(out, format!("{allowed_dir}\n"));
+    let written = std::fs::metadata(allowed.join("out.txt")).unwrap();
+    assert_eq!((written.uid(), written.gid()), unprivileged_ids());
+}
+
+#[test]
+fn a_container_runs_unprivileged_without_capabilities_or_new_privileges() {
+    let podman = Podman::start();
+    let f = Ferry::start_with_agent_config(NodeSpec::default(), &podman.agent_config(), "30s");
+    let port = f.url().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (code, out, err) = follow(&f, IMAGE, &[], &["sh", "-c", &probe(port)]);
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let (uid, gid) = unprivileged_ids();
+    assert_ne!(uid, 0);
+    // The default network is the node's (a job reaches a server on its loopback, as under `ferry up`).
+    let expected =
+        format!("{uid}\n{gid}\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nNoNewPrivs:\t1\nreached\n");
+    assert_eq!(out, expected);
+    let written = std::fs::metadata(f.workdir().join("probe.txt")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (uid, gid));
+}
+
+#[test]
+fn an_admin_chooses_the_network_the_user_and_capabilities_given_back() {
+    let podman = Podman::start();
+    let config = format!(
+        "{}\ncontainer_network = \"none\"\ncontainer_user = \"image\"\ncontainer_capabilities = [\"CHOWN\"]",
+        podman.agent_config()
+    );
+    let f = Ferry::start_with_agent_config(NodeSpec::default(), &config, "30s");
+    let port = f.url().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (code, out, err) = follow(&f, IMAGE, &[], &["sh", "-c", &probe(port)]);
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    // The image's own user (root in busybox), with only CAP_CHOWN (bit 0), still without new privileges, and no
+    // way to the server's port.
+    let expected = "0\n0\nCapEff:\t0000000000000001\nCapBnd:\t0000000000000001\nNoNewPrivs:\t1\nunreachable\n";
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn a_private_network_has_an_address_of_its_own_but_not_the_nodes_loopback() {
+    let podman = Podman::start();
+    let config = format!("{}\ncontainer_network = \"private\"", podman.agent_config());
+    let f = Ferry::start_with_agent_config(NodeSpec::default(), &config, "30s");
+    let port = f.url().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let script = format!("ls /sys/class/net | grep -vx lo | wc -l; {}", probe(port));
+    let (code, out, err) = follow(&f, IMAGE, &[], &["sh", "-c", &script]);
+    assert_eq!(code, Some(0), "{err}\n{out}");
+    let (uid, gid) = unprivileged_ids();
+    let expected =
+        format!("1\n{uid}\n{gid}\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nNoNewPrivs:\t1\nunreachable\n");
+    assert_eq!(out, expected);
 }

@@ -61,7 +61,8 @@ impl Ferry {
     }
 
     /// As `start_with_timeout`, with `extra` added to the agent's TOML configuration (top-level keys such as
-    /// `nvml_library = "/path"`); `node.gpus` GPUs are declared in the configuration, so 0 declares none.
+    /// `nvml_library = "/path"`; `{root}` in it stands for the test's folder, resolved, which holds `work/`);
+    /// `node.gpus` GPUs are declared in the configuration, so 0 declares none.
     pub fn start_with_agent_config(node: NodeSpec, extra: &str, node_timeout: &str) -> Ferry {
         Ferry::start_full(node, extra, node_timeout, None, &[])
     }
@@ -116,6 +117,7 @@ impl Ferry {
         let gpus: Vec<String> = (0..node.gpus)
             .map(|i| format!("[[gpus]]\nindex = {i}\nmodel = \"Test GPU\"\nmemory = \"16GiB\"\n"))
             .collect();
+        let extra = extra.replace("{root}", &root.path().canonicalize().unwrap().display().to_string());
         let config = format!(
             "name = \"node-a\"\ncpus = {}\nmemory = \"{}\"\n{extra}\n{}",
             node.cpus,
