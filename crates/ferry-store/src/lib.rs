@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 mod models;
 mod nodes;
+mod retention;
 mod sessions;
 mod sweeps;
 mod tokens;
