@@ -16,6 +16,9 @@ pub enum ErrorCode {
     NotFound,
     /// The request conflicts with the current state, e.g. cancelling a finished job (HTTP 409).
     Conflict,
+    /// What was asked for existed but was removed for good, such as a job's output after the server's retention
+    /// (HTTP 410); the message says when and why.
+    Gone,
     /// The request is well formed but cannot be satisfied, e.g. more GPUs than any node has (HTTP 422).
     Unsatisfiable,
     /// The body is larger than the server accepts (HTTP 413).
@@ -24,6 +27,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The server is shutting down or overloaded; retry later (HTTP 503).
     Unavailable,
+    /// Storing this would take a quota past its limit, such as a project's artifact quota; nothing was kept. The
+    /// message names the quota, what is used, the limit, and how to make room (HTTP 507).
+    QuotaExceeded,
     /// The server's disk is full; nothing of the request was kept. It works again once an admin frees space, with
     /// no restart (HTTP 507).
     StorageFull,
@@ -39,11 +45,12 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
+            ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unsatisfiable => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
-            ErrorCode::StorageFull => 507,
+            ErrorCode::StorageFull | ErrorCode::QuotaExceeded => 507,
             ErrorCode::Internal => 500,
         }
     }

@@ -289,6 +289,10 @@ pub struct Job {
     pub finished_at_us: Option<i64>,
     /// Bytes of output the server holds for the job.
     pub log_bytes: u64,
+    /// When the server's retention (`[retention] logs`) removed the job's output; `None` while it is kept (or when
+    /// the job never ran and had none).
+    #[serde(default)]
+    pub output_removed_at_us: Option<i64>,
     /// For a queued job, why it waits.
     pub waiting: Option<Waiting>,
     /// The state timeline; filled by `GET /jobs/{id}`, empty in listings.
@@ -405,4 +409,17 @@ pub struct MetricValue {
     pub step: i64,
     pub value: Option<f64>,
     pub timestamp_ms: i64,
+}
+
+/// How a job whose output the server's retention removed says so: `removed 90 days after the job finished`.
+pub fn output_removed_words(finished_at_us: Option<i64>, removed_at_us: i64) -> String {
+    const DAY_US: i64 = 86_400_000_000;
+    match finished_at_us {
+        Some(finished) => {
+            let days = (removed_at_us - finished).max(0) / DAY_US;
+            let unit = if days == 1 { "day" } else { "days" };
+            format!("removed by the server's retention {days} {unit} after the job finished")
+        }
+        None => "removed by the server's retention".to_string(),
+    }
 }

@@ -574,16 +574,20 @@ impl Client {
         }
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| self.transport(e))?;
-        let message = serde_json::from_str::<ferry_api::tracking::MlflowError>(&text)
+        let parsed = serde_json::from_str::<ferry_api::tracking::MlflowError>(&text).ok();
+        let quota = parsed.as_ref().is_some_and(|e| e.error_code == "RESOURCE_EXHAUSTED");
+        let message = parsed
             .map(|e| e.message)
-            .unwrap_or_else(|_| format!("the server at {} answered HTTP {status}: {}", self.base, text.trim()));
+            .unwrap_or_else(|| format!("the server at {} answered HTTP {status}: {}", self.base, text.trim()));
         let code = match status {
             401 => ErrorCode::Unauthenticated,
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
+            410 => ErrorCode::Gone,
             413 => ErrorCode::PayloadTooLarge,
             429 => ErrorCode::RateLimited,
             503 => ErrorCode::Unavailable,
+            507 if quota => ErrorCode::QuotaExceeded,
             507 => ErrorCode::StorageFull,
             400..=499 => ErrorCode::InvalidRequest,
             _ => ErrorCode::Internal,

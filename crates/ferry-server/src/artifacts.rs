@@ -22,6 +22,8 @@ use serde::Deserialize;
 
 /// The largest artifact file when the configuration does not say: 5 GiB, S3's limit for one plain upload.
 pub const FILE_BYTES_MAX_DEFAULT: u64 = 5 << 30;
+/// The bytes of artifacts one project may keep when the configuration does not say.
+pub const QUOTA_PER_PROJECT_DEFAULT: u64 = 100 << 30;
 /// The longest artifact path, in bytes: S3's limit on an object key, less room for a configured prefix.
 pub const PATH_BYTES_MAX: usize = 900;
 /// An upload that fits in this much is stored with one request; a larger one becomes a multipart upload of parts
@@ -41,16 +43,26 @@ pub struct RawArtifacts {
     region: Option<String>,
     allow_http: Option<bool>,
     max_file_bytes: Option<u64>,
+    /// The bytes of artifacts one project may keep (`"100GiB"`, or `"unlimited"`).
+    quota_per_project: Option<toml::Value>,
 }
 
 /// Where artifacts are kept, as configured. Credentials are never part of it: they come from the standard AWS
 /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ArtifactsConfig {
     /// `None`: the local file system under the data directory.
     pub s3: Option<S3Config>,
     /// 0 means `FILE_BYTES_MAX_DEFAULT`.
     pub max_file_bytes: u64,
+    /// The bytes of artifacts a project may keep unless the file sets its own; `None` for unlimited.
+    pub quota_per_project_bytes: Option<u64>,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> ArtifactsConfig {
+        ArtifactsConfig { s3: None, max_file_bytes: 0, quota_per_project_bytes: Some(QUOTA_PER_PROJECT_DEFAULT) }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +84,10 @@ impl RawArtifacts {
             Some(n) => n,
             None => FILE_BYTES_MAX_DEFAULT,
         };
+        let quota_per_project_bytes = match &self.quota_per_project {
+            None => Some(QUOTA_PER_PROJECT_DEFAULT),
+            Some(value) => crate::config::quota_bytes(&format!("{at}: `quota_per_project`"), value)?,
+        };
         let Some(url) = self.url else {
             for (field, set) in [
                 ("endpoint", self.endpoint.is_some()),
@@ -84,7 +100,7 @@ impl RawArtifacts {
                     ));
                 }
             }
-            return Ok(ArtifactsConfig { s3: None, max_file_bytes });
+            return Ok(ArtifactsConfig { s3: None, max_file_bytes, quota_per_project_bytes });
         };
         let rest = url.strip_prefix("s3://").ok_or_else(|| {
             format!("{at}: `url` must be an S3 URL such as s3://bucket/prefix; it is `{url}` (leave it out for the local disk)")
@@ -123,6 +139,7 @@ impl RawArtifacts {
                 allow_http,
             }),
             max_file_bytes,
+            quota_per_project_bytes,
         })
     }
 }
@@ -221,6 +238,25 @@ pub struct Entry {
     pub name: String,
     /// `None` for a folder.
     pub size_bytes: Option<u64>,
+}
+
+/// What a deletion removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The run or logged model whose folder an artifact path lies in: `<experiment>/<run>/...` or
+/// `<experiment>/models/<model>/...`.
+pub fn owner_of(path: &str) -> Option<&str> {
+    let mut segments = path.split('/');
+    let _experiment = segments.next()?;
+    match segments.next()? {
+        "models" => segments.next(),
+        run => Some(run),
+    }
+    .filter(|owner| !owner.is_empty())
 }
 
 /// A file being read: its size and its bytes as they come.
@@ -397,28 +433,51 @@ impl ArtifactStore {
     }
 
     /// Deletes the file at `path`, or everything under it when it is a folder. Deleting nothing is not an error.
-    pub async fn delete(&self, path: &ArtifactPath) -> Result<u64, ArtifactError> {
+    /// Returns how many files and bytes were deleted.
+    pub async fn delete(&self, path: &ArtifactPath) -> Result<Deleted, ArtifactError> {
         let location = path.store_path();
-        let mut deleted = 0;
+        let mut deleted = Deleted::default();
         // A folder is not an object (and the local store refuses to delete one as a file): only a file is deleted
         // by its own name.
-        if !path.is_root() && self.store.head(&location).await.is_ok() {
-            match self.store.delete(&location).await {
-                Ok(()) => deleted += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let under: Vec<StorePath> =
-            self.store.list((!path.is_root()).then_some(&location)).map_ok(|meta| meta.location).try_collect().await?;
-        for object in under {
+        let file = if path.is_root() { None } else { self.store.head(&location).await.ok() };
+        let under: Vec<(StorePath, u64)> = self
+            .store
+            .list((!path.is_root()).then_some(&location))
+            .map_ok(|meta| (meta.location, meta.size))
+            .try_collect()
+            .await?;
+        for (object, size) in file.map(|meta| (meta.location, meta.size)).into_iter().chain(under) {
             match self.store.delete(&object).await {
-                Ok(()) => deleted += 1,
+                Ok(()) => {
+                    deleted.files += 1;
+                    deleted.bytes += size;
+                }
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(deleted)
+    }
+
+    /// The size of the file at `path`; `None` when there is none.
+    pub async fn size(&self, path: &ArtifactPath) -> Option<u64> {
+        if path.is_root() {
+            return None;
+        }
+        self.store.head(&path.store_path()).await.ok().map(|meta| meta.size)
+    }
+
+    /// The bytes of every run's and logged model's artifacts, by run or model id: one listing of the whole store.
+    pub async fn sizes_by_owner(&self) -> Result<std::collections::HashMap<String, u64>, ArtifactError> {
+        let mut sizes = std::collections::HashMap::new();
+        let mut listing = self.store.list(None);
+        while let Some(meta) = listing.try_next().await? {
+            let path = meta.location.as_ref();
+            if let Some(owner) = owner_of(path) {
+                *sizes.entry(owner.to_string()).or_insert(0) += meta.size;
+            }
+        }
+        Ok(sizes)
     }
 }
 
@@ -466,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_uploads_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let config = ArtifactsConfig { s3: None, max_file_bytes: 10 };
+        let config = ArtifactsConfig { s3: None, max_file_bytes: 10, quota_per_project_bytes: None };
         let store = ArtifactStore::open(&config, dir.path()).unwrap();
         let path = ArtifactPath::parse("1/r/artifacts/big.bin").unwrap();
         let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789abc"))]);
@@ -483,7 +542,13 @@ mod tests {
         let over = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
         let folder = ArtifactPath::parse("1/r/artifacts").unwrap();
         assert!(matches!(store.put(&folder, over).await, Err(ArtifactError::Conflict(_))));
-        assert_eq!(store.delete(&ArtifactPath::parse("1/r").unwrap()).await.unwrap(), 1);
+        let more = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"model"))]);
+        store.put(&ArtifactPath::parse("1/models/m-1/artifacts/MLmodel").unwrap(), more).await.unwrap();
+        let sizes = store.sizes_by_owner().await.unwrap();
+        assert_eq!(sizes, std::collections::HashMap::from([("r".to_string(), 5), ("m-1".to_string(), 5)]));
+        assert_eq!(store.size(&path).await, Some(5));
+        assert_eq!(store.delete(&ArtifactPath::parse("1/r").unwrap()).await.unwrap(), Deleted { files: 1, bytes: 5 });
+        assert_eq!(store.size(&path).await, None);
         assert!(matches!(store.get(&path).await, Err(ArtifactError::NotFound(_))));
     }
 }

@@ -38,6 +38,7 @@
 //! name = "detection"
 //! quota = { gpus = 4 }
 //! borrow_limit = { gpus = 2 }                          # from sibling projects' idle quota
+//! artifact_quota = "1TiB"                              # instead of [artifacts] quota_per_project
 //!
 //! [artifacts]           # MLflow artifacts; without this table, under <data_dir>/artifacts
 //! url = "s3://ml-artifacts/ferry"     # an S3 bucket and key prefix
@@ -47,8 +48,15 @@
 //! max_file_bytes = 5368709120         # the largest artifact file (5 GiB by default)
 //! # Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, never from here.
 //!
+//! quota_per_project = "100GiB"       # artifacts one project may keep (the default; "unlimited" for none)
+//!
 //! [audit]
 //! retention = "365d"    # how long audit log entries are kept (the default)
+//!
+//! [retention]           # what the server forgets on its own (an hourly sweep, also at start)
+//! code = "30d"          # shipped code nobody used for this long (the default)
+//! logs = "90d"          # the stored output of jobs finished this long ago (the default; "forever" keeps it)
+//! jobs = "400d"         # finished jobs themselves (the default; "forever" keeps them)
 //!
 //! [secrets]
 //! key_file = "/etc/ferry/secrets.key"   # the key sealing stored secrets; <data_dir>/secrets.key by default
@@ -96,6 +104,13 @@ pub struct FileConfig {
     pub log_bytes_per_run: u64,
     /// How long a shipped code archive nobody submits or fetches is kept (`[retention] code`).
     pub code_retention: std::time::Duration,
+    /// How long after a job finished its stored output is kept (`[retention] logs`); `None`: forever.
+    pub log_retention: Option<std::time::Duration>,
+    /// How long after a job finished the job itself is kept (`[retention] jobs`); `None`: forever.
+    pub job_retention: Option<std::time::Duration>,
+    /// The artifact quotas the file sets for a team's own artifacts (`team`) or a project's (`team/project`), in
+    /// bytes, `None` for unlimited; the others get `[artifacts] quota_per_project`.
+    pub artifact_quotas: std::collections::BTreeMap<String, Option<u64>>,
     /// Single sign-on, when configured.
     pub oidc: Option<crate::oidc::OidcConfig>,
     /// The file holding the key that seals stored secrets (`[secrets] key_file`); `None`: the data directory's.
@@ -115,6 +130,9 @@ impl Default for FileConfig {
             audit_retention: crate::audit::RETENTION_DEFAULT,
             log_bytes_per_run: crate::logs::RUN_BYTES_MAX_DEFAULT,
             code_retention: crate::retention::CODE_RETENTION_DEFAULT,
+            log_retention: Some(crate::retention::LOG_RETENTION_DEFAULT),
+            job_retention: Some(crate::retention::JOB_RETENTION_DEFAULT),
+            artifact_quotas: Default::default(),
             oidc: None,
             secrets_key_file: None,
         }
@@ -173,11 +191,15 @@ struct RawSecrets {
     key_file: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     /// How long a shipped code archive nobody uses is kept (`"30d"`).
     code: Option<String>,
+    /// How long the output of a finished job is kept (`"90d"`, or `"forever"`).
+    logs: Option<String>,
+    /// How long a finished job is kept (`"400d"`, or `"forever"`).
+    jobs: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +221,8 @@ struct RawTeam {
     name: String,
     quota: RawAmount,
     borrow_limit: Option<RawAmount>,
+    /// The bytes of artifacts of the team's runs outside its projects (`"100GiB"`, or `"unlimited"`).
+    artifact_quota: Option<toml::Value>,
     #[serde(default)]
     project: Vec<RawProject>,
 }
@@ -209,6 +233,8 @@ struct RawProject {
     name: String,
     quota: RawAmount,
     borrow_limit: Option<RawAmount>,
+    /// The bytes of artifacts the project's runs may keep (`"1TiB"`, or `"unlimited"`).
+    artifact_quota: Option<toml::Value>,
 }
 
 /// An amount of resources; what is left out is unlimited, in a quota and in a borrowing limit (a quota of GPUs alone
@@ -348,6 +374,7 @@ impl FileConfig {
         }
         let mut teams = Vec::with_capacity(raw.team.len());
         let mut projects = Vec::new();
+        let mut artifact_quotas = std::collections::BTreeMap::new();
         let mut names = BTreeSet::new();
         for (i, t) in raw.team.into_iter().enumerate() {
             let at = format!("team[{i}] ({})", t.name);
@@ -363,6 +390,9 @@ impl FileConfig {
                 .as_ref()
                 .map(|b| b.resources(&format!("{at} borrow_limit"), Resources::UNLIMITED))
                 .transpose()?;
+            if let Some(value) = &t.artifact_quota {
+                artifact_quotas.insert(t.name.clone(), quota_bytes(&format!("{at}: `artifact_quota`"), value)?);
+            }
             let mut project_names = BTreeSet::new();
             for (j, p) in t.project.into_iter().enumerate() {
                 let at = format!("{at} project[{j}] ({})", p.name);
@@ -383,6 +413,10 @@ impl FileConfig {
                     .as_ref()
                     .map(|b| b.resources(&format!("{at} borrow_limit"), Resources::UNLIMITED))
                     .transpose()?;
+                if let Some(value) = &p.artifact_quota {
+                    let bytes = quota_bytes(&format!("{at}: `artifact_quota`"), value)?;
+                    artifact_quotas.insert(format!("{}/{}", t.name, p.name), bytes);
+                }
                 projects.push(ProjectInfo { team: t.name.clone(), name: p.name, quota: project_quota, borrow_limit });
             }
             teams.push(TeamInfo { name: t.name, quota, borrow_limit });
@@ -410,16 +444,7 @@ impl FileConfig {
         let log_bytes_per_run = match raw.logs.and_then(|l| l.max_bytes_per_run) {
             None => crate::logs::RUN_BYTES_MAX_DEFAULT,
             Some(value) => {
-                let bytes = match &value {
-                    toml::Value::Integer(n) if *n > 0 => *n as u64,
-                    toml::Value::String(text) => ferry_api::units::parse_memory(text)
-                        .map_err(|e| format!("[logs] `max_bytes_per_run` = `{text}`: {e}"))?,
-                    other => {
-                        return Err(format!(
-                            "[logs] `max_bytes_per_run` = {other} is not a size; write one such as \"1GiB\""
-                        ))
-                    }
-                };
+                let bytes = size_value("[logs] `max_bytes_per_run`", &value, "1GiB")?;
                 if bytes < 1 << 20 {
                     return Err("[logs] `max_bytes_per_run` is under 1 MiB; keep at least \"1MiB\" of a run's output"
                         .to_string());
@@ -427,7 +452,8 @@ impl FileConfig {
                 bytes
             }
         };
-        let code_retention = match raw.retention.and_then(|r| r.code) {
+        let retention = raw.retention.unwrap_or_default();
+        let code_retention = match retention.code {
             None => crate::retention::CODE_RETENTION_DEFAULT,
             Some(text) => at_least_a_day("[retention] `code`", &text, "archives")?,
         };
@@ -442,11 +468,22 @@ impl FileConfig {
                 ))
             }
         };
+        let log_retention = match retention.logs {
+            None => Some(crate::retention::LOG_RETENTION_DEFAULT),
+            Some(text) => day_or_forever("[retention] `logs`", &text, "job output")?,
+        };
+        let job_retention = match retention.jobs {
+            None => Some(crate::retention::JOB_RETENTION_DEFAULT),
+            Some(text) => day_or_forever("[retention] `jobs`", &text, "finished jobs")?,
+        };
         Ok(FileConfig {
             secrets_key_file,
             audit_retention,
             log_bytes_per_run,
             code_retention,
+            log_retention,
+            job_retention,
+            artifact_quotas,
             oidc,
             pools,
             teams,
@@ -467,6 +504,33 @@ fn at_least_a_day(field: &str, text: &str, what: &str) -> Result<std::time::Dura
         return Err(format!("{field} = `{text}` is under a day; keep {what} at least `1d`"));
     }
     Ok(std::time::Duration::from_secs(s))
+}
+
+/// A retention period that may also be `"forever"` (`None`).
+fn day_or_forever(field: &str, text: &str, what: &str) -> Result<Option<std::time::Duration>, String> {
+    if text.trim() == "forever" {
+        return Ok(None);
+    }
+    at_least_a_day(field, text, what).map(Some).map_err(|e| format!("{e}, or \"forever\""))
+}
+
+/// A size of the configuration file: a positive integer of bytes or a string such as `"1GiB"`.
+pub fn size_value(field: &str, value: &toml::Value, example: &str) -> Result<u64, String> {
+    match value {
+        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        toml::Value::String(text) => {
+            ferry_api::units::parse_memory(text).map_err(|e| format!("{field} = `{text}`: {e}"))
+        }
+        other => Err(format!("{field} = {other} is not a size; write one such as \"{example}\"")),
+    }
+}
+
+/// An artifact quota: a size, or `"unlimited"` (`None`).
+pub fn quota_bytes(field: &str, value: &toml::Value) -> Result<Option<u64>, String> {
+    if value.as_str().is_some_and(|t| t.trim() == "unlimited") {
+        return Ok(None);
+    }
+    size_value(field, value, "100GiB").map(Some).map_err(|e| format!("{e}, or \"unlimited\""))
 }
 
 /// Makes the teams and projects the configuration file declares exist as objects of the installation, so that
@@ -615,6 +679,53 @@ mod tests {
             error("[[pool]]\nname = \"a\"\norder = 1\nprice_gpu_hour = -1.0\n"),
             "pool[0] (a): `price_gpu_hour` must be a price of zero or more, such as 1.20"
         );
+    }
+
+    #[test]
+    fn retention_periods_have_defaults_a_floor_and_forever() {
+        let day = |n: u64| std::time::Duration::from_secs(n * 86_400);
+        let defaults = FileConfig::parse("").unwrap();
+        assert_eq!(
+            (defaults.code_retention, defaults.log_retention, defaults.job_retention),
+            (day(30), Some(day(90)), Some(day(400)))
+        );
+        let set = FileConfig::parse("[retention]\nlogs = \"7d\"\njobs = \"forever\"\n").unwrap();
+        assert_eq!((set.log_retention, set.job_retention), (Some(day(7)), None));
+        assert_eq!(
+            error("[retention]\nlogs = \"2h\"\n"),
+            "[retention] `logs` = `2h` is under a day; keep job output at least `1d`, or \"forever\""
+        );
+        assert!(error("[retention]\njobs = \"always\"\n").starts_with("[retention] `jobs`: `always` is not a duration"));
+        assert!(error("[retention]\nkeys = \"1d\"\n").contains("unknown field `keys`"));
+    }
+
+    #[test]
+    fn artifact_quotas_default_per_project_with_overrides() {
+        let defaults = FileConfig::parse("").unwrap();
+        assert_eq!(defaults.artifacts.quota_per_project_bytes, Some(100 << 30));
+        let config = FileConfig::parse(
+            "[[team]]\nname = \"v\"\nquota = { gpus = 8 }\nartifact_quota = \"unlimited\"\n\
+             [[team.project]]\nname = \"det\"\nquota = { gpus = 4 }\nartifact_quota = \"1TiB\"\n\
+             [artifacts]\nquota_per_project = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(config.artifacts.quota_per_project_bytes, Some(1000));
+        let expected =
+            std::collections::BTreeMap::from([("v".to_string(), None), ("v/det".to_string(), Some(1 << 40))]);
+        assert_eq!(config.artifact_quotas, expected);
+        assert_eq!(
+            FileConfig::parse("[artifacts]\nquota_per_project = \"unlimited\"")
+                .unwrap()
+                .artifacts
+                .quota_per_project_bytes,
+            None
+        );
+        assert_eq!(
+            error("[artifacts]\nquota_per_project = \"lots\""),
+            "[artifacts]: `quota_per_project` = `lots`: `lots` is not a memory size; write a number and a unit, such as \
+             8GiB, 512MiB or 1.5GB, or \"unlimited\""
+        );
+        assert!(error("[artifacts]\nquota_per_project = -1").contains("is not a size"));
     }
 
     #[test]

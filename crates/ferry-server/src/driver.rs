@@ -83,6 +83,18 @@ pub enum Command {
     Metrics {
         reply: oneshot::Sender<DriverMetrics>,
     },
+    /// The retention sweep removed the stored output of these finished jobs.
+    OutputRemoved {
+        ids: Vec<u64>,
+        at_us: i64,
+        reply: Reply<()>,
+    },
+    /// The retention sweep deletes up to `limit` jobs that finished before `before_us`; the answer names them.
+    ForgetJobs {
+        before_us: i64,
+        limit: u32,
+        reply: Reply<Vec<u64>>,
+    },
 }
 
 /// The driver's part of a `/metrics` scrape: unfinished jobs and scheduling cycle times, copied out at one moment.
@@ -649,6 +661,16 @@ impl Driver {
             Command::Native { node, run, native, reply } => {
                 let wanted = self.native(&node, run, native, tx, fx).await?;
                 fx.reply(reply, Ok(wanted));
+            }
+            Command::OutputRemoved { ids, at_us, reply } => {
+                tx.output_removed(&ids, at_us).await?;
+                fx.reply(reply, Ok(()));
+            }
+            Command::ForgetJobs { before_us, limit, reply } => {
+                // The store deletes finished jobs only; the driver holds only unfinished ones.
+                let ids = tx.forget_finished_jobs(before_us, limit).await?;
+                debug_assert!(ids.iter().all(|id| !self.jobs.contains_key(id)), "an unfinished job was deleted");
+                fx.reply(reply, Ok(ids));
             }
         }
         Ok(())

@@ -48,6 +48,9 @@ const STATES_BATCH: usize = 500;
 /// Output read per run and cycle, in chunks of `OUTPUT_CHUNK`.
 const OUTPUT_CHUNK: usize = 1 << 20;
 const OUTPUT_CHUNKS_PER_CYCLE: usize = 8;
+/// How often the pool's code folder is swept of folders no unfinished job needs (and once at start): a run's folder
+/// is removed when its end is reported, this catches those a restart or a vanished node left behind.
+const CODE_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the driver asks of an engine pool; queued for the bridge.
 #[derive(Debug)]
@@ -159,6 +162,7 @@ pub fn engine_pool(
         registered: BTreeMap::new(),
         down_since: None,
         cycled: false,
+        code_swept: None,
     };
     Ok((backend, bridge))
 }
@@ -226,6 +230,8 @@ pub struct Bridge {
     down_since: Option<Instant>,
     /// Whether a cycle has run: starts taken before the first one were sent before this bridge existed.
     cycled: bool,
+    /// When the code folder was last swept of leftovers.
+    code_swept: Option<Instant>,
 }
 
 impl Bridge {
@@ -331,6 +337,10 @@ impl Bridge {
 
     async fn cycle(&mut self, driver: &DriverHandle) {
         self.cycled = true;
+        if self.code_swept.is_none_or(|at| at.elapsed() >= CODE_SWEEP_EVERY) {
+            self.code_swept = Some(Instant::now());
+            self.sweep_code().await;
+        }
         let nodes = match self.call("listing nodes", self.engine.nodes()).await {
             Ok(nodes) => {
                 self.context.states.set_health(&self.pool, true, None);
@@ -451,6 +461,7 @@ impl Bridge {
                     for run in reported_ends {
                         self.runs.remove(&run);
                         self.context.states.set(run.job_id, None);
+                        self.remove_code(run).await;
                     }
                 }
                 Err(e) => {
@@ -593,6 +604,61 @@ impl Bridge {
         Ok(dest_text)
     }
 
+    /// Removes the unpacked code of a run whose end the driver took (nothing when it shipped none).
+    async fn remove_code(&self, run: RunRef) {
+        let dir = self.code_root.join(native_name(&self.context.tag, run.job_id, run.attempt, 0));
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
+            _ => Ok(()),
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(pool = %self.pool, job = run.job_id, error = %e, "could not remove a run's code folder");
+        }
+    }
+
+    /// Removes this installation's code folders (and partial unpackings) of jobs that are not unfinished any more:
+    /// what a restart or a vanished node left behind. Folders of other installations sharing the directory are
+    /// left alone.
+    async fn sweep_code(&self) {
+        let unfinished: BTreeSet<u64> = match self.context.store.unfinished_jobs().await {
+            Ok(jobs) => jobs.into_iter().map(|j| j.id).collect(),
+            Err(e) => {
+                tracing::warn!(pool = %self.pool, error = %e, "cannot tell which code folders are needed; keeping them");
+                return;
+            }
+        };
+        let followed: BTreeSet<u64> = self.runs.keys().map(|r| r.job_id).collect();
+        // `ferry-<tag>-`, as this installation's native names start.
+        let full = native_name(&self.context.tag, 0, 0, 0);
+        let prefix = full.strip_suffix("0-0").unwrap_or(&full).to_string();
+        let root = self.code_root.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&root) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                other => other.map_err(|e| format!("{}: {e}", root.display()))?,
+            };
+            let mut removed = 0;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(job) = code_folder_job(&name, &prefix) else { continue };
+                if unfinished.contains(&job) || followed.contains(&job) {
+                    continue;
+                }
+                std::fs::remove_dir_all(entry.path()).map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                removed += 1;
+            }
+            Ok::<_, String>(removed)
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(pool = %self.pool, folders = n, "removed code folders of ended jobs"),
+            Ok(Err(e)) => tracing::warn!(pool = %self.pool, error = %e, "could not sweep the code folders"),
+            Err(e) => tracing::warn!(pool = %self.pool, error = %e, "the code folder sweep failed"),
+        }
+    }
+
     async fn cancel(&mut self) {
         let now = now_us();
         for t in self.runs.values_mut() {
@@ -716,6 +782,19 @@ impl Bridge {
     }
 }
 
+/// The job a folder of the pool's code directory was unpacked for: `<prefix><job>-<attempt>` (`prefix` is
+/// `ferry-<tag>-`), or `.<prefix><job>-<attempt>.partial` for an unpacking that never finished; `None` for anything
+/// else.
+fn code_folder_job(name: &str, prefix: &str) -> Option<u64> {
+    let base = match name.strip_prefix('.') {
+        Some(hidden) => hidden.strip_suffix(".partial")?,
+        None => name,
+    };
+    let (job, attempt) = base.strip_prefix(prefix)?.split_once('-')?;
+    attempt.parse::<u32>().ok()?;
+    job.parse().ok()
+}
+
 /// A run as a registration lists it: an end not reported yet counts as running (the report that follows carries the
 /// end), so the driver never takes a run that ended meanwhile for one its node forgot; a run that never started is
 /// left out, as the driver does not expect it to run.
@@ -762,10 +841,24 @@ fn redacted(mut text: String, secrets: &ferry_api::agent::SecretEnv) -> String {
 }
 
 #[cfg(test)]
-mod redaction_tests {
+mod tests {
     use std::collections::BTreeMap;
 
     use ferry_api::agent::SecretEnv;
+
+    use super::*;
+
+    #[test]
+    fn code_folders_name_their_job_only_for_this_installation() {
+        let prefix = "ferry-ab12-";
+        assert_eq!(code_folder_job("ferry-ab12-42-0", prefix), Some(42));
+        assert_eq!(code_folder_job(".ferry-ab12-42-3.partial", prefix), Some(42));
+        for other in
+            ["ferry-cd34-42-0", "ferry-ab12-42", "ferry-ab12-x-0", ".ferry-ab12-42-0", "notes.txt", "ferry-ab12-42-0-1"]
+        {
+            assert_eq!(code_folder_job(other, prefix), None, "{other}");
+        }
+    }
 
     #[test]
     fn secret_values_never_reach_a_native_form() {
@@ -774,7 +867,7 @@ mod redaction_tests {
             ("B".to_string(), "hf_abc".to_string()),
             ("C".to_string(), "x".to_string()),
         ]));
-        let text = super::redacted("export A=hf_abcdef B=hf_abc C=x".into(), &secrets);
+        let text = redacted("export A=hf_abcdef B=hf_abc C=x".into(), &secrets);
         assert_eq!(text, "export A=<redacted> B=<redacted> C=x");
     }
 }

@@ -139,6 +139,7 @@ pub async fn create_in(store: &Store, experiment_id: i64, new: NewRun<'_>) -> Re
         lifecycle_stage: "active".to_string(),
         owner: Some(new.owner.to_string()),
         team: new.team.map(str::to_string),
+        project: new.project.map(str::to_string),
     };
     store.create_run(&run, &tags).await?;
     if !new.params.is_empty() {

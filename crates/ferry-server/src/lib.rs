@@ -4,6 +4,7 @@
 //! Handlers stay thin; the driver (`driver.rs`) is the only place that changes jobs and nodes. This crate must never
 //! run a job itself: work reaches machines only through a compute backend.
 
+mod artifact_quota;
 mod artifacts;
 mod audit;
 mod auth;
@@ -186,6 +187,11 @@ pub async fn serve(
         artifacts::ArtifactStore::open(&config.file.artifacts, &data.artifacts()).map_err(ServerError::Artifacts)?,
     );
     tracing::info!(store = %artifacts.describe, "MLflow artifacts");
+    let artifact_quotas = Arc::new(artifact_quota::ArtifactQuotas::new(
+        config.file.artifacts.quota_per_project_bytes,
+        config.file.artifact_quotas.clone(),
+    ));
+    let artifact_count = tokio::spawn(artifact_quota::count(artifacts.clone(), store.clone(), artifact_quotas.clone()));
     let oidc = match &config.file.oidc {
         Some(settings) => {
             let base = config.file.public_url.clone().unwrap_or_else(|| tracking_uri.clone());
@@ -196,7 +202,15 @@ pub async fn serve(
         None => None,
     };
     let pruner = tokio::spawn(audit::prune(store.clone(), config.file.audit_retention));
-    let retention = tokio::spawn(retention::run(store.clone(), code.clone(), config.file.code_retention));
+    let retention = tokio::spawn(retention::run(retention::Retention {
+        store: store.clone(),
+        driver: handle.clone(),
+        code: code.clone(),
+        logs: logs.clone(),
+        code_period: config.file.code_retention,
+        log_period: config.file.log_retention,
+        job_period: config.file.job_retention,
+    }));
     let state = AppState {
         store: store.clone(),
         driver: handle,
@@ -213,6 +227,7 @@ pub async fn serve(
         file: Arc::new(config.file.clone()),
         artifacts,
         secrets: secret_box,
+        artifact_quotas,
         job_key,
         sweeps: sweeps_handle,
         oidc,
@@ -241,6 +256,7 @@ pub async fn serve(
     sweep_controller.abort();
     pruner.abort();
     retention.abort();
+    artifact_count.abort();
     if let Err(e) = tokio::task::spawn_blocking(move || series.flush()).await.unwrap_or(Ok(())) {
         tracing::error!(error = %e, "could not write the last time-series samples to disk");
     }

@@ -67,6 +67,16 @@ impl LogStore {
         file_size(&self.path(job, attempt, rank)).await
     }
 
+    /// Removes all of a job's stored output (every attempt and worker, with their `.cut` files), for the retention
+    /// sweep; `false` when there was none.
+    pub async fn remove_job(&self, job: u64) -> std::io::Result<bool> {
+        match tokio::fs::remove_dir_all(self.dir.join(job.to_string())).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes `bytes`, which start at byte `offset` of the run's output, and returns how many bytes are held after.
     /// An upload past the end (a gap) writes nothing: the answer tells the agent where to resume.
     pub async fn append(&self, job: u64, attempt: u32, rank: u32, offset: u64, bytes: &[u8]) -> std::io::Result<u64> {
@@ -137,5 +147,11 @@ mod tests {
         assert_eq!(logs.append(1, 0, 0, 0, b"hello\n").await.unwrap(), 23, "a resend changes nothing");
         assert_eq!(logs.append(1, 0, 0, 40, b"gap").await.unwrap(), 23, "a gap is refused with where to resume");
         assert_eq!(std::fs::read_to_string(logs.path(1, 0, 0)).unwrap(), text);
+        // The retention sweep removes every run of the job, the cut file too, and nothing of another job.
+        logs.append(2, 0, 0, 0, b"other\n").await.unwrap();
+        assert!(logs.remove_job(1).await.unwrap());
+        assert!(!logs.remove_job(1).await.unwrap(), "removing nothing is not an error");
+        assert!(!logs.path(1, 0, 0).parent().unwrap().exists());
+        assert_eq!(logs.stored_size(2, 0, 0).await, 6);
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub job_key: Arc<Vec<u8>>,
     /// MLflow artifacts of runs and logged models.
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
+    /// Each project's artifacts against its quota.
+    pub artifact_quotas: Arc<crate::artifact_quota::ArtifactQuotas>,
     /// Single sign-on, when configured.
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// The certificate authority of `--tls auto`, which join tokens pin; `None` without one.

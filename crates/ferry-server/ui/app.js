@@ -640,7 +640,13 @@ function jobPage(main, id) {
   function renderLog() {
     const want = search.value;
     const atBottom = logView.scrollTop + logView.clientHeight >= logView.scrollHeight - 20;
-    if (!want) {
+    download.hidden = !!(job && job.output_removed_at_us);
+    if (job && job.output_removed_at_us) {
+      // The server's retention removed it: say so, rather than show an empty log.
+      const days = job.finished_at_us ? Math.max(0, Math.floor((job.output_removed_at_us - job.finished_at_us) / 86400e6)) : null;
+      logView.textContent = `(output removed by the server's retention${days === null ? "" : ` ${plural(days, "day")} after the job finished`}; [retention] logs in its configuration sets how long output is kept)`;
+      logInfo.textContent = "";
+    } else if (!want) {
       logView.textContent = logText || (job && job.log_bytes === 0 ? "(no output yet)" : "");
       logInfo.textContent = job ? `${fmtBytes(job.log_bytes)} of output` : "";
     } else {
@@ -653,6 +659,7 @@ function jobPage(main, id) {
 
   async function readLog() {
     if (!job) return;
+    if (job.output_removed_at_us) { renderLog(); return; }
     if (logOffset === null) logOffset = Math.max(0, job.log_bytes - LOG_CHARS_MAX / 2);
     if (logOffset >= job.log_bytes && logText) return;
     const res = await fetch(`/api/v1/jobs/${id}/logs?offset=${logOffset}`, { credentials: "same-origin" });

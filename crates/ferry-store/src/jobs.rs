@@ -92,6 +92,8 @@ pub struct JobRecord {
     pub finished_at_us: Option<i64>,
     /// Where an engine runs (or last ran) the job; `None` on agent pools.
     pub native: Option<Native>,
+    /// When the retention sweep removed the job's stored output; `None` while it is kept.
+    pub output_removed_at_us: Option<i64>,
 }
 
 /// A job as an engine knows it.
@@ -134,7 +136,7 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
      code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
-     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets";
+     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -205,6 +207,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             }
             _ => None,
         },
+        output_removed_at_us: row.get("output_removed_at_us"),
     })
 }
 

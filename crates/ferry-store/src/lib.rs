@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 mod models;
 mod nodes;
+mod retention;
 mod secrets;
 mod sessions;
 mod sweeps;

@@ -47,7 +47,30 @@ impl RunModelDirection {
     }
 }
 
+/// A model's artifacts count against the team and project of the run that produced it, or its experiment's team.
+const MODEL_ACCOUNTS: &str = "SELECT m.id AS id, COALESCE(r.team, e.team) AS team, r.project AS project \
+     FROM tracking_logged_models m JOIN tracking_experiments e ON e.id = m.experiment_id \
+     LEFT JOIN tracking_runs r ON r.id = m.source_run_id";
+
+/// The team and project whose artifact quota an owner's artifacts count against.
+pub type Account = (Option<String>, Option<String>);
+
 impl Store {
+    /// Whose artifact quota a logged model's artifacts count against; `None` for an unknown model.
+    pub async fn model_account(&self, model_id: &str) -> Result<Option<Account>, StoreError> {
+        let sql = format!("{MODEL_ACCOUNTS} WHERE m.id = ?");
+        let row = sqlx::query(&sql).bind(model_id).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| (r.get("team"), r.get("project"))))
+    }
+
+    /// Whose artifact quota the artifacts of every run and logged model count against, by run or model id: what
+    /// the server reads once at start to count each project's artifacts.
+    pub async fn artifact_accounts(&self) -> Result<Vec<(String, Account)>, StoreError> {
+        let sql = format!("SELECT id, team, project FROM tracking_runs UNION ALL {MODEL_ACCOUNTS}");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get("id"), (r.get("team"), r.get("project")))).collect())
+    }
+
     /// Records a new model with its first tags and params.
     pub async fn create_logged_model(&self, model: &LoggedModelRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;

@@ -46,6 +46,9 @@ pub struct RunRecord {
     /// before identities, which only installation admins see.
     pub owner: Option<String>,
     pub team: Option<String>,
+    /// The project of the job the run was made for (its artifacts count against that project's quota); `None` for
+    /// a run no job made or a job without a project.
+    pub project: Option<String>,
 }
 
 /// Who makes an experiment, and the team that sees it.
@@ -206,7 +209,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO tracking_runs (id, experiment_id, name, user_id, status, start_time_ms, end_time_ms, \
-             artifact_uri, lifecycle_stage, owner, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             artifact_uri, lifecycle_stage, owner, team, project) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&run.id)
         .bind(run.experiment_id)
@@ -219,6 +222,7 @@ impl Store {
         .bind(&run.lifecycle_stage)
         .bind(&run.owner)
         .bind(&run.team)
+        .bind(&run.project)
         .execute(&mut *tx)
         .await?;
         for (key, value) in tags {
@@ -480,6 +484,7 @@ fn run(r: &SqliteRow) -> RunRecord {
         lifecycle_stage: r.get("lifecycle_stage"),
         owner: r.get("owner"),
         team: r.get("team"),
+        project: r.get("project"),
     }
 }
 
@@ -516,6 +521,7 @@ mod tests {
             lifecycle_stage: "active".into(),
             owner: None,
             team: None,
+            project: None,
         };
         store.create_run(&run, &[]).await.unwrap();
         let point = |value: f64, step| MetricPoint { key: "loss".into(), value, timestamp_ms: 10, step };

@@ -545,9 +545,12 @@ fn describe(j: &Job) -> String {
         (None, Some(sig)) => line("Signal:", sig.to_string()),
         _ => {}
     }
-    match j.nodes {
-        1 => line("Output:", format!("{} bytes (`ferry logs {}`)", j.log_bytes, j.id)),
-        n => line("Output:", format!("rank 0: {} bytes (`ferry logs {} --rank 0..{}`)", j.log_bytes, j.id, n - 1)),
+    match (j.output_removed_at_us, j.nodes) {
+        (Some(at), _) => line("Output:", ferry_api::jobs::output_removed_words(j.finished_at_us, at)),
+        (None, 1) => line("Output:", format!("{} bytes (`ferry logs {}`)", j.log_bytes, j.id)),
+        (None, n) => {
+            line("Output:", format!("rank 0: {} bytes (`ferry logs {} --rank 0..{}`)", j.log_bytes, j.id, n - 1))
+        }
     }
     out.push_str("Timeline:\n");
     for e in &j.timeline {

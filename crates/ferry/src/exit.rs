@@ -47,8 +47,8 @@ impl From<ClientError> for CliError {
             ClientError::Api { body, .. } => match body.code {
                 ErrorCode::InvalidRequest | ErrorCode::Unsatisfiable | ErrorCode::PayloadTooLarge => INVALID,
                 ErrorCode::Unauthenticated | ErrorCode::Forbidden => AUTH,
-                ErrorCode::NotFound => NOT_FOUND,
-                ErrorCode::Conflict => CONFLICT,
+                ErrorCode::NotFound | ErrorCode::Gone => NOT_FOUND,
+                ErrorCode::Conflict | ErrorCode::QuotaExceeded => CONFLICT,
                 ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::StorageFull => UNAVAILABLE,
                 ErrorCode::Internal => INTERNAL,
             },

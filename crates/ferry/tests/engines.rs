@@ -182,10 +182,27 @@ fn shipped_code_runs_on_slurm_and_a_server_restart_loses_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     ferry.wait_for("the job to print its first epoch", |f| logs(f, id).contains("epoch 1"));
+    // The server unpacked the code for Slurm into `ferry-<installation>-<job>-<attempt>`.
+    let code_root = ferry.home().join("engines/hpc");
+    let unpacked = std::fs::read_dir(&code_root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|name| name.ends_with(&format!("-{id}-0")))
+        .unwrap_or_else(|| panic!("no code folder of job {id} in {}", code_root.display()));
+    let prefix = unpacked.strip_suffix(&format!("{id}-0")).unwrap().to_string();
+    // Leftovers of jobs that ended while the server was down are swept at start; another installation's are not.
+    let leftovers = [format!("{prefix}999999-0"), format!(".{prefix}999998-1.partial")];
+    for name in leftovers.iter().chain([&"ferry-other-5-0".to_string()]) {
+        std::fs::create_dir_all(code_root.join(name).join("src")).unwrap();
+    }
     ferry.kill_server();
     ferry.start_server();
     let job = ferry.wait_state(id, "succeeded");
     assert_eq!(logs(&ferry, id), "epoch 1\ndone x y\n", "{job}");
+    ferry.wait_for("the ended job's code folder and the leftovers to be removed", |_| {
+        leftovers.iter().chain([&unpacked]).all(|name| !code_root.join(name).exists())
+    });
+    assert!(code_root.join("ferry-other-5-0").exists());
 }
 
 #[test]

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::artifact_quota;
 use crate::artifacts::{ArtifactError, ArtifactPath};
 use crate::auth::Tracker;
 use crate::routes::mlflow::{may_write, query, run_id, seen_run, user, Answer, Auth, MlflowFailure, ACTIVE};
@@ -83,22 +84,29 @@ fn locate(text: &str) -> Result<Located, MlflowFailure> {
 }
 
 /// Checks that the path's run or model exists, that the caller sees it (and, to write, may change it), and, to
-/// write, that it is not deleted.
-async fn check_owner(state: &AppState, who: &Tracker, owner: &Owner, write: bool) -> Result<(), MlflowFailure> {
-    let (experiment, stage, what) = match owner {
+/// write, that it is not deleted. Returns, for a write, the account whose artifact quota it counts against.
+async fn check_owner(state: &AppState, who: &Tracker, owner: &Owner, write: bool) -> Result<String, MlflowFailure> {
+    let (experiment, stage, what, account) = match owner {
         Owner::Run { experiment_id, run_id } => {
             let run = seen_run(state, who, run_id).await?;
             if write {
                 may_write(who, &run)?;
             }
-            (run.experiment_id.to_string() == *experiment_id, run.lifecycle_stage, format!("run {run_id}"))
+            let account = artifact_quota::account(run.team.as_deref(), run.project.as_deref());
+            (run.experiment_id.to_string() == *experiment_id, run.lifecycle_stage, format!("run {run_id}"), account)
         }
         Owner::Model { experiment_id, model_id } => {
             let model = crate::routes::mlflow_models::allowed_model(state, who, model_id, true, write).await?;
+            let account = match write {
+                true => state.store.model_account(model_id).await?,
+                false => None,
+            };
+            let account = account.map(|(team, project)| artifact_quota::account(team.as_deref(), project.as_deref()));
             (
                 model.experiment_id.to_string() == *experiment_id,
                 model.lifecycle_stage,
                 format!("logged model {model_id}"),
+                account.unwrap_or_default(),
             )
         }
     };
@@ -110,7 +118,56 @@ async fn check_owner(state: &AppState, who: &Tracker, owner: &Owner, write: bool
             "The {what} must be in the 'active' state to log artifacts. Current state is {stage}."
         )));
     }
-    Ok(())
+    Ok(account)
+}
+
+/// Waits for the count of every project's artifacts made at start, which quotas need.
+async fn counted(state: &AppState) -> Result<(), MlflowFailure> {
+    if state.artifact_quotas.wait_counted(artifact_quota::COUNT_WAIT).await {
+        return Ok(());
+    }
+    Err(MlflowFailure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "TEMPORARILY_UNAVAILABLE",
+        "the server is still counting each project's artifacts for their quotas (it does once at start); retry in a \
+         minute",
+    ))
+}
+
+fn over_quota(e: artifact_quota::Exceeded) -> MlflowFailure {
+    MlflowFailure::new(StatusCode::INSUFFICIENT_STORAGE, "RESOURCE_EXHAUSTED", e.message())
+}
+
+/// What an upload took of its account's quota as its bytes arrived.
+#[derive(Default)]
+struct Meter {
+    /// Bytes of the file it replaces, not yet matched by new ones: they are counted already.
+    allowance: u64,
+    /// Bytes taken from the quota.
+    reserved: u64,
+    exceeded: Option<artifact_quota::Exceeded>,
+}
+
+impl Meter {
+    fn take(&mut self, quotas: &artifact_quota::ArtifactQuotas, account: &str, bytes: u64) -> Result<(), String> {
+        let free = self.allowance.min(bytes);
+        self.allowance -= free;
+        let needed = bytes - free;
+        if needed == 0 {
+            return Ok(());
+        }
+        match quotas.reserve(account, needed) {
+            Ok(()) => {
+                self.reserved += needed;
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.message();
+                self.exceeded = Some(e);
+                Err(message)
+            }
+        }
+    }
 }
 
 fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, MlflowFailure> {
@@ -132,7 +189,8 @@ async fn drain(body: RawBody) {
     .await;
 }
 
-/// `PUT /api/2.0/mlflow-artifacts/artifacts/<path>`: stores the raw body as the file at `path`.
+/// `PUT /api/2.0/mlflow-artifacts/artifacts/<path>`: stores the raw body as the file at `path`, within the size limit
+/// and the quota of the project it counts against.
 pub async fn upload(
     State(state): State<AppState>,
     auth: Auth,
@@ -149,31 +207,50 @@ pub async fn upload(
                 located.path.as_str()
             )));
         }
-        check_owner(&state, &who, &located.owner, true).await?;
+        let account = check_owner(&state, &who, &located.owner, true).await?;
         let declared =
             headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > state.artifacts.max_file_bytes) {
             return Err(failure(ArtifactError::TooLarge { limit_bytes: state.artifacts.max_file_bytes }));
         }
-        Ok(located.path)
+        counted(&state).await?;
+        // A file it replaces is counted already: only what the new one adds to it must fit.
+        let replaced = state.artifacts.size(&located.path).await.unwrap_or(0);
+        if let Some(n) = declared {
+            state.artifact_quotas.check(&account, n.saturating_sub(replaced)).map_err(over_quota)?;
+        }
+        Ok((located.path, account, replaced))
     }
     .await;
-    let path = match checked {
-        Ok(path) => path,
+    let (path, account, replaced) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
             drain(body).await;
             return e.into_response();
         }
     };
+    let quotas = state.artifact_quotas.clone();
+    let mut meter = Meter { allowance: replaced, ..Meter::default() };
     let mut stream = body.into_data_stream();
-    match state.artifacts.put(&path, stream.by_ref()).await {
+    let metered = stream.by_ref().map(|chunk| match chunk {
+        Ok(bytes) => meter.take(&quotas, &account, bytes.len() as u64).map(|()| bytes),
+        Err(e) => Err(e.to_string()),
+    });
+    let stored = state.artifacts.put(&path, metered).await;
+    match stored {
         Ok(bytes) => {
+            // What the replaced file held beyond the new one is free again.
+            quotas.release(&account, meter.allowance);
             tracing::debug!(path = path.as_str(), bytes, "stored an artifact");
             Json(json!({})).into_response()
         }
         Err(e) => {
+            quotas.release(&account, meter.reserved);
             drain(RawBody::from_stream(stream)).await;
-            failure(e).into_response()
+            match meter.exceeded {
+                Some(exceeded) => over_quota(exceeded).into_response(),
+                None => failure(e).into_response(),
+            }
         }
     }
 }
@@ -262,8 +339,10 @@ pub async fn delete(
 ) -> Answer<serde_json::Value> {
     let who = user(auth)?;
     let located = locate(&path_param(path)?)?;
-    check_owner(&state, &who, &located.owner, true).await?;
-    state.artifacts.delete(&located.path).await.map_err(failure)?;
+    let account = check_owner(&state, &who, &located.owner, true).await?;
+    counted(&state).await?;
+    let deleted = state.artifacts.delete(&located.path).await.map_err(failure)?;
+    state.artifact_quotas.release(&account, deleted.bytes);
     Ok(Json(json!({})))
 }
 

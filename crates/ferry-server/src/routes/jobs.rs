@@ -688,7 +688,7 @@ pub struct LogQuery {
 /// every byte it wrote has been sent.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/logs",
     params(("id" = u64, Path), ("offset" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("attempt" = Option<u32>, Query), ("rank" = Option<u32>, Query)),
-    responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The output bytes", content_type = "application/octet-stream"), (status = 404, body = ErrorBody), (status = 410, description = "The output was removed by the server's retention", body = ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -698,6 +698,16 @@ pub async fn logs(
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(rejection)?;
     let record = load(&state, &caller, id).await?;
+    if let Some(removed_at_us) = output_removed(&record) {
+        let words = ferry_api::jobs::output_removed_words(record.finished_at_us, removed_at_us);
+        return Err(ApiError::new(
+            ferry_api::ErrorCode::Gone,
+            format!(
+                "the output of job {id} was {words}; the server keeps a finished job's output for [retention] logs \
+                 of its configuration (an admin may keep it longer)"
+            ),
+        ));
+    }
     let attempt = query.attempt.unwrap_or(record.attempt);
     if attempt > record.attempt {
         return Err(ApiError::not_found(format!(
@@ -873,6 +883,11 @@ pub async fn metrics(
     }))
 }
 
+/// When the retention sweep removed the job's output, for a job that ran (one that never did had none to remove).
+fn output_removed(record: &JobRecord) -> Option<i64> {
+    record.output_removed_at_us.filter(|_| record.started_at_us.is_some())
+}
+
 pub fn parse_id(text: &str) -> Result<u64, ApiError> {
     text.parse::<u64>().map_err(|_| {
         ApiError::invalid(format!("`{text}` is not a job id; job ids are numbers, as `ferry ps` shows them"))
@@ -885,6 +900,7 @@ pub const HIDDEN_VALUE: &str = "(hidden)";
 /// Converts a stored job into its wire form, as `caller` may see it: environment values only for its owner, its
 /// team's admins and installation admins.
 async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: Option<Waiting>) -> Job {
+    let output_removed_at_us = output_removed(&r);
     let mut env = r.spec.env;
     if !caller.sees_env(&r.spec.owner, r.spec.team.as_deref()) {
         env.values_mut().for_each(|v| *v = HIDDEN_VALUE.to_string());
@@ -931,6 +947,7 @@ async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: O
         started_at_us: r.started_at_us,
         finished_at_us: r.finished_at_us,
         log_bytes,
+        output_removed_at_us,
         waiting,
         timeline: Vec::new(),
         usage,

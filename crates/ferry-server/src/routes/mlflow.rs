@@ -90,6 +90,8 @@ impl From<ApiError> for MlflowFailure {
             ErrorCode::NotFound => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
             ErrorCode::StorageFull => (StatusCode::INSUFFICIENT_STORAGE, "TEMPORARILY_UNAVAILABLE"),
+            ErrorCode::QuotaExceeded => (StatusCode::INSUFFICIENT_STORAGE, "RESOURCE_EXHAUSTED"),
+            ErrorCode::Gone => (StatusCode::GONE, "RESOURCE_DOES_NOT_EXIST"),
             _ => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
         };
         let message = if e.code == ErrorCode::Unauthenticated {
@@ -613,6 +615,7 @@ pub async fn create_run(State(state): State<AppState>, auth: Auth, raw: Body) ->
         lifecycle_stage: ACTIVE.to_string(),
         owner: Some(caller.name.clone()),
         team: crate::auth::tracking_team(caller, experiment.team.as_deref()),
+        project: None,
     };
     state.store.create_run(&run, &tag_pairs).await?;
     let data = state.store.run_data(&id).await?;
