@@ -76,6 +76,13 @@ pub struct AgentConfig {
     pub hide_from_jobs: Vec<PathBuf>,
     /// The unprivileged account jobs run as when the agent runs as root (`job_user`, default `ferry-job`).
     pub job_user: String,
+    /// Ferry users whose jobs run as a Unix account of their own on this node (`[job_users]`, Ferry user name to
+    /// account name), when the agent runs as root.
+    pub job_users: BTreeMap<String, String>,
+    /// Each Ferry user's jobs run as the node's account of the same name, when it has one that is not a system
+    /// account (`job_users_by_name`, off by default): for nodes whose accounts come from the directory Ferry's
+    /// single sign-on uses.
+    pub job_users_by_name: bool,
 }
 
 /// How the container engine is asked for GPUs.
@@ -165,6 +172,8 @@ struct FileConfig {
     container_network: Option<String>,
     hide_from_jobs: Option<Vec<PathBuf>>,
     job_user: Option<String>,
+    job_users: Option<BTreeMap<String, String>>,
+    job_users_by_name: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +213,8 @@ impl AgentConfig {
             server_ca_file: None,
             hide_from_jobs: Vec::new(),
             job_user: DEFAULT_JOB_USER.to_string(),
+            job_users: BTreeMap::new(),
+            job_users_by_name: false,
         }
     }
 
@@ -255,6 +266,22 @@ fn overlay(text: &str, mut config: AgentConfig) -> Result<AgentConfig, String> {
     }
     if let Some(user) = file.job_user {
         config.job_user = non_empty("job_user", user)?;
+    }
+    if let Some(users) = file.job_users {
+        for (ferry_user, account) in &users {
+            if ferry_user.trim().is_empty() || account.trim().is_empty() || account.contains(['/', '\0']) {
+                return Err(format!(
+                    "`job_users`: `{}` = `{}` does not map a Ferry user to an account name; write entries such as \
+                     ana = \"ana\"",
+                    ferry_user.escape_debug(),
+                    account.escape_debug()
+                ));
+            }
+        }
+        config.job_users = users;
+    }
+    if let Some(by_name) = file.job_users_by_name {
+        config.job_users_by_name = by_name;
     }
     if let Some(paths) = file.hide_from_jobs {
         if let Some(bad) = paths.iter().find(|p| !p.is_absolute()) {
@@ -481,6 +508,14 @@ mod tests {
             "`container_network`: `my net` is not a network; write \"host\", \"none\", \"private\" or the name of one \
              of the engine's networks",
         );
+        check_error(
+            "job_users = { ana = \"../x\" }",
+            "`job_users`: `ana` = `../x` does not map a Ferry user to an account name; write entries such as ana = \
+             \"ana\"",
+        );
+        let mapped = overlay("job_users = { ana = \"ana-unix\" }\njob_users_by_name = true", base()).unwrap();
+        assert_eq!(mapped.job_users.get("ana").map(String::as_str), Some("ana-unix"));
+        assert!(mapped.job_users_by_name);
         check_error("cpus = -2", "`cpus`: -2 is not a CPU count; write a positive number such as 16 or 7.5");
         check_error("pool = \"  \"", "`pool` is empty; give it a value or leave it out");
         check_error(

@@ -211,7 +211,18 @@ fn prepare(run_dir: &Path) -> Result<Prepared, String> {
         .read_spec()
         .map_err(|e| format!("cannot read the run's specification in {}: {e}", run_dir.display()))?;
     let image = spec.image.clone().ok_or("the run names no container image")?;
-    let settings = read_settings(run_dir)?;
+    let mut settings = read_settings(run_dir)?;
+    if settings.user.is_some() && nix::unistd::geteuid().is_root() {
+        // The job's owner's own account where the agent maps one (`[job_users]`), as for jobs without an image.
+        let data_dir = run_dir.parent().and_then(Path::parent).ok_or("the run directory has no agent directory")?;
+        let isolation: crate::isolate::Settings = std::fs::read(data_dir.join(crate::isolate::SETTINGS_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or("cannot read the agent's isolation settings; restart the agent, which writes them")?;
+        if let Some(account) = isolation.account_for(&spec.owner) {
+            settings.user = Some(Ids { uid: account.uid, gid: account.gid });
+        }
+    }
     let own = std::fs::canonicalize(run_dir).map_err(|e| format!("cannot resolve {}: {e}", run_dir.display()))?;
     let workdir = mount_source(&spec.workdir, &own, &settings)?;
     if let Some(ids) = settings.user.filter(|_| workdir.starts_with(&own) && nix::unistd::geteuid().is_root()) {
@@ -710,6 +721,7 @@ mod tests {
             code: None,
             env: BTreeMap::from([("X".into(), "a b\nc".into())]),
             secrets: Default::default(),
+            owner: String::new(),
             cpu_millis: 1500,
             memory_bytes: 32 << 20,
             gpu_ids: vec![1, 3],

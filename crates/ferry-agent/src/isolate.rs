@@ -12,6 +12,7 @@
 //! kernel to allow unprivileged user namespaces (Debian, Ubuntu and Fedora do by default). Where that is refused the
 //! run does not start, and says why: running it with the data in view would hand it every other job's secrets.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -44,7 +45,19 @@ pub(crate) struct Settings {
     /// The unprivileged account jobs run as when the agent runs as root.
     #[serde(default)]
     pub job_user: Option<JobUser>,
+    /// Ferry users whose jobs run as an account of their own (`[job_users]`), looked up when the agent started.
+    #[serde(default)]
+    pub users: BTreeMap<String, JobUser>,
+    /// Whether a Ferry user's jobs run as the node's ordinary account of the same name (`job_users_by_name`).
+    #[serde(default)]
+    pub users_by_name: bool,
 }
+
+/// The lowest user id an account of the same name as a Ferry user may have to run that user's jobs: below it are
+/// the system's own accounts (a Ferry user named `postgres` or `daemon` must not run as that account).
+const ORDINARY_UID_MIN: u32 = 1000;
+/// `nobody`, shared by whatever runs unprivileged: never a Ferry user's own account.
+const NOBODY_UID: u32 = 65534;
 
 /// An unprivileged account jobs run as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +87,22 @@ impl JobUser {
 }
 
 impl Settings {
+    /// The account a job of Ferry user `owner` runs as under a root agent: the one `[job_users]` maps it to, else
+    /// (with `job_users_by_name`) the node's ordinary account of the same name, else `job_user`.
+    pub fn account_for(&self, owner: &str) -> Option<JobUser> {
+        if let Some(user) = self.users.get(owner) {
+            return Some(user.clone());
+        }
+        if self.users_by_name && !owner.is_empty() {
+            let found = nix::unistd::User::from_name(owner).ok().flatten();
+            let ordinary = found.filter(|u| u.uid.as_raw() >= ORDINARY_UID_MIN && u.uid.as_raw() != NOBODY_UID);
+            if let Some(user) = ordinary {
+                return Some(JobUser { name: user.name, uid: user.uid.as_raw(), gid: user.gid.as_raw() });
+            }
+        }
+        self.job_user.clone()
+    }
+
     /// The agent's data directory and the configured paths, resolved (a symlink would otherwise name another
     /// place than the one mounted over), without duplicates.
     pub fn of(data_dir: &Path, also: &[PathBuf], expose: &[PathBuf], job_user: Option<JobUser>) -> Settings {
@@ -85,7 +114,7 @@ impl Settings {
             }
         }
         let expose = expose.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
-        Settings { hide, expose, job_user }
+        Settings { hide, expose, job_user, users: BTreeMap::new(), users_by_name: false }
     }
 
     pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
@@ -295,7 +324,7 @@ fn prepare(run_dir: &Path) -> Result<Prepared, String> {
     let root = nix::unistd::geteuid().is_root();
     let user =
         if root {
-            Some(settings.job_user.clone().ok_or(
+            Some(settings.account_for(&spec.owner).ok_or(
                 "the agent runs as root but names no unprivileged account for jobs; restart it (it writes one)",
             )?)
         } else {

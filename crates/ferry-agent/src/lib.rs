@@ -120,7 +120,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
     // What `ferry __isolate` hides from each job (this directory and the configured paths), what stays in view
     // (the server's authority, for the job's MLflow client) and whom jobs run as.
     let expose: Vec<std::path::PathBuf> = config.server_ca_file.iter().cloned().collect();
-    let isolation = isolate::Settings::of(&config.data_dir, &config.hide_from_jobs, &expose, job_user);
+    let mut isolation = isolate::Settings::of(&config.data_dir, &config.hide_from_jobs, &expose, job_user);
+    if nix::unistd::geteuid().is_root() {
+        for (ferry_user, account) in &config.job_users {
+            let user = isolate::JobUser::look_up(account)
+                .map_err(|e| AgentError::JobUser(format!("`job_users`: {ferry_user} = \"{account}\": {e}")))?;
+            isolation.users.insert(ferry_user.clone(), user);
+        }
+        isolation.users_by_name = config.job_users_by_name;
+    }
     isolation.write(&config.data_dir).map_err(|source| AgentError::Io {
         what: format!("cannot write {}", config.data_dir.join(isolate::SETTINGS_FILE).display()),
         source,

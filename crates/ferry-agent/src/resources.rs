@@ -373,6 +373,7 @@ mod tests {
                 code: None,
                 env: Default::default(),
                 secrets: Default::default(),
+                owner: String::new(),
                 cpu_millis: 0,
                 memory_bytes: 0,
                 gpu_ids,

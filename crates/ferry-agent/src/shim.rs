@@ -611,6 +611,7 @@ mod tests {
             code: None,
             env: BTreeMap::from([("CUDA_VISIBLE_DEVICES".into(), "9".into()), ("X".into(), "y".into())]),
             secrets: SecretEnv(BTreeMap::from([("HF_TOKEN".into(), "hf_x".into())])),
+            owner: String::new(),
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             gpu_ids: vec![0, 3],

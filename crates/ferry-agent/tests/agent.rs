@@ -238,6 +238,7 @@ fn assignment(job_id: u64, workdir: &Path, command: &[&str]) -> Assignment {
         code: None,
         env: BTreeMap::new(),
         secrets: Default::default(),
+        owner: String::new(),
         cpu_millis: 500,
         memory_bytes: 256 << 20,
         gpu_ids: vec![],

@@ -49,6 +49,7 @@ impl Run {
             code: None,
             env: BTreeMap::new(),
             secrets: Default::default(),
+            owner: String::new(),
             cpu_millis: 1500,
             memory_bytes: 256 << 20,
             gpu_ids: Vec::new(),

@@ -104,6 +104,10 @@ pub struct Assignment {
     /// and nothing shows them.
     #[serde(default, skip_serializing_if = "SecretEnv::is_empty")]
     pub secrets: SecretEnv,
+    /// The Ferry user the job belongs to: a root agent runs it as the Unix account it maps that user to (its
+    /// `[job_users]`), else as its unprivileged `job_user`.
+    #[serde(default)]
+    pub owner: String,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub gpu_ids: Vec<u32>,

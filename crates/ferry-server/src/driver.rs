@@ -1380,6 +1380,7 @@ fn assignment(record: &JobRecord, gpus: &[u32]) -> Assignment {
         code: record.spec.code.as_ref().map(|c| c.sha256.clone()),
         env: record.spec.env.clone(),
         secrets: SecretEnv::default(),
+        owner: record.spec.owner.clone(),
         cpu_millis: record.spec.resources.cpu_millis,
         memory_bytes: record.spec.resources.memory_bytes,
         gpu_ids: gpus.to_vec(),

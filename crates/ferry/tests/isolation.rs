@@ -135,3 +135,42 @@ fn a_job_under_a_root_ferry_up_sees_no_data_secrets_or_other_jobs() {
 fn a_job_under_an_ordinary_users_ferry_up_sees_no_data_secrets_or_other_jobs() {
     probe(Some(NOBODY));
 }
+
+/// Makes an ordinary account (uid 1000 or above) for a test, once.
+fn ensure_account(name: &str) {
+    if nix::unistd::User::from_name(name).ok().flatten().is_some() {
+        return;
+    }
+    let out =
+        Command::new("useradd").args(["--no-create-home", "--shell", "/usr/sbin/nologin", name]).output().unwrap();
+    assert!(out.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_root_agent_runs_each_users_jobs_as_the_account_the_admin_maps_them_to() {
+    use common::{stderr, Ferry, NodeSpec};
+    assert!(nix::unistd::geteuid().is_root(), "this test makes accounts and a root agent: it needs root");
+    ensure_account("ferry-test-ana");
+    ensure_account("ferry-test-bo");
+    let config = "job_users = { ana = \"ferry-test-ana\" }\njob_users_by_name = true";
+    let f = Ferry::start_with_agent_config(NodeSpec::default(), config, "30s");
+    for args in [
+        &["team", "add", "ml"][..],
+        &["user", "add", "ana", "--team", "ml"],
+        &["user", "add", "ferry-test-bo", "--team", "ml"],
+        &["user", "add", "daemon", "--team", "ml"],
+    ] {
+        f.ok(args);
+    }
+    let whoami = |token: Option<&str>| {
+        let out = f.cli_as(token, &["run", "--workdir", "/tmp", "--follow", "--", "id", "-un"], "");
+        assert!(out.status.success(), "{}\n{}", stderr(&out), f.logs_for_failure());
+        String::from_utf8(out.stdout).unwrap().lines().last().unwrap_or_default().to_string()
+    };
+    // Mapped explicitly; by the same name (an ordinary account); a system account's name is not enough; the
+    // admin's jobs (not mapped) run as job_user.
+    assert_eq!(whoami(Some(&f.token_for("ana", "submit"))), "ferry-test-ana");
+    assert_eq!(whoami(Some(&f.token_for("ferry-test-bo", "submit"))), "ferry-test-bo");
+    assert_eq!(whoami(Some(&f.token_for("daemon", "submit"))), "ferry-job");
+    assert_eq!(whoami(None), "ferry-job");
+}

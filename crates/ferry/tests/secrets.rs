@@ -3,27 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
-use common::{ferry_bin, stderr, Ferry, NodeSpec};
-
-/// The CLI as the holder of `token`, with `input` on its standard input.
-fn as_user(f: &Ferry, token: Option<&str>, args: &[&str], input: &str) -> Output {
-    let mut command = Command::new(ferry_bin());
-    command.args(args).current_dir(f.workdir()).env("FERRY_HOME", f.home()).env("FERRY_SERVER", f.url());
-    match token {
-        Some(token) => command.env("FERRY_TOKEN", token),
-        None => command.env_remove("FERRY_TOKEN"),
-    };
-    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn token_for(f: &Ferry, user: &str, scope: &str) -> String {
-    f.ok(&["token", "create", "--for", user, "--scope", scope, "--name", "secrets-test"]).trim().to_string()
-}
+use common::{stderr, Ferry, NodeSpec};
 
 fn logs(f: &Ferry, id: u64) -> String {
     f.ok(&["logs", &id.to_string()])
@@ -33,7 +13,7 @@ fn logs(f: &Ferry, id: u64) -> String {
 fn a_secret_reaches_its_job_and_nothing_else_shows_it() {
     let f = Ferry::start(NodeSpec::default());
     let value = "hf_Zq9-s3cr3t value with 'quotes' $(and) spaces";
-    let out = as_user(&f, None, &["secret", "set", "HF_TOKEN"], &format!("{value}\n"));
+    let out = f.cli_as(None, &["secret", "set", "HF_TOKEN"], &format!("{value}\n"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("secret HF_TOKEN stored for user admin"), "{}", stderr(&out));
 
@@ -61,7 +41,7 @@ fn a_secret_reaches_its_job_and_nothing_else_shows_it() {
     assert_eq!(mode & 0o777, 0o600, "the key is the server's alone");
 
     // Replaced, the next job gets the new value; removed, a job naming it is refused at submission.
-    let out = as_user(&f, None, &["secret", "set", "HF_TOKEN"], "second-value");
+    let out = f.cli_as(None, &["secret", "set", "HF_TOKEN"], "second-value");
     assert!(stderr(&out).contains("secret HF_TOKEN replaced"), "{}", stderr(&out));
     let id = f.submit(&["--secret", "HF_TOKEN", "--", "sh", "-c", "echo got:$HF_TOKEN"]);
     f.wait_state(id, "succeeded");
@@ -77,7 +57,7 @@ fn a_secret_reaches_its_job_and_nothing_else_shows_it() {
 #[test]
 fn a_secret_removed_while_its_job_waits_fails_the_job_with_the_reason() {
     let f = Ferry::start(NodeSpec::default());
-    let out = as_user(&f, None, &["secret", "set", "DB_PASSWORD"], "pw-1234");
+    let out = f.cli_as(None, &["secret", "set", "DB_PASSWORD"], "pw-1234");
     assert!(out.status.success(), "{}", stderr(&out));
     let blocker = f.submit(&["--cpus", "4", "--", "sleep", "600"]);
     f.wait_state(blocker, "running");
@@ -104,23 +84,22 @@ fn secrets_belong_to_their_user_and_project_and_bad_ones_are_refused() {
     ] {
         f.ok(args);
     }
-    let lead = token_for(&f, "lead", "admin");
-    let ana = token_for(&f, "ana", "submit");
-    let ned = token_for(&f, "ned", "admin");
+    let lead = f.token_for("lead", "admin");
+    let ana = f.token_for("ana", "submit");
+    let ned = f.token_for("ned", "admin");
 
     // A team admin sets the project's secret; a member may not, nor may another team's admin.
-    let out = as_user(&f, Some(&lead), &["secret", "set", "WANDB_API_KEY", "--project", "det"], "wandb-key-1");
+    let out = f.cli_as(Some(&lead), &["secret", "set", "WANDB_API_KEY", "--project", "det"], "wandb-key-1");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("for project vision/det"), "{}", stderr(&out));
-    let out = as_user(&f, Some(&ana), &["secret", "set", "WANDB_API_KEY", "--project", "vision/det"], "mine");
+    let out = f.cli_as(Some(&ana), &["secret", "set", "WANDB_API_KEY", "--project", "vision/det"], "mine");
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
-    let out = as_user(&f, Some(&ned), &["secret", "set", "X", "--project", "vision/det"], "theirs");
+    let out = f.cli_as(Some(&ned), &["secret", "set", "X", "--project", "vision/det"], "theirs");
     assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
 
     // Ana's job in the project reads it; her own secret of the same name would win.
     let id_text = String::from_utf8(
-        as_user(
-            &f,
+        f.cli_as(
             Some(&ana),
             &[
                 "run",
@@ -145,15 +124,15 @@ fn secrets_belong_to_their_user_and_project_and_bad_ones_are_refused() {
     assert!(logs(&f, id).contains("got:wandb-key-1"));
 
     // Ana's own secret is hers: ned cannot use it, list it or remove it.
-    let out = as_user(&f, Some(&ana), &["secret", "set", "ANA_ONLY"], "ana-private-value");
+    let out = f.cli_as(Some(&ana), &["secret", "set", "ANA_ONLY"], "ana-private-value");
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = as_user(&f, Some(&ned), &["run", "--workdir", "/tmp", "--secret", "ANA_ONLY", "--", "true"], "");
+    let out = f.cli_as(Some(&ned), &["run", "--workdir", "/tmp", "--secret", "ANA_ONLY", "--", "true"], "");
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
-    let listed = String::from_utf8(as_user(&f, Some(&ned), &["secret", "list", "--json"], "").stdout).unwrap();
+    let listed = String::from_utf8(f.cli_as(Some(&ned), &["secret", "list", "--json"], "").stdout).unwrap();
     assert!(!listed.contains("ANA_ONLY") && !listed.contains("WANDB_API_KEY"), "{listed}");
-    let out = as_user(&f, Some(&ned), &["secret", "rm", "ANA_ONLY"], "");
+    let out = f.cli_as(Some(&ned), &["secret", "rm", "ANA_ONLY"], "");
     assert_eq!(out.status.code(), Some(66), "ned removes only his own: {}", stderr(&out));
-    let listed = String::from_utf8(as_user(&f, Some(&ana), &["secret", "list", "--json"], "").stdout).unwrap();
+    let listed = String::from_utf8(f.cli_as(Some(&ana), &["secret", "list", "--json"], "").stdout).unwrap();
     assert!(listed.contains("ANA_ONLY") && listed.contains("WANDB_API_KEY") && !listed.contains("value"), "{listed}");
 
     // Bad names and values, with what to do.
@@ -165,12 +144,12 @@ fn secrets_belong_to_their_user_and_project_and_bad_ones_are_refused() {
         (&["run", "--secret", "ANA_ONLY", "--env", "ANA_ONLY=x", "--", "true"], "", "both by --env and from a secret"),
         (&["run", "--secret", "A=B=C", "--", "true"], "", "not a valid secret name"),
     ] {
-        let out = as_user(&f, Some(&ana), args, input);
+        let out = f.cli_as(Some(&ana), args, input);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
     }
     let big = "x".repeat(64 * 1024 + 1);
-    let out = as_user(&f, Some(&ana), &["secret", "set", "BIG"], &big);
+    let out = f.cli_as(Some(&ana), &["secret", "set", "BIG"], &big);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     // Straight to the API: a NUL byte, a control character in the name.
     let client = reqwest::blocking::Client::new();

@@ -143,6 +143,7 @@ mod tests {
             code: None,
             env: Default::default(),
             secrets: Default::default(),
+            owner: String::new(),
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
             gpu_ids: vec![],

@@ -295,6 +295,26 @@ impl Ferry {
             .unwrap()
     }
 
+    /// Runs the CLI in the test's work directory as the holder of `token` (the admin's when `None`), with `input` on
+    /// its standard input, and exactly these arguments.
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut command = Command::new(ferry_bin());
+        command.args(args).current_dir(self.workdir()).env("FERRY_HOME", self.home()).env("FERRY_SERVER", self.url());
+        match token {
+            Some(token) => command.env("FERRY_TOKEN", token),
+            None => command.env_remove("FERRY_TOKEN"),
+        };
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// A personal token of `user` with `scope`, made with the admin's.
+    pub fn token_for(&self, user: &str, scope: &str) -> String {
+        self.ok(&["token", "create", "--for", user, "--scope", scope, "--name", "test"]).trim().to_string()
+    }
+
     /// Runs the CLI and returns its stdout, failing the test with both streams if it did not succeed.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
