@@ -69,6 +69,26 @@ pub struct SecretSet {
     pub created: bool,
 }
 
+/// A run's request for its secrets, on an engine that has no secret store of its own (Ray): the one-time ticket
+/// the engine's entrypoint carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSecrets {
+    pub ticket: String,
+}
+
+/// The run's secret values by environment variable name, answered once per run.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FetchedSecrets {
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for FetchedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.env.keys().map(|k| (k, "(hidden)"))).finish()
+    }
+}
+
 /// Whether `name` may name a secret, and the environment variable a job reads it from: letters, digits and `_`, not
 /// starting with a digit, at most 128 characters. `None` when it may; else what is wrong.
 pub fn check_name(name: &str) -> Option<String> {

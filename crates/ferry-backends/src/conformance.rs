@@ -77,6 +77,7 @@ impl Fixture {
             command,
             env: BTreeMap::from([("FERRY_PROBE".to_string(), "plain".to_string())]),
             secrets: Default::default(),
+            secrets_fetch: None,
             workdir: self.dir.to_string_lossy().into_owned(),
             cpu_millis: 1000,
             memory_bytes: 128 << 20,

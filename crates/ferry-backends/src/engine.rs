@@ -41,6 +41,9 @@ pub struct EngineJob {
     /// Secret values (the job's `--secret`s, its tracking token) by variable name: set in the run's environment like
     /// `env`, but through the engine's own secret mechanism where it has one, and never in a native form Ferry shows.
     pub secrets: SecretEnv,
+    /// Where the run fetches `secrets` itself when it starts, for an engine that cannot hand them over unseen (Ray,
+    /// whose dashboard shows every job's entrypoint and environment); `None` when the run has none.
+    pub secrets_fetch: Option<SecretsFetch>,
     /// Where the run starts; a directory the engine's nodes can reach. Empty: the engine's default.
     pub workdir: String,
     pub cpu_millis: u64,
@@ -55,6 +58,16 @@ pub struct EngineJob {
     /// an answer that never came. Only then must `submit` look for a run of the same name first, which on some
     /// engines costs a listing of every job; a fresh run is submitted straight away.
     pub maybe_submitted: bool,
+}
+
+/// A run's one-time request for its secrets: the server's URL for it and the ticket that opens it once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretsFetch {
+    pub url: String,
+    pub ticket: String,
+    /// Whether the run cannot go without them: it has secrets of its own (`--secret`), not only its tracking token,
+    /// without which it runs untracked when the server cannot be reached.
+    pub required: bool,
 }
 
 /// What the engine made of a submission: its id, and the native form Ferry generated (the batch script, the

@@ -255,11 +255,11 @@ impl RayEngine {
         if let Some(name) = job.env.keys().find(|k| !valid_env_name(k)) {
             return Err(rejected(format!("{name:?} is not a valid environment variable name")));
         }
-        if let Some(name) = job.secrets.0.keys().find(|k| *k != TRACKING_TOKEN_VAR) {
+        if let (Some(name), None) = (job.secrets.0.keys().next(), &job.secrets_fetch) {
             return Err(EngineError::Unsupported(format!(
                 "the ray engine cannot hand the secret ${name} to a job without showing it on Ray's dashboard (Ray \
-                 has no secret store, and a job's entrypoint and runtime environment are public there); run the job \
-                 on another pool"
+                 has no secret store, and a job's entrypoint and runtime environment are public there), and this \
+                 run has no way to fetch it; run the job on another pool"
             )));
         }
         // Resubmission after a restart: the run exists already. (A fresh run skips the lookup; Ray's "already
@@ -326,19 +326,65 @@ fn entrypoint(job: &EngineJob) -> String {
     if !job.workdir.is_empty() {
         steps.push(format!("cd -- {}", shell_quote(&job.workdir)));
     }
-    // The tracking token is the one secret a Ray job gets, in the entrypoint like the rest (see `submit`): Ferry's own
-    // view of the submission shows it redacted, Ray's dashboard does not.
-    let token = job.secrets.0.get_key_value(TRACKING_TOKEN_VAR);
-    if !job.env.is_empty() || token.is_some() {
-        let vars: Vec<String> = job.env.iter().chain(token).map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
+    if !job.env.is_empty() {
+        let vars: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
         steps.push(format!("export {}", vars.join(" ")));
     }
-    steps.push(format!("exec {}", shell_join(&job.command)));
+    match (&job.secrets_fetch, job.secrets.is_empty()) {
+        // The secrets never enter the entrypoint: the run fetches them when it starts, once, with a ticket that is
+        // useless to whoever reads it on the dashboard afterwards; then the program takes the fetcher's place.
+        (Some(fetch), false) => {
+            let need = if fetch.required { "required" } else { "optional" };
+            let mut words =
+                vec![FETCH_SECRETS.to_string(), fetch.url.clone(), fetch.ticket.clone(), need.into(), "--".into()];
+            words.extend(job.command.iter().cloned());
+            steps.push(format!("exec \"$(command -v python3 || command -v python)\" -c {}", shell_join(&words)));
+        }
+        _ => steps.push(format!("exec {}", shell_join(&job.command))),
+    }
     steps.join(" && ")
 }
 
-/// MLflow's variable for the job's tracking token.
-const TRACKING_TOKEN_VAR: &str = "MLFLOW_TRACKING_TOKEN";
+/// The fetcher a Ray run with secrets starts as (`python -c`, arguments: URL, ticket, `required` or `optional`, `--`,
+/// the command): asks the Ferry server for the run's secrets (retrying while the server has not yet seen the run
+/// running), sets them in its environment and execs the command. A run whose only secret is its tracking token
+/// (`optional`) goes on untracked, saying so, when the server cannot be reached. Python is on every Ray node. The
+/// server's private certificate authority, when the job names one for its MLflow client, is trusted too.
+const FETCH_SECRETS: &str = r#"import json, os, ssl, sys, time, urllib.error, urllib.request
+url, ticket, required, command = sys.argv[1], sys.argv[2], sys.argv[3] == "required", sys.argv[5:]
+ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+context = ssl.create_default_context(cafile=ca) if ca else None
+deadline = time.time() + (300 if required else 30)
+env = {}
+while True:
+    request = urllib.request.Request(url, data=json.dumps({"ticket": ticket}).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+            env = json.load(answer)["env"]
+        break
+    except urllib.error.HTTPError as e:
+        why = e.read().decode(errors="replace")
+        if e.code == 409 and time.time() < deadline:
+            time.sleep(0.5)
+            continue
+        problem = "HTTP %d %s" % (e.code, why)
+    except OSError as e:
+        if time.time() < deadline:
+            time.sleep(1)
+            continue
+        problem = "%s: %s" % (url, e)
+    if required:
+        sys.exit("ferry: cannot fetch the job's secrets: " + problem)
+    sys.stderr.write("ferry: running without MLflow tracking (cannot fetch its token: %s)\n" % problem)
+    break
+os.environ.update(env)
+try:
+    os.execvp(command[0], command)
+except OSError as e:
+    sys.stderr.write("ferry: cannot start %s: %s\n" % (command[0], e.strerror))
+    sys.exit(127)
+"#;
 
 fn spec(body: &Value) -> String {
     serde_json::to_string_pretty(body).unwrap_or_else(|_| body.to_string())
@@ -616,6 +662,7 @@ mod tests {
             command: vec!["python3".into(), "it's $(x)".into()],
             env: BTreeMap::from([("A".to_string(), "$B `c`".to_string())]),
             secrets: Default::default(),
+            secrets_fetch: None,
             workdir: "/tmp/a b".into(),
             cpu_millis: 1500,
             memory_bytes: 1 << 20,

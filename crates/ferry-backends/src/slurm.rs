@@ -1219,6 +1219,7 @@ mod tests {
             command: vec!["python3".into(), "it's $(x)".into()],
             env: BTreeMap::from([("A".into(), "x\ny".into())]),
             secrets: Default::default(),
+            secrets_fetch: None,
             workdir: "/tmp/a b".into(),
             cpu_millis: 1500,
             memory_bytes: 100 * MIB + 1,

@@ -500,6 +500,7 @@ fn job(name: &str) -> EngineJob {
         command: vec!["python3".into(), "train.py".into()],
         env: BTreeMap::from([("FERRY_PROBE".to_string(), "plain".to_string())]),
         secrets: Default::default(),
+        secrets_fetch: None,
         workdir: "/workspace".into(),
         cpu_millis: 1500,
         memory_bytes: 2 << 30,

@@ -144,6 +144,7 @@ async fn ray_native_form_holds_the_entrypoint_and_the_environment() {
         command: vec!["sh".into(), "-c".into(), "echo \"$SPEC_VAR\"".into()],
         env: BTreeMap::from([("SPEC_VAR".to_string(), "it's $(here) ${HOME}".to_string())]),
         secrets: Default::default(),
+        secrets_fetch: None,
         workdir: dir.path().to_string_lossy().into_owned(),
         cpu_millis: 500,
         memory_bytes: 64 << 20,

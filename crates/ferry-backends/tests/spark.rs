@@ -200,6 +200,7 @@ fn job(command: &[&str]) -> EngineJob {
         command: command.iter().map(|s| s.to_string()).collect(),
         env: BTreeMap::from([("A".to_string(), "x y".to_string())]),
         secrets: Default::default(),
+        secrets_fetch: None,
         workdir: "/tmp".into(),
         cpu_millis: 2500,
         memory_bytes: 3 << 30,

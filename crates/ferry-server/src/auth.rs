@@ -474,6 +474,25 @@ fn job_of_token(key: &[u8], token: &str) -> Option<u64> {
     expected.verify_slice(&mac).ok().map(|_| job)
 }
 
+/// The one-time ticket with which run `attempt` of job `job` on an engine without a secret store (Ray) fetches its
+/// secrets when it starts (`routes/secrets.rs`, `fetch`): an HMAC of the run, so nothing is stored but the fact
+/// that it was used.
+pub fn fetch_ticket(key: &[u8], job: u64, attempt: u32) -> String {
+    use hmac::Mac;
+    let mut mac = job_mac(key);
+    mac.update(format!("ferry secrets fetch {job} {attempt}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Whether `ticket` is run `attempt` of job `job`'s, compared in constant time.
+pub fn fetch_ticket_valid(key: &[u8], job: u64, attempt: u32, ticket: &str) -> bool {
+    use hmac::Mac;
+    let Ok(mac) = hex::decode(ticket) else { return false };
+    let mut expected = job_mac(key);
+    expected.update(format!("ferry secrets fetch {job} {attempt}").as_bytes());
+    expected.verify_slice(&mac).is_ok()
+}
+
 /// The cookie the web dashboard signs in with: a session id (never an API token), HTTP-only and `SameSite=Strict`, so
 /// page scripts cannot read it and other sites cannot send it.
 pub const SESSION_COOKIE: &str = "ferry_session";

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ferry_api::agent::{Assignment, RegisterNode, Reports, RunEnd, RunRef, RunReport, RunStatus};
 use ferry_api::jobs::JobState;
 use ferry_api::nodes::EngineHealth;
-use ferry_backends::engine::{native_name, Engine, EngineError, EngineJob, EngineNode, NativeState};
+use ferry_backends::engine::{native_name, Engine, EngineError, EngineJob, EngineNode, NativeState, SecretsFetch};
 use ferry_backends::{BackendError, BackendFuture, Capabilities, ComputeBackend};
 use ferry_core::IMAGES_LABEL;
 use ferry_store::Store;
@@ -137,6 +137,8 @@ pub struct BridgeContext {
     pub default_code_root: PathBuf,
     /// The server's address as jobs on engines reach it, for `MLFLOW_TRACKING_URI`.
     pub tracking_uri: String,
+    /// The key that signs jobs' tracking tokens and the tickets with which runs fetch their secrets.
+    pub job_key: Arc<Vec<u8>>,
 }
 
 /// Builds the backend of an engine pool and the bridge that serves it; the bridge must be started with
@@ -572,6 +574,11 @@ impl Bridge {
                 env
             },
             secrets: a.secrets.clone(),
+            secrets_fetch: (!a.secrets.is_empty()).then(|| SecretsFetch {
+                url: format!("{}/api/v1/runs/{}/{}/secrets", self.context.tracking_uri, run.job_id, run.attempt),
+                ticket: crate::auth::fetch_ticket(&self.context.job_key, run.job_id, run.attempt),
+                required: a.secrets.0.keys().any(|k| k != crate::jobruns::TOKEN_VAR),
+            }),
             workdir,
             cpu_millis: a.cpu_millis,
             memory_bytes: a.memory_bytes,

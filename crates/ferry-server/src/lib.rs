@@ -149,6 +149,7 @@ pub async fn serve(
         tag: installation_tag(&config.data_dir),
         default_code_root: config.data_dir.join("engines"),
         tracking_uri: tracking_uri.clone(),
+        job_key: job_key.clone(),
     };
     let mut engine_backends: HashMap<String, Arc<dyn ferry_backends::ComputeBackend>> = HashMap::new();
     let mut bridges = Vec::new();

@@ -63,6 +63,7 @@ impl Tx {
         for statement in [
             "DELETE FROM job_events WHERE job_id IN",
             "DELETE FROM submission_keys WHERE job_id IN",
+            "DELETE FROM secret_fetches WHERE job_id IN",
             "DELETE FROM jobs WHERE id IN",
         ] {
             let sql = format!("{statement} ({})", placeholders(ids.len()));

@@ -175,6 +175,22 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records that run `attempt` of `job` fetched its secrets; false when it already had.
+    pub async fn claim_secret_fetch(&self, job: u64, attempt: u32, now_us: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO secret_fetches (job_id, attempt, fetched_at_us) VALUES (?, ?, ?) \
+             ON CONFLICT (job_id, attempt) DO NOTHING",
+        )
+        .bind(job as i64)
+        .bind(attempt as i64)
+        .bind(now_us)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
 impl Tx {
     /// A sealed value, read inside the transaction that starts the job needing it.
     pub async fn sealed_secret(&mut self, owner: &SecretOwner, name: &str) -> Result<Option<Sealed>, StoreError> {
@@ -215,5 +231,9 @@ mod tests {
         assert_eq!(store.sealed_secret(&ana, "HF_TOKEN").await.unwrap(), None);
         let mut tx = store.begin().await.unwrap();
         assert!(tx.sealed_secret(&project, "HF_TOKEN").await.unwrap().is_some());
+        drop(tx);
+        assert!(store.claim_secret_fetch(7, 0, 1).await.unwrap());
+        assert!(!store.claim_secret_fetch(7, 0, 2).await.unwrap(), "a ticket is used once");
+        assert!(store.claim_secret_fetch(7, 1, 3).await.unwrap(), "the next attempt has its own");
     }
 }

@@ -87,6 +87,14 @@ const ROWS: &[Row] = &[
     row("POST", "/login", "/login", None, "UUUUUUUUUUUUUU"),
     row("POST", "/logout", "/logout", None, "FFFFFFFFFFFFFF"),
     row("GET", "/ui/{name}", "/ui/app.js", None, EVERYONE),
+    // A wrong ticket: 404 to everyone (crates/ferry/tests/engines.rs fetches with a right one).
+    row(
+        "POST",
+        "/api/v1/runs/{job}/{attempt}/secrets",
+        "/api/v1/runs/<job>/0/secrets",
+        Some(r#"{"ticket": "ab"}"#),
+        EVERYONE,
+    ),
     // Single sign-on is not configured here: these answer 404 to everyone (crates/ferry/tests/sso.rs covers them).
     row("GET", "/auth/login", "/auth/login", None, EVERYONE),
     row("GET", "/auth/callback", "/auth/callback?code=c&state=s", None, EVERYONE),

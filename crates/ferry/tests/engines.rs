@@ -311,24 +311,45 @@ fn one_job_spec_runs_unchanged_on_an_agent_slurm_ray_and_spark() {
     std::fs::write(
         ferry.workdir().join("probe.py"),
         "import json, os, sys\nprint('PROBE ' + json.dumps({'args': sys.argv[1:], 'env': os.environ.get('PROBE_ENV'), \
-         'cwd': os.getcwd()}), flush=True)\n",
+         'secret': os.environ.get('PROBE_SECRET'), 'cwd': os.getcwd()}), flush=True)\n",
     )
     .unwrap();
     let nasty = "it's $(not run) `either` \"q\" ; |";
+    // A secret reaches the job on every engine, and none of them shows it: Ray's dashboard least of all.
+    let secret = "s3cr3t-probe 'q' $(x)";
+    let out = ferry.cli_as(None, &["secret", "set", "PROBE_SECRET"], secret);
+    assert!(out.status.success(), "{}", stderr(&out));
     let ids: Vec<(&str, u64)> = ["local", "hpc", "ray", "spark"]
         .into_iter()
         .map(|pool| {
             let env = format!("PROBE_ENV={nasty}");
-            (pool, ferry.submit(&["--pool", pool, "--env", &env, "--", "python3", "probe.py", "a b", nasty]))
+            let args = ["--pool", pool, "--env", &env, "--secret", "PROBE_SECRET", "--", "python3", "probe.py", "a b"];
+            let mut args = args.to_vec();
+            args.push(nasty);
+            (pool, ferry.submit(&args))
         })
         .collect();
     let cwd = ferry.workdir().canonicalize().unwrap().display().to_string();
-    let expected = serde_json::json!({"args": ["a b", nasty], "env": nasty, "cwd": cwd});
+    let expected = serde_json::json!({"args": ["a b", nasty], "env": nasty, "secret": secret, "cwd": cwd});
     for (pool, id) in ids {
         let job = ferry.wait_state(id, "succeeded");
         assert_eq!(probe_line(&logs(&ferry, id)), expected, "pool {pool}: {job}");
         if pool != "local" {
             assert_eq!(job["native"]["kind"], pool.replace("hpc", "slurm"), "{job}");
+            let native = job["native"].to_string();
+            assert!(!native.contains("s3cr3t") && !native.contains("ferry_job_"), "pool {pool}: {native}");
         }
     }
+    let ray_jobs = reqwest::blocking::get(format!("{ray_url}/api/jobs/")).unwrap().text().unwrap();
+    assert!(ray_jobs.contains("probe.py"), "{ray_jobs}");
+    assert!(!ray_jobs.contains("s3cr3t") && !ray_jobs.contains("ferry_job_"), "Ray shows a secret: {ray_jobs}");
+    // What Ray shows is a ticket the run used when it started: whoever reads it there gets nothing with it.
+    let listed: serde_json::Value = serde_json::from_str(&ray_jobs).unwrap();
+    let entrypoint = listed.as_array().unwrap().iter().find_map(|j| j["entrypoint"].as_str()).unwrap().to_string();
+    let words: Vec<&str> = entrypoint.split(|c: char| c.is_whitespace() || c == '\'').collect();
+    let url = words.iter().find(|w| w.ends_with("/secrets")).unwrap_or_else(|| panic!("{entrypoint}"));
+    let ticket = words.iter().find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap();
+    let client = reqwest::blocking::Client::new();
+    let again = client.post(*url).json(&serde_json::json!({ "ticket": ticket })).send().unwrap();
+    assert_eq!(again.status(), 410, "{}", again.text().unwrap());
 }

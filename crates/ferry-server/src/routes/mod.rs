@@ -117,6 +117,8 @@ pub fn table() -> Vec<Entry> {
         at(post.clone(), "/api/v1/auth/device", Public, auth::device_start),
         at(post.clone(), "/api/v1/auth/device/poll", Public, auth::device_poll),
         at(get.clone(), "/ui/{name}", Public, ui::asset),
+        // A run on an engine without a secret store (Ray) fetching its secrets, once, with its entrypoint's ticket.
+        at(post.clone(), "/api/v1/runs/{job}/{attempt}/secrets", Public, secrets::fetch),
         // Users and service accounts: reading.
         at(get.clone(), "/api/v1/jobs", User(Read), jobs::list),
         at(get.clone(), "/api/v1/jobs/{id}", User(Read), jobs::show),

@@ -53,7 +53,7 @@ pub const ACCESS_EXTENSION: &str = "x-ferry-access";
         super::sweeps::submit, super::sweeps::list, super::sweeps::show, super::sweeps::cancel,
         super::tokens::create, super::tokens::list, super::tokens::revoke, super::tokens::authority,
         super::secrets::list, super::secrets::set_user, super::secrets::remove_user, super::secrets::set_project,
-        super::secrets::remove_project,
+        super::secrets::remove_project, super::secrets::fetch,
         super::users::whoami, super::users::list, super::users::create, super::users::disable, super::users::enable,
         super::users::teams, super::users::create_team, super::users::set_member, super::users::remove_member,
         super::users::create_project, super::users::group_rules, super::users::set_group_rule, super::users::remove_group_rule,

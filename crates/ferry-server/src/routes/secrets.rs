@@ -5,7 +5,8 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use ferry_api::secrets::{
-    check_name, SecretInfo, SecretList, SecretScope, SecretSet, SetSecret, SECRETS_PER_OWNER_MAX, SECRET_BYTES_MAX,
+    check_name, FetchSecrets, FetchedSecrets, SecretInfo, SecretList, SecretScope, SecretSet, SetSecret,
+    SECRETS_PER_OWNER_MAX, SECRET_BYTES_MAX,
 };
 use ferry_api::{ErrorBody, ErrorCode};
 use ferry_store::{SecretOwner, SecretRecord};
@@ -178,4 +179,51 @@ pub async fn remove_project(
 ) -> Result<Json<SecretInfo>, ApiError> {
     let owner = managed_project(&state, &caller, &team, &project).await?;
     remove(&state, &caller, owner, &name).await
+}
+
+/// A run on an engine without a secret store (Ray) fetches its secrets when it starts, once, with the ticket its
+/// entrypoint carries; anyone else who read the entrypoint finds the ticket used. The run must be the job's current
+/// one and running as its engine last reported (409 "not running yet" is retried by the entrypoint's fetcher); an
+/// unknown run or a wrong ticket answers 404, a ticket used before 410.
+#[utoipa::path(post, path = "/api/v1/runs/{job}/{attempt}/secrets", request_body = FetchSecrets,
+    params(("job" = u64, Path), ("attempt" = u32, Path)),
+    responses((status = 200, body = FetchedSecrets), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 410, body = ErrorBody)))]
+pub async fn fetch(
+    State(state): State<AppState>,
+    Path((job, attempt)): Path<(String, String)>,
+    body: JsonBody<FetchSecrets>,
+) -> Result<Json<FetchedSecrets>, ApiError> {
+    let Json(FetchSecrets { ticket }) = body.map_err(rejection)?;
+    let missing = || ApiError::not_found("no such run, or not its ticket");
+    let (Ok(job), Ok(attempt)) = (job.parse::<u64>(), attempt.parse::<u32>()) else { return Err(missing()) };
+    if !crate::auth::fetch_ticket_valid(&state.job_key, job, attempt, &ticket) {
+        return Err(missing());
+    }
+    let record = state.store.job(job).await?.ok_or_else(missing)?;
+    if record.attempt != attempt || record.state.is_terminal() {
+        return Err(ApiError::new(ErrorCode::Gone, format!("run {attempt} of job {job} is over")));
+    }
+    if record.state != ferry_api::jobs::JobState::Running {
+        return Err(ApiError::new(ErrorCode::Conflict, "the run is not running yet; retry in a moment"));
+    }
+    if !state.store.claim_secret_fetch(job, attempt, now_us()).await? {
+        tracing::warn!(job, attempt, "a run's secrets were asked for again with its used ticket");
+        return Err(ApiError::new(
+            ErrorCode::Gone,
+            format!(
+                "the secrets of run {attempt} of job {job} were fetched already: a ticket is used once (if the job \
+                 itself did not, someone who read its entrypoint did)"
+            ),
+        ));
+    }
+    let mut tx = state.store.begin().await?;
+    let resolved = state.secrets.resolve(&mut tx, &record.spec).await?;
+    drop(tx);
+    let mut env = resolved.map_err(|why| ApiError::new(ErrorCode::Gone, why))?.0;
+    if record.spec.tracking.is_some() && !record.spec.env.contains_key(crate::jobruns::TOKEN_VAR) {
+        env.insert(crate::jobruns::TOKEN_VAR.to_string(), crate::auth::job_token(&state.job_key, job));
+    }
+    tracing::info!(job, attempt, "a run fetched its secrets");
+    Ok(Json(FetchedSecrets { env }))
 }
