@@ -690,6 +690,8 @@ function jobPage(main, id) {
       ["Environment", env.length ? h("details", { open: envOpen },
         h("summary", { text: env.map(([k]) => k).join(", ") }),
         h("code", { class: "env", text: env.map(([k, v]) => `${k}=${v}`).join("\n") })) : "none"],
+      // Secrets by name: their values never reach the dashboard.
+      Object.keys(job.secrets || {}).length && ["Secrets", Object.entries(job.secrets).map(([v, n]) => v === n ? v : `${v} (from ${n})`).join(", ")],
       job.image && ["Image", h("code", { text: job.image })],
     ]);
     // The page is redrawn on every poll: keep the native form open if the reader opened it.

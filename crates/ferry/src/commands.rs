@@ -483,6 +483,12 @@ fn describe(j: &Job) -> String {
     if let Some(t) = &j.team {
         line("Team:", t.clone());
     }
+    if !j.secrets.is_empty() {
+        // Names only: the values never leave the server but for the job itself.
+        let named: Vec<String> =
+            j.secrets.iter().map(|(var, name)| if var == name { var.clone() } else { format!("{var} (from {name})") }).collect();
+        line("Secrets:", named.join(", "));
+    }
     line("Priority:", j.priority.name().to_string());
     let gpus = if j.gpu_share_milli > 0 {
         format!("{} of a GPU", format::cpus(j.gpu_share_milli as u64))

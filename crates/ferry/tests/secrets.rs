@@ -26,6 +26,8 @@ fn a_secret_reaches_its_job_and_nothing_else_shows_it() {
 
     // The job names its secrets, never their values: not in `ferry show`, the API's job, the listing, or any file of
     // the server's (its database, write-ahead log, audit log), but for the job's own output, which printed it.
+    let text = f.ok(&["show", &id.to_string()]);
+    assert!(text.contains("Secrets:      HF_TOKEN, MY_TOKEN (from HF_TOKEN)") && !text.contains("s3cr3t"), "{text}");
     let shown = f.ok(&["show", &id.to_string(), "--json"]);
     assert!(shown.contains("\"HF_TOKEN\"") && !shown.contains("s3cr3t"), "{shown}");
     let listed = f.ok(&["secret", "list", "--json"]);
