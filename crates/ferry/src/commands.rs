@@ -485,8 +485,11 @@ fn describe(j: &Job) -> String {
     }
     if !j.secrets.is_empty() {
         // Names only: the values never leave the server but for the job itself.
-        let named: Vec<String> =
-            j.secrets.iter().map(|(var, name)| if var == name { var.clone() } else { format!("{var} (from {name})") }).collect();
+        let named: Vec<String> = j
+            .secrets
+            .iter()
+            .map(|(var, name)| if var == name { var.clone() } else { format!("{var} (from {name})") })
+            .collect();
         line("Secrets:", named.join(", "));
     }
     line("Priority:", j.priority.name().to_string());

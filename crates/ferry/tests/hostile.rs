@@ -299,15 +299,7 @@ fn a_runs_output_is_capped_on_the_server_with_a_line_saying_where() {
     assert!(text.starts_with("xxxx"), "{}", &text[..40]);
     assert!(text.trim_end().ends_with("the rest was discarded while the job ran on"), "{}", &text[text.len() - 300..]);
     // A bad limit is refused at start with the reason.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, "[logs]\nmax_bytes_per_run = \"10KiB\"\n").unwrap();
-    let out = std::process::Command::new(common::ferry_bin())
-        .args(["server", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("FERRY_HOME", dir.path().join("home"))
-        .output()
-        .unwrap();
+    let out = common::server_with_config("[logs]\nmax_bytes_per_run = \"10KiB\"\n");
     assert_eq!(out.status.code(), Some(78));
     assert!(common::stderr(&out).contains("`max_bytes_per_run` is under 1 MiB"), "{}", common::stderr(&out));
 }

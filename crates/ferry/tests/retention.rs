@@ -97,15 +97,7 @@ fn the_sweep_removes_old_output_then_old_jobs_and_says_so_never_touching_unfinis
 
 #[test]
 fn retention_periods_are_checked_when_the_server_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, "[retention]\nlogs = \"1h\"\n").unwrap();
-    let out = std::process::Command::new(common::ferry_bin())
-        .args(["server", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("FERRY_HOME", dir.path().join("home"))
-        .output()
-        .unwrap();
+    let out = common::server_with_config("[retention]\nlogs = \"1h\"\n");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("[retention] `logs` = `1h` is under a day"), "{}", stderr(&out));
 }

@@ -372,6 +372,20 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// `ferry server` started with this configuration file's text in a fresh data directory, run until it stops (as
+/// a server refusing its configuration does at once).
+pub fn server_with_config(text: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, text).unwrap();
+    Command::new(ferry_bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("FERRY_HOME", dir.path().join("home"))
+        .output()
+        .unwrap()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
