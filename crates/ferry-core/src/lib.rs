@@ -11,6 +11,7 @@ mod elastic;
 mod fairshare;
 mod fgd;
 mod forecast;
+pub mod lifecycle;
 mod node;
 mod preempt;
 mod reason;

@@ -125,6 +125,9 @@ pub struct JobRequest {
     /// The job runs in a container image: only nodes that run images take it (see [`IMAGES_LABEL`]).
     #[serde(default)]
     pub image: bool,
+    /// The job may not start before this time (a retry's backoff, see `lifecycle::retry_delay_s`); 0 for any time.
+    #[serde(default)]
+    pub not_before_us: i64,
 }
 
 /// The node label that says a node cannot run container images (`ferry.images=no`): an engine such as Slurm, Ray or
@@ -831,6 +834,10 @@ impl Scheduler {
                 continue;
             }
             let request = &self.pending[&id];
+            // A retry waiting out its backoff is not a candidate yet.
+            if request.not_before_us > self.now_us {
+                continue;
+            }
             // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
             // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue.
             let may_backfill = request.max_runtime_s.is_some() && !cycle.shadows.is_empty();

@@ -16,6 +16,7 @@ use ferry_api::jobs::{JobState, JobWorker, QueueGroup, QueueSummary, WorkerEnd};
 use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
+use ferry_core::lifecycle::{self, Ending, GangStep, JobLife, Next, RunResult, WorkerEnded};
 use ferry_core::resources_fmt::format_cpus;
 use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Peer, Resources, Scheduler, WaitReason};
 use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Store, StoreError, SubmissionKey, Tx};
@@ -311,9 +312,15 @@ impl Active {
         }
     }
 
-    /// Whether a failure may be retried: preemptions do not use up retries.
-    fn may_retry(&self) -> bool {
-        self.attempt - self.preemptions.min(self.attempt) < self.retries
+    /// What the core's lifecycle rules need to know of the job.
+    fn life(&self) -> JobLife {
+        JobLife {
+            attempt: self.attempt,
+            retries: self.retries,
+            preemptions: self.preemptions,
+            cancel_requested: self.cancel_requested,
+            preempted: self.preempted.clone(),
+        }
     }
 }
 
@@ -912,7 +919,10 @@ impl Driver {
             }
             (RunStatus::Finished { end, exit_code, signal, finished_at_us, message, started_at_us, .. }, Some(job)) => {
                 fx.ended.push((node.to_string(), run));
-                let (state, text) = outcome(&job, *end, *exit_code, *signal, message.as_deref());
+                let result =
+                    RunResult { end: core_end(*end), exit_code: *exit_code, signal: *signal, message: message.clone() };
+                let (ending, text) = lifecycle::run_outcome(&job.life(), &result);
+                let state = job_state(ending);
                 if !job.workers.is_empty() {
                     if let Some(started) = started_at_us {
                         self.worker_started(run, *started, &format!("on node {node}"), tx, fx).await?;
@@ -997,31 +1007,35 @@ impl Driver {
         tx.event(id, at_us, active.state, &message).await?;
         fx.changed.push(id);
         let job = active.clone();
-        if first_failure && job.preempted.is_none() && !job.cancel_requested {
-            // A gang cannot go on without one of its workers: stop the others, keeping their output.
-            fx.stops.extend(job.live_runs(id));
-        }
-        if job.workers.iter().any(|w| w.end.is_none()) {
-            return Ok(());
-        }
-        // Every worker has ended: the job ends as its first failure did, or as rank 0 did.
-        let root = job
+        let ends: Vec<WorkerEnded> = job
             .workers
             .iter()
-            .filter_map(|w| w.end.as_ref().map(|e| (w.rank, e)))
-            .filter(|(_, e)| e.state != JobState::Succeeded)
-            .min_by_key(|(rank, e)| (e.finished_at_us, *rank));
-        let (rank, e) = root.unwrap_or((0, job.workers[0].end.as_ref().expect("every worker ended")));
-        let text = if root.is_some() && job.workers.len() > 1 {
-            format!("worker {rank} failed: {}; the other workers were stopped", e.message)
-        } else {
-            e.message.clone()
+            .filter_map(|w| {
+                w.end.as_ref().map(|e| WorkerEnded {
+                    rank: w.rank,
+                    ending: ending_of(e.state),
+                    message: e.message.clone(),
+                    finished_at_us: e.finished_at_us,
+                })
+            })
+            .collect();
+        let stopping = job.preempted.is_some() || job.cancel_requested;
+        let (rank, ending, text) = match lifecycle::gang_step(job.workers.len(), &ends, first_failure, stopping) {
+            // A gang cannot go on without one of its workers: stop the others, keeping their output.
+            GangStep::StopOthers => {
+                fx.stops.extend(job.live_runs(id));
+                return Ok(());
+            }
+            GangStep::Wait => return Ok(()),
+            GangStep::AllEnded { rank, ending, text } => (rank, ending, text),
         };
-        // The end that decides about retrying is the first failure's; the others were stopped for it.
+        let decided = job.workers[rank as usize].end.as_ref().expect("the deciding worker ended");
+        // The end that decides about retrying is the deciding worker's; the others were stopped for it.
         let end = if rank == run.rank { end } else { RunEnd::Exited };
         let started = job.started_at_us.or(job.workers.iter().filter_map(|w| w.started_at_us).min());
         let at_us = job.workers.iter().filter_map(|w| w.end.as_ref().map(|e| e.finished_at_us)).max().unwrap_or(at_us);
-        let ended = Ended { state: e.state, text, end, exit_code: e.exit_code, signal: e.signal, at_us };
+        let ended =
+            Ended { state: job_state(ending), text, end, exit_code: decided.exit_code, signal: decided.signal, at_us };
         self.job_ended(id, &job, started, ended, tx, fx).await
     }
 
@@ -1035,35 +1049,43 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        if let (Some(why), false) = (&job.preempted, job.cancel_requested) {
-            let ran_s = started_at_us.map_or(0, |s| (ended.at_us - s).max(0) / 1_000_000);
-            let why = format!("{why}; {ran_s}s of work lost; requeued");
-            let preempted = Active { preemptions: job.preemptions + 1, preempted: None, ..job.clone() };
-            return self.requeue(id, &preempted, &why, tx, fx).await;
-        }
-        let retry = ended.state == JobState::Failed && ended.end != RunEnd::FailedToStart && job.may_retry();
-        if retry {
-            let why = format!("{}; retrying (attempt {} of {})", ended.text, job.attempt + 2, job.retries + 1);
-            self.requeue(id, job, &why, tx, fx).await
-        } else {
-            tx.finished(id, ended.state, ended.exit_code, ended.signal, &ended.text, ended.at_us).await?;
-            self.end_job(id, fx);
-            Ok(())
+        let ran_s = started_at_us.map_or(0, |s| (ended.at_us - s).max(0) / 1_000_000);
+        let next = lifecycle::after_runs(
+            &job.life(),
+            ending_of(ended.state),
+            &ended.text,
+            core_end(ended.end),
+            ran_s,
+            now_us(),
+        );
+        match next {
+            Next::Requeue { attempt, preemptions, not_before_us, reason } => {
+                let requeued = Active { preemptions, preempted: None, ..job.clone() };
+                self.requeue(id, &requeued, attempt, not_before_us, &reason, tx, fx).await
+            }
+            Next::Finish { ending, reason } => {
+                tx.finished(id, job_state(ending), ended.exit_code, ended.signal, &reason, ended.at_us).await?;
+                self.end_job(id, fx);
+                Ok(())
+            }
         }
     }
 
+    /// Puts a job back in the queue as `attempt`, not to start before `not_before_us`.
+    #[allow(clippy::too_many_arguments)]
     async fn requeue(
         &mut self,
         id: u64,
         job: &Active,
+        attempt: u32,
+        not_before_us: i64,
         why: &str,
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        let attempt = job.attempt + 1;
         tx.requeued(id, attempt, now_us(), why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
-        let active = Active {
+        let mut active = Active {
             state: JobState::Queued,
             attempt,
             node: None,
@@ -1071,6 +1093,7 @@ impl Driver {
             started_at_us: None,
             ..job.clone()
         };
+        active.request.not_before_us = not_before_us;
         self.sched.apply(Event::JobSubmitted(active.request(id))).expect("an ended job may be queued again");
         self.jobs.insert(id, active);
         fx.changed.push(id);
@@ -1092,15 +1115,14 @@ impl Driver {
             // The gang's other workers still run on nodes that are fine: stop them.
             fx.stops.extend(job.live_runs(id));
         }
-        if job.cancel_requested {
-            tx.finished(id, JobState::Cancelled, None, None, &format!("cancelled; {why}"), now_us()).await?;
-            self.end_job(id, fx);
-        } else if job.may_retry() {
-            let why = format!("{why}; retrying (attempt {} of {})", job.attempt + 2, job.retries + 1);
-            self.requeue(id, &job, &why, tx, fx).await?;
-        } else {
-            tx.finished(id, JobState::Lost, None, None, why, now_us()).await?;
-            self.end_job(id, fx);
+        match lifecycle::after_loss(&job.life(), why, now_us()) {
+            Next::Requeue { attempt, not_before_us, reason, .. } => {
+                self.requeue(id, &job, attempt, not_before_us, &reason, tx, fx).await?;
+            }
+            Next::Finish { ending, reason } => {
+                tx.finished(id, job_state(ending), None, None, &reason, now_us()).await?;
+                self.end_job(id, fx);
+            }
         }
         Ok(())
     }
@@ -1293,34 +1315,35 @@ fn fix_for(reason: &WaitReason) -> &'static str {
     }
 }
 
-/// The final state of a run and the sentence that says why.
-fn outcome(
-    job: &Active,
-    end: RunEnd,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    message: Option<&str>,
-) -> (JobState, String) {
-    let status = match (exit_code, signal) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        (None, None) => "unknown exit status".to_string(),
-    };
-    if job.cancel_requested {
-        return (JobState::Cancelled, format!("cancelled by request ({status})"));
+/// The job state of a lifecycle ending.
+fn job_state(ending: Ending) -> JobState {
+    match ending {
+        Ending::Succeeded => JobState::Succeeded,
+        Ending::Failed => JobState::Failed,
+        Ending::TimedOut => JobState::TimedOut,
+        Ending::Cancelled => JobState::Cancelled,
+        Ending::Lost => JobState::Lost,
     }
+}
+
+/// The lifecycle ending of a final job state (a worker's end is always one).
+fn ending_of(state: JobState) -> Ending {
+    match state {
+        JobState::Succeeded => Ending::Succeeded,
+        JobState::TimedOut => Ending::TimedOut,
+        JobState::Cancelled => Ending::Cancelled,
+        JobState::Lost => Ending::Lost,
+        _ => Ending::Failed,
+    }
+}
+
+/// A run's end as the core's lifecycle reads it.
+fn core_end(end: RunEnd) -> lifecycle::RunEnd {
     match end {
-        RunEnd::TimedOut => (JobState::TimedOut, format!("stopped after reaching its maximum runtime ({status})")),
-        RunEnd::FailedToStart => (JobState::Failed, message.unwrap_or("the command could not be started").to_string()),
-        RunEnd::Stopped => (JobState::Cancelled, format!("stopped by the server ({status})")),
-        RunEnd::Exited if exit_code == Some(0) => (JobState::Succeeded, "exited with code 0".to_string()),
-        RunEnd::Exited => (
-            JobState::Failed,
-            match message {
-                Some(m) => format!("{status}: {m}"),
-                None => status,
-            },
-        ),
+        RunEnd::Exited => lifecycle::RunEnd::Exited,
+        RunEnd::TimedOut => lifecycle::RunEnd::TimedOut,
+        RunEnd::Stopped => lifecycle::RunEnd::Stopped,
+        RunEnd::FailedToStart => lifecycle::RunEnd::FailedToStart,
     }
 }
 

@@ -178,13 +178,23 @@ fn a_failing_job_is_retried_then_recorded_failed() {
     let job = f.job(1);
     assert_eq!(job["attempt"], 2);
     assert_eq!(job["state"], "failed");
-    let retries = job["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["message"].as_str().unwrap().contains("retrying"))
-        .count();
-    assert_eq!(retries, 2);
+    let timeline = job["timeline"].as_array().unwrap();
+    let retries: Vec<usize> =
+        (0..timeline.len()).filter(|i| timeline[*i]["message"].as_str().unwrap().contains("retrying")).collect();
+    assert_eq!(retries.len(), 2);
+    // Each retry waits longer than the one before (2 s, then 4 s) before it may start.
+    for (n, (at, delay)) in retries.iter().zip([2, 4]).enumerate() {
+        let message = timeline[*at]["message"].as_str().unwrap();
+        assert!(message.ends_with(&format!("retrying in {delay}s (attempt {} of 3)", n + 2)), "{message}");
+        let requeued = timeline[*at]["at_us"].as_i64().unwrap();
+        let placed = timeline[at + 1..].iter().find(|e| e["state"] == "starting").unwrap()["at_us"].as_i64().unwrap();
+        assert!(
+            placed - requeued >= delay * 1_000_000,
+            "attempt {} started {}us after its failure",
+            n + 2,
+            placed - requeued
+        );
+    }
     assert_eq!(f.ok(&["logs", "1"]), "attempt 2\n");
 }
 
