@@ -7,6 +7,7 @@ pub mod agent;
 pub mod audit;
 pub mod code;
 pub mod error;
+pub mod history;
 pub mod jobs;
 pub mod nodes;
 pub mod secrets;

@@ -432,6 +432,26 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/audit").query(query)).await
     }
 
+    /// The cluster as the scheduler has it now, for `ferry history export` (installation admins).
+    pub async fn history_cluster(&self) -> Result<ferry_api::history::HistoryCluster, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/history/cluster")).await
+    }
+
+    /// A page of the jobs submitted since `since` (an RFC 3339 time or a duration back from now) with an id above
+    /// `after`, oldest first (installation admins).
+    pub async fn history_jobs(
+        &self,
+        since: &str,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<ferry_api::history::HistoryPage, ClientError> {
+        let mut query = vec![("since", since.to_string()), ("limit", limit.to_string())];
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        self.json(self.request(reqwest::Method::GET, "/history/jobs").query(&query)).await
+    }
+
     /// The audit log as CSV.
     pub async fn audit_csv(&self, query: &AuditQuery) -> Result<String, ClientError> {
         let builder = self.request(reqwest::Method::GET, "/audit").query(query).query(&[("format", "csv")]);

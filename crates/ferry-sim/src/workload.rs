@@ -1,6 +1,8 @@
 //! The simulated workload: jobs with an arrival time, a duration, what they ask for, and who they belong to. Read
 //! from the simple CSV format documented in the README or from the pod list of the Alibaba GPU trace.
 
+use std::collections::BTreeMap;
+
 use ferry_core::{JobRequest, ResourceKind, Resources, Scheduler, WaitReason};
 
 use crate::checker::Ceilings;
@@ -37,6 +39,49 @@ pub struct JobSpec {
     pub project: String,
     /// How many workers the job has, each on a node of its own: 1 for a single-node job, more for a gang.
     pub nodes: u32,
+    /// Labels a node must carry, with these values, to run the job.
+    pub selector: BTreeMap<String, String>,
+    /// The pool the job is pinned to; `None` lets the core choose by pool order.
+    pub pool: Option<String>,
+    /// The job runs in a container image: only nodes that run images take it.
+    pub image: bool,
+    /// The job's runtime limit, which the core's estimates and backfill rely on; `None` for none.
+    pub max_runtime_s: Option<u64>,
+    /// How the job ended where the workload was recorded (`ferry history export`); `None` where it does not say.
+    /// Read and carried: a replay runs every job for its duration whatever its outcome.
+    pub outcome: Option<Outcome>,
+    /// The exit code it ended with there, when it had one.
+    pub exit_code: Option<i32>,
+}
+
+/// How a job ended in the history a workload was exported from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Lost,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Succeeded, Outcome::Failed, Outcome::Cancelled, Outcome::TimedOut, Outcome::Lost];
+
+    /// The name the workload file writes, as Ferry names the job's final state.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == text)
+    }
 }
 
 impl JobSpec {
@@ -50,6 +95,10 @@ impl JobSpec {
             user: self.user.clone(),
             project: self.project.clone(),
             nodes: self.nodes,
+            selector: self.selector.clone(),
+            pool: self.pool.clone(),
+            image: self.image,
+            max_runtime_s: self.max_runtime_s,
             ..JobRequest::new(id, self.resources, self.priority)
         }
     }
@@ -92,12 +141,25 @@ impl WorkloadFormat {
 }
 
 const CSV_REQUIRED: &[&str] = &["arrival_s", "duration_s", "gpus", "cpus", "memory", "user", "team"];
-const CSV_OPTIONAL: &[&str] = &["gpu_type", "gpu_share", "priority", "nodes", "project"];
+const CSV_OPTIONAL: &[&str] = &[
+    "gpu_type",
+    "gpu_share",
+    "priority",
+    "nodes",
+    "project",
+    "selector",
+    "pool",
+    "image",
+    "max_runtime_s",
+    "outcome",
+    "exit_code",
+];
 /// The largest priority, either way: far more classes than anyone configures.
 pub const PRIORITY_MAX: i64 = 1_000_000;
 
 /// Parses the simple workload CSV format:
-/// `arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority][,nodes][,project]`.
+/// `arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority][,nodes][,project]`, and the
+/// columns `ferry history export` adds: `[,selector][,pool][,image][,max_runtime_s][,outcome][,exit_code]`.
 pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError> {
     let columns = Columns { required: CSV_REQUIRED, optional: CSV_OPTIONAL, allow_unknown: false };
     let jobs = csvin::read_rows(file, text, &columns, |row| {
@@ -133,6 +195,29 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             return Err(row.error("gpu_share", message));
         }
         let project = row.get("project").unwrap_or("").to_string();
+        let selector = row.parse("selector", selector)?;
+        let pool = row.get("pool").filter(|p| !p.is_empty()).map(str::to_string);
+        let image = match row.get("image").unwrap_or("") {
+            "" | "no" => false,
+            "yes" => true,
+            t => {
+                return Err(
+                    row.error("image", format!("\"{t}\" is not yes or no; write yes for a job in a container image"))
+                )
+            }
+        };
+        let max_runtime_s = match row.get("max_runtime_s").unwrap_or("") {
+            "" => None,
+            t => Some(row.parse("max_runtime_s", |_| runtime_limit(t))?),
+        };
+        let outcome = match row.get("outcome").unwrap_or("") {
+            "" => None,
+            t => Some(row.parse("outcome", |_| outcome(t))?),
+        };
+        let exit_code = match row.get("exit_code").unwrap_or("") {
+            "" => None,
+            t => Some(row.parse("exit_code", |_| exit_code(t))?),
+        };
         Ok(JobSpec {
             line: row.line,
             arrival_ms,
@@ -145,9 +230,54 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             team,
             project,
             nodes,
+            selector,
+            pool,
+            image,
+            max_runtime_s,
+            outcome,
+            exit_code,
         })
     })?;
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::Csv, jobs })
+}
+
+/// Node labels as `NAME=VALUE` pairs separated by `|`; empty for none.
+fn selector(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split('|').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                labels.insert(name.trim().to_string(), value.trim().to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "\"{pair}\" is not a label; write NAME=VALUE pairs separated by |, such as rack=r1|zone=b"
+                ))
+            }
+        }
+    }
+    Ok(labels)
+}
+
+/// The longest runtime limit: a year, far beyond any job's.
+const RUNTIME_LIMIT_S_MAX: u64 = 366 * 86_400;
+
+fn runtime_limit(text: &str) -> Result<u64, String> {
+    match csvin::whole(text, RUNTIME_LIMIT_S_MAX, "seconds")? {
+        0 => Err("0 is not a runtime limit; write whole seconds above 0, or leave it empty for none".to_string()),
+        s => Ok(s),
+    }
+}
+
+fn outcome(text: &str) -> Result<Outcome, String> {
+    Outcome::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.name()).collect();
+        format!("\"{text}\" is not an outcome; write one of {}, or leave it empty", names.join(", "))
+    })
+}
+
+fn exit_code(text: &str) -> Result<i32, String> {
+    text.parse::<i32>().map_err(|_| format!("\"{text}\" is not an exit code; write a whole number such as 0 or 3"))
 }
 
 fn priority(text: &str) -> Result<i32, String> {
@@ -223,6 +353,12 @@ pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> 
             team: qos,
             project: String::new(),
             nodes: 1,
+            selector: BTreeMap::new(),
+            pool: None,
+            image: false,
+            max_runtime_s: None,
+            outcome: None,
+            exit_code: None,
         })
     })?;
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::TracePods, jobs })
@@ -242,6 +378,7 @@ pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputErr
         let _ = scheduler.apply(ferry_core::Event::NodeUp(node.clone()));
     }
     for job in &workload.jobs {
+        check_pool(workload, job, cluster)?;
         if let Err(reason) = scheduler.check_feasible(&job.request(0, 0)) {
             let [gpus, share, cpus, memory, models] = workload.format.columns();
             let column = match &reason {
@@ -251,8 +388,12 @@ pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputErr
                     ResourceKind::Cpus => cpus,
                     ResourceKind::Memory => memory,
                 },
-                // Only the simple CSV format has gangs.
+                // Only the simple CSV format has gangs, selectors and images.
                 WaitReason::GangInfeasible { .. } => "nodes",
+                WaitReason::NoMatchingNode { .. } if !job.selector.is_empty() && job.gpu_models.is_empty() => {
+                    "selector"
+                }
+                WaitReason::NoMatchingNode { image: true, .. } if job.gpu_models.is_empty() => "image",
                 _ => models,
             };
             let message = format!("this job fits no node of the cluster: {reason}");
@@ -261,6 +402,26 @@ pub fn check_fits(workload: &Workload, cluster: &Cluster) -> Result<(), InputErr
         check_ceilings(workload, job, &ceilings)?;
     }
     Ok(())
+}
+
+/// Checks that the pool a job is pinned to is in the cluster and has nodes (or starts them): the core keeps a job
+/// pinned to an empty pool waiting for nodes that a replay never adds.
+fn check_pool(workload: &Workload, job: &JobSpec, cluster: &Cluster) -> Result<(), InputError> {
+    let Some(name) = &job.pool else { return Ok(()) };
+    let message = match cluster.pool(name) {
+        None => {
+            let known: Vec<&str> = cluster.pools.iter().map(|p| p.name.as_str()).collect();
+            format!(
+                "the job is pinned to pool {name}, which the cluster file does not declare (it has {})",
+                known.join(", ")
+            )
+        }
+        Some(pool) if pool.elastic.is_none() && !cluster.nodes.iter().any(|n| &n.pool == name) => {
+            format!("the job is pinned to pool {name}, which has no [[node]] in the cluster file; it could never start")
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(InputError::new(&workload.file, job.line, Some("column pool".to_string()), message))
 }
 
 /// Checks that a job asks for no more than its team and its project may ever hold.

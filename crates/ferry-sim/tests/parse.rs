@@ -363,22 +363,22 @@ fn reads_the_simple_workload_format() {
          0,3600,2,8,64GiB,alice,vision,A100|H100,,10\n\
          1.5,90.25,0,0.5,512MiB,bob,nlp,,250,\n",
         expect![[r#"
-            JobSpec { line: 3, arrival_ms: 0, duration_ms: 3600000, resources: Resources { cpu_millis: 8000, memory_bytes: 68719476736, gpus: 2 }, gpu_share_milli: 0, gpu_models: ["A100", "H100"], priority: 10, user: "alice", team: "vision", project: "", nodes: 1 }
-            JobSpec { line: 4, arrival_ms: 1500, duration_ms: 90250, resources: Resources { cpu_millis: 500, memory_bytes: 536870912, gpus: 0 }, gpu_share_milli: 250, gpu_models: [], priority: 0, user: "bob", team: "nlp", project: "", nodes: 1 }"#]],
+            JobSpec { line: 3, arrival_ms: 0, duration_ms: 3600000, resources: Resources { cpu_millis: 8000, memory_bytes: 68719476736, gpus: 2 }, gpu_share_milli: 0, gpu_models: ["A100", "H100"], priority: 10, user: "alice", team: "vision", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }
+            JobSpec { line: 4, arrival_ms: 1500, duration_ms: 90250, resources: Resources { cpu_millis: 500, memory_bytes: 536870912, gpus: 0 }, gpu_share_milli: 250, gpu_models: [], priority: 0, user: "bob", team: "nlp", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#]],
     );
     // A gang of four workers of 8 GPUs each, in project llm of team research.
     check_workload(
         "arrival_s,duration_s,gpus,cpus,memory,user,team,nodes,project\n0,600,8,32,256GiB,dana,research,4,llm\n\
          5,60,1,1,1GiB,eli,research,,\n",
         expect![[r#"
-            JobSpec { line: 2, arrival_ms: 0, duration_ms: 600000, resources: Resources { cpu_millis: 32000, memory_bytes: 274877906944, gpus: 8 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "dana", team: "research", project: "llm", nodes: 4 }
-            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "eli", team: "research", project: "", nodes: 1 }"#]],
+            JobSpec { line: 2, arrival_ms: 0, duration_ms: 600000, resources: Resources { cpu_millis: 32000, memory_bytes: 274877906944, gpus: 8 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "dana", team: "research", project: "llm", nodes: 4, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }
+            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "eli", team: "research", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#]],
     );
     // Optional columns may be left out of the header entirely, and columns may come in any order.
     check_workload(
         "team,user,memory,cpus,gpus,duration_s,arrival_s\nml,carol,1GiB,1,0,60,5\n",
         expect![[
-            r#"JobSpec { line: 2, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "carol", team: "ml", project: "", nodes: 1 }"#
+            r#"JobSpec { line: 2, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "carol", team: "ml", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#
         ]],
     );
 }
@@ -398,7 +398,7 @@ fn names_the_line_and_column_of_every_workload_mistake() {
     check_workload(
         "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_typ\n",
         expect![[
-            r#"workload.csv:1: unknown column "gpu_typ"; the columns are arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project"#
+            r#"workload.csv:1: unknown column "gpu_typ"; the columns are arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code"#
         ]],
     );
     check_workload(
@@ -448,7 +448,7 @@ fn names_the_line_and_column_of_every_workload_mistake() {
         expect![[r#"workload.csv:2: column nodes: "two" is not a whole number"#]],
     );
     check_workload(&format!("{gangs}0,60,0,1,1GiB,a,t,500,2\n"), expect!["workload.csv:2: column gpu_share: a gang's workers hold whole GPUs; a share of one GPU is for a single-node job (nodes 1)"]);
-    check_workload("", expect!["workload.csv:1: no header; the first line must name the columns: arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project"]);
+    check_workload("", expect!["workload.csv:1: no header; the first line must name the columns: arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code"]);
     check_workload("arrival_s,arrival_s\n", expect![[r#"workload.csv:1: column "arrival_s" appears twice"#]]);
 }
 
@@ -522,6 +522,12 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 team: "LS",
                 project: "",
                 nodes: 1,
+                selector: {},
+                pool: None,
+                image: false,
+                max_runtime_s: None,
+                outcome: None,
+                exit_code: None,
             },
             JobSpec {
                 line: 3,
@@ -542,6 +548,12 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 team: "BE",
                 project: "",
                 nodes: 1,
+                selector: {},
+                pool: None,
+                image: false,
+                max_runtime_s: None,
+                outcome: None,
+                exit_code: None,
             },
             JobSpec {
                 line: 4,
@@ -559,6 +571,12 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 team: "BE",
                 project: "",
                 nodes: 1,
+                selector: {},
+                pool: None,
+                image: false,
+                max_runtime_s: None,
+                outcome: None,
+                exit_code: None,
             },
         ]
     "#]]
@@ -570,4 +588,70 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
         .assert_eq(&bad(format!("{header}p0,12000,16384,1,1000,,LS,Running,0,,0\n")));
     expect![[r#"pods.csv:2: column num_gpu: "-1" is not a whole number"#]]
         .assert_eq(&bad(format!("{header}p0,12000,16384,-1,1000,,LS,Running,0,5,0\n")));
+}
+
+/// The columns `ferry history export` adds: node labels, a pinned pool, an image, a runtime limit and how the job
+/// ended there, which a replay carries; every one optional, so older workloads read as before.
+#[test]
+fn reads_the_columns_of_an_exported_history_and_names_their_mistakes() {
+    let header =
+        "arrival_s,duration_s,gpus,cpus,memory,user,team,selector,pool,image,max_runtime_s,outcome,exit_code\n";
+    check_workload(
+        &format!("{header}0,60,1,2,4GiB,a,t,rack=r1|zone=b,onprem,yes,3600,failed,3\n5,1,0,1,1GiB,b,t,,,,,,\n"),
+        expect![[r#"
+            JobSpec { line: 2, arrival_ms: 0, duration_ms: 60000, resources: Resources { cpu_millis: 2000, memory_bytes: 4294967296, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "a", team: "t", project: "", nodes: 1, selector: {"rack": "r1", "zone": "b"}, pool: Some("onprem"), image: true, max_runtime_s: Some(3600), outcome: Some(Failed), exit_code: Some(3) }
+            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 1000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "b", team: "t", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#]],
+    );
+    check_workload(
+        &format!("{header}0,60,1,2,4GiB,a,t,rack,,,,,\n"),
+        expect![[
+            r#"workload.csv:2: column selector: "rack" is not a label; write NAME=VALUE pairs separated by |, such as rack=r1|zone=b"#
+        ]],
+    );
+    check_workload(
+        &format!("{header}0,60,1,2,4GiB,a,t,,,maybe,,,\n"),
+        expect![[
+            r#"workload.csv:2: column image: "maybe" is not yes or no; write yes for a job in a container image"#
+        ]],
+    );
+    check_workload(&format!("{header}0,60,1,2,4GiB,a,t,,,,0,,\n"), expect!["workload.csv:2: column max_runtime_s: 0 is not a runtime limit; write whole seconds above 0, or leave it empty for none"]);
+    check_workload(
+        &format!("{header}0,60,1,2,4GiB,a,t,,,,,exploded,\n"),
+        expect![[
+            r#"workload.csv:2: column outcome: "exploded" is not an outcome; write one of succeeded, failed, cancelled, timed_out, lost, or leave it empty"#
+        ]],
+    );
+    check_workload(
+        &format!("{header}0,60,1,2,4GiB,a,t,,,,,failed,three\n"),
+        expect![[
+            r#"workload.csv:2: column exit_code: "three" is not an exit code; write a whole number such as 0 or 3"#
+        ]],
+    );
+}
+
+/// A job pinned to a pool the cluster does not have, or one without nodes, could never start: it is bad input, not a
+/// replay that never ends; a selector no node matches names its column.
+#[test]
+fn a_pinned_pool_and_a_selector_must_exist_in_the_cluster() {
+    let cluster = "[[pool]]\nname = \"a\"\norder = 0\n\n[[pool]]\nname = \"empty\"\norder = 1\n\n\
+                   [[node]]\nname = \"n\"\npool = \"a\"\ncpus = 8\nmemory = \"32GiB\"\nlabels = { rack = \"r1\" }\n";
+    let cluster = parse_cluster_toml("cluster.toml", cluster).unwrap();
+    let check = |jobs: &str, expected: Expect| {
+        let text = format!("arrival_s,duration_s,gpus,cpus,memory,user,team,selector,pool\n{jobs}\n");
+        let workload = parse_workload_csv("jobs.csv", &text).unwrap();
+        let out = match ferry_sim::workload::check_fits(&workload, &cluster) {
+            Ok(()) => "fits".to_string(),
+            Err(e) => e.to_string(),
+        };
+        expected.assert_eq(&out);
+    };
+    check("0,60,0,1,1GiB,u,t,rack=r1,a", expect!["fits"]);
+    check("0,60,0,1,1GiB,u,t,,b", expect!["jobs.csv:2: column pool: the job is pinned to pool b, which the cluster file does not declare (it has a, empty)"]);
+    check("0,60,0,1,1GiB,u,t,,empty", expect!["jobs.csv:2: column pool: the job is pinned to pool empty, which has no [[node]] in the cluster file; it could never start"]);
+    check(
+        "0,60,0,1,1GiB,u,t,rack=r2,",
+        expect![
+            "jobs.csv:2: column selector: this job fits no node of the cluster: no node in any pool has labels rack=r2"
+        ],
+    );
 }

@@ -5,6 +5,7 @@
 //! PostgreSQL also accepts, so a PostgreSQL backend can follow with the same migrations.
 
 mod audit;
+mod history;
 mod jobs;
 mod keys;
 mod models;

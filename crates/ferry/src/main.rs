@@ -5,6 +5,7 @@ mod artifacts;
 mod commands;
 mod exit;
 mod format;
+mod history;
 mod identity;
 mod login;
 mod pack;
@@ -101,6 +102,8 @@ enum Command {
     Audit(identity::AuditArgs),
     /// Run on the server's machine to restore admin access: `ferry admin restore`.
     Admin(identity::AdminArgs),
+    /// The installation's cluster and jobs as the simulator's files: `ferry history export --since 30d --out DIR`.
+    History(history::HistoryArgs),
     /// Replay a workload, or run the FGD experiment, through the scheduler core in virtual time.
     Sim(ferry_sim::cli::SimArgs),
     /// The per-run supervisor the agent starts; not for direct use.
@@ -194,6 +197,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Logout(args) => login::logout(&g, args).await,
         Command::Audit(args) => identity::audit(&g, args).await,
         Command::Admin(args) => identity::admin(&g, args).await,
+        Command::History(args) => history::history(&g, args).await,
         Command::Sim(args) => Ok(ferry_sim::cli::run(&args)),
         Command::Shim { run_dir } => Ok(ferry_agent::shim_main(&run_dir)),
         Command::Container { run_dir } => Ok(ferry_agent::container::main(&run_dir)),

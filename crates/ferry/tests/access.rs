@@ -142,6 +142,9 @@ const ROWS: &[Row] = &[
     row("GET", "/api/v1/users", "/api/v1/users", None, USERS),
     row("GET", "/api/v1/teams", "/api/v1/teams", None, USERS),
     row("GET", "/api/v1/audit", "/api/v1/audit", None, USERS),
+    // The whole installation's history: installation admins with a token of any scope (crates/ferry/tests/history.rs).
+    row("GET", "/api/v1/history/cluster", "/api/v1/history/cluster", None, INSTALLATION_ADMIN),
+    row("GET", "/api/v1/history/jobs", "/api/v1/history/jobs?since=1d", None, INSTALLATION_ADMIN),
     row("GET", "/api/v1/groups", "/api/v1/groups", None, USERS),
     // Ending one's sign-in session (an API token is told to revoke itself instead).
     row("POST", "/api/v1/auth/logout", "/api/v1/auth/logout", None, USERS),

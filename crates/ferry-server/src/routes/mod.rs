@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod code;
+pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod mlflow;
@@ -142,6 +143,9 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/api/v1/users", User(Read), users::list),
         at(get.clone(), "/api/v1/teams", User(Read), users::teams),
         at(get.clone(), "/api/v1/audit", User(Read), audit::list),
+        // The whole installation's cluster and jobs for the simulator: installation admins (checked inside).
+        at(get.clone(), "/api/v1/history/cluster", User(Read), history::cluster),
+        at(get.clone(), "/api/v1/history/jobs", User(Read), history::jobs),
         at(get.clone(), "/api/v1/groups", User(Read), users::group_rules),
         at(post.clone(), "/api/v1/auth/logout", User(Read), auth::logout),
         // Users and service accounts: submitting and cancelling their work, managing their own tokens.

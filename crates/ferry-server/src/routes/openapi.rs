@@ -59,7 +59,7 @@ pub const ACCESS_EXTENSION: &str = "x-ferry-access";
         super::users::create_project, super::users::group_rules, super::users::set_group_rule, super::users::remove_group_rule,
         super::users::set_team_quota, super::users::clear_team_quota, super::users::set_project_quota,
         super::users::clear_project_quota,
-        super::audit::list,
+        super::audit::list, super::history::cluster, super::history::jobs,
         super::auth::device_start, super::auth::device_poll, super::auth::logout,
         super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,
     ),

@@ -1,0 +1,56 @@
+//! Jobs as history, for the simulator (`GET /api/v1/history/jobs`): only what scheduling saw of each job (resources,
+//! constraints, owner, times and outcome), never its command, environment, code or output, read a page at a time in
+//! id order (submission order, since the driver is the only writer).
+
+use ferry_api::history::HistoryJob;
+use ferry_api::jobs::PriorityClass;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::{from_json, Store, StoreError};
+
+const HISTORY_COLUMNS: &str = "id, owner, team, project, state, exit_code, signal, submitted_at_us, started_at_us, \
+     finished_at_us, attempt, cpu_millis, memory_bytes, gpus, gpu_share_milli, gpu_types, selector, nodes, priority, \
+     pool, image IS NOT NULL AS has_image, max_runtime_s";
+
+fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
+    let priority: String = row.get("priority");
+    let state: String = row.get("state");
+    Ok(HistoryJob {
+        id: row.get::<i64, _>("id") as u64,
+        owner: row.get("owner"),
+        team: row.get("team"),
+        project: row.get("project"),
+        state: ferry_api::jobs::JobState::parse(&state)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown job state `{state}`")))?,
+        exit_code: row.get::<Option<i64>, _>("exit_code").map(|v| v as i32),
+        signal: row.get::<Option<i64>, _>("signal").map(|v| v as i32),
+        submitted_at_us: row.get("submitted_at_us"),
+        started_at_us: row.get("started_at_us"),
+        finished_at_us: row.get("finished_at_us"),
+        attempt: row.get::<i64, _>("attempt") as u32,
+        cpu_millis: row.get::<i64, _>("cpu_millis") as u64,
+        memory_bytes: row.get::<i64, _>("memory_bytes") as u64,
+        gpus: row.get::<i64, _>("gpus") as u32,
+        gpu_share_milli: row.get::<i64, _>("gpu_share_milli") as u32,
+        gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
+        selector: from_json("selector", row.get("selector"))?,
+        nodes: row.get::<i64, _>("nodes") as u32,
+        priority: PriorityClass::parse(&priority)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown priority `{priority}`")))?,
+        pool: row.get("pool"),
+        image: row.get::<bool, _>("has_image"),
+        max_runtime_s: row.get::<Option<i64>, _>("max_runtime_s").map(|v| v as u64),
+    })
+}
+
+impl Store {
+    /// Jobs submitted at or after `since_us` with an id above `after_id`, oldest first, at most `limit`.
+    pub async fn history_jobs(&self, since_us: i64, after_id: u64, limit: u32) -> Result<Vec<HistoryJob>, StoreError> {
+        let sql =
+            format!("SELECT {HISTORY_COLUMNS} FROM jobs WHERE submitted_at_us >= ? AND id > ? ORDER BY id LIMIT ?");
+        let rows =
+            sqlx::query(&sql).bind(since_us).bind(after_id as i64).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(history_from_row).collect()
+    }
+}
