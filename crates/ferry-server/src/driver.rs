@@ -359,6 +359,8 @@ impl Effects {
 pub struct RunSources {
     pub tracking: crate::jobruns::TrackingEnv,
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// The clock the driver decides by: the system's, or a test's.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 pub struct Driver {
@@ -376,6 +378,8 @@ pub struct Driver {
     tracking: crate::jobruns::TrackingEnv,
     /// Opens the secrets a job needs when it starts.
     secrets: Arc<crate::secrets::SecretBox>,
+    /// What every decision and record reads the time from.
+    clock: Arc<dyn crate::clock::Clock>,
     /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
     cycles: u64,
     cycle_seconds_sum: f64,
@@ -384,9 +388,7 @@ pub struct Driver {
     stale: bool,
 }
 
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
+pub(crate) use crate::clock::now_us;
 
 impl Driver {
     /// Builds the driver from the store's contents and returns it with the handle handlers use.
@@ -397,7 +399,7 @@ impl Driver {
         signals: Arc<Signals>,
         node_timeout: Duration,
         config: FileConfig,
-        RunSources { tracking, secrets }: RunSources,
+        RunSources { tracking, secrets, clock }: RunSources,
     ) -> Result<(Driver, DriverHandle, mpsc::Receiver<Command>), StoreError> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let mut driver = Driver {
@@ -412,6 +414,7 @@ impl Driver {
             config,
             tracking,
             secrets,
+            clock,
             cycles: 0,
             stale: false,
             cycle_seconds_sum: 0.0,
@@ -475,7 +478,7 @@ impl Driver {
             };
             if let Err(e) = adopted {
                 let message = format!("lost when the server restarted: {e}");
-                tx.finished(record.id, JobState::Lost, None, None, &message, now_us()).await?;
+                tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
                 continue;
             }
             // A gang with a failed worker stops the rest, as it did before the restart.
@@ -487,7 +490,7 @@ impl Driver {
                     // The agents drop what they already run.
                     Ok(secrets) => fx.launches.extend(self.assignments(&record, &active, &secrets)),
                     Err(why) => {
-                        tx.finished(record.id, JobState::Failed, None, None, &why, now_us()).await?;
+                        tx.finished(record.id, JobState::Failed, None, None, &why, self.clock.now_us()).await?;
                         self.sched.apply(Event::JobEnded { id: record.id }).expect("ending a job never fails");
                         continue;
                     }
@@ -612,7 +615,7 @@ impl Driver {
         }
         if run.rank == 0 {
             active.native = Some(format!("{} job {}", native.kind, native.id));
-            tx.native(run.job_id, &native, now_us(), active.state).await?;
+            tx.native(run.job_id, &native, self.clock.now_us(), active.state).await?;
             fx.changed.push(run.job_id);
         }
         Ok(true)
@@ -735,7 +738,7 @@ impl Driver {
         key: Option<SubmissionKey>,
         tx: &mut Tx,
     ) -> Result<Result<Submitted, ApiError>, StoreError> {
-        let now = now_us();
+        let now = self.clock.now_us();
         // Checked here too, inside the transaction that records the key: two retries racing past the handler's
         // check still make one job.
         if let Some(key) = &key {
@@ -776,13 +779,13 @@ impl Driver {
         match (active.state, active.node.clone()) {
             (JobState::Queued, _) | (_, None) => {
                 let why = format!("cancelled by {by} before it started");
-                tx.finished(id, JobState::Cancelled, None, None, &why, now_us()).await?;
+                tx.finished(id, JobState::Cancelled, None, None, &why, self.clock.now_us()).await?;
                 self.end_job(id, fx);
             }
             (_, Some(_)) => {
                 if !active.cancel_requested {
                     active.cancel_requested = true;
-                    tx.cancel_requested(id, now_us(), active.state, by).await?;
+                    tx.cancel_requested(id, self.clock.now_us(), active.state, by).await?;
                     fx.stops.extend(active.live_runs(id));
                     fx.changed.push(id);
                 }
@@ -798,7 +801,7 @@ impl Driver {
     }
 
     async fn register(&mut self, node: RegisterNode, tx: &mut Tx, fx: &mut Effects) -> Result<Registered, StoreError> {
-        let now = now_us();
+        let now = self.clock.now_us();
         let record = NodeRecord {
             name: node.name.clone(),
             pool: node.pool.clone(),
@@ -866,7 +869,7 @@ impl Driver {
             return Ok(Err(ApiError::not_found(format!("node {} was marked not ready; register again", reports.node))));
         }
         live.last_seen = Instant::now();
-        tx.node_seen(&reports.node, reports.usage.as_ref(), now_us()).await?;
+        tx.node_seen(&reports.node, reports.usage.as_ref(), self.clock.now_us()).await?;
         let mut stop = Vec::new();
         for report in &reports.runs {
             stop.extend(self.report(&reports.node, report, tx, fx).await?);
@@ -1056,7 +1059,7 @@ impl Driver {
             &ended.text,
             core_end(ended.end),
             ran_s,
-            now_us(),
+            self.clock.now_us(),
         );
         match next {
             Next::Requeue { attempt, preemptions, not_before_us, reason } => {
@@ -1083,7 +1086,7 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        tx.requeued(id, attempt, now_us(), why).await?;
+        tx.requeued(id, attempt, self.clock.now_us(), why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
         let mut active = Active {
             state: JobState::Queued,
@@ -1115,12 +1118,12 @@ impl Driver {
             // The gang's other workers still run on nodes that are fine: stop them.
             fx.stops.extend(job.live_runs(id));
         }
-        match lifecycle::after_loss(&job.life(), why, now_us()) {
+        match lifecycle::after_loss(&job.life(), why, self.clock.now_us()) {
             Next::Requeue { attempt, not_before_us, reason, .. } => {
                 self.requeue(id, &job, attempt, not_before_us, &reason, tx, fx).await?;
             }
             Next::Finish { ending, reason } => {
-                tx.finished(id, job_state(ending), None, None, &reason, now_us()).await?;
+                tx.finished(id, job_state(ending), None, None, &reason, self.clock.now_us()).await?;
                 self.end_job(id, fx);
             }
         }
@@ -1156,7 +1159,7 @@ impl Driver {
 
     /// Runs one scheduling cycle and records each start and preemption.
     async fn place(&mut self, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
-        self.sched.apply(Event::Tick { now_us: now_us() }).expect("a tick never fails");
+        self.sched.apply(Event::Tick { now_us: self.clock.now_us() }).expect("a tick never fails");
         for decision in self.sched.schedule() {
             match decision {
                 Decision::Start { job, allocation, reason } => self.start_job(job, allocation, reason, tx, fx).await?,
@@ -1189,7 +1192,7 @@ impl Driver {
             Err(why) => {
                 // Nothing can start it as asked: it fails at once rather than waiting for a secret that may never
                 // come back.
-                tx.finished(job, JobState::Failed, None, None, &why, now_us()).await?;
+                tx.finished(job, JobState::Failed, None, None, &why, self.clock.now_us()).await?;
                 self.end_job(job, fx);
                 return Ok(());
             }
@@ -1210,7 +1213,7 @@ impl Driver {
                 .collect();
             format!("placed as a gang: {}; {cpus} CPUs each: {reason}", workers.join(", "))
         };
-        tx.placed(job, &allocation.node, &allocation.gpus, now_us(), &why).await?;
+        tx.placed(job, &allocation.node, &allocation.gpus, self.clock.now_us(), &why).await?;
         let active = self.jobs.get_mut(&job).expect("a started job is active");
         active.state = JobState::Starting;
         active.node = Some(allocation.node.clone());
@@ -1286,7 +1289,13 @@ impl Driver {
             return Ok(());
         }
         let why = format!("preempted for job {by}: {reason}");
-        tx.event(job, now_us(), active.state, &format!("{why}; stopping it with a grace of {STOP_GRACE_S}s")).await?;
+        tx.event(
+            job,
+            self.clock.now_us(),
+            active.state,
+            &format!("{why}; stopping it with a grace of {STOP_GRACE_S}s"),
+        )
+        .await?;
         active.preempted = Some(why);
         fx.stops.extend(active.live_runs(job));
         fx.changed.push(job);
@@ -1454,5 +1463,133 @@ mod queue_tests {
                 pools: vec![group("cloud", 1, 30), group("local", 2, 10)],
             }
         );
+    }
+}
+
+/// The driver's lifecycle, deterministically: a manual clock, the store in a temporary file, commands applied in
+/// batches as the driver's loop would.
+#[cfg(test)]
+mod lifecycle_tests {
+    use ferry_api::agent::{RunEnd, RunRef, RunStatus};
+    use ferry_api::jobs::PriorityClass;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    async fn driver(clock: &ManualClock) -> (Driver, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
+        let sources = RunSources {
+            tracking: crate::jobruns::TrackingEnv { key: Arc::new(vec![1; 32]), uri: None },
+            secrets: Arc::new(crate::secrets::SecretBox::new(&[2; 32]).unwrap()),
+            clock: Arc::new(clock.clone()),
+        };
+        let agents = Arc::new(AgentBackend::new("epoch".into()));
+        let signals = Arc::new(Signals::default());
+        let timeout = Duration::from_secs(30);
+        let (driver, _handle, _commands) =
+            Driver::start(store, agents, HashMap::new(), signals, timeout, FileConfig::default(), sources)
+                .await
+                .unwrap();
+        (driver, dir)
+    }
+
+    fn job(retries: u32) -> NewJob {
+        NewJob {
+            name: None,
+            project: None,
+            team: None,
+            owner: "ana".into(),
+            command: vec!["train".into()],
+            workdir: "/tmp".into(),
+            env: Default::default(),
+            secrets: Default::default(),
+            resources: Resources::new(1000, 1 << 30, 0),
+            priority: PriorityClass::Normal,
+            retries,
+            max_runtime_s: None,
+            gpu_share_milli: 0,
+            gpu_types: Vec::new(),
+            selector: Default::default(),
+            nodes: 1,
+            code: None,
+            pool: None,
+            image: None,
+            tracking: None,
+            sweep: None,
+        }
+    }
+
+    /// Applies one command and returns its answer.
+    async fn ask<T>(driver: &mut Driver, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        driver.apply_batch(vec![make(reply)]).await;
+        answer.await.expect("every command is answered")
+    }
+
+    async fn state(driver: &Driver, id: u64) -> (JobState, u32) {
+        let record = driver.store.job(id).await.unwrap().unwrap();
+        (record.state, record.attempt)
+    }
+
+    fn finished(attempt: u32, code: i32, at_us: i64) -> Reports {
+        let status = RunStatus::Finished {
+            end: RunEnd::Exited,
+            exit_code: Some(code),
+            signal: None,
+            finished_at_us: at_us,
+            log_bytes: 0,
+            message: None,
+            started_at_us: Some(at_us - 1_000_000),
+        };
+        Reports { node: "n1".into(), runs: vec![RunReport { run: RunRef::new(1, attempt), status }], usage: None }
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_is_retried_only_once_its_backoff_has_passed() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let node = RegisterNode {
+            name: "n1".into(),
+            pool: "local".into(),
+            cpu_millis: 4000,
+            memory_bytes: 8 << 30,
+            gpus: Vec::new(),
+            labels: Default::default(),
+            agent_version: "test".into(),
+            limits: "none".into(),
+            address: None,
+            runs: Vec::new(),
+            now_us: clock.now_us(),
+        };
+        ask(&mut d, |reply| Command::Register { node, reply }).await.unwrap();
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(2)), key: None, reply }).await.unwrap().id;
+        assert_eq!(state(&d, id).await, (JobState::Starting, 0), "placed in the batch that accepted it");
+
+        // The run fails: the job is queued again, and stays queued for the 2 s of its first retry's backoff.
+        let reports = finished(0, 1, clock.now_us());
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1));
+        clock.advance_s(1);
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1), "still within its backoff");
+        clock.advance_s(1);
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Starting, 1), "placed once the backoff has passed");
+
+        // The second failure waits twice as long; the third is final (two retries were asked for).
+        let reports = finished(1, 1, clock.now_us());
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        clock.advance_s(3);
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Queued, 2));
+        clock.advance_s(1);
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Starting, 2));
+        let reports = finished(2, 1, clock.now_us());
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Failed, 2));
+        let record = d.store.job(id).await.unwrap().unwrap();
+        assert_eq!(record.finished_at_us, Some(clock.now_us()), "the driver records the clock it was given");
     }
 }

@@ -8,6 +8,7 @@ mod artifact_quota;
 mod artifacts;
 mod audit;
 mod auth;
+mod clock;
 mod code;
 mod config;
 mod datadir;
@@ -171,6 +172,7 @@ pub async fn serve(
         driver::RunSources {
             tracking: jobruns::TrackingEnv { key: job_key.clone(), uri: config.file.public_url.clone() },
             secrets: secret_box.clone(),
+            clock: Arc::new(clock::SystemClock),
         },
     )
     .await?;
