@@ -26,6 +26,7 @@ mod secrets;
 mod series;
 mod signals;
 mod state;
+mod submission;
 mod sweeps;
 mod telemetry;
 mod tls;
@@ -45,8 +46,8 @@ pub use auth::{hash_token, new_token};
 pub use config::{FileConfig, PoolConfig};
 pub use datadir::{restore_admin, DataDir, ADMIN_TOKEN_FILE, AGENT_TOKEN_FILE, BOOTSTRAP_ADMIN};
 pub use error::ApiError;
-pub use routes::jobs::validate;
 pub use routes::openapi::ApiDoc;
+pub use submission::validate;
 pub use tls::{TlsSetting, CA_CERT_FILE};
 
 use crate::code::CodeStore;

@@ -458,7 +458,7 @@ async fn submit_trial(
         ferry_api::ErrorCode::Unavailable | ferry_api::ErrorCode::StorageFull => Stop::Retry(e.message),
         _ => Stop::Fail(e.message),
     })?;
-    let mut job = crate::routes::jobs::prepare(state, submission, &owner).await.map_err(|e| Stop::Fail(e.message))?;
+    let mut job = crate::submission::prepare(state, submission, &owner).await.map_err(|e| Stop::Fail(e.message))?;
     let run_id = match run_id {
         Some(run_id) => run_id,
         None => {

@@ -61,7 +61,7 @@ pub async fn submit(
     let mut team = None;
     if let Some(p) = first.first() {
         let submission = trial.submission(&spec, &p.params, 0, req.code.clone()).map_err(ApiError::invalid)?;
-        team = crate::routes::jobs::prepare(&state, submission, &caller).await?.team;
+        team = crate::submission::prepare(&state, submission, &caller).await?.team;
     }
     let ownership = ferry_store::Ownership { owner: Some(&caller.name), team: team.as_deref() };
     let experiment_id = crate::jobruns::experiment_named(&state.store, &trial.experiment(&spec), ownership).await?;
