@@ -253,7 +253,7 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
 impl Active {
     fn from_record(r: &JobRecord) -> Active {
         Active {
-            request: core_request(r.id, &r.spec, r.submitted_at_us),
+            request: JobRequest { not_before_us: r.not_before_us, ..core_request(r.id, &r.spec, r.submitted_at_us) },
             state: r.state,
             attempt: r.attempt,
             retries: r.spec.retries,
@@ -1086,7 +1086,7 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        tx.requeued(id, attempt, self.clock.now_us(), why).await?;
+        tx.requeued(id, attempt, self.clock.now_us(), not_before_us, why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
         let mut active = Active {
             state: JobState::Queued,
@@ -1479,6 +1479,11 @@ mod lifecycle_tests {
     async fn driver(clock: &ManualClock) -> (Driver, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
+        (driver_on(store, clock).await, dir)
+    }
+
+    /// A driver started on `store`, as a server restarting on its data would.
+    async fn driver_on(store: Store, clock: &ManualClock) -> Driver {
         let sources = RunSources {
             tracking: crate::jobruns::TrackingEnv { key: Arc::new(vec![1; 32]), uri: None },
             secrets: Arc::new(crate::secrets::SecretBox::new(&[2; 32]).unwrap()),
@@ -1491,7 +1496,7 @@ mod lifecycle_tests {
             Driver::start(store, agents, HashMap::new(), signals, timeout, FileConfig::default(), sources)
                 .await
                 .unwrap();
-        (driver, dir)
+        driver
     }
 
     fn job(retries: u32) -> NewJob {
@@ -1545,11 +1550,8 @@ mod lifecycle_tests {
         Reports { node: "n1".into(), runs: vec![RunReport { run: RunRef::new(1, attempt), status }], usage: None }
     }
 
-    #[tokio::test]
-    async fn a_failed_run_is_retried_only_once_its_backoff_has_passed() {
-        let clock = ManualClock::at(1_800_000_000_000_000);
-        let (mut d, _dir) = driver(&clock).await;
-        let node = RegisterNode {
+    fn node(clock: &ManualClock) -> RegisterNode {
+        RegisterNode {
             name: "n1".into(),
             pool: "local".into(),
             cpu_millis: 4000,
@@ -1561,7 +1563,14 @@ mod lifecycle_tests {
             address: None,
             runs: Vec::new(),
             now_us: clock.now_us(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_is_retried_only_once_its_backoff_has_passed() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let node = node(&clock);
         ask(&mut d, |reply| Command::Register { node, reply }).await.unwrap();
         let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(2)), key: None, reply }).await.unwrap().id;
         assert_eq!(state(&d, id).await, (JobState::Starting, 0), "placed in the batch that accepted it");
@@ -1591,5 +1600,27 @@ mod lifecycle_tests {
         assert_eq!(state(&d, id).await, (JobState::Failed, 2));
         let record = d.store.job(id).await.unwrap().unwrap();
         assert_eq!(record.finished_at_us, Some(clock.now_us()), "the driver records the clock it was given");
+    }
+
+    #[tokio::test]
+    async fn a_retry_waiting_out_its_backoff_still_waits_after_a_restart() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let node = node(&clock);
+        ask(&mut d, |reply| Command::Register { node, reply }).await.unwrap();
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
+        let reports = finished(0, 1, clock.now_us());
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1));
+        // The server restarts a second later: the job remembers when it may start.
+        let store = d.store.clone();
+        drop(d);
+        clock.advance_s(1);
+        let mut d = driver_on(store, &clock).await;
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1), "still within its backoff after the restart");
+        clock.advance_s(1);
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Starting, 1));
     }
 }

@@ -94,6 +94,8 @@ pub struct JobRecord {
     pub native: Option<Native>,
     /// When the retention sweep removed the job's stored output; `None` while it is kept.
     pub output_removed_at_us: Option<i64>,
+    /// A queued retry may not start before this time (its backoff); 0 for any time.
+    pub not_before_us: i64,
 }
 
 /// A job as an engine knows it.
@@ -136,7 +138,7 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
      code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
-     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us";
+     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us, not_before_us";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -201,6 +203,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         submitted_at_us: row.get("submitted_at_us"),
         started_at_us: row.get("started_at_us"),
         finished_at_us: row.get("finished_at_us"),
+        not_before_us: row.get("not_before_us"),
         native: match (row.get::<Option<String>, _>("native_kind"), row.get::<Option<String>, _>("native_id")) {
             (Some(kind), Some(id)) => {
                 Some(Native { kind, id, spec: row.get::<Option<String>, _>("native_spec").unwrap_or_default() })
@@ -504,12 +507,21 @@ impl Tx {
     }
 
     /// Puts a job back in the queue for its next attempt.
-    pub async fn requeued(&mut self, id: u64, attempt: u32, at_us: i64, why: &str) -> Result<(), StoreError> {
+    /// Records that a job is queued again as `attempt`, not to start before `not_before_us` (0: at once).
+    pub async fn requeued(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        at_us: i64,
+        not_before_us: i64,
+        why: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', attempt = ?, node = NULL, gpu_ids = '[]', workers = '[]', \
-             started_at_us = NULL, exit_code = NULL, signal = NULL WHERE id = ?",
+             started_at_us = NULL, exit_code = NULL, signal = NULL, not_before_us = ? WHERE id = ?",
         )
         .bind(attempt as i64)
+        .bind(not_before_us)
         .bind(id as i64)
         .execute(&mut *self.0)
         .await?;
