@@ -169,6 +169,28 @@ pub fn after_loss(job: &JobLife, why: &str, now_us: i64) -> Next {
     Next::Finish { ending: Ending::Lost, reason: why.to_string() }
 }
 
+/// What a cancel asks of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelStep {
+    /// Not on any node yet (queued, or placed nowhere): it ends at once, cancelled for `reason`.
+    EndNow { reason: String },
+    /// Running (or starting) somewhere: its runs are stopped (SIGTERM, the grace period, SIGKILL) and their end
+    /// reads as cancelled (see [`run_outcome`]).
+    StopRuns,
+    /// A cancel was asked before and its runs are stopping: nothing more to do.
+    AlreadyStopping,
+}
+
+/// Decides what `by`'s cancel does to a job: `placed` whether it is on a node, `requested` whether a cancel was
+/// asked before.
+pub fn on_cancel(placed: bool, requested: bool, by: &str) -> CancelStep {
+    match (placed, requested) {
+        (false, _) => CancelStep::EndNow { reason: format!("cancelled by {by} before it started") },
+        (true, false) => CancelStep::StopRuns,
+        (true, true) => CancelStep::AlreadyStopping,
+    }
+}
+
 /// How one worker of a gang ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerEnded {
@@ -322,6 +344,16 @@ mod tests {
             after_loss(&cancelled, why, 5),
             Next::Finish { ending: Ending::Cancelled, reason: format!("cancelled; {why}") }
         );
+    }
+
+    #[test]
+    fn a_cancel_ends_a_queued_job_at_once_and_stops_a_running_one_once() {
+        assert_eq!(
+            on_cancel(false, false, "ana"),
+            CancelStep::EndNow { reason: "cancelled by ana before it started".into() }
+        );
+        assert_eq!(on_cancel(true, false, "ana"), CancelStep::StopRuns);
+        assert_eq!(on_cancel(true, true, "bo"), CancelStep::AlreadyStopping);
     }
 
     fn ended(rank: u32, ending: Ending, at: i64) -> WorkerEnded {

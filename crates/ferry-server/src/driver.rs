@@ -16,7 +16,7 @@ use ferry_api::jobs::{JobState, JobWorker, QueueGroup, QueueSummary, WorkerEnd};
 use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
-use ferry_core::lifecycle::{self, Ending, GangStep, JobLife, Next, RunResult, WorkerEnded};
+use ferry_core::lifecycle::{self, CancelStep, Ending, GangStep, JobLife, Next, RunResult, WorkerEnded};
 use ferry_core::resources_fmt::format_cpus;
 use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Peer, Resources, Scheduler, WaitReason};
 use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Store, StoreError, SubmissionKey, Tx};
@@ -776,20 +776,19 @@ impl Driver {
                 None => ApiError::not_found(format!("no job {id}; `ferry ps --all` lists jobs")),
             }));
         };
-        match (active.state, active.node.clone()) {
-            (JobState::Queued, _) | (_, None) => {
-                let why = format!("cancelled by {by} before it started");
-                tx.finished(id, JobState::Cancelled, None, None, &why, self.clock.now_us()).await?;
+        let placed = active.state != JobState::Queued && active.node.is_some();
+        match lifecycle::on_cancel(placed, active.cancel_requested, by) {
+            CancelStep::EndNow { reason } => {
+                tx.finished(id, JobState::Cancelled, None, None, &reason, self.clock.now_us()).await?;
                 self.end_job(id, fx);
             }
-            (_, Some(_)) => {
-                if !active.cancel_requested {
-                    active.cancel_requested = true;
-                    tx.cancel_requested(id, self.clock.now_us(), active.state, by).await?;
-                    fx.stops.extend(active.live_runs(id));
-                    fx.changed.push(id);
-                }
+            CancelStep::StopRuns => {
+                active.cancel_requested = true;
+                tx.cancel_requested(id, self.clock.now_us(), active.state, by).await?;
+                fx.stops.extend(active.live_runs(id));
+                fx.changed.push(id);
             }
+            CancelStep::AlreadyStopping => {}
         }
         Ok(Ok(()))
     }
