@@ -57,13 +57,22 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<usize> {
         println!("  steps                     {:>9}", run.steps);
         println!("  most jobs waiting at once {:>9}", peak);
         println!("  virtual span              {:>9.1} h", run.end_ms as f64 / 3.6e6);
+        let i = &run.idle_waits;
+        println!(
+            "  waited by an idle node    {:>9} jobs (max {:.0} s, p99 {:.0} s)",
+            i.jobs,
+            i.max_ms as f64 / 1e3,
+            i.p99_ms as f64 / 1e3
+        );
         println!("  decisions fingerprint     {fingerprint:016x}");
     }
     println!(
         "{}",
         json!({"bench": "replay", "inputs": name, "nodes": cluster.nodes.len(), "jobs": workload.jobs.len(),
                "seed": args.seed, "wall_s": wall_s, "steps": run.steps, "peak_waiting": peak,
-               "span_h": run.end_ms as f64 / 3.6e6, "fingerprint": format!("{fingerprint:016x}")})
+               "span_h": run.end_ms as f64 / 3.6e6, "fingerprint": format!("{fingerprint:016x}"),
+               "idle_wait_jobs": run.idle_waits.jobs, "idle_wait_max_s": run.idle_waits.max_ms as f64 / 1e3,
+               "idle_wait_p99_s": run.idle_waits.p99_ms as f64 / 1e3})
     );
     Ok(0)
 }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod fgd;
 pub mod ledger;
 pub mod report;
+pub mod starvation;
 pub mod synth;
 pub mod workload;
 
