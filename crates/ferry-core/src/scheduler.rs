@@ -446,12 +446,40 @@ fn aged_shape(shape: u64, submitted_at_us: i64) -> u64 {
     h.finish()
 }
 
-/// What a queued job's placement depends on besides what is free, worked out once when it is queued: its interned
-/// constraint (which nodes allow it) and its shape.
+/// What a queued job's placement and place in the queue depend on besides what is free, worked out once when it is
+/// queued: its interned constraint (which nodes allow it), its shape, whether it has a runtime limit (which lets it
+/// backfill), and the ids of its project and user (fair share groups by them).
 #[derive(Clone, Copy, Debug)]
 struct JobClass {
     constraint: ConstraintId,
     shape: u64,
+    limited: bool,
+    project: u32,
+    user: u32,
+}
+
+/// Ids for the projects (`team/project`) and users queued jobs belong to, so that a cycle groups jobs without
+/// comparing names. An id is never reused: there are as many as distinct projects and users ever queued.
+#[derive(Clone, Debug, Default)]
+struct OwnerIds {
+    projects: HashMap<(String, String), u32>,
+    users: HashMap<String, u32>,
+}
+
+impl OwnerIds {
+    fn project(&mut self, team: &str, project: &str) -> u32 {
+        let key = (team.to_string(), project.to_string());
+        let next = self.projects.len() as u32;
+        *self.projects.entry(key).or_insert(next)
+    }
+
+    fn user(&mut self, user: &str) -> u32 {
+        if let Some(&id) = self.users.get(user) {
+            return id;
+        }
+        let next = self.users.len() as u32;
+        *self.users.entry(user.to_string()).or_insert(next)
+    }
 }
 
 /// What the last cycle held back on a node for blocked jobs: the first job it held for, and how much it held for all
@@ -476,6 +504,7 @@ pub struct Scheduler {
     /// The interned constraints of the queued jobs, and each queued job's class.
     constraints: Constraints,
     classes: HashMap<JobId, JobClass>,
+    owners: OwnerIds,
     /// Walk the whole queue in every cycle instead of skipping classes that cannot fit (for tests that compare the
     /// two: they must decide alike).
     linear_scan: bool,
@@ -727,7 +756,13 @@ impl Scheduler {
             self.mix.observe(demand, &request.resources);
         }
         self.queue.insert((Reverse(request.priority), request.id));
-        let class = JobClass { constraint: self.constraints.intern(&request), shape: shape_of(&request) };
+        let class = JobClass {
+            constraint: self.constraints.intern(&request),
+            shape: shape_of(&request),
+            limited: request.max_runtime_s.is_some(),
+            project: self.owners.project(&request.team, &request.project),
+            user: self.owners.user(&request.user),
+        };
         self.classes.insert(request.id, class);
         self.pending.insert(request.id, request);
         Ok(())
@@ -893,9 +928,8 @@ impl Scheduler {
         let age_matters = self.has_timed_bursting();
         // Jobs alike in shape (and so in team and constraints), and in whether they may backfill, stand or fall
         // together once the blocked budget is spent: the queue is filed by that.
-        let mut queue = CycleQueue::new(self.cycle_order(), |id| {
-            (self.shape(id, age_matters), self.pending[&id].max_runtime_s.is_some())
-        });
+        let mut queue =
+            CycleQueue::new(self.cycle_order(), |id| (self.shape(id, age_matters), self.classes[&id].limited));
         loop {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
             // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
@@ -999,7 +1033,7 @@ impl Scheduler {
     /// rest of the cycle, and for every job of its class.
     fn passed_over(&self, id: JobId, age_matters: bool, cycle: &Cycle) -> bool {
         let request = &self.pending[&id];
-        let may_backfill = request.max_runtime_s.is_some() && !cycle.shadows.is_empty();
+        let may_backfill = self.classes[&id].limited && !cycle.shadows.is_empty();
         (self.too_big(request, cycle) && !may_backfill) || cycle.failed_shapes.contains(&self.shape(id, age_matters))
     }
 
@@ -1344,8 +1378,15 @@ impl Scheduler {
             .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc));
         let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
         let owner_of = |id: JobId| {
-            let r = &self.pending[&id];
-            fairshare::Owner { team: &r.team, project: &r.project, user: &r.user, footprint: r.total() }
+            let (r, class) = (&self.pending[&id], &self.classes[&id]);
+            fairshare::Owner {
+                team: &r.team,
+                project: &r.project,
+                user: &r.user,
+                project_id: class.project,
+                user_id: class.user,
+                footprint: r.total(),
+            }
         };
         let standing = fairshare::Standing {
             project_held: &self.project_held,
