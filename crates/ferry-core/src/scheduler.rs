@@ -1812,11 +1812,20 @@ impl Scheduler {
         let mut best: Option<((u32, u64), usize)> = None;
         for index in &cycle.by_free_gpus {
             for (&gpus_free, nodes) in index.iter().rev() {
-                if best.is_some_and(|(key, _)| key.0 > gpus_free.min(needs.gpus)) {
+                let top = gpus_free.min(needs.gpus);
+                if best.is_some_and(|(key, _)| key.0 > top) {
                     break;
                 }
+                // The most a node of this bucket can offer. Where the best so far has it already, only the nodes
+                // before it can still win (a tie goes to the earlier node); and once a node of this bucket has it,
+                // none after it in the bucket can. On a full cluster, this spares walking every node.
+                let bucket_most = (top, needs.cpu_millis);
+                let nodes = match best {
+                    Some((key, j)) if key == bucket_most => nodes.range(..j),
+                    _ => nodes.range(..),
+                };
                 for &i in nodes {
-                    let key = (gpus_free.min(needs.gpus), free[i].cpu_millis.min(needs.cpu_millis));
+                    let key = (top, free[i].cpu_millis.min(needs.cpu_millis));
                     if best.is_some_and(|(b, j)| (b, Reverse(j)) >= (key, Reverse(i))) {
                         continue;
                     }
@@ -1828,6 +1837,9 @@ impl Scheduler {
                         best = Some((key, i));
                         if key == closest_possible {
                             return Some(i);
+                        }
+                        if key == bucket_most {
+                            break;
                         }
                     }
                 }
