@@ -11,6 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
+use crate::idhash::IdMap;
 use crate::resources::Resources;
 use crate::JobId;
 
@@ -118,7 +119,7 @@ struct ProjectGroup<'a> {
     project: &'a str,
     users: Vec<UserGroup<'a>>,
     /// Each user's place in `users`.
-    slots: HashMap<u32, usize>,
+    slots: IdMap<u32, usize>,
 }
 
 /// The order in which a cycle considers queued jobs: priority first; within a priority, progressive filling across
@@ -131,11 +132,11 @@ pub(crate) fn order<'a>(
     capacity: &Resources,
 ) -> Vec<JobId> {
     // A user's share counts all its projects, and stays one number across them within a cycle.
-    let mut user_share: HashMap<u32, u64> = HashMap::new();
+    let mut user_share: IdMap<u32, u64> = IdMap::default();
     let mut out = Vec::new();
     let mut level: Option<i32> = None;
     let mut projects: Vec<ProjectGroup<'a>> = Vec::new();
-    let mut slots: HashMap<u32, usize> = HashMap::new();
+    let mut slots: IdMap<u32, usize> = IdMap::default();
     for (priority, id) in queue {
         if level != Some(priority) {
             fill_level(std::mem::take(&mut projects), &mut user_share, standing, capacity, &mut out);
@@ -144,7 +145,7 @@ pub(crate) fn order<'a>(
         }
         let Owner { team, project, user, project_id, user_id, footprint } = owner_of(id);
         let p = *slots.entry(project_id).or_insert_with(|| {
-            projects.push(ProjectGroup { team, project, users: Vec::new(), slots: HashMap::new() });
+            projects.push(ProjectGroup { team, project, users: Vec::new(), slots: IdMap::default() });
             projects.len() - 1
         });
         let group = &mut projects[p];
@@ -163,7 +164,7 @@ pub(crate) fn order<'a>(
 /// the groups were gathered decides nothing.
 fn fill_level(
     projects: Vec<ProjectGroup<'_>>,
-    user_share: &mut HashMap<u32, u64>,
+    user_share: &mut IdMap<u32, u64>,
     standing: &Standing<'_>,
     capacity: &Resources,
     out: &mut Vec<JobId>,

@@ -12,6 +12,7 @@ mod elastic;
 mod fairshare;
 mod fgd;
 mod forecast;
+mod idhash;
 mod node;
 mod preempt;
 mod queue;

@@ -10,9 +10,10 @@
 //! This module only orders; what makes a class dead is the caller's to decide, and must be monotone within a cycle.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 
+use crate::idhash::IdMap;
 use crate::JobId;
 
 /// The queue of one cycle, in cycle order, filed by class.
@@ -30,7 +31,7 @@ pub(crate) struct CycleQueue {
 impl CycleQueue {
     /// Files `jobs` (in cycle order) by the class `class_of` gives each.
     pub(crate) fn new<K: Hash + Eq>(jobs: Vec<JobId>, mut class_of: impl FnMut(JobId) -> K) -> CycleQueue {
-        let mut ids: HashMap<K, u32> = HashMap::new();
+        let mut ids: IdMap<K, u32> = IdMap::default();
         let mut members: Vec<Vec<usize>> = Vec::new();
         for (position, job) in jobs.iter().enumerate() {
             let next = ids.len() as u32;

@@ -14,6 +14,7 @@ use crate::constraint::{ConstraintId, Constraints};
 use crate::elastic::{self, ElasticPool, Supply, Want};
 use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
+use crate::idhash::IdMap;
 use crate::node::Node;
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 use crate::queue::CycleQueue;
@@ -495,7 +496,7 @@ pub struct HeldBack {
 pub struct Scheduler {
     nodes: BTreeMap<String, Node>,
     queue: BTreeSet<QueueKey>,
-    pending: HashMap<JobId, JobRequest>,
+    pending: IdMap<JobId, JobRequest>,
     running: HashMap<JobId, Running>,
     /// What the last cycle held back for blocked jobs: job id to the node it reserved.
     reservations: HashMap<JobId, String>,
@@ -503,7 +504,7 @@ pub struct Scheduler {
     held_back: BTreeMap<String, HeldBack>,
     /// The interned constraints of the queued jobs, and each queued job's class.
     constraints: Constraints,
-    classes: HashMap<JobId, JobClass>,
+    classes: IdMap<JobId, JobClass>,
     owners: OwnerIds,
     /// Walk the whole queue in every cycle instead of skipping classes that cannot fit (for tests that compare the
     /// two: they must decide alike).
