@@ -4,6 +4,7 @@
 //! - `throughput`: many trivial jobs at once; the time until all have finished.
 //! - `queue-memory`: the server's resident memory with many jobs queued.
 //! - `cycle`: one cycle of the scheduler core alone, in memory.
+//! - `replay`: the simulator's replay with its checker, on a synthetic trace-shaped workload or the Alibaba trace.
 //! - `tsdb`: the embedded time-series store alone: history ingest, query latency, sustained live ingest.
 //! - `ingest`: simulated agents (8 GPUs each) sending telemetry every second to a running server.
 //! - `dashboard`: the requests behind each page of the web dashboard, on a server with 100,000 jobs and 30 days of
@@ -30,6 +31,7 @@ use serde_json::json;
 mod cycle;
 mod dashboard;
 mod ingest;
+mod replay;
 mod tsdb;
 use stats::{bytes, latency_row, round3, summary_json, Samples};
 use tokio::task::JoinSet;
@@ -57,6 +59,8 @@ enum Command {
     QueueMemory(QueueMemoryArgs),
     /// Times one cycle of the scheduler core alone on a large cluster with a deep queue.
     Cycle(cycle::CycleArgs),
+    /// Times the simulator's replay, the checker on, on a synthetic trace-shaped workload or the Alibaba trace.
+    Replay(replay::ReplayArgs),
     /// Times the embedded time-series store: 90 days of 1,000 GPUs, the UI's queries, live ingest headroom.
     Tsdb(tsdb::TsdbArgs),
     /// Simulated agents sending telemetry each second to a running server: the most it sustains, its CPU and memory.
@@ -153,6 +157,7 @@ async fn main() -> ExitCode {
         Command::Throughput(args) => throughput(args).await,
         Command::QueueMemory(args) => queue_memory(args).await,
         Command::Cycle(args) => cycle::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Tsdb(args) => tsdb::run(args),
         Command::Ingest(args) => ingest::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,

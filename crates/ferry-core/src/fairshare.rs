@@ -9,8 +9,9 @@
 //! Projects are named within their team (`team/project`); jobs without a project form one group of their own.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
+use crate::idhash::IdMap;
 use crate::resources::Resources;
 use crate::JobId;
 
@@ -77,11 +78,14 @@ pub(crate) fn dominant_of(r: &Resources, capacity: &Resources) -> f64 {
 /// One user's queued jobs of one priority within one project, oldest first, with what each would hold.
 type UserQueue = VecDeque<(JobId, Resources)>;
 
-/// Who a queued job's fair share is counted for: its project (named within its team) and its user.
+/// Who a queued job's fair share is counted for: its project (named within its team) and its user, by name and by
+/// the ids the scheduler interned them under (jobs are grouped by id, so no name is compared per job).
 pub(crate) struct Owner<'a> {
     pub(crate) team: &'a str,
     pub(crate) project: &'a str,
     pub(crate) user: &'a str,
+    pub(crate) project_id: u32,
+    pub(crate) user_id: u32,
     pub(crate) footprint: Resources,
 }
 
@@ -102,6 +106,22 @@ struct ProjectQueue {
     user_shares: Vec<u64>,
 }
 
+/// One user's queue within a project of one priority level, as the level is gathered.
+struct UserGroup<'a> {
+    id: u32,
+    name: &'a str,
+    jobs: UserQueue,
+}
+
+/// One project of one priority level, as the level is gathered.
+struct ProjectGroup<'a> {
+    team: &'a str,
+    project: &'a str,
+    users: Vec<UserGroup<'a>>,
+    /// Each user's place in `users`.
+    slots: IdMap<u32, usize>,
+}
+
 /// The order in which a cycle considers queued jobs: priority first; within a priority, progressive filling across
 /// projects by share, then across the project's users by share; within a user, submission order. `queue` is in
 /// (priority, id) order.
@@ -111,61 +131,87 @@ pub(crate) fn order<'a>(
     standing: &Standing<'_>,
     capacity: &Resources,
 ) -> Vec<JobId> {
-    type Projects<'a> = BTreeMap<(&'a str, &'a str), BTreeMap<&'a str, UserQueue>>;
-    let mut levels: BTreeMap<Reverse<i32>, Projects<'a>> = BTreeMap::new();
+    // A user's share counts all its projects, and stays one number across them within a cycle.
+    let mut user_share: IdMap<u32, u64> = IdMap::default();
+    let mut out = Vec::new();
+    let mut level: Option<i32> = None;
+    let mut projects: Vec<ProjectGroup<'a>> = Vec::new();
+    let mut slots: IdMap<u32, usize> = IdMap::default();
     for (priority, id) in queue {
-        let Owner { team, project, user, footprint } = owner_of(id);
-        let users = levels.entry(Reverse(priority)).or_default().entry((team, project)).or_default();
-        users.entry(user).or_default().push_back((id, footprint));
+        if level != Some(priority) {
+            fill_level(std::mem::take(&mut projects), &mut user_share, standing, capacity, &mut out);
+            slots.clear();
+            level = Some(priority);
+        }
+        let Owner { team, project, user, project_id, user_id, footprint } = owner_of(id);
+        let p = *slots.entry(project_id).or_insert_with(|| {
+            projects.push(ProjectGroup { team, project, users: Vec::new(), slots: IdMap::default() });
+            projects.len() - 1
+        });
+        let group = &mut projects[p];
+        let u = *group.slots.entry(user_id).or_insert_with(|| {
+            group.users.push(UserGroup { id: user_id, name: user, jobs: VecDeque::new() });
+            group.users.len() - 1
+        });
+        group.users[u].jobs.push_back((id, footprint));
     }
+    fill_level(projects, &mut user_share, standing, capacity, &mut out);
+    out
+}
+
+/// Progressive filling of one priority level, appended to `out`. Every user and project queue holds at least one
+/// job, and the heaps break ties by the id of each queue's first job, which no two queues share: the order in which
+/// the groups were gathered decides nothing.
+fn fill_level(
+    projects: Vec<ProjectGroup<'_>>,
+    user_share: &mut IdMap<u32, u64>,
+    standing: &Standing<'_>,
+    capacity: &Resources,
+    out: &mut Vec<JobId>,
+) {
     let share = |held: &HashMap<String, Resources>, usage: &Usage, key: &str| {
         let now = held.get(key).map(|r| dominant_of(r, capacity)).unwrap_or(0.0);
         ((now + usage.recent_share(key, capacity)) * SHARE_SCALE) as u64
     };
-    // A user's share counts all its projects, and stays one number across them within a cycle.
-    let mut user_share: HashMap<&str, u64> = HashMap::new();
-    let mut out = Vec::new();
-    for projects in levels.into_values() {
-        let mut heap = BinaryHeap::new();
-        let mut queues: Vec<ProjectQueue> = Vec::with_capacity(projects.len());
-        let mut user_names: Vec<Vec<&str>> = Vec::with_capacity(projects.len());
-        for (p, ((team, project), users)) in projects.into_iter().enumerate() {
-            let mut q = ProjectQueue { heap: BinaryHeap::new(), users: Vec::new(), user_shares: Vec::new() };
-            let mut names = Vec::new();
-            let mut first_of_project = JobId::MAX;
-            for (u, (user, jobs)) in users.into_iter().enumerate() {
-                let s = *user_share.entry(user).or_insert_with(|| share(standing.user_held, standing.user_usage, user));
-                // Ties go to the user whose first job came first.
-                let first = jobs.front().map(|(id, _)| *id).unwrap_or(0);
-                first_of_project = first_of_project.min(first);
-                q.heap.push(Reverse((s, first, u)));
-                q.users.push(jobs);
-                q.user_shares.push(s);
-                names.push(user);
-            }
-            let s = share(standing.project_held, standing.project_usage, &format!("{team}/{project}"));
-            heap.push(Reverse((s, first_of_project, p)));
-            queues.push(q);
-            user_names.push(names);
+    let mut heap = BinaryHeap::new();
+    let mut queues: Vec<ProjectQueue> = Vec::with_capacity(projects.len());
+    let mut user_ids: Vec<Vec<u32>> = Vec::with_capacity(projects.len());
+    for (p, group) in projects.into_iter().enumerate() {
+        let mut q = ProjectQueue { heap: BinaryHeap::new(), users: Vec::new(), user_shares: Vec::new() };
+        let mut ids = Vec::new();
+        let mut first_of_project = JobId::MAX;
+        for (u, user) in group.users.into_iter().enumerate() {
+            let s =
+                *user_share.entry(user.id).or_insert_with(|| share(standing.user_held, standing.user_usage, user.name));
+            // Ties go to the user whose first job came first.
+            let first = user.jobs.front().map(|(id, _)| *id).unwrap_or(0);
+            first_of_project = first_of_project.min(first);
+            q.heap.push(Reverse((s, first, u)));
+            q.users.push(user.jobs);
+            q.user_shares.push(s);
+            ids.push(user.id);
         }
-        while let Some(Reverse((project_share, _, p))) = heap.pop() {
-            let q = &mut queues[p];
-            let Some(Reverse((_, _, u))) = q.heap.pop() else { continue };
-            let Some((id, footprint)) = q.users[u].pop_front() else { continue };
-            out.push(id);
-            let added = (dominant_of(&footprint, capacity) * SHARE_SCALE) as u64;
-            // The user's share grows wherever it queues; its other projects see the new value when they next pick.
-            let name = user_names[p][u];
-            let grown = user_share.get(name).copied().unwrap_or(q.user_shares[u]).saturating_add(added);
-            user_share.insert(name, grown);
-            q.user_shares[u] = grown;
-            if let Some((next, _)) = q.users[u].front() {
-                q.heap.push(Reverse((grown, *next, u)));
-            }
-            if let Some(Reverse((_, next, _))) = q.heap.peek() {
-                heap.push(Reverse((project_share.saturating_add(added), *next, p)));
-            }
+        let s = share(standing.project_held, standing.project_usage, &format!("{}/{}", group.team, group.project));
+        heap.push(Reverse((s, first_of_project, p)));
+        queues.push(q);
+        user_ids.push(ids);
+    }
+    while let Some(Reverse((project_share, _, p))) = heap.pop() {
+        let q = &mut queues[p];
+        let Some(Reverse((_, _, u))) = q.heap.pop() else { continue };
+        let Some((id, footprint)) = q.users[u].pop_front() else { continue };
+        out.push(id);
+        let added = (dominant_of(&footprint, capacity) * SHARE_SCALE) as u64;
+        // The user's share grows wherever it queues; its other projects see the new value when they next pick.
+        let user = user_ids[p][u];
+        let grown = user_share.get(&user).copied().unwrap_or(q.user_shares[u]).saturating_add(added);
+        user_share.insert(user, grown);
+        q.user_shares[u] = grown;
+        if let Some((next, _)) = q.users[u].front() {
+            q.heap.push(Reverse((grown, *next, u)));
+        }
+        if let Some(Reverse((_, next, _))) = q.heap.peek() {
+            heap.push(Reverse((project_share.saturating_add(added), *next, p)));
         }
     }
-    out
 }

@@ -7,13 +7,16 @@
 //! This crate must never do I/O, read a clock, spawn a task or draw a random number: the server and the simulator
 //! drive the same core, so everything it needs is passed in. It knows nothing of SQL, HTTP or processes.
 
+mod constraint;
 mod elastic;
 mod fairshare;
 mod fgd;
 mod forecast;
+mod idhash;
 pub mod lifecycle;
 mod node;
 mod preempt;
+mod queue;
 mod reason;
 mod resources;
 pub mod resources_fmt {
@@ -32,8 +35,8 @@ pub use reason::{
 };
 pub use resources::Resources;
 pub use scheduler::{
-    Allocation, CoreError, Decision, Event, GpuPlacement, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo, Scheduler,
-    TeamInfo, IMAGES_LABEL,
+    Allocation, CoreError, Decision, Event, GpuPlacement, HeldBack, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo,
+    Scheduler, TeamInfo, BLOCKED_JOBS_CONSIDERED_MAX, IMAGES_LABEL,
 };
 
 /// A job's identifier, assigned by the store when the job is accepted.

@@ -10,11 +10,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::{ConstraintId, Constraints};
 use crate::elastic::{self, ElasticPool, Supply, Want};
 use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
+use crate::idhash::IdMap;
 use crate::node::Node;
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
+use crate::queue::CycleQueue;
 use crate::reason::{
     BurstReason, NodeShortfall, Placement, ProvisionReason, ReleaseReason, ResourceKind, WaitReason,
     PROVISION_JOBS_NAMED_MAX, SHORTFALL_NODES_MAX,
@@ -177,7 +180,7 @@ impl JobRequest {
     }
 
     /// Whether the node's model and labels allow the job, whatever is free there.
-    fn allowed_on(&self, node: &NodeInfo) -> bool {
+    pub(crate) fn allowed_on(&self, node: &NodeInfo) -> bool {
         let model_ok = !self.wants_gpu()
             || self.gpu_models.is_empty()
             || node.gpu_model.as_ref().is_some_and(|m| self.gpu_models.iter().any(|w| w.eq_ignore_ascii_case(m)));
@@ -330,6 +333,8 @@ pub const BLOCKED_JOBS_CONSIDERED_MAX: usize = 256;
 struct Cycle {
     /// Node names, in the order of `Scheduler::nodes` and of the cycle's free list.
     names: Vec<String>,
+    /// Each node's capacity, in the same order.
+    capacity: Vec<Resources>,
     /// Ready nodes with unreserved CPU left; at zero nothing more can start.
     nodes_with_cpu: usize,
     /// At least as much as any one node has free, per resource.
@@ -393,11 +398,18 @@ impl Cycle {
 
     /// Takes `amount` out of node `i`'s free resources, keeping the cycle's summaries true.
     fn take(&mut self, i: usize, free: &mut [Resources], amount: &Resources) {
+        self.set(i, free, free[i].saturating_sub(amount));
+    }
+
+    /// Sets what node `i` has free, keeping the cycle's summaries true: the count of nodes with CPU left and the
+    /// index by free GPUs (a node is filed under what it has free now, and only there).
+    fn set(&mut self, i: usize, free: &mut [Resources], after: Resources) {
         let before = free[i];
-        free[i] = before.saturating_sub(amount);
-        let after = free[i];
+        free[i] = after;
         if before.cpu_millis > 0 && after.cpu_millis == 0 {
             self.nodes_with_cpu -= 1;
+        } else if before.cpu_millis == 0 && after.cpu_millis > 0 {
+            self.nodes_with_cpu += 1;
         }
         if before.gpus != after.gpus {
             let index = &mut self.by_free_gpus[self.pool_of[i]];
@@ -416,8 +428,8 @@ impl Cycle {
 type Free = Vec<Resources>;
 
 /// A hash of everything that decides where a job can go, so identical jobs are judged once per cycle. The hasher is
-/// deterministic (SipHash with fixed keys).
-fn shape_of(request: &JobRequest, age_matters: bool) -> u64 {
+/// deterministic (SipHash with fixed keys). Computed once, when the job is queued (see `JobClass`).
+fn shape_of(request: &JobRequest) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     request.resources.hash(&mut h);
@@ -426,10 +438,60 @@ fn shape_of(request: &JobRequest, age_matters: bool) -> u64 {
     request.selector.hash(&mut h);
     request.team.hash(&mut h);
     request.nodes.hash(&mut h);
-    if age_matters {
-        request.submitted_at_us.hash(&mut h);
-    }
     h.finish()
+}
+
+/// The shape with the job's submission time mixed in, where a job's age decides where it may go (timed bursting).
+fn aged_shape(shape: u64, submitted_at_us: i64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    shape.hash(&mut h);
+    submitted_at_us.hash(&mut h);
+    h.finish()
+}
+
+/// What a queued job's placement and place in the queue depend on besides what is free, worked out once when it is
+/// queued: its interned constraint (which nodes allow it), its shape, whether it has a runtime limit (which lets it
+/// backfill), and the ids of its project and user (fair share groups by them).
+#[derive(Clone, Copy, Debug)]
+struct JobClass {
+    constraint: ConstraintId,
+    shape: u64,
+    limited: bool,
+    project: u32,
+    user: u32,
+}
+
+/// Ids for the projects (`team/project`) and users queued jobs belong to, so that a cycle groups jobs without
+/// comparing names. An id is never reused: there are as many as distinct projects and users ever queued.
+#[derive(Clone, Debug, Default)]
+struct OwnerIds {
+    projects: HashMap<(String, String), u32>,
+    users: HashMap<String, u32>,
+}
+
+impl OwnerIds {
+    fn project(&mut self, team: &str, project: &str) -> u32 {
+        let key = (team.to_string(), project.to_string());
+        let next = self.projects.len() as u32;
+        *self.projects.entry(key).or_insert(next)
+    }
+
+    fn user(&mut self, user: &str) -> u32 {
+        if let Some(&id) = self.users.get(user) {
+            return id;
+        }
+        let next = self.users.len() as u32;
+        *self.users.entry(user.to_string()).or_insert(next)
+    }
+}
+
+/// What the last cycle held back on a node for blocked jobs: the first job it held for, and how much it held for all
+/// of them together. Jobs behind those it holds for may use only what is not held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBack {
+    pub job: JobId,
+    pub resources: Resources,
 }
 
 /// The scheduler's whole state. Cloning it is how the simulator or a what-if query forks it.
@@ -437,10 +499,19 @@ fn shape_of(request: &JobRequest, age_matters: bool) -> u64 {
 pub struct Scheduler {
     nodes: BTreeMap<String, Node>,
     queue: BTreeSet<QueueKey>,
-    pending: HashMap<JobId, JobRequest>,
+    pending: IdMap<JobId, JobRequest>,
     running: HashMap<JobId, Running>,
     /// What the last cycle held back for blocked jobs: job id to the node it reserved.
     reservations: HashMap<JobId, String>,
+    /// What the last cycle held back on each node, for every blocked job (a gang holds several nodes).
+    held_back: BTreeMap<String, HeldBack>,
+    /// The interned constraints of the queued jobs, and each queued job's class.
+    constraints: Constraints,
+    classes: IdMap<JobId, JobClass>,
+    owners: OwnerIds,
+    /// Walk the whole queue in every cycle instead of skipping classes that cannot fit (for tests that compare the
+    /// two: they must decide alike).
+    linear_scan: bool,
     pools: BTreeMap<String, PoolInfo>,
     teams: BTreeMap<String, TeamInfo>,
     /// Projects with quotas, by team and then by name (found without building a key for every queued job).
@@ -540,6 +611,19 @@ impl Scheduler {
         self.pools.get(pool).and_then(|p| p.elastic.as_ref())
     }
 
+    /// What the last cycle held back on each node for blocked jobs, by node name: reservations that the jobs behind
+    /// may not use, so a node can sit idle on purpose while a gang (say) waits for the rest of its nodes.
+    pub fn held_back(&self) -> &BTreeMap<String, HeldBack> {
+        &self.held_back
+    }
+
+    /// Makes every cycle walk the whole queue, as it did before the queue was filed by class; decisions must not
+    /// change. For tests that compare the two.
+    #[doc(hidden)]
+    pub fn set_linear_scan(&mut self, linear: bool) {
+        self.linear_scan = linear;
+    }
+
     /// Allocated resources and capacity of a node, for reports.
     pub fn node_usage(&self, node: &str) -> Option<(Resources, Resources)> {
         self.nodes.get(node).map(|n| (n.allocated, n.info.capacity))
@@ -598,6 +682,9 @@ impl Scheduler {
         }
         match self.nodes.get_mut(&info.name) {
             Some(node) => {
+                if node.info != info {
+                    self.constraints.nodes_changed();
+                }
                 node.info = info;
                 node.ready = true;
                 node.releasing = false;
@@ -609,6 +696,7 @@ impl Scheduler {
                 }
                 self.newly_idle.insert(info.name.clone());
                 self.nodes.insert(info.name.clone(), Node::new(info));
+                self.constraints.nodes_changed();
             }
         }
         Ok(())
@@ -620,7 +708,9 @@ impl Scheduler {
             return Err(CoreError::NodeBusy { node: name.to_string(), jobs: node.jobs.iter().copied().collect() });
         }
         self.nodes.remove(name);
+        self.constraints.nodes_changed();
         self.newly_idle.remove(name);
+        self.held_back.remove(name);
         self.reservations.retain(|_, reserved| reserved != name);
         Ok(())
     }
@@ -670,6 +760,14 @@ impl Scheduler {
             self.mix.observe(demand, &request.resources);
         }
         self.queue.insert((Reverse(request.priority), request.id));
+        let class = JobClass {
+            constraint: self.constraints.intern(&request),
+            shape: shape_of(&request),
+            limited: request.max_runtime_s.is_some(),
+            project: self.owners.project(&request.team, &request.project),
+            user: self.owners.user(&request.user),
+        };
+        self.classes.insert(request.id, class);
         self.pending.insert(request.id, request);
         Ok(())
     }
@@ -747,11 +845,19 @@ impl Scheduler {
         self.running.insert(id, Running { allocation, request, preempted_by: None, started_at_us: self.now_us });
     }
 
+    /// Takes a job out of the queue, if it is there.
+    fn dequeue(&mut self, id: JobId) -> Option<JobRequest> {
+        let request = self.pending.remove(&id)?;
+        self.queue.remove(&(Reverse(request.priority), id));
+        if let Some(class) = self.classes.remove(&id) {
+            self.constraints.release(class.constraint);
+        }
+        Some(request)
+    }
+
     fn end(&mut self, id: JobId) {
         self.claims.remove(&id);
-        if let Some(request) = self.pending.remove(&id) {
-            self.queue.remove(&(Reverse(request.priority), id));
-        }
+        self.dequeue(id);
         self.reservations.remove(&id);
         self.waiting_for_nodes.remove(&id);
         let Some(Running { allocation, request, .. }) = self.running.remove(&id) else { return };
@@ -803,7 +909,9 @@ impl Scheduler {
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut free = self.free_now();
         self.reservations.clear();
+        self.held_back.clear();
         self.waiting_for_nodes.clear();
+        self.constraints.refresh(&self.nodes);
         let mut cycle = Cycle {
             names: self.nodes.keys().cloned().collect(),
             nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
@@ -822,38 +930,44 @@ impl Scheduler {
         let mut decisions = Vec::new();
         self.honour_claims(&mut free, &mut cycle, &mut decisions);
         let age_matters = self.has_timed_bursting();
-        for id in self.cycle_order() {
+        // Jobs alike in shape (and so in team and constraints), and in whether they may backfill, stand or fall
+        // together once the blocked budget is spent: the queue is filed by that.
+        let mut queue =
+            CycleQueue::new(self.cycle_order(), |id| (self.shape(id, age_matters), self.classes[&id].limited));
+        loop {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
             // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
             // first blocked jobs.
             if cycle.nodes_with_cpu == 0 && !blocked_budget_left {
                 break;
             }
+            // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
+            // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue. So is a
+            // job shaped like one that already found no place this cycle: free resources only shrink within a
+            // cycle. Both hold for every job of the class alike, so the class is passed over whole.
+            let next = if blocked_budget_left || self.linear_scan {
+                queue.next_job()
+            } else {
+                queue.next_live(|id| self.passed_over(id, age_matters, &cycle))
+            };
+            let Some(id) = next else { break };
             // A job with a claim was dealt with first; it waits for its victims where it claimed.
             if self.claims.contains_key(&id) {
                 continue;
             }
-            let request = &self.pending[&id];
             // A retry waiting out its backoff is not a candidate yet.
-            if request.not_before_us > self.now_us {
+            if self.pending[&id].not_before_us > self.now_us {
                 continue;
             }
-            // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
-            // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue.
-            let may_backfill = request.max_runtime_s.is_some() && !cycle.shadows.is_empty();
-            let too_big = request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound);
-            if !blocked_budget_left && too_big && !may_backfill {
+            if !blocked_budget_left && self.passed_over(id, age_matters, &cycle) {
                 continue;
             }
+            let request = &self.pending[&id];
+            let too_big = self.too_big(request, &cycle);
             if self.over_team_limit(request).is_some() {
                 continue;
             }
-            // A job shaped like one that already found no place this cycle finds none either: free resources only
-            // shrink within a cycle.
-            let shape = shape_of(request, age_matters);
-            if cycle.failed_shapes.contains(&shape) && !blocked_budget_left {
-                continue;
-            }
+            let shape = self.shape(id, age_matters);
             // Free resources only shrink within a cycle, so the largest free amounts seen at the last failed search
             // bound what any node can offer now (`too_big` above).
             if request.is_gang() {
@@ -904,6 +1018,31 @@ impl Scheduler {
         }
         debug_assert_eq!(self.check_invariants(), Ok(()));
         decisions
+    }
+
+    /// A queued job's shape (see `shape_of`), with its age where that decides where it may go.
+    fn shape(&self, id: JobId, age_matters: bool) -> u64 {
+        let shape = self.classes[&id].shape;
+        if age_matters {
+            aged_shape(shape, self.pending[&id].submitted_at_us)
+        } else {
+            shape
+        }
+    }
+
+    /// Whether no node could hold the job now, by the largest free amounts the cycle has seen at its last failed
+    /// search; they only shrink within a cycle.
+    fn too_big(&self, request: &JobRequest, cycle: &Cycle) -> bool {
+        request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound)
+    }
+
+    /// Whether a job is passed over once the blocked budget is spent: no node could hold it and it cannot backfill
+    /// (no runtime limit, or nothing held back), or a job of its shape already found no place. Both stay true for the
+    /// rest of the cycle, and for every job of its class.
+    fn passed_over(&self, id: JobId, age_matters: bool, cycle: &Cycle) -> bool {
+        let request = &self.pending[&id];
+        let may_backfill = self.classes[&id].limited && !cycle.shadows.is_empty();
+        (self.too_big(request, cycle) && !may_backfill) || cycle.failed_shapes.contains(&self.shape(id, age_matters))
     }
 
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
@@ -972,7 +1111,26 @@ impl Scheduler {
     /// while finding the node by name to check its model and labels is not, and on a busy cluster most nodes a
     /// search looks at lack the CPUs or memory.
     fn fits_indexed(&self, request: &JobRequest, i: usize, free: &[Resources], cycle: &Cycle) -> bool {
-        request.resources.fits_in(&free[i]) && self.fit(request, &self.nodes[&cycle.names[i]], &free[i]).is_some()
+        if !request.resources.fits_in(&free[i]) {
+            return false;
+        }
+        match self.allowed_row(request) {
+            Some(row) if !row[i] => false,
+            Some(_) if request.gpu_share_milli == 0 => true,
+            Some(_) => Self::gpu_choice(request, &self.nodes[&cycle.names[i]], &free[i]).is_some(),
+            None => self.fit(request, &self.nodes[&cycle.names[i]], &free[i]).is_some(),
+        }
+    }
+
+    /// Which nodes allow a queued job, by position among `self.nodes`, from its interned constraint; `None` for a
+    /// job that is not queued, or before the cycle computed the row (see `Constraints::refresh`).
+    fn allowed_row(&self, request: &JobRequest) -> Option<&[bool]> {
+        self.classes.get(&request.id).and_then(|class| self.constraints.row(class.constraint))
+    }
+
+    /// Whether the node at position `i` of `self.nodes` allows the job: read from the job's row where there is one.
+    fn allowed_at(request: &JobRequest, row: Option<&[bool]>, i: usize, node: &Node) -> bool {
+        row.map_or_else(|| request.allowed_on(&node.info), |row| row[i])
     }
 
     /// How many ready nodes of the pool at `position` could each hold one worker of the job now.
@@ -1042,9 +1200,10 @@ impl Scheduler {
                 self.claims.remove(&id);
                 continue;
             };
+            let row = self.allowed_row(request);
             let fits = |i: &usize| {
                 let here = &self.nodes[&cycle.names[*i]];
-                here.ready && self.fit(request, here, &free[*i]).is_some()
+                here.ready && Self::fit_at(request, row, *i, here, &free[*i]).is_some()
             };
             // A claim counts against its team's and project's limits from the start (see `claimed_alongside`), so
             // this holds unless the limits were lowered meanwhile.
@@ -1074,20 +1233,21 @@ impl Scheduler {
 
     /// Starts a job on held-back resources of node `i` (see `backfill_node`); what it does not use stays held.
     fn backfill(&mut self, id: JobId, i: usize, before: JobId, free: &mut [Resources], cycle: &mut Cycle) -> Decision {
-        let shadow = cycle.shadows.get_mut(&i).expect("backfill on a reserved node");
-        let held = shadow.held;
+        let held = cycle.shadows.get(&i).expect("backfill on a reserved node").held;
         let used = self.pending[&id].resources;
-        // Lend the held resources back for this start, then hold again what the job leaves of them.
-        free[i] = free[i].checked_add(&held).unwrap_or(free[i]);
+        // Lend the held resources back for this start, then hold again what the job leaves of them. Both go through
+        // the cycle's summaries, so that its index by free GPUs files the node under what it has free, and only there.
+        let lent = free[i].checked_add(&held).unwrap_or(free[i]);
+        cycle.set(i, free, lent);
         let after = free[i].saturating_sub(&used);
         let still_held = Resources {
             cpu_millis: held.cpu_millis.min(after.cpu_millis),
             memory_bytes: held.memory_bytes.min(after.memory_bytes),
             gpus: held.gpus.min(after.gpus),
         };
-        shadow.held = still_held;
+        cycle.shadows.get_mut(&i).expect("backfill on a reserved node").held = still_held;
         let mut decision = self.start(id, i, None, 1, free, cycle);
-        free[i] = free[i].saturating_sub(&still_held);
+        cycle.take(i, free, &still_held);
         if let Decision::Start { reason, .. } = &mut decision {
             reason.backfilled_before = Some(before);
         }
@@ -1100,8 +1260,9 @@ impl Scheduler {
         let demand = request.gpu_demand()?;
         let mut candidates = 0u32;
         let mut best: Option<(FgdScore<'_>, usize, Option<u32>)> = None;
+        let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
-            if !node.ready || self.fit(request, node, f).is_none() {
+            if !node.ready || Self::fit_at(request, row, i, node, f).is_none() {
                 continue;
             }
             if self.burst_refused(request, &node.info.pool, free).is_some() {
@@ -1140,6 +1301,7 @@ impl Scheduler {
             let position = pools.binary_search_by_key(&self.pool_rank(&node.info.pool), |p| self.pool_rank(p));
             let position = position.expect("every node's pool is listed");
             cycle.pool_of.push(position);
+            cycle.capacity.push(node.info.capacity);
             cycle.nodes_in_pool[position] += 1;
             if node.ready {
                 cycle.by_free_gpus[position].entry(f.gpus).or_default().insert(i);
@@ -1195,11 +1357,12 @@ impl Scheduler {
     fn best_node(&self, request: &JobRequest, free: &[Resources]) -> Option<(usize, Option<u32>, u32)> {
         let mut candidates = 0u32;
         let mut best: Option<((PoolRank<'_>, FitScore), usize, Option<u32>)> = None;
+        let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
             if !node.ready {
                 continue;
             }
-            let Some(shared_gpu) = self.fit(request, node, f) else { continue };
+            let Some(shared_gpu) = Self::fit_at(request, row, i, node, f) else { continue };
             if self.burst_refused(request, &node.info.pool, free).is_some() {
                 continue;
             }
@@ -1223,8 +1386,15 @@ impl Scheduler {
             .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc));
         let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
         let owner_of = |id: JobId| {
-            let r = &self.pending[&id];
-            fairshare::Owner { team: &r.team, project: &r.project, user: &r.user, footprint: r.total() }
+            let (r, class) = (&self.pending[&id], &self.classes[&id]);
+            fairshare::Owner {
+                team: &r.team,
+                project: &r.project,
+                user: &r.user,
+                project_id: class.project,
+                user_id: class.user,
+                footprint: r.total(),
+            }
         };
         let standing = fairshare::Standing {
             project_held: &self.project_held,
@@ -1300,9 +1470,10 @@ impl Scheduler {
             reclaims.then(|| (self.moves_under_way(|r| r.team.clone()), self.moves_under_way(JobRequest::project_key)));
         let mut by_pool: Vec<Vec<(VictimScore<'_>, Vec<preempt::Candidate>)>> =
             vec![Vec::new(); cycle.pool_order.len()];
+        let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
             if !node.ready
-                || !request.allowed_on(&node.info)
+                || !Self::allowed_at(request, row, i, node)
                 || self.burst_refused(request, &node.info.pool, free).is_some()
             {
                 continue;
@@ -1419,6 +1590,25 @@ impl Scheduler {
         if !request.allowed_on(&node.info) || !request.resources.fits_in(free) {
             return None;
         }
+        Self::gpu_choice(request, node, free)
+    }
+
+    /// `fit` for the node at position `i` of `self.nodes`, its model and labels read from the job's row.
+    fn fit_at(
+        request: &JobRequest,
+        row: Option<&[bool]>,
+        i: usize,
+        node: &Node,
+        free: &Resources,
+    ) -> Option<Option<u32>> {
+        if !request.resources.fits_in(free) || !Self::allowed_at(request, row, i, node) {
+            return None;
+        }
+        Self::gpu_choice(request, node, free)
+    }
+
+    /// For a job that fits the node's CPUs, memory and whole GPUs: which GPU a share takes (see `fit`).
+    fn gpu_choice(request: &JobRequest, node: &Node, free: &Resources) -> Option<Option<u32>> {
         if request.gpu_share_milli == 0 {
             return Some(None);
         }
@@ -1440,8 +1630,7 @@ impl Scheduler {
         cycle: &mut Cycle,
     ) -> Decision {
         let node = cycle.names[index].clone();
-        let request = self.pending.remove(&id).expect("queued job is pending");
-        self.queue.remove(&(Reverse(request.priority), id));
+        let request = self.dequeue(id).expect("queued job is pending");
         let mut taken = request.resources;
         if shared == Some(u32::MAX) {
             // A whole free GPU becomes a shared one: it is no longer free as a whole.
@@ -1501,8 +1690,7 @@ impl Scheduler {
 
     /// Starts every worker of a gang at once, rank 0 on the first of `nodes`.
     fn start_gang(&mut self, id: JobId, nodes: Vec<usize>, free: &mut [Resources], cycle: &mut Cycle) -> Decision {
-        let request = self.pending.remove(&id).expect("queued job is pending");
-        self.queue.remove(&(Reverse(request.priority), id));
+        let request = self.dequeue(id).expect("queued job is pending");
         let mut workers = Vec::with_capacity(nodes.len());
         for &i in &nodes {
             cycle.take(i, free, &request.resources);
@@ -1548,11 +1736,14 @@ impl Scheduler {
         // Earlier pools are fully allocated for what the job needs when, together, they have less free of some
         // resource it asks for than it asks for (all workers together, for a gang).
         let rank = self.pool_rank(pool);
+        let row = self.allowed_row(request);
         let earlier = self
             .nodes
             .values()
             .zip(free)
-            .filter(|(node, _)| self.pool_rank(&node.info.pool) < rank && request.allowed_on(&node.info));
+            .enumerate()
+            .filter(|(i, (node, _))| self.pool_rank(&node.info.pool) < rank && Self::allowed_at(request, row, *i, node))
+            .map(|(_, pair)| pair);
         let earlier_free = if request.is_gang() {
             // A gang only counts what is free in pools with enough nodes large enough for a worker each: one that
             // could never hold it has no room for it, however much it has free.
@@ -1596,8 +1787,9 @@ impl Scheduler {
         }
         // Closest first: most of the GPUs, then of the CPUs, it needs already free; then the first by name.
         let mut by_pool: Vec<Vec<(usize, (u32, u64))>> = vec![Vec::new(); cycle.pool_order.len()];
+        let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free.iter()).enumerate() {
-            if node.ready && request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity) {
+            if node.ready && Self::allowed_at(request, row, i, node) && needs.fits_in(&node.info.capacity) {
                 by_pool[cycle.pool_of[i]].push((i, (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis))));
             }
         }
@@ -1624,22 +1816,38 @@ impl Scheduler {
         cycle: &Cycle,
     ) -> Option<usize> {
         let closest_possible = (needs.gpus, needs.cpu_millis);
+        let row = self.allowed_row(request);
         let mut best: Option<((u32, u64), usize)> = None;
         for index in &cycle.by_free_gpus {
             for (&gpus_free, nodes) in index.iter().rev() {
-                if best.is_some_and(|(key, _)| key.0 > gpus_free.min(needs.gpus)) {
+                let top = gpus_free.min(needs.gpus);
+                if best.is_some_and(|(key, _)| key.0 > top) {
                     break;
                 }
+                // The most a node of this bucket can offer. Where the best so far has it already, only the nodes
+                // before it can still win (a tie goes to the earlier node); and once a node of this bucket has it,
+                // none after it in the bucket can. On a full cluster, this spares walking every node.
+                let bucket_most = (top, needs.cpu_millis);
+                let nodes = match best {
+                    Some((key, j)) if key == bucket_most => nodes.range(..j),
+                    _ => nodes.range(..),
+                };
                 for &i in nodes {
-                    let key = (gpus_free.min(needs.gpus), free[i].cpu_millis.min(needs.cpu_millis));
+                    let key = (top, free[i].cpu_millis.min(needs.cpu_millis));
                     if best.is_some_and(|(b, j)| (b, Reverse(j)) >= (key, Reverse(i))) {
                         continue;
                     }
-                    let node = &self.nodes[&cycle.names[i]];
-                    if request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity) {
+                    let allowed = match row {
+                        Some(row) => row[i],
+                        None => request.allowed_on(&self.nodes[&cycle.names[i]].info),
+                    };
+                    if allowed && needs.fits_in(&cycle.capacity[i]) {
                         best = Some((key, i));
                         if key == closest_possible {
                             return Some(i);
+                        }
+                        if key == bucket_most {
+                            break;
                         }
                     }
                 }
@@ -1673,6 +1881,9 @@ impl Scheduler {
             _ => None,
         };
         self.reservations.entry(job).or_insert_with(|| cycle.names[i].clone());
+        let on_node =
+            self.held_back.entry(cycle.names[i].clone()).or_insert(HeldBack { job, resources: Resources::ZERO });
+        on_node.resources = on_node.resources.checked_add(&held).unwrap_or(on_node.resources);
     }
 
     /// When `needs` fits on `node`, which has `free` now, if its running jobs end by their runtime limits: now if it
@@ -1739,7 +1950,10 @@ impl Scheduler {
             let starts = shadow.starts_at_us?;
             let room = free[i].checked_add(&shadow.held)?;
             let node = &self.nodes[&cycle.names[i]];
-            let fits = ends_us <= starts && request.gpu_share_milli == 0 && self.fit(request, node, &room).is_some();
+            let row = self.allowed_row(request);
+            let fits = ends_us <= starts
+                && request.gpu_share_milli == 0
+                && Self::fit_at(request, row, i, node, &room).is_some();
             fits.then_some((i, shadow.for_job))
         })
     }

@@ -17,11 +17,12 @@
 //! - elastic pools: a pool never has more nodes, up or starting, than its `max_nodes`; a node is released only once
 //!   it has held no job for the pool's `idle_release`, and never holds none for longer without being released; no
 //!   elastic node is left up, nor asked for and not started, after the last event;
-//! - starvation: no job waits longer than the starvation bound while some node that allows it is completely idle
-//!   and large enough to hold it, unless the core says a policy holds it back on purpose (its team's or its
-//!   project's limit, a burst pool's delay, or preemptions under way for it). A node with nothing running on it can
-//!   take any job that fits its capacity, so such a wait is never explained by reservations for jobs ahead. A job
-//!   still waiting after the last event would wait forever, and is reported too.
+//! - starvation (see `starvation`): no job waits longer than the starvation bound while some node that allows it is
+//!   completely idle and large enough to hold it in what the core's reservations leave of it, unless the core says a
+//!   policy holds it back on purpose (its team's or its project's limit, a burst pool's delay, or preemptions under
+//!   way for it). A node held back for a blocked job (a gang waiting for the rest of its nodes) may sit idle on
+//!   purpose: such waits are reported as a figure, not failed. A job still waiting after the last event would wait
+//!   forever, and is reported too.
 //!
 //! The core's `check_invariants` walks every running job, so calling it after every step makes a long run
 //! quadratic; `core_check_every` can space it out (1, every step, is the default everywhere but one test).
@@ -30,18 +31,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, ProjectInfo, Resources, Scheduler, TeamInfo, WaitReason};
+use ferry_core::{Allocation, JobId, JobRequest, NodeInfo, ProjectInfo, Resources, Scheduler, TeamInfo};
 
 use crate::cluster::first_over;
 use crate::error::fmt_ms;
 use crate::ledger::{saturating_add, Ledger, NodeBook};
+use crate::starvation::{idle_node_for, IdleWaits, Starvation};
 
-/// What one step changed: the nodes touched, the jobs started and ended, and the nodes released.
+/// What one step changed: the nodes touched, the jobs submitted, started and ended (running, or still waiting:
+/// withdrawn), and the nodes released.
 #[derive(Debug, Default)]
 pub struct StepChanges {
     pub nodes: BTreeSet<String>,
+    pub submitted: Vec<JobId>,
     pub started: Vec<JobId>,
     pub ended: Vec<JobId>,
+    pub withdrawn: Vec<JobId>,
     pub released: Vec<Released>,
 }
 
@@ -100,10 +105,9 @@ impl Ceilings {
 /// The outside checker, which remembers since when each waiting job could have run on an idle node.
 #[derive(Debug)]
 pub struct Checker {
-    starvation_bound_ms: u64,
     /// Every how many steps the core's own invariants are checked; 0 never.
     core_check_every: u64,
-    runnable_since: BTreeMap<JobId, u64>,
+    starvation: Starvation,
     /// The elastic pools, by name.
     elastic: BTreeMap<String, ElasticLimits>,
     ceilings: Ceilings,
@@ -116,7 +120,12 @@ impl Checker {
         elastic: BTreeMap<String, ElasticLimits>,
         ceilings: Ceilings,
     ) -> Checker {
-        Checker { starvation_bound_ms, core_check_every, runnable_since: BTreeMap::new(), elastic, ceilings }
+        Checker { core_check_every, starvation: Starvation::new(starvation_bound_ms), elastic, ceilings }
+    }
+
+    /// How long jobs waited while an idle node could hold them, over the `jobs` jobs of the run so far.
+    pub fn idle_waits(&self, jobs: u64) -> IdleWaits {
+        self.starvation.idle_waits(jobs)
     }
 
     /// Checks the state after step `step` at virtual time `now_ms`. The message says what is wrong.
@@ -156,36 +165,25 @@ impl Checker {
                 ledger.waiting.len()
             ));
         }
-        self.check_starvation(core, ledger, now_ms)
+        self.check_starvation(core, ledger, changes, now_ms)
     }
 
-    fn check_starvation(&mut self, core: &Scheduler, ledger: &Ledger, now_ms: u64) -> Result<(), String> {
-        // The condition held from `since` until now, since nothing changes between steps.
-        for (job, since) in &self.runnable_since {
-            if now_ms - since > self.starvation_bound_ms {
-                return Err(format!(
-                    "job {job} waited {}s, beyond the starvation bound of {}s, while node {} sat idle and could hold it",
-                    fmt_ms(now_ms - since),
-                    fmt_ms(self.starvation_bound_ms),
-                    idle_node_for(ledger, &ledger.waiting[job]).map(|n| n.name.as_str()).unwrap_or("?")
-                ));
-            }
+    /// Follows the step's changes to the waiting jobs, then checks that none starves.
+    fn check_starvation(
+        &mut self,
+        core: &Scheduler,
+        ledger: &Ledger,
+        changes: &StepChanges,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        // A job submitted and started (or withdrawn) in one step never waited between steps.
+        for request in changes.submitted.iter().filter_map(|job| ledger.waiting.get(job)) {
+            self.starvation.submitted(request, now_ms);
         }
-        if ledger.idle.is_empty() {
-            self.runnable_since.clear();
-            return Ok(());
+        for job in changes.started.iter().chain(&changes.withdrawn) {
+            self.starvation.left(*job, now_ms);
         }
-        let runnable: BTreeSet<JobId> = ledger
-            .waiting
-            .values()
-            .filter(|r| idle_node_for(ledger, r).is_some() && !held_by_policy(core, r.id))
-            .map(|r| r.id)
-            .collect();
-        self.runnable_since.retain(|job, _| runnable.contains(job));
-        for job in runnable {
-            self.runnable_since.entry(job).or_insert(now_ms);
-        }
-        Ok(())
+        self.starvation.check(core, ledger, now_ms)
     }
 
     /// Checks that the teams and projects of the jobs started in the step hold no more than their ceilings.
@@ -283,44 +281,6 @@ impl Checker {
             )),
         }
     }
-}
-
-/// Whether the core says a policy keeps the job waiting on purpose.
-fn held_by_policy(core: &Scheduler, job: JobId) -> bool {
-    matches!(
-        core.explain(job),
-        Some(
-            WaitReason::OverTeamLimit { .. }
-                | WaitReason::OverProjectLimit { .. }
-                | WaitReason::BurstNotYet { .. }
-                | WaitReason::Preempting { .. }
-        )
-    )
-}
-
-/// An idle node that allows the job and whose capacity holds it; for a gang, the first of as many such nodes in one
-/// pool as it has workers.
-fn idle_node_for<'a>(ledger: &'a Ledger, request: &JobRequest) -> Option<&'a NodeInfo> {
-    let gpus = request.resources.gpus + u32::from(request.gpu_share_milli > 0);
-    let needs = ferry_core::Resources { gpus, ..request.resources };
-    let mut fitting = ledger
-        .idle
-        .keys()
-        .map(|name| &ledger.nodes[name].info)
-        .filter(|info| allows(info, request) && needs.fits_in(&info.capacity));
-    let workers = request.workers() as usize;
-    if workers == 1 {
-        return fitting.next();
-    }
-    let mut by_pool: BTreeMap<&str, Vec<&NodeInfo>> = BTreeMap::new();
-    for info in fitting {
-        let nodes = by_pool.entry(info.pool.as_str()).or_default();
-        nodes.push(info);
-        if nodes.len() == workers {
-            return Some(nodes[0]);
-        }
-    }
-    None
 }
 
 /// Whether a node's GPU model and labels allow a job, whatever is free there. Written here again rather than taken
@@ -811,14 +771,16 @@ mod tests {
         ledger.submit(JobRequest::new(1, Resources::new(1000, GIB, 1), 0));
         let core = Scheduler::new();
         let mut checker = Checker::new(60_000, 1, BTreeMap::new(), Ceilings::default());
-        assert_eq!(checker.check_starvation(&core, &ledger, 0), Ok(()));
-        assert_eq!(checker.check_starvation(&core, &ledger, 60_000), Ok(()));
+        let submitted = StepChanges { submitted: vec![1], ..StepChanges::default() };
+        assert_eq!(checker.check_starvation(&core, &ledger, &submitted, 0), Ok(()));
+        let nothing = StepChanges::default();
+        assert_eq!(checker.check_starvation(&core, &ledger, &nothing, 60_000), Ok(()));
         expect![[r#"
             Err(
-                "job 1 waited 60.001s, beyond the starvation bound of 60s, while node n1 sat idle and could hold it",
+                "job 1 waited 60.001s, beyond the starvation bound of 60s, while node n1 sat idle, held back for no job, and could hold it",
             )
         "#]]
-        .assert_debug_eq(&checker.check_starvation(&core, &ledger, 60_001));
+        .assert_debug_eq(&checker.check_starvation(&core, &ledger, &nothing, 60_001));
         expect![[r#"
             Err(
                 "job 1 (and 0 more) still waits after the last event, so it would never start, although node n1 is idle and could hold it",

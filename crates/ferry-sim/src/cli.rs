@@ -14,6 +14,7 @@ use crate::engine::{self, CheckConfig, Fault, ReplayConfig};
 use crate::error::{InputError, SimError};
 use crate::fgd;
 use crate::report::{self, FgdReport, Inputs, Report};
+use crate::synth::{self, SynthSpec};
 use crate::workload::{self, Workload};
 
 /// The run finished and its report was printed.
@@ -48,18 +49,32 @@ pub enum Format {
 #[derive(Args, Clone, Debug)]
 pub struct SimArgs {
     /// The cluster: pools, teams with their projects, and nodes, in TOML (see crates/ferry-sim/README.md).
-    #[arg(long, value_name = "FILE", required_unless_present = "trace_nodes", conflicts_with = "trace_nodes")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["trace_nodes", "synthetic"],
+        conflicts_with_all = ["trace_nodes", "synthetic"]
+    )]
     pub cluster: Option<PathBuf>,
     /// The cluster from a node list of the Alibaba GPU trace (sn,cpu_milli,memory_mib,gpu,model).
     #[arg(long, value_name = "FILE")]
     pub trace_nodes: Option<PathBuf>,
     /// The workload, in the simple CSV format
     /// (arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority][,nodes][,project]).
-    #[arg(long, value_name = "FILE", required_unless_present = "trace_pods", conflicts_with = "trace_pods")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["trace_pods", "synthetic"],
+        conflicts_with_all = ["trace_pods", "synthetic"]
+    )]
     pub workload: Option<PathBuf>,
     /// The workload from a pod list of the Alibaba GPU trace.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "synthetic")]
     pub trace_pods: Option<PathBuf>,
+    /// A seeded synthetic cluster and workload shaped like a public GPU trace, instead of files:
+    /// `jobs=70000,nodes=350,load=4,seed=1` (any subset; alone, those defaults). See crates/ferry-sim/README.md.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "", conflicts_with = "trace_nodes")]
+    pub synthetic: Option<String>,
     /// Run the FGD experiment instead of a replay: tasks sampled from the workload arrive and never depart until
     /// they ask for all the cluster's GPUs; report the share of GPUs allocated.
     #[arg(long)]
@@ -194,7 +209,16 @@ fn for_seeds<T: Send>(seeds: &[u64], run: impl Fn(u64) -> Result<T, SimError> + 
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// The synthetic spec, if the run asks for one.
+fn synthetic_spec(args: &SimArgs) -> Result<Option<SynthSpec>, SimError> {
+    let Some(text) = &args.synthetic else { return Ok(None) };
+    SynthSpec::parse(text).map(Some).map_err(|e| SimError::Usage(format!("--synthetic {text:?}: {e}")))
+}
+
 fn load_cluster(args: &SimArgs) -> Result<(Cluster, String), SimError> {
+    if let Some(spec) = synthetic_spec(args)? {
+        return Ok((synth::cluster(&spec), format!("synthetic({})", spec.describe())));
+    }
     match (&args.cluster, &args.trace_nodes) {
         (Some(path), _) => {
             let (name, text) = read(path)?;
@@ -209,6 +233,9 @@ fn load_cluster(args: &SimArgs) -> Result<(Cluster, String), SimError> {
 }
 
 fn load_workload(args: &SimArgs) -> Result<Workload, SimError> {
+    if let Some(spec) = synthetic_spec(args)? {
+        return Ok(synth::workload(&spec));
+    }
     match (&args.workload, &args.trace_pods) {
         (Some(path), _) => {
             let (name, text) = read(path)?;
@@ -256,6 +283,12 @@ pub fn command_line(args: &SimArgs, seed: u64) -> String {
     path("--trace-nodes", &args.trace_nodes);
     path("--workload", &args.workload);
     path("--trace-pods", &args.trace_pods);
+    if let Some(spec) = &args.synthetic {
+        words.push("--synthetic".to_string());
+        if !spec.is_empty() {
+            words.push(shell_quote(spec));
+        }
+    }
     if args.fgd {
         words.push("--fgd".to_string());
     }

@@ -23,6 +23,7 @@ use crate::checker::{Ceilings, Checker, ElasticLimits, Released, StepChanges};
 use crate::cluster::{Cluster, Pool};
 use crate::error::Violation;
 use crate::ledger::Ledger;
+use crate::starvation::IdleWaits;
 use crate::workload::Workload;
 
 /// The random number generator of a run: ChaCha8, documented as reproducible across platforms and versions.
@@ -165,6 +166,7 @@ impl Sim {
     pub fn submit(&mut self, request: JobRequest, now_ms: u64) -> Result<(), Violation> {
         let id = request.id;
         self.wakes.extend(self.burst_after_ms.iter().map(|after| now_ms + after));
+        self.changes.submitted.push(id);
         self.ledger.submit(request.clone());
         self.apply(Event::JobSubmitted(request), now_ms, || format!("the submission of job {id}"))
     }
@@ -177,6 +179,9 @@ impl Sim {
         };
         if !nodes.is_empty() {
             self.changes.ended.push(job);
+        }
+        if self.ledger.waiting.contains_key(&job) {
+            self.changes.withdrawn.push(job);
         }
         self.ledger.end(job, now_ms);
         for node in nodes {
@@ -403,6 +408,8 @@ pub struct ReplayRun {
     pub elastic_nodes: Vec<ElasticNode>,
     /// The time of the last step.
     pub end_ms: u64,
+    /// How long jobs waited while an idle node could hold them (the checker's figure).
+    pub idle_waits: IdleWaits,
 }
 
 /// GPUs allocated and GPUs there are, from a point of virtual time on.
@@ -573,8 +580,17 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
         }
     }
     sim.finish(now_ms)?;
+    let idle_waits = sim.checker.idle_waits(outcomes.len() as u64);
     let elastic_nodes = elastic.nodes;
-    Ok(ReplayRun { seed: config.seed, steps: sim.steps(), outcomes, gpu_steps, elastic_nodes, end_ms: now_ms })
+    Ok(ReplayRun {
+        seed: config.seed,
+        steps: sim.steps(),
+        outcomes,
+        gpu_steps,
+        elastic_nodes,
+        end_ms: now_ms,
+        idle_waits,
+    })
 }
 
 /// The workload's indices by arrival time, jobs arriving together in an order shuffled by the seed.

@@ -20,6 +20,8 @@ pub mod error;
 pub mod fgd;
 pub mod ledger;
 pub mod report;
+pub mod starvation;
+pub mod synth;
 pub mod workload;
 
 pub use cluster::{parse_cluster_toml, parse_trace_nodes, Cluster, Pool};

@@ -101,6 +101,18 @@ pub struct RunReport {
     pub preemptions: u64,
     /// GPU-hours of those attempts, lost because a preempted job starts over.
     pub lost_work_gpu_hours: f64,
+    /// How long jobs waited while an idle node could hold them (held back for a gang, say): see the checker.
+    pub idle_wait: IdleWait,
+}
+
+/// The checker's starvation figure: the jobs that waited while a node that could hold them sat idle, and how long,
+/// the percentiles over every job of the run (nearest rank), in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct IdleWait {
+    pub jobs: u64,
+    pub max_s: f64,
+    pub p95_s: f64,
+    pub p99_s: f64,
 }
 
 /// What the elastic pools of a replay did, all together.
@@ -260,6 +272,12 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
         elastic,
         preemptions,
         lost_work_gpu_hours: round6(lost_gpu_hours),
+        idle_wait: IdleWait {
+            jobs: run.idle_waits.jobs,
+            max_s: secs(run.idle_waits.max_ms),
+            p95_s: secs(run.idle_waits.p95_ms),
+            p99_s: secs(run.idle_waits.p99_ms),
+        },
     })
 }
 
@@ -398,6 +416,9 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
         w(out, "elastic nodes", line);
     }
     w(out, "preemptions", format!("{} (lost work {:.3} GPU-hours)", r.preemptions, r.lost_work_gpu_hours));
+    let i = &r.idle_wait;
+    let idle = format!("{} jobs; max {}, p95 {}, p99 {}", i.jobs, human_s(i.max_s), human_s(i.p95_s), human_s(i.p99_s));
+    w(out, "idle-node wait", idle);
     let _ = writeln!(out, "\nGPU-hours by team");
     let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "team", "GPU-hours", "share");
     for t in &r.teams {
@@ -501,6 +522,10 @@ pub fn csv(report: &Report) -> String {
                 }
                 row(s, "preemptions", "", r.preemptions.to_string());
                 row(s, "lost_work_gpu_hours", "", r.lost_work_gpu_hours.to_string());
+                row(s, "idle_wait_jobs", "", r.idle_wait.jobs.to_string());
+                row(s, "idle_wait_max_s", "", r.idle_wait.max_s.to_string());
+                row(s, "idle_wait_p95_s", "", r.idle_wait.p95_s.to_string());
+                row(s, "idle_wait_p99_s", "", r.idle_wait.p99_s.to_string());
                 for t in &r.teams {
                     row(s, "team_gpu_hours", &t.team, t.gpu_hours.to_string());
                     row(s, "team_share", &t.team, t.share.to_string());

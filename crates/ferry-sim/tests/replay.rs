@@ -55,6 +55,7 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
             cost                  0.22 (burst 0.09)
             burst GPU-hours       0.022
             preemptions           0 (lost work 0.000 GPU-hours)
+            idle-node wait        0 jobs; max 0s, p95 0s, p99 0s
 
             GPU-hours by team
               team               GPU-hours   share
@@ -91,6 +92,10 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
             1,burst_gpu_hours,,0.022222
             1,preemptions,,0
             1,lost_work_gpu_hours,,0
+            1,idle_wait_jobs,,0
+            1,idle_wait_max_s,,0
+            1,idle_wait_p95_s,,0
+            1,idle_wait_p99_s,,0
             1,team_gpu_hours,ml,0.077778
             1,team_share,ml,0.903226
             1,team_gpu_hours,vision,0.008333
@@ -175,7 +180,13 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
                   "burst_cost": 0.0,
                   "burst_gpu_hours": 0.0,
                   "preemptions": 1,
-                  "lost_work_gpu_hours": 0.011111
+                  "lost_work_gpu_hours": 0.011111,
+                  "idle_wait": {
+                    "jobs": 0,
+                    "max_s": 0.0,
+                    "p95_s": 0.0,
+                    "p99_s": 0.0
+                  }
                 }
               ]
             }
@@ -205,6 +216,7 @@ fn gangs_start_whole_and_count_every_worker_in_the_report() {
             cost                  0.00 (burst 0.00)
             burst GPU-hours       0.000
             preemptions           0 (lost work 0.000 GPU-hours)
+            idle-node wait        0 jobs; max 0s, p95 0s, p99 0s
 
             GPU-hours by team
               team               GPU-hours   share
@@ -277,6 +289,7 @@ fn a_project_borrows_its_siblings_idle_quota_and_the_sibling_takes_it_back() {
             cost                  0.00 (burst 0.00)
             burst GPU-hours       0.000
             preemptions           1 (lost work 0.033 GPU-hours)
+            idle-node wait        1 jobs; max 15s, p95 15s, p99 15s
 
             GPU-hours by team
               team               GPU-hours   share
@@ -352,6 +365,7 @@ fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_un
             burst GPU-hours       2.333
             elastic nodes         3 provisioned, 3 released, peak 3; 1.233 node-hours, cost 21.71
             preemptions           0 (lost work 0.000 GPU-hours)
+            idle-node wait        0 jobs; max 0s, p95 0s, p99 0s
 
             GPU-hours by team
               team               GPU-hours   share
