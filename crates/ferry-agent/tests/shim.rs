@@ -225,7 +225,8 @@ fn sigterm_to_the_shim_stops_the_whole_process_group() {
     let run = Run::new(9, &["/bin/sh", "-c", script]);
     let mut shim = run.start(&[("FERRY_CGROUP", "none")]);
     let grandchild: i32 = wait_for("the job's background process", || process_with_arg("301.75"));
-    let job = run.json("started.json").unwrap()["pid"].as_i64().unwrap() as i32;
+    // The job may run before the shim has recorded it: wait for the record too.
+    let job = wait_for("started.json", || run.json("started.json").and_then(|s| s["pid"].as_i64())) as i32;
     kill(Pid::from_raw(shim.id() as i32), Signal::SIGTERM).unwrap();
 
     assert_eq!(shim.wait().unwrap().code(), Some(0), "shim.log:\n{}", run.shim_log());
