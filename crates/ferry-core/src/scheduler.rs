@@ -1794,7 +1794,14 @@ impl Scheduler {
             }
         }
         let Some(mut nodes) = by_pool.into_iter().find(|nodes| nodes.len() >= workers) else { return };
-        nodes.sort_by_key(|(i, key)| (Reverse(*key), *i));
+        // Only the closest `workers` nodes are wanted: select them, then order just those (every key is distinct, as
+        // it ends with the node's index, so this picks and orders exactly as sorting them all would).
+        let closest = |(i, key): &(usize, (u32, u64))| (Reverse(*key), *i);
+        if nodes.len() > workers {
+            nodes.select_nth_unstable_by_key(workers - 1, closest);
+            nodes.truncate(workers);
+        }
+        nodes.sort_by_key(closest);
         let chosen: Vec<usize> = nodes.into_iter().take(workers).map(|(i, _)| i).collect();
         // A gang starts when its last node has room.
         let estimates: Vec<Option<i64>> =

@@ -101,7 +101,7 @@ impl SynthSpec {
 
 /// The synthetic cluster: one pool of identical 8-GPU nodes, three fifths V100 and two fifths A100, no quotas.
 pub fn cluster(spec: &SynthSpec) -> Cluster {
-    let v100 = (spec.nodes as u64 * 3 / 5) as u32;
+    let v100 = v100_nodes(spec);
     let nodes = (0..spec.nodes)
         .map(|i| NodeInfo {
             name: format!("n{i:05}"),
@@ -131,6 +131,11 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
     }
 }
 
+/// How many nodes have the first model (V100); the rest have A100s.
+fn v100_nodes(spec: &SynthSpec) -> u32 {
+    (spec.nodes as u64 * 3 / 5) as u32
+}
+
 /// What one job asks for, before it is given an arrival time.
 struct Shape {
     gpus: u32,
@@ -141,8 +146,9 @@ struct Shape {
 }
 
 /// Draws a job's shape: 1 GPU (58%), 2 (12%), 4 (12%), 8 (10%), a gang of 2 to 8 whole nodes (4%), or CPUs only
-/// (4%). A fifth of GPU jobs ask for A100s only, a tenth for V100s only; gangs ask for A100s half the time.
-fn shape(rng: &mut ChaCha8Rng) -> Shape {
+/// (4%). A fifth of GPU jobs ask for A100s only, a tenth for V100s only; gangs ask for A100s half the time, where the
+/// cluster has as many A100 nodes as the gang has workers (`a100_nodes`).
+fn shape(rng: &mut ChaCha8Rng, a100_nodes: u32) -> Shape {
     let roll: f64 = rng.random();
     let (gpus, workers) = match roll {
         r if r < 0.58 => (1, 1),
@@ -154,7 +160,7 @@ fn shape(rng: &mut ChaCha8Rng) -> Shape {
     };
     let models = match (gpus, workers, rng.random::<f64>()) {
         (0, _, _) => Vec::new(),
-        (_, w, r) if w > 1 && r < 0.5 => vec![MODELS[1].to_string()],
+        (_, w, r) if w > 1 && r < 0.5 && w <= a100_nodes => vec![MODELS[1].to_string()],
         (_, 1, r) if r < 0.2 => vec![MODELS[1].to_string()],
         (_, 1, r) if r < 0.3 => vec![MODELS[0].to_string()],
         _ => Vec::new(),
@@ -191,7 +197,7 @@ pub fn workload(spec: &SynthSpec) -> Workload {
         let sweep = rng.random::<f64>() < SWEEP_CHANCE;
         let size = if sweep { rng.random_range(SWEEP_JOBS.0..=SWEEP_JOBS.1) } else { 1 };
         let size = size.min(spec.jobs - count);
-        let mut s = shape(&mut rng);
+        let mut s = shape(&mut rng, spec.nodes - v100_nodes(spec));
         if sweep && s.workers > 1 {
             // Sweeps are of single-node jobs.
             (s.gpus, s.workers, s.cpus, s.memory_gib) = (1, 1, 8, 64);
@@ -263,6 +269,9 @@ mod tests {
         let c = cluster(&spec);
         assert_eq!(c.gpus(), 2_800);
         crate::workload::check_fits(&w, &c).expect("every job fits");
+        // The smallest cluster a spec may ask for too: its A100 nodes are fewer than the largest gang.
+        let small = SynthSpec { jobs: 5_000, nodes: 8, ..SynthSpec::default() };
+        crate::workload::check_fits(&workload(&small), &cluster(&small)).expect("every job fits 8 nodes");
     }
 
     #[test]
