@@ -3,6 +3,15 @@
 use ferry_api::units::{format_bytes, format_cpus};
 
 /// Prints rows as a table with left-aligned columns sized to their widest cell.
+/// `1 node`, `3 nodes`: a count with its noun.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {

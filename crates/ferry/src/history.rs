@@ -100,11 +100,11 @@ async fn export(g: &Global, since: &str, out: &Path, force: bool) -> Result<i32,
         eprintln!("note: {note}");
     }
     eprintln!(
-        "wrote {} ({} pools, {} nodes, {} teams) and {} ({})",
+        "wrote {} ({}, {}, {}) and {} ({})",
         out.join(CLUSTER_FILE).display(),
-        cluster.pools.len(),
-        cluster.nodes.len(),
-        cluster.teams.len(),
+        crate::format::counted(cluster.pools.len(), "pool"),
+        crate::format::counted(cluster.nodes.len(), "node"),
+        crate::format::counted(cluster.teams.len(), "team"),
         out.join(JOBS_FILE).display(),
         rows.summary()
     );
@@ -481,7 +481,7 @@ impl JobRows {
 
     /// What was written and left out, in words.
     pub fn summary(&self) -> String {
-        let mut text = format!("{} jobs", self.written);
+        let mut text = crate::format::counted(self.written as usize, "job");
         if self.running > 0 {
             text += &format!(", {} of them still running, with their time so far", self.running);
         }
