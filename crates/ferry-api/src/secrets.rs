@@ -98,8 +98,7 @@ pub fn check_name(name: &str) -> Option<String> {
     if name.chars().count() > SECRET_NAME_CHARS_MAX {
         return Some(format!("a secret name is longer than {SECRET_NAME_CHARS_MAX} characters"));
     }
-    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if !crate::text::is_env_name(name) {
         return Some(format!(
             "`{}` is not a valid secret name: use letters, digits and `_`, not starting with a digit (it becomes an \
              environment variable name), such as HF_TOKEN",

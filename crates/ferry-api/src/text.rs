@@ -1,6 +1,14 @@
 //! Text that came from outside (users, jobs, agents) and ends up in a path, a header, a log line or a report: the
 //! one rule for what is refused and the one way to bound what is shown.
 
+/// Whether `name` is an environment variable name every shell and engine accepts: ASCII letters, digits and `_`,
+/// not starting with a digit.
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// Why a piece of text was refused, as a sentence naming the field.
 pub fn check_plain(field: &str, value: &str) -> Result<(), String> {
     match value.chars().find(|c| c.is_control()) {

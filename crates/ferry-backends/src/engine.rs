@@ -199,9 +199,7 @@ pub fn shell_join(words: &[String]) -> String {
 /// Whether an environment variable's name is one a shell and every engine accept (`[A-Za-z_][A-Za-z0-9_]*`); the
 /// server refuses others at submission, and engines may rely on it.
 pub fn valid_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    ferry_api::text::is_env_name(name)
 }
 
 /// The native name of a run: see [`EngineJob::name`]. `tag` distinguishes Ferry installations sharing an engine.
