@@ -192,9 +192,13 @@ pub struct Waiting {
     #[schema(value_type = Object)]
     pub reason: serde_json::Value,
     /// When the job can be expected to start if every job running and every job ahead of it in the queue runs to
-    /// its runtime limit (the scheduler run forward in virtual time); unset when one of them has no limit.
+    /// its runtime limit, or where it has none, for its predicted runtime (the scheduler run forward in virtual
+    /// time); unset when one of them has neither.
     #[serde(default)]
     pub estimated_start_us: Option<i64>,
+    /// The estimate rests on predicted runtimes of jobs without a limit, not only on limits.
+    #[serde(default)]
+    pub estimate_predicted: bool,
     /// Why there is no estimate, when there is none.
     #[serde(default)]
     pub no_estimate: Option<String>,

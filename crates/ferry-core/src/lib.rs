@@ -15,6 +15,8 @@ mod forecast;
 mod idhash;
 pub mod lifecycle;
 mod node;
+pub mod order;
+pub mod predict;
 mod preempt;
 mod queue;
 mod reason;
@@ -28,6 +30,7 @@ mod scheduler;
 pub use elastic::{ElasticPool, NodeTemplate};
 pub use fairshare::HALF_LIFE_S_DEFAULT;
 pub use forecast::{NoForecast, StartForecast, FORECAST_CYCLES_MAX};
+pub use order::QueueOrder;
 pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{
     BurstReason, NodeShortfall, NodesNeeded, Placement, ProvisionReason, ReleaseReason, ResourceKind, WaitReason,

@@ -16,6 +16,7 @@ use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
 use crate::idhash::IdMap;
 use crate::node::Node;
+use crate::order::{self, QueueOrder};
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 use crate::queue::CycleQueue;
 use crate::reason::{
@@ -131,6 +132,15 @@ pub struct JobRequest {
     /// The job may not start before this time (a retry's backoff, see `lifecycle::retry_delay_s`); 0 for any time.
     #[serde(default)]
     pub not_before_us: i64,
+    /// How long the job is expected to run, predicted from the history of jobs like it (see `predict`): forecasts
+    /// and the shortest-first ordering use it where the job has no runtime limit. Never used to backfill: only a
+    /// limit, which is enforced, makes that promise.
+    #[serde(default)]
+    pub expected_runtime_s: Option<u64>,
+    /// The GPU-seconds the job has already received in earlier attempts (it was preempted or requeued and resumes
+    /// from a checkpoint), which the least-attained ordering files it by.
+    #[serde(default)]
+    pub attained_gpu_s: u64,
 }
 
 /// The node label that says a node cannot run container images (`ferry.images=no`): an engine such as Slurm, Ray or
@@ -252,6 +262,8 @@ pub enum Event {
     ProjectsConfigured(Vec<ProjectInfo>),
     /// How GPU jobs choose among the nodes that can hold them.
     PlacementConfigured(GpuPlacement),
+    /// How the queue is ordered within one priority (see `order`).
+    QueueOrderConfigured(QueueOrder),
     /// The time is now `now_us`; usage accrues and waiting is measured against it.
     Tick { now_us: i64 },
 }
@@ -524,6 +536,7 @@ pub struct Scheduler {
     usage: Usage,
     project_usage: Usage,
     placement: GpuPlacement,
+    queue_order: QueueOrder,
     mix: Mix,
     /// Nodes where running jobs were preempted for a queued job (one per worker of a gang): what frees there is that
     /// job's first.
@@ -550,6 +563,16 @@ impl Running {
     /// When the job must have ended, by its runtime limit.
     fn ends_by_us(&self) -> Option<i64> {
         self.request.max_runtime_s.map(|s| self.started_at_us.saturating_add(s as i64 * 1_000_000))
+    }
+
+    /// When the job ends by its limit, else by its prediction (not before `now_us`); and whether it was predicted.
+    fn expected_end_us(&self, now_us: i64) -> Option<(i64, bool)> {
+        if let Some(end) = self.ends_by_us() {
+            return Some((end, false));
+        }
+        let predicted = self.request.expected_runtime_s?;
+        let end = self.started_at_us.saturating_add((predicted as i64).saturating_mul(1_000_000));
+        Some((end.max(now_us), true))
     }
 }
 
@@ -583,6 +606,18 @@ impl Scheduler {
     /// Each running job with the time its runtime limit stops it (`None` for a job without a limit).
     pub fn running_ends(&self) -> Vec<(JobId, Option<i64>)> {
         self.running.iter().map(|(id, r)| (*id, r.ends_by_us())).collect()
+    }
+
+    /// When a running job can be expected to end: at its runtime limit, else after its predicted runtime (and not
+    /// before now, for a job that has overrun its prediction); `None` for a job with neither, or not running. The
+    /// flag says that the time rests on a prediction.
+    pub fn expected_end(&self, job: JobId) -> Option<(i64, bool)> {
+        self.running.get(&job).and_then(|r| r.expected_end_us(self.now_us))
+    }
+
+    /// Each running job with `expected_end`.
+    pub fn running_expected_ends(&self) -> Vec<(JobId, Option<(i64, bool)>)> {
+        self.running.iter().map(|(id, r)| (*id, r.expected_end_us(self.now_us))).collect()
     }
 
     /// Queued jobs of a lower priority than `priority`: they can only start ahead of a job of that priority where
@@ -663,6 +698,10 @@ impl Scheduler {
             }
             Event::PlacementConfigured(placement) => {
                 self.placement = placement;
+                Ok(Vec::new())
+            }
+            Event::QueueOrderConfigured(order) => {
+                self.queue_order = order;
                 Ok(Vec::new())
             }
             Event::Tick { now_us } => {
@@ -1384,6 +1423,26 @@ impl Scheduler {
             .values()
             .filter(|n| n.ready)
             .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc));
+        match &self.queue_order {
+            QueueOrder::FairShare => {}
+            QueueOrder::Fifo => return self.queue.iter().map(|(_, id)| *id).collect(),
+            service => {
+                // Each priority level apart, in submission order, then sorted by the ordering's key.
+                let mut out: Vec<JobId> = Vec::with_capacity(self.queue.len());
+                let mut start = 0;
+                let mut level = None;
+                for (Reverse(p), id) in &self.queue {
+                    if level != Some(*p) {
+                        self.order_level(service, &mut out[start..], &capacity);
+                        start = out.len();
+                        level = Some(*p);
+                    }
+                    out.push(*id);
+                }
+                self.order_level(service, &mut out[start..], &capacity);
+                return out;
+            }
+        }
         let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
         let owner_of = |id: JobId| {
             let (r, class) = (&self.pending[&id], &self.classes[&id]);
@@ -1403,6 +1462,15 @@ impl Scheduler {
             user_usage: &self.usage,
         };
         fairshare::order(queue, owner_of, &standing, &capacity)
+    }
+
+    /// Sorts one priority level's jobs by a service ordering (see `order`).
+    fn order_level(&self, order: &QueueOrder, jobs: &mut [JobId], capacity: &Resources) {
+        let request_of = |id: JobId| {
+            let r = &self.pending[&id];
+            (r, r.total())
+        };
+        order::order_level(order, jobs, request_of, capacity, self.now_us);
     }
 
     /// The quota of the job's project, if it has one.

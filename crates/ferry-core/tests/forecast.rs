@@ -88,3 +88,31 @@ fn a_job_for_a_pool_with_no_node_has_no_forecast_and_says_why() {
     s.schedule();
     assert_eq!(s.forecast_start(1), Some(StartForecast::Unknown(NoForecast::NothingFrees)));
 }
+
+#[test]
+fn a_prediction_stands_in_for_a_missing_limit_and_the_forecast_says_so() {
+    let predicted = |id: u64, gpus: u32, expected_s: u64| {
+        Event::JobSubmitted(JobRequest {
+            expected_runtime_s: Some(expected_s),
+            user: format!("user{id}"),
+            ..JobRequest::new(id, Resources::new(1000, GIB, gpus), 0)
+        })
+    };
+    let mut s = scheduler(vec![node("a", 2), predicted(1, 2, 300)]);
+    s.schedule();
+    s.apply(job(2, 2, 0, Some(50))).unwrap();
+    s.apply(job(3, 2, 0, None)).unwrap();
+    s.schedule();
+    // Job 1 has no limit but is predicted to run 300 s: job 2 starts at about 310 s, and that rests on a guess.
+    assert_eq!(s.forecast_start(2), Some(StartForecast::Predicted(310 * S)));
+    assert_eq!(s.expected_end(1), Some((310 * S, true)));
+    // Job 3 has neither a limit nor a prediction, so nothing after it can be forecast; before it, it does not count.
+    s.apply(job(4, 2, 0, Some(5))).unwrap();
+    assert_eq!(s.forecast_start(4), Some(StartForecast::Unknown(NoForecast::Unlimited)));
+    // A prediction never makes room to backfill: only a limit, which is enforced, promises an end.
+    assert_eq!(s.estimate_start(2), None);
+    // Once the job has overrun its prediction, it is expected to end any moment, not in the past.
+    s.apply(Event::Tick { now_us: 400 * S }).unwrap();
+    assert_eq!(s.expected_end(1), Some((400 * S, true)));
+    assert_eq!(s.forecast_start(2), Some(StartForecast::Predicted(400 * S)));
+}

@@ -451,7 +451,16 @@ fn describe(j: &Job) -> String {
         line("Waiting:", w.message.clone());
         let estimate = match w.estimated_start_us {
             Some(at) if at <= format::now_us() => "now".to_string(),
-            Some(at) => format!("in about {} ({} UTC)", format::span(at - format::now_us()), format::timestamp(at)),
+            Some(at) => format!(
+                "in about {} ({} UTC){}",
+                format::span(at - format::now_us()),
+                format::timestamp(at),
+                if w.estimate_predicted {
+                    ", if the jobs ahead without --max-runtime run as long as their earlier runs"
+                } else {
+                    ""
+                }
+            ),
             None => format!("unknown: {}", w.no_estimate.as_deref().unwrap_or("no forecast could be made")),
         };
         line("Starts:", estimate);

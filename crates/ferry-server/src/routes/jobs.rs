@@ -196,15 +196,17 @@ async fn full(state: &AppState, caller: &UserCaller, record: JobRecord) -> Resul
             Some(fork) => tokio::task::spawn_blocking(move || fork.forecast_start(id)).await.ok().flatten(),
             None => None,
         };
-        let (estimated_start_us, no_estimate) = match forecast {
-            Some(StartForecast::At(at)) => (Some(at), None),
-            Some(StartForecast::Unknown(why)) => (None, Some(why.to_string())),
-            None => (None, None),
+        let (estimated_start_us, estimate_predicted, no_estimate) = match forecast {
+            Some(StartForecast::At(at)) => (Some(at), false, None),
+            Some(StartForecast::Predicted(at)) => (Some(at), true, None),
+            Some(StartForecast::Unknown(why)) => (None, false, Some(why.to_string())),
+            None => (None, false, None),
         };
         reason.map(|r| Waiting {
             message: r.to_string(),
             reason: serde_json::to_value(&r).expect("reasons serialize"),
             estimated_start_us,
+            estimate_predicted,
             no_estimate,
         })
     } else {

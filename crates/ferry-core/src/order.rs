@@ -1,0 +1,238 @@
+//! The queue orderings an admin may choose between, besides fair share (`fairshare`).
+//!
+//! Every ordering keeps priority first: a higher-priority job is always considered before a lower one. Within one
+//! priority the orderings differ:
+//!
+//! - **fair share** (the default, `fairshare::order`): progressive filling across projects and users by recent
+//!   usage; within a user, submission order.
+//! - **FIFO**: submission order, nothing else. The baseline the others are measured against.
+//! - **shortest first** (after QSSF, the quasi-shortest-service-first ordering of the Helios study): the job that
+//!   asks for the least *service*, its expected runtime times its dominant share of the cluster, first. The
+//!   expected runtime is the job's prediction from history, else its runtime limit, else `unknown_runtime_s`.
+//! - **least attained** (after Tiresias' discretised two-dimensional LAS): jobs are filed into levels by the GPU
+//!   time they have already received in earlier attempts (a preempted or requeued job that checkpoints); the level
+//!   that has received least comes first, and submission order within a level. A job that never ran is in the first
+//!   level, so new work overtakes long-running work that was stopped.
+//!
+//! Both service orderings **age**: a job that has waited `aging_s` or longer is considered before every job that has
+//! not, in submission order among the aged. So no job waits beyond the aging bound for jobs that arrived after it;
+//! after the bound it waits only for the aged jobs ahead of it and for room to free (see the simulator's README for
+//! the figures on a trace-shaped workload).
+
+use serde::{Deserialize, Serialize};
+
+use crate::fairshare::dominant_of;
+use crate::resources::Resources;
+use crate::scheduler::JobRequest;
+use crate::JobId;
+
+/// Jobs without a prediction or a runtime limit are taken to run this long under `ShortestFirst`, unless configured.
+pub const UNKNOWN_RUNTIME_S_DEFAULT: u64 = 3600;
+/// The aging bound of the service orderings unless configured: four hours.
+pub const AGING_S_DEFAULT: u64 = 4 * 3600;
+/// The level thresholds of `LeastAttained` unless configured, in GPU-seconds already received: one GPU-hour and ten.
+pub const ATTAINED_LEVELS_GPU_S_DEFAULT: [u64; 2] = [3600, 36_000];
+
+/// How the queue is ordered within one priority.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "order")]
+pub enum QueueOrder {
+    /// Progressive filling across projects and users by recent usage, then submission order.
+    #[default]
+    FairShare,
+    /// Submission order.
+    Fifo,
+    /// Least expected service first, with aging.
+    ShortestFirst {
+        /// A job that has waited this long goes before every job that has not; 0 turns aging off (clairvoyant
+        /// shortest-job-first in the simulator), which can starve a long job for as long as short ones keep coming.
+        aging_s: u64,
+        /// The runtime assumed for a job with neither a prediction nor a runtime limit.
+        unknown_runtime_s: u64,
+    },
+    /// Least GPU time already received first, by levels, with aging.
+    LeastAttained {
+        /// The level boundaries in GPU-seconds received, ascending.
+        levels_gpu_s: Vec<u64>,
+        aging_s: u64,
+    },
+}
+
+impl QueueOrder {
+    /// The shortest-first ordering with the default aging bound and unknown runtime.
+    pub fn shortest_first() -> QueueOrder {
+        QueueOrder::ShortestFirst { aging_s: AGING_S_DEFAULT, unknown_runtime_s: UNKNOWN_RUNTIME_S_DEFAULT }
+    }
+
+    /// The least-attained ordering with the default levels and aging bound.
+    pub fn least_attained() -> QueueOrder {
+        QueueOrder::LeastAttained { levels_gpu_s: ATTAINED_LEVELS_GPU_S_DEFAULT.to_vec(), aging_s: AGING_S_DEFAULT }
+    }
+
+    /// The name configuration files and the CLI use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            QueueOrder::FairShare => "fair-share",
+            QueueOrder::Fifo => "fifo",
+            QueueOrder::ShortestFirst { .. } => "shortest-first",
+            QueueOrder::LeastAttained { .. } => "least-attained",
+        }
+    }
+
+    /// Reads a name (`fair-share`, `fifo`, `shortest-first`, `least-attained`) with the defaults of its settings.
+    pub fn from_name(name: &str) -> Option<QueueOrder> {
+        Some(match name {
+            "fair-share" => QueueOrder::FairShare,
+            "fifo" => QueueOrder::Fifo,
+            "shortest-first" => QueueOrder::shortest_first(),
+            "least-attained" => QueueOrder::least_attained(),
+            _ => return None,
+        })
+    }
+
+    /// The names `from_name` reads, for error messages.
+    pub const NAMES: &'static str = "fair-share, fifo, shortest-first or least-attained";
+
+    /// The aging bound in seconds, for the orderings that age; `None` for the others or with aging off.
+    pub fn aging_s(&self) -> Option<u64> {
+        match self {
+            QueueOrder::ShortestFirst { aging_s, .. } | QueueOrder::LeastAttained { aging_s, .. } => {
+                (*aging_s > 0).then_some(*aging_s)
+            }
+            QueueOrder::FairShare | QueueOrder::Fifo => None,
+        }
+    }
+
+    /// Checks the settings: levels ascending and distinct.
+    pub fn validate(&self) -> Result<(), String> {
+        if let QueueOrder::LeastAttained { levels_gpu_s, .. } = self {
+            if levels_gpu_s.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!(
+                    "the least-attained levels must ascend, each above the one before; got {levels_gpu_s:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The expected runtime of a job under the service orderings: its prediction, else its limit, else `unknown_s`.
+pub(crate) fn expected_runtime_s(request: &JobRequest, unknown_s: u64) -> u64 {
+    request.expected_runtime_s.or(request.max_runtime_s).unwrap_or(unknown_s)
+}
+
+/// The order of one priority level's jobs (given in submission order) under a service ordering; FIFO and fair share
+/// are not handled here. `total` is what a job holds with all its workers.
+pub(crate) fn order_level<'a>(
+    order: &QueueOrder,
+    jobs: &mut [JobId],
+    request_of: impl Fn(JobId) -> (&'a JobRequest, Resources),
+    capacity: &Resources,
+    now_us: i64,
+) {
+    let aged = |r: &JobRequest, aging_s: u64| {
+        aging_s > 0 && now_us.saturating_sub(r.submitted_at_us) >= (aging_s as i64).saturating_mul(1_000_000)
+    };
+    match order {
+        QueueOrder::FairShare | QueueOrder::Fifo => {}
+        QueueOrder::ShortestFirst { aging_s, unknown_runtime_s } => {
+            jobs.sort_by_cached_key(|&id| {
+                let (r, total) = request_of(id);
+                if aged(r, *aging_s) {
+                    return (false, 0, id);
+                }
+                let share = (dominant_of(&total, capacity) * 1e9) as u64;
+                (true, share.saturating_mul(expected_runtime_s(r, *unknown_runtime_s)), id)
+            });
+        }
+        QueueOrder::LeastAttained { levels_gpu_s, aging_s } => {
+            jobs.sort_by_cached_key(|&id| {
+                let (r, _) = request_of(id);
+                if aged(r, *aging_s) {
+                    return (false, 0, id);
+                }
+                let level = levels_gpu_s.iter().filter(|t| r.attained_gpu_s >= **t).count();
+                (true, level as u64, id)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn job(id: JobId, gpus: u32, expected_s: Option<u64>, submitted_s: i64) -> JobRequest {
+        JobRequest {
+            id,
+            resources: Resources::new(1000, 1 << 30, gpus),
+            expected_runtime_s: expected_s,
+            submitted_at_us: submitted_s * S,
+            ..JobRequest::default()
+        }
+    }
+
+    fn ordered(order: &QueueOrder, jobs: &[JobRequest], now_s: i64) -> Vec<JobId> {
+        let capacity = Resources::new(64_000, 512 << 30, 8);
+        let mut ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        let find = |id: JobId| {
+            let r = jobs.iter().find(|j| j.id == id).unwrap();
+            (r, r.resources)
+        };
+        order_level(order, &mut ids, find, &capacity, now_s * S);
+        ids
+    }
+
+    #[test]
+    fn shortest_first_orders_by_runtime_times_size_and_unknown_takes_the_default() {
+        let order = QueueOrder::ShortestFirst { aging_s: 0, unknown_runtime_s: 3600 };
+        // 1: 1 GPU x 2 h; 2: 2 GPUs x 10 min; 3: unknown (1 h) x 1 GPU; 4: 8 GPUs x 20 min.
+        let jobs = [job(1, 1, Some(7200), 0), job(2, 2, Some(600), 1), job(3, 1, None, 2), job(4, 8, Some(1200), 3)];
+        assert_eq!(ordered(&order, &jobs, 10), vec![2, 3, 1, 4]);
+        // A runtime limit stands in for a missing prediction.
+        let mut limited = job(3, 1, None, 2);
+        limited.max_runtime_s = Some(60);
+        let jobs = [job(1, 1, Some(7200), 0), job(2, 2, Some(600), 1), limited];
+        assert_eq!(ordered(&order, &jobs, 10), vec![3, 2, 1]);
+    }
+
+    #[test]
+    fn an_aged_job_goes_before_every_job_that_has_not_waited_as_long() {
+        let order = QueueOrder::ShortestFirst { aging_s: 3600, unknown_runtime_s: 3600 };
+        let jobs = [job(1, 8, Some(86_400), 0), job(2, 1, Some(60), 100), job(3, 8, Some(50_000), 10)];
+        // Before the bound the long jobs wait behind the short one.
+        assert_eq!(ordered(&order, &jobs, 3000), vec![2, 3, 1]);
+        // Past it, both aged jobs go first in submission order, whatever their size.
+        assert_eq!(ordered(&order, &jobs, 3650), vec![1, 3, 2]);
+        // Without aging the longest stays last for ever.
+        let clairvoyant = QueueOrder::ShortestFirst { aging_s: 0, unknown_runtime_s: 3600 };
+        assert_eq!(ordered(&clairvoyant, &jobs, 1_000_000), vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn least_attained_files_jobs_by_the_gpu_time_they_already_had() {
+        let order = QueueOrder::LeastAttained { levels_gpu_s: vec![3600, 36_000], aging_s: 0 };
+        let mut a = job(1, 1, None, 0);
+        a.attained_gpu_s = 40_000;
+        let mut b = job(2, 1, None, 1);
+        b.attained_gpu_s = 3600;
+        let c = job(3, 1, None, 2);
+        let mut d = job(4, 1, None, 3);
+        d.attained_gpu_s = 100;
+        assert_eq!(ordered(&order, &[a, b, c, d], 10), vec![3, 4, 2, 1]);
+    }
+
+    #[test]
+    fn names_read_back_and_bad_levels_are_refused() {
+        for name in ["fair-share", "fifo", "shortest-first", "least-attained"] {
+            assert_eq!(QueueOrder::from_name(name).unwrap().name(), name);
+        }
+        assert_eq!(QueueOrder::from_name("sjf"), None);
+        let bad = QueueOrder::LeastAttained { levels_gpu_s: vec![10, 10], aging_s: 0 };
+        assert!(bad.validate().unwrap_err().contains("ascend"));
+        assert_eq!(QueueOrder::shortest_first().aging_s(), Some(AGING_S_DEFAULT));
+        assert_eq!(QueueOrder::Fifo.aging_s(), None);
+    }
+}
