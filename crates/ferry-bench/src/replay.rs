@@ -45,7 +45,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<usize> {
         core_check_every: args.core_check_every,
         fault: None,
     };
-    let config = ReplayConfig { seed: args.seed, preempt_grace_ms: 30_000, check };
+    let config = ReplayConfig { seed: args.seed, preempt_grace_ms: 30_000, check, predictions: Default::default() };
     let started = Instant::now();
     let run = engine::replay(&cluster, &workload, &config).map_err(|v| anyhow::anyhow!("{v}"))?;
     let wall_s = started.elapsed().as_secs_f64();

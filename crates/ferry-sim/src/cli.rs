@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::{Args, ValueEnum};
-use ferry_core::GpuPlacement;
+use ferry_core::order::UNKNOWN_RUNTIME_S_DEFAULT;
+use ferry_core::{GpuPlacement, QueueOrder};
 
 use crate::cluster::{self, Cluster};
 use crate::engine::{self, CheckConfig, Fault, ReplayConfig};
 use crate::error::{InputError, SimError};
 use crate::fgd;
-use crate::report::{self, FgdReport, Inputs, Report};
+use crate::predictions::Predictions;
+use crate::report::{self, FgdReport, Inputs, OrderFigures, Report};
 use crate::synth::{self, SynthSpec};
 use crate::workload::{self, Workload};
 
@@ -88,6 +90,18 @@ pub struct SimArgs {
     /// How GPU jobs choose among nodes, overriding the cluster file's gpu_placement [default: best-fit].
     #[arg(long, value_enum, value_name = "PLACEMENT")]
     pub gpu_placement: Option<Placement>,
+    /// How the queue is ordered within a priority, overriding the cluster file's queue_order: fair-share, fifo,
+    /// shortest-first or least-attained [default: fair-share].
+    #[arg(long, value_name = "ORDER")]
+    pub queue_order: Option<String>,
+    /// The aging bound of shortest-first and least-attained: a job that has waited this long goes before every job
+    /// that has not (`off` turns aging off) [default: the cluster file's queue_aging, else 3d].
+    #[arg(long, value_name = "DURATION", value_parser = aging_ms)]
+    pub queue_aging: Option<u64>,
+    /// Replay the same workload also in plain FIFO order and in clairvoyant shortest-job-first order (true
+    /// durations, no aging), and report their job completion times beside this replay's.
+    #[arg(long, conflicts_with = "fgd")]
+    pub compare_orders: bool,
     /// The report's format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -111,6 +125,14 @@ pub struct SimArgs {
 
 fn duration_ms(text: &str) -> Result<u64, String> {
     ferry_api::units::parse_duration_s(text).map(|s| s.saturating_mul(1000)).map_err(|e| e.0)
+}
+
+/// An aging bound: a duration, or `off` (0).
+fn aging_ms(text: &str) -> Result<u64, String> {
+    match text {
+        "off" | "0" => Ok(0),
+        _ => duration_ms(text).map_err(|e| format!("{e}, or off for no aging")),
+    }
 }
 
 /// Runs `ferry sim`, printing to stdout and stderr; returns the exit code.
@@ -152,6 +174,11 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         Some(Placement::Fgd) => cluster.gpu_placement = GpuPlacement::Fgd,
         None => {}
     }
+    if args.queue_order.is_some() || args.queue_aging.is_some() {
+        let name = args.queue_order.clone().unwrap_or_else(|| cluster.queue_order.name().to_string());
+        cluster.queue_order = QueueOrder::configure(&name, args.queue_aging.map(|ms| ms / 1000))
+            .map_err(|e| SimError::Usage(format!("--queue-order/--queue-aging: {e}")))?;
+    }
     let workload = load_workload(args)?;
     let count = args.seeds.unwrap_or(if args.fgd { FGD_SEEDS_DEFAULT } else { 1 });
     if count == 0 || count > SEEDS_MAX {
@@ -178,9 +205,27 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
     }
     workload::check_fits(&workload, &cluster)?;
     let runs = for_seeds(&seeds, |seed| {
-        let config = ReplayConfig { seed, preempt_grace_ms: args.preempt_grace, check };
+        let config =
+            ReplayConfig { seed, preempt_grace_ms: args.preempt_grace, check, predictions: Predictions::Learned };
         let run = engine::replay(&cluster, &workload, &config)?;
-        report::replay_report(&run, &cluster, args.sample_every)
+        let mut report = report::replay_report(&run, &cluster, args.sample_every)?;
+        if args.compare_orders {
+            let others = [
+                ("fifo".to_string(), QueueOrder::Fifo, Predictions::Learned),
+                (
+                    "shortest-first (clairvoyant, no aging)".to_string(),
+                    QueueOrder::ShortestFirst { aging_s: 0, unknown_runtime_s: UNKNOWN_RUNTIME_S_DEFAULT },
+                    Predictions::Clairvoyant,
+                ),
+            ];
+            for (name, order, predictions) in others {
+                let cluster = Cluster { queue_order: order, ..cluster.clone() };
+                let run = engine::replay(&cluster, &workload, &ReplayConfig { predictions, ..config })?;
+                let other = report::replay_report(&run, &cluster, args.sample_every)?;
+                report.compared.push(OrderFigures::of(name, &other));
+            }
+        }
+        Ok(report)
     })?;
     Ok(Report::Replay { inputs, runs })
 }
@@ -295,6 +340,16 @@ pub fn command_line(args: &SimArgs, seed: u64) -> String {
     if let Some(placement) = args.gpu_placement {
         let name = placement.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
         words.extend(["--gpu-placement".to_string(), name]);
+    }
+    if let Some(order) = &args.queue_order {
+        words.extend(["--queue-order".to_string(), shell_quote(order)]);
+    }
+    if let Some(aging) = args.queue_aging {
+        let aging = if aging == 0 { "off".to_string() } else { format!("{}s", aging / 1000) };
+        words.extend(["--queue-aging".to_string(), aging]);
+    }
+    if args.compare_orders {
+        words.push("--compare-orders".to_string());
     }
     words.extend(["--seed".to_string(), seed.to_string(), "--seeds".to_string(), "1".to_string()]);
     words.extend(["--starvation-bound".to_string(), format!("{}s", args.starvation_bound / 1000)]);

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
 use ferry_core::{
-    ElasticPool, GpuPlacement, NodeInfo, NodeTemplate, PoolInfo, ProjectInfo, ResourceKind, Resources, TeamInfo,
+    ElasticPool, GpuPlacement, NodeInfo, NodeTemplate, PoolInfo, ProjectInfo, QueueOrder, ResourceKind, Resources,
+    TeamInfo,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -87,6 +88,8 @@ pub struct Cluster {
     pub fair_share_half_life_s: u64,
     /// How GPU jobs choose among the nodes that can hold them.
     pub gpu_placement: GpuPlacement,
+    /// How the queue is ordered within a priority.
+    pub queue_order: QueueOrder,
     pub nodes: Vec<NodeInfo>,
 }
 
@@ -115,6 +118,8 @@ struct ClusterFile {
     fair_share_half_life: Option<Spanned<String>>,
     #[serde(default)]
     gpu_placement: GpuPlacement,
+    queue_order: Option<Spanned<String>>,
+    queue_aging: Option<Spanned<String>>,
     #[serde(default)]
     node: Vec<Spanned<NodeSpec>>,
 }
@@ -248,6 +253,7 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
         Some(t) => duration_s(&src, "fair_share_half_life", t)?,
         None => 0,
     };
+    let queue_order = queue_order(&src, &spec.queue_order, &spec.queue_aging)?;
     let mut nodes = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
     let elastic_max: usize = pools.iter().filter_map(|p| p.elastic.as_ref()).map(|e| e.max_nodes as usize).sum();
@@ -281,7 +287,35 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
             "no [[node]] is declared; a cluster needs at least one node, or an elastic pool that starts nodes";
         return Err(InputError::new(file, 1, None, message));
     }
-    Ok(Cluster { pools, teams, projects, fair_share_half_life_s, gpu_placement: spec.gpu_placement, nodes })
+    Ok(Cluster {
+        pools,
+        teams,
+        projects,
+        fair_share_half_life_s,
+        gpu_placement: spec.gpu_placement,
+        queue_order,
+        nodes,
+    })
+}
+
+/// `queue_order = "shortest-first"` and `queue_aging = "4h"`, as the server's configuration writes them.
+fn queue_order(
+    src: &Source<'_>,
+    name: &Option<Spanned<String>>,
+    aging: &Option<Spanned<String>>,
+) -> Result<QueueOrder, InputError> {
+    let aging_s = aging.as_ref().map(|t| duration_s(src, "queue_aging", t)).transpose()?;
+    match (name, aging) {
+        (Some(name), _) => {
+            QueueOrder::configure(name.get_ref(), aging_s).map_err(|e| src.error("queue_order", name, e))
+        }
+        (None, Some(aging)) => Err(src.error(
+            "queue_aging",
+            aging,
+            "an aging bound goes with queue_order = \"shortest-first\" or \"least-attained\"; set one".to_string(),
+        )),
+        (None, None) => Ok(QueueOrder::default()),
+    }
 }
 
 fn duration_s(src: &Source<'_>, field: &str, text: &Spanned<String>) -> Result<u64, InputError> {
@@ -635,6 +669,7 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         projects: Vec::new(),
         fair_share_half_life_s: 0,
         gpu_placement,
+        queue_order: QueueOrder::default(),
         nodes,
     })
 }

@@ -23,6 +23,7 @@ use crate::checker::{Ceilings, Checker, ElasticLimits, Released, StepChanges};
 use crate::cluster::{Cluster, Pool};
 use crate::error::Violation;
 use crate::ledger::Ledger;
+use crate::predictions::{Learner, Predictions};
 use crate::starvation::IdleWaits;
 use crate::workload::Workload;
 
@@ -125,6 +126,7 @@ impl Sim {
         let mut setup = vec![
             Event::PoolsConfigured(cluster.pools.iter().map(|p| p.info()).collect()),
             Event::PlacementConfigured(cluster.gpu_placement),
+            Event::QueueOrderConfigured(cluster.queue_order.clone()),
         ];
         if !cluster.teams.is_empty() || cluster.fair_share_half_life_s > 0 {
             let half_life = cluster.fair_share_half_life_s;
@@ -386,9 +388,17 @@ pub struct JobOutcome {
     pub attempts: Vec<Attempt>,
     /// Whether the job has been told to stop and its grace period is running.
     pub stopping: bool,
+    /// The runtime the job was expected to take when it arrived, in seconds (see `predictions`).
+    pub predicted_s: Option<u64>,
 }
 
 impl JobOutcome {
+    /// The GPU-seconds the job's attempts have had so far (the least-attained ordering files it by them).
+    pub fn attained_gpu_s(&self) -> u64 {
+        let ran_ms: u64 = self.attempts.iter().filter_map(|a| a.end_ms.map(|end| end - a.start_ms)).sum();
+        ran_ms.saturating_mul(self.gpu_milli) / 1_000_000
+    }
+
     /// The end of the job's work: the end of its last attempt, if that one completed.
     pub fn completed_ms(&self) -> Option<u64> {
         self.attempts.last().filter(|a| !a.preempted).and_then(|a| a.end_ms)
@@ -471,6 +481,8 @@ pub struct ReplayConfig {
     /// How long a preempted job keeps running (to checkpoint, say) before it stops.
     pub preempt_grace_ms: u64,
     pub check: CheckConfig,
+    /// Where the jobs' expected runtimes come from.
+    pub predictions: Predictions,
 }
 
 /// Replays a workload: each job arrives at its arrival time and, once started, runs for its duration. Jobs that
@@ -481,6 +493,7 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
     let mut rng = rng(config.seed);
     let order = submission_order(workload, &mut rng);
     let mut sim = Sim::new(cluster, config.seed, &config.check)?;
+    let mut learner = Learner::new(config.predictions);
     let mut timeline = Timeline::default();
     let mut outcomes: Vec<JobOutcome> = order
         .iter()
@@ -494,6 +507,7 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
                 team: job.team.clone(),
                 attempts: Vec::new(),
                 stopping: false,
+                predicted_s: None,
             }
         })
         .collect();
@@ -507,7 +521,11 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
         now_ms = time_ms;
         for event in batch {
             match event {
-                SimEvent::Arrival(k) => sim.submit(workload.jobs[order[k]].request(k as JobId + 1, now_ms), now_ms)?,
+                SimEvent::Arrival(k) => {
+                    let (request, predicted) = learner.request(&workload.jobs[order[k]], k as JobId + 1, now_ms, 0);
+                    outcomes[k].predicted_s = predicted;
+                    sim.submit(request, now_ms)?
+                }
                 SimEvent::Completion { job, attempt } => {
                     let outcome = &mut outcomes[job as usize - 1];
                     if outcome.attempts.len() as u32 == attempt + 1
@@ -515,6 +533,8 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
                     {
                         outcome.attempts[attempt as usize].end_ms = Some(now_ms);
                         outcome.stopping = false;
+                        let ran_ms = now_ms - outcome.attempts[attempt as usize].start_ms;
+                        learner.completed(&workload.jobs[outcome.job], ran_ms);
                         sim.end(job, now_ms)?;
                     }
                 }
@@ -527,7 +547,8 @@ pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> 
                         (last.end_ms, last.preempted) = (Some(now_ms), true);
                         outcome.stopping = false;
                         sim.end(job, now_ms)?;
-                        sim.submit(workload.jobs[outcome.job].request(job, now_ms), now_ms)?;
+                        let attained = outcome.attained_gpu_s();
+                        sim.submit(learner.request(&workload.jobs[outcome.job], job, now_ms, attained).0, now_ms)?;
                     }
                 }
                 SimEvent::NodeUp(i) => {

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod fgd;
 pub mod ledger;
+pub mod predictions;
 pub mod report;
 pub mod starvation;
 pub mod synth;

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use ferry_core::predict::Accuracy;
+
 use crate::cluster::Cluster;
 use crate::engine::{ElasticNode, GpuStep, ReplayRun};
 use crate::error::{fmt_ms, SimError};
@@ -43,11 +45,12 @@ pub enum Report {
     Fgd(FgdReport),
 }
 
-/// An average and a 95th percentile (nearest rank), in seconds.
+/// An average, a 95th percentile (nearest rank) and the largest, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Stat {
     pub avg_s: f64,
     pub p95_s: f64,
+    pub max_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -73,6 +76,8 @@ pub struct TeamShare {
 pub struct RunReport {
     pub seed: u64,
     pub steps: u64,
+    /// How the queue was ordered within a priority (`fair-share`, `fifo`, `shortest-first`, `least-attained`).
+    pub queue_order: String,
     pub jobs: u64,
     pub completed: u64,
     /// From arrival to end, over completed jobs.
@@ -103,6 +108,34 @@ pub struct RunReport {
     pub lost_work_gpu_hours: f64,
     /// How long jobs waited while an idle node could hold them (held back for a gang, say): see the checker.
     pub idle_wait: IdleWait,
+    /// How well the runtimes predicted at arrival matched what the jobs ran.
+    pub predictions: PredictionReport,
+    /// The same replay under other queue orderings, for comparison (`--compare-orders`); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compared: Vec<OrderFigures>,
+}
+
+/// The runtime predictions of a replay: how many jobs had one when they arrived, and how good they were.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PredictionReport {
+    pub jobs_predicted: u64,
+    pub accuracy: Accuracy,
+}
+
+/// One queue ordering's figures on the same workload and cluster.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OrderFigures {
+    /// The ordering, as `RunReport::queue_order` names it, and what fed it (`learned` or `clairvoyant`
+    /// predictions).
+    pub order: String,
+    pub job_completion: Stat,
+    pub queueing_delay: Stat,
+}
+
+impl OrderFigures {
+    pub fn of(order: String, r: &RunReport) -> OrderFigures {
+        OrderFigures { order, job_completion: r.job_completion, queueing_delay: r.queueing_delay }
+    }
 }
 
 /// The checker's starvation figure: the jobs that waited while a node that could hold them sat idle, and how long,
@@ -171,7 +204,8 @@ fn percentile(sorted: &[u64], p: u64) -> u64 {
 fn stat(mut values: Vec<u64>) -> Stat {
     values.sort_unstable();
     let avg_ms = values.iter().sum::<u64>() as f64 / values.len().max(1) as f64;
-    Stat { avg_s: (avg_ms.round()) / 1000.0, p95_s: secs(percentile(&values, 95)) }
+    let max_s = secs(values.last().copied().unwrap_or(0));
+    Stat { avg_s: (avg_ms.round()) / 1000.0, p95_s: secs(percentile(&values, 95)), max_s }
 }
 
 /// Rounds to six decimals, so that reports read well and compare exactly.
@@ -194,6 +228,18 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
             (last - o.arrival_ms).saturating_sub(ran)
         })
         .collect();
+    // Predicted at arrival against what the completing attempt ran.
+    let predicted: Vec<(u64, u64)> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let last = o.attempts.last()?;
+            Some((o.predicted_s?, (o.completed_ms()? - last.start_ms) / 1000))
+        })
+        .collect();
+    let predictions = PredictionReport {
+        jobs_predicted: outcomes.iter().filter(|o| o.predicted_s.is_some()).count() as u64,
+        accuracy: Accuracy::of(predicted),
+    };
     let first_arrival = outcomes.iter().map(|o| o.arrival_ms).min().unwrap_or(0);
     let last_end = outcomes.iter().filter_map(|o| o.completed_ms()).max().unwrap_or(first_arrival);
     let (mut gpu_hours, mut cost, mut burst_cost, mut burst_gpu_hours, mut lost_gpu_hours) = (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -257,6 +303,7 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
     Ok(RunReport {
         seed: run.seed,
         steps: run.steps,
+        queue_order: cluster.queue_order.name().to_string(),
         jobs: outcomes.len() as u64,
         completed: completion.len() as u64,
         job_completion: stat(completion),
@@ -278,6 +325,8 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
             p95_s: secs(run.idle_waits.p95_ms),
             p99_s: secs(run.idle_waits.p99_ms),
         },
+        predictions,
+        compared: Vec::new(),
     })
 }
 
@@ -392,18 +441,34 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     };
     let _ = writeln!(
         out,
-        "replay of {} on {} ({}, {} GPUs{elastic}), {} placement, seed {}",
+        "replay of {} on {} ({}, {} GPUs{elastic}), {} placement, {} queue, seed {}",
         inputs.workload,
         inputs.cluster,
         counted(inputs.nodes, "node"),
         inputs.gpus,
         placement_name(inputs.gpu_placement),
+        r.queue_order,
         r.seed
     );
     w(out, "jobs", format!("{} ({} completed, {} steps)", r.jobs, r.completed, r.steps));
-    let stat = |s: &Stat| format!("avg {}, p95 {}", human_s(s.avg_s), human_s(s.p95_s));
+    let stat = |s: &Stat| format!("avg {}, p95 {}, max {}", human_s(s.avg_s), human_s(s.p95_s), human_s(s.max_s));
     w(out, "job completion time", stat(&r.job_completion));
     w(out, "queueing delay", stat(&r.queueing_delay));
+    let p = &r.predictions;
+    let predicted = if p.accuracy.jobs == 0 {
+        format!("{} of {} jobs had one at arrival", p.jobs_predicted, r.jobs)
+    } else {
+        format!(
+            "{} of {} jobs had one at arrival; median error {:.0}%, {} within 25%, {} within 2x, {} ran longer",
+            p.jobs_predicted,
+            r.jobs,
+            p.accuracy.median_error_pct,
+            percent(p.accuracy.within_25_pct),
+            percent(p.accuracy.within_2x),
+            percent(p.accuracy.ran_longer)
+        )
+    };
+    w(out, "runtime predictions", predicted);
     w(out, "makespan", human_s(r.makespan_s));
     w(out, "GPU-hours", format!("{:.3}", r.gpu_hours));
     w(out, "cost", format!("{:.2} (burst {:.2})", r.cost, r.burst_cost));
@@ -419,6 +484,31 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     let i = &r.idle_wait;
     let idle = format!("{} jobs; max {}, p95 {}, p99 {}", i.jobs, human_s(i.max_s), human_s(i.p95_s), human_s(i.p99_s));
     w(out, "idle-node wait", idle);
+    if !r.compared.is_empty() {
+        let _ = writeln!(out, "\nThe same replay under other queue orders");
+        let _ = writeln!(
+            out,
+            "  {:<40}{:>12}{:>12}{:>12}{:>12}",
+            "queue order", "mean JCT", "p95 JCT", "max wait", "vs SJF"
+        );
+        let sjf = r.compared.iter().find(|o| o.order.contains("clairvoyant")).map(|o| o.job_completion.avg_s);
+        let mine = OrderFigures::of(format!("{} (this replay)", r.queue_order), r);
+        for o in std::iter::once(&mine).chain(&r.compared) {
+            let ratio = match sjf {
+                Some(s) if s > 0.0 => format!("{:.2}x", o.job_completion.avg_s / s),
+                _ => "-".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40}{:>12}{:>12}{:>12}{:>12}",
+                o.order,
+                human_s(o.job_completion.avg_s),
+                human_s(o.job_completion.p95_s),
+                human_s(o.queueing_delay.max_s),
+                ratio
+            );
+        }
+    }
     let _ = writeln!(out, "\nGPU-hours by team");
     let _ = writeln!(out, "  {:<16}{:>12}{:>8}", "team", "GPU-hours", "share");
     for t in &r.teams {
@@ -508,6 +598,14 @@ pub fn csv(report: &Report) -> String {
                 row(s, "job_completion_p95_s", "", r.job_completion.p95_s.to_string());
                 row(s, "queueing_delay_avg_s", "", r.queueing_delay.avg_s.to_string());
                 row(s, "queueing_delay_p95_s", "", r.queueing_delay.p95_s.to_string());
+                row(s, "queueing_delay_max_s", "", r.queueing_delay.max_s.to_string());
+                row(s, "predictions_jobs", "", r.predictions.jobs_predicted.to_string());
+                row(s, "predictions_median_error_pct", "", r.predictions.accuracy.median_error_pct.to_string());
+                for o in &r.compared {
+                    row(s, "compared_job_completion_avg_s", &o.order, o.job_completion.avg_s.to_string());
+                    row(s, "compared_job_completion_p95_s", &o.order, o.job_completion.p95_s.to_string());
+                    row(s, "compared_queueing_delay_max_s", &o.order, o.queueing_delay.max_s.to_string());
+                }
                 row(s, "makespan_s", "", r.makespan_s.to_string());
                 row(s, "gpu_hours", "", r.gpu_hours.to_string());
                 row(s, "cost", "", r.cost.to_string());

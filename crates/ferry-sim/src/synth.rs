@@ -5,7 +5,10 @@
 //! report: a few hundred 8-GPU nodes of two GPU models; most jobs ask for one GPU, fewer for 2, 4 or 8, and a few are
 //! multi-node gangs of whole 8-GPU nodes; durations are heavy-tailed (log-normal, a median of minutes and a tail of
 //! days); arrivals follow the day, and users submit hyper-parameter sweeps: tens to hundreds of identical jobs at
-//! once. The load is set by the offered GPU demand: at `load` 1 the jobs ask, on average over the whole span, for a
+//! once. Work recurs, as those studies found: each user reruns a few programs of their own (a name, a shape and a
+//! typical duration), so that how long a program ran before says much, not all, of how long it runs next; a
+//! program's median is log-normal across programs and each run spreads around it, which together give the overall
+//! spread above. A sweep is a new program whose trials share its name and shape. The load is set by the offered GPU demand: at `load` 1 the jobs ask, on average over the whole span, for a
 //! quarter of the cluster's GPUs (such traces report average allocations well below capacity); `load` 4 compresses
 //! the arrivals fourfold, which offers about the whole cluster on average and well beyond it at the daily peaks, so
 //! that thousands of jobs wait then and the queue drains at night.
@@ -38,9 +41,13 @@ const MODELS: [&str; 2] = ["V100", "A100"];
 /// How much arrivals swing over the day: the rate is `1 ± DIURNAL_SWING` times the average.
 const DIURNAL_SWING: f64 = 0.6;
 const DAY_S: f64 = 86_400.0;
-/// Durations: log-normal with this median and spread, clamped to [30 s, 3 days].
+/// Durations: log-normal with this median and an overall spread of 1.5, clamped to [30 s, 3 days]: the spread of
+/// programs' medians and that of one program's runs around its median (1.35² + 0.65² ≈ 1.5²).
 const DURATION_MEDIAN_S: f64 = 1_200.0;
-const DURATION_SIGMA: f64 = 1.5;
+const PROGRAM_SIGMA: f64 = 1.35;
+const RUN_SIGMA: f64 = 0.65;
+/// The chance that a user's next submission is a program they have not run before.
+const NEW_PROGRAM_CHANCE: f64 = 0.25;
 const DURATION_MIN_S: f64 = 30.0;
 const DURATION_MAX_S: f64 = 3.0 * DAY_S;
 /// Users and teams jobs belong to; users are drawn with a skew, so a few submit most jobs.
@@ -127,6 +134,7 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         projects: Vec::new(),
         fair_share_half_life_s: 0,
         gpu_placement: GpuPlacement::BestFit,
+        queue_order: Default::default(),
         nodes,
     }
 }
@@ -137,6 +145,7 @@ fn v100_nodes(spec: &SynthSpec) -> u32 {
 }
 
 /// What one job asks for, before it is given an arrival time.
+#[derive(Clone)]
 struct Shape {
     gpus: u32,
     workers: u32,
@@ -173,11 +182,22 @@ fn shape(rng: &mut ChaCha8Rng, a100_nodes: u32) -> Shape {
     Shape { gpus, workers, cpus, memory_gib, models }
 }
 
-/// A log-normal duration in seconds: the median times e to a normal draw of the spread (Box-Muller).
-fn duration_s(rng: &mut ChaCha8Rng) -> f64 {
+/// A standard normal draw (Box-Muller).
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
     let (u1, u2): (f64, f64) = (rng.random_range(f64::EPSILON..1.0), rng.random());
-    let normal = (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos();
-    (DURATION_MEDIAN_S * (DURATION_SIGMA * normal).exp()).clamp(DURATION_MIN_S, DURATION_MAX_S)
+    (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
+}
+
+/// One run's duration in seconds: log-normal around its program's median, clamped.
+fn duration_s(rng: &mut ChaCha8Rng, median_s: f64) -> f64 {
+    (median_s * (RUN_SIGMA * normal(rng)).exp()).clamp(DURATION_MIN_S, DURATION_MAX_S)
+}
+
+/// A program a user reruns: its name, shape and median duration.
+struct Program {
+    name: String,
+    shape: Shape,
+    median_s: f64,
 }
 
 /// A user index skewed towards the first: the square of a uniform draw.
@@ -190,30 +210,51 @@ fn user(rng: &mut ChaCha8Rng) -> u32 {
 /// offers `BASE_UTILISATION * load` of the cluster's GPUs, and arrivals follow it with the daily swing.
 pub fn workload(spec: &SynthSpec) -> Workload {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    // Arrival groups: a single job, or a sweep of identical jobs submitted together.
-    let mut groups: Vec<(Shape, Vec<f64>, u32)> = Vec::new();
+    let a100_nodes = spec.nodes - v100_nodes(spec);
+    // Each user's programs, in the order they first ran.
+    let mut programs: Vec<Vec<Program>> = (0..USERS).map(|_| Vec::new()).collect();
+    // Arrival groups: a single job, or a sweep of identical jobs submitted together: the user, the program's index
+    // among theirs, and each job's duration.
+    let mut groups: Vec<(u32, usize, Vec<f64>)> = Vec::new();
     let mut count = 0u32;
     while count < spec.jobs {
         let sweep = rng.random::<f64>() < SWEEP_CHANCE;
         let size = if sweep { rng.random_range(SWEEP_JOBS.0..=SWEEP_JOBS.1) } else { 1 };
         let size = size.min(spec.jobs - count);
-        let mut s = shape(&mut rng, spec.nodes - v100_nodes(spec));
-        if sweep && s.workers > 1 {
-            // Sweeps are of single-node jobs.
-            (s.gpus, s.workers, s.cpus, s.memory_gib) = (1, 1, 8, 64);
-        }
-        let durations = (0..size).map(|_| duration_s(&mut rng)).collect();
-        groups.push((s, durations, user(&mut rng)));
+        let u = user(&mut rng);
+        let theirs = &mut programs[u as usize];
+        let program = if sweep || theirs.is_empty() || rng.random::<f64>() < NEW_PROGRAM_CHANCE {
+            let mut s = shape(&mut rng, a100_nodes);
+            if sweep && s.workers > 1 {
+                // Sweeps are of single-node jobs.
+                (s.gpus, s.workers, s.cpus, s.memory_gib) = (1, 1, 8, 64);
+            }
+            let median_s = DURATION_MEDIAN_S * (PROGRAM_SIGMA * normal(&mut rng)).exp();
+            let name = format!("{}{}", if sweep { "sweep" } else { "train" }, theirs.len() + 1);
+            theirs.push(Program { name, shape: s, median_s });
+            theirs.len() - 1
+        } else {
+            rng.random_range(0..theirs.len())
+        };
+        let median_s = theirs[program].median_s;
+        let durations = (0..size).map(|_| duration_s(&mut rng, median_s)).collect();
+        groups.push((u, program, durations));
         count += size;
     }
-    let gpu_seconds: f64 =
-        groups.iter().map(|(s, durations, _)| f64::from(s.gpus * s.workers) * durations.iter().sum::<f64>()).sum();
+    let gpu_seconds: f64 = groups
+        .iter()
+        .map(|(u, p, durations)| {
+            let s = &programs[*u as usize][*p].shape;
+            f64::from(s.gpus * s.workers) * durations.iter().sum::<f64>()
+        })
+        .sum();
     let gpus = f64::from(spec.nodes * NODE_GPUS);
     let span_s = gpu_seconds / (gpus * BASE_UTILISATION * spec.load);
     let groups_per_s = groups.len() as f64 / span_s.max(1.0);
     let mut now_s = 0.0f64;
     let mut jobs = Vec::with_capacity(spec.jobs as usize);
-    for (s, durations, u) in groups {
+    for (u, p, durations) in groups {
+        let Program { name, shape: s, .. } = &programs[u as usize][p];
         let rate = groups_per_s * (1.0 + DIURNAL_SWING * (2.0 * PI * now_s / DAY_S).sin());
         let gap: f64 = -rng.random_range(f64::EPSILON..1.0f64).ln() / rate;
         now_s += gap;
@@ -228,6 +269,7 @@ pub fn workload(spec: &SynthSpec) -> Workload {
                 gpu_models: s.models.clone(),
                 priority: 0,
                 user: format!("u{u:03}"),
+                name: name.clone(),
                 team: format!("t{}", u % TEAMS),
                 project: String::new(),
                 nodes: s.workers,

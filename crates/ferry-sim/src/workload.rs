@@ -34,6 +34,8 @@ pub struct JobSpec {
     /// Higher runs first, and may preempt lower.
     pub priority: i32,
     pub user: String,
+    /// The job's name (`ferry run --name`, a sweep's name), which runtime predictions match on; empty for none.
+    pub name: String,
     pub team: String,
     /// The project within the team, for fair share between projects; empty for none.
     pub project: String,
@@ -153,6 +155,7 @@ const CSV_OPTIONAL: &[&str] = &[
     "max_runtime_s",
     "outcome",
     "exit_code",
+    "name",
 ];
 /// The largest priority, either way: far more classes than anyone configures.
 pub const PRIORITY_MAX: i64 = 1_000_000;
@@ -195,6 +198,7 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             return Err(row.error("gpu_share", message));
         }
         let project = row.get("project").unwrap_or("").to_string();
+        let name = row.get("name").unwrap_or("").to_string();
         let selector = row.parse("selector", selector)?;
         let pool = row.get("pool").filter(|p| !p.is_empty()).map(str::to_string);
         let image = match row.get("image").unwrap_or("") {
@@ -227,6 +231,7 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             gpu_models,
             priority,
             user,
+            name,
             team,
             project,
             nodes,
@@ -350,6 +355,7 @@ pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> 
             gpu_models: models(row.get("gpu_spec").unwrap_or("")),
             priority: 0,
             user: qos.clone(),
+            name: String::new(),
             team: qos,
             project: String::new(),
             nodes: 1,

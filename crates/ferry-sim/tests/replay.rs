@@ -46,10 +46,11 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
         "--cluster DATA/cluster.toml --workload DATA/workload.csv --sample-every 30s",
         expect![[r#"
             exit 0
-            replay of DATA/workload.csv on DATA/cluster.toml (2 nodes, 3 GPUs), best-fit placement, seed 1
+            replay of DATA/workload.csv on DATA/cluster.toml (2 nodes, 3 GPUs), best-fit placement, fair-share queue, seed 1
             jobs                  5 (5 completed, 10 steps)
-            job completion time   avg 1m16s, p95 1m50s
-            queueing delay        avg 20s, p95 1m20s
+            job completion time   avg 1m16s, p95 1m50s, max 1m50s
+            queueing delay        avg 20s, p95 1m20s, max 1m20s
+            runtime predictions   0 of 5 jobs had one at arrival
             makespan              2m10s
             GPU-hours             0.086
             cost                  0.22 (burst 0.09)
@@ -85,6 +86,9 @@ fn a_tiny_replay_reports_the_numbers_worked_out_by_hand() {
             1,job_completion_p95_s,,110
             1,queueing_delay_avg_s,,20
             1,queueing_delay_p95_s,,80
+            1,queueing_delay_max_s,,80
+            1,predictions_jobs,,0
+            1,predictions_median_error_pct,,0
             1,makespan_s,,130
             1,gpu_hours,,0.086111
             1,cost,,0.218778
@@ -131,15 +135,18 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
                 {
                   "seed": 1,
                   "steps": 6,
+                  "queue_order": "fair-share",
                   "jobs": 2,
                   "completed": 2,
                   "job_completion": {
                     "avg_s": 135.0,
-                    "p95_s": 190.0
+                    "p95_s": 190.0,
+                    "max_s": 190.0
                   },
                   "queueing_delay": {
                     "avg_s": 40.0,
-                    "p95_s": 50.0
+                    "p95_s": 50.0,
+                    "max_s": 50.0
                   },
                   "makespan_s": 190.0,
                   "gpu_hours": 0.052778,
@@ -186,6 +193,16 @@ fn a_preempted_job_loses_its_work_and_starts_over() {
                     "max_s": 0.0,
                     "p95_s": 0.0,
                     "p99_s": 0.0
+                  },
+                  "predictions": {
+                    "jobs_predicted": 0,
+                    "accuracy": {
+                      "jobs": 0,
+                      "median_error_pct": 0.0,
+                      "within_25_pct": 0.0,
+                      "within_2x": 0.0,
+                      "ran_longer": 0.0
+                    }
                   }
                 }
               ]
@@ -207,10 +224,11 @@ fn gangs_start_whole_and_count_every_worker_in_the_report() {
         "--cluster DATA/gangs.toml --workload DATA/gangs.csv --sample-every 30s",
         expect![[r#"
             exit 0
-            replay of DATA/gangs.csv on DATA/gangs.toml (4 nodes, 16 GPUs), best-fit placement, seed 1
+            replay of DATA/gangs.csv on DATA/gangs.toml (4 nodes, 16 GPUs), best-fit placement, fair-share queue, seed 1
             jobs                  4 (4 completed, 7 steps)
-            job completion time   avg 1m23s, p95 1m40s
-            queueing delay        avg 22.5s, p95 50s
+            job completion time   avg 1m23s, p95 1m40s, max 1m40s
+            queueing delay        avg 22.5s, p95 50s, max 50s
+            runtime predictions   0 of 4 jobs had one at arrival
             makespan              1m50s
             GPU-hours             0.383
             cost                  0.00 (burst 0.00)
@@ -280,10 +298,11 @@ fn a_project_borrows_its_siblings_idle_quota_and_the_sibling_takes_it_back() {
         "--cluster DATA/projects.toml --workload DATA/projects.csv --starvation-bound 10s --sample-every 1m",
         expect![[r#"
             exit 0
-            replay of DATA/projects.csv on DATA/projects.toml (3 nodes, 6 GPUs), best-fit placement, seed 1
+            replay of DATA/projects.csv on DATA/projects.toml (3 nodes, 6 GPUs), best-fit placement, fair-share queue, seed 1
             jobs                  5 (5 completed, 10 steps)
-            job completion time   avg 1m51s, p95 2m50s
-            queueing delay        avg 27s, p95 1m35s
+            job completion time   avg 1m51s, p95 2m50s, max 2m50s
+            queueing delay        avg 27s, p95 1m35s, max 1m35s
+            runtime predictions   0 of 5 jobs had one at arrival
             makespan              2m50s
             GPU-hours             0.233
             cost                  0.00 (burst 0.00)
@@ -355,10 +374,11 @@ fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_un
         "--cluster DATA/elastic.toml --workload DATA/elastic.csv --sample-every 5m",
         expect![[r#"
             exit 0
-            replay of DATA/elastic.csv on DATA/elastic.toml (1 node, 4 GPUs, up to 3 elastic nodes), best-fit placement, seed 1
+            replay of DATA/elastic.csv on DATA/elastic.toml (1 node, 4 GPUs, up to 3 elastic nodes), best-fit placement, fair-share queue, seed 1
             jobs                  5 (5 completed, 15 steps)
-            job completion time   avg 10m24s, p95 18m
-            queueing delay        avg 1m12s, p95 3m
+            job completion time   avg 10m24s, p95 18m, max 18m
+            queueing delay        avg 1m12s, p95 3m, max 3m
+            runtime predictions   0 of 5 jobs had one at arrival
             makespan              19m
             GPU-hours             3.017
             cost                  22.39 (burst 21.71)
@@ -387,7 +407,12 @@ fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_un
     // Each node joined exactly the start-up delay after it was asked for, and every one was released.
     let cluster = parse_cluster_toml("elastic.toml", &std::fs::read_to_string(format!("{DATA}/elastic.toml")).unwrap());
     let workload = parse_workload_csv("elastic.csv", &std::fs::read_to_string(format!("{DATA}/elastic.csv")).unwrap());
-    let config = ReplayConfig { seed: 1, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+    let config = ReplayConfig {
+        seed: 1,
+        preempt_grace_ms: 30_000,
+        check: CheckConfig::default(),
+        predictions: Default::default(),
+    };
     let run = engine::replay(&cluster.unwrap(), &workload.unwrap(), &config).unwrap();
     let nodes: Vec<String> = run
         .elastic_nodes
@@ -440,7 +465,8 @@ const CLUSTER: &str = "[[pool]]\nname = \"p\"\norder = 0\n[[node]]\nname_prefix 
 fn replay_json(seed: u64) -> String {
     let cluster = parse_cluster_toml("cluster.toml", CLUSTER).unwrap();
     let workload = parse_workload_csv("bursty.csv", &bursty_workload()).unwrap();
-    let config = ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+    let config =
+        ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default(), predictions: Default::default() };
     let run = engine::replay(&cluster, &workload, &config).unwrap();
     serde_json::to_string(&report::replay_report(&run, &cluster, None).unwrap()).unwrap()
 }
@@ -606,7 +632,7 @@ mod random {
             let cluster = parse_cluster_toml("cluster.toml", &cluster).unwrap();
             let workload = parse_workload_csv("workload.csv", &workload).unwrap();
             prop_assume!(ferry_sim::workload::check_fits(&workload, &cluster).is_ok());
-            let config = ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+            let config = ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default(), predictions: Default::default() };
             let run = engine::replay(&cluster, &workload, &config).map_err(|v| TestCaseError::fail(v.to_string()))?;
             let report = report::replay_report(&run, &cluster, None).unwrap();
             prop_assert_eq!(report.completed, report.jobs);

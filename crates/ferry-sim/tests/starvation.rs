@@ -35,6 +35,7 @@ fn cluster() -> Cluster {
         projects: Vec::new(),
         fair_share_half_life_s: 0,
         gpu_placement: GpuPlacement::BestFit,
+        queue_order: Default::default(),
         nodes: vec![node("n1", "A"), node("n2", "A"), node("n3", "B")],
     }
 }
@@ -49,6 +50,7 @@ fn job(line: u64, arrival_ms: u64, duration_ms: u64, gpus: u32, nodes: u32, mode
         gpu_models: models.iter().map(|m| m.to_string()).collect(),
         priority: 0,
         user: "ann".into(),
+        name: String::new(),
         team: "t".into(),
         project: String::new(),
         nodes,
@@ -63,7 +65,12 @@ fn job(line: u64, arrival_ms: u64, duration_ms: u64, gpus: u32, nodes: u32, mode
 
 fn run(jobs: Vec<JobSpec>) -> Result<ferry_sim::engine::ReplayRun, ferry_sim::Violation> {
     let workload = Workload { file: "inline".into(), format: WorkloadFormat::Csv, jobs };
-    let config = ReplayConfig { seed: 1, preempt_grace_ms: 30_000, check: CheckConfig::default() };
+    let config = ReplayConfig {
+        seed: 1,
+        preempt_grace_ms: 30_000,
+        check: CheckConfig::default(),
+        predictions: Default::default(),
+    };
     replay(&cluster(), &workload, &config)
 }
 
