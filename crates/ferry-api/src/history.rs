@@ -25,6 +25,12 @@ pub struct HistoryCluster {
     pub fair_share_half_life_s: u64,
     /// How GPU jobs choose among nodes: `best-fit` or `fgd`.
     pub gpu_placement: String,
+    /// How the queue is ordered within a priority: `fair-share`, `fifo`, `shortest-first` or `least-attained`.
+    #[serde(default)]
+    pub queue_order: Option<String>,
+    /// The aging bound of `shortest-first` and `least-attained`, in seconds; 0 for none.
+    #[serde(default)]
+    pub queue_aging_s: Option<u64>,
     /// The configured pools in their order, then the pools that only nodes name (which the scheduler puts last).
     pub pools: Vec<HistoryPool>,
     /// The teams with a quota in force (the configuration file's, else one set through the API), and the teams

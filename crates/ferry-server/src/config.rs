@@ -3,6 +3,10 @@
 //! ```toml
 //! fair_share_half_life = "24h"   # how long past usage weighs in fair share between users
 //! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
+//! queue_order = "shortest-first"  # or "fair-share" (the default), "fifo", "least-attained": the order within a
+//!                                 # priority; shortest-first uses runtimes predicted from each job's history
+//! queue_aging = "3d"              # shortest-first and least-attained: a job waiting this long goes before all
+//!                                 # that have not ("off": never); see ferry-core's `order` for the trade
 //! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
 //!                                 # agent's job gets the agent's own server address, an engine's the listen address
 //! # (top-level keys come before the first table: after [[pool]] they would belong to that pool)
@@ -93,6 +97,8 @@ pub struct FileConfig {
     /// 0 means the core's default.
     pub fair_share_half_life_s: u64,
     pub gpu_placement: GpuPlacement,
+    /// How the queue is ordered within a priority.
+    pub queue_order: ferry_core::QueueOrder,
     /// Where MLflow artifacts are kept; the data directory by default.
     pub artifacts: crate::artifacts::ArtifactsConfig,
     /// The server's address as jobs reach it, for `MLFLOW_TRACKING_URI`.
@@ -125,6 +131,7 @@ impl Default for FileConfig {
             projects: Vec::new(),
             fair_share_half_life_s: 0,
             gpu_placement: GpuPlacement::default(),
+            queue_order: Default::default(),
             artifacts: Default::default(),
             public_url: None,
             audit_retention: crate::audit::RETENTION_DEFAULT,
@@ -173,6 +180,10 @@ struct RawFile {
     /// `best-fit` (the default) or `fgd`.
     #[serde(default)]
     gpu_placement: GpuPlacement,
+    /// `fair-share` (the default), `fifo`, `shortest-first` or `least-attained`.
+    queue_order: Option<String>,
+    /// The aging bound of `shortest-first` and `least-attained`: a duration, or `off`.
+    queue_aging: Option<String>,
     /// Where MLflow artifacts are kept (checked by `artifacts::RawArtifacts::check`).
     #[serde(default)]
     artifacts: crate::artifacts::RawArtifacts,
@@ -427,6 +438,25 @@ impl FileConfig {
             .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
             .transpose()?
             .unwrap_or(0);
+        let aging_s = match raw.queue_aging.as_deref() {
+            None => None,
+            Some("off") => Some(0),
+            Some(t) => Some(
+                ferry_api::units::parse_duration_s(t)
+                    .map_err(|e| format!("`queue_aging`: {e}, or \"off\" for no aging"))?,
+            ),
+        };
+        let queue_order = match (raw.queue_order.as_deref(), aging_s) {
+            (None, None) => ferry_core::QueueOrder::default(),
+            (None, Some(_)) => {
+                return Err("`queue_aging` goes with `queue_order = \"shortest-first\"` or \"least-attained\"; \
+                     set one, or remove `queue_aging`"
+                    .to_string())
+            }
+            (Some(name), aging) => {
+                ferry_core::QueueOrder::configure(name, aging).map_err(|e| format!("`queue_order`: {e}"))?
+            }
+        };
         let artifacts = raw.artifacts.check()?;
         let public_url = match raw.public_url.map(|u| u.trim_end_matches('/').to_string()) {
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) => {
@@ -490,6 +520,7 @@ impl FileConfig {
             projects,
             fair_share_half_life_s,
             gpu_placement: raw.gpu_placement,
+            queue_order,
             artifacts,
             public_url,
         })
@@ -608,6 +639,19 @@ mod tests {
 
     fn error(text: &str) -> String {
         FileConfig::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn reads_the_queue_order_and_refuses_wrong_ones_with_the_fix() {
+        assert_eq!(FileConfig::parse("").unwrap().queue_order, ferry_core::QueueOrder::FairShare);
+        let config = FileConfig::parse("queue_order = \"shortest-first\"\nqueue_aging = \"12h\"\n").unwrap();
+        assert_eq!(config.queue_order.aging_s(), Some(12 * 3600));
+        let off = FileConfig::parse("queue_order = \"least-attained\"\nqueue_aging = \"off\"\n").unwrap();
+        assert_eq!(off.queue_order.aging_s(), None);
+        assert!(error("queue_order = \"sjf\"\n").contains("`queue_order`: \"sjf\" is not a queue order; write"));
+        assert!(error("queue_aging = \"1d\"\n").contains("set one, or remove `queue_aging`"));
+        assert!(error("queue_order = \"fifo\"\nqueue_aging = \"1d\"\n").contains("does not age jobs"));
+        assert!(error("queue_order = \"shortest-first\"\nqueue_aging = \"soon\"\n").contains("`queue_aging`"));
     }
 
     #[test]

@@ -442,6 +442,8 @@ impl Driver {
         self.sched.apply(Event::PoolsConfigured(pools)).expect("configuring pools never fails");
         self.apply_quotas().await?;
         self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
+        let order = Event::QueueOrderConfigured(self.config.queue_order.clone());
+        self.sched.apply(order).expect("configuring never fails");
         self.jobs.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {

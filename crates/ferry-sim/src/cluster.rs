@@ -298,13 +298,17 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
     })
 }
 
-/// `queue_order = "shortest-first"` and `queue_aging = "4h"`, as the server's configuration writes them.
+/// `queue_order = "shortest-first"` and `queue_aging = "3d"` (or `"off"`), as the server's configuration writes them.
 fn queue_order(
     src: &Source<'_>,
     name: &Option<Spanned<String>>,
     aging: &Option<Spanned<String>>,
 ) -> Result<QueueOrder, InputError> {
-    let aging_s = aging.as_ref().map(|t| duration_s(src, "queue_aging", t)).transpose()?;
+    let aging_s = match aging {
+        Some(t) if t.get_ref() == "off" => Some(0),
+        Some(t) => Some(duration_s(src, "queue_aging", t)?),
+        None => None,
+    };
     match (name, aging) {
         (Some(name), _) => {
             QueueOrder::configure(name.get_ref(), aging_s).map_err(|e| src.error("queue_order", name, e))

@@ -191,6 +191,8 @@ pub fn cluster_toml(cluster: &HistoryCluster) -> (String, Vec<String>) {
     let file = ClusterOut {
         fair_share_half_life: (cluster.fair_share_half_life_s > 0).then(|| duration(cluster.fair_share_half_life_s)),
         gpu_placement: cluster.gpu_placement.clone(),
+        queue_order: cluster.queue_order.clone().filter(|o| o != "fair-share"),
+        queue_aging: cluster.queue_aging_s.map(|s| if s == 0 { "off".to_string() } else { duration(s) }),
         pool: cluster.pools.iter().map(pool_out).collect(),
         team: cluster.teams.iter().map(team_out).collect(),
         node: cluster
@@ -248,6 +250,8 @@ fn node_model(node: &str, models: &[String], notes: &mut Vec<String>) -> Option<
 struct ClusterOut {
     fair_share_half_life: Option<String>,
     gpu_placement: String,
+    queue_order: Option<String>,
+    queue_aging: Option<String>,
     pool: Vec<PoolOut>,
     team: Vec<TeamOut>,
     node: Vec<NodeOut>,
@@ -544,6 +548,8 @@ mod tests {
             at_us: 0,
             fair_share_half_life_s: 86_400,
             gpu_placement: "fgd".into(),
+            queue_order: Some("shortest-first".into()),
+            queue_aging_s: Some(36 * 3600),
             pools: vec![
                 pool("onprem", 0, true),
                 HistoryPool {
@@ -618,6 +624,7 @@ mod tests {
         let read = ferry_sim::parse_cluster_toml("cluster.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(read.fair_share_half_life_s, 86_400);
         assert_eq!(format!("{:?}", read.gpu_placement), "Fgd");
+        assert_eq!((read.queue_order.name(), read.queue_order.aging_s()), ("shortest-first", Some(36 * 3600)));
         let pools: Vec<(&str, i32, bool)> = read.pools.iter().map(|p| (p.name.as_str(), p.order, p.burst)).collect();
         assert_eq!(pools, [("onprem", 0, false), ("aws", 20, true), ("local", i32::MAX, false)]);
         let aws = read.pool("aws").unwrap();

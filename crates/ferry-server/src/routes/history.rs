@@ -112,6 +112,13 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Js
         at_us: now_us(),
         fair_share_half_life_s: state.file.fair_share_half_life_s,
         gpu_placement: placement.as_ref().and_then(|v| v.as_str()).unwrap_or("best-fit").to_string(),
+        queue_order: Some(state.file.queue_order.name().to_string()),
+        queue_aging_s: state.file.queue_order.aging_s().or(Some(0)).filter(|_| {
+            matches!(
+                state.file.queue_order,
+                ferry_core::QueueOrder::ShortestFirst { .. } | ferry_core::QueueOrder::LeastAttained { .. }
+            )
+        }),
         pools,
         teams: by_team.into_values().collect(),
         nodes,
