@@ -314,6 +314,39 @@ pub struct Job {
     /// `MLFLOW_RUN_ID`); its metrics, params and artifacts are served by the tracking API.
     #[serde(default)]
     pub tracking: Option<JobTracking>,
+    /// How long the job was expected to run when it was submitted, learned from earlier successful runs like it;
+    /// absent without such history. Start estimates use it for jobs without `--max-runtime`.
+    #[serde(default)]
+    pub predicted_runtime: Option<PredictedRuntime>,
+}
+
+/// A runtime predicted from history: the 90th percentile of the most recent successful runs like the job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PredictedRuntime {
+    pub runtime_s: u64,
+    /// How many earlier runs it rests on.
+    pub samples: u32,
+    /// `same_kind`: runs of the same user, name, command, project and resources; `same_name`: runs of the same
+    /// user and name with another command or other resources.
+    pub basis: String,
+}
+
+/// How well runtime predictions matched what jobs then ran: `GET /api/v1/predictions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PredictionAccuracy {
+    /// The period: jobs that succeeded from this time to now.
+    pub since_us: i64,
+    /// Jobs that succeeded in the period with a prediction (at most the most recent 100,000), among those the
+    /// caller may see.
+    pub jobs: u64,
+    /// The median of |predicted - actual| / actual, in percent.
+    pub median_error_pct: f64,
+    /// The share of jobs whose prediction was within 25% of what they ran.
+    pub within_25_pct: f64,
+    /// The share within a factor of two either way.
+    pub within_2x: f64,
+    /// The share that ran longer than predicted.
+    pub ran_longer: f64,
 }
 
 /// A job's MLflow run.

@@ -432,6 +432,12 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/audit").query(query)).await
     }
 
+    /// How well runtime predictions matched what the caller's visible jobs ran since `since` (an RFC 3339 time or a
+    /// duration back from now).
+    pub async fn prediction_accuracy(&self, since: &str) -> Result<ferry_api::jobs::PredictionAccuracy, ClientError> {
+        self.json(self.request(reqwest::Method::GET, "/predictions").query(&[("since", since)])).await
+    }
+
     /// The cluster as the scheduler has it now, for `ferry history export` (installation admins).
     pub async fn history_cluster(&self) -> Result<ferry_api::history::HistoryCluster, ClientError> {
         self.json(self.request(reqwest::Method::GET, "/history/cluster")).await

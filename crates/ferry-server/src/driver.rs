@@ -215,6 +215,8 @@ pub fn keyed_answer(key: &SubmissionKey, keyed: &KeyedJob) -> Result<Submitted, 
 struct Active {
     /// What the scheduler core knows of the job.
     request: JobRequest,
+    /// The job's prediction keys (`crate::predictions::keys`): a success teaches the predictor under them.
+    kind: (u64, u64),
     state: JobState,
     attempt: u32,
     retries: u32,
@@ -253,7 +255,12 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
 impl Active {
     fn from_record(r: &JobRecord) -> Active {
         Active {
-            request: JobRequest { not_before_us: r.not_before_us, ..core_request(r.id, &r.spec, r.submitted_at_us) },
+            request: JobRequest {
+                not_before_us: r.not_before_us,
+                expected_runtime_s: r.prediction.map(|p| p.runtime_s),
+                ..core_request(r.id, &r.spec, r.submitted_at_us)
+            },
+            kind: crate::predictions::keys(&r.spec),
             state: r.state,
             attempt: r.attempt,
             retries: r.spec.retries,
@@ -270,6 +277,7 @@ impl Active {
     fn from_new(id: u64, job: &NewJob, submitted_at_us: i64) -> Active {
         Active {
             request: core_request(id, job, submitted_at_us),
+            kind: crate::predictions::keys(job),
             state: JobState::Queued,
             attempt: 0,
             retries: job.retries,
@@ -380,6 +388,8 @@ pub struct Driver {
     secrets: Arc<crate::secrets::SecretBox>,
     /// What every decision and record reads the time from.
     clock: Arc<dyn crate::clock::Clock>,
+    /// Recent runtimes by kind of job, which predict how long a new one will run (`crate::predictions`).
+    predictor: ferry_core::predict::Predictor,
     /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
     cycles: u64,
     cycle_seconds_sum: f64,
@@ -415,10 +425,12 @@ impl Driver {
             tracking,
             secrets,
             clock,
+            predictor: Default::default(),
             cycles: 0,
             stale: false,
             cycle_seconds_sum: 0.0,
         };
+        driver.predictor = crate::predictions::load(&driver.store, driver.clock.now_us()).await?;
         driver.reload().await?;
         Ok((driver, DriverHandle { tx }, rx))
     }
@@ -753,6 +765,10 @@ impl Driver {
             return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
         let id = tx.insert_job(&job, now).await?;
+        let (kind_key, name_key) = active.kind;
+        let prediction = self.predictor.predict_keys(kind_key, name_key);
+        tx.set_prediction(id, kind_key, name_key, prediction.as_ref()).await?;
+        active.request.expected_runtime_s = prediction.map(|p| p.runtime_s);
         if let Some(key) = &key {
             tx.record_submission_key(key, id, now).await?;
         }
@@ -1064,11 +1080,20 @@ impl Driver {
         );
         match next {
             Next::Requeue { attempt, preemptions, not_before_us, reason } => {
-                let requeued = Active { preemptions, preempted: None, ..job.clone() };
+                let mut requeued = Active { preemptions, preempted: None, ..job.clone() };
+                // The least-attained order files a job by the GPU time its attempts had.
+                let gpus = u64::from(job.request.resources.gpus) * u64::from(job.request.workers());
+                let attained = (ran_s.max(0) as u64).saturating_mul(gpus);
+                requeued.request.attained_gpu_s = requeued.request.attained_gpu_s.saturating_add(attained);
                 self.requeue(id, &requeued, attempt, not_before_us, &reason, tx, fx).await
             }
             Next::Finish { ending, reason } => {
                 tx.finished(id, job_state(ending), ended.exit_code, ended.signal, &reason, ended.at_us).await?;
+                if ending == Ending::Succeeded {
+                    // Only a success says how long the work takes; a crash or a stop at the limit does not.
+                    let (kind_key, name_key) = job.kind;
+                    self.predictor.record_keys(kind_key, name_key, ran_s as u64);
+                }
                 self.end_job(id, fx);
                 Ok(())
             }

@@ -20,6 +20,7 @@ mod jobruns;
 mod logs;
 mod metrics;
 mod oidc;
+mod predictions;
 mod retention;
 mod routes;
 mod secrets;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use ferry_api::jobs::{JobEvent, JobState, JobWorker, PriorityClass};
+use ferry_core::predict::{Basis, Prediction};
 use ferry_core::Resources;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -12,7 +13,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::{from_json, to_json, Store, StoreError};
 
 /// A job as accepted from a user, before it has an id.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewJob {
     pub name: Option<String>,
     pub project: Option<String>,
@@ -96,6 +97,8 @@ pub struct JobRecord {
     pub output_removed_at_us: Option<i64>,
     /// A queued retry may not start before this time (its backoff); 0 for any time.
     pub not_before_us: i64,
+    /// The runtime predicted when the job was submitted, and what it rested on; `None` without history.
+    pub prediction: Option<Prediction>,
 }
 
 /// A job as an engine knows it.
@@ -138,7 +141,8 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      priority, retries, attempt, max_runtime_s, node, gpu_ids, cancel_requested, exit_code, signal, message, \
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
      code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
-     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us, not_before_us";
+     tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us, not_before_us, \
+     predicted_s, predicted_samples, predicted_basis";
 
 fn state_from(text: &str) -> Result<JobState, StoreError> {
     JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
@@ -211,7 +215,27 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             _ => None,
         },
         output_removed_at_us: row.get("output_removed_at_us"),
+        prediction: prediction_from_row(row),
     })
+}
+
+/// A stored prediction; one whose basis this release does not know reads as none.
+fn prediction_from_row(row: &SqliteRow) -> Option<Prediction> {
+    let runtime_s = row.get::<Option<i64>, _>("predicted_s")?;
+    let basis = match row.get::<Option<String>, _>("predicted_basis")?.as_str() {
+        "same_kind" => Basis::SameKind,
+        "same_name" => Basis::SameName,
+        _ => return None,
+    };
+    let samples = row.get::<Option<i64>, _>("predicted_samples").unwrap_or(0);
+    Some(Prediction { runtime_s: runtime_s.max(0) as u64, samples: samples.clamp(0, u32::MAX as i64) as u32, basis })
+}
+
+fn basis_name(basis: Basis) -> &'static str {
+    match basis {
+        Basis::SameKind => "same_kind",
+        Basis::SameName => "same_name",
+    }
 }
 
 impl Store {
@@ -323,6 +347,59 @@ impl Store {
         .await?)
     }
 
+    /// The kind keys and runtimes (of the last attempt, in seconds) of the jobs that succeeded since `since_us`, in
+    /// the order they finished, at most `limit` of the most recent: what the server learns runtimes from at start.
+    pub async fn succeeded_runtimes(&self, since_us: i64, limit: u32) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind_key, name_key, (finished_at_us - started_at_us) / 1000000 AS ran_s FROM \
+             (SELECT kind_key, name_key, finished_at_us, started_at_us FROM jobs \
+              WHERE state = 'succeeded' AND kind_key IS NOT NULL AND finished_at_us >= ? \
+              AND started_at_us IS NOT NULL ORDER BY finished_at_us DESC LIMIT ?) \
+             ORDER BY finished_at_us ASC",
+        )
+        .bind(since_us)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key = |c: &str| r.get::<i64, _>(c) as u64;
+                (key("kind_key"), key("name_key"), r.get::<i64, _>("ran_s").max(0) as u64)
+            })
+            .collect())
+    }
+
+    /// Predicted and measured runtimes, in seconds, of the jobs that succeeded since `since_us` with a prediction,
+    /// among those `visible` (all with `None`), at most `limit` of the most recent.
+    pub async fn prediction_outcomes(
+        &self,
+        since_us: i64,
+        visible: Option<&Visibility>,
+        limit: u32,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut sql = "SELECT predicted_s, (finished_at_us - started_at_us) / 1000000 AS ran_s FROM jobs \
+             WHERE state = 'succeeded' AND predicted_s IS NOT NULL AND started_at_us IS NOT NULL \
+             AND finished_at_us >= ?"
+            .to_string();
+        if let Some(v) = visible {
+            sql += &format!(" AND (owner = ? OR team IN ({}))", vec!["?"; v.teams.len()].join(", "));
+        }
+        sql += " ORDER BY finished_at_us DESC LIMIT ?";
+        let mut query = sqlx::query(&sql).bind(since_us);
+        if let Some(v) = visible {
+            query = query.bind(&v.owner);
+            for team in &v.teams {
+                query = query.bind(team);
+            }
+        }
+        let rows = query.bind(limit as i64).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<i64, _>("predicted_s").max(0) as u64, r.get::<i64, _>("ran_s").max(0) as u64))
+            .collect())
+    }
+
     /// How many jobs are in each state, over the whole history; states without jobs are left out.
     pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(&self.pool).await?;
@@ -403,6 +480,29 @@ impl Tx {
         .last_insert_rowid() as u64;
         self.event(id, now_us, JobState::Queued, "submitted").await?;
         Ok(id)
+    }
+
+    /// Records what kind of job `id` is (`ferry_core::predict::JobKind` keys) and the runtime predicted for it.
+    pub async fn set_prediction(
+        &mut self,
+        id: u64,
+        kind_key: u64,
+        name_key: u64,
+        prediction: Option<&Prediction>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET kind_key = ?, name_key = ?, predicted_s = ?, predicted_samples = ?, predicted_basis = ? \
+             WHERE id = ?",
+        )
+        .bind(kind_key as i64)
+        .bind(name_key as i64)
+        .bind(prediction.map(|p| p.runtime_s.min(i64::MAX as u64) as i64))
+        .bind(prediction.map(|p| i64::from(p.samples)))
+        .bind(prediction.map(|p| basis_name(p.basis)))
+        .bind(id as i64)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
     }
 
     pub async fn event(&mut self, id: u64, at_us: i64, state: JobState, message: &str) -> Result<(), StoreError> {

@@ -468,6 +468,21 @@ fn describe(j: &Job) -> String {
     if let Some(m) = &j.message {
         line("Reason:", m.clone());
     }
+    if let Some(p) = &j.predicted_runtime {
+        let basis = match p.basis.as_str() {
+            "same_kind" => "of the same name, command, project and resources",
+            _ => "with the same name (other commands or resources)",
+        };
+        let runs = if p.samples == 1 { "run".to_string() } else { format!("{} runs", p.samples) };
+        let mut text = format!(
+            "about {} (90th percentile of the last {runs} {basis})",
+            format::span(p.runtime_s as i64 * 1_000_000)
+        );
+        if let (Some(start), Some(end), JobState::Succeeded) = (j.started_at_us, j.finished_at_us, j.state) {
+            text += &format!("; it ran {}", format::span(end - start));
+        }
+        line("Expected run:", text);
+    }
     line("Command:", format::command(&j.command, 200));
     if let Some(image) = &j.image {
         line("Image:", image.clone());
@@ -626,6 +641,35 @@ pub async fn cancel(g: &Global, args: CancelArgs) -> Result<i32, CliError> {
         Some(e) => Err(CliError::new(e.code, "some jobs were not cancelled (see above)")),
         None => Ok(0),
     }
+}
+
+#[derive(Args)]
+pub struct PredictionsArgs {
+    /// The period: jobs that succeeded since this time (RFC 3339) or this long ago (`7d`).
+    #[arg(long, default_value = "30d")]
+    since: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn predictions(g: &Global, args: PredictionsArgs) -> Result<i32, CliError> {
+    let a = g.client()?.prediction_accuracy(&args.since).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&a).expect("wire types serialize"));
+        return Ok(0);
+    }
+    let pct = |share: f64| format!("{:.0}%", share * 100.0);
+    println!("Runtime predictions of the jobs that succeeded since {} UTC", format::timestamp(a.since_us));
+    if a.jobs == 0 {
+        println!("  no job that succeeded in the period had a prediction (a job has one once a run like it succeeded)");
+        return Ok(0);
+    }
+    println!("  jobs with a prediction   {}", a.jobs);
+    println!("  median error             {:.0}%", a.median_error_pct);
+    println!("  within 25%               {}", pct(a.within_25_pct));
+    println!("  within 2x                {}", pct(a.within_2x));
+    println!("  ran longer than predicted {}", pct(a.ran_longer));
+    Ok(0)
 }
 
 #[derive(Args)]

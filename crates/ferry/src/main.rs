@@ -66,6 +66,8 @@ enum Command {
     Ps(commands::PsArgs),
     /// Show one job: its specification, timeline, placement, exit status, and why it waits.
     Show(commands::ShowArgs),
+    /// How well runtime predictions (learned from earlier runs, shown by `ferry show`) matched what jobs then ran.
+    Predictions(commands::PredictionsArgs),
     /// Print a job's output; -f follows it until the job ends.
     Logs(commands::LogsArgs),
     /// List a job's MLflow artifacts (`ferry artifacts JOB [PATH]`) or download them (`... JOB get PATH -o OUT`).
@@ -180,6 +182,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Run(args) => commands::run(&g, *args).await,
         Command::Ps(args) => commands::ps(&g, args).await,
         Command::Show(args) => commands::show(&g, args).await,
+        Command::Predictions(args) => commands::predictions(&g, args).await,
         Command::Logs(args) => commands::logs(&g, args).await,
         Command::Artifacts(args) => artifacts::artifacts(&g, args).await,
         Command::Cancel(args) => commands::cancel(&g, args).await,

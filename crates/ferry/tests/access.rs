@@ -136,6 +136,7 @@ const ROWS: &[Row] = &[
     row("GET", "/api/v1/series", "/api/v1/series?metric=gpu_allocated&by=all", None, USERS),
     row("GET", "/api/v1/series/metrics", "/api/v1/series/metrics", None, USERS),
     row("GET", "/api/v1/usage", "/api/v1/usage", None, USERS),
+    row("GET", "/api/v1/predictions", "/api/v1/predictions?since=7d", None, USERS),
     row("GET", "/api/v1/whoami", "/api/v1/whoami", None, USERS),
     row("GET", "/api/v1/tokens", "/api/v1/tokens", None, USERS),
     row("GET", "/api/v1/secrets", "/api/v1/secrets", None, USERS),

@@ -8,7 +8,10 @@ use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
 use ferry_api::code::JobCode as WireCode;
-use ferry_api::jobs::{Job, JobList, JobState, NativeJob, QueueSummary, SubmitJob, Submitted, Waiting};
+use ferry_api::jobs::{
+    Job, JobList, JobState, NativeJob, PredictedRuntime, PredictionAccuracy, QueueSummary, SubmitJob, Submitted,
+    Waiting,
+};
 use ferry_api::ErrorBody;
 use ferry_core::StartForecast;
 use ferry_store::{JobFilter, JobRecord};
@@ -514,6 +517,15 @@ pub const HIDDEN_VALUE: &str = "(hidden)";
 /// team's admins and installation admins.
 async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: Option<Waiting>) -> Job {
     let output_removed_at_us = output_removed(&r);
+    let predicted_runtime = r.prediction.map(|p| PredictedRuntime {
+        runtime_s: p.runtime_s,
+        samples: p.samples,
+        basis: match p.basis {
+            ferry_core::predict::Basis::SameKind => "same_kind",
+            ferry_core::predict::Basis::SameName => "same_name",
+        }
+        .to_string(),
+    });
     let mut env = r.spec.env;
     if !caller.sees_env(&r.spec.owner, r.spec.team.as_deref()) {
         env.values_mut().for_each(|v| *v = HIDDEN_VALUE.to_string());
@@ -574,5 +586,44 @@ async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: O
             .spec
             .tracking
             .map(|t| ferry_api::jobs::JobTracking { run_id: t.run_id, experiment_id: t.experiment_id.to_string() }),
+        predicted_runtime,
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PredictionsQuery {
+    /// An RFC 3339 time or a duration back from now (`30d`); 30 days ago when absent.
+    #[serde(default)]
+    since: Option<String>,
+}
+
+/// The most finished jobs an accuracy report reads: the most recent.
+const PREDICTION_JOBS_MAX: u32 = 100_000;
+
+/// How well runtime predictions matched what the caller's visible jobs then ran.
+#[utoipa::path(get, path = "/api/v1/predictions", params(PredictionsQuery),
+    responses((status = 200, body = PredictionAccuracy), (status = 400, body = ErrorBody)))]
+pub async fn prediction_accuracy(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<PredictionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PredictionAccuracy>, ApiError> {
+    let Query(q) = query.map_err(crate::error::rejection)?;
+    let now = crate::driver::now_us();
+    let since_us = match q.since.as_deref() {
+        Some(t) => crate::routes::series::parse_time(t, now, "since")?,
+        None => now - 30 * 86_400 * 1_000_000,
+    };
+    let visible = visibility(&caller);
+    let pairs = state.store.prediction_outcomes(since_us, visible.as_ref(), PREDICTION_JOBS_MAX).await?;
+    let a = ferry_core::predict::Accuracy::of(pairs);
+    Ok(Json(PredictionAccuracy {
+        since_us,
+        jobs: a.jobs,
+        median_error_pct: a.median_error_pct,
+        within_25_pct: a.within_25_pct,
+        within_2x: a.within_2x,
+        ran_longer: a.ran_longer,
+    }))
 }

@@ -137,6 +137,7 @@ pub fn table() -> Vec<Entry> {
         at(get.clone(), "/api/v1/series", User(Read), series::query),
         at(get.clone(), "/api/v1/series/metrics", User(Read), series::metrics),
         at(get.clone(), "/api/v1/usage", User(Read), usage::usage),
+        at(get.clone(), "/api/v1/predictions", User(Read), jobs::prediction_accuracy),
         at(get.clone(), "/api/v1/whoami", User(Read), users::whoami),
         at(get.clone(), "/api/v1/tokens", User(Read), tokens::list),
         at(get.clone(), "/api/v1/secrets", User(Read), secrets::list),

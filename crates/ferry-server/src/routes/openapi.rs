@@ -46,7 +46,7 @@ pub const ACCESS_EXTENSION: &str = "x-ferry-access";
         is described in /api/v1/openapi-mlflow.json; the dashboard's pages are in neither document."),
     paths(
         super::health, super::metrics::metrics, document, mlflow,
-        super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff, super::jobs::metrics,
+        super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff, super::jobs::metrics, super::jobs::prediction_accuracy,
         super::code::head, super::code::put, super::code::get, super::code::agent_get,
         super::nodes::list, super::nodes::pools,
         super::series::query, super::series::metrics, super::usage::usage,
