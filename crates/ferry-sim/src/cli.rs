@@ -177,10 +177,11 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         return Ok(Report::Fgd(FgdReport::new(inputs, workload.jobs.len() as u64, runs)));
     }
     workload::check_fits(&workload, &cluster)?;
+    let has_failures = !cluster.failures.is_empty() || workload.has_lifecycle();
     let runs = for_seeds(&seeds, |seed| {
         let config = ReplayConfig { seed, preempt_grace_ms: args.preempt_grace, check };
         let run = engine::replay(&cluster, &workload, &config)?;
-        report::replay_report(&run, &cluster, args.sample_every)
+        report::replay_report(&run, &cluster, has_failures, args.sample_every)
     })?;
     Ok(Report::Replay { inputs, runs })
 }

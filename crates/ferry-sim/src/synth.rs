@@ -128,6 +128,7 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         fair_share_half_life_s: 0,
         gpu_placement: GpuPlacement::BestFit,
         nodes,
+        failures: Default::default(),
     }
 }
 
@@ -237,6 +238,7 @@ pub fn workload(spec: &SynthSpec) -> Workload {
                 max_runtime_s: None,
                 outcome: None,
                 exit_code: None,
+                lifecycle: Default::default(),
             });
         }
     }

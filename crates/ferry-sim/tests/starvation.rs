@@ -36,6 +36,7 @@ fn cluster() -> Cluster {
         fair_share_half_life_s: 0,
         gpu_placement: GpuPlacement::BestFit,
         nodes: vec![node("n1", "A"), node("n2", "A"), node("n3", "B")],
+        failures: Default::default(),
     }
 }
 
@@ -58,6 +59,7 @@ fn job(line: u64, arrival_ms: u64, duration_ms: u64, gpus: u32, nodes: u32, mode
         max_runtime_s: None,
         outcome: None,
         exit_code: None,
+        lifecycle: Default::default(),
     }
 }
 
