@@ -720,8 +720,9 @@ impl<'a> Replay<'a> {
             for at_ms in self.sim.take_wakes() {
                 self.timeline.push(at_ms, SimEvent::Wake);
             }
-            if self.unfinished == 0 {
-                // Every job has ended: failures after that change nothing a replay reports.
+            if self.unfinished == 0 || self.stalled() {
+                // Every job has ended (failures after that change nothing a replay reports), or nothing but failures
+                // is left to happen (the checker then names the jobs that would wait forever).
                 self.timeline.heap.retain(|Reverse((_, _, e))| !matches!(e, SimEvent::NodeFail { .. }));
             }
             let now_ms = self.now_ms;
@@ -747,6 +748,14 @@ impl<'a> Replay<'a> {
             idle_waits,
             node_failures: self.node_failures,
         })
+    }
+
+    /// Whether nothing but node failures is left to happen: no job runs, every node is up, and no other event waits.
+    /// Drawn failures would go on for ever then.
+    fn stalled(&self) -> bool {
+        self.sim.ledger.running.is_empty()
+            && !self.down.contains(&true)
+            && self.timeline.heap.iter().all(|Reverse((_, _, e))| matches!(e, SimEvent::NodeFail { .. }))
     }
 
     /// Whether `attempt` is the job's run under way, so that an event of an earlier run is ignored.

@@ -212,8 +212,10 @@ fn round6(x: f64) -> f64 {
 fn failure_report(run: &ReplayRun) -> FailureReport {
     let ended = |ending: Ending| run.outcomes.iter().filter(|o| o.ending == Some(ending)).count() as u64;
     let runs = run.outcomes.iter().flat_map(|o| o.attempts.iter().map(move |a| (o, a)));
-    let lost_runs = runs.clone().filter(|(_, a)| a.end == AttemptEnd::NodeLost).count() as u64;
-    let recovered_ms: f64 = runs.map(|(o, a)| o.gpu_milli as f64 / 1000.0 * a.recovered_ms() as f64).sum();
+    let lost_runs = runs.filter(|(_, a)| a.end == AttemptEnd::NodeLost).count() as u64;
+    // Checkpoints recover work only for a run that follows.
+    let resumed = run.outcomes.iter().flat_map(|o| o.attempts.iter().rev().skip(1).map(move |a| (o, a)));
+    let recovered_ms: f64 = resumed.map(|(o, a)| o.gpu_milli as f64 / 1000.0 * a.recovered_ms() as f64).sum();
     FailureReport {
         succeeded: ended(Ending::Succeeded),
         failed: ended(Ending::Failed),
@@ -254,7 +256,7 @@ pub fn replay_report(
     let mut preemptions = 0;
     let mut teams: BTreeMap<&str, f64> = BTreeMap::new();
     for o in outcomes {
-        for attempt in &o.attempts {
+        for (i, attempt) in o.attempts.iter().enumerate() {
             let hours =
                 (attempt.end_ms.unwrap_or(last_end).max(attempt.start_ms) - attempt.start_ms) as f64 / 3_600_000.0;
             let attempt_gpu_hours = o.gpu_milli as f64 / 1000.0 * hours;
@@ -263,7 +265,10 @@ pub fn replay_report(
             if attempt.end == AttemptEnd::Preempted {
                 preemptions += 1;
             }
-            lost_gpu_hours += o.gpu_milli as f64 / 1000.0 * attempt.lost_ms(last_end) as f64 / 3_600_000.0;
+            // Only work that a later run did again is lost; the last run's is the job's end, whatever it was.
+            if i + 1 < o.attempts.len() {
+                lost_gpu_hours += o.gpu_milli as f64 / 1000.0 * attempt.lost_ms(last_end) as f64 / 3_600_000.0;
+            }
             let Some(pool) = cluster.pool(&attempt.pool) else { continue };
             if pool.burst {
                 burst_gpu_hours += attempt_gpu_hours;
