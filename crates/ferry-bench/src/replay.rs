@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use ferry_sim::engine::{self, CheckConfig, ReplayConfig, ReplayRun};
+use ferry_sim::engine::{self, AttemptEnd, CheckConfig, ReplayConfig, ReplayRun};
 use ferry_sim::synth::{self, SynthSpec};
 use ferry_sim::{Cluster, Workload};
 use serde_json::json;
@@ -93,7 +93,7 @@ fn inputs(args: &ReplayArgs) -> anyhow::Result<(Cluster, Workload, String)> {
 }
 
 /// The most jobs waiting at once: each waits from its arrival to its first start (and between a preemption and the
-/// next start).
+/// next start, or between any run cut short and the next).
 fn peak_waiting(run: &ReplayRun) -> usize {
     let mut changes: Vec<(u64, i64)> = Vec::new();
     for outcome in &run.outcomes {
@@ -103,7 +103,8 @@ fn peak_waiting(run: &ReplayRun) -> usize {
                 changes.push((since, 1));
                 changes.push((attempt.start_ms, -1));
             }
-            if attempt.preempted {
+            // A run cut short (preempted, failed, lost with its node) leaves the job waiting again.
+            if attempt.end != AttemptEnd::Completed {
                 waiting_since = attempt.end_ms;
             }
         }

@@ -124,11 +124,12 @@ pub fn run_outcome(job: &JobLife, run: &RunResult) -> (Ending, String) {
 }
 
 /// What follows once every run of the job's attempt has ended as `ending` (said by `text`; `end` is how the run that
-/// decided it ended; `ran_s` how long the attempt ran): a preempted job is requeued without using a retry; a failure
-/// is retried after a backoff while retries are left, unless the program could not start at all (another try
-/// would fail the same way); anything else is final.
+/// decided it ended; `ran_s` how long the attempt ran): a preempted job is requeued without using a retry, unless
+/// it succeeded before its grace period was over (its work is done); a failure is retried after a backoff while
+/// retries are left, unless the program could not start at all (another try would fail the same way); anything else
+/// is final.
 pub fn after_runs(job: &JobLife, ending: Ending, text: &str, end: RunEnd, ran_s: i64, now_us: i64) -> Next {
-    if let (Some(why), false) = (&job.preempted, job.cancel_requested) {
+    if let (Some(why), false, false) = (&job.preempted, job.cancel_requested, ending == Ending::Succeeded) {
         return Next::Requeue {
             attempt: job.attempt + 1,
             preemptions: job.preemptions + 1,
@@ -321,6 +322,11 @@ mod tests {
         // It still has its own retries: attempt 1 after one preemption counts no failure.
         let after = JobLife { attempt: 1, preemptions: 1, retries: 1, ..JobLife::default() };
         assert!(after.may_retry());
+        // A job that finishes its work within the grace period is done: nothing is left to requeue.
+        assert_eq!(
+            after_runs(&job, Ending::Succeeded, "exited with code 0", RunEnd::Exited, 42, 7),
+            Next::Finish { ending: Ending::Succeeded, reason: "exited with code 0".into() }
+        );
         // A cancel during the preemption ends it.
         let cancelled = JobLife { cancel_requested: true, ..job };
         assert!(matches!(after_runs(&cancelled, Ending::Cancelled, "c", RunEnd::Stopped, 1, 7), Next::Finish { .. }));

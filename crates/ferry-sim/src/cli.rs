@@ -204,11 +204,12 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         return Ok(Report::Fgd(FgdReport::new(inputs, workload.jobs.len() as u64, runs)));
     }
     workload::check_fits(&workload, &cluster)?;
+    let has_failures = !cluster.failures.is_empty() || workload.has_lifecycle();
     let runs = for_seeds(&seeds, |seed| {
         let config =
             ReplayConfig { seed, preempt_grace_ms: args.preempt_grace, check, predictions: Predictions::Learned };
         let run = engine::replay(&cluster, &workload, &config)?;
-        let mut report = report::replay_report(&run, &cluster, args.sample_every)?;
+        let mut report = report::replay_report(&run, &cluster, has_failures, args.sample_every)?;
         if args.compare_orders {
             let others = [
                 ("fifo".to_string(), QueueOrder::Fifo, Predictions::Learned),
@@ -221,7 +222,7 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
             for (name, order, predictions) in others {
                 let cluster = Cluster { queue_order: order, ..cluster.clone() };
                 let run = engine::replay(&cluster, &workload, &ReplayConfig { predictions, ..config })?;
-                let other = report::replay_report(&run, &cluster, args.sample_every)?;
+                let other = report::replay_report(&run, &cluster, has_failures, args.sample_every)?;
                 report.compared.push(OrderFigures::of(name, &other));
             }
         }

@@ -19,6 +19,7 @@ use toml::Spanned;
 
 use crate::csvin::{self, Columns};
 use crate::error::InputError;
+use crate::failures::{node_failures, FailureFields, FailureSpec, NodeFailures};
 
 /// The most nodes a cluster may have; ten times the largest cluster the scheduler is built for.
 pub const NODES_MAX: usize = 100_000;
@@ -91,6 +92,8 @@ pub struct Cluster {
     /// How the queue is ordered within a priority.
     pub queue_order: QueueOrder,
     pub nodes: Vec<NodeInfo>,
+    /// When nodes fail and how long they take to come back.
+    pub failures: NodeFailures,
 }
 
 impl Cluster {
@@ -122,6 +125,10 @@ struct ClusterFile {
     queue_aging: Option<Spanned<String>>,
     #[serde(default)]
     node: Vec<Spanned<NodeSpec>>,
+    node_failure_rate: Option<Spanned<f64>>,
+    node_recovery: Option<Spanned<String>>,
+    #[serde(default)]
+    failure: Vec<FailureSpec>,
 }
 
 #[derive(Deserialize)]
@@ -287,15 +294,17 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
             "no [[node]] is declared; a cluster needs at least one node, or an elastic pool that starts nodes";
         return Err(InputError::new(file, 1, None, message));
     }
-    Ok(Cluster {
-        pools,
-        teams,
-        projects,
-        fair_share_half_life_s,
-        gpu_placement: spec.gpu_placement,
-        queue_order,
-        nodes,
-    })
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let fields = FailureFields {
+        listed: &spec.failure,
+        rate: spec.node_failure_rate.as_ref(),
+        recovery: spec.node_recovery.as_ref(),
+    };
+    let failures = node_failures(fields, &names, |field, span, message| {
+        InputError::new(file, src.line(&span), Some(format!("field {field}")), message)
+    })?;
+    let gpu_placement = spec.gpu_placement;
+    Ok(Cluster { pools, teams, projects, fair_share_half_life_s, gpu_placement, queue_order, nodes, failures })
 }
 
 /// `queue_order = "shortest-first"` and `queue_aging = "3d"` (or `"off"`), as the server's configuration writes them.
@@ -675,6 +684,7 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         gpu_placement,
         queue_order: QueueOrder::default(),
         nodes,
+        failures: NodeFailures::default(),
     })
 }
 

@@ -14,6 +14,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use ferry_core::lifecycle::{self, gang_step, Ending, GangStep, JobLife, Next, RunEnd, RunResult, WorkerEnded};
 use ferry_core::{Allocation, Decision, ElasticPool, Event, JobId, JobRequest, NodeInfo, Scheduler};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -22,10 +23,12 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker::{Ceilings, Checker, ElasticLimits, Released, StepChanges};
 use crate::cluster::{Cluster, Pool};
 use crate::error::Violation;
+use crate::failures::FAILURE_STREAM;
 use crate::ledger::Ledger;
 use crate::predictions::{Learner, Predictions};
+use crate::runs::{JobRun, RunPlan};
 use crate::starvation::IdleWaits;
-use crate::workload::Workload;
+use crate::workload::{Lifecycle, Workload};
 
 /// The random number generator of a run: ChaCha8, documented as reproducible across platforms and versions.
 pub type SimRng = ChaCha8Rng;
@@ -154,9 +157,9 @@ impl Sim {
     }
 
     /// Applies an event to the core, turning a refusal or a panic into a violation that says `what` it was.
-    fn apply(&mut self, event: Event, now_ms: u64, what: impl FnOnce() -> String) -> Result<(), Violation> {
+    fn apply(&mut self, event: Event, now_ms: u64, what: impl FnOnce() -> String) -> Result<Vec<Decision>, Violation> {
         match catch_unwind(AssertUnwindSafe(|| self.core.apply(event))) {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(decisions)) => Ok(decisions),
             Ok(Err(e)) => Err(self.violation(now_ms, format!("the core refused {}: {e}", what()))),
             Err(panic) => {
                 Err(self.violation(now_ms, format!("the core panicked on {}: {}", what(), panic_text(&panic))))
@@ -164,13 +167,17 @@ impl Sim {
         }
     }
 
-    /// Queues a job, asking for the steps at which it may burst.
+    /// Queues a job, asking for the steps at which it may burst, and for a retry, the step at which its backoff ends.
     pub fn submit(&mut self, request: JobRequest, now_ms: u64) -> Result<(), Violation> {
         let id = request.id;
         self.wakes.extend(self.burst_after_ms.iter().map(|after| now_ms + after));
+        let not_before_ms = u64::try_from(request.not_before_us).unwrap_or(0).div_ceil(1000);
+        if not_before_ms > now_ms {
+            self.wakes.push(not_before_ms);
+        }
         self.changes.submitted.push(id);
         self.ledger.submit(request.clone());
-        self.apply(Event::JobSubmitted(request), now_ms, || format!("the submission of job {id}"))
+        self.apply(Event::JobSubmitted(request), now_ms, || format!("the submission of job {id}")).map(drop)
     }
 
     /// Ends a job, waiting or running, in the core and the ledger.
@@ -190,7 +197,49 @@ impl Sim {
             self.wake_when_idle(&node, now_ms);
             self.changes.nodes.insert(node);
         }
-        self.apply(Event::JobEnded { id: job }, now_ms, || format!("the end of job {job}"))
+        self.apply(Event::JobEnded { id: job }, now_ms, || format!("the end of job {job}")).map(drop)
+    }
+
+    /// A node fails: the core is told, every job on it is lost (a gang with all its workers, wherever they run), and
+    /// the node leaves the ledger until it is back. Returns the jobs lost, which the core has already let go of.
+    pub fn node_down(&mut self, node: &str, now_ms: u64) -> Result<Vec<JobId>, Violation> {
+        let Some(held) = self.ledger.nodes.get(node).map(|book| book.jobs.clone()) else {
+            return Err(self.violation(now_ms, format!("node {node} failed, but it is not up")));
+        };
+        let decisions =
+            self.apply(Event::NodeDown { node: node.to_string() }, now_ms, || format!("node {node} failing"))?;
+        let mut lost = Vec::with_capacity(decisions.len());
+        for decision in decisions {
+            match decision {
+                Decision::Lost { job, node: on } if on == node => lost.push(job),
+                other => {
+                    let message = format!("the core answered node {node} failing with {other:?}");
+                    return Err(self.violation(now_ms, message));
+                }
+            }
+        }
+        if lost.iter().copied().collect::<std::collections::BTreeSet<_>>() != held {
+            let message = format!("the core lost jobs {lost:?} with node {node}, which held jobs {held:?}");
+            return Err(self.violation(now_ms, message));
+        }
+        for &job in &lost {
+            if let Some((_, allocation)) = self.ledger.running.get(&job) {
+                self.changes.nodes.extend(allocation.workers().map(|(n, _)| n.to_string()));
+            }
+            self.changes.ended.push(job);
+            self.ledger.end(job, now_ms);
+        }
+        self.ledger.remove_node(node).map_err(|m| self.violation(now_ms, format!("node {node} failed, but {m}")))?;
+        self.changes.nodes.remove(node);
+        Ok(lost)
+    }
+
+    /// A node that failed is back, idle.
+    pub fn node_back(&mut self, info: NodeInfo, now_ms: u64) -> Result<(), Violation> {
+        let name = info.name.clone();
+        self.ledger.add_node(info.clone(), now_ms);
+        self.changes.nodes.insert(name.clone());
+        self.apply(Event::NodeUp(info), now_ms, || format!("node {name} coming back")).map(drop)
     }
 
     /// A node of an elastic pool joins, idle.
@@ -199,7 +248,7 @@ impl Sim {
         self.ledger.add_node(info.clone(), now_ms);
         self.wake_when_idle(&name, now_ms);
         self.changes.nodes.insert(name.clone());
-        self.apply(Event::NodeUp(info), now_ms, || format!("node {name} joining"))
+        self.apply(Event::NodeUp(info), now_ms, || format!("node {name} joining")).map(drop)
     }
 
     /// If `node` belongs to an elastic pool and is idle, asks for a step when it will have idled long enough to be
@@ -278,7 +327,8 @@ impl Sim {
             return Err(self.violation(now_ms, message));
         }
         self.changes.released.push(Released { node: node.to_string(), pool: book.info.pool, idle_since_ms });
-        self.apply(Event::NodeRemoved { node: node.to_string() }, now_ms, || format!("the removal of node {node}"))
+        let what = || format!("the removal of node {node}");
+        self.apply(Event::NodeRemoved { node: node.to_string() }, now_ms, what).map(drop)
     }
 
     /// Closes the step: plants the fault if one is due, then runs every check.
@@ -320,20 +370,27 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
-/// What happens at a point of virtual time. Completions and stops name the attempt they belong to, so that those
-/// of an attempt cut short by preemption are ignored.
+/// What happens at a point of virtual time. Completions, failures and stops name the attempt they belong to, so that
+/// those of an attempt cut short (by preemption, a failure or its node's) are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum SimEvent {
     /// The job at this position of the submission order arrives.
     Arrival(usize),
     /// A running job finishes its work.
     Completion { job: JobId, attempt: u32 },
+    /// A running job's run fails, as the workload planted.
+    Failure { job: JobId, attempt: u32 },
     /// A preempted job's grace period is over: it stops and goes back to the queue.
     Stop { job: JobId, attempt: u32 },
     /// The elastic node at this position of the replay's list has started and joins.
     NodeUp(usize),
-    /// Nothing but a step: a waiting job may have waited long enough to burst, or a node of an elastic pool may have
-    /// idled long enough to be released.
+    /// The declared node at this position of the cluster's list fails, for `back_after_ms`; `drawn` for a failure
+    /// drawn at the cluster's rate, which draws the node's next one once it is back.
+    NodeFail { node: usize, back_after_ms: u64, drawn: bool },
+    /// The declared node at this position is back from its failure.
+    NodeBack { node: usize, drawn: bool },
+    /// Nothing but a step: a waiting job may have waited long enough to burst, a retry's backoff may be over, or a
+    /// node of an elastic pool may have idled long enough to be released.
     Wake,
 }
 
@@ -365,13 +422,55 @@ impl Timeline {
     }
 }
 
-/// One run of a job on a node: from its start to its end, which is a completion unless it was preempted.
+/// How a run of a job on a node ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// Still running (at the end of a replay, never: every run ends).
+    Running,
+    /// It finished the job's work.
+    Completed,
+    /// It failed, as the workload planted.
+    Failed,
+    /// It was stopped to make room for another job.
+    Preempted,
+    /// Its node (or a gang worker's) failed under it.
+    NodeLost,
+}
+
+/// One run of a job on a node: from its start to its end, and the job's work it began from and kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {
     pub start_ms: u64,
     pub end_ms: Option<u64>,
     pub pool: String,
-    pub preempted: bool,
+    pub end: AttemptEnd,
+    /// The work saved by checkpoints that it resumed from (0 for a fresh start).
+    pub resumed_ms: u64,
+    /// The work saved by checkpoints when it ended; for a completed run, all of it.
+    pub kept_ms: u64,
+}
+
+impl Attempt {
+    /// How long it ran.
+    pub fn ran_ms(&self, end_of_run_ms: u64) -> u64 {
+        self.end_ms.unwrap_or(end_of_run_ms).saturating_sub(self.start_ms)
+    }
+
+    /// The work it did that a later run did over (or would, for the last run): what it ran past its last checkpoint.
+    pub fn lost_ms(&self, end_of_run_ms: u64) -> u64 {
+        match self.end {
+            AttemptEnd::Completed | AttemptEnd::Running => 0,
+            _ => (self.resumed_ms + self.ran_ms(end_of_run_ms)).saturating_sub(self.kept_ms),
+        }
+    }
+
+    /// The work it did that its checkpoints saved from being done over, for a run cut short.
+    pub fn recovered_ms(&self) -> u64 {
+        match self.end {
+            AttemptEnd::Completed | AttemptEnd::Running => 0,
+            _ => self.kept_ms.saturating_sub(self.resumed_ms),
+        }
+    }
 }
 
 /// How one job of a replay went.
@@ -390,6 +489,12 @@ pub struct JobOutcome {
     pub stopping: bool,
     /// The runtime the job was expected to take when it arrived, in seconds (see `predictions`).
     pub predicted_s: Option<u64>,
+    /// How the job ended, as the lifecycle rules decided; `None` while it has not.
+    pub ending: Option<Ending>,
+    /// Requeues that used one of its retries (after a failure, or the loss of its node).
+    pub retries: u32,
+    /// Requeues after a preemption, which use no retry.
+    pub preemptions: u32,
 }
 
 impl JobOutcome {
@@ -401,7 +506,12 @@ impl JobOutcome {
 
     /// The end of the job's work: the end of its last attempt, if that one completed.
     pub fn completed_ms(&self) -> Option<u64> {
-        self.attempts.last().filter(|a| !a.preempted).and_then(|a| a.end_ms)
+        self.attempts.last().filter(|a| a.end == AttemptEnd::Completed).and_then(|a| a.end_ms)
+    }
+
+    /// Runs that failed as the workload planted.
+    pub fn failures(&self) -> u64 {
+        self.attempts.iter().filter(|a| a.end == AttemptEnd::Failed).count() as u64
     }
 }
 
@@ -420,6 +530,8 @@ pub struct ReplayRun {
     pub end_ms: u64,
     /// How long jobs waited while an idle node could hold them (the checker's figure).
     pub idle_waits: IdleWaits,
+    /// How many times declared nodes failed.
+    pub node_failures: u64,
 }
 
 /// GPUs allocated and GPUs there are, from a point of virtual time on.
@@ -487,133 +599,418 @@ pub struct ReplayConfig {
 
 /// Replays a workload: each job arrives at its arrival time and, once started, runs for its duration. Jobs that
 /// arrive at the same time are submitted in an order shuffled by the seed; that order also decides their ids, and so
-/// their places in the queue. A preempted job stops after the grace period, loses its work (it has no checkpoint to
-/// resume from) and is queued again.
+/// their places in the queue.
+///
+/// What becomes of a run that ends is decided by the server's own rules (`ferry_core::lifecycle`): a preempted job
+/// stops after the grace period and is queued again without using a retry; a run that fails as the workload planted
+/// is retried after the backoff while its retries last, else the job has failed; a job whose node fails is queued
+/// again at once while its retries last, else it is lost. A run cut short keeps the work up to its last checkpoint.
+/// A gang's worker 0 is the one that fails; the other workers are stopped at once.
 pub fn replay(cluster: &Cluster, workload: &Workload, config: &ReplayConfig) -> Result<ReplayRun, Violation> {
     let mut rng = rng(config.seed);
     let order = submission_order(workload, &mut rng);
-    let mut sim = Sim::new(cluster, config.seed, &config.check)?;
-    let mut learner = Learner::new(config.predictions);
-    let mut timeline = Timeline::default();
-    let mut outcomes: Vec<JobOutcome> = order
-        .iter()
-        .map(|&i| {
-            let job = &workload.jobs[i];
-            JobOutcome {
-                job: i,
-                arrival_ms: job.arrival_ms,
-                gpu_milli: job.gpu_milli(),
-                cpu_millis: job.cpu_millis(),
-                team: job.team.clone(),
-                attempts: Vec::new(),
-                stopping: false,
-                predicted_s: None,
-            }
-        })
-        .collect();
-    for (k, &i) in order.iter().enumerate() {
-        timeline.push(workload.jobs[i].arrival_ms, SimEvent::Arrival(k));
-    }
-    let mut elastic = ElasticNodes::default();
-    let mut gpu_steps: Vec<GpuStep> = Vec::new();
-    let mut now_ms = 0;
-    while let Some((time_ms, batch)) = timeline.pop_batch() {
-        now_ms = time_ms;
-        for event in batch {
-            match event {
-                SimEvent::Arrival(k) => {
-                    let (request, predicted) = learner.request(&workload.jobs[order[k]], k as JobId + 1, now_ms, 0);
-                    outcomes[k].predicted_s = predicted;
-                    sim.submit(request, now_ms)?
-                }
-                SimEvent::Completion { job, attempt } => {
-                    let outcome = &mut outcomes[job as usize - 1];
-                    if outcome.attempts.len() as u32 == attempt + 1
-                        && outcome.attempts[attempt as usize].end_ms.is_none()
-                    {
-                        outcome.attempts[attempt as usize].end_ms = Some(now_ms);
-                        outcome.stopping = false;
-                        let ran_ms = now_ms - outcome.attempts[attempt as usize].start_ms;
-                        learner.completed(&workload.jobs[outcome.job], ran_ms);
-                        sim.end(job, now_ms)?;
-                    }
-                }
-                SimEvent::Stop { job, attempt } => {
-                    let outcome = &mut outcomes[job as usize - 1];
-                    if outcome.attempts.len() as u32 == attempt + 1
-                        && outcome.attempts[attempt as usize].end_ms.is_none()
-                    {
-                        let last = &mut outcome.attempts[attempt as usize];
-                        (last.end_ms, last.preempted) = (Some(now_ms), true);
-                        outcome.stopping = false;
-                        sim.end(job, now_ms)?;
-                        let attained = outcome.attained_gpu_s();
-                        sim.submit(learner.request(&workload.jobs[outcome.job], job, now_ms, attained).0, now_ms)?;
-                    }
-                }
-                SimEvent::NodeUp(i) => {
-                    let node = &mut elastic.nodes[i];
-                    node.up_ms = Some(now_ms);
-                    let Some(info) = sim.elastic(&node.pool).map(|e| e.node.node(&node.name, &node.pool)) else {
-                        let message =
-                            format!("node {} was started for pool {}, which is not elastic", node.name, node.pool);
-                        return Err(sim.violation(now_ms, message));
-                    };
-                    sim.node_up(info, now_ms)?;
-                }
-                SimEvent::Wake => {}
-            }
-        }
-        for action in sim.schedule(now_ms)? {
-            match action {
-                Action::Start(id, allocation) => {
-                    let outcome = &mut outcomes[id as usize - 1];
-                    let pool = sim.ledger.nodes.get(&allocation.node).map(|b| b.info.pool.clone()).unwrap_or_default();
-                    let attempt = outcome.attempts.len() as u32;
-                    outcome.attempts.push(Attempt { start_ms: now_ms, end_ms: None, pool, preempted: false });
-                    let end_ms = now_ms + workload.jobs[outcome.job].duration_ms;
-                    timeline.push(end_ms, SimEvent::Completion { job: id, attempt });
-                }
-                Action::Preempt(id) => {
-                    let outcome = &mut outcomes[id as usize - 1];
-                    if !outcome.stopping {
-                        outcome.stopping = true;
-                        let attempt = outcome.attempts.len() as u32 - 1;
-                        timeline.push(now_ms + config.preempt_grace_ms, SimEvent::Stop { job: id, attempt });
-                    }
-                }
-                Action::Provision { pool, nodes } => {
-                    let startup_ms = sim.elastic(&pool).map_or(0, |e| e.startup_s * 1000);
-                    for i in elastic.request(&pool, nodes, now_ms) {
-                        timeline.push(now_ms + startup_ms, SimEvent::NodeUp(i));
-                    }
-                }
-                Action::Released(node) => elastic.released(&node, now_ms),
-            }
-        }
-        for at_ms in sim.take_wakes() {
-            timeline.push(at_ms, SimEvent::Wake);
-        }
-        sim.finish_step(now_ms)?;
-        let step = GpuStep { t_ms: now_ms, allocated_milli: sim.ledger.gpu_milli, gpus: sim.ledger.gpus };
-        if gpu_steps.last().is_none_or(|last| (last.allocated_milli, last.gpus) != (step.allocated_milli, step.gpus)) {
-            gpu_steps.push(step);
-        }
-    }
-    sim.finish(now_ms)?;
-    let idle_waits = sim.checker.idle_waits(outcomes.len() as u64);
-    let elastic_nodes = elastic.nodes;
-    Ok(ReplayRun {
-        seed: config.seed,
-        steps: sim.steps(),
-        outcomes,
-        gpu_steps,
-        elastic_nodes,
-        end_ms: now_ms,
-        idle_waits,
-    })
+    Replay::new(cluster, workload, config, order)?.run()
 }
 
+/// The signal a stopped run is killed by, as the shim sends it.
+const SIGTERM: i32 = 15;
+
+/// One replay under way: the simulation, its events, and where each job stands.
+struct Replay<'a> {
+    cluster: &'a Cluster,
+    workload: &'a Workload,
+    config: &'a ReplayConfig,
+    order: Vec<usize>,
+    sim: Sim,
+    timeline: Timeline,
+    /// By job id less one, as `ReplayRun::outcomes`.
+    outcomes: Vec<JobOutcome>,
+    runs: Vec<JobRun>,
+    elastic: ElasticNodes,
+    /// Jobs that have not ended; once none is left, nodes stop failing.
+    unfinished: usize,
+    /// Node failures drawn at the cluster's rate come from a stream of their own.
+    failure_rng: SimRng,
+    /// Whether each declared node is down.
+    down: Vec<bool>,
+    node_failures: u64,
+    /// Learns runtimes from completed runs, or knows them (`ReplayConfig::predictions`).
+    learner: Learner,
+    now_ms: u64,
+}
+
+impl<'a> Replay<'a> {
+    fn new(
+        cluster: &'a Cluster,
+        workload: &'a Workload,
+        config: &'a ReplayConfig,
+        order: Vec<usize>,
+    ) -> Result<Replay<'a>, Violation> {
+        let sim = Sim::new(cluster, config.seed, &config.check)?;
+        let outcomes: Vec<JobOutcome> = order
+            .iter()
+            .map(|&i| {
+                let job = &workload.jobs[i];
+                JobOutcome {
+                    job: i,
+                    arrival_ms: job.arrival_ms,
+                    gpu_milli: job.gpu_milli(),
+                    cpu_millis: job.cpu_millis(),
+                    team: job.team.clone(),
+                    attempts: Vec::new(),
+                    stopping: false,
+                    predicted_s: None,
+                    ending: None,
+                    retries: 0,
+                    preemptions: 0,
+                }
+            })
+            .collect();
+        let runs = order.iter().map(|&i| JobRun::new(&workload.jobs[i])).collect();
+        let mut failure_rng = rng(config.seed);
+        failure_rng.set_stream(FAILURE_STREAM);
+        let mut replay = Replay {
+            cluster,
+            workload,
+            config,
+            sim,
+            timeline: Timeline::default(),
+            unfinished: outcomes.len(),
+            outcomes,
+            runs,
+            elastic: ElasticNodes::default(),
+            failure_rng,
+            learner: Learner::new(config.predictions),
+            down: vec![false; cluster.nodes.len()],
+            node_failures: 0,
+            now_ms: 0,
+            order,
+        };
+        for (k, &i) in replay.order.iter().enumerate() {
+            replay.timeline.push(workload.jobs[i].arrival_ms, SimEvent::Arrival(k));
+        }
+        if replay.unfinished > 0 {
+            replay.plan_failures();
+        }
+        Ok(replay)
+    }
+
+    /// Puts the listed node failures, and each declared node's first drawn one, on the timeline.
+    fn plan_failures(&mut self) {
+        let failures = &self.cluster.failures;
+        if failures.is_empty() {
+            return;
+        }
+        let index: HashMap<&str, usize> =
+            self.cluster.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        for f in &failures.listed {
+            // The cluster file was checked: every listed node is declared.
+            let Some(&node) = index.get(f.node.as_str()) else { continue };
+            let event = SimEvent::NodeFail { node, back_after_ms: f.recover_after_ms, drawn: false };
+            self.timeline.push(f.at_ms, event);
+        }
+        if failures.rate_per_day > 0.0 {
+            for node in 0..self.cluster.nodes.len() {
+                self.draw_failure(node, 0);
+            }
+        }
+    }
+
+    /// Puts the next failure of `node` drawn at the cluster's rate on the timeline, from `now_ms` on.
+    fn draw_failure(&mut self, node: usize, now_ms: u64) {
+        let gap_ms = self.cluster.failures.draw_gap_ms(&mut self.failure_rng);
+        let event = SimEvent::NodeFail { node, back_after_ms: self.cluster.failures.recovery_ms, drawn: true };
+        self.timeline.push(now_ms.saturating_add(gap_ms), event);
+    }
+
+    fn run(mut self) -> Result<ReplayRun, Violation> {
+        let mut gpu_steps: Vec<GpuStep> = Vec::new();
+        while let Some((time_ms, batch)) = self.timeline.pop_batch() {
+            self.now_ms = time_ms;
+            for event in batch {
+                self.handle(event)?;
+            }
+            for action in self.sim.schedule(self.now_ms)? {
+                self.act(action)?;
+            }
+            for at_ms in self.sim.take_wakes() {
+                self.timeline.push(at_ms, SimEvent::Wake);
+            }
+            if self.unfinished == 0 || self.stalled() {
+                // Every job has ended (failures after that change nothing a replay reports), or nothing but failures
+                // is left to happen (the checker then names the jobs that would wait forever).
+                self.timeline.heap.retain(|Reverse((_, _, e))| !matches!(e, SimEvent::NodeFail { .. }));
+            }
+            let now_ms = self.now_ms;
+            self.sim.finish_step(now_ms)?;
+            let (allocated_milli, gpus) = (self.sim.ledger.gpu_milli, self.sim.ledger.gpus);
+            if gpu_steps.last().is_none_or(|last| (last.allocated_milli, last.gpus) != (allocated_milli, gpus)) {
+                gpu_steps.push(GpuStep { t_ms: now_ms, allocated_milli, gpus });
+            }
+        }
+        self.sim.finish(self.now_ms)?;
+        if let Some(i) = self.outcomes.iter().position(|o| o.ending.is_none()) {
+            let message = format!("job {} never ended: no run of it completed, failed for good or was lost", i + 1);
+            return Err(Violation { step: self.sim.steps(), ..self.sim.violation(self.now_ms, message) });
+        }
+        let idle_waits = self.sim.checker.idle_waits(self.outcomes.len() as u64);
+        Ok(ReplayRun {
+            seed: self.config.seed,
+            steps: self.sim.steps(),
+            outcomes: self.outcomes,
+            gpu_steps,
+            elastic_nodes: self.elastic.nodes,
+            end_ms: self.now_ms,
+            idle_waits,
+            node_failures: self.node_failures,
+        })
+    }
+
+    /// Whether nothing but node failures is left to happen: no job runs, every node is up, and no other event waits.
+    /// Drawn failures would go on for ever then.
+    fn stalled(&self) -> bool {
+        self.sim.ledger.running.is_empty()
+            && !self.down.contains(&true)
+            && self.timeline.heap.iter().all(|Reverse((_, _, e))| matches!(e, SimEvent::NodeFail { .. }))
+    }
+
+    /// Whether `attempt` is the job's run under way, so that an event of an earlier run is ignored.
+    fn current(&self, job: JobId, attempt: u32) -> bool {
+        let attempts = &self.outcomes[job as usize - 1].attempts;
+        attempts.len() as u32 == attempt + 1 && attempts[attempt as usize].end == AttemptEnd::Running
+    }
+
+    fn handle(&mut self, event: SimEvent) -> Result<(), Violation> {
+        let now_ms = self.now_ms;
+        match event {
+            SimEvent::Arrival(k) => {
+                let spec = &self.workload.jobs[self.order[k]];
+                let (request, predicted) = self.learner.request(spec, k as JobId + 1, now_ms, 0);
+                self.outcomes[k].predicted_s = predicted;
+                self.sim.submit(request, now_ms)?;
+            }
+            SimEvent::Completion { job, attempt } if self.current(job, attempt) => {
+                self.run_ended(job, AttemptEnd::Completed)?
+            }
+            SimEvent::Failure { job, attempt } if self.current(job, attempt) => {
+                self.run_ended(job, AttemptEnd::Failed)?
+            }
+            SimEvent::Stop { job, attempt } if self.current(job, attempt) => {
+                self.run_ended(job, AttemptEnd::Preempted)?
+            }
+            SimEvent::Completion { .. } | SimEvent::Failure { .. } | SimEvent::Stop { .. } => {}
+            SimEvent::NodeUp(i) => {
+                let node = &mut self.elastic.nodes[i];
+                node.up_ms = Some(now_ms);
+                let Some(info) = self.sim.elastic(&node.pool).map(|e| e.node.node(&node.name, &node.pool)) else {
+                    let message =
+                        format!("node {} was started for pool {}, which is not elastic", node.name, node.pool);
+                    return Err(self.sim.violation(now_ms, message));
+                };
+                self.sim.node_up(info, now_ms)?;
+            }
+            SimEvent::NodeFail { node, back_after_ms, drawn } => self.node_failed(node, back_after_ms, drawn)?,
+            SimEvent::NodeBack { node, drawn } => {
+                self.down[node] = false;
+                self.sim.node_back(self.cluster.nodes[node].clone(), now_ms)?;
+                if drawn && self.unfinished > 0 {
+                    self.draw_failure(node, now_ms);
+                }
+            }
+            SimEvent::Wake => {}
+        }
+        Ok(())
+    }
+
+    /// A declared node fails: every job on it is lost, each going where `after_loss` says; the node is back after
+    /// `back_after_ms`. A node already down stays down as it was (a drawn failure then draws the next one).
+    fn node_failed(&mut self, node: usize, back_after_ms: u64, drawn: bool) -> Result<(), Violation> {
+        let now_ms = self.now_ms;
+        if self.down[node] {
+            if drawn {
+                self.draw_failure(node, now_ms);
+            }
+            return Ok(());
+        }
+        self.down[node] = true;
+        self.node_failures += 1;
+        let name = self.cluster.nodes[node].name.clone();
+        for job in self.sim.node_down(&name, now_ms)? {
+            let kept_ms = self.cut(job, AttemptEnd::NodeLost);
+            let why = format!("node {name} failed");
+            let next = lifecycle::after_loss(&self.runs[job as usize - 1].life, &why, us(now_ms));
+            self.follow(job, next, kept_ms)?;
+        }
+        self.timeline.push(now_ms + back_after_ms, SimEvent::NodeBack { node, drawn });
+        Ok(())
+    }
+
+    /// Ends the job's run under way as `how`; returns the work saved, which the next run resumes from.
+    fn cut(&mut self, job: JobId, how: AttemptEnd) -> u64 {
+        let i = job as usize - 1;
+        let spec = &self.workload.jobs[self.outcomes[i].job];
+        let outcome = &mut self.outcomes[i];
+        outcome.stopping = false;
+        let Some(attempt) = outcome.attempts.last_mut() else { return 0 };
+        let ran_ms = self.now_ms.saturating_sub(attempt.start_ms);
+        let kept_ms = match how {
+            AttemptEnd::Completed => spec.duration_ms,
+            _ => self.runs[i].kept_ms(spec, ran_ms),
+        };
+        (attempt.end_ms, attempt.end, attempt.kept_ms) = (Some(self.now_ms), how, kept_ms);
+        if how == AttemptEnd::Failed {
+            self.runs[i].failed += 1;
+        }
+        kept_ms
+    }
+
+    /// A run ended on its node (completed, failed or stopped): the job's attempt ends as the lifecycle rules read
+    /// it, and `after_runs` says what follows.
+    fn run_ended(&mut self, job: JobId, how: AttemptEnd) -> Result<(), Violation> {
+        let i = job as usize - 1;
+        let start_ms = self.outcomes[i].attempts.last().map_or(self.now_ms, |a| a.start_ms);
+        let kept_ms = self.cut(job, how);
+        let spec = &self.workload.jobs[self.outcomes[i].job];
+        if how == AttemptEnd::Completed {
+            // The server learns from the last attempt of a job that succeeded; so does the replay.
+            self.learner.completed(spec, self.now_ms - start_ms);
+        }
+        let exit_code = spec.exit_code.filter(|&c| c != 0).unwrap_or(Lifecycle::EXIT_CODE_DEFAULT);
+        let life = &self.runs[i].life;
+        let (ending, text, end) = attempt_outcome(life, how, spec.nodes, exit_code, us(self.now_ms));
+        self.sim.end(job, self.now_ms)?;
+        let ran_s = (self.now_ms - start_ms) as i64 / 1000;
+        let next = lifecycle::after_runs(life, ending, &text, end, ran_s, us(self.now_ms));
+        self.follow(job, next, kept_ms)
+    }
+
+    /// Applies what the lifecycle rules said follows a job's attempt: queued again (not before the backoff is over)
+    /// to resume from `kept_ms`, or ended.
+    fn follow(&mut self, job: JobId, next: Next, kept_ms: u64) -> Result<(), Violation> {
+        let i = job as usize - 1;
+        match next {
+            Next::Requeue { attempt, preemptions, not_before_us, .. } => {
+                let run = &mut self.runs[i];
+                let outcome = &mut self.outcomes[i];
+                if preemptions > run.life.preemptions {
+                    outcome.preemptions += 1;
+                } else {
+                    outcome.retries += 1;
+                }
+                (run.life.attempt, run.life.preemptions, run.life.preempted) = (attempt, preemptions, None);
+                run.saved_ms = kept_ms;
+                let attained = outcome.attained_gpu_s();
+                let (mut request, _) =
+                    self.learner.request(&self.workload.jobs[outcome.job], job, self.now_ms, attained);
+                request.not_before_us = not_before_us;
+                self.sim.submit(request, self.now_ms)
+            }
+            Next::Finish { ending, .. } => {
+                self.outcomes[i].ending = Some(ending);
+                self.unfinished -= 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) -> Result<(), Violation> {
+        let now_ms = self.now_ms;
+        match action {
+            Action::Start(id, allocation) => {
+                let i = id as usize - 1;
+                let pool = self.sim.ledger.nodes.get(&allocation.node).map(|b| b.info.pool.clone()).unwrap_or_default();
+                let run = &self.runs[i];
+                let outcome = &mut self.outcomes[i];
+                let attempt = outcome.attempts.len() as u32;
+                if attempt != run.life.attempt {
+                    let message =
+                        format!("job {id} started its run {attempt}, but the lifecycle counts {}", run.life.attempt);
+                    return Err(self.sim.violation(now_ms, message));
+                }
+                let saved = run.saved_ms;
+                let end = AttemptEnd::Running;
+                outcome.attempts.push(Attempt {
+                    start_ms: now_ms,
+                    end_ms: None,
+                    pool,
+                    end,
+                    resumed_ms: saved,
+                    kept_ms: saved,
+                });
+                match run.plan(&self.workload.jobs[outcome.job]) {
+                    RunPlan::Complete { after_ms } => {
+                        self.timeline.push(now_ms + after_ms, SimEvent::Completion { job: id, attempt })
+                    }
+                    RunPlan::Fail { after_ms } => {
+                        self.timeline.push(now_ms + after_ms, SimEvent::Failure { job: id, attempt })
+                    }
+                }
+            }
+            Action::Preempt(id) => {
+                let outcome = &mut self.outcomes[id as usize - 1];
+                if !outcome.stopping {
+                    outcome.stopping = true;
+                    self.runs[id as usize - 1].life.preempted =
+                        Some("preempted to make room for another job".to_string());
+                    let attempt = outcome.attempts.len() as u32 - 1;
+                    self.timeline.push(now_ms + self.config.preempt_grace_ms, SimEvent::Stop { job: id, attempt });
+                }
+            }
+            Action::Provision { pool, nodes } => {
+                let startup_ms = self.sim.elastic(&pool).map_or(0, |e| e.startup_s * 1000);
+                for i in self.elastic.request(&pool, nodes, now_ms) {
+                    self.timeline.push(now_ms + startup_ms, SimEvent::NodeUp(i));
+                }
+            }
+            Action::Released(node) => self.elastic.released(&node, now_ms),
+        }
+        Ok(())
+    }
+}
+
+/// Virtual milliseconds as the core's microseconds.
+fn us(ms: u64) -> i64 {
+    (ms as i64).saturating_mul(1000)
+}
+
+/// How an attempt that ended as `how` reads in the job's terms, by the server's rules: each worker's run through
+/// `run_outcome`, and a gang's ends through `gang_step` (worker 0's run decides: it completed, failed with
+/// `exit_code`, or was stopped; the others completed with it or were stopped). Returns the ending, the sentence that
+/// says it, and how the deciding run ended.
+fn attempt_outcome(
+    life: &JobLife,
+    how: AttemptEnd,
+    workers: u32,
+    exit_code: i32,
+    now_us: i64,
+) -> (Ending, String, RunEnd) {
+    let exited = |code| RunResult { end: RunEnd::Exited, exit_code: Some(code), signal: None, message: None };
+    let stopped = RunResult { end: RunEnd::Stopped, exit_code: None, signal: Some(SIGTERM), message: None };
+    let (first, rest) = match how {
+        AttemptEnd::Completed | AttemptEnd::Running => (exited(0), exited(0)),
+        AttemptEnd::Failed => (exited(exit_code), stopped),
+        AttemptEnd::Preempted | AttemptEnd::NodeLost => (stopped.clone(), stopped),
+    };
+    let (ending, text) = lifecycle::run_outcome(life, &first);
+    if workers <= 1 {
+        return (ending, text, first.end);
+    }
+    let stopping = life.preempted.is_some() || life.cancel_requested;
+    let mut ends = vec![WorkerEnded { rank: 0, ending, message: text, finished_at_us: now_us }];
+    let mut step = gang_step(workers as usize, &ends, ending != Ending::Succeeded, stopping);
+    for rank in 1..workers {
+        let (ending, message) = lifecycle::run_outcome(life, &rest);
+        let first_failure = ending != Ending::Succeeded && ends.iter().all(|e| e.ending == Ending::Succeeded);
+        ends.push(WorkerEnded { rank, ending, message, finished_at_us: now_us });
+        step = gang_step(workers as usize, &ends, first_failure, stopping);
+    }
+    match step {
+        GangStep::AllEnded { rank: 0, ending, text } => (ending, text, first.end),
+        GangStep::AllEnded { ending, text, .. } => (ending, text, rest.end),
+        // Every worker has ended by now, so the gang's step is decided; were it not, the first run's reading stands.
+        GangStep::StopOthers | GangStep::Wait => (ends[0].ending, ends[0].message.clone(), first.end),
+    }
+}
 /// The workload's indices by arrival time, jobs arriving together in an order shuffled by the seed.
 fn submission_order(workload: &Workload, rng: &mut SimRng) -> Vec<usize> {
     let mut order: Vec<usize> = (0..workload.jobs.len()).collect();

@@ -9,9 +9,10 @@ use serde::Serialize;
 use ferry_core::predict::Accuracy;
 
 use crate::cluster::Cluster;
-use crate::engine::{ElasticNode, GpuStep, ReplayRun};
+use crate::engine::{AttemptEnd, ElasticNode, GpuStep, ReplayRun};
 use crate::error::{fmt_ms, SimError};
 use crate::fgd::{FgdRun, PUBLISHED};
+use ferry_core::lifecycle::Ending;
 
 /// How many samples the GPU allocation series has at most when the interval is chosen automatically: few enough for
 /// the table to stay readable; `--sample-every` gives a finer series.
@@ -104,8 +105,13 @@ pub struct RunReport {
     pub elastic: Option<ElasticReport>,
     /// Attempts cut short by preemption.
     pub preemptions: u64,
-    /// GPU-hours of those attempts, lost because a preempted job starts over.
+    /// GPU-hours of work done again: what runs cut short (preempted, failed or lost with their node) ran past their
+    /// last checkpoint, when another run followed.
     pub lost_work_gpu_hours: f64,
+    /// Failures and what became of them; absent where neither the cluster nor the workload has any failure, retry
+    /// or checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<FailureReport>,
     /// How long jobs waited while an idle node could hold them (held back for a gang, say): see the checker.
     pub idle_wait: IdleWait,
     /// How well the runtimes predicted at arrival matched what the jobs ran.
@@ -136,6 +142,29 @@ impl OrderFigures {
     pub fn of(order: String, r: &RunReport) -> OrderFigures {
         OrderFigures { order, job_completion: r.job_completion, queueing_delay: r.queueing_delay }
     }
+}
+
+/// How jobs ended and what failures cost, with the counters the server keeps: jobs finished by state, and the
+/// attempts of each job (1 plus its retries and its requeues after preemption).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureReport {
+    pub succeeded: u64,
+    /// Jobs that failed for good: a failure with no retry left.
+    pub failed: u64,
+    /// Jobs lost with their node, no retry left.
+    pub lost: u64,
+    /// Runs that failed as the workload planted.
+    pub run_failures: u64,
+    /// Times a declared node failed.
+    pub node_failures: u64,
+    /// Runs lost with their node (a gang's counted once).
+    pub runs_lost: u64,
+    /// Requeues that used a retry: after a failure, or the loss of a node.
+    pub retries: u64,
+    /// Runs of all jobs: the jobs that started, plus their retries and requeues after preemption.
+    pub attempts: u64,
+    /// GPU-hours of work that checkpoints saved from being done again.
+    pub recovered_work_gpu_hours: f64,
 }
 
 /// The checker's starvation figure: the jobs that waited while a node that could hold them sat idle, and how long,
@@ -213,8 +242,35 @@ fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-/// Summarises a replay. `sample_every_ms` fixes the allocation series' interval; `None` picks one.
-pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option<u64>) -> Result<RunReport, SimError> {
+/// Counts how the jobs of a replay ended and what failures cost.
+fn failure_report(run: &ReplayRun) -> FailureReport {
+    let ended = |ending: Ending| run.outcomes.iter().filter(|o| o.ending == Some(ending)).count() as u64;
+    let runs = run.outcomes.iter().flat_map(|o| o.attempts.iter().map(move |a| (o, a)));
+    let lost_runs = runs.filter(|(_, a)| a.end == AttemptEnd::NodeLost).count() as u64;
+    // Checkpoints recover work only for a run that follows.
+    let resumed = run.outcomes.iter().flat_map(|o| o.attempts.iter().rev().skip(1).map(move |a| (o, a)));
+    let recovered_ms: f64 = resumed.map(|(o, a)| o.gpu_milli as f64 / 1000.0 * a.recovered_ms() as f64).sum();
+    FailureReport {
+        succeeded: ended(Ending::Succeeded),
+        failed: ended(Ending::Failed),
+        lost: ended(Ending::Lost),
+        run_failures: run.outcomes.iter().map(|o| o.failures()).sum(),
+        node_failures: run.node_failures,
+        runs_lost: lost_runs,
+        retries: run.outcomes.iter().map(|o| u64::from(o.retries)).sum(),
+        attempts: run.outcomes.iter().map(|o| o.attempts.len() as u64).sum(),
+        recovered_work_gpu_hours: round6(recovered_ms / 3_600_000.0),
+    }
+}
+
+/// Summarises a replay. `sample_every_ms` fixes the allocation series' interval; `None` picks one. `has_failures`
+/// says whether the inputs plant failures or ask for retries or checkpoints, which adds the failure counts.
+pub fn replay_report(
+    run: &ReplayRun,
+    cluster: &Cluster,
+    has_failures: bool,
+    sample_every_ms: Option<u64>,
+) -> Result<RunReport, SimError> {
     let outcomes = &run.outcomes;
     let completion: Vec<u64> = outcomes.iter().filter_map(|o| o.completed_ms().map(|e| e - o.arrival_ms)).collect();
     // Waiting is the time not spent running: before the first start, and between a preemption and the next start.
@@ -246,15 +302,18 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
     let mut preemptions = 0;
     let mut teams: BTreeMap<&str, f64> = BTreeMap::new();
     for o in outcomes {
-        for attempt in &o.attempts {
+        for (i, attempt) in o.attempts.iter().enumerate() {
             let hours =
                 (attempt.end_ms.unwrap_or(last_end).max(attempt.start_ms) - attempt.start_ms) as f64 / 3_600_000.0;
             let attempt_gpu_hours = o.gpu_milli as f64 / 1000.0 * hours;
             gpu_hours += attempt_gpu_hours;
             *teams.entry(&o.team).or_default() += attempt_gpu_hours;
-            if attempt.preempted {
+            if attempt.end == AttemptEnd::Preempted {
                 preemptions += 1;
-                lost_gpu_hours += attempt_gpu_hours;
+            }
+            // Only work that a later run did again is lost; the last run's is the job's end, whatever it was.
+            if i + 1 < o.attempts.len() {
+                lost_gpu_hours += o.gpu_milli as f64 / 1000.0 * attempt.lost_ms(last_end) as f64 / 3_600_000.0;
             }
             let Some(pool) = cluster.pool(&attempt.pool) else { continue };
             if pool.burst {
@@ -271,6 +330,7 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
             }
         }
     }
+    let failures = has_failures.then(|| failure_report(run));
     let elastic = (cluster.elastic_nodes_max() > 0).then(|| elastic_report(&run.elastic_nodes, cluster, run.end_ms));
     if let Some(elastic) = &elastic {
         cost += elastic.cost;
@@ -319,6 +379,7 @@ pub fn replay_report(run: &ReplayRun, cluster: &Cluster, sample_every_ms: Option
         elastic,
         preemptions,
         lost_work_gpu_hours: round6(lost_gpu_hours),
+        failures,
         idle_wait: IdleWait {
             jobs: run.idle_waits.jobs,
             max_s: secs(run.idle_waits.max_ms),
@@ -481,6 +542,19 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
         w(out, "elastic nodes", line);
     }
     w(out, "preemptions", format!("{} (lost work {:.3} GPU-hours)", r.preemptions, r.lost_work_gpu_hours));
+    if let Some(f) = &r.failures {
+        let ended = format!("{} succeeded, {} failed, {} lost", f.succeeded, f.failed, f.lost);
+        w(out, "jobs ended", ended);
+        let failures = format!(
+            "{}, {}, {} lost with them",
+            counted(f.run_failures, "failed run"),
+            counted(f.node_failures, "node failure"),
+            counted(f.runs_lost, "run")
+        );
+        w(out, "failures", failures);
+        w(out, "retries", format!("{} ({} in all)", f.retries, counted(f.attempts, "run")));
+        w(out, "checkpoints", format!("recovered {:.3} GPU-hours", f.recovered_work_gpu_hours));
+    }
     let i = &r.idle_wait;
     let idle = format!("{} jobs; max {}, p95 {}, p99 {}", i.jobs, human_s(i.max_s), human_s(i.p95_s), human_s(i.p99_s));
     w(out, "idle-node wait", idle);
@@ -620,6 +694,17 @@ pub fn csv(report: &Report) -> String {
                 }
                 row(s, "preemptions", "", r.preemptions.to_string());
                 row(s, "lost_work_gpu_hours", "", r.lost_work_gpu_hours.to_string());
+                if let Some(f) = &r.failures {
+                    row(s, "succeeded", "", f.succeeded.to_string());
+                    row(s, "failed", "", f.failed.to_string());
+                    row(s, "lost", "", f.lost.to_string());
+                    row(s, "run_failures", "", f.run_failures.to_string());
+                    row(s, "node_failures", "", f.node_failures.to_string());
+                    row(s, "runs_lost", "", f.runs_lost.to_string());
+                    row(s, "retries", "", f.retries.to_string());
+                    row(s, "attempts", "", f.attempts.to_string());
+                    row(s, "recovered_work_gpu_hours", "", f.recovered_work_gpu_hours.to_string());
+                }
                 row(s, "idle_wait_jobs", "", r.idle_wait.jobs.to_string());
                 row(s, "idle_wait_max_s", "", r.idle_wait.max_s.to_string());
                 row(s, "idle_wait_p95_s", "", r.idle_wait.p95_s.to_string());

@@ -165,7 +165,9 @@ impl Starvation {
                 }
                 idle_for.insert(k);
                 if unreserved_idle_node(core, ledger, &class.request).is_some() {
-                    runnable.extend(class.jobs.iter().copied().filter(|job| !held_by_policy(core, *job)));
+                    let waits_on_purpose =
+                        |job: &JobId| held_by_policy(core, *job) || backing_off(ledger, *job, now_ms);
+                    runnable.extend(class.jobs.iter().copied().filter(|job| !waits_on_purpose(job)));
                 }
             }
         }
@@ -210,6 +212,12 @@ impl Starvation {
             p99_ms: rank(99),
         }
     }
+}
+
+/// Whether the job is a retry waiting out its backoff (`JobRequest::not_before_us`), which the core keeps from
+/// starting on purpose.
+fn backing_off(ledger: &Ledger, job: JobId, now_ms: u64) -> bool {
+    ledger.waiting.get(&job).is_some_and(|r| r.not_before_us > (now_ms as i64).saturating_mul(1000))
 }
 
 /// Whether the core says a policy keeps the job waiting on purpose.

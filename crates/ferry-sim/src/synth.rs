@@ -136,6 +136,7 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         gpu_placement: GpuPlacement::BestFit,
         queue_order: Default::default(),
         nodes,
+        failures: Default::default(),
     }
 }
 
@@ -279,6 +280,7 @@ pub fn workload(spec: &SynthSpec) -> Workload {
                 max_runtime_s: None,
                 outcome: None,
                 exit_code: None,
+                lifecycle: Default::default(),
             });
         }
     }

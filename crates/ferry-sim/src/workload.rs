@@ -50,10 +50,32 @@ pub struct JobSpec {
     /// The job's runtime limit, which the core's estimates and backfill rely on; `None` for none.
     pub max_runtime_s: Option<u64>,
     /// How the job ended where the workload was recorded (`ferry history export`); `None` where it does not say.
-    /// Read and carried: a replay runs every job for its duration whatever its outcome.
+    /// Read and carried: a replay fails a job only where `lifecycle.fail_at_ms` says so.
     pub outcome: Option<Outcome>,
-    /// The exit code it ended with there, when it had one.
+    /// The exit code it ended with there, when it had one; also the code its simulated failures exit with.
     pub exit_code: Option<i32>,
+    /// Whether and when its runs fail, how often it is retried, and how often it saves a checkpoint.
+    pub lifecycle: Lifecycle,
+}
+
+/// What a replay does with a job beyond running it: failures the workload plants in its runs, the retries the job
+/// asks for (as `ferry submit --retries` does) and the checkpoints it saves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// A run of the job fails (exits with `exit_code`, or 1) this far into the run; `None` for a job that never fails.
+    pub fail_at_ms: Option<u64>,
+    /// How many runs fail so, the later ones running through; `None` for every run (a failure a retry cannot fix).
+    pub fails: Option<u32>,
+    /// How many times a failure (or the loss of its node) may be retried.
+    pub retries: u32,
+    /// The job saves its work this often; a run cut short (preempted, failed, or lost with its node) is resumed from
+    /// its last checkpoint, losing only the work since. `None` for a job that starts over.
+    pub checkpoint_every_ms: Option<u64>,
+}
+
+impl Lifecycle {
+    /// The exit code of a planted failure: the job's own when it has a non-zero one, else 1.
+    pub const EXIT_CODE_DEFAULT: i32 = 1;
 }
 
 /// How a job ended in the history a workload was exported from.
@@ -125,6 +147,13 @@ pub struct Workload {
     pub jobs: Vec<JobSpec>,
 }
 
+impl Workload {
+    /// Whether any job plants a failure or asks for retries or checkpoints.
+    pub fn has_lifecycle(&self) -> bool {
+        self.jobs.iter().any(|j| j.lifecycle != Lifecycle::default())
+    }
+}
+
 /// Which format a workload file is in, which decides the column names errors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkloadFormat {
@@ -155,6 +184,10 @@ const CSV_OPTIONAL: &[&str] = &[
     "max_runtime_s",
     "outcome",
     "exit_code",
+    "fail_at_s",
+    "fails",
+    "retries",
+    "checkpoint_every_s",
     "name",
 ];
 /// The largest priority, either way: far more classes than anyone configures.
@@ -162,7 +195,8 @@ pub const PRIORITY_MAX: i64 = 1_000_000;
 
 /// Parses the simple workload CSV format:
 /// `arrival_s,duration_s,gpus,cpus,memory,user,team[,gpu_type][,gpu_share][,priority][,nodes][,project]`, and the
-/// columns `ferry history export` adds: `[,selector][,pool][,image][,max_runtime_s][,outcome][,exit_code]`.
+/// columns `ferry history export` adds: `[,selector][,pool][,image][,max_runtime_s][,outcome][,exit_code]`, and the
+/// columns of a job's lifecycle: `[,fail_at_s][,fails][,retries][,checkpoint_every_s]`.
 pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError> {
     let columns = Columns { required: CSV_REQUIRED, optional: CSV_OPTIONAL, allow_unknown: false };
     let jobs = csvin::read_rows(file, text, &columns, |row| {
@@ -222,6 +256,7 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             "" => None,
             t => Some(row.parse("exit_code", |_| exit_code(t))?),
         };
+        let lifecycle = lifecycle(row, exit_code)?;
         Ok(JobSpec {
             line: row.line,
             arrival_ms,
@@ -241,9 +276,53 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             max_runtime_s,
             outcome,
             exit_code,
+            lifecycle,
         })
     })?;
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::Csv, jobs })
+}
+
+/// The most failures one job may plant: as many as the most retries a job may ask for, and one more.
+pub const FAILS_MAX: u64 = ferry_api::jobs::RETRIES_MAX as u64 + 1;
+
+/// Reads the lifecycle columns of a row: `fail_at_s` (above 0), `fails` (only with `fail_at_s`), `retries` (up to the
+/// server's limit) and `checkpoint_every_s` (above 0). A planted failure must not exit with code 0.
+fn lifecycle(row: &csvin::Row<'_>, exit_code: Option<i32>) -> Result<Lifecycle, InputError> {
+    let fail_at_ms = match row.get("fail_at_s").unwrap_or("") {
+        "" => None,
+        t => Some(row.parse("fail_at_s", |_| above_zero_ms(t, "a run fails some time into it"))?),
+    };
+    let fails = match row.get("fails").unwrap_or("") {
+        "" => None,
+        _ if fail_at_ms.is_none() => {
+            return Err(row.error("fails", "fails says how many runs fail at fail_at_s; write fail_at_s too"))
+        }
+        t => Some(row.parse("fails", |_| match csvin::whole(t, FAILS_MAX, "failures")? {
+            0 => Err("0 failures is none; leave fail_at_s and fails empty for a job that never fails".to_string()),
+            n => Ok(n as u32),
+        })?),
+    };
+    if fail_at_ms.is_some() && exit_code == Some(0) {
+        let message = "a failing run exits with a code other than 0; write one such as 1, or leave it empty";
+        return Err(row.error("exit_code", message));
+    }
+    let retries = match row.get("retries").unwrap_or("") {
+        "" => 0,
+        t => row.parse("retries", |_| csvin::whole(t, u64::from(ferry_api::jobs::RETRIES_MAX), "retries"))? as u32,
+    };
+    let checkpoint_every_ms = match row.get("checkpoint_every_s").unwrap_or("") {
+        "" => None,
+        t => Some(row.parse("checkpoint_every_s", |_| above_zero_ms(t, "a job saves a checkpoint every so often"))?),
+    };
+    Ok(Lifecycle { fail_at_ms, fails, retries, checkpoint_every_ms })
+}
+
+/// Seconds above 0 as milliseconds; `what` says why 0 will not do.
+fn above_zero_ms(text: &str, what: &str) -> Result<u64, String> {
+    match csvin::seconds_ms(text)? {
+        0 => Err(format!("{what}; write a time above 0 seconds, or leave it empty")),
+        ms => Ok(ms),
+    }
 }
 
 /// Node labels as `NAME=VALUE` pairs separated by `|`; empty for none.
@@ -365,6 +444,7 @@ pub fn parse_trace_pods(file: &str, text: &str) -> Result<Workload, InputError> 
             max_runtime_s: None,
             outcome: None,
             exit_code: None,
+            lifecycle: Lifecycle::default(),
         })
     })?;
     Ok(Workload { file: file.to_string(), format: WorkloadFormat::TracePods, jobs })

@@ -28,7 +28,7 @@ fn replay(cluster: &Cluster, order: QueueOrder, predictions: Predictions, spec: 
     let workload = synth::workload(spec);
     let config = ReplayConfig { seed: 1, preempt_grace_ms: 30_000, check: CheckConfig::default(), predictions };
     let run = engine::replay(&cluster, &workload, &config).expect("the checker finds nothing");
-    report::replay_report(&run, &cluster, None).unwrap()
+    report::replay_report(&run, &cluster, false, None).unwrap()
 }
 
 #[test]

@@ -363,22 +363,22 @@ fn reads_the_simple_workload_format() {
          0,3600,2,8,64GiB,alice,vision,A100|H100,,10\n\
          1.5,90.25,0,0.5,512MiB,bob,nlp,,250,\n",
         expect![[r#"
-            JobSpec { line: 3, arrival_ms: 0, duration_ms: 3600000, resources: Resources { cpu_millis: 8000, memory_bytes: 68719476736, gpus: 2 }, gpu_share_milli: 0, gpu_models: ["A100", "H100"], priority: 10, user: "alice", name: "", team: "vision", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }
-            JobSpec { line: 4, arrival_ms: 1500, duration_ms: 90250, resources: Resources { cpu_millis: 500, memory_bytes: 536870912, gpus: 0 }, gpu_share_milli: 250, gpu_models: [], priority: 0, user: "bob", name: "", team: "nlp", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#]],
+            JobSpec { line: 3, arrival_ms: 0, duration_ms: 3600000, resources: Resources { cpu_millis: 8000, memory_bytes: 68719476736, gpus: 2 }, gpu_share_milli: 0, gpu_models: ["A100", "H100"], priority: 10, user: "alice", name: "", team: "vision", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None, lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }
+            JobSpec { line: 4, arrival_ms: 1500, duration_ms: 90250, resources: Resources { cpu_millis: 500, memory_bytes: 536870912, gpus: 0 }, gpu_share_milli: 250, gpu_models: [], priority: 0, user: "bob", name: "", team: "nlp", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None, lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }"#]],
     );
     // A gang of four workers of 8 GPUs each, in project llm of team research.
     check_workload(
         "arrival_s,duration_s,gpus,cpus,memory,user,team,nodes,project\n0,600,8,32,256GiB,dana,research,4,llm\n\
          5,60,1,1,1GiB,eli,research,,\n",
         expect![[r#"
-            JobSpec { line: 2, arrival_ms: 0, duration_ms: 600000, resources: Resources { cpu_millis: 32000, memory_bytes: 274877906944, gpus: 8 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "dana", name: "", team: "research", project: "llm", nodes: 4, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }
-            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "eli", name: "", team: "research", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#]],
+            JobSpec { line: 2, arrival_ms: 0, duration_ms: 600000, resources: Resources { cpu_millis: 32000, memory_bytes: 274877906944, gpus: 8 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "dana", name: "", team: "research", project: "llm", nodes: 4, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None, lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }
+            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "eli", name: "", team: "research", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None, lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }"#]],
     );
     // Optional columns may be left out of the header entirely, and columns may come in any order.
     check_workload(
         "team,user,memory,cpus,gpus,duration_s,arrival_s\nml,carol,1GiB,1,0,60,5\n",
         expect![[
-            r#"JobSpec { line: 2, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "carol", name: "", team: "ml", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#
+            r#"JobSpec { line: 2, arrival_ms: 5000, duration_ms: 60000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "carol", name: "", team: "ml", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None, lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }"#
         ]],
     );
 }
@@ -398,7 +398,7 @@ fn names_the_line_and_column_of_every_workload_mistake() {
     check_workload(
         "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_typ\n",
         expect![[
-            r#"workload.csv:1: unknown column "gpu_typ"; the columns are arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code,name"#
+            r#"workload.csv:1: unknown column "gpu_typ"; the columns are arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code,fail_at_s,fails,retries,checkpoint_every_s,name"#
         ]],
     );
     check_workload(
@@ -448,7 +448,7 @@ fn names_the_line_and_column_of_every_workload_mistake() {
         expect![[r#"workload.csv:2: column nodes: "two" is not a whole number"#]],
     );
     check_workload(&format!("{gangs}0,60,0,1,1GiB,a,t,500,2\n"), expect!["workload.csv:2: column gpu_share: a gang's workers hold whole GPUs; a share of one GPU is for a single-node job (nodes 1)"]);
-    check_workload("", expect!["workload.csv:1: no header; the first line must name the columns: arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code,name"]);
+    check_workload("", expect!["workload.csv:1: no header; the first line must name the columns: arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code,fail_at_s,fails,retries,checkpoint_every_s,name"]);
     check_workload("arrival_s,arrival_s\n", expect![[r#"workload.csv:1: column "arrival_s" appears twice"#]]);
 }
 
@@ -529,6 +529,12 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 max_runtime_s: None,
                 outcome: None,
                 exit_code: None,
+                lifecycle: Lifecycle {
+                    fail_at_ms: None,
+                    fails: None,
+                    retries: 0,
+                    checkpoint_every_ms: None,
+                },
             },
             JobSpec {
                 line: 3,
@@ -556,6 +562,12 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 max_runtime_s: None,
                 outcome: None,
                 exit_code: None,
+                lifecycle: Lifecycle {
+                    fail_at_ms: None,
+                    fails: None,
+                    retries: 0,
+                    checkpoint_every_ms: None,
+                },
             },
             JobSpec {
                 line: 4,
@@ -580,6 +592,12 @@ fn reads_the_alibaba_trace_and_names_its_mistakes() {
                 max_runtime_s: None,
                 outcome: None,
                 exit_code: None,
+                lifecycle: Lifecycle {
+                    fail_at_ms: None,
+                    fails: None,
+                    retries: 0,
+                    checkpoint_every_ms: None,
+                },
             },
         ]
     "#]]
@@ -602,8 +620,8 @@ fn reads_the_columns_of_an_exported_history_and_names_their_mistakes() {
     check_workload(
         &format!("{header}0,60,1,2,4GiB,a,t,rack=r1|zone=b,onprem,yes,3600,failed,3\n5,1,0,1,1GiB,b,t,,,,,,\n"),
         expect![[r#"
-            JobSpec { line: 2, arrival_ms: 0, duration_ms: 60000, resources: Resources { cpu_millis: 2000, memory_bytes: 4294967296, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "a", name: "", team: "t", project: "", nodes: 1, selector: {"rack": "r1", "zone": "b"}, pool: Some("onprem"), image: true, max_runtime_s: Some(3600), outcome: Some(Failed), exit_code: Some(3) }
-            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 1000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "b", name: "", team: "t", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None }"#]],
+            JobSpec { line: 2, arrival_ms: 0, duration_ms: 60000, resources: Resources { cpu_millis: 2000, memory_bytes: 4294967296, gpus: 1 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "a", name: "", team: "t", project: "", nodes: 1, selector: {"rack": "r1", "zone": "b"}, pool: Some("onprem"), image: true, max_runtime_s: Some(3600), outcome: Some(Failed), exit_code: Some(3), lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }
+            JobSpec { line: 3, arrival_ms: 5000, duration_ms: 1000, resources: Resources { cpu_millis: 1000, memory_bytes: 1073741824, gpus: 0 }, gpu_share_milli: 0, gpu_models: [], priority: 0, user: "b", name: "", team: "t", project: "", nodes: 1, selector: {}, pool: None, image: false, max_runtime_s: None, outcome: None, exit_code: None, lifecycle: Lifecycle { fail_at_ms: None, fails: None, retries: 0, checkpoint_every_ms: None } }"#]],
     );
     check_workload(
         &format!("{header}0,60,1,2,4GiB,a,t,rack,,,,,\n"),

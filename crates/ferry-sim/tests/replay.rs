@@ -468,7 +468,7 @@ fn replay_json(seed: u64) -> String {
     let config =
         ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default(), predictions: Default::default() };
     let run = engine::replay(&cluster, &workload, &config).unwrap();
-    serde_json::to_string(&report::replay_report(&run, &cluster, None).unwrap()).unwrap()
+    serde_json::to_string(&report::replay_report(&run, &cluster, false, None).unwrap()).unwrap()
 }
 
 #[test]
@@ -634,7 +634,7 @@ mod random {
             prop_assume!(ferry_sim::workload::check_fits(&workload, &cluster).is_ok());
             let config = ReplayConfig { seed, preempt_grace_ms: 30_000, check: CheckConfig::default(), predictions: Default::default() };
             let run = engine::replay(&cluster, &workload, &config).map_err(|v| TestCaseError::fail(v.to_string()))?;
-            let report = report::replay_report(&run, &cluster, None).unwrap();
+            let report = report::replay_report(&run, &cluster, false, None).unwrap();
             prop_assert_eq!(report.completed, report.jobs);
         }
     }

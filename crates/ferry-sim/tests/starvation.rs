@@ -37,6 +37,7 @@ fn cluster() -> Cluster {
         gpu_placement: GpuPlacement::BestFit,
         queue_order: Default::default(),
         nodes: vec![node("n1", "A"), node("n2", "A"), node("n3", "B")],
+        failures: Default::default(),
     }
 }
 
@@ -60,6 +61,7 @@ fn job(line: u64, arrival_ms: u64, duration_ms: u64, gpus: u32, nodes: u32, mode
         max_runtime_s: None,
         outcome: None,
         exit_code: None,
+        lifecycle: Default::default(),
     }
 }
 
