@@ -216,7 +216,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
 
 impl Store {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(Tx(self.pool.begin().await?))
+        Ok(Tx(self.write().await?))
     }
 
     pub async fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
