@@ -210,7 +210,17 @@ pub fn keyed_answer(key: &SubmissionKey, keyed: &KeyedJob) -> Result<Submitted, 
     }
 }
 
-/// What the driver knows of an unfinished job; the full specification stays in the store.
+/// What the driver knows of a queued job: only what the core does not. The core holds its request (see
+/// `Scheduler::request`) and the store its full specification, so that a deep queue costs the driver a few bytes a job.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    attempt: u32,
+    retries: u32,
+    /// Attempts that preemption used; they do not count against the job's retries.
+    preemptions: u32,
+}
+
+/// What the driver knows of a placed job (starting, running or stopping); the full specification stays in the store.
 #[derive(Clone, Debug)]
 struct Active {
     /// What the scheduler core knows of the job.
@@ -267,17 +277,18 @@ impl Active {
         }
     }
 
-    fn from_new(id: u64, job: &NewJob, submitted_at_us: i64) -> Active {
+    /// A queued job that the core has just placed, with the request the core holds.
+    fn placed(queued: Queued, request: JobRequest) -> Active {
         Active {
-            request: core_request(id, job, submitted_at_us),
-            state: JobState::Queued,
-            attempt: 0,
-            retries: job.retries,
+            request,
+            state: JobState::Starting,
+            attempt: queued.attempt,
+            retries: queued.retries,
             node: None,
             workers: Vec::new(),
             cancel_requested: false,
             preempted: None,
-            preemptions: 0,
+            preemptions: queued.preemptions,
             started_at_us: None,
             native: None,
         }
@@ -370,7 +381,10 @@ pub struct Driver {
     /// The backend of each engine pool, by pool name; nodes of other pools are agents'.
     engines: HashMap<String, Arc<dyn ComputeBackend>>,
     signals: Arc<Signals>,
+    /// Unfinished jobs that are placed: starting, running or stopping. A job is here or in `queued`, never in both.
     jobs: HashMap<u64, Active>,
+    /// Unfinished jobs that wait in the queue.
+    queued: HashMap<u64, Queued>,
     nodes: HashMap<String, Liveness>,
     node_timeout: Duration,
     config: FileConfig,
@@ -409,6 +423,7 @@ impl Driver {
             engines,
             signals,
             jobs: HashMap::new(),
+            queued: HashMap::new(),
             nodes: HashMap::new(),
             node_timeout,
             config,
@@ -443,6 +458,7 @@ impl Driver {
         self.apply_quotas().await?;
         self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
         self.jobs.clear();
+        self.queued.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {
             if let Err(e) = self.sched.apply(Event::NodeUp(node_info(&record))) {
@@ -458,7 +474,17 @@ impl Driver {
         for record in self.store.unfinished_jobs().await? {
             let active = Active::from_record(&record);
             let adopted = match (&record.state, &record.node) {
-                (JobState::Queued, _) => self.sched.apply(Event::JobSubmitted(active.request(record.id))),
+                (JobState::Queued, _) => {
+                    if let Err(e) = self.sched.apply(Event::JobSubmitted(active.request(record.id))) {
+                        let message = format!("lost when the server restarted: {e}");
+                        tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
+                        continue;
+                    }
+                    let queued =
+                        Queued { attempt: active.attempt, retries: active.retries, preemptions: active.preemptions };
+                    self.queued.insert(record.id, queued);
+                    continue;
+                }
                 (_, Some(node)) => {
                     let allocation = Allocation {
                         node: node.clone(),
@@ -679,7 +705,10 @@ impl Driver {
             Command::ForgetJobs { before_us, limit, reply } => {
                 // The store deletes finished jobs only; the driver holds only unfinished ones.
                 let ids = tx.forget_finished_jobs(before_us, limit).await?;
-                debug_assert!(ids.iter().all(|id| !self.jobs.contains_key(id)), "an unfinished job was deleted");
+                debug_assert!(
+                    ids.iter().all(|id| !self.jobs.contains_key(id) && !self.queued.contains_key(id)),
+                    "an unfinished job was deleted"
+                );
                 fx.reply(reply, Ok(ids));
             }
         }
@@ -691,22 +720,16 @@ impl Driver {
             DriverMetrics { cycles: self.cycles, cycle_seconds_sum: self.cycle_seconds_sum, ..Default::default() };
         // Jobs of one shape and constraints can run in the same pools: each shape is looked up once.
         let mut pools_of: HashMap<String, Vec<String>> = HashMap::new();
+        for id in self.queued.keys() {
+            let Some(r) = self.sched.request(*id) else { continue };
+            let shape =
+                format!("{:?}/{}/{:?}/{:?}/{:?}", r.resources, r.gpu_share_milli, r.gpu_models, r.selector, r.pool);
+            let pools = pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
+            metrics.queued.push(QueuedMetrics { team: r.team.clone(), submitted_at_us: r.submitted_at_us, pools })
+        }
         for (id, job) in &self.jobs {
             let r = &job.request;
             match job.state {
-                JobState::Queued => {
-                    let shape = format!(
-                        "{:?}/{}/{:?}/{:?}/{:?}",
-                        r.resources, r.gpu_share_milli, r.gpu_models, r.selector, r.pool
-                    );
-                    let pools =
-                        pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
-                    metrics.queued.push(QueuedMetrics {
-                        team: r.team.clone(),
-                        submitted_at_us: r.submitted_at_us,
-                        pools,
-                    })
-                }
                 JobState::Starting | JobState::Running => {
                     for (node, run) in job.runs(*id) {
                         let gpu_ids = match job.workers.get(run.rank as usize) {
@@ -746,17 +769,17 @@ impl Driver {
                 return Ok(keyed_answer(key, &keyed));
             }
         }
-        let mut active = Active::from_new(0, &job, now);
-        if let Err(reason) = self.sched.check_feasible(&active.request) {
+        let mut request = core_request(0, &job, now);
+        if let Err(reason) = self.sched.check_feasible(&request) {
             return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
         let id = tx.insert_job(&job, now).await?;
         if let Some(key) = &key {
             tx.record_submission_key(key, id, now).await?;
         }
-        active.request.id = id;
-        self.sched.apply(Event::JobSubmitted(active.request(id))).expect("a fresh id is unknown to the core");
-        self.jobs.insert(id, active);
+        request.id = id;
+        self.sched.apply(Event::JobSubmitted(request)).expect("a fresh id is unknown to the core");
+        self.queued.insert(id, Queued { attempt: 0, retries: job.retries, preemptions: 0 });
         Ok(Ok(Submitted { id, again: false }))
     }
 
@@ -767,6 +790,14 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<Result<(), ApiError>, StoreError> {
+        if self.queued.contains_key(&id) {
+            let CancelStep::EndNow { reason } = lifecycle::on_cancel(false, false, by) else {
+                unreachable!("a job that never ran ends when it is cancelled")
+            };
+            tx.finished(id, JobState::Cancelled, None, None, &reason, self.clock.now_us()).await?;
+            self.end_job(id, fx);
+            return Ok(Ok(()));
+        }
         let Some(active) = self.jobs.get_mut(&id) else {
             return Ok(Err(match tx.job(id).await? {
                 Some(record) => ApiError::new(
@@ -795,6 +826,7 @@ impl Driver {
 
     fn end_job(&mut self, id: u64, fx: &mut Effects) {
         self.jobs.remove(&id);
+        self.queued.remove(&id);
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
         fx.finished.push(id);
     }
@@ -1087,17 +1119,10 @@ impl Driver {
     ) -> Result<(), StoreError> {
         tx.requeued(id, attempt, self.clock.now_us(), not_before_us, why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
-        let mut active = Active {
-            state: JobState::Queued,
-            attempt,
-            node: None,
-            workers: Vec::new(),
-            started_at_us: None,
-            ..job.clone()
-        };
-        active.request.not_before_us = not_before_us;
-        self.sched.apply(Event::JobSubmitted(active.request(id))).expect("an ended job may be queued again");
-        self.jobs.insert(id, active);
+        let request = JobRequest { not_before_us, ..job.request(id) };
+        self.sched.apply(Event::JobSubmitted(request)).expect("an ended job may be queued again");
+        self.jobs.remove(&id);
+        self.queued.insert(id, Queued { attempt, retries: job.retries, preemptions: job.preemptions });
         fx.changed.push(id);
         Ok(())
     }
@@ -1213,8 +1238,9 @@ impl Driver {
             format!("placed as a gang: {}; {cpus} CPUs each: {reason}", workers.join(", "))
         };
         tx.placed(job, &allocation.node, &allocation.gpus, self.clock.now_us(), &why).await?;
-        let active = self.jobs.get_mut(&job).expect("a started job is active");
-        active.state = JobState::Starting;
+        let queued = self.queued.remove(&job).expect("a started job was queued");
+        let request = self.sched.request(job).expect("the core holds the job it started").clone();
+        let active = self.jobs.entry(job).insert_entry(Active::placed(queued, request)).into_mut();
         active.node = Some(allocation.node.clone());
         if !allocation.peers.is_empty() {
             active.workers = allocation
