@@ -1648,4 +1648,31 @@ mod lifecycle_tests {
         d.apply_batch(Vec::new()).await;
         assert_eq!(state(&d, id).await, (JobState::Starting, 1));
     }
+
+    /// A queued job's request lives in the core alone: the driver keeps only its counters until it is placed, and
+    /// gets the request back from the core then (and for a requeue, from its placed record).
+    #[tokio::test]
+    async fn a_queued_job_is_held_once_and_placed_with_the_cores_request() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
+        assert_eq!(state(&d, id).await, (JobState::Queued, 0), "no node yet");
+        assert!(d.jobs.is_empty() && d.queued.contains_key(&id));
+        assert_eq!(d.sched.request(id).map(|r| r.user.as_str()), Some(job(1).owner.as_str()));
+
+        let node = node(&clock);
+        ask(&mut d, |reply| Command::Register { node, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Starting, 0));
+        assert!(d.queued.is_empty());
+        assert_eq!(d.jobs[&id].request, *d.sched.request(id).unwrap());
+
+        // A failed run requeues it: back to counters, with the attempt counted.
+        let reports = finished(0, 1, clock.now_us());
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1));
+        assert!(d.jobs.is_empty());
+        assert_eq!(d.queued[&id].attempt, 1);
+        ask(&mut d, |reply| Command::Cancel { id, by: "ana".into(), reply }).await.unwrap();
+        assert!(d.queued.is_empty() && d.sched.request(id).is_none());
+    }
 }
