@@ -325,15 +325,60 @@ struct Submitted {
     failed: usize,
     retries: u64,
     elapsed: Duration,
+    /// The rates of the first and the last tenth of the requests.
+    tenths: Tenths,
+}
+
+/// When each tenth of a run of `n` requests was done, to compare the rate at its start with the rate at its end (a
+/// server whose cost per request grows with what it holds slows down as the queue fills).
+struct Tenths {
+    n: usize,
+    began: Instant,
+    done: AtomicUsize,
+    /// The time since `began` when the i-th tenth completed (index 0 is the first tenth).
+    marks: std::sync::Mutex<[Option<Duration>; 10]>,
+}
+
+impl Tenths {
+    fn new(n: usize) -> Tenths {
+        Tenths { n, began: Instant::now(), done: AtomicUsize::new(0), marks: std::sync::Mutex::new([None; 10]) }
+    }
+
+    /// Counts one more request done (accepted or not).
+    fn tick(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        let tenth = self.n.div_ceil(10).max(1);
+        if done % tenth == 0 || done == self.n {
+            let index = (done.div_ceil(tenth) - 1).min(9);
+            let mut marks = self.marks.lock().expect("no holder panics");
+            marks[index].get_or_insert(self.began.elapsed());
+        }
+    }
+
+    /// Requests per second over the first and over the last tenth; `None` where too few requests ran to tell.
+    fn rates(&self) -> (Option<f64>, Option<f64>) {
+        let marks = *self.marks.lock().expect("no holder panics");
+        let tenth = self.n.div_ceil(10) as f64;
+        if self.n < 20 {
+            return (None, None);
+        }
+        let first = marks[0].map(|t| tenth / t.as_secs_f64().max(1e-9));
+        let last = match (marks[8], marks[9]) {
+            (Some(a), Some(b)) => Some((self.n as f64 - 9.0 * tenth) / (b - a).as_secs_f64().max(1e-9)),
+            _ => None,
+        };
+        (first, last)
+    }
 }
 
 /// Submits `n` copies of `job` with up to `concurrency` requests in flight.
 async fn submit_many(client: &Client, job: &SubmitJob, n: usize, concurrency: usize, quiet: bool) -> Submitted {
     let next = Arc::new(AtomicUsize::new(0));
     let began = Instant::now();
+    let tenths = Arc::new(Tenths::new(n));
     let mut workers = JoinSet::new();
     for _ in 0..concurrency.clamp(1, n.max(1)) {
-        let (client, job, next) = (client.clone(), job.clone(), next.clone());
+        let (client, job, next, tenths) = (client.clone(), job.clone(), next.clone(), tenths.clone());
         workers.spawn(async move {
             let (mut ids, mut failed, mut retries, mut first_error) = (Vec::new(), 0usize, 0u64, None);
             loop {
@@ -344,7 +389,9 @@ async fn submit_many(client: &Client, job: &SubmitJob, n: usize, concurrency: us
                 if !quiet && i > 0 && i % 10_000 == 0 {
                     eprintln!("submitted {i}/{n}");
                 }
-                match submit(&client, &job).await {
+                let submitted = submit(&client, &job).await;
+                tenths.tick();
+                match submitted {
                     Ok((id, r)) => {
                         ids.push(id);
                         retries += u64::from(r);
@@ -358,7 +405,13 @@ async fn submit_many(client: &Client, job: &SubmitJob, n: usize, concurrency: us
             (ids, failed, retries, first_error)
         });
     }
-    let mut out = Submitted { ids: Vec::with_capacity(n), failed: 0, retries: 0, elapsed: Duration::ZERO };
+    let mut out = Submitted {
+        ids: Vec::with_capacity(n),
+        failed: 0,
+        retries: 0,
+        elapsed: Duration::ZERO,
+        tenths: Tenths::new(n),
+    };
     while let Some(joined) = workers.join_next().await {
         let (ids, failed, retries, first_error) = joined.expect("a submit worker panicked");
         out.ids.extend(ids);
@@ -370,6 +423,7 @@ async fn submit_many(client: &Client, job: &SubmitJob, n: usize, concurrency: us
     }
     out.elapsed = began.elapsed();
     out.ids.sort_unstable();
+    out.tenths = Arc::into_inner(tenths).expect("every worker has ended");
     out
 }
 
@@ -540,17 +594,21 @@ async fn queue_memory(args: QueueMemoryArgs) -> Result<usize> {
 
     // 3. Clean up: the queued jobs first (else each would run alone on the node), then the blockers.
     let mut cancel_s = None;
+    let mut cancel_rates = (None, None);
     if !args.no_cleanup {
         let began = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
         let ids = Arc::new(submitted.ids.clone());
+        let tenths = Arc::new(Tenths::new(ids.len()));
         let mut workers = JoinSet::new();
         for _ in 0..args.concurrency.clamp(1, ids.len().max(1)) {
-            let (client, ids, next) = (client.clone(), ids.clone(), next.clone());
+            let (client, ids, next, tenths) = (client.clone(), ids.clone(), next.clone(), tenths.clone());
             workers.spawn(async move {
                 let mut errors = 0usize;
                 while let Some(&id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    if let Err(e) = client.cancel(id).await {
+                    let cancelled = client.cancel(id).await;
+                    tenths.tick();
+                    if let Err(e) = cancelled {
                         if e.code() != Some(ErrorCode::Conflict) {
                             errors += 1;
                         }
@@ -564,6 +622,7 @@ async fn queue_memory(args: QueueMemoryArgs) -> Result<usize> {
             errors += joined.expect("a cancel worker panicked");
         }
         cancel_s = Some(began.elapsed().as_secs_f64());
+        cancel_rates = tenths.rates();
         for &id in &blockers {
             client.cancel(id).await.with_context(|| format!("cancelling the blocker job {id}"))?;
         }
@@ -573,16 +632,24 @@ async fn queue_memory(args: QueueMemoryArgs) -> Result<usize> {
     }
 
     let submit_s = submitted.elapsed.as_secs_f64();
+    let submit_rates = submitted.tenths.rates();
+    let per_s = |rate: Option<f64>| rate.map_or("-".to_string(), |r| format!("{r:.0}/s"));
     let mut table = vec![
         format!("queue memory: {queued} jobs queued behind {} blocker(s)", blockers.len()),
         format!("  submit all            {submit_s:>9.3} s   ({:.0} submissions/s)", queued as f64 / submit_s),
+        format!("  submit rate           first 10% {}, last 10% {}", per_s(submit_rates.0), per_s(submit_rates.1)),
         format!("  server RSS before     {:>12}", bytes(rss_before)),
         format!("  server RSS queued     {:>12}", bytes(rss)),
         format!("  server RSS peak       {:>12}   (VmHWM)", bytes(hwm)),
         format!("  per queued job        {:>12}", bytes(per_job)),
     ];
     if let Some(s) = cancel_s {
-        table.push(format!("  cancel all            {s:>9.3} s"));
+        table.push(format!("  cancel all            {s:>9.3} s   ({:.0} cancellations/s)", queued as f64 / s));
+        table.push(format!(
+            "  cancel rate           first 10% {}, last 10% {}",
+            per_s(cancel_rates.0),
+            per_s(cancel_rates.1)
+        ));
     }
     let failed = submitted.failed + not_queued;
     if failed > 0 {
@@ -599,6 +666,10 @@ async fn queue_memory(args: QueueMemoryArgs) -> Result<usize> {
         "hwm_bytes": hwm,
         "bytes_per_queued_job": per_job,
         "cancel_s": cancel_s.map(round3),
+        "submit_first_tenth_per_s": submit_rates.0.map(round3),
+        "submit_last_tenth_per_s": submit_rates.1.map(round3),
+        "cancel_first_tenth_per_s": cancel_rates.0.map(round3),
+        "cancel_last_tenth_per_s": cancel_rates.1.map(round3),
     });
     args.common.report(&table.join("\n"), line);
     Ok(failed)

@@ -589,6 +589,12 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// What a queued or running job asked for. The core holds the one copy of a queued job's request, so that its
+    /// driver need not keep another.
+    pub fn request(&self, job: JobId) -> Option<&JobRequest> {
+        self.pending.get(&job).or_else(|| self.running.get(&job).map(|r| &r.request))
+    }
+
     pub fn allocation(&self, job: JobId) -> Option<&Allocation> {
         self.running.get(&job).map(|r| &r.allocation)
     }

@@ -210,7 +210,19 @@ pub fn keyed_answer(key: &SubmissionKey, keyed: &KeyedJob) -> Result<Submitted, 
     }
 }
 
-/// What the driver knows of an unfinished job; the full specification stays in the store.
+/// What the driver knows of a queued job: only what the core does not. The core holds its request (see
+/// `Scheduler::request`) and the store its full specification, so that a deep queue costs the driver a few bytes a job.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    /// The job's prediction keys (`crate::predictions::keys`).
+    kind: (u64, u64),
+    attempt: u32,
+    retries: u32,
+    /// Attempts that preemption used; they do not count against the job's retries.
+    preemptions: u32,
+}
+
+/// What the driver knows of a placed job (starting, running or stopping); the full specification stays in the store.
 #[derive(Clone, Debug)]
 struct Active {
     /// What the scheduler core knows of the job.
@@ -274,18 +286,19 @@ impl Active {
         }
     }
 
-    fn from_new(id: u64, job: &NewJob, submitted_at_us: i64) -> Active {
+    /// A queued job that the core has just placed, with the request the core holds.
+    fn placed(queued: Queued, request: JobRequest) -> Active {
         Active {
-            request: core_request(id, job, submitted_at_us),
-            kind: crate::predictions::keys(job),
-            state: JobState::Queued,
-            attempt: 0,
-            retries: job.retries,
+            request,
+            kind: queued.kind,
+            state: JobState::Starting,
+            attempt: queued.attempt,
+            retries: queued.retries,
             node: None,
             workers: Vec::new(),
             cancel_requested: false,
             preempted: None,
-            preemptions: 0,
+            preemptions: queued.preemptions,
             started_at_us: None,
             native: None,
         }
@@ -378,7 +391,10 @@ pub struct Driver {
     /// The backend of each engine pool, by pool name; nodes of other pools are agents'.
     engines: HashMap<String, Arc<dyn ComputeBackend>>,
     signals: Arc<Signals>,
+    /// Unfinished jobs that are placed: starting, running or stopping. A job is here or in `queued`, never in both.
     jobs: HashMap<u64, Active>,
+    /// Unfinished jobs that wait in the queue.
+    queued: HashMap<u64, Queued>,
     nodes: HashMap<String, Liveness>,
     node_timeout: Duration,
     config: FileConfig,
@@ -419,6 +435,7 @@ impl Driver {
             engines,
             signals,
             jobs: HashMap::new(),
+            queued: HashMap::new(),
             nodes: HashMap::new(),
             node_timeout,
             config,
@@ -457,6 +474,7 @@ impl Driver {
         let order = Event::QueueOrderConfigured(self.config.queue_order.clone());
         self.sched.apply(order).expect("configuring never fails");
         self.jobs.clear();
+        self.queued.clear();
         self.nodes.clear();
         for record in self.store.nodes().await? {
             if let Err(e) = self.sched.apply(Event::NodeUp(node_info(&record))) {
@@ -472,7 +490,21 @@ impl Driver {
         for record in self.store.unfinished_jobs().await? {
             let active = Active::from_record(&record);
             let adopted = match (&record.state, &record.node) {
-                (JobState::Queued, _) => self.sched.apply(Event::JobSubmitted(active.request(record.id))),
+                (JobState::Queued, _) => {
+                    if let Err(e) = self.sched.apply(Event::JobSubmitted(active.request(record.id))) {
+                        let message = format!("lost when the server restarted: {e}");
+                        tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
+                        continue;
+                    }
+                    let queued = Queued {
+                        kind: active.kind,
+                        attempt: active.attempt,
+                        retries: active.retries,
+                        preemptions: active.preemptions,
+                    };
+                    self.queued.insert(record.id, queued);
+                    continue;
+                }
                 (_, Some(node)) => {
                     let allocation = Allocation {
                         node: node.clone(),
@@ -693,7 +725,10 @@ impl Driver {
             Command::ForgetJobs { before_us, limit, reply } => {
                 // The store deletes finished jobs only; the driver holds only unfinished ones.
                 let ids = tx.forget_finished_jobs(before_us, limit).await?;
-                debug_assert!(ids.iter().all(|id| !self.jobs.contains_key(id)), "an unfinished job was deleted");
+                debug_assert!(
+                    ids.iter().all(|id| !self.jobs.contains_key(id) && !self.queued.contains_key(id)),
+                    "an unfinished job was deleted"
+                );
                 fx.reply(reply, Ok(ids));
             }
         }
@@ -705,22 +740,16 @@ impl Driver {
             DriverMetrics { cycles: self.cycles, cycle_seconds_sum: self.cycle_seconds_sum, ..Default::default() };
         // Jobs of one shape and constraints can run in the same pools: each shape is looked up once.
         let mut pools_of: HashMap<String, Vec<String>> = HashMap::new();
+        for id in self.queued.keys() {
+            let Some(r) = self.sched.request(*id) else { continue };
+            let shape =
+                format!("{:?}/{}/{:?}/{:?}/{:?}", r.resources, r.gpu_share_milli, r.gpu_models, r.selector, r.pool);
+            let pools = pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
+            metrics.queued.push(QueuedMetrics { team: r.team.clone(), submitted_at_us: r.submitted_at_us, pools })
+        }
         for (id, job) in &self.jobs {
             let r = &job.request;
             match job.state {
-                JobState::Queued => {
-                    let shape = format!(
-                        "{:?}/{}/{:?}/{:?}/{:?}",
-                        r.resources, r.gpu_share_milli, r.gpu_models, r.selector, r.pool
-                    );
-                    let pools =
-                        pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
-                    metrics.queued.push(QueuedMetrics {
-                        team: r.team.clone(),
-                        submitted_at_us: r.submitted_at_us,
-                        pools,
-                    })
-                }
                 JobState::Starting | JobState::Running => {
                     for (node, run) in job.runs(*id) {
                         let gpu_ids = match job.workers.get(run.rank as usize) {
@@ -760,21 +789,21 @@ impl Driver {
                 return Ok(keyed_answer(key, &keyed));
             }
         }
-        let mut active = Active::from_new(0, &job, now);
-        if let Err(reason) = self.sched.check_feasible(&active.request) {
+        let mut request = core_request(0, &job, now);
+        if let Err(reason) = self.sched.check_feasible(&request) {
             return Ok(Err(ApiError::new(ErrorCode::Unsatisfiable, format!("{reason}; {}", fix_for(&reason)))));
         }
         let id = tx.insert_job(&job, now).await?;
-        let (kind_key, name_key) = active.kind;
-        let prediction = self.predictor.predict_keys(kind_key, name_key);
-        tx.set_prediction(id, kind_key, name_key, prediction.as_ref()).await?;
-        active.request.expected_runtime_s = prediction.map(|p| p.runtime_s);
+        let kind = crate::predictions::keys(&job);
+        let prediction = self.predictor.predict_keys(kind.0, kind.1);
+        tx.set_prediction(id, kind.0, kind.1, prediction.as_ref()).await?;
+        request.expected_runtime_s = prediction.map(|p| p.runtime_s);
         if let Some(key) = &key {
             tx.record_submission_key(key, id, now).await?;
         }
-        active.request.id = id;
-        self.sched.apply(Event::JobSubmitted(active.request(id))).expect("a fresh id is unknown to the core");
-        self.jobs.insert(id, active);
+        request.id = id;
+        self.sched.apply(Event::JobSubmitted(request)).expect("a fresh id is unknown to the core");
+        self.queued.insert(id, Queued { kind, attempt: 0, retries: job.retries, preemptions: 0 });
         Ok(Ok(Submitted { id, again: false }))
     }
 
@@ -785,6 +814,14 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<Result<(), ApiError>, StoreError> {
+        if self.queued.contains_key(&id) {
+            let CancelStep::EndNow { reason } = lifecycle::on_cancel(false, false, by) else {
+                unreachable!("a job that never ran ends when it is cancelled")
+            };
+            tx.finished(id, JobState::Cancelled, None, None, &reason, self.clock.now_us()).await?;
+            self.end_job(id, fx);
+            return Ok(Ok(()));
+        }
         let Some(active) = self.jobs.get_mut(&id) else {
             return Ok(Err(match tx.job(id).await? {
                 Some(record) => ApiError::new(
@@ -813,6 +850,7 @@ impl Driver {
 
     fn end_job(&mut self, id: u64, fx: &mut Effects) {
         self.jobs.remove(&id);
+        self.queued.remove(&id);
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
         fx.finished.push(id);
     }
@@ -1114,17 +1152,10 @@ impl Driver {
     ) -> Result<(), StoreError> {
         tx.requeued(id, attempt, self.clock.now_us(), not_before_us, why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
-        let mut active = Active {
-            state: JobState::Queued,
-            attempt,
-            node: None,
-            workers: Vec::new(),
-            started_at_us: None,
-            ..job.clone()
-        };
-        active.request.not_before_us = not_before_us;
-        self.sched.apply(Event::JobSubmitted(active.request(id))).expect("an ended job may be queued again");
-        self.jobs.insert(id, active);
+        let request = JobRequest { not_before_us, ..job.request(id) };
+        self.sched.apply(Event::JobSubmitted(request)).expect("an ended job may be queued again");
+        self.jobs.remove(&id);
+        self.queued.insert(id, Queued { kind: job.kind, attempt, retries: job.retries, preemptions: job.preemptions });
         fx.changed.push(id);
         Ok(())
     }
@@ -1240,8 +1271,9 @@ impl Driver {
             format!("placed as a gang: {}; {cpus} CPUs each: {reason}", workers.join(", "))
         };
         tx.placed(job, &allocation.node, &allocation.gpus, self.clock.now_us(), &why).await?;
-        let active = self.jobs.get_mut(&job).expect("a started job is active");
-        active.state = JobState::Starting;
+        let queued = self.queued.remove(&job).expect("a started job was queued");
+        let request = self.sched.request(job).expect("the core holds the job it started").clone();
+        let active = self.jobs.entry(job).insert_entry(Active::placed(queued, request)).into_mut();
         active.node = Some(allocation.node.clone());
         if !allocation.peers.is_empty() {
             active.workers = allocation
@@ -1648,5 +1680,32 @@ mod lifecycle_tests {
         clock.advance_s(1);
         d.apply_batch(Vec::new()).await;
         assert_eq!(state(&d, id).await, (JobState::Starting, 1));
+    }
+
+    /// A queued job's request lives in the core alone: the driver keeps only its counters until it is placed, and
+    /// gets the request back from the core then (and for a requeue, from its placed record).
+    #[tokio::test]
+    async fn a_queued_job_is_held_once_and_placed_with_the_cores_request() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
+        assert_eq!(state(&d, id).await, (JobState::Queued, 0), "no node yet");
+        assert!(d.jobs.is_empty() && d.queued.contains_key(&id));
+        assert_eq!(d.sched.request(id).map(|r| r.user.as_str()), Some(job(1).owner.as_str()));
+
+        let node = node(&clock);
+        ask(&mut d, |reply| Command::Register { node, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Starting, 0));
+        assert!(d.queued.is_empty());
+        assert_eq!(d.jobs[&id].request, *d.sched.request(id).unwrap());
+
+        // A failed run requeues it: back to counters, with the attempt counted.
+        let reports = finished(0, 1, clock.now_us());
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1));
+        assert!(d.jobs.is_empty());
+        assert_eq!(d.queued[&id].attempt, 1);
+        ask(&mut d, |reply| Command::Cancel { id, by: "ana".into(), reply }).await.unwrap();
+        assert!(d.queued.is_empty() && d.sched.request(id).is_none());
     }
 }

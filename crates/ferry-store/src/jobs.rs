@@ -240,7 +240,7 @@ fn basis_name(basis: Basis) -> &'static str {
 
 impl Store {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(Tx(self.pool.begin().await?))
+        Ok(Tx(self.write().await?))
     }
 
     pub async fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {

@@ -161,6 +161,17 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Begins a transaction that writes, holding SQLite's write lock from its first statement (`BEGIN IMMEDIATE`).
+    ///
+    /// A plain (deferred) transaction that reads before it writes has to upgrade its read lock, and in WAL mode an
+    /// upgrade fails at once with `SQLITE_BUSY` (no busy timeout applies) when another connection wrote in between.
+    /// The driver's batches read first, and runs are written beside them by request handlers, so under load every
+    /// such collision failed a whole batch and made the driver rebuild the scheduler from the store, work
+    /// proportional to the queue. Taking the lock up front makes a writer wait its turn (`BUSY_TIMEOUT`) instead.
+    pub(crate) async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 /// Whether a connection coming back to the pool is idle as a pooled connection must be: outside any transaction and
@@ -205,4 +216,31 @@ fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The driver's batch reads, then writes; a handler's write landing in between (here, an experiment made on
+    /// another connection) must wait for the batch instead of failing it with `SQLITE_BUSY`.
+    #[tokio::test]
+    async fn a_batch_that_reads_first_is_not_failed_by_a_write_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.job(1).await.unwrap().is_none());
+        let other = store.clone();
+        let beside = tokio::spawn(async move {
+            other.create_experiment("beside", None, &[], Ownership::default(), 1).await.unwrap().unwrap()
+        });
+        // Long enough for the write beside to commit, were it allowed to before the batch ends.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.set_node_ready("n", true).await.expect("the batch writes after its read");
+        tx.commit().await.unwrap();
+        let id = beside.await.unwrap();
+        assert_eq!(store.experiment(id).await.unwrap().unwrap().name, "beside");
+    }
 }

@@ -73,7 +73,7 @@ impl Store {
 
     /// Records a new model with its first tags and params.
     pub async fn create_logged_model(&self, model: &LoggedModelRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO tracking_logged_models (id, experiment_id, name, artifact_uri, status, status_message, \
              model_type, source_run_id, lifecycle_stage, created_at_ms, updated_at_ms) \
@@ -179,7 +179,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let table = if params { "tracking_logged_model_params" } else { "tracking_logged_model_tags" };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for (key, value) in pairs {
             upsert(&mut tx, table, id, key, value).await?;
         }
@@ -209,7 +209,7 @@ impl Store {
         direction: RunModelDirection,
         models: &[(String, i64)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for (model_id, step) in models {
             sqlx::query(
                 "INSERT INTO tracking_run_models (run_id, model_id, direction, step) VALUES (?, ?, ?, ?) \

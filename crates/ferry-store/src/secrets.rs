@@ -83,7 +83,7 @@ impl Store {
         now_us: i64,
         by: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let existed: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM secrets WHERE scope = ? AND owner = ? AND name = ?")
                 .bind(owner.scope)

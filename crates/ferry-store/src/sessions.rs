@@ -189,7 +189,7 @@ impl Store {
         granted: &[(String, String)],
     ) -> Result<bool, StoreError> {
         let mut changed = 0;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let current = sqlx::query("SELECT team, granted_by FROM team_members WHERE user_id = ?")
             .bind(user_id)
             .fetch_all(&mut *tx)

@@ -96,7 +96,7 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         // The transaction writes first, so it holds SQLite's write lock from its start and never has to upgrade a
         // read (which fails at once when another writer got in between).
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO tracking_experiments (id, name, artifact_location, lifecycle_stage, created_at_ms, updated_at_ms, \
              owner, team) SELECT COALESCE(MAX(id), 0) + 1, ?, '', 'active', ?, ?, ?, ? FROM tracking_experiments \
@@ -198,7 +198,7 @@ impl Store {
     }
 
     pub async fn set_experiment_tag(&self, id: i64, key: &str, value: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         upsert_experiment_tag(&mut tx, id, key, value).await?;
         tx.commit().await?;
         Ok(())
@@ -206,7 +206,7 @@ impl Store {
 
     /// Records a new run with its first tags.
     pub async fn create_run(&self, run: &RunRecord, tags: &[(String, String)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO tracking_runs (id, experiment_id, name, user_id, status, start_time_ms, end_time_ms, \
              artifact_uri, lifecycle_stage, owner, team, project) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -300,7 +300,7 @@ impl Store {
         end_time_ms: Option<i64>,
         name: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE tracking_runs SET status = COALESCE(?, status), end_time_ms = COALESCE(?, end_time_ms), \
              name = COALESCE(?, name) WHERE id = ?",
@@ -337,7 +337,7 @@ impl Store {
         params: &[(String, String)],
         tags: &[(String, String)],
     ) -> Result<Result<(), ParamConflict>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         // A write first takes SQLite's write lock, so the reads of params below never need an upgrade that a
         // concurrent logger could make fail.
         sqlx::query("UPDATE tracking_runs SET id = id WHERE id = ?").bind(run_id).execute(&mut *tx).await?;
