@@ -190,7 +190,7 @@ mod random {
     /// Two to five nodes of two GPUs, two teams with quotas and borrowing limits, at most one listed failure per node,
     /// and maybe a failure rate.
     fn cluster() -> impl Strategy<Value = String> {
-        let failure = prop::option::of((0u32..1200, 1u32..900));
+        let failure = prop::option::of((1u32..1200, 1u32..900));
         let rate = prop::option::of((1u32..=100, 1u32..=30));
         (prop::collection::vec(failure, 2..=5), rate).prop_map(|(nodes, rate)| {
             let mut text = String::new();
