@@ -109,6 +109,9 @@ pub struct HistoryNode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryJob {
     pub id: u64,
+    /// The job's name (`ferry run --name`, a sweep's), which the simulator's runtime predictions match on.
+    #[serde(default)]
+    pub name: Option<String>,
     pub owner: String,
     pub team: Option<String>,
     pub project: Option<String>,

@@ -1,5 +1,5 @@
 //! Jobs as history, for the simulator (`GET /api/v1/history/jobs`): only what scheduling saw of each job (resources,
-//! constraints, owner, times and outcome), never its command, environment, code or output, read a page at a time in
+//! constraints, owner and name, times and outcome), never its command, environment, code or output, read a page at a time in
 //! id order (submission order, since the driver is the only writer).
 
 use ferry_api::history::HistoryJob;
@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use crate::{from_json, Store, StoreError};
 
-const HISTORY_COLUMNS: &str = "id, owner, team, project, state, exit_code, signal, submitted_at_us, started_at_us, \
+const HISTORY_COLUMNS: &str = "id, name, owner, team, project, state, exit_code, signal, submitted_at_us, started_at_us, \
      finished_at_us, attempt, cpu_millis, memory_bytes, gpus, gpu_share_milli, gpu_types, selector, nodes, priority, \
      pool, image IS NOT NULL AS has_image, max_runtime_s";
 
@@ -18,6 +18,7 @@ fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
     let state: String = row.get("state");
     Ok(HistoryJob {
         id: row.get::<i64, _>("id") as u64,
+        name: row.get("name"),
         owner: row.get("owner"),
         team: row.get("team"),
         project: row.get("project"),

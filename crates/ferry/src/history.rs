@@ -34,7 +34,7 @@ pub const JOBS_FILE: &str = "jobs.csv";
 pub const NO_TEAM: &str = "(none)";
 /// The workload's header: the simulator's columns, every optional one included.
 pub const JOBS_HEADER: &str = "arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,\
-                               project,selector,pool,image,max_runtime_s,outcome,exit_code";
+                               project,selector,pool,image,max_runtime_s,outcome,exit_code,name";
 
 #[derive(Args)]
 pub struct HistoryArgs {
@@ -455,7 +455,7 @@ impl JobRows {
         let mut line = String::new();
         let _ = writeln!(
             line,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             seconds(arrival_ms),
             seconds(duration_ms),
             job.gpus,
@@ -474,6 +474,7 @@ impl JobRows {
             job.max_runtime_s.map(|s| s.to_string()).unwrap_or_default(),
             outcome,
             job.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            field(job.name.as_deref().unwrap_or("")),
         );
         line
     }
@@ -509,6 +510,7 @@ mod tests {
     fn job(id: u64, state: JobState, submitted_s: i64, started_s: Option<i64>, finished_s: Option<i64>) -> HistoryJob {
         HistoryJob {
             id,
+            name: Some("train".into()),
             owner: "alice".into(),
             team: Some("vision".into()),
             project: None,
@@ -682,12 +684,12 @@ mod tests {
         let text: String = [ok, failed, queued_cancel, gang, share, waiting].iter().map(|j| rows.row(j, now)).collect();
         let file = format!("{JOBS_HEADER}\n{text}");
         expect_test::expect![[r#"
-            arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code
-            0,60,0,2,4GiB,alice,vision,,,0,1,,,,,,succeeded,0
-            10,1,2,2,4GiB,alice,vision,A100|H100,,100,1,detect,rack=r1,onprem,yes,3600,failed,3
+            arrival_s,duration_s,gpus,cpus,memory,user,team,gpu_type,gpu_share,priority,nodes,project,selector,pool,image,max_runtime_s,outcome,exit_code,name
+            0,60,0,2,4GiB,alice,vision,,,0,1,,,,,,succeeded,0,train
+            10,1,2,2,4GiB,alice,vision,A100|H100,,100,1,detect,rack=r1,onprem,yes,3600,failed,3,train
             # job 3 (cancelled) left out: ended before it ever ran
-            30,0.001,1,2,4GiB,alice,(none),,,0,2,,,,,,cancelled,
-            40,59.001,0,500m,4GiB,alice,vision,,250,0,1,,,,,,,
+            30,0.001,1,2,4GiB,alice,(none),,,0,2,,,,,,cancelled,,train
+            40,59.001,0,500m,4GiB,alice,vision,,250,0,1,,,,,,,,train
             # job 6 (queued) left out: still waiting at export
         "#]]
         .assert_eq(&file);
@@ -700,6 +702,7 @@ mod tests {
         assert_eq!(failed.selector.get("rack").map(String::as_str), Some("r1"));
         assert_eq!((failed.pool.as_deref(), failed.image, failed.max_runtime_s), (Some("onprem"), true, Some(3600)));
         assert_eq!(failed.gpu_models, ["A100", "H100"]);
+        assert_eq!(failed.name, "train", "the name carries to the replay's runtime predictions");
         assert_eq!((read.jobs[2].nodes, read.jobs[2].outcome), (2, Some(Outcome::Cancelled)));
         assert_eq!((read.jobs[3].gpu_share_milli, read.jobs[3].outcome), (250, None));
     }
