@@ -103,6 +103,19 @@ pub enum Basis {
 }
 
 impl Basis {
+    /// The name the store and the API write: `same_kind` or `same_name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Basis::SameKind => "same_kind",
+            Basis::SameName => "same_name",
+        }
+    }
+
+    /// Reads `name`'s answer back.
+    pub fn from_name(name: &str) -> Option<Basis> {
+        [Basis::SameKind, Basis::SameName].into_iter().find(|b| b.name() == name)
+    }
+
     /// How the CLI words it: "of 12 earlier runs *of the same command and resources*".
     pub fn describe(self) -> &'static str {
         match self {

@@ -9,7 +9,8 @@ use sqlx::Row;
 
 use crate::{from_json, Store, StoreError};
 
-const HISTORY_COLUMNS: &str = "id, name, owner, team, project, state, exit_code, signal, submitted_at_us, started_at_us, \
+const HISTORY_COLUMNS: &str =
+    "id, name, owner, team, project, state, exit_code, signal, submitted_at_us, started_at_us, \
      finished_at_us, attempt, cpu_millis, memory_bytes, gpus, gpu_share_milli, gpu_types, selector, nodes, priority, \
      pool, image IS NOT NULL AS has_image, max_runtime_s";
 

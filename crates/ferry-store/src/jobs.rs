@@ -222,20 +222,9 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
 /// A stored prediction; one whose basis this release does not know reads as none.
 fn prediction_from_row(row: &SqliteRow) -> Option<Prediction> {
     let runtime_s = row.get::<Option<i64>, _>("predicted_s")?;
-    let basis = match row.get::<Option<String>, _>("predicted_basis")?.as_str() {
-        "same_kind" => Basis::SameKind,
-        "same_name" => Basis::SameName,
-        _ => return None,
-    };
+    let basis = Basis::from_name(&row.get::<Option<String>, _>("predicted_basis")?)?;
     let samples = row.get::<Option<i64>, _>("predicted_samples").unwrap_or(0);
     Some(Prediction { runtime_s: runtime_s.max(0) as u64, samples: samples.clamp(0, u32::MAX as i64) as u32, basis })
-}
-
-fn basis_name(basis: Basis) -> &'static str {
-    match basis {
-        Basis::SameKind => "same_kind",
-        Basis::SameName => "same_name",
-    }
 }
 
 impl Store {
@@ -498,7 +487,7 @@ impl Tx {
         .bind(name_key as i64)
         .bind(prediction.map(|p| p.runtime_s.min(i64::MAX as u64) as i64))
         .bind(prediction.map(|p| i64::from(p.samples)))
-        .bind(prediction.map(|p| basis_name(p.basis)))
+        .bind(prediction.map(|p| p.basis.name()))
         .bind(id as i64)
         .execute(&mut *self.0)
         .await?;

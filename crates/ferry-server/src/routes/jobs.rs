@@ -520,11 +520,7 @@ async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: O
     let predicted_runtime = r.prediction.map(|p| PredictedRuntime {
         runtime_s: p.runtime_s,
         samples: p.samples,
-        basis: match p.basis {
-            ferry_core::predict::Basis::SameKind => "same_kind",
-            ferry_core::predict::Basis::SameName => "same_name",
-        }
-        .to_string(),
+        basis: p.basis.name().to_string(),
     });
     let mut env = r.spec.env;
     if !caller.sees_env(&r.spec.owner, r.spec.team.as_deref()) {
