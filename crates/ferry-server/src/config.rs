@@ -5,7 +5,7 @@
 //! gpu_placement = "fgd"           # or "best-fit" (the default): how GPU jobs choose among fitting nodes
 //! queue_order = "shortest-first"  # or "fair-share" (the default), "fifo", "least-attained": the order within a
 //!                                 # priority; shortest-first uses runtimes predicted from each job's history
-//! queue_aging = "3d"              # shortest-first and least-attained: a job waiting this long goes before all
+//! queue_aging = "1d"              # shortest-first and least-attained: a job waiting this long goes before all
 //!                                 # that have not ("off": never); see ferry-core's `order` for the trade
 //! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
 //!                                 # agent's job gets the agent's own server address, an engine's the listen address

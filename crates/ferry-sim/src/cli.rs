@@ -95,7 +95,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "ORDER")]
     pub queue_order: Option<String>,
     /// The aging bound of shortest-first and least-attained: a job that has waited this long goes before every job
-    /// that has not (`off` turns aging off) [default: the cluster file's queue_aging, else 3d].
+    /// that has not (`off` turns aging off) [default: the cluster file's queue_aging, else 1d].
     #[arg(long, value_name = "DURATION", value_parser = aging_ms)]
     pub queue_aging: Option<u64>,
     /// Replay the same workload also in plain FIFO order and in clairvoyant shortest-job-first order (true

@@ -307,7 +307,7 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
     Ok(Cluster { pools, teams, projects, fair_share_half_life_s, gpu_placement, queue_order, nodes, failures })
 }
 
-/// `queue_order = "shortest-first"` and `queue_aging = "3d"` (or `"off"`), as the server's configuration writes them.
+/// `queue_order = "shortest-first"` and `queue_aging = "1d"` (or `"off"`), as the server's configuration writes them.
 fn queue_order(
     src: &Source<'_>,
     name: &Option<Spanned<String>>,

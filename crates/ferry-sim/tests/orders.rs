@@ -34,14 +34,14 @@ fn replay(cluster: &Cluster, order: QueueOrder, predictions: Predictions, spec: 
 #[test]
 fn shortest_first_on_learned_predictions_comes_close_to_clairvoyant_sjf_at_high_load() {
     // A trace-shaped workload at 4x load: thousands of jobs wait at the daily peaks.
-    let spec = SynthSpec { jobs: 3_000, nodes: 16, load: 4.0, seed: 3 };
+    let spec = SynthSpec { jobs: 6_000, nodes: 40, load: 4.0, seed: 3 };
     let cluster = synth::cluster(&spec);
     let fifo = replay(&cluster, QueueOrder::Fifo, Predictions::Learned, &spec);
     let learned = replay(&cluster, QueueOrder::shortest_first(), Predictions::Learned, &spec);
     let clairvoyant = QueueOrder::ShortestFirst { aging_s: 0, unknown_runtime_s: 3600 };
     let sjf = replay(&cluster, clairvoyant, Predictions::Clairvoyant, &spec);
     let mean = |r: &RunReport| r.job_completion.avg_s;
-    assert_eq!((learned.completed, fifo.completed, sjf.completed), (3_000, 3_000, 3_000));
+    assert_eq!((learned.completed, fifo.completed, sjf.completed), (6_000, 6_000, 6_000));
     assert!(
         mean(&learned) <= 1.3 * mean(&sjf),
         "shortest-first {}s against clairvoyant {}s",
@@ -51,10 +51,12 @@ fn shortest_first_on_learned_predictions_comes_close_to_clairvoyant_sjf_at_high_
     assert!(mean(&learned) * 2.0 < mean(&fifo), "shortest-first {}s against FIFO {}s", mean(&learned), mean(&fifo));
     // Predictions come from the replay's own completed runs: most jobs recur, the first of each kind has none.
     let p = learned.predictions;
-    assert!(p.jobs_predicted > 1_000 && p.jobs_predicted < 3_000, "{p:?}");
+    assert!(p.jobs_predicted > 2_000 && p.jobs_predicted < 6_000, "{p:?}");
     assert!(p.accuracy.within_2x > 0.3, "{p:?}");
     // FIFO and clairvoyance do not learn, but the figures of what was predicted are still there for FIFO.
-    assert_eq!(sjf.predictions.jobs_predicted, 3_000);
+    assert_eq!(sjf.predictions.jobs_predicted, 6_000);
+    // The aging bound holds: no job waited much past a day (it then waits only for aged jobs ahead and for room).
+    assert!(learned.queueing_delay.max_s < 1.5 * 86_400.0, "{:?}", learned.queueing_delay);
 }
 
 #[test]
