@@ -704,10 +704,11 @@ function jobPage(main, id) {
       ["Submitted", fmtTime(job.submitted_at_us)], ["Started", fmtTime(job.started_at_us)], ["Finished", fmtTime(job.finished_at_us)],
       ["Exit code", job.exit_code ?? (job.signal ? `signal ${job.signal}` : "–")],
       job.message && ["Message", job.message],
+      job.predicted_runtime && ["Expected run", `about ${fmtDuration(job.predicted_runtime.runtime_s * 1000)} (90th percentile of the last ${job.predicted_runtime.samples} successful run${job.predicted_runtime.samples === 1 ? "" : "s"} ${job.predicted_runtime.basis === "same_kind" ? "of the same name, command, project and resources" : "with the same name"})${job.state === "succeeded" && job.started_at_us && job.finished_at_us ? `; it ran ${fmtDuration((job.finished_at_us - job.started_at_us) / 1000)}` : ""}`],
       ["Measured now", job.usage ? `${job.usage.cpu_millis_used != null ? cores(job.usage.cpu_millis_used) + " cores" : "CPU no data"}, ${job.usage.memory_used_bytes != null ? fmtBytes(job.usage.memory_used_bytes) : "memory no data"}${job.gpus || job.gpu_share_milli ? `, GPU ${job.usage.gpu_utilization_percent != null ? num(job.usage.gpu_utilization_percent, 0) + "%" : "no data"}` : ""}` : "no data"],
     ]);
     waiting.replaceChildren(...(job.waiting ? [h("h2", { text: "Why it waits" }), h("p", { id: "waiting-message", text: job.waiting.message }),
-      job.waiting.estimated_start_us ? h("p", { class: "muted", text: `Expected to start by ${fmtTime(job.waiting.estimated_start_us)} if every job ahead runs to its limit.` }) : null] : []));
+      job.waiting.estimated_start_us ? h("p", { class: "muted", text: `Expected to start by ${fmtTime(job.waiting.estimated_start_us)} if every job ahead runs to its limit${job.waiting.estimate_predicted ? ", or for as long as its earlier runs where it has none" : ""}.` }) : null] : []));
     timeline.replaceChildren(table([{ label: "Time" }, { label: "State" }, { label: "What happened" }],
       job.timeline.map((e) => [fmtTime(e.at_us), stateBadge(e.state), e.message]), "No events yet."));
     // Charts change slowly; redraw them every 15 seconds, not on every poll.

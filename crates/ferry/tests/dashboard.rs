@@ -290,7 +290,11 @@ struct Scenario {
 fn scenario(f: &Ferry) -> Scenario {
     f.ok(&["team", "add", "vision"]);
     f.ok(&["team", "project", "vision", "detector"]);
-    let finished = f.submit(&["--cpus", "0.5", "--memory", "256MiB", "--name", "quick", "--", "echo", "done"]);
+    // Run twice: the second run has the first's runtime as its prediction.
+    let quick = ["--cpus", "0.5", "--memory", "256MiB", "--name", "quick", "--", "echo", "done"];
+    let first = f.submit(&quick);
+    f.wait_state(first, "succeeded");
+    let finished = f.submit(&quick);
     f.wait_state(finished, "succeeded");
     let script = "echo hello-from-trainer; echo step 1 loss 0.5; sleep 300";
     let running = f.submit(&[
@@ -418,11 +422,12 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     b.click("#jobs-more");
     b.wait_for("the second page", WAIT, |b| b.script(rows) == 4);
     assert_eq!(b.script(&row(s.finished)), true);
+    // The third page holds the scenario's first run of `quick` alone.
     b.click("#jobs-more");
     b.wait_for("no more pages", WAIT, |b| b.script("return document.getElementById('jobs-more').hidden") == true);
-    assert_eq!(b.script(rows), 4);
+    assert_eq!(b.script(rows), 5);
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(b.script(rows), 4, "a live update keeps the pages loaded");
+    assert_eq!(b.script(rows), 5, "a live update keeps the pages loaded");
     assert_eq!(b.script("return document.getElementById('jobs-more').hidden"), true, "and knows none are left");
     b.assert_no_errors("jobs pages", &[]);
 
@@ -491,6 +496,7 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     // A finished job cannot be cancelled; a running one can, in two steps, through the API with the cookie.
     b.goto(&format!("{base}/jobs/{}", s.finished));
     b.wait_text("the finished job", "succeeded");
+    b.wait_text("the finished job's prediction", "Expected run");
     assert_eq!(b.script("return document.getElementById('cancel-job') === null"), true, "nothing to cancel");
     b.goto(&format!("{base}/jobs/{late}"));
     b.wait_for("the cancel button", WAIT, |b| {
