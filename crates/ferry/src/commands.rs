@@ -664,11 +664,15 @@ pub async fn predictions(g: &Global, args: PredictionsArgs) -> Result<i32, CliEr
         println!("  no job that succeeded in the period had a prediction (a job has one once a run like it succeeded)");
         return Ok(0);
     }
-    println!("  jobs with a prediction   {}", a.jobs);
-    println!("  median error             {:.0}%", a.median_error_pct);
-    println!("  within 25%               {}", pct(a.within_25_pct));
-    println!("  within 2x                {}", pct(a.within_2x));
-    println!("  ran longer than predicted {}", pct(a.ran_longer));
+    for (what, value) in [
+        ("jobs with a prediction", a.jobs.to_string()),
+        ("median error", format!("{:.0}%", a.median_error_pct)),
+        ("within 25%", pct(a.within_25_pct)),
+        ("within 2x", pct(a.within_2x)),
+        ("ran longer than predicted", pct(a.ran_longer)),
+    ] {
+        println!("  {what:<27}{value}");
+    }
     Ok(0)
 }
 

@@ -56,7 +56,7 @@ fn runs_like_earlier_ones_are_predicted_shown_and_measured() {
     let accuracy = f.json(&["predictions", "--since", "1h", "--json"]);
     assert_eq!(accuracy["jobs"], 5, "{accuracy}");
     let text = f.ok(&["predictions", "--since", "1h"]);
-    assert!(text.contains("jobs with a prediction   5"), "{text}");
+    assert!(text.contains("jobs with a prediction     5"), "{text}");
     let out = f.cli(&["predictions", "--since", "yesterday-ish"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("neither a time like"), "{}", stderr(&out));
