@@ -118,6 +118,16 @@ impl Constraints {
         }
     }
 
+    /// Writes constraint `id` into a request rebuilt from a queued job's compact form: the constraint holds the one
+    /// copy of its GPU models, labels and pool for all the queued jobs that have it.
+    pub(crate) fn fill(&self, id: ConstraintId, request: &mut JobRequest) {
+        let key = &self.entries[id as usize].key;
+        request.gpu_models.clone_from(&key.gpu_models);
+        request.selector.clone_from(&key.selector);
+        request.pool.clone_from(&key.pool);
+        request.image = key.image;
+    }
+
     /// Which nodes constraint `id` allows, by their position among the scheduler's nodes; `None` until `refresh`.
     pub(crate) fn row(&self, id: ConstraintId) -> Option<&[bool]> {
         self.entries.get(id as usize)?.allowed.as_deref()

@@ -143,22 +143,45 @@ impl QueueOrder {
     }
 }
 
+/// What the service orderings read of a queued job: a full `JobRequest`, or the core's compact form of one.
+pub(crate) trait Service {
+    fn submitted_at_us(&self) -> i64;
+    fn runtime_s(&self) -> (Option<u64>, Option<u64>);
+    fn attained_gpu_s(&self) -> u64;
+}
+
+impl Service for JobRequest {
+    fn submitted_at_us(&self) -> i64 {
+        self.submitted_at_us
+    }
+
+    /// The prediction, then the limit.
+    fn runtime_s(&self) -> (Option<u64>, Option<u64>) {
+        (self.expected_runtime_s, self.max_runtime_s)
+    }
+
+    fn attained_gpu_s(&self) -> u64 {
+        self.attained_gpu_s
+    }
+}
+
 /// The expected runtime of a job under the service orderings: its prediction, else its limit, else `unknown_s`.
-pub(crate) fn expected_runtime_s(request: &JobRequest, unknown_s: u64) -> u64 {
-    request.expected_runtime_s.or(request.max_runtime_s).unwrap_or(unknown_s)
+pub(crate) fn expected_runtime_s(request: &impl Service, unknown_s: u64) -> u64 {
+    let (expected, limit) = request.runtime_s();
+    expected.or(limit).unwrap_or(unknown_s)
 }
 
 /// The order of one priority level's jobs (given in submission order) under a service ordering; FIFO and fair share
 /// are not handled here. `total` is what a job holds with all its workers.
-pub(crate) fn order_level<'a>(
+pub(crate) fn order_level<'a, R: Service + 'a>(
     order: &QueueOrder,
     jobs: &mut [JobId],
-    request_of: impl Fn(JobId) -> (&'a JobRequest, Resources),
+    request_of: impl Fn(JobId) -> (&'a R, Resources),
     capacity: &Resources,
     now_us: i64,
 ) {
-    let aged = |r: &JobRequest, aging_s: u64| {
-        aging_s > 0 && now_us.saturating_sub(r.submitted_at_us) >= (aging_s as i64).saturating_mul(1_000_000)
+    let aged = |r: &R, aging_s: u64| {
+        aging_s > 0 && now_us.saturating_sub(r.submitted_at_us()) >= (aging_s as i64).saturating_mul(1_000_000)
     };
     match order {
         QueueOrder::FairShare | QueueOrder::Fifo => {}
@@ -178,7 +201,7 @@ pub(crate) fn order_level<'a>(
                 if aged(r, *aging_s) {
                     return (false, 0, id);
                 }
-                let level = levels_gpu_s.iter().filter(|t| r.attained_gpu_s >= **t).count();
+                let level = levels_gpu_s.iter().filter(|t| r.attained_gpu_s() >= **t).count();
                 (true, level as u64, id)
             });
         }

@@ -168,13 +168,7 @@ impl JobRequest {
 
     /// What the whole job holds, all workers together: what its team's quota and its user's fair share count.
     fn total(&self) -> Resources {
-        let one = self.footprint();
-        let n = u64::from(self.workers());
-        Resources {
-            cpu_millis: one.cpu_millis.saturating_mul(n),
-            memory_bytes: one.memory_bytes.saturating_mul(n),
-            gpus: one.gpus.saturating_mul(self.workers()),
-        }
+        total_of(self.footprint(), self.workers())
     }
 
     fn wants_gpu(&self) -> bool {
@@ -202,8 +196,23 @@ impl JobRequest {
     /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what a node must have in capacity (for a
     /// gang, each of its nodes).
     fn footprint(&self) -> Resources {
-        let gpus = self.resources.gpus + u32::from(self.gpu_share_milli > 0);
-        Resources { gpus, ..self.resources }
+        footprint_of(&self.resources, self.gpu_share_milli)
+    }
+}
+
+/// A job's footprint (see `JobRequest::footprint`) from its resources and GPU share.
+fn footprint_of(resources: &Resources, gpu_share_milli: u32) -> Resources {
+    let gpus = resources.gpus + u32::from(gpu_share_milli > 0);
+    Resources { gpus, ..*resources }
+}
+
+/// What `workers` workers of one footprint hold together.
+fn total_of(one: Resources, workers: u32) -> Resources {
+    let n = u64::from(workers);
+    Resources {
+        cpu_millis: one.cpu_millis.saturating_mul(n),
+        memory_bytes: one.memory_bytes.saturating_mul(n),
+        gpus: one.gpus.saturating_mul(workers),
     }
 }
 
@@ -474,19 +483,85 @@ struct JobClass {
     user: u32,
 }
 
+/// A queued job as the core holds it: the numbers of its `JobRequest`, with its team, project and user as interned
+/// ids (`OwnerIds`) and its GPU models, labels, pool and image as its interned constraint (`Constraints`), so that a
+/// deep queue costs a fixed, small size a job and no allocation of its own. `Scheduler::queued_request` rebuilds
+/// the full request where one is needed: for the jobs a cycle looks at closely, and for the job it starts.
+#[derive(Clone, Debug)]
+struct Pending {
+    resources: Resources,
+    submitted_at_us: i64,
+    not_before_us: i64,
+    max_runtime_s: Option<u64>,
+    expected_runtime_s: Option<u64>,
+    attained_gpu_s: u64,
+    priority: i32,
+    gpu_share_milli: u32,
+    nodes: u32,
+    class: JobClass,
+}
+
+impl Pending {
+    fn of(request: &JobRequest, class: JobClass) -> Pending {
+        Pending {
+            resources: request.resources,
+            submitted_at_us: request.submitted_at_us,
+            not_before_us: request.not_before_us,
+            max_runtime_s: request.max_runtime_s,
+            expected_runtime_s: request.expected_runtime_s,
+            attained_gpu_s: request.attained_gpu_s,
+            priority: request.priority,
+            gpu_share_milli: request.gpu_share_milli,
+            nodes: request.nodes,
+            class,
+        }
+    }
+
+    /// See `JobRequest::footprint`.
+    fn footprint(&self) -> Resources {
+        footprint_of(&self.resources, self.gpu_share_milli)
+    }
+
+    /// See `JobRequest::total`.
+    fn total(&self) -> Resources {
+        total_of(self.footprint(), self.nodes.max(1))
+    }
+}
+
+impl order::Service for Pending {
+    fn submitted_at_us(&self) -> i64 {
+        self.submitted_at_us
+    }
+
+    fn runtime_s(&self) -> (Option<u64>, Option<u64>) {
+        (self.expected_runtime_s, self.max_runtime_s)
+    }
+
+    fn attained_gpu_s(&self) -> u64 {
+        self.attained_gpu_s
+    }
+}
+
 /// Ids for the projects (`team/project`) and users queued jobs belong to, so that a cycle groups jobs without
-/// comparing names. An id is never reused: there are as many as distinct projects and users ever queued.
+/// comparing names, and a queued job holds its owner's names as two ids. An id is never reused: there are as many as
+/// distinct projects and users ever queued.
 #[derive(Clone, Debug, Default)]
 struct OwnerIds {
     projects: HashMap<(String, String), u32>,
     users: HashMap<String, u32>,
+    /// The names of each id: team and project, and user.
+    project_names: Vec<(String, String)>,
+    user_names: Vec<String>,
 }
 
 impl OwnerIds {
     fn project(&mut self, team: &str, project: &str) -> u32 {
         let key = (team.to_string(), project.to_string());
         let next = self.projects.len() as u32;
-        *self.projects.entry(key).or_insert(next)
+        *self.projects.entry(key).or_insert_with(|| {
+            self.project_names.push((team.to_string(), project.to_string()));
+            next
+        })
     }
 
     fn user(&mut self, user: &str) -> u32 {
@@ -494,8 +569,29 @@ impl OwnerIds {
             return id;
         }
         let next = self.users.len() as u32;
+        self.user_names.push(user.to_string());
         *self.users.entry(user.to_string()).or_insert(next)
     }
+
+    /// The team and project of project id `id`.
+    fn project_name(&self, id: u32) -> (&str, &str) {
+        let (team, project) = &self.project_names[id as usize];
+        (team, project)
+    }
+
+    fn user_name(&self, id: u32) -> &str {
+        &self.user_names[id as usize]
+    }
+}
+
+/// Queued jobs of one team that could run in the same pools (see `Scheduler::queued_groups`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedGroup {
+    pub team: String,
+    /// The pools the jobs could run in; they wait in each.
+    pub pools: BTreeSet<String>,
+    pub jobs: u64,
+    pub oldest_submitted_at_us: i64,
 }
 
 /// What the last cycle held back on a node for blocked jobs: the first job it held for, and how much it held for all
@@ -511,15 +607,15 @@ pub struct HeldBack {
 pub struct Scheduler {
     nodes: BTreeMap<String, Node>,
     queue: BTreeSet<QueueKey>,
-    pending: IdMap<JobId, JobRequest>,
+    /// The queued jobs, each in its compact form with its class.
+    pending: IdMap<JobId, Pending>,
     running: HashMap<JobId, Running>,
     /// What the last cycle held back for blocked jobs: job id to the node it reserved.
     reservations: HashMap<JobId, String>,
     /// What the last cycle held back on each node, for every blocked job (a gang holds several nodes).
     held_back: BTreeMap<String, HeldBack>,
-    /// The interned constraints of the queued jobs, and each queued job's class.
+    /// The interned constraints of the queued jobs.
     constraints: Constraints,
-    classes: IdMap<JobId, JobClass>,
     owners: OwnerIds,
     /// Walk the whole queue in every cycle instead of skipping classes that cannot fit (for tests that compare the
     /// two: they must decide alike).
@@ -590,9 +686,33 @@ impl Scheduler {
     }
 
     /// What a queued or running job asked for. The core holds the one copy of a queued job's request, so that its
-    /// driver need not keep another.
-    pub fn request(&self, job: JobId) -> Option<&JobRequest> {
-        self.pending.get(&job).or_else(|| self.running.get(&job).map(|r| &r.request))
+    /// driver need not keep another; a queued job's is rebuilt from its compact form (see `Pending`).
+    pub fn request(&self, job: JobId) -> Option<JobRequest> {
+        self.queued_request(job).or_else(|| self.running.get(&job).map(|r| r.request.clone()))
+    }
+
+    /// A queued job's request, rebuilt from its compact form with its owner's names and its constraint.
+    fn queued_request(&self, job: JobId) -> Option<JobRequest> {
+        let p = self.pending.get(&job)?;
+        let (team, project) = self.owners.project_name(p.class.project);
+        let mut request = JobRequest {
+            id: job,
+            resources: p.resources,
+            priority: p.priority,
+            gpu_share_milli: p.gpu_share_milli,
+            submitted_at_us: p.submitted_at_us,
+            team: team.to_string(),
+            user: self.owners.user_name(p.class.user).to_string(),
+            max_runtime_s: p.max_runtime_s,
+            nodes: p.nodes,
+            project: project.to_string(),
+            not_before_us: p.not_before_us,
+            expected_runtime_s: p.expected_runtime_s,
+            attained_gpu_s: p.attained_gpu_s,
+            ..JobRequest::default()
+        };
+        self.constraints.fill(p.class.constraint, &mut request);
+        Some(request)
     }
 
     pub fn allocation(&self, job: JobId) -> Option<&Allocation> {
@@ -812,8 +932,7 @@ impl Scheduler {
             project: self.owners.project(&request.team, &request.project),
             user: self.owners.user(&request.user),
         };
-        self.classes.insert(request.id, class);
-        self.pending.insert(request.id, request);
+        self.pending.insert(request.id, Pending::of(&request, class));
         Ok(())
     }
 
@@ -892,11 +1011,10 @@ impl Scheduler {
 
     /// Takes a job out of the queue, if it is there.
     fn dequeue(&mut self, id: JobId) -> Option<JobRequest> {
-        let request = self.pending.remove(&id)?;
-        self.queue.remove(&(Reverse(request.priority), id));
-        if let Some(class) = self.classes.remove(&id) {
-            self.constraints.release(class.constraint);
-        }
+        let request = self.queued_request(id)?;
+        let pending = self.pending.remove(&id)?;
+        self.queue.remove(&(Reverse(pending.priority), id));
+        self.constraints.release(pending.class.constraint);
         Some(request)
     }
 
@@ -978,7 +1096,7 @@ impl Scheduler {
         // Jobs alike in shape (and so in team and constraints), and in whether they may backfill, stand or fall
         // together once the blocked budget is spent: the queue is filed by that.
         let mut queue =
-            CycleQueue::new(self.cycle_order(), |id| (self.shape(id, age_matters), self.classes[&id].limited));
+            CycleQueue::new(self.cycle_order(), |id| (self.shape(id, age_matters), self.pending[&id].class.limited));
         loop {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
             // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
@@ -1007,8 +1125,8 @@ impl Scheduler {
             if !blocked_budget_left && self.passed_over(id, age_matters, &cycle) {
                 continue;
             }
-            let request = &self.pending[&id];
-            let too_big = self.too_big(request, &cycle);
+            let request = &self.queued_request(id).expect("queued job is pending");
+            let too_big = self.too_big(&request.resources, &cycle);
             if self.over_team_limit(request).is_some() {
                 continue;
             }
@@ -1021,7 +1139,7 @@ impl Scheduler {
                     _ => {
                         cycle.failed_shapes.insert(shape);
                         if blocked_budget_left {
-                            self.blocked(id, shape, &mut free, &mut cycle, &mut decisions);
+                            self.blocked(request, shape, &mut free, &mut cycle, &mut decisions);
                         }
                     }
                 }
@@ -1052,7 +1170,7 @@ impl Scheduler {
                 None => {
                     cycle.failed_shapes.insert(shape);
                     if blocked_budget_left {
-                        self.blocked(id, shape, &mut free, &mut cycle, &mut decisions);
+                        self.blocked(request, shape, &mut free, &mut cycle, &mut decisions);
                     }
                 }
             }
@@ -1067,7 +1185,7 @@ impl Scheduler {
 
     /// A queued job's shape (see `shape_of`), with its age where that decides where it may go.
     fn shape(&self, id: JobId, age_matters: bool) -> u64 {
-        let shape = self.classes[&id].shape;
+        let shape = self.pending[&id].class.shape;
         if age_matters {
             aged_shape(shape, self.pending[&id].submitted_at_us)
         } else {
@@ -1077,37 +1195,39 @@ impl Scheduler {
 
     /// Whether no node could hold the job now, by the largest free amounts the cycle has seen at its last failed
     /// search; they only shrink within a cycle.
-    fn too_big(&self, request: &JobRequest, cycle: &Cycle) -> bool {
-        request.resources.gpus > cycle.most_free_gpus() || !request.resources.fits_in(&cycle.bound)
+    fn too_big(&self, resources: &Resources, cycle: &Cycle) -> bool {
+        resources.gpus > cycle.most_free_gpus() || !resources.fits_in(&cycle.bound)
     }
 
     /// Whether a job is passed over once the blocked budget is spent: no node could hold it and it cannot backfill
     /// (no runtime limit, or nothing held back), or a job of its shape already found no place. Both stay true for the
     /// rest of the cycle, and for every job of its class.
     fn passed_over(&self, id: JobId, age_matters: bool, cycle: &Cycle) -> bool {
-        let request = &self.pending[&id];
-        let may_backfill = self.classes[&id].limited && !cycle.shadows.is_empty();
-        (self.too_big(request, cycle) && !may_backfill) || cycle.failed_shapes.contains(&self.shape(id, age_matters))
+        let pending = &self.pending[&id];
+        let may_backfill = pending.class.limited && !cycle.shadows.is_empty();
+        (self.too_big(&pending.resources, cycle) && !may_backfill)
+            || cycle.failed_shapes.contains(&self.shape(id, age_matters))
     }
 
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
     /// are being stopped for it, it is noted for new nodes of elastic pools; and it holds back what it needs where it
-    /// comes closest to fitting.
+    /// comes closest to fitting. `request` is the job's, rebuilt once for all of these (see `queued_request`).
     fn blocked(
         &mut self,
-        id: JobId,
+        request: &JobRequest,
         shape: u64,
         free: &mut [Resources],
         cycle: &mut Cycle,
         decisions: &mut Vec<Decision>,
     ) {
         cycle.blocked += 1;
-        let kind = (shape, self.pending[&id].priority);
+        let id = request.id;
+        let kind = (shape, request.priority);
         if !cycle.awaiting_victims.contains(&id)
             && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX
             && !cycle.unpreemptable.contains(&kind)
         {
-            let preempted = self.preempt_for(id, free, cycle);
+            let preempted = self.preempt_for(request, free, cycle);
             if preempted.is_empty() {
                 cycle.unpreemptable.insert(kind);
             }
@@ -1115,17 +1235,17 @@ impl Scheduler {
             decisions.extend(preempted);
         }
         if !cycle.elastic.is_empty() && !cycle.awaiting_victims.contains(&id) && !self.claims.contains_key(&id) {
-            self.want_nodes(id, free, cycle);
+            self.want_nodes(request, free, cycle);
         }
-        self.reserve(id, free, cycle);
+        self.reserve(request, free, cycle);
     }
 
     /// Notes the elastic pools whose new nodes could hold a blocked job: those whose template allows and fits it and
     /// that the burst rules let it into now (measured before it holds anything back, so that what it holds does not
     /// count as the earlier pools being full). A gang needs new nodes only for the workers that no node of the pool
     /// up now could hold.
-    fn want_nodes(&self, id: JobId, free: &[Resources], cycle: &mut Cycle) {
-        let request = &self.pending[&id];
+    fn want_nodes(&self, request: &JobRequest, free: &[Resources], cycle: &mut Cycle) {
+        let id = request.id;
         if request.is_gang() && request.gpu_share_milli > 0 {
             return;
         }
@@ -1170,7 +1290,7 @@ impl Scheduler {
     /// Which nodes allow a queued job, by position among `self.nodes`, from its interned constraint; `None` for a
     /// job that is not queued, or before the cycle computed the row (see `Constraints::refresh`).
     fn allowed_row(&self, request: &JobRequest) -> Option<&[bool]> {
-        self.classes.get(&request.id).and_then(|class| self.constraints.row(class.constraint))
+        self.pending.get(&request.id).and_then(|p| self.constraints.row(p.class.constraint))
     }
 
     /// Whether the node at position `i` of `self.nodes` allows the job: read from the job's row where there is one.
@@ -1241,10 +1361,11 @@ impl Scheduler {
         let claims: Vec<(JobId, Vec<String>)> = self.claims.iter().map(|(j, n)| (*j, n.clone())).collect();
         for (id, nodes) in claims {
             let indices: Option<Vec<usize>> = nodes.iter().map(|n| cycle.names.binary_search(n).ok()).collect();
-            let (Some(indices), Some(request)) = (indices, self.pending.get(&id)) else {
+            let (Some(indices), Some(request)) = (indices, self.queued_request(id)) else {
                 self.claims.remove(&id);
                 continue;
             };
+            let request = &request;
             let row = self.allowed_row(request);
             let fits = |i: &usize| {
                 let here = &self.nodes[&cycle.names[*i]];
@@ -1451,14 +1572,15 @@ impl Scheduler {
         }
         let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
         let owner_of = |id: JobId| {
-            let (r, class) = (&self.pending[&id], &self.classes[&id]);
+            let p = &self.pending[&id];
+            let (team, project) = self.owners.project_name(p.class.project);
             fairshare::Owner {
-                team: &r.team,
-                project: &r.project,
-                user: &r.user,
-                project_id: class.project,
-                user_id: class.user,
-                footprint: r.total(),
+                team,
+                project,
+                user: self.owners.user_name(p.class.user),
+                project_id: p.class.project,
+                user_id: p.class.user,
+                footprint: p.total(),
             }
         };
         let standing = fairshare::Standing {
@@ -1513,9 +1635,13 @@ impl Scheduler {
     fn claimed_alongside(&self, request: &JobRequest) -> (Resources, Resources) {
         let (mut team, mut project) = (Resources::ZERO, Resources::ZERO);
         for id in self.claims.keys().filter(|id| **id != request.id) {
-            let Some(other) = self.pending.get(id).filter(|o| o.team == request.team) else { continue };
+            let Some(other) = self.pending.get(id) else { continue };
+            let (other_team, other_project) = self.owners.project_name(other.class.project);
+            if other_team != request.team {
+                continue;
+            }
             team = team.checked_add(&other.total()).unwrap_or(team);
-            if other.project == request.project {
+            if other_project == request.project {
                 project = project.checked_add(&other.total()).unwrap_or(project);
             }
         }
@@ -1524,8 +1650,8 @@ impl Scheduler {
 
     /// Picks the victims that make room for a blocked job (on one node, or on as many nodes as a gang has workers,
     /// all in one pool), marks them, and returns the decisions.
-    fn preempt_for(&mut self, id: JobId, free: &[Resources], cycle: &Cycle) -> Vec<Decision> {
-        let request = &self.pending[&id];
+    fn preempt_for(&mut self, request: &JobRequest, free: &[Resources], cycle: &Cycle) -> Vec<Decision> {
+        let id = request.id;
         if request.gpu_share_milli > 0 {
             // Shares are small and pack into what frees up; they never stop other work.
             return Vec::new();
@@ -1652,8 +1778,8 @@ impl Scheduler {
             add_to(&mut moves.leaving, group_of(&running.request), &running.request.total());
             moves.preemptors.insert(by);
         }
-        for waiting in moves.preemptors.iter().filter_map(|by| self.pending.get(by)) {
-            add_to(&mut moves.claimed, group_of(waiting), &waiting.total());
+        for waiting in moves.preemptors.iter().filter_map(|by| self.queued_request(*by)) {
+            add_to(&mut moves.claimed, group_of(&waiting), &waiting.total());
         }
         moves
     }
@@ -1848,8 +1974,8 @@ impl Scheduler {
 
     /// Holds back, on the allowed node closest to fitting a blocked job (for a gang, on as many such nodes of one
     /// pool as it has workers), what that job needs.
-    fn reserve(&mut self, job: JobId, free: &mut [Resources], cycle: &mut Cycle) {
-        let request = &self.pending[&job];
+    fn reserve(&mut self, request: &JobRequest, free: &mut [Resources], cycle: &mut Cycle) {
+        let job = request.id;
         let needs = request.footprint();
         let workers = request.workers() as usize;
         if workers == 1 {
@@ -1997,7 +2123,7 @@ impl Scheduler {
     /// their limits. It does not count the jobs ahead of it in the queue, so it is a lower bound; `None` when the jobs
     /// it waits for have no limit.
     pub fn estimate_start(&self, job: JobId) -> Option<i64> {
-        let request = self.pending.get(&job)?;
+        let request = &self.queued_request(job)?;
         let needs = request.footprint();
         let mut by_pool: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
         for node in self.nodes.values() {
@@ -2041,7 +2167,7 @@ impl Scheduler {
 
     /// Why a queued job waits, computed from the current state. `None` for a job that is not queued.
     pub fn explain(&self, job: JobId) -> Option<WaitReason> {
-        let request = self.pending.get(&job)?;
+        let request = &self.queued_request(job)?;
         if let Some(pool) = self.waiting_for_nodes.get(&job) {
             let nodes_starting = self.provisioning.get(pool).copied().unwrap_or(0);
             return Some(WaitReason::Provisioning { pool: pool.clone(), nodes_starting });
@@ -2168,6 +2294,31 @@ impl Scheduler {
             }
             None => Ok(()),
         }
+    }
+
+    /// The queued jobs counted by team and by the pools they could ever run in (see `pools_able`), with the oldest
+    /// submission of each group: what a summary of the queue needs, without a request per job. Jobs of one project,
+    /// constraint and footprint share their pools, which are worked out once for all of them.
+    pub fn queued_groups(&self) -> Vec<QueuedGroup> {
+        let mut groups: HashMap<(u32, ConstraintId, Resources), (JobId, u64, i64)> = HashMap::new();
+        for (&id, p) in &self.pending {
+            let key = (p.class.project, p.class.constraint, p.footprint());
+            let (_, jobs, oldest) = groups.entry(key).or_insert((id, 0, p.submitted_at_us));
+            *jobs += 1;
+            *oldest = (*oldest).min(p.submitted_at_us);
+        }
+        let mut out: Vec<QueuedGroup> = groups
+            .into_values()
+            .filter_map(|(id, jobs, oldest_submitted_at_us)| {
+                let request = self.queued_request(id)?;
+                let pools = self.pools_able(&request);
+                Some(QueuedGroup { team: request.team, pools, jobs, oldest_submitted_at_us })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.team, &a.pools, a.oldest_submitted_at_us).cmp(&(&b.team, &b.pools, b.oldest_submitted_at_us))
+        });
+        out
     }
 
     /// The pools a job could ever run in: those with a node (or an elastic pool's node template) that allows it and is

@@ -382,3 +382,64 @@ fn a_job_pinned_to_a_pool_runs_only_there_and_an_unknown_pool_is_named() {
     t.apply(Event::JobSubmitted(image(2))).unwrap();
     assert_eq!(started(t.schedule()), vec![(2, "agent-1".to_string())]);
 }
+
+/// The core keeps a queued job in a compact form (owner names and constraints interned): the request it gives back
+/// is the one submitted, field for field, and the queue is counted by team and pools without a request per job.
+#[test]
+fn a_queued_request_comes_back_whole_and_the_queue_is_counted_by_team_and_pool() {
+    let mut s = Scheduler::new();
+    s.apply(pooled_node("a1", "a", 8)).unwrap();
+    s.apply(pooled_node("b1", "b", 8)).unwrap();
+    let full = JobRequest {
+        id: 7,
+        resources: Resources::new(4000, 8 * GIB, 2),
+        priority: 10,
+        gpu_models: vec!["A100".to_string()],
+        selector: [("rack".to_string(), "r1".to_string())].into(),
+        submitted_at_us: 1_000_000,
+        team: "ml".to_string(),
+        user: "ana".to_string(),
+        max_runtime_s: Some(3600),
+        nodes: 2,
+        project: "vision".to_string(),
+        pool: Some("a".to_string()),
+        image: true,
+        not_before_us: 2_000_000,
+        expected_runtime_s: Some(600),
+        attained_gpu_s: 42,
+        ..JobRequest::default()
+    };
+    s.apply(Event::JobSubmitted(full.clone())).unwrap();
+    assert_eq!(s.request(7), Some(full));
+
+    let plain = |id: u64, team: &str, at_s: i64| JobRequest {
+        team: team.to_string(),
+        user: "bo".to_string(),
+        submitted_at_us: at_s * 1_000_000,
+        ..JobRequest::new(id, Resources::new(1000, GIB, 1), 0)
+    };
+    for (id, team, at_s) in [(1, "ml", 30), (2, "ml", 10), (3, "", 20)] {
+        s.apply(Event::JobSubmitted(plain(id, team, at_s))).unwrap();
+    }
+    let groups: Vec<String> = s
+        .queued_groups()
+        .iter()
+        .map(|g| {
+            format!(
+                "team {:?} pools {:?}: {} jobs, oldest at {} s",
+                g.team,
+                g.pools,
+                g.jobs,
+                g.oldest_submitted_at_us / 1_000_000
+            )
+        })
+        .collect();
+    expect![[r#"
+        [
+            "team \"\" pools {\"a\", \"b\"}: 1 jobs, oldest at 20 s",
+            "team \"ml\" pools {}: 1 jobs, oldest at 1 s",
+            "team \"ml\" pools {\"a\", \"b\"}: 2 jobs, oldest at 10 s",
+        ]
+    "#]]
+    .assert_debug_eq(&groups);
+}

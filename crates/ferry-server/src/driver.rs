@@ -103,7 +103,7 @@ pub enum Command {
 pub struct DriverMetrics {
     /// One entry per run of every starting or running job: one for a single-node job, one per worker of a gang.
     pub runs: Vec<RunMetrics>,
-    /// Every queued job.
+    /// The queued jobs, by team and the pools they could run in (see `Scheduler::queued_groups`).
     pub queued: Vec<QueuedMetrics>,
     /// Scheduling cycles run since the server started, and the seconds they took in all.
     pub cycles: u64,
@@ -116,22 +116,22 @@ impl DriverMetrics {
     pub fn queue_summary(&self) -> QueueSummary {
         let mut teams: BTreeMap<&str, QueueGroup> = BTreeMap::new();
         let mut pools: BTreeMap<&str, QueueGroup> = BTreeMap::new();
-        let add = |group: &mut QueueGroup, name: &str, at: i64| {
+        let add = |group: &mut QueueGroup, name: &str, q: &QueuedMetrics| {
             if group.queued == 0 {
-                *group = QueueGroup { name: name.to_string(), queued: 0, oldest_queued_at_us: at };
+                *group = QueueGroup { name: name.to_string(), queued: 0, oldest_queued_at_us: q.submitted_at_us };
             }
-            group.queued += 1;
-            group.oldest_queued_at_us = group.oldest_queued_at_us.min(at);
+            group.queued += q.jobs;
+            group.oldest_queued_at_us = group.oldest_queued_at_us.min(q.submitted_at_us);
         };
         for q in &self.queued {
-            add(teams.entry(q.team.as_str()).or_default(), &q.team, q.submitted_at_us);
+            add(teams.entry(q.team.as_str()).or_default(), &q.team, q);
             for pool in &q.pools {
-                add(pools.entry(pool.as_str()).or_default(), pool, q.submitted_at_us);
+                add(pools.entry(pool.as_str()).or_default(), pool, q);
             }
         }
         let placed: std::collections::BTreeSet<u64> = self.runs.iter().map(|r| r.job_id).collect();
         QueueSummary {
-            queued: self.queued.len() as u64,
+            queued: self.queued.iter().map(|q| q.jobs).sum(),
             placed: placed.len() as u64,
             oldest_queued_at_us: self.queued.iter().map(|q| q.submitted_at_us).min(),
             teams: teams.into_values().collect(),
@@ -154,9 +154,12 @@ pub struct RunMetrics {
     pub gpu_ids: Vec<u32>,
 }
 
+/// Queued jobs of one team that could run in the same pools.
 #[derive(Clone, Debug)]
 pub struct QueuedMetrics {
     pub team: String,
+    /// How many jobs, and the oldest one's submission.
+    pub jobs: u64,
     pub submitted_at_us: i64,
     /// The pools the job could run in; it waits in each.
     pub pools: Vec<String>,
@@ -738,15 +741,16 @@ impl Driver {
     fn metrics(&self) -> DriverMetrics {
         let mut metrics =
             DriverMetrics { cycles: self.cycles, cycle_seconds_sum: self.cycle_seconds_sum, ..Default::default() };
-        // Jobs of one shape and constraints can run in the same pools: each shape is looked up once.
-        let mut pools_of: HashMap<String, Vec<String>> = HashMap::new();
-        for id in self.queued.keys() {
-            let Some(r) = self.sched.request(*id) else { continue };
-            let shape =
-                format!("{:?}/{}/{:?}/{:?}/{:?}", r.resources, r.gpu_share_milli, r.gpu_models, r.selector, r.pool);
-            let pools = pools_of.entry(shape).or_insert_with(|| self.sched.pools_able(r).into_iter().collect()).clone();
-            metrics.queued.push(QueuedMetrics { team: r.team.clone(), submitted_at_us: r.submitted_at_us, pools })
-        }
+        // The core counts the queue by group: a deep queue costs neither a copy of every job nor a lookup of its
+        // pools per job (the time-series tick asks for this every 10 s).
+        metrics.queued = (self.sched.queued_groups().into_iter())
+            .map(|g| QueuedMetrics {
+                team: g.team,
+                jobs: g.jobs,
+                submitted_at_us: g.oldest_submitted_at_us,
+                pools: g.pools.into_iter().collect(),
+            })
+            .collect();
         for (id, job) in &self.jobs {
             let r = &job.request;
             match job.state {
@@ -1272,7 +1276,7 @@ impl Driver {
         };
         tx.placed(job, &allocation.node, &allocation.gpus, self.clock.now_us(), &why).await?;
         let queued = self.queued.remove(&job).expect("a started job was queued");
-        let request = self.sched.request(job).expect("the core holds the job it started").clone();
+        let request = self.sched.request(job).expect("the core holds the job it started");
         let active = self.jobs.entry(job).insert_entry(Active::placed(queued, request)).into_mut();
         active.node = Some(allocation.node.clone());
         if !allocation.peers.is_empty() {
@@ -1491,6 +1495,7 @@ mod queue_tests {
     fn the_queue_is_counted_per_team_and_per_pool_a_job_could_run_in() {
         let queued = |team: &str, at: i64, pools: &[&str]| QueuedMetrics {
             team: team.into(),
+            jobs: 1,
             submitted_at_us: at,
             pools: pools.iter().map(|p| p.to_string()).collect(),
         };
@@ -1691,13 +1696,13 @@ mod lifecycle_tests {
         let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
         assert_eq!(state(&d, id).await, (JobState::Queued, 0), "no node yet");
         assert!(d.jobs.is_empty() && d.queued.contains_key(&id));
-        assert_eq!(d.sched.request(id).map(|r| r.user.as_str()), Some(job(1).owner.as_str()));
+        assert_eq!(d.sched.request(id).map(|r| r.user), Some(job(1).owner));
 
         let node = node(&clock);
         ask(&mut d, |reply| Command::Register { node, reply }).await.unwrap();
         assert_eq!(state(&d, id).await, (JobState::Starting, 0));
         assert!(d.queued.is_empty());
-        assert_eq!(d.jobs[&id].request, *d.sched.request(id).unwrap());
+        assert_eq!(Some(&d.jobs[&id].request), d.sched.request(id).as_ref());
 
         // A failed run requeues it: back to counters, with the attempt counted.
         let reports = finished(0, 1, clock.now_us());

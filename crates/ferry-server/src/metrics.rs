@@ -404,6 +404,7 @@ mod tests {
                 runs: vec![run],
                 queued: vec![QueuedMetrics {
                     team: String::new(),
+                    jobs: 1,
                     submitted_at_us: 500_000,
                     pools: vec!["local".to_string(), "cloud".to_string()],
                 }],
