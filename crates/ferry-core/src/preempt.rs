@@ -4,6 +4,14 @@
 //! teams borrow beyond theirs. On each allowed node the fewest, least important, most recently started victims that
 //! free enough are chosen; the node needing the fewest victims wins. Victims are stopped with a grace period and
 //! requeued by the driver; nothing here runs or stops anything.
+//!
+//! Every preemption must be progress, never the first half of a swap (`Scheduler::taken_back`): it is made only when
+//! no victim, queued again, could stop the job it made room for in turn. So a job whose team (or project) would
+//! borrow beyond its quota does not stop, even for priority, a job of another team that would then be within its
+//! quota and reclaim at once; and a reclaim never stops a job of higher priority than the one it reclaims for. The
+//! job a preemption is for must also be able to start once its victims stop, by the same checks as any start (its
+//! team's and project's limits, counting the claims of their other jobs, and the pool's burst rules), and what its
+//! victims free is held for it until it starts (`Scheduler::honour_claims`).
 
 use serde::{Deserialize, Serialize};
 

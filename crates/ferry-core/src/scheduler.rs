@@ -1700,6 +1700,10 @@ impl Scheduler {
             if chosen.is_empty() && workers == 1 {
                 continue;
             }
+            // A preemption that a victim would undo by taking its place back is no progress, only lost work.
+            if self.taken_back(request, &chosen, moves.as_ref()) {
+                continue;
+            }
             let worst = chosen.iter().map(|c| c.priority).max().unwrap_or(i32::MIN);
             by_pool[cycle.pool_of[i]].push(((chosen.len(), worst, node.info.name.as_str()), chosen));
         }
@@ -1718,6 +1722,11 @@ impl Scheduler {
         };
         let names: Vec<String> = best.iter().map(|((_, _, node), _)| node.to_string()).collect();
         let chosen: Vec<preempt::Candidate> = best.into_iter().flat_map(|(_, chosen)| chosen).collect();
+        // A gang's victims on its nodes, each set checked alone above, may together leave a victim's group room to
+        // take its place back.
+        if workers > 1 && self.taken_back(request, &chosen, moves.as_ref()) {
+            return Vec::new();
+        }
         self.claims.insert(id, names);
         let mut decisions = Vec::new();
         for c in chosen {
@@ -1766,6 +1775,58 @@ impl Scheduler {
                 victim_project: theirs.name.clone(),
                 preemptor_project: mine.name.clone(),
             }
+        })
+    }
+
+    /// Whether one of `victims`, queued again once it has stopped, could preempt the request in turn and so take back
+    /// what it made room for. Without this check two jobs can stop each other for ever: a job of higher priority
+    /// whose team borrows stops a job of a team within its quota, which then reclaims its quota from the borrower,
+    /// which then stops it again for priority, and so on. Groups (teams, or projects of one team) are judged as they
+    /// will be once the preemptions under way and this one have run their course, and a victim is taken to come back
+    /// when:
+    /// - its group would be within its quota with it back while the request's group holds beyond its own (it would
+    ///   reclaim). Victims of the request's own group count as still held there: they may start again on any room
+    ///   this preemption leaves, as a gang victim's other nodes do;
+    /// - it has a higher priority than the request (stopped by a reclaim): it could stop the request for priority,
+    ///   together with jobs of its own group to stay within its quota, so a reclaim never stops a job of higher
+    ///   priority than the job it reclaims for.
+    ///
+    /// `moves` is `None` when the request's team and project have no quota: then nothing can be reclaimed from the
+    /// request, and only a reclaim stops a victim of higher priority.
+    fn taken_back(&self, request: &JobRequest, victims: &[preempt::Candidate], moves: Option<&(Moves, Moves)>) -> bool {
+        let Some((team_moves, project_moves)) = moves else { return false };
+        let victims: Vec<&JobRequest> =
+            victims.iter().filter_map(|c| self.running.get(&c.job)).map(|r| &r.request).collect();
+        // What a group (named by `group_of`) will hold once every preemption under way and this one is done.
+        let settled = |held: &HashMap<String, Resources>, moves: &Moves, group: &str, group_of: GroupOf| {
+            let leaving =
+                victims.iter().filter(|v| group_of(v) == group && group != group_of(request)).map(|v| v.total());
+            let arriving =
+                (group_of(request) == group && !moves.preemptors.contains(&request.id)).then(|| request.total());
+            let get = |sums: &HashMap<String, Resources>| sums.get(group).copied().unwrap_or_default();
+            let coming = [get(&moves.claimed)].into_iter().chain(arriving);
+            let total = coming.fold(get(held), |sum, r| sum.checked_add(&r).unwrap_or(sum));
+            leaving.fold(total.saturating_sub(&get(&moves.leaving)), |sum, r| sum.saturating_sub(&r))
+        };
+        victims.iter().any(|victim| {
+            let (held, moves, group_of, my_quota, their_quota): (_, _, GroupOf, _, _) = if victim.team != request.team {
+                let (Some(mine), Some(theirs)) = (self.teams.get(&request.team), self.teams.get(&victim.team)) else {
+                    return false;
+                };
+                (&self.team_held, team_moves, |r| r.team.clone(), &mine.quota, &theirs.quota)
+            } else {
+                let (Some(mine), Some(theirs)) = (self.project(request), self.project(victim)) else { return false };
+                if mine.name == theirs.name {
+                    return false;
+                }
+                (&self.project_held, project_moves, JobRequest::project_key, &mine.quota, &theirs.quota)
+            };
+            let mine_after = settled(held, moves, &group_of(request), group_of);
+            let theirs_after = settled(held, moves, &group_of(victim), group_of);
+            let victim_within_quota = theirs_after.checked_add(&victim.total()).is_some_and(|t| t.fits_in(their_quota));
+            let request_borrows = !mine_after.fits_in(my_quota);
+            let reclaims_back = victim_within_quota && request_borrows;
+            reclaims_back || victim.priority > request.priority
         })
     }
 
@@ -2487,6 +2548,9 @@ fn amount(r: &Resources, kind: ResourceKind) -> u64 {
         ResourceKind::Memory => r.memory_bytes,
     }
 }
+
+/// Names a job's group: its team, or its project (`team/project`).
+type GroupOf = fn(&JobRequest) -> String;
 
 /// What preemptions under way move between groups (teams, or projects): see `Scheduler::moves_under_way`.
 #[derive(Default)]
