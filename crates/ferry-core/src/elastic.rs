@@ -57,6 +57,13 @@ pub struct ElasticPool {
     /// How long a node must have held no job before it is released. Longer than the spread of start-up times, or a
     /// gang's first nodes may be released while it waits for its last.
     pub idle_release_s: u64,
+    /// How long a requested node may take to join before the core stops waiting for it (`Decision::Abandon`); 0: for
+    /// ever.
+    #[serde(default)]
+    pub startup_timeout_s: u64,
+    /// How long the pool is asked for no new node after it failed to start some (see `nodelife`); 0: not at all.
+    #[serde(default)]
+    pub retry_after_s: u64,
 }
 
 /// What one elastic pool can offer this cycle.
@@ -89,25 +96,32 @@ pub(crate) struct Request {
     pub(crate) jobs: Vec<NodesNeeded>,
 }
 
-/// Packs the wanting jobs, in queue order, into each pool in order: first onto nodes still starting, then onto new
-/// nodes while the pool has room, first fit, each worker of a gang on a node of its own. A job goes to the first pool
-/// that can take it whole. Returns what to ask each pool for, and which pool each job waits for.
+/// Packs the wanting jobs, in queue order: each onto nodes still starting in the first of its pools (in order) where
+/// they can hold it whole, else onto new nodes of the first pool with room, first fit, each worker of a gang on a
+/// node of its own. Nodes on their way are used before new ones are asked for, even where an earlier pool now has room
+/// (it was cooling down, say, when they were asked of a later one). Returns what to ask each pool for, and which pool
+/// each job waits for.
 pub(crate) fn plan(supplies: &[Supply], wants: &[Want]) -> (Vec<Request>, Vec<(JobId, usize)>) {
     let mut requests = vec![Request::default(); supplies.len()];
     let mut bins: Vec<Vec<Resources>> = supplies.iter().map(|s| vec![s.capacity; s.starting as usize]).collect();
     let mut waits = Vec::new();
-    for want in wants {
-        for &(pool, new_nodes) in &want.pools {
-            let supply = &supplies[pool];
-            let room = supply.room - requests[pool].nodes;
-            let Some(opened) = pack(&mut bins[pool], supply.capacity, room, want.needs, new_nodes) else { continue };
-            if opened > 0 {
-                requests[pool].nodes += opened;
-                let needs = want.needs;
-                requests[pool].jobs.push(NodesNeeded { job: want.job, workers: want.workers, nodes: opened, needs });
+    'wants: for want in wants {
+        for may_ask in [false, true] {
+            for &(pool, new_nodes) in &want.pools {
+                let supply = &supplies[pool];
+                let room = if may_ask { supply.room - requests[pool].nodes } else { 0 };
+                let Some(opened) = pack(&mut bins[pool], supply.capacity, room, want.needs, new_nodes) else {
+                    continue;
+                };
+                if opened > 0 {
+                    requests[pool].nodes += opened;
+                    let needs = want.needs;
+                    let nodes = NodesNeeded { job: want.job, workers: want.workers, nodes: opened, needs };
+                    requests[pool].jobs.push(nodes);
+                }
+                waits.push((want.job, pool));
+                continue 'wants;
             }
-            waits.push((want.job, pool));
-            break;
         }
     }
     (requests, waits)
@@ -173,6 +187,14 @@ mod tests {
         // One node already starting takes the first two jobs: only the third needs a new one.
         let starting = Supply { starting: 1, ..fresh };
         assert_eq!(render(&[starting], &wants), "pool 0: 1 for 3/1; waits [(1, 0), (2, 0), (3, 0)]");
+    }
+
+    #[test]
+    fn nodes_on_their_way_to_a_later_pool_are_used_before_new_ones_of_an_earlier_pool() {
+        let first = Supply { capacity: NODE, starting: 0, room: 4 };
+        let later = Supply { capacity: NODE, starting: 1, room: 3 };
+        let wants = [want(1, 8, 1, &[(0, 1), (1, 1)]), want(2, 8, 1, &[(0, 1), (1, 1)])];
+        assert_eq!(render(&[first, later], &wants), "pool 0: 1 for 2/1; pool 1: 0 for ; waits [(1, 1), (2, 0)]");
     }
 
     #[test]

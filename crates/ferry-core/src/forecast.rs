@@ -57,6 +57,7 @@ impl Scheduler {
     pub fn forecast_start(&self, job: JobId) -> Option<StartForecast> {
         let priority = self.queued_priority(job)?;
         let mut fork = self.clone();
+        fork.freeze_lifecycle();
         for below in fork.queued_below(priority) {
             fork.apply(Event::JobEnded { id: below }).expect("ending a job never fails");
         }
@@ -89,8 +90,12 @@ impl Scheduler {
                         ends.insert((now, victim, false));
                     }
                     Decision::Provision { pool, nodes, .. } => starting.add(&fork, &pool, nodes, now),
-                    // A released node takes no more jobs, which is all a forecast needs of it.
-                    Decision::Lost { .. } | Decision::Release { .. } => {}
+                    // A released node takes no more jobs, which is all a forecast needs of it; the lifecycle's
+                    // clocks are stopped in a forecast, so nothing goes not ready or is abandoned.
+                    Decision::Lost { .. }
+                    | Decision::Release { .. }
+                    | Decision::NodeNotReady { .. }
+                    | Decision::Abandon { .. } => {}
                 }
             }
             let next_end = ends.first().map(|(at, _, _)| *at);

@@ -1,7 +1,8 @@
 //! The scheduler core: a pure, deterministic state machine.
 //!
-//! Events go in (a node joined, went away or was removed, a job was submitted or ended), decisions come out (start
-//! this job on that node with these GPUs, this job was lost, start or release nodes of an elastic pool), and every
+//! Events go in (a node joined, was heard from, went away or was removed, a job was submitted or ended, a provider
+//! could not start nodes, time passed), decisions come out (start this job on that node with these GPUs, this node is
+//! not ready and this job was lost with it, start, stop waiting for, or release nodes of an elastic pool), and every
 //! decision or wait carries its reason as data.
 //!
 //! This crate must never do I/O, read a clock, spawn a task or draw a random number: the server and the simulator
@@ -15,6 +16,7 @@ mod forecast;
 mod idhash;
 pub mod lifecycle;
 mod node;
+pub mod nodelife;
 pub mod order;
 pub mod predict;
 mod preempt;
@@ -30,6 +32,7 @@ mod scheduler;
 pub use elastic::{ElasticPool, NodeTemplate};
 pub use fairshare::HALF_LIFE_S_DEFAULT;
 pub use forecast::{NoForecast, StartForecast, FORECAST_CYCLES_MAX};
+pub use nodelife::{AbandonReason, Cooldown, ElasticStatus, NodeStatus, NotReadyReason, ProvisionFailure};
 pub use order::QueueOrder;
 pub use preempt::{PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 pub use reason::{

@@ -192,6 +192,66 @@ pub fn on_cancel(placed: bool, requested: bool, by: &str) -> CancelStep {
     }
 }
 
+/// Where a stored, unfinished job stood when the server stopped, as the server's restart finds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stored {
+    /// In the queue.
+    #[default]
+    Queued,
+    /// Placed, and sent to its nodes without word back yet that it runs.
+    Starting,
+    /// Running (some or all of its runs reported started).
+    Running,
+    /// Not queued, yet on no node: its record lost its placement (a bug, or a hand-edited store).
+    Nowhere,
+}
+
+/// What a server restart does with one unfinished job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Back into the core's queue as it was.
+    Requeue,
+    /// Re-entered into the core where it runs (`Event::JobAdopted`), then `then`.
+    Adopt { then: AfterAdoption },
+    /// It cannot be picked up again: over, lost, for `reason`.
+    Lose { reason: String },
+}
+
+/// What follows a job's adoption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterAdoption {
+    /// Its runs are stopped, as they were being before the restart: a cancel or a preemption was under way, or a
+    /// gang worker had failed (which stops the rest).
+    StopRuns,
+    /// Its starts are sent again: the nodes may never have received them (a node drops a start it already runs).
+    Resend,
+    /// Nothing: its nodes go on reporting.
+    Follow,
+}
+
+/// Decides what a restart does with a stored job: `job` says whether a cancel or preemption was under way,
+/// `worker_failed` whether a gang worker had ended other than in success.
+pub fn on_restart(stored: Stored, job: &JobLife, worker_failed: bool) -> Restart {
+    let then = if job.cancel_requested || job.preempted.is_some() || worker_failed {
+        AfterAdoption::StopRuns
+    } else if stored == Stored::Starting {
+        AfterAdoption::Resend
+    } else {
+        AfterAdoption::Follow
+    };
+    match stored {
+        Stored::Queued => Restart::Requeue,
+        Stored::Starting | Stored::Running => Restart::Adopt { then },
+        Stored::Nowhere => Restart::Lose { reason: "lost when the server restarted: it was placed on no node".into() },
+    }
+}
+
+/// The reason a job is lost when the core refuses to take it back at a restart (`refusal` is the core's error: its
+/// node is gone, or what it holds there is now held by another job).
+pub fn lost_at_restart(refusal: &str) -> String {
+    format!("lost when the server restarted: {refusal}")
+}
+
 /// How one worker of a gang ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerEnded {
@@ -304,6 +364,22 @@ mod tests {
         for ending in [Ending::Succeeded, Ending::TimedOut, Ending::Cancelled] {
             assert!(matches!(after_runs(&job, ending, "t", RunEnd::Exited, 0, 0), Next::Finish { .. }), "{ending}");
         }
+    }
+
+    #[test]
+    fn a_restart_requeues_the_queued_adopts_the_placed_and_finishes_what_was_under_way() {
+        let plain = life(0, 0);
+        assert_eq!(on_restart(Stored::Queued, &plain, false), Restart::Requeue);
+        assert_eq!(on_restart(Stored::Running, &plain, false), Restart::Adopt { then: AfterAdoption::Follow });
+        assert_eq!(on_restart(Stored::Starting, &plain, false), Restart::Adopt { then: AfterAdoption::Resend });
+        let stop = Restart::Adopt { then: AfterAdoption::StopRuns };
+        let cancelled = JobLife { cancel_requested: true, ..plain.clone() };
+        assert_eq!(on_restart(Stored::Starting, &cancelled, false), stop, "a cancel under way is not sent again");
+        let preempted = JobLife { preempted: Some("for job 9".into()), ..plain.clone() };
+        assert_eq!(on_restart(Stored::Running, &preempted, false), stop);
+        assert_eq!(on_restart(Stored::Running, &plain, true), stop, "a gang with a failed worker stops the rest");
+        assert!(matches!(on_restart(Stored::Nowhere, &plain, false), Restart::Lose { .. }));
+        assert_eq!(lost_at_restart("node n is not known"), "lost when the server restarted: node n is not known");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
 use crate::idhash::IdMap;
 use crate::node::Node;
+use crate::nodelife::{AbandonReason, ElasticStatus, NodeLife, NodeStatus, NotReadyReason, ProvisionFailure};
 use crate::order::{self, QueueOrder};
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 use crate::queue::CycleQueue;
@@ -251,7 +252,10 @@ impl Allocation {
 pub enum Event {
     /// A node registered, or re-registered with new capacity; it is ready.
     NodeUp(NodeInfo),
-    /// A node stopped reporting. Its jobs are lost: each yields a `Decision::Lost`.
+    /// A node was heard from at `at_us` (an agent's report, an engine's answer): its heartbeat. A node not heard
+    /// from for the node timeout goes not ready at a tick (see `nodelife`).
+    NodeSeen { node: String, at_us: i64 },
+    /// A node stopped reporting, or its backend says it is down. Its jobs are lost: each yields a `Decision::Lost`.
     NodeDown { node: String },
     /// A node is gone for good (an elastic pool's node given back after `Decision::Release`, say). It must hold no
     /// job: a node with jobs goes `NodeDown` first.
@@ -273,7 +277,14 @@ pub enum Event {
     PlacementConfigured(GpuPlacement),
     /// How the queue is ordered within one priority (see `order`).
     QueueOrderConfigured(QueueOrder),
-    /// The time is now `now_us`; usage accrues and waiting is measured against it.
+    /// How long a ready node may go unheard before it is not ready; `None` (the default): never.
+    NodeTimeoutConfigured(Option<u64>),
+    /// The provider of elastic pool `pool` could not start `nodes` of the nodes asked of it: they are not waited for,
+    /// and the pool is asked for nothing for its `retry_after_s`, so blocked jobs are offered the next pool.
+    ProvisionFailed { pool: String, nodes: u32, failure: ProvisionFailure, detail: String },
+    /// The time is now `now_us`; usage accrues and waiting is measured against it. Yields the lifecycle's timed
+    /// decisions: nodes silent past the node timeout (`NodeNotReady`, then `Lost` for each of their jobs) and nodes
+    /// asked of elastic pools that did not join in time (`Abandon`).
     Tick { now_us: i64 },
 }
 
@@ -299,6 +310,19 @@ pub enum Decision {
     Lost {
         job: JobId,
         node: String,
+    },
+    /// The node stopped reporting: it takes no work until it is up again, and the `Lost` decisions that follow name
+    /// its jobs.
+    NodeNotReady {
+        node: String,
+        reason: NotReadyReason,
+    },
+    /// Stop waiting for `nodes` of the nodes asked of an elastic pool (the oldest): they did not join within its
+    /// start-up timeout. The driver terminates what it launched for them; the pool cools down.
+    Abandon {
+        pool: String,
+        nodes: u32,
+        reason: AbandonReason,
     },
     /// Stop a running job (with a grace period) so that `by` can start; the driver requeues it when it has ended.
     Preempt {
@@ -637,8 +661,8 @@ pub struct Scheduler {
     /// Nodes where running jobs were preempted for a queued job (one per worker of a gang): what frees there is that
     /// job's first.
     claims: BTreeMap<JobId, Vec<String>>,
-    /// For each elastic pool, how many nodes were requested and are not up yet.
-    provisioning: BTreeMap<String, u32>,
+    /// Heartbeats, nodes asked of elastic pools and not yet up, and pools cooling down after failures.
+    life: NodeLife,
     /// What the last cycle found: blocked jobs that wait for new nodes of an elastic pool, and that pool.
     waiting_for_nodes: HashMap<JobId, String>,
     /// Nodes whose last job left (or that joined) since the last tick; the next tick stamps them idle since its time.
@@ -764,7 +788,45 @@ impl Scheduler {
 
     /// For each elastic pool with nodes requested and not yet up, how many.
     pub fn provisioning(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.provisioning.iter().filter(|(_, n)| **n > 0).map(|(pool, n)| (pool.as_str(), *n))
+        self.life.all_starting()
+    }
+
+    /// Where a node stands in its lifecycle; `None` for a node the core does not know (or no longer: gone).
+    pub fn node_status(&self, name: &str) -> Option<NodeStatus> {
+        let node = self.nodes.get(name)?;
+        Some(match (node.releasing, node.ready) {
+            (true, _) => NodeStatus::Releasing,
+            (false, false) => NodeStatus::NotReady,
+            (false, true) => NodeStatus::Ready { idle_since_us: node.idle_since_us.filter(|_| node.jobs.is_empty()) },
+        })
+    }
+
+    /// An elastic pool's nodes by lifecycle state; `None` for a pool that is not elastic.
+    pub fn elastic_status(&self, pool: &str) -> Option<ElasticStatus> {
+        self.elastic_pool(pool)?;
+        let mut status = ElasticStatus {
+            starting: self.life.starting(pool),
+            oldest_request_us: self.life.oldest_request(pool),
+            cooldown: self.life.cooldown(pool).filter(|c| c.until_us > self.now_us).cloned(),
+            ..ElasticStatus::default()
+        };
+        for node in self.nodes.values().filter(|n| n.info.pool == pool) {
+            match self.node_status(&node.info.name) {
+                Some(NodeStatus::Ready { idle_since_us }) => {
+                    status.ready += 1;
+                    status.idle += u32::from(idle_since_us.is_some());
+                }
+                Some(NodeStatus::NotReady) => status.not_ready += 1,
+                Some(NodeStatus::Releasing) => status.releasing += 1,
+                None => {}
+            }
+        }
+        Some(status)
+    }
+
+    /// Stops the lifecycle's clocks: a forecast runs time forward without heartbeats or providers.
+    pub(crate) fn freeze_lifecycle(&mut self) {
+        self.life.freeze();
     }
 
     /// The elastic capacity of a pool, if it has any.
@@ -790,10 +852,27 @@ impl Scheduler {
         self.nodes.get(node).map(|n| (n.allocated, n.info.capacity))
     }
 
-    /// Applies one event. Only `NodeDown` yields decisions (the jobs it loses).
+    /// Applies one event. Only `NodeDown` (the jobs it loses) and `Tick` (see there) yield decisions.
     pub fn apply(&mut self, event: Event) -> Result<Vec<Decision>, CoreError> {
         match event {
             Event::NodeUp(info) => self.node_up(info).map(|()| Vec::new()),
+            Event::NodeSeen { node, at_us } => {
+                let known = self.nodes.get(&node).ok_or_else(|| CoreError::UnknownNode(node.clone()))?;
+                // A node given up on is heard again only when it is up again (an agent registers anew).
+                if known.ready && !known.releasing {
+                    self.life.seen(&node, at_us);
+                }
+                Ok(Vec::new())
+            }
+            Event::NodeTimeoutConfigured(timeout_s) => {
+                self.life.configure_timeout(timeout_s);
+                Ok(Vec::new())
+            }
+            Event::ProvisionFailed { pool, nodes, failure, detail } => {
+                let retry_after_s = self.elastic_pool(&pool).map_or(0, |e| e.retry_after_s);
+                self.life.failed(&pool, nodes, failure, detail, retry_after_s, self.now_us);
+                Ok(Vec::new())
+            }
             Event::NodeDown { node } => self.node_down(&node),
             Event::NodeRemoved { node } => self.node_removed(&node).map(|()| Vec::new()),
             Event::JobSubmitted(request) => self.submit(request).map(|()| Vec::new()),
@@ -806,7 +885,7 @@ impl Scheduler {
                 self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
                 // Nodes requested of a pool that is no longer elastic are not waited for.
                 let pools = &self.pools;
-                self.provisioning.retain(|pool, _| pools.get(pool).is_some_and(|p| p.elastic.is_some()));
+                self.life.retain_pools(|pool| pools.get(pool).is_some_and(|p| p.elastic.is_some()));
                 Ok(Vec::new())
             }
             Event::ProjectsConfigured(projects) => {
@@ -830,10 +909,7 @@ impl Scheduler {
                 self.queue_order = order;
                 Ok(Vec::new())
             }
-            Event::Tick { now_us } => {
-                self.tick(now_us);
-                Ok(Vec::new())
-            }
+            Event::Tick { now_us } => Ok(self.tick(now_us)),
         }
     }
 
@@ -853,12 +929,12 @@ impl Scheduler {
                 node.info = info;
                 node.ready = true;
                 node.releasing = false;
+                self.life.seen(&node.info.name, self.now_us);
             }
             None => {
                 // A new node of an elastic pool is one of those requested of it.
-                if let Some(starting) = self.provisioning.get_mut(&info.pool) {
-                    *starting = starting.saturating_sub(1);
-                }
+                self.life.joined(&info.pool);
+                self.life.seen(&info.name, self.now_us);
                 self.newly_idle.insert(info.name.clone());
                 self.nodes.insert(info.name.clone(), Node::new(info));
                 self.constraints.nodes_changed();
@@ -873,6 +949,7 @@ impl Scheduler {
             return Err(CoreError::NodeBusy { node: name.to_string(), jobs: node.jobs.iter().copied().collect() });
         }
         self.nodes.remove(name);
+        self.life.forget(name);
         self.constraints.nodes_changed();
         self.newly_idle.remove(name);
         self.held_back.remove(name);
@@ -883,6 +960,7 @@ impl Scheduler {
     fn node_down(&mut self, name: &str) -> Result<Vec<Decision>, CoreError> {
         let node = self.nodes.get_mut(name).ok_or_else(|| CoreError::UnknownNode(name.to_string()))?;
         node.ready = false;
+        self.life.forget(name);
         let lost: Vec<JobId> = node.jobs.iter().copied().collect();
         for &job in &lost {
             self.end(job);
@@ -890,14 +968,32 @@ impl Scheduler {
         Ok(lost.into_iter().map(|job| Decision::Lost { job, node: name.to_string() }).collect())
     }
 
-    /// Moves time forward, and stamps the nodes that became idle since the last tick as idle since now.
-    fn tick(&mut self, now_us: i64) {
+    /// Moves time forward, stamps the nodes that became idle since the last tick as idle since now, and decides
+    /// what the time passed means for the node lifecycle: silent nodes go not ready (losing their jobs), nodes asked
+    /// of elastic pools that are overdue are abandoned (and their pool cools down), cooldowns that are over end.
+    fn tick(&mut self, now_us: i64) -> Vec<Decision> {
         self.advance_usage(now_us);
         for name in std::mem::take(&mut self.newly_idle) {
             if let Some(node) = self.nodes.get_mut(&name).filter(|n| n.jobs.is_empty()) {
                 node.idle_since_us.get_or_insert(self.now_us);
             }
         }
+        let mut decisions = Vec::new();
+        for (node, reason) in self.life.silent(self.now_us) {
+            decisions.push(Decision::NodeNotReady { node: node.clone(), reason });
+            decisions.extend(self.node_down(&node).unwrap_or_default());
+        }
+        self.life.expire_cooldowns(self.now_us);
+        for pool in self.life.pools_starting() {
+            let Some(elastic) = self.elastic_pool(&pool) else { continue };
+            let (startup_timeout_s, retry_after_s) = (elastic.startup_timeout_s, elastic.retry_after_s);
+            let Some((nodes, waited_s)) = self.life.overdue(&pool, startup_timeout_s, self.now_us) else { continue };
+            let reason = AbandonReason { pool: pool.clone(), waited_s, startup_timeout_s, retry_after_s };
+            let detail = reason.to_string();
+            self.life.failed(&pool, nodes, ProvisionFailure::StartupTimeout, detail, retry_after_s, self.now_us);
+            decisions.push(Decision::Abandon { pool, nodes, reason });
+        }
+        decisions
     }
 
     /// Each user's and project's usage accrues what its jobs held since the last tick, then decays.
@@ -1316,7 +1412,7 @@ impl Scheduler {
             if request.nodes == 0 {
                 continue;
             }
-            *self.provisioning.entry(pool.name.clone()).or_default() += request.nodes;
+            self.life.requested(&pool.name, request.nodes, self.now_us);
             let more_jobs = request.jobs.len().saturating_sub(PROVISION_JOBS_NAMED_MAX) as u32;
             request.jobs.truncate(PROVISION_JOBS_NAMED_MAX);
             let reason = ProvisionReason {
@@ -1345,6 +1441,7 @@ impl Scheduler {
             }
             node.releasing = true;
             node.ready = false;
+            self.life.forget(&node.info.name);
             let reason = ReleaseReason {
                 pool: node.info.pool.clone(),
                 idle_s: (idle_us / 1_000_000) as u64,
@@ -1482,9 +1579,12 @@ impl Scheduler {
         pools.sort_by_key(|(p, _)| self.pool_rank(&p.name));
         for (pool, elastic) in pools {
             let position = cycle.pool_order.iter().position(|p| *p == pool.name);
-            let starting = self.provisioning.get(&pool.name).copied().unwrap_or(0);
+            let starting = self.life.starting(&pool.name);
             let nodes = position.map_or(0, |k| cycle.nodes_in_pool[k]).saturating_add(starting);
-            let room = elastic.max_nodes.saturating_sub(nodes);
+            // A pool cooling down after a failure to start nodes is asked for none: its wanting jobs go on to the
+            // next elastic pool in order, or wait for the nodes already on their way.
+            let cooling = self.life.cooldown(&pool.name).is_some_and(|c| c.until_us > self.now_us);
+            let room = if cooling { 0 } else { elastic.max_nodes.saturating_sub(nodes) };
             cycle.elastic.push(ElasticCandidate {
                 name: pool.name.clone(),
                 template: elastic.node.node("", &pool.name),
@@ -2230,7 +2330,7 @@ impl Scheduler {
     pub fn explain(&self, job: JobId) -> Option<WaitReason> {
         let request = &self.queued_request(job)?;
         if let Some(pool) = self.waiting_for_nodes.get(&job) {
-            let nodes_starting = self.provisioning.get(pool).copied().unwrap_or(0);
+            let nodes_starting = self.life.starting(pool);
             return Some(WaitReason::Provisioning { pool: pool.clone(), nodes_starting });
         }
         if self.nodes.is_empty() {

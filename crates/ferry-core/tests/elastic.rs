@@ -21,7 +21,8 @@ fn template() -> NodeTemplate {
 /// Pool `owned` first, then the elastic burst pool `cloud` of up to `max_nodes` nodes that start in 3 minutes and
 /// are released after 10 idle minutes.
 fn pools(max_nodes: u32, burst_after_s: Option<u64>) -> Event {
-    let elastic = ElasticPool { node: template(), max_nodes, startup_s: 180, idle_release_s: 600 };
+    let elastic =
+        ElasticPool { node: template(), max_nodes, startup_s: 180, idle_release_s: 600, ..ElasticPool::default() };
     Event::PoolsConfigured(vec![
         PoolInfo { name: "owned".into(), order: 0, ..PoolInfo::default() },
         PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s, elastic: Some(elastic) },
@@ -69,6 +70,8 @@ fn cycle(s: &mut Scheduler) -> Vec<String> {
             Decision::Lost { job, node } => format!("lost {job} on {node}"),
             Decision::Provision { pool, nodes, reason } => format!("provision {nodes} in {pool}: {reason}"),
             Decision::Release { node, reason } => format!("release {node}: {reason}"),
+            Decision::NodeNotReady { node, reason } => format!("not ready {node}: {reason}"),
+            Decision::Abandon { pool, nodes, reason } => format!("abandon {nodes} in {pool}: {reason}"),
         })
         .collect();
     s.check_invariants().unwrap();

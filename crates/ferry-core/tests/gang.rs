@@ -40,6 +40,8 @@ fn cycle(s: &mut Scheduler) -> Vec<String> {
             Decision::Lost { job, node } => format!("lost {job} on {node}"),
             Decision::Provision { pool, nodes, .. } => format!("provision {nodes} in {pool}"),
             Decision::Release { node, .. } => format!("release {node}"),
+            Decision::NodeNotReady { node, reason } => format!("not ready {node}: {reason}"),
+            Decision::Abandon { pool, nodes, reason } => format!("abandon {nodes} in {pool}: {reason}"),
         })
         .collect();
     s.check_invariants().unwrap();

@@ -18,7 +18,9 @@ use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
 use ferry_core::lifecycle::{self, CancelStep, Ending, GangStep, JobLife, Next, RunResult, WorkerEnded};
 use ferry_core::resources_fmt::format_cpus;
-use ferry_core::{Allocation, Decision, Event, JobRequest, NodeInfo, Peer, Resources, Scheduler, WaitReason};
+use ferry_core::{
+    Allocation, Decision, Event, JobRequest, NodeInfo, NodeStatus, Peer, Resources, Scheduler, WaitReason,
+};
 use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Store, StoreError, SubmissionKey, Tx};
 use tokio::sync::{mpsc, oneshot};
 
@@ -348,12 +350,11 @@ impl Active {
     }
 }
 
-struct Liveness {
+/// What the driver keeps of a node beside the core (which decides whether it is ready).
+struct NodeEntry {
     /// Where other nodes reach this one; its name when its agent did not say.
     address: String,
     pool: String,
-    last_seen: Instant,
-    ready: bool,
 }
 
 /// What a batch owes the outside world once it is committed (or failed).
@@ -398,7 +399,7 @@ pub struct Driver {
     jobs: HashMap<u64, Active>,
     /// Unfinished jobs that wait in the queue.
     queued: HashMap<u64, Queued>,
-    nodes: HashMap<String, Liveness>,
+    nodes: HashMap<String, NodeEntry>,
     node_timeout: Duration,
     config: FileConfig,
     /// The MLflow variables every run gets.
@@ -476,6 +477,10 @@ impl Driver {
         self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
         let order = Event::QueueOrderConfigured(self.config.queue_order.clone());
         self.sched.apply(order).expect("configuring never fails");
+        let timeout_s = self.node_timeout.as_secs().max(1);
+        self.sched.apply(Event::NodeTimeoutConfigured(Some(timeout_s))).expect("configuring never fails");
+        // Known nodes are heard from as of now: each gets the whole node timeout to report again.
+        self.sched.apply(Event::Tick { now_us: self.clock.now_us() }).expect("a first tick decides nothing");
         self.jobs.clear();
         self.queued.clear();
         self.nodes.clear();
@@ -486,16 +491,24 @@ impl Driver {
             }
             let address = record.address.clone().unwrap_or_else(|| record.name.clone());
             let pool = record.pool.clone();
-            self.nodes.insert(record.name.clone(), Liveness { address, pool, last_seen: Instant::now(), ready: true });
+            self.nodes.insert(record.name.clone(), NodeEntry { address, pool });
         }
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
         for record in self.store.unfinished_jobs().await? {
             let active = Active::from_record(&record);
-            let adopted = match (&record.state, &record.node) {
-                (JobState::Queued, _) => {
+            let stored = match (&record.state, &record.node) {
+                (JobState::Queued, _) => lifecycle::Stored::Queued,
+                (JobState::Starting, Some(_)) => lifecycle::Stored::Starting,
+                (_, Some(_)) => lifecycle::Stored::Running,
+                (_, None) => lifecycle::Stored::Nowhere,
+            };
+            let worker_failed =
+                active.workers.iter().any(|w| w.end.as_ref().is_some_and(|e| e.state != JobState::Succeeded));
+            let then = match lifecycle::on_restart(stored, &active.life(), worker_failed) {
+                lifecycle::Restart::Requeue => {
                     if let Err(e) = self.sched.apply(Event::JobSubmitted(active.request(record.id))) {
-                        let message = format!("lost when the server restarted: {e}");
+                        let message = lifecycle::lost_at_restart(&e.to_string());
                         tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
                         continue;
                     }
@@ -508,34 +521,33 @@ impl Driver {
                     self.queued.insert(record.id, queued);
                     continue;
                 }
-                (_, Some(node)) => {
-                    let allocation = Allocation {
-                        node: node.clone(),
-                        resources: record.spec.resources,
-                        gpus: record.gpu_ids.clone(),
-                        gpu_share_milli: record.spec.gpu_share_milli,
-                        peers: record
-                            .workers
-                            .iter()
-                            .skip(1)
-                            .map(|w| Peer { node: w.node.clone(), gpus: w.gpu_ids.clone() })
-                            .collect(),
-                    };
-                    self.sched.apply(Event::JobAdopted { request: active.request(record.id), allocation })
+                lifecycle::Restart::Lose { reason } => {
+                    tx.finished(record.id, JobState::Lost, None, None, &reason, self.clock.now_us()).await?;
+                    continue;
                 }
-                (_, None) => Err(ferry_core::CoreError::UnknownNode(String::new())),
+                lifecycle::Restart::Adopt { then } => then,
             };
-            if let Err(e) = adopted {
-                let message = format!("lost when the server restarted: {e}");
+            let node = record.node.clone().expect("an adopted job is on a node");
+            let allocation = Allocation {
+                node,
+                resources: record.spec.resources,
+                gpus: record.gpu_ids.clone(),
+                gpu_share_milli: record.spec.gpu_share_milli,
+                peers: record
+                    .workers
+                    .iter()
+                    .skip(1)
+                    .map(|w| Peer { node: w.node.clone(), gpus: w.gpu_ids.clone() })
+                    .collect(),
+            };
+            if let Err(e) = self.sched.apply(Event::JobAdopted { request: active.request(record.id), allocation }) {
+                let message = lifecycle::lost_at_restart(&e.to_string());
                 tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
                 continue;
             }
-            // A gang with a failed worker stops the rest, as it did before the restart.
-            let failed = active.workers.iter().any(|w| w.end.as_ref().is_some_and(|e| e.state != JobState::Succeeded));
-            if record.cancel_requested || failed || active.preempted.is_some() {
-                fx.stops.extend(active.live_runs(record.id));
-            } else if record.state == JobState::Starting {
-                match self.secrets.resolve(&mut tx, &record.spec).await? {
+            match then {
+                lifecycle::AfterAdoption::StopRuns => fx.stops.extend(active.live_runs(record.id)),
+                lifecycle::AfterAdoption::Resend => match self.secrets.resolve(&mut tx, &record.spec).await? {
                     // The agents drop what they already run.
                     Ok(secrets) => fx.launches.extend(self.assignments(&record, &active, &secrets)),
                     Err(why) => {
@@ -543,7 +555,8 @@ impl Driver {
                         self.sched.apply(Event::JobEnded { id: record.id }).expect("ending a job never fails");
                         continue;
                     }
-                }
+                },
+                lifecycle::AfterAdoption::Follow => {}
             }
             self.jobs.insert(record.id, active);
         }
@@ -591,7 +604,7 @@ impl Driver {
             for command in batch {
                 self.handle(command, &mut tx, &mut fx).await?;
             }
-            self.check_liveness(&mut tx, &mut fx).await?;
+            self.tick(&mut tx, &mut fx).await?;
             let cycle = Instant::now();
             self.place(&mut tx, &mut fx).await?;
             self.cycles += 1;
@@ -879,9 +892,12 @@ impl Driver {
         if let Err(e) = self.sched.apply(Event::NodeUp(node_info(&record))) {
             tracing::warn!(node = %node.name, error = %e, "node registration is inconsistent");
         }
+        if let Err(e) = self.sched.apply(Event::NodeSeen { node: node.name.clone(), at_us: now }) {
+            tracing::warn!(node = %node.name, error = %e, "node registration is inconsistent");
+        }
         let address = node.address.clone().unwrap_or_else(|| node.name.clone());
         let pool = node.pool.clone();
-        self.nodes.insert(node.name.clone(), Liveness { address, pool, last_seen: Instant::now(), ready: true });
+        self.nodes.insert(node.name.clone(), NodeEntry { address, pool });
         tracing::info!(node = %node.name, runs = node.runs.len(), "node registered");
         let mut stop = Vec::new();
         for report in &node.runs {
@@ -919,16 +935,17 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<Result<ReportsAck, ApiError>, StoreError> {
-        let Some(live) = self.nodes.get_mut(&reports.node) else {
+        if !self.nodes.contains_key(&reports.node) {
             return Ok(Err(ApiError::not_found(format!("node {} is not registered; register first", reports.node))));
-        };
-        if !live.ready {
+        }
+        if !matches!(self.sched.node_status(&reports.node), Some(NodeStatus::Ready { .. })) {
             // A node given up on must register again, listing its runs, so that the copies of jobs that were
             // requeued or lost meanwhile are stopped.
             return Ok(Err(ApiError::not_found(format!("node {} was marked not ready; register again", reports.node))));
         }
-        live.last_seen = Instant::now();
-        tx.node_seen(&reports.node, reports.usage.as_ref(), self.clock.now_us()).await?;
+        let now = self.clock.now_us();
+        self.sched.apply(Event::NodeSeen { node: reports.node.clone(), at_us: now }).expect("the node is known");
+        tx.node_seen(&reports.node, reports.usage.as_ref(), now).await?;
         let mut stop = Vec::new();
         for report in &reports.runs {
             stop.extend(self.report(&reports.node, report, tx, fx).await?);
@@ -1191,27 +1208,32 @@ impl Driver {
         Ok(())
     }
 
-    /// Marks nodes that stopped reporting as not ready, and loses or requeues their jobs.
-    async fn check_liveness(&mut self, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
-        let timeout = self.node_timeout;
-        let silent: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, l)| l.ready && l.last_seen.elapsed() > timeout)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in silent {
-            tracing::warn!(node = %name, timeout_s = timeout.as_secs_f64(), "node stopped reporting; marking it not ready");
-            self.nodes.get_mut(&name).expect("silent node is known").ready = false;
-            tx.set_node_ready(&name, false).await?;
-            self.agents.forget_node(&name);
-            let decisions = self.sched.apply(Event::NodeDown { node: name.clone() }).unwrap_or_default();
-            for decision in decisions {
-                if let Decision::Lost { job, node } = decision {
+    /// Tells the core the time and applies what the node lifecycle decides of it: nodes that stopped reporting go
+    /// not ready and their jobs are lost or requeued; nodes asked of elastic pools that never joined are given up.
+    async fn tick(&mut self, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
+        let decisions = self.sched.apply(Event::Tick { now_us: self.clock.now_us() }).expect("a tick never fails");
+        let mut silent = HashMap::new();
+        for decision in decisions {
+            match decision {
+                Decision::NodeNotReady { node, reason } => {
+                    tracing::warn!(node = %node, silent_s = reason.silent_s, "node stopped reporting; marking it not ready");
+                    tx.set_node_ready(&node, false).await?;
+                    self.agents.forget_node(&node);
+                    silent.insert(node, reason);
+                }
+                Decision::Lost { job, node } => {
                     let attempt = self.jobs.get(&job).map(|j| j.attempt).unwrap_or(0);
-                    let why = format!("node {node} stopped reporting for {}s", timeout.as_secs());
+                    let why = match silent.get(&node) {
+                        Some(reason) => format!("node {node} stopped reporting for {}s", reason.timeout_s),
+                        None => format!("node {node} went down"),
+                    };
                     // The core already released the job; `lose` re-enters it in the queue if it is retried.
                     self.lose(job, attempt, &why, tx, fx).await?;
+                }
+                // The server makes no pool elastic yet (cloud providers are the next issue), so nothing is asked of a
+                // provider and nothing can be given up; say so rather than act.
+                other => {
+                    tracing::warn!(decision = ?other, "elastic pools are not supported by the server yet; decision ignored")
                 }
             }
         }
@@ -1220,12 +1242,12 @@ impl Driver {
 
     /// Runs one scheduling cycle and records each start and preemption.
     async fn place(&mut self, tx: &mut Tx, fx: &mut Effects) -> Result<(), StoreError> {
-        self.sched.apply(Event::Tick { now_us: self.clock.now_us() }).expect("a tick never fails");
         for decision in self.sched.schedule() {
             match decision {
                 Decision::Start { job, allocation, reason } => self.start_job(job, allocation, reason, tx, fx).await?,
                 Decision::Preempt { job, by, reason } => self.preempt(job, by, reason, tx, fx).await?,
-                Decision::Lost { .. } => {}
+                // A cycle loses no job and times nothing out: those come of events and ticks.
+                Decision::Lost { .. } | Decision::NodeNotReady { .. } | Decision::Abandon { .. } => {}
                 // Cloud provisioning is a later issue: the server's config never makes a pool elastic yet, so the core
                 // does not ask for nodes or releases; if it ever does, say so rather than act.
                 Decision::Provision { .. } | Decision::Release { .. } => {
@@ -1663,6 +1685,39 @@ mod lifecycle_tests {
         assert_eq!(state(&d, id).await, (JobState::Failed, 2));
         let record = d.store.job(id).await.unwrap().unwrap();
         assert_eq!(record.finished_at_us, Some(clock.now_us()), "the driver records the clock it was given");
+    }
+
+    #[tokio::test]
+    async fn a_node_silent_past_the_timeout_by_the_drivers_clock_loses_its_job_and_must_register_again() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let first = node(&clock);
+        ask(&mut d, |reply| Command::Register { node: first, reply }).await.unwrap();
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
+        assert_eq!(state(&d, id).await, (JobState::Starting, 0));
+        // A report at 20 s keeps it alive until 50 s by the clock the driver was given (the timeout is 30 s).
+        clock.advance_s(20);
+        let reports = Reports { node: "n1".into(), runs: Vec::new(), usage: None };
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        clock.advance_s(30);
+        d.apply_batch(Vec::new()).await;
+        assert_eq!(state(&d, id).await, (JobState::Starting, 0), "silent for exactly the timeout");
+        assert!(d.store.nodes().await.unwrap()[0].ready);
+        clock.advance_s(1);
+        d.apply_batch(Vec::new()).await;
+        // Lost with its node and retried (one retry was asked for): queued, as no node is ready.
+        assert_eq!(state(&d, id).await, (JobState::Queued, 1));
+        assert!(!d.store.nodes().await.unwrap()[0].ready);
+        let events = d.store.job_events(id).await.unwrap();
+        let said = events.iter().any(|e| e.message.contains("node n1 stopped reporting for 30s"));
+        assert!(said, "{events:?}");
+        // Its reports are refused until it registers again; then the job is placed there again.
+        let reports = Reports { node: "n1".into(), runs: Vec::new(), usage: None };
+        let refused = ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap_err();
+        assert!(refused.message.contains("register again"), "{}", refused.message);
+        let again = node(&clock);
+        ask(&mut d, |reply| Command::Register { node: again, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Starting, 1));
     }
 
     #[tokio::test]

@@ -543,7 +543,7 @@ fn elastic(src: &Source<'_>, spec: &PoolSpec, elastic_total: &mut usize) -> Resu
     let (capacity, gpu_model) =
         capacity(src, "node.", &node.cpus, &node.memory, node.gpus.as_ref(), node.gpu_model.as_ref())?;
     let node = NodeTemplate { capacity, gpu_model, labels: node.labels.clone() };
-    Ok(Some(ElasticPool { node, max_nodes: n as u32, startup_s, idle_release_s }))
+    Ok(Some(ElasticPool { node, max_nodes: n as u32, startup_s, idle_release_s, ..ElasticPool::default() }))
 }
 
 /// A node's capacity and GPU model, checked; `prefix` goes before the field names in errors.

@@ -273,7 +273,12 @@ impl Sim {
     /// Tells the core the time, runs one scheduling cycle and records its starts in the ledger.
     pub fn schedule(&mut self, now_ms: u64) -> Result<Vec<Action>, Violation> {
         let now_us = (now_ms as i64).saturating_mul(1000);
-        self.apply(Event::Tick { now_us }, now_ms, || format!("a tick at {now_us}us"))?;
+        // The simulator sets no node timeout and no start-up timeout, so a tick must decide nothing.
+        if let Some(decision) = self.apply(Event::Tick { now_us }, now_ms, || format!("a tick at {now_us}us"))?.pop() {
+            return Err(
+                self.violation(now_ms, format!("the core decided {decision:?} at a tick, with no timeouts set"))
+            );
+        }
         let decisions = match catch_unwind(AssertUnwindSafe(|| self.core.schedule())) {
             Ok(decisions) => decisions,
             Err(panic) => {
@@ -298,6 +303,10 @@ impl Sim {
                 }
                 Decision::Lost { job, node } => {
                     let message = format!("the core reported job {job} lost on node {node}, but no node went down");
+                    return Err(self.violation(now_ms, message));
+                }
+                Decision::NodeNotReady { .. } | Decision::Abandon { .. } => {
+                    let message = format!("the core decided {decision:?} in a cycle, which only ticks do");
                     return Err(self.violation(now_ms, message));
                 }
                 Decision::Provision { pool, nodes, .. } => {
