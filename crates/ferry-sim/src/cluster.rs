@@ -52,6 +52,12 @@ pub struct Pool {
     pub price_cpu_hour: f64,
     /// Set for a burst pool whose nodes start on demand from a template; it has no nodes of its own.
     pub elastic: Option<ElasticPool>,
+    /// The chance that a node asked of the elastic pool fails to start (the provider has no capacity): the core hears
+    /// `ProvisionFailed` and the pool cools down for its `retry_after_s`.
+    pub start_failure_rate: f64,
+    /// The chance that a node asked of the elastic pool starts but never joins (a machine that hangs at boot): the core
+    /// gives up on it after the pool's `startup_timeout_s`, which such a pool must have.
+    pub join_failure_rate: f64,
 }
 
 impl Pool {
@@ -144,6 +150,10 @@ struct PoolSpec {
     max_nodes: Option<Spanned<i64>>,
     startup: Option<Spanned<String>>,
     idle_release: Option<Spanned<String>>,
+    startup_timeout: Option<Spanned<String>>,
+    retry_after: Option<Spanned<String>>,
+    start_failure_rate: Option<Spanned<f64>>,
+    join_failure_rate: Option<Spanned<f64>>,
     node: Option<Spanned<TemplateSpec>>,
 }
 
@@ -480,8 +490,31 @@ fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError
             None => None,
         };
         let elastic = elastic(src, &spec, &mut elastic_total)?;
+        let chance = |field: &str, value: &Option<Spanned<f64>>| match value {
+            None => Ok(0.0),
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => Ok(*r.get_ref()),
+            Some(r) => Err(src.error(field, r, format!("{} is not a chance; write 0 to 1, such as 0.1", r.get_ref()))),
+        };
+        let start_failure_rate = chance("start_failure_rate", &spec.start_failure_rate)?;
+        let join_failure_rate = chance("join_failure_rate", &spec.join_failure_rate)?;
+        if let (Some(rate), Some(0) | None) = (&spec.join_failure_rate, elastic.as_ref().map(|e| e.startup_timeout_s)) {
+            if *rate.get_ref() > 0.0 {
+                let message = "nodes that never join are given up on only after a startup_timeout; set one, such as startup_timeout = \"15m\"";
+                return Err(src.error("join_failure_rate", rate, message));
+            }
+        }
         let (order, burst) = (spec.order, spec.burst);
-        pools.push(Pool { name, order, burst, burst_after_s, price_gpu_hour, price_cpu_hour, elastic });
+        pools.push(Pool {
+            name,
+            order,
+            burst,
+            burst_after_s,
+            price_gpu_hour,
+            price_cpu_hour,
+            elastic,
+            start_failure_rate,
+            join_failure_rate,
+        });
     }
     pools.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
     Ok(pools)
@@ -495,6 +528,10 @@ fn elastic(src: &Source<'_>, spec: &PoolSpec, elastic_total: &mut usize) -> Resu
         let stray = [
             ("startup", spec.startup.as_ref().map(|v| v.span())),
             ("idle_release", spec.idle_release.as_ref().map(|v| v.span())),
+            ("startup_timeout", spec.startup_timeout.as_ref().map(|v| v.span())),
+            ("retry_after", spec.retry_after.as_ref().map(|v| v.span())),
+            ("start_failure_rate", spec.start_failure_rate.as_ref().map(|v| v.span())),
+            ("join_failure_rate", spec.join_failure_rate.as_ref().map(|v| v.span())),
             ("node", spec.node.as_ref().map(|v| v.span())),
         ];
         if let Some((field, Some(span))) = stray.into_iter().find(|(_, span)| span.is_some()) {
@@ -540,10 +577,21 @@ fn elastic(src: &Source<'_>, spec: &PoolSpec, elastic_total: &mut usize) -> Resu
         Ok(s)
     };
     let (startup_s, idle_release_s) = (delay("startup", startup)?, delay("idle_release", idle_release)?);
+    let optional = |field: &str, text: &Option<Spanned<String>>| text.as_ref().map_or(Ok(0), |t| delay(field, t));
+    let startup_timeout_s = optional("startup_timeout", &spec.startup_timeout)?;
+    let retry_after_s = optional("retry_after", &spec.retry_after)?;
+    if let (Some(text), true) = (&spec.startup_timeout, startup_timeout_s <= startup_s) {
+        let message = format!(
+            "{} is not longer than startup ({}s): no node could ever join in time; make it longer",
+            text.get_ref(),
+            startup_s
+        );
+        return Err(src.error("startup_timeout", text, message));
+    }
     let (capacity, gpu_model) =
         capacity(src, "node.", &node.cpus, &node.memory, node.gpus.as_ref(), node.gpu_model.as_ref())?;
     let node = NodeTemplate { capacity, gpu_model, labels: node.labels.clone() };
-    Ok(Some(ElasticPool { node, max_nodes: n as u32, startup_s, idle_release_s, ..ElasticPool::default() }))
+    Ok(Some(ElasticPool { node, max_nodes: n as u32, startup_s, idle_release_s, startup_timeout_s, retry_after_s }))
 }
 
 /// A node's capacity and GPU model, checked; `prefix` goes before the field names in errors.
@@ -674,6 +722,8 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
         elastic: None,
+        start_failure_rate: 0.0,
+        join_failure_rate: 0.0,
     };
     let gpu_placement = GpuPlacement::default();
     Ok(Cluster {

@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ferry_core::lifecycle::{self, gang_step, Ending, GangStep, JobLife, Next, RunEnd, RunResult, WorkerEnded};
-use ferry_core::{Allocation, Decision, ElasticPool, Event, JobId, JobRequest, NodeInfo, Scheduler};
+use ferry_core::{Allocation, Decision, ElasticPool, Event, JobId, JobRequest, NodeInfo, ProvisionFailure, Scheduler};
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -24,6 +25,11 @@ use crate::checker::{Ceilings, Checker, ElasticLimits, Released, StepChanges};
 use crate::cluster::{Cluster, Pool};
 use crate::error::Violation;
 use crate::failures::FAILURE_STREAM;
+
+/// The random stream elastic nodes' start failures are drawn from.
+const START_FAILURE_STREAM: u64 = 0x7374_6172;
+/// How long after a request a provider that has no capacity says so.
+const START_FAILURE_REPORTED_MS: u64 = 1000;
 use crate::ledger::Ledger;
 use crate::predictions::{Learner, Predictions};
 use crate::runs::{JobRun, RunPlan};
@@ -76,6 +82,12 @@ pub enum Action {
     },
     /// This node of an elastic pool was given back; it is already gone from the core and the ledger.
     Released(String),
+    /// The core stopped waiting for this many of the nodes asked of this elastic pool (the oldest): none joined within
+    /// the pool's start-up timeout. They are already out of the ledger's starting count.
+    Abandoned {
+        pool: String,
+        nodes: u32,
+    },
 }
 
 /// The core, the ledger and the checker of one run, and where the run is.
@@ -242,6 +254,18 @@ impl Sim {
         self.apply(Event::NodeUp(info), now_ms, || format!("node {name} coming back")).map(drop)
     }
 
+    /// A node asked of an elastic pool will not come: its provider had no capacity.
+    pub fn start_failed(&mut self, pool: &str, now_ms: u64) -> Result<(), Violation> {
+        self.ledger.not_starting(pool, 1);
+        let event = Event::ProvisionFailed {
+            pool: pool.to_string(),
+            nodes: 1,
+            failure: ProvisionFailure::NoCapacity,
+            detail: "the simulated provider had no capacity".to_string(),
+        };
+        self.apply(event, now_ms, || format!("a node of pool {pool} failing to start")).map(drop)
+    }
+
     /// A node of an elastic pool joins, idle.
     pub fn node_up(&mut self, info: NodeInfo, now_ms: u64) -> Result<(), Violation> {
         let name = info.name.clone();
@@ -273,11 +297,22 @@ impl Sim {
     /// Tells the core the time, runs one scheduling cycle and records its starts in the ledger.
     pub fn schedule(&mut self, now_ms: u64) -> Result<Vec<Action>, Violation> {
         let now_us = (now_ms as i64).saturating_mul(1000);
-        // The simulator sets no node timeout and no start-up timeout, so a tick must decide nothing.
-        if let Some(decision) = self.apply(Event::Tick { now_us }, now_ms, || format!("a tick at {now_us}us"))?.pop() {
-            return Err(
-                self.violation(now_ms, format!("the core decided {decision:?} at a tick, with no timeouts set"))
-            );
+        // The simulator's nodes do not heartbeat and it sets no node timeout: a tick can only give up on nodes asked
+        // of an elastic pool with a start-up timeout.
+        let mut actions = Vec::new();
+        for decision in self.apply(Event::Tick { now_us }, now_ms, || format!("a tick at {now_us}us"))? {
+            match decision {
+                Decision::Abandon { pool, nodes, .. }
+                    if self.elastic.get(&pool).is_some_and(|e| e.startup_timeout_s > 0) =>
+                {
+                    self.ledger.not_starting(&pool, nodes);
+                    actions.push(Action::Abandoned { pool, nodes });
+                }
+                other => {
+                    let message = format!("the core decided {other:?} at a tick, which nothing here allows");
+                    return Err(self.violation(now_ms, message));
+                }
+            }
         }
         let decisions = match catch_unwind(AssertUnwindSafe(|| self.core.schedule())) {
             Ok(decisions) => decisions,
@@ -285,7 +320,6 @@ impl Sim {
                 return Err(self.violation(now_ms, format!("the core panicked in a cycle: {}", panic_text(&panic))))
             }
         };
-        let mut actions = Vec::new();
         for decision in decisions {
             match decision {
                 Decision::Start { job, allocation, .. } => {
@@ -393,6 +427,8 @@ enum SimEvent {
     Stop { job: JobId, attempt: u32 },
     /// The elastic node at this position of the replay's list has started and joins.
     NodeUp(usize),
+    /// The elastic node at this position of the replay's list failed to start: the provider said so.
+    StartFailed(usize),
     /// The declared node at this position of the cluster's list fails, for `back_after_ms`; `drawn` for a failure
     /// drawn at the cluster's rate, which draws the node's next one once it is back.
     NodeFail { node: usize, back_after_ms: u64, drawn: bool },
@@ -561,6 +597,10 @@ pub struct ElasticNode {
     pub requested_ms: u64,
     pub up_ms: Option<u64>,
     pub released_ms: Option<u64>,
+    /// When its provider said it could not start it (nothing is billed).
+    pub failed_ms: Option<u64>,
+    /// When the core gave up waiting for it (start-up timeout); billed until then, as its machine is terminated then.
+    pub abandoned_ms: Option<u64>,
 }
 
 /// The nodes elastic pools started in one replay, and how to find them by name.
@@ -581,8 +621,15 @@ impl ElasticNodes {
                 *n += 1;
                 let name = Pool::elastic_node_name(pool, *n);
                 self.by_name.insert(name.clone(), self.nodes.len());
-                let node =
-                    ElasticNode { name, pool: pool.to_string(), requested_ms: now_ms, up_ms: None, released_ms: None };
+                let node = ElasticNode {
+                    name,
+                    pool: pool.to_string(),
+                    requested_ms: now_ms,
+                    up_ms: None,
+                    released_ms: None,
+                    failed_ms: None,
+                    abandoned_ms: None,
+                };
                 self.nodes.push(node);
                 self.nodes.len() - 1
             })
@@ -592,6 +639,17 @@ impl ElasticNodes {
     fn released(&mut self, name: &str, now_ms: u64) {
         if let Some(&i) = self.by_name.get(name) {
             self.nodes[i].released_ms = Some(now_ms);
+        }
+    }
+
+    /// Marks the `count` oldest nodes of `pool` still on their way as abandoned at `now_ms`.
+    fn abandoned(&mut self, pool: &str, count: u32, now_ms: u64) {
+        let waiting = self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.pool == pool && n.up_ms.is_none() && n.failed_ms.is_none() && n.abandoned_ms.is_none());
+        for node in waiting.take(count as usize) {
+            node.abandoned_ms = Some(now_ms);
         }
     }
 }
@@ -640,6 +698,8 @@ struct Replay<'a> {
     unfinished: usize,
     /// Node failures drawn at the cluster's rate come from a stream of their own.
     failure_rng: SimRng,
+    /// So do elastic nodes failing to start, drawn only for pools with a `start_failure_rate`.
+    start_rng: SimRng,
     /// Whether each declared node is down.
     down: Vec<bool>,
     node_failures: u64,
@@ -678,6 +738,8 @@ impl<'a> Replay<'a> {
         let runs = order.iter().map(|&i| JobRun::new(&workload.jobs[i])).collect();
         let mut failure_rng = rng(config.seed);
         failure_rng.set_stream(FAILURE_STREAM);
+        let mut start_rng = rng(config.seed);
+        start_rng.set_stream(START_FAILURE_STREAM);
         let mut replay = Replay {
             cluster,
             workload,
@@ -689,6 +751,7 @@ impl<'a> Replay<'a> {
             runs,
             elastic: ElasticNodes::default(),
             failure_rng,
+            start_rng,
             learner: Learner::new(config.predictions),
             down: vec![false; cluster.nodes.len()],
             node_failures: 0,
@@ -808,6 +871,13 @@ impl<'a> Replay<'a> {
                 self.run_ended(job, AttemptEnd::Preempted)?
             }
             SimEvent::Completion { .. } | SimEvent::Failure { .. } | SimEvent::Stop { .. } => {}
+            // A node the core gave up on was terminated: it never joins.
+            SimEvent::NodeUp(i) if self.elastic.nodes[i].abandoned_ms.is_some() => {}
+            SimEvent::StartFailed(i) => {
+                self.elastic.nodes[i].failed_ms = Some(now_ms);
+                let pool = self.elastic.nodes[i].pool.clone();
+                self.sim.start_failed(&pool, now_ms)?;
+            }
             SimEvent::NodeUp(i) => {
                 let node = &mut self.elastic.nodes[i];
                 node.up_ms = Some(now_ms);
@@ -966,12 +1036,27 @@ impl<'a> Replay<'a> {
                 }
             }
             Action::Provision { pool, nodes } => {
-                let startup_ms = self.sim.elastic(&pool).map_or(0, |e| e.startup_s * 1000);
+                let (startup_s, timeout_s) =
+                    self.sim.elastic(&pool).map_or((0, 0), |e| (e.startup_s, e.startup_timeout_s));
+                let (fails, hangs) =
+                    self.cluster.pool(&pool).map_or((0.0, 0.0), |p| (p.start_failure_rate, p.join_failure_rate));
                 for i in self.elastic.request(&pool, nodes, now_ms) {
-                    self.timeline.push(now_ms + startup_ms, SimEvent::NodeUp(i));
+                    if fails > 0.0 && self.start_rng.random_bool(fails) {
+                        // A provider with no capacity says so when asked.
+                        self.timeline.push(now_ms + START_FAILURE_REPORTED_MS, SimEvent::StartFailed(i));
+                    } else if hangs > 0.0 && self.start_rng.random_bool(hangs) {
+                        // It never joins: the core gives up on it at the start-up timeout (the wake below).
+                    } else {
+                        self.timeline.push(now_ms + startup_s * 1000, SimEvent::NodeUp(i));
+                    }
+                }
+                if timeout_s > 0 {
+                    // A step just past the deadline, at which the core gives up on what has not joined.
+                    self.timeline.push(now_ms + timeout_s * 1000 + 1, SimEvent::Wake);
                 }
             }
             Action::Released(node) => self.elastic.released(&node, now_ms),
+            Action::Abandoned { pool, nodes } => self.elastic.abandoned(&pool, nodes, now_ms),
         }
         Ok(())
     }

@@ -103,6 +103,13 @@ impl Ledger {
         *self.starting.entry(pool.to_string()).or_default() += nodes;
     }
 
+    /// `nodes` of the nodes asked of `pool` will not join (they failed to start, or were given up on).
+    pub fn not_starting(&mut self, pool: &str, nodes: u32) {
+        if let Some(starting) = self.starting.get_mut(pool) {
+            *starting = starting.saturating_sub(nodes);
+        }
+    }
+
     pub fn submit(&mut self, request: JobRequest) {
         self.waiting.insert(request.id, request);
     }

@@ -182,6 +182,12 @@ pub struct IdleWait {
 pub struct ElasticReport {
     pub nodes_provisioned: u64,
     pub nodes_released: u64,
+    /// Nodes whose provider could not start them (the pool's `start_failure_rate`); absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub nodes_failed_to_start: u64,
+    /// Nodes the core gave up on after the pool's `startup_timeout`; absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub nodes_abandoned: u64,
     /// The most nodes asked for and not yet released at any one time.
     pub nodes_peak: u64,
     /// Hours from each node's request to its release (clouds bill start-up time too).
@@ -391,22 +397,31 @@ pub fn replay_report(
     })
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Counts the nodes elastic pools started and what they cost: each from its request to its release (or to the end of
-/// the run, for one never released).
+/// the run, for one never released); one that failed to start costs nothing, one given up on costs until then.
 fn elastic_report(nodes: &[ElasticNode], cluster: &Cluster, end_ms: u64) -> ElasticReport {
     let (mut node_hours, mut cost) = (0.0, 0.0);
     // +1 when a node is asked for, -1 when it is released; releases first at the same time.
     let mut changes: Vec<(u64, i64)> = Vec::with_capacity(nodes.len() * 2);
     for node in nodes {
-        let until_ms = node.released_ms.unwrap_or(end_ms).max(node.requested_ms);
+        let gone_ms = node.released_ms.or(node.abandoned_ms).or(node.failed_ms.map(|_| node.requested_ms));
+        let until_ms = gone_ms.unwrap_or(end_ms).max(node.requested_ms);
         let hours = (until_ms - node.requested_ms) as f64 / 3_600_000.0;
         node_hours += hours;
         if let Some((pool, elastic)) = cluster.pool(&node.pool).and_then(|p| Some((p, p.elastic.as_ref()?))) {
             cost += hours * pool.node_price_hour(&elastic.node.capacity);
         }
+        // A node that failed to start never was.
+        if node.failed_ms.is_some() {
+            continue;
+        }
         changes.push((node.requested_ms, 1));
-        if let Some(released_ms) = node.released_ms {
-            changes.push((released_ms, -1));
+        if let Some(gone_ms) = gone_ms {
+            changes.push((gone_ms.max(node.requested_ms), -1));
         }
     }
     changes.sort_unstable();
@@ -418,6 +433,8 @@ fn elastic_report(nodes: &[ElasticNode], cluster: &Cluster, end_ms: u64) -> Elas
     ElasticReport {
         nodes_provisioned: nodes.len() as u64,
         nodes_released: nodes.iter().filter(|n| n.released_ms.is_some()).count() as u64,
+        nodes_failed_to_start: nodes.iter().filter(|n| n.failed_ms.is_some()).count() as u64,
+        nodes_abandoned: nodes.iter().filter(|n| n.abandoned_ms.is_some()).count() as u64,
         nodes_peak: peak as u64,
         node_hours: round6(node_hours),
         cost: round6(cost),
@@ -535,10 +552,11 @@ fn replay_table(out: &mut String, inputs: &Inputs, r: &RunReport) {
     w(out, "cost", format!("{:.2} (burst {:.2})", r.cost, r.burst_cost));
     w(out, "burst GPU-hours", format!("{:.3}", r.burst_gpu_hours));
     if let Some(e) = &r.elastic {
-        let line = format!(
-            "{} provisioned, {} released, peak {}; {:.3} node-hours, cost {:.2}",
-            e.nodes_provisioned, e.nodes_released, e.nodes_peak, e.node_hours, e.cost
-        );
+        let mut line = format!("{} provisioned, {} released", e.nodes_provisioned, e.nodes_released);
+        if e.nodes_failed_to_start > 0 || e.nodes_abandoned > 0 {
+            line += &format!(", {} failed to start, {} abandoned", e.nodes_failed_to_start, e.nodes_abandoned);
+        }
+        line += &format!(", peak {}; {:.3} node-hours, cost {:.2}", e.nodes_peak, e.node_hours, e.cost);
         w(out, "elastic nodes", line);
     }
     w(out, "preemptions", format!("{} (lost work {:.3} GPU-hours)", r.preemptions, r.lost_work_gpu_hours));
@@ -688,6 +706,10 @@ pub fn csv(report: &Report) -> String {
                 if let Some(e) = &r.elastic {
                     row(s, "elastic_nodes_provisioned", "", e.nodes_provisioned.to_string());
                     row(s, "elastic_nodes_released", "", e.nodes_released.to_string());
+                    if e.nodes_failed_to_start > 0 || e.nodes_abandoned > 0 {
+                        row(s, "elastic_nodes_failed_to_start", "", e.nodes_failed_to_start.to_string());
+                        row(s, "elastic_nodes_abandoned", "", e.nodes_abandoned.to_string());
+                    }
                     row(s, "elastic_nodes_peak", "", e.nodes_peak.to_string());
                     row(s, "elastic_node_hours", "", e.node_hours.to_string());
                     row(s, "elastic_cost", "", e.cost.to_string());

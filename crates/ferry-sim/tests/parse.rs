@@ -313,6 +313,22 @@ fn reads_an_elastic_pool_and_names_its_mistakes() {
         &format!("{}{template}", ELASTIC.replace("burst = true\n", "")),
         expect!["cluster.toml:4: field max_nodes: an elastic pool is burst capacity; set burst = true"],
     );
+    // How its nodes fail to start, and when the core gives up on them.
+    check_cluster(
+        &format!("{ELASTIC}start_failure_rate = 1.5\n{template}"),
+        expect!["cluster.toml:8: field start_failure_rate: 1.5 is not a chance; write 0 to 1, such as 0.1"],
+    );
+    check_cluster(
+        &format!("{ELASTIC}join_failure_rate = 0.2\n{template}"),
+        expect![[
+            r#"cluster.toml:8: field join_failure_rate: nodes that never join are given up on only after a startup_timeout; set one, such as startup_timeout = "15m""#
+        ]],
+    );
+    check_cluster(&format!("{ELASTIC}startup_timeout = \"2m\"\n{template}"), expect!["cluster.toml:8: field startup_timeout: 2m is not longer than startup (180s): no node could ever join in time; make it longer"]);
+    check_cluster(
+        "[[pool]]\nname = \"own\"\norder = 0\nstart_failure_rate = 0.1\n",
+        expect!["cluster.toml:4: field start_failure_rate: start_failure_rate applies only to an elastic pool; set max_nodes too"],
+    );
     // Impossible values, in the template too.
     check_cluster(
         &format!("{}{template}", ELASTIC.replace("max_nodes = 4", "max_nodes = 0")),

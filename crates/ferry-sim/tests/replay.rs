@@ -429,6 +429,74 @@ fn bursts_to_elastic_nodes_only_once_owned_capacity_is_full_and_pays_for_them_un
     .assert_debug_eq(&nodes);
 }
 
+/// The elastic nodes of a replay of `elastic.csv` on `cluster`, one line each.
+fn elastic_nodes(cluster: &str) -> Vec<String> {
+    let cluster = parse_cluster_toml(cluster, &std::fs::read_to_string(format!("{DATA}/{cluster}")).unwrap());
+    let workload = parse_workload_csv("elastic.csv", &std::fs::read_to_string(format!("{DATA}/elastic.csv")).unwrap());
+    let config = ReplayConfig {
+        seed: 1,
+        preempt_grace_ms: 30_000,
+        check: CheckConfig::default(),
+        predictions: Default::default(),
+    };
+    let run = engine::replay(&cluster.unwrap(), &workload.unwrap(), &config).unwrap();
+    assert!(run.outcomes.iter().all(|o| o.ending.is_some()), "every job ended");
+    run.elastic_nodes
+        .iter()
+        .map(|n| {
+            let at = |t: Option<u64>| t.map_or("-".to_string(), |ms| format!("{}", ms / 1000));
+            format!(
+                "{} asked {} up {} failed {} abandoned {} released {}",
+                n.name,
+                n.requested_ms / 1000,
+                at(n.up_ms),
+                at(n.failed_ms),
+                at(n.abandoned_ms),
+                at(n.released_ms)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_pool_without_capacity_cools_down_and_the_jobs_burst_to_the_next_pool() {
+    // Spot's provider answers every request with "no capacity" a second later: the core hears it, skips spot for its
+    // 30-minute retry_after, and asks on-demand instead; failed nodes cost nothing.
+    let (code, out, _) = sim("--cluster DATA/elastic-failover.toml --workload DATA/elastic.csv");
+    assert_eq!(code, 0, "{out}");
+    let line = out.lines().find(|l| l.starts_with("elastic nodes")).unwrap();
+    expect!["elastic nodes         4 provisioned, 3 released, 1 failed to start, 0 abandoned, peak 3; 1.233 node-hours, cost 19.73"]
+        .assert_eq(line);
+    expect![[r#"
+        [
+            "spot-1 asked 60 up - failed 61 abandoned - released -",
+            "ondemand-1 asked 61 up 241 failed - abandoned - released 1741",
+            "ondemand-2 asked 120 up 300 failed - abandoned - released 1500",
+            "ondemand-3 asked 120 up 300 failed - abandoned - released 1500",
+        ]
+    "#]]
+    .assert_debug_eq(&elastic_nodes("elastic-failover.toml"));
+}
+
+#[test]
+fn machines_that_never_join_are_given_up_on_at_the_startup_timeout_and_paid_until_then() {
+    let (code, out, _) = sim("--cluster DATA/elastic-hang.toml --workload DATA/elastic.csv");
+    assert_eq!(code, 0, "{out}");
+    let line = out.lines().find(|l| l.starts_with("elastic nodes")).unwrap();
+    expect!["elastic nodes         6 provisioned, 3 released, 0 failed to start, 3 abandoned, peak 4; 1.500 node-hours, cost 22.00"].assert_eq(line);
+    expect![[r#"
+        [
+            "spot-1 asked 60 up - failed - abandoned 360 released -",
+            "spot-2 asked 120 up - failed - abandoned 420 released -",
+            "spot-3 asked 120 up - failed - abandoned 420 released -",
+            "ondemand-1 asked 360 up 540 failed - abandoned - released 2040",
+            "ondemand-2 asked 360 up 540 failed - abandoned - released 1800",
+            "ondemand-3 asked 420 up 600 failed - abandoned - released 1800",
+        ]
+    "#]]
+    .assert_debug_eq(&elastic_nodes("elastic-hang.toml"));
+}
+
 #[test]
 fn the_elastic_burst_example_prints_what_its_readme_shows() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/elastic-burst");

@@ -28,6 +28,8 @@ fn cluster() -> Cluster {
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
         elastic: None,
+        start_failure_rate: 0.0,
+        join_failure_rate: 0.0,
     };
     Cluster {
         pools: vec![pool],
