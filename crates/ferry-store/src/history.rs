@@ -3,10 +3,10 @@
 //! id order (submission order, since the driver is the only writer).
 
 use ferry_api::history::HistoryJob;
-use ferry_api::jobs::PriorityClass;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
+use crate::rows::{priority_from, state_from};
 use crate::{from_json, Store, StoreError};
 
 const HISTORY_COLUMNS: &str =
@@ -15,16 +15,13 @@ const HISTORY_COLUMNS: &str =
      pool, image IS NOT NULL AS has_image, max_runtime_s";
 
 fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
-    let priority: String = row.get("priority");
-    let state: String = row.get("state");
     Ok(HistoryJob {
         id: row.get::<i64, _>("id") as u64,
         name: row.get("name"),
         owner: row.get("owner"),
         team: row.get("team"),
         project: row.get("project"),
-        state: ferry_api::jobs::JobState::parse(&state)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown job state `{state}`")))?,
+        state: state_from(row.get("state"))?,
         exit_code: row.get::<Option<i64>, _>("exit_code").map(|v| v as i32),
         signal: row.get::<Option<i64>, _>("signal").map(|v| v as i32),
         submitted_at_us: row.get("submitted_at_us"),
@@ -38,8 +35,7 @@ fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
         gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
         selector: from_json("selector", row.get("selector"))?,
         nodes: row.get::<i64, _>("nodes") as u32,
-        priority: PriorityClass::parse(&priority)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown priority `{priority}`")))?,
+        priority: priority_from(row.get("priority"))?,
         pool: row.get("pool"),
         image: row.get::<bool, _>("has_image"),
         max_runtime_s: row.get::<Option<i64>, _>("max_runtime_s").map(|v| v as u64),

@@ -11,6 +11,7 @@ mod keys;
 mod models;
 mod nodes;
 mod retention;
+mod rows;
 mod secrets;
 mod sessions;
 mod sweeps;
@@ -29,6 +30,10 @@ pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, Sweep
 pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
+pub use rows::{
+    AmountRecord, EventReason, EventRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord, PreemptionRecord,
+    QuotaRecord,
+};
 pub use secrets::{Sealed, SecretOwner, SecretRecord};
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};
 pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
