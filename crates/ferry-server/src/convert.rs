@@ -5,6 +5,7 @@
 //! it. Every conversion names every field of what it reads, so that a field added on one side fails to compile here
 //! rather than being dropped unnoticed.
 
+use ferry_api::history::HistoryJob;
 use ferry_api::jobs::JobEvent;
 use ferry_api::reasons as wire;
 use ferry_api::tokens::{Quota, QuotaAmount};
@@ -12,8 +13,8 @@ use ferry_core::{
     Allocation, BurstReason, NodeShortfall, Placement, PreemptReason, ResourceKind, Resources, WaitReason,
 };
 use ferry_store::{
-    AmountRecord, EventReason, EventRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord, PreemptionRecord,
-    QuotaRecord,
+    AmountRecord, EventReason, EventRecord, HistoryRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord,
+    PreemptionRecord, QuotaRecord,
 };
 
 /// A quota amount as the scheduler counts it: unlimited where left out.
@@ -148,6 +149,60 @@ pub fn preemption(by: u64, reason: &PreemptReason, grace_s: u64) -> PreemptionRe
         }
     };
     PreemptionRecord { by, rule, grace_s }
+}
+
+/// A job as history, as the API shows it to the simulator's export.
+pub fn history_job(record: HistoryRecord) -> HistoryJob {
+    let HistoryRecord {
+        id,
+        name,
+        owner,
+        team,
+        project,
+        state,
+        exit_code,
+        signal,
+        submitted_at_us,
+        started_at_us,
+        finished_at_us,
+        attempt,
+        cpu_millis,
+        memory_bytes,
+        gpus,
+        gpu_share_milli,
+        gpu_types,
+        selector,
+        nodes,
+        priority,
+        pool,
+        image,
+        max_runtime_s,
+    } = record;
+    HistoryJob {
+        id,
+        name,
+        owner,
+        team,
+        project,
+        state,
+        exit_code,
+        signal,
+        submitted_at_us,
+        started_at_us,
+        finished_at_us,
+        attempt,
+        cpu_millis,
+        memory_bytes,
+        gpus,
+        gpu_share_milli,
+        gpu_types,
+        selector,
+        nodes,
+        priority,
+        pool,
+        image,
+        max_runtime_s,
+    }
 }
 
 /// One entry of a job's timeline, as the API shows it.

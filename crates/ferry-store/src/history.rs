@@ -2,7 +2,9 @@
 //! constraints, owner and name, times and outcome), never its command, environment, code or output, read a page at a time in
 //! id order (submission order, since the driver is the only writer).
 
-use ferry_api::history::HistoryJob;
+use std::collections::BTreeMap;
+
+use ferry_api::jobs::{JobState, PriorityClass};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
@@ -14,8 +16,37 @@ const HISTORY_COLUMNS: &str =
      finished_at_us, attempt, cpu_millis, memory_bytes, gpus, gpu_share_milli, gpu_types, selector, nodes, priority, \
      pool, image IS NOT NULL AS has_image, max_runtime_s";
 
-fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
-    Ok(HistoryJob {
+/// One job as history: what it asked for, when it ran and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    pub id: u64,
+    pub name: Option<String>,
+    pub owner: String,
+    pub team: Option<String>,
+    pub project: Option<String>,
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub submitted_at_us: i64,
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+    pub attempt: u32,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    pub gpu_share_milli: u32,
+    pub gpu_types: Vec<String>,
+    pub selector: BTreeMap<String, String>,
+    pub nodes: u32,
+    pub priority: PriorityClass,
+    pub pool: Option<String>,
+    /// Whether it ran in a container image.
+    pub image: bool,
+    pub max_runtime_s: Option<u64>,
+}
+
+fn history_from_row(row: &SqliteRow) -> Result<HistoryRecord, StoreError> {
+    Ok(HistoryRecord {
         id: row.get::<i64, _>("id") as u64,
         name: row.get("name"),
         owner: row.get("owner"),
@@ -44,7 +75,12 @@ fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
 
 impl Store {
     /// Jobs submitted at or after `since_us` with an id above `after_id`, oldest first, at most `limit`.
-    pub async fn history_jobs(&self, since_us: i64, after_id: u64, limit: u32) -> Result<Vec<HistoryJob>, StoreError> {
+    pub async fn history_jobs(
+        &self,
+        since_us: i64,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         let sql =
             format!("SELECT {HISTORY_COLUMNS} FROM jobs WHERE submitted_at_us >= ? AND id > ? ORDER BY id LIMIT ?");
         let rows =

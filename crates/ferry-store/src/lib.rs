@@ -26,6 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
+pub use history::HistoryRecord;
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
 pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};

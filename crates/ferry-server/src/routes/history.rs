@@ -180,7 +180,13 @@ pub async fn jobs(
     }
     let now = now_us();
     let since_us = parse_time(q.since.as_deref().unwrap_or(SINCE_DEFAULT), now, "since")?;
-    let jobs = state.store.history_jobs(since_us, q.after.unwrap_or(0), limit).await?;
+    let jobs: Vec<_> = state
+        .store
+        .history_jobs(since_us, q.after.unwrap_or(0), limit)
+        .await?
+        .into_iter()
+        .map(crate::convert::history_job)
+        .collect();
     let next_after = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id)).flatten();
     Ok(Json(HistoryPage { since_us, now_us: now, jobs, next_after }))
 }
