@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use ferry_api::units::parse_memory;
+use ferry_units::parse_memory;
 use serde::Deserialize;
 
 use crate::spool::{SPOOL_BYTES_DEFAULT, SPOOL_BYTES_MIN};

@@ -48,7 +48,7 @@ use bollard::query_parameters::{
 };
 use bollard::{ClientVersion, Docker};
 use ferry_api::agent::Assignment;
-use ferry_api::units::format_bytes;
+use ferry_units::format_bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{signal, SignalKind};

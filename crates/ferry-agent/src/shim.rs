@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ferry_api::agent::{Assignment, RunEnd, RunRef};
-use ferry_api::units::{format_bytes, parse_memory};
+use ferry_units::{format_bytes, parse_memory};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};

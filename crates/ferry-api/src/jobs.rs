@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::code::{CodeSpec, JobCode};
+use crate::reasons::{TimelineReason, WaitReason};
 
 /// The longest command line, in bytes of all arguments together, that a job may have.
 pub const COMMAND_BYTES_MAX: usize = 128 * 1024;
@@ -189,8 +190,7 @@ impl JobState {
 pub struct Waiting {
     pub message: String,
     /// The scheduler's reason, tagged by `kind` (`insufficient`, `reserved_for`, `infeasible`, ...).
-    #[schema(value_type = Object)]
-    pub reason: serde_json::Value,
+    pub reason: WaitReason,
     /// When the job can be expected to start if every job running and every job ahead of it in the queue runs to
     /// its runtime limit, or where it has none, for its predicted runtime (the scheduler run forward in virtual
     /// time); unset when one of them has neither.
@@ -235,6 +235,9 @@ pub struct JobEvent {
     pub at_us: i64,
     pub state: JobState,
     pub message: String,
+    /// The scheduler's reason as data, for a placement or a preemption; the message says the same in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<TimelineReason>,
 }
 
 /// A job as the API shows it.

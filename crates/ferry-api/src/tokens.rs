@@ -321,26 +321,6 @@ pub struct QuotaAmount {
 }
 
 impl QuotaAmount {
-    /// As the scheduler counts it: unlimited where left out.
-    pub fn resources(&self) -> crate::Resources {
-        let unlimited = crate::Resources::UNLIMITED;
-        crate::Resources {
-            cpu_millis: self.cpu_millis.unwrap_or(unlimited.cpu_millis),
-            memory_bytes: self.memory_bytes.unwrap_or(unlimited.memory_bytes),
-            gpus: self.gpus.unwrap_or(unlimited.gpus),
-        }
-    }
-
-    /// From the scheduler's amount: what is unlimited is left out.
-    pub fn from_resources(r: &crate::Resources) -> QuotaAmount {
-        let unlimited = crate::Resources::UNLIMITED;
-        QuotaAmount {
-            gpus: (r.gpus < unlimited.gpus).then_some(r.gpus),
-            cpu_millis: (r.cpu_millis < unlimited.cpu_millis).then_some(r.cpu_millis),
-            memory_bytes: (r.memory_bytes < unlimited.memory_bytes).then_some(r.memory_bytes),
-        }
-    }
-
     /// The largest amount a quota may name in each dimension (well under the scheduler's "unlimited").
     pub const MAX: QuotaAmount =
         QuotaAmount { gpus: Some(1_000_000), cpu_millis: Some(1_000_000_000_000), memory_bytes: Some(1 << 60) };

@@ -16,7 +16,7 @@ use clap::Args;
 use ferry_api::jobs::{JobState, PriorityClass};
 use ferry_api::nodes::Gpu;
 use ferry_core::Resources;
-use ferry_store::{NewJob, NodeRecord, Store};
+use ferry_store::{NewJob, NodeRecord, PlacedWorkerRecord, PlacementRecord, Store};
 use ferry_tsdb::{Config, Point, SeriesKey, Tsdb};
 use serde_json::json;
 
@@ -176,9 +176,22 @@ async fn seed_store(home: &Path, args: &DashboardArgs, end_us: i64) -> Result<u6
             if queued {
                 continue;
             }
-            let node = format!("node-{}", i as usize % args.gpus.div_ceil(GPUS_PER_NODE));
+            let node_index = i as usize % args.gpus.div_ceil(GPUS_PER_NODE);
+            let node = format!("node-{node_index}");
             let ids: Vec<u32> = (0..gpus).collect();
-            tx.placed(id, &node, &ids, submitted + S, "placed by the benchmark").await?;
+            // A timeline entry with its reason as data, as the driver writes it.
+            let placement = PlacementRecord {
+                pool: format!("pool-{}", node_index % POOLS),
+                workers: vec![PlacedWorkerRecord { node: node.clone(), gpu_ids: ids.clone() }],
+                cpu_millis: job.resources.cpu_millis,
+                gpu_share_milli: 0,
+                candidates: 1,
+                gpus_free_after: GPUS_PER_NODE as u32 - gpus,
+                cpu_millis_free_after: 0,
+                backfilled_before: None,
+                burst_waited_s: None,
+            };
+            tx.placed(id, &node, &ids, submitted + S, "placed by the benchmark", placement).await?;
             tx.running(id, submitted + 2 * S, "running").await?;
             if !unfinished {
                 let state = if i % 10 == 0 { JobState::Failed } else { JobState::Succeeded };

@@ -23,10 +23,6 @@ mod preempt;
 mod queue;
 mod reason;
 mod resources;
-pub mod resources_fmt {
-    //! Human formatting of resource amounts, shared with the wire and the CLI.
-    pub use crate::resources::{format_bytes, format_cpus};
-}
 mod scheduler;
 
 pub use elastic::{ElasticPool, NodeTemplate};

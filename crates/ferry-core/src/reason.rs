@@ -2,9 +2,10 @@
 
 use std::fmt;
 
+use ferry_units::{format_bytes, format_cpus};
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{format_bytes, format_cpus, Resources};
+use crate::resources::Resources;
 use crate::JobId;
 
 /// How many nodes a wait reason names before it summarises the rest, so that a message stays readable on a large

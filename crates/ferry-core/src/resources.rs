@@ -55,48 +55,9 @@ impl Resources {
     }
 }
 
-/// Formats a byte count with a binary unit, as people write memory sizes: `512MiB`, `8GiB`, `1.5TiB`.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 || unit == 0 {
-        format!("{}{}", value as u64, UNITS[unit])
-    } else {
-        format!("{:.1}{}", value, UNITS[unit])
-    }
-}
-
-/// Formats thousandths of a CPU as a decimal core count: `2`, `0.5`, `1.25`.
-pub fn format_cpus(cpu_millis: u64) -> String {
-    let whole = cpu_millis / 1000;
-    let frac = cpu_millis % 1000;
-    if frac == 0 {
-        whole.to_string()
-    } else {
-        let digits = format!("{frac:03}");
-        format!("{whole}.{}", digits.trim_end_matches('0'))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_units_as_people_write_them() {
-        assert_eq!(format_bytes(0), "0B");
-        assert_eq!(format_bytes(512 * 1024 * 1024), "512MiB");
-        assert_eq!(format_bytes(8 << 30), "8GiB");
-        assert_eq!(format_bytes(3 << 29), "1.5GiB");
-        assert_eq!(format_cpus(2000), "2");
-        assert_eq!(format_cpus(500), "0.5");
-        assert_eq!(format_cpus(1250), "1.25");
-    }
 
     #[test]
     fn fits_and_subtracts_per_dimension() {

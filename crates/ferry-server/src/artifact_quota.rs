@@ -63,7 +63,7 @@ pub struct Exceeded {
 
 impl Exceeded {
     pub fn message(&self) -> String {
-        let bytes = ferry_api::units::format_bytes;
+        let bytes = ferry_units::format_bytes;
         format!(
             "this upload would take the artifacts of {} past their quota of {} ({} are stored); nothing of it was \
              kept. Delete artifacts no longer needed (DELETE /api/2.0/mlflow-artifacts/artifacts/<path>), or ask an \

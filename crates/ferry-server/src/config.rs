@@ -85,6 +85,8 @@ use std::path::Path;
 use ferry_core::{GpuPlacement, PoolInfo, ProjectInfo, Resources, TeamInfo};
 use serde::Deserialize;
 
+use crate::convert::{quota_from_record, quota_resources};
+
 /// The most pools one installation may define.
 const POOLS_MAX: usize = 256;
 
@@ -266,7 +268,7 @@ impl RawAmount {
             None => missing.cpu_millis,
         };
         let memory_bytes = match &self.memory {
-            Some(m) => ferry_api::units::parse_memory(m).map_err(|e| format!("{at}: `memory`: {e}"))?,
+            Some(m) => ferry_units::parse_memory(m).map_err(|e| format!("{at}: `memory`: {e}"))?,
             None => missing.memory_bytes,
         };
         Ok(Resources { cpu_millis, memory_bytes, gpus: self.gpus.unwrap_or(missing.gpus) })
@@ -362,7 +364,7 @@ impl FileConfig {
             let burst_after_s = p
                 .burst_after
                 .as_deref()
-                .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("{at}: `burst_after`: {e}")))
+                .map(|t| ferry_units::parse_duration_s(t).map_err(|e| format!("{at}: `burst_after`: {e}")))
                 .transpose()?;
             if burst_after_s.is_some() && !p.burst {
                 return Err(format!("{at}: `burst_after` applies only to a pool with `burst = true`"));
@@ -435,15 +437,14 @@ impl FileConfig {
         let fair_share_half_life_s = raw
             .fair_share_half_life
             .as_deref()
-            .map(|t| ferry_api::units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
+            .map(|t| ferry_units::parse_duration_s(t).map_err(|e| format!("`fair_share_half_life`: {e}")))
             .transpose()?
             .unwrap_or(0);
         let aging_s = match raw.queue_aging.as_deref() {
             None => None,
             Some("off") => Some(0),
             Some(t) => Some(
-                ferry_api::units::parse_duration_s(t)
-                    .map_err(|e| format!("`queue_aging`: {e}, or \"off\" for no aging"))?,
+                ferry_units::parse_duration_s(t).map_err(|e| format!("`queue_aging`: {e}, or \"off\" for no aging"))?,
             ),
         };
         let queue_order = match (raw.queue_order.as_deref(), aging_s) {
@@ -530,7 +531,7 @@ impl FileConfig {
 /// A retention period of the configuration file (`field`, such as "[audit] `retention`"): a duration of a day or
 /// more, for keeping `what`.
 fn at_least_a_day(field: &str, text: &str, what: &str) -> Result<std::time::Duration, String> {
-    let s = ferry_api::units::parse_duration_s(text).map_err(|e| format!("{field}: {e}"))?;
+    let s = ferry_units::parse_duration_s(text).map_err(|e| format!("{field}: {e}"))?;
     if s < 86_400 {
         return Err(format!("{field} = `{text}` is under a day; keep {what} at least `1d`"));
     }
@@ -549,9 +550,7 @@ fn day_or_forever(field: &str, text: &str, what: &str) -> Result<Option<std::tim
 pub fn size_value(field: &str, value: &toml::Value, example: &str) -> Result<u64, String> {
     match value {
         toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
-        toml::Value::String(text) => {
-            ferry_api::units::parse_memory(text).map_err(|e| format!("{field} = `{text}`: {e}"))
-        }
+        toml::Value::String(text) => ferry_units::parse_memory(text).map_err(|e| format!("{field} = `{text}`: {e}")),
         other => Err(format!("{field} = {other} is not a size; write one such as \"{example}\"")),
     }
 }
@@ -567,24 +566,15 @@ pub fn quota_bytes(field: &str, value: &toml::Value) -> Result<Option<u64>, Stri
 /// Makes the teams and projects the configuration file declares exist as objects of the installation, so that
 /// their members can be added and their jobs submitted to them. Teams made at run time are left alone.
 /// The quotas the scheduler runs with: the configuration file's, and for the teams and projects it sets none for,
-/// those set through the API (`stored`). What a project's quota leaves out is its team's (as in the file). A stored
-/// quota that cannot be read is left out, with a warning.
+/// those set through the API (`stored`). What a project's quota leaves out is its team's (as in the file).
 pub fn effective_quotas(file: &FileConfig, stored: &[ferry_store::StoredQuota]) -> (Vec<TeamInfo>, Vec<ProjectInfo>) {
-    let parsed: Vec<(&ferry_store::StoredQuota, ferry_api::tokens::Quota)> = stored
-        .iter()
-        .filter_map(|entry| match serde_json::from_str(&entry.json) {
-            Ok(quota) => Some((entry, quota)),
-            Err(e) => {
-                tracing::warn!(team = %entry.team, project = ?entry.project, error = %e, "ignoring an unreadable quota");
-                None
-            }
-        })
-        .collect();
+    let parsed: Vec<(&ferry_store::StoredQuota, ferry_api::tokens::Quota)> =
+        stored.iter().map(|entry| (entry, quota_from_record(&entry.quota))).collect();
     let mut teams = file.teams.clone();
     for (entry, quota) in parsed.iter().filter(|(e, _)| e.project.is_none()) {
         if !teams.iter().any(|t| t.name == entry.team) {
-            let borrow_limit = quota.borrow_limit.map(|b| b.resources());
-            teams.push(TeamInfo { name: entry.team.clone(), quota: quota.quota.resources(), borrow_limit });
+            let borrow_limit = quota.borrow_limit.as_ref().map(quota_resources);
+            teams.push(TeamInfo { name: entry.team.clone(), quota: quota_resources(&quota.quota), borrow_limit });
         }
     }
     let mut projects = file.projects.clone();
@@ -598,7 +588,7 @@ pub fn effective_quotas(file: &FileConfig, stored: &[ferry_store::StoredQuota]) 
             team: entry.team.clone(),
             name: project.clone(),
             quota: project_amount(&quota.quota, &team_quota),
-            borrow_limit: quota.borrow_limit.map(|b| b.resources()),
+            borrow_limit: quota.borrow_limit.as_ref().map(quota_resources),
         });
     }
     (teams, projects)

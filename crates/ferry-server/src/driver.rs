@@ -17,11 +17,11 @@ use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
 use ferry_core::lifecycle::{self, CancelStep, Ending, GangStep, JobLife, Next, RunResult, WorkerEnded};
-use ferry_core::resources_fmt::format_cpus;
 use ferry_core::{
     Allocation, Decision, Event, JobRequest, NodeInfo, NodeStatus, Peer, Resources, Scheduler, WaitReason,
 };
 use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Store, StoreError, SubmissionKey, Tx};
+use ferry_units::format_cpus;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::FileConfig;
@@ -1296,7 +1296,8 @@ impl Driver {
                 .collect();
             format!("placed as a gang: {}; {cpus} CPUs each: {reason}", workers.join(", "))
         };
-        tx.placed(job, &allocation.node, &allocation.gpus, self.clock.now_us(), &why).await?;
+        let placement = crate::convert::placement(&reason, &allocation);
+        tx.placed(job, &allocation.node, &allocation.gpus, self.clock.now_us(), &why, placement).await?;
         let queued = self.queued.remove(&job).expect("a started job was queued");
         let request = self.sched.request(job).expect("the core holds the job it started");
         let active = self.jobs.entry(job).insert_entry(Active::placed(queued, request)).into_mut();
@@ -1373,13 +1374,9 @@ impl Driver {
             return Ok(());
         }
         let why = format!("preempted for job {by}: {reason}");
-        tx.event(
-            job,
-            self.clock.now_us(),
-            active.state,
-            &format!("{why}; stopping it with a grace of {STOP_GRACE_S}s"),
-        )
-        .await?;
+        let message = format!("{why}; stopping it with a grace of {STOP_GRACE_S}s");
+        let preemption = crate::convert::preemption(by, &reason, STOP_GRACE_S);
+        tx.preempting(job, self.clock.now_us(), active.state, &message, preemption).await?;
         active.preempted = Some(why);
         fx.stops.extend(active.live_runs(job));
         fx.changed.push(job);

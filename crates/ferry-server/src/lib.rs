@@ -11,6 +11,7 @@ mod auth;
 mod clock;
 mod code;
 mod config;
+mod convert;
 mod datadir;
 mod driver;
 mod engines;

@@ -113,7 +113,7 @@ impl LogStore {
         let notice = format!(
             "{newline}ferry: output cut at {} ({} bytes): the server keeps at most that much of a run's output \
              ([logs] max_bytes_per_run); the rest was discarded while the job ran on\n",
-            ferry_api::units::format_bytes(self.max_bytes),
+            ferry_units::format_bytes(self.max_bytes),
             self.max_bytes
         );
         file.write_all(notice.as_bytes()).await?;

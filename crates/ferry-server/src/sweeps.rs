@@ -132,7 +132,7 @@ impl TrialJob {
         index: TrialIndex,
         code: Option<ferry_api::code::CodeSpec>,
     ) -> Result<SubmitJob, String> {
-        use ferry_api::units::{parse_cpus, parse_duration_s, parse_gpus, parse_memory};
+        use ferry_units::{parse_cpus, parse_duration_s, parse_gpus, parse_memory};
         let (gpus, share) = match &self.gpus {
             Some(v) => {
                 let text = amount_text(v).ok_or("[trial] gpus: give a number such as 1 or \"0.5\"")?;

@@ -566,6 +566,33 @@ function jobsPage(main) {
 
 // ---- One job ------------------------------------------------------------------------------------------------------
 
+// The scheduler's reason for a timeline entry as a line of facts under its sentence, with the jobs it names linked.
+// A kind this page does not know (a newer server's) shows nothing more than the sentence.
+function reasonFacts(reason) {
+  const facts = [];
+  const link = (id) => jobLink({ id });
+  if (reason.kind === "placed") {
+    const gpus = (w) => (w.gpu_ids.length ? `GPU${w.gpu_ids.length === 1 ? "" : "s"} ${w.gpu_ids.join(",")}` : "no GPU");
+    facts.push(`pool ${reason.pool}`);
+    reason.workers.forEach((w, rank) => facts.push(`${reason.workers.length > 1 ? `rank ${rank}: ` : ""}${w.node}, ${gpus(w)}`));
+    facts.push(`chosen of ${plural(reason.candidates, "candidate node")}`);
+    if (reason.backfilled_before != null) facts.push(h("span", {}, "backfilled ahead of job ", link(reason.backfilled_before)));
+    if (reason.burst_waited_s != null) facts.push(`burst after waiting ${fmtDuration(reason.burst_waited_s * 1000)}`);
+  } else if (reason.kind === "preempted") {
+    facts.push(h("span", {}, "for job ", link(reason.by)));
+    const rule = reason.rule || {};
+    if (rule.kind === "priority") facts.push(`priority ${rule.preemptor_priority} over ${rule.victim_priority}`);
+    else if (rule.kind === "reclaim") facts.push(`team ${rule.preemptor_team} reclaims its quota from ${rule.victim_team}`);
+    else if (rule.kind === "reclaim_project") facts.push(`project ${rule.preemptor_project} reclaims its quota from ${rule.victim_project} (team ${rule.team})`);
+    facts.push(`grace ${fmtDuration(reason.grace_s * 1000)}`);
+  } else {
+    return null;
+  }
+  const line = h("span", { class: "muted small reason", "data-kind": reason.kind });
+  facts.forEach((f, i) => line.append(...(i ? [" · ", f] : [f])));
+  return [h("br", {}), line];
+}
+
 function jobPage(main, id) {
   const title = h("h1", { text: `Job ${id}` });
   const spec = h("dl", { class: "spec", id: "job-spec" }), place = h("dl", { class: "spec", id: "job-placement" });
@@ -697,7 +724,11 @@ function jobPage(main, id) {
     // The page is redrawn on every poll: keep the native form open if the reader opened it.
     const nativeOpen = !!place.querySelector("#native details[open]");
     const workers = job.workers && job.workers.length ? job.workers.map((w) => `rank ${w.rank}: ${w.node} GPUs ${w.gpu_ids.join(",") || "none"}`).join("; ") : null;
+    // The pool the scheduler placed it in, from the latest placement's reason (entries before reasons were kept
+    // have none).
+    const placed = job.timeline.filter((e) => e.reason && e.reason.kind === "placed").pop();
     dl(place, [
+      ["Pool", placed ? placed.reason.pool : job.pool || "–"],
       ["Node", job.node || "–"], ["GPUs", job.gpu_ids.length ? job.gpu_ids.join(", ") : "–"], workers && ["Workers", workers],
       job.native && ["Engine", h("span", { id: "native" }, `${job.native.kind} job ${job.native.id}${job.native.state ? ", " + job.native.state : ""}`,
         h("details", { open: nativeOpen }, h("summary", { text: "what Ferry submitted" }), h("pre", { class: "native", text: job.native.spec })))],
@@ -710,7 +741,8 @@ function jobPage(main, id) {
     waiting.replaceChildren(...(job.waiting ? [h("h2", { text: "Why it waits" }), h("p", { id: "waiting-message", text: job.waiting.message }),
       job.waiting.estimated_start_us ? h("p", { class: "muted", text: `Expected to start by ${fmtTime(job.waiting.estimated_start_us)} if every job ahead runs to its limit${job.waiting.estimate_predicted ? ", or for as long as its earlier runs where it has none" : ""}.` }) : null] : []));
     timeline.replaceChildren(table([{ label: "Time" }, { label: "State" }, { label: "What happened" }],
-      job.timeline.map((e) => [fmtTime(e.at_us), stateBadge(e.state), e.message]), "No events yet."));
+      job.timeline.map((e) => [fmtTime(e.at_us), stateBadge(e.state),
+        h("span", {}, e.message, e.reason ? reasonFacts(e.reason) : null)]), "No events yet."));
     // Charts change slowly; redraw them every 15 seconds, not on every poll.
     if (Date.now() - lastChartsAt > 15000) {
       lastChartsAt = Date.now();

@@ -124,7 +124,7 @@ pub struct SimArgs {
 }
 
 fn duration_ms(text: &str) -> Result<u64, String> {
-    ferry_api::units::parse_duration_s(text).map(|s| s.saturating_mul(1000)).map_err(|e| e.0)
+    ferry_units::parse_duration_s(text).map(|s| s.saturating_mul(1000)).map_err(|e| e.0)
 }
 
 /// An aging bound: a duration, or `off` (0).

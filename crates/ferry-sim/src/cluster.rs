@@ -342,7 +342,7 @@ fn queue_order(
 }
 
 fn duration_s(src: &Source<'_>, field: &str, text: &Spanned<String>) -> Result<u64, InputError> {
-    ferry_api::units::parse_duration_s(text.get_ref()).map_err(|e| src.error(field, text, e.0))
+    ferry_units::parse_duration_s(text.get_ref()).map_err(|e| src.error(field, text, e.0))
 }
 
 /// Whether `name` is one that elastic pool `pool` gives the nodes it starts (see `Pool::elastic_node_name`).
@@ -447,7 +447,7 @@ fn amount(
         None => missing.cpu_millis,
     };
     let memory_bytes = match &a.memory {
-        Some(m) => ferry_api::units::parse_memory(m).map_err(|e| src.error(field, spec, format!("memory: {}", e.0)))?,
+        Some(m) => ferry_units::parse_memory(m).map_err(|e| src.error(field, spec, format!("memory: {}", e.0)))?,
         None => missing.memory_bytes,
     };
     Ok(Resources { cpu_millis, memory_bytes, gpus: a.gpus.unwrap_or(missing.gpus) })
@@ -610,7 +610,7 @@ fn capacity(
         return Err(src.error(&field("cpus"), cpus, message));
     }
     let memory_bytes =
-        ferry_api::units::parse_memory(memory.get_ref()).map_err(|e| src.error(&field("memory"), memory, e.0))?;
+        ferry_units::parse_memory(memory.get_ref()).map_err(|e| src.error(&field("memory"), memory, e.0))?;
     let gpu_count = match gpus {
         None => 0,
         Some(g) if (0..=GPUS_PER_NODE_MAX as i64).contains(g.get_ref()) => *g.get_ref() as u32,

@@ -83,7 +83,7 @@ pub(crate) fn node_failures(
     error: impl Fn(&str, std::ops::Range<usize>, String) -> InputError,
 ) -> Result<NodeFailures, InputError> {
     let duration = |field: &str, text: &Spanned<String>| {
-        ferry_api::units::parse_duration_s(text.get_ref()).map(|s| s * 1000).map_err(|e| error(field, text.span(), e.0))
+        ferry_units::parse_duration_s(text.get_ref()).map(|s| s * 1000).map_err(|e| error(field, text.span(), e.0))
     };
     if fields.listed.len() > FAILURES_MAX {
         let spec = &fields.listed[FAILURES_MAX];

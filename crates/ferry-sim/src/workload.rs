@@ -206,8 +206,8 @@ pub fn parse_workload_csv(file: &str, text: &str) -> Result<Workload, InputError
             return Err(row.error("duration_s", "a job must run for some time; write a duration above 0"));
         }
         let gpus = row.parse("gpus", |t| csvin::whole(t, GPUS_PER_JOB_MAX, "GPUs"))? as u32;
-        let cpu_millis = row.parse("cpus", |t| ferry_api::units::parse_cpus(t).map_err(|e| e.0))?;
-        let memory_bytes = row.parse("memory", |t| ferry_api::units::parse_memory(t).map_err(|e| e.0))?;
+        let cpu_millis = row.parse("cpus", |t| ferry_units::parse_cpus(t).map_err(|e| e.0))?;
+        let memory_bytes = row.parse("memory", |t| ferry_units::parse_memory(t).map_err(|e| e.0))?;
         let user = row.parse("user", |t| non_empty(t, "user"))?;
         let team = row.parse("team", |t| non_empty(t, "team"))?;
         let gpu_models = models(row.get("gpu_type").unwrap_or(""));

@@ -2,11 +2,13 @@
 //! constraints, owner and name, times and outcome), never its command, environment, code or output, read a page at a time in
 //! id order (submission order, since the driver is the only writer).
 
-use ferry_api::history::HistoryJob;
-use ferry_api::jobs::PriorityClass;
+use std::collections::BTreeMap;
+
+use ferry_api::jobs::{JobState, PriorityClass};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
+use crate::rows::{priority_from, state_from};
 use crate::{from_json, Store, StoreError};
 
 const HISTORY_COLUMNS: &str =
@@ -14,17 +16,43 @@ const HISTORY_COLUMNS: &str =
      finished_at_us, attempt, cpu_millis, memory_bytes, gpus, gpu_share_milli, gpu_types, selector, nodes, priority, \
      pool, image IS NOT NULL AS has_image, max_runtime_s";
 
-fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
-    let priority: String = row.get("priority");
-    let state: String = row.get("state");
-    Ok(HistoryJob {
+/// One job as history: what it asked for, when it ran and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    pub id: u64,
+    pub name: Option<String>,
+    pub owner: String,
+    pub team: Option<String>,
+    pub project: Option<String>,
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub submitted_at_us: i64,
+    pub started_at_us: Option<i64>,
+    pub finished_at_us: Option<i64>,
+    pub attempt: u32,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    pub gpu_share_milli: u32,
+    pub gpu_types: Vec<String>,
+    pub selector: BTreeMap<String, String>,
+    pub nodes: u32,
+    pub priority: PriorityClass,
+    pub pool: Option<String>,
+    /// Whether it ran in a container image.
+    pub image: bool,
+    pub max_runtime_s: Option<u64>,
+}
+
+fn history_from_row(row: &SqliteRow) -> Result<HistoryRecord, StoreError> {
+    Ok(HistoryRecord {
         id: row.get::<i64, _>("id") as u64,
         name: row.get("name"),
         owner: row.get("owner"),
         team: row.get("team"),
         project: row.get("project"),
-        state: ferry_api::jobs::JobState::parse(&state)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown job state `{state}`")))?,
+        state: state_from(row.get("state"))?,
         exit_code: row.get::<Option<i64>, _>("exit_code").map(|v| v as i32),
         signal: row.get::<Option<i64>, _>("signal").map(|v| v as i32),
         submitted_at_us: row.get("submitted_at_us"),
@@ -38,8 +66,7 @@ fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
         gpu_types: from_json("gpu_types", row.get("gpu_types"))?,
         selector: from_json("selector", row.get("selector"))?,
         nodes: row.get::<i64, _>("nodes") as u32,
-        priority: PriorityClass::parse(&priority)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown priority `{priority}`")))?,
+        priority: priority_from(row.get("priority"))?,
         pool: row.get("pool"),
         image: row.get::<bool, _>("has_image"),
         max_runtime_s: row.get::<Option<i64>, _>("max_runtime_s").map(|v| v as u64),
@@ -48,7 +75,12 @@ fn history_from_row(row: &SqliteRow) -> Result<HistoryJob, StoreError> {
 
 impl Store {
     /// Jobs submitted at or after `since_us` with an id above `after_id`, oldest first, at most `limit`.
-    pub async fn history_jobs(&self, since_us: i64, after_id: u64, limit: u32) -> Result<Vec<HistoryJob>, StoreError> {
+    pub async fn history_jobs(
+        &self,
+        since_us: i64,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         let sql =
             format!("SELECT {HISTORY_COLUMNS} FROM jobs WHERE submitted_at_us >= ? AND id > ? ORDER BY id LIMIT ?");
         let rows =

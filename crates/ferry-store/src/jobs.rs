@@ -4,12 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use ferry_api::jobs::{JobEvent, JobState, JobWorker, PriorityClass};
+use ferry_api::jobs::{JobState, JobWorker, PriorityClass};
 use ferry_core::predict::{Basis, Prediction};
 use ferry_core::Resources;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
+use crate::rows::{
+    priority_from, priority_name, state_from, state_name, EventReason, EventRecord, PlacementRecord, PreemptionRecord,
+    WorkerRow,
+};
 use crate::{from_json, to_json, Store, StoreError};
 
 /// A job as accepted from a user, before it has an id.
@@ -144,12 +148,7 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us, not_before_us, \
      predicted_s, predicted_samples, predicted_basis";
 
-fn state_from(text: &str) -> Result<JobState, StoreError> {
-    JobState::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown job state `{text}`")))
-}
-
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
-    let priority: String = row.get("priority");
     let spec = NewJob {
         name: row.get("name"),
         project: row.get("project"),
@@ -164,8 +163,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             row.get::<i64, _>("memory_bytes") as u64,
             row.get::<i64, _>("gpus") as u32,
         ),
-        priority: PriorityClass::parse(&priority)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown priority `{priority}`")))?,
+        priority: priority_from(row.get("priority"))?,
         retries: row.get::<i64, _>("retries") as u32,
         max_runtime_s: row.get::<Option<i64>, _>("max_runtime_s").map(|v| v as u64),
         gpu_share_milli: row.get::<i64, _>("gpu_share_milli") as u32,
@@ -199,7 +197,10 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         attempt: row.get::<i64, _>("attempt") as u32,
         node: row.get("node"),
         gpu_ids: from_json("gpu_ids", row.get("gpu_ids"))?,
-        workers: from_json("workers", row.get("workers"))?,
+        workers: from_json::<Vec<WorkerRow>>("workers", row.get("workers"))?
+            .into_iter()
+            .map(WorkerRow::into_wire)
+            .collect::<Result<_, _>>()?,
         cancel_requested: row.get::<i64, _>("cancel_requested") != 0,
         exit_code: row.get::<Option<i64>, _>("exit_code").map(|v| v as i32),
         signal: row.get::<Option<i64>, _>("signal").map(|v| v as i32),
@@ -270,7 +271,7 @@ impl Store {
         // Bound in the order the conditions were written.
         let mut query = sqlx::query(&sql);
         for state in &filter.states {
-            query = query.bind(state.name());
+            query = query.bind(state_name(*state));
         }
         for value in text_filters.iter().filter_map(|(_, v)| v.as_deref()) {
             query = query.bind(value);
@@ -395,14 +396,19 @@ impl Store {
         rows.iter().map(|r| Ok((state_from(r.get("state"))?, r.get::<i64, _>("n") as u64))).collect()
     }
 
-    pub async fn job_events(&self, id: u64) -> Result<Vec<JobEvent>, StoreError> {
-        let rows = sqlx::query("SELECT at_us, state, message FROM job_events WHERE job_id = ? ORDER BY id")
+    pub async fn job_events(&self, id: u64) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query("SELECT at_us, state, message, reason FROM job_events WHERE job_id = ? ORDER BY id")
             .bind(id as i64)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(JobEvent { at_us: r.get("at_us"), state: state_from(r.get("state"))?, message: r.get("message") })
+                Ok(EventRecord {
+                    at_us: r.get("at_us"),
+                    state: state_from(r.get("state"))?,
+                    message: r.get("message"),
+                    reason: r.get::<Option<&str>, _>("reason").map(|text| from_json("reason", text)).transpose()?,
+                })
             })
             .collect()
     }
@@ -444,7 +450,7 @@ impl Tx {
         .bind(job.resources.cpu_millis as i64)
         .bind(job.resources.memory_bytes as i64)
         .bind(job.resources.gpus as i64)
-        .bind(job.priority.name())
+        .bind(priority_name(job.priority))
         .bind(job.retries as i64)
         .bind(job.max_runtime_s.map(|v| v as i64))
         .bind(now_us)
@@ -494,18 +500,31 @@ impl Tx {
         Ok(())
     }
 
+    /// Adds an entry to a job's timeline.
     pub async fn event(&mut self, id: u64, at_us: i64, state: JobState, message: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO job_events (job_id, at_us, state, message) VALUES (?, ?, ?, ?)")
+        self.event_with(id, at_us, state, message, None).await
+    }
+
+    async fn event_with(
+        &mut self,
+        id: u64,
+        at_us: i64,
+        state: JobState,
+        message: &str,
+        reason: Option<&EventReason>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO job_events (job_id, at_us, state, message, reason) VALUES (?, ?, ?, ?, ?)")
             .bind(id as i64)
             .bind(at_us)
-            .bind(state.name())
+            .bind(state_name(state))
             .bind(message)
+            .bind(reason.map(to_json))
             .execute(&mut *self.0)
             .await?;
         Ok(())
     }
 
-    /// Records that a job was placed on a node; it is `starting` until the node confirms.
+    /// Records that a job was placed on a node, with why there; it is `starting` until the node confirms.
     pub async fn placed(
         &mut self,
         id: u64,
@@ -513,6 +532,7 @@ impl Tx {
         gpu_ids: &[u32],
         at_us: i64,
         why: &str,
+        placement: PlacementRecord,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET state = 'starting', node = ?, gpu_ids = ? WHERE id = ?")
             .bind(node)
@@ -520,13 +540,26 @@ impl Tx {
             .bind(id as i64)
             .execute(&mut *self.0)
             .await?;
-        self.event(id, at_us, JobState::Starting, why).await
+        self.event_with(id, at_us, JobState::Starting, why, Some(&EventReason::Placed(placement))).await
+    }
+
+    /// Records that a started job is being stopped to make room for another, with for which job and by which rule.
+    pub async fn preempting(
+        &mut self,
+        id: u64,
+        at_us: i64,
+        state: JobState,
+        why: &str,
+        preemption: PreemptionRecord,
+    ) -> Result<(), StoreError> {
+        self.event_with(id, at_us, state, why, Some(&EventReason::Preempted(preemption))).await
     }
 
     /// Records a gang's workers as they are placed, start and end.
     pub async fn set_workers(&mut self, id: u64, workers: &[JobWorker]) -> Result<(), StoreError> {
+        let rows: Vec<WorkerRow> = workers.iter().map(WorkerRow::from_wire).collect();
         sqlx::query("UPDATE jobs SET workers = ? WHERE id = ?")
-            .bind(to_json(&workers))
+            .bind(to_json(&rows))
             .bind(id as i64)
             .execute(&mut *self.0)
             .await?;
@@ -565,7 +598,7 @@ impl Tx {
         sqlx::query(
             "UPDATE jobs SET state = ?, exit_code = ?, signal = ?, message = ?, finished_at_us = ? WHERE id = ?",
         )
-        .bind(state.name())
+        .bind(state_name(state))
         .bind(exit_code)
         .bind(signal)
         .bind(message)
@@ -634,5 +667,86 @@ impl Tx {
     pub async fn cancel_requested(&mut self, id: u64, at_us: i64, state: JobState, by: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id as i64).execute(&mut *self.0).await?;
         self.event(id, at_us, state, &format!("cancel requested by {by}; stopping")).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PlacedWorkerRecord, PreemptRuleRecord};
+
+    fn job() -> NewJob {
+        NewJob {
+            owner: "ana".into(),
+            command: vec!["true".into()],
+            resources: Resources::new(1000, 1 << 20, 1),
+            nodes: 2,
+            ..NewJob::default()
+        }
+    }
+
+    /// What the database holds for a timeline's reasons and a gang's workers is the store's own JSON, exactly, and
+    /// it reads back as written; an entry without a reason holds NULL and reads as none.
+    #[tokio::test]
+    async fn timeline_reasons_and_workers_are_stored_in_the_stores_own_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
+        let placement = PlacementRecord {
+            pool: "onprem".into(),
+            workers: vec![
+                PlacedWorkerRecord { node: "a".into(), gpu_ids: vec![0] },
+                PlacedWorkerRecord { node: "b".into(), gpu_ids: vec![1] },
+            ],
+            cpu_millis: 1000,
+            gpu_share_milli: 0,
+            candidates: 2,
+            gpus_free_after: 1,
+            cpu_millis_free_after: 500,
+            backfilled_before: None,
+            burst_waited_s: Some(60),
+        };
+        let preemption = PreemptionRecord {
+            by: 9,
+            rule: PreemptRuleRecord::Priority { victim_priority: 0, preemptor_priority: 100 },
+            grace_s: 10,
+        };
+        let worker = JobWorker { rank: 0, node: "a".into(), gpu_ids: vec![0], started_at_us: None, end: None };
+        let mut tx = store.begin().await.unwrap();
+        let id = tx.insert_job(&job(), 1).await.unwrap();
+        tx.placed(id, "a", &[0], 2, "placed as a gang", placement.clone()).await.unwrap();
+        tx.set_workers(id, std::slice::from_ref(&worker)).await.unwrap();
+        tx.preempting(id, 3, JobState::Running, "preempted for job 9", preemption.clone()).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let stored: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT reason FROM job_events WHERE job_id = ? ORDER BY id")
+                .bind(id as i64)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            [
+                None,
+                Some(
+                    r#"{"kind":"placed","pool":"onprem","workers":[{"node":"a","gpu_ids":[0]},{"node":"b","gpu_ids":[1]}],"cpu_millis":1000,"gpu_share_milli":0,"candidates":2,"gpus_free_after":1,"cpu_millis_free_after":500,"burst_waited_s":60}"#.to_string()
+                ),
+                Some(
+                    r#"{"kind":"preempted","by":9,"rule":{"kind":"priority","victim_priority":0,"preemptor_priority":100},"grace_s":10}"#.to_string()
+                ),
+            ]
+        );
+        let workers: String = sqlx::query_scalar("SELECT workers FROM jobs WHERE id = ?")
+            .bind(id as i64)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(workers, r#"[{"rank":0,"node":"a","gpu_ids":[0],"started_at_us":null,"end":null}]"#);
+
+        let events = store.job_events(id).await.unwrap();
+        let reasons: Vec<Option<EventReason>> = events.iter().map(|e| e.reason.clone()).collect();
+        assert_eq!(reasons, [None, Some(EventReason::Placed(placement)), Some(EventReason::Preempted(preemption))]);
+        assert_eq!(events[2].state, JobState::Running);
+        assert_eq!(store.job(id).await.unwrap().unwrap().workers, [worker]);
     }
 }

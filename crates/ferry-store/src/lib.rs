@@ -11,6 +11,7 @@ mod keys;
 mod models;
 mod nodes;
 mod retention;
+mod rows;
 mod secrets;
 mod sessions;
 mod sweeps;
@@ -25,10 +26,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
+pub use history::HistoryRecord;
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
 pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
+pub use rows::{
+    AmountRecord, EventReason, EventRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord, PreemptionRecord,
+    QuotaRecord,
+};
 pub use secrets::{Sealed, SecretOwner, SecretRecord};
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};
 pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};

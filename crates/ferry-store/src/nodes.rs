@@ -6,6 +6,7 @@ use ferry_api::nodes::{Gpu, NodeUsage};
 use sqlx::Row;
 
 use crate::jobs::Tx;
+use crate::rows::{GpuRow, NodeUsageRow};
 use crate::{from_json, to_json, Store, StoreError};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,12 +43,12 @@ impl Tx {
         .bind(&node.pool)
         .bind(node.cpu_millis as i64)
         .bind(node.memory_bytes as i64)
-        .bind(to_json(&node.gpus))
+        .bind(to_json(&node.gpus.iter().map(GpuRow::from_wire).collect::<Vec<_>>()))
         .bind(to_json(&node.labels))
         .bind(&node.agent_version)
         .bind(&node.limits)
         .bind(node.ready)
-        .bind(node.usage.as_ref().map(to_json))
+        .bind(node.usage.as_ref().map(|u| to_json(&NodeUsageRow::from_wire(u))))
         .bind(now_us)
         .bind(node.last_seen_us)
         .bind(&node.address)
@@ -59,7 +60,7 @@ impl Tx {
     pub async fn node_seen(&mut self, name: &str, usage: Option<&NodeUsage>, now_us: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE nodes SET last_seen_us = ?, ready = 1, usage = COALESCE(?, usage) WHERE name = ?")
             .bind(now_us)
-            .bind(usage.map(to_json))
+            .bind(usage.map(|u| to_json(&NodeUsageRow::from_wire(u))))
             .bind(name)
             .execute(self.conn())
             .await?;
@@ -93,13 +94,16 @@ impl Store {
                     pool: r.get("pool"),
                     cpu_millis: r.get::<i64, _>("cpu_millis") as u64,
                     memory_bytes: r.get::<i64, _>("memory_bytes") as u64,
-                    gpus: from_json("gpus", r.get("gpus"))?,
+                    gpus: from_json::<Vec<GpuRow>>("gpus", r.get("gpus"))?.into_iter().map(GpuRow::into_wire).collect(),
                     labels: from_json("labels", r.get("labels"))?,
                     agent_version: r.get("agent_version"),
                     limits: r.get("limits"),
                     address: r.get("address"),
                     ready: r.get::<bool, _>("ready"),
-                    usage: usage.as_deref().map(|u| from_json("usage", u)).transpose()?,
+                    usage: usage
+                        .as_deref()
+                        .map(|u| from_json::<NodeUsageRow>("usage", u).map(NodeUsageRow::into_wire))
+                        .transpose()?,
                     last_seen_us: r.get("last_seen_us"),
                 })
             })

@@ -3,7 +3,8 @@
 
 use sqlx::Row;
 
-use crate::{Store, StoreError};
+use crate::rows::QuotaRecord;
+use crate::{from_json, to_json, Store, StoreError};
 
 /// A live session as the authentication path needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,17 +225,17 @@ impl Store {
     }
 }
 
-/// A quota set through the API: of a team (`project` is `None`) or of one of its projects, as the JSON the server
-/// wrote.
+/// A quota set through the API: of a team (`project` is `None`) or of one of its projects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredQuota {
     pub team: String,
     pub project: Option<String>,
-    pub json: String,
+    pub quota: QuotaRecord,
 }
 
 impl Store {
-    /// Every quota set through the API.
+    /// Every quota set through the API. One that cannot be read is left out, with a warning: the configuration
+    /// file's quotas and the rest still hold.
     pub async fn quotas(&self) -> Result<Vec<StoredQuota>, StoreError> {
         let rows = sqlx::query(
             "SELECT name AS team, NULL AS project, quota FROM teams WHERE quota IS NOT NULL \
@@ -244,12 +245,27 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| StoredQuota { team: r.get("team"), project: r.get("project"), json: r.get("quota") })
+            .filter_map(|r| {
+                let (team, project): (String, Option<String>) = (r.get("team"), r.get("project"));
+                match from_json::<QuotaRecord>("quota", r.get("quota")) {
+                    Ok(quota) => Some(StoredQuota { team, project, quota }),
+                    Err(error) => {
+                        tracing::warn!(%team, ?project, %error, "ignoring an unreadable quota");
+                        None
+                    }
+                }
+            })
             .collect())
     }
 
     /// Sets (or with `None` clears) the quota of a team, or of its project; `false` when there is no such one.
-    pub async fn set_quota(&self, team: &str, project: Option<&str>, json: Option<&str>) -> Result<bool, StoreError> {
+    pub async fn set_quota(
+        &self,
+        team: &str,
+        project: Option<&str>,
+        quota: Option<&QuotaRecord>,
+    ) -> Result<bool, StoreError> {
+        let json = quota.map(to_json);
         let done = match project {
             None => {
                 sqlx::query("UPDATE teams SET quota = ? WHERE name = ?")

@@ -9,8 +9,9 @@ use clap::Args;
 use ferry_api::code::CodeSpec;
 use ferry_api::jobs::{Job, JobState, PriorityClass, SubmitJob};
 use ferry_api::nodes::NodeState;
-use ferry_api::units::{parse_cpus, parse_duration_s, parse_gpus, parse_memory};
+use ferry_api::reasons::TimelineReason;
 use ferry_client::JobQuery;
+use ferry_units::{parse_cpus, parse_duration_s, parse_gpus, parse_memory};
 use futures_util::StreamExt;
 
 use crate::exit::{self, CliError};
@@ -112,7 +113,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
-    let invalid = |e: ferry_api::units::UnitError| CliError::new(exit::INVALID, e.0);
+    let invalid = |e: ferry_units::UnitError| CliError::new(exit::INVALID, e.0);
     let (gpus, gpu_share_milli) = parse_gpus(&args.gpus).map_err(invalid)?;
     let selector = pairs(&args.selector, "--selector")?;
     let mut spec = SubmitJob {
@@ -544,6 +545,14 @@ fn describe(j: &Job) -> String {
             line("Node:", format!("{node} (GPUs: {})", gpu_list(&j.gpu_ids)));
         }
     }
+    // How the scheduler chose, from the latest placement's reason (entries older than stored reasons have none).
+    let placed = j.timeline.iter().rev().find_map(|e| match &e.reason {
+        Some(reason @ TimelineReason::Placed { .. }) => Some(reason),
+        _ => None,
+    });
+    if let Some(words) = placed.and_then(placement_words) {
+        line("Placed:", words);
+    }
     for w in &j.workers {
         let state = match (&w.end, w.started_at_us) {
             (Some(end), _) => format!("ended: {}", end.message),
@@ -591,6 +600,22 @@ fn describe(j: &Job) -> String {
         out.push_str(&format!("  {}  +{since:<7} {:<10} {}\n", format::timestamp(e.at_us), e.state.name(), e.message));
     }
     out
+}
+
+/// A placement's reason in a few words: "in pool onprem, of 3 candidate nodes; backfilled ahead of job 7".
+fn placement_words(reason: &TimelineReason) -> Option<String> {
+    let TimelineReason::Placed { pool, candidates, backfilled_before, burst_waited_s, .. } = reason else {
+        return None;
+    };
+    let mut words =
+        format!("in pool {pool}, of {candidates} candidate node{}", if *candidates == 1 { "" } else { "s" });
+    if let Some(job) = backfilled_before {
+        words += &format!("; backfilled ahead of job {job}, ending by its runtime limit before that job can start");
+    }
+    if let Some(waited_s) = burst_waited_s {
+        words += &format!("; burst after waiting {}", format::span(*waited_s as i64 * 1_000_000));
+    }
+    Some(words)
 }
 
 #[derive(Args)]
@@ -790,4 +815,41 @@ fn job_secrets(given: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         }
     }
     Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_api::reasons::{PlacedWorker, TimelineReason};
+
+    use super::placement_words;
+
+    fn placed(candidates: u32, backfilled_before: Option<u64>, burst_waited_s: Option<u64>) -> TimelineReason {
+        TimelineReason::Placed {
+            pool: "onprem".into(),
+            workers: vec![PlacedWorker { node: "gpu-1".into(), gpu_ids: vec![0] }],
+            cpu_millis: 1000,
+            gpu_share_milli: 0,
+            candidates,
+            gpus_free_after: 0,
+            cpu_millis_free_after: 0,
+            backfilled_before,
+            burst_waited_s,
+        }
+    }
+
+    #[test]
+    fn a_placement_reads_in_a_few_words() {
+        let check = |reason: TimelineReason, expected: Option<&str>| {
+            assert_eq!(placement_words(&reason).as_deref(), expected);
+        };
+        check(placed(1, None, None), Some("in pool onprem, of 1 candidate node"));
+        check(
+            placed(3, Some(7), Some(300)),
+            Some(
+                "in pool onprem, of 3 candidate nodes; backfilled ahead of job 7, ending by its runtime limit before \
+                 that job can start; burst after waiting 5m",
+            ),
+        );
+        check(TimelineReason::Other, None);
+    }
 }

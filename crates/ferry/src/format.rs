@@ -1,6 +1,6 @@
 //! Rendering for people: tables, ages and resource amounts.
 
-use ferry_api::units::{format_bytes, format_cpus};
+use ferry_units::{format_bytes, format_cpus};
 
 /// Prints rows as a table with left-aligned columns sized to their widest cell.
 /// `1 node`, `3 nodes`: a count with its noun.

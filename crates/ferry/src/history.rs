@@ -119,7 +119,7 @@ async fn export(g: &Global, since: &str, out: &Path, force: bool) -> Result<i32,
 /// `--since` as the API takes it: a duration back from now in seconds, or the RFC 3339 time as given.
 pub fn since_param(text: &str) -> Result<String, CliError> {
     let text = text.trim();
-    if let Ok(seconds) = ferry_api::units::parse_duration_s(text) {
+    if let Ok(seconds) = ferry_units::parse_duration_s(text) {
         return Ok(format!("{seconds}s"));
     }
     if humantime::parse_rfc3339_weak(text).is_ok() {
@@ -633,7 +633,7 @@ mod tests {
         assert_eq!((aws.burst_after_s, aws.price_gpu_hour), (Some(1800), 3.5));
         let elastic = aws.elastic.as_ref().unwrap();
         assert_eq!((elastic.max_nodes, elastic.startup_s, elastic.idle_release_s), (4, 180, 600));
-        assert_eq!(elastic.node.capacity, ferry_api::Resources::new(96_000, 768 << 30, 8));
+        assert_eq!(elastic.node.capacity, ferry_core::Resources::new(96_000, 768 << 30, 8));
         let nodes: Vec<_> = read
             .nodes
             .iter()
@@ -642,15 +642,15 @@ mod tests {
         assert_eq!(
             nodes,
             [
-                ("gpu-1", "onprem", ferry_api::Resources::new(64_000, 512 << 30, 3), Some("A100"), 1),
-                ("laptop", "local", ferry_api::Resources::new(7500, 16_000_000_000, 0), None, 0),
+                ("gpu-1", "onprem", ferry_core::Resources::new(64_000, 512 << 30, 3), Some("A100"), 1),
+                ("laptop", "local", ferry_core::Resources::new(7500, 16_000_000_000, 0), None, 0),
             ]
         );
-        let unlimited = ferry_api::Resources::UNLIMITED;
+        let unlimited = ferry_core::Resources::UNLIMITED;
         let vision = read.teams.iter().find(|t| t.name == "vision").unwrap();
         assert_eq!(
             vision.quota,
-            ferry_api::Resources { memory_bytes: unlimited.memory_bytes, ..ferry_api::Resources::new(64_000, 0, 8) }
+            ferry_core::Resources { memory_bytes: unlimited.memory_bytes, ..ferry_core::Resources::new(64_000, 0, 8) }
         );
         assert_eq!(vision.borrow_limit.map(|b| b.gpus), Some(4));
         let nlp = read.teams.iter().find(|t| t.name == "nlp").unwrap();

@@ -21,11 +21,11 @@ fn role(text: &str) -> Result<TeamRole, String> {
 }
 
 fn cpus(text: &str) -> Result<u64, String> {
-    ferry_api::units::parse_cpus(text).map_err(|e| e.0)
+    ferry_units::parse_cpus(text).map_err(|e| e.0)
 }
 
 fn memory(text: &str) -> Result<u64, String> {
-    ferry_api::units::parse_memory(text).map_err(|e| e.0)
+    ferry_units::parse_memory(text).map_err(|e| e.0)
 }
 
 /// A quota in words: `8 GPUs, 64 CPUs, 512GiB (+4 GPUs borrowed at most)`; `-` for none.
@@ -55,7 +55,7 @@ fn quota_text(quota: Option<&Quota>) -> String {
 }
 
 fn expiry(text: &str) -> Result<u64, String> {
-    ferry_api::units::parse_duration_s(text).map_err(|e| e.0)
+    ferry_units::parse_duration_s(text).map_err(|e| e.0)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

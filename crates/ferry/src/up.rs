@@ -88,7 +88,7 @@ pub struct AgentArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    ferry_api::units::parse_duration_s(text)
+    ferry_units::parse_duration_s(text)
         .map(Duration::from_secs)
         .or_else(|e| humantime::parse_duration(text).map_err(|_| e.0))
 }

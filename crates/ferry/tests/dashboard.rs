@@ -469,6 +469,13 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     assert!(text.contains("sh -c 'echo hello-from-trainer; echo step 1 loss 0.5; sleep 300'"), "{text}");
     assert!(text.contains("Asked for\n1 GPU, 0.5 CPU cores, 512 MiB memory"), "one GPU, not \"1 GPUs\":\n{text}");
     assert!(text.contains("node-a") && text.contains("vision") && text.contains("detector"), "{text}");
+    // The placement's reason as facts under its sentence in the timeline.
+    let placed = b.script("return document.querySelector('#job-timeline .reason[data-kind=placed]').textContent");
+    let placed = placed.as_str().unwrap_or_default();
+    assert!(
+        placed.starts_with("pool ") && placed.contains(" · node-a, GPU ") && placed.contains(" · chosen of "),
+        "{placed}"
+    );
     b.wait_for("the job's charts", WAIT, |b| {
         b.script("return document.querySelectorAll('#job-charts svg.chart').length").as_u64() == Some(3)
     });

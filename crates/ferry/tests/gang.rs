@@ -53,6 +53,13 @@ fn a_gang_runs_one_worker_per_node_and_the_workers_find_each_other() {
     assert_eq!(workers[0]["node"], "node-a");
     assert_eq!(workers[1]["node"], "node-b");
     assert!(timeline(&job).iter().any(|m| m.starts_with("all 2 workers running, on nodes node-a, node-b")), "{job}");
+    // The placement's reason names every worker's node and GPUs, rank 0 first.
+    let placed = job["timeline"].as_array().unwrap().iter().find(|e| e["state"] == "starting").unwrap();
+    assert_eq!(placed["reason"]["kind"], "placed", "{placed}");
+    let nodes: Vec<&str> =
+        placed["reason"]["workers"].as_array().unwrap().iter().map(|w| w["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["node-a", "node-b"], "{placed}");
+    assert_eq!(placed["reason"]["workers"][0]["gpu_ids"], workers[0]["gpu_ids"], "{placed}");
     let port = 29_500 + id % 1000;
     let rank0 = f.ok(&["logs", &id.to_string()]);
     assert!(rank0.starts_with("rank 0 of 2 torchrun=2/0 gpus=0,1\n"), "{rank0}");

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{stderr, Ferry, NodeSpec};
+use serde_json::json;
 
 #[test]
 fn follow_streams_output_and_exits_with_the_job_exit_code() {
@@ -42,7 +43,12 @@ fn each_job_sees_exactly_its_gpus_and_a_waiting_job_says_who_holds_them() {
         waiting["waiting"]["message"],
         format!("needs 2 GPUs; node node-a has 0 free (2 held by jobs {a} and {b})")
     );
-    assert_eq!(waiting["waiting"]["reason"]["kind"], "insufficient");
+    // The same reason as data, typed on the wire and tagged by `kind` as before.
+    let reason = json!({
+        "kind": "insufficient", "resource": "gpus", "needed": 2, "more_nodes": 0,
+        "shortfalls": [{ "node": "node-a", "resource": "gpus", "free": 0, "held": 2, "held_by": [a, b] }],
+    });
+    assert_eq!(waiting["waiting"]["reason"], reason);
     let shown = f.ok(&["show", &c.to_string()]);
     assert!(
         shown.contains(&format!("Waiting:      needs 2 GPUs; node node-a has 0 free (2 held by jobs {a} and {b})")),
@@ -312,9 +318,18 @@ fn owned_pools_fill_first_then_jobs_burst_in_the_configured_order() {
     let burst = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
     let job = f.wait_state(burst, "succeeded");
     assert_eq!(job["node"], "cloud-1");
-    let placed =
-        job["timeline"].as_array().unwrap().iter().find(|e| e["state"] == "starting").unwrap()["message"].clone();
-    assert!(placed.as_str().unwrap().contains("burst to pool cloud"), "{placed}");
+    let placed = job["timeline"].as_array().unwrap().iter().find(|e| e["state"] == "starting").unwrap().clone();
+    assert!(placed["message"].as_str().unwrap().contains("burst to pool cloud"), "{placed}");
+    // The same reason as data: the pool, the node and GPU, and that it burst.
+    let reason = &placed["reason"];
+    assert_eq!(reason["kind"], "placed", "{placed}");
+    assert_eq!(reason["pool"], "cloud");
+    assert_eq!(reason["workers"], json!([{ "node": "cloud-1", "gpu_ids": [0] }]));
+    assert_eq!(reason["cpu_millis"], 100);
+    assert!(reason["burst_waited_s"].is_u64(), "{placed}");
+    assert!(reason.get("backfilled_before").is_none(), "{placed}");
+    let shown = f.ok(&["show", &burst.to_string()]);
+    assert!(shown.contains("Placed:       in pool cloud, of 1 candidate node; burst after waiting "), "{shown}");
 }
 
 #[test]
@@ -334,6 +349,16 @@ fn a_higher_priority_job_preempts_with_a_grace_period_and_the_victim_is_requeued
         "{timeline:?}"
     );
     assert!(timeline.iter().any(|m| m.contains("of work lost; requeued")), "{timeline:?}");
+    // The same reason as data: for which job, by which rule, with what grace; the other entries have none.
+    let reasons: Vec<serde_json::Value> =
+        job["timeline"].as_array().unwrap().iter().filter_map(|e| e.get("reason").cloned()).collect();
+    let preempted: Vec<&serde_json::Value> = reasons.iter().filter(|r| r["kind"] == "preempted").collect();
+    let expected = json!({
+        "kind": "preempted", "by": high, "grace_s": 10,
+        "rule": { "kind": "priority", "victim_priority": -100, "preemptor_priority": 100 },
+    });
+    assert_eq!(preempted, [&expected], "{job}");
+    assert!(reasons.iter().all(|r| r["kind"] == "placed" || r["kind"] == "preempted"), "{reasons:?}");
     // The victim checkpointed on SIGTERM, and runs again once the GPU is free.
     // SIGTERM reaches the whole process group: the shell's `sleep` dies of it too, which the shell reports.
     let first = f.ok(&["logs", &low.to_string(), "--attempt", "0"]);

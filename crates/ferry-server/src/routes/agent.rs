@@ -8,6 +8,7 @@ use bytes::Bytes;
 use ferry_api::agent::{LogAck, RegisterNode, Registered, Reports, ReportsAck, Work, WorkRequest, WORK_WAIT_MS_MAX};
 use ferry_api::telemetry::{TelemetryAck, TelemetryBatch, SAMPLE_AGE_MAX_US};
 use ferry_api::{ErrorBody, ErrorCode};
+use ferry_store::EventReason;
 use serde::Deserialize;
 
 use crate::auth::AgentCaller;
@@ -173,12 +174,21 @@ pub async fn telemetry(
 }
 
 /// Whether an earlier attempt of `job` ran on a node this agent holds, from the job's timeline: its output may still
-/// be draining after a requeue.
+/// be draining after a requeue. A placement names its nodes in its reason; entries written before reasons were
+/// stored name them only in their sentence, so their words are tried instead.
 async fn earlier_attempt_node(state: &AppState, agent: &AgentCaller, job: u64) -> Result<bool, ApiError> {
     let events = state.store.job_events(job).await?;
     for event in events {
-        for word in event.message.split_whitespace() {
-            let node = word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "._-/".contains(c)));
+        let nodes: Vec<&str> = match &event.reason {
+            Some(EventReason::Placed(placement)) => placement.workers.iter().map(|w| w.node.as_str()).collect(),
+            Some(EventReason::Preempted(_)) => Vec::new(),
+            None => event
+                .message
+                .split_whitespace()
+                .map(|word| word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "._-/".contains(c))))
+                .collect(),
+        };
+        for node in nodes {
             if !node.is_empty() && agent.may_speak_for(node) && speak_for(state, agent, node, false).await.is_ok() {
                 return Ok(true);
             }

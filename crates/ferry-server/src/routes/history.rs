@@ -19,6 +19,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::auth::Caller;
+use crate::convert::quota_amount;
 use crate::driver::now_us;
 use crate::error::{rejection, ApiError};
 use crate::routes::series::parse_time;
@@ -87,8 +88,8 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Js
         .map(|t| {
             let team = HistoryTeam {
                 name: t.name.clone(),
-                quota: QuotaAmount::from_resources(&t.quota),
-                borrow_limit: t.borrow_limit.as_ref().map(QuotaAmount::from_resources),
+                quota: quota_amount(&t.quota),
+                borrow_limit: t.borrow_limit.as_ref().map(quota_amount),
                 projects: Vec::new(),
             };
             (t.name, team)
@@ -103,8 +104,8 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Js
         });
         team.projects.push(HistoryProject {
             name: p.name,
-            quota: QuotaAmount::from_resources(&p.quota),
-            borrow_limit: p.borrow_limit.as_ref().map(QuotaAmount::from_resources),
+            quota: quota_amount(&p.quota),
+            borrow_limit: p.borrow_limit.as_ref().map(quota_amount),
         });
     }
     let placement = serde_json::to_value(state.file.gpu_placement).ok();
@@ -179,7 +180,13 @@ pub async fn jobs(
     }
     let now = now_us();
     let since_us = parse_time(q.since.as_deref().unwrap_or(SINCE_DEFAULT), now, "since")?;
-    let jobs = state.store.history_jobs(since_us, q.after.unwrap_or(0), limit).await?;
+    let jobs: Vec<_> = state
+        .store
+        .history_jobs(since_us, q.after.unwrap_or(0), limit)
+        .await?
+        .into_iter()
+        .map(crate::convert::history_job)
+        .collect();
     let next_after = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id)).flatten();
     Ok(Json(HistoryPage { since_us, now_us: now, jobs, next_after }))
 }

@@ -207,7 +207,7 @@ async fn full(state: &AppState, caller: &UserCaller, record: JobRecord) -> Resul
         };
         reason.map(|r| Waiting {
             message: r.to_string(),
-            reason: serde_json::to_value(&r).expect("reasons serialize"),
+            reason: crate::convert::wait_reason(&r),
             estimated_start_us,
             estimate_predicted,
             no_estimate,
@@ -215,7 +215,7 @@ async fn full(state: &AppState, caller: &UserCaller, record: JobRecord) -> Resul
     } else {
         None
     };
-    let timeline = state.store.job_events(record.id).await?;
+    let timeline = state.store.job_events(record.id).await?.into_iter().map(crate::convert::job_event).collect();
     let mut job = to_wire(state, caller, record, waiting).await;
     job.timeline = timeline;
     Ok(job)

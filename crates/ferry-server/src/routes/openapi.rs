@@ -447,4 +447,62 @@ mod tests {
         let denied = &mlflow["paths"]["/api/2.0/mlflow/runs/get"]["get"]["responses"]["403"];
         assert_eq!(denied["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/MlflowError");
     }
+
+    /// Every `$ref` under `value`.
+    fn references(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("$ref", Value::String(target)) => found.push(target.clone()),
+                        _ => references(v, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+            _ => {}
+        }
+    }
+
+    /// The scheduler's reasons are typed in the document, each `kind` a variant of its own that a client can check
+    /// a body against, and every reference in the document resolves to a schema it has.
+    #[test]
+    fn reasons_are_described_by_kind_and_every_reference_resolves() {
+        let api = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &api["components"]["schemas"];
+        let kinds = |name: &str| -> Vec<&str> {
+            let variants = schemas[name]["oneOf"].as_array().unwrap_or_else(|| panic!("{name}: {}", schemas[name]));
+            variants.iter().map(|v| v["properties"]["kind"]["enum"][0].as_str().unwrap()).collect()
+        };
+        assert_eq!(schemas["Waiting"]["properties"]["reason"]["$ref"], "#/components/schemas/WaitReason");
+        assert_eq!(
+            kinds("WaitReason"),
+            [
+                "no_nodes",
+                "no_ready_nodes",
+                "no_matching_node",
+                "preempting",
+                "over_team_limit",
+                "over_project_limit",
+                "infeasible",
+                "insufficient",
+                "reserved_for",
+                "burst_not_yet",
+                "gang_infeasible",
+                "gang_waiting",
+                "provisioning",
+                "starting",
+                "other"
+            ]
+        );
+        assert_eq!(kinds("TimelineReason"), ["placed", "preempted", "other"]);
+        assert_eq!(kinds("PreemptRule"), ["priority", "reclaim", "reclaim_project", "other"]);
+        let mut found = Vec::new();
+        references(&api, &mut found);
+        assert!(found.contains(&"#/components/schemas/TimelineReason".to_string()), "{found:?}");
+        for target in found {
+            let name = target.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{target}"));
+            assert!(schemas.get(name).is_some(), "{target} names no schema");
+        }
+    }
 }

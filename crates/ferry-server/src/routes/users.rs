@@ -14,6 +14,7 @@ use ferry_api::{ErrorBody, ErrorCode};
 use ferry_store::{NewUser, UserRecord};
 
 use crate::auth::Caller;
+use crate::convert::{quota_amount, quota_from_record, quota_record, quota_resources};
 use crate::driver::now_us;
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
@@ -212,8 +213,8 @@ impl Quotas {
 
     fn team_wire(&self, team: ferry_store::TeamRecord) -> TeamInfo {
         let wire = |quota: &ferry_core::Resources, borrow: Option<&ferry_core::Resources>| Quota {
-            quota: QuotaAmount::from_resources(quota),
-            borrow_limit: borrow.map(QuotaAmount::from_resources),
+            quota: quota_amount(quota),
+            borrow_limit: borrow.map(quota_amount),
         };
         TeamInfo {
             members: team.members.into_iter().filter_map(|(u, r)| TeamRole::parse(&r).map(|r| (u, r))).collect(),
@@ -537,20 +538,20 @@ async fn change_quota(
                         return Err(ApiError::invalid(format!(
                             "project {project}'s quota must fit within team {team}'s ({}); ask an installation admin \
                              to raise the team's quota",
-                            describe(&QuotaAmount::from_resources(&team_quota))
+                            describe(&quota_amount(&team_quota))
                         )));
                     }
                 }
             }
             None => {
                 // A project's own amounts must fit; what it leaves out follows the team's new quota.
-                let amount = quota.quota.resources();
+                let amount = quota_resources(&quota.quota);
                 let named = |p: &ferry_core::ProjectInfo| -> QuotaAmount {
                     let own =
                         current.stored.iter().find(|s| s.team == team && s.project.as_deref() == Some(p.name.as_str()));
-                    match own.and_then(|s| serde_json::from_str::<Quota>(&s.json).ok()) {
-                        Some(q) => q.quota,
-                        None => QuotaAmount::from_resources(&p.quota),
+                    match own {
+                        Some(s) => quota_from_record(&s.quota).quota,
+                        None => quota_amount(&p.quota),
                     }
                 };
                 let over: Vec<&str> = current
@@ -571,10 +572,10 @@ async fn change_quota(
             }
         }
     }
-    let json = quota.map(|q| serde_json::to_string(&q).expect("quotas serialize"));
-    state.store.set_quota(team, project, json.as_deref()).await?;
+    let record = quota.as_ref().map(quota_record);
+    state.store.set_quota(team, project, record.as_ref()).await?;
     state.driver.call(|reply| crate::driver::Command::QuotasChanged { reply }).await?;
-    tracing::info!(team, project = ?project, quota = ?json, by = %caller.name, "quota changed");
+    tracing::info!(team, project = ?project, ?quota, by = %caller.name, "quota changed");
     Ok(Json(team_info(state, team).await?))
 }
 

@@ -1,7 +1,10 @@
-//! Parsing the quantities people type: memory sizes, CPU counts and durations. Every error says what was wrong
-//! and shows a value that would be accepted.
-
-pub use ferry_core::resources_fmt::{format_bytes, format_cpus};
+//! Quantities as people write them: memory sizes, CPU and GPU counts and durations. Parsing takes what people type
+//! (the command line, configuration files) and every error says what was wrong and shows a value that would be
+//! accepted; formatting writes amounts back the same way.
+//!
+//! A crate of its own because the scheduler core (whose reasons are sentences with amounts in them), the server, the
+//! agent and the command line all need one definition of these forms, while the core must know nothing of the wire
+//! and the wire crate nothing of the core. It must stay free of every other Ferry crate and of I/O.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -117,6 +120,34 @@ pub fn parse_duration_s(text: &str) -> Result<u64, UnitError> {
     Ok(total)
 }
 
+/// Formats a byte count with a binary unit, as people write memory sizes: `512MiB`, `8GiB`, `1.5TiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 || unit == 0 {
+        format!("{}{}", value as u64, UNITS[unit])
+    } else {
+        format!("{:.1}{}", value, UNITS[unit])
+    }
+}
+
+/// Formats thousandths of a CPU as a decimal core count: `2`, `0.5`, `1.25`.
+pub fn format_cpus(cpu_millis: u64) -> String {
+    let whole = cpu_millis / 1000;
+    let frac = cpu_millis % 1000;
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        let digits = format!("{frac:03}");
+        format!("{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +166,17 @@ mod tests {
         assert_eq!(parse_gpus("0.25"), Ok((0, 250)));
         assert!(parse_gpus("1.5").unwrap_err().to_string().contains("share of one GPU between 0 and 1"));
         assert!(parse_gpus("two").is_err());
+    }
+
+    #[test]
+    fn formats_units_as_people_write_them() {
+        assert_eq!(format_bytes(0), "0B");
+        assert_eq!(format_bytes(512 * 1024 * 1024), "512MiB");
+        assert_eq!(format_bytes(8 << 30), "8GiB");
+        assert_eq!(format_bytes(3 << 29), "1.5GiB");
+        assert_eq!(format_cpus(2000), "2");
+        assert_eq!(format_cpus(500), "0.5");
+        assert_eq!(format_cpus(1250), "1.25");
     }
 
     #[test]
