@@ -24,7 +24,14 @@ fn pools(max_nodes: u32, burst_after_s: Option<u64>) -> Event {
     let elastic = ElasticPool { node: template(), max_nodes, startup_s: 180, idle_release_s: 600 };
     Event::PoolsConfigured(vec![
         PoolInfo { name: "owned".into(), order: 0, ..PoolInfo::default() },
-        PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s, elastic: Some(elastic) },
+        PoolInfo {
+            name: "cloud".into(),
+            order: 10,
+            burst: true,
+            burst_after_s,
+            elastic: Some(elastic),
+            ..PoolInfo::default()
+        },
     ])
 }
 
