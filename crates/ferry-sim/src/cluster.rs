@@ -52,6 +52,10 @@ pub struct Pool {
     pub price_cpu_hour: f64,
     /// Set for a burst pool whose nodes start on demand from a template; it has no nodes of its own.
     pub elastic: Option<ElasticPool>,
+    /// Whether the pool's backend runs jobs in container images, and gangs (a Slurm pool runs no images, a Ray pool
+    /// neither): only such pools take such jobs.
+    pub images: bool,
+    pub gangs: bool,
 }
 
 impl Pool {
@@ -63,7 +67,8 @@ impl Pool {
             burst: self.burst,
             burst_after_s: self.burst_after_s,
             elastic: self.elastic.clone(),
-            ..PoolInfo::default()
+            images: self.images,
+            gangs: self.gangs,
         }
     }
 
@@ -145,6 +150,14 @@ struct PoolSpec {
     startup: Option<Spanned<String>>,
     idle_release: Option<Spanned<String>>,
     node: Option<Spanned<TemplateSpec>>,
+    #[serde(default = "yes")]
+    images: bool,
+    #[serde(default = "yes")]
+    gangs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The node an elastic pool starts, as `node = { ... }` in its `[[pool]]` table: a `[[node]]` without a name or pool.
@@ -480,8 +493,8 @@ fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError
             None => None,
         };
         let elastic = elastic(src, &spec, &mut elastic_total)?;
-        let (order, burst) = (spec.order, spec.burst);
-        pools.push(Pool { name, order, burst, burst_after_s, price_gpu_hour, price_cpu_hour, elastic });
+        let (order, burst, images, gangs) = (spec.order, spec.burst, spec.images, spec.gangs);
+        pools.push(Pool { name, order, burst, burst_after_s, price_gpu_hour, price_cpu_hour, elastic, images, gangs });
     }
     pools.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
     Ok(pools)
@@ -674,6 +687,8 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
         elastic: None,
+        images: true,
+        gangs: true,
     };
     let gpu_placement = GpuPlacement::default();
     Ok(Cluster {

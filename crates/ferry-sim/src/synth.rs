@@ -127,6 +127,8 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
         elastic: None,
+        images: true,
+        gangs: true,
     };
     Cluster {
         pools: vec![pool],

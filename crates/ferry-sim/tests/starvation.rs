@@ -28,6 +28,8 @@ fn cluster() -> Cluster {
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
         elastic: None,
+        images: true,
+        gangs: true,
     };
     Cluster {
         pools: vec![pool],
