@@ -14,6 +14,11 @@ use crate::{Capabilities, ComputeBackend};
 
 /// How a kind's backend comes to be.
 #[derive(Clone, Copy)]
+// A build without agents, or without any engine, leaves a variant unused.
+#[cfg_attr(
+    not(all(feature = "agent", any(feature = "slurm", feature = "ray", feature = "spark", feature = "kubernetes"))),
+    allow(dead_code)
+)]
 enum Make {
     /// Pools of Ferry agents: one backend serves them all, since each agent asks it for its node's work.
     Agents(Capabilities),
@@ -44,6 +49,7 @@ const KINDS: &[Kind] = &[
 ];
 
 /// A kind's own settings, read from the pool's `[pool.engine]` table.
+#[cfg_attr(not(any(feature = "slurm", feature = "ray", feature = "spark", feature = "kubernetes")), allow(dead_code))]
 fn settings<T: serde::de::DeserializeOwned>(settings: serde_json::Value) -> Result<T, String> {
     serde_json::from_value(settings).map_err(|e| e.to_string())
 }
@@ -126,7 +132,7 @@ pub fn build(pool: &PoolSpec, context: &Context) -> Result<Built, String> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "agent"))]
 mod tests {
     use serde_json::json;
 

@@ -990,11 +990,11 @@ async fn settings_are_checked_at_connection_without_contacting_the_cluster() {
     assert!(ferry_backends::registry::kinds().contains(&"kubernetes"));
     let mut unknown = good.clone();
     unknown["namespace"] = json!("x");
-    let err = ferry_backends::registry::check("kubernetes", unknown).err().expect("an unknown field");
+    let err = ferry_backends::registry::check("kubernetes", unknown).expect_err("an unknown field");
     assert!(err.contains("unknown field"), "{err}");
     let mut bad_context = good.clone();
     bad_context["context"] = json!("prod");
-    let err = ferry_backends::registry::check("kubernetes", bad_context).err().expect("a missing context");
+    let err = ferry_backends::registry::check("kubernetes", bad_context).expect_err("a missing context");
     assert!(err.contains("no context \"prod\""), "{err}");
     let mut bad_prefix = good.clone();
     bad_prefix["namespace_prefix"] = json!("Ferry_");
