@@ -29,7 +29,7 @@ enum Make {
 
 /// One kind of compute, as pools name it in the configuration (`kind = "slurm"`).
 #[derive(Clone, Copy)]
-pub struct Kind {
+struct Kind {
     pub name: &'static str,
     make: Make,
 }
