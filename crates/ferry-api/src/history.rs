@@ -53,6 +53,16 @@ pub struct HistoryPool {
     pub declared: bool,
     /// Set for a pool that starts nodes on demand.
     pub elastic: Option<HistoryElastic>,
+    /// Whether the pool's backend runs container images, and gangs (multi-node jobs): the scheduler sends such jobs
+    /// only to pools that do.
+    #[serde(default = "yes")]
+    pub images: bool,
+    #[serde(default = "yes")]
+    pub gangs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An elastic pool's capacity: up to `max_nodes` nodes like `node`.

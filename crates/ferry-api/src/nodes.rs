@@ -90,6 +90,40 @@ pub struct Pool {
     /// For an engine pool, whether Ferry reaches the engine.
     #[serde(default)]
     pub engine: Option<EngineHealth>,
+    /// What the pool's backend can do; the scheduler reads `images` and `gangs` to place jobs.
+    pub capabilities: Capabilities,
+}
+
+/// What a pool's backend can do beyond starting and stopping runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Capabilities {
+    /// Runs jobs in container images (`--image`); only such pools take a job with one.
+    pub images: bool,
+    /// Runs multi-node jobs (`--nodes`); only such pools take one.
+    pub gangs: bool,
+    /// Measures each GPU's use; elsewhere GPU utilisation is "no data".
+    pub gpus_measured: bool,
+    /// Runs have a native id and form in the engine (`ferry show --native`), which its own tools also show.
+    pub native_view: bool,
+    /// A run lands on the node the scheduler chose (else the engine may choose another node of the pool).
+    pub node_pinning: bool,
+    /// A run gets the GPUs the scheduler chose, by index (else the engine picks which of the node's GPUs).
+    pub gpu_pinning: bool,
+}
+
+impl Capabilities {
+    /// The capabilities that are there, in words, for tables: `images, gangs, GPUs measured, ...`.
+    pub fn words(&self) -> Vec<&'static str> {
+        let all = [
+            (self.images, "images"),
+            (self.gangs, "gangs"),
+            (self.gpus_measured, "GPUs measured"),
+            (self.native_view, "native view"),
+            (self.node_pinning, "node pinning"),
+            (self.gpu_pinning, "GPU pinning"),
+        ];
+        all.into_iter().filter(|(on, _)| *on).map(|(_, word)| word).collect()
+    }
 }
 
 /// What the server's bridge to an engine last saw of it.

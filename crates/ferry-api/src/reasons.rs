@@ -57,9 +57,12 @@ pub enum WaitReason {
         pool: Option<String>,
         #[serde(default)]
         pools_known: Vec<String>,
-        /// The job runs in a container image, and only nodes that run images take it.
+        /// The job runs in a container image, and some pools' backends do not run images.
         #[serde(default)]
         image: bool,
+        /// The job is a gang (a multi-node job), and some pools' backends do not run gangs.
+        #[serde(default)]
+        gang: bool,
     },
     /// Running jobs are being preempted to make room for it; it starts when they have stopped.
     Preempting { jobs: Vec<u64> },

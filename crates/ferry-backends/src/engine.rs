@@ -2,8 +2,8 @@
 //! the engine's nodes with its own global queue and policy, then hands the engine one native submission and follows
 //! it there until it ends.
 //!
-//! An engine implements [`Engine`]: capacity, submit, state, output, cancel. The server's engine bridge
-//! (`ferry-server/src/engines.rs`) drives it like an agent would: it registers the engine's nodes, submits what the
+//! An engine implements [`Engine`]: capacity, submit, state, output, cancel. The engine bridge (`bridge.rs`) drives it
+//! like an agent would: it registers the engine's nodes, submits what the
 //! driver starts, polls states and output and reports them. The bridge, not the engine, owns timeouts and retries, so
 //! an engine that is down or slow never blocks the scheduler or the other pools.
 //!
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use ferry_api::agent::{RunEnd, SecretEnv};
 use ferry_api::nodes::Gpu;
 
-use crate::BackendFuture;
+use crate::{BackendFuture, Capabilities};
 
 /// One run of a job, as an engine is asked to run it: engine-neutral, already validated by the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,11 +150,9 @@ pub trait Engine: Send + Sync {
     /// The pool kind: `slurm`, `ray`, `spark`, `kubernetes`.
     fn kind(&self) -> &'static str;
 
-    /// Whether the engine runs jobs in container images ([`EngineJob::image`]); the scheduler sends jobs with an image
-    /// only to engines that do.
-    fn runs_images(&self) -> bool {
-        false
-    }
+    /// What the engine can do with the settings it was connected with, stated by each engine: the scheduler sends a
+    /// job with an image ([`EngineJob::image`]) or a gang only to pools whose engine runs them.
+    fn capabilities(&self) -> Capabilities;
 
     /// The engine's nodes and their capacity. An error means the engine is down.
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>>;

@@ -95,7 +95,7 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::engine::{Engine, EngineError, EngineJob, EngineNode, Found, NativeState, Submitted};
-use crate::BackendFuture;
+use crate::{BackendFuture, Capabilities};
 
 const ENGINE: &str = "kubernetes";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -1104,8 +1104,18 @@ impl Engine for KubeEngine {
         ENGINE
     }
 
-    fn runs_images(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            images: true,
+            // An Indexed Job with a headless Service (see the module's documentation).
+            gangs: true,
+            gpus_measured: false,
+            native_view: true,
+            // A single-node run, by node affinity; Kubernetes places a gang's pods itself.
+            node_pinning: true,
+            // The device plugin chooses which of the node's GPUs a pod gets.
+            gpu_pinning: false,
+        }
     }
 
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>> {

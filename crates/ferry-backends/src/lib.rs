@@ -1,9 +1,11 @@
-//! Compute backends: the one trait every kind of compute implements, and the registry that lists them.
+//! Compute backends: the one trait every kind of compute implements, and the registry that builds them.
 //!
 //! A backend turns the scheduler's decision "run this job here" into the engine's native action and stops it again.
-//! The Ferry agent is the first backend; Slurm, Kubernetes, Ray, Spark and cloud pools implement the same trait,
-//! each behind a Cargo feature and listed in `registry.rs`. A backend must never decide where a job runs: the core
-//! does that; backends only carry out and report.
+//! The Ferry agent is the first backend; Slurm, Kubernetes, Ray and Spark are engines (`engine.rs`) that the engine
+//! bridge (`bridge.rs`) turns into backends; each kind is one module behind a Cargo feature and one line in
+//! `registry.rs`, which builds every pool's backend from its kind and settings. A backend must never decide where a
+//! job runs: the core does that, reading what the backend can do ([`Capabilities`]); backends only carry out and
+//! report.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +14,7 @@ use ferry_api::agent::{Assignment, RunRef};
 
 #[cfg(feature = "agent")]
 pub mod agent;
+pub mod bridge;
 pub mod conformance;
 pub mod engine;
 #[cfg(feature = "kubernetes")]
@@ -35,15 +38,23 @@ pub enum BackendError {
     Refused(String),
 }
 
-/// What a backend can do beyond the required minimum; the driver and the CLI consult it instead of the kind.
+/// What a backend can do beyond launching and stopping runs: data that placement (through the pool's
+/// `ferry_core::PoolInfo`), the API, `ferry pools` and the dashboard read, never a kind's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Nodes pull work and push state (an agent); otherwise the driver polls the engine.
-    pub nodes_report_themselves: bool,
-    /// The backend can place work on specific GPU indices.
-    pub gpu_placement: bool,
-    /// The backend streams job output back to the server.
-    pub streams_logs: bool,
+    /// Runs jobs in container images (`ferry run --image`); the scheduler sends such jobs only to pools that do.
+    pub images: bool,
+    /// Runs gangs: one job over several nodes at once; the scheduler sends them only to pools that do.
+    pub gangs: bool,
+    /// Measures each GPU's use (utilisation and memory per GPU and per run); elsewhere utilisation is "no data".
+    pub gpus_measured: bool,
+    /// Runs have a native id and form in a scheduler of their own (the batch script, the manifest), which
+    /// `ferry show --native` and the job page show, and which the engine's own tools and dashboard list.
+    pub native_view: bool,
+    /// A run lands on the node the scheduler chose; otherwise the engine may move it within the pool.
+    pub node_pinning: bool,
+    /// A run gets the GPUs the scheduler chose, by index; otherwise the engine picks which GPUs of the node.
+    pub gpu_pinning: bool,
 }
 
 /// One kind of compute.

@@ -58,7 +58,7 @@ use serde_json::{json, Value};
 use crate::engine::{
     shell_join, shell_quote, valid_env_name, Engine, EngineError, EngineJob, EngineNode, Found, NativeState, Submitted,
 };
-use crate::BackendFuture;
+use crate::{BackendFuture, Capabilities};
 
 const ENGINE: &str = "ray";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -563,6 +563,20 @@ fn slice(logs: &str, offset: u64, max: usize) -> Vec<u8> {
 impl Engine for RayEngine {
     fn kind(&self) -> &'static str {
         ENGINE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Refused at submission: see the module's documentation.
+            images: false,
+            // A Ray job is one driver on one node, which spreads its work with Ray itself.
+            gangs: false,
+            gpus_measured: false,
+            native_view: true,
+            // The entrypoint's label selector on the node's `ray.io/node-id`.
+            node_pinning: true,
+            gpu_pinning: false,
+        }
     }
 
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>> {

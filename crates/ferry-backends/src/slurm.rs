@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::engine::{
     shell_join, shell_quote, valid_env_name, Engine, EngineError, EngineJob, EngineNode, Found, NativeState, Submitted,
 };
-use crate::BackendFuture;
+use crate::{BackendFuture, Capabilities};
 
 const KIND: &str = "slurm";
 /// The OpenAPI version of Slurm 22.05's slurmrestd; the JSON fields below are written for it.
@@ -764,6 +764,19 @@ impl Slurm {
 impl Engine for Slurm {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            images: false,
+            // The allocation spans the nodes; the command runs on the first one (see the module's documentation).
+            gangs: true,
+            gpus_measured: false,
+            native_view: true,
+            // `--nodelist` pins a run through the CLI; slurmrestd v0.0.38 has no field for it.
+            node_pinning: self.rest.is_none(),
+            gpu_pinning: false,
+        }
     }
 
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>> {

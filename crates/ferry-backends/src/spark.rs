@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{
     shell_join, shell_quote, valid_env_name, Engine, EngineError, EngineJob, EngineNode, Found, NativeState, Submitted,
 };
-use crate::BackendFuture;
+use crate::{BackendFuture, Capabilities};
 
 const KIND: &str = "spark";
 
@@ -862,6 +862,19 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 impl Engine for Spark {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            images: false,
+            // One executor per node of the gang.
+            gangs: true,
+            gpus_measured: false,
+            native_view: true,
+            // The driver runs beside the server and the master places the executors.
+            node_pinning: false,
+            gpu_pinning: false,
+        }
     }
 
     fn nodes(&self) -> BackendFuture<'_, Result<Vec<EngineNode>, EngineError>> {

@@ -985,22 +985,23 @@ async fn an_unreachable_api_server_is_an_outage() {
 async fn settings_are_checked_at_connection_without_contacting_the_cluster() {
     let fake = Fake::start().await;
     let good = settings(&fake.kubeconfig());
-    ferry_backends::registry::build_engine("kubernetes", good.clone()).expect("the registry builds it");
+    let capabilities = ferry_backends::registry::check("kubernetes", good.clone()).expect("the registry builds it");
+    assert!(capabilities.images && capabilities.gangs, "{capabilities:?}");
     assert!(ferry_backends::registry::kinds().contains(&"kubernetes"));
     let mut unknown = good.clone();
     unknown["namespace"] = json!("x");
-    let err = ferry_backends::registry::build_engine("kubernetes", unknown).err().expect("an unknown field");
+    let err = ferry_backends::registry::check("kubernetes", unknown).expect_err("an unknown field");
     assert!(err.contains("unknown field"), "{err}");
     let mut bad_context = good.clone();
     bad_context["context"] = json!("prod");
-    let err = ferry_backends::registry::build_engine("kubernetes", bad_context).err().expect("a missing context");
+    let err = ferry_backends::registry::check("kubernetes", bad_context).expect_err("a missing context");
     assert!(err.contains("no context \"prod\""), "{err}");
     let mut bad_prefix = good.clone();
     bad_prefix["namespace_prefix"] = json!("Ferry_");
-    assert!(ferry_backends::registry::build_engine("kubernetes", bad_prefix).is_err());
+    assert!(ferry_backends::registry::check("kubernetes", bad_prefix).is_err());
     let mut missing = good;
     missing["kubeconfig"] = json!(fake.dir.path().join("nope"));
-    assert!(ferry_backends::registry::build_engine("kubernetes", missing).is_err());
+    assert!(ferry_backends::registry::check("kubernetes", missing).is_err());
     assert!(fake.sent().is_empty(), "connecting sent {:?}", fake.sent());
 }
 

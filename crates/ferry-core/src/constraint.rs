@@ -1,6 +1,6 @@
 //! Placement constraints as interned ids, and which nodes each allows.
 //!
-//! A queued job's GPU models, label selector, pool and image flag decide which nodes may run it, whatever is free
+//! A queued job's GPU models, label selector, pool, image flag and gang-ness decide which nodes may run it, whatever is free
 //! there. Comparing those strings for every job against every node dominated cycles on deep queues, while a queue
 //! holds few distinct constraints: each is interned once, when a job with it is submitted, and a cycle reads which
 //! nodes it allows from a row of booleans, kept until the nodes themselves change.
@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::node::Node;
 use crate::resources::Resources;
-use crate::scheduler::JobRequest;
+use crate::scheduler::{JobRequest, PoolInfo};
 
 /// An interned constraint: an index into `Constraints`.
 pub(crate) type ConstraintId = u32;
@@ -25,6 +25,7 @@ struct ConstraintKey {
     selector: BTreeMap<String, String>,
     pool: Option<String>,
     image: bool,
+    gang: bool,
 }
 
 impl ConstraintKey {
@@ -35,6 +36,7 @@ impl ConstraintKey {
             selector: request.selector.clone(),
             pool: request.pool.clone(),
             image: request.image,
+            gang: request.is_gang(),
         }
     }
 
@@ -46,6 +48,7 @@ impl ConstraintKey {
             selector: self.selector.clone(),
             pool: self.pool.clone(),
             image: self.image,
+            nodes: if self.gang { 2 } else { 1 },
             ..JobRequest::default()
         }
     }
@@ -103,7 +106,8 @@ impl Constraints {
         }
     }
 
-    /// The nodes changed (one joined, left or changed its model or labels): every row must be computed again.
+    /// The nodes changed (one joined, left or changed its model or labels), or the pools did (what their backends
+    /// run): every row must be computed again.
     pub(crate) fn nodes_changed(&mut self) {
         for entry in &mut self.entries {
             entry.allowed = None;
@@ -111,10 +115,11 @@ impl Constraints {
     }
 
     /// Computes the rows that are missing, for every constraint a queued job has.
-    pub(crate) fn refresh(&mut self, nodes: &BTreeMap<String, Node>) {
+    pub(crate) fn refresh(&mut self, nodes: &BTreeMap<String, Node>, pools: &BTreeMap<String, PoolInfo>) {
         for entry in self.entries.iter_mut().filter(|e| e.users > 0 && e.allowed.is_none()) {
             let request = entry.key.request();
-            entry.allowed = Some(nodes.values().map(|n| request.allowed_on(&n.info)).collect());
+            let allowed = nodes.values().map(|n| request.allowed_on(&n.info, pools.get(&n.info.pool)));
+            entry.allowed = Some(allowed.collect());
         }
     }
 

@@ -38,7 +38,7 @@ pub use reason::{
 pub use resources::Resources;
 pub use scheduler::{
     Allocation, CoreError, Decision, Event, GpuPlacement, HeldBack, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo,
-    QueuedGroup, Scheduler, TeamInfo, BLOCKED_JOBS_CONSIDERED_MAX, IMAGES_LABEL,
+    QueuedGroup, Scheduler, TeamInfo, BLOCKED_JOBS_CONSIDERED_MAX,
 };
 
 /// A job's identifier, assigned by the store when the job is accepted.

@@ -78,9 +78,12 @@ pub enum WaitReason {
         pool: Option<String>,
         #[serde(default)]
         pools_known: Vec<String>,
-        /// The job runs in a container image, and only nodes that run images take it.
+        /// The job runs in a container image, and some pools' backends do not run images.
         #[serde(default)]
         image: bool,
+        /// The job is a gang (a multi-node job), and some pools' backends do not run gangs.
+        #[serde(default)]
+        gang: bool,
     },
     /// Running jobs are being preempted to make room for it; it starts when they have stopped.
     Preempting { jobs: Vec<JobId> },
@@ -130,10 +133,13 @@ impl fmt::Display for WaitReason {
             WaitReason::NoReadyNodes { nodes, pool: None } => {
                 write!(f, "none of the {nodes} known nodes is ready; their agents have stopped reporting")
             }
-            WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image } => {
+            WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image, gang } => {
                 let mut wants = Vec::new();
                 if *image {
                     wants.push("support for container images (the job has --image)".to_string());
+                }
+                if *gang {
+                    wants.push("support for multi-node jobs (the job has --nodes)".to_string());
                 }
                 if !gpu_models.is_empty() {
                     wants.push(format!("GPU model {}", gpu_models.join(" or ")));

@@ -44,8 +44,9 @@ pub struct NodeInfo {
 
 /// A pool: nodes behind one backend, with a place in the order an admin sets (owned capacity first). A `burst` pool
 /// (cloud capacity, say) takes a job only when every pool before it is fully allocated for what the job needs, or
-/// when the job has waited longer than `burst_after_s`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// when the job has waited longer than `burst_after_s`. `images` and `gangs` are what its backend can do (the server
+/// reads them from the backend's capabilities).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolInfo {
     pub name: String,
     pub order: i32,
@@ -56,6 +57,39 @@ pub struct PoolInfo {
     /// (`Decision::Release`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elastic: Option<ElasticPool>,
+    /// The pool's backend runs jobs in container images: only such pools take a job with one.
+    #[serde(default = "yes")]
+    pub images: bool,
+    /// The pool's backend runs gangs (multi-node jobs): only such pools take one.
+    #[serde(default = "yes")]
+    pub gangs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A pool of agents' defaults: it runs images and gangs.
+impl Default for PoolInfo {
+    fn default() -> PoolInfo {
+        PoolInfo {
+            name: String::new(),
+            order: 0,
+            burst: false,
+            burst_after_s: None,
+            elastic: None,
+            images: true,
+            gangs: true,
+        }
+    }
+}
+
+impl PoolInfo {
+    /// Whether the pool's backend can run the job at all: its image and its gang, whatever its nodes offer. A pool
+    /// the core has not been told of is one of agents, which run both.
+    pub(crate) fn runs(pool: Option<&PoolInfo>, request: &JobRequest) -> bool {
+        pool.is_none_or(|p| (p.images || !request.image) && (p.gangs || !request.is_gang()))
+    }
 }
 
 /// A team's quota: what it is guaranteed, and how much more it may borrow from other teams' idle quota. Borrowed
@@ -127,7 +161,7 @@ pub struct JobRequest {
     /// The pool the job is pinned to (`ferry run --pool`); `None` lets the scheduler choose by pool order.
     #[serde(default)]
     pub pool: Option<String>,
-    /// The job runs in a container image: only nodes that run images take it (see [`IMAGES_LABEL`]).
+    /// The job runs in a container image: only pools whose backend runs images take it (`PoolInfo::images`).
     #[serde(default)]
     pub image: bool,
     /// The job may not start before this time (a retry's backoff, see `lifecycle::retry_delay_s`); 0 for any time.
@@ -144,10 +178,6 @@ pub struct JobRequest {
     pub attained_gpu_s: u64,
 }
 
-/// The node label that says a node cannot run container images (`ferry.images=no`): an engine such as Slurm, Ray or
-/// Spark. Nodes without it (agents, Kubernetes) run them.
-pub const IMAGES_LABEL: &str = "ferry.images";
-
 impl JobRequest {
     pub fn new(id: JobId, resources: Resources, priority: i32) -> JobRequest {
         JobRequest { id, resources, priority, ..JobRequest::default() }
@@ -163,7 +193,7 @@ impl JobRequest {
         format!("{}/{}", self.team, self.project)
     }
 
-    fn is_gang(&self) -> bool {
+    pub(crate) fn is_gang(&self) -> bool {
         self.nodes > 1
     }
 
@@ -184,14 +214,17 @@ impl JobRequest {
         }
     }
 
-    /// Whether the node's model and labels allow the job, whatever is free there.
-    pub(crate) fn allowed_on(&self, node: &NodeInfo) -> bool {
+    /// Whether the node's pool, model and labels allow the job, whatever is free there; `pool` is what the core
+    /// knows of the node's pool, whose backend must run the job's image and gang.
+    pub(crate) fn allowed_on(&self, node: &NodeInfo, pool: Option<&PoolInfo>) -> bool {
         let model_ok = !self.wants_gpu()
             || self.gpu_models.is_empty()
             || node.gpu_model.as_ref().is_some_and(|m| self.gpu_models.iter().any(|w| w.eq_ignore_ascii_case(m)));
         let pool_ok = self.pool.as_ref().is_none_or(|pool| *pool == node.pool);
-        let image_ok = !self.image || node.labels.get(IMAGES_LABEL).is_none_or(|v| v != "no");
-        pool_ok && model_ok && image_ok && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+        pool_ok
+            && model_ok
+            && PoolInfo::runs(pool, self)
+            && self.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
     }
 
     /// CPUs, memory and GPUs as one vector, a share counting as one GPU: what a node must have in capacity (for a
@@ -883,6 +916,8 @@ impl Scheduler {
             }
             Event::PoolsConfigured(pools) => {
                 self.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+                // What a pool's backend runs decides which nodes a constraint allows.
+                self.constraints.nodes_changed();
                 // Nodes requested of a pool that is no longer elastic are not waited for.
                 let pools = &self.pools;
                 self.life.retain_pools(|pool| pools.get(pool).is_some_and(|p| p.elastic.is_some()));
@@ -1170,7 +1205,7 @@ impl Scheduler {
         self.reservations.clear();
         self.held_back.clear();
         self.waiting_for_nodes.clear();
-        self.constraints.refresh(&self.nodes);
+        self.constraints.refresh(&self.nodes, &self.pools);
         let mut cycle = Cycle {
             names: self.nodes.keys().cloned().collect(),
             nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
@@ -1348,7 +1383,7 @@ impl Scheduler {
         let needs = request.footprint();
         let mut pools = Vec::new();
         for (k, pool) in cycle.elastic.iter().enumerate() {
-            if !request.allowed_on(&pool.template)
+            if !self.allows(request, &pool.template)
                 || !needs.fits_in(&pool.template.capacity)
                 || self.burst_refused(request, &pool.name, free).is_some()
             {
@@ -1389,9 +1424,14 @@ impl Scheduler {
         self.pending.get(&request.id).and_then(|p| self.constraints.row(p.class.constraint))
     }
 
+    /// Whether the node allows the job (its pool, model and labels, and its pool's backend), whatever is free there.
+    fn allows(&self, request: &JobRequest, node: &NodeInfo) -> bool {
+        request.allowed_on(node, self.pools.get(&node.pool))
+    }
+
     /// Whether the node at position `i` of `self.nodes` allows the job: read from the job's row where there is one.
-    fn allowed_at(request: &JobRequest, row: Option<&[bool]>, i: usize, node: &Node) -> bool {
-        row.map_or_else(|| request.allowed_on(&node.info), |row| row[i])
+    fn allowed_at(&self, request: &JobRequest, row: Option<&[bool]>, i: usize, node: &Node) -> bool {
+        row.map_or_else(|| self.allows(request, &node.info), |row| row[i])
     }
 
     /// How many ready nodes of the pool at `position` could each hold one worker of the job now.
@@ -1466,7 +1506,7 @@ impl Scheduler {
             let row = self.allowed_row(request);
             let fits = |i: &usize| {
                 let here = &self.nodes[&cycle.names[*i]];
-                here.ready && Self::fit_at(request, row, *i, here, &free[*i]).is_some()
+                here.ready && self.fit_at(request, row, *i, here, &free[*i]).is_some()
             };
             // A claim counts against its team's and project's limits from the start (see `claimed_alongside`), so
             // this holds unless the limits were lowered meanwhile.
@@ -1525,7 +1565,7 @@ impl Scheduler {
         let mut best: Option<(FgdScore<'_>, usize, Option<u32>)> = None;
         let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
-            if !node.ready || Self::fit_at(request, row, i, node, f).is_none() {
+            if !node.ready || self.fit_at(request, row, i, node, f).is_none() {
                 continue;
             }
             if self.burst_refused(request, &node.info.pool, free).is_some() {
@@ -1628,7 +1668,7 @@ impl Scheduler {
             if !node.ready {
                 continue;
             }
-            let Some(shared_gpu) = Self::fit_at(request, row, i, node, f) else { continue };
+            let Some(shared_gpu) = self.fit_at(request, row, i, node, f) else { continue };
             if self.burst_refused(request, &node.info.pool, free).is_some() {
                 continue;
             }
@@ -1773,7 +1813,7 @@ impl Scheduler {
         let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free).enumerate() {
             if !node.ready
-                || !Self::allowed_at(request, row, i, node)
+                || !self.allowed_at(request, row, i, node)
                 || self.burst_refused(request, &node.info.pool, free).is_some()
             {
                 continue;
@@ -1948,7 +1988,7 @@ impl Scheduler {
     /// Whether `request` can start on `node` with `free` left there. For a GPU share, the inner value says which
     /// GPU: a shared one with room, or `u32::MAX` for "a whole free GPU, to be shared from now on".
     fn fit(&self, request: &JobRequest, node: &Node, free: &Resources) -> Option<Option<u32>> {
-        if !request.allowed_on(&node.info) || !request.resources.fits_in(free) {
+        if !self.allows(request, &node.info) || !request.resources.fits_in(free) {
             return None;
         }
         Self::gpu_choice(request, node, free)
@@ -1956,13 +1996,14 @@ impl Scheduler {
 
     /// `fit` for the node at position `i` of `self.nodes`, its model and labels read from the job's row.
     fn fit_at(
+        &self,
         request: &JobRequest,
         row: Option<&[bool]>,
         i: usize,
         node: &Node,
         free: &Resources,
     ) -> Option<Option<u32>> {
-        if !request.resources.fits_in(free) || !Self::allowed_at(request, row, i, node) {
+        if !request.resources.fits_in(free) || !self.allowed_at(request, row, i, node) {
             return None;
         }
         Self::gpu_choice(request, node, free)
@@ -2103,7 +2144,7 @@ impl Scheduler {
             .values()
             .zip(free)
             .enumerate()
-            .filter(|(i, (node, _))| self.pool_rank(&node.info.pool) < rank && Self::allowed_at(request, row, *i, node))
+            .filter(|(i, (node, _))| self.pool_rank(&node.info.pool) < rank && self.allowed_at(request, row, *i, node))
             .map(|(_, pair)| pair);
         let earlier_free = if request.is_gang() {
             // A gang only counts what is free in pools with enough nodes large enough for a worker each: one that
@@ -2150,7 +2191,7 @@ impl Scheduler {
         let mut by_pool: Vec<Vec<(usize, (u32, u64))>> = vec![Vec::new(); cycle.pool_order.len()];
         let row = self.allowed_row(request);
         for (i, (node, f)) in self.nodes.values().zip(free.iter()).enumerate() {
-            if node.ready && Self::allowed_at(request, row, i, node) && needs.fits_in(&node.info.capacity) {
+            if node.ready && self.allowed_at(request, row, i, node) && needs.fits_in(&node.info.capacity) {
                 by_pool[cycle.pool_of[i]].push((i, (f.gpus.min(needs.gpus), f.cpu_millis.min(needs.cpu_millis))));
             }
         }
@@ -2207,7 +2248,7 @@ impl Scheduler {
                     }
                     let allowed = match row {
                         Some(row) => row[i],
-                        None => request.allowed_on(&self.nodes[&cycle.names[i]].info),
+                        None => self.allows(request, &self.nodes[&cycle.names[i]].info),
                     };
                     if allowed && needs.fits_in(&cycle.capacity[i]) {
                         best = Some((key, i));
@@ -2288,7 +2329,7 @@ impl Scheduler {
         let needs = request.footprint();
         let mut by_pool: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
         for node in self.nodes.values() {
-            if node.ready && request.allowed_on(&node.info) && needs.fits_in(&node.info.capacity) {
+            if node.ready && self.allows(request, &node.info) && needs.fits_in(&node.info.capacity) {
                 if let Some(at) = self.node_start_estimate(node, node.free(), &needs) {
                     by_pool.entry(&node.info.pool).or_default().push(at);
                 }
@@ -2321,7 +2362,7 @@ impl Scheduler {
             let row = self.allowed_row(request);
             let fits = ends_us <= starts
                 && request.gpu_share_milli == 0
-                && Self::fit_at(request, row, i, node, &room).is_some();
+                && self.fit_at(request, row, i, node, &room).is_some();
             fits.then_some((i, shadow.for_job))
         })
     }
@@ -2348,9 +2389,9 @@ impl Scheduler {
             victims.sort_unstable();
             return Some(WaitReason::Preempting { jobs: victims });
         }
-        let ready: Vec<&Node> = self.nodes.values().filter(|n| n.ready && request.allowed_on(&n.info)).collect();
+        let ready: Vec<&Node> = self.nodes.values().filter(|n| n.ready && self.allows(request, &n.info)).collect();
         if ready.is_empty() {
-            let nodes = self.nodes.values().filter(|n| request.allowed_on(&n.info)).count() as u32;
+            let nodes = self.nodes.values().filter(|n| self.allows(request, &n.info)).count() as u32;
             return Some(WaitReason::NoReadyNodes { nodes, pool: request.pool.clone() });
         }
         let free_now = self.free_now();
@@ -2393,8 +2434,11 @@ impl Scheduler {
         // No node up can hold it now; new nodes of elastic pools could, but the burst rules keep it out of them.
         let needs = request.footprint();
         let templates = self.elastic_templates();
-        let able: Vec<&NodeInfo> =
-            templates.iter().map(|(t, _)| t).filter(|t| request.allowed_on(t) && needs.fits_in(&t.capacity)).collect();
+        let able: Vec<&NodeInfo> = templates
+            .iter()
+            .map(|(t, _)| t)
+            .filter(|t| self.allows(request, t) && needs.fits_in(&t.capacity))
+            .collect();
         let refusals: Vec<WaitReason> =
             able.iter().filter_map(|t| self.burst_refused(request, &t.pool, &free_now)).collect();
         if !able.is_empty() && refusals.len() == able.len() {
@@ -2419,7 +2463,7 @@ impl Scheduler {
         // Each possible node's pool and capacity, and how many such nodes there can be.
         let known = self.nodes.values().map(|n| (&n.info, 1));
         let possible = templates.iter().map(|(template, room)| (template, *room));
-        let allowed: Vec<(&NodeInfo, u32)> = known.chain(possible).filter(|(n, _)| request.allowed_on(n)).collect();
+        let allowed: Vec<(&NodeInfo, u32)> = known.chain(possible).filter(|(n, _)| self.allows(request, n)).collect();
         if allowed.is_empty() {
             // A configured pool without any node yet (an engine not connected, agents not joined) takes jobs: they
             // wait for its nodes, and say so.
@@ -2490,7 +2534,7 @@ impl Scheduler {
         let known = self.nodes.values().map(|n| &n.info);
         known
             .chain(templates.iter().map(|(template, _)| template))
-            .filter(|n| request.allowed_on(n) && needs.fits_in(&n.capacity))
+            .filter(|n| self.allows(request, n) && needs.fits_in(&n.capacity))
             .map(|n| n.pool.clone())
             .collect()
     }
@@ -2523,13 +2567,17 @@ impl Scheduler {
         let pools_known: BTreeSet<String> =
             known.iter().map(|n| n.pool.clone()).chain(self.pools.keys().cloned()).collect();
         let selector: Vec<String> = request.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // The image or the gang is named only where some pool's backend cannot run it.
+        let refused =
+            |can: fn(&PoolInfo) -> bool| known.iter().any(|n| self.pools.get(&n.pool).is_some_and(|p| !can(p)));
         WaitReason::NoMatchingNode {
             gpu_models: request.gpu_models.clone(),
             selector,
             models_known: models,
             pool: request.pool.clone(),
             pools_known: pools_known.into_iter().collect(),
-            image: request.image,
+            image: request.image && refused(|p| p.images),
+            gang: request.is_gang() && refused(|p| p.gangs),
         }
     }
 

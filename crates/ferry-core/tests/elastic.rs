@@ -25,7 +25,14 @@ fn pools(max_nodes: u32, burst_after_s: Option<u64>) -> Event {
         ElasticPool { node: template(), max_nodes, startup_s: 180, idle_release_s: 600, ..ElasticPool::default() };
     Event::PoolsConfigured(vec![
         PoolInfo { name: "owned".into(), order: 0, ..PoolInfo::default() },
-        PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s, elastic: Some(elastic) },
+        PoolInfo {
+            name: "cloud".into(),
+            order: 10,
+            burst: true,
+            burst_after_s,
+            elastic: Some(elastic),
+            ..PoolInfo::default()
+        },
     ])
 }
 

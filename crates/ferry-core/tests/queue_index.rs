@@ -40,7 +40,7 @@ fn cluster(rng: &mut Rng) -> Vec<Event> {
     let mut events = vec![
         Event::PoolsConfigured(vec![
             PoolInfo { name: "own".into(), order: 0, ..PoolInfo::default() },
-            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(600), elastic: None },
+            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(600), ..PoolInfo::default() },
         ]),
         Event::TeamsConfigured {
             teams: vec![

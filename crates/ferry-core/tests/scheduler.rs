@@ -352,7 +352,7 @@ fn a_job_pinned_to_a_pool_runs_only_there_and_an_unknown_pool_is_named() {
     s.check_invariants().unwrap();
 
     // A configured pool without a node yet (an engine that has not answered) takes jobs; they wait for its nodes.
-    let hpc = PoolInfo { name: "hpc".into(), order: 5, burst: false, burst_after_s: None, elastic: None };
+    let hpc = PoolInfo { name: "hpc".into(), order: 5, ..PoolInfo::default() };
     s.apply(Event::PoolsConfigured(vec![hpc])).unwrap();
     s.check_feasible(&pinned(6, Some("hpc"), 1)).expect("a configured pool's jobs wait for its nodes");
     s.apply(Event::JobSubmitted(pinned(6, Some("hpc"), 1))).unwrap();
@@ -364,23 +364,6 @@ fn a_job_pinned_to_a_pool_runs_only_there_and_an_unknown_pool_is_named() {
     s.apply(in_pool("slurm-1", "hpc")).unwrap();
     assert!(started(s.schedule()).contains(&(6, "slurm-1".to_string())));
     s.check_invariants().unwrap();
-
-    // A job in a container image goes only to nodes that run images: not to an engine labelled `ferry.images=no`.
-    let mut no_images = NodeInfo {
-        name: "slurm-2".into(),
-        pool: "hpc".into(),
-        capacity: Resources::new(8000, 16 * GIB, 0),
-        ..NodeInfo::default()
-    };
-    no_images.labels.insert(ferry_core::IMAGES_LABEL.into(), "no".into());
-    let mut t = Scheduler::new();
-    t.apply(Event::NodeUp(no_images)).unwrap();
-    let image = |id: u64| JobRequest { image: true, ..JobRequest::new(id, Resources::new(1000, GIB, 0), 0) };
-    let refused = t.check_feasible(&image(1)).unwrap_err();
-    assert_eq!(refused.to_string(), "no node in any pool has support for container images (the job has --image)");
-    t.apply(in_pool("agent-1", "local")).unwrap();
-    t.apply(Event::JobSubmitted(image(2))).unwrap();
-    assert_eq!(started(t.schedule()), vec![(2, "agent-1".to_string())]);
 }
 
 /// The core keeps a queued job in a compact form (owner names and constraints interned): the request it gives back

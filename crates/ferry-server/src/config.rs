@@ -157,6 +157,30 @@ pub struct PoolConfig {
     pub engine: Option<EngineConfig>,
 }
 
+impl PoolConfig {
+    /// The pool's kind: `agent`, or its engine's.
+    pub fn kind(&self) -> &str {
+        self.engine.as_ref().map_or("agent", |e| e.kind.as_str())
+    }
+
+    /// What the registry builds the pool's backend from; shipped code for an engine's nodes is unpacked under the
+    /// data directory unless the pool sets `code_dir`.
+    pub fn spec(&self, data_dir: &Path) -> ferry_backends::registry::PoolSpec {
+        let name = self.info.name.clone();
+        ferry_backends::registry::PoolSpec {
+            kind: self.kind().to_string(),
+            settings: self.engine.as_ref().map_or(serde_json::Value::Null, |e| e.settings.clone()),
+            poll_interval: self.engine.as_ref().map_or(ENGINE_POLL_DEFAULT, |e| e.poll_interval),
+            code_dir: self
+                .engine
+                .as_ref()
+                .and_then(|e| e.code_dir.clone())
+                .unwrap_or_else(|| data_dir.join("engines").join(&name)),
+            name,
+        }
+    }
+}
+
 /// A pool run by an engine (Slurm, Ray, Spark): its kind, its settings and how Ferry drives it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
@@ -317,7 +341,7 @@ impl RawPool {
             .ok_or_else(|| format!("{at}: a {kind} pool needs a [pool.engine] table saying how to reach the engine"))?;
         let settings = serde_json::to_value(&table).map_err(|e| format!("{at}: [pool.engine]: {e}"))?;
         // Connecting checks the settings without contacting the engine.
-        ferry_backends::registry::build_engine(&kind, settings.clone()).map_err(|e| format!("{at}: {e}"))?;
+        ferry_backends::registry::check(&kind, settings.clone()).map_err(|e| format!("{at}: {e}"))?;
         let poll_interval = match self.poll_interval.as_deref() {
             None => ENGINE_POLL_DEFAULT,
             Some(text) => {
@@ -380,7 +404,8 @@ impl FileConfig {
             }
             pools.push(PoolConfig {
                 engine,
-                info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s, elastic: None },
+                // What the pool's backend can do (`images`, `gangs`) is set when the server builds it.
+                info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s, ..PoolInfo::default() },
                 price_gpu_hour: p.price_gpu_hour,
                 price_cpu_hour: p.price_cpu_hour,
             });
@@ -654,7 +679,7 @@ mod tests {
         assert_eq!(config.pools.len(), 2);
         assert_eq!(
             config.pools[1].info,
-            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(1800), elastic: None }
+            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(1800), ..PoolInfo::default() }
         );
         assert_eq!(config.pools[1].price_gpu_hour, Some(1.2));
     }

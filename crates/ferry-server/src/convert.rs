@@ -84,8 +84,8 @@ pub fn wait_reason(reason: &WaitReason) -> wire::WaitReason {
     match reason.clone() {
         WaitReason::NoNodes => W::NoNodes,
         WaitReason::NoReadyNodes { nodes, pool } => W::NoReadyNodes { nodes, pool },
-        WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image } => {
-            W::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image }
+        WaitReason::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image, gang } => {
+            W::NoMatchingNode { gpu_models, selector, models_known, pool, pools_known, image, gang }
         }
         WaitReason::Preempting { jobs } => W::Preempting { jobs },
         WaitReason::OverTeamLimit { team, resource, would_hold, limit } => {
@@ -281,6 +281,7 @@ mod tests {
                 pool: None,
                 pools_known: vec!["local".into()],
                 image: true,
+                gang: true,
             },
             WaitReason::Preempting { jobs: vec![5, 6] },
             WaitReason::OverTeamLimit { team: "ml".into(), resource: ResourceKind::Gpus, would_hold: 9, limit: 8 },

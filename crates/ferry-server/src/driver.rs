@@ -392,7 +392,7 @@ pub struct Driver {
     store: Store,
     sched: Scheduler,
     agents: Arc<AgentBackend>,
-    /// The backend of each engine pool, by pool name; nodes of other pools are agents'.
+    /// The backend of each configured pool, by pool name (the registry built them); nodes of other pools are agents'.
     engines: HashMap<String, Arc<dyn ComputeBackend>>,
     signals: Arc<Signals>,
     /// Unfinished jobs that are placed: starting, running or stopping. A job is here or in `queued`, never in both.
@@ -654,7 +654,7 @@ impl Driver {
         }
     }
 
-    /// The backend that runs work on a node: its engine pool's, or the agents'.
+    /// The backend that runs work on a node: its pool's, or the agents' for a pool only nodes name.
     fn backend_of(&self, node: &str) -> Arc<dyn ComputeBackend> {
         match self.nodes.get(node).and_then(|l| self.engines.get(&l.pool)) {
             Some(engine) => engine.clone(),
@@ -1398,6 +1398,7 @@ struct Ended {
 fn fix_for(reason: &WaitReason) -> &'static str {
     match reason {
         WaitReason::NoMatchingNode { image: true, .. } => "run it without --image, or on a pool that runs images",
+        WaitReason::NoMatchingNode { gang: true, .. } => "run it on one node, or on a pool that runs multi-node jobs",
         WaitReason::NoMatchingNode { pool: Some(_), .. } => "change --pool, --gpu-type or --selector",
         WaitReason::NoMatchingNode { .. } => "change --gpu-type or --selector",
         WaitReason::GangInfeasible { .. } => "ask for fewer --nodes, or fewer resources per node",

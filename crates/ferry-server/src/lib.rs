@@ -36,13 +36,14 @@ mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use ferry_api::agent::LOG_CHUNK_BYTES_MAX;
 use ferry_backends::agent::{new_epoch, AgentBackend};
+use ferry_backends::{registry, ComputeBackend};
 
 pub use auth::{hash_token, new_token};
 pub use config::{FileConfig, PoolConfig};
@@ -144,36 +145,39 @@ pub async fn serve(
     let logs = Arc::new(LogStore::new(data.logs(), config.file.log_bytes_per_run));
     let code = Arc::new(CodeStore::new(data.code()));
     let engine_states = Arc::new(engines::EngineStates::default());
-    let bridge_context = engines::BridgeContext {
+    let host = Arc::new(engines::ServerHost {
         store: store.clone(),
         logs: logs.clone(),
         code: code.clone(),
         signals: signals.clone(),
         states: engine_states.clone(),
-        tag: installation_tag(&config.data_dir),
-        default_code_root: config.data_dir.join("engines"),
         tracking_uri: tracking_uri.clone(),
         job_key: job_key.clone(),
-    };
-    let mut engine_backends: HashMap<String, Arc<dyn ferry_backends::ComputeBackend>> = HashMap::new();
-    let mut bridges = Vec::new();
-    for pool in &config.file.pools {
-        if let Some(engine) = &pool.engine {
-            let (backend, bridge) =
-                engines::engine_pool(&pool.info.name, engine, bridge_context.clone()).map_err(ServerError::Engine)?;
-            engine_backends.insert(pool.info.name.clone(), backend);
-            bridges.push(bridge);
-        }
+        driver: OnceLock::new(),
+    });
+    let context =
+        registry::Context { agents: agents.clone(), host: host.clone(), tag: installation_tag(&config.data_dir) };
+    // Every configured pool's backend, from the registry by its kind; the core learns what each can do through
+    // the pool's info. Pools that only nodes name are agents'.
+    let mut file = config.file.clone();
+    let mut backends: HashMap<String, Arc<dyn ComputeBackend>> = HashMap::new();
+    let mut backend_tasks = Vec::new();
+    for pool in &mut file.pools {
+        let built = registry::build(&pool.spec(&config.data_dir), &context).map_err(ServerError::Engine)?;
+        let capabilities = built.backend.capabilities();
+        (pool.info.images, pool.info.gangs) = (capabilities.images, capabilities.gangs);
+        backends.insert(pool.info.name.clone(), built.backend);
+        backend_tasks.extend(built.task);
     }
     let (driver, handle, commands) = Driver::start(
         store.clone(),
         agents.clone(),
-        engine_backends,
+        backends.clone(),
         signals.clone(),
         config.node_timeout,
-        config.file.clone(),
+        file.clone(),
         driver::RunSources {
-            tracking: jobruns::TrackingEnv { key: job_key.clone(), uri: config.file.public_url.clone() },
+            tracking: jobruns::TrackingEnv { key: job_key.clone(), uri: file.public_url.clone() },
             secrets: secret_box.clone(),
             clock: Arc::new(clock::SystemClock),
         },
@@ -181,7 +185,8 @@ pub async fn serve(
     .await?;
     let (sweeps_handle, sweep_commands) = sweeps::SweepsHandle::channel();
     let driver_task = tokio::spawn(driver.run(commands));
-    let bridge_tasks: Vec<_> = bridges.into_iter().map(|b| tokio::spawn(b.run(handle.clone()))).collect();
+    let _ = host.driver.set(handle.clone());
+    let backend_tasks: Vec<_> = backend_tasks.into_iter().map(tokio::spawn).collect();
     let tokens = Arc::new(auth::TokenCache::default());
     let telemetry = Arc::new(telemetry::Telemetry::default());
     let series = Arc::new(
@@ -229,8 +234,9 @@ pub async fn serve(
         telemetry,
         series: series.clone(),
         engine_states,
-        pools: Arc::new(config.file.pools.clone()),
-        file: Arc::new(config.file.clone()),
+        backends: Arc::new(backends),
+        pools: Arc::new(file.pools.clone()),
+        file: Arc::new(file.clone()),
         artifacts,
         secrets: secret_box,
         artifact_quotas,
@@ -255,7 +261,7 @@ pub async fn serve(
     // Open long polls and followed logs would hold a graceful shutdown forever; they get a bounded grace.
     http::serve(listener, app(state), stopping, SHUTDOWN_GRACE).await;
     driver_task.abort();
-    for task in bridge_tasks {
+    for task in backend_tasks {
         task.abort();
     }
     recorder.abort();

@@ -26,8 +26,10 @@ pub struct AppState {
     pub failures: Arc<crate::auth::FailureLimiter>,
     pub telemetry: Arc<Telemetry>,
     pub series: Arc<ferry_tsdb::Tsdb>,
-    /// What engine pools last said of the runs they follow, for `ferry show`.
+    /// What engine pools last said of the runs they follow, for `ferry show`, and of their engines' health.
     pub engine_states: Arc<crate::engines::EngineStates>,
+    /// The backend of each configured pool, by name (the registry built them); pools only nodes name are agents'.
+    pub backends: Arc<std::collections::HashMap<String, Arc<dyn ferry_backends::ComputeBackend>>>,
     /// The configured pools, in the configuration's order.
     pub pools: Arc<Vec<crate::config::PoolConfig>>,
     /// The configuration file (its teams' and projects' quotas are managed there).

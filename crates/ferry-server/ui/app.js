@@ -255,7 +255,8 @@ function overview(main) {
     chartsAll, h("h2", { text: "Per pool" }), chartsPool);
 
   async function update() {
-    const [nodeList, jobs, queue] = await Promise.all([api("/api/v1/nodes"), placedJobs(), api("/api/v1/queue")]);
+    const [nodeList, jobs, queue, poolList] = await Promise.all([api("/api/v1/nodes"), placedJobs(), api("/api/v1/queue"),
+      api("/api/v1/pools")]);
     const nodes = nodeList.nodes;
     const holders = gpuHolders(jobs);
     const gpus = gpuList(nodes, holders);
@@ -281,7 +282,7 @@ function overview(main) {
       ? table([{ label: "GPU" }, { label: "Job" }, { label: "User" }, { label: "Utilisation" }],
         idleGpus.map((g) => [g.id, jobLink(g.job), g.job.owner, utilisation(g.util, true)]), "")
       : h("p", { class: "muted", text: measured.length ? "None: every allocated GPU that reports telemetry is busy." : "None measured: no GPU reports telemetry." }));
-    pools.replaceChildren(poolTable(nodes, gpus));
+    pools.replaceChildren(poolTable(nodes, gpus, poolList.pools));
     models.replaceChildren(modelTable(gpus));
     byUser.replaceChildren(groupTable(running, (j) => j.owner, "User"));
     byTeam.replaceChildren(groupTable(running, (j) => j.team || "(no team)", "Team"));
@@ -308,20 +309,33 @@ function overview(main) {
   refresh = poll(async () => { await update(); await charts(); });
 }
 
-function poolTable(nodes, gpus) {
-  const pools = [...new Set(nodes.map((n) => n.pool))].sort();
+// What a pool's backend can do, in the words `ferry pools` uses.
+function capabilityWords(c) {
+  const all = [[c.images, "images"], [c.gangs, "gangs"], [c.gpus_measured, "GPUs measured"], [c.native_view, "native view"],
+    [c.node_pinning, "node pinning"], [c.gpu_pinning, "GPU pinning"]];
+  return all.filter(([on]) => on).map(([, word]) => word).join(", ");
+}
+
+// The pools in their order (those only nodes name after them), with what each pool's backend can do. GPU use is
+// "not measured" where the backend cannot measure it, rather than "no data" that might still come.
+function poolTable(nodes, gpus, poolInfos) {
+  const info = new Map(poolInfos.map((p) => [p.name, p]));
+  const pools = [...poolInfos.map((p) => p.name), ...[...new Set(nodes.map((n) => n.pool))].filter((p) => !info.has(p)).sort()];
   const rows = pools.map((pool) => {
+    const p = info.get(pool);
     const ns = nodes.filter((n) => n.pool === pool), gs = gpus.filter((g) => g.node.pool === pool);
     const measured = gs.filter((g) => g.util !== null);
     const mean = measured.length ? measured.reduce((a, g) => a + g.util, 0) / measured.length : null;
     const idle = gs.filter((g) => g.job && g.util !== null && g.util < IDLE_PERCENT).length;
-    return [pool, `${ns.filter((n) => n.state === "ready").length} of ${ns.length}`,
-      `${ns.reduce((a, n) => a + n.allocated_gpus, 0)} of ${gs.length}`, utilisation(mean, false),
+    const unmeasurable = p && !p.capabilities.gpus_measured;
+    return [pool, p ? `${p.kind}: ${capabilityWords(p.capabilities)}` : "", `${ns.filter((n) => n.state === "ready").length} of ${ns.length}`,
+      `${ns.reduce((a, n) => a + n.allocated_gpus, 0)} of ${gs.length}`,
+      unmeasurable ? h("span", { class: "muted", text: `not measured by ${p.kind}` }) : utilisation(mean, false),
       idle ? h("span", { class: "idle", text: `${idle} idle` }) : "0",
       `${cores(ns.reduce((a, n) => a + n.allocated_cpu_millis, 0))} of ${cores(ns.reduce((a, n) => a + n.cpu_millis, 0))}`];
   });
-  return table([{ label: "Pool" }, { label: "Nodes ready" }, { label: "GPUs allocated" }, { label: "GPU utilisation (measured)" },
-    { label: "Idle allocated GPUs" }, { label: "CPU cores allocated" }], rows, "No nodes.");
+  return table([{ label: "Pool" }, { label: "Backend" }, { label: "Nodes ready" }, { label: "GPUs allocated" },
+    { label: "GPU utilisation (measured)" }, { label: "Idle allocated GPUs" }, { label: "CPU cores allocated" }], rows, "No pools.");
 }
 
 // How many GPUs of each model are connected, how many are held, and how busy the measured ones are.

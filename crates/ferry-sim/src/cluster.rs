@@ -58,6 +58,10 @@ pub struct Pool {
     /// The chance that a node asked of the elastic pool starts but never joins (a machine that hangs at boot): the core
     /// gives up on it after the pool's `startup_timeout_s`, which such a pool must have.
     pub join_failure_rate: f64,
+    /// Whether the pool's backend runs jobs in container images, and gangs (a Slurm pool runs no images, a Ray pool
+    /// neither): only such pools take such jobs.
+    pub images: bool,
+    pub gangs: bool,
 }
 
 impl Pool {
@@ -69,7 +73,8 @@ impl Pool {
             burst: self.burst,
             burst_after_s: self.burst_after_s,
             elastic: self.elastic.clone(),
-            ..PoolInfo::default()
+            images: self.images,
+            gangs: self.gangs,
         }
     }
 
@@ -155,6 +160,14 @@ struct PoolSpec {
     start_failure_rate: Option<Spanned<f64>>,
     join_failure_rate: Option<Spanned<f64>>,
     node: Option<Spanned<TemplateSpec>>,
+    #[serde(default = "yes")]
+    images: bool,
+    #[serde(default = "yes")]
+    gangs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The node an elastic pool starts, as `node = { ... }` in its `[[pool]]` table: a `[[node]]` without a name or pool.
@@ -514,6 +527,8 @@ fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError
             elastic,
             start_failure_rate,
             join_failure_rate,
+            images: spec.images,
+            gangs: spec.gangs,
         });
     }
     pools.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
@@ -724,6 +739,8 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         elastic: None,
         start_failure_rate: 0.0,
         join_failure_rate: 0.0,
+        images: true,
+        gangs: true,
     };
     let gpu_placement = GpuPlacement::default();
     Ok(Cluster {

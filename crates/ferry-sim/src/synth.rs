@@ -129,6 +129,8 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         elastic: None,
         start_failure_rate: 0.0,
         join_failure_rate: 0.0,
+        images: true,
+        gangs: true,
     };
     Cluster {
         pools: vec![pool],

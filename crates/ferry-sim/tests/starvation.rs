@@ -30,6 +30,8 @@ fn cluster() -> Cluster {
         elastic: None,
         start_failure_rate: 0.0,
         join_failure_rate: 0.0,
+        images: true,
+        gangs: true,
     };
     Cluster {
         pools: vec![pool],

@@ -763,7 +763,8 @@ pub struct PoolsArgs {
     json: bool,
 }
 
-/// The pools in their order: kind, nodes ready, capacity, and whether an engine pool's engine answers.
+/// The pools in their order: kind, nodes ready, capacity, what its backend can do, and whether an engine pool's
+/// engine answers.
 pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
     let list = g.client()?.pools().await?;
     if args.json {
@@ -793,11 +794,12 @@ pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
                 format::cpus(p.cpu_millis),
                 format::bytes(p.memory_bytes),
                 p.gpus.to_string(),
+                p.capabilities.words().join(", "),
                 engine,
             ]
         })
         .collect();
-    let header = ["NAME", "KIND", "ORDER", "READY", "CPUS", "MEMORY", "GPUS", "ENGINE"];
+    let header = ["NAME", "KIND", "ORDER", "READY", "CPUS", "MEMORY", "GPUS", "CAPABILITIES", "ENGINE"];
     print!("{}", format::table(&header, &rows));
     Ok(0)
 }

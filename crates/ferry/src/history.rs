@@ -269,6 +269,15 @@ struct PoolOut {
     startup: Option<String>,
     idle_release: Option<String>,
     node: Option<TemplateOut>,
+    /// Written only when false: true is the simulator's default.
+    #[serde(skip_serializing_if = "is_true")]
+    images: bool,
+    #[serde(skip_serializing_if = "is_true")]
+    gangs: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 #[derive(Serialize)]
@@ -329,6 +338,8 @@ fn pool_out(p: &ferry_api::history::HistoryPool) -> PoolOut {
         startup: elastic.map(|e| duration(e.startup_s)),
         idle_release: elastic.map(|e| duration(e.idle_release_s)),
         node: elastic.map(|e| template_out(&e.node)),
+        images: p.images,
+        gangs: p.gangs,
     }
 }
 
@@ -545,6 +556,8 @@ mod tests {
             price_cpu_hour: None,
             declared,
             elastic: None,
+            images: true,
+            gangs: true,
         };
         HistoryCluster {
             at_us: 0,
@@ -553,7 +566,8 @@ mod tests {
             queue_order: Some("shortest-first".into()),
             queue_aging_s: Some(36 * 3600),
             pools: vec![
-                pool("onprem", 0, true),
+                // A Slurm pool: no container images.
+                HistoryPool { images: false, ..pool("onprem", 0, true) },
                 HistoryPool {
                     burst: true,
                     burst_after_s: Some(1800),
@@ -629,6 +643,10 @@ mod tests {
         assert_eq!((read.queue_order.name(), read.queue_order.aging_s()), ("shortest-first", Some(36 * 3600)));
         let pools: Vec<(&str, i32, bool)> = read.pools.iter().map(|p| (p.name.as_str(), p.order, p.burst)).collect();
         assert_eq!(pools, [("onprem", 0, false), ("aws", 20, true), ("local", i32::MAX, false)]);
+        // What each pool's backend runs comes back too, so the simulator places image jobs as the server did.
+        let runs: Vec<(bool, bool)> = read.pools.iter().map(|p| (p.images, p.gangs)).collect();
+        assert_eq!(runs, [(false, true), (true, true), (true, true)]);
+        assert!(text.contains("images = false") && !text.contains("gangs ="), "{text}");
         let aws = read.pool("aws").unwrap();
         assert_eq!((aws.burst_after_s, aws.price_gpu_hour), (Some(1800), 3.5));
         let elastic = aws.elastic.as_ref().unwrap();

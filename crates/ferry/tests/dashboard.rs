@@ -353,6 +353,9 @@ fn every_page_signs_in_shows_the_scenario_and_updates_live() {
     assert!(text.contains("1 queued") && text.contains("oldest waiting"), "{text}");
     assert!(text.contains("1 running"), "{text}");
     assert!(text.contains("measured on 0 of 2 GPUs") && text.contains("0 idle"), "{text}");
+    // Each pool with its backend and what that can do, as `ferry pools` says it.
+    let pools = b.script("return document.getElementById('pools').innerText").as_str().unwrap_or_default().to_string();
+    assert!(pools.contains("local\tagent: images, gangs, GPUs measured, node pinning, GPU pinning\t1 of 1"), "{pools}");
     // Which kinds of GPU are connected: the harness declares two "Test GPU"s, one of them held.
     let models =
         b.script("return document.getElementById('models').innerText").as_str().unwrap_or_default().to_string();

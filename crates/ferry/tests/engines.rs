@@ -239,6 +239,17 @@ fn an_engine_that_is_down_blocks_nothing_else() {
     assert!(error.contains(&format!("127.0.0.1:{dead}")), "{error}");
     let table = ferry.ok(&["pools"]);
     assert!(table.contains("not answering") && table.contains("slurm"), "{table}");
+    // What each pool's backend can do: agents everything but a native view; Slurm over slurmrestd gangs and its
+    // native view, but no images, no measured GPUs and no pinning (v0.0.38 has no node list).
+    let capabilities = |name: &str| pool(name)["capabilities"].clone();
+    let all = |images, gangs, gpus_measured, native_view, node_pinning, gpu_pinning| {
+        serde_json::json!({ "images": images, "gangs": gangs, "gpus_measured": gpus_measured,
+            "native_view": native_view, "node_pinning": node_pinning, "gpu_pinning": gpu_pinning })
+    };
+    assert_eq!(capabilities("local"), all(true, true, true, false, true, true), "{pools}");
+    assert_eq!(capabilities("hpc"), all(false, true, false, true, false, false), "{pools}");
+    assert!(table.contains("images, gangs, GPUs measured, node pinning, GPU pinning"), "{table}");
+    assert!(table.contains("gangs, native view"), "{table}");
 }
 
 fn repo() -> PathBuf {

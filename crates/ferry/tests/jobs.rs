@@ -446,6 +446,21 @@ fn a_job_pinned_to_a_pool_runs_there_and_an_unknown_pool_is_refused_with_the_poo
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("there is no pool `moon`; the pools are cloud, local"), "{}", stderr(&out));
     assert!(stderr(&out).contains("change --pool"), "{}", stderr(&out));
+
+    // `ferry pools` shows what each pool's backend can do: pools of agents run images and gangs, measure and pin
+    // GPUs, and have no engine's native view.
+    let pools = f.json(&["pools", "--json"]);
+    for pool in pools["pools"].as_array().unwrap() {
+        let c = &pool["capabilities"];
+        let got =
+            ["images", "gangs", "gpus_measured", "native_view", "node_pinning", "gpu_pinning"].map(|k| c[k].as_bool());
+        assert_eq!(got, [true, true, true, false, true, true].map(Some), "{pool}");
+    }
+    let table = f.ok(&["pools"]);
+    assert!(
+        table.contains("CAPABILITIES") && table.contains("images, gangs, GPUs measured, node pinning, GPU pinning"),
+        "{table}"
+    );
 }
 
 #[test]

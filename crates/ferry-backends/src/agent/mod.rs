@@ -59,6 +59,17 @@ pub fn new_epoch() -> String {
     format!("{:x}-{:x}", nanos, std::process::id())
 }
 
+/// What a pool of Ferry agents can do: the agent runs containers (Podman or Docker), the workers of a gang, and runs
+/// on the GPUs chosen for them, and it measures every GPU through NVML.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    images: true,
+    gangs: true,
+    gpus_measured: true,
+    native_view: false,
+    node_pinning: true,
+    gpu_pinning: true,
+};
+
 pub struct AgentBackend {
     epoch: String,
     mailboxes: Mutex<HashMap<String, Mailbox>>,
@@ -113,7 +124,7 @@ impl ComputeBackend for AgentBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { nodes_report_themselves: true, gpu_placement: true, streams_logs: true }
+        CAPABILITIES
     }
 
     fn launch<'a>(&'a self, node: &'a str, assignment: Assignment) -> BackendFuture<'a, Result<(), BackendError>> {

@@ -135,6 +135,8 @@ fn pool(p: &crate::config::PoolConfig) -> HistoryPool {
         price_gpu_hour: p.price_gpu_hour,
         price_cpu_hour: p.price_cpu_hour,
         declared: true,
+        images: p.info.images,
+        gangs: p.info.gangs,
         elastic: p.info.elastic.as_ref().map(|e| HistoryElastic {
             max_nodes: e.max_nodes,
             startup_s: e.startup_s,
@@ -161,6 +163,9 @@ fn undeclared_pool(name: &str) -> HistoryPool {
         price_cpu_hour: None,
         declared: false,
         elastic: None,
+        // A pool only nodes name is one of agents, which run both.
+        images: true,
+        gangs: true,
     }
 }
 

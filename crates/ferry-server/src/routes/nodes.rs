@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::Json;
 use std::collections::BTreeMap;
 
-use ferry_api::nodes::{Node, NodeList, NodeState, Pool, PoolList};
+use ferry_api::nodes::{Capabilities, Node, NodeList, NodeState, Pool, PoolList};
+
+use ferry_backends::ComputeBackend;
 
 use crate::auth::Caller;
 use crate::driver::Command;
@@ -43,15 +45,16 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json
     Ok(Json(NodeList { nodes }))
 }
 
-/// Every pool: the configured ones in their order, then those only nodes name; with their nodes' capacity and, for
-/// engine pools, whether the engine answers.
+/// Every pool: the configured ones in their order, then those only nodes name; with their nodes' capacity, what its
+/// backend can do and, for engine pools, whether the engine answers.
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = PoolList)))]
 pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Json<PoolList>, ApiError> {
     let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
     let mut order = Vec::new();
     for p in state.pools.iter() {
-        let kind = p.engine.as_ref().map_or("agent", |e| e.kind.as_str()).to_string();
+        let kind = p.kind().to_string();
         let engine = p.engine.as_ref().map(|_| state.engine_states.health(&p.info.name));
+        let backend = state.backends.get(&p.info.name).map_or(state.agents.capabilities(), |b| b.capabilities());
         order.push(p.info.name.clone());
         pools.insert(
             p.info.name.clone(),
@@ -66,6 +69,7 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
                 memory_bytes: 0,
                 gpus: 0,
                 engine,
+                capabilities: capabilities(backend),
             },
         );
     }
@@ -83,6 +87,7 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
                 memory_bytes: 0,
                 gpus: 0,
                 engine: None,
+                capabilities: capabilities(state.agents.capabilities()),
             }
         });
         pool.nodes += 1;
@@ -95,4 +100,15 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
     }
     let pools = order.into_iter().filter_map(|name| pools.remove(&name)).collect();
     Ok(Json(PoolList { pools }))
+}
+
+fn capabilities(c: ferry_backends::Capabilities) -> Capabilities {
+    Capabilities {
+        images: c.images,
+        gangs: c.gangs,
+        gpus_measured: c.gpus_measured,
+        native_view: c.native_view,
+        node_pinning: c.node_pinning,
+        gpu_pinning: c.gpu_pinning,
+    }
 }
