@@ -20,7 +20,7 @@ use ferry_core::lifecycle::{self, CancelStep, Ending, GangStep, JobLife, Next, R
 use ferry_core::{
     Allocation, Decision, Event, JobRequest, NodeInfo, NodeStatus, Peer, Resources, Scheduler, WaitReason,
 };
-use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Store, StoreError, SubmissionKey, Tx};
+use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Requeue, Store, StoreError, SubmissionKey, Tx};
 use ferry_units::format_cpus;
 use tokio::sync::{mpsc, oneshot};
 
@@ -274,6 +274,7 @@ impl Active {
         Active {
             request: JobRequest {
                 not_before_us: r.not_before_us,
+                attained_gpu_s: r.attained_gpu_s,
                 expected_runtime_s: r.prediction.map(|p| p.runtime_s),
                 ..core_request(r.id, &r.spec, r.submitted_at_us)
             },
@@ -285,7 +286,7 @@ impl Active {
             workers: r.workers.clone(),
             cancel_requested: r.cancel_requested,
             preempted: None,
-            preemptions: 0,
+            preemptions: r.preemptions,
             started_at_us: r.started_at_us,
             native: r.native.as_ref().map(|n| format!("{} job {}", n.kind, n.id)),
         }
@@ -1171,7 +1172,9 @@ impl Driver {
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
-        tx.requeued(id, attempt, self.clock.now_us(), not_before_us, why).await?;
+        let preemptions = job.preemptions;
+        let requeue = Requeue { attempt, not_before_us, preemptions, attained_gpu_s: job.request.attained_gpu_s };
+        tx.requeued(id, &requeue, self.clock.now_us(), why).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
         let request = JobRequest { not_before_us, ..job.request(id) };
         self.sched.apply(Event::JobSubmitted(request)).expect("an ended job may be queued again");
@@ -1716,6 +1719,29 @@ mod lifecycle_tests {
         let again = node(&clock);
         ask(&mut d, |reply| Command::Register { node: again, reply }).await.unwrap();
         assert_eq!(state(&d, id).await, (JobState::Starting, 1));
+    }
+
+    #[tokio::test]
+    async fn a_requeued_jobs_preemptions_and_attained_gpu_time_survive_a_restart() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let first = node(&clock);
+        ask(&mut d, |reply| Command::Register { node: first, reply }).await.unwrap();
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
+        // Requeued as if preempted after an hour on a GPU: one preemption, 3,600 GPU-seconds attained.
+        let mut job = d.jobs[&id].clone();
+        job.preemptions = 1;
+        job.request.attained_gpu_s = 3600;
+        let (mut tx, mut fx) = (d.store.begin().await.unwrap(), Effects::default());
+        d.requeue(id, &job, 1, 0, "preempted", &mut tx, &mut fx).await.unwrap();
+        tx.commit().await.unwrap();
+        let store = d.store.clone();
+        drop(d);
+        let d = driver_on(store, &clock).await;
+        let record = d.store.job(id).await.unwrap().unwrap();
+        assert_eq!((record.attempt, record.preemptions, record.attained_gpu_s), (1, 1, 3600));
+        assert_eq!(d.queued[&id].preemptions, 1, "the preemption does not count against its one retry");
+        assert_eq!(d.sched.request(id).unwrap().attained_gpu_s, 3600, "least-attained files it by its GPU time");
     }
 
     #[tokio::test]

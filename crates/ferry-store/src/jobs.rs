@@ -77,6 +77,16 @@ pub struct JobCode {
     pub git_diff: Option<String>,
 }
 
+/// What a requeue records of a job: its next attempt, when it may start (0: at once; later for a retry's backoff),
+/// and its counts that a restart must keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requeue {
+    pub attempt: u32,
+    pub not_before_us: i64,
+    pub preemptions: u32,
+    pub attained_gpu_s: u64,
+}
+
 /// A job as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobRecord {
@@ -101,6 +111,10 @@ pub struct JobRecord {
     pub output_removed_at_us: Option<i64>,
     /// A queued retry may not start before this time (its backoff); 0 for any time.
     pub not_before_us: i64,
+    /// Attempts that preemption used (they do not count against the retries).
+    pub preemptions: u32,
+    /// GPU-seconds the job's earlier attempts ran (the least-attained queue order files it by them).
+    pub attained_gpu_s: u64,
     /// The runtime predicted when the job was submitted, and what it rested on; `None` without history.
     pub prediction: Option<Prediction>,
 }
@@ -146,7 +160,7 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
      code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
      tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us, not_before_us, \
-     predicted_s, predicted_samples, predicted_basis";
+     predicted_s, predicted_samples, predicted_basis, preemptions, attained_gpu_s";
 
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let spec = NewJob {
@@ -209,6 +223,8 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
         started_at_us: row.get("started_at_us"),
         finished_at_us: row.get("finished_at_us"),
         not_before_us: row.get("not_before_us"),
+        preemptions: row.get::<i64, _>("preemptions").try_into().unwrap_or(0),
+        attained_gpu_s: row.get::<i64, _>("attained_gpu_s").try_into().unwrap_or(0),
         native: match (row.get::<Option<String>, _>("native_kind"), row.get::<Option<String>, _>("native_id")) {
             (Some(kind), Some(id)) => {
                 Some(Native { kind, id, spec: row.get::<Option<String>, _>("native_spec").unwrap_or_default() })
@@ -628,22 +644,17 @@ impl Tx {
         self.event(id, at_us, state, message).await
     }
 
-    /// Puts a job back in the queue for its next attempt.
-    /// Records that a job is queued again as `attempt`, not to start before `not_before_us` (0: at once).
-    pub async fn requeued(
-        &mut self,
-        id: u64,
-        attempt: u32,
-        at_us: i64,
-        not_before_us: i64,
-        why: &str,
-    ) -> Result<(), StoreError> {
+    /// Records that a job is queued again for its next attempt (see `Requeue`).
+    pub async fn requeued(&mut self, id: u64, requeue: &Requeue, at_us: i64, why: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', attempt = ?, node = NULL, gpu_ids = '[]', workers = '[]', \
-             started_at_us = NULL, exit_code = NULL, signal = NULL, not_before_us = ? WHERE id = ?",
+             started_at_us = NULL, exit_code = NULL, signal = NULL, not_before_us = ?, preemptions = ?, \
+             attained_gpu_s = ? WHERE id = ?",
         )
-        .bind(attempt as i64)
-        .bind(not_before_us)
+        .bind(requeue.attempt as i64)
+        .bind(requeue.not_before_us)
+        .bind(requeue.preemptions as i64)
+        .bind(i64::try_from(requeue.attained_gpu_s).unwrap_or(i64::MAX))
         .bind(id as i64)
         .execute(&mut *self.0)
         .await?;

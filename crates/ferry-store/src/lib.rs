@@ -27,7 +27,7 @@ use sqlx::SqlitePool;
 
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
 pub use history::HistoryRecord;
-pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, SweepLink, Tx, Visibility};
+pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, Requeue, SweepLink, Tx, Visibility};
 pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
