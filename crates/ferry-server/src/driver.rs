@@ -32,6 +32,13 @@ use crate::signals::Signals;
 const COMMAND_QUEUE_MAX: usize = 16_384;
 /// The most commands applied in one transaction.
 const BATCH_MAX: usize = 1024;
+/// With at least `PACED_QUEUE_MIN` jobs queued, a scheduling cycle that took at least `PACED_CYCLE_MIN` makes the next
+/// one wait as long again, so that cycles take at most half of the driver's time: a stream of submissions into a deep
+/// queue is accepted in batches at a steadier rate instead of each batch paying for a cycle over the whole queue. With
+/// a shorter queue (or quick cycles) every batch runs a cycle, so a job on an idle cluster starts at once. A cycle put
+/// off runs with a later batch or the liveness tick (every 500 ms).
+const PACED_CYCLE_MIN: Duration = Duration::from_millis(5);
+const PACED_QUEUE_MIN: usize = 1000;
 /// How often the driver checks that nodes still report.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often agents must report; the node timeout should be several of these.
@@ -414,6 +421,8 @@ pub struct Driver {
     /// Scheduling cycles run, and the seconds they took in all, for `/metrics`.
     cycles: u64,
     cycle_seconds_sum: f64,
+    /// When the last cycle ended and how long it took (see `PACED_CYCLE_MIN`).
+    last_cycle: Option<(Instant, Duration)>,
     /// The core could not be rebuilt from the store after a failed commit: every batch tries again first, and
     /// none is applied to a core that disagrees with the store.
     stale: bool,
@@ -451,6 +460,7 @@ impl Driver {
             cycles: 0,
             stale: false,
             cycle_seconds_sum: 0.0,
+            last_cycle: None,
         };
         driver.predictor = crate::predictions::load(&driver.store, driver.clock.now_us()).await?;
         driver.reload().await?;
@@ -606,10 +616,14 @@ impl Driver {
                 self.handle(command, &mut tx, &mut fx).await?;
             }
             self.tick(&mut tx, &mut fx).await?;
-            let cycle = Instant::now();
-            self.place(&mut tx, &mut fx).await?;
-            self.cycles += 1;
-            self.cycle_seconds_sum += cycle.elapsed().as_secs_f64();
+            if self.cycle_due() {
+                let cycle = Instant::now();
+                self.place(&mut tx, &mut fx).await?;
+                let took = cycle.elapsed();
+                self.cycles += 1;
+                self.cycle_seconds_sum += took.as_secs_f64();
+                self.last_cycle = Some((Instant::now(), took));
+            }
             tx.commit().await
         }
         .await;
@@ -627,6 +641,13 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Whether a batch runs a scheduling cycle: always, unless the queue is deep and the last cycle was long and
+    /// ended less than its own length ago (see `PACED_CYCLE_MIN`).
+    fn cycle_due(&self) -> bool {
+        self.sched.queued() < PACED_QUEUE_MIN
+            || self.last_cycle.is_none_or(|(ended, took)| took < PACED_CYCLE_MIN || ended.elapsed() >= took)
     }
 
     /// Carries out what a committed batch decided.
@@ -1742,6 +1763,24 @@ mod lifecycle_tests {
         assert_eq!((record.attempt, record.preemptions, record.attained_gpu_s), (1, 1, 3600));
         assert_eq!(d.queued[&id].preemptions, 1, "the preemption does not count against its one retry");
         assert_eq!(d.sched.request(id).unwrap().attained_gpu_s, 3600, "least-attained files it by its GPU time");
+    }
+
+    #[tokio::test]
+    async fn cycles_are_paced_only_when_the_queue_is_deep_and_they_are_slow() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        let slow = Some((Instant::now(), Duration::from_secs(3600)));
+        d.last_cycle = slow;
+        assert!(d.cycle_due(), "a short queue gets a cycle after every batch, however slow the last one was");
+        for id in 1..=PACED_QUEUE_MIN as u64 {
+            let request = JobRequest::new(id, Resources::new(1000, 1 << 30, 0), 0);
+            d.sched.apply(Event::JobSubmitted(request)).unwrap();
+        }
+        assert!(!d.cycle_due(), "a deep queue waits as long as its last cycle took");
+        d.last_cycle = Some((Instant::now(), PACED_CYCLE_MIN / 2));
+        assert!(d.cycle_due(), "quick cycles are never put off");
+        d.last_cycle = Some((Instant::now() - Duration::from_millis(200), Duration::from_millis(100)));
+        assert!(d.cycle_due(), "the wait is over");
     }
 
     #[tokio::test]

@@ -43,6 +43,8 @@ pub use tracking::{ExperimentRecord, MetricPoint, Ownership, ParamConflict, RunD
 
 /// The value of `meta.owner` in every Ferry database; anything else is a foreign database.
 const OWNER: &str = "ferry";
+/// The page cache of each pooled connection, in KiB.
+const PAGE_CACHE_KIB: u32 = 512;
 /// How long a writer waits for SQLite's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections in the pool: SQLite has one writer, the rest serve reads of listings and logs.
@@ -111,7 +113,11 @@ impl Store {
             // the last transactions, which is the trade every embedded deployment of SQLite makes.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Each pooled connection keeps its own page cache, 2 MB by default; eight of them were a sixth of the
+            // server's memory with 100,000 jobs queued (crates/ferry-bench/README.md, "Queue memory"). The
+            // operating system caches the file anyway, so a smaller cache costs little.
+            .pragma("cache_size", format!("-{}", PAGE_CACHE_KIB));
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_CONNECTIONS_MAX)
             // A write that failed on a full disk can leave its connection inside a transaction, holding an old

@@ -127,6 +127,19 @@ fn not_dumpable() {
     }
 }
 
+/// Makes glibc serve every large allocation (256 KiB and up) from its own mapping, returned to the system when freed.
+/// By default glibc raises that threshold after the first large free, and from then on the scheduler's queue-sized
+/// temporaries (a cycle's order of 100,000 jobs is a few hundred KiB) come from its heaps, which keep the memory
+/// after it is freed: a server's resident memory then grows with the deepest queue it has seen rather than with the
+/// queue it has (crates/ferry-bench/README.md, "Queue memory").
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn main() {
     // The per-run supervisor starts hundreds of times a second on a busy node: it skips building the whole command
     // line parser, which costs more than the rest of its start-up.
@@ -149,6 +162,7 @@ fn main() {
     let daemon = matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
     if daemon {
         not_dumpable();
+        fixed_mmap_threshold();
     }
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
