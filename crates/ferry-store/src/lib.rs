@@ -189,6 +189,12 @@ impl Store {
 /// Whether a connection coming back to the pool is idle as a pooled connection must be: outside any transaction and
 /// with no statement still stepping (which would hold a read snapshot open).
 async fn healthy(conn: &mut sqlx::SqliteConnection) -> bool {
+    // A COMMIT that failed on a full disk is rolled back by SQLite, but sqlx still counts the transaction as open:
+    // every later transaction on the connection would fail ("begin_with at non-zero transaction depth").
+    if sqlx::Connection::is_in_transaction(conn) {
+        tracing::warn!("closing a database connection whose failed write left a transaction open");
+        return false;
+    }
     let Ok(mut handle) = conn.lock_handle().await else { return false };
     let raw = handle.as_raw_handle().as_ptr();
     // SAFETY: `raw` is the live connection handle, locked for this call; both functions only read its state.
