@@ -234,9 +234,7 @@ impl NodeLife {
     ) -> u32 {
         let mut dropped = 0;
         if let Some(queue) = self.requests.get_mut(pool) {
-            while dropped < nodes && queue.pop_front().is_some() {
-                dropped += 1;
-            }
+            dropped = queue.drain(..queue.len().min(nodes as usize)).count() as u32;
             if queue.is_empty() {
                 self.requests.remove(pool);
             }
