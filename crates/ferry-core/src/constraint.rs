@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::node::Node;
+use crate::node::Nodes;
 use crate::resources::Resources;
 use crate::scheduler::{JobRequest, PoolInfo};
 
@@ -115,7 +115,7 @@ impl Constraints {
     }
 
     /// Computes the rows that are missing, for every constraint a queued job has.
-    pub(crate) fn refresh(&mut self, nodes: &BTreeMap<String, Node>, pools: &BTreeMap<String, PoolInfo>) {
+    pub(crate) fn refresh(&mut self, nodes: &Nodes, pools: &BTreeMap<String, PoolInfo>) {
         for entry in self.entries.iter_mut().filter(|e| e.users > 0 && e.allowed.is_none()) {
             let request = entry.key.request();
             let allowed = nodes.values().map(|n| request.allowed_on(&n.info, pools.get(&n.info.pool)));

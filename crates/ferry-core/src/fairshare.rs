@@ -9,7 +9,7 @@
 //! Projects are named within their team (`team/project`); jobs without a project form one group of their own.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::idhash::IdMap;
 use crate::resources::Resources;
@@ -75,143 +75,265 @@ pub(crate) fn dominant_of(r: &Resources, capacity: &Resources) -> f64 {
     dominant(&[r.cpu_millis as f64, r.memory_bytes as f64, r.gpus as f64], capacity)
 }
 
-/// One user's queued jobs of one priority within one project, oldest first, with what each would hold.
-type UserQueue = VecDeque<(JobId, Resources)>;
-
-/// Who a queued job's fair share is counted for: its project (named within its team) and its user, by name and by
-/// the ids the scheduler interned them under (jobs are grouped by id, so no name is compared per job).
-pub(crate) struct Owner<'a> {
-    pub(crate) team: &'a str,
-    pub(crate) project: &'a str,
-    pub(crate) user: &'a str,
-    pub(crate) project_id: u32,
-    pub(crate) user_id: u32,
-    pub(crate) footprint: Resources,
+/// The queued jobs filed the way fair share walks them: by priority (highest first), then project, then user (both
+/// by their interned ids); each user's jobs by id, which is submission order. The scheduler keeps it as jobs are
+/// queued and leave, so that a cycle orders the queue without gathering it first, and only as far as it walks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Groups {
+    levels: BTreeMap<Reverse<i32>, IdMap<u32, IdMap<u32, BTreeSet<JobId>>>>,
+    len: usize,
 }
 
-/// What projects and users hold now and have used recently.
-pub(crate) struct Standing<'a> {
-    pub(crate) project_held: &'a HashMap<String, Resources>,
-    pub(crate) user_held: &'a HashMap<String, Resources>,
-    pub(crate) project_usage: &'a Usage,
-    pub(crate) user_usage: &'a Usage,
+impl Groups {
+    pub(crate) fn insert(&mut self, priority: i32, project: u32, user: u32, job: JobId) {
+        let users = self.levels.entry(Reverse(priority)).or_default().entry(project).or_default();
+        if users.entry(user).or_default().insert(job) {
+            self.len += 1;
+        }
+    }
+
+    /// Removes a job, and the groups it leaves empty.
+    pub(crate) fn remove(&mut self, priority: i32, project: u32, user: u32, job: JobId) {
+        let Some(projects) = self.levels.get_mut(&Reverse(priority)) else { return };
+        let Some(users) = projects.get_mut(&project) else { return };
+        let Some(jobs) = users.get_mut(&user) else { return };
+        if !jobs.remove(&job) {
+            return;
+        }
+        self.len -= 1;
+        if jobs.is_empty() {
+            users.remove(&user);
+            if users.is_empty() {
+                projects.remove(&project);
+                if projects.is_empty() {
+                    self.levels.remove(&Reverse(priority));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Each priority level, highest first, with its jobs in submission order.
+    pub(crate) fn by_level(&self) -> impl Iterator<Item = (i32, Vec<JobId>)> + '_ {
+        self.levels.iter().map(|(Reverse(priority), projects)| {
+            let mut jobs: Vec<JobId> = projects.values().flat_map(|users| users.values().flatten().copied()).collect();
+            jobs.sort_unstable();
+            (*priority, jobs)
+        })
+    }
+
+    /// The user's next job after `job` in one level and project.
+    fn after(&self, priority: i32, project: u32, user: u32, job: JobId) -> Option<JobId> {
+        let jobs = self.levels.get(&Reverse(priority))?.get(&project)?.get(&user)?;
+        jobs.range(job.saturating_add(1)..).next().copied()
+    }
 }
 
+/// What the filling reads of the scheduler: each project's and user's share when the walk reaches a level, and the
+/// share each queued job adds to its project and user (`share` turns amounts into these integers).
+pub(crate) trait Shares {
+    fn project(&self, project: u32) -> u64;
+    fn user(&self, user: u32) -> u64;
+    fn added(&self, job: JobId) -> u64;
+}
+
+/// A share as the integer that the filling compares: `held` now and `usage` recently, by the user or project named
+/// `key`, as dominant shares of `capacity`.
+pub(crate) fn share(held: Option<&Resources>, usage: &Usage, key: &str, capacity: &Resources) -> u64 {
+    let now = held.map(|r| dominant_of(r, capacity)).unwrap_or(0.0);
+    ((now + usage.recent_share(key, capacity)) * SHARE_SCALE) as u64
+}
+
+/// A job's dominant share of `capacity`, as the integer that the filling compares.
+pub(crate) fn added(footprint: &Resources, capacity: &Resources) -> u64 {
+    (dominant_of(footprint, capacity) * SHARE_SCALE) as u64
+}
+
+/// Heap entries: a share, the id of the job the entry stands for next (ties go to the earlier job; no two entries
+/// share it), and a slot.
 type ShareKey = Reverse<(u64, JobId, usize)>;
 
-/// One project's users, lowest share first, and their queues.
-struct ProjectQueue {
-    heap: BinaryHeap<ShareKey>,
-    users: Vec<UserQueue>,
-    user_shares: Vec<u64>,
-}
-
-/// One user's queue within a project of one priority level, as the level is gathered.
-struct UserGroup<'a> {
+/// One project of the level being filled: its users, lowest share first, by the next job of each.
+struct ProjectFill {
     id: u32,
-    name: &'a str,
-    jobs: UserQueue,
+    heap: BinaryHeap<ShareKey>,
+    users: Vec<u32>,
 }
 
-/// One project of one priority level, as the level is gathered.
-struct ProjectGroup<'a> {
-    team: &'a str,
-    project: &'a str,
-    users: Vec<UserGroup<'a>>,
-    /// Each user's place in `users`.
-    slots: IdMap<u32, usize>,
+/// The level being filled.
+struct LevelFill {
+    priority: i32,
+    heap: BinaryHeap<ShareKey>,
+    projects: Vec<ProjectFill>,
 }
 
-/// The order in which a cycle considers queued jobs: priority first; within a priority, progressive filling across
-/// projects by share, then across the project's users by share; within a user, submission order. `queue` is in
-/// (priority, id) order.
-pub(crate) fn order<'a>(
-    queue: impl Iterator<Item = (i32, JobId)>,
-    owner_of: impl Fn(JobId) -> Owner<'a>,
-    standing: &Standing<'_>,
-    capacity: &Resources,
-) -> Vec<JobId> {
-    // A user's share counts all its projects, and stays one number across them within a cycle.
-    let mut user_share: IdMap<u32, u64> = IdMap::default();
-    let mut out = Vec::new();
-    let mut level: Option<i32> = None;
-    let mut projects: Vec<ProjectGroup<'a>> = Vec::new();
-    let mut slots: IdMap<u32, usize> = IdMap::default();
-    for (priority, id) in queue {
-        if level != Some(priority) {
-            fill_level(std::mem::take(&mut projects), &mut user_share, standing, capacity, &mut out);
-            slots.clear();
-            level = Some(priority);
+/// The order in which a cycle considers queued jobs, produced one job at a time: priority first; within a priority,
+/// progressive filling across projects by share, then across the project's users by share; within a user,
+/// submission order. Each job taken adds its dominant share to its project and its user, so one user's 500-trial
+/// sweep takes turns with a colleague's single run. A user's share counts all its projects and stays one number
+/// across them within a cycle.
+///
+/// The filling only borrows the `Groups` while it takes a job, so the cycle may start (and dequeue) jobs between
+/// calls; it must not queue new ones. A cycle that stops early (the cluster is full, or nothing left can fit) pays
+/// only for the jobs it took and the groups of the levels it reached.
+pub(crate) struct Filling {
+    levels: Vec<i32>,
+    next_level: usize,
+    user_share: IdMap<u32, u64>,
+    level: Option<LevelFill>,
+}
+
+impl Filling {
+    pub(crate) fn new(groups: &Groups) -> Filling {
+        Filling {
+            levels: groups.levels.keys().map(|Reverse(p)| *p).collect(),
+            next_level: 0,
+            user_share: IdMap::default(),
+            level: None,
         }
-        let Owner { team, project, user, project_id, user_id, footprint } = owner_of(id);
-        let p = *slots.entry(project_id).or_insert_with(|| {
-            projects.push(ProjectGroup { team, project, users: Vec::new(), slots: IdMap::default() });
-            projects.len() - 1
-        });
-        let group = &mut projects[p];
-        let u = *group.slots.entry(user_id).or_insert_with(|| {
-            group.users.push(UserGroup { id: user_id, name: user, jobs: VecDeque::new() });
-            group.users.len() - 1
-        });
-        group.users[u].jobs.push_back((id, footprint));
     }
-    fill_level(projects, &mut user_share, standing, capacity, &mut out);
-    out
-}
 
-/// Progressive filling of one priority level, appended to `out`. Every user and project queue holds at least one
-/// job, and the heaps break ties by the id of each queue's first job, which no two queues share: the order in which
-/// the groups were gathered decides nothing.
-fn fill_level(
-    projects: Vec<ProjectGroup<'_>>,
-    user_share: &mut IdMap<u32, u64>,
-    standing: &Standing<'_>,
-    capacity: &Resources,
-    out: &mut Vec<JobId>,
-) {
-    let share = |held: &HashMap<String, Resources>, usage: &Usage, key: &str| {
-        let now = held.get(key).map(|r| dominant_of(r, capacity)).unwrap_or(0.0);
-        ((now + usage.recent_share(key, capacity)) * SHARE_SCALE) as u64
-    };
-    let mut heap = BinaryHeap::new();
-    let mut queues: Vec<ProjectQueue> = Vec::with_capacity(projects.len());
-    let mut user_ids: Vec<Vec<u32>> = Vec::with_capacity(projects.len());
-    for (p, group) in projects.into_iter().enumerate() {
-        let mut q = ProjectQueue { heap: BinaryHeap::new(), users: Vec::new(), user_shares: Vec::new() };
-        let mut ids = Vec::new();
-        let mut first_of_project = JobId::MAX;
-        for (u, user) in group.users.into_iter().enumerate() {
-            let s =
-                *user_share.entry(user.id).or_insert_with(|| share(standing.user_held, standing.user_usage, user.name));
-            // Ties go to the user whose first job came first.
-            let first = user.jobs.front().map(|(id, _)| *id).unwrap_or(0);
-            first_of_project = first_of_project.min(first);
-            q.heap.push(Reverse((s, first, u)));
-            q.users.push(user.jobs);
-            q.user_shares.push(s);
-            ids.push(user.id);
+    /// The next job in fair-share order.
+    pub(crate) fn next(&mut self, groups: &Groups, shares: &impl Shares) -> Option<JobId> {
+        loop {
+            if let Some(level) = &mut self.level {
+                if let Some(job) = Self::take(level, groups, shares, &mut self.user_share) {
+                    return Some(job);
+                }
+            }
+            let priority = *self.levels.get(self.next_level)?;
+            self.next_level += 1;
+            self.level = Some(self.start_level(priority, groups, shares));
         }
-        let s = share(standing.project_held, standing.project_usage, &format!("{}/{}", group.team, group.project));
-        heap.push(Reverse((s, first_of_project, p)));
-        queues.push(q);
-        user_ids.push(ids);
     }
-    while let Some(Reverse((project_share, _, p))) = heap.pop() {
-        let q = &mut queues[p];
-        let Some(Reverse((_, _, u))) = q.heap.pop() else { continue };
-        let Some((id, footprint)) = q.users[u].pop_front() else { continue };
-        out.push(id);
-        let added = (dominant_of(&footprint, capacity) * SHARE_SCALE) as u64;
+
+    /// Sets up a level: every project and user with jobs there, by share; a user keeps the share it grew to on
+    /// higher levels.
+    fn start_level(&mut self, priority: i32, groups: &Groups, shares: &impl Shares) -> LevelFill {
+        let mut level = LevelFill { priority, heap: BinaryHeap::new(), projects: Vec::new() };
+        let Some(projects) = groups.levels.get(&Reverse(priority)) else { return level };
+        for (&project, users) in projects {
+            let mut fill = ProjectFill { id: project, heap: BinaryHeap::new(), users: Vec::new() };
+            let mut first_of_project = JobId::MAX;
+            for (&user, jobs) in users {
+                let Some(&first) = jobs.first() else { continue };
+                let s = *self.user_share.entry(user).or_insert_with(|| shares.user(user));
+                first_of_project = first_of_project.min(first);
+                fill.heap.push(Reverse((s, first, fill.users.len())));
+                fill.users.push(user);
+            }
+            if fill.users.is_empty() {
+                continue;
+            }
+            level.heap.push(Reverse((shares.project(project), first_of_project, level.projects.len())));
+            level.projects.push(fill);
+        }
+        level
+    }
+
+    /// Takes the level's next job: the lowest-share project's lowest-share user's oldest job.
+    fn take(
+        level: &mut LevelFill,
+        groups: &Groups,
+        shares: &impl Shares,
+        user_share: &mut IdMap<u32, u64>,
+    ) -> Option<JobId> {
+        let Reverse((project_share, _, p)) = level.heap.pop()?;
+        let fill = &mut level.projects[p];
+        let Reverse((this_user_share, job, u)) = fill.heap.pop()?;
+        let added = shares.added(job);
+        let user = fill.users[u];
         // The user's share grows wherever it queues; its other projects see the new value when they next pick.
-        let user = user_ids[p][u];
-        let grown = user_share.get(&user).copied().unwrap_or(q.user_shares[u]).saturating_add(added);
+        let grown = user_share.get(&user).copied().unwrap_or(this_user_share).saturating_add(added);
         user_share.insert(user, grown);
-        q.user_shares[u] = grown;
-        if let Some((next, _)) = q.users[u].front() {
-            q.heap.push(Reverse((grown, *next, u)));
+        if let Some(next) = groups.after(level.priority, fill.id, user, job) {
+            fill.heap.push(Reverse((grown, next, u)));
         }
-        if let Some(Reverse((_, next, _))) = q.heap.peek() {
-            heap.push(Reverse((project_share.saturating_add(added), *next, p)));
+        if let Some(Reverse((_, next, _))) = fill.heap.peek() {
+            level.heap.push(Reverse((project_share.saturating_add(added), *next, p)));
         }
+        Some(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shares for the tests: every project and user starts at what the maps say (else 0), and every job adds 10.
+    struct Flat {
+        projects: HashMap<u32, u64>,
+        users: HashMap<u32, u64>,
+    }
+
+    impl Shares for Flat {
+        fn project(&self, project: u32) -> u64 {
+            self.projects.get(&project).copied().unwrap_or(0)
+        }
+        fn user(&self, user: u32) -> u64 {
+            self.users.get(&user).copied().unwrap_or(0)
+        }
+        fn added(&self, _job: JobId) -> u64 {
+            10
+        }
+    }
+
+    fn walk(groups: &Groups, shares: &Flat) -> Vec<JobId> {
+        let mut filling = Filling::new(groups);
+        std::iter::from_fn(|| filling.next(groups, shares)).collect()
+    }
+
+    #[test]
+    fn fills_projects_then_users_by_share_and_priority_first() {
+        let mut groups = Groups::default();
+        // Priority 0: project 1 has user 1's sweep (jobs 1-4) and user 2's run (job 5); project 2 has job 6.
+        for job in 1..=4 {
+            groups.insert(0, 1, 1, job);
+        }
+        groups.insert(0, 1, 2, 5);
+        groups.insert(0, 2, 3, 6);
+        // Priority 5 comes first whatever the shares.
+        groups.insert(5, 2, 3, 7);
+        assert_eq!(groups.len(), 7);
+        let flat = Flat { projects: HashMap::new(), users: HashMap::new() };
+        // Job 7 (priority 5) grows user 3 to 10. Then: project 1 (0, first job 1) takes user 1's job 1 -> project 1
+        // at 10; project 2 (0) takes job 6 -> 10; project 1 (10, next job 5: user 2 at 0) takes job 5; project 2 is
+        // empty; project 1 goes on with user 1.
+        assert_eq!(walk(&groups, &flat), vec![7, 1, 6, 5, 2, 3, 4]);
+        // A project that used much recently waits for the others to catch up.
+        let heavy = Flat { projects: HashMap::from([(1, 25)]), users: HashMap::new() };
+        assert_eq!(walk(&groups, &heavy), vec![7, 6, 1, 5, 2, 3, 4]);
+        // Jobs leave; a removed group is gone.
+        groups.remove(0, 1, 2, 5);
+        groups.remove(5, 2, 3, 7);
+        groups.remove(5, 2, 3, 7);
+        assert_eq!(groups.len(), 5);
+        assert_eq!(walk(&groups, &flat), vec![1, 6, 2, 3, 4]);
+        let levels: Vec<(i32, Vec<JobId>)> = groups.by_level().collect();
+        assert_eq!(levels, vec![(0, vec![1, 2, 3, 4, 6])]);
+    }
+
+    #[test]
+    fn jobs_started_between_takes_leave_and_the_walk_goes_on() {
+        let mut groups = Groups::default();
+        for job in 1..=2 {
+            groups.insert(0, 1, 1, job);
+        }
+        groups.insert(0, 2, 2, 3);
+        let flat = Flat { projects: HashMap::new(), users: HashMap::new() };
+        let mut filling = Filling::new(&groups);
+        assert_eq!(filling.next(&groups, &flat), Some(1));
+        // The cycle starts job 1: it leaves the queue while the walk goes on.
+        groups.remove(0, 1, 1, 1);
+        assert_eq!(filling.next(&groups, &flat), Some(3));
+        groups.remove(0, 2, 2, 3);
+        assert_eq!(filling.next(&groups, &flat), Some(2));
+        groups.remove(0, 1, 1, 2);
+        assert_eq!(filling.next(&groups, &flat), None);
+        assert_eq!(groups.len(), 0);
+        assert_eq!(groups.by_level().count(), 0, "empty groups are removed");
     }
 }

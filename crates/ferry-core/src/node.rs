@@ -61,3 +61,81 @@ impl Node {
             .map(|(g, _)| *g)
     }
 }
+
+/// The scheduler's nodes, in name order, found by name or by position. A cycle works with positions (its free list,
+/// its indexes and the constraints' rows are in this order), so it reads a node without comparing names; nodes join
+/// and leave rarely, so keeping the vector sorted costs little.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Nodes {
+    list: Vec<Node>,
+}
+
+impl Nodes {
+    /// The position of the node named `name`, or where it would go.
+    fn search(&self, name: &str) -> Result<usize, usize> {
+        self.list.binary_search_by(|n| n.info.name.as_str().cmp(name))
+    }
+
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        self.search(name).ok()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Node> {
+        self.search(name).ok().map(|i| &self.list[i])
+    }
+
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.search(name).ok().map(|i| &mut self.list[i])
+    }
+
+    /// The node at position `i`.
+    pub(crate) fn at(&self, i: usize) -> &Node {
+        &self.list[i]
+    }
+
+    /// Adds a node, or replaces the one of the same name; returns its position.
+    pub(crate) fn insert(&mut self, node: Node) -> usize {
+        match self.search(&node.info.name) {
+            Ok(i) => {
+                self.list[i] = node;
+                i
+            }
+            Err(i) => {
+                self.list.insert(i, node);
+                i
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) -> Option<Node> {
+        self.search(name).ok().map(|i| self.list.remove(i))
+    }
+
+    pub(crate) fn values(&self) -> std::slice::Iter<'_, Node> {
+        self.list.iter()
+    }
+
+    pub(crate) fn values_mut(&mut self) -> std::slice::IterMut<'_, Node> {
+        self.list.iter_mut()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for Nodes {
+    type Output = Node;
+
+    fn index(&self, name: &str) -> &Node {
+        self.get(name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+}
+
+impl std::ops::Index<&String> for Nodes {
+    type Output = Node;
+
+    fn index(&self, name: &String) -> &Node {
+        &self[name.as_str()]
+    }
+}

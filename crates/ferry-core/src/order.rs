@@ -3,7 +3,7 @@
 //! Every ordering keeps priority first: a higher-priority job is always considered before a lower one. Within one
 //! priority the orderings differ:
 //!
-//! - **fair share** (the default, `fairshare::order`): progressive filling across projects and users by recent
+//! - **fair share** (the default, `fairshare::Filling`): progressive filling across projects and users by recent
 //!   usage; within a user, submission order.
 //! - **FIFO**: submission order, nothing else. The baseline the others are measured against.
 //! - **shortest first** (after QSSF, the quasi-shortest-service-first ordering of the Helios study): the job that

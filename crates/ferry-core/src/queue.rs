@@ -1,96 +1,102 @@
-//! The order one cycle walks the queue in, filed by class (jobs alike in everything that decides where they may go),
-//! so that a class that cannot fit is skipped whole instead of job by job.
+//! The order one cycle walks the queue in, and the classes of queued jobs (jobs alike in everything that decides
+//! where they may go), so that a cycle stops walking once no class left can start anything.
 //!
 //! A cycle first walks the queue job by job, while it still reserves for blocked jobs. Once that budget is spent, a
-//! job that found no place only tells the jobs of its class behind it that they will find none either (free
-//! resources only shrink within a cycle): from then on the walk goes from class to class, in queue order, and a class
-//! the caller declares dead is dropped with all its remaining jobs. The cost of the rest of the cycle is then in the
-//! jobs that can still start and the number of classes, not in the depth of the queue.
+//! job that found no place tells the jobs of its class behind it that they will find none either (free resources
+//! only shrink within a cycle): the cycle skips them, and stops when every class with jobs it has not reached yet is
+//! dead. Fair share (the default order) is worked out as the walk goes (`fairshare::Filling`), so a cycle that stops
+//! early costs the jobs it reached and the number of classes, not the depth of the queue.
 //!
-//! This module only orders; what makes a class dead is the caller's to decide, and must be monotone within a cycle.
+//! This module only orders and counts; what makes a class dead is the caller's to decide, and must be monotone
+//! within a cycle once the walk skips.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::hash::Hash;
-
+use crate::fairshare::{Filling, Groups, Shares};
 use crate::idhash::IdMap;
+use crate::resources::Resources;
 use crate::JobId;
 
-/// The queue of one cycle, in cycle order, filed by class.
-pub(crate) struct CycleQueue {
-    jobs: Vec<JobId>,
-    /// Each class's positions, ascending.
-    members: Vec<Vec<usize>>,
-    /// The next position to hand out while walking job by job.
-    next: usize,
-    /// Once walking class by class: each live class's next position, and its place in `members`.
-    heap: Option<BinaryHeap<Reverse<(usize, u32)>>>,
-    cursor: Vec<usize>,
+/// The order of one cycle's walk.
+pub(crate) enum Walk {
+    /// An order worked out whole (FIFO and the service orderings, which sort each level).
+    Listed(std::vec::IntoIter<JobId>),
+    /// Fair share, worked out job by job.
+    Filling(Filling),
 }
 
-impl CycleQueue {
-    /// Files `jobs` (in cycle order) by the class `class_of` gives each.
-    pub(crate) fn new<K: Hash + Eq>(jobs: Vec<JobId>, mut class_of: impl FnMut(JobId) -> K) -> CycleQueue {
-        let mut ids: IdMap<K, u32> = IdMap::default();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        for (position, job) in jobs.iter().enumerate() {
-            let next = ids.len() as u32;
-            let class = *ids.entry(class_of(*job)).or_insert(next);
-            if class == next {
-                members.push(Vec::new());
-            }
-            members[class as usize].push(position);
+impl Walk {
+    pub(crate) fn next(&mut self, groups: &Groups, shares: &impl Shares) -> Option<JobId> {
+        match self {
+            Walk::Listed(jobs) => jobs.next(),
+            Walk::Filling(filling) => filling.next(groups, shares),
         }
-        let cursor = vec![0; members.len()];
-        CycleQueue { jobs, members, next: 0, heap: None, cursor }
+    }
+}
+
+/// What makes two queued jobs alike for a cycle: their shape (a hash of everything that decides where they may go)
+/// and whether they may backfill (a runtime limit).
+pub(crate) type ClassKey = (u64, bool);
+
+/// How many queued jobs each class has, and what each of its jobs asks for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Classes {
+    counts: IdMap<ClassKey, (u32, Resources)>,
+}
+
+impl Classes {
+    pub(crate) fn add(&mut self, class: ClassKey, resources: Resources) {
+        self.counts.entry(class).or_insert((0, resources)).0 += 1;
     }
 
-    /// The next job, walking job by job.
-    pub(crate) fn next_job(&mut self) -> Option<JobId> {
-        debug_assert!(self.heap.is_none(), "the walk went class by class already");
-        let job = self.jobs.get(self.next).copied()?;
-        self.next += 1;
-        Some(job)
-    }
-
-    /// The next job of a class that `dead` (asked with the class's next job) does not drop, walking class by class
-    /// from where the job-by-job walk stopped. A dropped class never comes back in this cycle.
-    pub(crate) fn next_live(&mut self, mut dead: impl FnMut(JobId) -> bool) -> Option<JobId> {
-        if self.heap.is_none() {
-            self.start_class_walk();
-        }
-        loop {
-            let Reverse((position, class)) = self.heap.as_mut()?.pop()?;
-            let job = self.jobs[position];
-            if dead(job) {
-                continue;
+    pub(crate) fn remove(&mut self, class: ClassKey) {
+        if let Some((count, _)) = self.counts.get_mut(&class) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&class);
             }
-            let k = class as usize;
-            self.cursor[k] += 1;
-            if let Some(&after) = self.members[k].get(self.cursor[k]) {
-                self.heap.as_mut().expect("walking class by class").push(Reverse((after, class)));
-            }
-            return Some(job);
         }
     }
 
-    /// Starts walking class by class: each class from its first job not yet handed out.
-    fn start_class_walk(&mut self) {
-        let mut heap = BinaryHeap::with_capacity(self.members.len());
-        for (k, positions) in self.members.iter().enumerate() {
-            let first = positions.partition_point(|p| *p < self.next);
-            self.cursor[k] = first;
-            if let Some(&position) = positions.get(first) {
-                heap.push(Reverse((position, k as u32)));
-            }
-        }
-        self.heap = Some(heap);
+    /// How many jobs all classes hold together.
+    pub(crate) fn jobs(&self) -> usize {
+        self.counts.values().map(|(count, _)| *count as usize).sum()
     }
 
-    /// How many classes the queue holds.
-    #[cfg(test)]
-    pub(crate) fn classes(&self) -> usize {
-        self.members.len()
+    pub(crate) fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether `dead` (asked with each class and what its jobs ask for) holds for every class with jobs.
+    pub(crate) fn all_dead(&self, mut dead: impl FnMut(ClassKey, &Resources) -> bool) -> bool {
+        self.counts.iter().all(|(class, (_, resources))| dead(*class, resources))
+    }
+}
+
+/// The classes of the jobs a cycle has not reached yet: the queue's classes as the cycle began, less each job the walk
+/// hands out. Checking them all costs the number of classes, so the walk checks once per that many skipped jobs.
+pub(crate) struct Unreached {
+    classes: Classes,
+    skipped: usize,
+}
+
+impl Unreached {
+    pub(crate) fn new(classes: &Classes) -> Unreached {
+        Unreached { classes: classes.clone(), skipped: 0 }
+    }
+
+    /// The walk reached a job of `class`.
+    pub(crate) fn reached(&mut self, class: ClassKey) {
+        self.classes.remove(class);
+    }
+
+    /// The walk skipped a job of a dead class: whether every class with unreached jobs is dead too, so the walk may
+    /// stop (checked at most once per as many skips as there are classes).
+    pub(crate) fn skipped_and_all_dead(&mut self, dead: impl FnMut(ClassKey, &Resources) -> bool) -> bool {
+        self.skipped += 1;
+        if self.skipped < self.classes.len() {
+            return false;
+        }
+        self.skipped = 0;
+        self.classes.all_dead(dead)
     }
 }
 
@@ -98,29 +104,30 @@ impl CycleQueue {
 mod tests {
     use super::*;
 
-    /// Walks `jobs` (class = id % 3) job by job for `sequential` jobs, then class by class dropping the classes in
-    /// `dead`; returns the jobs handed out.
-    fn walk(jobs: &[JobId], sequential: usize, dead: &[JobId]) -> Vec<JobId> {
-        let mut q = CycleQueue::new(jobs.to_vec(), |id| id % 3);
-        let mut out = Vec::new();
-        for _ in 0..sequential {
-            out.extend(q.next_job());
-        }
-        while let Some(job) = q.next_live(|job| dead.contains(&(job % 3))) {
-            out.push(job);
-        }
-        out
-    }
-
     #[test]
-    fn walks_in_queue_order_and_drops_dead_classes_whole() {
-        let jobs: Vec<JobId> = (1..=10).collect();
-        assert_eq!(walk(&jobs, 0, &[]), jobs);
-        assert_eq!(walk(&jobs, 4, &[]), jobs);
-        // Class 1 (1, 4, 7, 10) dies: after the first four jobs, 7 and 10 are skipped.
-        assert_eq!(walk(&jobs, 4, &[1]), vec![1, 2, 3, 4, 5, 6, 8, 9]);
-        assert_eq!(walk(&jobs, 0, &[0, 2]), vec![1, 4, 7, 10]);
-        let q = CycleQueue::new(jobs, |id| id % 3);
-        assert_eq!(q.classes(), 3);
+    fn counts_classes_and_finds_when_every_unreached_class_is_dead() {
+        let small = Resources { cpu_millis: 1000, memory_bytes: 1 << 30, gpus: 0 };
+        let big = Resources { cpu_millis: 8000, memory_bytes: 1 << 30, gpus: 8 };
+        let mut classes = Classes::default();
+        classes.add((1, false), small);
+        classes.add((1, false), small);
+        classes.add((2, true), big);
+        assert_eq!((classes.len(), classes.jobs()), (2, 3));
+        // Every class is dead, but with two classes the walk checks once per two skips.
+        let mut unreached = Unreached::new(&classes);
+        assert!(!unreached.skipped_and_all_dead(|_, _| true));
+        assert!(unreached.skipped_and_all_dead(|_, _| true));
+        // Only the big class is dead: the walk reaches the big job, but class 1's two jobs are still ahead.
+        let big_is_dead = |_: ClassKey, r: &Resources| r.gpus > 0;
+        let mut unreached = Unreached::new(&classes);
+        unreached.reached((2, true));
+        assert!(!unreached.skipped_and_all_dead(big_is_dead));
+        unreached.reached((1, false));
+        unreached.reached((1, false));
+        assert!(unreached.skipped_and_all_dead(big_is_dead), "nothing is left to reach");
+        // The cycle's copy leaves the queue's counts alone.
+        classes.remove((2, true));
+        classes.remove((2, true));
+        assert_eq!((classes.len(), classes.jobs()), (1, 2));
     }
 }

@@ -15,11 +15,11 @@ use crate::elastic::{self, ElasticPool, Supply, Want};
 use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
 use crate::idhash::IdMap;
-use crate::node::Node;
+use crate::node::{Node, Nodes};
 use crate::nodelife::{AbandonReason, ElasticStatus, NodeLife, NodeStatus, NotReadyReason, ProvisionFailure};
 use crate::order::{self, QueueOrder};
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
-use crate::queue::CycleQueue;
+use crate::queue::{ClassKey, Classes, Unreached, Walk};
 use crate::reason::{
     BurstReason, NodeShortfall, Placement, ProvisionReason, ReleaseReason, ResourceKind, WaitReason,
     PROVISION_JOBS_NAMED_MAX, SHORTFALL_NODES_MAX,
@@ -392,7 +392,6 @@ pub enum CoreError {
     NodeBusy { node: String, jobs: Vec<JobId> },
 }
 
-type QueueKey = (Reverse<i32>, JobId);
 /// What a node keeps free after a placement: whole GPUs, CPUs, memory; lower is a tighter fit.
 type FitScore = (u32, u64, u64);
 /// A pool's place in the order: its configured order (unlisted pools after all listed ones), then its name.
@@ -409,8 +408,6 @@ pub const BLOCKED_JOBS_CONSIDERED_MAX: usize = 256;
 /// What one cycle learns as it walks the queue.
 #[derive(Default)]
 struct Cycle {
-    /// Node names, in the order of `Scheduler::nodes` and of the cycle's free list.
-    names: Vec<String>,
     /// Each node's capacity, in the same order.
     capacity: Vec<Resources>,
     /// Ready nodes with unreserved CPU left; at zero nothing more can start.
@@ -540,6 +537,13 @@ struct JobClass {
     user: u32,
 }
 
+impl JobClass {
+    /// The class a cycle files the job under (see `queue`).
+    fn key(&self) -> ClassKey {
+        (self.shape, self.limited)
+    }
+}
+
 /// A queued job as the core holds it: the numbers of its `JobRequest`, with its team, project and user as interned
 /// ids (`OwnerIds`) and its GPU models, labels, pool and image as its interned constraint (`Constraints`), so that a
 /// deep queue costs a fixed, small size a job and no allocation of its own. `Scheduler::queued_request` rebuilds
@@ -662,15 +666,18 @@ pub struct HeldBack {
 /// The scheduler's whole state. Cloning it is how the simulator or a what-if query forks it.
 #[derive(Clone, Debug, Default)]
 pub struct Scheduler {
-    nodes: BTreeMap<String, Node>,
-    queue: BTreeSet<QueueKey>,
+    nodes: Nodes,
+    /// The queued jobs by priority, project and user, as fair share walks them.
+    groups: fairshare::Groups,
+    /// How many queued jobs each class has (see `queue`).
+    classes: Classes,
     /// The queued jobs, each in its compact form with its class.
     pending: IdMap<JobId, Pending>,
     running: HashMap<JobId, Running>,
-    /// What the last cycle held back for blocked jobs: job id to the node it reserved.
-    reservations: HashMap<JobId, String>,
-    /// What the last cycle held back on each node, for every blocked job (a gang holds several nodes).
-    held_back: BTreeMap<String, HeldBack>,
+    /// What the last cycle held back for blocked jobs: job id to the node it reserved (its position in `nodes`).
+    reservations: HashMap<JobId, usize>,
+    /// What the last cycle held back on each node (by position), for every blocked job (a gang holds several).
+    held_back: BTreeMap<usize, HeldBack>,
     /// The interned constraints of the queued jobs.
     constraints: Constraints,
     owners: OwnerIds,
@@ -701,6 +708,31 @@ pub struct Scheduler {
     /// Nodes whose last job left (or that joined) since the last tick; the next tick stamps them idle since its time.
     newly_idle: BTreeSet<String>,
     now_us: i64,
+}
+
+/// Fair-share standing as one cycle reads it (see `fairshare::Shares`).
+struct CycleShares<'a> {
+    scheduler: &'a Scheduler,
+    capacity: &'a Resources,
+}
+
+impl fairshare::Shares for CycleShares<'_> {
+    fn project(&self, project: u32) -> u64 {
+        let s = self.scheduler;
+        let (team, project) = s.owners.project_name(project);
+        let key = format!("{team}/{project}");
+        fairshare::share(s.project_held.get(&key), &s.project_usage, &key, self.capacity)
+    }
+
+    fn user(&self, user: u32) -> u64 {
+        let s = self.scheduler;
+        let name = s.owners.user_name(user);
+        fairshare::share(s.user_held.get(name), &s.usage, name, self.capacity)
+    }
+
+    fn added(&self, job: JobId) -> u64 {
+        fairshare::added(&self.scheduler.pending[&job].total(), self.capacity)
+    }
 }
 
 /// A running job: where it runs, what it asked for, and whether it is being preempted (and for whom).
@@ -806,7 +838,8 @@ impl Scheduler {
     /// Queued jobs of a lower priority than `priority`: they can only start ahead of a job of that priority where
     /// they do not delay it (backfill), so a forecast for it may leave them out.
     pub fn queued_below(&self, priority: i32) -> Vec<JobId> {
-        self.queue.range((Reverse(priority.saturating_sub(1)), 0)..).map(|(_, id)| *id).collect()
+        let below = self.groups.by_level().filter(|(p, _)| *p < priority);
+        below.flat_map(|(_, jobs)| jobs).collect()
     }
 
     /// The priority of a queued job.
@@ -867,10 +900,32 @@ impl Scheduler {
         self.pools.get(pool).and_then(|p| p.elastic.as_ref())
     }
 
-    /// What the last cycle held back on each node for blocked jobs, by node name: reservations that the jobs behind
-    /// may not use, so a node can sit idle on purpose while a gang (say) waits for the rest of its nodes.
-    pub fn held_back(&self) -> &BTreeMap<String, HeldBack> {
-        &self.held_back
+    /// What the last cycle held back on the node for blocked jobs: reservations that the jobs behind may not use,
+    /// so a node can sit idle on purpose while a gang (say) waits for the rest of its nodes.
+    pub fn held_back(&self, node: &str) -> Option<HeldBack> {
+        self.held_back.get(&self.nodes.position(node)?).copied()
+    }
+
+    /// Keeps the last cycle's reservations, which name nodes by position, true when a node joins at position `at`
+    /// (`joined`) or leaves it.
+    fn nodes_moved(&mut self, at: usize, joined: bool) {
+        let moved = |i: usize| match (joined, i.cmp(&at)) {
+            (_, std::cmp::Ordering::Less) => Some(i),
+            (true, _) => Some(i + 1),
+            (false, std::cmp::Ordering::Equal) => None,
+            (false, std::cmp::Ordering::Greater) => Some(i - 1),
+        };
+        self.held_back = std::mem::take(&mut self.held_back)
+            .into_iter()
+            .filter_map(|(i, held)| moved(i).map(|i| (i, held)))
+            .collect();
+        self.reservations.retain(|_, i| match moved(*i) {
+            Some(to) => {
+                *i = to;
+                true
+            }
+            None => false,
+        });
     }
 
     /// Makes every cycle walk the whole queue, as it did before the queue was filed by class; decisions must not
@@ -971,7 +1026,8 @@ impl Scheduler {
                 self.life.joined(&info.pool);
                 self.life.seen(&info.name, self.now_us);
                 self.newly_idle.insert(info.name.clone());
-                self.nodes.insert(info.name.clone(), Node::new(info));
+                let at = self.nodes.insert(Node::new(info));
+                self.nodes_moved(at, true);
                 self.constraints.nodes_changed();
             }
         }
@@ -983,12 +1039,12 @@ impl Scheduler {
         if !node.jobs.is_empty() {
             return Err(CoreError::NodeBusy { node: name.to_string(), jobs: node.jobs.iter().copied().collect() });
         }
+        let at = self.nodes.position(name).expect("the node was found above");
         self.nodes.remove(name);
+        self.nodes_moved(at, false);
         self.life.forget(name);
         self.constraints.nodes_changed();
         self.newly_idle.remove(name);
-        self.held_back.remove(name);
-        self.reservations.retain(|_, reserved| reserved != name);
         Ok(())
     }
 
@@ -1055,7 +1111,6 @@ impl Scheduler {
         if let Some(demand) = request.gpu_demand() {
             self.mix.observe(demand, &request.resources);
         }
-        self.queue.insert((Reverse(request.priority), request.id));
         let class = JobClass {
             constraint: self.constraints.intern(&request),
             shape: shape_of(&request),
@@ -1063,6 +1118,8 @@ impl Scheduler {
             project: self.owners.project(&request.team, &request.project),
             user: self.owners.user(&request.user),
         };
+        self.groups.insert(request.priority, class.project, class.user, request.id);
+        self.classes.add(class.key(), request.resources);
         self.pending.insert(request.id, Pending::of(&request, class));
         Ok(())
     }
@@ -1144,7 +1201,8 @@ impl Scheduler {
     fn dequeue(&mut self, id: JobId) -> Option<JobRequest> {
         let request = self.queued_request(id)?;
         let pending = self.pending.remove(&id)?;
-        self.queue.remove(&(Reverse(pending.priority), id));
+        self.groups.remove(pending.priority, pending.class.project, pending.class.user, id);
+        self.classes.remove(pending.class.key());
         self.constraints.release(pending.class.constraint);
         Some(request)
     }
@@ -1207,7 +1265,6 @@ impl Scheduler {
         self.waiting_for_nodes.clear();
         self.constraints.refresh(&self.nodes, &self.pools);
         let mut cycle = Cycle {
-            names: self.nodes.keys().cloned().collect(),
             nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
             awaiting_victims: self.running.values().filter_map(|r| r.preempted_by).collect(),
             lowest_running_priority: self
@@ -1224,10 +1281,12 @@ impl Scheduler {
         let mut decisions = Vec::new();
         self.honour_claims(&mut free, &mut cycle, &mut decisions);
         let age_matters = self.has_timed_bursting();
+        let capacity = self.ready_capacity();
+        let mut walk = self.cycle_walk(&capacity);
         // Jobs alike in shape (and so in team and constraints), and in whether they may backfill, stand or fall
-        // together once the blocked budget is spent: the queue is filed by that.
-        let mut queue =
-            CycleQueue::new(self.cycle_order(), |id| (self.shape(id, age_matters), self.pending[&id].class.limited));
+        // together once the blocked budget is spent. Where a job's age decides where it may go, each job is a class
+        // of its own, and the walk goes to the end of the queue.
+        let mut unreached = (!age_matters && !self.linear_scan).then(|| Unreached::new(&self.classes));
         loop {
             let blocked_budget_left = cycle.blocked < BLOCKED_JOBS_CONSIDERED_MAX;
             // Every job needs some CPU: once none is left, only preemption can start anything, and only for the
@@ -1235,25 +1294,33 @@ impl Scheduler {
             if cycle.nodes_with_cpu == 0 && !blocked_budget_left {
                 break;
             }
+            let shares = CycleShares { scheduler: self, capacity: &capacity };
+            let Some(id) = walk.next(&self.groups, &shares) else { break };
+            if let Some(unreached) = &mut unreached {
+                unreached.reached(self.pending[&id].class.key());
+            }
             // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
             // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue. So is a
             // job shaped like one that already found no place this cycle: free resources only shrink within a
-            // cycle. Both hold for every job of the class alike, so the class is passed over whole.
-            let next = if blocked_budget_left || self.linear_scan {
-                queue.next_job()
-            } else {
-                queue.next_live(|id| self.passed_over(id, age_matters, &cycle))
-            };
-            let Some(id) = next else { break };
+            // cycle. Both hold for every job of the class alike, so once every class not reached yet is passed
+            // over, the cycle is done.
+            if !blocked_budget_left && self.passed_over(id, age_matters, &cycle) {
+                let all_dead = unreached.as_mut().is_some_and(|unreached| {
+                    unreached.skipped_and_all_dead(|(shape, limited), resources| {
+                        self.class_passed_over(shape, limited, resources, &cycle)
+                    })
+                });
+                if all_dead {
+                    break;
+                }
+                continue;
+            }
             // A job with a claim was dealt with first; it waits for its victims where it claimed.
             if self.claims.contains_key(&id) {
                 continue;
             }
             // A retry waiting out its backoff is not a candidate yet.
             if self.pending[&id].not_before_us > self.now_us {
-                continue;
-            }
-            if !blocked_budget_left && self.passed_over(id, age_matters, &cycle) {
                 continue;
             }
             let request = &self.queued_request(id).expect("queued job is pending");
@@ -1310,6 +1377,8 @@ impl Scheduler {
             decisions.extend(self.provision(&cycle));
             decisions.extend(self.release_idle());
         }
+        self.held_back =
+            cycle.shadows.iter().map(|(&i, s)| (i, HeldBack { job: s.for_job, resources: s.held })).collect();
         debug_assert_eq!(self.check_invariants(), Ok(()));
         decisions
     }
@@ -1335,9 +1404,13 @@ impl Scheduler {
     /// rest of the cycle, and for every job of its class.
     fn passed_over(&self, id: JobId, age_matters: bool, cycle: &Cycle) -> bool {
         let pending = &self.pending[&id];
-        let may_backfill = pending.class.limited && !cycle.shadows.is_empty();
-        (self.too_big(&pending.resources, cycle) && !may_backfill)
-            || cycle.failed_shapes.contains(&self.shape(id, age_matters))
+        self.class_passed_over(self.shape(id, age_matters), pending.class.limited, &pending.resources, cycle)
+    }
+
+    /// `passed_over` for every job of a class: of this shape, asking for `resources`, limited in runtime or not.
+    fn class_passed_over(&self, shape: u64, limited: bool, resources: &Resources, cycle: &Cycle) -> bool {
+        let may_backfill = limited && !cycle.shadows.is_empty();
+        (self.too_big(resources, cycle) && !may_backfill) || cycle.failed_shapes.contains(&shape)
     }
 
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
@@ -1406,15 +1479,15 @@ impl Scheduler {
     /// Whether the job fits on node `i` of the cycle. What is free there is checked first: it is an array read,
     /// while finding the node by name to check its model and labels is not, and on a busy cluster most nodes a
     /// search looks at lack the CPUs or memory.
-    fn fits_indexed(&self, request: &JobRequest, i: usize, free: &[Resources], cycle: &Cycle) -> bool {
+    fn fits_indexed(&self, request: &JobRequest, i: usize, free: &[Resources]) -> bool {
         if !request.resources.fits_in(&free[i]) {
             return false;
         }
         match self.allowed_row(request) {
             Some(row) if !row[i] => false,
             Some(_) if request.gpu_share_milli == 0 => true,
-            Some(_) => Self::gpu_choice(request, &self.nodes[&cycle.names[i]], &free[i]).is_some(),
-            None => self.fit(request, &self.nodes[&cycle.names[i]], &free[i]).is_some(),
+            Some(_) => Self::gpu_choice(request, &self.nodes.at(i), &free[i]).is_some(),
+            None => self.fit(request, &self.nodes.at(i), &free[i]).is_some(),
         }
     }
 
@@ -1437,7 +1510,7 @@ impl Scheduler {
     /// How many ready nodes of the pool at `position` could each hold one worker of the job now.
     fn nodes_fitting(&self, request: &JobRequest, position: usize, free: &[Resources], cycle: &Cycle) -> u32 {
         let by_free = cycle.by_free_gpus[position].range(request.resources.gpus..);
-        let fits = |i: &&usize| self.fits_indexed(request, **i, free, cycle);
+        let fits = |i: &&usize| self.fits_indexed(request, **i, free);
         by_free.map(|(_, nodes)| nodes.iter().filter(fits).count() as u32).sum()
     }
 
@@ -1497,7 +1570,7 @@ impl Scheduler {
     fn honour_claims(&mut self, free: &mut [Resources], cycle: &mut Cycle, decisions: &mut Vec<Decision>) {
         let claims: Vec<(JobId, Vec<String>)> = self.claims.iter().map(|(j, n)| (*j, n.clone())).collect();
         for (id, nodes) in claims {
-            let indices: Option<Vec<usize>> = nodes.iter().map(|n| cycle.names.binary_search(n).ok()).collect();
+            let indices: Option<Vec<usize>> = nodes.iter().map(|n| self.nodes.position(n)).collect();
             let (Some(indices), Some(request)) = (indices, self.queued_request(id)) else {
                 self.claims.remove(&id);
                 continue;
@@ -1505,7 +1578,7 @@ impl Scheduler {
             let request = &request;
             let row = self.allowed_row(request);
             let fits = |i: &usize| {
-                let here = &self.nodes[&cycle.names[*i]];
+                let here = &self.nodes.at(*i);
                 here.ready && self.fit_at(request, row, *i, here, &free[*i]).is_some()
             };
             // A claim counts against its team's and project's limits from the start (see `claimed_alongside`), so
@@ -1522,7 +1595,7 @@ impl Scheduler {
                 self.claims.remove(&id);
             } else {
                 for i in indices {
-                    let starts_at_us = self.worker_start_estimate(id, i, free, cycle);
+                    let starts_at_us = self.worker_start_estimate(id, i, free);
                     self.reserve_on(id, i, starts_at_us, free, cycle);
                 }
             }
@@ -1644,7 +1717,7 @@ impl Scheduler {
                 continue;
             }
             for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
-                let fits = |i: &&usize| self.fits_indexed(request, **i, free, cycle);
+                let fits = |i: &&usize| self.fits_indexed(request, **i, free);
                 if let Some(&i) = nodes.iter().find(fits) {
                     return Some((i, nodes.len() as u32));
                 }
@@ -1684,52 +1757,28 @@ impl Scheduler {
     }
 
     /// The queue in the order this cycle considers it (see `fairshare`).
-    fn cycle_order(&self) -> Vec<JobId> {
-        let capacity = self
-            .nodes
+    /// What the ready nodes have together.
+    fn ready_capacity(&self) -> Resources {
+        self.nodes
             .values()
             .filter(|n| n.ready)
-            .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc));
+            .fold(Resources::ZERO, |acc, n| acc.checked_add(&n.info.capacity).unwrap_or(acc))
+    }
+
+    /// The order this cycle walks the queue in: priority first, then the queue ordering within each level.
+    fn cycle_walk(&self, capacity: &Resources) -> Walk {
+        let mut out: Vec<JobId> = Vec::new();
         match &self.queue_order {
-            QueueOrder::FairShare => {}
-            QueueOrder::Fifo => return self.queue.iter().map(|(_, id)| *id).collect(),
+            QueueOrder::FairShare => return Walk::Filling(fairshare::Filling::new(&self.groups)),
+            QueueOrder::Fifo => out.extend(self.groups.by_level().flat_map(|(_, jobs)| jobs)),
             service => {
-                // Each priority level apart, in submission order, then sorted by the ordering's key.
-                let mut out: Vec<JobId> = Vec::with_capacity(self.queue.len());
-                let mut start = 0;
-                let mut level = None;
-                for (Reverse(p), id) in &self.queue {
-                    if level != Some(*p) {
-                        self.order_level(service, &mut out[start..], &capacity);
-                        start = out.len();
-                        level = Some(*p);
-                    }
-                    out.push(*id);
+                for (_, mut jobs) in self.groups.by_level() {
+                    self.order_level(service, &mut jobs, capacity);
+                    out.extend(jobs);
                 }
-                self.order_level(service, &mut out[start..], &capacity);
-                return out;
             }
         }
-        let queue = self.queue.iter().map(|(Reverse(p), id)| (*p, *id));
-        let owner_of = |id: JobId| {
-            let p = &self.pending[&id];
-            let (team, project) = self.owners.project_name(p.class.project);
-            fairshare::Owner {
-                team,
-                project,
-                user: self.owners.user_name(p.class.user),
-                project_id: p.class.project,
-                user_id: p.class.user,
-                footprint: p.total(),
-            }
-        };
-        let standing = fairshare::Standing {
-            project_held: &self.project_held,
-            user_held: &self.user_held,
-            project_usage: &self.project_usage,
-            user_usage: &self.usage,
-        };
-        fairshare::order(queue, owner_of, &standing, &capacity)
+        Walk::Listed(out.into_iter())
     }
 
     /// Sorts one priority level's jobs by a service ordering (see `order`).
@@ -2031,7 +2080,7 @@ impl Scheduler {
         free: &mut [Resources],
         cycle: &mut Cycle,
     ) -> Decision {
-        let node = cycle.names[index].clone();
+        let node = self.nodes.at(index).info.name.clone();
         let request = self.dequeue(id).expect("queued job is pending");
         let mut taken = request.resources;
         if shared == Some(u32::MAX) {
@@ -2078,7 +2127,7 @@ impl Scheduler {
             let mut chosen = Vec::with_capacity(workers);
             for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
                 for &i in nodes {
-                    if self.fits_indexed(request, i, free, cycle) {
+                    if self.fits_indexed(request, i, free) {
                         chosen.push(i);
                         if chosen.len() == workers {
                             return Some(chosen);
@@ -2096,7 +2145,7 @@ impl Scheduler {
         let mut workers = Vec::with_capacity(nodes.len());
         for &i in &nodes {
             cycle.take(i, free, &request.resources);
-            let name = cycle.names[i].clone();
+            let name = self.nodes.at(i).info.name.clone();
             let gpus: Vec<u32> = self.nodes[&name].free_gpus().take(request.resources.gpus as usize).collect();
             workers.push(Peer { node: name, gpus });
         }
@@ -2182,7 +2231,7 @@ impl Scheduler {
         let workers = request.workers() as usize;
         if workers == 1 {
             if let Some(i) = self.nearest_node(request, &needs, free, cycle) {
-                let starts_at_us = self.worker_start_estimate(job, i, free, cycle);
+                let starts_at_us = self.worker_start_estimate(job, i, free);
                 self.reserve_on(job, i, starts_at_us, free, cycle);
             }
             return;
@@ -2206,8 +2255,7 @@ impl Scheduler {
         nodes.sort_by_key(closest);
         let chosen: Vec<usize> = nodes.into_iter().take(workers).map(|(i, _)| i).collect();
         // A gang starts when its last node has room.
-        let estimates: Vec<Option<i64>> =
-            chosen.iter().map(|&i| self.worker_start_estimate(job, i, free, cycle)).collect();
+        let estimates: Vec<Option<i64>> = chosen.iter().map(|&i| self.worker_start_estimate(job, i, free)).collect();
         let starts_at_us = estimates.into_iter().try_fold(i64::MIN, |acc, e| e.map(|e| acc.max(e)));
         for i in chosen {
             self.reserve_on(job, i, starts_at_us, free, cycle);
@@ -2248,7 +2296,7 @@ impl Scheduler {
                     }
                     let allowed = match row {
                         Some(row) => row[i],
-                        None => self.allows(request, &self.nodes[&cycle.names[i]].info),
+                        None => self.allows(request, &self.nodes.at(i).info),
                     };
                     if allowed && needs.fits_in(&cycle.capacity[i]) {
                         best = Some((key, i));
@@ -2266,9 +2314,9 @@ impl Scheduler {
     }
 
     /// When one worker of a queued job could start on node `i`, by the runtime limits of the jobs running there.
-    fn worker_start_estimate(&self, job: JobId, i: usize, free: &[Resources], cycle: &Cycle) -> Option<i64> {
+    fn worker_start_estimate(&self, job: JobId, i: usize, free: &[Resources]) -> Option<i64> {
         let needs = self.pending[&job].footprint();
-        self.node_start_estimate(&self.nodes[&cycle.names[i]], free[i], &needs)
+        self.node_start_estimate(&self.nodes.at(i), free[i], &needs)
     }
 
     /// Holds back on node `i` what a blocked job needs, noting when the job can be expected to start there.
@@ -2289,10 +2337,7 @@ impl Scheduler {
             (Some(a), Some(b)) => Some(a.min(b)),
             _ => None,
         };
-        self.reservations.entry(job).or_insert_with(|| cycle.names[i].clone());
-        let on_node =
-            self.held_back.entry(cycle.names[i].clone()).or_insert(HeldBack { job, resources: Resources::ZERO });
-        on_node.resources = on_node.resources.checked_add(&held).unwrap_or(on_node.resources);
+        self.reservations.entry(job).or_insert(i);
     }
 
     /// When `needs` fits on `node`, which has `free` now, if its running jobs end by their runtime limits: now if it
@@ -2358,7 +2403,7 @@ impl Scheduler {
         cycle.shadows.iter().find_map(|(&i, shadow)| {
             let starts = shadow.starts_at_us?;
             let room = free[i].checked_add(&shadow.held)?;
-            let node = &self.nodes[&cycle.names[i]];
+            let node = &self.nodes.at(i);
             let row = self.allowed_row(request);
             let fits = ends_us <= starts
                 && request.gpu_share_milli == 0
@@ -2427,7 +2472,9 @@ impl Scheduler {
                 .filter(|(other, _)| self.pending.get(other).is_some_and(|r| (Reverse(r.priority), **other) < my_key))
                 .min_by_key(|(other, _)| (Reverse(self.pending[other].priority), **other));
             return Some(match blocker {
-                Some((other, node)) => WaitReason::ReservedFor { job: *other, node: node.clone() },
+                Some((other, &node)) => {
+                    WaitReason::ReservedFor { job: *other, node: self.nodes.at(node).info.name.clone() }
+                }
                 None => WaitReason::Starting,
             });
         }
@@ -2682,8 +2729,13 @@ impl Scheduler {
                 }
             }
         }
-        if self.queue.len() != self.pending.len() {
-            return Err(format!("queue holds {} entries for {} pending jobs", self.queue.len(), self.pending.len()));
+        if self.groups.len() != self.pending.len() || self.classes.jobs() != self.pending.len() {
+            return Err(format!(
+                "the queue's groups hold {} jobs and its classes {} for {} pending jobs",
+                self.groups.len(),
+                self.classes.jobs(),
+                self.pending.len()
+            ));
         }
         Ok(())
     }

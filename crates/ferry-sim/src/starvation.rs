@@ -241,8 +241,7 @@ pub fn idle_node_for<'a>(ledger: &'a Ledger, request: &JobRequest) -> Option<&'a
 
 /// `idle_node_for`, counting only what the core's last cycle did not hold back on each node for blocked jobs.
 fn unreserved_idle_node<'a>(core: &Scheduler, ledger: &'a Ledger, request: &JobRequest) -> Option<&'a NodeInfo> {
-    let held = core.held_back();
-    first_of_enough(ledger, request, |name| held.get(name).map_or(Resources::ZERO, |h| h.resources))
+    first_of_enough(ledger, request, |name| core.held_back(name).map_or(Resources::ZERO, |h| h.resources))
 }
 
 /// The first idle node that allows the job and holds it in its capacity less what `held` says is held back there;
