@@ -119,6 +119,10 @@ impl Nodes {
         self.list.iter_mut()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

@@ -412,8 +412,10 @@ struct Cycle {
     capacity: Vec<Resources>,
     /// Ready nodes with unreserved CPU left; at zero nothing more can start.
     nodes_with_cpu: usize,
-    /// At least as much as any one node has free, per resource.
-    bound: Resources,
+    /// How many ready nodes have each amount of CPU and of memory free (their largest keys bound what any one node
+    /// has free).
+    cpu_free: BTreeMap<u64, u32>,
+    memory_free: BTreeMap<u64, u32>,
     /// The pools in the order jobs fill them, and each node's position in that list.
     pool_order: Vec<String>,
     pool_of: Vec<usize>,
@@ -443,6 +445,9 @@ struct Cycle {
     elastic: Vec<ElasticCandidate>,
     /// Blocked jobs that new nodes of elastic pools could hold, in queue order.
     wants: Vec<Want>,
+    /// For nodes where a blocked job's start was estimated: the ends of their jobs with runtime limits (see
+    /// `limited_ends`), worked out once a cycle; by position, filled as needed.
+    ends: Vec<Option<Vec<(i64, Resources)>>>,
 }
 
 /// An elastic pool as one cycle sees it.
@@ -471,6 +476,27 @@ impl Cycle {
         self.by_free_gpus.iter().filter_map(|index| index.keys().next_back().copied()).max().unwrap_or(0)
     }
 
+    /// The most of each resource that any one ready node has free.
+    fn bound(&self) -> Resources {
+        let most = |counts: &BTreeMap<u64, u32>| counts.keys().next_back().copied().unwrap_or(0);
+        Resources {
+            cpu_millis: most(&self.cpu_free),
+            memory_bytes: most(&self.memory_free),
+            gpus: self.most_free_gpus(),
+        }
+    }
+
+    /// Files a ready node's free CPUs and memory (`count` 1), or takes them out (`count` -1).
+    fn count_free(&mut self, free: &Resources, count: i32) {
+        for (counts, amount) in [(&mut self.cpu_free, free.cpu_millis), (&mut self.memory_free, free.memory_bytes)] {
+            let entry = counts.entry(amount).or_insert(0);
+            *entry = entry.saturating_add_signed(count);
+            if *entry == 0 {
+                counts.remove(&amount);
+            }
+        }
+    }
+
     /// Takes `amount` out of node `i`'s free resources, keeping the cycle's summaries true.
     fn take(&mut self, i: usize, free: &mut [Resources], amount: &Resources) {
         self.set(i, free, free[i].saturating_sub(amount));
@@ -485,6 +511,10 @@ impl Cycle {
             self.nodes_with_cpu -= 1;
         } else if before.cpu_millis == 0 && after.cpu_millis > 0 {
             self.nodes_with_cpu += 1;
+        }
+        if before.cpu_millis != after.cpu_millis || before.memory_bytes != after.memory_bytes {
+            self.count_free(&before, -1);
+            self.count_free(&after, 1);
         }
         if before.gpus != after.gpus {
             let index = &mut self.by_free_gpus[self.pool_of[i]];
@@ -673,7 +703,7 @@ pub struct Scheduler {
     classes: Classes,
     /// The queued jobs, each in its compact form with its class.
     pending: IdMap<JobId, Pending>,
-    running: HashMap<JobId, Running>,
+    running: IdMap<JobId, Running>,
     /// What the last cycle held back for blocked jobs: job id to the node it reserved (its position in `nodes`).
     reservations: HashMap<JobId, usize>,
     /// What the last cycle held back on each node (by position), for every blocked job (a gang holds several).
@@ -1277,7 +1307,6 @@ impl Scheduler {
         };
         self.index_nodes(&free, &mut cycle);
         self.index_elastic(&mut cycle);
-        cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
         let mut decisions = Vec::new();
         self.honour_claims(&mut free, &mut cycle, &mut decisions);
         let age_matters = self.has_timed_bursting();
@@ -1329,8 +1358,6 @@ impl Scheduler {
                 continue;
             }
             let shape = self.shape(id, age_matters);
-            // Free resources only shrink within a cycle, so the largest free amounts seen at the last failed search
-            // bound what any node can offer now (`too_big` above).
             if request.is_gang() {
                 match (too_big, self.gang_nodes(request, &free, &cycle)) {
                     (false, Some(nodes)) => decisions.push(self.start_gang(id, nodes, &mut free, &mut cycle)),
@@ -1353,7 +1380,6 @@ impl Scheduler {
                 self.best_node(request, &free)
             };
             if found.is_none() {
-                cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
                 if let Some((i, before)) = self.backfill_node(request, &free, &cycle) {
                     let decision = self.backfill(id, i, before, &mut free, &mut cycle);
                     decisions.push(decision);
@@ -1393,10 +1419,9 @@ impl Scheduler {
         }
     }
 
-    /// Whether no node could hold the job now, by the largest free amounts the cycle has seen at its last failed
-    /// search; they only shrink within a cycle.
+    /// Whether no node could hold the job now: it asks for more of some resource than any one node has free.
     fn too_big(&self, resources: &Resources, cycle: &Cycle) -> bool {
-        resources.gpus > cycle.most_free_gpus() || !resources.fits_in(&cycle.bound)
+        !resources.fits_in(&cycle.bound())
     }
 
     /// Whether a job is passed over once the blocked budget is spent: no node could hold it and it cannot backfill
@@ -1595,7 +1620,7 @@ impl Scheduler {
                 self.claims.remove(&id);
             } else {
                 for i in indices {
-                    let starts_at_us = self.worker_start_estimate(id, i, free);
+                    let starts_at_us = self.worker_start_estimate(id, i, free, cycle);
                     self.reserve_on(id, i, starts_at_us, free, cycle);
                 }
             }
@@ -1681,6 +1706,7 @@ impl Scheduler {
             cycle.nodes_in_pool[position] += 1;
             if node.ready {
                 cycle.by_free_gpus[position].entry(f.gpus).or_default().insert(i);
+                cycle.count_free(f, 1);
             }
         }
     }
@@ -2231,7 +2257,7 @@ impl Scheduler {
         let workers = request.workers() as usize;
         if workers == 1 {
             if let Some(i) = self.nearest_node(request, &needs, free, cycle) {
-                let starts_at_us = self.worker_start_estimate(job, i, free);
+                let starts_at_us = self.worker_start_estimate(job, i, free, cycle);
                 self.reserve_on(job, i, starts_at_us, free, cycle);
             }
             return;
@@ -2255,7 +2281,8 @@ impl Scheduler {
         nodes.sort_by_key(closest);
         let chosen: Vec<usize> = nodes.into_iter().take(workers).map(|(i, _)| i).collect();
         // A gang starts when its last node has room.
-        let estimates: Vec<Option<i64>> = chosen.iter().map(|&i| self.worker_start_estimate(job, i, free)).collect();
+        let estimates: Vec<Option<i64>> =
+            chosen.iter().map(|&i| self.worker_start_estimate(job, i, free, cycle)).collect();
         let starts_at_us = estimates.into_iter().try_fold(i64::MIN, |acc, e| e.map(|e| acc.max(e)));
         for i in chosen {
             self.reserve_on(job, i, starts_at_us, free, cycle);
@@ -2272,7 +2299,9 @@ impl Scheduler {
         free: &[Resources],
         cycle: &Cycle,
     ) -> Option<usize> {
-        let closest_possible = (needs.gpus, needs.cpu_millis);
+        // No node has more CPUs free than the cycle's bound, so no key can have more of them than that.
+        let cpu_most = needs.cpu_millis.min(cycle.bound().cpu_millis);
+        let closest_possible = (needs.gpus, cpu_most);
         let row = self.allowed_row(request);
         let mut best: Option<((u32, u64), usize)> = None;
         for index in &cycle.by_free_gpus {
@@ -2284,7 +2313,7 @@ impl Scheduler {
                 // The most a node of this bucket can offer. Where the best so far has it already, only the nodes
                 // before it can still win (a tie goes to the earlier node); and once a node of this bucket has it,
                 // none after it in the bucket can. On a full cluster, this spares walking every node.
-                let bucket_most = (top, needs.cpu_millis);
+                let bucket_most = (top, cpu_most);
                 let nodes = match best {
                     Some((key, j)) if key == bucket_most => nodes.range(..j),
                     _ => nodes.range(..),
@@ -2314,9 +2343,16 @@ impl Scheduler {
     }
 
     /// When one worker of a queued job could start on node `i`, by the runtime limits of the jobs running there.
-    fn worker_start_estimate(&self, job: JobId, i: usize, free: &[Resources]) -> Option<i64> {
+    fn worker_start_estimate(&self, job: JobId, i: usize, free: &[Resources], cycle: &mut Cycle) -> Option<i64> {
         let needs = self.pending[&job].footprint();
-        self.node_start_estimate(&self.nodes.at(i), free[i], &needs)
+        if needs.fits_in(&free[i]) {
+            return Some(self.now_us);
+        }
+        if cycle.ends.len() <= i {
+            cycle.ends.resize(self.nodes.len(), None);
+        }
+        let ends = cycle.ends[i].get_or_insert_with(|| self.limited_ends(self.nodes.at(i)));
+        self.start_after_ends(ends, free[i], &needs)
     }
 
     /// Holds back on node `i` what a blocked job needs, noting when the job can be expected to start there.
@@ -2346,6 +2382,11 @@ impl Scheduler {
         if needs.fits_in(&free) {
             return Some(self.now_us);
         }
+        self.start_after_ends(&self.limited_ends(node), free, needs)
+    }
+
+    /// When each job on the node that has a runtime limit must end, and what it frees then; soonest first.
+    fn limited_ends(&self, node: &Node) -> Vec<(i64, Resources)> {
         let mut ends: Vec<(i64, Resources)> = node
             .jobs
             .iter()
@@ -2355,8 +2396,13 @@ impl Scheduler {
             })
             .collect();
         ends.sort_by_key(|(end, _)| *end);
+        ends
+    }
+
+    /// When `needs` fits in `free` plus what the `limited_ends` free in turn; `None` if not after them all.
+    fn start_after_ends(&self, ends: &[(i64, Resources)], free: Resources, needs: &Resources) -> Option<i64> {
         let mut room = free;
-        for (end, freed) in ends {
+        for &(end, freed) in ends {
             room = room.checked_add(&freed).unwrap_or(room);
             if needs.fits_in(&room) {
                 return Some(end.max(self.now_us));

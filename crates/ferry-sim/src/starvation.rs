@@ -148,7 +148,8 @@ impl Starvation {
         for (job, since) in &self.runnable_since {
             if now_ms - since > self.bound_ms {
                 let request = &ledger.waiting[job];
-                let node = unreserved_idle_node(core, ledger, request).map(|n| n.name.as_str()).unwrap_or("?");
+                let idle = IdleNodes::of(core, ledger);
+                let node = idle.first_for(request, true).map(|n| n.name.as_str()).unwrap_or("?");
                 return Err(format!(
                     "job {job} waited {}s, beyond the starvation bound of {}s, while node {node} sat idle, held back for no job, and could hold it",
                     fmt_ms(now_ms - since),
@@ -159,12 +160,13 @@ impl Starvation {
         let mut idle_for = BTreeSet::new();
         let mut runnable = BTreeSet::new();
         if !ledger.idle.is_empty() {
+            let idle = IdleNodes::of(core, ledger);
             for (k, class) in self.classes.iter().enumerate().filter(|(_, c)| !c.jobs.is_empty()) {
-                if idle_node_for(ledger, &class.request).is_none() {
+                if idle.first_for(&class.request, false).is_none() {
                     continue;
                 }
                 idle_for.insert(k);
-                if unreserved_idle_node(core, ledger, &class.request).is_some() {
+                if idle.first_for(&class.request, true).is_some() {
                     let waits_on_purpose =
                         |job: &JobId| held_by_policy(core, *job) || backing_off(ledger, *job, now_ms);
                     runnable.extend(class.jobs.iter().copied().filter(|job| !waits_on_purpose(job)));
@@ -236,40 +238,43 @@ fn held_by_policy(core: &Scheduler, job: JobId) -> bool {
 /// An idle node that allows the job and whose capacity holds it; for a gang, the first of as many such nodes in one
 /// pool as it has workers.
 pub fn idle_node_for<'a>(ledger: &'a Ledger, request: &JobRequest) -> Option<&'a NodeInfo> {
-    first_of_enough(ledger, request, |_| Resources::ZERO)
+    let idle: Vec<(&NodeInfo, Resources)> =
+        ledger.idle.keys().map(|name| (&ledger.nodes[name].info, Resources::ZERO)).collect();
+    IdleNodes(idle).first_for(request, false)
 }
 
-/// `idle_node_for`, counting only what the core's last cycle did not hold back on each node for blocked jobs.
-fn unreserved_idle_node<'a>(core: &Scheduler, ledger: &'a Ledger, request: &JobRequest) -> Option<&'a NodeInfo> {
-    first_of_enough(ledger, request, |name| core.held_back(name).map_or(Resources::ZERO, |h| h.resources))
-}
+/// The idle nodes after a step, in name order, each with what the core's last cycle held back there for blocked
+/// jobs; gathered once a step, since every class of waiting jobs is matched against them.
+struct IdleNodes<'a>(Vec<(&'a NodeInfo, Resources)>);
 
-/// The first idle node that allows the job and holds it in its capacity less what `held` says is held back there;
-/// for a gang, the first of as many such nodes in one pool as it has workers.
-fn first_of_enough<'a>(
-    ledger: &'a Ledger,
-    request: &JobRequest,
-    held: impl Fn(&str) -> Resources,
-) -> Option<&'a NodeInfo> {
-    let needs = needs(request);
-    let mut fitting = ledger
-        .idle
-        .keys()
-        .map(|name| &ledger.nodes[name].info)
-        .filter(|info| allows(info, request) && needs.fits_in(&info.capacity.saturating_sub(&held(&info.name))));
-    let workers = request.workers() as usize;
-    if workers == 1 {
-        return fitting.next();
+impl<'a> IdleNodes<'a> {
+    fn of(core: &Scheduler, ledger: &'a Ledger) -> IdleNodes<'a> {
+        let held = |name: &str| core.held_back(name).map_or(Resources::ZERO, |h| h.resources);
+        IdleNodes(ledger.idle.keys().map(|name| (&ledger.nodes[name].info, held(name))).collect())
     }
-    let mut by_pool: BTreeMap<&str, Vec<&NodeInfo>> = BTreeMap::new();
-    for info in fitting {
-        let nodes = by_pool.entry(info.pool.as_str()).or_default();
-        nodes.push(info);
-        if nodes.len() == workers {
-            return Some(nodes[0]);
+
+    /// The first idle node that allows the job and holds it in its capacity (less what is held back there, where
+    /// `unreserved`); for a gang, the first of as many such nodes in one pool as it has workers.
+    fn first_for(&self, request: &JobRequest, unreserved: bool) -> Option<&'a NodeInfo> {
+        let needs = needs(request);
+        let mut fitting = self.0.iter().filter_map(|&(info, held)| {
+            let room = if unreserved { info.capacity.saturating_sub(&held) } else { info.capacity };
+            (allows(info, request) && needs.fits_in(&room)).then_some(info)
+        });
+        let workers = request.workers() as usize;
+        if workers == 1 {
+            return fitting.next();
         }
+        let mut by_pool: BTreeMap<&str, Vec<&NodeInfo>> = BTreeMap::new();
+        for info in fitting {
+            let nodes = by_pool.entry(info.pool.as_str()).or_default();
+            nodes.push(info);
+            if nodes.len() == workers {
+                return Some(nodes[0]);
+            }
+        }
+        None
     }
-    None
 }
 
 #[cfg(test)]
