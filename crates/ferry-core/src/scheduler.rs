@@ -412,10 +412,10 @@ struct Cycle {
     capacity: Vec<Resources>,
     /// Ready nodes with unreserved CPU left; at zero nothing more can start.
     nodes_with_cpu: usize,
-    /// How many ready nodes have each amount of CPU and of memory free (their largest keys bound what any one node
-    /// has free).
-    cpu_free: BTreeMap<u64, u32>,
-    memory_free: BTreeMap<u64, u32>,
+    /// At least as much CPU and memory as any one ready node has free (see `refresh_bound`), and how many times
+    /// what a node has free changed since it was worked out.
+    bound: Resources,
+    changes_since_bound: usize,
     /// The pools in the order jobs fill them, and each node's position in that list.
     pool_order: Vec<String>,
     pool_of: Vec<usize>,
@@ -476,25 +476,20 @@ impl Cycle {
         self.by_free_gpus.iter().filter_map(|index| index.keys().next_back().copied()).max().unwrap_or(0)
     }
 
-    /// The most of each resource that any one ready node has free.
+    /// At least as much of each resource as any one ready node has free (exactly so for GPUs).
     fn bound(&self) -> Resources {
-        let most = |counts: &BTreeMap<u64, u32>| counts.keys().next_back().copied().unwrap_or(0);
-        Resources {
-            cpu_millis: most(&self.cpu_free),
-            memory_bytes: most(&self.memory_free),
-            gpus: self.most_free_gpus(),
-        }
+        Resources { gpus: self.most_free_gpus(), ..self.bound }
     }
 
-    /// Files a ready node's free CPUs and memory (`count` 1), or takes them out (`count` -1).
-    fn count_free(&mut self, free: &Resources, count: i32) {
-        for (counts, amount) in [(&mut self.cpu_free, free.cpu_millis), (&mut self.memory_free, free.memory_bytes)] {
-            let entry = counts.entry(amount).or_insert(0);
-            *entry = entry.saturating_add_signed(count);
-            if *entry == 0 {
-                counts.remove(&amount);
-            }
+    /// Works the bound out again once what nodes have free changed often enough since the last time (an eighth of
+    /// the nodes' worth of changes), so that it stays close to exact at a cost that does not grow with the nodes.
+    /// Free resources only shrink within a cycle, so a bound not worked out again is still a bound.
+    fn refresh_bound(&mut self, free: &[Resources]) {
+        if self.changes_since_bound == 0 || self.changes_since_bound.saturating_mul(8) < free.len() {
+            return;
         }
+        self.changes_since_bound = 0;
+        self.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
     }
 
     /// Takes `amount` out of node `i`'s free resources, keeping the cycle's summaries true.
@@ -512,10 +507,7 @@ impl Cycle {
         } else if before.cpu_millis == 0 && after.cpu_millis > 0 {
             self.nodes_with_cpu += 1;
         }
-        if before.cpu_millis != after.cpu_millis || before.memory_bytes != after.memory_bytes {
-            self.count_free(&before, -1);
-            self.count_free(&after, 1);
-        }
+        self.changes_since_bound += 1;
         if before.gpus != after.gpus {
             let index = &mut self.by_free_gpus[self.pool_of[i]];
             if let Some(nodes) = index.get_mut(&before.gpus) {
@@ -1307,6 +1299,7 @@ impl Scheduler {
         };
         self.index_nodes(&free, &mut cycle);
         self.index_elastic(&mut cycle);
+        cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
         let mut decisions = Vec::new();
         self.honour_claims(&mut free, &mut cycle, &mut decisions);
         let age_matters = self.has_timed_bursting();
@@ -1323,6 +1316,7 @@ impl Scheduler {
             if cycle.nodes_with_cpu == 0 && !blocked_budget_left {
                 break;
             }
+            cycle.refresh_bound(&free);
             let shares = CycleShares { scheduler: self, capacity: &capacity };
             let Some(id) = walk.next(&self.groups, &shares) else { break };
             if let Some(unreached) = &mut unreached {
@@ -1706,7 +1700,6 @@ impl Scheduler {
             cycle.nodes_in_pool[position] += 1;
             if node.ready {
                 cycle.by_free_gpus[position].entry(f.gpus).or_default().insert(i);
-                cycle.count_free(f, 1);
             }
         }
     }
