@@ -4,8 +4,10 @@
 //! A cycle first walks the queue job by job, while it still reserves for blocked jobs. Once that budget is spent, a
 //! job that found no place tells the jobs of its class behind it that they will find none either (free resources
 //! only shrink within a cycle): the cycle skips them, and stops when every class with jobs it has not reached yet is
-//! dead. Fair share (the default order) is worked out as the walk goes (`fairshare::Filling`), so a cycle that stops
-//! early costs the jobs it reached and the number of classes, not the depth of the queue.
+//! dead. A class whose first job is deep in the queue need not wait for the walk to reach it: the cycle tries one of
+//! its jobs out of turn (`Class::member`), and a class that finds no place is dead at once. Fair share (the default
+//! order) is worked out as the walk goes (`fairshare::Filling`), so a cycle that stops early costs the jobs it
+//! reached and the number of classes, not the depth of the queue.
 //!
 //! This module only orders and counts; what makes a class dead is the caller's to decide, and must be monotone
 //! within a cycle once the walk skips.
@@ -36,21 +38,35 @@ impl Walk {
 /// and whether they may backfill (a runtime limit).
 pub(crate) type ClassKey = (u64, bool);
 
-/// How many queued jobs each class has, and what each of its jobs asks for.
+/// One class's queued jobs: how many, what each asks for, and one of them (the last queued that is still there,
+/// while it is), so that the class can be tried out of turn.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Class {
+    jobs: u32,
+    pub(crate) resources: Resources,
+    pub(crate) member: Option<JobId>,
+}
+
+/// The queue's classes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Classes {
-    counts: IdMap<ClassKey, (u32, Resources)>,
+    counts: IdMap<ClassKey, Class>,
 }
 
 impl Classes {
-    pub(crate) fn add(&mut self, class: ClassKey, resources: Resources) {
-        self.counts.entry(class).or_insert((0, resources)).0 += 1;
+    pub(crate) fn add(&mut self, class: ClassKey, resources: Resources, job: JobId) {
+        let entry = self.counts.entry(class).or_insert(Class { jobs: 0, resources, member: None });
+        entry.jobs += 1;
+        entry.member = Some(job);
     }
 
-    pub(crate) fn remove(&mut self, class: ClassKey) {
-        if let Some((count, _)) = self.counts.get_mut(&class) {
-            *count -= 1;
-            if *count == 0 {
+    pub(crate) fn remove(&mut self, class: ClassKey, job: JobId) {
+        if let Some(entry) = self.counts.get_mut(&class) {
+            entry.jobs -= 1;
+            if entry.member == Some(job) {
+                entry.member = None;
+            }
+            if entry.jobs == 0 {
                 self.counts.remove(&class);
             }
         }
@@ -58,16 +74,11 @@ impl Classes {
 
     /// How many jobs all classes hold together.
     pub(crate) fn jobs(&self) -> usize {
-        self.counts.values().map(|(count, _)| *count as usize).sum()
+        self.counts.values().map(|c| c.jobs as usize).sum()
     }
 
     pub(crate) fn len(&self) -> usize {
         self.counts.len()
-    }
-
-    /// Whether `dead` (asked with each class and what its jobs ask for) holds for every class with jobs.
-    pub(crate) fn all_dead(&self, mut dead: impl FnMut(ClassKey, &Resources) -> bool) -> bool {
-        self.counts.iter().all(|(class, (_, resources))| dead(*class, resources))
     }
 }
 
@@ -83,20 +94,25 @@ impl Unreached {
         Unreached { classes: classes.clone(), skipped: 0 }
     }
 
-    /// The walk reached a job of `class`.
-    pub(crate) fn reached(&mut self, class: ClassKey) {
-        self.classes.remove(class);
+    /// The walk reached `job`, of `class`: its class keeps it as a member no longer.
+    pub(crate) fn reached(&mut self, class: ClassKey, job: JobId) {
+        self.classes.remove(class, job);
     }
 
-    /// The walk skipped a job of a dead class: whether every class with unreached jobs is dead too, so the walk may
-    /// stop (checked at most once per as many skips as there are classes).
-    pub(crate) fn skipped_and_all_dead(&mut self, dead: impl FnMut(ClassKey, &Resources) -> bool) -> bool {
+    /// The walk skipped a job of a dead class: whether it is time to check whether every class with unreached jobs
+    /// is dead too (once per as many skips as there are classes).
+    pub(crate) fn skipped(&mut self) -> bool {
         self.skipped += 1;
         if self.skipped < self.classes.len() {
             return false;
         }
         self.skipped = 0;
-        self.classes.all_dead(dead)
+        true
+    }
+
+    /// The classes with jobs not reached yet.
+    pub(crate) fn classes(&self) -> impl Iterator<Item = (&ClassKey, &Class)> {
+        self.classes.counts.iter()
     }
 }
 
@@ -105,29 +121,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_classes_and_finds_when_every_unreached_class_is_dead() {
+    fn counts_classes_keeps_a_member_and_checks_once_per_as_many_skips_as_classes() {
         let small = Resources { cpu_millis: 1000, memory_bytes: 1 << 30, gpus: 0 };
         let big = Resources { cpu_millis: 8000, memory_bytes: 1 << 30, gpus: 8 };
         let mut classes = Classes::default();
-        classes.add((1, false), small);
-        classes.add((1, false), small);
-        classes.add((2, true), big);
+        classes.add((1, false), small, 10);
+        classes.add((1, false), small, 11);
+        classes.add((2, true), big, 12);
         assert_eq!((classes.len(), classes.jobs()), (2, 3));
-        // Every class is dead, but with two classes the walk checks once per two skips.
         let mut unreached = Unreached::new(&classes);
-        assert!(!unreached.skipped_and_all_dead(|_, _| true));
-        assert!(unreached.skipped_and_all_dead(|_, _| true));
-        // Only the big class is dead: the walk reaches the big job, but class 1's two jobs are still ahead.
-        let big_is_dead = |_: ClassKey, r: &Resources| r.gpus > 0;
-        let mut unreached = Unreached::new(&classes);
-        unreached.reached((2, true));
-        assert!(!unreached.skipped_and_all_dead(big_is_dead));
-        unreached.reached((1, false));
-        unreached.reached((1, false));
-        assert!(unreached.skipped_and_all_dead(big_is_dead), "nothing is left to reach");
+        assert!(!unreached.skipped());
+        assert!(unreached.skipped(), "two classes: a check every second skip");
+        // The walk reaches job 11, the class's member: the class has jobs left but no member to try.
+        unreached.reached((1, false), 11);
+        let members: Vec<(ClassKey, Option<JobId>)> = unreached.classes().map(|(k, c)| (*k, c.member)).collect();
+        assert!(members.contains(&((1, false), None)) && members.contains(&((2, true), Some(12))));
+        unreached.reached((2, true), 12);
+        assert_eq!(unreached.classes().count(), 1);
         // The cycle's copy leaves the queue's counts alone.
-        classes.remove((2, true));
-        classes.remove((2, true));
+        classes.remove((2, true), 12);
         assert_eq!((classes.len(), classes.jobs()), (1, 2));
     }
 }

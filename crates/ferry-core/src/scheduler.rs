@@ -424,6 +424,8 @@ struct Cycle {
     by_free_gpus: Vec<BTreeMap<u32, BTreeSet<usize>>>,
     /// Shapes of jobs that found no node (see `shape_of`).
     failed_shapes: HashSet<u64>,
+    /// Classes tried out of turn that had a place (see `all_unreached_dead`).
+    found_a_place: HashSet<ClassKey>,
     /// Shapes and priorities of blocked jobs that found nothing to preempt: victims only become fewer and free
     /// resources only shrink within a cycle, so a job of the same shape and priority would find nothing either, and
     /// the search (which looks at every running job) is not repeated.
@@ -1141,7 +1143,7 @@ impl Scheduler {
             user: self.owners.user(&request.user),
         };
         self.groups.insert(request.priority, class.project, class.user, request.id);
-        self.classes.add(class.key(), request.resources);
+        self.classes.add(class.key(), request.resources, request.id);
         self.pending.insert(request.id, Pending::of(&request, class));
         Ok(())
     }
@@ -1224,7 +1226,7 @@ impl Scheduler {
         let request = self.queued_request(id)?;
         let pending = self.pending.remove(&id)?;
         self.groups.remove(pending.priority, pending.class.project, pending.class.user, id);
-        self.classes.remove(pending.class.key());
+        self.classes.remove(pending.class.key(), id);
         self.constraints.release(pending.class.constraint);
         Some(request)
     }
@@ -1320,7 +1322,7 @@ impl Scheduler {
             let shares = CycleShares { scheduler: self, capacity: &capacity };
             let Some(id) = walk.next(&self.groups, &shares) else { break };
             if let Some(unreached) = &mut unreached {
-                unreached.reached(self.pending[&id].class.key());
+                unreached.reached(self.pending[&id].class.key(), id);
             }
             // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
             // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue. So is a
@@ -1328,13 +1330,10 @@ impl Scheduler {
             // cycle. Both hold for every job of the class alike, so once every class not reached yet is passed
             // over, the cycle is done.
             if !blocked_budget_left && self.passed_over(id, age_matters, &cycle) {
-                let all_dead = unreached.as_mut().is_some_and(|unreached| {
-                    unreached.skipped_and_all_dead(|(shape, limited), resources| {
-                        self.class_passed_over(shape, limited, resources, &cycle)
-                    })
-                });
-                if all_dead {
-                    break;
+                if let Some(unreached) = &mut unreached {
+                    if unreached.skipped() && self.all_unreached_dead(unreached, &free, &mut cycle) {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -1364,15 +1363,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            let found = if too_big {
-                None
-            } else if self.placement == GpuPlacement::Fgd && request.wants_gpu() && !self.mix.is_empty() {
-                self.best_node_fgd(request, &free)
-            } else if request.gpu_share_milli == 0 {
-                self.best_node_indexed(request, &free, &cycle).map(|(i, candidates)| (i, None, candidates))
-            } else {
-                self.best_node(request, &free)
-            };
+            let found = if too_big { None } else { self.best_place(request, &free, &cycle) };
             if found.is_none() {
                 if let Some((i, before)) = self.backfill_node(request, &free, &cycle) {
                     let decision = self.backfill(id, i, before, &mut free, &mut cycle);
@@ -1401,6 +1392,55 @@ impl Scheduler {
             cycle.shadows.iter().map(|(&i, s)| (i, HeldBack { job: s.for_job, resources: s.held })).collect();
         debug_assert_eq!(self.check_invariants(), Ok(()));
         decisions
+    }
+
+    /// Where a single-node job could start now, by the cycle's placement policy: the node, the shared GPU (or
+    /// `u32::MAX` for a whole one to share), and how many nodes were candidates.
+    fn best_place(&self, request: &JobRequest, free: &[Resources], cycle: &Cycle) -> Option<(usize, Option<u32>, u32)> {
+        if self.placement == GpuPlacement::Fgd && request.wants_gpu() && !self.mix.is_empty() {
+            self.best_node_fgd(request, free)
+        } else if request.gpu_share_milli == 0 {
+            self.best_node_indexed(request, free, cycle).map(|(i, candidates)| (i, None, candidates))
+        } else {
+            self.best_node(request, free)
+        }
+    }
+
+    /// Whether every class with jobs the walk has not reached is passed over (see `passed_over`), so the cycle is
+    /// done. A class that is not yet is tried out of turn on a job of its own (`Classes` keeps one): a job that finds
+    /// no place now finds none later in the cycle either, so the class is passed over from then on, as if the walk
+    /// had reached it. Only where nothing else decides: a class whose jobs might backfill waits for the walk (their
+    /// runtime limits differ), and so does one whose job waits for another reason (claim, backoff, quota). A class
+    /// found to have a place is not tried again in the cycle.
+    fn all_unreached_dead(&self, unreached: &mut Unreached, free: &[Resources], cycle: &mut Cycle) -> bool {
+        let mut all_dead = true;
+        for (&(shape, limited), class) in unreached.classes() {
+            if self.class_passed_over(shape, limited, &class.resources, cycle) {
+                continue;
+            }
+            let may_backfill = limited && !cycle.shadows.is_empty();
+            let tried = cycle.found_a_place.contains(&(shape, limited));
+            let request = class.member.filter(|_| !may_backfill && !tried).and_then(|job| {
+                let waits = self.claims.contains_key(&job) || self.pending[&job].not_before_us > self.now_us;
+                self.queued_request(job).filter(|r| !waits && self.over_team_limit(r).is_none())
+            });
+            let Some(request) = request else {
+                all_dead = false;
+                break;
+            };
+            let placed = if request.is_gang() {
+                self.gang_nodes(&request, free, cycle).is_some()
+            } else {
+                self.best_place(&request, free, cycle).is_some()
+            };
+            if placed {
+                cycle.found_a_place.insert((shape, limited));
+                all_dead = false;
+                break;
+            }
+            cycle.failed_shapes.insert(shape);
+        }
+        all_dead
     }
 
     /// A queued job's shape (see `shape_of`), with its age where that decides where it may go.
@@ -1433,8 +1473,8 @@ impl Scheduler {
     }
 
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
-    /// are being stopped for it, it is noted for new nodes of elastic pools; and it holds back what it needs where it
-    /// comes closest to fitting. `request` is the job's, rebuilt once for all of these (see `queued_request`).
+    /// are being stopped for it, it is noted for new nodes of elastic pools; and, while some node has CPUs free, it
+    /// holds back what it needs where it comes closest to fitting. `request` is the job's, rebuilt once for all of these (see `queued_request`).
     fn blocked(
         &mut self,
         request: &JobRequest,
@@ -1460,7 +1500,11 @@ impl Scheduler {
         if !cycle.elastic.is_empty() && !cycle.awaiting_victims.contains(&id) && !self.claims.contains_key(&id) {
             self.want_nodes(request, free, cycle);
         }
-        self.reserve(request, free, cycle);
+        // Every job needs CPUs: once no ready node has any left, a reservation would hold nothing back that anything
+        // could start with, so the job waits without one (what frees later is held again by a later cycle).
+        if cycle.nodes_with_cpu > 0 {
+            self.reserve(request, free, cycle);
+        }
     }
 
     /// Notes the elastic pools whose new nodes could hold a blocked job: those whose template allows and fits it and
