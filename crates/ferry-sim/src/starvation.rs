@@ -159,7 +159,8 @@ impl Starvation {
         }
         let mut idle_for = BTreeSet::new();
         let mut runnable = BTreeSet::new();
-        if !ledger.idle.is_empty() {
+        // Gathered only when some job waits: a trace with idle nodes and an empty queue costs nothing here.
+        if !ledger.idle.is_empty() && !ledger.waiting.is_empty() {
             let idle = IdleNodes::of(core, ledger);
             for (k, class) in self.classes.iter().enumerate().filter(|(_, c)| !c.jobs.is_empty()) {
                 if idle.first_for(&class.request, false).is_none() {
