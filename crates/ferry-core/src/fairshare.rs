@@ -75,12 +75,15 @@ pub(crate) fn dominant_of(r: &Resources, capacity: &Resources) -> f64 {
     dominant(&[r.cpu_millis as f64, r.memory_bytes as f64, r.gpus as f64], capacity)
 }
 
+/// One priority level's queued jobs: by project id, then user id, then job id.
+type Level = IdMap<u32, IdMap<u32, BTreeSet<JobId>>>;
+
 /// The queued jobs filed the way fair share walks them: by priority (highest first), then project, then user (both
 /// by their interned ids); each user's jobs by id, which is submission order. The scheduler keeps it as jobs are
 /// queued and leave, so that a cycle orders the queue without gathering it first, and only as far as it walks.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Groups {
-    levels: BTreeMap<Reverse<i32>, IdMap<u32, IdMap<u32, BTreeSet<JobId>>>>,
+    levels: BTreeMap<Reverse<i32>, Level>,
     len: usize,
 }
 

@@ -1549,8 +1549,8 @@ impl Scheduler {
         match self.allowed_row(request) {
             Some(row) if !row[i] => false,
             Some(_) if request.gpu_share_milli == 0 => true,
-            Some(_) => Self::gpu_choice(request, &self.nodes.at(i), &free[i]).is_some(),
-            None => self.fit(request, &self.nodes.at(i), &free[i]).is_some(),
+            Some(_) => Self::gpu_choice(request, self.nodes.at(i), &free[i]).is_some(),
+            None => self.fit(request, self.nodes.at(i), &free[i]).is_some(),
         }
     }
 
@@ -1641,7 +1641,7 @@ impl Scheduler {
             let request = &request;
             let row = self.allowed_row(request);
             let fits = |i: &usize| {
-                let here = &self.nodes.at(*i);
+                let here = self.nodes.at(*i);
                 here.ready && self.fit_at(request, row, *i, here, &free[*i]).is_some()
             };
             // A claim counts against its team's and project's limits from the start (see `claimed_alongside`), so
@@ -2486,7 +2486,7 @@ impl Scheduler {
         cycle.shadows.iter().find_map(|(&i, shadow)| {
             let starts = shadow.starts_at_us?;
             let room = free[i].checked_add(&shadow.held)?;
-            let node = &self.nodes.at(i);
+            let node = self.nodes.at(i);
             let row = self.allowed_row(request);
             let fits = ends_us <= starts
                 && request.gpu_share_milli == 0
