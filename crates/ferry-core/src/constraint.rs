@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::node::Nodes;
+use crate::nodeset::bits_of;
 use crate::resources::Resources;
 use crate::scheduler::{JobRequest, PoolInfo};
 
@@ -61,6 +62,8 @@ struct Entry {
     key: ConstraintKey,
     users: u32,
     allowed: Option<Vec<bool>>,
+    /// The same row as a bitmap.
+    bits: Option<Vec<u64>>,
 }
 
 /// The interned constraints of the queued jobs. Ids of constraints no queued job has any more are reused, so the
@@ -80,7 +83,7 @@ impl Constraints {
             self.entries[id as usize].users += 1;
             return id;
         }
-        let entry = Entry { key: key.clone(), users: 1, allowed: None };
+        let entry = Entry { key: key.clone(), users: 1, allowed: None, bits: None };
         let id = match self.free.pop() {
             Some(id) => {
                 self.entries[id as usize] = entry;
@@ -101,6 +104,7 @@ impl Constraints {
         entry.users -= 1;
         if entry.users == 0 {
             entry.allowed = None;
+            entry.bits = None;
             self.ids.remove(&entry.key);
             self.free.push(id);
         }
@@ -111,6 +115,7 @@ impl Constraints {
     pub(crate) fn nodes_changed(&mut self) {
         for entry in &mut self.entries {
             entry.allowed = None;
+            entry.bits = None;
         }
     }
 
@@ -119,8 +124,15 @@ impl Constraints {
         for entry in self.entries.iter_mut().filter(|e| e.users > 0 && e.allowed.is_none()) {
             let request = entry.key.request();
             let allowed = nodes.values().map(|n| request.allowed_on(&n.info, pools.get(&n.info.pool)));
-            entry.allowed = Some(allowed.collect());
+            let row: Vec<bool> = allowed.collect();
+            entry.bits = Some(bits_of(&row));
+            entry.allowed = Some(row);
         }
+    }
+
+    /// Constraint `id`'s row as a bitmap of positions (see `nodeset::bits_of`), once computed.
+    pub(crate) fn bits(&self, id: ConstraintId) -> Option<&[u64]> {
+        self.entries.get(id as usize)?.bits.as_deref()
     }
 
     /// Writes constraint `id` into a request rebuilt from a queued job's compact form: the constraint holds the one

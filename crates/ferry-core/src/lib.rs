@@ -17,6 +17,7 @@ mod idhash;
 pub mod lifecycle;
 mod node;
 pub mod nodelife;
+mod nodeset;
 pub mod order;
 pub mod predict;
 mod preempt;

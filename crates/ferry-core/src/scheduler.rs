@@ -17,6 +17,7 @@ use crate::fgd::{self, GpuDemand, Mix};
 use crate::idhash::IdMap;
 use crate::node::{Node, Nodes};
 use crate::nodelife::{AbandonReason, ElasticStatus, NodeLife, NodeStatus, NotReadyReason, ProvisionFailure};
+use crate::nodeset::NodeSet;
 use crate::order::{self, QueueOrder};
 use crate::preempt::{self, PreemptReason, PREEMPTIONS_PER_CYCLE_MAX};
 use crate::queue::{ClassKey, Classes, Unreached, Walk};
@@ -421,7 +422,7 @@ struct Cycle {
     pool_of: Vec<usize>,
     /// For each pool, its ready nodes by how many whole GPUs they have free: a whole-GPU job looks at the nodes with
     /// the fewest free GPUs that are enough, instead of at every node.
-    by_free_gpus: Vec<BTreeMap<u32, BTreeSet<usize>>>,
+    by_free_gpus: Vec<BTreeMap<u32, NodeSet>>,
     /// Shapes of jobs that found no node (see `shape_of`).
     failed_shapes: HashSet<u64>,
     /// Classes tried out of turn that had a place (see `all_unreached_dead`).
@@ -513,7 +514,7 @@ impl Cycle {
         if before.gpus != after.gpus {
             let index = &mut self.by_free_gpus[self.pool_of[i]];
             if let Some(nodes) = index.get_mut(&before.gpus) {
-                nodes.remove(&i);
+                nodes.remove(i);
                 if nodes.is_empty() {
                     index.remove(&before.gpus);
                 }
@@ -1573,7 +1574,7 @@ impl Scheduler {
     /// How many ready nodes of the pool at `position` could each hold one worker of the job now.
     fn nodes_fitting(&self, request: &JobRequest, position: usize, free: &[Resources], cycle: &Cycle) -> u32 {
         let by_free = cycle.by_free_gpus[position].range(request.resources.gpus..);
-        let fits = |i: &&usize| self.fits_indexed(request, **i, free);
+        let fits = |i: &usize| self.fits_indexed(request, *i, free);
         by_free.map(|(_, nodes)| nodes.iter().filter(fits).count() as u32).sum()
     }
 
@@ -1780,8 +1781,8 @@ impl Scheduler {
                 continue;
             }
             for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
-                let fits = |i: &&usize| self.fits_indexed(request, **i, free);
-                if let Some(&i) = nodes.iter().find(fits) {
+                let fits = |i: &usize| self.fits_indexed(request, *i, free);
+                if let Some(i) = nodes.iter().find(fits) {
                     return Some((i, nodes.len() as u32));
                 }
             }
@@ -2189,7 +2190,7 @@ impl Scheduler {
             }
             let mut chosen = Vec::with_capacity(workers);
             for nodes in cycle.by_free_gpus[position].range(request.resources.gpus..).map(|(_, nodes)| nodes) {
-                for &i in nodes {
+                for i in nodes.iter() {
                     if self.fits_indexed(request, i, free) {
                         chosen.push(i);
                         if chosen.len() == workers {
@@ -2340,6 +2341,8 @@ impl Scheduler {
         let cpu_most = needs.cpu_millis.min(cycle.bound().cpu_millis);
         let closest_possible = (needs.gpus, cpu_most);
         let row = self.allowed_row(request);
+        // The nodes the job's constraint rules out are skipped 64 at a time.
+        let mask = self.pending.get(&request.id).and_then(|p| self.constraints.bits(p.class.constraint));
         let mut best: Option<((u32, u64), usize)> = None;
         for index in &cycle.by_free_gpus {
             for (&gpus_free, nodes) in index.iter().rev() {
@@ -2351,11 +2354,11 @@ impl Scheduler {
                 // before it can still win (a tie goes to the earlier node); and once a node of this bucket has it,
                 // none after it in the bucket can. On a full cluster, this spares walking every node.
                 let bucket_most = (top, cpu_most);
-                let nodes = match best {
-                    Some((key, j)) if key == bucket_most => nodes.range(..j),
-                    _ => nodes.range(..),
+                let end = match best {
+                    Some((key, j)) if key == bucket_most => j,
+                    _ => usize::MAX,
                 };
-                for &i in nodes {
+                for i in nodes.masked(mask, end) {
                     let key = (top, free[i].cpu_millis.min(needs.cpu_millis));
                     if best.is_some_and(|(b, j)| (b, Reverse(j)) >= (key, Reverse(i))) {
                         continue;
