@@ -22,11 +22,14 @@ pub(crate) struct Node {
     pub(crate) idle_since_us: Option<i64>,
     /// Whether the core asked for the node to be released; it takes no more jobs, and waits for `NodeRemoved`.
     pub(crate) releasing: bool,
+    /// How many of its GPUs are wholly free: `free_gpus().count()`, kept by `recount_gpus` whenever GPUs are taken,
+    /// given back or the node changes, so that a cycle reads what every node has free without counting.
+    whole_gpus_free: u32,
 }
 
 impl Node {
     pub(crate) fn new(info: NodeInfo) -> Node {
-        Node {
+        let mut node = Node {
             info,
             ready: true,
             allocated: Resources::ZERO,
@@ -35,13 +38,27 @@ impl Node {
             jobs: BTreeSet::new(),
             idle_since_us: None,
             releasing: false,
-        }
+            whole_gpus_free: 0,
+        };
+        node.recount_gpus();
+        node
+    }
+
+    /// Counts the wholly free GPUs again (see `whole_gpus_free`); after any change of `gpu_owner`, `shared` or
+    /// `info`.
+    pub(crate) fn recount_gpus(&mut self) {
+        self.whole_gpus_free = self.free_gpus().count() as u32;
+    }
+
+    /// Whether the kept count of wholly free GPUs is right (for `check_invariants`).
+    pub(crate) fn gpu_count_kept(&self) -> bool {
+        self.whole_gpus_free as usize == self.free_gpus().count()
     }
 
     /// Free CPUs, memory and whole GPUs (a GPU with any share taken is not whole).
     pub(crate) fn free(&self) -> Resources {
         let cpu_mem = self.info.capacity.saturating_sub(&self.allocated);
-        Resources { gpus: self.free_gpus().count() as u32, ..cpu_mem }
+        Resources { gpus: self.whole_gpus_free, ..cpu_mem }
     }
 
     pub(crate) fn free_gpus(&self) -> impl Iterator<Item = u32> + '_ {

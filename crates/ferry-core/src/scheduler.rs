@@ -1042,6 +1042,7 @@ impl Scheduler {
                     self.constraints.nodes_changed();
                 }
                 node.info = info;
+                node.recount_gpus();
                 node.ready = true;
                 node.releasing = false;
                 self.life.seen(&node.info.name, self.now_us);
@@ -1216,6 +1217,7 @@ impl Scheduler {
                 }
             }
             node.jobs.insert(id);
+            node.recount_gpus();
             node.idle_since_us = None;
         }
         self.waiting_for_nodes.remove(&id);
@@ -1270,6 +1272,7 @@ impl Scheduler {
                 }
             }
             node.jobs.remove(&id);
+            node.recount_gpus();
             if node.jobs.is_empty() {
                 self.newly_idle.insert(name.to_string());
             }
@@ -2786,6 +2789,9 @@ impl Scheduler {
             }
         }
         for node in self.nodes.values() {
+            if !node.gpu_count_kept() {
+                return Err(format!("node {} keeps a wrong count of its wholly free GPUs", node.info.name));
+            }
             let sum = node
                 .jobs
                 .iter()
