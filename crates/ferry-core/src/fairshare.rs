@@ -10,6 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::ops::Bound;
 
 use crate::idhash::IdMap;
 use crate::resources::Resources;
@@ -121,11 +122,19 @@ impl Groups {
 
     /// Each priority level, highest first, with its jobs in submission order.
     pub(crate) fn by_level(&self) -> impl Iterator<Item = (i32, Vec<JobId>)> + '_ {
-        self.levels.iter().map(|(Reverse(priority), projects)| {
-            let mut jobs: Vec<JobId> = projects.values().flat_map(|users| users.values().flatten().copied()).collect();
-            jobs.sort_unstable();
-            (*priority, jobs)
-        })
+        self.levels.iter().map(|(Reverse(priority), level)| (*priority, Self::submission_order(level)))
+    }
+
+    /// The jobs of the levels below `priority`, highest first, each level in submission order.
+    pub(crate) fn below(&self, priority: i32) -> Vec<JobId> {
+        let lower = self.levels.range((Bound::Excluded(Reverse(priority)), Bound::Unbounded));
+        lower.flat_map(|(_, level)| Self::submission_order(level)).collect()
+    }
+
+    fn submission_order(level: &Level) -> Vec<JobId> {
+        let mut jobs: Vec<JobId> = level.values().flat_map(|users| users.values().flatten().copied()).collect();
+        jobs.sort_unstable();
+        jobs
     }
 
     /// The user's next job after `job` in one level and project.

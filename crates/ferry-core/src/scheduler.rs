@@ -863,8 +863,7 @@ impl Scheduler {
     /// Queued jobs of a lower priority than `priority`: they can only start ahead of a job of that priority where
     /// they do not delay it (backfill), so a forecast for it may leave them out.
     pub fn queued_below(&self, priority: i32) -> Vec<JobId> {
-        let below = self.groups.by_level().filter(|(p, _)| *p < priority);
-        below.flat_map(|(_, jobs)| jobs).collect()
+        self.groups.below(priority)
     }
 
     /// The priority of a queued job.
@@ -1478,7 +1477,8 @@ impl Scheduler {
 
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
     /// are being stopped for it, it is noted for new nodes of elastic pools; and, while some node has CPUs free, it
-    /// holds back what it needs where it comes closest to fitting. `request` is the job's, rebuilt once for all of these (see `queued_request`).
+    /// holds back what it needs where it comes closest to fitting. `request` is the job's, rebuilt once for all of
+    /// these (see `queued_request`).
     fn blocked(
         &mut self,
         request: &JobRequest,
@@ -1823,7 +1823,6 @@ impl Scheduler {
         best.map(|(_, i, shared)| (i, shared, candidates))
     }
 
-    /// The queue in the order this cycle considers it (see `fairshare`).
     /// What the ready nodes have together.
     fn ready_capacity(&self) -> Resources {
         self.nodes
@@ -2157,14 +2156,14 @@ impl Scheduler {
         cycle.take(index, free, &taken);
         let slot = free[index];
         let (gpus, gpu_share_milli) = match shared {
-            None => (self.nodes[&node].free_gpus().take(request.resources.gpus as usize).collect(), 0),
+            None => (self.nodes.at(index).free_gpus().take(request.resources.gpus as usize).collect(), 0),
             Some(u32::MAX) => {
-                let gpu = self.nodes[&node].free_gpus().next().expect("the fit found a free GPU");
+                let gpu = self.nodes.at(index).free_gpus().next().expect("the fit found a free GPU");
                 (vec![gpu], request.gpu_share_milli)
             }
             Some(gpu) => (vec![gpu], request.gpu_share_milli),
         };
-        let pool = self.nodes[&node].info.pool.clone();
+        let pool = self.nodes.at(index).info.pool.clone();
         let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
         let reason = Placement {
             pool,
@@ -2213,11 +2212,11 @@ impl Scheduler {
         for &i in &nodes {
             cycle.take(i, free, &request.resources);
             let name = self.nodes.at(i).info.name.clone();
-            let gpus: Vec<u32> = self.nodes[&name].free_gpus().take(request.resources.gpus as usize).collect();
+            let gpus: Vec<u32> = self.nodes.at(i).free_gpus().take(request.resources.gpus as usize).collect();
             workers.push(Peer { node: name, gpus });
         }
         let first = workers.remove(0);
-        let pool = self.nodes[&first.node].info.pool.clone();
+        let pool = self.nodes.at(nodes[0]).info.pool.clone();
         let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
         let slot = free[nodes[0]];
         let reason = Placement {
