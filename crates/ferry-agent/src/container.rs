@@ -512,26 +512,86 @@ async fn remove(docker: &Docker, name: &str) {
 
 /// Copies the container's output, both streams as the engine interleaves them, to this process's own: the shim's
 /// pipe into the run's output file.
+///
+/// A container that ends as its logs are first asked for can make the engine fail the request: Podman answers
+/// `read /proc/<pid>/cgroup: no such process`, and, having already said 200, puts its JSON error in the body, where
+/// it would read as the job's output. Such a failure is retried: the engine keeps the container's log until the
+/// container is removed (after this drains), and the bytes already copied are skipped, so none is lost or doubled.
 async fn copy_logs(docker: Docker, name: String) {
     let waiter = docker.with_timeout(Duration::from_secs(u32::MAX as u64));
-    let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-    let mut logs = waiter.logs(&name, Some(options));
     // Plain blocking writes: the shim drains the pipe whatever happens, so they never wait long.
     let mut stdout = io::stdout();
     let mut stderr = io::stderr();
-    while let Some(item) = logs.next().await {
-        let written = match item {
-            Ok(bollard::container::LogOutput::StdErr { message }) => stderr.write_all(&message).and(stderr.flush()),
-            Ok(output) => stdout.write_all(output.as_ref()).and(stdout.flush()),
-            Err(e) => {
-                let _ = writeln!(stderr, "ferry: lost the container's output: {}", engine_message(&e));
+    let mut copied = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+        let mut logs = waiter.logs(&name, Some(options));
+        let mut skip = copied;
+        let mut failed = None;
+        while let Some(item) = logs.next().await {
+            let (to_stderr, message) = match item {
+                Ok(bollard::container::LogOutput::StdErr { message }) => (true, message),
+                Ok(bollard::container::LogOutput::Console { message }) => match engine_error(&message) {
+                    Some(failure) => {
+                        failed = Some(failure);
+                        break;
+                    }
+                    None => (false, message),
+                },
+                Ok(output) => (false, output.into_bytes()),
+                Err(e) => {
+                    failed = Some(engine_message(&e));
+                    break;
+                }
+            };
+            let fresh = unseen(&mut skip, &message);
+            if fresh.is_empty() {
+                continue;
+            }
+            let written = if to_stderr {
+                stderr.write_all(fresh).and(stderr.flush())
+            } else {
+                stdout.write_all(fresh).and(stdout.flush())
+            };
+            if written.is_err() {
                 return;
             }
-        };
-        if written.is_err() {
+            copied += fresh.len() as u64;
+        }
+        let Some(failure) = failed else { return };
+        failures += 1;
+        if failures > LOG_RETRIES {
+            let _ = writeln!(stderr, "ferry: lost the container's output: {failure}");
             return;
         }
+        tokio::time::sleep(LOG_RETRY_WAIT * failures).await;
     }
+}
+
+/// How often a failed request for a container's output is made again, and how long the first retry waits (each
+/// later one waits that much longer than the one before).
+const LOG_RETRIES: u32 = 5;
+const LOG_RETRY_WAIT: Duration = Duration::from_millis(200);
+
+/// The part of `message` past the `skip` bytes still to skip (which it takes from `skip`).
+fn unseen<'a>(skip: &mut u64, message: &'a [u8]) -> &'a [u8] {
+    let skipped = (*skip).min(message.len() as u64) as usize;
+    *skip -= skipped as u64;
+    &message[skipped..]
+}
+
+/// The engine's message where a log frame is an engine's JSON error (`{"cause":..,"message":..,"response":500}`)
+/// rather than output. A container runs without a terminal, so its output always comes in stdout or stderr
+/// frames; an unframed body is the engine speaking.
+fn engine_error(frame: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct EngineFailure {
+        message: String,
+        response: u16,
+    }
+    let failure: EngineFailure = serde_json::from_slice(frame.trim_ascii()).ok()?;
+    (failure.response >= 400).then(|| format!("{} (HTTP {})", failure.message, failure.response))
 }
 
 /// The container's name: `ferry-<job>-<attempt>` (and `-r<rank>` for a gang's other workers, like the run
@@ -712,6 +772,27 @@ mod tests {
     use super::*;
     use ferry_api::agent::RunRef;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn an_engine_error_in_the_log_stream_is_told_from_output_and_a_retry_skips_what_was_copied() {
+        let podman = br#"{"cause":"no such process","message":"failed to obtain logs for Container 'ferry-1-0-2f093f7f': read /proc/10158/cgroup: no such process","response":500}
+"#;
+        assert_eq!(
+            engine_error(podman).as_deref(),
+            Some("failed to obtain logs for Container 'ferry-1-0-2f093f7f': read /proc/10158/cgroup: no such process (HTTP 500)")
+        );
+        // A job's own JSON output is output.
+        assert_eq!(engine_error(br#"{"loss": 0.5}"#), None);
+        assert_eq!(engine_error(br#"{"message": "hi", "response": 200}"#), None);
+        assert_eq!(engine_error(b"plain text\n"), None);
+
+        // Frames seen again after a retry are skipped up to the bytes already copied, wherever the frames split.
+        let mut skip = 5;
+        assert_eq!(unseen(&mut skip, b"abc"), b"");
+        assert_eq!(unseen(&mut skip, b"defg"), b"fg");
+        assert_eq!(skip, 0);
+        assert_eq!(unseen(&mut skip, b"hij"), b"hij");
+    }
 
     fn spec() -> Assignment {
         Assignment {
