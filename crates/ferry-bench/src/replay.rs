@@ -51,6 +51,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<usize> {
     let wall_s = started.elapsed().as_secs_f64();
     let peak = peak_waiting(&run);
     let fingerprint = fingerprint(&run);
+    let (all, big) = (waits(&run, 0), waits(&run, BIG_GPU_MILLI));
     if !args.json {
         println!("replay with the checker on: {name}, {} nodes, {} jobs", cluster.nodes.len(), workload.jobs.len());
         println!("  wall time                 {wall_s:>9.2} s");
@@ -64,6 +65,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<usize> {
             i.max_ms as f64 / 1e3,
             i.p99_ms as f64 / 1e3
         );
+        for (label, w) in [("every job", &all), ("jobs of 8+ GPUs", &big)] {
+            println!(
+                "  wait to start, {label:<15} mean {:.0} s, p95 {:.0} s, max {:.0} s ({} jobs)",
+                w.mean_s, w.p95_s, w.max_s, w.jobs
+            );
+        }
         println!("  decisions fingerprint     {fingerprint:016x}");
     }
     println!(
@@ -72,7 +79,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<usize> {
                "seed": args.seed, "wall_s": wall_s, "steps": run.steps, "peak_waiting": peak,
                "span_h": run.end_ms as f64 / 3.6e6, "fingerprint": format!("{fingerprint:016x}"),
                "idle_wait_jobs": run.idle_waits.jobs, "idle_wait_max_s": run.idle_waits.max_ms as f64 / 1e3,
-               "idle_wait_p99_s": run.idle_waits.p99_ms as f64 / 1e3})
+               "idle_wait_p99_s": run.idle_waits.p99_ms as f64 / 1e3,
+               "wait_mean_s": all.mean_s, "wait_p95_s": all.p95_s, "wait_max_s": all.max_s,
+               "big_wait_mean_s": big.mean_s, "big_wait_p95_s": big.p95_s, "big_wait_max_s": big.max_s})
     );
     Ok(0)
 }
@@ -117,6 +126,31 @@ fn peak_waiting(run: &ReplayRun) -> usize {
         most = most.max(now);
     }
     most as usize
+}
+
+/// Jobs of at least this many GPUs (in thousandths, every worker counted) are the ones reservations protect: whole
+/// nodes and gangs, which wait for a node to empty while smaller jobs could fill it first.
+const BIG_GPU_MILLI: u64 = 8000;
+
+/// How long jobs (of at least `min_gpu_milli`) waited from arrival to their first start.
+struct Waits {
+    jobs: usize,
+    mean_s: f64,
+    p95_s: f64,
+    max_s: f64,
+}
+
+fn waits(run: &ReplayRun, min_gpu_milli: u64) -> Waits {
+    let mut waited: Vec<u64> = run
+        .outcomes
+        .iter()
+        .filter(|o| o.gpu_milli >= min_gpu_milli)
+        .filter_map(|o| o.attempts.first().map(|a| a.start_ms.saturating_sub(o.arrival_ms)))
+        .collect();
+    waited.sort_unstable();
+    let at = |q: f64| waited.get(((waited.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+    let mean = if waited.is_empty() { 0.0 } else { waited.iter().sum::<u64>() as f64 / waited.len() as f64 };
+    Waits { jobs: waited.len(), mean_s: mean / 1e3, p95_s: at(0.95) as f64 / 1e3, max_s: at(1.0) as f64 / 1e3 }
 }
 
 /// A hash of every attempt's start, end and pool: two runs that decided alike have the same fingerprint.
