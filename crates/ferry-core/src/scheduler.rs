@@ -404,7 +404,7 @@ type VictimScore<'a> = (usize, i32, &'a str);
 
 /// How many blocked jobs, in queue order, a cycle tries to make room for (preemption) and reserves resources for.
 /// Jobs behind them wait for a later cycle; like Slurm's `bf_max_job_test`, this bounds a cycle on a deep queue.
-pub const BLOCKED_JOBS_CONSIDERED_MAX: usize = 256;
+pub const BLOCKED_JOBS_CONSIDERED_MAX: usize = 64;
 
 /// What one cycle learns as it walks the queue.
 #[derive(Default)]
@@ -423,8 +423,9 @@ struct Cycle {
     /// For each pool, its ready nodes by how many whole GPUs they have free: a whole-GPU job looks at the nodes with
     /// the fewest free GPUs that are enough, instead of at every node.
     by_free_gpus: Vec<BTreeMap<u32, NodeSet>>,
-    /// Shapes of jobs that found no node (see `shape_of`).
-    failed_shapes: HashSet<u64>,
+    /// Jobs that found no node, by shape (see `shape_of`): the least CPUs and memory that found none (see
+    /// `Failed`).
+    failed: IdMap<u64, Failed>,
     /// Classes tried out of turn that had a place (see `all_unreached_dead`).
     found_a_place: HashSet<ClassKey>,
     /// Shapes and priorities of blocked jobs that found nothing to preempt: victims only become fewer and free
@@ -433,6 +434,12 @@ struct Cycle {
     unpreemptable: HashSet<(u64, i32)>,
     /// Blocked jobs considered for preemption and reservations so far.
     blocked: usize,
+    /// Whether a job that asks for more than one that found no place finds none either: not where a burst pool
+    /// lets in only jobs too big for the pools before it (see `Failed`).
+    monotone: bool,
+    /// How many times the cycle has held something back for a blocked job: each time, jobs with runtime limits may
+    /// find room to backfill that they did not before.
+    held_back_times: u64,
     preemptions: usize,
     /// Jobs that running victims are already being stopped for.
     awaiting_victims: HashSet<JobId>,
@@ -473,7 +480,77 @@ struct Shadow {
     starts_at_us: Option<i64>,
 }
 
+/// What jobs of one shape asked for and found no place with. A job that asks for at least as much CPU and memory
+/// as one that found no node finds none either, since free resources only shrink within a cycle; except where a
+/// burst pool lets in only jobs too big for the pools before it together (see `burst_refused`): then only a job that
+/// asks for exactly as much (`Cycle::monotone` is false). One that may
+/// backfill (it has a runtime limit, and something is held back) could still fit in what is held back, so for it
+/// only jobs that also found no room to backfill count, with no longer a limit, and only while nothing more has been
+/// held back since (`Cycle::held_back_times`).
+#[derive(Clone, Debug, Default)]
+struct Failed {
+    /// CPUs and memory that found no node: only those not covered by another (asking for at least as much of both).
+    fit: Vec<(u64, u64)>,
+    /// CPUs, memory and runtime limit of jobs that found no room to backfill either, since `since`.
+    backfill: Vec<(u64, u64, u64)>,
+    since: u64,
+}
+
+impl Failed {
+    fn covers(&self, resources: &Resources, backfill: Option<(u64, u64)>, monotone: bool) -> bool {
+        let (cpu_millis, memory_bytes) = (resources.cpu_millis, resources.memory_bytes);
+        let within = |cpu: u64, memory: u64| {
+            if monotone {
+                cpu <= cpu_millis && memory <= memory_bytes
+            } else {
+                cpu == cpu_millis && memory == memory_bytes
+            }
+        };
+        match backfill {
+            None => self.fit.iter().any(|&(cpu, memory)| within(cpu, memory)),
+            Some((limit_s, held_back_times)) => {
+                self.since == held_back_times
+                    && self.backfill.iter().any(|&(cpu, memory, l)| within(cpu, memory) && l <= limit_s)
+            }
+        }
+    }
+
+    fn note(&mut self, resources: &Resources, backfill: Option<(u64, u64)>, monotone: bool) {
+        let (cpu_millis, memory_bytes) = (resources.cpu_millis, resources.memory_bytes);
+        if !self.covers(resources, None, monotone) {
+            if monotone {
+                self.fit.retain(|&(cpu, memory)| cpu < cpu_millis || memory < memory_bytes);
+            }
+            self.fit.push((cpu_millis, memory_bytes));
+        }
+        if let Some((limit_s, held_back_times)) = backfill {
+            if self.since != held_back_times {
+                self.backfill.clear();
+                self.since = held_back_times;
+            }
+            if !self.covers(resources, backfill, monotone) {
+                self.backfill.push((cpu_millis, memory_bytes, limit_s));
+            }
+        }
+    }
+}
+
 impl Cycle {
+    /// Notes that a job of `shape` asking for `resources` found no node, nor room to backfill where it has a
+    /// runtime limit (`limit_s`) and could.
+    fn note_failed(&mut self, shape: u64, resources: &Resources, limit_s: Option<u64>) {
+        let backfill = limit_s.filter(|_| !self.shadows.is_empty()).map(|l| (l, self.held_back_times));
+        let monotone = self.monotone;
+        self.failed.entry(shape).or_default().note(resources, backfill, monotone);
+    }
+
+    /// Whether a job of `shape` asking for `resources`, with `limit_s` where it could backfill, would find no place,
+    /// as one that asked for no more did not (see `Failed`).
+    fn failed_before(&self, shape: u64, resources: &Resources, limit_s: Option<u64>) -> bool {
+        let backfill = limit_s.filter(|_| !self.shadows.is_empty()).map(|l| (l, self.held_back_times));
+        self.failed.get(&shape).is_some_and(|f| f.covers(resources, backfill, self.monotone))
+    }
+
     /// The most whole GPUs free on any one node.
     fn most_free_gpus(&self) -> u32 {
         self.by_free_gpus.iter().filter_map(|index| index.keys().next_back().copied()).max().unwrap_or(0)
@@ -505,6 +582,10 @@ impl Cycle {
     fn set(&mut self, i: usize, free: &mut [Resources], after: Resources) {
         let before = free[i];
         free[i] = after;
+        if !before.fits_in(&after) {
+            // What a class tried out of turn found free may be taken now.
+            self.found_a_place.clear();
+        }
         if before.cpu_millis > 0 && after.cpu_millis == 0 {
             self.nodes_with_cpu -= 1;
         } else if before.cpu_millis == 0 && after.cpu_millis > 0 {
@@ -527,17 +608,30 @@ impl Cycle {
 /// What each node has free in a cycle, in the order of `Scheduler::nodes`.
 type Free = Vec<Resources>;
 
-/// A hash of everything that decides where a job can go, so identical jobs are judged once per cycle. The hasher is
-/// deterministic (SipHash with fixed keys). Computed once, when the job is queued (see `JobClass`).
+/// A hash of everything that decides where a job can go but the CPUs and memory it asks for, so that jobs alike
+/// are judged together in a cycle (one that asks for no more CPUs and memory than another of its shape finds no place
+/// where that one found none). The hasher is deterministic (SipHash with fixed keys). Computed once, when the job is
+/// queued (see `JobClass`).
 fn shape_of(request: &JobRequest) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    request.resources.hash(&mut h);
+    request.resources.gpus.hash(&mut h);
     request.gpu_share_milli.hash(&mut h);
+    request.pool.hash(&mut h);
+    request.image.hash(&mut h);
     request.gpu_models.hash(&mut h);
     request.selector.hash(&mut h);
     request.team.hash(&mut h);
     request.nodes.hash(&mut h);
+    h.finish()
+}
+
+/// The shape with the CPUs and memory mixed in: jobs that ask for exactly the same.
+fn exact_shape(shape: u64, resources: &Resources) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    shape.hash(&mut h);
+    resources.hash(&mut h);
     h.finish()
 }
 
@@ -952,8 +1046,8 @@ impl Scheduler {
         });
     }
 
-    /// Makes every cycle walk the whole queue, as it did before the queue was filed by class; decisions must not
-    /// change. For tests that compare the two.
+    /// Makes every cycle walk the whole queue and try every job, passing none over; decisions must not change. For
+    /// tests that compare the two.
     #[doc(hidden)]
     pub fn set_linear_scan(&mut self, linear: bool) {
         self.linear_scan = linear;
@@ -1144,7 +1238,7 @@ impl Scheduler {
             user: self.owners.user(&request.user),
         };
         self.groups.insert(request.priority, class.project, class.user, request.id);
-        self.classes.add(class.key(), request.resources, request.id);
+        self.classes.add(class.key(), &request);
         self.pending.insert(request.id, Pending::of(&request, class));
         Ok(())
     }
@@ -1228,7 +1322,7 @@ impl Scheduler {
         let request = self.queued_request(id)?;
         let pending = self.pending.remove(&id)?;
         self.groups.remove(pending.priority, pending.class.project, pending.class.user, id);
-        self.classes.remove(pending.class.key(), id);
+        self.classes.remove(pending.class.key(), pending.resources, id);
         self.constraints.release(pending.class.constraint);
         Some(request)
     }
@@ -1293,6 +1387,7 @@ impl Scheduler {
         self.constraints.refresh(&self.nodes, &self.pools);
         let mut cycle = Cycle {
             nodes_with_cpu: free.iter().filter(|r| r.cpu_millis > 0).count(),
+            monotone: !self.pools.values().any(|p| p.burst),
             awaiting_victims: self.running.values().filter_map(|r| r.preempted_by).collect(),
             lowest_running_priority: self
                 .running
@@ -1325,14 +1420,14 @@ impl Scheduler {
             let shares = CycleShares { scheduler: self, capacity: &capacity };
             let Some(id) = walk.next(&self.groups, &shares) else { break };
             if let Some(unreached) = &mut unreached {
-                unreached.reached(self.pending[&id].class.key(), id);
+                unreached.reached(self.pending[&id].class.key());
             }
             // Past the blocked budget, a job that no node could hold now and that cannot backfill (no runtime limit,
             // or nothing held back) is passed over at once: on a busy cluster, that is most of the queue. So is a
             // job shaped like one that already found no place this cycle: free resources only shrink within a
             // cycle. Both hold for every job of the class alike, so once every class not reached yet is passed
             // over, the cycle is done.
-            if !blocked_budget_left && self.passed_over(id, age_matters, &cycle) {
+            if !blocked_budget_left && !self.linear_scan && self.passed_over(id, age_matters, &cycle) {
                 if let Some(unreached) = &mut unreached {
                     if unreached.skipped() && self.all_unreached_dead(unreached, &free, &mut cycle) {
                         break;
@@ -1358,7 +1453,7 @@ impl Scheduler {
                 match (too_big, self.gang_nodes(request, &free, &cycle)) {
                     (false, Some(nodes)) => decisions.push(self.start_gang(id, nodes, &mut free, &mut cycle)),
                     _ => {
-                        cycle.failed_shapes.insert(shape);
+                        cycle.note_failed(shape, &request.resources, None);
                         if blocked_budget_left {
                             self.blocked(request, shape, &mut free, &mut cycle, &mut decisions);
                         }
@@ -1380,7 +1475,7 @@ impl Scheduler {
                     decisions.push(decision);
                 }
                 None => {
-                    cycle.failed_shapes.insert(shape);
+                    cycle.note_failed(shape, &request.resources, request.max_runtime_s);
                     if blocked_budget_left {
                         self.blocked(request, shape, &mut free, &mut cycle, &mut decisions);
                     }
@@ -1410,40 +1505,44 @@ impl Scheduler {
     }
 
     /// Whether every class with jobs the walk has not reached is passed over (see `passed_over`), so the cycle is
-    /// done. A class that is not yet is tried out of turn on a job of its own (`Classes` keeps one): a job that finds
-    /// no place now finds none later in the cycle either, so the class is passed over from then on, as if the walk
-    /// had reached it. Only where nothing else decides: a class whose jobs might backfill waits for the walk (their
-    /// runtime limits differ), and so does one whose job waits for another reason (claim, backoff, quota). A class
-    /// found to have a place is not tried again in the cycle.
-    fn all_unreached_dead(&self, unreached: &mut Unreached, free: &[Resources], cycle: &mut Cycle) -> bool {
-        let mut all_dead = true;
-        for (&(shape, limited), class) in unreached.classes() {
-            if self.class_passed_over(shape, limited, &class.resources, cycle) {
-                continue;
+    /// done. A class that is not yet is tried out of turn, on requests for the least CPUs and memory its jobs ask for
+    /// (`Class::least`; the rest of the request is that of a job of the class): where none finds a place now, no job
+    /// of the class finds one later in the cycle either, so the class is passed over from then on, as if the walk
+    /// had reached it. A class whose jobs might backfill waits for the walk (their runtime limits
+    /// differ), and a class found to have a place is not tried again in the cycle.
+    fn all_unreached_dead(&self, unreached: &Unreached, free: &[Resources], cycle: &mut Cycle) -> bool {
+        for &(shape, limited) in unreached.classes() {
+            // Every job not reached is queued, so its class is (claimed jobs started before the walk aside).
+            let Some(class) = self.classes.get(&(shape, limited)) else { return false };
+            let mut template: Option<JobRequest> = None;
+            for least in class.least(cycle.monotone) {
+                // The least runtime limit the class's jobs have is not known: as if it were none at all.
+                if self.class_passed_over(shape, limited.then_some(0), &least, cycle) {
+                    continue;
+                }
+                let may_backfill = limited && !cycle.shadows.is_empty();
+                if may_backfill || cycle.found_a_place.contains(&(shape, limited)) {
+                    return false;
+                }
+                if template.is_none() {
+                    let member = class.member.and_then(|job| self.queued_request(job));
+                    template = member.or_else(|| self.classes.template(&(shape, limited)).cloned());
+                }
+                let Some(request) = template.as_mut() else { return false };
+                request.resources = least;
+                let placed = if request.is_gang() {
+                    self.gang_nodes(request, free, cycle).is_some()
+                } else {
+                    self.best_place(request, free, cycle).is_some()
+                };
+                if placed {
+                    cycle.found_a_place.insert((shape, limited));
+                    return false;
+                }
+                cycle.note_failed(shape, &least, None);
             }
-            let may_backfill = limited && !cycle.shadows.is_empty();
-            let tried = cycle.found_a_place.contains(&(shape, limited));
-            let request = class.member.filter(|_| !may_backfill && !tried).and_then(|job| {
-                let waits = self.claims.contains_key(&job) || self.pending[&job].not_before_us > self.now_us;
-                self.queued_request(job).filter(|r| !waits && self.over_team_limit(r).is_none())
-            });
-            let Some(request) = request else {
-                all_dead = false;
-                break;
-            };
-            let placed = if request.is_gang() {
-                self.gang_nodes(&request, free, cycle).is_some()
-            } else {
-                self.best_place(&request, free, cycle).is_some()
-            };
-            if placed {
-                cycle.found_a_place.insert((shape, limited));
-                all_dead = false;
-                break;
-            }
-            cycle.failed_shapes.insert(shape);
         }
-        all_dead
+        true
     }
 
     /// A queued job's shape (see `shape_of`), with its age where that decides where it may go.
@@ -1462,17 +1561,19 @@ impl Scheduler {
     }
 
     /// Whether a job is passed over once the blocked budget is spent: no node could hold it and it cannot backfill
-    /// (no runtime limit, or nothing held back), or a job of its shape already found no place. Both stay true for the
-    /// rest of the cycle, and for every job of its class.
+    /// (no runtime limit, a gang, or nothing held back), or a job of its shape that asked for no more already found
+    /// no place (see `Failed`). Both stay true for the rest of the cycle.
     fn passed_over(&self, id: JobId, age_matters: bool, cycle: &Cycle) -> bool {
         let pending = &self.pending[&id];
-        self.class_passed_over(self.shape(id, age_matters), pending.class.limited, &pending.resources, cycle)
+        let limit_s = pending.max_runtime_s.filter(|_| pending.nodes <= 1);
+        self.class_passed_over(self.shape(id, age_matters), limit_s, &pending.resources, cycle)
     }
 
-    /// `passed_over` for every job of a class: of this shape, asking for `resources`, limited in runtime or not.
-    fn class_passed_over(&self, shape: u64, limited: bool, resources: &Resources, cycle: &Cycle) -> bool {
-        let may_backfill = limited && !cycle.shadows.is_empty();
-        (self.too_big(resources, cycle) && !may_backfill) || cycle.failed_shapes.contains(&shape)
+    /// `passed_over` for a job of this shape asking for `resources`, with `limit_s` where it could backfill; for every
+    /// job of a class, where `resources` is the least its jobs ask for.
+    fn class_passed_over(&self, shape: u64, limit_s: Option<u64>, resources: &Resources, cycle: &Cycle) -> bool {
+        let may_backfill = limit_s.is_some() && !cycle.shadows.is_empty();
+        (self.too_big(resources, cycle) && !may_backfill) || cycle.failed_before(shape, resources, limit_s)
     }
 
     /// Deals with a job that found no place, among the first blocked jobs: it preempts what it may; unless victims
@@ -1489,7 +1590,7 @@ impl Scheduler {
     ) {
         cycle.blocked += 1;
         let id = request.id;
-        let kind = (shape, request.priority);
+        let kind = (exact_shape(shape, &request.resources), request.priority);
         if !cycle.awaiting_victims.contains(&id)
             && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX
             && !cycle.unpreemptable.contains(&kind)
@@ -2407,6 +2508,7 @@ impl Scheduler {
         cycle: &mut Cycle,
     ) {
         let resources = self.pending[&job].resources;
+        cycle.held_back_times += 1;
         let held = free[i].saturating_sub(&free[i].saturating_sub(&resources));
         cycle.take(i, free, &resources);
         let shadow = cycle.shadows.entry(i).or_insert(Shadow { held: Resources::ZERO, for_job: job, starts_at_us });

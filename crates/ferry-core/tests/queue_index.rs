@@ -1,6 +1,7 @@
 //! The queue filed by class decides exactly what a walk of the whole queue decides: random clusters and workloads,
 //! deep enough that most of each cycle runs past the blocked budget, driven through two schedulers in lockstep, one
-//! of them walking the queue job by job (`set_linear_scan`); every cycle's decisions must be equal.
+//! of them walking the queue job by job and trying every job (`set_linear_scan`); every cycle's decisions must be
+//! equal. So no job is passed over that could have started.
 
 use std::collections::BTreeMap;
 
@@ -37,10 +38,18 @@ impl Rng {
 const MODELS: [&str; 3] = ["A100", "V100", "T4"];
 
 fn cluster(rng: &mut Rng) -> Vec<Event> {
+    let burst = rng.below(2) == 0;
     let mut events = vec![
         Event::PoolsConfigured(vec![
             PoolInfo { name: "own".into(), order: 0, ..PoolInfo::default() },
-            PoolInfo { name: "cloud".into(), order: 10, burst: true, burst_after_s: Some(600), ..PoolInfo::default() },
+            // Half the clusters burst (where one job may find a place that a smaller one did not), half do not.
+            PoolInfo {
+                name: "cloud".into(),
+                order: 10,
+                burst,
+                burst_after_s: burst.then_some(600),
+                ..PoolInfo::default()
+            },
         ]),
         Event::TeamsConfigured {
             teams: vec![
@@ -104,6 +113,9 @@ fn job(rng: &mut Rng, id: JobId, now_us: i64) -> JobRequest {
     }
     if rng.below(3) == 0 {
         request.max_runtime_s = Some(60 * (1 + rng.below(120)));
+    }
+    if rng.below(8) == 0 {
+        request.pool = Some(rng.pick(&["own", "cloud"]).to_string());
     }
     request
 }
