@@ -31,6 +31,9 @@ pub struct HistoryCluster {
     /// The aging bound of `shortest-first` and `least-attained`, in seconds; 0 for none.
     #[serde(default)]
     pub queue_aging_s: Option<u64>,
+    /// How many blocked jobs a cycle reserves for, where configured; absent for the scheduler's default.
+    #[serde(default)]
+    pub reserve_depth: Option<u32>,
     /// The configured pools in their order, then the pools that only nodes name (which the scheduler puts last).
     pub pools: Vec<HistoryPool>,
     /// The teams with a quota in force (the configuration file's, else one set through the API), and the teams

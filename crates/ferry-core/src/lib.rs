@@ -39,7 +39,7 @@ pub use reason::{
 pub use resources::Resources;
 pub use scheduler::{
     Allocation, CoreError, Decision, Event, GpuPlacement, HeldBack, JobRequest, NodeInfo, Peer, PoolInfo, ProjectInfo,
-    QueuedGroup, Scheduler, TeamInfo, BLOCKED_JOBS_CONSIDERED_MAX,
+    QueuedGroup, Scheduler, TeamInfo, RESERVE_DEPTH_DEFAULT, RESERVE_DEPTH_MAX,
 };
 
 /// A job's identifier, assigned by the store when the job is accepted.

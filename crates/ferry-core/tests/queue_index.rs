@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ferry_core::{
     Decision, Event, JobId, JobRequest, NodeInfo, PoolInfo, ProjectInfo, Resources, Scheduler, TeamInfo,
-    BLOCKED_JOBS_CONSIDERED_MAX,
+    RESERVE_DEPTH_DEFAULT,
 };
 
 const GIB: u64 = 1 << 30;
@@ -137,7 +137,7 @@ fn check(seed: u64) {
     let mut next_id: JobId = 1;
     let mut running: Vec<JobId> = Vec::new();
     // Enough jobs that most cannot fit, so that each cycle spends its blocked budget and walks past it.
-    let first = BLOCKED_JOBS_CONSIDERED_MAX as u64 * 2;
+    let first = RESERVE_DEPTH_DEFAULT as u64 * 2;
     for cycle in 0..40 {
         let arrivals = if cycle == 0 { first } else { rng.below(40) };
         for _ in 0..arrivals {

@@ -161,6 +161,48 @@ fn adoption_restores_running_jobs_and_refuses_a_gpu_held_twice() {
 }
 
 #[test]
+fn the_reserve_depth_sets_how_many_blocked_jobs_hold_resources_back() {
+    // Nodes a and b each have one GPU taken and one free; jobs 3 and 4 need two GPUs each, job 6 one.
+    let cluster = |depth: Option<u32>| {
+        let mut s = Scheduler::new();
+        if let Some(depth) = depth {
+            s.apply(Event::ReserveDepthConfigured(depth)).unwrap();
+        }
+        for name in ["a", "b"] {
+            s.apply(node(name, 4, 2)).unwrap();
+        }
+        for (id, name) in [(1, "a"), (2, "b")] {
+            let allocation = Allocation {
+                node: name.into(),
+                resources: Resources::new(1000, GIB, 1),
+                gpus: vec![0],
+                gpu_share_milli: 0,
+                peers: Vec::new(),
+            };
+            s.apply(Event::JobAdopted { request: JobRequest::new(id, allocation.resources, 0), allocation }).unwrap();
+        }
+        for e in [job(3, 1, 2, 0), job(4, 1, 2, 0), job(6, 1, 1, 0)] {
+            s.apply(e).unwrap();
+        }
+        s
+    };
+    // By default both blocked jobs hold a node's free GPU back, so job 6 waits.
+    let mut s = cluster(None);
+    assert_eq!(started(s.schedule()), vec![]);
+    assert_eq!((s.held_back("a").map(|h| h.job), s.held_back("b").map(|h| h.job)), (Some(3), Some(4)));
+    // Reserving for the first blocked job only, job 4 holds nothing and job 6 takes b's free GPU.
+    let mut s = cluster(Some(1));
+    assert_eq!(started(s.schedule()), vec![(6, "b".to_string())]);
+    assert_eq!(s.held_back("a").map(|h| h.job), Some(3));
+    s.check_invariants().unwrap();
+    // Depths out of range are refused, and the setting is kept.
+    for bad in [0, ferry_core::RESERVE_DEPTH_MAX + 1] {
+        let err = s.apply(Event::ReserveDepthConfigured(bad)).unwrap_err().to_string();
+        assert_eq!(err, format!("a reserve depth of {bad}: it must be from 1 to 100000"));
+    }
+}
+
+#[test]
 fn a_duplicate_submission_is_refused() {
     let mut s = Scheduler::new();
     s.apply(job(1, 1, 0, 0)).unwrap();

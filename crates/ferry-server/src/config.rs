@@ -7,6 +7,7 @@
 //!                                 # priority; shortest-first uses runtimes predicted from each job's history
 //! queue_aging = "1d"              # shortest-first and least-attained: a job waiting this long goes before all
 //!                                 # that have not ("off": never); see ferry-core's `order` for the trade
+//! reserve_depth = 64              # how many blocked jobs, in queue order, hold back what they need each cycle
 //! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
 //!                                 # agent's job gets the agent's own server address, an engine's the listen address
 //! # (top-level keys come before the first table: after [[pool]] they would belong to that pool)
@@ -101,6 +102,8 @@ pub struct FileConfig {
     pub gpu_placement: GpuPlacement,
     /// How the queue is ordered within a priority.
     pub queue_order: ferry_core::QueueOrder,
+    /// How many blocked jobs a cycle reserves for; `None`: the core's default.
+    pub reserve_depth: Option<u32>,
     /// Where MLflow artifacts are kept; the data directory by default.
     pub artifacts: crate::artifacts::ArtifactsConfig,
     /// The server's address as jobs reach it, for `MLFLOW_TRACKING_URI`.
@@ -134,6 +137,7 @@ impl Default for FileConfig {
             fair_share_half_life_s: 0,
             gpu_placement: GpuPlacement::default(),
             queue_order: Default::default(),
+            reserve_depth: None,
             artifacts: Default::default(),
             public_url: None,
             audit_retention: crate::audit::RETENTION_DEFAULT,
@@ -210,6 +214,8 @@ struct RawFile {
     queue_order: Option<String>,
     /// The aging bound of `shortest-first` and `least-attained`: a duration, or `off`.
     queue_aging: Option<String>,
+    /// How many blocked jobs a cycle reserves for.
+    reserve_depth: Option<i64>,
     /// Where MLflow artifacts are kept (checked by `artifacts::RawArtifacts::check`).
     #[serde(default)]
     artifacts: crate::artifacts::RawArtifacts,
@@ -483,6 +489,18 @@ impl FileConfig {
                 ferry_core::QueueOrder::configure(name, aging).map_err(|e| format!("`queue_order`: {e}"))?
             }
         };
+        let reserve_depth = match raw.reserve_depth {
+            None => None,
+            Some(n) if (1..=i64::from(ferry_core::RESERVE_DEPTH_MAX)).contains(&n) => Some(n as u32),
+            Some(n) => {
+                return Err(format!(
+                    "`reserve_depth` = {n}: how many blocked jobs hold resources back each cycle must be from 1 to {} \
+                     (the default is {})",
+                    ferry_core::RESERVE_DEPTH_MAX,
+                    ferry_core::RESERVE_DEPTH_DEFAULT
+                ))
+            }
+        };
         let artifacts = raw.artifacts.check()?;
         let public_url = match raw.public_url.map(|u| u.trim_end_matches('/').to_string()) {
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) => {
@@ -547,6 +565,7 @@ impl FileConfig {
             fair_share_half_life_s,
             gpu_placement: raw.gpu_placement,
             queue_order,
+            reserve_depth,
             artifacts,
             public_url,
         })
@@ -654,6 +673,18 @@ mod tests {
 
     fn error(text: &str) -> String {
         FileConfig::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn reads_the_reserve_depth_and_refuses_one_out_of_range() {
+        assert_eq!(FileConfig::parse("").unwrap().reserve_depth, None);
+        assert_eq!(FileConfig::parse("reserve_depth = 500\n").unwrap().reserve_depth, Some(500));
+        for bad in ["0", "-3", "100001"] {
+            let e = error(&format!("reserve_depth = {bad}\n"));
+            assert!(e.contains(&format!("`reserve_depth` = {bad}: how many blocked jobs")), "{e}");
+            assert!(e.contains("must be from 1 to 100000 (the default is 64)"), "{e}");
+        }
+        assert!(error("reserve_depth = \"deep\"\n").contains("reserve_depth"));
     }
 
     #[test]

@@ -488,6 +488,9 @@ impl Driver {
         self.sched.apply(Event::PlacementConfigured(self.config.gpu_placement)).expect("configuring never fails");
         let order = Event::QueueOrderConfigured(self.config.queue_order.clone());
         self.sched.apply(order).expect("configuring never fails");
+        if let Some(depth) = self.config.reserve_depth {
+            self.sched.apply(Event::ReserveDepthConfigured(depth)).expect("the configuration checked the depth");
+        }
         let timeout_s = self.node_timeout.as_secs().max(1);
         self.sched.apply(Event::NodeTimeoutConfigured(Some(timeout_s))).expect("configuring never fails");
         // Known nodes are heard from as of now: each gets the whole node timeout to report again.

@@ -98,6 +98,11 @@ pub struct SimArgs {
     /// that has not (`off` turns aging off) [default: the cluster file's queue_aging, else 1d].
     #[arg(long, value_name = "DURATION", value_parser = aging_ms)]
     pub queue_aging: Option<u64>,
+    /// How many blocked jobs, in queue order, hold resources back each cycle, overriding the cluster file's
+    /// reserve_depth [default: 64]. Deeper protects more waiting jobs from being passed by smaller ones, at more cost
+    /// a cycle.
+    #[arg(long, value_name = "N", value_parser = reserve_depth_arg)]
+    pub reserve_depth: Option<u32>,
     /// Replay the same workload also in plain FIFO order and in clairvoyant shortest-job-first order (true
     /// durations, no aging), and report their job completion times beside this replay's.
     #[arg(long, conflicts_with = "fgd")]
@@ -125,6 +130,23 @@ pub struct SimArgs {
 
 fn duration_ms(text: &str) -> Result<u64, String> {
     ferry_units::parse_duration_s(text).map(|s| s.saturating_mul(1000)).map_err(|e| e.0)
+}
+
+/// A reserve depth, as the server's configuration takes it: from 1 to `RESERVE_DEPTH_MAX`.
+pub(crate) fn reserve_depth(n: i64) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(depth) if (1..=ferry_core::RESERVE_DEPTH_MAX).contains(&depth) => Ok(depth),
+        _ => Err(format!(
+            "a reserve depth of {n}: how many blocked jobs hold resources back each cycle must be from 1 to {} (the \
+             default is {})",
+            ferry_core::RESERVE_DEPTH_MAX,
+            ferry_core::RESERVE_DEPTH_DEFAULT
+        )),
+    }
+}
+
+fn reserve_depth_arg(text: &str) -> Result<u32, String> {
+    reserve_depth(text.parse().map_err(|_| format!("{text:?} is not a whole number"))?)
 }
 
 /// An aging bound: a duration, or `off` (0).
@@ -178,6 +200,9 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         let name = args.queue_order.clone().unwrap_or_else(|| cluster.queue_order.name().to_string());
         cluster.queue_order = QueueOrder::configure(&name, args.queue_aging.map(|ms| ms / 1000))
             .map_err(|e| SimError::Usage(format!("--queue-order/--queue-aging: {e}")))?;
+    }
+    if let Some(depth) = args.reserve_depth {
+        cluster.reserve_depth = Some(depth);
     }
     let workload = load_workload(args)?;
     let count = args.seeds.unwrap_or(if args.fgd { FGD_SEEDS_DEFAULT } else { 1 });
@@ -348,6 +373,9 @@ pub fn command_line(args: &SimArgs, seed: u64) -> String {
     if let Some(aging) = args.queue_aging {
         let aging = if aging == 0 { "off".to_string() } else { format!("{}s", aging / 1000) };
         words.extend(["--queue-aging".to_string(), aging]);
+    }
+    if let Some(depth) = args.reserve_depth {
+        words.extend(["--reserve-depth".to_string(), depth.to_string()]);
     }
     if args.compare_orders {
         words.push("--compare-orders".to_string());

@@ -102,6 +102,8 @@ pub struct Cluster {
     pub gpu_placement: GpuPlacement,
     /// How the queue is ordered within a priority.
     pub queue_order: QueueOrder,
+    /// How many blocked jobs a cycle reserves for; `None`: the core's default.
+    pub reserve_depth: Option<u32>,
     pub nodes: Vec<NodeInfo>,
     /// When nodes fail and how long they take to come back.
     pub failures: NodeFailures,
@@ -134,6 +136,7 @@ struct ClusterFile {
     gpu_placement: GpuPlacement,
     queue_order: Option<Spanned<String>>,
     queue_aging: Option<Spanned<String>>,
+    reserve_depth: Option<Spanned<i64>>,
     #[serde(default)]
     node: Vec<Spanned<NodeSpec>>,
     node_failure_rate: Option<Spanned<f64>>,
@@ -284,6 +287,12 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
         None => 0,
     };
     let queue_order = queue_order(&src, &spec.queue_order, &spec.queue_aging)?;
+    let reserve_depth = match &spec.reserve_depth {
+        None => None,
+        Some(n) => Some(crate::cli::reserve_depth(*n.get_ref()).map_err(|message| {
+            InputError::new(file, src.line(&n.span()), Some("field reserve_depth".to_string()), message)
+        })?),
+    };
     let mut nodes = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
     let elastic_max: usize = pools.iter().filter_map(|p| p.elastic.as_ref()).map(|e| e.max_nodes as usize).sum();
@@ -327,7 +336,17 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
         InputError::new(file, src.line(&span), Some(format!("field {field}")), message)
     })?;
     let gpu_placement = spec.gpu_placement;
-    Ok(Cluster { pools, teams, projects, fair_share_half_life_s, gpu_placement, queue_order, nodes, failures })
+    Ok(Cluster {
+        pools,
+        teams,
+        projects,
+        fair_share_half_life_s,
+        gpu_placement,
+        queue_order,
+        reserve_depth,
+        nodes,
+        failures,
+    })
 }
 
 /// `queue_order = "shortest-first"` and `queue_aging = "1d"` (or `"off"`), as the server's configuration writes them.
@@ -750,6 +769,7 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         fair_share_half_life_s: 0,
         gpu_placement,
         queue_order: QueueOrder::default(),
+        reserve_depth: None,
         nodes,
         failures: NodeFailures::default(),
     })

@@ -143,6 +143,9 @@ impl Sim {
             Event::PlacementConfigured(cluster.gpu_placement),
             Event::QueueOrderConfigured(cluster.queue_order.clone()),
         ];
+        if let Some(depth) = cluster.reserve_depth {
+            setup.push(Event::ReserveDepthConfigured(depth));
+        }
         if !cluster.teams.is_empty() || cluster.fair_share_half_life_s > 0 {
             let half_life = cluster.fair_share_half_life_s;
             setup.push(Event::TeamsConfigured { teams: cluster.teams.clone(), fair_share_half_life_s: half_life });

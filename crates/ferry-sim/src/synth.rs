@@ -139,6 +139,7 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         fair_share_half_life_s: 0,
         gpu_placement: GpuPlacement::BestFit,
         queue_order: Default::default(),
+        reserve_depth: None,
         nodes,
         failures: Default::default(),
     }

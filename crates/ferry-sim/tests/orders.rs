@@ -112,3 +112,32 @@ fn bad_queue_settings_are_refused_with_the_fix() {
     let ok = parse_cluster_toml("c.toml", &format!("queue_order = \"shortest-first\"\nqueue_aging = \"12h\"\n{node}"));
     assert_eq!(ok.unwrap().queue_order.aging_s(), Some(12 * 3600));
 }
+
+#[test]
+fn the_reserve_depth_comes_from_the_cluster_file_or_the_flag_and_bad_ones_are_refused() {
+    let node = "[[pool]]\nname = \"p\"\norder = 0\n[[node]]\nname = \"a\"\npool = \"p\"\ncpus = 8\nmemory = \"32GiB\"\ngpus = 1\n";
+    let cluster = parse_cluster_toml("c.toml", &format!("reserve_depth = 8\n{node}")).unwrap();
+    assert_eq!(cluster.reserve_depth, Some(8));
+    assert_eq!(parse_cluster_toml("c.toml", node).unwrap().reserve_depth, None);
+    for bad in ["0", "100001", "-1"] {
+        let err = parse_cluster_toml("c.toml", &format!("reserve_depth = {bad}\n{node}")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:1: field reserve_depth: a reserve depth of"), "{err}");
+        assert!(err.contains("must be from 1 to 100000 (the default is 64)"), "{err}");
+    }
+    for (flag, error) in [("0", "a reserve depth of 0: how many"), ("deep", "\"deep\" is not a whole number")] {
+        let parsed = Cli::try_parse_from(["sim", "--synthetic", "jobs=10,nodes=8", "--reserve-depth", flag]);
+        let err = parsed.err().expect("refused").to_string();
+        assert!(err.contains("--reserve-depth") && err.contains(error), "{err}");
+    }
+
+    // At high load the depth changes what starts when: reserving for one blocked job lets more pass the rest.
+    let spec = SynthSpec { jobs: 2_000, nodes: 10, load: 4.0, seed: 5 };
+    let cluster = synth::cluster(&spec);
+    let run = |depth: u32| {
+        let cluster = Cluster { reserve_depth: Some(depth), ..cluster.clone() };
+        replay(&cluster, QueueOrder::FairShare, Predictions::Learned, &spec)
+    };
+    let (shallow, deep) = (run(1), run(1_000));
+    assert_eq!((shallow.completed, deep.completed), (2_000, 2_000));
+    assert_ne!(shallow.queueing_delay, deep.queueing_delay, "the depth decided nothing");
+}

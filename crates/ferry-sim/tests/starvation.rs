@@ -40,6 +40,7 @@ fn cluster() -> Cluster {
         fair_share_half_life_s: 0,
         gpu_placement: GpuPlacement::BestFit,
         queue_order: Default::default(),
+        reserve_depth: None,
         nodes: vec![node("n1", "A"), node("n2", "A"), node("n3", "B")],
         failures: Default::default(),
     }

@@ -193,6 +193,7 @@ pub fn cluster_toml(cluster: &HistoryCluster) -> (String, Vec<String>) {
         gpu_placement: cluster.gpu_placement.clone(),
         queue_order: cluster.queue_order.clone().filter(|o| o != "fair-share"),
         queue_aging: cluster.queue_aging_s.map(|s| if s == 0 { "off".to_string() } else { duration(s) }),
+        reserve_depth: cluster.reserve_depth,
         pool: cluster.pools.iter().map(pool_out).collect(),
         team: cluster.teams.iter().map(team_out).collect(),
         node: cluster
@@ -252,6 +253,7 @@ struct ClusterOut {
     gpu_placement: String,
     queue_order: Option<String>,
     queue_aging: Option<String>,
+    reserve_depth: Option<u32>,
     pool: Vec<PoolOut>,
     team: Vec<TeamOut>,
     node: Vec<NodeOut>,
@@ -565,6 +567,7 @@ mod tests {
             gpu_placement: "fgd".into(),
             queue_order: Some("shortest-first".into()),
             queue_aging_s: Some(36 * 3600),
+            reserve_depth: Some(128),
             pools: vec![
                 // A Slurm pool: no container images.
                 HistoryPool { images: false, ..pool("onprem", 0, true) },
@@ -641,6 +644,7 @@ mod tests {
         assert_eq!(read.fair_share_half_life_s, 86_400);
         assert_eq!(format!("{:?}", read.gpu_placement), "Fgd");
         assert_eq!((read.queue_order.name(), read.queue_order.aging_s()), ("shortest-first", Some(36 * 3600)));
+        assert_eq!(read.reserve_depth, Some(128));
         let pools: Vec<(&str, i32, bool)> = read.pools.iter().map(|p| (p.name.as_str(), p.order, p.burst)).collect();
         assert_eq!(pools, [("onprem", 0, false), ("aws", 20, true), ("local", i32::MAX, false)]);
         // What each pool's backend runs comes back too, so the simulator places image jobs as the server did.

@@ -8,7 +8,7 @@ mod common;
 use common::{stderr, Ferry, NodeSpec};
 
 /// A pool, a half-life and a team with a project quota in the file; another team gets its quota through the API.
-const CONFIG: &str = "fair_share_half_life = \"12h\"\n\n[[pool]]\nname = \"local\"\norder = 5\n\n\
+const CONFIG: &str = "fair_share_half_life = \"12h\"\nreserve_depth = 32\n\n[[pool]]\nname = \"local\"\norder = 5\n\n\
                       [[team]]\nname = \"vision\"\nquota = { gpus = 4 }\n\n\
                       [[team.project]]\nname = \"det\"\nquota = { gpus = 2 }\n";
 
@@ -87,6 +87,7 @@ fn an_export_is_the_cluster_and_the_jobs_and_ferry_sim_replays_it() {
     let cluster = std::fs::read_to_string(dir.join("cluster.toml")).unwrap();
     let parsed = ferry_sim::parse_cluster_toml("cluster.toml", &cluster).unwrap_or_else(|e| panic!("{e}\n{cluster}"));
     assert_eq!(parsed.fair_share_half_life_s, 12 * 3600, "{cluster}");
+    assert_eq!(parsed.reserve_depth, Some(32), "{cluster}");
     let pools: Vec<(&str, i32)> = parsed.pools.iter().map(|p| (p.name.as_str(), p.order)).collect();
     assert_eq!(pools, [("local", 5)], "{cluster}");
     let nodes: Vec<(&str, &str, u32, Option<&str>)> = parsed

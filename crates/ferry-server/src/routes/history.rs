@@ -120,6 +120,7 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Js
                 ferry_core::QueueOrder::ShortestFirst { .. } | ferry_core::QueueOrder::LeastAttained { .. }
             )
         }),
+        reserve_depth: state.file.reserve_depth,
         pools,
         teams: by_team.into_values().collect(),
         nodes,
