@@ -30,6 +30,9 @@ pub struct ReplayArgs {
     /// The checker's starvation bound, in seconds.
     #[arg(long, default_value_t = 3600)]
     starvation_bound_s: u64,
+    /// How many blocked jobs hold resources back each cycle [default: the core's, 64].
+    #[arg(long)]
+    reserve_depth: Option<u32>,
     /// Every how many steps the core's own invariant check runs (0 never); the outside checks run every step.
     #[arg(long, default_value_t = 0)]
     core_check_every: u64,
@@ -39,7 +42,8 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<usize> {
-    let (cluster, workload, name) = inputs(&args)?;
+    let (mut cluster, workload, name) = inputs(&args)?;
+    cluster.reserve_depth = args.reserve_depth.or(cluster.reserve_depth);
     let check = CheckConfig {
         starvation_bound_ms: args.starvation_bound_s.saturating_mul(1000),
         core_check_every: args.core_check_every,

@@ -260,7 +260,8 @@ impl<'a> IdleNodes<'a> {
         let needs = needs(request);
         let mut fitting = self.0.iter().filter_map(|&(info, held)| {
             let room = if unreserved { info.capacity.saturating_sub(&held) } else { info.capacity };
-            (allows(info, request) && needs.fits_in(&room)).then_some(info)
+            // The numbers first: most idle nodes are ruled out by them, before any name is compared.
+            (needs.fits_in(&room) && allows(info, request)).then_some(info)
         });
         let workers = request.workers() as usize;
         if workers == 1 {
