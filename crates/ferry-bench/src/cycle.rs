@@ -19,6 +19,9 @@ pub struct CycleArgs {
     /// Jobs queued before the first cycle.
     #[arg(long, default_value_t = 100_000)]
     jobs: u64,
+    /// How many blocked jobs hold resources back each cycle [default: the core's, 64].
+    #[arg(long)]
+    reserve_depth: Option<u32>,
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
@@ -43,6 +46,9 @@ fn job(id: u64) -> JobRequest {
 
 pub fn run(args: CycleArgs) -> anyhow::Result<usize> {
     let mut s = Scheduler::new();
+    if let Some(depth) = args.reserve_depth {
+        s.apply(Event::ReserveDepthConfigured(depth)).map_err(|e| anyhow::anyhow!("--reserve-depth: {e}"))?;
+    }
     let setup = Instant::now();
     for i in 0..args.nodes {
         let gpus = if i % 8 == 7 { 0 } else { 8 };
