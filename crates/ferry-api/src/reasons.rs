@@ -126,6 +126,9 @@ pub enum TimelineReason {
     },
     /// The job was preempted: stopped, with a grace period, to make room for job `by`, by `rule`.
     Preempted { by: u64, rule: PreemptRule, grace_s: u64 },
+    /// The job went back to the queue because of `cause`, for attempt `attempt` (counting from 1) of at most
+    /// `attempts`, not to start before `not_before_us` (a retry's backoff).
+    Requeued { cause: RequeueCause, attempt: u32, attempts: u32, not_before_us: i64 },
     /// A reason this client does not know; the message says what it is.
     #[serde(other)]
     Other,
@@ -136,6 +139,22 @@ pub enum TimelineReason {
 pub struct PlacedWorker {
     pub node: String,
     pub gpu_ids: Vec<u32>,
+}
+
+/// Why a job went back to the queue, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequeueCause {
+    /// Its run was preempted after running `ran_s` seconds (lost, but for what its checkpoints kept); preemptions
+    /// use up no retry.
+    Preempted { ran_s: u64 },
+    /// Its run failed and it has a retry left, which waits `delay_s` seconds first.
+    Failed { delay_s: u64 },
+    /// Its node (or a gang worker's) was lost with the run; retried at once.
+    NodeLost,
+    /// A cause this client does not know; the message says what it is.
+    #[serde(other)]
+    Other,
 }
 
 /// The rule by which a running job was preempted, tagged by `kind`.

@@ -66,10 +66,23 @@ impl JobLife {
 /// What happens next to a job whose runs have all ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Back in the queue as attempt `attempt`, not to start before `not_before_us`.
-    Requeue { attempt: u32, preemptions: u32, not_before_us: i64, reason: String },
+    /// Back in the queue as attempt `attempt` of at most `attempts`, not to start before `not_before_us`, because of
+    /// `cause` (which `reason` says in words).
+    Requeue { attempt: u32, attempts: u32, preemptions: u32, not_before_us: i64, cause: RequeueCause, reason: String },
     /// Over, for the reason given.
     Finish { ending: Ending, reason: String },
+}
+
+/// Why a job went back to the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequeueCause {
+    /// Its run was preempted; the attempt had run `ran_s` (lost but for what its checkpoints kept). Preemptions do
+    /// not use up retries.
+    Preempted { ran_s: u64 },
+    /// Its run failed and a retry is left; the retry waits `delay_s` (see `retry_delay_s`).
+    Failed { delay_s: u64 },
+    /// Its node (or a gang worker's) was lost with the run; retried at once, using up a retry.
+    NodeLost,
 }
 
 /// The first retry waits this long; each later one twice as long as the one before, up to [`RETRY_DELAY_MAX_S`]:
@@ -132,8 +145,11 @@ pub fn after_runs(job: &JobLife, ending: Ending, text: &str, end: RunEnd, ran_s:
     if let (Some(why), false, false) = (&job.preempted, job.cancel_requested, ending == Ending::Succeeded) {
         return Next::Requeue {
             attempt: job.attempt + 1,
+            // A preemption adds an attempt that uses no retry.
+            attempts: job.retries + job.preemptions + 2,
             preemptions: job.preemptions + 1,
             not_before_us: now_us,
+            cause: RequeueCause::Preempted { ran_s: ran_s.max(0) as u64 },
             reason: format!("{why}; {}s of work lost; requeued", ran_s.max(0)),
         };
     }
@@ -141,8 +157,10 @@ pub fn after_runs(job: &JobLife, ending: Ending, text: &str, end: RunEnd, ran_s:
         let delay_s = retry_delay_s(job.failures() + 1);
         return Next::Requeue {
             attempt: job.attempt + 1,
+            attempts: job.retries + job.preemptions + 1,
             preemptions: job.preemptions,
             not_before_us: now_us + delay_s as i64 * 1_000_000,
+            cause: RequeueCause::Failed { delay_s },
             reason: format!(
                 "{text}; retrying in {delay_s}s (attempt {} of {})",
                 job.attempt + 2,
@@ -162,8 +180,10 @@ pub fn after_loss(job: &JobLife, why: &str, now_us: i64) -> Next {
     if job.may_retry() {
         return Next::Requeue {
             attempt: job.attempt + 1,
+            attempts: job.retries + job.preemptions + 1,
             preemptions: job.preemptions,
             not_before_us: now_us,
+            cause: RequeueCause::NodeLost,
             reason: format!("{why}; retrying (attempt {} of {})", job.attempt + 2, job.retries + job.preemptions + 1),
         };
     }
@@ -339,8 +359,10 @@ mod tests {
             first,
             Next::Requeue {
                 attempt: 1,
+                attempts: 3,
                 preemptions: 0,
                 not_before_us: now + 2_000_000,
+                cause: RequeueCause::Failed { delay_s: 2 },
                 reason: "exit code 1; retrying in 2s (attempt 2 of 3)".into()
             }
         );
@@ -390,8 +412,10 @@ mod tests {
             next,
             Next::Requeue {
                 attempt: 1,
+                attempts: 2,
                 preemptions: 1,
                 not_before_us: 7,
+                cause: RequeueCause::Preempted { ran_s: 42 },
                 reason: "preempted for job 9; 42s of work lost; requeued".into()
             }
         );
@@ -415,8 +439,10 @@ mod tests {
             after_loss(&life(0, 1), why, 5),
             Next::Requeue {
                 attempt: 1,
+                attempts: 2,
                 preemptions: 0,
                 not_before_us: 5,
+                cause: RequeueCause::NodeLost,
                 reason: format!("{why}; retrying (attempt 2 of 2)")
             }
         );

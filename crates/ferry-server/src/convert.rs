@@ -14,7 +14,7 @@ use ferry_core::{
 };
 use ferry_store::{
     AmountRecord, EventReason, EventRecord, HistoryRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord,
-    PreemptionRecord, QuotaRecord,
+    PreemptionRecord, QuotaRecord, RequeueCauseRecord, RequeueRecord,
 };
 
 /// A quota amount as the scheduler counts it: unlimited where left out.
@@ -250,6 +250,14 @@ fn timeline_reason(reason: EventReason) -> wire::TimelineReason {
                 }
             };
             wire::TimelineReason::Preempted { by, rule, grace_s }
+        }
+        EventReason::Requeued(RequeueRecord { cause, attempt, attempts, not_before_us }) => {
+            let cause = match cause {
+                RequeueCauseRecord::Preempted { ran_s } => wire::RequeueCause::Preempted { ran_s },
+                RequeueCauseRecord::Failed { delay_s } => wire::RequeueCause::Failed { delay_s },
+                RequeueCauseRecord::NodeLost => wire::RequeueCause::NodeLost,
+            };
+            wire::TimelineReason::Requeued { cause, attempt, attempts, not_before_us }
         }
     }
 }

@@ -16,11 +16,14 @@ use ferry_api::jobs::{JobState, JobWorker, QueueGroup, QueueSummary, WorkerEnd};
 use ferry_api::ErrorCode;
 use ferry_backends::agent::AgentBackend;
 use ferry_backends::ComputeBackend;
-use ferry_core::lifecycle::{self, CancelStep, Ending, GangStep, JobLife, Next, RunResult, WorkerEnded};
+use ferry_core::lifecycle::{self, CancelStep, Ending, GangStep, JobLife, Next, RequeueCause, RunResult, WorkerEnded};
 use ferry_core::{
     Allocation, Decision, Event, JobRequest, NodeInfo, NodeStatus, Peer, Resources, Scheduler, WaitReason,
 };
-use ferry_store::{JobRecord, KeyedJob, NewJob, NodeRecord, Requeue, Store, StoreError, SubmissionKey, Tx};
+use ferry_store::{
+    JobRecord, KeyedJob, NewJob, NodeRecord, Requeue, RequeueCauseRecord, RequeueRecord, Store, StoreError,
+    SubmissionKey, Tx,
+};
 use ferry_units::format_cpus;
 use tokio::sync::{mpsc, oneshot};
 
@@ -1163,13 +1166,14 @@ impl Driver {
             self.clock.now_us(),
         );
         match next {
-            Next::Requeue { attempt, preemptions, not_before_us, reason } => {
+            Next::Requeue { attempt, attempts, preemptions, not_before_us, cause, reason } => {
                 let mut requeued = Active { preemptions, preempted: None, ..job.clone() };
                 // The least-attained order files a job by the GPU time its attempts had.
                 let gpus = u64::from(job.request.resources.gpus) * u64::from(job.request.workers());
                 let attained = (ran_s.max(0) as u64).saturating_mul(gpus);
                 requeued.request.attained_gpu_s = requeued.request.attained_gpu_s.saturating_add(attained);
-                self.requeue(id, &requeued, attempt, not_before_us, &reason, tx, fx).await
+                let why = requeue_record(cause, attempt, attempts, not_before_us);
+                self.requeue(id, &requeued, attempt, not_before_us, (&reason, why), tx, fx).await
             }
             Next::Finish { ending, reason } => {
                 tx.finished(id, job_state(ending), ended.exit_code, ended.signal, &reason, ended.at_us).await?;
@@ -1184,7 +1188,8 @@ impl Driver {
         }
     }
 
-    /// Puts a job back in the queue as `attempt`, not to start before `not_before_us`.
+    /// Puts a job back in the queue as `attempt`, not to start before `not_before_us`, for why (in words and as
+    /// data).
     #[allow(clippy::too_many_arguments)]
     async fn requeue(
         &mut self,
@@ -1192,13 +1197,13 @@ impl Driver {
         job: &Active,
         attempt: u32,
         not_before_us: i64,
-        why: &str,
+        (why, reason): (&str, RequeueRecord),
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
         let preemptions = job.preemptions;
         let requeue = Requeue { attempt, not_before_us, preemptions, attained_gpu_s: job.request.attained_gpu_s };
-        tx.requeued(id, &requeue, self.clock.now_us(), why).await?;
+        tx.requeued(id, &requeue, self.clock.now_us(), why, reason).await?;
         self.sched.apply(Event::JobEnded { id }).expect("ending a job never fails");
         let request = JobRequest { not_before_us, ..job.request(id) };
         self.sched.apply(Event::JobSubmitted(request)).expect("an ended job may be queued again");
@@ -1224,8 +1229,9 @@ impl Driver {
             fx.stops.extend(job.live_runs(id));
         }
         match lifecycle::after_loss(&job.life(), why, self.clock.now_us()) {
-            Next::Requeue { attempt, not_before_us, reason, .. } => {
-                self.requeue(id, &job, attempt, not_before_us, &reason, tx, fx).await?;
+            Next::Requeue { attempt, attempts, not_before_us, cause, reason, .. } => {
+                let why = requeue_record(cause, attempt, attempts, not_before_us);
+                self.requeue(id, &job, attempt, not_before_us, (&reason, why), tx, fx).await?;
             }
             Next::Finish { ending, reason } => {
                 tx.finished(id, job_state(ending), None, None, &reason, self.clock.now_us()).await?;
@@ -1434,6 +1440,16 @@ fn fix_for(reason: &WaitReason) -> &'static str {
 }
 
 /// The job state of a lifecycle ending.
+/// A requeue as the timeline keeps it: the cause, and the attempt (counting from 1, where the core counts from 0).
+fn requeue_record(cause: RequeueCause, attempt: u32, attempts: u32, not_before_us: i64) -> RequeueRecord {
+    let cause = match cause {
+        RequeueCause::Preempted { ran_s } => RequeueCauseRecord::Preempted { ran_s },
+        RequeueCause::Failed { delay_s } => RequeueCauseRecord::Failed { delay_s },
+        RequeueCause::NodeLost => RequeueCauseRecord::NodeLost,
+    };
+    RequeueRecord { cause, attempt: attempt + 1, attempts, not_before_us }
+}
+
 fn job_state(ending: Ending) -> JobState {
     match ending {
         Ending::Succeeded => JobState::Succeeded,
@@ -1757,7 +1773,8 @@ mod lifecycle_tests {
         job.preemptions = 1;
         job.request.attained_gpu_s = 3600;
         let (mut tx, mut fx) = (d.store.begin().await.unwrap(), Effects::default());
-        d.requeue(id, &job, 1, 0, "preempted", &mut tx, &mut fx).await.unwrap();
+        let why = requeue_record(RequeueCause::Preempted { ran_s: 3600 }, 1, 3, 0);
+        d.requeue(id, &job, 1, 0, ("preempted", why), &mut tx, &mut fx).await.unwrap();
         tx.commit().await.unwrap();
         let store = d.store.clone();
         drop(d);
@@ -1766,6 +1783,15 @@ mod lifecycle_tests {
         assert_eq!((record.attempt, record.preemptions, record.attained_gpu_s), (1, 1, 3600));
         assert_eq!(d.queued[&id].preemptions, 1, "the preemption does not count against its one retry");
         assert_eq!(d.sched.request(id).unwrap().attained_gpu_s, 3600, "least-attained files it by its GPU time");
+        // The timeline says why as data: the cause and the attempt, counted from 1.
+        let events = d.store.job_events(id).await.unwrap();
+        let expected = RequeueRecord {
+            cause: RequeueCauseRecord::Preempted { ran_s: 3600 },
+            attempt: 2,
+            attempts: 3,
+            not_before_us: 0,
+        };
+        assert_eq!(events.last().unwrap().reason, Some(ferry_store::EventReason::Requeued(expected)));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::rows::{
     priority_from, priority_name, state_from, state_name, EventReason, EventRecord, PlacementRecord, PreemptionRecord,
-    WorkerRow,
+    RequeueRecord, WorkerRow,
 };
 use crate::{from_json, to_json, Store, StoreError};
 
@@ -644,8 +644,15 @@ impl Tx {
         self.event(id, at_us, state, message).await
     }
 
-    /// Records that a job is queued again for its next attempt (see `Requeue`).
-    pub async fn requeued(&mut self, id: u64, requeue: &Requeue, at_us: i64, why: &str) -> Result<(), StoreError> {
+    /// Records that a job is queued again for its next attempt (see `Requeue`), with why as words and as data.
+    pub async fn requeued(
+        &mut self,
+        id: u64,
+        requeue: &Requeue,
+        at_us: i64,
+        why: &str,
+        reason: RequeueRecord,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', attempt = ?, node = NULL, gpu_ids = '[]', workers = '[]', \
              started_at_us = NULL, exit_code = NULL, signal = NULL, not_before_us = ?, preemptions = ?, \
@@ -658,7 +665,7 @@ impl Tx {
         .bind(id as i64)
         .execute(&mut *self.0)
         .await?;
-        self.event(id, at_us, JobState::Queued, why).await
+        self.event_with(id, at_us, JobState::Queued, why, Some(&EventReason::Requeued(reason))).await
     }
 
     /// Records what an engine made of the job's current attempt, with a line in its timeline.

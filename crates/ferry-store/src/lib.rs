@@ -33,7 +33,7 @@ pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
 pub use rows::{
     AmountRecord, EventReason, EventRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord, PreemptionRecord,
-    QuotaRecord,
+    QuotaRecord, RequeueCauseRecord, RequeueRecord,
 };
 pub use secrets::{Sealed, SecretOwner, SecretRecord};
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};

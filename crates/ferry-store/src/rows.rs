@@ -227,6 +227,26 @@ pub struct EventRecord {
 pub enum EventReason {
     Placed(PlacementRecord),
     Preempted(PreemptionRecord),
+    Requeued(RequeueRecord),
+}
+
+/// Why a job went back to the queue, and for which attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequeueRecord {
+    pub cause: RequeueCauseRecord,
+    /// The attempt it waits for, counting from 1, and the most it may make.
+    pub attempt: u32,
+    pub attempts: u32,
+    /// Not before this time (a retry's backoff).
+    pub not_before_us: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequeueCauseRecord {
+    Preempted { ran_s: u64 },
+    Failed { delay_s: u64 },
+    NodeLost,
 }
 
 /// Where a job was placed and why there.
@@ -351,6 +371,16 @@ mod tests {
             },
             grace_s: 30,
         });
+        let requeued = EventReason::Requeued(RequeueRecord {
+            cause: RequeueCauseRecord::Failed { delay_s: 4 },
+            attempt: 3,
+            attempts: 4,
+            not_before_us: 9,
+        });
+        assert_eq!(
+            to_json(&requeued),
+            r#"{"kind":"requeued","cause":{"kind":"failed","delay_s":4},"attempt":3,"attempts":4,"not_before_us":9}"#
+        );
         assert_eq!(
             to_json(&preempted),
             r#"{"kind":"preempted","by":4,"rule":{"kind":"reclaim_project","team":"ml","victim_project":"a","preemptor_project":"b"},"grace_s":30}"#

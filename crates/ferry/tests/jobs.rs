@@ -192,7 +192,14 @@ fn a_failing_job_is_retried_then_recorded_failed() {
     for (n, (at, delay)) in retries.iter().zip([2, 4]).enumerate() {
         let message = timeline[*at]["message"].as_str().unwrap();
         assert!(message.ends_with(&format!("retrying in {delay}s (attempt {} of 3)", n + 2)), "{message}");
+        // The same, as data.
+        let reason = &timeline[*at]["reason"];
+        assert_eq!(reason["kind"], "requeued", "{reason}");
+        assert_eq!((&reason["cause"]["kind"], &reason["cause"]["delay_s"]), (&json!("failed"), &json!(delay)));
+        assert_eq!((reason["attempt"].as_u64(), reason["attempts"].as_u64()), (Some(n as u64 + 2), Some(3)));
         let requeued = timeline[*at]["at_us"].as_i64().unwrap();
+        let not_before_us = reason["not_before_us"].as_i64().unwrap();
+        assert!((not_before_us - requeued - delay * 1_000_000).abs() < 1_000_000, "{reason} at {requeued}");
         let placed = timeline[at + 1..].iter().find(|e| e["state"] == "starting").unwrap()["at_us"].as_i64().unwrap();
         assert!(
             placed - requeued >= delay * 1_000_000,
@@ -358,7 +365,14 @@ fn a_higher_priority_job_preempts_with_a_grace_period_and_the_victim_is_requeued
         "rule": { "kind": "priority", "victim_priority": -100, "preemptor_priority": 100 },
     });
     assert_eq!(preempted, [&expected], "{job}");
-    assert!(reasons.iter().all(|r| r["kind"] == "placed" || r["kind"] == "preempted"), "{reasons:?}");
+    // The requeue that follows says so as data too: preempted, its next attempt the second of two (a preemption
+    // adds an attempt and uses no retry).
+    let requeued: Vec<&serde_json::Value> = reasons.iter().filter(|r| r["kind"] == "requeued").collect();
+    assert_eq!(requeued.len(), 1, "{reasons:?}");
+    assert_eq!(requeued[0]["cause"]["kind"], "preempted", "{reasons:?}");
+    assert!(requeued[0]["cause"]["ran_s"].as_u64().is_some(), "{reasons:?}");
+    assert_eq!((requeued[0]["attempt"].as_u64(), requeued[0]["attempts"].as_u64()), (Some(2), Some(2)));
+    assert!(reasons.iter().all(|r| ["placed", "preempted", "requeued"].contains(&r["kind"].as_str().unwrap())));
     // The victim checkpointed on SIGTERM, and runs again once the GPU is free.
     // SIGTERM reaches the whole process group: the shell's `sleep` dies of it too, which the shell reports.
     let first = f.ok(&["logs", &low.to_string(), "--attempt", "0"]);

@@ -56,6 +56,15 @@ fn jobs_of_a_dead_agent_are_lost_or_requeued_and_a_returning_agent_stops_stale_r
     assert!(job["message"].as_str().unwrap().contains("stopped reporting"), "{job}");
     f.wait_for("the retried job to be queued again", |f| f.job(retried)["attempt"] == 1);
     assert_eq!(f.state(retried), "queued");
+    // Its timeline says why as data: its node was lost, and the retry is its second attempt of two.
+    let requeued = f.job(retried)["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| e.get("reason").filter(|r| r["kind"] == "requeued").cloned())
+        .expect("a requeued entry with its reason");
+    assert_eq!(requeued["cause"], serde_json::json!({"kind": "node_lost"}), "{requeued}");
+    assert_eq!((requeued["attempt"].as_u64(), requeued["attempts"].as_u64()), (Some(2), Some(2)), "{requeued}");
     let nodes = f.json(&["nodes", "--json"]);
     assert_eq!(nodes["nodes"][0]["state"], "not_ready");
     // The old runs still run: the agent died, not its supervisors. When it returns, the server tells it to stop
