@@ -129,6 +129,12 @@ pub enum TimelineReason {
     /// The job went back to the queue because of `cause`, for attempt `attempt` (counting from 1) of at most
     /// `attempts`, not to start before `not_before_us` (a retry's backoff).
     Requeued { cause: RequeueCause, attempt: u32, attempts: u32, not_before_us: i64 },
+    /// The job was lost with its node (`node`, where it was placed on one), by `cause`, with no retry left.
+    Lost {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        cause: LossCause,
+    },
     /// A reason this client does not know; the message says what it is.
     #[serde(other)]
     Other,
@@ -150,8 +156,29 @@ pub enum RequeueCause {
     Preempted { ran_s: u64 },
     /// Its run failed and it has a retry left, which waits `delay_s` seconds first.
     Failed { delay_s: u64 },
-    /// Its node (or a gang worker's) was lost with the run; retried at once.
-    NodeLost,
+    /// Its node (or a gang worker's), `node`, was lost with the run by `cause`; retried at once.
+    NodeLost {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        cause: LossCause,
+    },
+    /// A cause this client does not know; the message says what it is.
+    #[serde(other)]
+    Other,
+}
+
+/// What befell the node a run was lost with, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LossCause {
+    /// Its agent stopped reporting for the node timeout, `timeout_s`.
+    NodeSilent { timeout_s: u64 },
+    /// It was reported down.
+    NodeDown,
+    /// Its agent came back without any record of the run.
+    RunForgotten,
+    /// The server restarted and could not take the job back.
+    ServerRestart,
     /// A cause this client does not know; the message says what it is.
     #[serde(other)]
     Other,

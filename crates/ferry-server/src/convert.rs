@@ -13,8 +13,8 @@ use ferry_core::{
     Allocation, BurstReason, NodeShortfall, Placement, PreemptReason, ResourceKind, Resources, WaitReason,
 };
 use ferry_store::{
-    AmountRecord, EventReason, EventRecord, HistoryRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord,
-    PreemptionRecord, QuotaRecord, RequeueCauseRecord, RequeueRecord,
+    AmountRecord, EventReason, EventRecord, HistoryRecord, LossCauseRecord, LossRecord, PlacedWorkerRecord,
+    PlacementRecord, PreemptRuleRecord, PreemptionRecord, QuotaRecord, RequeueCauseRecord, RequeueRecord,
 };
 
 /// A quota amount as the scheduler counts it: unlimited where left out.
@@ -211,6 +211,15 @@ pub fn job_event(event: EventRecord) -> JobEvent {
     JobEvent { at_us, state, message, reason: reason.map(timeline_reason) }
 }
 
+fn loss_cause(cause: LossCauseRecord) -> wire::LossCause {
+    match cause {
+        LossCauseRecord::NodeSilent { timeout_s } => wire::LossCause::NodeSilent { timeout_s },
+        LossCauseRecord::NodeDown => wire::LossCause::NodeDown,
+        LossCauseRecord::RunForgotten => wire::LossCause::RunForgotten,
+        LossCauseRecord::ServerRestart => wire::LossCause::ServerRestart,
+    }
+}
+
 fn timeline_reason(reason: EventReason) -> wire::TimelineReason {
     match reason {
         EventReason::Placed(PlacementRecord {
@@ -255,10 +264,13 @@ fn timeline_reason(reason: EventReason) -> wire::TimelineReason {
             let cause = match cause {
                 RequeueCauseRecord::Preempted { ran_s } => wire::RequeueCause::Preempted { ran_s },
                 RequeueCauseRecord::Failed { delay_s } => wire::RequeueCause::Failed { delay_s },
-                RequeueCauseRecord::NodeLost => wire::RequeueCause::NodeLost,
+                RequeueCauseRecord::NodeLost(LossRecord { node, cause }) => {
+                    wire::RequeueCause::NodeLost { node, cause: loss_cause(cause) }
+                }
             };
             wire::TimelineReason::Requeued { cause, attempt, attempts, not_before_us }
         }
+        EventReason::Lost(LossRecord { node, cause }) => wire::TimelineReason::Lost { node, cause: loss_cause(cause) },
     }
 }
 

@@ -21,8 +21,8 @@ use ferry_core::{
     Allocation, Decision, Event, JobRequest, NodeInfo, NodeStatus, Peer, Resources, Scheduler, WaitReason,
 };
 use ferry_store::{
-    JobRecord, KeyedJob, NewJob, NodeRecord, Requeue, RequeueCauseRecord, RequeueRecord, Store, StoreError,
-    SubmissionKey, Tx,
+    JobRecord, KeyedJob, LossCauseRecord, LossRecord, NewJob, NodeRecord, Requeue, RequeueCauseRecord, RequeueRecord,
+    Store, StoreError, SubmissionKey, Tx,
 };
 use ferry_units::format_cpus;
 use tokio::sync::{mpsc, oneshot};
@@ -526,7 +526,7 @@ impl Driver {
                 lifecycle::Restart::Requeue => {
                     if let Err(e) = self.sched.apply(Event::JobSubmitted(active.request(record.id))) {
                         let message = lifecycle::lost_at_restart(&e.to_string());
-                        tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
+                        tx.lost(record.id, &message, self.clock.now_us(), lost_at_restart(&record)).await?;
                         continue;
                     }
                     let queued = Queued {
@@ -539,7 +539,7 @@ impl Driver {
                     continue;
                 }
                 lifecycle::Restart::Lose { reason } => {
-                    tx.finished(record.id, JobState::Lost, None, None, &reason, self.clock.now_us()).await?;
+                    tx.lost(record.id, &reason, self.clock.now_us(), lost_at_restart(&record)).await?;
                     continue;
                 }
                 lifecycle::Restart::Adopt { then } => then,
@@ -559,7 +559,7 @@ impl Driver {
             };
             if let Err(e) = self.sched.apply(Event::JobAdopted { request: active.request(record.id), allocation }) {
                 let message = lifecycle::lost_at_restart(&e.to_string());
-                tx.finished(record.id, JobState::Lost, None, None, &message, self.clock.now_us()).await?;
+                tx.lost(record.id, &message, self.clock.now_us(), lost_at_restart(&record)).await?;
                 continue;
             }
             match then {
@@ -952,7 +952,8 @@ impl Driver {
             .map(|(id, j)| (*id, j.attempt))
             .collect();
         for (id, attempt) in vanished {
-            self.lose(id, attempt, "its node's agent restarted without any record of it", tx, fx).await?;
+            let loss = LossRecord { node: Some(node.name.clone()), cause: LossCauseRecord::RunForgotten };
+            self.lose(id, attempt, ("its node's agent restarted without any record of it", loss), tx, fx).await?;
         }
         Ok(Registered { heartbeat_ms: HEARTBEAT_MS, stop })
     }
@@ -1172,7 +1173,7 @@ impl Driver {
                 let gpus = u64::from(job.request.resources.gpus) * u64::from(job.request.workers());
                 let attained = (ran_s.max(0) as u64).saturating_mul(gpus);
                 requeued.request.attained_gpu_s = requeued.request.attained_gpu_s.saturating_add(attained);
-                let why = requeue_record(cause, attempt, attempts, not_before_us);
+                let why = requeue_record(cause, attempt, attempts, not_before_us, None);
                 self.requeue(id, &requeued, attempt, not_before_us, (&reason, why), tx, fx).await
             }
             Next::Finish { ending, reason } => {
@@ -1213,12 +1214,13 @@ impl Driver {
         Ok(())
     }
 
-    /// A run is gone without an exit status: requeue it if retries allow, else record it lost.
+    /// A run is gone without an exit status (`why`, in words and as data): requeue it if retries allow, else record
+    /// it lost.
     async fn lose(
         &mut self,
         id: u64,
         attempt: u32,
-        why: &str,
+        (why, loss): (&str, LossRecord),
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
@@ -1230,8 +1232,12 @@ impl Driver {
         }
         match lifecycle::after_loss(&job.life(), why, self.clock.now_us()) {
             Next::Requeue { attempt, attempts, not_before_us, cause, reason, .. } => {
-                let why = requeue_record(cause, attempt, attempts, not_before_us);
+                let why = requeue_record(cause, attempt, attempts, not_before_us, Some(loss));
                 self.requeue(id, &job, attempt, not_before_us, (&reason, why), tx, fx).await?;
+            }
+            Next::Finish { ending: Ending::Lost, reason } => {
+                tx.lost(id, &reason, self.clock.now_us(), loss).await?;
+                self.end_job(id, fx);
             }
             Next::Finish { ending, reason } => {
                 tx.finished(id, job_state(ending), None, None, &reason, self.clock.now_us()).await?;
@@ -1256,12 +1262,16 @@ impl Driver {
                 }
                 Decision::Lost { job, node } => {
                     let attempt = self.jobs.get(&job).map(|j| j.attempt).unwrap_or(0);
-                    let why = match silent.get(&node) {
-                        Some(reason) => format!("node {node} stopped reporting for {}s", reason.timeout_s),
-                        None => format!("node {node} went down"),
+                    let (why, cause) = match silent.get(&node) {
+                        Some(reason) => (
+                            format!("node {node} stopped reporting for {}s", reason.timeout_s),
+                            LossCauseRecord::NodeSilent { timeout_s: reason.timeout_s },
+                        ),
+                        None => (format!("node {node} went down"), LossCauseRecord::NodeDown),
                     };
+                    let loss = LossRecord { node: Some(node), cause };
                     // The core already released the job; `lose` re-enters it in the queue if it is retried.
-                    self.lose(job, attempt, &why, tx, fx).await?;
+                    self.lose(job, attempt, (&why, loss), tx, fx).await?;
                 }
                 // The server makes no pool elastic yet (cloud providers are the next issue), so nothing is asked of a
                 // provider and nothing can be given up; say so rather than act.
@@ -1440,14 +1450,29 @@ fn fix_for(reason: &WaitReason) -> &'static str {
 }
 
 /// The job state of a lifecycle ending.
-/// A requeue as the timeline keeps it: the cause, and the attempt (counting from 1, where the core counts from 0).
-fn requeue_record(cause: RequeueCause, attempt: u32, attempts: u32, not_before_us: i64) -> RequeueRecord {
+/// A requeue as the timeline keeps it: the cause (with the loss, for a run lost with its node), and the attempt
+/// (counting from 1, where the core counts from 0).
+fn requeue_record(
+    cause: RequeueCause,
+    attempt: u32,
+    attempts: u32,
+    not_before_us: i64,
+    loss: Option<LossRecord>,
+) -> RequeueRecord {
     let cause = match cause {
         RequeueCause::Preempted { ran_s } => RequeueCauseRecord::Preempted { ran_s },
         RequeueCause::Failed { delay_s } => RequeueCauseRecord::Failed { delay_s },
-        RequeueCause::NodeLost => RequeueCauseRecord::NodeLost,
+        // Only a loss decides this, and it says how; a node gone with no more said of it is down.
+        RequeueCause::NodeLost => {
+            RequeueCauseRecord::NodeLost(loss.unwrap_or(LossRecord { node: None, cause: LossCauseRecord::NodeDown }))
+        }
     };
     RequeueRecord { cause, attempt: attempt + 1, attempts, not_before_us }
+}
+
+/// A job the server could not take back when it restarted, as its timeline keeps the loss.
+fn lost_at_restart(record: &JobRecord) -> LossRecord {
+    LossRecord { node: record.node.clone(), cause: LossCauseRecord::ServerRestart }
 }
 
 fn job_state(ending: Ending) -> JobState {
@@ -1596,7 +1621,7 @@ mod queue_tests {
 /// batches as the driver's loop would.
 #[cfg(test)]
 mod lifecycle_tests {
-    use ferry_api::agent::{RunEnd, RunRef, RunStatus};
+    use ferry_api::agent::{RunEnd, RunRef, RunReport, RunStatus};
     use ferry_api::jobs::PriorityClass;
 
     use super::*;
@@ -1762,6 +1787,27 @@ mod lifecycle_tests {
     }
 
     #[tokio::test]
+    async fn a_run_its_agent_forgot_is_lost_and_the_timeline_says_so_as_data() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        ask(&mut d, |reply| Command::Register { node: node(&clock), reply }).await.unwrap();
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(0)), key: None, reply }).await.unwrap().id;
+        let running = RunStatus::Running { pid: 42, started_at_us: clock.now_us() };
+        let run = RunRef { job_id: id, attempt: 0, rank: 0 };
+        let reports = Reports { node: "n1".into(), runs: vec![RunReport { run, status: running }], usage: None };
+        ask(&mut d, |reply| Command::Reports { reports, reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Running, 0));
+        // The agent comes back with no record of the run (its data directory was wiped): no retry is left.
+        ask(&mut d, |reply| Command::Register { node: node(&clock), reply }).await.unwrap();
+        assert_eq!(state(&d, id).await, (JobState::Lost, 0));
+        let events = d.store.job_events(id).await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.message, "its node's agent restarted without any record of it");
+        let loss = LossRecord { node: Some("n1".into()), cause: LossCauseRecord::RunForgotten };
+        assert_eq!(last.reason, Some(ferry_store::EventReason::Lost(loss)));
+    }
+
+    #[tokio::test]
     async fn a_requeued_jobs_preemptions_and_attained_gpu_time_survive_a_restart() {
         let clock = ManualClock::at(1_800_000_000_000_000);
         let (mut d, _dir) = driver(&clock).await;
@@ -1773,7 +1819,7 @@ mod lifecycle_tests {
         job.preemptions = 1;
         job.request.attained_gpu_s = 3600;
         let (mut tx, mut fx) = (d.store.begin().await.unwrap(), Effects::default());
-        let why = requeue_record(RequeueCause::Preempted { ran_s: 3600 }, 1, 3, 0);
+        let why = requeue_record(RequeueCause::Preempted { ran_s: 3600 }, 1, 3, 0, None);
         d.requeue(id, &job, 1, 0, ("preempted", why), &mut tx, &mut fx).await.unwrap();
         tx.commit().await.unwrap();
         let store = d.store.clone();

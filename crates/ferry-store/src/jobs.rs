@@ -11,8 +11,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::rows::{
-    priority_from, priority_name, state_from, state_name, EventReason, EventRecord, PlacementRecord, PreemptionRecord,
-    RequeueRecord, WorkerRow,
+    priority_from, priority_name, state_from, state_name, EventReason, EventRecord, LossRecord, PlacementRecord,
+    PreemptionRecord, RequeueRecord, WorkerRow,
 };
 use crate::{from_json, to_json, Store, StoreError};
 
@@ -611,6 +611,25 @@ impl Tx {
         message: &str,
         at_us: i64,
     ) -> Result<(), StoreError> {
+        self.finished_with(id, state, exit_code, signal, message, at_us, None).await
+    }
+
+    /// Records that a job was lost, with how as data.
+    pub async fn lost(&mut self, id: u64, message: &str, at_us: i64, loss: LossRecord) -> Result<(), StoreError> {
+        self.finished_with(id, JobState::Lost, None, None, message, at_us, Some(EventReason::Lost(loss))).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finished_with(
+        &mut self,
+        id: u64,
+        state: JobState,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: &str,
+        at_us: i64,
+        reason: Option<EventReason>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET state = ?, exit_code = ?, signal = ?, message = ?, finished_at_us = ? WHERE id = ?",
         )
@@ -641,7 +660,7 @@ impl Tx {
         .bind(id as i64)
         .execute(&mut *self.0)
         .await?;
-        self.event(id, at_us, state, message).await
+        self.event_with(id, at_us, state, message, reason.as_ref()).await
     }
 
     /// Records that a job is queued again for its next attempt (see `Requeue`), with why as words and as data.

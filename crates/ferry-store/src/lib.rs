@@ -32,8 +32,8 @@ pub use keys::{KeyedJob, SubmissionKey};
 pub use models::{LoggedModelRecord, RunModelDirection};
 pub use nodes::NodeRecord;
 pub use rows::{
-    AmountRecord, EventReason, EventRecord, PlacedWorkerRecord, PlacementRecord, PreemptRuleRecord, PreemptionRecord,
-    QuotaRecord, RequeueCauseRecord, RequeueRecord,
+    AmountRecord, EventReason, EventRecord, LossCauseRecord, LossRecord, PlacedWorkerRecord, PlacementRecord,
+    PreemptRuleRecord, PreemptionRecord, QuotaRecord, RequeueCauseRecord, RequeueRecord,
 };
 pub use secrets::{Sealed, SecretOwner, SecretRecord};
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};

@@ -228,6 +228,28 @@ pub enum EventReason {
     Placed(PlacementRecord),
     Preempted(PreemptionRecord),
     Requeued(RequeueRecord),
+    Lost(LossRecord),
+}
+
+/// How a job's run was lost with its node: which node (none where it was placed on none) and what befell it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub cause: LossCauseRecord,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LossCauseRecord {
+    /// The node's agent stopped reporting for the node timeout.
+    NodeSilent { timeout_s: u64 },
+    /// The node was reported down.
+    NodeDown,
+    /// The node's agent came back without any record of the run.
+    RunForgotten,
+    /// The server restarted and could not take the job back.
+    ServerRestart,
 }
 
 /// Why a job went back to the queue, and for which attempt.
@@ -246,7 +268,7 @@ pub struct RequeueRecord {
 pub enum RequeueCauseRecord {
     Preempted { ran_s: u64 },
     Failed { delay_s: u64 },
-    NodeLost,
+    NodeLost(LossRecord),
 }
 
 /// Where a job was placed and why there.
@@ -377,6 +399,22 @@ mod tests {
             attempts: 4,
             not_before_us: 9,
         });
+        let lost = EventReason::Requeued(RequeueRecord {
+            cause: RequeueCauseRecord::NodeLost(LossRecord {
+                node: Some("gpu-1".into()),
+                cause: LossCauseRecord::NodeSilent { timeout_s: 30 },
+            }),
+            attempt: 2,
+            attempts: 2,
+            not_before_us: 9,
+        });
+        assert_eq!(
+            to_json(&lost),
+            r#"{"kind":"requeued","cause":{"kind":"node_lost","node":"gpu-1","cause":{"kind":"node_silent","timeout_s":30}},"attempt":2,"attempts":2,"not_before_us":9}"#
+        );
+        let gone = EventReason::Lost(LossRecord { node: None, cause: LossCauseRecord::ServerRestart });
+        assert_eq!(to_json(&gone), r#"{"kind":"lost","cause":{"kind":"server_restart"}}"#);
+        assert_eq!(serde_json::from_str::<EventReason>(&to_json(&lost)).unwrap(), lost);
         assert_eq!(
             to_json(&requeued),
             r#"{"kind":"requeued","cause":{"kind":"failed","delay_s":4},"attempt":3,"attempts":4,"not_before_us":9}"#

@@ -54,6 +54,11 @@ fn jobs_of_a_dead_agent_are_lost_or_requeued_and_a_returning_agent_stops_stale_r
     f.kill_agent();
     let job = f.wait_state(lost, "lost");
     assert!(job["message"].as_str().unwrap().contains("stopped reporting"), "{job}");
+    // The same as data: which node, and that it stopped reporting for the node timeout.
+    let node = job["node"].as_str().unwrap().to_string();
+    let loss = job["timeline"].as_array().unwrap().iter().find_map(|e| e.get("reason").filter(|r| r["kind"] == "lost"));
+    let expected = serde_json::json!({"kind": "lost", "node": node, "cause": {"kind": "node_silent", "timeout_s": 2}});
+    assert_eq!(loss, Some(&expected), "{job}");
     f.wait_for("the retried job to be queued again", |f| f.job(retried)["attempt"] == 1);
     assert_eq!(f.state(retried), "queued");
     // Its timeline says why as data: its node was lost, and the retry is its second attempt of two.
@@ -63,7 +68,9 @@ fn jobs_of_a_dead_agent_are_lost_or_requeued_and_a_returning_agent_stops_stale_r
         .iter()
         .find_map(|e| e.get("reason").filter(|r| r["kind"] == "requeued").cloned())
         .expect("a requeued entry with its reason");
-    assert_eq!(requeued["cause"], serde_json::json!({"kind": "node_lost"}), "{requeued}");
+    let expected =
+        serde_json::json!({"kind": "node_lost", "node": node, "cause": {"kind": "node_silent", "timeout_s": 2}});
+    assert_eq!(requeued["cause"], expected, "{requeued}");
     assert_eq!((requeued["attempt"].as_u64(), requeued["attempts"].as_u64()), (Some(2), Some(2)), "{requeued}");
     let nodes = f.json(&["nodes", "--json"]);
     assert_eq!(nodes["nodes"][0]["state"], "not_ready");

@@ -181,6 +181,7 @@ async fn earlier_attempt_node(state: &AppState, agent: &AgentCaller, job: u64) -
     for event in events {
         let nodes: Vec<&str> = match &event.reason {
             Some(EventReason::Placed(placement)) => placement.workers.iter().map(|w| w.node.as_str()).collect(),
+            Some(EventReason::Lost(loss)) => loss.node.iter().map(String::as_str).collect(),
             Some(EventReason::Preempted(_) | EventReason::Requeued(_)) => Vec::new(),
             None => event
                 .message

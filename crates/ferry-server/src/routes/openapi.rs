@@ -495,7 +495,7 @@ mod tests {
                 "other"
             ]
         );
-        assert_eq!(kinds("TimelineReason"), ["placed", "preempted", "requeued", "other"]);
+        assert_eq!(kinds("TimelineReason"), ["placed", "preempted", "requeued", "lost", "other"]);
         assert_eq!(kinds("PreemptRule"), ["priority", "reclaim", "reclaim_project", "other"]);
         let mut found = Vec::new();
         references(&api, &mut found);
