@@ -1808,6 +1808,26 @@ mod lifecycle_tests {
     }
 
     #[tokio::test]
+    async fn a_job_a_restart_cannot_take_back_is_lost_and_the_timeline_says_so_as_data() {
+        let clock = ManualClock::at(1_800_000_000_000_000);
+        let (mut d, _dir) = driver(&clock).await;
+        // No node: the job stays queued. The store then says it runs, on no node (as a torn write could leave it).
+        let id = ask(&mut d, |reply| Command::Submit { job: Box::new(job(1)), key: None, reply }).await.unwrap().id;
+        let mut tx = d.store.begin().await.unwrap();
+        tx.running(id, clock.now_us(), "running").await.unwrap();
+        tx.commit().await.unwrap();
+        let store = d.store.clone();
+        drop(d);
+        let d = driver_on(store, &clock).await;
+        assert_eq!(state(&d, id).await, (JobState::Lost, 0));
+        let events = d.store.job_events(id).await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.message, "lost when the server restarted: it was placed on no node");
+        let loss = LossRecord { node: None, cause: LossCauseRecord::ServerRestart };
+        assert_eq!(last.reason, Some(ferry_store::EventReason::Lost(loss)));
+    }
+
+    #[tokio::test]
     async fn a_requeued_jobs_preemptions_and_attained_gpu_time_survive_a_restart() {
         let clock = ManualClock::at(1_800_000_000_000_000);
         let (mut d, _dir) = driver(&clock).await;
