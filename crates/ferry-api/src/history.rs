@@ -31,6 +31,12 @@ pub struct HistoryCluster {
     /// The aging bound of `shortest-first` and `least-attained`, in seconds; 0 for none.
     #[serde(default)]
     pub queue_aging_s: Option<u64>,
+    /// The lease of `least-attained`, in seconds; 0 when it preempts nothing; absent for the other orders.
+    #[serde(default)]
+    pub queue_lease_s: Option<u64>,
+    /// The levels of `least-attained`, in GPU-seconds received; absent for the other orders.
+    #[serde(default)]
+    pub queue_levels_gpu_s: Option<Vec<u64>>,
     /// How many blocked jobs a cycle reserves for, where configured; absent for the scheduler's default.
     #[serde(default)]
     pub reserve_depth: Option<u32>,

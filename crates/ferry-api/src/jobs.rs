@@ -126,6 +126,10 @@ pub struct SubmitJob {
     /// job's project, else MLflow's `Default` experiment.
     #[serde(default)]
     pub experiment: Option<String>,
+    /// The job saves checkpoints and resumes from its latest when it starts again: under the least-attained queue
+    /// order, a job that has had less GPU time may stop it (after its lease) and it is queued again. Default false.
+    #[serde(default)]
+    pub checkpoints: bool,
 }
 
 /// The answer to a submission.
@@ -321,6 +325,15 @@ pub struct Job {
     /// absent without such history. Start estimates use it for jobs without `--max-runtime`.
     #[serde(default)]
     pub predicted_runtime: Option<PredictedRuntime>,
+    /// The job saves checkpoints and resumes from them (`SubmitJob::checkpoints`).
+    #[serde(default)]
+    pub checkpoints: bool,
+    /// How many of its attempts preemption ended (they do not count against its retries).
+    #[serde(default)]
+    pub preemptions: u32,
+    /// The GPU-seconds its earlier attempts ran, which the least-attained queue order files it by.
+    #[serde(default)]
+    pub attained_gpu_s: u64,
 }
 
 /// A runtime predicted from history: the 90th percentile of the most recent successful runs like the job.

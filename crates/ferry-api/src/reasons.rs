@@ -194,6 +194,10 @@ pub enum PreemptRule {
     Reclaim { victim_team: String, preemptor_team: String },
     /// Its project borrowed beyond its quota within the team, and a sibling project needed its share back.
     ReclaimProject { team: String, victim_project: String, preemptor_project: String },
+    /// Under the least-attained queue order: the job checkpoints, ran its lease, and had received more GPU time
+    /// (`victim_gpu_s`, GPU-seconds over all its attempts) than the waiting job of its priority (`preemptor_gpu_s`);
+    /// it resumes from its checkpoint.
+    Attained { victim_gpu_s: u64, preemptor_gpu_s: u64 },
     /// A rule this client does not know; the message says what it is.
     #[serde(other)]
     Other,

@@ -169,6 +169,7 @@ async fn seed_store(home: &Path, args: &DashboardArgs, end_us: i64) -> Result<u6
                 image: None,
                 tracking: None,
                 sweep: None,
+                checkpoints: false,
             };
             let id = tx.insert_job(&job, submitted).await?;
             tx.event(id, submitted, JobState::Queued, "submitted").await?;

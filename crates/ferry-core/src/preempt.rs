@@ -1,8 +1,10 @@
 //! Preemption: which running jobs to stop so that a blocked job can start.
 //!
 //! A job may preempt running jobs of lower priority, and a team within its guaranteed quota may take back what other
-//! teams borrow beyond theirs. On each allowed node the fewest, least important, most recently started victims that
-//! free enough are chosen; the node needing the fewest victims wins. Victims are stopped with a grace period and
+//! teams borrow beyond theirs; under the least-attained order, a job may also pause a job of its priority that
+//! checkpoints and has had more GPU time (see `order`). On each allowed node the fewest, least important, most
+//! recently started victims that free enough are chosen (for attained service, those that had the most first); the
+//! node needing the fewest victims wins. Victims are stopped with a grace period and
 //! requeued by the driver; nothing here runs or stops anything.
 //!
 //! Every preemption must be progress, never the first half of a swap (`Scheduler::taken_back`): it is made only when
@@ -31,6 +33,9 @@ pub enum PreemptReason {
     Reclaim { victim_team: String, preemptor_team: String },
     /// Its project borrowed beyond its quota within the team, and a sibling project needs its guaranteed share back.
     ReclaimProject { team: String, victim_project: String, preemptor_project: String },
+    /// Under the least-attained order: it checkpoints, ran its lease, and has received more GPU time than the job
+    /// waiting (in a higher level); it resumes from its checkpoint.
+    Attained { victim_gpu_s: u64, preemptor_gpu_s: u64 },
 }
 
 impl std::fmt::Display for PreemptReason {
@@ -48,7 +53,22 @@ impl std::fmt::Display for PreemptReason {
                 f,
                 "project {victim_project} of team {team} borrowed beyond its quota and project {preemptor_project} needs its guaranteed share back"
             ),
+            PreemptReason::Attained { victim_gpu_s, preemptor_gpu_s } => write!(
+                f,
+                "it has had {} of GPU time and a job of its priority waits that has had {}; it resumes from its checkpoint (least-attained order)",
+                gpu_time(*victim_gpu_s),
+                gpu_time(*preemptor_gpu_s)
+            ),
         }
+    }
+}
+
+/// GPU-seconds as people read them: GPU-hours with one decimal, or GPU-minutes under an hour.
+fn gpu_time(gpu_s: u64) -> String {
+    if gpu_s < 3600 {
+        format!("{} GPU-minutes", gpu_s / 60)
+    } else {
+        format!("{:.1} GPU-hours", gpu_s as f64 / 3600.0)
     }
 }
 
@@ -57,15 +77,18 @@ impl std::fmt::Display for PreemptReason {
 pub(crate) struct Candidate {
     pub(crate) job: JobId,
     pub(crate) priority: i32,
+    /// What it has received, where it is stopped for attained service (it goes first); 0 otherwise.
+    pub(crate) attained_gpu_s: u64,
     pub(crate) resources: Resources,
     pub(crate) gpus: u32,
     pub(crate) reason: PreemptReason,
 }
 
-/// The fewest victims, lowest priority first and newest first within a priority, whose resources added to `free`
-/// make room for `needs`; `None` if even all of them would not.
+/// The fewest victims, lowest priority first, then the most attained GPU time first (for attained service), then
+/// newest first, whose resources added to `free` make room for `needs`; `None` if even all of them would not.
 pub(crate) fn victims(mut candidates: Vec<Candidate>, free: Resources, needs: &Resources) -> Option<Vec<Candidate>> {
-    candidates.sort_by_key(|c| (c.priority, std::cmp::Reverse(c.job)));
+    use std::cmp::Reverse;
+    candidates.sort_by_key(|c| (c.priority, Reverse(c.attained_gpu_s), Reverse(c.job)));
     let mut room = free;
     let mut chosen = Vec::new();
     for c in candidates {

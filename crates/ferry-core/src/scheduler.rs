@@ -177,6 +177,10 @@ pub struct JobRequest {
     /// from a checkpoint), which the least-attained ordering files it by.
     #[serde(default)]
     pub attained_gpu_s: u64,
+    /// The job saves checkpoints and resumes from its latest when it starts again (`ferry run --checkpoints`): the
+    /// least-attained order may stop it for jobs that have had less GPU time (see `order`).
+    #[serde(default)]
+    pub checkpoints: bool,
 }
 
 impl JobRequest {
@@ -437,10 +441,10 @@ struct Cycle {
     failed: IdMap<u64, Failed>,
     /// Classes tried out of turn that had a place (see `all_unreached_dead`).
     found_a_place: HashSet<ClassKey>,
-    /// Shapes and priorities of blocked jobs that found nothing to preempt: victims only become fewer and free
-    /// resources only shrink within a cycle, so a job of the same shape and priority would find nothing either, and
-    /// the search (which looks at every running job) is not repeated.
-    unpreemptable: HashSet<(u64, i32)>,
+    /// Shapes, priorities and least-attained levels of blocked jobs that found nothing to preempt: victims only
+    /// become fewer and free resources only shrink within a cycle, so a job of the same shape, priority and level
+    /// would find nothing either, and the search (which looks at every running job) is not repeated.
+    unpreemptable: HashSet<(u64, i32, usize)>,
     /// Blocked jobs considered for preemption and reservations so far.
     blocked: usize,
     /// Whether a job that asks for more than one that found no place finds none either: not where a burst pool
@@ -455,6 +459,9 @@ struct Cycle {
     /// The lowest priority among running jobs not being preempted, as the cycle began; preemptions during the cycle
     /// can only raise it, so it stays a safe bound for skipping jobs that could stop nothing.
     lowest_running_priority: Option<i32>,
+    /// Under the least-attained order with a lease: the highest level of a running job that attained service may
+    /// stop, as the cycle began; a blocked job at this level or above can stop nothing for attained service.
+    top_stoppable_level: Option<usize>,
     /// Reserved nodes: what is held back there, for which job, and when that job is expected to start (its shadow
     /// time). A job whose runtime limit ends before the shadow time may use what is held back: backfill.
     shadows: BTreeMap<usize, Shadow>,
@@ -687,6 +694,7 @@ struct Pending {
     priority: i32,
     gpu_share_milli: u32,
     nodes: u32,
+    checkpoints: bool,
     class: JobClass,
 }
 
@@ -702,6 +710,7 @@ impl Pending {
             priority: request.priority,
             gpu_share_milli: request.gpu_share_milli,
             nodes: request.nodes,
+            checkpoints: request.checkpoints,
             class,
         }
     }
@@ -928,6 +937,7 @@ impl Scheduler {
             not_before_us: p.not_before_us,
             expected_runtime_s: p.expected_runtime_s,
             attained_gpu_s: p.attained_gpu_s,
+            checkpoints: p.checkpoints,
             ..JobRequest::default()
         };
         self.constraints.fill(p.class.constraint, &mut request);
@@ -1415,6 +1425,7 @@ impl Scheduler {
                 .filter(|r| r.preempted_by.is_none())
                 .map(|r| r.request.priority)
                 .min(),
+            top_stoppable_level: self.running.values().filter_map(|r| self.stoppable_level(r)).max(),
             ..Cycle::default()
         };
         self.index_nodes(&free, &mut cycle);
@@ -1611,7 +1622,8 @@ impl Scheduler {
     ) {
         cycle.blocked += 1;
         let id = request.id;
-        let kind = (exact_shape(shape, &request.resources), request.priority);
+        let kind =
+            (exact_shape(shape, &request.resources), request.priority, self.attained_level(request.attained_gpu_s));
         if !cycle.awaiting_victims.contains(&id)
             && cycle.preemptions < PREEMPTIONS_PER_CYCLE_MAX
             && !cycle.unpreemptable.contains(&kind)
@@ -2036,7 +2048,8 @@ impl Scheduler {
         // Most blocked jobs can stop nothing: nothing running has a lower priority, and their team reclaims nothing.
         let lowest = cycle.lowest_running_priority;
         let reclaims = self.teams.contains_key(&request.team) || self.project(request).is_some();
-        if lowest.is_none_or(|p| p >= request.priority) && !reclaims {
+        let attains = cycle.top_stoppable_level.is_some_and(|top| self.attained_level(request.attained_gpu_s) < top);
+        if lowest.is_none_or(|p| p >= request.priority) && !reclaims && !attains {
             return Vec::new();
         }
         // For each pool in order: each allowed node's cheapest victims (fewest, then the least important worst
@@ -2063,10 +2076,16 @@ impl Scheduler {
                     if running.preempted_by.is_some() || running.allocation.gpu_share_milli > 0 {
                         return None;
                     }
-                    let reason = self.may_preempt(request, &running.request, moves.as_ref())?;
+                    let reason = self.may_preempt(request, running, moves.as_ref())?;
+                    // Stopped for attained service, the job that has had the most goes first.
+                    let attained_gpu_s = match reason {
+                        PreemptReason::Attained { victim_gpu_s, .. } => victim_gpu_s,
+                        _ => 0,
+                    };
                     Some(preempt::Candidate {
                         job: *victim,
                         priority: running.request.priority,
+                        attained_gpu_s,
                         resources: running.allocation.resources,
                         gpus: running.allocation.resources.gpus,
                         reason,
@@ -2118,21 +2137,86 @@ impl Scheduler {
     }
 
     /// Whether `request` may stop `victim`, and why: a strictly higher priority, a team within its guaranteed
-    /// quota taking back what the victim's team borrowed, or the same between two projects of one team. `moves` is
+    /// quota taking back what the victim's team borrowed, the same between two projects of one team, or, under the
+    /// least-attained order, less GPU time received than a victim of the same priority that checkpoints. `moves` is
     /// what preemptions under way move between teams and between projects; `None` when the request reclaims nothing.
     fn may_preempt(
         &self,
         request: &JobRequest,
-        victim: &JobRequest,
+        victim: &Running,
         moves: Option<&(Moves, Moves)>,
     ) -> Option<PreemptReason> {
-        if victim.priority < request.priority {
+        if victim.request.priority < request.priority {
             return Some(PreemptReason::Priority {
-                victim_priority: victim.priority,
+                victim_priority: victim.request.priority,
                 preemptor_priority: request.priority,
             });
         }
-        let (team_moves, project_moves) = moves?;
+        if let Some(reason) = moves.and_then(|moves| self.reclaim_reason(request, &victim.request, moves)) {
+            return Some(reason);
+        }
+        let level = self.stoppable_level(victim)?;
+        (victim.request.priority == request.priority && self.attained_level(request.attained_gpu_s) < level).then(
+            || PreemptReason::Attained {
+                victim_gpu_s: self.attained_running(victim),
+                preemptor_gpu_s: request.attained_gpu_s,
+            },
+        )
+    }
+
+    /// The GPU-seconds a running job has received: in its earlier attempts and in the one under way.
+    fn attained_running(&self, running: &Running) -> u64 {
+        let ran_s = (self.now_us.saturating_sub(running.started_at_us).max(0) / 1_000_000) as u64;
+        running.request.attained_gpu_s.saturating_add(ran_s.saturating_mul(u64::from(running.request.total().gpus)))
+    }
+
+    /// The least-attained level of a job that has received `attained_gpu_s`; 0 under the other orders.
+    fn attained_level(&self, attained_gpu_s: u64) -> usize {
+        match &self.queue_order {
+            QueueOrder::LeastAttained { levels_gpu_s, .. } => order::level(levels_gpu_s, attained_gpu_s),
+            _ => 0,
+        }
+    }
+
+    /// The least-attained level of a running job that a job of a lower level may stop: `None` unless the order is
+    /// least-attained with a lease, the job checkpoints, takes whole GPUs, has run its current attempt for the
+    /// lease, is not being stopped already, and has not waited the aging bound in all (an aged job goes first in
+    /// the queue and, once started, is not stopped for attained service again: that keeps the starvation bound).
+    fn stoppable_level(&self, running: &Running) -> Option<usize> {
+        let lease_s = self.queue_order.lease_s()?;
+        let s_us = |s: u64| (s as i64).saturating_mul(1_000_000);
+        let ran_us = self.now_us.saturating_sub(running.started_at_us);
+        let gpus = u64::from(running.request.total().gpus);
+        let stoppable = running.request.checkpoints
+            && running.preempted_by.is_none()
+            && running.allocation.gpu_share_milli == 0
+            && gpus > 0
+            && ran_us >= s_us(lease_s);
+        if !stoppable {
+            return None;
+        }
+        if let Some(aging_s) = self.queue_order.aging_s() {
+            // Its earlier attempts ran its attained GPU time over its GPUs; the rest of its life before this start
+            // it waited.
+            let ran_before_us = s_us(running.request.attained_gpu_s / gpus);
+            let waited_us =
+                running.started_at_us.saturating_sub(running.request.submitted_at_us).saturating_sub(ran_before_us);
+            if waited_us >= s_us(aging_s) {
+                return None;
+            }
+        }
+        Some(self.attained_level(self.attained_running(running)))
+    }
+
+    /// Whether `request` takes back, as a team or project within its guaranteed quota, what `victim`'s team or
+    /// project borrowed (see `may_preempt`).
+    fn reclaim_reason(
+        &self,
+        request: &JobRequest,
+        victim: &JobRequest,
+        moves: &(Moves, Moves),
+    ) -> Option<PreemptReason> {
+        let (team_moves, project_moves) = moves;
         if let (Some(mine), Some(theirs)) = (self.teams.get(&request.team), self.teams.get(&victim.team)) {
             let (mine_group, theirs_group) = ((mine.name.as_str(), &mine.quota), (theirs.name.as_str(), &theirs.quota));
             if reclaims(request, mine_group, theirs_group, &self.team_held, team_moves) {

@@ -7,6 +7,9 @@
 //!                                 # priority; shortest-first uses runtimes predicted from each job's history
 //! queue_aging = "1d"              # shortest-first and least-attained: a job waiting this long goes before all
 //!                                 # that have not ("off": never); see ferry-core's `order` for the trade
+//! queue_lease = "10m"             # least-attained: a job that checkpoints runs this long each start before a job
+//!                                 # that had less GPU time may stop it ("off": never stopped for that)
+//! queue_levels = ["1h", "10h"]    # least-attained: its levels, in GPU time received (GPU-hours as "1h")
 //! reserve_depth = 64              # how many blocked jobs, in queue order, hold back what they need each cycle
 //! public_url = "http://ferry.example.org:7750"   # how jobs reach this server (MLFLOW_TRACKING_URI); by default an
 //!                                 # agent's job gets the agent's own server address, an engine's the listen address
@@ -214,6 +217,10 @@ struct RawFile {
     queue_order: Option<String>,
     /// The aging bound of `shortest-first` and `least-attained`: a duration, or `off`.
     queue_aging: Option<String>,
+    /// The lease of `least-attained`: a duration, or `off`.
+    queue_lease: Option<String>,
+    /// The levels of `least-attained`, in GPU time received written as durations.
+    queue_levels: Option<Vec<String>>,
     /// How many blocked jobs a cycle reserves for.
     reserve_depth: Option<i64>,
     /// Where MLflow artifacts are kept (checked by `artifacts::RawArtifacts::check`).
@@ -489,6 +496,7 @@ impl FileConfig {
                 ferry_core::QueueOrder::configure(name, aging).map_err(|e| format!("`queue_order`: {e}"))?
             }
         };
+        let queue_order = least_attained_settings(queue_order, raw.queue_lease.as_deref(), raw.queue_levels)?;
         let reserve_depth = match raw.reserve_depth {
             None => None,
             Some(n) if (1..=i64::from(ferry_core::RESERVE_DEPTH_MAX)).contains(&n) => Some(n as u32),
@@ -667,6 +675,37 @@ pub async fn declare_teams(store: &ferry_store::Store, file: &FileConfig) -> Res
     Ok(())
 }
 
+/// Applies `queue_lease` and `queue_levels`, which go with the least-attained order, to `order`.
+fn least_attained_settings(
+    order: ferry_core::QueueOrder,
+    lease: Option<&str>,
+    levels: Option<Vec<String>>,
+) -> Result<ferry_core::QueueOrder, String> {
+    let order = match lease {
+        None => order,
+        Some(text) => {
+            let lease = match text {
+                "off" => None,
+                t => Some(
+                    ferry_units::parse_duration_s(t)
+                        .map_err(|e| format!("`queue_lease`: {e}, or \"off\" for no preemption"))?,
+                ),
+            };
+            order.with_lease(lease).map_err(|e| format!("`queue_lease`: {e}"))?
+        }
+    };
+    match levels {
+        None => Ok(order),
+        Some(texts) => {
+            let levels = texts
+                .iter()
+                .map(|t| ferry_units::parse_duration_s(t).map_err(|e| format!("`queue_levels`: {e}")))
+                .collect::<Result<Vec<u64>, String>>()?;
+            order.with_levels(levels).map_err(|e| format!("`queue_levels`: {e}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,6 +733,18 @@ mod tests {
         assert_eq!(config.queue_order.aging_s(), Some(12 * 3600));
         let off = FileConfig::parse("queue_order = \"least-attained\"\nqueue_aging = \"off\"\n").unwrap();
         assert_eq!(off.queue_order.aging_s(), None);
+        assert_eq!(off.queue_order.lease_s(), Some(ferry_core::order::LEASE_S_DEFAULT));
+        let leased = FileConfig::parse("queue_order = \"least-attained\"\nqueue_lease = \"1h\"\n").unwrap();
+        assert_eq!(leased.queue_order.lease_s(), Some(3600));
+        let unleased = FileConfig::parse("queue_order = \"least-attained\"\nqueue_lease = \"off\"\n").unwrap();
+        assert_eq!(unleased.queue_order.lease_s(), None);
+        assert!(error("queue_lease = \"1h\"\n").contains("queue order fair-share does not preempt"));
+        assert!(error("queue_order = \"least-attained\"\nqueue_lease = \"8d\"\n").contains("write 1s to 7d"));
+        assert!(error("queue_order = \"least-attained\"\nqueue_lease = \"later\"\n").contains("`queue_lease`"));
+        let levels = FileConfig::parse("queue_order = \"least-attained\"\nqueue_levels = [\"30m\", \"2h\"]\n").unwrap();
+        assert_eq!(levels.queue_order.levels_gpu_s(), Some(&[1800, 7200][..]));
+        assert!(error("queue_order = \"least-attained\"\nqueue_levels = [\"2h\", \"1h\"]\n").contains("ascend"));
+        assert!(error("queue_order = \"fifo\"\nqueue_levels = [\"2h\"]\n").contains("`queue_levels`"));
         assert!(error("queue_order = \"sjf\"\n").contains("`queue_order`: \"sjf\" is not a queue order; write"));
         assert!(error("queue_aging = \"1d\"\n").contains("set one, or remove `queue_aging`"));
         assert!(error("queue_order = \"fifo\"\nqueue_aging = \"1d\"\n").contains("does not age jobs"));

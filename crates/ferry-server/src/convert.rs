@@ -147,6 +147,9 @@ pub fn preemption(by: u64, reason: &PreemptReason, grace_s: u64) -> PreemptionRe
         PreemptReason::ReclaimProject { team, victim_project, preemptor_project } => {
             PreemptRuleRecord::ReclaimProject { team, victim_project, preemptor_project }
         }
+        PreemptReason::Attained { victim_gpu_s, preemptor_gpu_s } => {
+            PreemptRuleRecord::Attained { victim_gpu_s, preemptor_gpu_s }
+        }
     };
     PreemptionRecord { by, rule, grace_s }
 }
@@ -256,6 +259,9 @@ fn timeline_reason(reason: EventReason) -> wire::TimelineReason {
                 }
                 PreemptRuleRecord::ReclaimProject { team, victim_project, preemptor_project } => {
                     wire::PreemptRule::ReclaimProject { team, victim_project, preemptor_project }
+                }
+                PreemptRuleRecord::Attained { victim_gpu_s, preemptor_gpu_s } => {
+                    wire::PreemptRule::Attained { victim_gpu_s, preemptor_gpu_s }
                 }
             };
             wire::TimelineReason::Preempted { by, rule, grace_s }
@@ -434,6 +440,10 @@ mod tests {
                     preemptor_project: "b".into(),
                 },
                 serde_json::json!({ "kind": "reclaim_project", "team": "t", "victim_project": "a", "preemptor_project": "b" }),
+            ),
+            (
+                PreemptReason::Attained { victim_gpu_s: 7200, preemptor_gpu_s: 60 },
+                serde_json::json!({ "kind": "attained", "victim_gpu_s": 7200, "preemptor_gpu_s": 60 }),
             ),
         ];
         for (rule, expected) in rules {

@@ -275,6 +275,7 @@ fn core_request(id: u64, job: &NewJob, submitted_at_us: i64) -> JobRequest {
         project: job.project.clone().unwrap_or_default(),
         pool: job.pool.clone(),
         image: job.image.is_some(),
+        checkpoints: job.checkpoints,
         ..JobRequest::new(id, job.resources, job.priority.value())
     }
 }
@@ -1673,6 +1674,7 @@ mod lifecycle_tests {
             image: None,
             tracking: None,
             sweep: None,
+            checkpoints: false,
         }
     }
 

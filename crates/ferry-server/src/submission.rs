@@ -161,6 +161,7 @@ pub fn validate(spec: SubmitJob, owner: &str) -> Result<NewJob, ApiError> {
         image,
         tracking: None,
         sweep: None,
+        checkpoints: spec.checkpoints,
     })
 }
 

@@ -88,6 +88,9 @@ pub struct TrialJob {
     /// `"2h"`.
     #[serde(default)]
     max_runtime: Option<String>,
+    /// Trials save checkpoints and resume from them (`ferry run --checkpoints`).
+    #[serde(default)]
+    checkpoints: bool,
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// Secrets every trial reads, by name (`secrets = ["HF_TOKEN"]`), as `ferry run --secret` gives them.
@@ -188,6 +191,7 @@ impl TrialJob {
             pool: self.pool.clone(),
             image: self.image.clone(),
             experiment: None,
+            checkpoints: self.checkpoints,
         })
     }
 }

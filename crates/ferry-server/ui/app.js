@@ -83,6 +83,8 @@ function fmtBytes(b) {
 }
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+// GPU-seconds as GPU-hours with one decimal, or GPU-minutes under an hour.
+const gpuHours = (s) => (s < 3600 ? `${Math.floor(s / 60)} GPU-minutes` : `${(s / 3600).toFixed(1)} GPU-hours`);
 const num = (v, digits = 1) => (Math.round(v * 10 ** digits) / 10 ** digits).toLocaleString();
 const cores = (millis) => num(millis / 1000, 2);
 const coresText = (millis) => `${cores(millis)} CPU ${millis === 1000 ? "core" : "cores"}`;
@@ -598,6 +600,7 @@ function reasonFacts(reason) {
     if (rule.kind === "priority") facts.push(`priority ${rule.preemptor_priority} over ${rule.victim_priority}`);
     else if (rule.kind === "reclaim") facts.push(`team ${rule.preemptor_team} reclaims its quota from ${rule.victim_team}`);
     else if (rule.kind === "reclaim_project") facts.push(`project ${rule.preemptor_project} reclaims its quota from ${rule.victim_project} (team ${rule.team})`);
+    else if (rule.kind === "attained") facts.push(`least attained: it had ${gpuHours(rule.victim_gpu_s)}, the waiting job ${gpuHours(rule.preemptor_gpu_s)}; resumes from its checkpoint`);
     facts.push(`grace ${fmtDuration(reason.grace_s * 1000)}`);
   } else {
     return null;

@@ -98,6 +98,11 @@ pub struct SimArgs {
     /// that has not (`off` turns aging off) [default: the cluster file's queue_aging, else 1d].
     #[arg(long, value_name = "DURATION", value_parser = aging_ms)]
     pub queue_aging: Option<u64>,
+    /// The lease of least-attained: a job that checkpoints (the workload's checkpoint_every_s) runs this long each
+    /// time it starts before a job that had less GPU time may stop it (`off`: never stopped for that) [default: the
+    /// cluster file's queue_lease, else 10m].
+    #[arg(long, value_name = "DURATION", value_parser = lease_ms)]
+    pub queue_lease: Option<u64>,
     /// How many blocked jobs, in queue order, hold resources back each cycle, overriding the cluster file's
     /// reserve_depth [default: 64]. Deeper protects more waiting jobs from being passed by smaller ones, at more cost
     /// a cycle.
@@ -157,6 +162,14 @@ fn aging_ms(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A lease: a duration, or `off` (0).
+fn lease_ms(text: &str) -> Result<u64, String> {
+    match text {
+        "off" => Ok(0),
+        _ => duration_ms(text).map_err(|e| format!("{e}, or off for no preemption")),
+    }
+}
+
 /// Runs `ferry sim`, printing to stdout and stderr; returns the exit code.
 pub fn run(args: &SimArgs) -> i32 {
     run_with(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
@@ -197,9 +210,26 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         None => {}
     }
     if args.queue_order.is_some() || args.queue_aging.is_some() {
+        // The cluster file's lease stays, where the order stays least-attained.
+        let file_lease = match &cluster.queue_order {
+            QueueOrder::LeastAttained { lease_s, .. } => Some(*lease_s),
+            _ => None,
+        };
         let name = args.queue_order.clone().unwrap_or_else(|| cluster.queue_order.name().to_string());
-        cluster.queue_order = QueueOrder::configure(&name, args.queue_aging.map(|ms| ms / 1000))
+        let mut order = QueueOrder::configure(&name, args.queue_aging.map(|ms| ms / 1000))
             .map_err(|e| SimError::Usage(format!("--queue-order/--queue-aging: {e}")))?;
+        if let (Some(lease), QueueOrder::LeastAttained { lease_s, .. }) = (file_lease, &mut order) {
+            *lease_s = lease;
+        }
+        cluster.queue_order = order;
+    }
+    if let Some(lease_ms) = args.queue_lease {
+        let lease = (lease_ms > 0).then_some(lease_ms / 1000);
+        cluster.queue_order = cluster
+            .queue_order
+            .clone()
+            .with_lease(lease)
+            .map_err(|e| SimError::Usage(format!("--queue-lease: {e}")))?;
     }
     if let Some(depth) = args.reserve_depth {
         cluster.reserve_depth = Some(depth);
@@ -373,6 +403,10 @@ pub fn command_line(args: &SimArgs, seed: u64) -> String {
     if let Some(aging) = args.queue_aging {
         let aging = if aging == 0 { "off".to_string() } else { format!("{}s", aging / 1000) };
         words.extend(["--queue-aging".to_string(), aging]);
+    }
+    if let Some(lease) = args.queue_lease {
+        let lease = if lease == 0 { "off".to_string() } else { format!("{}s", lease / 1000) };
+        words.extend(["--queue-lease".to_string(), lease]);
     }
     if let Some(depth) = args.reserve_depth {
         words.extend(["--reserve-depth".to_string(), depth.to_string()]);

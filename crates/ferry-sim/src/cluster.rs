@@ -136,6 +136,8 @@ struct ClusterFile {
     gpu_placement: GpuPlacement,
     queue_order: Option<Spanned<String>>,
     queue_aging: Option<Spanned<String>>,
+    queue_lease: Option<Spanned<String>>,
+    queue_levels: Option<Spanned<Vec<String>>>,
     reserve_depth: Option<Spanned<i64>>,
     #[serde(default)]
     node: Vec<Spanned<NodeSpec>>,
@@ -287,6 +289,24 @@ pub fn parse_cluster_toml(file: &str, text: &str) -> Result<Cluster, InputError>
         None => 0,
     };
     let queue_order = queue_order(&src, &spec.queue_order, &spec.queue_aging)?;
+    let queue_order = match &spec.queue_lease {
+        None => queue_order,
+        Some(t) => {
+            let lease = if t.get_ref() == "off" { None } else { Some(duration_s(&src, "queue_lease", t)?) };
+            queue_order.with_lease(lease).map_err(|e| src.error("queue_lease", t, e))?
+        }
+    };
+    let queue_order = match &spec.queue_levels {
+        None => queue_order,
+        Some(levels) => {
+            let gpu_s = levels
+                .get_ref()
+                .iter()
+                .map(|t| ferry_units::parse_duration_s(t).map_err(|e| src.error("queue_levels", levels, e.0)))
+                .collect::<Result<Vec<u64>, InputError>>()?;
+            queue_order.with_levels(gpu_s).map_err(|e| src.error("queue_levels", levels, e))?
+        }
+    };
     let reserve_depth = match &spec.reserve_depth {
         None => None,
         Some(n) => Some(crate::cli::reserve_depth(*n.get_ref()).map_err(|message| {

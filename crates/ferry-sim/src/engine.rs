@@ -982,8 +982,9 @@ impl<'a> Replay<'a> {
                 (run.life.attempt, run.life.preemptions, run.life.preempted) = (attempt, preemptions, None);
                 run.saved_ms = kept_ms;
                 let attained = outcome.attained_gpu_s();
+                // Queued again, it keeps its first submission time, as on the server (its age, its fair share).
                 let (mut request, _) =
-                    self.learner.request(&self.workload.jobs[outcome.job], job, self.now_ms, attained);
+                    self.learner.request(&self.workload.jobs[outcome.job], job, outcome.arrival_ms, attained);
                 request.not_before_us = not_before_us;
                 self.sim.submit(request, self.now_ms)
             }

@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::cluster::{Cluster, Pool};
-use crate::workload::{JobSpec, Workload, WorkloadFormat};
+use crate::workload::{JobSpec, Lifecycle, Workload, WorkloadFormat};
 
 const GIB: u64 = 1 << 30;
 /// The most jobs and nodes a spec may ask for: enough for any measurement, few enough to stay in memory.
@@ -65,16 +65,20 @@ pub struct SynthSpec {
     /// How much the arrivals are compressed: 4 offers four times the GPU demand per hour of `load` 1.
     pub load: f64,
     pub seed: u64,
+    /// Every job saves a checkpoint this often, in seconds (`checkpoint=10m`), so that a preempted job resumes from
+    /// its latest and the least-attained order may stop it; 0 (the default) for jobs that start over.
+    pub checkpoint_every_s: u64,
 }
 
 impl Default for SynthSpec {
     fn default() -> SynthSpec {
-        SynthSpec { jobs: 70_000, nodes: 350, load: 4.0, seed: 1 }
+        SynthSpec { jobs: 70_000, nodes: 350, load: 4.0, seed: 1, checkpoint_every_s: 0 }
     }
 }
 
 impl SynthSpec {
-    /// Reads `jobs=70000,nodes=350,load=4,seed=1`, any subset in any order; an empty text gives the defaults.
+    /// Reads `jobs=70000,nodes=350,load=4,seed=1,checkpoint=10m`, any subset in any order; an empty text gives the
+    /// defaults.
     pub fn parse(text: &str) -> Result<SynthSpec, String> {
         let mut spec = SynthSpec::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -85,7 +89,15 @@ impl SynthSpec {
                 "nodes" => spec.nodes = value.trim().parse().map_err(|_| bad("not a whole number"))?,
                 "load" => spec.load = value.trim().parse().map_err(|_| bad("not a number"))?,
                 "seed" => spec.seed = value.trim().parse().map_err(|_| bad("not a whole number"))?,
-                other => return Err(format!("unknown key {other:?}; the keys are jobs, nodes, load and seed")),
+                "checkpoint" => {
+                    spec.checkpoint_every_s = match value.trim() {
+                        "off" | "0" => 0,
+                        t => ferry_units::parse_duration_s(t).map_err(|e| bad(&format!("{}, or off", e.0)))?,
+                    }
+                }
+                other => {
+                    return Err(format!("unknown key {other:?}; the keys are jobs, nodes, load, seed and checkpoint"))
+                }
             }
         }
         if spec.jobs == 0 || spec.jobs > SYNTH_JOBS_MAX {
@@ -102,7 +114,11 @@ impl SynthSpec {
 
     /// How the spec is written back, for reports and replay commands.
     pub fn describe(&self) -> String {
-        format!("jobs={},nodes={},load={},seed={}", self.jobs, self.nodes, self.load, self.seed)
+        let checkpoint = match self.checkpoint_every_s {
+            0 => String::new(),
+            s => format!(",checkpoint={s}s"),
+        };
+        format!("jobs={},nodes={},load={},seed={}{checkpoint}", self.jobs, self.nodes, self.load, self.seed)
     }
 }
 
@@ -285,7 +301,10 @@ pub fn workload(spec: &SynthSpec) -> Workload {
                 max_runtime_s: None,
                 outcome: None,
                 exit_code: None,
-                lifecycle: Default::default(),
+                lifecycle: Lifecycle {
+                    checkpoint_every_ms: (spec.checkpoint_every_s > 0).then(|| spec.checkpoint_every_s * 1000),
+                    ..Lifecycle::default()
+                },
             });
         }
     }

@@ -123,6 +123,7 @@ impl JobSpec {
             pool: self.pool.clone(),
             image: self.image,
             max_runtime_s: self.max_runtime_s,
+            checkpoints: self.lifecycle.checkpoint_every_ms.is_some(),
             ..JobRequest::new(id, self.resources, self.priority)
         }
     }

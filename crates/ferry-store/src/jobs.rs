@@ -51,6 +51,8 @@ pub struct NewJob {
     pub tracking: Option<JobTracking>,
     /// The sweep the job is a trial of, and which trial.
     pub sweep: Option<SweepLink>,
+    /// The job saves checkpoints and resumes from them: least-attained preemption may stop it.
+    pub checkpoints: bool,
 }
 
 /// A job's MLflow run and the experiment it is in.
@@ -160,7 +162,7 @@ const JOB_COLUMNS: &str = "id, name, project, owner, state, command, workdir, en
      submitted_at_us, started_at_us, finished_at_us, gpu_share_milli, gpu_types, selector, team, nodes, workers, \
      code_sha256, code_bytes, git_commit, git_diff, pool, native_kind, native_id, native_spec, image, \
      tracking_run_id, tracking_experiment_id, sweep_id, sweep_trial, secrets, output_removed_at_us, not_before_us, \
-     predicted_s, predicted_samples, predicted_basis, preemptions, attained_gpu_s";
+     predicted_s, predicted_samples, predicted_basis, preemptions, attained_gpu_s, checkpoints";
 
 fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
     let spec = NewJob {
@@ -203,6 +205,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord, StoreError> {
             git_commit: row.get("git_commit"),
             git_diff: row.get("git_diff"),
         }),
+        checkpoints: row.get::<i64, _>("checkpoints") != 0,
     };
     Ok(JobRecord {
         id: row.get::<i64, _>("id") as u64,
@@ -454,8 +457,8 @@ impl Tx {
             "INSERT INTO jobs (name, project, owner, state, command, workdir, env, cpu_millis, memory_bytes, gpus, \
              priority, retries, max_runtime_s, submitted_at_us, gpu_share_milli, gpu_types, selector, team, nodes, \
              code_sha256, code_bytes, git_commit, git_diff, pool, image, tracking_run_id, tracking_experiment_id, \
-             sweep_id, sweep_trial, secrets) \
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             sweep_id, sweep_trial, secrets, checkpoints) \
+             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&job.name)
         .bind(&job.project)
@@ -486,6 +489,7 @@ impl Tx {
         .bind(job.sweep.map(|l| l.sweep_id as i64))
         .bind(job.sweep.map(|l| l.trial as i64))
         .bind(to_json(&job.secrets))
+        .bind(i64::from(job.checkpoints))
         .execute(&mut *self.0)
         .await?
         .last_insert_rowid() as u64;

@@ -108,6 +108,7 @@ mod tests {
             image: None,
             tracking: None,
             sweep,
+            checkpoints: false,
         }
     }
 

@@ -310,9 +310,24 @@ pub struct PreemptionRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PreemptRuleRecord {
-    Priority { victim_priority: i32, preemptor_priority: i32 },
-    Reclaim { victim_team: String, preemptor_team: String },
-    ReclaimProject { team: String, victim_project: String, preemptor_project: String },
+    Priority {
+        victim_priority: i32,
+        preemptor_priority: i32,
+    },
+    Reclaim {
+        victim_team: String,
+        preemptor_team: String,
+    },
+    ReclaimProject {
+        team: String,
+        victim_project: String,
+        preemptor_project: String,
+    },
+    /// Under the least-attained order: the job checkpoints and had more GPU time than the one it made room for.
+    Attained {
+        victim_gpu_s: u64,
+        preemptor_gpu_s: u64,
+    },
 }
 
 #[cfg(test)]

@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// Stop the job after this long, such as 30m or 2h.
     #[arg(long)]
     max_runtime: Option<String>,
+    /// The job saves checkpoints and resumes from its latest when it starts again. Under the least-attained queue
+    /// order, a job that has had less GPU time may then stop it (after its lease, ten minutes by default); it gets
+    /// SIGTERM and its grace period to save one, and is queued again.
+    #[arg(long)]
+    checkpoints: bool,
     /// Stream the job's output and exit with its exit code.
     #[arg(long, short = 'f')]
     follow: bool,
@@ -143,6 +148,7 @@ pub async fn run(g: &Global, args: RunArgs) -> Result<i32, CliError> {
         nodes: (args.nodes != 1).then_some(args.nodes),
         image: args.image,
         experiment: args.experiment,
+        checkpoints: args.checkpoints,
     };
     if spec.command.is_empty() {
         return Err(CliError::new(
@@ -533,6 +539,21 @@ fn describe(j: &Job) -> String {
         line("Max runtime:", format::span(s as i64 * 1_000_000));
     }
     line("Attempt:", format!("{} of {}", j.attempt + 1, j.retries + 1));
+    if j.checkpoints {
+        line(
+            "Checkpoints:",
+            "resumes from its latest (least-attained may pause it for jobs that had less GPU time)".into(),
+        );
+    }
+    if j.preemptions > 0 || j.attained_gpu_s > 0 {
+        let hours = j.attained_gpu_s as f64 / 3600.0;
+        let stops = match j.preemptions {
+            0 => String::new(),
+            1 => ", preempted once".to_string(),
+            n => format!(", preempted {n} times"),
+        };
+        line("Earlier runs:", format!("{hours:.1} GPU-hours{stops}"));
+    }
     let gpu_list = |ids: &[u32]| match ids {
         [] => "none".to_string(),
         ids => ids.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(","),

@@ -193,6 +193,8 @@ pub fn cluster_toml(cluster: &HistoryCluster) -> (String, Vec<String>) {
         gpu_placement: cluster.gpu_placement.clone(),
         queue_order: cluster.queue_order.clone().filter(|o| o != "fair-share"),
         queue_aging: cluster.queue_aging_s.map(|s| if s == 0 { "off".to_string() } else { duration(s) }),
+        queue_lease: cluster.queue_lease_s.map(|s| if s == 0 { "off".to_string() } else { duration(s) }),
+        queue_levels: cluster.queue_levels_gpu_s.as_ref().map(|levels| levels.iter().map(|s| duration(*s)).collect()),
         reserve_depth: cluster.reserve_depth,
         pool: cluster.pools.iter().map(pool_out).collect(),
         team: cluster.teams.iter().map(team_out).collect(),
@@ -253,6 +255,8 @@ struct ClusterOut {
     gpu_placement: String,
     queue_order: Option<String>,
     queue_aging: Option<String>,
+    queue_lease: Option<String>,
+    queue_levels: Option<Vec<String>>,
     reserve_depth: Option<u32>,
     pool: Vec<PoolOut>,
     team: Vec<TeamOut>,
@@ -567,6 +571,8 @@ mod tests {
             gpu_placement: "fgd".into(),
             queue_order: Some("shortest-first".into()),
             queue_aging_s: Some(36 * 3600),
+            queue_lease_s: None,
+            queue_levels_gpu_s: None,
             reserve_depth: Some(128),
             pools: vec![
                 // A Slurm pool: no container images.
@@ -645,6 +651,18 @@ mod tests {
         assert_eq!(format!("{:?}", read.gpu_placement), "Fgd");
         assert_eq!((read.queue_order.name(), read.queue_order.aging_s()), ("shortest-first", Some(36 * 3600)));
         assert_eq!(read.reserve_depth, Some(128));
+        // Least-attained's lease comes back too, and "off" for none.
+        for lease in [Some(3600), None] {
+            let cluster = HistoryCluster {
+                queue_order: Some("least-attained".into()),
+                queue_lease_s: Some(lease.unwrap_or(0)),
+                queue_levels_gpu_s: Some(vec![1800, 90_000]),
+                ..cluster()
+            };
+            let read = ferry_sim::parse_cluster_toml("cluster.toml", &cluster_toml(&cluster).0).unwrap();
+            assert_eq!((read.queue_order.name(), read.queue_order.lease_s()), ("least-attained", lease));
+            assert_eq!(read.queue_order.levels_gpu_s(), Some(&[1800, 90_000][..]));
+        }
         let pools: Vec<(&str, i32, bool)> = read.pools.iter().map(|p| (p.name.as_str(), p.order, p.burst)).collect();
         assert_eq!(pools, [("onprem", 0, false), ("aws", 20, true), ("local", i32::MAX, false)]);
         // What each pool's backend runs comes back too, so the simulator places image jobs as the server did.

@@ -382,6 +382,58 @@ fn a_higher_priority_job_preempts_with_a_grace_period_and_the_victim_is_requeued
 }
 
 #[test]
+fn under_least_attained_a_job_that_checkpoints_is_paused_for_one_that_had_less_gpu_time() {
+    // Levels and lease in seconds, so the test runs in seconds: a job that had 2 GPU-seconds is in the second level.
+    let config = "queue_order = \"least-attained\"\nqueue_lease = \"1s\"\nqueue_levels = [\"2s\"]\n";
+    let f = Ferry::start_with_server_config(NodeSpec { gpus: 1, ..NodeSpec::default() }, "", config);
+    let script = "trap 'echo checkpoint saved; exit 0' TERM; echo attempt $FERRY_ATTEMPT; \
+                  if [ \"$FERRY_ATTEMPT\" != 0 ]; then echo resumed; exit 0; fi; while true; do sleep 0.05; done";
+    let long = f.submit(&["--gpus", "1", "--cpus", "0.1", "--checkpoints", "--", "sh", "-c", script]);
+    f.wait_for("the long job to run", |f| f.ok(&["logs", &long.to_string()]) == "attempt 0\n");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let short = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "echo", "short work"]);
+    f.wait_state(short, "succeeded");
+    f.wait_state(long, "succeeded");
+    // The pause is a preemption by the attained-service rule, with both jobs' GPU time, as data.
+    let job = f.job(long);
+    let preempted: Vec<&serde_json::Value> = job["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("reason"))
+        .filter(|r| r["kind"] == "preempted")
+        .collect();
+    assert_eq!(preempted.len(), 1, "{job}");
+    assert_eq!((preempted[0]["by"].as_u64(), preempted[0]["rule"]["kind"].as_str()), (Some(short), Some("attained")));
+    assert!(preempted[0]["rule"]["victim_gpu_s"].as_u64().unwrap() >= 2, "{job}");
+    assert_eq!(preempted[0]["rule"]["preemptor_gpu_s"], 0, "{job}");
+    assert_eq!((job["checkpoints"].as_bool(), job["preemptions"].as_u64()), (Some(true), Some(1)));
+    assert!(job["attained_gpu_s"].as_u64().unwrap() >= 2, "{job}");
+    let message = job["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .find(|m| m.starts_with(&format!("preempted for job {short}")));
+    assert!(message.unwrap().contains("it resumes from its checkpoint (least-attained order)"), "{job}");
+    // It saved its checkpoint on SIGTERM and resumed in its next attempt.
+    assert!(f.ok(&["logs", &long.to_string(), "--attempt", "0"]).ends_with("checkpoint saved\n"));
+    assert_eq!(f.ok(&["logs", &long.to_string()]), "attempt 1\nresumed\n");
+    let shown = f.ok(&["show", &long.to_string()]);
+    assert!(shown.contains("Checkpoints:") && shown.contains("preempted once"), "{shown}");
+
+    // A job that does not checkpoint is never paused for attained service: the newcomer waits.
+    let plain = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "sh", "-c", "while true; do sleep 0.05; done"]);
+    f.wait_state(plain, "running");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let waiting = f.submit(&["--gpus", "1", "--cpus", "0.1", "--", "true"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!((f.job(plain)["state"].as_str(), f.job(waiting)["state"].as_str()), (Some("running"), Some("queued")));
+    f.ok(&["cancel", &plain.to_string()]);
+    f.wait_state(waiting, "succeeded");
+}
+
+#[test]
 fn a_waiting_job_is_told_when_it_can_expect_to_start() {
     let f = Ferry::start(NodeSpec { gpus: 1, ..NodeSpec::default() });
     let holder = f.submit(&["--gpus", "1", "--cpus", "0.1", "--max-runtime", "1h", "--", "sleep", "30"]);

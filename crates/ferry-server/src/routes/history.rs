@@ -120,6 +120,11 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Js
                 ferry_core::QueueOrder::ShortestFirst { .. } | ferry_core::QueueOrder::LeastAttained { .. }
             )
         }),
+        queue_lease_s: match &state.file.queue_order {
+            ferry_core::QueueOrder::LeastAttained { lease_s, .. } => Some(lease_s.unwrap_or(0)),
+            _ => None,
+        },
+        queue_levels_gpu_s: state.file.queue_order.levels_gpu_s().map(<[u64]>::to_vec),
         reserve_depth: state.file.reserve_depth,
         pools,
         teams: by_team.into_values().collect(),

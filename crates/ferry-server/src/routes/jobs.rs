@@ -583,6 +583,9 @@ async fn to_wire(state: &AppState, caller: &UserCaller, r: JobRecord, waiting: O
             .tracking
             .map(|t| ferry_api::jobs::JobTracking { run_id: t.run_id, experiment_id: t.experiment_id.to_string() }),
         predicted_runtime,
+        checkpoints: r.spec.checkpoints,
+        preemptions: r.preemptions,
+        attained_gpu_s: r.attained_gpu_s,
     }
 }
 

@@ -496,7 +496,7 @@ mod tests {
             ]
         );
         assert_eq!(kinds("TimelineReason"), ["placed", "preempted", "requeued", "lost", "other"]);
-        assert_eq!(kinds("PreemptRule"), ["priority", "reclaim", "reclaim_project", "other"]);
+        assert_eq!(kinds("PreemptRule"), ["priority", "reclaim", "reclaim_project", "attained", "other"]);
         let mut found = Vec::new();
         references(&api, &mut found);
         assert!(found.contains(&"#/components/schemas/TimelineReason".to_string()), "{found:?}");
