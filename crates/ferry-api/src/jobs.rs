@@ -231,6 +231,10 @@ pub struct WorkerEnd {
     pub signal: Option<i32>,
     pub message: String,
     pub finished_at_us: i64,
+    /// The worker's program could not be started at all (no such file, no permission): a gang that ends so is not
+    /// retried, as a single-node job is not, since another try would fail the same way.
+    #[serde(default)]
+    pub failed_to_start: bool,
 }
 
 /// One entry of a job's state timeline.

@@ -1042,6 +1042,7 @@ impl Driver {
                         signal: *signal,
                         message: text,
                         finished_at_us: *finished_at_us,
+                        failed_to_start: *end == RunEnd::FailedToStart,
                     };
                     return self.worker_ended(run, node, ended, *end, tx, fx).await.map(|()| None);
                 }
@@ -1139,8 +1140,13 @@ impl Driver {
             GangStep::AllEnded { rank, ending, text } => (rank, ending, text),
         };
         let decided = job.workers[rank as usize].end.as_ref().expect("the deciding worker ended");
-        // The end that decides about retrying is the deciding worker's; the others were stopped for it.
-        let end = if rank == run.rank { end } else { RunEnd::Exited };
+        // The end that decides about retrying is the deciding worker's; the others were stopped for it. Its end as
+        // reported now, or as recorded when it came earlier (a program that could not start is not retried).
+        let end = match (rank == run.rank, decided.failed_to_start) {
+            (true, _) => end,
+            (false, true) => RunEnd::FailedToStart,
+            (false, false) => RunEnd::Exited,
+        };
         let started = job.started_at_us.or(job.workers.iter().filter_map(|w| w.started_at_us).min());
         let at_us = job.workers.iter().filter_map(|w| w.end.as_ref().map(|e| e.finished_at_us)).max().unwrap_or(at_us);
         let ended =
@@ -1262,7 +1268,8 @@ impl Driver {
                     silent.insert(node, reason);
                 }
                 Decision::Lost { job, node } => {
-                    let attempt = self.jobs.get(&job).map(|j| j.attempt).unwrap_or(0);
+                    // The core lost the job's current run; a job the driver no longer holds has nothing to lose.
+                    let Some(attempt) = self.jobs.get(&job).map(|j| j.attempt) else { continue };
                     let (why, cause) = match silent.get(&node) {
                         Some(reason) => (
                             format!("node {node} stopped reporting for {}s", reason.timeout_s),

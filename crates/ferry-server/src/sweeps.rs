@@ -298,10 +298,11 @@ async fn fail(state: &AppState, id: u64, message: &str) {
 async fn load(state: &AppState, record: SweepRecord) -> Result<Active, String> {
     let spec = SweepSpec::parse(&record.spec).map_err(|e| format!("its sweep file no longer reads: {e}"))?;
     let trial = TrialJob::parse(&spec)?;
-    let code: Option<ferry_api::code::CodeSpec> = match &record.code {
-        Some(json) => Some(serde_json::from_str(json).map_err(|e| format!("its stored code is unreadable: {e}"))?),
-        None => None,
-    };
+    let code = record.code.clone().map(|c| ferry_api::code::CodeSpec {
+        sha256: c.sha256,
+        git_commit: c.git_commit,
+        git_diff: c.git_diff,
+    });
     let rows = state.store.trials(record.id).await.map_err(|e| e.to_string())?;
     let mut trials = Vec::with_capacity(rows.len());
     let mut runs = HashMap::new();

@@ -37,7 +37,7 @@ pub use rows::{
 };
 pub use secrets::{Sealed, SecretOwner, SecretRecord};
 pub use sessions::{GroupRule, NewSession, SessionRecord, StoredQuota};
-pub use sweeps::{LoggedValue, MetricStats, SweepRecord, TrialRow};
+pub use sweeps::{LoggedValue, MetricStats, SweepCode, SweepRecord, TrialRow};
 pub use tokens::{NewToken, NewUser, TeamRecord, TokenListing, TokenRecord, UserRecord};
 pub use tracking::{ExperimentRecord, MetricPoint, Ownership, ParamConflict, RunData, RunRecord};
 

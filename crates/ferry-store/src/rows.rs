@@ -73,6 +73,9 @@ pub(crate) struct WorkerEndRow {
     signal: Option<i32>,
     message: String,
     finished_at_us: i64,
+    /// Written only when set, so that rows from before it are the same form.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    failed_to_start: bool,
 }
 
 impl WorkerRow {
@@ -84,13 +87,14 @@ impl WorkerRow {
             gpu_ids: gpu_ids.clone(),
             started_at_us: *started_at_us,
             end: end.as_ref().map(|end| {
-                let WorkerEnd { state, exit_code, signal, message, finished_at_us } = end;
+                let WorkerEnd { state, exit_code, signal, message, finished_at_us, failed_to_start } = end;
                 WorkerEndRow {
                     state: state_name(*state).to_string(),
                     exit_code: *exit_code,
                     signal: *signal,
                     message: message.clone(),
                     finished_at_us: *finished_at_us,
+                    failed_to_start: *failed_to_start,
                 }
             }),
         }
@@ -99,8 +103,9 @@ impl WorkerRow {
     pub(crate) fn into_wire(self) -> Result<JobWorker, StoreError> {
         let WorkerRow { rank, node, gpu_ids, started_at_us, end } = self;
         let end = match end {
-            Some(WorkerEndRow { state, exit_code, signal, message, finished_at_us }) => {
-                Some(WorkerEnd { state: state_from(&state)?, exit_code, signal, message, finished_at_us })
+            Some(WorkerEndRow { state, exit_code, signal, message, finished_at_us, failed_to_start }) => {
+                let state = state_from(&state)?;
+                Some(WorkerEnd { state, exit_code, signal, message, finished_at_us, failed_to_start })
             }
             None => None,
         };
@@ -350,6 +355,7 @@ mod tests {
                 signal: Some(9),
                 message: "stopped".into(),
                 finished_at_us: 9,
+                failed_to_start: false,
             }),
         };
         let stored = to_json(&WorkerRow::from_wire(&worker));
@@ -359,6 +365,11 @@ mod tests {
         );
         let back: WorkerRow = serde_json::from_str(&stored).unwrap();
         assert_eq!(back.into_wire().unwrap(), worker);
+        let mut unstarted = worker.clone();
+        unstarted.end.as_mut().unwrap().failed_to_start = true;
+        let stored = to_json(&WorkerRow::from_wire(&unstarted));
+        assert!(stored.ends_with(r#""finished_at_us":9,"failed_to_start":true}}"#), "{stored}");
+        assert_eq!(serde_json::from_str::<WorkerRow>(&stored).unwrap().into_wire().unwrap(), unstarted);
 
         let gpu = Gpu { index: 2, model: "A100".into(), memory_bytes: 80 << 30, uuid: None, source: "nvml".into() };
         let stored = to_json(&GpuRow::from_wire(&gpu));

@@ -4,7 +4,9 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use crate::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::{from_json, to_json, Store, StoreError};
 
 /// A sweep as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,8 +18,8 @@ pub struct SweepRecord {
     pub team: Option<String>,
     /// The sweep file (TOML).
     pub spec: String,
-    /// The shipped folder of every trial, as JSON.
-    pub code: Option<String>,
+    /// The shipped folder of every trial.
+    pub code: Option<SweepCode>,
     pub experiment_id: i64,
     /// `running`, `finished`, `cancelled` or `failed`.
     pub state: String,
@@ -49,20 +51,31 @@ pub struct LoggedValue {
     pub value: f64,
 }
 
-fn sweep(row: &SqliteRow) -> SweepRecord {
-    SweepRecord {
+/// The shipped folder every trial of a sweep runs in, in the store's own form (stored as JSON in `sweeps.code`, so
+/// that a change of the API's shape cannot change what is stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepCode {
+    pub sha256: String,
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    #[serde(default)]
+    pub git_diff: Option<String>,
+}
+
+fn sweep(row: &SqliteRow) -> Result<SweepRecord, StoreError> {
+    Ok(SweepRecord {
         id: row.get::<i64, _>("id") as u64,
         name: row.get("name"),
         owner: row.get("owner"),
         team: row.get("team"),
         spec: row.get("spec"),
-        code: row.get("code"),
+        code: row.get::<Option<String>, _>("code").map(|json| from_json("code", &json)).transpose()?,
         experiment_id: row.get("experiment_id"),
         state: row.get("state"),
         message: row.get("message"),
         created_at_us: row.get("created_at_us"),
         finished_at_us: row.get("finished_at_us"),
-    }
+    })
 }
 
 fn trial(row: &SqliteRow) -> TrialRow {
@@ -86,7 +99,7 @@ impl Store {
         .bind(&s.name)
         .bind(&s.owner)
         .bind(&s.spec)
-        .bind(&s.code)
+        .bind(s.code.as_ref().map(to_json))
         .bind(s.experiment_id)
         .bind(s.created_at_us)
         .bind(&s.team)
@@ -98,7 +111,7 @@ impl Store {
 
     pub async fn sweep(&self, id: u64) -> Result<Option<SweepRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM sweeps WHERE id = ?").bind(id as i64).fetch_optional(&self.pool).await?;
-        Ok(row.as_ref().map(sweep))
+        row.as_ref().map(sweep).transpose()
     }
 
     /// Sweeps newest first; only those in `state` when given, and only those `visible` when given.
@@ -121,7 +134,7 @@ impl Store {
             }
         }
         let rows = query.bind(limit as i64).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(sweep).collect())
+        rows.iter().map(sweep).collect()
     }
 
     /// Ends a sweep, unless it already ended; `false` when it had.
@@ -278,5 +291,39 @@ impl Store {
                 count: r.get::<i64, _>("n") as u64,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep's code is stored in the store's own form, pinned here: a change is a change of every database.
+    #[tokio::test]
+    async fn a_sweeps_code_is_stored_in_the_stores_own_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
+        let code = SweepCode { sha256: "ab".repeat(32), git_commit: Some("c0ffee".into()), git_diff: None };
+        let record = SweepRecord {
+            id: 0,
+            name: Some("lr".into()),
+            owner: "ana".into(),
+            team: None,
+            spec: "[trial]\n".into(),
+            code: Some(code.clone()),
+            experiment_id: 0, // MLflow's Default experiment, which every store has
+            state: "running".into(),
+            message: None,
+            created_at_us: 5,
+            finished_at_us: None,
+        };
+        let id = store.insert_sweep(&record).await.unwrap();
+        let stored: String = sqlx::query_scalar("SELECT code FROM sweeps WHERE id = ?")
+            .bind(id as i64)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, format!(r#"{{"sha256":"{}","git_commit":"c0ffee","git_diff":null}}"#, "ab".repeat(32)));
+        assert_eq!(store.sweep(id).await.unwrap().unwrap().code, Some(code));
     }
 }

@@ -114,6 +114,18 @@ fn the_first_worker_to_fail_stops_the_others_and_fails_the_job() {
 }
 
 #[test]
+fn a_gang_whose_program_cannot_start_fails_at_once_without_retries() {
+    // Every worker fails to start; whichever reports last, the gang ends as the first did: not retried, as a
+    // single-node job that cannot start is not (another try would fail the same way).
+    let f = two_nodes();
+    let id = f.submit(&["--nodes", "2", "--cpus", "0.1", "--retries", "2", "--", "/no/such/program"]);
+    let job = f.wait_state(id, "failed");
+    assert_eq!(job["attempt"], 0, "{job}");
+    let ends: Vec<&serde_json::Value> = job["workers"].as_array().unwrap().iter().map(|w| &w["end"]).collect();
+    assert!(ends.iter().any(|e| e["failed_to_start"] == true), "{job}");
+}
+
+#[test]
 fn a_gang_survives_a_server_restart_and_ends_once() {
     let mut f = two_nodes();
     let script = "echo started $FERRY_NODE_RANK; sleep $((1 + 2 * FERRY_NODE_RANK)); echo done $FERRY_NODE_RANK";

@@ -71,7 +71,11 @@ pub async fn submit(
         owner: caller.name.clone(),
         team,
         spec: req.spec,
-        code: req.code.as_ref().map(|c| serde_json::to_string(c).expect("code serializes")),
+        code: req.code.as_ref().map(|c| ferry_store::SweepCode {
+            sha256: c.sha256.clone(),
+            git_commit: c.git_commit.clone(),
+            git_diff: c.git_diff.clone(),
+        }),
         experiment_id,
         state: "running".to_string(),
         message: None,
