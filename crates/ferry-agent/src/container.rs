@@ -517,55 +517,98 @@ async fn remove(docker: &Docker, name: &str) {
 /// `read /proc/<pid>/cgroup: no such process`, and, having already said 200, puts its JSON error in the body, where
 /// it would read as the job's output. Such a failure is retried: the engine keeps the container's log until the
 /// container is removed (after this drains), and the bytes already copied are skipped, so none is lost or doubled.
+///
+/// Following ends when the container stops, and the engine may end it before it has read the last lines the
+/// container wrote (Podman, for a container that writes and exits at once, sends the first line only). So once the
+/// followed log ends and the container has stopped, its whole log is read once more, and what following missed is
+/// copied.
 async fn copy_logs(docker: Docker, name: String) {
     let waiter = docker.with_timeout(Duration::from_secs(u32::MAX as u64));
     // Plain blocking writes: the shim drains the pipe whatever happens, so they never wait long.
-    let mut stdout = io::stdout();
-    let mut stderr = io::stderr();
-    let mut copied = 0u64;
+    let mut out = Outputs { stdout: io::stdout(), stderr: io::stderr(), copied: 0 };
     let mut failures = 0u32;
+    let mut follow = true;
     loop {
-        let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-        let mut logs = waiter.logs(&name, Some(options));
-        let mut skip = copied;
-        let mut failed = None;
+        let options = LogsOptions { follow, stdout: true, stderr: true, ..Default::default() };
+        match out.copy(waiter.logs(&name, Some(options))).await {
+            Copied::WriteFailed => return,
+            Copied::Ended if !follow => return,
+            Copied::Ended => {
+                wait_stopped(&waiter, &name).await;
+                follow = false;
+            }
+            Copied::EngineFailed(failure) => {
+                failures += 1;
+                if failures > LOG_RETRIES {
+                    let _ = writeln!(out.stderr, "ferry: lost the container's output: {failure}");
+                    return;
+                }
+                tokio::time::sleep(LOG_RETRY_WAIT * failures).await;
+            }
+        }
+    }
+}
+
+/// Where a container's output goes, and how many of its bytes (both streams together) are already there.
+struct Outputs {
+    stdout: io::Stdout,
+    stderr: io::Stderr,
+    copied: u64,
+}
+
+/// How one read of a container's log ended.
+enum Copied {
+    /// The engine sent all it would.
+    Ended,
+    /// The engine failed the request (as the message says); a new one may succeed.
+    EngineFailed(String),
+    /// The output could not be written: nobody reads it any more.
+    WriteFailed,
+}
+
+impl Outputs {
+    /// Copies one read of the log, skipping the bytes copied before.
+    async fn copy(
+        &mut self,
+        mut logs: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, EngineError>> + Unpin,
+    ) -> Copied {
+        let mut skip = self.copied;
         while let Some(item) = logs.next().await {
             let (to_stderr, message) = match item {
                 Ok(bollard::container::LogOutput::StdErr { message }) => (true, message),
                 Ok(bollard::container::LogOutput::Console { message }) => match engine_error(&message) {
-                    Some(failure) => {
-                        failed = Some(failure);
-                        break;
-                    }
+                    Some(failure) => return Copied::EngineFailed(failure),
                     None => (false, message),
                 },
                 Ok(output) => (false, output.into_bytes()),
-                Err(e) => {
-                    failed = Some(engine_message(&e));
-                    break;
-                }
+                Err(e) => return Copied::EngineFailed(engine_message(&e)),
             };
             let fresh = unseen(&mut skip, &message);
             if fresh.is_empty() {
                 continue;
             }
             let written = if to_stderr {
-                stderr.write_all(fresh).and(stderr.flush())
+                self.stderr.write_all(fresh).and(self.stderr.flush())
             } else {
-                stdout.write_all(fresh).and(stdout.flush())
+                self.stdout.write_all(fresh).and(self.stdout.flush())
             };
             if written.is_err() {
-                return;
+                return Copied::WriteFailed;
             }
-            copied += fresh.len() as u64;
+            self.copied += fresh.len() as u64;
         }
-        let Some(failure) = failed else { return };
-        failures += 1;
-        if failures > LOG_RETRIES {
-            let _ = writeln!(stderr, "ferry: lost the container's output: {failure}");
+        Copied::Ended
+    }
+}
+
+/// Waits, a little, for the container to be stopped (or gone): its log is then complete.
+async fn wait_stopped(docker: &Docker, name: &str) {
+    for _ in 0..50 {
+        let running = docker.inspect_container(name, None).await.ok().and_then(|c| c.state).and_then(|s| s.running);
+        if running != Some(true) {
             return;
         }
-        tokio::time::sleep(LOG_RETRY_WAIT * failures).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
