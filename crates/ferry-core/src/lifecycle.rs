@@ -317,9 +317,30 @@ pub fn gang_step(workers: usize, ended: &[WorkerEnded], first_failure: bool, sto
     }
 }
 
+/// When a gang runs: once every worker has started (`starts`, by rank), from the earliest start; `None` while one
+/// has not.
+pub fn gang_running_since(starts: &[Option<i64>]) -> Option<i64> {
+    starts.iter().copied().collect::<Option<Vec<i64>>>()?.into_iter().min()
+}
+
+/// The GPU-seconds a run adds to what its job attained: `ran_s` seconds on `gpus` GPUs in all (every worker of a
+/// gang counted). The least-attained order files a job by the sum over its attempts.
+pub fn attained_gpu_s(ran_s: i64, gpus: u32) -> u64 {
+    (ran_s.max(0) as u64).saturating_mul(u64::from(gpus))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gang_runs_once_every_worker_started_from_the_first_start_and_attains_gpu_time_on_all_its_gpus() {
+        assert_eq!(gang_running_since(&[Some(7), None, Some(3)]), None);
+        assert_eq!(gang_running_since(&[Some(7), Some(5), Some(3)]), Some(3));
+        assert_eq!(gang_running_since(&[]), None);
+        assert_eq!(attained_gpu_s(3600, 8), 28_800);
+        assert_eq!(attained_gpu_s(-5, 8), 0, "a clock step back attains nothing");
+    }
 
     fn life(attempt: u32, retries: u32) -> JobLife {
         JobLife { attempt, retries, ..JobLife::default() }

@@ -15,6 +15,7 @@ use crate::elastic::{self, ElasticPool, Supply, Want};
 use crate::fairshare::{self, Usage};
 use crate::fgd::{self, GpuDemand, Mix};
 use crate::idhash::IdMap;
+use crate::lifecycle;
 use crate::node::{Node, Nodes};
 use crate::nodelife::{AbandonReason, ElasticStatus, NodeLife, NodeStatus, NotReadyReason, ProvisionFailure};
 use crate::nodeset::NodeSet;
@@ -2166,8 +2167,8 @@ impl Scheduler {
 
     /// The GPU-seconds a running job has received: in its earlier attempts and in the one under way.
     fn attained_running(&self, running: &Running) -> u64 {
-        let ran_s = (self.now_us.saturating_sub(running.started_at_us).max(0) / 1_000_000) as u64;
-        running.request.attained_gpu_s.saturating_add(ran_s.saturating_mul(u64::from(running.request.total().gpus)))
+        let ran_s = self.now_us.saturating_sub(running.started_at_us) / 1_000_000;
+        running.request.attained_gpu_s.saturating_add(lifecycle::attained_gpu_s(ran_s, running.request.total().gpus))
     }
 
     /// The least-attained level of a job that has received `attained_gpu_s`; 0 under the other orders.

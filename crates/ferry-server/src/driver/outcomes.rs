@@ -33,8 +33,8 @@ impl Driver {
             Next::Requeue { attempt, attempts, preemptions, not_before_us, cause, reason } => {
                 let mut requeued = Active { preemptions, preempted: None, ..job.clone() };
                 // The least-attained order files a job by the GPU time its attempts had.
-                let gpus = u64::from(job.request.resources.gpus) * u64::from(job.request.workers());
-                let attained = (ran_s.max(0) as u64).saturating_mul(gpus);
+                let gpus = job.request.resources.gpus.saturating_mul(job.request.workers());
+                let attained = lifecycle::attained_gpu_s(ran_s, gpus);
                 requeued.request.attained_gpu_s = requeued.request.attained_gpu_s.saturating_add(attained);
                 let why = requeue_record(cause, attempt, attempts, not_before_us, None);
                 self.requeue(id, &requeued, attempt, not_before_us, (&reason, why), tx, fx).await

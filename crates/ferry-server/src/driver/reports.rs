@@ -182,9 +182,9 @@ impl Driver {
         }
         worker.started_at_us = Some(started_at_us);
         tx.set_workers(run.job_id, &active.workers).await?;
-        let all_started = active.workers.iter().all(|w| w.started_at_us.is_some());
-        if all_started && active.state == JobState::Starting {
-            let first = active.workers.iter().filter_map(|w| w.started_at_us).min().unwrap_or(started_at_us);
+        let starts: Vec<Option<i64>> = active.workers.iter().map(|w| w.started_at_us).collect();
+        let running_since = lifecycle::gang_running_since(&starts).filter(|_| active.state == JobState::Starting);
+        if let Some(first) = running_since {
             let nodes: Vec<&str> = active.workers.iter().map(|w| w.node.as_str()).collect();
             let message = format!("all {} workers running, on nodes {}", nodes.len(), nodes.join(", "));
             tx.running(run.job_id, first, &message).await?;
