@@ -136,6 +136,13 @@ pub fn run_outcome(job: &JobLife, run: &RunResult) -> (Ending, String) {
     }
 }
 
+/// How a job ends whose run could not even be prepared (`why`: a secret it reads is gone): as a program that could
+/// not start, failed and never retried (another try would fail the same way), or cancelled where that was asked.
+pub fn unstartable(job: &JobLife, why: &str) -> (Ending, String) {
+    let run = RunResult { end: RunEnd::FailedToStart, exit_code: None, signal: None, message: Some(why.to_string()) };
+    run_outcome(job, &run)
+}
+
 /// What follows once every run of the job's attempt has ended as `ending` (said by `text`; `end` is how the run that
 /// decided it ended; `ran_s` how long the attempt ran): a preempted job is requeued without using a retry, unless
 /// it succeeded before its grace period was over (its work is done); a failure is retried after a backoff while
@@ -332,6 +339,14 @@ pub fn attained_gpu_s(ran_s: i64, gpus: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_whose_run_cannot_be_prepared_fails_unless_it_was_cancelled() {
+        let job = JobLife { retries: 3, ..JobLife::default() };
+        assert_eq!(unstartable(&job, "secret HF_TOKEN is gone"), (Ending::Failed, "secret HF_TOKEN is gone".into()));
+        let cancelled = JobLife { cancel_requested: true, ..job };
+        assert_eq!(unstartable(&cancelled, "secret HF_TOKEN is gone").0, Ending::Cancelled);
+    }
 
     #[test]
     fn a_gang_runs_once_every_worker_started_from_the_first_start_and_attains_gpu_time_on_all_its_gpus() {

@@ -74,9 +74,18 @@ impl Driver {
         let secrets = match self.secrets.resolve(tx, &record.spec).await? {
             Ok(secrets) => secrets,
             Err(why) => {
-                // Nothing can start it as asked: it fails at once rather than waiting for a secret that may never
+                // Nothing can start it as asked: it ends at once rather than waiting for a secret that may never
                 // come back.
-                tx.finished(job, JobState::Failed, None, None, &why, self.clock.now_us()).await?;
+                let queued = &self.queued[&job];
+                let life = JobLife {
+                    attempt: queued.attempt,
+                    retries: queued.retries,
+                    preemptions: queued.preemptions,
+                    cancel_requested: record.cancel_requested,
+                    preempted: None,
+                };
+                let (ending, reason) = lifecycle::unstartable(&life, &why);
+                tx.finished(job, job_state(ending), None, None, &reason, self.clock.now_us()).await?;
                 self.end_job(job, fx);
                 return Ok(());
             }

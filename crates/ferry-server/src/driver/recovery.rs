@@ -102,7 +102,8 @@ impl Driver {
                     // The agents drop what they already run.
                     Ok(secrets) => fx.launches.extend(self.assignments(&record, &active, &secrets)),
                     Err(why) => {
-                        tx.finished(record.id, JobState::Failed, None, None, &why, self.clock.now_us()).await?;
+                        let (ending, reason) = lifecycle::unstartable(&active.life(), &why);
+                        tx.finished(record.id, job_state(ending), None, None, &reason, self.clock.now_us()).await?;
                         self.sched.apply(Event::JobEnded { id: record.id }).expect("ending a job never fails");
                         continue;
                     }
