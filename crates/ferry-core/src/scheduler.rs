@@ -1426,7 +1426,11 @@ impl Scheduler {
                 .filter(|r| r.preempted_by.is_none())
                 .map(|r| r.request.priority)
                 .min(),
-            top_stoppable_level: self.running.values().filter_map(|r| self.stoppable_level(r)).max(),
+            // Only least-attained with a lease stops jobs for attained service; the other orders skip the walk.
+            top_stoppable_level: self
+                .queue_order
+                .lease_s()
+                .and_then(|_| self.running.values().filter_map(|r| self.stoppable_level(r)).max()),
             ..Cycle::default()
         };
         self.index_nodes(&free, &mut cycle);
