@@ -9,15 +9,22 @@
 //! often to retry are the scheduler core's and the server's. It must never log, print or return credentials: they
 //! are redacted from every `Debug` and never part of an error.
 //!
-//! Providers: [`ec2`] (AWS EC2 through its Query API).
+//! Providers: [`ec2`] (AWS EC2 through its Query API), [`gce`] (Google Compute Engine through its REST API v1) and
+//! [`azure`] (Azure virtual machines through Azure Resource Manager's Compute REST API). GCE and Azure have no local
+//! emulator: they are written to their documented REST APIs and tested against a local server that answers in
+//! those formats (see the README).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod azure;
 pub mod credentials;
 pub mod ec2;
+pub mod gce;
+mod oauth;
+mod rest;
 
 /// The tag that names the Ferry installation a machine belongs to; listing filters on it.
 pub const TAG_INSTALLATION: &str = "ferry-installation";
@@ -183,7 +190,7 @@ impl Instance {
 /// What a provider said when it refused or failed a call: enough to act on and to quote to its support.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
-    /// The provider, as messages name it: `EC2`.
+    /// The provider, as messages name it: `EC2`, `Compute Engine`, `Azure`.
     pub provider: &'static str,
     /// The provider's error code, such as `InsufficientInstanceCapacity`.
     pub code: String,
@@ -213,17 +220,41 @@ pub enum ProviderError {
     #[error("{0}; there is no capacity for it now: try another zone or instance type, on-demand instead of spot, or the next pool")]
     NoCapacity(Refusal),
     /// The account's limit on machines or CPUs is reached.
-    #[error("{0}; the account's quota is reached: raise it with the provider (for EC2: Service Quotas, the instance family's vCPU limit) or lower the pool's max_nodes")]
+    #[error("{0}; the account's quota is reached: raise it with the provider ({fix}) or lower the pool's max_nodes", fix = quota_fix(.0))]
     QuotaExceeded(Refusal),
     /// The request itself is wrong: an unknown instance type, image or zone, a malformed parameter.
     #[error("{0}; the request is invalid: check the pool's instance type, image, region and zones")]
     Invalid(Refusal),
     /// The credentials are missing, wrong or expired, or may not do this.
-    #[error("{0}; the credentials were refused: check them (for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE's entry in ~/.aws/credentials) and that they may run, describe and terminate instances")]
+    #[error("{0}; the credentials were refused: check them ({fix}) and that they may run, describe and terminate instances", fix = credentials_fix(.0))]
     Unauthorized(Refusal),
     /// Throttling, a provider fault or a network failure: the same call may succeed later.
     #[error("{0}; this is likely temporary: the call may be retried with backoff")]
     Transient(Refusal),
+}
+
+/// Where each provider's quotas are raised.
+fn quota_fix(refusal: &Refusal) -> &'static str {
+    match refusal.provider {
+        gce::PROVIDER => "for Compute Engine: IAM & Admin, Quotas, the region's CPUs or GPUs of the family",
+        azure::PROVIDER => "for Azure: Subscriptions, Usage + quotas, the region's vCPUs of the VM family",
+        _ => "for EC2: Service Quotas, the instance family's vCPU limit",
+    }
+}
+
+/// Where each provider's credentials are read from.
+fn credentials_fix(refusal: &Refusal) -> &'static str {
+    match refusal.provider {
+        gce::PROVIDER => {
+            "for Compute Engine: the service account key in GOOGLE_APPLICATION_CREDENTIALS, or the token in \
+             GOOGLE_OAUTH_ACCESS_TOKEN, with a role such as roles/compute.instanceAdmin.v1 on the project"
+        }
+        azure::PROVIDER => {
+            "for Azure: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, a service principal with a role \
+             such as Virtual Machine Contributor and Network Contributor on the resource group"
+        }
+        _ => "for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE's entry in ~/.aws/credentials",
+    }
 }
 
 impl ProviderError {
