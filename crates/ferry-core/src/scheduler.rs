@@ -463,6 +463,9 @@ struct Cycle {
     /// Under the least-attained order with a lease: the highest level of a running job that attained service may
     /// stop, as the cycle began; a blocked job at this level or above can stop nothing for attained service.
     top_stoppable_level: Option<usize>,
+    /// The level of each running job that attained service may stop, as the cycle began (`stoppable_level`): the time
+    /// does not move within a cycle, and a job stopped during it is skipped as being preempted.
+    stoppable: IdMap<JobId, usize>,
     /// Reserved nodes: what is held back there, for which job, and when that job is expected to start (its shadow
     /// time). A job whose runtime limit ends before the shadow time may use what is held back: backfill.
     shadows: BTreeMap<usize, Shadow>,
@@ -1427,12 +1430,13 @@ impl Scheduler {
                 .map(|r| r.request.priority)
                 .min(),
             // Only least-attained with a lease stops jobs for attained service; the other orders skip the walk.
-            top_stoppable_level: self
-                .queue_order
-                .lease_s()
-                .and_then(|_| self.running.values().filter_map(|r| self.stoppable_level(r)).max()),
+            stoppable: match self.queue_order.lease_s() {
+                Some(_) => self.running.iter().filter_map(|(id, r)| Some((*id, self.stoppable_level(r)?))).collect(),
+                None => IdMap::default(),
+            },
             ..Cycle::default()
         };
+        cycle.top_stoppable_level = cycle.stoppable.values().max().copied();
         self.index_nodes(&free, &mut cycle);
         self.index_elastic(&mut cycle);
         cycle.bound = free.iter().fold(Resources::ZERO, |acc, f| acc.max(f));
@@ -2081,7 +2085,8 @@ impl Scheduler {
                     if running.preempted_by.is_some() || running.allocation.gpu_share_milli > 0 {
                         return None;
                     }
-                    let reason = self.may_preempt(request, running, moves.as_ref())?;
+                    let stoppable = cycle.stoppable.get(victim).copied();
+                    let reason = self.may_preempt(request, running, stoppable, moves.as_ref())?;
                     // Stopped for attained service, the job that has had the most goes first.
                     let attained_gpu_s = match reason {
                         PreemptReason::Attained { victim_gpu_s, .. } => victim_gpu_s,
@@ -2145,10 +2150,12 @@ impl Scheduler {
     /// quota taking back what the victim's team borrowed, the same between two projects of one team, or, under the
     /// least-attained order, less GPU time received than a victim of the same priority that checkpoints. `moves` is
     /// what preemptions under way move between teams and between projects; `None` when the request reclaims nothing.
+    /// `stoppable` is the victim's level where attained service may stop it (`Cycle::stoppable`).
     fn may_preempt(
         &self,
         request: &JobRequest,
         victim: &Running,
+        stoppable: Option<usize>,
         moves: Option<&(Moves, Moves)>,
     ) -> Option<PreemptReason> {
         if victim.request.priority < request.priority {
@@ -2160,7 +2167,7 @@ impl Scheduler {
         if let Some(reason) = moves.and_then(|moves| self.reclaim_reason(request, &victim.request, moves)) {
             return Some(reason);
         }
-        let level = self.stoppable_level(victim)?;
+        let level = stoppable?;
         (victim.request.priority == request.priority && self.attained_level(request.attained_gpu_s) < level).then(
             || PreemptReason::Attained {
                 victim_gpu_s: self.attained_running(victim),
