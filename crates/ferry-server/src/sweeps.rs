@@ -550,3 +550,29 @@ async fn cancel(state: &AppState, active: &mut BTreeMap<u64, Active>, id: u64, b
     // Trials that end from here on are recorded by the wire view from their jobs.
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(trial: &str) -> SweepSpec {
+        SweepSpec::parse(&format!(
+            "name = \"lr\"\nmax_trials = 4\ncommand = [\"python3\", \"train.py\", \"--lr\", \"{{lr}}\"]\n\n[objective]\nmetric = \
+             \"loss\"\ngoal = \"minimize\"\n\n[method]\nname = \"random\"\n\n[params.lr]\ndistribution = \"log_uniform\"\nlow = 0.0001\nhigh = 1.0\n\n\
+             [trial]\n{trial}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_trial_that_checkpoints_is_submitted_as_one_and_a_bad_value_is_named() {
+        let params = BTreeMap::from([("lr".to_string(), ParamValue::Float(0.01))]);
+        for (line, checkpoints) in [("checkpoints = true", true), ("", false)] {
+            let spec = spec(line);
+            let job = TrialJob::parse(&spec).unwrap().submission(&spec, &params, 0, None).unwrap();
+            assert_eq!(job.checkpoints, checkpoints, "{line:?}");
+        }
+        let err = TrialJob::parse(&spec("checkpoints = \"often\"")).unwrap_err();
+        assert!(err.starts_with("[trial]:") && err.contains("checkpoints"), "{err}");
+    }
+}
