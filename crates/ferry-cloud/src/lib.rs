@@ -258,6 +258,16 @@ fn credentials_fix(refusal: &Refusal) -> &'static str {
 }
 
 impl ProviderError {
+    /// An error whose code named no kind, by its HTTP status: refused credentials (401, 403), throttling or a fault
+    /// of the provider (429, 5xx), else an invalid request.
+    pub(crate) fn by_status(status: u16, refusal: Refusal) -> ProviderError {
+        match status {
+            401 | 403 => ProviderError::Unauthorized(refusal),
+            429 | 500..=599 => ProviderError::Transient(refusal),
+            _ => ProviderError::Invalid(refusal),
+        }
+    }
+
     /// What the provider said.
     pub fn refusal(&self) -> &Refusal {
         match self {

@@ -9,6 +9,9 @@ use ferry_cloud::credentials::Credentials;
 use ferry_cloud::ec2::{Ec2, Ec2Settings};
 use ferry_cloud::{InstanceState, InstanceType, LaunchRequest, Market, Provider, ProviderError};
 
+mod common;
+use common::summary;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -107,26 +110,6 @@ fn launch(installation: &str, node: &str, zone: &str, market: Market) -> LaunchR
         user_data: format!("#!/bin/sh\nexec ferry agent --join 'TOKEN-{node}'\n"),
         client_token: None,
     }
-}
-
-/// What a listing says, one line per machine in node order, without ids and times (which moto makes up).
-fn summary(instances: &[ferry_cloud::Instance]) -> Vec<String> {
-    let mut lines: Vec<String> = instances
-        .iter()
-        .map(|i| {
-            format!(
-                "{} {} {} {} {} pool={}",
-                i.node().unwrap_or("?"),
-                i.state,
-                i.market,
-                i.instance_type,
-                i.zone,
-                i.pool().unwrap_or("?")
-            )
-        })
-        .collect();
-    lines.sort();
-    lines
 }
 
 #[tokio::test]

@@ -22,6 +22,9 @@ use ferry_cloud::{InstanceType, LaunchRequest, Market, Provider, ProviderError};
 use ring::signature::{RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::{json, Value};
 
+mod common;
+use common::summary;
+
 const PROJECT: &str = "ferry-test";
 const KEY_PEM: &str = include_str!("data/gce-test-key.pem");
 const CLIENT_EMAIL: &str = "ferry-burst@ferry-test.iam.gserviceaccount.com";
@@ -605,25 +608,6 @@ fn launch(installation: &str, node: &str, instance_type: &str, zone: &str, marke
         user_data: format!("#!/bin/sh\nexec ferry agent --join 'TOKEN-{node}'\n"),
         client_token: None,
     }
-}
-
-fn summary(instances: &[ferry_cloud::Instance]) -> Vec<String> {
-    let mut lines: Vec<String> = instances
-        .iter()
-        .map(|i| {
-            format!(
-                "{} {} {} {} {} pool={}",
-                i.node().unwrap_or("?"),
-                i.state,
-                i.market,
-                i.instance_type,
-                i.zone,
-                i.pool().unwrap_or("?")
-            )
-        })
-        .collect();
-    lines.sort();
-    lines
 }
 
 #[tokio::test]

@@ -254,6 +254,14 @@ pub(crate) fn expected_runtime_s(request: &impl Service, unknown_s: u64) -> u64 
     expected.or(limit).unwrap_or(unknown_s)
 }
 
+/// How long a job submitted at `submitted_at_us` has waited by `at_us` under least-attained, in microseconds: its
+/// time since submission less what its earlier attempts ran (their `attained_gpu_s` over its `gpus`). A job ages by
+/// waiting, not by running.
+pub(crate) fn waited_us(submitted_at_us: i64, attained_gpu_s: u64, gpus: u32, at_us: i64) -> i64 {
+    let ran_us = (attained_gpu_s / u64::from(gpus.max(1))).saturating_mul(1_000_000);
+    at_us.saturating_sub(submitted_at_us).saturating_sub(i64::try_from(ran_us).unwrap_or(i64::MAX))
+}
+
 /// The least-attained level of a job that has received `attained_gpu_s`: how many boundaries it has reached.
 pub(crate) fn level(levels_gpu_s: &[u64], attained_gpu_s: u64) -> usize {
     levels_gpu_s.iter().filter(|t| attained_gpu_s >= **t).count()
@@ -268,9 +276,9 @@ pub(crate) fn order_level<'a, R: Service + 'a>(
     capacity: &Resources,
     now_us: i64,
 ) {
-    let aged = |r: &R, aging_s: u64| {
-        aging_s > 0 && now_us.saturating_sub(r.submitted_at_us()) >= (aging_s as i64).saturating_mul(1_000_000)
-    };
+    let past_bound =
+        |waited_us: i64, aging_s: u64| aging_s > 0 && waited_us >= (aging_s as i64).saturating_mul(1_000_000);
+    let aged = |r: &R, aging_s: u64| past_bound(now_us.saturating_sub(r.submitted_at_us()), aging_s);
     match order {
         QueueOrder::FairShare | QueueOrder::Fifo => {}
         QueueOrder::ShortestFirst { aging_s, unknown_runtime_s } => {
@@ -286,11 +294,7 @@ pub(crate) fn order_level<'a, R: Service + 'a>(
         QueueOrder::LeastAttained { levels_gpu_s, aging_s, .. } => {
             jobs.sort_by_cached_key(|&id| {
                 let (r, total) = request_of(id);
-                // A job's time since submission less what its earlier attempts ran (their GPU time over its GPUs)
-                // is what it waited: under least-attained, a job ages by waiting, not by running.
-                let ran_us = (r.attained_gpu_s() / u64::from(total.gpus.max(1))).saturating_mul(1_000_000);
-                let waited_us = now_us.saturating_sub(r.submitted_at_us()).saturating_sub(ran_us as i64);
-                if *aging_s > 0 && waited_us >= (*aging_s as i64).saturating_mul(1_000_000) {
+                if past_bound(waited_us(r.submitted_at_us(), r.attained_gpu_s(), total.gpus, now_us), *aging_s) {
                     return (false, 0, id);
                 }
                 (true, level(levels_gpu_s, r.attained_gpu_s()) as u64, id)

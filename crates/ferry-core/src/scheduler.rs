@@ -2198,22 +2198,21 @@ impl Scheduler {
         let lease_s = self.queue_order.lease_s()?;
         let s_us = |s: u64| (s as i64).saturating_mul(1_000_000);
         let ran_us = self.now_us.saturating_sub(running.started_at_us);
-        let gpus = u64::from(running.request.total().gpus);
         let stoppable = running.request.checkpoints
             && running.preempted_by.is_none()
             && running.allocation.gpu_share_milli == 0
-            && gpus > 0
+            && running.request.total().gpus > 0
             && ran_us >= s_us(lease_s);
         if !stoppable {
             return None;
         }
         if let Some(aging_s) = self.queue_order.aging_s() {
-            // Its earlier attempts ran its attained GPU time over its GPUs; the rest of its life before this start
-            // it waited.
-            let ran_before_us = s_us(running.request.attained_gpu_s / gpus);
-            let waited_us =
-                running.started_at_us.saturating_sub(running.request.submitted_at_us).saturating_sub(ran_before_us);
-            if waited_us >= s_us(aging_s) {
+            // What it had waited when this attempt started.
+            let request = &running.request;
+            let gpus = request.total().gpus;
+            if order::waited_us(request.submitted_at_us, request.attained_gpu_s, gpus, running.started_at_us)
+                >= s_us(aging_s)
+            {
                 return None;
             }
         }

@@ -210,16 +210,17 @@ pub fn simulate(args: &SimArgs) -> Result<Report, SimError> {
         None => {}
     }
     if args.queue_order.is_some() || args.queue_aging.is_some() {
-        // The cluster file's lease stays, where the order stays least-attained.
-        let file_lease = match &cluster.queue_order {
-            QueueOrder::LeastAttained { lease_s, .. } => Some(*lease_s),
-            _ => None,
-        };
         let name = args.queue_order.clone().unwrap_or_else(|| cluster.queue_order.name().to_string());
         let mut order = QueueOrder::configure(&name, args.queue_aging.map(|ms| ms / 1000))
             .map_err(|e| SimError::Usage(format!("--queue-order/--queue-aging: {e}")))?;
-        if let (Some(lease), QueueOrder::LeastAttained { lease_s, .. }) = (file_lease, &mut order) {
-            *lease_s = lease;
+        // Where the order stays least-attained, the cluster file's levels and lease stay with it.
+        if let (
+            QueueOrder::LeastAttained { levels_gpu_s: file_levels, lease_s: file_lease, .. },
+            QueueOrder::LeastAttained { levels_gpu_s, lease_s, .. },
+        ) = (&cluster.queue_order, &mut order)
+        {
+            levels_gpu_s.clone_from(file_levels);
+            *lease_s = *file_lease;
         }
         cluster.queue_order = order;
     }

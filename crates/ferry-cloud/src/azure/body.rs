@@ -277,11 +277,7 @@ fn classify(status: u16, error: ErrorJson, request_id: Option<String>) -> Provid
         return kind(Refusal { provider: PROVIDER, code, message, request_id });
     }
     let refusal = Refusal { provider: PROVIDER, code: error.code, message: error.message, request_id };
-    match status {
-        401 | 403 => ProviderError::Unauthorized(refusal),
-        429 | 500..=599 => ProviderError::Transient(refusal),
-        _ => ProviderError::Invalid(refusal),
-    }
+    ProviderError::by_status(status, refusal)
 }
 
 #[cfg(test)]

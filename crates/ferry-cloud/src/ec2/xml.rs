@@ -216,11 +216,7 @@ fn classify(status: u16, refusal: Refusal) -> ProviderError {
         | "InsufficientAddressCapacity" => return ProviderError::Transient(refusal),
         _ => {}
     }
-    match status {
-        401 | 403 => ProviderError::Unauthorized(refusal),
-        429 | 500..=599 => ProviderError::Transient(refusal),
-        _ => ProviderError::Invalid(refusal),
-    }
+    ProviderError::by_status(status, refusal)
 }
 
 #[cfg(test)]
