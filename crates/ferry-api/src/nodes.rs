@@ -92,6 +92,72 @@ pub struct Pool {
     pub engine: Option<EngineHealth>,
     /// What the pool's backend can do; the scheduler reads `images` and `gangs` to place jobs.
     pub capabilities: Capabilities,
+    /// For an elastic pool: its cloud, its machines by state and what they cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic: Option<ElasticPoolStatus>,
+}
+
+/// An elastic pool's cloud and machines, as `ferry pools` shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ElasticPoolStatus {
+    /// `aws`, `gcp` or `azure`.
+    pub provider: String,
+    pub region: String,
+    pub zones: Vec<String>,
+    pub instance_type: String,
+    /// `on-demand` or `spot`.
+    pub market: String,
+    /// What one machine costs an hour.
+    pub price_hour: f64,
+    pub max_nodes: u32,
+    /// Machines asked for that have not joined yet.
+    pub starting: u32,
+    /// Joined machines running jobs, and those holding none.
+    pub busy: u32,
+    pub idle: u32,
+    /// Being given back.
+    pub releasing: u32,
+    /// What the pool's machines have cost in all, from each launch request to its end (or now).
+    pub spend: f64,
+    /// What the pool's machines running now cost an hour.
+    pub spend_hour: f64,
+    /// Set while the pool is skipped after failing to start machines: until when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_until_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_reason: Option<String>,
+    /// Zones skipped for a while after refusing for capacity (or losing a spot machine), with until when and why.
+    #[serde(default)]
+    pub zones_cooling: Vec<ZoneCooling>,
+    /// The last thing the provider refused, as it said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Its machines not yet ended, oldest first.
+    pub machines: Vec<CloudMachine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ZoneCooling {
+    pub zone: String,
+    pub until_us: i64,
+    pub reason: String,
+}
+
+/// One machine rented for an elastic pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CloudMachine {
+    pub node: String,
+    /// `requested`, `launched`, `joined` or `terminating`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    pub requested_at_us: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_at_us: Option<i64>,
+    /// What it has cost so far.
+    pub cost: f64,
 }
 
 /// What a pool's backend can do beyond starting and stopping runs.

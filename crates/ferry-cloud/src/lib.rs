@@ -20,10 +20,12 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod azure;
+pub mod catalog;
 pub mod credentials;
 pub mod ec2;
 pub mod gce;
 mod oauth;
+pub mod registry;
 mod rest;
 
 /// The tag that names the Ferry installation a machine belongs to; listing filters on it.

@@ -11,8 +11,11 @@
 //! says so (`Event::ProvisionFailed`: no capacity, quota exceeded, ...) or when no node joined within the pool's
 //! `startup_timeout_s` (a tick decides `Decision::Abandon`, and the driver terminates the machines it launched for
 //! them). Either way the pool then **cools down** for its `retry_after_s`: it is asked for no new node meanwhile, so
-//! the jobs that wanted it are offered the next elastic pool in the admin's order. Zones are the provider's business:
-//! a provider tries its zones before it reports a failure to the core.
+//! the jobs that wanted it are offered the next elastic pool in the admin's order. Zones are below the core's level:
+//! the server's provisioner tries a pool's zones in order, skipping those that failed for capacity a short while ago,
+//! and reports a failure here only when every zone refused; the core reasons about pools. After a restart the driver
+//! hands back the requests still outstanding (`Event::NodesStarting`) with their times, so that they are neither
+//! asked for twice nor waited for past their start-up timeout.
 //!
 //! All of it is bookkeeping over times the driver passes in; nothing here reads a clock.
 
@@ -191,6 +194,16 @@ impl NodeLife {
         queue.extend(std::iter::repeat_n(now_us, nodes as usize));
     }
 
+    /// Requests of `pool` made before a restart, at the times given, merged with any made since in time order.
+    pub(crate) fn restarting(&mut self, pool: &str, requested_at_us: Vec<i64>) {
+        if requested_at_us.is_empty() {
+            return;
+        }
+        let queue = self.requests.entry(pool.to_string()).or_default();
+        queue.extend(requested_at_us);
+        queue.make_contiguous().sort_unstable();
+    }
+
     /// A new node of `pool` joined: it is the oldest request's.
     pub(crate) fn joined(&mut self, pool: &str) {
         if let Some(queue) = self.requests.get_mut(pool) {
@@ -318,5 +331,16 @@ mod tests {
         assert_eq!(life.cooldown("aws").map(|c| c.until_us), Some(680 * S));
         life.expire_cooldowns(680 * S);
         assert!(life.cooldown("aws").is_none());
+    }
+
+    #[test]
+    fn requests_taken_back_after_a_restart_keep_their_times_in_order() {
+        let mut life = NodeLife::default();
+        life.requested("aws", 1, 90 * S);
+        life.restarting("aws", vec![30 * S, 10 * S]);
+        life.restarting("gcp", Vec::new());
+        assert_eq!((life.starting("aws"), life.oldest_request("aws")), (3, Some(10 * S)));
+        assert_eq!(life.starting("gcp"), 0, "nothing taken back makes no entry");
+        assert_eq!(life.overdue("aws", 60, 100 * S), Some((2, 90)), "the old requests time out on their own times");
     }
 }

@@ -323,6 +323,10 @@ pub enum Event {
     /// The provider of elastic pool `pool` could not start `nodes` of the nodes asked of it: they are not waited for,
     /// and the pool is asked for nothing for its `retry_after_s`, so blocked jobs are offered the next pool.
     ProvisionFailed { pool: String, nodes: u32, failure: ProvisionFailure, detail: String },
+    /// Nodes asked of elastic pool `pool` at `requested_at_us` (one time per node) that have not joined yet, taken
+    /// back after a restart of the server so that they are neither asked for again nor forgotten. Nodes of the pool
+    /// that are already known must be up (`NodeUp`) before this: a new node's `NodeUp` takes the oldest request.
+    NodesStarting { pool: String, requested_at_us: Vec<i64> },
     /// The time is now `now_us`; usage accrues and waiting is measured against it. Yields the lifecycle's timed
     /// decisions: nodes silent past the node timeout (`NodeNotReady`, then `Lost` for each of their jobs) and nodes
     /// asked of elastic pools that did not join in time (`Abandon`).
@@ -1102,6 +1106,15 @@ impl Scheduler {
             Event::ProvisionFailed { pool, nodes, failure, detail } => {
                 let retry_after_s = self.elastic_pool(&pool).map_or(0, |e| e.retry_after_s);
                 self.life.failed(&pool, nodes, failure, detail, retry_after_s, self.now_us);
+                Ok(Vec::new())
+            }
+            Event::NodesStarting { pool, requested_at_us } => {
+                if self.elastic_pool(&pool).is_none() {
+                    return Err(CoreError::BadSetting(format!(
+                        "nodes are starting in pool {pool}, which is not an elastic pool"
+                    )));
+                }
+                self.life.restarting(&pool, requested_at_us);
                 Ok(Vec::new())
             }
             Event::NodeDown { node } => self.node_down(&node),

@@ -242,3 +242,19 @@ fn forecasts_do_not_time_nodes_out() {
     // Job 1 runs its hour: job 2 starts when it ends, though no heartbeat reaches the forecast meanwhile.
     assert_eq!(s.forecast_start(2), Some(StartForecast::At(3601 * S)));
 }
+
+#[test]
+fn nodes_still_starting_at_a_restart_are_neither_asked_for_again_nor_waited_for_past_their_timeout() {
+    // The server asked `spot` for a node at 1 s and restarted: the new core hears of the owned node, then of the
+    // request still outstanding, with its time.
+    let mut s = scheduler();
+    s.apply(owned("own", 8)).unwrap();
+    s.apply(Event::JobSubmitted(job(1, 8))).unwrap();
+    s.apply(Event::JobSubmitted(job(2, 8))).unwrap();
+    s.apply(Event::NodesStarting { pool: "spot".into(), requested_at_us: vec![S] }).unwrap();
+    assert_eq!(cycle(&mut s), ["start 1 on own"], "job 2 waits for the node already asked for");
+    assert_eq!(s.elastic_status("spot").unwrap().oldest_request_us, Some(S));
+    assert_eq!(tick(&mut s, 602)[0].split(':').next(), Some("abandon 1 in spot"));
+    let refused = s.apply(Event::NodesStarting { pool: "owned".into(), requested_at_us: vec![S] });
+    assert!(refused.unwrap_err().to_string().contains("owned, which is not an elastic pool"));
+}

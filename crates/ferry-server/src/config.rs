@@ -86,7 +86,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry_core::{GpuPlacement, PoolInfo, ProjectInfo, Resources, TeamInfo};
+use ferry_core::{ElasticPool, GpuPlacement, NodeTemplate, PoolInfo, ProjectInfo, Resources, TeamInfo};
 use serde::Deserialize;
 
 use crate::convert::{quota_from_record, quota_resources};
@@ -111,6 +111,8 @@ pub struct FileConfig {
     pub artifacts: crate::artifacts::ArtifactsConfig,
     /// The server's address as jobs reach it, for `MLFLOW_TRACKING_URI`.
     pub public_url: Option<String>,
+    /// How often the fleet lists the providers' machines to terminate what no node owns (`cloud_reconcile`).
+    pub cloud_reconcile: std::time::Duration,
     /// How long audit log entries are kept.
     pub audit_retention: std::time::Duration,
     /// The most output the server keeps of one run (`[logs] max_bytes_per_run`); past it one line says where it was
@@ -143,6 +145,7 @@ impl Default for FileConfig {
             reserve_depth: None,
             artifacts: Default::default(),
             public_url: None,
+            cloud_reconcile: crate::fleet::RECONCILE_DEFAULT,
             audit_retention: crate::audit::RETENTION_DEFAULT,
             log_bytes_per_run: crate::logs::RUN_BYTES_MAX_DEFAULT,
             code_retention: crate::retention::CODE_RETENTION_DEFAULT,
@@ -162,6 +165,9 @@ pub struct PoolConfig {
     pub price_cpu_hour: Option<f64>,
     /// How Ferry reaches the pool's engine; `None` for a pool of Ferry agents.
     pub engine: Option<EngineConfig>,
+    /// Where an elastic pool's machines come from (`info.elastic` holds its lifecycle settings); `None` for a pool of
+    /// owned nodes.
+    pub cloud: Option<ferry_cloud::registry::CloudPool>,
 }
 
 impl PoolConfig {
@@ -227,6 +233,8 @@ struct RawFile {
     #[serde(default)]
     artifacts: crate::artifacts::RawArtifacts,
     public_url: Option<String>,
+    /// How often elastic pools' machines are listed and matched to nodes: a duration from 1s to 1h.
+    cloud_reconcile: Option<String>,
     audit: Option<RawAudit>,
     oidc: Option<crate::oidc::RawOidc>,
     logs: Option<RawLogs>,
@@ -326,9 +334,101 @@ struct RawPool {
     poll_interval: Option<String>,
     code_dir: Option<String>,
     engine: Option<toml::Table>,
+    /// An elastic pool: where its machines come from (checked by `ferry_cloud::registry`), and its lifecycle.
+    cloud: Option<toml::Table>,
+    max_nodes: Option<i64>,
+    startup: Option<String>,
+    startup_timeout: Option<String>,
+    idle_release: Option<String>,
+    retry_after: Option<String>,
+    node: Option<RawTemplate>,
 }
 
+/// An elastic pool's node, when it should differ from the instance type's whole machine: labels, or less than all of
+/// it (to leave room for the system).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    cpus: Option<f64>,
+    memory: Option<String>,
+    gpus: Option<u32>,
+    gpu_model: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The most machines one elastic pool may have at a time.
+pub const ELASTIC_NODES_MAX: i64 = 1000;
+/// The range a start-up timeout must be in: a machine needs at least a minute to boot, and waiting more than two
+/// hours for one is paying for nothing.
+const STARTUP_TIMEOUT_S: (u64, u64) = (60, 2 * 3600);
+const STARTUP_TIMEOUT_DEFAULT_S: u64 = 15 * 60;
+const STARTUP_DEFAULT_S: u64 = 3 * 60;
+const IDLE_RELEASE_S: (u64, u64) = (60, 7 * 86_400);
+const IDLE_RELEASE_DEFAULT_S: u64 = 10 * 60;
+const RETRY_AFTER_MAX_S: u64 = 86_400;
+const RETRY_AFTER_DEFAULT_S: u64 = 10 * 60;
+
 impl RawPool {
+    /// The elastic settings and cloud of a pool with a `[pool.cloud]` table; refuses elastic settings without one.
+    fn elastic(&mut self, at: &str) -> Result<Option<(ElasticPool, ferry_cloud::registry::CloudPool)>, String> {
+        let Some(table) = self.cloud.take() else {
+            for (field, set) in [
+                ("max_nodes", self.max_nodes.is_some()),
+                ("startup", self.startup.is_some()),
+                ("startup_timeout", self.startup_timeout.is_some()),
+                ("idle_release", self.idle_release.is_some()),
+                ("retry_after", self.retry_after.is_some()),
+                ("node", self.node.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{at}: `{field}` applies only to an elastic pool: add a [pool.cloud] table saying where its \
+                         machines come from (provider, region, zones, instance_type, image)"
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        if self.kind.as_deref().is_some_and(|k| k != "agent") {
+            return Err(format!("{at}: an engine pool cannot have a [pool.cloud] table: its engine owns its nodes"));
+        }
+        let settings = serde_json::to_value(&table).map_err(|e| format!("{at}: [pool.cloud]: {e}"))?;
+        let cloud = ferry_cloud::registry::check(settings).map_err(|e| format!("{at}: {e}"))?;
+        let max_nodes = match self.max_nodes {
+            Some(n) if (1..=ELASTIC_NODES_MAX).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(format!(
+                "{at}: `max_nodes` is {n}; write how many machines the pool may have at once, 1 to {ELASTIC_NODES_MAX}"
+            ))
+            }
+            None => {
+                return Err(format!(
+                    "{at}: an elastic pool needs `max_nodes`: how many machines it may have at once, such as 4"
+                ))
+            }
+        };
+        let duration = |field: &str, text: &Option<String>, default: u64, (min, max): (u64, u64)| {
+            let Some(text) = text else { return Ok(default) };
+            let s = ferry_units::parse_duration_s(text).map_err(|e| format!("{at}: `{field}`: {e}"))?;
+            if s < min || s > max {
+                let (min, max) = (fmt_s(min), fmt_s(max));
+                return Err(format!("{at}: `{field}` is {text}; write a duration from {min} to {max}"));
+            }
+            Ok(s)
+        };
+        let startup_timeout_s =
+            duration("startup_timeout", &self.startup_timeout, STARTUP_TIMEOUT_DEFAULT_S, STARTUP_TIMEOUT_S)?;
+        let startup_s =
+            duration("startup", &self.startup, STARTUP_DEFAULT_S.min(startup_timeout_s), (0, startup_timeout_s))
+                .map_err(|e| format!("{e} (a machine's usual start-up, no longer than `startup_timeout`)"))?;
+        let idle_release_s = duration("idle_release", &self.idle_release, IDLE_RELEASE_DEFAULT_S, IDLE_RELEASE_S)?;
+        let retry_after_s = duration("retry_after", &self.retry_after, RETRY_AFTER_DEFAULT_S, (0, RETRY_AFTER_MAX_S))?;
+        let node = template(at, self.node.take(), &cloud.instance)?;
+        let elastic = ElasticPool { node, max_nodes, startup_s, idle_release_s, startup_timeout_s, retry_after_s };
+        Ok(Some((elastic, cloud)))
+    }
+
     /// The engine of a pool whose kind is not `agent`, checked by the engine's own settings parser.
     fn engine(&mut self, at: &str) -> Result<Option<EngineConfig>, String> {
         let kind = self.kind.clone().unwrap_or_else(|| "agent".to_string());
@@ -376,6 +476,50 @@ impl RawPool {
     }
 }
 
+/// The node an elastic pool's machines become: the instance type's whole machine, or less of it as the table says
+/// (never more: the template must fit the machine it describes).
+fn template(at: &str, raw: Option<RawTemplate>, instance: &ferry_cloud::InstanceType) -> Result<NodeTemplate, String> {
+    let whole = Resources { cpu_millis: instance.cpu_millis, memory_bytes: instance.memory_bytes, gpus: instance.gpus };
+    let Some(raw) = raw else {
+        return Ok(NodeTemplate { capacity: whole, gpu_model: instance.gpu_model.clone(), labels: Default::default() });
+    };
+    let asked =
+        RawAmount { gpus: raw.gpus, cpus: raw.cpus, memory: raw.memory }.resources(&format!("{at} node"), whole)?;
+    let name = &instance.name;
+    for (field, asked, has) in [
+        ("gpus", u64::from(asked.gpus), u64::from(whole.gpus)),
+        ("cpus", asked.cpu_millis, whole.cpu_millis),
+        ("memory", asked.memory_bytes, whole.memory_bytes),
+    ] {
+        if asked > has {
+            let show = |v: u64| match field {
+                "cpus" => ferry_units::format_cpus(v),
+                "memory" => ferry_units::format_bytes(v),
+                _ => v.to_string(),
+            };
+            return Err(format!(
+                "{at}: node.{field} is {}, more than an instance of {name} has ({}); lower it, or choose a larger \
+                 instance_type",
+                show(asked),
+                show(has)
+            ));
+        }
+    }
+    if let Some(model) = &raw.gpu_model {
+        if instance.gpu_model.as_deref() != Some(model.as_str()) {
+            let has = instance.gpu_model.as_deref().unwrap_or("no GPU");
+            return Err(format!(
+                "{at}: node.gpu_model is {model}, but {name} has {has}; leave gpu_model out, or match it"
+            ));
+        }
+    }
+    Ok(NodeTemplate { capacity: asked, gpu_model: instance.gpu_model.clone(), labels: raw.labels })
+}
+
+fn fmt_s(s: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
+}
+
 impl FileConfig {
     /// Reads and checks the file; the error names the file and, from toml, the line, column and field.
     pub fn load(path: &Path) -> Result<FileConfig, String> {
@@ -411,14 +555,24 @@ impl FileConfig {
                     return Err(format!("{at}: `{field}` must be a price of zero or more, such as 1.20"));
                 }
             }
+            let elastic = p.elastic(&at)?;
             let engine = p.engine(&at)?;
             if engine.is_some() && p.name.contains('/') {
                 return Err(format!("{at}: an engine pool's name must not contain `/`"));
             }
+            let (elastic, cloud) = elastic.map_or((None, None), |(e, c)| (Some(e), Some(c)));
             pools.push(PoolConfig {
                 engine,
+                cloud,
                 // What the pool's backend can do (`images`, `gangs`) is set when the server builds it.
-                info: PoolInfo { name: p.name, order: p.order, burst: p.burst, burst_after_s, ..PoolInfo::default() },
+                info: PoolInfo {
+                    name: p.name,
+                    order: p.order,
+                    burst: p.burst,
+                    burst_after_s,
+                    elastic,
+                    ..PoolInfo::default()
+                },
                 price_gpu_hour: p.price_gpu_hour,
                 price_cpu_hour: p.price_cpu_hour,
             });
@@ -518,6 +672,25 @@ impl FileConfig {
             }
             other => other,
         };
+        if public_url.is_none() {
+            if let Some(pool) = pools.iter().find(|p| p.cloud.is_some()) {
+                return Err(format!(
+                    "pool {} is elastic: its machines must reach this server, so set `public_url` to the address they \
+                     reach it at, such as \"https://ferry.example.org:7750\"",
+                    pool.info.name
+                ));
+            }
+        }
+        let cloud_reconcile = match raw.cloud_reconcile.as_deref() {
+            None => crate::fleet::RECONCILE_DEFAULT,
+            Some(text) => {
+                let s = ferry_units::parse_duration_s(text).map_err(|e| format!("`cloud_reconcile`: {e}"))?;
+                if !(1..=3600).contains(&s) {
+                    return Err(format!("`cloud_reconcile` = `{text}`: write a duration from 1s to 1h"));
+                }
+                std::time::Duration::from_secs(s)
+            }
+        };
         let audit_retention = match raw.audit.and_then(|a| a.retention) {
             None => crate::audit::RETENTION_DEFAULT,
             Some(text) => at_least_a_day("[audit] `retention`", &text, "entries")?,
@@ -576,6 +749,7 @@ impl FileConfig {
             reserve_depth,
             artifacts,
             public_url,
+            cloud_reconcile,
         })
     }
 }
@@ -712,6 +886,66 @@ mod tests {
 
     fn error(text: &str) -> String {
         FileConfig::parse(text).unwrap_err()
+    }
+
+    /// An elastic pool on EC2 with `extra` lines in its `[[pool]]` table and `cloud` in its `[pool.cloud]`.
+    fn elastic(extra: &str, cloud: &str) -> String {
+        format!(
+            "public_url = \"http://10.0.0.1:7750\"\n[[pool]]\nname = \"aws\"\norder = 10\nburst = true\nmax_nodes = 4\n{extra}\n\
+             [pool.cloud]\nprovider = \"aws\"\nregion = \"us-east-1\"\nzones = [\"us-east-1a\", \"us-east-1b\"]\n\
+             instance_type = \"g5.12xlarge\"\nimage = \"ami-12345678\"\n{cloud}\n"
+        )
+    }
+
+    #[test]
+    fn reads_an_elastic_pool_with_its_cloud_and_a_node_from_its_instance_type() {
+        let config = FileConfig::parse(&elastic("startup_timeout = \"20m\"\nidle_release = \"5m\"", "")).unwrap();
+        let pool = &config.pools[0];
+        let e = pool.info.elastic.as_ref().unwrap();
+        assert_eq!(
+            (e.max_nodes, e.startup_s, e.startup_timeout_s, e.idle_release_s, e.retry_after_s),
+            (4, 180, 1200, 300, 600)
+        );
+        assert_eq!((e.node.capacity.gpus, e.node.gpu_model.as_deref()), (4, Some("A10G")));
+        let cloud = pool.cloud.as_ref().unwrap();
+        assert_eq!((cloud.instance.name.as_str(), cloud.market()), ("g5.12xlarge", ferry_cloud::Market::OnDemand));
+        // A template may take less of the machine than all of it, and adds labels.
+        let less = FileConfig::parse(&elastic("node = { gpus = 2, labels = { cloud = \"aws\" } }", "")).unwrap();
+        let node = &less.pools[0].info.elastic.as_ref().unwrap().node;
+        assert_eq!((node.capacity.gpus, node.labels.get("cloud").map(String::as_str)), (2, Some("aws")));
+    }
+
+    #[test]
+    fn bad_elastic_pools_are_refused_with_the_field_and_the_fix() {
+        let cases = [
+            (elastic("node = { gpus = 8 }", ""), "pool[0] (aws): node.gpus is 8, more than an instance of g5.12xlarge has (4)"),
+            (elastic("node = { memory = \"1TiB\" }", ""), "pool[0] (aws): node.memory is 1TiB, more than an instance"),
+            (elastic("node = { gpu_model = \"H100\" }", ""), "pool[0] (aws): node.gpu_model is H100, but g5.12xlarge has A10G"),
+            (elastic("startup_timeout = \"30s\"", ""), "pool[0] (aws): `startup_timeout` is 30s; write a duration from 1m to 2h"),
+            (elastic("startup_timeout = \"3h\"", ""), "pool[0] (aws): `startup_timeout` is 3h; write a duration from 1m to 2h"),
+            (elastic("startup = \"1h\"\nstartup_timeout = \"10m\"", ""), "pool[0] (aws): `startup` is 1h; write a duration from 0s to 10m"),
+            (elastic("", "market = \"spot\""), "pool[0] (aws): [pool.cloud] price_hour: a spot pool needs one"),
+            (elastic("", "price_hour = -2.0"), "pool[0] (aws): [pool.cloud] price_hour: -2 is not a price"),
+            (elastic("", "provider2 = 1"), "pool[0] (aws): [pool.cloud]: unknown field `provider2`"),
+            (
+                elastic("", "").replace("\"aws\"\nregion", "\"oracle\"\nregion"),
+                "pool[0] (aws): [pool.cloud] provider: provider \"oracle\" is not one this build knows; write one of aws, gcp, azure",
+            ),
+            (elastic("", "").replace("us-east-1b", "us-west-2b"), "pool[0] (aws): [pool.cloud] zones: zone \"us-west-2b\" is not a zone of"),
+            (elastic("", "").replace("g5.12xlarge", "g5.12xl"), "pool[0] (aws): [pool.cloud] instance_type: instance type \"g5.12xl\""),
+            (elastic("", "").replace("us-east-1\"\nzones", "us-east-7\"\nzones"), "pool[0] (aws): [pool.cloud] region: region \"us-east-7\""),
+            (elastic("", "").replace("max_nodes = 4\n", ""), "pool[0] (aws): an elastic pool needs `max_nodes`"),
+            (elastic("", "").replace("max_nodes = 4", "max_nodes = 0"), "pool[0] (aws): `max_nodes` is 0; write how many machines"),
+            (
+                elastic("", "").replace("public_url = \"http://10.0.0.1:7750\"\n", ""),
+                "pool aws is elastic: its machines must reach this server, so set `public_url`",
+            ),
+            ("[[pool]]\nname = \"a\"\norder = 1\nmax_nodes = 3\n".to_string(), "pool[0] (a): `max_nodes` applies only to an elastic pool: add a [pool.cloud] table"),
+        ];
+        for (text, expected) in cases {
+            let error = error(&text);
+            assert!(error.starts_with(expected), "expected {expected:?}, got {error:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod datadir;
 mod driver;
 mod engines;
 mod error;
+mod fleet;
 mod http;
 mod jobruns;
 mod logs;
@@ -169,7 +170,26 @@ pub async fn serve(
         backends.insert(pool.info.name.clone(), built.backend);
         backend_tasks.extend(built.task);
     }
-    let (driver, handle, commands) = Driver::start(
+    // Elastic pools' machines: reconciled with the providers before the driver takes the store back, so that a
+    // machine launched just before a stop is adopted, not launched again.
+    let fleet = fleet::Fleet::new(
+        store.clone(),
+        Arc::new(clock::SystemClock),
+        &file.pools,
+        fleet::FleetSettings {
+            // The configuration requires `public_url` with elastic pools.
+            server_url: file.public_url.clone().unwrap_or_else(|| tracking_uri.clone()),
+            ca_pin: tls.as_ref().and_then(|t| t.authority.as_ref()).map(|a| a.fingerprint),
+            reconcile: file.cloud_reconcile,
+        },
+    )
+    .await
+    .map_err(ServerError::Config)?;
+    if let Some(fleet) = &fleet {
+        let starting = fleet.recover().await;
+        tracing::info!(installation = fleet.installation(), starting = starting.len(), "cloud fleet reconciled");
+    }
+    let (mut driver, handle, commands) = Driver::start(
         store.clone(),
         agents.clone(),
         backends.clone(),
@@ -184,6 +204,19 @@ pub async fn serve(
     )
     .await?;
     let (sweeps_handle, sweep_commands) = sweeps::SweepsHandle::channel();
+    let mut fleet_tasks = Vec::new();
+    if let Some(fleet) = &fleet {
+        let (news_tx, mut news_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (orders, task) = fleet.start(news_tx);
+        driver.set_fleet(orders);
+        let driver_handle = handle.clone();
+        fleet_tasks.push(task);
+        fleet_tasks.push(tokio::spawn(async move {
+            while let Some(news) = news_rx.recv().await {
+                driver_handle.notify(driver::Command::Cloud(news)).await;
+            }
+        }));
+    }
     let driver_task = tokio::spawn(driver.run(commands));
     let _ = host.driver.set(handle.clone());
     let backend_tasks: Vec<_> = backend_tasks.into_iter().map(tokio::spawn).collect();
@@ -244,6 +277,7 @@ pub async fn serve(
         sweeps: sweeps_handle,
         oidc,
         tls_authority: tls.as_ref().and_then(|t| t.authority.clone()).map(Arc::new),
+        fleet,
     };
     let sweep_controller = tokio::spawn(sweeps::run(state.clone(), sweep_commands));
     let fingerprint = tls.as_ref().and_then(|t| t.authority.as_ref()).map(|a| a.fingerprint.to_string());
@@ -261,6 +295,9 @@ pub async fn serve(
     // Open long polls and followed logs would hold a graceful shutdown forever; they get a bounded grace.
     http::serve(listener, app(state), stopping, SHUTDOWN_GRACE).await;
     driver_task.abort();
+    for task in fleet_tasks {
+        task.abort();
+    }
     for task in backend_tasks {
         task.abort();
     }

@@ -48,4 +48,6 @@ pub struct AppState {
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// The certificate authority of `--tls auto`, which join tokens pin; `None` without one.
     pub tls_authority: Option<Arc<crate::tls::Authority>>,
+    /// Elastic pools' machines; `None` without elastic pools.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }

@@ -5,6 +5,7 @@
 //! PostgreSQL also accepts, so a PostgreSQL backend can follow with the same migrations.
 
 mod audit;
+mod cloud;
 mod history;
 mod jobs;
 mod keys;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
+pub use cloud::{CloudMachine, MachineState, NewMachine};
 pub use history::HistoryRecord;
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, Requeue, SweepLink, Tx, Visibility};
 pub use keys::{KeyedJob, SubmissionKey};

@@ -822,7 +822,53 @@ pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
         .collect();
     let header = ["NAME", "KIND", "ORDER", "READY", "CPUS", "MEMORY", "GPUS", "CAPABILITIES", "ENGINE"];
     print!("{}", format::table(&header, &rows));
+    for p in &list.pools {
+        if let Some(e) = &p.elastic {
+            print!("{}", elastic_lines(&p.name, e, format::now_us()));
+        }
+    }
     Ok(0)
+}
+
+/// An elastic pool's cloud under the table: its machines by state, spend, and why it is skipped, if it is.
+fn elastic_lines(name: &str, e: &ferry_api::nodes::ElasticPoolStatus, now_us: i64) -> String {
+    let mut out = format!(
+        "\n{name}: {} {} {} in {} ({}), {:.2}/h each, at most {} machines\n",
+        e.provider,
+        e.market,
+        e.instance_type,
+        e.region,
+        e.zones.join(", "),
+        e.price_hour,
+        e.max_nodes
+    );
+    out.push_str(&format!(
+        "  {} starting, {} busy, {} idle, {} releasing; spend so far {:.2} ({:.2}/h now)\n",
+        e.starting, e.busy, e.idle, e.releasing, e.spend, e.spend_hour
+    ));
+    if let (Some(until), Some(reason)) = (e.cooldown_until_us, &e.cooldown_reason) {
+        out.push_str(&format!("  skipped for {} more: {reason}\n", format::span(until - now_us)));
+    }
+    for z in &e.zones_cooling {
+        out.push_str(&format!(
+            "  zone {} skipped for {} more: {}\n",
+            z.zone,
+            format::span(z.until_us - now_us),
+            z.reason
+        ));
+    }
+    if let Some(error) = &e.last_error {
+        out.push_str(&format!("  last error: {error}\n"));
+    }
+    for m in &e.machines {
+        let since = format::span(now_us - m.joined_at_us.unwrap_or(m.requested_at_us));
+        let at = match (&m.instance_id, &m.zone) {
+            (Some(id), Some(zone)) => format!(" {id} in {zone}"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("  {} {}{at} for {since}, cost {:.2}\n", m.node, m.state, m.cost));
+    }
+    out
 }
 
 /// `--secret NAME` or `--secret VAR=NAME`, as the variable each secret is read into.

@@ -31,10 +31,16 @@ impl Driver {
                     // The core already released the job; `lose` re-enters it in the queue if it is retried.
                     self.lose(job, attempt, (&why, loss), tx, fx).await?;
                 }
-                // The server makes no pool elastic yet (cloud providers are the next issue), so nothing is asked of a
-                // provider and nothing can be given up; say so rather than act.
-                other => {
-                    tracing::warn!(decision = ?other, "elastic pools are not supported by the server yet; decision ignored")
+                Decision::Abandon { pool, nodes, reason } => {
+                    tracing::warn!(pool = %pool, nodes, %reason, "giving up on cloud machines that did not join");
+                    self.order(crate::fleet::Order::Abandon { pool, nodes, why: reason.to_string() });
+                }
+                // A tick starts, stops and asks for nothing.
+                Decision::Start { .. }
+                | Decision::Preempt { .. }
+                | Decision::Provision { .. }
+                | Decision::Release { .. } => {
+                    tracing::error!(?decision, "a tick made a scheduling decision; ignored")
                 }
             }
         }
@@ -49,11 +55,62 @@ impl Driver {
                 Decision::Preempt { job, by, reason } => self.preempt(job, by, reason, tx, fx).await?,
                 // A cycle loses no job and times nothing out: those come of events and ticks.
                 Decision::Lost { .. } | Decision::NodeNotReady { .. } | Decision::Abandon { .. } => {}
-                // Cloud provisioning is a later issue: the server's config never makes a pool elastic yet, so the core
-                // does not ask for nodes or releases; if it ever does, say so rather than act.
-                Decision::Provision { .. } | Decision::Release { .. } => {
-                    tracing::warn!(?decision, "elastic pools are not supported by the server yet; decision ignored")
+                Decision::Provision { pool, nodes, reason } => {
+                    tracing::info!(pool = %pool, nodes, %reason, "bursting: asking the cloud for machines");
+                    self.order(crate::fleet::Order::Provision { pool, nodes });
                 }
+                Decision::Release { node, reason } => {
+                    tracing::info!(node = %node, %reason, "giving an idle cloud machine back");
+                    self.order(crate::fleet::Order::Release { node, why: reason.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands an order to the fleet, which carries it out without holding the driver up.
+    fn order(&self, order: crate::fleet::Order) {
+        match &self.fleet {
+            Some(fleet) => fleet.order(order),
+            None => tracing::error!(?order, "the core asked for cloud machines, but no pool has a cloud; ignored"),
+        }
+    }
+
+    /// What the fleet found: machines that could not be started (the core skips their pool a while) and machines
+    /// gone (their node is removed; its jobs, after a spot reclaim, are lost and requeued).
+    pub(super) async fn cloud_news(
+        &mut self,
+        news: crate::fleet::News,
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        match news {
+            crate::fleet::News::ProvisionFailed { pool, nodes, failure, detail } => {
+                let event = Event::ProvisionFailed { pool: pool.clone(), nodes, failure, detail };
+                if let Err(e) = self.sched.apply(event) {
+                    tracing::error!(pool = %pool, error = %e, "the core refused a provisioning failure");
+                }
+            }
+            crate::fleet::News::Gone { node, why } => {
+                if self.sched.node_status(&node).is_none() {
+                    // It never joined, or is already gone.
+                    return Ok(());
+                }
+                let lost = self.sched.apply(Event::NodeDown { node: node.clone() }).unwrap_or_default();
+                for decision in lost {
+                    let Decision::Lost { job, node } = decision else { continue };
+                    let Some(attempt) = self.jobs.get(&job).map(|j| j.attempt) else { continue };
+                    let text = format!("node {node} is gone: {why}");
+                    let loss = LossRecord { node: Some(node), cause: LossCauseRecord::NodeDown };
+                    self.lose(job, attempt, (&text, loss), tx, fx).await?;
+                }
+                if let Err(e) = self.sched.apply(Event::NodeRemoved { node: node.clone() }) {
+                    tracing::error!(node = %node, error = %e, "the core kept a node whose machine is gone");
+                }
+                tx.remove_node(&node).await?;
+                self.nodes.remove(&node);
+                self.agents.forget_node(&node);
+                tracing::info!(node = %node, why = %why, "cloud node removed");
             }
         }
         Ok(())

@@ -102,6 +102,10 @@ pub enum Command {
         native: ferry_store::Native,
         reply: Reply<bool>,
     },
+    /// Each elastic pool's nodes by lifecycle state, as the core sees them.
+    Elastic {
+        reply: oneshot::Sender<BTreeMap<String, ferry_core::ElasticStatus>>,
+    },
     /// What `/metrics` exports of the driver's own state.
     Metrics {
         reply: oneshot::Sender<DriverMetrics>,
@@ -112,6 +116,8 @@ pub enum Command {
         at_us: i64,
         reply: Reply<()>,
     },
+    /// The fleet's news of elastic pools' machines: a failure to start nodes, a machine gone.
+    Cloud(crate::fleet::News),
     /// The retention sweep deletes up to `limit` jobs that finished before `before_us`; the answer names them.
     ForgetJobs {
         before_us: i64,
@@ -197,6 +203,11 @@ impl DriverHandle {
         let (reply, answer) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| ApiError::unavailable())?;
         answer.await.map_err(|_| unfinished())?
+    }
+
+    /// Sends a command that has no answer.
+    pub async fn notify(&self, command: Command) {
+        let _ = self.tx.send(command).await;
     }
 
     pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {
@@ -437,6 +448,8 @@ pub struct Driver {
     cycle_seconds_sum: f64,
     /// When the last cycle ended and how long it took (see `PACED_CYCLE_MIN`).
     last_cycle: Option<(Instant, Duration)>,
+    /// Where elastic pools' machines are asked for and given back; `None` without elastic pools.
+    fleet: Option<crate::fleet::FleetHandle>,
     /// The core could not be rebuilt from the store after a failed commit: every batch tries again first, and
     /// none is applied to a core that disagrees with the store.
     stale: bool,
@@ -472,6 +485,7 @@ impl Driver {
             clock,
             predictor: Default::default(),
             cycles: 0,
+            fleet: None,
             stale: false,
             cycle_seconds_sum: 0.0,
             last_cycle: None,
@@ -479,6 +493,11 @@ impl Driver {
         driver.predictor = crate::predictions::load(&driver.store, driver.clock.now_us()).await?;
         driver.reload().await?;
         Ok((driver, DriverHandle { tx }, rx))
+    }
+
+    /// Orders for elastic pools' machines go to `fleet` from now on.
+    pub fn set_fleet(&mut self, fleet: crate::fleet::FleetHandle) {
+        self.fleet = Some(fleet);
     }
 
     /// The driver's loop: commands in batches, and a liveness check on a timer, until the server stops.
@@ -633,6 +652,15 @@ impl Driver {
                 }
                 let _ = reply.send(by_node);
             }
+            Command::Elastic { reply } => {
+                let status = self
+                    .config
+                    .pools
+                    .iter()
+                    .filter_map(|p| Some((p.info.name.clone(), self.sched.elastic_status(&p.info.name)?)))
+                    .collect();
+                let _ = reply.send(status);
+            }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
@@ -640,6 +668,7 @@ impl Driver {
                 let wanted = self.native(&node, run, native, tx, fx).await?;
                 fx.reply(reply, Ok(wanted));
             }
+            Command::Cloud(news) => self.cloud_news(news, tx, fx).await?,
             Command::OutputRemoved { ids, at_us, reply } => {
                 tx.output_removed(&ids, at_us).await?;
                 fx.reply(reply, Ok(()));

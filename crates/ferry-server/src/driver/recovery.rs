@@ -44,6 +44,19 @@ impl Driver {
             let pool = record.pool.clone();
             self.nodes.insert(record.name.clone(), NodeEntry { address, pool });
         }
+        // Machines asked of elastic pools that have not joined yet: after the known nodes, as a new node takes the
+        // oldest request.
+        let mut starting: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for m in self.store.live_machines().await? {
+            if matches!(m.state, ferry_store::MachineState::Requested | ferry_store::MachineState::Launched) {
+                starting.entry(m.pool).or_default().push(m.requested_at_us);
+            }
+        }
+        for (pool, requested_at_us) in starting {
+            if let Err(e) = self.sched.apply(Event::NodesStarting { pool: pool.clone(), requested_at_us }) {
+                tracing::warn!(pool = %pool, error = %e, "cloud machines of a pool that is no longer elastic");
+            }
+        }
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
         for record in self.store.unfinished_jobs().await? {

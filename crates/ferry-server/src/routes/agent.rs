@@ -96,7 +96,40 @@ pub async fn register(
         return Err(ApiError::invalid(message));
     }
     speak_for(&state, &agent, &node.name, true).await?;
+    cloud_join(&state, &agent, &node).await?;
     Ok(Json(state.driver.call(|reply| Command::Register { node, reply }).await?))
+}
+
+/// An elastic pool's nodes are the machines Ferry launched for it, each joining with the token its start-up script
+/// carries: that token joins only its machine's pool (and the machine is marked joined), and no other token joins an
+/// elastic pool.
+async fn cloud_join(state: &AppState, agent: &AgentCaller, node: &RegisterNode) -> Result<(), ApiError> {
+    let machine = state.store.machine_of_token(agent.token_id).await?;
+    let elastic = state.pools.iter().any(|p| p.cloud.is_some() && p.info.name == node.pool);
+    match machine {
+        Some(m) if m.pool != node.pool => {
+            tracing::warn!(node = %node.name, pool = %node.pool, machine_pool = %m.pool, "refused a cloud machine joining another pool");
+            Err(forbidden(format!(
+                "node `{}` was launched for pool `{}`; its join token joins that pool only",
+                node.name, m.pool
+            )))
+        }
+        Some(m) => {
+            if state.store.machine_joined(&m.node, now_us()).await? {
+                tracing::info!(node = %m.node, pool = %m.pool, "cloud machine joined");
+            }
+            Ok(())
+        }
+        None if elastic => {
+            tracing::warn!(node = %node.name, pool = %node.pool, "refused a node joining an elastic pool by hand");
+            Err(forbidden(format!(
+                "pool `{}` is elastic: its nodes are the cloud machines Ferry launches for it; join this machine to \
+                 another pool",
+                node.pool
+            )))
+        }
+        None => Ok(()),
+    }
 }
 
 /// What makes a registration unusable: a name that is no host name, a node without CPU or memory, a clock too far

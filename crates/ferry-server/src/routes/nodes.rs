@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::Json;
 use std::collections::BTreeMap;
 
-use ferry_api::nodes::{Capabilities, Node, NodeList, NodeState, Pool, PoolList};
+use ferry_api::nodes::{
+    Capabilities, CloudMachine, ElasticPoolStatus, Node, NodeList, NodeState, Pool, PoolList, ZoneCooling,
+};
 
 use ferry_backends::ComputeBackend;
 
@@ -70,8 +72,12 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
                 gpus: 0,
                 engine,
                 capabilities: capabilities(backend),
+                elastic: None,
             },
         );
+    }
+    if state.fleet.is_some() {
+        elastic(&state, &mut pools).await?;
     }
     for node in state.store.nodes().await? {
         let pool = pools.entry(node.pool.clone()).or_insert_with(|| {
@@ -88,6 +94,7 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
                 gpus: 0,
                 engine: None,
                 capabilities: capabilities(state.agents.capabilities()),
+                elastic: None,
             }
         });
         pool.nodes += 1;
@@ -100,6 +107,59 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
     }
     let pools = order.into_iter().filter_map(|name| pools.remove(&name)).collect();
     Ok(Json(PoolList { pools }))
+}
+
+/// Fills in each elastic pool's cloud: the core's count of its nodes by state, the fleet's machines and their cost.
+async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result<(), ApiError> {
+    let Some(fleet) = &state.fleet else { return Ok(()) };
+    let lifecycle = state.driver.ask(|reply| Command::Elastic { reply }).await?;
+    let now = crate::clock::now_us();
+    // Every machine that cost anything: the bill.
+    let machines = state.store.machines_since(0).await?;
+    for config in state.pools.iter() {
+        let (Some(cloud), Some(settings)) = (&config.cloud, &config.info.elastic) else { continue };
+        let Some(pool) = pools.get_mut(&config.info.name) else { continue };
+        let core = lifecycle.get(&config.info.name).cloned().unwrap_or_default();
+        let mine: Vec<&ferry_store::CloudMachine> = machines.iter().filter(|m| m.pool == config.info.name).collect();
+        let cloud_status = fleet.status(&config.info.name).unwrap_or_default();
+        pool.elastic = Some(ElasticPoolStatus {
+            provider: cloud.provider.clone(),
+            region: cloud.region.clone(),
+            zones: cloud.zones.clone(),
+            instance_type: cloud.instance.name.clone(),
+            market: cloud.market().to_string(),
+            price_hour: cloud.instance.price_hour,
+            max_nodes: settings.max_nodes,
+            starting: core.starting,
+            busy: core.ready.saturating_sub(core.idle),
+            idle: core.idle,
+            releasing: core.releasing,
+            spend: mine.iter().map(|m| m.cost(now)).sum(),
+            spend_hour: mine.iter().filter(|m| m.live()).map(|m| m.price_hour).sum(),
+            cooldown_until_us: core.cooldown.as_ref().map(|c| c.until_us),
+            cooldown_reason: core.cooldown.as_ref().map(|c| format!("{}: {}", c.failure, c.detail)),
+            zones_cooling: cloud_status
+                .zones_cooling
+                .into_iter()
+                .map(|(zone, until_us, reason)| ZoneCooling { zone, until_us, reason })
+                .collect(),
+            last_error: cloud_status.last_error,
+            machines: mine
+                .iter()
+                .filter(|m| m.live())
+                .map(|m| CloudMachine {
+                    node: m.node.clone(),
+                    state: m.state.to_string(),
+                    zone: m.zone.clone(),
+                    instance_id: m.instance_id.clone(),
+                    requested_at_us: m.requested_at_us,
+                    joined_at_us: m.joined_at_us,
+                    cost: m.cost(now),
+                })
+                .collect(),
+        });
+    }
+    Ok(())
 }
 
 fn capabilities(c: ferry_backends::Capabilities) -> Capabilities {

@@ -1,0 +1,574 @@
+//! The fleet: elastic pools' machines, rented from cloud providers as the core asks and given back when it releases
+//! them, with nothing left running that no node owns.
+//!
+//! The driver hands the core's `Provision`, `Release` and `Abandon` decisions here as [`Order`]s and never waits on a
+//! provider; the fleet reports back what the core must hear ([`News`]: a failure to start nodes, a machine gone).
+//!
+//! - **Launch.** Each node asked for is first recorded (`cloud_machines`, with a single-use join token bound to the
+//!   node), then launched with a start-up script that starts `ferry agent` with that token, trying the pool's zones in
+//!   order (see `zones`). A zone that has no capacity is skipped for the pool's `retry_after`; a quota, invalid or
+//!   credentials error fails at once; a passing error is retried with backoff. Only when no zone took it does the
+//!   core hear `ProvisionFailed`, and then it skips the pool and offers its jobs the next one.
+//! - **Join.** The machine's agent registers as its node (the register route marks the machine joined).
+//! - **Give back.** `Release` (idle) and `Abandon` (never joined) terminate the machine; a machine gone is reported,
+//!   and the driver removes its node (losing its jobs to the queue, after a spot reclaim).
+//! - **Reconcile.** Every `reconcile` interval, and once before the driver starts, the fleet lists every provider's
+//!   machines by the installation's tag: a machine no live record owns is terminated, one whose launch was never
+//!   recorded (the server died in between) is adopted by its node's tag, and a record whose machine the provider no
+//!   longer runs is ended. So a restart neither launches twice nor forgets a machine.
+//!
+//! Calls to each provider are rate-limited (a token bucket), and every machine costs its price from its launch
+//! request to its end (`CloudMachine::cost`).
+
+pub mod userdata;
+pub mod zones;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_cloud::{Instance, InstanceState, LaunchRequest, Provider, ProviderError};
+use ferry_core::ProvisionFailure;
+use ferry_store::{CloudMachine, MachineState, NewMachine, Store};
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::config::PoolConfig;
+use zones::{backoff, RateLimit, ZoneBook};
+
+/// How many passing failures one call is retried through before it counts as failed.
+const TRANSIENT_TRIES_MAX: u32 = 4;
+/// Calls to one pool's provider: a burst of this many, then `CALLS_PER_SECOND`.
+const CALLS_BURST: u32 = 50;
+const CALLS_PER_SECOND: f64 = 10.0;
+/// How often the fleet lists the providers' machines, unless the configuration says.
+pub const RECONCILE_DEFAULT: Duration = Duration::from_secs(60);
+
+/// What the driver asks of the fleet, from the core's decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// `nodes` more machines for `pool`.
+    Provision { pool: String, nodes: u32 },
+    /// Terminate the machine of `node`, which idled.
+    Release { node: String, why: String },
+    /// Terminate the `nodes` oldest machines of `pool` that have not joined.
+    Abandon { pool: String, nodes: u32, why: String },
+}
+
+/// What the fleet tells the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum News {
+    /// `nodes` machines asked of `pool` could not be started.
+    ProvisionFailed { pool: String, nodes: u32, failure: ProvisionFailure, detail: String },
+    /// The machine of `node` is gone (terminated by Ferry, or by the provider: a spot reclaim).
+    Gone { node: String, why: String },
+}
+
+/// The fleet's handle, which the driver sends orders through; it never blocks.
+#[derive(Clone)]
+pub struct FleetHandle {
+    tx: mpsc::UnboundedSender<Order>,
+}
+
+impl FleetHandle {
+    pub fn order(&self, order: Order) {
+        if self.tx.send(order).is_err() {
+            tracing::error!("the fleet has stopped; a cloud order was dropped");
+        }
+    }
+}
+
+/// One elastic pool as the fleet works it.
+struct PoolFleet {
+    config: PoolConfig,
+    provider: Arc<dyn Provider>,
+    zones: Mutex<ZoneBook>,
+    calls: Mutex<RateLimit>,
+    /// The last failure to launch, for `ferry pools`.
+    last_error: Mutex<Option<String>>,
+}
+
+impl PoolFleet {
+    fn cloud(&self) -> &ferry_cloud::registry::CloudPool {
+        self.config.cloud.as_ref().expect("only pools with a cloud are in the fleet")
+    }
+
+    fn startup_timeout_s(&self) -> u64 {
+        self.config.info.elastic.as_ref().map_or(0, |e| e.startup_timeout_s)
+    }
+
+    /// Waits for this pool's next call to its provider.
+    async fn pace(&self, clock: &dyn Clock) {
+        let wait = self.calls.lock().expect("rate limit lock").take(clock.now_us());
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// What `ferry pools` shows of an elastic pool's cloud.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PoolCloudStatus {
+    pub zones_cooling: Vec<(String, i64, String)>,
+    pub last_error: Option<String>,
+}
+
+/// The fleet's shared state; launches and terminations run as tasks of their own over it.
+pub struct Fleet {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    pools: BTreeMap<String, PoolFleet>,
+    installation: String,
+    /// How machines reach the server (`public_url`), and the join string's certificate pin, if any.
+    server_url: String,
+    ca_pin: Option<ferry_api::tls::CaFingerprint>,
+    news: Mutex<Option<mpsc::UnboundedSender<News>>>,
+    reconcile: Duration,
+    /// Reconcile passes done, and provider calls made, for tests and benchmarks.
+    pub stats: Mutex<FleetStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetStats {
+    pub reconciles: u64,
+    pub launches: u64,
+    pub lists: u64,
+    pub terminates: u64,
+}
+
+/// Where the fleet's settings come from.
+pub struct FleetSettings {
+    pub server_url: String,
+    pub ca_pin: Option<ferry_api::tls::CaFingerprint>,
+    pub reconcile: Duration,
+}
+
+impl Fleet {
+    /// The fleet of the configured elastic pools (each with its provider built, credentials read), or `None` when
+    /// there is none.
+    pub async fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        pools: &[PoolConfig],
+        settings: FleetSettings,
+    ) -> Result<Option<Arc<Fleet>>, String> {
+        let mut fleet_pools = BTreeMap::new();
+        for pool in pools {
+            let Some(cloud) = &pool.cloud else { continue };
+            let provider = ferry_cloud::registry::build(cloud).map_err(|e| format!("pool {}: {e}", pool.info.name))?;
+            let retry_after_s = pool.info.elastic.as_ref().map_or(0, |e| e.retry_after_s);
+            let now = clock.now_us();
+            fleet_pools.insert(
+                pool.info.name.clone(),
+                PoolFleet {
+                    config: pool.clone(),
+                    provider,
+                    zones: Mutex::new(ZoneBook::new(cloud.zones.clone(), retry_after_s)),
+                    calls: Mutex::new(RateLimit::new(CALLS_BURST, CALLS_PER_SECOND, now)),
+                    last_error: Mutex::new(None),
+                },
+            );
+        }
+        if fleet_pools.is_empty() {
+            return Ok(None);
+        }
+        let fresh = crate::auth::new_token();
+        let installation = store.installation_id(&fresh[fresh.len() - 16..]).await.map_err(|e| e.to_string())?;
+        Ok(Some(Arc::new(Fleet {
+            store,
+            clock,
+            pools: fleet_pools,
+            installation,
+            server_url: settings.server_url,
+            ca_pin: settings.ca_pin,
+            news: Mutex::new(None),
+            reconcile: settings.reconcile,
+            stats: Mutex::new(FleetStats::default()),
+        })))
+    }
+
+    pub fn installation(&self) -> &str {
+        &self.installation
+    }
+
+    /// Where the pool's cloud stands, for `ferry pools`.
+    pub fn status(&self, pool: &str) -> Option<PoolCloudStatus> {
+        let p = self.pools.get(pool)?;
+        let now = self.clock.now_us();
+        Some(PoolCloudStatus {
+            zones_cooling: p.zones.lock().expect("zones lock").cooling(now),
+            last_error: p.last_error.lock().expect("error lock").clone(),
+        })
+    }
+
+    /// Starts the fleet's loop: orders from the driver, and the reconcile timer. `news` goes to the driver.
+    pub fn start(self: &Arc<Fleet>, news: mpsc::UnboundedSender<News>) -> (FleetHandle, tokio::task::JoinHandle<()>) {
+        *self.news.lock().expect("news lock") = Some(news);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Order>();
+        let fleet = self.clone();
+        let task = tokio::spawn(async move {
+            let mut timer = tokio::time::interval(fleet.reconcile);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.tick().await;
+            loop {
+                tokio::select! {
+                    order = rx.recv() => {
+                        let Some(order) = order else { break };
+                        fleet.clone().apply(order).await;
+                    }
+                    _ = timer.tick() => {
+                        let fleet = fleet.clone();
+                        tokio::spawn(async move { fleet.reconcile_once().await });
+                    }
+                }
+            }
+        });
+        (FleetHandle { tx }, task)
+    }
+
+    fn tell(&self, news: News) {
+        tracing::debug!(?news, "fleet news");
+        if let Some(tx) = self.news.lock().expect("news lock").as_ref() {
+            let _ = tx.send(news);
+        }
+    }
+
+    async fn apply(self: Arc<Fleet>, order: Order) {
+        match order {
+            Order::Provision { pool, nodes } => {
+                for _ in 0..nodes {
+                    let fleet = self.clone();
+                    let pool = pool.clone();
+                    tokio::spawn(async move { fleet.provision(&pool).await });
+                }
+            }
+            Order::Release { node, why } => {
+                tokio::spawn(async move { self.terminate(&node, &why).await });
+            }
+            Order::Abandon { pool, nodes, why } => {
+                let waiting = match self.store.live_machines().await {
+                    Ok(machines) => machines,
+                    Err(e) => {
+                        tracing::error!(error = %e, pool, "cannot read the cloud machines to abandon; reconcile will");
+                        return;
+                    }
+                };
+                let abandoned: Vec<CloudMachine> = waiting
+                    .into_iter()
+                    .filter(|m| m.pool == pool && matches!(m.state, MachineState::Requested | MachineState::Launched))
+                    .take(nodes as usize)
+                    .collect();
+                for machine in abandoned {
+                    let fleet = self.clone();
+                    let why = why.clone();
+                    tokio::spawn(async move { fleet.terminate(&machine.node, &why).await });
+                }
+            }
+        }
+    }
+
+    /// Records and launches one machine for `pool`, trying its zones in order.
+    async fn provision(&self, pool_name: &str) {
+        let Some(pool) = self.pools.get(pool_name) else {
+            tracing::error!(pool = pool_name, "asked for a machine of a pool that has no cloud");
+            return;
+        };
+        let cloud = pool.cloud();
+        let token = crate::auth::new_token();
+        let now = self.clock.now_us();
+        // The token expires unless the agent joins by the start-up timeout (with a minute's margin for clocks).
+        let expires = now.saturating_add(((pool.startup_timeout_s() + 60) * 1_000_000) as i64);
+        let market = cloud.market().to_string();
+        let new = NewMachine {
+            pool: pool_name,
+            provider: &cloud.provider,
+            instance_type: &cloud.instance.name,
+            market: &market,
+            price_hour: cloud.instance.price_hour,
+            client_token_prefix: &self.installation,
+            token_hash: &crate::auth::hash_token(&token),
+            token_expires_at_us: expires,
+        };
+        let machine = match self.store.insert_machine(&new, now).await {
+            Ok(machine) => machine,
+            Err(e) => {
+                tracing::error!(pool = pool_name, error = %e, "cannot record a cloud machine; not launching it");
+                let detail = format!("the server could not record the machine: {e}");
+                self.tell(News::ProvisionFailed {
+                    pool: pool_name.into(),
+                    nodes: 1,
+                    failure: ProvisionFailure::Transient,
+                    detail,
+                });
+                return;
+            }
+        };
+        let join = ferry_api::tls::JoinString { token, ca: self.ca_pin }.to_string();
+        let script = userdata::script(&self.server_url, &machine.node, pool_name, &join, &cloud.bootstrap);
+        match self.launch(pool, &machine, script).await {
+            Ok(instance) => {
+                tracing::info!(node = %machine.node, pool = pool_name, instance = %instance.id, zone = %instance.zone,
+                    "cloud machine launched");
+                if let Err(e) =
+                    self.store.machine_launched(&machine.node, &instance.id, &instance.zone, self.clock.now_us()).await
+                {
+                    // Reconcile adopts it by its tag.
+                    tracing::error!(node = %machine.node, error = %e, "cannot record a launched machine");
+                }
+            }
+            Err((failure, detail)) => {
+                tracing::warn!(node = %machine.node, pool = pool_name, failure = %failure, detail = %detail,
+                    "cloud machine could not be launched");
+                *pool.last_error.lock().expect("error lock") = Some(detail.clone());
+                let _ = self.store.machine_ended(&machine.node, &detail, self.clock.now_us()).await;
+                self.tell(News::ProvisionFailed { pool: pool_name.into(), nodes: 1, failure, detail });
+            }
+        }
+    }
+
+    /// Launches `machine` in the first zone that takes it.
+    async fn launch(
+        &self,
+        pool: &PoolFleet,
+        machine: &CloudMachine,
+        user_data: String,
+    ) -> Result<Instance, (ProvisionFailure, String)> {
+        let cloud = pool.cloud();
+        let zones = pool.zones.lock().expect("zones lock").order(self.clock.now_us());
+        if zones.is_empty() {
+            let detail = format!(
+                "every zone of pool {} refused for capacity a short while ago ({}); waiting out its retry_after",
+                machine.pool,
+                cloud.zones.join(", ")
+            );
+            return Err((ProvisionFailure::NoCapacity, detail));
+        }
+        let mut refusals = Vec::new();
+        for zone in zones {
+            let request = LaunchRequest {
+                installation: self.installation.clone(),
+                pool: machine.pool.clone(),
+                node: machine.node.clone(),
+                instance_type: cloud.instance.name.clone(),
+                zone: zone.clone(),
+                market: cloud.market(),
+                user_data: user_data.clone(),
+                client_token: Some(machine.client_token.clone()),
+            };
+            let mut tries = 0;
+            let result = loop {
+                pool.pace(self.clock.as_ref()).await;
+                self.stats.lock().expect("stats lock").launches += 1;
+                match pool.provider.launch(request.clone()).await {
+                    Err(e) if e.is_transient() && tries + 1 < TRANSIENT_TRIES_MAX => {
+                        tries += 1;
+                        tracing::warn!(node = %machine.node, zone, error = %e, "launch failed for now; retrying");
+                        tokio::time::sleep(backoff(tries)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match result {
+                Ok(instance) => return Ok(instance),
+                Err(ProviderError::NoCapacity(refusal)) => {
+                    let why = refusal.to_string();
+                    pool.zones.lock().expect("zones lock").cool(&zone, &why, self.clock.now_us());
+                    refusals.push(format!("{zone}: {why}"));
+                }
+                Err(e) => {
+                    let failure = match &e {
+                        ProviderError::QuotaExceeded(_) => ProvisionFailure::QuotaExceeded,
+                        ProviderError::Invalid(_) => ProvisionFailure::Invalid,
+                        ProviderError::Unauthorized(_) => ProvisionFailure::Unauthorized,
+                        _ => ProvisionFailure::Transient,
+                    };
+                    return Err((failure, e.to_string()));
+                }
+            }
+        }
+        let detail = format!("no zone had capacity for {}: {}", cloud.instance.name, refusals.join("; "));
+        Err((ProvisionFailure::NoCapacity, detail))
+    }
+
+    /// Terminates the machine of `node` (if it was launched) and ends its record; the driver hears it is gone.
+    async fn terminate(&self, node: &str, why: &str) {
+        let machine = match self.store.machine(node).await {
+            Ok(Some(machine)) if machine.live() => machine,
+            Ok(Some(_)) => return,
+            Ok(None) => {
+                tracing::warn!(node, "asked to give back a node that no cloud machine of Ferry's is; left alone");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(node, error = %e, "cannot read a cloud machine to terminate; reconcile will");
+                return;
+            }
+        };
+        let Some(pool) = self.pools.get(&machine.pool) else { return };
+        if let Err(e) = self.store.machine_terminating(node, why).await {
+            tracing::error!(node, error = %e, "cannot record a termination; reconcile will finish it");
+            return;
+        }
+        if let Some(id) = &machine.instance_id {
+            if let Err(e) = self.terminate_ids(pool, std::slice::from_ref(id)).await {
+                // Still `terminating`: the next reconcile tries again.
+                tracing::warn!(node, instance = %id, error = %e, "could not terminate a machine; will retry");
+                let _ = self.store.machine_detail(node, &format!("terminating: {e}")).await;
+                return;
+            }
+        }
+        tracing::info!(node, pool = %machine.pool, why, "cloud machine terminated");
+        let _ = self.store.machine_ended(node, why, self.clock.now_us()).await;
+        self.tell(News::Gone { node: node.to_string(), why: why.to_string() });
+    }
+
+    async fn terminate_ids(&self, pool: &PoolFleet, ids: &[String]) -> Result<(), ProviderError> {
+        let mut tries = 0;
+        loop {
+            pool.pace(self.clock.as_ref()).await;
+            self.stats.lock().expect("stats lock").terminates += 1;
+            match pool.provider.terminate(ids).await {
+                Err(e) if e.is_transient() && tries + 1 < TRANSIENT_TRIES_MAX => {
+                    tries += 1;
+                    tokio::time::sleep(backoff(tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Lists every provider's machines of this installation and brings records and machines into agreement (see
+    /// the module's documentation). Returns whether every provider answered.
+    pub async fn reconcile_once(&self) -> bool {
+        let records = match self.store.live_machines().await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile cannot read the cloud machines");
+                return false;
+            }
+        };
+        let mut by_node: HashMap<&str, &CloudMachine> = records.iter().map(|m| (m.node.as_str(), m)).collect();
+        let mut complete = true;
+        // Pools that share one provider account list the same machines: each machine is looked at once.
+        let mut seen_ids = std::collections::HashSet::new();
+        let mut listed_pools = Vec::new();
+        for (name, pool) in &self.pools {
+            pool.pace(self.clock.as_ref()).await;
+            self.stats.lock().expect("stats lock").lists += 1;
+            let instances = match pool.provider.list(&self.installation).await {
+                Ok(instances) => instances,
+                Err(e) => {
+                    tracing::warn!(pool = %name, error = %e, "reconcile could not list the pool's machines");
+                    *pool.last_error.lock().expect("error lock") = Some(e.to_string());
+                    complete = false;
+                    continue;
+                }
+            };
+            listed_pools.push(name.as_str());
+            let mut orphans = Vec::new();
+            for instance in instances {
+                if !seen_ids.insert(instance.id.clone()) || instance.pool() != Some(name.as_str()) {
+                    continue;
+                }
+                let alive = !matches!(instance.state, InstanceState::Terminated | InstanceState::Stopping);
+                let owner = instance.node().and_then(|n| by_node.get(n).copied());
+                match owner {
+                    // Its launch was never recorded: the server stopped between the launch and its record.
+                    Some(m) if m.instance_id.is_none() && alive => {
+                        tracing::info!(node = %m.node, instance = %instance.id, "adopting a machine whose launch was not recorded");
+                        let _ = self
+                            .store
+                            .machine_launched(&m.node, &instance.id, &instance.zone, self.clock.now_us())
+                            .await;
+                    }
+                    Some(m) if m.instance_id.as_deref() == Some(instance.id.as_str()) => {
+                        if !alive || instance.state == InstanceState::Stopped {
+                            // Terminated or stopped by someone else: a spot reclaim, or a hand in the console.
+                            if instance.state == InstanceState::Stopped {
+                                orphans.push(instance.id.clone());
+                            }
+                            self.gone(pool, m, &instance).await;
+                        } else if m.state == MachineState::Terminating {
+                            orphans.push(instance.id.clone());
+                        }
+                        by_node.remove(m.node.as_str());
+                    }
+                    // No live record, or a second machine for one node: nobody owns it.
+                    _ if alive => orphans.push(instance.id.clone()),
+                    _ => {}
+                }
+                if let Some(m) = owner {
+                    if m.instance_id.is_none() {
+                        by_node.remove(m.node.as_str());
+                    }
+                }
+            }
+            if !orphans.is_empty() {
+                tracing::warn!(pool = %name, machines = ?orphans, "terminating machines no node owns");
+                if let Err(e) = self.terminate_ids(pool, &orphans).await {
+                    tracing::warn!(pool = %name, error = %e, "could not terminate machines no node owns; will retry");
+                    complete = false;
+                }
+            }
+        }
+        // Records whose machine the provider no longer lists at all.
+        for m in by_node.into_values() {
+            if !listed_pools.contains(&m.pool.as_str()) {
+                continue;
+            }
+            match (&m.instance_id, m.state) {
+                (Some(_), _) | (None, MachineState::Terminating) => {
+                    let why = if m.state == MachineState::Terminating {
+                        m.detail.clone().unwrap_or_else(|| "terminated".into())
+                    } else {
+                        "the provider no longer has the machine".into()
+                    };
+                    let _ = self.store.machine_ended(&m.node, &why, self.clock.now_us()).await;
+                    self.tell(News::Gone { node: m.node.clone(), why });
+                }
+                // Recorded, not yet launched: its launch may be under way right now, or abandoned by the core later.
+                (None, _) => {}
+            }
+        }
+        self.stats.lock().expect("stats lock").reconciles += 1;
+        complete
+    }
+
+    /// The provider ended a machine that a node still owned: its record ends, its zone cools down (a reclaim says
+    /// the zone is short of spot capacity), and the driver loses the node.
+    async fn gone(&self, pool: &PoolFleet, m: &CloudMachine, instance: &Instance) {
+        let why = match m.state {
+            MachineState::Terminating => m.detail.clone().unwrap_or_else(|| "terminated".into()),
+            _ if instance.market == ferry_cloud::Market::Spot => {
+                format!("the provider reclaimed spot machine {} ({})", instance.id, instance.state)
+            }
+            _ => format!("the provider reports machine {} {}", instance.id, instance.state),
+        };
+        if m.state != MachineState::Terminating && instance.market == ferry_cloud::Market::Spot {
+            pool.zones.lock().expect("zones lock").cool(&instance.zone, &why, self.clock.now_us());
+        }
+        tracing::warn!(node = %m.node, instance = %instance.id, why, "cloud machine gone");
+        let _ = self.store.machine_ended(&m.node, &why, self.clock.now_us()).await;
+        self.tell(News::Gone { node: m.node.clone(), why });
+    }
+
+    /// Before the driver starts: one reconcile, then the records of machines whose launch never reached a provider
+    /// (recorded, no instance, and no machine carries their tag) are ended, so that the core does not wait for them.
+    /// Returns the machines still starting, for the core (`Event::NodesStarting`).
+    pub async fn recover(&self) -> Vec<CloudMachine> {
+        let complete = self.reconcile_once().await;
+        let Ok(live) = self.store.live_machines().await else { return Vec::new() };
+        let mut starting = Vec::new();
+        for m in live {
+            match m.state {
+                MachineState::Requested if complete && m.instance_id.is_none() => {
+                    let why = "its launch did not reach the provider before the server stopped";
+                    let _ = self.store.machine_ended(&m.node, why, self.clock.now_us()).await;
+                }
+                MachineState::Requested | MachineState::Launched => starting.push(m),
+                _ => {}
+            }
+        }
+        starting
+    }
+}

@@ -1,0 +1,384 @@
+//! Cloud machines: one row per node asked of an elastic pool's provider, from before its launch to its end, with the
+//! join token its start-up script carries. The rows are also the bill: each machine costs its `price_hour` from
+//! `requested_at_us` to `ended_at_us` (or now).
+
+use std::fmt;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// Where a machine is in its life, as Ferry knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MachineState {
+    /// Recorded, and its launch is (or was about to be) asked of the provider; no instance id yet.
+    Requested,
+    /// The provider took the launch and named the instance; its agent has not joined yet.
+    Launched,
+    /// Its agent registered: it is a node of its pool.
+    Joined,
+    /// Being terminated (released, abandoned, or found without an owner).
+    Terminating,
+    /// Terminated, failed to launch, or gone (a spot reclaim): it costs nothing more.
+    Ended,
+}
+
+impl MachineState {
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineState::Requested => "requested",
+            MachineState::Launched => "launched",
+            MachineState::Joined => "joined",
+            MachineState::Terminating => "terminating",
+            MachineState::Ended => "ended",
+        }
+    }
+
+    fn parse(name: &str) -> Result<MachineState, StoreError> {
+        Ok(match name {
+            "requested" => MachineState::Requested,
+            "launched" => MachineState::Launched,
+            "joined" => MachineState::Joined,
+            "terminating" => MachineState::Terminating,
+            "ended" => MachineState::Ended,
+            other => return Err(StoreError::Invalid(format!("column cloud_machines.state: unknown state `{other}`"))),
+        })
+    }
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One machine asked of a provider.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudMachine {
+    pub node: String,
+    pub pool: String,
+    pub seq: i64,
+    pub provider: String,
+    pub instance_type: String,
+    pub market: String,
+    pub price_hour: f64,
+    pub zone: Option<String>,
+    pub instance_id: Option<String>,
+    /// The launch's idempotency token: the same for every try of this machine's launch.
+    pub client_token: String,
+    pub token_id: Option<i64>,
+    pub state: MachineState,
+    pub requested_at_us: i64,
+    pub launched_at_us: Option<i64>,
+    pub joined_at_us: Option<i64>,
+    pub ended_at_us: Option<i64>,
+    pub detail: Option<String>,
+}
+
+impl CloudMachine {
+    /// What the machine has cost up to `now_us`: its price from the launch request to its end.
+    pub fn cost(&self, now_us: i64) -> f64 {
+        let end = self.ended_at_us.unwrap_or(now_us).max(self.requested_at_us);
+        self.price_hour * (end - self.requested_at_us) as f64 / 3_600_000_000.0
+    }
+
+    /// Whether the machine may still be running (or about to).
+    pub fn live(&self) -> bool {
+        self.state != MachineState::Ended
+    }
+}
+
+/// A machine to record before it is launched, with its join token (stored hashed).
+#[derive(Clone, Debug)]
+pub struct NewMachine<'a> {
+    pub pool: &'a str,
+    pub provider: &'a str,
+    pub instance_type: &'a str,
+    pub market: &'a str,
+    pub price_hour: f64,
+    /// Prefixed to the node's name to make the launch's idempotency token (the installation's id).
+    pub client_token_prefix: &'a str,
+    /// The SHA-256 of the join token, as every token is stored.
+    pub token_hash: &'a str,
+    /// When the join token expires if no agent has joined with it.
+    pub token_expires_at_us: i64,
+}
+
+const COLUMNS: &str = "node, pool, seq, provider, instance_type, market, price_hour, zone, instance_id, client_token, \
+                       token_id, state, requested_at_us, launched_at_us, joined_at_us, ended_at_us, detail";
+
+/// The longest idempotency token EC2 takes.
+const CLIENT_TOKEN_CHARS_MAX: usize = 64;
+
+fn machine(row: &SqliteRow) -> Result<CloudMachine, StoreError> {
+    Ok(CloudMachine {
+        node: row.get("node"),
+        pool: row.get("pool"),
+        seq: row.get("seq"),
+        provider: row.get("provider"),
+        instance_type: row.get("instance_type"),
+        market: row.get("market"),
+        price_hour: row.get("price_hour"),
+        zone: row.get("zone"),
+        instance_id: row.get("instance_id"),
+        client_token: row.get("client_token"),
+        token_id: row.get("token_id"),
+        state: MachineState::parse(row.get("state"))?,
+        requested_at_us: row.get("requested_at_us"),
+        launched_at_us: row.get("launched_at_us"),
+        joined_at_us: row.get("joined_at_us"),
+        ended_at_us: row.get("ended_at_us"),
+        detail: row.get("detail"),
+    })
+}
+
+impl Store {
+    /// This installation's id, which tags every machine it launches: made (from `fresh`) the first time it is asked
+    /// for, the same ever after.
+    pub async fn installation_id(&self, fresh: &str) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('installation', ?) ON CONFLICT (key) DO NOTHING")
+            .bind(fresh)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = 'installation'").fetch_one(&self.pool).await?)
+    }
+
+    /// Records a machine about to be launched for `pool`, named `<pool>-<n>` with the next number of the pool, with
+    /// its join token: an agent token bound to that node alone, for one node, that expires unless an agent joins.
+    pub async fn insert_machine(&self, new: &NewMachine<'_>, now_us: i64) -> Result<CloudMachine, StoreError> {
+        let mut tx = self.write().await?;
+        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM cloud_machines WHERE pool = ?")
+            .bind(new.pool)
+            .fetch_one(&mut *tx)
+            .await?;
+        let node = format!("{}-{seq}", new.pool);
+        let token_id = sqlx::query(
+            "INSERT INTO tokens (name, role, hash, created_at_us, node, expires_at_us, created_by, max_nodes) \
+             VALUES (?, 'agent', ?, ?, ?, ?, 'ferry', 1)",
+        )
+        .bind(format!("cloud:{node}"))
+        .bind(new.token_hash)
+        .bind(now_us)
+        .bind(&node)
+        .bind(new.token_expires_at_us)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        let mut client_token = format!("{}-{node}", new.client_token_prefix);
+        client_token.truncate(CLIENT_TOKEN_CHARS_MAX);
+        sqlx::query(
+            "INSERT INTO cloud_machines (node, pool, seq, provider, instance_type, market, price_hour, client_token, \
+             token_id, state, requested_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'requested', ?)",
+        )
+        .bind(&node)
+        .bind(new.pool)
+        .bind(seq)
+        .bind(new.provider)
+        .bind(new.instance_type)
+        .bind(new.market)
+        .bind(new.price_hour)
+        .bind(&client_token)
+        .bind(token_id)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.machine(&node)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("machine {node} vanished as it was written")))
+    }
+
+    pub async fn machine(&self, node: &str) -> Result<Option<CloudMachine>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM cloud_machines WHERE node = ?");
+        sqlx::query(&sql).bind(node).fetch_optional(&self.pool).await?.as_ref().map(machine).transpose()
+    }
+
+    /// The machine whose start-up script carries join token `token_id`.
+    pub async fn machine_of_token(&self, token_id: i64) -> Result<Option<CloudMachine>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM cloud_machines WHERE token_id = ?");
+        sqlx::query(&sql).bind(token_id).fetch_optional(&self.pool).await?.as_ref().map(machine).transpose()
+    }
+
+    /// Every machine not yet ended, oldest request first.
+    pub async fn live_machines(&self) -> Result<Vec<CloudMachine>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM cloud_machines WHERE state != 'ended' ORDER BY requested_at_us, pool, seq");
+        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(machine).collect()
+    }
+
+    /// The machines that cost anything after `since_us` (live ones, and those that ended since), oldest first.
+    pub async fn machines_since(&self, since_us: i64) -> Result<Vec<CloudMachine>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM cloud_machines WHERE ended_at_us IS NULL OR ended_at_us >= ? \
+             ORDER BY requested_at_us, pool, seq"
+        );
+        sqlx::query(&sql).bind(since_us).fetch_all(&self.pool).await?.iter().map(machine).collect()
+    }
+
+    /// The provider took the launch: the instance's id and zone.
+    pub async fn machine_launched(
+        &self,
+        node: &str,
+        instance_id: &str,
+        zone: &str,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE cloud_machines SET state = CASE WHEN state = 'requested' THEN 'launched' ELSE state END, \
+             instance_id = ?, zone = ?, launched_at_us = COALESCE(launched_at_us, ?) WHERE node = ? AND state != 'ended'",
+        )
+        .bind(instance_id)
+        .bind(zone)
+        .bind(now_us)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The machine's agent registered with its join token: the machine is a node now, and the token no longer
+    /// expires (it is the node's credential until the machine ends). Returns whether the machine was waiting to join.
+    pub async fn machine_joined(&self, node: &str, now_us: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let token: Option<Option<i64>> = sqlx::query_scalar(
+            "UPDATE cloud_machines SET state = 'joined', joined_at_us = ? \
+             WHERE node = ? AND state IN ('requested', 'launched') RETURNING token_id",
+        )
+        .bind(now_us)
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(Some(token_id)) = token {
+            sqlx::query("UPDATE tokens SET expires_at_us = NULL WHERE id = ?").bind(token_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(token.is_some())
+    }
+
+    /// The machine is being terminated, for `why`.
+    pub async fn machine_terminating(&self, node: &str, why: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE cloud_machines SET state = 'terminating', detail = ? WHERE node = ? AND state != 'ended'")
+            .bind(why)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Notes what last went wrong with a machine, without changing its state.
+    pub async fn machine_detail(&self, node: &str, detail: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE cloud_machines SET detail = ? WHERE node = ?")
+            .bind(detail)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The machine ended (terminated, failed to launch, or gone), for `why`: it costs nothing more and its join token
+    /// is revoked. Returns whether this call ended it.
+    pub async fn machine_ended(&self, node: &str, why: &str, now_us: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let token: Option<Option<i64>> = sqlx::query_scalar(
+            "UPDATE cloud_machines SET state = 'ended', ended_at_us = ?, detail = ? WHERE node = ? AND state != 'ended' \
+             RETURNING token_id",
+        )
+        .bind(now_us)
+        .bind(why)
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(Some(token_id)) = token {
+            sqlx::query("UPDATE tokens SET revoked_at_us = ? WHERE id = ? AND revoked_at_us IS NULL")
+                .bind(now_us)
+                .bind(token_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(token.is_some())
+    }
+}
+
+impl crate::Tx {
+    /// Forgets a node that is gone for good (an elastic pool's machine, terminated), and which token registered it.
+    pub async fn remove_node(&mut self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE name = ?").bind(name).execute(self.conn()).await?;
+        sqlx::query("DELETE FROM node_tokens WHERE node = ?").bind(name).execute(self.conn()).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn new<'a>(pool: &'a str, hash: &'a str) -> NewMachine<'a> {
+        NewMachine {
+            pool,
+            provider: "aws",
+            instance_type: "g5.xlarge",
+            market: "spot",
+            price_hour: 0.5,
+            client_token_prefix: "inst0123",
+            token_hash: hash,
+            token_expires_at_us: 600,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_machine_goes_from_request_to_end_with_its_token_and_its_cost() {
+        let (_dir, store) = store().await;
+        assert_eq!(store.installation_id("abc").await.unwrap(), "abc");
+        assert_eq!(store.installation_id("other").await.unwrap(), "abc", "made once, the same ever after");
+        let first = store.insert_machine(&new("aws-spot", "h1"), 0).await.unwrap();
+        let second = store.insert_machine(&new("aws-spot", "h2"), 0).await.unwrap();
+        let other = store.insert_machine(&new("gcp", "h3"), 0).await.unwrap();
+        assert_eq!(
+            (first.node.as_str(), second.node.as_str(), other.node.as_str()),
+            ("aws-spot-1", "aws-spot-2", "gcp-1")
+        );
+        assert_eq!((first.state, first.client_token.as_str()), (MachineState::Requested, "inst0123-aws-spot-1"));
+        let token = store.token_by_hash("h1").await.unwrap().unwrap();
+        assert_eq!(
+            (token.node.as_deref(), token.max_nodes, token.expires_at_us),
+            (Some("aws-spot-1"), Some(1), Some(600))
+        );
+        assert_eq!(store.machine_of_token(token.id).await.unwrap().unwrap().node, "aws-spot-1");
+
+        store.machine_launched("aws-spot-1", "i-1", "us-east-1a", 10).await.unwrap();
+        assert!(store.machine_joined("aws-spot-1", 20).await.unwrap());
+        assert!(!store.machine_joined("aws-spot-1", 30).await.unwrap(), "joining twice is not a new join");
+        let joined = store.machine("aws-spot-1").await.unwrap().unwrap();
+        assert_eq!(
+            (joined.state, joined.instance_id.as_deref(), joined.joined_at_us),
+            (MachineState::Joined, Some("i-1"), Some(20))
+        );
+        assert_eq!(
+            store.token_by_hash("h1").await.unwrap().unwrap().expires_at_us,
+            None,
+            "a joined node's token stays"
+        );
+
+        // Two hours at 0.5 an hour.
+        assert!((joined.cost(7_200_000_000) - 1.0).abs() < 1e-9);
+        assert!(store.machine_ended("aws-spot-1", "released after 10m idle", 3_600_000_000).await.unwrap());
+        assert!(!store.machine_ended("aws-spot-1", "again", 7_200_000_000).await.unwrap());
+        let ended = store.machine("aws-spot-1").await.unwrap().unwrap();
+        assert!((ended.cost(7_200_000_000) - 0.5).abs() < 1e-9, "nothing accrues after the end");
+        assert!(store.token_by_hash("h1").await.unwrap().is_none(), "the join token is revoked with its machine");
+        let live: Vec<String> = store.live_machines().await.unwrap().into_iter().map(|m| m.node).collect();
+        assert_eq!(live, ["aws-spot-2", "gcp-1"]);
+        assert_eq!(store.machines_since(3_600_000_001).await.unwrap().len(), 2);
+        assert_eq!(store.machines_since(0).await.unwrap().len(), 3);
+        // Numbers are never reused, even after an end.
+        assert_eq!(store.insert_machine(&new("aws-spot", "h4"), 0).await.unwrap().node, "aws-spot-3");
+    }
+}
