@@ -22,6 +22,9 @@ answer per command (`ok`, `calls`, `instances` or `error`). On stdin, commands:
   {"cmd":"full_zones","zones":["us-east-1a"]}   zones whose RunInstances answer InsufficientInstanceCapacity
   {"cmd":"quota","on":true}                     every RunInstances answers InstanceLimitExceeded
   {"cmd":"idempotency","on":true}               replay RunInstances answers by ClientToken, as EC2 does
+  {"cmd":"access_keys","keys":["testing"]}      only these access key ids get through (EC2's AuthFailure,
+                                                HTTP 401, for any other); null lets every key through
+  {"cmd":"hold_launches","on":true}             launches go through, but their answers wait until turned off
   {"cmd":"reclaim","id":"i-..."}                terminate an instance, as a spot reclaim would
   {"cmd":"calls"}                               requests per Action so far
   {"cmd":"instances"}                           every tagged instance with its state
@@ -75,6 +78,9 @@ class Faults:
         self.full_zones = set()
         self.quota = False
         self.idempotency = idempotency
+        self.hold = threading.Event()  # set: RunInstances answers are held back until it is cleared
+        self.released = threading.Condition()
+        self.access_keys = None  # when set, only these access key ids are let through (EC2's AuthFailure otherwise)
         self.token_lock = threading.Lock()  # one launch per ClientToken, even for two racing calls
         self.calls = Counter()  # every request, by Action, refused or not
         self.injected = Counter()  # the refusals the proxy made up, by error code
@@ -149,6 +155,14 @@ def make_handler(upstream, faults):
             action = first("Action") or "(none)"
             with faults.lock:
                 faults.calls[action] += 1
+                keys = faults.access_keys
+            if keys is not None:
+                # SigV4: `Authorization: AWS4-HMAC-SHA256 Credential=KEYID/date/region/ec2/aws4_request, ...`.
+                auth = self.headers.get("Authorization", "")
+                key = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else ""
+                if key not in keys:
+                    faults.injected["AuthFailure"] += 1
+                    return self._answer(*ec2_error(401, "AuthFailure", "AWS was not able to validate the provided access credentials"))
             if action != "RunInstances":
                 return self._answer(*self._forward(body))
             zone, itype, token = first("Placement.AvailabilityZone"), first("InstanceType"), first("ClientToken")
@@ -167,6 +181,18 @@ def make_handler(upstream, faults):
                     f"({zone}). Our system will be working on provisioning additional capacity. You can currently "
                     f"get {itype} capacity by not specifying an Availability Zone in your request or choosing "
                     f"another Availability Zone.")))
+            if faults.hold.is_set():
+                # The launch happens, but its answer waits: the caller may die in between, as a crashed server would.
+                answer = self._forward(body)
+                if token and 200 <= answer[0] < 300:
+                    with faults.token_lock:
+                        faults.by_token.setdefault(token, answer)
+                while faults.hold.is_set():
+                    time.sleep(0.05)
+                try:
+                    return self._answer(*answer)
+                except OSError:
+                    return None  # the caller is gone
             if not (idempotent and token):
                 return self._answer(*self._forward(body))
             # EC2's idempotency, which moto lacks: the first successful answer for a token is the answer for it.
@@ -250,10 +276,23 @@ def command(line, ec2, faults):
         with faults.lock:
             faults.full_zones = set(zones)
         return {"event": "ok", "cmd": name, "zones": sorted(zones)}
+    if name == "hold_launches":
+        if cmd.get("on"):
+            faults.hold.set()
+        else:
+            faults.hold.clear()
+        return {"event": "ok", "cmd": name, "on": bool(cmd.get("on"))}
     if name in ("quota", "idempotency"):
         with faults.lock:
             setattr(faults, name, bool(cmd.get("on")))
         return {"event": "ok", "cmd": name, "on": bool(cmd.get("on"))}
+    if name == "access_keys":
+        keys = cmd.get("keys")
+        if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+            raise ValueError("keys must be a list of access key ids, or null to let every key through")
+        with faults.lock:
+            faults.access_keys = None if keys is None else set(keys)
+        return {"event": "ok", "cmd": name, "keys": keys}
     if name == "reclaim":
         return {"event": "ok", "cmd": name, "id": cmd["id"], "state": reclaim(ec2, cmd["id"])}
     if name == "calls":

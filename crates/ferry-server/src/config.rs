@@ -359,12 +359,12 @@ struct RawTemplate {
 
 /// The most machines one elastic pool may have at a time.
 pub const ELASTIC_NODES_MAX: i64 = 1000;
-/// The range a start-up timeout must be in: a machine needs at least a minute to boot, and waiting more than two
-/// hours for one is paying for nothing.
-const STARTUP_TIMEOUT_S: (u64, u64) = (60, 2 * 3600);
+/// The range a start-up timeout must be in: a real machine takes a minute or more to boot (the floor is low for tests
+/// and containers), and waiting more than two hours for one is paying for nothing.
+const STARTUP_TIMEOUT_S: (u64, u64) = (10, 2 * 3600);
 const STARTUP_TIMEOUT_DEFAULT_S: u64 = 15 * 60;
 const STARTUP_DEFAULT_S: u64 = 3 * 60;
-const IDLE_RELEASE_S: (u64, u64) = (60, 7 * 86_400);
+const IDLE_RELEASE_S: (u64, u64) = (10, 7 * 86_400);
 const IDLE_RELEASE_DEFAULT_S: u64 = 10 * 60;
 const RETRY_AFTER_MAX_S: u64 = 86_400;
 const RETRY_AFTER_DEFAULT_S: u64 = 10 * 60;
@@ -921,8 +921,8 @@ mod tests {
             (elastic("node = { gpus = 8 }", ""), "pool[0] (aws): node.gpus is 8, more than an instance of g5.12xlarge has (4)"),
             (elastic("node = { memory = \"1TiB\" }", ""), "pool[0] (aws): node.memory is 1TiB, more than an instance"),
             (elastic("node = { gpu_model = \"H100\" }", ""), "pool[0] (aws): node.gpu_model is H100, but g5.12xlarge has A10G"),
-            (elastic("startup_timeout = \"30s\"", ""), "pool[0] (aws): `startup_timeout` is 30s; write a duration from 1m to 2h"),
-            (elastic("startup_timeout = \"3h\"", ""), "pool[0] (aws): `startup_timeout` is 3h; write a duration from 1m to 2h"),
+            (elastic("startup_timeout = \"30s\"", ""), "pool[0] (aws): `startup_timeout` is 30s; write a duration from 10s to 2h"),
+            (elastic("startup_timeout = \"3h\"", ""), "pool[0] (aws): `startup_timeout` is 3h; write a duration from 10s to 2h"),
             (elastic("startup = \"1h\"\nstartup_timeout = \"10m\"", ""), "pool[0] (aws): `startup` is 1h; write a duration from 0s to 10m"),
             (elastic("", "market = \"spot\""), "pool[0] (aws): [pool.cloud] price_hour: a spot pool needs one"),
             (elastic("", "price_hour = -2.0"), "pool[0] (aws): [pool.cloud] price_hour: -2 is not a price"),

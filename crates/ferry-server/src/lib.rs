@@ -170,6 +170,7 @@ pub async fn serve(
         backends.insert(pool.info.name.clone(), built.backend);
         backend_tasks.extend(built.task);
     }
+    let tokens = Arc::new(auth::TokenCache::default());
     // Elastic pools' machines: reconciled with the providers before the driver takes the store back, so that a
     // machine launched just before a stop is adopted, not launched again.
     let fleet = fleet::Fleet::new(
@@ -181,6 +182,7 @@ pub async fn serve(
             server_url: file.public_url.clone().unwrap_or_else(|| tracking_uri.clone()),
             ca_pin: tls.as_ref().and_then(|t| t.authority.as_ref()).map(|a| a.fingerprint),
             reconcile: file.cloud_reconcile,
+            tokens: tokens.clone(),
         },
     )
     .await
@@ -220,7 +222,6 @@ pub async fn serve(
     let driver_task = tokio::spawn(driver.run(commands));
     let _ = host.driver.set(handle.clone());
     let backend_tasks: Vec<_> = backend_tasks.into_iter().map(tokio::spawn).collect();
-    let tokens = Arc::new(auth::TokenCache::default());
     let telemetry = Arc::new(telemetry::Telemetry::default());
     let series = Arc::new(
         ferry_tsdb::Tsdb::open(ferry_tsdb::Config::new(data.series()))

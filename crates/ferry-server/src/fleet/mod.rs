@@ -124,6 +124,8 @@ pub struct Fleet {
     ca_pin: Option<ferry_api::tls::CaFingerprint>,
     news: Mutex<Option<mpsc::UnboundedSender<News>>>,
     reconcile: Duration,
+    /// The server's cache of checked tokens, cleared when a machine's join token is revoked.
+    tokens: Arc<crate::auth::TokenCache>,
     /// Reconcile passes done, and provider calls made, for tests and benchmarks.
     pub stats: Mutex<FleetStats>,
 }
@@ -141,6 +143,7 @@ pub struct FleetSettings {
     pub server_url: String,
     pub ca_pin: Option<ferry_api::tls::CaFingerprint>,
     pub reconcile: Duration,
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 impl Fleet {
@@ -183,6 +186,7 @@ impl Fleet {
             ca_pin: settings.ca_pin,
             news: Mutex::new(None),
             reconcile: settings.reconcile,
+            tokens: settings.tokens,
             stats: Mutex::new(FleetStats::default()),
         })))
     }
@@ -320,7 +324,7 @@ impl Fleet {
                 tracing::warn!(node = %machine.node, pool = pool_name, failure = %failure, detail = %detail,
                     "cloud machine could not be launched");
                 *pool.last_error.lock().expect("error lock") = Some(detail.clone());
-                let _ = self.store.machine_ended(&machine.node, &detail, self.clock.now_us()).await;
+                let _ = self.end_machine(&machine.node, &detail, self.clock.now_us()).await;
                 self.tell(News::ProvisionFailed { pool: pool_name.into(), nodes: 1, failure, detail });
             }
         }
@@ -394,7 +398,11 @@ impl Fleet {
     async fn terminate(&self, node: &str, why: &str) {
         let machine = match self.store.machine(node).await {
             Ok(Some(machine)) if machine.live() => machine,
-            Ok(Some(_)) => return,
+            // Already ended: the driver may still hold its node (its agent registered late).
+            Ok(Some(_)) => {
+                self.tell(News::Gone { node: node.to_string(), why: why.to_string() });
+                return;
+            }
             Ok(None) => {
                 tracing::warn!(node, "asked to give back a node that no cloud machine of Ferry's is; left alone");
                 return;
@@ -418,7 +426,7 @@ impl Fleet {
             }
         }
         tracing::info!(node, pool = %machine.pool, why, "cloud machine terminated");
-        let _ = self.store.machine_ended(node, why, self.clock.now_us()).await;
+        let _ = self.end_machine(node, why, self.clock.now_us()).await;
         self.tell(News::Gone { node: node.to_string(), why: why.to_string() });
     }
 
@@ -435,6 +443,14 @@ impl Fleet {
                 other => return other,
             }
         }
+    }
+
+    /// Ends a machine's record (its join token is revoked with it), and forgets cached tokens so that the revocation
+    /// takes effect on the machine's agent's next request.
+    async fn end_machine(&self, node: &str, why: &str, now_us: i64) -> Result<bool, ferry_store::StoreError> {
+        let ended = self.store.machine_ended(node, why, now_us).await;
+        self.tokens.clear();
+        ended
     }
 
     /// Lists every provider's machines of this installation and brings records and machines into agreement (see
@@ -467,7 +483,8 @@ impl Fleet {
             listed_pools.push(name.as_str());
             let mut orphans = Vec::new();
             for instance in instances {
-                if !seen_ids.insert(instance.id.clone()) || instance.pool() != Some(name.as_str()) {
+                // Another pool's machine (listed again by a pool on the same account) is that pool's to look at.
+                if instance.pool() != Some(name.as_str()) || !seen_ids.insert(instance.id.clone()) {
                     continue;
                 }
                 let alive = !matches!(instance.state, InstanceState::Terminated | InstanceState::Stopping);
@@ -523,7 +540,7 @@ impl Fleet {
                     } else {
                         "the provider no longer has the machine".into()
                     };
-                    let _ = self.store.machine_ended(&m.node, &why, self.clock.now_us()).await;
+                    let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
                     self.tell(News::Gone { node: m.node.clone(), why });
                 }
                 // Recorded, not yet launched: its launch may be under way right now, or abandoned by the core later.
@@ -548,7 +565,7 @@ impl Fleet {
             pool.zones.lock().expect("zones lock").cool(&instance.zone, &why, self.clock.now_us());
         }
         tracing::warn!(node = %m.node, instance = %instance.id, why, "cloud machine gone");
-        let _ = self.store.machine_ended(&m.node, &why, self.clock.now_us()).await;
+        let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
         self.tell(News::Gone { node: m.node.clone(), why });
     }
 
@@ -563,7 +580,7 @@ impl Fleet {
             match m.state {
                 MachineState::Requested if complete && m.instance_id.is_none() => {
                     let why = "its launch did not reach the provider before the server stopped";
-                    let _ = self.store.machine_ended(&m.node, why, self.clock.now_us()).await;
+                    let _ = self.end_machine(&m.node, why, self.clock.now_us()).await;
                 }
                 MachineState::Requested | MachineState::Launched => starting.push(m),
                 _ => {}

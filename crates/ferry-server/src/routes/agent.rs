@@ -107,6 +107,11 @@ async fn cloud_join(state: &AppState, agent: &AgentCaller, node: &RegisterNode) 
     let machine = state.store.machine_of_token(agent.token_id).await?;
     let elastic = state.pools.iter().any(|p| p.cloud.is_some() && p.info.name == node.pool);
     match machine {
+        Some(m) if !m.live() => Err(forbidden(format!(
+            "node `{}`'s machine was given back to its provider ({}); its join token no longer works",
+            m.node,
+            m.detail.as_deref().unwrap_or("ended")
+        ))),
         Some(m) if m.pool != node.pool => {
             tracing::warn!(node = %node.name, pool = %node.pool, machine_pool = %m.pool, "refused a cloud machine joining another pool");
             Err(forbidden(format!(
