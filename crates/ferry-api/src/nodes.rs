@@ -134,6 +134,24 @@ pub struct ElasticPoolStatus {
     pub last_error: Option<String>,
     /// Its machines not yet ended, oldest first.
     pub machines: Vec<CloudMachine>,
+    /// Its latest burst decisions and what came of them, oldest first.
+    #[serde(default)]
+    pub events: Vec<CloudEvent>,
+}
+
+/// Something the scheduler asked of an elastic pool, or that came of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CloudEvent {
+    pub at_us: i64,
+    /// `provision` (machines asked for), `release` (an idle node given back), `abandon` (machines that did not join
+    /// in time), `failed` (the provider could not start machines) or `gone` (a machine ended).
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How many machines it concerned.
+    pub nodes: u32,
+    /// Why, in words.
+    pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

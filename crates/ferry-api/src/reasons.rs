@@ -123,6 +123,9 @@ pub enum TimelineReason {
         /// Set when it burst to a burst pool: how long it had waited then.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         burst_waited_s: Option<u64>,
+        /// The pools before the burst pool, in order, that could not hold it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        burst_past: Vec<String>,
     },
     /// The job was preempted: stopped, with a grace period, to make room for job `by`, by `rule`.
     Preempted { by: u64, rule: PreemptRule, grace_s: u64 },

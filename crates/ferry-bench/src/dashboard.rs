@@ -191,6 +191,7 @@ async fn seed_store(home: &Path, args: &DashboardArgs, end_us: i64) -> Result<u6
                 cpu_millis_free_after: 0,
                 backfilled_before: None,
                 burst_waited_s: None,
+                burst_past: Vec::new(),
             };
             tx.placed(id, &node, &ids, submitted + S, "placed by the benchmark", placement).await?;
             tx.running(id, submitted + 2 * S, "running").await?;

@@ -277,6 +277,10 @@ fn duration(s: u64) -> String {
 pub struct BurstReason {
     /// How long it had waited when it burst.
     pub waited_s: u64,
+    /// The pools before it in the admin's order that the job may use and that could not hold it then (fully
+    /// allocated for what it needs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past: Vec<String>,
 }
 
 /// Why a job was started on the node it was: its pool, how many ready nodes could hold it and what the chosen one
@@ -303,7 +307,11 @@ impl fmt::Display for Placement {
             write!(f, "backfilled: it ends by its runtime limit before job {job} can start; ")?;
         }
         if let Some(burst) = &self.burst {
-            write!(f, "burst to pool {} after waiting {}; ", self.pool, duration(burst.waited_s))?;
+            write!(f, "burst to pool {} after waiting {}", self.pool, duration(burst.waited_s))?;
+            if !burst.past.is_empty() {
+                write!(f, " ({} fully allocated for it)", burst.past.join(", "))?;
+            }
+            f.write_str("; ")?;
         }
         if !self.gang_nodes.is_empty() {
             return write!(

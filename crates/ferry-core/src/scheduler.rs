@@ -2394,7 +2394,7 @@ impl Scheduler {
             Some(gpu) => (vec![gpu], request.gpu_share_milli),
         };
         let pool = self.nodes.at(index).info.pool.clone();
-        let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
+        let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request, &pool));
         let reason = Placement {
             pool,
             burst,
@@ -2447,7 +2447,7 @@ impl Scheduler {
         }
         let first = workers.remove(0);
         let pool = self.nodes.at(nodes[0]).info.pool.clone();
-        let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request));
+        let burst = self.pools.get(&pool).is_some_and(|p| p.burst).then(|| self.burst_reason(&request, &pool));
         let slot = free[nodes[0]];
         let reason = Placement {
             pool,
@@ -2514,9 +2514,18 @@ impl Scheduler {
         Some(WaitReason::BurstNotYet { pool: info.name.clone(), after_s: info.burst_after_s, waited_s })
     }
 
-    fn burst_reason(&self, request: &JobRequest) -> BurstReason {
+    /// Why a job goes to burst pool `pool`: how long it waited, and the pools before it in order that it may use
+    /// (which the cycle tried first, and which could not hold it).
+    fn burst_reason(&self, request: &JobRequest, pool: &str) -> BurstReason {
         let waited_s = ((self.now_us - request.submitted_at_us).max(0) / 1_000_000) as u64;
-        BurstReason { waited_s }
+        let order = self.pools.get(pool).map_or(i32::MAX, |p| p.order);
+        let mut earlier: Vec<&PoolInfo> = self
+            .pools
+            .values()
+            .filter(|p| p.order < order && request.pool.as_ref().is_none_or(|only| *only == p.name))
+            .collect();
+        earlier.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        BurstReason { waited_s, past: earlier.into_iter().map(|p| p.name.clone()).collect() }
     }
 
     /// Holds back, on the allowed node closest to fitting a blocked job (for a gang, on as many such nodes of one

@@ -9,9 +9,7 @@ use ferry_api::history::HistoryJob;
 use ferry_api::jobs::JobEvent;
 use ferry_api::reasons as wire;
 use ferry_api::tokens::{Quota, QuotaAmount};
-use ferry_core::{
-    Allocation, BurstReason, NodeShortfall, Placement, PreemptReason, ResourceKind, Resources, WaitReason,
-};
+use ferry_core::{Allocation, NodeShortfall, Placement, PreemptReason, ResourceKind, Resources, WaitReason};
 use ferry_store::{
     AmountRecord, EventReason, EventRecord, HistoryRecord, LossCauseRecord, LossRecord, PlacedWorkerRecord,
     PlacementRecord, PreemptRuleRecord, PreemptionRecord, QuotaRecord, RequeueCauseRecord, RequeueRecord,
@@ -131,7 +129,8 @@ pub fn placement(reason: &Placement, allocation: &Allocation) -> PlacementRecord
         gpus_free_after: *gpus_free_after,
         cpu_millis_free_after: *cpu_millis_free_after,
         backfilled_before: *backfilled_before,
-        burst_waited_s: burst.as_ref().map(|BurstReason { waited_s }| *waited_s),
+        burst_waited_s: burst.as_ref().map(|b| b.waited_s),
+        burst_past: burst.as_ref().map(|b| b.past.clone()).unwrap_or_default(),
     }
 }
 
@@ -235,6 +234,7 @@ fn timeline_reason(reason: EventReason) -> wire::TimelineReason {
             cpu_millis_free_after,
             backfilled_before,
             burst_waited_s,
+            burst_past,
         }) => wire::TimelineReason::Placed {
             pool,
             workers: workers
@@ -248,6 +248,7 @@ fn timeline_reason(reason: EventReason) -> wire::TimelineReason {
             cpu_millis_free_after,
             backfilled_before,
             burst_waited_s,
+            burst_past,
         },
         EventReason::Preempted(PreemptionRecord { by, rule, grace_s }) => {
             let rule = match rule {
@@ -378,7 +379,7 @@ mod tests {
     fn a_placement_reaches_the_api_with_every_worker() {
         let core = Placement {
             pool: "onprem".into(),
-            burst: Some(BurstReason { waited_s: 300 }),
+            burst: Some(ferry_core::BurstReason { waited_s: 300, past: vec!["onprem".into()] }),
             backfilled_before: Some(7),
             candidates: 3,
             gpus_free_after: 0,
@@ -412,6 +413,7 @@ mod tests {
             cpu_millis_free_after: 4000,
             backfilled_before: Some(7),
             burst_waited_s: Some(300),
+            burst_past: vec!["onprem".into()],
         };
         assert_eq!(
             shown,

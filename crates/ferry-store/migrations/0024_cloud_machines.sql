@@ -28,3 +28,17 @@ CREATE TABLE cloud_machines (
 );
 CREATE INDEX cloud_machines_state ON cloud_machines (state);
 CREATE INDEX cloud_machines_token ON cloud_machines (token_id);
+
+-- What the scheduler asked of elastic pools and what came of it, for the dashboard's burst history and `ferry pools`:
+-- provision (nodes asked for), release (an idle node given back), abandon (nodes that did not join in time), failed
+-- (the provider could not start nodes) and gone (a machine ended, by Ferry or by its provider).
+CREATE TABLE cloud_events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us  INTEGER NOT NULL,
+    pool   TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    node   TEXT,
+    nodes  INTEGER NOT NULL DEFAULT 0,
+    detail TEXT NOT NULL
+);
+CREATE INDEX cloud_events_pool_at ON cloud_events (pool, at_us);

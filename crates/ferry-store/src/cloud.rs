@@ -301,7 +301,74 @@ impl Store {
     }
 }
 
+/// One thing the scheduler asked of an elastic pool, or that came of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEvent {
+    pub at_us: i64,
+    pub pool: String,
+    /// `provision`, `release`, `abandon`, `failed` or `gone`.
+    pub kind: String,
+    pub node: Option<String>,
+    pub nodes: u32,
+    pub detail: String,
+}
+
+/// The most events kept per pool; older ones are dropped as new ones come.
+const EVENTS_PER_POOL_MAX: i64 = 10_000;
+
+impl Store {
+    /// The latest `limit` events of `pool`, oldest first.
+    pub async fn cloud_events(&self, pool: &str, limit: u32) -> Result<Vec<CloudEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_us, pool, kind, node, nodes, detail FROM (SELECT * FROM cloud_events WHERE pool = ? \
+             ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(pool)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CloudEvent {
+                at_us: r.get("at_us"),
+                pool: r.get("pool"),
+                kind: r.get("kind"),
+                node: r.get("node"),
+                nodes: r.get::<i64, _>("nodes").clamp(0, i64::from(u32::MAX)) as u32,
+                detail: r.get("detail"),
+            })
+            .collect())
+    }
+}
+
 impl crate::Tx {
+    /// Records an event of an elastic pool, keeping the pool's latest `EVENTS_PER_POOL_MAX`.
+    pub async fn cloud_event(&mut self, event: &CloudEvent) -> Result<(), StoreError> {
+        let id =
+            sqlx::query("INSERT INTO cloud_events (at_us, pool, kind, node, nodes, detail) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(event.at_us)
+                .bind(&event.pool)
+                .bind(&event.kind)
+                .bind(&event.node)
+                .bind(i64::from(event.nodes))
+                .bind(&event.detail)
+                .execute(self.conn())
+                .await?
+                .last_insert_rowid();
+        if id % 1000 == 0 {
+            sqlx::query(
+                "DELETE FROM cloud_events WHERE pool = ? AND id <= (SELECT id FROM cloud_events WHERE pool = ? \
+                 ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            )
+            .bind(&event.pool)
+            .bind(&event.pool)
+            .bind(EVENTS_PER_POOL_MAX)
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Forgets a node that is gone for good (an elastic pool's machine, terminated), and which token registered it.
     pub async fn remove_node(&mut self, name: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM nodes WHERE name = ?").bind(name).execute(self.conn()).await?;

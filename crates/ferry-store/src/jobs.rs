@@ -745,6 +745,7 @@ mod tests {
             cpu_millis_free_after: 500,
             backfilled_before: None,
             burst_waited_s: Some(60),
+            burst_past: vec!["local".into()],
         };
         let preemption = PreemptionRecord {
             by: 9,

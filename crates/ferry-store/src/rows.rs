@@ -296,6 +296,9 @@ pub struct PlacementRecord {
     /// How long it had waited when it burst to a burst pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_waited_s: Option<u64>,
+    /// The pools before the burst pool that could not hold it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub burst_past: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +408,7 @@ mod tests {
             cpu_millis_free_after: 6000,
             backfilled_before: Some(12),
             burst_waited_s: None,
+            burst_past: Vec::new(),
         });
         assert_eq!(
             to_json(&placed),

@@ -445,8 +445,36 @@ pub async fn show(g: &Global, args: ShowArgs) -> Result<i32, CliError> {
         println!("{}", serde_json::to_string_pretty(&job).expect("wire types serialize"));
         return Ok(0);
     }
-    print!("{}", describe(&job));
+    let mut text = describe(&job);
+    // A job on a cloud machine: when that machine was asked for and joined.
+    if let Some(words) = cloud_words(g, &job).await {
+        text = text.replacen("\nPlaced:       ", &format!("\nCloud node:   {words}\nPlaced:       "), 1);
+    }
+    print!("{text}");
     Ok(0)
+}
+
+/// For a job placed on a node of an elastic pool: which machine it is and how long ago it was asked for and joined.
+async fn cloud_words(g: &Global, job: &Job) -> Option<String> {
+    let node = job.node.as_deref()?;
+    let pools = g.client().ok()?.pools().await.ok()?;
+    let machine = pools
+        .pools
+        .iter()
+        .filter_map(|p| p.elastic.as_ref())
+        .find_map(|e| e.machines.iter().find(|m| m.node == node).map(|m| (e, m)));
+    let (e, m) = machine?;
+    let now = format::now_us();
+    let joined = m.joined_at_us.map(|at| format!("started {} ago, ", format::span(now - at))).unwrap_or_default();
+    let at = m.zone.as_deref().map(|z| format!(" in {z}")).unwrap_or_default();
+    Some(format!(
+        "{node}: {joined}asked for {} ago; {} {} {}{at} at {:.2}/h",
+        format::span(now - m.requested_at_us),
+        e.provider,
+        e.market,
+        e.instance_type,
+        e.price_hour
+    ))
 }
 
 fn describe(j: &Job) -> String {
@@ -625,7 +653,7 @@ fn describe(j: &Job) -> String {
 
 /// A placement's reason in a few words: "in pool onprem, of 3 candidate nodes; backfilled ahead of job 7".
 fn placement_words(reason: &TimelineReason) -> Option<String> {
-    let TimelineReason::Placed { pool, candidates, backfilled_before, burst_waited_s, .. } = reason else {
+    let TimelineReason::Placed { pool, candidates, backfilled_before, burst_waited_s, burst_past, .. } = reason else {
         return None;
     };
     let mut words =
@@ -635,6 +663,10 @@ fn placement_words(reason: &TimelineReason) -> Option<String> {
     }
     if let Some(waited_s) = burst_waited_s {
         words += &format!("; burst after waiting {}", format::span(*waited_s as i64 * 1_000_000));
+        if !burst_past.is_empty() {
+            let verb = if burst_past.len() == 1 { "was" } else { "were" };
+            words += &format!(": {} {verb} fully allocated for it", burst_past.join(", "));
+        }
     }
     Some(words)
 }
@@ -903,6 +935,7 @@ mod tests {
             cpu_millis_free_after: 0,
             backfilled_before,
             burst_waited_s,
+            burst_past: if burst_waited_s.is_some() { vec!["local".into()] } else { Vec::new() },
         }
     }
 
@@ -916,7 +949,7 @@ mod tests {
             placed(3, Some(7), Some(300)),
             Some(
                 "in pool onprem, of 3 candidate nodes; backfilled ahead of job 7, ending by its runtime limit before \
-                 that job can start; burst after waiting 5m",
+                 that job can start; burst after waiting 5m: local was fully allocated for it",
             ),
         );
         check(TimelineReason::Other, None);

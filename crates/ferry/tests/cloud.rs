@@ -40,6 +40,8 @@ struct Machine {
     zone: String,
     host: Host,
     up: bool,
+    /// Its boot (the user data's shell, which became its agent), reaped when the machine ends.
+    boot: Option<Child>,
 }
 
 /// The cloud and the installation: moto, the hypervisor, the server, the local pool's agent, and the machines.
@@ -241,16 +243,17 @@ impl Cloud {
                     let host = self.net.add_host(&format!("m{}", self.next_byte), self.next_byte);
                     self.next_byte += 1;
                     let up = !self.dead_pools.contains(&pool);
-                    if up {
-                        self.boot(&node, &host, event["user_data"].as_str().unwrap());
-                    }
+                    let boot = up.then(|| self.boot(&node, &host, event["user_data"].as_str().unwrap()));
                     let zone = event["zone"].as_str().unwrap_or_default().to_string();
-                    self.machines.insert(id, Machine { node, zone, host, up });
+                    self.machines.insert(id, Machine { node, zone, host, up, boot });
                 }
                 Some("terminated") => {
                     if let Some(machine) = self.machines.get_mut(&id) {
                         kill_everything_in(&machine.host.ns);
                         machine.up = false;
+                        if let Some(mut boot) = machine.boot.take() {
+                            let _ = boot.wait();
+                        }
                     }
                 }
                 _ => {}
@@ -260,7 +263,7 @@ impl Cloud {
 
     /// Runs a machine's user data on its host, as its first boot would: `ferry` is on the PATH, and each machine has
     /// a disk of its own (FERRY_HOME).
-    fn boot(&self, node: &str, host: &Host, user_data: &str) {
+    fn boot(&self, node: &str, host: &Host, user_data: &str) -> Child {
         let bin_dir = Path::new(ferry_bin()).parent().unwrap();
         // A machine has a hostname of its own (a UTS namespace), as the node it was launched to be.
         Command::new("ip")
@@ -274,7 +277,7 @@ impl Cloud {
             .stdout(self.log(&format!("machine-{node}.log")))
             .stderr(self.log(&format!("machine-{node}.log")))
             .spawn()
-            .unwrap();
+            .unwrap()
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -393,7 +396,10 @@ impl Drop for Cloud {
     fn drop(&mut self) {
         // Closing the hypervisor's input stops it; everything else dies with the network's namespaces.
         self.commands.take();
-        for mut child in [self.server.take(), self.local.take(), self.hypervisor.take()].into_iter().flatten() {
+        let boots = self.machines.values_mut().filter_map(|m| m.boot.take());
+        for mut child in
+            [self.server.take(), self.local.take(), self.hypervisor.take()].into_iter().flatten().chain(boots)
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -428,6 +434,14 @@ fn jobs_that_outgrow_the_local_pool_burst_to_cloud_machines_which_are_terminated
     assert_eq!(zones, BTreeSet::from(["us-east-1b"]), "the full zone was skipped");
     let launches = c.launches();
     assert!((3..=4).contains(&launches), "two machines, after one or two refusals in the full zone: {launches} calls");
+    // `ferry show` says why the job burst and which machine it runs on.
+    let burst = ids.iter().copied().find(|id| c.job(*id)["node"] == "aws-1").unwrap();
+    let shown = c.ok(&["show", &burst.to_string()]);
+    assert!(shown.contains("burst after waiting") && shown.contains(": local was fully allocated for it"), "{shown}");
+    assert!(
+        shown.contains("Cloud node:   aws-1: started ") && shown.contains("aws on-demand m5.large in us-east-1b"),
+        "{shown}"
+    );
     // `ferry pools` shows the pool's machines, busy, and what they cost so far.
     let e = c.elastic("aws");
     assert_eq!(
@@ -459,6 +473,9 @@ fn jobs_that_outgrow_the_local_pool_burst_to_cloud_machines_which_are_terminated
         "{e}"
     );
     assert_eq!(e["spend_hour"].as_f64(), Some(0.0), "{e}");
+    // The pool's history: machines asked for, given back once idle, and gone.
+    let kinds: BTreeSet<&str> = e["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, BTreeSet::from(["provision", "release", "gone"]), "{e}");
     c.wait_for("every machine to be shut down", |c| c.machines.values().all(|m| !m.up));
     assert_eq!(c.launches(), launches, "no more launches once the queue was empty");
 }

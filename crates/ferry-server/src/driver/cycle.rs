@@ -33,6 +33,7 @@ impl Driver {
                 }
                 Decision::Abandon { pool, nodes, reason } => {
                     tracing::warn!(pool = %pool, nodes, %reason, "giving up on cloud machines that did not join");
+                    self.cloud_event(tx, &pool, "abandon", None, nodes, reason.to_string()).await?;
                     self.order(crate::fleet::Order::Abandon { pool, nodes, why: reason.to_string() });
                 }
                 // A tick starts, stops and asks for nothing.
@@ -57,15 +58,39 @@ impl Driver {
                 Decision::Lost { .. } | Decision::NodeNotReady { .. } | Decision::Abandon { .. } => {}
                 Decision::Provision { pool, nodes, reason } => {
                     tracing::info!(pool = %pool, nodes, %reason, "bursting: asking the cloud for machines");
+                    self.cloud_event(tx, &pool, "provision", None, nodes, reason.to_string()).await?;
                     self.order(crate::fleet::Order::Provision { pool, nodes });
                 }
                 Decision::Release { node, reason } => {
                     tracing::info!(node = %node, %reason, "giving an idle cloud machine back");
+                    let pool = self.nodes.get(&node).map(|n| n.pool.clone()).unwrap_or_default();
+                    self.cloud_event(tx, &pool, "release", Some(&node), 1, reason.to_string()).await?;
                     self.order(crate::fleet::Order::Release { node, why: reason.to_string() });
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records what was asked of an elastic pool, or came of it, for its history.
+    async fn cloud_event(
+        &self,
+        tx: &mut Tx,
+        pool: &str,
+        kind: &str,
+        node: Option<&str>,
+        nodes: u32,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let event = ferry_store::CloudEvent {
+            at_us: self.clock.now_us(),
+            pool: pool.to_string(),
+            kind: kind.to_string(),
+            node: node.map(str::to_string),
+            nodes,
+            detail,
+        };
+        tx.cloud_event(&event).await
     }
 
     /// Hands an order to the fleet, which carries it out without holding the driver up.
@@ -86,12 +111,14 @@ impl Driver {
     ) -> Result<(), StoreError> {
         match news {
             crate::fleet::News::ProvisionFailed { pool, nodes, failure, detail } => {
+                self.cloud_event(tx, &pool, "failed", None, nodes, format!("{failure}: {detail}")).await?;
                 let event = Event::ProvisionFailed { pool: pool.clone(), nodes, failure, detail };
                 if let Err(e) = self.sched.apply(event) {
                     tracing::error!(pool = %pool, error = %e, "the core refused a provisioning failure");
                 }
             }
-            crate::fleet::News::Gone { node, why } => {
+            crate::fleet::News::Gone { node, pool, why } => {
+                self.cloud_event(tx, &pool, "gone", Some(&node), 1, why.clone()).await?;
                 if self.sched.node_status(&node).is_none() {
                     // It never joined, or is already gone.
                     return Ok(());

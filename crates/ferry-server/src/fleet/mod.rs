@@ -60,8 +60,8 @@ pub enum Order {
 pub enum News {
     /// `nodes` machines asked of `pool` could not be started.
     ProvisionFailed { pool: String, nodes: u32, failure: ProvisionFailure, detail: String },
-    /// The machine of `node` is gone (terminated by Ferry, or by the provider: a spot reclaim).
-    Gone { node: String, why: String },
+    /// The machine of `node` in `pool` is gone (terminated by Ferry, or by the provider: a spot reclaim).
+    Gone { node: String, pool: String, why: String },
 }
 
 /// The fleet's handle, which the driver sends orders through; it never blocks.
@@ -399,8 +399,8 @@ impl Fleet {
         let machine = match self.store.machine(node).await {
             Ok(Some(machine)) if machine.live() => machine,
             // Already ended: the driver may still hold its node (its agent registered late).
-            Ok(Some(_)) => {
-                self.tell(News::Gone { node: node.to_string(), why: why.to_string() });
+            Ok(Some(m)) => {
+                self.tell(News::Gone { node: node.to_string(), pool: m.pool, why: why.to_string() });
                 return;
             }
             Ok(None) => {
@@ -427,7 +427,7 @@ impl Fleet {
         }
         tracing::info!(node, pool = %machine.pool, why, "cloud machine terminated");
         let _ = self.end_machine(node, why, self.clock.now_us()).await;
-        self.tell(News::Gone { node: node.to_string(), why: why.to_string() });
+        self.tell(News::Gone { node: node.to_string(), pool: machine.pool.clone(), why: why.to_string() });
     }
 
     async fn terminate_ids(&self, pool: &PoolFleet, ids: &[String]) -> Result<(), ProviderError> {
@@ -541,7 +541,7 @@ impl Fleet {
                         "the provider no longer has the machine".into()
                     };
                     let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
-                    self.tell(News::Gone { node: m.node.clone(), why });
+                    self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
                 }
                 // Recorded, not yet launched: its launch may be under way right now, or abandoned by the core later.
                 (None, _) => {}
@@ -566,7 +566,7 @@ impl Fleet {
         }
         tracing::warn!(node = %m.node, instance = %instance.id, why, "cloud machine gone");
         let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
-        self.tell(News::Gone { node: m.node.clone(), why });
+        self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
     }
 
     /// Before the driver starts: one reconcile, then the records of machines whose launch never reached a provider

@@ -5,7 +5,7 @@ use axum::Json;
 use std::collections::BTreeMap;
 
 use ferry_api::nodes::{
-    Capabilities, CloudMachine, ElasticPoolStatus, Node, NodeList, NodeState, Pool, PoolList, ZoneCooling,
+    Capabilities, CloudEvent, CloudMachine, ElasticPoolStatus, Node, NodeList, NodeState, Pool, PoolList, ZoneCooling,
 };
 
 use ferry_backends::ComputeBackend;
@@ -109,6 +109,9 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Jso
     Ok(Json(PoolList { pools }))
 }
 
+/// How many of an elastic pool's latest events `GET /api/v1/pools` shows.
+const EVENTS_SHOWN: u32 = 100;
+
 /// Fills in each elastic pool's cloud: the core's count of its nodes by state, the fleet's machines and their cost.
 async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result<(), ApiError> {
     let Some(fleet) = &state.fleet else { return Ok(()) };
@@ -122,6 +125,7 @@ async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result
         let core = lifecycle.get(&config.info.name).cloned().unwrap_or_default();
         let mine: Vec<&ferry_store::CloudMachine> = machines.iter().filter(|m| m.pool == config.info.name).collect();
         let cloud_status = fleet.status(&config.info.name).unwrap_or_default();
+        let events = state.store.cloud_events(&config.info.name, EVENTS_SHOWN).await?;
         pool.elastic = Some(ElasticPoolStatus {
             provider: cloud.provider.clone(),
             region: cloud.region.clone(),
@@ -156,6 +160,10 @@ async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result
                     joined_at_us: m.joined_at_us,
                     cost: m.cost(now),
                 })
+                .collect(),
+            events: events
+                .into_iter()
+                .map(|e| CloudEvent { at_us: e.at_us, kind: e.kind, node: e.node, nodes: e.nodes, detail: e.detail })
                 .collect(),
         });
     }
