@@ -221,6 +221,13 @@ pub struct EngineHealth {
     pub error: Option<String>,
 }
 
+/// A pool defined at run time (`ferry pool add` / `update`): the TOML of one `[[pool]]` table, as the server's
+/// configuration file writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolDefinition {
+    pub definition: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PoolList {
     pub pools: Vec<Pool>,

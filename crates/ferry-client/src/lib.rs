@@ -352,6 +352,27 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/pools")).await
     }
 
+    /// Adds a pool at run time from the TOML of its `[[pool]]` table.
+    pub async fn add_pool(&self, definition: &str) -> Result<ferry_api::nodes::PoolDefinition, ClientError> {
+        let body = ferry_api::nodes::PoolDefinition { definition: definition.to_string() };
+        self.json(self.request(reqwest::Method::POST, "/pools").json(&body)).await
+    }
+
+    /// Replaces a pool added at run time.
+    pub async fn update_pool(
+        &self,
+        name: &str,
+        definition: &str,
+    ) -> Result<ferry_api::nodes::PoolDefinition, ClientError> {
+        let body = ferry_api::nodes::PoolDefinition { definition: definition.to_string() };
+        self.json(self.request(reqwest::Method::PUT, &format!("/pools/{}", segment(name))).json(&body)).await
+    }
+
+    /// Removes a pool added at run time.
+    pub async fn remove_pool(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.request(reqwest::Method::DELETE, &format!("/pools/{}", segment(name)))).await.map(|_| ())
+    }
+
     pub async fn create_token(&self, spec: &CreateToken) -> Result<CreatedToken, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/tokens").json(spec)).await
     }

@@ -370,6 +370,48 @@ const RETRY_AFTER_MAX_S: u64 = 86_400;
 const RETRY_AFTER_DEFAULT_S: u64 = 10 * 60;
 
 impl RawPool {
+    /// Checks one `[[pool]]` table (`at` names it in errors, such as `pool[2]`) into the pool's configuration.
+    fn check(mut self, at: &str) -> Result<PoolConfig, String> {
+        if self.name.trim().is_empty() || self.name.contains(char::is_whitespace) {
+            return Err(format!("{at}: `name` must be a non-empty word, such as local or aws-spot"));
+        }
+        let at = format!("{at} ({})", self.name);
+        let burst_after_s = self
+            .burst_after
+            .as_deref()
+            .map(|t| ferry_units::parse_duration_s(t).map_err(|e| format!("{at}: `burst_after`: {e}")))
+            .transpose()?;
+        if burst_after_s.is_some() && !self.burst {
+            return Err(format!("{at}: `burst_after` applies only to a pool with `burst = true`"));
+        }
+        for (field, price) in [("price_gpu_hour", self.price_gpu_hour), ("price_cpu_hour", self.price_cpu_hour)] {
+            if price.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(format!("{at}: `{field}` must be a price of zero or more, such as 1.20"));
+            }
+        }
+        let elastic = self.elastic(&at)?;
+        let engine = self.engine(&at)?;
+        if engine.is_some() && self.name.contains('/') {
+            return Err(format!("{at}: an engine pool's name must not contain `/`"));
+        }
+        let (elastic, cloud) = elastic.map_or((None, None), |(e, c)| (Some(e), Some(c)));
+        Ok(PoolConfig {
+            engine,
+            cloud,
+            // What the pool's backend can do (`images`, `gangs`) is set when the server builds it.
+            info: PoolInfo {
+                name: self.name,
+                order: self.order,
+                burst: self.burst,
+                burst_after_s,
+                elastic,
+                ..PoolInfo::default()
+            },
+            price_gpu_hour: self.price_gpu_hour,
+            price_cpu_hour: self.price_cpu_hour,
+        })
+    }
+
     /// The elastic settings and cloud of a pool with a `[pool.cloud]` table; refuses elastic settings without one.
     fn elastic(&mut self, at: &str) -> Result<Option<(ElasticPool, ferry_cloud::registry::CloudPool)>, String> {
         let Some(table) = self.cloud.take() else {
@@ -520,6 +562,41 @@ fn fmt_s(s: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
 }
 
+/// A pool defined at run time (`ferry pool add`): one `[[pool]]` table, or the same keys at the top level, checked
+/// exactly as the configuration file's pools are. Engine pools are refused: their backends start with the server, so
+/// they belong in the file.
+pub fn runtime_pool(text: &str, public_url: Option<&str>) -> Result<PoolConfig, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapped {
+        pool: Vec<RawPool>,
+    }
+    let raw: RawPool = match toml::from_str::<Wrapped>(text) {
+        Ok(mut wrapped) if wrapped.pool.len() == 1 => wrapped.pool.remove(0),
+        Ok(wrapped) => {
+            return Err(format!("the definition has {} [[pool]] tables; give exactly one", wrapped.pool.len()))
+        }
+        Err(_) => toml::from_str::<RawPool>(text).map_err(|e| e.to_string().trim_end().to_string())?,
+    };
+    let pool = raw.check("pool")?;
+    if pool.engine.is_some() {
+        return Err(format!(
+            "pool ({}): an engine pool ({}) is set in the server's configuration file, whose engines start with the \
+             server; `ferry pool add` takes pools of agents and elastic pools",
+            pool.info.name,
+            pool.kind()
+        ));
+    }
+    if pool.cloud.is_some() && public_url.is_none() {
+        return Err(format!(
+            "pool ({}) is elastic: its machines must reach this server, so set `public_url` in the server's \
+             configuration file first",
+            pool.info.name
+        ));
+    }
+    Ok(pool)
+}
+
 impl FileConfig {
     /// Reads and checks the file; the error names the file and, from toml, the line, column and field.
     pub fn load(path: &Path) -> Result<FileConfig, String> {
@@ -534,48 +611,12 @@ impl FileConfig {
         }
         let mut seen = BTreeSet::new();
         let mut pools = Vec::with_capacity(raw.pool.len());
-        for (i, mut p) in raw.pool.into_iter().enumerate() {
+        for (i, p) in raw.pool.into_iter().enumerate() {
             let at = format!("pool[{i}] ({})", p.name);
-            if p.name.trim().is_empty() || p.name.contains(char::is_whitespace) {
-                return Err(format!("pool[{i}]: `name` must be a non-empty word, such as local or aws-spot"));
-            }
             if !seen.insert(p.name.clone()) {
                 return Err(format!("{at}: the pool `{}` is defined twice", p.name));
             }
-            let burst_after_s = p
-                .burst_after
-                .as_deref()
-                .map(|t| ferry_units::parse_duration_s(t).map_err(|e| format!("{at}: `burst_after`: {e}")))
-                .transpose()?;
-            if burst_after_s.is_some() && !p.burst {
-                return Err(format!("{at}: `burst_after` applies only to a pool with `burst = true`"));
-            }
-            for (field, price) in [("price_gpu_hour", p.price_gpu_hour), ("price_cpu_hour", p.price_cpu_hour)] {
-                if price.is_some_and(|v| !v.is_finite() || v < 0.0) {
-                    return Err(format!("{at}: `{field}` must be a price of zero or more, such as 1.20"));
-                }
-            }
-            let elastic = p.elastic(&at)?;
-            let engine = p.engine(&at)?;
-            if engine.is_some() && p.name.contains('/') {
-                return Err(format!("{at}: an engine pool's name must not contain `/`"));
-            }
-            let (elastic, cloud) = elastic.map_or((None, None), |(e, c)| (Some(e), Some(c)));
-            pools.push(PoolConfig {
-                engine,
-                cloud,
-                // What the pool's backend can do (`images`, `gangs`) is set when the server builds it.
-                info: PoolInfo {
-                    name: p.name,
-                    order: p.order,
-                    burst: p.burst,
-                    burst_after_s,
-                    elastic,
-                    ..PoolInfo::default()
-                },
-                price_gpu_hour: p.price_gpu_hour,
-                price_cpu_hour: p.price_cpu_hour,
-            });
+            pools.push(p.check(&format!("pool[{i}]"))?);
         }
         let mut teams = Vec::with_capacity(raw.team.len());
         let mut projects = Vec::new();
@@ -921,7 +962,7 @@ mod tests {
             (elastic("node = { gpus = 8 }", ""), "pool[0] (aws): node.gpus is 8, more than an instance of g5.12xlarge has (4)"),
             (elastic("node = { memory = \"1TiB\" }", ""), "pool[0] (aws): node.memory is 1TiB, more than an instance"),
             (elastic("node = { gpu_model = \"H100\" }", ""), "pool[0] (aws): node.gpu_model is H100, but g5.12xlarge has A10G"),
-            (elastic("startup_timeout = \"30s\"", ""), "pool[0] (aws): `startup_timeout` is 30s; write a duration from 10s to 2h"),
+            (elastic("startup_timeout = \"5s\"", ""), "pool[0] (aws): `startup_timeout` is 5s; write a duration from 10s to 2h"),
             (elastic("startup_timeout = \"3h\"", ""), "pool[0] (aws): `startup_timeout` is 3h; write a duration from 10s to 2h"),
             (elastic("startup = \"1h\"\nstartup_timeout = \"10m\"", ""), "pool[0] (aws): `startup` is 1h; write a duration from 0s to 10m"),
             (elastic("", "market = \"spot\""), "pool[0] (aws): [pool.cloud] price_hour: a spot pool needs one"),

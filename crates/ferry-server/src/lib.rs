@@ -16,7 +16,7 @@ mod datadir;
 mod driver;
 mod engines;
 mod error;
-mod fleet;
+pub mod fleet;
 mod http;
 mod jobruns;
 mod logs;
@@ -46,7 +46,8 @@ use ferry_api::agent::LOG_CHUNK_BYTES_MAX;
 use ferry_backends::agent::{new_epoch, AgentBackend};
 use ferry_backends::{registry, ComputeBackend};
 
-pub use auth::{hash_token, new_token};
+pub use auth::{hash_token, new_token, TokenCache};
+pub use clock::{Clock, SystemClock};
 pub use config::{FileConfig, PoolConfig};
 pub use datadir::{restore_admin, DataDir, ADMIN_TOKEN_FILE, AGENT_TOKEN_FILE, BOOTSTRAP_ADMIN};
 pub use error::ApiError;
@@ -171,12 +172,30 @@ pub async fn serve(
         backend_tasks.extend(built.task);
     }
     let tokens = Arc::new(auth::TokenCache::default());
+    // Pools added at run time (`ferry pool add`), after the file's, checked again as the file's are.
+    let mut all_pools = file.pools.clone();
+    for stored in store.runtime_pools().await? {
+        if all_pools.iter().any(|p| p.info.name == stored.name) {
+            tracing::warn!(pool = %stored.name, "a pool added at run time is now in the configuration file; the file's is used");
+            continue;
+        }
+        match config::runtime_pool(&stored.definition, file.public_url.as_deref()) {
+            Ok(mut pool) => {
+                let capabilities = agents.capabilities();
+                (pool.info.images, pool.info.gangs) = (capabilities.images, capabilities.gangs);
+                all_pools.push(pool);
+            }
+            Err(e) => {
+                tracing::error!(pool = %stored.name, error = %e, "a pool added at run time no longer loads; skipped")
+            }
+        }
+    }
     // Elastic pools' machines: reconciled with the providers before the driver takes the store back, so that a
     // machine launched just before a stop is adopted, not launched again.
     let fleet = fleet::Fleet::new(
         store.clone(),
         Arc::new(clock::SystemClock),
-        &file.pools,
+        &all_pools,
         fleet::FleetSettings {
             // The configuration requires `public_url` with elastic pools.
             server_url: file.public_url.clone().unwrap_or_else(|| tracking_uri.clone()),
@@ -191,13 +210,15 @@ pub async fn serve(
         let starting = fleet.recover().await;
         tracing::info!(installation = fleet.installation(), starting = starting.len(), "cloud fleet reconciled");
     }
+    let mut driver_file = file.clone();
+    driver_file.pools = all_pools.clone();
     let (mut driver, handle, commands) = Driver::start(
         store.clone(),
         agents.clone(),
         backends.clone(),
         signals.clone(),
         config.node_timeout,
-        file.clone(),
+        driver_file,
         driver::RunSources {
             tracking: jobruns::TrackingEnv { key: job_key.clone(), uri: file.public_url.clone() },
             secrets: secret_box.clone(),
@@ -269,7 +290,7 @@ pub async fn serve(
         series: series.clone(),
         engine_states,
         backends: Arc::new(backends),
-        pools: Arc::new(file.pools.clone()),
+        pools: Arc::new(state::PoolSet::new(all_pools)),
         file: Arc::new(file.clone()),
         artifacts,
         secrets: secret_box,

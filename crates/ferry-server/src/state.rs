@@ -31,7 +31,7 @@ pub struct AppState {
     /// The backend of each configured pool, by name (the registry built them); pools only nodes name are agents'.
     pub backends: Arc<std::collections::HashMap<String, Arc<dyn ferry_backends::ComputeBackend>>>,
     /// The configured pools, in the configuration's order.
-    pub pools: Arc<Vec<crate::config::PoolConfig>>,
+    pub pools: Arc<PoolSet>,
     /// The configuration file (its teams' and projects' quotas are managed there).
     pub file: Arc<crate::config::FileConfig>,
     /// The sweep controller's mailbox.
@@ -50,4 +50,26 @@ pub struct AppState {
     pub tls_authority: Option<Arc<crate::tls::Authority>>,
     /// Elastic pools' machines; `None` without elastic pools.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+}
+
+/// The configured pools: the configuration file's, then those added at run time (`ferry pool add`). Readers take a
+/// snapshot; a change replaces the whole list, one change at a time.
+pub struct PoolSet {
+    pools: std::sync::RwLock<Arc<Vec<crate::config::PoolConfig>>>,
+    /// Held across one change, from its checks to the core and the fleet hearing of it.
+    pub changing: tokio::sync::Mutex<()>,
+}
+
+impl PoolSet {
+    pub fn new(pools: Vec<crate::config::PoolConfig>) -> PoolSet {
+        PoolSet { pools: std::sync::RwLock::new(Arc::new(pools)), changing: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn snapshot(&self) -> Arc<Vec<crate::config::PoolConfig>> {
+        self.pools.read().expect("pool set lock is never poisoned").clone()
+    }
+
+    pub fn replace(&self, pools: Vec<crate::config::PoolConfig>) {
+        *self.pools.write().expect("pool set lock is never poisoned") = Arc::new(pools);
+    }
 }

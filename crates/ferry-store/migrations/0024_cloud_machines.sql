@@ -42,3 +42,13 @@ CREATE TABLE cloud_events (
     detail TEXT NOT NULL
 );
 CREATE INDEX cloud_events_pool_at ON cloud_events (pool, at_us);
+
+-- Pools defined at run time (`ferry pool add`), each as the TOML of its [[pool]] table, checked as the configuration
+-- file's pools are whenever it is read; the configuration file's own pools are not here.
+CREATE TABLE runtime_pools (
+    name          TEXT PRIMARY KEY NOT NULL,
+    definition    TEXT NOT NULL,
+    created_by    TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    updated_at_us INTEGER NOT NULL
+);

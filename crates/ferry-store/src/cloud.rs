@@ -341,6 +341,65 @@ impl Store {
     }
 }
 
+/// A pool defined at run time: its name and the TOML of its `[[pool]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimePool {
+    pub name: String,
+    pub definition: String,
+    pub created_by: String,
+    pub updated_at_us: i64,
+}
+
+impl Store {
+    /// Every pool defined at run time, by name.
+    pub async fn runtime_pools(&self) -> Result<Vec<RuntimePool>, StoreError> {
+        let rows = sqlx::query("SELECT name, definition, created_by, updated_at_us FROM runtime_pools ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RuntimePool {
+                name: r.get("name"),
+                definition: r.get("definition"),
+                created_by: r.get("created_by"),
+                updated_at_us: r.get("updated_at_us"),
+            })
+            .collect())
+    }
+
+    /// Adds a pool (`replace` false: only if none of that name is stored) or replaces one (`replace` true: only if
+    /// it is stored). Returns whether it was written.
+    pub async fn put_runtime_pool(&self, pool: &RuntimePool, replace: bool, now_us: i64) -> Result<bool, StoreError> {
+        let written = if replace {
+            sqlx::query("UPDATE runtime_pools SET definition = ?, updated_at_us = ? WHERE name = ?")
+                .bind(&pool.definition)
+                .bind(now_us)
+                .bind(&pool.name)
+                .execute(&self.pool)
+                .await?
+        } else {
+            sqlx::query(
+                "INSERT INTO runtime_pools (name, definition, created_by, created_at_us, updated_at_us) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&pool.name)
+            .bind(&pool.definition)
+            .bind(&pool.created_by)
+            .bind(now_us)
+            .bind(now_us)
+            .execute(&self.pool)
+            .await?
+        };
+        Ok(written.rows_affected() == 1)
+    }
+
+    /// Removes a pool defined at run time; returns whether there was one.
+    pub async fn remove_runtime_pool(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM runtime_pools WHERE name = ?").bind(name).execute(&self.pool).await?;
+        Ok(removed.rows_affected() == 1)
+    }
+}
+
 impl crate::Tx {
     /// Records an event of an elastic pool, keeping the pool's latest `EVENTS_PER_POOL_MAX`.
     pub async fn cloud_event(&mut self, event: &CloudEvent) -> Result<(), StoreError> {

@@ -27,7 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use audit::{AuditFilter, AuditRecord, NewAudit};
-pub use cloud::{CloudEvent, CloudMachine, MachineState, NewMachine};
+pub use cloud::{CloudEvent, CloudMachine, MachineState, NewMachine, RuntimePool};
 pub use history::HistoryRecord;
 pub use jobs::{JobCode, JobFilter, JobRecord, JobTracking, Native, NewJob, Requeue, SweepLink, Tx, Visibility};
 pub use keys::{KeyedJob, SubmissionKey};

@@ -862,6 +862,64 @@ pub async fn pools(g: &Global, args: PoolsArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
+#[derive(Args)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    command: PoolCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum PoolCommand {
+    /// Add a pool from FILE (`-` for standard input), checked as the configuration file's pools are.
+    Add { file: std::path::PathBuf },
+    /// Replace a pool added at run time with FILE's definition (the name says which).
+    Update { file: std::path::PathBuf },
+    /// Remove a pool added at run time; it must have no nodes or machines left.
+    Remove { name: String },
+}
+
+/// `ferry pool add|update|remove`.
+pub async fn pool(g: &Global, args: PoolArgs) -> Result<i32, CliError> {
+    let read = |file: &std::path::PathBuf| -> Result<String, CliError> {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(file)
+        };
+        text.map_err(|e| CliError::new(exit::INVALID, format!("cannot read {}: {e}", file.display())))
+    };
+    let client = g.client()?;
+    match args.command {
+        PoolCommand::Add { file } => {
+            client.add_pool(&read(&file)?).await?;
+            println!("pool added");
+        }
+        PoolCommand::Update { file } => {
+            let text = read(&file)?;
+            let name = pool_name(&text).ok_or_else(|| {
+                CliError::new(exit::INVALID, format!("{}: no `name` of the pool found", file.display()))
+            })?;
+            client.update_pool(&name, &text).await?;
+            println!("pool {name} updated");
+        }
+        PoolCommand::Remove { name } => {
+            client.remove_pool(&name).await?;
+            println!("pool {name} removed");
+        }
+    }
+    Ok(0)
+}
+
+/// The `name` of the one pool a definition holds, for the path of an update (the server checks the rest).
+fn pool_name(text: &str) -> Option<String> {
+    let value: toml::Value = toml::from_str(text).ok()?;
+    let table = match value.get("pool").and_then(|p| p.as_array()) {
+        Some(pools) if pools.len() == 1 => pools[0].clone(),
+        _ => value,
+    };
+    table.get("name")?.as_str().map(str::to_string)
+}
+
 /// An elastic pool's cloud under the table: its machines by state, spend, and why it is skipped, if it is.
 fn elastic_lines(name: &str, e: &ferry_api::nodes::ElasticPoolStatus, now_us: i64) -> String {
     let mut out = format!(

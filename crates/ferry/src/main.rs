@@ -79,6 +79,9 @@ enum Command {
     /// List pools in their order: agent pools and engines (Slurm, Ray, Spark, Kubernetes), their nodes, and whether
     /// each engine answers.
     Pools(commands::PoolsArgs),
+    /// Manage pools at run time (installation admins): `ferry pool add FILE`, `update FILE`, `remove NAME`. FILE holds
+    /// one `[[pool]]` table, as the server's configuration file writes it; pools of agents and elastic pools only.
+    Pool(commands::PoolArgs),
     /// Start a hyperparameter sweep from its file (`ferry sweep sweep.toml`), or see one (`ferry sweep status ID`).
     Sweep(sweep::SweepArgs),
     /// What a job logged to its MLflow run: params and metrics; `ferry metrics ID KEY` prints one metric's history.
@@ -202,6 +205,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Command::Cancel(args) => commands::cancel(&g, args).await,
         Command::Nodes(args) => commands::nodes(&g, args).await,
         Command::Pools(args) => commands::pools(&g, args).await,
+        Command::Pool(args) => commands::pool(&g, args).await,
         Command::Top(args) => top::top(&g, args).await,
         Command::Sweep(args) => sweep::sweep(&g, args).await,
         Command::Metrics(args) => sweep::metrics(&g, args).await,

@@ -177,6 +177,9 @@ const ROWS: &[Row] = &[
     row("POST", "/api/v1/users/{name}/disable", "/api/v1/users/tmp/disable", None, INSTALLATION_ADMIN),
     row("POST", "/api/v1/users/{name}/enable", "/api/v1/users/tmp/enable", None, INSTALLATION_ADMIN),
     row("POST", "/api/v1/teams", "/api/v1/teams", Some("{}"), INSTALLATION_ADMIN),
+    row("POST", "/api/v1/pools", "/api/v1/pools", Some(r#"{"definition": "name = 1"}"#), INSTALLATION_ADMIN),
+    row("PUT", "/api/v1/pools/{name}", "/api/v1/pools/tmp", Some(r#"{"definition": "name = 1"}"#), INSTALLATION_ADMIN),
+    row("DELETE", "/api/v1/pools/{name}", "/api/v1/pools/tmp", None, INSTALLATION_ADMIN),
     row(
         "PUT",
         "/api/v1/teams/{team}/members/{user}",

@@ -102,6 +102,11 @@ pub enum Command {
         native: ferry_store::Native,
         reply: Reply<bool>,
     },
+    /// The pools changed at run time (`ferry pool add`, `update`, `remove`): the core schedules over these from now on.
+    PoolsChanged {
+        pools: Vec<crate::config::PoolConfig>,
+        reply: Reply<()>,
+    },
     /// Each elastic pool's nodes by lifecycle state, as the core sees them.
     Elastic {
         reply: oneshot::Sender<BTreeMap<String, ferry_core::ElasticStatus>>,
@@ -651,6 +656,12 @@ impl Driver {
                     jobs.sort_unstable();
                 }
                 let _ = reply.send(by_node);
+            }
+            Command::PoolsChanged { pools, reply } => {
+                let infos = pools.iter().map(|p| p.info.clone()).collect();
+                self.sched.apply(Event::PoolsConfigured(infos)).expect("configuring pools never fails");
+                self.config.pools = pools;
+                fx.reply(reply, Ok(()));
             }
             Command::Elastic { reply } => {
                 let status = self

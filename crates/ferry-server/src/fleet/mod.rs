@@ -89,6 +89,18 @@ struct PoolFleet {
 }
 
 impl PoolFleet {
+    fn new(config: &PoolConfig, provider: Arc<dyn Provider>, now_us: i64) -> PoolFleet {
+        let zones = config.cloud.as_ref().map(|c| c.zones.clone()).unwrap_or_default();
+        let retry_after_s = config.info.elastic.as_ref().map_or(0, |e| e.retry_after_s);
+        PoolFleet {
+            config: config.clone(),
+            provider,
+            zones: Mutex::new(ZoneBook::new(zones, retry_after_s)),
+            calls: Mutex::new(RateLimit::new(CALLS_BURST, CALLS_PER_SECOND, now_us)),
+            last_error: Mutex::new(None),
+        }
+    }
+
     fn cloud(&self) -> &ferry_cloud::registry::CloudPool {
         self.config.cloud.as_ref().expect("only pools with a cloud are in the fleet")
     }
@@ -117,7 +129,8 @@ pub struct PoolCloudStatus {
 pub struct Fleet {
     store: Store,
     clock: Arc<dyn Clock>,
-    pools: BTreeMap<String, PoolFleet>,
+    /// The elastic pools, by name; changed at run time by `ferry pool add`, `update` and `remove`.
+    pools: std::sync::RwLock<BTreeMap<String, Arc<PoolFleet>>>,
     installation: String,
     /// How machines reach the server (`public_url`), and the join string's certificate pin, if any.
     server_url: String,
@@ -147,40 +160,45 @@ pub struct FleetSettings {
 }
 
 impl Fleet {
-    /// The fleet of the configured elastic pools (each with its provider built, credentials read), or `None` when
-    /// there is none.
+    /// The fleet of the configured elastic pools, each with its provider built (credentials read). It is made (and
+    /// always `Some`) even without elastic pools, which `ferry pool add` may add later.
     pub async fn new(
         store: Store,
         clock: Arc<dyn Clock>,
         pools: &[PoolConfig],
         settings: FleetSettings,
     ) -> Result<Option<Arc<Fleet>>, String> {
-        let mut fleet_pools = BTreeMap::new();
+        let mut providers = BTreeMap::new();
         for pool in pools {
             let Some(cloud) = &pool.cloud else { continue };
             let provider = ferry_cloud::registry::build(cloud).map_err(|e| format!("pool {}: {e}", pool.info.name))?;
-            let retry_after_s = pool.info.elastic.as_ref().map_or(0, |e| e.retry_after_s);
-            let now = clock.now_us();
-            fleet_pools.insert(
-                pool.info.name.clone(),
-                PoolFleet {
-                    config: pool.clone(),
-                    provider,
-                    zones: Mutex::new(ZoneBook::new(cloud.zones.clone(), retry_after_s)),
-                    calls: Mutex::new(RateLimit::new(CALLS_BURST, CALLS_PER_SECOND, now)),
-                    last_error: Mutex::new(None),
-                },
-            );
+            providers.insert(pool.info.name.clone(), provider);
         }
-        if fleet_pools.is_empty() {
-            return Ok(None);
+        Fleet::with_providers(store, clock, pools, settings, providers).await
+    }
+
+    /// As [`Fleet::new`], with each elastic pool's provider given (by pool name) instead of built from its
+    /// configuration: for tests and benchmarks with an in-memory provider.
+    pub async fn with_providers(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        pools: &[PoolConfig],
+        settings: FleetSettings,
+        mut providers: BTreeMap<String, Arc<dyn Provider>>,
+    ) -> Result<Option<Arc<Fleet>>, String> {
+        let mut fleet_pools = BTreeMap::new();
+        for pool in pools.iter().filter(|p| p.cloud.is_some()) {
+            let provider = providers
+                .remove(&pool.info.name)
+                .ok_or_else(|| format!("pool {}: no provider was given for it", pool.info.name))?;
+            fleet_pools.insert(pool.info.name.clone(), Arc::new(PoolFleet::new(pool, provider, clock.now_us())));
         }
         let fresh = crate::auth::new_token();
         let installation = store.installation_id(&fresh[fresh.len() - 16..]).await.map_err(|e| e.to_string())?;
         Ok(Some(Arc::new(Fleet {
             store,
             clock,
-            pools: fleet_pools,
+            pools: std::sync::RwLock::new(fleet_pools),
             installation,
             server_url: settings.server_url,
             ca_pin: settings.ca_pin,
@@ -191,18 +209,36 @@ impl Fleet {
         })))
     }
 
+    fn pool(&self, name: &str) -> Option<Arc<PoolFleet>> {
+        self.pools.read().expect("fleet pools lock").get(name).cloned()
+    }
+
+    /// Adds an elastic pool, or replaces one's settings, building its provider (its credentials read anew). Machines
+    /// already running stay; new ones are launched as the new settings say.
+    pub fn set_pool(&self, config: &PoolConfig) -> Result<(), String> {
+        let cloud = config.cloud.as_ref().ok_or_else(|| format!("pool {} has no cloud", config.info.name))?;
+        let provider = ferry_cloud::registry::build(cloud).map_err(|e| format!("pool {}: {e}", config.info.name))?;
+        let pool = Arc::new(PoolFleet::new(config, provider, self.clock.now_us()));
+        self.pools.write().expect("fleet pools lock").insert(config.info.name.clone(), pool);
+        Ok(())
+    }
+
+    /// Forgets an elastic pool (it has no machines left: the caller checked).
+    pub fn remove_pool(&self, name: &str) {
+        self.pools.write().expect("fleet pools lock").remove(name);
+    }
+
     pub fn installation(&self) -> &str {
         &self.installation
     }
 
     /// Where the pool's cloud stands, for `ferry pools`.
     pub fn status(&self, pool: &str) -> Option<PoolCloudStatus> {
-        let p = self.pools.get(pool)?;
+        let p = self.pool(pool)?;
         let now = self.clock.now_us();
-        Some(PoolCloudStatus {
-            zones_cooling: p.zones.lock().expect("zones lock").cooling(now),
-            last_error: p.last_error.lock().expect("error lock").clone(),
-        })
+        let zones_cooling = p.zones.lock().expect("zones lock").cooling(now);
+        let last_error = p.last_error.lock().expect("error lock").clone();
+        Some(PoolCloudStatus { zones_cooling, last_error })
     }
 
     /// Starts the fleet's loop: orders from the driver, and the reconcile timer. `news` goes to the driver.
@@ -273,7 +309,7 @@ impl Fleet {
 
     /// Records and launches one machine for `pool`, trying its zones in order.
     async fn provision(&self, pool_name: &str) {
-        let Some(pool) = self.pools.get(pool_name) else {
+        let Some(pool) = self.pool(pool_name) else {
             tracing::error!(pool = pool_name, "asked for a machine of a pool that has no cloud");
             return;
         };
@@ -309,7 +345,7 @@ impl Fleet {
         };
         let join = ferry_api::tls::JoinString { token, ca: self.ca_pin }.to_string();
         let script = userdata::script(&self.server_url, &machine.node, pool_name, &join, &cloud.bootstrap);
-        match self.launch(pool, &machine, script).await {
+        match self.launch(&pool, &machine, script).await {
             Ok(instance) => {
                 tracing::info!(node = %machine.node, pool = pool_name, instance = %instance.id, zone = %instance.zone,
                     "cloud machine launched");
@@ -412,13 +448,16 @@ impl Fleet {
                 return;
             }
         };
-        let Some(pool) = self.pools.get(&machine.pool) else { return };
+        let Some(pool) = self.pool(&machine.pool) else {
+            tracing::warn!(node, pool = %machine.pool, "a machine of a pool that is no longer elastic; not terminated");
+            return;
+        };
         if let Err(e) = self.store.machine_terminating(node, why).await {
             tracing::error!(node, error = %e, "cannot record a termination; reconcile will finish it");
             return;
         }
         if let Some(id) = &machine.instance_id {
-            if let Err(e) = self.terminate_ids(pool, std::slice::from_ref(id)).await {
+            if let Err(e) = self.terminate_ids(&pool, std::slice::from_ref(id)).await {
                 // Still `terminating`: the next reconcile tries again.
                 tracing::warn!(node, instance = %id, error = %e, "could not terminate a machine; will retry");
                 let _ = self.store.machine_detail(node, &format!("terminating: {e}")).await;
@@ -468,7 +507,9 @@ impl Fleet {
         // Pools that share one provider account list the same machines: each machine is looked at once.
         let mut seen_ids = std::collections::HashSet::new();
         let mut listed_pools = Vec::new();
-        for (name, pool) in &self.pools {
+        let pools: Vec<(String, Arc<PoolFleet>)> =
+            self.pools.read().expect("fleet pools lock").iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+        for (name, pool) in &pools {
             pool.pace(self.clock.as_ref()).await;
             self.stats.lock().expect("stats lock").lists += 1;
             let instances = match pool.provider.list(&self.installation).await {

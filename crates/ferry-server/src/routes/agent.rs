@@ -105,7 +105,7 @@ pub async fn register(
 /// elastic pool.
 async fn cloud_join(state: &AppState, agent: &AgentCaller, node: &RegisterNode) -> Result<(), ApiError> {
     let machine = state.store.machine_of_token(agent.token_id).await?;
-    let elastic = state.pools.iter().any(|p| p.cloud.is_some() && p.info.name == node.pool);
+    let elastic = state.pools.snapshot().iter().any(|p| p.cloud.is_some() && p.info.name == node.pool);
     match machine {
         Some(m) if !m.live() => Err(forbidden(format!(
             "node `{}`'s machine was given back to its provider ({}); its join token no longer works",

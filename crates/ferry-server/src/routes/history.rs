@@ -63,7 +63,7 @@ pub async fn cluster(State(state): State<AppState>, caller: Caller) -> Result<Js
     let stored = state.store.quotas().await?;
     let (teams, projects) = crate::config::effective_quotas(&state.file, &stored);
     let nodes = state.store.nodes().await?;
-    let mut pools: Vec<HistoryPool> = state.pools.iter().map(pool).collect();
+    let mut pools: Vec<HistoryPool> = state.pools.snapshot().iter().map(pool).collect();
     for node in &nodes {
         if !pools.iter().any(|p| p.name == node.pool) {
             pools.push(undeclared_pool(&node.pool));

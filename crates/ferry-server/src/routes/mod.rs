@@ -13,6 +13,7 @@ pub mod mlflow;
 pub mod mlflow_models;
 pub mod nodes;
 pub mod openapi;
+pub mod pools;
 pub mod secrets;
 pub mod series;
 pub mod sweeps;
@@ -164,6 +165,10 @@ pub fn table() -> Vec<Entry> {
         at(post.clone(), "/api/v1/users/{name}/disable", User(Admin), users::disable),
         at(post.clone(), "/api/v1/users/{name}/enable", User(Admin), users::enable),
         at(post.clone(), "/api/v1/teams", User(Admin), users::create_team),
+        // Pools at run time: installation admins (checked inside).
+        at(post.clone(), "/api/v1/pools", User(Admin), pools::add),
+        at(put.clone(), "/api/v1/pools/{name}", User(Admin), pools::update),
+        at(delete.clone(), "/api/v1/pools/{name}", User(Admin), pools::remove),
         at(put.clone(), "/api/v1/teams/{team}/members/{user}", User(Admin), users::set_member),
         at(delete.clone(), "/api/v1/teams/{team}/members/{user}", User(Admin), users::remove_member),
         at(post.clone(), "/api/v1/teams/{team}/projects", User(Admin), users::create_project),

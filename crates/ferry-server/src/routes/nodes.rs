@@ -53,7 +53,7 @@ pub async fn list(State(state): State<AppState>, _caller: Caller) -> Result<Json
 pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<Json<PoolList>, ApiError> {
     let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
     let mut order = Vec::new();
-    for p in state.pools.iter() {
+    for p in state.pools.snapshot().iter() {
         let kind = p.kind().to_string();
         let engine = p.engine.as_ref().map(|_| state.engine_states.health(&p.info.name));
         let backend = state.backends.get(&p.info.name).map_or(state.agents.capabilities(), |b| b.capabilities());
@@ -119,7 +119,7 @@ async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result
     let now = crate::clock::now_us();
     // Every machine that cost anything: the bill.
     let machines = state.store.machines_since(0).await?;
-    for config in state.pools.iter() {
+    for config in state.pools.snapshot().iter() {
         let (Some(cloud), Some(settings)) = (&config.cloud, &config.info.elastic) else { continue };
         let Some(pool) = pools.get_mut(&config.info.name) else { continue };
         let core = lifecycle.get(&config.info.name).cloned().unwrap_or_default();

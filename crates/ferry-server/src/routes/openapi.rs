@@ -48,7 +48,7 @@ pub const ACCESS_EXTENSION: &str = "x-ferry-access";
         super::health, super::metrics::metrics, document, mlflow,
         super::jobs::submit, super::jobs::list, super::jobs::queue, super::jobs::show, super::jobs::wait, super::jobs::cancel, super::jobs::logs, super::jobs::diff, super::jobs::metrics, super::jobs::prediction_accuracy,
         super::code::head, super::code::put, super::code::get, super::code::agent_get,
-        super::nodes::list, super::nodes::pools,
+        super::nodes::list, super::nodes::pools, super::pools::add, super::pools::update, super::pools::remove,
         super::series::query, super::series::metrics, super::usage::usage,
         super::sweeps::submit, super::sweeps::list, super::sweeps::show, super::sweeps::cancel,
         super::tokens::create, super::tokens::list, super::tokens::revoke, super::tokens::authority,
