@@ -75,12 +75,20 @@ fn yes() -> bool {
 }
 
 /// An elastic pool's capacity: up to `max_nodes` nodes like `node`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryElastic {
     pub max_nodes: u32,
     pub startup_s: u64,
     pub idle_release_s: u64,
     pub node: HistoryTemplate,
+    /// 0: not set.
+    #[serde(default)]
+    pub startup_timeout_s: u64,
+    #[serde(default)]
+    pub retry_after_s: u64,
+    /// What one machine of the pool costs an hour, as its cloud bills it; absent for a pool without a cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_node_hour: Option<f64>,
 }
 
 /// What one node of an elastic pool offers.

@@ -50,6 +50,9 @@ pub struct Pool {
     pub burst_after_s: Option<u64>,
     pub price_gpu_hour: f64,
     pub price_cpu_hour: f64,
+    /// What one node of an elastic pool costs an hour, as its cloud bills the machine (the server's `[pool.cloud]`
+    /// price); without it, the node's GPUs and CPUs at the pool's prices.
+    pub price_node_hour: Option<f64>,
     /// Set for a burst pool whose nodes start on demand from a template; it has no nodes of its own.
     pub elastic: Option<ElasticPool>,
     /// The chance that a node asked of the elastic pool fails to start (the provider has no capacity): the core hears
@@ -80,6 +83,9 @@ impl Pool {
 
     /// What one node of the pool costs an hour: its GPUs and CPUs at the pool's prices.
     pub fn node_price_hour(&self, capacity: &Resources) -> f64 {
+        if let Some(price) = self.price_node_hour {
+            return price;
+        }
         f64::from(capacity.gpus) * self.price_gpu_hour + capacity.cpu_millis as f64 / 1000.0 * self.price_cpu_hour
     }
 
@@ -157,6 +163,7 @@ struct PoolSpec {
     burst_after: Option<Spanned<String>>,
     price_gpu_hour: Option<Spanned<f64>>,
     price_cpu_hour: Option<Spanned<f64>>,
+    price_node_hour: Option<Spanned<f64>>,
     max_nodes: Option<Spanned<i64>>,
     startup: Option<Spanned<String>>,
     idle_release: Option<Spanned<String>>,
@@ -534,6 +541,17 @@ fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError
         };
         let price_gpu_hour = price("price_gpu_hour", &spec.price_gpu_hour)?;
         let price_cpu_hour = price("price_cpu_hour", &spec.price_cpu_hour)?;
+        let price_node_hour = match &spec.price_node_hour {
+            None => None,
+            Some(v) if spec.max_nodes.is_none() => {
+                return Err(src.error(
+                    "price_node_hour",
+                    v,
+                    "price_node_hour applies only to an elastic pool; set max_nodes too",
+                ))
+            }
+            Some(_) => Some(price("price_node_hour", &spec.price_node_hour)?),
+        };
         let burst_after_s = match &spec.burst_after {
             Some(t) if !spec.burst => {
                 return Err(src.error("burst_after", t, "burst_after applies only to a pool with burst = true"));
@@ -563,6 +581,7 @@ fn pools(src: &Source<'_>, specs: Vec<PoolSpec>) -> Result<Vec<Pool>, InputError
             burst_after_s,
             price_gpu_hour,
             price_cpu_hour,
+            price_node_hour,
             elastic,
             start_failure_rate,
             join_failure_rate,
@@ -775,6 +794,7 @@ pub fn parse_trace_nodes(file: &str, text: &str) -> Result<Cluster, InputError> 
         burst_after_s: None,
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
+        price_node_hour: None,
         elastic: None,
         start_failure_rate: 0.0,
         join_failure_rate: 0.0,

@@ -142,6 +142,7 @@ pub fn cluster(spec: &SynthSpec) -> Cluster {
         burst_after_s: None,
         price_gpu_hour: 0.0,
         price_cpu_hour: 0.0,
+        price_node_hour: None,
         elastic: None,
         start_failure_rate: 0.0,
         join_failure_rate: 0.0,

@@ -271,9 +271,13 @@ struct PoolOut {
     burst_after: Option<String>,
     price_gpu_hour: Option<f64>,
     price_cpu_hour: Option<f64>,
+    /// An elastic pool's machine price, which the simulator bills its nodes at.
+    price_node_hour: Option<f64>,
     max_nodes: Option<u32>,
     startup: Option<String>,
     idle_release: Option<String>,
+    startup_timeout: Option<String>,
+    retry_after: Option<String>,
     node: Option<TemplateOut>,
     /// Written only when false: true is the simulator's default.
     #[serde(skip_serializing_if = "is_true")]
@@ -340,9 +344,12 @@ fn pool_out(p: &ferry_api::history::HistoryPool) -> PoolOut {
         burst_after: p.burst_after_s.filter(|_| p.burst).map(duration),
         price_gpu_hour: p.price_gpu_hour,
         price_cpu_hour: p.price_cpu_hour,
+        price_node_hour: elastic.and_then(|e| e.price_node_hour),
         max_nodes: elastic.map(|e| e.max_nodes),
         startup: elastic.map(|e| duration(e.startup_s)),
         idle_release: elastic.map(|e| duration(e.idle_release_s)),
+        startup_timeout: elastic.filter(|e| e.startup_timeout_s > 0).map(|e| duration(e.startup_timeout_s)),
+        retry_after: elastic.filter(|e| e.retry_after_s > 0).map(|e| duration(e.retry_after_s)),
         node: elastic.map(|e| template_out(&e.node)),
         images: p.images,
         gangs: p.gangs,
@@ -592,6 +599,9 @@ mod tests {
                             gpu_model: Some("A100".into()),
                             labels: BTreeMap::new(),
                         },
+                        startup_timeout_s: 900,
+                        retry_after_s: 600,
+                        price_node_hour: Some(32.77),
                     }),
                     ..pool("aws", 20, true)
                 },
@@ -673,6 +683,8 @@ mod tests {
         assert_eq!((aws.burst_after_s, aws.price_gpu_hour), (Some(1800), 3.5));
         let elastic = aws.elastic.as_ref().unwrap();
         assert_eq!((elastic.max_nodes, elastic.startup_s, elastic.idle_release_s), (4, 180, 600));
+        assert_eq!((elastic.startup_timeout_s, elastic.retry_after_s, aws.price_node_hour), (900, 600, Some(32.77)));
+        assert_eq!(aws.node_price_hour(&elastic.node.capacity), 32.77, "the simulator bills a node as the cloud does");
         assert_eq!(elastic.node.capacity, ferry_core::Resources::new(96_000, 768 << 30, 8));
         let nodes: Vec<_> = read
             .nodes

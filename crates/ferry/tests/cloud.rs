@@ -591,3 +591,46 @@ fn refused_credentials_are_shown_in_ferry_pools_and_the_logs_and_are_not_retried
     assert!(c.server.as_mut().unwrap().try_wait().unwrap().is_none(), "the server is still running");
     c.open("gate");
 }
+
+#[test]
+fn the_simulator_bills_a_workload_as_the_server_did() {
+    // The harness boots a machine in about a second: the simulator is told so, as an admin would tell it theirs.
+    let mut c = Cloud::new(&ON_DEMAND.replace("startup = \"5s\"", "startup = \"1s\""));
+    c.start_server();
+    c.start_local_agent();
+    // Three jobs of 8 s that each take a whole node: one runs locally, two burst.
+    let ids: Vec<u64> = (0..3).map(|_| c.submit(&["--cpus", "2", "--memory", "1GiB", "--", "sleep", "8"])).collect();
+    for id in &ids {
+        c.wait_state(*id, "succeeded");
+    }
+    c.wait_for("the cloud machines to be given back", |c| {
+        let e = c.elastic("aws");
+        e["machines"].as_array().is_some_and(Vec::is_empty) && e["spend_hour"].as_f64() == Some(0.0)
+    });
+    let e = c.elastic("aws");
+    let server_bill = e["spend"].as_f64().unwrap();
+    let provisioned = e["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "provision")
+        .map(|e| e["nodes"].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(provisioned, 2, "{e}");
+    // The same workload, exported, through the simulator: the same machines, billed alike.
+    let dir = c.root.path().join("export");
+    let out_dir = dir.display().to_string();
+    c.ok(&["history", "export", "--since", "1h", "--out", &out_dir]);
+    let cluster = format!("{out_dir}/cluster.toml");
+    let workload = format!("{out_dir}/jobs.csv");
+    let sim = c.ok(&["sim", "--cluster", &cluster, "--workload", &workload, "--format", "json"]);
+    let report: Value = serde_json::from_str(&sim).unwrap();
+    let elastic = &report["runs"][0]["elastic"];
+    assert_eq!(elastic["nodes_provisioned"].as_u64(), Some(2), "{report}");
+    let sim_bill = elastic["cost"].as_f64().unwrap();
+    // Each machine lived about 19 s (1 s to boot, 8 s of job, 10 s idle); the server's also waited for its launch
+    // call, its agent and the termination, a second or so in all.
+    let ratio = sim_bill / server_bill;
+    eprintln!("bill: server {server_bill:.6}, simulator {sim_bill:.6}, ratio {ratio:.3}");
+    assert!((0.8..=1.2).contains(&ratio), "simulated {sim_bill:.6} against {server_bill:.6} billed (ratio {ratio:.3})");
+}

@@ -154,6 +154,9 @@ fn pool(p: &crate::config::PoolConfig) -> HistoryPool {
                 gpu_model: e.node.gpu_model.clone(),
                 labels: e.node.labels.clone(),
             },
+            startup_timeout_s: e.startup_timeout_s,
+            retry_after_s: e.retry_after_s,
+            price_node_hour: p.cloud.as_ref().map(|c| c.instance.price_hour),
         }),
     }
 }
