@@ -42,6 +42,8 @@ struct Machine {
     up: bool,
     /// Its boot (the user data's shell, which became its agent), reaped when the machine ends.
     boot: Option<Child>,
+    /// Its user data, as the cloud would serve it to anything on the machine that asks.
+    user_data: String,
 }
 
 /// The cloud and the installation: moto, the hypervisor, the server, the local pool's agent, and the machines.
@@ -243,9 +245,10 @@ impl Cloud {
                     let host = self.net.add_host(&format!("m{}", self.next_byte), self.next_byte);
                     self.next_byte += 1;
                     let up = !self.dead_pools.contains(&pool);
-                    let boot = up.then(|| self.boot(&node, &host, event["user_data"].as_str().unwrap()));
+                    let user_data = event["user_data"].as_str().unwrap().to_string();
+                    let boot = up.then(|| self.boot(&node, &host, &user_data));
                     let zone = event["zone"].as_str().unwrap_or_default().to_string();
-                    self.machines.insert(id, Machine { node, zone, host, up, boot });
+                    self.machines.insert(id, Machine { node, zone, host, up, boot, user_data });
                 }
                 Some("terminated") => {
                     if let Some(machine) = self.machines.get_mut(&id) {
@@ -387,6 +390,22 @@ impl Cloud {
         self.submit(&args)
     }
 
+    /// Runs `ferry agent` on the server's host with `token` as its join token, as a job that read a machine's user
+    /// data would; returns what it said when the server refused it.
+    fn impostor(&self, token: &str, node: &str, pool: &str) -> String {
+        let dir = self.root.path().join(format!("impostor-{node}-{pool}"));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.srv.ns, "timeout", "30", ferry_bin(), "agent", "--server", &self.url()])
+            .args(["--name", node, "--pool", pool, "--data-dir"])
+            .arg(&dir)
+            .env("FERRY_JOIN_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the server took an impostor as node {node} of pool {pool}");
+        stderr(&out)
+    }
+
     fn open(&self, gate: &str) {
         std::fs::write(self.root.path().join("work").join(gate), "").unwrap();
     }
@@ -442,6 +461,14 @@ fn jobs_that_outgrow_the_local_pool_burst_to_cloud_machines_which_are_terminated
         shown.contains("Cloud node:   aws-1: started ") && shown.contains("aws on-demand m5.large in us-east-1b"),
         "{shown}"
     );
+    // A machine's join token (which anything on the machine could read from its user data) joins that node of that
+    // pool only.
+    let user_data = c.machines.values().find(|m| m.node == "aws-1").unwrap().user_data.clone();
+    let token = user_data.split("FERRY_JOIN_TOKEN='").nth(1).and_then(|t| t.split('\'').next()).unwrap().to_string();
+    assert!(c.impostor(&token, "aws-9", "aws").contains("this join token speaks for `aws-1`, not for node `aws-9`"));
+    assert!(c.impostor(&token, "aws-1", "local").contains("node `aws-1` was launched for pool `aws`"));
+    let admin_token = c.ok(&["token", "create", "--agent", "--node", "sneaky", "--name", "sneaky"]).trim().to_string();
+    assert!(c.impostor(&admin_token, "sneaky", "aws").contains("pool `aws` is elastic"));
     // `ferry pools` shows the pool's machines, busy, and what they cost so far.
     let e = c.elastic("aws");
     assert_eq!(
@@ -477,6 +504,8 @@ fn jobs_that_outgrow_the_local_pool_burst_to_cloud_machines_which_are_terminated
     let kinds: BTreeSet<&str> = e["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert_eq!(kinds, BTreeSet::from(["provision", "release", "gone"]), "{e}");
     c.wait_for("every machine to be shut down", |c| c.machines.values().all(|m| !m.up));
+    // The ended machine's token is revoked with it.
+    assert!(c.impostor(&token, "aws-1", "aws").contains("refused"), "a revoked token is refused");
     assert_eq!(c.launches(), launches, "no more launches once the queue was empty");
 }
 
