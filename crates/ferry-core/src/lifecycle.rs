@@ -197,6 +197,25 @@ pub fn after_loss(job: &JobLife, why: &str, now_us: i64) -> Next {
     Next::Finish { ending: Ending::Lost, reason: why.to_string() }
 }
 
+/// What follows when the cloud took back the machine the job ran on (a spot reclaim): cancelled if that was asked,
+/// else requeued at once, and, as after a preemption, without using up a retry: neither the job nor its node failed,
+/// the machine's owner took it back. The job resumes from its checkpoints where it keeps them.
+pub fn after_reclaim(job: &JobLife, why: &str, now_us: i64) -> Next {
+    if job.cancel_requested {
+        return Next::Finish { ending: Ending::Cancelled, reason: format!("cancelled; {why}") };
+    }
+    let preemptions = job.preemptions + 1;
+    let attempts = job.retries + preemptions + 1;
+    Next::Requeue {
+        attempt: job.attempt + 1,
+        attempts,
+        preemptions,
+        not_before_us: now_us,
+        cause: RequeueCause::NodeLost,
+        reason: format!("{why}; requeued without using a retry (attempt {} of {attempts})", job.attempt + 2),
+    }
+}
+
 /// What a cancel asks of a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelStep {
@@ -488,6 +507,28 @@ mod tests {
             after_loss(&cancelled, why, 5),
             Next::Finish { ending: Ending::Cancelled, reason: format!("cancelled; {why}") }
         );
+    }
+
+    #[test]
+    fn a_reclaimed_machines_job_is_requeued_without_using_a_retry_unless_cancelled() {
+        let why = "node aws-1 is gone: the provider reclaimed spot machine i-1";
+        let next = after_reclaim(&life(0, 0), why, 5);
+        assert_eq!(
+            next,
+            Next::Requeue {
+                attempt: 1,
+                attempts: 2,
+                preemptions: 1,
+                not_before_us: 5,
+                cause: RequeueCause::NodeLost,
+                reason: format!("{why}; requeued without using a retry (attempt 2 of 2)")
+            }
+        );
+        // The requeued job has all its retries left: a later failure is retried as before.
+        let again = JobLife { attempt: 1, preemptions: 1, ..life(0, 1) };
+        assert!(again.may_retry());
+        let cancelled = JobLife { cancel_requested: true, ..life(0, 3) };
+        assert!(matches!(after_reclaim(&cancelled, why, 5), Next::Finish { ending: Ending::Cancelled, .. }));
     }
 
     #[test]

@@ -518,7 +518,8 @@ fn a_reclaimed_spot_machines_job_is_requeued_and_finishes_on_another_machine() {
     c.start_local_agent();
     let local = c.gated("local-gate", &[]);
     c.wait_state(local, "running");
-    let job = c.gated("gate", &["--retries", "1"]);
+    // No retries: a reclaim is not the job's failure, and uses none up.
+    let job = c.gated("gate", &[]);
     c.wait_state(job, "running");
     let (first_id, first_zone) = {
         let m = c.machines.iter().find(|(_, m)| m.up).expect("a machine is up");
@@ -537,6 +538,7 @@ fn a_reclaimed_spot_machines_job_is_requeued_and_finishes_on_another_machine() {
     assert_eq!(second.zone, "us-east-1b", "the zone that lost a spot machine is skipped a while");
     let timeline = j["timeline"].to_string();
     assert!(timeline.contains("node aws-1 is gone: the provider reclaimed spot machine"), "{timeline}");
+    assert!(timeline.contains("requeued without using a retry"), "{timeline}");
     c.open("gate");
     c.open("local-gate");
     c.wait_state(job, "succeeded");

@@ -129,7 +129,7 @@ impl Driver {
                     let Some(attempt) = self.jobs.get(&job).map(|j| j.attempt) else { continue };
                     let text = format!("node {node} is gone: {why}");
                     let loss = LossRecord { node: Some(node), cause: LossCauseRecord::NodeDown };
-                    self.lose(job, attempt, (&text, loss), tx, fx).await?;
+                    self.reclaimed(job, attempt, (&text, loss), tx, fx).await?;
                 }
                 if let Err(e) = self.sched.apply(Event::NodeRemoved { node: node.clone() }) {
                     tracing::error!(node = %node, error = %e, "the core kept a node whose machine is gone");

@@ -83,7 +83,31 @@ impl Driver {
         &mut self,
         id: u64,
         attempt: u32,
+        why: (&str, LossRecord),
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        self.lose_as(id, attempt, why, false, tx, fx).await
+    }
+
+    /// A run gone with a machine its cloud took back: requeued without using a retry (see `lifecycle::after_reclaim`).
+    pub(super) async fn reclaimed(
+        &mut self,
+        id: u64,
+        attempt: u32,
+        why: (&str, LossRecord),
+        tx: &mut Tx,
+        fx: &mut Effects,
+    ) -> Result<(), StoreError> {
+        self.lose_as(id, attempt, why, true, tx, fx).await
+    }
+
+    async fn lose_as(
+        &mut self,
+        id: u64,
+        attempt: u32,
         (why, loss): (&str, LossRecord),
+        reclaimed: bool,
         tx: &mut Tx,
         fx: &mut Effects,
     ) -> Result<(), StoreError> {
@@ -93,10 +117,16 @@ impl Driver {
             // The gang's other workers still run on nodes that are fine: stop them.
             fx.stops.extend(job.live_runs(id));
         }
-        match lifecycle::after_loss(&job.life(), why, self.clock.now_us()) {
-            Next::Requeue { attempt, attempts, not_before_us, cause, reason, .. } => {
+        let next = if reclaimed {
+            lifecycle::after_reclaim(&job.life(), why, self.clock.now_us())
+        } else {
+            lifecycle::after_loss(&job.life(), why, self.clock.now_us())
+        };
+        match next {
+            Next::Requeue { attempt, attempts, preemptions, not_before_us, cause, reason } => {
                 let why = requeue_record(cause, attempt, attempts, not_before_us, Some(loss));
-                self.requeue(id, &job, attempt, not_before_us, (&reason, why), tx, fx).await?;
+                let requeued = Active { preemptions, ..job };
+                self.requeue(id, &requeued, attempt, not_before_us, (&reason, why), tx, fx).await?;
             }
             Next::Finish { ending: Ending::Lost, reason } => {
                 tx.lost(id, &reason, self.clock.now_us(), loss).await?;
