@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub driver: DriverMetrics,
     /// Jobs per state over the whole history, as the store counts them.
     pub job_counts: Vec<(JobState, u64)>,
+    /// Elastic pools' machines not yet ended: pool and state of each.
+    pub cloud_machines: Vec<(String, String)>,
+    /// What each elastic pool's machines have cost in all.
+    pub cloud_spend: Vec<(String, f64)>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -83,6 +87,7 @@ pub fn render(s: &Snapshot) -> String {
     nodes(&mut out, s);
     gpus(&mut out, s);
     jobs(&mut out, s);
+    cloud(&mut out, s);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &out.registry).expect("writing to a String never fails");
     text
@@ -239,6 +244,30 @@ fn pools(out: &mut Out, s: &Snapshot, held: &BTreeMap<(&str, u32), f64>) {
             .iter()
             .filter(|(_, v)| !v.measured.is_empty())
             .map(|(p, v)| (label(p), v.measured.iter().sum::<f64>() / v.measured.len() as f64)),
+    );
+}
+
+/// Elastic pools: machines by state, and the money spent on them (exported only when there is an elastic pool's
+/// machine to speak of).
+fn cloud(out: &mut Out, s: &Snapshot) {
+    if s.cloud_spend.is_empty() {
+        return;
+    }
+    let mut by_state: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for (pool, state) in &s.cloud_machines {
+        *by_state.entry((pool.as_str(), state.as_str())).or_default() += 1;
+    }
+    out.gauges(
+        "ferry_cloud_machines",
+        "Elastic pools' machines not yet ended, by state: requested, launched, joined, terminating",
+        by_state
+            .into_iter()
+            .map(|((pool, state), n)| (vec![("pool", pool.to_string()), ("state", state.to_string())], n.into())),
+    );
+    out.counters(
+        "ferry_cloud_spend",
+        "What an elastic pool's machines have cost, each from its launch request to its end, at its price per hour",
+        s.cloud_spend.iter().map(|(pool, spend)| (vec![("pool", pool.clone())], *spend)),
     );
 }
 
@@ -412,6 +441,12 @@ mod tests {
                 cycle_seconds_sum: 0.25,
             },
             job_counts: vec![(JobState::Running, 1), (JobState::Queued, 1), (JobState::Succeeded, 3)],
+            cloud_machines: vec![
+                ("aws".into(), "joined".into()),
+                ("aws".into(), "joined".into()),
+                ("aws".into(), "requested".into()),
+            ],
+            cloud_spend: vec![("aws".into(), 1.25)],
         };
         check(
             snapshot,
@@ -523,6 +558,13 @@ mod tests {
                 # HELP ferry_scheduler_cycle_seconds Seconds spent in scheduling cycles since the server started; divide its rate by the cycles' rate for the mean.
                 # TYPE ferry_scheduler_cycle_seconds counter
                 ferry_scheduler_cycle_seconds_total 0.25
+                # HELP ferry_cloud_machines Elastic pools' machines not yet ended, by state: requested, launched, joined, terminating.
+                # TYPE ferry_cloud_machines gauge
+                ferry_cloud_machines{pool="aws",state="joined"} 2.0
+                ferry_cloud_machines{pool="aws",state="requested"} 1.0
+                # HELP ferry_cloud_spend What an elastic pool's machines have cost, each from its launch request to its end, at its price per hour.
+                # TYPE ferry_cloud_spend counter
+                ferry_cloud_spend_total{pool="aws"} 1.25
                 # EOF
             "##]],
         );

@@ -216,6 +216,18 @@ impl Store {
         sqlx::query(&sql).bind(since_us).fetch_all(&self.pool).await?.iter().map(machine).collect()
     }
 
+    /// What each pool's machines have cost up to `now_us`, in all: each from its launch request to its end (or now).
+    pub async fn cloud_spend(&self, now_us: i64) -> Result<Vec<(String, f64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pool, SUM(price_hour * MAX(COALESCE(ended_at_us, ?) - requested_at_us, 0)) / 3600000000.0 AS spend \
+             FROM cloud_machines GROUP BY pool ORDER BY pool",
+        )
+        .bind(now_us)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get("pool"), r.get::<Option<f64>, _>("spend").unwrap_or(0.0))).collect())
+    }
+
     /// The provider took the launch: the instance's id and zone.
     pub async fn machine_launched(
         &self,

@@ -15,6 +15,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let driver = state.driver.ask(|reply| Command::Metrics { reply }).await?;
     let nodes = state.store.nodes().await?;
     let job_counts = state.store.job_counts().await?;
-    let text = render(&Snapshot { now_us: now_us(), nodes, driver, job_counts });
+    let now = now_us();
+    let cloud_machines =
+        state.store.live_machines().await?.into_iter().map(|m| (m.pool, m.state.to_string())).collect();
+    let cloud_spend = state.store.cloud_spend(now).await?;
+    let text = render(&Snapshot { now_us: now, nodes, driver, job_counts, cloud_machines, cloud_spend });
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }

@@ -117,8 +117,8 @@ async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result
     let Some(fleet) = &state.fleet else { return Ok(()) };
     let lifecycle = state.driver.ask(|reply| Command::Elastic { reply }).await?;
     let now = crate::clock::now_us();
-    // Every machine that cost anything: the bill.
-    let machines = state.store.machines_since(0).await?;
+    let machines = state.store.live_machines().await?;
+    let spend: BTreeMap<String, f64> = state.store.cloud_spend(now).await?.into_iter().collect();
     for config in state.pools.snapshot().iter() {
         let (Some(cloud), Some(settings)) = (&config.cloud, &config.info.elastic) else { continue };
         let Some(pool) = pools.get_mut(&config.info.name) else { continue };
@@ -138,7 +138,7 @@ async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result
             busy: core.ready.saturating_sub(core.idle),
             idle: core.idle,
             releasing: core.releasing,
-            spend: mine.iter().map(|m| m.cost(now)).sum(),
+            spend: spend.get(&config.info.name).copied().unwrap_or(0.0),
             spend_hour: mine.iter().filter(|m| m.live()).map(|m| m.price_hour).sum(),
             cooldown_until_us: core.cooldown.as_ref().map(|c| c.until_us),
             cooldown_reason: core.cooldown.as_ref().map(|c| format!("{}: {}", c.failure, c.detail)),
