@@ -240,6 +240,7 @@ function overview(main) {
   let range = "1h";
   const cards = h("div", { class: "cards", id: "cards" });
   const pools = h("div", { id: "pools" });
+  const elastic = h("div", { id: "elastic" });
   const models = h("div", { id: "models" });
   const idle = h("div", { id: "idle" });
   const byUser = h("div", { id: "by-user" }), byTeam = h("div", { id: "by-team" });
@@ -250,6 +251,7 @@ function overview(main) {
     h("h2", { text: "Allocated GPUs that are idle (measured below 10%)" }), idle,
     h("div", { class: "grid2" }, h("section", {}, h("h2", { text: "Pools" }), pools),
       h("section", {}, h("h2", { text: "GPUs by model" }), models)),
+    elastic,
     h("div", { class: "grid2" }, h("section", {}, h("h2", { text: "Running jobs by user" }), byUser),
       h("section", {}, h("h2", { text: "Running jobs by team" }), byTeam)),
     h("div", { class: "row" }, h("h2", { text: "GPUs over time" }),
@@ -285,6 +287,7 @@ function overview(main) {
         idleGpus.map((g) => [g.id, jobLink(g.job), g.job.owner, utilisation(g.util, true)]), "")
       : h("p", { class: "muted", text: measured.length ? "None: every allocated GPU that reports telemetry is busy." : "None measured: no GPU reports telemetry." }));
     pools.replaceChildren(poolTable(nodes, gpus, poolList.pools));
+    elastic.replaceChildren(...elasticPools(poolList.pools, Date.now()));
     models.replaceChildren(modelTable(gpus));
     byUser.replaceChildren(groupTable(running, (j) => j.owner, "User"));
     byTeam.replaceChildren(groupTable(running, (j) => j.team || "(no team)", "Team"));
@@ -366,6 +369,89 @@ function groupTable(jobs, key, label) {
     utilisation(g.util.length ? g.util.reduce((a, b) => a + b, 0) / g.util.length : null, g.gpus > 0)]);
   return table([{ label }, { label: "Jobs", num: true }, { label: "GPUs", num: true }, { label: "CPU cores", num: true },
     { label: "Memory", num: true }, { label: "GPU utilisation (measured)" }], rows, "No running jobs.");
+}
+
+// ---- Elastic pools ------------------------------------------------------------------------------------------------
+
+// How many of an elastic pool's latest burst events its list shows, newest first (the chart marks all the API sends).
+const CLOUD_EVENTS_LISTED = 20;
+// The chart's least span: an hour up to now, so that a few recent events are not spread over the whole width.
+const CLOUD_CHART_SPAN_MS = 3600e3;
+// Each kind of cloud event by what it did to the pool's machines: asked for, given back (or gone), or not had.
+const CLOUD_KIND_GROUPS = { provision: "asked", release: "back", gone: "back", failed: "failed", abandon: "failed" };
+const CLOUD_SERIES = [
+  { group: "asked", label: "machines asked for (provision)", marker: "circle", color: "#0072B2" },
+  { group: "back", label: "given back or gone (release, gone)", marker: "triangle", color: "#009E73" },
+  { group: "failed", label: "not had (failed, abandon)", marker: "cross", color: "#D55E00" },
+];
+const MACHINE_STATES = ["starting", "busy", "idle", "releasing"];
+
+// Prices: the built-in catalog's are US dollars, and a pool's `price_hour` is read as the same. A sum of nothing may
+// come as -0, shown as 0.
+const usd = (v, digits = 2) => (v || 0).toLocaleString(undefined, { style: "currency", currency: "USD",
+  minimumFractionDigits: 2, maximumFractionDigits: digits });
+
+// A panel per elastic pool, under a heading, or nothing where no pool is elastic.
+function elasticPools(pools, nowMs) {
+  const elastic = pools.filter((p) => p.elastic);
+  return elastic.length ? [h("h2", { text: "Elastic pools" }), ...elastic.map((p) => elasticPanel(p, nowMs))] : [];
+}
+
+// One elastic pool: its cloud and price, its machines by state, what they cost, why it is skipped if it is, the
+// provider's last refusal, its live machines, and its burst decisions over time.
+function elasticPanel(pool, nowMs) {
+  const e = pool.elastic;
+  const machines = e.machines || [], events = e.events || [], cooling = e.zones_cooling || [];
+  const count = MACHINE_STATES.reduce((a, k) => a + e[k], 0);
+  const bar = h("span", { class: "progress", "aria-hidden": "true" });
+  for (const state of MACHINE_STATES) {
+    if (!e[state]) continue;
+    const part = h("span", { class: `machines-${state}`, title: `${e[state]} ${state}` });
+    part.style.width = `${(100 * e[state]) / Math.max(1, e.max_nodes, count)}%`;
+    bar.append(part);
+  }
+  const left = (untilUs) => fmtDuration(untilUs / 1000 - nowMs);
+  const facts = [
+    ["Cloud", `${e.provider} ${e.market} ${e.instance_type} in ${e.region}${e.zones.length ? ` (${e.zones.join(", ")})` : ""}, ${usd(e.price_hour, 4)}/h each`],
+    ["Machines", h("span", { class: "elastic-machines" }, bar,
+      `${count} of at most ${plural(e.max_nodes, "machine")}: ${MACHINE_STATES.map((k) => `${e[k]} ${k}`).join(", ")}`)],
+    ["Spend", `${usd(e.spend)} so far, ${usd(e.spend_hour)}/h now`],
+    ["Cooldown", e.cooldown_until_us != null
+      ? `skipped for ${left(e.cooldown_until_us)} more, until ${fmtTime(e.cooldown_until_us)}${e.cooldown_reason ? `: ${e.cooldown_reason}` : ""}`
+      : "none"],
+    cooling.length && ["Zones cooling", h("ul", { class: "plain" }, cooling.map((z) =>
+      h("li", { text: `${z.zone}: skipped for ${left(z.until_us)} more, until ${fmtTime(z.until_us)}: ${z.reason}` })))],
+    e.last_error && ["Last provider error", h("span", { class: "provider-error", text: e.last_error })],
+  ];
+  const rows = machines.map((m) => [m.node, stateBadge(m.state), m.zone || "–", m.instance_id ? h("code", { text: m.instance_id }) : "–",
+    h("span", {}, fmtDuration(nowMs - m.requested_at_us / 1000),
+      m.joined_at_us ? h("span", { class: "muted small", text: ` (joined after ${fmtDuration((m.joined_at_us - m.requested_at_us) / 1000)})` }) : null),
+    usd(m.cost)]);
+  const latest = events.slice(-CLOUD_EVENTS_LISTED).reverse();
+  return h("section", { class: "node elastic", "data-pool": pool.name, "aria-label": `Elastic pool ${pool.name}` },
+    h("h2", {}, `${pool.name} `, e.cooldown_until_us != null ? h("span", { class: "state state-failed", text: "cooling down" }) : null),
+    h("dl", { class: "spec" }, facts.filter(Boolean).flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)])),
+    h("h3", { text: "Machines" }),
+    h("div", { class: "cloud-machines" }, table([{ label: "Node" }, { label: "State" }, { label: "Zone" }, { label: "Instance" },
+      { label: "Age", num: true }, { label: "Cost", num: true }], rows, "No machines: none asked for, or all given back.")),
+    h("h3", { text: "Burst history" }),
+    events.length ? burstChart(pool.name, events, nowMs) : null,
+    latest.length < events.length ? h("p", { class: "muted small", text: `The latest ${latest.length} of ${plural(events.length, "event")}, newest first.` }) : null,
+    h("div", { class: "cloud-events" }, table([{ label: "Time" }, { label: "Event" }, { label: "Machines", num: true },
+      { label: "Node" }, { label: "Detail" }], latest.map((ev) => [fmtTime(ev.at_us),
+      h("span", { class: `state cloud-${CLOUD_KIND_GROUPS[ev.kind] || "other"}`, text: ev.kind }),
+      String(ev.nodes), ev.node || "–", ev.detail]), "No burst decisions yet.")));
+}
+
+// An elastic pool's events in time, a mark each at the number of machines it concerned, its words in the mark's
+// tooltip; over the last hour at least, up to now.
+function burstChart(name, events, nowMs) {
+  const first = Math.min(nowMs - CLOUD_CHART_SPAN_MS, ...events.map((ev) => ev.at_us / 1000));
+  const series = CLOUD_SERIES.map((s) => ({ label: s.label, line: false, marker: s.marker, color: s.color,
+    points: events.filter((ev) => CLOUD_KIND_GROUPS[ev.kind] === s.group).map((ev) => [ev.at_us / 1000, ev.nodes,
+      `${fmtTime(ev.at_us)}: ${ev.kind}, ${plural(ev.nodes, "machine")}${ev.node ? ` (${ev.node})` : ""}: ${ev.detail}`]) }));
+  return FerryCharts.xyChart({ title: `Pool ${name}: burst decisions over time (machines each)`, time: true, integerY: true,
+    yLabel: "machines", xRange: [first, nowMs], series });
 }
 
 // ---- Nodes --------------------------------------------------------------------------------------------------------
@@ -593,7 +679,11 @@ function reasonFacts(reason) {
     reason.workers.forEach((w, rank) => facts.push(`${reason.workers.length > 1 ? `rank ${rank}: ` : ""}${w.node}, ${gpus(w)}`));
     facts.push(`chosen of ${plural(reason.candidates, "candidate node")}`);
     if (reason.backfilled_before != null) facts.push(h("span", {}, "backfilled ahead of job ", link(reason.backfilled_before)));
-    if (reason.burst_waited_s != null) facts.push(`burst after waiting ${fmtDuration(reason.burst_waited_s * 1000)}`);
+    // Which pools before the burst pool could not hold it, as `ferry show` says it.
+    const past = reason.burst_past || [];
+    const full = past.length ? `: ${past.join(", ")} ${past.length === 1 ? "was" : "were"} fully allocated for it` : "";
+    if (reason.burst_waited_s != null) facts.push(`burst after waiting ${fmtDuration(reason.burst_waited_s * 1000)}${full}`);
+    else if (full) facts.push(`burst${full}`);
   } else if (reason.kind === "preempted") {
     facts.push(h("span", {}, "for job ", link(reason.by)));
     const rule = reason.rule || {};

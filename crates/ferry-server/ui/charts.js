@@ -1,7 +1,8 @@
 // Ferry dashboard charts: SVG line charts and heatmaps drawn from /api/v1/series answers, and charts of numbers
-// against numbers (MLflow metrics by step, a sweep's objective by trial). No library: a few functions that build SVG
-// elements. Times are shown in the viewer's time zone; every axis names its unit; colours come from the Okabe-Ito
-// palette and each line also has its own dash pattern (each mark its own shape), so no meaning rests on colour alone.
+// against numbers (MLflow metrics by step, a sweep's objective by trial) or of marks in time (an elastic pool's burst
+// decisions). No library: a few functions that build SVG elements. Times are shown in the viewer's time zone; every
+// axis names its unit; colours come from the Okabe-Ito palette and each line also has its own dash pattern (each mark
+// its own shape), so no meaning rests on colour alone.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -167,10 +168,12 @@ function marker(kind, x, y, color, title) {
   return svg("circle", { cx: x, cy: y, r: kind === "dot" ? 2.5 : 4, fill: color }, t);
 }
 
-// A chart of numbers against numbers (a metric against its step, an objective against the trial). opts: { title,
-// xLabel, yLabel, integerX?, padY?, width?, height?, series: [{ label, points: [[x, y, title?]], color?, dash?, line?
-// (default true), stepped?, marker? ("circle", "ring", "triangle", "cross") }] }. Points whose y is not a finite
-// number are gaps. Returns a figure with the chart and its legend.
+// A chart of numbers against numbers (a metric against its step, an objective against the trial), or of marks in
+// time. opts: { title, xLabel, yLabel, integerX?, integerY? (counts: from 0, whole ticks), padY?, time? (x in
+// milliseconds since the epoch, on a clock axis in the viewer's time zone), xRange? ([from, to]: the x axis spans at
+// least this), width?, height?, series: [{ label, points: [[x, y, title?]], color?, dash?, line? (default true),
+// stepped?, marker? ("circle", "ring", "triangle", "cross") }] }. Points whose y is not a finite number are gaps.
+// Returns a figure with the chart and its legend.
 function xyChart(opts) {
   const W = opts.width || 640, H = opts.height || 220;
   const m = { l: 64, r: 20, t: 10, b: 40 };
@@ -179,11 +182,21 @@ function xyChart(opts) {
     if (!Number.isFinite(py) || !Number.isFinite(px)) continue;
     x0 = Math.min(x0, px); x1 = Math.max(x1, px); y0 = Math.min(y0, py); y1 = Math.max(y1, py);
   }
-  if (x0 > x1) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
+  if (opts.xRange) { x0 = Math.min(x0, opts.xRange[0]); x1 = Math.max(x1, opts.xRange[1]); }
+  if (x0 > x1) { x0 = 0; x1 = 1; }
+  if (y0 > y1) { y0 = 0; y1 = 1; }
+  if (opts.time && !(x1 - x0 >= 120e3)) { x0 -= 60e3; x1 += 60e3; }
+  // Nor is a mark at either end of a time axis, which spans its range exactly.
+  if (opts.time) { const pad = (x1 - x0) * 0.02; x0 -= pad; x1 += pad; }
   // Marks on the frame's edge are hard to see: a chart of marks keeps a margin above and below them.
   if (opts.padY && y1 > y0) { const pad = (y1 - y0) * 0.08; y0 -= pad; y1 += pad; }
-  const xt = rangeTicks(x0, x1, 6, opts.integerX ? 1 : 0), yt = rangeTicks(y0, y1, 4, 0);
-  const [xa, xb, ya, yb] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
+  // A time axis spans the points (or the range) exactly, its ticks on round clock times; a number axis is widened to
+  // round ticks. Counts start at 0 and keep half a step's margin above the highest.
+  const xt = opts.time ? timeTicks(x0, x1, 6) : rangeTicks(x0, x1, 6, opts.integerX ? 1 : 0);
+  const yt = opts.integerY ? rangeTicks(Math.min(0, y0), Math.max(1, y1) + 0.5, 4, 1) : rangeTicks(y0, y1, 4, 0);
+  const [xa, xb] = opts.time ? [x0, x1] : [xt[0], xt[xt.length - 1]];
+  const [ya, yb] = [yt[0], yt[yt.length - 1]];
+  const tf = opts.time ? timeFormatter(x1 - x0) : null;
   const x = (v) => (m.l + ((v - xa) / (xb - xa)) * (W - m.l - m.r)).toFixed(1);
   const y = (v) => (H - m.b - ((v - ya) / (yb - ya)) * (H - m.t - m.b)).toFixed(1);
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": opts.title });
@@ -195,11 +208,12 @@ function xyChart(opts) {
   }
   for (const t of xt) {
     axis.append(svg("line", { x1: x(t), x2: x(t), y1: H - m.b, y2: H - m.b + 4 }));
-    axis.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, short(t)));
+    axis.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, tf ? tf.format(new Date(t)) : short(t)));
   }
   axis.append(svg("line", { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
   axis.append(svg("line", { x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
-  axis.append(svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel));
+  axis.append(svg("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" },
+    opts.xLabel || (opts.time ? `time (${ZONE})` : "")));
   axis.append(svg("text", { x: 12, y: (m.t + H - m.b) / 2, "text-anchor": "middle",
     transform: `rotate(-90 12 ${(m.t + H - m.b) / 2})` }, opts.yLabel));
   chart.append(grid, axis);

@@ -987,3 +987,181 @@ fn pages_need_a_session_cookie_and_assets_are_small_and_safe() {
     assert!(served < ASSETS_BYTES_MAX, "the served assets weigh {served} bytes");
     assert!((on_disk as usize) < ASSETS_BYTES_MAX, "{} holds {on_disk} bytes", dir.display());
 }
+
+/// A server whose elastic pool `aws` asks EC2 at a closed port: bursting to it is real (the pool's cloud, its price
+/// from the catalog, the decision to ask for a machine, the provider's failure and the cooldown that follows all come
+/// from the server), though no machine ever starts.
+fn elastic_config(port: u16) -> String {
+    format!(
+        "public_url = \"http://127.0.0.1:{port}\"\n[[pool]]\nname = \"local\"\norder = 0\n\n[[pool]]\nname = \"aws\"\n\
+         order = 10\nburst = true\nmax_nodes = 2\nstartup = \"5s\"\n[pool.cloud]\nprovider = \"aws\"\n\
+         region = \"us-east-1\"\nzones = [\"us-east-1a\"]\ninstance_type = \"m5.large\"\nimage = \"ami-12c6146b\"\n\
+         endpoint = \"http://127.0.0.1:9\"\n"
+    )
+}
+
+/// What the browser is told about pool `aws` on top of the server's answer: two live machines, a zone cooling, and
+/// a history of every kind of burst event, with markup in the provider's and the scheduler's words, which must show
+/// as text.
+fn elastic_extra(now_us: i64) -> Value {
+    let ago = |s: i64| now_us - s * 1_000_000;
+    json!({
+        "starting": 1, "busy": 1, "idle": 0, "releasing": 0, "spend": 1.2345, "spend_hour": 0.192,
+        "zones_cooling": [{ "zone": "us-east-1a", "until_us": ago(-300),
+            "reason": "capacity: InsufficientInstanceCapacity <b>none left</b>" }],
+        "last_error": "EC2 answered Unsupported: <img src=x onerror=\"window.__injected = 1\"> m5.large is not offered",
+        "machines": [
+            { "node": "aws-1", "state": "joined", "zone": "us-east-1b", "instance_id": "i-0abc123def4567890",
+              "requested_at_us": ago(3720), "joined_at_us": ago(3630), "cost": 0.0992 },
+            { "node": "aws-2", "state": "requested", "requested_at_us": ago(20), "cost": 0.0005 },
+        ],
+        "events": [
+            { "at_us": ago(3720), "kind": "provision", "nodes": 1,
+              "detail": "job 7; no node up or starting can hold it; pool aws has room for 2 more nodes (at most 2)" },
+            { "at_us": ago(2400), "kind": "failed", "nodes": 1, "detail": "capacity: InsufficientInstanceCapacity" },
+            { "at_us": ago(1800), "kind": "provision", "nodes": 2, "detail": "jobs 9, 10" },
+            { "at_us": ago(900), "kind": "abandon", "node": "aws-3", "nodes": 1, "detail": "it did not join in 15m" },
+            { "at_us": ago(600), "kind": "release", "node": "aws-4", "nodes": 1,
+              "detail": "it has held no job for 10m; elastic pool aws releases nodes idle for 10m" },
+            { "at_us": ago(590), "kind": "gone", "node": "aws-4", "nodes": 1, "detail": "terminated: released" },
+            { "at_us": ago(20), "kind": "provision", "nodes": 1,
+              "detail": "<script>window.__injected = 2</script>job 12" },
+        ],
+    })
+}
+
+/// Makes the page's own requests for `path` answer what the server answered, changed by `patch` (a JavaScript
+/// function of the answer's JSON that returns the answer to give), until the page is left.
+fn patch_answers(b: &Browser, path: &str, patch: &str) {
+    b.script(&format!(
+        "const path = {path:?}, patch = {patch}, real = window.fetch; \
+         window.fetch = async (url, options) => {{ \
+           const res = await real(url, options); \
+           if (String(url) !== path || !res.ok) return res; \
+           const answer = patch(await res.json()); \
+           return new Response(JSON.stringify(answer), {{ status: 200, headers: {{ 'content-type': 'application/json' }} }}); \
+         }}; return null;"
+    ));
+}
+
+#[test]
+fn an_elastic_pool_shows_its_cloud_machines_spend_and_burst_history() {
+    let port = free_port();
+    let aws = [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")];
+    let f = Ferry::start_on_port(port, NodeSpec { gpus: 0, cpus: 2, memory: "4GiB" }, &elastic_config(port), &aws);
+    // The local node is full, so the second job can only burst; the cloud does not answer.
+    let local = f.submit(&["--cpus", "2", "--memory", "1GiB", "--name", "local", "--", "sleep", "300"]);
+    f.wait_state(local, "running");
+    let burst = f.submit(&["--cpus", "2", "--memory", "1GiB", "--name", "burst", "--", "true"]);
+    let elastic = |f: &Ferry| -> Value {
+        let pools = f.json(&["pools", "--json"])["pools"].as_array().cloned().unwrap_or_default();
+        pools.into_iter().find(|p| p["name"] == "aws").map(|p| p["elastic"].clone()).unwrap_or(Value::Null)
+    };
+    f.wait_for("the burst to fail", |f| {
+        let e = elastic(f);
+        e["events"].as_array().is_some_and(|e| e.iter().any(|e| e["kind"] == "failed"))
+            && e["cooldown_reason"].is_string()
+    });
+    assert_eq!(f.state(burst), "queued");
+    let e = elastic(&f);
+    let b = Browser::start();
+    let base = f.url();
+    sign_in(&b, &f);
+
+    // The server's own answer: the cloud and its catalog price, no machine, nothing spent, the pool cooling down
+    // after the provider's failure, and the burst decision and its failure in the history.
+    let panel = "const p = document.querySelector('section.elastic[data-pool=\"aws\"]'); return p ? p.innerText : ''";
+    b.wait_for("the elastic pool's panel", WAIT, |b| b.script(panel).as_str().is_some_and(|t| t.contains("failed")));
+    let text = b.script(panel).as_str().unwrap_or_default().to_string();
+    assert!(text.starts_with("aws cooling down\n"), "{text}");
+    assert!(text.contains("aws on-demand m5.large in us-east-1 (us-east-1a), $0.096/h each"), "{text}");
+    assert!(text.contains("0 of at most 2 machines: 0 starting, 0 busy, 0 idle, 0 releasing"), "{text}");
+    assert!(text.contains("$0.00 so far, $0.00/h now"), "{text}");
+    let reason = e["cooldown_reason"].as_str().unwrap();
+    assert!(text.contains("skipped for ") && text.contains(&format!(": {reason}")), "{text}");
+    assert!(text.contains(&format!("Last provider error\n{}", e["last_error"].as_str().unwrap())), "{text}");
+    assert!(text.contains("No machines: none asked for, or all given back."), "{text}");
+    let kinds = "return [...document.querySelectorAll('section.elastic[data-pool=\"aws\"] .cloud-events tbody tr')]\
+                   .map(r => r.cells[1].innerText)";
+    assert_eq!(b.script(kinds), json!(["failed", "provision"]), "newest first");
+    let marks = "return [...document.querySelectorAll('section.elastic[data-pool=\"aws\"] svg.chart g title')]\
+                   .map(t => t.textContent.split(': ')[1].split(',')[0]).sort()";
+    assert_eq!(b.script(marks), json!(["failed", "provision"]), "a mark per event");
+    b.assert_no_errors("elastic pool", &[]);
+
+    // Machines, spend, a zone cooling and every kind of event, added to the answer in the browser; the provider's
+    // and the scheduler's words carry markup, which shows as text and runs nothing.
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let extra = elastic_extra(now_us);
+    patch_answers(
+        &b,
+        "/api/v1/pools",
+        &format!("(a) => {{ Object.assign(a.pools.find(p => p.name === 'aws').elastic, {extra}); return a; }}"),
+    );
+    b.wait_for("the machines", LIVE_WAIT, |b| b.script(panel).as_str().is_some_and(|t| t.contains("aws-1")));
+    let text = b.script(panel).as_str().unwrap_or_default().to_string();
+    assert!(text.contains("2 of at most 2 machines: 1 starting, 1 busy, 0 idle, 0 releasing"), "{text}");
+    assert!(text.contains("$1.23 so far, $0.19/h now"), "{text}");
+    assert!(
+        text.contains("Zones cooling\nus-east-1a: skipped for 4m")
+            && text.contains(": capacity: InsufficientInstanceCapacity <b>none left</b>"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Last provider error\n{}", extra["last_error"].as_str().unwrap())), "{text}");
+    let machines = b.script(
+        "return [...document.querySelectorAll('section.elastic[data-pool=\"aws\"] .cloud-machines tbody tr')]\
+           .map(r => r.innerText)",
+    );
+    let machines: Vec<&str> = machines.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(machines.len(), 2, "{machines:?}");
+    assert_eq!(machines[0], "aws-1\tjoined\tus-east-1b\ti-0abc123def4567890\t1h 2m (joined after 1m 30s)\t$0.10");
+    assert!(machines[1].starts_with("aws-2\trequested\t–\t–\t") && machines[1].ends_with("s\t$0.00"), "{machines:?}");
+    let rows = b.script(
+        "return [...document.querySelectorAll('section.elastic[data-pool=\"aws\"] .cloud-events tbody tr')]\
+           .map(r => [r.cells[1].innerText, r.cells[2].innerText, r.cells[3].innerText, r.cells[4].innerText])",
+    );
+    assert_eq!(rows[0], json!(["provision", "1", "–", "<script>window.__injected = 2</script>job 12"]));
+    let kinds: Vec<&str> = rows.as_array().unwrap().iter().filter_map(|r| r[0].as_str()).collect();
+    assert_eq!(kinds, ["provision", "gone", "release", "abandon", "provision", "failed", "provision"]);
+    assert_eq!(rows[4], json!(["provision", "2", "–", "jobs 9, 10"]));
+    assert_eq!(rows[1][2], "aws-4");
+    // The chart: a mark per event, its shape by what the event did to the machines, at how many it concerned.
+    let shapes = b.script(
+        "const svg = document.querySelector('section.elastic[data-pool=\"aws\"] svg.chart'); \
+         return [...svg.querySelectorAll('g > circle, g > path')].filter(m => m.querySelector('title'))\
+           .map(m => m.querySelector('title').textContent.split(': ')[1].split(',')[0] + ' ' + m.tagName)",
+    );
+    let mut shapes: Vec<&str> = shapes.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    shapes.sort();
+    let expected =
+        "abandon path, failed path, gone path, provision circle, provision circle, provision circle, release path";
+    assert_eq!(shapes.join(", "), expected, "crosses, triangles and circles");
+    let legend = b.script(
+        "return [...document.querySelectorAll('section.elastic[data-pool=\"aws\"] .legend span')].map(s => s.textContent)",
+    );
+    assert_eq!(
+        legend,
+        json!(["machines asked for (provision)", "given back or gone (release, gone)", "not had (failed, abandon)"])
+    );
+    assert_eq!(b.script("return window.__injected === undefined"), true, "the markup ran");
+    assert_eq!(b.script("return document.querySelector('#elastic script, #elastic img, #elastic b') === null"), true);
+    b.assert_no_errors("elastic pool with machines", &[]);
+    b.screenshot("elastic-pool");
+
+    // A job that burst says which pools were full for it, as `ferry show` does.
+    b.goto(&format!("{base}/jobs/{local}"));
+    b.wait_text("the job's timeline", "chosen of");
+    patch_answers(
+        &b,
+        &format!("/api/v1/jobs/{local}"),
+        "(j) => { const placed = j.timeline.find(e => e.reason && e.reason.kind === 'placed'); \
+           Object.assign(placed.reason, { burst_waited_s: 300, burst_past: ['local', 'gpu'] }); return j; }",
+    );
+    let placed = "return document.querySelector('#job-timeline .reason[data-kind=placed]').textContent";
+    b.wait_for("the burst's reason", LIVE_WAIT, |b| {
+        b.script(placed)
+            .as_str()
+            .is_some_and(|t| t.contains("burst after waiting 5m 0s: local, gpu were fully allocated for it"))
+    });
+    b.assert_no_errors("a burst job", &[]);
+}

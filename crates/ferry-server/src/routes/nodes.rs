@@ -139,7 +139,7 @@ async fn elastic(state: &AppState, pools: &mut BTreeMap<String, Pool>) -> Result
             idle: core.idle,
             releasing: core.releasing,
             spend: spend.get(&config.info.name).copied().unwrap_or(0.0),
-            spend_hour: mine.iter().filter(|m| m.live()).map(|m| m.price_hour).sum(),
+            spend_hour: mine.iter().filter(|m| m.live()).fold(0.0, |sum, m| sum + m.price_hour),
             cooldown_until_us: core.cooldown.as_ref().map(|c| c.until_us),
             cooldown_reason: core.cooldown.as_ref().map(|c| format!("{}: {}", c.failure, c.detail)),
             zones_cooling: cloud_status
