@@ -476,6 +476,38 @@ mod tests {
     }
 
     #[test]
+    fn compute_engine_and_azure_tables_are_checked_with_their_own_fields() {
+        let gcp = serde_json::json!({
+            "provider": "gcp", "region": "us-central1", "zones": ["us-central1-a", "us-central1-b"],
+            "instance_type": "g2-standard-4", "image": "projects/debian-cloud/global/images/family/debian-12",
+            "project": "ml-prod-123456",
+        });
+        let pool = check(gcp.clone()).unwrap();
+        assert_eq!((pool.instance.gpus, pool.instance.gpu_model.as_deref()), (1, Some("L4")));
+        let mut no_project = gcp.clone();
+        no_project.as_object_mut().unwrap().remove("project");
+        assert!(check(no_project).unwrap_err().contains("project: name the Google Cloud project id"));
+        let mut aws_zone = gcp.clone();
+        aws_zone["zones"] = serde_json::json!(["us-central1a"]);
+        assert!(check(aws_zone).unwrap_err().contains("write the region, a hyphen and one letter"));
+        let azure = serde_json::json!({
+            "provider": "azure", "region": "eastus", "zones": ["1", "2"],
+            "instance_type": "Standard_NC4as_T4_v3", "image": "Canonical:ubuntu-24_04-lts:server:latest",
+            "subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "ml",
+            "subnet_id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ml/providers/Microsoft.Network/virtualNetworks/v/subnets/s",
+            "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ ferry@example",
+        });
+        let pool = check(azure.clone()).unwrap();
+        assert_eq!((pool.instance.gpus, pool.region.as_str()), (1, "eastus"));
+        let mut bad_image = azure.clone();
+        bad_image["image"] = serde_json::json!("ubuntu");
+        assert!(check(bad_image).unwrap_err().contains("publisher:offer:sku:version"));
+        let mut aws_field = azure;
+        aws_field["security_groups"] = serde_json::json!(["sg-1"]);
+        assert!(check(aws_field).unwrap_err().contains("security_groups: applies only to provider = \"aws\""));
+    }
+
+    #[test]
     fn a_type_the_catalog_lacks_may_be_described_in_full() {
         let described = serde_json::json!({
             "instance_type": "p6.48xlarge", "gpus": 8, "gpu_model": "B200", "cpus": 192, "memory": "2TiB", "price_hour": 100.0
