@@ -9,6 +9,8 @@
 //! - `ingest`: simulated agents (8 GPUs each) sending telemetry every second to a running server.
 //! - `dashboard`: the requests behind each page of the web dashboard, on a server with 100,000 jobs and 30 days of
 //!   series for 1,000 GPUs.
+//! - `fleet`: the server's cloud fleet against an in-memory provider: one order for 100 nodes, and the reconcile
+//!   loop over 1,000 cloud nodes.
 //!
 //! Each prints a human table, then one JSON line (only the JSON line with `--json`). `scripts/bench` runs them all
 //! and compares with a local Slurm; see this crate's README.
@@ -30,6 +32,7 @@ use ferry_client::{Client, ClientError};
 use serde_json::json;
 mod cycle;
 mod dashboard;
+mod fleet;
 mod ingest;
 mod replay;
 mod tsdb;
@@ -67,6 +70,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// The data behind each dashboard page, timed with 30 days of history for 1,000 GPUs and 100,000 jobs.
     Dashboard(dashboard::DashboardArgs),
+    /// The cloud fleet against an in-memory provider: provisioning 100 nodes, reconciling 1,000.
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Args, Clone)]
@@ -161,6 +166,7 @@ async fn main() -> ExitCode {
         Command::Tsdb(args) => tsdb::run(args),
         Command::Ingest(args) => ingest::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod credentials;
 pub mod ec2;
 pub mod gce;
+pub mod memory;
 mod oauth;
 pub mod registry;
 mod rest;

@@ -41,6 +41,9 @@ const TRANSIENT_TRIES_MAX: u32 = 4;
 /// Calls to one pool's provider: a burst of this many, then `CALLS_PER_SECOND`.
 const CALLS_BURST: u32 = 50;
 const CALLS_PER_SECOND: f64 = 10.0;
+/// How long a provider's listing may lag a launch: a machine launched less than this before a reconcile pass began
+/// and missing from its listing is not taken for gone.
+const LISTING_LAG_US: i64 = 60_000_000;
 /// How often the fleet lists the providers' machines, unless the configuration says.
 pub const RECONCILE_DEFAULT: Duration = Duration::from_secs(60);
 
@@ -139,6 +142,8 @@ pub struct Fleet {
     reconcile: Duration,
     /// The server's cache of checked tokens, cleared when a machine's join token is revoked.
     tokens: Arc<crate::auth::TokenCache>,
+    /// Held by the reconcile pass under way.
+    reconciling: tokio::sync::Mutex<()>,
     /// Reconcile passes done, and provider calls made, for tests and benchmarks.
     pub stats: Mutex<FleetStats>,
 }
@@ -205,6 +210,7 @@ impl Fleet {
             news: Mutex::new(None),
             reconcile: settings.reconcile,
             tokens: settings.tokens,
+            reconciling: tokio::sync::Mutex::new(()),
             stats: Mutex::new(FleetStats::default()),
         })))
     }
@@ -493,8 +499,29 @@ impl Fleet {
     }
 
     /// Lists every provider's machines of this installation and brings records and machines into agreement (see
-    /// the module's documentation). Returns whether every provider answered.
+    /// the module's documentation). Returns whether every provider answered. One pass at a time: a pass started while
+    /// another runs returns at once.
     pub async fn reconcile_once(&self) -> bool {
+        let Ok(_one_pass) = self.reconciling.try_lock() else { return true };
+        let started_us = self.clock.now_us();
+        let pools: Vec<(String, Arc<PoolFleet>)> =
+            self.pools.read().expect("fleet pools lock").iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+        // The listings first, then the records: every machine was recorded before it was launched, so each machine
+        // listed has its record in what is read next, however long the listings took.
+        let mut complete = true;
+        let mut listings = Vec::new();
+        for (name, pool) in &pools {
+            pool.pace(self.clock.as_ref()).await;
+            self.stats.lock().expect("stats lock").lists += 1;
+            match pool.provider.list(&self.installation).await {
+                Ok(instances) => listings.push((name.as_str(), pool, instances)),
+                Err(e) => {
+                    tracing::warn!(pool = %name, error = %e, "reconcile could not list the pool's machines");
+                    *pool.last_error.lock().expect("error lock") = Some(e.to_string());
+                    complete = false;
+                }
+            }
+        }
         let records = match self.store.live_machines().await {
             Ok(records) => records,
             Err(e) => {
@@ -503,34 +530,30 @@ impl Fleet {
             }
         };
         let mut by_node: HashMap<&str, &CloudMachine> = records.iter().map(|m| (m.node.as_str(), m)).collect();
-        let mut complete = true;
-        // Pools that share one provider account list the same machines: each machine is looked at once.
+        // Pools that share one provider account list the same machines: each machine is looked at once, by its own
+        // pool, or by the first pool that lists it when its pool is no longer configured.
         let mut seen_ids = std::collections::HashSet::new();
-        let mut listed_pools = Vec::new();
-        let pools: Vec<(String, Arc<PoolFleet>)> =
-            self.pools.read().expect("fleet pools lock").iter().map(|(n, p)| (n.clone(), p.clone())).collect();
-        for (name, pool) in &pools {
-            pool.pace(self.clock.as_ref()).await;
-            self.stats.lock().expect("stats lock").lists += 1;
-            let instances = match pool.provider.list(&self.installation).await {
-                Ok(instances) => instances,
-                Err(e) => {
-                    tracing::warn!(pool = %name, error = %e, "reconcile could not list the pool's machines");
-                    *pool.last_error.lock().expect("error lock") = Some(e.to_string());
-                    complete = false;
-                    continue;
-                }
-            };
-            listed_pools.push(name.as_str());
+        let configured = |pool: Option<&str>| pool.is_some_and(|p| pools.iter().any(|(n, _)| n == p));
+        for (name, pool, instances) in &listings {
             let mut orphans = Vec::new();
             for instance in instances {
-                // Another pool's machine (listed again by a pool on the same account) is that pool's to look at.
-                if instance.pool() != Some(name.as_str()) || !seen_ids.insert(instance.id.clone()) {
+                let ours = instance.pool() == Some(*name);
+                if (!ours && configured(instance.pool())) || !seen_ids.insert(instance.id.clone()) {
                     continue;
                 }
                 let alive = !matches!(instance.state, InstanceState::Terminated | InstanceState::Stopping);
                 let owner = instance.node().and_then(|n| by_node.get(n).copied());
                 match owner {
+                    // The machine of a pool no longer configured: nothing will use or give it back.
+                    Some(m) if !ours => {
+                        if alive {
+                            orphans.push(instance.id.clone());
+                        }
+                        let why = format!("pool {} is no longer configured", m.pool);
+                        let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
+                        self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
+                        by_node.remove(m.node.as_str());
+                    }
                     // Its launch was never recorded: the server stopped between the launch and its record.
                     Some(m) if m.instance_id.is_none() && alive => {
                         tracing::info!(node = %m.node, instance = %instance.id, "adopting a machine whose launch was not recorded");
@@ -538,6 +561,7 @@ impl Fleet {
                             .store
                             .machine_launched(&m.node, &instance.id, &instance.zone, self.clock.now_us())
                             .await;
+                        by_node.remove(m.node.as_str());
                     }
                     Some(m) if m.instance_id.as_deref() == Some(instance.id.as_str()) => {
                         if !alive || instance.state == InstanceState::Stopped {
@@ -545,7 +569,7 @@ impl Fleet {
                             if instance.state == InstanceState::Stopped {
                                 orphans.push(instance.id.clone());
                             }
-                            self.gone(pool, m, &instance).await;
+                            self.gone(pool, m, instance).await;
                         } else if m.state == MachineState::Terminating {
                             orphans.push(instance.id.clone());
                         }
@@ -554,11 +578,6 @@ impl Fleet {
                     // No live record, or a second machine for one node: nobody owns it.
                     _ if alive => orphans.push(instance.id.clone()),
                     _ => {}
-                }
-                if let Some(m) = owner {
-                    if m.instance_id.is_none() {
-                        by_node.remove(m.node.as_str());
-                    }
                 }
             }
             if !orphans.is_empty() {
@@ -569,13 +588,20 @@ impl Fleet {
                 }
             }
         }
-        // Records whose machine the provider no longer lists at all.
+        // Records whose machine the provider no longer lists at all (a provider forgets terminated machines after a
+        // while). A listing may lag a launch (EC2's is eventually consistent), so only machines launched well before
+        // the pass began count as missing.
+        let listed: Vec<&str> = listings.iter().map(|(name, _, _)| *name).collect();
+        let settled_us = started_us.saturating_sub(LISTING_LAG_US);
         for m in by_node.into_values() {
-            if !listed_pools.contains(&m.pool.as_str()) {
+            if !listed.contains(&m.pool.as_str()) {
                 continue;
             }
+            let launched_before = m.launched_at_us.is_some_and(|at| at < settled_us);
             match (&m.instance_id, m.state) {
-                (Some(_), _) | (None, MachineState::Terminating) => {
+                (None, MachineState::Terminating) | (Some(_), _)
+                    if launched_before || m.state == MachineState::Terminating =>
+                {
                     let why = if m.state == MachineState::Terminating {
                         m.detail.clone().unwrap_or_else(|| "terminated".into())
                     } else {
@@ -584,8 +610,9 @@ impl Fleet {
                     let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
                     self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
                 }
-                // Recorded, not yet launched: its launch may be under way right now, or abandoned by the core later.
-                (None, _) => {}
+                // Recorded and not yet launched (its launch may be under way, or abandoned by the core later), or
+                // launched too recently to be listed.
+                _ => {}
             }
         }
         self.stats.lock().expect("stats lock").reconciles += 1;
