@@ -2,18 +2,25 @@
 //!
 //! The order is the SDKs': explicit settings, then the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`), then the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else
-//! `~/.aws/credentials`, profile `AWS_PROFILE`, else `default`). Resolution reads its environment through a function
-//! and its home directory as a value, so tests need not touch the process's.
-//!
-//! TODO: instance roles (IMDSv2: a PUT for a session token, then the role's credentials from
-//! `/latest/meta-data/iam/security-credentials/`), refreshed before they expire; until then a server on EC2 needs
-//! the environment or a credentials file.
+//! `~/.aws/credentials`, profile `AWS_PROFILE`, else `default`), then the role of the EC2 instance Ferry runs on
+//! (`imds.rs`: the instance metadata service at `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else `http://169.254.169.254`;
+//! `AWS_EC2_METADATA_DISABLED=true` skips it). The first three give fixed [`Credentials`]; the instance role gives a
+//! [`CredentialsProvider`] that asks the service at the first call and again before the credentials expire, so a
+//! machine that is not on EC2 learns that it has no credentials then, from an error naming every place. Resolution
+//! reads its environment through a function and its home directory as a value, so tests need not touch the
+//! process's.
 //!
 //! Nothing here may log or format a secret: [`Credentials`]' `Debug` shows where they came from and nothing else,
 //! and errors name variables, files and profiles, never values or lines of a file.
 
+mod imds;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+pub use imds::InstanceRole;
+
+use crate::ProviderError;
 
 /// The most a credentials file may hold; a larger one is not a credentials file.
 const CREDENTIALS_FILE_BYTES_MAX: u64 = 1 << 20;
@@ -32,7 +39,14 @@ pub struct Credentials {
 pub enum CredentialsSource {
     Explicit,
     Environment,
-    File { path: PathBuf, profile: String },
+    File {
+        path: PathBuf,
+        profile: String,
+    },
+    /// The role of the EC2 instance Ferry runs on.
+    InstanceRole {
+        role: String,
+    },
 }
 
 impl Credentials {
@@ -73,19 +87,82 @@ pub enum CredentialsError {
     ProfileIncomplete { path: PathBuf, profile: String, missing: &'static str },
     #[error(
         "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write them to ~/.aws/credentials \
-         (the profile in AWS_PROFILE, else [default]); instance roles are not read yet"
+         (the profile in AWS_PROFILE, else [default]); the instance role, the last place to look, is off \
+         (AWS_EC2_METADATA_DISABLED is true)"
     )]
     NotFound,
+    #[error(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT {endpoint:?} is not an http(s) URL ({reason}): write one such as \
+         http://169.254.169.254"
+    )]
+    MetadataEndpoint { endpoint: String, reason: String },
+}
+
+/// What the EC2 provider signs with: fixed credentials, or an instance role's, which change. Its `Debug` shows
+/// where they come from, never them.
+pub enum CredentialsProvider {
+    Static(Credentials),
+    InstanceRole(InstanceRole),
+}
+
+impl CredentialsProvider {
+    /// The credentials for the next request.
+    pub(crate) async fn current(&self) -> Result<Credentials, ProviderError> {
+        match self {
+            CredentialsProvider::Static(credentials) => Ok(credentials.clone()),
+            CredentialsProvider::InstanceRole(role) => role.current().await,
+        }
+    }
+}
+
+impl From<Credentials> for CredentialsProvider {
+    fn from(credentials: Credentials) -> CredentialsProvider {
+        CredentialsProvider::Static(credentials)
+    }
+}
+
+impl fmt::Debug for CredentialsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialsProvider::Static(credentials) => credentials.fmt(f),
+            CredentialsProvider::InstanceRole(role) => role.fmt(f),
+        }
+    }
 }
 
 /// Resolves credentials from the process's environment and home directory.
-pub fn resolve(explicit: Option<Credentials>) -> Result<Credentials, CredentialsError> {
+pub fn resolve(explicit: Option<Credentials>) -> Result<CredentialsProvider, CredentialsError> {
     resolve_with(explicit, &|name| std::env::var(name).ok(), dirs::home_dir().as_deref())
 }
 
 /// Resolves credentials in the documented order, reading variables through `env` and the default credentials
 /// file under `home`.
 pub fn resolve_with(
+    explicit: Option<Credentials>,
+    env: &dyn Fn(&str) -> Option<String>,
+    home: Option<&Path>,
+) -> Result<CredentialsProvider, CredentialsError> {
+    match fixed(explicit, env, home) {
+        Ok(credentials) => Ok(CredentialsProvider::Static(credentials)),
+        Err(CredentialsError::NotFound) => instance_role(env),
+        Err(e) => Err(e),
+    }
+}
+
+/// The instance role, unless `AWS_EC2_METADATA_DISABLED` is true; nothing is asked yet.
+fn instance_role(env: &dyn Fn(&str) -> Option<String>) -> Result<CredentialsProvider, CredentialsError> {
+    let var = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    if var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Err(CredentialsError::NotFound);
+    }
+    let text = var("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| imds::ENDPOINT_DEFAULT.to_string());
+    let error = |reason| CredentialsError::MetadataEndpoint { endpoint: text.clone(), reason };
+    let endpoint = crate::rest::endpoint(&text).map_err(error)?;
+    Ok(CredentialsProvider::InstanceRole(InstanceRole::new(endpoint).map_err(error)?))
+}
+
+/// Explicit settings, the environment or the credentials file; [`CredentialsError::NotFound`] when none has any.
+fn fixed(
     explicit: Option<Credentials>,
     env: &dyn Fn(&str) -> Option<String>,
     home: Option<&Path>,
@@ -185,6 +262,13 @@ mod tests {
     use super::*;
 
     fn resolve_in(vars: &[(&str, &str)], home: Option<&Path>) -> Result<Credentials, CredentialsError> {
+        match resolve_any(vars, home)? {
+            CredentialsProvider::Static(credentials) => Ok(credentials),
+            role => panic!("fixed credentials expected, got {role:?}"),
+        }
+    }
+
+    fn resolve_any(vars: &[(&str, &str)], home: Option<&Path>) -> Result<CredentialsProvider, CredentialsError> {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         resolve_with(None, &|name| vars.get(name).cloned(), home)
     }
@@ -205,7 +289,7 @@ mod tests {
     fn explicit_settings_win_over_everything() {
         let explicit = Credentials::new("AKIDX", "sx", None);
         let got = resolve_with(Some(explicit.clone()), &|_| Some("env".into()), None).unwrap();
-        assert_eq!(got, explicit);
+        assert!(matches!(got, CredentialsProvider::Static(c) if c == explicit));
     }
 
     #[test]
@@ -254,10 +338,23 @@ mod tests {
     }
 
     #[test]
-    fn nothing_anywhere_says_where_to_put_credentials() {
+    fn the_instance_role_comes_last_and_may_be_turned_off() {
         let home = tempfile::tempdir().unwrap();
-        let err = resolve_in(&[], Some(home.path())).unwrap_err();
+        let got = resolve_any(&[], Some(home.path())).unwrap();
+        assert_eq!(format!("{got:?}"), r#"InstanceRole { endpoint: "http://169.254.169.254", role: None }"#);
+        let moved = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1338/")];
+        let got = resolve_any(&moved, None).unwrap();
+        assert_eq!(format!("{got:?}"), r#"InstanceRole { endpoint: "http://127.0.0.1:1338", role: None }"#);
+        let err = resolve_any(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "169.254.169.254")], None).unwrap_err();
+        assert!(matches!(err, CredentialsError::MetadataEndpoint { .. }), "{err}");
+        // The file and the environment still come first, and turning the role off leaves nothing.
+        assert!(matches!(
+            resolve_any(&[("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "s")], None),
+            Ok(CredentialsProvider::Static(_))
+        ));
+        let err = resolve_any(&[("AWS_EC2_METADATA_DISABLED", "TRUE")], Some(home.path())).unwrap_err();
         assert_eq!(err, CredentialsError::NotFound);
+        assert!(err.to_string().contains("the instance role, the last place to look, is off"), "{err}");
     }
 
     #[test]

@@ -250,13 +250,18 @@ fn credentials_fix(refusal: &Refusal) -> &'static str {
     match refusal.provider {
         gce::PROVIDER => {
             "for Compute Engine: the service account key in GOOGLE_APPLICATION_CREDENTIALS, or the token in \
-             GOOGLE_OAUTH_ACCESS_TOKEN, with a role such as roles/compute.instanceAdmin.v1 on the project"
+             GOOGLE_OAUTH_ACCESS_TOKEN, or the machine's service account through its metadata server, with a role \
+             such as roles/compute.instanceAdmin.v1 on the project"
         }
         azure::PROVIDER => {
-            "for Azure: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, a service principal with a role \
-             such as Virtual Machine Contributor and Network Contributor on the resource group"
+            "for Azure: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or the machine's managed identity, \
+             a service principal or identity with a role such as Virtual Machine Contributor and Network Contributor \
+             on the resource group"
         }
-        _ => "for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE's entry in ~/.aws/credentials",
+        _ => {
+            "for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE's entry in ~/.aws/credentials, or the \
+             instance's IAM role"
+        }
     }
 }
 

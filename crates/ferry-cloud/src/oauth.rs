@@ -1,6 +1,7 @@
 //! OAuth 2.0 access tokens as Compute Engine and Azure hand them out: one form `POST` to a token endpoint
-//! (RFC 6749 §4.4 client credentials for Azure, RFC 7523 JWT bearer for Google), the token kept until shortly
-//! before it expires.
+//! (RFC 6749 §4.4 client credentials for Azure, RFC 7523 JWT bearer for Google), or one `GET` to a metadata service
+//! on the machine itself (Compute Engine's metadata server, Azure's managed identity endpoint), the token kept until
+//! shortly before it expires.
 //!
 //! A token, a client secret or an assertion must never reach a log line, a `Debug` or an error: errors carry the
 //! endpoint's error code and description only, never the form that was sent.
@@ -54,7 +55,23 @@ impl TokenCache {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
+    #[serde(default, deserialize_with = "seconds")]
     expires_in: Option<u64>,
+}
+
+/// `expires_in` as a number (RFC 6749, Google) or as a string of digits (Azure's instance metadata service).
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(u64),
+        Text(String),
+    }
+    Ok(match Option::<Seconds>::deserialize(deserializer)? {
+        Some(Seconds::Number(n)) => Some(n),
+        Some(Seconds::Text(text)) => Some(text.trim().parse().map_err(serde::de::Error::custom)?),
+        None => None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -79,6 +96,55 @@ pub(crate) async fn fetch(
         return Ok((Bearer(token.access_token), lifetime));
     }
     Err(refusal(provider, answer.status, &answer.body, answer.request_id))
+}
+
+/// A token service on the machine itself, and how its failures are worded.
+pub(crate) struct Metadata<'a> {
+    pub provider: &'static str,
+    /// The service as messages name it, with where it is: `the metadata server at http://metadata.google.internal`.
+    pub service: &'a str,
+    /// Where else Ferry looked, as a message's start: `no Google credentials: … are not set, and`.
+    pub looked: &'a str,
+    /// What to do instead.
+    pub instead: &'a str,
+}
+
+/// Sends `request` (a `GET` with the service's header) to a metadata service and returns the access token and how
+/// long it lasts. No answer at all, or a refusal, means there are no credentials here (`Unauthorized`, naming where
+/// Ferry looked); only the service's throttling and faults are `Transient`. Error answers are quoted, shortened;
+/// a successful answer never is, as it holds the token.
+pub(crate) async fn fetch_metadata(
+    metadata: &Metadata<'_>,
+    request: reqwest::RequestBuilder,
+) -> Result<(Bearer, Duration), ProviderError> {
+    let Metadata { provider, service, looked, instead } = *metadata;
+    let no_credentials = |what: String| {
+        ProviderError::Unauthorized(Refusal {
+            provider,
+            code: "NoCredentials".into(),
+            message: format!("{looked} {service} {what}: {instead}"),
+            request_id: None,
+        })
+    };
+    let request = request.timeout(rest::METADATA_TIMEOUT).header("accept", "application/json");
+    let answer = rest::send(provider, "the token request", request, None)
+        .await
+        .map_err(|e| no_credentials(format!("did not answer ({})", e.refusal().message)))?;
+    match answer.status {
+        200..=299 => {
+            let token: TokenAnswer = rest::json(provider, "metadata token", &answer.body)?;
+            Ok((Bearer(token.access_token), token.expires_in.map_or(LIFETIME_DEFAULT, Duration::from_secs)))
+        }
+        status @ (429 | 500..=599) => Err(ProviderError::Transient(Refusal {
+            provider,
+            code: format!("HTTP{status}"),
+            message: format!("{service} answered {status} to the token request: {}", rest::quote(&answer.body)),
+            request_id: None,
+        })),
+        status => {
+            Err(no_credentials(format!("answered {status} to the token request ({})", rest::quote(&answer.body))))
+        }
+    }
 }
 
 /// What a token endpoint's refusal stands for: RFC 6749's `{"error", "error_description"}`.
@@ -112,6 +178,15 @@ mod tests {
         cache.clear();
         assert_eq!(cache.get(t0), None);
         assert_eq!(format!("{:?}", Bearer("ya29.secret".into())), "Bearer(..)");
+    }
+
+    #[test]
+    fn expires_in_may_be_a_number_or_a_string() {
+        let lifetime = |body: &str| serde_json::from_str::<TokenAnswer>(body).map(|t| t.expires_in).ok();
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":3599}"#), Some(Some(3599)));
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":"86399"}"#), Some(Some(86399)));
+        assert_eq!(lifetime(r#"{"access_token":"a"}"#), Some(None));
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":"soon"}"#), None);
     }
 
     #[test]

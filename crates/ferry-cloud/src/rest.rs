@@ -16,6 +16,15 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most bytes an answer may have; a page of 500 instances is well under 8 MiB.
 pub(crate) const RESPONSE_BYTES_MAX: usize = 16 << 20;
+/// How long a call to a metadata service on the machine itself (EC2's, Compute Engine's, Azure's) may take, and
+/// its connection: where one exists it answers in milliseconds, and a machine without one must fail at once rather
+/// than hold up every call for the usual thirty seconds.
+pub(crate) const METADATA_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most characters of an error answer's body a message quotes: enough for a metadata service's one-line reason.
+const QUOTE_CHARS_MAX: usize = 200;
+/// The most causes of a failed request a message names; hyper's chains are three or four long.
+const ERROR_CAUSES_MAX: usize = 6;
 /// The hex digits of the hash that keeps machine names of different installations apart.
 const NAME_HASH_HEX: usize = 8;
 
@@ -26,6 +35,25 @@ pub(crate) fn client() -> Result<reqwest::Client, String> {
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .map_err(|e| format!("no HTTP client: {e}"))
+}
+
+/// An HTTP client for a metadata service on the machine itself, with its short timeouts.
+pub(crate) fn metadata_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(METADATA_TIMEOUT)
+        .connect_timeout(METADATA_CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| format!("no HTTP client: {e}"))
+}
+
+/// The start of an error answer's body, on one line, for a message. Only ever called on error answers: a
+/// successful one from a metadata service holds credentials.
+pub(crate) fn quote(body: &str) -> String {
+    let line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(QUOTE_CHARS_MAX) {
+        Some((cut, _)) => format!("{:?}…", &line[..cut]),
+        None => format!("{line:?}"),
+    }
 }
 
 /// Parses an endpoint setting: http or https, with a host, without a query; the path is kept without its trailing
@@ -82,9 +110,18 @@ pub(crate) async fn send(
     Ok(Answer { status, body, request_id, async_operation, retry_after_s })
 }
 
-/// reqwest's error without its URL: a URL handed back by the provider could carry anything.
+/// reqwest's error without its URL (a URL handed back by the provider could carry anything), with its causes, which
+/// tell a refused connection from a timeout.
 fn without_url(error: reqwest::Error) -> String {
-    error.without_url().to_string()
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    for _ in 0..ERROR_CAUSES_MAX {
+        let Some(c) = cause else { break };
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// A call that got no answer: unreachable endpoint, timeout, cut connection.
@@ -183,6 +220,12 @@ mod tests {
         assert_eq!(rfc3339_ms("2024-03-01T01:30:15.123-08:00"), Some(1_709_285_415_123));
         assert_eq!(rfc3339_ms("2024-03-01T09:30:15.1234567+00:00"), Some(1_709_285_415_123));
         assert_eq!(rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn quoted_bodies_are_one_line_and_short() {
+        assert_eq!(quote("Identity\n  not found"), "\"Identity not found\"");
+        assert_eq!(quote(&"é".repeat(300)).chars().count(), QUOTE_CHARS_MAX + 3);
     }
 
     #[test]

@@ -85,7 +85,8 @@ pub struct AzureSettings {
     pub ssh_public_key: String,
     /// The sizes the pool may launch (such as `Standard_NC4as_T4_v3`), with their prices and zones (`1` to `3`).
     pub instance_types: Vec<InstanceType>,
-    /// `None` to look in the environment (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`).
+    /// `None` to look in the environment (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), then at the
+    /// VM's managed identity.
     pub credentials: Option<AzureCredentials>,
 }
 
@@ -140,7 +141,7 @@ impl fmt::Debug for Azure {
 }
 
 impl Azure {
-    /// Checks the settings and finds the credentials (explicit, else the environment).
+    /// Checks the settings and finds the credentials (explicit, else the environment, else the managed identity).
     pub fn new(mut settings: AzureSettings) -> Result<Azure, SettingsError> {
         let credentials = auth::resolve(settings.credentials.take())?;
         Azure::with_credentials(settings, credentials)
@@ -171,7 +172,17 @@ impl Azure {
             "{management}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines",
             settings.subscription_id, settings.resource_group
         );
-        let token_url = format!("{login}/{}/oauth2/v2.0/token", credentials.tenant_id);
+        let token_url = match &credentials.kind {
+            auth::Kind::ClientSecret { tenant_id, .. } => format!("{login}/{tenant_id}/oauth2/v2.0/token"),
+            auth::Kind::ManagedIdentity { endpoint, client_id } => auth::imds_token_url(endpoint, client_id.as_deref())
+                .map_err(|reason| {
+                    SettingsError::Credentials(AzureCredentialsError::ImdsEndpoint {
+                        endpoint: endpoint.clone(),
+                        reason,
+                    })
+                })?
+                .to_string(),
+        };
         Ok(Azure {
             settings,
             credentials,
@@ -194,14 +205,28 @@ impl Azure {
         if let Some(token) = self.tokens.get(Instant::now()) {
             return Ok(token);
         }
-        let c = &self.credentials;
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", c.client_id.as_str()),
-            ("client_secret", c.client_secret.as_str()),
-            ("scope", SCOPE),
-        ];
-        let (token, lifetime) = oauth::fetch(PROVIDER, &self.http, &self.token_url, &form).await?;
+        let (token, lifetime) = match &self.credentials.kind {
+            auth::Kind::ClientSecret { client_id, client_secret, .. } => {
+                let form = [
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("client_secret", client_secret.as_str()),
+                    ("scope", SCOPE),
+                ];
+                oauth::fetch(PROVIDER, &self.http, &self.token_url, &form).await?
+            }
+            auth::Kind::ManagedIdentity { endpoint, .. } => {
+                let service = format!("the instance metadata service at {endpoint}");
+                let metadata = oauth::Metadata {
+                    provider: PROVIDER,
+                    service: &service,
+                    looked: auth::IMDS_LOOKED,
+                    instead: auth::IMDS_INSTEAD,
+                };
+                // The header tells the service that the request was not forwarded from elsewhere.
+                oauth::fetch_metadata(&metadata, self.http.get(&self.token_url).header("metadata", "true")).await?
+            }
+        };
         self.tokens.put(token.clone(), lifetime, Instant::now());
         Ok(token)
     }

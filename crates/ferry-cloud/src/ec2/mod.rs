@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::credentials::{self, Credentials, CredentialsError};
+pub(crate) use xml::PROVIDER;
+
+use crate::credentials::{self, Credentials, CredentialsError, CredentialsProvider};
 use crate::{Instance, InstanceType, LaunchRequest, Provider, ProviderError, ProviderFuture, Refusal};
 
 /// The API version every request names; the XML shapes in `xml.rs` are this version's.
@@ -49,7 +51,7 @@ pub struct Ec2Settings {
     pub security_group_ids: Vec<String>,
     /// The subnet to launch into in each zone; a zone without one gets its default subnet.
     pub subnet_by_zone: BTreeMap<String, String>,
-    /// `None` to look in the environment and then the shared credentials file.
+    /// `None` to look in the environment, then the shared credentials file, then the instance's role.
     pub credentials: Option<Credentials>,
 }
 
@@ -73,7 +75,7 @@ pub enum SettingsError {
 /// The EC2 provider of one region.
 pub struct Ec2 {
     settings: Ec2Settings,
-    credentials: Credentials,
+    credentials: CredentialsProvider,
     endpoint: reqwest::Url,
     /// `host[:port]` as the request's `Host` header carries it, and as it is signed.
     host: String,
@@ -93,14 +95,23 @@ impl fmt::Debug for Ec2 {
 }
 
 impl Ec2 {
-    /// Checks the settings and finds the credentials (explicit, else the environment, else the shared file).
+    /// Checks the settings and finds the credentials (explicit, else the environment, else the shared file, else
+    /// the instance role).
     pub fn new(mut settings: Ec2Settings) -> Result<Ec2, SettingsError> {
         let credentials = credentials::resolve(settings.credentials.take())?;
-        Ec2::with_credentials(settings, credentials)
+        Ec2::with_credentials_provider(settings, credentials)
     }
 
     /// As [`Ec2::new`], with credentials already resolved.
-    pub fn with_credentials(mut settings: Ec2Settings, credentials: Credentials) -> Result<Ec2, SettingsError> {
+    pub fn with_credentials(settings: Ec2Settings, credentials: Credentials) -> Result<Ec2, SettingsError> {
+        Ec2::with_credentials_provider(settings, CredentialsProvider::Static(credentials))
+    }
+
+    /// As [`Ec2::new`], with where the credentials come from already resolved ([`credentials::resolve_with`]).
+    pub fn with_credentials_provider(
+        mut settings: Ec2Settings,
+        credentials: CredentialsProvider,
+    ) -> Result<Ec2, SettingsError> {
         settings.credentials = None;
         check(&settings)?;
         let endpoint_text =
@@ -136,13 +147,14 @@ impl Ec2 {
         let mut form = vec![format!("Action={}", sign::encode(action)), format!("Version={API_VERSION}")];
         form.extend(params.iter().map(|(k, v)| format!("{}={}", sign::encode(k), sign::encode(v))));
         let body = form.join("&");
+        let credentials = self.credentials.current().await?;
         let amz_date = amz_date(time::OffsetDateTime::now_utc());
         let mut headers = vec![
             ("content-type", "application/x-www-form-urlencoded; charset=utf-8"),
             ("host", self.host.as_str()),
             ("x-amz-date", amz_date.as_str()),
         ];
-        if let Some(token) = &self.credentials.session_token {
+        if let Some(token) = &credentials.session_token {
             headers.push(("x-amz-security-token", token.as_str()));
         }
         let authorization = sign::authorization(
@@ -154,7 +166,7 @@ impl Ec2 {
                 body: body.as_bytes(),
             },
             &sign::Scope { region: &self.settings.region, service: "ec2", amz_date: &amz_date },
-            &self.credentials,
+            &credentials,
         );
         let mut request = self.http.post(self.endpoint.clone()).header("authorization", authorization).body(body);
         for (name, value) in headers {

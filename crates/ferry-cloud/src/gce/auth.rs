@@ -3,10 +3,14 @@
 //! Applications").
 //!
 //! The order is explicit settings, then `GOOGLE_OAUTH_ACCESS_TOKEN` (a token made elsewhere, such as by
-//! `gcloud auth print-access-token`; it is not refreshed), then the key file in `GOOGLE_APPLICATION_CREDENTIALS`.
+//! `gcloud auth print-access-token`; it is not refreshed), then the key file in `GOOGLE_APPLICATION_CREDENTIALS`,
+//! then the metadata server of the instance Ferry runs on (the tokens of its attached service account, from
+//! `http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token`, or the host in
+//! `GCE_METADATA_HOST` as Google's libraries read it). The metadata server is only asked at the first call, so a
+//! machine that is not on Compute Engine learns that it has no credentials then, from an error naming every place.
 //!
-//! TODO: the metadata server's tokens (a server running on Compute Engine) and `gcloud`'s application default
-//! credentials (`~/.config/gcloud/application_default_credentials.json`, an `authorized_user` refresh token).
+//! TODO: `gcloud`'s application default credentials (`~/.config/gcloud/application_default_credentials.json`, an
+//! `authorized_user` refresh token).
 //!
 //! Nothing here may show a key or a token: `Debug` shows the source and the service account's e-mail address, and
 //! errors name variables and files, never their contents.
@@ -19,6 +23,8 @@ use base64::Engine;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 
+/// The metadata server's name on Compute Engine, where `GCE_METADATA_HOST` does not name another.
+const METADATA_HOST_DEFAULT: &str = "metadata.google.internal";
 /// The OAuth scope of the Compute Engine API (read and write instances).
 pub const SCOPE: &str = "https://www.googleapis.com/auth/compute";
 /// The longest life Google grants an assertion: exp − iat may not exceed an hour.
@@ -38,6 +44,11 @@ pub(crate) enum Kind {
     /// A ready access token, used as is until it is refused.
     AccessToken(String),
     ServiceAccount(Arc<ServiceAccountKey>),
+    /// The metadata server: how messages name it, and its token URL.
+    MetadataServer {
+        service: String,
+        url: String,
+    },
 }
 
 /// Where credentials came from; shown in `Debug`.
@@ -48,6 +59,10 @@ pub enum GoogleCredentialsSource {
     TokenEnvironment,
     /// A key file, named by `GOOGLE_APPLICATION_CREDENTIALS` or by the settings.
     KeyFile(PathBuf),
+    /// The service account attached to the instance, through its metadata server at `host` (`host[:port]`).
+    MetadataServer {
+        host: String,
+    },
 }
 
 /// A service account key: who signs, with what, and where tokens are made.
@@ -80,11 +95,16 @@ pub enum GoogleCredentialsError {
     )]
     NotAKey { path: PathBuf, reason: String },
     #[error(
-        "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, or \
-         GOOGLE_OAUTH_ACCESS_TOKEN to an access token (the metadata server and gcloud's user credentials are not read yet)"
+        "GCE_METADATA_HOST {0:?} is not a host[:port]: write one such as metadata.google.internal or 169.254.169.254"
     )]
-    NotFound,
+    MetadataHost(String),
 }
+
+/// How a metadata server's failures are worded: where else Ferry looked, and what to do.
+pub(crate) const METADATA_LOOKED: &str =
+    "no Google credentials: GOOGLE_OAUTH_ACCESS_TOKEN and GOOGLE_APPLICATION_CREDENTIALS are not set, and";
+pub(crate) const METADATA_INSTEAD: &str = "set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, or run \
+     Ferry on a Compute Engine instance with a service account attached (with the compute or cloud-platform scope)";
 
 impl GoogleCredentials {
     /// An access token given explicitly; used as is, never refreshed.
@@ -138,10 +158,19 @@ pub fn resolve_with(
             source: GoogleCredentialsSource::TokenEnvironment,
         });
     }
-    match var("GOOGLE_APPLICATION_CREDENTIALS") {
-        Some(path) => GoogleCredentials::key_file(Path::new(&path)),
-        None => Err(GoogleCredentialsError::NotFound),
+    if let Some(path) = var("GOOGLE_APPLICATION_CREDENTIALS") {
+        return GoogleCredentials::key_file(Path::new(&path));
     }
+    let host = var("GCE_METADATA_HOST").map_or_else(|| METADATA_HOST_DEFAULT.to_string(), |h| h.trim().to_string());
+    // The host goes into a URL as is: only a name or an address, and a port.
+    let url = reqwest::Url::parse(&format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token"))
+        .ok()
+        .filter(|url| host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) && url.has_host())
+        .ok_or_else(|| GoogleCredentialsError::MetadataHost(host.clone()))?;
+    Ok(GoogleCredentials {
+        kind: Kind::MetadataServer { service: format!("the metadata server at http://{host}"), url: url.to_string() },
+        source: GoogleCredentialsSource::MetadataServer { host },
+    })
 }
 
 fn read_small(path: &Path) -> Result<String, GoogleCredentialsError> {
@@ -280,7 +309,24 @@ mod tests {
         assert_eq!(got.source(), &GoogleCredentialsSource::TokenEnvironment);
         let got = resolve_with(None, &|n| vars.get(n).filter(|_| n != "GOOGLE_OAUTH_ACCESS_TOKEN").cloned()).unwrap();
         assert_eq!(got.source(), &GoogleCredentialsSource::KeyFile(path));
-        assert_eq!(resolve_with(None, &|_| None).unwrap_err(), GoogleCredentialsError::NotFound);
+    }
+
+    #[test]
+    fn the_metadata_server_comes_last_and_its_host_may_be_moved() {
+        let got = resolve_with(None, &|_| None).unwrap();
+        let host = GoogleCredentialsSource::MetadataServer { host: "metadata.google.internal".into() };
+        assert_eq!(got.source(), &host);
+        let Kind::MetadataServer { url, .. } = &got.kind else { panic!("{got:?}") };
+        assert_eq!(url, "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token");
+        let got = resolve_with(None, &|n| (n == "GCE_METADATA_HOST").then(|| "127.0.0.1:8080".into())).unwrap();
+        assert_eq!(
+            format!("{got:?}"),
+            r#"GoogleCredentials { source: MetadataServer { host: "127.0.0.1:8080" }, .. }"#
+        );
+        for bad in ["evil.example/steal?x=", "user@host", "http://x"] {
+            let err = resolve_with(None, &|n| (n == "GCE_METADATA_HOST").then(|| bad.into())).unwrap_err();
+            assert_eq!(err, GoogleCredentialsError::MetadataHost(bad.into()));
+        }
     }
 
     #[test]

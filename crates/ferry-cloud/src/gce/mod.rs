@@ -66,7 +66,8 @@ pub struct GceSettings {
     pub accelerator_by_type: std::collections::BTreeMap<String, String>,
     /// The types the pool may launch, with their prices and zones (such as `us-central1-b`).
     pub instance_types: Vec<InstanceType>,
-    /// `None` to look in the environment (`GOOGLE_OAUTH_ACCESS_TOKEN`, `GOOGLE_APPLICATION_CREDENTIALS`).
+    /// `None` to look in the environment (`GOOGLE_OAUTH_ACCESS_TOKEN`, `GOOGLE_APPLICATION_CREDENTIALS`), then at the
+    /// metadata server.
     pub credentials: Option<GoogleCredentials>,
 }
 
@@ -117,7 +118,7 @@ impl fmt::Debug for Gce {
 }
 
 impl Gce {
-    /// Checks the settings and finds the credentials (explicit, else the environment).
+    /// Checks the settings and finds the credentials (explicit, else the environment, else the metadata server).
     pub fn new(mut settings: GceSettings) -> Result<Gce, SettingsError> {
         let credentials = auth::resolve(settings.credentials.take())?;
         Gce::with_credentials(settings, credentials)
@@ -148,20 +149,33 @@ impl Gce {
         self
     }
 
-    /// A token for the next call: the explicit one, else the cached one, else a new one from the key.
+    /// A token for the next call: the explicit one, else the cached one, else a new one from the key or the
+    /// metadata server.
     async fn token(&self) -> Result<Bearer, ProviderError> {
-        let key = match &self.credentials.kind {
-            auth::Kind::AccessToken(token) => return Ok(Bearer(token.clone())),
-            auth::Kind::ServiceAccount(key) => key,
-        };
         if let Some(token) = self.tokens.get(Instant::now()) {
             return Ok(token);
         }
-        let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let jwt = auth::assertion(key, now_s)
-            .map_err(|_| refused(PROVIDER, "the service account key could not sign the sign-in request".into()))?;
-        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", jwt.as_str())];
-        let (token, lifetime) = oauth::fetch(PROVIDER, &self.http, &key.token_uri, &form).await?;
+        let (token, lifetime) = match &self.credentials.kind {
+            auth::Kind::AccessToken(token) => return Ok(Bearer(token.clone())),
+            auth::Kind::ServiceAccount(key) => {
+                let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let jwt = auth::assertion(key, now_s).map_err(|_| {
+                    refused(PROVIDER, "the service account key could not sign the sign-in request".into())
+                })?;
+                let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", jwt.as_str())];
+                oauth::fetch(PROVIDER, &self.http, &key.token_uri, &form).await?
+            }
+            auth::Kind::MetadataServer { service, url } => {
+                let metadata = oauth::Metadata {
+                    provider: PROVIDER,
+                    service,
+                    looked: auth::METADATA_LOOKED,
+                    instead: auth::METADATA_INSTEAD,
+                };
+                // The header tells the server that the request was not forwarded from elsewhere.
+                oauth::fetch_metadata(&metadata, self.http.get(url).header("metadata-flavor", "Google")).await?
+            }
+        };
         self.tokens.put(token.clone(), lifetime, Instant::now());
         Ok(token)
     }

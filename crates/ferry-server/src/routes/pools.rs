@@ -14,23 +14,13 @@ use crate::auth::Caller;
 use crate::config::PoolConfig;
 use crate::driver::{now_us, Command};
 use crate::error::{rejection, ApiError};
+use crate::routes::users::admin_only;
 use crate::state::AppState;
 
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 /// The most bytes one pool's definition may have.
 const DEFINITION_BYTES_MAX: usize = 64 * 1024;
-
-fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiError> {
-    if caller.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!("only an installation admin (with an admin-scoped token) may {what}"),
-        ))
-    }
-}
 
 /// Checks a definition as the configuration file's pools are checked, and builds the provider of an elastic pool.
 fn checked(state: &AppState, definition: &str) -> Result<PoolConfig, ApiError> {

@@ -25,7 +25,7 @@ fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, message)
 }
 
-fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiError> {
+pub(crate) fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiError> {
     if caller.is_admin() {
         Ok(())
     } else {
