@@ -299,7 +299,7 @@ fn owned_pools_fill_first_and_burst_pools_take_what_they_cannot_hold() {
         ],
         expect![[r#"
             start 1 on own-1 gpus [0, 1]: best fit of 1 candidate node in pool owned: leaves 0 GPUs and 15 CPUs free
-            start 2 on cloud-1 gpus [0]: burst to pool cloud after waiting 0s; best fit of 1 candidate node in pool cloud: leaves 7 GPUs and 15 CPUs free
+            start 2 on cloud-1 gpus [0]: burst to pool cloud after waiting 0s (owned fully allocated for it); best fit of 1 candidate node in pool cloud: leaves 7 GPUs and 15 CPUs free
         "#]],
     );
 }

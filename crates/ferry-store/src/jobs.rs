@@ -771,7 +771,7 @@ mod tests {
             [
                 None,
                 Some(
-                    r#"{"kind":"placed","pool":"onprem","workers":[{"node":"a","gpu_ids":[0]},{"node":"b","gpu_ids":[1]}],"cpu_millis":1000,"gpu_share_milli":0,"candidates":2,"gpus_free_after":1,"cpu_millis_free_after":500,"burst_waited_s":60}"#.to_string()
+                    r#"{"kind":"placed","pool":"onprem","workers":[{"node":"a","gpu_ids":[0]},{"node":"b","gpu_ids":[1]}],"cpu_millis":1000,"gpu_share_milli":0,"candidates":2,"gpus_free_after":1,"cpu_millis_free_after":500,"burst_waited_s":60,"burst_past":["local"]}"#.to_string()
                 ),
                 Some(
                     r#"{"kind":"preempted","by":9,"rule":{"kind":"priority","victim_priority":0,"preemptor_priority":100},"grace_s":10}"#.to_string()

@@ -551,7 +551,7 @@ mod tests {
             ),
             expect![[r#"
                 Unauthorized(Refusal { provider: "Azure", code: "ExpiredAuthenticationToken", message: "The access token expiry UTC time '3/1/2024 9:30:15 AM' is earlier than current UTC time.", request_id: Some("req-1") })
-                Azure answered ExpiredAuthenticationToken: The access token expiry UTC time '3/1/2024 9:30:15 AM' is earlier than current UTC time (request req-1); the credentials were refused: check them (for Azure: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, a service principal with a role such as Virtual Machine Contributor and Network Contributor on the resource group) and that they may run, describe and terminate instances"#]],
+                Azure answered ExpiredAuthenticationToken: The access token expiry UTC time '3/1/2024 9:30:15 AM' is earlier than current UTC time (request req-1); the credentials were refused: check them (for Azure: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or the machine's managed identity, a service principal or identity with a role such as Virtual Machine Contributor and Network Contributor on the resource group) and that they may run, describe and terminate instances"#]],
         );
         assert!(matches!(error(403, "", None), ProviderError::Unauthorized(r) if r.code == "HTTP403"));
         assert!(error(502, "<html>", None).is_transient());

@@ -420,7 +420,7 @@ mod tests {
             "AWS was not able to validate the provided access credentials",
             expect![[r#"
                 Unauthorized(Refusal { provider: "EC2", code: "AuthFailure", message: "AWS was not able to validate the provided access credentials", request_id: Some("ea966190-f9aa-478e-9ede-example") })
-                EC2 answered AuthFailure: AWS was not able to validate the provided access credentials (request ea966190-f9aa-478e-9ede-example); the credentials were refused: check them (for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE's entry in ~/.aws/credentials) and that they may run, describe and terminate instances"#]],
+                EC2 answered AuthFailure: AWS was not able to validate the provided access credentials (request ea966190-f9aa-478e-9ede-example); the credentials were refused: check them (for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE's entry in ~/.aws/credentials, or the instance's IAM role) and that they may run, describe and terminate instances"#]],
         );
     }
 

@@ -636,7 +636,7 @@ mod tests {
             ),
             expect![[r#"
                 Unauthorized(Refusal { provider: "Compute Engine", code: "authError", message: "Request had invalid authentication credentials.", request_id: None })
-                Compute Engine answered authError: Request had invalid authentication credentials; the credentials were refused: check them (for Compute Engine: the service account key in GOOGLE_APPLICATION_CREDENTIALS, or the token in GOOGLE_OAUTH_ACCESS_TOKEN, with a role such as roles/compute.instanceAdmin.v1 on the project) and that they may run, describe and terminate instances"#]],
+                Compute Engine answered authError: Request had invalid authentication credentials; the credentials were refused: check them (for Compute Engine: the service account key in GOOGLE_APPLICATION_CREDENTIALS, or the token in GOOGLE_OAUTH_ACCESS_TOKEN, or the machine's service account through its metadata server, with a role such as roles/compute.instanceAdmin.v1 on the project) and that they may run, describe and terminate instances"#]],
         );
     }
 
