@@ -91,6 +91,9 @@ pub enum WaitReason {
     GangWaiting { workers: u32, nodes_free: u32, pool: String, nodes: Vec<String> },
     /// New nodes of an elastic pool have been requested for it; it starts when they are up.
     Provisioning { pool: String, nodes_starting: u32 },
+    /// No node can hold it now, and the elastic pool that could start one is skipped until `until_us` after it failed
+    /// to start nodes (`failure`; `detail` is the provider's words).
+    ElasticCoolingDown { pool: String, until_us: i64, failure: String, detail: String },
     /// The job fits now and starts in the next scheduling cycle.
     Starting,
     /// A reason this client does not know; the message says what it is.

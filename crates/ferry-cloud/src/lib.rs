@@ -229,7 +229,7 @@ pub enum ProviderError {
     #[error("{0}; the request is invalid: check the pool's instance type, image, region and zones")]
     Invalid(Refusal),
     /// The credentials are missing, wrong or expired, or may not do this.
-    #[error("{0}; the credentials were refused: check them ({fix}) and that they may run, describe and terminate instances", fix = credentials_fix(.0))]
+    #[error("{}", unauthorized(.0))]
     Unauthorized(Refusal),
     /// Throttling, a provider fault or a network failure: the same call may succeed later.
     #[error("{0}; this is likely temporary: the call may be retried with backoff")]
@@ -244,6 +244,22 @@ fn quota_fix(refusal: &Refusal) -> &'static str {
         _ => "for EC2: Service Quotas, the instance family's vCPU limit",
     }
 }
+
+/// Credentials that were refused, and where to look; credentials that were never found say where they were looked
+/// for themselves (`NoCredentials`), so nothing is added to them.
+fn unauthorized(refusal: &Refusal) -> String {
+    if refusal.code == NO_CREDENTIALS {
+        return refusal.to_string();
+    }
+    format!(
+        "{refusal}; the credentials were refused: check them ({}) and that they may run, describe and terminate \
+         instances",
+        credentials_fix(refusal)
+    )
+}
+
+/// The code of a refusal made by Ferry itself when no credentials were found.
+pub const NO_CREDENTIALS: &str = "NoCredentials";
 
 /// Where each provider's credentials are read from.
 fn credentials_fix(refusal: &Refusal) -> &'static str {

@@ -121,7 +121,7 @@ pub(crate) async fn fetch_metadata(
     let no_credentials = |what: String| {
         ProviderError::Unauthorized(Refusal {
             provider,
-            code: "NoCredentials".into(),
+            code: crate::NO_CREDENTIALS.into(),
             message: format!("{looked} {service} {what}: {instead}"),
             request_id: None,
         })

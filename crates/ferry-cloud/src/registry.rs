@@ -389,7 +389,7 @@ impl Unavailable {
     fn refuse<T: Send + 'static>(&self) -> ProviderFuture<'_, T> {
         let refusal = Refusal {
             provider: self.provider,
-            code: "NoCredentials".into(),
+            code: crate::NO_CREDENTIALS.into(),
             message: self.why.clone(),
             request_id: None,
         };

@@ -285,7 +285,7 @@ async fn a_machine_without_a_role_or_a_metadata_service_is_told_where_credential
     let fake = Fake::start(false, 3600).await;
     let err = fake.ec2().list("inst-1").await.unwrap_err();
     assert!(matches!(&err, ProviderError::Unauthorized(r) if r.code == "NoCredentials"), "{err:?}");
-    expect_test::expect!["EC2 answered NoCredentials: no AWS credentials: none in the settings, the environment or the credentials file, and the instance metadata service at URL answered 404 for the role list: this machine has no IAM role attached: attach an IAM role to the instance, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile in ~/.aws/credentials); AWS_EC2_METADATA_DISABLED=true stops Ferry asking the metadata service; the credentials were refused: check them (for AWS: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE's entry in ~/.aws/credentials, or the instance's IAM role) and that they may run, describe and terminate instances"]
+    expect_test::expect!["EC2 answered NoCredentials: no AWS credentials: none in the settings, the environment or the credentials file, and the instance metadata service at URL answered 404 for the role list: this machine has no IAM role attached: attach an IAM role to the instance, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile in ~/.aws/credentials); AWS_EC2_METADATA_DISABLED=true stops Ferry asking the metadata service"]
     .assert_eq(&err.to_string().replace(&fake.url, "URL"));
     assert!(fake.calls().is_empty(), "nothing was sent to EC2");
 

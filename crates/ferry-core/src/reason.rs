@@ -114,6 +114,9 @@ pub enum WaitReason {
     /// No node can hold the job now, and new nodes of an elastic pool that can have been requested for it; it
     /// starts when they are up. `nodes_starting` counts all of the pool's requested nodes not yet up.
     Provisioning { pool: String, nodes_starting: u32 },
+    /// No node can hold the job now, and the elastic pool that could start one for it is skipped after it failed to
+    /// start nodes (`failure`, in the provider's words `detail`), until `until_us`.
+    ElasticCoolingDown { pool: String, until_us: i64, failure: String, detail: String },
     /// The job fits now and starts in the next scheduling cycle.
     Starting,
 }
@@ -243,6 +246,11 @@ impl fmt::Display for WaitReason {
             WaitReason::Provisioning { pool, nodes_starting } => write!(
                 f,
                 "no node can hold it now; it waits for new nodes of elastic pool {pool} ({nodes_starting} starting)"
+            ),
+            WaitReason::ElasticCoolingDown { pool, failure, detail, .. } => write!(
+                f,
+                "no node can hold it now, and elastic pool {pool}, which could start one, is skipped for a while after \
+                 it failed to start nodes ({failure}: {detail})"
             ),
             WaitReason::Starting => write!(f, "resources are free; it starts in the next scheduling cycle"),
         }

@@ -2742,6 +2742,47 @@ impl Scheduler {
 
     /// Why a queued job waits, computed from the current state. `None` for a job that is not queued.
     pub fn explain(&self, job: JobId) -> Option<WaitReason> {
+        let reason = self.explain_here(job)?;
+        // Where no node can hold the job, an elastic pool that would start one but is skipped after a failure is the
+        // reason that counts: nothing happens until it may be asked again.
+        let no_room = matches!(
+            reason,
+            WaitReason::NoNodes
+                | WaitReason::NoReadyNodes { .. }
+                | WaitReason::Infeasible { .. }
+                | WaitReason::Insufficient { .. }
+                | WaitReason::GangInfeasible { .. }
+                | WaitReason::GangWaiting { .. }
+        );
+        if no_room {
+            if let Some(cooling) = self.elastic_cooling_for(&self.queued_request(job)?) {
+                return Some(cooling);
+            }
+        }
+        Some(reason)
+    }
+
+    /// The first elastic pool, in order, that the job may use and whose node could hold it, if it is cooling down.
+    fn elastic_cooling_for(&self, request: &JobRequest) -> Option<WaitReason> {
+        let mut pools: Vec<&PoolInfo> = self.pools.values().filter(|p| p.elastic.is_some()).collect();
+        pools.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        let pool = pools.into_iter().find(|p| {
+            let elastic = p.elastic.as_ref().expect("filtered to elastic pools");
+            let node = elastic.node.node(&format!("{}-new", p.name), &p.name);
+            request.pool.as_ref().is_none_or(|only| *only == p.name)
+                && request.footprint().fits_in(&node.capacity)
+                && self.allows(request, &node)
+        })?;
+        let cooldown = self.life.cooldown(&pool.name).filter(|c| c.until_us > self.now_us)?;
+        Some(WaitReason::ElasticCoolingDown {
+            pool: pool.name.clone(),
+            until_us: cooldown.until_us,
+            failure: cooldown.failure.to_string(),
+            detail: cooldown.detail.clone(),
+        })
+    }
+
+    fn explain_here(&self, job: JobId) -> Option<WaitReason> {
         let request = &self.queued_request(job)?;
         if let Some(pool) = self.waiting_for_nodes.get(&job) {
             let nodes_starting = self.life.starting(pool);

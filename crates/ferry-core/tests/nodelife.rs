@@ -258,3 +258,34 @@ fn nodes_still_starting_at_a_restart_are_neither_asked_for_again_nor_waited_for_
     let refused = s.apply(Event::NodesStarting { pool: "owned".into(), requested_at_us: vec![S] });
     assert!(refused.unwrap_err().to_string().contains("owned, which is not an elastic pool"));
 }
+
+#[test]
+fn a_job_that_only_a_cooling_elastic_pool_could_hold_says_so() {
+    let mut s = bursting();
+    let failed = |pool: &str| Event::ProvisionFailed {
+        pool: pool.into(),
+        nodes: 1,
+        failure: ProvisionFailure::Unauthorized,
+        detail: "EC2 answered AuthFailure".into(),
+    };
+    s.apply(failed("spot")).unwrap();
+    assert_eq!(cycle(&mut s), ["provision 1 in ondemand"]);
+    s.apply(failed("ondemand")).unwrap();
+    assert!(cycle(&mut s).is_empty(), "both pools cool down: nothing is asked");
+    let reason = s.explain(2).unwrap();
+    assert_eq!(
+        reason,
+        ferry_core::WaitReason::ElasticCoolingDown {
+            pool: "spot".into(),
+            until_us: 301 * S,
+            failure: "credentials refused".into(),
+            detail: "EC2 answered AuthFailure".into(),
+        },
+        "the first pool in order that could hold it"
+    );
+    assert!(reason.to_string().contains("elastic pool spot, which could start one, is skipped for a while"));
+    // Once the cooldown is over, the job is asked for again and waits for its node.
+    tick(&mut s, 301);
+    assert_eq!(cycle(&mut s), ["provision 1 in spot"]);
+    assert!(matches!(s.explain(2), Some(ferry_core::WaitReason::Provisioning { .. })));
+}

@@ -108,6 +108,9 @@ pub fn wait_reason(reason: &WaitReason) -> wire::WaitReason {
             W::GangWaiting { workers, nodes_free, pool, nodes }
         }
         WaitReason::Provisioning { pool, nodes_starting } => W::Provisioning { pool, nodes_starting },
+        WaitReason::ElasticCoolingDown { pool, until_us, failure, detail } => {
+            W::ElasticCoolingDown { pool, until_us, failure, detail }
+        }
         WaitReason::Starting => W::Starting,
     }
 }
@@ -332,6 +335,12 @@ mod tests {
             WaitReason::GangInfeasible { workers: 4, nodes_able: 2 },
             WaitReason::GangWaiting { workers: 4, nodes_free: 1, pool: "a".into(), nodes: vec!["gpu-1".into()] },
             WaitReason::Provisioning { pool: "cloud".into(), nodes_starting: 2 },
+            WaitReason::ElasticCoolingDown {
+                pool: "cloud".into(),
+                until_us: 600_000_000,
+                failure: "no capacity".into(),
+                detail: "EC2 answered InsufficientInstanceCapacity".into(),
+            },
             WaitReason::Starting,
         ]
     }

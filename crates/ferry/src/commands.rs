@@ -484,6 +484,10 @@ fn describe(j: &Job) -> String {
     line("State:", j.state.name().to_string());
     if let Some(w) = &j.waiting {
         line("Waiting:", w.message.clone());
+        if let ferry_api::reasons::WaitReason::ElasticCoolingDown { pool, until_us, .. } = &w.reason {
+            let left = format::span((until_us - format::now_us()).max(0));
+            line("Cloud:", format!("pool {pool} is asked again in {left} (`ferry pools` shows why)"));
+        }
         let estimate = match w.estimated_start_us {
             Some(at) if at <= format::now_us() => "now".to_string(),
             Some(at) => format!(

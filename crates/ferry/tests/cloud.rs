@@ -614,6 +614,10 @@ fn refused_credentials_are_shown_in_ferry_pools_and_the_logs_and_are_not_retried
     assert!(error.contains("AuthFailure") && error.contains("the credentials were refused"), "{e}");
     assert!(e["cooldown_reason"].as_str().unwrap().starts_with("credentials refused"), "{e}");
     assert!(!c.server_log().contains("AKIAWRONG"), "the access key id is not logged");
+    // The job says why it waits, and when the pool is asked again.
+    let shown = c.ok(&["show", &job.to_string()]);
+    assert!(shown.contains("elastic pool aws, which could start one, is skipped for a while"), "{shown}");
+    assert!(shown.contains("Cloud:        pool aws is asked again in "), "{shown}");
     // The pool cools down for its retry_after (30 s): a few seconds later, still one launch, and the server runs.
     let launches = c.launches();
     std::thread::sleep(Duration::from_secs(3));

@@ -159,7 +159,7 @@ impl InstanceRole {
     fn no_credentials(&self, what: &str) -> ProviderError {
         ProviderError::Unauthorized(Refusal {
             provider: PROVIDER,
-            code: "NoCredentials".into(),
+            code: crate::NO_CREDENTIALS.into(),
             message: format!(
                 "no AWS credentials: none in the settings, the environment or the credentials file, and the instance \
                  metadata service at {} {what}: {INSTEAD}",

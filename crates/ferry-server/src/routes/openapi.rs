@@ -491,6 +491,7 @@ mod tests {
                 "gang_infeasible",
                 "gang_waiting",
                 "provisioning",
+                "elastic_cooling_down",
                 "starting",
                 "other"
             ]
