@@ -292,6 +292,24 @@ fn reads_an_elastic_pool_and_names_its_mistakes() {
         expect![[r#"pool cloud order 10 burst true after None prices 3.5/0 elastic up to 4 nodes, startup 180s, idle release 600s, node Resources { cpu_millis: 96000, memory_bytes: 824633720832, gpus: 8 } model Some("A100") labels {"zone": "b"}"#]],
     );
     let template = "node = { cpus = 8, memory = \"64GiB\", gpus = 1 }\n";
+    // A machine's own price replaces the GPU and CPU prices for the pool's nodes; it means nothing without max_nodes.
+    let priced = parse_cluster_toml(
+        "cluster.toml",
+        &format!("{ELASTIC}price_gpu_hour = 3.5\nprice_node_hour = 1.25\n{template}"),
+    )
+    .unwrap();
+    let pool = &priced.pools[0];
+    assert_eq!(pool.node_price_hour(&pool.elastic.as_ref().unwrap().node.capacity), 1.25);
+    check_cluster(
+        "[[pool]]\nname = \"a\"\norder = 1\nprice_node_hour = 2.0\n",
+        expect![
+            "cluster.toml:4: field price_node_hour: price_node_hour applies only to an elastic pool; set max_nodes too"
+        ],
+    );
+    check_cluster(
+        &format!("{ELASTIC}price_node_hour = -1.0\n{template}"),
+        expect!["cluster.toml:8: field price_node_hour: -1 is not a price; write zero or more, such as 2.5"],
+    );
     // Every elastic setting is needed, and none means anything without max_nodes.
     check_cluster(
         ELASTIC,
