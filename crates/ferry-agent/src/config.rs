@@ -24,6 +24,9 @@ pub struct AgentConfig {
     pub server: String,
     /// The bearer token the agent presents to the server.
     pub token: String,
+    /// `token` is a cloud machine's single-use join token: the agent trades it for the machine's own token before it
+    /// registers, and keeps that one in `NODE_TOKEN_FILE` of its data directory for its restarts.
+    pub single_use_token: bool,
     /// The node's name; the hostname unless configured.
     pub name: String,
     pub pool: String,
@@ -212,6 +215,7 @@ impl AgentConfig {
             ca_pin: None,
             server_ca_file: None,
             hide_from_jobs: Vec::new(),
+            single_use_token: false,
             job_user: DEFAULT_JOB_USER.to_string(),
             job_users: BTreeMap::new(),
             job_users_by_name: false,

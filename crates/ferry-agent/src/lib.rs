@@ -111,7 +111,15 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         },
         None => config.trust.clone(),
     };
-    let client = ferry_client::Client::with_trust(&config.server, Some(config.token.clone()), &trust)
+    let token = if config.single_use_token {
+        match node_token(&config, &trust, &mut shutdown).await? {
+            Some(token) => token,
+            None => return Ok(()),
+        }
+    } else {
+        config.token.clone()
+    };
+    let client = ferry_client::Client::with_trust(&config.server, Some(token), &trust)
         .map_err(|e| AgentError::Tls(e.to_string()))?;
     let mut config = config;
     if let ferry_client::Trust::Authority(authority) = &trust {
@@ -146,6 +154,62 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()> + Send)
         agent::Agent::new(config, client, capacity, detection.mode.name(), usage, telemetry).run(shutdown).await;
     drop(sampler);
     result
+}
+
+/// The file in the agent's data directory holding a cloud machine's own token, traded for its join token.
+pub const NODE_TOKEN_FILE: &str = "node.token";
+
+/// A cloud machine's own token: the one traded earlier (kept in `NODE_TOKEN_FILE`), else one traded now for the
+/// single-use join token, waiting for a server that does not answer yet; `None` when `shutdown` comes first. The
+/// file is written (mode 0600) before the token is used, so a restart finds it.
+async fn node_token(
+    config: &AgentConfig,
+    trust: &ferry_client::Trust,
+    shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Result<Option<String>, AgentError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = config.data_dir.join(NODE_TOKEN_FILE);
+    let io = |what: String| move |source| AgentError::Io { what, source };
+    match std::fs::read_to_string(&path) {
+        Ok(saved) if !saved.trim().is_empty() => return Ok(Some(saved.trim().to_string())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("cannot read {}", path.display()))(e)),
+    }
+    let client = ferry_client::Client::with_trust(&config.server, Some(config.token.clone()), trust)
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let mut backoff = backoff::Backoff::new();
+    let exchanged = loop {
+        match client.exchange_join_token().await {
+            Ok(exchanged) => break exchanged,
+            Err(ferry_client::ClientError::Api { status, body }) if matches!(status, 401 | 403 | 409) => {
+                return Err(AgentError::Unauthorized { server: config.server.clone(), message: body.message });
+            }
+            Err(e) => {
+                tracing::warn!(server = %config.server, error = %e, "cannot trade the join token yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.as_mut() => return Ok(None),
+                }
+            }
+        }
+    };
+    let staged = config.data_dir.join(format!(".{NODE_TOKEN_FILE}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)
+        .map_err(io(format!("cannot write {}", staged.display())))?;
+    std::io::Write::write_all(&mut file, exchanged.token.as_bytes())
+        .map_err(io(format!("cannot write {}", staged.display())))?;
+    file.sync_all().map_err(io(format!("cannot write {}", staged.display())))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("cannot write {}", staged.display())))?;
+    std::fs::rename(&staged, &path).map_err(io(format!("cannot write {}", path.display())))?;
+    tracing::info!(server = %config.server, "traded the single-use join token for this machine's own");
+    Ok(Some(exchanged.token))
 }
 
 /// Writes the authority the agent trusts where jobs can read it: their MLflow clients must trust the same server.

@@ -60,6 +60,20 @@ pub struct RegisterNode {
     pub now_us: i64,
 }
 
+/// A cloud machine's own agent token, given once for the single-use join token its start-up script carried (which
+/// no longer works afterwards).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExchangedToken {
+    pub token: String,
+}
+
+/// The token is left out.
+impl std::fmt::Debug for ExchangedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangedToken { .. }")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Registered {
     /// How often the agent must report, at least.

@@ -536,6 +536,11 @@ impl Client {
         self.json(self.request(reqwest::Method::GET, "/health")).await
     }
 
+    /// Trades a cloud machine's single-use join token (this client's) for the machine's own agent token.
+    pub async fn exchange_join_token(&self) -> Result<ferry_api::agent::ExchangedToken, ClientError> {
+        self.json(self.request(reqwest::Method::POST, "/agent/exchange")).await
+    }
+
     pub async fn register_node(&self, node: &RegisterNode) -> Result<Registered, ClientError> {
         self.json(self.request(reqwest::Method::POST, "/agent/register").json(node)).await
     }

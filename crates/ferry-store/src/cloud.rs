@@ -268,6 +268,64 @@ impl Store {
         Ok(token.is_some())
     }
 
+    /// Trades the machine's join token (`token_id`) for a new agent token (stored as `new_hash`) bound to its node
+    /// alone, for good: the join token is revoked, and the machine's record names the new one. Returns the machine,
+    /// or `None` when `token_id` is no live machine's join token (already traded, or not a machine's at all).
+    pub async fn exchange_machine_token(
+        &self,
+        token_id: i64,
+        new_hash: &str,
+        now_us: i64,
+    ) -> Result<Option<CloudMachine>, StoreError> {
+        let mut tx = self.write().await?;
+        // Only a join token (named `cloud:<node>` when the machine was recorded) is traded; the machine's own token
+        // (`cloud-node:<node>`) is not, so the trade happens once.
+        let node: Option<String> = sqlx::query_scalar(
+            "SELECT m.node FROM cloud_machines m JOIN tokens t ON t.id = m.token_id \
+             WHERE m.token_id = ? AND m.state IN ('requested', 'launched') AND t.name = 'cloud:' || m.node",
+        )
+        .bind(token_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(node) = node else { return Ok(None) };
+        let revoked = sqlx::query(
+            "UPDATE tokens SET revoked_at_us = ? WHERE id = ? AND revoked_at_us IS NULL AND \
+             (expires_at_us IS NULL OR expires_at_us > ?)",
+        )
+        .bind(now_us)
+        .bind(token_id)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if revoked != 1 {
+            return Ok(None);
+        }
+        let new_id = sqlx::query(
+            "INSERT INTO tokens (name, role, hash, created_at_us, node, created_by, max_nodes) \
+             VALUES (?, 'agent', ?, ?, ?, 'ferry', 1)",
+        )
+        .bind(format!("cloud-node:{node}"))
+        .bind(new_hash)
+        .bind(now_us)
+        .bind(&node)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        sqlx::query("UPDATE cloud_machines SET token_id = ? WHERE node = ?")
+            .bind(new_id)
+            .bind(&node)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM node_tokens WHERE node = ? AND token_id = ?")
+            .bind(&node)
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.machine(&node).await
+    }
+
     /// The machine is being terminated, for `why`.
     pub async fn machine_terminating(&self, node: &str, why: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE cloud_machines SET state = 'terminating', detail = ? WHERE node = ? AND state != 'ended'")
@@ -516,6 +574,18 @@ mod tests {
         assert_eq!(live, ["aws-spot-2", "gcp-1"]);
         assert_eq!(store.machines_since(3_600_000_001).await.unwrap().len(), 2);
         assert_eq!(store.machines_since(0).await.unwrap().len(), 3);
+        // The second machine trades its join token once, before it joins, for a token of its own.
+        let join = store.token_by_hash("h2").await.unwrap().unwrap();
+        let traded = store.exchange_machine_token(join.id, "own2", 5).await.unwrap().unwrap();
+        assert_eq!(traded.node, "aws-spot-2");
+        assert!(store.token_by_hash("h2").await.unwrap().is_none(), "the join token works no more");
+        let own = store.token_by_hash("own2").await.unwrap().unwrap();
+        assert_eq!((own.node.as_deref(), own.max_nodes, own.expires_at_us), (Some("aws-spot-2"), Some(1), None));
+        assert_eq!(traded.token_id, Some(own.id));
+        assert!(store.exchange_machine_token(join.id, "again", 6).await.unwrap().is_none(), "only once");
+        assert!(store.exchange_machine_token(own.id, "again", 6).await.unwrap().is_none(), "not the own token either");
+        let expired = store.token_by_hash("h3").await.unwrap().unwrap();
+        assert!(store.exchange_machine_token(expired.id, "late", 601).await.unwrap().is_none(), "not once expired");
         // Numbers are never reused, even after an end.
         assert_eq!(store.insert_machine(&new("aws-spot", "h4"), 0).await.unwrap().node, "aws-spot-3");
     }

@@ -81,6 +81,10 @@ pub struct AgentArgs {
     /// A TOML configuration file; command-line flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The join token is a cloud machine's single-use one (Ferry's start-up scripts pass this): trade it for the
+    /// machine's own token before registering, and keep that one in the data directory.
+    #[arg(long)]
+    single_use_token: bool,
     /// A folder no job may see, besides the agent's data directory (such as the server's data directory when the
     /// server runs on this machine); repeatable, added to the configuration's `hide_from_jobs`.
     #[arg(long, value_name = "DIR")]
@@ -431,6 +435,7 @@ pub async fn agent(g: &Global, args: AgentArgs) -> Result<i32, CliError> {
     }
     config.trust = crate::tls::trust(g)?;
     config.ca_pin = join.ca;
+    config.single_use_token = args.single_use_token;
     ferry_agent::run(config, ctrl_c()).await.map_err(|e| {
         let code = match &e {
             ferry_agent::AgentError::Config { .. } => exit::CONFIG,

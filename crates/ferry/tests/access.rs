@@ -226,6 +226,7 @@ const ROWS: &[Row] = &[
         TEAM_ADMINS,
     ),
     // Agents.
+    row("POST", "/api/v1/agent/exchange", "/api/v1/agent/exchange", None, AGENTS),
     row("POST", "/api/v1/agent/register", "/api/v1/agent/register", Some("{}"), AGENTS),
     row("POST", "/api/v1/agent/work", "/api/v1/agent/work", Some(r#"{"node": "node-a", "wait_ms": 0}"#), THIS_NODE),
     row(

@@ -461,12 +461,14 @@ fn jobs_that_outgrow_the_local_pool_burst_to_cloud_machines_which_are_terminated
         shown.contains("Cloud node:   aws-1: started ") && shown.contains("aws on-demand m5.large in us-east-1b"),
         "{shown}"
     );
-    // A machine's join token (which anything on the machine could read from its user data) joins that node of that
-    // pool only.
+    // A machine's join token, which its metadata service keeps serving, was traded for the machine's own at its first
+    // start: it works no more. The machine's own token joins that node of that pool only.
     let user_data = c.machines.values().find(|m| m.node == "aws-1").unwrap().user_data.clone();
-    let token = user_data.split("FERRY_JOIN_TOKEN='").nth(1).and_then(|t| t.split('\'').next()).unwrap().to_string();
-    assert!(c.impostor(&token, "aws-9", "aws").contains("this join token speaks for `aws-1`, not for node `aws-9`"));
-    assert!(c.impostor(&token, "aws-1", "local").contains("node `aws-1` was launched for pool `aws`"));
+    let join = user_data.split("FERRY_JOIN_TOKEN='").nth(1).and_then(|t| t.split('\'').next()).unwrap().to_string();
+    assert!(c.impostor(&join, "aws-1", "aws").contains("refused the agent"), "the join token is single-use");
+    let own = std::fs::read_to_string(c.root.path().join("machine-aws-1").join("node.token")).unwrap();
+    assert!(c.impostor(&own, "aws-9", "aws").contains("this join token speaks for `aws-1`, not for node `aws-9`"));
+    assert!(c.impostor(&own, "aws-1", "local").contains("node `aws-1` was launched for pool `aws`"));
     let admin_token = c.ok(&["token", "create", "--agent", "--node", "sneaky", "--name", "sneaky"]).trim().to_string();
     assert!(c.impostor(&admin_token, "sneaky", "aws").contains("pool `aws` is elastic"));
     // `ferry pools` shows the pool's machines, busy, and what they cost so far.
@@ -504,8 +506,8 @@ fn jobs_that_outgrow_the_local_pool_burst_to_cloud_machines_which_are_terminated
     let kinds: BTreeSet<&str> = e["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
     assert_eq!(kinds, BTreeSet::from(["provision", "release", "gone"]), "{e}");
     c.wait_for("every machine to be shut down", |c| c.machines.values().all(|m| !m.up));
-    // The ended machine's token is revoked with it.
-    assert!(c.impostor(&token, "aws-1", "aws").contains("refused"), "a revoked token is refused");
+    // The ended machine's own token is revoked with it.
+    assert!(c.impostor(&own, "aws-1", "aws").contains("refused the agent"), "a revoked token is refused");
     assert_eq!(c.launches(), launches, "no more launches once the queue was empty");
 }
 

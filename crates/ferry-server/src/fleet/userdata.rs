@@ -30,7 +30,7 @@ pub fn script(server: &str, node: &str, pool: &str, join: &str, bootstrap: &str)
     );
     out.push_str(&format!("export FERRY_JOIN_TOKEN={}\n", quote(join)));
     out.push_str(&format!(
-        "exec ferry --server {} agent --name {} --pool {}\n",
+        "exec ferry --server {} agent --single-use-token --name {} --pool {}\n",
         quote(server),
         quote(node),
         quote(pool)
@@ -50,7 +50,7 @@ mod tests {
         assert!(script.contains("\napt-get install -y ferry\n# Jobs run"));
         assert!(script.contains("export FERRY_JOIN_TOKEN='ferry_abc'\n"));
         assert!(script
-            .ends_with("exec ferry --server 'http://10.0.0.1:7750' agent --name 'aws-spot-3' --pool 'aws-spot'\n"));
+            .ends_with("exec ferry --server 'http://10.0.0.1:7750' agent --single-use-token --name 'aws-spot-3' --pool 'aws-spot'\n"));
         assert_eq!(quote("it's"), r"'it'\''s'");
     }
 
@@ -74,7 +74,7 @@ mod tests {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "tok'en|/tmp/x|--server http://s:1 agent --name p-1 --pool p\n"
+            "tok'en|/tmp/x|--server http://s:1 agent --single-use-token --name p-1 --pool p\n"
         );
     }
 }

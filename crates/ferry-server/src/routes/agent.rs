@@ -100,6 +100,29 @@ pub async fn register(
     Ok(Json(state.driver.call(|reply| Command::Register { node, reply }).await?))
 }
 
+/// A cloud machine's agent trades the single-use join token of its start-up script for a token of its own, before it
+/// registers: the join token, which the machine's metadata service keeps serving, works no more.
+#[utoipa::path(post, path = "/api/v1/agent/exchange",
+    responses((status = 200, body = ferry_api::agent::ExchangedToken), (status = 409, body = ErrorBody)))]
+pub async fn exchange(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+) -> Result<Json<ferry_api::agent::ExchangedToken>, ApiError> {
+    let token = crate::auth::new_token();
+    let hash = crate::auth::hash_token(&token);
+    let Some(machine) = state.store.exchange_machine_token(agent.token_id, &hash, now_us()).await? else {
+        tracing::warn!(token = agent.token_id, "refused to exchange a token that is no waiting cloud machine's");
+        return Err(ApiError::new(
+            ferry_api::ErrorCode::Conflict,
+            "only the join token of a cloud machine that has not joined yet is exchanged, and only once; this agent \
+             uses its token as it is (drop --single-use-token)",
+        ));
+    };
+    state.tokens.clear();
+    tracing::info!(node = %machine.node, pool = %machine.pool, "cloud machine traded its join token for its own");
+    Ok(Json(ferry_api::agent::ExchangedToken { token }))
+}
+
 /// An elastic pool's nodes are the machines Ferry launched for it, each joining with the token its start-up script
 /// carries: that token joins only its machine's pool (and the machine is marked joined), and no other token joins an
 /// elastic pool.

@@ -181,6 +181,7 @@ pub fn table() -> Vec<Entry> {
         at(put.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::set_group_rule),
         at(delete.clone(), "/api/v1/teams/{team}/groups", User(Admin), users::remove_group_rule),
         // Agents, each for the node its join token is bound to.
+        at(post.clone(), "/api/v1/agent/exchange", Agent, agent::exchange),
         at(post.clone(), "/api/v1/agent/register", Agent, agent::register),
         at(post.clone(), "/api/v1/agent/work", Agent, agent::work).quiet(),
         at(post.clone(), "/api/v1/agent/reports", Agent, agent::reports).quiet(),

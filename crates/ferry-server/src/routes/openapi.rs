@@ -61,7 +61,7 @@ pub const ACCESS_EXTENSION: &str = "x-ferry-access";
         super::users::clear_project_quota,
         super::audit::list, super::history::cluster, super::history::jobs,
         super::auth::device_start, super::auth::device_poll, super::auth::logout,
-        super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,
+        super::agent::exchange, super::agent::register, super::agent::work, super::agent::reports, super::agent::telemetry, super::agent::upload_log,
     ),
     components(schemas(ErrorBody)),
     modifiers(&FromTable)
