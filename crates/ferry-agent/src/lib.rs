@@ -182,7 +182,7 @@ async fn node_token(
     let exchanged = loop {
         match client.exchange_join_token().await {
             Ok(exchanged) => break exchanged,
-            Err(ferry_client::ClientError::Api { status, body }) if matches!(status, 401 | 403 | 409) => {
+            Err(ferry_client::ClientError::Api { status: 401 | 403 | 409, body }) => {
                 return Err(AgentError::Unauthorized { server: config.server.clone(), message: body.message });
             }
             Err(e) => {
