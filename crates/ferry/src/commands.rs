@@ -924,6 +924,9 @@ fn pool_name(text: &str) -> Option<String> {
     table.get("name")?.as_str().map(str::to_string)
 }
 
+/// How many of an elastic pool's latest burst decisions `ferry pools` prints.
+const ELASTIC_EVENTS_SHOWN: usize = 5;
+
 /// An elastic pool's cloud under the table: its machines by state, spend, and why it is skipped, if it is.
 fn elastic_lines(name: &str, e: &ferry_api::nodes::ElasticPoolStatus, now_us: i64) -> String {
     let mut out = format!(
@@ -953,6 +956,13 @@ fn elastic_lines(name: &str, e: &ferry_api::nodes::ElasticPoolStatus, now_us: i6
     }
     if let Some(error) = &e.last_error {
         out.push_str(&format!("  last error: {error}\n"));
+    }
+    // The latest burst decisions, newest last (the dashboard charts them all).
+    let recent = e.events.len().saturating_sub(ELASTIC_EVENTS_SHOWN);
+    for event in &e.events[recent..] {
+        let node = event.node.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
+        let ago = format::span((now_us - event.at_us).max(0));
+        out.push_str(&format!("  {ago} ago: {} {}{node}: {}\n", event.kind, event.nodes, event.detail));
     }
     for m in &e.machines {
         let since = format::span(now_us - m.joined_at_us.unwrap_or(m.requested_at_us));
@@ -999,6 +1009,63 @@ mod tests {
             burst_waited_s,
             burst_past: if burst_waited_s.is_some() { vec!["local".into()] } else { Vec::new() },
         }
+    }
+
+    #[test]
+    fn an_elastic_pool_reads_as_its_cloud_machines_spend_and_latest_decisions() {
+        use ferry_api::nodes::{CloudEvent, CloudMachine, ElasticPoolStatus};
+        let s = 1_000_000;
+        let event = |at: i64, kind: &str, node: Option<&str>, detail: &str| CloudEvent {
+            at_us: at * s,
+            kind: kind.into(),
+            node: node.map(str::to_string),
+            nodes: 1,
+            detail: detail.into(),
+        };
+        let mut events: Vec<CloudEvent> = (0..6).map(|i| event(i, "provision", None, "job 7 needs a node")).collect();
+        events.push(event(90, "release", Some("aws-1"), "idle for 10m"));
+        let e = ElasticPoolStatus {
+            provider: "aws".into(),
+            region: "us-east-1".into(),
+            zones: vec!["us-east-1a".into()],
+            instance_type: "m5.large".into(),
+            market: "spot".into(),
+            price_hour: 0.04,
+            max_nodes: 3,
+            starting: 1,
+            busy: 1,
+            idle: 0,
+            releasing: 1,
+            spend: 0.5,
+            spend_hour: 0.08,
+            cooldown_until_us: None,
+            cooldown_reason: None,
+            zones_cooling: Vec::new(),
+            last_error: Some("EC2 answered InsufficientInstanceCapacity".into()),
+            machines: vec![CloudMachine {
+                node: "aws-2".into(),
+                state: "joined".into(),
+                zone: Some("us-east-1a".into()),
+                instance_id: Some("i-2".into()),
+                requested_at_us: 40 * s,
+                joined_at_us: Some(70 * s),
+                cost: 0.01,
+            }],
+            events,
+        };
+        expect_test::expect![[r#"
+
+            aws: aws spot m5.large in us-east-1 (us-east-1a), 0.04/h each, at most 3 machines
+              1 starting, 1 busy, 0 idle, 1 releasing; spend so far 0.50 (0.08/h now)
+              last error: EC2 answered InsufficientInstanceCapacity
+              1m ago: provision 1: job 7 needs a node
+              1m ago: provision 1: job 7 needs a node
+              1m ago: provision 1: job 7 needs a node
+              1m ago: provision 1: job 7 needs a node
+              10s ago: release 1 aws-1: idle for 10m
+              aws-2 joined i-2 in us-east-1a for 30s, cost 0.01
+        "#]]
+        .assert_eq(&super::elastic_lines("aws", &e, 100 * s));
     }
 
     #[test]
