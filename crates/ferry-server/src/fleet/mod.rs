@@ -366,7 +366,7 @@ impl Fleet {
                 tracing::warn!(node = %machine.node, pool = pool_name, failure = %failure, detail = %detail,
                     "cloud machine could not be launched");
                 *pool.last_error.lock().expect("error lock") = Some(detail.clone());
-                let _ = self.end_machine(&machine.node, &detail, self.clock.now_us()).await;
+                self.end_machine(&machine.node, &detail).await;
                 self.tell(News::ProvisionFailed { pool: pool_name.into(), nodes: 1, failure, detail });
             }
         }
@@ -471,8 +471,7 @@ impl Fleet {
             }
         }
         tracing::info!(node, pool = %machine.pool, why, "cloud machine terminated");
-        let _ = self.end_machine(node, why, self.clock.now_us()).await;
-        self.tell(News::Gone { node: node.to_string(), pool: machine.pool.clone(), why: why.to_string() });
+        self.machine_gone(node, &machine.pool, why.to_string()).await;
     }
 
     async fn terminate_ids(&self, pool: &PoolFleet, ids: &[String]) -> Result<(), ProviderError> {
@@ -491,11 +490,18 @@ impl Fleet {
     }
 
     /// Ends a machine's record (its join token is revoked with it), and forgets cached tokens so that the revocation
-    /// takes effect on the machine's agent's next request.
-    async fn end_machine(&self, node: &str, why: &str, now_us: i64) -> Result<bool, ferry_store::StoreError> {
-        let ended = self.store.machine_ended(node, why, now_us).await;
+    /// takes effect on the machine's agent's next request. A record that cannot be written is left to reconcile.
+    async fn end_machine(&self, node: &str, why: &str) {
+        if let Err(e) = self.store.machine_ended(node, why, self.clock.now_us()).await {
+            tracing::error!(node, error = %e, "cannot record a cloud machine's end; reconcile will");
+        }
         self.tokens.clear();
-        ended
+    }
+
+    /// Ends a machine's record and tells the driver its node (if it joined) is gone.
+    async fn machine_gone(&self, node: &str, pool: &str, why: String) {
+        self.end_machine(node, &why).await;
+        self.tell(News::Gone { node: node.to_string(), pool: pool.to_string(), why });
     }
 
     /// Lists every provider's machines of this installation and brings records and machines into agreement (see
@@ -506,6 +512,10 @@ impl Fleet {
         let started_us = self.clock.now_us();
         let pools: Vec<(String, Arc<PoolFleet>)> =
             self.pools.read().expect("fleet pools lock").iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+        if pools.is_empty() {
+            // No provider to ask (a server without elastic pools): nothing to match.
+            return true;
+        }
         // The listings first, then the records: every machine was recorded before it was launched, so each machine
         // listed has its record in what is read next, however long the listings took.
         let mut complete = true;
@@ -550,8 +560,7 @@ impl Fleet {
                             orphans.push(instance.id.clone());
                         }
                         let why = format!("pool {} is no longer configured", m.pool);
-                        let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
-                        self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
+                        self.machine_gone(&m.node, &m.pool, why).await;
                         by_node.remove(m.node.as_str());
                     }
                     // Its launch was never recorded: the server stopped between the launch and its record.
@@ -607,8 +616,7 @@ impl Fleet {
                     } else {
                         "the provider no longer has the machine".into()
                     };
-                    let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
-                    self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
+                    self.machine_gone(&m.node, &m.pool, why).await;
                 }
                 // Recorded and not yet launched (its launch may be under way, or abandoned by the core later), or
                 // launched too recently to be listed.
@@ -633,8 +641,7 @@ impl Fleet {
             pool.zones.lock().expect("zones lock").cool(&instance.zone, &why, self.clock.now_us());
         }
         tracing::warn!(node = %m.node, instance = %instance.id, why, "cloud machine gone");
-        let _ = self.end_machine(&m.node, &why, self.clock.now_us()).await;
-        self.tell(News::Gone { node: m.node.clone(), pool: m.pool.clone(), why });
+        self.machine_gone(&m.node, &m.pool, why).await;
     }
 
     /// Before the driver starts: one reconcile, then the records of machines whose launch never reached a provider
@@ -648,7 +655,7 @@ impl Fleet {
             match m.state {
                 MachineState::Requested if complete && m.instance_id.is_none() => {
                     let why = "its launch did not reach the provider before the server stopped";
-                    let _ = self.end_machine(&m.node, why, self.clock.now_us()).await;
+                    self.end_machine(&m.node, why).await;
                 }
                 MachineState::Requested | MachineState::Launched => starting.push(m),
                 _ => {}

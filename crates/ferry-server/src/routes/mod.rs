@@ -89,6 +89,9 @@ where
     Entry { spec: RouteSpec { method: None, path, access, quiet: false }, handler: axum::routing::any(handler) }
 }
 
+/// A JSON body, or why axum could not read it (answered with `error::rejection`, in the API's error shape).
+pub(crate) type JsonBody<T> = Result<axum::Json<T>, axum::extract::rejection::JsonRejection>;
+
 /// Every route of the server, grouped by who may call it. Adding a route means giving it its `Access` here, and the
 /// access-matrix test (`crates/ferry/tests/access.rs`) fails until it says what every kind of caller gets from it.
 pub fn table() -> Vec<Entry> {

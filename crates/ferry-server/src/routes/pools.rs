@@ -17,7 +17,7 @@ use crate::error::{rejection, ApiError};
 use crate::routes::users::admin_only;
 use crate::state::AppState;
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+use super::JsonBody;
 
 /// The most bytes one pool's definition may have.
 const DEFINITION_BYTES_MAX: usize = 64 * 1024;

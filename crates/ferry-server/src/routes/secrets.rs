@@ -16,7 +16,7 @@ use crate::driver::now_us;
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+use super::JsonBody;
 
 fn to_wire(r: SecretRecord) -> SecretInfo {
     let (scope, user, team, project) = match r.owner.team_project() {

@@ -19,7 +19,7 @@ use crate::driver::now_us;
 use crate::error::{rejection, ApiError};
 use crate::state::AppState;
 
-type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+use super::JsonBody;
 
 fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, message)
